@@ -1,0 +1,210 @@
+"""Engineered features and their missingness mask, batch and incremental, from binned raw values.
+
+Contract
+--------
+Input: `raw` (T, C) float64 in `spec.channels` order (binned, winsorised), NaN = missing; +-inf is
+refused. Output columns are exactly `spec.feature_names`:
+
+* base columns, in `spec.base_names()` order: feature channels as they are, angular channels as
+  `{c}_sin`, `{c}_cos` (angles in `spec.angle_units`), then the yaw error
+  wrap(wind_dir - nacelle_dir) into [-180, 180) deg or [-pi, pi) rad;
+* `{c}_delta` = x[t] - x[t-1] for `spec.deltas` (base columns);
+* `{c}_r{stat}{w}`: causal strict-present rolling mean / population std over the last w steps.
+
+Missingness (1 = present in the uint8 mask M, NaN in the engineered array E): sin/cos missing iff
+the angle is missing; yaw error missing iff either side is; a delta is missing iff the current or
+the previous step is (so always at the first step); a rolling value is missing iff any of its w
+steps is missing or fewer than w steps exist. Nothing at step t uses data after t.
+
+Two adapters share the same math functions (`base_columns`, `delta_columns`, `wrap_angle`,
+`sin_cos`); only the rolling differs: `build_features` uses `rolling_mean_std` over the whole
+series, `FeatureState.step` uses `window_mean_std` on a ring buffer of the last max(window) base
+values (NaN marks a missing step). Both agree to float64 rounding (~1e-13 relative).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from runtime.errors import InputError, SpecError
+from runtime.rolling import rolling_mean_std, window_mean_std
+from runtime.spec import PipelineSpec
+
+__all__ = [
+    "wrap_angle",
+    "sin_cos",
+    "yaw_error",
+    "base_columns",
+    "delta_columns",
+    "build_features",
+    "FeatureState",
+]
+
+_PERIOD = {"deg": 360.0, "rad": 2.0 * np.pi}
+
+
+def _period(units: str) -> float:
+    if units not in _PERIOD:
+        raise SpecError(f"angle units must be one of {sorted(_PERIOD)}, got {units!r}")
+    return _PERIOD[units]
+
+
+def wrap_angle(x: np.ndarray, units: str) -> np.ndarray:
+    """Wrap angles into [-180, 180) deg or [-pi, pi) rad; NaN stays NaN."""
+    period = _period(units)
+    half = period / 2.0
+    r = np.mod(np.asarray(x, dtype=np.float64) + half, period) - half
+    # np.mod can round a tiny negative up to exactly `period`; keep the interval half-open.
+    return np.where(r >= half, r - period, r)
+
+
+def sin_cos(angle: np.ndarray, units: str) -> tuple[np.ndarray, np.ndarray]:
+    """(sin, cos) of an angle in `units`; NaN stays NaN."""
+    a = np.asarray(angle, dtype=np.float64)
+    rad = np.deg2rad(a) if _period(units) == 360.0 else a
+    return np.sin(rad), np.cos(rad)
+
+
+def yaw_error(wind_dir: np.ndarray, nacelle_dir: np.ndarray, units: str) -> np.ndarray:
+    """wrap(wind_dir - nacelle_dir); NaN if either side is NaN."""
+    return wrap_angle(np.asarray(wind_dir, dtype=np.float64) - np.asarray(nacelle_dir, dtype=np.float64), units)
+
+
+def base_columns(raw: np.ndarray, spec: PipelineSpec) -> np.ndarray:
+    """Base engineered columns (T, len(spec.base_names())) from raw (T, C); NaN = missing."""
+    col = {c: i for i, c in enumerate(spec.channels)}
+    out = np.empty((raw.shape[0], len(spec.base_names())))
+    j = 0
+    for c in spec.feature_channels:
+        if c in spec.angular_channels:
+            out[:, j], out[:, j + 1] = sin_cos(raw[:, col[c]], spec.angle_units)
+            j += 2
+        else:
+            out[:, j] = raw[:, col[c]]
+            j += 1
+    if spec.yaw_error is not None:
+        ye = spec.yaw_error
+        out[:, j] = yaw_error(raw[:, col[ye.wind_dir]], raw[:, col[ye.nacelle_dir]], spec.angle_units)
+    return out
+
+
+def delta_columns(current: np.ndarray, previous: np.ndarray) -> np.ndarray:
+    """current - previous; NaN (missing) where either is missing."""
+    return current - previous
+
+
+def _check_raw(raw: np.ndarray, spec: PipelineSpec, ndim: int, where: str) -> np.ndarray:
+    """Validate a raw block (ndim 2: (T, C)) or row (ndim 1: (C,)) and return it as float64."""
+    raw = np.asarray(raw)
+    n_ch = len(spec.channels)
+    want = "(T, C)" if ndim == 2 else "(C,)"
+    if raw.ndim != ndim or raw.shape[-1] != n_ch:
+        raise InputError(f"{where}: expected raw of shape {want} with C={n_ch} channels {list(spec.channels)}, got {raw.shape}")
+    if not np.issubdtype(raw.dtype, np.floating):
+        raise InputError(f"{where}: raw must be a float array (NaN = missing), got dtype {raw.dtype}")
+    raw = raw.astype(np.float64, copy=False)
+    inf = np.isinf(raw)
+    if inf.any():
+        bad = sorted({spec.channels[i] for i in np.nonzero(inf.reshape(-1, n_ch).any(axis=0))[0]})
+        raise InputError(f"{where}: infinite values in channels {bad}; use NaN for missing")
+    return raw
+
+
+def _indices(spec: PipelineSpec) -> tuple[list[int], list[int], tuple[int, ...], tuple[str, ...]]:
+    """(delta base indices, rolling base indices, windows, stats) for `spec`."""
+    base = spec.base_names()
+    didx = [base.index(c) for c in spec.deltas]
+    if spec.rolling is None:
+        return didx, [], (), ()
+    ridx = [base.index(c) for c in spec.rolling.channels]
+    return didx, ridx, tuple(int(w) for w in spec.rolling.windows), tuple(spec.rolling.stats)
+
+
+def _assemble(base: np.ndarray, deltas: np.ndarray, rolled: dict[str, np.ndarray]) -> np.ndarray:
+    """Concatenate (T, .) blocks into (T, F); `rolled[stat]` is (T, n_channels, n_windows)."""
+    parts = [base, deltas]
+    if rolled:
+        stacked = np.stack([rolled[s] for s in rolled], axis=-1)  # (T, channels, windows, stats)
+        parts.append(stacked.reshape(base.shape[0], -1))
+    return np.concatenate(parts, axis=1)
+
+
+def build_features(raw: np.ndarray, spec: PipelineSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Batch adapter: raw (T, C) -> (E (T, F) float64 NaN-missing, M (T, F) uint8 1=present)."""
+    raw = _check_raw(raw, spec, 2, "build_features")
+    didx, ridx, windows, stats = _indices(spec)
+    base = base_columns(raw, spec)
+    previous = np.vstack([np.full((1, len(didx)), np.nan), base[:-1, didx]])
+    deltas = delta_columns(base[:, didx], previous)
+    rolled: dict[str, np.ndarray] = {s: np.empty((raw.shape[0], len(ridx), len(windows))) for s in stats}
+    for i, j in enumerate(ridx):
+        x = np.ascontiguousarray(base[:, j])
+        present = ~np.isnan(x)
+        for k, w in enumerate(windows):
+            mean, std, _ = rolling_mean_std(x, present, w)
+            for s, v in (("mean", mean), ("std", std)):
+                if s in rolled:
+                    rolled[s][:, i, k] = v
+    E = _assemble(base, deltas, rolled)
+    return E, (~np.isnan(E)).astype(np.uint8)
+
+
+class FeatureState:
+    """Incremental adapter: one raw row at a time, identical (to rounding) to `build_features`.
+
+    State: the previous base row (for deltas) and a ring buffer (rolling channels, max window) of
+    base values, NaN = missing or not yet seen. A fresh object is the reset.
+    """
+
+    def __init__(self, spec: PipelineSpec) -> None:
+        self.spec = spec
+        self._didx, self._ridx, self._windows, self._stats = _indices(spec)
+        self._n_base = len(spec.base_names())
+        self._prev = np.full(self._n_base, np.nan)
+        self._ring = np.full((len(self._ridx), max(self._windows, default=0)), np.nan)
+
+    def step(self, raw_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """raw_row (C,) -> (e_row (F,) float64 NaN-missing, m_row (F,) uint8 1=present)."""
+        row = _check_raw(raw_row, self.spec, 1, "FeatureState.step")
+        base = base_columns(row[None, :], self.spec)
+        deltas = delta_columns(base[:, self._didx], self._prev[None, self._didx])
+        self._prev = base[0].copy()
+        rolled: dict[str, np.ndarray] = {}
+        if self._ridx:
+            self._ring[:, :-1] = self._ring[:, 1:]
+            self._ring[:, -1] = base[0, self._ridx]
+            stats = [window_mean_std(self._ring[:, -w:]) for w in self._windows]
+            by_stat = {"mean": np.stack([m for m, _ in stats], axis=-1), "std": np.stack([s for _, s in stats], axis=-1)}
+            rolled = {s: by_stat[s][None] for s in self._stats}
+        e = _assemble(base, deltas, rolled)[0]
+        return e, (~np.isnan(e)).astype(np.uint8)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain copy of the state: feature names, previous base row, ring buffer."""
+        return {
+            "feature_names": list(self.spec.feature_names),
+            "prev_base": self._prev.copy(),
+            "ring": self._ring.copy(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a `state_dict()` taken from a FeatureState with the same spec."""
+        want = {"feature_names", "prev_base", "ring"}
+        if not isinstance(state, dict) or set(state) != want:
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise InputError(f"FeatureState.load_state_dict: expected keys {sorted(want)}, got {got}")
+        if list(state["feature_names"]) != list(self.spec.feature_names):
+            raise InputError(
+                "FeatureState.load_state_dict: state was saved for features "
+                f"{list(state['feature_names'])}, this spec has {list(self.spec.feature_names)}"
+            )
+        prev = np.array(state["prev_base"], dtype=np.float64)
+        ring = np.array(state["ring"], dtype=np.float64)
+        for name, arr, shape in (("prev_base", prev, self._prev.shape), ("ring", ring, self._ring.shape)):
+            if arr.shape != shape:
+                raise InputError(f"FeatureState.load_state_dict: {name} has shape {arr.shape}, expected {shape}")
+            if np.isinf(arr).any():
+                raise InputError(f"FeatureState.load_state_dict: {name} holds infinite values")
+        self._prev, self._ring = prev, ring

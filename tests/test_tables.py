@@ -1,0 +1,93 @@
+"""Raw table loading: column mapping, timestamps, non-numeric cells and the errors a user sees."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from runtime.errors import InputError
+from trainer.config import load_config
+from trainer.tables import load_raw_table
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "config.yaml"
+CHANNELS = ["wind_speed", "power", "rotor_speed", "gen_speed", "pitch", "wind_dir", "nacelle_dir", "ambient_temp",
+            "nacelle_temp", "gearbox_oil_temp", "gearbox_bearing_temp", "gen_bearing_temp", "status"]
+
+
+def _frame(stamps, turbine="WT01"):
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"turbine_id": turbine, "timestamp": stamps})
+    for c in CHANNELS:
+        df[c] = rng.uniform(1, 10, len(stamps)).round(3)
+    return df
+
+
+def _cfg(path, *extra):
+    return load_config(CONFIG, [f"data.paths.raw_dir={path}", *extra]).data
+
+
+def test_loads_csv_and_maps_columns(tmp_path):
+    df = _frame(["2024-01-01T00:10:00+00:00", "2024-01-01T00:20:00+01:00"])
+    df.to_csv(tmp_path / "a.csv", index=False)
+    t = load_raw_table(_cfg(tmp_path / "a.csv"))
+    assert t.channels == tuple(CHANNELS)
+    assert t.values.shape == (2, len(CHANNELS)) and t.values.dtype == np.float64
+    np.testing.assert_allclose(t.values[:, 1], df["power"].to_numpy())
+    expected = pd.to_datetime(["2024-01-01T00:10:00Z", "2023-12-31T23:20:00Z"]).as_unit("ns").asi8
+    np.testing.assert_array_equal(t.ts_ns, expected)
+
+
+def test_folder_of_csv_and_parquet(tmp_path):
+    _frame(["2024-01-01T00:10:00+00:00"], "WT01").to_csv(tmp_path / "a.csv", index=False)
+    _frame(["2024-01-01T00:10:00+00:00"], "WT02").to_parquet(tmp_path / "b.parquet", index=False)
+    t = load_raw_table(_cfg(tmp_path))
+    assert sorted(t.turbine_ids) == ["WT01", "WT02"] and len(t.files) == 2
+
+
+def test_non_numeric_cells_become_missing_and_are_counted(tmp_path):
+    df = _frame(["2024-01-01T00:10:00+00:00"] * 3)
+    df["power"] = df["power"].astype(str)
+    df.loc[0, "power"] = "-"
+    df.loc[1, "power"] = "#N/A"
+    df.to_csv(tmp_path / "a.csv", index=False)
+    t = load_raw_table(_cfg(tmp_path / "a.csv"))
+    assert np.isnan(t.values[:2, 1]).all() and np.isfinite(t.values[2, 1])
+    assert t.non_numeric["power"] == 2 and t.non_numeric["wind_speed"] == 0
+
+
+def test_missing_id_or_time_column(tmp_path):
+    _frame(["2024-01-01T00:10:00+00:00"]).drop(columns=["turbine_id"]).to_csv(tmp_path / "a.csv", index=False)
+    with pytest.raises(InputError, match=r"columns \['turbine_id'\] not found"):
+        load_raw_table(_cfg(tmp_path / "a.csv"))
+    with pytest.raises(InputError, match=r"columns \['when'\] not found"):
+        _frame(["2024-01-01T00:10:00+00:00"]).to_csv(tmp_path / "b.csv", index=False)
+        load_raw_table(_cfg(tmp_path / "b.csv", "data.identifiers.time_col=when"))
+
+
+def test_unknown_mapped_column(tmp_path):
+    _frame(["2024-01-01T00:10:00+00:00"]).to_csv(tmp_path / "a.csv", index=False)
+    with pytest.raises(InputError, match=r"columns \['Ws_avg'\] not found"):
+        load_raw_table(_cfg(tmp_path / "a.csv", "data.columns.wind_speed=Ws_avg"))
+
+
+def test_unparseable_and_mixed_timestamps(tmp_path):
+    _frame(["2024-01-01T00:10:00+00:00", "yesterday"]).to_csv(tmp_path / "a.csv", index=False)
+    with pytest.raises(InputError, match="unparseable timestamps, e.g. \\['yesterday'\\]"):
+        load_raw_table(_cfg(tmp_path / "a.csv"))
+    _frame(["2024-01-01T00:10:00+00:00", "2024-01-01 00:20:00"]).to_csv(tmp_path / "b.csv", index=False)
+    with pytest.raises(InputError, match="mixed time zones"):
+        load_raw_table(_cfg(tmp_path / "b.csv"))
+
+
+def test_naive_timestamps_need_a_declared_zone(tmp_path):
+    _frame(["2024-07-01 12:00:00"]).to_csv(tmp_path / "a.csv", index=False)
+    with pytest.raises(InputError, match="naive_timezone"):
+        load_raw_table(_cfg(tmp_path / "a.csv"))
+    t = load_raw_table(_cfg(tmp_path / "a.csv", "data.identifiers.naive_timezone=Europe/Paris"))
+    assert t.ts_ns[0] == pd.Timestamp("2024-07-01T10:00:00Z").value
+
+
+def test_missing_input_path(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        load_raw_table(_cfg(tmp_path / "nothing.csv"))

@@ -1,0 +1,40 @@
+"""Command-line entry points of the trainer side. Thin: parse, load the config, call one function."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from trainer.config import load_config
+
+ConfigOpt = Annotated[str, typer.Option("--config", "-c", help="Root config file; groups are read beside it.")]
+Overrides = Annotated[
+    Optional[list[str]],
+    typer.Argument(help="Group choices (data=la_haute_borne) and dotted overrides (train.epochs=3).", show_default=False),
+]
+
+
+def _fail(e: Exception) -> None:
+    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+prepare_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@prepare_app.command(
+    help="Raw SCADA table -> QC, binning, features, masks, scaler, flags, labels and window index.\n\n"
+    "Example: scada-prepare data=la_haute_borne data.paths.processed_dir=data/processed/lhb",
+)
+def prepare_cmd(overrides: Overrides = None, config: ConfigOpt = "configs/config.yaml") -> None:
+    from trainer.prepare import format_summary, prepare
+
+    try:
+        cfg = load_config(config, overrides or [])
+        summary = prepare(cfg)
+    except ValueError as e:  # our ConfigError/InputError/SpecError all subclass ValueError
+        _fail(e)
+    print(format_summary(summary))
+    print(f"wrote {cfg.data.paths.processed_dir}", file=sys.stderr)

@@ -1,0 +1,453 @@
+"""Typed, strict configuration (spec section B), composed from YAML groups with dotted overrides.
+
+    cfg = load_config("configs/config.yaml", ["data=la_haute_borne", "train.epochs=3"])
+
+`configs/config.yaml` names one file per group under `defaults:`; `group=name` on the command line picks
+`configs/<group>/<name>.yaml`, and a group file may itself choose other groups in its own `defaults:`
+(the command line still wins). Dotted `key=value` overrides are merged last. OmegaConf structured configs
+do the parsing, merging and type checks: an unknown or misspelt key or a wrong type raises `ConfigError`
+naming the key and the allowed keys; `validate_config` then checks the cross-field invariants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from trainer.config_checks import ConfigError, validate_config
+
+GROUPS = ("data", "features", "flags", "model", "train", "infer")
+
+
+# ---------------------------------------------------------------- data
+@dataclass
+class PathsCfg:
+    raw_dir: str = MISSING  # a CSV/Parquet file or a folder of them
+    processed_dir: str = MISSING
+    labels_file: Optional[str] = None  # CSV turbine_id,start,end,fault (when labels.enabled)
+
+
+@dataclass
+class IdentifiersCfg:
+    turbine_id_col: str = "turbine_id"
+    time_col: str = "timestamp"
+    naive_timezone: Optional[str] = None  # zone for stamps without a UTC offset; None refuses them
+
+
+@dataclass
+class SamplingCfg:
+    dt_minutes: int = 10
+
+
+@dataclass
+class WindowingCfg:
+    L: int = 144
+    K: int = 6
+    stride: int = 1
+    min_present_fraction: float = 0.5  # windows with less present input data are not indexed
+
+
+@dataclass
+class SplitsCfg:
+    method: str = "time"  # time | turbine
+    train_range: Optional[list[str]] = None  # [start, end) ISO-8601
+    val_range: Optional[list[str]] = None
+    test_range: Optional[list[str]] = None
+    train_turbines: Optional[list[str]] = None
+    val_turbines: Optional[list[str]] = None
+    test_turbines: Optional[list[str]] = None
+
+
+@dataclass
+class LabelsCfg:
+    enabled: bool = False
+    label_source: str = "file"
+    label_rule: str = "window_any"  # window_any | window_last | horizon_any
+    class_names: list[str] = field(default_factory=list)  # class 0 is the normal class
+    multilabel: bool = False
+
+
+@dataclass
+class QcCfg:
+    clamp: dict[str, list[float]] = field(default_factory=dict)  # channel -> [min, max]; outside -> missing
+    winsorize: dict[str, list[float]] = field(default_factory=dict)  # channel -> [low_q, high_q] (train split)
+    dedupe_rule: str = "last"
+    aggregation: dict[str, str] = field(default_factory=dict)  # channel -> mean|max|min|last
+
+
+@dataclass
+class DataCfg:
+    name: str = MISSING
+    format: str = "auto"  # auto | csv | parquet
+    paths: PathsCfg = field(default_factory=PathsCfg)
+    identifiers: IdentifiersCfg = field(default_factory=IdentifiersCfg)
+    columns: dict[str, str] = field(default_factory=dict)  # channel -> column in the raw table
+    sampling: SamplingCfg = field(default_factory=SamplingCfg)
+    windowing: WindowingCfg = field(default_factory=WindowingCfg)
+    splits: SplitsCfg = field(default_factory=SplitsCfg)
+    labels: LabelsCfg = field(default_factory=LabelsCfg)
+    qc: QcCfg = field(default_factory=QcCfg)
+
+
+# ---------------------------------------------------------------- features and flags
+@dataclass
+class YawErrorCfg:
+    enabled: bool = False
+    wind_dir_col: str = "wind_dir"
+    nacelle_yaw_col: str = "nacelle_dir"
+    output_name: str = "yaw_error"
+
+
+@dataclass
+class DeltasCfg:
+    enabled: bool = False
+    channels: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RollingCfg:
+    enabled: bool = False
+    windows: list[int] = field(default_factory=list)
+    stats: list[str] = field(default_factory=lambda: ["mean", "std"])
+    channels: list[str] = field(default_factory=list)
+    causal: bool = True
+
+
+@dataclass
+class ScalerCfg:
+    type: str = "robust"
+    clip_iqr: Optional[float] = None
+    scale_angles: bool = False
+
+
+@dataclass
+class OrderingCfg:
+    explicit: bool = False
+    feature_names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FeaturesCfg:
+    raw_channels: list[str] = MISSING
+    angular_channels: list[str] = field(default_factory=list)
+    angle_units: str = "deg"
+    yaw_error: YawErrorCfg = field(default_factory=YawErrorCfg)
+    deltas: DeltasCfg = field(default_factory=DeltasCfg)
+    rolling: RollingCfg = field(default_factory=RollingCfg)
+    fill_value_c: float = 0.0
+    scaler: ScalerCfg = field(default_factory=ScalerCfg)
+    output_ordering: OrderingCfg = field(default_factory=OrderingCfg)
+
+
+@dataclass
+class FlagSourcesCfg:
+    type: str = "rules"  # rules (expressions over channels) | columns (bare channel names, nonzero -> 1)
+    mapping: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class FlagsCfg:
+    flag_names: list[str] = field(default_factory=list)
+    sources: FlagSourcesCfg = field(default_factory=FlagSourcesCfg)
+    causal_alignment: bool = True
+
+
+# ---------------------------------------------------------------- model, train, infer
+@dataclass
+class TcnCfg:
+    D: int = 64
+    kernel_size: int = 3
+    num_blocks: int = 6
+    dilations: str = "powers_of_two"  # powers_of_two | explicit
+    dilation_list: list[int] = field(default_factory=list)
+    dropout: float = 0.1
+    norm: str = "weight_norm"  # none | weight_norm | layer_norm
+
+
+@dataclass
+class HeadToggleCfg:
+    enabled: bool = True
+
+
+@dataclass
+class ForecastHeadCfg:
+    enabled: bool = True
+    summary: str = "last"
+    hidden: int = 128
+
+
+@dataclass
+class FaultHeadCfg:
+    enabled: bool = False
+    pooling: str = "mean"
+    C: int = 0
+    multilabel: bool = False
+    hidden: int = 64
+
+
+@dataclass
+class RulHeadCfg:
+    enabled: bool = False
+    hidden: int = 64
+
+
+@dataclass
+class HeadsCfg:
+    recon: HeadToggleCfg = field(default_factory=HeadToggleCfg)
+    forecast: ForecastHeadCfg = field(default_factory=ForecastHeadCfg)
+    fault: FaultHeadCfg = field(default_factory=FaultHeadCfg)
+    rul: RulHeadCfg = field(default_factory=RulHeadCfg)
+
+
+@dataclass
+class RfAssertCfg:
+    enabled: bool = True
+    must_cover_L: bool = True
+
+
+@dataclass
+class ModelCfg:
+    tcn: TcnCfg = field(default_factory=TcnCfg)
+    heads: HeadsCfg = field(default_factory=HeadsCfg)
+    receptive_field_assert: RfAssertCfg = field(default_factory=RfAssertCfg)
+
+
+@dataclass
+class LambdasCfg:
+    recon: float = 1.0
+    pred: float = 1.0
+    fault: float = 1.0
+
+
+@dataclass
+class RegimeWeightingCfg:
+    enabled: bool = False
+    weight_map: dict[str, float] = field(default_factory=dict)  # flag name -> loss weight when active
+
+
+@dataclass
+class LossCfg:
+    huber_delta: float = 1.0
+    lambdas: LambdasCfg = field(default_factory=LambdasCfg)
+    regime_weighting: RegimeWeightingCfg = field(default_factory=RegimeWeightingCfg)
+
+
+@dataclass
+class OptimizerCfg:
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+
+
+@dataclass
+class SchedulerCfg:
+    name: str = "none"  # none | cosine
+    warmup_steps: int = 0
+
+
+@dataclass
+class TrainCfg:
+    batch_size: int = 64
+    epochs: int = 10
+    p_mask: float = 0.15
+    loss: LossCfg = field(default_factory=LossCfg)
+    optimizer: OptimizerCfg = field(default_factory=OptimizerCfg)
+    scheduler: SchedulerCfg = field(default_factory=SchedulerCfg)
+    grad_clip: Optional[float] = 1.0
+    early_stopping_patience: int = 5
+    max_steps_per_epoch: Optional[int] = None
+    num_workers: int = 0
+    amp: bool = True  # automatic mixed precision, used on CUDA only
+
+
+@dataclass
+class AggregationCfg:
+    name: str = "masked_mean"  # masked_mean | recent_weighted
+    halflife_steps: Optional[float] = None  # recent_weighted only
+
+
+@dataclass
+class CalibrationCfg:
+    enabled: bool = True
+    method: str = "percentile"  # percentile | evt
+    percentile: float = 99.5
+    per_turbine: bool = True
+    per_regime: bool = False
+    min_windows: int = 200
+
+
+@dataclass
+class HysteresisCfg:
+    T_on: float = 1.0  # multiples of the calibrated threshold
+    T_off: float = 0.8
+
+
+@dataclass
+class DebounceCfg:
+    N_on: int = 3
+    N_off: int = 6
+
+
+@dataclass
+class AlertingCfg:
+    hysteresis: HysteresisCfg = field(default_factory=HysteresisCfg)
+    debounce: DebounceCfg = field(default_factory=DebounceCfg)
+
+
+@dataclass
+class InferCfg:
+    p_score: float = 0.25
+    score_seed: int = 1234
+    aggregation: AggregationCfg = field(default_factory=AggregationCfg)
+    topn_features: int = 5
+    calibration: CalibrationCfg = field(default_factory=CalibrationCfg)
+    alerting: AlertingCfg = field(default_factory=AlertingCfg)
+
+
+@dataclass
+class RootCfg:
+    experiment_name: str = "default"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    output_dir: str = "artifacts/default"
+    data: DataCfg = field(default_factory=DataCfg)
+    features: FeaturesCfg = field(default_factory=FeaturesCfg)
+    flags: FlagsCfg = field(default_factory=FlagsCfg)
+    model: ModelCfg = field(default_factory=ModelCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+    infer: InferCfg = field(default_factory=InferCfg)
+
+
+# ---------------------------------------------------------------- composition
+def _load_yaml(path: Path) -> DictConfig:
+    try:
+        node = OmegaConf.load(path)
+    except (OSError, OmegaConfBaseException, ValueError) as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from e
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return node
+
+
+def _pop_defaults(node: DictConfig, path: Path) -> dict[str, str]:
+    if "defaults" not in node:
+        return {}
+    d = OmegaConf.to_container(node.pop("defaults"))
+    if not isinstance(d, dict) or not all(isinstance(v, str) for v in d.values()):
+        raise ConfigError(f"{path}: 'defaults' must map group names to file names, e.g. {{data: synthetic}}")
+    unknown = sorted(set(d) - set(GROUPS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown groups {unknown} in defaults; groups are {list(GROUPS)}")
+    return d
+
+
+def _group_file(config_dir: Path, group: str, name: str) -> Path:
+    path = config_dir / group / f"{name}.yaml"
+    if not path.is_file():
+        choices = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
+        raise ConfigError(f"{group}={name}: no file {path}; available: {choices}")
+    return path
+
+
+def split_overrides(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Separate `group=name` choices from dotted `key=value` overrides."""
+    groups: dict[str, str] = {}
+    dotted: list[str] = []
+    for ov in overrides:
+        if "=" not in ov:
+            raise ConfigError(f"override {ov!r} is not key=value (e.g. train.epochs=3 or data=la_haute_borne)")
+        key, value = ov.split("=", 1)
+        if key in GROUPS:
+            groups[key] = value
+        else:
+            dotted.append(ov)
+    return groups, dotted
+
+
+def _merge(base: Any, *others: Any, where: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, *others)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{where}: {_describe(e)}") from e
+
+
+def _describe(e: OmegaConfBaseException) -> str:
+    key = getattr(e, "full_key", None)
+    msg = str(e).splitlines()[0]
+    if key and "Key" in type(e).__name__:
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        allowed = _allowed_keys(parent)
+        return f"unknown key '{key}'; allowed keys under '{parent or '<root>'}': {allowed}"
+    return f"key '{key}': {msg}" if key else msg
+
+
+def _allowed_keys(dotted_parent: str) -> list[str]:
+    node: Any = OmegaConf.structured(RootCfg)
+    for part in filter(None, dotted_parent.split(".")):
+        node = node.get(part) if isinstance(node, DictConfig) else None
+    return sorted(node.keys()) if isinstance(node, DictConfig) else []
+
+
+def compose(config_path: str | Path, overrides: list[str] | None = None) -> DictConfig:
+    """Compose the root file, its group files and the overrides into one checked DictConfig."""
+    path = Path(config_path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found (run from the repository root or pass --config PATH)")
+    config_dir = path.parent
+    root = _load_yaml(path)
+    choices = _pop_defaults(root, path)
+    cli_groups, dotted = split_overrides(list(overrides or []))
+    choices.update(cli_groups)
+    if "data" in choices:  # a data file may pick matching feature/flag groups; the command line still wins
+        data_node = _load_yaml(_group_file(config_dir, "data", choices["data"]))
+        for g, n in _pop_defaults(data_node, config_dir / "data").items():
+            if g not in cli_groups:
+                choices[g] = n
+    sections = {}
+    for group in GROUPS:
+        if group not in choices:
+            continue
+        node = _load_yaml(_group_file(config_dir, group, choices[group]))
+        _pop_defaults(node, config_dir / group)
+        sections[group] = node
+    schema = OmegaConf.structured(RootCfg)
+    cfg = _merge(schema, OmegaConf.create(sections), root, where=str(path))
+    try:
+        dot = OmegaConf.from_dotlist(dotted)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"bad override in {dotted}: {_describe(e)}") from e
+    cfg = _merge(cfg, dot, where="command-line override")
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"required keys have no value: {missing} (set them in the YAML or as key=value)")
+    return cfg
+
+
+def to_root(cfg: DictConfig | dict[str, Any]) -> RootCfg:
+    """Typed RootCfg from a composed (or saved, resolved) config, validated."""
+    node = cfg if isinstance(cfg, DictConfig) else _merge(OmegaConf.structured(RootCfg), cfg, where="saved config")
+    root = OmegaConf.to_object(node)
+    assert isinstance(root, RootCfg)
+    validate_config(root)
+    return root
+
+
+def load_config(config_path: str | Path, overrides: list[str] | None = None) -> RootCfg:
+    """compose + to_root: the one call every command makes."""
+    return to_root(compose(config_path, overrides))
+
+
+def to_container(cfg: RootCfg) -> dict[str, Any]:
+    """Plain dict of a config (for checkpoints and JSON)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]
+
+
+def save_resolved(cfg: RootCfg, path: str | Path) -> None:
+    """Write the resolved config beside an artifact."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+

@@ -1,0 +1,167 @@
+"""Deterministic, complete mask-at-test scoring as one `nn.Module` (spec G scoring, invariant L).
+
+The spec's scoring stream samples one random M_score per call; that makes a window's score depend on the draw.
+Here the scoring masks are fixed instead: P = round(1 / p_score) complementary patterns over (time step,
+feature), built once from `seed`. Pass p hides the elements assigned to p; every present element is hidden in
+exactly one pass, so every present element is scored exactly once, and a window always gets the same score
+whatever batch it is in. Missing elements are never hidden, never scored, and the value stored there is
+replaced by `fill_value` before the model sees it, so it cannot move the score.
+
+For each window, with E the absolute reconstruction error of each present element at the pass that hid it
+(0 where missing) and w_l a weight per time step:
+
+    feat_contrib[f] = sum_l w_l E[l, f] / max(sum_{l,f} w_l M_miss[l, f], eps)
+    s_now           = sum_f feat_contrib[f]
+
+- "masked_mean": w_l = 1, so s_now = sum E / (number of present elements).
+- "recent_weighted": w_l = 0.5 ** ((L - 1 - l) / recent_halflife): the latest step weighs 1, a step
+  `recent_halflife` steps older weighs 1/2.
+
+`s_now` is defined as the sum of the contributions, so the two always agree. `top_idx` orders features by
+contribution, largest first; equal contributions keep the lower feature index first, identically in torch and
+in the exported graph (`stable_topk_indices`).
+
+The forward pass is written for `torch.onnx.export(dynamo=True)`: no Python branching on data, no `.item()`, no
+numpy, static shapes except the batch; the P passes run as one model call of batch B*P. Call `.eval()` first.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from trainer.masking import apply_mask, build_model_input
+from trainer.model import MultiTaskTCN
+
+__all__ = ["AGGREGATIONS", "ScoreOutputs", "ScoringModule", "scoring_patterns", "stable_topk_indices"]
+
+AGGREGATIONS = ("masked_mean", "recent_weighted")
+
+
+class ScoreOutputs(NamedTuple):
+    s_now: torch.Tensor  # (B,) float32
+    feat_contrib: torch.Tensor  # (B, F) float32, sums to s_now
+    top_idx: torch.Tensor  # (B, topn) int64
+    E: torch.Tensor  # (B, L, F) float32, 0 where missing
+
+
+def scoring_patterns(L: int, F: int, P: int, seed: int) -> torch.Tensor:
+    """(P, L, F) float32 0/1: pattern[p, l, f] = 1 iff (l, f) is hidden in pass p; each (l, f) in exactly one pass.
+
+    (l, f) goes to pass perm[l * F + f] % P with perm a permutation of L*F drawn from a generator seeded by
+    `seed`, so passes hide floor or ceil of L*F/P elements each and the layout is spread over time and features.
+    """
+    g = torch.Generator(device="cpu").manual_seed(int(seed))
+    perm = torch.randperm(L * F, generator=g)
+    assign = (perm % P).reshape(L, F)
+    return (assign.unsqueeze(0) == torch.arange(P).reshape(P, 1, 1)).to(torch.float32)
+
+
+def stable_topk_indices(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest entries along the last axis, largest first; equal values keep the lower index first.
+
+    Built from a pairwise rank, O(n^2) per row (n = F, small), because the two obvious ops fail us: `torch.topk`
+    orders ties differently from ONNX TopK (torch CPU gave [4, 1, 6] where onnxruntime gave [4, 1, 2]), and a
+    stable `torch.sort` has no ONNX conversion (`aten.sort.stable`). Comparisons and sums give the same answer in
+    both backends.
+    """
+    n = x.shape[-1]
+    idx = torch.arange(n, device=x.device)
+    xf, xg = x.unsqueeze(-1), x.unsqueeze(-2)  # (..., n, 1) candidate f, (..., 1, n) other g
+    g_first = (xg > xf) | ((xg == xf) & (idx.reshape(1, n) < idx.reshape(n, 1)))  # (..., n, n): g ranks before f
+    rank = g_first.to(torch.int64).sum(dim=-1)  # (..., n): a permutation of 0 .. n-1
+    hit = rank.unsqueeze(-1) == torch.arange(k, device=x.device)  # (..., n, k): f holds rank j
+    return (hit.to(torch.int64) * idx.reshape(n, 1)).sum(dim=-2)  # (..., k)
+
+
+class ScoringModule(nn.Module):
+    """X (B, L, F), M_miss (B, L, F), Flags (B, L, R) -> ScoreOutputs(s_now, feat_contrib, top_idx, E)."""
+
+    def __init__(
+        self,
+        model: MultiTaskTCN,
+        L: int,
+        F: int,
+        p_score: float,
+        seed: int,
+        aggregation: str = "masked_mean",
+        topn: int = 5,
+        recent_halflife: float | None = None,
+        fill_value: float = 0.0,
+        eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        problems = []
+        if L < 1:
+            problems.append(f"L must be >= 1, got {L}")
+        if F != model.cfg.F:
+            problems.append(f"F={F} does not match the model's F={model.cfg.F}")
+        if not 0.0 < p_score < 1.0:
+            problems.append(f"p_score must be in (0, 1), got {p_score}")
+        elif round(1.0 / p_score) < 2:
+            problems.append(f"p_score={p_score} gives P=round(1/p_score)=1 pass; use p_score <= 0.66 for P >= 2")
+        if aggregation not in AGGREGATIONS:
+            problems.append(f"aggregation: unknown {aggregation!r}; allowed {list(AGGREGATIONS)}")
+        if aggregation == "recent_weighted" and (recent_halflife is None or not recent_halflife > 0):
+            problems.append(f"recent_weighted needs recent_halflife > 0 (steps), got {recent_halflife}")
+        if not 1 <= topn <= F:
+            problems.append(f"topn must be in [1, F={F}], got {topn}")
+        if problems:
+            raise ValueError("invalid ScoringModule: " + "; ".join(problems))
+
+        self.model = model
+        self.L, self.F, self.R = L, F, model.cfg.R
+        self.P = round(1.0 / p_score)
+        self.p_score, self.seed, self.aggregation, self.topn = p_score, seed, aggregation, topn
+        self.recent_halflife, self.fill_value, self.eps = recent_halflife, float(fill_value), eps
+        # derived from the constructor arguments, so not part of the state_dict; export bakes them in as constants
+        self.register_buffer("hide", scoring_patterns(L, F, self.P, seed), persistent=False)  # (P, L, F)
+        if aggregation == "recent_weighted":
+            age = torch.arange(L - 1, -1, -1, dtype=torch.float64)  # L-1 ... 0 steps before the latest
+            time_weight = torch.pow(0.5, age / float(recent_halflife)).to(torch.float32)
+        else:
+            time_weight = torch.ones(L, dtype=torch.float32)
+        self.register_buffer("time_weight", time_weight, persistent=False)  # (L,)
+
+    def _check(self, X: torch.Tensor, M_miss: torch.Tensor, Flags: torch.Tensor) -> None:
+        if X.dim() != 3 or X.shape[1] != self.L or X.shape[2] != self.F:
+            raise ValueError(f"ScoringModule: X must be (B, L={self.L}, F={self.F}), got {tuple(X.shape)}")
+        if M_miss.shape != X.shape:
+            raise ValueError(f"ScoringModule: M_miss {tuple(M_miss.shape)} must match X {tuple(X.shape)}")
+        if Flags.dim() != 3 or Flags.shape[:2] != X.shape[:2] or Flags.shape[2] != self.R:
+            msg = f"ScoringModule: Flags must be (B, L={self.L}, R={self.R}), got {tuple(Flags.shape)}"
+            raise ValueError(msg)
+
+    def forward(self, X: torch.Tensor, M_miss: torch.Tensor, Flags: torch.Tensor) -> ScoreOutputs:
+        self._check(X, M_miss, Flags)
+        B = X.shape[0]
+        P, L, F, R = self.P, self.L, self.F, self.R
+        present = (M_miss > 0.5).to(torch.float32)  # (B, L, F)
+        X0 = apply_mask(X, present, self.fill_value)  # the value stored at a missing element is never read
+
+        # pass p hides the present elements of pattern p
+        hidden = self.hide.unsqueeze(0) * present.unsqueeze(1)  # (B, P, L, F)
+        M_score = 1.0 - hidden
+        X_rep = X0.unsqueeze(1).expand(B, P, L, F)
+        X_corrupt = apply_mask(X_rep, M_score, self.fill_value)
+        X_in = build_model_input(
+            X_corrupt.reshape(B * P, L, F),
+            present.unsqueeze(1).expand(B, P, L, F).reshape(B * P, L, F),
+            M_score.reshape(B * P, L, F),
+            Flags.unsqueeze(1).expand(B, P, L, R).reshape(B * P, L, R),
+        )  # (B*P, L, 3F + R)
+        X_hat = self.model(X_in, return_recon=True, return_forecast=False, return_fault=False).X_hat
+        X_hat = X_hat.reshape(B, P, L, F)
+
+        # each present element is hidden in exactly one pass: summing over P picks that pass's error
+        err = (X_hat - X0.unsqueeze(1)).abs()  # (B, P, L, F)
+        E = torch.where(hidden > 0.5, err, torch.zeros_like(err)).sum(dim=1)  # (B, L, F)
+
+        tw = self.time_weight.reshape(1, L, 1)
+        denom = (present * tw).sum(dim=(1, 2)).clamp_min(self.eps)  # (B,)
+        feat_contrib = (E * tw).sum(dim=1) / denom.unsqueeze(1)  # (B, F)
+        s_now = feat_contrib.sum(dim=-1)  # (B,)
+        top_idx = stable_topk_indices(feat_contrib, self.topn)  # (B, topn)
+        return ScoreOutputs(s_now, feat_contrib, top_idx, E)
