@@ -16,10 +16,10 @@ Contract
 * Output: a contiguous grid of bin labels (int64 ns) and values (T, C) float64, NaN where a bin has no present
   value for a channel. Gaps stay missing (never interpolated); winsor caps are NOT applied here.
 
-`bin_timeline` (batch) and `BinAccumulator` (edge) both run `_bin_sorted` on the rows of the bins they emit,
-so the same samples give the same numbers. Refused with InputError: non-integer or out-of-range timestamps,
-wrong shapes or dtypes, grid bounds off the dt grid; with SpecError: an angular channel aggregated by
-max/min/last, a negative or non-finite grace. Caller arrays are never modified.
+`bin_timeline` (batch) and `BinAccumulator` (edge) both run `_bin_sorted` on the rows of the bins they emit, so
+the same samples give the same numbers. Refused (InputError): non-integer or out-of-range timestamps, wrong shapes
+or dtypes, grid bounds off the dt grid; (SpecError): an angular channel aggregated by max/min/last, a negative
+grace. Caller arrays are never modified.
 """
 
 from __future__ import annotations
@@ -83,9 +83,11 @@ def _plan(spec: PipelineSpec) -> _Plan:
     )
 
 
-def _check_int(x: Any, name: str) -> int:
+def _check_int(x: Any, name: str, dt_ns: int) -> int:
     if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
         raise InputError(f"{name} must be an integer number of nanoseconds, got {type(x).__name__}")
+    if not _I64.min + dt_ns < int(x) < _I64.max - dt_ns:
+        raise InputError(f"{name}={x} is out of the int64 nanosecond range that can be binned")
     return int(x)
 
 
@@ -96,6 +98,16 @@ def _check_ts(ts_ns: np.ndarray, dt_ns: int) -> np.ndarray:
     if ts.size and (int(ts.min()) <= _I64.min + dt_ns or int(ts.max()) >= _I64.max - dt_ns):
         raise InputError("timestamps out of the int64 nanosecond range that can be binned")
     return ts.astype(np.int64, copy=False)
+
+
+def _check_values(values: np.ndarray, shape: tuple[int, ...], plan: _Plan) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.shape != shape or arr.dtype.kind not in "fiu":
+        raise InputError(
+            f"values must be a numeric {shape} array for channels {list(plan.channels)}, "
+            f"got dtype {arr.dtype} shape {arr.shape}"
+        )
+    return arr
 
 
 def _ceil_labels(ts: np.ndarray, dt_ns: int) -> np.ndarray:
@@ -110,12 +122,11 @@ def bin_end_ns(ts_ns: np.ndarray, dt_seconds: int) -> np.ndarray:
     return _ceil_labels(_check_ts(ts_ns, dt_ns), dt_ns)
 
 
-def _range_filter(vals: np.ndarray, plan: _Plan) -> np.ndarray:
-    """In place on an array we own: impossible readings -> NaN. Returns the per-channel counts (C,)."""
-    with np.errstate(invalid="ignore"):
-        bad = ~np.isnan(vals) & ~(np.isfinite(vals) & (vals >= plan.lo) & (vals <= plan.hi))
-    vals[bad] = np.nan
-    return np.count_nonzero(bad, axis=0).astype(np.int64)
+def _range_filter(cols: np.ndarray, plan: _Plan) -> np.ndarray:
+    """In place on channel-major (C, m) values we own: impossible readings -> NaN. Returns counts (C,)."""
+    bad = np.isinf(cols) | (cols < plan.lo[:, None]) | (cols > plan.hi[:, None])  # NaN compares False: kept
+    cols[bad] = np.nan
+    return np.count_nonzero(bad, axis=1).astype(np.int64)
 
 
 def _dedupe(ts: np.ndarray, val: np.ndarray, order: np.ndarray, rule: str) -> tuple[np.ndarray, np.ndarray, int]:
@@ -167,15 +178,17 @@ def _aggregate(ts: np.ndarray, val: np.ndarray, dt_ns: int, how: str, period: fl
 
 
 def _bin_sorted(
-    ts: np.ndarray, vals: np.ndarray, order: np.ndarray, plan: _Plan, start_ns: int, n_bins: int
+    ts: np.ndarray, cols: np.ndarray, order: np.ndarray, plan: _Plan, start_ns: int, n_bins: int
 ) -> tuple[np.ndarray, int]:
-    """Range-filtered rows sorted by (ts, order), all inside the grid -> binned (n_bins, C) and exact repeats."""
+    """Range-filtered samples sorted by (ts, order), channel-major values (C, m), all inside the grid
+    -> binned (n_bins, C) and the number of exact repeats dropped."""
     out = np.full((n_bins, len(plan.channels)), np.nan)
     repeats = 0
     for c, how in enumerate(plan.how):
-        col = vals[:, c]
+        col = cols[c]
         present = ~np.isnan(col)
-        t_u, v_u, r = _dedupe(ts[present], col[present], order[present], plan.dedupe)
+        sel = slice(None) if present.all() else present  # a view when every sample has the channel
+        t_u, v_u, r = _dedupe(ts[sel], col[sel], order[sel], plan.dedupe)
         labels, agg = _aggregate(t_u, v_u, plan.dt_ns, how, plan.period)
         out[(labels - start_ns) // plan.dt_ns, c] = agg
         repeats += r
@@ -183,7 +196,7 @@ def _bin_sorted(
 
 
 def _grid_bound(x: Any, dt_ns: int, name: str) -> int:
-    v = _check_int(x, name)
+    v = _check_int(x, name, dt_ns)
     if v % dt_ns:
         raise InputError(f"{name}={v} is not a multiple of dt ({dt_ns} ns)")
     return v
@@ -204,12 +217,7 @@ def bin_timeline(
     plan = _plan(spec)
     dt = plan.dt_ns
     ts = _check_ts(ts_ns, dt)
-    vals_in = np.asarray(values)
-    if vals_in.ndim != 2 or vals_in.shape != (ts.size, len(plan.channels)) or vals_in.dtype.kind not in "fiu":
-        raise InputError(
-            f"values must be a numeric ({ts.size}, {len(plan.channels)}) array for channels {list(plan.channels)}, "
-            f"got dtype {vals_in.dtype} shape {vals_in.shape}"
-        )
+    vals_in = _check_values(values, (ts.size, len(plan.channels)), plan)
     n = ts.size
     order = np.argsort(ts, kind="stable")
     ts = ts[order]
@@ -227,10 +235,10 @@ def bin_timeline(
     outside = int(n - np.count_nonzero(inside))
     if outside:
         order, ts = order[inside], ts[inside]
-    vals = vals_in[order].astype(np.float64, copy=False)
-    oor = _range_filter(vals, plan)
+    cols = np.ascontiguousarray(vals_in.T[:, order], dtype=np.float64)  # channel-major copy
+    oor = _range_filter(cols, plan)
     n_bins = (end - start) // dt + 1
-    binned, repeats = _bin_sorted(ts, vals, order, plan, start, n_bins)
+    binned, repeats = _bin_sorted(ts, cols, order, plan, start, n_bins)
     stats = BinStats(
         samples=n,
         duplicate_timestamps=int(np.count_nonzero(ts[1:] == ts[:-1])),
@@ -258,9 +266,7 @@ class BinAccumulator:
         self._grace_ns = int(round(grace_seconds * _NS_PER_S))
         self._open_from: int | None = None  # label of the first bin not yet emitted
         self._closed_any = False
-        self._ts: list[int] = []
-        self._order: list[int] = []
-        self._vals: list[np.ndarray] = []
+        self._rows: list[tuple[int, int, np.ndarray]] = []  # (ts, arrival order, filtered values) of open bins
         self._seen: set[tuple[int, bytes]] = set()
         self._next_order = 0
         self.late_dropped = 0
@@ -269,27 +275,18 @@ class BinAccumulator:
     def add(self, ts_ns: int, values: np.ndarray) -> list[ClosedBin]:
         """Store one sample (C,) and return the bins closed because it belongs to a later bin."""
         dt = self._plan.dt_ns
-        ts = _check_int(ts_ns, "ts_ns")
-        if not _I64.min + dt < ts < _I64.max - dt:
-            raise InputError(f"ts_ns={ts} is out of the int64 nanosecond range that can be binned")
-        row = np.asarray(values)
-        if row.shape != (len(self._plan.channels),) or row.dtype.kind not in "fiu":
-            raise InputError(
-                f"values must be a numeric ({len(self._plan.channels)},) vector for channels "
-                f"{list(self._plan.channels)}, got dtype {row.dtype} shape {row.shape}"
-            )
+        ts = _check_int(ts_ns, "ts_ns", dt)
+        row = _check_values(values, (len(self._plan.channels),), self._plan)
         label = -(-ts // dt) * dt
         if self._closed_any and label < self._open_from:
             self.late_dropped += 1
             return []
         row = row.astype(np.float64)  # always a copy: filtered in place below
-        self.out_of_range += _range_filter(row[None, :], self._plan)
+        self.out_of_range += _range_filter(row[:, None], self._plan)
         key = (ts, row.tobytes())
         if key not in self._seen:
             self._seen.add(key)
-            self._ts.append(ts)
-            self._order.append(self._next_order)
-            self._vals.append(row)
+            self._rows.append((ts, self._next_order, row))
             self._next_order += 1
         if self._open_from is None or label < self._open_from:
             self._open_from = label
@@ -297,44 +294,45 @@ class BinAccumulator:
 
     def close_until(self, now_ns: int) -> list[ClosedBin]:
         """Close every bin whose end + grace <= now_ns (wall clock, ns), empty ones included."""
-        now = _check_int(now_ns, "now_ns")
         dt = self._plan.dt_ns
+        now = _check_int(now_ns, "now_ns", dt)
         return self._close_through(((now - self._grace_ns) // dt) * dt)
+
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ts = np.array([r[0] for r in self._rows], dtype=np.int64)
+        order = np.array([r[1] for r in self._rows], dtype=np.int64)
+        vals = np.stack([r[2] for r in self._rows]) if self._rows else np.empty((0, len(self._plan.channels)))
+        return ts, order, vals
 
     def _close_through(self, last_ns: int) -> list[ClosedBin]:
         if self._open_from is None or last_ns < self._open_from:
             return []
         dt, start = self._plan.dt_ns, self._open_from
-        ts = np.array(self._ts, dtype=np.int64)
-        order = np.array(self._order, dtype=np.int64)
-        vals = np.stack(self._vals) if self._vals else np.empty((0, len(self._plan.channels)))
+        ts, order, vals = self._arrays()
         closing = _ceil_labels(ts, dt) <= last_ns
         o = np.lexsort((order[closing], ts[closing]))
         n_bins = (last_ns - start) // dt + 1
-        binned, _ = _bin_sorted(ts[closing][o], vals[closing][o], order[closing][o], self._plan, start, n_bins)
-        keep = np.flatnonzero(~closing)
-        self._ts = [self._ts[i] for i in keep]
-        self._order = [self._order[i] for i in keep]
-        self._vals = [self._vals[i] for i in keep]
-        self._seen = {(t, v.tobytes()) for t, v in zip(self._ts, self._vals)}
+        binned, _ = _bin_sorted(ts[closing][o], vals[closing][o].T, order[closing][o], self._plan, start, n_bins)
+        self._rows = [self._rows[i] for i in np.flatnonzero(~closing)]
+        self._seen = {(t, v.tobytes()) for t, _, v in self._rows}
         self._open_from, self._closed_any = last_ns + dt, True
         return [ClosedBin(start + i * dt, binned[i]) for i in range(n_bins)]
 
     def state_dict(self) -> dict[str, Any]:
         """The accumulator state as plain ints, bools and numpy arrays (no pickle needed)."""
-        c = len(self._plan.channels)
+        ts, order, vals = self._arrays()
         return {
             "dt_seconds": self._plan.dt_ns // _NS_PER_S,
-            "n_channels": c,
+            "channels": np.array(self._plan.channels, dtype=str),
             "started": self._open_from is not None,
             "closed_any": self._closed_any,
             "open_from_ns": 0 if self._open_from is None else self._open_from,
             "next_order": self._next_order,
             "late_dropped": self.late_dropped,
             "out_of_range": self.out_of_range.copy(),
-            "ts_ns": np.array(self._ts, dtype=np.int64),
-            "order": np.array(self._order, dtype=np.int64),
-            "values": np.stack(self._vals) if self._vals else np.empty((0, c)),
+            "ts_ns": ts,
+            "order": order,
+            "values": vals,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -343,10 +341,11 @@ class BinAccumulator:
         if set(state) != keys:
             raise InputError(f"accumulator state: expected keys {sorted(keys)}, got {sorted(state)}")
         c = len(self._plan.channels)
-        if int(state["dt_seconds"]) * _NS_PER_S != self._plan.dt_ns or int(state["n_channels"]) != c:
+        channels = tuple(str(x) for x in np.asarray(state["channels"]).tolist())
+        if int(state["dt_seconds"]) * _NS_PER_S != self._plan.dt_ns or channels != self._plan.channels:
             raise SpecError(
-                f"accumulator state is for dt_seconds={state['dt_seconds']}, {state['n_channels']} channels; "
-                f"this spec has dt_seconds={self._plan.dt_ns // _NS_PER_S}, {c} channels"
+                f"accumulator state is for dt_seconds={state['dt_seconds']}, channels {list(channels)}; "
+                f"this spec has dt_seconds={self._plan.dt_ns // _NS_PER_S}, channels {list(self._plan.channels)}"
             )
         ts = np.asarray(state["ts_ns"], dtype=np.int64)
         order = np.asarray(state["order"], dtype=np.int64)
@@ -362,5 +361,5 @@ class BinAccumulator:
         self._next_order = int(state["next_order"])
         self.late_dropped = int(state["late_dropped"])
         self.out_of_range = oor
-        self._ts, self._order, self._vals = ts.tolist(), order.tolist(), list(vals)
-        self._seen = {(t, v.tobytes()) for t, v in zip(self._ts, self._vals)}
+        self._rows = list(zip(ts.tolist(), order.tolist(), vals))
+        self._seen = {(t, v.tobytes()) for t, _, v in self._rows}

@@ -24,6 +24,7 @@ values (NaN marks a missing step). Both agree to float64 rounding (~1e-13 relati
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -73,21 +74,24 @@ def yaw_error(wind_dir: np.ndarray, nacelle_dir: np.ndarray, units: str) -> np.n
 
 
 def base_columns(raw: np.ndarray, spec: PipelineSpec) -> np.ndarray:
-    """Base engineered columns (T, len(spec.base_names())) from raw (T, C); NaN = missing."""
-    col = {c: i for i, c in enumerate(spec.channels)}
-    out = np.empty((raw.shape[0], len(spec.base_names())))
+    """Base engineered columns (T, len(spec.base_names())) from raw (T, C); NaN = missing.
+
+    Computed column by column on a channel-major copy; the result is a column-major (T, nb) view.
+    """
+    chan = {c: row for c, row in zip(spec.channels, np.ascontiguousarray(raw.T))}
+    out = np.empty((len(spec.base_names()), raw.shape[0]))
     j = 0
     for c in spec.feature_channels:
         if c in spec.angular_channels:
-            out[:, j], out[:, j + 1] = sin_cos(raw[:, col[c]], spec.angle_units)
+            out[j], out[j + 1] = sin_cos(chan[c], spec.angle_units)
             j += 2
         else:
-            out[:, j] = raw[:, col[c]]
+            out[j] = chan[c]
             j += 1
     if spec.yaw_error is not None:
         ye = spec.yaw_error
-        out[:, j] = yaw_error(raw[:, col[ye.wind_dir]], raw[:, col[ye.nacelle_dir]], spec.angle_units)
-    return out
+        out[j] = yaw_error(chan[ye.wind_dir], chan[ye.nacelle_dir], spec.angle_units)
+    return out.T
 
 
 def delta_columns(current: np.ndarray, previous: np.ndarray) -> np.ndarray:
@@ -101,7 +105,9 @@ def _check_raw(raw: np.ndarray, spec: PipelineSpec, ndim: int, where: str) -> np
     n_ch = len(spec.channels)
     want = "(T, C)" if ndim == 2 else "(C,)"
     if raw.ndim != ndim or raw.shape[-1] != n_ch:
-        raise InputError(f"{where}: expected raw of shape {want} with C={n_ch} channels {list(spec.channels)}, got {raw.shape}")
+        raise InputError(
+            f"{where}: expected raw of shape {want} with C={n_ch} channels {list(spec.channels)}, got {raw.shape}"
+        )
     if not np.issubdtype(raw.dtype, np.floating):
         raise InputError(f"{where}: raw must be a float array (NaN = missing), got dtype {raw.dtype}")
     raw = raw.astype(np.float64, copy=False)
@@ -112,43 +118,59 @@ def _check_raw(raw: np.ndarray, spec: PipelineSpec, ndim: int, where: str) -> np
     return raw
 
 
-def _indices(spec: PipelineSpec) -> tuple[list[int], list[int], tuple[int, ...], tuple[str, ...]]:
-    """(delta base indices, rolling base indices, windows, stats) for `spec`."""
-    base = spec.base_names()
-    didx = [base.index(c) for c in spec.deltas]
-    if spec.rolling is None:
-        return didx, [], (), ()
-    ridx = [base.index(c) for c in spec.rolling.channels]
-    return didx, ridx, tuple(int(w) for w in spec.rolling.windows), tuple(spec.rolling.stats)
+@dataclass(frozen=True)
+class _Layout:
+    """Column layout of E for a spec: base | deltas | rolling (channel, window, stat) in name order."""
 
+    n_base: int
+    n_features: int
+    delta_src: list[int]  # base column of each delta
+    roll_src: list[int]  # base column of each rolling channel
+    windows: tuple[int, ...]
+    stats: tuple[str, ...]
+    roll_cols: np.ndarray  # (channels, windows, stats) -> column of E
 
-def _assemble(base: np.ndarray, deltas: np.ndarray, rolled: dict[str, np.ndarray]) -> np.ndarray:
-    """Concatenate (T, .) blocks into (T, F); `rolled[stat]` is (T, n_channels, n_windows)."""
-    parts = [base, deltas]
-    if rolled:
-        stacked = np.stack([rolled[s] for s in rolled], axis=-1)  # (T, channels, windows, stats)
-        parts.append(stacked.reshape(base.shape[0], -1))
-    return np.concatenate(parts, axis=1)
+    @classmethod
+    def of(cls, spec: PipelineSpec) -> _Layout:
+        base = spec.base_names()
+        ro = spec.rolling
+        roll_src = [] if ro is None else [base.index(c) for c in ro.channels]
+        windows = () if ro is None else tuple(int(w) for w in ro.windows)
+        stats = () if ro is None else tuple(ro.stats)
+        first = len(base) + len(spec.deltas)
+        cols = first + np.arange(len(roll_src) * len(windows) * len(stats))
+        return cls(
+            n_base=len(base),
+            n_features=spec.n_features,
+            delta_src=[base.index(c) for c in spec.deltas],
+            roll_src=roll_src,
+            windows=windows,
+            stats=stats,
+            roll_cols=cols.reshape(len(roll_src), len(windows), len(stats)),
+        )
+
+    def pick(self, q: int, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+        """The statistic with index q in `stats` out of (mean, std)."""
+        return mean if self.stats[q] == "mean" else std
 
 
 def build_features(raw: np.ndarray, spec: PipelineSpec) -> tuple[np.ndarray, np.ndarray]:
     """Batch adapter: raw (T, C) -> (E (T, F) float64 NaN-missing, M (T, F) uint8 1=present)."""
     raw = _check_raw(raw, spec, 2, "build_features")
-    didx, ridx, windows, stats = _indices(spec)
-    base = base_columns(raw, spec)
-    previous = np.vstack([np.full((1, len(didx)), np.nan), base[:-1, didx]])
-    deltas = delta_columns(base[:, didx], previous)
-    rolled: dict[str, np.ndarray] = {s: np.empty((raw.shape[0], len(ridx), len(windows))) for s in stats}
-    for i, j in enumerate(ridx):
-        x = np.ascontiguousarray(base[:, j])
-        present = ~np.isnan(x)
-        for k, w in enumerate(windows):
-            mean, std, _ = rolling_mean_std(x, present, w)
-            for s, v in (("mean", mean), ("std", std)):
-                if s in rolled:
-                    rolled[s][:, i, k] = v
-    E = _assemble(base, deltas, rolled)
-    return E, (~np.isnan(E)).astype(np.uint8)
+    lay = _Layout.of(spec)
+    work = np.empty((lay.n_features, raw.shape[0]))  # feature-major: every column is contiguous
+    work[: lay.n_base] = base_columns(raw, spec).T
+    deltas = work[lay.n_base : lay.n_base + len(lay.delta_src)]
+    deltas[:, 0] = np.nan
+    deltas[:, 1:] = delta_columns(work[lay.delta_src, 1:], work[lay.delta_src, :-1])
+    for i, j in enumerate(lay.roll_src):
+        present = ~np.isnan(work[j])
+        for k, w in enumerate(lay.windows):
+            mean, std, _ = rolling_mean_std(work[j], present, w)
+            for q in range(len(lay.stats)):
+                work[lay.roll_cols[i, k, q]] = lay.pick(q, mean, std)
+    present = ~np.isnan(work)
+    return np.ascontiguousarray(work.T), present.T.astype(np.uint8, order="C")
 
 
 class FeatureState:
@@ -160,25 +182,26 @@ class FeatureState:
 
     def __init__(self, spec: PipelineSpec) -> None:
         self.spec = spec
-        self._didx, self._ridx, self._windows, self._stats = _indices(spec)
-        self._n_base = len(spec.base_names())
-        self._prev = np.full(self._n_base, np.nan)
-        self._ring = np.full((len(self._ridx), max(self._windows, default=0)), np.nan)
+        self._lay = _Layout.of(spec)
+        self._prev = np.full(self._lay.n_base, np.nan)
+        self._ring = np.full((len(self._lay.roll_src), max(self._lay.windows, default=0)), np.nan)
 
     def step(self, raw_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """raw_row (C,) -> (e_row (F,) float64 NaN-missing, m_row (F,) uint8 1=present)."""
+        lay = self._lay
         row = _check_raw(raw_row, self.spec, 1, "FeatureState.step")
-        base = base_columns(row[None, :], self.spec)
-        deltas = delta_columns(base[:, self._didx], self._prev[None, self._didx])
-        self._prev = base[0].copy()
-        rolled: dict[str, np.ndarray] = {}
-        if self._ridx:
+        e = np.empty(lay.n_features)
+        base = base_columns(row[None, :], self.spec)[0]
+        e[: lay.n_base] = base
+        e[lay.n_base : lay.n_base + len(lay.delta_src)] = delta_columns(base[lay.delta_src], self._prev[lay.delta_src])
+        self._prev = base
+        if lay.roll_src:
             self._ring[:, :-1] = self._ring[:, 1:]
-            self._ring[:, -1] = base[0, self._ridx]
-            stats = [window_mean_std(self._ring[:, -w:]) for w in self._windows]
-            by_stat = {"mean": np.stack([m for m, _ in stats], axis=-1), "std": np.stack([s for _, s in stats], axis=-1)}
-            rolled = {s: by_stat[s][None] for s in self._stats}
-        e = _assemble(base, deltas, rolled)[0]
+            self._ring[:, -1] = base[lay.roll_src]
+            for k, w in enumerate(lay.windows):
+                mean, std = window_mean_std(self._ring[:, -w:])
+                for q in range(len(lay.stats)):
+                    e[lay.roll_cols[:, k, q]] = lay.pick(q, mean, std)
         return e, (~np.isnan(e)).astype(np.uint8)
 
     def state_dict(self) -> dict[str, Any]:

@@ -36,7 +36,11 @@ _OPS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
     "==": np.equal,
     "!=": np.not_equal,
 }
-_TOKEN = re.compile(r"\s*(?:(?P<op><=|>=|==|!=|<|>)|(?P<name>[A-Za-z_][A-Za-z0-9_.]*)|(?P<num>[-+]?[0-9.][0-9.eE+-]*)(?![A-Za-z_]))")
+_TOKEN = re.compile(
+    r"\s*(?:(?P<op><=|>=|==|!=|<|>)"
+    r"|(?P<name>[A-Za-z_][A-Za-z0-9_.]*)"
+    r"|(?P<num>[-+]?[0-9.][0-9.eE+-]*)(?![A-Za-z_]))"  # a number glued to letters ("4and") is a bad token
+)
 _KEYWORDS = ("and", "or")
 
 # A clause is (channel index, operator or None for a bare channel, number); a rule is OR of ANDs of clauses.

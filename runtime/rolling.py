@@ -75,7 +75,9 @@ def rolling_mean_std(x: np.ndarray, present: np.ndarray, w: int) -> tuple[np.nda
     x = np.asarray(x)
     present = np.asarray(present)
     if x.ndim != 1 or present.shape != x.shape:
-        raise InputError(f"rolling_mean_std: x and present must be 1-D of equal length, got {x.shape} and {present.shape}")
+        raise InputError(
+            f"rolling_mean_std: x and present must be 1-D of equal length, got {x.shape} and {present.shape}"
+        )
     if present.dtype != np.bool_:
         raise InputError(f"rolling_mean_std: present must be bool, got {present.dtype}")
     if not np.issubdtype(x.dtype, np.floating):

@@ -67,8 +67,9 @@ class RobustScaler:
         bad_src = sorted({s for s in self.scale_source if s not in SCALE_SOURCES})
         if bad_src:
             raise ScalerError(f"RobustScaler.scale_source: unknown {bad_src}; allowed {list(SCALE_SOURCES)}")
-        if not np.isfinite(self.center).all() or not (np.isfinite(self.scale) & (self.scale > 0)).all():
-            bad = [names[i] for i in np.nonzero(~np.isfinite(self.center) | ~(self.scale > 0) | ~np.isfinite(self.scale))[0]]
+        bad_mask = ~np.isfinite(self.center) | ~np.isfinite(self.scale) | ~(self.scale > 0)
+        if bad_mask.any():
+            bad = [names[i] for i in np.nonzero(bad_mask)[0]]
             raise ScalerError(f"RobustScaler: center must be finite and scale finite and > 0; bad features {bad}")
         if self.clip is not None:
             if isinstance(self.clip, bool) or not np.isfinite(self.clip) or self.clip <= 0:
@@ -80,7 +81,9 @@ class RobustScaler:
             if self.center[i] != 0.0 or self.scale[i] != 1.0 or self.scale_source[i] != "unit"
         ]
         if unscaled_bad:
-            raise ScalerError(f"RobustScaler: unscaled features must have center 0, scale 1, source 'unit': {unscaled_bad}")
+            raise ScalerError(
+                f"RobustScaler: unscaled features must have center 0, scale 1, source 'unit': {unscaled_bad}"
+            )
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, RobustScaler) and self.to_dict() == other.to_dict()
@@ -94,7 +97,8 @@ class RobustScaler:
         """
         E = np.asarray(E)
         if E.ndim != 2 or E.shape[1] != len(self.feature_names):
-            raise ScalerError(f"RobustScaler.transform: expected (T, {len(self.feature_names)}) features, got {E.shape}")
+            n = len(self.feature_names)
+            raise ScalerError(f"RobustScaler.transform: expected (T, {n}) features, got {E.shape}")
         if feature_names is not None and tuple(feature_names) != self.feature_names:
             raise ScalerError(
                 "RobustScaler.transform: feature names differ from the fitted ones:\n"
@@ -123,7 +127,9 @@ class RobustScaler:
             raise ScalerError(f"RobustScaler.from_dict: expected a mapping, got {type(d).__name__}")
         unknown, missing = sorted(set(d) - set(_KEYS)), sorted(set(_KEYS) - set(d))
         if unknown or missing:
-            raise ScalerError(f"RobustScaler.from_dict: unknown keys {unknown}, missing keys {missing}; allowed {list(_KEYS)}")
+            raise ScalerError(
+                f"RobustScaler.from_dict: unknown keys {unknown}, missing keys {missing}; allowed {list(_KEYS)}"
+            )
         if any(not isinstance(v, bool) for v in d["scaled"]):
             raise ScalerError("RobustScaler.from_dict: 'scaled' must hold booleans")
         return cls(
@@ -148,9 +154,13 @@ def fit_robust_scaler(
     names = tuple(feature_names)
     mask = np.asarray(scaled_mask)
     if E.ndim != 2 or E.shape[1] != len(names):
-        raise ScalerError(f"fit_robust_scaler: E_train must be (n, {len(names)}) for features {list(names)}, got {E.shape}")
+        raise ScalerError(
+            f"fit_robust_scaler: E_train must be (n, {len(names)}) for features {list(names)}, got {E.shape}"
+        )
     if mask.dtype != np.bool_ or mask.shape != (len(names),):
-        raise ScalerError(f"fit_robust_scaler: scaled_mask must be bool of shape ({len(names)},), got {mask.dtype} {mask.shape}")
+        raise ScalerError(
+            f"fit_robust_scaler: scaled_mask must be bool of shape ({len(names)},), got {mask.dtype} {mask.shape}"
+        )
     if not np.isfinite(eps) or eps < 0:
         raise ScalerError(f"fit_robust_scaler: eps must be finite and >= 0, got {eps}")
     if not np.issubdtype(E.dtype, np.floating):

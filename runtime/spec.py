@@ -5,9 +5,9 @@ A `PipelineSpec` says everything needed to turn raw SCADA samples of one turbine
     raw samples (ts, channel values)
       -> binning to `dt_seconds` (bins are right-closed and labelled by their end: a sample stamped t
          lands in the bin (k*dt - dt, k*dt] with k = ceil(t / dt), counted from the Unix epoch, so a bin
-         never holds data stamped after its label), duplicate timestamps collapsed by `dedupe`,
-         samples outside `valid_range` dropped as impossible readings, per-channel aggregation
-         (angular channels use the circular mean)
+         never holds data stamped after its label): values outside `valid_range` become missing as
+         impossible readings, duplicate timestamps are collapsed by `dedupe`, then per-channel
+         aggregation (angular channels always use the circular mean)
       -> winsorize caps (fitted on the training split only)
       -> engineered features and their missingness mask (angles as sin/cos, wrapped yaw error, deltas,
          strict-present causal rolling mean/std)
@@ -56,7 +56,7 @@ class RollingSpec:
     stats: tuple[str, ...]
 
     def __post_init__(self) -> None:
-        bad = [w for w in self.windows if int(w) != w or w < 1]
+        bad = [w for w in self.windows if not isinstance(w, int) or isinstance(w, bool) or w < 1]
         if bad:
             raise SpecError(f"rolling.windows must be positive integers, got {bad}")
         bad_stats = [s for s in self.stats if s not in ROLLING_STATS]
@@ -98,8 +98,8 @@ class PipelineSpec:
     feature_names: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
-        if self.dt_seconds <= 0:
-            raise SpecError(f"dt_seconds must be > 0, got {self.dt_seconds}")
+        if not isinstance(self.dt_seconds, int) or isinstance(self.dt_seconds, bool) or self.dt_seconds <= 0:
+            raise SpecError(f"dt_seconds must be a positive integer, got {self.dt_seconds!r}")
         if self.dedupe not in DEDUPE_RULES:
             raise SpecError(f"dedupe: unknown rule {self.dedupe!r}; allowed {list(DEDUPE_RULES)}")
         if self.angle_units not in ANGLE_UNITS:
@@ -124,8 +124,17 @@ class PipelineSpec:
         bad_agg = {c: a for c, a in self.aggregation.items() if a not in AGGREGATIONS}
         if bad_agg:
             raise SpecError(f"aggregation: unknown {bad_agg}; allowed {list(AGGREGATIONS)}")
+        angular_set = sorted(set(self.aggregation) & set(self.angular_channels))
+        if angular_set:
+            raise SpecError(f"aggregation: angular channels {angular_set} always use the circular mean; remove them")
+        angular_caps = sorted(set(self.winsor_caps) & set(self.angular_channels))
+        if angular_caps:
+            raise SpecError(f"winsor_caps: clipping the angular channels {angular_caps} makes no sense; remove them")
         for what, ranges in (("valid_range", self.valid_range), ("winsor_caps", self.winsor_caps)):
-            for c, (lo, hi) in ranges.items():
+            for c, pair in ranges.items():
+                if len(pair) != 2:
+                    raise SpecError(f"{what}.{c}: expected (low, high), got {pair!r}")
+                lo, hi = pair
                 if not lo <= hi:
                     raise SpecError(f"{what}.{c}: low {lo} must be <= high {hi}")
         if self.yaw_error is not None:
@@ -232,7 +241,7 @@ class PipelineSpec:
             return out
 
         return cls(
-            dt_seconds=int(d["dt_seconds"]),
+            dt_seconds=d["dt_seconds"],
             channels=tuple(d["channels"]),
             dedupe=d["dedupe"],
             aggregation=dict(d["aggregation"]),
@@ -245,7 +254,7 @@ class PipelineSpec:
             deltas=tuple(d["deltas"]),
             rolling=None
             if ro is None
-            else RollingSpec(tuple(ro["channels"]), tuple(int(w) for w in ro["windows"]), tuple(ro["stats"])),
+            else RollingSpec(tuple(ro["channels"]), tuple(ro["windows"]), tuple(ro["stats"])),
             flag_names=tuple(d["flag_names"]),
             flag_rules=dict(d["flag_rules"]),
             fill_value=float(d["fill_value"]),

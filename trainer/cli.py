@@ -38,3 +38,25 @@ def prepare_cmd(overrides: Overrides = None, config: ConfigOpt = "configs/config
         _fail(e)
     print(format_summary(summary))
     print(f"wrote {cfg.data.paths.processed_dir}", file=sys.stderr)
+
+
+train_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@train_app.command(
+    help="Train the multitask TCN on prepared data; writes <output_dir>/checkpoints/{best,last}.pt.\n\n"
+    "Example: scada-train train.epochs=3 device=cpu   (resume: scada-train --resume artifacts/demo/checkpoints/last.pt)",
+)
+def train_cmd(
+    overrides: Overrides = None,
+    config: ConfigOpt = "configs/config.yaml",
+    resume: Annotated[Optional[str], typer.Option(help="Continue from a last.pt of the same setup.")] = None,
+) -> None:
+    from trainer.fit import fit
+
+    try:
+        cfg = load_config(config, overrides or [])
+        best = fit(cfg, resume=resume, log=lambda m: print(m, file=sys.stderr, flush=True))
+    except ValueError as e:
+        _fail(e)
+    print(best)

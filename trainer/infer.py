@@ -67,7 +67,8 @@ def infer_step(
 ) -> InferStepOutputs:
     """Run the clean pass and the scoring pass in eval mode without gradients; the model's mode is restored."""
     if scoring.model is not model:
-        raise ValueError("infer_step: `scoring` wraps a different model than `model`; build it as ScoringModule(model, ...)")
+        msg = "infer_step: `scoring` wraps a different model than `model`; build it as ScoringModule(model, ...)"
+        raise ValueError(msg)
     was_training = model.training
     model.eval()
     try:

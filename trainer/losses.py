@@ -62,7 +62,10 @@ def masked_huber_loss(
 ) -> torch.Tensor:
     """sum(huber * mask [* w]) / max(sum(mask), eps); `mask` has y_true's shape, 1 = counted."""
     if not (y_true.shape == y_pred.shape == mask.shape):
-        msg = f"masked_huber_loss: shapes differ: y_true {tuple(y_true.shape)}, y_pred {tuple(y_pred.shape)}, mask {tuple(mask.shape)}"
+        msg = (
+            f"masked_huber_loss: shapes differ: y_true {tuple(y_true.shape)}, y_pred {tuple(y_pred.shape)}, "
+            f"mask {tuple(mask.shape)}"
+        )
         raise ValueError(msg)
     mask = mask.to(y_pred.dtype)
     # select before the Huber so a non-finite target outside the mask cannot poison the value or the gradient
@@ -118,7 +121,7 @@ def fault_loss(
         per = nn.functional.binary_cross_entropy_with_logits(logits, y_safe, reduction="none").mean(dim=1)  # (B,)
     else:
         if y.shape != (B,) or y.dtype not in (torch.int64, torch.int32):
-            msg = f"fault_loss (multiclass): y must be (B,) = ({B},) int64 class indices, got {tuple(y.shape)} {y.dtype}"
+            msg = f"fault_loss (multiclass): y must be ({B},) int64 class indices, got {tuple(y.shape)} {y.dtype}"
             raise ValueError(msg)
         y_safe = torch.where(lab, y.long(), torch.zeros_like(y, dtype=torch.long))
         per = nn.functional.cross_entropy(logits, y_safe, reduction="none")  # (B,)

@@ -56,7 +56,10 @@ def build_model_input(
             msg = f"build_model_input: {name} {tuple(t.shape)} must match X_corrupt {tuple(X_corrupt.shape)}"
             raise ValueError(msg)
     if Flags.dim() != 3 or Flags.shape[:2] != X_corrupt.shape[:2]:
-        msg = f"build_model_input: Flags must be (B, L, R) with (B, L) = {tuple(X_corrupt.shape[:2])}, got {tuple(Flags.shape)}"
+        msg = (
+            f"build_model_input: Flags must be (B, L, R) with (B, L) = {tuple(X_corrupt.shape[:2])}, "
+            f"got {tuple(Flags.shape)}"
+        )
         raise ValueError(msg)
     parts = [t.to(torch.float32) for t in (X_corrupt, M_miss, M_mask, Flags)]
     X_in = torch.cat(parts, dim=-1)  # (B, L, 3F + R)

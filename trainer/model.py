@@ -86,7 +86,8 @@ class ModelConfig:
         if self.forecast_enabled and self.K < 1:
             problems.append(f"K must be >= 1 with the forecast head enabled, got {self.K}")
         if self.fault_enabled and self.C < (1 if self.fault_multilabel else 2):
-            problems.append(f"C must be >= {1 if self.fault_multilabel else 2} with the fault head enabled, got {self.C}")
+            min_c = 1 if self.fault_multilabel else 2
+            problems.append(f"C must be >= {min_c} with the fault head enabled, got {self.C}")
         if self.D < 1:
             problems.append(f"D must be >= 1, got {self.D}")
         if self.kernel_size < 1:
@@ -282,7 +283,9 @@ class MultiTaskTCN(nn.Module):
         self.cfg = cfg
         self.backbone = TCNBackbone(cfg.F_in, cfg.D, cfg.kernel_size, cfg.dilations, cfg.dropout, cfg.norm)
         self.recon_head = ReconHead(cfg.D, cfg.F)
-        self.forecast_head = ForecastHead(cfg.D, cfg.K, cfg.F, hidden=cfg.forecast_hidden) if cfg.forecast_enabled else None
+        self.forecast_head = (
+            ForecastHead(cfg.D, cfg.K, cfg.F, hidden=cfg.forecast_hidden) if cfg.forecast_enabled else None
+        )
         self.fault_head = FaultHead(cfg.D, cfg.C, hidden=cfg.fault_hidden) if cfg.fault_enabled else None
         self.rul_head = RULHead(cfg.D, hidden=cfg.rul_hidden) if cfg.rul_enabled else None
 

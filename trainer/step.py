@@ -69,9 +69,11 @@ def _check_against_model(model: MultiTaskTCN, cfg: TrainStepConfig) -> None:
         if want and not have:
             raise ValueError(f"TrainStepConfig.{name}=True but the model was built without that head")
     if cfg.fault_enabled and cfg.fault_multilabel != m.fault_multilabel:
-        raise ValueError(
-            f"TrainStepConfig.fault_multilabel={cfg.fault_multilabel} != ModelConfig.fault_multilabel={m.fault_multilabel}"
+        msg = (
+            f"TrainStepConfig.fault_multilabel={cfg.fault_multilabel} != "
+            f"ModelConfig.fault_multilabel={m.fault_multilabel}"
         )
+        raise ValueError(msg)
 
 
 def _losses(
