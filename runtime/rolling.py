@@ -104,25 +104,24 @@ def rolling_mean_std(x: np.ndarray, present: np.ndarray, w: int) -> tuple[np.nda
     suf_shift, suf_mean, suf_m2 = _block_stats(blocks, reverse=True)
     pre_shift, pre_mean, pre_m2 = _block_stats(blocks, reverse=False)
 
-    # Window starting at s = b*w + o: suffix of block b from offset o (flat index s, w-o elements)
-    # merged with the first o elements of block b+1 (flat index s+w) by Chan's formula.
-    n_win = t_len - w + 1
-    starts = np.arange(n_win)
-    blk = starts // w
-    nb_count = (starts % w).astype(np.float64)
-    na_count = w - nb_count
-    ma, m2a = suf_mean.ravel()[:n_win], suf_m2.ravel()[:n_win]
-    mb, m2b = pre_mean.ravel()[w : w + n_win], pre_m2.ravel()[w : w + n_win]
-    ka = suf_shift[blk]
-    # The next block's shift is only meaningful (and only causal) when its prefix is non-empty.
-    delta = np.where(nb_count > 0, (mb - ma) + (pre_shift[blk + 1] - ka), 0.0)
-    win_mean = ka + (ma + delta * (nb_count / w))
-    win_m2 = m2a + m2b + delta * delta * (na_count * nb_count / w)
-    win_std = np.sqrt(np.maximum(win_m2, 0.0) / w)
+    # Window starting at s = b*w + o (row b, column o of the (nb-1, w) grids below): the suffix of
+    # block b from offset o (w-o elements) merged with the first o elements of block b+1 by Chan's
+    # formula. Column o = 0 is the whole block b; the next block's shift is then not used (causal).
+    o = np.arange(w, dtype=np.float64)
+    ka = suf_shift[:-1, None]
+    ma, m2a = suf_mean[:-1], suf_m2[:-1]
+    mb, m2b = pre_mean[1:], pre_m2[1:]
+    delta = (mb - ma) + (pre_shift[1:, None] - ka)
+    delta[:, 0] = 0.0
+    win_mean = ka + (ma + delta * (o / w))
+    win_m2 = m2a + m2b + delta * delta * ((w - o) * o / w)
+    np.maximum(win_m2, 0.0, out=win_m2)
 
-    valid = ok[w - 1 :]
-    mean[w - 1 :] = np.where(valid, win_mean, np.nan)
-    std[w - 1 :] = np.where(valid, win_std, np.nan)
+    n_win = t_len - w + 1
+    mean[w - 1 :] = win_mean.ravel()[:n_win]
+    std[w - 1 :] = np.sqrt(win_m2.ravel()[:n_win] / w)
+    np.copyto(mean, np.nan, where=~ok)
+    np.copyto(std, np.nan, where=~ok)
     return mean, std, ok
 
 

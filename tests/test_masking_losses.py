@@ -248,3 +248,12 @@ def test_train_step_loss_composition_and_eval_restores_mode():
         eval_losses(no_fault, batch, cfg, None)
     with pytest.raises(ValueError, match="p_mask"):
         TrainStepConfig(p_mask=0.0)
+
+
+def test_train_step_amp_path_with_grad_scaler():
+    batch, model = _tiny_batch(), _tiny_model()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu")  # on CUDA the caller passes GradScaler("cuda"); same code path
+    out = train_step(model, batch, TrainStepConfig(amp=True), opt, torch.Generator().manual_seed(0), scaler, 1.0)
+    assert all(torch.isfinite(torch.tensor(v)) for v in out.values())
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
