@@ -161,7 +161,7 @@ def build_features(raw: np.ndarray, spec: PipelineSpec) -> tuple[np.ndarray, np.
     work = np.empty((lay.n_features, raw.shape[0]))  # feature-major: every column is contiguous
     work[: lay.n_base] = base_columns(raw, spec).T
     deltas = work[lay.n_base : lay.n_base + len(lay.delta_src)]
-    deltas[:, 0] = np.nan
+    deltas[:, :1] = np.nan
     deltas[:, 1:] = delta_columns(work[lay.delta_src, 1:], work[lay.delta_src, :-1])
     for i, j in enumerate(lay.roll_src):
         present = ~np.isnan(work[j])

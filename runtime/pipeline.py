@@ -7,8 +7,8 @@ stream). Steps, in this order and with the same functions in both adapters:
 
 1. winsorise with `spec.winsor_caps` (`runtime.qc.apply_winsor`);
 2. engineered features E (T, F) float64 NaN-missing and mask M (T, F) uint8, 1 = present
-   (`runtime.features`), and flags (T, R) float32 from `spec.flag_rules` evaluated on the capped
-   binned values (`runtime.flags`);
+   (`runtime.features`), and flags (T, R) float32 from `spec.flag_rules` evaluated on the binned
+   values before the caps (a cap is a feature-scaling choice and must not hide a regime) (`runtime.flags`);
 3. robust scaling (`runtime.scaling`), then the fill value where M == 0, only after the mask is
    fixed, so a filled value never hides a missing one: X == spec.fill_value exactly where M == 0.
 
@@ -64,7 +64,7 @@ def _check_binned(binned: np.ndarray, spec: PipelineSpec, ndim: int, where: str)
 
 
 class Preprocessor:
-    """Batch composition: winsor -> features + mask + flags -> scaling -> fill. Stateless."""
+    """Batch composition: flags; winsor -> features + mask -> scaling -> fill. Stateless."""
 
     def __init__(self, spec: PipelineSpec, scaler: RobustScaler | None) -> None:
         self.spec = spec
@@ -81,7 +81,7 @@ class Preprocessor:
         binned = _check_binned(binned, self.spec, 2, "Preprocessor.engineer")
         capped = apply_winsor(binned, self.spec.channels, self.spec.winsor_caps)
         E, M = build_features(capped, self.spec)
-        return E, M, self.flags.evaluate(capped)
+        return E, M, self.flags.evaluate(binned)  # rules see the binned readings, not the feature caps
 
     def finish(self, E: np.ndarray, M: np.ndarray) -> np.ndarray:
         """Scale E then write spec.fill_value where M == 0 -> X (T, F) float32."""
@@ -127,7 +127,7 @@ class StreamPreprocessor:
         capped = apply_winsor(row[None, :], self.spec.channels, self.spec.winsor_caps)
         e, m = self._features.step(capped[0])
         X = self._batch.finish(e[None, :], m[None, :])[0]
-        return ModelInputs(X, m, self._batch.flags.evaluate(capped)[0])
+        return ModelInputs(X, m, self._batch.flags.evaluate(row[None, :])[0])
 
     def state_dict(self) -> dict[str, Any]:
         """Plain copy of the state (the feature state; winsor, flags and scaling are stateless)."""

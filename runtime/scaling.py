@@ -86,6 +86,7 @@ class RobustScaler:
             )
 
     def __eq__(self, other: object) -> bool:
+        """Equal iff the serialised forms are equal (arrays compared by value)."""
         return isinstance(other, RobustScaler) and self.to_dict() == other.to_dict()
 
     __hash__ = None  # type: ignore[assignment]
@@ -106,7 +107,7 @@ class RobustScaler:
             )
         X = (E.astype(np.float64, copy=False) - self.center) / self.scale
         if self.clip is not None:
-            X[:, self.scaled] = np.clip(X[:, self.scaled], -self.clip, self.clip)
+            np.clip(X, -self.clip, self.clip, out=X, where=self.scaled)
         return X
 
     def to_dict(self) -> dict[str, Any]:

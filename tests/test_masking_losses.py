@@ -18,13 +18,6 @@ from trainer.model import ModelConfig, MultiTaskTCN
 from trainer.step import TrainStepConfig, eval_losses, train_step
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # tiny models gain nothing from intra-op threads, and OpenMP spin-waits make them ~20x slower on a busy machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _miss(shape=(8, 50, 6), p_missing=0.3, seed=0) -> torch.Tensor:

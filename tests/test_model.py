@@ -21,13 +21,6 @@ from trainer.model import (
 F, R, K, C = 3, 2, 4, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # tiny models gain nothing from intra-op threads, and OpenMP spin-waits make them ~20x slower on a busy machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _model(norm: str = "none", **kw) -> MultiTaskTCN:

@@ -166,14 +166,17 @@ def test_finish_refusals() -> None:
         pre.transform(raw[:, :5])
 
 
-def test_winsor_caps_are_applied_before_features_and_flags() -> None:
+def test_winsor_caps_shape_features_but_not_flags() -> None:
     spec = make_spec().with_winsor_caps({"power": (100.0, 1600.0), "status": (0.0, 1.0)})
     raw = make_timeline(3000, seed=1)
     E, _, Flags = Preprocessor(spec, None).engineer(raw)
     p = E[:, spec.feature_names.index("power")]
     assert np.nanmax(p) == 1600.0 and np.nanmin(p) >= 100.0
     assert np.nanmax(E[:, spec.feature_names.index("power_rmean36")]) <= 1600.0
-    assert not Flags[:, spec.flag_names.index("stopped")].any()  # status capped at 1 < 2
+    # flags read the binned readings: a cap on status (a feature-scaling concern) must not hide a stop
+    uncapped = Preprocessor(make_spec(), None).engineer(raw)[2]
+    np.testing.assert_array_equal(Flags, uncapped)
+    assert Flags[:, spec.flag_names.index("stopped")].any()
 
 
 def test_flags_follow_the_rules_where_sources_are_present() -> None:

@@ -13,13 +13,6 @@ from trainer.scoring import ScoringModule, scoring_patterns, stable_topk_indices
 L, F, R, K, C = 20, 5, 2, 3, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # tiny models gain nothing from intra-op threads, and OpenMP spin-waits make them ~20x slower on a busy machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _model(norm: str = "weight_norm") -> MultiTaskTCN:

@@ -1,0 +1,121 @@
+"""`export_bundle`: a scada-train checkpoint -> a verified bundle directory (the function behind scada-export).
+
+Steps: load the checkpoint (weights only) and its saved config, apply `infer.*` overrides, open the prepared data
+the model was trained on (its fingerprint must match the checkpoint's), rebuild and export both graphs,
+calibrate on the validation split, check torch/onnxruntime parity (unless `verify=False`), then hand
+everything to `runtime.bundle.dump_bundle`, which validates and writes. A failed parity check writes nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from export.calibrate import CALIBRATION_SPLIT, calibrate
+from export.onnx_export import IR_VERSION, OPSET, ExportError, build_modules, export_graphs
+from export.verify import DEFAULT_ATOL, DEFAULT_RTOL, verify_graphs
+from runtime.bundle import Bundle, dump_bundle
+from trainer.config import RootCfg, split_overrides, to_root
+from trainer.config_checks import ConfigError
+from trainer.fit import PreparedData, load_checkpoint
+
+__all__ = ["export_bundle", "checkpoint_config", "default_out_dir"]
+
+
+def checkpoint_config(ckpt: dict, overrides: Sequence[str] = (), data_dir: str | Path | None = None) -> RootCfg:
+    """The checkpoint's saved config with `infer.*` overrides (other keys would contradict the trained model)."""
+    groups, dotted = split_overrides(list(overrides))
+    bad = sorted(groups) + [o for o in dotted if not o.startswith("infer.")]
+    if bad:
+        raise ConfigError(f"scada-export accepts infer.* overrides only (e.g. infer.calibration.percentile=99.9); "
+                          f"got {bad}: the rest of the config is fixed by the checkpoint")
+    if data_dir is not None:
+        dotted.append(f"data.paths.processed_dir={Path(data_dir)}")
+    try:
+        node = OmegaConf.merge(OmegaConf.structured(RootCfg), ckpt["cfg"], OmegaConf.from_dotlist(dotted))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"override {dotted}: {str(e).splitlines()[0]}") from e
+    return to_root(node)
+
+
+def default_out_dir(checkpoint: str | Path, cfg: RootCfg) -> Path:
+    """<run output dir>/bundle: the folder above checkpoints/ when the checkpoint sits there, else cfg.output_dir."""
+    p = Path(checkpoint).resolve()
+    run_dir = p.parent.parent if p.parent.name == "checkpoints" else Path(cfg.output_dir)
+    return run_dir / "bundle"
+
+
+def _val_windows(data: PreparedData, cfg: RootCfg, n: int = 64) -> tuple[np.ndarray, ...]:
+    ds = data.dataset(cfg, CALIBRATION_SPLIT)
+    if len(ds) == 0:
+        raise ExportError(f"the {CALIBRATION_SPLIT!r} split has no windows to verify and calibrate on")
+    pick = np.linspace(0, len(ds) - 1, min(n, len(ds))).round().astype(int).tolist()
+    b = ds.__getitems__(pick)
+    return b["X"].numpy(), b["M_miss"].numpy(), b["Flags"].numpy()
+
+
+def export_bundle(
+    checkpoint: str | Path,
+    out_dir: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    verify: bool = True,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+    log: Callable[[str], None] = lambda m: None,
+) -> Bundle:
+    """Export `checkpoint` into a bundle directory (default `<run output dir>/bundle`) and return it, loaded."""
+    ckpt = load_checkpoint(checkpoint)
+    cfg = checkpoint_config(ckpt, overrides, data_dir)
+    out = Path(out_dir) if out_dir is not None else default_out_dir(checkpoint, cfg)
+    data = PreparedData(cfg)
+    if data.fingerprint != ckpt["data_fingerprint"]:
+        raise ExportError(f"prepared data in {data.dir} (fingerprint {data.fingerprint[:12]}) is not the data the "
+                          f"checkpoint was trained on ({ckpt['data_fingerprint'][:12]}); pass --data with that folder")
+    mods = build_modules(ckpt, cfg)
+    log(f"exporting {checkpoint}: L={mods.L}, F={data.F}, R={data.R}, receptive field {mods.model.receptive_field}")
+    graphs = export_graphs(mods)
+    log("calibrating on the validation split")
+    cal = calibrate(mods.scoring, data, cfg)
+    parity = None
+    if verify:
+        parity = verify_graphs(mods, graphs, _val_windows(data, cfg), atol=atol, rtol=rtol)
+        if not parity["passed"]:
+            bad = {k: v for k, v in parity["outputs"].items() if v["n_bad"]}
+            raise ExportError(f"torch/onnxruntime parity out of tolerance (atol={atol}, rtol={rtol}): {bad}; "
+                              "nothing was written")
+    mcfg, labels, inf = mods.model.cfg, cfg.data.labels, cfg.infer
+    manifest = {
+        "dims": {"L": mods.L, "K": mcfg.K, "F": mcfg.F, "R": mcfg.R, "C": mcfg.C, "RF": mcfg.receptive_field},
+        "dt_seconds": int(ckpt["pipeline_spec"]["dt_seconds"]),
+        "feature_registry": ckpt["feature_registry"],
+        "flag_registry": ckpt["flag_registry"],
+        "column_mapping": dict(cfg.data.columns),
+        "pipeline_spec": ckpt["pipeline_spec"],
+        "scaler": ckpt["scaler"],
+        "heads": {"forecast": mcfg.forecast_enabled, "fault": mcfg.fault_enabled,
+                  "fault_multilabel": mcfg.fault_multilabel, "rul": mcfg.rul_enabled},
+        "class_names": list(labels.class_names) if labels.enabled else [],
+        "scoring": {"p_score": inf.p_score, "passes": mods.scoring.P, "seed": inf.score_seed,
+                    "aggregation": inf.aggregation.name, "halflife": inf.aggregation.halflife_steps,
+                    "topn": inf.topn_features},
+        "calibration": cal.calibration.to_dict(),
+        "alerting": {"T_on": inf.alerting.hysteresis.T_on, "T_off": inf.alerting.hysteresis.T_off,
+                     "N_on": inf.alerting.debounce.N_on, "N_off": inf.alerting.debounce.N_off},
+        "score_reference": cal.score_reference,
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
+                     "package": importlib.metadata.version("scada-tcn"), "opset": OPSET, "ir_version": IR_VERSION},
+        "data_fingerprint": ckpt["data_fingerprint"],
+        "parity": parity,
+    }
+    bundle = dump_bundle(out, graphs, manifest)
+    log(f"wrote {out} (model id {bundle.model_id[:12]})")
+    return bundle

@@ -1,0 +1,98 @@
+"""Calibration at export: thresholds and a score reference from the validation split's normal windows.
+
+Contract
+--------
+Only windows of the validation split are scored, and of those only the ones without a fault label: windows whose
+`has_label` is false, or whose label is the normal class 0 (multilabel: no fault class set). Test windows and
+fault-labelled windows never reach a threshold. Scores come from the torch `ScoringModule` that is exported,
+the regime of each window from `runtime.calibration.regime_of` on its last step's flags (the definition the
+edge uses). Thresholds: `runtime.calibration.fit_percentile_calibration` with the `infer.calibration` keys;
+turbines and (turbine, regime) pairs below `min_windows` fall back, and the bundle records which and why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from runtime.calibration import Calibration, fit_percentile_calibration, regime_of
+from trainer.config import RootCfg
+from trainer.dataset import WindowDataset
+from trainer.fit import PreparedData
+from trainer.scoring import ScoringModule
+
+__all__ = ["CALIBRATION_SPLIT", "QUANTILE_LEVELS", "CalibrationResult", "calibrate", "normal_windows",
+           "score_windows"]
+
+CALIBRATION_SPLIT = "val"
+QUANTILE_LEVELS = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 1.0)
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    calibration: Calibration
+    score_reference: dict[str, Any]  # runtime.bundle's score_reference section
+    n_split: int  # windows of the split
+    n_excluded: int  # of which fault-labelled, so not used
+
+
+def normal_windows(index: pd.DataFrame, cfg: RootCfg) -> np.ndarray:
+    """Bool per row of `index`: True when the window carries no fault label (unlabelled, or labelled normal)."""
+    labels = cfg.data.labels
+    if not labels.enabled or "has_label" not in index:
+        return np.ones(len(index), dtype=bool)
+    has_label = index["has_label"].to_numpy(bool)
+    if labels.multilabel:
+        faults = [f"y_{c}" for c in list(labels.class_names)[1:]]
+        faulty = index[faults].to_numpy(np.float64).max(axis=1, initial=0.0) > 0.5
+    else:
+        faulty = index["y"].to_numpy(np.int64) != 0
+    return ~has_label | ~faulty
+
+
+def score_windows(scoring: ScoringModule, data: PreparedData, cfg: RootCfg, index: pd.DataFrame,
+                  batch_size: int = 256) -> tuple[np.ndarray, list[str]]:
+    """Scores (N,) float64 and regimes of the windows of `index`, with the torch scoring module."""
+    ds = WindowDataset(data.dir, index.reset_index(drop=True), cfg.data.windowing.L, cfg.data.windowing.K,
+                       data.F, data.R, None, False)
+    scores, regimes = [], []
+    was_training = scoring.training
+    scoring.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(ds), batch_size):
+                b = ds.__getitems__(list(range(start, min(start + batch_size, len(ds)))))
+                scores.append(scoring(b["X"], b["M_miss"], b["Flags"]).s_now.double().numpy())
+                regimes += regime_of(b["Flags"][:, -1, :].numpy(), data.flag_reg.flag_names)
+    finally:
+        scoring.train(was_training)
+    return (np.concatenate(scores) if scores else np.zeros(0)), regimes
+
+
+def calibrate(scoring: ScoringModule, data: PreparedData, cfg: RootCfg) -> CalibrationResult:
+    """Thresholds and the score reference from the normal windows of the validation split."""
+    c = cfg.infer.calibration
+    if not c.enabled or c.method != "percentile":
+        what = "infer.calibration.enabled=false" if not c.enabled else f"infer.calibration.method={c.method!r}"
+        raise ValueError(f"{what}: the bundle needs percentile thresholds (method=percentile, enabled=true); "
+                         "the evt method is not implemented")
+    split = data.index[data.index["split"] == CALIBRATION_SPLIT].reset_index(drop=True)
+    keep = normal_windows(split, cfg)
+    rows = split[keep].reset_index(drop=True)
+    if len(rows) == 0:
+        raise ValueError(f"no normal windows in the {CALIBRATION_SPLIT!r} split to calibrate on "
+                         f"({len(split)} windows, all fault-labelled or none): check data.splits.val_range")
+    scores, regimes = score_windows(scoring, data, cfg, rows)
+    fitted_on = (f"split={CALIBRATION_SPLIT}: {len(rows)} windows without a fault label of {len(split)} "
+                 f"({len(split) - len(rows)} fault-labelled excluded); data fingerprint {data.fingerprint}")
+    cal = fit_percentile_calibration(
+        scores, rows["turbine_id"].astype(str).tolist(), regimes, percentile=c.percentile,
+        min_windows=c.min_windows, per_turbine=c.per_turbine, per_regime=c.per_regime, fitted_on=fitted_on,
+    )
+    ref = {"split": CALIBRATION_SPLIT, "n_windows": int(len(scores)), "levels": list(QUANTILE_LEVELS),
+           "values": [float(v) for v in np.quantile(scores, QUANTILE_LEVELS)]}
+    return CalibrationResult(cal, ref, n_split=len(split), n_excluded=int((~keep).sum()))

@@ -1,0 +1,87 @@
+"""Shared fixtures: a tiny simulated farm, prepared, and a tiny model trained on it (session-scoped, built once).
+
+The tiny setup keeps every contract of the real one (all feature kinds, status flags, labelled faults, time
+splits) at a size that trains in seconds on a 2-core CPU: L=24 steps (4 h), K=3, D=16, 3 blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "config.yaml"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+TINY_OVERRIDES = [
+    "data.windowing.L=24", "data.windowing.K=3", "data.windowing.stride=2",
+    "data.splits.train_range=[2024-01-01T00:00:00+00:00,2024-01-21T00:00:00+00:00]",
+    "data.splits.val_range=[2024-01-21T00:00:00+00:00,2024-01-28T00:00:00+00:00]",
+    "data.splits.test_range=[2024-01-28T00:00:00+00:00,2024-02-15T00:00:00+00:00]",
+    "features.rolling.windows=[3,6]",
+    "model.tcn.D=16", "model.tcn.num_blocks=3", "model.heads.forecast.hidden=16", "model.heads.fault.hidden=16",
+    "train.batch_size=32", "train.epochs=2", "train.max_steps_per_epoch=8", "train.scheduler.warmup_steps=2",
+    "infer.calibration.min_windows=20", "device=cpu",
+]
+
+
+@dataclass(frozen=True)
+class TinyRun:
+    root: Path  # everything below lives here
+    synth_dir: Path  # scada.csv, labels.csv
+    overrides: list[str]  # config overrides that describe this run (paths included)
+    checkpoint: Path  # best.pt
+
+    def cfg(self, *extra: str):
+        from trainer.config import load_config
+
+        return load_config(CONFIG, [*self.overrides, *extra])
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> TinyRun:
+    """4 simulated turbines x 45 days -> prepared -> 2 short epochs of training."""
+    from trainer.config import load_config
+    from trainer.fit import fit
+    from trainer.prepare import prepare
+    from trainer.simulator import write_synthetic
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    synth = root / "synth"
+    write_synthetic(synth, 4, 45, seed=7, start="2024-01-01", fmt="csv")
+    overrides = [
+        *TINY_OVERRIDES,
+        f"data.paths.raw_dir={synth / 'scada.csv'}",
+        f"data.paths.labels_file={synth / 'labels.csv'}",
+        f"data.paths.processed_dir={root / 'processed'}",
+        f"output_dir={root / 'run'}",
+    ]
+    cfg = load_config(CONFIG, overrides)
+    prepare(cfg)
+    best = fit(cfg, log=lambda m: None)
+    return TinyRun(root=root, synth_dir=synth, overrides=overrides, checkpoint=best)
+
+
+def shared_data_or_skip(*parts: str) -> Path:
+    """Path under ../shared/data, or skip the test with the reason."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent: the real data sets live in ../shared/data beside the repository")
+    return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny test models gain nothing from intra-op threads, and OpenMP spin-waits make them far slower on a
+    busy 2-core machine. Only applied when torch is installed (the runtime-only install has no torch)."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
