@@ -53,6 +53,8 @@ def main() -> None:
     ap.add_argument("--steps-per-epoch", type=int, default=150)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/scada_bench_train"))
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--score-every", type=int, default=1, help="score every k-th test window (all fault windows)")
+    ap.add_argument("--halflife", type=float, default=6.0, help="half-life (steps) of the recent_weighted score")
     a = ap.parse_args()
 
     from trainer.config import load_config
@@ -100,22 +102,26 @@ def main() -> None:
     model.load_state_dict(ck["model_state"])
     model.eval()
     inf = cfg.infer
-    scorer = ScoringModule(model, cfg.data.windowing.L, data.F, inf.p_score, inf.score_seed, inf.aggregation.name,
-                           inf.topn_features, inf.aggregation.halflife_steps, cfg.features.fill_value_c)
     test = data.dataset(cfg, "test")
-    scores = []
-    with torch.no_grad():
-        for i in range(0, len(test), 256):
-            b = test.__getitems__(list(range(i, min(i + 256, len(test)))))
-            scores.append(scorer(b["X"], b["M_miss"], b["Flags"]).s_now.numpy())
-    s = np.concatenate(scores)
     y = test.y
-    print(f"test windows: {len(s):,} ({int((y > 0).sum()):,} fault); anomaly-score ROC-AUC fault vs normal: "
-          f"{roc_auc(s, y > 0):.3f}")
-    for k, name in enumerate(cfg.data.labels.class_names[1:], 1):
-        sel = (y == 0) | (y == k)
-        if (y == k).any():
-            print(f"  {name:<18} {int((y == k).sum()):>6} windows  ROC-AUC {roc_auc(s[sel], y[sel] == k):.3f}")
+    keep = np.flatnonzero((y > 0) | (np.arange(len(y)) % a.score_every == 0))
+    y = y[keep]
+    for agg, halflife in (("masked_mean", None), ("recent_weighted", a.halflife)):
+        scorer = ScoringModule(model, cfg.data.windowing.L, data.F, inf.p_score, inf.score_seed, agg,
+                               inf.topn_features, halflife, cfg.features.fill_value_c)
+        scores = []
+        with torch.no_grad():
+            for i in range(0, len(keep), 256):
+                b = test.__getitems__(keep[i : i + 256].tolist())
+                scores.append(scorer(b["X"], b["M_miss"], b["Flags"]).s_now.numpy())
+        s = np.concatenate(scores)
+        label = agg if halflife is None else f"{agg} (half-life {halflife:g} steps)"
+        print(f"score {label}: {len(s):,} test windows ({int((y > 0).sum()):,} fault); ROC-AUC fault vs normal "
+              f"{roc_auc(s, y > 0):.3f}")
+        for k, name in enumerate(cfg.data.labels.class_names[1:], 1):
+            sel = (y == 0) | (y == k)
+            if (y == k).any():
+                print(f"  {name:<18} {int((y == k).sum()):>6} windows  ROC-AUC {roc_auc(s[sel], y[sel] == k):.3f}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from export.calibrate import CALIBRATION_SPLIT, calibrate
 from export.onnx_export import IR_VERSION, OPSET, ExportError, build_modules, export_graphs
-from export.verify import DEFAULT_ATOL, DEFAULT_RTOL, verify_graphs
+from export.verify import DEFAULT_ATOL, DEFAULT_EXTREME, DEFAULT_RTOL, verify_graphs
 from runtime.bundle import Bundle, dump_bundle
 from trainer.config import RootCfg, split_overrides, to_root
 from trainer.config_checks import ConfigError
@@ -87,7 +87,9 @@ def export_bundle(
     cal = calibrate(mods.scoring, data, cfg)
     parity = None
     if verify:
-        parity = verify_graphs(mods, graphs, _val_windows(data, cfg), atol=atol, rtol=rtol)
+        clip = ckpt["scaler"]["clip"]
+        extreme = float(clip) if clip is not None else DEFAULT_EXTREME
+        parity = verify_graphs(mods, graphs, _val_windows(data, cfg), atol=atol, rtol=rtol, extreme=extreme)
         if not parity["passed"]:
             bad = {k: v for k, v in parity["outputs"].items() if v["n_bad"]}
             raise ExportError(f"torch/onnxruntime parity out of tolerance (atol={atol}, rtol={rtol}): {bad}; "

@@ -29,7 +29,7 @@ A bundle is a directory of three files:
   versions         {torch, onnx, onnxruntime, package, opset, ir_version} at export
   checksums        {"clean.onnx": sha256 hex, "scoring.onnx": sha256 hex}
   data_fingerprint fingerprint of the prepared training data
-  parity           null (export ran with --no-verify) or {atol, rtol, passed, outputs, cases}
+  parity           null (export ran with --no-verify) or {atol, rtol, extreme, passed, outputs, cases}
 
 `bundle.json` is the root of trust: the checksums cover the graphs, and the model id covers graphs and registries.
 
@@ -279,8 +279,8 @@ def open_session(
 def _parse_parity(p: Any) -> dict[str, Any] | None:
     if p is None:
         return None
-    p = _keys(p, ("atol", "rtol", "passed", "outputs", "cases"), "parity")
-    _num(p, "atol", "parity"), _num(p, "rtol", "parity")
+    p = _keys(p, ("atol", "rtol", "extreme", "passed", "outputs", "cases"), "parity")
+    _num(p, "atol", "parity"), _num(p, "rtol", "parity"), _num(p, "extreme", "parity")
     if not _typed(p, "passed", "parity", bool):
         raise _fail("parity.passed is false: the export's torch/onnxruntime parity check failed; re-export")
 

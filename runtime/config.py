@@ -231,6 +231,8 @@ def _problems(c: RuntimeConfig) -> list[str]:
         p.append("broker.reconnect_max_s: must be >= broker.reconnect_min_s")
     if c.queues.outbound > 60000:
         p.append(f"queues.outbound: at most 60000 (MQTT packet ids are 16-bit), got {c.queues.outbound}")
+    if c.queues.receive_maximum > c.queues.inbound:
+        p.append("queues.receive_maximum: must be <= queues.inbound, so QoS 1 telemetry never overflows the queue")
     if c.queues.receive_maximum > 65535:
         p.append(f"queues.receive_maximum: at most 65535, got {c.queues.receive_maximum}")
     for key, v in (

@@ -118,6 +118,11 @@ class Fleet:
         for name, t in self._turbines.items():
             self._emit(name, t, t.acc.close_until(now_ns))
 
+    def close_turbine_until(self, turbine: str, now_ns: int) -> None:
+        """Close one turbine's bins whose end + grace <= now_ns (replay ends each turbine at its last sample)."""
+        t = self._turbines[turbine]
+        self._emit(turbine, t, t.acc.close_until(now_ns))
+
     def _emit(self, name: str, t: _Turbine, closed: list[ClosedBin]) -> None:
         for b in closed:
             rows = t.pre.step(b.values)

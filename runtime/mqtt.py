@@ -97,7 +97,7 @@ class MqttLink:
         self._on_connect_failed = on_connect_failed
         self._on_overflow = on_overflow
         self._on_unrouted = on_unrouted
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # paho may call on_publish inside publish()
         self._pending: set[int] = set()  # mids handed to paho and not yet acknowledged by the broker
         self._connected = False
         self._generation = 0

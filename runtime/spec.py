@@ -21,7 +21,9 @@ Every name list fixes an order; `feature_names` and `flag_names` are derived her
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from runtime.errors import SpecError
@@ -83,9 +85,9 @@ class PipelineSpec:
     dt_seconds: int
     channels: tuple[str, ...]  # order of the raw channel vector (feature channels + flag sources)
     dedupe: str
-    aggregation: dict[str, str]  # channel -> aggregation; channels not listed use "mean"
-    valid_range: dict[str, tuple[float, float]]
-    winsor_caps: dict[str, tuple[float, float]]  # fitted caps in channel units (empty before fitting)
+    aggregation: Mapping[str, str]  # channel -> aggregation; channels not listed use "mean"
+    valid_range: Mapping[str, tuple[float, float]]
+    winsor_caps: Mapping[str, tuple[float, float]]  # fitted caps in channel units (empty before fitting)
     feature_channels: tuple[str, ...]
     angular_channels: tuple[str, ...]
     angle_units: str
@@ -93,11 +95,13 @@ class PipelineSpec:
     deltas: tuple[str, ...]
     rolling: RollingSpec | None
     flag_names: tuple[str, ...]
-    flag_rules: dict[str, str]  # flag -> rule over channels ("power <= 0 and wind_speed > 4", or a bare channel)
+    flag_rules: Mapping[str, str]  # flag -> rule over channels ("power <= 0 and wind_speed > 4", or a bare channel)
     fill_value: float
     feature_names: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
+        for name in ("aggregation", "valid_range", "winsor_caps", "flag_rules"):  # read-only after validation
+            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
         if not isinstance(self.dt_seconds, int) or isinstance(self.dt_seconds, bool) or self.dt_seconds <= 0:
             raise SpecError(f"dt_seconds must be a positive integer, got {self.dt_seconds!r}")
         if self.dedupe not in DEDUPE_RULES:

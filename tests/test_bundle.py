@@ -1,0 +1,336 @@
+"""The bundle contract (runtime/bundle.py): a pinned tiny bundle, exact refusal messages, and a fuzz of corruptions.
+
+The tiny bundle is built without torch: two hand-written ONNX graphs with the bundle's I/O names and shapes
+(L=4, K=1, F=2, R=1, C=2, topn=1), so these tests pin the format, not the model.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper  # noqa: E402
+
+from runtime.bundle import (  # noqa: E402
+    GRAPH_FILES,
+    SCHEMA_VERSION,
+    TOP_KEYS,
+    Bundle,
+    compute_model_id,
+    dump_bundle,
+    load_bundle,
+)
+from runtime.calibration import fit_percentile_calibration  # noqa: E402
+from runtime.errors import BundleError, InputError  # noqa: E402
+from runtime.scaling import RobustScaler  # noqa: E402
+from runtime.scorer import OnnxScorer  # noqa: E402
+from runtime.spec import PipelineSpec  # noqa: E402
+
+L, K, F, R, C, TOPN = 4, 1, 2, 1, 2, 1
+
+# the pinned format: every key of bundle.json and of each section
+GOLDEN_KEYS = {
+    "<top>": sorted(TOP_KEYS),
+    "dims": ["C", "F", "K", "L", "R", "RF"],
+    "feature_registry": ["angular_channel_names", "engineered_version", "feature_names", "raw_channel_names"],
+    "flag_registry": ["flag_names", "flags_version"],
+    "heads": ["fault", "fault_multilabel", "forecast", "rul"],
+    "scoring": ["aggregation", "halflife", "p_score", "passes", "seed", "topn"],
+    "calibration": ["fallbacks", "fitted_on", "global_threshold", "method", "min_windows", "n_windows", "per_regime",
+                    "per_turbine", "per_turbine_regime", "percentile"],
+    "alerting": ["N_off", "N_on", "T_off", "T_on"],
+    "score_reference": ["levels", "n_windows", "split", "values"],
+    "versions": ["ir_version", "onnx", "onnxruntime", "opset", "package", "torch"],
+    "checksums": ["clean.onnx", "scoring.onnx"],
+    "parity": ["atol", "cases", "extreme", "outputs", "passed", "rtol"],
+}
+
+
+def _model(nodes, inputs, outputs, inits=()) -> bytes:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(inits))
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="test_bundle")
+    m.ir_version = 10
+    onnx.checker.check_model(m, full_check=True)
+    return m.SerializeToString()
+
+
+def _vi(name: str, shape: list, elem=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def tiny_graphs() -> dict[str, bytes]:
+    """clean: Y_hat = X_in[:, -1:, :F], fault_logits = mean over time of X_in[:, :, :C]; scoring: simple reductions."""
+    i64 = lambda name, v: helper.make_tensor(name, TensorProto.INT64, [len(v)], v)  # noqa: E731
+    clean = _model(
+        [helper.make_node("Slice", ["X_in", "s_last", "e_last", "ax1"], ["last"]),
+         helper.make_node("Slice", ["last", "z", "f", "ax2"], ["Y_hat"]),
+         helper.make_node("Slice", ["X_in", "z", "c", "ax2"], ["head"]),
+         helper.make_node("ReduceMean", ["head", "ax1"], ["fault_logits"], keepdims=0)],
+        [_vi("X_in", ["batch", L, 3 * F + R])], [_vi("Y_hat", ["batch", K, F]), _vi("fault_logits", ["batch", C])],
+        [i64("s_last", [-1]), i64("e_last", [L]), i64("ax1", [1]), i64("ax2", [2]), i64("z", [0]),
+         i64("f", [F]), i64("c", [C])],
+    )
+    scoring = _model(
+        [helper.make_node("Mul", ["X", "M_miss"], ["Xm"]),
+         helper.make_node("Abs", ["Xm"], ["E"]),
+         helper.make_node("ReduceSum", ["E", "ax1"], ["feat_contrib"], keepdims=0),
+         helper.make_node("ReduceSum", ["feat_contrib", "ax1"], ["s_now"], keepdims=0),
+         helper.make_node("TopK", ["feat_contrib", "k"], ["vals", "top_idx"])],
+        [_vi("X", ["batch", L, F]), _vi("M_miss", ["batch", L, F]), _vi("Flags", ["batch", L, R])],
+        [_vi("s_now", ["batch"]), _vi("feat_contrib", ["batch", F]), _vi("top_idx", ["batch", TOPN], TensorProto.INT64),
+         _vi("E", ["batch", L, F])],
+        [i64("ax1", [1]), i64("k", [TOPN])],
+    )
+    return {"clean": clean, "scoring": scoring}
+
+
+def tiny_manifest() -> dict:
+    spec = PipelineSpec(
+        dt_seconds=600, channels=("wind_speed", "power"), dedupe="last", aggregation={}, valid_range={},
+        winsor_caps={}, feature_channels=("wind_speed", "power"), angular_channels=(), angle_units="deg",
+        yaw_error=None, deltas=(), rolling=None, flag_names=("stopped",), flag_rules={"stopped": "power <= 0"},
+        fill_value=0.0,
+    )
+    scaler = RobustScaler(spec.feature_names, [1.0, 2.0], [3.0, 4.0], [True, True], 20.0, ("iqr", "iqr"))
+    scores = np.linspace(0.0, 1.0, 40)
+    cal = fit_percentile_calibration(scores, ["T1"] * 30 + ["T2"] * 10, ["normal"] * 40, 99.0, 20, fitted_on="test")
+    stats = {"max_abs": 0.0, "max_rel": 0.0, "n_bad": 0}
+    return {
+        "dims": {"L": L, "K": K, "F": F, "R": R, "C": C, "RF": 5},
+        "dt_seconds": 600,
+        "feature_registry": {"feature_names": list(spec.feature_names), "raw_channel_names": ["wind_speed", "power"],
+                             "angular_channel_names": [], "engineered_version": "e1"},
+        "flag_registry": {"flag_names": ["stopped"], "flags_version": "f1"},
+        "column_mapping": {"wind_speed": "ws", "power": "p"},
+        "pipeline_spec": spec.to_dict(),
+        "scaler": scaler.to_dict(),
+        "heads": {"forecast": True, "fault": True, "fault_multilabel": False, "rul": False},
+        "class_names": ["normal", "fault"],
+        "scoring": {"p_score": 0.25, "passes": 4, "seed": 1, "aggregation": "masked_mean", "halflife": None,
+                    "topn": TOPN},
+        "calibration": cal.to_dict(),
+        "alerting": {"T_on": 1.0, "T_off": 0.8, "N_on": 3, "N_off": 6},
+        "score_reference": {"split": "val", "n_windows": 40, "levels": [0.0, 0.5, 1.0], "values": [0.0, 0.5, 1.0]},
+        "versions": {"torch": "t", "onnx": "o", "onnxruntime": "r", "package": "p", "opset": 18, "ir_version": 10},
+        "data_fingerprint": "fp",
+        "parity": {"atol": 1e-5, "rtol": 1e-4, "extreme": 20.0, "passed": True, "outputs": {"scoring/s_now": stats},
+                   "cases": {"val": {"n_windows": 1, "outputs": {"scoring/s_now": stats}}}},
+    }
+
+
+@pytest.fixture()
+def bundle_dir(tmp_path) -> Path:
+    dump_bundle(tmp_path / "b", tiny_graphs(), tiny_manifest())
+    return tmp_path / "b"
+
+
+def _edit(path: Path, fn) -> None:
+    doc = json.loads((path / "bundle.json").read_text())
+    fn(doc)
+    (path / "bundle.json").write_text(json.dumps(doc))
+
+
+def _message(path: Path) -> str:
+    with pytest.raises(BundleError) as e:
+        load_bundle(path)
+    return str(e.value)
+
+
+# ----------------------------------------------------------------------------------------------- golden
+
+
+def test_tiny_bundle_key_set_is_pinned(bundle_dir):
+    doc = json.loads((bundle_dir / "bundle.json").read_text())
+    got = {"<top>": sorted(doc)} | {k: sorted(doc[k]) for k in GOLDEN_KEYS if k != "<top>"}
+    assert got == GOLDEN_KEYS
+    assert sorted(p.name for p in bundle_dir.iterdir()) == ["bundle.json", "clean.onnx", "scoring.onnx"]
+    assert doc["schema_version"] == SCHEMA_VERSION == 1
+    sha = {f: hashlib.sha256((bundle_dir / f).read_bytes()).hexdigest() for f in GRAPH_FILES.values()}
+    assert doc["checksums"] == sha
+    assert doc["model_id"] == compute_model_id(sha, doc["feature_registry"], doc["flag_registry"])
+
+
+def test_dump_load_round_trip(bundle_dir):
+    b = load_bundle(bundle_dir)
+    assert isinstance(b, Bundle) and b.dims.F_in == 3 * F + R and b.clean_outputs == ("Y_hat", "fault_logits")
+    assert b.spec.feature_names == ("wind_speed", "power") and b.scaler.clip == 20.0
+    assert b.calibration.threshold_for("T1") == (b.calibration.per_turbine["T1"], "turbine")
+    assert b.calibration.threshold_for("T2")[1] == "global"  # 10 windows < min_windows=20, recorded
+    assert "T2" in b.calibration.fallbacks
+    again = dump_bundle(bundle_dir.parent / "again", tiny_graphs(), tiny_manifest())
+    assert again.model_id == b.model_id
+    assert (bundle_dir.parent / "again" / "bundle.json").read_bytes() == (bundle_dir / "bundle.json").read_bytes()
+
+
+def test_dump_refuses_invalid_manifest_and_writes_nothing(tmp_path):
+    m = tiny_manifest()
+    m["dims"]["F"] = 3
+    with pytest.raises(BundleError, match="inconsistent bundle: dims F=3, R=1 but the registries hold 2 features"):
+        dump_bundle(tmp_path / "b", tiny_graphs(), m)
+    assert not (tmp_path / "b").exists()
+    with pytest.raises(BundleError, match=r"\['model_id'\] are computed by dump_bundle"):
+        dump_bundle(tmp_path / "b", tiny_graphs(), {**tiny_manifest(), "model_id": "x"})
+
+
+def test_scorer_runs_the_tiny_graphs_and_checks_inputs(bundle_dir):
+    s = OnnxScorer(load_bundle(bundle_dir))
+    X = np.arange(2 * L * F, dtype=np.float32).reshape(2, L, F)
+    M = np.ones_like(X)
+    M[0, 0, 0] = 0.0
+    out = s.score(X, M, np.zeros((2, L, R), np.float32))
+    np.testing.assert_allclose(out.s_now, np.abs(X * M).sum(axis=(1, 2)))
+    np.testing.assert_allclose(out.Y_hat, X[:, -1:, :])  # X_in starts with X (missing filled), then masks
+    assert out.fault_prob.shape == (2, C) and np.allclose(out.fault_prob.sum(axis=1), 1.0) and out.rul is None
+    with pytest.raises(InputError, match=r"X must be a float32 numpy array, got float64"):
+        s.score(X.astype(np.float64), M, np.zeros((2, L, R), np.float32))
+    with pytest.raises(InputError, match=r"Flags must be \(B, 4, 1\) with B >= 1, got \(2, 4, 2\)"):
+        s.score(X, M, np.zeros((2, L, 2), np.float32))
+    with pytest.raises(InputError, match="M_miss has batch 1, X has 2"):
+        s.score(X, M[:1], np.zeros((2, L, R), np.float32))
+
+
+# ----------------------------------------------------------------------------------------------- refusals
+
+
+def test_refuses_tampered_graph(bundle_dir):
+    path = bundle_dir / "scoring.onnx"
+    recorded = hashlib.sha256(path.read_bytes()).hexdigest()
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    actual = hashlib.sha256(bytes(data)).hexdigest()
+    assert _message(bundle_dir) == (f"scoring.onnx: sha256 mismatch: bundle.json records {recorded}, the file has "
+                                    f"{actual}; the graph was modified after export")
+
+
+def test_refuses_unknown_key(bundle_dir):
+    _edit(bundle_dir, lambda d: d.update(extra=1))
+    assert _message(bundle_dir) == (f"bundle.json: <top level>: unknown key 'extra' (unknown ['extra']); "
+                                    f"allowed keys: {list(TOP_KEYS)}")
+    _edit(bundle_dir, lambda d: (d.pop("extra"), d["scoring"].update(temperature=2.0)))
+    assert _message(bundle_dir).startswith("bundle.json: scoring: unknown key 'temperature'")
+
+
+def test_refuses_missing_key(bundle_dir):
+    _edit(bundle_dir, lambda d: d.pop("scaler"))
+    assert _message(bundle_dir) == "bundle.json: <top level>: missing key 'scaler' (missing ['scaler'])"
+    _edit(bundle_dir, lambda d: (d.update(scaler=tiny_manifest()["scaler"]), d["alerting"].pop("N_off")))
+    assert _message(bundle_dir) == "bundle.json: alerting: missing key 'N_off' (missing ['N_off'])"
+
+
+def test_refuses_graph_shapes_that_disagree_with_dims(bundle_dir):
+    # dims are not covered by a checksum: bundle.json is the root of trust, so the graphs themselves must agree
+    _edit(bundle_dir, lambda d: d["dims"].update(L=5))
+    assert _message(bundle_dir) == (
+        "clean.onnx: input 'X_in' is tensor(float) ['batch', 4, 7], expected tensor(float) ['batch', 5, 7] from the "
+        "bundle dims Dims(L=5, K=1, F=2, R=1, C=2, RF=5) (a symbolic batch axis first)")
+    _edit(bundle_dir, lambda d: d["dims"].update(L=4, C=3))
+    assert _message(bundle_dir).startswith("bundle.json: inconsistent bundle: 2 class_names for C=3 fault classes")
+    _edit(bundle_dir, lambda d: (d["dims"].update(C=2), d["scoring"].update(topn=2)))
+    assert _message(bundle_dir).startswith("scoring.onnx: output 'top_idx' is tensor(int64) ['batch', 1], expected")
+
+
+def test_refuses_dims_f_edit_through_the_registries(bundle_dir):
+    _edit(bundle_dir, lambda d: d["dims"].update(F=3))
+    assert "dims F=3, R=1 but the registries hold 2 features, 1 flags" in _message(bundle_dir)
+
+
+def test_refuses_registry_edit_through_the_model_id(bundle_dir):
+    _edit(bundle_dir, lambda d: d["feature_registry"].update(engineered_version="e2"))
+    assert _message(bundle_dir).startswith("bundle.json: model_id '")
+
+
+def test_refuses_unknown_schema_version(bundle_dir):
+    for v in (2, 0, "1", None):
+        _edit(bundle_dir, lambda d: d.update(schema_version=v))
+        assert _message(bundle_dir) == (
+            f"bundle.json: schema_version {v!r} is not supported (this runtime reads version 1); export the model "
+            "again with a scada-export of the same release as this runtime")
+
+
+def test_refuses_failed_parity_and_missing_graph(bundle_dir):
+    _edit(bundle_dir, lambda d: d["parity"].update(passed=False))
+    assert "parity.passed is false" in _message(bundle_dir)
+    (bundle_dir / "clean.onnx").unlink()
+    assert _message(bundle_dir) == f"clean.onnx: graph file missing from {bundle_dir}"
+
+
+# ----------------------------------------------------------------------------------------------- fuzz
+
+
+def _paths(d, prefix=()):
+    """Every key path into nested dicts of bundle.json."""
+    for k, v in d.items():
+        yield (*prefix, k)
+        if isinstance(v, dict):
+            yield from _paths(v, (*prefix, k))
+
+
+def _corruptions(doc):
+    for path in _paths(doc):
+        def setter(d, value, path=path):
+            for k in path[:-1]:
+                d = d[k]
+            if value is _DELETE:
+                del d[path[-1]]
+            else:
+                d[path[-1]] = value
+        yield f"delete {'.'.join(path)}", lambda d, s=setter: s(d, _DELETE)
+        for label, value in (("str", "x"), ("float", 1.5), ("list", []), ("dict", {}), ("null", None), ("neg", -3)):
+            yield f"{label} at {'.'.join(path)}", lambda d, s=setter, v=value: s(d, copy.deepcopy(v))
+    for section in [k for k, v in doc.items() if isinstance(v, dict)]:
+        yield f"unknown key in {section}", lambda d, s=section: d[s].update(zzz=1)
+
+
+_DELETE = object()
+
+
+def test_fuzz_every_corruption_is_a_bundle_error(bundle_dir, tmp_path):
+    base = json.loads((bundle_dir / "bundle.json").read_text())
+    outcomes: Counter[str] = Counter()
+    accepted = []
+    work = tmp_path / "w"
+    shutil.copytree(bundle_dir, work)
+    cases = list(_corruptions(base))
+    raw = [("truncated json", b"{\"schema_version\": 1, \"dims\""), ("not utf-8", b"\xff\xfe{}"),
+           ("json array", b"[1, 2]"), ("nan literal", json.dumps(base).replace('"max_abs": 0.0', '"max_abs": NaN',
+                                                                              1).encode()), ("empty", b"")]
+    for name, corrupt in cases:
+        doc = copy.deepcopy(base)
+        corrupt(doc)
+        (work / "bundle.json").write_text(json.dumps(doc))
+        try:
+            load_bundle(work)
+        except BundleError as e:
+            outcomes[str(e).split(":")[0] + ":" + str(e).split(":")[1][:30]] += 1
+            continue
+        accepted.append(name)
+    for name, data in raw:
+        (work / "bundle.json").write_bytes(data)
+        with pytest.raises(BundleError):
+            load_bundle(work)
+        outcomes["raw"] += 1
+    (work / "bundle.json").write_text(json.dumps(base))
+    for name, data in (("truncated graph", tiny_graphs()["clean"][:50]), ("random graph", bytes(range(256)) * 4),
+                       ("swapped graphs", tiny_graphs()["scoring"])):
+        (work / "clean.onnx").write_bytes(data)
+        with pytest.raises(BundleError, match="clean.onnx: sha256 mismatch"):
+            load_bundle(work)
+        outcomes["graph"] += 1
+    n = len(cases) + len(raw) + 3
+    print(f"\n{n} corruptions: {len(accepted)} accepted (free text or optional values), rejections by reason:")
+    for reason, count in outcomes.most_common():
+        print(f"  {count:4d}  {reason}")
+    # every accepted edit leaves a bundle that is still internally consistent; list them to keep that visible
+    assert all(a.split(" at ")[0] in ("str", "null", "float", "neg", "list", "dict", "delete") for a in accepted)
+    print("accepted:", accepted)
+    assert sum(outcomes.values()) + len(accepted) == n
+    assert sum(outcomes.values()) > 0.8 * n
