@@ -55,6 +55,7 @@ import onnxruntime as ort
 
 from runtime.calibration import Calibration
 from runtime.errors import BundleError
+from runtime.flags import compile_rules
 from runtime.pipeline import scaled_mask
 from runtime.scaling import RobustScaler
 from runtime.spec import PipelineSpec
@@ -75,6 +76,7 @@ TOP_KEYS = (
     "versions", "checksums", "data_fingerprint", "parity",
 )
 _COMPUTED = ("schema_version", "model_id", "checksums")  # written by dump_bundle, not by the caller
+AGGREGATIONS = ("masked_mean", "recent_weighted")
 _FLOAT, _INT64 = "tensor(float)", "tensor(int64)"
 
 
@@ -100,10 +102,10 @@ def _int(d: dict, k: str, where: str, lo: int = 0) -> int:
     return v
 
 
-def _num(d: dict, k: str, where: str) -> float:
+def _num(d: dict, k: str, where: str, lo: float | None = None) -> float:
     v = d[k]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise _fail(f"{where}.{k}: expected a finite number, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (lo is not None and v < lo):
+        raise _fail(f"{where}.{k}: expected a finite number{'' if lo is None else f' >= {lo:g}'}, got {v!r}")
     return float(v)
 
 
@@ -280,14 +282,14 @@ def _parse_parity(p: Any) -> dict[str, Any] | None:
     if p is None:
         return None
     p = _keys(p, ("atol", "rtol", "extreme", "passed", "outputs", "cases"), "parity")
-    _num(p, "atol", "parity"), _num(p, "rtol", "parity"), _num(p, "extreme", "parity")
+    _num(p, "atol", "parity", 0.0), _num(p, "rtol", "parity", 0.0), _num(p, "extreme", "parity", 0.0)
     if not _typed(p, "passed", "parity", bool):
         raise _fail("parity.passed is false: the export's torch/onnxruntime parity check failed; re-export")
 
     def stats(d: Any, where: str) -> None:
         for name, s in _typed({"x": d}, "x", where, dict).items():
             s = _keys(s, ("max_abs", "max_rel", "n_bad"), f"{where}.{name}")
-            _num(s, "max_abs", f"{where}.{name}"), _num(s, "max_rel", f"{where}.{name}")
+            _num(s, "max_abs", f"{where}.{name}", 0.0), _num(s, "max_rel", f"{where}.{name}", 0.0)
             _int(s, "n_bad", f"{where}.{name}")
 
     stats(p["outputs"], "parity.outputs")
@@ -313,27 +315,35 @@ def _parse(doc: dict[str, Any], path: Path, graphs: dict[str, bytes]) -> Bundle:
     column_mapping = _str_map(doc, "column_mapping", "<top level>")
     try:
         spec = PipelineSpec.from_dict(doc["pipeline_spec"])
+        compile_rules(spec)
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         raise _fail(f"pipeline_spec: {e}") from e
     try:
         scaler = RobustScaler.from_dict(doc["scaler"])
     except (ValueError, TypeError, KeyError) as e:
         raise _fail(f"scaler: {e}") from e
+    for name, obj in (("pipeline_spec", spec), ("scaler", scaler)):
+        if obj.to_dict() != doc[name]:  # from_dict is lenient about container types; the file must be canonical
+            raise _fail(f"{name}: not in the canonical form its to_dict() writes (a value of the wrong type?)")
     hd = _keys(doc["heads"], ("forecast", "fault", "fault_multilabel", "rul"), "heads")
     heads = {k: _typed(hd, k, "heads", bool) for k in hd}
     class_names = _strs(doc, "class_names", "<top level>")
     sd = _keys(doc["scoring"], ("p_score", "passes", "seed", "aggregation", "halflife", "topn"), "scoring")
+    if sd["aggregation"] not in AGGREGATIONS:
+        raise _fail(f"scoring.aggregation: unknown {sd['aggregation']!r}; allowed {list(AGGREGATIONS)}")
+    if (sd["aggregation"] == "recent_weighted") != (sd["halflife"] is not None):
+        raise _fail("scoring.halflife: required by, and only allowed with, aggregation 'recent_weighted'")
     scoring = ScoringParams(
         p_score=_num(sd, "p_score", "scoring"), passes=_int(sd, "passes", "scoring", 2), seed=_int(sd, "seed", "scoring"),
         aggregation=_typed(sd, "aggregation", "scoring", str),
-        halflife=None if sd["halflife"] is None else _num(sd, "halflife", "scoring"), topn=_int(sd, "topn", "scoring", 1),
+        halflife=None if sd["halflife"] is None else _num(sd, "halflife", "scoring", 1e-12), topn=_int(sd, "topn", "scoring", 1),
     )
     try:
         calibration = Calibration.from_dict(doc["calibration"])
     except (ValueError, TypeError) as e:
         raise _fail(f"calibration: {e}") from e
     ad = _keys(doc["alerting"], ("T_on", "T_off", "N_on", "N_off"), "alerting")
-    alerting = AlertingParams(_num(ad, "T_on", "alerting"), _num(ad, "T_off", "alerting"),
+    alerting = AlertingParams(_num(ad, "T_on", "alerting", 1e-12), _num(ad, "T_off", "alerting", 1e-12),
                               _int(ad, "N_on", "alerting", 1), _int(ad, "N_off", "alerting", 1))
     rd = _keys(doc["score_reference"], ("split", "n_windows", "levels", "values"), "score_reference")
     levels, values = _typed(rd, "levels", "score_reference", list), _typed(rd, "values", "score_reference", list)
@@ -354,8 +364,9 @@ def _parse(doc: dict[str, Any], path: Path, graphs: dict[str, bytes]) -> Bundle:
     parity = _parse_parity(doc["parity"])
 
     problems = []
-    if fr["feature_names"] != list(spec.feature_names) or gr["flag_names"] != list(spec.flag_names):
-        problems.append("the registries' feature/flag names differ from pipeline_spec's")
+    if (fr["feature_names"], fr["raw_channel_names"], fr["angular_channel_names"], gr["flag_names"]) != (
+            list(spec.feature_names), list(spec.feature_channels), list(spec.angular_channels), list(spec.flag_names)):
+        problems.append("the registries' feature, channel or flag names differ from pipeline_spec's")
     if list(scaler.feature_names) != list(spec.feature_names) or not np.array_equal(scaler.scaled, scaled_mask(spec)):
         problems.append("the scaler's features or scaled columns differ from pipeline_spec's")
     if (dims.F, dims.R) != (spec.n_features, spec.n_flags):

@@ -89,9 +89,9 @@ class Calibration:
                 raise CalibrationError(f"calibration.{name} must be a mapping, got {type(d).__name__}")
             values.update({f"{name}.{k}": v for k, v in d.items()})
         bad = [k for k, v in values.items() if isinstance(v, bool) or not isinstance(v, (int, float))
-               or not math.isfinite(v)]
+               or not math.isfinite(v) or v < 0]
         if bad:
-            raise CalibrationError(f"calibration: thresholds must be finite numbers; bad: {bad}")
+            raise CalibrationError(f"calibration: thresholds must be finite numbers >= 0 (scores are); bad: {bad}")
         if not isinstance(self.fallbacks, dict) or not all(isinstance(v, str) for v in self.fallbacks.values()):
             raise CalibrationError("calibration.fallbacks must map keys to reason strings")
 

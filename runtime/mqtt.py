@@ -97,8 +97,9 @@ class MqttLink:
         self._on_connect_failed = on_connect_failed
         self._on_overflow = on_overflow
         self._on_unrouted = on_unrouted
-        self._lock = threading.RLock()  # paho may call on_publish inside publish()
-        self._pending: set[int] = set()  # mids handed to paho and not yet acknowledged by the broker
+        self._lock = threading.Lock()
+        self._published = 0  # QoS 1 messages handed to paho
+        self._acked = 0  # ... and acknowledged by the broker (a PUBACK may beat the count of its publish)
         self._connected = False
         self._generation = 0
         self.fatal: str | None = None
@@ -186,7 +187,7 @@ class MqttLink:
 
     def _handle_publish(self, client: paho.Client, userdata: object, mid, reason_code, properties) -> None:
         with self._lock:
-            self._pending.discard(mid)
+            self._acked += 1
         if reason_code.is_failure:
             log.error("broker refused a publish", extra={"mid": mid, "reason": str(reason_code)})
 
@@ -198,7 +199,7 @@ class MqttLink:
     @property
     def queue_depth(self) -> int:
         with self._lock:
-            return len(self._pending)
+            return max(self._published - self._acked, 0)
 
     def start(self) -> None:
         """Connect in the background (retrying with backoff) and start the network thread."""
@@ -208,17 +209,14 @@ class MqttLink:
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
         """Queue one message (sent now, or after reconnect); False (and on_overflow) when the queue is full."""
-        with self._lock:
-            info = self._client.publish(topic, payload, qos=qos, retain=retain)
-            if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
-                overflow = True
-            else:
-                overflow = False
-                if qos > 0:
-                    self._pending.add(info.mid)
-        if overflow:
+        # never hold our lock while calling paho: paho calls on_publish holding its own message mutex
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
             self._on_overflow(Publish(topic, payload, retain, qos))
             return False
+        if qos > 0:
+            with self._lock:
+                self._published += 1
         return True
 
     def ack(self, msg: Message) -> None:

@@ -1,21 +1,38 @@
-"""A real Mosquitto broker for the runtime tests: free loopback port, `log_dest stderr`, persistence in a tmp dir,
-stopped by pid (never by name). Optional password file and TLS listener.
+"""A real Mosquitto broker for the runtime tests, and the helpers that talk to it (nothing is mocked).
+
+`Broker`: free loopback port, `log_dest stderr`, persistence in a tmp dir, stopped by pid (never by name),
+optional password file and TLS listener:
 
     broker = Broker(tmp_path, users={"gw": "secret"})
     broker.start(); ...; broker.stop(); broker.start()   # a restart keeps the persisted sessions
+
+Helpers: raw timeline slices of the simulator's CSV, their telemetry messages, a QoS 1 publisher and collector
+(persistent sessions), a daemon on a thread (`stop()` is the SIGTERM path), and `wait_for`.
 """
 
 from __future__ import annotations
 
+import csv
+import getpass
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
+from typing import Any, Callable
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from runtime.config import config_from_dict
+from runtime.daemon import Daemon
+from runtime.telemetry import parse_timestamp_ns
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
 
@@ -51,6 +68,7 @@ class Broker:
         lines = [
             f"listener {self.port} 127.0.0.1",
             "log_dest stderr",
+            f"user {getpass.getuser()}",  # as root mosquitto would switch to 'mosquitto' and lose the tmp dir
             "log_type error",
             "log_type warning",
             "persistence true",
@@ -106,3 +124,161 @@ class Broker:
         if getattr(self, "_errlog", None) is not None:
             self._errlog.close()
             self._errlog = None
+
+
+DT_NS = 600 * 10**9
+SITE = "farm"
+GATEWAY = "gw1"
+
+
+def read_slice(csv_path: Path, start_iso: str, end_iso: str) -> tuple[list[str], list[list[str]]]:
+    """Header and the raw rows whose bin label lies in [start, end], sorted by time (stable: file order kept)."""
+    lo, hi = parse_timestamp_ns(start_iso), parse_timestamp_ns(end_iso)
+    with open(csv_path, newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader)
+        ti = header.index("timestamp")
+        rows = []
+        for r in reader:
+            label = -(-parse_timestamp_ns(r[ti]) // DT_NS) * DT_NS
+            if lo <= label <= hi:
+                rows.append(r)
+    rows.sort(key=lambda r: parse_timestamp_ns(r[ti]))
+    return header, rows
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def _num(cell: str) -> float | None:
+    try:
+        return float(cell)
+    except ValueError:
+        return None  # empty or non-numeric: the gateway sends null (missing)
+
+
+def to_messages(header: list[str], rows: list[list[str]]) -> list[tuple[str, bytes]]:
+    """(topic, payload) per raw row, channels under their column names."""
+    ti, ii = header.index("timestamp"), header.index("turbine_id")
+    chans = [c for c in header if c not in ("timestamp", "turbine_id")]
+    out = []
+    for r in rows:
+        values = {c: _num(r[header.index(c)]) for c in chans}
+        out.append((f"scada/{SITE}/{r[ii]}/telemetry", json.dumps({"ts": r[ti], "values": values}).encode()))
+    return out
+
+
+def expected_steps(rows: list[list[str]], header: list[str]) -> dict[str, int]:
+    """Per turbine: closed steps once all rows are in (every bin from the first to the last, minus the open one)."""
+    ti, ii = header.index("timestamp"), header.index("turbine_id")
+    span: dict[str, list[int]] = {}
+    for r in rows:
+        lab = -(-parse_timestamp_ns(r[ti]) // DT_NS) * DT_NS
+        lo, hi = span.get(r[ii], [lab, lab])
+        span[r[ii]] = [min(lo, lab), max(hi, lab)]
+    return {t: (hi - lo) // DT_NS for t, (lo, hi) in span.items()}
+
+
+def client(url: str, client_id: str, **auth: Any) -> paho.Client:
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    c.max_inflight_messages_set(200)
+    c.reconnect_delay_set(1, 2)
+    if auth.get("username"):
+        c.username_pw_set(auth["username"], auth.get("password"))
+    if auth.get("ca_file"):
+        c.tls_set(ca_certs=auth["ca_file"])
+    host, port = url.split("://")[1].split(":")
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 3600
+    c.connect_async(host, int(port), clean_start=False, properties=props)
+    c.loop_start()
+    return c
+
+
+class Collector:
+    """Subscribes (QoS 1, persistent session) and keeps every (topic, payload) it receives."""
+
+    def __init__(self, url: str, filters: list[str], client_id: str = "collector", **auth: Any):
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self._lock = threading.Lock()
+        self.c = client(url, client_id, **auth)
+        self.filters = filters
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe([(t, 1) for t in filters])
+        self.c.on_message = self._on_message
+
+    def _on_message(self, c: paho.Client, u: object, m: paho.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append((m.topic, bytes(m.payload), bool(m.retain)))
+
+    def of(self, suffix: str) -> list[tuple[str, bytes]]:
+        with self._lock:
+            return [(t, p) for t, p, _ in self.messages if t.endswith(suffix)]
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def publish_all(c: paho.Client, messages: list[tuple[str, bytes]], qos: int = 1, wait: bool = True) -> None:
+    infos = [c.publish(t, p, qos=qos) for t, p in messages]
+    if wait:
+        for i in infos:
+            i.wait_for_publish(timeout=60)
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def daemon_config(url: str, **sections: Any):
+    base: dict[str, Any] = {
+        "site": SITE,
+        "gateway": GATEWAY,
+        "log_level": "WARNING",
+        "broker": {"url": url, "reconnect_min_s": 1, "reconnect_max_s": 2},
+        # historical data: bins close as later samples arrive, never by the wall clock
+        "ingest": {"grace_s": 10 * 365 * 86400.0, "max_past_s": 10 * 365 * 86400.0},
+        "compute": {"tick_s": 0.05},
+        "health": {"metrics_host": "127.0.0.1", "metrics_port": 0, "status_interval_s": 0.5},
+    }
+    for k, v in sections.items():
+        base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
+    return config_from_dict(base)
+
+
+class DaemonThread:
+    """A Daemon running `run_forever` on a thread; `stop()` is the SIGTERM path."""
+
+    def __init__(self, cfg: Any, bundle: Any, scorer: Any):
+        self.daemon = Daemon(cfg, bundle, scorer)
+        self.daemon.start()
+        self.exit_code: int | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        self.exit_code = self.daemon.run_forever()
+
+    def stop(self) -> int | None:
+        self.daemon.request_stop()
+        self.thread.join(timeout=30)
+        return self.exit_code
+
+
+def by_key(payloads: list[bytes]) -> dict[tuple[str, str], set[bytes]]:
+    """(turbine, ts) -> the distinct payloads received for it."""
+    out: dict[tuple[str, str], set[bytes]] = {}
+    for p in payloads:
+        d = json.loads(p)
+        out.setdefault((d["turbine"], d["ts"]), set()).add(p)
+    return out

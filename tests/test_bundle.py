@@ -293,6 +293,22 @@ def _corruptions(doc):
 _DELETE = object()
 
 
+ALLOWED_EDITS = (
+    "float at", "neg at pipeline_spec.fill_value", "str at", "null at parity", "null at scaler.clip",
+    "delete calibration.per_turbine.", "delete calibration.fallbacks.", "dict at calibration.", "delete parity.",
+    "dict at parity.",
+)
+
+
+def _reason(msg: str) -> str:
+    """Group a message by file and section: 'bundle.json: scaler', 'clean.onnx', ..."""
+    head, _, rest = msg.partition(": ")
+    if head != "bundle.json":
+        return head.split(" ")[0]
+    section = rest.split(":")[0].split(" ")[0].split(".")[0].replace("<top", "<top level>")
+    return f"bundle.json: {section}"
+
+
 def test_fuzz_every_corruption_is_a_bundle_error(bundle_dir, tmp_path):
     base = json.loads((bundle_dir / "bundle.json").read_text())
     outcomes: Counter[str] = Counter()
@@ -300,17 +316,21 @@ def test_fuzz_every_corruption_is_a_bundle_error(bundle_dir, tmp_path):
     work = tmp_path / "w"
     shutil.copytree(bundle_dir, work)
     cases = list(_corruptions(base))
+    n_applied = 0
     raw = [("truncated json", b"{\"schema_version\": 1, \"dims\""), ("not utf-8", b"\xff\xfe{}"),
            ("json array", b"[1, 2]"), ("nan literal", json.dumps(base).replace('"max_abs": 0.0', '"max_abs": NaN',
                                                                               1).encode()), ("empty", b"")]
     for name, corrupt in cases:
         doc = copy.deepcopy(base)
         corrupt(doc)
+        if doc == base:  # e.g. [] where the value already was []
+            continue
+        n_applied += 1
         (work / "bundle.json").write_text(json.dumps(doc))
         try:
             load_bundle(work)
         except BundleError as e:
-            outcomes[str(e).split(":")[0] + ":" + str(e).split(":")[1][:30]] += 1
+            outcomes[_reason(str(e))] += 1
             continue
         accepted.append(name)
     for name, data in raw:
@@ -325,12 +345,13 @@ def test_fuzz_every_corruption_is_a_bundle_error(bundle_dir, tmp_path):
         with pytest.raises(BundleError, match="clean.onnx: sha256 mismatch"):
             load_bundle(work)
         outcomes["graph"] += 1
-    n = len(cases) + len(raw) + 3
+    n = n_applied + len(raw) + 3
     print(f"\n{n} corruptions: {len(accepted)} accepted (free text or optional values), rejections by reason:")
     for reason, count in outcomes.most_common():
         print(f"  {count:4d}  {reason}")
-    # every accepted edit leaves a bundle that is still internally consistent; list them to keep that visible
-    assert all(a.split(" at ")[0] in ("str", "null", "float", "neg", "list", "dict", "delete") for a in accepted)
     print("accepted:", accepted)
+    # what a valid bundle may still hold after an edit: numbers in range, free text, optional entries
+    assert all(a.startswith(ALLOWED_EDITS) for a in accepted), sorted(a for a in accepted
+                                                                      if not a.startswith(ALLOWED_EDITS))
     assert sum(outcomes.values()) + len(accepted) == n
     assert sum(outcomes.values()) > 0.8 * n

@@ -1,8 +1,22 @@
-"""Metrics against hand-computed values."""
+"""Metrics against hand-computed values and independent definitions."""
+
+import math
 
 import numpy as np
+import pytest
 
-from trainer.metrics import roc_auc
+from trainer.metrics import (
+    MONTH_NS,
+    MetricsError,
+    alert_spans_from_states,
+    anomaly_metrics,
+    best_f1_threshold,
+    event_metrics,
+    fault_metrics,
+    forecast_metrics,
+    pr_auc,
+    roc_auc,
+)
 
 
 def test_roc_auc_hand_computed():
@@ -20,3 +34,192 @@ def test_roc_auc_matches_pairwise_definition():
     pos, neg = s[y][:, None], s[~y][None, :]
     expected = ((pos > neg).sum() + 0.5 * (pos == neg).sum()) / (pos.size * neg.size)
     assert abs(roc_auc(s, y) - expected) < 1e-12
+
+
+# --- forecasts --------------------------------------------------------------------------------------------------
+
+def test_forecast_metrics_hand_computed_and_missing_targets_ignored():
+    nan = float("nan")
+    # (N=2, K=1, F=3): feature c is never present; a missing target may hold NaN or garbage
+    Y_true = np.array([[[1.0, 10.0, nan]], [[2.0, nan, 5.0]]])
+    Y_hat = np.array([[[2.0, 13.0, 0.0]], [[0.0, 99.0, 1e9]]])
+    mask = np.array([[[1, 1, 0]], [[1, 0, 0]]])
+    out = forecast_metrics(Y_true, Y_hat, mask, ["a", "b", "c"])
+    # errors: a: +1, -2; b: +3
+    assert out["per_feature"]["a"] == {"mae": 1.5, "rmse": math.sqrt(2.5), "n": 2}
+    assert out["per_feature"]["b"] == {"mae": 3.0, "rmse": 3.0, "n": 1}
+    c = out["per_feature"]["c"]
+    assert np.isnan(c["mae"]) and np.isnan(c["rmse"]) and c["n"] == 0
+    assert out["mae"] == 2.0 and abs(out["rmse"] - math.sqrt(14 / 3)) < 1e-12 and out["n"] == 3
+    empty = forecast_metrics(Y_true, Y_hat, np.zeros_like(mask), ["a", "b", "c"])
+    assert np.isnan(empty["mae"]) and np.isnan(empty["rmse"]) and empty["n"] == 0
+
+
+def test_forecast_metrics_refuses_bad_inputs():
+    y = np.zeros((2, 1, 2))
+    with pytest.raises(MetricsError, match="one \\(N, K, F=3\\) shape"):
+        forecast_metrics(y, y, np.ones_like(y), ["a", "b", "c"])
+    bad = y.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(MetricsError, match="finite where mask is 1"):
+        forecast_metrics(bad, y, np.ones_like(y), ["a", "b"])
+
+
+# --- fault classes ----------------------------------------------------------------------------------------------
+
+def _same_per_class(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], nan_ok=True) for k in a)
+
+
+PROBS = np.array([[0.7, 0.2, 0.1], [0.4, 0.5, 0.1], [0.2, 0.7, 0.1], [0.5, 0.3, 0.2], [0.6, 0.1, 0.3]])
+Y_CLASS = np.array([0, 0, 1, 1, 0])
+
+
+def test_fault_metrics_multiclass_hand_computed():
+    out = fault_metrics(Y_CLASS, PROBS, ["normal", "gear", "yaw"], from_logits=False)
+    assert out["n"] == 5 and out["accuracy"] == 0.6  # predictions 0, 1, 1, 0, 0
+    assert out["confusion"] == [[2, 1, 0], [1, 1, 0], [0, 0, 0]]
+    normal, gear, yaw = (out["per_class"][k] for k in ("normal", "gear", "yaw"))
+    # normal: TP 2, FP 1, FN 1 -> F1 4/6; gear: TP 1, FP 1, FN 1 -> 1/2; yaw: absent and never predicted
+    assert abs(normal["f1"] - 2 / 3) < 1e-12 and gear["f1"] == 0.5 and np.isnan(yaw["f1"])
+    assert abs(out["macro_f1"] - 7 / 12) < 1e-12  # yaw neither helps nor hurts
+    assert normal["precision"] == 2 / 3 and normal["recall"] == 2 / 3 and normal["support"] == 3
+    assert np.isnan(yaw["precision"]) and np.isnan(yaw["recall"]) and yaw["support"] == 0
+    # one-vs-rest pairs: normal 5 of 6 (0.4 < 0.5), gear 5 of 6 (0.3 < 0.5); yaw has no positive
+    assert abs(normal["auroc"] - 5 / 6) < 1e-12 and abs(gear["auroc"] - 5 / 6) < 1e-12 and np.isnan(yaw["auroc"])
+    assert abs(out["auroc_macro"] - 5 / 6) < 1e-12
+    from_logits = fault_metrics(Y_CLASS, np.log(PROBS) + 3.0, ["normal", "gear", "yaw"])  # softmax(log p + c) = p
+    assert _same_per_class(from_logits["per_class"], out["per_class"])
+    assert from_logits["macro_f1"] == out["macro_f1"] and from_logits["confusion"] == out["confusion"]
+
+
+def test_fault_metrics_multilabel_hand_computed():
+    y = np.array([[1, 0], [1, 1], [0, 0], [0, 1]])
+    p = np.array([[0.9, 0.2], [0.4, 0.8], [0.6, 0.1], [0.3, 0.7]])  # predicted at >= 0.5: [1,0],[0,1],[1,0],[0,1]
+    out = fault_metrics(y, p, ["gear", "yaw"], multilabel=True, from_logits=False)
+    # gear: TP 1, FP 1, FN 1 -> 0.5; yaw: TP 2 -> 1; micro: TP 3, FP 1, FN 1 -> 6/8
+    assert out["per_class"]["gear"]["f1"] == 0.5 and out["per_class"]["yaw"]["f1"] == 1.0
+    assert out["micro_f1"] == 0.75 and out["macro_f1"] == 0.75
+    assert out["per_class"]["gear"]["auroc"] == 0.75 and out["per_class"]["yaw"]["auroc"] == 1.0
+    logits = np.log(p / (1 - p))
+    assert _same_per_class(fault_metrics(y, logits, ["gear", "yaw"], multilabel=True)["per_class"], out["per_class"])
+
+
+def test_fault_metrics_refuses_bad_inputs():
+    with pytest.raises(MetricsError, match="class indices in \\[0, 3\\)"):
+        fault_metrics(np.array([0, 3, 0, 0, 0]), PROBS, ["a", "b", "c"], from_logits=False)
+    with pytest.raises(MetricsError, match="pass from_logits=True"):
+        fault_metrics(Y_CLASS, PROBS * 2, ["a", "b", "c"], from_logits=False)
+    with pytest.raises(MetricsError, match="\\(N, C=2\\)"):
+        fault_metrics(Y_CLASS, PROBS, ["a", "b"])
+
+
+# --- anomaly scores ---------------------------------------------------------------------------------------------
+
+
+def test_pr_auc_hand_computed_with_ties_as_one_threshold():
+    # thresholds 0.9 (P 1, R .5), 0.8 (P .5, R .5), 0.7 (P 2/3, R 1), 0.6 (P .5, R 1)
+    assert abs(pr_auc(np.array([0.9, 0.8, 0.7, 0.6]), np.array([1, 0, 1, 0])) - (0.5 + 0.5 * 2 / 3)) < 1e-12
+    # the tie at 0.5 is one threshold (P 2/3, R 1); breaking it positive-first would give 1.0
+    assert abs(pr_auc(np.array([0.9, 0.5, 0.5, 0.1]), np.array([1, 1, 0, 0])) - 5 / 6) < 1e-12
+    assert np.isnan(pr_auc(np.array([0.3, 0.2]), np.array([0, 0])))
+
+
+def test_pr_auc_matches_mean_precision_over_positives():
+    # independent definition: AP = mean over positives of the precision of `score >= that positive's score`
+    rng = np.random.default_rng(1)
+    s = rng.integers(0, 15, 200).astype(float)
+    y = rng.random(200) < 0.3
+    prec = np.array([y[s >= v].mean() for v in s[y]])
+    assert abs(pr_auc(s, y) - prec.mean()) < 1e-12
+
+
+def test_best_f1_threshold_hand_computed_and_brute_force():
+    # F1 at 0.9: 2/3, 0.8: 1/2, 0.7: 4/5, 0.6: 2/3
+    thr, f1 = best_f1_threshold(np.array([0.9, 0.8, 0.7, 0.6]), np.array([1, 0, 1, 0]))
+    assert thr == 0.7 and abs(f1 - 0.8) < 1e-12
+    assert best_f1_threshold(np.array([4.0, 3.0, 2.0, 1.0]), np.array([1, 0, 0, 1])) == (4.0, 2 / 3)  # tie: highest
+    assert all(np.isnan(v) for v in best_f1_threshold(np.array([1.0]), np.array([0])))
+    rng = np.random.default_rng(2)
+    s, y = rng.integers(0, 30, 300).astype(float), rng.random(300) < 0.2
+    brute = max(2 * (y & (s >= t)).sum() / ((s >= t).sum() + y.sum()) for t in np.unique(s))
+    assert abs(best_f1_threshold(s, y)[1] - brute) < 1e-12
+
+
+def test_anomaly_metrics_threshold_from_validation_applied_to_test():
+    out = anomaly_metrics(
+        np.array([0.9, 0.8, 0.7, 0.6]), np.array([1, 0, 1, 0]),  # best-F1 threshold 0.7
+        np.array([0.95, 0.75, 0.65, 0.5, 0.72]), np.array([1, 1, 0, 0, 0]),
+    )
+    # test alerts at >= 0.7: 0.95 (TP), 0.75 (TP), 0.72 (FP)
+    assert out["threshold"] == 0.7 and abs(out["val_f1"] - 0.8) < 1e-12
+    assert out["precision"] == 2 / 3 and out["recall"] == 1.0 and out["f1"] == 0.8
+    assert out["roc_auc"] == 1.0 and out["pr_auc"] == 1.0 and out["n_test"] == 5 and out["n_test_pos"] == 2
+    none = anomaly_metrics(np.array([0.1, 0.2]), np.array([0, 0]), np.array([0.3, 0.4]), np.array([0, 1]))
+    assert all(np.isnan(none[k]) for k in ("threshold", "val_f1", "precision", "recall", "f1"))
+
+
+# --- events -----------------------------------------------------------------------------------------------------
+
+H = 3_600 * 10**9
+T0 = 1_700_000_000 * 10**9
+
+
+def _h(*hours: float) -> tuple[int, ...]:
+    return tuple(T0 + int(h * H) for h in hours)
+
+
+def test_alert_spans_from_states():
+    ts = np.arange(7) * 10
+    on = np.array([0, 1, 1, 0, 0, 1, 1], bool)
+    assert alert_spans_from_states(ts, on) == [(10, 30), (50, 60)]  # the last one is still on at the end
+    assert alert_spans_from_states(ts, np.zeros(7, bool)) == []
+    assert alert_spans_from_states(np.array([0, 10]), np.array([True, False])) == [(0, 10)]
+    with pytest.raises(MetricsError, match="strictly increasing"):
+        alert_spans_from_states(np.array([0, 0]), np.array([True, False]))
+
+
+def test_event_metrics_on_a_hand_built_timeline():
+    # max_lead 24 h. T1: F1 [10, 14] h, F2 [60, 62] h; alerts A1 [8, 11] (F1, lead 2 h), A6 [10.5, 12] (F1, overlaps
+    # A1), A2 [20, 21] (false: F1's window ends at 14, F2's starts at 36), A3 [61, 65] (F2, lead -1 h).
+    # T2: F3 [100, 110] h, window [76, 110]; A4 [60, 62] (false), A5 [95, 98] (F3, lead 5 h, covers none of it).
+    # T3: F4 [200, 201] h, no alert. T4: observed only.
+    alerts = {"T1": [_h(8, 11), _h(10.5, 12), _h(20, 21), _h(61, 65)], "T2": [_h(60, 62), _h(95, 98)]}
+    faults = {"T1": [_h(10, 14), _h(60, 62)], "T2": [_h(100, 110)], "T3": [_h(200, 201)]}
+    month = int(MONTH_NS)
+    out = event_metrics(alerts, faults, {"T1": month, "T2": month, "T3": month, "T4": month}, max_lead_ns=24 * H)
+    assert MONTH_NS == 30.4375 * 86_400 * 10**9
+    assert (out["n_events"], out["n_detected"], out["detection_rate"]) == (4, 3, 0.75)
+    assert [e["lead_ns"] for e in out["events"]] == [2 * H, -1 * H, 5 * H, None]
+    assert [e["detected"] for e in out["events"]] == [True, True, True, False]
+    assert out["events"][2] == {"turbine": "T2", "start_ns": _h(100)[0], "end_ns": _h(110)[0], "detected": True,
+                                "lead_ns": 5 * H}
+    assert out["lead_ns_median"] == 2 * H and out["lead_ns_mean"] == 2 * H
+    assert (out["n_alerts"], out["n_false_alerts"]) == (6, 2)
+    assert out["turbine_months"] == 4.0 and out["false_alerts_per_turbine_month"] == 0.5
+    # covered: F1 by the union [8, 12] -> 2 h (not 1 + 1.5), F2 by [61, 65] -> 1 h; fault time 4 + 2 + 10 + 1 h
+    assert (out["covered_ns"], out["fault_ns"]) == (3 * H, 17 * H)
+    assert abs(out["alert_coverage"] - 3 / 17) < 1e-12
+
+
+def test_event_metrics_boundaries_and_empty_cases():
+    month = int(MONTH_NS)
+    # an alert ending exactly where the lead window opens counts (closed intervals)
+    touch = event_metrics({"T": [_h(0, 1)]}, {"T": [_h(3, 4)]}, {"T": month}, max_lead_ns=2 * H)
+    assert touch["n_detected"] == 1 and touch["events"][0]["lead_ns"] == 3 * H and touch["n_false_alerts"] == 0
+    missed = event_metrics({"T": [_h(0, 1)]}, {"T": [_h(3, 4)]}, {"T": month}, max_lead_ns=2 * H - 1)
+    assert missed["n_detected"] == 0 and missed["n_false_alerts"] == 1
+    none = event_metrics({}, {}, {"T": month}, max_lead_ns=0)
+    assert none["n_events"] == 0 and none["false_alerts_per_turbine_month"] == 0.0
+    assert all(np.isnan(none[k]) for k in ("detection_rate", "lead_ns_median", "lead_ns_mean", "alert_coverage"))
+
+
+def test_event_metrics_refuses_bad_inputs():
+    with pytest.raises(MetricsError, match="turbines \\['T9'\\] have alerts or faults but no observed_ns"):
+        event_metrics({"T9": [(0, 1)]}, {}, {"T": 10}, max_lead_ns=0)
+    with pytest.raises(MetricsError, match="ends before it starts"):
+        event_metrics({"T": [(5, 1)]}, {}, {"T": 10}, max_lead_ns=0)
+    with pytest.raises(MetricsError, match="integer pairs"):
+        event_metrics({"T": [(0.5, 1.0)]}, {}, {"T": 10}, max_lead_ns=0)
+    with pytest.raises(MetricsError, match="max_lead_ns"):
+        event_metrics({}, {}, {"T": 10}, max_lead_ns=-1)

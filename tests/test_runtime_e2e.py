@@ -1,0 +1,451 @@
+"""The edge runtime end to end, against a real Mosquitto: parity with the offline reference, replay, broker restart,
+fuzzing, TLS + password, health, lean imports.
+
+A slice of the tiny simulated farm (4 turbines) is streamed from STREAM_START: the streaming pipeline has no
+history before it, so parity is checked on steps whose whole window lies at least max(rolling window) steps after
+the stream start, where batch and stream see the same history.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime.bundle import load_bundle
+from runtime.config import MappingCfg
+from runtime.engine import Engine
+from runtime.replay import replay
+from runtime.scorer import OnnxScorer
+from runtime.telemetry import Sample, parse_timestamp_ns
+from tests.mosquitto import (
+    DT_NS, GATEWAY, SITE, Broker, Collector, DaemonThread, by_key, client, daemon_config, expected_steps,
+    publish_all, read_slice, require_mosquitto, to_messages, wait_for, write_csv,
+)
+
+STREAM_START, STREAM_END = "2024-01-28T00:00:00+00:00", "2024-01-29T12:00:00+00:00"  # 216 steps per turbine
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tiny_run, tmp_path_factory) -> Path:
+    from export.bundle_writer import export_bundle
+
+    out = tmp_path_factory.mktemp("rt_bundle") / "bundle"
+    export_bundle(tiny_run.checkpoint, out_dir=out, verify=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def bundle(bundle_dir):
+    return load_bundle(bundle_dir)
+
+
+@pytest.fixture(scope="module")
+def scorer(bundle):
+    return OnnxScorer(bundle)
+
+
+@pytest.fixture(scope="module")
+def timeline(tiny_run, tmp_path_factory):
+    header, rows = read_slice(tiny_run.synth_dir / "scada.csv", STREAM_START, STREAM_END)
+    path = write_csv(tmp_path_factory.mktemp("rt_slice") / "slice.csv", header, rows)
+    return header, rows, path
+
+
+@pytest.fixture(scope="module")
+def replayed(bundle, scorer, timeline, tmp_path_factory) -> dict[tuple[str, str], bytes]:
+    """The slice through `replay` (same Engine as run): (turbine, ts) -> score payload."""
+    out = tmp_path_factory.mktemp("rt_replay") / "scores.jsonl"
+    engine = Engine(bundle, scorer, grace_seconds=0.0, max_turbines=100, max_batch=512)
+    replay(engine, timeline[2], MappingCfg(), out)
+    return {k: next(iter(v)) for k, v in by_key(out.read_bytes().splitlines()).items()}
+
+
+@pytest.fixture()
+def broker(tmp_path):
+    b = Broker(tmp_path / "broker")
+    b.start()
+    yield b
+    b.stop()
+
+
+def _first_comparable_ns(bundle) -> int:
+    """Window end from which batch and stream share the whole history (L steps after max rolling window)."""
+    max_roll = max(bundle.spec.rolling.windows) if bundle.spec.rolling else 1
+    start_label = parse_timestamp_ns(STREAM_START)
+    return start_label + (max_roll + bundle.dims.L) * DT_NS
+
+
+def _reference(tiny_run, bundle, keys: list[tuple[str, str]]):
+    """trainer infer_step on the prepared arrays for the windows ending at `keys` (turbine, ts)."""
+    import torch
+
+    from export.bundle_writer import checkpoint_config
+    from export.onnx_export import build_modules
+    from trainer.fit import load_checkpoint
+    from trainer.infer import infer_step
+
+    ckpt = load_checkpoint(tiny_run.checkpoint)
+    mods = build_modules(ckpt, checkpoint_config(ckpt))
+    proc = Path(tiny_run.cfg().data.paths.processed_dir) / "turbines"
+    L = bundle.dims.L
+    X, M, Fl = [], [], []
+    for tid, ts in keys:
+        d = proc / tid
+        stamps = np.load(d / "timestamps.npy")
+        i = int(np.searchsorted(stamps, parse_timestamp_ns(ts.replace("Z", "+00:00"))))
+        X.append(np.load(d / "X.npy")[i - L + 1 : i + 1])
+        M.append(np.load(d / "M_miss.npy")[i - L + 1 : i + 1])
+        Fl.append(np.load(d / "Flags.npy")[i - L + 1 : i + 1])
+    t = [torch.from_numpy(np.stack(a).astype(np.float32)) for a in (X, M, Fl)]
+    return infer_step(mods.model, mods.scoring, *t)
+
+
+def _assert_matches_reference(records: dict[tuple[str, str], bytes], tiny_run, bundle) -> int:
+    first = _first_comparable_ns(bundle)
+    docs = {k: json.loads(v) for k, v in records.items()}
+    keys = sorted(k for k, d in docs.items() if d["status"] == "ok"
+                  and parse_timestamp_ns(d["ts"].replace("Z", "+00:00")) >= first)
+    assert len(keys) > 100
+    ref = _reference(tiny_run, bundle, keys)
+    names = list(bundle.spec.feature_names)
+    center, scale = np.asarray(bundle.scaler.center), np.asarray(bundle.scaler.scale)
+    probs = torch_softmax(ref.fault_logits.numpy())
+    for b, k in enumerate(keys):
+        d = docs[k]
+        s_ref = float(ref.s_now[b])
+        assert abs(d["score"] - s_ref) <= 1e-4 * abs(s_ref) + 1e-7, (k, d["score"], s_ref)
+        contrib = ref.feat_contrib[b].numpy()
+        got_names = [t["name"] for t in d["top_features"]]
+        ref_names = [names[j] for j in ref.top_idx[b].tolist()]
+        for g, r in zip(got_names, ref_names):
+            assert g == r or abs(contrib[names.index(g)] - contrib[names.index(r)]) < 1e-6, (k, got_names, ref_names)
+        for t in d["top_features"]:
+            assert abs(t["contribution"] - contrib[names.index(t["name"])]) <= 1e-4 * s_ref + 1e-7
+        np.testing.assert_allclose([d["fault_probs"][c] for c in bundle.class_names], probs[b], atol=1e-5)
+        y_ref = ref.Y_hat[b].numpy().astype(np.float64) * scale + center
+        y_got = np.array([d["forecast"][n] for n in names]).T
+        assert (np.abs(y_got - y_ref) <= 1e-4 * np.abs(y_ref) + 1e-4 * scale).all(), k  # 1e-4 in model units
+    return len(keys)
+
+
+def torch_softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+# ------------------------------------------------------------------------------------------------ parity
+
+
+def test_stream_features_match_prepared_arrays(bundle, timeline, tiny_run):
+    """The fleet's windows equal scada-prepare's arrays within 1e-6 once the stream has history."""
+    seen = []
+
+    class Spy:
+        def score(self, X, M, Fl):
+            seen.append((X.copy(), M.copy(), Fl.copy()))
+            raise StopIteration  # only the inputs matter here
+
+    header, rows, _ = timeline
+    engine = Engine(bundle, Spy(), 0.0, 100, 10**6)
+    ti, ii = header.index("timestamp"), header.index("turbine_id")
+    chans = list(bundle.spec.channels)
+    for r in rows:
+        vals = np.array([float(r[header.index(c)]) if _isnum(r[header.index(c)]) else np.nan for c in chans])
+        engine.ingest(Sample(r[ii], parse_timestamp_ns(r[ti]), vals))
+    steps = [s for s in engine.fleet.drain() if s.window is not None]
+    proc = Path(tiny_run.cfg().data.paths.processed_dir) / "turbines"
+    first, L, n = _first_comparable_ns(bundle), bundle.dims.L, 0
+    for s in steps:
+        if s.end_ns < first:
+            continue
+        stamps = np.load(proc / s.turbine / "timestamps.npy")
+        i = int(np.searchsorted(stamps, s.end_ns))
+        sl = slice(i - L + 1, i + 1)
+        np.testing.assert_allclose(s.window.X, np.load(proc / s.turbine / "X.npy")[sl], atol=1e-6, rtol=0)
+        np.testing.assert_array_equal(s.window.M_miss, np.load(proc / s.turbine / "M_miss.npy")[sl])
+        np.testing.assert_array_equal(s.window.Flags, np.load(proc / s.turbine / "Flags.npy")[sl])
+        n += 1
+    assert n > 100
+
+
+def _isnum(cell: str) -> bool:
+    try:
+        float(cell)
+        return True
+    except ValueError:
+        return False
+
+
+def test_replay_matches_offline_reference(replayed, tiny_run, bundle):
+    assert _assert_matches_reference(replayed, tiny_run, bundle) > 100
+
+
+def test_broker_parity_with_reference_and_replay(broker, bundle, scorer, timeline, replayed, tiny_run):
+    header, rows, _ = timeline
+    col = Collector(broker.url, [f"scada/{SITE}/+/score", f"scada/{SITE}/+/alert/state"])
+    wait_for(lambda: col.c.is_connected(), 10, "collector connect")
+    d = DaemonThread(daemon_config(broker.url), bundle, scorer)
+    pub = client(broker.url, "publisher")
+    wait_for(lambda: pub.is_connected() and d.daemon.link.connected, 10, "connections")
+    publish_all(pub, to_messages(header, rows))
+    want = expected_steps(rows, header)
+    wait_for(lambda: len(col.of("/score")) >= sum(want.values()), 60, "all scores")
+    assert d.stop() == 0
+    got = by_key([p for _, p in col.of("/score")])
+    assert all(len(v) == 1 for v in got.values())
+    per_turbine = {t: sum(1 for k in got if k[0] == t) for t in want}
+    assert per_turbine == want
+    records = {k: next(iter(v)) for k, v in got.items()}
+    for k, payload in records.items():  # run and replay share the pipeline: the same bytes
+        assert payload == replayed[k], k
+    _assert_matches_reference(records, tiny_run, bundle)
+    assert {t.split("/")[2] for t, _ in col.of("/alert/state")} == set(want)
+    pub.disconnect()
+    col.close()
+
+
+# --------------------------------------------------------------------------------------------- faults
+
+
+def test_broker_restart_loses_nothing_and_changes_nothing(broker, bundle, scorer, timeline, replayed):
+    header, rows, _ = timeline
+    msgs = to_messages(header, rows)
+    col = Collector(broker.url, [f"scada/{SITE}/+/score"], client_id="collector-ft")
+    wait_for(lambda: col.c.is_connected(), 10, "collector connect")
+    d = DaemonThread(daemon_config(broker.url), bundle, scorer)
+    pub = client(broker.url, "publisher-ft")
+    wait_for(lambda: pub.is_connected() and d.daemon.link.connected, 10, "connections")
+    cut = len(msgs) * 2 // 5
+    publish_all(pub, msgs[:cut])
+    broker.stop()  # mid-stream; persistence on
+    publish_all(pub, msgs[cut : cut + 50], wait=False)  # queued by the publisher while the broker is down
+    broker.start()
+    wait_for(lambda: d.daemon.link.connected and pub.is_connected(), 20, "reconnect")
+    publish_all(pub, msgs[cut + 50 :])
+    publish_all(pub, msgs[: cut // 2])  # redelivered telemetry
+    want = expected_steps(rows, header)
+    wait_for(lambda: len(by_key([p for _, p in col.of("/score")])) >= sum(want.values()), 60, "all steps scored")
+    assert d.stop() == 0
+    got = by_key([p for _, p in col.of("/score")])
+    assert all(len(v) == 1 for v in got.values()), "a step got two different scores"
+    assert {t: sum(1 for k in got if k[0] == t) for t in want} == want
+    for k, v in got.items():
+        assert next(iter(v)) == replayed[k], k
+    assert d.daemon.metrics.value("scada_runtime_late_samples_total") >= cut // 2 - 20
+    pub.disconnect()
+    col.close()
+
+
+def _hostile(valid: list[tuple[str, bytes]], n: int, rng: np.random.Generator) -> list[tuple[str, bytes, str]]:
+    """n hostile messages (topic, payload, expected reason) built around the valid stream."""
+    base = f"scada/{SITE}"
+    kinds = [
+        ("malformed_json", lambda i: (f"{base}/WT01/telemetry", b'{"ts": "2024-01-28T00:00:00+00:00", "values": {')),
+        ("malformed_json", lambda i: (f"{base}/WT02/telemetry", bytes(rng.integers(32, 127, 40, dtype=np.uint8)))),
+        ("not_utf8", lambda i: (f"{base}/WT01/telemetry", b"\xff\xfe" + bytes(rng.integers(0, 256, 30, np.uint8)))),
+        ("not_an_object", lambda i: (f"{base}/WT03/telemetry", b"[1, 2, 3]")),
+        ("non_finite", lambda i: (f"{base}/WT01/telemetry",
+                                  b'{"ts": "2024-01-28T06:00:00+00:00", "values": {"power": NaN}}')),
+        ("non_finite", lambda i: (f"{base}/WT02/telemetry",
+                                  b'{"ts": "2024-01-28T06:00:00+00:00", "values": {"power": 1e999}}')),
+        ("bad_value_type", lambda i: (f"{base}/WT01/telemetry",
+                                      b'{"ts": "2024-01-28T06:00:00+00:00", "values": {"power": "12"}}')),
+        ("bad_value_type", lambda i: (f"{base}/WT04/telemetry",
+                                      b'{"ts": "2024-01-28T06:00:00+00:00", "values": {"power": true}}')),
+        ("unknown_channel", lambda i: (f"{base}/WT01/telemetry",
+                                       b'{"ts": "2024-01-28T06:00:00+00:00", "values": {"pwr": 1.0}}')),
+        ("unknown_turbine", lambda i: (f"{base}/WT99/telemetry",
+                                       b'{"ts": "2024-01-28T06:00:00+00:00", "values": {"power": 1.0}}')),
+        ("bad_turbine_id", lambda i: (f"{base}/WT 1/telemetry", b"{}")),
+        ("ts_in_future", lambda i: (f"{base}/WT01/telemetry", b'{"ts": "2999-01-01T00:00:00+00:00", "values": '
+                                                               b'{"power": 1.0}}')),
+        ("ts_too_old", lambda i: (f"{base}/WT01/telemetry", b'{"ts": 946684800, "values": {"power": 1.0}}')),
+        ("naive_timestamp", lambda i: (f"{base}/WT01/telemetry", b'{"ts": "2024-01-28T06:00:00", "values": '
+                                                                  b'{"power": 1.0}}')),
+        ("bad_timestamp", lambda i: (f"{base}/WT01/telemetry", b'{"ts": "yesterday", "values": {"power": 1}}')),
+        ("missing_ts", lambda i: (f"{base}/WT01/telemetry", b'{"values": {"power": 1}}')),
+        ("missing_values", lambda i: (f"{base}/WT01/telemetry", b'{"ts": 1706400000, "values": {}}')),
+        ("unknown_key", lambda i: (f"{base}/WT01/telemetry", b'{"ts": 1706400000, "values": {"power": 1}, "x": 1}')),
+        ("oversized", lambda i: (f"{base}/WT02/telemetry", b'{"ts": 1706400000, "values": {"power": 1}, "pad": "'
+                                 + b"x" * 5000 + b'"}')),
+        ("malformed_json", lambda i: (f"{base}/WT01/telemetry", b"[" * 1500 + b"]" * 1500)),
+    ]
+    out = []
+    for i in range(n):
+        reason, make = kinds[i % len(kinds)]
+        t, p = make(i)
+        out.append((t, p, reason))
+    return out
+
+
+def test_fuzzed_stream_keeps_daemon_up_and_scores_unchanged(broker, bundle, scorer, timeline, replayed):
+    header, rows, _ = timeline
+    valid = to_messages(header, rows)
+    rng = np.random.default_rng(0)
+    hostile = _hostile(valid, 2600, rng)
+    late = []  # out-of-order samples and duplicates of steps already closed: dropped as late
+    for j in range(200, len(valid), 7):
+        t, p = valid[j - 60]
+        doc = json.loads(p)
+        doc["values"] = {k: (v + 1.0 if isinstance(v, float) else v) for k, v in doc["values"].items()}
+        late.append((t, json.dumps(doc).encode() if j % 2 else p))
+    mixed: list[tuple[str, bytes]] = []
+    h, lt = iter(hostile), iter(late)
+    for j, m in enumerate(valid):
+        mixed.append(m)
+        mixed += [(t, p) for t, p, _ in [next(h, None) for _ in range(3)] if t is not None]
+        if j >= 200 and j % 7 == 4:
+            mixed += [x for x in [next(lt, None)] if x is not None]
+        if j % 50 == 0:
+            mixed.append(m)  # an exact duplicate of a sample in the open bin: changes nothing
+    mixed += [(t, p) for t, p, _ in h]
+    cfg = daemon_config(broker.url, ingest={"turbines": ["WT01", "WT02", "WT03", "WT04"], "max_payload_bytes": 4096,
+                                            "max_past_s": 5 * 365 * 86400.0})
+    col = Collector(broker.url, [f"scada/{SITE}/+/score", f"scada/runtime/{GATEWAY}/errors"], client_id="col-fz")
+    wait_for(lambda: col.c.is_connected(), 10, "collector connect")
+    d = DaemonThread(cfg, bundle, scorer)
+    pub = client(broker.url, "publisher-fz")
+    wait_for(lambda: pub.is_connected() and d.daemon.link.connected, 10, "connections")
+    publish_all(pub, mixed)
+    want = expected_steps(rows, header)
+    wait_for(lambda: len(col.of("/score")) >= sum(want.values()), 60, "all scores")
+    wait_for(lambda: len(col.of("/errors")) >= len(hostile), 30, "all error reports")
+    assert d.thread.is_alive()
+    assert d.stop() == 0
+    expected: dict[str, int] = {}
+    for _, _, r in hostile:
+        expected[r] = expected.get(r, 0) + 1
+    assert d.daemon.metrics.rejected_by_reason() == {k: float(v) for k, v in expected.items()}
+    assert d.daemon.metrics.value("scada_runtime_late_samples_total") == len([x for x in late])
+    reasons = [json.loads(p)["reason"] for _, p in col.of("/errors")]
+    assert sorted(reasons) == sorted(r for _, _, r in hostile)
+    got = by_key([p for _, p in col.of("/score")])
+    assert all(len(v) == 1 for v in got.values())
+    assert {t: sum(1 for k in got if k[0] == t) for t in want} == want
+    for k, v in got.items():
+        assert next(iter(v)) == replayed[k], k
+    pub.disconnect()
+    col.close()
+
+
+# ------------------------------------------------------------------------------------------- security
+
+
+def _certs(tmp: Path) -> dict[str, Path]:
+    def ssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=tmp)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+        "-keyout", "ca.key", "-out", "ca.crt")
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key", "-out", "server.csr")
+    (tmp / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+        "-extfile", "ext.cnf", "-out", "server.crt")
+    return {"ca": tmp / "ca.crt", "cert": tmp / "server.crt", "key": tmp / "server.key"}
+
+
+def _connect_failures(daemon) -> float:
+    return sum(s.value for m in daemon.metrics.connect_failures.collect() for s in m.samples
+               if s.name.endswith("_total"))
+
+
+def test_tls_and_password(tmp_path, bundle, scorer, timeline):
+    require_mosquitto()
+    certs = _certs(tmp_path)
+    b = Broker(tmp_path / "tls-broker", users={"gw1": "s3cret", "ops": "ops-pass"}, tls=certs)
+    b.start()
+    try:
+        auth = {"username": "ops", "password": "ops-pass", "ca_file": str(certs["ca"])}
+        col = Collector(b.url, [f"scada/runtime/{GATEWAY}/status", f"scada/{SITE}/+/score"], "col-tls", **auth)
+        wait_for(lambda: col.c.is_connected(), 10, "collector connect over TLS")
+        bad = DaemonThread(daemon_config(b.url, broker={"username": "gw1", "password": "wrong",
+                                                        "tls": {"ca_file": str(certs["ca"])}}), bundle, scorer)
+        wait_for(lambda: _connect_failures(bad.daemon) >= 1, 10, "a refused connection")
+        assert not bad.daemon.link.connected
+        bad.stop()
+        pw = tmp_path / "pw"
+        pw.write_text("s3cret\n")
+        good = DaemonThread(daemon_config(b.url, broker={"username": "gw1", "password_file": str(pw),
+                                                         "tls": {"ca_file": str(certs["ca"])}}), bundle, scorer)
+        wait_for(lambda: good.daemon.link.connected, 10, "TLS + password connection")
+        pub = client(b.url, "pub-tls", **auth)
+        wait_for(lambda: pub.is_connected(), 10, "publisher connect")
+        header, rows, _ = timeline
+        publish_all(pub, to_messages(header, rows[:40]))
+        wait_for(lambda: len(col.of("/score")) > 0, 20, "a score over TLS")
+        statuses = [json.loads(p)["state"] for _, p in col.of("/status")]
+        assert "online" in statuses
+        assert good.stop() == 0
+        wait_for(lambda: json.loads(col.of("/status")[-1][1])["state"] == "offline", 10, "offline status")
+        pub.disconnect()
+        col.close()
+    finally:
+        b.stop()
+
+
+# --------------------------------------------------------------------------------------------- health
+
+
+def test_health_endpoint_notices_a_stalled_loop(broker, bundle, scorer):
+    now = [1_800_000_000 * 10**9]
+    from runtime.daemon import Daemon
+
+    cfg = daemon_config(broker.url, health={"stall_s": 5.0, "status_interval_s": 0.2})
+    d = Daemon(cfg, bundle, scorer, clock=lambda: now[0])
+    d.start()
+    try:
+        col = Collector(broker.url, [f"scada/runtime/{GATEWAY}/status"], client_id="col-health")
+        wait_for(lambda: d.link.connected, 10, "daemon connect")
+        d.step(timeout=0.01)
+        url = f"http://127.0.0.1:{d.health.port}"
+        assert urllib.request.urlopen(url + "/healthz").status == 200
+        assert b"scada_runtime_connected 1.0" in urllib.request.urlopen(url + "/metrics").read()
+        now[0] += 6 * 10**9  # the process is alive, the loop is not running
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(url + "/healthz")
+        assert e.value.code == 503
+        wait_for(lambda: any(json.loads(p)["state"] == "stalled" for _, p in col.of("/status")), 10,
+                 "a 'stalled' status")
+        d.step(timeout=0.01)
+        assert urllib.request.urlopen(url + "/healthz").status == 200
+        col.close()
+    finally:
+        d.request_stop()
+        d.run_forever()
+
+
+# ----------------------------------------------------------------------------------------------- lean
+
+
+def test_import_and_replay_load_neither_torch_nor_pandas(bundle_dir, timeline, tmp_path):
+    code = (
+        "import sys, runtime, runtime.daemon, runtime.cli\n"
+        "from runtime.replay import replay_file\n"
+        f"replay_file({str(bundle_dir)!r}, {str(timeline[2])!r}, {str(tmp_path / 's.jsonl')!r})\n"
+        "heavy = sorted(m for m in ('torch', 'pandas', 'pyarrow', 'omegaconf') if m in sys.modules)\n"
+        "print(heavy)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "[]", res.stdout + res.stderr
+    assert (tmp_path / "s.jsonl").stat().st_size > 0
+
+
+def test_replay_cli(bundle_dir, timeline, tmp_path, replayed):
+    out = tmp_path / "cli.jsonl"
+    res = subprocess.run([sys.executable, "-m", "runtime.cli", "replay", "--bundle", str(bundle_dir), "--input",
+                          str(timeline[2]), "--out", str(out)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    got = {k: next(iter(v)) for k, v in by_key(out.read_bytes().splitlines()).items()}
+    assert got == replayed
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("brokr: {}\n")
+    res = subprocess.run([sys.executable, "-m", "runtime.cli", "replay", "--bundle", str(bundle_dir), "--input",
+                          str(timeline[2]), "--out", str(out), "--config", str(bad)], capture_output=True, text=True)
+    assert res.returncode == 2 and "unknown keys ['brokr']" in res.stderr
