@@ -43,6 +43,25 @@ def _check_keys(d: dict[str, Any], required: set[str], where: str) -> None:
         raise SpecError(f"{where}: unknown keys {unknown}, missing keys {missing}; allowed keys: {sorted(required)}")
 
 
+def _list(d: dict[str, Any], key: str) -> list[Any]:
+    if not isinstance(d[key], list):
+        raise SpecError(f"pipeline spec.{key}: expected a list, got {type(d[key]).__name__}")
+    return d[key]
+
+
+def _names(d: dict[str, Any], key: str) -> tuple[str, ...]:
+    items = _list(d, key)
+    if not all(isinstance(x, str) for x in items):
+        raise SpecError(f"pipeline spec.{key}: expected a list of names, got {items!r}")
+    return tuple(items)
+
+
+def _mapping(d: dict[str, Any], key: str) -> dict[str, Any]:
+    if not isinstance(d[key], dict):
+        raise SpecError(f"pipeline spec.{key}: expected a mapping, got {type(d[key]).__name__}")
+    return dict(d[key])
+
+
 def _unique(names: tuple[str, ...], what: str) -> None:
     seen = [n for i, n in enumerate(names) if n in names[:i]]
     if seen:
@@ -246,21 +265,21 @@ class PipelineSpec:
 
         return cls(
             dt_seconds=d["dt_seconds"],
-            channels=tuple(d["channels"]),
+            channels=_names(d, "channels"),
             dedupe=d["dedupe"],
-            aggregation=dict(d["aggregation"]),
+            aggregation=_mapping(d, "aggregation"),
             valid_range=_ranges(d["valid_range"], "valid_range"),
             winsor_caps=_ranges(d["winsor_caps"], "winsor_caps"),
-            feature_channels=tuple(d["feature_channels"]),
-            angular_channels=tuple(d["angular_channels"]),
+            feature_channels=_names(d, "feature_channels"),
+            angular_channels=_names(d, "angular_channels"),
             angle_units=d["angle_units"],
             yaw_error=None if ye is None else YawErrorSpec(ye["wind_dir"], ye["nacelle_dir"], ye["output_name"]),
-            deltas=tuple(d["deltas"]),
+            deltas=_names(d, "deltas"),
             rolling=None
             if ro is None
-            else RollingSpec(tuple(ro["channels"]), tuple(ro["windows"]), tuple(ro["stats"])),
-            flag_names=tuple(d["flag_names"]),
-            flag_rules=dict(d["flag_rules"]),
+            else RollingSpec(_names(ro, "channels"), tuple(_list(ro, "windows")), _names(ro, "stats")),
+            flag_names=_names(d, "flag_names"),
+            flag_rules=_mapping(d, "flag_rules"),
             fill_value=float(d["fill_value"]),
-            feature_names=tuple(d["feature_names"]),
+            feature_names=_names(d, "feature_names"),
         )
