@@ -26,11 +26,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from export.onnx_export import CleanGraph, ExportModules, build_modules, export_graphs  # noqa: E402
+from export.onnx_export import export_graphs  # noqa: E402
+from trainer.infer import CleanGraph, ReferenceModules, build_reference, checkpoint_config  # noqa: E402
 from export.verify import verify_graphs  # noqa: E402
 
 
-def demo_modules() -> ExportModules:
+def demo_modules() -> ReferenceModules:
     """The demo config's model (F, R from its feature and flag config) with random weights."""
     from trainer.config import load_config
     from trainer.fit import model_config
@@ -42,10 +43,10 @@ def demo_modules() -> ExportModules:
     torch.manual_seed(0)
     model = MultiTaskTCN(model_config(cfg, spec.n_features, spec.n_flags))
     ckpt = {"model_config": model.cfg.to_dict(), "model_state": model.state_dict()}
-    return build_modules(ckpt, cfg)
+    return build_reference(ckpt, cfg)
 
 
-def windows(mods: ExportModules, B: int, seed: int = 0) -> tuple[np.ndarray, ...]:
+def windows(mods: ReferenceModules, B: int, seed: int = 0) -> tuple[np.ndarray, ...]:
     rng = np.random.default_rng(seed)
     F, R = mods.model.cfg.F, mods.model.cfg.R
     M = (rng.random((B, mods.L, F)) > 0.1).astype(np.float32)
@@ -71,9 +72,9 @@ def session(graph: bytes, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(graph, sess_options=so, providers=["CPUExecutionProvider"])
 
 
-def latency_table(mods: ExportModules, graphs: dict[str, bytes], threads: list[int], repeats: int) -> list[dict]:
+def latency_table(mods: ReferenceModules, graphs: dict[str, bytes], threads: list[int], repeats: int) -> list[dict]:
     rows = []
-    clean: CleanGraph = mods.clean
+    clean: CleanGraph = mods.graph
     for t in threads:
         torch.set_num_threads(t)
         sess = {g: session(b, t) for g, b in graphs.items()}
@@ -106,13 +107,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         if args.checkpoint:
-            from export.bundle_writer import checkpoint_config, export_bundle
+            from export.bundle_writer import export_bundle
             from trainer.fit import load_checkpoint
 
             torch.set_num_threads(1)
             bundle = export_bundle(args.checkpoint, out_dir=Path(tmp) / "bundle")
             ckpt = load_checkpoint(args.checkpoint)
-            mods = build_modules(ckpt, checkpoint_config(ckpt))
+            mods = build_reference(ckpt, checkpoint_config(ckpt))
             graphs = {g: (bundle.path / f"{g}.onnx").read_bytes() for g in ("clean", "scoring")}
             parity = bundle.parity
             sizes = {p.name: p.stat().st_size for p in bundle.path.iterdir()}

@@ -16,34 +16,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from export.calibrate import CALIBRATION_SPLIT, calibrate
-from export.onnx_export import IR_VERSION, OPSET, ExportError, build_modules, export_graphs
+from export.onnx_export import IR_VERSION, OPSET, ExportError, export_graphs
 from export.verify import DEFAULT_ATOL, DEFAULT_EXTREME, DEFAULT_RTOL, verify_graphs
 from runtime.bundle import Bundle, dump_bundle
-from trainer.config import RootCfg, split_overrides, to_root
-from trainer.config_checks import ConfigError
+from trainer.config import RootCfg
+from trainer.calibrate import CALIBRATION_SPLIT, calibrate
 from trainer.fit import PreparedData, load_checkpoint
+from trainer.infer import build_reference, checkpoint_config
 
-__all__ = ["export_bundle", "checkpoint_config", "default_out_dir"]
-
-
-def checkpoint_config(ckpt: dict, overrides: Sequence[str] = (), data_dir: str | Path | None = None) -> RootCfg:
-    """The checkpoint's saved config with `infer.*` overrides (other keys would contradict the trained model)."""
-    groups, dotted = split_overrides(list(overrides))
-    bad = sorted(groups) + [o for o in dotted if not o.startswith("infer.")]
-    if bad:
-        raise ConfigError(f"scada-export accepts infer.* overrides only (e.g. infer.calibration.percentile=99.9); "
-                          f"got {bad}: the rest of the config is fixed by the checkpoint")
-    if data_dir is not None:
-        dotted.append(f"data.paths.processed_dir={Path(data_dir)}")
-    try:
-        node = OmegaConf.merge(OmegaConf.structured(RootCfg), ckpt["cfg"], OmegaConf.from_dotlist(dotted))
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"override {dotted}: {str(e).splitlines()[0]}") from e
-    return to_root(node)
+__all__ = ["export_bundle", "default_out_dir"]
 
 
 def default_out_dir(checkpoint: str | Path, cfg: RootCfg) -> Path:
@@ -80,7 +62,7 @@ def export_bundle(
     if data.fingerprint != ckpt["data_fingerprint"]:
         raise ExportError(f"prepared data in {data.dir} (fingerprint {data.fingerprint[:12]}) is not the data the "
                           f"checkpoint was trained on ({ckpt['data_fingerprint'][:12]}); pass --data with that folder")
-    mods = build_modules(ckpt, cfg)
+    mods = build_reference(ckpt, cfg)
     log(f"exporting {checkpoint}: L={mods.L}, F={data.F}, R={data.R}, receptive field {mods.model.receptive_field}")
     graphs = export_graphs(mods)
     log("calibrating on the validation split")

@@ -5,7 +5,7 @@ Contract
 - The model is rebuilt from the checkpoint alone, weight norm is baked into plain weights on a copy
   (`strip_weight_norm`), and the copy is put in eval mode: the graphs hold no `g * v / ||v||` per call and
   no dropout.
-- `clean.onnx`: `CleanGraph`, X_in (B, L, 3F+R) -> Y_hat (B, K, F), fault_logits (B, C), rul (B, 1), the
+- `clean.onnx`: `trainer.infer.CleanGraph`, X_in (B, L, 3F+R) -> Y_hat (B, K, F), fault_logits (B, C), rul (B, 1), the
   outputs of the heads that are on, in that order (`runtime.bundle.Bundle.clean_outputs`).
 - `scoring.onnx`: `trainer.scoring.ScoringModule` traced whole: X, M_miss (B, L, F), Flags (B, L, R) ->
   s_now (B,), feat_contrib (B, F), top_idx (B, topn), E (B, L, F).
@@ -17,23 +17,19 @@ Contract
 
 from __future__ import annotations
 
-import copy
 import logging
 import tempfile
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import onnx
 import torch
 from torch import nn
 
-from trainer.config import RootCfg
-from trainer.model import ModelConfig, MultiTaskTCN, strip_weight_norm
-from trainer.scoring import ScoreOutputs, ScoringModule
+from trainer.infer import ReferenceModules
+from trainer.scoring import ScoreOutputs
 
-__all__ = ["OPSET", "IR_VERSION", "ExportError", "CleanGraph", "ExportModules", "build_modules", "export_graphs",
+__all__ = ["OPSET", "IR_VERSION", "ExportError", "export_graphs",
            "export_module", "check_graph", "SCORING_INPUTS", "SCORING_OUTPUTS"]
 
 OPSET = 18
@@ -45,47 +41,6 @@ SCORING_OUTPUTS = tuple(ScoreOutputs._fields)  # s_now, feat_contrib, top_idx, E
 
 class ExportError(ValueError):
     """The export cannot produce a valid bundle: bad checkpoint, graph check failed, parity out of tolerance."""
-
-
-class CleanGraph(nn.Module):
-    """X_in (B, L, 3F+R) -> the enabled clean-pass outputs of `model` as a tuple, in `output_names` order."""
-
-    def __init__(self, model: MultiTaskTCN) -> None:
-        super().__init__()
-        self.model = model
-        cfg = model.cfg
-        heads = (("Y_hat", cfg.forecast_enabled), ("fault_logits", cfg.fault_enabled), ("rul", cfg.rul_enabled))
-        self.output_names: tuple[str, ...] = tuple(n for n, on in heads if on)
-        if not self.output_names:
-            raise ExportError("the model has no forecast, fault or RUL head: the clean graph would have no output")
-
-    def forward(self, X_in: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.model(X_in, return_recon=False, return_forecast=True, return_fault=True, return_rul=True)
-        return tuple(getattr(out, n) for n in self.output_names)
-
-
-@dataclass
-class ExportModules:
-    """The eval-mode, weight-norm-free model and the two modules that are exported (torch references too)."""
-
-    model: MultiTaskTCN
-    clean: CleanGraph
-    scoring: ScoringModule
-    L: int
-
-
-def build_modules(ckpt: dict[str, Any], cfg: RootCfg) -> ExportModules:
-    """Rebuild the model from a checkpoint, strip weight norm on a copy, and wrap it for export."""
-    model = MultiTaskTCN(ModelConfig.from_dict(ckpt["model_config"]))
-    model.load_state_dict(ckpt["model_state"])
-    model = strip_weight_norm(copy.deepcopy(model)).eval()
-    inf = cfg.infer
-    scoring = ScoringModule(
-        model, cfg.data.windowing.L, model.cfg.F, p_score=inf.p_score, seed=inf.score_seed,
-        aggregation=inf.aggregation.name, topn=inf.topn_features, recent_halflife=inf.aggregation.halflife_steps,
-        fill_value=cfg.features.fill_value_c,
-    ).eval()
-    return ExportModules(model=model, clean=CleanGraph(model).eval(), scoring=scoring, L=cfg.data.windowing.L)
 
 
 def check_graph(proto: onnx.ModelProto, what: str) -> None:
@@ -135,12 +90,12 @@ def _example(L: int, F: int, R: int, B: int = 2) -> tuple[torch.Tensor, ...]:
     return torch.randn(B, L, F, generator=g) * M_miss, M_miss, (torch.rand(B, L, R, generator=g) > 0.5).float()
 
 
-def export_graphs(mods: ExportModules) -> dict[str, bytes]:
+def export_graphs(mods: ReferenceModules) -> dict[str, bytes]:
     """{"clean": bytes, "scoring": bytes}: both graphs, exported and checked."""
     cfg = mods.model.cfg
     X, M, Fl = _example(mods.L, cfg.F, cfg.R)
     X_in = torch.cat([X, M, torch.ones_like(M), Fl], dim=-1)
     with torch.no_grad():
-        clean = export_module(mods.clean, (X_in,), ("X_in",), mods.clean.output_names, "clean.onnx")
+        clean = export_module(mods.graph, (X_in,), ("X_in",), mods.graph.output_names, "clean.onnx")
         scoring = export_module(mods.scoring, (X, M, Fl), SCORING_INPUTS, SCORING_OUTPUTS, "scoring.onnx")
     return {"clean": clean, "scoring": scoring}

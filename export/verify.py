@@ -2,7 +2,7 @@
 
 Contract
 --------
-Each case runs the torch modules (`export.onnx_export.ExportModules`) and onnxruntime sessions on the graph
+Each case runs the torch modules (`trainer.infer.ReferenceModules`) and onnxruntime sessions on the graph
 bytes (graph optimisation on, as at the edge) on the same inputs, and records per output "graph/name":
 
 - `max_abs`: max |onnx - torch|;
@@ -27,7 +27,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from export.onnx_export import SCORING_INPUTS, SCORING_OUTPUTS, ExportModules
+from export.onnx_export import SCORING_INPUTS, SCORING_OUTPUTS
+from trainer.infer import ReferenceModules
 
 __all__ = ["DEFAULT_ATOL", "DEFAULT_RTOL", "DEFAULT_EXTREME", "adversarial_cases", "compare", "run_both", "topn_disagreements",
            "verify_graphs"]
@@ -68,20 +69,20 @@ def topn_disagreements(contrib: np.ndarray, idx_ref: np.ndarray, idx_got: np.nda
     return n
 
 
-def run_both(mods: ExportModules, sessions: dict[str, ort.InferenceSession], X: np.ndarray, M: np.ndarray,
+def run_both(mods: ReferenceModules, sessions: dict[str, ort.InferenceSession], X: np.ndarray, M: np.ndarray,
              Fl: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """({"graph/output": torch array}, {"graph/output": onnxruntime array}) for one batch."""
     Xt, Mt, Ft = (torch.from_numpy(a) for a in (X, M, Fl))
     X0 = np.where(M > 0.5, X, np.float32(mods.scoring.fill_value)).astype(np.float32)
     X_in = np.concatenate([X0, M, np.ones_like(M), Fl], axis=-1)
     with torch.no_grad():
-        ref_clean = mods.clean(torch.from_numpy(X_in))
+        ref_clean = mods.graph(torch.from_numpy(X_in))
         ref_score = mods.scoring(Xt, Mt, Ft)
-    ref = {f"clean/{n}": t.numpy() for n, t in zip(mods.clean.output_names, ref_clean)}
+    ref = {f"clean/{n}": t.numpy() for n, t in zip(mods.graph.output_names, ref_clean)}
     ref |= {f"scoring/{n}": t.numpy() for n, t in zip(SCORING_OUTPUTS, ref_score)}
-    got_clean = sessions["clean"].run(list(mods.clean.output_names), {"X_in": X_in})
+    got_clean = sessions["clean"].run(list(mods.graph.output_names), {"X_in": X_in})
     got_score = sessions["scoring"].run(list(SCORING_OUTPUTS), dict(zip(SCORING_INPUTS, (X, M, Fl))))
-    got = {f"clean/{n}": a for n, a in zip(mods.clean.output_names, got_clean)}
+    got = {f"clean/{n}": a for n, a in zip(mods.graph.output_names, got_clean)}
     got |= {f"scoring/{n}": a for n, a in zip(SCORING_OUTPUTS, got_score)}
     return ref, got
 
@@ -109,7 +110,7 @@ def _session(graph: bytes) -> ort.InferenceSession:
     return ort.InferenceSession(graph, sess_options=so, providers=["CPUExecutionProvider"])
 
 
-def _case_stats(mods: ExportModules, sessions: dict, batches: list[tuple], atol: float, rtol: float) -> dict:
+def _case_stats(mods: ReferenceModules, sessions: dict, batches: list[tuple], atol: float, rtol: float) -> dict:
     out: dict[str, dict[str, Any]] = {}
     for X, M, Fl in batches:
         ref, got = run_both(mods, sessions, X, M, Fl)
@@ -123,7 +124,7 @@ def _case_stats(mods: ExportModules, sessions: dict, batches: list[tuple], atol:
     return {"n_windows": int(sum(len(b[0]) for b in batches)), "outputs": out}
 
 
-def verify_graphs(mods: ExportModules, graphs: dict[str, bytes], val: tuple[np.ndarray, np.ndarray, np.ndarray],
+def verify_graphs(mods: ReferenceModules, graphs: dict[str, bytes], val: tuple[np.ndarray, np.ndarray, np.ndarray],
                   atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, extreme: float = DEFAULT_EXTREME,
                   n_single: int = 8) -> dict[str, Any]:
     """The bundle's parity section for the graphs against the torch modules; `val` holds validation windows."""

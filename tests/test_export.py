@@ -17,9 +17,10 @@ import torch
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 
-from export.bundle_writer import checkpoint_config, export_bundle  # noqa: E402
-from export.calibrate import calibrate  # noqa: E402
-from export.onnx_export import IR_VERSION, OPSET, ExportError, build_modules  # noqa: E402
+from export.bundle_writer import export_bundle
+from trainer.infer import build_reference, checkpoint_config  # noqa: E402
+from trainer.calibrate import calibrate  # noqa: E402
+from export.onnx_export import IR_VERSION, OPSET, ExportError  # noqa: E402
 from export.verify import run_both, topn_disagreements, verify_graphs  # noqa: E402
 from runtime.bundle import load_bundle, open_session  # noqa: E402
 from runtime.calibration import Calibration, CalibrationError, fit_percentile_calibration, regime_of  # noqa: E402
@@ -48,7 +49,7 @@ def exported(tiny_run):
     bundle = export_bundle(tiny_run.checkpoint)
     ckpt = load_checkpoint(tiny_run.checkpoint)
     cfg = checkpoint_config(ckpt)
-    return bundle, build_modules(ckpt, cfg), cfg
+    return bundle, build_reference(ckpt, cfg), cfg
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,7 @@ def test_cli_export_with_checkpoint_path_only(exported, tiny_run):
     assert "model id" in result.output and "parity within atol=1e-05" in result.output
     assert load_bundle(exported[0].path).model_id == exported[0].model_id  # the export is deterministic
     bad = CliRunner().invoke(app, [str(tiny_run.checkpoint), "train.epochs=3"])
-    assert bad.exit_code == 2 and "accepts infer.* overrides only" in bad.output
+    assert bad.exit_code == 2 and "only infer.* overrides apply to a trained checkpoint" in bad.output
 
 
 def test_graphs_pass_full_checker_with_pinned_versions(exported):

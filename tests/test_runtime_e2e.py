@@ -86,13 +86,11 @@ def _reference(tiny_run, bundle, keys: list[tuple[str, str]]):
     """trainer infer_step on the prepared arrays for the windows ending at `keys` (turbine, ts)."""
     import torch
 
-    from export.bundle_writer import checkpoint_config
-    from export.onnx_export import build_modules
     from trainer.fit import load_checkpoint
-    from trainer.infer import infer_step
+    from trainer.infer import build_reference, checkpoint_config, infer_step
 
     ckpt = load_checkpoint(tiny_run.checkpoint)
-    mods = build_modules(ckpt, checkpoint_config(ckpt))
+    mods = build_reference(ckpt, checkpoint_config(ckpt))
     proc = Path(tiny_run.cfg().data.paths.processed_dir) / "turbines"
     L = bundle.dims.L
     X, M, Fl = [], [], []

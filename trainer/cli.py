@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Annotated, Optional
 
@@ -60,3 +61,41 @@ def train_cmd(
     except ValueError as e:
         _fail(e)
     print(best)
+
+
+infer_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@infer_app.command(
+    help="Score every window of a prepared split with the torch (--checkpoint) or ONNX (--bundle) engine; "
+    "writes results.parquet and alerts.jsonl.\n\n"
+    "Example: scada-infer --bundle artifacts/demo/bundle --data data/processed/synthetic --split test",
+)
+def infer_cmd(
+    checkpoint: Annotated[Optional[str], typer.Option(help="best.pt: torch engine.")] = None,
+    bundle: Annotated[Optional[str], typer.Option(help="Bundle folder: onnxruntime engine.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Prepared data folder (default: the checkpoint's).")] = None,
+    split: Annotated[str, typer.Option(help="train | val | test")] = "test",
+    out: Annotated[Optional[str], typer.Option(help="Output folder (default: <run>/infer_<split>_<engine>).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 256,
+) -> None:
+    from pathlib import Path
+
+    from trainer.batch_infer import run_batch_inference, setup_from_bundle, setup_from_checkpoint
+
+    try:
+        if (checkpoint is None) == (bundle is None):
+            raise ValueError("give exactly one of --checkpoint (torch engine) or --bundle (onnxruntime engine)")
+        if bundle is not None:
+            if data is None:
+                raise ValueError("--bundle needs --data PREPARED_DIR (the folder scada-prepare wrote)")
+            setup = setup_from_bundle(bundle, data)
+            run_dir = Path(bundle).resolve().parent
+        else:
+            setup = setup_from_checkpoint(checkpoint, data)
+            run_dir = Path(checkpoint).resolve().parent.parent
+        out_dir = Path(out) if out else run_dir / f"infer_{split}_{setup.engine_name}"
+        summary = run_batch_inference(setup, split, out_dir, batch_size)
+    except ValueError as e:
+        _fail(e)
+    print(json.dumps(summary, indent=2))

@@ -7,46 +7,61 @@ modules with tensor-only inputs and tuple outputs, so `export/` can trace exactl
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
+from trainer.config import RootCfg, split_overrides, to_root
+from trainer.config_checks import ConfigError
 from trainer.masking import build_model_input, fill_missing
-from trainer.model import MultiTaskTCN
+from trainer.model import ModelConfig, MultiTaskTCN, strip_weight_norm
 from trainer.scoring import ScoringModule
 
-__all__ = ["CleanPass", "InferStepOutputs", "infer_step"]
+__all__ = ["CleanGraph", "CleanPass", "InferStepOutputs", "ReferenceModules", "build_reference", "checkpoint_config",
+           "infer_step"]
+
+
+class CleanGraph(nn.Module):
+    """X_in (B, L, 3F+R) -> the enabled clean-pass outputs as a tuple, in `output_names` order.
+
+    The order is Y_hat (B, K, F), fault_logits (B, C), rul (B, 1), each present only when its head is enabled
+    in the model config. This is the module `export/` traces into clean.onnx.
+    """
+
+    def __init__(self, model: MultiTaskTCN) -> None:
+        super().__init__()
+        self.model = model
+        cfg = model.cfg
+        heads = (("Y_hat", cfg.forecast_enabled), ("fault_logits", cfg.fault_enabled), ("rul", cfg.rul_enabled))
+        self.output_names: tuple[str, ...] = tuple(n for n, on in heads if on)
+
+    def forward(self, X_in: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(X_in, return_recon=False, return_forecast=True, return_fault=True, return_rul=True)
+        return tuple(getattr(out, name) for name in self.output_names)
 
 
 class CleanPass(nn.Module):
-    """X (B, L, F), M_miss (B, L, F), Flags (B, L, R) -> tuple of the enabled outputs, in `output_names` order.
+    """X (B, L, F), M_miss (B, L, F), Flags (B, L, R) -> `CleanGraph` outputs of the unmasked window.
 
-    The order is Y_hat (B, K, F), fault_logits (B, C), rul (B, 1), each present only when its head is
-    enabled in the model config. Missing elements are set to `fill_value` before the model sees them.
+    Missing elements are set to `fill_value`, then X_in = [X, M_miss, ones, Flags] (the fixed spec order).
     """
 
     def __init__(self, model: MultiTaskTCN, fill_value: float = 0.0) -> None:
         super().__init__()
-        self.model = model
+        self.inner = CleanGraph(model)  # not `graph`: torch.export reserves that attribute name
         self.fill_value = float(fill_value)
-        cfg = model.cfg
-        names = []
-        if cfg.forecast_enabled:
-            names.append("Y_hat")
-        if cfg.fault_enabled:
-            names.append("fault_logits")
-        if cfg.rul_enabled:
-            names.append("rul")
-        self.output_names: tuple[str, ...] = tuple(names)
+        self.output_names = self.inner.output_names
 
     def forward(self, X: torch.Tensor, M_miss: torch.Tensor, Flags: torch.Tensor) -> tuple[torch.Tensor, ...]:
         X0 = fill_missing(X, M_miss, self.fill_value)
-        X_in = build_model_input(X0, M_miss, torch.ones_like(M_miss), Flags)  # (B, L, 3F + R)
-        out = self.model(
-            X_in, return_recon=False, return_forecast=True, return_fault=True, return_rul=True
-        )
-        return tuple(getattr(out, name) for name in self.output_names)
+        return self.inner(build_model_input(X0, M_miss, torch.ones_like(M_miss), Flags))  # X_in (B, L, 3F + R)
 
 
 @dataclass
@@ -87,3 +102,46 @@ def infer_step(
         top_idx=score.top_idx,
         E=score.E,
     )
+
+
+@dataclass
+class ReferenceModules:
+    """A checkpoint's model (eval mode, weight norm baked in) and the modules built on it: the torch reference
+    that `export/` traces and that `scada-infer --checkpoint` runs."""
+
+    model: MultiTaskTCN
+    clean: CleanPass
+    graph: CleanGraph
+    scoring: ScoringModule
+    L: int
+
+
+def build_reference(ckpt: dict[str, Any], cfg: RootCfg) -> ReferenceModules:
+    """Rebuild the model from a checkpoint, strip weight norm on a copy, and wrap it (scoring per `cfg.infer`)."""
+    model = MultiTaskTCN(ModelConfig.from_dict(ckpt["model_config"]))
+    model.load_state_dict(ckpt["model_state"])
+    model = strip_weight_norm(copy.deepcopy(model)).eval()
+    inf = cfg.infer
+    scoring = ScoringModule(
+        model, cfg.data.windowing.L, model.cfg.F, p_score=inf.p_score, seed=inf.score_seed,
+        aggregation=inf.aggregation.name, topn=inf.topn_features, recent_halflife=inf.aggregation.halflife_steps,
+        fill_value=cfg.features.fill_value_c,
+    ).eval()
+    clean = CleanPass(model, cfg.features.fill_value_c).eval()
+    return ReferenceModules(model=model, clean=clean, graph=clean.inner, scoring=scoring, L=cfg.data.windowing.L)
+
+
+def checkpoint_config(ckpt: dict, overrides: Sequence[str] = (), data_dir: str | Path | None = None) -> RootCfg:
+    """The checkpoint's saved config with `infer.*` overrides (other keys would contradict the trained model)."""
+    groups, dotted = split_overrides(list(overrides))
+    bad = sorted(groups) + [o for o in dotted if not o.startswith("infer.")]
+    if bad:
+        raise ConfigError(f"only infer.* overrides apply to a trained checkpoint (e.g. infer.calibration.percentile="
+                          f"99.9); got {bad}: the rest of the config is fixed by the checkpoint")
+    if data_dir is not None:
+        dotted.append(f"data.paths.processed_dir={Path(data_dir)}")
+    try:
+        node = OmegaConf.merge(OmegaConf.structured(RootCfg), ckpt["cfg"], OmegaConf.from_dotlist(dotted))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"override {dotted}: {str(e).splitlines()[0]}") from e
+    return to_root(node)

@@ -1,0 +1,140 @@
+"""End-to-end throughput and latency of `scada-runtime run` through a real Mosquitto, against a naive baseline.
+
+    python bench/bench_runtime.py --bundle /path/to/bundle [--turbines 1 100 1000] [--steps 16]
+
+The daemon runs as its own process (the CLI), pinned to core 0; Mosquitto and this driver use the other cores.
+Per size, the driver publishes L warm-up steps, then `--steps` measured steps: at each step every turbine sends
+one sample, whose arrival closes that turbine's previous bin; the driver waits for every score of the step before
+the next one (closed loop). Reported: turbine-steps scored per second, p50/p99 latency from publishing the sample
+that closes a bin to receiving its score, resident memory of the daemon, and start-up time from spawn to the
+retained status "online" (published right after the subscription). The baseline is the same daemon with
+compute.max_batch=1: one graph call per turbine per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from runtime.bundle import load_bundle  # noqa: E402
+from tests.mosquitto import Broker, client, wait_for  # noqa: E402
+
+DT = 600
+T0 = 1_700_000_400  # on the 10-min grid
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_case(bundle_dir: Path, bundle, n: int, steps: int, max_batch: int, broker: Broker, tmp: Path) -> dict:
+    cfg = {
+        "site": "bench", "gateway": f"gw{n}-{max_batch}", "log_level": "WARNING",
+        "broker": {"url": broker.url, "client_id": f"bench-{n}-{max_batch}-{time.time_ns()}"},
+        "ingest": {"grace_s": 1e9, "max_past_s": 1e10},
+        "compute": {"max_batch": max_batch, "tick_s": 0.02},
+        "queues": {"receive_maximum": 5000, "inbound": 20000},
+        "health": {"metrics_host": "127.0.0.1", "metrics_port": 0},
+    }
+    path = tmp / f"rt-{n}-{max_batch}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    scores: dict[tuple[str, int], float] = {}
+    lock = threading.Lock()
+    online = threading.Event()
+
+    def on_message(c, u, m):
+        if m.topic.endswith("/status"):
+            if json.loads(m.payload)["state"] == "online":
+                online.set()
+            return
+        d = json.loads(m.payload)
+        with lock:
+            scores[(d["turbine"], d["seq"])] = time.perf_counter()
+
+    col = client(broker.url, f"col-{n}-{max_batch}-{time.time_ns()}")
+    col.on_message = on_message
+    col.subscribe([("scada/bench/+/score", 1), (f"scada/runtime/{cfg['gateway']}/status", 1)])
+    time.sleep(0.3)
+    t_spawn = time.perf_counter()
+    proc = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-m", "runtime.cli", "run", "--bundle",
+                             str(bundle_dir), "--config", str(path)], cwd=ROOT)
+    try:
+        online.wait(60)
+        startup = time.perf_counter() - t_spawn
+        pub = client(broker.url, f"pub-{n}-{time.time_ns()}")
+        wait_for(pub.is_connected, 10, "publisher")
+        rng = np.random.default_rng(0)
+        spec, sc = bundle.spec, bundle.scaler
+        base = {c: float(rng.uniform(1, 10)) for c in spec.channels}
+        L = bundle.dims.L
+        sent: dict[tuple[str, int], float] = {}
+        lat, t_meas, n_meas = [], 0.0, 0
+        for s in range(L + steps + 1):
+            ts = T0 + s * DT
+            t_step = time.perf_counter()
+            for i in range(n):
+                vals = {c: round(v * (1 + 0.01 * rng.standard_normal()), 4) for c, v in base.items()}
+                pub.publish(f"scada/bench/T{i:04d}/telemetry", json.dumps({"ts": ts, "values": vals}), qos=1)
+                sent[(f"T{i:04d}", ts // DT - 1)] = time.perf_counter()  # this sample closes the previous bin
+            if s >= 1:  # every closed bin gets a record (warm-up ones too); measure the scored steps only
+                keys = [(f"T{i:04d}", ts // DT - 1) for i in range(n)]
+                wait_for(lambda: all(k in scores for k in keys), 120, f"records of step {s}")
+                if s > L:
+                    with lock:
+                        lat += [scores[k] - sent[k] for k in keys]
+                    t_meas += time.perf_counter() - t_step
+                    n_meas += n
+        rss = _rss_mb(proc.pid)
+        pub.disconnect()
+        lat_ms = np.array(lat) * 1e3
+        return {"turbines": n, "max_batch": max_batch, "turbine_steps_per_s": n_meas / t_meas,
+                "p50_ms": float(np.percentile(lat_ms, 50)), "p99_ms": float(np.percentile(lat_ms, 99)),
+                "rss_mb": rss, "startup_s": startup}
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        col.disconnect()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", type=Path, required=True)
+    ap.add_argument("--turbines", type=int, nargs="+", default=[1, 100, 1000])
+    ap.add_argument("--steps", type=int, default=16)
+    args = ap.parse_args()
+    bundle = load_bundle(args.bundle)
+    with tempfile.TemporaryDirectory() as d:
+        broker = Broker(Path(d) / "broker")
+        broker.start()
+        try:
+            print(f"{'turbines':>8} {'graph calls':>12} {'steps/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'RSS MB':>7} "
+                  f"{'start s':>7}")
+            for n in args.turbines:
+                rows = [run_case(args.bundle, bundle, n, args.steps, mb, broker, Path(d)) for mb in (512, 1)]
+                for r, name in zip(rows, ("batched", "per-turbine")):
+                    print(f"{n:>8} {name:>12} {r['turbine_steps_per_s']:>9.0f} {r['p50_ms']:>8.1f} "
+                          f"{r['p99_ms']:>8.1f} {r['rss_mb']:>7.0f} {r['startup_s']:>7.2f}", flush=True)
+                print(f"{'':>8} {'speed-up':>12} {rows[0]['turbine_steps_per_s'] / rows[1]['turbine_steps_per_s']:>8.1f}x"
+                      , flush=True)
+        finally:
+            broker.stop()
+
+
+if __name__ == "__main__":
+    main()

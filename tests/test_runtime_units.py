@@ -1,0 +1,126 @@
+"""Unit tests of the runtime's small parts: config schema, alert state machine, telemetry validation, JSON."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from runtime.alerts import AlertState
+from runtime.config import ConfigError, config_from_dict, describe
+from runtime.engine import dumps, iso_utc
+from runtime.telemetry import REASONS, Rejection, Sample, TelemetryDecoder, parse_timestamp_ns
+
+NOW = parse_timestamp_ns("2024-06-01T00:00:00+00:00")
+
+
+# ---------------------------------------------------------------------------------------------- config
+def test_config_defaults_env_overrides_and_unknown_keys():
+    cfg = config_from_dict({"site": "s1", "broker": {"url": "mqtt://b:1883"}},
+                           {"SCADA_RT_BROKER__URL": "mqtts://b:8883", "SCADA_RT_INGEST__GRACE_S": "30",
+                            "SCADA_RT_MAPPING__COLUMNS": "{power: P_kW}", "OTHER": "x"})
+    assert cfg.broker.url == "mqtts://b:8883" and cfg.ingest.grace_s == 30.0 and cfg.mapping.columns == {"power": "P_kW"}
+    with pytest.raises(ConfigError, match=r"unknown keys \['gracee'\]; allowed keys: \['grace_s'"):
+        config_from_dict({"ingest": {"gracee": 1}})
+    with pytest.raises(ConfigError, match="environment SCADA_RT_BROKER__PORT: unknown key 'port' in broker"):
+        config_from_dict({}, {"SCADA_RT_BROKER__PORT": "1"})
+    with pytest.raises(ConfigError, match=r"ingest.grace_s: expected float, got str"):
+        config_from_dict({"ingest": {"grace_s": "soon"}})
+    with pytest.raises(ConfigError, match="use mqtts://"):
+        config_from_dict({"broker": {"tls": {"ca_file": "ca.crt"}}})
+    with pytest.raises(ConfigError, match="topics.telemetry: template must contain {turbine}"):
+        config_from_dict({"topics": {"telemetry": "scada/x/telemetry"}})
+    assert "broker.url = 'mqtt://localhost:1883'" in describe()
+
+
+# ---------------------------------------------------------------------------------------------- alerts
+def _reference_alerts(scores, thr, T_on, T_off, N_on, N_off):
+    on, c_on, c_off, out = False, 0, 0, []
+    for s in scores:
+        if not on:
+            c_on = c_on + 1 if s >= T_on * thr else 0
+            if c_on >= N_on:
+                on, c_off = True, 0
+        else:
+            c_off = c_off + 1 if s <= T_off * thr else 0
+            if c_off >= N_off:
+                on, c_on = False, 0
+        out.append(on)
+    return out
+
+
+def test_alert_state_matches_scalar_reference_per_turbine():
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(0, 2, size=(300, 5))
+    a = AlertState(T_on=1.0, T_off=0.8, N_on=3, N_off=4)
+    got = np.array([a.step(np.arange(5), scores[t], np.ones(5)).on for t in range(300)])
+    for j in range(5):
+        assert got[:, j].tolist() == _reference_alerts(scores[:, j], 1.0, 1.0, 0.8, 3, 4)
+
+
+def test_alert_state_contract():
+    a = AlertState(T_on=1.0, T_off=0.5, N_on=1, N_off=1)
+    slots, s, thr = np.array([0, 1]), np.array([2.0, 0.1]), np.array([1.0, 1.0])
+    keep = (slots.copy(), s.copy(), thr.copy())
+    tr = a.step(slots, s, thr)
+    assert tr.turned_on.tolist() == [True, False]
+    assert all((x == y).all() for x, y in zip((slots, s, thr), keep))  # inputs not mutated
+    b = AlertState(T_on=1.0, T_off=0.5, N_on=1, N_off=1)
+    b.load_state_dict(a.state_dict())
+    assert b.step([0], [0.1], [1.0]).turned_off.tolist() == [True]
+    with pytest.raises(ValueError, match="distinct"):
+        a.step([0, 0], [1.0, 1.0], [1.0, 1.0])
+    with pytest.raises(ValueError, match="T_off=2.0 must be <= T_on=1.0"):
+        AlertState(T_on=1.0, T_off=2.0, N_on=1, N_off=1)
+
+
+# ------------------------------------------------------------------------------------------- telemetry
+@pytest.fixture()
+def decoder():
+    return TelemetryDecoder(["power", "wind_speed"], {"power": "P", "wind_speed": "ws"}, 2, 1000, 300.0, 86400.0,
+                            ["WT1"])
+
+
+@pytest.mark.parametrize("topic,payload,reason", [
+    ("s/x/WT1/t", b"x" * 1001, "oversized"),
+    ("s/x/WT1/t", b"\xff", "not_utf8"),
+    ("s/x/WT1/t", b"{", "malformed_json"),
+    ("s/x/WT1/t", b"[" * 5000 + b"]" * 5000, "oversized"),
+    ("s/x/WT1/t", b"[" * 490 + b"]" * 490, "not_an_object"),
+    ("s/x/WT1/t", b"3", "not_an_object"),
+    ("s/x/WT1/t", b'{"ts": 1717200000, "values": {"P": 1}, "id": 1}', "unknown_key"),
+    ("s/x/WT1/t", b'{"values": {"P": 1}}', "missing_ts"),
+    ("s/x/WT1/t", b'{"ts": "noon", "values": {"P": 1}}', "bad_timestamp"),
+    ("s/x/WT1/t", b'{"ts": true, "values": {"P": 1}}', "bad_timestamp"),
+    ("s/x/WT1/t", b'{"ts": "2024-06-01T00:00:00", "values": {"P": 1}}', "naive_timestamp"),
+    ("s/x/WT1/t", b'{"ts": "2024-06-01T01:00:00Z", "values": {"P": 1}}', "ts_in_future"),
+    ("s/x/WT1/t", b'{"ts": "2024-05-01T00:00:00Z", "values": {"P": 1}}', "ts_too_old"),
+    ("s/x/WT1/t", b'{"ts": 1717200000, "values": []}', "missing_values"),
+    ("s/x/WT1/t", b'{"ts": 1717200000, "values": {"Q": 1}}', "unknown_channel"),
+    ("s/x/WT1/t", b'{"ts": 1717200000, "values": {"P": "1"}}', "bad_value_type"),
+    ("s/x/WT1/t", b'{"ts": 1717200000, "values": {"P": Infinity}}', "non_finite"),
+    ("s/x/WT1/t", b'{"ts": 1717200000, "values": {"P": -1e400}}', "non_finite"),
+    ("s/x/WT1/t", b'{"ts": 1717200000, "values": {"P": 1' + b"0" * 400 + b"}}", "non_finite"),
+    ("s/x", b"{}", "bad_topic"),
+    ("s/x/WT#1/t", b"{}", "bad_turbine_id"),
+    ("s/x/WT2/t", b"{}", "unknown_turbine"),
+])
+def test_telemetry_rejections(decoder, topic, payload, reason):
+    res = decoder.decode(topic, payload, NOW)
+    assert isinstance(res, Rejection) and res.reason == reason, res
+    assert res.reason in REASONS
+
+
+def test_telemetry_accepts_subsets_and_nulls(decoder):
+    res = decoder.decode("s/x/WT1/t", b'{"ts": "2024-06-01T02:00:00+02:00", "values": {"ws": 7.5, "P": null}}', NOW)
+    assert isinstance(res, Sample) and res.turbine == "WT1" and res.ts_ns == NOW
+    assert np.isnan(res.values[0]) and res.values[1] == 7.5
+    assert parse_timestamp_ns(1717200000.5) == NOW + 500_000_000
+
+
+def test_dumps_is_deterministic():
+    rec = {"b": np.float32(0.1), "a": [np.float64(1e-12), float("nan")], "c": np.int64(3), "d": True}
+    assert dumps(rec) == b'{"a":[1e-12,null],"b":0.100000001,"c":3,"d":true}'
+    assert json.loads(dumps(rec))["b"] == pytest.approx(0.1)
+    assert iso_utc(NOW) == "2024-06-01T00:00:00Z"
