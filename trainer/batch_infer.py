@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 import torch
+from omegaconf import OmegaConf
 
 from runtime.alerts import AlertState
 from runtime.bundle import AlertingParams, load_bundle
@@ -30,7 +31,7 @@ from runtime.calibration import Calibration, regime_of
 from runtime.errors import SpecError
 from runtime.scorer import OnnxScorer, ScoreBatch
 from trainer.calibrate import calibrate
-from trainer.config import RootCfg
+from trainer.config import RootCfg, to_root
 from trainer.fit import PreparedData, load_checkpoint
 from trainer.infer import ReferenceModules, build_reference, checkpoint_config
 from trainer.model import predict_proba_fault
@@ -78,7 +79,7 @@ def setup_from_checkpoint(checkpoint: str | Path, data_dir: str | Path | None = 
     ckpt = load_checkpoint(checkpoint)
     cfg = checkpoint_config(ckpt, (), data_dir)
     data = PreparedData(cfg)
-    _same_data(data, ckpt["data_fingerprint"], f"checkpoint {checkpoint}")
+    _same_features(data, ckpt["scaler"], ckpt["pipeline_spec"], f"checkpoint {checkpoint}")
     ref = build_reference(ckpt, cfg)
     cal = calibrate(ref.scoring, data, cfg).calibration
     a = cfg.infer.alerting
@@ -89,29 +90,27 @@ def setup_from_checkpoint(checkpoint: str | Path, data_dir: str | Path | None = 
 
 def setup_from_bundle(bundle_dir: str | Path, data_dir: str | Path, threads: int = 1) -> InferSetup:
     """ONNX engine and the bundle's own calibration and alerting parameters."""
-    from omegaconf import OmegaConf
-
-    from trainer.config import to_root
-
     bundle = load_bundle(bundle_dir)
     cfg_path = Path(data_dir) / "config.yaml"
     if not cfg_path.is_file():
         raise SpecError(f"{data_dir} holds no config.yaml: pass the processed_dir written by scada-prepare")
-    cfg = to_root(OmegaConf.to_container(OmegaConf.load(cfg_path)))
+    saved = OmegaConf.to_container(OmegaConf.load(cfg_path))
+    saved["data"]["paths"]["processed_dir"] = str(data_dir)  # the folder may have been moved or copied
+    cfg = to_root(saved)
     data = PreparedData(cfg)
-    _same_data(data, bundle.data_fingerprint, f"bundle {bundle_dir}")
-    if list(bundle.spec.feature_names) != data.feature_reg.feature_names:
-        raise SpecError(f"bundle {bundle_dir} and {data_dir} have different feature registries")
+    _same_features(data, bundle.scaler.to_dict(), bundle.spec.to_dict(), f"bundle {bundle_dir}")
     engine = OnnxScorer(bundle, intra_op_threads=threads)
     return InferSetup(cfg, data, engine, "onnx", bundle.calibration, f"bundle {bundle.model_id[:12]}",
                       bundle.alerting, list(bundle.class_names))
 
 
-def _same_data(data: PreparedData, fingerprint: str, what: str) -> None:
-    if data.fingerprint != fingerprint:
+def _same_features(data: PreparedData, scaler: dict[str, Any], spec: dict[str, Any], what: str) -> None:
+    """The prepared arrays must come from the model's own preprocessing: same spec (winsor caps included) and
+    scaler. Other data prepared with them (e.g. a copy with injected faults) is fine."""
+    if data.scaler != scaler or data.pipeline_spec != spec:
         raise SpecError(
-            f"{what} was trained on other prepared data (fingerprint {fingerprint[:12]}, {data.dir} has "
-            f"{data.fingerprint[:12]}): its scaler differs. Score new raw data with `scada-runtime replay`."
+            f"{what}: {data.dir} was prepared with another scaler or feature spec than the model was trained "
+            "with, so its features differ. Score new raw data with `scada-runtime replay`."
         )
 
 
@@ -121,14 +120,28 @@ def _forecast_mae(Y_hat: np.ndarray, Y_true: np.ndarray, M_future: np.ndarray) -
     return np.where(n > 0, err / np.maximum(n, 1), np.nan)
 
 
-def infer_split(setup: InferSetup, split: str, batch_size: int = 256) -> tuple[pd.DataFrame, float]:
-    """Score every window of `split` in time order per turbine; returns the results table and windows/s."""
+@dataclass
+class SplitArrays:
+    """Per-window arrays in the row order of the results table (for evaluation)."""
+
+    contrib: np.ndarray  # (N, F) feature contributions
+    Y_hat: np.ndarray | None  # (N, K, F)
+    Y_true: np.ndarray  # (N, K, F)
+    M_future: np.ndarray  # (N, K, F)
+    fault_prob: np.ndarray | None  # (N, C)
+
+
+def infer_split(setup: InferSetup, split: str, batch_size: int = 256,
+                collect: bool = False) -> tuple[pd.DataFrame, float, SplitArrays | None]:
+    """Score every window of `split` in time order per turbine -> results table, windows/s, and (with
+    `collect`) the full per-window arrays."""
     ds = setup.data.dataset(setup.cfg, split)
     if len(ds) == 0:
         raise SpecError(f"split {split!r} has no windows in {setup.data.dir}")
     order = np.lexsort((ds.t_end, ds.codes))
     names = setup.data.feature_reg.feature_names
     rows: list[pd.DataFrame] = []
+    arrays: dict[str, list[np.ndarray]] = {"contrib": [], "Y_hat": [], "Y_true": [], "M_future": [], "fault_prob": []}
     t0 = time.perf_counter()
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
@@ -151,12 +164,20 @@ def infer_split(setup: InferSetup, split: str, batch_size: int = 256) -> tuple[p
         if ds.y is not None and ds.y.ndim == 1:
             part["y"] = ds.y[idx]
         rows.append(pd.DataFrame(part))
+        if collect:
+            for k, v in (("contrib", out.feat_contrib), ("Y_hat", out.Y_hat), ("Y_true", b["Y_true"].numpy()),
+                         ("M_future", b["M_future"].numpy()), ("fault_prob", out.fault_prob)):
+                if v is not None:
+                    arrays[k].append(v)
     rate = len(order) / (time.perf_counter() - t0)
     res = pd.concat(rows, ignore_index=True)
     thr = [setup.calibration.threshold_for(t, r) for t, r in zip(res["turbine_id"], res["regime"])]
     res["threshold"] = [t for t, _ in thr]
     res["threshold_source"] = [s for _, s in thr]
-    return res, rate
+    if not collect:
+        return res, rate, None
+    cat = {k: np.concatenate(v) if v else None for k, v in arrays.items()}
+    return res, rate, SplitArrays(cat["contrib"], cat["Y_hat"], cat["Y_true"], cat["M_future"], cat["fault_prob"])
 
 
 def apply_alerts(res: pd.DataFrame, alerting: AlertingParams) -> list[dict[str, Any]]:
@@ -185,7 +206,7 @@ def apply_alerts(res: pd.DataFrame, alerting: AlertingParams) -> list[dict[str, 
 
 def run_batch_inference(setup: InferSetup, split: str, out_dir: str | Path, batch_size: int = 256) -> dict[str, Any]:
     """Score, threshold and alert every window of `split`; write results.parquet and alerts.jsonl."""
-    res, rate = infer_split(setup, split, batch_size)
+    res, rate, _ = infer_split(setup, split, batch_size)
     events = apply_alerts(res, setup.alerting)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -99,3 +99,42 @@ def infer_cmd(
     except ValueError as e:
         _fail(e)
     print(json.dumps(summary, indent=2))
+
+
+evaluate_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@evaluate_app.command(
+    help="Forecast, fault, anomaly and event-level metrics (val + test), optional drift, RCA examples and plots.\n\n"
+    "Example: scada-evaluate --bundle artifacts/demo/bundle --data data/processed/synthetic --drift",
+)
+def evaluate_cmd(
+    checkpoint: Annotated[Optional[str], typer.Option(help="best.pt: torch engine.")] = None,
+    bundle: Annotated[Optional[str], typer.Option(help="Bundle folder: onnxruntime engine.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Prepared data folder (default: the checkpoint's).")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Report folder (default: <run>/eval_<engine>).")] = None,
+    drift: Annotated[bool, typer.Option("--drift", help="Also compare the test split against validation.")] = False,
+    max_lead_hours: Annotated[float, typer.Option(help="An alert up to this long before a fault detects it.")] = 48.0,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots")] = True,
+) -> None:
+    from pathlib import Path
+
+    from trainer.batch_infer import setup_from_bundle, setup_from_checkpoint
+    from trainer.evaluate import evaluate
+
+    try:
+        if (checkpoint is None) == (bundle is None):
+            raise ValueError("give exactly one of --checkpoint (torch engine) or --bundle (onnxruntime engine)")
+        if bundle is not None:
+            if data is None:
+                raise ValueError("--bundle needs --data PREPARED_DIR (the folder scada-prepare wrote)")
+            setup, run_dir = setup_from_bundle(bundle, data), Path(bundle).resolve().parent
+        else:
+            setup, run_dir = setup_from_checkpoint(checkpoint, data), Path(checkpoint).resolve().parent.parent
+        out_dir = Path(out) if out else run_dir / f"eval_{setup.engine_name}"
+        m = evaluate(setup, out_dir, drift=drift, max_lead_hours=max_lead_hours, plots=plots)
+    except ValueError as e:
+        _fail(e)
+    keys = ("anomaly", "events", "alerts")
+    print(json.dumps({k: m[k] for k in keys if k in m}, indent=2))
+    print(f"reports in {out_dir}", file=sys.stderr)
