@@ -45,7 +45,7 @@ def _rss_mb(pid: int) -> float:
 
 def run_case(bundle_dir: Path, bundle, n: int, steps: int, max_batch: int, broker: Broker, tmp: Path) -> dict:
     cfg = {
-        "site": "bench", "gateway": f"gw{n}-{max_batch}", "log_level": "WARNING",
+        "site": "bench", "gateway": f"gw{n}-{max_batch}", "log_level": os.environ.get("BENCH_LOG", "WARNING"),
         "broker": {"url": broker.url, "client_id": f"bench-{n}-{max_batch}-{time.time_ns()}"},
         "ingest": {"grace_s": 1e9, "max_past_s": 1e10},
         "compute": {"max_batch": max_batch, "tick_s": 0.02},

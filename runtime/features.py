@@ -91,6 +91,10 @@ def base_columns(raw: np.ndarray, spec: PipelineSpec) -> np.ndarray:
     if spec.yaw_error is not None:
         ye = spec.yaw_error
         out[j] = yaw_error(chan[ye.wind_dir], chan[ye.nacelle_dir], spec.angle_units)
+        j += 1
+    for a, b in spec.differences.values():
+        out[j] = chan[a] - chan[b]  # NaN (missing) when either side is
+        j += 1
     return out.T
 
 

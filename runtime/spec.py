@@ -9,8 +9,8 @@ A `PipelineSpec` says everything needed to turn raw SCADA samples of one turbine
          impossible readings, duplicate timestamps are collapsed by `dedupe`, then per-channel
          aggregation (angular channels always use the circular mean)
       -> winsorize caps (fitted on the training split only)
-      -> engineered features and their missingness mask (angles as sin/cos, wrapped yaw error, deltas,
-         strict-present causal rolling mean/std)
+      -> engineered features and their missingness mask (angles as sin/cos, wrapped yaw error, channel
+         differences such as a temperature above ambient, deltas, strict-present causal rolling mean/std)
       -> robust scaling, then the fill value where the mask says missing
       -> flags from per-step rules over the binned channels.
 
@@ -116,10 +116,11 @@ class PipelineSpec:
     flag_names: tuple[str, ...]
     flag_rules: Mapping[str, str]  # flag -> rule over channels ("power <= 0 and wind_speed > 4", or a bare channel)
     fill_value: float
+    differences: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # name -> (a, b): a - b
     feature_names: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
-        for name in ("aggregation", "valid_range", "winsor_caps", "flag_rules"):  # read-only after validation
+        for name in ("aggregation", "valid_range", "winsor_caps", "flag_rules", "differences"):  # read-only
             object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
         if not isinstance(self.dt_seconds, int) or isinstance(self.dt_seconds, bool) or self.dt_seconds <= 0:
             raise SpecError(f"dt_seconds must be a positive integer, got {self.dt_seconds!r}")
@@ -160,6 +161,11 @@ class PipelineSpec:
                 lo, hi = pair
                 if not lo <= hi:
                     raise SpecError(f"{what}.{c}: low {lo} must be <= high {hi}")
+        for name, pair in self.differences.items():
+            bad = [c for c in pair if c not in chans or c in self.angular_channels]
+            if len(pair) != 2 or bad:
+                raise SpecError(f"differences.{name}: expected two non-angular channels of {list(self.channels)}, "
+                                f"got {list(pair)}")
         if self.yaw_error is not None:
             for side in (self.yaw_error.wind_dir, self.yaw_error.nacelle_dir):
                 if side not in self.angular_channels:
@@ -185,13 +191,13 @@ class PipelineSpec:
             )
 
     def base_names(self) -> list[str]:
-        """Engineered columns before deltas and rolling: raw channels (angles as sin/cos), then yaw error."""
+        """Engineered columns before deltas and rolling: raw channels (angles as sin/cos), yaw error, differences."""
         names: list[str] = []
         for c in self.feature_channels:
             names += [f"{c}_sin", f"{c}_cos"] if c in self.angular_channels else [c]
         if self.yaw_error is not None:
             names.append(self.yaw_error.output_name)
-        return names
+        return names + list(self.differences)
 
     def derive_feature_names(self) -> list[str]:
         names = self.base_names() + [f"{c}_delta" for c in self.deltas]
@@ -242,6 +248,7 @@ class PipelineSpec:
             "flag_names": list(self.flag_names),
             "flag_rules": dict(self.flag_rules),
             "fill_value": float(self.fill_value),
+            "differences": {k: list(v) for k, v in self.differences.items()},
             "feature_names": list(self.feature_names),
         }
 
@@ -281,5 +288,6 @@ class PipelineSpec:
             flag_names=_names(d, "flag_names"),
             flag_rules=_mapping(d, "flag_rules"),
             fill_value=float(d["fill_value"]),
+            differences={k: tuple(v) for k, v in _mapping(d, "differences").items()},
             feature_names=_names(d, "feature_names"),
         )

@@ -70,6 +70,7 @@ class Broker:
             "log_dest stderr",
             f"user {getpass.getuser()}",  # as root mosquitto would switch to 'mosquitto' and lose the tmp dir
             "log_type error",
+            "log_type notice",
             "log_type warning",
             "persistence true",
             f"persistence_location {self.dir}/",

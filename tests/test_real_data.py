@@ -21,4 +21,5 @@ def test_prepare_la_haute_borne(tmp_path):
     assert gap.sum() > 3000 and (X[gap] == 0).all()
     assert 0.05 < s["missing_fraction"]["power"] < 0.1
     assert all(s["windows"][k] > 5000 for k in ("train", "val", "test"))
-    assert s["R"] == 3 and s["F"] == len(s["feature_names"]) == 30
+    assert s["R"] == 3 and s["F"] == len(s["feature_names"]) == 29
+    assert "gearbox_oil_above_ambient" in s["feature_names"] and "ambient_temp" not in s["feature_names"]

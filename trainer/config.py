@@ -49,6 +49,7 @@ class WindowingCfg:
     K: int = 6
     stride: int = 1
     min_present_fraction: float = 0.5  # windows with less present input data are not indexed
+    include_last: bool = False  # also index each turbine's last complete window when the stride skips it
 
 
 @dataclass
@@ -57,6 +58,8 @@ class SplitsCfg:
     train_range: Optional[list[str]] = None  # [start, end) ISO-8601
     val_range: Optional[list[str]] = None
     test_range: Optional[list[str]] = None
+    # method=turbine: turbine ids or glob patterns (fnmatch: * ? [seq] [!seq]), e.g. ["train_??[!05]"]; a
+    # turbine matching two splits, or a pattern matching no turbine, stops scada-prepare
     train_turbines: Optional[list[str]] = None
     val_turbines: Optional[list[str]] = None
     test_turbines: Optional[list[str]] = None
@@ -69,6 +72,15 @@ class LabelsCfg:
     label_rule: str = "window_any"  # window_any | window_last | horizon_any
     class_names: list[str] = field(default_factory=list)  # class 0 is the normal class
     multilabel: bool = False
+
+
+@dataclass
+class RulTargetCfg:
+    """An optional per-step remaining-useful-life target column (in steps), never a feature."""
+
+    enabled: bool = False
+    column: str = "rul"  # column of the raw table; must not be mapped in data.columns
+    cap: float = 125.0  # training target min(rul, cap) (piecewise-linear RUL); also the loss scale
 
 
 @dataclass
@@ -90,6 +102,7 @@ class DataCfg:
     windowing: WindowingCfg = field(default_factory=WindowingCfg)
     splits: SplitsCfg = field(default_factory=SplitsCfg)
     labels: LabelsCfg = field(default_factory=LabelsCfg)
+    rul: RulTargetCfg = field(default_factory=RulTargetCfg)
     qc: QcCfg = field(default_factory=QcCfg)
 
 
@@ -136,6 +149,7 @@ class FeaturesCfg:
     angular_channels: list[str] = field(default_factory=list)
     angle_units: str = "deg"
     yaw_error: YawErrorCfg = field(default_factory=YawErrorCfg)
+    differences: dict[str, list[str]] = field(default_factory=dict)  # name -> [a, b]: a - b (e.g. above ambient)
     deltas: DeltasCfg = field(default_factory=DeltasCfg)
     rolling: RollingCfg = field(default_factory=RollingCfg)
     fill_value_c: float = 0.0
@@ -221,6 +235,7 @@ class LambdasCfg:
     recon: float = 1.0
     pred: float = 1.0
     fault: float = 1.0
+    rul: float = 1.0  # used only with model.heads.rul.enabled
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "infer.calibration.method": ("percentile", "evt"),
 }
 AGGREGATIONS = ("mean", "max", "min", "last")
+_TURBINE_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]+$")
 ROLLING_STATS = ("mean", "std")
 
 
@@ -77,6 +79,12 @@ def _check_splits(cfg: RootCfg) -> None:
         for n, lst in lists.items():
             if not lst:
                 raise ConfigError(f"data.splits.{n}_turbines must list turbines with splits.method=turbine")
+            bad = [p for p in lst if not p or not _TURBINE_PATTERN.match(p)]
+            if bad:
+                raise ConfigError(
+                    f"data.splits.{n}_turbines: {bad} are neither turbine ids (letters, digits, '_', '.', '-') "
+                    "nor glob patterns of them (* ? [seq] [!seq])"
+                )
         for a in lists:
             for b in lists:
                 common = sorted(set(lists[a]) & set(lists[b])) if a < b else []
@@ -132,6 +140,30 @@ def _check_channels(cfg: RootCfg) -> None:
         raise ConfigError(f"train.loss.regime_weighting.weight_map: unknown flags {unknown}; flags: {list(fl.flag_names)}")
 
 
+def _check_rul(cfg: RootCfg) -> None:
+    rul, head = cfg.data.rul, cfg.model.heads.rul
+    if head.enabled != rul.enabled:
+        raise ConfigError(
+            f"model.heads.rul.enabled={head.enabled} but data.rul.enabled={rul.enabled}: the RUL head trains on the "
+            "data.rul target column, so turn both on or both off"
+        )
+    if not rul.enabled:
+        return
+    if not rul.cap > 0:
+        raise ConfigError(f"data.rul.cap must be > 0 (the target is min(rul, cap)), got {rul.cap}")
+    ident = cfg.data.identifiers
+    if rul.column in (ident.turbine_id_col, ident.time_col):
+        raise ConfigError(f"data.rul.column={rul.column!r} is the turbine-id or time column")
+    leaked = sorted(c for c, col in cfg.data.columns.items() if col == rul.column)
+    if leaked:
+        raise ConfigError(
+            f"data.rul.column={rul.column!r} is also mapped to channels {leaked} in data.columns: the target "
+            "would leak into the model inputs; remove it from data.columns"
+        )
+    if not cfg.train.loss.lambdas.rul >= 0:
+        raise ConfigError(f"train.loss.lambdas.rul must be >= 0, got {cfg.train.loss.lambdas.rul}")
+
+
 def _check_model(cfg: RootCfg) -> None:
     w, heads, tcn = cfg.data.windowing, cfg.model.heads, cfg.model.tcn
     if heads.forecast.enabled and w.K <= 0:
@@ -139,8 +171,9 @@ def _check_model(cfg: RootCfg) -> None:
     labels = cfg.data.labels
     if labels.enabled and not heads.fault.enabled:
         raise ConfigError("data.labels.enabled=true needs model.heads.fault.enabled=true (labels would be unused)")
-    if heads.fault.enabled and not (labels.enabled or heads.rul.enabled):
+    if heads.fault.enabled and not labels.enabled:
         raise ConfigError("model.heads.fault.enabled=true needs data.labels.enabled=true: the head would never train")
+    _check_rul(cfg)
     if labels.enabled:
         if len(labels.class_names) < 2:
             raise ConfigError(f"data.labels.class_names needs >= 2 classes (class 0 = normal), got {labels.class_names}")

@@ -64,6 +64,7 @@ def spec_from_config(cfg: RootCfg) -> PipelineSpec:
             flag_names=tuple(cfg.flags.flag_names),
             flag_rules=dict(cfg.flags.sources.mapping),
             fill_value=float(f.fill_value_c),
+            differences={k: tuple(v) for k, v in f.differences.items()},
         )
         compile_rules(spec)
     except SpecError as e:
@@ -78,7 +79,8 @@ def spec_from_config(cfg: RootCfg) -> PipelineSpec:
 
 def registries_from_spec(spec: PipelineSpec) -> tuple[FeatureRegistry, FlagRegistry]:
     d = spec.to_dict()
-    eng = {k: d[k] for k in ("feature_channels", "angular_channels", "angle_units", "yaw_error", "deltas", "rolling")}
+    eng = {k: d[k] for k in ("feature_channels", "angular_channels", "angle_units", "yaw_error", "differences",
+                             "deltas", "rolling")}
     return (
         FeatureRegistry(list(spec.feature_names), list(spec.feature_channels), list(spec.angular_channels), _digest(eng)),
         FlagRegistry(list(spec.flag_names), _digest(d["flag_rules"])),
