@@ -8,7 +8,8 @@ split's fault-free windows). Alerts come from `runtime.alerts.AlertState`, the e
 turbine's windows in time order: debounce counts consecutive scored windows (`data.windowing.stride` steps apart).
 
 Writes `results.parquet` (one row per window: turbine, window end time, score, threshold and its source,
-regime, top features by name with their contributions, fault probabilities, forecast error, label) and
+regime, top features by name with their contributions, fault probabilities, forecast error, label, predicted
+and true RUL when the model has the RUL head) and
 `alerts.jsonl` (one line per alert transition), and returns a summary.
 """
 
@@ -163,6 +164,10 @@ def infer_split(setup: InferSetup, split: str, batch_size: int = 256,
                 part[f"p_{c}"] = out.fault_prob[:, j].astype(np.float64)
         if ds.y is not None and ds.y.ndim == 1:
             part["y"] = ds.y[idx]
+        if out.rul is not None:
+            part["rul"] = np.asarray(out.rul, np.float64).reshape(-1)
+            if ds.rul is not None:
+                part["rul_true"] = np.where(ds.has_rul[idx] > 0.5, ds.rul[idx], np.nan).astype(np.float64)
         rows.append(pd.DataFrame(part))
         if collect:
             for k, v in (("contrib", out.feat_contrib), ("Y_hat", out.Y_hat), ("Y_true", b["Y_true"].numpy()),

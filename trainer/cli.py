@@ -116,6 +116,8 @@ def evaluate_cmd(
     drift: Annotated[bool, typer.Option("--drift", help="Also compare the test split against validation.")] = False,
     max_lead_hours: Annotated[float, typer.Option(help="An alert up to this long before a fault detects it.")] = 48.0,
     plots: Annotated[bool, typer.Option("--plots/--no-plots")] = True,
+    labels: Annotated[Optional[str], typer.Option(help="Fault events CSV (turbine_id,start,end,fault), e.g. "
+                                                       "from scada-inject; replaces the prepared labels.")] = None,
 ) -> None:
     from pathlib import Path
 
@@ -132,9 +134,38 @@ def evaluate_cmd(
         else:
             setup, run_dir = setup_from_checkpoint(checkpoint, data), Path(checkpoint).resolve().parent.parent
         out_dir = Path(out) if out else run_dir / f"eval_{setup.engine_name}"
-        m = evaluate(setup, out_dir, drift=drift, max_lead_hours=max_lead_hours, plots=plots)
+        m = evaluate(setup, out_dir, drift=drift, max_lead_hours=max_lead_hours, plots=plots, labels_file=labels)
     except ValueError as e:
         _fail(e)
-    keys = ("anomaly", "events", "alerts")
+    keys = ("anomaly", "events", "alerts", "rul")
     print(json.dumps({k: m[k] for k in keys if k in m}, indent=2))
     print(f"reports in {out_dir}", file=sys.stderr)
+
+
+inject_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@inject_app.command(
+    help="Inject the simulator's labelled faults into one turbine of a real export (default period: the test "
+    "range); writes the table and labels.csv.\n\n"
+    "Example: scada-inject data=la_haute_borne --turbine R80736 --out data/lhb_injected --seed 0",
+)
+def inject_cmd(
+    overrides: Overrides = None,
+    config: ConfigOpt = "configs/config.yaml",
+    turbine: Annotated[str, typer.Option(help="Turbine id to inject into.")] = ...,
+    out: Annotated[str, typer.Option(help="Output folder.")] = ...,
+    seed: Annotated[int, typer.Option(help="Seed of the fault parameters.")] = 0,
+    hours: Annotated[float, typer.Option(help="Duration of each fault (capped at half its slot).")] = 72.0,
+    start: Annotated[Optional[str], typer.Option(help="Period start, ISO-8601 (default: test range).")] = None,
+    end: Annotated[Optional[str], typer.Option(help="Period end, ISO-8601 (default: test range).")] = None,
+) -> None:
+    from trainer.inject import inject_table
+
+    try:
+        cfg = load_config(config, overrides or [])
+        paths = inject_table(cfg.data, turbine, out, seed=seed, hours=hours, start=start, end=end)
+    except ValueError as e:
+        _fail(e)
+    for p in paths.values():
+        print(p)

@@ -3,7 +3,8 @@
 Per-turbine arrays are memory-mapped on first use (in each DataLoader worker), windows are sliced by the
 window index, and a whole batch is gathered in one `__getitems__` call, so data loading stays a small share
 of a training step. Items are dicts with the keys `trainer.step.train_step` reads:
-X (L,F), M_miss (L,F), Flags (L,R), Y_true (K,F), M_future (K,F), y, has_label.
+X (L,F), M_miss (L,F), Flags (L,R), Y_true (K,F), M_future (K,F), y, has_label, and with `rul=True` rul (the
+uncapped target at the last input step; 0 where there is none) and has_rul.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ class WindowDataset(Dataset):
     """Windows of one split; `index` is the part of window_index.parquet for that split."""
 
     def __init__(self, processed_dir: str | Path, index: pd.DataFrame, L: int, K: int,
-                 F: int, R: int, class_names: list[str] | None, multilabel: bool) -> None:
+                 F: int, R: int, class_names: list[str] | None, multilabel: bool, rul: bool = False) -> None:
         self.processed_dir = Path(processed_dir)
         self.L, self.K, self.F, self.R = L, K, F, R
         self.turbines = sorted(index["turbine_id"].unique().tolist())
@@ -38,6 +39,13 @@ class WindowDataset(Dataset):
             else:
                 self.y = index["y"].to_numpy(np.int64)
             self.has_label = index["has_label"].to_numpy(np.float32)
+        self.rul: np.ndarray | None = None
+        if rul:
+            if "rul" not in index:
+                raise SpecError("the window index has no 'rul' column: prepare the data with data.rul.enabled=true")
+            r = index["rul"].to_numpy(np.float32)
+            self.has_rul = np.isfinite(r).astype(np.float32)
+            self.rul = np.where(np.isfinite(r), r, 0.0).astype(np.float32)
         self._arrays: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
@@ -77,6 +85,9 @@ class WindowDataset(Dataset):
         if self.y is not None:
             batch["y"] = torch.from_numpy(self.y[idx])
             batch["has_label"] = torch.from_numpy(self.has_label[idx])
+        if self.rul is not None:
+            batch["rul"] = torch.from_numpy(self.rul[idx])
+            batch["has_rul"] = torch.from_numpy(self.has_rul[idx])
         return batch
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:

@@ -7,6 +7,8 @@ from the edge's alert state machine over the test windows. Drift compares the te
 validation split (the calibration data): KS and Wasserstein per feature and on scores, unbiased MMD on
 feature vectors.
 
+With the RUL head, `rul` holds RMSE and the PHM08 score at each test turbine's last window (`trainer.rul_eval`).
+
 Writes `metrics.json`, `metrics_flat.csv` (dotted keys, sorted), `rca_examples.json` and PNG plots under
 `plots/`: per turbine the score and threshold over time with alert spans and labelled events, and a heatmap of
 feature contributions around each alert.
@@ -33,6 +35,7 @@ from trainer.metrics import (
     forecast_metrics,
 )
 from trainer.plots import plot_contribution_heatmap, plot_score_timeline
+from trainer.rul_eval import last_window_rul, rul_metrics
 
 HEATMAP_HALF_WIDTH = 36  # windows shown before and after an alert's start
 MAX_HEATMAPS = 12
@@ -56,6 +59,31 @@ def _fault_events(setup: InferSetup, res: pd.DataFrame) -> dict[str, list[tuple[
         out[tid] = [(int(ts[a] - dt), int(ts[b - 1]), setup.class_names[int(y[a])])
                     for a, b in zip(change[:-1], change[1:]) if y[a] > 0]
     return out
+
+
+def _file_events(path: str | Path, turbines: list[str]) -> dict[str, list[tuple[int, int, str]]]:
+    """Fault events of a labels CSV (turbine_id, start, end, fault), e.g. written by scada-inject."""
+    df = pd.read_csv(path, dtype=str)
+    missing = [c for c in ("turbine_id", "start", "end", "fault") if c not in df.columns]
+    if missing:
+        raise ValueError(f"labels file {path}: missing columns {missing}")
+    out: dict[str, list[tuple[int, int, str]]] = {t: [] for t in turbines}
+    for t, a, b, f in df[["turbine_id", "start", "end", "fault"]].itertuples(index=False):
+        if t in out:
+            out[t].append((pd.Timestamp(a).value, pd.Timestamp(b).value, f))
+    return out
+
+
+def _in_events(res: pd.DataFrame, events: dict[str, list[tuple[int, int, str]]]) -> np.ndarray:
+    """Per window: its end time lies in a fault event of its turbine (start < t_end <= end)."""
+    t = res["t_end"].astype("int64").to_numpy()
+    tid = res["turbine_id"].to_numpy()
+    hit = np.zeros(len(res), bool)
+    for turbine, evs in events.items():
+        sel = tid == turbine
+        for a, b, _ in evs:
+            hit |= sel & (t > a) & (t <= b)
+    return hit
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -142,8 +170,12 @@ def _plots(out: Path, res: pd.DataFrame, arrays: SplitArrays, faults: dict, name
 
 
 def evaluate(setup: InferSetup, out_dir: str | Path, drift: bool = False, max_lead_hours: float = 48.0,
-             plots: bool = True, batch_size: int = 256) -> dict[str, Any]:
-    """All metrics and reports for the validation and test splits; returns the metrics dict."""
+             plots: bool = True, batch_size: int = 256, labels_file: str | Path | None = None) -> dict[str, Any]:
+    """All metrics and reports for the validation and test splits; returns the metrics dict.
+
+    `labels_file` (turbine_id, start, end, fault) replaces the prepared labels as the fault events and as the
+    anomaly labels of windows (a window is anomalous when its end lies in an event): for data prepared without
+    labels, such as a real export with injected faults."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     val, _, _ = infer_split(setup, "val", batch_size)
@@ -157,8 +189,19 @@ def evaluate(setup: InferSetup, out_dir: str | Path, drift: bool = False, max_le
         m["forecast"] = forecast_metrics(arr.Y_true, arr.Y_hat, arr.M_future, names)
     if setup.class_names and "y" in test:
         m["fault"] = fault_metrics(test["y"].to_numpy(), arr.fault_prob, setup.class_names, from_logits=False)
-        m["anomaly"] = anomaly_metrics(val["score"], val["y"] > 0, test["score"], test["y"] > 0)
-    faults = _fault_events(setup, test)
+    if labels_file is not None:
+        turbines = sorted(set(val["turbine_id"]) | set(test["turbine_id"]))
+        faults = _file_events(labels_file, turbines)
+        m["labels"] = str(labels_file)
+        m["anomaly"] = anomaly_metrics(val["score"], _in_events(val, faults), test["score"], _in_events(test, faults))
+    else:
+        faults = _fault_events(setup, test)
+        if setup.class_names and "y" in test:
+            m["anomaly"] = anomaly_metrics(val["score"], val["y"] > 0, test["score"], test["y"] > 0)
+    if "rul_true" in test and test["rul_true"].notna().any():  # the protocol: each unit's last window
+        last = last_window_rul(test.dropna(subset=["rul_true"]))
+        m["rul"] = {"at": "last window of each test turbine",
+                    **rul_metrics(last["rul_pred"], last["rul_true"], cap=setup.cfg.data.rul.cap)}
     spans, observed = {}, {}
     for tid, g in test.groupby("turbine_id"):
         ts = g["t_end"].astype("int64").to_numpy()
@@ -180,6 +223,7 @@ def evaluate(setup: InferSetup, out_dir: str | Path, drift: bool = False, max_le
         for k, v in sorted(_flat(m).items()):
             w.writerow([k, v])
     (out / "rca_examples.json").write_text(json.dumps(_json_safe(_rca(test, events)), indent=2) + "\n")
+    test.to_parquet(out / "results_test.parquet", index=False)
     if plots:
         m["plots"] = _plots(out / "plots", test, arr, faults, names, events)
     return m

@@ -54,7 +54,7 @@ def model_config(cfg: RootCfg, F: int, R: int) -> ModelConfig:
         dilations=resolve_dilations(t.dilations, t.num_blocks, t.dilation_list), dropout=t.dropout, norm=t.norm,
         forecast_enabled=h.forecast.enabled, fault_enabled=h.fault.enabled, fault_multilabel=h.fault.multilabel,
         rul_enabled=h.rul.enabled, forecast_hidden=h.forecast.hidden, fault_hidden=h.fault.hidden,
-        rul_hidden=h.rul.hidden,
+        rul_hidden=h.rul.hidden, rul_scale=float(cfg.data.rul.cap) if h.rul.enabled else 1.0,
     )
 
 
@@ -65,6 +65,7 @@ def step_config(cfg: RootCfg, flag_names: list[str], device: torch.device) -> Tr
         p_mask=cfg.train.p_mask, fill_value=cfg.features.fill_value_c, huber_delta=loss.huber_delta,
         lambda_recon=loss.lambdas.recon, lambda_pred=loss.lambdas.pred, lambda_fault=loss.lambdas.fault,
         forecast_enabled=h.forecast.enabled, fault_enabled=h.fault.enabled, fault_multilabel=h.fault.multilabel,
+        rul_enabled=h.rul.enabled, lambda_rul=loss.lambdas.rul, rul_cap=float(cfg.data.rul.cap),
         regime_weight_map={flag_names.index(k): v for k, v in rw.weight_map.items()} if rw.enabled else {},
         amp=cfg.train.amp and device.type == "cuda",
     )
@@ -90,7 +91,8 @@ class PreparedData:
         part = self.index[self.index["split"] == split].reset_index(drop=True)
         labels = cfg.data.labels
         return WindowDataset(self.dir, part, cfg.data.windowing.L, cfg.data.windowing.K, self.F, self.R,
-                             list(labels.class_names) if labels.enabled else None, labels.multilabel)
+                             list(labels.class_names) if labels.enabled else None, labels.multilabel,
+                             rul=cfg.data.rul.enabled)
 
 
 def _scheduler(opt: torch.optim.Optimizer, cfg: RootCfg, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -120,7 +122,7 @@ def evaluate(model: MultiTaskTCN, loader: Any, scfg: TrainStepConfig, device: to
     for batch in loader:
         out = eval_losses(model, _to(batch, device), scfg, gen)
         b = out["batch_size"]
-        for k in ("loss", "recon", "pred", "fault"):
+        for k in ("loss", "recon", "pred", "fault", "rul"):
             sums[k] = sums.get(k, 0.0) + out[k] * b
         n += b
     if n == 0:
@@ -198,7 +200,7 @@ def fit(cfg: RootCfg, resume: str | None = None, log=print) -> Path:
                    "data_wait_s": t_got - t_wait, "compute_s": t_done - t_got}
             log_file.write(json.dumps(rec) + "\n")
             bar.set_postfix(loss=f"{out['loss']:.4f}", rec=f"{out['recon']:.4f}", pred=f"{out['pred']:.4f}",
-                            fault=f"{out['fault']:.4f}")
+                            fault=f"{out['fault']:.4f}", rul=f"{out['rul']:.4f}")
             bar.update(1)
             t_wait = time.perf_counter()
         bar.close()
@@ -209,7 +211,7 @@ def fit(cfg: RootCfg, resume: str | None = None, log=print) -> Path:
                                    **{f"val_{k}": v for k, v in val.items()}}) + "\n")
         log_file.flush()
         log(f"epoch {epoch}: val loss {val['loss']:.4f} (recon {val['recon']:.4f}, pred {val['pred']:.4f}, "
-            f"fault {val['fault']:.4f}){' *best' if improved else ''}")
+            f"fault {val['fault']:.4f}, rul {val['rul']:.4f}){' *best' if improved else ''}")
         ck = {
             "format": CHECKPOINT_FORMAT, "epoch": epoch, "step": step, "best_val": best, "bad_epochs": bad_epochs,
             "val_losses": val, "model_state": model.state_dict(), "optim_state": opt.state_dict(),

@@ -3,6 +3,7 @@
 - Reconstruction counts only hidden-and-present elements: target mask `(1 - M_mask) * M_miss`.
 - Forecast ignores future steps whose target is missing (`M_future`, the M_miss of the K future steps).
 - Fault counts only windows with a label and divides by their number (0 when there is none).
+- RUL counts only windows with a target (`has_rul`): Huber on (pred - min(rul, cap)) / cap, divided by their number.
 - Optional per-sample weights (B,) (regime weighting) scale each sample's contribution to the numerator; the
   denominators stay plain counts, so a weight below 1 lowers that sample's share of the total loss.
 
@@ -21,6 +22,7 @@ __all__ = [
     "recon_loss",
     "forecast_loss",
     "fault_loss",
+    "rul_loss",
     "regime_weights",
 ]
 
@@ -129,6 +131,28 @@ def fault_loss(
     num_w = w if sample_weight is None else w * _per_sample(sample_weight, per)
     per = torch.where(lab, per, torch.zeros_like(per))
     return (per * num_w).sum() / w.sum().clamp_min(1.0)
+
+
+def rul_loss(
+    rul_hat: torch.Tensor,
+    rul: torch.Tensor,
+    has_rul: torch.Tensor,
+    cap: float,
+    delta: float,
+    sample_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Huber loss of a RUL prediction (B,) against the piecewise-linear target min(rul, cap), both divided by
+    `cap`, on the windows with a target (has_rul > 0.5) only; reduced by their number, exactly 0 when there is
+    none. Targets of other windows are never read (they may hold NaN)."""
+    if not cap > 0:
+        raise ValueError(f"rul_loss: cap must be > 0, got {cap}")
+    rul_hat = rul_hat.reshape(-1)
+    B = rul_hat.shape[0]
+    if rul.shape != (B,) or has_rul.shape != (B,):
+        raise ValueError(f"rul_loss: rul and has_rul must be ({B},), got {tuple(rul.shape)} and {tuple(has_rul.shape)}")
+    m = (has_rul > 0.5).to(rul_hat.dtype)
+    target = torch.clamp(torch.nan_to_num(rul.to(rul_hat.dtype)), max=cap)
+    return masked_huber_loss(target / cap, rul_hat / cap, m, delta, eps=1.0, sample_weight=sample_weight)
 
 
 def regime_weights(Flags: torch.Tensor, weight_map: dict[int, float]) -> torch.Tensor:

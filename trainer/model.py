@@ -73,6 +73,7 @@ class ModelConfig:
     forecast_hidden: int | None = None
     fault_hidden: int | None = None
     rul_hidden: int | None = None
+    rul_scale: float = 1.0  # the RUL head's output unit: it learns rul / rul_scale and returns rul (in steps)
 
     def __post_init__(self) -> None:
         if not self.dilations:
@@ -102,6 +103,8 @@ class ModelConfig:
             h = getattr(self, name)
             if h is not None and h < 1:
                 problems.append(f"{name} must be None or >= 1, got {h}")
+        if not self.rul_scale > 0:
+            problems.append(f"rul_scale must be > 0, got {self.rul_scale}")
         if problems:
             raise ValueError("invalid ModelConfig: " + "; ".join(problems))
 
@@ -252,14 +255,18 @@ class FaultHead(nn.Module):
 
 
 class RULHead(nn.Module):
-    """Remaining useful life from the last step: H (B, L, D) -> (B, 1)."""
+    """Remaining useful life from the last step: H (B, L, D) -> (B, 1), in steps.
 
-    def __init__(self, D: int, hidden: int | None = None) -> None:
+    The MLP works at the scale of rul / `scale` (e.g. the target cap), which keeps its output near 1; the
+    multiplication is part of the graph, so an exported model returns steps too."""
+
+    def __init__(self, D: int, hidden: int | None = None, scale: float = 1.0) -> None:
         super().__init__()
         self.mlp = _mlp(D, 1, hidden)
+        self.scale = float(scale)
 
     def forward(self, H: torch.Tensor) -> torch.Tensor:
-        return self.mlp(H[:, -1, :])  # (B, 1)
+        return self.mlp(H[:, -1, :]) * self.scale  # (B, 1)
 
 
 # ----------------------------------------------------------------------------------------------- model
@@ -287,7 +294,7 @@ class MultiTaskTCN(nn.Module):
             ForecastHead(cfg.D, cfg.K, cfg.F, hidden=cfg.forecast_hidden) if cfg.forecast_enabled else None
         )
         self.fault_head = FaultHead(cfg.D, cfg.C, hidden=cfg.fault_hidden) if cfg.fault_enabled else None
-        self.rul_head = RULHead(cfg.D, hidden=cfg.rul_hidden) if cfg.rul_enabled else None
+        self.rul_head = RULHead(cfg.D, hidden=cfg.rul_hidden, scale=cfg.rul_scale) if cfg.rul_enabled else None
 
     @property
     def receptive_field(self) -> int:

@@ -6,7 +6,8 @@ scaling and fill -> labels -> window index. All arithmetic is runtime/'s, the sa
 
 Output layout under `data.paths.processed_dir`:
     turbines/<id>/{X.npy (T,F) float32, M_miss.npy (T,F) uint8, Flags.npy (T,R) float32,
-                   timestamps.npy (T,) int64 ns UTC, labels.npy (T,) int64 | (T,C) uint8 (labels on)}
+                   timestamps.npy (T,) int64 ns UTC, labels.npy (T,) int64 | (T,C) uint8 (labels on),
+                   rul.npy (T,) float32 target in steps, NaN = none (data.rul on)}
     window_index.parquet   registries/{feature,flag}_registry.json   scalers/robust_scaler.json
     pipeline_spec.json     summary.json   config.yaml   fingerprint.txt
 """
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from runtime.binning import bin_timeline
+from runtime.binning import bin_end_ns, bin_timeline
 from runtime.errors import InputError
 from runtime.pipeline import Preprocessor, scaled_mask
 from runtime.qc import fit_winsor_caps
@@ -33,7 +34,14 @@ from runtime.scaling import fit_robust_scaler
 from trainer.config import RootCfg, save_resolved
 from trainer.registry import registries_from_spec, save_registry, spec_from_config
 from trainer.tables import RawTable, load_raw_table
-from trainer.windowing import SPLITS, build_window_index, label_timeline, load_label_events, step_splits
+from trainer.windowing import (
+    SPLITS,
+    build_window_index,
+    check_turbine_patterns,
+    label_timeline,
+    load_label_events,
+    step_splits,
+)
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -47,6 +55,21 @@ def _per_turbine(table: RawTable) -> dict[str, np.ndarray]:
     order = np.argsort(table.turbine_ids, kind="stable")
     ids, first = np.unique(table.turbine_ids[order], return_index=True)
     return {str(t): idx for t, idx in zip(ids, np.split(order, first[1:]), strict=True)}
+
+
+def target_timeline(grid: np.ndarray, ts_ns: np.ndarray, target: np.ndarray, dt_seconds: int) -> np.ndarray:
+    """Per-step target (T,) float64 on `grid`: the present value of the latest sample of each step (t - dt, t]
+    (binned like the channels), NaN for a step without one."""
+    out = np.full(len(grid), np.nan)
+    ok = np.isfinite(target)
+    order = np.argsort(ts_ns[ok], kind="stable")
+    ts, v = ts_ns[ok][order], target[ok][order]
+    if len(grid) == 0 or len(ts) == 0:
+        return out
+    pos = (bin_end_ns(ts, dt_seconds) - grid[0]) // (int(dt_seconds) * 10**9)
+    last = np.concatenate([pos[1:] != pos[:-1], [True]]) & (pos >= 0) & (pos < len(grid))  # latest per step
+    out[pos[last]] = v[last]
+    return out
 
 
 def _fingerprint(folder: Path) -> str:
@@ -67,8 +90,11 @@ def prepare(cfg: RootCfg) -> dict[str, Any]:
     table = load_raw_table(data)
     groups = _per_turbine(table)
     _log(f"[prepare] {len(table.ts_ns):,} rows, {len(groups)} turbines, channels {list(table.channels)}")
+    if data.splits.method == "turbine":
+        check_turbine_patterns(list(groups), data)
 
     binned: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    ruls: dict[str, np.ndarray] = {}
     skipped: dict[str, str] = {}
     bin_stats: dict[str, dict[str, Any]] = {}
     for i, (tid, idx) in enumerate(groups.items(), 1):
@@ -81,6 +107,8 @@ def prepare(cfg: RootCfg) -> dict[str, Any]:
             continue
         grid, b, stats = bin_timeline(table.ts_ns[idx], vals, spec0)
         binned[tid] = (grid, b, step_splits(grid, tid, data))
+        if table.rul is not None:
+            ruls[tid] = target_timeline(grid, table.ts_ns[idx], table.rul[idx], spec0.dt_seconds)
         bin_stats[tid] = asdict(stats)
         _log(f"[prepare] binned {i}/{len(groups)} {tid}: {len(idx):,} samples -> {len(grid):,} steps")
     if not binned:
@@ -128,7 +156,10 @@ def prepare(cfg: RootCfg) -> dict[str, Any]:
             ev = [e for e in events if e.turbine_id == tid]
             y = label_timeline(grid, spec.dt_seconds * 10**9, ev, len(labels.class_names), labels.multilabel)
             np.save(tdir / "labels.npy", y)
-        windows.append(build_window_index(tid, grid, M, splits, data, y))
+        rul = ruls.get(tid)
+        if rul is not None:
+            np.save(tdir / "rul.npy", rul.astype(np.float32))
+        windows.append(build_window_index(tid, grid, M, splits, data, y, rul))
         miss_sum += (M == 0).sum(axis=0)
         n_steps += len(grid)
     index = pd.concat(windows, ignore_index=True)
@@ -168,6 +199,8 @@ def prepare(cfg: RootCfg) -> dict[str, Any]:
             s: {labels.class_names[int(k)]: int(v) for k, v in index.loc[index["split"] == s, "y"].value_counts().items()}
             for s in SPLITS
         }
+    if data.rul.enabled:
+        summary["windows_with_rul"] = {s: int(index.loc[index["split"] == s, "has_rul"].sum()) for s in SPLITS}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -188,4 +221,6 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"scaler fallbacks (IQR ~ 0 on the training split): {summary['scaler_fallbacks']}")
     if "window_labels" in summary:
         lines.append(f"window labels: {summary['window_labels']}")
+    if "windows_with_rul" in summary:
+        lines.append(f"windows with a RUL target: {summary['windows_with_rul']}")
     return "\n".join(lines)

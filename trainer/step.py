@@ -2,12 +2,14 @@
 
 Stream A, masked reconstruction: M_mask = sample_mask(M_miss, p_mask), X_corrupt = apply_mask(X, M_mask, c),
 X_in = [X_corrupt, M_miss, M_mask, Flags], L_rec on the hidden-and-present elements only.
-Stream B, clean forecast + fault: M_mask = ones, L_pred on present future targets, L_fault on labelled windows.
-Total: lambda_recon * L_rec + lambda_pred * L_pred + lambda_fault * L_fault.
+Stream B, clean forecast + fault + RUL: M_mask = ones, L_pred on present future targets, L_fault on labelled
+windows, L_rul on windows with a RUL target (`trainer.losses.rul_loss`).
+Total: lambda_recon * L_rec + lambda_pred * L_pred + lambda_fault * L_fault + lambda_rul * L_rul.
 
 Batch dict (tensors on one device): X (B, L, F), M_miss (B, L, F), Flags (B, L, R), Y_true (B, K, F),
 M_future (B, K, F), y ((B,) int64 or (B, C) float), has_label (B,). Y_true / M_future are needed only with the
-forecast head, y / has_label only with the fault head (without them L_fault is 0 and a warning is issued).
+forecast head, y / has_label only with the fault head (without them L_fault is 0 and a warning is issued),
+rul (B,) / has_rul (B,) only with the RUL head (required then).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from trainer.losses import fault_loss, forecast_loss, recon_loss, regime_weights
+from trainer.losses import fault_loss, forecast_loss, recon_loss, regime_weights, rul_loss
 from trainer.masking import apply_mask, build_model_input, fill_missing, mask_stats, sample_mask
 from trainer.model import MultiTaskTCN
 
@@ -38,6 +40,9 @@ class TrainStepConfig:
     forecast_enabled: bool = True
     fault_enabled: bool = True
     fault_multilabel: bool = False
+    rul_enabled: bool = False
+    lambda_rul: float = 1.0
+    rul_cap: float = 125.0  # RUL target min(rul, rul_cap); the loss works on rul / rul_cap
     regime_weight_map: dict[int, float] = field(default_factory=dict)
     amp: bool = False
 
@@ -47,7 +52,9 @@ class TrainStepConfig:
             problems.append(f"p_mask must be in (0, 1), got {self.p_mask}")
         if not self.huber_delta > 0:
             problems.append(f"huber_delta must be > 0, got {self.huber_delta}")
-        for name in ("lambda_recon", "lambda_pred", "lambda_fault"):
+        if not self.rul_cap > 0:
+            problems.append(f"rul_cap must be > 0, got {self.rul_cap}")
+        for name in ("lambda_recon", "lambda_pred", "lambda_fault", "lambda_rul"):
             if not getattr(self, name) >= 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if problems:
@@ -65,6 +72,7 @@ def _check_against_model(model: MultiTaskTCN, cfg: TrainStepConfig) -> None:
     for name, want, have in (
         ("forecast_enabled", cfg.forecast_enabled, m.forecast_enabled),
         ("fault_enabled", cfg.fault_enabled, m.fault_enabled),
+        ("rul_enabled", cfg.rul_enabled, m.rul_enabled),
     ):
         if want and not have:
             raise ValueError(f"TrainStepConfig.{name}=True but the model was built without that head")
@@ -96,7 +104,8 @@ def _losses(
     with torch.autocast(device_type=X.device.type, enabled=cfg.amp):
         out_A = model(X_in_A, return_recon=True, return_forecast=False, return_fault=False)
         out_B = model(
-            X_in_B, return_recon=False, return_forecast=cfg.forecast_enabled, return_fault=cfg.fault_enabled
+            X_in_B, return_recon=False, return_forecast=cfg.forecast_enabled, return_fault=cfg.fault_enabled,
+            return_rul=cfg.rul_enabled,
         )
     # losses in float32 whatever the autocast dtype
     L_rec = recon_loss(X, out_A.X_hat.float(), M_mask, M_miss, cfg.huber_delta, sample_weight=w)
@@ -116,11 +125,18 @@ def _losses(
                 out_B.fault_logits.float(), batch["y"], batch["has_label"], cfg.fault_multilabel, sample_weight=w
             )
 
-    total = cfg.lambda_recon * L_rec + cfg.lambda_pred * L_pred + cfg.lambda_fault * L_fault
+    L_rul = zero
+    if cfg.rul_enabled:
+        rul = _require(batch, "rul", "the RUL head needs")
+        has_rul = _require(batch, "has_rul", "the RUL head needs")
+        L_rul = rul_loss(out_B.rul.float(), rul, has_rul, cfg.rul_cap, cfg.huber_delta, sample_weight=w)
+
+    total = cfg.lambda_recon * L_rec + cfg.lambda_pred * L_pred + cfg.lambda_fault * L_fault + cfg.lambda_rul * L_rul
     logs = {
         "recon": float(L_rec.detach()),
         "pred": float(L_pred.detach()),
         "fault": float(L_fault.detach()),
+        "rul": float(L_rul.detach()),
         **mask_stats(M_mask, M_miss),
         "batch_size": float(X.shape[0]),
     }
@@ -136,7 +152,7 @@ def train_step(
     scaler: torch.amp.GradScaler | None = None,
     grad_clip: float | None = None,
 ) -> dict[str, float]:
-    """One optimisation step. Returns floats: loss, recon, pred, fault, mask_rate, n_present, n_masked, batch_size.
+    """One optimisation step. Returns floats: loss, recon, pred, fault, rul, mask_rate, n_present, n_masked, batch_size.
 
     `scaler` is an AMP GradScaler (fp16 on CUDA); with `grad_clip` the gradients are unscaled before clipping.
     """

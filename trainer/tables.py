@@ -4,7 +4,8 @@ pandas only reads and parses here; every computation on the values happens in `r
 with a message that says what to fix: a missing turbine-id or time column, a mapped channel column that is
 not in the table, unparseable timestamps, a mix of stamps with and without a UTC offset (or naive stamps
 without `data.identifiers.naive_timezone`). Non-numeric cells (`-`, `#N/A`, ...) become missing and are
-counted per channel.
+counted per channel. With `data.rul.enabled` the target column `data.rul.column` is read beside the channels
+(never as one: it must not reach the features); a non-numeric target cell is refused.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class RawTable:
     channels: tuple[str, ...]
     non_numeric: dict[str, int] = field(default_factory=dict)  # channel -> cells that were not numbers
     files: list[str] = field(default_factory=list)
+    rul: np.ndarray | None = None  # (n,) float64 target column `data.rul.column` when data.rul.enabled, NaN = none
 
 
 def _list_files(path: Path, fmt: str) -> list[Path]:
@@ -110,6 +112,8 @@ def load_raw_table(data: DataCfg) -> RawTable:
     ident = data.identifiers
     channels = tuple(data.columns)
     source_cols = [ident.turbine_id_col, ident.time_col] + [data.columns[c] for c in channels]
+    if data.rul.enabled:
+        source_cols.append(data.rul.column)
     files = _list_files(Path(data.paths.raw_dir), data.format)
     frames = [_read(f, list(dict.fromkeys(source_cols))) for f in files]
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
@@ -122,6 +126,12 @@ def load_raw_table(data: DataCfg) -> RawTable:
     for j, c in enumerate(channels):
         values[:, j], non_numeric[c] = _to_numeric(df[data.columns[c]])
     values[~np.isfinite(values)] = np.nan
+    rul = None
+    if data.rul.enabled:
+        rul, bad = _to_numeric(df[data.rul.column])
+        if bad:
+            raise InputError(f"target column {data.rul.column!r} (data.rul.column) holds {bad} non-numeric cells")
+        rul[~np.isfinite(rul)] = np.nan
     return RawTable(
         turbine_ids=ids.astype(str).to_numpy(dtype=object),
         ts_ns=ts,
@@ -129,4 +139,5 @@ def load_raw_table(data: DataCfg) -> RawTable:
         channels=channels,
         non_numeric=non_numeric,
         files=[str(f) for f in files],
+        rul=rul,
     )

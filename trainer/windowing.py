@@ -6,11 +6,19 @@ targets included, lies inside that split's [start, end); windows straddling a bo
 split sees another's data. Label rules: `window_last` = label of the last input step; `window_any` = label
 of the latest faulty input step (any fault in the window); `horizon_any` = label of the first faulty step
 of the forecast horizon (a fault coming up).
+
+Starts run 0, stride, 2 stride, ...; with `windowing.include_last` the turbine's last complete window (inputs
+ending at step T-K-1) is indexed too when the stride skips it, so e.g. a RUL is scored at a unit's last cycle.
+With `splits.method=turbine` the split lists hold turbine ids or fnmatch patterns (`train_??[!05]`); a turbine
+matching two splits is refused (`turbine_split`), and so is a pattern matching no turbine
+(`check_turbine_patterns`). With a RUL target (`data.rul`) each window stores `rul`, the target at its last
+input step (NaN = none), and `has_rul`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import numpy as np
@@ -72,17 +80,50 @@ def label_timeline(
     return y
 
 
+def turbine_split(turbine_id: str, data: DataCfg) -> int:
+    """Split of a turbine under splits.method=turbine: 0 train, 1 val, 2 test, -1 in no list.
+
+    Entries are exact ids or fnmatch patterns (case-sensitive); a turbine matched by two splits is refused."""
+    sp = data.splits
+    hits = [k for k, name in enumerate(SPLITS)
+            if any(fnmatchcase(turbine_id, p) for p in getattr(sp, f"{name}_turbines") or [])]
+    if len(hits) > 1:
+        names = [f"data.splits.{SPLITS[k]}_turbines" for k in hits]
+        raise InputError(f"turbine {turbine_id!r} matches {names}: a turbine may belong to one split only")
+    return hits[0] if hits else -1
+
+
+def check_turbine_patterns(turbine_ids: list[str], data: DataCfg) -> None:
+    """Refuse split entries (ids or patterns) that match none of `turbine_ids`: most likely a typo."""
+    sp = data.splits
+    for name in SPLITS:
+        dead = [p for p in getattr(sp, f"{name}_turbines") or [] if not any(fnmatchcase(t, p) for t in turbine_ids)]
+        if dead:
+            raise InputError(
+                f"data.splits.{name}_turbines: {dead} match no turbine of the data ({len(turbine_ids)} turbines, "
+                f"e.g. {sorted(turbine_ids)[:3]})"
+            )
+
+
 def step_splits(ts_ns: np.ndarray, turbine_id: str, data: DataCfg) -> np.ndarray:
     """Split index per step: 0 train, 1 val, 2 test, -1 none."""
     sp = data.splits
+    if sp.method != "time":
+        return np.full(len(ts_ns), turbine_split(turbine_id, data), np.int8)
     out = np.full(len(ts_ns), -1, np.int8)
     for k, name in enumerate(SPLITS):
-        if sp.method == "time":
-            a, b = (_iso_ns(x) for x in getattr(sp, f"{name}_range"))
-            out[(ts_ns >= a) & (ts_ns < b)] = k
-        elif turbine_id in getattr(sp, f"{name}_turbines"):
-            out[:] = k
+        a, b = (_iso_ns(x) for x in getattr(sp, f"{name}_range"))
+        out[(ts_ns >= a) & (ts_ns < b)] = k
     return out
+
+
+def window_starts(T: int, L: int, K: int, stride: int, include_last: bool) -> np.ndarray:
+    """Window starts 0, stride, ... of a timeline of T steps, plus the last complete one (T-L-K) if asked."""
+    last = T - (L + K)
+    starts = np.arange(0, max(last + 1, 0), stride, dtype=np.int64)
+    if include_last and last >= 0 and starts[-1] != last:
+        starts = np.append(starts, np.int64(last))
+    return starts
 
 
 def _iso_ns(value: str) -> int:
@@ -121,11 +162,13 @@ def build_window_index(
     splits: np.ndarray,
     data: DataCfg,
     y: np.ndarray | None,
+    rul: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """One row per kept window: turbine_id, start, t_end (last input stamp), split, present_fraction, labels."""
+    """One row per kept window: turbine_id, start, t_end (last input stamp), split, present_fraction, labels,
+    and with a per-step target `rul` (T,) the columns rul (at the last input step, NaN = none) and has_rul."""
     w = data.windowing
     L, K, T = w.L, w.K, len(ts_ns)
-    starts = np.arange(0, max(T - (L + K) + 1, 0), w.stride, dtype=np.int64)
+    starts = window_starts(T, L, K, w.stride, w.include_last)
     row_present = M_miss.mean(axis=1, dtype=np.float64)
     c = np.concatenate([[0.0], np.cumsum(row_present)])
     present_frac = (c[starts + L] - c[starts]) / L
@@ -154,4 +197,8 @@ def build_window_index(
         else:
             out["y"] = lab.astype(np.int64)
         out["has_label"] = np.ones(len(starts), bool)
+    if rul is not None:
+        r = np.asarray(rul, np.float64)[starts + L - 1]
+        out["rul"] = r
+        out["has_rul"] = np.isfinite(r)
     return pd.DataFrame(out)

@@ -1,0 +1,61 @@
+"""scada-inject: faults land only in the chosen turbine and period, labels match, the seed fixes everything;
+scada-evaluate --labels scores against such a labels file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from runtime.errors import InputError
+from tests.test_prepare import _cfg, _table
+from trainer.inject import inject_table, schedule
+
+
+def test_injects_only_inside_the_labelled_intervals(tmp_path):
+    cfg = _cfg(tmp_path, _table(days=30))
+    paths = inject_table(cfg.data, "WT02", tmp_path / "inj", seed=3, hours=48)
+    before = pd.read_csv(tmp_path / "scada.csv", dtype=str, keep_default_na=False)
+    after = pd.read_csv(paths["scada"], dtype=str, keep_default_na=False)
+    labels = pd.read_csv(paths["labels"])
+    assert list(labels.fault) == ["gearbox_overheat", "yaw_misalignment", "pitch_stuck", "sensor_freeze",
+                                  "underperformance"]
+    changed = (before != after).any(axis=1).to_numpy()
+    assert changed.any() and set(after.turbine_id[changed]) == {"WT02"}
+    t = pd.to_datetime(after.timestamp, utc=True)
+    inside = np.zeros(len(after), bool)
+    for a, b in zip(pd.to_datetime(labels.start, utc=True), pd.to_datetime(labels.end, utc=True)):
+        assert pd.Timestamp("2024-01-20T00:00Z") <= a < b <= pd.Timestamp("2024-02-10T00:00Z")  # the test range
+        inside |= ((t > a) & (t <= b)).to_numpy()
+    assert not (changed & ~inside).any()
+    again = inject_table(cfg.data, "WT02", tmp_path / "inj2", seed=3, hours=48)
+    assert again["scada"].read_bytes() == paths["scada"].read_bytes()
+
+
+def test_schedule_caps_durations_at_half_a_slot():
+    plan = schedule(pd.Timestamp("2024-01-01T00:00Z"), pd.Timestamp("2024-01-06T00:00Z"), ("a", "b"), 1000)
+    assert [(b - a) for _, a, b in plan] == [pd.Timedelta(hours=30)] * 2
+    assert plan[0][2] <= plan[1][1]
+
+
+def test_unknown_turbine_is_refused(tmp_path):
+    cfg = _cfg(tmp_path, _table(days=5))
+    with pytest.raises(InputError, match="turbine 'WT09' not in"):
+        inject_table(cfg.data, "WT09", tmp_path / "x")
+
+
+def test_evaluate_with_a_labels_file(tiny_run, tmp_path):
+    from trainer.batch_infer import setup_from_checkpoint
+    from trainer.evaluate import evaluate
+
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"turbine_id": ["WT01", "WT03"], "start": ["2024-02-01T00:00:00+00:00", "2024-02-05T00:00:00+00:00"],
+                  "end": ["2024-02-03T00:00:00+00:00", "2024-02-06T00:00:00+00:00"],
+                  "fault": ["gearbox_overheat", "pitch_stuck"]}).to_csv(labels, index=False)
+    m = evaluate(setup_from_checkpoint(tiny_run.checkpoint), tmp_path / "eval", plots=False, labels_file=labels)
+    assert m["events"]["n_events"] == 2 and m["labels"] == str(labels)
+    res = pd.read_parquet(tmp_path / "eval" / "results_test.parquet")
+    t = res["t_end"]
+    in_events = ((res.turbine_id == "WT01") & (t > "2024-02-01T00:00Z") & (t <= "2024-02-03T00:00Z")) | (
+        (res.turbine_id == "WT03") & (t > "2024-02-05T00:00Z") & (t <= "2024-02-06T00:00Z"))
+    assert m["anomaly"]["n_test_pos"] == int(in_events.sum()) > 0
