@@ -69,8 +69,9 @@ def run_case(bundle_dir: Path, bundle, n: int, steps: int, max_batch: int, broke
 
     col = client(broker.url, f"col-{n}-{max_batch}-{time.time_ns()}")
     col.on_message = on_message
+    wait_for(col.is_connected, 10, "collector")
     col.subscribe([("scada/bench/+/score", 1), (f"scada/runtime/{cfg['gateway']}/status", 1)])
-    time.sleep(0.3)
+    time.sleep(0.2)
     t_spawn = time.perf_counter()
     proc = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-m", "runtime.cli", "run", "--bundle",
                              str(bundle_dir), "--config", str(path)], cwd=ROOT)

@@ -40,7 +40,8 @@ def export_cmd(
         raise typer.Exit(code=2) from None
     cal = bundle.calibration
     print(f"bundle {bundle.path}\nmodel id {bundle.model_id}")
-    print(f"threshold p{cal.percentile:g}: global {cal.global_threshold:.4g} on {cal.n_windows} windows, "
+    how = f"p{cal.percentile:g}" if cal.method == "percentile" else "EVT (peaks over threshold)"
+    print(f"threshold {how}: global {cal.global_threshold:.4g} on {cal.n_windows} windows, "
           f"{len(cal.per_turbine)} per turbine, {len(cal.per_turbine_regime) + len(cal.per_regime)} per regime")
     for key, why in cal.fallbacks.items():
         print(f"  fallback {key}: {why}")

@@ -6,9 +6,12 @@ A window's *regime* is `regime_of(flags_last, flag_names)`: the first active fla
 order at the window's last step, or "normal" when none is active. This is the one definition used both by the
 export (to fit per-regime thresholds) and by the edge (to pick one).
 
-`fit_percentile_calibration` computes the `percentile` of the scores globally, per turbine and per
-(turbine, regime) when asked. A group with fewer than `min_windows` scores gets no threshold of its own: the
-key and the reason are recorded in `fallbacks` (turbines by id, pairs as "turbine|regime"), never silently.
+`fit_calibration` fits a threshold globally, per turbine and per (turbine, regime) when asked, with a
+per-group threshold function: `fit_percentile_calibration` uses the `percentile` of the scores; the EVT method
+(peaks over threshold, fitted by `trainer.evt` at export) records its fitted tail parameters per group in
+`params`. A group with fewer than `min_windows` scores, or whose fit is refused (CalibrationError, e.g. too few
+excesses), gets no threshold of its own: the key and the reason are recorded in `fallbacks` (turbines by id,
+pairs as "turbine|regime"), never silently.
 `Calibration.threshold_for(turbine, regime)` returns the threshold and the level that supplied it, most specific
 first: "turbine_regime", "turbine", "regime", then "global" (an unknown turbine lands on "global" and says so).
 
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -29,16 +32,18 @@ __all__ = [
     "SOURCES",
     "Calibration",
     "CalibrationError",
+    "fit_calibration",
     "fit_percentile_calibration",
     "regime_of",
 ]
 
 NORMAL_REGIME = "normal"
 SOURCES = ("turbine_regime", "turbine", "regime", "global")
+METHODS = ("percentile", "evt")
 SEP = "|"
 _KEYS = (
     "method", "percentile", "min_windows", "n_windows", "global_threshold", "per_turbine", "per_regime",
-    "per_turbine_regime", "fallbacks", "fitted_on",
+    "per_turbine_regime", "fallbacks", "fitted_on", "params",
 )
 
 
@@ -72,10 +77,13 @@ class Calibration:
     per_turbine_regime: dict[str, float] = field(default_factory=dict)
     fallbacks: dict[str, str] = field(default_factory=dict)  # key -> why it has no threshold of its own
     fitted_on: str = ""
+    params: dict[str, dict[str, float]] = field(default_factory=dict)  # evt: key -> fitted tail (u, xi, sigma, ...)
 
     def __post_init__(self) -> None:
-        if self.method != "percentile":
-            raise CalibrationError(f"calibration.method: unknown {self.method!r}; allowed ['percentile']")
+        if self.method not in METHODS:
+            raise CalibrationError(f"calibration.method: unknown {self.method!r}; allowed {list(METHODS)}")
+        if not isinstance(self.params, dict) or not all(isinstance(v, dict) for v in self.params.values()):
+            raise CalibrationError("calibration.params must map group keys to parameter mappings")
         if not 0.0 < float(self.percentile) < 100.0:
             raise CalibrationError(f"calibration.percentile must be in (0, 100), got {self.percentile}")
         for name in ("min_windows", "n_windows"):
@@ -118,6 +126,7 @@ class Calibration:
             "per_turbine_regime": {k: float(v) for k, v in self.per_turbine_regime.items()},
             "fallbacks": dict(self.fallbacks),
             "fitted_on": self.fitted_on,
+            "params": {k: {kk: float(vv) for kk, vv in v.items()} for k, v in self.params.items()},
         }
 
     @classmethod
@@ -137,6 +146,77 @@ def _groups(keys: Sequence[str]) -> dict[str, np.ndarray]:
     return {str(k): np.nonzero(arr == k)[0] for k in dict.fromkeys(keys)}
 
 
+ThresholdFn = Callable[[np.ndarray], tuple[float, dict[str, float]]]
+
+
+def fit_calibration(
+    scores: np.ndarray,
+    turbine_ids: Sequence[str],
+    regimes: Sequence[str],
+    method: str,
+    threshold_fn: ThresholdFn,
+    min_windows: int,
+    per_turbine: bool = True,
+    per_regime: bool = False,
+    fitted_on: str = "",
+    percentile: float = 99.5,
+) -> Calibration:
+    """Thresholds from normal-window scores (B,) by `threshold_fn` (scores -> (threshold, params)) per group,
+    with recorded fallbacks below `min_windows` or where the fit is refused. The global fit must succeed."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 1 or len(turbine_ids) != len(s) or len(regimes) != len(s):
+        raise CalibrationError(
+            f"fit_calibration: scores (B,), turbine_ids and regimes must have one entry per window; "
+            f"got {s.shape}, {len(turbine_ids)}, {len(regimes)}"
+        )
+    if len(s) == 0:
+        raise CalibrationError("fit_calibration: no windows to calibrate on (check the validation split)")
+    if not np.isfinite(s).all():
+        raise CalibrationError(f"fit_calibration: {int((~np.isfinite(s)).sum())} non-finite scores")
+    if min_windows < 1:
+        raise CalibrationError(f"fit_calibration: min_windows must be >= 1, got {min_windows}")
+    fallbacks: dict[str, str] = {}
+    params: dict[str, dict[str, float]] = {}
+
+    def fit(key: str, idx: np.ndarray, level: str, out: dict[str, float]) -> None:
+        if len(idx) < min_windows:
+            fallbacks[key] = f"{len(idx)} windows < min_windows={min_windows}; uses the {level} threshold"
+            return
+        try:
+            out[key], p = threshold_fn(s[idx])
+        except CalibrationError as e:
+            fallbacks[key] = f"fit refused ({e}); uses the {level} threshold"
+            return
+        if p:
+            params[key] = p
+
+    if len(s) < min_windows:
+        fallbacks["<global>"] = f"only {len(s)} windows < min_windows={min_windows}; the global threshold uses them all"
+    global_threshold, p = threshold_fn(s)
+    if p:
+        params["<global>"] = p
+    out_t: dict[str, float] = {}
+    if per_turbine:
+        for t, idx in _groups([str(t) for t in turbine_ids]).items():
+            fit(t, idx, "global", out_t)
+    out_r: dict[str, float] = {}
+    out_tr: dict[str, float] = {}
+    if per_regime and per_turbine:
+        pairs = [f"{t}{SEP}{r}" for t, r in zip(turbine_ids, regimes)]
+        for key, idx in _groups(pairs).items():
+            fit(key, idx, "turbine" if key.split(SEP, 1)[0] in out_t else "global", out_tr)
+    elif per_regime:
+        for r, idx in _groups([str(r) for r in regimes]).items():
+            sub: dict[str, float] = {}
+            fit(f"{SEP}{r}", idx, "global", sub)
+            out_r.update({r: v for v in sub.values()})
+    return Calibration(
+        method=method, percentile=float(percentile), min_windows=int(min_windows), n_windows=int(len(s)),
+        global_threshold=float(global_threshold), per_turbine=out_t, per_regime=out_r, per_turbine_regime=out_tr,
+        fallbacks=fallbacks, fitted_on=fitted_on, params=params,
+    )
+
+
 def fit_percentile_calibration(
     scores: np.ndarray,
     turbine_ids: Sequence[str],
@@ -148,51 +228,7 @@ def fit_percentile_calibration(
     fitted_on: str = "",
 ) -> Calibration:
     """Percentile thresholds from normal-window scores (B,), with recorded fallbacks below `min_windows`."""
-    s = np.asarray(scores, dtype=np.float64)
-    if s.ndim != 1 or len(turbine_ids) != len(s) or len(regimes) != len(s):
-        raise CalibrationError(
-            f"fit_percentile_calibration: scores (B,), turbine_ids and regimes must have one entry per window; "
-            f"got {s.shape}, {len(turbine_ids)}, {len(regimes)}"
-        )
-    if len(s) == 0:
-        raise CalibrationError("fit_percentile_calibration: no windows to calibrate on (check the validation split)")
-    if not np.isfinite(s).all():
-        raise CalibrationError(f"fit_percentile_calibration: {int((~np.isfinite(s)).sum())} non-finite scores")
-    if min_windows < 1:
-        raise CalibrationError(f"fit_percentile_calibration: min_windows must be >= 1, got {min_windows}")
-
-    def pct(idx: np.ndarray) -> float:
-        return float(np.percentile(s[idx], percentile))
-
-    too_few = "{n} windows < min_windows={m}; uses the {level} threshold"
-    fallbacks: dict[str, str] = {}
-    if len(s) < min_windows:
-        fallbacks["<global>"] = f"only {len(s)} windows < min_windows={min_windows}; the global threshold uses them all"
-    out_t: dict[str, float] = {}
-    if per_turbine:
-        for t, idx in _groups([str(t) for t in turbine_ids]).items():
-            if len(idx) >= min_windows:
-                out_t[t] = pct(idx)
-            else:
-                fallbacks[t] = too_few.format(n=len(idx), m=min_windows, level="global")
-    out_r: dict[str, float] = {}
-    out_tr: dict[str, float] = {}
-    if per_regime and per_turbine:
-        pairs = [f"{t}{SEP}{r}" for t, r in zip(turbine_ids, regimes)]
-        for key, idx in _groups(pairs).items():
-            if len(idx) >= min_windows:
-                out_tr[key] = pct(idx)
-            else:
-                level = "turbine" if key.split(SEP, 1)[0] in out_t else "global"
-                fallbacks[key] = too_few.format(n=len(idx), m=min_windows, level=level)
-    elif per_regime:
-        for r, idx in _groups([str(r) for r in regimes]).items():
-            if len(idx) >= min_windows:
-                out_r[r] = pct(idx)
-            else:
-                fallbacks[f"{SEP}{r}"] = too_few.format(n=len(idx), m=min_windows, level="global")
-    return Calibration(
-        method="percentile", percentile=float(percentile), min_windows=int(min_windows), n_windows=int(len(s)),
-        global_threshold=pct(np.arange(len(s))), per_turbine=out_t, per_regime=out_r, per_turbine_regime=out_tr,
-        fallbacks=fallbacks, fitted_on=fitted_on,
+    return fit_calibration(
+        scores, turbine_ids, regimes, "percentile", lambda x: (float(np.percentile(x, percentile)), {}),
+        min_windows, per_turbine, per_regime, fitted_on, percentile,
     )

@@ -6,7 +6,9 @@ Only windows of the validation split are scored, and of those only the ones with
 `has_label` is false, or whose label is the normal class 0 (multilabel: no fault class set). Test windows and
 fault-labelled windows never reach a threshold. Scores come from the torch `ScoringModule` that is exported,
 the regime of each window from `runtime.calibration.regime_of` on its last step's flags (the definition the
-edge uses). Thresholds: `runtime.calibration.fit_percentile_calibration` with the `infer.calibration` keys;
+edge uses). Thresholds per `infer.calibration.method`: a percentile (`fit_percentile_calibration`), or a
+peaks-over-threshold generalized-Pareto tail per group (`evt`, `trainer.evt.pot_threshold`, whose fitted u, xi,
+sigma and excess count go into the bundle);
 turbines and (turbine, regime) pairs below `min_windows` fall back, and the bundle records which and why.
 """
 
@@ -19,9 +21,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from runtime.calibration import Calibration, fit_percentile_calibration, regime_of
+from runtime.calibration import Calibration, fit_calibration, fit_percentile_calibration, regime_of
 from trainer.config import RootCfg
 from trainer.dataset import WindowDataset
+from trainer.evt import pot_threshold
 from trainer.fit import PreparedData
 from trainer.scoring import ScoringModule
 
@@ -76,10 +79,8 @@ def score_windows(scoring: ScoringModule, data: PreparedData, cfg: RootCfg, inde
 def calibrate(scoring: ScoringModule, data: PreparedData, cfg: RootCfg) -> CalibrationResult:
     """Thresholds and the score reference from the normal windows of the validation split."""
     c = cfg.infer.calibration
-    if not c.enabled or c.method != "percentile":
-        what = "infer.calibration.enabled=false" if not c.enabled else f"infer.calibration.method={c.method!r}"
-        raise ValueError(f"{what}: the bundle needs percentile thresholds (method=percentile, enabled=true); "
-                         "the evt method is not implemented")
+    if not c.enabled:
+        raise ValueError("infer.calibration.enabled=false: a bundle needs thresholds; enable calibration")
     split = data.index[data.index["split"] == CALIBRATION_SPLIT].reset_index(drop=True)
     keep = normal_windows(split, cfg)
     rows = split[keep].reset_index(drop=True)
@@ -89,10 +90,19 @@ def calibrate(scoring: ScoringModule, data: PreparedData, cfg: RootCfg) -> Calib
     scores, regimes = score_windows(scoring, data, cfg, rows)
     fitted_on = (f"split={CALIBRATION_SPLIT}: {len(rows)} windows without a fault label of {len(split)} "
                  f"({len(split) - len(rows)} fault-labelled excluded); data fingerprint {data.fingerprint}")
-    cal = fit_percentile_calibration(
-        scores, rows["turbine_id"].astype(str).tolist(), regimes, percentile=c.percentile,
-        min_windows=c.min_windows, per_turbine=c.per_turbine, per_regime=c.per_regime, fitted_on=fitted_on,
-    )
+    turbines = rows["turbine_id"].astype(str).tolist()
+    if c.method == "evt":
+        def pot(x: np.ndarray) -> tuple[float, dict[str, float]]:
+            fit = pot_threshold(x, c.evt_tail_quantile, c.evt_exceedance_prob, c.evt_min_excesses)
+            return fit["threshold"], {k: float(v) for k, v in fit.items() if k != "threshold"}
+
+        cal = fit_calibration(scores, turbines, regimes, "evt", pot, c.min_windows, c.per_turbine, c.per_regime,
+                              fitted_on + f"; POT tail from q={c.evt_tail_quantile}, target exceedance "
+                              f"{c.evt_exceedance_prob}", c.percentile)
+    else:
+        cal = fit_percentile_calibration(scores, turbines, regimes, percentile=c.percentile,
+                                         min_windows=c.min_windows, per_turbine=c.per_turbine,
+                                         per_regime=c.per_regime, fitted_on=fitted_on)
     ref = {"split": CALIBRATION_SPLIT, "n_windows": int(len(scores)), "levels": list(QUANTILE_LEVELS),
            "values": [float(v) for v in np.quantile(scores, QUANTILE_LEVELS)]}
     return CalibrationResult(cal, ref, n_split=len(split), n_excluded=int((~keep).sum()))

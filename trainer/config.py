@@ -293,6 +293,9 @@ class CalibrationCfg:
     per_turbine: bool = True
     per_regime: bool = False
     min_windows: int = 200
+    evt_tail_quantile: float = 0.95  # evt: the tail starts at this quantile of the normal scores
+    evt_exceedance_prob: float = 0.001  # evt: threshold exceeded by this share of normal windows
+    evt_min_excesses: int = 30  # evt: fewer excesses than this -> the group falls back
 
 
 @dataclass
