@@ -40,7 +40,7 @@ def test_command_line_group_beats_data_file_defaults():
         (["data.paths.raw=/x"], "unknown key 'data.paths.raw'"),
         (["train.epochs=abc"], "train.epochs"),
         (["device=tpu"], "device='tpu' is not allowed; choose one of ['auto', 'cpu', 'cuda']"),
-        (["data=nope"], "available: ['la_haute_borne', 'synthetic']"),
+        (["data=nope"], "'la_haute_borne', 'synthetic']"),
         (["data.windowing.L=400"], "shorter than data.windowing.L=400"),
         (["data.windowing.K=0"], "forecast.enabled=true needs data.windowing.K > 0"),
         (["model.heads.fault.enabled=false"], "data.labels.enabled=true needs model.heads.fault.enabled=true"),
