@@ -67,11 +67,14 @@ def run_case(bundle_dir: Path, bundle, n: int, steps: int, max_batch: int, broke
         with lock:
             scores[(d["turbine"], d["seq"])] = time.perf_counter()
 
-    col = client(broker.url, f"col-{n}-{max_batch}-{time.time_ns()}")
-    col.on_message = on_message
-    wait_for(col.is_connected, 10, "collector")
-    col.subscribe([("scada/bench/+/score", 1), (f"scada/runtime/{cfg['gateway']}/status", 1)])
-    time.sleep(0.2)
+    subscribed = threading.Event()
+    col = client(broker.url, f"col-{n}-{max_batch}-{time.time_ns()}", {
+        "on_message": on_message,
+        "on_connect": lambda c, u, f, rc, p: c.subscribe([("scada/bench/+/score", 1),
+                                                          (f"scada/runtime/{cfg['gateway']}/status", 1)]),
+        "on_subscribe": lambda c, u, mid, rcs, p: subscribed.set(),
+    })
+    wait_for(subscribed.is_set, 10, "collector subscription")
     t_spawn = time.perf_counter()
     proc = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-m", "runtime.cli", "run", "--bundle",
                              str(bundle_dir), "--config", str(path)], cwd=ROOT)
@@ -81,7 +84,7 @@ def run_case(bundle_dir: Path, bundle, n: int, steps: int, max_batch: int, broke
         pub = client(broker.url, f"pub-{n}-{time.time_ns()}")
         wait_for(pub.is_connected, 10, "publisher")
         rng = np.random.default_rng(0)
-        spec, sc = bundle.spec, bundle.scaler
+        spec = bundle.spec
         base = {c: float(rng.uniform(1, 10)) for c in spec.channels}
         L = bundle.dims.L
         sent: dict[tuple[str, int], float] = {}

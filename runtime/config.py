@@ -27,12 +27,9 @@ from urllib.parse import urlparse
 
 import yaml
 
+from runtime.errors import ConfigError
 
 ENV_PREFIX = "SCADA_RT_"
-
-
-class ConfigError(ValueError):
-    """runtime.yaml or its environment overrides break the schema (belongs in runtime/errors.py)."""
 
 
 def _f(default: Any, doc: str) -> Any:

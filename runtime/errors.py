@@ -15,3 +15,7 @@ class ScalerError(ValueError):
 
 class BundleError(ValueError):
     """A deployment bundle is incomplete, tampered with, or does not match its declared dims."""
+
+
+class ConfigError(ValueError):
+    """A runtime.yaml (or SCADA_RT_* environment) setting is unknown, mistyped or breaks an invariant."""

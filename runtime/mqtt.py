@@ -182,7 +182,8 @@ class MqttLink:
             was = self._connected
             self._connected = False
         if was:
-            log.warning("disconnected", extra={"reason": str(reason_code)})
+            level = logging.INFO if reason_code == 0 else logging.WARNING
+            log.log(level, "disconnected", extra={"reason": str(reason_code)})
             self._on_change(False)
 
     def _handle_publish(self, client: paho.Client, userdata: object, mid, reason_code, properties) -> None:

@@ -13,13 +13,8 @@ Helpers: raw timeline slices of the simulator's CSV, their telemetry messages, a
 from __future__ import annotations
 
 import csv
-import getpass
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -30,11 +25,12 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from export.demo_broker import MosquittoProcess, find_mosquitto
 from runtime.config import config_from_dict
 from runtime.daemon import Daemon
 from runtime.telemetry import parse_timestamp_ns
 
-MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+MOSQUITTO = find_mosquitto()
 
 
 def require_mosquitto() -> str:
@@ -43,88 +39,13 @@ def require_mosquitto() -> str:
     return MOSQUITTO
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Broker:
-    """One mosquitto process; see the module docstring."""
+class Broker(MosquittoProcess):
+    """`export.demo_broker.MosquittoProcess` that skips the test when mosquitto or mosquitto_passwd is missing."""
 
     def __init__(self, workdir: Path, users: dict[str, str] | None = None, tls: dict[str, Path] | None = None):
-        self.exe = require_mosquitto()
-        self.dir = Path(workdir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.users = users
-        self.tls = tls
-        self.proc: subprocess.Popen | None = None
-        self.log = self.dir / "mosquitto.log"
-        self.conf = self.dir / "mosquitto.conf"
-        self._write_conf()
-
-    def _write_conf(self) -> None:
-        lines = [
-            f"listener {self.port} 127.0.0.1",
-            "log_dest stderr",
-            f"user {getpass.getuser()}",  # as root mosquitto would switch to 'mosquitto' and lose the tmp dir
-            "log_type error",
-            "log_type notice",
-            "log_type warning",
-            "persistence true",
-            f"persistence_location {self.dir}/",
-            "autosave_interval 1",
-            "max_queued_messages 0",
-            "max_inflight_messages 0",
-            "persistent_client_expiration 1d",
-        ]
-        if self.users:
-            pw = self.dir / "passwd"
-            pw.write_text("".join(f"{u}:{p}\n" for u, p in self.users.items()))
-            pw.chmod(0o600)
-            passwd = shutil.which("mosquitto_passwd")
-            if passwd is None:
-                pytest.skip("mosquitto_passwd is not installed (it comes with the mosquitto package)")
-            subprocess.run([passwd, "-U", str(pw)], check=True, capture_output=True)
-            lines += ["allow_anonymous false", f"password_file {pw}"]
-        else:
-            lines += ["allow_anonymous true"]
-        if self.tls:
-            lines += [f"cafile {self.tls['ca']}", f"certfile {self.tls['cert']}", f"keyfile {self.tls['key']}"]
-        self.conf.write_text("\n".join(lines) + "\n")
-
-    @property
-    def url(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 10.0) -> None:
-        self._errlog = open(self.log, "ab")
-        self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=self._errlog, stderr=self._errlog)
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"mosquitto did not listen on {self.port}: {self.log.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        """SIGTERM by pid (mosquitto saves its persistence file on the way out), then wait."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
-        self.proc = None
-        if getattr(self, "_errlog", None) is not None:
-            self._errlog.close()
-            self._errlog = None
+        if users and shutil.which("mosquitto_passwd") is None:
+            pytest.skip("mosquitto_passwd is not installed (it comes with the mosquitto package)")
+        super().__init__(require_mosquitto(), workdir, users, tls)
 
 
 DT_NS = 600 * 10**9
@@ -185,8 +106,11 @@ def expected_steps(rows: list[list[str]], header: list[str]) -> dict[str, int]:
     return {t: (hi - lo) // DT_NS for t, (lo, hi) in span.items()}
 
 
-def client(url: str, client_id: str, **auth: Any) -> paho.Client:
+def client(url: str, client_id: str, callbacks: dict[str, Any] | None = None, **auth: Any) -> paho.Client:
+    """A started paho v5 client (persistent session); `callbacks` are set before connecting."""
     c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    for name, cb in (callbacks or {}).items():
+        setattr(c, name, cb)
     c.max_inflight_messages_set(200)
     c.reconnect_delay_set(1, 2)
     if auth.get("username"):
@@ -207,10 +131,17 @@ class Collector:
     def __init__(self, url: str, filters: list[str], client_id: str = "collector", **auth: Any):
         self.messages: list[tuple[str, bytes, bool]] = []
         self._lock = threading.Lock()
-        self.c = client(url, client_id, **auth)
         self.filters = filters
-        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe([(t, 1) for t in filters])
-        self.c.on_message = self._on_message
+        self.subscribed = threading.Event()
+        self.c = client(url, client_id, {
+            "on_connect": lambda c, u, f, rc, p: c.subscribe([(t, 1) for t in filters]),
+            "on_subscribe": lambda c, u, mid, rcs, p: self.subscribed.set(),
+            "on_message": self._on_message,
+        }, **auth)
+
+    def ready(self) -> bool:
+        """Connected and the broker acknowledged the subscriptions (nothing published after this is missed)."""
+        return self.c.is_connected() and self.subscribed.is_set()
 
     def _on_message(self, c: paho.Client, u: object, m: paho.MQTTMessage) -> None:
         with self._lock:

@@ -206,7 +206,7 @@ def test_train_step_overfits_tiny_batch():
         out = train_step(model, batch, cfg, opt, gen, grad_clip=5.0)
     after = eval_losses(model, batch, cfg, torch.Generator().manual_seed(123))
     assert after["loss"] < before["loss"] / 10, (before, after)
-    assert set(out) == {"loss", "recon", "pred", "fault", "mask_rate", "n_present", "n_masked", "batch_size"}
+    assert set(out) == {"loss", "recon", "pred", "fault", "rul", "mask_rate", "n_present", "n_masked", "batch_size"}
     assert out["batch_size"] == 4.0 and out["n_present"] == batch["M_miss"].sum().item()
     assert all(isinstance(v, float) for v in out.values())
 

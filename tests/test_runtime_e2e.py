@@ -214,7 +214,7 @@ def test_replay_matches_offline_reference(replayed, tiny_run, bundle):
 def test_broker_parity_with_reference_and_replay(broker, bundle, scorer, timeline, replayed, tiny_run):
     header, rows, _ = timeline
     col = Collector(broker.url, [f"scada/{SITE}/+/score", f"scada/{SITE}/+/alert/state"])
-    wait_for(lambda: col.c.is_connected(), 10, "collector connect")
+    wait_for(lambda: col.ready(), 10, "collector connect")
     d = DaemonThread(daemon_config(broker.url), bundle, scorer)
     pub = client(broker.url, "publisher")
     wait_for(lambda: pub.is_connected() and d.daemon.link.connected, 10, "connections")
@@ -242,7 +242,7 @@ def test_broker_restart_loses_nothing_and_changes_nothing(broker, bundle, scorer
     header, rows, _ = timeline
     msgs = to_messages(header, rows)
     col = Collector(broker.url, [f"scada/{SITE}/+/score"], client_id="collector-ft")
-    wait_for(lambda: col.c.is_connected(), 10, "collector connect")
+    wait_for(lambda: col.ready(), 10, "collector connect")
     d = DaemonThread(daemon_config(broker.url), bundle, scorer)
     pub = client(broker.url, "publisher-ft")
     wait_for(lambda: pub.is_connected() and d.daemon.link.connected, 10, "connections")
@@ -333,7 +333,7 @@ def test_fuzzed_stream_keeps_daemon_up_and_scores_unchanged(broker, bundle, scor
     cfg = daemon_config(broker.url, ingest={"turbines": ["WT01", "WT02", "WT03", "WT04"], "max_payload_bytes": 4096,
                                             "max_past_s": 5 * 365 * 86400.0})
     col = Collector(broker.url, [f"scada/{SITE}/+/score", f"scada/runtime/{GATEWAY}/errors"], client_id="col-fz")
-    wait_for(lambda: col.c.is_connected(), 10, "collector connect")
+    wait_for(lambda: col.ready(), 10, "collector connect")
     d = DaemonThread(cfg, bundle, scorer)
     pub = client(broker.url, "publisher-fz")
     wait_for(lambda: pub.is_connected() and d.daemon.link.connected, 10, "connections")
@@ -388,7 +388,7 @@ def test_tls_and_password(tmp_path, bundle, scorer, timeline):
     try:
         auth = {"username": "ops", "password": "ops-pass", "ca_file": str(certs["ca"])}
         col = Collector(b.url, [f"scada/runtime/{GATEWAY}/status", f"scada/{SITE}/+/score"], "col-tls", **auth)
-        wait_for(lambda: col.c.is_connected(), 10, "collector connect over TLS")
+        wait_for(lambda: col.ready(), 10, "collector connect over TLS")
         bad = DaemonThread(daemon_config(b.url, broker={"username": "gw1", "password": "wrong",
                                                         "tls": {"ca_file": str(certs["ca"])}}), bundle, scorer)
         wait_for(lambda: _connect_failures(bad.daemon) >= 1, 10, "a refused connection")
