@@ -41,6 +41,7 @@ class DemoSizes:
     epochs: int = 2
     steps_per_epoch: int = 120
     D: int = 32
+    faults_per_turbine_year: float = 15.0  # more than the simulator's default, so the short test period has some
 
 
 def _slice_from(src: Path, dst: Path, start_iso: str) -> Path:
@@ -121,7 +122,8 @@ def run_demo(workdir: str | Path, sizes: DemoSizes = DemoSizes(), seed: int = 0,
     w = Path(workdir).resolve()
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    synth = write_synthetic(w / "synth", sizes.turbines, sizes.days, seed, "2024-01-01", "csv")
+    synth = write_synthetic(w / "synth", sizes.turbines, sizes.days, seed, "2024-01-01", "csv",
+                            fault_rate=sizes.faults_per_turbine_year)
     timings["simulate"] = time.perf_counter() - t
     cfg = load_config(ROOT / "configs" / "config.yaml", [
         f"data.paths.raw_dir={synth['scada']}", f"data.paths.labels_file={synth['labels']}",
