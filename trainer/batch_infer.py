@@ -105,6 +105,18 @@ def setup_from_bundle(bundle_dir: str | Path, data_dir: str | Path, threads: int
                       bundle.alerting, list(bundle.class_names))
 
 
+def setup_from_args(checkpoint: str | None, bundle: str | None, data: str | None) -> tuple[InferSetup, Path]:
+    """The engine the command line asks for (exactly one of checkpoint or bundle) and its run folder."""
+    if (checkpoint is None) == (bundle is None):
+        raise SpecError("give exactly one of --checkpoint (torch engine) or --bundle (onnxruntime engine)")
+    if bundle is not None:
+        if data is None:
+            raise SpecError("--bundle needs --data PREPARED_DIR (the folder scada-prepare wrote)")
+        return setup_from_bundle(bundle, data), Path(bundle).resolve().parent
+    assert checkpoint is not None
+    return setup_from_checkpoint(checkpoint, data), Path(checkpoint).resolve().parent.parent
+
+
 def _same_features(data: PreparedData, scaler: dict[str, Any], spec: dict[str, Any], what: str) -> None:
     """The prepared arrays must come from the model's own preprocessing: same spec (winsor caps included) and
     scaler. Other data prepared with them (e.g. a copy with injected faults) is fine."""

@@ -81,19 +81,10 @@ def infer_cmd(
 ) -> None:
     from pathlib import Path
 
-    from trainer.batch_infer import run_batch_inference, setup_from_bundle, setup_from_checkpoint
+    from trainer.batch_infer import run_batch_inference, setup_from_args
 
     try:
-        if (checkpoint is None) == (bundle is None):
-            raise ValueError("give exactly one of --checkpoint (torch engine) or --bundle (onnxruntime engine)")
-        if bundle is not None:
-            if data is None:
-                raise ValueError("--bundle needs --data PREPARED_DIR (the folder scada-prepare wrote)")
-            setup = setup_from_bundle(bundle, data)
-            run_dir = Path(bundle).resolve().parent
-        else:
-            setup = setup_from_checkpoint(checkpoint, data)
-            run_dir = Path(checkpoint).resolve().parent.parent
+        setup, run_dir = setup_from_args(checkpoint, bundle, data)
         out_dir = Path(out) if out else run_dir / f"infer_{split}_{setup.engine_name}"
         summary = run_batch_inference(setup, split, out_dir, batch_size)
     except ValueError as e:
@@ -121,18 +112,11 @@ def evaluate_cmd(
 ) -> None:
     from pathlib import Path
 
-    from trainer.batch_infer import setup_from_bundle, setup_from_checkpoint
+    from trainer.batch_infer import setup_from_args
     from trainer.evaluate import evaluate
 
     try:
-        if (checkpoint is None) == (bundle is None):
-            raise ValueError("give exactly one of --checkpoint (torch engine) or --bundle (onnxruntime engine)")
-        if bundle is not None:
-            if data is None:
-                raise ValueError("--bundle needs --data PREPARED_DIR (the folder scada-prepare wrote)")
-            setup, run_dir = setup_from_bundle(bundle, data), Path(bundle).resolve().parent
-        else:
-            setup, run_dir = setup_from_checkpoint(checkpoint, data), Path(checkpoint).resolve().parent.parent
+        setup, run_dir = setup_from_args(checkpoint, bundle, data)
         out_dir = Path(out) if out else run_dir / f"eval_{setup.engine_name}"
         m = evaluate(setup, out_dir, drift=drift, max_lead_hours=max_lead_hours, plots=plots, labels_file=labels)
     except ValueError as e:
