@@ -57,6 +57,8 @@ def regime_of(flags_last: np.ndarray, flag_names: Sequence[str]) -> list[str]:
     names = list(flag_names)
     if f.ndim != 2 or f.shape[1] != len(names):
         raise CalibrationError(f"regime_of: flags_last must be (B, R={len(names)}) for flags {names}, got {f.shape}")
+    if not names:  # a model without flags has one regime
+        return [NORMAL_REGIME] * f.shape[0]
     active = f > 0.5  # (B, R)
     first = np.argmax(active, axis=1)
     any_on = active.any(axis=1)

@@ -40,3 +40,9 @@ def test_export_with_evt_writes_the_tail_into_the_bundle(tiny_run, tmp_path):
     assert cal.params["<global>"]["n_excess"] >= 30
     assert all(k in cal.params or k in cal.fallbacks for k in cal.per_turbine)
     assert "POT tail" in cal.fitted_on
+
+
+def test_regime_of_a_model_without_flags():
+    from runtime.calibration import regime_of
+
+    assert regime_of(np.zeros((3, 0), np.float32), []) == ["normal"] * 3
