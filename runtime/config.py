@@ -82,7 +82,7 @@ class IngestCfg:
 
 @dataclass(frozen=True)
 class QueuesCfg:
-    inbound: int = _f(20000, "messages waiting for the processing loop (QoS 0 overflow is dropped and counted)")
+    inbound: int = _f(20000, "messages waiting for the processing loop (QoS 1 waits, QoS 0 overflow is dropped)")
     outbound: int = _f(50000, "publishes kept while disconnected (overflow is counted and reported)")
     receive_maximum: int = _f(1000, "unacknowledged QoS 1 telemetry the broker may send us at once")
 

@@ -174,7 +174,17 @@ class Daemon:
         return len(batch)
 
     def _enqueue(self, msg: Message) -> None:
-        """paho thread: hand the message to the loop; a full queue drops it with a reason (QoS 0 only)."""
+        """paho thread: hand the message to the loop. QoS 1 telemetry is never dropped: when the queue is full
+        this thread waits, paho stops reading the socket and the broker holds the rest (TCP backpressure; not
+        every broker honours our Receive Maximum). Only QoS 0 overflow is dropped, counted and reported."""
+        if msg.qos > 0:
+            while not self._stop.is_set():
+                try:
+                    self.inbound.put(msg, timeout=0.5)
+                    return
+                except queue.Full:
+                    continue
+            return  # stopping: unacknowledged, so the broker redelivers it to the next session
         try:
             self.inbound.put_nowait(msg)
         except queue.Full:

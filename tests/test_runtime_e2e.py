@@ -473,3 +473,25 @@ def test_replay_cli(bundle_dir, timeline, tmp_path, replayed):
     res = subprocess.run([sys.executable, "-m", "runtime.cli", "replay", "--bundle", str(bundle_dir), "--input",
                           str(timeline[2]), "--out", str(out), "--config", str(bad)], capture_output=True, text=True)
     assert res.returncode == 2 and "unknown keys ['brokr']" in res.stderr
+
+
+def test_qos1_telemetry_is_never_dropped_when_the_inbound_queue_fills(broker, bundle, scorer, timeline):
+    """A queue far smaller than the burst: the paho thread waits (TCP backpressure) instead of dropping."""
+    header, rows, _ = timeline
+    col = Collector(broker.url, [f"scada/{SITE}/+/score"], client_id="bp-collector")
+    wait_for(lambda: col.ready(), 10, "collector connect")
+    cfg = daemon_config(broker.url, queues={"inbound": 20, "receive_maximum": 20})
+    d = DaemonThread(cfg, bundle, scorer)
+    pub = client(broker.url, "bp-publisher")
+    wait_for(lambda: pub.is_connected() and d.daemon.link.connected, 10, "connections")
+    publish_all(pub, to_messages(header, rows))
+    want = expected_steps(rows, header)
+    wait_for(lambda: len(col.of("/score")) >= sum(want.values()), 90, "all scores")
+    assert d.stop() == 0
+    rejected = {s.labels["reason"]: s.value for m in d.daemon.metrics.registry.collect()
+                if m.name == "scada_runtime_rejected" for s in m.samples if s.name.endswith("_total")}
+    assert rejected.get("inbound_queue_full", 0) == 0
+    got = by_key([p for _, p in col.of("/score")])
+    assert {t: sum(1 for k in got if k[0] == t) for t in want} == want
+    pub.disconnect()
+    col.close()
