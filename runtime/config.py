@@ -101,6 +101,8 @@ class HealthCfg:
     metrics_port: int = _f(9108, "HTTP port of /metrics and /healthz; 0 = pick a free port")
     stall_s: float = _f(30.0, "/healthz fails and the status says 'stalled' when the loop is idle this long")
     status_interval_s: float = _f(15.0, "refresh period of the retained status")
+    drift_window: int = _f(1000, "score drift: KS of the last N scores (all turbines) against the bundle's "
+                                 "validation-score quantiles, in /metrics and the status")
 
 
 @dataclass(frozen=True)
@@ -221,6 +223,7 @@ def _problems(c: RuntimeConfig) -> list[str]:
         ("compute.inter_op_threads", c.compute.inter_op_threads, 1),
         ("compute.max_batch", c.compute.max_batch, 1),
         ("health.metrics_port", c.health.metrics_port, 0),
+        ("health.drift_window", c.health.drift_window, 10),
     ):
         if v < lo:
             p.append(f"{key}: must be >= {lo}, got {v}")

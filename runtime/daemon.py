@@ -86,7 +86,7 @@ class Daemon:
             allowed_turbines=cfg.ingest.turbines,
         )
         self.engine = Engine(bundle, scorer, cfg.ingest.grace_s, cfg.ingest.max_turbines, cfg.compute.max_batch,
-                             on_inference=self._observe_inference)
+                             on_inference=self._observe_inference, drift_window=cfg.health.drift_window)
         self.inbound: queue.Queue[Message] = queue.Queue(maxsize=cfg.queues.inbound)
         self._stop = threading.Event()
         self._stopped = threading.Event()
@@ -171,6 +171,7 @@ class Daemon:
         self.metrics.queue_depth.set(self.link.queue_depth)
         self.metrics.turbines.set(len(self.engine.fleet))
         self.metrics.alerts_on.set(self.engine.alerts_on())
+        self.metrics.score_drift.set(self.engine.drift.get()["ks"])
         return len(batch)
 
     def _enqueue(self, msg: Message) -> None:
@@ -254,6 +255,7 @@ class Daemon:
             "last_message_at": None if hb.last_message is None else iso_utc(int(hb.last_message * 1e9)),
             "loop_age_s": round(hb.age(now / 1e9), 3),
             "turbines": len(self.engine.fleet),
+            "score_drift": self.engine.score_drift(),
         }
         return json.dumps(doc, sort_keys=True).encode()
 

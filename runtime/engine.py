@@ -35,6 +35,7 @@ import numpy as np
 
 from runtime.alerts import AlertState
 from runtime.calibration import regime_of
+from runtime.drift import ScoreDriftMonitor
 from runtime.errors import BundleError
 from runtime.fleet import Fleet, Step
 from runtime.telemetry import Sample
@@ -91,6 +92,7 @@ class Engine:
         max_turbines: int,
         max_batch: int,
         on_inference: Callable[[float, int], None] | None = None,
+        drift_window: int = 1000,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"Engine: max_batch must be >= 1, got {max_batch}")
@@ -108,6 +110,8 @@ class Engine:
         a = bundle.alerting
         self.alerts = AlertState(T_on=a.T_on, T_off=a.T_off, N_on=a.N_on, N_off=a.N_off)
         self._check_thresholds()
+        ref = bundle.score_reference
+        self.drift = ScoreDriftMonitor(ref.levels, ref.values, drift_window)  # fleet-wide score distribution
         self._scored_once: set[str] = set()
         self._center = np.asarray(bundle.scaler.center, dtype=np.float64)
         self._scale = np.asarray(bundle.scaler.scale, dtype=np.float64)
@@ -174,6 +178,8 @@ class Engine:
             thr[b], source = self.bundle.calibration.threshold_for(s.turbine, reg)
             src.append(source)
         s_now = np.asarray(res.s_now, dtype=np.float64)
+        for v in s_now:
+            self.drift.update(float(v))
         on = np.zeros(len(steps), dtype=bool)
         t_on = np.zeros(len(steps), dtype=bool)
         t_off = np.zeros(len(steps), dtype=bool)
@@ -244,6 +250,11 @@ class Engine:
                      "since": rec["ts"], "seq": rec["seq"], "model_id": rec["model_id"]}
             out.append(Output("alert_state", s.turbine, s.end_ns, dumps(state), True))
         return out
+
+    def score_drift(self) -> dict[str, Any]:
+        """KS distance of the recent scores from the bundle's validation-score quantiles (None before any score)."""
+        d = self.drift.get()
+        return {"ks": None if math.isnan(d["ks"]) else round(float(d["ks"]), 6), "n": int(d["n"])}
 
     def alerts_on(self) -> int:
         return int(self.alerts.get().sum())

@@ -39,6 +39,9 @@ class RuntimeMetrics:
         self.overflow = Counter(p + "publish_overflow", "publishes dropped because the queue was full, by kind",
                                 ["kind"], registry=r)
         self.alerts_on = Gauge(p + "alerts_on", "turbines whose alert is on", registry=r)
+        self.score_drift = Gauge(p + "score_drift_ks", "KS distance of the recent scores (health.drift_window, all "
+                                 "turbines) from the bundle's validation-score quantiles; NaN before any score",
+                                 registry=r)
         self.turbines = Gauge(p + "turbines", "turbines seen", registry=r)
         self.connected = Gauge(p + "connected", "1 while connected to the broker", registry=r)
         self.connect_failures = Counter(p + "connect_failures", "refused connections, by reason", ["reason"],

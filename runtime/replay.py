@@ -171,6 +171,7 @@ def replay(engine: Engine, path: str | Path, mapping: MappingCfg, out: str | Pat
             engine.fleet.close_turbine_until(tid, end + grace_ns)
         write(engine.flush())
     counts["non_numeric"] = non_numeric
+    counts["score_drift"] = engine.score_drift()
     return counts
 
 
@@ -184,5 +185,6 @@ def replay_file(bundle_dir: str | Path, input_path: str | Path, out: str | Path,
     cfg = cfg if cfg is not None else config_from_dict({})
     bundle = load_bundle(bundle_dir)
     scorer = OnnxScorer(bundle, cfg.compute.intra_op_threads, cfg.compute.inter_op_threads)
-    engine = Engine(bundle, scorer, cfg.ingest.grace_s, max_turbines=10**6, max_batch=cfg.compute.max_batch)
+    engine = Engine(bundle, scorer, cfg.ingest.grace_s, max_turbines=10**6, max_batch=cfg.compute.max_batch,
+                    drift_window=cfg.health.drift_window)
     return replay(engine, input_path, cfg.mapping, out, alerts_out)

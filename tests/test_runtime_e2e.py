@@ -495,3 +495,17 @@ def test_qos1_telemetry_is_never_dropped_when_the_inbound_queue_fills(broker, bu
     assert {t: sum(1 for k in got if k[0] == t) for t in want} == want
     pub.disconnect()
     col.close()
+
+
+def test_replay_and_daemon_report_score_drift(bundle, scorer, timeline, tmp_path):
+    """The cheap edge-side drift check: KS of recent scores against the bundle's validation-score quantiles."""
+    engine = Engine(bundle, scorer, grace_seconds=0.0, max_turbines=100, max_batch=512, drift_window=200)
+    summary = replay(engine, timeline[2], MappingCfg(), tmp_path / "s.jsonl")
+    d = summary["score_drift"]
+    assert d["n"] == 200 and 0.0 <= d["ks"] <= 1.0
+    from runtime.drift import ks_to_quantiles
+
+    scores = [json.loads(x)["score"] for x in (tmp_path / "s.jsonl").read_text().splitlines()
+              if b'"status":"ok"' in x.encode()]
+    ref = bundle.score_reference
+    assert d["ks"] == round(ks_to_quantiles(np.array(scores[-200:]), ref.levels, ref.values), 6)
