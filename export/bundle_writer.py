@@ -21,7 +21,7 @@ from export.onnx_export import IR_VERSION, OPSET, ExportError, export_graphs
 from export.verify import DEFAULT_ATOL, DEFAULT_EXTREME, DEFAULT_RTOL, verify_graphs
 from runtime.bundle import Bundle, dump_bundle
 from trainer.config import RootCfg
-from trainer.calibrate import CALIBRATION_SPLIT, calibrate
+from trainer.calibrate import CALIBRATION_SPLIT, calibrate, feature_reference
 from trainer.fit import PreparedData, load_checkpoint
 from trainer.infer import build_reference, checkpoint_config
 
@@ -95,6 +95,7 @@ def export_bundle(
         "alerting": {"T_on": inf.alerting.hysteresis.T_on, "T_off": inf.alerting.hysteresis.T_off,
                      "N_on": inf.alerting.debounce.N_on, "N_off": inf.alerting.debounce.N_off},
         "score_reference": cal.score_reference,
+        "feature_reference": feature_reference(data, cfg).to_dict(),
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
                      "package": importlib.metadata.version("scada-tcn"), "opset": OPSET, "ir_version": IR_VERSION},
         "data_fingerprint": ckpt["data_fingerprint"],

@@ -26,6 +26,8 @@ A bundle is a directory of three files:
   calibration      `runtime.calibration.Calibration.to_dict()`
   alerting         {T_on, T_off, N_on, N_off}: T_* are multiples of the calibrated threshold
   score_reference  {split, n_windows, levels, values}: quantiles of validation scores, for drift checks
+  feature_reference `runtime.drift.DriftReference.to_dict()`: per-feature quantiles, mean, std of the validation
+                   split (present values), for `scada-evaluate --drift`; its feature names are the registry's
   versions         {torch, onnx, onnxruntime, package, opset, ir_version} at export
   checksums        {"clean.onnx": sha256 hex, "scoring.onnx": sha256 hex}
   data_fingerprint fingerprint of the prepared training data
@@ -54,6 +56,7 @@ import numpy as np
 import onnxruntime as ort
 
 from runtime.calibration import Calibration
+from runtime.drift import DriftReference
 from runtime.errors import BundleError
 from runtime.flags import compile_rules
 from runtime.pipeline import scaled_mask
@@ -73,6 +76,7 @@ MAX_JSON_BYTES = 16 * 1024 * 1024
 TOP_KEYS = (
     "schema_version", "model_id", "dims", "dt_seconds", "feature_registry", "flag_registry", "column_mapping",
     "pipeline_spec", "scaler", "heads", "class_names", "scoring", "calibration", "alerting", "score_reference",
+    "feature_reference",
     "versions", "checksums", "data_fingerprint", "parity",
 )
 _COMPUTED = ("schema_version", "model_id", "checksums")  # written by dump_bundle, not by the caller
@@ -195,6 +199,7 @@ class Bundle:
     calibration: Calibration
     alerting: AlertingParams
     score_reference: ScoreReference
+    feature_reference: DriftReference
     versions: dict[str, Any]
     checksums: dict[str, str]
     data_fingerprint: str
@@ -388,6 +393,12 @@ def _parse(doc: dict[str, Any], path: Path, graphs: dict[str, bytes]) -> Bundle:
         problems.append(f"alerting.T_off={alerting.T_off} > T_on={alerting.T_on}")
     if len(ref.levels) != len(ref.values) or not ref.levels:
         problems.append("score_reference.levels and values must be non-empty and of equal length")
+    try:
+        feature_ref = DriftReference.from_dict(doc["feature_reference"])
+    except (ValueError, TypeError) as e:
+        raise _fail(f"feature_reference: {e}") from e
+    if list(feature_ref.feature_names) != list(spec.feature_names):
+        problems.append("feature_reference.feature_names differ from the feature registry")
     if problems:
         raise _fail("inconsistent bundle: " + "; ".join(problems))
     expected_id = compute_model_id(checksums, fr, gr)
@@ -398,6 +409,7 @@ def _parse(doc: dict[str, Any], path: Path, graphs: dict[str, bytes]) -> Bundle:
         column_mapping=column_mapping, scaler=scaler, class_names=tuple(class_names),
         forecast_enabled=heads["forecast"], fault_enabled=heads["fault"], fault_multilabel=heads["fault_multilabel"],
         rul_enabled=heads["rul"], scoring=scoring, calibration=calibration, alerting=alerting, score_reference=ref,
+        feature_reference=feature_ref,
         versions=dict(vd), checksums=dict(checksums), data_fingerprint=fingerprint, parity=parity, graphs=graphs,
     )
 

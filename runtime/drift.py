@@ -3,7 +3,7 @@
 Contract
 --------
 The reference is a quantile table: `levels` p_0 < ... < p_{Q-1} in [0, 1] (Q >= 2) and `values`
-q_0 <= ... <= q_{Q-1}, finite (e.g. `DriftReference` quantiles from the trainer). Its CDF G is
+q_0 <= ... <= q_{Q-1}, finite (e.g. a `DriftReference` row, or the bundle's score quantiles). Its CDF G is
 
 * 0 below q_0 and 1 from q_{Q-1} on,
 * piecewise linear between consecutive stored quantiles (p_j at q_j),
@@ -26,11 +26,13 @@ last `window` scores and `get()` sorts the buffer, O(window log window). Non-fin
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["DriftError", "ScoreDriftMonitor", "check_quantile_table", "ks_to_quantiles"]
+__all__ = ["DEFAULT_LEVELS", "DriftError", "DriftReference", "ScoreDriftMonitor", "check_quantile_table",
+           "check_table", "ks_to_quantiles"]
 
 
 class DriftError(ValueError):
@@ -134,3 +136,118 @@ class ScoreDriftMonitor:
         self._buf[: v.size] = v
         self._n = v.size
         self._pos = v.size % self.window
+
+
+DEFAULT_LEVELS = tuple(np.linspace(0.0, 1.0, 101).tolist())  # min, every percentile, max
+
+
+def check_table(x: Any, mask: Any, F: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Validated (rows, F) float64 values and bool mask (1 = present); present values must be finite."""
+    X = np.asarray(x, dtype=np.float64)
+    if X.ndim != 2 or X.shape[1] != F:
+        raise DriftError(f"{name} must be (rows, F={F}) for {F} feature names, got {X.shape}")
+    M = np.ones(X.shape, bool) if mask is None else np.asarray(mask) > 0.5
+    if M.shape != X.shape:
+        raise DriftError(f"mask of {name} must have its shape {X.shape}, got {M.shape}")
+    if not np.isfinite(X[M]).all():
+        raise DriftError(f"{name}: present values (mask 1) must be finite; mark missing values with the mask")
+    return X, M
+
+
+_REF_KEYS = ("feature_names", "levels", "quantiles", "mean", "std", "n")
+
+
+@dataclass(frozen=True, eq=False)
+class DriftReference:
+    """Per-feature summary of a reference split: quantiles (F, Q) at `levels` (Q,), mean, std and present count (F,).
+
+    A feature with no present value cannot be summarised and is refused by `fit` (drop it or fix the mask).
+    """
+
+    feature_names: tuple[str, ...]
+    levels: np.ndarray  # (Q,)
+    quantiles: np.ndarray  # (F, Q)
+    mean: np.ndarray  # (F,)
+    std: np.ndarray  # (F,)
+    n: np.ndarray  # (F,) int64
+
+    def __post_init__(self) -> None:
+        F = len(self.feature_names)
+        if F == 0 or len(set(self.feature_names)) != F:
+            raise DriftError(f"DriftReference: feature_names must be distinct and non-empty, got {self.feature_names}")
+        levels = np.array(self.levels, dtype=np.float64)
+        q = np.array(self.quantiles, dtype=np.float64)
+        if q.shape != (F, levels.size):
+            raise DriftError(f"DriftReference: quantiles must be (F={F}, Q={levels.size}), got {q.shape}")
+        for name, row in zip(self.feature_names, q):
+            check_quantile_table(levels, row, f"DriftReference feature {name!r}")
+        fields: dict[str, Any] = {"feature_names": tuple(self.feature_names), "levels": levels, "quantiles": q}
+        for key in ("mean", "std", "n"):
+            v = np.array(getattr(self, key), dtype=np.int64 if key == "n" else np.float64)
+            if v.shape != (F,) or not np.isfinite(v).all():
+                raise DriftError(f"DriftReference: {key} must be finite with shape ({F},), got {v.shape}")
+            fields[key] = v
+        if (fields["std"] < 0).any() or (fields["n"] < 1).any():
+            raise DriftError("DriftReference: std must be >= 0 and n >= 1")
+        for key, v in fields.items():
+            object.__setattr__(self, key, v)
+
+    @classmethod
+    def fit(
+        cls, x: Any, feature_names: Sequence[str], mask: Any = None, levels: Sequence[float] = DEFAULT_LEVELS
+    ) -> DriftReference:
+        """Summarise x (n, F) on its present values (mask 1 = present)."""
+        names = tuple(feature_names)
+        X, M = check_table(x, mask, len(names), "DriftReference.fit: x")
+        n = M.sum(axis=0)
+        if (n == 0).any():
+            empty = [nm for nm, k in zip(names, n) if k == 0]
+            raise DriftError(f"DriftReference.fit: features without any present value: {empty}")
+        # levels only (against a dummy table); the fitted quantiles are checked on construction
+        p, _ = check_quantile_table(levels, np.zeros(len(levels)), "DriftReference.fit levels")
+        Xn = np.where(M, X, np.nan)
+        return cls(
+            feature_names=names,
+            levels=p,
+            quantiles=np.nanquantile(Xn, p, axis=0).T,
+            mean=np.nanmean(Xn, axis=0),
+            std=np.nanstd(Xn, axis=0),
+            n=n.astype(np.int64),
+        )
+
+    def ks(self, x: Any, mask: Any = None) -> dict[str, float]:
+        """Per feature, the KS distance of the present values of x (m, F) to this reference's quantile CDF."""
+        X, M = check_table(x, mask, len(self.feature_names), "DriftReference.ks: x")
+        return {
+            name: ks_to_quantiles(X[M[:, f], f], self.levels, self.quantiles[f])
+            for f, name in enumerate(self.feature_names)
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON types only."""
+        return {
+            "feature_names": list(self.feature_names),
+            "levels": self.levels.tolist(),
+            "quantiles": self.quantiles.tolist(),
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+            "n": self.n.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DriftReference:
+        """Inverse of `to_dict`; refuses unknown or missing keys and any invalid field."""
+        if not isinstance(d, dict) or set(d) != set(_REF_KEYS):
+            got = sorted(d) if isinstance(d, dict) else type(d).__name__
+            raise DriftError(f"DriftReference.from_dict: expected keys {sorted(_REF_KEYS)}, got {got}")
+        names = d["feature_names"]
+        if not isinstance(names, list) or not all(isinstance(s, str) for s in names):
+            raise DriftError("DriftReference.from_dict: feature_names must be a list of strings")
+        n = np.asarray(d["n"])
+        if n.dtype.kind not in "iu":
+            raise DriftError(f"DriftReference.from_dict: n must hold integers, got {n.dtype}")
+        try:
+            arrays = {k: np.asarray(d[k], dtype=np.float64) for k in ("levels", "quantiles", "mean", "std")}
+        except (TypeError, ValueError) as e:
+            raise DriftError(f"DriftReference.from_dict: non-numeric or ragged field ({e})") from None
+        return cls(feature_names=tuple(names), n=n, **arrays)

@@ -29,6 +29,7 @@ from runtime.bundle import (  # noqa: E402
     load_bundle,
 )
 from runtime.calibration import fit_percentile_calibration  # noqa: E402
+from runtime.drift import DriftReference  # noqa: E402
 from runtime.errors import BundleError, InputError  # noqa: E402
 from runtime.scaling import RobustScaler  # noqa: E402
 from runtime.scorer import OnnxScorer  # noqa: E402
@@ -49,6 +50,7 @@ GOLDEN_KEYS = {
                     "per_turbine", "per_turbine_regime", "percentile"],
     "alerting": ["N_off", "N_on", "T_off", "T_on"],
     "score_reference": ["levels", "n_windows", "split", "values"],
+    "feature_reference": ["feature_names", "levels", "mean", "n", "quantiles", "std"],
     "versions": ["ir_version", "onnx", "onnxruntime", "opset", "package", "torch"],
     "checksums": ["clean.onnx", "scoring.onnx"],
     "parity": ["atol", "cases", "extreme", "outputs", "passed", "rtol"],
@@ -120,6 +122,8 @@ def tiny_manifest() -> dict:
         "calibration": cal.to_dict(),
         "alerting": {"T_on": 1.0, "T_off": 0.8, "N_on": 3, "N_off": 6},
         "score_reference": {"split": "val", "n_windows": 40, "levels": [0.0, 0.5, 1.0], "values": [0.0, 0.5, 1.0]},
+        "feature_reference": DriftReference.fit(np.arange(20.0).reshape(10, 2), list(spec.feature_names),
+                                                levels=[0.0, 0.5, 1.0]).to_dict(),
         "versions": {"torch": "t", "onnx": "o", "onnxruntime": "r", "package": "p", "opset": 18, "ir_version": 10},
         "data_fingerprint": "fp",
         "parity": {"atol": 1e-5, "rtol": 1e-4, "extreme": 20.0, "passed": True, "outputs": {"scoring/s_now": stats},

@@ -34,3 +34,6 @@ def test_evaluate_writes_all_reports(tiny_run, tmp_path):
     assert len([p for p in pngs if p.startswith("contrib_")]) == min(12, saved["alerts"]["raised"])
     assert all((tmp_path / "plots" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     assert np.isfinite(saved["drift"]["scores"]["ks"])
+    ks_ref = saved["drift"]["ks_vs_reference"]
+    assert set(ks_ref) == set(saved["forecast"]["per_feature"]) and all(0 <= v <= 1 for v in ks_ref.values())
+    assert set(saved["drift"]["drifted_vs_reference"]) <= set(ks_ref)

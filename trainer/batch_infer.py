@@ -29,9 +29,10 @@ from omegaconf import OmegaConf
 from runtime.alerts import AlertState
 from runtime.bundle import AlertingParams, load_bundle
 from runtime.calibration import Calibration, regime_of
+from runtime.drift import DriftReference
 from runtime.errors import SpecError
 from runtime.scorer import OnnxScorer, ScoreBatch
-from trainer.calibrate import calibrate
+from trainer.calibrate import calibrate, feature_reference
 from trainer.config import RootCfg, to_root
 from trainer.fit import PreparedData, load_checkpoint
 from trainer.infer import ReferenceModules, build_reference, checkpoint_config
@@ -73,6 +74,7 @@ class InferSetup:
     calibration_source: str
     alerting: AlertingParams
     class_names: list[str]
+    feature_reference: DriftReference  # validation split, for drift checks
 
 
 def setup_from_checkpoint(checkpoint: str | Path, data_dir: str | Path | None = None) -> InferSetup:
@@ -86,7 +88,8 @@ def setup_from_checkpoint(checkpoint: str | Path, data_dir: str | Path | None = 
     a = cfg.infer.alerting
     alerting = AlertingParams(a.hysteresis.T_on, a.hysteresis.T_off, a.debounce.N_on, a.debounce.N_off)
     names = list(cfg.data.labels.class_names) if cfg.data.labels.enabled else []
-    return InferSetup(cfg, data, TorchEngine(ref), "torch", cal, f"fitted now: {cal.fitted_on}", alerting, names)
+    return InferSetup(cfg, data, TorchEngine(ref), "torch", cal, f"fitted now: {cal.fitted_on}", alerting, names,
+                      feature_reference(data, cfg))
 
 
 def setup_from_bundle(bundle_dir: str | Path, data_dir: str | Path, threads: int = 1) -> InferSetup:
@@ -102,7 +105,7 @@ def setup_from_bundle(bundle_dir: str | Path, data_dir: str | Path, threads: int
     _same_features(data, bundle.scaler.to_dict(), bundle.spec.to_dict(), f"bundle {bundle_dir}")
     engine = OnnxScorer(bundle, intra_op_threads=threads)
     return InferSetup(cfg, data, engine, "onnx", bundle.calibration, f"bundle {bundle.model_id[:12]}",
-                      bundle.alerting, list(bundle.class_names))
+                      bundle.alerting, list(bundle.class_names), bundle.feature_reference)
 
 
 def setup_from_args(checkpoint: str | None, bundle: str | None, data: str | None) -> tuple[InferSetup, Path]:

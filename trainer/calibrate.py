@@ -22,17 +22,38 @@ import pandas as pd
 import torch
 
 from runtime.calibration import Calibration, fit_calibration, fit_percentile_calibration, regime_of
+from runtime.drift import DriftReference
 from trainer.config import RootCfg
 from trainer.dataset import WindowDataset
 from trainer.evt import pot_threshold
 from trainer.fit import PreparedData
 from trainer.scoring import ScoringModule
+from trainer.windowing import SPLITS, step_splits
 
-__all__ = ["CALIBRATION_SPLIT", "QUANTILE_LEVELS", "CalibrationResult", "calibrate", "normal_windows",
-           "score_windows"]
+__all__ = ["CALIBRATION_SPLIT", "QUANTILE_LEVELS", "CalibrationResult", "calibrate", "feature_reference",
+           "normal_windows", "score_windows"]
 
 CALIBRATION_SPLIT = "val"
 QUANTILE_LEVELS = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 1.0)
+
+
+FEATURE_REFERENCE_LEVELS = tuple(np.linspace(0.0, 1.0, 21).tolist())  # every 5 %: small enough for bundle.json
+
+
+def feature_reference(data: PreparedData, cfg: RootCfg) -> DriftReference:
+    """Per-feature quantiles, mean and std of every step of the validation split (present values only)."""
+    X, M = [], []
+    for tid in sorted(data.index["turbine_id"].unique()):
+        d = data.dir / "turbines" / tid
+        split = step_splits(np.load(d / "timestamps.npy"), tid, cfg.data)
+        sel = split == SPLITS.index(CALIBRATION_SPLIT)
+        if sel.any():
+            X.append(np.load(d / "X.npy", mmap_mode="r")[sel])
+            M.append(np.load(d / "M_miss.npy", mmap_mode="r")[sel])
+    if not X:
+        raise ValueError(f"the {CALIBRATION_SPLIT!r} split has no steps for the drift reference")
+    return DriftReference.fit(np.concatenate(X), data.feature_reg.feature_names, np.concatenate(M),
+                              levels=FEATURE_REFERENCE_LEVELS)
 
 
 @dataclass(frozen=True)

@@ -13,19 +13,17 @@ Contract
 * `feature_drift(ref, cur, names)`: per feature, KS and Wasserstein on the present values only (mask 1 =
   present, values under mask 0 are never read); a feature drifted when its KS exceeds `ks_threshold`. A feature
   with no present value on a side gets NaN and is not reported as drifted.
-* `DriftReference`: per-feature quantiles at `levels`, mean, std and present count of a reference split, small
-  enough for a JSON bundle; `to_dict`/`from_dict` are strict (unknown or missing keys, bad shapes, non-finite
-  or unordered values raise DriftError). Its quantile table is the reference CDF of `runtime.drift`.
+* `DriftReference` (in `runtime.drift`, because the bundle carries one): per-feature quantiles of a reference
+  split, re-exported here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
-from runtime.drift import DriftError, check_quantile_table, ks_to_quantiles
+from runtime.drift import DEFAULT_LEVELS, DriftError, DriftReference, check_table
 
 __all__ = [
     "DEFAULT_LEVELS",
@@ -37,9 +35,6 @@ __all__ = [
     "mmd2_unbiased",
     "wasserstein_1d",
 ]
-
-DEFAULT_LEVELS = tuple(np.linspace(0.0, 1.0, 101).tolist())  # min, every percentile, max
-
 
 def _sample(x: Any, name: str) -> np.ndarray:
     a = np.sort(np.asarray(x, dtype=np.float64).ravel())
@@ -123,18 +118,6 @@ def mmd2_unbiased(
     )
 
 
-def _check_table(x: Any, mask: Any, F: int, name: str) -> tuple[np.ndarray, np.ndarray]:
-    X = np.asarray(x, dtype=np.float64)
-    if X.ndim != 2 or X.shape[1] != F:
-        raise DriftError(f"{name} must be (rows, F={F}) for {F} feature names, got {X.shape}")
-    M = np.ones(X.shape, bool) if mask is None else np.asarray(mask) > 0.5
-    if M.shape != X.shape:
-        raise DriftError(f"mask of {name} must have its shape {X.shape}, got {M.shape}")
-    if not np.isfinite(X[M]).all():
-        raise DriftError(f"{name}: present values (mask 1) must be finite; mark missing values with the mask")
-    return X, M
-
-
 def feature_drift(
     ref: Any,
     cur: Any,
@@ -151,110 +134,11 @@ def feature_drift(
     names = list(feature_names)
     if not 0.0 <= ks_threshold <= 1.0:
         raise DriftError(f"feature_drift: ks_threshold must be in [0, 1], got {ks_threshold}")
-    R, MR = _check_table(ref, mask_ref, len(names), "feature_drift: ref")
-    C, MC = _check_table(cur, mask_cur, len(names), "feature_drift: cur")
+    R, MR = check_table(ref, mask_ref, len(names), "feature_drift: ref")
+    C, MC = check_table(cur, mask_cur, len(names), "feature_drift: cur")
     per: dict[str, dict[str, Any]] = {}
     for f, name in enumerate(names):
         a, b = R[MR[:, f], f], C[MC[:, f], f]
         per[name] = {"ks": ks_statistic(a, b), "wasserstein": wasserstein_1d(a, b), "n_ref": a.size, "n_cur": b.size}
     drifted = [n for n in names if per[n]["ks"] > ks_threshold]  # NaN compares False
     return {"per_feature": per, "drifted": drifted, "ks_threshold": float(ks_threshold)}
-
-
-_REF_KEYS = ("feature_names", "levels", "quantiles", "mean", "std", "n")
-
-
-@dataclass(frozen=True, eq=False)
-class DriftReference:
-    """Per-feature summary of a reference split: quantiles (F, Q) at `levels` (Q,), mean, std and present count (F,).
-
-    A feature with no present value cannot be summarised and is refused by `fit` (drop it or fix the mask).
-    """
-
-    feature_names: tuple[str, ...]
-    levels: np.ndarray  # (Q,)
-    quantiles: np.ndarray  # (F, Q)
-    mean: np.ndarray  # (F,)
-    std: np.ndarray  # (F,)
-    n: np.ndarray  # (F,) int64
-
-    def __post_init__(self) -> None:
-        F = len(self.feature_names)
-        if F == 0 or len(set(self.feature_names)) != F:
-            raise DriftError(f"DriftReference: feature_names must be distinct and non-empty, got {self.feature_names}")
-        levels = np.array(self.levels, dtype=np.float64)
-        q = np.array(self.quantiles, dtype=np.float64)
-        if q.shape != (F, levels.size):
-            raise DriftError(f"DriftReference: quantiles must be (F={F}, Q={levels.size}), got {q.shape}")
-        for name, row in zip(self.feature_names, q):
-            check_quantile_table(levels, row, f"DriftReference feature {name!r}")
-        fields: dict[str, Any] = {"feature_names": tuple(self.feature_names), "levels": levels, "quantiles": q}
-        for key in ("mean", "std", "n"):
-            v = np.array(getattr(self, key), dtype=np.int64 if key == "n" else np.float64)
-            if v.shape != (F,) or not np.isfinite(v).all():
-                raise DriftError(f"DriftReference: {key} must be finite with shape ({F},), got {v.shape}")
-            fields[key] = v
-        if (fields["std"] < 0).any() or (fields["n"] < 1).any():
-            raise DriftError("DriftReference: std must be >= 0 and n >= 1")
-        for key, v in fields.items():
-            object.__setattr__(self, key, v)
-
-    @classmethod
-    def fit(
-        cls, x: Any, feature_names: Sequence[str], mask: Any = None, levels: Sequence[float] = DEFAULT_LEVELS
-    ) -> DriftReference:
-        """Summarise x (n, F) on its present values (mask 1 = present)."""
-        names = tuple(feature_names)
-        X, M = _check_table(x, mask, len(names), "DriftReference.fit: x")
-        n = M.sum(axis=0)
-        if (n == 0).any():
-            empty = [nm for nm, k in zip(names, n) if k == 0]
-            raise DriftError(f"DriftReference.fit: features without any present value: {empty}")
-        # levels only (against a dummy table); the fitted quantiles are checked on construction
-        p, _ = check_quantile_table(levels, np.zeros(len(levels)), "DriftReference.fit levels")
-        Xn = np.where(M, X, np.nan)
-        return cls(
-            feature_names=names,
-            levels=p,
-            quantiles=np.nanquantile(Xn, p, axis=0).T,
-            mean=np.nanmean(Xn, axis=0),
-            std=np.nanstd(Xn, axis=0),
-            n=n.astype(np.int64),
-        )
-
-    def ks(self, x: Any, mask: Any = None) -> dict[str, float]:
-        """Per feature, the KS distance of the present values of x (m, F) to this reference's quantile CDF."""
-        X, M = _check_table(x, mask, len(self.feature_names), "DriftReference.ks: x")
-        return {
-            name: ks_to_quantiles(X[M[:, f], f], self.levels, self.quantiles[f])
-            for f, name in enumerate(self.feature_names)
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON types only."""
-        return {
-            "feature_names": list(self.feature_names),
-            "levels": self.levels.tolist(),
-            "quantiles": self.quantiles.tolist(),
-            "mean": self.mean.tolist(),
-            "std": self.std.tolist(),
-            "n": self.n.tolist(),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DriftReference:
-        """Inverse of `to_dict`; refuses unknown or missing keys and any invalid field."""
-        if not isinstance(d, dict) or set(d) != set(_REF_KEYS):
-            got = sorted(d) if isinstance(d, dict) else type(d).__name__
-            raise DriftError(f"DriftReference.from_dict: expected keys {sorted(_REF_KEYS)}, got {got}")
-        names = d["feature_names"]
-        if not isinstance(names, list) or not all(isinstance(s, str) for s in names):
-            raise DriftError("DriftReference.from_dict: feature_names must be a list of strings")
-        n = np.asarray(d["n"])
-        if n.dtype.kind not in "iu":
-            raise DriftError(f"DriftReference.from_dict: n must hold integers, got {n.dtype}")
-        try:
-            arrays = {k: np.asarray(d[k], dtype=np.float64) for k in ("levels", "quantiles", "mean", "std")}
-        except (TypeError, ValueError) as e:
-            raise DriftError(f"DriftReference.from_dict: non-numeric or ragged field ({e})") from None
-        return cls(feature_names=tuple(names), n=n, **arrays)

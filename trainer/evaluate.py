@@ -130,10 +130,13 @@ def _drift(setup: InferSetup, val: pd.DataFrame, test: pd.DataFrame) -> dict[str
     (Xr, Mr), (Xc, Mc) = rows("val"), rows("test")
     names = setup.data.feature_reg.feature_names
     fd = feature_drift(Xr, Xc, names, Mr, Mc)
+    vs_ref = setup.feature_reference.ks(Xc, Mc)
     full_r, full_c = Mr.all(axis=1), Mc.all(axis=1)
     return {
-        "reference": "validation split (the calibration data)",
+        "reference": "validation split (the calibration data); for the onnx engine, the quantiles in the bundle",
         "features": fd,
+        "ks_vs_reference": vs_ref,
+        "drifted_vs_reference": [n for n in names if vs_ref[n] > fd["ks_threshold"]],
         "scores": {"ks": ks_statistic(val["score"], test["score"]),
                    "wasserstein": wasserstein_1d(val["score"], test["score"])},
         "mmd2_unbiased": mmd2_unbiased(Xr[full_r], Xc[full_c]) if full_r.sum() > 1 and full_c.sum() > 1 else None,
