@@ -121,16 +121,18 @@ def main() -> None:
     ap.add_argument("--bundle", type=Path, required=True)
     ap.add_argument("--turbines", type=int, nargs="+", default=[1, 100, 1000])
     ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--max-batch", type=int, default=128, help="compute.max_batch of the batched daemon")
     args = ap.parse_args()
     bundle = load_bundle(args.bundle)
     with tempfile.TemporaryDirectory() as d:
         broker = Broker(Path(d) / "broker")
         broker.start()
         try:
+            print(f"batched: compute.max_batch={args.max_batch}; baseline: max_batch=1 (one graph call per turbine)")
             print(f"{'turbines':>8} {'graph calls':>12} {'steps/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'RSS MB':>7} "
                   f"{'start s':>7}")
             for n in args.turbines:
-                rows = [run_case(args.bundle, bundle, n, args.steps, mb, broker, Path(d)) for mb in (512, 1)]
+                rows = [run_case(args.bundle, bundle, n, args.steps, mb, broker, Path(d)) for mb in (args.max_batch, 1)]
                 for r, name in zip(rows, ("batched", "per-turbine")):
                     print(f"{n:>8} {name:>12} {r['turbine_steps_per_s']:>9.0f} {r['p50_ms']:>8.1f} "
                           f"{r['p99_ms']:>8.1f} {r['rss_mb']:>7.0f} {r['startup_s']:>7.2f}", flush=True)

@@ -91,7 +91,7 @@ class QueuesCfg:
 class ComputeCfg:
     intra_op_threads: int = _f(1, "onnxruntime intra-op threads")
     inter_op_threads: int = _f(1, "onnxruntime inter-op threads")
-    max_batch: int = _f(512, "windows per graph call at most")
+    max_batch: int = _f(128, "windows per graph call at most (bounds the memory of one scoring call)")
     tick_s: float = _f(1.0, "processing-loop tick: wall-clock bin closing and heartbeat")
 
 
