@@ -106,6 +106,13 @@ class HealthCfg:
 
 
 @dataclass(frozen=True)
+class StateCfg:
+    path: str | None = _f(None, "file keeping every turbine's state across restarts (bins, features, ring "
+                                "buffer, alerts); None = a restart warms every turbine up again (L steps)")
+    save_interval_s: float = _f(60.0, "how often the state is saved while running (and always on SIGTERM)")
+
+
+@dataclass(frozen=True)
 class MappingCfg:
     columns: dict[str, str] = _f({}, "channel -> payload key / table column; empty = the bundle's training mapping")
     turbine_id_col: str = _f("turbine_id", "replay: column of the turbine id")
@@ -125,6 +132,7 @@ class RuntimeConfig:
     compute: ComputeCfg = _f(ComputeCfg(), "inference threads and batching")
     health: HealthCfg = _f(HealthCfg(), "metrics, health endpoint and status refresh")
     mapping: MappingCfg = _f(MappingCfg(), "payload keys / table columns of the bundle's channels")
+    state: StateCfg = _f(StateCfg(), "state persistence across restarts")
 
 
 def _is_dc(tp: Any) -> bool:
@@ -242,6 +250,7 @@ def _problems(c: RuntimeConfig) -> list[str]:
         ("compute.tick_s", c.compute.tick_s),
         ("health.stall_s", c.health.stall_s),
         ("health.status_interval_s", c.health.status_interval_s),
+        ("state.save_interval_s", c.state.save_interval_s),
     ):
         if not v >= 0 or v == float("inf"):
             p.append(f"{key}: must be a finite number >= 0, got {v}")

@@ -13,16 +13,22 @@ Loop iteration: take the messages waiting (at least one tick's wait) -> ingest e
 grace on the wall clock (once per tick) -> `Engine.flush()` scores all ready turbines together -> publish
 (QoS 1) -> acknowledge the processed telemetry -> heartbeat. `request_stop()` (SIGTERM) finishes the messages
 already received, publishes the status "offline", waits for the publish queue to drain, disconnects cleanly.
+
+With `state.path`, the engine's state (every turbine's open bins, features, ring buffer and alert state) is saved
+atomically every `state.save_interval_s` and on stop, and restored at start, so a restart resumes scoring at the
+next step instead of warming every turbine up again; a state of another model is moved aside, with a warning.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from runtime.config import RuntimeConfig, redacted
@@ -30,6 +36,7 @@ from runtime.engine import Engine, Output, iso_utc
 from runtime.health import HealthServer, Heartbeat
 from runtime.metrics import RuntimeMetrics
 from runtime.mqtt import Message, MqttLink, Publish
+from runtime.state_file import load_state, save_state
 from runtime.telemetry import Rejection, TelemetryDecoder, topic_filter
 
 __all__ = ["Daemon", "setup_logging"]
@@ -107,6 +114,7 @@ class Daemon:
             on_connect_failed=lambda reason: self.metrics.connect_failures.labels(reason=reason).inc(),
             on_unrouted=lambda m: self._reject(m, Rejection("bad_topic", "no handler for this topic")),
         )
+        self._last_save_ns = 0
         self.health: HealthServer | None = None
         self._status_thread = threading.Thread(target=self._status_loop, name="status", daemon=True)
 
@@ -118,6 +126,7 @@ class Daemon:
                                    clock=lambda: self.clock() / 1e9)
         log.info("starting", extra={"config": redacted(self.cfg), "model_id": self.bundle.model_id,
                                     "subscription": self.telemetry_filter, "health_port": self.health.port})
+        self._restore_state()
         self.link.start()
         self._status_thread.start()
 
@@ -137,8 +146,29 @@ class Daemon:
             self._shutdown()
         return 0
 
+    def _restore_state(self) -> None:
+        """Resume from the state file when there is one of this model; another model's state is set aside."""
+        path = self.cfg.state.path
+        if path is None or not Path(path).is_file():
+            return
+        try:
+            self.engine.load_state_dict(load_state(path))
+        except ValueError as e:
+            aside = Path(path).with_name(Path(path).name + ".unused")
+            os.replace(path, aside)
+            log.warning("state file not used; every turbine warms up again",
+                        extra={"reason": str(e), "moved_to": str(aside)})
+            return
+        log.info("state restored", extra={"path": path, "turbines": len(self.engine.fleet)})
+
+    def _save_state(self) -> None:
+        if self.cfg.state.path is not None:
+            save_state(self.cfg.state.path, self.engine.state_dict())
+            self._last_save_ns = self.clock()
+
     def _shutdown(self) -> None:
         self._stopped.set()
+        self._save_state()
         drained = self.link.stop([Publish(self.status_topic, self._status_payload("offline"), retain=True)],
                                  timeout=10.0)
         log.info("stopped", extra={"publishes_drained": drained, "queue_depth": self.link.queue_depth})
@@ -172,6 +202,8 @@ class Daemon:
         self.metrics.turbines.set(len(self.engine.fleet))
         self.metrics.alerts_on.set(self.engine.alerts_on())
         self.metrics.score_drift.set(self.engine.drift.get()["ks"])
+        if self.cfg.state.path is not None and now - self._last_save_ns >= self.cfg.state.save_interval_s * 1e9:
+            self._save_state()
         return len(batch)
 
     def _enqueue(self, msg: Message) -> None:

@@ -251,6 +251,25 @@ class Engine:
             out.append(Output("alert_state", s.turbine, s.end_ns, dumps(state), True))
         return out
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a restart needs to resume (call after `flush`): fleet, alert states, drift window."""
+        return {"model_id": self.bundle.model_id, "fleet": self.fleet.state_dict(),
+                "alerts": self.alerts.state_dict(), "drift": self.drift.state_dict(),
+                "scored_once": sorted(self._scored_once)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from `state_dict()`; refuses the state of another model (its features and scores differ)."""
+        if not isinstance(state, dict) or set(state) != {"model_id", "fleet", "alerts", "drift", "scored_once"}:
+            raise ValueError("Engine.load_state_dict: not an engine state (keys model_id, fleet, alerts, drift, "
+                             "scored_once)")
+        if state["model_id"] != self.bundle.model_id:
+            raise ValueError(f"Engine.load_state_dict: the state belongs to model {state['model_id'][:12]}, "
+                             f"this bundle is {self.bundle.model_id[:12]}")
+        self.fleet.load_state_dict(state["fleet"])
+        self.alerts.load_state_dict(state["alerts"])
+        self.drift.load_state_dict(state["drift"])
+        self._scored_once = set(state["scored_once"])
+
     def score_drift(self) -> dict[str, Any]:
         """KS distance of the recent scores from the bundle's validation-score quantiles (None before any score)."""
         d = self.drift.get()

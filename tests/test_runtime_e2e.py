@@ -509,3 +509,64 @@ def test_replay_and_daemon_report_score_drift(bundle, scorer, timeline, tmp_path
               if b'"status":"ok"' in x.encode()]
     ref = bundle.score_reference
     assert d["ks"] == round(ks_to_quantiles(np.array(scores[-200:]), ref.levels, ref.values), 6)
+
+
+def test_engine_state_survives_a_restart(bundle, scorer, timeline, tmp_path):
+    """Replay half, save the state to disk, resume in a new engine: identical records, no second warm-up."""
+    from runtime.state_file import load_state, save_state
+
+    header, rows, path = timeline
+    ti = header.index("timestamp")
+    label = [-(-parse_timestamp_ns(r[ti]) // DT_NS) * DT_NS for r in rows]
+    cut = label[len(rows) // 2]  # split at a bin boundary: every bin lies wholly in one half
+    first = write_csv(tmp_path / "a.csv", header, [r for r, b in zip(rows, label) if b <= cut])
+    second = write_csv(tmp_path / "b.csv", header, [r for r, b in zip(rows, label) if b > cut])
+    full = Engine(bundle, scorer, grace_seconds=1e9, max_turbines=100, max_batch=128)
+    replay(full, path, MappingCfg(), tmp_path / "full.jsonl")
+    a = Engine(bundle, scorer, grace_seconds=1e9, max_turbines=100, max_batch=128)
+    replay(a, first, MappingCfg(), tmp_path / "a.jsonl")
+    save_state(tmp_path / "state.npz", a.state_dict())
+    b = Engine(bundle, scorer, grace_seconds=1e9, max_turbines=100, max_batch=128)
+    b.load_state_dict(load_state(tmp_path / "state.npz"))
+    replay(b, second, MappingCfg(), tmp_path / "b.jsonl")
+    full_recs = by_key((tmp_path / "full.jsonl").read_bytes().splitlines())
+    resumed = by_key((tmp_path / "a.jsonl").read_bytes().splitlines() + (tmp_path / "b.jsonl").read_bytes().splitlines())
+    assert set(resumed) == set(full_recs)
+    for k, v in resumed.items():
+        assert len(v) == 1
+        assert_close(next(iter(v)), next(iter(full_recs[k])), k)
+    assert not any(b'"status":"warmup"' in p for p in (tmp_path / "b.jsonl").read_bytes().splitlines())
+    other = Engine(bundle, scorer, grace_seconds=1e9, max_turbines=100, max_batch=128)
+    state = a.state_dict()
+    state["model_id"] = "0" * 64
+    with pytest.raises(ValueError, match="belongs to model"):
+        other.load_state_dict(state)
+
+
+def test_daemon_restart_resumes_from_its_state_file(broker, bundle, scorer, timeline, replayed, tmp_path):
+    header, rows, _ = timeline
+    ti = header.index("timestamp")
+    label = [-(-parse_timestamp_ns(r[ti]) // DT_NS) * DT_NS for r in rows]
+    cut = label[len(rows) // 2]
+    col = Collector(broker.url, [f"scada/{SITE}/+/score"], client_id="st-collector")
+    wait_for(lambda: col.ready(), 10, "collector connect")
+    cfg = daemon_config(broker.url, state={"path": str(tmp_path / "state.npz"), "save_interval_s": 3600.0})
+    pub = client(broker.url, "st-publisher")
+    first = [r for r, b in zip(rows, label) if b <= cut]
+    targets = (sum(expected_steps(first, header).values()), sum(expected_steps(rows, header).values()))
+    for part, target in zip((first, [r for r, b in zip(rows, label) if b > cut]), targets):
+        d = DaemonThread(cfg, bundle, scorer)
+        wait_for(lambda: pub.is_connected() and d.daemon.link.connected, 10, "connections")
+        publish_all(pub, to_messages(header, part))
+        wait_for(lambda: len(by_key([p for _, p in col.of("/score")])) >= target, 60, "scores")
+        assert d.stop() == 0
+        assert (tmp_path / "state.npz").is_file()
+    want = expected_steps(rows, header)
+    got = by_key([p for _, p in col.of("/score")])
+    assert all(len(v) == 1 for v in got.values())  # the restart did not score any step twice
+    assert {t: sum(1 for k in got if k[0] == t) for t in want} == want
+    warm = [k for k, v in got.items() if b'"status":"warmup"' in next(iter(v))]
+    assert all(replayed[k] == next(iter(got[k])) or b"warmup" in replayed[k] for k in warm)
+    assert len(warm) == sum(1 for p in replayed.values() if b'"status":"warmup"' in p)  # one warm-up, not two
+    pub.disconnect()
+    col.close()
