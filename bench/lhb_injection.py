@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=250, help="training steps per epoch")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-lead-hours", type=float, default=48.0)
+    ap.add_argument("overrides", nargs="*", help="extra config overrides, e.g. infer.calibration.per_regime=true")
     a = ap.parse_args()
     from export.bundle_writer import export_bundle
     from trainer.batch_infer import setup_from_bundle
@@ -52,7 +53,7 @@ def main() -> None:
 
     w = a.workdir
     base = ["data=la_haute_borne", f"output_dir={w / 'run'}", f"seed={a.seed}", f"train.epochs={a.epochs}",
-            f"train.max_steps_per_epoch={a.steps}", "train.early_stopping_patience=100"]
+            f"train.max_steps_per_epoch={a.steps}", "train.early_stopping_patience=100", *a.overrides]
     cfg = load_config(CONFIG, [*base, f"data.paths.processed_dir={w / 'processed'}"])
     prepare(cfg)
     best = w / "run" / "checkpoints" / "best.pt"
