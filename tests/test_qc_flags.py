@@ -9,30 +9,15 @@ from runtime.errors import InputError, SpecError
 from runtime.flags import compile_rules
 from runtime.qc import apply_winsor, fit_winsor_caps
 from runtime.spec import PipelineSpec
+from tests.test_binning import CHANNELS, PW, WD, WS
+from tests.test_binning import make_spec as make_binning_spec
 
-CHANNELS = ("wind_speed", "power", "wind_dir", "nacelle_dir", "status")
-WS, PW, WD, ND, ST = range(5)
 NAN = np.nan
 
 
 def make_spec(flag_rules: dict[str, str]) -> PipelineSpec:
-    return PipelineSpec(
-        dt_seconds=600,
-        channels=CHANNELS,
-        dedupe="last",
-        aggregation={"status": "max"},
-        valid_range={"wind_speed": (0.0, 60.0)},
-        winsor_caps={},
-        feature_channels=("wind_speed", "power", "wind_dir", "nacelle_dir"),
-        angular_channels=("wind_dir", "nacelle_dir"),
-        angle_units="deg",
-        yaw_error=None,
-        deltas=(),
-        rolling=None,
-        flag_names=tuple(flag_rules),
-        flag_rules=flag_rules,
-        fill_value=0.0,
-    )
+    """The binning tests' spec with other flag rules."""
+    return make_binning_spec(flag_names=list(flag_rules), flag_rules=dict(flag_rules))
 
 
 # ---------------------------------------------------------------- winsor caps
