@@ -59,7 +59,8 @@ def main() -> None:
     best = w / "run" / "checkpoints" / "best.pt"
     if not best.is_file():
         fit(cfg, log=print)
-    bundle = export_bundle(best, out_dir=w / "bundle", log=print)
+    bundle = export_bundle(best, out_dir=w / "bundle", overrides=[o for o in a.overrides if o.startswith("infer.")],
+                           log=print)
     inj = inject_table(cfg.data, a.turbine, w / "injected", seed=a.seed)
     cfg_inj = load_config(CONFIG, [*base, f"data.paths.raw_dir={inj['scada']}",
                                    f"data.paths.processed_dir={w / 'processed_injected'}"])

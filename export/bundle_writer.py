@@ -21,7 +21,7 @@ from export.onnx_export import IR_VERSION, OPSET, ExportError, export_graphs
 from export.verify import DEFAULT_ATOL, DEFAULT_EXTREME, DEFAULT_RTOL, verify_graphs
 from runtime.bundle import Bundle, dump_bundle
 from trainer.config import RootCfg
-from trainer.calibrate import CALIBRATION_SPLIT, calibrate, feature_reference
+from trainer.calibrate import CALIBRATION_SPLIT, calibrate, feature_reference, fit_feature_scale
 from trainer.fit import PreparedData, load_checkpoint
 from trainer.infer import build_reference, checkpoint_config
 
@@ -63,6 +63,7 @@ def export_bundle(
         raise ExportError(f"prepared data in {data.dir} (fingerprint {data.fingerprint[:12]}) is not the data the "
                           f"checkpoint was trained on ({ckpt['data_fingerprint'][:12]}); pass --data with that folder")
     mods = build_reference(ckpt, cfg)
+    fit_feature_scale(mods.scoring, data, cfg)  # feature_topk: baked into the scoring graph
     log(f"exporting {checkpoint}: L={mods.L}, F={data.F}, R={data.R}, receptive field {mods.model.receptive_field}")
     graphs = export_graphs(mods)
     log("calibrating on the validation split")
@@ -90,6 +91,7 @@ def export_bundle(
         "class_names": list(labels.class_names) if labels.enabled else [],
         "scoring": {"p_score": inf.p_score, "passes": mods.scoring.P, "seed": inf.score_seed,
                     "aggregation": inf.aggregation.name, "halflife": inf.aggregation.halflife_steps,
+                    "k": inf.aggregation.k,
                     "topn": inf.topn_features},
         "calibration": cal.calibration.to_dict(),
         "alerting": {"T_on": inf.alerting.hysteresis.T_on, "T_off": inf.alerting.hysteresis.T_off,

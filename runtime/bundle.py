@@ -22,7 +22,8 @@ A bundle is a directory of three files:
   scaler           `runtime.scaling.RobustScaler.to_dict()` (its `scaled` says which columns are scaled)
   heads            {forecast, fault, fault_multilabel, rul}: booleans
   class_names      fault class names (class 0 normal); len C when the fault head is on
-  scoring          {p_score, passes, seed, aggregation, halflife, topn}
+  scoring          {p_score, passes, seed, aggregation, halflife, topn, k}: halflife for recent_weighted, k for
+                   feature_topk (the per-feature error levels it divides by are constants of scoring.onnx)
   calibration      `runtime.calibration.Calibration.to_dict()`
   alerting         {T_on, T_off, N_on, N_off}: T_* are multiples of the calibrated threshold
   score_reference  {split, n_windows, levels, values}: quantiles of validation scores, for drift checks
@@ -80,7 +81,7 @@ TOP_KEYS = (
     "versions", "checksums", "data_fingerprint", "parity",
 )
 _COMPUTED = ("schema_version", "model_id", "checksums")  # written by dump_bundle, not by the caller
-AGGREGATIONS = ("masked_mean", "recent_weighted")
+AGGREGATIONS = ("masked_mean", "recent_weighted", "feature_topk")
 _FLOAT, _INT64 = "tensor(float)", "tensor(int64)"
 
 
@@ -158,6 +159,7 @@ class ScoringParams:
     seed: int
     aggregation: str
     halflife: float | None
+    k: int | None
     topn: int
 
 
@@ -333,15 +335,18 @@ def _parse(doc: dict[str, Any], path: Path, graphs: dict[str, bytes]) -> Bundle:
     hd = _keys(doc["heads"], ("forecast", "fault", "fault_multilabel", "rul"), "heads")
     heads = {k: _typed(hd, k, "heads", bool) for k in hd}
     class_names = _strs(doc, "class_names", "<top level>")
-    sd = _keys(doc["scoring"], ("p_score", "passes", "seed", "aggregation", "halflife", "topn"), "scoring")
+    sd = _keys(doc["scoring"], ("p_score", "passes", "seed", "aggregation", "halflife", "topn", "k"), "scoring")
     if sd["aggregation"] not in AGGREGATIONS:
         raise _fail(f"scoring.aggregation: unknown {sd['aggregation']!r}; allowed {list(AGGREGATIONS)}")
     if (sd["aggregation"] == "recent_weighted") != (sd["halflife"] is not None):
         raise _fail("scoring.halflife: required by, and only allowed with, aggregation 'recent_weighted'")
+    if (sd["aggregation"] == "feature_topk") != (sd["k"] is not None):
+        raise _fail("scoring.k: required by, and only allowed with, aggregation 'feature_topk'")
     scoring = ScoringParams(
         p_score=_num(sd, "p_score", "scoring"), passes=_int(sd, "passes", "scoring", 2), seed=_int(sd, "seed", "scoring"),
         aggregation=_typed(sd, "aggregation", "scoring", str),
         halflife=None if sd["halflife"] is None else _num(sd, "halflife", "scoring", 1e-12), topn=_int(sd, "topn", "scoring", 1),
+        k=None if sd["k"] is None else _int(sd, "k", "scoring", 1),
     )
     try:
         calibration = Calibration.from_dict(doc["calibration"])

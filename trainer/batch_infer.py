@@ -32,7 +32,7 @@ from runtime.calibration import Calibration, regime_of
 from runtime.drift import DriftReference
 from runtime.errors import SpecError
 from runtime.scorer import OnnxScorer, ScoreBatch
-from trainer.calibrate import calibrate, feature_reference
+from trainer.calibrate import calibrate, feature_reference, fit_feature_scale
 from trainer.config import RootCfg, to_root
 from trainer.fit import PreparedData, load_checkpoint
 from trainer.infer import ReferenceModules, build_reference, checkpoint_config
@@ -84,6 +84,7 @@ def setup_from_checkpoint(checkpoint: str | Path, data_dir: str | Path | None = 
     data = PreparedData(cfg)
     _same_features(data, ckpt["scaler"], ckpt["pipeline_spec"], f"checkpoint {checkpoint}")
     ref = build_reference(ckpt, cfg)
+    fit_feature_scale(ref.scoring, data, cfg)  # the same levels the export bakes into the graph
     cal = calibrate(ref.scoring, data, cfg).calibration
     a = cfg.infer.alerting
     alerting = AlertingParams(a.hysteresis.T_on, a.hysteresis.T_off, a.debounce.N_on, a.debounce.N_off)

@@ -31,10 +31,35 @@ from trainer.scoring import ScoringModule
 from trainer.windowing import SPLITS, step_splits
 
 __all__ = ["CALIBRATION_SPLIT", "QUANTILE_LEVELS", "CalibrationResult", "calibrate", "feature_reference",
+           "fit_feature_scale",
            "normal_windows", "score_windows"]
 
 CALIBRATION_SPLIT = "val"
 QUANTILE_LEVELS = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 1.0)
+
+
+def fit_feature_scale(scoring: ScoringModule, data: PreparedData, cfg: RootCfg, batch_size: int = 256) -> None:
+    """feature_topk only: each feature's median error on the validation split's normal windows becomes its level
+    (features never present there keep 1). Must run before calibration and before the export traces the graph."""
+    if scoring.aggregation != "feature_topk":
+        return
+    split = data.index[data.index["split"] == CALIBRATION_SPLIT].reset_index(drop=True)
+    rows = split[normal_windows(split, cfg)].reset_index(drop=True)
+    if len(rows) == 0:
+        raise ValueError(f"no normal windows in the {CALIBRATION_SPLIT!r} split to fit the feature error levels on")
+    ds = WindowDataset(data.dir, rows, cfg.data.windowing.L, cfg.data.windowing.K, data.F, data.R, None, False)
+    errs, seen = [], []
+    with torch.no_grad():
+        for start in range(0, len(ds), batch_size):
+            b = ds.__getitems__(list(range(start, min(start + batch_size, len(ds)))))
+            E = scoring(b["X"], b["M_miss"], b["Flags"]).E
+            errs.append(scoring.per_feature_error(E, b["M_miss"]).double().numpy())
+            seen.append(b["M_miss"].numpy().any(axis=1))
+    err = np.where(np.concatenate(seen), np.concatenate(errs), np.nan)  # (N, F); NaN where never present
+    with np.errstate(all="ignore"):
+        level = np.nanmedian(err, axis=0)
+    level = np.where(np.isfinite(level) & (level > scoring.eps), level, 1.0)
+    scoring.set_feature_scale(torch.as_tensor(level, dtype=torch.float32))
 
 
 FEATURE_REFERENCE_LEVELS = tuple(np.linspace(0.0, 1.0, 21).tolist())  # every 5 %: small enough for bundle.json

@@ -281,8 +281,9 @@ class TrainCfg:
 
 @dataclass
 class AggregationCfg:
-    name: str = "masked_mean"  # masked_mean | recent_weighted
+    name: str = "masked_mean"  # masked_mean | recent_weighted | feature_topk
     halflife_steps: Optional[float] = None  # recent_weighted only
+    k: Optional[int] = None  # feature_topk only: mean of the k worst features, each over its normal error level
 
 
 @dataclass

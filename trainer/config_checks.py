@@ -33,7 +33,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.heads.fault.pooling": ("mean",),
     "train.optimizer.name": ("adamw",),
     "train.scheduler.name": ("none", "cosine"),
-    "infer.aggregation.name": ("masked_mean", "recent_weighted"),
+    "infer.aggregation.name": ("masked_mean", "recent_weighted", "feature_topk"),
     "infer.calibration.method": ("percentile", "evt"),
 }
 AGGREGATIONS = ("mean", "max", "min", "last")
@@ -236,6 +236,8 @@ def validate_config(cfg: RootCfg) -> None:
     agg = cfg.infer.aggregation
     if (agg.name == "recent_weighted") != (agg.halflife_steps is not None):
         raise ConfigError("infer.aggregation.halflife_steps is required by, and only used by, name=recent_weighted")
+    if (agg.name == "feature_topk") != (agg.k is not None) or (agg.k is not None and agg.k < 1):
+        raise ConfigError("infer.aggregation.k (>= 1) is required by, and only used by, name=feature_topk")
     _check_splits(cfg)
     _check_channels(cfg)
     _check_model(cfg)

@@ -125,7 +125,7 @@ def build_reference(ckpt: dict[str, Any], cfg: RootCfg) -> ReferenceModules:
     scoring = ScoringModule(
         model, cfg.data.windowing.L, model.cfg.F, p_score=inf.p_score, seed=inf.score_seed,
         aggregation=inf.aggregation.name, topn=inf.topn_features, recent_halflife=inf.aggregation.halflife_steps,
-        fill_value=cfg.features.fill_value_c,
+        fill_value=cfg.features.fill_value_c, k=inf.aggregation.k,
     ).eval()
     clean = CleanPass(model, cfg.features.fill_value_c).eval()
     return ReferenceModules(model=model, clean=clean, graph=clean.inner, scoring=scoring, L=cfg.data.windowing.L)

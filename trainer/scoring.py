@@ -37,7 +37,7 @@ from trainer.model import MultiTaskTCN
 
 __all__ = ["AGGREGATIONS", "ScoreOutputs", "ScoringModule", "scoring_patterns", "stable_topk_indices"]
 
-AGGREGATIONS = ("masked_mean", "recent_weighted")
+AGGREGATIONS = ("masked_mean", "recent_weighted", "feature_topk")
 
 
 class ScoreOutputs(NamedTuple):
@@ -91,6 +91,7 @@ class ScoringModule(nn.Module):
         recent_halflife: float | None = None,
         fill_value: float = 0.0,
         eps: float = 1e-6,
+        k: int | None = None,
     ) -> None:
         super().__init__()
         problems = []
@@ -106,6 +107,9 @@ class ScoringModule(nn.Module):
             problems.append(f"aggregation: unknown {aggregation!r}; allowed {list(AGGREGATIONS)}")
         if aggregation == "recent_weighted" and (recent_halflife is None or not recent_halflife > 0):
             problems.append(f"recent_weighted needs recent_halflife > 0 (steps), got {recent_halflife}")
+        if (aggregation == "feature_topk") != (k is not None) or (k is not None and not 1 <= k <= F):
+            problems.append(f"feature_topk needs, and only it takes, k in [1, F={F}]; got aggregation={aggregation!r}, "
+                            f"k={k}")
         if not 1 <= topn <= F:
             problems.append(f"topn must be in [1, F={F}], got {topn}")
         if problems:
@@ -115,7 +119,7 @@ class ScoringModule(nn.Module):
         self.L, self.F, self.R = L, F, model.cfg.R
         self.P = round(1.0 / p_score)
         self.p_score, self.seed, self.aggregation, self.topn = p_score, seed, aggregation, topn
-        self.recent_halflife, self.fill_value, self.eps = recent_halflife, float(fill_value), eps
+        self.recent_halflife, self.fill_value, self.eps, self.k = recent_halflife, float(fill_value), eps, k
         # derived from the constructor arguments, so not part of the state_dict; export bakes them in as constants
         self.register_buffer("hide", scoring_patterns(L, F, self.P, seed), persistent=False)  # (P, L, F)
         if aggregation == "recent_weighted":
@@ -124,6 +128,23 @@ class ScoringModule(nn.Module):
         else:
             time_weight = torch.ones(L, dtype=torch.float32)
         self.register_buffer("time_weight", time_weight, persistent=False)  # (L,)
+        # feature_topk: each feature's error over its typical level on normal validation windows (set_feature_scale)
+        self.register_buffer("feature_scale", torch.ones(F), persistent=False)  # (F,)
+        self.feature_scale_fitted = False
+
+    def set_feature_scale(self, scale: torch.Tensor) -> None:
+        """The per-feature error levels that feature_topk divides by (fitted at export on normal windows)."""
+        scale = torch.as_tensor(scale, dtype=torch.float32)
+        if scale.shape != (self.F,) or not bool(torch.isfinite(scale).all()) or bool((scale <= 0).any()):
+            raise ValueError(f"feature scale must be ({self.F},) finite and > 0, got {tuple(scale.shape)}")
+        self.feature_scale.copy_(scale)
+        self.feature_scale_fitted = True
+
+    def per_feature_error(self, E: torch.Tensor, M_miss: torch.Tensor) -> torch.Tensor:
+        """(B, L, F) hidden-element errors -> (B, F) time-weighted mean error of each feature over its present steps."""
+        present = (M_miss > 0.5).to(torch.float32)
+        tw = self.time_weight.reshape(1, self.L, 1)
+        return (E * tw).sum(dim=1) / (present * tw).sum(dim=1).clamp_min(self.eps)
 
     def _check(self, X: torch.Tensor, M_miss: torch.Tensor, Flags: torch.Tensor) -> None:
         if X.dim() != 3 or X.shape[1] != self.L or X.shape[2] != self.F:
@@ -160,8 +181,15 @@ class ScoringModule(nn.Module):
         E = torch.where(hidden > 0.5, err, torch.zeros_like(err)).sum(dim=1)  # (B, L, F)
 
         tw = self.time_weight.reshape(1, L, 1)
-        denom = (present * tw).sum(dim=(1, 2)).clamp_min(self.eps)  # (B,)
-        feat_contrib = (E * tw).sum(dim=1) / denom.unsqueeze(1)  # (B, F)
+        if self.aggregation == "feature_topk":
+            # mean of the k worst features, each relative to its normal level: a fault on one or two channels is
+            # not averaged away by the healthy ones
+            norm = self.per_feature_error(E, M_miss) / self.feature_scale  # (B, F)
+            pick = torch.zeros_like(norm).scatter(1, stable_topk_indices(norm, int(self.k)), 1.0)
+            feat_contrib = norm * pick / float(self.k)  # (B, F)
+        else:
+            denom = (present * tw).sum(dim=(1, 2)).clamp_min(self.eps)  # (B,)
+            feat_contrib = (E * tw).sum(dim=1) / denom.unsqueeze(1)  # (B, F)
         s_now = feat_contrib.sum(dim=-1)  # (B,)
         top_idx = stable_topk_indices(feat_contrib, self.topn)  # (B, topn)
         return ScoreOutputs(s_now, feat_contrib, top_idx, E)
