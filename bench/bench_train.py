@@ -7,7 +7,8 @@ On the built-in simulator (labelled faults): simulate -> scada-prepare -> scada-
 - training windows/s, and the share of step time spent waiting for data (from the step log);
 - data loading alone: batched `__getitems__` vs a per-window `__getitem__` + default collate (the baseline);
 - validation losses per head of the best checkpoint;
-- ROC-AUC of the anomaly score for fault windows vs normal windows on the test split, overall and per class.
+- ROC-AUC of the anomaly score for fault windows vs normal windows on the test split, overall and per class, for
+  the aggregations masked_mean, recent_weighted and feature_topk (error levels fitted on the validation split).
 """
 
 from __future__ import annotations
@@ -55,8 +56,10 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--score-every", type=int, default=1, help="score every k-th test window (all fault windows)")
     ap.add_argument("--halflife", type=float, default=6.0, help="half-life (steps) of the recent_weighted score")
+    ap.add_argument("--k", type=int, default=3, help="k of the feature_topk score")
     a = ap.parse_args()
 
+    from trainer.calibrate import fit_feature_scale
     from trainer.config import load_config
     from trainer.fit import PreparedData, fit, load_checkpoint
     from trainer.metrics import roc_auc
@@ -106,9 +109,11 @@ def main() -> None:
     y = test.y
     keep = np.flatnonzero((y > 0) | (np.arange(len(y)) % a.score_every == 0))
     y = y[keep]
-    for agg, halflife in (("masked_mean", None), ("recent_weighted", a.halflife)):
+    for agg, halflife, k in (("masked_mean", None, None), ("recent_weighted", a.halflife, None),
+                             ("feature_topk", None, a.k)):
         scorer = ScoringModule(model, cfg.data.windowing.L, data.F, inf.p_score, inf.score_seed, agg,
-                               inf.topn_features, halflife, cfg.features.fill_value_c)
+                               inf.topn_features, halflife, cfg.features.fill_value_c, k=k)
+        fit_feature_scale(scorer, data, cfg)  # feature_topk only: error levels of the validation split
         scores = []
         with torch.no_grad():
             for i in range(0, len(keep), 256):
@@ -116,6 +121,7 @@ def main() -> None:
                 scores.append(scorer(b["X"], b["M_miss"], b["Flags"]).s_now.numpy())
         s = np.concatenate(scores)
         label = agg if halflife is None else f"{agg} (half-life {halflife:g} steps)"
+        label = label if k is None else f"{agg} (k={k})"
         print(f"score {label}: {len(s):,} test windows ({int((y > 0).sum()):,} fault); ROC-AUC fault vs normal "
               f"{roc_auc(s, y > 0):.3f}")
         for k, name in enumerate(cfg.data.labels.class_names[1:], 1):
