@@ -152,7 +152,7 @@ def run_demo(workdir: str | Path, sizes: DemoSizes = DemoSizes(), seed: int = 0,
         how = None
     if how is None:
         replay_file(bundle.path, stream, scores, config_from_dict({}), alerts_out=alerts)
-        how = "scada-runtime replay (no mosquitto on PATH)"
+        how = "scada-runtime replay" + (" (no mosquitto on PATH)" if use_broker is None else "")
     timings["runtime"] = time.perf_counter() - t
     turbines = [f"WT{i:02d}" for i in range(1, sizes.turbines + 1)]
     ev = summarize(Path(synth["labels"]), alerts, test_start, test_end, turbines)
