@@ -11,7 +11,6 @@ are warm when the test period begins; only test-period alerts are judged.
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from dataclasses import dataclass
@@ -45,16 +44,10 @@ class DemoSizes:
 
 
 def _slice_from(src: Path, dst: Path, start_iso: str) -> Path:
-    """Rows of the raw CSV stamped at or after `start_iso` (the stream the gateway would have seen)."""
-    start = pd.Timestamp(start_iso)
-    with src.open(newline="") as fi, dst.open("w", newline="") as fo:
-        r, w = csv.reader(fi), csv.writer(fo)
-        header = next(r)
-        w.writerow(header)
-        t = header.index("timestamp")
-        for row in r:
-            if pd.Timestamp(row[t]) >= start:
-                w.writerow(row)
+    """Rows of the raw CSV stamped at or after `start_iso` (the stream the gateway would have seen), cells as text."""
+    df = pd.read_csv(src, dtype=str, keep_default_na=False)
+    keep = pd.to_datetime(df["timestamp"], utc=True, format="ISO8601") >= pd.Timestamp(start_iso)
+    df[keep].to_csv(dst, index=False)
     return dst
 
 

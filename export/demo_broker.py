@@ -23,7 +23,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
+
+from runtime.binning import bin_end_ns
+from runtime.telemetry import parse_timestamp_ns
 
 SITE, GATEWAY = "demo", "demo-gw"
 
@@ -113,25 +117,29 @@ class MosquittoProcess:
             self._errlog = None
 
 
-def _messages(csv_path: Path) -> list[tuple[str, bytes, str]]:
-    """(topic, payload, ts) per raw row, sorted by time (stable), channels under their column names."""
-    with csv_path.open(newline="") as fh:
-        r = csv.reader(fh)
-        header = next(r)
-        rows = list(r)
+def _number(cell: str) -> float | None:
+    try:
+        return float(cell)
+    except ValueError:
+        return None  # empty or non-numeric: the gateway sends null (missing)
+
+
+def telemetry_messages(header: list[str], rows: list[list[str]], site: str) -> list[tuple[str, bytes]]:
+    """(topic, JSON payload) per raw CSV row, in row order, channels under their column names."""
     ti, ii = header.index("timestamp"), header.index("turbine_id")
     chans = [(j, c) for j, c in enumerate(header) if j not in (ti, ii)]
+    return [(f"scada/{site}/{r[ii]}/telemetry",
+             json.dumps({"ts": r[ti], "values": {c: _number(r[j]) for j, c in chans}}).encode()) for r in rows]
 
-    def num(cell: str) -> float | None:
-        try:
-            return float(cell)
-        except ValueError:
-            return None  # empty or non-numeric: missing
 
-    order = pd.to_datetime([row[ti] for row in rows], utc=True, format="ISO8601").argsort(kind="stable")
-    return [(f"scada/{SITE}/{rows[k][ii]}/telemetry",
-             json.dumps({"ts": rows[k][ti], "values": {c: num(rows[k][j]) for j, c in chans}}).encode(),
-             rows[k][ti]) for k in order]
+def closed_steps(header: list[str], rows: list[list[str]], dt_seconds: int) -> dict[str, int]:
+    """Per turbine, the steps the daemon closes once all rows are in: every bin from its first to its last,
+    less the last one, which stays open until a later sample arrives."""
+    ts = np.array([parse_timestamp_ns(r[header.index("timestamp")]) for r in rows], dtype=np.int64)
+    labels = bin_end_ns(ts, dt_seconds)
+    ids = np.array([r[header.index("turbine_id")] for r in rows])
+    return {str(t): int((labels[ids == t].max() - labels[ids == t].min()) // (dt_seconds * 10**9))
+            for t in np.unique(ids)}
 
 
 def run_through_broker(bundle_dir: Path, stream_csv: Path, scores_out: Path, alerts_out: Path, workdir: Path,
@@ -185,18 +193,18 @@ def run_through_broker(bundle_dir: Path, stream_csv: Path, scores_out: Path, ale
     try:
         if not subscribed.wait(20):
             raise RuntimeError("the demo collector could not subscribe to the local broker")
-        msgs = _messages(stream_csv)
+        with stream_csv.open(newline="") as fh:
+            reader = csv.reader(fh)
+            header = next(reader)
+            rows = list(reader)
+        order = pd.to_datetime([r[header.index("timestamp")] for r in rows], utc=True, format="ISO8601")
+        rows = [rows[k] for k in order.argsort(kind="stable")]
+        msgs = telemetry_messages(header, rows, SITE)
         log(f"publishing {len(msgs):,} telemetry messages through {broker.url}")
-        infos = [pub.publish(t, p, qos=1) for t, p, _ in msgs]
+        infos = [pub.publish(t, p, qos=1) for t, p in msgs]
         for i in infos:
             i.wait_for_publish(timeout=120)
-        dt = bundle.spec.dt_seconds * 10**9
-        bins: dict[str, list[int]] = {}
-        for t, _, ts in msgs:  # first and last bin of each turbine; its last bin stays open
-            b = -(-pd.Timestamp(ts).value // dt)
-            lo_hi = bins.setdefault(t.split("/")[2], [b, b])
-            lo_hi[0], lo_hi[1] = min(lo_hi[0], b), max(lo_hi[1], b)
-        expected = sum(hi - lo for lo, hi in bins.values())
+        expected = sum(closed_steps(header, rows, bundle.spec.dt_seconds).values())
         end = time.monotonic() + 600
         while time.monotonic() < end:
             with lock:

@@ -178,8 +178,7 @@ class Engine:
             thr[b], source = self.bundle.calibration.threshold_for(s.turbine, reg)
             src.append(source)
         s_now = np.asarray(res.s_now, dtype=np.float64)
-        for v in s_now:
-            self.drift.update(float(v))
+        self.drift.update_many(s_now)
         on = np.zeros(len(steps), dtype=bool)
         t_on = np.zeros(len(steps), dtype=bool)
         t_off = np.zeros(len(steps), dtype=bool)

@@ -20,12 +20,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from export.demo_broker import MosquittoProcess, find_mosquitto
+from export.demo_broker import MosquittoProcess, closed_steps, find_mosquitto, telemetry_messages
+from runtime.binning import bin_end_ns
 from runtime.config import config_from_dict
 from runtime.daemon import Daemon
 from runtime.telemetry import parse_timestamp_ns
@@ -59,12 +61,9 @@ def read_slice(csv_path: Path, start_iso: str, end_iso: str) -> tuple[list[str],
     with open(csv_path, newline="") as fh:
         reader = csv.reader(fh)
         header = next(reader)
-        ti = header.index("timestamp")
-        rows = []
-        for r in reader:
-            label = -(-parse_timestamp_ns(r[ti]) // DT_NS) * DT_NS
-            if lo <= label <= hi:
-                rows.append(r)
+        every = list(reader)
+    ti = header.index("timestamp")
+    rows = [r for r, label in zip(every, bin_labels(header, every)) if lo <= label <= hi]
     rows.sort(key=lambda r: parse_timestamp_ns(r[ti]))
     return header, rows
 
@@ -77,33 +76,20 @@ def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
     return path
 
 
-def _num(cell: str) -> float | None:
-    try:
-        return float(cell)
-    except ValueError:
-        return None  # empty or non-numeric: the gateway sends null (missing)
-
-
 def to_messages(header: list[str], rows: list[list[str]]) -> list[tuple[str, bytes]]:
-    """(topic, payload) per raw row, channels under their column names."""
-    ti, ii = header.index("timestamp"), header.index("turbine_id")
-    chans = [c for c in header if c not in ("timestamp", "turbine_id")]
-    out = []
-    for r in rows:
-        values = {c: _num(r[header.index(c)]) for c in chans}
-        out.append((f"scada/{SITE}/{r[ii]}/telemetry", json.dumps({"ts": r[ti], "values": values}).encode()))
-    return out
+    """(topic, payload) per raw row of this test site (`export.demo_broker.telemetry_messages`)."""
+    return telemetry_messages(header, rows, SITE)
 
 
 def expected_steps(rows: list[list[str]], header: list[str]) -> dict[str, int]:
-    """Per turbine: closed steps once all rows are in (every bin from the first to the last, minus the open one)."""
-    ti, ii = header.index("timestamp"), header.index("turbine_id")
-    span: dict[str, list[int]] = {}
-    for r in rows:
-        lab = -(-parse_timestamp_ns(r[ti]) // DT_NS) * DT_NS
-        lo, hi = span.get(r[ii], [lab, lab])
-        span[r[ii]] = [min(lo, lab), max(hi, lab)]
-    return {t: (hi - lo) // DT_NS for t, (lo, hi) in span.items()}
+    """Per turbine: closed steps once all rows are in (`export.demo_broker.closed_steps`)."""
+    return closed_steps(header, rows, DT_NS // 10**9)
+
+
+def bin_labels(header: list[str], rows: list[list[str]]) -> list[int]:
+    """The bin (end, ns) of each raw row."""
+    ti = header.index("timestamp")
+    return bin_end_ns(np.array([parse_timestamp_ns(r[ti]) for r in rows], dtype=np.int64), DT_NS // 10**9).tolist()
 
 
 def client(url: str, client_id: str, callbacks: dict[str, Any] | None = None, **auth: Any) -> paho.Client:

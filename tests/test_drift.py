@@ -198,3 +198,18 @@ def test_monitor_refuses_bad_parameters_and_state():
         m.load_state_dict({"values": [0.1, 0.2, 0.3, 0.4]})
     with pytest.raises(DriftError, match="expected keys"):
         m.load_state_dict({"values": [], "pos": 0})
+
+
+def test_monitor_update_many_equals_update_one_by_one():
+    rng = np.random.default_rng(3)
+    levels, values = [0.0, 0.5, 1.0], [0.0, 1.0, 3.0]
+    one, many = ScoreDriftMonitor(levels, values, window=7), ScoreDriftMonitor(levels, values, window=7)
+    for size in (0, 3, 1, 9, 5, 20, 2):  # batches shorter and longer than the window
+        batch = rng.exponential(1.0, size)
+        for v in batch:
+            one.update(v)
+        many.update_many(batch)
+        np.testing.assert_equal(one.get(), many.get())  # NaN-aware: both NaN before any score
+        np.testing.assert_array_equal(one.state_dict()["values"], many.state_dict()["values"])
+    with pytest.raises(DriftError, match="finite"):
+        many.update_many([1.0, float("nan")])

@@ -25,7 +25,7 @@ from runtime.replay import replay
 from runtime.scorer import OnnxScorer
 from runtime.telemetry import Sample, parse_timestamp_ns
 from tests.mosquitto import (
-    DT_NS, GATEWAY, SITE, Broker, Collector, DaemonThread, by_key, client, daemon_config, expected_steps,
+    DT_NS, GATEWAY, SITE, Broker, bin_labels, Collector, DaemonThread, by_key, client, daemon_config, expected_steps,
     publish_all, read_slice, require_mosquitto, to_messages, wait_for, write_csv,
 )
 
@@ -516,8 +516,7 @@ def test_engine_state_survives_a_restart(bundle, scorer, timeline, tmp_path):
     from runtime.state_file import load_state, save_state
 
     header, rows, path = timeline
-    ti = header.index("timestamp")
-    label = [-(-parse_timestamp_ns(r[ti]) // DT_NS) * DT_NS for r in rows]
+    label = bin_labels(header, rows)
     cut = label[len(rows) // 2]  # split at a bin boundary: every bin lies wholly in one half
     first = write_csv(tmp_path / "a.csv", header, [r for r, b in zip(rows, label) if b <= cut])
     second = write_csv(tmp_path / "b.csv", header, [r for r, b in zip(rows, label) if b > cut])
@@ -545,8 +544,7 @@ def test_engine_state_survives_a_restart(bundle, scorer, timeline, tmp_path):
 
 def test_daemon_restart_resumes_from_its_state_file(broker, bundle, scorer, timeline, replayed, tmp_path):
     header, rows, _ = timeline
-    ti = header.index("timestamp")
-    label = [-(-parse_timestamp_ns(r[ti]) // DT_NS) * DT_NS for r in rows]
+    label = bin_labels(header, rows)
     cut = label[len(rows) // 2]
     col = Collector(broker.url, [f"scada/{SITE}/+/score"], client_id="st-collector")
     wait_for(lambda: col.ready(), 10, "collector connect")
