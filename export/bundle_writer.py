@@ -24,6 +24,7 @@ from trainer.config import RootCfg
 from trainer.calibrate import CALIBRATION_SPLIT, calibrate, feature_reference, fit_feature_scale
 from trainer.fit import PreparedData, load_checkpoint
 from trainer.infer import build_reference, checkpoint_config
+from trainer.mask_groups import feature_groups
 
 __all__ = ["export_bundle", "default_out_dir"]
 
@@ -78,6 +79,8 @@ def export_bundle(
             raise ExportError(f"torch/onnxruntime parity out of tolerance (atol={atol}, rtol={rtol}): {bad}; "
                               "nothing was written")
     mcfg, labels, inf = mods.model.cfg, cfg.data.labels, cfg.infer
+    groups = (feature_groups(cfg).members(list(ckpt["feature_registry"]["feature_names"]))
+              if mods.scoring.masks == "group" else None)
     manifest = {
         "dims": {"L": mods.L, "K": mcfg.K, "F": mcfg.F, "R": mcfg.R, "C": mcfg.C, "RF": mcfg.receptive_field},
         "dt_seconds": int(ckpt["pipeline_spec"]["dt_seconds"]),
@@ -89,7 +92,8 @@ def export_bundle(
         "heads": {"forecast": mcfg.forecast_enabled, "fault": mcfg.fault_enabled,
                   "fault_multilabel": mcfg.fault_multilabel, "rul": mcfg.rul_enabled},
         "class_names": list(labels.class_names) if labels.enabled else [],
-        "scoring": {"p_score": inf.p_score, "passes": mods.scoring.P, "seed": inf.score_seed,
+        "scoring": {"masks": mods.scoring.masks, "p_score": mods.scoring.p_score, "groups": groups,
+                    "passes": mods.scoring.P, "seed": inf.score_seed,
                     "aggregation": inf.aggregation.name, "halflife": inf.aggregation.halflife_steps,
                     "k": inf.aggregation.k,
                     "topn": inf.topn_features},

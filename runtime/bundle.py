@@ -1,6 +1,6 @@
 """The deployment bundle: what `scada-export` writes and the edge loads, and nothing else.
 
-Format (schema version 1)
+Format (schema version 2)
 -------------------------
 A bundle is a directory of three files:
 
@@ -10,8 +10,8 @@ A bundle is a directory of three files:
   `feat_contrib` (batch, F), `top_idx` (batch, topn) int64, `E` (batch, L, F).
 - `bundle.json`: UTF-8 JSON object (at most 16 MiB, no NaN or Infinity) with exactly these keys:
 
-  schema_version   1
-  model_id         sha256 hex of "scada-tcn-bundle/1", the sha256 of each graph (in file-name order) and the
+  schema_version   2 (version 2 added scoring.masks and scoring.groups)
+  model_id         sha256 hex of "scada-tcn-bundle/2", the sha256 of each graph (in file-name order) and the
                    canonical JSON of the feature and flag registries (`compute_model_id`)
   dims             {L, K, F, R, C, RF}: window, horizon, features, flags, fault classes, receptive field
   dt_seconds       step of the binned series
@@ -22,8 +22,11 @@ A bundle is a directory of three files:
   scaler           `runtime.scaling.RobustScaler.to_dict()` (its `scaled` says which columns are scaled)
   heads            {forecast, fault, fault_multilabel, rul}: booleans
   class_names      fault class names (class 0 normal); len C when the fault head is on
-  scoring          {p_score, passes, seed, aggregation, halflife, topn, k}: halflife for recent_weighted, k for
-                   feature_topk (the per-feature error levels it divides by are constants of scoring.onnx)
+  scoring          {masks, p_score, groups, passes, seed, aggregation, halflife, topn, k}: masks "element"
+                   (passes = round(1/p_score) random patterns; groups null) or "group" (one pass per group, the
+                   group hidden over the whole window; groups = name -> feature names, a partition of the
+                   features; p_score null); halflife for recent_weighted, k for feature_topk (the per-feature
+                   error levels it divides by are constants of scoring.onnx)
   calibration      `runtime.calibration.Calibration.to_dict()`
   alerting         {T_on, T_off, N_on, N_off}: T_* are multiples of the calibrated threshold
   score_reference  {split, n_windows, levels, values}: quantiles of validation scores, for drift checks
@@ -70,7 +73,7 @@ __all__ = [
     "expected_graph_io",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUNDLE_JSON = "bundle.json"
 GRAPH_FILES = {"clean": "clean.onnx", "scoring": "scoring.onnx"}
 MAX_JSON_BYTES = 16 * 1024 * 1024
@@ -82,6 +85,7 @@ TOP_KEYS = (
 )
 _COMPUTED = ("schema_version", "model_id", "checksums")  # written by dump_bundle, not by the caller
 AGGREGATIONS = ("masked_mean", "recent_weighted", "feature_topk")
+SCORE_MASKS = ("element", "group")
 _FLOAT, _INT64 = "tensor(float)", "tensor(int64)"
 
 
@@ -154,7 +158,9 @@ class Dims:
 
 @dataclass(frozen=True)
 class ScoringParams:
-    p_score: float
+    masks: str  # element | group
+    p_score: float | None  # element masks only
+    groups: dict[str, tuple[str, ...]] | None  # group masks only: group name -> its features
     passes: int
     seed: int
     aggregation: str
@@ -335,7 +341,16 @@ def _parse(doc: dict[str, Any], path: Path, graphs: dict[str, bytes]) -> Bundle:
     hd = _keys(doc["heads"], ("forecast", "fault", "fault_multilabel", "rul"), "heads")
     heads = {k: _typed(hd, k, "heads", bool) for k in hd}
     class_names = _strs(doc, "class_names", "<top level>")
-    sd = _keys(doc["scoring"], ("p_score", "passes", "seed", "aggregation", "halflife", "topn", "k"), "scoring")
+    sd = _keys(doc["scoring"], ("masks", "p_score", "groups", "passes", "seed", "aggregation", "halflife", "topn", "k"),
+               "scoring")
+    if sd["masks"] not in SCORE_MASKS:
+        raise _fail(f"scoring.masks: unknown {sd['masks']!r}; allowed {list(SCORE_MASKS)}")
+    if (sd["masks"] == "element") != (sd["p_score"] is not None) or (sd["masks"] == "group") != (sd["groups"] is not None):
+        raise _fail("scoring: masks 'element' takes p_score and groups null; masks 'group' takes groups and p_score null")
+    groups = None
+    if sd["groups"] is not None:
+        gd = _typed(sd, "groups", "scoring", dict)
+        groups = {str(g): tuple(_strs(gd, g, "scoring.groups")) for g in gd}
     if sd["aggregation"] not in AGGREGATIONS:
         raise _fail(f"scoring.aggregation: unknown {sd['aggregation']!r}; allowed {list(AGGREGATIONS)}")
     if (sd["aggregation"] == "recent_weighted") != (sd["halflife"] is not None):
@@ -343,7 +358,8 @@ def _parse(doc: dict[str, Any], path: Path, graphs: dict[str, bytes]) -> Bundle:
     if (sd["aggregation"] == "feature_topk") != (sd["k"] is not None):
         raise _fail("scoring.k: required by, and only allowed with, aggregation 'feature_topk'")
     scoring = ScoringParams(
-        p_score=_num(sd, "p_score", "scoring"), passes=_int(sd, "passes", "scoring", 2), seed=_int(sd, "seed", "scoring"),
+        masks=sd["masks"], groups=groups,
+        p_score=None if sd["p_score"] is None else _num(sd, "p_score", "scoring"), passes=_int(sd, "passes", "scoring", 2), seed=_int(sd, "seed", "scoring"),
         aggregation=_typed(sd, "aggregation", "scoring", str),
         halflife=None if sd["halflife"] is None else _num(sd, "halflife", "scoring", 1e-12), topn=_int(sd, "topn", "scoring", 1),
         k=None if sd["k"] is None else _int(sd, "k", "scoring", 1),
@@ -390,8 +406,14 @@ def _parse(doc: dict[str, Any], path: Path, graphs: dict[str, bytes]) -> Bundle:
         problems.append(f"{len(class_names)} class_names for C={dims.C} fault classes")
     if not (heads["forecast"] or heads["fault"] or heads["rul"]):
         problems.append("no head of the clean graph is on")
-    if not 0.0 < scoring.p_score < 1.0 or scoring.passes != round(1.0 / scoring.p_score):
+    if scoring.p_score is not None and (not 0.0 < scoring.p_score < 1.0 or scoring.passes != round(1 / scoring.p_score)):
         problems.append(f"scoring.passes={scoring.passes} is not round(1/p_score) for p_score={scoring.p_score} in (0, 1)")
+    if scoring.groups is not None:
+        grouped = [f for members in scoring.groups.values() for f in members]
+        if sorted(grouped) != sorted(spec.feature_names) or any(not m for m in scoring.groups.values()):
+            problems.append("scoring.groups must be non-empty groups that hold every feature of the registry once")
+        if scoring.passes != len(scoring.groups):
+            problems.append(f"scoring.passes={scoring.passes} but there are {len(scoring.groups)} groups")
     if not 1 <= scoring.topn <= dims.F:
         problems.append(f"scoring.topn={scoring.topn} is not in [1, F={dims.F}]")
     if alerting.T_off > alerting.T_on:

@@ -205,6 +205,20 @@ class PipelineSpec:
             names += self.rolling.output_names()
         return names
 
+    def feature_bases(self) -> list[str]:
+        """Per feature, the base column it is computed from (aligned with feature_names).
+
+        A raw channel and its sin/cos are based on the channel; yaw error and differences on themselves; a delta
+        or rolling statistic on the column it differences or rolls. Features sharing a base carry the same signal.
+        """
+        bases = [c for c in self.feature_channels for _ in ((0, 1) if c in self.angular_channels else (0,))]
+        if self.yaw_error is not None:
+            bases.append(self.yaw_error.output_name)
+        bases += list(self.differences) + list(self.deltas)
+        if self.rolling is not None:
+            bases += [c for c in self.rolling.channels for _ in self.rolling.windows for _ in self.rolling.stats]
+        return bases
+
     @property
     def n_features(self) -> int:
         return len(self.feature_names)

@@ -44,7 +44,7 @@ GOLDEN_KEYS = {
     "feature_registry": ["angular_channel_names", "engineered_version", "feature_names", "raw_channel_names"],
     "flag_registry": ["flag_names", "flags_version"],
     "heads": ["fault", "fault_multilabel", "forecast", "rul"],
-    "scoring": ["aggregation", "halflife", "k", "p_score", "passes", "seed", "topn"],
+    "scoring": ["aggregation", "groups", "halflife", "k", "masks", "p_score", "passes", "seed", "topn"],
     "calibration": ["fallbacks", "fitted_on", "global_threshold", "method", "min_windows", "n_windows", "params",
                     "per_regime",
                     "per_turbine", "per_turbine_regime", "percentile"],
@@ -117,8 +117,8 @@ def tiny_manifest() -> dict:
         "scaler": scaler.to_dict(),
         "heads": {"forecast": True, "fault": True, "fault_multilabel": False, "rul": False},
         "class_names": ["normal", "fault"],
-        "scoring": {"p_score": 0.25, "passes": 4, "seed": 1, "aggregation": "masked_mean", "halflife": None,
-                    "topn": TOPN, "k": None},
+        "scoring": {"masks": "element", "p_score": 0.25, "groups": None, "passes": 4, "seed": 1,
+                    "aggregation": "masked_mean", "halflife": None, "topn": TOPN, "k": None},
         "calibration": cal.to_dict(),
         "alerting": {"T_on": 1.0, "T_off": 0.8, "N_on": 3, "N_off": 6},
         "score_reference": {"split": "val", "n_windows": 40, "levels": [0.0, 0.5, 1.0], "values": [0.0, 0.5, 1.0]},
@@ -157,7 +157,7 @@ def test_tiny_bundle_key_set_is_pinned(bundle_dir):
     got = {"<top>": sorted(doc)} | {k: sorted(doc[k]) for k in GOLDEN_KEYS if k != "<top>"}
     assert got == GOLDEN_KEYS
     assert sorted(p.name for p in bundle_dir.iterdir()) == ["bundle.json", "clean.onnx", "scoring.onnx"]
-    assert doc["schema_version"] == SCHEMA_VERSION == 1
+    assert doc["schema_version"] == SCHEMA_VERSION == 2
     sha = {f: hashlib.sha256((bundle_dir / f).read_bytes()).hexdigest() for f in GRAPH_FILES.values()}
     assert doc["checksums"] == sha
     assert doc["model_id"] == compute_model_id(sha, doc["feature_registry"], doc["flag_registry"])
@@ -254,10 +254,10 @@ def test_refuses_registry_edit_through_the_model_id(bundle_dir):
 
 
 def test_refuses_unknown_schema_version(bundle_dir):
-    for v in (2, 0, "1", None):
+    for v in (1, 3, 0, "2", None):
         _edit(bundle_dir, lambda d: d.update(schema_version=v))
         assert _message(bundle_dir) == (
-            f"bundle.json: schema_version {v!r} is not supported (this runtime reads version 1); export the model "
+            f"bundle.json: schema_version {v!r} is not supported (this runtime reads version 2); export the model "
             "again with a scada-export of the same release as this runtime")
 
 

@@ -155,6 +155,9 @@ class FeaturesCfg:
     fill_value_c: float = 0.0
     scaler: ScalerCfg = field(default_factory=ScalerCfg)
     output_ordering: OrderingCfg = field(default_factory=OrderingCfg)
+    # name -> base columns (channels, yaw error, differences) that carry one physical signal and are hidden
+    # together by the group masks; a base not listed is a group of its own (trainer.mask_groups)
+    mask_groups: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -269,6 +272,7 @@ class TrainCfg:
     batch_size: int = 64
     epochs: int = 10
     p_mask: float = 0.15
+    group_mask_prob: float = 0.0  # share of masked-reconstruction windows hiding one whole feature group
     loss: LossCfg = field(default_factory=LossCfg)
     optimizer: OptimizerCfg = field(default_factory=OptimizerCfg)
     scheduler: SchedulerCfg = field(default_factory=SchedulerCfg)
@@ -321,6 +325,7 @@ class AlertingCfg:
 class InferCfg:
     p_score: float = 0.25
     score_seed: int = 1234
+    score_masks: str = "element"  # element (P = round(1/p_score) random patterns) | group (one pass per group)
     aggregation: AggregationCfg = field(default_factory=AggregationCfg)
     topn_features: int = 5
     calibration: CalibrationCfg = field(default_factory=CalibrationCfg)

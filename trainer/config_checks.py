@@ -35,6 +35,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.scheduler.name": ("none", "cosine"),
     "infer.aggregation.name": ("masked_mean", "recent_weighted", "feature_topk"),
     "infer.calibration.method": ("percentile", "evt"),
+    "infer.score_masks": ("element", "group"),
 }
 AGGREGATIONS = ("mean", "max", "min", "last")
 _TURBINE_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]+$")
@@ -217,6 +218,10 @@ def validate_config(cfg: RootCfg) -> None:
         (cfg.data.sampling.dt_minutes > 0, "data.sampling.dt_minutes must be > 0"),
         (0.0 < cfg.train.p_mask < 1.0, "train.p_mask must be in (0, 1)"),
         (0.0 < cfg.infer.p_score < 1.0, "infer.p_score must be in (0, 1)"),
+        (0.0 <= cfg.train.group_mask_prob <= 1.0, "train.group_mask_prob must be in [0, 1]"),
+        (cfg.infer.score_masks != "group" or cfg.train.group_mask_prob > 0,
+         "infer.score_masks=group needs a model trained with train.group_mask_prob > 0 (e.g. 0.5): a model that never "
+         "saw a whole signal hidden cannot predict it from the others"),
         (cfg.train.batch_size > 0 and cfg.train.epochs > 0, "train.batch_size and train.epochs must be > 0"),
         (cfg.infer.topn_features > 0, "infer.topn_features must be > 0"),
         (0.0 < cfg.infer.calibration.percentile < 100.0, "infer.calibration.percentile must be in (0, 100)"),
@@ -241,3 +246,7 @@ def validate_config(cfg: RootCfg) -> None:
     _check_splits(cfg)
     _check_channels(cfg)
     _check_model(cfg)
+    if cfg.features.mask_groups or cfg.train.group_mask_prob > 0 or cfg.infer.score_masks == "group":
+        from trainer.mask_groups import feature_groups  # imports the registry, which imports this module
+
+        feature_groups(cfg)

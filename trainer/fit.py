@@ -23,6 +23,7 @@ from tqdm import tqdm
 from runtime.errors import SpecError
 from trainer.config import RootCfg, save_resolved, to_container
 from trainer.dataset import WindowDataset, make_loader
+from trainer.mask_groups import feature_groups
 from trainer.model import ModelConfig, MultiTaskTCN
 from trainer.registry import (
     FeatureRegistry,
@@ -68,6 +69,8 @@ def step_config(cfg: RootCfg, flag_names: list[str], device: torch.device) -> Tr
         rul_enabled=h.rul.enabled, lambda_rul=loss.lambdas.rul, rul_cap=float(cfg.data.rul.cap),
         regime_weight_map={flag_names.index(k): v for k, v in rw.weight_map.items()} if rw.enabled else {},
         amp=cfg.train.amp and device.type == "cuda",
+        p_group=cfg.train.group_mask_prob,
+        group_of=feature_groups(cfg).group_of if cfg.train.group_mask_prob > 0 else (),
     )
 
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from trainer.config import RootCfg, split_overrides, to_root
 from trainer.config_checks import ConfigError
+from trainer.mask_groups import feature_groups
 from trainer.masking import build_model_input, fill_missing
 from trainer.model import ModelConfig, MultiTaskTCN, strip_weight_norm
 from trainer.scoring import ScoringModule
@@ -122,10 +123,11 @@ def build_reference(ckpt: dict[str, Any], cfg: RootCfg) -> ReferenceModules:
     model.load_state_dict(ckpt["model_state"])
     model = strip_weight_norm(copy.deepcopy(model)).eval()
     inf = cfg.infer
+    group_of = feature_groups(cfg).group_of if inf.score_masks == "group" else None
     scoring = ScoringModule(
-        model, cfg.data.windowing.L, model.cfg.F, p_score=inf.p_score, seed=inf.score_seed,
+        model, cfg.data.windowing.L, model.cfg.F, p_score=None if group_of else inf.p_score, seed=inf.score_seed,
         aggregation=inf.aggregation.name, topn=inf.topn_features, recent_halflife=inf.aggregation.halflife_steps,
-        fill_value=cfg.features.fill_value_c, k=inf.aggregation.k,
+        fill_value=cfg.features.fill_value_c, k=inf.aggregation.k, group_of=group_of,
     ).eval()
     clean = CleanPass(model, cfg.features.fill_value_c).eval()
     return ReferenceModules(model=model, clean=clean, graph=clean.inner, scoring=scoring, L=cfg.data.windowing.L)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["sample_mask", "apply_mask", "fill_missing", "build_model_input", "mask_stats"]
+__all__ = ["sample_mask", "sample_group_mask", "apply_mask", "fill_missing", "build_model_input", "mask_stats"]
 
 
 def sample_mask(M_miss: torch.Tensor, p_mask: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -27,6 +27,30 @@ def sample_mask(M_miss: torch.Tensor, p_mask: float, generator: torch.Generator 
     u = torch.rand(M_miss.shape, generator=generator, device=device, dtype=torch.float32).to(M_miss.device)
     hide = (u < p_mask) & (M_miss > 0.5)
     return (~hide).to(torch.float32)
+
+
+def sample_group_mask(
+    M_miss: torch.Tensor, M_mask: torch.Tensor, group_of: torch.Tensor, p_group: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """With probability `p_group` per window, replace its mask by one that hides one whole feature group.
+
+    `group_of` (F,) int64 gives each feature's group (0 .. G-1). A chosen window gets a uniformly drawn group
+    hidden at every present element of the window, and nothing else; the other windows keep `M_mask`. A
+    hidden group cannot be copied from its own past or from a sibling feature of the same signal, so the model
+    learns to predict it from the rest of the turbine (what the "group" scoring masks ask of it).
+    """
+    if not 0.0 <= p_group <= 1.0:
+        raise ValueError(f"sample_group_mask: p_group must be in [0, 1], got {p_group}")
+    B, _, F = M_miss.shape
+    if group_of.shape != (F,):
+        raise ValueError(f"sample_group_mask: group_of must be ({F},), got {tuple(group_of.shape)}")
+    device = generator.device if generator is not None else M_miss.device
+    n_groups = int(group_of.max()) + 1
+    chosen = (torch.rand(B, generator=generator, device=device) < p_group).to(M_miss.device)
+    g = torch.randint(n_groups, (B,), generator=generator, device=device).to(M_miss.device)
+    hide = (group_of.to(M_miss.device).reshape(1, 1, F) == g.reshape(B, 1, 1)) & (M_miss > 0.5)  # (B, L, F)
+    return torch.where(chosen.reshape(B, 1, 1), (~hide).to(torch.float32), M_mask)
 
 
 def apply_mask(X: torch.Tensor, M_mask: torch.Tensor, fill_value: float) -> torch.Tensor:

@@ -1,10 +1,14 @@
 """Deterministic, complete mask-at-test scoring as one `nn.Module` (spec G scoring, invariant L).
 
 The spec's scoring stream samples one random M_score per call; that makes a window's score depend on the draw.
-Here the scoring masks are fixed instead: P = round(1 / p_score) complementary patterns over (time step,
-feature), built once from `seed`. Pass p hides the elements assigned to p; every present element is hidden in
-exactly one pass, so every present element is scored exactly once, and a window always gets the same score
-whatever batch it is in. Missing elements are never hidden, never scored, and the value stored there is
+Here the scoring masks are fixed instead, P complementary patterns over (time step, feature) of one of two kinds:
+- "element": P = round(1 / p_score) patterns of single elements, built once from `seed`;
+- "group": one pattern per feature group (`trainer.mask_groups`), hiding the group at every step of the window,
+  so a signal is scored on how well the rest of the turbine predicts it (the model must be trained with
+  `train.group_mask_prob` > 0). This catches slow drifts that an element mask lets the model copy from the
+  neighbouring steps.
+Pass p hides the elements assigned to p; every present element is hidden in exactly one pass, so every present
+element is scored exactly once, and a window always gets the same score whatever batch it is in. Missing elements are never hidden, never scored, and the value stored there is
 replaced by `fill_value` before the model sees it, so it cannot move the score.
 
 For each window, with E the absolute reconstruction error of each present element at the pass that hid it
@@ -35,7 +39,7 @@ from torch import nn
 from trainer.masking import apply_mask, build_model_input
 from trainer.model import MultiTaskTCN
 
-__all__ = ["AGGREGATIONS", "ScoreOutputs", "ScoringModule", "scoring_patterns", "stable_topk_indices"]
+__all__ = ["AGGREGATIONS", "ScoreOutputs", "ScoringModule", "group_patterns", "scoring_patterns", "stable_topk_indices"]
 
 AGGREGATIONS = ("masked_mean", "recent_weighted", "feature_topk")
 
@@ -57,6 +61,16 @@ def scoring_patterns(L: int, F: int, P: int, seed: int) -> torch.Tensor:
     perm = torch.randperm(L * F, generator=g)
     assign = (perm % P).reshape(L, F)
     return (assign.unsqueeze(0) == torch.arange(P).reshape(P, 1, 1)).to(torch.float32)
+
+
+def group_patterns(L: int, group_of: tuple[int, ...] | list[int]) -> torch.Tensor:
+    """(G, L, F) float32 0/1: pattern[g, l, f] = 1 iff feature f is in group g (every step l), G = max + 1."""
+    groups = torch.as_tensor(list(group_of), dtype=torch.int64)
+    G = int(groups.max()) + 1
+    if sorted(set(groups.tolist())) != list(range(G)) or G < 2:
+        raise ValueError(f"group_of must use every group index 0 .. G-1 with G >= 2, got {list(group_of)}")
+    per_feature = (groups.reshape(1, -1) == torch.arange(G).reshape(G, 1)).to(torch.float32)  # (G, F)
+    return per_feature.unsqueeze(1).expand(G, L, groups.numel()).contiguous()
 
 
 def stable_topk_indices(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -84,7 +98,7 @@ class ScoringModule(nn.Module):
         model: MultiTaskTCN,
         L: int,
         F: int,
-        p_score: float,
+        p_score: float | None,
         seed: int,
         aggregation: str = "masked_mean",
         topn: int = 5,
@@ -92,6 +106,7 @@ class ScoringModule(nn.Module):
         fill_value: float = 0.0,
         eps: float = 1e-6,
         k: int | None = None,
+        group_of: tuple[int, ...] | list[int] | None = None,
     ) -> None:
         super().__init__()
         problems = []
@@ -99,9 +114,13 @@ class ScoringModule(nn.Module):
             problems.append(f"L must be >= 1, got {L}")
         if F != model.cfg.F:
             problems.append(f"F={F} does not match the model's F={model.cfg.F}")
-        if not 0.0 < p_score < 1.0:
+        if (p_score is None) == (group_of is None):
+            problems.append("give p_score (element masks) or group_of (group masks), not both or neither")
+        elif group_of is not None and len(group_of) != F:
+            problems.append(f"group_of has {len(group_of)} entries for F={F} features")
+        elif p_score is not None and not 0.0 < p_score < 1.0:
             problems.append(f"p_score must be in (0, 1), got {p_score}")
-        elif round(1.0 / p_score) < 2:
+        elif p_score is not None and round(1.0 / p_score) < 2:
             problems.append(f"p_score={p_score} gives P=round(1/p_score)=1 pass; use p_score <= 0.66 for P >= 2")
         if aggregation not in AGGREGATIONS:
             problems.append(f"aggregation: unknown {aggregation!r}; allowed {list(AGGREGATIONS)}")
@@ -117,11 +136,13 @@ class ScoringModule(nn.Module):
 
         self.model = model
         self.L, self.F, self.R = L, F, model.cfg.R
-        self.P = round(1.0 / p_score)
+        hide = scoring_patterns(L, F, round(1.0 / p_score), seed) if group_of is None else group_patterns(L, group_of)
+        self.P = hide.shape[0]
+        self.masks = "element" if group_of is None else "group"
         self.p_score, self.seed, self.aggregation, self.topn = p_score, seed, aggregation, topn
         self.recent_halflife, self.fill_value, self.eps, self.k = recent_halflife, float(fill_value), eps, k
         # derived from the constructor arguments, so not part of the state_dict; export bakes them in as constants
-        self.register_buffer("hide", scoring_patterns(L, F, self.P, seed), persistent=False)  # (P, L, F)
+        self.register_buffer("hide", hide, persistent=False)  # (P, L, F)
         if aggregation == "recent_weighted":
             age = torch.arange(L - 1, -1, -1, dtype=torch.float64)  # L-1 ... 0 steps before the latest
             time_weight = torch.pow(0.5, age / float(recent_halflife)).to(torch.float32)

@@ -1,7 +1,9 @@
 """One training step with the spec's two streams (spec F step), and the same math without gradients for validation.
 
 Stream A, masked reconstruction: M_mask = sample_mask(M_miss, p_mask), X_corrupt = apply_mask(X, M_mask, c),
-X_in = [X_corrupt, M_miss, M_mask, Flags], L_rec on the hidden-and-present elements only.
+X_in = [X_corrupt, M_miss, M_mask, Flags], L_rec on the hidden-and-present elements only. With `p_group` > 0
+that share of the windows hides one whole feature group instead (`sample_group_mask`), which teaches the
+model to predict a signal from the rest of the turbine, as the "group" scoring masks require.
 Stream B, clean forecast + fault + RUL: M_mask = ones, L_pred on present future targets, L_fault on labelled
 windows, L_rul on windows with a RUL target (`trainer.losses.rul_loss`).
 Total: lambda_recon * L_rec + lambda_pred * L_pred + lambda_fault * L_fault + lambda_rul * L_rul.
@@ -21,7 +23,7 @@ import torch
 from torch import nn
 
 from trainer.losses import fault_loss, forecast_loss, recon_loss, regime_weights, rul_loss
-from trainer.masking import apply_mask, build_model_input, fill_missing, mask_stats, sample_mask
+from trainer.masking import apply_mask, build_model_input, fill_missing, mask_stats, sample_group_mask, sample_mask
 from trainer.model import MultiTaskTCN
 
 __all__ = ["TrainStepConfig", "train_step", "eval_losses"]
@@ -45,6 +47,8 @@ class TrainStepConfig:
     rul_cap: float = 125.0  # RUL target min(rul, rul_cap); the loss works on rul / rul_cap
     regime_weight_map: dict[int, float] = field(default_factory=dict)
     amp: bool = False
+    p_group: float = 0.0  # share of Stream A windows that hide one whole feature group instead of elements
+    group_of: tuple[int, ...] = ()  # (F,) group index of each feature; required when p_group > 0
 
     def __post_init__(self) -> None:
         problems = []
@@ -52,6 +56,10 @@ class TrainStepConfig:
             problems.append(f"p_mask must be in (0, 1), got {self.p_mask}")
         if not self.huber_delta > 0:
             problems.append(f"huber_delta must be > 0, got {self.huber_delta}")
+        if not 0.0 <= self.p_group <= 1.0:
+            problems.append(f"p_group must be in [0, 1], got {self.p_group}")
+        if self.p_group > 0 and not self.group_of:
+            problems.append("p_group > 0 needs group_of, the group index of each feature")
         if not self.rul_cap > 0:
             problems.append(f"rul_cap must be > 0, got {self.rul_cap}")
         for name in ("lambda_recon", "lambda_pred", "lambda_fault", "lambda_rul"):
@@ -98,6 +106,9 @@ def _losses(
 
     # Stream A: masked reconstruction
     M_mask = sample_mask(M_miss, cfg.p_mask, generator)
+    if cfg.p_group > 0:
+        group_of = torch.tensor(cfg.group_of, dtype=torch.int64)
+        M_mask = sample_group_mask(M_miss, M_mask, group_of, cfg.p_group, generator)
     X_in_A = build_model_input(apply_mask(X, M_mask, cfg.fill_value), M_miss, M_mask, Flags)  # (B, L, 3F+R)
     # Stream B: clean input for forecast and fault
     X_in_B = build_model_input(X, M_miss, ones, Flags)
