@@ -1,6 +1,9 @@
 """Benchmark: training throughput, data-wait share, validation losses per head and anomaly ROC-AUC.
 
-    python bench/bench_train.py [--turbines 6] [--days 120] [--epochs 2] [--steps-per-epoch 150]
+    python bench/bench_train.py [--turbines 6] [--days 120] [--epochs 2] [--steps-per-epoch 150] [OVERRIDES...]
+
+OVERRIDES are config overrides for training and scoring, e.g. `train.group_mask_prob=0.5
+infer.score_masks=group` to train with group masks and score with one pass per feature group.
 
 On the built-in simulator (labelled faults): simulate -> scada-prepare -> scada-train with the default model
 (L=144, D=64) on this machine's device -> the deterministic scoring pass over every test window. Prints:
@@ -57,11 +60,13 @@ def main() -> None:
     ap.add_argument("--score-every", type=int, default=1, help="score every k-th test window (all fault windows)")
     ap.add_argument("--halflife", type=float, default=6.0, help="half-life (steps) of the recent_weighted score")
     ap.add_argument("--k", type=int, default=3, help="k of the feature_topk score")
+    ap.add_argument("overrides", nargs="*", help="extra config overrides, e.g. train.group_mask_prob=0.5")
     a = ap.parse_args()
 
     from trainer.calibrate import fit_feature_scale
     from trainer.config import load_config
     from trainer.fit import PreparedData, fit, load_checkpoint
+    from trainer.mask_groups import feature_groups
     from trainer.metrics import roc_auc
     from trainer.model import ModelConfig, MultiTaskTCN
     from trainer.prepare import prepare
@@ -75,7 +80,7 @@ def main() -> None:
         f"data.paths.raw_dir={synth / 'scada.csv'}", f"data.paths.labels_file={synth / 'labels.csv'}",
         f"data.paths.processed_dir={a.workdir / 'processed'}", f"output_dir={a.workdir / 'run'}",
         f"train.epochs={a.epochs}", f"train.max_steps_per_epoch={a.steps_per_epoch}", f"device={a.device}",
-        "train.early_stopping_patience=100",
+        "train.early_stopping_patience=100", *a.overrides,
     ])
     prepare(cfg)
     log = a.workdir / "run" / "logs" / "train.jsonl"
@@ -109,10 +114,14 @@ def main() -> None:
     y = test.y
     keep = np.flatnonzero((y > 0) | (np.arange(len(y)) % a.score_every == 0))
     y = y[keep]
+    group_of = feature_groups(cfg).group_of if inf.score_masks == "group" else None
+    print(f"scoring masks: {inf.score_masks}" + (f" ({max(group_of) + 1} groups)" if group_of else
+                                                 f" (p_score {inf.p_score})"))
     for agg, halflife, k in (("masked_mean", None, None), ("recent_weighted", a.halflife, None),
                              ("feature_topk", None, a.k)):
-        scorer = ScoringModule(model, cfg.data.windowing.L, data.F, inf.p_score, inf.score_seed, agg,
-                               inf.topn_features, halflife, cfg.features.fill_value_c, k=k)
+        scorer = ScoringModule(model, cfg.data.windowing.L, data.F, None if group_of else inf.p_score,
+                               inf.score_seed, agg, inf.topn_features, halflife, cfg.features.fill_value_c, k=k,
+                               group_of=group_of)
         fit_feature_scale(scorer, data, cfg)  # feature_topk only: error levels of the validation split
         scores = []
         with torch.no_grad():

@@ -7,12 +7,14 @@ refused. Output columns are exactly `spec.feature_names`:
 
 * base columns, in `spec.base_names()` order: feature channels as they are, angular channels as
   `{c}_sin`, `{c}_cos` (angles in `spec.angle_units`), then the yaw error
-  wrap(wind_dir - nacelle_dir) into [-180, 180) deg or [-pi, pi) rad;
+  wrap(wind_dir - nacelle_dir) into [-180, 180) deg or [-pi, pi) rad (with `min_wind_speed`: only where the
+  wind speed is at least that, since an idle turbine does not track the wind);
 * `{c}_delta` = x[t] - x[t-1] for `spec.deltas` (base columns);
 * `{c}_r{stat}{w}`: causal strict-present rolling mean / population std over the last w steps.
 
 Missingness (1 = present in the uint8 mask M, NaN in the engineered array E): sin/cos missing iff
-the angle is missing; yaw error missing iff either side is; a delta is missing iff the current or
+the angle is missing; yaw error missing iff either side is (or, with `min_wind_speed`, the wind speed is
+missing or below it); a delta is missing iff the current or
 the previous step is (so always at the first step); a rolling value is missing iff any of its w
 steps is missing or fewer than w steps exist. Nothing at step t uses data after t.
 
@@ -91,6 +93,8 @@ def base_columns(raw: np.ndarray, spec: PipelineSpec) -> np.ndarray:
     if spec.yaw_error is not None:
         ye = spec.yaw_error
         out[j] = yaw_error(chan[ye.wind_dir], chan[ye.nacelle_dir], spec.angle_units)
+        if ye.wind_speed is not None:
+            out[j] = np.where(chan[ye.wind_speed] >= ye.min_wind_speed, out[j], np.nan)  # NaN wind -> missing
         j += 1
     for a, b in spec.differences.values():
         out[j] = chan[a] - chan[b]  # NaN (missing) when either side is

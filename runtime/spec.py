@@ -90,11 +90,23 @@ class RollingSpec:
 
 @dataclass(frozen=True)
 class YawErrorSpec:
-    """yaw_error = wrap(wind_dir - nacelle_dir) into [-180, 180) deg or [-pi, pi) rad."""
+    """yaw_error = wrap(wind_dir - nacelle_dir) into [-180, 180) deg or [-pi, pi) rad.
+
+    With `min_wind_speed`, the yaw error is missing at steps whose `wind_speed` channel is below it or missing:
+    below cut-in the turbine does not track the wind, so the angle between them is not a yaw error.
+    """
 
     wind_dir: str
     nacelle_dir: str
     output_name: str
+    wind_speed: str | None = None
+    min_wind_speed: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.wind_speed is None) != (self.min_wind_speed is None):
+            raise SpecError("yaw_error: wind_speed and min_wind_speed go together (both set, or both null)")
+        if self.min_wind_speed is not None and not math.isfinite(self.min_wind_speed):
+            raise SpecError(f"yaw_error.min_wind_speed must be finite, got {self.min_wind_speed}")
 
 
 @dataclass(frozen=True)
@@ -170,6 +182,9 @@ class PipelineSpec:
             for side in (self.yaw_error.wind_dir, self.yaw_error.nacelle_dir):
                 if side not in self.angular_channels:
                     raise SpecError(f"yaw_error: {side!r} must be an angular channel {list(self.angular_channels)}")
+            ws = self.yaw_error.wind_speed
+            if ws is not None and (ws not in chans or ws in self.angular_channels):
+                raise SpecError(f"yaw_error.wind_speed: {ws!r} must be a non-angular channel of {list(self.channels)}")
         base = self.base_names()
         for what, names in (("deltas", self.deltas), ("rolling.channels", self.rolling.channels if self.rolling else ())):
             unknown = sorted(set(names) - set(base))
@@ -250,6 +265,9 @@ class PipelineSpec:
                 "wind_dir": self.yaw_error.wind_dir,
                 "nacelle_dir": self.yaw_error.nacelle_dir,
                 "output_name": self.yaw_error.output_name,
+                "wind_speed": self.yaw_error.wind_speed,
+                "min_wind_speed": None if self.yaw_error.min_wind_speed is None
+                else float(self.yaw_error.min_wind_speed),
             },
             "deltas": list(self.deltas),
             "rolling": None
@@ -271,7 +289,8 @@ class PipelineSpec:
         _check_keys(d, {f for f in cls.__dataclass_fields__}, "pipeline spec")
         ye = d["yaw_error"]
         if ye is not None:
-            _check_keys(ye, {"wind_dir", "nacelle_dir", "output_name"}, "pipeline spec.yaw_error")
+            _check_keys(ye, {"wind_dir", "nacelle_dir", "output_name", "wind_speed", "min_wind_speed"},
+                        "pipeline spec.yaw_error")
         ro = d["rolling"]
         if ro is not None:
             _check_keys(ro, {"channels", "windows", "stats"}, "pipeline spec.rolling")
@@ -294,7 +313,8 @@ class PipelineSpec:
             feature_channels=_names(d, "feature_channels"),
             angular_channels=_names(d, "angular_channels"),
             angle_units=d["angle_units"],
-            yaw_error=None if ye is None else YawErrorSpec(ye["wind_dir"], ye["nacelle_dir"], ye["output_name"]),
+            yaw_error=None if ye is None else YawErrorSpec(ye["wind_dir"], ye["nacelle_dir"], ye["output_name"],
+                                                           ye["wind_speed"], ye["min_wind_speed"]),
             deltas=_names(d, "deltas"),
             rolling=None
             if ro is None

@@ -199,6 +199,28 @@ def test_incremental_equals_batch_without_rolling_or_yaw_in_radians() -> None:
     np.testing.assert_array_equal(Ei, E)
 
 
+def test_yaw_error_missing_below_min_wind_speed_in_both_adapters() -> None:
+    ye = YawErrorSpec("wind_dir", "nacelle_dir", "yaw_error", "wind_speed", 9.0)
+    spec = make_spec(yaw_error=ye, rolling=RollingSpec(("power", "yaw_error"), (6, 36), ("mean", "std")))
+    raw = make_timeline(3000, seed=3)
+    E, M = build_features(raw, spec)
+    j = spec.feature_names.index("yaw_error")
+    idle = ~(raw[:, 0] >= 9.0)  # below the threshold, or wind speed missing
+    assert idle.sum() > 300 and (~idle).sum() > 300
+    assert (M[idle, j] == 0).all() and np.isnan(E[idle, j]).all()
+    tracked = ~idle & ~np.isnan(raw[:, 3]) & ~np.isnan(raw[:, 4])
+    np.testing.assert_array_equal(E[tracked, j], yaw_error(raw[tracked, 3], raw[tracked, 4], "deg"))
+    Ei, Mi = run_stream(FeatureState(spec), raw)
+    np.testing.assert_array_equal(Mi, M)
+    assert_rel_close(Ei, E, 1e-9)
+    round_trip = PipelineSpec.from_dict(spec.to_dict())
+    assert round_trip.yaw_error == ye and round_trip.to_dict() == spec.to_dict()
+    with pytest.raises(SpecError, match="wind_speed and min_wind_speed go together"):
+        YawErrorSpec("wind_dir", "nacelle_dir", "yaw_error", "wind_speed", None)
+    with pytest.raises(SpecError, match="yaw_error.wind_speed: 'wind_dir' must be a non-angular channel"):
+        make_spec(yaw_error=YawErrorSpec("wind_dir", "nacelle_dir", "yaw_error", "wind_dir", 3.0))
+
+
 # --- causality --------------------------------------------------------------------------------------
 
 

@@ -61,7 +61,7 @@ def test_configured_groups_join_bases_and_every_other_base_stands_alone():
 ])
 def test_bad_groups_are_refused_with_the_key(groups, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        load_config(CONFIG, [*LHB, f"features.mask_groups={groups}"])
+        load_config(CONFIG, [*LHB, f"features.mask_groups={groups}", "train.group_mask_prob=0.5"])
 
 
 def test_group_scoring_needs_a_model_trained_with_group_masks():

@@ -113,6 +113,8 @@ class YawErrorCfg:
     wind_dir_col: str = "wind_dir"
     nacelle_yaw_col: str = "nacelle_dir"
     output_name: str = "yaw_error"
+    min_wind_speed: Optional[float] = None  # yaw error missing below this wind speed (the turbine is not tracking)
+    wind_speed_col: str = "wind_speed"  # the channel min_wind_speed applies to
 
 
 @dataclass

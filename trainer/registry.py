@@ -54,7 +54,9 @@ def spec_from_config(cfg: RootCfg) -> PipelineSpec:
             feature_channels=tuple(f.raw_channels),
             angular_channels=tuple(f.angular_channels),
             angle_units=f.angle_units,
-            yaw_error=YawErrorSpec(f.yaw_error.wind_dir_col, f.yaw_error.nacelle_yaw_col, f.yaw_error.output_name)
+            yaw_error=YawErrorSpec(f.yaw_error.wind_dir_col, f.yaw_error.nacelle_yaw_col, f.yaw_error.output_name,
+                                   None if f.yaw_error.min_wind_speed is None else f.yaw_error.wind_speed_col,
+                                   f.yaw_error.min_wind_speed)
             if f.yaw_error.enabled
             else None,
             deltas=tuple(f.deltas.channels) if f.deltas.enabled else (),
