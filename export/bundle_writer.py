@@ -93,6 +93,7 @@ def export_bundle(
                   "fault_multilabel": mcfg.fault_multilabel, "rul": mcfg.rul_enabled},
         "class_names": list(labels.class_names) if labels.enabled else [],
         "scoring": {"masks": mods.scoring.masks, "p_score": mods.scoring.p_score, "groups": groups,
+                    "context": [ckpt["feature_registry"]["feature_names"][i] for i in mods.scoring.context],
                     "passes": mods.scoring.P, "seed": inf.score_seed,
                     "aggregation": inf.aggregation.name, "halflife": inf.aggregation.halflife_steps,
                     "k": inf.aggregation.k,

@@ -22,10 +22,11 @@ A bundle is a directory of three files:
   scaler           `runtime.scaling.RobustScaler.to_dict()` (its `scaled` says which columns are scaled)
   heads            {forecast, fault, fault_multilabel, rul}: booleans
   class_names      fault class names (class 0 normal); len C when the fault head is on
-  scoring          {masks, p_score, groups, passes, seed, aggregation, halflife, topn, k}: masks "element"
-                   (passes = round(1/p_score) random patterns; groups null) or "group" (one pass per group, the
-                   group hidden over the whole window; groups = name -> feature names, a partition of the
-                   features; p_score null); halflife for recent_weighted, k for feature_topk (the per-feature
+  scoring          {masks, p_score, groups, context, passes, seed, aggregation, halflife, topn, k}: masks
+                   "element" (passes = round(1/p_score) random patterns; groups null) or "group" (one pass per
+                   group, the group hidden over the whole window; groups = name -> feature names; p_score null);
+                   context = the features that are inputs only, never hidden or scored; groups and context
+                   partition the features; halflife for recent_weighted, k for feature_topk (the per-feature
                    error levels it divides by are constants of scoring.onnx)
   calibration      `runtime.calibration.Calibration.to_dict()`
   alerting         {T_on, T_off, N_on, N_off}: T_* are multiples of the calibrated threshold
@@ -161,6 +162,7 @@ class ScoringParams:
     masks: str  # element | group
     p_score: float | None  # element masks only
     groups: dict[str, tuple[str, ...]] | None  # group masks only: group name -> its features
+    context: tuple[str, ...]  # features that are model inputs only: never hidden, never scored
     passes: int
     seed: int
     aggregation: str
@@ -341,8 +343,8 @@ def _parse(doc: dict[str, Any], path: Path, graphs: dict[str, bytes]) -> Bundle:
     hd = _keys(doc["heads"], ("forecast", "fault", "fault_multilabel", "rul"), "heads")
     heads = {k: _typed(hd, k, "heads", bool) for k in hd}
     class_names = _strs(doc, "class_names", "<top level>")
-    sd = _keys(doc["scoring"], ("masks", "p_score", "groups", "passes", "seed", "aggregation", "halflife", "topn", "k"),
-               "scoring")
+    sd = _keys(doc["scoring"], ("masks", "p_score", "groups", "context", "passes", "seed", "aggregation", "halflife",
+                                "topn", "k"), "scoring")
     if sd["masks"] not in SCORE_MASKS:
         raise _fail(f"scoring.masks: unknown {sd['masks']!r}; allowed {list(SCORE_MASKS)}")
     if (sd["masks"] == "element") != (sd["p_score"] is not None) or (sd["masks"] == "group") != (sd["groups"] is not None):
@@ -358,7 +360,7 @@ def _parse(doc: dict[str, Any], path: Path, graphs: dict[str, bytes]) -> Bundle:
     if (sd["aggregation"] == "feature_topk") != (sd["k"] is not None):
         raise _fail("scoring.k: required by, and only allowed with, aggregation 'feature_topk'")
     scoring = ScoringParams(
-        masks=sd["masks"], groups=groups,
+        masks=sd["masks"], groups=groups, context=tuple(_strs(sd, "context", "scoring")),
         p_score=None if sd["p_score"] is None else _num(sd, "p_score", "scoring"), passes=_int(sd, "passes", "scoring", 2), seed=_int(sd, "seed", "scoring"),
         aggregation=_typed(sd, "aggregation", "scoring", str),
         halflife=None if sd["halflife"] is None else _num(sd, "halflife", "scoring", 1e-12), topn=_int(sd, "topn", "scoring", 1),
@@ -408,10 +410,13 @@ def _parse(doc: dict[str, Any], path: Path, graphs: dict[str, bytes]) -> Bundle:
         problems.append("no head of the clean graph is on")
     if scoring.p_score is not None and (not 0.0 < scoring.p_score < 1.0 or scoring.passes != round(1 / scoring.p_score)):
         problems.append(f"scoring.passes={scoring.passes} is not round(1/p_score) for p_score={scoring.p_score} in (0, 1)")
+    if not set(scoring.context) < set(spec.feature_names) or len(set(scoring.context)) != len(scoring.context):
+        problems.append("scoring.context must list distinct features of the registry, leaving one scored")
     if scoring.groups is not None:
-        grouped = [f for members in scoring.groups.values() for f in members]
+        grouped = [f for members in scoring.groups.values() for f in members] + list(scoring.context)
         if sorted(grouped) != sorted(spec.feature_names) or any(not m for m in scoring.groups.values()):
-            problems.append("scoring.groups must be non-empty groups that hold every feature of the registry once")
+            problems.append("scoring.groups must be non-empty groups that, with scoring.context, hold every feature "
+                            "of the registry once")
         if scoring.passes != len(scoring.groups):
             problems.append(f"scoring.passes={scoring.passes} but there are {len(scoring.groups)} groups")
     if not 1 <= scoring.topn <= dims.F:

@@ -146,7 +146,9 @@ def test_bundle_json_holds_every_key_of_the_issue(exported):
               "winsor_caps", "dt_seconds"):
         assert k in spec
     assert doc["scaler"]["scaled"].count(False) == 4  # sin/cos of two angular channels are not scaled
-    assert set(doc["scoring"]) == {"masks", "p_score", "groups", "passes", "seed", "aggregation", "halflife", "topn", "k"}
+    assert set(doc["scoring"]) == {"masks", "p_score", "groups", "context", "passes", "seed", "aggregation", "halflife",
+                                   "topn", "k"}
+    assert doc["scoring"]["context"] == []
     assert doc["scoring"]["masks"] == "element" and doc["scoring"]["groups"] is None
     assert doc["scoring"]["passes"] == 4
     assert set(doc["versions"]) >= {"torch", "onnx", "package"}

@@ -165,7 +165,8 @@ def test_group_scoring_exports_with_parity_and_records_its_groups(group_bundle):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda s: s["groups"]["power"].pop(), "scoring.groups must be non-empty groups that hold every feature"),
+    (lambda s: s["groups"]["power"].pop(), "scoring.groups must be non-empty groups that, with scoring.context"),
+    (lambda s: s.update(context=["no_such_feature"]), "scoring.context must list distinct features"),
     (lambda s: s.update(p_score=0.25), "masks 'group' takes groups and p_score null"),
     (lambda s: s.update(passes=3), "but there are"),
     (lambda s: s.update(masks="rows"), "scoring.masks: unknown 'rows'"),
@@ -185,3 +186,39 @@ def test_bundle_refuses_inconsistent_group_scoring(group_bundle, tmp_path, edit,
     (copy / "bundle.json").write_text(json.dumps(doc))
     with pytest.raises(BundleError, match=message):
         load_bundle(copy)
+
+
+def test_context_features_are_inputs_never_hidden_never_scored():
+    X, M_miss, Flags = _window(4, seed=6)
+    group_of = (0, 0, -1, 1, 1, 2)  # feature 2 is context
+    for kw in ({"p_score": None, "group_of": group_of}, {"p_score": 0.25, "group_of": None}):
+        scoring = ScoringModule(_model(), L, F, seed=0, topn=2, context=(2,), **kw).eval()
+        assert (scoring.hide[:, :, 2] == 0).all()
+        seen = []
+        h = scoring.model.register_forward_hook(lambda m, args, out: seen.append(args[0].clone()))
+        with torch.no_grad():
+            out = scoring(X, M_miss, Flags)
+            moved = X.clone()
+            moved[:, :, 2] += 3.0  # a context value is an input: it moves the other features' errors
+            out_moved = scoring(moved, M_miss, Flags)
+        h.remove()
+        M_score = seen[0][..., 2 * F: 3 * F]
+        assert (M_score[..., 2] == 1).all(), "a context feature is never hidden"
+        assert (out.E[..., 2] == 0).all() and (out.feat_contrib[:, 2] == 0).all()
+        scored = torch.tensor([1.0, 1, 0, 1, 1, 1])
+        torch.testing.assert_close(out.s_now, out.E.sum((1, 2)) / (M_miss * scored).sum((1, 2)))
+        assert not torch.equal(out_moved.E, out.E)
+    with pytest.raises(ValueError, match="group_of must be -1 exactly at the context features"):
+        ScoringModule(_model(), L, F, p_score=None, seed=0, topn=2, group_of=GROUP_OF, context=(2,))
+
+
+def test_context_bases_leave_the_groups_and_are_checked():
+    cfg = load_config(CONFIG, [*LHB, "features.context=[wind_dir]", "features.mask_groups.direction=[nacelle_dir,yaw_error]"])
+    names = list(spec_from_config(cfg).feature_names)
+    groups = feature_groups(cfg)
+    assert [names[i] for i in groups.context] == ["wind_dir_sin", "wind_dir_cos"]
+    assert groups.members(names)["direction"][:2] == ["nacelle_dir_sin", "nacelle_dir_cos"]
+    with pytest.raises(ConfigError, match="features.context: \\['gust'\\] are not base columns"):
+        load_config(CONFIG, [*LHB, "features.context=[gust]"])
+    with pytest.raises(ConfigError, match="'wind_dir' is in both features.context and 'direction'"):
+        load_config(CONFIG, [*LHB, "features.context=[wind_dir]"])

@@ -160,6 +160,8 @@ class FeaturesCfg:
     # name -> base columns (channels, yaw error, differences) that carry one physical signal and are hidden
     # together by the group masks; a base not listed is a group of its own (trainer.mask_groups)
     mask_groups: dict[str, list[str]] = field(default_factory=dict)
+    # base columns that are model inputs only: never hidden at scoring, never scored (e.g. wind_dir: weather)
+    context: list[str] = field(default_factory=list)
 
 
 @dataclass

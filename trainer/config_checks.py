@@ -246,7 +246,7 @@ def validate_config(cfg: RootCfg) -> None:
     _check_splits(cfg)
     _check_channels(cfg)
     _check_model(cfg)
-    if cfg.train.group_mask_prob > 0 or cfg.infer.score_masks == "group":  # the groups matter only then
+    if cfg.train.group_mask_prob > 0 or cfg.infer.score_masks == "group" or cfg.features.context:  # used only then
         from trainer.mask_groups import feature_groups  # imports the registry, which imports this module
 
         feature_groups(cfg)

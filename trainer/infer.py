@@ -123,11 +123,13 @@ def build_reference(ckpt: dict[str, Any], cfg: RootCfg) -> ReferenceModules:
     model.load_state_dict(ckpt["model_state"])
     model = strip_weight_norm(copy.deepcopy(model)).eval()
     inf = cfg.infer
-    group_of = feature_groups(cfg).group_of if inf.score_masks == "group" else None
+    groups = feature_groups(cfg) if inf.score_masks == "group" or cfg.features.context else None
+    group_of = groups.group_of if inf.score_masks == "group" else None
     scoring = ScoringModule(
         model, cfg.data.windowing.L, model.cfg.F, p_score=None if group_of else inf.p_score, seed=inf.score_seed,
         aggregation=inf.aggregation.name, topn=inf.topn_features, recent_halflife=inf.aggregation.halflife_steps,
         fill_value=cfg.features.fill_value_c, k=inf.aggregation.k, group_of=group_of,
+        context=groups.context if groups else (),
     ).eval()
     clean = CleanPass(model, cfg.features.fill_value_c).eval()
     return ReferenceModules(model=model, clean=clean, graph=clean.inner, scoring=scoring, L=cfg.data.windowing.L)

@@ -8,16 +8,18 @@ Here the scoring masks are fixed instead, P complementary patterns over (time st
   `train.group_mask_prob` > 0). This catches slow drifts that an element mask lets the model copy from the
   neighbouring steps.
 Pass p hides the elements assigned to p; every present element is hidden in exactly one pass, so every present
-element is scored exactly once, and a window always gets the same score whatever batch it is in. Missing elements are never hidden, never scored, and the value stored there is
+element is scored exactly once, and a window always gets the same score whatever batch it is in. Context
+features (`context`, e.g. the absolute wind direction: weather, not turbine health) are the exception: model
+inputs in every pass, never hidden, never scored, and left out of every denominator. Missing elements are never hidden, never scored, and the value stored there is
 replaced by `fill_value` before the model sees it, so it cannot move the score.
 
 For each window, with E the absolute reconstruction error of each present element at the pass that hid it
-(0 where missing) and w_l a weight per time step:
+(0 where missing or context), S_f = 0 for context features and 1 otherwise, and w_l a weight per time step:
 
-    feat_contrib[f] = sum_l w_l E[l, f] / max(sum_{l,f} w_l M_miss[l, f], eps)
+    feat_contrib[f] = sum_l w_l E[l, f] / max(sum_{l,f} w_l M_miss[l, f] S_f, eps)
     s_now           = sum_f feat_contrib[f]
 
-- "masked_mean": w_l = 1, so s_now = sum E / (number of present elements).
+- "masked_mean": w_l = 1, so s_now = sum E / (number of present scored elements).
 - "recent_weighted": w_l = 0.5 ** ((L - 1 - l) / recent_halflife): the latest step weighs 1, a step
   `recent_halflife` steps older weighs 1/2.
 
@@ -64,10 +66,12 @@ def scoring_patterns(L: int, F: int, P: int, seed: int) -> torch.Tensor:
 
 
 def group_patterns(L: int, group_of: tuple[int, ...] | list[int]) -> torch.Tensor:
-    """(G, L, F) float32 0/1: pattern[g, l, f] = 1 iff feature f is in group g (every step l), G = max + 1."""
+    """(G, L, F) float32 0/1: pattern[g, l, f] = 1 iff feature f is in group g (every step l), G = max + 1.
+
+    A feature of group -1 (context) is in no pattern."""
     groups = torch.as_tensor(list(group_of), dtype=torch.int64)
     G = int(groups.max()) + 1
-    if sorted(set(groups.tolist())) != list(range(G)) or G < 2:
+    if sorted(set(groups.tolist()) - {-1}) != list(range(G)) or G < 2:
         raise ValueError(f"group_of must use every group index 0 .. G-1 with G >= 2, got {list(group_of)}")
     per_feature = (groups.reshape(1, -1) == torch.arange(G).reshape(G, 1)).to(torch.float32)  # (G, F)
     return per_feature.unsqueeze(1).expand(G, L, groups.numel()).contiguous()
@@ -107,6 +111,7 @@ class ScoringModule(nn.Module):
         eps: float = 1e-6,
         k: int | None = None,
         group_of: tuple[int, ...] | list[int] | None = None,
+        context: tuple[int, ...] | list[int] = (),
     ) -> None:
         super().__init__()
         problems = []
@@ -122,6 +127,11 @@ class ScoringModule(nn.Module):
             problems.append(f"p_score must be in (0, 1), got {p_score}")
         elif p_score is not None and round(1.0 / p_score) < 2:
             problems.append(f"p_score={p_score} gives P=round(1/p_score)=1 pass; use p_score <= 0.66 for P >= 2")
+        if any(not 0 <= c < F for c in context) or len(set(context)) != len(context) or len(context) >= F:
+            problems.append(f"context must be distinct feature indices in [0, F={F}) leaving one scored, got "
+                            f"{list(context)}")
+        elif group_of is not None and [i for i, g in enumerate(group_of) if g < 0] != sorted(context):
+            problems.append("group_of must be -1 exactly at the context features")
         if aggregation not in AGGREGATIONS:
             problems.append(f"aggregation: unknown {aggregation!r}; allowed {list(AGGREGATIONS)}")
         if aggregation == "recent_weighted" and (recent_halflife is None or not recent_halflife > 0):
@@ -136,13 +146,18 @@ class ScoringModule(nn.Module):
 
         self.model = model
         self.L, self.F, self.R = L, F, model.cfg.R
+        scored = torch.ones(F)
+        scored[list(context)] = 0.0
         hide = scoring_patterns(L, F, round(1.0 / p_score), seed) if group_of is None else group_patterns(L, group_of)
+        hide = hide * scored  # context features are never hidden
         self.P = hide.shape[0]
         self.masks = "element" if group_of is None else "group"
         self.p_score, self.seed, self.aggregation, self.topn = p_score, seed, aggregation, topn
         self.recent_halflife, self.fill_value, self.eps, self.k = recent_halflife, float(fill_value), eps, k
         # derived from the constructor arguments, so not part of the state_dict; export bakes them in as constants
+        self.context = tuple(sorted(context))
         self.register_buffer("hide", hide, persistent=False)  # (P, L, F)
+        self.register_buffer("scored", scored, persistent=False)  # (F,) 0 at context features
         if aggregation == "recent_weighted":
             age = torch.arange(L - 1, -1, -1, dtype=torch.float64)  # L-1 ... 0 steps before the latest
             time_weight = torch.pow(0.5, age / float(recent_halflife)).to(torch.float32)
@@ -163,7 +178,7 @@ class ScoringModule(nn.Module):
 
     def per_feature_error(self, E: torch.Tensor, M_miss: torch.Tensor) -> torch.Tensor:
         """(B, L, F) hidden-element errors -> (B, F) time-weighted mean error of each feature over its present steps."""
-        present = (M_miss > 0.5).to(torch.float32)
+        present = (M_miss > 0.5).to(torch.float32) * self.scored
         tw = self.time_weight.reshape(1, self.L, 1)
         return (E * tw).sum(dim=1) / (present * tw).sum(dim=1).clamp_min(self.eps)
 
@@ -197,7 +212,7 @@ class ScoringModule(nn.Module):
         X_hat = self.model(X_in, return_recon=True, return_forecast=False, return_fault=False).X_hat
         X_hat = X_hat.reshape(B, P, L, F)
 
-        # each present element is hidden in exactly one pass: summing over P picks that pass's error
+        # each present scored element is hidden in exactly one pass: summing over P picks that pass's error
         err = (X_hat - X0.unsqueeze(1)).abs()  # (B, P, L, F)
         E = torch.where(hidden > 0.5, err, torch.zeros_like(err)).sum(dim=1)  # (B, L, F)
 
@@ -209,7 +224,7 @@ class ScoringModule(nn.Module):
             pick = torch.zeros_like(norm).scatter(1, stable_topk_indices(norm, int(self.k)), 1.0)
             feat_contrib = norm * pick / float(self.k)  # (B, F)
         else:
-            denom = (present * tw).sum(dim=(1, 2)).clamp_min(self.eps)  # (B,)
+            denom = (present * self.scored * tw).sum(dim=(1, 2)).clamp_min(self.eps)  # (B,) scored elements
             feat_contrib = (E * tw).sum(dim=1) / denom.unsqueeze(1)  # (B, F)
         s_now = feat_contrib.sum(dim=-1)  # (B,)
         top_idx = stable_topk_indices(feat_contrib, self.topn)  # (B, topn)
