@@ -66,11 +66,10 @@ def main() -> None:
     from trainer.calibrate import fit_feature_scale
     from trainer.config import load_config
     from trainer.fit import PreparedData, fit, load_checkpoint
-    from trainer.mask_groups import feature_groups
+    from trainer.infer import scoring_module
     from trainer.metrics import roc_auc
     from trainer.model import ModelConfig, MultiTaskTCN
     from trainer.prepare import prepare
-    from trainer.scoring import ScoringModule
     from trainer.simulator import write_synthetic
 
     synth = a.workdir / "synth"
@@ -114,14 +113,11 @@ def main() -> None:
     y = test.y
     keep = np.flatnonzero((y > 0) | (np.arange(len(y)) % a.score_every == 0))
     y = y[keep]
-    group_of = feature_groups(cfg).group_of if inf.score_masks == "group" else None
-    print(f"scoring masks: {inf.score_masks}" + (f" ({max(group_of) + 1} groups)" if group_of else
-                                                 f" (p_score {inf.p_score})"))
     for agg, halflife, k in (("masked_mean", None, None), ("recent_weighted", a.halflife, None),
                              ("feature_topk", None, a.k)):
-        scorer = ScoringModule(model, cfg.data.windowing.L, data.F, None if group_of else inf.p_score,
-                               inf.score_seed, agg, inf.topn_features, halflife, cfg.features.fill_value_c, k=k,
-                               group_of=group_of)
+        scorer = scoring_module(model, cfg, agg, halflife, k)
+        if agg == "masked_mean":
+            print(f"scoring masks: {inf.score_masks} ({scorer.P} passes, {len(scorer.context)} context features)")
         fit_feature_scale(scorer, data, cfg)  # feature_topk only: error levels of the validation split
         scores = []
         with torch.no_grad():

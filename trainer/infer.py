@@ -117,20 +117,26 @@ class ReferenceModules:
     L: int
 
 
+def scoring_module(model: MultiTaskTCN, cfg: RootCfg, aggregation: str, halflife: float | None = None,
+                   k: int | None = None) -> ScoringModule:
+    """The ScoringModule of `cfg` (mask layout, groups, context, seed) on `model` with the given aggregation."""
+    inf = cfg.infer
+    groups = feature_groups(cfg) if inf.score_masks == "group" or cfg.features.context else None
+    group_of = groups.group_of if inf.score_masks == "group" else None
+    return ScoringModule(
+        model, cfg.data.windowing.L, model.cfg.F, p_score=None if group_of else inf.p_score, seed=inf.score_seed,
+        aggregation=aggregation, topn=inf.topn_features, recent_halflife=halflife,
+        fill_value=cfg.features.fill_value_c, k=k, group_of=group_of, context=groups.context if groups else (),
+    ).eval()
+
+
 def build_reference(ckpt: dict[str, Any], cfg: RootCfg) -> ReferenceModules:
     """Rebuild the model from a checkpoint, strip weight norm on a copy, and wrap it (scoring per `cfg.infer`)."""
     model = MultiTaskTCN(ModelConfig.from_dict(ckpt["model_config"]))
     model.load_state_dict(ckpt["model_state"])
     model = strip_weight_norm(copy.deepcopy(model)).eval()
-    inf = cfg.infer
-    groups = feature_groups(cfg) if inf.score_masks == "group" or cfg.features.context else None
-    group_of = groups.group_of if inf.score_masks == "group" else None
-    scoring = ScoringModule(
-        model, cfg.data.windowing.L, model.cfg.F, p_score=None if group_of else inf.p_score, seed=inf.score_seed,
-        aggregation=inf.aggregation.name, topn=inf.topn_features, recent_halflife=inf.aggregation.halflife_steps,
-        fill_value=cfg.features.fill_value_c, k=inf.aggregation.k, group_of=group_of,
-        context=groups.context if groups else (),
-    ).eval()
+    agg = cfg.infer.aggregation
+    scoring = scoring_module(model, cfg, agg.name, agg.halflife_steps, agg.k)
     clean = CleanPass(model, cfg.features.fill_value_c).eval()
     return ReferenceModules(model=model, clean=clean, graph=clean.inner, scoring=scoring, L=cfg.data.windowing.L)
 
