@@ -10,7 +10,8 @@ A bundle is a directory of three files:
   `feat_contrib` (batch, F), `top_idx` (batch, topn) int64, `E` (batch, L, F).
 - `bundle.json`: UTF-8 JSON object (at most 16 MiB, no NaN or Infinity) with exactly these keys:
 
-  schema_version   2 (version 2 added scoring.masks and scoring.groups)
+  schema_version   2 (version 2 added scoring.masks, groups and context, and pipeline_spec.yaw_error's
+                   wind_speed and min_wind_speed)
   model_id         sha256 hex of "scada-tcn-bundle/2", the sha256 of each graph (in file-name order) and the
                    canonical JSON of the feature and flag registries (`compute_model_id`)
   dims             {L, K, F, R, C, RF}: window, horizon, features, flags, fault classes, receptive field
@@ -347,7 +348,8 @@ def _parse(doc: dict[str, Any], path: Path, graphs: dict[str, bytes]) -> Bundle:
                                 "topn", "k"), "scoring")
     if sd["masks"] not in SCORE_MASKS:
         raise _fail(f"scoring.masks: unknown {sd['masks']!r}; allowed {list(SCORE_MASKS)}")
-    if (sd["masks"] == "element") != (sd["p_score"] is not None) or (sd["masks"] == "group") != (sd["groups"] is not None):
+    element = sd["masks"] == "element"
+    if element != (sd["p_score"] is not None) or element == (sd["groups"] is not None):
         raise _fail("scoring: masks 'element' takes p_score and groups null; masks 'group' takes groups and p_score null")
     groups = None
     if sd["groups"] is not None:
@@ -361,7 +363,8 @@ def _parse(doc: dict[str, Any], path: Path, graphs: dict[str, bytes]) -> Bundle:
         raise _fail("scoring.k: required by, and only allowed with, aggregation 'feature_topk'")
     scoring = ScoringParams(
         masks=sd["masks"], groups=groups, context=tuple(_strs(sd, "context", "scoring")),
-        p_score=None if sd["p_score"] is None else _num(sd, "p_score", "scoring"), passes=_int(sd, "passes", "scoring", 2), seed=_int(sd, "seed", "scoring"),
+        p_score=None if sd["p_score"] is None else _num(sd, "p_score", "scoring"),
+        passes=_int(sd, "passes", "scoring", 2), seed=_int(sd, "seed", "scoring"),
         aggregation=_typed(sd, "aggregation", "scoring", str),
         halflife=None if sd["halflife"] is None else _num(sd, "halflife", "scoring", 1e-12), topn=_int(sd, "topn", "scoring", 1),
         k=None if sd["k"] is None else _int(sd, "k", "scoring", 1),
