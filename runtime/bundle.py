@@ -350,7 +350,8 @@ def _parse(doc: dict[str, Any], path: Path, graphs: dict[str, bytes]) -> Bundle:
         raise _fail(f"scoring.masks: unknown {sd['masks']!r}; allowed {list(SCORE_MASKS)}")
     element = sd["masks"] == "element"
     if element != (sd["p_score"] is not None) or element == (sd["groups"] is not None):
-        raise _fail("scoring: masks 'element' takes p_score and groups null; masks 'group' takes groups and p_score null")
+        raise _fail("scoring: masks 'element' takes p_score and groups null; "
+                    "masks 'group' takes groups and p_score null")
     groups = None
     if sd["groups"] is not None:
         gd = _typed(sd, "groups", "scoring", dict)
@@ -411,7 +412,8 @@ def _parse(doc: dict[str, Any], path: Path, graphs: dict[str, bytes]) -> Bundle:
         problems.append(f"{len(class_names)} class_names for C={dims.C} fault classes")
     if not (heads["forecast"] or heads["fault"] or heads["rul"]):
         problems.append("no head of the clean graph is on")
-    if scoring.p_score is not None and (not 0.0 < scoring.p_score < 1.0 or scoring.passes != round(1 / scoring.p_score)):
+    p_score = scoring.p_score
+    if p_score is not None and (not 0.0 < p_score < 1.0 or scoring.passes != round(1 / p_score)):
         problems.append(f"scoring.passes={scoring.passes} is not round(1/p_score) for p_score={scoring.p_score} in (0, 1)")
     if not set(scoring.context) < set(spec.feature_names) or len(set(scoring.context)) != len(scoring.context):
         problems.append("scoring.context must list distinct features of the registry, leaving one scored")

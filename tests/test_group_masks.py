@@ -213,7 +213,8 @@ def test_context_features_are_inputs_never_hidden_never_scored():
 
 
 def test_context_bases_leave_the_groups_and_are_checked():
-    cfg = load_config(CONFIG, [*LHB, "features.context=[wind_dir]", "features.mask_groups.direction=[nacelle_dir,yaw_error]"])
+    cfg = load_config(CONFIG, [*LHB, "features.context=[wind_dir]",
+                               "features.mask_groups.direction=[nacelle_dir,yaw_error]"])
     names = list(spec_from_config(cfg).feature_names)
     groups = feature_groups(cfg)
     assert [names[i] for i in groups.context] == ["wind_dir_sin", "wind_dir_cos"]
