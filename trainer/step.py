@@ -49,6 +49,7 @@ class TrainStepConfig:
     amp: bool = False
     p_group: float = 0.0  # share of Stream A windows that hide one whole feature group instead of elements
     group_of: tuple[int, ...] = ()  # (F,) group index of each feature; required when p_group > 0
+    group_index: torch.Tensor = field(init=False, repr=False)  # group_of as an int64 tensor, built once
 
     def __post_init__(self) -> None:
         problems = []
@@ -67,6 +68,7 @@ class TrainStepConfig:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if problems:
             raise ValueError("invalid TrainStepConfig: " + "; ".join(problems))
+        self.group_index = torch.tensor(self.group_of, dtype=torch.int64)
 
 
 def _require(batch: dict[str, torch.Tensor], key: str, why: str) -> torch.Tensor:
@@ -107,8 +109,7 @@ def _losses(
     # Stream A: masked reconstruction
     M_mask = sample_mask(M_miss, cfg.p_mask, generator)
     if cfg.p_group > 0:
-        group_of = torch.tensor(cfg.group_of, dtype=torch.int64)
-        M_mask = sample_group_mask(M_miss, M_mask, group_of, cfg.p_group, generator)
+        M_mask = sample_group_mask(M_miss, M_mask, cfg.group_index, cfg.p_group, generator)
     X_in_A = build_model_input(apply_mask(X, M_mask, cfg.fill_value), M_miss, M_mask, Flags)  # (B, L, 3F+R)
     # Stream B: clean input for forecast and fault
     X_in_B = build_model_input(X, M_miss, ones, Flags)
