@@ -101,6 +101,8 @@ def export_bundle(
         "calibration": cal.calibration.to_dict(),
         "alerting": {"T_on": inf.alerting.hysteresis.T_on, "T_off": inf.alerting.hysteresis.T_off,
                      "N_on": inf.alerting.debounce.N_on, "N_off": inf.alerting.debounce.N_off},
+        "fleet": {"relative": inf.fleet.relative, "min_peers": inf.fleet.min_peers,
+                  "min_present_fraction": cfg.data.windowing.min_present_fraction},
         "score_reference": cal.score_reference,
         "feature_reference": feature_reference(data, cfg).to_dict(),
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,

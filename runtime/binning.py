@@ -272,6 +272,11 @@ class BinAccumulator:
         self.late_dropped = 0
         self.out_of_range = np.zeros(len(self._plan.channels), dtype=np.int64)
 
+    @property
+    def open_from(self) -> int | None:
+        """End (label) of the first bin not yet emitted; None before the first sample."""
+        return self._open_from
+
     def add(self, ts_ns: int, values: np.ndarray) -> list[ClosedBin]:
         """Store one sample (C,) and return the bins closed because it belongs to a later bin."""
         dt = self._plan.dt_ns

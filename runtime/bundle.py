@@ -10,9 +10,9 @@ A bundle is a directory of three files:
   `feat_contrib` (batch, F), `top_idx` (batch, topn) int64, `E` (batch, L, F).
 - `bundle.json`: UTF-8 JSON object (at most 16 MiB, no NaN or Infinity) with exactly these keys:
 
-  schema_version   2 (version 2 added scoring.masks, groups and context, and pipeline_spec.yaw_error's
-                   wind_speed and min_wind_speed)
-  model_id         sha256 hex of "scada-tcn-bundle/2", the sha256 of each graph (in file-name order) and the
+  schema_version   3 (version 2 added scoring.masks, groups and context, and pipeline_spec.yaw_error's
+                   wind_speed and min_wind_speed; version 3 added fleet)
+  model_id         sha256 hex of "scada-tcn-bundle/3", the sha256 of each graph (in file-name order) and the
                    canonical JSON of the feature and flag registries (`compute_model_id`)
   dims             {L, K, F, R, C, RF}: window, horizon, features, flags, fault classes, receptive field
   dt_seconds       step of the binned series
@@ -31,6 +31,9 @@ A bundle is a directory of three files:
                    error levels it divides by are constants of scoring.onnx)
   calibration      `runtime.calibration.Calibration.to_dict()`
   alerting         {T_on, T_off, N_on, N_off}: T_* are multiples of the calibrated threshold
+  fleet            {relative, min_peers, min_present_fraction}: relative = thresholds and alerts apply to the
+                   fleet-relative score (`runtime.peers`), from windows whose present fraction reaches
+                   min_present_fraction and that have at least min_peers such windows of other turbines at their step
   score_reference  {split, n_windows, levels, values}: quantiles of validation scores, for drift checks
   feature_reference `runtime.drift.DriftReference.to_dict()`: per-feature quantiles, mean, std of the validation
                    split (present values), for `scada-evaluate --drift`; its feature names are the registry's
@@ -41,7 +44,7 @@ A bundle is a directory of three files:
 
 `bundle.json` is the root of trust: the checksums cover the graphs, and the model id covers graphs and registries.
 
-Refused, with a `BundleError` that names the file, key or graph: a schema version other than 1; an unknown or
+Refused, with a `BundleError` that names the file, key or graph: a schema version other than 3; an unknown or
 missing key at any level; a value of the wrong type; registries, spec, scaler, dims and heads that disagree; a
 missing graph; a graph whose sha256 differs from `checksums`; a model id that does not match; a graph that
 onnxruntime cannot open or whose input/output names, types or shapes disagree with `dims` (the batch axis must
@@ -71,18 +74,18 @@ from runtime.spec import PipelineSpec
 
 __all__ = [
     "SCHEMA_VERSION", "BUNDLE_JSON", "GRAPH_FILES", "MAX_JSON_BYTES", "Dims", "ScoringParams", "AlertingParams",
-    "ScoreReference", "Bundle", "compute_model_id", "dump_bundle", "load_bundle", "open_session",
+    "FleetParams", "ScoreReference", "Bundle", "compute_model_id", "dump_bundle", "load_bundle", "open_session",
     "expected_graph_io",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUNDLE_JSON = "bundle.json"
 GRAPH_FILES = {"clean": "clean.onnx", "scoring": "scoring.onnx"}
 MAX_JSON_BYTES = 16 * 1024 * 1024
 TOP_KEYS = (
     "schema_version", "model_id", "dims", "dt_seconds", "feature_registry", "flag_registry", "column_mapping",
-    "pipeline_spec", "scaler", "heads", "class_names", "scoring", "calibration", "alerting", "score_reference",
-    "feature_reference",
+    "pipeline_spec", "scaler", "heads", "class_names", "scoring", "calibration", "alerting", "fleet",
+    "score_reference", "feature_reference",
     "versions", "checksums", "data_fingerprint", "parity",
 )
 _COMPUTED = ("schema_version", "model_id", "checksums")  # written by dump_bundle, not by the caller
@@ -181,6 +184,13 @@ class AlertingParams:
 
 
 @dataclass(frozen=True)
+class FleetParams:
+    relative: bool  # thresholds and alerts apply to score - median(other turbines' scores at the same step)
+    min_peers: int
+    min_present_fraction: float  # windows below it are neither fleet-scored nor peers (the window index's rule)
+
+
+@dataclass(frozen=True)
 class ScoreReference:
     split: str
     n_windows: int
@@ -209,6 +219,7 @@ class Bundle:
     scoring: ScoringParams
     calibration: Calibration
     alerting: AlertingParams
+    fleet: FleetParams
     score_reference: ScoreReference
     feature_reference: DriftReference
     versions: dict[str, Any]
@@ -377,6 +388,9 @@ def _parse(doc: dict[str, Any], path: Path, graphs: dict[str, bytes]) -> Bundle:
     ad = _keys(doc["alerting"], ("T_on", "T_off", "N_on", "N_off"), "alerting")
     alerting = AlertingParams(_num(ad, "T_on", "alerting", 1e-12), _num(ad, "T_off", "alerting", 1e-12),
                               _int(ad, "N_on", "alerting", 1), _int(ad, "N_off", "alerting", 1))
+    fd = _keys(doc["fleet"], ("relative", "min_peers", "min_present_fraction"), "fleet")
+    fleet = FleetParams(_typed(fd, "relative", "fleet", bool), _int(fd, "min_peers", "fleet", 1),
+                        _num(fd, "min_present_fraction", "fleet"))
     rd = _keys(doc["score_reference"], ("split", "n_windows", "levels", "values"), "score_reference")
     levels, values = _typed(rd, "levels", "score_reference", list), _typed(rd, "values", "score_reference", list)
     ref = ScoreReference(_typed(rd, "split", "score_reference", str), _int(rd, "n_windows", "score_reference", 1),
@@ -426,6 +440,8 @@ def _parse(doc: dict[str, Any], path: Path, graphs: dict[str, bytes]) -> Bundle:
             problems.append(f"scoring.passes={scoring.passes} but there are {len(scoring.groups)} groups")
     if not 1 <= scoring.topn <= dims.F:
         problems.append(f"scoring.topn={scoring.topn} is not in [1, F={dims.F}]")
+    if not 0.0 <= fleet.min_present_fraction <= 1.0:
+        problems.append(f"fleet.min_present_fraction={fleet.min_present_fraction} is not in [0, 1]")
     if alerting.T_off > alerting.T_on:
         problems.append(f"alerting.T_off={alerting.T_off} > T_on={alerting.T_on}")
     if len(ref.levels) != len(ref.values) or not ref.levels:
@@ -445,7 +461,7 @@ def _parse(doc: dict[str, Any], path: Path, graphs: dict[str, bytes]) -> Bundle:
         path=path, model_id=model_id, dims=dims, dt_seconds=dt, spec=spec, feature_registry=fr, flag_registry=gr,
         column_mapping=column_mapping, scaler=scaler, class_names=tuple(class_names),
         forecast_enabled=heads["forecast"], fault_enabled=heads["fault"], fault_multilabel=heads["fault_multilabel"],
-        rul_enabled=heads["rul"], scoring=scoring, calibration=calibration, alerting=alerting, score_reference=ref,
+        rul_enabled=heads["rul"], scoring=scoring, calibration=calibration, alerting=alerting, fleet=fleet, score_reference=ref,
         feature_reference=feature_ref,
         versions=dict(vd), checksums=dict(checksums), data_fingerprint=fingerprint, parity=parity, graphs=graphs,
     )

@@ -168,6 +168,8 @@ class Daemon:
 
     def _shutdown(self) -> None:
         self._stopped.set()
+        if self.cfg.state.path is None:  # no state file to keep fleet-relative steps waiting for peers: send them
+            self._publish_outputs(self.engine.flush(final=True))
         self._save_state()
         drained = self.link.stop([Publish(self.status_topic, self._status_payload("offline"), retain=True)],
                                  timeout=10.0)

@@ -21,6 +21,14 @@ float32), so `replay` writes exactly the bytes `run` publishes. Score record (sc
      "alert" (state after this step), "top_features" [{"name", "contribution"}] (largest first),
      "fault_probs" {class: p} | null, "forecast" {feature: [K values in feature units]} | null,
      "rul" | null, "missing_fraction" (share of missing inputs in the window), "missing_now" (latest step)}
+
+Fleet-relative bundles (`fleet.relative`): thresholds and alerts apply to `fleet_score` = score minus the median
+score of the other turbines at the same step (`runtime.peers`; windows below `fleet.min_present_fraction` are
+neither scored that way nor peers). A scored step waits until every turbine of the fleet has closed that step
+(`Fleet.open_from`: on the wall clock at most the grace period), then all of them are released together, in step
+order. The record adds "fleet_score" (null below `min_peers` peers: the alert state then stays as it was) and
+"peers", and "ratio" is fleet_score / threshold. `flush(final=True)` releases every waiting step (end of a replay,
+shutdown without a state file); waiting steps are part of `state_dict()`.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from runtime.calibration import regime_of
 from runtime.drift import ScoreDriftMonitor
 from runtime.errors import BundleError
 from runtime.fleet import Fleet, Step
+from runtime.peers import fleet_relative
 from runtime.telemetry import Sample
 
 __all__ = ["Engine", "Output", "dumps", "iso_utc"]
@@ -113,6 +122,8 @@ class Engine:
         ref = bundle.score_reference
         self.drift = ScoreDriftMonitor(ref.levels, ref.values, drift_window)  # fleet-wide score distribution
         self._scored_once: set[str] = set()
+        self._relative = bool(bundle.fleet.relative)
+        self._pending: dict[int, list[dict[str, Any]]] = {}  # fleet-relative: step end -> records awaiting peers
         self._center = np.asarray(bundle.scaler.center, dtype=np.float64)
         self._scale = np.asarray(bundle.scaler.scale, dtype=np.float64)
 
@@ -131,8 +142,10 @@ class Engine:
         """Close bins whose end + grace has passed on the wall clock."""
         self.fleet.close_until(now_ns)
 
-    def flush(self) -> list[Output]:
-        """Score every step closed since the last flush and return the records to publish, in order."""
+    def flush(self, final: bool = False) -> list[Output]:
+        """Score every step closed since the last flush and return the records to publish, in order.
+
+        Fleet-relative: records of steps the whole fleet has closed are released; `final` releases all."""
         steps = self.fleet.drain()
         ready = [s for s in steps if s.window is not None]
         scored: dict[int, dict[str, Any]] = {}
@@ -143,9 +156,41 @@ class Engine:
         for s in steps:
             if s.window is None:
                 out.append(self._warmup(s))
-            else:
-                out.extend(self._records(s, scored[r]))
+            elif self._relative:
+                self._pending.setdefault(s.end_ns, []).append(scored[r])
                 r += 1
+            else:
+                out.extend(self._records(scored[r]))
+                r += 1
+        if self._relative:
+            out.extend(self._release(final))
+        return out
+
+    def _release(self, final: bool) -> list[Output]:
+        """Fleet-relative scores and alert steps for the waiting steps that every turbine has closed."""
+        limit = self.fleet.open_from()
+        out: list[Output] = []
+        for end in sorted(e for e in self._pending if final or limit is None or e < limit):
+            group = self._pending.pop(end)
+            raw = np.array([g["score"] for g in group], dtype=np.float64)
+            eligible = np.array([g["_eligible"] for g in group], dtype=bool)
+            rel, peers = fleet_relative(raw, np.full(len(group), end, dtype=np.int64), eligible,
+                                        self.bundle.fleet.min_peers)
+            slots = np.array([g["_slot"] for g in group], dtype=np.int64)
+            thr = np.array([g["threshold"] for g in group], dtype=np.float64)
+            ok = np.isfinite(rel)
+            turned_on, turned_off = np.zeros(len(group), bool), np.zeros(len(group), bool)
+            if ok.any():  # one step per turbine: a step closes once per turbine
+                tr = self.alerts.step(slots[ok], rel[ok], thr[ok])
+                turned_on[ok], turned_off[ok] = tr.turned_on, tr.turned_off
+            states = self.alerts.get()
+            for b, g in enumerate(group):
+                g["fleet_score"] = float(rel[b]) if ok[b] else None
+                g["peers"] = int(peers[b])
+                g["ratio"] = float(rel[b]) / g["threshold"] if ok[b] else None
+                g["alert"] = bool(states[g["_slot"]]) if g["_slot"] < len(states) else False
+                g["_turned"] = "on" if turned_on[b] else "off" if turned_off[b] else None
+                out.extend(self._records(g))
         return out
 
     def _warmup(self, s: Step) -> Output:
@@ -179,6 +224,14 @@ class Engine:
             src.append(source)
         s_now = np.asarray(res.s_now, dtype=np.float64)
         self.drift.update_many(s_now)
+        if self._relative:  # alerts wait for the peers (`_release`)
+            out = {}
+            for b, s in enumerate(steps):
+                rec = self._fields(s, res, b, float(thr[b]), src[b], regimes[b], False)
+                present = float(s.window.M_miss.mean())
+                rec.update(_slot=s.slot, _end_ns=s.end_ns, _eligible=present >= self.bundle.fleet.min_present_fraction)
+                out[offset + b] = rec
+            return out
         on = np.zeros(len(steps), dtype=bool)
         t_on = np.zeros(len(steps), dtype=bool)
         t_off = np.zeros(len(steps), dtype=bool)
@@ -193,7 +246,7 @@ class Engine:
         out = {}
         for b, s in enumerate(steps):
             out[offset + b] = self._fields(s, res, b, float(thr[b]), src[b], regimes[b], bool(on[b]))
-            out[offset + b]["_turned"] = "on" if t_on[b] else "off" if t_off[b] else None
+            out[offset + b].update(_turned="on" if t_on[b] else "off" if t_off[b] else None, _end_ns=s.end_ns)
         return out
 
     def _fields(self, s: Step, res: Any, b: int, thr: float, src: str, regime: str, on: bool) -> dict[str, Any]:
@@ -231,36 +284,39 @@ class Engine:
             "missing_now": s.missing_now,
         }
 
-    def _records(self, s: Step, rec: dict[str, Any]) -> list[Output]:
-        turned = rec.pop("_turned")
-        out = [Output("score", s.turbine, s.end_ns, dumps(rec), False)]
-        first = s.turbine not in self._scored_once
-        self._scored_once.add(s.turbine)
+    def _records(self, rec: dict[str, Any]) -> list[Output]:
+        turned, end_ns, turbine = rec.pop("_turned"), rec.pop("_end_ns"), rec["turbine"]
+        for k in ("_slot", "_eligible"):
+            rec.pop(k, None)
+        out = [Output("score", turbine, end_ns, dumps(rec), False)]
+        first = turbine not in self._scored_once
+        self._scored_once.add(turbine)
         if turned is not None:
             alert = {
                 k: rec[k]
-                for k in ("schema", "turbine", "ts", "seq", "model_id", "score", "threshold", "ratio", "regime",
-                          "top_features")
+                for k in ("schema", "turbine", "ts", "seq", "model_id", "score", "fleet_score", "threshold", "ratio",
+                          "regime", "top_features") if k in rec
             }
             alert["state"] = turned
-            out.append(Output("alert", s.turbine, s.end_ns, dumps(alert), False))
+            out.append(Output("alert", turbine, end_ns, dumps(alert), False))
         if turned is not None or first:
-            state = {"schema": SCHEMA, "turbine": s.turbine, "state": "on" if rec["alert"] else "off",
+            state = {"schema": SCHEMA, "turbine": turbine, "state": "on" if rec["alert"] else "off",
                      "since": rec["ts"], "seq": rec["seq"], "model_id": rec["model_id"]}
-            out.append(Output("alert_state", s.turbine, s.end_ns, dumps(state), True))
+            out.append(Output("alert_state", turbine, end_ns, dumps(state), True))
         return out
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a restart needs to resume (call after `flush`): fleet, alert states, drift window."""
+        pending = [rec for end in sorted(self._pending) for rec in self._pending[end]]
         return {"model_id": self.bundle.model_id, "fleet": self.fleet.state_dict(),
                 "alerts": self.alerts.state_dict(), "drift": self.drift.state_dict(),
-                "scored_once": sorted(self._scored_once)}
+                "scored_once": sorted(self._scored_once), "pending": pending}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from `state_dict()`; refuses the state of another model (its features and scores differ)."""
-        if not isinstance(state, dict) or set(state) != {"model_id", "fleet", "alerts", "drift", "scored_once"}:
-            raise ValueError("Engine.load_state_dict: not an engine state (keys model_id, fleet, alerts, drift, "
-                             "scored_once)")
+        keys = {"model_id", "fleet", "alerts", "drift", "scored_once", "pending"}
+        if not isinstance(state, dict) or set(state) != keys:
+            raise ValueError(f"Engine.load_state_dict: not an engine state (keys {sorted(keys)})")
         if state["model_id"] != self.bundle.model_id:
             raise ValueError(f"Engine.load_state_dict: the state belongs to model {state['model_id'][:12]}, "
                              f"this bundle is {self.bundle.model_id[:12]}")
@@ -268,6 +324,12 @@ class Engine:
         self.alerts.load_state_dict(state["alerts"])
         self.drift.load_state_dict(state["drift"])
         self._scored_once = set(state["scored_once"])
+        pending: dict[int, list[dict[str, Any]]] = {}
+        for rec in state["pending"]:
+            if not isinstance(rec, dict) or not {"_end_ns", "_slot", "_eligible", "score", "threshold"} <= set(rec):
+                raise ValueError("Engine.load_state_dict: a waiting fleet-relative record lacks its step fields")
+            pending.setdefault(int(rec["_end_ns"]), []).append(dict(rec))
+        self._pending = pending
 
     def score_drift(self) -> dict[str, Any]:
         """KS distance of the recent scores from the bundle's validation-score quantiles (None before any score)."""

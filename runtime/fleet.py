@@ -118,6 +118,12 @@ class Fleet:
         for name, t in self._turbines.items():
             self._emit(name, t, t.acc.close_until(now_ns))
 
+    def open_from(self) -> int | None:
+        """The earliest bin end that some turbine has not closed yet (None without turbines): every step before it
+        is closed, for the whole fleet, and will not be emitted again."""
+        ends = [t.acc.open_from for t in self._turbines.values() if t.acc.open_from is not None]
+        return min(ends) if ends else None
+
     def close_turbine_until(self, turbine: str, now_ns: int) -> None:
         """Close one turbine's bins whose end + grace <= now_ns (replay ends each turbine at its last sample)."""
         t = self._turbines[turbine]

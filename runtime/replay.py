@@ -169,7 +169,7 @@ def replay(engine: Engine, path: str | Path, mapping: MappingCfg, out: str | Pat
         for tid, last in last_ns.items():  # each turbine's grid ends at its own last sample's bin
             end = -(-last // dt_ns) * dt_ns
             engine.fleet.close_turbine_until(tid, end + grace_ns)
-        write(engine.flush())
+        write(engine.flush(final=True))  # fleet-relative steps waiting for a turbine whose data ended go out too
     counts["non_numeric"] = non_numeric
     counts["score_drift"] = engine.score_drift()
     return counts

@@ -49,6 +49,7 @@ GOLDEN_KEYS = {
                     "per_regime",
                     "per_turbine", "per_turbine_regime", "percentile"],
     "alerting": ["N_off", "N_on", "T_off", "T_on"],
+    "fleet": ["min_peers", "min_present_fraction", "relative"],
     "score_reference": ["levels", "n_windows", "split", "values"],
     "feature_reference": ["feature_names", "levels", "mean", "n", "quantiles", "std"],
     "versions": ["ir_version", "onnx", "onnxruntime", "opset", "package", "torch"],
@@ -121,6 +122,7 @@ def tiny_manifest() -> dict:
                     "aggregation": "masked_mean", "halflife": None, "topn": TOPN, "k": None},
         "calibration": cal.to_dict(),
         "alerting": {"T_on": 1.0, "T_off": 0.8, "N_on": 3, "N_off": 6},
+        "fleet": {"relative": False, "min_peers": 1, "min_present_fraction": 0.5},
         "score_reference": {"split": "val", "n_windows": 40, "levels": [0.0, 0.5, 1.0], "values": [0.0, 0.5, 1.0]},
         "feature_reference": DriftReference.fit(np.arange(20.0).reshape(10, 2), list(spec.feature_names),
                                                 levels=[0.0, 0.5, 1.0]).to_dict(),
@@ -157,7 +159,7 @@ def test_tiny_bundle_key_set_is_pinned(bundle_dir):
     got = {"<top>": sorted(doc)} | {k: sorted(doc[k]) for k in GOLDEN_KEYS if k != "<top>"}
     assert got == GOLDEN_KEYS
     assert sorted(p.name for p in bundle_dir.iterdir()) == ["bundle.json", "clean.onnx", "scoring.onnx"]
-    assert doc["schema_version"] == SCHEMA_VERSION == 2
+    assert doc["schema_version"] == SCHEMA_VERSION == 3
     sha = {f: hashlib.sha256((bundle_dir / f).read_bytes()).hexdigest() for f in GRAPH_FILES.values()}
     assert doc["checksums"] == sha
     assert doc["model_id"] == compute_model_id(sha, doc["feature_registry"], doc["flag_registry"])
@@ -254,10 +256,10 @@ def test_refuses_registry_edit_through_the_model_id(bundle_dir):
 
 
 def test_refuses_unknown_schema_version(bundle_dir):
-    for v in (1, 3, 0, "2", None):
+    for v in (1, 2, 4, 0, "3", None):
         _edit(bundle_dir, lambda d: d.update(schema_version=v))
         assert _message(bundle_dir) == (
-            f"bundle.json: schema_version {v!r} is not supported (this runtime reads version 2); export the model "
+            f"bundle.json: schema_version {v!r} is not supported (this runtime reads version 3); export the model "
             "again with a scada-export of the same release as this runtime")
 
 

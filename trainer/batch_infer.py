@@ -27,10 +27,11 @@ import torch
 from omegaconf import OmegaConf
 
 from runtime.alerts import AlertState
-from runtime.bundle import AlertingParams, load_bundle
+from runtime.bundle import AlertingParams, FleetParams, load_bundle
 from runtime.calibration import Calibration, regime_of
 from runtime.drift import DriftReference
 from runtime.errors import SpecError
+from runtime.peers import fleet_relative
 from runtime.scorer import OnnxScorer, ScoreBatch
 from trainer.calibrate import calibrate, feature_reference, fit_feature_scale
 from trainer.config import RootCfg, to_root
@@ -73,6 +74,7 @@ class InferSetup:
     calibration: Calibration
     calibration_source: str
     alerting: AlertingParams
+    fleet: FleetParams
     class_names: list[str]
     feature_reference: DriftReference  # validation split, for drift checks
 
@@ -89,8 +91,9 @@ def setup_from_checkpoint(checkpoint: str | Path, data_dir: str | Path | None = 
     a = cfg.infer.alerting
     alerting = AlertingParams(a.hysteresis.T_on, a.hysteresis.T_off, a.debounce.N_on, a.debounce.N_off)
     names = list(cfg.data.labels.class_names) if cfg.data.labels.enabled else []
-    return InferSetup(cfg, data, TorchEngine(ref), "torch", cal, f"fitted now: {cal.fitted_on}", alerting, names,
-                      feature_reference(data, cfg))
+    fleet = FleetParams(cfg.infer.fleet.relative, cfg.infer.fleet.min_peers, cfg.data.windowing.min_present_fraction)
+    return InferSetup(cfg, data, TorchEngine(ref), "torch", cal, f"fitted now: {cal.fitted_on}", alerting, fleet,
+                      names, feature_reference(data, cfg))
 
 
 def setup_from_bundle(bundle_dir: str | Path, data_dir: str | Path, threads: int = 1) -> InferSetup:
@@ -104,9 +107,13 @@ def setup_from_bundle(bundle_dir: str | Path, data_dir: str | Path, threads: int
     cfg = to_root(saved)
     data = PreparedData(cfg)
     _same_features(data, bundle.scaler.to_dict(), bundle.spec.to_dict(), f"bundle {bundle_dir}")
+    if bundle.fleet.relative and cfg.data.windowing.min_present_fraction != bundle.fleet.min_present_fraction:
+        raise SpecError(f"{data_dir} was prepared with windowing.min_present_fraction="
+                        f"{cfg.data.windowing.min_present_fraction}, the bundle's fleet-relative scores use "
+                        f"{bundle.fleet.min_present_fraction}: the peer sets would differ; prepare with the bundle's")
     engine = OnnxScorer(bundle, intra_op_threads=threads)
     return InferSetup(cfg, data, engine, "onnx", bundle.calibration, f"bundle {bundle.model_id[:12]}",
-                      bundle.alerting, list(bundle.class_names), bundle.feature_reference)
+                      bundle.alerting, bundle.fleet, list(bundle.class_names), bundle.feature_reference)
 
 
 def setup_from_args(checkpoint: str | None, bundle: str | None, data: str | None) -> tuple[InferSetup, Path]:
@@ -192,6 +199,11 @@ def infer_split(setup: InferSetup, split: str, batch_size: int = 256,
                     arrays[k].append(v)
     rate = len(order) / (time.perf_counter() - t0)
     res = pd.concat(rows, ignore_index=True)
+    if setup.fleet.relative:  # every indexed window passed min_present_fraction, so every one is a peer
+        rel, peers = fleet_relative(res["score"].to_numpy(), ds.t_end[order], np.ones(len(res), bool),
+                                    setup.fleet.min_peers)
+        res.insert(res.columns.get_loc("score") + 1, "score_raw", res["score"])
+        res["score"], res["peers"] = rel, peers
     thr = [setup.calibration.threshold_for(t, r) for t, r in zip(res["turbine_id"], res["regime"])]
     res["threshold"] = [t for t, _ in thr]
     res["threshold_source"] = [s for _, s in thr]
@@ -202,7 +214,10 @@ def infer_split(setup: InferSetup, split: str, batch_size: int = 256,
 
 
 def apply_alerts(res: pd.DataFrame, alerting: AlertingParams) -> list[dict[str, Any]]:
-    """Run the edge's alert state machine over each turbine's windows in time order; adds `alert_on`."""
+    """Run the edge's alert state machine over each turbine's windows in time order; adds `alert_on`.
+
+    A window without a score (NaN: a fleet-relative score with too few peers) leaves its turbine's state as it
+    was, as on the edge."""
     state = AlertState(alerting.T_on, alerting.T_off, alerting.N_on, alerting.N_off)
     turbines = sorted(res["turbine_id"].unique())
     slot = res["turbine_id"].map({t: i for i, t in enumerate(turbines)}).to_numpy()
@@ -211,6 +226,10 @@ def apply_alerts(res: pd.DataFrame, alerting: AlertingParams) -> list[dict[str, 
     events: list[dict[str, Any]] = []
     for k in range(int(pos.max()) + 1):  # one vectorised step per window position across the fleet
         rows = np.flatnonzero(pos == k)
+        held = rows[~np.isfinite(res["score"].to_numpy()[rows])]
+        rows = rows[np.isfinite(res["score"].to_numpy()[rows])]
+        states = state.get()
+        on[held] = [bool(states[i]) if i < len(states) else False for i in slot[held]]
         tr = state.step(slot[rows], res["score"].to_numpy()[rows], res["threshold"].to_numpy()[rows])
         on[rows] = tr.on
         for r, up, down in zip(rows, tr.turned_on, tr.turned_off):

@@ -10,6 +10,9 @@ edge uses). Thresholds per `infer.calibration.method`: a percentile (`fit_percen
 peaks-over-threshold generalized-Pareto tail per group (`evt`, `trainer.evt.pot_threshold`, whose fitted u, xi,
 sigma and excess count go into the bundle);
 turbines and (turbine, regime) pairs below `min_windows` fall back, and the bundle records which and why.
+With `infer.fleet.relative` the thresholds are fitted on fleet-relative scores (`runtime.peers`): every window of
+the split, fault-labelled ones included, is a peer at its step, as on the edge; the normal windows with a
+fleet-relative score are fitted. The score reference for drift stays on the scores themselves.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 
 from runtime.calibration import Calibration, fit_calibration, fit_percentile_calibration, regime_of
 from runtime.drift import DriftReference
+from runtime.peers import fleet_relative
 from trainer.config import RootCfg
 from trainer.dataset import WindowDataset
 from trainer.evt import pot_threshold
@@ -133,10 +137,26 @@ def calibrate(scoring: ScoringModule, data: PreparedData, cfg: RootCfg) -> Calib
     if len(rows) == 0:
         raise ValueError(f"no normal windows in the {CALIBRATION_SPLIT!r} split to calibrate on "
                          f"({len(split)} windows, all fault-labelled or none): check data.splits.val_range")
-    scores, regimes = score_windows(scoring, data, cfg, rows)
     fitted_on = (f"split={CALIBRATION_SPLIT}: {len(rows)} windows without a fault label of {len(split)} "
                  f"({len(split) - len(rows)} fault-labelled excluded); data fingerprint {data.fingerprint}")
-    turbines = rows["turbine_id"].astype(str).tolist()
+    fleet = cfg.infer.fleet
+    if fleet.relative:
+        all_scores, all_regimes = score_windows(scoring, data, cfg, split)
+        raw = all_scores[keep]
+        rel, _ = fleet_relative(all_scores, split["t_end"].to_numpy(np.int64),
+                                split["present_fraction"].to_numpy() >= cfg.data.windowing.min_present_fraction,
+                                fleet.min_peers)
+        fit_rows = keep & np.isfinite(rel)
+        if not fit_rows.any():
+            raise ValueError(f"infer.fleet.relative: no normal {CALIBRATION_SPLIT!r} window has {fleet.min_peers} "
+                             "other turbine(s) scored at its step; fleet-relative scores need a fleet")
+        scores, regimes = rel[fit_rows], [r for r, k in zip(all_regimes, fit_rows) if k]
+        turbines = split["turbine_id"].astype(str)[fit_rows].tolist()
+        fitted_on += (f"; fleet-relative scores (minus the median of >= {fleet.min_peers} other turbines at the same "
+                      f"step) of {int(fit_rows.sum())} of those windows")
+    else:
+        raw, regimes = score_windows(scoring, data, cfg, rows)
+        scores, turbines = raw, rows["turbine_id"].astype(str).tolist()
     if c.method == "evt":
         def pot(x: np.ndarray) -> tuple[float, dict[str, float]]:
             fit = pot_threshold(x, c.evt_tail_quantile, c.evt_exceedance_prob, c.evt_min_excesses)
@@ -149,6 +169,12 @@ def calibrate(scoring: ScoringModule, data: PreparedData, cfg: RootCfg) -> Calib
         cal = fit_percentile_calibration(scores, turbines, regimes, percentile=c.percentile,
                                          min_windows=c.min_windows, per_turbine=c.per_turbine,
                                          per_regime=c.per_regime, fitted_on=fitted_on)
-    ref = {"split": CALIBRATION_SPLIT, "n_windows": int(len(scores)), "levels": list(QUANTILE_LEVELS),
-           "values": [float(v) for v in np.quantile(scores, QUANTILE_LEVELS)]}
+    bad = {k: v for k, v in {"global": cal.global_threshold, **cal.per_turbine, **cal.per_regime,
+                             **cal.per_turbine_regime}.items() if not v > 0}
+    if bad:
+        raise ValueError(f"calibration gave thresholds <= 0 {bad}: the alert state machine needs positive ones. "
+                         "With infer.fleet.relative, the turbines score alike even in their tails; use a higher "
+                         "infer.calibration.percentile or score the turbines without it")
+    ref = {"split": CALIBRATION_SPLIT, "n_windows": int(len(raw)), "levels": list(QUANTILE_LEVELS),
+           "values": [float(v) for v in np.quantile(raw, QUANTILE_LEVELS)]}
     return CalibrationResult(cal, ref, n_split=len(split), n_excluded=int((~keep).sum()))

@@ -326,6 +326,12 @@ class AlertingCfg:
 
 
 @dataclass
+class FleetCfg:
+    relative: bool = False  # threshold and alert on score - median(other turbines' scores at the same step)
+    min_peers: int = 1  # other turbines scored at that step needed for a fleet-relative score
+
+
+@dataclass
 class InferCfg:
     p_score: float = 0.25
     score_seed: int = 1234
@@ -334,6 +340,7 @@ class InferCfg:
     topn_features: int = 5
     calibration: CalibrationCfg = field(default_factory=CalibrationCfg)
     alerting: AlertingCfg = field(default_factory=AlertingCfg)
+    fleet: FleetCfg = field(default_factory=FleetCfg)
 
 
 @dataclass

@@ -226,6 +226,7 @@ def validate_config(cfg: RootCfg) -> None:
         (cfg.infer.topn_features > 0, "infer.topn_features must be > 0"),
         (0.0 < cfg.infer.calibration.percentile < 100.0, "infer.calibration.percentile must be in (0, 100)"),
         (cfg.infer.calibration.min_windows > 0, "infer.calibration.min_windows must be > 0"),
+        (cfg.infer.fleet.min_peers >= 1, "infer.fleet.min_peers must be >= 1 (other turbines scored at the same step)"),
         (0.0 < cfg.infer.calibration.evt_tail_quantile < 1.0, "infer.calibration.evt_tail_quantile must be in (0, 1)"),
         (0.0 < cfg.infer.calibration.evt_exceedance_prob < 1.0 - cfg.infer.calibration.evt_tail_quantile,
          "infer.calibration.evt_exceedance_prob must be in (0, 1 - evt_tail_quantile): rarer than the tail"),

@@ -111,6 +111,11 @@ def _json_safe(x: Any) -> Any:
     return x
 
 
+def _scored(res: pd.DataFrame) -> pd.DataFrame:
+    """The windows with a score (a fleet-relative score is NaN where too few other turbines were scored)."""
+    return res[np.isfinite(res["score"].to_numpy())]
+
+
 def _drift(setup: InferSetup, val: pd.DataFrame, test: pd.DataFrame) -> dict[str, Any]:
     """Test split against the validation split: features (present values of every step) and scores."""
     def rows(split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -128,6 +133,7 @@ def _drift(setup: InferSetup, val: pd.DataFrame, test: pd.DataFrame) -> dict[str
         return np.concatenate(X), np.concatenate(M)
 
     (Xr, Mr), (Xc, Mc) = rows("val"), rows("test")
+    col = "score_raw" if "score_raw" in val else "score"  # the model's own scores: the reference is on them
     names = setup.data.feature_reg.feature_names
     fd = feature_drift(Xr, Xc, names, Mr, Mc)
     vs_ref = setup.feature_reference.ks(Xc, Mc)
@@ -137,8 +143,7 @@ def _drift(setup: InferSetup, val: pd.DataFrame, test: pd.DataFrame) -> dict[str
         "features": fd,
         "ks_vs_reference": vs_ref,
         "drifted_vs_reference": [n for n in names if vs_ref[n] > fd["ks_threshold"]],
-        "scores": {"ks": ks_statistic(val["score"], test["score"]),
-                   "wasserstein": wasserstein_1d(val["score"], test["score"])},
+        "scores": {"ks": ks_statistic(val[col], test[col]), "wasserstein": wasserstein_1d(val[col], test[col])},
         "mmd2_unbiased": mmd2_unbiased(Xr[full_r], Xc[full_c]) if full_r.sum() > 1 and full_c.sum() > 1 else None,
     }
 
@@ -196,11 +201,16 @@ def evaluate(setup: InferSetup, out_dir: str | Path, drift: bool = False, max_le
         turbines = sorted(set(val["turbine_id"]) | set(test["turbine_id"]))
         faults = _file_events(labels_file, turbines)
         m["labels"] = str(labels_file)
-        m["anomaly"] = anomaly_metrics(val["score"], _in_events(val, faults), test["score"], _in_events(test, faults))
+        v, t = _scored(val), _scored(test)
+        m["anomaly"] = anomaly_metrics(v["score"], _in_events(v, faults), t["score"], _in_events(t, faults))
     else:
         faults = _fault_events(setup, test)
         if setup.class_names and "y" in test:
-            m["anomaly"] = anomaly_metrics(val["score"], val["y"] > 0, test["score"], test["y"] > 0)
+            v, t = _scored(val), _scored(test)
+            m["anomaly"] = anomaly_metrics(v["score"], v["y"] > 0, t["score"], t["y"] > 0)
+    if setup.fleet.relative:
+        m["fleet"] = {"relative": True, "min_peers": setup.fleet.min_peers,
+                      "test_windows_without_fleet_score": int(test["score"].isna().sum())}
     if "rul_true" in test and test["rul_true"].notna().any():  # the protocol: each unit's last window
         last = last_window_rul(test.dropna(subset=["rul_true"]))
         m["rul"] = {"at": "last window of each test turbine",

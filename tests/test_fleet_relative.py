@@ -1,0 +1,175 @@
+"""Fleet-relative scores end to end: export, offline inference, the edge engine's wait for peers, its saved state.
+
+The tiny simulated farm (4 turbines) is exported with `infer.fleet.relative=true`. The edge replays a slice of it;
+where batch and stream share the whole history, the edge's fleet scores equal `scada-infer`'s.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from runtime.bundle import load_bundle
+from runtime.bundle import AlertingParams
+from runtime.config import MappingCfg
+from runtime.engine import Engine
+from runtime.replay import replay
+from runtime.scorer import OnnxScorer
+from runtime.state_file import load_state, save_state
+from runtime.telemetry import Sample, parse_timestamp_ns
+from tests.mosquitto import DT_NS, read_slice, write_csv
+
+STREAM_START, STREAM_END = "2024-01-28T00:00:00+00:00", "2024-01-29T12:00:00+00:00"
+
+
+@pytest.fixture(scope="module")
+def fleet_bundle_dir(tiny_run, tmp_path_factory) -> Path:
+    from export.bundle_writer import export_bundle
+
+    out = tmp_path_factory.mktemp("fleet_bundle") / "bundle"
+    export_bundle(tiny_run.checkpoint, out_dir=out, overrides=["infer.fleet.relative=true"], verify=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def fleet_bundle(fleet_bundle_dir):
+    return load_bundle(fleet_bundle_dir)
+
+
+@pytest.fixture(scope="module")
+def rows(tiny_run):
+    return read_slice(tiny_run.synth_dir / "scada.csv", STREAM_START, STREAM_END)
+
+
+def _samples(bundle, header, rows) -> list[Sample]:
+    ti, ii = header.index("timestamp"), header.index("turbine_id")
+    chans = [header.index(c) for c in bundle.spec.channels]
+
+    def num(cell: str) -> float:
+        try:
+            return float(cell)
+        except ValueError:
+            return float("nan")
+
+    return [Sample(r[ii], parse_timestamp_ns(r[ti]), np.array([num(r[j]) for j in chans])) for r in rows]
+
+
+def _scores(outputs) -> dict[tuple[str, str], dict]:
+    docs = [json.loads(o.payload) for o in outputs if o.kind == "score"]
+    return {(d["turbine"], d["ts"]): d for d in docs if d["status"] == "ok"}
+
+
+def test_bundle_records_the_fleet_setting_and_thresholds_fitted_on_it(fleet_bundle):
+    assert fleet_bundle.fleet.relative and fleet_bundle.fleet.min_peers == 1
+    assert fleet_bundle.fleet.min_present_fraction == 0.5
+    assert "fleet-relative scores" in fleet_bundle.calibration.fitted_on
+    assert all(v > 0 for v in fleet_bundle.calibration.per_turbine.values())
+
+
+def test_edge_fleet_scores_match_offline_inference(fleet_bundle_dir, fleet_bundle, tiny_run, rows, tmp_path):
+    from trainer.batch_infer import infer_split, setup_from_bundle
+
+    header, body = rows
+    path = write_csv(tmp_path / "slice.csv", header, body)
+    engine = Engine(fleet_bundle, OnnxScorer(fleet_bundle), grace_seconds=0.0, max_turbines=100, max_batch=512)
+    replay(engine, path, MappingCfg(), tmp_path / "scores.jsonl")
+    docs = [json.loads(line) for line in (tmp_path / "scores.jsonl").read_text().splitlines()]
+    edge = {(d["turbine"], d["ts"]): d for d in docs if d["status"] == "ok"}
+    assert all("fleet_score" in d and "peers" in d for d in edge.values())
+
+    setup = setup_from_bundle(fleet_bundle_dir, tiny_run.cfg().data.paths.processed_dir)
+    res, _, _ = infer_split(setup, "test")
+    max_roll = max(fleet_bundle.spec.rolling.windows)
+    first = parse_timestamp_ns(STREAM_START) + (max_roll + fleet_bundle.dims.L) * DT_NS
+    res = res[res["t_end"] >= pd.Timestamp(first, tz="UTC")]
+    n = 0
+    for r in res.itertuples():
+        d = edge.get((r.turbine_id, r.t_end.strftime("%Y-%m-%dT%H:%M:%SZ")))
+        if d is None:  # the slice ends before the test split
+            continue
+        assert abs(d["score"] - r.score_raw) <= 1e-4 * abs(r.score_raw) + 1e-6
+        assert d["peers"] == r.peers == 3
+        assert abs(d["fleet_score"] - r.score) <= 1e-4 * abs(r.score_raw) + 1e-6, (r.turbine_id, r.t_end)
+        assert d["threshold"] == pytest.approx(r.threshold) and d["ratio"] == pytest.approx(r.score / r.threshold,
+                                                                                             rel=1e-3, abs=1e-5)
+        n += 1
+    assert n > 50
+
+
+def test_a_step_waits_until_every_turbine_has_closed_it(fleet_bundle, rows):
+    header, body = rows
+    samples = _samples(fleet_bundle, header, body)
+    turbines = sorted({s.turbine for s in samples})
+    lagging = turbines[-1]
+    engine = Engine(fleet_bundle, OnnxScorer(fleet_bundle), grace_seconds=0.0, max_turbines=100, max_batch=512)
+    first_of = {}
+    for s in samples:  # everybody's first sample, so the fleet knows all four turbines
+        first_of.setdefault(s.turbine, s)
+    for s in first_of.values():
+        engine.ingest(s)
+    ahead = [s for s in samples if s.turbine != lagging and s is not first_of[s.turbine]]
+    for s in ahead:
+        engine.ingest(s)
+    out = _scores(engine.flush())
+    assert out == {}, "no step may be released while one turbine has not closed it"
+    assert engine.state_dict()["pending"], "the leading turbines' scored steps wait"
+    for s in samples:
+        if s.turbine == lagging and s is not first_of[s.turbine]:
+            engine.ingest(s)
+    released = _scores(engine.flush())
+    assert released and {t for t, _ in released} == set(turbines)
+    assert all(d["peers"] == 3 for d in released.values())
+    rest = _scores(engine.flush(final=True))  # the last bins of the leading turbines: nobody else closed them yet
+    assert not set(rest) & set(released)
+    steps = sorted({ts for _, ts in released})
+    assert steps == sorted(steps) and all(d["fleet_score"] is not None for d in released.values())
+
+
+def test_waiting_steps_survive_a_restart(fleet_bundle, rows, tmp_path):
+    header, body = rows
+    samples = _samples(fleet_bundle, header, body)
+    half = len(samples) // 2
+    lagging = sorted({s.turbine for s in samples})[0]
+
+    def feed(engine, part):
+        for s in part:
+            engine.ingest(s)
+
+    one = Engine(fleet_bundle, OnnxScorer(fleet_bundle), 0.0, 100, 512)
+    feed(one, samples[:half])
+    feed(one, [s for s in samples[half:] if s.turbine != lagging])
+    before = _scores(one.flush())
+    save_state(tmp_path / "state.npz", one.state_dict())
+    assert one.state_dict()["pending"]
+
+    two = Engine(fleet_bundle, OnnxScorer(fleet_bundle), 0.0, 100, 512)
+    two.load_state_dict(load_state(tmp_path / "state.npz"))
+    feed(two, [s for s in samples[half:] if s.turbine == lagging])
+    after = _scores(two.flush(final=True))
+
+    whole = Engine(fleet_bundle, OnnxScorer(fleet_bundle), 0.0, 100, 512)
+    feed(whole, samples)
+    want = _scores(whole.flush(final=True))
+    got = {**before, **after}
+    assert set(got) == set(want)
+    for k, d in want.items():  # batch composition may move the raw scores by ulps
+        assert (got[k]["fleet_score"] is None) == (d["fleet_score"] is None), k
+        if d["fleet_score"] is not None:
+            assert abs(got[k]["fleet_score"] - d["fleet_score"]) <= 1e-5 * d["score"] + 1e-7, k
+        assert got[k]["alert"] == d["alert"]
+
+
+def test_offline_alerts_hold_their_state_without_a_score():
+    from trainer.batch_infer import apply_alerts
+
+    t = pd.date_range("2024-01-01", periods=8, freq="10min", tz="UTC")
+    score = [2.0, 2.0, np.nan, 2.0, np.nan, 0.1, np.nan, 0.1]
+    res = pd.DataFrame({"turbine_id": "T1", "t_end": t, "score": score, "threshold": 1.0,
+                        "top_features": [["a"]] * 8})
+    apply_alerts(res, AlertingParams(T_on=1.0, T_off=0.8, N_on=3, N_off=2))
+    # NaN windows neither count toward N_on / N_off nor change the state
+    assert res["alert_on"].tolist() == [False, False, False, True, True, True, True, False]
