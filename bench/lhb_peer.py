@@ -1,17 +1,18 @@
-"""La Haute Borne: would a fleet-relative score hold its calibrated level through winter? An analysis, not a feature.
+"""La Haute Borne: fleet-relative scores and pooled thresholds on a finished run, without exporting it again.
 
     python bench/lhb_injection.py --workdir artifacts/lhb_group_ctx2_dec ...   # first: run H of the README
     python bench/lhb_peer.py --workdir artifacts/lhb_group_ctx2_dec
 
 Reads what `lhb_injection.py` left in the workdir: the bundle, the prepared original data, and the test results
 of the original and the injected copy. It scores the validation split once with the bundle (cached as
-`val_results.parquet`). Then it compares four alerting scores, each with thresholds at the bundle's calibration
+`val_results.parquet`). Then it compares two alerting scores, each with thresholds at the bundle's calibration
 percentile of its own validation scores, and the bundle's alert state machine (`runtime.alerts` via
 `trainer.batch_infer.apply_alerts`):
-- `raw`: the bundle's score (what the edge publishes today);
-- `peer`: score minus the median score of the other turbines at the same step. Storms, icing and grid events reach
-  every turbine of a farm at once, a fault reaches one. The baseline uses only scores of the same step, so it is
-  causal; with no other turbine scored at that step the window has no peer score and cannot raise an alert.
+- `raw`: the model's score;
+- `peer`: score minus the median score of the other turbines at the same step (`runtime.peers`, what a bundle
+  exported with `infer.fleet.relative=true` alerts on). Storms, icing and grid events reach every turbine of a
+  farm at once, a fault reaches one. With no other turbine scored at that step the window has no peer score and
+  cannot raise an alert.
 Each comes with per-turbine thresholds and with one pooled threshold for the fleet (a turbine with few validation
 windows, such as R80711 here, gets a noisy threshold of its own).
 
@@ -28,21 +29,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-
+from runtime.peers import fleet_relative
 
 def peer_relative(res: pd.DataFrame) -> np.ndarray:
     """Each window's score minus the median score of the other turbines at the same window end (NaN without peers)."""
-    grid = res.pivot(index="t_end", columns="turbine_id", values="score")  # (steps, turbines)
-    S = grid.to_numpy()
-    base = np.full_like(S, np.nan)
-    for i in range(S.shape[1]):  # a handful of turbines; each column is one vectorised nanmedian
-        others = np.delete(S, i, axis=1)
-        has = np.isfinite(others).any(axis=1)
-        base[has, i] = np.nanmedian(others[has], axis=1)
-    rel = pd.DataFrame(S - base, index=grid.index, columns=grid.columns)
-    long = rel.rename_axis(columns="turbine_id").stack().rename("rel").reset_index()
-    return res[["t_end", "turbine_id"]].merge(long, on=["t_end", "turbine_id"], how="left")["rel"].to_numpy()
+    rel, _ = fleet_relative(res["score"].to_numpy(), res["t_end"].astype("int64").to_numpy(),
+                            np.ones(len(res), bool), min_peers=1)
+    return rel
 
 
 def alert_spans(on: pd.Series) -> int:
@@ -69,8 +62,8 @@ def main() -> None:
         runs[name] = pd.read_parquet(w / f"eval_{name}" / "results_test.parquet")
     for k, r in runs.items():
         r = runs[k] = r.sort_values(["turbine_id", "t_end"], ignore_index=True)
-        r["raw"] = r["score"]
-        r["peer"] = peer_relative(r)
+        r["raw"] = r["score_raw"] if "score_raw" in r else r["score"]  # a fleet-relative bundle keeps both
+        r["peer"] = peer_relative(r.assign(score=r["raw"]))
     q = setup.calibration.percentile
     labels = pd.read_csv(w / "injected" / "labels.csv")
     lead = pd.Timedelta(hours=a.max_lead_hours)

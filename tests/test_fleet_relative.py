@@ -13,15 +13,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from runtime.bundle import load_bundle
-from runtime.bundle import AlertingParams
+from runtime.bundle import AlertingParams, load_bundle
 from runtime.config import MappingCfg
 from runtime.engine import Engine
 from runtime.replay import replay
 from runtime.scorer import OnnxScorer
 from runtime.state_file import load_state, save_state
 from runtime.telemetry import Sample, parse_timestamp_ns
-from tests.mosquitto import DT_NS, read_slice, write_csv
+from tests.mosquitto import (
+    DT_NS, SITE, Collector, DaemonThread, by_key, client, daemon_config, expected_steps, publish_all, read_slice,
+    require_mosquitto, to_messages, wait_for, write_csv,
+)
+from tests.test_runtime_e2e import assert_close
 
 STREAM_START, STREAM_END = "2024-01-28T00:00:00+00:00", "2024-01-29T12:00:00+00:00"
 
@@ -100,6 +103,44 @@ def test_edge_fleet_scores_match_offline_inference(fleet_bundle_dir, fleet_bundl
     assert n > 50
 
 
+@pytest.fixture()
+def broker(tmp_path):
+    from tests.mosquitto import Broker
+
+    require_mosquitto()
+    b = Broker(tmp_path / "broker")
+    b.start()
+    yield b
+    b.stop()
+
+
+def test_daemon_publishes_the_fleet_scores_of_replay(broker, fleet_bundle, rows, tmp_path):
+    header, body = rows
+    engine = Engine(fleet_bundle, OnnxScorer(fleet_bundle), grace_seconds=0.0, max_turbines=100, max_batch=512)
+    replay(engine, write_csv(tmp_path / "slice.csv", header, body), MappingCfg(), tmp_path / "scores.jsonl")
+    replayed = {k: next(iter(v)) for k, v in by_key((tmp_path / "scores.jsonl").read_bytes().splitlines()).items()}
+    col = Collector(broker.url, [f"scada/{SITE}/+/score"])
+    wait_for(lambda: col.ready(), 10, "collector connect")
+    d = DaemonThread(daemon_config(broker.url), fleet_bundle, OnnxScorer(fleet_bundle))
+    pub = client(broker.url, "publisher")
+    wait_for(lambda: pub.is_connected() and d.daemon.link.connected, 10, "connections")
+    publish_all(pub, to_messages(header, body))
+    want = expected_steps(body, header)
+    wait_for(lambda: len(col.of("/score")) >= sum(want.values()), 60, "all scores")
+    assert d.stop() == 0
+    got = by_key([p for _, p in col.of("/score")])
+    assert all(len(v) == 1 for v in got.values())
+    assert {t: sum(1 for k in got if k[0] == t) for t in want} == want
+    n = 0
+    for k, v in got.items():
+        payload = next(iter(v))
+        assert_close(payload, replayed[k], k)
+        n += b'"fleet_score":' in payload
+    assert n > 100
+    pub.disconnect()
+    col.close()
+
+
 def test_a_step_waits_until_every_turbine_has_closed_it(fleet_bundle, rows):
     header, body = rows
     samples = _samples(fleet_bundle, header, body)
@@ -173,3 +214,43 @@ def test_offline_alerts_hold_their_state_without_a_score():
     apply_alerts(res, AlertingParams(T_on=1.0, T_off=0.8, N_on=3, N_off=2))
     # NaN windows neither count toward N_on / N_off nor change the state
     assert res["alert_on"].tolist() == [False, False, False, True, True, True, True, False]
+
+
+def _fault_in_validation(src: Path, dst: Path, label: int, magnitude: float | None) -> None:
+    """Copy prepared data; label every validation window of the first turbine `label` and, unless `magnitude` is
+    None, overwrite the validation part of its series with `magnitude`."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    index = pd.read_parquet(dst / "window_index.parquet")
+    tid = sorted(index["turbine_id"].unique())[0]
+    val = (index["split"] == "val") & (index["turbine_id"] == tid)
+    if magnitude is not None:
+        X = np.load(dst / "turbines" / tid / "X.npy")
+        lo, hi = int(index.loc[val, "start"].min()), int(index.loc[val, "start"].max())
+        X[lo : hi + 24] = magnitude  # L = 24 in the tiny run
+        np.save(dst / "turbines" / tid / "X.npy", X)
+    index.loc[val, "y"], index.loc[val, "has_label"] = label, True
+    index.to_parquet(dst / "window_index.parquet", index=False)
+
+
+def test_fleet_calibration_never_sees_a_labelled_fault_not_even_as_a_peer(tiny_run, tmp_path):
+    from trainer.calibrate import calibrate
+    from trainer.fit import PreparedData, load_checkpoint
+    from trainer.infer import build_reference, checkpoint_config
+
+    ckpt = load_checkpoint(tiny_run.checkpoint)
+    cfg = checkpoint_config(ckpt, ["infer.fleet.relative=true"])
+    scoring = build_reference(ckpt, cfg).scoring
+    src = PreparedData(cfg).dir
+
+    def thresholds(label: int, magnitude: float | None):
+        dst = tmp_path / f"{label}_{magnitude}"
+        _fault_in_validation(src, dst, label, magnitude)
+        c = checkpoint_config(ckpt, ["infer.fleet.relative=true"], data_dir=dst)
+        cal = calibrate(scoring, PreparedData(c), c).calibration
+        return cal.global_threshold, cal.per_turbine
+
+    clean_fault_label = thresholds(2, None)
+    assert thresholds(2, 50.0) == clean_fault_label  # the planted values reach no threshold, not even via peers
+    assert thresholds(0, 50.0)[0] != thresholds(0, None)[0]  # control: labelled normal, they do

@@ -32,6 +32,10 @@ def test_score_timeline_png(tmp_path):
     assert plt.get_fignums() == figs and np.array_equal(score, kept)
     per_step = plot_score_timeline(tmp_path / "per_step.png", TS, score, np.full(TS.size, 2.0), [], [], "T01")
     assert _png_size(per_step.read_bytes()) == (1200, 400)
+    gaps = score.copy()
+    gaps[:50] = np.nan  # fleet-relative scores are NaN where no other turbine was scored
+    with_gaps = plot_score_timeline(tmp_path / "gaps.png", TS, gaps, 2.0, [], [], "T01")
+    assert _png_size(with_gaps.read_bytes()) == (1200, 400)
 
 
 def test_contribution_heatmap_png(tmp_path):

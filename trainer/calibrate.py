@@ -10,9 +10,9 @@ edge uses). Thresholds per `infer.calibration.method`: a percentile (`fit_percen
 peaks-over-threshold generalized-Pareto tail per group (`evt`, `trainer.evt.pot_threshold`, whose fitted u, xi,
 sigma and excess count go into the bundle);
 turbines and (turbine, regime) pairs below `min_windows` fall back, and the bundle records which and why.
-With `infer.fleet.relative` the thresholds are fitted on fleet-relative scores (`runtime.peers`): every window of
-the split, fault-labelled ones included, is a peer at its step, as on the edge; the normal windows with a
-fleet-relative score are fitted. The score reference for drift stays on the scores themselves.
+With `infer.fleet.relative` the thresholds are fitted on fleet-relative scores (`runtime.peers`) of the normal
+windows that have peers. Fault-labelled windows are not peers either, so no labelled fault reaches a threshold,
+not even through another turbine's baseline. The score reference for drift stays on the scores themselves.
 """
 
 from __future__ import annotations
@@ -139,24 +139,21 @@ def calibrate(scoring: ScoringModule, data: PreparedData, cfg: RootCfg) -> Calib
                          f"({len(split)} windows, all fault-labelled or none): check data.splits.val_range")
     fitted_on = (f"split={CALIBRATION_SPLIT}: {len(rows)} windows without a fault label of {len(split)} "
                  f"({len(split) - len(rows)} fault-labelled excluded); data fingerprint {data.fingerprint}")
+    raw, regimes = score_windows(scoring, data, cfg, rows)
+    scores, turbines = raw, rows["turbine_id"].astype(str).tolist()
     fleet = cfg.infer.fleet
     if fleet.relative:
-        all_scores, all_regimes = score_windows(scoring, data, cfg, split)
-        raw = all_scores[keep]
-        rel, _ = fleet_relative(all_scores, split["t_end"].to_numpy(np.int64),
-                                split["present_fraction"].to_numpy() >= cfg.data.windowing.min_present_fraction,
+        rel, _ = fleet_relative(raw, rows["t_end"].to_numpy(np.int64),
+                                rows["present_fraction"].to_numpy() >= cfg.data.windowing.min_present_fraction,
                                 fleet.min_peers)
-        fit_rows = keep & np.isfinite(rel)
-        if not fit_rows.any():
+        fit = np.isfinite(rel)
+        if not fit.any():
             raise ValueError(f"infer.fleet.relative: no normal {CALIBRATION_SPLIT!r} window has {fleet.min_peers} "
                              "other turbine(s) scored at its step; fleet-relative scores need a fleet")
-        scores, regimes = rel[fit_rows], [r for r, k in zip(all_regimes, fit_rows) if k]
-        turbines = split["turbine_id"].astype(str)[fit_rows].tolist()
+        scores, regimes = rel[fit], [r for r, k in zip(regimes, fit) if k]
+        turbines = [t for t, k in zip(turbines, fit) if k]
         fitted_on += (f"; fleet-relative scores (minus the median of >= {fleet.min_peers} other turbines at the same "
-                      f"step) of {int(fit_rows.sum())} of those windows")
-    else:
-        raw, regimes = score_windows(scoring, data, cfg, rows)
-        scores, turbines = raw, rows["turbine_id"].astype(str).tolist()
+                      f"step) of {int(fit.sum())} of those windows")
     if c.method == "evt":
         def pot(x: np.ndarray) -> tuple[float, dict[str, float]]:
             fit = pot_threshold(x, c.evt_tail_quantile, c.evt_exceedance_prob, c.evt_min_excesses)

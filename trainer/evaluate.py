@@ -160,12 +160,13 @@ def _plots(out: Path, res: pd.DataFrame, arrays: SplitArrays, faults: dict, name
            events: list[dict[str, Any]]) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
+    what = "fleet-relative anomaly score" if "score_raw" in res else "anomaly score"
     for tid, g in res.groupby("turbine_id"):
         ts = g["t_end"].astype("int64").to_numpy()
         spans = alert_spans_from_states(ts, g["alert_on"].to_numpy())
         written.append(str(plot_score_timeline(out / f"score_{tid}.png", ts, g["score"].to_numpy(),
                                                g["threshold"].to_numpy(), spans, faults.get(tid, []),
-                                               f"{tid}: anomaly score and calibrated threshold (test split)")))
+                                               f"{tid}: {what} and calibrated threshold (test split)")))
     for n, e in enumerate([e for e in events if e["event"] == "on"][:MAX_HEATMAPS]):
         rows = np.flatnonzero(res["turbine_id"].to_numpy() == e["turbine_id"])
         at = int(np.searchsorted(res["t_end"].iloc[rows].astype("int64").to_numpy(), pd.Timestamp(e["ts"]).value))

@@ -84,7 +84,8 @@ def plot_score_timeline(
     handles += [Patch(color="tab:orange", alpha=0.25, label="alert"), Patch(color="tab:red", label="labelled fault")]
     ax.legend(handles=handles, loc="upper left", fontsize=8)
     ax.set_xlim(t[0], t[-1])
-    lo, hi = float(min(s.min(), thr.min())), float(max(s.max(), thr.max()))
+    both = np.concatenate([s, thr])  # a score may be NaN (a fleet-relative score without peers): a gap in the line
+    lo, hi = float(np.nanmin(both)), float(np.nanmax(both))
     ax.set_ylim(lo - 0.05 * (hi - lo or 1.0), hi + 0.25 * (hi - lo or 1.0))  # headroom for the fault band
     ax.set_ylabel("anomaly score")
     ax.set_xlabel("time (UTC)")
