@@ -97,8 +97,8 @@ def test_edge_fleet_scores_match_offline_inference(fleet_bundle_dir, fleet_bundl
         assert abs(d["score"] - r.score_raw) <= 1e-4 * abs(r.score_raw) + 1e-6
         assert d["peers"] == r.peers == 3
         assert abs(d["fleet_score"] - r.score) <= 1e-4 * abs(r.score_raw) + 1e-6, (r.turbine_id, r.t_end)
-        assert d["threshold"] == pytest.approx(r.threshold) and d["ratio"] == pytest.approx(r.score / r.threshold,
-                                                                                             rel=1e-3, abs=1e-5)
+        assert d["threshold"] == pytest.approx(r.threshold)
+        assert abs(d["ratio"] - r.score / r.threshold) <= (1e-4 * abs(r.score_raw) + 1e-6) / r.threshold
         n += 1
     assert n > 50
 
@@ -132,10 +132,14 @@ def test_daemon_publishes_the_fleet_scores_of_replay(broker, fleet_bundle, rows,
     assert all(len(v) == 1 for v in got.values())
     assert {t: sum(1 for k in got if k[0] == t) for t in want} == want
     n = 0
-    for k, v in got.items():
-        payload = next(iter(v))
-        assert_close(payload, replayed[k], k)
-        n += b'"fleet_score":' in payload
+    for k, v in got.items():  # run and replay batch steps differently, which moves raw scores by float32 ulps
+        a, b = json.loads(next(iter(v))), json.loads(replayed[k])
+        if a["status"] == "ok":
+            tol = 1e-5 * abs(b["score"]) + 1e-6  # a fleet score is a difference of scores: absolute, not relative
+            assert abs(a.pop("fleet_score") - b.pop("fleet_score")) <= tol, k
+            assert abs(a.pop("ratio") - b.pop("ratio")) <= tol / b["threshold"], k
+            n += 1
+        assert_close(json.dumps(a).encode(), json.dumps(b).encode(), k)
     assert n > 100
     pub.disconnect()
     col.close()
