@@ -1,7 +1,8 @@
 """`scada-runtime`: thin typer wrapper over `runtime.daemon.run` and `runtime.replay.replay_file`.
 
 Parses arguments, loads and validates runtime.yaml (with SCADA_RT_* environment overrides) and calls one plain
-function; no logic lives here. Configuration errors exit with code 2 and the message.
+function; no logic lives here. Configuration errors, and a bundle or table that `replay` refuses, exit with code 2
+and the message.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ Every key of runtime.yaml can be set as SCADA_RT_<SECTION>__<KEY>; unknown keys 
 Use `scada-runtime config-keys` to list them. SIGTERM drains and exits cleanly.
 """
 
-_REPLAY_HELP = """Score a raw SCADA table (CSV or Parquet) with the daemon's pipeline; one JSON line per step.
+_REPLAY_HELP = """Score a raw SCADA table (CSV) with the daemon's pipeline; one JSON line per step.
 
 Example:
 
@@ -65,14 +66,20 @@ def run(
 @app.command(help=_REPLAY_HELP)
 def replay(
     bundle: Path = typer.Option(..., "--bundle", help="bundle directory written by scada-export"),
-    input: Path = typer.Option(..., "--input", help="raw SCADA table, .csv or .parquet"),  # noqa: A002
+    input: Path = typer.Option(..., "--input", help="raw SCADA table, .csv"),  # noqa: A002
     out: Path = typer.Option(..., "--out", help="score records, JSON lines"),
     config: Optional[Path] = typer.Option(None, "--config", help="runtime.yaml for `mapping` and compute"),
     alerts: Optional[Path] = typer.Option(None, "--alerts", help="also write alert transitions here"),
 ) -> None:
+    from runtime.errors import BundleError, InputError, SpecError
     from runtime.replay import replay_file
 
-    summary = replay_file(bundle, input, out, _config(config), alerts)
+    cfg = _config(config)
+    try:
+        summary = replay_file(bundle, input, out, cfg, alerts)
+    except (BundleError, InputError, SpecError) as e:  # a bad bundle or table: the message says what to fix
+        typer.echo(f"replay: {e}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(json.dumps(summary), err=True)
 
 

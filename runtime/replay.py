@@ -2,10 +2,10 @@
 
 Contract
 --------
-* Input: a CSV (read with the csv module) or Parquet file (pyarrow, only if installed: otherwise a clear
-  InputError) with one row per turbine and timestamp, in the training table's format. Columns map to the
-  bundle's channels through runtime.yaml's `mapping` section (`columns`, `turbine_id_col`, `time_col`,
-  `naive_timezone`); with no `columns` the bundle's training mapping is used, so a table in the training format
+* Input: a CSV file (read with the csv module; a Parquet file is refused with the command that converts it, since
+  the edge install carries no Parquet reader) with one row per turbine and timestamp, in the training table's
+  format. Columns map to the bundle's channels through runtime.yaml's `mapping` section (`columns`,
+  `turbine_id_col`, `time_col`, `naive_timezone`); with no `columns` the bundle's training mapping is used, so a table in the training format
   replays with no mapping given. Stamps: ISO-8601 with a UTC offset, or epoch seconds; naive stamps need
   `naive_timezone`. Non-numeric cells and +-inf become missing (counted per channel), as in scada-prepare.
 * Rows are fed to the same `Engine` as `run` in time order (stable: rows of one timestamp keep file order, the
@@ -38,20 +38,11 @@ _FLUSH_EVERY = 4096  # rows between engine flushes: batches of ready turbines, b
 
 
 def _read_rows(path: Path, columns: Sequence[str]) -> dict[str, list[Any]]:
-    name = path.name.lower()
-    if name.endswith((".parquet", ".pq")):
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise InputError(
-                f"{path}: reading Parquet needs pyarrow, which the edge install leaves out; "
-                "`pip install pyarrow` or convert the table to CSV"
-            ) from None
-        table = pq.read_table(path)
-        missing = [c for c in columns if c not in table.column_names]
-        if missing:
-            raise InputError(f"{path}: columns {missing} not found; the table has {table.column_names[:40]}")
-        return {c: table.column(c).to_pylist() for c in dict.fromkeys(columns)}
+    if path.name.lower().endswith((".parquet", ".pq")):  # the edge install carries no Parquet reader (pyarrow)
+        csv_path = path.with_suffix(".csv")
+        raise InputError(f"{path}: the edge runtime replays CSV only; convert the table where pandas is installed: "
+                         f"python -c \"import pandas as pd; pd.read_parquet('{path}').to_csv('{csv_path}', "
+                         "index=False)\"")
     with path.open(newline="", encoding="utf-8") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)

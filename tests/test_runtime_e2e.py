@@ -473,6 +473,12 @@ def test_replay_cli(bundle_dir, timeline, tmp_path, replayed):
     res = subprocess.run([sys.executable, "-m", "runtime.cli", "replay", "--bundle", str(bundle_dir), "--input",
                           str(timeline[2]), "--out", str(out), "--config", str(bad)], capture_output=True, text=True)
     assert res.returncode == 2 and "unknown keys ['brokr']" in res.stderr
+    table = tmp_path / "scada.parquet"  # the edge carries no Parquet reader: refused with the conversion to run
+    table.write_bytes(b"PAR1")
+    res = subprocess.run([sys.executable, "-m", "runtime.cli", "replay", "--bundle", str(bundle_dir), "--input",
+                          str(table), "--out", str(out)], capture_output=True, text=True)
+    assert res.returncode == 2 and "replays CSV only" in res.stderr and "to_csv" in res.stderr
+    assert "Traceback" not in res.stderr
 
 
 def test_qos1_telemetry_is_never_dropped_when_the_inbound_queue_fills(broker, bundle, scorer, timeline):
