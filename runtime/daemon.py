@@ -202,6 +202,7 @@ class Daemon:
         self.metrics.inbound_depth.set(self.inbound.qsize())
         self.metrics.queue_depth.set(self.link.queue_depth)
         self.metrics.turbines.set(len(self.engine.fleet))
+        self.metrics.fleet_waiting.set(self.engine.waiting())
         self.metrics.alerts_on.set(self.engine.alerts_on())
         self.metrics.score_drift.set(self.engine.drift.get()["ks"])
         if self.cfg.state.path is not None and now - self._last_save_ns >= self.cfg.state.save_interval_s * 1e9:

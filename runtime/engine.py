@@ -336,5 +336,9 @@ class Engine:
         d = self.drift.get()
         return {"ks": None if math.isnan(d["ks"]) else round(float(d["ks"]), 6), "n": int(d["n"])}
 
+    def waiting(self) -> int:
+        """Fleet-relative: scored steps held until every turbine has closed their step (0 otherwise)."""
+        return sum(len(g) for g in self._pending.values())
+
     def alerts_on(self) -> int:
         return int(self.alerts.get().sum())

@@ -43,6 +43,8 @@ class RuntimeMetrics:
                                  "turbines) from the bundle's validation-score quantiles; NaN before any score",
                                  registry=r)
         self.turbines = Gauge(p + "turbines", "turbines seen", registry=r)
+        self.fleet_waiting = Gauge(p + "fleet_waiting_records", "fleet-relative: scored steps waiting for every "
+                                   "turbine to close their step", registry=r)
         self.connected = Gauge(p + "connected", "1 while connected to the broker", registry=r)
         self.connect_failures = Counter(p + "connect_failures", "refused connections, by reason", ["reason"],
                                         registry=r)

@@ -7,6 +7,7 @@ where batch and stream share the whole history, the edge's fleet scores equal `s
 from __future__ import annotations
 
 import json
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,8 @@ def test_daemon_publishes_the_fleet_scores_of_replay(broker, fleet_bundle, rows,
     publish_all(pub, to_messages(header, body))
     want = expected_steps(body, header)
     wait_for(lambda: len(col.of("/score")) >= sum(want.values()), 60, "all scores")
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{d.daemon.health.port}/metrics").read().decode()
+    assert "scada_runtime_fleet_waiting_records " in metrics
     assert d.stop() == 0
     got = by_key([p for _, p in col.of("/score")])
     assert all(len(v) == 1 for v in got.values())
@@ -161,7 +164,7 @@ def test_a_step_waits_until_every_turbine_has_closed_it(fleet_bundle, rows):
         engine.ingest(s)
     out = _scores(engine.flush())
     assert out == {}, "no step may be released while one turbine has not closed it"
-    assert engine.state_dict()["pending"], "the leading turbines' scored steps wait"
+    assert engine.waiting() == len(engine.state_dict()["pending"]) > 0, "the leading turbines' scored steps wait"
     for s in samples:
         if s.turbine == lagging and s is not first_of[s.turbine]:
             engine.ingest(s)
