@@ -8,7 +8,7 @@ import pytest
 
 from runtime.errors import InputError
 from trainer.config import load_config
-from trainer.tables import load_raw_table
+from trainer.tables import load_raw_table, parse_timestamps
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "config.yaml"
 CHANNELS = ["wind_speed", "power", "rotor_speed", "gen_speed", "pitch", "wind_dir", "nacelle_dir", "ambient_temp",
@@ -91,3 +91,19 @@ def test_naive_timestamps_need_a_declared_zone(tmp_path):
 def test_missing_input_path(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         load_raw_table(_cfg(tmp_path / "nothing.csv"))
+
+
+def test_the_trainer_and_the_edge_read_timestamps_alike():
+    """scada-prepare parses a column with pandas (vectorised), the edge one message at a time with the standard
+    library: the same stamps must give the same instants."""
+    from runtime.telemetry import parse_timestamp_ns
+
+    iso = ["2024-01-01T00:10:00+00:00", "2024-01-01T00:10:00Z", "2024-03-31T03:10:00+02:00",
+           "2017-10-29T02:30:00+01:00", "2024-01-01T00:10:00.250+00:00", "2024-06-30T23:59:59.999999-07:00",
+           "2024-01-01 00:10:00+05:30"]
+    got = parse_timestamps(pd.Series(iso), None, "t")
+    assert got.tolist() == [parse_timestamp_ns(s) for s in iso]
+    epochs = [1704067800, 1704068400, 1704069000]
+    assert parse_timestamps(pd.Series(epochs), None, "t").tolist() == [parse_timestamp_ns(s) for s in epochs]
+    frac = [1704067800.5, 1704068400.25]
+    assert parse_timestamps(pd.Series(frac), None, "t").tolist() == [parse_timestamp_ns(s) for s in frac]
