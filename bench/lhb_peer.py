@@ -38,18 +38,13 @@ def peer_relative(res: pd.DataFrame) -> np.ndarray:
     return rel
 
 
-def alert_spans(on: pd.Series) -> int:
-    x = on.astype(int).to_numpy()
-    return int(x[0] + (np.diff(x) == 1).sum()) if len(x) else 0
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, required=True, help="a finished lhb_injection.py workdir")
     ap.add_argument("--turbine", default="R80736", help="the turbine the faults were injected into")
     ap.add_argument("--max-lead-hours", type=float, default=48.0)
     a = ap.parse_args()
-    from lhb_injection import detections  # this folder is on sys.path when the script runs
+    from lhb_injection import detections, untouched_alerts  # this folder is on sys.path when the script runs
     from trainer.batch_infer import apply_alerts, infer_split, setup_from_bundle
 
     w = a.workdir
@@ -85,8 +80,8 @@ def main() -> None:
             found = detections(runs["original"], runs["injected"], labels, lead)
             det = [f"{d['fault']} {d['hours_after_start']:+.0f} h" for d in found if d["detected"]]
             u = runs["original"][runs["original"].turbine_id != a.turbine]
-            months = (u.t_end.max() - u.t_end.min()).total_seconds() / (30.4375 * 86400) * u.turbine_id.nunique()
-            fa = sum(alert_spans(g.alert_on) for _, g in u.groupby("turbine_id")) / months
+            raised, months = untouched_alerts(runs["original"], a.turbine)
+            fa = raised / months
             vu = v[v.turbine_id != a.turbine]
             shares = [f"val {np.mean(vu[col] >= vu.turbine_id.map(thr)):.1%}"]
             for p, g in u.groupby(u.t_end.dt.tz_convert(None).dt.to_period("M")):

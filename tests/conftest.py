@@ -72,6 +72,17 @@ def shared_data_or_skip(*parts: str) -> Path:
     return path
 
 
+@pytest.fixture()
+def broker(tmp_path):
+    """A Mosquitto of its own on a free loopback port (skips the test when mosquitto is not installed)."""
+    from tests.mosquitto import Broker
+
+    b = Broker(tmp_path / "broker")
+    b.start()
+    yield b
+    b.stop()
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     """Tiny test models gain nothing from intra-op threads, and OpenMP spin-waits make them far slower on a

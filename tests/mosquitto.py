@@ -18,7 +18,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import paho.mqtt.client as paho
@@ -30,7 +30,7 @@ from export.demo_broker import MosquittoProcess, closed_steps, find_mosquitto, t
 from runtime.binning import bin_end_ns
 from runtime.config import config_from_dict
 from runtime.daemon import Daemon
-from runtime.telemetry import parse_timestamp_ns
+from runtime.telemetry import Sample, parse_timestamp_ns
 
 MOSQUITTO = find_mosquitto()
 
@@ -79,6 +79,20 @@ def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
 def to_messages(header: list[str], rows: list[list[str]]) -> list[tuple[str, bytes]]:
     """(topic, payload) per raw row of this test site (`export.demo_broker.telemetry_messages`)."""
     return telemetry_messages(header, rows, SITE)
+
+
+def to_samples(header: list[str], rows: list[list[str]], channels: Sequence[str]) -> list[Sample]:
+    """The raw rows as the engine's samples (cells that are not numbers become NaN), in row order."""
+    ti, ii = header.index("timestamp"), header.index("turbine_id")
+    cols = [header.index(c) for c in channels]
+
+    def num(cell: str) -> float:
+        try:
+            return float(cell)
+        except ValueError:
+            return float("nan")
+
+    return [Sample(r[ii], parse_timestamp_ns(r[ti]), np.array([num(r[j]) for j in cols])) for r in rows]
 
 
 def expected_steps(rows: list[list[str]], header: list[str]) -> dict[str, int]:

@@ -20,14 +20,12 @@ from runtime.engine import Engine
 from runtime.replay import replay
 from runtime.scorer import OnnxScorer
 from runtime.state_file import load_state, save_state
-from runtime.telemetry import Sample, parse_timestamp_ns
+from runtime.telemetry import parse_timestamp_ns
 from tests.mosquitto import (
     DT_NS, SITE, Collector, DaemonThread, by_key, client, daemon_config, expected_steps, publish_all, read_slice,
-    require_mosquitto, to_messages, wait_for, write_csv,
+    to_messages, to_samples, wait_for, write_csv,
 )
-from tests.test_runtime_e2e import assert_close
-
-STREAM_START, STREAM_END = "2024-01-28T00:00:00+00:00", "2024-01-29T12:00:00+00:00"
+from tests.test_runtime_e2e import STREAM_END, STREAM_START, assert_close
 
 
 @pytest.fixture(scope="module")
@@ -47,19 +45,6 @@ def fleet_bundle(fleet_bundle_dir):
 @pytest.fixture(scope="module")
 def rows(tiny_run):
     return read_slice(tiny_run.synth_dir / "scada.csv", STREAM_START, STREAM_END)
-
-
-def _samples(bundle, header, rows) -> list[Sample]:
-    ti, ii = header.index("timestamp"), header.index("turbine_id")
-    chans = [header.index(c) for c in bundle.spec.channels]
-
-    def num(cell: str) -> float:
-        try:
-            return float(cell)
-        except ValueError:
-            return float("nan")
-
-    return [Sample(r[ii], parse_timestamp_ns(r[ti]), np.array([num(r[j]) for j in chans])) for r in rows]
 
 
 def _scores(outputs) -> dict[tuple[str, str], dict]:
@@ -104,17 +89,6 @@ def test_edge_fleet_scores_match_offline_inference(fleet_bundle_dir, fleet_bundl
     assert n > 50
 
 
-@pytest.fixture()
-def broker(tmp_path):
-    from tests.mosquitto import Broker
-
-    require_mosquitto()
-    b = Broker(tmp_path / "broker")
-    b.start()
-    yield b
-    b.stop()
-
-
 def test_daemon_publishes_the_fleet_scores_of_replay(broker, fleet_bundle, rows, tmp_path):
     header, body = rows
     engine = Engine(fleet_bundle, OnnxScorer(fleet_bundle), grace_seconds=0.0, max_turbines=100, max_batch=512)
@@ -150,7 +124,7 @@ def test_daemon_publishes_the_fleet_scores_of_replay(broker, fleet_bundle, rows,
 
 def test_a_step_waits_until_every_turbine_has_closed_it(fleet_bundle, rows):
     header, body = rows
-    samples = _samples(fleet_bundle, header, body)
+    samples = to_samples(header, body, fleet_bundle.spec.channels)
     turbines = sorted({s.turbine for s in samples})
     lagging = turbines[-1]
     engine = Engine(fleet_bundle, OnnxScorer(fleet_bundle), grace_seconds=0.0, max_turbines=100, max_batch=512)
@@ -179,7 +153,7 @@ def test_a_step_waits_until_every_turbine_has_closed_it(fleet_bundle, rows):
 
 def test_waiting_steps_survive_a_restart(fleet_bundle, rows, tmp_path):
     header, body = rows
-    samples = _samples(fleet_bundle, header, body)
+    samples = to_samples(header, body, fleet_bundle.spec.channels)
     half = len(samples) // 2
     lagging = sorted({s.turbine for s in samples})[0]
 

@@ -23,10 +23,10 @@ from runtime.config import MappingCfg
 from runtime.engine import Engine
 from runtime.replay import replay
 from runtime.scorer import OnnxScorer
-from runtime.telemetry import Sample, parse_timestamp_ns
+from runtime.telemetry import parse_timestamp_ns
 from tests.mosquitto import (
     DT_NS, GATEWAY, SITE, Broker, bin_labels, Collector, DaemonThread, by_key, client, daemon_config, expected_steps,
-    publish_all, read_slice, require_mosquitto, to_messages, wait_for, write_csv,
+    publish_all, read_slice, require_mosquitto, to_messages, to_samples, wait_for, write_csv,
 )
 
 STREAM_START, STREAM_END = "2024-01-28T00:00:00+00:00", "2024-01-29T12:00:00+00:00"  # 216 steps per turbine
@@ -65,14 +65,6 @@ def replayed(bundle, scorer, timeline, tmp_path_factory) -> dict[tuple[str, str]
     engine = Engine(bundle, scorer, grace_seconds=0.0, max_turbines=100, max_batch=512)
     replay(engine, timeline[2], MappingCfg(), out)
     return {k: next(iter(v)) for k, v in by_key(out.read_bytes().splitlines()).items()}
-
-
-@pytest.fixture()
-def broker(tmp_path):
-    b = Broker(tmp_path / "broker")
-    b.start()
-    yield b
-    b.stop()
 
 
 def _first_comparable_ns(bundle) -> int:
@@ -178,11 +170,8 @@ def test_stream_features_match_prepared_arrays(bundle, timeline, tiny_run):
 
     header, rows, _ = timeline
     engine = Engine(bundle, Spy(), 0.0, 100, 10**6)
-    ti, ii = header.index("timestamp"), header.index("turbine_id")
-    chans = list(bundle.spec.channels)
-    for r in rows:
-        vals = np.array([float(r[header.index(c)]) if _isnum(r[header.index(c)]) else np.nan for c in chans])
-        engine.ingest(Sample(r[ii], parse_timestamp_ns(r[ti]), vals))
+    for sample in to_samples(header, rows, bundle.spec.channels):
+        engine.ingest(sample)
     steps = [s for s in engine.fleet.drain() if s.window is not None]
     proc = Path(tiny_run.cfg().data.paths.processed_dir) / "turbines"
     first, L, n = _first_comparable_ns(bundle), bundle.dims.L, 0
@@ -197,14 +186,6 @@ def test_stream_features_match_prepared_arrays(bundle, timeline, tiny_run):
         np.testing.assert_array_equal(s.window.Flags, np.load(proc / s.turbine / "Flags.npy")[sl])
         n += 1
     assert n > 100
-
-
-def _isnum(cell: str) -> bool:
-    try:
-        float(cell)
-        return True
-    except ValueError:
-        return False
 
 
 def test_replay_matches_offline_reference(replayed, tiny_run, bundle):

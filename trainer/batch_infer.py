@@ -222,15 +222,18 @@ def apply_alerts(res: pd.DataFrame, alerting: AlertingParams) -> list[dict[str, 
     turbines = sorted(res["turbine_id"].unique())
     slot = res["turbine_id"].map({t: i for i, t in enumerate(turbines)}).to_numpy()
     pos = res.groupby("turbine_id").cumcount().to_numpy()  # k-th window of its turbine (rows are time-sorted)
+    score, thr = res["score"].to_numpy(), res["threshold"].to_numpy()
+    scored = np.isfinite(score)
+    by_pos = np.argsort(pos, kind="stable")
+    bounds = np.searchsorted(pos[by_pos], np.arange(int(pos.max()) + 2))
     on = np.zeros(len(res), bool)
     events: list[dict[str, Any]] = []
-    for k in range(int(pos.max()) + 1):  # one vectorised step per window position across the fleet
-        rows = np.flatnonzero(pos == k)
-        held = rows[~np.isfinite(res["score"].to_numpy()[rows])]
-        rows = rows[np.isfinite(res["score"].to_numpy()[rows])]
+    for k in range(len(bounds) - 1):  # one vectorised step per window position across the fleet
+        at = by_pos[bounds[k] : bounds[k + 1]]
+        held, rows = at[~scored[at]], at[scored[at]]
         states = state.get()
         on[held] = [bool(states[i]) if i < len(states) else False for i in slot[held]]
-        tr = state.step(slot[rows], res["score"].to_numpy()[rows], res["threshold"].to_numpy()[rows])
+        tr = state.step(slot[rows], score[rows], thr[rows])
         on[rows] = tr.on
         for r, up, down in zip(rows, tr.turned_on, tr.turned_off):
             if up or down:
