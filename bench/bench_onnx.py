@@ -17,6 +17,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,17 +27,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from export.onnx_export import export_graphs  # noqa: E402
-from trainer.infer import CleanGraph, ReferenceModules, build_reference, checkpoint_config  # noqa: E402
-from export.verify import verify_graphs  # noqa: E402
+from scada_tcn.export.onnx_export import export_graphs  # noqa: E402
+from scada_tcn.export.verify import verify_graphs  # noqa: E402
+from scada_tcn.trainer.model.reference import CleanGraph, ReferenceModules, build_reference, checkpoint_config  # noqa: E402
 
 
 def demo_modules() -> ReferenceModules:
     """The demo config's model (F, R from its feature and flag config) with random weights."""
-    from trainer.config import load_config
-    from trainer.fit import model_config
-    from trainer.model import MultiTaskTCN
-    from trainer.registry import spec_from_config
+    from scada_tcn.trainer.config import load_config
+    from scada_tcn.trainer.config.derive import spec_from_config
+    from scada_tcn.trainer.model.network import MultiTaskTCN
+    from scada_tcn.trainer.training.fit import model_config
 
     cfg = load_config(ROOT / "configs" / "config.yaml", ["device=cpu"])
     spec = spec_from_config(cfg)
@@ -82,23 +83,25 @@ def latency_table(mods: ReferenceModules, graphs: dict[str, bytes], threads: lis
             X, M, Fl = windows(mods, B)
             X_in = np.concatenate([np.where(M > 0.5, X, 0.0).astype(np.float32), M, np.ones_like(M), Fl], axis=-1)
             tX, tM, tF, tX_in = (torch.from_numpy(a) for a in (X, M, Fl, X_in))
+            feeds = {"clean": {"X_in": X_in}, "scoring": {"X": X, "M_miss": M, "Flags": Fl}}
             cases = {
-                "clean": (lambda: clean(tX_in), lambda: sess["clean"].run(None, {"X_in": X_in})),
-                "scoring": (lambda: mods.scoring(tX, tM, tF),
-                            lambda: sess["scoring"].run(None, {"X": X, "M_miss": M, "Flags": Fl})),
+                "clean": (partial(clean, tX_in), partial(sess["clean"].run, None, feeds["clean"])),
+                "scoring": (partial(mods.scoring, tX, tM, tF), partial(sess["scoring"].run, None, feeds["scoring"])),
             }
             for name, (torch_fn, ort_fn) in cases.items():
                 with torch.no_grad():
                     t_torch = median_ms(torch_fn, repeats if B == 1 else max(5, repeats // 4))
                 t_ort = median_ms(ort_fn, repeats if B == 1 else max(5, repeats // 4))
-                rows.append({"threads": t, "B": B, "pass": name, "torch_ms": t_torch, "ort_ms": t_ort,
-                             "ratio": t_torch / t_ort})
+                rows.append(
+                    {"threads": t, "B": B, "pass": name, "torch_ms": t_torch, "ort_ms": t_ort, "ratio": t_torch / t_ort}
+                )
     return rows
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     ap.add_argument("--checkpoint", help="a scada-train checkpoint: export a full bundle (with its prepared data)")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=50, help="timed calls per case (B=64 uses a quarter)")
@@ -107,8 +110,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         if args.checkpoint:
-            from export.bundle_writer import export_bundle
-            from trainer.fit import load_checkpoint
+            from scada_tcn.export.bundle_writer import export_bundle
+            from scada_tcn.trainer.training.fit import load_checkpoint
 
             torch.set_num_threads(1)
             bundle = export_bundle(args.checkpoint, out_dir=Path(tmp) / "bundle")
@@ -125,23 +128,29 @@ def main() -> None:
         export_s = time.perf_counter() - t0
         cfg = mods.model.cfg
         n_params = sum(p.numel() for p in mods.model.parameters())
-        print(f"model: L={mods.L} F={cfg.F} R={cfg.R} K={cfg.K} C={cfg.C} D={cfg.D} blocks={cfg.num_blocks} "
-              f"({n_params:,} parameters), scoring passes P={mods.scoring.P}; export took {export_s:.1f} s")
+        print(
+            f"model: L={mods.L} F={cfg.F} R={cfg.R} K={cfg.K} C={cfg.C} D={cfg.D} blocks={cfg.num_blocks} "
+            f"({n_params:,} parameters), scoring passes P={mods.scoring.P}; export took {export_s:.1f} s"
+        )
         print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, {torch.get_num_threads()} torch threads")
 
         print("\nlatency (median ms), ratio = torch eager / onnxruntime, same run:")
         print(f"{'threads':>7} {'B':>3} {'pass':>8} {'torch':>9} {'ort':>9} {'ratio':>6}")
         for r in latency_table(mods, graphs, args.threads, args.repeats):
-            print(f"{r['threads']:>7} {r['B']:>3} {r['pass']:>8} {r['torch_ms']:>9.3f} {r['ort_ms']:>9.3f} "
-                  f"{r['ratio']:>6.2f}")
+            print(
+                f"{r['threads']:>7} {r['B']:>3} {r['pass']:>8} {r['torch_ms']:>9.3f} {r['ort_ms']:>9.3f} "
+                f"{r['ratio']:>6.2f}"
+            )
 
         print("\nbundle size on disk:")
         for name, n in sorted(sizes.items()):
             print(f"  {name:<14} {n / 1024:8.1f} KiB")
         print(f"  {'total':<14} {sum(sizes.values()) / 1024:8.1f} KiB")
 
-        print(f"\nparity (atol={parity['atol']:g}, rtol={parity['rtol']:g}, extreme |x|={parity['extreme']:g}, "
-              f"passed={parity['passed']}): max over all cases")
+        print(
+            f"\nparity (atol={parity['atol']:g}, rtol={parity['rtol']:g}, extreme |x|={parity['extreme']:g}, "
+            f"passed={parity['passed']}): max over all cases"
+        )
         for name, s in parity["outputs"].items():
             print(f"  {name:<22} max_abs {s['max_abs']:.2e}  max_rel {s['max_rel']:.2e}  n_bad {s['n_bad']}")
 

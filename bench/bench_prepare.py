@@ -21,13 +21,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_ours(data_dir: Path, out_dir: Path) -> dict:
-    from trainer.config import load_config
-    from trainer.prepare import prepare
+    from scada_tcn.trainer.config import load_config
+    from scada_tcn.trainer.data.prepare import prepare
 
-    cfg = load_config(ROOT / "configs" / "config.yaml", [
-        f"data.paths.raw_dir={data_dir / 'scada.parquet'}", f"data.paths.labels_file={data_dir / 'labels.csv'}",
-        f"data.paths.processed_dir={out_dir}",
-    ])
+    cfg = load_config(
+        ROOT / "configs" / "config.yaml",
+        [
+            f"data.paths.raw_dir={data_dir / 'scada.parquet'}",
+            f"data.paths.labels_file={data_dir / 'labels.csv'}",
+            f"data.paths.processed_dir={out_dir}",
+        ],
+    )
     t = time.perf_counter()
     s = prepare(cfg)
     return {"wall_s": time.perf_counter() - t, "steps": s["steps"], "F": s["F"], "windows": s["windows"]}
@@ -39,8 +43,20 @@ def run_pandas(data_dir: Path, out_dir: Path) -> dict:
 
     t = time.perf_counter()
     df = pd.read_parquet(data_dir / "scada.parquet")
-    chans = ["wind_speed", "power", "rotor_speed", "gen_speed", "pitch", "wind_dir", "nacelle_dir", "ambient_temp",
-             "nacelle_temp", "gearbox_oil_temp", "gearbox_bearing_temp", "gen_bearing_temp"]
+    chans = [
+        "wind_speed",
+        "power",
+        "rotor_speed",
+        "gen_speed",
+        "pitch",
+        "wind_dir",
+        "nacelle_dir",
+        "ambient_temp",
+        "nacelle_temp",
+        "gearbox_oil_temp",
+        "gearbox_bearing_temp",
+        "gen_bearing_temp",
+    ]
     df["step"] = df["timestamp"].dt.ceil("10min")
     df = df.drop_duplicates(["turbine_id", "timestamp"], keep="last")
     binned = df.groupby(["turbine_id", "step"])[chans].mean()
@@ -72,9 +88,11 @@ def run_pandas(data_dir: Path, out_dir: Path) -> dict:
 
 
 def _child(stage: str, data_dir: Path, out_dir: Path) -> dict:
-    code = (f"import json,sys,resource; sys.path.insert(0,{str(ROOT)!r}); from bench.bench_prepare import run_{stage};"
-            f"r=run_{stage}(__import__('pathlib').Path({str(data_dir)!r}),__import__('pathlib').Path({str(out_dir)!r}));"
-            "r['peak_rss_mb']=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024; print(json.dumps(r))")
+    code = (
+        f"import json,sys,resource; sys.path.insert(0,{str(ROOT)!r}); from bench.bench_prepare import run_{stage};"
+        f"r=run_{stage}(__import__('pathlib').Path({str(data_dir)!r}),__import__('pathlib').Path({str(out_dir)!r}));"
+        "r['peak_rss_mb']=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024; print(json.dumps(r))"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     if res.returncode != 0:
         raise SystemExit(f"{stage} failed:\n{res.stderr[-3000:]}")
@@ -87,7 +105,7 @@ def main() -> None:
     ap.add_argument("--days", type=float, default=365)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/scada_bench_prepare"))
     a = ap.parse_args()
-    from trainer.simulator import write_synthetic
+    from scada_tcn.trainer.sources.simulator import write_synthetic
 
     data = a.workdir / "synth"
     if not (data / "scada.parquet").is_file():
@@ -97,12 +115,18 @@ def main() -> None:
     ours = _child("ours", data, a.workdir / "ours")
     base = _child("pandas", data, a.workdir / "pandas")
     print(f"rows (10-min steps): ours {ours['steps']:,}, pandas {base['steps']:,}; features {ours['F']} / {base['F']}")
-    print(f"scada-prepare (full: load, QC, features, scaler, flags, labels, windows, write): "
-          f"{ours['wall_s']:.1f} s, peak RSS {ours['peak_rss_mb']:.0f} MB")
-    print(f"pandas groupby().rolling() (load, bin, features, scaler, write): "
-          f"{base['wall_s']:.1f} s, peak RSS {base['peak_rss_mb']:.0f} MB")
-    print(f"ratio pandas/ours: time {base['wall_s'] / ours['wall_s']:.2f}x, memory "
-          f"{base['peak_rss_mb'] / ours['peak_rss_mb']:.2f}x")
+    print(
+        f"scada-prepare (full: load, QC, features, scaler, flags, labels, windows, write): "
+        f"{ours['wall_s']:.1f} s, peak RSS {ours['peak_rss_mb']:.0f} MB"
+    )
+    print(
+        f"pandas groupby().rolling() (load, bin, features, scaler, write): "
+        f"{base['wall_s']:.1f} s, peak RSS {base['peak_rss_mb']:.0f} MB"
+    )
+    print(
+        f"ratio pandas/ours: time {base['wall_s'] / ours['wall_s']:.2f}x, memory "
+        f"{base['peak_rss_mb'] / ours['peak_rss_mb']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

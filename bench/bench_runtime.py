@@ -29,7 +29,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from runtime.bundle import load_bundle  # noqa: E402
+from scada_tcn.runtime.bundle import load_bundle  # noqa: E402
 from tests.mosquitto import Broker, client, wait_for  # noqa: E402
 
 DT = 600
@@ -45,7 +45,9 @@ def _rss_mb(pid: int) -> float:
 
 def run_case(bundle_dir: Path, bundle, n: int, steps: int, max_batch: int, broker: Broker, tmp: Path) -> dict:
     cfg = {
-        "site": "bench", "gateway": f"gw{n}-{max_batch}", "log_level": os.environ.get("BENCH_LOG", "WARNING"),
+        "site": "bench",
+        "gateway": f"gw{n}-{max_batch}",
+        "log_level": os.environ.get("BENCH_LOG", "WARNING"),
         "broker": {"url": broker.url, "client_id": f"bench-{n}-{max_batch}-{time.time_ns()}"},
         "ingest": {"grace_s": 1e9, "max_past_s": 1e10},
         "compute": {"max_batch": max_batch, "tick_s": 0.02},
@@ -68,16 +70,35 @@ def run_case(bundle_dir: Path, bundle, n: int, steps: int, max_batch: int, broke
             scores[(d["turbine"], d["seq"])] = time.perf_counter()
 
     subscribed = threading.Event()
-    col = client(broker.url, f"col-{n}-{max_batch}-{time.time_ns()}", {
-        "on_message": on_message,
-        "on_connect": lambda c, u, f, rc, p: c.subscribe([("scada/bench/+/score", 1),
-                                                          (f"scada/runtime/{cfg['gateway']}/status", 1)]),
-        "on_subscribe": lambda c, u, mid, rcs, p: subscribed.set(),
-    })
+    col = client(
+        broker.url,
+        f"col-{n}-{max_batch}-{time.time_ns()}",
+        {
+            "on_message": on_message,
+            "on_connect": lambda c, u, f, rc, p: c.subscribe(
+                [("scada/bench/+/score", 1), (f"scada/runtime/{cfg['gateway']}/status", 1)]
+            ),
+            "on_subscribe": lambda c, u, mid, rcs, p: subscribed.set(),
+        },
+    )
     wait_for(subscribed.is_set, 10, "collector subscription")
     t_spawn = time.perf_counter()
-    proc = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-m", "runtime.cli", "run", "--bundle",
-                             str(bundle_dir), "--config", str(path)], cwd=ROOT)
+    proc = subprocess.Popen(
+        [
+            "taskset",
+            "-c",
+            "0",
+            sys.executable,
+            "-m",
+            "scada_tcn.runtime.cli",
+            "run",
+            "--bundle",
+            str(bundle_dir),
+            "--config",
+            str(path),
+        ],
+        cwd=ROOT,
+    )
     try:
         online.wait(60)
         startup = time.perf_counter() - t_spawn
@@ -98,7 +119,7 @@ def run_case(bundle_dir: Path, bundle, n: int, steps: int, max_batch: int, broke
                 sent[(f"T{i:04d}", ts // DT - 1)] = time.perf_counter()  # this sample closes the previous bin
             if s >= 1:  # every closed bin gets a record (warm-up ones too); measure the scored steps only
                 keys = [(f"T{i:04d}", ts // DT - 1) for i in range(n)]
-                wait_for(lambda: all(k in scores for k in keys), 120, f"records of step {s}")
+                wait_for(lambda keys=keys: all(k in scores for k in keys), 120, f"records of step {s}")
                 if s > L:
                     with lock:
                         lat += [scores[k] - sent[k] for k in keys]
@@ -107,9 +128,15 @@ def run_case(bundle_dir: Path, bundle, n: int, steps: int, max_batch: int, broke
         rss = _rss_mb(proc.pid)
         pub.disconnect()
         lat_ms = np.array(lat) * 1e3
-        return {"turbines": n, "max_batch": max_batch, "turbine_steps_per_s": n_meas / t_meas,
-                "p50_ms": float(np.percentile(lat_ms, 50)), "p99_ms": float(np.percentile(lat_ms, 99)),
-                "rss_mb": rss, "startup_s": startup}
+        return {
+            "turbines": n,
+            "max_batch": max_batch,
+            "turbine_steps_per_s": n_meas / t_meas,
+            "p50_ms": float(np.percentile(lat_ms, 50)),
+            "p99_ms": float(np.percentile(lat_ms, 99)),
+            "rss_mb": rss,
+            "startup_s": startup,
+        }
     finally:
         proc.terminate()
         proc.wait(30)
@@ -129,15 +156,23 @@ def main() -> None:
         broker.start()
         try:
             print(f"batched: compute.max_batch={args.max_batch}; baseline: max_batch=1 (one graph call per turbine)")
-            print(f"{'turbines':>8} {'graph calls':>12} {'steps/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'RSS MB':>7} "
-                  f"{'start s':>7}")
+            print(
+                f"{'turbines':>8} {'graph calls':>12} {'steps/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'RSS MB':>7} "
+                f"{'start s':>7}"
+            )
             for n in args.turbines:
                 rows = [run_case(args.bundle, bundle, n, args.steps, mb, broker, Path(d)) for mb in (args.max_batch, 1)]
                 for r, name in zip(rows, ("batched", "per-turbine")):
-                    print(f"{n:>8} {name:>12} {r['turbine_steps_per_s']:>9.0f} {r['p50_ms']:>8.1f} "
-                          f"{r['p99_ms']:>8.1f} {r['rss_mb']:>7.0f} {r['startup_s']:>7.2f}", flush=True)
-                print(f"{'':>8} {'speed-up':>12} {rows[0]['turbine_steps_per_s'] / rows[1]['turbine_steps_per_s']:>8.1f}x"
-                      , flush=True)
+                    print(
+                        f"{n:>8} {name:>12} {r['turbine_steps_per_s']:>9.0f} {r['p50_ms']:>8.1f} "
+                        f"{r['p99_ms']:>8.1f} {r['rss_mb']:>7.0f} {r['startup_s']:>7.2f}",
+                        flush=True,
+                    )
+                print(
+                    f"{'':>8} {'speed-up':>12} "
+                    f"{rows[0]['turbine_steps_per_s'] / rows[1]['turbine_steps_per_s']:>8.1f}x",
+                    flush=True,
+                )
         finally:
             broker.stop()
 

@@ -32,6 +32,7 @@ def _loader_rate(ds, batched: bool, n_batches: int, batch_size: int) -> float:
     if batched:
         dl = DataLoader(ds, batch_size=batch_size, shuffle=True, collate_fn=lambda b: b)
     else:
+
         class PerItem(torch.utils.data.Dataset):
             def __len__(self):
                 return len(ds)
@@ -63,24 +64,33 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="extra config overrides, e.g. train.group_mask_prob=0.5")
     a = ap.parse_args()
 
-    from trainer.calibrate import fit_feature_scale
-    from trainer.config import load_config
-    from trainer.fit import PreparedData, fit, load_checkpoint
-    from trainer.infer import scoring_module
-    from trainer.metrics import roc_auc
-    from trainer.model import ModelConfig, MultiTaskTCN
-    from trainer.prepare import prepare
-    from trainer.simulator import write_synthetic
+    from scada_tcn.trainer.calibration.fit import fit_feature_scale
+    from scada_tcn.trainer.config import load_config
+    from scada_tcn.trainer.data.prepare import prepare
+    from scada_tcn.trainer.data.store import PreparedData
+    from scada_tcn.trainer.evaluation.metrics import roc_auc
+    from scada_tcn.trainer.model.network import ModelConfig, MultiTaskTCN
+    from scada_tcn.trainer.model.reference import scoring_module
+    from scada_tcn.trainer.sources.simulator import write_synthetic
+    from scada_tcn.trainer.training.fit import fit, load_checkpoint
 
     synth = a.workdir / "synth"
     if not (synth / "scada.csv").is_file():
         write_synthetic(synth, a.turbines, a.days, 0, "2024-01-01", "csv")
-    cfg = load_config(ROOT / "configs" / "config.yaml", [
-        f"data.paths.raw_dir={synth / 'scada.csv'}", f"data.paths.labels_file={synth / 'labels.csv'}",
-        f"data.paths.processed_dir={a.workdir / 'processed'}", f"output_dir={a.workdir / 'run'}",
-        f"train.epochs={a.epochs}", f"train.max_steps_per_epoch={a.steps_per_epoch}", f"device={a.device}",
-        "train.early_stopping_patience=100", *a.overrides,
-    ])
+    cfg = load_config(
+        ROOT / "configs" / "config.yaml",
+        [
+            f"data.paths.raw_dir={synth / 'scada.csv'}",
+            f"data.paths.labels_file={synth / 'labels.csv'}",
+            f"data.paths.processed_dir={a.workdir / 'processed'}",
+            f"output_dir={a.workdir / 'run'}",
+            f"train.epochs={a.epochs}",
+            f"train.max_steps_per_epoch={a.steps_per_epoch}",
+            f"device={a.device}",
+            "train.early_stopping_patience=100",
+            *a.overrides,
+        ],
+    )
     prepare(cfg)
     log = a.workdir / "run" / "logs" / "train.jsonl"
     log.unlink(missing_ok=True)
@@ -92,16 +102,20 @@ def main() -> None:
     wait = sum(s["data_wait_s"] for s in steps)
     comp = sum(s["compute_s"] for s in steps)
     wins = sum(s["batch_size"] for s in steps)
-    print(f"\ntraining: {wins / (wait + comp):.1f} windows/s (batch {cfg.train.batch_size}, L={cfg.data.windowing.L}, "
-          f"D={cfg.model.tcn.D}, device {cfg.device}, torch threads {torch.get_num_threads()}); "
-          f"data wait {100 * wait / (wait + comp):.2f}% of step time; whole fit incl. validation {wall:.0f} s")
+    print(
+        f"\ntraining: {wins / (wait + comp):.1f} windows/s (batch {cfg.train.batch_size}, L={cfg.data.windowing.L}, "
+        f"D={cfg.model.tcn.D}, device {cfg.device}, torch threads {torch.get_num_threads()}); "
+        f"data wait {100 * wait / (wait + comp):.2f}% of step time; whole fit incl. validation {wall:.0f} s"
+    )
 
     data = PreparedData(cfg)
     ds = data.dataset(cfg, "train")
     fast = _loader_rate(ds, True, 50, cfg.train.batch_size)
     slow = _loader_rate(ds, False, 50, cfg.train.batch_size)
-    print(f"data loading alone: batched {fast:,.0f} windows/s vs per-window + default collate {slow:,.0f} windows/s "
-          f"({fast / slow:.1f}x)")
+    print(
+        f"data loading alone: batched {fast:,.0f} windows/s vs per-window + default collate {slow:,.0f} windows/s "
+        f"({fast / slow:.1f}x)"
+    )
 
     ck = load_checkpoint(best)
     print(f"best checkpoint (epoch {ck['epoch']}): validation losses {json.dumps(ck['val_losses'])}")
@@ -113,8 +127,11 @@ def main() -> None:
     y = test.y
     keep = np.flatnonzero((y > 0) | (np.arange(len(y)) % a.score_every == 0))
     y = y[keep]
-    for agg, halflife, k in (("masked_mean", None, None), ("recent_weighted", a.halflife, None),
-                             ("feature_topk", None, a.k)):
+    for agg, halflife, k in (
+        ("masked_mean", None, None),
+        ("recent_weighted", a.halflife, None),
+        ("feature_topk", None, a.k),
+    ):
         scorer = scoring_module(model, cfg, agg, halflife, k)
         if agg == "masked_mean":
             print(f"scoring masks: {inf.score_masks} ({scorer.P} passes, {len(scorer.context)} context features)")
@@ -127,8 +144,10 @@ def main() -> None:
         s = np.concatenate(scores)
         label = agg if halflife is None else f"{agg} (half-life {halflife:g} steps)"
         label = label if k is None else f"{agg} (k={k})"
-        print(f"score {label}: {len(s):,} test windows ({int((y > 0).sum()):,} fault); ROC-AUC fault vs normal "
-              f"{roc_auc(s, y > 0):.3f}")
+        print(
+            f"score {label}: {len(s):,} test windows ({int((y > 0).sum()):,} fault); ROC-AUC fault vs normal "
+            f"{roc_auc(s, y > 0):.3f}"
+        )
         for k, name in enumerate(cfg.data.labels.class_names[1:], 1):
             sel = (y == 0) | (y == k)
             if (y == k).any():

@@ -7,7 +7,7 @@ Reads what `lhb_injection.py` left in the workdir: the bundle, the prepared orig
 of the original and the injected copy. It scores the validation split once with the bundle (cached as
 `val_results.parquet`). Then it compares two alerting scores, each with thresholds at the bundle's calibration
 percentile of its own validation scores, and the bundle's alert state machine (`runtime.alerts` via
-`trainer.batch_infer.apply_alerts`):
+`trainer.evaluation.offline.apply_alerts`):
 - `raw`: the model's score;
 - `peer`: score minus the median score of the other turbines at the same step (`runtime.peers`, what a bundle
   exported with `infer.fleet.relative=true` alerts on). Storms, icing and grid events reach every turbine of a
@@ -29,12 +29,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from runtime.peers import fleet_relative
+from scada_tcn.runtime.peers import fleet_relative
+
 
 def peer_relative(res: pd.DataFrame) -> np.ndarray:
     """Each window's score minus the median score of the other turbines at the same window end (NaN without peers)."""
-    rel, _ = fleet_relative(res["score"].to_numpy(), res["t_end"].astype("int64").to_numpy(),
-                            np.ones(len(res), bool), min_peers=1)
+    rel, _ = fleet_relative(
+        res["score"].to_numpy(), res["t_end"].astype("int64").to_numpy(), np.ones(len(res), bool), min_peers=1
+    )
     return rel
 
 
@@ -45,7 +47,8 @@ def main() -> None:
     ap.add_argument("--max-lead-hours", type=float, default=48.0)
     a = ap.parse_args()
     from lhb_injection import detections, untouched_alerts  # this folder is on sys.path when the script runs
-    from trainer.batch_infer import apply_alerts, infer_split, setup_from_bundle
+
+    from scada_tcn.trainer.evaluation.offline import apply_alerts, infer_split, setup_from_bundle
 
     w = a.workdir
     setup = setup_from_bundle(w / "bundle", w / "processed")
@@ -62,15 +65,22 @@ def main() -> None:
     q = setup.calibration.percentile
     labels = pd.read_csv(w / "injected" / "labels.csv")
     lead = pd.Timedelta(hours=a.max_lead_hours)
-    print(f"thresholds: the {q}th percentile of each variant's validation scores "
-          f"({len(runs['val'])} windows, {runs['val'].peer.notna().mean():.0%} with a peer score)")
-    print(f"{'score':<5} {'threshold':<11} {'detected':<52} {'FA/turbine-month':>16}  share above threshold "
-          "(untouched turbines, per month)")
+    print(
+        f"thresholds: the {q}th percentile of each variant's validation scores "
+        f"({len(runs['val'])} windows, {runs['val'].peer.notna().mean():.0%} with a peer score)"
+    )
+    print(
+        f"{'score':<5} {'threshold':<11} {'detected':<52} {'FA/turbine-month':>16}  share above threshold "
+        "(untouched turbines, per month)"
+    )
     for col in ("raw", "peer"):
         for pooled in (False, True):
             v = runs["val"].dropna(subset=[col])
-            thr = (pd.Series(np.percentile(v[col], q), index=v.turbine_id.unique()) if pooled
-                   else v.groupby("turbine_id")[col].quantile(q / 100.0))
+            thr = (
+                pd.Series(np.percentile(v[col], q), index=v.turbine_id.unique())
+                if pooled
+                else v.groupby("turbine_id")[col].quantile(q / 100.0)
+            )
             for name in ("original", "injected"):
                 r = runs[name]
                 r["threshold"] = r.turbine_id.map(thr)

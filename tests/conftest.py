@@ -16,14 +16,23 @@ CONFIG = ROOT / "configs" / "config.yaml"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 TINY_OVERRIDES = [
-    "data.windowing.L=24", "data.windowing.K=3", "data.windowing.stride=2",
+    "data.windowing.L=24",
+    "data.windowing.K=3",
+    "data.windowing.stride=2",
     "data.splits.train_range=[2024-01-01T00:00:00+00:00,2024-01-21T00:00:00+00:00]",
     "data.splits.val_range=[2024-01-21T00:00:00+00:00,2024-01-28T00:00:00+00:00]",
     "data.splits.test_range=[2024-01-28T00:00:00+00:00,2024-02-15T00:00:00+00:00]",
     "features.rolling.windows=[3,6]",
-    "model.tcn.D=16", "model.tcn.num_blocks=3", "model.heads.forecast.hidden=16", "model.heads.fault.hidden=16",
-    "train.batch_size=32", "train.epochs=2", "train.max_steps_per_epoch=8", "train.scheduler.warmup_steps=2",
-    "infer.calibration.min_windows=20", "device=cpu",
+    "model.tcn.D=16",
+    "model.tcn.num_blocks=3",
+    "model.heads.forecast.hidden=16",
+    "model.heads.fault.hidden=16",
+    "train.batch_size=32",
+    "train.epochs=2",
+    "train.max_steps_per_epoch=8",
+    "train.scheduler.warmup_steps=2",
+    "infer.calibration.min_windows=20",
+    "device=cpu",
 ]
 
 
@@ -35,7 +44,7 @@ class TinyRun:
     checkpoint: Path  # best.pt
 
     def cfg(self, *extra: str):
-        from trainer.config import load_config
+        from scada_tcn.trainer.config import load_config
 
         return load_config(CONFIG, [*self.overrides, *extra])
 
@@ -43,10 +52,10 @@ class TinyRun:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> TinyRun:
     """4 simulated turbines x 45 days -> prepared -> 2 short epochs of training."""
-    from trainer.config import load_config
-    from trainer.fit import fit
-    from trainer.prepare import prepare
-    from trainer.simulator import write_synthetic
+    from scada_tcn.trainer.config import load_config
+    from scada_tcn.trainer.data.prepare import prepare
+    from scada_tcn.trainer.sources.simulator import write_synthetic
+    from scada_tcn.trainer.training.fit import fit
 
     root = tmp_path_factory.mktemp("tiny_run")
     synth = root / "synth"

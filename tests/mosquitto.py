@@ -17,8 +17,9 @@ import json
 import shutil
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import paho.mqtt.client as paho
@@ -26,11 +27,11 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from export.demo_broker import MosquittoProcess, closed_steps, find_mosquitto, telemetry_messages
-from runtime.binning import bin_end_ns
-from runtime.config import config_from_dict
-from runtime.daemon import Daemon
-from runtime.telemetry import Sample, parse_timestamp_ns
+from scada_tcn.demo.broker import MosquittoProcess, closed_steps, find_mosquitto, telemetry_messages
+from scada_tcn.runtime.binning import bin_end_ns
+from scada_tcn.runtime.config import config_from_dict
+from scada_tcn.runtime.daemon import Daemon
+from scada_tcn.runtime.telemetry import Sample, parse_timestamp_ns
 
 MOSQUITTO = find_mosquitto()
 
@@ -42,7 +43,7 @@ def require_mosquitto() -> str:
 
 
 class Broker(MosquittoProcess):
-    """`export.demo_broker.MosquittoProcess` that skips the test when mosquitto or mosquitto_passwd is missing."""
+    """`demo.broker.MosquittoProcess` that skips the test when mosquitto or mosquitto_passwd is missing."""
 
     def __init__(self, workdir: Path, users: dict[str, str] | None = None, tls: dict[str, Path] | None = None):
         if users and shutil.which("mosquitto_passwd") is None:
@@ -77,7 +78,7 @@ def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
 
 
 def to_messages(header: list[str], rows: list[list[str]]) -> list[tuple[str, bytes]]:
-    """(topic, payload) per raw row of this test site (`export.demo_broker.telemetry_messages`)."""
+    """(topic, payload) per raw row of this test site (`demo.broker.telemetry_messages`)."""
     return telemetry_messages(header, rows, SITE)
 
 
@@ -96,7 +97,7 @@ def to_samples(header: list[str], rows: list[list[str]], channels: Sequence[str]
 
 
 def expected_steps(rows: list[list[str]], header: list[str]) -> dict[str, int]:
-    """Per turbine: closed steps once all rows are in (`export.demo_broker.closed_steps`)."""
+    """Per turbine: closed steps once all rows are in (`demo.broker.closed_steps`)."""
     return closed_steps(header, rows, DT_NS // 10**9)
 
 
@@ -133,11 +134,16 @@ class Collector:
         self._lock = threading.Lock()
         self.filters = filters
         self.subscribed = threading.Event()
-        self.c = client(url, client_id, {
-            "on_connect": lambda c, u, f, rc, p: c.subscribe([(t, 1) for t in filters]),
-            "on_subscribe": lambda c, u, mid, rcs, p: self.subscribed.set(),
-            "on_message": self._on_message,
-        }, **auth)
+        self.c = client(
+            url,
+            client_id,
+            {
+                "on_connect": lambda c, u, f, rc, p: c.subscribe([(t, 1) for t in filters]),
+                "on_subscribe": lambda c, u, mid, rcs, p: self.subscribed.set(),
+                "on_message": self._on_message,
+            },
+            **auth,
+        )
 
     def ready(self) -> bool:
         """Connected and the broker acknowledged the subscriptions (nothing published after this is missed)."""

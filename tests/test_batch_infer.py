@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from export.bundle_writer import export_bundle
-from trainer.batch_infer import run_batch_inference, setup_from_bundle, setup_from_checkpoint
+from scada_tcn.export.bundle_writer import export_bundle
+from scada_tcn.trainer.evaluation.offline import run_batch_inference, setup_from_bundle, setup_from_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_refuses_prepared_data_with_another_scaler(both, tiny_run, tmp_path):
 
 
 def test_cli_needs_exactly_one_engine(tiny_run):
-    from trainer.cli import infer_app
+    from scada_tcn.trainer.cli.pipeline import infer_app
 
     r = CliRunner().invoke(infer_app, ["--split", "test"])
     assert r.exit_code == 2 and "exactly one of --checkpoint" in r.output

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.binning import BinAccumulator, BinStats, bin_end_ns, bin_timeline
-from runtime.errors import InputError, SpecError
-from runtime.spec import PipelineSpec
+from scada_tcn.runtime.binning import BinAccumulator, BinStats, bin_end_ns, bin_timeline
+from scada_tcn.runtime.errors import InputError, SpecError
+from scada_tcn.runtime.spec import PipelineSpec
 
 S = 1_000_000_000
 DT = 600 * S
@@ -88,8 +88,12 @@ def test_bin_timeline_aggregates_and_leaves_gaps_missing():
     spec = make_spec()
     ts = np.array([T10 + 1 * S, T10 + 300 * S, T10 + DT, T10 + 3 * DT], dtype=np.int64)
     vals = np.array(
-        [row(4.0, 100.0, 350.0, 10.0, 0), row(6.0, 300.0, 10.0, 20.0, 2), row(8.0, np.nan, 20.0, 30.0, 1),
-         row(5.0, 50.0, 90.0, 90.0, 0)]
+        [
+            row(4.0, 100.0, 350.0, 10.0, 0),
+            row(6.0, 300.0, 10.0, 20.0, 2),
+            row(8.0, np.nan, 20.0, 30.0, 1),
+            row(5.0, 50.0, 90.0, 90.0, 0),
+        ]
     )
     labels, out, stats = bin_timeline(ts, vals, spec)
     assert labels.tolist() == [T10 + DT, T10 + 2 * DT, T10 + 3 * DT]
@@ -101,8 +105,9 @@ def test_bin_timeline_aggregates_and_leaves_gaps_missing():
     assert out[0, ND] == pytest.approx(20.0)
     assert np.isnan(out[1]).all()  # empty bin stays missing, not interpolated
     np.testing.assert_allclose(out[2], [5.0, 50.0, 90.0, 90.0, 0.0])
-    assert stats == BinStats(samples=4, duplicate_timestamps=0, exact_repeats=0,
-                             out_of_range={c: 0 for c in CHANNELS}, outside_grid=0)
+    assert stats == BinStats(
+        samples=4, duplicate_timestamps=0, exact_repeats=0, out_of_range={c: 0 for c in CHANNELS}, outside_grid=0
+    )
 
 
 def test_last_aggregation_takes_latest_timestamp_not_latest_arrival():
@@ -348,14 +353,16 @@ def random_stream(rng: np.random.Generator, n_bins: int = 4000):
         m = int(rng.integers(1, 9))
         offs = rng.integers(0, DT, m)
         offs[rng.random(m) < 0.1] = 0  # stamped exactly on the grid
-        rows = np.column_stack([
-            np.where(rng.random(m) < 0.05, rng.choice([-3.0, 75.0], m), rng.uniform(0, 25, m)),
-            rng.normal(1000, 400, m),
-            np.mod(rng.normal(0, 20, m), 360),  # near 0/360
-            rng.uniform(0, 360, m),
-            rng.integers(0, 4, m).astype(float),
-            rng.normal(10, 3, m),
-        ])
+        rows = np.column_stack(
+            [
+                np.where(rng.random(m) < 0.05, rng.choice([-3.0, 75.0], m), rng.uniform(0, 25, m)),
+                rng.normal(1000, 400, m),
+                np.mod(rng.normal(0, 20, m), 360),  # near 0/360
+                rng.uniform(0, 360, m),
+                rng.integers(0, 4, m).astype(float),
+                rng.normal(10, 3, m),
+            ]
+        )
         rows[rng.random(rows.shape) < 0.1] = np.nan
         bin_events = [(int(end - o), r) for o, r in zip(offs, rows)]
         for i in rng.integers(0, m, int(rng.integers(0, 3))):  # same stamp, different values

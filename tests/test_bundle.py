@@ -19,7 +19,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402
 
-from runtime.bundle import (  # noqa: E402
+from scada_tcn.runtime.bundle import (  # noqa: E402
     GRAPH_FILES,
     SCHEMA_VERSION,
     TOP_KEYS,
@@ -28,12 +28,12 @@ from runtime.bundle import (  # noqa: E402
     dump_bundle,
     load_bundle,
 )
-from runtime.calibration import fit_percentile_calibration  # noqa: E402
-from runtime.drift import DriftReference  # noqa: E402
-from runtime.errors import BundleError, InputError  # noqa: E402
-from runtime.scaling import RobustScaler  # noqa: E402
-from runtime.scorer import OnnxScorer  # noqa: E402
-from runtime.spec import PipelineSpec  # noqa: E402
+from scada_tcn.runtime.calibration import fit_percentile_calibration  # noqa: E402
+from scada_tcn.runtime.drift import DriftReference  # noqa: E402
+from scada_tcn.runtime.errors import BundleError, InputError  # noqa: E402
+from scada_tcn.runtime.scaling import RobustScaler  # noqa: E402
+from scada_tcn.runtime.scorer import OnnxScorer  # noqa: E402
+from scada_tcn.runtime.spec import PipelineSpec  # noqa: E402
 
 L, K, F, R, C, TOPN = 4, 1, 2, 1, 2, 1
 
@@ -45,9 +45,19 @@ GOLDEN_KEYS = {
     "flag_registry": ["flag_names", "flags_version"],
     "heads": ["fault", "fault_multilabel", "forecast", "rul"],
     "scoring": ["aggregation", "context", "groups", "halflife", "k", "masks", "p_score", "passes", "seed", "topn"],
-    "calibration": ["fallbacks", "fitted_on", "global_threshold", "method", "min_windows", "n_windows", "params",
-                    "per_regime",
-                    "per_turbine", "per_turbine_regime", "percentile"],
+    "calibration": [
+        "fallbacks",
+        "fitted_on",
+        "global_threshold",
+        "method",
+        "min_windows",
+        "n_windows",
+        "params",
+        "per_regime",
+        "per_turbine",
+        "per_turbine_regime",
+        "percentile",
+    ],
     "alerting": ["N_off", "N_on", "T_off", "T_on"],
     "fleet": ["min_peers", "min_present_fraction", "relative"],
     "score_reference": ["levels", "n_windows", "split", "values"],
@@ -74,23 +84,39 @@ def tiny_graphs() -> dict[str, bytes]:
     """clean: Y_hat = X_in[:, -1:, :F], fault_logits = mean over time of X_in[:, :, :C]; scoring: simple reductions."""
     i64 = lambda name, v: helper.make_tensor(name, TensorProto.INT64, [len(v)], v)  # noqa: E731
     clean = _model(
-        [helper.make_node("Slice", ["X_in", "s_last", "e_last", "ax1"], ["last"]),
-         helper.make_node("Slice", ["last", "z", "f", "ax2"], ["Y_hat"]),
-         helper.make_node("Slice", ["X_in", "z", "c", "ax2"], ["head"]),
-         helper.make_node("ReduceMean", ["head", "ax1"], ["fault_logits"], keepdims=0)],
-        [_vi("X_in", ["batch", L, 3 * F + R])], [_vi("Y_hat", ["batch", K, F]), _vi("fault_logits", ["batch", C])],
-        [i64("s_last", [-1]), i64("e_last", [L]), i64("ax1", [1]), i64("ax2", [2]), i64("z", [0]),
-         i64("f", [F]), i64("c", [C])],
+        [
+            helper.make_node("Slice", ["X_in", "s_last", "e_last", "ax1"], ["last"]),
+            helper.make_node("Slice", ["last", "z", "f", "ax2"], ["Y_hat"]),
+            helper.make_node("Slice", ["X_in", "z", "c", "ax2"], ["head"]),
+            helper.make_node("ReduceMean", ["head", "ax1"], ["fault_logits"], keepdims=0),
+        ],
+        [_vi("X_in", ["batch", L, 3 * F + R])],
+        [_vi("Y_hat", ["batch", K, F]), _vi("fault_logits", ["batch", C])],
+        [
+            i64("s_last", [-1]),
+            i64("e_last", [L]),
+            i64("ax1", [1]),
+            i64("ax2", [2]),
+            i64("z", [0]),
+            i64("f", [F]),
+            i64("c", [C]),
+        ],
     )
     scoring = _model(
-        [helper.make_node("Mul", ["X", "M_miss"], ["Xm"]),
-         helper.make_node("Abs", ["Xm"], ["E"]),
-         helper.make_node("ReduceSum", ["E", "ax1"], ["feat_contrib"], keepdims=0),
-         helper.make_node("ReduceSum", ["feat_contrib", "ax1"], ["s_now"], keepdims=0),
-         helper.make_node("TopK", ["feat_contrib", "k"], ["vals", "top_idx"])],
+        [
+            helper.make_node("Mul", ["X", "M_miss"], ["Xm"]),
+            helper.make_node("Abs", ["Xm"], ["E"]),
+            helper.make_node("ReduceSum", ["E", "ax1"], ["feat_contrib"], keepdims=0),
+            helper.make_node("ReduceSum", ["feat_contrib", "ax1"], ["s_now"], keepdims=0),
+            helper.make_node("TopK", ["feat_contrib", "k"], ["vals", "top_idx"]),
+        ],
         [_vi("X", ["batch", L, F]), _vi("M_miss", ["batch", L, F]), _vi("Flags", ["batch", L, R])],
-        [_vi("s_now", ["batch"]), _vi("feat_contrib", ["batch", F]), _vi("top_idx", ["batch", TOPN], TensorProto.INT64),
-         _vi("E", ["batch", L, F])],
+        [
+            _vi("s_now", ["batch"]),
+            _vi("feat_contrib", ["batch", F]),
+            _vi("top_idx", ["batch", TOPN], TensorProto.INT64),
+            _vi("E", ["batch", L, F]),
+        ],
         [i64("ax1", [1]), i64("k", [TOPN])],
     )
     return {"clean": clean, "scoring": scoring}
@@ -98,9 +124,20 @@ def tiny_graphs() -> dict[str, bytes]:
 
 def tiny_manifest() -> dict:
     spec = PipelineSpec(
-        dt_seconds=600, channels=("wind_speed", "power"), dedupe="last", aggregation={}, valid_range={},
-        winsor_caps={}, feature_channels=("wind_speed", "power"), angular_channels=(), angle_units="deg",
-        yaw_error=None, deltas=(), rolling=None, flag_names=("stopped",), flag_rules={"stopped": "power <= 0"},
+        dt_seconds=600,
+        channels=("wind_speed", "power"),
+        dedupe="last",
+        aggregation={},
+        valid_range={},
+        winsor_caps={},
+        feature_channels=("wind_speed", "power"),
+        angular_channels=(),
+        angle_units="deg",
+        yaw_error=None,
+        deltas=(),
+        rolling=None,
+        flag_names=("stopped",),
+        flag_rules={"stopped": "power <= 0"},
         fill_value=0.0,
     )
     scaler = RobustScaler(spec.feature_names, [1.0, 2.0], [3.0, 4.0], [True, True], 20.0, ("iqr", "iqr"))
@@ -110,26 +147,47 @@ def tiny_manifest() -> dict:
     return {
         "dims": {"L": L, "K": K, "F": F, "R": R, "C": C, "RF": 5},
         "dt_seconds": 600,
-        "feature_registry": {"feature_names": list(spec.feature_names), "raw_channel_names": ["wind_speed", "power"],
-                             "angular_channel_names": [], "engineered_version": "e1"},
+        "feature_registry": {
+            "feature_names": list(spec.feature_names),
+            "raw_channel_names": ["wind_speed", "power"],
+            "angular_channel_names": [],
+            "engineered_version": "e1",
+        },
         "flag_registry": {"flag_names": ["stopped"], "flags_version": "f1"},
         "column_mapping": {"wind_speed": "ws", "power": "p"},
         "pipeline_spec": spec.to_dict(),
         "scaler": scaler.to_dict(),
         "heads": {"forecast": True, "fault": True, "fault_multilabel": False, "rul": False},
         "class_names": ["normal", "fault"],
-        "scoring": {"masks": "element", "p_score": 0.25, "groups": None, "context": [], "passes": 4, "seed": 1,
-                    "aggregation": "masked_mean", "halflife": None, "topn": TOPN, "k": None},
+        "scoring": {
+            "masks": "element",
+            "p_score": 0.25,
+            "groups": None,
+            "context": [],
+            "passes": 4,
+            "seed": 1,
+            "aggregation": "masked_mean",
+            "halflife": None,
+            "topn": TOPN,
+            "k": None,
+        },
         "calibration": cal.to_dict(),
         "alerting": {"T_on": 1.0, "T_off": 0.8, "N_on": 3, "N_off": 6},
         "fleet": {"relative": False, "min_peers": 1, "min_present_fraction": 0.5},
         "score_reference": {"split": "val", "n_windows": 40, "levels": [0.0, 0.5, 1.0], "values": [0.0, 0.5, 1.0]},
-        "feature_reference": DriftReference.fit(np.arange(20.0).reshape(10, 2), list(spec.feature_names),
-                                                levels=[0.0, 0.5, 1.0]).to_dict(),
+        "feature_reference": DriftReference.fit(
+            np.arange(20.0).reshape(10, 2), list(spec.feature_names), levels=[0.0, 0.5, 1.0]
+        ).to_dict(),
         "versions": {"torch": "t", "onnx": "o", "onnxruntime": "r", "package": "p", "opset": 18, "ir_version": 10},
         "data_fingerprint": "fp",
-        "parity": {"atol": 1e-5, "rtol": 1e-4, "extreme": 20.0, "passed": True, "outputs": {"scoring/s_now": stats},
-                   "cases": {"val": {"n_windows": 1, "outputs": {"scoring/s_now": stats}}}},
+        "parity": {
+            "atol": 1e-5,
+            "rtol": 1e-4,
+            "extreme": 20.0,
+            "passed": True,
+            "outputs": {"scoring/s_now": stats},
+            "cases": {"val": {"n_windows": 1, "outputs": {"scoring/s_now": stats}}},
+        },
     }
 
 
@@ -214,14 +272,17 @@ def test_refuses_tampered_graph(bundle_dir):
     data[-1] ^= 0x01
     path.write_bytes(bytes(data))
     actual = hashlib.sha256(bytes(data)).hexdigest()
-    assert _message(bundle_dir) == (f"scoring.onnx: sha256 mismatch: bundle.json records {recorded}, the file has "
-                                    f"{actual}; the graph was modified after export")
+    assert _message(bundle_dir) == (
+        f"scoring.onnx: sha256 mismatch: bundle.json records {recorded}, the file has "
+        f"{actual}; the graph was modified after export"
+    )
 
 
 def test_refuses_unknown_key(bundle_dir):
     _edit(bundle_dir, lambda d: d.update(extra=1))
-    assert _message(bundle_dir) == (f"bundle.json: <top level>: unknown key 'extra' (unknown ['extra']); "
-                                    f"allowed keys: {list(TOP_KEYS)}")
+    assert _message(bundle_dir) == (
+        f"bundle.json: <top level>: unknown key 'extra' (unknown ['extra']); allowed keys: {list(TOP_KEYS)}"
+    )
     _edit(bundle_dir, lambda d: (d.pop("extra"), d["scoring"].update(temperature=2.0)))
     assert _message(bundle_dir).startswith("bundle.json: scoring: unknown key 'temperature'")
 
@@ -238,7 +299,8 @@ def test_refuses_graph_shapes_that_disagree_with_dims(bundle_dir):
     _edit(bundle_dir, lambda d: d["dims"].update(L=5))
     assert _message(bundle_dir) == (
         "clean.onnx: input 'X_in' is tensor(float) ['batch', 4, 7], expected tensor(float) ['batch', 5, 7] from the "
-        "bundle dims Dims(L=5, K=1, F=2, R=1, C=2, RF=5) (a symbolic batch axis first)")
+        "bundle dims Dims(L=5, K=1, F=2, R=1, C=2, RF=5) (a symbolic batch axis first)"
+    )
     _edit(bundle_dir, lambda d: d["dims"].update(L=4, C=3))
     assert _message(bundle_dir).startswith("bundle.json: inconsistent bundle: 2 class_names for C=3 fault classes")
     _edit(bundle_dir, lambda d: (d["dims"].update(C=2), d["scoring"].update(topn=2)))
@@ -257,10 +319,11 @@ def test_refuses_registry_edit_through_the_model_id(bundle_dir):
 
 def test_refuses_unknown_schema_version(bundle_dir):
     for v in (1, 2, 4, 0, "3", None):
-        _edit(bundle_dir, lambda d: d.update(schema_version=v))
+        _edit(bundle_dir, lambda d, v=v: d.update(schema_version=v))
         assert _message(bundle_dir) == (
             f"bundle.json: schema_version {v!r} is not supported (this runtime reads version 3); export the model "
-            "again with a scada-export of the same release as this runtime")
+            "again with a scada-export of the same release as this runtime"
+        )
 
 
 def test_refuses_failed_parity_and_missing_graph(bundle_dir):
@@ -283,6 +346,7 @@ def _paths(d, prefix=()):
 
 def _corruptions(doc):
     for path in _paths(doc):
+
         def setter(d, value, path=path):
             for k in path[:-1]:
                 d = d[k]
@@ -290,6 +354,7 @@ def _corruptions(doc):
                 del d[path[-1]]
             else:
                 d[path[-1]] = value
+
         yield f"delete {'.'.join(path)}", lambda d, s=setter: s(d, _DELETE)
         for label, value in (("str", "x"), ("float", 1.5), ("list", []), ("dict", {}), ("null", None), ("neg", -3)):
             yield f"{label} at {'.'.join(path)}", lambda d, s=setter, v=value: s(d, copy.deepcopy(v))
@@ -301,8 +366,15 @@ _DELETE = object()
 
 
 ALLOWED_EDITS = (
-    "float at", "neg at pipeline_spec.fill_value", "str at", "null at parity", "null at scaler.clip",
-    "delete calibration.per_turbine.", "delete calibration.fallbacks.", "dict at calibration.", "delete parity.",
+    "float at",
+    "neg at pipeline_spec.fill_value",
+    "str at",
+    "null at parity",
+    "null at scaler.clip",
+    "delete calibration.per_turbine.",
+    "delete calibration.fallbacks.",
+    "dict at calibration.",
+    "delete parity.",
     "dict at parity.",
 )
 
@@ -324,9 +396,13 @@ def test_fuzz_every_corruption_is_a_bundle_error(bundle_dir, tmp_path):
     shutil.copytree(bundle_dir, work)
     cases = list(_corruptions(base))
     n_applied = 0
-    raw = [("truncated json", b"{\"schema_version\": 1, \"dims\""), ("not utf-8", b"\xff\xfe{}"),
-           ("json array", b"[1, 2]"), ("nan literal", json.dumps(base).replace('"max_abs": 0.0', '"max_abs": NaN',
-                                                                              1).encode()), ("empty", b"")]
+    raw = [
+        ("truncated json", b'{"schema_version": 1, "dims"'),
+        ("not utf-8", b"\xff\xfe{}"),
+        ("json array", b"[1, 2]"),
+        ("nan literal", json.dumps(base).replace('"max_abs": 0.0', '"max_abs": NaN', 1).encode()),
+        ("empty", b""),
+    ]
     for name, corrupt in cases:
         doc = copy.deepcopy(base)
         corrupt(doc)
@@ -340,14 +416,17 @@ def test_fuzz_every_corruption_is_a_bundle_error(bundle_dir, tmp_path):
             outcomes[_reason(str(e))] += 1
             continue
         accepted.append(name)
-    for name, data in raw:
+    for _name, data in raw:
         (work / "bundle.json").write_bytes(data)
         with pytest.raises(BundleError):
             load_bundle(work)
         outcomes["raw"] += 1
     (work / "bundle.json").write_text(json.dumps(base))
-    for name, data in (("truncated graph", tiny_graphs()["clean"][:50]), ("random graph", bytes(range(256)) * 4),
-                       ("swapped graphs", tiny_graphs()["scoring"])):
+    for _name, data in (
+        ("truncated graph", tiny_graphs()["clean"][:50]),
+        ("random graph", bytes(range(256)) * 4),
+        ("swapped graphs", tiny_graphs()["scoring"]),
+    ):
         (work / "clean.onnx").write_bytes(data)
         with pytest.raises(BundleError, match="clean.onnx: sha256 mismatch"):
             load_bundle(work)
@@ -358,7 +437,8 @@ def test_fuzz_every_corruption_is_a_bundle_error(bundle_dir, tmp_path):
         print(f"  {count:4d}  {reason}")
     print("accepted:", accepted)
     # what a valid bundle may still hold after an edit: numbers in range, free text, optional entries
-    assert all(a.startswith(ALLOWED_EDITS) for a in accepted), sorted(a for a in accepted
-                                                                      if not a.startswith(ALLOWED_EDITS))
+    assert all(a.startswith(ALLOWED_EDITS) for a in accepted), sorted(
+        a for a in accepted if not a.startswith(ALLOWED_EDITS)
+    )
     assert sum(outcomes.values()) + len(accepted) == n
     assert sum(outcomes.values()) > 0.8 * n

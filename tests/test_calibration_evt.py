@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.calibration import Calibration, fit_calibration
-from trainer.evt import pot_threshold
+from scada_tcn.runtime.calibration import Calibration, fit_calibration
+from scada_tcn.trainer.calibration.evt import pot_threshold
 
 
 def _pot(x):
@@ -30,11 +30,18 @@ def test_evt_groups_params_and_fallbacks():
 
 
 def test_export_with_evt_writes_the_tail_into_the_bundle(tiny_run, tmp_path):
-    from export.bundle_writer import export_bundle
+    from scada_tcn.export.bundle_writer import export_bundle
 
-    b = export_bundle(tiny_run.checkpoint, out_dir=tmp_path / "b", verify=False,
-                      overrides=["infer.calibration.method=evt", "infer.calibration.evt_tail_quantile=0.9",
-                                 "infer.calibration.evt_exceedance_prob=0.005"])
+    b = export_bundle(
+        tiny_run.checkpoint,
+        out_dir=tmp_path / "b",
+        verify=False,
+        overrides=[
+            "infer.calibration.method=evt",
+            "infer.calibration.evt_tail_quantile=0.9",
+            "infer.calibration.evt_exceedance_prob=0.005",
+        ],
+    )
     cal = b.calibration
     assert cal.method == "evt" and "<global>" in cal.params
     assert cal.params["<global>"]["n_excess"] >= 30
@@ -43,6 +50,6 @@ def test_export_with_evt_writes_the_tail_into_the_bundle(tiny_run, tmp_path):
 
 
 def test_regime_of_a_model_without_flags():
-    from runtime.calibration import regime_of
+    from scada_tcn.runtime.calibration import regime_of
 
     assert regime_of(np.zeros((3, 0), np.float32), []) == ["normal"] * 3

@@ -6,13 +6,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from runtime.errors import InputError
+from scada_tcn.runtime.errors import ConfigError, InputError
+from scada_tcn.trainer.config import load_config
+from scada_tcn.trainer.data.tables import parse_timestamps
+from scada_tcn.trainer.data.windowing import (
+    check_turbine_patterns,
+    label_timeline,
+    load_label_events,
+    turbine_split,
+    window_starts,
+)
+from scada_tcn.trainer.sources.cmapss import NEAR_FAILURE_RUL, convert, write_cmapss
 from tests.conftest import CONFIG, shared_data_or_skip
-from trainer.cmapss import NEAR_FAILURE_RUL, convert, write_cmapss
-from trainer.config import load_config
-from trainer.config_checks import ConfigError
-from trainer.tables import parse_timestamps
-from trainer.windowing import check_turbine_patterns, label_timeline, load_label_events, turbine_split, window_starts
 
 DT_NS = 600 * 10**9
 
@@ -106,7 +111,12 @@ def test_cmapss_configs_compose(name):
 def test_turbine_patterns_split_and_refuse():
     data = load_config(CONFIG, ["data=cmapss_fd001"]).data
     assert [turbine_split(t, data) for t in ("train_001", "train_005", "train_100", "test_042", "other")] == [
-        0, 1, 1, 2, -1]
+        0,
+        1,
+        1,
+        2,
+        -1,
+    ]
     ids = [f"train_{u:03d}" for u in range(1, 101)]
     assert sum(turbine_split(t, data) == 1 for t in ids) == 20  # every 5th unit validates
     check_turbine_patterns(ids + ["test_001"], data)
@@ -141,7 +151,7 @@ def test_rul_config_checks():
 def test_cli_help_and_error(tmp_path):
     from typer.testing import CliRunner
 
-    from trainer.cmapss_cli import app
+    from scada_tcn.trainer.cli.cmapss import app
 
     runner = CliRunner()
     assert "scada-cmapss --subset FD001" in runner.invoke(app, ["--help"]).output

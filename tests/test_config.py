@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import compose, load_config, save_resolved, to_container, to_root
-from trainer.config_checks import ConfigError
-from trainer.registry import spec_from_config
+from scada_tcn.runtime.errors import ConfigError
+from scada_tcn.trainer.config import compose, load_config, save_resolved, to_container, to_root
+from scada_tcn.trainer.config.derive import spec_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "config.yaml"
@@ -20,8 +20,9 @@ def test_default_composition_picks_groups_from_data_file():
 
 
 def test_group_choice_and_dotted_overrides():
-    cfg = load_config(CONFIG, ["data=la_haute_borne", "train.epochs=3", "output_dir=/tmp/x",
-                               "data.paths.processed_dir=/tmp/p"])
+    cfg = load_config(
+        CONFIG, ["data=la_haute_borne", "train.epochs=3", "output_dir=/tmp/x", "data.paths.processed_dir=/tmp/p"]
+    )
     assert cfg.data.name == "la_haute_borne"
     assert cfg.flags.flag_names == ["stopped", "low_wind", "pitched"]
     assert not cfg.model.heads.fault.enabled
@@ -89,12 +90,16 @@ def test_resolved_config_round_trips(tmp_path):
 def test_explicit_ordering_must_match_derived_order():
     cfg = load_config(CONFIG)
     names = list(spec_from_config(cfg).feature_names)
-    ok = load_config(CONFIG, ["features.output_ordering.explicit=true",
-                              f"features.output_ordering.feature_names=[{','.join(names)}]"])
+    ok = load_config(
+        CONFIG,
+        ["features.output_ordering.explicit=true", f"features.output_ordering.feature_names=[{','.join(names)}]"],
+    )
     assert list(spec_from_config(ok).feature_names) == names
     swapped = names[1:2] + names[:1] + names[2:]
-    bad = load_config(CONFIG, ["features.output_ordering.explicit=true",
-                               f"features.output_ordering.feature_names=[{','.join(swapped)}]"])
+    bad = load_config(
+        CONFIG,
+        ["features.output_ordering.explicit=true", f"features.output_ordering.feature_names=[{','.join(swapped)}]"],
+    )
     with pytest.raises(ConfigError, match="differs from the order"):
         spec_from_config(bad)
 

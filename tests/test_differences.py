@@ -4,17 +4,28 @@ and rolling statistics on top of them."""
 import numpy as np
 import pytest
 
-from runtime.errors import SpecError
-from runtime.features import FeatureState, build_features
-from runtime.spec import PipelineSpec, RollingSpec
+from scada_tcn.runtime.errors import SpecError
+from scada_tcn.runtime.features import FeatureState, build_features
+from scada_tcn.runtime.spec import PipelineSpec, RollingSpec
 
 
 def _spec(**over):
     kw = dict(
-        dt_seconds=600, channels=("power", "ambient_temp", "gearbox_oil_temp", "wind_dir"), dedupe="last",
-        aggregation={}, valid_range={}, winsor_caps={}, feature_channels=("power", "ambient_temp", "wind_dir"),
-        angular_channels=("wind_dir",), angle_units="deg", yaw_error=None, deltas=("oil_rel",),
-        rolling=RollingSpec(("oil_rel",), (3,), ("mean", "std")), flag_names=(), flag_rules={}, fill_value=0.0,
+        dt_seconds=600,
+        channels=("power", "ambient_temp", "gearbox_oil_temp", "wind_dir"),
+        dedupe="last",
+        aggregation={},
+        valid_range={},
+        winsor_caps={},
+        feature_channels=("power", "ambient_temp", "wind_dir"),
+        angular_channels=("wind_dir",),
+        angle_units="deg",
+        yaw_error=None,
+        deltas=("oil_rel",),
+        rolling=RollingSpec(("oil_rel",), (3,), ("mean", "std")),
+        flag_names=(),
+        flag_rules={},
+        fill_value=0.0,
         differences={"oil_rel": ("gearbox_oil_temp", "ambient_temp")},
     )
     kw.update(over)
@@ -23,10 +34,25 @@ def _spec(**over):
 
 def test_names_values_and_masks():
     spec = _spec()
-    assert spec.feature_names == ("power", "ambient_temp", "wind_dir_sin", "wind_dir_cos", "oil_rel",
-                                  "oil_rel_delta", "oil_rel_rmean3", "oil_rel_rstd3")
-    raw = np.array([[1.0, 10.0, 50.0, 0.0], [1.0, np.nan, 51.0, 0.0], [1.0, 12.0, 53.0, 0.0],
-                    [1.0, 12.0, 54.0, 0.0], [1.0, 12.0, 55.0, 0.0]])
+    assert spec.feature_names == (
+        "power",
+        "ambient_temp",
+        "wind_dir_sin",
+        "wind_dir_cos",
+        "oil_rel",
+        "oil_rel_delta",
+        "oil_rel_rmean3",
+        "oil_rel_rstd3",
+    )
+    raw = np.array(
+        [
+            [1.0, 10.0, 50.0, 0.0],
+            [1.0, np.nan, 51.0, 0.0],
+            [1.0, 12.0, 53.0, 0.0],
+            [1.0, 12.0, 54.0, 0.0],
+            [1.0, 12.0, 55.0, 0.0],
+        ]
+    )
     E, M = build_features(raw, spec)
     j = spec.feature_names.index("oil_rel")
     np.testing.assert_array_equal(E[:, j], [40.0, np.nan, 41.0, 42.0, 43.0])
@@ -41,8 +67,14 @@ def test_names_values_and_masks():
 def test_stream_equals_batch_with_differences():
     spec = _spec()
     rng = np.random.default_rng(0)
-    raw = np.column_stack([rng.uniform(0, 2000, 3000), 10 + rng.normal(0, 3, 3000),
-                           60 + rng.normal(0, 0.2, 3000), rng.uniform(0, 360, 3000)])
+    raw = np.column_stack(
+        [
+            rng.uniform(0, 2000, 3000),
+            10 + rng.normal(0, 3, 3000),
+            60 + rng.normal(0, 0.2, 3000),
+            rng.uniform(0, 360, 3000),
+        ]
+    )
     raw[rng.random(raw.shape) < 0.05] = np.nan
     E, M = build_features(raw, spec)
     st = FeatureState(spec)

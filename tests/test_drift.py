@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from runtime.drift import DriftError, ScoreDriftMonitor, ks_to_quantiles
-from trainer.drift import (
+from scada_tcn.runtime.drift import DriftError, ScoreDriftMonitor, ks_to_quantiles
+from scada_tcn.trainer.evaluation.drift import (
     DriftReference,
     feature_drift,
     ks_statistic,

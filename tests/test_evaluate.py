@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 
-from trainer.batch_infer import setup_from_checkpoint
-from trainer.evaluate import evaluate
+from scada_tcn.trainer.evaluation.evaluate import evaluate
+from scada_tcn.trainer.evaluation.offline import setup_from_checkpoint
 
 
 def test_evaluate_writes_all_reports(tiny_run, tmp_path):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from runtime.calibration import CalibrationError
-from trainer.evt import EVTError, fit_gpd, pot_threshold
+from scada_tcn.runtime.calibration import CalibrationError
+from scada_tcn.trainer.calibration.evt import EVTError, fit_gpd, pot_threshold
 
 
 def _gpd_sample(xi: float, sigma: float, u: np.ndarray) -> np.ndarray:
@@ -13,7 +13,7 @@ def _gpd_sample(xi: float, sigma: float, u: np.ndarray) -> np.ndarray:
 
 
 def _loglik(y: np.ndarray, xi: float, sigma: float) -> float:
-    """From the density (1/sigma) (1 + xi y / sigma)^(-1/xi - 1), written independently of trainer.evt."""
+    """From the density (1/sigma) (1 + xi y / sigma)^(-1/xi - 1), written independently of trainer.calibration.evt."""
     if xi == 0:
         return float(np.sum(-np.log(sigma) - y / sigma))
     t = 1 + xi * y / sigma
@@ -50,7 +50,7 @@ def test_pot_threshold_of_a_gpd_tail():
     # scores whose tail above 0 is GPD(0.3, 1) with zeta = 1: P(S > z) = (1 + 0.3 z)^(-1/0.3)
     s = _gpd_sample(0.3, 1.0, (np.arange(50_000) + 0.5) / 50_000)
     out = pot_threshold(s, tail_quantile=0.9, target_exceedance_prob=1e-4)
-    assert out["threshold"] == pytest.approx((1e-4 ** -0.3 - 1) / 0.3, rel=0.03)
+    assert out["threshold"] == pytest.approx((1e-4**-0.3 - 1) / 0.3, rel=0.03)
 
 
 def test_pot_threshold_u_and_excesses_by_hand():

@@ -17,21 +17,37 @@ import torch
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 
-from export.bundle_writer import export_bundle
-from trainer.infer import build_reference, checkpoint_config  # noqa: E402
-from trainer.calibrate import calibrate  # noqa: E402
-from export.onnx_export import IR_VERSION, OPSET, ExportError  # noqa: E402
-from export.verify import run_both, topn_disagreements, verify_graphs  # noqa: E402
-from runtime.bundle import load_bundle, open_session  # noqa: E402
-from runtime.calibration import Calibration, CalibrationError, fit_percentile_calibration, regime_of  # noqa: E402
-from runtime.scorer import OnnxScorer  # noqa: E402
-from trainer.config_checks import ConfigError  # noqa: E402
-from trainer.fit import PreparedData, load_checkpoint  # noqa: E402
+from scada_tcn.export.bundle_writer import export_bundle  # noqa: E402
+from scada_tcn.export.onnx_export import IR_VERSION, OPSET, ExportError  # noqa: E402
+from scada_tcn.export.verify import run_both, topn_disagreements, verify_graphs  # noqa: E402
+from scada_tcn.runtime.bundle import load_bundle, open_session  # noqa: E402
+from scada_tcn.runtime.calibration import Calibration, CalibrationError, fit_percentile_calibration, regime_of  # noqa: E402
+from scada_tcn.runtime.errors import ConfigError  # noqa: E402
+from scada_tcn.runtime.scorer import OnnxScorer  # noqa: E402
+from scada_tcn.trainer.calibration.fit import calibrate  # noqa: E402
+from scada_tcn.trainer.data.store import PreparedData  # noqa: E402
+from scada_tcn.trainer.model.reference import build_reference, checkpoint_config  # noqa: E402
+from scada_tcn.trainer.training.fit import load_checkpoint  # noqa: E402
 
 ISSUE_KEYS = {  # bundle.json keys named by the issue
-    "schema_version", "model_id", "dims", "dt_seconds", "feature_registry", "flag_registry", "column_mapping",
-    "pipeline_spec", "scaler", "class_names", "scoring", "calibration", "alerting", "score_reference", "versions",
-    "checksums", "data_fingerprint", "parity",
+    "schema_version",
+    "model_id",
+    "dims",
+    "dt_seconds",
+    "feature_registry",
+    "flag_registry",
+    "column_mapping",
+    "pipeline_spec",
+    "scaler",
+    "class_names",
+    "scoring",
+    "calibration",
+    "alerting",
+    "score_reference",
+    "versions",
+    "checksums",
+    "data_fingerprint",
+    "parity",
 }
 
 
@@ -73,7 +89,7 @@ def test_export_with_checkpoint_path_only(exported, tiny_run):
 def test_cli_export_with_checkpoint_path_only(exported, tiny_run):
     from typer.testing import CliRunner
 
-    from export.cli import app
+    from scada_tcn.export.cli import app
 
     help_text = CliRunner().invoke(app, ["--help"]).output
     assert "Example: scada-export" in help_text
@@ -105,7 +121,8 @@ def test_parity_every_output(exported, val_batch, B):
     X, M, Fl = (a[:B] for a in val_batch)
     ref, got = run_both(mods, sessions, X, M, Fl)
     assert set(ref) == {f"clean/{n}" for n in bundle.clean_outputs} | {
-        f"scoring/{n}" for n in ("s_now", "feat_contrib", "top_idx", "E")}
+        f"scoring/{n}" for n in ("s_now", "feat_contrib", "top_idx", "E")
+    }
     for name in ref:
         assert got[name].shape == ref[name].shape and got[name].dtype == ref[name].dtype, name
         if name != "scoring/top_idx":
@@ -142,12 +159,31 @@ def test_bundle_json_holds_every_key_of_the_issue(exported):
     assert ISSUE_KEYS <= set(doc)
     assert set(doc["dims"]) == {"L", "K", "F", "R", "C", "RF"}
     spec = doc["pipeline_spec"]
-    for k in ("channels", "angular_channels", "angle_units", "yaw_error", "deltas", "rolling", "fill_value",
-              "winsor_caps", "dt_seconds"):
+    for k in (
+        "channels",
+        "angular_channels",
+        "angle_units",
+        "yaw_error",
+        "deltas",
+        "rolling",
+        "fill_value",
+        "winsor_caps",
+        "dt_seconds",
+    ):
         assert k in spec
     assert doc["scaler"]["scaled"].count(False) == 4  # sin/cos of two angular channels are not scaled
-    assert set(doc["scoring"]) == {"masks", "p_score", "groups", "context", "passes", "seed", "aggregation", "halflife",
-                                   "topn", "k"}
+    assert set(doc["scoring"]) == {
+        "masks",
+        "p_score",
+        "groups",
+        "context",
+        "passes",
+        "seed",
+        "aggregation",
+        "halflife",
+        "topn",
+        "k",
+    }
     assert doc["scoring"]["context"] == []
     assert doc["scoring"]["masks"] == "element" and doc["scoring"]["groups"] is None
     assert doc["scoring"]["passes"] == 4
@@ -155,8 +191,14 @@ def test_bundle_json_holds_every_key_of_the_issue(exported):
     assert doc["column_mapping"]["wind_speed"] == "wind_speed"
     assert doc["class_names"][0] == "normal" and len(doc["class_names"]) == doc["dims"]["C"]
     assert doc["score_reference"]["split"] == "val" and len(doc["score_reference"]["values"]) > 5
-    assert set(doc["parity"]["cases"]) == {"val_batch64", "val_batch1", "all_missing", "all_flags_on",
-                                           "extreme_values", "extreme_with_missing"}
+    assert set(doc["parity"]["cases"]) == {
+        "val_batch64",
+        "val_batch1",
+        "all_missing",
+        "all_flags_on",
+        "extreme_values",
+        "extreme_with_missing",
+    }
     assert doc["calibration"]["min_windows"] == 20 and doc["calibration"]["n_windows"] > 0
 
 
@@ -194,8 +236,10 @@ def test_calibration_never_sees_test_or_fault_labelled_windows(exported, tiny_ru
 
 def test_fallback_recorded_when_min_windows_is_large(exported, tiny_run):
     _, mods, _ = exported
-    cfg = checkpoint_config(load_checkpoint(tiny_run.checkpoint),
-                            ["infer.calibration.min_windows=100000", "infer.calibration.per_regime=true"])
+    cfg = checkpoint_config(
+        load_checkpoint(tiny_run.checkpoint),
+        ["infer.calibration.min_windows=100000", "infer.calibration.per_regime=true"],
+    )
     cal = calibrate(mods.scoring, PreparedData(cfg), cfg).calibration
     assert cal.per_turbine == {} and cal.per_turbine_regime == {}
     assert cal.fallbacks["WT01"] == "491 windows < min_windows=100000; uses the global threshold"
@@ -203,13 +247,12 @@ def test_fallback_recorded_when_min_windows_is_large(exported, tiny_run):
     assert cal.threshold_for("WT01", "normal") == (cal.global_threshold, "global")
 
 
-def test_export_refuses_overrides_outside_infer_and_parity_beyond_tolerance(exported, tiny_run, tmp_path,
-                                                                            monkeypatch):
+def test_export_refuses_overrides_outside_infer_and_parity_beyond_tolerance(exported, tiny_run, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"got \['model.tcn.D=8'\]"):
         checkpoint_config(load_checkpoint(tiny_run.checkpoint), ["model.tcn.D=8"])
     bundle, mods, cfg = exported
     graphs = {g: (bundle.path / f"{g}.onnx").read_bytes() for g in ("clean", "scoring")}
-    monkeypatch.setattr("export.bundle_writer.export_graphs", lambda m: graphs)  # skip re-tracing
+    monkeypatch.setattr("scada_tcn.export.bundle_writer.export_graphs", lambda m: graphs)  # skip re-tracing
     with pytest.raises(ExportError, match="parity out of tolerance .* nothing was written"):
         export_bundle(tiny_run.checkpoint, out_dir=tmp_path / "b", atol=0.0, rtol=0.0)
     assert not (tmp_path / "b").exists()
@@ -238,14 +281,17 @@ def test_percentile_calibration_levels_and_fallbacks():
     scores = rng.random(300)
     turbines = ["A"] * 200 + ["B"] * 100
     regimes = ["normal"] * 150 + ["stopped"] * 50 + ["normal"] * 100
-    cal = fit_percentile_calibration(scores, turbines, regimes, 99.0, 120, per_turbine=True, per_regime=True,
-                                     fitted_on="unit test")
+    cal = fit_percentile_calibration(
+        scores, turbines, regimes, 99.0, 120, per_turbine=True, per_regime=True, fitted_on="unit test"
+    )
     assert cal.global_threshold == pytest.approx(np.percentile(scores, 99.0))
     assert cal.per_turbine == {"A": pytest.approx(np.percentile(scores[:200], 99.0))}
     assert cal.per_turbine_regime == {"A|normal": pytest.approx(np.percentile(scores[:150], 99.0))}
-    assert cal.fallbacks == {"B": "100 windows < min_windows=120; uses the global threshold",
-                             "A|stopped": "50 windows < min_windows=120; uses the turbine threshold",
-                             "B|normal": "100 windows < min_windows=120; uses the global threshold"}
+    assert cal.fallbacks == {
+        "B": "100 windows < min_windows=120; uses the global threshold",
+        "A|stopped": "50 windows < min_windows=120; uses the turbine threshold",
+        "B|normal": "100 windows < min_windows=120; uses the global threshold",
+    }
     assert cal.threshold_for("A", "normal")[1] == "turbine_regime"
     assert cal.threshold_for("A", "stopped")[1] == "turbine"
     assert cal.threshold_for("B", "normal")[1] == "global"

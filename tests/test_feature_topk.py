@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from trainer.model import ModelConfig, MultiTaskTCN
-from trainer.scoring import ScoringModule
+from scada_tcn.trainer.model.network import ModelConfig, MultiTaskTCN
+from scada_tcn.trainer.model.scoring import ScoringModule
 
 L, F, R = 16, 6, 2
 
@@ -41,8 +41,8 @@ def test_contributions_are_the_k_worst_normalised_features():
 
 
 def test_export_and_both_engines_with_feature_topk(tiny_run, tmp_path):
-    from export.bundle_writer import export_bundle
-    from trainer.batch_infer import run_batch_inference, setup_from_bundle, setup_from_checkpoint
+    from scada_tcn.export.bundle_writer import export_bundle
+    from scada_tcn.trainer.evaluation.offline import run_batch_inference, setup_from_bundle, setup_from_checkpoint
 
     ov = ["infer.aggregation.name=feature_topk", "infer.aggregation.k=3"]
     b = export_bundle(tiny_run.checkpoint, out_dir=tmp_path / "bundle", overrides=ov)  # parity checked inside

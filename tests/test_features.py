@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from runtime.errors import InputError, SpecError
-from runtime.features import FeatureState, build_features, sin_cos, wrap_angle, yaw_error
-from runtime.spec import PipelineSpec, RollingSpec, YawErrorSpec
+from scada_tcn.runtime.errors import InputError, SpecError
+from scada_tcn.runtime.features import FeatureState, build_features, sin_cos, wrap_angle, yaw_error
+from scada_tcn.runtime.spec import PipelineSpec, RollingSpec, YawErrorSpec
 
 CHANNELS = ("wind_speed", "power", "gearbox_oil_temp", "wind_dir", "nacelle_dir", "status")
 

@@ -14,23 +14,35 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from runtime.bundle import AlertingParams, load_bundle
-from runtime.config import MappingCfg
-from runtime.engine import Engine
-from runtime.replay import replay
-from runtime.scorer import OnnxScorer
-from runtime.state_file import load_state, save_state
-from runtime.telemetry import parse_timestamp_ns
+from scada_tcn.runtime.bundle import AlertingParams, load_bundle
+from scada_tcn.runtime.config import MappingCfg
+from scada_tcn.runtime.engine import Engine
+from scada_tcn.runtime.replay import replay
+from scada_tcn.runtime.scorer import OnnxScorer
+from scada_tcn.runtime.state_file import load_state, save_state
+from scada_tcn.runtime.telemetry import parse_timestamp_ns
 from tests.mosquitto import (
-    DT_NS, SITE, Collector, DaemonThread, by_key, client, daemon_config, expected_steps, publish_all, read_slice,
-    to_messages, to_samples, wait_for, write_csv,
+    DT_NS,
+    SITE,
+    Collector,
+    DaemonThread,
+    by_key,
+    client,
+    daemon_config,
+    expected_steps,
+    publish_all,
+    read_slice,
+    to_messages,
+    to_samples,
+    wait_for,
+    write_csv,
 )
 from tests.test_runtime_e2e import STREAM_END, STREAM_START, assert_close
 
 
 @pytest.fixture(scope="module")
 def fleet_bundle_dir(tiny_run, tmp_path_factory) -> Path:
-    from export.bundle_writer import export_bundle
+    from scada_tcn.export.bundle_writer import export_bundle
 
     out = tmp_path_factory.mktemp("fleet_bundle") / "bundle"
     export_bundle(tiny_run.checkpoint, out_dir=out, overrides=["infer.fleet.relative=true"], verify=False)
@@ -60,7 +72,7 @@ def test_bundle_records_the_fleet_setting_and_thresholds_fitted_on_it(fleet_bund
 
 
 def test_edge_fleet_scores_match_offline_inference(fleet_bundle_dir, fleet_bundle, tiny_run, rows, tmp_path):
-    from trainer.batch_infer import infer_split, setup_from_bundle
+    from scada_tcn.trainer.evaluation.offline import infer_split, setup_from_bundle
 
     header, body = rows
     path = write_csv(tmp_path / "slice.csv", header, body)
@@ -186,12 +198,11 @@ def test_waiting_steps_survive_a_restart(fleet_bundle, rows, tmp_path):
 
 
 def test_offline_alerts_hold_their_state_without_a_score():
-    from trainer.batch_infer import apply_alerts
+    from scada_tcn.trainer.evaluation.offline import apply_alerts
 
     t = pd.date_range("2024-01-01", periods=8, freq="10min", tz="UTC")
     score = [2.0, 2.0, np.nan, 2.0, np.nan, 0.1, np.nan, 0.1]
-    res = pd.DataFrame({"turbine_id": "T1", "t_end": t, "score": score, "threshold": 1.0,
-                        "top_features": [["a"]] * 8})
+    res = pd.DataFrame({"turbine_id": "T1", "t_end": t, "score": score, "threshold": 1.0, "top_features": [["a"]] * 8})
     apply_alerts(res, AlertingParams(T_on=1.0, T_off=0.8, N_on=3, N_off=2))
     # NaN windows neither count toward N_on / N_off nor change the state
     assert res["alert_on"].tolist() == [False, False, False, True, True, True, True, False]
@@ -216,9 +227,10 @@ def _fault_in_validation(src: Path, dst: Path, label: int, magnitude: float | No
 
 
 def test_fleet_calibration_never_sees_a_labelled_fault_not_even_as_a_peer(tiny_run, tmp_path):
-    from trainer.calibrate import calibrate
-    from trainer.fit import PreparedData, load_checkpoint
-    from trainer.infer import build_reference, checkpoint_config
+    from scada_tcn.trainer.calibration.fit import calibrate
+    from scada_tcn.trainer.data.store import PreparedData
+    from scada_tcn.trainer.model.reference import build_reference, checkpoint_config
+    from scada_tcn.trainer.training.fit import load_checkpoint
 
     ckpt = load_checkpoint(tiny_run.checkpoint)
     cfg = checkpoint_config(ckpt, ["infer.fleet.relative=true"])

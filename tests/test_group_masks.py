@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.config import load_config
-from trainer.config_checks import ConfigError
-from trainer.mask_groups import feature_groups
-from trainer.masking import sample_group_mask, sample_mask
-from trainer.model import ModelConfig, MultiTaskTCN
-from trainer.registry import spec_from_config
-from trainer.scoring import ScoringModule, group_patterns
-from trainer.step import TrainStepConfig, train_step
+from scada_tcn.runtime.errors import ConfigError
+from scada_tcn.trainer.config import load_config
+from scada_tcn.trainer.config.derive import spec_from_config
+from scada_tcn.trainer.config.groups import feature_groups
+from scada_tcn.trainer.model.masking import sample_group_mask, sample_mask
+from scada_tcn.trainer.model.network import ModelConfig, MultiTaskTCN
+from scada_tcn.trainer.model.scoring import ScoringModule, group_patterns
+from scada_tcn.trainer.training.step import TrainStepConfig, train_step
 from tests.conftest import CONFIG
 
 L, F, R = 24, 6, 2
@@ -46,19 +46,26 @@ def test_configured_groups_join_bases_and_every_other_base_stands_alone():
     cfg = load_config(CONFIG, LHB)
     names = list(spec_from_config(cfg).feature_names)
     members = feature_groups(cfg).members(names)
-    assert members["gearbox"] == ["gearbox_oil_above_ambient", "gearbox_bearing_above_ambient",
-                                  "gearbox_oil_above_ambient_delta", "gearbox_bearing_above_ambient_delta"]
+    assert members["gearbox"] == [
+        "gearbox_oil_above_ambient",
+        "gearbox_bearing_above_ambient",
+        "gearbox_oil_above_ambient_delta",
+        "gearbox_bearing_above_ambient_delta",
+    ]
     assert members["drivetrain_speed"] == ["rotor_speed", "gen_speed"]
     assert members["pitch"] == ["pitch"]
     assert sorted(f for m in members.values() for f in m) == sorted(names)  # a partition
 
 
-@pytest.mark.parametrize("groups, message", [
-    ("{g: [no_such_column]}", "features.mask_groups.g: ['no_such_column'] are not base columns"),
-    ("{a: [power], b: [power, pitch]}", "features.mask_groups: 'power' is in both 'a' and 'b'"),
-    ("{g: []}", "features.mask_groups.g is empty"),
-    ("{power: [pitch]}", "features.mask_groups.power: the name is a base column outside the group"),
-])
+@pytest.mark.parametrize(
+    "groups, message",
+    [
+        ("{g: [no_such_column]}", "features.mask_groups.g: ['no_such_column'] are not base columns"),
+        ("{a: [power], b: [power, pitch]}", "features.mask_groups: 'power' is in both 'a' and 'b'"),
+        ("{g: []}", "features.mask_groups.g is empty"),
+        ("{power: [pitch]}", "features.mask_groups.power: the name is a base column outside the group"),
+    ],
+)
 def test_bad_groups_are_refused_with_the_key(groups, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_config(CONFIG, [*LHB, f"features.mask_groups={groups}", "train.group_mask_prob=0.5"])
@@ -80,7 +87,7 @@ def test_group_mask_hides_one_whole_group_of_present_elements():
     for b in range(64):
         if torch.equal(M[b], base[b]):
             continue
-        hidden = (M[b] < 0.5)
+        hidden = M[b] < 0.5
         cols = hidden.any(0).nonzero().flatten()
         assert len(set(group_of[cols].tolist())) == 1, "one group per window"
         g = int(group_of[cols[0]])
@@ -96,8 +103,15 @@ def test_group_mask_hides_one_whole_group_of_present_elements():
 def test_train_step_with_group_masks_learns_and_counts_the_hidden_group():
     model = MultiTaskTCN(ModelConfig(F=F, R=R, K=3, C=2, D=16, num_blocks=3, dropout=0.0))
     X, M_miss, Flags = _window(16, seed=3, p_missing=0.0)
-    batch = {"X": X, "M_miss": M_miss, "Flags": Flags, "Y_true": X[:, -3:], "M_future": M_miss[:, -3:],
-             "y": torch.zeros(16, dtype=torch.int64), "has_label": torch.ones(16)}
+    batch = {
+        "X": X,
+        "M_miss": M_miss,
+        "Flags": Flags,
+        "Y_true": X[:, -3:],
+        "M_future": M_miss[:, -3:],
+        "y": torch.zeros(16, dtype=torch.int64),
+        "has_label": torch.ones(16),
+    }
     cfg = TrainStepConfig(p_mask=0.1, p_group=1.0, group_of=GROUP_OF)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     logs = train_step(model, batch, cfg, opt, torch.Generator().manual_seed(0))
@@ -131,8 +145,9 @@ def test_a_group_is_scored_without_any_of_its_own_values():
     with torch.no_grad():
         a, b = scoring(X, M_miss, Flags), scoring(drifted, M_miss, Flags)
     h.remove()
-    (in_a, hat_a), (in_b, hat_b) = ((x.reshape(3, scoring.P, L, -1)[:, 2], y.reshape(3, scoring.P, L, F)[:, 2])
-                                    for x, y in seen)
+    (in_a, hat_a), (in_b, hat_b) = (
+        (x.reshape(3, scoring.P, L, -1)[:, 2], y.reshape(3, scoring.P, L, F)[:, 2]) for x, y in seen
+    )
     assert torch.equal(in_a, in_b), "the pass that scores group 2 never sees group 2's values"
     assert torch.equal(hat_a, hat_b)
     # so group 2's error grows by the drift itself: nothing of it is explained away
@@ -143,8 +158,8 @@ def test_a_group_is_scored_without_any_of_its_own_values():
 @pytest.fixture(scope="module")
 def group_bundle(tiny_run, tmp_path_factory):
     """The tiny farm trained with group masks and exported with group scoring passes."""
-    from export.bundle_writer import export_bundle
-    from trainer.fit import fit
+    from scada_tcn.export.bundle_writer import export_bundle
+    from scada_tcn.trainer.training.fit import fit
 
     out = tmp_path_factory.mktemp("group_run")
     cfg = tiny_run.cfg(f"output_dir={out / 'run'}", "train.group_mask_prob=0.5", "infer.score_masks=group")
@@ -153,7 +168,7 @@ def group_bundle(tiny_run, tmp_path_factory):
 
 
 def test_group_scoring_exports_with_parity_and_records_its_groups(group_bundle):
-    from runtime.bundle import load_bundle
+    from scada_tcn.runtime.bundle import load_bundle
 
     bundle, cfg = group_bundle
     again = load_bundle(bundle.path)
@@ -164,19 +179,22 @@ def test_group_scoring_exports_with_parity_and_records_its_groups(group_bundle):
     assert {g: list(m) for g, m in again.scoring.groups.items()} == feature_groups(cfg).members(names)
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda s: s["groups"]["power"].pop(), "scoring.groups must be non-empty groups that, with scoring.context"),
-    (lambda s: s.update(context=["no_such_feature"]), "scoring.context must list distinct features"),
-    (lambda s: s.update(p_score=0.25), "masks 'group' takes groups and p_score null"),
-    (lambda s: s.update(passes=3), "but there are"),
-    (lambda s: s.update(masks="rows"), "scoring.masks: unknown 'rows'"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda s: s["groups"]["power"].pop(), "scoring.groups must be non-empty groups that, with scoring.context"),
+        (lambda s: s.update(context=["no_such_feature"]), "scoring.context must list distinct features"),
+        (lambda s: s.update(p_score=0.25), "masks 'group' takes groups and p_score null"),
+        (lambda s: s.update(passes=3), "but there are"),
+        (lambda s: s.update(masks="rows"), "scoring.masks: unknown 'rows'"),
+    ],
+)
 def test_bundle_refuses_inconsistent_group_scoring(group_bundle, tmp_path, edit, message):
     import json
     import shutil
 
-    from runtime.bundle import load_bundle
-    from runtime.errors import BundleError
+    from scada_tcn.runtime.bundle import load_bundle
+    from scada_tcn.runtime.errors import BundleError
 
     bundle, _ = group_bundle
     copy = tmp_path / "bundle"
@@ -194,15 +212,15 @@ def test_context_features_are_inputs_never_hidden_never_scored():
     for kw in ({"p_score": None, "group_of": group_of}, {"p_score": 0.25, "group_of": None}):
         scoring = ScoringModule(_model(), L, F, seed=0, topn=2, context=(2,), **kw).eval()
         assert (scoring.hide[:, :, 2] == 0).all()
-        seen = []
-        h = scoring.model.register_forward_hook(lambda m, args, out: seen.append(args[0].clone()))
+        seen: list[torch.Tensor] = []
+        h = scoring.model.register_forward_hook(lambda m, args, out, seen=seen: seen.append(args[0].clone()))
         with torch.no_grad():
             out = scoring(X, M_miss, Flags)
             moved = X.clone()
             moved[:, :, 2] += 3.0  # a context value is an input: it moves the other features' errors
             out_moved = scoring(moved, M_miss, Flags)
         h.remove()
-        M_score = seen[0][..., 2 * F: 3 * F]
+        M_score = seen[0][..., 2 * F : 3 * F]
         assert (M_score[..., 2] == 1).all(), "a context feature is never hidden"
         assert (out.E[..., 2] == 0).all() and (out.feat_contrib[:, 2] == 0).all()
         scored = torch.tensor([1.0, 1, 0, 1, 1, 1])
@@ -213,8 +231,9 @@ def test_context_features_are_inputs_never_hidden_never_scored():
 
 
 def test_context_bases_leave_the_groups_and_are_checked():
-    cfg = load_config(CONFIG, [*LHB, "features.context=[wind_dir]",
-                               "features.mask_groups.direction=[nacelle_dir,yaw_error]"])
+    cfg = load_config(
+        CONFIG, [*LHB, "features.context=[wind_dir]", "features.mask_groups.direction=[nacelle_dir,yaw_error]"]
+    )
     names = list(spec_from_config(cfg).feature_names)
     groups = feature_groups(cfg)
     assert [names[i] for i in groups.context] == ["wind_dir_sin", "wind_dir_cos"]

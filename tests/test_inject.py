@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from runtime.errors import InputError
+from scada_tcn.runtime.errors import InputError
+from scada_tcn.trainer.sources.inject import inject_table, schedule
 from tests.test_prepare import _cfg, _table
-from trainer.inject import inject_table, schedule
 
 
 def test_injects_only_inside_the_labelled_intervals(tmp_path):
@@ -18,8 +18,13 @@ def test_injects_only_inside_the_labelled_intervals(tmp_path):
     before = pd.read_csv(tmp_path / "scada.csv", dtype=str, keep_default_na=False)
     after = pd.read_csv(paths["scada"], dtype=str, keep_default_na=False)
     labels = pd.read_csv(paths["labels"])
-    assert list(labels.fault) == ["gearbox_overheat", "yaw_misalignment", "pitch_stuck", "sensor_freeze",
-                                  "underperformance"]
+    assert list(labels.fault) == [
+        "gearbox_overheat",
+        "yaw_misalignment",
+        "pitch_stuck",
+        "sensor_freeze",
+        "underperformance",
+    ]
     changed = (before != after).any(axis=1).to_numpy()
     assert changed.any() and set(after.turbine_id[changed]) == {"WT02"}
     t = pd.to_datetime(after.timestamp, utc=True)
@@ -45,17 +50,23 @@ def test_unknown_turbine_is_refused(tmp_path):
 
 
 def test_evaluate_with_a_labels_file(tiny_run, tmp_path):
-    from trainer.batch_infer import setup_from_checkpoint
-    from trainer.evaluate import evaluate
+    from scada_tcn.trainer.evaluation.evaluate import evaluate
+    from scada_tcn.trainer.evaluation.offline import setup_from_checkpoint
 
     labels = tmp_path / "labels.csv"
-    pd.DataFrame({"turbine_id": ["WT01", "WT03"], "start": ["2024-02-01T00:00:00+00:00", "2024-02-05T00:00:00+00:00"],
-                  "end": ["2024-02-03T00:00:00+00:00", "2024-02-06T00:00:00+00:00"],
-                  "fault": ["gearbox_overheat", "pitch_stuck"]}).to_csv(labels, index=False)
+    pd.DataFrame(
+        {
+            "turbine_id": ["WT01", "WT03"],
+            "start": ["2024-02-01T00:00:00+00:00", "2024-02-05T00:00:00+00:00"],
+            "end": ["2024-02-03T00:00:00+00:00", "2024-02-06T00:00:00+00:00"],
+            "fault": ["gearbox_overheat", "pitch_stuck"],
+        }
+    ).to_csv(labels, index=False)
     m = evaluate(setup_from_checkpoint(tiny_run.checkpoint), tmp_path / "eval", plots=False, labels_file=labels)
     assert m["events"]["n_events"] == 2 and m["labels"] == str(labels)
     res = pd.read_parquet(tmp_path / "eval" / "results_test.parquet")
     t = res["t_end"]
     in_events = ((res.turbine_id == "WT01") & (t > "2024-02-01T00:00Z") & (t <= "2024-02-03T00:00Z")) | (
-        (res.turbine_id == "WT03") & (t > "2024-02-05T00:00Z") & (t <= "2024-02-06T00:00Z"))
+        (res.turbine_id == "WT03") & (t > "2024-02-05T00:00Z") & (t <= "2024-02-06T00:00Z")
+    )
     assert m["anomaly"]["n_test_pos"] == int(in_events.sum()) > 0

@@ -12,8 +12,14 @@ def _table(on: str) -> pd.DataFrame:
 
 def _labels(*spans: tuple[int, int]) -> pd.DataFrame:
     t = pd.date_range("2024-01-01", periods=24, freq="1h", tz="UTC")
-    return pd.DataFrame({"turbine_id": "T1", "start": [t[a].isoformat() for a, _ in spans],
-                         "end": [t[b].isoformat() for _, b in spans], "fault": [f"f{i}" for i in range(len(spans))]})
+    return pd.DataFrame(
+        {
+            "turbine_id": "T1",
+            "start": [t[a].isoformat() for a, _ in spans],
+            "end": [t[b].isoformat() for _, b in spans],
+            "fault": [f"f{i}" for i in range(len(spans))],
+        }
+    )
 
 
 def test_onset_inside_the_fault_counts_with_hours_after_start():

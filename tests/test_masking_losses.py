@@ -1,11 +1,14 @@
-"""trainer.masking, trainer.losses and trainer.step: mask semantics, loss masks and reductions, the two-stream step."""
+"""trainer.model.masking, trainer.training.losses and trainer.training.step: mask semantics, loss masks and
+reductions, the two-stream step."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from trainer.losses import (
+from scada_tcn.trainer.model.masking import apply_mask, build_model_input, mask_stats, sample_mask
+from scada_tcn.trainer.model.network import ModelConfig, MultiTaskTCN
+from scada_tcn.trainer.training.losses import (
     fault_loss,
     forecast_loss,
     huber_elementwise,
@@ -13,11 +16,7 @@ from trainer.losses import (
     recon_loss,
     regime_weights,
 )
-from trainer.masking import apply_mask, build_model_input, mask_stats, sample_mask
-from trainer.model import ModelConfig, MultiTaskTCN
-from trainer.step import TrainStepConfig, eval_losses, train_step
-
-
+from scada_tcn.trainer.training.step import TrainStepConfig, eval_losses, train_step
 
 
 def _miss(shape=(8, 50, 6), p_missing=0.3, seed=0) -> torch.Tensor:

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from trainer.metrics import (
+from scada_tcn.trainer.evaluation.metrics import (
     MONTH_NS,
     MetricsError,
     alert_spans_from_states,
@@ -38,6 +38,7 @@ def test_roc_auc_matches_pairwise_definition():
 
 # --- forecasts --------------------------------------------------------------------------------------------------
 
+
 def test_forecast_metrics_hand_computed_and_missing_targets_ignored():
     nan = float("nan")
     # (N=2, K=1, F=3): feature c is never present; a missing target may hold NaN or garbage
@@ -66,6 +67,7 @@ def test_forecast_metrics_refuses_bad_inputs():
 
 
 # --- fault classes ----------------------------------------------------------------------------------------------
+
 
 def _same_per_class(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], nan_ok=True) for k in a)
@@ -148,8 +150,10 @@ def test_best_f1_threshold_hand_computed_and_brute_force():
 
 def test_anomaly_metrics_threshold_from_validation_applied_to_test():
     out = anomaly_metrics(
-        np.array([0.9, 0.8, 0.7, 0.6]), np.array([1, 0, 1, 0]),  # best-F1 threshold 0.7
-        np.array([0.95, 0.75, 0.65, 0.5, 0.72]), np.array([1, 1, 0, 0, 0]),
+        np.array([0.9, 0.8, 0.7, 0.6]),
+        np.array([1, 0, 1, 0]),  # best-F1 threshold 0.7
+        np.array([0.95, 0.75, 0.65, 0.5, 0.72]),
+        np.array([1, 1, 0, 0, 0]),
     )
     # test alerts at >= 0.7: 0.95 (TP), 0.75 (TP), 0.72 (FP)
     assert out["threshold"] == 0.7 and abs(out["val_f1"] - 0.8) < 1e-12
@@ -192,8 +196,13 @@ def test_event_metrics_on_a_hand_built_timeline():
     assert (out["n_events"], out["n_detected"], out["detection_rate"]) == (4, 3, 0.75)
     assert [e["lead_ns"] for e in out["events"]] == [2 * H, -1 * H, 5 * H, None]
     assert [e["detected"] for e in out["events"]] == [True, True, True, False]
-    assert out["events"][2] == {"turbine": "T2", "start_ns": _h(100)[0], "end_ns": _h(110)[0], "detected": True,
-                                "lead_ns": 5 * H}
+    assert out["events"][2] == {
+        "turbine": "T2",
+        "start_ns": _h(100)[0],
+        "end_ns": _h(110)[0],
+        "detected": True,
+        "lead_ns": 5 * H,
+    }
     assert out["lead_ns_median"] == 2 * H and out["lead_ns_mean"] == 2 * H
     assert (out["n_alerts"], out["n_false_alerts"]) == (6, 2)
     assert out["turbine_months"] == 4.0 and out["false_alerts_per_turbine_month"] == 0.5

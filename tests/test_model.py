@@ -1,4 +1,4 @@
-"""trainer.model: causality, receptive field, shapes, config validation, weight-norm stripping."""
+"""trainer.model.network: causality, receptive field, shapes, config validation, weight-norm stripping."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from trainer.model import (
+from scada_tcn.trainer.model.network import (
     NORMS,
     CausalConv1d,
     ModelConfig,
@@ -19,8 +19,6 @@ from trainer.model import (
 )
 
 F, R, K, C = 3, 2, 4, 3
-
-
 
 
 def _model(norm: str = "none", **kw) -> MultiTaskTCN:

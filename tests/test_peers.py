@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from runtime.peers import fleet_relative, median_of_others
+from scada_tcn.runtime.peers import fleet_relative, median_of_others
 
 
 def _brute(S: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from trainer.plots import PlotError, plot_contribution_heatmap, plot_score_timeline
+from scada_tcn.trainer.evaluation.plots import PlotError, plot_contribution_heatmap, plot_score_timeline
 
 DT = 600 * 10**9
 TS = 1_704_067_200 * 10**9 + DT * np.arange(3 * 144)  # 3 days of 10-minute steps
@@ -24,8 +24,13 @@ def test_score_timeline_png(tmp_path):
     kept = score.copy()
     figs = plt.get_fignums()
     out = plot_score_timeline(
-        tmp_path / "timeline.png", TS, score, 2.0, [(int(TS[215]), int(TS[262]))],
-        [(int(TS[230]), int(TS[280]), "gearbox_overheat")], "T01",
+        tmp_path / "timeline.png",
+        TS,
+        score,
+        2.0,
+        [(int(TS[215]), int(TS[262]))],
+        [(int(TS[230]), int(TS[280]), "gearbox_overheat")],
+        "T01",
     )
     data = out.read_bytes()
     assert _png_size(data) == (1200, 400) and len(data) > 20_000

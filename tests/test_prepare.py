@@ -7,12 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from runtime.errors import InputError
-from runtime.scaling import RobustScaler
-from runtime.spec import PipelineSpec
-from trainer.config import load_config
-from trainer.prepare import prepare
-from trainer.registry import load_registry
+from scada_tcn.runtime.errors import InputError
+from scada_tcn.runtime.scaling import RobustScaler
+from scada_tcn.runtime.spec import PipelineSpec
+from scada_tcn.trainer.config import load_config
+from scada_tcn.trainer.data.prepare import prepare
+from scada_tcn.trainer.data.registry import load_registry
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "config.yaml"
 T0 = pd.Timestamp("2024-01-01T00:00:00Z")
@@ -30,46 +30,57 @@ def _table(days=30, turbines=("WT01", "WT02"), seed=0) -> pd.DataFrame:
     for tid in turbines:
         t = T0 + pd.to_timedelta(np.arange(1, n + 1) * 10, unit="min")
         ws = np.clip(7 + 3 * np.sin(np.arange(n) / 50) + rng.normal(0, 1, n), 0, None)
-        df = pd.DataFrame({
-            "turbine_id": tid,
-            "timestamp": t.strftime("%Y-%m-%dT%H:%M:%S+00:00"),
-            "wind_speed": ws,
-            "power": np.clip((ws - 3.5) ** 3 * 8, 0, 2050),
-            "rotor_speed": np.clip(ws * 1.5, 0, 15),
-            "gen_speed": np.clip(ws * 150, 0, 1500),
-            "pitch": np.where(ws > 12, ws - 12, 0.0),
-            "wind_dir": (200 + np.cumsum(rng.normal(0, 2, n))) % 360,
-            "ambient_temp": 5 + 3 * np.sin(np.arange(n) / 144 * 2 * np.pi),
-            "nacelle_temp": 20 + rng.normal(0, 0.3, n),
-            "gearbox_oil_temp": 55 + rng.normal(0, 0.5, n),
-            "gearbox_bearing_temp": 60 + rng.normal(0, 0.5, n),
-            "gen_bearing_temp": 40 + rng.normal(0, 0.5, n),
-            "status": np.where(rng.random(n) < 0.02, 2, 0),
-        })
+        df = pd.DataFrame(
+            {
+                "turbine_id": tid,
+                "timestamp": t.strftime("%Y-%m-%dT%H:%M:%S+00:00"),
+                "wind_speed": ws,
+                "power": np.clip((ws - 3.5) ** 3 * 8, 0, 2050),
+                "rotor_speed": np.clip(ws * 1.5, 0, 15),
+                "gen_speed": np.clip(ws * 150, 0, 1500),
+                "pitch": np.where(ws > 12, ws - 12, 0.0),
+                "wind_dir": (200 + np.cumsum(rng.normal(0, 2, n))) % 360,
+                "ambient_temp": 5 + 3 * np.sin(np.arange(n) / 144 * 2 * np.pi),
+                "nacelle_temp": 20 + rng.normal(0, 0.3, n),
+                "gearbox_oil_temp": 55 + rng.normal(0, 0.5, n),
+                "gearbox_bearing_temp": 60 + rng.normal(0, 0.5, n),
+                "gen_bearing_temp": 40 + rng.normal(0, 0.5, n),
+                "status": np.where(rng.random(n) < 0.02, 2, 0),
+            }
+        )
         df["nacelle_dir"] = (df["wind_dir"] + rng.normal(0, 3, n)) % 360
         frames.append(df)
     return pd.concat(frames, ignore_index=True)
 
 
 def _labels(path: Path) -> Path:
-    pd.DataFrame({
-        "turbine_id": ["WT01", "WT02"],
-        "start": ["2024-01-22T00:00:00+00:00", "2024-01-05T00:00:00+00:00"],
-        "end": ["2024-01-24T00:00:00+00:00", "2024-01-06T00:00:00+00:00"],
-        "fault": ["gearbox_overheat", "pitch_stuck"],
-    }).to_csv(path, index=False)
+    pd.DataFrame(
+        {
+            "turbine_id": ["WT01", "WT02"],
+            "start": ["2024-01-22T00:00:00+00:00", "2024-01-05T00:00:00+00:00"],
+            "end": ["2024-01-24T00:00:00+00:00", "2024-01-06T00:00:00+00:00"],
+            "fault": ["gearbox_overheat", "pitch_stuck"],
+        }
+    ).to_csv(path, index=False)
     return path
 
 
 def _cfg(tmp_path, df, *extra):
     df.to_csv(tmp_path / "scada.csv", index=False)
-    return load_config(CONFIG, [
-        f"data.paths.raw_dir={tmp_path / 'scada.csv'}",
-        f"data.paths.processed_dir={tmp_path / 'processed'}",
-        f"data.paths.labels_file={_labels(tmp_path / 'labels.csv')}",
-        "data.windowing.L=24", "data.windowing.K=3", "data.windowing.stride=2", "model.tcn.num_blocks=3",
-        *SPLITS, *extra,
-    ])
+    return load_config(
+        CONFIG,
+        [
+            f"data.paths.raw_dir={tmp_path / 'scada.csv'}",
+            f"data.paths.processed_dir={tmp_path / 'processed'}",
+            f"data.paths.labels_file={_labels(tmp_path / 'labels.csv')}",
+            "data.windowing.L=24",
+            "data.windowing.K=3",
+            "data.windowing.stride=2",
+            "model.tcn.num_blocks=3",
+            *SPLITS,
+            *extra,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +131,9 @@ def test_labels_follow_the_label_file(prepared):
     names = cfg.data.labels.class_names
     y = np.load(out / "turbines" / "WT01" / "labels.npy")
     ts = np.load(out / "turbines" / "WT01" / "timestamps.npy")
-    inside = (ts > pd.Timestamp("2024-01-22T00:00Z").value) & (ts - 600 * 10**9 < pd.Timestamp("2024-01-24T00:00Z").value)
+    inside = (ts > pd.Timestamp("2024-01-22T00:00Z").value) & (
+        ts - 600 * 10**9 < pd.Timestamp("2024-01-24T00:00Z").value
+    )
     assert (y[inside] == names.index("gearbox_overheat")).all() and (y[~inside] == 0).all()
     idx = pd.read_parquet(out / "window_index.parquet")
     w = idx[idx.turbine_id == "WT01"]
@@ -139,7 +152,10 @@ def test_scaler_and_winsor_caps_use_training_rows_only(tmp_path):
     (tmp_path / "b").mkdir()
     sa, sb = prepare(_cfg(tmp_path / "a", base)), prepare(_cfg(tmp_path / "b", planted))
     assert sa["winsor_caps"] == sb["winsor_caps"]
-    load = lambda p: RobustScaler.from_dict(json.loads((p / "processed/scalers/robust_scaler.json").read_text()))
+
+    def load(p):
+        return RobustScaler.from_dict(json.loads((p / "processed/scalers/robust_scaler.json").read_text()))
+
     ra, rb = load(tmp_path / "a"), load(tmp_path / "b")
     np.testing.assert_array_equal(ra.center, rb.center)
     np.testing.assert_array_equal(ra.scale, rb.scale)
@@ -169,7 +185,13 @@ def test_training_split_without_rows_is_refused(tmp_path):
 
 def test_unknown_fault_class_in_labels_is_refused(tmp_path):
     cfg = _cfg(tmp_path, _table())
-    pd.DataFrame({"turbine_id": ["WT01"], "start": ["2024-01-02T00:00:00+00:00"], "end": ["2024-01-03T00:00:00+00:00"],
-                  "fault": ["bird_strike"]}).to_csv(cfg.data.paths.labels_file, index=False)
+    pd.DataFrame(
+        {
+            "turbine_id": ["WT01"],
+            "start": ["2024-01-02T00:00:00+00:00"],
+            "end": ["2024-01-03T00:00:00+00:00"],
+            "fault": ["bird_strike"],
+        }
+    ).to_csv(cfg.data.paths.labels_file, index=False)
     with pytest.raises(InputError, match="bird_strike"):
         prepare(cfg)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.errors import InputError, SpecError
-from runtime.flags import compile_rules
-from runtime.qc import apply_winsor, fit_winsor_caps
-from runtime.spec import PipelineSpec
+from scada_tcn.runtime.errors import InputError, SpecError
+from scada_tcn.runtime.flags import compile_rules
+from scada_tcn.runtime.qc import apply_winsor, fit_winsor_caps
+from scada_tcn.runtime.spec import PipelineSpec
 from tests.test_binning import CHANNELS, PW, WD, WS
 from tests.test_binning import make_spec as make_binning_spec
 
@@ -102,8 +102,16 @@ def test_and_binds_tighter_than_or():
 
 
 def test_all_operators_and_bare_channel():
-    rules = {"lt": "power < 1", "le": "power <= 1", "gt": "power > 1", "ge": "power >= 1", "eq": "power == 1",
-             "ne": "power != 1", "bare": "status", "neg": "power >= -2.5e0"}
+    rules = {
+        "lt": "power < 1",
+        "le": "power <= 1",
+        "gt": "power > 1",
+        "ge": "power >= 1",
+        "eq": "power == 1",
+        "ne": "power != 1",
+        "bare": "status",
+        "neg": "power >= -2.5e0",
+    }
     flags = compile_rules(make_spec(rules))
     values = np.array([[0, 0.0, 0, 0, 0], [0, 1.0, 0, 0, 7], [0, 2.0, 0, 0, -1], [0, -3.0, 0, 0, 0]])
     np.testing.assert_array_equal(
@@ -113,8 +121,16 @@ def test_all_operators_and_bare_channel():
 
 
 def test_a_clause_on_a_missing_value_is_false():
-    flags = compile_rules(make_spec({"ne": "power != 1", "bare": "status", "or": "power > 0 or status == 0",
-                                     "and": "wind_speed >= 0 and power < 5"}))
+    flags = compile_rules(
+        make_spec(
+            {
+                "ne": "power != 1",
+                "bare": "status",
+                "or": "power > 0 or status == 0",
+                "and": "wind_speed >= 0 and power < 5",
+            }
+        )
+    )
     values = np.array([[2.0, NAN, 0, 0, NAN], [NAN, 3.0, 0, 0, NAN]])
     np.testing.assert_array_equal(flags.evaluate(values), [[0, 0, 0, 0], [1, 0, 1, 0]])
 

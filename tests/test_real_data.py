@@ -3,9 +3,9 @@
 import numpy as np
 import pandas as pd
 
+from scada_tcn.trainer.config import load_config
+from scada_tcn.trainer.data.prepare import prepare
 from tests.conftest import CONFIG, shared_data_or_skip
-from trainer.config import load_config
-from trainer.prepare import prepare
 
 
 def test_prepare_la_haute_borne(tmp_path):

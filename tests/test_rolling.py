@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from runtime.errors import InputError
-from runtime.rolling import rolling_mean_std, window_mean_std
+from scada_tcn.runtime.errors import InputError
+from scada_tcn.runtime.rolling import rolling_mean_std, window_mean_std
 
 
 def _naive_cumsum(x: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 import torch
 
+from scada_tcn.trainer.data.prepare import target_timeline
+from scada_tcn.trainer.evaluation.metrics import MetricsError
+from scada_tcn.trainer.evaluation.rul_eval import last_window_rul, phm08_score, rmse, rul_metrics
+from scada_tcn.trainer.training.losses import rul_loss
 from tests.conftest import CONFIG
-from trainer.losses import rul_loss
-from trainer.metrics import MetricsError
-from trainer.prepare import target_timeline
-from trainer.rul_eval import last_window_rul, phm08_score, rmse, rul_metrics
 
 
 def test_rmse_and_phm08_by_hand():
@@ -33,8 +33,14 @@ def test_rmse_and_phm08_by_hand():
 
 
 def test_last_window_rul_picks_each_turbines_latest_window():
-    res = pd.DataFrame({"turbine_id": ["b", "a", "a", "b"], "t_end": pd.to_datetime([4, 1, 2, 3], utc=True),
-                        "rul": [1.0, 2.0, 3.0, 4.0], "rul_true": [10.0, 20.0, 30.0, 40.0]})
+    res = pd.DataFrame(
+        {
+            "turbine_id": ["b", "a", "a", "b"],
+            "t_end": pd.to_datetime([4, 1, 2, 3], utc=True),
+            "rul": [1.0, 2.0, 3.0, 4.0],
+            "rul_true": [10.0, 20.0, 30.0, 40.0],
+        }
+    )
     last = last_window_rul(res)
     assert last["turbine_id"].tolist() == ["a", "b"] and last["rul_pred"].tolist() == [3.0, 1.0]
     assert last["rul_true"].tolist() == [30.0, 10.0]
@@ -75,8 +81,9 @@ def _fake_nasa(folder, n_train=6, n_test=3, seed=0):
     def unit_rows(u, n_cycles, total):
         c = np.arange(1, n_cycles + 1)
         wear = c / total  # 0 -> 1 at failure
-        settings = np.column_stack([rng.normal(0, 1e-3, n_cycles), rng.normal(0, 1e-4, n_cycles),
-                                    np.full(n_cycles, 100.0)])
+        settings = np.column_stack(
+            [rng.normal(0, 1e-3, n_cycles), rng.normal(0, 1e-4, n_cycles), np.full(n_cycles, 100.0)]
+        )
         sensors = 500 + np.arange(21) + wear[:, None] * np.linspace(1, 5, 21) + rng.normal(0, 0.1, (n_cycles, 21))
         return np.column_stack([np.full(n_cycles, u), c, settings, sensors])
 
@@ -92,24 +99,34 @@ def _fake_nasa(folder, n_train=6, n_test=3, seed=0):
 
 @pytest.mark.slow
 def test_tiny_cmapss_prepare_train_resume_evaluate(tmp_path):
-    from trainer.batch_infer import infer_split, setup_from_checkpoint
-    from trainer.cmapss import write_cmapss
-    from trainer.config import load_config
-    from trainer.evaluate import evaluate
-    from trainer.fit import fit, load_checkpoint
-    from trainer.prepare import prepare
+    from scada_tcn.trainer.config import load_config
+    from scada_tcn.trainer.data.prepare import prepare
+    from scada_tcn.trainer.evaluation.evaluate import evaluate
+    from scada_tcn.trainer.evaluation.offline import infer_split, setup_from_checkpoint
+    from scada_tcn.trainer.sources.cmapss import write_cmapss
+    from scada_tcn.trainer.training.fit import fit, load_checkpoint
 
     (tmp_path / "nasa").mkdir()
     true_after = _fake_nasa(tmp_path / "nasa")
     write_cmapss(tmp_path / "nasa", "FD001", tmp_path / "raw")
     overrides = [
-        "data=cmapss_fd001", f"data.paths.raw_dir={tmp_path / 'raw' / 'cmapss.csv'}",
-        f"data.paths.labels_file={tmp_path / 'raw' / 'labels.csv'}", f"data.paths.processed_dir={tmp_path / 'p'}",
-        f"output_dir={tmp_path / 'run'}", "data.windowing.stride=4",
-        "data.splits.train_turbines=['train_00[1-4]']", "data.splits.val_turbines=['train_00[56]']",
-        "model.tcn.D=8", "model.heads.fault.hidden=8", "model.heads.rul.hidden=8", "train.batch_size=16",
-        "train.epochs=1", "train.max_steps_per_epoch=3", "train.scheduler.warmup_steps=1",
-        "infer.calibration.min_windows=5", "device=cpu",
+        "data=cmapss_fd001",
+        f"data.paths.raw_dir={tmp_path / 'raw' / 'cmapss.csv'}",
+        f"data.paths.labels_file={tmp_path / 'raw' / 'labels.csv'}",
+        f"data.paths.processed_dir={tmp_path / 'p'}",
+        f"output_dir={tmp_path / 'run'}",
+        "data.windowing.stride=4",
+        "data.splits.train_turbines=['train_00[1-4]']",
+        "data.splits.val_turbines=['train_00[56]']",
+        "model.tcn.D=8",
+        "model.heads.fault.hidden=8",
+        "model.heads.rul.hidden=8",
+        "train.batch_size=16",
+        "train.epochs=1",
+        "train.max_steps_per_epoch=3",
+        "train.scheduler.warmup_steps=1",
+        "infer.calibration.min_windows=5",
+        "device=cpu",
     ]
     cfg = load_config(CONFIG, overrides)
     summary = prepare(cfg)
@@ -126,8 +143,11 @@ def test_tiny_cmapss_prepare_train_resume_evaluate(tmp_path):
     fit(cfg, log=lambda m: None)
     steps = [json.loads(x) for x in (tmp_path / "run" / "logs" / "train.jsonl").read_text().splitlines()]
     assert all("rul" in s for s in steps if s["event"] == "step") and steps[-1]["val_rul"] > 0
-    best = fit(load_config(CONFIG, [*overrides, "train.epochs=2"]), resume=str(tmp_path / "run" / "checkpoints"
-                                                                                 / "last.pt"), log=lambda m: None)
+    best = fit(
+        load_config(CONFIG, [*overrides, "train.epochs=2"]),
+        resume=str(tmp_path / "run" / "checkpoints" / "last.pt"),
+        log=lambda m: None,
+    )
     ck = load_checkpoint(best)
     assert ck["model_config"]["rul_enabled"] and ck["model_config"]["rul_scale"] == 125.0
 

@@ -18,15 +18,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.bundle import load_bundle
-from runtime.config import MappingCfg
-from runtime.engine import Engine
-from runtime.replay import replay
-from runtime.scorer import OnnxScorer
-from runtime.telemetry import parse_timestamp_ns
+from scada_tcn.runtime.bundle import load_bundle
+from scada_tcn.runtime.config import MappingCfg
+from scada_tcn.runtime.engine import Engine
+from scada_tcn.runtime.replay import replay
+from scada_tcn.runtime.scorer import OnnxScorer
+from scada_tcn.runtime.telemetry import parse_timestamp_ns
 from tests.mosquitto import (
-    DT_NS, GATEWAY, SITE, Broker, bin_labels, Collector, DaemonThread, by_key, client, daemon_config, expected_steps,
-    publish_all, read_slice, require_mosquitto, to_messages, to_samples, wait_for, write_csv,
+    DT_NS,
+    GATEWAY,
+    SITE,
+    Broker,
+    Collector,
+    DaemonThread,
+    bin_labels,
+    by_key,
+    client,
+    daemon_config,
+    expected_steps,
+    publish_all,
+    read_slice,
+    require_mosquitto,
+    to_messages,
+    to_samples,
+    wait_for,
+    write_csv,
 )
 
 STREAM_START, STREAM_END = "2024-01-28T00:00:00+00:00", "2024-01-29T12:00:00+00:00"  # 216 steps per turbine
@@ -34,7 +50,7 @@ STREAM_START, STREAM_END = "2024-01-28T00:00:00+00:00", "2024-01-29T12:00:00+00:
 
 @pytest.fixture(scope="module")
 def bundle_dir(tiny_run, tmp_path_factory) -> Path:
-    from export.bundle_writer import export_bundle
+    from scada_tcn.export.bundle_writer import export_bundle
 
     out = tmp_path_factory.mktemp("rt_bundle") / "bundle"
     export_bundle(tiny_run.checkpoint, out_dir=out, verify=False)
@@ -78,8 +94,8 @@ def _reference(tiny_run, bundle, keys: list[tuple[str, str]]):
     """trainer infer_step on the prepared arrays for the windows ending at `keys` (turbine, ts)."""
     import torch
 
-    from trainer.fit import load_checkpoint
-    from trainer.infer import build_reference, checkpoint_config, infer_step
+    from scada_tcn.trainer.model.reference import build_reference, checkpoint_config, infer_step
+    from scada_tcn.trainer.training.fit import load_checkpoint
 
     ckpt = load_checkpoint(tiny_run.checkpoint)
     mods = build_reference(ckpt, checkpoint_config(ckpt))
@@ -100,8 +116,11 @@ def _reference(tiny_run, bundle, keys: list[tuple[str, str]]):
 def _assert_matches_reference(records: dict[tuple[str, str], bytes], tiny_run, bundle) -> int:
     first = _first_comparable_ns(bundle)
     docs = {k: json.loads(v) for k, v in records.items()}
-    keys = sorted(k for k, d in docs.items() if d["status"] == "ok"
-                  and parse_timestamp_ns(d["ts"].replace("Z", "+00:00")) >= first)
+    keys = sorted(
+        k
+        for k, d in docs.items()
+        if d["status"] == "ok" and parse_timestamp_ns(d["ts"].replace("Z", "+00:00")) >= first
+    )
     assert len(keys) > 100
     ref = _reference(tiny_run, bundle, keys)
     names = list(bundle.spec.feature_names)
@@ -256,30 +275,51 @@ def _hostile(valid: list[tuple[str, bytes]], n: int, rng: np.random.Generator) -
         ("malformed_json", lambda i: (f"{base}/WT02/telemetry", bytes(rng.integers(32, 127, 40, dtype=np.uint8)))),
         ("not_utf8", lambda i: (f"{base}/WT01/telemetry", b"\xff\xfe" + bytes(rng.integers(0, 256, 30, np.uint8)))),
         ("not_an_object", lambda i: (f"{base}/WT03/telemetry", b"[1, 2, 3]")),
-        ("non_finite", lambda i: (f"{base}/WT01/telemetry",
-                                  b'{"ts": "2024-01-28T06:00:00+00:00", "values": {"power": NaN}}')),
-        ("non_finite", lambda i: (f"{base}/WT02/telemetry",
-                                  b'{"ts": "2024-01-28T06:00:00+00:00", "values": {"power": 1e999}}')),
-        ("bad_value_type", lambda i: (f"{base}/WT01/telemetry",
-                                      b'{"ts": "2024-01-28T06:00:00+00:00", "values": {"power": "12"}}')),
-        ("bad_value_type", lambda i: (f"{base}/WT04/telemetry",
-                                      b'{"ts": "2024-01-28T06:00:00+00:00", "values": {"power": true}}')),
-        ("unknown_channel", lambda i: (f"{base}/WT01/telemetry",
-                                       b'{"ts": "2024-01-28T06:00:00+00:00", "values": {"pwr": 1.0}}')),
-        ("unknown_turbine", lambda i: (f"{base}/WT99/telemetry",
-                                       b'{"ts": "2024-01-28T06:00:00+00:00", "values": {"power": 1.0}}')),
+        (
+            "non_finite",
+            lambda i: (f"{base}/WT01/telemetry", b'{"ts": "2024-01-28T06:00:00+00:00", "values": {"power": NaN}}'),
+        ),
+        (
+            "non_finite",
+            lambda i: (f"{base}/WT02/telemetry", b'{"ts": "2024-01-28T06:00:00+00:00", "values": {"power": 1e999}}'),
+        ),
+        (
+            "bad_value_type",
+            lambda i: (f"{base}/WT01/telemetry", b'{"ts": "2024-01-28T06:00:00+00:00", "values": {"power": "12"}}'),
+        ),
+        (
+            "bad_value_type",
+            lambda i: (f"{base}/WT04/telemetry", b'{"ts": "2024-01-28T06:00:00+00:00", "values": {"power": true}}'),
+        ),
+        (
+            "unknown_channel",
+            lambda i: (f"{base}/WT01/telemetry", b'{"ts": "2024-01-28T06:00:00+00:00", "values": {"pwr": 1.0}}'),
+        ),
+        (
+            "unknown_turbine",
+            lambda i: (f"{base}/WT99/telemetry", b'{"ts": "2024-01-28T06:00:00+00:00", "values": {"power": 1.0}}'),
+        ),
         ("bad_turbine_id", lambda i: (f"{base}/WT 1/telemetry", b"{}")),
-        ("ts_in_future", lambda i: (f"{base}/WT01/telemetry", b'{"ts": "2999-01-01T00:00:00+00:00", "values": '
-                                                               b'{"power": 1.0}}')),
+        (
+            "ts_in_future",
+            lambda i: (f"{base}/WT01/telemetry", b'{"ts": "2999-01-01T00:00:00+00:00", "values": {"power": 1.0}}'),
+        ),
         ("ts_too_old", lambda i: (f"{base}/WT01/telemetry", b'{"ts": 946684800, "values": {"power": 1.0}}')),
-        ("naive_timestamp", lambda i: (f"{base}/WT01/telemetry", b'{"ts": "2024-01-28T06:00:00", "values": '
-                                                                  b'{"power": 1.0}}')),
+        (
+            "naive_timestamp",
+            lambda i: (f"{base}/WT01/telemetry", b'{"ts": "2024-01-28T06:00:00", "values": {"power": 1.0}}'),
+        ),
         ("bad_timestamp", lambda i: (f"{base}/WT01/telemetry", b'{"ts": "yesterday", "values": {"power": 1}}')),
         ("missing_ts", lambda i: (f"{base}/WT01/telemetry", b'{"values": {"power": 1}}')),
         ("missing_values", lambda i: (f"{base}/WT01/telemetry", b'{"ts": 1706400000, "values": {}}')),
         ("unknown_key", lambda i: (f"{base}/WT01/telemetry", b'{"ts": 1706400000, "values": {"power": 1}, "x": 1}')),
-        ("oversized", lambda i: (f"{base}/WT02/telemetry", b'{"ts": 1706400000, "values": {"power": 1}, "pad": "'
-                                 + b"x" * 5000 + b'"}')),
+        (
+            "oversized",
+            lambda i: (
+                f"{base}/WT02/telemetry",
+                b'{"ts": 1706400000, "values": {"power": 1}, "pad": "' + b"x" * 5000 + b'"}',
+            ),
+        ),
         ("malformed_json", lambda i: (f"{base}/WT01/telemetry", b"[" * 1500 + b"]" * 1500)),
     ]
     out = []
@@ -311,8 +351,14 @@ def test_fuzzed_stream_keeps_daemon_up_and_scores_unchanged(broker, bundle, scor
         if j % 50 == 0:
             mixed.append(m)  # an exact duplicate of a sample in the open bin: changes nothing
     mixed += [(t, p) for t, p, _ in h]
-    cfg = daemon_config(broker.url, ingest={"turbines": ["WT01", "WT02", "WT03", "WT04"], "max_payload_bytes": 4096,
-                                            "max_past_s": 5 * 365 * 86400.0})
+    cfg = daemon_config(
+        broker.url,
+        ingest={
+            "turbines": ["WT01", "WT02", "WT03", "WT04"],
+            "max_payload_bytes": 4096,
+            "max_past_s": 5 * 365 * 86400.0,
+        },
+    )
     col = Collector(broker.url, [f"scada/{SITE}/+/score", f"scada/runtime/{GATEWAY}/errors"], client_id="col-fz")
     wait_for(lambda: col.ready(), 10, "collector connect")
     d = DaemonThread(cfg, bundle, scorer)
@@ -347,18 +393,47 @@ def _certs(tmp: Path) -> dict[str, Path]:
     def ssl(*args: str) -> None:
         subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=tmp)
 
-    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
-        "-keyout", "ca.key", "-out", "ca.crt")
+    ssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    )
     ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key", "-out", "server.csr")
     (tmp / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
-        "-extfile", "ext.cnf", "-out", "server.crt")
+    ssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.crt",
+    )
     return {"ca": tmp / "ca.crt", "cert": tmp / "server.crt", "key": tmp / "server.key"}
 
 
 def _connect_failures(daemon) -> float:
-    return sum(s.value for m in daemon.metrics.connect_failures.collect() for s in m.samples
-               if s.name.endswith("_total"))
+    return sum(
+        s.value for m in daemon.metrics.connect_failures.collect() for s in m.samples if s.name.endswith("_total")
+    )
 
 
 def test_tls_and_password(tmp_path, bundle, scorer, timeline):
@@ -370,15 +445,23 @@ def test_tls_and_password(tmp_path, bundle, scorer, timeline):
         auth = {"username": "ops", "password": "ops-pass", "ca_file": str(certs["ca"])}
         col = Collector(b.url, [f"scada/runtime/{GATEWAY}/status", f"scada/{SITE}/+/score"], "col-tls", **auth)
         wait_for(lambda: col.ready(), 10, "collector connect over TLS")
-        bad = DaemonThread(daemon_config(b.url, broker={"username": "gw1", "password": "wrong",
-                                                        "tls": {"ca_file": str(certs["ca"])}}), bundle, scorer)
+        bad = DaemonThread(
+            daemon_config(b.url, broker={"username": "gw1", "password": "wrong", "tls": {"ca_file": str(certs["ca"])}}),
+            bundle,
+            scorer,
+        )
         wait_for(lambda: _connect_failures(bad.daemon) >= 1, 10, "a refused connection")
         assert not bad.daemon.link.connected
         bad.stop()
         pw = tmp_path / "pw"
         pw.write_text("s3cret\n")
-        good = DaemonThread(daemon_config(b.url, broker={"username": "gw1", "password_file": str(pw),
-                                                         "tls": {"ca_file": str(certs["ca"])}}), bundle, scorer)
+        good = DaemonThread(
+            daemon_config(
+                b.url, broker={"username": "gw1", "password_file": str(pw), "tls": {"ca_file": str(certs["ca"])}}
+            ),
+            bundle,
+            scorer,
+        )
         wait_for(lambda: good.daemon.link.connected, 10, "TLS + password connection")
         pub = client(b.url, "pub-tls", **auth)
         wait_for(lambda: pub.is_connected(), 10, "publisher connect")
@@ -400,7 +483,7 @@ def test_tls_and_password(tmp_path, bundle, scorer, timeline):
 
 def test_health_endpoint_notices_a_stalled_loop(broker, bundle, scorer):
     now = [1_800_000_000 * 10**9]
-    from runtime.daemon import Daemon
+    from scada_tcn.runtime.daemon import Daemon
 
     cfg = daemon_config(broker.url, health={"stall_s": 5.0, "status_interval_s": 0.2})
     d = Daemon(cfg, bundle, scorer, clock=lambda: now[0])
@@ -416,8 +499,9 @@ def test_health_endpoint_notices_a_stalled_loop(broker, bundle, scorer):
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(url + "/healthz")
         assert e.value.code == 503
-        wait_for(lambda: any(json.loads(p)["state"] == "stalled" for _, p in col.of("/status")), 10,
-                 "a 'stalled' status")
+        wait_for(
+            lambda: any(json.loads(p)["state"] == "stalled" for _, p in col.of("/status")), 10, "a 'stalled' status"
+        )
         d.step(timeout=0.01)
         assert urllib.request.urlopen(url + "/healthz").status == 200
         col.close()
@@ -431,8 +515,8 @@ def test_health_endpoint_notices_a_stalled_loop(broker, bundle, scorer):
 
 def test_import_and_replay_load_neither_torch_nor_pandas(bundle_dir, timeline, tmp_path):
     code = (
-        "import sys, runtime, runtime.daemon, runtime.cli\n"
-        "from runtime.replay import replay_file\n"
+        "import sys, scada_tcn.runtime, scada_tcn.runtime.daemon, scada_tcn.runtime.cli\n"
+        "from scada_tcn.runtime.replay import replay_file\n"
         f"replay_file({str(bundle_dir)!r}, {str(timeline[2])!r}, {str(tmp_path / 's.jsonl')!r})\n"
         "heavy = sorted(m for m in ('torch', 'pandas', 'pyarrow', 'omegaconf') if m in sys.modules)\n"
         "print(heavy)\n"
@@ -444,20 +528,64 @@ def test_import_and_replay_load_neither_torch_nor_pandas(bundle_dir, timeline, t
 
 def test_replay_cli(bundle_dir, timeline, tmp_path, replayed):
     out = tmp_path / "cli.jsonl"
-    res = subprocess.run([sys.executable, "-m", "runtime.cli", "replay", "--bundle", str(bundle_dir), "--input",
-                          str(timeline[2]), "--out", str(out)], capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scada_tcn.runtime.cli",
+            "replay",
+            "--bundle",
+            str(bundle_dir),
+            "--input",
+            str(timeline[2]),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr
     got = {k: next(iter(v)) for k, v in by_key(out.read_bytes().splitlines()).items()}
     assert got == replayed
     bad = tmp_path / "bad.yaml"
     bad.write_text("brokr: {}\n")
-    res = subprocess.run([sys.executable, "-m", "runtime.cli", "replay", "--bundle", str(bundle_dir), "--input",
-                          str(timeline[2]), "--out", str(out), "--config", str(bad)], capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scada_tcn.runtime.cli",
+            "replay",
+            "--bundle",
+            str(bundle_dir),
+            "--input",
+            str(timeline[2]),
+            "--out",
+            str(out),
+            "--config",
+            str(bad),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 2 and "unknown keys ['brokr']" in res.stderr
     table = tmp_path / "scada.parquet"  # the edge carries no Parquet reader: refused with the conversion to run
     table.write_bytes(b"PAR1")
-    res = subprocess.run([sys.executable, "-m", "runtime.cli", "replay", "--bundle", str(bundle_dir), "--input",
-                          str(table), "--out", str(out)], capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scada_tcn.runtime.cli",
+            "replay",
+            "--bundle",
+            str(bundle_dir),
+            "--input",
+            str(table),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 2 and "replays CSV only" in res.stderr and "to_csv" in res.stderr
     assert "Traceback" not in res.stderr
 
@@ -475,8 +603,13 @@ def test_qos1_telemetry_is_never_dropped_when_the_inbound_queue_fills(broker, bu
     want = expected_steps(rows, header)
     wait_for(lambda: len(col.of("/score")) >= sum(want.values()), 90, "all scores")
     assert d.stop() == 0
-    rejected = {s.labels["reason"]: s.value for m in d.daemon.metrics.registry.collect()
-                if m.name == "scada_runtime_rejected" for s in m.samples if s.name.endswith("_total")}
+    rejected = {
+        s.labels["reason"]: s.value
+        for m in d.daemon.metrics.registry.collect()
+        if m.name == "scada_runtime_rejected"
+        for s in m.samples
+        if s.name.endswith("_total")
+    }
     assert rejected.get("inbound_queue_full", 0) == 0
     got = by_key([p for _, p in col.of("/score")])
     assert {t: sum(1 for k in got if k[0] == t) for t in want} == want
@@ -490,17 +623,20 @@ def test_replay_and_daemon_report_score_drift(bundle, scorer, timeline, tmp_path
     summary = replay(engine, timeline[2], MappingCfg(), tmp_path / "s.jsonl")
     d = summary["score_drift"]
     assert d["n"] == 200 and 0.0 <= d["ks"] <= 1.0
-    from runtime.drift import ks_to_quantiles
+    from scada_tcn.runtime.drift import ks_to_quantiles
 
-    scores = [json.loads(x)["score"] for x in (tmp_path / "s.jsonl").read_text().splitlines()
-              if b'"status":"ok"' in x.encode()]
+    scores = [
+        json.loads(x)["score"]
+        for x in (tmp_path / "s.jsonl").read_text().splitlines()
+        if b'"status":"ok"' in x.encode()
+    ]
     ref = bundle.score_reference
     assert d["ks"] == round(ks_to_quantiles(np.array(scores[-200:]), ref.levels, ref.values), 6)
 
 
 def test_engine_state_survives_a_restart(bundle, scorer, timeline, tmp_path):
     """Replay half, save the state to disk, resume in a new engine: identical records, no second warm-up."""
-    from runtime.state_file import load_state, save_state
+    from scada_tcn.runtime.state_file import load_state, save_state
 
     header, rows, path = timeline
     label = bin_labels(header, rows)
@@ -516,7 +652,9 @@ def test_engine_state_survives_a_restart(bundle, scorer, timeline, tmp_path):
     b.load_state_dict(load_state(tmp_path / "state.npz"))
     replay(b, second, MappingCfg(), tmp_path / "b.jsonl")
     full_recs = by_key((tmp_path / "full.jsonl").read_bytes().splitlines())
-    resumed = by_key((tmp_path / "a.jsonl").read_bytes().splitlines() + (tmp_path / "b.jsonl").read_bytes().splitlines())
+    resumed = by_key(
+        (tmp_path / "a.jsonl").read_bytes().splitlines() + (tmp_path / "b.jsonl").read_bytes().splitlines()
+    )
     assert set(resumed) == set(full_recs)
     for k, v in resumed.items():
         assert len(v) == 1
@@ -541,9 +679,9 @@ def test_daemon_restart_resumes_from_its_state_file(broker, bundle, scorer, time
     targets = (sum(expected_steps(first, header).values()), sum(expected_steps(rows, header).values()))
     for part, target in zip((first, [r for r, b in zip(rows, label) if b > cut]), targets):
         d = DaemonThread(cfg, bundle, scorer)
-        wait_for(lambda: pub.is_connected() and d.daemon.link.connected, 10, "connections")
+        wait_for(lambda d=d: pub.is_connected() and d.daemon.link.connected, 10, "connections")
         publish_all(pub, to_messages(header, part))
-        wait_for(lambda: len(by_key([p for _, p in col.of("/score")])) >= target, 60, "scores")
+        wait_for(lambda t=target: len(by_key([p for _, p in col.of("/score")])) >= t, 60, "scores")
         assert d.stop() == 0
         assert (tmp_path / "state.npz").is_file()
     want = expected_steps(rows, header)

@@ -7,20 +7,28 @@ import json
 import numpy as np
 import pytest
 
-from runtime.alerts import AlertState
-from runtime.config import ConfigError, config_from_dict, describe
-from runtime.engine import dumps, iso_utc
-from runtime.telemetry import REASONS, Rejection, Sample, TelemetryDecoder, parse_timestamp_ns
+from scada_tcn.runtime.alerts import AlertState
+from scada_tcn.runtime.config import ConfigError, config_from_dict, describe
+from scada_tcn.runtime.engine import dumps, iso_utc
+from scada_tcn.runtime.telemetry import REASONS, Rejection, Sample, TelemetryDecoder, parse_timestamp_ns
 
 NOW = parse_timestamp_ns("2024-06-01T00:00:00+00:00")
 
 
 # ---------------------------------------------------------------------------------------------- config
 def test_config_defaults_env_overrides_and_unknown_keys():
-    cfg = config_from_dict({"site": "s1", "broker": {"url": "mqtt://b:1883"}},
-                           {"SCADA_RT_BROKER__URL": "mqtts://b:8883", "SCADA_RT_INGEST__GRACE_S": "30",
-                            "SCADA_RT_MAPPING__COLUMNS": "{power: P_kW}", "OTHER": "x"})
-    assert cfg.broker.url == "mqtts://b:8883" and cfg.ingest.grace_s == 30.0 and cfg.mapping.columns == {"power": "P_kW"}
+    cfg = config_from_dict(
+        {"site": "s1", "broker": {"url": "mqtt://b:1883"}},
+        {
+            "SCADA_RT_BROKER__URL": "mqtts://b:8883",
+            "SCADA_RT_INGEST__GRACE_S": "30",
+            "SCADA_RT_MAPPING__COLUMNS": "{power: P_kW}",
+            "OTHER": "x",
+        },
+    )
+    assert (
+        cfg.broker.url == "mqtts://b:8883" and cfg.ingest.grace_s == 30.0 and cfg.mapping.columns == {"power": "P_kW"}
+    )
     with pytest.raises(ConfigError, match=r"unknown keys \['gracee'\]; allowed keys: \['grace_s'"):
         config_from_dict({"ingest": {"gracee": 1}})
     with pytest.raises(ConfigError, match="environment SCADA_RT_BROKER__PORT: unknown key 'port' in broker"):
@@ -78,34 +86,38 @@ def test_alert_state_contract():
 # ------------------------------------------------------------------------------------------- telemetry
 @pytest.fixture()
 def decoder():
-    return TelemetryDecoder(["power", "wind_speed"], {"power": "P", "wind_speed": "ws"}, 2, 1000, 300.0, 86400.0,
-                            ["WT1"])
+    return TelemetryDecoder(
+        ["power", "wind_speed"], {"power": "P", "wind_speed": "ws"}, 2, 1000, 300.0, 86400.0, ["WT1"]
+    )
 
 
-@pytest.mark.parametrize("topic,payload,reason", [
-    ("s/x/WT1/t", b"x" * 1001, "oversized"),
-    ("s/x/WT1/t", b"\xff", "not_utf8"),
-    ("s/x/WT1/t", b"{", "malformed_json"),
-    ("s/x/WT1/t", b"[" * 5000 + b"]" * 5000, "oversized"),
-    ("s/x/WT1/t", b"[" * 490 + b"]" * 490, "not_an_object"),
-    ("s/x/WT1/t", b"3", "not_an_object"),
-    ("s/x/WT1/t", b'{"ts": 1717200000, "values": {"P": 1}, "id": 1}', "unknown_key"),
-    ("s/x/WT1/t", b'{"values": {"P": 1}}', "missing_ts"),
-    ("s/x/WT1/t", b'{"ts": "noon", "values": {"P": 1}}', "bad_timestamp"),
-    ("s/x/WT1/t", b'{"ts": true, "values": {"P": 1}}', "bad_timestamp"),
-    ("s/x/WT1/t", b'{"ts": "2024-06-01T00:00:00", "values": {"P": 1}}', "naive_timestamp"),
-    ("s/x/WT1/t", b'{"ts": "2024-06-01T01:00:00Z", "values": {"P": 1}}', "ts_in_future"),
-    ("s/x/WT1/t", b'{"ts": "2024-05-01T00:00:00Z", "values": {"P": 1}}', "ts_too_old"),
-    ("s/x/WT1/t", b'{"ts": 1717200000, "values": []}', "missing_values"),
-    ("s/x/WT1/t", b'{"ts": 1717200000, "values": {"Q": 1}}', "unknown_channel"),
-    ("s/x/WT1/t", b'{"ts": 1717200000, "values": {"P": "1"}}', "bad_value_type"),
-    ("s/x/WT1/t", b'{"ts": 1717200000, "values": {"P": Infinity}}', "non_finite"),
-    ("s/x/WT1/t", b'{"ts": 1717200000, "values": {"P": -1e400}}', "non_finite"),
-    ("s/x/WT1/t", b'{"ts": 1717200000, "values": {"P": 1' + b"0" * 400 + b"}}", "non_finite"),
-    ("s/x", b"{}", "bad_topic"),
-    ("s/x/WT#1/t", b"{}", "bad_turbine_id"),
-    ("s/x/WT2/t", b"{}", "unknown_turbine"),
-])
+@pytest.mark.parametrize(
+    "topic,payload,reason",
+    [
+        ("s/x/WT1/t", b"x" * 1001, "oversized"),
+        ("s/x/WT1/t", b"\xff", "not_utf8"),
+        ("s/x/WT1/t", b"{", "malformed_json"),
+        ("s/x/WT1/t", b"[" * 5000 + b"]" * 5000, "oversized"),
+        ("s/x/WT1/t", b"[" * 490 + b"]" * 490, "not_an_object"),
+        ("s/x/WT1/t", b"3", "not_an_object"),
+        ("s/x/WT1/t", b'{"ts": 1717200000, "values": {"P": 1}, "id": 1}', "unknown_key"),
+        ("s/x/WT1/t", b'{"values": {"P": 1}}', "missing_ts"),
+        ("s/x/WT1/t", b'{"ts": "noon", "values": {"P": 1}}', "bad_timestamp"),
+        ("s/x/WT1/t", b'{"ts": true, "values": {"P": 1}}', "bad_timestamp"),
+        ("s/x/WT1/t", b'{"ts": "2024-06-01T00:00:00", "values": {"P": 1}}', "naive_timestamp"),
+        ("s/x/WT1/t", b'{"ts": "2024-06-01T01:00:00Z", "values": {"P": 1}}', "ts_in_future"),
+        ("s/x/WT1/t", b'{"ts": "2024-05-01T00:00:00Z", "values": {"P": 1}}', "ts_too_old"),
+        ("s/x/WT1/t", b'{"ts": 1717200000, "values": []}', "missing_values"),
+        ("s/x/WT1/t", b'{"ts": 1717200000, "values": {"Q": 1}}', "unknown_channel"),
+        ("s/x/WT1/t", b'{"ts": 1717200000, "values": {"P": "1"}}', "bad_value_type"),
+        ("s/x/WT1/t", b'{"ts": 1717200000, "values": {"P": Infinity}}', "non_finite"),
+        ("s/x/WT1/t", b'{"ts": 1717200000, "values": {"P": -1e400}}', "non_finite"),
+        ("s/x/WT1/t", b'{"ts": 1717200000, "values": {"P": 1' + b"0" * 400 + b"}}", "non_finite"),
+        ("s/x", b"{}", "bad_topic"),
+        ("s/x/WT#1/t", b"{}", "bad_turbine_id"),
+        ("s/x/WT2/t", b"{}", "unknown_turbine"),
+    ],
+)
 def test_telemetry_rejections(decoder, topic, payload, reason):
     res = decoder.decode(topic, payload, NOW)
     assert isinstance(res, Rejection) and res.reason == reason, res

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import inspect
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
 
-from runtime.errors import InputError, ScalerError
-from runtime.features import FeatureState, build_features
-from runtime.pipeline import ModelInputs, Preprocessor, StreamPreprocessor, scaled_mask
-from runtime.scaling import RobustScaler, fit_robust_scaler
-from runtime.spec import PipelineSpec, RollingSpec
+from scada_tcn.runtime.errors import InputError, ScalerError
+from scada_tcn.runtime.features import FeatureState, build_features
+from scada_tcn.runtime.pipeline import ModelInputs, Preprocessor, StreamPreprocessor, scaled_mask
+from scada_tcn.runtime.scaling import RobustScaler, fit_robust_scaler
+from scada_tcn.runtime.spec import PipelineSpec, RollingSpec
 from tests.test_features import make_spec, make_timeline
 
 TRAIN = 2500

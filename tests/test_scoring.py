@@ -1,18 +1,17 @@
-"""trainer.scoring and trainer.infer: complete deterministic mask-at-test scoring and the inference step."""
+"""trainer.model.scoring and trainer.model.reference: complete deterministic mask-at-test scoring and the inference
+step."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from trainer.infer import CleanPass, infer_step
-from trainer.masking import build_model_input
-from trainer.model import ModelConfig, MultiTaskTCN
-from trainer.scoring import ScoringModule, scoring_patterns, stable_topk_indices
+from scada_tcn.trainer.model.masking import build_model_input
+from scada_tcn.trainer.model.network import ModelConfig, MultiTaskTCN
+from scada_tcn.trainer.model.reference import CleanPass, infer_step
+from scada_tcn.trainer.model.scoring import ScoringModule, scoring_patterns, stable_topk_indices
 
 L, F, R, K, C = 20, 5, 2, 3, 4
-
-
 
 
 def _model(norm: str = "weight_norm") -> MultiTaskTCN:

@@ -7,11 +7,18 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from trainer.faults import (
-    CUT_IN, CUT_OUT, FAULT_KINDS, FREEZE_CHANNELS, RATED_KW, RATED_WIND, inject_fault, operating_point,
+from scada_tcn.trainer.cli.synth import app
+from scada_tcn.trainer.sources.faults import (
+    CUT_IN,
+    CUT_OUT,
+    FAULT_KINDS,
+    FREEZE_CHANNELS,
+    RATED_KW,
+    RATED_WIND,
+    inject_fault,
+    operating_point,
 )
-from trainer.simulator import CHANNELS, COLUMNS, SPIKES, lag1, simulate, write_synthetic
-from trainer.synth_cli import app
+from scada_tcn.trainer.sources.simulator import CHANNELS, COLUMNS, SPIKES, lag1, simulate, write_synthetic
 
 SEED = 12
 TEMPS = ("nacelle_temp", "gearbox_oil_temp", "gearbox_bearing_temp", "gen_bearing_temp")
@@ -251,11 +258,18 @@ def test_inject_fault_on_real_looking_data(clean):
 def test_stuck_pitch_drives_power_above_rated_and_misalignment_costs_cos_cubed():
     wind = np.linspace(5.0, 22.0, 144)
     power, rotor, pitch = operating_point(wind)
-    frame = pd.DataFrame({
-        "timestamp": pd.date_range("2024-01-01T00:10", periods=wind.size, freq="10min", tz="UTC"),
-        "wind_speed": wind, "power": power, "rotor_speed": rotor, "gen_speed": 100 * rotor, "pitch": pitch,
-        "nacelle_dir": 180.0, "wind_dir": 180.0,
-    })
+    frame = pd.DataFrame(
+        {
+            "timestamp": pd.date_range("2024-01-01T00:10", periods=wind.size, freq="10min", tz="UTC"),
+            "wind_speed": wind,
+            "power": power,
+            "rotor_speed": rotor,
+            "gen_speed": 100 * rotor,
+            "pitch": pitch,
+            "nacelle_dir": 180.0,
+            "wind_dir": 180.0,
+        }
+    )
     stuck = inject_fault(frame, "pitch_stuck", "2024-01-01", "2024-01-02", np.random.default_rng(0))
     assert stuck["pitch"].nunique() == 1 and stuck["power"].max() > 1.1 * RATED_KW
     assert (stuck["power"][wind < 9] < frame["power"][wind < 9]).all()

@@ -6,13 +6,26 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from runtime.errors import InputError
-from trainer.config import load_config
-from trainer.tables import load_raw_table, parse_timestamps
+from scada_tcn.runtime.errors import InputError
+from scada_tcn.trainer.config import load_config
+from scada_tcn.trainer.data.tables import load_raw_table, parse_timestamps
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "config.yaml"
-CHANNELS = ["wind_speed", "power", "rotor_speed", "gen_speed", "pitch", "wind_dir", "nacelle_dir", "ambient_temp",
-            "nacelle_temp", "gearbox_oil_temp", "gearbox_bearing_temp", "gen_bearing_temp", "status"]
+CHANNELS = [
+    "wind_speed",
+    "power",
+    "rotor_speed",
+    "gen_speed",
+    "pitch",
+    "wind_dir",
+    "nacelle_dir",
+    "ambient_temp",
+    "nacelle_temp",
+    "gearbox_oil_temp",
+    "gearbox_bearing_temp",
+    "gen_bearing_temp",
+    "status",
+]
 
 
 def _frame(stamps, turbine="WT01"):
@@ -96,11 +109,17 @@ def test_missing_input_path(tmp_path):
 def test_the_trainer_and_the_edge_read_timestamps_alike():
     """scada-prepare parses a column with pandas (vectorised), the edge one message at a time with the standard
     library: the same stamps must give the same instants."""
-    from runtime.telemetry import parse_timestamp_ns
+    from scada_tcn.runtime.telemetry import parse_timestamp_ns
 
-    iso = ["2024-01-01T00:10:00+00:00", "2024-01-01T00:10:00Z", "2024-03-31T03:10:00+02:00",
-           "2017-10-29T02:30:00+01:00", "2024-01-01T00:10:00.250+00:00", "2024-06-30T23:59:59.999999-07:00",
-           "2024-01-01 00:10:00+05:30"]
+    iso = [
+        "2024-01-01T00:10:00+00:00",
+        "2024-01-01T00:10:00Z",
+        "2024-03-31T03:10:00+02:00",
+        "2017-10-29T02:30:00+01:00",
+        "2024-01-01T00:10:00.250+00:00",
+        "2024-06-30T23:59:59.999999-07:00",
+        "2024-01-01 00:10:00+05:30",
+    ]
     got = parse_timestamps(pd.Series(iso), None, "t")
     assert got.tolist() == [parse_timestamp_ns(s) for s in iso]
     epochs = [1704067800, 1704068400, 1704069000]

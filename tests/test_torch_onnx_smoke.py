@@ -21,15 +21,13 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 onnx = pytest.importorskip("onnx")
 
-from trainer.infer import CleanPass  # noqa: E402
-from trainer.model import ModelConfig, MultiTaskTCN, strip_weight_norm  # noqa: E402
-from trainer.scoring import ScoreOutputs, ScoringModule  # noqa: E402
+from scada_tcn.trainer.model.network import ModelConfig, MultiTaskTCN, strip_weight_norm  # noqa: E402
+from scada_tcn.trainer.model.reference import CleanPass  # noqa: E402
+from scada_tcn.trainer.model.scoring import ScoreOutputs, ScoringModule  # noqa: E402
 
 L, F, R, K, C = 24, 4, 2, 3, 3
 OPSET = 18
 INPUTS = ("X", "M_miss", "Flags")
-
-
 
 
 def _window(B: int, seed: int):

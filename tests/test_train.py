@@ -7,14 +7,22 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.errors import SpecError
+from scada_tcn.runtime.errors import SpecError
+from scada_tcn.trainer.config import load_config
+from scada_tcn.trainer.data.prepare import prepare
+from scada_tcn.trainer.training.fit import fit, load_checkpoint
 from tests.test_prepare import _cfg, _table
-from trainer.config import load_config
-from trainer.fit import fit, load_checkpoint
-from trainer.prepare import prepare
 
-SMALL = ["model.tcn.D=16", "model.tcn.num_blocks=3", "model.heads.forecast.hidden=16", "model.heads.fault.hidden=16",
-         "train.batch_size=32", "train.max_steps_per_epoch=6", "train.scheduler.warmup_steps=2", "device=cpu"]
+SMALL = [
+    "model.tcn.D=16",
+    "model.tcn.num_blocks=3",
+    "model.heads.forecast.hidden=16",
+    "model.heads.fault.hidden=16",
+    "train.batch_size=32",
+    "train.max_steps_per_epoch=6",
+    "train.scheduler.warmup_steps=2",
+    "device=cpu",
+]
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +92,9 @@ def test_resume_from_a_checkpoint_of_another_registry_is_refused(prepared, tmp_p
 
 
 def test_training_without_prepared_data_says_what_to_run(tmp_path):
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "config.yaml",
-                      [f"data.paths.processed_dir={tmp_path / 'none'}"])
+    cfg = load_config(
+        Path(__file__).resolve().parents[1] / "configs" / "config.yaml",
+        [f"data.paths.processed_dir={tmp_path / 'none'}"],
+    )
     with pytest.raises(SpecError, match="run scada-prepare"):
         fit(cfg, log=lambda m: None)

@@ -1,0 +1,122 @@
+"""Trace the clean pass and the scoring pass of a trained model into two ONNX graphs.
+
+Contract
+--------
+- The model is rebuilt from the checkpoint alone, weight norm is baked into plain weights on a copy
+  (`strip_weight_norm`), and the copy is put in eval mode: the graphs hold no `g * v / ||v||` per call and
+  no dropout.
+- `clean.onnx`: `trainer.model.reference.CleanGraph`, X_in (B, L, 3F+R) -> Y_hat (B, K, F), fault_logits (B, C), rul
+(B, 1), the
+  outputs of the heads that are on, in that order (`runtime.bundle.Bundle.clean_outputs`).
+- `scoring.onnx`: `trainer.model.scoring.ScoringModule` traced whole: X, M_miss (B, L, F), Flags (B, L, R) ->
+  s_now (B,), feat_contrib (B, F), top_idx (B, topn), E (B, L, F).
+- Exporter: `torch.onnx.export(dynamo=True)` at opset `OPSET`, one shared dynamic batch axis, a single file
+  (`external_data=False`), IR version pinned to `IR_VERSION` (onnxruntime refuses graphs stamped newer than it
+  knows). Every graph passes `onnx.checker.check_model(full_check=True)` and strict shape inference, or the export
+  fails with ExportError.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from scada_tcn.trainer.model.reference import ReferenceModules
+from scada_tcn.trainer.model.scoring import ScoreOutputs
+
+__all__ = [
+    "OPSET",
+    "IR_VERSION",
+    "ExportError",
+    "export_graphs",
+    "export_module",
+    "check_graph",
+    "SCORING_INPUTS",
+    "SCORING_OUTPUTS",
+]
+
+OPSET = 18
+IR_VERSION = 10  # onnx 1.16; opset 18 needs >= 8, and every onnxruntime >= 1.17 reads it
+MAX_BATCH = 4096
+SCORING_INPUTS = ("X", "M_miss", "Flags")
+SCORING_OUTPUTS = tuple(ScoreOutputs._fields)  # s_now, feat_contrib, top_idx, E
+
+
+class ExportError(ValueError):
+    """The export cannot produce a valid bundle: bad checkpoint, graph check failed, parity out of tolerance."""
+
+
+def check_graph(proto: onnx.ModelProto, what: str) -> None:
+    """Full checker and strict shape inference; no weight-norm parametrization may survive in the graph."""
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise ExportError(f"{what}: the exported graph fails the ONNX checks: {e}") from e
+    left = [i.name for i in proto.graph.initializer if "parametrizations" in i.name]
+    if left:
+        raise ExportError(f"{what}: weight-norm parametrizations survived the export: {left[:3]}")
+
+
+def export_module(
+    module: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    input_names: tuple[str, ...],
+    output_names: tuple[str, ...],
+    what: str,
+) -> bytes:
+    """Export `module` (batch axis dynamic on every input), pin opset and IR version, check, return the bytes."""
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)  # one object: the modules compare batch sizes
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = Path(tmp) / "graph.onnx"
+        level = logging.getLogger("torch").level
+        logging.getLogger("torch").setLevel(logging.ERROR)  # the exporter logs about optional torchvision ops
+        try:
+            torch.onnx.export(
+                module,
+                example,
+                str(path),
+                dynamo=True,
+                external_data=False,
+                opset_version=OPSET,
+                input_names=list(input_names),
+                output_names=list(output_names),
+                dynamic_shapes={n: {0: batch} for n in input_names},
+                verbose=False,
+            )
+        finally:
+            logging.getLogger("torch").setLevel(level)
+        proto = onnx.load(str(path))
+    opsets = {o.domain: o.version for o in proto.opset_import}
+    if opsets.get("", opsets.get("ai.onnx")) != OPSET:
+        raise ExportError(f"{what}: the exporter wrote opsets {opsets}, expected the default domain at {OPSET}")
+    if proto.ir_version > IR_VERSION:
+        proto.ir_version = IR_VERSION
+    if [o.name for o in proto.graph.output] != list(output_names):
+        raise ExportError(f"{what}: outputs {[o.name for o in proto.graph.output]}, expected {list(output_names)}")
+    check_graph(proto, what)
+    return proto.SerializeToString()
+
+
+def _example(L: int, F: int, R: int, B: int = 2) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(0)
+    M_miss = (torch.rand(B, L, F, generator=g) > 0.2).float()
+    return torch.randn(B, L, F, generator=g) * M_miss, M_miss, (torch.rand(B, L, R, generator=g) > 0.5).float()
+
+
+def export_graphs(mods: ReferenceModules) -> dict[str, bytes]:
+    """{"clean": bytes, "scoring": bytes}: both graphs, exported and checked."""
+    cfg = mods.model.cfg
+    X, M, Fl = _example(mods.L, cfg.F, cfg.R)
+    X_in = torch.cat([X, M, torch.ones_like(M), Fl], dim=-1)
+    with torch.no_grad():
+        clean = export_module(mods.graph, (X_in,), ("X_in",), mods.graph.output_names, "clean.onnx")
+        scoring = export_module(mods.scoring, (X, M, Fl), SCORING_INPUTS, SCORING_OUTPUTS, "scoring.onnx")
+    return {"clean": clean, "scoring": scoring}

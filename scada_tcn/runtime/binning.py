@@ -1,0 +1,370 @@
+"""Binning raw SCADA samples of ONE turbine to the model step `spec.dt_seconds`, in batch and incrementally.
+
+Contract
+--------
+* Timestamps are integer nanoseconds since the Unix epoch (UTC). Values are float (n, C) in `spec.channels`
+  order, in each channel's own units (angles in `spec.angle_units`); NaN = channel not present in that sample.
+* Bins are right-closed and labelled by their END: a sample stamped t lands in (L - dt, L] with
+  L = ceil(t / dt) * dt counted from the epoch. A sample on the grid keeps its own stamp, and a bin never holds
+  data stamped after its label (causality).
+* (1) A value outside `spec.valid_range`, or +-inf on any channel, is an impossible reading: it becomes NaN and
+  is counted. (2) Per (timestamp, channel), NaN ignored: exact repeats (same value) are dropped keeping the first
+  occurrence, so a redelivered sample changes nothing; the distinct values left are collapsed by `spec.dedupe`
+  ("first"/"last" by order of first appearance, "mean", "max", "min"). (3) Per (bin, channel):
+  `spec.aggregation` (default "mean"; "last" = latest timestamp); angular channels use the circular mean
+  atan2(sum sin, sum cos) mapped to [0, 360) deg or [0, 2pi) rad.
+* Output: a contiguous grid of bin labels (int64 ns) and values (T, C) float64, NaN where a bin has no present
+  value for a channel. Gaps stay missing (never interpolated); winsor caps are NOT applied here.
+
+`bin_timeline` (batch) and `BinAccumulator` (edge) both run `_bin_sorted` on the rows of the bins they emit, so
+the same samples give the same numbers. Refused (InputError): non-integer or out-of-range timestamps, wrong shapes
+or dtypes, grid bounds off the dt grid; (SpecError): an angular channel aggregated by max/min/last, a negative
+grace. Caller arrays are never modified.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from scada_tcn.runtime.errors import InputError, SpecError
+from scada_tcn.runtime.spec import PipelineSpec
+
+_NS_PER_S = 1_000_000_000
+_I64 = np.iinfo(np.int64)
+
+
+class ClosedBin(NamedTuple):
+    """One emitted bin: its end label (ns) and the binned channel values (C,) float64, NaN = missing."""
+
+    end_ns: int
+    values: np.ndarray
+
+
+@dataclass(frozen=True)
+class BinStats:
+    """Counts from one `bin_timeline` call. Samples outside the grid are dropped first; the rest count kept rows."""
+
+    samples: int  # input rows
+    duplicate_timestamps: int  # kept rows whose timestamp repeats an earlier row's
+    exact_repeats: int  # (timestamp, channel, value) entries dropped as repeats
+    out_of_range: dict[str, int]  # per channel: values turned NaN as impossible readings
+    outside_grid: int  # rows whose bin lies outside [grid_start_ns, grid_end_ns]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The binning parameters of a spec, resolved per channel."""
+
+    channels: tuple[str, ...]
+    dt_ns: int
+    dedupe: str
+    lo: np.ndarray  # (C,) lower valid bound, -inf when unset
+    hi: np.ndarray  # (C,) upper valid bound, +inf when unset
+    how: tuple[str, ...]  # per channel: mean/max/min/last or "circular"
+    period: float  # full turn in angle units
+
+
+def _plan(spec: PipelineSpec) -> _Plan:
+    bad = {c: a for c, a in spec.aggregation.items() if c in spec.angular_channels and a != "mean"}
+    if bad:
+        raise SpecError(f"aggregation: angular channels use the circular mean; {bad} is not allowed")
+    return _Plan(
+        channels=spec.channels,
+        dt_ns=int(spec.dt_seconds) * _NS_PER_S,
+        dedupe=spec.dedupe,
+        lo=np.array([spec.valid_range.get(c, (-np.inf, np.inf))[0] for c in spec.channels], dtype=np.float64),
+        hi=np.array([spec.valid_range.get(c, (-np.inf, np.inf))[1] for c in spec.channels], dtype=np.float64),
+        how=tuple("circular" if c in spec.angular_channels else spec.aggregation.get(c, "mean") for c in spec.channels),
+        period=360.0 if spec.angle_units == "deg" else 2.0 * math.pi,
+    )
+
+
+def _check_int(x: Any, name: str, dt_ns: int) -> int:
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
+        raise InputError(f"{name} must be an integer number of nanoseconds, got {type(x).__name__}")
+    if not _I64.min + dt_ns < int(x) < _I64.max - dt_ns:
+        raise InputError(f"{name}={x} is out of the int64 nanosecond range that can be binned")
+    return int(x)
+
+
+def _check_ts(ts_ns: np.ndarray, dt_ns: int) -> np.ndarray:
+    ts = np.asarray(ts_ns)
+    if ts.ndim != 1 or ts.dtype.kind not in "iu":
+        raise InputError(f"timestamps must be a 1-D integer (int64 ns) array, got dtype {ts.dtype} shape {ts.shape}")
+    if ts.size and (int(ts.min()) <= _I64.min + dt_ns or int(ts.max()) >= _I64.max - dt_ns):
+        raise InputError("timestamps out of the int64 nanosecond range that can be binned")
+    return ts.astype(np.int64, copy=False)
+
+
+def _check_values(values: np.ndarray, shape: tuple[int, ...], plan: _Plan) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.shape != shape or arr.dtype.kind not in "fiu":
+        raise InputError(
+            f"values must be a numeric {shape} array for channels {list(plan.channels)}, "
+            f"got dtype {arr.dtype} shape {arr.shape}"
+        )
+    return arr
+
+
+def _ceil_labels(ts: np.ndarray, dt_ns: int) -> np.ndarray:
+    return -((-ts) // dt_ns) * dt_ns
+
+
+def bin_end_ns(ts_ns: np.ndarray, dt_seconds: int) -> np.ndarray:
+    """Bin label (end, int64 ns) of each timestamp: ceil(t / dt) * dt; a stamp on the grid keeps its value."""
+    if isinstance(dt_seconds, bool) or not isinstance(dt_seconds, (int, np.integer)) or dt_seconds <= 0:
+        raise InputError(f"dt_seconds must be a positive integer, got {dt_seconds!r}")
+    dt_ns = int(dt_seconds) * _NS_PER_S
+    return _ceil_labels(_check_ts(ts_ns, dt_ns), dt_ns)
+
+
+def _range_filter(cols: np.ndarray, plan: _Plan) -> np.ndarray:
+    """In place on channel-major (C, m) values we own: impossible readings -> NaN. Returns counts (C,)."""
+    bad = np.isinf(cols) | (cols < plan.lo[:, None]) | (cols > plan.hi[:, None])  # NaN compares False: kept
+    cols[bad] = np.nan
+    return np.count_nonzero(bad, axis=1).astype(np.int64)
+
+
+def _dedupe(ts: np.ndarray, val: np.ndarray, order: np.ndarray, rule: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """Present samples of one channel sorted by (ts, order) -> one value per distinct ts, and the repeats dropped."""
+    if ts.size < 2:
+        return ts, val, 0
+    new_ts = ts[1:] != ts[:-1]
+    if new_ts.all():
+        return ts, val, 0
+    first = np.concatenate(([True], new_ts))
+    in_dup = ~(first & np.concatenate((new_ts, [True])))
+    d_ts, d_val, d_ord = ts[in_dup], val[in_dup], order[in_dup]
+    o = np.lexsort((d_ord, d_val, d_ts))
+    d_ts, d_val, d_ord = d_ts[o], d_val[o], d_ord[o]
+    distinct = np.concatenate(([True], (d_ts[1:] != d_ts[:-1]) | (d_val[1:] != d_val[:-1])))
+    repeats = int(d_ts.size - np.count_nonzero(distinct))
+    d_ts, d_val, d_ord = d_ts[distinct], d_val[distinct], d_ord[distinct]
+    g = np.flatnonzero(np.concatenate(([True], d_ts[1:] != d_ts[:-1])))
+    if rule in ("first", "last"):
+        by_order = d_val[np.lexsort((d_ord, d_ts))]
+        res = by_order[g] if rule == "first" else by_order[np.append(g[1:], d_val.size) - 1]
+    elif rule == "mean":
+        res = np.add.reduceat(d_val, g) / np.diff(np.append(g, d_val.size))
+    else:
+        res = (np.maximum if rule == "max" else np.minimum).reduceat(d_val, g)
+    t_u, v_u = ts[first], val[first]
+    v_u[in_dup[first]] = res
+    return t_u, v_u, repeats
+
+
+def _aggregate(ts: np.ndarray, val: np.ndarray, dt_ns: int, how: str, period: float) -> tuple[np.ndarray, np.ndarray]:
+    """Deduped samples of one channel sorted by ts -> (bin labels, aggregated values) of the bins holding any."""
+    if ts.size == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
+    lab = _ceil_labels(ts, dt_ns)
+    starts = np.flatnonzero(np.concatenate(([True], lab[1:] != lab[:-1])))
+    if how == "circular":
+        rad = val * (2.0 * math.pi / period)
+        ang = np.arctan2(np.add.reduceat(np.sin(rad), starts), np.add.reduceat(np.cos(rad), starts))
+        agg = np.mod(ang * (period / (2.0 * math.pi)), period)
+        agg[agg >= period] = 0.0  # mod of a tiny negative angle rounds up to a full turn
+    elif how == "mean":
+        agg = np.add.reduceat(val, starts) / np.diff(np.append(starts, val.size))
+    elif how == "last":
+        agg = val[np.append(starts[1:], val.size) - 1]
+    else:
+        agg = (np.maximum if how == "max" else np.minimum).reduceat(val, starts)
+    return lab[starts], agg
+
+
+def _bin_sorted(
+    ts: np.ndarray, cols: np.ndarray, order: np.ndarray, plan: _Plan, start_ns: int, n_bins: int
+) -> tuple[np.ndarray, int]:
+    """Range-filtered samples sorted by (ts, order), channel-major values (C, m), all inside the grid
+    -> binned (n_bins, C) and the number of exact repeats dropped."""
+    out = np.full((n_bins, len(plan.channels)), np.nan)
+    repeats = 0
+    for c, how in enumerate(plan.how):
+        col = cols[c]
+        present = ~np.isnan(col)
+        sel = slice(None) if present.all() else present  # a view when every sample has the channel
+        t_u, v_u, r = _dedupe(ts[sel], col[sel], order[sel], plan.dedupe)
+        labels, agg = _aggregate(t_u, v_u, plan.dt_ns, how, plan.period)
+        out[(labels - start_ns) // plan.dt_ns, c] = agg
+        repeats += r
+    return out, repeats
+
+
+def _grid_bound(x: Any, dt_ns: int, name: str) -> int:
+    v = _check_int(x, name, dt_ns)
+    if v % dt_ns:
+        raise InputError(f"{name}={v} is not a multiple of dt ({dt_ns} ns)")
+    return v
+
+
+def bin_timeline(
+    ts_ns: np.ndarray,
+    values: np.ndarray,
+    spec: PipelineSpec,
+    grid_start_ns: int | None = None,
+    grid_end_ns: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, BinStats]:
+    """Bin samples (any order) to labels (T,) int64 and values (T, C) float64 on a contiguous grid.
+
+    The grid runs from the first to the last sample's bin, or over [grid_start_ns, grid_end_ns] (inclusive,
+    multiples of dt) where given; rows binned outside it are dropped and counted.
+    """
+    plan = _plan(spec)
+    dt = plan.dt_ns
+    ts = _check_ts(ts_ns, dt)
+    vals_in = _check_values(values, (ts.size, len(plan.channels)), plan)
+    n = ts.size
+    order = np.argsort(ts, kind="stable")
+    ts = ts[order]
+    labels = _ceil_labels(ts, dt)
+    if n == 0 and grid_start_ns is None and grid_end_ns is None:
+        start, end = 0, -dt  # no samples, no grid: T = 0
+    elif n == 0 and (grid_start_ns is None or grid_end_ns is None):
+        raise InputError("no samples: give both grid_start_ns and grid_end_ns (or neither) to define the grid")
+    else:
+        start = int(labels[0]) if grid_start_ns is None else _grid_bound(grid_start_ns, dt, "grid_start_ns")
+        end = int(labels[-1]) if grid_end_ns is None else _grid_bound(grid_end_ns, dt, "grid_end_ns")
+        if end < start:
+            raise InputError(f"empty grid: grid end {end} ns is before grid start {start} ns")
+    inside = (labels >= start) & (labels <= end)
+    outside = int(n - np.count_nonzero(inside))
+    if outside:
+        order, ts = order[inside], ts[inside]
+    cols = np.ascontiguousarray(vals_in.T[:, order], dtype=np.float64)  # channel-major copy
+    oor = _range_filter(cols, plan)
+    n_bins = (end - start) // dt + 1
+    binned, repeats = _bin_sorted(ts, cols, order, plan, start, n_bins)
+    stats = BinStats(
+        samples=n,
+        duplicate_timestamps=int(np.count_nonzero(ts[1:] == ts[:-1])),
+        exact_repeats=repeats,
+        out_of_range={c: int(k) for c, k in zip(plan.channels, oor)},
+        outside_grid=outside,
+    )
+    return start + dt * np.arange(n_bins, dtype=np.int64), binned, stats
+
+
+class BinAccumulator:
+    """Incremental binning of one turbine's sample stream, with the same numbers as `bin_timeline`.
+
+    Samples of open bins are kept; a bin is closed (emitted) when a sample of a later bin arrives (`add`) or when
+    its end + grace has passed on the wall clock (`close_until`), including bins that got no sample (all-NaN), so
+    emitted bins are contiguous. The stream starts at the earliest bin seen before the first close. A sample for an
+    already-closed bin is late: dropped and counted in `late_dropped`, never raised.
+    """
+
+    def __init__(self, spec: PipelineSpec, grace_seconds: float) -> None:
+        ok = isinstance(grace_seconds, (int, float, np.integer, np.floating)) and not isinstance(grace_seconds, bool)
+        if not ok or not math.isfinite(grace_seconds) or grace_seconds < 0:
+            raise SpecError(f"grace_seconds must be a finite number >= 0, got {grace_seconds!r}")
+        self._plan = _plan(spec)
+        self._grace_ns = int(round(grace_seconds * _NS_PER_S))
+        self._open_from: int | None = None  # label of the first bin not yet emitted
+        self._closed_any = False
+        self._rows: list[tuple[int, int, np.ndarray]] = []  # (ts, arrival order, filtered values) of open bins
+        self._seen: set[tuple[int, bytes]] = set()
+        self._next_order = 0
+        self.late_dropped = 0
+        self.out_of_range = np.zeros(len(self._plan.channels), dtype=np.int64)
+
+    @property
+    def open_from(self) -> int | None:
+        """End (label) of the first bin not yet emitted; None before the first sample."""
+        return self._open_from
+
+    def add(self, ts_ns: int, values: np.ndarray) -> list[ClosedBin]:
+        """Store one sample (C,) and return the bins closed because it belongs to a later bin."""
+        dt = self._plan.dt_ns
+        ts = _check_int(ts_ns, "ts_ns", dt)
+        row = _check_values(values, (len(self._plan.channels),), self._plan)
+        label = -(-ts // dt) * dt
+        if self._closed_any and label < self._open_from:
+            self.late_dropped += 1
+            return []
+        row = row.astype(np.float64)  # always a copy: filtered in place below
+        self.out_of_range += _range_filter(row[:, None], self._plan)
+        key = (ts, row.tobytes())
+        if key not in self._seen:
+            self._seen.add(key)
+            self._rows.append((ts, self._next_order, row))
+            self._next_order += 1
+        if self._open_from is None or label < self._open_from:
+            self._open_from = label
+        return self._close_through(label - dt)
+
+    def close_until(self, now_ns: int) -> list[ClosedBin]:
+        """Close every bin whose end + grace <= now_ns (wall clock, ns), empty ones included."""
+        dt = self._plan.dt_ns
+        now = _check_int(now_ns, "now_ns", dt)
+        return self._close_through(((now - self._grace_ns) // dt) * dt)
+
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ts = np.array([r[0] for r in self._rows], dtype=np.int64)
+        order = np.array([r[1] for r in self._rows], dtype=np.int64)
+        vals = np.stack([r[2] for r in self._rows]) if self._rows else np.empty((0, len(self._plan.channels)))
+        return ts, order, vals
+
+    def _close_through(self, last_ns: int) -> list[ClosedBin]:
+        if self._open_from is None or last_ns < self._open_from:
+            return []
+        dt, start = self._plan.dt_ns, self._open_from
+        ts, order, vals = self._arrays()
+        closing = _ceil_labels(ts, dt) <= last_ns
+        o = np.lexsort((order[closing], ts[closing]))
+        n_bins = (last_ns - start) // dt + 1
+        binned, _ = _bin_sorted(ts[closing][o], vals[closing][o].T, order[closing][o], self._plan, start, n_bins)
+        self._rows = [self._rows[i] for i in np.flatnonzero(~closing)]
+        self._seen = {(t, v.tobytes()) for t, _, v in self._rows}
+        self._open_from, self._closed_any = last_ns + dt, True
+        return [ClosedBin(start + i * dt, binned[i]) for i in range(n_bins)]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The accumulator state as plain ints, bools and numpy arrays (no pickle needed)."""
+        ts, order, vals = self._arrays()
+        return {
+            "dt_seconds": self._plan.dt_ns // _NS_PER_S,
+            "channels": np.array(self._plan.channels, dtype=str),
+            "started": self._open_from is not None,
+            "closed_any": self._closed_any,
+            "open_from_ns": 0 if self._open_from is None else self._open_from,
+            "next_order": self._next_order,
+            "late_dropped": self.late_dropped,
+            "out_of_range": self.out_of_range.copy(),
+            "ts_ns": ts,
+            "order": order,
+            "values": vals,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a `state_dict()` taken from an accumulator with the same dt and channels."""
+        keys = set(self.state_dict())
+        if set(state) != keys:
+            raise InputError(f"accumulator state: expected keys {sorted(keys)}, got {sorted(state)}")
+        c = len(self._plan.channels)
+        channels = tuple(str(x) for x in np.asarray(state["channels"]).tolist())
+        if int(state["dt_seconds"]) * _NS_PER_S != self._plan.dt_ns or channels != self._plan.channels:
+            raise SpecError(
+                f"accumulator state is for dt_seconds={state['dt_seconds']}, channels {list(channels)}; "
+                f"this spec has dt_seconds={self._plan.dt_ns // _NS_PER_S}, channels {list(self._plan.channels)}"
+            )
+        ts = np.asarray(state["ts_ns"], dtype=np.int64)
+        order = np.asarray(state["order"], dtype=np.int64)
+        vals = np.array(state["values"], dtype=np.float64)
+        oor = np.array(state["out_of_range"], dtype=np.int64)
+        if ts.ndim != 1 or order.shape != ts.shape or vals.shape != (ts.size, c) or oor.shape != (c,):
+            raise InputError(
+                f"accumulator state: inconsistent shapes ts {ts.shape}, order {order.shape}, "
+                f"values {vals.shape}, out_of_range {oor.shape} for {c} channels"
+            )
+        self._open_from = int(state["open_from_ns"]) if bool(state["started"]) else None
+        self._closed_any = bool(state["closed_any"])
+        self._next_order = int(state["next_order"])
+        self.late_dropped = int(state["late_dropped"])
+        self.out_of_range = oor
+        self._rows = list(zip(ts.tolist(), order.tolist(), vals))
+        self._seen = {(t, v.tobytes()) for t, _, v in self._rows}

@@ -1,0 +1,338 @@
+"""The edge daemon's configuration (`runtime.yaml`): a strict, typed schema with environment overrides.
+
+Contract
+--------
+* One frozen dataclass per section; every field has a default and a one-line description (`metadata["doc"]`).
+* `load_config(path, environ)` reads YAML (PyYAML `safe_load`), applies overrides from `environ` and validates.
+  The environment is passed in explicitly: nothing is read at import time. An override is
+  `SCADA_RT_<SECTION>__<KEY>=value` (double underscore between levels, case-insensitive), e.g.
+  `SCADA_RT_BROKER__URL=mqtts://broker:8883` or `SCADA_RT_MAPPING__COLUMNS='{power: P_kW}'`; the value is
+  parsed as YAML, so numbers, booleans, lists and mappings work.
+* Refused (ConfigError, naming the dotted key and the allowed keys): unknown keys in the file or the environment,
+  wrong types, and violated invariants (ranges, a telemetry template without `{turbine}`, TLS files on an
+  `mqtt://` URL, a password without a username, ...). Validation is pure: files named in the config (TLS,
+  password file) are checked to exist only when the daemon starts, not here.
+* `redacted(cfg)` is the resolved config as plain data with secrets replaced, for logs and for saving.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import yaml
+
+from scada_tcn.runtime.errors import ConfigError
+
+ENV_PREFIX = "SCADA_RT_"
+
+
+def _f(default: Any, doc: str) -> Any:
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass(frozen=True)
+class TlsCfg:
+    ca_file: str | None = _f(None, "CA certificate (PEM) that signed the broker's certificate; None = system CAs")
+    cert_file: str | None = _f(None, "client certificate (PEM) for mutual TLS")
+    key_file: str | None = _f(None, "client private key (PEM) for mutual TLS")
+    insecure: bool = _f(False, "skip the broker hostname check (testing only)")
+
+
+@dataclass(frozen=True)
+class BrokerCfg:
+    url: str = _f("mqtt://localhost:1883", "mqtt://host:port (plain) or mqtts://host:port (TLS)")
+    client_id: str | None = _f(None, "MQTT client id; None = scada-runtime-<gateway>. Must be stable for the session")
+    username: str | None = _f(None, "broker user name")
+    password: str | None = _f(None, "broker password (prefer password_file or SCADA_RT_BROKER__PASSWORD)")
+    password_file: str | None = _f(None, "file whose first line is the broker password")
+    keepalive_s: int = _f(30, "MQTT keepalive in seconds")
+    session_expiry_s: int = _f(7 * 86400, "how long the broker keeps our session and queued telemetry offline")
+    reconnect_min_s: int = _f(1, "first reconnect delay; doubles on each failure")
+    reconnect_max_s: int = _f(60, "cap of the reconnect delay")
+    tls: TlsCfg = _f(TlsCfg(), "TLS files (used with mqtts://)")
+
+
+@dataclass(frozen=True)
+class TopicsCfg:
+    telemetry: str = _f("scada/{site}/{turbine}/telemetry", "telemetry topic template, needs {turbine}")
+    score: str = _f("scada/{site}/{turbine}/score", "score topic template (QoS 1)")
+    alert: str = _f("scada/{site}/{turbine}/alert", "alert transition topic template (QoS 1)")
+    alert_state: str = _f("scada/{site}/{turbine}/alert/state", "retained current alert state template")
+    status: str = _f("scada/runtime/{gateway}/status", "retained gateway status (last will: offline)")
+    errors: str = _f("scada/runtime/{gateway}/errors", "every rejected message, with its reason")
+
+
+@dataclass(frozen=True)
+class IngestCfg:
+    grace_s: float = _f(120.0, "a bin closes when the wall clock passes its end plus this grace")
+    max_future_s: float = _f(300.0, "reject samples stamped more than this ahead of the wall clock")
+    max_past_s: float = _f(7 * 86400.0, "reject samples stamped more than this before the wall clock")
+    max_payload_bytes: int = _f(65536, "reject larger telemetry payloads before decoding them")
+    max_turbines: int = _f(5000, "reject telemetry of new turbines beyond this fleet size")
+    turbines: list[str] = _f([], "allowed turbine ids; empty = any id of letters, digits, '_', '.', '-'")
+
+
+@dataclass(frozen=True)
+class QueuesCfg:
+    inbound: int = _f(20000, "messages waiting for the processing loop (QoS 1 waits, QoS 0 overflow is dropped)")
+    outbound: int = _f(50000, "publishes kept while disconnected (overflow is counted and reported)")
+    receive_maximum: int = _f(1000, "unacknowledged QoS 1 telemetry the broker may send us at once")
+
+
+@dataclass(frozen=True)
+class ComputeCfg:
+    intra_op_threads: int = _f(1, "onnxruntime intra-op threads")
+    inter_op_threads: int = _f(1, "onnxruntime inter-op threads")
+    max_batch: int = _f(128, "windows per graph call at most (bounds the memory of one scoring call)")
+    tick_s: float = _f(1.0, "processing-loop tick: wall-clock bin closing and heartbeat")
+
+
+@dataclass(frozen=True)
+class HealthCfg:
+    metrics_host: str = _f("0.0.0.0", "bind address of /metrics and /healthz")
+    metrics_port: int = _f(9108, "HTTP port of /metrics and /healthz; 0 = pick a free port")
+    stall_s: float = _f(30.0, "/healthz fails and the status says 'stalled' when the loop is idle this long")
+    status_interval_s: float = _f(15.0, "refresh period of the retained status")
+    drift_window: int = _f(
+        1000,
+        "score drift: KS of the last N scores (all turbines) against the bundle's "
+        "validation-score quantiles, in /metrics and the status",
+    )
+
+
+@dataclass(frozen=True)
+class StateCfg:
+    path: str | None = _f(
+        None,
+        "file keeping every turbine's state across restarts (bins, features, ring "
+        "buffer, alerts); None = a restart warms every turbine up again (L steps)",
+    )
+    save_interval_s: float = _f(60.0, "how often the state is saved while running (and always on SIGTERM)")
+
+
+@dataclass(frozen=True)
+class MappingCfg:
+    columns: dict[str, str] = _f({}, "channel -> payload key / table column; empty = the bundle's training mapping")
+    turbine_id_col: str = _f("turbine_id", "replay: column of the turbine id")
+    time_col: str = _f("timestamp", "replay: column of the timestamp (ISO-8601 with offset, or epoch seconds)")
+    naive_timezone: str | None = _f(None, "replay: IANA zone of stamps without offset; None = refuse them")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    site: str = _f("site", "site id, fills {site} in topics")
+    gateway: str = _f("gateway", "gateway id, fills {gateway} in topics")
+    log_level: str = _f("INFO", "DEBUG, INFO, WARNING or ERROR")
+    broker: BrokerCfg = _f(BrokerCfg(), "MQTT broker connection")
+    topics: TopicsCfg = _f(TopicsCfg(), "topic templates")
+    ingest: IngestCfg = _f(IngestCfg(), "telemetry acceptance and binning")
+    queues: QueuesCfg = _f(QueuesCfg(), "queue bounds")
+    compute: ComputeCfg = _f(ComputeCfg(), "inference threads and batching")
+    health: HealthCfg = _f(HealthCfg(), "metrics, health endpoint and status refresh")
+    mapping: MappingCfg = _f(MappingCfg(), "payload keys / table columns of the bundle's channels")
+    state: StateCfg = _f(StateCfg(), "state persistence across restarts")
+
+
+def _is_dc(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; ints are accepted for floats. Returns the typed value."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if _is_dc(tp):
+        return _build(tp, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        return {_coerce(k, args[0], key): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (str, int, float, bool) and (type(value) is tp):
+        return value
+    raise ConfigError(f"{key}: expected {getattr(tp, '__name__', tp)}, got {type(value).__name__} {value!r}")
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(str(k) for k in data if k not in allowed)
+    if unknown:
+        raise ConfigError(f"{where or 'config'}: unknown keys {unknown}; allowed keys: {allowed}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """A deep copy of `data` with SCADA_RT_A__B=value overrides applied (values parsed as YAML)."""
+    out = yaml.safe_load(yaml.safe_dump(data)) if data else {}
+    for name in sorted(environ):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        cls: Any = RuntimeConfig
+        node = out
+        for i, part in enumerate(path):
+            names = [f.name for f in dataclasses.fields(cls)] if _is_dc(cls) else []
+            if part not in names:
+                where = ".".join(path[:i]) or "config"
+                raise ConfigError(f"environment {name}: unknown key {part!r} in {where}; allowed keys: {names}")
+            if i == len(path) - 1:
+                node[part] = yaml.safe_load(environ[name]) if environ[name] != "" else None
+            else:
+                cls = typing.get_type_hints(cls)[part]
+                if node.get(part) is None:
+                    node[part] = {}
+                if not isinstance(node[part], dict):
+                    raise ConfigError(f"environment {name}: {'.'.join(path[: i + 1])} is not a section")
+                node = node[part]
+    return out
+
+
+def _problems(c: RuntimeConfig) -> list[str]:
+    p: list[str] = []
+    url = urlparse(c.broker.url)
+    if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
+        p.append(f"broker.url: expected mqtt://host:port or mqtts://host:port, got {c.broker.url!r}")
+    tls_files = [c.broker.tls.ca_file, c.broker.tls.cert_file, c.broker.tls.key_file]
+    if url.scheme == "mqtt" and any(tls_files):
+        p.append("broker.tls: TLS files are set but broker.url is mqtt://; use mqtts:// to enable TLS")
+    if (c.broker.tls.cert_file is None) != (c.broker.tls.key_file is None):
+        p.append("broker.tls: cert_file and key_file go together (mutual TLS)")
+    if (c.broker.password is not None or c.broker.password_file is not None) and not c.broker.username:
+        p.append("broker.password: a password needs broker.username")
+    if c.broker.password is not None and c.broker.password_file is not None:
+        p.append("broker.password: give password or password_file, not both")
+    for key, v, lo in (
+        ("broker.keepalive_s", c.broker.keepalive_s, 5),
+        ("broker.session_expiry_s", c.broker.session_expiry_s, 0),
+        ("broker.reconnect_min_s", c.broker.reconnect_min_s, 1),
+        ("ingest.max_payload_bytes", c.ingest.max_payload_bytes, 64),
+        ("ingest.max_turbines", c.ingest.max_turbines, 1),
+        ("queues.inbound", c.queues.inbound, 1),
+        ("queues.outbound", c.queues.outbound, 1),
+        ("queues.receive_maximum", c.queues.receive_maximum, 1),
+        ("compute.intra_op_threads", c.compute.intra_op_threads, 1),
+        ("compute.inter_op_threads", c.compute.inter_op_threads, 1),
+        ("compute.max_batch", c.compute.max_batch, 1),
+        ("health.metrics_port", c.health.metrics_port, 0),
+        ("health.drift_window", c.health.drift_window, 10),
+    ):
+        if v < lo:
+            p.append(f"{key}: must be >= {lo}, got {v}")
+    if c.broker.reconnect_max_s < c.broker.reconnect_min_s:
+        p.append("broker.reconnect_max_s: must be >= broker.reconnect_min_s")
+    if c.queues.outbound > 60000:
+        p.append(f"queues.outbound: at most 60000 (MQTT packet ids are 16-bit), got {c.queues.outbound}")
+    if c.queues.receive_maximum > c.queues.inbound:
+        p.append("queues.receive_maximum: must be <= queues.inbound, so QoS 1 telemetry never overflows the queue")
+    if c.queues.receive_maximum > 65535:
+        p.append(f"queues.receive_maximum: at most 65535, got {c.queues.receive_maximum}")
+    for key, v in (
+        ("ingest.grace_s", c.ingest.grace_s),
+        ("ingest.max_future_s", c.ingest.max_future_s),
+        ("ingest.max_past_s", c.ingest.max_past_s),
+        ("compute.tick_s", c.compute.tick_s),
+        ("health.stall_s", c.health.stall_s),
+        ("health.status_interval_s", c.health.status_interval_s),
+        ("state.save_interval_s", c.state.save_interval_s),
+    ):
+        if not v >= 0 or v == float("inf"):
+            p.append(f"{key}: must be a finite number >= 0, got {v}")
+    if c.compute.tick_s <= 0 or c.health.status_interval_s <= 0:
+        p.append("compute.tick_s and health.status_interval_s must be > 0")
+    if c.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        p.append(f"log_level: one of DEBUG, INFO, WARNING, ERROR; got {c.log_level!r}")
+    for key, v in (("site", c.site), ("gateway", c.gateway)):
+        if not v or any(ch in v for ch in "+#/"):
+            p.append(f"{key}: must be non-empty without '+', '#', '/', got {v!r}")
+    for name in [f.name for f in dataclasses.fields(TopicsCfg)]:
+        tpl = getattr(c.topics, name)
+        need = "{gateway}" if name in ("status", "errors") else "{turbine}"
+        if need not in tpl or "+" in tpl or "#" in tpl:
+            p.append(f"topics.{name}: template must contain {need} and no wildcards, got {tpl!r}")
+        try:
+            tpl.format(site="s", turbine="t", gateway="g")
+        except (KeyError, IndexError, ValueError) as e:
+            p.append(f"topics.{name}: only {{site}}, {{turbine}}, {{gateway}} may be used ({e!r})")
+    tel = c.topics.telemetry.split("/")
+    if "{turbine}" not in tel:
+        p.append("topics.telemetry: {turbine} must be a whole topic level, e.g. scada/{site}/{turbine}/telemetry")
+    return p
+
+
+def validate(cfg: RuntimeConfig) -> RuntimeConfig:
+    """Check the cross-field invariants; raise one ConfigError listing every problem."""
+    problems = _problems(cfg)
+    if problems:
+        raise ConfigError("invalid runtime config:\n  " + "\n  ".join(problems))
+    return cfg
+
+
+def config_from_dict(data: Mapping[str, Any] | None, environ: Mapping[str, str] | None = None) -> RuntimeConfig:
+    """Plain data (+ environment overrides) -> validated RuntimeConfig."""
+    merged = _env_overrides(dict(data or {}), environ or {})
+    return validate(_build(RuntimeConfig, merged, ""))
+
+
+def load_config(path: str | Path | None, environ: Mapping[str, str] | None = None) -> RuntimeConfig:
+    """Read runtime.yaml (None = defaults only), apply `environ` overrides, validate."""
+    data: Any = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"runtime config {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"runtime config {p}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"runtime config {p}: expected a mapping at the top level, got {type(data).__name__}")
+    return config_from_dict(data, environ)
+
+
+def redacted(cfg: RuntimeConfig) -> dict[str, Any]:
+    """The config as plain data with the password hidden."""
+    d = dataclasses.asdict(cfg)
+    if d["broker"]["password"] is not None:
+        d["broker"]["password"] = "***"
+    return d
+
+
+def describe() -> str:
+    """Every key with its default and description, for `--help` and the deploy guide."""
+    lines: list[str] = []
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if _is_dc(hints[f.name]):
+                walk(hints[f.name], f"{prefix}{f.name}.")
+            else:
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore
+                lines.append(f"{prefix}{f.name} = {default!r}: {f.metadata['doc']}")
+
+    walk(RuntimeConfig, "")
+    return "\n".join(lines)

@@ -1,0 +1,184 @@
+"""Per-turbine streaming state of a fleet: binning -> model-input rows -> a ring buffer of the last L steps.
+
+Contract
+--------
+* `Fleet.add(turbine, ts_ns, values (C,))` stores one validated sample (see `runtime.telemetry`); bins of that
+  turbine close when a sample of a later bin arrives (`BinAccumulator.add`). `Fleet.close_until(now_ns)` closes
+  every bin whose end + grace has passed on the wall clock, empty ones included (gaps become missing values).
+* Each closed bin goes through the turbine's `StreamPreprocessor` (the same math as scada-prepare: winsor caps,
+  features, masks, flags, the bundle's scaler and fill value) into a ring buffer of the last L steps.
+* Every closed step becomes a `Step` in `drain()`, in closing order (per turbine in time order): with the window
+  (X (L, F) float32, M_miss (L, F) uint8, Flags (L, R) float32, copies) once the turbine has L steps, and
+  `window=None` while it warms up. Steps are never emitted twice: a closed bin never reopens (late samples are
+  counted in `late_dropped` and dropped).
+* Turbines get slots 0, 1, ... in order of first sample; at most `max_turbines` (ValueError beyond: the caller
+  checks `has_room` first). `state_dict()` / `load_state_dict()` carry plain data per turbine.
+Caller arrays are never modified.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from scada_tcn.runtime.binning import BinAccumulator, ClosedBin
+from scada_tcn.runtime.pipeline import StreamPreprocessor
+from scada_tcn.runtime.scaling import RobustScaler
+from scada_tcn.runtime.spec import PipelineSpec
+
+__all__ = ["Fleet", "Step", "Window"]
+
+
+class Window(NamedTuple):
+    X: np.ndarray  # (L, F) float32
+    M_miss: np.ndarray  # (L, F) uint8, 1 = present
+    Flags: np.ndarray  # (L, R) float32
+
+
+class Step(NamedTuple):
+    turbine: str
+    slot: int
+    end_ns: int  # bin label (end of the step), ns UTC
+    n_steps: int  # steps this turbine has closed so far, this one included
+    missing_now: float  # share of missing features at this step
+    window: Window | None  # None while warming up (n_steps < L)
+
+
+@dataclass
+class _Turbine:
+    slot: int
+    acc: BinAccumulator
+    pre: StreamPreprocessor
+    X: np.ndarray  # (L, F) ring, row (n_steps - 1) % L is the latest
+    M: np.ndarray
+    Flags: np.ndarray
+    n_steps: int = 0
+
+
+class Fleet:
+    """Streaming state of every turbine; see the module docstring."""
+
+    def __init__(self, spec: PipelineSpec, scaler: RobustScaler, L: int, grace_seconds: float, max_turbines: int):
+        if isinstance(L, bool) or not isinstance(L, int) or L < 1:
+            raise ValueError(f"Fleet: L must be an integer >= 1, got {L!r}")
+        if isinstance(max_turbines, bool) or not isinstance(max_turbines, int) or max_turbines < 1:
+            raise ValueError(f"Fleet: max_turbines must be an integer >= 1, got {max_turbines!r}")
+        self.spec = spec
+        self.scaler = scaler
+        self.L = L
+        self.grace_seconds = grace_seconds
+        self.max_turbines = max_turbines
+        BinAccumulator(spec, grace_seconds)  # validates grace and the spec's binning once, here
+        self._turbines: dict[str, _Turbine] = {}
+        self._pending: list[Step] = []
+        self.bins_closed = 0
+
+    def __len__(self) -> int:
+        return len(self._turbines)
+
+    @property
+    def turbines(self) -> list[str]:
+        return list(self._turbines)
+
+    def has_room(self, turbine: str) -> bool:
+        return turbine in self._turbines or len(self._turbines) < self.max_turbines
+
+    def slot_of(self, turbine: str) -> int:
+        return self._turbines[turbine].slot
+
+    def late_dropped(self) -> int:
+        return sum(t.acc.late_dropped for t in self._turbines.values())
+
+    def _new(self, turbine: str) -> _Turbine:
+        if len(self._turbines) >= self.max_turbines:
+            raise ValueError(f"Fleet: already {self.max_turbines} turbines (ingest.max_turbines); {turbine!r} refused")
+        F, R = self.spec.n_features, self.spec.n_flags
+        t = _Turbine(
+            slot=len(self._turbines),
+            acc=BinAccumulator(self.spec, self.grace_seconds),
+            pre=StreamPreprocessor(self.spec, self.scaler),
+            X=np.zeros((self.L, F), dtype=np.float32),
+            M=np.zeros((self.L, F), dtype=np.uint8),
+            Flags=np.zeros((self.L, R), dtype=np.float32),
+        )
+        self._turbines[turbine] = t
+        return t
+
+    def add(self, turbine: str, ts_ns: int, values: np.ndarray) -> bool:
+        """Store one sample; returns False when it was late (its bin had closed) and was dropped."""
+        t = self._turbines.get(turbine) or self._new(turbine)
+        late_before = t.acc.late_dropped
+        self._emit(turbine, t, t.acc.add(ts_ns, values))
+        return t.acc.late_dropped == late_before
+
+    def close_until(self, now_ns: int) -> None:
+        """Close, for every turbine, the bins whose end + grace <= now_ns."""
+        for name, t in self._turbines.items():
+            self._emit(name, t, t.acc.close_until(now_ns))
+
+    def open_from(self) -> int | None:
+        """The earliest bin end that some turbine has not closed yet (None without turbines): every step before it
+        is closed, for the whole fleet, and will not be emitted again."""
+        ends = [t.acc.open_from for t in self._turbines.values() if t.acc.open_from is not None]
+        return min(ends) if ends else None
+
+    def close_turbine_until(self, turbine: str, now_ns: int) -> None:
+        """Close one turbine's bins whose end + grace <= now_ns (replay ends each turbine at its last sample)."""
+        t = self._turbines[turbine]
+        self._emit(turbine, t, t.acc.close_until(now_ns))
+
+    def _emit(self, name: str, t: _Turbine, closed: list[ClosedBin]) -> None:
+        for b in closed:
+            rows = t.pre.step(b.values)
+            i = t.n_steps % self.L
+            t.X[i], t.M[i], t.Flags[i] = rows.X, rows.M_miss, rows.Flags
+            t.n_steps += 1
+            window = None
+            if t.n_steps >= self.L:
+                order = (np.arange(self.L) + t.n_steps) % self.L  # oldest first
+                window = Window(t.X[order], t.M[order], t.Flags[order])
+            missing_now = float(1.0 - rows.M_miss.mean()) if rows.M_miss.size else 0.0
+            self._pending.append(Step(name, t.slot, int(b.end_ns), t.n_steps, missing_now, window))
+        self.bins_closed += len(closed)
+
+    def drain(self) -> list[Step]:
+        """The steps closed since the last drain, in closing order; the pending list is emptied."""
+        out, self._pending = self._pending, []
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain data: per turbine (in slot order) its accumulator, preprocessor, ring buffers and step count."""
+        return {
+            "turbines": [
+                {
+                    "name": name,
+                    "accumulator": t.acc.state_dict(),
+                    "preprocessor": t.pre.state_dict(),
+                    "X": t.X.copy(),
+                    "M": t.M.copy(),
+                    "Flags": t.Flags.copy(),
+                    "n_steps": t.n_steps,
+                }
+                for name, t in self._turbines.items()
+            ],
+            "bins_closed": self.bins_closed,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a `state_dict()` from a Fleet with the same spec, scaler and L (pending steps are not kept)."""
+        if not isinstance(state, dict) or set(state) != {"turbines", "bins_closed"}:
+            raise ValueError("Fleet.load_state_dict: expected keys ['bins_closed', 'turbines']")
+        self._turbines, self._pending = {}, []
+        for d in state["turbines"]:
+            t = self._new(str(d["name"]))
+            t.acc.load_state_dict(d["accumulator"])
+            t.pre.load_state_dict(d["preprocessor"])
+            for key in ("X", "M", "Flags"):
+                arr = np.asarray(d[key], dtype=getattr(t, key).dtype)
+                if arr.shape != getattr(t, key).shape:
+                    raise ValueError(f"Fleet.load_state_dict: {key} of {d['name']!r} has shape {arr.shape}")
+                setattr(t, key, arr.copy())
+            t.n_steps = int(d["n_steps"])
+        self.bins_closed = int(state["bins_closed"])

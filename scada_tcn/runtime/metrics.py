@@ -1,0 +1,84 @@
+"""Prometheus metrics of the edge daemon, on a registry of its own (several daemons can live in one process).
+
+Names (all prefixed `scada_runtime_`): messages_in_total, rejected_total{reason}, late_samples_total,
+bins_closed_total, scores_published_total{status}, alerts_total{state}, inference_seconds (histogram, one
+observation per graph batch), inference_batch_windows (histogram), publish_queue_depth, inbound_queue_depth,
+publish_overflow_total{kind}, alerts_on, turbines, connected, connect_failures_total{reason},
+loop_heartbeat_age_seconds, last_message_timestamp_seconds. Every rejected or dropped message is counted here
+with a reason; nothing is dropped without a counter.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["RuntimeMetrics"]
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class RuntimeMetrics:
+    """All counters and gauges of one daemon; `render()` gives the text exposition format."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        p = "scada_runtime_"
+        self.messages_in = Counter(p + "messages_in", "telemetry messages received", registry=r)
+        self.rejected = Counter(p + "rejected", "messages rejected, by reason", ["reason"], registry=r)
+        self.late = Counter(p + "late_samples", "samples dropped because their bin had closed", registry=r)
+        self.bins_closed = Counter(p + "bins_closed", "model steps closed over all turbines", registry=r)
+        self.scores = Counter(p + "scores_published", "score-topic records, by status", ["status"], registry=r)
+        self.alerts = Counter(p + "alerts", "alert transitions, by new state", ["state"], registry=r)
+        self.inference = Histogram(
+            p + "inference_seconds", "wall time of one batched scoring call", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.batch = Histogram(
+            p + "inference_batch_windows",
+            "windows per scoring call",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=r,
+        )
+        self.queue_depth = Gauge(p + "publish_queue_depth", "publishes not yet acknowledged by the broker", registry=r)
+        self.inbound_depth = Gauge(p + "inbound_queue_depth", "messages waiting for the processing loop", registry=r)
+        self.overflow = Counter(
+            p + "publish_overflow", "publishes dropped because the queue was full, by kind", ["kind"], registry=r
+        )
+        self.alerts_on = Gauge(p + "alerts_on", "turbines whose alert is on", registry=r)
+        self.score_drift = Gauge(
+            p + "score_drift_ks",
+            "KS distance of the recent scores (health.drift_window, all "
+            "turbines) from the bundle's validation-score quantiles; NaN before any score",
+            registry=r,
+        )
+        self.turbines = Gauge(p + "turbines", "turbines seen", registry=r)
+        self.fleet_waiting = Gauge(
+            p + "fleet_waiting_records",
+            "fleet-relative: scored steps waiting for every turbine to close their step",
+            registry=r,
+        )
+        self.connected = Gauge(p + "connected", "1 while connected to the broker", registry=r)
+        self.connect_failures = Counter(
+            p + "connect_failures", "refused connections, by reason", ["reason"], registry=r
+        )
+        self.heartbeat_age = Gauge(
+            p + "loop_heartbeat_age_seconds", "seconds since the processing loop last ran", registry=r
+        )
+        self.last_message = Gauge(
+            p + "last_message_timestamp_seconds", "wall time of the last processed message", registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def value(self, name: str, **labels: str) -> float:
+        """Current value of a sample (for tests and status), 0.0 when absent."""
+        v = self.registry.get_sample_value(name, labels or None)
+        return 0.0 if v is None else float(v)
+
+    def rejected_by_reason(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for metric in self.rejected.collect():
+            for s in metric.samples:
+                if s.name.endswith("_total"):
+                    out[s.labels["reason"]] = s.value
+        return out

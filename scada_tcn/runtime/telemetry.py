@@ -1,0 +1,195 @@
+"""Telemetry payloads and topics: decode and validate one MQTT message, or say why it is rejected.
+
+Contract
+--------
+Topic: the configured template (default `scada/{site}/{turbine}/telemetry`); the turbine id is the topic level
+at `{turbine}`. Payload (UTF-8 JSON object, at most `max_payload_bytes`):
+
+    {"ts": "2024-01-28T00:10:00+00:00" | 1706400600, "values": {"<key>": number | null, ...}}
+
+* `ts`: ISO-8601 with a UTC offset (or `Z`), or epoch seconds (int or float, rounded to ns like scada-prepare).
+  It must lie within [now - max_past_s, now + max_future_s] of the wall clock.
+* `values`: a non-empty object; keys are the mapped payload keys of the bundle's channels (runtime.yaml `mapping`,
+  default the training data's mapping); a value is a finite number or null (= not measured in this sample).
+* No other top-level keys. Booleans are not numbers. NaN/Infinity literals are refused.
+
+`TelemetryDecoder.decode(topic, payload, now_ns)` returns a `Sample(turbine, ts_ns, values (C,) float64 NaN =
+missing)` or a `Rejection(reason, detail)`; it never raises on bad input and never mutates anything. The message
+is taken whole or not at all: one bad value rejects the message. Reasons are the fixed strings in `REASONS`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+import numpy as np
+
+__all__ = ["REASONS", "Rejection", "Sample", "TelemetryDecoder", "parse_timestamp_ns", "topic_filter"]
+
+REASONS = (
+    "oversized",
+    "not_utf8",
+    "malformed_json",
+    "not_an_object",
+    "unknown_key",
+    "missing_ts",
+    "bad_timestamp",
+    "naive_timestamp",
+    "ts_in_future",
+    "ts_too_old",
+    "missing_values",
+    "unknown_channel",
+    "bad_value_type",
+    "non_finite",
+    "bad_topic",
+    "bad_turbine_id",
+    "unknown_turbine",
+)
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NS = 1_000_000_000
+_MAX_ABS_S = 1e11  # ~ year 5138: anything beyond is nonsense and would overflow int64 ns
+
+
+class Sample(NamedTuple):
+    turbine: str
+    ts_ns: int
+    values: np.ndarray  # (C,) float64 in spec.channels order, NaN = not in this message
+
+
+class Rejection(NamedTuple):
+    reason: str  # one of REASONS
+    detail: str
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-finite literal {name}")
+
+
+def parse_timestamp_ns(ts: Any) -> int | str:
+    """ISO-8601 with offset or epoch seconds -> int ns since the epoch (UTC), or a rejection reason string."""
+    if isinstance(ts, bool):
+        return "bad_timestamp"
+    if isinstance(ts, (int, float)):
+        if not math.isfinite(ts) or abs(ts) > _MAX_ABS_S:
+            return "bad_timestamp"
+        return int(ts) * _NS if isinstance(ts, int) else int(round(ts * 1e9))
+    if not isinstance(ts, str) or not 10 <= len(ts) <= 40:
+        return "bad_timestamp"
+    try:
+        dt = datetime.fromisoformat(ts.strip())
+    except ValueError:
+        return "bad_timestamp"
+    if dt.tzinfo is None or dt.utcoffset() is None:
+        return "naive_timestamp"
+    td = dt - _EPOCH
+    return (td.days * 86400 + td.seconds) * _NS + td.microseconds * 1000
+
+
+def topic_filter(template: str, site: str, gateway: str) -> tuple[str, int]:
+    """(MQTT subscription filter with `+` at {turbine}, index of the turbine level)."""
+    levels = template.split("/")
+    idx = levels.index("{turbine}")
+    filt = "/".join("+" if lv == "{turbine}" else lv.format(site=site, gateway=gateway) for lv in levels)
+    return filt, idx
+
+
+class TelemetryDecoder:
+    """Stateless validation of telemetry messages against the bundle's channels and the ingest limits."""
+
+    def __init__(
+        self,
+        channels: Sequence[str],
+        key_of_channel: dict[str, str],
+        turbine_level: int,
+        max_payload_bytes: int,
+        max_future_s: float,
+        max_past_s: float,
+        allowed_turbines: Sequence[str] = (),
+    ) -> None:
+        missing = [c for c in channels if c not in key_of_channel]
+        unknown = sorted(set(key_of_channel) - set(channels))
+        if missing or unknown:
+            raise ValueError(
+                f"TelemetryDecoder: mapping must name every channel once; missing {missing}, unknown {unknown}"
+            )
+        keys = [key_of_channel[c] for c in channels]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"TelemetryDecoder: two channels map to the same payload key in {key_of_channel}")
+        self.channels = tuple(channels)
+        self.key_of_channel = dict(key_of_channel)
+        self.turbine_level = int(turbine_level)
+        self.max_payload_bytes = int(max_payload_bytes)
+        self.max_future_s = float(max_future_s)
+        self.max_past_s = float(max_past_s)
+        self.allowed_turbines = tuple(allowed_turbines)
+        self._index = {k: i for i, k in enumerate(keys)}
+        self._allowed = frozenset(self.allowed_turbines)
+
+    def turbine_of(self, topic: str) -> str | Rejection:
+        """The turbine id in a telemetry topic, or a Rejection."""
+        levels = topic.split("/")
+        if len(levels) <= self.turbine_level:
+            return Rejection("bad_topic", f"topic {topic[:200]!r} has no turbine level {self.turbine_level}")
+        tid = levels[self.turbine_level]
+        if not _SAFE_ID.match(tid):
+            return Rejection("bad_turbine_id", f"turbine id {tid[:80]!r}: 1-64 letters, digits, '_', '.', '-'")
+        if self._allowed and tid not in self._allowed:
+            return Rejection("unknown_turbine", f"turbine {tid!r} is not in ingest.turbines")
+        return tid
+
+    def decode(self, topic: str, payload: bytes, now_ns: int) -> Sample | Rejection:
+        """One message -> Sample or Rejection (never raises on bad input)."""
+        tid = self.turbine_of(topic)
+        if isinstance(tid, Rejection):
+            return tid
+        if len(payload) > self.max_payload_bytes:
+            return Rejection("oversized", f"{len(payload)} bytes > ingest.max_payload_bytes={self.max_payload_bytes}")
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return Rejection("not_utf8", str(e)[:200])
+        try:
+            doc = json.loads(text, parse_constant=_reject_constant)
+        except (ValueError, RecursionError) as e:
+            reason = "non_finite" if "non-finite literal" in str(e) else "malformed_json"
+            return Rejection(reason, f"{type(e).__name__}: {str(e)[:200]}")
+        return self._check_doc(tid, doc, now_ns)
+
+    def _check_doc(self, tid: str, doc: Any, now_ns: int) -> Sample | Rejection:
+        if not isinstance(doc, dict):
+            return Rejection("not_an_object", f"payload is a JSON {type(doc).__name__}, expected an object")
+        extra = sorted(str(k)[:40] for k in doc if k not in ("ts", "values"))
+        if extra:
+            return Rejection("unknown_key", f"keys {extra[:5]}; allowed: ['ts', 'values']")
+        if "ts" not in doc:
+            return Rejection("missing_ts", "no 'ts'")
+        ts = parse_timestamp_ns(doc["ts"])
+        if isinstance(ts, str):
+            return Rejection(ts, f"ts {str(doc['ts'])[:60]!r}: ISO-8601 with a UTC offset, or epoch seconds")
+        if ts > now_ns + self.max_future_s * _NS:
+            return Rejection("ts_in_future", f"ts {doc['ts']!r} is more than {self.max_future_s} s ahead of now")
+        if ts < now_ns - self.max_past_s * _NS:
+            return Rejection("ts_too_old", f"ts {doc['ts']!r} is more than {self.max_past_s} s before now")
+        values = doc.get("values")
+        if not isinstance(values, dict) or not values:
+            return Rejection("missing_values", "'values' must be a non-empty object of channel -> number or null")
+        row = np.full(len(self.channels), np.nan)
+        for key, v in values.items():
+            i = self._index.get(key)
+            if i is None:
+                return Rejection("unknown_channel", f"key {str(key)[:60]!r}; known: {sorted(self._index)}")
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                return Rejection("bad_value_type", f"{key}: {type(v).__name__}, expected a number or null")
+            x = float(v) if abs(v) < 1e300 else math.inf  # huge ints would overflow float()
+            if not math.isfinite(x):
+                return Rejection("non_finite", f"{key}: {str(v)[:40]}")
+            row[i] = x
+        return Sample(tid, ts, row)

@@ -1,0 +1,265 @@
+"""Cross-field invariants of the config (spec `validate_config`). Pure: no I/O, no defaults filled in."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from scada_tcn.runtime.errors import ConfigError
+from scada_tcn.trainer.model.geometry import receptive_field, resolve_dilations
+
+if TYPE_CHECKING:
+    from scada_tcn.trainer.config.schema import RootCfg
+
+
+# dotted key -> allowed values
+CHOICES: dict[str, tuple[str, ...]] = {
+    "device": ("auto", "cpu", "cuda"),
+    "data.format": ("auto", "csv", "parquet"),
+    "data.splits.method": ("time", "turbine"),
+    "data.labels.label_source": ("file",),
+    "data.labels.label_rule": ("window_any", "window_last", "horizon_any"),
+    "data.qc.dedupe_rule": ("first", "last", "mean", "max", "min"),
+    "features.angle_units": ("deg", "rad"),
+    "features.scaler.type": ("robust",),
+    "flags.sources.type": ("rules", "columns"),
+    "model.tcn.dilations": ("powers_of_two", "explicit"),
+    "model.tcn.norm": ("none", "weight_norm", "layer_norm"),
+    "model.heads.forecast.summary": ("last",),
+    "model.heads.fault.pooling": ("mean",),
+    "train.optimizer.name": ("adamw",),
+    "train.scheduler.name": ("none", "cosine"),
+    "infer.aggregation.name": ("masked_mean", "recent_weighted", "feature_topk"),
+    "infer.calibration.method": ("percentile", "evt"),
+    "infer.score_masks": ("element", "group"),
+}
+AGGREGATIONS = ("mean", "max", "min", "last")
+_TURBINE_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]+$")
+ROLLING_STATS = ("mean", "std")
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _parse_time(key: str, value: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(value)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{key}: {value!r} is not an ISO-8601 timestamp (e.g. 2024-03-01T00:00:00+00:00)") from e
+    if t.tzinfo is None:
+        raise ConfigError(f"{key}: {value!r} has no UTC offset; write e.g. {value}+00:00")
+    return t
+
+
+def _check_splits(cfg: RootCfg) -> None:
+    sp = cfg.data.splits
+    if sp.method == "time":
+        ranges = []
+        for name in ("train_range", "val_range", "test_range"):
+            r = getattr(sp, name)
+            key = f"data.splits.{name}"
+            if r is None or len(r) != 2:
+                raise ConfigError(f"{key} must be [start, end) with splits.method=time, got {r}")
+            a, b = _parse_time(key, r[0]), _parse_time(key, r[1])
+            if not a < b:
+                raise ConfigError(f"{key}: start {r[0]} must be before end {r[1]}")
+            ranges.append((a, b, key))
+        ranges.sort()
+        for (_, b1, k1), (a2, _, k2) in zip(ranges, ranges[1:]):
+            if a2 < b1:
+                raise ConfigError(f"{k1} and {k2} overlap: time splits must not share a timestamp")
+    else:
+        lists = {n: getattr(sp, f"{n}_turbines") for n in ("train", "val", "test")}
+        for n, lst in lists.items():
+            if not lst:
+                raise ConfigError(f"data.splits.{n}_turbines must list turbines with splits.method=turbine")
+            bad = [p for p in lst if not p or not _TURBINE_PATTERN.match(p)]
+            if bad:
+                raise ConfigError(
+                    f"data.splits.{n}_turbines: {bad} are neither turbine ids (letters, digits, '_', '.', '-') "
+                    "nor glob patterns of them (* ? [seq] [!seq])"
+                )
+        for a in lists:
+            for b in lists:
+                common = sorted(set(lists[a]) & set(lists[b])) if a < b else []
+                if common:
+                    raise ConfigError(f"turbines {common} are in both data.splits.{a}_turbines and {b}_turbines")
+
+
+def _check_channels(cfg: RootCfg) -> None:
+    chans = list(cfg.data.columns)
+    if not chans:
+        raise ConfigError("data.columns must map channel names to columns of the raw table")
+    f = cfg.features
+    unknown = [c for c in f.raw_channels if c not in chans]
+    if unknown:
+        raise ConfigError(f"features.raw_channels: unknown channels {unknown}; data.columns defines {chans}")
+    bad = [c for c in f.angular_channels if c not in f.raw_channels]
+    if bad:
+        raise ConfigError(f"features.angular_channels {bad} must be in features.raw_channels {list(f.raw_channels)}")
+    for key, mapping in (
+        ("data.qc.clamp", cfg.data.qc.clamp),
+        ("data.qc.winsorize", cfg.data.qc.winsorize),
+        ("data.qc.aggregation", cfg.data.qc.aggregation),
+    ):
+        unknown = [c for c in mapping if c not in chans]
+        if unknown:
+            raise ConfigError(f"{key}: unknown channels {unknown}; data.columns defines {chans}")
+    for c, pair in {**cfg.data.qc.clamp, **cfg.data.qc.winsorize}.items():
+        if len(pair) != 2 or not pair[0] < pair[1]:
+            raise ConfigError(f"data.qc.clamp/winsorize.{c}: expected [low, high] with low < high, got {list(pair)}")
+    for c, (lo, hi) in cfg.data.qc.winsorize.items():
+        if not 0.0 <= lo < hi <= 1.0:
+            raise ConfigError(f"data.qc.winsorize.{c}: quantiles must satisfy 0 <= low < high <= 1, got {[lo, hi]}")
+    bad_agg = {c: a for c, a in cfg.data.qc.aggregation.items() if a not in AGGREGATIONS}
+    if bad_agg:
+        raise ConfigError(f"data.qc.aggregation: {bad_agg}; allowed {list(AGGREGATIONS)}")
+    if not f.rolling.causal:
+        raise ConfigError("features.rolling.causal must be true: a rolling statistic may not look ahead")
+    bad_stats = [s for s in f.rolling.stats if s not in ROLLING_STATS]
+    if bad_stats:
+        raise ConfigError(f"features.rolling.stats: unknown {bad_stats}; allowed {list(ROLLING_STATS)}")
+    fl = cfg.flags
+    if set(fl.flag_names) != set(fl.sources.mapping):
+        raise ConfigError(
+            f"flags.sources.mapping must define exactly flags.flag_names {list(fl.flag_names)}; "
+            f"got {list(fl.sources.mapping)}"
+        )
+    if fl.sources.type == "columns":
+        bad = {k: v for k, v in fl.sources.mapping.items() if v not in chans}
+        if bad:
+            raise ConfigError(f"flags.sources.mapping {bad}: with type=columns each value must be a channel of {chans}")
+    if not fl.causal_alignment:
+        raise ConfigError("flags.causal_alignment must be true: a flag at t may only use data up to t")
+    rw = cfg.train.loss.regime_weighting
+    unknown = [k for k in rw.weight_map if k not in fl.flag_names]
+    if unknown:
+        raise ConfigError(
+            f"train.loss.regime_weighting.weight_map: unknown flags {unknown}; flags: {list(fl.flag_names)}"
+        )
+
+
+def _check_rul(cfg: RootCfg) -> None:
+    rul, head = cfg.data.rul, cfg.model.heads.rul
+    if head.enabled != rul.enabled:
+        raise ConfigError(
+            f"model.heads.rul.enabled={head.enabled} but data.rul.enabled={rul.enabled}: the RUL head trains on the "
+            "data.rul target column, so turn both on or both off"
+        )
+    if not rul.enabled:
+        return
+    if not rul.cap > 0:
+        raise ConfigError(f"data.rul.cap must be > 0 (the target is min(rul, cap)), got {rul.cap}")
+    ident = cfg.data.identifiers
+    if rul.column in (ident.turbine_id_col, ident.time_col):
+        raise ConfigError(f"data.rul.column={rul.column!r} is the turbine-id or time column")
+    leaked = sorted(c for c, col in cfg.data.columns.items() if col == rul.column)
+    if leaked:
+        raise ConfigError(
+            f"data.rul.column={rul.column!r} is also mapped to channels {leaked} in data.columns: the target "
+            "would leak into the model inputs; remove it from data.columns"
+        )
+    if not cfg.train.loss.lambdas.rul >= 0:
+        raise ConfigError(f"train.loss.lambdas.rul must be >= 0, got {cfg.train.loss.lambdas.rul}")
+
+
+def _check_model(cfg: RootCfg) -> None:
+    w, heads, tcn = cfg.data.windowing, cfg.model.heads, cfg.model.tcn
+    if heads.forecast.enabled and w.K <= 0:
+        raise ConfigError("model.heads.forecast.enabled=true needs data.windowing.K > 0 (set K or disable the head)")
+    labels = cfg.data.labels
+    if labels.enabled and not heads.fault.enabled:
+        raise ConfigError("data.labels.enabled=true needs model.heads.fault.enabled=true (labels would be unused)")
+    if heads.fault.enabled and not labels.enabled:
+        raise ConfigError("model.heads.fault.enabled=true needs data.labels.enabled=true: the head would never train")
+    _check_rul(cfg)
+    if labels.enabled:
+        if len(labels.class_names) < 2:
+            raise ConfigError(
+                f"data.labels.class_names needs >= 2 classes (class 0 = normal), got {labels.class_names}"
+            )
+        if heads.fault.C != len(labels.class_names):
+            raise ConfigError(
+                f"model.heads.fault.C={heads.fault.C} must equal len(data.labels.class_names)={len(labels.class_names)}"
+            )
+        if heads.fault.multilabel != labels.multilabel:
+            raise ConfigError("model.heads.fault.multilabel must equal data.labels.multilabel")
+        if not cfg.data.paths.labels_file:
+            raise ConfigError("data.labels.enabled=true with label_source=file needs data.paths.labels_file")
+    if not heads.recon.enabled:
+        raise ConfigError("model.heads.recon.enabled must be true: the anomaly score is the reconstruction error")
+    try:
+        dil = resolve_dilations(tcn.dilations, tcn.num_blocks, tcn.dilation_list)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if tcn.kernel_size < 2 or tcn.D < 1 or not 0.0 <= tcn.dropout < 1.0:
+        raise ConfigError(f"model.tcn: need kernel_size >= 2, D >= 1, 0 <= dropout < 1; got {tcn}")
+    rfa = cfg.model.receptive_field_assert
+    rf = receptive_field(tcn.kernel_size, dil)
+    if rfa.enabled and rfa.must_cover_L and rf < w.L:
+        raise ConfigError(
+            f"receptive field {rf} (kernel_size={tcn.kernel_size}, dilations={dil}) is shorter than "
+            f"data.windowing.L={w.L}: add blocks (model.tcn.num_blocks) or raise kernel_size"
+        )
+
+
+def validate_config(cfg: RootCfg) -> None:
+    """Raise ConfigError naming the key for any violated invariant (allowed values, ranges, consistency)."""
+    for key, allowed in CHOICES.items():
+        value = _get(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(allowed)}")
+    w = cfg.data.windowing
+    checks = [
+        (w.L > 0, "data.windowing.L must be > 0"),
+        (w.K >= 0, "data.windowing.K must be >= 0"),
+        (w.stride > 0, "data.windowing.stride must be > 0"),
+        (0.0 <= w.min_present_fraction <= 1.0, "data.windowing.min_present_fraction must be in [0, 1]"),
+        (cfg.data.sampling.dt_minutes > 0, "data.sampling.dt_minutes must be > 0"),
+        (0.0 < cfg.train.p_mask < 1.0, "train.p_mask must be in (0, 1)"),
+        (0.0 < cfg.infer.p_score < 1.0, "infer.p_score must be in (0, 1)"),
+        (0.0 <= cfg.train.group_mask_prob <= 1.0, "train.group_mask_prob must be in [0, 1]"),
+        (
+            cfg.infer.score_masks != "group" or cfg.train.group_mask_prob > 0,
+            "infer.score_masks=group needs a model trained with train.group_mask_prob > 0 (e.g. 0.5): a model "
+            "that never saw a whole signal hidden cannot predict it from the others",
+        ),
+        (cfg.train.batch_size > 0 and cfg.train.epochs > 0, "train.batch_size and train.epochs must be > 0"),
+        (cfg.infer.topn_features > 0, "infer.topn_features must be > 0"),
+        (0.0 < cfg.infer.calibration.percentile < 100.0, "infer.calibration.percentile must be in (0, 100)"),
+        (cfg.infer.calibration.min_windows > 0, "infer.calibration.min_windows must be > 0"),
+        (cfg.infer.fleet.min_peers >= 1, "infer.fleet.min_peers must be >= 1 (other turbines scored at the same step)"),
+        (0.0 < cfg.infer.calibration.evt_tail_quantile < 1.0, "infer.calibration.evt_tail_quantile must be in (0, 1)"),
+        (
+            0.0 < cfg.infer.calibration.evt_exceedance_prob < 1.0 - cfg.infer.calibration.evt_tail_quantile,
+            "infer.calibration.evt_exceedance_prob must be in (0, 1 - evt_tail_quantile): rarer than the tail",
+        ),
+        (cfg.infer.calibration.evt_min_excesses >= 10, "infer.calibration.evt_min_excesses must be >= 10"),
+        (
+            cfg.infer.alerting.hysteresis.T_off <= cfg.infer.alerting.hysteresis.T_on,
+            "infer.alerting.hysteresis.T_off must be <= T_on",
+        ),
+        (
+            cfg.infer.alerting.debounce.N_on >= 1 and cfg.infer.alerting.debounce.N_off >= 1,
+            "infer.alerting.debounce.N_on and N_off must be >= 1",
+        ),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+    agg = cfg.infer.aggregation
+    if (agg.name == "recent_weighted") != (agg.halflife_steps is not None):
+        raise ConfigError("infer.aggregation.halflife_steps is required by, and only used by, name=recent_weighted")
+    if (agg.name == "feature_topk") != (agg.k is not None) or (agg.k is not None and agg.k < 1):
+        raise ConfigError("infer.aggregation.k (>= 1) is required by, and only used by, name=feature_topk")
+    _check_splits(cfg)
+    _check_channels(cfg)
+    _check_model(cfg)
+    if cfg.train.group_mask_prob > 0 or cfg.infer.score_masks == "group" or cfg.features.context:  # used only then
+        from scada_tcn.trainer.config.groups import feature_groups  # imports the registry, which imports this module
+
+        feature_groups(cfg)

@@ -1,0 +1,349 @@
+"""The config schema (spec section B): one typed dataclass per section, validated by OmegaConf.
+
+Every field has a default except the ones marked MISSING, which a YAML group or an override must set. The
+allowed values of a choice are the members of its `StrEnum` in `scada_tcn.runtime.vocab`, so OmegaConf refuses
+an unknown value with the key named, and the edge reads the same vocabulary from the bundle.
+Cross-field invariants live in `checks.validate_config`; composition from YAML in `compose`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omegaconf import MISSING
+
+GROUPS = ("data", "features", "flags", "model", "train", "infer")
+
+
+# ---------------------------------------------------------------- data
+@dataclass
+class PathsCfg:
+    raw_dir: str = MISSING  # a CSV/Parquet file or a folder of them
+    processed_dir: str = MISSING
+    labels_file: str | None = None  # CSV turbine_id,start,end,fault (when labels.enabled)
+
+
+@dataclass
+class IdentifiersCfg:
+    turbine_id_col: str = "turbine_id"
+    time_col: str = "timestamp"
+    naive_timezone: str | None = None  # zone for stamps without a UTC offset; None refuses them
+
+
+@dataclass
+class SamplingCfg:
+    dt_minutes: int = 10
+
+
+@dataclass
+class WindowingCfg:
+    L: int = 144
+    K: int = 6
+    stride: int = 1
+    min_present_fraction: float = 0.5  # windows with less present input data are not indexed
+    include_last: bool = False  # also index each turbine's last complete window when the stride skips it
+
+
+@dataclass
+class SplitsCfg:
+    method: str = "time"  # time | turbine
+    train_range: list[str] | None = None  # [start, end) ISO-8601
+    val_range: list[str] | None = None
+    test_range: list[str] | None = None
+    # method=turbine: turbine ids or glob patterns (fnmatch: * ? [seq] [!seq]), e.g. ["train_??[!05]"]; a
+    # turbine matching two splits, or a pattern matching no turbine, stops scada-prepare
+    train_turbines: list[str] | None = None
+    val_turbines: list[str] | None = None
+    test_turbines: list[str] | None = None
+
+
+@dataclass
+class LabelsCfg:
+    enabled: bool = False
+    label_source: str = "file"
+    label_rule: str = "window_any"  # window_any | window_last | horizon_any
+    class_names: list[str] = field(default_factory=list)  # class 0 is the normal class
+    multilabel: bool = False
+
+
+@dataclass
+class RulTargetCfg:
+    """An optional per-step remaining-useful-life target column (in steps), never a feature."""
+
+    enabled: bool = False
+    column: str = "rul"  # column of the raw table; must not be mapped in data.columns
+    cap: float = 125.0  # training target min(rul, cap) (piecewise-linear RUL); also the loss scale
+
+
+@dataclass
+class QcCfg:
+    clamp: dict[str, list[float]] = field(default_factory=dict)  # channel -> [min, max]; outside -> missing
+    winsorize: dict[str, list[float]] = field(default_factory=dict)  # channel -> [low_q, high_q] (train split)
+    dedupe_rule: str = "last"
+    aggregation: dict[str, str] = field(default_factory=dict)  # channel -> mean|max|min|last
+
+
+@dataclass
+class DataCfg:
+    name: str = MISSING
+    format: str = "auto"  # auto | csv | parquet
+    paths: PathsCfg = field(default_factory=PathsCfg)
+    identifiers: IdentifiersCfg = field(default_factory=IdentifiersCfg)
+    columns: dict[str, str] = field(default_factory=dict)  # channel -> column in the raw table
+    sampling: SamplingCfg = field(default_factory=SamplingCfg)
+    windowing: WindowingCfg = field(default_factory=WindowingCfg)
+    splits: SplitsCfg = field(default_factory=SplitsCfg)
+    labels: LabelsCfg = field(default_factory=LabelsCfg)
+    rul: RulTargetCfg = field(default_factory=RulTargetCfg)
+    qc: QcCfg = field(default_factory=QcCfg)
+
+
+# ---------------------------------------------------------------- features and flags
+@dataclass
+class YawErrorCfg:
+    enabled: bool = False
+    wind_dir_col: str = "wind_dir"
+    nacelle_yaw_col: str = "nacelle_dir"
+    output_name: str = "yaw_error"
+    min_wind_speed: float | None = None  # yaw error missing below this wind speed (the turbine is not tracking)
+    wind_speed_col: str = "wind_speed"  # the channel min_wind_speed applies to
+
+
+@dataclass
+class DeltasCfg:
+    enabled: bool = False
+    channels: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RollingCfg:
+    enabled: bool = False
+    windows: list[int] = field(default_factory=list)
+    stats: list[str] = field(default_factory=lambda: ["mean", "std"])
+    channels: list[str] = field(default_factory=list)
+    causal: bool = True
+
+
+@dataclass
+class ScalerCfg:
+    type: str = "robust"
+    clip_iqr: float | None = None
+    scale_angles: bool = False
+
+
+@dataclass
+class OrderingCfg:
+    explicit: bool = False
+    feature_names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FeaturesCfg:
+    raw_channels: list[str] = MISSING
+    angular_channels: list[str] = field(default_factory=list)
+    angle_units: str = "deg"
+    yaw_error: YawErrorCfg = field(default_factory=YawErrorCfg)
+    differences: dict[str, list[str]] = field(default_factory=dict)  # name -> [a, b]: a - b (e.g. above ambient)
+    deltas: DeltasCfg = field(default_factory=DeltasCfg)
+    rolling: RollingCfg = field(default_factory=RollingCfg)
+    fill_value_c: float = 0.0
+    scaler: ScalerCfg = field(default_factory=ScalerCfg)
+    output_ordering: OrderingCfg = field(default_factory=OrderingCfg)
+    # name -> base columns (channels, yaw error, differences) that carry one physical signal and are hidden
+    # together by the group masks; a base not listed is a group of its own (trainer.config.groups)
+    mask_groups: dict[str, list[str]] = field(default_factory=dict)
+    # base columns that are model inputs only: never hidden at scoring, never scored (e.g. wind_dir: weather)
+    context: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FlagSourcesCfg:
+    type: str = "rules"  # rules (expressions over channels) | columns (bare channel names, nonzero -> 1)
+    mapping: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class FlagsCfg:
+    flag_names: list[str] = field(default_factory=list)
+    sources: FlagSourcesCfg = field(default_factory=FlagSourcesCfg)
+    causal_alignment: bool = True
+
+
+# ---------------------------------------------------------------- model, train, infer
+@dataclass
+class TcnCfg:
+    D: int = 64
+    kernel_size: int = 3
+    num_blocks: int = 6
+    dilations: str = "powers_of_two"  # powers_of_two | explicit
+    dilation_list: list[int] = field(default_factory=list)
+    dropout: float = 0.1
+    norm: str = "weight_norm"  # none | weight_norm | layer_norm
+
+
+@dataclass
+class HeadToggleCfg:
+    enabled: bool = True
+
+
+@dataclass
+class ForecastHeadCfg:
+    enabled: bool = True
+    summary: str = "last"
+    hidden: int = 128
+
+
+@dataclass
+class FaultHeadCfg:
+    enabled: bool = False
+    pooling: str = "mean"
+    C: int = 0
+    multilabel: bool = False
+    hidden: int = 64
+
+
+@dataclass
+class RulHeadCfg:
+    enabled: bool = False
+    hidden: int = 64
+
+
+@dataclass
+class HeadsCfg:
+    recon: HeadToggleCfg = field(default_factory=HeadToggleCfg)
+    forecast: ForecastHeadCfg = field(default_factory=ForecastHeadCfg)
+    fault: FaultHeadCfg = field(default_factory=FaultHeadCfg)
+    rul: RulHeadCfg = field(default_factory=RulHeadCfg)
+
+
+@dataclass
+class RfAssertCfg:
+    enabled: bool = True
+    must_cover_L: bool = True
+
+
+@dataclass
+class ModelCfg:
+    tcn: TcnCfg = field(default_factory=TcnCfg)
+    heads: HeadsCfg = field(default_factory=HeadsCfg)
+    receptive_field_assert: RfAssertCfg = field(default_factory=RfAssertCfg)
+
+
+@dataclass
+class LambdasCfg:
+    recon: float = 1.0
+    pred: float = 1.0
+    fault: float = 1.0
+    rul: float = 1.0  # used only with model.heads.rul.enabled
+
+
+@dataclass
+class RegimeWeightingCfg:
+    enabled: bool = False
+    weight_map: dict[str, float] = field(default_factory=dict)  # flag name -> loss weight when active
+
+
+@dataclass
+class LossCfg:
+    huber_delta: float = 1.0
+    lambdas: LambdasCfg = field(default_factory=LambdasCfg)
+    regime_weighting: RegimeWeightingCfg = field(default_factory=RegimeWeightingCfg)
+
+
+@dataclass
+class OptimizerCfg:
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+
+
+@dataclass
+class SchedulerCfg:
+    name: str = "none"  # none | cosine
+    warmup_steps: int = 0
+
+
+@dataclass
+class TrainCfg:
+    batch_size: int = 64
+    epochs: int = 10
+    p_mask: float = 0.15
+    group_mask_prob: float = 0.0  # share of masked-reconstruction windows hiding one whole feature group
+    loss: LossCfg = field(default_factory=LossCfg)
+    optimizer: OptimizerCfg = field(default_factory=OptimizerCfg)
+    scheduler: SchedulerCfg = field(default_factory=SchedulerCfg)
+    grad_clip: float | None = 1.0
+    early_stopping_patience: int = 5
+    max_steps_per_epoch: int | None = None
+    num_workers: int = 0
+    amp: bool = True  # automatic mixed precision, used on CUDA only
+
+
+@dataclass
+class AggregationCfg:
+    name: str = "masked_mean"  # masked_mean | recent_weighted | feature_topk
+    halflife_steps: float | None = None  # recent_weighted only
+    k: int | None = None  # feature_topk only: mean of the k worst features, each over its normal error level
+
+
+@dataclass
+class CalibrationCfg:
+    enabled: bool = True
+    method: str = "percentile"  # percentile | evt
+    percentile: float = 99.5
+    per_turbine: bool = True
+    per_regime: bool = False
+    min_windows: int = 200
+    evt_tail_quantile: float = 0.95  # evt: the tail starts at this quantile of the normal scores
+    evt_exceedance_prob: float = 0.001  # evt: threshold exceeded by this share of normal windows
+    evt_min_excesses: int = 30  # evt: fewer excesses than this -> the group falls back
+
+
+@dataclass
+class HysteresisCfg:
+    T_on: float = 1.0  # multiples of the calibrated threshold
+    T_off: float = 0.8
+
+
+@dataclass
+class DebounceCfg:
+    N_on: int = 3
+    N_off: int = 6
+
+
+@dataclass
+class AlertingCfg:
+    hysteresis: HysteresisCfg = field(default_factory=HysteresisCfg)
+    debounce: DebounceCfg = field(default_factory=DebounceCfg)
+
+
+@dataclass
+class FleetCfg:
+    relative: bool = False  # threshold and alert on score - median(other turbines' scores at the same step)
+    min_peers: int = 1  # other turbines scored at that step needed for a fleet-relative score
+
+
+@dataclass
+class InferCfg:
+    p_score: float = 0.25
+    score_seed: int = 1234
+    score_masks: str = "element"  # element (P = round(1/p_score) random patterns) | group (one pass per group)
+    aggregation: AggregationCfg = field(default_factory=AggregationCfg)
+    topn_features: int = 5
+    calibration: CalibrationCfg = field(default_factory=CalibrationCfg)
+    alerting: AlertingCfg = field(default_factory=AlertingCfg)
+    fleet: FleetCfg = field(default_factory=FleetCfg)
+
+
+@dataclass
+class RootCfg:
+    experiment_name: str = "default"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    output_dir: str = "artifacts/default"
+    data: DataCfg = field(default_factory=DataCfg)
+    features: FeaturesCfg = field(default_factory=FeaturesCfg)
+    flags: FlagsCfg = field(default_factory=FlagsCfg)
+    model: ModelCfg = field(default_factory=ModelCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+    infer: InferCfg = field(default_factory=InferCfg)

@@ -1,0 +1,143 @@
+"""Loading raw SCADA tables (CSV/Parquet, one row per turbine and timestamp) into checked numpy arrays.
+
+pandas only reads and parses here; every computation on the values happens in `runtime/`. What is refused,
+with a message that says what to fix: a missing turbine-id or time column, a mapped channel column that is
+not in the table, unparseable timestamps, a mix of stamps with and without a UTC offset (or naive stamps
+without `data.identifiers.naive_timezone`). Non-numeric cells (`-`, `#N/A`, ...) become missing and are
+counted per channel. With `data.rul.enabled` the target column `data.rul.column` is read beside the channels
+(never as one: it must not reach the features); a non-numeric target cell is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from scada_tcn.runtime.errors import InputError
+from scada_tcn.trainer.config import DataCfg
+
+_OFFSET_RE = r"(?:Z|[+-]\d{2}:?\d{2})$"
+
+
+@dataclass
+class RawTable:
+    """Samples of all turbines: `values[i]` holds `channels` of turbine `turbine_ids[i]` at `ts_ns[i]`."""
+
+    turbine_ids: np.ndarray  # (n,) str
+    ts_ns: np.ndarray  # (n,) int64, ns since epoch, UTC
+    values: np.ndarray  # (n, C) float64, NaN = missing
+    channels: tuple[str, ...]
+    non_numeric: dict[str, int] = field(default_factory=dict)  # channel -> cells that were not numbers
+    files: list[str] = field(default_factory=list)
+    rul: np.ndarray | None = None  # (n,) float64 target column `data.rul.column` when data.rul.enabled, NaN = none
+
+
+def _list_files(path: Path, fmt: str) -> list[Path]:
+    exts = {"csv": (".csv", ".csv.gz"), "parquet": (".parquet", ".pq")}
+    allowed = exts["csv"] + exts["parquet"] if fmt == "auto" else exts[fmt]
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(allowed))
+        if not files:
+            raise InputError(f"no {fmt} files ({', '.join(allowed)}) in folder {path}")
+        return files
+    raise InputError(f"data.paths.raw_dir={path} does not exist (give a CSV/Parquet file or a folder of them)")
+
+
+def _read(path: Path, columns: list[str]) -> pd.DataFrame:
+    name = path.name.lower()
+    if name.endswith((".parquet", ".pq")):
+        df = pd.read_parquet(path)
+    else:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise InputError(
+            f"{path}: columns {missing} not found; the table has {list(df.columns)[:40]}. "
+            "Fix data.identifiers / data.columns to name columns of your export."
+        )
+    return df[columns]
+
+
+def _utc_ns(stamps: pd.Series) -> np.ndarray:
+    naive_utc = stamps.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[ns]")
+    return naive_utc.to_numpy().view(np.int64)
+
+
+def parse_timestamps(col: pd.Series, naive_timezone: str | None, where: str) -> np.ndarray:
+    """ISO-8601 strings (with offsets) or epoch seconds -> int64 ns UTC. Refuses mixed or unparseable stamps."""
+    if pd.api.types.is_numeric_dtype(col):
+        secs = col.to_numpy(dtype=np.float64)
+        if np.isnan(secs).any():
+            raise InputError(f"{where}: {int(np.isnan(secs).sum())} empty timestamps")
+        return np.round(secs * 1e9).astype(np.int64)
+    if isinstance(col.dtype, pd.DatetimeTZDtype):
+        return _utc_ns(col)
+    s = col.astype(str).str.strip()
+    parsed = pd.to_datetime(s, format="ISO8601", utc=True, errors="coerce")
+    if parsed.isna().any():
+        bad = s[parsed.isna()].head(3).tolist()
+        raise InputError(f"{where}: {int(parsed.isna().sum())} unparseable timestamps, e.g. {bad} (expected ISO-8601)")
+    has_offset = s.str.contains(_OFFSET_RE, regex=True)
+    if has_offset.any() and not has_offset.all():
+        bad = s[~has_offset].head(3).tolist()
+        raise InputError(
+            f"{where}: mixed time zones: {int((~has_offset).sum())} stamps have no UTC offset while others do "
+            f"(e.g. {bad}); export all stamps with an offset"
+        )
+    if not has_offset.all():
+        if naive_timezone is None:
+            raise InputError(
+                f"{where}: timestamps have no UTC offset (e.g. {s.iloc[0]!r}); set "
+                "data.identifiers.naive_timezone=UTC (or the site's zone, e.g. Europe/Paris)"
+            )
+        parsed = parsed.dt.tz_localize(None).dt.tz_localize(naive_timezone, ambiguous="raise", nonexistent="raise")
+    return _utc_ns(parsed)
+
+
+def _to_numeric(col: pd.Series) -> tuple[np.ndarray, int]:
+    if pd.api.types.is_numeric_dtype(col):
+        return col.to_numpy(dtype=np.float64, na_value=np.nan), 0
+    num = pd.to_numeric(col, errors="coerce")
+    bad = int((col.notna() & num.isna()).sum())
+    return num.to_numpy(dtype=np.float64, na_value=np.nan), bad
+
+
+def load_raw_table(data: DataCfg) -> RawTable:
+    """Read every file of `data.paths.raw_dir`, map columns to channels, parse stamps and values."""
+    ident = data.identifiers
+    channels = tuple(data.columns)
+    source_cols = [ident.turbine_id_col, ident.time_col] + [data.columns[c] for c in channels]
+    if data.rul.enabled:
+        source_cols.append(data.rul.column)
+    files = _list_files(Path(data.paths.raw_dir), data.format)
+    frames = [_read(f, list(dict.fromkeys(source_cols))) for f in files]
+    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    ids = df[ident.turbine_id_col]
+    if ids.isna().any():
+        raise InputError(f"{int(ids.isna().sum())} rows have no turbine id in column {ident.turbine_id_col!r}")
+    ts = parse_timestamps(df[ident.time_col], ident.naive_timezone, f"column {ident.time_col!r}")
+    values = np.empty((len(df), len(channels)), dtype=np.float64)
+    non_numeric: dict[str, int] = {}
+    for j, c in enumerate(channels):
+        values[:, j], non_numeric[c] = _to_numeric(df[data.columns[c]])
+    values[~np.isfinite(values)] = np.nan
+    rul = None
+    if data.rul.enabled:
+        rul, bad = _to_numeric(df[data.rul.column])
+        if bad:
+            raise InputError(f"target column {data.rul.column!r} (data.rul.column) holds {bad} non-numeric cells")
+        rul[~np.isfinite(rul)] = np.nan
+    return RawTable(
+        turbine_ids=ids.astype(str).to_numpy(dtype=object),
+        ts_ns=ts,
+        values=values,
+        channels=channels,
+        non_numeric=non_numeric,
+        files=[str(f) for f in files],
+        rul=rul,
+    )

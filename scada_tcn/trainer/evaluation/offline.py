@@ -1,0 +1,310 @@
+"""`scada-infer`: batch inference over every window of a prepared split, with the torch or the ONNX engine.
+
+Engines share one verb and one result record: `score(X, M_miss, Flags) -> runtime.scorer.ScoreBatch`.
+`--checkpoint` runs the torch reference (`trainer.model.reference`), `--bundle` the exported graphs through
+`runtime.scorer.OnnxScorer`; both give the same numbers (the export's parity tolerance). Thresholds come from
+the bundle's calibration, or, for a checkpoint, from the same calibration the export fits (the validation
+split's fault-free windows). Alerts come from `runtime.alerts.AlertState`, the edge's state machine, fed each
+turbine's windows in time order: debounce counts consecutive scored windows (`data.windowing.stride` steps apart).
+
+Writes `results.parquet` (one row per window: turbine, window end time, score, threshold and its source,
+regime, top features by name with their contributions, fault probabilities, forecast error, label, predicted
+and true RUL when the model has the RUL head) and
+`alerts.jsonl` (one line per alert transition), and returns a summary.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import OmegaConf
+
+from scada_tcn.runtime.alerts import AlertState
+from scada_tcn.runtime.bundle import AlertingParams, FleetParams, load_bundle
+from scada_tcn.runtime.calibration import Calibration, regime_of
+from scada_tcn.runtime.drift import DriftReference
+from scada_tcn.runtime.errors import SpecError
+from scada_tcn.runtime.peers import fleet_relative
+from scada_tcn.runtime.scorer import OnnxScorer, ScoreBatch
+from scada_tcn.trainer.calibration.fit import calibrate, feature_reference, fit_feature_scale
+from scada_tcn.trainer.config import RootCfg, to_root
+from scada_tcn.trainer.data.store import PreparedData
+from scada_tcn.trainer.model.network import predict_proba_fault
+from scada_tcn.trainer.model.reference import ReferenceModules, build_reference, checkpoint_config
+from scada_tcn.trainer.training.fit import load_checkpoint
+
+
+class Engine(Protocol):
+    def score(self, X: np.ndarray, M_miss: np.ndarray, Flags: np.ndarray) -> ScoreBatch: ...
+
+
+class TorchEngine:
+    """The torch reference: the scoring module and the clean pass of a checkpoint."""
+
+    def __init__(self, ref: ReferenceModules) -> None:
+        self.ref = ref
+
+    def score(self, X: np.ndarray, M_miss: np.ndarray, Flags: np.ndarray) -> ScoreBatch:
+        tX, tM, tF = (torch.from_numpy(a) for a in (X, M_miss, Flags))
+        with torch.no_grad():
+            s = self.ref.scoring(tX, tM, tF)
+            clean = dict(zip(self.ref.clean.output_names, self.ref.clean(tX, tM, tF)))
+        cfg = self.ref.model.cfg
+        logits = clean.get("fault_logits")
+        return ScoreBatch(
+            s_now=s.s_now.numpy(),
+            feat_contrib=s.feat_contrib.numpy(),
+            top_idx=s.top_idx.numpy(),
+            E=s.E.numpy(),
+            Y_hat=clean["Y_hat"].numpy() if "Y_hat" in clean else None,
+            fault_prob=predict_proba_fault(logits, cfg.fault_multilabel).numpy() if logits is not None else None,
+            rul=clean["rul"][:, 0].numpy() if "rul" in clean else None,
+        )
+
+
+@dataclass
+class InferSetup:
+    cfg: RootCfg
+    data: PreparedData
+    engine: Engine
+    engine_name: str
+    calibration: Calibration
+    calibration_source: str
+    alerting: AlertingParams
+    fleet: FleetParams
+    class_names: list[str]
+    feature_reference: DriftReference  # validation split, for drift checks
+
+
+def setup_from_checkpoint(checkpoint: str | Path, data_dir: str | Path | None = None) -> InferSetup:
+    """Torch engine; thresholds fitted on the validation split exactly as `scada-export` does."""
+    ckpt = load_checkpoint(checkpoint)
+    cfg = checkpoint_config(ckpt, (), data_dir)
+    data = PreparedData(cfg)
+    _same_features(data, ckpt["scaler"], ckpt["pipeline_spec"], f"checkpoint {checkpoint}")
+    ref = build_reference(ckpt, cfg)
+    fit_feature_scale(ref.scoring, data, cfg)  # the same levels the export bakes into the graph
+    cal = calibrate(ref.scoring, data, cfg).calibration
+    a = cfg.infer.alerting
+    alerting = AlertingParams(a.hysteresis.T_on, a.hysteresis.T_off, a.debounce.N_on, a.debounce.N_off)
+    names = list(cfg.data.labels.class_names) if cfg.data.labels.enabled else []
+    fleet = FleetParams(cfg.infer.fleet.relative, cfg.infer.fleet.min_peers, cfg.data.windowing.min_present_fraction)
+    return InferSetup(
+        cfg,
+        data,
+        TorchEngine(ref),
+        "torch",
+        cal,
+        f"fitted now: {cal.fitted_on}",
+        alerting,
+        fleet,
+        names,
+        feature_reference(data, cfg),
+    )
+
+
+def setup_from_bundle(bundle_dir: str | Path, data_dir: str | Path, threads: int = 1) -> InferSetup:
+    """ONNX engine and the bundle's own calibration and alerting parameters."""
+    bundle = load_bundle(bundle_dir)
+    cfg_path = Path(data_dir) / "config.yaml"
+    if not cfg_path.is_file():
+        raise SpecError(f"{data_dir} holds no config.yaml: pass the processed_dir written by scada-prepare")
+    saved = OmegaConf.to_container(OmegaConf.load(cfg_path))
+    saved["data"]["paths"]["processed_dir"] = str(data_dir)  # the folder may have been moved or copied
+    cfg = to_root(saved)
+    data = PreparedData(cfg)
+    _same_features(data, bundle.scaler.to_dict(), bundle.spec.to_dict(), f"bundle {bundle_dir}")
+    if bundle.fleet.relative and cfg.data.windowing.min_present_fraction != bundle.fleet.min_present_fraction:
+        raise SpecError(
+            f"{data_dir} was prepared with windowing.min_present_fraction="
+            f"{cfg.data.windowing.min_present_fraction}, the bundle's fleet-relative scores use "
+            f"{bundle.fleet.min_present_fraction}: the peer sets would differ; prepare with the bundle's"
+        )
+    engine = OnnxScorer(bundle, intra_op_threads=threads)
+    return InferSetup(
+        cfg,
+        data,
+        engine,
+        "onnx",
+        bundle.calibration,
+        f"bundle {bundle.model_id[:12]}",
+        bundle.alerting,
+        bundle.fleet,
+        list(bundle.class_names),
+        bundle.feature_reference,
+    )
+
+
+def setup_from_args(checkpoint: str | None, bundle: str | None, data: str | None) -> tuple[InferSetup, Path]:
+    """The engine the command line asks for (exactly one of checkpoint or bundle) and its run folder."""
+    if (checkpoint is None) == (bundle is None):
+        raise SpecError("give exactly one of --checkpoint (torch engine) or --bundle (onnxruntime engine)")
+    if bundle is not None:
+        if data is None:
+            raise SpecError("--bundle needs --data PREPARED_DIR (the folder scada-prepare wrote)")
+        return setup_from_bundle(bundle, data), Path(bundle).resolve().parent
+    assert checkpoint is not None
+    return setup_from_checkpoint(checkpoint, data), Path(checkpoint).resolve().parent.parent
+
+
+def _same_features(data: PreparedData, scaler: dict[str, Any], spec: dict[str, Any], what: str) -> None:
+    """The prepared arrays must come from the model's own preprocessing: same spec (winsor caps included) and
+    scaler. Other data prepared with them (e.g. a copy with injected faults) is fine."""
+    if data.scaler != scaler or data.pipeline_spec != spec:
+        raise SpecError(
+            f"{what}: {data.dir} was prepared with another scaler or feature spec than the model was trained "
+            "with, so its features differ. Score new raw data with `scada-runtime replay`."
+        )
+
+
+def _forecast_mae(Y_hat: np.ndarray, Y_true: np.ndarray, M_future: np.ndarray) -> np.ndarray:
+    n = M_future.sum(axis=(1, 2))
+    err = (np.abs(Y_hat - Y_true) * M_future).sum(axis=(1, 2))
+    return np.where(n > 0, err / np.maximum(n, 1), np.nan)
+
+
+@dataclass
+class SplitArrays:
+    """Per-window arrays in the row order of the results table (for evaluation)."""
+
+    contrib: np.ndarray  # (N, F) feature contributions
+    Y_hat: np.ndarray | None  # (N, K, F)
+    Y_true: np.ndarray  # (N, K, F)
+    M_future: np.ndarray  # (N, K, F)
+    fault_prob: np.ndarray | None  # (N, C)
+
+
+def infer_split(
+    setup: InferSetup, split: str, batch_size: int = 256, collect: bool = False
+) -> tuple[pd.DataFrame, float, SplitArrays | None]:
+    """Score every window of `split` in time order per turbine -> results table, windows/s, and (with
+    `collect`) the full per-window arrays."""
+    ds = setup.data.dataset(setup.cfg, split)
+    if len(ds) == 0:
+        raise SpecError(f"split {split!r} has no windows in {setup.data.dir}")
+    order = np.lexsort((ds.t_end, ds.codes))
+    names = setup.data.feature_reg.feature_names
+    rows: list[pd.DataFrame] = []
+    arrays: dict[str, list[np.ndarray]] = {"contrib": [], "Y_hat": [], "Y_true": [], "M_future": [], "fault_prob": []}
+    t0 = time.perf_counter()
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        b = ds.__getitems__(idx.tolist())
+        X, M, Fl = (b[k].numpy() for k in ("X", "M_miss", "Flags"))
+        out = setup.engine.score(X, M, Fl)
+        part = {
+            "turbine_id": [ds.turbines[c] for c in ds.codes[idx]],
+            "t_end": pd.to_datetime(ds.t_end[idx], utc=True),
+            "score": out.s_now.astype(np.float64),
+            "regime": regime_of(Fl[:, -1, :], setup.data.flag_reg.flag_names),
+            "top_features": [[names[j] for j in row] for row in out.top_idx],
+            "top_contrib": [out.feat_contrib[i, row].astype(np.float64).tolist() for i, row in enumerate(out.top_idx)],
+        }
+        if out.Y_hat is not None:
+            part["forecast_mae"] = _forecast_mae(out.Y_hat, b["Y_true"].numpy(), b["M_future"].numpy())
+        if out.fault_prob is not None:
+            for j, c in enumerate(setup.class_names):
+                part[f"p_{c}"] = out.fault_prob[:, j].astype(np.float64)
+        if ds.y is not None and ds.y.ndim == 1:
+            part["y"] = ds.y[idx]
+        if out.rul is not None:
+            part["rul"] = np.asarray(out.rul, np.float64).reshape(-1)
+            if ds.rul is not None:
+                part["rul_true"] = np.where(ds.has_rul[idx] > 0.5, ds.rul[idx], np.nan).astype(np.float64)
+        rows.append(pd.DataFrame(part))
+        if collect:
+            for k, v in (
+                ("contrib", out.feat_contrib),
+                ("Y_hat", out.Y_hat),
+                ("Y_true", b["Y_true"].numpy()),
+                ("M_future", b["M_future"].numpy()),
+                ("fault_prob", out.fault_prob),
+            ):
+                if v is not None:
+                    arrays[k].append(v)
+    rate = len(order) / (time.perf_counter() - t0)
+    res = pd.concat(rows, ignore_index=True)
+    if setup.fleet.relative:  # every indexed window passed min_present_fraction, so every one is a peer
+        rel, peers = fleet_relative(
+            res["score"].to_numpy(), ds.t_end[order], np.ones(len(res), bool), setup.fleet.min_peers
+        )
+        res.insert(res.columns.get_loc("score") + 1, "score_raw", res["score"])
+        res["score"], res["peers"] = rel, peers
+    thr = [setup.calibration.threshold_for(t, r) for t, r in zip(res["turbine_id"], res["regime"])]
+    res["threshold"] = [t for t, _ in thr]
+    res["threshold_source"] = [s for _, s in thr]
+    if not collect:
+        return res, rate, None
+    cat = {k: np.concatenate(v) if v else None for k, v in arrays.items()}
+    return res, rate, SplitArrays(cat["contrib"], cat["Y_hat"], cat["Y_true"], cat["M_future"], cat["fault_prob"])
+
+
+def apply_alerts(res: pd.DataFrame, alerting: AlertingParams) -> list[dict[str, Any]]:
+    """Run the edge's alert state machine over each turbine's windows in time order; adds `alert_on`.
+
+    A window without a score (NaN: a fleet-relative score with too few peers) leaves its turbine's state as it
+    was, as on the edge."""
+    state = AlertState(alerting.T_on, alerting.T_off, alerting.N_on, alerting.N_off)
+    turbines = sorted(res["turbine_id"].unique())
+    slot = res["turbine_id"].map({t: i for i, t in enumerate(turbines)}).to_numpy()
+    pos = res.groupby("turbine_id").cumcount().to_numpy()  # k-th window of its turbine (rows are time-sorted)
+    score, thr = res["score"].to_numpy(), res["threshold"].to_numpy()
+    scored = np.isfinite(score)
+    by_pos = np.argsort(pos, kind="stable")
+    bounds = np.searchsorted(pos[by_pos], np.arange(int(pos.max()) + 2))
+    on = np.zeros(len(res), bool)
+    events: list[dict[str, Any]] = []
+    for k in range(len(bounds) - 1):  # one vectorised step per window position across the fleet
+        at = by_pos[bounds[k] : bounds[k + 1]]
+        held, rows = at[~scored[at]], at[scored[at]]
+        states = state.get()
+        on[held] = [bool(states[i]) if i < len(states) else False for i in slot[held]]
+        tr = state.step(slot[rows], score[rows], thr[rows])
+        on[rows] = tr.on
+        for r, up, down in zip(rows, tr.turned_on, tr.turned_off):
+            if up or down:
+                events.append(
+                    {
+                        "turbine_id": res.at[r, "turbine_id"],
+                        "ts": res.at[r, "t_end"].isoformat(),
+                        "event": "on" if up else "off",
+                        "score": float(res.at[r, "score"]),
+                        "threshold": float(res.at[r, "threshold"]),
+                        "top_features": list(res.at[r, "top_features"]),
+                    }
+                )
+    res["alert_on"] = on
+    events.sort(key=lambda e: (e["ts"], e["turbine_id"]))
+    return events
+
+
+def run_batch_inference(setup: InferSetup, split: str, out_dir: str | Path, batch_size: int = 256) -> dict[str, Any]:
+    """Score, threshold and alert every window of `split`; write results.parquet and alerts.jsonl."""
+    res, rate, _ = infer_split(setup, split, batch_size)
+    events = apply_alerts(res, setup.alerting)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    res.to_parquet(out / "results.parquet", index=False)
+    with (out / "alerts.jsonl").open("w") as f:
+        for e in events:
+            f.write(json.dumps(e) + "\n")
+    summary = {
+        "engine": setup.engine_name,
+        "split": split,
+        "windows": int(len(res)),
+        "windows_per_s": rate,
+        "turbines": sorted(res["turbine_id"].unique().tolist()),
+        "alerts_raised": sum(e["event"] == "on" for e in events),
+        "calibration": setup.calibration_source,
+        "results": str(out / "results.parquet"),
+        "alerts": str(out / "alerts.jsonl"),
+    }
+    (out / "infer_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,102 @@
+"""`scada-inject`: put the simulator's labelled faults into a real SCADA export, reproducibly.
+
+For judging detection on data without fault labels (La Haute Borne): one turbine's rows in a period (default:
+the config's test range) receive each fault kind of `trainer.sources.faults` in turn, one per equal slot of the
+period, centred in its slot, lasting `hours` (capped at half the slot). The injectors work on canonical
+channels; `data.columns` maps them to and from the export's own columns, so every other column and every other
+row is written back untouched. Output: the whole table with the injected turbine (same format family as the
+input: CSV, gzip-compressed when the input was) and `labels.csv` (turbine_id, start, end, fault), which
+`scada-evaluate --labels` reads. The same seed gives the same faults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from scada_tcn.runtime.errors import InputError
+from scada_tcn.trainer.config import DataCfg
+from scada_tcn.trainer.data.tables import parse_timestamps
+from scada_tcn.trainer.sources.faults import FAULT_KINDS, inject_fault
+
+
+def _read_all(path: Path) -> pd.DataFrame:
+    if path.is_dir():
+        raise InputError(f"{path} is a folder: scada-inject takes one CSV/Parquet export (data.paths.raw_dir)")
+    if path.name.lower().endswith((".parquet", ".pq")):
+        return pd.read_parquet(path)
+    return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+
+
+def schedule(start: pd.Timestamp, end: pd.Timestamp, kinds: tuple[str, ...], hours: float) -> list[tuple]:
+    """(kind, start, end) per kind: equal slots of [start, end), each fault centred in its slot."""
+    slot = (end - start) / len(kinds)
+    dur = min(pd.Timedelta(hours=hours), slot / 2)
+    out = []
+    for i, kind in enumerate(kinds):
+        mid = start + slot * (i + 0.5)
+        a = (mid - dur / 2).floor("10min")
+        out.append((kind, a, a + dur))
+    return out
+
+
+def inject_table(
+    data: DataCfg,
+    turbine: str,
+    out_dir: str | Path,
+    seed: int = 0,
+    hours: float = 72.0,
+    start: str | None = None,
+    end: str | None = None,
+    kinds: tuple[str, ...] = FAULT_KINDS,
+) -> dict[str, Path]:
+    """Inject `kinds` into `turbine` of the export `data.paths.raw_dir`; write the table and labels.csv."""
+    unknown = sorted(set(kinds) - set(FAULT_KINDS))
+    if unknown:
+        raise InputError(f"unknown fault kinds {unknown}; allowed {list(FAULT_KINDS)}")
+    src = Path(data.paths.raw_dir)
+    df = _read_all(src)
+    ident = data.identifiers
+    ids = df[ident.turbine_id_col].astype(str)
+    if turbine not in set(ids):
+        raise InputError(f"turbine {turbine!r} not in {src}; turbines: {sorted(set(ids))}")
+    rows = np.flatnonzero(ids.to_numpy() == turbine)
+    canon = {src_col: ch for ch, src_col in data.columns.items()}
+    part = df.iloc[rows][list(canon)].apply(pd.to_numeric, errors="coerce").rename(columns=canon)
+    ts = parse_timestamps(df[ident.time_col].iloc[rows], ident.naive_timezone, f"column {ident.time_col!r}")
+    part["timestamp"] = pd.to_datetime(ts, utc=True)
+    rng_start = pd.Timestamp(start or data.splits.test_range[0]).tz_convert("UTC")
+    rng_end = pd.Timestamp(end or data.splits.test_range[1]).tz_convert("UTC")
+    rng_end = min(rng_end, part["timestamp"].max())
+    if not rng_start < rng_end:
+        raise InputError(f"empty injection period {rng_start} -> {rng_end} for turbine {turbine}")
+    plan = schedule(rng_start, rng_end, kinds, hours)
+    rng = np.random.default_rng(seed)
+    for kind, a, b in plan:
+        part = inject_fault(part, kind, a, b, rng)
+    out_df = df.copy()
+    for src_col, ch in canon.items():
+        changed = part[ch].to_numpy()
+        if pd.api.types.is_numeric_dtype(df[src_col]):
+            out_df.loc[out_df.index[rows], src_col] = changed
+        else:  # keep the export's text form where the value did not change
+            old = pd.to_numeric(df[src_col].iloc[rows], errors="coerce").to_numpy()
+            same = (old == changed) | (np.isnan(old) & np.isnan(changed))
+            text = np.where(same, df[src_col].iloc[rows].to_numpy(dtype=object), np.round(changed, 4).astype(str))
+            out_df.loc[out_df.index[rows], src_col] = np.where(np.isnan(changed) & ~same, "", text)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    name = src.name if src.name.lower().endswith((".csv", ".csv.gz", ".parquet", ".pq")) else "scada.csv"
+    table = out / name
+    if name.lower().endswith((".parquet", ".pq")):
+        out_df.to_parquet(table, index=False)
+    else:
+        out_df.to_csv(table, index=False)
+    labels = pd.DataFrame(
+        [(turbine, a.isoformat(), b.isoformat(), k) for k, a, b in plan],
+        columns=["turbine_id", "start", "end", "fault"],
+    )
+    labels.to_csv(out / "labels.csv", index=False)
+    return {"scada": table, "labels": out / "labels.csv"}
