@@ -148,10 +148,10 @@ def main() -> None:
         print(f"  {'total':<14} {sum(sizes.values()) / 1024:8.1f} KiB")
 
         print(
-            f"\nparity (atol={parity['atol']:g}, rtol={parity['rtol']:g}, extreme |x|={parity['extreme']:g}, "
-            f"passed={parity['passed']}): max over all cases"
+            f"\nparity (atol={parity.atol:g}, rtol={parity.rtol:g}, extreme |x|={parity.extreme:g}, "
+            f"passed={parity.passed}): max over all cases"
         )
-        for name, s in parity["outputs"].items():
+        for name, s in parity.outputs.items():
             print(f"  {name:<22} max_abs {s['max_abs']:.2e}  max_rel {s['max_rel']:.2e}  n_bad {s['n_bad']}")
 
 

@@ -9,10 +9,11 @@ Runs the documented procedure with the project's own commands (their Python func
   4. scada-inject data=la_haute_borne --turbine T --out <workdir>/injected   (5 fault kinds in T's test period)
   5. scada-prepare on the injected copy (same config: the training rows, so scaler and caps, are unchanged)
   6. scada-evaluate --bundle ... on the original and on the injected copy, --labels <injected>/labels.csv
-Prints: detection and the time from fault start to alert per injected fault, counting a detection only where an
-alert turns on during the fault and the uninjected copy of the same period does not alarm; false alerts per
-turbine-month on the untouched turbines; and, per month of the test period, the untouched turbines' median score
-over threshold and the share of windows above threshold (the season shift must not move the calibrated level).
+Prints, by `trainer.evaluation.events.score_events` (the project's one detection rule): detection and lead time
+per injected fault, counting only an alert that turns on from --max-lead-hours before the fault to its end while
+the uninjected copy has no alert on at that step; false alerts per turbine-month on the untouched turbines; and,
+per month of the test period, the untouched turbines' median score over threshold and the share of windows above
+threshold (the season shift must not move the calibrated level).
 """
 
 from __future__ import annotations
@@ -20,50 +21,53 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from scada_tcn.trainer.evaluation.events import score_events, timelines_from_table
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "config.yaml"
 
 
-def untouched_alerts(res: pd.DataFrame, injected_turbine: str) -> tuple[int, float]:
-    """(alerts raised, turbine-months observed) on the turbines nobody injected; rows time-sorted per turbine."""
-    u = res[res.turbine_id != injected_turbine]
-    on = u["alert_on"].astype(int)
-    raised = int((on.groupby(u.turbine_id).diff().fillna(on) == 1).sum())  # first window counts when it is on
-    months = (u.t_end.max() - u.t_end.min()).total_seconds() / (30.4375 * 86400) * u.turbine_id.nunique()
-    return raised, months
+def _faults(labels: pd.DataFrame) -> list[tuple[str, int, int, str]]:
+    """(turbine, start_ns, end_ns, fault) per row of a labels CSV (turbine_id, start, end, fault)."""
+    return [
+        (t, pd.Timestamp(a).value, pd.Timestamp(b).value, f)
+        for t, a, b, f in labels[["turbine_id", "start", "end", "fault"]].itertuples(index=False)
+    ]
 
 
-def detections(original: pd.DataFrame, injected: pd.DataFrame, labels: pd.DataFrame, lead: pd.Timedelta) -> list[dict]:
-    """Per injected fault: detected, hours from its start to the alert, and whether the uninjected copy alarmed.
+def untouched_alerts(res: pd.DataFrame, injected_turbine: str, dt: pd.Timedelta) -> tuple[int, float]:
+    """(alerts raised, turbine-months observed) on the turbines nobody injected, by `score_events` (no fault there,
+    so every onset is a false alert)."""
+    timelines = timelines_from_table(res[res.turbine_id != injected_turbine])
+    ev = score_events(timelines, [], max_lead_ns=0, dt_ns=dt.value)
+    return ev["n_false_alerts"], ev["turbine_months"]
 
-    Both tables are time-sorted per turbine with `alert_on`. A detection is an alert that turns on in the injected
-    copy between the fault's start and end, while the uninjected copy has no alert on from `lead` before the start
-    to the end. The data before the start are identical in both copies, so an earlier alert cannot come from this
-    fault: at best it is the tail of the previous fault's alarm, which must not count for this one.
+
+def detections(
+    original: pd.DataFrame, injected: pd.DataFrame, labels: pd.DataFrame, lead: pd.Timedelta, dt: pd.Timedelta
+) -> dict[str, Any]:
+    """`score_events` of the injected copy's alerts against the injected faults, net of the uninjected copy.
+
+    Both tables hold (turbine_id, t_end, alert_on). A fault is detected by an alert that turns on from `lead` before
+    its start to its end while the uninjected copy has no alert on at that step: the data before an injection are
+    identical in both copies, so such an alert comes from the injected fault. An alert already on before that
+    (the tail of the previous fault's alarm) does not count. The injected turbine's other onsets are false alerts.
     """
-    onset = injected["alert_on"] & ~injected.groupby("turbine_id")["alert_on"].shift(1, fill_value=False)
-    out = []
-    for f in labels.itertuples():
-        s, e = pd.Timestamp(f.start), pd.Timestamp(f.end)
-        t_inj, t_orig = injected.turbine_id == f.turbine_id, original.turbine_id == f.turbine_id
-        ons = injected.t_end[t_inj & onset & (injected.t_end >= s) & (injected.t_end <= e)]
-        fired_orig = bool(original.alert_on[t_orig & (original.t_end > s - lead) & (original.t_end <= e)].any())
-        det = len(ons) > 0 and not fired_orig
-        hours = (ons.min() - s).total_seconds() / 3600 if det else float("nan")
-        out.append(
-            {
-                "fault": f.fault,
-                "start": f.start,
-                "detected": det,
-                "hours_after_start": hours,
-                "uninjected_alarmed": fired_orig,
-            }
-        )
-    return out
+    timelines = timelines_from_table(injected)
+    faults = _faults(labels)
+    turbines = {f[0] for f in faults}
+    return score_events(
+        {t: tl for t, tl in timelines.items() if t in turbines},
+        faults,
+        max_lead_ns=lead.value,
+        dt_ns=dt.value,
+        clean=timelines_from_table(original),
+    )
 
 
 def main() -> None:
@@ -114,17 +118,20 @@ def main() -> None:
     res = {k: pd.read_parquet(w / f"eval_{k}" / "results_test.parquet") for k in reports}
     labels = pd.read_csv(inj["labels"])
     print(f"\nLa Haute Borne, faults injected into {a.turbine} (seed {a.seed}); bundle {bundle.model_id[:12]}")
-    print(f"{'fault':<18} {'start':<26} detected  hours after start  also on uninjected copy")
-    found = detections(res["original"], res["injected"], labels, pd.Timedelta(hours=a.max_lead_hours))
-    for d in found:
-        print(
-            f"{d['fault']:<18} {d['start']:<26} {str(d['detected']):<9} {d['hours_after_start']:>17.1f}  "
-            f"{d['uninjected_alarmed']}"
-        )
-    n_det = sum(d["detected"] for d in found)
-    print(f"detected {n_det}/{len(labels)} injected faults (alarms that also fire on the uninjected copy do not count)")
+    dt = pd.Timedelta(seconds=int(setup.data.pipeline_spec["dt_seconds"]))
+    found = detections(res["original"], res["injected"], labels, pd.Timedelta(hours=a.max_lead_hours), dt)
+    print(f"{'fault':<18} {'start':<26} detected  lead h (+: before the start)  coverage")
+    for e in found["events"]:
+        start = pd.Timestamp(e["start_ns"], tz="UTC").isoformat()
+        lead = e["lead_ns"] / 3.6e12 if e["detected"] else float("nan")
+        print(f"{e['fault']:<18} {start:<26} {str(e['detected']):<9} {lead:>26.1f}  {e['coverage']:>8.1%}")
+    print(
+        f"detected {found['n_detected']}/{found['n_events']} injected faults; "
+        f"{found['n_onsets_masked_by_clean']} onsets on {a.turbine} were not counted because the uninjected copy "
+        f"was alarming at the same step; {found['n_false_alerts']} false alerts on {a.turbine}"
+    )
     untouched = res["original"][res["original"].turbine_id != a.turbine]
-    spans, months = untouched_alerts(res["original"], a.turbine)
+    spans, months = untouched_alerts(res["original"], a.turbine, dt)
     print(
         f"untouched turbines: {spans} alerts in {months:.1f} turbine-months = "
         f"{spans / months:.2f} false alerts per turbine-month"
@@ -141,13 +148,9 @@ def main() -> None:
     for name, g in rows:
         ratio = g["score"] / g["threshold"]
         print(f"{name:<11} {len(g):>8} {ratio.median():>23.3f} {np.mean(ratio >= 1.0):>22.4f}")
-    (w / "lhb_summary.json").write_text(
-        json.dumps(
-            {k: {kk: r[kk] for kk in ("anomaly", "events", "alerts") if kk in r} for k, r in reports.items()},
-            indent=2,
-            default=str,
-        )
-    )
+    summary = {k: {kk: r[kk] for kk in ("anomaly", "events", "alerts") if kk in r} for k, r in reports.items()}
+    summary["detections_net_of_original"] = found
+    (w / "lhb_summary.json").write_text(json.dumps(summary, indent=2, default=str))
 
 
 if __name__ == "__main__":

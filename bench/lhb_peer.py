@@ -16,9 +16,10 @@ percentile of its own validation scores, and the bundle's alert state machine (`
 Each comes with per-turbine thresholds and with one pooled threshold for the fleet (a turbine with few validation
 windows, such as R80711 here, gets a noisy threshold of its own).
 
-Prints, per variant: detected injected faults (an alert that turns on during the fault while the uninjected copy
-does not alarm, `lhb_injection.detections`), the false alerts per turbine-month and the share of windows above
-threshold per month on the untouched turbines.
+Prints, per variant: detected injected faults with their lead time (`lhb_injection.detections`: the project's
+`score_events`, an alert that turns on from --max-lead-hours before the fault to its end while the uninjected copy
+has no alert on at that step), the false alerts per turbine-month and the share of windows above threshold per
+month on the untouched turbines.
 """
 
 from __future__ import annotations
@@ -65,13 +66,14 @@ def main() -> None:
     q = setup.calibration.percentile
     labels = pd.read_csv(w / "injected" / "labels.csv")
     lead = pd.Timedelta(hours=a.max_lead_hours)
+    dt = pd.Timedelta(seconds=int(setup.data.pipeline_spec["dt_seconds"]))
     print(
         f"thresholds: the {q}th percentile of each variant's validation scores "
         f"({len(runs['val'])} windows, {runs['val'].peer.notna().mean():.0%} with a peer score)"
     )
     print(
-        f"{'score':<5} {'threshold':<11} {'detected':<52} {'FA/turbine-month':>16}  share above threshold "
-        "(untouched turbines, per month)"
+        f"{'score':<5} {'threshold':<11} {'detected (lead, +: before the start)':<52} {'FA/turbine-month':>16}  "
+        "share above threshold (untouched turbines, per month)"
     )
     for col in ("raw", "peer"):
         for pooled in (False, True):
@@ -87,10 +89,10 @@ def main() -> None:
                 # no peer at this step: the score cannot raise an alert (the alert state machine needs a number)
                 r["score"] = r[col].fillna(-np.inf).clip(lower=-1e9)
                 apply_alerts(r, setup.alerting)
-            found = detections(runs["original"], runs["injected"], labels, lead)
-            det = [f"{d['fault']} {d['hours_after_start']:+.0f} h" for d in found if d["detected"]]
+            found = detections(runs["original"], runs["injected"], labels, lead, dt)
+            det = [f"{e['fault']} {e['lead_ns'] / 3.6e12:+.0f} h" for e in found["events"] if e["detected"]]
             u = runs["original"][runs["original"].turbine_id != a.turbine]
-            raised, months = untouched_alerts(runs["original"], a.turbine)
+            raised, months = untouched_alerts(runs["original"], a.turbine, dt)
             fa = raised / months
             vu = v[v.turbine_id != a.turbine]
             shares = [f"val {np.mean(vu[col] >= vu.turbine_id.map(thr)):.1%}"]

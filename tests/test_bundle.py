@@ -7,6 +7,7 @@ The tiny bundle is built without torch: two hand-written ONNX graphs with the bu
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -24,6 +25,7 @@ from scada_tcn.runtime.bundle import (  # noqa: E402
     SCHEMA_VERSION,
     TOP_KEYS,
     Bundle,
+    BundleContents,
     compute_model_id,
     dump_bundle,
     load_bundle,
@@ -81,26 +83,18 @@ def _vi(name: str, shape: list, elem=TensorProto.FLOAT):
 
 
 def tiny_graphs() -> dict[str, bytes]:
-    """clean: Y_hat = X_in[:, -1:, :F], fault_logits = mean over time of X_in[:, :, :C]; scoring: simple reductions."""
+    """clean: Y_hat = X[:, -1:, :], fault_prob = softmax of the mean over time of X[:, :, :C]; scoring: reductions."""
     i64 = lambda name, v: helper.make_tensor(name, TensorProto.INT64, [len(v)], v)  # noqa: E731
     clean = _model(
         [
-            helper.make_node("Slice", ["X_in", "s_last", "e_last", "ax1"], ["last"]),
-            helper.make_node("Slice", ["last", "z", "f", "ax2"], ["Y_hat"]),
-            helper.make_node("Slice", ["X_in", "z", "c", "ax2"], ["head"]),
-            helper.make_node("ReduceMean", ["head", "ax1"], ["fault_logits"], keepdims=0),
+            helper.make_node("Slice", ["X", "s_last", "e_last", "ax1"], ["Y_hat"]),
+            helper.make_node("Slice", ["X", "z", "c", "ax2"], ["head"]),
+            helper.make_node("ReduceMean", ["head", "ax1"], ["logits"], keepdims=0),
+            helper.make_node("Softmax", ["logits"], ["fault_prob"], axis=-1),
         ],
-        [_vi("X_in", ["batch", L, 3 * F + R])],
-        [_vi("Y_hat", ["batch", K, F]), _vi("fault_logits", ["batch", C])],
-        [
-            i64("s_last", [-1]),
-            i64("e_last", [L]),
-            i64("ax1", [1]),
-            i64("ax2", [2]),
-            i64("z", [0]),
-            i64("f", [F]),
-            i64("c", [C]),
-        ],
+        [_vi("X", ["batch", L, F]), _vi("M_miss", ["batch", L, F]), _vi("Flags", ["batch", L, R])],
+        [_vi("Y_hat", ["batch", K, F]), _vi("fault_prob", ["batch", C])],
+        [i64("s_last", [-1]), i64("e_last", [L]), i64("ax1", [1]), i64("ax2", [2]), i64("z", [0]), i64("c", [C])],
     )
     scoring = _model(
         [
@@ -123,6 +117,7 @@ def tiny_graphs() -> dict[str, bytes]:
 
 
 def tiny_manifest() -> dict:
+    """The bundle.json sections of a tiny bundle, as plain JSON (what `BundleContents.to_dict` writes)."""
     spec = PipelineSpec(
         dt_seconds=600,
         channels=("wind_speed", "power"),
@@ -191,9 +186,14 @@ def tiny_manifest() -> dict:
     }
 
 
+def tiny_contents(**changes) -> BundleContents:
+    """The tiny bundle as typed records; `changes` replace whole sections of the JSON before parsing."""
+    return BundleContents.from_dict(tiny_manifest() | changes)
+
+
 @pytest.fixture()
 def bundle_dir(tmp_path) -> Path:
-    dump_bundle(tmp_path / "b", tiny_graphs(), tiny_manifest())
+    dump_bundle(tmp_path / "b", tiny_graphs(), tiny_contents())
     return tmp_path / "b"
 
 
@@ -217,7 +217,7 @@ def test_tiny_bundle_key_set_is_pinned(bundle_dir):
     got = {"<top>": sorted(doc)} | {k: sorted(doc[k]) for k in GOLDEN_KEYS if k != "<top>"}
     assert got == GOLDEN_KEYS
     assert sorted(p.name for p in bundle_dir.iterdir()) == ["bundle.json", "clean.onnx", "scoring.onnx"]
-    assert doc["schema_version"] == SCHEMA_VERSION == 3
+    assert doc["schema_version"] == SCHEMA_VERSION == 4
     sha = {f: hashlib.sha256((bundle_dir / f).read_bytes()).hexdigest() for f in GRAPH_FILES.values()}
     assert doc["checksums"] == sha
     assert doc["model_id"] == compute_model_id(sha, doc["feature_registry"], doc["flag_registry"])
@@ -225,24 +225,29 @@ def test_tiny_bundle_key_set_is_pinned(bundle_dir):
 
 def test_dump_load_round_trip(bundle_dir):
     b = load_bundle(bundle_dir)
-    assert isinstance(b, Bundle) and b.dims.F_in == 3 * F + R and b.clean_outputs == ("Y_hat", "fault_logits")
+    assert isinstance(b, Bundle) and b.clean_outputs == ("Y_hat", "fault_prob")
     assert b.spec.feature_names == ("wind_speed", "power") and b.scaler.clip == 20.0
     assert b.calibration.threshold_for("T1") == (b.calibration.per_turbine["T1"], "turbine")
     assert b.calibration.threshold_for("T2")[1] == "global"  # 10 windows < min_windows=20, recorded
     assert "T2" in b.calibration.fallbacks
-    again = dump_bundle(bundle_dir.parent / "again", tiny_graphs(), tiny_manifest())
+    again = dump_bundle(bundle_dir.parent / "again", tiny_graphs(), tiny_contents())
     assert again.model_id == b.model_id
+    body = {k: v for k, v in b.to_dict().items() if k not in ("schema_version", "model_id", "checksums")}
+    assert BundleContents.from_dict(body).to_dict() == body == tiny_contents().to_dict()  # symmetric
+    assert b.to_dict() == json.loads((bundle_dir / "bundle.json").read_text())
     assert (bundle_dir.parent / "again" / "bundle.json").read_bytes() == (bundle_dir / "bundle.json").read_bytes()
 
 
-def test_dump_refuses_invalid_manifest_and_writes_nothing(tmp_path):
-    m = tiny_manifest()
-    m["dims"]["F"] = 3
+def test_dump_refuses_invalid_contents_and_writes_nothing(tmp_path):
+    good = tiny_contents()
+    bad = dataclasses.replace(good, dims=dataclasses.replace(good.dims, F=3))
     with pytest.raises(BundleError, match="inconsistent bundle: dims F=3, R=1 but the registries hold 2 features"):
-        dump_bundle(tmp_path / "b", tiny_graphs(), m)
+        dump_bundle(tmp_path / "b", tiny_graphs(), bad)
     assert not (tmp_path / "b").exists()
-    with pytest.raises(BundleError, match=r"\['model_id'\] are computed by dump_bundle"):
-        dump_bundle(tmp_path / "b", tiny_graphs(), {**tiny_manifest(), "model_id": "x"})
+    with pytest.raises(BundleError, match="contents must be a BundleContents, got dict"):
+        dump_bundle(tmp_path / "b", tiny_graphs(), tiny_manifest())
+    with pytest.raises(BundleError, match=r"graphs must be exactly \['clean', 'scoring'\]"):
+        dump_bundle(tmp_path / "b", {"clean": b""}, good)
 
 
 def test_scorer_runs_the_tiny_graphs_and_checks_inputs(bundle_dir):
@@ -252,7 +257,7 @@ def test_scorer_runs_the_tiny_graphs_and_checks_inputs(bundle_dir):
     M[0, 0, 0] = 0.0
     out = s.score(X, M, np.zeros((2, L, R), np.float32))
     np.testing.assert_allclose(out.s_now, np.abs(X * M).sum(axis=(1, 2)))
-    np.testing.assert_allclose(out.Y_hat, X[:, -1:, :])  # X_in starts with X (missing filled), then masks
+    np.testing.assert_allclose(out.Y_hat, X[:, -1:, :])  # the graph reads X as the scorer got it
     assert out.fault_prob.shape == (2, C) and np.allclose(out.fault_prob.sum(axis=1), 1.0) and out.rul is None
     with pytest.raises(InputError, match=r"X must be a float32 numpy array, got float64"):
         s.score(X.astype(np.float64), M, np.zeros((2, L, R), np.float32))
@@ -298,7 +303,7 @@ def test_refuses_graph_shapes_that_disagree_with_dims(bundle_dir):
     # dims are not covered by a checksum: bundle.json is the root of trust, so the graphs themselves must agree
     _edit(bundle_dir, lambda d: d["dims"].update(L=5))
     assert _message(bundle_dir) == (
-        "clean.onnx: input 'X_in' is tensor(float) ['batch', 4, 7], expected tensor(float) ['batch', 5, 7] from the "
+        "clean.onnx: input 'X' is tensor(float) ['batch', 4, 2], expected tensor(float) ['batch', 5, 2] from the "
         "bundle dims Dims(L=5, K=1, F=2, R=1, C=2, RF=5) (a symbolic batch axis first)"
     )
     _edit(bundle_dir, lambda d: d["dims"].update(L=4, C=3))
@@ -318,10 +323,10 @@ def test_refuses_registry_edit_through_the_model_id(bundle_dir):
 
 
 def test_refuses_unknown_schema_version(bundle_dir):
-    for v in (1, 2, 4, 0, "3", None):
+    for v in (1, 2, 3, 5, 0, "4", None):
         _edit(bundle_dir, lambda d, v=v: d.update(schema_version=v))
         assert _message(bundle_dir) == (
-            f"bundle.json: schema_version {v!r} is not supported (this runtime reads version 3); export the model "
+            f"bundle.json: schema_version {v!r} is not supported (this runtime reads version 4); export the model "
             "again with a scada-export of the same release as this runtime"
         )
 

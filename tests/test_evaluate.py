@@ -6,6 +6,7 @@ import csv
 import json
 
 import numpy as np
+import pandas as pd
 
 from scada_tcn.trainer.evaluation.evaluate import evaluate
 from scada_tcn.trainer.evaluation.offline import setup_from_checkpoint
@@ -18,12 +19,21 @@ def test_evaluate_writes_all_reports(tiny_run, tmp_path):
     assert {"forecast", "fault", "anomaly", "events", "alerts", "drift"} <= set(saved)
     assert saved["forecast"]["mae"] > 0 and len(saved["forecast"]["per_feature"]) == 30
     assert 0.0 <= saved["anomaly"]["roc_auc"] <= 1.0
-    assert saved["events"]["n_events"] >= 1  # the simulator labelled faults in the test period
+    ev = saved["events"]
+    assert ev["n_events"] >= 1  # the simulator labelled faults in the test period
+    assert len(ev["events"]) == ev["n_events"] == sum(c["n_events"] for c in ev["by_fault"].values())
+    assert ev["n_detected"] == sum(e["detected"] for e in ev["events"]) and ev["n_onsets_masked_by_clean"] == 0
+    res = pd.read_parquet(tmp_path / "results_test.parquet").sort_values(["turbine_id", "t_end"])
+    on = res["alert_on"]
+    onsets = int((on & ~on.groupby(res["turbine_id"]).shift(1, fill_value=False)).sum())
+    assert ev["n_onsets"] == onsets == saved["alerts"]["raised"]  # the state machine starts off on the test split
     # drift of validation against test: features and scores are summarised, nothing is NaN-serialised as text
     assert set(saved["drift"]["features"]["per_feature"]) == set(saved["forecast"]["per_feature"])
     rows = list(csv.reader((tmp_path / "metrics_flat.csv").open()))
     keys = [r[0] for r in rows[1:]]
     assert rows[0] == ["metric", "value"] and keys == sorted(keys) and "anomaly.roc_auc" in keys
+    assert {"events.n_onsets", "events.false_alerts_per_turbine_month"} <= set(keys)
+    assert {f"events.by_fault.{c}.n_events" for c in ev["by_fault"]} <= set(keys)
     rca = json.loads((tmp_path / "rca_examples.json").read_text())
     assert len(rca) == min(20, saved["alerts"]["raised"])
     for ex in rca:

@@ -26,6 +26,7 @@ from scada_tcn.runtime.errors import ConfigError  # noqa: E402
 from scada_tcn.runtime.scorer import OnnxScorer  # noqa: E402
 from scada_tcn.trainer.calibration.fit import calibrate  # noqa: E402
 from scada_tcn.trainer.data.store import PreparedData  # noqa: E402
+from scada_tcn.trainer.evaluation.offline import TorchEngine  # noqa: E402
 from scada_tcn.trainer.model.reference import build_reference, checkpoint_config  # noqa: E402
 from scada_tcn.trainer.training.fit import load_checkpoint  # noqa: E402
 
@@ -80,10 +81,10 @@ def test_export_with_checkpoint_path_only(exported, tiny_run):
     bundle, _, _ = exported
     assert bundle.path == tiny_run.checkpoint.parent.parent / "bundle"
     again = load_bundle(bundle.path)
-    assert again.model_id == bundle.model_id and again.parity["passed"]
-    assert bundle.versions["opset"] == OPSET and bundle.versions["ir_version"] == IR_VERSION
+    assert again.model_id == bundle.model_id and again.parity.passed
+    assert bundle.versions.opset == OPSET and bundle.versions.ir_version == IR_VERSION
     assert bundle.dims.L == 24 and bundle.dims.K == 3 and bundle.dims.RF == 29
-    assert bundle.clean_outputs == ("Y_hat", "fault_logits")
+    assert bundle.clean_outputs == ("Y_hat", "fault_prob")
 
 
 def test_cli_export_with_checkpoint_path_only(exported, tiny_run):
@@ -127,13 +128,12 @@ def test_parity_every_output(exported, val_batch, B):
         assert got[name].shape == ref[name].shape and got[name].dtype == ref[name].dtype, name
         if name != "scoring/top_idx":
             np.testing.assert_allclose(got[name], ref[name], atol=1e-5, rtol=1e-4, err_msg=name)
-    # the runtime scorer returns the same numbers, with probabilities from the logits
+    # the runtime scorer and the torch engine return the same numbers end to end, probabilities included
     out = OnnxScorer(bundle).score(X, M, Fl)
-    np.testing.assert_allclose(out.s_now, ref["scoring/s_now"], atol=1e-5, rtol=1e-4)
-    np.testing.assert_allclose(out.feat_contrib, ref["scoring/feat_contrib"], atol=1e-5, rtol=1e-4)
-    np.testing.assert_allclose(out.Y_hat, ref["clean/Y_hat"], atol=1e-5, rtol=1e-4)
-    prob = torch.softmax(torch.from_numpy(ref["clean/fault_logits"]), dim=-1).numpy()
-    np.testing.assert_allclose(out.fault_prob, prob, atol=1e-5, rtol=1e-4)
+    torch_out = TorchEngine(mods).score(X, M, Fl)
+    for name in ("s_now", "feat_contrib", "Y_hat", "fault_prob"):
+        np.testing.assert_allclose(getattr(out, name), getattr(torch_out, name), atol=1e-5, rtol=1e-4, err_msg=name)
+    np.testing.assert_allclose(out.fault_prob.sum(axis=1), 1.0, atol=1e-6)
     assert out.rul is None and out.top_idx.dtype == np.int64
 
 
@@ -262,8 +262,8 @@ def test_verify_reports_every_case(exported, val_batch):
     bundle, mods, _ = exported
     graphs = {g: (bundle.path / f"{g}.onnx").read_bytes() for g in ("clean", "scoring")}
     p = verify_graphs(mods, graphs, val_batch, extreme=20.0)
-    assert p["passed"] and p["cases"]["val_batch1"]["n_windows"] == 8
-    assert p["cases"]["all_missing"]["outputs"]["scoring/s_now"]["max_abs"] == 0.0
+    assert p.passed and p.cases["val_batch1"]["n_windows"] == 8
+    assert p.cases["all_missing"]["outputs"]["scoring/s_now"]["max_abs"] == 0.0
 
 
 # ----------------------------------------------------------------------------------------------- runtime.calibration

@@ -46,7 +46,7 @@ def test_export_and_both_engines_with_feature_topk(tiny_run, tmp_path):
 
     ov = ["infer.aggregation.name=feature_topk", "infer.aggregation.k=3"]
     b = export_bundle(tiny_run.checkpoint, out_dir=tmp_path / "bundle", overrides=ov)  # parity checked inside
-    assert b.scoring.aggregation == "feature_topk" and b.scoring.k == 3 and b.parity["passed"]
+    assert b.scoring.aggregation == "feature_topk" and b.scoring.k == 3 and b.parity.passed
     data = tiny_run.cfg().data.paths.processed_dir
     run_batch_inference(setup_from_bundle(b.path, data), "test", tmp_path / "onnx")
     ck = setup_from_checkpoint(tiny_run.checkpoint)

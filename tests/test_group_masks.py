@@ -173,7 +173,7 @@ def test_group_scoring_exports_with_parity_and_records_its_groups(group_bundle):
     bundle, cfg = group_bundle
     again = load_bundle(bundle.path)
     names = list(spec_from_config(cfg).feature_names)
-    assert again.parity["passed"]
+    assert again.parity.passed
     assert again.scoring.masks == "group" and again.scoring.p_score is None
     assert again.scoring.passes == len(again.scoring.groups) == len(feature_groups(cfg).names)
     assert {g: list(m) for g, m in again.scoring.groups.items()} == feature_groups(cfg).members(names)

@@ -64,6 +64,14 @@ def test_evaluate_with_a_labels_file(tiny_run, tmp_path):
     ).to_csv(labels, index=False)
     m = evaluate(setup_from_checkpoint(tiny_run.checkpoint), tmp_path / "eval", plots=False, labels_file=labels)
     assert m["events"]["n_events"] == 2 and m["labels"] == str(labels)
+    assert [(e["turbine"], e["fault"]) for e in m["events"]["events"]] == [
+        ("WT01", "gearbox_overheat"),
+        ("WT03", "pitch_stuck"),
+    ]
+    assert m["events"]["fault_ns"] == (48 + 24) * 3_600 * 10**9 and set(m["events"]["by_fault"]) == {
+        "gearbox_overheat",
+        "pitch_stuck",
+    }
     res = pd.read_parquet(tmp_path / "eval" / "results_test.parquet")
     t = res["t_end"]
     in_events = ((res.turbine_id == "WT01") & (t > "2024-02-01T00:00Z") & (t <= "2024-02-03T00:00Z")) | (

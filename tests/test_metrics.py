@@ -1,4 +1,4 @@
-"""Metrics against hand-computed values and independent definitions."""
+"""Metrics against hand-computed values and independent definitions (event scoring: tests/test_events.py)."""
 
 import math
 
@@ -6,12 +6,9 @@ import numpy as np
 import pytest
 
 from scada_tcn.trainer.evaluation.metrics import (
-    MONTH_NS,
     MetricsError,
-    alert_spans_from_states,
     anomaly_metrics,
     best_f1_threshold,
-    event_metrics,
     fault_metrics,
     forecast_metrics,
     pr_auc,
@@ -161,74 +158,3 @@ def test_anomaly_metrics_threshold_from_validation_applied_to_test():
     assert out["roc_auc"] == 1.0 and out["pr_auc"] == 1.0 and out["n_test"] == 5 and out["n_test_pos"] == 2
     none = anomaly_metrics(np.array([0.1, 0.2]), np.array([0, 0]), np.array([0.3, 0.4]), np.array([0, 1]))
     assert all(np.isnan(none[k]) for k in ("threshold", "val_f1", "precision", "recall", "f1"))
-
-
-# --- events -----------------------------------------------------------------------------------------------------
-
-H = 3_600 * 10**9
-T0 = 1_700_000_000 * 10**9
-
-
-def _h(*hours: float) -> tuple[int, ...]:
-    return tuple(T0 + int(h * H) for h in hours)
-
-
-def test_alert_spans_from_states():
-    ts = np.arange(7) * 10
-    on = np.array([0, 1, 1, 0, 0, 1, 1], bool)
-    assert alert_spans_from_states(ts, on) == [(10, 30), (50, 60)]  # the last one is still on at the end
-    assert alert_spans_from_states(ts, np.zeros(7, bool)) == []
-    assert alert_spans_from_states(np.array([0, 10]), np.array([True, False])) == [(0, 10)]
-    with pytest.raises(MetricsError, match="strictly increasing"):
-        alert_spans_from_states(np.array([0, 0]), np.array([True, False]))
-
-
-def test_event_metrics_on_a_hand_built_timeline():
-    # max_lead 24 h. T1: F1 [10, 14] h, F2 [60, 62] h; alerts A1 [8, 11] (F1, lead 2 h), A6 [10.5, 12] (F1, overlaps
-    # A1), A2 [20, 21] (false: F1's window ends at 14, F2's starts at 36), A3 [61, 65] (F2, lead -1 h).
-    # T2: F3 [100, 110] h, window [76, 110]; A4 [60, 62] (false), A5 [95, 98] (F3, lead 5 h, covers none of it).
-    # T3: F4 [200, 201] h, no alert. T4: observed only.
-    alerts = {"T1": [_h(8, 11), _h(10.5, 12), _h(20, 21), _h(61, 65)], "T2": [_h(60, 62), _h(95, 98)]}
-    faults = {"T1": [_h(10, 14), _h(60, 62)], "T2": [_h(100, 110)], "T3": [_h(200, 201)]}
-    month = int(MONTH_NS)
-    out = event_metrics(alerts, faults, {"T1": month, "T2": month, "T3": month, "T4": month}, max_lead_ns=24 * H)
-    assert MONTH_NS == 30.4375 * 86_400 * 10**9
-    assert (out["n_events"], out["n_detected"], out["detection_rate"]) == (4, 3, 0.75)
-    assert [e["lead_ns"] for e in out["events"]] == [2 * H, -1 * H, 5 * H, None]
-    assert [e["detected"] for e in out["events"]] == [True, True, True, False]
-    assert out["events"][2] == {
-        "turbine": "T2",
-        "start_ns": _h(100)[0],
-        "end_ns": _h(110)[0],
-        "detected": True,
-        "lead_ns": 5 * H,
-    }
-    assert out["lead_ns_median"] == 2 * H and out["lead_ns_mean"] == 2 * H
-    assert (out["n_alerts"], out["n_false_alerts"]) == (6, 2)
-    assert out["turbine_months"] == 4.0 and out["false_alerts_per_turbine_month"] == 0.5
-    # covered: F1 by the union [8, 12] -> 2 h (not 1 + 1.5), F2 by [61, 65] -> 1 h; fault time 4 + 2 + 10 + 1 h
-    assert (out["covered_ns"], out["fault_ns"]) == (3 * H, 17 * H)
-    assert abs(out["alert_coverage"] - 3 / 17) < 1e-12
-
-
-def test_event_metrics_boundaries_and_empty_cases():
-    month = int(MONTH_NS)
-    # an alert ending exactly where the lead window opens counts (closed intervals)
-    touch = event_metrics({"T": [_h(0, 1)]}, {"T": [_h(3, 4)]}, {"T": month}, max_lead_ns=2 * H)
-    assert touch["n_detected"] == 1 and touch["events"][0]["lead_ns"] == 3 * H and touch["n_false_alerts"] == 0
-    missed = event_metrics({"T": [_h(0, 1)]}, {"T": [_h(3, 4)]}, {"T": month}, max_lead_ns=2 * H - 1)
-    assert missed["n_detected"] == 0 and missed["n_false_alerts"] == 1
-    none = event_metrics({}, {}, {"T": month}, max_lead_ns=0)
-    assert none["n_events"] == 0 and none["false_alerts_per_turbine_month"] == 0.0
-    assert all(np.isnan(none[k]) for k in ("detection_rate", "lead_ns_median", "lead_ns_mean", "alert_coverage"))
-
-
-def test_event_metrics_refuses_bad_inputs():
-    with pytest.raises(MetricsError, match="turbines \\['T9'\\] have alerts or faults but no observed_ns"):
-        event_metrics({"T9": [(0, 1)]}, {}, {"T": 10}, max_lead_ns=0)
-    with pytest.raises(MetricsError, match="ends before it starts"):
-        event_metrics({"T": [(5, 1)]}, {}, {"T": 10}, max_lead_ns=0)
-    with pytest.raises(MetricsError, match="integer pairs"):
-        event_metrics({"T": [(0.5, 1.0)]}, {}, {"T": 10}, max_lead_ns=0)
-    with pytest.raises(MetricsError, match="max_lead_ns"):
-        event_metrics({}, {}, {"T": 10}, max_lead_ns=-1)

@@ -94,8 +94,8 @@ def test_outputs_have_the_contract_shapes(prepared):
     cfg, summary, out = prepared
     spec = PipelineSpec.from_dict(json.loads((out / "pipeline_spec.json").read_text()))
     feat, flags = load_registry(out / "registries")
-    assert feat.feature_names == list(spec.feature_names) == summary["feature_names"]
-    assert flags.flag_names == list(cfg.flags.flag_names)
+    assert list(feat.feature_names) == list(spec.feature_names) == summary["feature_names"]
+    assert list(flags.flag_names) == list(cfg.flags.flag_names)
     F, R = summary["F"], summary["R"]
     for tid in ("WT01", "WT02"):
         d = out / "turbines" / tid

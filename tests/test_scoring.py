@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from scada_tcn.trainer.model.masking import build_model_input
-from scada_tcn.trainer.model.network import ModelConfig, MultiTaskTCN
+from scada_tcn.trainer.model.network import ModelConfig, MultiTaskTCN, predict_proba_fault
 from scada_tcn.trainer.model.reference import CleanPass, infer_step
 from scada_tcn.trainer.model.scoring import ScoringModule, scoring_patterns, stable_topk_indices
 
@@ -188,16 +188,17 @@ def test_infer_step_clean_pass_and_scores():
     X, M_miss, Flags = _window(4, seed=10)
     out = infer_step(model, scoring, X, M_miss, Flags)
     assert model.training, "infer_step restores the caller's mode"
-    assert out.Y_hat.shape == (4, K, F) and out.fault_logits.shape == (4, C) and out.rul.shape == (4, 1)
+    assert out.Y_hat.shape == (4, K, F) and out.fault_prob.shape == (4, C) and out.rul.shape == (4, 1)
     assert not out.s_now.requires_grad
     with torch.no_grad():
         model.eval()
         X_in = build_model_input(X, M_miss, torch.ones_like(M_miss), Flags)
         ref = model(X_in, return_recon=False, return_rul=True)
         score = scoring(X, M_miss, Flags)
-    assert torch.equal(out.Y_hat, ref.Y_hat) and torch.equal(out.fault_logits, ref.fault_logits)
+    assert torch.equal(out.Y_hat, ref.Y_hat)
+    assert torch.equal(out.fault_prob, predict_proba_fault(ref.fault_logits, model.cfg.fault_multilabel))
     assert torch.equal(out.rul, ref.rul)
     assert torch.equal(out.s_now, score.s_now) and torch.equal(out.top_idx, score.top_idx)
-    assert CleanPass(model).output_names == ("Y_hat", "fault_logits", "rul")
+    assert CleanPass(model).output_names == ("Y_hat", "fault_prob", "rul")
     with pytest.raises(ValueError, match="different model"):
         infer_step(_model(), scoring, X, M_miss, Flags)

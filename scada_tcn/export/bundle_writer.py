@@ -20,9 +20,22 @@ import torch
 from scada_tcn.export.onnx_export import IR_VERSION, OPSET, ExportError, export_graphs
 from scada_tcn.export.tolerances import DEFAULT_ATOL, DEFAULT_EXTREME, DEFAULT_RTOL
 from scada_tcn.export.verify import verify_graphs
-from scada_tcn.runtime.bundle import Bundle, dump_bundle
+from scada_tcn.runtime.bundle import (
+    Bundle,
+    BundleContents,
+    Dims,
+    Heads,
+    ScoringParams,
+    Versions,
+    dump_bundle,
+)
+from scada_tcn.runtime.registry import FeatureRegistry, FlagRegistry
+from scada_tcn.runtime.scaling import RobustScaler
+from scada_tcn.runtime.spec import PipelineSpec
+from scada_tcn.runtime.vocab import ScoreMasks
 from scada_tcn.trainer.calibration.fit import CALIBRATION_SPLIT, calibrate, feature_reference, fit_feature_scale
 from scada_tcn.trainer.config import RootCfg
+from scada_tcn.trainer.config.derive import alerting_params, fleet_params
 from scada_tcn.trainer.config.groups import feature_groups
 from scada_tcn.trainer.data.store import PreparedData
 from scada_tcn.trainer.model.reference import build_reference, checkpoint_config
@@ -78,69 +91,53 @@ def export_bundle(
         clip = ckpt["scaler"]["clip"]
         extreme = float(clip) if clip is not None else DEFAULT_EXTREME
         parity = verify_graphs(mods, graphs, _val_windows(data, cfg), atol=atol, rtol=rtol, extreme=extreme)
-        if not parity["passed"]:
-            bad = {k: v for k, v in parity["outputs"].items() if v["n_bad"]}
+        if not parity.passed:
+            bad = {k: v for k, v in parity.outputs.items() if v["n_bad"]}
             raise ExportError(
                 f"torch/onnxruntime parity out of tolerance (atol={atol}, rtol={rtol}): {bad}; nothing was written"
             )
     mcfg, labels, inf = mods.model.cfg, cfg.data.labels, cfg.infer
-    groups = (
-        feature_groups(cfg).members(list(ckpt["feature_registry"]["feature_names"]))
-        if mods.scoring.masks == "group"
-        else None
+    feature_reg = FeatureRegistry.from_dict(ckpt["feature_registry"])
+    names = list(feature_reg.feature_names)
+    groups = feature_groups(cfg).members(names) if mods.scoring.masks == ScoreMasks.group else None
+    contents = BundleContents(
+        dims=Dims(L=mods.L, K=mcfg.K, F=mcfg.F, R=mcfg.R, C=mcfg.C, RF=mcfg.receptive_field),
+        dt_seconds=int(ckpt["pipeline_spec"]["dt_seconds"]),
+        feature_registry=feature_reg,
+        flag_registry=FlagRegistry.from_dict(ckpt["flag_registry"]),
+        column_mapping=dict(cfg.data.columns),
+        spec=PipelineSpec.from_dict(ckpt["pipeline_spec"]),
+        scaler=RobustScaler.from_dict(ckpt["scaler"]),
+        heads=Heads(mcfg.forecast_enabled, mcfg.fault_enabled, mcfg.fault_multilabel, mcfg.rul_enabled),
+        class_names=tuple(labels.class_names) if labels.enabled else (),
+        scoring=ScoringParams(
+            masks=ScoreMasks(mods.scoring.masks),
+            p_score=mods.scoring.p_score,
+            groups=None if groups is None else {g: tuple(m) for g, m in groups.items()},
+            context=tuple(names[i] for i in mods.scoring.context),
+            passes=mods.scoring.P,
+            seed=inf.score_seed,
+            aggregation=inf.aggregation.name,
+            halflife=inf.aggregation.halflife_steps,
+            k=inf.aggregation.k,
+            topn=inf.topn_features,
+        ),
+        calibration=cal.calibration,
+        alerting=alerting_params(cfg),
+        fleet=fleet_params(cfg),
+        score_reference=cal.score_reference,
+        feature_reference=feature_reference(data, cfg),
+        versions=Versions(
+            torch=torch.__version__,
+            onnx=onnx.__version__,
+            onnxruntime=ort.__version__,
+            package=importlib.metadata.version("scada-tcn"),
+            opset=OPSET,
+            ir_version=IR_VERSION,
+        ),
+        data_fingerprint=ckpt["data_fingerprint"],
+        parity=parity,
     )
-    manifest = {
-        "dims": {"L": mods.L, "K": mcfg.K, "F": mcfg.F, "R": mcfg.R, "C": mcfg.C, "RF": mcfg.receptive_field},
-        "dt_seconds": int(ckpt["pipeline_spec"]["dt_seconds"]),
-        "feature_registry": ckpt["feature_registry"],
-        "flag_registry": ckpt["flag_registry"],
-        "column_mapping": dict(cfg.data.columns),
-        "pipeline_spec": ckpt["pipeline_spec"],
-        "scaler": ckpt["scaler"],
-        "heads": {
-            "forecast": mcfg.forecast_enabled,
-            "fault": mcfg.fault_enabled,
-            "fault_multilabel": mcfg.fault_multilabel,
-            "rul": mcfg.rul_enabled,
-        },
-        "class_names": list(labels.class_names) if labels.enabled else [],
-        "scoring": {
-            "masks": mods.scoring.masks,
-            "p_score": mods.scoring.p_score,
-            "groups": groups,
-            "context": [ckpt["feature_registry"]["feature_names"][i] for i in mods.scoring.context],
-            "passes": mods.scoring.P,
-            "seed": inf.score_seed,
-            "aggregation": inf.aggregation.name,
-            "halflife": inf.aggregation.halflife_steps,
-            "k": inf.aggregation.k,
-            "topn": inf.topn_features,
-        },
-        "calibration": cal.calibration.to_dict(),
-        "alerting": {
-            "T_on": inf.alerting.hysteresis.T_on,
-            "T_off": inf.alerting.hysteresis.T_off,
-            "N_on": inf.alerting.debounce.N_on,
-            "N_off": inf.alerting.debounce.N_off,
-        },
-        "fleet": {
-            "relative": inf.fleet.relative,
-            "min_peers": inf.fleet.min_peers,
-            "min_present_fraction": cfg.data.windowing.min_present_fraction,
-        },
-        "score_reference": cal.score_reference,
-        "feature_reference": feature_reference(data, cfg).to_dict(),
-        "versions": {
-            "torch": torch.__version__,
-            "onnx": onnx.__version__,
-            "onnxruntime": ort.__version__,
-            "package": importlib.metadata.version("scada-tcn"),
-            "opset": OPSET,
-            "ir_version": IR_VERSION,
-        },
-        "data_fingerprint": ckpt["data_fingerprint"],
-        "parity": parity,
-    }
-    bundle = dump_bundle(out, graphs, manifest)
+    bundle = dump_bundle(out, graphs, contents)
     log(f"wrote {out} (model id {bundle.model_id[:12]})")
     return bundle

@@ -63,8 +63,8 @@ def export_cmd(
     if bundle.parity is None:
         print("parity: not checked (--no-verify)")
     else:
-        worst = {k: f"{v['max_abs']:.2g}" for k, v in bundle.parity["outputs"].items()}
-        print(f"parity within atol={bundle.parity['atol']:g}, rtol={bundle.parity['rtol']:g}; max abs diff {worst}")
+        worst = {k: f"{v['max_abs']:.2g}" for k, v in bundle.parity.outputs.items()}
+        print(f"parity within atol={bundle.parity.atol:g}, rtol={bundle.parity.rtol:g}; max abs diff {worst}")
 
 
 main = requires_train(app)

@@ -5,11 +5,12 @@ Contract
 - The model is rebuilt from the checkpoint alone, weight norm is baked into plain weights on a copy
   (`strip_weight_norm`), and the copy is put in eval mode: the graphs hold no `g * v / ||v||` per call and
   no dropout.
-- `clean.onnx`: `trainer.model.reference.CleanGraph`, X_in (B, L, 3F+R) -> Y_hat (B, K, F), fault_logits (B, C), rul
-(B, 1), the
-  outputs of the heads that are on, in that order (`runtime.bundle.Bundle.clean_outputs`).
-- `scoring.onnx`: `trainer.model.scoring.ScoringModule` traced whole: X, M_miss (B, L, F), Flags (B, L, R) ->
-  s_now (B,), feat_contrib (B, F), top_idx (B, topn), E (B, L, F).
+- Both graphs take the windows as the pipeline writes them: X, M_miss (B, L, F), Flags (B, L, R)
+  (`runtime.bundle.GRAPH_INPUTS`), and build the model input inside.
+- `clean.onnx`: `trainer.model.reference.CleanPass` -> Y_hat (B, K, F), fault_prob (B, C), rul (B, 1), the outputs
+  of the heads that are on, in that order (`runtime.bundle.Heads.clean_outputs`).
+- `scoring.onnx`: `trainer.model.scoring.ScoringModule` traced whole -> s_now (B,), feat_contrib (B, F),
+  top_idx (B, topn), E (B, L, F).
 - Exporter: `torch.onnx.export(dynamo=True)` at opset `OPSET`, one shared dynamic batch axis, a single file
   (`external_data=False`), IR version pinned to `IR_VERSION` (onnxruntime refuses graphs stamped newer than it
   knows). Every graph passes `onnx.checker.check_model(full_check=True)` and strict shape inference, or the export
@@ -27,6 +28,7 @@ import onnx
 import torch
 from torch import nn
 
+from scada_tcn.runtime.bundle import GRAPH_INPUTS
 from scada_tcn.trainer.model.reference import ReferenceModules
 from scada_tcn.trainer.model.scoring import ScoreOutputs
 
@@ -37,14 +39,12 @@ __all__ = [
     "export_graphs",
     "export_module",
     "check_graph",
-    "SCORING_INPUTS",
     "SCORING_OUTPUTS",
 ]
 
 OPSET = 18
 IR_VERSION = 10  # onnx 1.16; opset 18 needs >= 8, and every onnxruntime >= 1.17 reads it
 MAX_BATCH = 4096
-SCORING_INPUTS = ("X", "M_miss", "Flags")
 SCORING_OUTPUTS = tuple(ScoreOutputs._fields)  # s_now, feat_contrib, top_idx, E
 
 
@@ -114,9 +114,8 @@ def _example(L: int, F: int, R: int, B: int = 2) -> tuple[torch.Tensor, ...]:
 def export_graphs(mods: ReferenceModules) -> dict[str, bytes]:
     """{"clean": bytes, "scoring": bytes}: both graphs, exported and checked."""
     cfg = mods.model.cfg
-    X, M, Fl = _example(mods.L, cfg.F, cfg.R)
-    X_in = torch.cat([X, M, torch.ones_like(M), Fl], dim=-1)
+    example = _example(mods.L, cfg.F, cfg.R)
     with torch.no_grad():
-        clean = export_module(mods.graph, (X_in,), ("X_in",), mods.graph.output_names, "clean.onnx")
-        scoring = export_module(mods.scoring, (X, M, Fl), SCORING_INPUTS, SCORING_OUTPUTS, "scoring.onnx")
+        clean = export_module(mods.clean, example, GRAPH_INPUTS, mods.clean.output_names, "clean.onnx")
+        scoring = export_module(mods.scoring, example, GRAPH_INPUTS, SCORING_OUTPUTS, "scoring.onnx")
     return {"clean": clean, "scoring": scoring}

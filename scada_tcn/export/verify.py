@@ -27,8 +27,9 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from scada_tcn.export.onnx_export import SCORING_INPUTS, SCORING_OUTPUTS
+from scada_tcn.export.onnx_export import SCORING_OUTPUTS
 from scada_tcn.export.tolerances import DEFAULT_ATOL, DEFAULT_EXTREME, DEFAULT_RTOL
+from scada_tcn.runtime.bundle import GRAPH_INPUTS, ParityReport
 from scada_tcn.trainer.model.reference import ReferenceModules
 
 __all__ = [
@@ -77,18 +78,17 @@ def topn_disagreements(contrib: np.ndarray, idx_ref: np.ndarray, idx_got: np.nda
 def run_both(
     mods: ReferenceModules, sessions: dict[str, ort.InferenceSession], X: np.ndarray, M: np.ndarray, Fl: np.ndarray
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """({"graph/output": torch array}, {"graph/output": onnxruntime array}) for one batch."""
-    Xt, Mt, Ft = (torch.from_numpy(a) for a in (X, M, Fl))
-    X0 = np.where(M > 0.5, X, np.float32(mods.scoring.fill_value)).astype(np.float32)
-    X_in = np.concatenate([X0, M, np.ones_like(M), Fl], axis=-1)
+    """({"graph/output": torch array}, {"graph/output": onnxruntime array}) for one batch, end to end: both
+    backends get the same X, M_miss, Flags and build the model input themselves."""
     with torch.no_grad():
-        ref_clean = mods.graph(torch.from_numpy(X_in))
-        ref_score = mods.scoring(Xt, Mt, Ft)
-    ref = {f"clean/{n}": t.numpy() for n, t in zip(mods.graph.output_names, ref_clean)}
+        ref_clean = mods.clean(*(torch.from_numpy(a) for a in (X, M, Fl)))
+        ref_score = mods.scoring(*(torch.from_numpy(a) for a in (X, M, Fl)))
+    ref = {f"clean/{n}": t.numpy() for n, t in zip(mods.clean.output_names, ref_clean)}
     ref |= {f"scoring/{n}": t.numpy() for n, t in zip(SCORING_OUTPUTS, ref_score)}
-    got_clean = sessions["clean"].run(list(mods.graph.output_names), {"X_in": X_in})
-    got_score = sessions["scoring"].run(list(SCORING_OUTPUTS), dict(zip(SCORING_INPUTS, (X, M, Fl))))
-    got = {f"clean/{n}": a for n, a in zip(mods.graph.output_names, got_clean)}
+    feeds = dict(zip(GRAPH_INPUTS, (X, M, Fl)))
+    got_clean = sessions["clean"].run(list(mods.clean.output_names), feeds)
+    got_score = sessions["scoring"].run(list(SCORING_OUTPUTS), feeds)
+    got = {f"clean/{n}": a for n, a in zip(mods.clean.output_names, got_clean)}
     got |= {f"scoring/{n}": a for n, a in zip(SCORING_OUTPUTS, got_score)}
     return ref, got
 
@@ -142,7 +142,7 @@ def verify_graphs(
     rtol: float = DEFAULT_RTOL,
     extreme: float = DEFAULT_EXTREME,
     n_single: int = 8,
-) -> dict[str, Any]:
+) -> ParityReport:
     """The bundle's parity section for the graphs against the torch modules; `val` holds validation windows."""
     sessions = {g: _session(b) for g, b in graphs.items()}
     X, M, Fl = (np.ascontiguousarray(a, dtype=np.float32) for a in val)
@@ -165,11 +165,4 @@ def verify_graphs(
             prev = outputs.get(name, {"max_abs": 0.0, "max_rel": 0.0, "n_bad": 0})
             outputs[name] = {k: (prev[k] + s[k]) if k == "n_bad" else max(prev[k], s[k]) for k in prev}
     passed = all(s["n_bad"] == 0 for s in outputs.values())
-    return {
-        "atol": float(atol),
-        "rtol": float(rtol),
-        "extreme": float(extreme),
-        "passed": passed,
-        "outputs": outputs,
-        "cases": cases,
-    }
+    return ParityReport(float(atol), float(rtol), float(extreme), passed, outputs, cases)

@@ -1,58 +1,58 @@
 """The deployment bundle: what `scada-export` writes and the edge loads, and nothing else.
 
-Format (schema version 2)
+Format (schema version 4)
 -------------------------
 A bundle is a directory of three files:
 
-- `clean.onnx`: input `X_in` (batch, L, 3F+R) float32 -> `Y_hat` (batch, K, F), `fault_logits` (batch, C),
-  `rul` (batch, 1), each output present only when its head is on (`heads`), in that order.
-- `scoring.onnx`: inputs `X`, `M_miss` (batch, L, F) and `Flags` (batch, L, R) float32 -> `s_now` (batch,),
-  `feat_contrib` (batch, F), `top_idx` (batch, topn) int64, `E` (batch, L, F).
+- `clean.onnx`: inputs `X`, `M_miss` (batch, L, F) and `Flags` (batch, L, R) float32 -> `Y_hat` (batch, K, F),
+  `fault_prob` (batch, C) (softmax, or a sigmoid per class for a multilabel head), `rul` (batch, 1), each output
+  present only when its head is on (`heads`), in that order. The graph builds the model input itself.
+- `scoring.onnx`: the same inputs -> `s_now` (batch,), `feat_contrib` (batch, F), `top_idx` (batch, topn)
+  int64, `E` (batch, L, F).
 - `bundle.json`: UTF-8 JSON object (at most 16 MiB, no NaN or Infinity) with exactly these keys:
 
-  schema_version   3 (version 2 added scoring.masks, groups and context, and pipeline_spec.yaw_error's
-                   wind_speed and min_wind_speed; version 3 added fleet)
-  model_id         sha256 hex of "scada-tcn-bundle/3", the sha256 of each graph (in file-name order) and the
+  schema_version   4 (3 -> 4: the clean graph takes X, M_miss, Flags and returns fault probabilities)
+  model_id         sha256 hex of "scada-tcn-bundle/4", the sha256 of each graph (in file-name order) and the
                    canonical JSON of the feature and flag registries (`compute_model_id`)
-  dims             {L, K, F, R, C, RF}: window, horizon, features, flags, fault classes, receptive field
+  dims             `Dims`: window L, horizon K, features F, flags R, fault classes C, receptive field RF
   dt_seconds       step of the binned series
-  feature_registry {feature_names, raw_channel_names, angular_channel_names, engineered_version}
-  flag_registry    {flag_names, flags_version}
+  feature_registry `scada_tcn.runtime.registry.FeatureRegistry`
+  flag_registry    `scada_tcn.runtime.registry.FlagRegistry`
   column_mapping   channel -> raw column (the runtime's default)
-  pipeline_spec    `runtime.spec.PipelineSpec.to_dict()`: binning, QC, winsor caps, feature engineering, flags
-  scaler           `runtime.scaling.RobustScaler.to_dict()` (its `scaled` says which columns are scaled)
-  heads            {forecast, fault, fault_multilabel, rul}: booleans
+  pipeline_spec    `scada_tcn.runtime.spec.PipelineSpec`: binning, QC, winsor caps, features, flags
+  scaler           `scada_tcn.runtime.scaling.RobustScaler` (its `scaled` says which columns are scaled)
+  heads            `Heads`: forecast, fault, fault_multilabel, rul
   class_names      fault class names (class 0 normal); len C when the fault head is on
-  scoring          {masks, p_score, groups, context, passes, seed, aggregation, halflife, topn, k}: masks
-                   "element" (passes = round(1/p_score) random patterns; groups null) or "group" (one pass per
-                   group, the group hidden over the whole window; groups = name -> feature names; p_score null);
-                   context = the features that are inputs only, never hidden or scored; groups and context
-                   partition the features; halflife for recent_weighted, k for feature_topk (the per-feature
-                   error levels it divides by are constants of scoring.onnx)
-  calibration      `runtime.calibration.Calibration.to_dict()`
-  alerting         {T_on, T_off, N_on, N_off}: T_* are multiples of the calibrated threshold
-  fleet            {relative, min_peers, min_present_fraction}: relative = thresholds and alerts apply to the
-                   fleet-relative score (`runtime.peers`), from windows whose present fraction reaches
-                   min_present_fraction and that have at least min_peers such windows of other turbines at their step
-  score_reference  {split, n_windows, levels, values}: quantiles of validation scores, for drift checks
-  feature_reference `runtime.drift.DriftReference.to_dict()`: per-feature quantiles, mean, std of the validation
-                   split (present values), for `scada-evaluate --drift`; its feature names are the registry's
-  versions         {torch, onnx, onnxruntime, package, opset, ir_version} at export
+  scoring          `ScoringParams`: masks "element" (passes = round(1/p_score) random patterns; groups null) or
+                   "group" (one pass per group, hidden over the whole window; p_score null); context = features
+                   that are inputs only, never hidden or scored; groups and context partition the features;
+                   halflife for recent_weighted, k for feature_topk (its per-feature levels are graph constants)
+  calibration      `scada_tcn.runtime.calibration.Calibration`
+  alerting         `AlertingParams`: T_on, T_off (multiples of the threshold), N_on, N_off (steps)
+  fleet            `FleetParams`: relative (thresholds and alerts on the fleet-relative score), min_peers,
+                   min_present_fraction (the share of present inputs a window needs to be scored at all)
+  score_reference  `ScoreReference`: quantiles of validation scores, for drift checks
+  feature_reference `scada_tcn.runtime.drift.DriftReference` of the validation split
+  versions         `Versions`: torch, onnx, onnxruntime, package, opset, ir_version at export
   checksums        {"clean.onnx": sha256 hex, "scoring.onnx": sha256 hex}
   data_fingerprint fingerprint of the prepared training data
-  parity           null (export ran with --no-verify) or {atol, rtol, extreme, passed, outputs, cases}
+  parity           null (export ran with --no-verify) or `ParityReport`
 
-`bundle.json` is the root of trust: the checksums cover the graphs, and the model id covers graphs and registries.
+Every section is a typed record with `to_dict` / `from_dict`; `BundleContents` holds them all and `Bundle` adds
+what `dump_bundle` computes (model id, checksums) and what loading brings (path, graph bytes). `bundle.json`
+is the root of trust: the checksums cover the graphs, and the model id covers graphs and registries.
 
-Refused, with a `BundleError` that names the file, key or graph: a schema version other than 3; an unknown or
-missing key at any level; a value of the wrong type; registries, spec, scaler, dims and heads that disagree; a
-missing graph; a graph whose sha256 differs from `checksums`; a model id that does not match; a graph that
-onnxruntime cannot open or whose input/output names, types or shapes disagree with `dims` (the batch axis must
-be symbolic); a recorded parity check that failed. `dump_bundle` validates the same way before and after writing.
+Refused, with a `BundleError` that names the file, key or graph: a schema version other than 4 (older bundles:
+export again); an unknown or missing key at any level; a value of the wrong type; registries, spec, scaler, dims
+and heads that disagree; a missing graph; a graph whose sha256 differs from `checksums`; a model id that does
+not match; a graph that onnxruntime cannot open or whose input/output names, types or shapes disagree with
+`dims` (the batch axis must be symbolic); a recorded parity check that failed. `dump_bundle` validates the same
+way before and after writing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -70,57 +70,45 @@ from scada_tcn.runtime.drift import DriftReference
 from scada_tcn.runtime.errors import BundleError
 from scada_tcn.runtime.flags import compile_rules
 from scada_tcn.runtime.pipeline import scaled_mask
+from scada_tcn.runtime.registry import FeatureRegistry, FlagRegistry
 from scada_tcn.runtime.scaling import RobustScaler
 from scada_tcn.runtime.spec import PipelineSpec
+from scada_tcn.runtime.vocab import ScoreAggregation, ScoreMasks, parse
 
 __all__ = [
-    "SCHEMA_VERSION",
     "BUNDLE_JSON",
     "GRAPH_FILES",
+    "GRAPH_INPUTS",
     "MAX_JSON_BYTES",
-    "Dims",
-    "ScoringParams",
+    "SCHEMA_VERSION",
+    "TOP_KEYS",
     "AlertingParams",
-    "FleetParams",
-    "ScoreReference",
     "Bundle",
+    "BundleContents",
+    "Dims",
+    "FleetParams",
+    "Heads",
+    "ParityReport",
+    "ScoreReference",
+    "ScoringParams",
+    "Versions",
     "compute_model_id",
     "dump_bundle",
+    "expected_graph_io",
     "load_bundle",
     "open_session",
-    "expected_graph_io",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUNDLE_JSON = "bundle.json"
 GRAPH_FILES = {"clean": "clean.onnx", "scoring": "scoring.onnx"}
+GRAPH_INPUTS = ("X", "M_miss", "Flags")  # both graphs: the windows as the pipeline writes them
 MAX_JSON_BYTES = 16 * 1024 * 1024
 TOP_KEYS = (
-    "schema_version",
-    "model_id",
-    "dims",
-    "dt_seconds",
-    "feature_registry",
-    "flag_registry",
-    "column_mapping",
-    "pipeline_spec",
-    "scaler",
-    "heads",
-    "class_names",
-    "scoring",
-    "calibration",
-    "alerting",
-    "fleet",
-    "score_reference",
-    "feature_reference",
-    "versions",
-    "checksums",
-    "data_fingerprint",
-    "parity",
-)
-_COMPUTED = ("schema_version", "model_id", "checksums")  # written by dump_bundle, not by the caller
-AGGREGATIONS = ("masked_mean", "recent_weighted", "feature_topk")
-SCORE_MASKS = ("element", "group")
+    "schema_version", "model_id", "dims", "dt_seconds", "feature_registry", "flag_registry", "column_mapping",
+    "pipeline_spec", "scaler", "heads", "class_names", "scoring", "calibration", "alerting", "fleet",
+    "score_reference", "feature_reference", "versions", "checksums", "data_fingerprint", "parity",
+)  # fmt: skip
 _FLOAT, _INT64 = "tensor(float)", "tensor(int64)"
 
 
@@ -128,50 +116,75 @@ def _fail(msg: str) -> BundleError:
     return BundleError(f"{BUNDLE_JSON}: {msg}")
 
 
-def _keys(d: Any, allowed: tuple[str, ...], where: str) -> dict[str, Any]:
-    if not isinstance(d, dict):
-        raise _fail(f"{where}: expected an object, got {type(d).__name__}")
-    unknown, missing = sorted(set(d) - set(allowed)), sorted(set(allowed) - set(d))
-    if unknown:
-        raise _fail(f"{where}: unknown key {unknown[0]!r} (unknown {unknown}); allowed keys: {list(allowed)}")
-    if missing:
-        raise _fail(f"{where}: missing key {missing[0]!r} (missing {missing})")
-    return d
+class _Section:
+    """Typed reads of one JSON object of bundle.json; every failure is a BundleError naming `where.key`."""
+
+    def __init__(self, d: Any, keys: tuple[str, ...], where: str) -> None:
+        if not isinstance(d, dict):
+            raise _fail(f"{where}: expected an object, got {type(d).__name__}")
+        unknown, missing = sorted(set(d) - set(keys)), sorted(set(keys) - set(d))
+        if unknown:
+            raise _fail(f"{where}: unknown key {unknown[0]!r} (unknown {unknown}); allowed keys: {list(keys)}")
+        if missing:
+            raise _fail(f"{where}: missing key {missing[0]!r} (missing {missing})")
+        self.d, self.where = d, where
+
+    def raw(self, k: str) -> Any:
+        return self.d[k]
+
+    def int(self, k: str, lo: int = 0) -> int:
+        v = self.d[k]
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise _fail(f"{self.where}.{k}: expected an integer >= {lo}, got {v!r}")
+        return v
+
+    def num(self, k: str, lo: float | None = None, hi: float | None = None) -> float:
+        v = self.d[k]
+        ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+        if not ok or (lo is not None and v < lo) or (hi is not None and v > hi):
+            rng = "" if lo is None else f" >= {lo:g}" if hi is None else f" in [{lo:g}, {hi:g}]"
+            raise _fail(f"{self.where}.{k}: expected a finite number{rng}, got {v!r}")
+        return float(v)
+
+    def opt_num(self, k: str, lo: float | None = None) -> float | None:
+        return None if self.d[k] is None else self.num(k, lo)
+
+    def opt_int(self, k: str, lo: int = 0) -> int | None:
+        return None if self.d[k] is None else self.int(k, lo)
+
+    def typed(self, k: str, typ: type) -> Any:
+        v = self.d[k]
+        if not isinstance(v, typ) or (typ is not bool and isinstance(v, bool)):
+            raise _fail(f"{self.where}.{k}: expected {typ.__name__}, got {type(v).__name__}")
+        return v
+
+    def strs(self, k: str) -> tuple[str, ...]:
+        v = self.typed(k, list)
+        if not all(isinstance(s, str) for s in v):
+            raise _fail(f"{self.where}.{k}: expected a list of strings")
+        return tuple(v)
+
+    def str_map(self, k: str) -> dict[str, str]:
+        v = self.typed(k, dict)
+        if not all(isinstance(s, str) for s in v.values()):
+            raise _fail(f"{self.where}.{k}: expected an object of strings")
+        return dict(v)
+
+    def enum(self, k: str, enum: type) -> Any:
+        try:
+            return parse(enum, self.d[k], f"{self.where}.{k}")
+        except ValueError as e:
+            raise _fail(str(e)) from None
 
 
-def _int(d: dict, k: str, where: str, lo: int = 0) -> int:
-    v = d[k]
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise _fail(f"{where}.{k}: expected an integer >= {lo}, got {v!r}")
-    return v
-
-
-def _num(d: dict, k: str, where: str, lo: float | None = None) -> float:
-    v = d[k]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (lo is not None and v < lo):
-        raise _fail(f"{where}.{k}: expected a finite number{'' if lo is None else f' >= {lo:g}'}, got {v!r}")
-    return float(v)
-
-
-def _typed(d: dict, k: str, where: str, typ: type | tuple[type, ...]) -> Any:
-    v = d[k]
-    if not isinstance(v, typ) or (typ is not bool and isinstance(v, bool)):
-        raise _fail(f"{where}.{k}: expected {getattr(typ, '__name__', typ)}, got {type(v).__name__}")
-    return v
-
-
-def _strs(d: dict, k: str, where: str) -> list[str]:
-    v = _typed(d, k, where, list)
-    if not all(isinstance(s, str) for s in v):
-        raise _fail(f"{where}.{k}: expected a list of strings")
-    return list(v)
-
-
-def _str_map(d: dict, k: str, where: str) -> dict[str, str]:
-    v = _typed(d, k, where, dict)
-    if not all(isinstance(s, str) for s in v.values()):
-        raise _fail(f"{where}.{k}: expected an object of strings")
-    return dict(v)
+def _nested(parse_fn: Any, d: Any, where: str) -> Any:
+    """A section owned by another module (its from_dict raises ValueError/TypeError) -> BundleError."""
+    try:
+        return parse_fn(d)
+    except BundleError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise _fail(f"{where}: {e}") from e
 
 
 # ----------------------------------------------------------------------------------------------- records
@@ -186,38 +199,120 @@ class Dims:
     C: int
     RF: int
 
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Dims:
+        s = _Section(d, ("L", "K", "F", "R", "C", "RF"), "dims")
+        return cls(**{k: s.int(k, 0 if k in ("R", "C", "K") else 1) for k in ("L", "K", "F", "R", "C", "RF")})
+
+
+@dataclass(frozen=True)
+class Heads:
+    forecast: bool
+    fault: bool
+    fault_multilabel: bool
+    rul: bool
+
     @property
-    def F_in(self) -> int:
-        return 3 * self.F + self.R
+    def clean_outputs(self) -> tuple[str, ...]:
+        """The clean graph's outputs, in order."""
+        on = (("Y_hat", self.forecast), ("fault_prob", self.fault), ("rul", self.rul))
+        return tuple(n for n, enabled in on if enabled)
+
+    def to_dict(self) -> dict[str, bool]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Heads:
+        s = _Section(d, ("forecast", "fault", "fault_multilabel", "rul"), "heads")
+        return cls(**{k: s.typed(k, bool) for k in ("forecast", "fault", "fault_multilabel", "rul")})
 
 
 @dataclass(frozen=True)
 class ScoringParams:
-    masks: str  # element | group
+    masks: ScoreMasks
     p_score: float | None  # element masks only
     groups: dict[str, tuple[str, ...]] | None  # group masks only: group name -> its features
     context: tuple[str, ...]  # features that are model inputs only: never hidden, never scored
     passes: int
     seed: int
-    aggregation: str
-    halflife: float | None
-    k: int | None
+    aggregation: ScoreAggregation
+    halflife: float | None  # recent_weighted only
+    k: int | None  # feature_topk only
     topn: int
+
+    def __post_init__(self) -> None:
+        element = self.masks == ScoreMasks.element
+        if element != (self.p_score is not None) or element == (self.groups is not None):
+            raise _fail(
+                "scoring: masks 'element' takes p_score and groups null; masks 'group' takes groups and p_score null"
+            )
+        if (self.aggregation == ScoreAggregation.recent_weighted) != (self.halflife is not None):
+            raise _fail("scoring.halflife: required by, and only allowed with, aggregation 'recent_weighted'")
+        if (self.aggregation == ScoreAggregation.feature_topk) != (self.k is not None):
+            raise _fail("scoring.k: required by, and only allowed with, aggregation 'feature_topk'")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "masks": str(self.masks),
+            "p_score": self.p_score,
+            "groups": None if self.groups is None else {g: list(m) for g, m in self.groups.items()},
+            "context": list(self.context),
+            "passes": self.passes,
+            "seed": self.seed,
+            "aggregation": str(self.aggregation),
+            "halflife": self.halflife,
+            "topn": self.topn,
+            "k": self.k,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any) -> ScoringParams:
+        keys = ("masks", "p_score", "groups", "context", "passes", "seed", "aggregation", "halflife", "topn", "k")
+        s = _Section(d, keys, "scoring")
+        groups = None
+        if s.raw("groups") is not None:
+            g = _Section(s.typed("groups", dict), tuple(s.raw("groups")), "scoring.groups")
+            groups = {str(name): g.strs(name) for name in s.raw("groups")}
+        return cls(
+            masks=s.enum("masks", ScoreMasks), p_score=s.opt_num("p_score"), groups=groups,
+            context=s.strs("context"), passes=s.int("passes", 2), seed=s.int("seed"),
+            aggregation=s.enum("aggregation", ScoreAggregation), halflife=s.opt_num("halflife", 1e-12),
+            k=s.opt_int("k", 1), topn=s.int("topn", 1),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
 class AlertingParams:
     T_on: float  # multiples of the calibrated threshold
     T_off: float
-    N_on: int
+    N_on: int  # consecutive steps
     N_off: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> AlertingParams:
+        s = _Section(d, ("T_on", "T_off", "N_on", "N_off"), "alerting")
+        return cls(s.num("T_on", 1e-12), s.num("T_off", 1e-12), s.int("N_on", 1), s.int("N_off", 1))
 
 
 @dataclass(frozen=True)
 class FleetParams:
     relative: bool  # thresholds and alerts apply to score - median(other turbines' scores at the same step)
     min_peers: int
-    min_present_fraction: float  # windows below it are neither fleet-scored nor peers (the window index's rule)
+    min_present_fraction: float  # a window below it is not scored (nor a peer): the window index's rule
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> FleetParams:
+        s = _Section(d, ("relative", "min_peers", "min_present_fraction"), "fleet")
+        return cls(s.typed("relative", bool), s.int("min_peers", 1), s.num("min_present_fraction", 0.0, 1.0))
 
 
 @dataclass(frozen=True)
@@ -227,41 +322,218 @@ class ScoreReference:
     levels: tuple[float, ...]
     values: tuple[float, ...]
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"split": self.split, "n_windows": self.n_windows, "levels": list(self.levels),
+                "values": list(self.values)}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: Any) -> ScoreReference:
+        s = _Section(d, ("split", "n_windows", "levels", "values"), "score_reference")
+        levels = tuple(_Section({"v": v}, ("v",), "score_reference.levels").num("v") for v in s.typed("levels", list))
+        values = tuple(_Section({"v": v}, ("v",), "score_reference.values").num("v") for v in s.typed("values", list))
+        if len(levels) != len(values) or not levels:
+            raise _fail("score_reference: levels and values must be non-empty and of equal length")
+        return cls(s.typed("split", str), s.int("n_windows", 1), levels, values)
+
 
 @dataclass(frozen=True)
-class Bundle:
-    """A loaded, validated bundle. `graphs` holds the verified bytes of each graph (open with `open_session`)."""
+class Versions:
+    torch: str
+    onnx: str
+    onnxruntime: str
+    package: str
+    opset: int
+    ir_version: int
 
-    path: Path
-    model_id: str
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Versions:
+        s = _Section(d, ("torch", "onnx", "onnxruntime", "package", "opset", "ir_version"), "versions")
+        names = {k: s.typed(k, str) for k in ("torch", "onnx", "onnxruntime", "package")}
+        return cls(**names, opset=s.int("opset", 1), ir_version=s.int("ir_version", 1))
+
+
+def _parity_stats(d: Any, where: str) -> dict[str, dict[str, float]]:
+    out = {}
+    for name, stats in _Section({"x": d}, ("x",), where).typed("x", dict).items():
+        s = _Section(stats, ("max_abs", "max_rel", "n_bad"), f"{where}.{name}")
+        out[name] = {"max_abs": s.num("max_abs", 0.0), "max_rel": s.num("max_rel", 0.0), "n_bad": s.int("n_bad")}
+    return out
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """Torch vs onnxruntime at export: per output "graph/name" {max_abs, max_rel, n_bad}, overall and per case."""
+
+    atol: float
+    rtol: float
+    extreme: float
+    passed: bool
+    outputs: dict[str, dict[str, float]]
+    cases: dict[str, dict[str, Any]]  # case -> {n_windows, outputs}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"atol": self.atol, "rtol": self.rtol, "extreme": self.extreme, "passed": self.passed,
+                "outputs": self.outputs, "cases": self.cases}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: Any) -> ParityReport:
+        s = _Section(d, ("atol", "rtol", "extreme", "passed", "outputs", "cases"), "parity")
+        atol, rtol, extreme = s.num("atol", 0.0), s.num("rtol", 0.0), s.num("extreme", 0.0)
+        if not s.typed("passed", bool):
+            raise _fail("parity.passed is false: the export's torch/onnxruntime parity check failed; re-export")
+        cases = {}
+        for case, c in s.typed("cases", dict).items():
+            cs = _Section(c, ("n_windows", "outputs"), f"parity.cases.{case}")
+            cases[case] = {"n_windows": cs.int("n_windows", 1),
+                           "outputs": _parity_stats(c["outputs"], f"parity.cases.{case}.outputs")}  # fmt: skip
+        return cls(atol, rtol, extreme, True, _parity_stats(d["outputs"], "parity.outputs"), cases)
+
+
+@dataclass(frozen=True)
+class BundleContents:
+    """Everything `scada-export` decides; `dump_bundle` adds the checksums and the model id."""
+
     dims: Dims
     dt_seconds: int
-    spec: PipelineSpec
-    feature_registry: dict[str, Any]
-    flag_registry: dict[str, Any]
+    feature_registry: FeatureRegistry
+    flag_registry: FlagRegistry
     column_mapping: dict[str, str]
+    spec: PipelineSpec
     scaler: RobustScaler
+    heads: Heads
     class_names: tuple[str, ...]
-    forecast_enabled: bool
-    fault_enabled: bool
-    fault_multilabel: bool
-    rul_enabled: bool
     scoring: ScoringParams
     calibration: Calibration
     alerting: AlertingParams
     fleet: FleetParams
     score_reference: ScoreReference
     feature_reference: DriftReference
-    versions: dict[str, Any]
-    checksums: dict[str, str]
+    versions: Versions
     data_fingerprint: str
-    parity: dict[str, Any] | None
+    parity: ParityReport | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The bundle.json sections this record holds, as plain JSON types."""
+        return {
+            "dims": self.dims.to_dict(),
+            "dt_seconds": self.dt_seconds,
+            "feature_registry": self.feature_registry.to_dict(),
+            "flag_registry": self.flag_registry.to_dict(),
+            "column_mapping": dict(self.column_mapping),
+            "pipeline_spec": self.spec.to_dict(),
+            "scaler": self.scaler.to_dict(),
+            "heads": self.heads.to_dict(),
+            "class_names": list(self.class_names),
+            "scoring": self.scoring.to_dict(),
+            "calibration": self.calibration.to_dict(),
+            "alerting": self.alerting.to_dict(),
+            "fleet": self.fleet.to_dict(),
+            "score_reference": self.score_reference.to_dict(),
+            "feature_reference": self.feature_reference.to_dict(),
+            "versions": self.versions.to_dict(),
+            "data_fingerprint": self.data_fingerprint,
+            "parity": None if self.parity is None else self.parity.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> BundleContents:
+        """Parse the sections (after the top-level keys were checked) and check them against each other."""
+        top = _Section(dict(doc), tuple(doc), "<top level>")
+        spec = _nested(PipelineSpec.from_dict, doc["pipeline_spec"], "pipeline_spec")
+        _nested(compile_rules, spec, "pipeline_spec")
+        scaler = _nested(RobustScaler.from_dict, doc["scaler"], "scaler")
+        for name, obj in (("pipeline_spec", spec), ("scaler", scaler)):
+            if obj.to_dict() != doc[name]:  # from_dict is lenient about container types; the file must be canonical
+                raise _fail(f"{name}: not in the canonical form its to_dict() writes (a value of the wrong type?)")
+        contents = cls(
+            dims=Dims.from_dict(doc["dims"]),
+            dt_seconds=top.int("dt_seconds", 1),
+            feature_registry=_nested(FeatureRegistry.from_dict, doc["feature_registry"], "feature_registry"),
+            flag_registry=_nested(FlagRegistry.from_dict, doc["flag_registry"], "flag_registry"),
+            column_mapping=top.str_map("column_mapping"),
+            spec=spec,
+            scaler=scaler,
+            heads=Heads.from_dict(doc["heads"]),
+            class_names=top.strs("class_names"),
+            scoring=ScoringParams.from_dict(doc["scoring"]),
+            calibration=_nested(Calibration.from_dict, doc["calibration"], "calibration"),
+            alerting=AlertingParams.from_dict(doc["alerting"]),
+            fleet=FleetParams.from_dict(doc["fleet"]),
+            score_reference=ScoreReference.from_dict(doc["score_reference"]),
+            feature_reference=_nested(DriftReference.from_dict, doc["feature_reference"], "feature_reference"),
+            versions=Versions.from_dict(doc["versions"]),
+            data_fingerprint=top.typed("data_fingerprint", str),
+            parity=None if doc["parity"] is None else ParityReport.from_dict(doc["parity"]),
+        )
+        contents.check()
+        return contents
+
+    def check(self) -> None:
+        """The sections must agree with each other; one BundleError lists every disagreement."""
+        spec, dims, sc = self.spec, self.dims, self.scoring
+        fr, gr = self.feature_registry, self.flag_registry
+        p = []
+        if (fr.feature_names, fr.raw_channel_names, fr.angular_channel_names, gr.flag_names) != (
+            spec.feature_names, spec.feature_channels, spec.angular_channels, spec.flag_names
+        ):  # fmt: skip
+            p.append("the registries' feature, channel or flag names differ from pipeline_spec's")
+        scaled_ok = np.array_equal(self.scaler.scaled, scaled_mask(spec))
+        if tuple(self.scaler.feature_names) != tuple(spec.feature_names) or not scaled_ok:
+            p.append("the scaler's features or scaled columns differ from pipeline_spec's")
+        if (dims.F, dims.R) != (spec.n_features, spec.n_flags):
+            p.append(f"dims F={dims.F}, R={dims.R} but the registries hold {spec.n_features} features, "
+                     f"{spec.n_flags} flags")  # fmt: skip
+        if self.dt_seconds != spec.dt_seconds:
+            p.append(f"dt_seconds={self.dt_seconds} but pipeline_spec.dt_seconds={spec.dt_seconds}")
+        if set(self.column_mapping) != set(spec.channels):
+            p.append(f"column_mapping channels {sorted(self.column_mapping)} differ from the spec's "
+                     f"{sorted(spec.channels)}")  # fmt: skip
+        if self.heads.fault and len(self.class_names) != dims.C:
+            p.append(f"{len(self.class_names)} class_names for C={dims.C} fault classes")
+        if not self.heads.clean_outputs:
+            p.append("no head of the clean graph is on")
+        if sc.p_score is not None and (not 0.0 < sc.p_score < 1.0 or sc.passes != round(1 / sc.p_score)):
+            p.append(f"scoring.passes={sc.passes} is not round(1/p_score) for p_score={sc.p_score} in (0, 1)")
+        if not set(sc.context) < set(spec.feature_names) or len(set(sc.context)) != len(sc.context):
+            p.append("scoring.context must list distinct features of the registry, leaving one scored")
+        if sc.groups is not None:
+            grouped = [f for members in sc.groups.values() for f in members] + list(sc.context)
+            if sorted(grouped) != sorted(spec.feature_names) or any(not m for m in sc.groups.values()):
+                p.append("scoring.groups must be non-empty groups that, with scoring.context, hold every feature "
+                         "of the registry once")  # fmt: skip
+            if sc.passes != len(sc.groups):
+                p.append(f"scoring.passes={sc.passes} but there are {len(sc.groups)} groups")
+        if not 1 <= sc.topn <= dims.F:
+            p.append(f"scoring.topn={sc.topn} is not in [1, F={dims.F}]")
+        if self.alerting.T_off > self.alerting.T_on:
+            p.append(f"alerting.T_off={self.alerting.T_off} > T_on={self.alerting.T_on}")
+        if tuple(self.feature_reference.feature_names) != tuple(spec.feature_names):
+            p.append("feature_reference.feature_names differ from the feature registry")
+        if p:
+            raise _fail("inconsistent bundle: " + "; ".join(p))
+
+
+@dataclass(frozen=True)
+class Bundle(BundleContents):
+    """A loaded, validated bundle. `graphs` holds the verified bytes of each graph (open with `open_session`)."""
+
+    path: Path = Path()
+    model_id: str = ""
+    checksums: dict[str, str] = field(default_factory=dict)
     graphs: dict[str, bytes] = field(repr=False, compare=False, default_factory=dict)
 
     @property
     def clean_outputs(self) -> tuple[str, ...]:
-        heads = (("Y_hat", self.forecast_enabled), ("fault_logits", self.fault_enabled), ("rul", self.rul_enabled))
-        return tuple(n for n, on in heads if on)
+        return self.heads.clean_outputs
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole bundle.json document, keys in the documented order."""
+        doc = {"schema_version": SCHEMA_VERSION, "model_id": self.model_id, **super().to_dict(),
+               "checksums": dict(self.checksums)}  # fmt: skip
+        return {k: doc[k] for k in TOP_KEYS}
 
 
 # ----------------------------------------------------------------------------------------------- checks
@@ -277,29 +549,21 @@ def compute_model_id(checksums: Mapping[str, str], feature_registry: Mapping, fl
     return h.hexdigest()
 
 
-def expected_graph_io(b: Bundle, graph: str) -> tuple[list[tuple], list[tuple]]:
+def expected_graph_io(b: BundleContents, graph: str) -> tuple[list[tuple], list[tuple]]:
     """(inputs, outputs) as (name, type, shape) with None for the symbolic batch axis."""
     d = b.dims
+    ins = [("X", _FLOAT, [None, d.L, d.F]), ("M_miss", _FLOAT, [None, d.L, d.F]), ("Flags", _FLOAT, [None, d.L, d.R])]
     if graph == "clean":
-        shapes = {"Y_hat": [None, d.K, d.F], "fault_logits": [None, d.C], "rul": [None, 1]}
-        return [("X_in", _FLOAT, [None, d.L, d.F_in])], [(n, _FLOAT, shapes[n]) for n in b.clean_outputs]
+        shapes = {"Y_hat": [None, d.K, d.F], "fault_prob": [None, d.C], "rul": [None, 1]}
+        return ins, [(n, _FLOAT, shapes[n]) for n in b.heads.clean_outputs]
     if graph == "scoring":
-        ins = [
-            ("X", _FLOAT, [None, d.L, d.F]),
-            ("M_miss", _FLOAT, [None, d.L, d.F]),
-            ("Flags", _FLOAT, [None, d.L, d.R]),
-        ]
-        outs = [
-            ("s_now", _FLOAT, [None]),
-            ("feat_contrib", _FLOAT, [None, d.F]),
-            ("top_idx", _INT64, [None, b.scoring.topn]),
-            ("E", _FLOAT, [None, d.L, d.F]),
-        ]
+        outs = [("s_now", _FLOAT, [None]), ("feat_contrib", _FLOAT, [None, d.F]),
+                ("top_idx", _INT64, [None, b.scoring.topn]), ("E", _FLOAT, [None, d.L, d.F])]  # fmt: skip
         return ins, outs
     raise BundleError(f"unknown graph {graph!r}; allowed {sorted(GRAPH_FILES)}")
 
 
-def _check_io(sess: ort.InferenceSession, b: Bundle, graph: str) -> None:
+def _check_io(sess: ort.InferenceSession, b: BundleContents, graph: str) -> None:
     file = GRAPH_FILES[graph]
     for kind, got_args, want in zip(
         ("input", "output"), (sess.get_inputs(), sess.get_outputs()), expected_graph_io(b, graph)
@@ -342,220 +606,23 @@ def open_session(
     return sess
 
 
-# ----------------------------------------------------------------------------------------------- parsing
-
-
-def _parse_parity(p: Any) -> dict[str, Any] | None:
-    if p is None:
-        return None
-    p = _keys(p, ("atol", "rtol", "extreme", "passed", "outputs", "cases"), "parity")
-    _num(p, "atol", "parity", 0.0), _num(p, "rtol", "parity", 0.0), _num(p, "extreme", "parity", 0.0)
-    if not _typed(p, "passed", "parity", bool):
-        raise _fail("parity.passed is false: the export's torch/onnxruntime parity check failed; re-export")
-
-    def stats(d: Any, where: str) -> None:
-        for name, s in _typed({"x": d}, "x", where, dict).items():
-            s = _keys(s, ("max_abs", "max_rel", "n_bad"), f"{where}.{name}")
-            _num(s, "max_abs", f"{where}.{name}", 0.0), _num(s, "max_rel", f"{where}.{name}", 0.0)
-            _int(s, "n_bad", f"{where}.{name}")
-
-    stats(p["outputs"], "parity.outputs")
-    for case, c in _typed(p, "cases", "parity", dict).items():
-        c = _keys(c, ("n_windows", "outputs"), f"parity.cases.{case}")
-        _int(c, "n_windows", f"parity.cases.{case}", 1)
-        stats(c["outputs"], f"parity.cases.{case}.outputs")
-    return p
+# ----------------------------------------------------------------------------------------------- files
 
 
 def _parse(doc: dict[str, Any], path: Path, graphs: dict[str, bytes]) -> Bundle:
     """Validate a bundle.json document (whose schema version was checked) and build the Bundle."""
-    _keys(doc, TOP_KEYS, "<top level>")
-    dd = _keys(doc["dims"], ("L", "K", "F", "R", "C", "RF"), "dims")
-    dims = Dims(**{k: _int(dd, k, "dims", 0 if k in ("R", "C", "K") else 1) for k in dd})
-    fr = _keys(
-        doc["feature_registry"],
-        ("feature_names", "raw_channel_names", "angular_channel_names", "engineered_version"),
-        "feature_registry",
-    )
-    gr = _keys(doc["flag_registry"], ("flag_names", "flags_version"), "flag_registry")
-    for k in ("feature_names", "raw_channel_names", "angular_channel_names"):
-        _strs(fr, k, "feature_registry")
-    _strs(gr, "flag_names", "flag_registry")
-    _typed(fr, "engineered_version", "feature_registry", str), _typed(gr, "flags_version", "flag_registry", str)
-    column_mapping = _str_map(doc, "column_mapping", "<top level>")
-    try:
-        spec = PipelineSpec.from_dict(doc["pipeline_spec"])
-        compile_rules(spec)
-    except (ValueError, TypeError, KeyError, AttributeError) as e:
-        raise _fail(f"pipeline_spec: {e}") from e
-    try:
-        scaler = RobustScaler.from_dict(doc["scaler"])
-    except (ValueError, TypeError, KeyError) as e:
-        raise _fail(f"scaler: {e}") from e
-    for name, obj in (("pipeline_spec", spec), ("scaler", scaler)):
-        if obj.to_dict() != doc[name]:  # from_dict is lenient about container types; the file must be canonical
-            raise _fail(f"{name}: not in the canonical form its to_dict() writes (a value of the wrong type?)")
-    hd = _keys(doc["heads"], ("forecast", "fault", "fault_multilabel", "rul"), "heads")
-    heads = {k: _typed(hd, k, "heads", bool) for k in hd}
-    class_names = _strs(doc, "class_names", "<top level>")
-    sd = _keys(
-        doc["scoring"],
-        ("masks", "p_score", "groups", "context", "passes", "seed", "aggregation", "halflife", "topn", "k"),
-        "scoring",
-    )
-    if sd["masks"] not in SCORE_MASKS:
-        raise _fail(f"scoring.masks: unknown {sd['masks']!r}; allowed {list(SCORE_MASKS)}")
-    element = sd["masks"] == "element"
-    if element != (sd["p_score"] is not None) or element == (sd["groups"] is not None):
-        raise _fail(
-            "scoring: masks 'element' takes p_score and groups null; masks 'group' takes groups and p_score null"
-        )
-    groups = None
-    if sd["groups"] is not None:
-        gd = _typed(sd, "groups", "scoring", dict)
-        groups = {str(g): tuple(_strs(gd, g, "scoring.groups")) for g in gd}
-    if sd["aggregation"] not in AGGREGATIONS:
-        raise _fail(f"scoring.aggregation: unknown {sd['aggregation']!r}; allowed {list(AGGREGATIONS)}")
-    if (sd["aggregation"] == "recent_weighted") != (sd["halflife"] is not None):
-        raise _fail("scoring.halflife: required by, and only allowed with, aggregation 'recent_weighted'")
-    if (sd["aggregation"] == "feature_topk") != (sd["k"] is not None):
-        raise _fail("scoring.k: required by, and only allowed with, aggregation 'feature_topk'")
-    scoring = ScoringParams(
-        masks=sd["masks"],
-        groups=groups,
-        context=tuple(_strs(sd, "context", "scoring")),
-        p_score=None if sd["p_score"] is None else _num(sd, "p_score", "scoring"),
-        passes=_int(sd, "passes", "scoring", 2),
-        seed=_int(sd, "seed", "scoring"),
-        aggregation=_typed(sd, "aggregation", "scoring", str),
-        halflife=None if sd["halflife"] is None else _num(sd, "halflife", "scoring", 1e-12),
-        topn=_int(sd, "topn", "scoring", 1),
-        k=None if sd["k"] is None else _int(sd, "k", "scoring", 1),
-    )
-    try:
-        calibration = Calibration.from_dict(doc["calibration"])
-    except (ValueError, TypeError) as e:
-        raise _fail(f"calibration: {e}") from e
-    ad = _keys(doc["alerting"], ("T_on", "T_off", "N_on", "N_off"), "alerting")
-    alerting = AlertingParams(
-        _num(ad, "T_on", "alerting", 1e-12),
-        _num(ad, "T_off", "alerting", 1e-12),
-        _int(ad, "N_on", "alerting", 1),
-        _int(ad, "N_off", "alerting", 1),
-    )
-    fd = _keys(doc["fleet"], ("relative", "min_peers", "min_present_fraction"), "fleet")
-    fleet = FleetParams(
-        _typed(fd, "relative", "fleet", bool),
-        _int(fd, "min_peers", "fleet", 1),
-        _num(fd, "min_present_fraction", "fleet"),
-    )
-    rd = _keys(doc["score_reference"], ("split", "n_windows", "levels", "values"), "score_reference")
-    levels, values = _typed(rd, "levels", "score_reference", list), _typed(rd, "values", "score_reference", list)
-    ref = ScoreReference(
-        _typed(rd, "split", "score_reference", str),
-        _int(rd, "n_windows", "score_reference", 1),
-        tuple(_num({"v": v}, "v", "score_reference.levels") for v in levels),
-        tuple(_num({"v": v}, "v", "score_reference.values") for v in values),
-    )
-    vd = _keys(doc["versions"], ("torch", "onnx", "onnxruntime", "package", "opset", "ir_version"), "versions")
-    for k in ("torch", "onnx", "onnxruntime", "package"):
-        _typed(vd, k, "versions", str)
-    _int(vd, "opset", "versions", 1), _int(vd, "ir_version", "versions", 1)
-    checksums = _keys(doc["checksums"], tuple(sorted(GRAPH_FILES.values())), "checksums")
+    _Section(doc, TOP_KEYS, "<top level>")
+    contents = BundleContents.from_dict(doc)
+    checksums = _Section(doc["checksums"], tuple(sorted(GRAPH_FILES.values())), "checksums").d
     for k, v in checksums.items():
         if not isinstance(v, str) or len(v) != 64 or any(c not in "0123456789abcdef" for c in v):
             raise _fail(f"checksums.{k}: expected a lowercase sha256 hex digest, got {v!r}")
-    model_id = _typed(doc, "model_id", "<top level>", str)
-    fingerprint = _typed(doc, "data_fingerprint", "<top level>", str)
-    dt = _int(doc, "dt_seconds", "<top level>", 1)
-    parity = _parse_parity(doc["parity"])
-
-    problems = []
-    if (fr["feature_names"], fr["raw_channel_names"], fr["angular_channel_names"], gr["flag_names"]) != (
-        list(spec.feature_names),
-        list(spec.feature_channels),
-        list(spec.angular_channels),
-        list(spec.flag_names),
-    ):
-        problems.append("the registries' feature, channel or flag names differ from pipeline_spec's")
-    if list(scaler.feature_names) != list(spec.feature_names) or not np.array_equal(scaler.scaled, scaled_mask(spec)):
-        problems.append("the scaler's features or scaled columns differ from pipeline_spec's")
-    if (dims.F, dims.R) != (spec.n_features, spec.n_flags):
-        problems.append(
-            f"dims F={dims.F}, R={dims.R} but the registries hold {spec.n_features} features, {spec.n_flags} flags"
-        )
-    if dt != spec.dt_seconds:
-        problems.append(f"dt_seconds={dt} but pipeline_spec.dt_seconds={spec.dt_seconds}")
-    if set(column_mapping) != set(spec.channels):
-        problems.append(
-            f"column_mapping channels {sorted(column_mapping)} differ from the spec's {sorted(spec.channels)}"
-        )
-    if heads["fault"] and len(class_names) != dims.C:
-        problems.append(f"{len(class_names)} class_names for C={dims.C} fault classes")
-    if not (heads["forecast"] or heads["fault"] or heads["rul"]):
-        problems.append("no head of the clean graph is on")
-    p_score = scoring.p_score
-    if p_score is not None and (not 0.0 < p_score < 1.0 or scoring.passes != round(1 / p_score)):
-        problems.append(
-            f"scoring.passes={scoring.passes} is not round(1/p_score) for p_score={scoring.p_score} in (0, 1)"
-        )
-    if not set(scoring.context) < set(spec.feature_names) or len(set(scoring.context)) != len(scoring.context):
-        problems.append("scoring.context must list distinct features of the registry, leaving one scored")
-    if scoring.groups is not None:
-        grouped = [f for members in scoring.groups.values() for f in members] + list(scoring.context)
-        if sorted(grouped) != sorted(spec.feature_names) or any(not m for m in scoring.groups.values()):
-            problems.append(
-                "scoring.groups must be non-empty groups that, with scoring.context, hold every feature "
-                "of the registry once"
-            )
-        if scoring.passes != len(scoring.groups):
-            problems.append(f"scoring.passes={scoring.passes} but there are {len(scoring.groups)} groups")
-    if not 1 <= scoring.topn <= dims.F:
-        problems.append(f"scoring.topn={scoring.topn} is not in [1, F={dims.F}]")
-    if not 0.0 <= fleet.min_present_fraction <= 1.0:
-        problems.append(f"fleet.min_present_fraction={fleet.min_present_fraction} is not in [0, 1]")
-    if alerting.T_off > alerting.T_on:
-        problems.append(f"alerting.T_off={alerting.T_off} > T_on={alerting.T_on}")
-    if len(ref.levels) != len(ref.values) or not ref.levels:
-        problems.append("score_reference.levels and values must be non-empty and of equal length")
-    try:
-        feature_ref = DriftReference.from_dict(doc["feature_reference"])
-    except (ValueError, TypeError) as e:
-        raise _fail(f"feature_reference: {e}") from e
-    if list(feature_ref.feature_names) != list(spec.feature_names):
-        problems.append("feature_reference.feature_names differ from the feature registry")
-    if problems:
-        raise _fail("inconsistent bundle: " + "; ".join(problems))
-    expected_id = compute_model_id(checksums, fr, gr)
+    model_id = _Section(doc, TOP_KEYS, "<top level>").typed("model_id", str)
+    expected_id = compute_model_id(checksums, doc["feature_registry"], doc["flag_registry"])
     if model_id != expected_id:
         raise _fail(f"model_id {model_id!r} does not match the graphs and registries (expected {expected_id!r})")
-    return Bundle(
-        path=path,
-        model_id=model_id,
-        dims=dims,
-        dt_seconds=dt,
-        spec=spec,
-        feature_registry=fr,
-        flag_registry=gr,
-        column_mapping=column_mapping,
-        scaler=scaler,
-        class_names=tuple(class_names),
-        forecast_enabled=heads["forecast"],
-        fault_enabled=heads["fault"],
-        fault_multilabel=heads["fault_multilabel"],
-        rul_enabled=heads["rul"],
-        scoring=scoring,
-        calibration=calibration,
-        alerting=alerting,
-        fleet=fleet,
-        score_reference=ref,
-        feature_reference=feature_ref,
-        versions=dict(vd),
-        checksums=dict(checksums),
-        data_fingerprint=fingerprint,
-        parity=parity,
-        graphs=graphs,
-    )
+    fields = {f.name: getattr(contents, f.name) for f in dataclasses.fields(BundleContents)}
+    return Bundle(**fields, path=path, model_id=model_id, checksums=dict(checksums), graphs=graphs)
 
 
 def _reject_constant(name: str) -> None:
@@ -582,7 +649,6 @@ def load_bundle(path: str | Path, check_graphs: bool = True) -> Bundle:
             f"schema_version {version!r} is not supported (this runtime reads version {SCHEMA_VERSION}); "
             "export the model again with a scada-export of the same release as this runtime"
         )
-    checksums = doc.get("checksums")
     graphs: dict[str, bytes] = {}
     for graph, file in GRAPH_FILES.items():
         gpath = path / file
@@ -592,9 +658,9 @@ def load_bundle(path: str | Path, check_graphs: bool = True) -> Bundle:
     b = _parse(doc, path, graphs)
     for graph, file in GRAPH_FILES.items():
         actual = hashlib.sha256(graphs[graph]).hexdigest()
-        if actual != checksums[file]:
+        if actual != b.checksums[file]:
             raise BundleError(
-                f"{file}: sha256 mismatch: bundle.json records {checksums[file]}, the file has {actual}; "
+                f"{file}: sha256 mismatch: bundle.json records {b.checksums[file]}, the file has {actual}; "
                 "the graph was modified after export"
             )
     if check_graphs:
@@ -603,24 +669,22 @@ def load_bundle(path: str | Path, check_graphs: bool = True) -> Bundle:
     return b
 
 
-def dump_bundle(out_dir: str | Path, graphs: Mapping[str, bytes], manifest: Mapping[str, Any]) -> Bundle:
+def dump_bundle(out_dir: str | Path, graphs: Mapping[str, bytes], contents: BundleContents) -> Bundle:
     """Write `graphs` ({"clean": bytes, "scoring": bytes}) and bundle.json, validated, and return the loaded bundle.
 
-    `manifest` holds every top-level key except schema_version, model_id and checksums, which are computed here.
-    Nothing is written when the manifest is invalid; bundle.json is written last, atomically.
+    The model id and checksums are computed here. Nothing is written when the contents are invalid; bundle.json
+    is written last, atomically.
     """
     out = Path(out_dir)
     if sorted(graphs) != sorted(GRAPH_FILES):
         raise BundleError(f"dump_bundle: graphs must be exactly {sorted(GRAPH_FILES)}, got {sorted(graphs)}")
-    bad = [k for k in _COMPUTED if k in manifest]
-    if bad:
-        raise BundleError(f"dump_bundle: {bad} are computed by dump_bundle; remove them from the manifest")
+    if not isinstance(contents, BundleContents):
+        raise BundleError(f"dump_bundle: contents must be a BundleContents, got {type(contents).__name__}")
     checksums = {GRAPH_FILES[g]: hashlib.sha256(graphs[g]).hexdigest() for g in sorted(graphs)}
-    doc = {"schema_version": SCHEMA_VERSION, "model_id": "", **manifest, "checksums": checksums}
-    doc = json.loads(json.dumps(doc, allow_nan=False))  # plain JSON types only, as the loader will see them
-    if isinstance(doc.get("feature_registry"), dict) and isinstance(doc.get("flag_registry"), dict):
-        doc["model_id"] = compute_model_id(checksums, doc["feature_registry"], doc["flag_registry"])
-    doc = {k: doc[k] for k in TOP_KEYS if k in doc} | {k: v for k, v in doc.items() if k not in TOP_KEYS}
+    body = json.loads(json.dumps(contents.to_dict(), allow_nan=False))  # plain JSON types, as the loader sees them
+    model_id = compute_model_id(checksums, body["feature_registry"], body["flag_registry"])
+    doc = {"schema_version": SCHEMA_VERSION, "model_id": model_id, **body, "checksums": checksums}
+    doc = {k: doc[k] for k in TOP_KEYS}
     _parse(doc, out, dict(graphs))
     out.mkdir(parents=True, exist_ok=True)
     for g, data in graphs.items():

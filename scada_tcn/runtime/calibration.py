@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from scada_tcn.runtime.vocab import CalibrationMethod, parse
+
 __all__ = [
     "NORMAL_REGIME",
     "SOURCES",
@@ -40,7 +42,6 @@ __all__ = [
 
 NORMAL_REGIME = "normal"
 SOURCES = ("turbine_regime", "turbine", "regime", "global")
-METHODS = ("percentile", "evt")
 SEP = "|"
 _KEYS = (
     "method",
@@ -92,8 +93,10 @@ class Calibration:
     params: dict[str, dict[str, float]] = field(default_factory=dict)  # evt: key -> fitted tail (u, xi, sigma, ...)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise CalibrationError(f"calibration.method: unknown {self.method!r}; allowed {list(METHODS)}")
+        try:
+            object.__setattr__(self, "method", parse(CalibrationMethod, self.method, "calibration.method"))
+        except ValueError as e:
+            raise CalibrationError(str(e)) from None
         if not isinstance(self.params, dict) or not all(isinstance(v, dict) for v in self.params.values()):
             raise CalibrationError("calibration.params must map group keys to parameter mappings")
         if not 0.0 < float(self.percentile) < 100.0:

@@ -8,10 +8,10 @@ bundle's dims). One intra-op thread is the default: for single windows of a mode
 add synchronisation.
 
 `score(X, M_miss, Flags)` takes float32 arrays X (B, L, F), M_miss (B, L, F) (1 present, 0 missing) and
-Flags (B, L, R), runs each graph once, and returns a `ScoreBatch`. The clean graph's input is built here as
-X_in = [X with missing set to the fill value, M_miss, ones, Flags] along the last axis, the fixed order of
-`trainer.model.masking.build_model_input` with nothing hidden. The score math lives in the exported scoring graph,
-not here. Refused with InputError: wrong ndim, shape or dtype, or batches that disagree. Inputs are not mutated.
+Flags (B, L, R), runs each graph once on exactly those arrays, and returns a `ScoreBatch`. Everything else lives
+in the exported graphs: the model input (missing values filled, masks and flags concatenated), the score math and
+the fault probabilities. Refused with InputError: wrong ndim, shape or dtype, or batches that disagree. Inputs
+are not mutated.
 """
 
 from __future__ import annotations
@@ -39,11 +39,6 @@ class ScoreBatch:
     rul: np.ndarray | None  # (B,)
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 class OnnxScorer:
     """Both graphs of a bundle in onnxruntime; see the module docstring."""
 
@@ -53,7 +48,6 @@ class OnnxScorer:
         self.inter_op_threads = inter_op_threads
         self._clean = open_session(bundle, "clean", intra_op_threads, inter_op_threads)
         self._scoring = open_session(bundle, "scoring", intra_op_threads, inter_op_threads)
-        self._fill = np.float32(bundle.spec.fill_value)
 
     def _check(self, X: np.ndarray, M_miss: np.ndarray, Flags: np.ndarray) -> None:
         d = self.bundle.dims
@@ -74,14 +68,9 @@ class OnnxScorer:
     def score(self, X: np.ndarray, M_miss: np.ndarray, Flags: np.ndarray) -> ScoreBatch:
         """Score B windows: one call of the scoring graph and one of the clean graph."""
         self._check(X, M_miss, Flags)
-        s_now, feat_contrib, top_idx, E = self._scoring.run(None, {"X": X, "M_miss": M_miss, "Flags": Flags})
-        X0 = np.where(M_miss > 0.5, X, self._fill).astype(np.float32, copy=False)
-        X_in = np.concatenate([X0, M_miss, np.ones_like(M_miss), Flags], axis=-1)  # (B, L, 3F + R)
-        clean = dict(zip(self.bundle.clean_outputs, self._clean.run(None, {"X_in": X_in})))
-        fault_prob = None
-        if "fault_logits" in clean:
-            z = clean["fault_logits"]
-            fault_prob = 1.0 / (1.0 + np.exp(-z)) if self.bundle.fault_multilabel else _softmax(z)
+        feeds = {"X": X, "M_miss": M_miss, "Flags": Flags}
+        s_now, feat_contrib, top_idx, E = self._scoring.run(None, feeds)
+        clean = dict(zip(self.bundle.clean_outputs, self._clean.run(None, feeds)))
         rul = clean["rul"][:, 0] if "rul" in clean else None
         return ScoreBatch(
             s_now=s_now,
@@ -89,6 +78,6 @@ class OnnxScorer:
             top_idx=top_idx,
             E=E,
             Y_hat=clean.get("Y_hat"),
-            fault_prob=fault_prob,
+            fault_prob=clean.get("fault_prob"),
             rul=rul,
         )

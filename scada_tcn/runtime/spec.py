@@ -27,11 +27,14 @@ from types import MappingProxyType
 from typing import Any
 
 from scada_tcn.runtime.errors import SpecError
+from scada_tcn.runtime.vocab import AngleUnits, BinAggregation, DedupeRule, RollingStat, parse
 
-DEDUPE_RULES = ("first", "last", "mean", "max", "min")
-AGGREGATIONS = ("mean", "max", "min", "last")
-ROLLING_STATS = ("mean", "std")
-ANGLE_UNITS = ("deg", "rad")
+
+def _enum(enum: type, value: object, where: str):  # noqa: ANN202
+    try:
+        return parse(enum, value, where)
+    except ValueError as e:
+        raise SpecError(str(e)) from None
 
 
 def _check_keys(d: dict[str, Any], required: set[str], where: str) -> None:
@@ -80,9 +83,7 @@ class RollingSpec:
         bad = [w for w in self.windows if not isinstance(w, int) or isinstance(w, bool) or w < 1]
         if bad:
             raise SpecError(f"rolling.windows must be positive integers, got {bad}")
-        bad_stats = [s for s in self.stats if s not in ROLLING_STATS]
-        if bad_stats:
-            raise SpecError(f"rolling.stats: unknown {bad_stats}; allowed {list(ROLLING_STATS)}")
+        object.__setattr__(self, "stats", tuple(_enum(RollingStat, s, "rolling.stats") for s in self.stats))
 
     def output_names(self) -> list[str]:
         return [f"{c}_r{s}{w}" for c in self.channels for w in self.windows for s in self.stats]
@@ -136,10 +137,8 @@ class PipelineSpec:
             object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
         if not isinstance(self.dt_seconds, int) or isinstance(self.dt_seconds, bool) or self.dt_seconds <= 0:
             raise SpecError(f"dt_seconds must be a positive integer, got {self.dt_seconds!r}")
-        if self.dedupe not in DEDUPE_RULES:
-            raise SpecError(f"dedupe: unknown rule {self.dedupe!r}; allowed {list(DEDUPE_RULES)}")
-        if self.angle_units not in ANGLE_UNITS:
-            raise SpecError(f"angle_units: {self.angle_units!r}; allowed {list(ANGLE_UNITS)}")
+        object.__setattr__(self, "dedupe", _enum(DedupeRule, self.dedupe, "dedupe"))
+        object.__setattr__(self, "angle_units", _enum(AngleUnits, self.angle_units, "angle_units"))
         if not math.isfinite(self.fill_value):
             raise SpecError(f"fill_value must be finite, got {self.fill_value}")
         _unique(self.channels, "channels")
@@ -157,9 +156,8 @@ class PipelineSpec:
         not_feat = sorted(set(self.angular_channels) - set(self.feature_channels))
         if not_feat:
             raise SpecError(f"angular_channels {not_feat} must also be feature channels")
-        bad_agg = {c: a for c, a in self.aggregation.items() if a not in AGGREGATIONS}
-        if bad_agg:
-            raise SpecError(f"aggregation: unknown {bad_agg}; allowed {list(AGGREGATIONS)}")
+        agg = {c: _enum(BinAggregation, a, f"aggregation.{c}") for c, a in self.aggregation.items()}
+        object.__setattr__(self, "aggregation", MappingProxyType(agg))
         angular_set = sorted(set(self.aggregation) & set(self.angular_channels))
         if angular_set:
             raise SpecError(f"aggregation: angular channels {angular_set} always use the circular mean; remove them")

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from scada_tcn.runtime.ids import turbine_id_problem
 
 __all__ = ["REASONS", "Rejection", "Sample", "TelemetryDecoder", "parse_timestamp_ns", "topic_filter"]
 
@@ -50,7 +51,6 @@ REASONS = (
     "bad_turbine_id",
     "unknown_turbine",
 )
-_SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NS = 1_000_000_000
 _MAX_ABS_S = 1e11  # ~ year 5138: anything beyond is nonsense and would overflow int64 ns
@@ -137,8 +137,9 @@ class TelemetryDecoder:
         if len(levels) <= self.turbine_level:
             return Rejection("bad_topic", f"topic {topic[:200]!r} has no turbine level {self.turbine_level}")
         tid = levels[self.turbine_level]
-        if not _SAFE_ID.match(tid):
-            return Rejection("bad_turbine_id", f"turbine id {tid[:80]!r}: 1-64 letters, digits, '_', '.', '-'")
+        problem = turbine_id_problem(tid)
+        if problem is not None:
+            return Rejection("bad_turbine_id", problem)
         if self._allowed and tid not in self._allowed:
             return Rejection("unknown_turbine", f"turbine {tid!r} is not in ingest.turbines")
         return tid

@@ -19,15 +19,16 @@ not even through another turbine's baseline. The score reference for drift stays
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
+from scada_tcn.runtime.bundle import ScoreReference
 from scada_tcn.runtime.calibration import Calibration, fit_calibration, fit_percentile_calibration, regime_of
 from scada_tcn.runtime.drift import DriftReference
 from scada_tcn.runtime.peers import fleet_relative
+from scada_tcn.runtime.windows import enough_present
 from scada_tcn.trainer.calibration.evt import pot_threshold
 from scada_tcn.trainer.config import RootCfg
 from scada_tcn.trainer.data.dataset import WindowDataset
@@ -97,7 +98,7 @@ def feature_reference(data: PreparedData, cfg: RootCfg) -> DriftReference:
 @dataclass(frozen=True)
 class CalibrationResult:
     calibration: Calibration
-    score_reference: dict[str, Any]  # runtime.bundle's score_reference section
+    score_reference: ScoreReference
     n_split: int  # windows of the split
     n_excluded: int  # of which fault-labelled, so not used
 
@@ -161,7 +162,7 @@ def calibrate(scoring: ScoringModule, data: PreparedData, cfg: RootCfg) -> Calib
         rel, _ = fleet_relative(
             raw,
             rows["t_end"].to_numpy(np.int64),
-            rows["present_fraction"].to_numpy() >= cfg.data.windowing.min_present_fraction,
+            enough_present(rows["present_fraction"].to_numpy(), cfg.data.windowing.min_present_fraction),
             fleet.min_peers,
         )
         fit = np.isfinite(rel)
@@ -221,10 +222,10 @@ def calibrate(scoring: ScoringModule, data: PreparedData, cfg: RootCfg) -> Calib
             "With infer.fleet.relative, the turbines score alike even in their tails; use a higher "
             "infer.calibration.percentile or score the turbines without it"
         )
-    ref = {
-        "split": CALIBRATION_SPLIT,
-        "n_windows": int(len(raw)),
-        "levels": list(QUANTILE_LEVELS),
-        "values": [float(v) for v in np.quantile(raw, QUANTILE_LEVELS)],
-    }
+    ref = ScoreReference(
+        split=CALIBRATION_SPLIT,
+        n_windows=int(len(raw)),
+        levels=tuple(float(q) for q in QUANTILE_LEVELS),
+        values=tuple(float(v) for v in np.quantile(raw, QUANTILE_LEVELS)),
+    )
     return CalibrationResult(cal, ref, n_split=len(split), n_excluded=int((~keep).sum()))

@@ -4,45 +4,18 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from scada_tcn.runtime.errors import ConfigError
+from scada_tcn.trainer.config.choices import FlagSourceType
+from scada_tcn.trainer.config.derive import spec_from_config
 from scada_tcn.trainer.model.geometry import receptive_field, resolve_dilations
 
 if TYPE_CHECKING:
     from scada_tcn.trainer.config.schema import RootCfg
 
 
-# dotted key -> allowed values
-CHOICES: dict[str, tuple[str, ...]] = {
-    "device": ("auto", "cpu", "cuda"),
-    "data.format": ("auto", "csv", "parquet"),
-    "data.splits.method": ("time", "turbine"),
-    "data.labels.label_source": ("file",),
-    "data.labels.label_rule": ("window_any", "window_last", "horizon_any"),
-    "data.qc.dedupe_rule": ("first", "last", "mean", "max", "min"),
-    "features.angle_units": ("deg", "rad"),
-    "features.scaler.type": ("robust",),
-    "flags.sources.type": ("rules", "columns"),
-    "model.tcn.dilations": ("powers_of_two", "explicit"),
-    "model.tcn.norm": ("none", "weight_norm", "layer_norm"),
-    "model.heads.forecast.summary": ("last",),
-    "model.heads.fault.pooling": ("mean",),
-    "train.optimizer.name": ("adamw",),
-    "train.scheduler.name": ("none", "cosine"),
-    "infer.aggregation.name": ("masked_mean", "recent_weighted", "feature_topk"),
-    "infer.calibration.method": ("percentile", "evt"),
-    "infer.score_masks": ("element", "group"),
-}
-AGGREGATIONS = ("mean", "max", "min", "last")
 _TURBINE_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]+$")
-ROLLING_STATS = ("mean", "std")
-
-
-def _get(cfg: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
 
 
 def _parse_time(key: str, value: str) -> datetime:
@@ -91,45 +64,24 @@ def _check_splits(cfg: RootCfg) -> None:
 
 
 def _check_channels(cfg: RootCfg) -> None:
+    """What only the trainer reads: winsorize quantiles, causality switches, flag sources and regime weights.
+
+    The channels, features and flag rules themselves are checked once, by the PipelineSpec the config implies
+    (`derive.spec_from_config`, called by `validate_config`)."""
     chans = list(cfg.data.columns)
     if not chans:
         raise ConfigError("data.columns must map channel names to columns of the raw table")
     f = cfg.features
-    unknown = [c for c in f.raw_channels if c not in chans]
+    unknown = [c for c in cfg.data.qc.winsorize if c not in chans]
     if unknown:
-        raise ConfigError(f"features.raw_channels: unknown channels {unknown}; data.columns defines {chans}")
-    bad = [c for c in f.angular_channels if c not in f.raw_channels]
-    if bad:
-        raise ConfigError(f"features.angular_channels {bad} must be in features.raw_channels {list(f.raw_channels)}")
-    for key, mapping in (
-        ("data.qc.clamp", cfg.data.qc.clamp),
-        ("data.qc.winsorize", cfg.data.qc.winsorize),
-        ("data.qc.aggregation", cfg.data.qc.aggregation),
-    ):
-        unknown = [c for c in mapping if c not in chans]
-        if unknown:
-            raise ConfigError(f"{key}: unknown channels {unknown}; data.columns defines {chans}")
-    for c, pair in {**cfg.data.qc.clamp, **cfg.data.qc.winsorize}.items():
-        if len(pair) != 2 or not pair[0] < pair[1]:
-            raise ConfigError(f"data.qc.clamp/winsorize.{c}: expected [low, high] with low < high, got {list(pair)}")
-    for c, (lo, hi) in cfg.data.qc.winsorize.items():
-        if not 0.0 <= lo < hi <= 1.0:
-            raise ConfigError(f"data.qc.winsorize.{c}: quantiles must satisfy 0 <= low < high <= 1, got {[lo, hi]}")
-    bad_agg = {c: a for c, a in cfg.data.qc.aggregation.items() if a not in AGGREGATIONS}
-    if bad_agg:
-        raise ConfigError(f"data.qc.aggregation: {bad_agg}; allowed {list(AGGREGATIONS)}")
+        raise ConfigError(f"data.qc.winsorize: unknown channels {unknown}; data.columns defines {chans}")
+    for c, pair in cfg.data.qc.winsorize.items():
+        if len(pair) != 2 or not 0.0 <= pair[0] < pair[1] <= 1.0:
+            raise ConfigError(f"data.qc.winsorize.{c}: quantiles must satisfy 0 <= low < high <= 1, got {list(pair)}")
     if not f.rolling.causal:
         raise ConfigError("features.rolling.causal must be true: a rolling statistic may not look ahead")
-    bad_stats = [s for s in f.rolling.stats if s not in ROLLING_STATS]
-    if bad_stats:
-        raise ConfigError(f"features.rolling.stats: unknown {bad_stats}; allowed {list(ROLLING_STATS)}")
     fl = cfg.flags
-    if set(fl.flag_names) != set(fl.sources.mapping):
-        raise ConfigError(
-            f"flags.sources.mapping must define exactly flags.flag_names {list(fl.flag_names)}; "
-            f"got {list(fl.sources.mapping)}"
-        )
-    if fl.sources.type == "columns":
+    if fl.sources.type == FlagSourceType.columns:
         bad = {k: v for k, v in fl.sources.mapping.items() if v not in chans}
         if bad:
             raise ConfigError(f"flags.sources.mapping {bad}: with type=columns each value must be a channel of {chans}")
@@ -209,10 +161,6 @@ def _check_model(cfg: RootCfg) -> None:
 
 def validate_config(cfg: RootCfg) -> None:
     """Raise ConfigError naming the key for any violated invariant (allowed values, ranges, consistency)."""
-    for key, allowed in CHOICES.items():
-        value = _get(cfg, key)
-        if value not in allowed:
-            raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(allowed)}")
     w = cfg.data.windowing
     checks = [
         (w.L > 0, "data.windowing.L must be > 0"),
@@ -258,6 +206,7 @@ def validate_config(cfg: RootCfg) -> None:
         raise ConfigError("infer.aggregation.k (>= 1) is required by, and only used by, name=feature_topk")
     _check_splits(cfg)
     _check_channels(cfg)
+    spec_from_config(cfg)  # the channels, features and flag rules, checked once by the PipelineSpec
     _check_model(cfg)
     if cfg.train.group_mask_prob > 0 or cfg.infer.score_masks == "group" or cfg.features.context:  # used only then
         from scada_tcn.trainer.config.groups import feature_groups  # imports the registry, which imports this module

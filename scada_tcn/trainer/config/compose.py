@@ -144,7 +144,7 @@ def load_config(config_path: str | Path, overrides: list[str] | None = None) -> 
 
 def to_container(cfg: RootCfg) -> dict[str, Any]:
     """Plain dict of a config (for checkpoints and JSON)."""
-    return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]
+    return OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)  # type: ignore[return-value]
 
 
 def save_resolved(cfg: RootCfg, path: str | Path) -> None:

@@ -12,6 +12,31 @@ from dataclasses import dataclass, field
 
 from omegaconf import MISSING
 
+from scada_tcn.runtime.vocab import (
+    AngleUnits,
+    BinAggregation,
+    CalibrationMethod,
+    DedupeRule,
+    RollingStat,
+    ScoreAggregation,
+    ScoreMasks,
+)
+from scada_tcn.trainer.config.choices import (
+    DataFormat,
+    Device,
+    Dilations,
+    FaultPooling,
+    FlagSourceType,
+    ForecastSummary,
+    LabelRule,
+    LabelSource,
+    Norm,
+    Optimizer,
+    ScalerType,
+    Scheduler,
+    SplitMethod,
+)
+
 GROUPS = ("data", "features", "flags", "model", "train", "infer")
 
 
@@ -46,7 +71,7 @@ class WindowingCfg:
 
 @dataclass
 class SplitsCfg:
-    method: str = "time"  # time | turbine
+    method: SplitMethod = SplitMethod.time
     train_range: list[str] | None = None  # [start, end) ISO-8601
     val_range: list[str] | None = None
     test_range: list[str] | None = None
@@ -60,8 +85,8 @@ class SplitsCfg:
 @dataclass
 class LabelsCfg:
     enabled: bool = False
-    label_source: str = "file"
-    label_rule: str = "window_any"  # window_any | window_last | horizon_any
+    label_source: LabelSource = LabelSource.file
+    label_rule: LabelRule = LabelRule.window_any
     class_names: list[str] = field(default_factory=list)  # class 0 is the normal class
     multilabel: bool = False
 
@@ -79,14 +104,14 @@ class RulTargetCfg:
 class QcCfg:
     clamp: dict[str, list[float]] = field(default_factory=dict)  # channel -> [min, max]; outside -> missing
     winsorize: dict[str, list[float]] = field(default_factory=dict)  # channel -> [low_q, high_q] (train split)
-    dedupe_rule: str = "last"
-    aggregation: dict[str, str] = field(default_factory=dict)  # channel -> mean|max|min|last
+    dedupe_rule: DedupeRule = DedupeRule.last
+    aggregation: dict[str, BinAggregation] = field(default_factory=dict)  # channel -> how its bins aggregate
 
 
 @dataclass
 class DataCfg:
     name: str = MISSING
-    format: str = "auto"  # auto | csv | parquet
+    format: DataFormat = DataFormat.auto
     paths: PathsCfg = field(default_factory=PathsCfg)
     identifiers: IdentifiersCfg = field(default_factory=IdentifiersCfg)
     columns: dict[str, str] = field(default_factory=dict)  # channel -> column in the raw table
@@ -119,14 +144,14 @@ class DeltasCfg:
 class RollingCfg:
     enabled: bool = False
     windows: list[int] = field(default_factory=list)
-    stats: list[str] = field(default_factory=lambda: ["mean", "std"])
+    stats: list[RollingStat] = field(default_factory=lambda: [RollingStat.mean, RollingStat.std])
     channels: list[str] = field(default_factory=list)
     causal: bool = True
 
 
 @dataclass
 class ScalerCfg:
-    type: str = "robust"
+    type: ScalerType = ScalerType.robust
     clip_iqr: float | None = None
     scale_angles: bool = False
 
@@ -141,7 +166,7 @@ class OrderingCfg:
 class FeaturesCfg:
     raw_channels: list[str] = MISSING
     angular_channels: list[str] = field(default_factory=list)
-    angle_units: str = "deg"
+    angle_units: AngleUnits = AngleUnits.deg
     yaw_error: YawErrorCfg = field(default_factory=YawErrorCfg)
     differences: dict[str, list[str]] = field(default_factory=dict)  # name -> [a, b]: a - b (e.g. above ambient)
     deltas: DeltasCfg = field(default_factory=DeltasCfg)
@@ -158,7 +183,7 @@ class FeaturesCfg:
 
 @dataclass
 class FlagSourcesCfg:
-    type: str = "rules"  # rules (expressions over channels) | columns (bare channel names, nonzero -> 1)
+    type: FlagSourceType = FlagSourceType.rules
     mapping: dict[str, str] = field(default_factory=dict)
 
 
@@ -175,10 +200,10 @@ class TcnCfg:
     D: int = 64
     kernel_size: int = 3
     num_blocks: int = 6
-    dilations: str = "powers_of_two"  # powers_of_two | explicit
+    dilations: Dilations = Dilations.powers_of_two
     dilation_list: list[int] = field(default_factory=list)
     dropout: float = 0.1
-    norm: str = "weight_norm"  # none | weight_norm | layer_norm
+    norm: Norm = Norm.weight_norm
 
 
 @dataclass
@@ -189,14 +214,14 @@ class HeadToggleCfg:
 @dataclass
 class ForecastHeadCfg:
     enabled: bool = True
-    summary: str = "last"
+    summary: ForecastSummary = ForecastSummary.last
     hidden: int = 128
 
 
 @dataclass
 class FaultHeadCfg:
     enabled: bool = False
-    pooling: str = "mean"
+    pooling: FaultPooling = FaultPooling.mean
     C: int = 0
     multilabel: bool = False
     hidden: int = 64
@@ -252,14 +277,14 @@ class LossCfg:
 
 @dataclass
 class OptimizerCfg:
-    name: str = "adamw"
+    name: Optimizer = Optimizer.adamw
     lr: float = 1e-3
     weight_decay: float = 1e-4
 
 
 @dataclass
 class SchedulerCfg:
-    name: str = "none"  # none | cosine
+    name: Scheduler = Scheduler.none
     warmup_steps: int = 0
 
 
@@ -281,7 +306,7 @@ class TrainCfg:
 
 @dataclass
 class AggregationCfg:
-    name: str = "masked_mean"  # masked_mean | recent_weighted | feature_topk
+    name: ScoreAggregation = ScoreAggregation.masked_mean
     halflife_steps: float | None = None  # recent_weighted only
     k: int | None = None  # feature_topk only: mean of the k worst features, each over its normal error level
 
@@ -289,7 +314,7 @@ class AggregationCfg:
 @dataclass
 class CalibrationCfg:
     enabled: bool = True
-    method: str = "percentile"  # percentile | evt
+    method: CalibrationMethod = CalibrationMethod.percentile
     percentile: float = 99.5
     per_turbine: bool = True
     per_regime: bool = False
@@ -327,7 +352,7 @@ class FleetCfg:
 class InferCfg:
     p_score: float = 0.25
     score_seed: int = 1234
-    score_masks: str = "element"  # element (P = round(1/p_score) random patterns) | group (one pass per group)
+    score_masks: ScoreMasks = ScoreMasks.element  # element: P = round(1/p_score) patterns; group: one pass each
     aggregation: AggregationCfg = field(default_factory=AggregationCfg)
     topn_features: int = 5
     calibration: CalibrationCfg = field(default_factory=CalibrationCfg)
@@ -339,7 +364,7 @@ class InferCfg:
 class RootCfg:
     experiment_name: str = "default"
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    device: Device = Device.auto
     output_dir: str = "artifacts/default"
     data: DataCfg = field(default_factory=DataCfg)
     features: FeaturesCfg = field(default_factory=FeaturesCfg)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
 import sys
 from dataclasses import asdict
@@ -28,12 +27,14 @@ import pandas as pd
 
 from scada_tcn.runtime.binning import bin_end_ns, bin_timeline
 from scada_tcn.runtime.errors import InputError
+from scada_tcn.runtime.ids import turbine_id_problem
 from scada_tcn.runtime.pipeline import Preprocessor, scaled_mask
 from scada_tcn.runtime.qc import fit_winsor_caps
+from scada_tcn.runtime.registry import registries_from_spec
 from scada_tcn.runtime.scaling import fit_robust_scaler
 from scada_tcn.trainer.config import RootCfg, save_resolved
 from scada_tcn.trainer.config.derive import spec_from_config
-from scada_tcn.trainer.data.registry import registries_from_spec, save_registry
+from scada_tcn.trainer.data.registry import save_registry
 from scada_tcn.trainer.data.tables import RawTable, load_raw_table
 from scada_tcn.trainer.data.windowing import (
     SPLITS,
@@ -43,8 +44,6 @@ from scada_tcn.trainer.data.windowing import (
     load_label_events,
     step_splits,
 )
-
-_SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 def _log(msg: str) -> None:
@@ -99,8 +98,9 @@ def prepare(cfg: RootCfg) -> dict[str, Any]:
     skipped: dict[str, str] = {}
     bin_stats: dict[str, dict[str, Any]] = {}
     for i, (tid, idx) in enumerate(groups.items(), 1):
-        if not _SAFE_ID.match(tid):
-            raise InputError(f"turbine id {tid!r} may only hold letters, digits, '_', '.', '-' (it names a folder)")
+        problem = turbine_id_problem(tid)
+        if problem is not None:
+            raise InputError(f"{problem}: it names a folder of the prepared data and a level of the MQTT topics")
         vals = table.values[idx]
         if not np.isfinite(vals).any():
             skipped[tid] = "no present value in any channel"

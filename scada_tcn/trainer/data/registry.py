@@ -1,69 +1,26 @@
-"""Feature and flag registries: the single authority on column order, saved with every artifact.
+"""The registries on disk: saved beside the prepared data, loaded back, and compared with a config's.
 
-`spec_from_config` derives the preprocessing contract (`runtime.spec.PipelineSpec`) from the config; the
-registries record the resulting order, and `assert_registry_compatible` refuses any config, prepared data
-set or checkpoint whose order differs, listing the difference.
+The records themselves (`FeatureRegistry`, `FlagRegistry`, `registries_from_spec`) are the runtime's
+(`scada_tcn.runtime.registry`), since the bundle carries them too. `assert_registry_compatible` refuses any
+config, prepared data set or checkpoint whose order or engineering differs, listing the difference.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from scada_tcn.runtime.errors import SpecError
-from scada_tcn.runtime.spec import PipelineSpec
+from scada_tcn.runtime.registry import FeatureRegistry, FlagRegistry
 
 REGISTRY_SCHEMA_VERSION = 1
-
-
-@dataclass(frozen=True)
-class FeatureRegistry:
-    feature_names: list[str]
-    raw_channel_names: list[str]
-    angular_channel_names: list[str]
-    engineered_version: str  # hash of the feature-engineering part of the spec
-
-
-@dataclass(frozen=True)
-class FlagRegistry:
-    flag_names: list[str]
-    flags_version: str  # hash of the flag rules
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def registries_from_spec(spec: PipelineSpec) -> tuple[FeatureRegistry, FlagRegistry]:
-    d = spec.to_dict()
-    eng = {
-        k: d[k]
-        for k in (
-            "feature_channels",
-            "angular_channels",
-            "angle_units",
-            "yaw_error",
-            "differences",
-            "deltas",
-            "rolling",
-        )
-    }
-    return (
-        FeatureRegistry(
-            list(spec.feature_names), list(spec.feature_channels), list(spec.angular_channels), _digest(eng)
-        ),
-        FlagRegistry(list(spec.flag_names), _digest(d["flag_rules"])),
-    )
 
 
 def save_registry(feature_reg: FeatureRegistry, flag_reg: FlagRegistry, folder: str | Path) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name, reg in (("feature_registry.json", feature_reg), ("flag_registry.json", flag_reg)):
-        payload = {"schema_version": REGISTRY_SCHEMA_VERSION, **asdict(reg)}
+        payload = {"schema_version": REGISTRY_SCHEMA_VERSION, **reg.to_dict()}
         (folder / name).write_text(json.dumps(payload, indent=2) + "\n")
 
 
@@ -77,14 +34,11 @@ def load_registry(folder: str | Path) -> tuple[FeatureRegistry, FlagRegistry]:
         d = json.loads(path.read_text())
         if d.pop("schema_version", None) != REGISTRY_SCHEMA_VERSION:
             raise SpecError(f"{path}: unknown registry schema version (expected {REGISTRY_SCHEMA_VERSION})")
-        expected = set(cls.__dataclass_fields__)
-        if set(d) != expected:
-            raise SpecError(f"{path}: keys {sorted(d)} differ from {sorted(expected)}")
-        out.append(cls(**d))
+        out.append(cls.from_dict(d, str(path)))
     return out[0], out[1]
 
 
-def _diff(a: list[str], b: list[str]) -> str:
+def _diff(a: tuple[str, ...], b: tuple[str, ...]) -> str:
     first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
     return (
         f"lengths {len(a)} vs {len(b)}; first difference at position {first}: "

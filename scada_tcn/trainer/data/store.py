@@ -13,10 +13,11 @@ from pathlib import Path
 import pandas as pd
 
 from scada_tcn.runtime.errors import SpecError
+from scada_tcn.runtime.registry import registries_from_spec
 from scada_tcn.trainer.config import RootCfg
 from scada_tcn.trainer.config.derive import spec_from_config
 from scada_tcn.trainer.data.dataset import WindowDataset
-from scada_tcn.trainer.data.registry import assert_registry_compatible, load_registry, registries_from_spec
+from scada_tcn.trainer.data.registry import assert_registry_compatible, load_registry
 
 __all__ = ["PreparedData"]
 

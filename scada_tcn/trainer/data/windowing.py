@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from scada_tcn.runtime.errors import InputError
+from scada_tcn.runtime.windows import enough_present, sliding_present_fraction
 from scada_tcn.trainer.config import DataCfg
 from scada_tcn.trainer.data.tables import parse_timestamps
 
@@ -172,12 +173,10 @@ def build_window_index(
     w = data.windowing
     L, K, T = w.L, w.K, len(ts_ns)
     starts = window_starts(T, L, K, w.stride, w.include_last)
-    row_present = M_miss.mean(axis=1, dtype=np.float64)
-    c = np.concatenate([[0.0], np.cumsum(row_present)])
-    present_frac = (c[starts + L] - c[starts]) / L
+    present_frac = sliding_present_fraction(M_miss, starts, L)
     first_split, last_split = splits[starts], splits[starts + L + K - 1]
     # splits are contiguous in time per turbine, so equal first and last split means the window is inside it
-    keep = (first_split >= 0) & (first_split == last_split) & (present_frac >= w.min_present_fraction)
+    keep = (first_split >= 0) & (first_split == last_split) & enough_present(present_frac, w.min_present_fraction)
     if data.splits.method == "time":
         split_cum = [np.concatenate([[0], np.cumsum(splits == k)]) for k in range(len(SPLITS))]
         inside = np.zeros(len(starts), bool)

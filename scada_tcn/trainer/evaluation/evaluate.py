@@ -2,10 +2,12 @@
 
 Scores come from `trainer.evaluation.offline` (either engine). Thresholds are the calibrated ones; the anomaly
 metrics' best-F1 threshold is chosen on the validation split and applied to the test split. Labelled fault
-events are the runs of fault-labelled steps in the prepared label timelines (test period); alert spans come
+events are the runs of fault-labelled steps in the prepared label timelines (test period); alert states come
 from the edge's alert state machine over the test windows. Drift compares the test split against the
 validation split (the calibration data): KS and Wasserstein per feature and on scores, unbiased MMD on
-feature vectors.
+feature vectors. Event metrics (`events`: detections by alert onsets, lead times, false alerts per
+turbine-month, coverage, per fault and per class) are `trainer.evaluation.events.score_events` over each test
+turbine's alert timeline.
 
 With the RUL head, `rul` holds RMSE and the PHM08 score at each test turbine's last window
 (`trainer.evaluation.rul_eval`).
@@ -27,13 +29,8 @@ import numpy as np
 import pandas as pd
 
 from scada_tcn.trainer.evaluation.drift import feature_drift, ks_statistic, mmd2_unbiased, wasserstein_1d
-from scada_tcn.trainer.evaluation.metrics import (
-    alert_spans_from_states,
-    anomaly_metrics,
-    event_metrics,
-    fault_metrics,
-    forecast_metrics,
-)
+from scada_tcn.trainer.evaluation.events import alert_spans, score_events, timelines_from_table
+from scada_tcn.trainer.evaluation.metrics import anomaly_metrics, fault_metrics, forecast_metrics
 from scada_tcn.trainer.evaluation.offline import InferSetup, SplitArrays, apply_alerts, infer_split
 from scada_tcn.trainer.evaluation.plots import plot_contribution_heatmap, plot_score_timeline
 from scada_tcn.trainer.evaluation.rul_eval import last_window_rul, rul_metrics
@@ -181,17 +178,16 @@ def _plots(
     out.mkdir(parents=True, exist_ok=True)
     written = []
     what = "fleet-relative anomaly score" if "score_raw" in res else "anomaly score"
-    for tid, g in res.groupby("turbine_id"):
-        ts = g["t_end"].astype("int64").to_numpy()
-        spans = alert_spans_from_states(ts, g["alert_on"].to_numpy())
+    for tid, tl in timelines_from_table(res).items():
+        g = res[res["turbine_id"] == tid].sort_values("t_end")
         written.append(
             str(
                 plot_score_timeline(
                     out / f"score_{tid}.png",
-                    ts,
+                    tl.ts_ns,
                     g["score"].to_numpy(),
                     g["threshold"].to_numpy(),
-                    spans,
+                    alert_spans(tl.ts_ns, tl.on),
                     faults.get(tid, []),
                     f"{tid}: {what} and calibrated threshold (test split)",
                 )
@@ -270,16 +266,12 @@ def evaluate(
             "at": "last window of each test turbine",
             **rul_metrics(last["rul_pred"], last["rul_true"], cap=setup.cfg.data.rul.cap),
         }
-    spans, observed = {}, {}
-    for tid, g in test.groupby("turbine_id"):
-        ts = g["t_end"].astype("int64").to_numpy()
-        spans[tid] = alert_spans_from_states(ts, g["alert_on"].to_numpy())
-        observed[tid] = int(ts[-1] - ts[0]) if len(ts) > 1 else 0
-    ev = event_metrics(
-        spans, {t: [(a, b) for a, b, _ in f] for t, f in faults.items()}, observed, int(max_lead_hours * 3600 * 10**9)
+    m["events"] = score_events(
+        timelines_from_table(test),
+        [(t, a, b, c) for t, evs in faults.items() for a, b, c in evs],
+        max_lead_ns=int(max_lead_hours * 3600 * 10**9),
+        dt_ns=int(setup.data.pipeline_spec["dt_seconds"]) * 10**9,
     )
-    ev.pop("events", None)
-    m["events"] = ev
     m["alerts"] = {
         "raised": sum(e["event"] == "on" for e in events),
         "score_above_threshold_share": float((test["score"] >= test["threshold"]).mean()),

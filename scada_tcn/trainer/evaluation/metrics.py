@@ -1,4 +1,4 @@
-"""Offline metrics (numpy) for forecasts, fault classes, anomaly scores and alert events.
+"""Offline metrics (numpy) for forecasts, fault classes and anomaly scores.
 
 Contract
 --------
@@ -11,14 +11,13 @@ raise MetricsError, a ValueError. A metric that is undefined on valid inputs (no
 * Fault classes: `fault_metrics` takes logits (softmax, or sigmoid when multilabel) or probabilities.
 * Anomaly scores (high = anomalous, alert when score >= threshold): `roc_auc`, `pr_auc`, `best_f1_threshold`,
   `anomaly_metrics`.
-* Events, per turbine, with times in int ns: spans are closed intervals [start, end], end >= start, and two spans
-  overlap when they share an instant (touching counts). `event_metrics` scores alert spans against labelled
-  fault events; `alert_spans_from_states` turns one turbine's per-step alert states into spans.
+* Events (alert onsets against labelled faults) are scored in `trainer.evaluation.events`, the project's one
+  definition of a detection; it reuses `MONTH_NS` and `MetricsError` from here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -26,10 +25,8 @@ import numpy as np
 __all__ = [
     "MONTH_NS",
     "MetricsError",
-    "alert_spans_from_states",
     "anomaly_metrics",
     "best_f1_threshold",
-    "event_metrics",
     "fault_metrics",
     "forecast_metrics",
     "pr_auc",
@@ -262,134 +259,4 @@ def anomaly_metrics(val_scores: Any, val_labels: Any, test_scores: Any, test_lab
         "f1": float(_nan_div(2 * tp, 2 * tp + fp + fn)) if at_thr else float("nan"),
         "n_test": int(ts.size),
         "n_test_pos": int(ty.sum()),
-    }
-
-
-def alert_spans_from_states(ts_ns: Any, is_on: Any) -> list[tuple[int, int]]:
-    """One turbine's alert states per step -> spans [start, end] in ns.
-
-    start is the stamp of the first step that is on (the alert is raised), end the stamp of the first step that is
-    off again (cleared), or the last stamp when the series ends with the alert still on (censored).
-    """
-    ts, on = np.asarray(ts_ns), np.asarray(is_on)
-    if ts.ndim != 1 or on.shape != ts.shape or ts.dtype.kind not in "iu" or on.dtype != bool:
-        raise MetricsError(
-            f"alert_spans_from_states: ts_ns (T,) int and is_on (T,) bool, got {ts.dtype} "
-            f"{ts.shape} and {on.dtype} {on.shape}"
-        )
-    if (np.diff(ts) <= 0).any():
-        raise MetricsError("alert_spans_from_states: ts_ns must be strictly increasing")
-    prev = np.concatenate([[False], on[:-1]])
-    starts = np.flatnonzero(on & ~prev)
-    ends = np.flatnonzero(~on & prev)
-    if on.size and on[-1]:
-        ends = np.append(ends, on.size - 1)
-    return list(zip(ts[starts].tolist(), ts[ends].tolist()))
-
-
-def _spans(x: Any, name: str) -> np.ndarray:
-    """(k, 2) int64 spans with end >= start."""
-    a = np.asarray(x)
-    if a.size == 0:
-        return np.zeros((0, 2), np.int64)
-    if a.ndim != 2 or a.shape[1] != 2 or a.dtype.kind not in "iu":
-        raise MetricsError(f"event_metrics: {name} must be (start_ns, end_ns) integer pairs, got {a.dtype} {a.shape}")
-    if (a[:, 1] < a[:, 0]).any():
-        raise MetricsError(f"event_metrics: {name} has a span that ends before it starts")
-    return a.astype(np.int64)
-
-
-def _union(spans: np.ndarray) -> np.ndarray:
-    """Disjoint, sorted union (u, 2) of closed spans (k, 2)."""
-    if spans.shape[0] == 0:
-        return spans
-    s, e = spans[np.argsort(spans[:, 0], kind="mergesort")].T
-    reach = np.maximum.accumulate(e)
-    new = np.concatenate([[True], s[1:] > reach[:-1]])
-    first = np.flatnonzero(new)
-    return np.stack([s[first], np.maximum.reduceat(e, first)], axis=1)
-
-
-def event_metrics(
-    alert_spans: Mapping[Hashable, Any],
-    fault_events: Mapping[Hashable, Any],
-    observed_ns: Mapping[Hashable, int],
-    max_lead_ns: int,
-) -> dict[str, Any]:
-    """Event-level alert quality over a fleet; every mapping is keyed by turbine.
-
-    Parameters
-    ----------
-    alert_spans: turbine -> (start_ns, end_ns) pairs, e.g. from `alert_spans_from_states`.
-    fault_events: turbine -> labelled (start_ns, end_ns) pairs.
-    observed_ns: turbine -> observed (scored) time in ns, > 0; it must cover every turbine of the other two.
-    max_lead_ns: how long before a fault's start an alert still counts for it (>= 0).
-
-    Returns
-    -------
-    A fault is detected when an alert overlaps its window [start - max_lead_ns, end]. Its lead is start minus the
-    earliest start of those alerts (negative: raised after the fault began; it can exceed max_lead_ns when an alert
-    raised earlier is still on in the window). A false alert overlaps no fault window of its turbine; the
-    turbine-months are sum(observed_ns) / MONTH_NS. Coverage is the measure of the union of a turbine's alerts
-    inside each fault [start, end], summed over faults, over their summed durations (overlapping faults count
-    twice in both). Keys: "n_events", "n_detected", "detection_rate", "lead_ns_median", "lead_ns_mean",
-    "n_alerts", "n_false_alerts", "turbine_months", "false_alerts_per_turbine_month", "fault_ns", "covered_ns",
-    "alert_coverage", "max_lead_ns", "events" (per fault, turbines in observed_ns order and faults in input
-    order: "turbine", "start_ns", "end_ns", "detected", "lead_ns" or None). Rates and lead statistics are NaN
-    when their denominator is empty. Cost is O(alerts x faults) per turbine.
-    """
-    if isinstance(max_lead_ns, bool) or not isinstance(max_lead_ns, (int, np.integer)) or max_lead_ns < 0:
-        raise MetricsError(f"event_metrics: max_lead_ns must be an integer >= 0, got {max_lead_ns!r}")
-    unknown = sorted(map(str, (set(alert_spans) | set(fault_events)) - set(observed_ns)))
-    if unknown:
-        raise MetricsError(f"event_metrics: turbines {unknown} have alerts or faults but no observed_ns")
-    obs = np.array(list(observed_ns.values()), np.float64)
-    if not (np.isfinite(obs) & (obs > 0)).all():
-        raise MetricsError("event_metrics: observed_ns must be finite and > 0 for every turbine")
-    events: list[dict[str, Any]] = []
-    leads: list[np.ndarray] = []
-    n_alerts = n_false = 0
-    fault_ns = covered_ns = 0
-    for turbine in observed_ns:
-        A = _spans(alert_spans.get(turbine, []), f"alert_spans[{turbine!r}]")
-        E = _spans(fault_events.get(turbine, []), f"fault_events[{turbine!r}]")
-        ov = (A[:, :1] <= E[:, 1][None, :]) & (A[:, 1:] >= (E[:, 0] - max_lead_ns)[None, :])  # (a, e)
-        detected = ov.any(axis=0)
-        first = np.where(ov, A[:, :1], np.iinfo(np.int64).max).min(axis=0, initial=np.iinfo(np.int64).max)
-        lead = E[:, 0] - np.where(detected, first, E[:, 0])
-        leads.append(lead[detected])
-        n_alerts += A.shape[0]
-        n_false += int((~ov.any(axis=1)).sum())
-        U = _union(A)
-        inside = np.minimum(U[:, 1:], E[:, 1][None, :]) - np.maximum(U[:, :1], E[:, 0][None, :])  # (u, e)
-        covered_ns += int(np.clip(inside, 0, None).sum())
-        fault_ns += int((E[:, 1] - E[:, 0]).sum())
-        events += [
-            {
-                "turbine": turbine,
-                "start_ns": int(s),
-                "end_ns": int(e),
-                "detected": bool(d),
-                "lead_ns": int(lt) if d else None,
-            }
-            for (s, e), d, lt in zip(E.tolist(), detected, lead.tolist())
-        ]
-    all_leads = np.concatenate(leads) if leads else np.zeros(0, np.int64)
-    n_detected = int(all_leads.size)
-    months = float(obs.sum() / MONTH_NS)
-    return {
-        "n_events": len(events),
-        "n_detected": n_detected,
-        "detection_rate": float(_nan_div(n_detected, len(events))),
-        "lead_ns_median": float(np.median(all_leads)) if n_detected else float("nan"),
-        "lead_ns_mean": float(all_leads.mean()) if n_detected else float("nan"),
-        "n_alerts": n_alerts,
-        "n_false_alerts": n_false,
-        "turbine_months": months,
-        "false_alerts_per_turbine_month": float(_nan_div(n_false, months)),
-        "fault_ns": fault_ns,
-        "covered_ns": covered_ns,
-        "alert_coverage": float(_nan_div(covered_ns, fault_ns)),
-        "max_lead_ns": int(max_lead_ns),
-        "events": events,
     }

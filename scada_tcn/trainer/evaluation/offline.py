@@ -35,8 +35,8 @@ from scada_tcn.runtime.peers import fleet_relative
 from scada_tcn.runtime.scorer import OnnxScorer, ScoreBatch
 from scada_tcn.trainer.calibration.fit import calibrate, feature_reference, fit_feature_scale
 from scada_tcn.trainer.config import RootCfg, to_root
+from scada_tcn.trainer.config.derive import alerting_params, fleet_params
 from scada_tcn.trainer.data.store import PreparedData
-from scada_tcn.trainer.model.network import predict_proba_fault
 from scada_tcn.trainer.model.reference import ReferenceModules, build_reference, checkpoint_config
 from scada_tcn.trainer.training.fit import load_checkpoint
 
@@ -56,15 +56,13 @@ class TorchEngine:
         with torch.no_grad():
             s = self.ref.scoring(tX, tM, tF)
             clean = dict(zip(self.ref.clean.output_names, self.ref.clean(tX, tM, tF)))
-        cfg = self.ref.model.cfg
-        logits = clean.get("fault_logits")
         return ScoreBatch(
             s_now=s.s_now.numpy(),
             feat_contrib=s.feat_contrib.numpy(),
             top_idx=s.top_idx.numpy(),
             E=s.E.numpy(),
             Y_hat=clean["Y_hat"].numpy() if "Y_hat" in clean else None,
-            fault_prob=predict_proba_fault(logits, cfg.fault_multilabel).numpy() if logits is not None else None,
+            fault_prob=clean["fault_prob"].numpy() if "fault_prob" in clean else None,
             rul=clean["rul"][:, 0].numpy() if "rul" in clean else None,
         )
 
@@ -92,10 +90,7 @@ def setup_from_checkpoint(checkpoint: str | Path, data_dir: str | Path | None = 
     ref = build_reference(ckpt, cfg)
     fit_feature_scale(ref.scoring, data, cfg)  # the same levels the export bakes into the graph
     cal = calibrate(ref.scoring, data, cfg).calibration
-    a = cfg.infer.alerting
-    alerting = AlertingParams(a.hysteresis.T_on, a.hysteresis.T_off, a.debounce.N_on, a.debounce.N_off)
     names = list(cfg.data.labels.class_names) if cfg.data.labels.enabled else []
-    fleet = FleetParams(cfg.infer.fleet.relative, cfg.infer.fleet.min_peers, cfg.data.windowing.min_present_fraction)
     return InferSetup(
         cfg,
         data,
@@ -103,8 +98,8 @@ def setup_from_checkpoint(checkpoint: str | Path, data_dir: str | Path | None = 
         "torch",
         cal,
         f"fitted now: {cal.fitted_on}",
-        alerting,
-        fleet,
+        alerting_params(cfg),
+        fleet_params(cfg),
         names,
         feature_reference(data, cfg),
     )

@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
+from scada_tcn.trainer.config.choices import Norm
 from scada_tcn.trainer.model.geometry import receptive_field, resolve_dilations
 
 __all__ = [
@@ -44,7 +45,7 @@ __all__ = [
     "resolve_dilations",
 ]
 
-NORMS = ("none", "weight_norm", "layer_norm")
+NORMS = tuple(n.value for n in Norm)
 
 
 @dataclass
@@ -79,6 +80,7 @@ class ModelConfig:
         if not self.dilations:
             self.dilations = resolve_dilations("powers_of_two", self.num_blocks)
         self.dilations = [int(d) for d in self.dilations]
+        self.norm = str(self.norm)  # a plain string in checkpoints (they load with weights_only)
         problems = []
         if self.F < 1:
             problems.append(f"F must be >= 1, got {self.F}")

@@ -1,8 +1,8 @@
 """The torch inference step: the clean pass (outputs) plus the scoring pass (anomaly score and RCA).
 
-Clean pass: the model sees the window unmasked, M_mask = ones, and returns the forecast, fault logits and
-(optionally) RUL. Scoring pass: `trainer.model.scoring.ScoringModule` (complementary mask-at-test patterns). Both are
-modules with tensor-only inputs and tuple outputs, so `export/` can trace exactly this code.
+Clean pass: the model sees the window unmasked, M_mask = ones, and returns the forecast, fault probabilities
+and (optionally) RUL. Scoring pass: `trainer.model.scoring.ScoringModule` (complementary mask-at-test patterns).
+Both are modules with tensor-only inputs and tuple outputs, so `export/` can trace exactly this code.
 """
 
 from __future__ import annotations
@@ -22,11 +22,10 @@ from scada_tcn.runtime.errors import ConfigError
 from scada_tcn.trainer.config import RootCfg, split_overrides, to_root
 from scada_tcn.trainer.config.groups import feature_groups
 from scada_tcn.trainer.model.masking import build_model_input, fill_missing
-from scada_tcn.trainer.model.network import ModelConfig, MultiTaskTCN, strip_weight_norm
+from scada_tcn.trainer.model.network import ModelConfig, MultiTaskTCN, predict_proba_fault, strip_weight_norm
 from scada_tcn.trainer.model.scoring import ScoringModule
 
 __all__ = [
-    "CleanGraph",
     "CleanPass",
     "InferStepOutputs",
     "ReferenceModules",
@@ -36,40 +35,32 @@ __all__ = [
 ]
 
 
-class CleanGraph(nn.Module):
-    """X_in (B, L, 3F+R) -> the enabled clean-pass outputs as a tuple, in `output_names` order.
-
-    The order is Y_hat (B, K, F), fault_logits (B, C), rul (B, 1), each present only when its head is enabled
-    in the model config. This is the module `export/` traces into clean.onnx.
-    """
-
-    def __init__(self, model: MultiTaskTCN) -> None:
-        super().__init__()
-        self.model = model
-        cfg = model.cfg
-        heads = (("Y_hat", cfg.forecast_enabled), ("fault_logits", cfg.fault_enabled), ("rul", cfg.rul_enabled))
-        self.output_names: tuple[str, ...] = tuple(n for n, on in heads if on)
-
-    def forward(self, X_in: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.model(X_in, return_recon=False, return_forecast=True, return_fault=True, return_rul=True)
-        return tuple(getattr(out, name) for name in self.output_names)
-
-
 class CleanPass(nn.Module):
-    """X (B, L, F), M_miss (B, L, F), Flags (B, L, R) -> `CleanGraph` outputs of the unmasked window.
+    """X (B, L, F), M_miss (B, L, F), Flags (B, L, R) -> the enabled clean-pass outputs, in `output_names` order.
 
-    Missing elements are set to `fill_value`, then X_in = [X, M_miss, ones, Flags] (the fixed spec order).
+    Missing elements are set to `fill_value`, the model input is X_in = [X, M_miss, ones, Flags] (nothing hidden,
+    `build_model_input`), and the outputs are Y_hat (B, K, F), fault_prob (B, C) (`predict_proba_fault`) and
+    rul (B, 1), each present only when its head is on. This is the module `export/` traces into clean.onnx, so
+    the edge feeds the graph the windows as they come and does no model-input or activation math of its own.
     """
 
     def __init__(self, model: MultiTaskTCN, fill_value: float = 0.0) -> None:
         super().__init__()
-        self.inner = CleanGraph(model)  # not `graph`: torch.export reserves that attribute name
+        self.model = model
         self.fill_value = float(fill_value)
-        self.output_names = self.inner.output_names
+        cfg = model.cfg
+        heads = (("Y_hat", cfg.forecast_enabled), ("fault_prob", cfg.fault_enabled), ("rul", cfg.rul_enabled))
+        self.output_names: tuple[str, ...] = tuple(n for n, on in heads if on)
 
     def forward(self, X: torch.Tensor, M_miss: torch.Tensor, Flags: torch.Tensor) -> tuple[torch.Tensor, ...]:
         X0 = fill_missing(X, M_miss, self.fill_value)
-        return self.inner(build_model_input(X0, M_miss, torch.ones_like(M_miss), Flags))  # X_in (B, L, 3F + R)
+        X_in = build_model_input(X0, M_miss, torch.ones_like(M_miss), Flags)  # (B, L, 3F + R)
+        out = self.model(X_in, return_recon=False, return_forecast=True, return_fault=True, return_rul=True)
+        probs = (
+            None if out.fault_logits is None else predict_proba_fault(out.fault_logits, self.model.cfg.fault_multilabel)
+        )
+        found = {"Y_hat": out.Y_hat, "fault_prob": probs, "rul": out.rul}
+        return tuple(found[name] for name in self.output_names)
 
 
 @dataclass
@@ -77,7 +68,7 @@ class InferStepOutputs:
     """Clean-pass outputs (None where the head is disabled) and the scoring outputs."""
 
     Y_hat: torch.Tensor | None  # (B, K, F)
-    fault_logits: torch.Tensor | None  # (B, C) logits; see trainer.model.network.predict_proba_fault
+    fault_prob: torch.Tensor | None  # (B, C) probabilities (`predict_proba_fault`)
     rul: torch.Tensor | None  # (B, 1)
     s_now: torch.Tensor  # (B,)
     feat_contrib: torch.Tensor  # (B, F)
@@ -103,7 +94,7 @@ def infer_step(
         model.train(was_training)
     return InferStepOutputs(
         Y_hat=outs.get("Y_hat"),
-        fault_logits=outs.get("fault_logits"),
+        fault_prob=outs.get("fault_prob"),
         rul=outs.get("rul"),
         s_now=score.s_now,
         feat_contrib=score.feat_contrib,
@@ -119,7 +110,6 @@ class ReferenceModules:
 
     model: MultiTaskTCN
     clean: CleanPass
-    graph: CleanGraph
     scoring: ScoringModule
     L: int
 
@@ -155,7 +145,7 @@ def build_reference(ckpt: dict[str, Any], cfg: RootCfg) -> ReferenceModules:
     agg = cfg.infer.aggregation
     scoring = scoring_module(model, cfg, agg.name, agg.halflife_steps, agg.k)
     clean = CleanPass(model, cfg.features.fill_value_c).eval()
-    return ReferenceModules(model=model, clean=clean, graph=clean.inner, scoring=scoring, L=cfg.data.windowing.L)
+    return ReferenceModules(model=model, clean=clean, scoring=scoring, L=cfg.data.windowing.L)
 
 
 def checkpoint_config(ckpt: dict, overrides: Sequence[str] = (), data_dir: str | Path | None = None) -> RootCfg:

@@ -39,12 +39,11 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from scada_tcn.runtime.vocab import ScoreAggregation, allowed
 from scada_tcn.trainer.model.masking import apply_mask, build_model_input
 from scada_tcn.trainer.model.network import MultiTaskTCN
 
-__all__ = ["AGGREGATIONS", "ScoreOutputs", "ScoringModule", "group_patterns", "scoring_patterns", "stable_topk_indices"]
-
-AGGREGATIONS = ("masked_mean", "recent_weighted", "feature_topk")
+__all__ = ["ScoreOutputs", "ScoringModule", "group_patterns", "scoring_patterns", "stable_topk_indices"]
 
 
 class ScoreOutputs(NamedTuple):
@@ -134,8 +133,8 @@ class ScoringModule(nn.Module):
             )
         elif group_of is not None and [i for i, g in enumerate(group_of) if g < 0] != sorted(context):
             problems.append("group_of must be -1 exactly at the context features")
-        if aggregation not in AGGREGATIONS:
-            problems.append(f"aggregation: unknown {aggregation!r}; allowed {list(AGGREGATIONS)}")
+        if aggregation not in set(ScoreAggregation):
+            problems.append(f"aggregation: unknown {aggregation!r}; allowed {allowed(ScoreAggregation)}")
         if aggregation == "recent_weighted" and (recent_halflife is None or not recent_halflife > 0):
             problems.append(f"recent_weighted needs recent_halflife > 0 (steps), got {recent_halflife}")
         if (aggregation == "feature_topk") != (k is not None) or (k is not None and not 1 <= k <= F):

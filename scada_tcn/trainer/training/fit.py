@@ -12,7 +12,6 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +19,11 @@ import torch
 from tqdm import tqdm
 
 from scada_tcn.runtime.errors import SpecError
+from scada_tcn.runtime.registry import FeatureRegistry, FlagRegistry
 from scada_tcn.trainer.config import RootCfg, save_resolved, to_container
 from scada_tcn.trainer.config.groups import feature_groups
 from scada_tcn.trainer.data.dataset import make_loader
 from scada_tcn.trainer.data.registry import (
-    FeatureRegistry,
-    FlagRegistry,
     assert_registry_compatible,
 )
 from scada_tcn.trainer.data.store import PreparedData
@@ -169,8 +167,8 @@ def fit(cfg: RootCfg, resume: str | None = None, log=print) -> Path:
     if resume is not None:
         ck = load_checkpoint(resume)
         assert_registry_compatible(
-            FeatureRegistry(**ck["feature_registry"]),
-            FlagRegistry(**ck["flag_registry"]),
+            FeatureRegistry.from_dict(ck["feature_registry"]),
+            FlagRegistry.from_dict(ck["flag_registry"]),
             (data.feature_reg, data.flag_reg),
             f"checkpoint {resume}",
         )
@@ -250,8 +248,8 @@ def fit(cfg: RootCfg, resume: str | None = None, log=print) -> Path:
             "amp_state": amp_scaler.state_dict() if amp_scaler else None,
             "cfg": to_container(cfg),
             "model_config": mcfg.to_dict(),
-            "feature_registry": asdict(data.feature_reg),
-            "flag_registry": asdict(data.flag_reg),
+            "feature_registry": data.feature_reg.to_dict(),
+            "flag_registry": data.flag_reg.to_dict(),
             "scaler": data.scaler,
             "pipeline_spec": data.pipeline_spec,
             "data_fingerprint": data.fingerprint,
