@@ -29,8 +29,8 @@ from paho.mqtt.properties import Properties
 
 from scada_tcn.demo.broker import MosquittoProcess, closed_steps, find_mosquitto, telemetry_messages
 from scada_tcn.runtime.binning import bin_end_ns
-from scada_tcn.runtime.config import config_from_dict
 from scada_tcn.runtime.daemon import Daemon
+from scada_tcn.runtime.daemon_config import daemon_config_from_dict
 from scada_tcn.runtime.telemetry import Sample, parse_timestamp_ns
 
 MOSQUITTO = find_mosquitto()
@@ -191,7 +191,7 @@ def daemon_config(url: str, **sections: Any):
     }
     for k, v in sections.items():
         base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
-    return config_from_dict(base)
+    return daemon_config_from_dict(base)
 
 
 class DaemonThread:

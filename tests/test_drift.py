@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from scada_tcn.runtime.drift import DriftError, ScoreDriftMonitor, ks_to_quantiles
-from scada_tcn.trainer.evaluation.drift import (
+from scada_tcn.trainer.evaluation.drift_report import (
     DriftReference,
     feature_drift,
     ks_statistic,

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from scada_tcn.runtime.bundle import AlertingParams, load_bundle
-from scada_tcn.runtime.config import MappingCfg
+from scada_tcn.runtime.daemon_config import MappingCfg
 from scada_tcn.runtime.engine import Engine
 from scada_tcn.runtime.replay import replay
 from scada_tcn.runtime.scorer import OnnxScorer

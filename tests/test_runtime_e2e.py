@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from scada_tcn.runtime.bundle import load_bundle
-from scada_tcn.runtime.config import MappingCfg
+from scada_tcn.runtime.daemon_config import MappingCfg
 from scada_tcn.runtime.engine import Engine
 from scada_tcn.runtime.replay import replay
 from scada_tcn.runtime.scorer import OnnxScorer

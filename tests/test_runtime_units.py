@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from scada_tcn.runtime.alerts import AlertState
-from scada_tcn.runtime.config import ConfigError, config_from_dict, describe
+from scada_tcn.runtime.daemon_config import ConfigError, daemon_config_from_dict, describe
 from scada_tcn.runtime.engine import dumps, iso_utc
 from scada_tcn.runtime.telemetry import REASONS, Rejection, Sample, TelemetryDecoder, parse_timestamp_ns
 
@@ -17,7 +17,7 @@ NOW = parse_timestamp_ns("2024-06-01T00:00:00+00:00")
 
 # ---------------------------------------------------------------------------------------------- config
 def test_config_defaults_env_overrides_and_unknown_keys():
-    cfg = config_from_dict(
+    cfg = daemon_config_from_dict(
         {"site": "s1", "broker": {"url": "mqtt://b:1883"}},
         {
             "SCADA_RT_BROKER__URL": "mqtts://b:8883",
@@ -30,15 +30,15 @@ def test_config_defaults_env_overrides_and_unknown_keys():
         cfg.broker.url == "mqtts://b:8883" and cfg.ingest.grace_s == 30.0 and cfg.mapping.columns == {"power": "P_kW"}
     )
     with pytest.raises(ConfigError, match=r"unknown keys \['gracee'\]; allowed keys: \['grace_s'"):
-        config_from_dict({"ingest": {"gracee": 1}})
+        daemon_config_from_dict({"ingest": {"gracee": 1}})
     with pytest.raises(ConfigError, match="environment SCADA_RT_BROKER__PORT: unknown key 'port' in broker"):
-        config_from_dict({}, {"SCADA_RT_BROKER__PORT": "1"})
+        daemon_config_from_dict({}, {"SCADA_RT_BROKER__PORT": "1"})
     with pytest.raises(ConfigError, match=r"ingest.grace_s: expected float, got str"):
-        config_from_dict({"ingest": {"grace_s": "soon"}})
+        daemon_config_from_dict({"ingest": {"grace_s": "soon"}})
     with pytest.raises(ConfigError, match="use mqtts://"):
-        config_from_dict({"broker": {"tls": {"ca_file": "ca.crt"}}})
+        daemon_config_from_dict({"broker": {"tls": {"ca_file": "ca.crt"}}})
     with pytest.raises(ConfigError, match="topics.telemetry: template must contain {turbine}"):
-        config_from_dict({"topics": {"telemetry": "scada/x/telemetry"}})
+        daemon_config_from_dict({"topics": {"telemetry": "scada/x/telemetry"}})
     assert "broker.url = 'mqtt://localhost:1883'" in describe()
 
 

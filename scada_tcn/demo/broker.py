@@ -169,8 +169,8 @@ def run_through_broker(
     import paho.mqtt.client as paho
 
     from scada_tcn.runtime.bundle import load_bundle
-    from scada_tcn.runtime.config import config_from_dict
     from scada_tcn.runtime.daemon import Daemon
+    from scada_tcn.runtime.daemon_config import daemon_config_from_dict
     from scada_tcn.runtime.scorer import OnnxScorer
 
     exe = find_mosquitto()
@@ -202,7 +202,7 @@ def run_through_broker(
     pub.loop_start()
     bundle = load_bundle(bundle_dir)
     years = 10 * 365 * 86400.0
-    cfg = config_from_dict(
+    cfg = daemon_config_from_dict(
         {
             "site": SITE,
             "gateway": GATEWAY,

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from scada_tcn.extras import requires_train
+from scada_tcn.extras import COMMANDS
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
-@app.command(
-    help="The whole system on the built-in simulator: simulate -> prepare -> train (small, CPU) -> export -> "
-    "the edge runtime scoring the held-out period (through Mosquitto when it is installed, else replay) -> "
-    "a summary of alerts against the injected faults.\n\nExample: scada-demo --workdir artifacts/demo",
-)
+@app.command(help=COMMANDS["scada-demo"].help)
 def demo_cmd(
     workdir: str = typer.Option("artifacts/demo", help="Everything the demo writes goes here."),
     seed: int = typer.Option(0, help="Seed of the simulator and of training."),
@@ -34,6 +30,3 @@ def demo_cmd(
     except (ValueError, RuntimeError) as e:
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from None
-
-
-main = requires_train(app)

@@ -23,7 +23,7 @@ import pandas as pd
 
 from scada_tcn.demo.broker import run_through_broker
 from scada_tcn.export.bundle_writer import export_bundle
-from scada_tcn.runtime.config import config_from_dict
+from scada_tcn.runtime.daemon_config import daemon_config_from_dict
 from scada_tcn.runtime.replay import replay_file
 from scada_tcn.trainer.config import load_config
 from scada_tcn.trainer.data.prepare import format_summary, prepare
@@ -175,7 +175,7 @@ def run_demo(
     else:
         how = None
     if how is None:
-        replay_file(bundle.path, stream, scores, config_from_dict({}), alerts_out=alerts)
+        replay_file(bundle.path, stream, scores, daemon_config_from_dict({}), alerts_out=alerts)
         how = "scada-runtime replay" + (" (no mosquitto on PATH)" if use_broker is None else "")
     timings["runtime"] = time.perf_counter() - t
     turbines = [f"WT{i:02d}" for i in range(1, sizes.turbines + 1)]

@@ -8,16 +8,12 @@ from typing import Annotated
 import typer
 
 from scada_tcn.export.tolerances import DEFAULT_ATOL, DEFAULT_RTOL
-from scada_tcn.extras import requires_train
+from scada_tcn.extras import COMMANDS
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
-@app.command(
-    help="Export a scada-train checkpoint to a bundle: clean.onnx, scoring.onnx and bundle.json (calibrated on "
-    "the validation split, torch/onnxruntime parity checked).\n\n"
-    "Example: scada-export artifacts/demo/checkpoints/best.pt infer.calibration.percentile=99.9",
-)
+@app.command(help=COMMANDS["scada-export"].help)
 def export_cmd(
     checkpoint: Annotated[str, typer.Argument(help="best.pt or last.pt written by scada-train.", show_default=False)],
     overrides: Annotated[
@@ -65,6 +61,3 @@ def export_cmd(
     else:
         worst = {k: f"{v['max_abs']:.2g}" for k, v in bundle.parity.outputs.items()}
         print(f"parity within atol={bundle.parity.atol:g}, rtol={bundle.parity.rtol:g}; max abs diff {worst}")
-
-
-main = requires_train(app)

@@ -1,27 +1,27 @@
-"""`scada-runtime`: thin typer wrapper over `runtime.daemon.run` and `runtime.replay.replay_file`.
+"""`scada-runtime`: a thin argparse wrapper over `runtime.daemon.run` and `runtime.replay.replay_file`.
 
 Parses arguments, loads and validates runtime.yaml (with SCADA_RT_* environment overrides) and calls one plain
-function; no logic lives here. Configuration errors, and a bundle or table that `replay` refuses, exit with code 2
-and the message.
+function; no logic lives here. argparse (the standard library) keeps the gateway install to the runtime's own
+dependencies. Configuration errors, and a bundle or table that `replay` refuses, exit with code 2 and the message.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-import typer
+from scada_tcn.runtime.daemon_config import ConfigError, RuntimeConfig, describe, load_daemon_config
 
-from scada_tcn.runtime.config import ConfigError, describe, load_config
+__all__ = ["main", "parser"]
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    help="Edge runtime of scada-tcn: score SCADA telemetry from MQTT (run) or from a table (replay).\n\n"
-    "Example: scada-runtime run --bundle /opt/scada-runtime/bundle --config /etc/scada-runtime/runtime.yaml",
-)
+_HELP = """Edge runtime of scada-tcn: score SCADA telemetry from MQTT (run) or from a table (replay).
+
+Example: scada-runtime run --bundle /opt/scada-runtime/bundle --config /etc/scada-runtime/runtime.yaml
+"""
 
 _RUN_HELP = """Serve a bundle: telemetry from MQTT in, scores, alerts and status out.
 
@@ -45,48 +45,59 @@ A table in the training format needs no mapping; otherwise give --config with a 
 """
 
 
-def _config(path: Path | None):
+def parser() -> argparse.ArgumentParser:
+    """The command line of scada-runtime."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(prog="scada-runtime", description=_HELP, formatter_class=fmt)
+    sub = p.add_subparsers(dest="command", metavar="{run,replay,config-keys}")
+    run = sub.add_parser("run", help="serve a bundle over MQTT", description=_RUN_HELP, formatter_class=fmt)
+    run.add_argument("--bundle", type=Path, required=True, help="bundle directory written by scada-export")
+    run.add_argument("--config", type=Path, default=None, help="runtime.yaml (default: built-in defaults)")
+    rep = sub.add_parser("replay", help="score a table as the daemon would", description=_REPLAY_HELP,
+                         formatter_class=fmt)  # fmt: skip
+    rep.add_argument("--bundle", type=Path, required=True, help="bundle directory written by scada-export")
+    rep.add_argument("--input", type=Path, required=True, help="raw SCADA table, .csv")
+    rep.add_argument("--out", type=Path, required=True, help="score records, JSON lines")
+    rep.add_argument("--config", type=Path, default=None, help="runtime.yaml for `mapping` and compute")
+    rep.add_argument("--alerts", type=Path, default=None, help="also write alert transitions here")
+    sub.add_parser("config-keys", help="list every runtime.yaml key with its default and description")
+    return p
+
+
+def _config(path: Path | None) -> RuntimeConfig:
     try:
-        return load_config(path, os.environ)
+        return load_daemon_config(path, os.environ)
     except ConfigError as e:
-        typer.echo(f"config error: {e}", err=True)
-        raise typer.Exit(2) from None
+        print(f"config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
-@app.command(help=_RUN_HELP)
-def run(
-    bundle: Path = typer.Option(..., "--bundle", help="bundle directory written by scada-export"),
-    config: Path | None = typer.Option(None, "--config", help="runtime.yaml (default: built-in defaults)"),
-) -> None:
-    from scada_tcn.runtime.daemon import run as run_daemon
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run scada-runtime with `argv` (default: the process arguments); returns the exit code."""
+    p = parser()
+    args = p.parse_args(argv)
+    if args.command is None:
+        p.print_help()
+        return 2
+    if args.command == "config-keys":
+        print(describe())
+        return 0
+    cfg = _config(args.config)
+    if args.command == "run":
+        from scada_tcn.runtime.daemon import run as run_daemon
 
-    raise typer.Exit(run_daemon(_config(config), str(bundle)))
-
-
-@app.command(help=_REPLAY_HELP)
-def replay(
-    bundle: Path = typer.Option(..., "--bundle", help="bundle directory written by scada-export"),
-    input: Path = typer.Option(..., "--input", help="raw SCADA table, .csv"),  # noqa: A002
-    out: Path = typer.Option(..., "--out", help="score records, JSON lines"),
-    config: Path | None = typer.Option(None, "--config", help="runtime.yaml for `mapping` and compute"),
-    alerts: Path | None = typer.Option(None, "--alerts", help="also write alert transitions here"),
-) -> None:
+        return run_daemon(cfg, str(args.bundle))
     from scada_tcn.runtime.errors import BundleError, InputError, SpecError
     from scada_tcn.runtime.replay import replay_file
 
-    cfg = _config(config)
     try:
-        summary = replay_file(bundle, input, out, cfg, alerts)
+        summary = replay_file(args.bundle, args.input, args.out, cfg, args.alerts)
     except (BundleError, InputError, SpecError) as e:  # a bad bundle or table: the message says what to fix
-        typer.echo(f"replay: {e}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(json.dumps(summary), err=True)
-
-
-@app.command("config-keys", help="List every runtime.yaml key with its default and description.")
-def config_keys() -> None:
-    typer.echo(describe())
+        print(f"replay: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary), file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(app())
+    sys.exit(main())

@@ -32,11 +32,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from scada_tcn.runtime.config import RuntimeConfig, redacted
+from scada_tcn.runtime.daemon_config import RuntimeConfig, redacted
 from scada_tcn.runtime.engine import Engine, Output, iso_utc
 from scada_tcn.runtime.health import HealthServer, Heartbeat
-from scada_tcn.runtime.metrics import RuntimeMetrics
 from scada_tcn.runtime.mqtt import Message, MqttLink, Publish
+from scada_tcn.runtime.prometheus import RuntimeMetrics
 from scada_tcn.runtime.state_file import load_state, save_state
 from scada_tcn.runtime.telemetry import Rejection, TelemetryDecoder, topic_filter
 

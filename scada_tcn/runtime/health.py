@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from scada_tcn.runtime.metrics import RuntimeMetrics
+from scada_tcn.runtime.prometheus import RuntimeMetrics
 
 __all__ = ["Heartbeat", "HealthServer"]
 

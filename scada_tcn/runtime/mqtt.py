@@ -37,7 +37,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from scada_tcn.runtime.config import BrokerCfg
+from scada_tcn.runtime.daemon_config import BrokerCfg
 
 __all__ = ["Message", "MqttLink", "Publish"]
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from scada_tcn.runtime.config import MappingCfg
+from scada_tcn.runtime.daemon_config import MappingCfg
 from scada_tcn.runtime.engine import Engine
 from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.telemetry import Sample, parse_timestamp_ns
@@ -184,10 +184,10 @@ def replay_file(
 ) -> dict[str, Any]:
     """Load the bundle and replay `input_path` with the settings of `cfg` (a RuntimeConfig; None = defaults)."""
     from scada_tcn.runtime.bundle import load_bundle
-    from scada_tcn.runtime.config import config_from_dict
+    from scada_tcn.runtime.daemon_config import daemon_config_from_dict
     from scada_tcn.runtime.scorer import OnnxScorer
 
-    cfg = cfg if cfg is not None else config_from_dict({})
+    cfg = cfg if cfg is not None else daemon_config_from_dict({})
     bundle = load_bundle(bundle_dir)
     scorer = OnnxScorer(bundle, cfg.compute.intra_op_threads, cfg.compute.inter_op_threads)
     engine = Engine(

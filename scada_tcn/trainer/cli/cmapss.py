@@ -8,16 +8,12 @@ from typing import Annotated
 
 import typer
 
-from scada_tcn.extras import requires_train
+from scada_tcn.extras import COMMANDS
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
-@app.command(
-    help="NASA C-MAPSS subset -> cmapss.csv (one row per engine and cycle, cycles as 10-min steps, true RUL) and "
-    "labels.csv (near_failure where RUL < 30).\n\n"
-    "Example: scada-cmapss --subset FD001 --out data/cmapss/fd001 && scada-prepare data=cmapss_fd001",
-)
+@app.command(help=COMMANDS["scada-cmapss"].help)
 def cmapss_cmd(
     out: Annotated[str, typer.Option(help="Output folder, e.g. data/cmapss/fd001 (what configs/data/cmapss_* read).")],
     subset: Annotated[str, typer.Option(help="FD001 | FD002 | FD003 | FD004")] = "FD001",
@@ -31,6 +27,3 @@ def cmapss_cmd(
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from None
     print(json.dumps(summary, indent=2))
-
-
-main = requires_train(app)

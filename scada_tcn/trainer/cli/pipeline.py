@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from scada_tcn.extras import requires_train
+from scada_tcn.extras import COMMANDS
 
 ConfigOpt = Annotated[str, typer.Option("--config", "-c", help="Root config file; groups are read beside it.")]
 Overrides = Annotated[
@@ -33,10 +33,7 @@ def _fail(e: Exception) -> None:
 prepare_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
-@prepare_app.command(
-    help="Raw SCADA table -> QC, binning, features, masks, scaler, flags, labels and window index.\n\n"
-    "Example: scada-prepare data=la_haute_borne data.paths.processed_dir=data/processed/lhb",
-)
+@prepare_app.command(help=COMMANDS["scada-prepare"].help)
 def prepare_cmd(overrides: Overrides = None, config: ConfigOpt = "configs/config.yaml") -> None:
     from scada_tcn.trainer.data.prepare import format_summary, prepare
 
@@ -52,11 +49,7 @@ def prepare_cmd(overrides: Overrides = None, config: ConfigOpt = "configs/config
 train_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
-@train_app.command(
-    help="Train the multitask TCN on prepared data; writes <output_dir>/checkpoints/{best,last}.pt.\n\n"
-    "Example: scada-train train.epochs=3 device=cpu\n\n"
-    "Resume: scada-train --resume artifacts/demo/checkpoints/last.pt",
-)
+@train_app.command(help=COMMANDS["scada-train"].help)
 def train_cmd(
     overrides: Overrides = None,
     config: ConfigOpt = "configs/config.yaml",
@@ -75,11 +68,7 @@ def train_cmd(
 infer_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
-@infer_app.command(
-    help="Score every window of a prepared split with the torch (--checkpoint) or ONNX (--bundle) engine; "
-    "writes results.parquet and alerts.jsonl.\n\n"
-    "Example: scada-infer --bundle artifacts/demo/bundle --data data/processed/synthetic --split test",
-)
+@infer_app.command(help=COMMANDS["scada-infer"].help)
 def infer_cmd(
     checkpoint: Annotated[str | None, typer.Option(help="best.pt: torch engine.")] = None,
     bundle: Annotated[str | None, typer.Option(help="Bundle folder: onnxruntime engine.")] = None,
@@ -104,10 +93,7 @@ def infer_cmd(
 evaluate_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
-@evaluate_app.command(
-    help="Forecast, fault, anomaly and event-level metrics (val + test), optional drift, RCA examples and plots.\n\n"
-    "Example: scada-evaluate --bundle artifacts/demo/bundle --data data/processed/synthetic --drift",
-)
+@evaluate_app.command(help=COMMANDS["scada-evaluate"].help)
 def evaluate_cmd(
     checkpoint: Annotated[str | None, typer.Option(help="best.pt: torch engine.")] = None,
     bundle: Annotated[str | None, typer.Option(help="Bundle folder: onnxruntime engine.")] = None,
@@ -142,11 +128,7 @@ def evaluate_cmd(
 inject_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
-@inject_app.command(
-    help="Inject the simulator's labelled faults into one turbine of a real export (default period: the test "
-    "range); writes the table and labels.csv.\n\n"
-    "Example: scada-inject data=la_haute_borne --turbine R80736 --out data/lhb_injected --seed 0",
-)
+@inject_app.command(help=COMMANDS["scada-inject"].help)
 def inject_cmd(
     overrides: Overrides = None,
     config: ConfigOpt = "configs/config.yaml",
@@ -166,10 +148,3 @@ def inject_cmd(
         _fail(e)
     for p in paths.values():
         print(p)
-
-
-prepare_main = requires_train(prepare_app)
-train_main = requires_train(train_app)
-infer_main = requires_train(infer_app)
-evaluate_main = requires_train(evaluate_app)
-inject_main = requires_train(inject_app)

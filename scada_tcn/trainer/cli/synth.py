@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from scada_tcn.extras import requires_train
+from scada_tcn.extras import COMMANDS
 
 
 class Format(StrEnum):
@@ -16,12 +16,7 @@ class Format(StrEnum):
     parquet = "parquet"
 
 
-HELP = (
-    "Write a synthetic wind-farm SCADA export: OUT/scada.csv (or .parquet), OUT/labels.csv and OUT/README.txt. "
-    "One row per turbine and 10-min interval, with labelled faults and the dirt of a real export; "
-    "the same seed gives byte-identical files. Progress goes to stderr, the written paths to stdout.\n\n"
-    "Example: scada-synth --out data/synth --turbines 10 --days 365 --seed 0 --format parquet"
-)
+HELP = COMMANDS["scada-synth"].help
 app = typer.Typer(add_completion=False, help=HELP)
 
 
@@ -46,6 +41,3 @@ def synth(
         raise typer.Exit(2) from err
     for path in paths.values():
         typer.echo(str(path))
-
-
-main = requires_train(app)

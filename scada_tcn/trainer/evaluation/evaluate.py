@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from scada_tcn.trainer.evaluation.drift import feature_drift, ks_statistic, mmd2_unbiased, wasserstein_1d
+from scada_tcn.trainer.evaluation.drift_report import feature_drift, ks_statistic, mmd2_unbiased, wasserstein_1d
 from scada_tcn.trainer.evaluation.events import alert_spans, score_events, timelines_from_table
 from scada_tcn.trainer.evaluation.metrics import anomaly_metrics, fault_metrics, forecast_metrics
 from scada_tcn.trainer.evaluation.offline import InferSetup, SplitArrays, apply_alerts, infer_split

@@ -109,7 +109,9 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def evaluate(model: MultiTaskTCN, loader: Any, scfg: TrainStepConfig, device: torch.device) -> dict[str, float]:
+def validation_losses(
+    model: MultiTaskTCN, loader: Any, scfg: TrainStepConfig, device: torch.device
+) -> dict[str, float]:
     """Mean validation losses, weighted by batch size, with masks from a fixed seed."""
     gen = torch.Generator(device=device).manual_seed(VAL_MASK_SEED)
     sums: dict[str, float] = {}
@@ -223,7 +225,7 @@ def fit(cfg: RootCfg, resume: str | None = None, log=print) -> Path:
             bar.update(1)
             t_wait = time.perf_counter()
         bar.close()
-        val = evaluate(model, val_loader, scfg, device)
+        val = validation_losses(model, val_loader, scfg, device)
         improved = val["loss"] < best
         best, bad_epochs = (val["loss"], 0) if improved else (best, bad_epochs + 1)
         log_file.write(

@@ -3,7 +3,7 @@
 Contract
 --------
 * One frozen dataclass per section; every field has a default and a one-line description (`metadata["doc"]`).
-* `load_config(path, environ)` reads YAML (PyYAML `safe_load`), applies overrides from `environ` and validates.
+* `load_daemon_config(path, environ)` reads YAML (PyYAML `safe_load`), applies overrides from `environ` and validates.
   The environment is passed in explicitly: nothing is read at import time. An override is
   `SCADA_RT_<SECTION>__<KEY>=value` (double underscore between levels, case-insensitive), e.g.
   `SCADA_RT_BROKER__URL=mqtts://broker:8883` or `SCADA_RT_MAPPING__COLUMNS='{power: P_kW}'`; the value is
@@ -291,13 +291,13 @@ def validate(cfg: RuntimeConfig) -> RuntimeConfig:
     return cfg
 
 
-def config_from_dict(data: Mapping[str, Any] | None, environ: Mapping[str, str] | None = None) -> RuntimeConfig:
+def daemon_config_from_dict(data: Mapping[str, Any] | None, environ: Mapping[str, str] | None = None) -> RuntimeConfig:
     """Plain data (+ environment overrides) -> validated RuntimeConfig."""
     merged = _env_overrides(dict(data or {}), environ or {})
     return validate(_build(RuntimeConfig, merged, ""))
 
 
-def load_config(path: str | Path | None, environ: Mapping[str, str] | None = None) -> RuntimeConfig:
+def load_daemon_config(path: str | Path | None, environ: Mapping[str, str] | None = None) -> RuntimeConfig:
     """Read runtime.yaml (None = defaults only), apply `environ` overrides, validate."""
     data: Any = {}
     if path is not None:
@@ -310,7 +310,7 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] | None = Non
             raise ConfigError(f"runtime config {p}: not valid YAML: {e}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"runtime config {p}: expected a mapping at the top level, got {type(data).__name__}")
-    return config_from_dict(data, environ)
+    return daemon_config_from_dict(data, environ)
 
 
 def redacted(cfg: RuntimeConfig) -> dict[str, Any]:
