@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from scada_tcn.runtime.errors import check_keys
 from scada_tcn.runtime.vocab import CalibrationMethod, parse
 
 __all__ = [
@@ -149,13 +150,7 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Calibration:
-        if not isinstance(d, dict):
-            raise CalibrationError(f"calibration: expected a mapping, got {type(d).__name__}")
-        unknown, missing = sorted(set(d) - set(_KEYS)), sorted(set(_KEYS) - set(d))
-        if unknown or missing:
-            raise CalibrationError(
-                f"calibration: unknown keys {unknown}, missing keys {missing}; allowed {list(_KEYS)}"
-            )
+        check_keys(d, _KEYS, "calibration", CalibrationError)
         if not isinstance(d["fitted_on"], str):
             raise CalibrationError("calibration.fitted_on must be a string")
         return cls(**{k: dict(d[k]) if isinstance(d[k], dict) else d[k] for k in _KEYS})

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from scada_tcn.runtime.errors import check_keys
+
 __all__ = [
     "DEFAULT_LEVELS",
     "DriftError",
@@ -256,9 +258,7 @@ class DriftReference:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DriftReference:
         """Inverse of `to_dict`; refuses unknown or missing keys and any invalid field."""
-        if not isinstance(d, dict) or set(d) != set(_REF_KEYS):
-            got = sorted(d) if isinstance(d, dict) else type(d).__name__
-            raise DriftError(f"DriftReference.from_dict: expected keys {sorted(_REF_KEYS)}, got {got}")
+        check_keys(d, _REF_KEYS, "DriftReference.from_dict", DriftError)
         names = d["feature_names"]
         if not isinstance(names, list) or not all(isinstance(s, str) for s in names):
             raise DriftError("DriftReference.from_dict: feature_names must be a list of strings")

@@ -1,4 +1,10 @@
-"""Exceptions of scada-tcn. Each subclasses ValueError and carries a message that says what to fix."""
+"""Exceptions of scada-tcn (each subclasses ValueError with a message that says what to fix), and the strict-keys
+check every serialised record applies."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
 
 
 class SpecError(ValueError):
@@ -20,3 +26,15 @@ class BundleError(ValueError):
 class ConfigError(ValueError):
     """A setting is unknown, mistyped or breaks an invariant: the trainer's config (YAML groups and overrides) or
     the daemon's runtime.yaml (and SCADA_RT_* environment). The message names the dotted key."""
+
+
+def check_keys(d: object, allowed: Iterable[str], where: str, error: type[ValueError]) -> dict[str, Any]:
+    """`d` as a mapping with exactly the keys `allowed` (the strict-schema rule of every serialised record);
+    otherwise `error` naming the unknown and missing keys and the allowed ones."""
+    keys = list(allowed)
+    if not isinstance(d, dict):
+        raise error(f"{where}: expected a mapping, got {type(d).__name__}")
+    unknown, missing = sorted(set(d) - set(keys)), sorted(set(keys) - set(d))
+    if unknown or missing:
+        raise error(f"{where}: unknown keys {unknown}, missing keys {missing}; allowed keys: {keys}")
+    return d

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from scada_tcn.runtime.errors import SpecError
+from scada_tcn.runtime.errors import SpecError, check_keys
 from scada_tcn.runtime.spec import PipelineSpec
 
 __all__ = ["FeatureRegistry", "FlagRegistry", "registries_from_spec"]
@@ -34,10 +34,7 @@ def _digest(obj: Any) -> str:
 
 
 def _fields(d: Any, keys: tuple[str, ...], where: str) -> dict[str, Any]:
-    if not isinstance(d, dict) or set(d) != set(keys):
-        got = sorted(d) if isinstance(d, dict) else type(d).__name__
-        raise SpecError(f"{where}: expected exactly the keys {sorted(keys)}, got {got}")
-    return d
+    return check_keys(d, keys, where, SpecError)
 
 
 def _names(d: dict[str, Any], key: str, where: str) -> tuple[str, ...]:

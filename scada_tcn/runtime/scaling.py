@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from scada_tcn.runtime.errors import ScalerError
+from scada_tcn.runtime.errors import ScalerError, check_keys
 
 __all__ = ["RobustScaler", "fit_robust_scaler", "SCALE_SOURCES"]
 
@@ -125,13 +125,7 @@ class RobustScaler:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RobustScaler:
         """Inverse of `to_dict`; unknown or missing keys raise ScalerError."""
-        if not isinstance(d, dict):
-            raise ScalerError(f"RobustScaler.from_dict: expected a mapping, got {type(d).__name__}")
-        unknown, missing = sorted(set(d) - set(_KEYS)), sorted(set(_KEYS) - set(d))
-        if unknown or missing:
-            raise ScalerError(
-                f"RobustScaler.from_dict: unknown keys {unknown}, missing keys {missing}; allowed {list(_KEYS)}"
-            )
+        check_keys(d, _KEYS, "RobustScaler.from_dict", ScalerError)
         if any(not isinstance(v, bool) for v in d["scaled"]):
             raise ScalerError("RobustScaler.from_dict: 'scaled' must hold booleans")
         return cls(

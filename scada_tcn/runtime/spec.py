@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from scada_tcn.runtime.errors import SpecError
+from scada_tcn.runtime.errors import SpecError, check_keys
 from scada_tcn.runtime.vocab import AngleUnits, BinAggregation, DedupeRule, RollingStat, parse
 
 
@@ -38,12 +38,7 @@ def _enum(enum: type, value: object, where: str):  # noqa: ANN202
 
 
 def _check_keys(d: dict[str, Any], required: set[str], where: str) -> None:
-    if not isinstance(d, dict):
-        raise SpecError(f"{where}: expected a mapping, got {type(d).__name__}")
-    unknown = sorted(set(d) - required)
-    missing = sorted(required - set(d))
-    if unknown or missing:
-        raise SpecError(f"{where}: unknown keys {unknown}, missing keys {missing}; allowed keys: {sorted(required)}")
+    check_keys(d, sorted(required), where, SpecError)
 
 
 def _list(d: dict[str, Any], key: str) -> list[Any]:
