@@ -73,6 +73,16 @@ def tiny_run(tmp_path_factory) -> TinyRun:
     return TinyRun(root=root, synth_dir=synth, overrides=overrides, checkpoint=best)
 
 
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_run) -> Path:
+    """The tiny model exported once (parity checked) for every test that only reads a bundle."""
+    from scada_tcn.export.bundle_writer import export_bundle
+
+    out = tiny_run.root / "bundle"
+    export_bundle(tiny_run.checkpoint, out_dir=out)
+    return out
+
+
 def shared_data_or_skip(*parts: str) -> Path:
     """Path under ../shared/data, or skip the test with the reason."""
     path = SHARED_DATA.joinpath(*parts)

@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +28,7 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as paho
 import pytest
+import yaml
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -107,12 +112,14 @@ def bin_labels(header: list[str], rows: list[list[str]]) -> list[int]:
     return bin_end_ns(np.array([parse_timestamp_ns(r[ti]) for r in rows], dtype=np.int64), DT_NS // 10**9).tolist()
 
 
-def client(url: str, client_id: str, callbacks: dict[str, Any] | None = None, **auth: Any) -> paho.Client:
+def client(
+    url: str, client_id: str, callbacks: dict[str, Any] | None = None, inflight: int = 200, **auth: Any
+) -> paho.Client:
     """A started paho v5 client (persistent session); `callbacks` are set before connecting."""
     c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
     for name, cb in (callbacks or {}).items():
         setattr(c, name, cb)
-    c.max_inflight_messages_set(200)
+    c.max_inflight_messages_set(inflight)
     c.reconnect_delay_set(1, 2)
     if auth.get("username"):
         c.username_pw_set(auth["username"], auth.get("password"))
@@ -162,11 +169,15 @@ class Collector:
         self.c.loop_stop()
 
 
-def publish_all(c: paho.Client, messages: list[tuple[str, bytes]], qos: int = 1, wait: bool = True) -> None:
-    infos = [c.publish(t, p, qos=qos) for t, p in messages]
-    if wait:
-        for i in infos:
-            i.wait_for_publish(timeout=60)
+def publish_all(
+    c: paho.Client, messages: list[tuple[str, bytes]], qos: int = 1, wait: bool = True, chunk: int = 5000
+) -> None:
+    """Publish in order; with `wait`, in chunks whose delivery to the broker is awaited (paho's queue is finite)."""
+    for i in range(0, len(messages), chunk if wait else len(messages) or 1):
+        infos = [c.publish(t, p, qos=qos) for t, p in messages[i : i + chunk]]
+        if wait:
+            for info in infos:
+                info.wait_for_publish(timeout=60)
 
 
 def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
@@ -179,6 +190,12 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def daemon_config(url: str, **sections: Any):
+    """A validated RuntimeConfig for the test site on `url` (see `daemon_config_dict`)."""
+    return daemon_config_from_dict(daemon_config_dict(url, **sections))
+
+
+def daemon_config_dict(url: str, **sections: Any) -> dict[str, Any]:
+    """runtime.yaml as plain data: historical data (bins close by later samples), free ports; `sections` merge in."""
     base: dict[str, Any] = {
         "site": SITE,
         "gateway": GATEWAY,
@@ -191,7 +208,7 @@ def daemon_config(url: str, **sections: Any):
     }
     for k, v in sections.items():
         base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
-    return daemon_config_from_dict(base)
+    return base
 
 
 class DaemonThread:
@@ -211,6 +228,52 @@ class DaemonThread:
         self.daemon.request_stop()
         self.thread.join(timeout=30)
         return self.exit_code
+
+
+class DaemonProcess:
+    """`scada-runtime run` in a process of its own, so it can be killed with SIGKILL and its memory read."""
+
+    def __init__(self, bundle_dir: Path, cfg: dict[str, Any], workdir: Path) -> None:
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config = self.dir / "runtime.yaml"
+        self.config.write_text(yaml.safe_dump(cfg))
+        self.bundle_dir = bundle_dir
+        self.log = self.dir / "daemon.log"
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "scada_tcn.runtime.cli", "run", "--bundle", str(self.bundle_dir), "--config",
+               str(self.config)]  # fmt: skip
+        with open(self.log, "ab") as fh:
+            self.proc = subprocess.Popen(cmd, stdout=fh, stderr=fh)
+        self.starts += 1
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def rss_mb(self) -> float:
+        """Resident memory of the process (VmRSS), MB; 0 when it is not running."""
+        if not self.alive():
+            return 0.0
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+        return 0.0
+
+    def kill(self) -> None:
+        """SIGKILL: no drain, no state save, nothing flushed."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> int:
+        """SIGTERM: drain and exit; returns the exit code."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGTERM)
+        return self.proc.wait(timeout=60)
 
 
 def by_key(payloads: list[bytes]) -> dict[tuple[str, str], set[bytes]]:

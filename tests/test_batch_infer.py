@@ -10,14 +10,14 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from scada_tcn.export.bundle_writer import export_bundle
+from scada_tcn.runtime.bundle import load_bundle
 from scada_tcn.trainer.evaluation.offline import run_batch_inference, setup_from_bundle, setup_from_checkpoint
 
 
 @pytest.fixture(scope="module")
-def both(tiny_run, tmp_path_factory):
+def both(tiny_run, tiny_bundle, tmp_path_factory):
     out = tmp_path_factory.mktemp("infer")
-    bundle = export_bundle(tiny_run.checkpoint, out_dir=out / "bundle")
+    bundle = load_bundle(tiny_bundle)
     data_dir = tiny_run.cfg().data.paths.processed_dir
     torch_sum = run_batch_inference(setup_from_checkpoint(tiny_run.checkpoint), "test", out / "torch", batch_size=64)
     onnx_sum = run_batch_inference(setup_from_bundle(bundle.path, data_dir), "test", out / "onnx", batch_size=100)
@@ -57,17 +57,16 @@ def test_results_are_time_ordered_and_alerts_match_states(both):
         assert all(a["event"] != b["event"] for a, b in zip(ev, ev[1:]))  # on, off, on, ...
 
 
-def test_refuses_prepared_data_with_another_scaler(both, tiny_run, tmp_path):
-    out, *_ = both
+def test_refuses_prepared_data_with_another_scaler(tiny_bundle, tiny_run, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(tiny_run.cfg().data.paths.processed_dir, other)
-    setup_from_bundle(out / "bundle", other)  # a moved copy is the same data
+    setup_from_bundle(tiny_bundle, other)  # a moved copy is the same data
     path = other / "scalers" / "robust_scaler.json"
     sc = json.loads(path.read_text())
     sc["center"][0] += 1.0
     path.write_text(json.dumps(sc))
     with pytest.raises(ValueError, match="another scaler or feature spec"):
-        setup_from_bundle(out / "bundle", other)
+        setup_from_bundle(tiny_bundle, other)
 
 
 def test_cli_needs_exactly_one_engine(tiny_run):

@@ -23,7 +23,7 @@ from scada_tcn.runtime.daemon_config import MappingCfg
 from scada_tcn.runtime.engine import Engine
 from scada_tcn.runtime.replay import replay
 from scada_tcn.runtime.scorer import OnnxScorer
-from scada_tcn.runtime.telemetry import parse_timestamp_ns
+from scada_tcn.runtime.telemetry import Sample, parse_timestamp_ns
 from tests.mosquitto import (
     DT_NS,
     GATEWAY,
@@ -49,12 +49,8 @@ STREAM_START, STREAM_END = "2024-01-28T00:00:00+00:00", "2024-01-29T12:00:00+00:
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(tiny_run, tmp_path_factory) -> Path:
-    from scada_tcn.export.bundle_writer import export_bundle
-
-    out = tmp_path_factory.mktemp("rt_bundle") / "bundle"
-    export_bundle(tiny_run.checkpoint, out_dir=out, verify=False)
-    return out
+def bundle_dir(tiny_bundle) -> Path:
+    return tiny_bundle
 
 
 @pytest.fixture(scope="module")
@@ -582,8 +578,9 @@ def test_replay_cli(bundle_dir, timeline, tmp_path, replayed):
     assert "Traceback" not in res.stderr
 
 
-def test_qos1_telemetry_is_never_dropped_when_the_inbound_queue_fills(broker, bundle, scorer, timeline):
-    """A queue far smaller than the burst: the paho thread waits (TCP backpressure) instead of dropping."""
+def test_paused_reads_bound_the_inbound_queue_and_nothing_is_dropped(broker, bundle, scorer, timeline):
+    """An inbound bound far smaller than the burst: the link stops reading, the broker holds the rest back,
+    nothing is dropped, and the queue never holds much more than the bound (one socket buffer at most)."""
     header, rows, _ = timeline
     col = Collector(broker.url, [f"scada/{SITE}/+/score"], client_id="bp-collector")
     wait_for(lambda: col.ready(), 10, "collector connect")
@@ -603,6 +600,7 @@ def test_qos1_telemetry_is_never_dropped_when_the_inbound_queue_fills(broker, bu
         if s.name.endswith("_total")
     }
     assert rejected.get("inbound_queue_full", 0) == 0
+    assert d.daemon.inbound_peak <= 20 + 1000, d.daemon.inbound_peak  # 1000 ~ a 256 KB socket buffer of telemetry
     got = by_key([p for _, p in col.of("/score")])
     assert {t: sum(1 for k in got if k[0] == t) for t in want} == want
     pub.disconnect()
@@ -685,3 +683,44 @@ def test_daemon_restart_resumes_from_its_state_file(broker, bundle, scorer, time
     assert len(warm) == sum(1 for p in replayed.values() if b'"status":"warmup"' in p)  # one warm-up, not two
     pub.disconnect()
     col.close()
+
+
+def test_a_window_without_enough_data_publishes_no_score(bundle, scorer, timeline):
+    """Below the bundle's minimum present fraction: an insufficient-data record, never a number; the alert
+    state is held, and scoring resumes once the window has enough data again."""
+    header, rows, _ = timeline
+    samples = to_samples(header, [r for r in rows if r[header.index("turbine_id")] == "WT01"], bundle.spec.channels)
+    L = bundle.dims.L
+    gap_from, gap_to = 2 * L, 2 * L + int(0.7 * L)  # 70 % of a window without any sample
+    stream = samples[:gap_from] + samples[gap_to:]
+    engine = Engine(bundle, scorer, grace_seconds=1e9, max_turbines=10, max_batch=64)
+    out = []
+    for s in stream:
+        engine.ingest(s)
+        out += engine.flush()
+    docs = [json.loads(o.payload) for o in out if o.kind == "score"]
+    status = [d["status"] for d in docs]
+    insufficient = [d for d in docs if d["status"] == "insufficient_data"]
+    assert insufficient and "ok" in status[status.index("insufficient_data") :]  # scoring resumes after the gap
+    assert min(bundle.fleet.min_present_fraction, 1.0) == insufficient[0]["min_present_fraction"] == 0.5
+    for d in insufficient:
+        assert "score" not in d and "ratio" not in d and d["present_fraction"] < 0.5
+    ok = [d for d in docs if d["status"] == "ok"]
+    assert all(d["missing_fraction"] <= 0.5 for d in ok)
+    for i, d in enumerate(docs):  # the held state is the last scored step's
+        if d["status"] == "insufficient_data":
+            before = [p for p in docs[:i] if p["status"] == "ok"]
+            assert d["alert"] == (before[-1]["alert"] if before else False)
+
+
+def test_two_hostile_samples_on_an_unknown_turbine_publish_no_score(bundle, scorer):
+    """Two samples two days apart on a new id: warm-up, then insufficient-data records for the empty steps
+    between them, and not one number."""
+    engine = Engine(bundle, scorer, grace_seconds=1e9, max_turbines=10, max_batch=64)
+    t0 = parse_timestamp_ns("2024-02-01T00:00:00+00:00")
+    values = np.full(len(bundle.spec.channels), 5.0)
+    for ts in (t0, t0 + 2 * 86400 * 10**9):
+        engine.ingest(Sample("intruder", ts, values))
+    docs = [json.loads(o.payload) for o in engine.flush() if o.kind == "score"]
+    assert len(docs) == 288 and {d["status"] for d in docs} == {"warmup", "insufficient_data"}
+    assert not any("score" in d for d in docs)

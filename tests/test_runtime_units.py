@@ -9,7 +9,7 @@ import pytest
 
 from scada_tcn.runtime.alerts import AlertState
 from scada_tcn.runtime.daemon_config import ConfigError, daemon_config_from_dict, describe
-from scada_tcn.runtime.engine import dumps, iso_utc
+from scada_tcn.runtime.records import dumps, iso_utc
 from scada_tcn.runtime.telemetry import REASONS, Rejection, Sample, TelemetryDecoder, parse_timestamp_ns
 
 NOW = parse_timestamp_ns("2024-06-01T00:00:00+00:00")
@@ -136,3 +136,13 @@ def test_dumps_is_deterministic():
     assert dumps(rec) == b'{"a":[1e-12,null],"b":0.100000001,"c":3,"d":true}'
     assert json.loads(dumps(rec))["b"] == pytest.approx(0.1)
     assert iso_utc(NOW) == "2024-06-01T00:00:00Z"
+
+
+def test_the_deploy_example_config_is_valid_and_names_its_turbines():
+    from pathlib import Path
+
+    from scada_tcn.runtime.daemon_config import load_daemon_config
+
+    cfg = load_daemon_config(Path(__file__).resolve().parents[1] / "deploy" / "runtime.yaml", {})
+    assert cfg.ingest.turbines and len(cfg.ingest.turbines) <= cfg.ingest.max_turbines
+    assert cfg.state.path is not None and cfg.broker.url.startswith("mqtts://")

@@ -3,9 +3,11 @@
 `MosquittoProcess`: one broker on a free loopback port, `log_dest stderr` into a log file, persistence in its
 folder, optional password file and TLS listener, stopped by pid (SIGTERM, so it saves its persistence file).
 `run_through_broker`: starts a broker and `runtime.daemon.Daemon` on a thread, publishes a raw SCADA CSV as
-JSON telemetry (QoS 1, in time order), collects the published scores and alerts into JSON-lines files, and
-stops everything. Historical data: bins close as later samples arrive (a grace of years), never by the wall
-clock, exactly as `scada-runtime replay` closes them.
+JSON telemetry (QoS 1, in time order) with progress, waits until every closed step has a record (counted in
+distinct `seq` per turbine after deduplication), writes the deduplicated scores and the alerts as JSON lines,
+stops everything and reports steps sent and scored, duplicates and reconnects (`BrokerRun`). Historical data:
+bins close as later samples arrive (a grace of years), never by the wall clock, exactly as `scada-runtime replay`
+closes them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +159,24 @@ def closed_steps(header: list[str], rows: list[list[str]], dt_seconds: int) -> d
     }
 
 
+@dataclass(frozen=True)
+class BrokerRun:
+    """What the demo's broker run did: steps sent and scored per turbine, redeliveries, reconnects."""
+
+    how: str
+    messages: int
+    sent: dict[str, int]  # closed steps per turbine in the stream
+    scored: dict[str, int]  # distinct steps per turbine the daemon published a record for
+    duplicates: int  # identical records received again (QoS 1 redelivery)
+    conflicts: int  # steps received with two different payloads (never expected)
+    reconnects: int
+    seconds: float
+
+    @property
+    def complete(self) -> bool:
+        return self.conflicts == 0 and all(self.scored.get(t, 0) >= n for t, n in self.sent.items())
+
+
 def run_through_broker(
     bundle_dir: Path,
     stream_csv: Path,
@@ -164,13 +185,19 @@ def run_through_broker(
     workdir: Path,
     required: bool = False,
     log: Callable[[str], None] = print,
-) -> str | None:
-    """Score `stream_csv` through a local broker and the daemon; None when mosquitto is absent (and not required)."""
+    stall_s: float = 180.0,
+) -> BrokerRun | None:
+    """Score `stream_csv` through a local broker and the daemon; None when mosquitto is absent (and not required).
+
+    Publishes the stream (QoS 1, in time order) with progress, then waits until every closed step of every
+    turbine has a record (distinct `seq` per turbine, `runtime.records.dedupe`), or until nothing new arrives for
+    `stall_s`; writes the deduplicated score records and the alert records, and says what happened."""
     import paho.mqtt.client as paho
 
     from scada_tcn.runtime.bundle import load_bundle
     from scada_tcn.runtime.daemon import Daemon
     from scada_tcn.runtime.daemon_config import daemon_config_from_dict
+    from scada_tcn.runtime.records import dedupe
     from scada_tcn.runtime.scorer import OnnxScorer
 
     exe = find_mosquitto()
@@ -197,7 +224,7 @@ def run_through_broker(
     sub.connect("127.0.0.1", broker.port)
     sub.loop_start()
     pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="demo-scada", protocol=paho.MQTTv5)
-    pub.max_inflight_messages_set(500)
+    pub.max_inflight_messages_set(1000)
     pub.connect("127.0.0.1", broker.port)
     pub.loop_start()
     bundle = load_bundle(bundle_dir)
@@ -217,9 +244,16 @@ def run_through_broker(
     daemon.start()
     thread = threading.Thread(target=daemon.run_forever, daemon=True)
     thread.start()
+    t0 = time.monotonic()
+
+    def scored() -> dict[str, int]:
+        with lock:
+            payloads = list(got["score"])
+        return {t: len(v) for t, v in dedupe(payloads).seqs().items()}
+
     try:
-        if not subscribed.wait(20):
-            raise RuntimeError("the demo collector could not subscribe to the local broker")
+        if not subscribed.wait(20) or not _wait(lambda: daemon.link.connected, 20):
+            raise RuntimeError("the demo's collector or daemon could not connect to the local broker")
         with stream_csv.open(newline="") as fh:
             reader = csv.reader(fh)
             header = next(reader)
@@ -227,26 +261,59 @@ def run_through_broker(
         order = pd.to_datetime([r[header.index("timestamp")] for r in rows], utc=True, format="ISO8601")
         rows = [rows[k] for k in order.argsort(kind="stable")]
         msgs = telemetry_messages(header, rows, SITE)
-        log(f"publishing {len(msgs):,} telemetry messages through {broker.url}")
-        infos = [pub.publish(t, p, qos=1) for t, p in msgs]
-        for i in infos:
-            i.wait_for_publish(timeout=120)
-        expected = sum(closed_steps(header, rows, bundle.spec.dt_seconds).values())
-        end = time.monotonic() + 600
-        while time.monotonic() < end:
-            with lock:
-                n = len(got["score"])
-            if n >= expected:
+        sent = closed_steps(header, rows, bundle.spec.dt_seconds)
+        total = sum(sent.values())
+        log(f"publishing {len(msgs):,} telemetry messages ({total:,} steps of {len(sent)} turbines) to {broker.url}")
+        last_log = 0.0
+        for i in range(0, len(msgs), 2000):
+            for info in [pub.publish(t, p, qos=1) for t, p in msgs[i : i + 2000]]:
+                info.wait_for_publish(timeout=120)
+            if time.monotonic() - last_log > 5 or i + 2000 >= len(msgs):
+                last_log = time.monotonic()
+                n = sum(scored().values())
+                rate = n / max(last_log - t0, 1e-9)
+                log(f"  published {min(i + 2000, len(msgs)):,}/{len(msgs):,}; scored {n:,}/{total:,} steps "
+                    f"({rate:,.0f} steps/s)")  # fmt: skip
+        best, best_t = 0, time.monotonic()
+        while True:
+            by_turbine = scored()
+            n = sum(min(by_turbine.get(t, 0), k) for t, k in sent.items())
+            if n >= total or time.monotonic() - best_t > stall_s:
                 break
+            if n > best:
+                best, best_t = n, time.monotonic()
+            if time.monotonic() - last_log > 5:
+                last_log = time.monotonic()
+                log(f"  scored {n:,}/{total:,} steps ({n / (last_log - t0):,.0f} steps/s)")
             time.sleep(0.2)
-        log(f"received {n:,} of {expected:,} step records from the daemon")
     finally:
         daemon.request_stop()
-        thread.join(timeout=30)
+        thread.join(timeout=60)
         for c in (pub, sub):
             c.disconnect()
             c.loop_stop()
         broker.stop()
-    scores_out.write_bytes(b"".join(p + b"\n" for p in got["score"]))
-    alerts_out.write_bytes(b"".join(p + b"\n" for p in got["alert"]))
-    return f"through a local Mosquitto broker ({broker.url}) and scada-runtime's daemon"
+    with lock:
+        scores, alerts = list(got["score"]), list(got["alert"])
+    d = dedupe(scores)
+    scores_out.write_bytes(b"".join(p + b"\n" for p in d.records.values()))
+    alerts_out.write_bytes(b"".join(p + b"\n" for p in dict.fromkeys(alerts)))
+    return BrokerRun(
+        how=f"through a local Mosquitto broker ({broker.url}) and scada-runtime's daemon",
+        messages=len(msgs),
+        sent=sent,
+        scored={t: len(v) for t, v in d.seqs().items()},
+        duplicates=d.duplicates,
+        conflicts=len(d.conflicts),
+        reconnects=max(daemon.link.connects - 2, 0),  # a subscriber and a publisher connect once each
+        seconds=time.monotonic() - t0,
+    )
+
+
+def _wait(cond: Callable[[], bool], timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()

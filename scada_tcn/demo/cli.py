@@ -23,10 +23,13 @@ def demo_cmd(
     epochs: int = typer.Option(2, min=1),
     steps_per_epoch: int = typer.Option(120, min=10),
 ) -> None:
-    from scada_tcn.demo.pipeline import DemoSizes, run_demo
+    from scada_tcn.demo.pipeline import DemoIncomplete, DemoSizes, run_demo
 
     try:
         run_demo(workdir, DemoSizes(turbines, days, epochs, steps_per_epoch), seed, broker)
+    except DemoIncomplete as e:
+        typer.secho(f"incomplete: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=1) from None
     except (ValueError, RuntimeError) as e:
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from None

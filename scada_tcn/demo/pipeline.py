@@ -11,6 +11,7 @@ are warm when the test period begins; only test-period alerts are judged.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -21,9 +22,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from scada_tcn.demo.broker import run_through_broker
+from scada_tcn.demo.broker import BrokerRun, run_through_broker
 from scada_tcn.export.bundle_writer import export_bundle
 from scada_tcn.runtime.daemon_config import daemon_config_from_dict
+from scada_tcn.runtime.records import dedupe
 from scada_tcn.runtime.replay import replay_file
 from scada_tcn.trainer.config import load_config
 from scada_tcn.trainer.data.prepare import format_summary, prepare
@@ -102,11 +104,17 @@ def summarize(
     return ev
 
 
-def format_report(ev: dict[str, Any], paths: dict[str, Path], how: str, timings: dict[str, float]) -> str:
-    lines = ["", "=" * 78, f"scada-demo: the edge runtime scored the held-out period ({how})", "=" * 78]
+def format_report(ev: dict[str, Any], paths: dict[str, Path], run: BrokerRun, timings: dict[str, float]) -> str:
+    lines = ["", "=" * 78, f"scada-demo: the edge runtime scored the held-out period ({run.how})", "=" * 78]
+    sent, scored = sum(run.sent.values()), sum(min(run.scored.get(t, 0), n) for t, n in run.sent.items())
+    state = "complete" if run.complete else "INCOMPLETE: the figures below are not a result"
+    lines.append(
+        f"steps scored: {scored:,} of {sent:,} sent ({state}); {run.messages:,} messages, {run.duplicates:,} "
+        f"duplicate records, {run.reconnects} reconnects, {run.seconds:.0f} s"
+    )
     lines.append(
         f"labelled faults in the test period: {ev['n_events']}, detected: {ev['n_detected']} "
-        f"(an alert raised from {MAX_LEAD_H:g} h before the fault to its end)"
+        f"(an alert onset from {MAX_LEAD_H:g} h before the fault to its end)"
     )
     for e in ev["events"]:
         start = pd.Timestamp(e["start_ns"], tz="UTC").strftime("%Y-%m-%d %H:%M")
@@ -170,13 +178,11 @@ def run_demo(
     stream = _slice_from(Path(synth["scada"]), w / "stream.csv", val_start)
     scores, alerts = w / "runtime_scores.jsonl", w / "runtime_alerts.jsonl"
     t = time.perf_counter()
+    run = None
     if use_broker is None or use_broker:
-        how = run_through_broker(bundle.path, stream, scores, alerts, w / "broker", required=bool(use_broker), log=log)
-    else:
-        how = None
-    if how is None:
-        replay_file(bundle.path, stream, scores, daemon_config_from_dict({}), alerts_out=alerts)
-        how = "scada-runtime replay" + (" (no mosquitto on PATH)" if use_broker is None else "")
+        run = run_through_broker(bundle.path, stream, scores, alerts, w / "broker", required=bool(use_broker), log=log)
+    if run is None:
+        run = _replay(bundle.path, stream, scores, alerts, "(no mosquitto on PATH)" if use_broker is None else "")
     timings["runtime"] = time.perf_counter() - t
     turbines = [f"WT{i:02d}" for i in range(1, sizes.turbines + 1)]
     dt_ns = int(cfg.data.sampling.dt_minutes * 60 * 10**9)
@@ -189,6 +195,32 @@ def run_demo(
         "scores": scores,
         "alerts": alerts,
     }
-    log(format_report(ev, paths, how, timings))
-    (w / "demo_summary.json").write_text(json.dumps({**ev, "runtime": how, "timings": timings}, indent=2, default=str))
+    log(format_report(ev, paths, run, timings))
+    summary = {**ev, "runtime": dataclasses.asdict(run) | {"complete": run.complete}, "timings": timings}
+    (w / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if not run.complete:
+        missing = {t: n - run.scored.get(t, 0) for t, n in run.sent.items() if run.scored.get(t, 0) < n}
+        raise DemoIncomplete(
+            f"the runtime scored {sum(run.scored.values()):,} of {sum(run.sent.values()):,} closed steps "
+            f"(missing per turbine: {missing}; {run.conflicts} steps with two different records): the figures above "
+            "are incomplete, not a result"
+        )
     return ev
+
+
+class DemoIncomplete(RuntimeError):
+    """The runtime did not score every step the demo sent it: the report is not a result."""
+
+
+def _replay(bundle_dir: Path, stream: Path, scores: Path, alerts: Path, why: str) -> BrokerRun:
+    """The replay path, reported like a broker run (every step of the table is closed at its end)."""
+    t0 = time.perf_counter()
+    replay_file(bundle_dir, stream, scores, daemon_config_from_dict({}), alerts_out=alerts)
+    d = dedupe(scores.read_bytes().splitlines())
+    df = pd.read_csv(stream, usecols=["turbine_id", "timestamp"], dtype=str)
+    labels = pd.to_datetime(df["timestamp"], utc=True, format="ISO8601").dt.ceil("10min")
+    span = labels.groupby(df["turbine_id"]).agg(["min", "max"])  # replay closes every bin of each turbine's grid
+    sent = {str(t): int((r["max"] - r["min"]) / pd.Timedelta("10min")) + 1 for t, r in span.iterrows()}
+    scored = {t: len(v) for t, v in d.seqs().items()}
+    return BrokerRun(f"scada-runtime replay {why}".strip(), len(df), sent, scored, d.duplicates, len(d.conflicts), 0,
+                     time.perf_counter() - t0)  # fmt: skip

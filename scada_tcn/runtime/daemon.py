@@ -4,19 +4,27 @@ Threads: paho's network thread only enqueues inbound messages (bounded queue); t
 caller of `run_forever`) decodes, bins, scores and publishes; a status thread refreshes the retained status;
 the health server serves /metrics and /healthz.
 
-The message boundary (`_handle`) is the only place that catches: a message is decoded and validated in full
+The message boundary (`_admit`) is the only place that catches: a message is decoded and validated in full
 before any state changes (runtime.telemetry), and whatever is wrong with it is rejected, counted
 (`rejected_total{reason}`), logged, reported on the errors topic, and the loop carries on. Everything else fails
 fast: a scoring error or a refused subscription stops the daemon with a non-zero exit (systemd restarts it).
 
-Loop iteration: take the messages waiting (at least one tick's wait) -> ingest each -> close bins past their
-grace on the wall clock (once per tick) -> `Engine.flush()` scores all ready turbines together -> publish
-(QoS 1) -> acknowledge the processed telemetry -> heartbeat. `request_stop()` (SIGTERM) finishes the messages
-already received, publishes the status "offline", waits for the publish queue to drain, disconnects cleanly.
+Loop iteration: take the messages waiting (at least one tick's wait) -> decode and admit each -> journal the
+admitted samples and the tick (when one is due) and fsync -> ingest them -> close bins past their grace on the
+wall clock (once per tick) -> `Engine.flush()` scores all ready turbines together -> publish (QoS 1) ->
+acknowledge the processed telemetry -> heartbeat. paho's network thread only appends to the inbound queue and
+never waits: Receive Maximum bounds what the broker sends (runtime.mqtt). `request_stop()` (SIGTERM) finishes
+the messages already received, publishes the status "offline", waits for the publish queue to drain, disconnects.
 
-With `state.path`, the engine's state (every turbine's open bins, features, ring buffer and alert state) is saved
-atomically every `state.save_interval_s` and on stop, and restored at start, so a restart resumes scoring at the
-next step instead of warming every turbine up again; a state of another model is moved aside, with a warning.
+Crash consistency, with `state.path`: a message is acknowledged only after the journal frame holding its sample
+is on disk (runtime.journal). Every `state.save_interval_s` and on stop, a snapshot (every turbine's open bins,
+features, ring buffer and alert state, the number of the last journal frame it includes, and the published
+records the broker has not acknowledged yet) is written atomically and the journal emptied. At start, the
+snapshot is restored, its unacknowledged records are published again, and the journal frames after it are
+replayed through the same engine calls in the same order, publishing what they produce: after `kill -9` at any
+moment, every step gets the same bytes as in an uninterrupted run (a record may arrive twice, never differently),
+and a restart resumes scoring instead of warming every turbine up again. A state of another model is moved aside
+with a warning.
 """
 
 from __future__ import annotations
@@ -33,17 +41,27 @@ from pathlib import Path
 from typing import Any
 
 from scada_tcn.runtime.daemon_config import RuntimeConfig, redacted
-from scada_tcn.runtime.engine import Engine, Output, iso_utc
+from scada_tcn.runtime.engine import Engine, Output
 from scada_tcn.runtime.health import HealthServer, Heartbeat
+from scada_tcn.runtime.journal import Journal
 from scada_tcn.runtime.mqtt import Message, MqttLink, Publish
 from scada_tcn.runtime.prometheus import RuntimeMetrics
+from scada_tcn.runtime.records import iso_utc
 from scada_tcn.runtime.state_file import load_state, save_state
-from scada_tcn.runtime.telemetry import Rejection, TelemetryDecoder, topic_filter
+from scada_tcn.runtime.telemetry import Rejection, Sample, TelemetryDecoder, topic_filter
 
 __all__ = ["Daemon", "setup_logging"]
 
 log = logging.getLogger("scada.runtime.daemon")
+STATE_FORMAT = "scada-runtime-state/2"  # snapshot + journal
 _STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+def _status_of(payload: bytes) -> str:
+    for status in ("ok", "warmup", "insufficient_data"):
+        if f'"status":"{status}"'.encode() in payload:
+            return status
+    return "unknown"
 
 
 class JsonFormatter(logging.Formatter):
@@ -102,7 +120,8 @@ class Daemon:
             on_inference=self._observe_inference,
             drift_window=cfg.health.drift_window,
         )
-        self.inbound: queue.Queue[Message] = queue.Queue(maxsize=cfg.queues.inbound)
+        self.inbound: queue.Queue[Message] = queue.Queue()  # bounded by the paused reads (runtime.mqtt)
+        self.inbound_peak = 0
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self._last_tick_ns = 0
@@ -121,8 +140,14 @@ class Daemon:
             on_connection_change=lambda up: self.metrics.connected.set(1 if up else 0),
             on_connect_failed=lambda reason: self.metrics.connect_failures.labels(reason=reason).inc(),
             on_unrouted=lambda m: self._reject(m, Rejection("bad_topic", "no handler for this topic")),
+            may_read=lambda: self.inbound.qsize() < cfg.queues.inbound,
         )
         self._last_save_ns = 0
+        self._frame_no = 0  # journal frames written (or replayed) so far
+        self.journal: Journal | None = None
+        if cfg.state.path is not None:
+            self.journal = Journal(Path(cfg.state.path).with_name(Path(cfg.state.path).name + ".journal"),
+                                   len(bundle.spec.channels))  # fmt: skip
         self.health: HealthServer | None = None
         self._status_thread = threading.Thread(target=self._status_loop, name="status", daemon=True)
 
@@ -163,57 +188,96 @@ class Daemon:
         return 0
 
     def _restore_state(self) -> None:
-        """Resume from the state file when there is one of this model; another model's state is set aside."""
+        """Resume from the snapshot and the journal after it (see the module docstring); another model's state,
+        or a snapshot that cannot be read, is set aside and every turbine warms up again."""
         path = self.cfg.state.path
-        if path is None or not Path(path).is_file():
+        if path is None:
             return
-        try:
-            self.engine.load_state_dict(load_state(path))
-        except ValueError as e:
-            aside = Path(path).with_name(Path(path).name + ".unused")
-            os.replace(path, aside)
-            log.warning(
-                "state file not used; every turbine warms up again", extra={"reason": str(e), "moved_to": str(aside)}
-            )
-            return
-        log.info("state restored", extra={"path": path, "turbines": len(self.engine.fleet)})
+        snapshot = None
+        if Path(path).is_file():
+            try:
+                snapshot = load_state(path)
+                if not isinstance(snapshot, dict) or set(snapshot) != {"format", "engine", "frame_no", "outbox"}:
+                    raise ValueError("not a scada-runtime state snapshot")
+                if snapshot["format"] != STATE_FORMAT:
+                    raise ValueError(f"state format {snapshot['format']!r}, this daemon writes {STATE_FORMAT!r}")
+                self.engine.load_state_dict(snapshot["engine"])
+            except ValueError as e:
+                aside = Path(path).with_name(Path(path).name + ".unused")
+                os.replace(path, aside)
+                if self.journal is not None:
+                    self.journal.reset()  # its frames continue the state that was set aside
+                log.warning("state file not used; every turbine warms up again",
+                            extra={"reason": str(e), "moved_to": str(aside)})  # fmt: skip
+                return
+            self._frame_no = int(snapshot["frame_no"])
+            for p in snapshot["outbox"]:
+                self.link.publish(p["topic"], p["payload"].encode(), qos=1, retain=bool(p["retain"]), track=True)
+        replayed = 0
+        assert self.journal is not None
+        for frame in self.journal.read():
+            if frame.frame_no <= self._frame_no:
+                continue  # already in the snapshot (a crash between the snapshot and the journal reset)
+            self._apply(frame.samples, frame.tick_ns)
+            self._frame_no = frame.frame_no
+            replayed += 1
+        log.info("state restored", extra={"path": path, "turbines": len(self.engine.fleet),
+                                          "journal_frames": replayed, "torn_tail": self.journal.torn_tail})  # fmt: skip
+        self._save_state()  # the replayed frames are in the snapshot now; start a fresh journal
 
     def _save_state(self) -> None:
-        if self.cfg.state.path is not None:
-            save_state(self.cfg.state.path, self.engine.state_dict())
-            self._last_save_ns = self.clock()
+        if self.cfg.state.path is None:
+            return
+        outbox = [{"topic": p.topic, "payload": p.payload.decode(), "retain": p.retain} for p in self.link.unacked()]
+        snapshot = {"format": STATE_FORMAT, "engine": self.engine.state_dict(), "frame_no": self._frame_no,
+                    "outbox": outbox}  # fmt: skip
+        save_state(self.cfg.state.path, snapshot)
+        assert self.journal is not None
+        self.journal.reset()
+        self._last_save_ns = self.clock()
 
     def _shutdown(self) -> None:
         self._stopped.set()
         if self.cfg.state.path is None:  # no state file to keep fleet-relative steps waiting for peers: send them
             self._publish_outputs(self.engine.flush(final=True))
-        self._save_state()
         drained = self.link.stop(
             [Publish(self.status_topic, self._status_payload("offline"), retain=True)], timeout=10.0
         )
+        self._save_state()  # after the drain: only what the broker has not acknowledged goes into the outbox
+        if self.journal is not None:
+            self.journal.close()
         log.info("stopped", extra={"publishes_drained": drained, "queue_depth": self.link.queue_depth})
         if self.health is not None:
             self.health.close()
 
     # ------------------------------------------------------------------------------------------- the loop
     def step(self, timeout: float) -> int:
-        """One loop iteration (see the module docstring); returns the number of messages processed."""
+        """One loop iteration (see the module docstring); returns the number of messages processed.
+
+        While `queues.publish_backlog` or more publishes wait for the broker's acknowledgement, no new telemetry is
+        taken: output that cannot leave holds input back (the inbound queue fills, the link stops reading, the
+        broker keeps the rest), so neither queue grows without bound."""
+        if self.link.queue_depth >= self.cfg.queues.publish_backlog:
+            self.metrics.publish_backpressure.inc()
+            self.heartbeat.beat(self.clock() / 1e9)
+            self._stop.wait(min(timeout, 0.01) if timeout > 0 else 0)
+            return 0
         batch: list[Message] = []
         try:
             batch.append(self.inbound.get(timeout=timeout) if timeout > 0 else self.inbound.get_nowait())
-            while len(batch) < 10000:
+            while len(batch) < self.cfg.queues.receive_maximum:  # one journal frame, one ack round
                 batch.append(self.inbound.get_nowait())
         except queue.Empty:
             pass
         now = self.clock()
-        for msg in batch:
-            self._handle(msg, now)
-        if now - self._last_tick_ns >= self.cfg.compute.tick_s * 1e9:
-            self.engine.tick(now)
+        samples = self._admit(batch, now)
+        tick = now if now - self._last_tick_ns >= self.cfg.compute.tick_s * 1e9 else None
+        if self.journal is not None and (samples or tick is not None):
+            self._frame_no += 1
+            self.journal.append(self._frame_no, samples, tick)  # durable before any of it is acknowledged
+        if tick is not None:
             self._last_tick_ns = now
-        self.metrics.bins_closed.inc(self.engine.fleet.bins_closed - self._bins_closed)
-        self._bins_closed = self.engine.fleet.bins_closed
-        self._publish_outputs(self.engine.flush())
+        self._apply(samples, tick)
         for msg in batch:
             self.link.ack(msg)
         self.heartbeat.beat(self.clock() / 1e9)
@@ -223,46 +287,67 @@ class Daemon:
         self.metrics.fleet_waiting.set(self.engine.waiting())
         self.metrics.alerts_on.set(self.engine.alerts_on())
         self.metrics.score_drift.set(self.engine.drift.get()["ks"])
+        self.metrics.connects.set(self.link.connects)
         if self.cfg.state.path is not None and now - self._last_save_ns >= self.cfg.state.save_interval_s * 1e9:
             self._save_state()
         return len(batch)
 
-    def _enqueue(self, msg: Message) -> None:
-        """paho thread: hand the message to the loop. QoS 1 telemetry is never dropped: when the queue is full
-        this thread waits, paho stops reading the socket and the broker holds the rest (TCP backpressure; not
-        every broker honours our Receive Maximum). Only QoS 0 overflow is dropped, counted and reported."""
-        if msg.qos > 0:
-            while not self._stop.is_set():
-                try:
-                    self.inbound.put(msg, timeout=0.5)
-                    return
-                except queue.Full:
-                    continue
-            return  # stopping: unacknowledged, so the broker redelivers it to the next session
-        try:
-            self.inbound.put_nowait(msg)
-        except queue.Full:
-            self._reject(msg, Rejection("inbound_queue_full", f"queues.inbound={self.cfg.queues.inbound} is full"))
-
-    def _handle(self, msg: Message, now_ns: int) -> None:
-        """The message boundary: decode, validate, ingest; any failure is rejected, counted and reported."""
-        self.metrics.messages_in.inc()
-        try:
-            res = self.decoder.decode(msg.topic, msg.payload, now_ns)
-            if isinstance(res, Rejection):
-                self._reject(msg, res)
-                return
-            if not self.engine.fleet.has_room(res.turbine):
-                limit = self.cfg.ingest.max_turbines
-                self._reject(msg, Rejection("too_many_turbines", f"ingest.max_turbines={limit} reached"))
-                return
-            if not self.engine.ingest(res):
+    def _apply(self, samples: list[Sample], tick_ns: int | None) -> None:
+        """The engine calls of one loop iteration (live, or replayed from the journal): ingest, tick, flush,
+        publish. A function of its inputs and the engine state only, so a replay gives the same records."""
+        for sample in samples:
+            if not self.engine.ingest(sample):
                 self.metrics.late.inc()
-            self.heartbeat.processed(now_ns / 1e9)
-            self.metrics.last_message.set(now_ns / 1e9)
-        except Exception as e:  # the boundary: bad input must never stop the daemon
-            log.exception("internal error while handling a message", extra={"topic": msg.topic[:200]})
-            self._reject(msg, Rejection("internal_error", f"{type(e).__name__}: {e}"[:300]))
+        if tick_ns is not None:
+            self.engine.tick(tick_ns)
+        self.metrics.bins_closed.inc(self.engine.fleet.bins_closed - self._bins_closed)
+        self._bins_closed = self.engine.fleet.bins_closed
+        self._publish_outputs(self.engine.flush())
+
+    def _enqueue(self, msg: Message) -> None:
+        """Network thread: hand the message to the loop, never waiting (see runtime.mqtt on flow control). QoS 1
+        telemetry is never dropped: the link stops reading while `queues.inbound` messages wait, and more than
+        Receive Maximum waiting (a broker ignoring it) is counted. QoS 0 beyond `queues.inbound` is dropped and
+        counted."""
+        if msg.qos > 0:
+            self.inbound.put_nowait(msg)
+            depth = self.inbound.qsize()
+            if depth > self.cfg.queues.receive_maximum:
+                self.metrics.receive_maximum_exceeded.inc()
+            if depth > self.inbound_peak:
+                self.inbound_peak = depth
+                self.metrics.inbound_peak.set(depth)
+            return
+        if self.inbound.qsize() >= self.cfg.queues.inbound:
+            self._reject(msg, Rejection("inbound_queue_full", f"queues.inbound={self.cfg.queues.inbound} is full"))
+            return
+        self.inbound.put_nowait(msg)
+
+    def _admit(self, batch: list[Message], now_ns: int) -> list[Sample]:
+        """The message boundary: decode and validate each message; the valid samples, in arrival order. Anything
+        wrong with a message is rejected, counted and reported, and the loop carries on."""
+        samples: list[Sample] = []
+        new: set[str] = set()  # turbines this batch adds to the fleet
+        for msg in batch:
+            self.metrics.messages_in.inc()
+            try:
+                res = self.decoder.decode(msg.topic, msg.payload, now_ns)
+                if isinstance(res, Rejection):
+                    self._reject(msg, res)
+                    continue
+                if res.turbine not in self.engine.fleet.turbines_set and res.turbine not in new:
+                    if len(self.engine.fleet) + len(new) >= self.cfg.ingest.max_turbines:
+                        limit = self.cfg.ingest.max_turbines
+                        self._reject(msg, Rejection("too_many_turbines", f"ingest.max_turbines={limit} reached"))
+                        continue
+                    new.add(res.turbine)
+                samples.append(res)
+                self.heartbeat.processed(now_ns / 1e9)
+                self.metrics.last_message.set(now_ns / 1e9)
+            except Exception as e:  # the boundary: bad input must never stop the daemon
+                log.exception("internal error while handling a message", extra={"topic": msg.topic[:200]})
+                self._reject(msg, Rejection("internal_error", f"{type(e).__name__}: {e}"[:300]))
+        return samples
 
     def _reject(self, msg: Message, rej: Rejection) -> None:
         self.metrics.rejected.labels(reason=rej.reason).inc()
@@ -286,17 +371,17 @@ class Daemon:
         }[out.kind]
         return tpl.format(site=self.cfg.site, turbine=out.turbine, gateway=self.cfg.gateway)
 
-    def _publish(self, kind: str, topic: str, payload: bytes, retain: bool) -> None:
-        if not self.link.publish(topic, payload, qos=1, retain=retain):
+    def _publish(self, kind: str, topic: str, payload: bytes, retain: bool, track: bool = False) -> None:
+        if not self.link.publish(topic, payload, qos=1, retain=retain, track=track):
             self.metrics.overflow.labels(kind=kind).inc()
             self._overflowed += 1
             log.error("publish queue full: message dropped", extra={"kind": kind, "topic": topic})
 
     def _publish_outputs(self, outputs: list[Output]) -> None:
         for out in outputs:
-            self._publish(out.kind, self._topic(out), out.payload, out.retain)
+            self._publish(out.kind, self._topic(out), out.payload, out.retain, track=True)
             if out.kind == "score":
-                self.metrics.scores.labels(status="warmup" if b'"status":"warmup"' in out.payload else "ok").inc()
+                self.metrics.scores.labels(status=_status_of(out.payload)).inc()
             elif out.kind == "alert":
                 self.metrics.alerts.labels(state="on" if b'"state":"on"' in out.payload else "off").inc()
 

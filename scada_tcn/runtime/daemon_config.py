@@ -50,7 +50,11 @@ class TlsCfg:
 @dataclass(frozen=True)
 class BrokerCfg:
     url: str = _f("mqtt://localhost:1883", "mqtt://host:port (plain) or mqtts://host:port (TLS)")
-    client_id: str | None = _f(None, "MQTT client id; None = scada-runtime-<gateway>. Must be stable for the session")
+    client_id: str | None = _f(
+        None,
+        "MQTT client id of the telemetry subscriber (the publisher adds -pub); None = "
+        "scada-runtime-<gateway>. Must be stable: the broker keeps its session",
+    )
     username: str | None = _f(None, "broker user name")
     password: str | None = _f(None, "broker password (prefer password_file or SCADA_RT_BROKER__PASSWORD)")
     password_file: str | None = _f(None, "file whose first line is the broker password")
@@ -77,15 +81,24 @@ class IngestCfg:
     max_future_s: float = _f(300.0, "reject samples stamped more than this ahead of the wall clock")
     max_past_s: float = _f(7 * 86400.0, "reject samples stamped more than this before the wall clock")
     max_payload_bytes: int = _f(65536, "reject larger telemetry payloads before decoding them")
-    max_turbines: int = _f(5000, "reject telemetry of new turbines beyond this fleet size")
-    turbines: list[str] = _f([], "allowed turbine ids; empty = any id of letters, digits, '_', '.', '-'")
+    max_turbines: int = _f(5000, "cap on the fleet: telemetry of a new turbine beyond this many is rejected")
+    turbines: list[str] = _f(
+        [],
+        "allow-list of turbine ids (recommended); empty = any id of 1-64 letters, digits, "
+        "'_', '.', '-', up to max_turbines",
+    )
 
 
 @dataclass(frozen=True)
 class QueuesCfg:
-    inbound: int = _f(20000, "messages waiting for the processing loop (QoS 1 waits, QoS 0 overflow is dropped)")
+    inbound: int = _f(
+        5000,
+        "messages waiting for the loop before the socket is no longer read (the broker keeps "
+        "the rest); QoS 0 beyond it is dropped and counted",
+    )
     outbound: int = _f(50000, "publishes kept while disconnected (overflow is counted and reported)")
-    receive_maximum: int = _f(1000, "unacknowledged QoS 1 telemetry the broker may send us at once")
+    publish_backlog: int = _f(5000, "publishes awaiting the broker's ack at or above which no new telemetry is taken")
+    receive_maximum: int = _f(1000, "unacknowledged QoS 1 telemetry the broker may send at once (MQTT v5 flow control)")
 
 
 @dataclass(frozen=True)
@@ -113,10 +126,11 @@ class HealthCfg:
 class StateCfg:
     path: str | None = _f(
         None,
-        "file keeping every turbine's state across restarts (bins, features, ring "
-        "buffer, alerts); None = a restart warms every turbine up again (L steps)",
+        "snapshot of every turbine's state (bins, features, ring buffer, alerts), with a write-ahead journal beside "
+        "it (<path>.journal): a restart, even after kill -9, resumes where it stopped and changes no score; None = "
+        "a restart warms every turbine up again (L steps) and acknowledged telemetry not yet scored is lost",
     )
-    save_interval_s: float = _f(60.0, "how often the state is saved while running (and always on SIGTERM)")
+    save_interval_s: float = _f(60.0, "how often the snapshot is saved and the journal emptied (and on SIGTERM)")
 
 
 @dataclass(frozen=True)
@@ -234,6 +248,7 @@ def _problems(c: RuntimeConfig) -> list[str]:
         ("queues.inbound", c.queues.inbound, 1),
         ("queues.outbound", c.queues.outbound, 1),
         ("queues.receive_maximum", c.queues.receive_maximum, 1),
+        ("queues.publish_backlog", c.queues.publish_backlog, 1),
         ("compute.intra_op_threads", c.compute.intra_op_threads, 1),
         ("compute.inter_op_threads", c.compute.inter_op_threads, 1),
         ("compute.max_batch", c.compute.max_batch, 1),
@@ -246,8 +261,10 @@ def _problems(c: RuntimeConfig) -> list[str]:
         p.append("broker.reconnect_max_s: must be >= broker.reconnect_min_s")
     if c.queues.outbound > 60000:
         p.append(f"queues.outbound: at most 60000 (MQTT packet ids are 16-bit), got {c.queues.outbound}")
+    if c.queues.publish_backlog > c.queues.outbound:
+        p.append("queues.publish_backlog: must be <= queues.outbound (the publishes kept while disconnected)")
     if c.queues.receive_maximum > c.queues.inbound:
-        p.append("queues.receive_maximum: must be <= queues.inbound, so QoS 1 telemetry never overflows the queue")
+        p.append("queues.receive_maximum: must be <= queues.inbound, so a broker honouring it never pauses the reads")
     if c.queues.receive_maximum > 65535:
         p.append(f"queues.receive_maximum: at most 65535, got {c.queues.receive_maximum}")
     for key, v in (

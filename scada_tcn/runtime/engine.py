@@ -5,54 +5,55 @@ Contract
     Engine.ingest(Sample)            -> Fleet: binning, features, ring buffer (runtime.fleet)
     Engine.tick(now_ns)              -> closes bins whose end + grace has passed
     Engine.flush() -> list[Output]   -> every step closed since the last flush, in closing order:
-        warm-up steps: a "warmup" record on the score topic;
-        ready steps: ONE call of each graph for all of them (chunks of `max_batch`), the calibrated threshold
-        of (turbine, regime at the last step), the alert state machine (runtime.alerts), then the score record,
-        an alert record on every transition and the retained alert state (on the turbine's first score and on
-        every transition).
+        warm-up steps (fewer than L steps): a `WarmupRecord`;
+        windows below the bundle's `fleet.min_present_fraction` (`runtime.windows`): an `InsufficientDataRecord`,
+        no score, the alert state held;
+        the other windows: scored by the scorer in chunks of `max_batch` (the numbers do not depend on the
+        chunk: the graphs are batch-invariant), the calibrated threshold of (turbine, regime at the last step),
+        the alert state machine (runtime.alerts), then a `ScoreRecord`, an `AlertRecord` on every transition and
+        the retained `AlertStateRecord` (on the turbine's first score and on every transition).
 
-Every step of a turbine is closed once (runtime.fleet), so it is scored and serialised once: a redelivered
-score is the same bytes, and no step ever gets a second, different score. Serialisation is deterministic
-(`dumps`: sorted keys, no spaces, floats as the shortest repr of their 9 significant digits, which round-trips
-float32), so `replay` writes exactly the bytes `run` publishes. Score record (schema "scada-score/1"):
-
-    {"status": "ok", "turbine", "ts" (ISO-8601 UTC of the step end), "seq" (ts / dt: consecutive steps differ
-     by 1), "model_id", "score", "threshold", "threshold_source", "regime", "ratio" (score / threshold),
-     "alert" (state after this step), "top_features" [{"name", "contribution"}] (largest first),
-     "fault_probs" {class: p} | null, "forecast" {feature: [K values in feature units]} | null,
-     "rul" | null, "missing_fraction" (share of missing inputs in the window), "missing_now" (latest step)}
+Every step of a turbine is closed once (runtime.fleet), so it is scored and serialised once, and the same input
+sequence gives the same bytes: a redelivered score is byte-identical, and no step ever gets a second, different
+score. The records and their serialisation are `runtime.records`.
 
 Fleet-relative bundles (`fleet.relative`): thresholds and alerts apply to `fleet_score` = score minus the median
-score of the other turbines at the same step (`runtime.peers`; windows below `fleet.min_present_fraction` are
-neither scored that way nor peers). A scored step waits until every turbine of the fleet has closed that step
-(`Fleet.open_from`: on the wall clock at most the grace period), then all of them are released together, in step
-order. The record adds "fleet_score" (null below `min_peers` peers: the alert state then stays as it was) and
-"peers", and "ratio" is fleet_score / threshold. `flush(final=True)` releases every waiting step (end of a replay,
-shutdown without a state file); waiting steps are part of `state_dict()`.
+score of the other turbines at the same step (`runtime.peers`; only scored windows are peers). A closed step waits
+until every turbine of the fleet has closed that step (`Fleet.open_from`: on the wall clock at most the grace
+period), then all of them are released together, in step order; a record below `min_peers` peers gets
+fleet_score null and its alert state stays as it was. `flush(final=True)` releases every waiting step (end of a
+replay, shutdown without a state file); waiting steps are part of `state_dict()`.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from scada_tcn.runtime.alerts import AlertState
+from scada_tcn.runtime.bundle import Bundle
 from scada_tcn.runtime.calibration import regime_of
 from scada_tcn.runtime.drift import ScoreDriftMonitor
 from scada_tcn.runtime.errors import BundleError
 from scada_tcn.runtime.fleet import Fleet, Step
 from scada_tcn.runtime.peers import fleet_relative
+from scada_tcn.runtime.records import (
+    AlertRecord,
+    AlertStateRecord,
+    InsufficientDataRecord,
+    ScoreRecord,
+    WarmupRecord,
+    dumps,
+)
 from scada_tcn.runtime.telemetry import Sample
+from scada_tcn.runtime.windows import enough_present, present_fraction
 
-__all__ = ["Engine", "Output", "dumps", "iso_utc"]
-
-SCHEMA = "scada-score/1"
+__all__ = ["Engine", "Output"]
 
 
 class Output(NamedTuple):
@@ -63,32 +64,11 @@ class Output(NamedTuple):
     retain: bool
 
 
-def _clean(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        v = float(x)
-        return float(f"{v:.9g}") if math.isfinite(v) else None
-    return x
+class _Waiting(NamedTuple):
+    """A fleet-relative step waiting for its peers: the record (a scored one is a peer) and the turbine's slot."""
 
-
-def dumps(record: dict[str, Any]) -> bytes:
-    """Deterministic compact JSON (sorted keys, 9 significant digits, NaN/inf -> null) as UTF-8 bytes."""
-    return json.dumps(_clean(record), sort_keys=True, separators=(",", ":"), allow_nan=False).encode("utf-8")
-
-
-def iso_utc(ns: int) -> str:
-    """ns since the epoch -> 'YYYY-MM-DDTHH:MM:SS[.ffffff]Z'."""
-    s, rem = divmod(int(ns), 1_000_000_000)
-    dt = datetime.fromtimestamp(s, tz=UTC)
-    frac = f".{rem // 1000:06d}" if rem else ""
-    return dt.strftime("%Y-%m-%dT%H:%M:%S") + frac + "Z"
+    record: ScoreRecord | InsufficientDataRecord
+    slot: int
 
 
 class Engine:
@@ -96,7 +76,7 @@ class Engine:
 
     def __init__(
         self,
-        bundle: Any,
+        bundle: Bundle,
         scorer: Any,
         grace_seconds: float,
         max_turbines: int,
@@ -115,7 +95,8 @@ class Engine:
         self.dt_ns = int(spec.dt_seconds) * 1_000_000_000
         self.feature_names = list(spec.feature_names)
         self.flag_names = list(spec.flag_names)
-        self.class_names = list(bundle.class_names) if bundle.class_names else []
+        self.class_names = list(bundle.class_names)
+        self.min_present = float(bundle.fleet.min_present_fraction)
         self.fleet = Fleet(spec, bundle.scaler, self.L, grace_seconds, max_turbines)
         a = bundle.alerting
         self.alerts = AlertState(T_on=a.T_on, T_off=a.T_off, N_on=a.N_on, N_off=a.N_off)
@@ -124,7 +105,7 @@ class Engine:
         self.drift = ScoreDriftMonitor(ref.levels, ref.values, drift_window)  # fleet-wide score distribution
         self._scored_once: set[str] = set()
         self._relative = bool(bundle.fleet.relative)
-        self._pending: dict[int, list[dict[str, Any]]] = {}  # fleet-relative: step end -> records awaiting peers
+        self._pending: dict[int, list[_Waiting]] = {}  # fleet-relative: step end -> records awaiting peers
         self._center = np.asarray(bundle.scaler.center, dtype=np.float64)
         self._scale = np.asarray(bundle.scaler.scale, dtype=np.float64)
 
@@ -143,74 +124,66 @@ class Engine:
         """Close bins whose end + grace has passed on the wall clock."""
         self.fleet.close_until(now_ns)
 
+    # ------------------------------------------------------------------------------------------------ flush
     def flush(self, final: bool = False) -> list[Output]:
         """Score every step closed since the last flush and return the records to publish, in order.
 
         Fleet-relative: records of steps the whole fleet has closed are released; `final` releases all."""
         steps = self.fleet.drain()
         ready = [s for s in steps if s.window is not None]
-        scored: dict[int, dict[str, Any]] = {}
-        for i in range(0, len(ready), self.max_batch):
-            scored.update(self._score(ready[i : i + self.max_batch], offset=i))
+        present = present_fraction(np.stack([s.window.M_miss for s in ready])) if ready else np.zeros(0)
+        ok = enough_present(present, self.min_present)
+        before = self.alerts.get()  # an insufficient step holds its turbine's latest state, walked forward below
+        held = {s.slot: bool(before[s.slot]) if s.slot < before.size else False for s in steps}
+        scored = iter(self._score([s for s, k in zip(ready, ok) if k]))
         out: list[Output] = []
         r = 0
-        for s in steps:
+        for s in steps:  # per turbine in time order, so `held` walks each turbine's states forward
             if s.window is None:
-                out.append(self._warmup(s))
-            elif self._relative:
-                self._pending.setdefault(s.end_ns, []).append(scored[r])
-                r += 1
+                rec = WarmupRecord(s.turbine, s.end_ns, self.dt_ns, self.bundle.model_id, s.n_steps, self.L,
+                                   s.missing_now)  # fmt: skip
+                out.append(Output("score", s.turbine, s.end_ns, dumps(rec.to_dict()), False))
+                continue
+            r += 1
+            if ok[r - 1]:
+                rec = next(scored)
             else:
-                out.extend(self._records(scored[r]))
-                r += 1
+                rec = InsufficientDataRecord(s.turbine, s.end_ns, self.dt_ns, self.bundle.model_id,
+                                             float(present[r - 1]), self.min_present, held[s.slot],
+                                             s.missing_now)  # fmt: skip
+            if self._relative:
+                self._pending.setdefault(s.end_ns, []).append(_Waiting(rec, s.slot))
+                continue
+            held[s.slot] = rec.alert
+            out.extend(self._outputs(rec))
         if self._relative:
             out.extend(self._release(final))
         return out
 
-    def _release(self, final: bool) -> list[Output]:
-        """Fleet-relative scores and alert steps for the waiting steps that every turbine has closed."""
-        limit = self.fleet.open_from()
-        out: list[Output] = []
-        for end in sorted(e for e in self._pending if final or limit is None or e < limit):
-            group = self._pending.pop(end)
-            raw = np.array([g["score"] for g in group], dtype=np.float64)
-            eligible = np.array([g["_eligible"] for g in group], dtype=bool)
-            rel, peers = fleet_relative(
-                raw, np.full(len(group), end, dtype=np.int64), eligible, self.bundle.fleet.min_peers
-            )
-            slots = np.array([g["_slot"] for g in group], dtype=np.int64)
-            thr = np.array([g["threshold"] for g in group], dtype=np.float64)
-            ok = np.isfinite(rel)
-            turned_on, turned_off = np.zeros(len(group), bool), np.zeros(len(group), bool)
-            if ok.any():  # one step per turbine: a step closes once per turbine
-                tr = self.alerts.step(slots[ok], rel[ok], thr[ok])
-                turned_on[ok], turned_off[ok] = tr.turned_on, tr.turned_off
-            states = self.alerts.get()
-            for b, g in enumerate(group):
-                g["fleet_score"] = float(rel[b]) if ok[b] else None
-                g["peers"] = int(peers[b])
-                g["ratio"] = float(rel[b]) / g["threshold"] if ok[b] else None
-                g["alert"] = bool(states[g["_slot"]]) if g["_slot"] < len(states) else False
-                g["_turned"] = "on" if turned_on[b] else "off" if turned_off[b] else None
-                out.extend(self._records(g))
-        return out
+    def _score(self, steps: list[Step]) -> list[ScoreRecord]:
+        """Score `steps` (chunks of max_batch); without fleet-relative scores, also advance their alert states."""
+        records: list[ScoreRecord] = []
+        for i in range(0, len(steps), self.max_batch):
+            records += self._score_chunk(steps[i : i + self.max_batch])
+        if self._relative or not records:
+            return records
+        slots = np.array([s.slot for s in steps], dtype=np.int64)
+        score = np.array([r.score for r in records], dtype=np.float64)
+        thr = np.array([r.threshold for r in records], dtype=np.float64)
+        on, t_on, t_off = (np.zeros(len(steps), dtype=bool) for _ in range(3))
+        todo = np.arange(len(steps))
+        while todo.size:  # rounds of distinct slots keep each turbine's steps in time order
+            _, first = np.unique(slots[todo], return_index=True)
+            now = np.sort(todo[first])
+            tr = self.alerts.step(slots[now], score[now], thr[now])
+            on[now], t_on[now], t_off[now] = tr.on, tr.turned_on, tr.turned_off
+            todo = np.setdiff1d(todo, now)
+        return [
+            dataclasses.replace(r, alert=bool(on[b]), turned="on" if t_on[b] else "off" if t_off[b] else None)
+            for b, r in enumerate(records)
+        ]
 
-    def _warmup(self, s: Step) -> Output:
-        rec = {
-            "schema": SCHEMA,
-            "status": "warmup",
-            "turbine": s.turbine,
-            "ts": iso_utc(s.end_ns),
-            "seq": s.end_ns // self.dt_ns,
-            "model_id": self.bundle.model_id,
-            "steps": s.n_steps,
-            "steps_needed": self.L,
-            "missing_now": s.missing_now,
-        }
-        return Output("score", s.turbine, s.end_ns, dumps(rec), False)
-
-    def _score(self, steps: list[Step], offset: int) -> dict[int, dict[str, Any]]:
-        """One graph call for `steps`; alert states advance in time order (one round per repeat of a turbine)."""
+    def _score_chunk(self, steps: list[Step]) -> list[ScoreRecord]:
         X = np.stack([s.window.X for s in steps])  # (B, L, F)
         M = np.stack([s.window.M_miss for s in steps]).astype(np.float32)  # the graphs take float32
         Flags = np.stack([s.window.Flags for s in steps])  # (B, L, R)
@@ -219,115 +192,85 @@ class Engine:
         if self.on_inference is not None:
             self.on_inference(time.perf_counter() - t0, len(steps))
         regimes = regime_of(Flags[:, -1, :], self.flag_names)
-        thr = np.empty(len(steps))
-        src: list[str] = []
-        for b, (s, reg) in enumerate(zip(steps, regimes)):
-            thr[b], source = self.bundle.calibration.threshold_for(s.turbine, reg)
-            src.append(source)
         s_now = np.asarray(res.s_now, dtype=np.float64)
         self.drift.update_many(s_now)
-        if self._relative:  # alerts wait for the peers (`_release`)
-            out = {}
-            for b, s in enumerate(steps):
-                rec = self._fields(s, res, b, float(thr[b]), src[b], regimes[b], False)
-                present = float(s.window.M_miss.mean())
-                rec.update(_slot=s.slot, _end_ns=s.end_ns, _eligible=present >= self.bundle.fleet.min_present_fraction)
-                out[offset + b] = rec
+        missing = 1.0 - present_fraction(M)
+        out = []
+        for b, (s, regime) in enumerate(zip(steps, regimes)):
+            thr, source = self.bundle.calibration.threshold_for(s.turbine, regime)
+            contrib = np.asarray(res.feat_contrib[b], dtype=np.float64)
+            top = tuple((self.feature_names[int(j)], float(contrib[int(j)])) for j in res.top_idx[b])
+            fault = None
+            if res.fault_prob is not None and self.class_names:
+                fault = {c: float(p) for c, p in zip(self.class_names, res.fault_prob[b])}
+            forecast = None
+            if res.Y_hat is not None:
+                y = np.asarray(res.Y_hat[b], dtype=np.float64) * self._scale + self._center  # (K, F) feature units
+                forecast = {name: y[:, j].tolist() for j, name in enumerate(self.feature_names)}
+            rul = None if res.rul is None else float(np.asarray(res.rul[b]).reshape(-1)[0])
+            out.append(ScoreRecord(
+                s.turbine, s.end_ns, self.dt_ns, self.bundle.model_id, score=float(s_now[b]), threshold=float(thr),
+                threshold_source=source, regime=regime, alert=False, top_features=top, fault_probs=fault,
+                forecast=forecast, rul=rul, missing_fraction=float(missing[b]), missing_now=s.missing_now,
+                relative=self._relative,
+            ))  # fmt: skip
+        return out
+
+    def _release(self, final: bool) -> list[Output]:
+        """Fleet-relative scores and alert steps for the waiting steps that every turbine has closed."""
+        limit = self.fleet.open_from()
+        out: list[Output] = []
+        for end in sorted(e for e in self._pending if final or limit is None or e < limit):
+            group = self._pending.pop(end)
+            scored = [b for b, w in enumerate(group) if isinstance(w.record, ScoreRecord)]
+            raw = np.array([group[b].record.score for b in scored], dtype=np.float64)
+            rel, peers = fleet_relative(raw, np.full(len(scored), end, np.int64), np.ones(len(scored), bool),
+                                        self.bundle.fleet.min_peers)  # fmt: skip
+            slots = np.array([group[b].slot for b in scored], dtype=np.int64)
+            thr = np.array([group[b].record.threshold for b in scored], dtype=np.float64)
+            has = np.isfinite(rel)
+            turned_on, turned_off = np.zeros(len(scored), bool), np.zeros(len(scored), bool)
+            if has.any():  # one step per turbine: a step closes once per turbine
+                tr = self.alerts.step(slots[has], rel[has], thr[has])
+                turned_on[has], turned_off[has] = tr.turned_on, tr.turned_off
+            states = self.alerts.get()
+            done: dict[int, ScoreRecord] = {}
+            for k, b in enumerate(scored):
+                w = group[b]
+                done[b] = dataclasses.replace(
+                    w.record, fleet_score=float(rel[k]) if has[k] else None, peers=int(peers[k]),
+                    alert=bool(states[w.slot]) if w.slot < states.size else False,
+                    turned="on" if turned_on[k] else "off" if turned_off[k] else None,
+                )  # fmt: skip
+            for b, w in enumerate(group):
+                if b in done:
+                    out.extend(self._outputs(done[b]))
+                else:
+                    held = bool(states[w.slot]) if w.slot < states.size else False
+                    out.extend(self._outputs(dataclasses.replace(w.record, alert=held)))
+        return out
+
+    def _outputs(self, rec: ScoreRecord | InsufficientDataRecord) -> list[Output]:
+        out = [Output("score", rec.turbine, rec.end_ns, dumps(rec.to_dict()), False)]
+        if isinstance(rec, InsufficientDataRecord):
             return out
-        on = np.zeros(len(steps), dtype=bool)
-        t_on = np.zeros(len(steps), dtype=bool)
-        t_off = np.zeros(len(steps), dtype=bool)
-        slots = np.array([s.slot for s in steps], dtype=np.int64)
-        todo = np.arange(len(steps))
-        while todo.size:  # rounds of distinct slots keep each turbine's steps in time order
-            _, first = np.unique(slots[todo], return_index=True)
-            now = np.sort(todo[first])
-            tr = self.alerts.step(slots[now], s_now[now], thr[now])
-            on[now], t_on[now], t_off[now] = tr.on, tr.turned_on, tr.turned_off
-            todo = np.setdiff1d(todo, now)
-        out = {}
-        for b, s in enumerate(steps):
-            out[offset + b] = self._fields(s, res, b, float(thr[b]), src[b], regimes[b], bool(on[b]))
-            out[offset + b].update(_turned="on" if t_on[b] else "off" if t_off[b] else None, _end_ns=s.end_ns)
+        first = rec.turbine not in self._scored_once
+        self._scored_once.add(rec.turbine)
+        if rec.turned is not None:
+            out.append(Output("alert", rec.turbine, rec.end_ns, dumps(AlertRecord(rec).to_dict()), False))
+        if rec.turned is not None or first:
+            out.append(Output("alert_state", rec.turbine, rec.end_ns, dumps(AlertStateRecord(rec).to_dict()), True))
         return out
 
-    def _fields(self, s: Step, res: Any, b: int, thr: float, src: str, regime: str, on: bool) -> dict[str, Any]:
-        score = float(res.s_now[b])
-        contrib = np.asarray(res.feat_contrib[b], dtype=np.float64)
-        top = [{"name": self.feature_names[int(j)], "contribution": contrib[int(j)]} for j in res.top_idx[b]]
-        fault = None
-        if res.fault_prob is not None and self.class_names:
-            fault = {c: float(p) for c, p in zip(self.class_names, res.fault_prob[b])}
-        forecast = None
-        if res.Y_hat is not None:
-            y = np.asarray(res.Y_hat[b], dtype=np.float64) * self._scale + self._center  # (K, F) feature units
-            forecast = {name: y[:, j].tolist() for j, name in enumerate(self.feature_names)}
-        rul = None
-        if res.rul is not None:
-            rul = float(np.asarray(res.rul[b]).reshape(-1)[0])
-        return {
-            "schema": SCHEMA,
-            "status": "ok",
-            "turbine": s.turbine,
-            "ts": iso_utc(s.end_ns),
-            "seq": s.end_ns // self.dt_ns,
-            "model_id": self.bundle.model_id,
-            "score": score,
-            "threshold": thr,
-            "threshold_source": src,
-            "regime": regime,
-            "ratio": score / thr,
-            "alert": on,
-            "top_features": top,
-            "fault_probs": fault,
-            "forecast": forecast,
-            "rul": rul,
-            "missing_fraction": float(1.0 - s.window.M_miss.mean()),
-            "missing_now": s.missing_now,
-        }
-
-    def _records(self, rec: dict[str, Any]) -> list[Output]:
-        turned, end_ns, turbine = rec.pop("_turned"), rec.pop("_end_ns"), rec["turbine"]
-        for k in ("_slot", "_eligible"):
-            rec.pop(k, None)
-        out = [Output("score", turbine, end_ns, dumps(rec), False)]
-        first = turbine not in self._scored_once
-        self._scored_once.add(turbine)
-        if turned is not None:
-            alert = {
-                k: rec[k]
-                for k in (
-                    "schema",
-                    "turbine",
-                    "ts",
-                    "seq",
-                    "model_id",
-                    "score",
-                    "fleet_score",
-                    "threshold",
-                    "ratio",
-                    "regime",
-                    "top_features",
-                )
-                if k in rec
-            }
-            alert["state"] = turned
-            out.append(Output("alert", turbine, end_ns, dumps(alert), False))
-        if turned is not None or first:
-            state = {
-                "schema": SCHEMA,
-                "turbine": turbine,
-                "state": "on" if rec["alert"] else "off",
-                "since": rec["ts"],
-                "seq": rec["seq"],
-                "model_id": rec["model_id"],
-            }
-            out.append(Output("alert_state", turbine, end_ns, dumps(state), True))
-        return out
-
+    # ------------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """Everything a restart needs to resume (call after `flush`): fleet, alert states, drift window."""
-        pending = [rec for end in sorted(self._pending) for rec in self._pending[end]]
+        pending = []
+        for end in sorted(self._pending):
+            for w in self._pending[end]:
+                kind = "ok" if isinstance(w.record, ScoreRecord) else "insufficient"
+                rec = w.record.state_dict() if kind == "ok" else dataclasses.asdict(w.record)
+                pending.append({"kind": kind, "record": rec, "slot": w.slot})
         return {
             "model_id": self.bundle.model_id,
             "fleet": self.fleet.state_dict(),
@@ -347,15 +290,20 @@ class Engine:
                 f"Engine.load_state_dict: the state belongs to model {state['model_id'][:12]}, "
                 f"this bundle is {self.bundle.model_id[:12]}"
             )
+        pending: dict[int, list[_Waiting]] = {}
+        for item in state["pending"]:
+            if not isinstance(item, dict) or set(item) != {"kind", "record", "slot"}:
+                raise ValueError("Engine.load_state_dict: a waiting fleet-relative record lacks its fields")
+            cls = ScoreRecord.from_state_dict if item["kind"] == "ok" else lambda d: InsufficientDataRecord(**d)
+            try:
+                rec = cls(item["record"])
+            except (TypeError, ValueError, KeyError) as e:
+                raise ValueError(f"Engine.load_state_dict: a waiting record is malformed: {e}") from e
+            pending.setdefault(rec.end_ns, []).append(_Waiting(rec, int(item["slot"])))
         self.fleet.load_state_dict(state["fleet"])
         self.alerts.load_state_dict(state["alerts"])
         self.drift.load_state_dict(state["drift"])
         self._scored_once = set(state["scored_once"])
-        pending: dict[int, list[dict[str, Any]]] = {}
-        for rec in state["pending"]:
-            if not isinstance(rec, dict) or not {"_end_ns", "_slot", "_eligible", "score", "threshold"} <= set(rec):
-                raise ValueError("Engine.load_state_dict: a waiting fleet-relative record lacks its step fields")
-            pending.setdefault(int(rec["_end_ns"]), []).append(dict(rec))
         self._pending = pending
 
     def score_drift(self) -> dict[str, Any]:

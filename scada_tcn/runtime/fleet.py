@@ -18,6 +18,7 @@ Caller arrays are never modified.
 
 from __future__ import annotations
 
+from collections.abc import KeysView
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -81,6 +82,11 @@ class Fleet:
     @property
     def turbines(self) -> list[str]:
         return list(self._turbines)
+
+    @property
+    def turbines_set(self) -> KeysView[str]:
+        """The known turbine ids (a read-only view, O(1) membership)."""
+        return self._turbines.keys()
 
     def has_room(self, turbine: str) -> bool:
         return turbine in self._turbines or len(self._turbines) < self.max_turbines

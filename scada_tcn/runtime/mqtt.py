@@ -1,29 +1,55 @@
-"""The only module that imports paho: a small publish / subscribe / ack / stop surface over one MQTT v5 client.
+"""The only module that imports paho: a small publish / subscribe / ack / stop surface over two MQTT v5 clients.
+
+Flow control (why the connection never starves and memory stays bounded)
+------------------------------------------------------------------------
+No network thread ever waits on the processing loop: while one waits, no PINGREQ goes out and no PUBACK is sent,
+and the broker drops the client after 1.5 x the keepalive (then redelivers everything in flight, which makes a
+backlog worse; the earlier design, which blocked paho's thread on a full queue, was dropped three times in a
+50k-message backlog). Message handlers only append to the daemon's queue and return. What bounds memory:
+
+1. MQTT v5 flow control: the subscriber's CONNECT carries Receive Maximum = `queues.receive_maximum`, and QoS 1
+   telemetry is acknowledged manually, only once the daemon has made it durable (`runtime.journal`). A broker
+   that honours it has at most that many unacknowledged messages in flight. Mosquitto 2.0.11 (Debian 12) does
+   not under a steady stream of acknowledgements (seen here: 777 in flight for a Receive Maximum of 20; fixed in
+   2.0.13, "various fixes around inflight quota management"), hence:
+2. Two connections. The telemetry subscriber runs on a network loop of our own (paho's `socket` / `loop_read` /
+   `loop_write` / `loop_misc`, as paho documents for external event loops) that stops reading its socket while
+   the daemon's queue holds `queues.inbound` messages (`may_read()` is False): TCP pushes back and the broker keeps
+   the rest of the backlog. Its writes (PUBACKs, PINGREQs) go on all the time, and every keepalive / 4 while
+   paused it reads what its socket holds, at most Receive Maximum messages, so the PINGRESP is read in time.
+   Scores, alerts and status go out on a second client (`<client_id>-pub`, paho's own loop) whose PUBACKs are
+   never stuck behind paused telemetry; the daemon stops taking telemetry while `queues.publish_backlog`
+   publishes wait for their PUBACK, so output that cannot leave holds input back instead of piling up.
 
 Contract
 --------
 * `MqttLink(broker_cfg, client_id, handlers, will, ...)`: `handlers` maps subscription filters to callables;
   the subscriptions are derived from that table (one list), each filter is subscribed with QoS 1 on every
   successful connect, and paho's own filter matching routes each message to its handler (a message that
-  matches no filter goes to `on_unrouted`). Handlers run on paho's network thread and must only enqueue.
-* Persistent session: clean_start is never set, and the session expiry keeps our subscriptions and queued
-  telemetry at the broker while we are away. Inbound QoS 1 messages are acknowledged by `ack(msg)` only, after
-  the caller has processed them (manual ack), so a crash loses nothing the broker delivered; an ack for a
-  message of an earlier connection is skipped (its packet id may be reused; the broker redelivers it).
-* Reconnection: paho's, with capped exponential backoff (reconnect_min_s doubling up to reconnect_max_s).
-  CONNACK and SUBACK reason codes are checked: a refused connect is reported to `on_connect_failed` and never
-  marks us connected; a refused subscription sets `fatal` (the daemon stops with that message).
-* Publishing: `publish(topic, payload, qos=1, retain)` hands the message to paho, which keeps QoS 1 messages
-  while disconnected and sends them after reconnect; the queue (in flight + waiting) is bounded by
-  `max_queued`. On overflow `publish` returns False and `on_overflow` is called: never a silent drop.
-* The last will (retained) is set from `will`; `on_connected()` returns the retained messages to (re)publish
-  on every connect (status "online"). `stop(final)` publishes `final`, waits up to `timeout` for the queue to
-  drain, disconnects cleanly (no last will) and stops the network thread.
+  matches no filter goes to `on_unrouted`). Handlers run on the subscriber's network thread and only enqueue.
+* Persistent sessions: clean_start is never set, and the session expiry keeps our subscriptions and queued
+  telemetry at the broker while we are away. Inbound QoS 1 messages are acknowledged by `ack(msg)` only; an ack
+  for a message of an earlier connection is skipped (its packet id may be reused; the broker redelivers it, and
+  a repeated sample changes nothing).
+* Reconnection: each client reconnects with capped exponential backoff (reconnect_min_s doubling up to
+  reconnect_max_s). CONNACK and SUBACK reason codes are checked: a refused connect is reported to
+  `on_connect_failed` and never marks us connected; a refused subscription sets `fatal` (the daemon stops with
+  that message). `connected` is True while both clients are; `connects` counts successful connections of both.
+* Publishing: `publish(topic, payload, qos=1, retain, track)` hands the message to the publisher, which keeps QoS 1
+  messages while disconnected and sends them after reconnect; the queue (in flight + waiting) is bounded by
+  `max_queued`. On overflow `publish` returns False and `on_overflow` is called: never a silent drop. Tracked
+  publishes stay in `unacked()` until the broker acknowledges them, so the daemon's state snapshot can carry
+  them across a crash.
+* The last will (retained, on the publisher) is set from `will`; `on_connected()` returns the retained messages to
+  (re)publish on every publisher connect (status "online"). `stop(final)` publishes `final`, waits up to
+  `timeout` for the queue to drain, disconnects both clients cleanly (no last will) and stops their threads.
 """
 
 from __future__ import annotations
 
 import logging
+import select
+import socket
 import ssl
 import threading
 import time
@@ -42,6 +68,8 @@ from scada_tcn.runtime.daemon_config import BrokerCfg
 __all__ = ["Message", "MqttLink", "Publish"]
 
 log = logging.getLogger("scada.runtime.mqtt")
+_RCVBUF = 256 * 1024  # the subscriber's socket receive buffer: what the broker can push at a paused reader
+_DRAIN_READS = 100_000  # a safety bound on the reads of one drain (each reads at least one packet)
 
 
 class Message(NamedTuple):
@@ -67,7 +95,7 @@ def _noop(*_: object) -> None:
 
 
 class MqttLink:
-    """One MQTT v5 client; see the module docstring."""
+    """A telemetry subscriber and a publisher, MQTT v5; see the module docstring."""
 
     def __init__(
         self,
@@ -82,6 +110,7 @@ class MqttLink:
         on_connect_failed: Callable[[str], None] = _noop,
         on_overflow: Callable[[Publish], None] = _noop,
         on_unrouted: Callable[[Message], None] = _noop,
+        may_read: Callable[[], bool] = lambda: True,
     ) -> None:
         url = urlparse(broker.url)
         if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
@@ -98,18 +127,30 @@ class MqttLink:
         self._on_connect_failed = on_connect_failed
         self._on_overflow = on_overflow
         self._on_unrouted = on_unrouted
+        self._may_read = may_read
+        self.drain_messages = int(receive_maximum)
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.paused_reads = 0  # subscriber loop iterations that did not read: the daemon's queue was full
+        self.received = 0  # telemetry messages read from the broker
         self._lock = threading.Lock()
-        self._published = 0  # QoS 1 messages handed to paho
-        self._acked = 0  # ... and acknowledged by the broker (a PUBACK may beat the count of its publish)
-        self._connected = False
-        self._generation = 0
+        self._published = 0  # QoS 1 messages handed to the publisher
+        self._acked = 0  # ... and acknowledged by the broker
+        self._up = {"sub": False, "pub": False}
+        self._generation = 0  # subscriber connections so far
+        self._pub_connects = 0
+        self._inflight: dict[int, tuple[Publish, bool]] = {}  # QoS 1 publishes by mid (publish order), tracked?
+        self._early: set[int] = set()  # PUBACKs that beat the registration of their publish
         self.fatal: str | None = None
-        self._client = self._build(receive_maximum, max_queued)
+        self._sub = self._client(client_id, receive_maximum, max_queued, subscriber=True)
+        self._pub = self._client(f"{client_id}-pub", receive_maximum, max_queued, subscriber=False)
 
-    def _build(self, receive_maximum: int, max_queued: int) -> paho.Client:
-        c = paho.Client(
-            paho.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5, manual_ack=True
-        )
+    def _client(self, client_id: str, receive_maximum: int, max_queued: int, subscriber: bool) -> paho.Client:
+        c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5,
+                        manual_ack=subscriber)  # fmt: skip
         c.max_queued_messages_set(max_queued)
         c.max_inflight_messages_set(min(max_queued, 1000))
         c.reconnect_delay_set(self.broker.reconnect_min_s, self.broker.reconnect_max_s)
@@ -127,21 +168,30 @@ class MqttLink:
                 ca_certs=b.tls.ca_file, certfile=b.tls.cert_file, keyfile=b.tls.key_file, cert_reqs=ssl.CERT_REQUIRED
             )
             c.tls_insecure_set(b.tls.insecure)
-        c.will_set(self.will.topic, self.will.payload, qos=1, retain=True)
-        self._props = Properties(PacketTypes.CONNECT)
-        self._props.SessionExpiryInterval = int(b.session_expiry_s)
-        self._props.ReceiveMaximum = int(receive_maximum)
-        c.on_connect = self._handle_connect
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = int(b.session_expiry_s)
         c.on_disconnect = self._handle_disconnect
-        c.on_subscribe = self._handle_subscribe
-        c.on_publish = self._handle_publish
-        c.on_message = self._handle_unrouted
-        for filt, handler in self.handlers.items():
-            c.message_callback_add(filt, self._route(handler))
+        if subscriber:
+            props.ReceiveMaximum = int(receive_maximum)
+            c.on_connect = self._handle_sub_connect
+            c.on_subscribe = self._handle_subscribe
+            c.on_message = self._handle_unrouted
+            c.on_socket_open = lambda client, userdata, sock: self._tune(sock)
+            # acks from the processing thread only queue their packets and wake our network loop, which alone
+            # writes: paho's writer is not safe against a concurrent partial write of another packet
+            c.on_socket_register_write = lambda client, userdata, sock: self._wake()
+            for filt, handler in self.handlers.items():
+                c.message_callback_add(filt, self._route(handler))
+        else:
+            c.will_set(self.will.topic, self.will.payload, qos=1, retain=True)
+            c.on_connect = self._handle_pub_connect
+            c.on_publish = self._handle_publish
+        c.user_data_set({"props": props, "role": "sub" if subscriber else "pub"})
         return c
 
     # -------------------------------------------------------------------------------------------- callbacks
     def _message(self, m: paho.MQTTMessage) -> Message:
+        self.received += 1
         return Message(
             m.topic, bytes(m.payload), m.qos, bool(m.retain), bool(m.dup), m.mid, self._generation, time.time_ns()
         )
@@ -157,21 +207,35 @@ class MqttLink:
         self._on_unrouted(msg)
         self.ack(msg)
 
-    def _handle_connect(self, client: paho.Client, userdata: object, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            log.error("broker refused the connection", extra={"reason": str(reason_code), "host": self.host})
+    def _connected_as(self, role: str, reason_code: object, flags: object) -> bool:
+        if getattr(reason_code, "is_failure", False):
+            log.error("broker refused the connection", extra={"reason": str(reason_code), "host": self.host,
+                                                              "client": role})  # fmt: skip
             self._on_connect_failed(str(reason_code))
-            return
+            return False
         with self._lock:
-            self._connected = True
+            was = self.connected
+            self._up[role] = True
+            now = self.connected
+        log.info("connected", extra={"host": self.host, "port": self.port, "client": role,
+                                     "session_present": bool(getattr(flags, "session_present", False))})  # fmt: skip
+        if now and not was:
+            self._on_change(True)
+        return True
+
+    def _handle_sub_connect(self, client: paho.Client, userdata: object, flags, reason_code, properties) -> None:
+        with self._lock:
             self._generation += 1
-        log.info(
-            "connected", extra={"host": self.host, "port": self.port, "session_present": bool(flags.session_present)}
-        )
+        if not self._connected_as("sub", reason_code, flags):
+            return
         opts = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE)
         if self.handlers:
             client.subscribe([(f, opts) for f in self.handlers])
-        self._on_change(True)
+
+    def _handle_pub_connect(self, client: paho.Client, userdata: object, flags, reason_code, properties) -> None:
+        if not self._connected_as("pub", reason_code, flags):
+            return
+        self._pub_connects += 1
         for p in self._on_connected():
             self.publish(p.topic, p.payload, p.qos, p.retain)
 
@@ -181,54 +245,72 @@ class MqttLink:
             self.fatal = f"broker refused subscriptions {bad}; check the broker ACL for this user"
             log.error("subscription refused", extra={"refused": bad})
 
-    def _handle_disconnect(self, client: paho.Client, userdata: object, flags, reason_code, properties) -> None:
+    def _handle_disconnect(self, client: paho.Client, userdata: dict, flags, reason_code, properties) -> None:
         with self._lock:
-            was = self._connected
-            self._connected = False
+            was = self.connected
+            self._up[userdata["role"]] = False
+        level = logging.INFO if reason_code == 0 else logging.WARNING
+        log.log(level, "disconnected", extra={"reason": str(reason_code), "client": userdata["role"]})
         if was:
-            level = logging.INFO if reason_code == 0 else logging.WARNING
-            log.log(level, "disconnected", extra={"reason": str(reason_code)})
             self._on_change(False)
 
     def _handle_publish(self, client: paho.Client, userdata: object, mid, reason_code, properties) -> None:
         with self._lock:
             self._acked += 1
+            if self._inflight.pop(mid, None) is None:
+                self._early.add(mid)
         if reason_code.is_failure:
             log.error("broker refused a publish", extra={"mid": mid, "reason": str(reason_code)})
 
     # ------------------------------------------------------------------------------------------------ API
     @property
     def connected(self) -> bool:
-        return self._connected
+        return self._up["sub"] and self._up["pub"]
+
+    @property
+    def connects(self) -> int:
+        """Successful connections of both clients so far (2 + reconnects)."""
+        return self._generation + self._pub_connects
 
     @property
     def queue_depth(self) -> int:
         with self._lock:
             return max(self._published - self._acked, 0)
 
-    def start(self) -> None:
-        """Connect in the background (retrying with backoff) and start the network thread."""
-        self._client.connect_async(
-            self.host, self.port, keepalive=self.broker.keepalive_s, clean_start=False, properties=self._props
-        )
-        self._client.loop_start()
+    def unacked(self) -> list[Publish]:
+        """The tracked publishes the broker has not acknowledged yet, in publish order."""
+        with self._lock:
+            return [p for p, tracked in self._inflight.values() if tracked]
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
+    def start(self) -> None:
+        """Connect both clients in the background (retrying with backoff) and start their network threads."""
+        for c in (self._sub, self._pub):
+            c.connect_async(self.host, self.port, keepalive=self.broker.keepalive_s, clean_start=False,
+                            properties=c.user_data_get()["props"])  # fmt: skip
+        self._pub.loop_start()
+        self._thread = threading.Thread(target=self._sub_loop, name=f"mqtt-{self.client_id}", daemon=True)
+        self._thread.start()
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, track: bool = False) -> bool:
         """Queue one message (sent now, or after reconnect); False (and on_overflow) when the queue is full."""
         # never hold our lock while calling paho: paho calls on_publish holding its own message mutex
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        info = self._pub.publish(topic, payload, qos=qos, retain=retain)
         if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
             self._on_overflow(Publish(topic, payload, retain, qos))
             return False
         if qos > 0:
             with self._lock:
                 self._published += 1
+                if info.mid in self._early:
+                    self._early.discard(info.mid)
+                else:
+                    self._inflight[info.mid] = (Publish(topic, payload, retain, qos), track)
         return True
 
     def ack(self, msg: Message) -> None:
         """Acknowledge a processed QoS 1 message (skipped when it came on an earlier connection)."""
-        if msg.qos > 0 and msg.generation == self._generation and self._connected:
-            self._client.ack(msg.mid, msg.qos)
+        if msg.qos > 0 and msg.generation == self._generation and self._up["sub"]:
+            self._sub.ack(msg.mid, msg.qos)
 
     def wait_drained(self, timeout: float) -> bool:
         """Wait until every queued publish is acknowledged by the broker; False on timeout."""
@@ -243,7 +325,102 @@ class MqttLink:
         """Publish `final`, wait for the queue to drain, disconnect cleanly; True when everything was delivered."""
         for p in final:
             self.publish(p.topic, p.payload, p.qos, p.retain)
-        drained = self.wait_drained(timeout) if self._connected else False
-        self._client.disconnect()
-        self._client.loop_stop()
+        drained = self.wait_drained(timeout) if self._up["pub"] else False
+        self._stopping.set()
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._sub.on_socket_register_write = None  # no network thread left: paho writes the DISCONNECT itself
+        self._sub.disconnect()
+        self._pub.disconnect()
+        self._pub.loop_stop()
+        for s in (self._wake_r, self._wake_w):
+            s.close()
         return drained
+
+    # ------------------------------------------------------------------------------- the subscriber's loop
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:  # already woken (the pair's buffer is full) or closed at stop
+            pass
+
+    @staticmethod
+    def _tune(sock: socket.socket) -> None:
+        """A small receive buffer, so that paused reads push back on the broker early (see flow control)."""
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+        except (OSError, AttributeError):  # a socket type without the option: the kernel default stays
+            pass
+
+    def _sub_loop(self) -> None:
+        """The subscriber's network events: reads gated by `may_read`, writes and keepalive always."""
+        c = self._sub
+        delay = float(self.broker.reconnect_min_s)
+        drain_every = max(self.broker.keepalive_s / 4.0, 0.5)
+        next_drain = 0.0
+        while not self._stopping.is_set():
+            sock = c.socket()
+            if sock is None:
+                try:
+                    c.reconnect()
+                    delay = float(self.broker.reconnect_min_s)
+                except OSError as e:
+                    log.warning("broker unreachable", extra={"host": self.host, "port": self.port, "error": str(e),
+                                                             "retry_in_s": delay})  # fmt: skip
+                    self._stopping.wait(delay)
+                    delay = min(delay * 2, float(self.broker.reconnect_max_s))
+                continue
+            try:
+                rc = self._sub_events(c, sock, next_drain)
+                if rc == "drained":
+                    next_drain, rc = time.monotonic() + drain_every, paho.MQTT_ERR_SUCCESS
+            except (OSError, ValueError) as e:  # the socket went away under select
+                log.warning("network loop error", extra={"error": str(e)})
+                rc = paho.MQTT_ERR_CONN_LOST
+            if rc != paho.MQTT_ERR_SUCCESS and not self._stopping.is_set():
+                if c.socket() is not None:
+                    c.disconnect()  # paho closes the socket; the next iteration reconnects
+                self._stopping.wait(delay)
+                delay = min(delay * 2, float(self.broker.reconnect_max_s))
+
+    def _sub_events(self, c: paho.Client, sock: socket.socket, next_drain: float) -> int | str:
+        """One round of the subscriber's network events; "drained" when it read while paused."""
+        drained = False
+        paused = not self._may_read()
+        pending = sock.pending() if hasattr(sock, "pending") else 0
+        wlist = [sock] if c.want_write() else []
+        if paused:
+            self.paused_reads += 1
+            if time.monotonic() >= next_drain:  # what the socket holds, so that the PINGRESP is read in time
+                drained = True
+                rc = self._drain(c, sock)
+                if rc != paho.MQTT_ERR_SUCCESS:
+                    return rc
+            r, w, _ = select.select([self._wake_r], wlist, [], 0.02)
+            readable = False
+        else:
+            r, w, _ = select.select([sock, self._wake_r], wlist, [], 0.0 if pending else 0.05)
+            readable = sock in r or pending > 0
+        if self._wake_r in r:
+            self._wake_r.recv(65536)
+        rc = c.loop_read() if readable else paho.MQTT_ERR_SUCCESS
+        if rc == paho.MQTT_ERR_SUCCESS and (w or c.want_write()):
+            rc = c.loop_write()
+        if rc == paho.MQTT_ERR_SUCCESS:
+            rc = c.loop_misc()
+        return "drained" if drained and rc == paho.MQTT_ERR_SUCCESS else rc
+
+    def _drain(self, c: paho.Client, sock: object) -> int:
+        """While paused: read what the socket holds, at most `drain_messages` messages (a broker honouring Receive
+        Maximum has no more in flight, so a PINGRESP behind them is read)."""
+        start = self.received
+        for _ in range(_DRAIN_READS):
+            pending = sock.pending() if hasattr(sock, "pending") else 0  # type: ignore[attr-defined]
+            r, _, _ = select.select([sock], [], [], 0.0)
+            if (not r and not pending) or self.received - start >= self.drain_messages:
+                return paho.MQTT_ERR_SUCCESS
+            rc = c.loop_read()
+            if rc != paho.MQTT_ERR_SUCCESS or c.socket() is None:
+                return rc
+        return paho.MQTT_ERR_SUCCESS

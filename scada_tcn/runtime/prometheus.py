@@ -3,7 +3,8 @@
 Names (all prefixed `scada_runtime_`): messages_in_total, rejected_total{reason}, late_samples_total,
 bins_closed_total, scores_published_total{status}, alerts_total{state}, inference_seconds (histogram, one
 observation per graph batch), inference_batch_windows (histogram), publish_queue_depth, inbound_queue_depth,
-publish_overflow_total{kind}, alerts_on, turbines, connected, connect_failures_total{reason},
+inbound_queue_peak, publish_backpressure_total, publish_overflow_total{kind}, alerts_on, turbines, connected, connects,
+receive_maximum_exceeded_total, connect_failures_total{reason},
 loop_heartbeat_age_seconds, last_message_timestamp_seconds. Every rejected or dropped message is counted here
 with a reason; nothing is dropped without a counter.
 """
@@ -40,6 +41,10 @@ class RuntimeMetrics:
         )
         self.queue_depth = Gauge(p + "publish_queue_depth", "publishes not yet acknowledged by the broker", registry=r)
         self.inbound_depth = Gauge(p + "inbound_queue_depth", "messages waiting for the processing loop", registry=r)
+        self.publish_backpressure = Counter(
+            p + "publish_backpressure", "loop iterations that took no telemetry because publishes waited", registry=r
+        )
+        self.inbound_peak = Gauge(p + "inbound_queue_peak", "most messages ever waiting for the loop", registry=r)
         self.overflow = Counter(
             p + "publish_overflow", "publishes dropped because the queue was full, by kind", ["kind"], registry=r
         )
@@ -57,6 +62,12 @@ class RuntimeMetrics:
             registry=r,
         )
         self.connected = Gauge(p + "connected", "1 while connected to the broker", registry=r)
+        self.connects = Gauge(p + "connects", "successful broker connections since start (1 + reconnects)", registry=r)
+        self.receive_maximum_exceeded = Counter(
+            p + "receive_maximum_exceeded",
+            "QoS 1 messages that arrived while Receive Maximum were already waiting (a broker ignoring it)",
+            registry=r,
+        )
         self.connect_failures = Counter(
             p + "connect_failures", "refused connections, by reason", ["reason"], registry=r
         )

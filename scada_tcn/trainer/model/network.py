@@ -39,6 +39,7 @@ __all__ = [
     "RULHead",
     "ModelOutputs",
     "MultiTaskTCN",
+    "pairwise_sum",
     "predict_proba_fault",
     "strip_weight_norm",
     "receptive_field",
@@ -253,7 +254,7 @@ class FaultHead(nn.Module):
         self.mlp = _mlp(D, C, hidden)
 
     def forward(self, H: torch.Tensor) -> torch.Tensor:
-        return self.mlp(H.mean(dim=1))  # (B, C)
+        return self.mlp(pairwise_sum(H, 1) / H.shape[1])  # (B, C): the mean over time, batch-invariant
 
 
 class RULHead(nn.Module):
@@ -328,6 +329,27 @@ class MultiTaskTCN(nn.Module):
         if return_rul and self.rul_head is not None:
             out.rul = self.rul_head(H)
         return out
+
+
+def pairwise_sum(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sum over `dim` as a fixed tree of elementwise adds (halves, zero-padded to a power of two).
+
+    A reduction op (torch `sum`, ONNX ReduceSum) may order its additions by the shape of the whole tensor, so a
+    window's score would change in the last bits with the batch it is computed in (onnxruntime: up to 1.2e-7 on
+    s_now between batch 1 and 64). Elementwise adds in a fixed tree give each window the same bits whatever batch
+    it is in, in torch and in the exported graph alike, so a published score never depends on batching.
+    """
+    dim = dim % x.dim()
+    n = x.shape[dim]
+    size = 1 << max(n - 1, 0).bit_length()
+    if size != n:
+        pad = list(x.shape)
+        pad[dim] = size - n
+        x = torch.cat([x, torch.zeros(pad, dtype=x.dtype, device=x.device)], dim=dim)
+    while size > 1:
+        size //= 2
+        x = x.narrow(dim, 0, size) + x.narrow(dim, size, size)
+    return x.squeeze(dim)
 
 
 def predict_proba_fault(logits: torch.Tensor, multilabel: bool) -> torch.Tensor:

@@ -41,7 +41,7 @@ from torch import nn
 
 from scada_tcn.runtime.vocab import ScoreAggregation, allowed
 from scada_tcn.trainer.model.masking import apply_mask, build_model_input
-from scada_tcn.trainer.model.network import MultiTaskTCN
+from scada_tcn.trainer.model.network import MultiTaskTCN, pairwise_sum
 
 __all__ = ["ScoreOutputs", "ScoringModule", "group_patterns", "scoring_patterns", "stable_topk_indices"]
 
@@ -182,7 +182,7 @@ class ScoringModule(nn.Module):
         """(B, L, F) hidden-element errors -> (B, F) time-weighted mean error of each feature over its present steps."""
         present = (M_miss > 0.5).to(torch.float32) * self.scored
         tw = self.time_weight.reshape(1, self.L, 1)
-        return (E * tw).sum(dim=1) / (present * tw).sum(dim=1).clamp_min(self.eps)
+        return pairwise_sum(E * tw, 1) / pairwise_sum(present * tw, 1).clamp_min(self.eps)
 
     def _check(self, X: torch.Tensor, M_miss: torch.Tensor, Flags: torch.Tensor) -> None:
         if X.dim() != 3 or X.shape[1] != self.L or X.shape[2] != self.F:
@@ -226,8 +226,8 @@ class ScoringModule(nn.Module):
             pick = torch.zeros_like(norm).scatter(1, stable_topk_indices(norm, int(self.k)), 1.0)
             feat_contrib = norm * pick / float(self.k)  # (B, F)
         else:
-            denom = (present * self.scored * tw).sum(dim=(1, 2)).clamp_min(self.eps)  # (B,) scored elements
-            feat_contrib = (E * tw).sum(dim=1) / denom.unsqueeze(1)  # (B, F)
-        s_now = feat_contrib.sum(dim=-1)  # (B,)
+            denom = pairwise_sum(pairwise_sum(present * self.scored * tw, 2), 1).clamp_min(self.eps)  # (B,)
+            feat_contrib = pairwise_sum(E * tw, 1) / denom.unsqueeze(1)  # (B, F)
+        s_now = pairwise_sum(feat_contrib, -1)  # (B,)
         top_idx = stable_topk_indices(feat_contrib, self.topn)  # (B, topn)
         return ScoreOutputs(s_now, feat_contrib, top_idx, E)

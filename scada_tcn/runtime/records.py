@@ -1,0 +1,231 @@
+"""The records the edge publishes, typed, and the one deduplication consumers and tests use.
+
+Score topic (schema "scada-score/2"): one record per closed step of a turbine, in one of three statuses.
+
+    "ok"                 {schema, status, turbine, ts (ISO-8601 UTC of the step end), seq (ts / dt), model_id,
+                          score, threshold, threshold_source, regime, ratio (score / threshold), alert (state
+                          after this step), top_features [{name, contribution}] (largest first), fault_probs
+                          {class: p} | null, forecast {feature: [K values in feature units]} | null, rul | null,
+                          missing_fraction (share of missing inputs in the window), missing_now (latest step)}
+                         fleet-relative bundles add fleet_score (null below min_peers peers) and peers; threshold
+                         and ratio then refer to fleet_score.
+    "warmup"             {schema, status, turbine, ts, seq, model_id, steps, steps_needed, missing_now}: the
+                          turbine has fewer than L steps.
+    "insufficient_data"  {schema, status, turbine, ts, seq, model_id, present_fraction, min_present_fraction,
+                          alert, missing_now}: the window's present fraction is below the bundle's minimum, so no
+                          score is computed (never a number over no data); the alert state is held.
+
+Alert topic: {schema, turbine, ts, seq, model_id, score, [fleet_score], threshold, ratio, regime, top_features,
+state ("on" | "off")} on every transition. Retained alert state: {schema, turbine, state, since, seq, model_id}.
+
+Serialisation (`dumps`) is deterministic: sorted keys, no spaces, floats as the shortest repr of their 9
+significant digits (which round-trips float32), NaN/inf as null. A step is scored once and its numbers do not
+depend on the batch it was scored in, so a redelivered or replayed record is the same bytes.
+
+`dedupe(payloads)` is the consumer's rule: keep one record per (turbine, ts), count identical repeats, and report
+any key that arrived with two different payloads (a broken contract, never expected).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "SCHEMA",
+    "AlertRecord",
+    "AlertStateRecord",
+    "Deduped",
+    "InsufficientDataRecord",
+    "ScoreRecord",
+    "WarmupRecord",
+    "dedupe",
+    "dumps",
+    "iso_utc",
+]
+
+SCHEMA = "scada-score/2"
+
+
+def _clean(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        v = float(x)
+        return float(f"{v:.9g}") if math.isfinite(v) else None
+    return x
+
+
+def dumps(record: dict[str, Any]) -> bytes:
+    """Deterministic compact JSON (sorted keys, 9 significant digits, NaN/inf -> null) as UTF-8 bytes."""
+    return json.dumps(_clean(record), sort_keys=True, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def iso_utc(ns: int) -> str:
+    """ns since the epoch -> 'YYYY-MM-DDTHH:MM:SS[.ffffff]Z'."""
+    s, rem = divmod(int(ns), 1_000_000_000)
+    dt = datetime.fromtimestamp(s, tz=UTC)
+    frac = f".{rem // 1000:06d}" if rem else ""
+    return dt.strftime("%Y-%m-%dT%H:%M:%S") + frac + "Z"
+
+
+@dataclass(frozen=True)
+class _Step:
+    """What every score-topic record names: the turbine, the step end and the model."""
+
+    turbine: str
+    end_ns: int
+    dt_ns: int
+    model_id: str
+
+    def _head(self, status: str) -> dict[str, Any]:
+        return {"schema": SCHEMA, "status": status, "turbine": self.turbine, "ts": iso_utc(self.end_ns),
+                "seq": self.end_ns // self.dt_ns, "model_id": self.model_id}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class WarmupRecord(_Step):
+    steps: int
+    steps_needed: int
+    missing_now: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return self._head("warmup") | {
+            "steps": self.steps, "steps_needed": self.steps_needed, "missing_now": self.missing_now
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class InsufficientDataRecord(_Step):
+    present_fraction: float
+    min_present_fraction: float
+    alert: bool  # the held alert state
+    missing_now: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return self._head("insufficient_data") | {
+            "present_fraction": self.present_fraction, "min_present_fraction": self.min_present_fraction,
+            "alert": self.alert, "missing_now": self.missing_now,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ScoreRecord(_Step):
+    score: float
+    threshold: float
+    threshold_source: str
+    regime: str
+    alert: bool
+    top_features: tuple[tuple[str, float], ...]
+    fault_probs: dict[str, float] | None
+    forecast: dict[str, list[float]] | None
+    rul: float | None
+    missing_fraction: float
+    missing_now: float
+    relative: bool = False  # a fleet-relative bundle: fleet_score and peers are published
+    fleet_score: float | None = None
+    peers: int = 0
+    turned: str | None = field(default=None, compare=False)  # "on" / "off" when this step changed the alert
+
+    @property
+    def ratio(self) -> float | None:
+        value = self.fleet_score if self.relative else self.score
+        return None if value is None else value / self.threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self._head("ok") | {
+            "score": self.score, "threshold": self.threshold, "threshold_source": self.threshold_source,
+            "regime": self.regime, "ratio": self.ratio, "alert": self.alert,
+            "top_features": [{"name": n, "contribution": c} for n, c in self.top_features],
+            "fault_probs": self.fault_probs, "forecast": self.forecast, "rul": self.rul,
+            "missing_fraction": self.missing_fraction, "missing_now": self.missing_now,
+        }  # fmt: skip
+        if self.relative:
+            d |= {"fleet_score": self.fleet_score, "peers": self.peers}
+        return d
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every field at full precision (a waiting fleet-relative record in the state file)."""
+        return {
+            "turbine": self.turbine, "end_ns": self.end_ns, "dt_ns": self.dt_ns, "model_id": self.model_id,
+            "score": self.score, "threshold": self.threshold, "threshold_source": self.threshold_source,
+            "regime": self.regime, "alert": self.alert, "top_features": [list(t) for t in self.top_features],
+            "fault_probs": self.fault_probs, "forecast": self.forecast, "rul": self.rul,
+            "missing_fraction": self.missing_fraction, "missing_now": self.missing_now, "relative": self.relative,
+            "fleet_score": self.fleet_score, "peers": self.peers, "turned": self.turned,
+        }  # fmt: skip
+
+    @classmethod
+    def from_state_dict(cls, d: dict[str, Any]) -> ScoreRecord:
+        d = dict(d)
+        d["top_features"] = tuple((str(n), float(c)) for n, c in d["top_features"])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class AlertRecord:
+    record: ScoreRecord  # the step that turned the alert on or off
+
+    def to_dict(self) -> dict[str, Any]:
+        full = self.record.to_dict()
+        keep = ("schema", "turbine", "ts", "seq", "model_id", "score", "fleet_score", "threshold", "ratio", "regime",
+                "top_features")  # fmt: skip
+        return {k: full[k] for k in keep if k in full} | {"state": self.record.turned}
+
+
+@dataclass(frozen=True)
+class AlertStateRecord:
+    record: ScoreRecord  # the step since which the state holds
+
+    def to_dict(self) -> dict[str, Any]:
+        r = self.record
+        return {"schema": SCHEMA, "turbine": r.turbine, "state": "on" if r.alert else "off",
+                "since": iso_utc(r.end_ns), "seq": r.end_ns // r.dt_ns, "model_id": r.model_id}  # fmt: skip
+
+
+@dataclass
+class Deduped:
+    """One payload per (turbine, ts), the count of identical repeats, and the keys that arrived differently."""
+
+    records: dict[tuple[str, str], bytes]
+    duplicates: int
+    conflicts: dict[tuple[str, str], list[bytes]]
+
+    def seqs(self, status: str | None = None) -> dict[str, set[int]]:
+        """Per turbine, the distinct `seq` of the kept records (of one status, or all)."""
+        out: dict[str, set[int]] = {}
+        for payload in self.records.values():
+            d = json.loads(payload)
+            if status is None or d.get("status") == status:
+                out.setdefault(d["turbine"], set()).add(int(d["seq"]))
+        return out
+
+
+def dedupe(payloads: Iterable[bytes]) -> Deduped:
+    """Score-topic payloads in arrival order -> one per (turbine, ts); see the module docstring."""
+    records: dict[tuple[str, str], bytes] = {}
+    conflicts: dict[tuple[str, str], list[bytes]] = {}
+    duplicates = 0
+    for p in payloads:
+        d = json.loads(p)
+        key = (str(d["turbine"]), str(d["ts"]))
+        seen = records.get(key)
+        if seen is None:
+            records[key] = p
+        elif seen == p:
+            duplicates += 1
+        else:
+            conflicts.setdefault(key, [seen]).append(p)
+    return Deduped(records, duplicates, conflicts)

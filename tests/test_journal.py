@@ -1,0 +1,64 @@
+"""runtime.journal: frames round-trip exactly, a torn or corrupt tail ends the read, reset empties it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scada_tcn.runtime.journal import Journal
+from scada_tcn.runtime.telemetry import Sample
+
+
+def _samples(n: int, C: int = 3, seed: int = 0) -> list[Sample]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        v = rng.standard_normal(C)
+        v[rng.random(C) < 0.3] = np.nan
+        out.append(Sample(f"WT{i % 4:02d}", 1_700_000_000_000_000_000 + i * 600_000_000_000, v))
+    return out
+
+
+def _same(a: list[Sample], b: list[Sample]) -> bool:
+    return len(a) == len(b) and all(
+        x.turbine == y.turbine and x.ts_ns == y.ts_ns and np.array_equal(x.values, y.values, equal_nan=True)
+        for x, y in zip(a, b)
+    )
+
+
+def test_frames_round_trip_bit_for_bit(tmp_path):
+    j = Journal(tmp_path / "j", 3)
+    frames = [(1, _samples(5), None), (2, [], 123), (3, _samples(2, seed=1), -5), (4, _samples(1, seed=2), None)]
+    for no, s, tick in frames:
+        j.append(no, s, tick)
+    got = list(Journal(tmp_path / "j", 3).read())
+    assert [f.frame_no for f in got] == [1, 2, 3, 4] and [f.tick_ns for f in got] == [None, 123, -5, None]
+    assert all(_same(f.samples, s) for f, (_, s, _) in zip(got, frames))
+
+
+def test_a_torn_or_corrupt_tail_ends_the_read(tmp_path):
+    j = Journal(tmp_path / "j", 3)
+    j.append(1, _samples(3), None)
+    j.append(2, _samples(3, seed=1), 7)
+    whole = (tmp_path / "j").read_bytes()
+    for cut in (len(whole) - 1, len(whole) - 30, len(whole) - 70):
+        (tmp_path / "j").write_bytes(whole[:cut])
+        r = Journal(tmp_path / "j", 3)
+        got = list(r.read())
+        assert [f.frame_no for f in got] == [1] and r.torn_tail
+    flipped = bytearray(whole)
+    flipped[-3] ^= 0xFF  # a value of frame 2: its CRC no longer matches
+    (tmp_path / "j").write_bytes(bytes(flipped))
+    r = Journal(tmp_path / "j", 3)
+    assert [f.frame_no for f in r.read()] == [1] and r.torn_tail
+
+
+def test_reset_empties_and_appending_goes_on(tmp_path):
+    j = Journal(tmp_path / "j", 3)
+    j.append(1, _samples(2), None)
+    j.reset()
+    assert j.size() == 0 and list(j.read()) == []
+    j.append(2, _samples(1), None)
+    assert [f.frame_no for f in j.read()] == [2]
+    with pytest.raises(ValueError, match="3 channel values"):
+        j.append(3, [Sample("WT01", 0, np.zeros(2))], None)
