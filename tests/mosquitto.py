@@ -36,6 +36,7 @@ from scada_tcn.demo.broker import MosquittoProcess, closed_steps, find_mosquitto
 from scada_tcn.runtime.binning import bin_end_ns
 from scada_tcn.runtime.daemon import Daemon
 from scada_tcn.runtime.daemon_config import daemon_config_from_dict
+from scada_tcn.runtime.records import dedupe
 from scada_tcn.runtime.telemetry import Sample, parse_timestamp_ns
 
 MOSQUITTO = find_mosquitto()
@@ -274,6 +275,23 @@ class DaemonProcess:
         assert self.proc is not None
         os.kill(self.proc.pid, signal.SIGTERM)
         return self.proc.wait(timeout=60)
+
+
+def scores_through(url: str, daemon: DaemonThread, col: Collector, header: list[str], rows: list[list[str]],
+                   timeout: float) -> dict[tuple[str, str], bytes]:  # fmt: skip
+    """Publish `rows` to a running daemon, wait until every closed step is scored, and return one payload per
+    (turbine, ts). QoS 1 is at-least-once, so an identical redelivery is allowed; a second, different payload for
+    a step, a missing step or an extra one fails."""
+    pub = client(url, "publisher")
+    wait_for(lambda: pub.is_connected() and daemon.daemon.link.connected, 10, "connections")
+    publish_all(pub, to_messages(header, rows))
+    want = expected_steps(rows, header)
+    wait_for(lambda: len(dedupe(p for _, p in col.of("/score")).records) >= sum(want.values()), timeout, "all scores")
+    pub.disconnect()
+    d = dedupe(p for _, p in col.of("/score"))
+    assert d.conflicts == {}, list(d.conflicts.items())[:2]
+    assert {t: sum(1 for k in d.records if k[0] == t) for t in want} == want
+    return d.records
 
 
 def by_key(payloads: list[bytes]) -> dict[tuple[str, str], set[bytes]]:

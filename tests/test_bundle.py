@@ -21,7 +21,6 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402
 
 from scada_tcn.runtime.bundle import (  # noqa: E402
-    GRAPH_FILES,
     SCHEMA_VERSION,
     TOP_KEYS,
     Bundle,
@@ -46,7 +45,19 @@ GOLDEN_KEYS = {
     "feature_registry": ["angular_channel_names", "engineered_version", "feature_names", "raw_channel_names"],
     "flag_registry": ["flag_names", "flags_version"],
     "heads": ["fault", "fault_multilabel", "forecast", "rul"],
-    "scoring": ["aggregation", "context", "groups", "halflife", "k", "masks", "p_score", "passes", "seed", "topn"],
+    "scoring": [
+        "aggregation",
+        "context",
+        "groups",
+        "halflife",
+        "k",
+        "kind",
+        "masks",
+        "p_score",
+        "passes",
+        "seed",
+        "topn",
+    ],
     "calibration": [
         "fallbacks",
         "fitted_on",
@@ -155,6 +166,7 @@ def tiny_manifest() -> dict:
         "heads": {"forecast": True, "fault": True, "fault_multilabel": False, "rul": False},
         "class_names": ["normal", "fault"],
         "scoring": {
+            "kind": "window_mean",
             "masks": "element",
             "p_score": 0.25,
             "groups": None,
@@ -166,6 +178,8 @@ def tiny_manifest() -> dict:
             "topn": TOPN,
             "k": None,
         },
+        "signals": None,
+        "stream": None,
         "calibration": cal.to_dict(),
         "alerting": {"T_on": 1.0, "T_off": 0.8, "N_on": 3, "N_off": 6},
         "fleet": {"relative": False, "min_peers": 1, "min_present_fraction": 0.5},
@@ -215,11 +229,12 @@ def _message(path: Path) -> str:
 def test_tiny_bundle_key_set_is_pinned(bundle_dir):
     doc = json.loads((bundle_dir / "bundle.json").read_text())
     got = {"<top>": sorted(doc)} | {k: sorted(doc[k]) for k in GOLDEN_KEYS if k != "<top>"}
+    assert doc["signals"] is None  # a window_mean bundle
     assert got == GOLDEN_KEYS
     assert sorted(p.name for p in bundle_dir.iterdir()) == ["bundle.json", "clean.onnx", "scoring.onnx"]
-    assert doc["schema_version"] == SCHEMA_VERSION == 4
-    sha = {f: hashlib.sha256((bundle_dir / f).read_bytes()).hexdigest() for f in GRAPH_FILES.values()}
-    assert doc["checksums"] == sha
+    assert doc["schema_version"] == SCHEMA_VERSION == 5
+    sha = {f: hashlib.sha256((bundle_dir / f).read_bytes()).hexdigest() for f in ("clean.onnx", "scoring.onnx")}
+    assert doc["checksums"] == sha and doc["stream"] is None  # no step graph: scored window by window
     assert doc["model_id"] == compute_model_id(sha, doc["feature_registry"], doc["flag_registry"])
 
 
@@ -323,10 +338,10 @@ def test_refuses_registry_edit_through_the_model_id(bundle_dir):
 
 
 def test_refuses_unknown_schema_version(bundle_dir):
-    for v in (1, 2, 3, 5, 0, "4", None):
+    for v in (1, 2, 3, 4, 6, 0, "5", None):
         _edit(bundle_dir, lambda d, v=v: d.update(schema_version=v))
         assert _message(bundle_dir) == (
-            f"bundle.json: schema_version {v!r} is not supported (this runtime reads version 4); export the model "
+            f"bundle.json: schema_version {v!r} is not supported (this runtime reads version 5); export the model "
             "again with a scada-export of the same release as this runtime"
         )
 

@@ -83,7 +83,7 @@ def test_export_with_checkpoint_path_only(exported, tiny_run):
     again = load_bundle(bundle.path)
     assert again.model_id == bundle.model_id and again.parity.passed
     assert bundle.versions.opset == OPSET and bundle.versions.ir_version == IR_VERSION
-    assert bundle.dims.L == 24 and bundle.dims.K == 3 and bundle.dims.RF == 29
+    assert bundle.dims.L == 24 and bundle.dims.K == 3 and bundle.dims.RF == 13
     assert bundle.clean_outputs == ("Y_hat", "fault_prob")
 
 
@@ -173,6 +173,7 @@ def test_bundle_json_holds_every_key_of_the_issue(exported):
         assert k in spec
     assert doc["scaler"]["scaled"].count(False) == 4  # sin/cos of two angular channels are not scaled
     assert set(doc["scoring"]) == {
+        "kind",
         "masks",
         "p_score",
         "groups",
@@ -184,7 +185,7 @@ def test_bundle_json_holds_every_key_of_the_issue(exported):
         "topn",
         "k",
     }
-    assert doc["scoring"]["context"] == []
+    assert doc["scoring"]["context"] == [] and doc["scoring"]["kind"] == "window_mean" and doc["signals"] is None
     assert doc["scoring"]["masks"] == "element" and doc["scoring"]["groups"] is None
     assert doc["scoring"]["passes"] == 4
     assert set(doc["versions"]) >= {"torch", "onnx", "package"}

@@ -54,7 +54,9 @@ def test_configured_groups_join_bases_and_every_other_base_stands_alone():
     ]
     assert members["drivetrain_speed"] == ["rotor_speed", "gen_speed"]
     assert members["pitch"] == ["pitch"]
-    assert sorted(f for m in members.values() for f in m) == sorted(names)  # a partition
+    context = [names[i] for i in feature_groups(cfg).context]
+    assert context == ["wind_dir_sin", "wind_dir_cos"]  # weather: an input of every pass, never scored
+    assert sorted([f for m in members.values() for f in m] + context) == sorted(names)  # a partition
 
 
 @pytest.mark.parametrize(
@@ -72,8 +74,11 @@ def test_bad_groups_are_refused_with_the_key(groups, message):
 
 
 def test_group_scoring_needs_a_model_trained_with_group_masks():
+    window = [*LHB, "infer.score=window_mean", "train.group_mask_prob=0.0"]
     with pytest.raises(ConfigError, match="infer.score_masks=group needs a model trained with train.group_mask_prob"):
-        load_config(CONFIG, [*LHB, "infer.score_masks=group"])
+        load_config(CONFIG, [*window, "infer.score_masks=group"])
+    with pytest.raises(ConfigError, match="needs a model trained with train.group_mask_prob > 0"):
+        load_config(CONFIG, [*LHB, "train.group_mask_prob=0.0"])  # the per-signal default
     load_config(CONFIG, [*LHB, "infer.score_masks=group", "train.group_mask_prob=0.5"])
 
 
@@ -241,4 +246,4 @@ def test_context_bases_leave_the_groups_and_are_checked():
     with pytest.raises(ConfigError, match="features.context: \\['gust'\\] are not base columns"):
         load_config(CONFIG, [*LHB, "features.context=[gust]"])
     with pytest.raises(ConfigError, match="'wind_dir' is in both features.context and 'direction'"):
-        load_config(CONFIG, [*LHB, "features.context=[wind_dir]"])
+        load_config(CONFIG, [*LHB, "features.mask_groups.direction=[wind_dir,nacelle_dir,yaw_error]"])

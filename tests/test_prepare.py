@@ -76,7 +76,7 @@ def _cfg(tmp_path, df, *extra):
             "data.windowing.L=24",
             "data.windowing.K=3",
             "data.windowing.stride=2",
-            "model.tcn.num_blocks=3",
+            "model.tcn.num_blocks=2",
             *SPLITS,
             *extra,
         ],

@@ -39,6 +39,7 @@ from tests.mosquitto import (
     publish_all,
     read_slice,
     require_mosquitto,
+    scores_through,
     to_messages,
     to_samples,
     wait_for,
@@ -204,22 +205,12 @@ def test_broker_parity_with_reference_and_replay(broker, bundle, scorer, timelin
     col = Collector(broker.url, [f"scada/{SITE}/+/score", f"scada/{SITE}/+/alert/state"])
     wait_for(lambda: col.ready(), 10, "collector connect")
     d = DaemonThread(daemon_config(broker.url), bundle, scorer)
-    pub = client(broker.url, "publisher")
-    wait_for(lambda: pub.is_connected() and d.daemon.link.connected, 10, "connections")
-    publish_all(pub, to_messages(header, rows))
-    want = expected_steps(rows, header)
-    wait_for(lambda: len(col.of("/score")) >= sum(want.values()), 60, "all scores")
+    records = scores_through(broker.url, d, col, header, rows, 60)
     assert d.stop() == 0
-    got = by_key([p for _, p in col.of("/score")])
-    assert all(len(v) == 1 for v in got.values())
-    per_turbine = {t: sum(1 for k in got if k[0] == t) for t in want}
-    assert per_turbine == want
-    records = {k: next(iter(v)) for k, v in got.items()}
     for k, payload in records.items():  # run and replay share the pipeline (batch composition may move ulps)
         assert_close(payload, replayed[k], k)
     _assert_matches_reference(records, tiny_run, bundle)
-    assert {t.split("/")[2] for t, _ in col.of("/alert/state")} == set(want)
-    pub.disconnect()
+    assert {t.split("/")[2] for t, _ in col.of("/alert/state")} == set(expected_steps(rows, header))
     col.close()
 
 

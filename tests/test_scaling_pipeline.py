@@ -35,7 +35,7 @@ def fitted(spec: PipelineSpec, raw: np.ndarray, clip: float | None = None) -> Pr
 
 def stream(sp: StreamPreprocessor, raw: np.ndarray) -> ModelInputs:
     outs = [sp.step(r) for r in raw]
-    return ModelInputs(*(np.array([getattr(o, k) for o in outs]) for k in ("X", "M_miss", "Flags")))
+    return ModelInputs(*(np.array([getattr(o, k) for o in outs]) for k in ("X", "M_miss", "Flags", "Repeat")))
 
 
 # --- scaler -----------------------------------------------------------------------------------------
@@ -192,18 +192,22 @@ def test_flags_follow_the_rules_where_sources_are_present() -> None:
 
 
 def test_stream_equals_batch_every_step() -> None:
-    spec = make_spec(rolling=RollingSpec(("power", "gearbox_oil_temp"), (6, 36, 144), ("mean", "std")))
+    spec = make_spec(rolling=RollingSpec(("power", "gearbox_oil_temp"), (6, 36, 144), ("mean", "std")),
+                     repeat_channels=("power", "gearbox_oil_temp"))  # fmt: skip
     raw = make_timeline(5000, seed=6)
+    raw[100:160, list(spec.channels).index("gearbox_oil_temp")] = 55.5  # a frozen sensor: a run of repeats
     pre = fitted(spec, raw)
     batch = pre.transform(raw)
     out = stream(StreamPreprocessor(spec, pre.scaler), raw)  # type: ignore[arg-type]
     np.testing.assert_array_equal(out.M_miss, batch.M_miss)
     np.testing.assert_array_equal(out.Flags, batch.Flags)
+    np.testing.assert_array_equal(out.Repeat, batch.Repeat)
+    assert (batch.Repeat[101:160, 1] == 1).all() and batch.Repeat.shape == (5000, 2)
     np.testing.assert_allclose(out.X, batch.X, rtol=1e-6, atol=1e-6)  # float32 of values equal to ~1e-13
 
 
 def test_pipeline_no_lookahead() -> None:
-    spec = make_spec()
+    spec = make_spec(repeat_channels=("power",))
     raw = make_timeline(3000, seed=9)
     pre = fitted(spec, raw)
     base = pre.transform(raw)
@@ -214,7 +218,7 @@ def test_pipeline_no_lookahead() -> None:
         tail[:] = rng.uniform(-100, 3000, tail.shape)
         tail[rng.random(tail.shape) < 0.3] = np.nan
         out = pre.transform(pert)
-        for k in ("X", "M_miss", "Flags"):
+        for k in ("X", "M_miss", "Flags", "Repeat"):
             np.testing.assert_array_equal(getattr(out, k)[: t + 1], getattr(base, k)[: t + 1])
 
 

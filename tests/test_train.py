@@ -15,7 +15,7 @@ from tests.test_prepare import _cfg, _table
 
 SMALL = [
     "model.tcn.D=16",
-    "model.tcn.num_blocks=3",
+    "model.tcn.num_blocks=2",
     "model.heads.forecast.hidden=16",
     "model.heads.fault.hidden=16",
     "train.batch_size=32",

@@ -198,7 +198,7 @@ def run_through_broker(
     from scada_tcn.runtime.daemon import Daemon
     from scada_tcn.runtime.daemon_config import daemon_config_from_dict
     from scada_tcn.runtime.records import dedupe
-    from scada_tcn.runtime.scorer import OnnxScorer
+    from scada_tcn.runtime.stream import make_scorer
 
     exe = find_mosquitto()
     if exe is None:
@@ -240,7 +240,7 @@ def run_through_broker(
             "health": {"metrics_host": "127.0.0.1", "metrics_port": 0},
         }
     )
-    daemon = Daemon(cfg, bundle, OnnxScorer(bundle))
+    daemon = Daemon(cfg, bundle, make_scorer(bundle, cfg.compute.engine))
     daemon.start()
     thread = threading.Thread(target=daemon.run_forever, daemon=True)
     thread.start()

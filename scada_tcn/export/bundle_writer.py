@@ -25,20 +25,31 @@ from scada_tcn.runtime.bundle import (
     BundleContents,
     Dims,
     Heads,
+    ScoreReference,
     ScoringParams,
+    StreamParams,
     Versions,
     dump_bundle,
 )
 from scada_tcn.runtime.registry import FeatureRegistry, FlagRegistry
 from scada_tcn.runtime.scaling import RobustScaler
 from scada_tcn.runtime.spec import PipelineSpec
-from scada_tcn.runtime.vocab import ScoreMasks
-from scada_tcn.trainer.calibration.fit import CALIBRATION_SPLIT, calibrate, feature_reference, fit_feature_scale
+from scada_tcn.runtime.vocab import ScoreKind, ScoreMasks
+from scada_tcn.trainer.calibration.fit import (
+    CALIBRATION_SPLIT,
+    QUANTILE_LEVELS,
+    calibrate,
+    feature_reference,
+    fit_feature_scale,
+)
 from scada_tcn.trainer.config import RootCfg
 from scada_tcn.trainer.config.derive import alerting_params, fleet_params
 from scada_tcn.trainer.config.groups import feature_groups
 from scada_tcn.trainer.data.store import PreparedData
+from scada_tcn.trainer.data.windowing import SPLITS, step_splits
+from scada_tcn.trainer.evaluation.signals import fit_signals
 from scada_tcn.trainer.model.reference import build_reference, checkpoint_config
+from scada_tcn.trainer.model.signals import SignalModule
 from scada_tcn.trainer.training.fit import load_checkpoint
 
 __all__ = ["export_bundle", "default_out_dir"]
@@ -58,6 +69,25 @@ def _val_windows(data: PreparedData, cfg: RootCfg, n: int = 64) -> tuple[np.ndar
     pick = np.linspace(0, len(ds) - 1, min(n, len(ds))).round().astype(int).tolist()
     b = ds.__getitems__(pick)
     return b["X"].numpy(), b["M_miss"].numpy(), b["Flags"].numpy()
+
+
+def _val_series(data: PreparedData, cfg: RootCfg, n_steps: int = 2000, n_turbines: int = 2) -> tuple[np.ndarray, ...]:
+    """Consecutive steps of the validation split (and what follows it) of up to `n_turbines` turbines, from each
+    one's first validation step, as many as all of them have (at most `n_steps`): the step graph's check."""
+    parts = []
+    for tdir in sorted((Path(data.dir) / "turbines").iterdir()):
+        split = step_splits(np.load(tdir / "timestamps.npy"), tdir.name, cfg.data)
+        first = np.flatnonzero(split == SPLITS.index(CALIBRATION_SPLIT))
+        if first.size:
+            arrays = [np.load(tdir / f"{n}.npy", mmap_mode="r") for n in ("X", "M_miss", "Flags")]
+            parts.append([np.asarray(a[first[0] : first[0] + n_steps], dtype=np.float32) for a in arrays])
+        if len(parts) == n_turbines:
+            break
+    T = min((p[0].shape[0] for p in parts), default=0)
+    if T < 2 * cfg.data.windowing.L:
+        raise ExportError(f"the {CALIBRATION_SPLIT!r} split has {T} consecutive steps; the step graph's check needs "
+                          f"at least 2 L = {2 * cfg.data.windowing.L}")  # fmt: skip
+    return tuple(np.stack([p[k][:T] for p in parts]) for k in range(3))
 
 
 def export_bundle(
@@ -81,16 +111,30 @@ def export_bundle(
             f"checkpoint was trained on ({ckpt['data_fingerprint'][:12]}); pass --data with that folder"
         )
     mods = build_reference(ckpt, cfg)
-    fit_feature_scale(mods.scoring, data, cfg)  # feature_topk: baked into the scoring graph
+    per_signal = isinstance(mods.scoring, SignalModule)
+    signals, calibration = None, None
+    if per_signal:  # residual scales (baked into the graph), centres and each group's level
+        log("fitting the per-signal residual scales and levels on the validation split")
+        signals, val_scores = fit_signals(mods.scoring, data, cfg, log=log)
+        score_reference = ScoreReference(
+            "val", int(val_scores.size), tuple(QUANTILE_LEVELS),
+            tuple(float(v) for v in np.quantile(val_scores, QUANTILE_LEVELS)),
+        )  # fmt: skip
+    else:
+        fit_feature_scale(mods.scoring, data, cfg)  # feature_topk: baked into the scoring graph
     log(f"exporting {checkpoint}: L={mods.L}, F={data.F}, R={data.R}, receptive field {mods.model.receptive_field}")
     graphs = export_graphs(mods)
-    log("calibrating on the validation split")
-    cal = calibrate(mods.scoring, data, cfg)
+    if not per_signal:
+        log("calibrating on the validation split")
+        cal = calibrate(mods.scoring, data, cfg)
+        calibration, score_reference = cal.calibration, cal.score_reference
     parity = None
     if verify:
         clip = ckpt["scaler"]["clip"]
         extreme = float(clip) if clip is not None else DEFAULT_EXTREME
-        parity = verify_graphs(mods, graphs, _val_windows(data, cfg), atol=atol, rtol=rtol, extreme=extreme)
+        series = _val_series(data, cfg) if mods.step is not None else None
+        parity = verify_graphs(mods, graphs, _val_windows(data, cfg), atol=atol, rtol=rtol, extreme=extreme,
+                               series=series)  # fmt: skip
         if not parity.passed:
             bad = {k: v for k, v in parity.outputs.items() if v["n_bad"]}
             raise ExportError(
@@ -99,7 +143,9 @@ def export_bundle(
     mcfg, labels, inf = mods.model.cfg, cfg.data.labels, cfg.infer
     feature_reg = FeatureRegistry.from_dict(ckpt["feature_registry"])
     names = list(feature_reg.feature_names)
-    groups = feature_groups(cfg).members(names) if mods.scoring.masks == ScoreMasks.group else None
+    masks = ScoreMasks.group if per_signal else ScoreMasks(mods.scoring.masks)
+    groups = feature_groups(cfg).members(names) if masks == ScoreMasks.group else None
+    context = feature_groups(cfg).context if per_signal else mods.scoring.context
     contents = BundleContents(
         dims=Dims(L=mods.L, K=mcfg.K, F=mcfg.F, R=mcfg.R, C=mcfg.C, RF=mcfg.receptive_field),
         dt_seconds=int(ckpt["pipeline_spec"]["dt_seconds"]),
@@ -111,21 +157,26 @@ def export_bundle(
         heads=Heads(mcfg.forecast_enabled, mcfg.fault_enabled, mcfg.fault_multilabel, mcfg.rul_enabled),
         class_names=tuple(labels.class_names) if labels.enabled else (),
         scoring=ScoringParams(
-            masks=ScoreMasks(mods.scoring.masks),
-            p_score=mods.scoring.p_score,
+            kind=ScoreKind.per_signal if per_signal else ScoreKind.window_mean,
+            masks=masks,
+            p_score=None if per_signal else mods.scoring.p_score,
             groups=None if groups is None else {g: tuple(m) for g, m in groups.items()},
-            context=tuple(names[i] for i in mods.scoring.context),
-            passes=mods.scoring.P,
+            context=tuple(names[i] for i in context),
+            passes=mods.scoring.G if per_signal else mods.scoring.P,
             seed=inf.score_seed,
-            aggregation=inf.aggregation.name,
-            halflife=inf.aggregation.halflife_steps,
-            k=inf.aggregation.k,
+            aggregation=None if per_signal else inf.aggregation.name,
+            halflife=None if per_signal else inf.aggregation.halflife_steps,
+            k=None if per_signal else inf.aggregation.k,
             topn=inf.topn_features,
         ),
-        calibration=cal.calibration,
+        signals=signals,
+        stream=None
+        if mods.step is None
+        else StreamParams(mods.step.P, tuple(mods.step.convs), mods.step.D, mods.step.ring),
+        calibration=calibration,
         alerting=alerting_params(cfg),
         fleet=fleet_params(cfg),
-        score_reference=cal.score_reference,
+        score_reference=score_reference,
         feature_reference=feature_reference(data, cfg),
         versions=Versions(
             torch=torch.__version__,

@@ -1,4 +1,4 @@
-"""Trace the clean pass and the scoring pass of a trained model into two ONNX graphs.
+"""Trace the clean pass, the scoring pass and, for a model that streams, the step graph into ONNX graphs.
 
 Contract
 --------
@@ -9,8 +9,11 @@ Contract
   (`runtime.bundle.GRAPH_INPUTS`), and build the model input inside.
 - `clean.onnx`: `trainer.model.reference.CleanPass` -> Y_hat (B, K, F), fault_prob (B, C), rul (B, 1), the outputs
   of the heads that are on, in that order (`runtime.bundle.Heads.clean_outputs`).
-- `scoring.onnx`: `trainer.model.scoring.ScoringModule` traced whole -> s_now (B,), feat_contrib (B, F),
-  top_idx (B, topn), E (B, L, F).
+- `scoring.onnx`: the scoring module of the config traced whole: `trainer.model.signals.SignalModule` -> resid
+  (B, F) (per-signal scoring), or `trainer.model.scoring.ScoringModule` -> s_now (B,), feat_contrib (B, F),
+  top_idx (B, topn), E (B, L, F) (window-mean scoring); its `output_names` name the outputs.
+- `step.onnx` (per-signal scoring whose receptive field fits the window): `trainer.model.streaming.StepModule`,
+  one step per turbine with the layers' rings as inputs (`runtime.bundle` documents the inputs and outputs).
 - Exporter: `torch.onnx.export(dynamo=True)` at opset `OPSET`, one shared dynamic batch axis, a single file
   (`external_data=False`), IR version pinned to `IR_VERSION` (onnxruntime refuses graphs stamped newer than it
   knows). Every graph passes `onnx.checker.check_model(full_check=True)` and strict shape inference, or the export
@@ -23,6 +26,7 @@ import logging
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
@@ -30,7 +34,7 @@ from torch import nn
 
 from scada_tcn.runtime.bundle import GRAPH_INPUTS
 from scada_tcn.trainer.model.reference import ReferenceModules
-from scada_tcn.trainer.model.scoring import ScoreOutputs
+from scada_tcn.trainer.model.streaming import StepModule
 
 __all__ = [
     "OPSET",
@@ -39,13 +43,11 @@ __all__ = [
     "export_graphs",
     "export_module",
     "check_graph",
-    "SCORING_OUTPUTS",
 ]
 
 OPSET = 18
 IR_VERSION = 10  # onnx 1.16; opset 18 needs >= 8, and every onnxruntime >= 1.17 reads it
 MAX_BATCH = 4096
-SCORING_OUTPUTS = tuple(ScoreOutputs._fields)  # s_now, feat_contrib, top_idx, E
 
 
 class ExportError(ValueError):
@@ -70,8 +72,10 @@ def export_module(
     input_names: tuple[str, ...],
     output_names: tuple[str, ...],
     what: str,
+    dynamic_shapes: Any = None,
 ) -> bytes:
-    """Export `module` (batch axis dynamic on every input), pin opset and IR version, check, return the bytes."""
+    """Export `module` (batch axis dynamic on every input unless `dynamic_shapes` says otherwise), pin opset and IR
+    version, check, return the bytes."""
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)  # one object: the modules compare batch sizes
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -88,7 +92,7 @@ def export_module(
                 opset_version=OPSET,
                 input_names=list(input_names),
                 output_names=list(output_names),
-                dynamic_shapes={n: {0: batch} for n in input_names},
+                dynamic_shapes=dynamic_shapes or {n: {0: batch} for n in input_names},
                 verbose=False,
             )
         finally:
@@ -111,11 +115,22 @@ def _example(L: int, F: int, R: int, B: int = 2) -> tuple[torch.Tensor, ...]:
     return torch.randn(B, L, F, generator=g) * M_miss, M_miss, (torch.rand(B, L, R, generator=g) > 0.5).float()
 
 
+def export_step(step: StepModule) -> bytes:
+    """step.onnx: the batch axis dynamic (B turbines, B x passes ring rows), the step index a scalar."""
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    rings = tuple({0: step.P * batch} for _ in step.convs) + (({0: batch},) if step.ring else ())
+    shapes = ({0: batch}, {0: batch}, {0: batch}, {}, rings)
+    return export_module(step, step.example(), step.input_names, step.output_names, "step.onnx", shapes)
+
+
 def export_graphs(mods: ReferenceModules) -> dict[str, bytes]:
-    """{"clean": bytes, "scoring": bytes}: both graphs, exported and checked."""
+    """{"clean": bytes, "scoring": bytes[, "step": bytes]}: the graphs, exported and checked."""
     cfg = mods.model.cfg
     example = _example(mods.L, cfg.F, cfg.R)
     with torch.no_grad():
         clean = export_module(mods.clean, example, GRAPH_INPUTS, mods.clean.output_names, "clean.onnx")
-        scoring = export_module(mods.scoring, example, GRAPH_INPUTS, SCORING_OUTPUTS, "scoring.onnx")
-    return {"clean": clean, "scoring": scoring}
+        scoring = export_module(mods.scoring, example, GRAPH_INPUTS, mods.scoring.output_names, "scoring.onnx")
+        graphs = {"clean": clean, "scoring": scoring}
+        if mods.step is not None:
+            graphs["step"] = export_step(mods.step)
+    return graphs

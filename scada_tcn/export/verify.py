@@ -12,7 +12,9 @@ bytes (graph optimisation on, as at the edge) on the same inputs, and records pe
   not an error, so such rows are not counted).
 
 Cases: validation windows at batch 64 and at batch 1, and adversarial windows: all missing, all flags on,
-extreme values and a mix of extremes and missing values. Extreme means |x| = `extreme`: the export passes the
+extreme values and a mix of extremes and missing values. With a step graph, "stream_consecutive": the edge's
+streaming scorer over thousands of consecutive validation steps against the window graphs (`stream_case`).
+Extreme means |x| = `extreme`: the export passes the
 scaler's clip, the largest value the pipeline can ever feed the model (100 when the scaler does not clip).
 Far beyond that, float32 rounding of activations of size |x| alone exceeds atol=1e-5 on outputs near zero
 (|x| = 1e3 gives ~1e-4 on Y_hat), which says nothing about the export. `passed` is true when no output of any
@@ -27,10 +29,10 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from scada_tcn.export.onnx_export import SCORING_OUTPUTS
 from scada_tcn.export.tolerances import DEFAULT_ATOL, DEFAULT_EXTREME, DEFAULT_RTOL
 from scada_tcn.runtime.bundle import GRAPH_INPUTS, ParityReport
 from scada_tcn.trainer.model.reference import ReferenceModules
+from scada_tcn.trainer.model.streaming import StepModule
 
 __all__ = [
     "DEFAULT_ATOL",
@@ -84,12 +86,14 @@ def run_both(
         ref_clean = mods.clean(*(torch.from_numpy(a) for a in (X, M, Fl)))
         ref_score = mods.scoring(*(torch.from_numpy(a) for a in (X, M, Fl)))
     ref = {f"clean/{n}": t.numpy() for n, t in zip(mods.clean.output_names, ref_clean)}
-    ref |= {f"scoring/{n}": t.numpy() for n, t in zip(SCORING_OUTPUTS, ref_score)}
+    names = mods.scoring.output_names
+    ref_score = ref_score if isinstance(ref_score, tuple) else (ref_score,)
+    ref |= {f"scoring/{n}": t.numpy() for n, t in zip(names, ref_score)}
     feeds = dict(zip(GRAPH_INPUTS, (X, M, Fl)))
     got_clean = sessions["clean"].run(list(mods.clean.output_names), feeds)
-    got_score = sessions["scoring"].run(list(SCORING_OUTPUTS), feeds)
+    got_score = sessions["scoring"].run(list(names), feeds)
     got = {f"clean/{n}": a for n, a in zip(mods.clean.output_names, got_clean)}
-    got |= {f"scoring/{n}": a for n, a in zip(SCORING_OUTPUTS, got_score)}
+    got |= {f"scoring/{n}": a for n, a in zip(names, got_score)}
     return ref, got
 
 
@@ -134,6 +138,58 @@ def _case_stats(mods: ReferenceModules, sessions: dict, batches: list[tuple], at
     return {"n_windows": int(sum(len(b[0]) for b in batches)), "outputs": out}
 
 
+def stream_case(
+    step: StepModule,
+    sessions: dict[str, ort.InferenceSession],
+    series: tuple[np.ndarray, np.ndarray, np.ndarray],
+    atol: float,
+    rtol: float,
+    batch: int = 256,
+) -> dict[str, Any]:
+    """step.onnx driven by the edge's `StreamScorer` over consecutive steps (X, M_miss (B, T, F), Flags (B, T, R):
+    B turbines, T steps, from zero rings) against the window graphs' newest position for the window ending at
+    every step t >= L - 1: resid, pred, Y_hat, rul; and the step graph against torch on random rings."""
+    from scada_tcn.runtime.bundle import StreamParams
+    from scada_tcn.runtime.stream import StreamScorer
+
+    X, M, Fl = (np.ascontiguousarray(a, dtype=np.float32) for a in series)
+    B, T, _ = X.shape
+    L = step.L
+    params = StreamParams(step.P, tuple(step.convs), step.D, step.ring)
+    scorer = StreamScorer(sessions["step"], params, L, step.F, step.R)
+    got: dict[str, list[np.ndarray]] = {}
+    slots = np.arange(B)
+    for t in range(T):
+        out = scorer.step(slots, t, X[:, t], M[:, t], Fl[:, t])
+        if t >= L - 1:
+            for name in ("resid", "pred", "Y_hat", "rul"):
+                if getattr(out, name) is not None:
+                    got.setdefault(name, []).append(getattr(out, name))
+    ends = [(b, t) for t in range(L - 1, T) for b in range(B)]
+    ref: dict[str, list[np.ndarray]] = {}
+    for i in range(0, len(ends), batch):
+        idx = ends[i : i + batch]
+        win = [(X[b, t - L + 1 : t + 1], M[b, t - L + 1 : t + 1], Fl[b, t - L + 1 : t + 1]) for b, t in idx]
+        feeds = dict(zip(GRAPH_INPUTS, (np.stack([w[k] for w in win]) for k in range(3))))
+        for graph, names in (("scoring", ("resid", "pred")), ("clean", ("Y_hat", "rul"))):
+            outs = dict(zip((o.name for o in sessions[graph].get_outputs()), sessions[graph].run(None, feeds)))
+            for name in names:
+                if name in outs:
+                    ref.setdefault(name, []).append(outs[name].reshape(len(idx), *outs[name].shape[1:]))
+    stats = {}
+    example = step.example(B=4)
+    with torch.no_grad():
+        want = step(*example)
+    feeds = {n: a.numpy() for n, a in zip(step.input_names, example)}
+    for name, r, g in zip(step.output_names, want, sessions["step"].run(list(step.output_names), feeds)):
+        stats[f"step_torch/{name}"] = compare(r.numpy(), g, atol, rtol)
+    for name, parts in got.items():
+        g = np.concatenate([p.reshape(B, *p.shape[1:]) for p in parts])  # steps in order, turbines within a step
+        r = np.concatenate(ref[name])
+        stats[f"step/{name}"] = compare(r.reshape(g.shape), g, atol, rtol)
+    return {"n_windows": len(ends), "outputs": stats}
+
+
 def verify_graphs(
     mods: ReferenceModules,
     graphs: dict[str, bytes],
@@ -142,8 +198,10 @@ def verify_graphs(
     rtol: float = DEFAULT_RTOL,
     extreme: float = DEFAULT_EXTREME,
     n_single: int = 8,
+    series: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> ParityReport:
-    """The bundle's parity section for the graphs against the torch modules; `val` holds validation windows."""
+    """The bundle's parity section for the graphs against the torch modules; `val` holds validation windows, and
+    `series` consecutive validation steps of a few turbines for the step graph (`stream_case`)."""
     sessions = {g: _session(b) for g, b in graphs.items()}
     X, M, Fl = (np.ascontiguousarray(a, dtype=np.float32) for a in val)
     B = min(64, len(X))
@@ -159,6 +217,10 @@ def verify_graphs(
     }
     for name, batch in adversarial_cases((X[:B], M[:B], Fl[:B]), extreme).items():
         cases[name] = _case_stats(mods, sessions, [batch], atol, rtol)
+    if mods.step is not None:
+        if series is None:
+            raise ValueError("verify_graphs: a bundle with a step graph needs `series` to check it against")
+        cases["stream_consecutive"] = stream_case(mods.step, sessions, series, atol, rtol)
     outputs: dict[str, dict[str, Any]] = {}
     for case in cases.values():
         for name, s in case["outputs"].items():

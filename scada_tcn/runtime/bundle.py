@@ -1,18 +1,27 @@
 """The deployment bundle: what `scada-export` writes and the edge loads, and nothing else.
 
-Format (schema version 4)
+Format (schema version 5)
 -------------------------
 A bundle is a directory of three files:
 
 - `clean.onnx`: inputs `X`, `M_miss` (batch, L, F) and `Flags` (batch, L, R) float32 -> `Y_hat` (batch, K, F),
   `fault_prob` (batch, C) (softmax, or a sigmoid per class for a multilabel head), `rul` (batch, 1), each output
   present only when its head is on (`heads`), in that order. The graph builds the model input itself.
-- `scoring.onnx`: the same inputs -> `s_now` (batch,), `feat_contrib` (batch, F), `top_idx` (batch, topn)
-  int64, `E` (batch, L, F).
+- `scoring.onnx`: the same inputs -> for `scoring.kind` "per_signal" `resid` (batch, F): each feature's residual
+  at the newest step, predicted with its group hidden, in units of its normal residual scale, and `pred`
+  (batch, F), that prediction in scaled units (`runtime.signals`); for "window_mean" `s_now` (batch,),
+  `feat_contrib` (batch, F), `top_idx` (batch, topn) int64, `E` (batch, L, F).
+- `step.onnx` (per-signal bundles whose receptive field fits the window, `stream` non-null): the same scoring
+  one step at a time, with each convolution's past in a ring (`trainer.model.streaming.StepModule`): inputs `X`,
+  `M_miss` (batch, F), `Flags` (batch, R), `t` (int64 scalar: the step index, end / dt), `ring_i` (batch x
+  passes, channels_i, steps_i) per convolution and, with the fault head, `h_ring` (batch, L - 1, hidden) ->
+  `resid`, `pred` (batch, F), the clean-pass heads (`Y_hat` (batch, K, F), `fault_prob` (batch, C), `rul`
+  (batch,)), `col_i` (batch x passes, channels_i): the column to store at t mod steps_i, and `h` (batch, hidden).
 - `bundle.json`: UTF-8 JSON object (at most 16 MiB, no NaN or Infinity) with exactly these keys:
 
-  schema_version   4 (3 -> 4: the clean graph takes X, M_miss, Flags and returns fault probabilities)
-  model_id         sha256 hex of "scada-tcn-bundle/4", the sha256 of each graph (in file-name order) and the
+  schema_version   5 (3 -> 4: the clean graph takes X, M_miss, Flags and returns fault probabilities;
+                   4 -> 5: per-signal scoring, the pipeline spec's repeat channels)
+  model_id         sha256 hex of "scada-tcn-bundle/5", the sha256 of each graph (in file-name order) and the
                    canonical JSON of the feature and flag registries (`compute_model_id`)
   dims             `Dims`: window L, horizon K, features F, flags R, fault classes C, receptive field RF
   dt_seconds       step of the binned series
@@ -23,18 +32,24 @@ A bundle is a directory of three files:
   scaler           `scada_tcn.runtime.scaling.RobustScaler` (its `scaled` says which columns are scaled)
   heads            `Heads`: forecast, fault, fault_multilabel, rul
   class_names      fault class names (class 0 normal); len C when the fault head is on
-  scoring          `ScoringParams`: masks "element" (passes = round(1/p_score) random patterns; groups null) or
-                   "group" (one pass per group, hidden over the whole window; p_score null); context = features
-                   that are inputs only, never hidden or scored; groups and context partition the features;
-                   halflife for recent_weighted, k for feature_topk (its per-feature levels are graph constants)
-  calibration      `scada_tcn.runtime.calibration.Calibration`
+  scoring          `ScoringParams`: kind "per_signal" or "window_mean"; masks "element" (passes =
+                   round(1/p_score) random patterns; groups null) or "group" (one pass per group, hidden over
+                   the whole window; p_score null); context = features that are inputs only, never hidden or
+                   scored; groups and context partition the features; window_mean only: aggregation, halflife
+                   for recent_weighted, k for feature_topk (its per-feature levels are graph constants)
+  signals          per_signal only (else null): `runtime.signals.SignalParams`: monitored features and their
+                   directions and centres, stuck-signal checks, skipped flags, temporal aggregation, baseline
+                   and each monitor's level
+  stream           `StreamParams` of step.onnx (passes, per convolution [channels, steps, dilation, kernel],
+                   hidden, h_ring), or null: the bundle has no step graph and is scored window by window
+  calibration      window_mean only (else null): `scada_tcn.runtime.calibration.Calibration`
   alerting         `AlertingParams`: T_on, T_off (multiples of the threshold), N_on, N_off (steps)
   fleet            `FleetParams`: relative (thresholds and alerts on the fleet-relative score), min_peers,
                    min_present_fraction (the share of present inputs a window needs to be scored at all)
   score_reference  `ScoreReference`: quantiles of validation scores, for drift checks
   feature_reference `scada_tcn.runtime.drift.DriftReference` of the validation split
   versions         `Versions`: torch, onnx, onnxruntime, package, opset, ir_version at export
-  checksums        {"clean.onnx": sha256 hex, "scoring.onnx": sha256 hex}
+  checksums        {graph file: sha256 hex} for clean.onnx, scoring.onnx and, when it streams, step.onnx
   data_fingerprint fingerprint of the prepared training data
   parity           null (export ran with --no-verify) or `ParityReport`
 
@@ -42,7 +57,7 @@ Every section is a typed record with `to_dict` / `from_dict`; `BundleContents` h
 what `dump_bundle` computes (model id, checksums) and what loading brings (path, graph bytes). `bundle.json`
 is the root of trust: the checksums cover the graphs, and the model id covers graphs and registries.
 
-Refused, with a `BundleError` that names the file, key or graph: a schema version other than 4 (older bundles:
+Refused, with a `BundleError` that names the file, key or graph: a schema version other than 5 (older bundles:
 export again); an unknown or missing key at any level; a value of the wrong type; registries, spec, scaler, dims
 and heads that disagree; a missing graph; a graph whose sha256 differs from `checksums`; a model id that does
 not match; a graph that onnxruntime cannot open or whose input/output names, types or shapes disagree with
@@ -72,12 +87,15 @@ from scada_tcn.runtime.flags import compile_rules
 from scada_tcn.runtime.pipeline import scaled_mask
 from scada_tcn.runtime.registry import FeatureRegistry, FlagRegistry
 from scada_tcn.runtime.scaling import RobustScaler
+from scada_tcn.runtime.signals import SignalParams
 from scada_tcn.runtime.spec import PipelineSpec
-from scada_tcn.runtime.vocab import ScoreAggregation, ScoreMasks, parse
+from scada_tcn.runtime.vocab import ScoreAggregation, ScoreKind, ScoreMasks, parse
 
 __all__ = [
     "BUNDLE_JSON",
     "GRAPH_FILES",
+    "StreamParams",
+    "graph_names",
     "GRAPH_INPUTS",
     "MAX_JSON_BYTES",
     "SCHEMA_VERSION",
@@ -99,14 +117,15 @@ __all__ = [
     "open_session",
 ]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 BUNDLE_JSON = "bundle.json"
-GRAPH_FILES = {"clean": "clean.onnx", "scoring": "scoring.onnx"}
-GRAPH_INPUTS = ("X", "M_miss", "Flags")  # both graphs: the windows as the pipeline writes them
+GRAPH_FILES = {"clean": "clean.onnx", "scoring": "scoring.onnx", "step": "step.onnx"}
+GRAPH_INPUTS = ("X", "M_miss", "Flags")  # the window graphs: the windows as the pipeline writes them
 MAX_JSON_BYTES = 16 * 1024 * 1024
 TOP_KEYS = (
     "schema_version", "model_id", "dims", "dt_seconds", "feature_registry", "flag_registry", "column_mapping",
-    "pipeline_spec", "scaler", "heads", "class_names", "scoring", "calibration", "alerting", "fleet",
+    "pipeline_spec", "scaler", "heads", "class_names", "scoring", "signals", "stream", "calibration", "alerting",
+    "fleet",
     "score_reference", "feature_reference", "versions", "checksums", "data_fingerprint", "parity",
 )  # fmt: skip
 _FLOAT, _INT64 = "tensor(float)", "tensor(int64)"
@@ -232,18 +251,23 @@ class Heads:
 
 @dataclass(frozen=True)
 class ScoringParams:
+    kind: ScoreKind
     masks: ScoreMasks
     p_score: float | None  # element masks only
     groups: dict[str, tuple[str, ...]] | None  # group masks only: group name -> its features
     context: tuple[str, ...]  # features that are model inputs only: never hidden, never scored
     passes: int
     seed: int
-    aggregation: ScoreAggregation
+    aggregation: ScoreAggregation | None  # window_mean only
     halflife: float | None  # recent_weighted only
     k: int | None  # feature_topk only
     topn: int
 
     def __post_init__(self) -> None:
+        if (self.kind == ScoreKind.per_signal) != (self.aggregation is None):
+            raise _fail("scoring.aggregation: required by, and only allowed with, kind 'window_mean'")
+        if self.kind == ScoreKind.per_signal and self.masks != ScoreMasks.group:
+            raise _fail("scoring: kind 'per_signal' scores one group per pass: masks must be 'group'")
         element = self.masks == ScoreMasks.element
         if element != (self.p_score is not None) or element == (self.groups is not None):
             raise _fail(
@@ -256,13 +280,14 @@ class ScoringParams:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "kind": str(self.kind),
             "masks": str(self.masks),
             "p_score": self.p_score,
             "groups": None if self.groups is None else {g: list(m) for g, m in self.groups.items()},
             "context": list(self.context),
             "passes": self.passes,
             "seed": self.seed,
-            "aggregation": str(self.aggregation),
+            "aggregation": None if self.aggregation is None else str(self.aggregation),
             "halflife": self.halflife,
             "topn": self.topn,
             "k": self.k,
@@ -270,16 +295,18 @@ class ScoringParams:
 
     @classmethod
     def from_dict(cls, d: Any) -> ScoringParams:
-        keys = ("masks", "p_score", "groups", "context", "passes", "seed", "aggregation", "halflife", "topn", "k")
+        keys = ("kind", "masks", "p_score", "groups", "context", "passes", "seed", "aggregation", "halflife", "topn",
+                "k")  # fmt: skip
         s = _Section(d, keys, "scoring")
         groups = None
         if s.raw("groups") is not None:
             g = _Section(s.typed("groups", dict), tuple(s.raw("groups")), "scoring.groups")
             groups = {str(name): g.strs(name) for name in s.raw("groups")}
         return cls(
-            masks=s.enum("masks", ScoreMasks), p_score=s.opt_num("p_score"), groups=groups,
-            context=s.strs("context"), passes=s.int("passes", 2), seed=s.int("seed"),
-            aggregation=s.enum("aggregation", ScoreAggregation), halflife=s.opt_num("halflife", 1e-12),
+            kind=s.enum("kind", ScoreKind), masks=s.enum("masks", ScoreMasks), p_score=s.opt_num("p_score"),
+            groups=groups, context=s.strs("context"), passes=s.int("passes", 2), seed=s.int("seed"),
+            aggregation=None if s.raw("aggregation") is None else s.enum("aggregation", ScoreAggregation),
+            halflife=s.opt_num("halflife", 1e-12),
             k=s.opt_int("k", 1), topn=s.int("topn", 1),
         )  # fmt: skip
 
@@ -364,6 +391,32 @@ def _parity_stats(d: Any, where: str) -> dict[str, dict[str, float]]:
 
 
 @dataclass(frozen=True)
+class StreamParams:
+    """The step graph's state (`step.onnx`, `trainer.model.streaming.StepModule`): P rows per turbine (the clean
+    pass and one per group), per convolution (channels, ring steps S = (k - 1) d, dilation d, kernel k), the
+    hidden size D and whether the fault head's ring of clean hidden states is kept."""
+
+    passes: int
+    convs: tuple[tuple[int, int, int, int], ...]
+    hidden: int
+    h_ring: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passes": self.passes, "convs": [list(c) for c in self.convs], "hidden": self.hidden,
+                "h_ring": self.h_ring}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: Any) -> StreamParams:
+        s = _Section(d, ("passes", "convs", "hidden", "h_ring"), "stream")
+        convs = s.typed("convs", list)
+        ok = all(isinstance(c, list) and len(c) == 4 and all(type(x) is int and x >= 1 for x in c) for c in convs)
+        if not convs or not ok or any(c[1] != (c[3] - 1) * c[2] for c in convs):
+            raise _fail("stream.convs: a non-empty list of [channels, steps, dilation, kernel] with steps = "
+                        "(kernel - 1) * dilation, all integers >= 1")  # fmt: skip
+        return cls(s.int("passes", 2), tuple(tuple(c) for c in convs), s.int("hidden", 1), s.typed("h_ring", bool))
+
+
+@dataclass(frozen=True)
 class ParityReport:
     """Torch vs onnxruntime at export: per output "graph/name" {max_abs, max_rel, n_bad}, overall and per case."""
 
@@ -406,7 +459,9 @@ class BundleContents:
     heads: Heads
     class_names: tuple[str, ...]
     scoring: ScoringParams
-    calibration: Calibration
+    signals: SignalParams | None  # per_signal bundles
+    stream: StreamParams | None  # per_signal bundles whose receptive field fits the window: step.onnx
+    calibration: Calibration | None  # window_mean bundles
     alerting: AlertingParams
     fleet: FleetParams
     score_reference: ScoreReference
@@ -428,7 +483,9 @@ class BundleContents:
             "heads": self.heads.to_dict(),
             "class_names": list(self.class_names),
             "scoring": self.scoring.to_dict(),
-            "calibration": self.calibration.to_dict(),
+            "signals": None if self.signals is None else self.signals.to_dict(),
+            "stream": None if self.stream is None else self.stream.to_dict(),
+            "calibration": None if self.calibration is None else self.calibration.to_dict(),
             "alerting": self.alerting.to_dict(),
             "fleet": self.fleet.to_dict(),
             "score_reference": self.score_reference.to_dict(),
@@ -459,7 +516,11 @@ class BundleContents:
             heads=Heads.from_dict(doc["heads"]),
             class_names=top.strs("class_names"),
             scoring=ScoringParams.from_dict(doc["scoring"]),
-            calibration=_nested(Calibration.from_dict, doc["calibration"], "calibration"),
+            signals=None if doc["signals"] is None else _nested(SignalParams.from_dict, doc["signals"], "signals"),
+            stream=None if doc["stream"] is None else StreamParams.from_dict(doc["stream"]),
+            calibration=None
+            if doc["calibration"] is None
+            else _nested(Calibration.from_dict, doc["calibration"], "calibration"),
             alerting=AlertingParams.from_dict(doc["alerting"]),
             fleet=FleetParams.from_dict(doc["fleet"]),
             score_reference=ScoreReference.from_dict(doc["score_reference"]),
@@ -506,6 +567,28 @@ class BundleContents:
                          "of the registry once")  # fmt: skip
             if sc.passes != len(sc.groups):
                 p.append(f"scoring.passes={sc.passes} but there are {len(sc.groups)} groups")
+        per_signal = sc.kind == ScoreKind.per_signal
+        if per_signal != (self.signals is not None) or per_signal == (self.calibration is not None):
+            p.append("signals and calibration: per_signal bundles carry signals (calibration null), window_mean "
+                     "bundles calibration (signals null)")  # fmt: skip
+        elif self.signals is not None and sc.groups is not None:
+            index = {f: i for i, members in enumerate(sc.groups.values()) for f in members}
+            want = tuple(index.get(f, -1) for f in spec.feature_names)
+            sig = self.signals.spec
+            if (sig.features, sig.groups, sig.group_of) != (tuple(spec.feature_names), tuple(sc.groups), want):
+                p.append("signals.spec: its features, groups and each feature's group differ from the registry, "
+                         "scoring.groups and context")  # fmt: skip
+            bad = [c.channel for c in sig.stuck if spec.repeat_channels[c.repeat : c.repeat + 1] != (c.channel,)]
+            if bad:
+                p.append(f"signals.spec.stuck: {bad} are not at their index of pipeline_spec.repeat_channels")
+            if not set(sig.skip_flags) <= set(spec.flag_names):
+                p.append(f"signals.spec.skip_flags {list(sig.skip_flags)} are not all flags {list(spec.flag_names)}")
+        st = self.stream
+        if st is not None:
+            want_p = None if sc.groups is None else len(sc.groups) + 1
+            if not per_signal or dims.RF > dims.L or st.passes != want_p or st.h_ring != self.heads.fault:
+                p.append(f"stream: a step graph needs a per_signal bundle with RF={dims.RF} <= L={dims.L}, passes = "
+                         f"groups + 1 ({want_p}) and h_ring exactly when the fault head is on")  # fmt: skip
         if not 1 <= sc.topn <= dims.F:
             p.append(f"scoring.topn={sc.topn} is not in [1, F={dims.F}]")
         if self.alerting.T_off > self.alerting.T_on:
@@ -539,6 +622,11 @@ class Bundle(BundleContents):
 # ----------------------------------------------------------------------------------------------- checks
 
 
+def graph_names(b: BundleContents) -> tuple[str, ...]:
+    """The graphs of this bundle: clean and scoring, and step when it streams."""
+    return ("clean", "scoring", "step") if b.stream is not None else ("clean", "scoring")
+
+
 def compute_model_id(checksums: Mapping[str, str], feature_registry: Mapping, flag_registry: Mapping) -> str:
     """sha256 over the graphs' checksums (in file-name order) and the canonical JSON of both registries."""
     h = hashlib.sha256(f"scada-tcn-bundle/{SCHEMA_VERSION}\n".encode())
@@ -556,9 +644,23 @@ def expected_graph_io(b: BundleContents, graph: str) -> tuple[list[tuple], list[
     if graph == "clean":
         shapes = {"Y_hat": [None, d.K, d.F], "fault_prob": [None, d.C], "rul": [None, 1]}
         return ins, [(n, _FLOAT, shapes[n]) for n in b.heads.clean_outputs]
+    if graph == "scoring" and b.scoring.kind == ScoreKind.per_signal:
+        return ins, [("resid", _FLOAT, [None, d.F]), ("pred", _FLOAT, [None, d.F])]
     if graph == "scoring":
         outs = [("s_now", _FLOAT, [None]), ("feat_contrib", _FLOAT, [None, d.F]),
                 ("top_idx", _INT64, [None, b.scoring.topn]), ("E", _FLOAT, [None, d.L, d.F])]  # fmt: skip
+        return ins, outs
+    if graph == "step" and b.stream is not None:
+        st = b.stream
+        ins = [("X", _FLOAT, [None, d.F]), ("M_miss", _FLOAT, [None, d.F]), ("Flags", _FLOAT, [None, d.R]),
+               ("t", _INT64, [])]  # fmt: skip
+        ins += [(f"ring_{i}", _FLOAT, [None, c, steps]) for i, (c, steps, _, _) in enumerate(st.convs)]
+        ins += [("h_ring", _FLOAT, [None, d.L - 1, st.hidden])] if st.h_ring else []
+        shapes = {"Y_hat": [None, d.K, d.F], "fault_prob": [None, d.C], "rul": [None]}
+        outs = [("resid", _FLOAT, [None, d.F]), ("pred", _FLOAT, [None, d.F])]
+        outs += [(n, _FLOAT, shapes[n]) for n in b.heads.clean_outputs]
+        outs += [(f"col_{i}", _FLOAT, [None, c]) for i, (c, _, _, _) in enumerate(st.convs)]
+        outs += [("h", _FLOAT, [None, st.hidden])] if st.h_ring else []
         return ins, outs
     raise BundleError(f"unknown graph {graph!r}; allowed {sorted(GRAPH_FILES)}")
 
@@ -572,6 +674,10 @@ def _check_io(sess: ort.InferenceSession, b: BundleContents, graph: str) -> None
         if got_names != want_names:
             raise BundleError(f"{file}: {kind} names {got_names} differ from the expected {want_names}")
         for a, (name, typ, shape) in zip(got_args, want):
+            if shape == []:  # a scalar (the step graph's step index)
+                if a.type != typ or list(a.shape) != []:
+                    raise BundleError(f"{file}: {kind} {name!r} is {a.type} {list(a.shape)}, expected a {typ} scalar")
+                continue
             batch_ok = len(a.shape) >= 1 and not isinstance(a.shape[0], int)
             if a.type != typ or len(a.shape) != len(shape) or not batch_ok or list(a.shape[1:]) != shape[1:]:
                 shown = ["batch"] + shape[1:]
@@ -613,7 +719,8 @@ def _parse(doc: dict[str, Any], path: Path, graphs: dict[str, bytes]) -> Bundle:
     """Validate a bundle.json document (whose schema version was checked) and build the Bundle."""
     _Section(doc, TOP_KEYS, "<top level>")
     contents = BundleContents.from_dict(doc)
-    checksums = _Section(doc["checksums"], tuple(sorted(GRAPH_FILES.values())), "checksums").d
+    files = tuple(sorted(GRAPH_FILES[g] for g in graph_names(contents)))
+    checksums = _Section(doc["checksums"], files, "checksums").d
     for k, v in checksums.items():
         if not isinstance(v, str) or len(v) != 64 or any(c not in "0123456789abcdef" for c in v):
             raise _fail(f"checksums.{k}: expected a lowercase sha256 hex digest, got {v!r}")
@@ -650,13 +757,15 @@ def load_bundle(path: str | Path, check_graphs: bool = True) -> Bundle:
             "export the model again with a scada-export of the same release as this runtime"
         )
     graphs: dict[str, bytes] = {}
-    for graph, file in GRAPH_FILES.items():
-        gpath = path / file
+    names = ("clean", "scoring", "step") if doc.get("stream") is not None else ("clean", "scoring")
+    for graph in names:
+        gpath = path / GRAPH_FILES[graph]
         if not gpath.is_file():
-            raise BundleError(f"{file}: graph file missing from {path}")
+            raise BundleError(f"{GRAPH_FILES[graph]}: graph file missing from {path}")
         graphs[graph] = gpath.read_bytes()
     b = _parse(doc, path, graphs)
-    for graph, file in GRAPH_FILES.items():
+    for graph in graph_names(b):
+        file = GRAPH_FILES[graph]
         actual = hashlib.sha256(graphs[graph]).hexdigest()
         if actual != b.checksums[file]:
             raise BundleError(
@@ -664,7 +773,7 @@ def load_bundle(path: str | Path, check_graphs: bool = True) -> Bundle:
                 "the graph was modified after export"
             )
     if check_graphs:
-        for graph in GRAPH_FILES:
+        for graph in graph_names(b):
             open_session(b, graph, optimize=False)
     return b
 
@@ -676,10 +785,10 @@ def dump_bundle(out_dir: str | Path, graphs: Mapping[str, bytes], contents: Bund
     is written last, atomically.
     """
     out = Path(out_dir)
-    if sorted(graphs) != sorted(GRAPH_FILES):
-        raise BundleError(f"dump_bundle: graphs must be exactly {sorted(GRAPH_FILES)}, got {sorted(graphs)}")
     if not isinstance(contents, BundleContents):
         raise BundleError(f"dump_bundle: contents must be a BundleContents, got {type(contents).__name__}")
+    if sorted(graphs) != sorted(graph_names(contents)):
+        raise BundleError(f"dump_bundle: graphs must be exactly {sorted(graph_names(contents))}, got {sorted(graphs)}")
     checksums = {GRAPH_FILES[g]: hashlib.sha256(graphs[g]).hexdigest() for g in sorted(graphs)}
     body = json.loads(json.dumps(contents.to_dict(), allow_nan=False))  # plain JSON types, as the loader sees them
     model_id = compute_model_id(checksums, body["feature_registry"], body["flag_registry"])

@@ -435,11 +435,11 @@ def run(cfg: RuntimeConfig, bundle_dir: str) -> int:
     import signal
 
     from scada_tcn.runtime.bundle import load_bundle
-    from scada_tcn.runtime.scorer import OnnxScorer
+    from scada_tcn.runtime.stream import make_scorer
 
     setup_logging(cfg.log_level)
     bundle = load_bundle(bundle_dir)
-    scorer = OnnxScorer(bundle, cfg.compute.intra_op_threads, cfg.compute.inter_op_threads)
+    scorer = make_scorer(bundle, cfg.compute.engine, cfg.compute.intra_op_threads, cfg.compute.inter_op_threads)
     daemon = Daemon(cfg, bundle, scorer)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: daemon.request_stop())

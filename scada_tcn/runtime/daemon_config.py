@@ -103,6 +103,11 @@ class QueuesCfg:
 
 @dataclass(frozen=True)
 class ComputeCfg:
+    engine: str = _f(
+        "auto",
+        "auto | stream | window: stream runs the bundle's step graph (one step per turbine, layer state kept), "
+        "window re-scores each turbine's L-step window; auto streams when the bundle has a step graph",
+    )
     intra_op_threads: int = _f(1, "onnxruntime intra-op threads")
     inter_op_threads: int = _f(1, "onnxruntime inter-op threads")
     max_batch: int = _f(128, "windows per graph call at most (bounds the memory of one scoring call)")
@@ -278,6 +283,8 @@ def _problems(c: RuntimeConfig) -> list[str]:
     ):
         if not v >= 0 or v == float("inf"):
             p.append(f"{key}: must be a finite number >= 0, got {v}")
+    if c.compute.engine not in ("auto", "stream", "window"):
+        p.append(f"compute.engine: one of auto, stream, window; got {c.compute.engine!r}")
     if c.compute.tick_s <= 0 or c.health.status_interval_s <= 0:
         p.append("compute.tick_s and health.status_interval_s must be > 0")
     if c.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -50,10 +50,18 @@ from scada_tcn.runtime.records import (
     WarmupRecord,
     dumps,
 )
+from scada_tcn.runtime.scorer import ScoreBatch
+from scada_tcn.runtime.signals import SignalTracker
+from scada_tcn.runtime.stream import StreamScorer
 from scada_tcn.runtime.telemetry import Sample
-from scada_tcn.runtime.windows import enough_present, present_fraction
+from scada_tcn.runtime.windows import enough_present
 
 __all__ = ["Engine", "Output"]
+
+
+def _num(x: float) -> float | None:
+    """A finite float, or None (published as null) for an undefined value."""
+    return float(x) if np.isfinite(x) else None
 
 
 class Output(NamedTuple):
@@ -65,10 +73,20 @@ class Output(NamedTuple):
 
 
 class _Waiting(NamedTuple):
-    """A fleet-relative step waiting for its peers: the record (a scored one is a peer) and the turbine's slot."""
+    """A step waiting for the rest of the fleet: the record (a scored one is a peer), the turbine's slot and, for
+    per-signal bundles, the newest step's inputs of the tracker: residuals, presence and predictions (F,) of a
+    scored window (None otherwise), its repeat codes (S,) and flags (R,)."""
 
     record: ScoreRecord | InsufficientDataRecord
     slot: int
+    resid: np.ndarray | None = None
+    present: np.ndarray | None = None
+    pred: np.ndarray | None = None
+    repeat: np.ndarray | None = None
+    flags: np.ndarray | None = None
+
+
+_WAITING_ARRAYS = ("resid", "present", "pred", "repeat", "flags")
 
 
 class Engine:
@@ -97,20 +115,26 @@ class Engine:
         self.flag_names = list(spec.flag_names)
         self.class_names = list(bundle.class_names)
         self.min_present = float(bundle.fleet.min_present_fraction)
-        self.fleet = Fleet(spec, bundle.scaler, self.L, grace_seconds, max_turbines)
+        self.streams = isinstance(scorer, StreamScorer)  # the step graph: every closed step advances the layer state
+        self.fleet = Fleet(spec, bundle.scaler, self.L, grace_seconds, max_turbines, windows=not self.streams)
+        self._stepped: dict[int, tuple[np.ndarray, ...]] = {}  # streaming: id(step) -> its outputs, until scored
         a = bundle.alerting
         self.alerts = AlertState(T_on=a.T_on, T_off=a.T_off, N_on=a.N_on, N_off=a.N_off)
         self._check_thresholds()
         ref = bundle.score_reference
         self.drift = ScoreDriftMonitor(ref.levels, ref.values, drift_window)  # fleet-wide score distribution
         self._scored_once: set[str] = set()
-        self._relative = bool(bundle.fleet.relative)
+        self._signals = SignalTracker.from_params(bundle.signals) if bundle.signals is not None else None
+        self._relative = bool(bundle.fleet.relative) or self._signals is not None  # steps wait for the fleet
         self._pending: dict[int, list[_Waiting]] = {}  # fleet-relative: step end -> records awaiting peers
+        self._signal_inputs: dict[int, tuple[np.ndarray, ...]] = {}  # per-signal: record id -> resid, present, pred
         self._center = np.asarray(bundle.scaler.center, dtype=np.float64)
         self._scale = np.asarray(bundle.scaler.scale, dtype=np.float64)
 
     def _check_thresholds(self) -> None:
         cal = self.bundle.calibration
+        if cal is None:  # per-signal: the levels were checked by the bundle's loader (finite, > 0)
+            return
         values = {"global": cal.global_threshold, **cal.per_turbine, **cal.per_regime, **cal.per_turbine_regime}
         bad = {k: v for k, v in values.items() if not v > 0}
         if bad:
@@ -130,8 +154,10 @@ class Engine:
 
         Fleet-relative: records of steps the whole fleet has closed are released; `final` releases all."""
         steps = self.fleet.drain()
-        ready = [s for s in steps if s.window is not None]
-        present = present_fraction(np.stack([s.window.M_miss for s in ready])) if ready else np.zeros(0)
+        if self.streams:
+            self._advance(steps)
+        ready = [s for s in steps if s.ready]
+        present = np.array([s.present for s in ready], dtype=np.float64)
         ok = enough_present(present, self.min_present)
         before = self.alerts.get()  # an insufficient step holds its turbine's latest state, walked forward below
         held = {s.slot: bool(before[s.slot]) if s.slot < before.size else False for s in steps}
@@ -139,7 +165,7 @@ class Engine:
         out: list[Output] = []
         r = 0
         for s in steps:  # per turbine in time order, so `held` walks each turbine's states forward
-            if s.window is None:
+            if not s.ready:
                 rec = WarmupRecord(s.turbine, s.end_ns, self.dt_ns, self.bundle.model_id, s.n_steps, self.L,
                                    s.missing_now)  # fmt: skip
                 out.append(Output("score", s.turbine, s.end_ns, dumps(rec.to_dict()), False))
@@ -152,13 +178,35 @@ class Engine:
                                              float(present[r - 1]), self.min_present, held[s.slot],
                                              s.missing_now)  # fmt: skip
             if self._relative:
-                self._pending.setdefault(s.end_ns, []).append(_Waiting(rec, s.slot))
+                extra: tuple[Any, ...] = ()
+                if self._signals is not None:
+                    extra = (*self._signal_inputs.pop(id(rec), (None, None, None)), s.repeat_now, s.rows.Flags)
+                self._pending.setdefault(s.end_ns, []).append(_Waiting(rec, s.slot, *extra))
                 continue
             held[s.slot] = rec.alert
             out.extend(self._outputs(rec))
+        self._stepped.clear()
         if self._relative:
-            out.extend(self._release(final))
+            out.extend(self._release_signals(final) if self._signals is not None else self._release(final))
         return out
+
+    def _advance(self, steps: list[Step]) -> None:
+        """Streaming: run the step graph over every closed step (warm-up and insufficient ones too: the layer
+        state must see every step), one call per step end (each turbine's steps in time order)."""
+        ends = np.array([s.end_ns for s in steps], dtype=np.int64)
+        for end in np.unique(ends):
+            group = [steps[i] for i in np.flatnonzero(ends == end)]
+            group.sort(key=lambda s: s.slot)
+            slots = np.array([s.slot for s in group], dtype=np.int64)
+            X = np.stack([s.rows.X for s in group])
+            M = np.stack([s.rows.M_miss for s in group]).astype(np.float32)
+            Flags = np.stack([s.rows.Flags for s in group])
+            t0 = time.perf_counter()
+            res = self.scorer.step(slots, int(end) // self.dt_ns, X, M, Flags)
+            if self.on_inference is not None:
+                self.on_inference(time.perf_counter() - t0, len(group))
+            for b, s in enumerate(group):
+                self._stepped[id(s)] = tuple(None if a is None else a[b] for a in res)
 
     def _score(self, steps: list[Step]) -> list[ScoreRecord]:
         """Score `steps` (chunks of max_batch); without fleet-relative scores, also advance their alert states."""
@@ -184,22 +232,34 @@ class Engine:
         ]
 
     def _score_chunk(self, steps: list[Step]) -> list[ScoreRecord]:
-        X = np.stack([s.window.X for s in steps])  # (B, L, F)
-        M = np.stack([s.window.M_miss for s in steps]).astype(np.float32)  # the graphs take float32
-        Flags = np.stack([s.window.Flags for s in steps])  # (B, L, R)
-        t0 = time.perf_counter()
-        res = self.scorer.score(X, M, Flags)
-        if self.on_inference is not None:
-            self.on_inference(time.perf_counter() - t0, len(steps))
-        regimes = regime_of(Flags[:, -1, :], self.flag_names)
-        s_now = np.asarray(res.s_now, dtype=np.float64)
-        self.drift.update_many(s_now)
-        missing = 1.0 - present_fraction(M)
+        if self.streams:  # already computed by `_advance`, step by step
+            outs = [self._stepped[id(s)] for s in steps]
+            parts = [None if outs[0][k] is None else np.stack([o[k] for o in outs]) for k in range(5)]
+            res = ScoreBatch(Y_hat=parts[2], fault_prob=parts[3], rul=parts[4], resid=parts[0], pred=parts[1])
+        else:
+            X = np.stack([s.window.X for s in steps])  # (B, L, F)
+            M = np.stack([s.window.M_miss for s in steps]).astype(np.float32)  # the graphs take float32
+            Flags = np.stack([s.window.Flags for s in steps])  # (B, L, R)
+            t0 = time.perf_counter()
+            res = self.scorer.score(X, M, Flags)
+            if self.on_inference is not None:
+                self.on_inference(time.perf_counter() - t0, len(steps))
+        newest_flags = np.stack([s.rows.Flags for s in steps])
+        newest_present = np.stack([s.rows.M_miss for s in steps]) > 0
+        regimes = regime_of(newest_flags, self.flag_names)
+        per_signal = self._signals is not None
+        s_now = np.full(len(steps), np.nan) if per_signal else np.asarray(res.s_now, dtype=np.float64)
+        if not per_signal:
+            self.drift.update_many(s_now)
+        missing = 1.0 - np.array([s.present for s in steps], dtype=np.float64)
         out = []
         for b, (s, regime) in enumerate(zip(steps, regimes)):
-            thr, source = self.bundle.calibration.threshold_for(s.turbine, regime)
-            contrib = np.asarray(res.feat_contrib[b], dtype=np.float64)
-            top = tuple((self.feature_names[int(j)], float(contrib[int(j)])) for j in res.top_idx[b])
+            if per_signal:  # the levels apply when the fleet's step is released (`_release_signals`)
+                thr, source, top = 1.0, "", ()
+            else:
+                thr, source = self.bundle.calibration.threshold_for(s.turbine, regime)
+                contrib = np.asarray(res.feat_contrib[b], dtype=np.float64)
+                top = tuple((self.feature_names[int(j)], float(contrib[int(j)])) for j in res.top_idx[b])
             fault = None
             if res.fault_prob is not None and self.class_names:
                 fault = {c: float(p) for c, p in zip(self.class_names, res.fault_prob[b])}
@@ -212,8 +272,57 @@ class Engine:
                 s.turbine, s.end_ns, self.dt_ns, self.bundle.model_id, score=float(s_now[b]), threshold=float(thr),
                 threshold_source=source, regime=regime, alert=False, top_features=top, fault_probs=fault,
                 forecast=forecast, rul=rul, missing_fraction=float(missing[b]), missing_now=s.missing_now,
-                relative=self._relative,
+                relative=self._relative and not per_signal,
             ))  # fmt: skip
+            if per_signal:
+                self._signal_inputs[id(out[-1])] = (np.asarray(res.resid[b], np.float64), newest_present[b],
+                                                    np.asarray(res.pred[b], np.float64))  # fmt: skip
+        return out
+
+    def _release_signals(self, final: bool) -> list[Output]:
+        """Per-signal bundles: the tracker, the levels and the alert steps of the fleet's closed steps, in order."""
+        assert self._signals is not None
+        sp = self._signals.spec
+        limit = self.fleet.open_from()
+        groups, monitors, F = list(sp.groups), sp.monitor_names, len(self.feature_names)
+        out: list[Output] = []
+        for end in sorted(e for e in self._pending if final or limit is None or e < limit):
+            group = self._pending.pop(end)
+            slots = np.array([w.slot for w in group], dtype=np.int64)
+            scored = np.array([w.resid is not None for w in group], dtype=bool)
+            resid, pred = (np.stack([getattr(w, k) if w.resid is not None else np.zeros(F) for w in group])
+                           for k in ("resid", "pred"))  # fmt: skip
+            present = np.stack([w.present if w.present is not None else np.zeros(F, bool) for w in group])
+            flags = np.stack([w.flags for w in group])
+            skip = sp.skip_mask(flags, self.flag_names)
+            st = self._signals.step(slots, [w.record.turbine for w in group], resid, present, pred, scored,
+                                    np.stack([w.repeat for w in group]), skip)  # fmt: skip
+            has = np.isfinite(st.score)
+            self.drift.update_many(st.score[has])
+            turned_on, turned_off = np.zeros(len(group), bool), np.zeros(len(group), bool)
+            if has.any():
+                tr = self.alerts.step(slots[has], st.score[has], np.ones(int(has.sum())))
+                turned_on[has], turned_off[has] = tr.turned_on, tr.turned_off
+            states = self.alerts.get()
+            for b, w in enumerate(group):
+                held = bool(states[w.slot]) if w.slot < states.size else False
+                if not isinstance(w.record, ScoreRecord):
+                    out.extend(self._outputs(dataclasses.replace(w.record, alert=held)))
+                    continue
+                order = np.argsort(-np.nan_to_num(st.group_ratio[b], nan=-np.inf), kind="stable")
+                detail = tuple(
+                    {"group": groups[j], "ratio": _num(st.group_ratio[b, j]), "value": _num(st.value[b, m]),
+                     "level": float(st.level[b, m]), "signal": monitors[m]}
+                    for j in order if (m := int(st.group_top[b, j])) >= 0
+                )  # fmt: skip
+                topn = tuple((f"{d['group']}:{d['signal']}", d["ratio"]) for d in detail[: self.bundle.scoring.topn])
+                source = self._signals.levels.for_turbine(w.record.turbine)[1] if self._signals.levels else ""
+                rec = dataclasses.replace(
+                    w.record, score=_num(st.score[b]), threshold=1.0, threshold_source=source, alert=held,
+                    top_features=topn, groups=detail, regime="skipped" if skip[b] else w.record.regime,
+                    turned="on" if turned_on[b] else "off" if turned_off[b] else None,
+                )  # fmt: skip
+                out.extend(self._outputs(rec))
         return out
 
     def _release(self, final: bool) -> list[Output]:
@@ -270,7 +379,8 @@ class Engine:
             for w in self._pending[end]:
                 kind = "ok" if isinstance(w.record, ScoreRecord) else "insufficient"
                 rec = w.record.state_dict() if kind == "ok" else dataclasses.asdict(w.record)
-                pending.append({"kind": kind, "record": rec, "slot": w.slot})
+                item = {"kind": kind, "record": rec, "slot": w.slot} | {k: getattr(w, k) for k in _WAITING_ARRAYS}
+                pending.append(item)
         return {
             "model_id": self.bundle.model_id,
             "fleet": self.fleet.state_dict(),
@@ -278,11 +388,13 @@ class Engine:
             "drift": self.drift.state_dict(),
             "scored_once": sorted(self._scored_once),
             "pending": pending,
+            "signals": None if self._signals is None else self._signals.state_dict(),
+            "stream": self.scorer.state_dict() if self.streams else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from `state_dict()`; refuses the state of another model (its features and scores differ)."""
-        keys = {"model_id", "fleet", "alerts", "drift", "scored_once", "pending"}
+        keys = {"model_id", "fleet", "alerts", "drift", "scored_once", "pending", "signals", "stream"}
         if not isinstance(state, dict) or set(state) != keys:
             raise ValueError(f"Engine.load_state_dict: not an engine state (keys {sorted(keys)})")
         if state["model_id"] != self.bundle.model_id:
@@ -292,19 +404,40 @@ class Engine:
             )
         pending: dict[int, list[_Waiting]] = {}
         for item in state["pending"]:
-            if not isinstance(item, dict) or set(item) != {"kind", "record", "slot"}:
+            if not isinstance(item, dict) or set(item) != {"kind", "record", "slot", *_WAITING_ARRAYS}:
                 raise ValueError("Engine.load_state_dict: a waiting fleet-relative record lacks its fields")
             cls = ScoreRecord.from_state_dict if item["kind"] == "ok" else lambda d: InsufficientDataRecord(**d)
             try:
                 rec = cls(item["record"])
             except (TypeError, ValueError, KeyError) as e:
                 raise ValueError(f"Engine.load_state_dict: a waiting record is malformed: {e}") from e
-            pending.setdefault(rec.end_ns, []).append(_Waiting(rec, int(item["slot"])))
+            arrays = [None if item[k] is None else np.asarray(item[k]) for k in _WAITING_ARRAYS]
+            pending.setdefault(rec.end_ns, []).append(_Waiting(rec, int(item["slot"]), *arrays))
         self.fleet.load_state_dict(state["fleet"])
         self.alerts.load_state_dict(state["alerts"])
         self.drift.load_state_dict(state["drift"])
         self._scored_once = set(state["scored_once"])
         self._pending = pending
+        if self._signals is not None:
+            self._signals.load_state_dict(state["signals"])
+        if self.streams:
+            if state["stream"] is None:
+                raise ValueError("Engine.load_state_dict: the state was saved by the window engine; this one streams")
+            self.scorer.load_state_dict(state["stream"])
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        """Streaming: every turbine's layer state from the last L steps the fleet keeps (exact: the receptive field
+        fits the window), turbines with the same history length and last step rebuilt together."""
+        groups: dict[tuple[int, int], list[tuple[int, Any]]] = {}
+        for name in self.fleet.turbines:
+            window, n, last = self.fleet.window_of(name)
+            if n:
+                groups.setdefault((len(window.X), last), []).append((self.fleet.slot_of(name), window))
+        for (_, last), items in groups.items():
+            slots = np.array([slot for slot, _ in items], dtype=np.int64)
+            X, M, Fl = (np.stack([getattr(w, f) for _, w in items]) for f in ("X", "M_miss", "Flags"))
+            self.scorer.rebuild(slots, last // self.dt_ns, X, M.astype(np.float32), Fl)
 
     def score_drift(self) -> dict[str, Any]:
         """KS distance of the recent scores from the bundle's validation-score quantiles (None before any score)."""

@@ -7,10 +7,12 @@ Contract
   every bin whose end + grace has passed on the wall clock, empty ones included (gaps become missing values).
 * Each closed bin goes through the turbine's `StreamPreprocessor` (the same math as scada-prepare: winsor caps,
   features, masks, flags, the bundle's scaler and fill value) into a ring buffer of the last L steps.
-* Every closed step becomes a `Step` in `drain()`, in closing order (per turbine in time order): with the window
-  (X (L, F) float32, M_miss (L, F) uint8, Flags (L, R) float32, copies) once the turbine has L steps, and
-  `window=None` while it warms up. Steps are never emitted twice: a closed bin never reopens (late samples are
-  counted in `late_dropped` and dropped).
+* Every closed step becomes a `Step` in `drain()`, in closing order (per turbine in time order): the step's own
+  model-input rows, the present fraction of its L-step window (NaN while the turbine has fewer than L steps) and,
+  when the fleet is built with `windows=True` (the window engine), the window itself (X (L, F) float32, M_miss
+  (L, F) uint8, Flags (L, R) float32, copies) once the turbine has L steps (`window=None` before). Steps are never
+  emitted twice: a closed bin never reopens (late samples are counted in `late_dropped` and dropped).
+  `window_of(turbine)` copies a turbine's current window out of the ring (the streaming engine's restart).
 * Turbines get slots 0, 1, ... in order of first sample; at most `max_turbines` (ValueError beyond: the caller
   checks `has_room` first). `state_dict()` / `load_state_dict()` carry plain data per turbine.
 Caller arrays are never modified.
@@ -44,7 +46,15 @@ class Step(NamedTuple):
     end_ns: int  # bin label (end of the step), ns UTC
     n_steps: int  # steps this turbine has closed so far, this one included
     missing_now: float  # share of missing features at this step
-    window: Window | None  # None while warming up (n_steps < L)
+    window: Window | None  # None while warming up (n_steps < L) or when the fleet keeps no windows
+    repeat_now: np.ndarray  # (S,) uint8 exact-repeat codes of the spec's repeat_channels at this step
+    rows: Window  # this step's own rows: X (F,), M_miss (F,), Flags (R,)
+    present: float  # present fraction of the L-step window ending here; NaN while n_steps < L
+
+    @property
+    def ready(self) -> bool:
+        """The turbine has L steps: the step has a whole window behind it."""
+        return not np.isnan(self.present)
 
 
 @dataclass
@@ -56,12 +66,22 @@ class _Turbine:
     M: np.ndarray
     Flags: np.ndarray
     n_steps: int = 0
+    present: int = 0  # present elements in the ring
+    last_end: int = 0  # end of the latest closed step, ns
 
 
 class Fleet:
     """Streaming state of every turbine; see the module docstring."""
 
-    def __init__(self, spec: PipelineSpec, scaler: RobustScaler, L: int, grace_seconds: float, max_turbines: int):
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        scaler: RobustScaler,
+        L: int,
+        grace_seconds: float,
+        max_turbines: int,
+        windows: bool = True,
+    ):
         if isinstance(L, bool) or not isinstance(L, int) or L < 1:
             raise ValueError(f"Fleet: L must be an integer >= 1, got {L!r}")
         if isinstance(max_turbines, bool) or not isinstance(max_turbines, int) or max_turbines < 1:
@@ -71,6 +91,7 @@ class Fleet:
         self.L = L
         self.grace_seconds = grace_seconds
         self.max_turbines = max_turbines
+        self.windows = windows
         BinAccumulator(spec, grace_seconds)  # validates grace and the spec's binning once, here
         self._turbines: dict[str, _Turbine] = {}
         self._pending: list[Step] = []
@@ -136,18 +157,33 @@ class Fleet:
         self._emit(turbine, t, t.acc.close_until(now_ns))
 
     def _emit(self, name: str, t: _Turbine, closed: list[ClosedBin]) -> None:
+        LF = self.L * self.spec.n_features
         for b in closed:
             rows = t.pre.step(b.values)
             i = t.n_steps % self.L
+            t.present += int(rows.M_miss.sum()) - int(t.M[i].sum())
             t.X[i], t.M[i], t.Flags[i] = rows.X, rows.M_miss, rows.Flags
             t.n_steps += 1
-            window = None
-            if t.n_steps >= self.L:
-                order = (np.arange(self.L) + t.n_steps) % self.L  # oldest first
-                window = Window(t.X[order], t.M[order], t.Flags[order])
+            t.last_end = int(b.end_ns)
+            ready = t.n_steps >= self.L
+            window = self._window(t) if ready and self.windows else None
             missing_now = float(1.0 - rows.M_miss.mean()) if rows.M_miss.size else 0.0
-            self._pending.append(Step(name, t.slot, int(b.end_ns), t.n_steps, missing_now, window))
+            present = t.present / LF if ready and LF else (1.0 if ready else float("nan"))
+            own = Window(rows.X, rows.M_miss, rows.Flags)
+            self._pending.append(Step(name, t.slot, int(b.end_ns), t.n_steps, missing_now, window, rows.Repeat, own,
+                                      present))  # fmt: skip
         self.bins_closed += len(closed)
+
+    def _window(self, t: _Turbine) -> Window:
+        order = (np.arange(self.L) + t.n_steps) % self.L  # oldest first
+        return Window(t.X[order], t.M[order], t.Flags[order])
+
+    def window_of(self, turbine: str) -> tuple[Window, int, int]:
+        """(the turbine's last min(n_steps, L) rows, oldest first, as a Window; n_steps; end of its last step)."""
+        t = self._turbines[turbine]
+        w = self._window(t)
+        k = min(t.n_steps, self.L)
+        return Window(w.X[self.L - k :], w.M_miss[self.L - k :], w.Flags[self.L - k :]), t.n_steps, t.last_end
 
     def drain(self) -> list[Step]:
         """The steps closed since the last drain, in closing order; the pending list is emptied."""
@@ -166,6 +202,7 @@ class Fleet:
                     "M": t.M.copy(),
                     "Flags": t.Flags.copy(),
                     "n_steps": t.n_steps,
+                    "last_end": t.last_end,
                 }
                 for name, t in self._turbines.items()
             ],
@@ -187,4 +224,6 @@ class Fleet:
                     raise ValueError(f"Fleet.load_state_dict: {key} of {d['name']!r} has shape {arr.shape}")
                 setattr(t, key, arr.copy())
             t.n_steps = int(d["n_steps"])
+            t.last_end = int(d["last_end"])
+            t.present = int(t.M.sum())
         self.bins_closed = int(state["bins_closed"])

@@ -12,7 +12,9 @@ stream). Steps, in this order and with the same functions in both adapters:
 3. robust scaling (`runtime.scaling`), then the fill value where M == 0, only after the mask is
    fixed, so a filled value never hides a missing one: X == spec.fill_value exactly where M == 0.
 
-Outputs `ModelInputs(X float32, M_miss uint8 (1 = present, 0 = missing), Flags float32)`. Causal:
+Outputs `ModelInputs(X float32, M_miss uint8 (1 = present, 0 = missing), Flags float32, Repeat uint8)`;
+Repeat holds the exact-repeat codes of `spec.repeat_channels` on the binned values before the caps
+(`runtime.repeats`; not a model input: the stuck-signal check reads it). Causal:
 row t depends on rows <= t only. Refused: a scaler whose feature names differ from the spec's
 (ScalerError), finishing without a scaler (ScalerError), a mask that disagrees with E's NaNs or has
 the wrong shape or values (InputError), raw input of the wrong shape or dtype (InputError).
@@ -29,6 +31,7 @@ from scada_tcn.runtime.errors import InputError, ScalerError
 from scada_tcn.runtime.features import FeatureState, build_features
 from scada_tcn.runtime.flags import compile_rules
 from scada_tcn.runtime.qc import apply_winsor
+from scada_tcn.runtime.repeats import repeat_codes
 from scada_tcn.runtime.scaling import RobustScaler
 from scada_tcn.runtime.spec import PipelineSpec
 
@@ -37,11 +40,13 @@ __all__ = ["ModelInputs", "Preprocessor", "StreamPreprocessor", "scaled_mask"]
 
 @dataclass(frozen=True)
 class ModelInputs:
-    """X float32, M_miss uint8 (1 = present), Flags float32: (T, F), (T, F), (T, R) or one row each."""
+    """X float32, M_miss uint8 (1 = present), Flags float32, Repeat uint8: (T, F), (T, F), (T, R), (T, S) or one
+    row each."""
 
     X: np.ndarray
     M_miss: np.ndarray
     Flags: np.ndarray
+    Repeat: np.ndarray
 
 
 def scaled_mask(spec: PipelineSpec) -> np.ndarray:
@@ -75,6 +80,12 @@ class Preprocessor:
                 f"  scaler: {list(scaler.feature_names)}\n  spec:   {list(spec.feature_names)}"
             )
         self.flags = compile_rules(spec)
+        self.repeat_idx = [spec.channels.index(c) for c in spec.repeat_channels]
+
+    def repeats(self, binned: np.ndarray, prev: np.ndarray | None = None) -> np.ndarray:
+        """binned (T, C) -> exact-repeat codes (T, S) of `spec.repeat_channels` (`prev`: the row before)."""
+        binned = _check_binned(binned, self.spec, 2, "Preprocessor.repeats")
+        return repeat_codes(binned[:, self.repeat_idx], None if prev is None else prev[self.repeat_idx])
 
     def engineer(self, binned: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """binned (T, C) -> (E (T, F) float64 NaN-missing, M (T, F) uint8 1=present, Flags (T, R) float32)."""
@@ -104,13 +115,14 @@ class Preprocessor:
     def transform(self, binned: np.ndarray) -> ModelInputs:
         """engineer then finish: binned (T, C) -> ModelInputs (T, F), (T, F), (T, R)."""
         E, M, Flags = self.engineer(binned)
-        return ModelInputs(self.finish(E, M), M, Flags)
+        return ModelInputs(self.finish(E, M), M, Flags, self.repeats(binned))
 
 
 class StreamPreprocessor:
     """Incremental composition, one binned row per step; equal to `Preprocessor.transform` row by row.
 
-    State lives in a FeatureState (previous base row, rolling ring buffer); a fresh object is the reset.
+    State lives in a FeatureState (previous base row, rolling ring buffer) and the previous binned row (for the
+    repeat codes); a fresh object is the reset.
     """
 
     def __init__(self, spec: PipelineSpec, scaler: RobustScaler) -> None:
@@ -120,6 +132,7 @@ class StreamPreprocessor:
             raise ScalerError("StreamPreprocessor needs a fitted scaler (the one saved by scada-prepare)")
         self._batch = Preprocessor(spec, scaler)
         self._features = FeatureState(spec)
+        self._prev = np.full(len(spec.channels), np.nan)
 
     def step(self, binned_row: np.ndarray) -> ModelInputs:
         """binned_row (C,) -> ModelInputs of one row: X (F,) float32, M_miss (F,) uint8, Flags (R,) float32."""
@@ -127,15 +140,21 @@ class StreamPreprocessor:
         capped = apply_winsor(row[None, :], self.spec.channels, self.spec.winsor_caps)
         e, m = self._features.step(capped[0])
         X = self._batch.finish(e[None, :], m[None, :])[0]
-        return ModelInputs(X, m, self._batch.flags.evaluate(row[None, :])[0])
+        rep = self._batch.repeats(row[None, :], self._prev)[0]
+        self._prev = row.copy()
+        return ModelInputs(X, m, self._batch.flags.evaluate(row[None, :])[0], rep)
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain copy of the state (the feature state; winsor, flags and scaling are stateless)."""
-        return {"features": self._features.state_dict()}
+        """Plain copy of the state (the feature state and the previous binned row; the rest is stateless)."""
+        return {"features": self._features.state_dict(), "prev": self._prev.copy()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a `state_dict()` taken from a StreamPreprocessor with the same spec."""
-        if not isinstance(state, dict) or set(state) != {"features"}:
+        if not isinstance(state, dict) or set(state) != {"features", "prev"}:
             got = sorted(state) if isinstance(state, dict) else type(state).__name__
-            raise InputError(f"StreamPreprocessor.load_state_dict: expected keys ['features'], got {got}")
+            raise InputError(f"StreamPreprocessor.load_state_dict: expected keys ['features', 'prev'], got {got}")
+        prev = np.asarray(state["prev"], dtype=np.float64)
+        if prev.shape != self._prev.shape:
+            raise InputError(f"StreamPreprocessor.load_state_dict: prev must be {self._prev.shape}, got {prev.shape}")
         self._features.load_state_dict(state["features"])
+        self._prev = prev.copy()

@@ -7,8 +7,14 @@ Score topic (schema "scada-score/2"): one record per closed step of a turbine, i
                           after this step), top_features [{name, contribution}] (largest first), fault_probs
                           {class: p} | null, forecast {feature: [K values in feature units]} | null, rul | null,
                           missing_fraction (share of missing inputs in the window), missing_now (latest step)}
-                         fleet-relative bundles add fleet_score (null below min_peers peers) and peers; threshold
-                         and ratio then refer to fleet_score.
+                         Per-signal bundles: score is the largest monitor ratio (a monitored feature's aggregate
+                         or a stuck check's run over its own level; null until one is defined), threshold 1,
+                         top_features "group:signal" with the group's ratio, and groups [{group, ratio, value,
+                         level, signal}] worst first, a group's entry being its worst monitor: "gearbox 1.8x,
+                         gearbox_bearing_above_ambient" or "pitch 2.1x, stuck:pitch" (a channel repeating while
+                         the model expected it to move).
+                         Fleet-relative window-mean bundles add fleet_score (null below min_peers peers) and
+                         peers; threshold and ratio then refer to fleet_score.
     "warmup"             {schema, status, turbine, ts, seq, model_id, steps, steps_needed, missing_now}: the
                           turbine has fewer than L steps.
     "insufficient_data"  {schema, status, turbine, ts, seq, model_id, present_fraction, min_present_fraction,
@@ -123,7 +129,7 @@ class InsufficientDataRecord(_Step):
 
 @dataclass(frozen=True)
 class ScoreRecord(_Step):
-    score: float
+    score: float | None  # None: a per-signal step whose aggregates are not defined yet (no number over no data)
     threshold: float
     threshold_source: str
     regime: str
@@ -138,6 +144,7 @@ class ScoreRecord(_Step):
     fleet_score: float | None = None
     peers: int = 0
     turned: str | None = field(default=None, compare=False)  # "on" / "off" when this step changed the alert
+    groups: tuple[dict[str, Any], ...] | None = None  # per-signal: {group, ratio, value, level, signal}, worst first
 
     @property
     def ratio(self) -> float | None:
@@ -154,6 +161,8 @@ class ScoreRecord(_Step):
         }  # fmt: skip
         if self.relative:
             d |= {"fleet_score": self.fleet_score, "peers": self.peers}
+        if self.groups is not None:
+            d["groups"] = [dict(g) for g in self.groups]
         return d
 
     def state_dict(self) -> dict[str, Any]:
@@ -165,12 +174,14 @@ class ScoreRecord(_Step):
             "fault_probs": self.fault_probs, "forecast": self.forecast, "rul": self.rul,
             "missing_fraction": self.missing_fraction, "missing_now": self.missing_now, "relative": self.relative,
             "fleet_score": self.fleet_score, "peers": self.peers, "turned": self.turned,
+            "groups": None if self.groups is None else [dict(g) for g in self.groups],
         }  # fmt: skip
 
     @classmethod
     def from_state_dict(cls, d: dict[str, Any]) -> ScoreRecord:
         d = dict(d)
-        d["top_features"] = tuple((str(n), float(c)) for n, c in d["top_features"])
+        d["top_features"] = tuple((str(n), None if c is None else float(c)) for n, c in d["top_features"])
+        d["groups"] = None if d["groups"] is None else tuple(dict(g) for g in d["groups"])
         return cls(**d)
 
 

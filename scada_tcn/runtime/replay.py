@@ -185,11 +185,11 @@ def replay_file(
     """Load the bundle and replay `input_path` with the settings of `cfg` (a RuntimeConfig; None = defaults)."""
     from scada_tcn.runtime.bundle import load_bundle
     from scada_tcn.runtime.daemon_config import daemon_config_from_dict
-    from scada_tcn.runtime.scorer import OnnxScorer
+    from scada_tcn.runtime.stream import make_scorer
 
     cfg = cfg if cfg is not None else daemon_config_from_dict({})
     bundle = load_bundle(bundle_dir)
-    scorer = OnnxScorer(bundle, cfg.compute.intra_op_threads, cfg.compute.inter_op_threads)
+    scorer = make_scorer(bundle, cfg.compute.engine, cfg.compute.intra_op_threads, cfg.compute.inter_op_threads)
     engine = Engine(
         bundle,
         scorer,

@@ -28,15 +28,18 @@ __all__ = ["OnnxScorer", "ScoreBatch"]
 
 @dataclass(frozen=True)
 class ScoreBatch:
-    """Outputs for B windows; a clean-pass field is None when the bundle's model has no such head."""
+    """Outputs for B windows. Per-signal bundles fill `resid`, window-mean bundles `s_now` .. `E`; a clean-pass
+    field is None when the bundle's model has no such head."""
 
-    s_now: np.ndarray  # (B,) float32
-    feat_contrib: np.ndarray  # (B, F) float32, sums to s_now
-    top_idx: np.ndarray  # (B, topn) int64, largest contribution first
-    E: np.ndarray  # (B, L, F) float32, 0 where missing
     Y_hat: np.ndarray | None  # (B, K, F)
     fault_prob: np.ndarray | None  # (B, C): softmax, or sigmoid per class for a multilabel head
     rul: np.ndarray | None  # (B,)
+    resid: np.ndarray | None = None  # (B, F) float32: newest-step residual in normal-scale units (per_signal)
+    pred: np.ndarray | None = None  # (B, F) float32: the newest step's prediction, scaled units (per_signal)
+    s_now: np.ndarray | None = None  # (B,) float32 (window_mean)
+    feat_contrib: np.ndarray | None = None  # (B, F) float32, sums to s_now
+    top_idx: np.ndarray | None = None  # (B, topn) int64, largest contribution first
+    E: np.ndarray | None = None  # (B, L, F) float32, 0 where missing
 
 
 class OnnxScorer:
@@ -69,15 +72,7 @@ class OnnxScorer:
         """Score B windows: one call of the scoring graph and one of the clean graph."""
         self._check(X, M_miss, Flags)
         feeds = {"X": X, "M_miss": M_miss, "Flags": Flags}
-        s_now, feat_contrib, top_idx, E = self._scoring.run(None, feeds)
+        scoring = dict(zip((o.name for o in self._scoring.get_outputs()), self._scoring.run(None, feeds)))
         clean = dict(zip(self.bundle.clean_outputs, self._clean.run(None, feeds)))
         rul = clean["rul"][:, 0] if "rul" in clean else None
-        return ScoreBatch(
-            s_now=s_now,
-            feat_contrib=feat_contrib,
-            top_idx=top_idx,
-            E=E,
-            Y_hat=clean.get("Y_hat"),
-            fault_prob=clean.get("fault_prob"),
-            rul=rul,
-        )
+        return ScoreBatch(Y_hat=clean.get("Y_hat"), fault_prob=clean.get("fault_prob"), rul=rul, **scoring)

@@ -12,7 +12,8 @@ A `PipelineSpec` says everything needed to turn raw SCADA samples of one turbine
       -> engineered features and their missingness mask (angles as sin/cos, wrapped yaw error, channel
          differences such as a temperature above ambient, deltas, strict-present causal rolling mean/std)
       -> robust scaling, then the fill value where the mask says missing
-      -> flags from per-step rules over the binned channels.
+      -> flags from per-step rules over the binned channels, and the exact-repeat codes of
+         `repeat_channels` (`runtime.repeats`: the stuck-signal check's evidence).
 
 Every name list fixes an order; `feature_names` and `flag_names` are derived here and nowhere else.
 `to_dict` / `from_dict` round-trip through plain JSON types and reject unknown or missing keys.
@@ -126,6 +127,7 @@ class PipelineSpec:
     fill_value: float
     differences: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # name -> (a, b): a - b
     feature_names: tuple[str, ...] = field(default=())
+    repeat_channels: tuple[str, ...] = ()  # channels whose exact repeats feed the stuck-signal check
 
     def __post_init__(self) -> None:
         for name in ("aggregation", "valid_range", "winsor_caps", "flag_rules", "differences"):  # read-only
@@ -137,6 +139,7 @@ class PipelineSpec:
         if not math.isfinite(self.fill_value):
             raise SpecError(f"fill_value must be finite, got {self.fill_value}")
         _unique(self.channels, "channels")
+        _unique(self.repeat_channels, "repeat_channels")
         chans = set(self.channels)
         for what, names in (
             ("feature_channels", self.feature_channels),
@@ -144,6 +147,7 @@ class PipelineSpec:
             ("aggregation", tuple(self.aggregation)),
             ("valid_range", tuple(self.valid_range)),
             ("winsor_caps", tuple(self.winsor_caps)),
+            ("repeat_channels", self.repeat_channels),
         ):
             unknown = sorted(set(names) - chans)
             if unknown:
@@ -280,6 +284,7 @@ class PipelineSpec:
             "fill_value": float(self.fill_value),
             "differences": {k: list(v) for k, v in self.differences.items()},
             "feature_names": list(self.feature_names),
+            "repeat_channels": list(self.repeat_channels),
         }
 
     @classmethod
@@ -328,4 +333,5 @@ class PipelineSpec:
             fill_value=float(d["fill_value"]),
             differences={k: tuple(v) for k, v in _mapping(d, "differences").items()},
             feature_names=_names(d, "feature_names"),
+            repeat_channels=_names(d, "repeat_channels"),
         )

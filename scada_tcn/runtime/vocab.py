@@ -19,6 +19,10 @@ __all__ = [
     "BinAggregation",
     "CalibrationMethod",
     "DedupeRule",
+    "Direction",
+    "ScoreAggregator",
+    "ScoreKind",
+    "SignalBaseline",
     "RollingStat",
     "ScoreAggregation",
     "ScoreMasks",
@@ -80,6 +84,36 @@ class CalibrationMethod(StrEnum):
 
     percentile = "percentile"
     evt = "evt"
+
+
+class ScoreKind(StrEnum):
+    """What a bundle scores: the window-mean reconstruction error (one number per window, kept for comparison),
+    or per-signal residuals at the newest step with a level per signal group."""
+
+    window_mean = "window_mean"
+    per_signal = "per_signal"
+
+
+class Direction(StrEnum):
+    """Which deviation of a feature from its prediction is a fault."""
+
+    both = "both"
+    above = "above"  # a component running hot
+    below = "below"  # power lost for the wind
+
+
+class ScoreAggregator(StrEnum):
+    """Temporal aggregation of a group's deviation (`runtime.aggregators`)."""
+
+    ewma = "ewma"
+    cusum = "cusum"
+
+
+class SignalBaseline(StrEnum):
+    """What a group's deviation is taken relative to before aggregation."""
+
+    none = "none"
+    fleet = "fleet"  # minus the median of the other turbines' same group at the same step
 
 
 def allowed(enum: type[StrEnum]) -> list[str]:

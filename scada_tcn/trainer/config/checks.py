@@ -7,8 +7,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from scada_tcn.runtime.errors import ConfigError
-from scada_tcn.trainer.config.choices import FlagSourceType
-from scada_tcn.trainer.config.derive import spec_from_config
+from scada_tcn.runtime.vocab import ScoreAggregator, ScoreKind
+from scada_tcn.trainer.config.choices import FlagSourceType, ReceptiveFieldRule
+from scada_tcn.trainer.config.derive import spec_from_config, stuck_feature
 from scada_tcn.trainer.model.geometry import receptive_field, resolve_dilations
 
 if TYPE_CHECKING:
@@ -150,13 +151,62 @@ def _check_model(cfg: RootCfg) -> None:
         raise ConfigError(str(e)) from e
     if tcn.kernel_size < 2 or tcn.D < 1 or not 0.0 <= tcn.dropout < 1.0:
         raise ConfigError(f"model.tcn: need kernel_size >= 2, D >= 1, 0 <= dropout < 1; got {tcn}")
-    rfa = cfg.model.receptive_field_assert
+    rule = cfg.model.receptive_field
     rf = receptive_field(tcn.kernel_size, dil)
-    if rfa.enabled and rfa.must_cover_L and rf < w.L:
+    if rule == ReceptiveFieldRule.covers_window and rf < w.L:
         raise ConfigError(
-            f"receptive field {rf} (kernel_size={tcn.kernel_size}, dilations={dil}) is shorter than "
-            f"data.windowing.L={w.L}: add blocks (model.tcn.num_blocks) or raise kernel_size"
+            f"model.receptive_field=covers_window: receptive field {rf} (kernel_size={tcn.kernel_size}, dilations="
+            f"{dil}) is shorter than data.windowing.L={w.L}: add blocks (model.tcn.num_blocks) or raise kernel_size"
         )
+    if rule == ReceptiveFieldRule.streamable and rf > w.L:
+        raise ConfigError(
+            f"model.receptive_field=streamable: receptive field {rf} (kernel_size={tcn.kernel_size}, dilations="
+            f"{dil}) is longer than data.windowing.L={w.L}, so the edge could not stream it step by step: use fewer "
+            "blocks (model.tcn.num_blocks) or a smaller kernel_size, or set model.receptive_field=any (window "
+            "engine only)"
+        )
+
+
+def _check_signals(cfg: RootCfg) -> None:
+    if cfg.infer.score != ScoreKind.per_signal:
+        return
+    sg = cfg.infer.signals
+    if cfg.train.group_mask_prob <= 0:
+        raise ConfigError(
+            "infer.score=per_signal predicts each signal group from the others: it needs a model trained with "
+            "train.group_mask_prob > 0 (e.g. 0.5)"
+        )
+    if (sg.aggregator == ScoreAggregator.ewma) != (sg.halflife_steps is not None) or (
+        sg.halflife_steps is not None and not sg.halflife_steps > 0
+    ):
+        raise ConfigError("infer.signals.halflife_steps (> 0) is required by, and only used by, aggregator=ewma")
+    if (sg.aggregator == ScoreAggregator.cusum) != (sg.cusum_k is not None) or (
+        sg.cusum_k is not None and not sg.cusum_k >= 0
+    ):
+        raise ConfigError("infer.signals.cusum_k (>= 0) is required by, and only used by, aggregator=cusum")
+    if sg.max_gap_steps < 1 or sg.min_peers < 1 or sg.min_steps < 1 or sg.stuck_min_run < 1:
+        raise ConfigError("infer.signals.max_gap_steps, min_peers, min_steps and stuck_min_run must be >= 1")
+    if not 0.0 < sg.percentile <= 100.0:
+        raise ConfigError("infer.signals.percentile must be in (0, 100]")
+    if not (0.0 <= sg.stuck_move_quantile < 1.0 and sg.stuck_margin >= 1.0 and sg.level_margin >= 1.0):
+        raise ConfigError("infer.signals.stuck_move_quantile must be in [0, 1), stuck_margin and level_margin >= 1")
+    unknown = sorted(set(sg.skip_flags) - set(cfg.flags.flag_names))
+    if unknown:
+        raise ConfigError(f"infer.signals.skip_flags: {unknown} are not flags; flags.flag_names {cfg.flags.flag_names}")
+    spec = spec_from_config(cfg)
+    unlinked = [c for c in cfg.features.repeat_channels if stuck_feature(spec, c) is None]
+    if unlinked:
+        raise ConfigError(
+            f"features.repeat_channels: {unlinked} are neither features nor the first channel of a difference "
+            "(e.g. gearbox_oil_temp in gearbox_oil_above_ambient), so no prediction says when they should move"
+        )
+    bases = set(spec_from_config(cfg).feature_bases())
+    unknown = sorted(set(sg.unmonitored) - bases)
+    if unknown:
+        raise ConfigError(f"infer.signals.unmonitored: {unknown} are not base columns of the features; {sorted(bases)}")
+    unknown = sorted(set(sg.directions) - bases)
+    if unknown:
+        raise ConfigError(f"infer.signals.directions: {unknown} are not base columns of the features; {sorted(bases)}")
 
 
 def validate_config(cfg: RootCfg) -> None:
@@ -199,6 +249,7 @@ def validate_config(cfg: RootCfg) -> None:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+    _check_signals(cfg)
     agg = cfg.infer.aggregation
     if (agg.name == "recent_weighted") != (agg.halflife_steps is not None):
         raise ConfigError("infer.aggregation.halflife_steps is required by, and only used by, name=recent_weighted")
@@ -208,7 +259,8 @@ def validate_config(cfg: RootCfg) -> None:
     _check_channels(cfg)
     spec_from_config(cfg)  # the channels, features and flag rules, checked once by the PipelineSpec
     _check_model(cfg)
-    if cfg.train.group_mask_prob > 0 or cfg.infer.score_masks == "group" or cfg.features.context:  # used only then
+    per_signal = cfg.infer.score == ScoreKind.per_signal
+    if cfg.train.group_mask_prob > 0 or cfg.infer.score_masks == "group" or cfg.features.context or per_signal:
         from scada_tcn.trainer.config.groups import feature_groups  # imports the registry, which imports this module
 
         feature_groups(cfg)

@@ -66,6 +66,15 @@ class Dilations(StrEnum):
     explicit = "explicit"
 
 
+class ReceptiveFieldRule(StrEnum):
+    """What the model's receptive field RF must be against the window length L."""
+
+    streamable = "streamable"  # RF <= L: the window's newest step sees its whole receptive field, so the step graph
+    # (one step at a time, with layer state) equals the window graph's newest position and the edge can stream
+    covers_window = "covers_window"  # RF >= L: every output sees the whole window (window engine only)
+    any = "any"
+
+
 class Norm(StrEnum):
     none = "none"
     weight_norm = "weight_norm"

@@ -47,6 +47,7 @@ def spec_from_config(cfg: RootCfg) -> PipelineSpec:
             flag_rules=dict(cfg.flags.sources.mapping),
             fill_value=float(f.fill_value_c),
             differences={k: tuple(v) for k, v in f.differences.items()},
+            repeat_channels=tuple(f.repeat_channels),
         )
         compile_rules(spec)
     except SpecError as e:
@@ -57,6 +58,14 @@ def spec_from_config(cfg: RootCfg) -> PipelineSpec:
             f"  config:   {list(f.output_ordering.feature_names)}\n  produced: {list(spec.feature_names)}"
         )
     return spec
+
+
+def stuck_feature(spec: PipelineSpec, channel: str) -> str | None:
+    """The feature a stuck check of `channel` reads the model's expectation from: the channel itself when it is a
+    feature, else the difference it is the first term of (gearbox_oil_temp -> gearbox_oil_above_ambient)."""
+    if channel in spec.feature_names:
+        return channel
+    return next((name for name, (a, _) in spec.differences.items() if a == channel), None)
 
 
 # the PipelineSpec's field names, as the config keys they come from (a SpecError starts with the field name)
@@ -76,6 +85,7 @@ _SPEC_TO_CONFIG = {
     "flag_rules": "flags.sources.mapping",
     "flag": "flags.sources.mapping: flag",
     "feature names": "features (the feature names they produce)",
+    "repeat_channels": "features.repeat_channels",
 }
 
 

@@ -17,9 +17,13 @@ from scada_tcn.runtime.vocab import (
     BinAggregation,
     CalibrationMethod,
     DedupeRule,
+    Direction,
     RollingStat,
     ScoreAggregation,
+    ScoreAggregator,
+    ScoreKind,
     ScoreMasks,
+    SignalBaseline,
 )
 from scada_tcn.trainer.config.choices import (
     DataFormat,
@@ -32,6 +36,7 @@ from scada_tcn.trainer.config.choices import (
     LabelSource,
     Norm,
     Optimizer,
+    ReceptiveFieldRule,
     ScalerType,
     Scheduler,
     SplitMethod,
@@ -179,6 +184,8 @@ class FeaturesCfg:
     mask_groups: dict[str, list[str]] = field(default_factory=dict)
     # base columns that are model inputs only: never hidden at scoring, never scored (e.g. wind_dir: weather)
     context: list[str] = field(default_factory=list)
+    # raw channels whose exact step-to-step repeats are recorded for the stuck-signal check (runtime.repeats)
+    repeat_channels: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -197,9 +204,9 @@ class FlagsCfg:
 # ---------------------------------------------------------------- model, train, infer
 @dataclass
 class TcnCfg:
-    D: int = 64
+    D: int = 32
     kernel_size: int = 3
-    num_blocks: int = 6
+    num_blocks: int = 5
     dilations: Dilations = Dilations.powers_of_two
     dilation_list: list[int] = field(default_factory=list)
     dropout: float = 0.1
@@ -242,16 +249,10 @@ class HeadsCfg:
 
 
 @dataclass
-class RfAssertCfg:
-    enabled: bool = True
-    must_cover_L: bool = True
-
-
-@dataclass
 class ModelCfg:
     tcn: TcnCfg = field(default_factory=TcnCfg)
     heads: HeadsCfg = field(default_factory=HeadsCfg)
-    receptive_field_assert: RfAssertCfg = field(default_factory=RfAssertCfg)
+    receptive_field: ReceptiveFieldRule = ReceptiveFieldRule.streamable
 
 
 @dataclass
@@ -349,7 +350,33 @@ class FleetCfg:
 
 
 @dataclass
+class SignalsCfg:
+    """Per-signal scoring (infer.score=per_signal): residuals at the newest step, one level per monitored signal."""
+
+    directions: dict[str, Direction] = field(default_factory=dict)  # base column -> above | below | both (default)
+    monitor_derived: bool = False  # deltas and rolling statistics get levels of their own too
+    unmonitored: list[str] = field(default_factory=list)  # base columns predicted and used, but given no level
+    aggregator: ScoreAggregator = ScoreAggregator.ewma
+    halflife_steps: float | None = 36.0  # ewma
+    cusum_k: float | None = None  # cusum allowance, in normal-residual units
+    max_gap_steps: int = 144  # cusum: missing steps after which the sum restarts
+    baseline: SignalBaseline = SignalBaseline.fleet  # fleet: minus the other turbines' median at the same step
+    min_peers: int = 1  # fleet baseline: other turbines needed at the step
+    skip_flags: list[str] = field(default_factory=list)  # steps with one of these flags on are not scored
+    percentile: float = 100.0  # each monitored feature's level: this percentile of its aggregate on validation ...
+    level_margin: float = 1.0  # ... times this margin (>= 1: room for the months validation did not see)
+    # stuck-signal checks, one per features.repeat_channels entry (the channel, or its difference, as the feature)
+    stuck_move_quantile: float = 0.5  # "expected to move": the prediction changed more than this quantile
+    stuck_margin: float = 1.5  # a stuck check's level: margin x its longest run on validation ...
+    stuck_min_run: int = 18  # ... and at least this many steps
+    per_turbine: bool = False  # levels per turbine (with enough validation steps), else pooled
+    min_steps: int = 2000  # validation steps a turbine needs for levels of its own
+
+
+@dataclass
 class InferCfg:
+    score: ScoreKind = ScoreKind.window_mean  # window_mean (one number per window) | per_signal
+    signals: SignalsCfg = field(default_factory=SignalsCfg)
     p_score: float = 0.25
     score_seed: int = 1234
     score_masks: ScoreMasks = ScoreMasks.element  # element: P = round(1/p_score) patterns; group: one pass each

@@ -6,6 +6,7 @@ scaling and fill -> labels -> window index. All arithmetic is runtime/'s, the sa
 
 Output layout under `data.paths.processed_dir`:
     turbines/<id>/{X.npy (T,F) float32, M_miss.npy (T,F) uint8, Flags.npy (T,R) float32,
+                   Repeat.npy (T,S) uint8 exact-repeat codes of the spec's repeat_channels,
                    timestamps.npy (T,) int64 ns UTC, labels.npy (T,) int64 | (T,C) uint8 (labels on),
                    rul.npy (T,) float32 target in steps, NaN = none (data.rul on)}
     window_index.parquet   registries/{feature,flag}_registry.json   scalers/robust_scaler.json
@@ -151,6 +152,7 @@ def prepare(cfg: RootCfg) -> dict[str, Any]:
         np.save(tdir / "X.npy", X)
         np.save(tdir / "M_miss.npy", M)
         np.save(tdir / "Flags.npy", Flags)
+        np.save(tdir / "Repeat.npy", pre.repeats(binned[tid][1]))
         np.save(tdir / "timestamps.npy", grid)
         y = None
         if labels.enabled:

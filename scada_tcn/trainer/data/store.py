@@ -1,6 +1,6 @@
 """The prepared-data store: what `scada-prepare` wrote, opened and checked against a config's registries.
 
-Layout of `data.paths.processed_dir`: `turbines/<id>/{X,M_miss,Flags,timestamps,labels}.npy`,
+Layout of `data.paths.processed_dir`: `turbines/<id>/{X,M_miss,Flags,Repeat,timestamps,labels}.npy`,
 `window_index.parquet`, `registries/`, `scalers/robust_scaler.json`, `pipeline_spec.json`, `fingerprint.txt`.
 Opening refuses a folder without prepared data, or one whose registries differ from the config's.
 """

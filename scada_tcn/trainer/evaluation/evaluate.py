@@ -241,8 +241,8 @@ def evaluate(
     }
     if arr.Y_hat is not None:
         m["forecast"] = forecast_metrics(arr.Y_true, arr.Y_hat, arr.M_future, names)
-    if setup.class_names and "y" in test:
-        m["fault"] = fault_metrics(test["y"].to_numpy(), arr.fault_prob, setup.class_names, from_logits=False)
+    if setup.class_names and arr.y is not None and arr.fault_prob is not None:
+        m["fault"] = fault_metrics(arr.y, arr.fault_prob, setup.class_names, from_logits=False)
     if labels_file is not None:
         turbines = sorted(set(val["turbine_id"]) | set(test["turbine_id"]))
         faults = _file_events(labels_file, turbines)

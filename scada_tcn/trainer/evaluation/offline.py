@@ -33,11 +33,15 @@ from scada_tcn.runtime.drift import DriftReference
 from scada_tcn.runtime.errors import SpecError
 from scada_tcn.runtime.peers import fleet_relative
 from scada_tcn.runtime.scorer import OnnxScorer, ScoreBatch
+from scada_tcn.runtime.signals import SignalParams, SignalTracker
 from scada_tcn.trainer.calibration.fit import calibrate, feature_reference, fit_feature_scale
 from scada_tcn.trainer.config import RootCfg, to_root
 from scada_tcn.trainer.config.derive import alerting_params, fleet_params
 from scada_tcn.trainer.data.store import PreparedData
+from scada_tcn.trainer.data.windowing import SPLITS
+from scada_tcn.trainer.evaluation.signals import fit_signals, signal_steps, track
 from scada_tcn.trainer.model.reference import ReferenceModules, build_reference, checkpoint_config
+from scada_tcn.trainer.model.signals import SignalModule
 from scada_tcn.trainer.training.fit import load_checkpoint
 
 
@@ -56,14 +60,13 @@ class TorchEngine:
         with torch.no_grad():
             s = self.ref.scoring(tX, tM, tF)
             clean = dict(zip(self.ref.clean.output_names, self.ref.clean(tX, tM, tF)))
+        outs = (s,) if isinstance(s, torch.Tensor) else tuple(s)
+        scoring = {n: t.numpy() for n, t in zip(self.ref.scoring.output_names, outs)}
         return ScoreBatch(
-            s_now=s.s_now.numpy(),
-            feat_contrib=s.feat_contrib.numpy(),
-            top_idx=s.top_idx.numpy(),
-            E=s.E.numpy(),
             Y_hat=clean["Y_hat"].numpy() if "Y_hat" in clean else None,
             fault_prob=clean["fault_prob"].numpy() if "fault_prob" in clean else None,
             rul=clean["rul"][:, 0].numpy() if "rul" in clean else None,
+            **scoring,
         )
 
 
@@ -73,12 +76,13 @@ class InferSetup:
     data: PreparedData
     engine: Engine
     engine_name: str
-    calibration: Calibration
+    calibration: Calibration | None  # window_mean
     calibration_source: str
     alerting: AlertingParams
     fleet: FleetParams
     class_names: list[str]
     feature_reference: DriftReference  # validation split, for drift checks
+    signals: SignalParams | None = None  # per_signal: the levels and the tracker's parameters
 
 
 def setup_from_checkpoint(checkpoint: str | Path, data_dir: str | Path | None = None) -> InferSetup:
@@ -88,9 +92,26 @@ def setup_from_checkpoint(checkpoint: str | Path, data_dir: str | Path | None = 
     data = PreparedData(cfg)
     _same_features(data, ckpt["scaler"], ckpt["pipeline_spec"], f"checkpoint {checkpoint}")
     ref = build_reference(ckpt, cfg)
+    names = list(cfg.data.labels.class_names) if cfg.data.labels.enabled else []
+    if isinstance(ref.scoring, SignalModule):  # the scales, centres and levels the export fits
+        params, _ = fit_signals(ref.scoring, data, cfg)
+        src = "fitted now on the validation split"
+        ref_drift = feature_reference(data, cfg)
+        return InferSetup(
+            cfg,
+            data,
+            TorchEngine(ref),
+            "torch",
+            None,
+            src,
+            alerting_params(cfg),
+            fleet_params(cfg),
+            names,
+            ref_drift,
+            params,
+        )
     fit_feature_scale(ref.scoring, data, cfg)  # the same levels the export bakes into the graph
     cal = calibrate(ref.scoring, data, cfg).calibration
-    names = list(cfg.data.labels.class_names) if cfg.data.labels.enabled else []
     return InferSetup(
         cfg,
         data,
@@ -134,6 +155,7 @@ def setup_from_bundle(bundle_dir: str | Path, data_dir: str | Path, threads: int
         bundle.fleet,
         list(bundle.class_names),
         bundle.feature_reference,
+        bundle.signals,
     )
 
 
@@ -167,20 +189,26 @@ def _forecast_mae(Y_hat: np.ndarray, Y_true: np.ndarray, M_future: np.ndarray) -
 
 @dataclass
 class SplitArrays:
-    """Per-window arrays in the row order of the results table (for evaluation)."""
+    """Arrays for evaluation: `contrib` in the row order of the results table; the clean-pass ones (forecast and
+    fault outputs, with `y`, the labels of those windows) in the order of the split's index windows."""
 
-    contrib: np.ndarray  # (N, F) feature contributions
-    Y_hat: np.ndarray | None  # (N, K, F)
-    Y_true: np.ndarray  # (N, K, F)
-    M_future: np.ndarray  # (N, K, F)
-    fault_prob: np.ndarray | None  # (N, C)
+    contrib: np.ndarray  # (N, F) feature contributions (window_mean) or deviations (per_signal)
+    Y_hat: np.ndarray | None  # (W, K, F)
+    Y_true: np.ndarray  # (W, K, F)
+    M_future: np.ndarray  # (W, K, F)
+    fault_prob: np.ndarray | None  # (W, C)
+    y: np.ndarray | None = None  # (W,) class labels of the index windows
 
 
 def infer_split(
     setup: InferSetup, split: str, batch_size: int = 256, collect: bool = False
 ) -> tuple[pd.DataFrame, float, SplitArrays | None]:
-    """Score every window of `split` in time order per turbine -> results table, windows/s, and (with
-    `collect`) the full per-window arrays."""
+    """Score `split` in time order per turbine -> results table, rows/s, and (with `collect`) the arrays.
+
+    Window-mean bundles: one row per window of the split's index. Per-signal bundles: one row per scored step
+    (`infer_signals`), and the clean-pass arrays (forecast, fault) still over the index windows."""
+    if setup.signals is not None:
+        return infer_signals(setup, split, batch_size, collect)
     ds = setup.data.dataset(setup.cfg, split)
     if len(ds) == 0:
         raise SpecError(f"split {split!r} has no windows in {setup.data.dir}")
@@ -238,7 +266,68 @@ def infer_split(
     if not collect:
         return res, rate, None
     cat = {k: np.concatenate(v) if v else None for k, v in arrays.items()}
-    return res, rate, SplitArrays(cat["contrib"], cat["Y_hat"], cat["Y_true"], cat["M_future"], cat["fault_prob"])
+    y = res["y"].to_numpy() if "y" in res else None
+    return res, rate, SplitArrays(cat["contrib"], cat["Y_hat"], cat["Y_true"], cat["M_future"], cat["fault_prob"], y)
+
+
+def infer_signals(
+    setup: InferSetup, split: str, batch_size: int = 256, collect: bool = False
+) -> tuple[pd.DataFrame, float, SplitArrays | None]:
+    """Per-signal scores of every step of `split` (the validation split first warms the aggregators up for the
+    test split, as a gateway fed since then would be): the edge's tracker over the engine's residuals. One row per
+    scored step; `top_features` names each group's worst monitor as "group:monitor", worst group first."""
+    assert setup.signals is not None
+    params = setup.signals
+    warm = ("val",) if split == "test" else ()
+    t0 = time.perf_counter()
+
+    def run(X: np.ndarray, M: np.ndarray, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = setup.engine.score(X, M, F)
+        return out.resid, out.pred
+
+    steps = signal_steps(setup.data, setup.cfg, (*warm, split), run, batch_size)
+    turbines = sorted(set(steps.turbine))
+    flag_names = list(setup.data.flag_reg.flag_names)
+    full = track(SignalTracker.from_params(params), steps, turbines, flag_names)
+    keep = (steps.split == SPLITS.index(split)) & full["scored"].to_numpy()
+    rate = int(keep.sum()) / (time.perf_counter() - t0)
+    res = full[keep].reset_index(drop=True)
+    groups, monitors = list(params.spec.groups), params.spec.monitor_names
+    ratios = res[[f"ratio_{g}" for g in groups]].to_numpy()
+    tops = res[[f"top_{g}" for g in groups]].to_numpy()
+    order = np.argsort(-np.nan_to_num(ratios, nan=-np.inf), axis=1, kind="stable")
+    topn = min(setup.cfg.infer.topn_features, len(groups))
+    res["t_end"] = pd.to_datetime(res["t_end"], utc=True)
+    res["threshold"] = 1.0  # the score is the largest monitor ratio: each monitor is over its own level
+    res["threshold_source"] = [params.levels.for_turbine(t)[1] for t in res["turbine_id"]]
+    res["regime"] = "per_signal"
+    res["top_features"] = [[f"{groups[j]}:{monitors[tops[i, j]]}" for j in order[i, :topn] if tops[i, j] >= 0]
+                           for i in range(len(res))]  # fmt: skip
+    res["top_contrib"] = [[float(ratios[i, j]) for j in order[i, :topn] if tops[i, j] >= 0] for i in range(len(res))]
+    if setup.class_names:
+        res["y"] = steps.label[keep].astype(np.int64)
+    if not collect:
+        return res, rate, None
+    _, _, clean = _window_pass(setup, split, batch_size)
+    dev = params.spec.feature_deviation(steps.resid[keep])  # (N, F)
+    return res, rate, SplitArrays(np.where(steps.present[keep], dev, 0.0), *clean)
+
+
+def _window_pass(setup: InferSetup, split: str, batch_size: int) -> tuple[pd.DataFrame, float, tuple]:
+    """The clean-pass arrays over the split's index windows: (Y_hat, Y_true, M_future, fault_prob, y)."""
+    ds = setup.data.dataset(setup.cfg, split)
+    order = np.lexsort((ds.t_end, ds.codes))
+    parts: dict[str, list[np.ndarray]] = {"Y_hat": [], "Y_true": [], "M_future": [], "fault_prob": []}
+    for start in range(0, len(order), batch_size):
+        b = ds.__getitems__(order[start : start + batch_size].tolist())
+        out = setup.engine.score(*(b[k].numpy() for k in ("X", "M_miss", "Flags")))
+        for k, v in (("Y_hat", out.Y_hat), ("Y_true", b["Y_true"].numpy()), ("M_future", b["M_future"].numpy()),
+                     ("fault_prob", out.fault_prob)):  # fmt: skip
+            if v is not None:
+                parts[k].append(v)
+    cat = {k: np.concatenate(v) if v else None for k, v in parts.items()}
+    y = ds.y[order] if ds.y is not None and ds.y.ndim == 1 else None
+    return pd.DataFrame(), 0.0, (cat["Y_hat"], cat["Y_true"], cat["M_future"], cat["fault_prob"], y)
 
 
 def apply_alerts(res: pd.DataFrame, alerting: AlertingParams) -> list[dict[str, Any]]:

@@ -19,11 +19,14 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from scada_tcn.runtime.errors import ConfigError
+from scada_tcn.runtime.vocab import ScoreKind
 from scada_tcn.trainer.config import RootCfg, split_overrides, to_root
 from scada_tcn.trainer.config.groups import feature_groups
 from scada_tcn.trainer.model.masking import build_model_input, fill_missing
 from scada_tcn.trainer.model.network import ModelConfig, MultiTaskTCN, predict_proba_fault, strip_weight_norm
 from scada_tcn.trainer.model.scoring import ScoringModule
+from scada_tcn.trainer.model.signals import SignalModule
+from scada_tcn.trainer.model.streaming import StepModule
 
 __all__ = [
     "CleanPass",
@@ -110,8 +113,9 @@ class ReferenceModules:
 
     model: MultiTaskTCN
     clean: CleanPass
-    scoring: ScoringModule
+    scoring: ScoringModule | SignalModule  # per `cfg.infer.score`
     L: int
+    step: StepModule | None = None  # per-signal scoring with the receptive field within the window: step.onnx
 
 
 def scoring_module(
@@ -143,9 +147,15 @@ def build_reference(ckpt: dict[str, Any], cfg: RootCfg) -> ReferenceModules:
     model.load_state_dict(ckpt["model_state"])
     model = strip_weight_norm(copy.deepcopy(model)).eval()
     agg = cfg.infer.aggregation
-    scoring = scoring_module(model, cfg, agg.name, agg.halflife_steps, agg.k)
+    if cfg.infer.score == ScoreKind.per_signal:
+        groups = feature_groups(cfg)
+        scoring = SignalModule(model, cfg.data.windowing.L, groups.group_of, cfg.features.fill_value_c).eval()
+    else:
+        scoring = scoring_module(model, cfg, agg.name, agg.halflife_steps, agg.k)
     clean = CleanPass(model, cfg.features.fill_value_c).eval()
-    return ReferenceModules(model=model, clean=clean, scoring=scoring, L=cfg.data.windowing.L)
+    streams = isinstance(scoring, SignalModule) and model.receptive_field <= scoring.L
+    step = StepModule(scoring).eval() if streams else None
+    return ReferenceModules(model=model, clean=clean, scoring=scoring, L=cfg.data.windowing.L, step=step)
 
 
 def checkpoint_config(ckpt: dict, overrides: Sequence[str] = (), data_dir: str | Path | None = None) -> RootCfg:

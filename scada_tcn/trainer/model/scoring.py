@@ -65,6 +65,33 @@ def scoring_patterns(L: int, F: int, P: int, seed: int) -> torch.Tensor:
     return (assign.unsqueeze(0) == torch.arange(P).reshape(P, 1, 1)).to(torch.float32)
 
 
+def positive_scale(scale: torch.Tensor, F: int, what: str) -> torch.Tensor:
+    """`scale` as a float32 (F,) tensor; ValueError unless it has that shape and is finite and > 0."""
+    scale = torch.as_tensor(scale, dtype=torch.float32)
+    if scale.shape != (F,) or not bool(torch.isfinite(scale).all()) or bool((scale <= 0).any()):
+        raise ValueError(f"{what} must be ({F},) finite and > 0, got {tuple(scale.shape)}")
+    return scale
+
+
+def pass_inputs(
+    X0: torch.Tensor, present: torch.Tensor, hide: torch.Tensor, Flags: torch.Tensor, fill_value: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model inputs of every pass: pass p hides the present elements of pattern `hide[p]` (P, L, F).
+
+    Returns X_in (B*P, L, 3F + R) and the per-pass keep mask (B, P, L, F): 0 where pass p hides an element."""
+    B, L, F = X0.shape
+    P, R = hide.shape[0], Flags.shape[2]
+    keep = 1.0 - hide.unsqueeze(0) * present.unsqueeze(1)  # (B, P, L, F)
+    X_corrupt = apply_mask(X0.unsqueeze(1).expand(B, P, L, F), keep, fill_value)
+    X_in = build_model_input(
+        X_corrupt.reshape(B * P, L, F),
+        present.unsqueeze(1).expand(B, P, L, F).reshape(B * P, L, F),
+        keep.reshape(B * P, L, F),
+        Flags.unsqueeze(1).expand(B, P, L, R).reshape(B * P, L, R),
+    )
+    return X_in, keep
+
+
 def group_patterns(L: int, group_of: tuple[int, ...] | list[int]) -> torch.Tensor:
     """(G, L, F) float32 0/1: pattern[g, l, f] = 1 iff feature f is in group g (every step l), G = max + 1.
 
@@ -147,6 +174,7 @@ class ScoringModule(nn.Module):
             raise ValueError("invalid ScoringModule: " + "; ".join(problems))
 
         self.model = model
+        self.output_names = tuple(ScoreOutputs._fields)  # s_now, feat_contrib, top_idx, E
         self.L, self.F, self.R = L, F, model.cfg.R
         scored = torch.ones(F)
         scored[list(context)] = 0.0
@@ -172,10 +200,7 @@ class ScoringModule(nn.Module):
 
     def set_feature_scale(self, scale: torch.Tensor) -> None:
         """The per-feature error levels that feature_topk divides by (fitted at export on normal windows)."""
-        scale = torch.as_tensor(scale, dtype=torch.float32)
-        if scale.shape != (self.F,) or not bool(torch.isfinite(scale).all()) or bool((scale <= 0).any()):
-            raise ValueError(f"feature scale must be ({self.F},) finite and > 0, got {tuple(scale.shape)}")
-        self.feature_scale.copy_(scale)
+        self.feature_scale.copy_(positive_scale(scale, self.F, "feature scale"))
         self.feature_scale_fitted = True
 
     def per_feature_error(self, E: torch.Tensor, M_miss: torch.Tensor) -> torch.Tensor:
@@ -196,27 +221,18 @@ class ScoringModule(nn.Module):
     def forward(self, X: torch.Tensor, M_miss: torch.Tensor, Flags: torch.Tensor) -> ScoreOutputs:
         self._check(X, M_miss, Flags)
         B = X.shape[0]
-        P, L, F, R = self.P, self.L, self.F, self.R
+        P, L, F = self.P, self.L, self.F
         present = (M_miss > 0.5).to(torch.float32)  # (B, L, F)
         X0 = apply_mask(X, present, self.fill_value)  # the value stored at a missing element is never read
 
         # pass p hides the present elements of pattern p
-        hidden = self.hide.unsqueeze(0) * present.unsqueeze(1)  # (B, P, L, F)
-        M_score = 1.0 - hidden
-        X_rep = X0.unsqueeze(1).expand(B, P, L, F)
-        X_corrupt = apply_mask(X_rep, M_score, self.fill_value)
-        X_in = build_model_input(
-            X_corrupt.reshape(B * P, L, F),
-            present.unsqueeze(1).expand(B, P, L, F).reshape(B * P, L, F),
-            M_score.reshape(B * P, L, F),
-            Flags.unsqueeze(1).expand(B, P, L, R).reshape(B * P, L, R),
-        )  # (B*P, L, 3F + R)
+        X_in, keep = pass_inputs(X0, present, self.hide, Flags, self.fill_value)  # (B*P, L, 3F + R)
         X_hat = self.model(X_in, return_recon=True, return_forecast=False, return_fault=False).X_hat
         X_hat = X_hat.reshape(B, P, L, F)
 
         # each present scored element is hidden in exactly one pass: summing over P picks that pass's error
         err = (X_hat - X0.unsqueeze(1)).abs()  # (B, P, L, F)
-        E = torch.where(hidden > 0.5, err, torch.zeros_like(err)).sum(dim=1)  # (B, L, F)
+        E = torch.where(keep < 0.5, err, torch.zeros_like(err)).sum(dim=1)  # (B, L, F)
 
         tw = self.time_weight.reshape(1, L, 1)
         if self.aggregation == "feature_topk":

@@ -1,0 +1,329 @@
+"""La Haute Borne: per-signal scoring against the window-mean score, over training and injection seeds.
+
+    python bench/lhb_signals.py --workdir artifacts/lhb_signals [--train-seeds 0 1 2] [--inject-seeds 0 1 2]
+        [--tune-seeds 100 101] [--epochs 3] [--steps 250] [-- overrides ...]
+
+Procedure (the project's own functions; every choice is made on training and validation data only):
+  1. scada-prepare data=la_haute_borne: train Aug 1 - Nov 15, validation Nov 15 - Dec 15, test Dec 15 - Jan 14.
+  2. scada-inject: the five fault kinds into R80736, into its test period once per --inject-seeds, and into its
+     validation period once per --tune-seeds (for choosing settings); each copy prepared with the same config.
+  3. Per --train-seeds: scada-train with group masks, then scada-export twice from the same checkpoint: the
+     per-signal bundle (the config's settings) and the window-mean bundle (group masks) for comparison.
+  4. The per-signal graph's residuals and predictions (onnxruntime) at every step of the validation and test
+     periods of the clean data, computed once; an injected copy differs only on R80736 in its injected period,
+     so only those steps are scored again and replace the clean ones.
+  5. Every VARIANT (temporal aggregation, half-life, baseline, level percentile, skipped regimes, monitored
+     features, stuck checks) fits its centres, stuck checks and levels on the clean validation split
+     (`trainer.evaluation.signals.fit_levels`, what scada-export runs) and runs the edge's tracker and alert state
+     machine over validation + test (`runtime.signals`, `runtime.alerts`).
+  6. The one event scorer (`trainer.evaluation.events.score_events`): faults detected net of the uninjected copy
+     (an alert onset from 48 h before the fault to its end while the clean copy is not alarming), per class;
+     false alerts per turbine-month on the untouched turbines (test period) and on R80736's uninjected copy.
+  7. The choice, on validation data only: levels fitted on one half of the validation month, false alerts
+     counted on the other half (both ways, all turbines, clean data) estimate each variant's false-alert rate; among the
+     variants at or under 1 per turbine-month there, the one detecting most classes on the validation
+     injections (--tune-seeds) wins (ties: fewer estimated false alerts). Every variant's test figures are
+     printed, the chosen one marked.
+
+Writes <workdir>/lhb_signals.json with every figure (per seed, per injection).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "config.yaml"
+TURBINE = "R80736"
+SPLITS = {
+    "train_range": ["2017-08-01T00:00:00+00:00", "2017-11-15T00:00:00+00:00"],
+    "val_range": ["2017-11-15T00:00:00+00:00", "2017-12-15T00:00:00+00:00"],
+    "test_range": ["2017-12-15T00:00:00+00:00", "2018-01-14T00:00:00+00:00"],
+}
+VARIANTS: dict[str, list[str]] = {  # name -> infer.signals overrides on top of the run's config
+    "ewma72": ["halflife_steps=72"],
+    "ewma72-m1.5": ["halflife_steps=72", "level_margin=1.5"],
+    "ewma72-m2": ["halflife_steps=72", "level_margin=2.0"],
+    "ewma36-m2": ["halflife_steps=36", "level_margin=2.0"],
+    "ewma144-m1.5": ["halflife_steps=144", "level_margin=1.5"],
+    "ewma144-m2": ["halflife_steps=144", "level_margin=2.0"],
+    "ewma72-m2-p99.9": ["halflife_steps=72", "level_margin=2.0", "percentile=99.9"],
+    "ewma72-m2-noskip": ["halflife_steps=72", "level_margin=2.0", "skip_flags=[]"],
+    "ewma72-m2-own": ["halflife_steps=72", "level_margin=2.0", "baseline=none"],
+    "ewma72-m2-derived": ["halflife_steps=72", "level_margin=2.0", "monitor_derived=true"],
+    "ewma72-m2-nowind": ["halflife_steps=72", "level_margin=2.0", "unmonitored=[wind_speed]"],
+    "ewma72-m2-nostuck": ["halflife_steps=72", "level_margin=2.0"],  # the stuck checks' levels out of reach
+    "cusum1-m2": ["aggregator=cusum", "halflife_steps=null", "cusum_k=1.0", "level_margin=2.0"],
+}
+MONTH_NS = 30 * 86400 * 10**9
+
+
+def _split_overrides() -> list[str]:
+    return [f"data.splits.{k}=[{a},{b}]" for k, (a, b) in SPLITS.items()]
+
+
+def _ns(x: str) -> int:
+    return pd.Timestamp(x).value
+
+
+def _faults(labels_csv: Path) -> list[tuple[str, int, int, str]]:
+    df = pd.read_csv(labels_csv)
+    rows = df[["turbine_id", "start", "end", "fault"]].itertuples(index=False)
+    return [(t, _ns(a), _ns(b), f) for t, a, b, f in rows]
+
+
+def _alerts(res: pd.DataFrame, alerting: Any) -> pd.DataFrame:
+    from scada_tcn.trainer.evaluation.offline import apply_alerts
+
+    res = res.sort_values(["turbine_id", "t_end"]).reset_index(drop=True)
+    res["t_end"] = pd.to_datetime(res["t_end"], utc=True)
+    if "threshold" not in res:  # per-signal: the score is the largest monitor ratio, alerting at 1
+        res["threshold"] = 1.0
+    if "top_features" not in res:
+        res["top_features"] = [()] * len(res)
+    apply_alerts(res, alerting)
+    return res
+
+
+def _part(df: pd.DataFrame, lo: int, hi: int) -> pd.DataFrame:
+    t = df["t_end"].astype("int64")
+    return df[(t >= lo) & (t < hi) & df["score"].notna()]
+
+
+def _false_rate(df: pd.DataFrame, dt_ns: int, lo: int, hi: int) -> float:
+    from scada_tcn.trainer.evaluation.events import score_events, timelines_from_table
+
+    return score_events(timelines_from_table(_part(df, lo, hi)), [], 0, dt_ns)["false_alerts_per_turbine_month"]
+
+
+def _judge(clean: pd.DataFrame, injected: pd.DataFrame, labels: Path, dt_ns: int, lo: int, hi: int) -> dict[str, Any]:
+    """Detections net of the clean copy on TURBINE, and false alerts on the untouched turbines, within [lo, hi)."""
+    from scada_tcn.trainer.evaluation.events import score_events, timelines_from_table
+
+    c, i = _part(clean, lo, hi), _part(injected, lo, hi)
+    det = score_events(timelines_from_table(i[i.turbine_id == TURBINE]), _faults(labels), 48 * 3600 * 10**9, dt_ns,
+                       clean=timelines_from_table(c))  # fmt: skip
+    found = [e for e in det["events"] if e["detected"]]
+    return {
+        "detected": det["n_detected"], "events": det["n_events"], "classes": sorted({e["fault"] for e in found}),
+        "lead_h": [e["lead_ns"] / 3.6e12 for e in found], "false_on_injected": det["n_false_alerts"],
+        "untouched_false_per_month": _false_rate(c[c.turbine_id != TURBINE], dt_ns, lo, hi),
+        "uninjected_false_per_month": _false_rate(c[c.turbine_id == TURBINE], dt_ns, lo, hi),
+    }  # fmt: skip
+
+
+def _subset(steps: Any, keep: np.ndarray) -> Any:
+    from scada_tcn.trainer.evaluation.signals import SignalSteps
+
+    return SignalSteps(**{k: v[keep] for k, v in steps.__dict__.items()})
+
+
+def _merge(base: Any, part: Any, lo: int, hi: int) -> Any:
+    """`base` with TURBINE's steps in [lo, hi) replaced by `part`'s."""
+    from scada_tcn.trainer.evaluation.signals import SignalSteps
+
+    drop = (base.turbine == TURBINE) & (base.t_end >= lo) & (base.t_end < hi)
+    take = (part.t_end >= lo) & (part.t_end < hi)
+    cat = {k: np.concatenate([v[~drop], getattr(part, k)[take]]) for k, v in base.__dict__.items()}
+    order = np.lexsort((cat["turbine"].astype(str), cat["t_end"]))
+    return SignalSteps(**{k: v[order] for k, v in cat.items()})
+
+
+def _steps(cache: Path, compute: Any) -> Any:
+    from scada_tcn.trainer.evaluation.signals import SignalSteps
+
+    if cache.is_file():
+        z = np.load(cache, allow_pickle=True)
+        return SignalSteps(**{k: z[k] for k in z.files})
+    steps = compute()
+    np.savez(cache, **steps.__dict__)
+    return steps
+
+
+def _run_variant(name: str, overrides: list[str], base: list[str], data: Any, steps: dict[str, Any],
+                 copies: dict[str, Any], alerting: Any, dt_ns: int, seed: int) -> dict[str, Any]:  # fmt: skip
+    """Fit the variant on clean validation, run it over every copy, judge; and its validation estimate."""
+    from scada_tcn.runtime.signals import SignalLevels, SignalParams, SignalTracker
+    from scada_tcn.trainer.config import load_config
+    from scada_tcn.trainer.evaluation.signals import fit_levels, track
+
+    cfg = load_config(CONFIG, [*base, *(f"infer.signals.{o}" for o in overrides)])
+    flags = list(data.flag_reg.flag_names)
+    (v_lo, v_hi), (t_lo, t_hi) = (tuple(_ns(x) for x in SPLITS[k]) for k in ("val_range", "test_range"))
+    clean = steps["clean"]
+
+    def fit(lo: int, hi: int) -> SignalParams:
+        params, _ = fit_levels(_subset(clean, (clean.t_end >= lo) & (clean.t_end < hi)), data, cfg)
+        if name.endswith("nostuck"):
+            n = len(params.spec.monitor_features)
+            pooled = params.levels.pooled[:n] + (1e12,) * len(params.spec.stuck)
+            params = SignalParams(**{**params.__dict__, "levels": SignalLevels(pooled)})
+        return params
+
+    def alerts(params: SignalParams, st: Any) -> pd.DataFrame:
+        return _alerts(track(SignalTracker.from_params(params), st, sorted(set(st.turbine)), flags), alerting)
+
+    params = fit(v_lo, v_hi)
+    res = {n: alerts(params, st) for n, st in steps.items()}
+    out: dict[str, Any] = {"test": [], "tune": []}
+    for cname, (_, labels) in copies.items():
+        kind = "test" if cname.startswith("test") else "tune" if cname.startswith("tune") else None
+        if kind is not None:
+            lo, hi = (t_lo, t_hi) if kind == "test" else (v_lo, v_hi)
+            out[kind].append({"seed": seed, "inject": cname, **_judge(res["clean"], res[cname], labels, dt_ns, lo, hi)})
+    mid = v_lo + (v_hi - v_lo) // 2  # validation-only estimate of the false-alert rate: two folds of a half month
+    val = _subset(clean, clean.t_end < v_hi)
+    folds = [_false_rate(alerts(fit(a, b), val), dt_ns, c, d) for a, b, c, d in ((v_lo, mid, mid, v_hi),
+                                                                                 (mid, v_hi, v_lo, mid))]  # fmt: skip
+    out["val_false_per_month"] = float(np.mean(folds))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", type=Path, default=ROOT / "artifacts" / "lhb_signals")
+    ap.add_argument("--train-seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--inject-seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--tune-seeds", type=int, nargs="+", default=[100, 101])
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=250)
+    ap.add_argument("overrides", nargs="*", help="config overrides for every run")
+    a = ap.parse_args()
+    import torch
+
+    from scada_tcn.export.bundle_writer import export_bundle
+    from scada_tcn.runtime.bundle import load_bundle
+    from scada_tcn.runtime.scorer import OnnxScorer
+    from scada_tcn.trainer.config import load_config
+    from scada_tcn.trainer.data.prepare import prepare
+    from scada_tcn.trainer.data.store import PreparedData
+    from scada_tcn.trainer.evaluation.offline import infer_split, setup_from_bundle
+    from scada_tcn.trainer.evaluation.signals import signal_steps
+    from scada_tcn.trainer.sources.inject import inject_table
+    from scada_tcn.trainer.training.fit import fit
+
+    torch.set_num_threads(1)
+    w = a.workdir
+    w.mkdir(parents=True, exist_ok=True)
+    base = ["data=la_haute_borne", *_split_overrides(), "train.group_mask_prob=0.5", "infer.score=per_signal",
+            f"train.epochs={a.epochs}", f"train.max_steps_per_epoch={a.steps}", "train.early_stopping_patience=100",
+            *a.overrides]  # fmt: skip
+    clean_cfg = [*base, f"data.paths.processed_dir={w / 'processed'}"]
+    cfg0 = load_config(CONFIG, [*clean_cfg, f"output_dir={w / 'run0'}"])
+    copies: dict[str, tuple[Path, Path | None]] = {"clean": (w / "processed", None)}
+    if not (w / "processed" / "window_index.parquet").is_file():
+        prepare(cfg0)
+    for kind, seeds, rng in (("test", a.inject_seeds, SPLITS["test_range"]), ("tune", a.tune_seeds,
+                                                                              SPLITS["val_range"])):  # fmt: skip
+        for s in seeds:
+            name = f"{kind}{s}"
+            inj = inject_table(cfg0.data, TURBINE, w / f"raw_{name}", seed=s, start=rng[0], end=rng[1])
+            out = w / f"processed_{name}"
+            if not (out / "window_index.parquet").is_file():
+                prepare(load_config(CONFIG, [*base, f"data.paths.raw_dir={inj['scada']}",
+                                             f"data.paths.processed_dir={out}"]))  # fmt: skip
+            copies[name] = (out, inj["labels"])
+    dt_ns = int(cfg0.data.sampling.dt_minutes * 60 * 10**9)
+    data = PreparedData(cfg0)
+    results: dict[str, Any] = {"variants": {}, "window_mean": {"test": []}, "seeds": a.train_seeds,
+                               "overrides": a.overrides}  # fmt: skip
+    for seed in a.train_seeds:
+        run = w / f"run{seed}"
+        cfg = load_config(CONFIG, [*clean_cfg, f"output_dir={run}", f"seed={seed}"])
+        best = run / "checkpoints" / "best.pt"
+        t0 = time.perf_counter()
+        if not best.is_file():
+            fit(cfg, log=lambda m: None)
+        print(f"[seed {seed}] trained in {time.perf_counter() - t0:.0f} s", flush=True)
+        sig = export_bundle(best, out_dir=run / "bundle_signals", overrides=["infer.score=per_signal"])
+        win = export_bundle(best, out_dir=run / "bundle_window", overrides=["infer.score=window_mean",
+                                                                             "infer.score_masks=group"])  # fmt: skip
+        scorer = OnnxScorer(load_bundle(sig.path))
+
+        def resid(X: np.ndarray, M: np.ndarray, F: np.ndarray, s: OnnxScorer = scorer) -> tuple:
+            out = s.score(X, M, F)
+            return out.resid, out.pred
+
+        t0 = time.perf_counter()
+        steps = {"clean": _steps(run / "steps_clean.npz",
+                                 lambda c=cfg: signal_steps(data, c, ("val", "test"), resid))}  # fmt: skip
+        for name, (pdir, _) in copies.items():
+            if name == "clean":
+                continue
+            split = "test" if name.startswith("test") else "val"
+            rng = SPLITS["test_range" if split == "test" else "val_range"]
+            cdata = PreparedData(load_config(CONFIG, [*base, f"data.paths.processed_dir={pdir}"]))
+            part = _steps(
+                run / f"steps_{name}.npz",
+                lambda c=cdata, sp=split, k=cfg: signal_steps(c, k, (sp,), resid, turbines=[TURBINE]),
+            )
+            steps[name] = _merge(steps["clean"], part, _ns(rng[0]), _ns(rng[1]))
+        print(f"[seed {seed}] residuals of {len(steps)} copies in {time.perf_counter() - t0:.0f} s", flush=True)
+        for vname, vo in VARIANTS.items():
+            r = _run_variant(vname, vo, clean_cfg, data, steps, copies, sig.alerting, dt_ns, seed)
+            entry = results["variants"].setdefault(vname, {"test": [], "tune": [], "val_false_per_month": []})
+            entry["test"] += r["test"]
+            entry["tune"] += r["tune"]
+            entry["val_false_per_month"].append(r["val_false_per_month"])
+        wres = {}
+        for name, (pdir, _) in copies.items():
+            if name.startswith("tune"):
+                continue
+            setup = setup_from_bundle(win.path, pdir)
+            wres[name] = _alerts(infer_split(setup, "test")[0], setup.alerting)
+        t_lo, t_hi = (_ns(x) for x in SPLITS["test_range"])
+        for name, (_, labels) in copies.items():
+            if name.startswith("test"):
+                results["window_mean"]["test"].append(
+                    {"seed": seed, "inject": name, **_judge(wres["clean"], wres[name], labels, dt_ns, t_lo, t_hi)}
+                )
+        (w / "lhb_signals.json").write_text(json.dumps(results, indent=2, default=float))
+        _report(results)
+
+
+def _summary(rows: list[dict[str, Any]]) -> dict[str, float]:
+    if not rows:
+        return {}
+    leads = [x for r in rows for x in r["lead_h"]]
+    return {
+        "classes": float(np.median([len(r["classes"]) for r in rows])),
+        "detected": float(np.median([r["detected"] for r in rows])),
+        "untouched": float(np.median([r["untouched_false_per_month"] for r in rows])),
+        "uninjected": float(np.median([r["uninjected_false_per_month"] for r in rows])),
+        "lead": float(np.median(leads)) if leads else float("nan"),
+    }
+
+
+def choose(variants: dict[str, Any]) -> str | None:
+    """The variant chosen on validation data only (see step 7 of the module docstring)."""
+    est = {k: float(np.median(v["val_false_per_month"])) for k, v in variants.items()}
+    tune = {k: _summary(v["tune"]).get("classes", 0.0) for k, v in variants.items()}
+    ok = [k for k in variants if est[k] <= 1.0] or list(variants)
+    return max(ok, key=lambda k: (tune[k], -est[k])) if ok else None
+
+
+def _report(results: dict[str, Any]) -> None:
+    chosen = choose(results["variants"])
+    print(f"\n{'variant':<16} {'classes':>7} {'detected':>8} {'untouched f/tm':>14} {'uninjected':>10} {'lead h':>7}"
+          f" | {'val f/tm':>8} {'tune cls':>8}   (medians over seeds x injections)")  # fmt: skip
+    for k, v in results["variants"].items():
+        t, tune = _summary(v["test"]), _summary(v["tune"])
+        mark = "  <- chosen on validation" if k == chosen else ""
+        print(f"{k:<16} {t['classes']:>7.1f} {t['detected']:>8.1f} {t['untouched']:>14.2f} {t['uninjected']:>10.2f} "
+              f"{t['lead']:>7.1f} | {np.median(v['val_false_per_month']):>8.2f} "
+              f"{tune.get('classes', float('nan')):>8.1f}{mark}")  # fmt: skip
+    t = _summary(results["window_mean"]["test"])
+    if t:
+        print(f"{'window-mean':<16} {t['classes']:>7.1f} {t['detected']:>8.1f} {t['untouched']:>14.2f} "
+              f"{t['uninjected']:>10.2f} {t['lead']:>7.1f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

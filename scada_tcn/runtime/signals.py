@@ -1,0 +1,353 @@
+"""Per-signal scoring: from each feature's residual at the newest step to one level-relative ratio per signal.
+
+The per-signal graph (bundle `signals`) hides one feature group over the whole window per pass and returns, for
+each feature f, its prediction at the newest step (`pred`, scaled units) and its signed residual in units of its
+normal residual scale, z_f = (x_f - x_hat_f) / s_f (0 where f is missing at that step, or a context feature).
+A *monitor* is what gets a level of its own:
+
+* each monitored feature (`SignalSpec.monitored`: by default the primary signals, not their deltas and rolling
+  statistics, which are model inputs hidden with their group): its deviation v_f = z_f, -z_f or |z_f| by its
+  direction ("above": only a component running hot is a fault; "below": only power lost for the wind; "both"),
+  minus its median on normal validation steps (`center`), then relative to the fleet (minus the median of the
+  other turbines' same feature at the same step) when `baseline` is "fleet", then aggregated over time
+  (`runtime.aggregators`: EWMA or one-sided CUSUM);
+* each stuck-signal check (`StuckCheck`): the run of exact repeats of a raw channel counted on the steps where
+  the model expected it to move (its feature's prediction moved by more than `min_move`), reset when the channel
+  changes (`runtime.aggregators.StuckRun`). A frozen sensor or a seized pitch repeats; a live one does not.
+
+Each monitor has its own alarm level (`SignalLevels`, fitted at export on the validation split, pooled and per
+turbine where a turbine had enough validation steps). A step's ratio per monitor is value / level, a group's ratio
+is the largest ratio of its monitors, the turbine-level score the largest of all; an alert fires when the score
+reaches the alert state machine's T_on, i.e. when any monitor crosses its own level. Steps whose newest flags
+include one of `skip_flags` (e.g. "stopped") are not scored: every monitor treats them as missing steps.
+
+What adapts, and how it cannot learn a fault as normal: nothing here learns online. The fleet baseline is the
+other turbines at the same step (a fault on one turbine does not move its own baseline), the centres and levels
+are fixed at export, and the aggregators forget (EWMA) or restart (CUSUM, stuck runs) by their own rules only.
+Refused (ValueError): arrays of the wrong shape, parameters that disagree in length, levels that are not finite
+and > 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from scada_tcn.runtime.aggregators import StuckRun, make_aggregator
+from scada_tcn.runtime.errors import check_keys
+from scada_tcn.runtime.vocab import Direction, ScoreAggregator, SignalBaseline, parse
+
+__all__ = ["SignalLevels", "SignalParams", "SignalSpec", "SignalStep", "SignalTracker", "StuckCheck"]
+
+
+@dataclass(frozen=True)
+class StuckCheck:
+    """A raw channel's exact repeats (`repeat`: its index in the pipeline's repeat codes), counted while the
+    prediction of `feature` moves by more than `min_move` (scaled units) from one step to the next."""
+
+    channel: str
+    repeat: int
+    feature: int
+    min_move: float
+
+    def __post_init__(self) -> None:
+        if self.repeat < 0 or self.feature < 0 or not (math.isfinite(self.min_move) and self.min_move >= 0):
+            raise ValueError(f"StuckCheck {self.channel!r}: repeat and feature >= 0, min_move finite and >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"channel": self.channel, "repeat": self.repeat, "feature": self.feature, "min_move": self.min_move}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> StuckCheck:
+        d = check_keys(d, ("channel", "repeat", "feature", "min_move"), "signals.spec.stuck", ValueError)
+        return cls(str(d["channel"]), int(d["repeat"]), int(d["feature"]), float(d["min_move"]))
+
+
+@dataclass(frozen=True)
+class SignalSpec:
+    """What is monitored and how residuals become deviations (see the module docstring)."""
+
+    features: tuple[str, ...]  # (F,) feature names
+    groups: tuple[str, ...]  # (G,) group names
+    group_of: tuple[int, ...]  # (F,) the group of each feature, -1 = context (never hidden, never scored)
+    direction: tuple[Direction, ...]  # (F,)
+    center: tuple[float, ...]  # (F,) median deviation of each feature on normal validation steps
+    monitored: tuple[bool, ...]  # (F,) features with a level of their own
+    stuck: tuple[StuckCheck, ...] = ()
+    skip_flags: tuple[str, ...] = ()  # steps whose newest flags include one of these are not scored
+
+    def __post_init__(self) -> None:
+        F = len(self.features)
+        if not (len(self.group_of) == len(self.direction) == len(self.center) == len(self.monitored) == F):
+            raise ValueError(f"SignalSpec: group_of, direction, center and monitored need one entry per feature ({F})")
+        if sorted(set(self.group_of) - {-1}) != list(range(len(self.groups))):
+            raise ValueError(f"SignalSpec: group_of must use every group index 0 .. {len(self.groups) - 1}")
+        object.__setattr__(self, "direction", tuple(parse(Direction, d, "signals.direction") for d in self.direction))
+        object.__setattr__(self, "monitored", tuple(bool(m) for m in self.monitored))
+        if not np.isfinite(np.asarray(self.center, dtype=np.float64)).all():
+            raise ValueError("SignalSpec: center must be finite")
+        gof = np.asarray(self.group_of)
+        feat = np.flatnonzero(self.monitored)
+        if (gof[feat] < 0).any():
+            raise ValueError("SignalSpec: a context feature (group -1) cannot be monitored")
+        bad = [c.channel for c in self.stuck if c.feature >= F or gof[c.feature] < 0]
+        if bad:
+            raise ValueError(f"SignalSpec: stuck checks {bad} must name a scored feature (0 .. {F - 1})")
+        if feat.size + len(self.stuck) == 0:
+            raise ValueError("SignalSpec: nothing is monitored (no monitored feature, no stuck check)")
+        sign = np.array([{"above": 1.0, "below": -1.0, "both": 0.0}[d] for d in self.direction])
+        object.__setattr__(self, "_sign", sign)
+        object.__setattr__(self, "_feat", feat)
+        group = np.concatenate([gof[feat], gof[[c.feature for c in self.stuck]].astype(np.int64)])
+        object.__setattr__(self, "_member", group[None, :] == np.arange(len(self.groups))[:, None])  # (G, M)
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.groups)
+
+    @property
+    def monitor_names(self) -> tuple[str, ...]:
+        """(M,) the monitored features, then `stuck:<channel>` per stuck check."""
+        return tuple(self.features[j] for j in self._feat) + tuple(f"stuck:{c.channel}" for c in self.stuck)
+
+    @property
+    def monitor_features(self) -> np.ndarray:
+        """(Mf,) the feature index of each monitored feature."""
+        return self._feat.copy()
+
+    def monitor_groups(self) -> np.ndarray:
+        """(M,) the group index of each monitor."""
+        return self._member.argmax(axis=0)
+
+    def feature_deviation(self, resid: np.ndarray) -> np.ndarray:
+        """(B, F) residuals z -> (B, F) deviations v - center (directional, or |z| for "both")."""
+        z = np.asarray(resid, dtype=np.float64)
+        v = np.where(self._sign == 0.0, np.abs(z), self._sign * z)
+        return v - np.asarray(self.center)
+
+    def skip_mask(self, flags: np.ndarray, flag_names: list[str] | tuple[str, ...]) -> np.ndarray:
+        """(B, R) newest-step flags -> (B,) bool: steps that are not scored (any of `skip_flags` on)."""
+        f = np.asarray(flags)
+        if not self.skip_flags:
+            return np.zeros(f.shape[0], dtype=bool)
+        unknown = sorted(set(self.skip_flags) - set(flag_names))
+        if unknown:
+            raise ValueError(f"signals.skip_flags: {unknown} are not flags of this model; flags: {list(flag_names)}")
+        idx = [list(flag_names).index(n) for n in self.skip_flags]
+        return (f[:, idx] > 0.5).any(axis=1)
+
+    def group_ratios(self, ratio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, M) monitor ratios -> (B, G) each group's largest ratio (NaN: none defined) and its monitor (-1)."""
+        r = np.where(self._member[None, :, :], np.nan_to_num(ratio, nan=-np.inf)[:, None, :], -np.inf)  # (B, G, M)
+        top = r.argmax(axis=2)
+        best = np.take_along_axis(r, top[..., None], axis=2)[..., 0]
+        ok = np.isfinite(best)
+        return np.where(ok, best, np.nan), np.where(ok, top, -1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"features": list(self.features), "groups": list(self.groups), "group_of": list(self.group_of),
+                "direction": [str(d) for d in self.direction], "center": [float(c) for c in self.center],
+                "monitored": list(self.monitored), "stuck": [c.to_dict() for c in self.stuck],
+                "skip_flags": list(self.skip_flags)}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: Any) -> SignalSpec:
+        keys = ("features", "groups", "group_of", "direction", "center", "monitored", "stuck", "skip_flags")
+        d = check_keys(d, keys, "signals.spec", ValueError)
+        return cls(tuple(d["features"]), tuple(d["groups"]), tuple(int(g) for g in d["group_of"]),
+                   tuple(d["direction"]), tuple(float(c) for c in d["center"]), tuple(bool(m) for m in d["monitored"]),
+                   tuple(StuckCheck.from_dict(c) for c in d["stuck"]), tuple(d["skip_flags"]))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SignalLevels:
+    """Each monitor's alarm level, pooled and per turbine; `fallbacks` says which turbines use the pooled ones."""
+
+    pooled: tuple[float, ...]  # (M,)
+    per_turbine: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    fallbacks: dict[str, str] = field(default_factory=dict)
+    percentile: float = 100.0
+    n_steps: int = 0
+
+    def __post_init__(self) -> None:
+        for key, v in {"pooled": self.pooled, **self.per_turbine}.items():
+            a = np.asarray(v, dtype=np.float64)
+            if a.shape != (len(self.pooled),) or not (np.isfinite(a) & (a > 0)).all():
+                raise ValueError(f"SignalLevels: {key} must hold {len(self.pooled)} finite levels > 0")
+
+    def for_turbine(self, turbine: str) -> tuple[np.ndarray, str]:
+        """The (M,) levels of `turbine` and their source ("turbine" or "pooled")."""
+        if turbine in self.per_turbine:
+            return np.asarray(self.per_turbine[turbine], dtype=np.float64), "turbine"
+        return np.asarray(self.pooled, dtype=np.float64), "pooled"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pooled": [float(x) for x in self.pooled],
+                "per_turbine": {t: [float(x) for x in v] for t, v in self.per_turbine.items()},
+                "fallbacks": dict(self.fallbacks), "percentile": float(self.percentile),
+                "n_steps": int(self.n_steps)}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: Any) -> SignalLevels:
+        d = check_keys(d, ("pooled", "per_turbine", "fallbacks", "percentile", "n_steps"), "signals.levels",
+                       ValueError)  # fmt: skip
+        return cls(tuple(float(x) for x in d["pooled"]),
+                   {str(t): tuple(float(x) for x in v) for t, v in dict(d["per_turbine"]).items()},
+                   {str(k): str(v) for k, v in dict(d["fallbacks"]).items()}, float(d["percentile"]),
+                   int(d["n_steps"]))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SignalParams:
+    """The bundle's `signals` section: monitors, their temporal aggregation, the baseline and the levels."""
+
+    spec: SignalSpec
+    aggregator: ScoreAggregator
+    halflife: float | None  # ewma
+    k: float | None  # cusum allowance
+    max_gap: int  # cusum: missing steps after which the sum restarts
+    baseline: SignalBaseline  # none | fleet (minus the other turbines' median at the same step)
+    min_peers: int
+    levels: SignalLevels
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "aggregator", parse(ScoreAggregator, self.aggregator, "signals.aggregator"))
+        object.__setattr__(self, "baseline", parse(SignalBaseline, self.baseline, "signals.baseline"))
+        if (self.aggregator == ScoreAggregator.ewma) != (self.halflife is not None):
+            raise ValueError("signals.halflife: required by, and only allowed with, aggregator 'ewma'")
+        if (self.aggregator == ScoreAggregator.cusum) != (self.k is not None):
+            raise ValueError("signals.k: required by, and only allowed with, aggregator 'cusum'")
+        if len(self.levels.pooled) != len(self.spec.monitor_names):
+            raise ValueError(f"signals.levels: {len(self.levels.pooled)} for {len(self.spec.monitor_names)} monitors")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"spec": self.spec.to_dict(), "aggregator": str(self.aggregator), "halflife": self.halflife,
+                "k": self.k, "max_gap": self.max_gap, "baseline": str(self.baseline), "min_peers": self.min_peers,
+                "levels": self.levels.to_dict()}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: Any) -> SignalParams:
+        keys = ("spec", "aggregator", "halflife", "k", "max_gap", "baseline", "min_peers", "levels")
+        d = check_keys(d, keys, "signals", ValueError)
+        return cls(SignalSpec.from_dict(d["spec"]), d["aggregator"],
+                   None if d["halflife"] is None else float(d["halflife"]), None if d["k"] is None else float(d["k"]),
+                   int(d["max_gap"]), d["baseline"], int(d["min_peers"]),
+                   SignalLevels.from_dict(d["levels"]))  # fmt: skip
+
+
+class SignalStep(NamedTuple):
+    """One step of a fleet's turbines (B rows): monitors' values, levels and ratios, and their group maxima."""
+
+    y: np.ndarray  # (B, Mf) monitored features' deviations, relative to the baseline
+    has: np.ndarray  # (B, Mf) bool: observed (and, with the fleet baseline, with its peers)
+    value: np.ndarray  # (B, M) aggregates (features) and runs (stuck checks), NaN while undefined
+    level: np.ndarray  # (B, M)
+    ratio: np.ndarray  # (B, M) value / level, NaN while undefined
+    group_ratio: np.ndarray  # (B, G) the largest ratio of each group's monitors, NaN: none defined
+    group_top: np.ndarray  # (B, G) the monitor that set it, -1: none
+    score: np.ndarray  # (B,) the largest ratio, NaN when none is defined
+
+
+class SignalTracker:
+    """The stateful part of per-signal scoring for a fleet, shared by the export, `scada-infer` and the edge.
+
+    `step(slots, turbines, resid, present, pred, scored, repeat, skip)` takes the B turbines that closed ONE time
+    step (so the fleet baseline compares turbines at the same step; slots distinct): the graph's resid and pred
+    (B, F), the newest step's presence (B, F), whether the window was scored (B,) (a window with too little data
+    is a missing step for the features and gives no prediction; its repeat codes still count), the repeat codes
+    (B, S) and the skip mask (B,) (`SignalSpec.skip_mask`). Without `levels` the ratios are NaN.
+    `state_dict()` / `load_state_dict()` carry the aggregators' state (the daemon's state file holds it).
+    """
+
+    def __init__(
+        self,
+        spec: SignalSpec,
+        aggregator: ScoreAggregator,
+        halflife: float | None,
+        k: float | None,
+        max_gap: int,
+        baseline: SignalBaseline,
+        min_peers: int,
+        levels: SignalLevels | None = None,
+    ) -> None:
+        self.spec = spec
+        self.baseline = parse(SignalBaseline, baseline, "signals.baseline")
+        self.min_peers = int(min_peers)
+        self.levels = levels
+        n_feat = len(spec.monitor_features)
+        kind = parse(ScoreAggregator, aggregator, "signals.aggregator")
+        self.agg = make_aggregator(kind, n_feat, halflife, k, int(max_gap)) if n_feat else None
+        self.stuck = StuckRun([c.min_move for c in spec.stuck]) if spec.stuck else None
+
+    @classmethod
+    def from_params(cls, p: SignalParams) -> SignalTracker:
+        """The tracker a bundle's `signals` section describes, with its levels."""
+        return cls(p.spec, p.aggregator, p.halflife, p.k, p.max_gap, p.baseline, p.min_peers, p.levels)
+
+    def step(
+        self,
+        slots: Any,
+        turbines: list[str],
+        resid: np.ndarray,
+        present: np.ndarray,
+        pred: np.ndarray,
+        scored: np.ndarray,
+        repeat: np.ndarray,
+        skip: np.ndarray,
+    ) -> SignalStep:
+        slots = np.asarray(slots, dtype=np.int64)
+        B, F, sp = slots.size, len(self.spec.features), self.spec
+        z, p, pr = (np.asarray(a) for a in (resid, present, pred))
+        ok = np.asarray(scored, dtype=bool) & ~np.asarray(skip, dtype=bool)
+        if z.shape != (B, F) or p.shape != (B, F) or pr.shape != (B, F) or ok.shape != (B,):
+            raise ValueError(f"SignalTracker.step: resid, present, pred (B={B}, F={F}) and scored, skip (B,); got "
+                             f"{z.shape}, {p.shape}, {pr.shape}, {ok.shape}")  # fmt: skip
+        feat = sp.monitor_features
+        y = sp.feature_deviation(z)[:, feat]
+        has = p.astype(bool)[:, feat] & ok[:, None]
+        if self.baseline == SignalBaseline.fleet:
+            y, has = self._fleet_relative(y, has)
+        values = []
+        if self.agg is not None:
+            self.agg.update(slots, np.where(has, y, 0.0), has)
+            values.append(self.agg.get(slots))
+        if self.stuck is not None:
+            codes = np.asarray(repeat)[:, [c.repeat for c in sp.stuck]]
+            moving = pr[:, [c.feature for c in sp.stuck]].astype(np.float64)
+            self.stuck.update(slots, codes, moving, np.repeat(ok[:, None], len(sp.stuck), axis=1))
+            values.append(self.stuck.get(slots))
+        value = np.concatenate(values, axis=1) if values else np.zeros((B, 0))
+        if self.levels is None:
+            level = np.full_like(value, np.nan)
+        else:
+            level = np.stack([self.levels.for_turbine(t)[0] for t in turbines]) if B else value.copy()
+        ratio = value / level
+        group_ratio, group_top = sp.group_ratios(ratio)
+        finite = np.isfinite(ratio)
+        score = np.where(finite.any(axis=1), np.where(finite, ratio, -np.inf).max(axis=1, initial=-np.inf), np.nan)
+        return SignalStep(y, has, value, level, ratio, group_ratio, group_top, score)
+
+    def _fleet_relative(self, y: np.ndarray, has: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each monitored feature minus the median of the other turbines' same feature (observed ones only)."""
+        from scada_tcn.runtime.peers import median_of_others
+
+        vals = np.where(has, y, np.nan).T  # (Mf, B): one row per feature, the turbines of this step as columns
+        base = median_of_others(vals).T  # (B, Mf)
+        peers = has.sum(axis=0, keepdims=True) - has.astype(np.int64)
+        ok = has & (peers >= self.min_peers) & np.isfinite(base)
+        return np.where(ok, y - np.where(ok, base, 0.0), 0.0), ok
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"aggregator": None if self.agg is None else self.agg.state_dict(),
+                "stuck": None if self.stuck is None else self.stuck.state_dict()}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = check_keys(state, ("aggregator", "stuck"), "SignalTracker.load_state_dict", ValueError)
+        for part, obj in (("aggregator", self.agg), ("stuck", self.stuck)):
+            if (state[part] is None) != (obj is None):
+                raise ValueError(f"SignalTracker.load_state_dict: {part} state does not match this bundle's monitors")
+            if obj is not None:
+                obj.load_state_dict(state[part])

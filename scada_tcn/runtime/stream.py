@@ -1,0 +1,150 @@
+"""The edge's streaming scorer: step.onnx driven one fleet step at a time, each turbine's layer state in rings.
+
+A bundle with a step graph (`Bundle.stream`, see `runtime.bundle`) is scored without windows: each turbine keeps,
+per convolution of the model, the last S = (k - 1) d inputs of every pass (`P` rows per turbine) in a ring
+`(slots x P, channels, S)` (step tau at column tau mod S, tau = the step's end / dt), and with the fault head the
+last L - 1 clean hidden states. `StreamScorer.step(slots, t, X, M_miss, Flags)` scores the newest step of B
+turbines that share the step index t (a fleet step), writes the graph's new columns into their rings and returns
+the per-signal outputs and the clean-pass heads for those B rows.
+
+State: the convolution rings are a function of the last L inputs (the receptive field fits the window), which the
+fleet keeps anyway (`runtime.fleet`), so they are not saved: `rebuild` steps a turbine's L-step window from
+zeros, which reproduces exactly what the uninterrupted stream holds (`trainer.model.streaming`). The fault head's
+ring of hidden states reaches further back and is part of `state_dict()`.
+
+Cost: one graph call per fleet step; when every known turbine steps (the daemon's usual case), the rings are passed
+to onnxruntime as they are (no copy) and only the new columns are written back.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+import onnxruntime as ort
+
+from scada_tcn.runtime.bundle import Bundle, StreamParams, open_session
+from scada_tcn.runtime.errors import BundleError
+
+__all__ = ["StepOutputs", "StreamScorer", "make_scorer"]
+
+
+class StepOutputs(NamedTuple):
+    """The outputs of one fleet step for B turbines (a head's field is None when the model has no such head)."""
+
+    resid: np.ndarray  # (B, F) float32
+    pred: np.ndarray  # (B, F) float32
+    Y_hat: np.ndarray | None  # (B, K, F)
+    fault_prob: np.ndarray | None  # (B, C)
+    rul: np.ndarray | None  # (B,)
+
+
+class StreamScorer:
+    """Per-turbine layer state and the step graph; see the module docstring."""
+
+    def __init__(self, session: ort.InferenceSession, stream: StreamParams, L: int, F: int, R: int) -> None:
+        self.P, self.L, self.D, self.F, self.R = stream.passes, L, stream.hidden, F, R
+        self.convs = stream.convs
+        self.has_h = stream.h_ring
+        self.session = session
+        self._outputs = [o.name for o in self.session.get_outputs()]
+        self.n = 0  # slots in use (0 .. n - 1)
+        self._cap = 0
+        self.rings: list[np.ndarray] = [np.zeros((0, c, s), np.float32) for c, s, _, _ in self.convs]
+        self.h_ring = np.zeros((0, self.L - 1, self.D), np.float32)
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, intra_op_threads: int = 1) -> StreamScorer:
+        """The streaming scorer of a bundle with a step graph (refused otherwise)."""
+        if bundle.stream is None:
+            raise BundleError("StreamScorer: this bundle has no step graph (stream is null); use the window scorer")
+        d = bundle.dims
+        return cls(open_session(bundle, "step", intra_op_threads), bundle.stream, d.L, d.F, d.R)
+
+    def _grow(self, n: int) -> None:
+        if n <= self._cap:
+            self.n = max(self.n, n)
+            return
+        cap = max(n, 2 * self._cap, 16)
+        self.rings = [np.concatenate([r, np.zeros((cap * self.P - r.shape[0],) + r.shape[1:], np.float32)])
+                      for r in self.rings]  # fmt: skip
+        self.h_ring = np.concatenate([self.h_ring, np.zeros((cap - self.h_ring.shape[0], self.L - 1, self.D),
+                                                            np.float32)])  # fmt: skip
+        self._cap, self.n = cap, max(self.n, n)
+
+    def step(self, slots: np.ndarray, t: int, X: np.ndarray, M_miss: np.ndarray, Flags: np.ndarray) -> StepOutputs:
+        """Score the step with index `t` of the turbines `slots` (distinct), X and M_miss (B, F), Flags (B, R)."""
+        slots = np.asarray(slots, dtype=np.int64)
+        B = slots.size
+        if slots.ndim != 1 or (B and (slots.min() < 0 or np.unique(slots).size != B)):
+            raise ValueError("StreamScorer.step: slots must be distinct integers >= 0 (one step per turbine)")
+        if X.shape != (B, self.F) or M_miss.shape != (B, self.F) or Flags.shape != (B, self.R):
+            raise ValueError(f"StreamScorer.step: X, M_miss (B={B}, F={self.F}), Flags (B, R={self.R}); got "
+                             f"{X.shape}, {M_miss.shape}, {Flags.shape}")  # fmt: skip
+        self._grow(int(slots.max()) + 1 if B else 0)
+        every = B == self.n and bool((slots == np.arange(B)).all())  # the whole fleet, in slot order: no copies
+        rows = None if every else (slots[:, None] * self.P + np.arange(self.P)).ravel()
+        feeds: dict[str, Any] = {
+            "X": np.ascontiguousarray(X, np.float32),
+            "M_miss": np.ascontiguousarray(M_miss, np.float32),
+            "Flags": np.ascontiguousarray(Flags, np.float32),
+            "t": np.array(t, dtype=np.int64),
+        }
+        for i, r in enumerate(self.rings):
+            feeds[f"ring_{i}"] = r[: B * self.P] if every else r[rows]
+        if self.has_h:
+            feeds["h_ring"] = self.h_ring[:B] if every else self.h_ring[slots]
+        out = dict(zip(self._outputs, self.session.run(None, feeds)))
+        for i, (r, (_, s, _, _)) in enumerate(zip(self.rings, self.convs)):
+            if every:
+                r[: B * self.P, :, t % s] = out[f"col_{i}"]
+            else:
+                r[rows, :, t % s] = out[f"col_{i}"]
+        if self.has_h:
+            self.h_ring[slots, t % (self.L - 1)] = out["h"]
+        return StepOutputs(out["resid"], out["pred"], out.get("Y_hat"), out.get("fault_prob"), out.get("rul"))
+
+    def rebuild(self, slots: np.ndarray, t_last: int, X: np.ndarray, M_miss: np.ndarray, Flags: np.ndarray) -> None:
+        """Rebuild the convolution rings of `slots` from their last k <= L steps (X, M_miss (B, k, F), Flags
+        (B, k, R), the last one being step `t_last`; k < L only for a turbine that has seen k steps in all). The
+        hidden-state ring is left as it was (it comes from the state)."""
+        slots = np.asarray(slots, dtype=np.int64)
+        k = X.shape[1]
+        if X.shape[0] != slots.size or not 1 <= k <= self.L:
+            raise ValueError(f"StreamScorer.rebuild: windows must be (B={slots.size}, k <= L={self.L}, F), got "
+                             f"{X.shape}")  # fmt: skip
+        self._grow(int(slots.max()) + 1 if slots.size else 0)
+        rows = (slots[:, None] * self.P + np.arange(self.P)).ravel()
+        for r in self.rings:
+            r[rows] = 0.0
+        keep = self.h_ring[slots].copy()
+        for j in range(k):
+            self.step(slots, t_last - k + 1 + j, X[:, j], M_miss[:, j], Flags[:, j])
+        self.h_ring[slots] = keep
+
+    def state_dict(self) -> dict[str, Any]:
+        """The fault head's ring of hidden states (the convolution rings are rebuilt from the fleet's windows)."""
+        return {"n": self.n, "h_ring": self.h_ring[: self.n].copy() if self.has_h else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or set(state) != {"n", "h_ring"}:
+            raise ValueError("StreamScorer.load_state_dict: expected keys ['h_ring', 'n']")
+        n = int(state["n"])
+        self._grow(n)
+        if self.has_h:
+            h = np.asarray(state["h_ring"], dtype=np.float32)
+            if h.shape != (n, self.L - 1, self.D):
+                raise ValueError(f"StreamScorer.load_state_dict: h_ring must be ({n}, {self.L - 1}, {self.D})")
+            self.h_ring[:n] = h
+
+
+def make_scorer(bundle: Bundle, engine: str = "auto", intra_op_threads: int = 1, inter_op_threads: int = 1) -> Any:
+    """The scorer `compute.engine` asks for: the streaming scorer ("stream", or "auto" with a step graph) or the
+    window scorer ("window", or "auto" without one). "stream" on a bundle without a step graph is refused."""
+    from scada_tcn.runtime.scorer import OnnxScorer
+
+    if engine == "stream" or (engine == "auto" and bundle.stream is not None):
+        return StreamScorer.from_bundle(bundle, intra_op_threads)
+    if engine in ("auto", "window"):
+        return OnnxScorer(bundle, intra_op_threads, inter_op_threads)
+    raise ValueError(f"make_scorer: engine must be auto, stream or window, got {engine!r}")

@@ -1,0 +1,251 @@
+"""Per-signal scoring offline: every step of a split, the edge's tracker, and the levels fitted at export.
+
+For a time range, each turbine's prepared arrays give one window ending at every step t >= L - 1 (the window
+may reach back into the previous split: it holds only the past). A window whose present fraction reaches the
+bundle's minimum is scored by the per-signal graph (torch or onnxruntime, same numbers); any other step of the
+range is a missing step for the features (its repeat codes still count). `runtime.signals.SignalTracker`, the
+edge's own code, then runs over the steps in time order, the turbines of one step together (the fleet baseline
+compares them), exactly as the daemon releases them.
+
+Export (`fit_signals`), on the validation split's normal steps (fault-labelled steps are neither fitted on nor,
+with the fleet baseline, peers):
+* each feature's residual scale, 1.4826 x MAD of its newest-step residual, and the centre of its deviation (its
+  median);
+* a stuck check per `features.repeat_channels` entry, its `min_move` the `stuck_move_quantile` of its
+  feature's step-to-step prediction change;
+* the tracker over the split, then each monitor's level: for a monitored feature `level_margin` x the
+  `percentile` of its aggregate, for a stuck check max(`stuck_min_run`, `stuck_margin` x its longest run);
+  pooled, and per turbine for turbines with `min_steps` validation steps when asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from scada_tcn.runtime.errors import ConfigError
+from scada_tcn.runtime.signals import SignalLevels, SignalParams, SignalSpec, SignalTracker, StuckCheck
+from scada_tcn.runtime.vocab import Direction
+from scada_tcn.runtime.windows import enough_present, sliding_present_fraction
+from scada_tcn.trainer.config import RootCfg
+from scada_tcn.trainer.config.groups import feature_groups
+from scada_tcn.trainer.data.store import PreparedData
+from scada_tcn.trainer.data.windowing import SPLITS, step_splits
+from scada_tcn.trainer.model.signals import SignalModule
+
+__all__ = ["SignalSteps", "fit_levels", "fit_signals", "signal_steps", "track"]
+
+Residuals = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]  # -> resid, pred (B, F)
+_MAD = 1.4826
+
+
+@dataclass
+class SignalSteps:
+    """The steps of a range, turbines interleaved in time order: every step of each turbine's grid."""
+
+    turbine: np.ndarray  # (N,) object
+    t_end: np.ndarray  # (N,) int64 ns
+    scored: np.ndarray  # (N,) bool: a window with enough data
+    resid: np.ndarray  # (N, F) float32, 0 where not scored
+    pred: np.ndarray  # (N, F) float32, 0 where not scored
+    present: np.ndarray  # (N, F) bool, the newest step's mask (False where not scored)
+    flags: np.ndarray  # (N, R) float32, the newest step's flags
+    repeat: np.ndarray  # (N, S) uint8, the newest step's repeat codes
+    split: np.ndarray  # (N,) the split of each step's time
+    label: np.ndarray  # (N,) bool: a fault-labelled step
+
+
+def torch_residuals(module: SignalModule) -> Residuals:
+    def run(X: np.ndarray, M: np.ndarray, Fl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            resid, pred = module(*(torch.from_numpy(a) for a in (X, M, Fl)))
+        return resid.numpy(), pred.numpy()
+
+    return run
+
+
+def signal_steps(data: PreparedData, cfg: RootCfg, splits: tuple[str, ...], residuals: Residuals,
+                 batch_size: int = 256, turbines: list[str] | None = None) -> SignalSteps:  # fmt: skip
+    """Score every step of `splits` of every turbine (or of `turbines`) with `residuals` (see the module
+    docstring)."""
+    L, min_present = cfg.data.windowing.L, cfg.data.windowing.min_present_fraction
+    want = np.array([SPLITS.index(s) for s in splits])
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in SignalSteps.__dataclass_fields__}
+    for tdir in sorted((Path(data.dir) / "turbines").iterdir()):
+        tid = tdir.name
+        if turbines is not None and tid not in turbines:
+            continue
+        ts = np.load(tdir / "timestamps.npy")
+        sp = step_splits(ts, tid, cfg.data)
+        steps = np.flatnonzero(np.isin(sp, want) & (np.arange(len(ts)) >= L - 1))
+        if steps.size == 0:
+            continue
+        X, M, Fl = (np.load(tdir / f"{n}.npy", mmap_mode="r") for n in ("X", "M_miss", "Flags"))
+        frac = sliding_present_fraction(np.asarray(M), steps - (L - 1), L)
+        ok = enough_present(frac, min_present)
+        resid = np.zeros((steps.size, X.shape[1]), np.float32)
+        pred = np.zeros((steps.size, X.shape[1]), np.float32)
+        present = np.zeros((steps.size, X.shape[1]), bool)
+        idx = np.flatnonzero(ok)
+        for i in range(0, idx.size, batch_size):
+            rows = idx[i : i + batch_size]
+            win = steps[rows][:, None] + np.arange(-(L - 1), 1)[None, :]  # (b, L)
+            xb, mb, fb = (np.ascontiguousarray(a[win], dtype=np.float32) for a in (X, M, Fl))
+            resid[rows], pred[rows] = residuals(xb, mb, fb)
+            present[rows] = mb[:, -1, :] > 0.5
+        labels = np.load(tdir / "labels.npy") if (tdir / "labels.npy").is_file() else np.zeros(len(ts), np.int64)
+        lab = labels[steps]
+        values = {"turbine": np.full(steps.size, tid, dtype=object), "t_end": ts[steps], "scored": ok,
+                  "resid": resid, "pred": pred, "present": present, "flags": np.asarray(Fl[steps], np.float32),
+                  "repeat": np.load(tdir / "Repeat.npy")[steps], "split": sp[steps],
+                  "label": (lab.max(axis=1) if lab.ndim == 2 else lab) > 0}  # fmt: skip
+        for k, v in values.items():
+            parts[k].append(v)
+    if not parts["t_end"]:
+        raise ValueError(f"no steps of the splits {list(splits)} in {data.dir}")
+    cat = {k: np.concatenate(v) for k, v in parts.items()}
+    order = np.lexsort((cat["turbine"].astype(str), cat["t_end"]))
+    return SignalSteps(**{k: v[order] for k, v in cat.items()})
+
+
+def track(tracker: SignalTracker, steps: SignalSteps, turbines: list[str], flag_names: list[str],
+          use: np.ndarray | None = None) -> pd.DataFrame:  # fmt: skip
+    """Run `tracker` over `steps` in time order (one call per step time); `use` (N,) False makes a step an unscored
+    one (e.g. fault-labelled steps at calibration). Returns one row per step: turbine_id, t_end, scored, the
+    turbine-level score, and per monitor m value_<m>, ratio_<m>, per group g ratio_<g>, top_<g> (its monitor)."""
+    scored = steps.scored if use is None else steps.scored & use
+    slot = {t: i for i, t in enumerate(turbines)}
+    slots = np.array([slot[t] for t in steps.turbine], dtype=np.int64)
+    sp = tracker.spec
+    skip = sp.skip_mask(steps.flags, flag_names)
+    N, M, G = len(steps.t_end), len(sp.monitor_names), sp.n_groups
+    value, ratio = np.full((N, M), np.nan), np.full((N, M), np.nan)
+    gratio, gtop = np.full((N, G), np.nan), np.full((N, G), -1)
+    score = np.full(N, np.nan)
+    bounds = np.flatnonzero(np.diff(steps.t_end, prepend=steps.t_end[0] - 1))
+    for a, b in zip(bounds, np.append(bounds[1:], N)):
+        r = np.arange(a, b)
+        st = tracker.step(slots[r], list(steps.turbine[r]), steps.resid[r], steps.present[r], steps.pred[r],
+                          scored[r], steps.repeat[r], skip[r])  # fmt: skip
+        value[r], ratio[r], gratio[r], gtop[r], score[r] = st.value, st.ratio, st.group_ratio, st.group_top, st.score
+    cols = {"turbine_id": steps.turbine, "t_end": steps.t_end, "scored": steps.scored & ~skip, "score": score}
+    for j, m in enumerate(sp.monitor_names):
+        cols |= {f"value_{m}": value[:, j], f"ratio_{m}": ratio[:, j]}
+    for j, g in enumerate(sp.groups):
+        cols |= {f"ratio_{g}": gratio[:, j], f"top_{g}": gtop[:, j]}
+    return pd.DataFrame(cols)
+
+
+def _directions(cfg: RootCfg, bases: list[str]) -> tuple[Direction, ...]:
+    d = cfg.infer.signals.directions
+    return tuple(Direction(d.get(b, Direction.both)) for b in bases)
+
+
+def _stuck_checks(cfg: RootCfg, data: PreparedData, group_of: tuple[int, ...], steps: SignalSteps,
+                  normal: np.ndarray) -> tuple[StuckCheck, ...]:  # fmt: skip
+    """A stuck check per repeat channel of the prepared data, each with the prediction change of its feature
+    (`derive.stuck_feature`) that counts as "expected to move"."""
+    from scada_tcn.runtime.spec import PipelineSpec
+    from scada_tcn.trainer.config.derive import stuck_feature
+
+    spec = PipelineSpec.from_dict(data.pipeline_spec)
+    dt_ns = int(spec.dt_seconds) * 10**9
+    checks = []
+    for r, channel in enumerate(spec.repeat_channels):
+        feature = stuck_feature(spec, channel)
+        if feature is None or group_of[spec.feature_names.index(feature)] < 0:
+            raise ConfigError(f"features.repeat_channels: {channel!r} has no scored feature to expect its moves from")
+        f = spec.feature_names.index(feature)
+        moves = []
+        for t in np.unique(steps.turbine):  # consecutive normal scored steps of one turbine
+            rows = np.flatnonzero((steps.turbine == t) & normal)
+            d = np.abs(np.diff(steps.pred[rows, f].astype(np.float64)))
+            moves.append(d[np.diff(steps.t_end[rows]) == dt_ns])
+        m = np.concatenate(moves) if moves else np.zeros(0)
+        min_move = float(np.quantile(m, cfg.infer.signals.stuck_move_quantile)) if m.size else 0.0
+        checks.append(StuckCheck(channel, r, f, min_move))
+    return tuple(checks)
+
+
+def fit_signals(module: SignalModule, data: PreparedData, cfg: RootCfg, residuals: Residuals | None = None,
+                log: Callable[[str], None] = lambda m: None) -> tuple[SignalParams, np.ndarray]:  # fmt: skip
+    """Fit the residual scale (into `module`) on the validation split, then `fit_levels`. Returns the bundle's
+    `signals` section and the turbine-level scores of the normal validation steps (the drift reference)."""
+    module.set_scale(torch.ones(module.F))
+    steps = signal_steps(data, cfg, ("val",), residuals or torch_residuals(module))
+    normal = steps.scored & ~steps.label
+    r = np.where(steps.present & normal[:, None], steps.resid.astype(np.float64), np.nan)  # raw residuals
+    med = np.nanmedian(r, axis=0)
+    scale = _MAD * np.nanmedian(np.abs(r - med), axis=0)
+    scale = np.where(np.isfinite(scale) & (scale > 1e-3), scale, 1e-3)
+    module.set_scale(torch.as_tensor(scale, dtype=torch.float32))
+    steps.resid = (steps.resid / scale).astype(np.float32)  # the graph divides by the fitted scale from now on
+    return fit_levels(steps, data, cfg, log)
+
+
+def fit_levels(steps: SignalSteps, data: PreparedData, cfg: RootCfg, log: Callable[[str], None] = lambda m: None
+               ) -> tuple[SignalParams, np.ndarray]:  # fmt: skip
+    """Centres, stuck checks and levels from scaled residuals `steps` of the validation split (see the module
+    docstring); returns the `signals` section and the normal steps' turbine-level scores under it."""
+    from scada_tcn.trainer.config.derive import spec_from_config
+
+    sg = cfg.infer.signals
+    groups = feature_groups(cfg)
+    pspec = spec_from_config(cfg)
+    features, flag_names = tuple(pspec.feature_names), list(pspec.flag_names)
+    normal = steps.scored & ~steps.label
+    directions = _directions(cfg, pspec.feature_bases())
+    primary = set(pspec.base_names())
+    skip = set(sg.unmonitored)
+    monitored = tuple(g >= 0 and (sg.monitor_derived or n in primary) and b not in skip
+                      for n, g, b in zip(features, groups.group_of, pspec.feature_bases()))  # fmt: skip
+    probe = SignalSpec(features, groups.names, groups.group_of, directions, (0.0,) * len(features), monitored)
+    dev = np.where(steps.present & normal[:, None], probe.feature_deviation(steps.resid), np.nan)
+    center = np.nan_to_num(np.nanmedian(dev, axis=0), nan=0.0)
+    stuck = _stuck_checks(cfg, data, groups.group_of, steps, normal)
+    spec = SignalSpec(features, groups.names, groups.group_of, directions, tuple(float(c) for c in center), monitored,
+                      stuck, tuple(sg.skip_flags))  # fmt: skip
+    turbines = sorted(set(steps.turbine))
+    tracker = SignalTracker(spec, sg.aggregator, sg.halflife_steps, sg.cusum_k, sg.max_gap_steps, sg.baseline,
+                            sg.min_peers)  # fmt: skip
+    res = track(tracker, steps, turbines, flag_names, use=~steps.label)
+    values = res[[f"value_{m}" for m in spec.monitor_names]].to_numpy(copy=True)
+    values[steps.label] = np.nan  # a run or an aggregate during a fault is not a normal one
+    n_feat = len(spec.monitor_features)
+    pooled = _levels(values, n_feat, cfg)
+    per_turbine, fallbacks = {}, {}
+    if sg.per_turbine:
+        for t in turbines:
+            v = values[res["turbine_id"].to_numpy() == t]
+            n = int(np.isfinite(v[:, :n_feat]).all(axis=1).sum())
+            if n >= sg.min_steps:
+                per_turbine[t] = tuple(_levels(v, n_feat, cfg))
+            else:
+                fallbacks[t] = f"{n} validation steps < min_steps={sg.min_steps}; uses the pooled levels"
+    levels = SignalLevels(tuple(pooled), per_turbine, fallbacks, float(sg.percentile),
+                          int(np.isfinite(values).any(axis=1).sum()))  # fmt: skip
+    log(f"per-signal levels ({levels.n_steps} validation steps): "
+        + ", ".join(f"{m} {v:.3g}" for m, v in zip(spec.monitor_names, pooled)))  # fmt: skip
+    params = SignalParams(spec, sg.aggregator, sg.halflife_steps, sg.cusum_k, sg.max_gap_steps, sg.baseline,
+                          sg.min_peers, levels)  # fmt: skip
+    scores = track(SignalTracker.from_params(params), steps, turbines, flag_names, use=~steps.label)["score"]
+    return params, scores.to_numpy()[np.isfinite(scores.to_numpy()) & ~steps.label]
+
+
+def _levels(values: np.ndarray, n_feat: int, cfg: RootCfg) -> list[float]:
+    """Monitored features: the percentile of the aggregate; stuck checks: max(min run, margin x longest run)."""
+    sg = cfg.infer.signals
+    out = []
+    for j in range(values.shape[1]):
+        v = values[:, j][np.isfinite(values[:, j])]
+        if j < n_feat:
+            level = sg.level_margin * float(np.percentile(v, sg.percentile)) if v.size else 1.0
+        else:
+            level = max(float(sg.stuck_min_run), sg.stuck_margin * float(v.max(initial=0.0)))
+        out.append(level if level > 1e-6 else 1e-6)  # a level must be > 0: a ratio divides by it
+    return out

@@ -1,0 +1,120 @@
+"""The step graph: per-signal scoring of one new step per turbine, with the layers' past as state.
+
+    StepModule(signals): X, M_miss (B, F), Flags (B, R), t () int64, ring_0 .. ring_{n-1}[, h_ring]
+        -> resid, pred (B, F)[, Y_hat (B, K, F)][, fault_prob (B, C)][, rul (B,)], col_0 .. col_{n-1}[, h]
+
+A turbine is P = G + 1 rows of the model call: pass 0 hides nothing (`CleanPass`), pass g + 1 hides group g, as
+`SignalModule` does over a whole window. Each causal convolution of the backbone (two per residual block; kernel
+k, dilation d) needs its input at t - (k - 1) d, ..., t - d, t. The edge keeps the last S = (k - 1) d inputs of
+each convolution in a ring, `ring_i` (B P, C_i, S_i), the input of step tau at column tau mod S_i, where tau is
+the absolute step index (end of the step / dt, so every turbine of a fleet step shares it). The graph gathers the
+k - 1 past taps, appends the new column, and runs the convolution as one matrix product; it returns each
+convolution's new input column `col_i` (B P, C_i), which the edge writes at column t mod S_i.
+
+Equality with the window graph: a ring of zeros is the window graph's left zero padding, so stepping a window's L
+steps from zeros reproduces the window graph at every position, and with the receptive field RF <= L the newest
+position of a window depends on its last RF steps only. Hence the step graph's resid, pred, Y_hat and rul at t
+equal the window graph's for the window ending at t, whatever the stream saw before (float rounding aside), and a
+ring rebuilt by stepping the last L steps from zeros holds exactly the values the uninterrupted stream holds.
+
+The fault head pools the clean hidden state over the last L steps: `h_ring` (B, L - 1, D) holds the L - 1 before
+t (column tau mod (L - 1)), and the graph returns the new one, `h`. Before the stream has L steps the ring holds
+zeros, like the window graph's padding; after that the pool sees the stream's own history where the window graph
+sees padding in its first RF - 1 positions, so fault_prob is the stream's own (not the window graph's).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from scada_tcn.trainer.model.masking import apply_mask, build_model_input
+from scada_tcn.trainer.model.network import pairwise_sum, predict_proba_fault
+from scada_tcn.trainer.model.signals import SignalModule
+
+__all__ = ["StepModule"]
+
+
+class StepModule(nn.Module):
+    """The step graph of a per-signal bundle; see the module docstring."""
+
+    def __init__(self, signals: SignalModule) -> None:
+        super().__init__()
+        self.signals = signals
+        model = signals.model
+        cfg = model.cfg
+        if model.receptive_field > signals.L:
+            raise ValueError(
+                f"StepModule: receptive field {model.receptive_field} > L={signals.L}: the newest position of a "
+                "window would see zero padding that a stream does not have; such a model scores windows only"
+            )
+        self.F, self.R, self.L, self.D = signals.F, signals.R, signals.L, cfg.D
+        hide = signals.hide[:, 0, :]  # (G, F)
+        self.P = hide.shape[0] + 1
+        self.register_buffer("hide", torch.cat([torch.zeros(1, self.F), hide]), persistent=False)  # (P, F)
+        self.convs: list[tuple[int, int, int, int]] = []  # (channels, steps S, dilation, kernel) per convolution
+        weights = []
+        for block in model.backbone.blocks:
+            for conv in (block.conv1.conv, block.conv2.conv):
+                out_ch, in_ch, k = conv.weight.shape
+                self.convs.append((in_ch, (k - 1) * conv.dilation[0], conv.dilation[0], k))
+                weights.append(conv.weight.detach().permute(1, 2, 0).reshape(in_ch * k, out_ch).contiguous())
+        for i, w in enumerate(weights):  # (C k, O): column c k + j holds tap j of channel c
+            self.register_buffer(f"w{i}", w, persistent=False)
+        heads = (("Y_hat", cfg.forecast_enabled), ("fault_prob", cfg.fault_enabled), ("rul", cfg.rul_enabled))
+        self.heads = tuple(n for n, on in heads if on)
+        self.ring = cfg.fault_enabled
+        n = len(self.convs)
+        self.input_names = ("X", "M_miss", "Flags", "t", *(f"ring_{i}" for i in range(n)), *(("h_ring",) * self.ring))
+        self.output_names = ("resid", "pred", *self.heads, *(f"col_{i}" for i in range(n)), *(("h",) * self.ring))
+
+    def _conv(self, i: int, conv: nn.Conv1d, x: torch.Tensor, t: torch.Tensor, ring: torch.Tensor) -> torch.Tensor:
+        _, S, d, k = self.convs[i]
+        pos = torch.remainder(t - (k - 1 - torch.arange(k - 1)) * d, S)  # columns of t - (k-1) d, ..., t - d
+        taps = torch.cat([torch.index_select(ring, 2, pos), x.unsqueeze(2)], dim=2)  # (N, C, k)
+        return taps.reshape(x.shape[0], -1) @ getattr(self, f"w{i}") + conv.bias
+
+    def forward(self, X: torch.Tensor, M_miss: torch.Tensor, Flags: torch.Tensor, t: torch.Tensor, *state):
+        B, F = X.shape
+        P, R, sig = self.P, self.R, self.signals
+        present = (M_miss > 0.5).to(torch.float32)
+        X0 = apply_mask(X, present, sig.fill_value)
+        keep = 1.0 - self.hide.unsqueeze(0) * present.unsqueeze(1)  # (B, P, F): 0 where pass p hides
+        keep = torch.cat([torch.ones_like(keep[:, :1]), keep[:, 1:]], dim=1)  # the clean pass: M_mask = ones
+        x_in = build_model_input(
+            apply_mask(X0.unsqueeze(1).expand(B, P, F), keep, sig.fill_value).reshape(B * P, 1, F),
+            present.unsqueeze(1).expand(B, P, F).reshape(B * P, 1, F),
+            keep.reshape(B * P, 1, F),
+            Flags.unsqueeze(1).expand(B, P, R).reshape(B * P, 1, R),
+        )[:, 0]  # (B P, F_in)
+        h, cols = x_in, []
+        for b, block in enumerate(sig.model.backbone.blocks):
+            cols.append(h)
+            y = torch.relu(block.norm1(self._conv(2 * b, block.conv1.conv, h, t, state[2 * b]).unsqueeze(2))[..., 0])
+            cols.append(y)
+            y = torch.relu(block.norm2(self._conv(2 * b + 1, block.conv2.conv, y, t, state[2 * b + 1]).unsqueeze(2)))
+            res = h if isinstance(block.proj, nn.Identity) else block.proj(h.unsqueeze(2))[..., 0]
+            h = torch.relu(y[..., 0] + res)
+        model, cfg = sig.model, sig.model.cfg
+        x_hat = model.recon_head(h).reshape(B, P, F)
+        pred = (x_hat[:, 1:] * sig.own.unsqueeze(0)).sum(dim=1)  # (B, F): one non-zero term per scored feature
+        resid = torch.where((M_miss > 0.5) & sig.scored, (X - pred) / sig.scale, torch.zeros_like(pred))
+        clean = h.reshape(B, P, self.D)[:, 0]  # (B, D)
+        found: dict[str, torch.Tensor] = {}
+        if cfg.forecast_enabled:
+            found["Y_hat"] = model.forecast_head.mlp(clean).reshape(B, cfg.K, F)
+        if cfg.fault_enabled:
+            pooled = (pairwise_sum(state[-1], 1) + clean) / self.L  # the ring's L - 1 and this step
+            found["fault_prob"] = predict_proba_fault(model.fault_head.mlp(pooled), cfg.fault_multilabel)
+        if cfg.rul_enabled:
+            found["rul"] = (model.rul_head.mlp(clean) * model.rul_head.scale)[:, 0]
+        return (resid, pred, *(found[n] for n in self.heads), *cols, *([clean] if self.ring else []))
+
+    def example(self, B: int = 2) -> tuple[torch.Tensor, ...]:
+        """Inputs of B turbines at step 7 with random rings (for tracing and tests)."""
+        g = torch.Generator().manual_seed(0)
+        M = (torch.rand(B, self.F, generator=g) > 0.2).float()
+        rings = [torch.randn(B * self.P, c, s, generator=g) for c, s, _, _ in self.convs]
+        h = [torch.randn(B, self.L - 1, self.D, generator=g)] if self.ring else []
+        flags = (torch.rand(B, self.R, generator=g) > 0.5).float()
+        return (torch.randn(B, self.F, generator=g) * M, M, flags, torch.tensor(7), *rings, *h)

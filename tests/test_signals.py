@@ -1,0 +1,172 @@
+"""Per-signal scoring's stateful parts: aggregators, stuck runs, repeat codes and the fleet tracker.
+
+Each is checked against a brute-force reading of its docstring, and every stateful object against the generic
+restart contract: stopped anywhere, saved through the daemon's state file and loaded into a fresh object, it goes
+on exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scada_tcn.runtime.aggregators import Cusum, Ewma, StuckRun, make_aggregator
+from scada_tcn.runtime.repeats import CHANGED, SAME, UNKNOWN, repeat_codes
+from scada_tcn.runtime.signals import SignalLevels, SignalParams, SignalSpec, SignalTracker, StuckCheck
+from scada_tcn.runtime.state_file import load_state, save_state
+from scada_tcn.runtime.vocab import ScoreAggregator
+
+
+def _series(T: int, width: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.normal(0.3, 1.0, (T, width))
+    present = rng.random((T, width)) > 0.2
+    present[T // 3 : T // 3 + 40] = False  # an outage longer than max_gap and several half-lives
+    return y, present
+
+
+def test_ewma_is_the_decayed_mean_of_observed_steps() -> None:
+    y, p = _series(300, 3, 0)
+    e = Ewma(3, halflife=7.0)
+    a = 0.5 ** (1 / 7.0)
+    for t in range(len(y)):
+        e.update([0], y[t : t + 1], p[t : t + 1])
+        w = a ** (t - np.arange(t + 1))[:, None] * p[: t + 1]  # the weight of each past observed step
+        S, W = (w * np.where(p[: t + 1], y[: t + 1], 0)).sum(0) * (1 - a), w.sum(0) * (1 - a)
+        want = np.where(W >= 0.25, S / np.where(W >= 0.25, W, 1), np.nan)
+        np.testing.assert_allclose(e.get([0])[0], want, rtol=1e-10, atol=1e-12)
+    assert np.isnan(Ewma(1, 3.0).get([0])).all()  # undefined before any observation
+
+
+def test_cusum_sums_above_k_and_restarts_after_a_long_gap() -> None:
+    y, p = _series(300, 2, 1)
+    c = Cusum(2, k=0.5, max_gap=10)
+    S, gap = np.zeros(2), np.zeros(2)
+    for t in range(len(y)):
+        c.update([0], y[t : t + 1], p[t : t + 1])
+        for j in range(2):
+            if p[t, j]:
+                S[j], gap[j] = max(0.0, S[j] + y[t, j] - 0.5), 0
+            else:
+                gap[j] += 1
+                S[j] = 0.0 if gap[j] > 10 else S[j]
+        np.testing.assert_allclose(c.get([0])[0], S, rtol=1e-12)
+
+
+def test_stuck_run_counts_repeats_only_while_the_prediction_moves() -> None:
+    r = StuckRun([0.1])
+    steps = [  # code, pred, has_pred -> run
+        (UNKNOWN, 0.0, True, 0),
+        (SAME, 0.5, True, 1),  # moved by 0.5 > 0.1
+        (SAME, 0.55, True, 1),  # the prediction stayed still: no evidence, no reset
+        (SAME, 1.0, True, 2),
+        (UNKNOWN, 2.0, True, 2),  # a missing step holds the run
+        (SAME, 2.0, False, 2),  # no prediction (window not scored): holds, and forgets the previous one
+        (SAME, 3.0, True, 2),  # no previous prediction to compare with
+        (SAME, 4.0, True, 3),
+        (CHANGED, 5.0, True, 0),  # the channel moved: alive
+    ]
+    for code, pred, ok, want in steps:
+        r.update([0], [[code]], [[pred]], [[ok]])
+        assert r.get([0])[0, 0] == want
+
+
+def test_repeat_codes_stream_equals_batch() -> None:
+    rng = np.random.default_rng(3)
+    v = np.round(rng.normal(0, 1, (500, 3)), 1)
+    v[rng.random(v.shape) < 0.1] = np.nan
+    v[100:150, 0] = 7.0
+    batch = repeat_codes(v)
+    prev = None
+    for t in range(len(v)):
+        np.testing.assert_array_equal(repeat_codes(v[t : t + 1], prev)[0], batch[t])
+        prev = v[t]
+    assert (batch[101:150, 0] == SAME).all()
+    assert ((batch == UNKNOWN) == ~(np.isfinite(v) & np.isfinite(np.vstack([np.full((1, 3), np.nan), v[:-1]])))).all()
+
+
+def _spec() -> SignalSpec:
+    return SignalSpec(
+        features=("power", "pitch", "oil", "oil_delta", "wind_dir"),
+        groups=("power", "pitch", "oil"),
+        group_of=(0, 1, 2, 2, -1),
+        direction=("below", "both", "above", "above", "both"),
+        center=(0.1, 0.6, 0.0, 0.0, 0.0),
+        monitored=(True, True, True, False, False),
+        stuck=(StuckCheck("pitch", 0, 1, 0.05), StuckCheck("oil_temp", 1, 2, 0.02)),
+        skip_flags=("stopped",),
+    )
+
+
+def _fleet_inputs(T: int, B: int, seed: int) -> list[tuple]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(T):
+        resid = rng.normal(0, 1, (B, 5)).astype(np.float64)
+        present = rng.random((B, 5)) > 0.1
+        pred = rng.normal(0, 1, (B, 5))
+        scored = rng.random(B) > 0.05
+        repeat = np.stack([np.where(rng.random(B) < 0.5, SAME, CHANGED), rng.choice([0, 1, 2], B)], axis=1)
+        skip = rng.random(B) < 0.05
+        out.append((np.arange(B), [f"T{b}" for b in range(B)], resid, present, pred, scored, repeat.astype(np.uint8),
+                    skip))  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize("aggregator", ["ewma", "cusum"])
+def test_tracker_restarts_exactly_through_the_state_file(tmp_path: Path, aggregator: str) -> None:
+    spec = _spec()
+    levels = SignalLevels((1.0, 2.0, 0.5, 10.0, 20.0))
+    kw = {"halflife": 12.0, "k": None} if aggregator == "ewma" else {"halflife": None, "k": 0.5}
+    params = SignalParams(spec, aggregator, kw["halflife"], kw["k"], 20, "fleet", 1, levels)
+    inputs = _fleet_inputs(200, 4, 5)
+    whole = SignalTracker.from_params(params)
+    ref = [whole.step(*x) for x in inputs]
+    for cut in (0, 1, 77, 199):
+        a = SignalTracker.from_params(params)
+        for x in inputs[:cut]:
+            a.step(*x)
+        save_state(tmp_path / "s.npz", {"signals": a.state_dict()})
+        b = SignalTracker.from_params(params)
+        b.load_state_dict(load_state(tmp_path / "s.npz")["signals"])
+        for x, r in zip(inputs[cut:], ref[cut:]):
+            got = b.step(*x)
+            for name in r._fields:
+                np.testing.assert_array_equal(getattr(got, name), getattr(r, name), err_msg=f"{name} after {cut}")
+
+
+def test_tracker_fleet_baseline_groups_and_skip() -> None:
+    spec = _spec()
+    levels = SignalLevels((1.0, 2.0, 0.5, 10.0, 20.0))
+    tr = SignalTracker(spec, ScoreAggregator.ewma, 1e-9, None, 20, "fleet", 1, levels)  # no memory: value = y
+    resid = np.array([[-3.0, 0.0, 1.0, 9.0, 5.0], [0.0, 0.0, 0.0, 0.0, 0.0], [1.0, 0.0, -1.0, 0.0, 0.0]])
+    present = np.ones((3, 5), bool)
+    st = tr.step([0, 1, 2], ["a", "b", "c"], resid, present, np.zeros((3, 5)), np.ones(3, bool),
+                 np.zeros((3, 2), np.uint8), np.array([False, False, True]))  # fmt: skip
+    v = spec.feature_deviation(resid)[:, [0, 1, 2]]  # power (below), pitch (both), oil (above)
+    # turbine c is skipped: neither scored nor a peer; a and b are each other's only peer
+    np.testing.assert_allclose(st.value[:2, :3], v[:2] - v[[1, 0]], atol=1e-6)
+    assert np.isnan(st.value[2, :3]).all() and st.score[2] == 0.0  # only its stuck runs (0: the channels moved)
+    np.testing.assert_allclose(st.ratio[:2, :3], st.value[:2, :3] / np.array([1.0, 2.0, 0.5]))
+    assert st.group_top[0, 2] in (2, 4)  # the oil group holds the oil feature and stuck:oil_temp
+    np.testing.assert_allclose(st.score[:2], np.nanmax(st.ratio[:2], axis=1))
+    assert spec.monitor_names == ("power", "pitch", "oil", "stuck:pitch", "stuck:oil_temp")
+    with pytest.raises(ValueError, match="skip_flags"):
+        spec.skip_mask(np.zeros((1, 1)), ["curtailed"])
+
+
+def test_params_round_trip_and_strict_keys() -> None:
+    params = SignalParams(_spec(), "ewma", 36.0, None, 144, "fleet", 1, SignalLevels((1.0, 2.0, 0.5, 10.0, 20.0)))
+    d = params.to_dict()
+    assert SignalParams.from_dict(d) == params
+    for bad in ({**d, "extra": 1}, {k: v for k, v in d.items() if k != "levels"}):
+        with pytest.raises(ValueError):
+            SignalParams.from_dict(bad)
+    with pytest.raises(ValueError, match="levels"):
+        SignalParams(_spec(), "ewma", 36.0, None, 144, "fleet", 1, SignalLevels((1.0,)))
+    with pytest.raises(ValueError, match="finite levels"):
+        SignalLevels((1.0, 0.0))
+    with pytest.raises(ValueError):
+        make_aggregator(ScoreAggregator.cusum, 2, 36.0, None, 10)
