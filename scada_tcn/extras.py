@@ -69,8 +69,8 @@ COMMANDS = {
     ),
     "scada-export": Command(
         "scada_tcn.export.cli:app",
-        "Export a scada-train checkpoint to a bundle: clean.onnx, scoring.onnx and bundle.json (calibrated on the "
-        "validation split, torch/onnxruntime parity checked).\n\n"
+        "Export a scada-train checkpoint to a bundle: clean.onnx, scoring.onnx, step.onnx (when the model streams) "
+        "and bundle.json (calibrated on the validation split, torch/onnxruntime parity checked).\n\n"
         "Example: scada-export artifacts/demo/checkpoints/best.pt infer.calibration.percentile=99.9",
     ),
     "scada-demo": Command(

@@ -53,6 +53,11 @@ class TinyRun:
         return load_config(CONFIG, [*self.overrides, *extra])
 
 
+# per-signal scoring of the tiny farm: 1 h EWMA, stopped steps skipped, power monitored below its prediction
+SIGNALS = ["infer.score=per_signal", "infer.signals.halflife_steps=6", "infer.signals.skip_flags=[stopped]",
+           "infer.signals.directions.power=below"]  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> TinyRun:
     """4 simulated turbines x 45 days -> prepared -> 2 short epochs of training."""
@@ -85,6 +90,21 @@ def tiny_bundle(tiny_run) -> Path:
     out = tiny_run.root / "bundle"
     export_bundle(tiny_run.checkpoint, out_dir=out)
     return out
+
+
+@pytest.fixture(scope="session")
+def signal_run(tiny_run, tmp_path_factory) -> tuple[Path, list[str]]:
+    """The tiny farm, a model trained with group masks, exported per signal with a step graph (parity checked):
+    (bundle dir, overrides). The streaming engine's bundle for every runtime test that runs both engines."""
+    from scada_tcn.export.bundle_writer import export_bundle
+    from scada_tcn.trainer.config import load_config
+    from scada_tcn.trainer.training.fit import fit
+
+    root = tmp_path_factory.mktemp("signals")
+    overrides = [*tiny_run.overrides, f"output_dir={root / 'run'}", "train.group_mask_prob=0.5", *SIGNALS]
+    best = fit(load_config(CONFIG, overrides), log=lambda m: None)
+    export_bundle(best, out_dir=root / "bundle", overrides=SIGNALS)
+    return root / "bundle", overrides
 
 
 def shared_data_or_skip(*parts: str) -> Path:

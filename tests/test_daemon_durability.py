@@ -38,8 +38,18 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(tiny_bundle) -> Path:
-    return tiny_bundle
+def kind(request) -> str:
+    """The engine under test: "stream" (the per-signal bundle's step graph, the default engine) unless a test is
+    parametrized with `ENGINES`, which adds "window" (the tiny window-mean bundle, window recompute)."""
+    return getattr(request, "param", "stream")
+
+
+ENGINES = pytest.mark.parametrize("kind", ["stream", "window"], indirect=True)
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(kind, tiny_bundle, request) -> Path:
+    return request.getfixturevalue("signal_run")[0] if kind == "stream" else tiny_bundle
 
 
 def _fleet_rows(tiny_run, copies: int, steps: int | None = None) -> tuple[list[str], list[list[str]]]:
@@ -125,6 +135,7 @@ def test_backlog_of_100k_messages_is_scored_once_without_a_keepalive_disconnect(
     col.close()
 
 
+@ENGINES
 def test_sigkill_at_several_points_changes_no_score(broker, bundle_dir, tiny_run, tmp_path):
     header, rows = _fleet_rows(tiny_run, copies=3, steps=600)
     table = write_csv(tmp_path / "stream.csv", header, rows)
@@ -183,6 +194,7 @@ def test_sigkill_at_several_points_changes_no_score(broker, bundle_dir, tiny_run
     col.close()
 
 
+@ENGINES
 def test_replay_and_daemon_records_do_not_depend_on_the_batch(bundle_dir, tiny_run, tmp_path):
     """The same table replayed with graph batches of 1 and of 256: the same bytes (the graphs are batch-invariant)."""
     from scada_tcn.runtime.daemon_config import daemon_config_from_dict

@@ -22,7 +22,7 @@ from scada_tcn.runtime.bundle import load_bundle
 from scada_tcn.runtime.daemon_config import MappingCfg
 from scada_tcn.runtime.engine import Engine
 from scada_tcn.runtime.replay import replay
-from scada_tcn.runtime.scorer import OnnxScorer
+from scada_tcn.runtime.stream import make_scorer
 from scada_tcn.runtime.telemetry import Sample, parse_timestamp_ns
 from tests.mosquitto import (
     DT_NS,
@@ -50,8 +50,18 @@ STREAM_START, STREAM_END = "2024-01-28T00:00:00+00:00", "2024-01-29T12:00:00+00:
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(tiny_bundle) -> Path:
-    return tiny_bundle
+def kind(request) -> str:
+    """The engine under test: "window" (the tiny window-mean bundle, window recompute) unless a test is
+    parametrized with `ENGINES`, which adds "stream" (the per-signal bundle's step graph, the default engine)."""
+    return getattr(request, "param", "window")
+
+
+ENGINES = pytest.mark.parametrize("kind", ["window", "stream"], indirect=True)
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(kind, tiny_bundle, request) -> Path:
+    return request.getfixturevalue("signal_run")[0] if kind == "stream" else tiny_bundle
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +70,14 @@ def bundle(bundle_dir):
 
 
 @pytest.fixture(scope="module")
-def scorer(bundle):
-    return OnnxScorer(bundle)
+def fresh_scorer(bundle, kind):
+    """A new scorer per engine: the streaming scorer holds each turbine's layer state."""
+    return lambda: make_scorer(bundle, kind)
+
+
+@pytest.fixture()
+def scorer(fresh_scorer):
+    return fresh_scorer()
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +88,10 @@ def timeline(tiny_run, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def replayed(bundle, scorer, timeline, tmp_path_factory) -> dict[tuple[str, str], bytes]:
+def replayed(bundle, fresh_scorer, timeline, tmp_path_factory) -> dict[tuple[str, str], bytes]:
     """The slice through `replay` (same Engine as run): (turbine, ts) -> score payload."""
     out = tmp_path_factory.mktemp("rt_replay") / "scores.jsonl"
-    engine = Engine(bundle, scorer, grace_seconds=0.0, max_turbines=100, max_batch=512)
+    engine = Engine(bundle, fresh_scorer(), grace_seconds=0.0, max_turbines=100, max_batch=512)
     replay(engine, timeline[2], MappingCfg(), out)
     return {k: next(iter(v)) for k, v in by_key(out.read_bytes().splitlines()).items()}
 
@@ -217,6 +233,7 @@ def test_broker_parity_with_reference_and_replay(broker, bundle, scorer, timelin
 # --------------------------------------------------------------------------------------------- faults
 
 
+@ENGINES
 def test_broker_restart_loses_nothing_and_changes_nothing(broker, bundle, scorer, timeline, replayed):
     header, rows, _ = timeline
     msgs = to_messages(header, rows)
@@ -309,6 +326,7 @@ def _hostile(valid: list[tuple[str, bytes]], n: int, rng: np.random.Generator) -
     return out
 
 
+@ENGINES
 def test_fuzzed_stream_keeps_daemon_up_and_scores_unchanged(broker, bundle, scorer, timeline, replayed):
     header, rows, _ = timeline
     valid = to_messages(header, rows)
@@ -569,6 +587,7 @@ def test_replay_cli(bundle_dir, timeline, tmp_path, replayed):
     assert "Traceback" not in res.stderr
 
 
+@ENGINES
 def test_paused_reads_bound_the_inbound_queue_and_nothing_is_dropped(broker, bundle, scorer, timeline):
     """An inbound bound far smaller than the burst: the link stops reading, the broker holds the rest back,
     nothing is dropped, and the queue never holds much more than the bound (one socket buffer at most)."""
@@ -615,7 +634,8 @@ def test_replay_and_daemon_report_score_drift(bundle, scorer, timeline, tmp_path
     assert d["ks"] == round(ks_to_quantiles(np.array(scores[-200:]), ref.levels, ref.values), 6)
 
 
-def test_engine_state_survives_a_restart(bundle, scorer, timeline, tmp_path):
+@ENGINES
+def test_engine_state_survives_a_restart(bundle, fresh_scorer, timeline, tmp_path):
     """Replay half, save the state to disk, resume in a new engine: identical records, no second warm-up."""
     from scada_tcn.runtime.state_file import load_state, save_state
 
@@ -624,12 +644,12 @@ def test_engine_state_survives_a_restart(bundle, scorer, timeline, tmp_path):
     cut = label[len(rows) // 2]  # split at a bin boundary: every bin lies wholly in one half
     first = write_csv(tmp_path / "a.csv", header, [r for r, b in zip(rows, label) if b <= cut])
     second = write_csv(tmp_path / "b.csv", header, [r for r, b in zip(rows, label) if b > cut])
-    full = Engine(bundle, scorer, grace_seconds=1e9, max_turbines=100, max_batch=128)
+    full = Engine(bundle, fresh_scorer(), grace_seconds=1e9, max_turbines=100, max_batch=128)
     replay(full, path, MappingCfg(), tmp_path / "full.jsonl")
-    a = Engine(bundle, scorer, grace_seconds=1e9, max_turbines=100, max_batch=128)
+    a = Engine(bundle, fresh_scorer(), grace_seconds=1e9, max_turbines=100, max_batch=128)
     replay(a, first, MappingCfg(), tmp_path / "a.jsonl")
     save_state(tmp_path / "state.npz", a.state_dict())
-    b = Engine(bundle, scorer, grace_seconds=1e9, max_turbines=100, max_batch=128)
+    b = Engine(bundle, fresh_scorer(), grace_seconds=1e9, max_turbines=100, max_batch=128)
     b.load_state_dict(load_state(tmp_path / "state.npz"))
     replay(b, second, MappingCfg(), tmp_path / "b.jsonl")
     full_recs = by_key((tmp_path / "full.jsonl").read_bytes().splitlines())
@@ -641,14 +661,15 @@ def test_engine_state_survives_a_restart(bundle, scorer, timeline, tmp_path):
         assert len(v) == 1
         assert_close(next(iter(v)), next(iter(full_recs[k])), k)
     assert not any(b'"status":"warmup"' in p for p in (tmp_path / "b.jsonl").read_bytes().splitlines())
-    other = Engine(bundle, scorer, grace_seconds=1e9, max_turbines=100, max_batch=128)
+    other = Engine(bundle, fresh_scorer(), grace_seconds=1e9, max_turbines=100, max_batch=128)
     state = a.state_dict()
     state["model_id"] = "0" * 64
     with pytest.raises(ValueError, match="belongs to model"):
         other.load_state_dict(state)
 
 
-def test_daemon_restart_resumes_from_its_state_file(broker, bundle, scorer, timeline, replayed, tmp_path):
+@ENGINES
+def test_daemon_restart_resumes_from_its_state_file(broker, bundle, fresh_scorer, timeline, replayed, tmp_path):
     header, rows, _ = timeline
     label = bin_labels(header, rows)
     cut = label[len(rows) // 2]
@@ -659,7 +680,7 @@ def test_daemon_restart_resumes_from_its_state_file(broker, bundle, scorer, time
     first = [r for r, b in zip(rows, label) if b <= cut]
     targets = (sum(expected_steps(first, header).values()), sum(expected_steps(rows, header).values()))
     for part, target in zip((first, [r for r, b in zip(rows, label) if b > cut]), targets):
-        d = DaemonThread(cfg, bundle, scorer)
+        d = DaemonThread(cfg, bundle, fresh_scorer())
         wait_for(lambda d=d: pub.is_connected() and d.daemon.link.connected, 10, "connections")
         publish_all(pub, to_messages(header, part))
         wait_for(lambda t=target: len(by_key([p for _, p in col.of("/score")])) >= t, 60, "scores")

@@ -270,7 +270,7 @@ def test_stateful_classes_generic(cls: type, drive: Callable[[Any, np.ndarray], 
     spec = make_spec()
     raw = make_timeline(3000, seed=13)
     scaler = fitted(spec, raw).scaler
-    available = {"spec": spec, "scaler": scaler}
+    available = {"spec": spec, "scaler": scaler, "slots": 1}
     params = {p: available[p] for p in inspect.signature(cls).parameters}
     obj = cls(**params)
     part1, part2 = raw[:400].copy(), raw[400:800].copy()

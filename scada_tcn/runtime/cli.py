@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -90,12 +91,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     from scada_tcn.runtime.errors import BundleError, InputError, SpecError
     from scada_tcn.runtime.replay import replay_file
 
+    t0 = time.monotonic()
+
+    def progress(c: dict) -> None:
+        rate = c["rows"] / max(time.monotonic() - t0, 1e-9)
+        print(f"replay: {c['rows']:,} rows, {c['turbines']} turbines, {c['scores'] + c['warmup']:,} records "
+              f"({rate:,.0f} rows/s)", file=sys.stderr, flush=True)  # fmt: skip
+
     try:
-        summary = replay_file(args.bundle, args.input, args.out, cfg, args.alerts)
+        summary = replay_file(args.bundle, args.input, args.out, cfg, args.alerts, progress)
     except (BundleError, InputError, SpecError) as e:  # a bad bundle or table: the message says what to fix
         print(f"replay: {e}", file=sys.stderr)
         return 2
     print(json.dumps(summary), file=sys.stderr)
+    if summary["late"]:
+        print(f"replay: {summary['late']} rows came after their turbine had closed their bin and were dropped; "
+              "sort the table by timestamp and replay again", file=sys.stderr)  # fmt: skip
     return 0
 
 

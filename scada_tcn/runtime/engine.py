@@ -264,9 +264,9 @@ class Engine:
             if res.fault_prob is not None and self.class_names:
                 fault = {c: float(p) for c, p in zip(self.class_names, res.fault_prob[b])}
             forecast = None
-            if res.Y_hat is not None:
-                y = np.asarray(res.Y_hat[b], dtype=np.float64) * self._scale + self._center  # (K, F) feature units
-                forecast = {name: y[:, j].tolist() for j, name in enumerate(self.feature_names)}
+            if res.Y_hat is not None:  # (F, K) float32 in feature units, one contiguous row per feature
+                y = (np.asarray(res.Y_hat[b], dtype=np.float64) * self._scale + self._center).T.astype(np.float32)
+                forecast = dict(zip(self.feature_names, y))
             rul = None if res.rul is None else float(np.asarray(res.rul[b]).reshape(-1)[0])
             out.append(ScoreRecord(
                 s.turbine, s.end_ns, self.dt_ns, self.bundle.model_id, score=float(s_now[b]), threshold=float(thr),

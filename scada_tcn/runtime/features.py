@@ -182,46 +182,73 @@ def build_features(raw: np.ndarray, spec: PipelineSpec) -> tuple[np.ndarray, np.
 
 
 class FeatureState:
-    """Incremental adapter: one raw row at a time, identical (to rounding) to `build_features`.
+    """Incremental adapter: one raw row per step and turbine, identical (to rounding) to `build_features`.
 
-    State: the previous base row (for deltas) and a ring buffer (rolling channels, max window) of
-    base values, NaN = missing or not yet seen. A fresh object is the reset.
+    State per slot (a turbine): the previous base row (for deltas) and a ring buffer (rolling channels, max window)
+    of base values, NaN = missing or not yet seen. `step(row)` advances slot 0; `step_many(slots, rows)` advances
+    several slots in one vectorised call (a fleet whose step closed together). A fresh slot is the reset.
     """
 
-    def __init__(self, spec: PipelineSpec) -> None:
+    def __init__(self, spec: PipelineSpec, slots: int = 1) -> None:
         self.spec = spec
         self._lay = _Layout.of(spec)
-        self._prev = np.full(self._lay.n_base, np.nan)
-        self._ring = np.full((len(self._lay.roll_src), max(self._lay.windows, default=0)), np.nan)
+        self.slots = 0
+        self._prev = np.empty((0, self._lay.n_base))
+        self._ring = np.empty((0, len(self._lay.roll_src), max(self._lay.windows, default=0)))
+        for _ in range(slots):
+            self.add_slot()
+
+    def add_slot(self) -> int:
+        """A new slot in its reset state; returns its index (capacity doubles as needed)."""
+        if self.slots == self._prev.shape[0]:
+            cap = max(2 * self.slots, 1)
+            self._prev = np.concatenate([self._prev, np.full((cap - self.slots, self._prev.shape[1]), np.nan)])
+            ring = np.full((cap - self.slots, *self._ring.shape[1:]), np.nan)
+            self._ring = np.concatenate([self._ring, ring])
+        self.slots += 1
+        return self.slots - 1
 
     def step(self, raw_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """raw_row (C,) -> (e_row (F,) float64 NaN-missing, m_row (F,) uint8 1=present)."""
-        lay = self._lay
+        """raw_row (C,) of slot 0 -> (e_row (F,) float64 NaN-missing, m_row (F,) uint8 1=present)."""
         row = _check_raw(raw_row, self.spec, 1, "FeatureState.step")
-        e = np.empty(lay.n_features)
-        base = base_columns(row[None, :], self.spec)[0]
-        e[: lay.n_base] = base
-        e[lay.n_base : lay.n_base + len(lay.delta_src)] = delta_columns(base[lay.delta_src], self._prev[lay.delta_src])
-        self._prev = base
+        e, m = self.step_many(np.zeros(1, dtype=np.int64), row[None, :])
+        return e[0], m[0]
+
+    def step_many(self, slots: np.ndarray, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """raw (B, C), row b the next step of slot slots[b] (distinct) -> (E (B, F), M (B, F) uint8)."""
+        lay = self._lay
+        raw = _check_raw(raw, self.spec, 2, "FeatureState.step_many")
+        slots = np.asarray(slots, dtype=np.int64)
+        if slots.shape != (raw.shape[0],) or np.unique(slots).size != slots.size or (slots >= self.slots).any():
+            raise InputError(f"FeatureState.step_many: slots must be {raw.shape[0]} distinct slots < {self.slots}")
+        e = np.empty((raw.shape[0], lay.n_features))
+        base = base_columns(raw, self.spec)
+        e[:, : lay.n_base] = base
+        prev = self._prev[slots]
+        e[:, lay.n_base : lay.n_base + len(lay.delta_src)] = delta_columns(base[:, lay.delta_src],
+                                                                           prev[:, lay.delta_src])  # fmt: skip
+        self._prev[slots] = base
         if lay.roll_src:
-            self._ring[:, :-1] = self._ring[:, 1:]
-            self._ring[:, -1] = base[lay.roll_src]
+            ring = self._ring[slots]  # (B, channels, w_max), oldest first
+            ring[:, :, :-1] = ring[:, :, 1:]
+            ring[:, :, -1] = base[:, lay.roll_src]
+            self._ring[slots] = ring
             for k, w in enumerate(lay.windows):
-                mean, std = window_mean_std(self._ring[:, -w:])
+                mean, std = window_mean_std(ring[:, :, -w:])  # (B, channels)
                 for q in range(len(lay.stats)):
-                    e[lay.roll_cols[:, k, q]] = lay.pick(q, mean, std)
+                    e[:, lay.roll_cols[:, k, q]] = lay.pick(q, mean, std)
         return e, (~np.isnan(e)).astype(np.uint8)
 
-    def state_dict(self) -> dict[str, Any]:
-        """Plain copy of the state: feature names, previous base row, ring buffer."""
+    def state_dict(self, slot: int = 0) -> dict[str, Any]:
+        """Plain copy of one slot's state: feature names, previous base row, ring buffer."""
         return {
             "feature_names": list(self.spec.feature_names),
-            "prev_base": self._prev.copy(),
-            "ring": self._ring.copy(),
+            "prev_base": self._prev[slot].copy(),
+            "ring": self._ring[slot].copy(),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a `state_dict()` taken from a FeatureState with the same spec."""
+    def load_state_dict(self, state: dict[str, Any], slot: int = 0) -> None:
+        """Restore a `state_dict()` taken from a FeatureState with the same spec into `slot`."""
         want = {"feature_names", "prev_base", "ring"}
         if not isinstance(state, dict) or set(state) != want:
             got = sorted(state) if isinstance(state, dict) else type(state).__name__
@@ -233,9 +260,9 @@ class FeatureState:
             )
         prev = np.array(state["prev_base"], dtype=np.float64)
         ring = np.array(state["ring"], dtype=np.float64)
-        for name, arr, shape in (("prev_base", prev, self._prev.shape), ("ring", ring, self._ring.shape)):
+        for name, arr, shape in (("prev_base", prev, self._prev.shape[1:]), ("ring", ring, self._ring.shape[1:])):
             if arr.shape != shape:
                 raise InputError(f"FeatureState.load_state_dict: {name} has shape {arr.shape}, expected {shape}")
             if np.isinf(arr).any():
                 raise InputError(f"FeatureState.load_state_dict: {name} holds infinite values")
-        self._prev, self._ring = prev, ring
+        self._prev[slot], self._ring[slot] = prev, ring

@@ -5,8 +5,10 @@ Contract
 * `Fleet.add(turbine, ts_ns, values (C,))` stores one validated sample (see `runtime.telemetry`); bins of that
   turbine close when a sample of a later bin arrives (`BinAccumulator.add`). `Fleet.close_until(now_ns)` closes
   every bin whose end + grace has passed on the wall clock, empty ones included (gaps become missing values).
-* Each closed bin goes through the turbine's `StreamPreprocessor` (the same math as scada-prepare: winsor caps,
-  features, masks, flags, the bundle's scaler and fill value) into a ring buffer of the last L steps.
+* Closed bins go through the fleet's `StreamPreprocessor` (the same math as scada-prepare: winsor caps,
+  features, masks, flags, the bundle's scaler and fill value) into a ring buffer of the last L steps per turbine.
+  They are processed when the steps are drained (or the state is taken), all turbines together: round r holds
+  each turbine's r-th bin closed since the last drain, one vectorised call per round.
 * Every closed step becomes a `Step` in `drain()`, in closing order (per turbine in time order): the step's own
   model-input rows, the present fraction of its L-step window (NaN while the turbine has fewer than L steps) and,
   when the fleet is built with `windows=True` (the window engine), the window itself (X (L, F) float32, M_miss
@@ -61,7 +63,6 @@ class Step(NamedTuple):
 class _Turbine:
     slot: int
     acc: BinAccumulator
-    pre: StreamPreprocessor
     X: np.ndarray  # (L, F) ring, row (n_steps - 1) % L is the latest
     M: np.ndarray
     Flags: np.ndarray
@@ -94,6 +95,8 @@ class Fleet:
         self.windows = windows
         BinAccumulator(spec, grace_seconds)  # validates grace and the spec's binning once, here
         self._turbines: dict[str, _Turbine] = {}
+        self._pre = StreamPreprocessor(spec, scaler, slots=0)  # one slot per turbine
+        self._closed: list[tuple[str, _Turbine, ClosedBin]] = []  # closed bins not processed yet, closing order
         self._pending: list[Step] = []
         self.bins_closed = 0
 
@@ -123,9 +126,8 @@ class Fleet:
             raise ValueError(f"Fleet: already {self.max_turbines} turbines (ingest.max_turbines); {turbine!r} refused")
         F, R = self.spec.n_features, self.spec.n_flags
         t = _Turbine(
-            slot=len(self._turbines),
+            slot=self._pre.add_slot(),
             acc=BinAccumulator(self.spec, self.grace_seconds),
-            pre=StreamPreprocessor(self.spec, self.scaler),
             X=np.zeros((self.L, F), dtype=np.float32),
             M=np.zeros((self.L, F), dtype=np.uint8),
             Flags=np.zeros((self.L, R), dtype=np.float32),
@@ -157,22 +159,41 @@ class Fleet:
         self._emit(turbine, t, t.acc.close_until(now_ns))
 
     def _emit(self, name: str, t: _Turbine, closed: list[ClosedBin]) -> None:
-        LF = self.L * self.spec.n_features
-        for b in closed:
-            rows = t.pre.step(b.values)
-            i = t.n_steps % self.L
-            t.present += int(rows.M_miss.sum()) - int(t.M[i].sum())
-            t.X[i], t.M[i], t.Flags[i] = rows.X, rows.M_miss, rows.Flags
-            t.n_steps += 1
-            t.last_end = int(b.end_ns)
-            ready = t.n_steps >= self.L
-            window = self._window(t) if ready and self.windows else None
-            missing_now = float(1.0 - rows.M_miss.mean()) if rows.M_miss.size else 0.0
-            present = t.present / LF if ready and LF else (1.0 if ready else float("nan"))
-            own = Window(rows.X, rows.M_miss, rows.Flags)
-            self._pending.append(Step(name, t.slot, int(b.end_ns), t.n_steps, missing_now, window, rows.Repeat, own,
-                                      present))  # fmt: skip
+        self._closed.extend((name, t, b) for b in closed)
         self.bins_closed += len(closed)
+
+    def _process(self) -> None:
+        """Closed bins -> model-input rows -> ring buffers and Steps, a round of distinct turbines at a time."""
+        closed, self._closed = self._closed, []
+        if not closed:
+            return
+        slots = np.array([t.slot for _, t, _ in closed], dtype=np.int64)
+        order = np.argsort(slots, kind="stable")  # a turbine's bins stay in time order
+        starts = np.flatnonzero(np.r_[True, slots[order][1:] != slots[order][:-1]])
+        rank = np.empty(slots.size, dtype=np.int64)
+        rank[order] = np.arange(slots.size) - np.repeat(starts, np.diff(np.r_[starts, slots.size]))
+        values = np.stack([b.values for _, _, b in closed])
+        steps: list[Step | None] = [None] * len(closed)
+        LF = self.L * self.spec.n_features
+        for r in range(int(rank.max()) + 1):
+            idx = np.flatnonzero(rank == r)
+            rows = self._pre.step_many(slots[idx], values[idx])
+            n_present = rows.M_miss.sum(axis=1, dtype=np.int64)
+            missing_now = 1.0 - rows.M_miss.mean(axis=1) if rows.M_miss.shape[1] else np.zeros(idx.size)
+            for k, b in enumerate(idx):
+                name, t, bin_ = closed[b]
+                i = t.n_steps % self.L
+                t.present += int(n_present[k]) - int(t.M[i].sum())
+                t.X[i], t.M[i], t.Flags[i] = rows.X[k], rows.M_miss[k], rows.Flags[k]
+                t.n_steps += 1
+                t.last_end = int(bin_.end_ns)
+                ready = t.n_steps >= self.L
+                window = self._window(t) if ready and self.windows else None
+                present = t.present / LF if ready and LF else (1.0 if ready else float("nan"))
+                own = Window(rows.X[k], rows.M_miss[k], rows.Flags[k])
+                steps[b] = Step(name, t.slot, t.last_end, t.n_steps, float(missing_now[k]), window, rows.Repeat[k],
+                                own, present)  # fmt: skip
+        self._pending.extend(steps)  # type: ignore[arg-type]
 
     def _window(self, t: _Turbine) -> Window:
         order = (np.arange(self.L) + t.n_steps) % self.L  # oldest first
@@ -180,6 +201,7 @@ class Fleet:
 
     def window_of(self, turbine: str) -> tuple[Window, int, int]:
         """(the turbine's last min(n_steps, L) rows, oldest first, as a Window; n_steps; end of its last step)."""
+        self._process()
         t = self._turbines[turbine]
         w = self._window(t)
         k = min(t.n_steps, self.L)
@@ -187,17 +209,19 @@ class Fleet:
 
     def drain(self) -> list[Step]:
         """The steps closed since the last drain, in closing order; the pending list is emptied."""
+        self._process()
         out, self._pending = self._pending, []
         return out
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data: per turbine (in slot order) its accumulator, preprocessor, ring buffers and step count."""
+        self._process()
         return {
             "turbines": [
                 {
                     "name": name,
                     "accumulator": t.acc.state_dict(),
-                    "preprocessor": t.pre.state_dict(),
+                    "preprocessor": self._pre.state_dict(t.slot),
                     "X": t.X.copy(),
                     "M": t.M.copy(),
                     "Flags": t.Flags.copy(),
@@ -213,11 +237,12 @@ class Fleet:
         """Restore a `state_dict()` from a Fleet with the same spec, scaler and L (pending steps are not kept)."""
         if not isinstance(state, dict) or set(state) != {"turbines", "bins_closed"}:
             raise ValueError("Fleet.load_state_dict: expected keys ['bins_closed', 'turbines']")
-        self._turbines, self._pending = {}, []
+        self._turbines, self._pending, self._closed = {}, [], []
+        self._pre = StreamPreprocessor(self.spec, self.scaler, slots=0)
         for d in state["turbines"]:
             t = self._new(str(d["name"]))
             t.acc.load_state_dict(d["accumulator"])
-            t.pre.load_state_dict(d["preprocessor"])
+            self._pre.load_state_dict(d["preprocessor"], t.slot)
             for key in ("X", "M", "Flags"):
                 arr = np.asarray(d[key], dtype=getattr(t, key).dtype)
                 if arr.shape != getattr(t, key).shape:

@@ -31,7 +31,7 @@ from scada_tcn.runtime.errors import InputError, ScalerError
 from scada_tcn.runtime.features import FeatureState, build_features
 from scada_tcn.runtime.flags import compile_rules
 from scada_tcn.runtime.qc import apply_winsor
-from scada_tcn.runtime.repeats import repeat_codes
+from scada_tcn.runtime.repeats import codes_against, repeat_codes
 from scada_tcn.runtime.scaling import RobustScaler
 from scada_tcn.runtime.spec import PipelineSpec
 
@@ -119,42 +119,67 @@ class Preprocessor:
 
 
 class StreamPreprocessor:
-    """Incremental composition, one binned row per step; equal to `Preprocessor.transform` row by row.
+    """Incremental composition, one binned row per step and turbine; equal to `Preprocessor.transform` row by row.
 
-    State lives in a FeatureState (previous base row, rolling ring buffer) and the previous binned row (for the
-    repeat codes); a fresh object is the reset.
+    State per slot (a turbine) lives in a FeatureState (previous base row, rolling ring buffer) and the previous
+    binned row (for the repeat codes). `step(row)` advances slot 0; `step_many(slots, rows)` advances the slots of
+    a fleet whose step closed together in one vectorised call. A fresh slot is the reset.
     """
 
-    def __init__(self, spec: PipelineSpec, scaler: RobustScaler) -> None:
+    def __init__(self, spec: PipelineSpec, scaler: RobustScaler, slots: int = 1) -> None:
         self.spec = spec
         self.scaler = scaler
         if scaler is None:
             raise ScalerError("StreamPreprocessor needs a fitted scaler (the one saved by scada-prepare)")
         self._batch = Preprocessor(spec, scaler)
-        self._features = FeatureState(spec)
-        self._prev = np.full(len(spec.channels), np.nan)
+        self._features = FeatureState(spec, slots=0)
+        self._prev = np.empty((0, len(spec.channels)))
+        for _ in range(slots):
+            self.add_slot()
+
+    @property
+    def slots(self) -> int:
+        return self._features.slots
+
+    def add_slot(self) -> int:
+        """A new slot in its reset state; returns its index."""
+        slot = self._features.add_slot()
+        if slot >= self._prev.shape[0]:  # capacity doubles
+            grow = np.full((max(self._prev.shape[0], 1), self._prev.shape[1]), np.nan)
+            self._prev = np.concatenate([self._prev, grow])
+        return slot
 
     def step(self, binned_row: np.ndarray) -> ModelInputs:
-        """binned_row (C,) -> ModelInputs of one row: X (F,) float32, M_miss (F,) uint8, Flags (R,) float32."""
+        """binned_row (C,) of slot 0 -> ModelInputs of one row: X (F,) float32, M_miss (F,) uint8, Flags (R,)."""
         row = _check_binned(binned_row, self.spec, 1, "StreamPreprocessor.step")
-        capped = apply_winsor(row[None, :], self.spec.channels, self.spec.winsor_caps)
-        e, m = self._features.step(capped[0])
-        X = self._batch.finish(e[None, :], m[None, :])[0]
-        rep = self._batch.repeats(row[None, :], self._prev)[0]
-        self._prev = row.copy()
-        return ModelInputs(X, m, self._batch.flags.evaluate(row[None, :])[0], rep)
+        out = self.step_many(np.zeros(1, dtype=np.int64), row[None, :])
+        return ModelInputs(out.X[0], out.M_miss[0], out.Flags[0], out.Repeat[0])
 
-    def state_dict(self) -> dict[str, Any]:
-        """Plain copy of the state (the feature state and the previous binned row; the rest is stateless)."""
-        return {"features": self._features.state_dict(), "prev": self._prev.copy()}
+    def step_many(self, slots: np.ndarray, binned: np.ndarray) -> ModelInputs:
+        """binned (B, C), row b the next step of slot slots[b] (distinct) -> ModelInputs (B, ...)."""
+        rows = _check_binned(binned, self.spec, 2, "StreamPreprocessor.step_many")
+        slots = np.asarray(slots, dtype=np.int64)
+        capped = apply_winsor(rows, self.spec.channels, self.spec.winsor_caps)
+        E, M = self._features.step_many(slots, capped)
+        X = self._batch.finish(E, M)
+        idx = self._batch.repeat_idx
+        rep = codes_against(rows[:, idx], self._prev[slots][:, idx])
+        self._prev[slots] = rows
+        return ModelInputs(X, M, self._batch.flags.evaluate(rows), rep)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a `state_dict()` taken from a StreamPreprocessor with the same spec."""
+    def state_dict(self, slot: int = 0) -> dict[str, Any]:
+        """Plain copy of one slot's state (the feature state and the previous binned row)."""
+        return {"features": self._features.state_dict(slot), "prev": self._prev[slot].copy()}
+
+    def load_state_dict(self, state: dict[str, Any], slot: int = 0) -> None:
+        """Restore a `state_dict()` taken from a StreamPreprocessor with the same spec into `slot`."""
         if not isinstance(state, dict) or set(state) != {"features", "prev"}:
             got = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise InputError(f"StreamPreprocessor.load_state_dict: expected keys ['features', 'prev'], got {got}")
         prev = np.asarray(state["prev"], dtype=np.float64)
-        if prev.shape != self._prev.shape:
-            raise InputError(f"StreamPreprocessor.load_state_dict: prev must be {self._prev.shape}, got {prev.shape}")
-        self._features.load_state_dict(state["features"])
-        self._prev = prev.copy()
+        if prev.shape != self._prev.shape[1:]:
+            raise InputError(
+                f"StreamPreprocessor.load_state_dict: prev must be {self._prev.shape[1:]}, got {prev.shape}"
+            )
+        self._features.load_state_dict(state["features"], slot)
+        self._prev[slot] = prev

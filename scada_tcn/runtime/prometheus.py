@@ -3,7 +3,8 @@
 Names (all prefixed `scada_runtime_`): messages_in_total, rejected_total{reason}, late_samples_total,
 bins_closed_total, scores_published_total{status}, alerts_total{state}, inference_seconds (histogram, one
 observation per graph batch), inference_batch_windows (histogram), publish_queue_depth, inbound_queue_depth,
-inbound_queue_peak, publish_backpressure_total, publish_overflow_total{kind}, alerts_on, turbines, connected, connects,
+inbound_queue_peak, publish_backpressure_total, publish_overflow_total{kind}, alerts_on, score_drift_ks,
+fleet_waiting_records, turbines, connected, connects,
 receive_maximum_exceeded_total, connect_failures_total{reason},
 loop_heartbeat_age_seconds, last_message_timestamp_seconds. Every rejected or dropped message is counted here
 with a reason; nothing is dropped without a counter.

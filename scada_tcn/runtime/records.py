@@ -24,8 +24,9 @@ Score topic (schema "scada-score/2"): one record per closed step of a turbine, i
 Alert topic: {schema, turbine, ts, seq, model_id, score, [fleet_score], threshold, ratio, regime, top_features,
 state ("on" | "off")} on every transition. Retained alert state: {schema, turbine, state, since, seq, model_id}.
 
-Serialisation (`dumps`) is deterministic: sorted keys, no spaces, floats as the shortest repr of their 9
-significant digits (which round-trips float32), NaN/inf as null. A step is scored once and its numbers do not
+Serialisation (`dumps`, orjson) is deterministic: sorted keys, no spaces, a number as the shortest form of its 9
+significant digits (which round-trips float32), a list of numbers (the forecast) as float32 values in their
+shortest round-trip form, NaN/inf as null. A step is scored once and its numbers do not
 depend on the batch it was scored in, so a redelivered or replayed record is the same bytes.
 
 `dedupe(payloads)` is the consumer's rule: keep one record per (turbine, ts), count identical repeats, and report
@@ -42,6 +43,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import orjson
 
 __all__ = [
     "SCHEMA",
@@ -57,26 +59,35 @@ __all__ = [
 ]
 
 SCHEMA = "scada-score/2"
+_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
 
 def _clean(x: Any) -> Any:
-    if isinstance(x, dict):
+    t = type(x)
+    if t is str or t is bool or t is int or x is None:
+        return x
+    if t is float:
+        return float(f"{x:.9g}") if math.isfinite(x) else None
+    if t is dict:
         return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
+    if t is np.ndarray and x.dtype.kind == "f":  # orjson writes float32 C-contiguous arrays natively; NaN -> null
+        return x if x.dtype == np.float32 and x.flags.c_contiguous else np.ascontiguousarray(x, dtype=np.float32)
+    if t is list or t is tuple:
+        if x and all(type(v) is float for v in x):
+            return np.asarray(x, dtype=np.float32)
         return [_clean(v) for v in x]
     if isinstance(x, (bool, np.bool_)):
         return bool(x)
     if isinstance(x, (int, np.integer)):
         return int(x)
     if isinstance(x, (float, np.floating)):
-        v = float(x)
-        return float(f"{v:.9g}") if math.isfinite(v) else None
+        return _clean(float(x))
     return x
 
 
 def dumps(record: dict[str, Any]) -> bytes:
-    """Deterministic compact JSON (sorted keys, 9 significant digits, NaN/inf -> null) as UTF-8 bytes."""
-    return json.dumps(_clean(record), sort_keys=True, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    """Deterministic compact JSON (sorted keys, 9 significant digits, float lists as float32, NaN/inf -> null)."""
+    return orjson.dumps(_clean(record), option=_OPTIONS)
 
 
 def iso_utc(ns: int) -> str:
@@ -136,7 +147,7 @@ class ScoreRecord(_Step):
     alert: bool
     top_features: tuple[tuple[str, float], ...]
     fault_probs: dict[str, float] | None
-    forecast: dict[str, list[float]] | None
+    forecast: dict[str, np.ndarray] | None = field(compare=False)  # feature -> (K,) float32
     rul: float | None
     missing_fraction: float
     missing_now: float
@@ -171,8 +182,9 @@ class ScoreRecord(_Step):
             "turbine": self.turbine, "end_ns": self.end_ns, "dt_ns": self.dt_ns, "model_id": self.model_id,
             "score": self.score, "threshold": self.threshold, "threshold_source": self.threshold_source,
             "regime": self.regime, "alert": self.alert, "top_features": [list(t) for t in self.top_features],
-            "fault_probs": self.fault_probs, "forecast": self.forecast, "rul": self.rul,
-            "missing_fraction": self.missing_fraction, "missing_now": self.missing_now, "relative": self.relative,
+            "fault_probs": self.fault_probs, "rul": self.rul, "relative": self.relative,
+            "forecast": None if self.forecast is None else {k: v.tolist() for k, v in self.forecast.items()},
+            "missing_fraction": self.missing_fraction, "missing_now": self.missing_now,
             "fleet_score": self.fleet_score, "peers": self.peers, "turned": self.turned,
             "groups": None if self.groups is None else [dict(g) for g in self.groups],
         }  # fmt: skip
@@ -182,6 +194,8 @@ class ScoreRecord(_Step):
         d = dict(d)
         d["top_features"] = tuple((str(n), None if c is None else float(c)) for n, c in d["top_features"])
         d["groups"] = None if d["groups"] is None else tuple(dict(g) for g in d["groups"])
+        if d["forecast"] is not None:
+            d["forecast"] = {k: np.asarray(v, dtype=np.float32) for k, v in d["forecast"].items()}
         return cls(**d)
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CHANGED", "SAME", "UNKNOWN", "repeat_codes"]
+__all__ = ["CHANGED", "SAME", "UNKNOWN", "codes_against", "repeat_codes"]
 
 CHANGED, SAME, UNKNOWN = 0, 1, 2
 
@@ -35,6 +35,13 @@ def repeat_codes(values: np.ndarray, prev: np.ndarray | None = None) -> np.ndarr
     first = np.full((1, v.shape[1]), np.nan) if prev is None else np.asarray(prev, dtype=np.float64)[None, :]
     if first.shape[1] != v.shape[1]:
         raise ValueError(f"repeat_codes: prev must be ({v.shape[1]},), got {first.shape[1:]}")
-    before = np.concatenate([first, v[:-1]], axis=0)
-    known = np.isfinite(v) & np.isfinite(before)
-    return np.where(known, np.where(v == before, SAME, CHANGED), UNKNOWN).astype(np.uint8)
+    return codes_against(v, np.concatenate([first, v[:-1]], axis=0))
+
+
+def codes_against(now: np.ndarray, before: np.ndarray) -> np.ndarray:
+    """Elementwise codes of `now` against `before` (same shape): row b of a fleet step against its own previous row."""
+    now, before = np.asarray(now, dtype=np.float64), np.asarray(before, dtype=np.float64)
+    if now.shape != before.shape:
+        raise ValueError(f"codes_against: shapes differ, {now.shape} vs {before.shape}")
+    known = np.isfinite(now) & np.isfinite(before)
+    return np.where(known, np.where(now == before, SAME, CHANGED), UNKNOWN).astype(np.uint8)

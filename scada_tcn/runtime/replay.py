@@ -9,9 +9,13 @@ Contract
   table in the training format
   replays with no mapping given. Stamps: ISO-8601 with a UTC offset, or epoch seconds; naive stamps need
   `naive_timezone`. Non-numeric cells and +-inf become missing (counted per channel), as in scada-prepare.
-* Rows are fed to the same `Engine` as `run` in time order (stable: rows of one timestamp keep file order, the
-  order scada-prepare's dedupe sees), bins closing as later samples arrive; at the end each turbine's bins are
-  closed through its own last sample, like scada-prepare's grid. No wall clock is involved.
+* The table is read in chunks of `CHUNK_ROWS` rows (bounded memory for a year of a farm). Each chunk's rows are
+  fed to the same `Engine` as `run` in time order (stable: rows of one timestamp keep file order, the order
+  scada-prepare's dedupe sees), bins closing as later samples arrive, then the chunk's closed steps are scored.
+  A table sorted by time (as SCADA exports are) replays exactly as if it were read whole; a row older than a bin
+  its turbine has already closed (a table out of time order across chunks) is dropped and counted in `late`,
+  which the CLI reports with how to fix the table. At the end each turbine's bins are closed through its own
+  last sample, like scada-prepare's grid. No wall clock is involved. `progress(counts)` follows every chunk.
 * Output: `out` gets exactly the score-topic payloads `run` would publish (warm-up records included), one JSON
   object per line, in closing order; `alerts_out`, when given, the alert transitions. Returns a summary dict.
 Refused (InputError): a missing file or column, unparseable or naive stamps without a zone, an empty table.
@@ -21,8 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,12 +39,13 @@ from scada_tcn.runtime.engine import Engine
 from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.telemetry import Sample, parse_timestamp_ns
 
-__all__ = ["read_table", "replay"]
+__all__ = ["CHUNK_ROWS", "replay", "replay_file"]
 
-_FLUSH_EVERY = 4096  # rows between engine flushes: batches of ready turbines, bounded memory
+CHUNK_ROWS = 50_000  # rows read, sorted and fed per chunk (then flushed): bounded memory for any table length
 
 
-def _read_rows(path: Path, columns: Sequence[str]) -> dict[str, list[Any]]:
+def _read_chunks(path: Path, columns: Sequence[str], rows: int) -> Iterator[dict[str, list[Any]]]:
+    """The table's `columns` in chunks of at most `rows` rows (column -> list of cells)."""
     if path.name.lower().endswith((".parquet", ".pq")):  # the edge install carries no Parquet reader (pyarrow)
         csv_path = path.with_suffix(".csv")
         raise InputError(
@@ -59,11 +65,11 @@ def _read_rows(path: Path, columns: Sequence[str]) -> dict[str, list[Any]]:
                 "Fix runtime.yaml `mapping` (columns, turbine_id_col, time_col)"
             )
         idx = {c: header.index(c) for c in dict.fromkeys(columns)}
-        out: dict[str, list[Any]] = {c: [] for c in idx}
-        for row in reader:
-            for c, i in idx.items():
-                out[c].append(row[i] if i < len(row) else "")
-        return out
+        while True:
+            block = list(itertools.islice(reader, rows))
+            if not block:
+                return
+            yield {c: [row[i] if i < len(row) else "" for row in block] for c, i in idx.items()}
 
 
 def _timestamp(cell: Any, tz: Any) -> int | str:
@@ -95,8 +101,10 @@ def _number(cell: Any) -> tuple[float, bool]:
     return (x if math.isfinite(x) else math.nan), False
 
 
-def read_table(path: str | Path, channels: Sequence[str], mapping: MappingCfg, default_columns: dict[str, str]):
-    """-> (turbine ids list, ts_ns (n,) int64, values (n, C) float64, non_numeric {channel: count})."""
+def _table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg, default_columns: dict[str, str],
+                  rows: int) -> Iterator[tuple[list[str], np.ndarray, np.ndarray, dict[str, int]]]:  # fmt: skip
+    """Per chunk of at most `rows` rows: (turbine ids, ts_ns (n,) int64, values (n, C) float64, non-numeric
+    cells per channel)."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"replay input {p} does not exist")
@@ -104,47 +112,50 @@ def read_table(path: str | Path, channels: Sequence[str], mapping: MappingCfg, d
     missing = [c for c in channels if c not in colmap]
     if missing:
         raise InputError(f"mapping.columns: no column for channels {missing}; the bundle needs {list(channels)}")
-    cols = [mapping.turbine_id_col, mapping.time_col] + [colmap[c] for c in channels]
-    data = _read_rows(p, cols)
-    ids = [str(x).strip() if x is not None else "" for x in data[mapping.turbine_id_col]]
-    if not ids:
-        raise InputError(f"{p}: no rows")
-    if any(not t for t in ids):
-        raise InputError(f"{p}: {sum(not t for t in ids)} rows have no turbine id in {mapping.turbine_id_col!r}")
     tz = None
     if mapping.naive_timezone is not None:
         from zoneinfo import ZoneInfo
 
         tz = ZoneInfo(mapping.naive_timezone)
-    ts = [_timestamp(c, tz) for c in data[mapping.time_col]]
-    bad = [(i, data[mapping.time_col][i]) for i, t in enumerate(ts) if isinstance(t, str)]
-    if bad:
-        kinds = sorted({ts[i] for i, _ in bad})
-        raise InputError(
-            f"{p}: {len(bad)} bad timestamps in {mapping.time_col!r} ({kinds}), e.g. "
-            f"{[c for _, c in bad[:3]]}; expected ISO-8601 with a UTC offset (or set "
-            "mapping.naive_timezone) or epoch seconds"
-        )
-    values = np.empty((len(ids), len(channels)))
-    non_numeric: dict[str, int] = {}
-    for j, c in enumerate(channels):
-        parsed = [_number(x) for x in data[colmap[c]]]
-        values[:, j] = [v for v, _ in parsed]
-        non_numeric[c] = sum(b for _, b in parsed)
-    return ids, np.array(ts, dtype=np.int64), values, non_numeric
+    cols = [mapping.turbine_id_col, mapping.time_col] + [colmap[c] for c in channels]
+    for data in _read_chunks(p, cols, rows):
+        ids = [str(x).strip() if x is not None else "" for x in data[mapping.turbine_id_col]]
+        if any(not t for t in ids):
+            raise InputError(f"{p}: {sum(not t for t in ids)} rows have no turbine id in {mapping.turbine_id_col!r}")
+        ts = [_timestamp(c, tz) for c in data[mapping.time_col]]
+        bad = [(i, data[mapping.time_col][i]) for i, t in enumerate(ts) if isinstance(t, str)]
+        if bad:
+            kinds = sorted({ts[i] for i, _ in bad})
+            raise InputError(
+                f"{p}: {len(bad)} bad timestamps in {mapping.time_col!r} ({kinds}), e.g. "
+                f"{[c for _, c in bad[:3]]}; expected ISO-8601 with a UTC offset (or set "
+                "mapping.naive_timezone) or epoch seconds"
+            )
+        values = np.empty((len(ids), len(channels)))
+        non_numeric: dict[str, int] = {}
+        for j, c in enumerate(channels):
+            parsed = [_number(x) for x in data[colmap[c]]]
+            values[:, j] = [v for v, _ in parsed]
+            non_numeric[c] = sum(b for _, b in parsed)
+        yield ids, np.array(ts, dtype=np.int64), values, non_numeric
 
 
 def replay(
-    engine: Engine, path: str | Path, mapping: MappingCfg, out: str | Path, alerts_out: str | Path | None = None
+    engine: Engine,
+    path: str | Path,
+    mapping: MappingCfg,
+    out: str | Path,
+    alerts_out: str | Path | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> dict[str, Any]:
-    """Replay a table through `engine`; write score payloads (JSON lines) to `out`. Returns a summary."""
+    """Replay a table through `engine`, `chunk_rows` rows at a time; write score payloads (JSON lines) to `out`.
+
+    `progress(counts)` is called after every chunk. Returns a summary."""
     spec = engine.bundle.spec
-    ids, ts, values, non_numeric = read_table(path, spec.channels, mapping, engine.bundle.column_mapping)
-    order = np.argsort(ts, kind="stable")
     last_ns: dict[str, int] = {}
-    for i in order:
-        last_ns[ids[i]] = int(ts[i])
-    counts = {"rows": len(ids), "turbines": len(last_ns), "scores": 0, "warmup": 0, "alerts": 0, "late": 0}
+    counts: dict[str, Any] = {"rows": 0, "turbines": 0, "scores": 0, "warmup": 0, "alerts": 0, "late": 0}
+    non_numeric = dict.fromkeys(spec.channels, 0)
     grace_ns = int(engine.fleet.grace_seconds * 1e9)
     dt_ns = engine.dt_ns
     with contextlib.ExitStack() as stack:
@@ -161,11 +172,24 @@ def replay(
                     if fa is not None:
                         fa.write(o.payload + b"\n")
 
-        for n, i in enumerate(order, 1):
-            if not engine.ingest(Sample(ids[i], int(ts[i]), values[i])):
-                counts["late"] += 1
-            if n % _FLUSH_EVERY == 0:
-                write(engine.flush())
+        chunks = _table_chunks(path, spec.channels, mapping, engine.bundle.column_mapping, chunk_rows)
+        for ids, ts, values, bad in chunks:
+            order = np.argsort(ts, kind="stable")
+            for i in order:
+                tid, t = ids[i], int(ts[i])
+                if t > last_ns.get(tid, t - 1):
+                    last_ns[tid] = t
+                if not engine.ingest(Sample(tid, t, values[i])):
+                    counts["late"] += 1
+            write(engine.flush())
+            counts["rows"] += len(ids)
+            counts["turbines"] = len(last_ns)
+            for c, n in bad.items():
+                non_numeric[c] += n
+            if progress is not None:
+                progress(counts)
+        if not counts["rows"]:
+            raise InputError(f"{path}: no rows")
         for tid, last in last_ns.items():  # each turbine's grid ends at its own last sample's bin
             end = -(-last // dt_ns) * dt_ns
             engine.fleet.close_turbine_until(tid, end + grace_ns)
@@ -181,6 +205,7 @@ def replay_file(
     out: str | Path,
     cfg: Any = None,
     alerts_out: str | Path | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Load the bundle and replay `input_path` with the settings of `cfg` (a RuntimeConfig; None = defaults)."""
     from scada_tcn.runtime.bundle import load_bundle
@@ -198,4 +223,4 @@ def replay_file(
         max_batch=cfg.compute.max_batch,
         drift_window=cfg.health.drift_window,
     )
-    return replay(engine, input_path, cfg.mapping, out, alerts_out)
+    return replay(engine, input_path, cfg.mapping, out, alerts_out, progress)

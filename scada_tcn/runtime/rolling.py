@@ -126,7 +126,7 @@ def rolling_mean_std(x: np.ndarray, present: np.ndarray, w: int) -> tuple[np.nda
 
 
 def window_mean_std(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Welford (mean, population std) over the last axis of `buf` (..., w); shapes (...).
+    """(mean, population std) over the last axis of `buf` (..., w), two-pass; shapes (...).
 
     NaN anywhere in a window propagates to its mean and std.
     """
@@ -135,12 +135,9 @@ def window_mean_std(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(f"window_mean_std: need a non-empty last axis, got shape {buf.shape}")
     if not np.issubdtype(buf.dtype, np.floating):
         raise InputError(f"window_mean_std: buf must be a float array, got {buf.dtype}")
-    shift = buf[..., -1].astype(np.float64)
-    mean = np.zeros(shift.shape)
-    m2 = np.zeros(shift.shape)
-    for n in range(1, buf.shape[-1] + 1):
-        xk = buf[..., n - 1] - shift
-        d = xk - mean
-        mean = mean + d / n
-        m2 = m2 + d * (xk - mean)
-    return shift + mean, np.sqrt(np.maximum(m2, 0.0) / buf.shape[-1])
+    shift = buf[..., -1:].astype(np.float64)
+    x = buf - shift  # shifted by the newest value: no cancellation for a large offset
+    mean = x.mean(axis=-1, keepdims=True)
+    d = x - mean
+    m2 = np.einsum("...i,...i->...", d, d)  # two passes over a short window, vectorised
+    return shift[..., 0] + mean[..., 0], np.sqrt(m2 / buf.shape[-1])
