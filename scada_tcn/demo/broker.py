@@ -246,10 +246,20 @@ def run_through_broker(
     thread.start()
     t0 = time.monotonic()
 
+    seqs: dict[str, set[int]] = {}
+    counted = 0
+
     def scored() -> dict[str, int]:
+        """Distinct steps per turbine so far; parses only the records that arrived since the last call (the
+        daemon runs on a thread of this process: re-parsing every record would take its CPU)."""
+        nonlocal counted
         with lock:
-            payloads = list(got["score"])
-        return {t: len(v) for t, v in dedupe(payloads).seqs().items()}
+            new = got["score"][counted:]
+        counted += len(new)
+        for payload in new:
+            d = json.loads(payload)
+            seqs.setdefault(d["turbine"], set()).add(int(d["seq"]))
+        return {t: len(v) for t, v in seqs.items()}
 
     try:
         if not subscribed.wait(20) or not _wait(lambda: daemon.link.connected, 20):

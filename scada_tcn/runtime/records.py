@@ -62,14 +62,17 @@ SCHEMA = "scada-score/2"
 _OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
 
+_AS_IS = frozenset({str, bool, int, type(None)})  # written by orjson as they are
+
+
 def _clean(x: Any) -> Any:
     t = type(x)
-    if t is str or t is bool or t is int or x is None:
+    if t in _AS_IS:
         return x
     if t is float:
         return float(f"{x:.9g}") if math.isfinite(x) else None
     if t is dict:
-        return {str(k): _clean(v) for k, v in x.items()}
+        return {k if type(k) is str else str(k): v if type(v) in _AS_IS else _clean(v) for k, v in x.items()}
     if t is np.ndarray and x.dtype.kind == "f":  # orjson writes float32 C-contiguous arrays natively; NaN -> null
         return x if x.dtype == np.float32 and x.flags.c_contiguous else np.ascontiguousarray(x, dtype=np.float32)
     if t is list or t is tuple:
