@@ -335,17 +335,14 @@ class BinAccumulator:
         n_bins = (last_ns - start) // dt + 1
         ts, order, vals = self._arrays()
         closing = _ceil_labels(ts, dt) <= last_ns
-        if closing.all():  # the usual case (every kept sample closes now): no selection, no set rebuilt
-            if ts.size > 1:
-                o = np.lexsort((order, ts))
-                ts, order, vals = ts[o], order[o], vals[o]
-            binned, _ = _bin_sorted(ts, vals.T, order, self._plan, start, n_bins)
-            self._rows, self._seen = [], set()
-        else:
-            o = np.lexsort((order[closing], ts[closing]))
-            binned, _ = _bin_sorted(ts[closing][o], vals[closing][o].T, order[closing][o], self._plan, start, n_bins)
-            self._rows = [self._rows[i] for i in np.flatnonzero(~closing)]
-            self._seen = {(t, v.tobytes()) for t, _, v in self._rows}
+        kept: list[tuple[int, int, np.ndarray]] = []
+        if not closing.all():  # usually every kept sample closes: no selection then
+            kept = [self._rows[i] for i in np.flatnonzero(~closing)]
+            ts, order, vals = ts[closing], order[closing], vals[closing]
+        o = np.lexsort((order, ts))
+        binned, _ = _bin_sorted(ts[o], vals[o].T, order[o], self._plan, start, n_bins)
+        self._rows = kept
+        self._seen = {(t, v.tobytes()) for t, _, v in kept}
         self._open_from, self._closed_any = last_ns + dt, True
         return [ClosedBin(start + i * dt, binned[i]) for i in range(n_bins)]
 

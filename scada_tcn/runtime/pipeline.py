@@ -82,10 +82,10 @@ class Preprocessor:
         self.flags = compile_rules(spec)
         self.repeat_idx = [spec.channels.index(c) for c in spec.repeat_channels]
 
-    def repeats(self, binned: np.ndarray, prev: np.ndarray | None = None) -> np.ndarray:
-        """binned (T, C) -> exact-repeat codes (T, S) of `spec.repeat_channels` (`prev`: the row before)."""
+    def repeats(self, binned: np.ndarray) -> np.ndarray:
+        """binned (T, C) -> exact-repeat codes (T, S) of `spec.repeat_channels` (the first row's are unknown)."""
         binned = _check_binned(binned, self.spec, 2, "Preprocessor.repeats")
-        return repeat_codes(binned[:, self.repeat_idx], None if prev is None else prev[self.repeat_idx])
+        return repeat_codes(binned[:, self.repeat_idx])
 
     def engineer(self, binned: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """binned (T, C) -> (E (T, F) float64 NaN-missing, M (T, F) uint8 1=present, Flags (T, R) float32)."""

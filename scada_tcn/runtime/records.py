@@ -25,8 +25,8 @@ Alert topic: {schema, turbine, ts, seq, model_id, score, [fleet_score], threshol
 state ("on" | "off")} on every transition. Retained alert state: {schema, turbine, state, since, seq, model_id}.
 
 Serialisation (`dumps`, orjson) is deterministic: sorted keys, no spaces, a number as the shortest form of its 9
-significant digits (which round-trips float32), a list of numbers (the forecast) as float32 values in their
-shortest round-trip form, NaN/inf as null. A step is scored once and its numbers do not
+significant digits (which round-trips float32), a float array (the forecast, float32) in the shortest form that
+round-trips its float32 values, NaN/inf as null. A step is scored once and its numbers do not
 depend on the batch it was scored in, so a redelivered or replayed record is the same bytes.
 
 `dedupe(payloads)` is the consumer's rule: keep one record per (turbine, ts), count identical repeats, and report
@@ -76,8 +76,6 @@ def _clean(x: Any) -> Any:
     if t is np.ndarray and x.dtype.kind == "f":  # orjson writes float32 C-contiguous arrays natively; NaN -> null
         return x if x.dtype == np.float32 and x.flags.c_contiguous else np.ascontiguousarray(x, dtype=np.float32)
     if t is list or t is tuple:
-        if x and all(type(v) is float for v in x):
-            return np.asarray(x, dtype=np.float32)
         return [_clean(v) for v in x]
     if isinstance(x, (bool, np.bool_)):
         return bool(x)

@@ -9,9 +9,9 @@ different readings equal) into one code per step and channel:
     CHANGED (0)  present at both steps, and different;
     UNKNOWN (2)  missing now or at the previous step (a missing step neither extends nor breaks a run).
 
-Batch (`repeat_codes(values)`) and stream (`repeat_codes(row[None], prev)`) are the same function: the stream
-keeps the previous row as state. What the codes become (a run of repeats counted only while the model expects
-the signal to move) is `runtime.aggregators.StuckRun`.
+Batch (`repeat_codes(values)`) and stream (`codes_against(rows, previous rows)`, a fleet's turbines at once) are
+the same comparison: the stream keeps each turbine's previous row as state. What the codes become (a run of
+repeats counted only while the model expects the signal to move) is `runtime.aggregators.StuckRun`.
 
 >>> repeat_codes(np.array([[1.0], [1.0], [np.nan], [1.0], [2.0]]))[:, 0].tolist()
 [2, 1, 2, 2, 0]

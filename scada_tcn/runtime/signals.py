@@ -118,10 +118,6 @@ class SignalSpec:
         """(Mf,) the feature index of each monitored feature."""
         return self._feat.copy()
 
-    def monitor_groups(self) -> np.ndarray:
-        """(M,) the group index of each monitor."""
-        return self._member.argmax(axis=0)
-
     def feature_deviation(self, resid: np.ndarray) -> np.ndarray:
         """(B, F) residuals z -> (B, F) deviations v - center (directional, or |z| for "both")."""
         z = np.asarray(resid, dtype=np.float64)

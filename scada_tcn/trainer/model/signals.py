@@ -72,7 +72,11 @@ class SignalModule(nn.Module):
         last = X_hat.reshape(B, G, L, F)[:, :, -1, :]  # (B, G, F)
         return (last * self.own).sum(dim=1)  # (B, F): one non-zero term per scored feature
 
+    def residual(self, x: torch.Tensor, m_miss: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """(B, F) scaled residual of the newest step x (B, F) against `pred`; 0 where missing or not scored."""
+        ok = (m_miss > 0.5) & self.scored
+        return torch.where(ok, (x - pred) / self.scale, torch.zeros_like(pred))
+
     def forward(self, X: torch.Tensor, M_miss: torch.Tensor, Flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pred = self.predict(X, M_miss, Flags)
-        ok = (M_miss[:, -1, :] > 0.5) & self.scored  # (B, F)
-        return torch.where(ok, (X[:, -1, :] - pred) / self.scale, torch.zeros_like(pred)), pred
+        return self.residual(X[:, -1, :], M_miss[:, -1, :], pred), pred

@@ -28,8 +28,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from scada_tcn.trainer.model.masking import apply_mask, build_model_input
+from scada_tcn.trainer.model.masking import apply_mask
 from scada_tcn.trainer.model.network import pairwise_sum, predict_proba_fault
+from scada_tcn.trainer.model.scoring import pass_inputs
 from scada_tcn.trainer.model.signals import SignalModule
 
 __all__ = ["StepModule"]
@@ -76,17 +77,13 @@ class StepModule(nn.Module):
 
     def forward(self, X: torch.Tensor, M_miss: torch.Tensor, Flags: torch.Tensor, t: torch.Tensor, *state):
         B, F = X.shape
-        P, R, sig = self.P, self.R, self.signals
+        P, sig = self.P, self.signals
         present = (M_miss > 0.5).to(torch.float32)
         X0 = apply_mask(X, present, sig.fill_value)
-        keep = 1.0 - self.hide.unsqueeze(0) * present.unsqueeze(1)  # (B, P, F): 0 where pass p hides
-        keep = torch.cat([torch.ones_like(keep[:, :1]), keep[:, 1:]], dim=1)  # the clean pass: M_mask = ones
-        x_in = build_model_input(
-            apply_mask(X0.unsqueeze(1).expand(B, P, F), keep, sig.fill_value).reshape(B * P, 1, F),
-            present.unsqueeze(1).expand(B, P, F).reshape(B * P, 1, F),
-            keep.reshape(B * P, 1, F),
-            Flags.unsqueeze(1).expand(B, P, R).reshape(B * P, 1, R),
-        )[:, 0]  # (B P, F_in)
+        # the window passes' inputs at one step; pass 0 hides nothing (its mask is all ones): the clean pass
+        x_in, _ = pass_inputs(X0.unsqueeze(1), present.unsqueeze(1), self.hide.unsqueeze(1), Flags.unsqueeze(1),
+                              sig.fill_value)  # fmt: skip
+        x_in = x_in[:, 0]  # (B P, F_in)
         h, cols = x_in, []
         for b, block in enumerate(sig.model.backbone.blocks):
             cols.append(h)
@@ -98,7 +95,7 @@ class StepModule(nn.Module):
         model, cfg = sig.model, sig.model.cfg
         x_hat = model.recon_head(h).reshape(B, P, F)
         pred = (x_hat[:, 1:] * sig.own.unsqueeze(0)).sum(dim=1)  # (B, F): one non-zero term per scored feature
-        resid = torch.where((M_miss > 0.5) & sig.scored, (X - pred) / sig.scale, torch.zeros_like(pred))
+        resid = sig.residual(X, M_miss, pred)
         clean = h.reshape(B, P, self.D)[:, 0]  # (B, D)
         found: dict[str, torch.Tensor] = {}
         if cfg.forecast_enabled:
