@@ -94,16 +94,22 @@ def tiny_bundle(tiny_run) -> Path:
 
 @pytest.fixture(scope="session")
 def signal_run(tiny_run, tmp_path_factory) -> tuple[Path, list[str]]:
-    """The tiny farm, a model trained with group masks, exported per signal with a step graph (parity checked):
-    (bundle dir, overrides). The streaming engine's bundle for every runtime test that runs both engines."""
-    from scada_tcn.export.bundle_writer import export_bundle
+    """The tiny farm, a model trained with group masks, exported per signal with a step graph (parity checked) by
+    the scada-export CLI, whose output is kept in <root>/export.txt: (bundle dir, overrides). The streaming engine's
+    bundle for every runtime test that runs both engines."""
+    from typer.testing import CliRunner
+
+    from scada_tcn.export.cli import app
     from scada_tcn.trainer.config import load_config
     from scada_tcn.trainer.training.fit import fit
 
     root = tmp_path_factory.mktemp("signals")
     overrides = [*tiny_run.overrides, f"output_dir={root / 'run'}", "train.group_mask_prob=0.5", *SIGNALS]
     best = fit(load_config(CONFIG, overrides), log=lambda m: None)
-    export_bundle(best, out_dir=root / "bundle", overrides=SIGNALS)
+    result = CliRunner().invoke(app, [str(best), "--out", str(root / "bundle"), *SIGNALS])
+    if result.exit_code != 0:
+        raise RuntimeError(f"scada-export failed ({result.exit_code}): {result.output}")
+    (root / "export.txt").write_text(result.output)
     return root / "bundle", overrides
 
 

@@ -232,7 +232,7 @@ def test_tiny_bundle_key_set_is_pinned(bundle_dir):
     assert doc["signals"] is None  # a window_mean bundle
     assert got == GOLDEN_KEYS
     assert sorted(p.name for p in bundle_dir.iterdir()) == ["bundle.json", "clean.onnx", "scoring.onnx"]
-    assert doc["schema_version"] == SCHEMA_VERSION == 5
+    assert doc["schema_version"] == SCHEMA_VERSION == 6
     sha = {f: hashlib.sha256((bundle_dir / f).read_bytes()).hexdigest() for f in ("clean.onnx", "scoring.onnx")}
     assert doc["checksums"] == sha and doc["stream"] is None  # no step graph: scored window by window
     assert doc["model_id"] == compute_model_id(sha, doc["feature_registry"], doc["flag_registry"])
@@ -319,7 +319,7 @@ def test_refuses_graph_shapes_that_disagree_with_dims(bundle_dir):
     _edit(bundle_dir, lambda d: d["dims"].update(L=5))
     assert _message(bundle_dir) == (
         "clean.onnx: input 'X' is tensor(float) ['batch', 4, 2], expected tensor(float) ['batch', 5, 2] from the "
-        "bundle dims Dims(L=5, K=1, F=2, R=1, C=2, RF=5) (a symbolic batch axis first)"
+        "bundle dims Dims(L=5, K=1, F=2, R=1, C=2, RF=5) (a symbolic batch axis)"
     )
     _edit(bundle_dir, lambda d: d["dims"].update(L=4, C=3))
     assert _message(bundle_dir).startswith("bundle.json: inconsistent bundle: 2 class_names for C=3 fault classes")
@@ -338,10 +338,10 @@ def test_refuses_registry_edit_through_the_model_id(bundle_dir):
 
 
 def test_refuses_unknown_schema_version(bundle_dir):
-    for v in (1, 2, 3, 4, 6, 0, "5", None):
+    for v in (1, 2, 3, 4, 5, 7, 0, "6", None):
         _edit(bundle_dir, lambda d, v=v: d.update(schema_version=v))
         assert _message(bundle_dir) == (
-            f"bundle.json: schema_version {v!r} is not supported (this runtime reads version 5); export the model "
+            f"bundle.json: schema_version {v!r} is not supported (this runtime reads version 6); export the model "
             "again with a scada-export of the same release as this runtime"
         )
 

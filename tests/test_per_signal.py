@@ -76,6 +76,13 @@ def test_bundle_holds_monitors_stuck_checks_and_levels(bundle):
     assert case["n_windows"] > 1500 and case["outputs"]["step/resid"]["max_abs"] < 1e-5
 
 
+def test_export_cli_reports_the_levels_of_a_per_signal_bundle(bundle, signal_run):
+    lv = bundle.signals.levels
+    text = (signal_run[0].parent / "export.txt").read_text()
+    assert f"levels p{lv.percentile:g}: {len(lv.pooled)} monitors on {lv.n_steps} validation steps" in text
+    assert "streams (step.onnx)" in text and "parity within atol=1e-05" in text
+
+
 def test_stream_engine_equals_window_engine(bundle, rows, replayed, tmp_path):
     """The window engine re-scores every window; the streaming engine steps once per step: the same records."""
     window = _replay(bundle, rows, tmp_path, OnnxScorer(bundle))

@@ -316,7 +316,7 @@ def _hostile(valid: list[tuple[str, bytes]], n: int, rng: np.random.Generator) -
                 b'{"ts": 1706400000, "values": {"power": 1}, "pad": "' + b"x" * 5000 + b'"}',
             ),
         ),
-        ("malformed_json", lambda i: (f"{base}/WT01/telemetry", b"[" * 1500 + b"]" * 1500)),
+        ("not_an_object", lambda i: (f"{base}/WT01/telemetry", b"[" * 1500 + b"]" * 1500)),  # deep, still JSON
     ]
     out = []
     for i in range(n):

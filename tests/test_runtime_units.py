@@ -132,9 +132,20 @@ def test_telemetry_accepts_subsets_and_nulls(decoder):
 
 
 def test_dumps_is_deterministic():
-    rec = {"b": np.float32(0.1), "a": [np.float64(1e-12), float("nan")], "c": np.int64(3), "d": True}
-    assert dumps(rec) == b'{"a":[1e-12,null],"b":0.100000001,"c":3,"d":true}'
-    assert json.loads(dumps(rec))["b"] == pytest.approx(0.1)
+    rec = {
+        "b": np.float32(0.1),
+        "a": [np.float64(1e-12), float("nan")],
+        "c": np.int64(3),
+        "d": True,
+        "e": 0.1 + 0.2,
+        "f": np.arange(6, dtype=np.float32).reshape(2, 3).T[1],
+        "g": (float("inf"), np.bool_(1)),
+    }
+    want = b'{"a":[1e-12,null],"b":0.1,"c":3,"d":true,"e":0.30000000000000004,"f":[1.0,4.0],"g":[null,true]}'
+    assert dumps(rec) == want and dumps(dict(reversed(rec.items()))) == want
+    assert json.loads(dumps(rec))["e"] == 0.1 + 0.2  # a float64 round-trips exactly
+    with pytest.raises(TypeError, match="not JSON serializable: object"):
+        dumps({"x": object()})
     assert iso_utc(NOW) == "2024-06-01T00:00:00Z"
 
 

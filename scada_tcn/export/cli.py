@@ -47,14 +47,24 @@ def export_cmd(
     except (ValueError, OSError) as e:  # ConfigError, SpecError, ExportError, BundleError all subclass ValueError
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from None
-    cal = bundle.calibration
     print(f"bundle {bundle.path}\nmodel id {bundle.model_id}")
-    how = f"p{cal.percentile:g}" if cal.method == "percentile" else "EVT (peaks over threshold)"
-    print(
-        f"threshold {how}: global {cal.global_threshold:.4g} on {cal.n_windows} windows, "
-        f"{len(cal.per_turbine)} per turbine, {len(cal.per_turbine_regime) + len(cal.per_regime)} per regime"
-    )
-    for key, why in cal.fallbacks.items():
+    cal, sig = bundle.calibration, bundle.signals
+    if sig is not None:  # per-signal scoring: a level per monitor instead of one calibrated threshold
+        lv = sig.levels
+        print(
+            f"levels p{lv.percentile:g}: {len(lv.pooled)} monitors on {lv.n_steps} validation steps, "
+            f"{len(lv.per_turbine)} turbines with their own levels; "
+            f"{'streams (step.onnx)' if bundle.stream is not None else 'window graphs only'}"
+        )
+        fallbacks = lv.fallbacks
+    else:
+        how = f"p{cal.percentile:g}" if cal.method == "percentile" else "EVT (peaks over threshold)"
+        print(
+            f"threshold {how}: global {cal.global_threshold:.4g} on {cal.n_windows} windows, "
+            f"{len(cal.per_turbine)} per turbine, {len(cal.per_turbine_regime) + len(cal.per_regime)} per regime"
+        )
+        fallbacks = cal.fallbacks
+    for key, why in fallbacks.items():
         print(f"  fallback {key}: {why}")
     if bundle.parity is None:
         print("parity: not checked (--no-verify)")

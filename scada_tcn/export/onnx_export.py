@@ -116,10 +116,10 @@ def _example(L: int, F: int, R: int, B: int = 2) -> tuple[torch.Tensor, ...]:
 
 
 def export_step(step: StepModule) -> bytes:
-    """step.onnx: the batch axis dynamic (B turbines, B x passes ring rows), the step index a scalar."""
+    """step.onnx: the batch axis dynamic (B turbines, B x passes tap rows)."""
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    rings = tuple({0: step.P * batch} for _ in step.convs) + (({0: batch},) if step.ring else ())
-    shapes = ({0: batch}, {0: batch}, {0: batch}, {}, rings)
+    taps = tuple({0: step.P * batch} for _, _, _, k in step.convs for _ in range(k - 1))
+    shapes = ({0: batch}, {0: batch}, {0: batch}, taps + (({0: batch},) if step.ring else ()))
     return export_module(step, step.example(), step.input_names, step.output_names, "step.onnx", shapes)
 
 

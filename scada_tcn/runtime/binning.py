@@ -44,6 +44,17 @@ class ClosedBin(NamedTuple):
     values: np.ndarray
 
 
+class RawBins(NamedTuple):
+    """Bins closed but not aggregated yet: `n_bins` contiguous bins ending at start_ns, start_ns + dt, ...; their
+    range-filtered samples sorted by (ts, arrival order): ts (m,) int64, order (m,) int64, values (m, C)."""
+
+    start_ns: int
+    n_bins: int
+    ts: np.ndarray
+    order: np.ndarray
+    values: np.ndarray
+
+
 @dataclass(frozen=True)
 class BinStats:
     """Counts from one `bin_timeline` call. Samples outside the grid are dropped first; the rest count kept rows."""
@@ -268,6 +279,24 @@ def bin_timeline(
     return start + dt * np.arange(n_bins, dtype=np.int64), binned, stats
 
 
+def aggregate_bins(raw: list[RawBins], plan: _Plan) -> np.ndarray:
+    """The binned values (sum of n_bins, C) of closed bins of any turbines, in the order given, in one vectorised
+    pass: each RawBins' samples are shifted by a whole number of bins onto its own rows of one grid (bin membership,
+    order within a bin and exact repeats unchanged; different turbines never share a bin), then `_bin_sorted`."""
+    if len(raw) == 1:
+        r = raw[0]
+        return _bin_sorted(r.ts, r.values.T, r.order, plan, r.start_ns, r.n_bins)[0]
+    dt = plan.dt_ns
+    n = np.array([r.n_bins for r in raw], dtype=np.int64)
+    first_row = np.cumsum(n) - n
+    starts = np.array([r.start_ns for r in raw], dtype=np.int64)
+    sizes = [r.ts.size for r in raw]
+    ts = np.concatenate([r.ts for r in raw]) + np.repeat((first_row + 1) * dt - starts, sizes)
+    order = np.concatenate([r.order for r in raw])
+    cols = np.concatenate([r.values for r in raw]).T  # sorted by (ts, order) already: the blocks follow each other
+    return _bin_sorted(ts, cols, order, plan, dt, int(n.sum()))[0]
+
+
 class BinAccumulator:
     """Incremental binning of one turbine's sample stream, with the same numbers as `bin_timeline`.
 
@@ -292,21 +321,38 @@ class BinAccumulator:
         self.out_of_range = np.zeros(len(self._plan.channels), dtype=np.int64)
 
     @property
+    def plan(self) -> _Plan:
+        """The binning parameters (for `aggregate_bins`)."""
+        return self._plan
+
+    @property
     def open_from(self) -> int | None:
         """End (label) of the first bin not yet emitted; None before the first sample."""
         return self._open_from
 
     def add(self, ts_ns: int, values: np.ndarray) -> list[ClosedBin]:
         """Store one sample (C,) and return the bins closed because it belongs to a later bin."""
+        return self._bins(self.add_deferred(ts_ns, values))
+
+    def close_until(self, now_ns: int) -> list[ClosedBin]:
+        """Close every bin whose end + grace <= now_ns (wall clock, ns), empty ones included."""
+        return self._bins(self.close_until_deferred(now_ns))
+
+    def add_deferred(self, ts_ns: int, values: np.ndarray) -> RawBins | None:
+        """`add`, with the closed bins' samples returned for `aggregate_bins` (None when nothing closed): a fleet
+        aggregates the bins every turbine closed in one call."""
         dt = self._plan.dt_ns
         ts = _check_int(ts_ns, "ts_ns", dt)
         row = _check_values(values, (len(self._plan.channels),), self._plan)
         label = -(-ts // dt) * dt
         if self._closed_any and label < self._open_from:
             self.late_dropped += 1
-            return []
+            return None
         row = row.astype(np.float64)  # always a copy: filtered in place below
-        self.out_of_range += _range_filter(row[:, None], self._plan)
+        bad = np.isinf(row) | (row < self._plan.lo) | (row > self._plan.hi)  # NaN compares False: kept
+        if bad.any():
+            row[bad] = np.nan
+            self.out_of_range += bad
         key = (ts, row.tobytes())
         if key not in self._seen:
             self._seen.add(key)
@@ -314,13 +360,19 @@ class BinAccumulator:
             self._next_order += 1
         if self._open_from is None or label < self._open_from:
             self._open_from = label
-        return self._close_through(label - dt)
+        return self._take_through(label - dt)
 
-    def close_until(self, now_ns: int) -> list[ClosedBin]:
-        """Close every bin whose end + grace <= now_ns (wall clock, ns), empty ones included."""
+    def close_until_deferred(self, now_ns: int) -> RawBins | None:
+        """`close_until`, with the closed bins' samples returned for `aggregate_bins` (None when nothing closed)."""
         dt = self._plan.dt_ns
         now = _check_int(now_ns, "now_ns", dt)
-        return self._close_through(((now - self._grace_ns) // dt) * dt)
+        return self._take_through(((now - self._grace_ns) // dt) * dt)
+
+    def _bins(self, raw: RawBins | None) -> list[ClosedBin]:
+        if raw is None:
+            return []
+        binned = aggregate_bins([raw], self._plan)
+        return [ClosedBin(raw.start_ns + i * self._plan.dt_ns, binned[i]) for i in range(raw.n_bins)]
 
     def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         ts = np.array([r[0] for r in self._rows], dtype=np.int64)
@@ -328,23 +380,22 @@ class BinAccumulator:
         vals = np.stack([r[2] for r in self._rows]) if self._rows else np.empty((0, len(self._plan.channels)))
         return ts, order, vals
 
-    def _close_through(self, last_ns: int) -> list[ClosedBin]:
+    def _take_through(self, last_ns: int) -> RawBins | None:
+        """Close the bins up to label last_ns: hand over their samples, keep the later ones."""
         if self._open_from is None or last_ns < self._open_from:
-            return []
+            return None
         dt, start = self._plan.dt_ns, self._open_from
         n_bins = (last_ns - start) // dt + 1
-        ts, order, vals = self._arrays()
-        closing = _ceil_labels(ts, dt) <= last_ns
-        kept: list[tuple[int, int, np.ndarray]] = []
-        if not closing.all():  # usually every kept sample closes: no selection then
-            kept = [self._rows[i] for i in np.flatnonzero(~closing)]
-            ts, order, vals = ts[closing], order[closing], vals[closing]
-        o = np.lexsort((order, ts))
-        binned, _ = _bin_sorted(ts[o], vals[o].T, order[o], self._plan, start, n_bins)
+        closing = [r for r in self._rows if r[0] <= last_ns]  # a stamp <= a bin end lies in that bin or before
+        kept = [r for r in self._rows if r[0] > last_ns]
+        closing.sort(key=lambda r: (r[0], r[1]))  # by (ts, arrival order)
+        ts = np.array([r[0] for r in closing], dtype=np.int64)
+        order = np.array([r[1] for r in closing], dtype=np.int64)
+        vals = np.array([r[2] for r in closing]) if closing else np.empty((0, len(self._plan.channels)))
         self._rows = kept
         self._seen = {(t, v.tobytes()) for t, _, v in kept}
         self._open_from, self._closed_any = last_ns + dt, True
-        return [ClosedBin(start + i * dt, binned[i]) for i in range(n_bins)]
+        return RawBins(start, n_bins, ts, order, vals)
 
     def state_dict(self) -> dict[str, Any]:
         """The accumulator state as plain ints, bools and numpy arrays (no pickle needed)."""

@@ -12,16 +12,18 @@ A bundle is a directory of three files:
   (batch, F), that prediction in scaled units (`runtime.signals`); for "window_mean" `s_now` (batch,),
   `feat_contrib` (batch, F), `top_idx` (batch, topn) int64, `E` (batch, L, F).
 - `step.onnx` (per-signal bundles whose receptive field fits the window, `stream` non-null): the same scoring
-  one step at a time, with each convolution's past in a ring (`trainer.model.streaming.StepModule`): inputs `X`,
-  `M_miss` (batch, F), `Flags` (batch, R), `t` (int64 scalar: the step index, end / dt), `ring_i` (batch x
-  passes, channels_i, steps_i) per convolution and, with the fault head, `h_ring` (batch, L - 1, hidden) ->
+  one step at a time, each convolution's past kept by the edge (`trainer.model.streaming.StepModule`): inputs
+  `X`, `M_miss` (batch, F), `Flags` (batch, R), `tap_i_j` (batch x passes, channels_i): convolution i's input at
+  t - (kernel_i - 1 - j) dilation_i for j < kernel_i - 1, and, with the fault head, `h_ring` (batch, L - 1,
+  hidden) ->
   `resid`, `pred` (batch, F), the clean-pass heads (`Y_hat` (batch, K, F), `fault_prob` (batch, C), `rul`
   (batch,)), `col_i` (batch x passes, channels_i): the column to store at t mod steps_i, and `h` (batch, hidden).
 - `bundle.json`: UTF-8 JSON object (at most 16 MiB, no NaN or Infinity) with exactly these keys:
 
-  schema_version   5 (3 -> 4: the clean graph takes X, M_miss, Flags and returns fault probabilities;
-                   4 -> 5: per-signal scoring, the pipeline spec's repeat channels)
-  model_id         sha256 hex of "scada-tcn-bundle/5", the sha256 of each graph (in file-name order) and the
+  schema_version   6 (3 -> 4: the clean graph takes X, M_miss, Flags and returns fault probabilities;
+                   4 -> 5: per-signal scoring, the pipeline spec's repeat channels; 5 -> 6: step.onnx takes
+                   the convolutions' past taps instead of their rings and no step index)
+  model_id         sha256 hex of "scada-tcn-bundle/6", the sha256 of each graph (in file-name order) and the
                    canonical JSON of the feature and flag registries (`compute_model_id`)
   dims             `Dims`: window L, horizon K, features F, flags R, fault classes C, receptive field RF
   dt_seconds       step of the binned series
@@ -117,7 +119,7 @@ __all__ = [
     "open_session",
 ]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 BUNDLE_JSON = "bundle.json"
 GRAPH_FILES = {"clean": "clean.onnx", "scoring": "scoring.onnx", "step": "step.onnx"}
 GRAPH_INPUTS = ("X", "M_miss", "Flags")  # the window graphs: the windows as the pipeline writes them
@@ -652,9 +654,8 @@ def expected_graph_io(b: BundleContents, graph: str) -> tuple[list[tuple], list[
         return ins, outs
     if graph == "step" and b.stream is not None:
         st = b.stream
-        ins = [("X", _FLOAT, [None, d.F]), ("M_miss", _FLOAT, [None, d.F]), ("Flags", _FLOAT, [None, d.R]),
-               ("t", _INT64, [])]  # fmt: skip
-        ins += [(f"ring_{i}", _FLOAT, [None, c, steps]) for i, (c, steps, _, _) in enumerate(st.convs)]
+        ins = [("X", _FLOAT, [None, d.F]), ("M_miss", _FLOAT, [None, d.F]), ("Flags", _FLOAT, [None, d.R])]
+        ins += [(f"tap_{i}_{j}", _FLOAT, [None, c]) for i, (c, _, _, k) in enumerate(st.convs) for j in range(k - 1)]
         ins += [("h_ring", _FLOAT, [None, d.L - 1, st.hidden])] if st.h_ring else []
         shapes = {"Y_hat": [None, d.K, d.F], "fault_prob": [None, d.C], "rul": [None]}
         outs = [("resid", _FLOAT, [None, d.F]), ("pred", _FLOAT, [None, d.F])]
@@ -674,16 +675,16 @@ def _check_io(sess: ort.InferenceSession, b: BundleContents, graph: str) -> None
         if got_names != want_names:
             raise BundleError(f"{file}: {kind} names {got_names} differ from the expected {want_names}")
         for a, (name, typ, shape) in zip(got_args, want):
-            if shape == []:  # a scalar (the step graph's step index)
-                if a.type != typ or list(a.shape) != []:
-                    raise BundleError(f"{file}: {kind} {name!r} is {a.type} {list(a.shape)}, expected a {typ} scalar")
-                continue
-            batch_ok = len(a.shape) >= 1 and not isinstance(a.shape[0], int)
-            if a.type != typ or len(a.shape) != len(shape) or not batch_ok or list(a.shape[1:]) != shape[1:]:
-                shown = ["batch"] + shape[1:]
+            ok = (
+                a.type == typ
+                and len(a.shape) == len(shape)
+                and all(not isinstance(g, int) if w is None else g == w for g, w in zip(a.shape, shape))
+            )  # None: the symbolic batch axis
+            if not ok:
+                shown = ["batch" if w is None else w for w in shape]
                 raise BundleError(
                     f"{file}: {kind} {name!r} is {a.type} {list(a.shape)}, expected {typ} {shown} from the bundle "
-                    f"dims {b.dims} (a symbolic batch axis first)"
+                    f"dims {b.dims} (a symbolic batch axis)"
                 )
 
 

@@ -61,7 +61,7 @@ __all__ = ["Engine", "Output"]
 
 def _num(x: float) -> float | None:
     """A finite float, or None (published as null) for an undefined value."""
-    return float(x) if np.isfinite(x) else None
+    return float(x) if math.isfinite(x) else None
 
 
 class Output(NamedTuple):
@@ -251,7 +251,12 @@ class Engine:
         s_now = np.full(len(steps), np.nan) if per_signal else np.asarray(res.s_now, dtype=np.float64)
         if not per_signal:
             self.drift.update_many(s_now)
-        missing = 1.0 - np.array([s.present for s in steps], dtype=np.float64)
+        missing = (1.0 - np.array([s.present for s in steps], dtype=np.float64)).tolist()
+        forecast_rows = None
+        if res.Y_hat is not None:  # (B, F, K) float32 in feature units: one contiguous row per feature
+            y = np.asarray(res.Y_hat, dtype=np.float64) * self._scale + self._center  # (B, K, F)
+            forecast_rows = np.ascontiguousarray(y.transpose(0, 2, 1), dtype=np.float32)
+        fault_probs = None if res.fault_prob is None or not self.class_names else np.asarray(res.fault_prob).tolist()
         out = []
         for b, (s, regime) in enumerate(zip(steps, regimes)):
             if per_signal:  # the levels apply when the fleet's step is released (`_release_signals`)
@@ -260,18 +265,13 @@ class Engine:
                 thr, source = self.bundle.calibration.threshold_for(s.turbine, regime)
                 contrib = np.asarray(res.feat_contrib[b], dtype=np.float64)
                 top = tuple((self.feature_names[int(j)], float(contrib[int(j)])) for j in res.top_idx[b])
-            fault = None
-            if res.fault_prob is not None and self.class_names:
-                fault = {c: float(p) for c, p in zip(self.class_names, res.fault_prob[b])}
-            forecast = None
-            if res.Y_hat is not None:  # (F, K) float32 in feature units, one contiguous row per feature
-                y = (np.asarray(res.Y_hat[b], dtype=np.float64) * self._scale + self._center).T.astype(np.float32)
-                forecast = dict(zip(self.feature_names, y))
+            fault = None if fault_probs is None else dict(zip(self.class_names, fault_probs[b]))
+            forecast = None if forecast_rows is None else dict(zip(self.feature_names, forecast_rows[b]))
             rul = None if res.rul is None else float(np.asarray(res.rul[b]).reshape(-1)[0])
             out.append(ScoreRecord(
                 s.turbine, s.end_ns, self.dt_ns, self.bundle.model_id, score=float(s_now[b]), threshold=float(thr),
                 threshold_source=source, regime=regime, alert=False, top_features=top, fault_probs=fault,
-                forecast=forecast, rul=rul, missing_fraction=float(missing[b]), missing_now=s.missing_now,
+                forecast=forecast, rul=rul, missing_fraction=missing[b], missing_now=s.missing_now,
                 relative=self._relative and not per_signal,
             ))  # fmt: skip
             if per_signal:
@@ -289,6 +289,7 @@ class Engine:
         for end in sorted(e for e in self._pending if final or limit is None or e < limit):
             group = self._pending.pop(end)
             slots = np.array([w.slot for w in group], dtype=np.int64)
+            sources = self._level_sources(w.record.turbine for w in group)
             scored = np.array([w.resid is not None for w in group], dtype=bool)
             resid, pred = (np.stack([getattr(w, k) if w.resid is not None else np.zeros(F) for w in group])
                            for k in ("resid", "pred"))  # fmt: skip
@@ -304,26 +305,35 @@ class Engine:
                 tr = self.alerts.step(slots[has], st.score[has], np.ones(int(has.sum())))
                 turned_on[has], turned_off[has] = tr.turned_on, tr.turned_off
             states = self.alerts.get()
+            # plain lists, built once per fleet step (NaN is published as null)
+            order = np.argsort(-np.nan_to_num(st.group_ratio, nan=-np.inf), axis=1, kind="stable").tolist()
+            ratio, top = st.group_ratio.tolist(), st.group_top.tolist()
+            value, level, score = st.value.tolist(), st.level.tolist(), st.score.tolist()
+            topn = self.bundle.scoring.topn
             for b, w in enumerate(group):
                 held = bool(states[w.slot]) if w.slot < states.size else False
                 if not isinstance(w.record, ScoreRecord):
                     out.extend(self._outputs(dataclasses.replace(w.record, alert=held)))
                     continue
-                order = np.argsort(-np.nan_to_num(st.group_ratio[b], nan=-np.inf), kind="stable")
+                r, t, v, lv = ratio[b], top[b], value[b], level[b]
                 detail = tuple(
-                    {"group": groups[j], "ratio": _num(st.group_ratio[b, j]), "value": _num(st.value[b, m]),
-                     "level": float(st.level[b, m]), "signal": monitors[m]}
-                    for j in order if (m := int(st.group_top[b, j])) >= 0
+                    {"group": groups[j], "ratio": _num(r[j]), "value": _num(v[m]), "level": lv[m],
+                     "signal": monitors[m]}
+                    for j in order[b] if (m := t[j]) >= 0
                 )  # fmt: skip
-                topn = tuple((f"{d['group']}:{d['signal']}", d["ratio"]) for d in detail[: self.bundle.scoring.topn])
-                source = self._signals.levels.for_turbine(w.record.turbine)[1] if self._signals.levels else ""
                 rec = dataclasses.replace(
-                    w.record, score=_num(st.score[b]), threshold=1.0, threshold_source=source, alert=held,
-                    top_features=topn, groups=detail, regime="skipped" if skip[b] else w.record.regime,
+                    w.record, score=_num(score[b]), threshold=1.0, threshold_source=sources[w.record.turbine],
+                    alert=held, top_features=tuple((f"{d['group']}:{d['signal']}", d["ratio"]) for d in detail[:topn]),
+                    groups=detail, regime="skipped" if skip[b] else w.record.regime,
                     turned="on" if turned_on[b] else "off" if turned_off[b] else None,
                 )  # fmt: skip
                 out.extend(self._outputs(rec))
         return out
+
+    def _level_sources(self, turbines: Any) -> dict[str, str]:
+        """Per turbine, where its levels come from ("turbine" or "pooled"; "" without levels)."""
+        levels = self._signals.levels if self._signals is not None else None
+        return {t: levels.for_turbine(t)[1] if levels else "" for t in set(turbines)}
 
     def _release(self, final: bool) -> list[Output]:
         """Fleet-relative scores and alert steps for the waiting steps that every turbine has closed."""

@@ -5,8 +5,10 @@ Contract
 * `Fleet.add(turbine, ts_ns, values (C,))` stores one validated sample (see `runtime.telemetry`); bins of that
   turbine close when a sample of a later bin arrives (`BinAccumulator.add`). `Fleet.close_until(now_ns)` closes
   every bin whose end + grace has passed on the wall clock, empty ones included (gaps become missing values).
-* Closed bins go through the fleet's `StreamPreprocessor` (the same math as scada-prepare: winsor caps,
-  features, masks, flags, the bundle's scaler and fill value) into a ring buffer of the last L steps per turbine.
+* Closed bins are aggregated (`binning.aggregate_bins`: every bin the fleet closed since the last drain, all
+  turbines in one vectorised call) and go through the fleet's `StreamPreprocessor` (the same math as
+  scada-prepare: winsor caps, features, masks, flags, the bundle's scaler and fill value) into a ring buffer of
+  the last L steps per turbine.
   They are processed when the steps are drained (or the state is taken), all turbines together: round r holds
   each turbine's r-th bin closed since the last drain, one vectorised call per round.
 * Every closed step becomes a `Step` in `drain()`, in closing order (per turbine in time order): the step's own
@@ -28,7 +30,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from scada_tcn.runtime.binning import BinAccumulator, ClosedBin
+from scada_tcn.runtime.binning import BinAccumulator, RawBins, aggregate_bins
 from scada_tcn.runtime.pipeline import StreamPreprocessor
 from scada_tcn.runtime.scaling import RobustScaler
 from scada_tcn.runtime.spec import PipelineSpec
@@ -93,10 +95,10 @@ class Fleet:
         self.grace_seconds = grace_seconds
         self.max_turbines = max_turbines
         self.windows = windows
-        BinAccumulator(spec, grace_seconds)  # validates grace and the spec's binning once, here
+        self._plan = BinAccumulator(spec, grace_seconds).plan  # validates grace and the spec's binning once, here
         self._turbines: dict[str, _Turbine] = {}
         self._pre = StreamPreprocessor(spec, scaler, slots=0)  # one slot per turbine
-        self._closed: list[tuple[str, _Turbine, ClosedBin]] = []  # closed bins not processed yet, closing order
+        self._closed: list[tuple[str, _Turbine, RawBins]] = []  # closed bins not aggregated yet, closing order
         self._pending: list[Step] = []
         self.bins_closed = 0
 
@@ -139,13 +141,16 @@ class Fleet:
         """Store one sample; returns False when it was late (its bin had closed) and was dropped."""
         t = self._turbines.get(turbine) or self._new(turbine)
         late_before = t.acc.late_dropped
-        self._emit(turbine, t, t.acc.add(ts_ns, values))
+        self._emit(turbine, t, t.acc.add_deferred(ts_ns, values))
         return t.acc.late_dropped == late_before
 
     def close_until(self, now_ns: int) -> None:
         """Close, for every turbine, the bins whose end + grace <= now_ns."""
+        dt = self._plan.dt_ns
+        last = ((int(now_ns) - round(self.grace_seconds * 1e9)) // dt) * dt  # the last bin that may close
         for name, t in self._turbines.items():
-            self._emit(name, t, t.acc.close_until(now_ns))
+            if t.acc.open_from is not None and t.acc.open_from <= last:  # (most ticks close nothing)
+                self._emit(name, t, t.acc.close_until_deferred(now_ns))
 
     def open_from(self) -> int | None:
         """The earliest bin end that some turbine has not closed yet (None without turbines): every step before it
@@ -156,23 +161,26 @@ class Fleet:
     def close_turbine_until(self, turbine: str, now_ns: int) -> None:
         """Close one turbine's bins whose end + grace <= now_ns (replay ends each turbine at its last sample)."""
         t = self._turbines[turbine]
-        self._emit(turbine, t, t.acc.close_until(now_ns))
+        self._emit(turbine, t, t.acc.close_until_deferred(now_ns))
 
-    def _emit(self, name: str, t: _Turbine, closed: list[ClosedBin]) -> None:
-        self._closed.extend((name, t, b) for b in closed)
-        self.bins_closed += len(closed)
+    def _emit(self, name: str, t: _Turbine, raw: RawBins | None) -> None:
+        if raw is not None:
+            self._closed.append((name, t, raw))
+            self.bins_closed += raw.n_bins
 
     def _process(self) -> None:
         """Closed bins -> model-input rows -> ring buffers and Steps, a round of distinct turbines at a time."""
-        closed, self._closed = self._closed, []
-        if not closed:
+        raw, self._closed = self._closed, []
+        if not raw:
             return
+        values = aggregate_bins([r for _, _, r in raw], self._plan)  # every closed bin of the fleet at once
+        dt = self._plan.dt_ns
+        closed = [(name, t, r.start_ns + i * dt) for name, t, r in raw for i in range(r.n_bins)]
         slots = np.array([t.slot for _, t, _ in closed], dtype=np.int64)
         order = np.argsort(slots, kind="stable")  # a turbine's bins stay in time order
         starts = np.flatnonzero(np.r_[True, slots[order][1:] != slots[order][:-1]])
         rank = np.empty(slots.size, dtype=np.int64)
         rank[order] = np.arange(slots.size) - np.repeat(starts, np.diff(np.r_[starts, slots.size]))
-        values = np.stack([b.values for _, _, b in closed])
         steps: list[Step | None] = [None] * len(closed)
         LF = self.L * self.spec.n_features
         for r in range(int(rank.max()) + 1):
@@ -181,12 +189,12 @@ class Fleet:
             n_present = rows.M_miss.sum(axis=1, dtype=np.int64)
             missing_now = 1.0 - rows.M_miss.mean(axis=1) if rows.M_miss.shape[1] else np.zeros(idx.size)
             for k, b in enumerate(idx):
-                name, t, bin_ = closed[b]
+                name, t, end_ns = closed[b]
                 i = t.n_steps % self.L
                 t.present += int(n_present[k]) - int(t.M[i].sum())
                 t.X[i], t.M[i], t.Flags[i] = rows.X[k], rows.M_miss[k], rows.Flags[k]
                 t.n_steps += 1
-                t.last_end = int(bin_.end_ns)
+                t.last_end = end_ns
                 ready = t.n_steps >= self.L
                 window = self._window(t) if ready and self.windows else None
                 present = t.present / LF if ready and LF else (1.0 if ready else float("nan"))

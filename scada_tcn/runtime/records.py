@@ -24,10 +24,10 @@ Score topic (schema "scada-score/2"): one record per closed step of a turbine, i
 Alert topic: {schema, turbine, ts, seq, model_id, score, [fleet_score], threshold, ratio, regime, top_features,
 state ("on" | "off")} on every transition. Retained alert state: {schema, turbine, state, since, seq, model_id}.
 
-Serialisation (`dumps`, orjson) is deterministic: sorted keys, no spaces, a number as the shortest form of its 9
-significant digits (which round-trips float32), a float array (the forecast, float32) in the shortest form that
-round-trips its float32 values, NaN/inf as null. A step is scored once and its numbers do not
-depend on the batch it was scored in, so a redelivered or replayed record is the same bytes.
+Serialisation (`dumps`, orjson) is deterministic: sorted keys, no spaces, a number in the shortest form that
+round-trips it (float64; a numpy float32 scalar or array, such as the forecast, as float32), NaN/inf as null.
+A step is scored once and its numbers do not depend on the batch it was scored in, so a redelivered or replayed
+record is the same bytes.
 
 `dedupe(payloads)` is the consumer's rule: keep one record per (turbine, ts), count identical repeats, and report
 any key that arrived with two different payloads (a broken contract, never expected).
@@ -35,8 +35,8 @@ any key that arrived with two different payloads (a broken contract, never expec
 
 from __future__ import annotations
 
+import functools
 import json
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -62,35 +62,20 @@ SCHEMA = "scada-score/2"
 _OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
 
-_AS_IS = frozenset({str, bool, int, type(None)})  # written by orjson as they are
-
-
-def _clean(x: Any) -> Any:
-    t = type(x)
-    if t in _AS_IS:
-        return x
-    if t is float:
-        return float(f"{x:.9g}") if math.isfinite(x) else None
-    if t is dict:
-        return {k if type(k) is str else str(k): v if type(v) in _AS_IS else _clean(v) for k, v in x.items()}
-    if t is np.ndarray and x.dtype.kind == "f":  # orjson writes float32 C-contiguous arrays natively; NaN -> null
-        return x if x.dtype == np.float32 and x.flags.c_contiguous else np.ascontiguousarray(x, dtype=np.float32)
-    if t is list or t is tuple:
-        return [_clean(v) for v in x]
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return _clean(float(x))
-    return x
+def _contiguous(x: Any) -> Any:
+    """orjson's fallback: a strided float array (a view) as a contiguous float32 copy; anything else is refused."""
+    if type(x) is np.ndarray and x.dtype.kind == "f":
+        return np.ascontiguousarray(x, dtype=np.float32)
+    raise TypeError(f"records.dumps: cannot serialise {type(x).__name__}")
 
 
 def dumps(record: dict[str, Any]) -> bytes:
-    """Deterministic compact JSON (sorted keys, 9 significant digits, float lists as float32, NaN/inf -> null)."""
-    return orjson.dumps(_clean(record), option=_OPTIONS)
+    """Deterministic compact JSON (sorted keys; floats in their shortest round-trip form, float32 arrays and numpy
+    float32 scalars as float32; NaN/inf -> null)."""
+    return orjson.dumps(record, default=_contiguous, option=_OPTIONS)
 
 
+@functools.lru_cache(maxsize=4096)  # a fleet step's records share their stamp
 def iso_utc(ns: int) -> str:
     """ns since the epoch -> 'YYYY-MM-DDTHH:MM:SS[.ffffff]Z'."""
     s, rem = divmod(int(ns), 1_000_000_000)

@@ -1,8 +1,9 @@
 """The edge's streaming scorer: step.onnx driven one fleet step at a time, each turbine's layer state in rings.
 
 A bundle with a step graph (`Bundle.stream`, see `runtime.bundle`) is scored without windows: each turbine keeps,
-per convolution of the model, the last S = (k - 1) d inputs of every pass (`P` rows per turbine) in a ring
-`(slots x P, channels, S)` (step tau at column tau mod S, tau = the step's end / dt), and with the fault head the
+per convolution of the model, the last S = (k - 1) d inputs of every pass (`P` rows per turbine) in a time-major
+ring `(S, slots x P, channels)` (step tau at row tau mod S, tau = the step's end / dt; the graph's taps are rows of
+it, `trainer.model.streaming`), and with the fault head the
 last L - 1 clean hidden states. `StreamScorer.step(slots, t, X, M_miss, Flags)` scores the newest step of B
 turbines that share the step index t (a fleet step), writes the graph's new columns into their rings and returns
 the per-signal outputs and the clean-pass heads for those B rows.
@@ -13,7 +14,8 @@ zeros, which reproduces exactly what the uninterrupted stream holds (`trainer.mo
 ring of hidden states reaches further back and is part of `state_dict()`.
 
 Cost: one graph call per fleet step; when every known turbine steps (the daemon's usual case), the rings are passed
-to onnxruntime as they are (no copy) and only the new columns are written back.
+to onnxruntime as they are (no copy: they hold exactly the known turbines) and each new column is written back as
+one contiguous block.
 """
 
 from __future__ import annotations
@@ -48,9 +50,8 @@ class StreamScorer:
         self.has_h = stream.h_ring
         self.session = session
         self._outputs = [o.name for o in self.session.get_outputs()]
-        self.n = 0  # slots in use (0 .. n - 1)
-        self._cap = 0
-        self.rings: list[np.ndarray] = [np.zeros((0, c, s), np.float32) for c, s, _, _ in self.convs]
+        self.n = 0  # slots in use (0 .. n - 1): the rings hold exactly n turbines
+        self.rings: list[np.ndarray] = [np.zeros((s, 0, c), np.float32) for c, s, _, _ in self.convs]
         self.h_ring = np.zeros((0, self.L - 1, self.D), np.float32)
 
     @classmethod
@@ -62,15 +63,14 @@ class StreamScorer:
         return cls(open_session(bundle, "step", intra_op_threads), bundle.stream, d.L, d.F, d.R)
 
     def _grow(self, n: int) -> None:
-        if n <= self._cap:
-            self.n = max(self.n, n)
+        """Room for slots 0 .. n - 1 (new turbines join a fleet step at a time: one reallocation per such step)."""
+        if n <= self.n:
             return
-        cap = max(n, 2 * self._cap, 16)
-        self.rings = [np.concatenate([r, np.zeros((cap * self.P - r.shape[0],) + r.shape[1:], np.float32)])
+        more = n - self.n
+        self.rings = [np.concatenate([r, np.zeros((r.shape[0], more * self.P, r.shape[2]), np.float32)], axis=1)
                       for r in self.rings]  # fmt: skip
-        self.h_ring = np.concatenate([self.h_ring, np.zeros((cap - self.h_ring.shape[0], self.L - 1, self.D),
-                                                            np.float32)])  # fmt: skip
-        self._cap, self.n = cap, max(self.n, n)
+        self.h_ring = np.concatenate([self.h_ring, np.zeros((more, self.L - 1, self.D), np.float32)])
+        self.n = n
 
     def step(self, slots: np.ndarray, t: int, X: np.ndarray, M_miss: np.ndarray, Flags: np.ndarray) -> StepOutputs:
         """Score the step with index `t` of the turbines `slots` (distinct), X and M_miss (B, F), Flags (B, R)."""
@@ -88,18 +88,19 @@ class StreamScorer:
             "X": np.ascontiguousarray(X, np.float32),
             "M_miss": np.ascontiguousarray(M_miss, np.float32),
             "Flags": np.ascontiguousarray(Flags, np.float32),
-            "t": np.array(t, dtype=np.int64),
         }
-        for i, r in enumerate(self.rings):
-            feeds[f"ring_{i}"] = r[: B * self.P] if every else r[rows]
+        for i, (r, (_, s, d, k)) in enumerate(zip(self.rings, self.convs)):
+            for j in range(k - 1):  # the input at t - (k - 1 - j) d: a row of the ring (a view, or those of `rows`)
+                tap = r[(t - (k - 1 - j) * d) % s]
+                feeds[f"tap_{i}_{j}"] = tap if every else tap[rows]
         if self.has_h:
-            feeds["h_ring"] = self.h_ring[:B] if every else self.h_ring[slots]
+            feeds["h_ring"] = self.h_ring if every else self.h_ring[slots]
         out = dict(zip(self._outputs, self.session.run(None, feeds)))
         for i, (r, (_, s, _, _)) in enumerate(zip(self.rings, self.convs)):
             if every:
-                r[: B * self.P, :, t % s] = out[f"col_{i}"]
+                r[t % s] = out[f"col_{i}"]
             else:
-                r[rows, :, t % s] = out[f"col_{i}"]
+                r[t % s, rows] = out[f"col_{i}"]
         if self.has_h:
             self.h_ring[slots, t % (self.L - 1)] = out["h"]
         return StepOutputs(out["resid"], out["pred"], out.get("Y_hat"), out.get("fault_prob"), out.get("rul"))
@@ -116,7 +117,7 @@ class StreamScorer:
         self._grow(int(slots.max()) + 1 if slots.size else 0)
         rows = (slots[:, None] * self.P + np.arange(self.P)).ravel()
         for r in self.rings:
-            r[rows] = 0.0
+            r[:, rows] = 0.0
         keep = self.h_ring[slots].copy()
         for j in range(k):
             self.step(slots, t_last - k + 1 + j, X[:, j], M_miss[:, j], Flags[:, j])

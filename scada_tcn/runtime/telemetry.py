@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import numpy as np
+import orjson
 
 from scada_tcn.runtime.ids import turbine_id_problem
 
@@ -156,10 +157,13 @@ class TelemetryDecoder:
         except UnicodeDecodeError as e:
             return Rejection("not_utf8", str(e)[:200])
         try:
-            doc = json.loads(text, parse_constant=_reject_constant)
-        except (ValueError, RecursionError) as e:
-            reason = "non_finite" if "non-finite literal" in str(e) else "malformed_json"
-            return Rejection(reason, f"{type(e).__name__}: {str(e)[:200]}")
+            doc = orjson.loads(payload)  # strict RFC 8259: NaN/Infinity and integers beyond 64 bits refused
+        except orjson.JSONDecodeError:  # the standard parser says why (or takes a huge integer)
+            try:
+                doc = json.loads(text, parse_constant=_reject_constant)
+            except (ValueError, RecursionError) as e:
+                reason = "non_finite" if "non-finite literal" in str(e) else "malformed_json"
+                return Rejection(reason, f"{type(e).__name__}: {str(e)[:200]}")
         return self._check_doc(tid, doc, now_ns)
 
     def _check_doc(self, tid: str, doc: Any, now_ns: int) -> Sample | Rejection:
