@@ -117,3 +117,18 @@ def test_flag_rule_on_unknown_channel_is_refused():
 def test_compose_keeps_data_file_defaults_out_of_the_result():
     node = compose(CONFIG)
     assert "defaults" not in node and "defaults" not in node.data
+
+
+def test_built_in_scoring_defaults_are_the_shipped_ones():
+    # the schema's defaults apply to keys a user's own YAML leaves out: they must be the recommended method
+    from scada_tcn.trainer.config.schema import RootCfg
+
+    shipped, built_in = to_container(load_config(CONFIG)), to_container(RootCfg())
+    for section, keys in (
+        ("infer", ("score", "score_masks", "p_score", "aggregation", "calibration", "alerting", "fleet")),
+        ("train", ("group_mask_prob",)),
+    ):
+        for key in keys:
+            assert built_in[section][key] == shipped[section][key], f"{section}.{key}"
+    method = {k: v for k, v in shipped["infer"]["signals"].items() if k not in ("directions", "skip_flags")}
+    assert {k: built_in["infer"]["signals"][k] for k in method} == method

@@ -70,6 +70,7 @@ __all__ = ["Message", "MqttLink", "Publish"]
 log = logging.getLogger("scada.runtime.mqtt")
 _RCVBUF = 256 * 1024  # the subscriber's socket receive buffer: what the broker can push at a paused reader
 _DRAIN_READS = 100_000  # a safety bound on the reads of one drain (each reads at least one packet)
+_READ_BURST = 256  # packets read per select round while reads are allowed
 
 
 class Message(NamedTuple):
@@ -384,6 +385,20 @@ class MqttLink:
                 self._stopping.wait(delay)
                 delay = min(delay * 2, float(self.broker.reconnect_max_s))
 
+    def _read_burst(self, c: paho.Client, sock: socket.socket) -> int:
+        """Read packets while the socket has data and reads are allowed, at most `_READ_BURST`: paho reads one
+        packet per `loop_read` on a client that only subscribes, and a whole network round per packet costs more
+        than the packet. The inbound bound holds: the broker sends at most Receive Maximum unacknowledged messages."""
+        rc = c.loop_read()
+        for _ in range(_READ_BURST - 1):
+            if rc != paho.MQTT_ERR_SUCCESS or c.socket() is None or not self._may_read():
+                break
+            pending = sock.pending() if hasattr(sock, "pending") else 0
+            if not pending and not select.select([sock], [], [], 0.0)[0]:
+                break
+            rc = c.loop_read()
+        return rc
+
     def _sub_events(self, c: paho.Client, sock: socket.socket, next_drain: float) -> int | str:
         """One round of the subscriber's network events; "drained" when it read while paused."""
         drained = False
@@ -404,7 +419,7 @@ class MqttLink:
             readable = sock in r or pending > 0
         if self._wake_r in r:
             self._wake_r.recv(65536)
-        rc = c.loop_read() if readable else paho.MQTT_ERR_SUCCESS
+        rc = self._read_burst(c, sock) if readable else paho.MQTT_ERR_SUCCESS
         if rc == paho.MQTT_ERR_SUCCESS and (w or c.want_write()):
             rc = c.loop_write()
         if rc == paho.MQTT_ERR_SUCCESS:

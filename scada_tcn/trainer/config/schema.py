@@ -294,7 +294,7 @@ class TrainCfg:
     batch_size: int = 64
     epochs: int = 10
     p_mask: float = 0.15
-    group_mask_prob: float = 0.0  # share of masked-reconstruction windows hiding one whole feature group
+    group_mask_prob: float = 0.5  # share of masked-reconstruction windows hiding one whole feature group
     loss: LossCfg = field(default_factory=LossCfg)
     optimizer: OptimizerCfg = field(default_factory=OptimizerCfg)
     scheduler: SchedulerCfg = field(default_factory=SchedulerCfg)
@@ -364,7 +364,7 @@ class SignalsCfg:
     min_peers: int = 1  # fleet baseline: other turbines needed at the step
     skip_flags: list[str] = field(default_factory=list)  # steps with one of these flags on are not scored
     percentile: float = 100.0  # each monitored feature's level: this percentile of its aggregate on validation ...
-    level_margin: float = 1.0  # ... times this margin (>= 1: room for the months validation did not see)
+    level_margin: float = 2.0  # ... times this margin (>= 1: room for the months validation did not see)
     # stuck-signal checks, one per features.repeat_channels entry (the channel, or its difference, as the feature)
     stuck_move_quantile: float = 0.5  # "expected to move": the prediction changed more than this quantile
     stuck_margin: float = 1.5  # a stuck check's level: margin x its longest run on validation ...
@@ -375,11 +375,11 @@ class SignalsCfg:
 
 @dataclass
 class InferCfg:
-    score: ScoreKind = ScoreKind.window_mean  # window_mean (one number per window) | per_signal
+    score: ScoreKind = ScoreKind.per_signal  # per_signal (a level per signal) | window_mean (one number per window)
     signals: SignalsCfg = field(default_factory=SignalsCfg)
     p_score: float = 0.25
     score_seed: int = 1234
-    score_masks: ScoreMasks = ScoreMasks.element  # element: P = round(1/p_score) patterns; group: one pass each
+    score_masks: ScoreMasks = ScoreMasks.group  # group: one pass per signal group; element: P = round(1/p_score)
     aggregation: AggregationCfg = field(default_factory=AggregationCfg)
     topn_features: int = 5
     calibration: CalibrationCfg = field(default_factory=CalibrationCfg)
