@@ -62,6 +62,16 @@ VARIANTS: dict[str, list[str]] = {  # name -> infer.signals overrides on top of 
     "ewma72-m2-nowind": ["halflife_steps=72", "level_margin=2.0", "unmonitored=[wind_speed]"],
     "ewma72-m2-nostuck": ["halflife_steps=72", "level_margin=2.0"],  # the stuck checks' levels out of reach
     "cusum1-m2": ["aggregator=cusum", "halflife_steps=null", "cusum_k=1.0", "level_margin=2.0"],
+    "ewma36-m1.5": ["halflife_steps=36", "level_margin=1.5"],
+    "ewma36-m1.75": ["halflife_steps=36", "level_margin=1.75"],
+    "ewma72-m1.75": ["halflife_steps=72", "level_margin=1.75"],
+    "ewma144-m1.75": ["halflife_steps=144", "level_margin=1.75"],
+    # levels per turbine (a month of validation holds ~4,300 steps a turbine)
+    "ewma36-m1.5-turbine": ["halflife_steps=36", "level_margin=1.5", "per_turbine=true", "min_steps=1000"],
+    "ewma36-m2-turbine": ["halflife_steps=36", "level_margin=2.0", "per_turbine=true", "min_steps=1000"],
+    "ewma36-m2.5-turbine": ["halflife_steps=36", "level_margin=2.5", "per_turbine=true", "min_steps=1000"],
+    "ewma36-m3-turbine": ["halflife_steps=36", "level_margin=3.0", "per_turbine=true", "min_steps=1000"],
+    "ewma72-m2.5-turbine": ["halflife_steps=72", "level_margin=2.5", "per_turbine=true", "min_steps=1000"],
 }
 MONTH_NS = 30 * 86400 * 10**9
 
