@@ -53,6 +53,7 @@ REASONS = (
     "unknown_turbine",
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_DOC_KEYS = frozenset(("ts", "values"))  # a telemetry document's keys
 _NS = 1_000_000_000
 _MAX_ABS_S = 1e11  # ~ year 5138: anything beyond is nonsense and would overflow int64 ns
 
@@ -169,8 +170,8 @@ class TelemetryDecoder:
     def _check_doc(self, tid: str, doc: Any, now_ns: int) -> Sample | Rejection:
         if not isinstance(doc, dict):
             return Rejection("not_an_object", f"payload is a JSON {type(doc).__name__}, expected an object")
-        extra = sorted(str(k)[:40] for k in doc if k not in ("ts", "values"))
-        if extra:
+        if doc.keys() - _DOC_KEYS:
+            extra = sorted(str(k)[:40] for k in doc if k not in _DOC_KEYS)
             return Rejection("unknown_key", f"keys {extra[:5]}; allowed: ['ts', 'values']")
         if "ts" not in doc:
             return Rejection("missing_ts", "no 'ts'")
@@ -184,17 +185,22 @@ class TelemetryDecoder:
         values = doc.get("values")
         if not isinstance(values, dict) or not values:
             return Rejection("missing_values", "'values' must be a non-empty object of channel -> number or null")
-        row = np.full(len(self.channels), np.nan)
+        row = [math.nan] * len(self.channels)
+        index = self._index
         for key, v in values.items():
-            i = self._index.get(key)
+            i = index.get(key)
             if i is None:
-                return Rejection("unknown_channel", f"key {str(key)[:60]!r}; known: {sorted(self._index)}")
-            if v is None:
-                continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                return Rejection("unknown_channel", f"key {str(key)[:60]!r}; known: {sorted(index)}")
+            t = type(v)
+            if t is float:  # the usual case (a JSON number with a fraction or exponent)
+                if not math.isfinite(v):
+                    return Rejection("non_finite", f"{key}: {str(v)[:40]}")
+                row[i] = v
+            elif t is int:
+                x = float(v) if abs(v) < 1e300 else math.inf  # huge ints would overflow float()
+                if not math.isfinite(x):
+                    return Rejection("non_finite", f"{key}: {str(v)[:40]}")
+                row[i] = x
+            elif v is not None:  # bool, str, list, object
                 return Rejection("bad_value_type", f"{key}: {type(v).__name__}, expected a number or null")
-            x = float(v) if abs(v) < 1e300 else math.inf  # huge ints would overflow float()
-            if not math.isfinite(x):
-                return Rejection("non_finite", f"{key}: {str(v)[:40]}")
-            row[i] = x
-        return Sample(tid, ts, row)
+        return Sample(tid, ts, np.array(row))
