@@ -3,19 +3,19 @@
 A bundle with a step graph (`Bundle.stream`, see `runtime.bundle`) is scored without windows: each turbine keeps,
 per convolution of the model, the last S = (k - 1) d inputs of every pass (`P` rows per turbine) in a time-major
 ring `(S, slots x P, channels)` (step tau at row tau mod S, tau = the step's end / dt; the graph's taps are rows of
-it, `trainer.model.streaming`), and with the fault head the
-last L - 1 clean hidden states. `StreamScorer.step(slots, t, X, M_miss, Flags)` scores the newest step of B
-turbines that share the step index t (a fleet step), writes the graph's new columns into their rings and returns
-the per-signal outputs and the clean-pass heads for those B rows.
+it, `trainer.model.streaming`), and with the fault head the last L - 1 clean hidden states.
+`StreamScorer.step(slots, t, X, M_miss, Flags)` scores the newest step of B turbines that share the step index t (a
+fleet step), writes the graph's new columns into their rings and returns the per-signal outputs and the clean-pass
+heads for those B rows.
 
 State: the convolution rings are a function of the last L inputs (the receptive field fits the window), which the
 fleet keeps anyway (`runtime.fleet`), so they are not saved: `rebuild` steps a turbine's L-step window from
 zeros, which reproduces exactly what the uninterrupted stream holds (`trainer.model.streaming`). The fault head's
 ring of hidden states reaches further back and is part of `state_dict()`.
 
-Cost: one graph call per fleet step; when every known turbine steps (the daemon's usual case), the rings are passed
-to onnxruntime as they are (no copy: they hold exactly the known turbines) and each new column is written back as
-one contiguous block.
+Cost: one graph call per fleet step; when every known turbine steps (the daemon's usual case), each tap is a ring
+row passed to onnxruntime as it is (a view, no copy: the rings hold exactly the known turbines) and each new
+column is written back as one contiguous block.
 """
 
 from __future__ import annotations
