@@ -83,7 +83,29 @@ class _Slots:
         self._arrays = arrays
 
 
-class Ewma:
+class _Aggregator:
+    """What the aggregators share: per-slot state arrays (`_Slots`), grown on demand, saved and restored; `get`
+    returns the state array named `_value` unless the aggregator computes its value."""
+
+    _s: _Slots
+    _value = ""
+
+    def _grown(self, slots: Any) -> np.ndarray:
+        idx = np.asarray(slots, dtype=np.int64)
+        self._s.grow(int(idx.max()) + 1 if idx.size else 0)
+        return idx
+
+    def get(self, slots: Any) -> np.ndarray:
+        return self._s._arrays[self._value][self._grown(slots)].copy()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._s.state()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._s.load(state, type(self).__name__)
+
+
+class Ewma(_Aggregator):
     """Time-decayed mean of each group's deviation; see the module docstring."""
 
     def __init__(self, width: int, halflife: float, min_weight: float = 0.25) -> None:
@@ -97,28 +119,23 @@ class Ewma:
 
     def update(self, slots: Any, y: Any, present: Any) -> None:
         idx, y, p = _check_step(slots, y, present, self.width, "Ewma")
-        self._s.grow(int(idx.max()) + 1 if idx.size else 0)
+        self._grown(idx)
         S, W = self._s._arrays["S"], self._s._arrays["W"]
         a = self._decay
         S[idx] = a * S[idx] + np.where(p, (1 - a) * np.where(p, y, 0.0), 0.0)
         W[idx] = a * W[idx] + np.where(p, 1 - a, 0.0)
 
     def get(self, slots: Any) -> np.ndarray:
-        idx = np.asarray(slots, dtype=np.int64)
-        self._s.grow(int(idx.max()) + 1 if idx.size else 0)
+        idx = self._grown(slots)
         S, W = self._s._arrays["S"][idx], self._s._arrays["W"][idx]
         ok = W >= self.min_weight
         return np.where(ok, S / np.where(ok, W, 1.0), np.nan)
 
-    def state_dict(self) -> dict[str, Any]:
-        return self._s.state()
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._s.load(state, "Ewma")
-
-
-class Cusum:
+class Cusum(_Aggregator):
     """One-sided cumulative sum of each group's deviation above an allowance k; see the module docstring."""
+
+    _value = "S"
 
     def __init__(self, width: int, k: float, max_gap: int) -> None:
         if not (isinstance(k, (int, float)) and math.isfinite(k) and k >= 0):
@@ -130,27 +147,18 @@ class Cusum:
 
     def update(self, slots: Any, y: Any, present: Any) -> None:
         idx, y, p = _check_step(slots, y, present, self.width, "Cusum")
-        self._s.grow(int(idx.max()) + 1 if idx.size else 0)
+        self._grown(idx)
         S, gap = self._s._arrays["S"], self._s._arrays["gap"]
         g = np.where(p, 0.0, gap[idx] + 1)
         s = np.where(p, np.maximum(0.0, S[idx] + np.where(p, y, 0.0) - self.k), S[idx])
         S[idx] = np.where(g > self.max_gap, 0.0, s)
         gap[idx] = g
 
-    def get(self, slots: Any) -> np.ndarray:
-        idx = np.asarray(slots, dtype=np.int64)
-        self._s.grow(int(idx.max()) + 1 if idx.size else 0)
-        return self._s._arrays["S"][idx].copy()
 
-    def state_dict(self) -> dict[str, Any]:
-        return self._s.state()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._s.load(state, "Cusum")
-
-
-class StuckRun:
+class StuckRun(_Aggregator):
     """Runs of exact repeats while the signal is expected to move; see the module docstring."""
+
+    _value = "run"
 
     def __init__(self, min_move: Any) -> None:
         m = np.asarray(min_move, dtype=np.float64)
@@ -167,22 +175,11 @@ class StuckRun:
         c = np.asarray(codes)
         if c.shape != pred.shape:
             raise ValueError(f"StuckRun.update: codes must be {pred.shape}, got {c.shape}")
-        self._s.grow(int(idx.max()) + 1 if idx.size else 0)
+        self._grown(idx)
         run, prev = self._s._arrays["run"], self._s._arrays["prev"]
         moved = ok & np.isfinite(prev[idx]) & (np.abs(np.where(ok, pred, 0.0) - prev[idx]) > self.min_move)
         run[idx] = np.where(c == CHANGED, 0.0, np.where((c == SAME) & moved, run[idx] + 1.0, run[idx]))
         prev[idx] = np.where(ok, pred, np.nan)
-
-    def get(self, slots: Any) -> np.ndarray:
-        idx = np.asarray(slots, dtype=np.int64)
-        self._s.grow(int(idx.max()) + 1 if idx.size else 0)
-        return self._s._arrays["run"][idx].copy()
-
-    def state_dict(self) -> dict[str, Any]:
-        return self._s.state()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._s.load(state, "StuckRun")
 
 
 def make_aggregator(

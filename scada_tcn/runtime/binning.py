@@ -133,9 +133,14 @@ def bin_end_ns(ts_ns: np.ndarray, dt_seconds: int) -> np.ndarray:
     return _ceil_labels(_check_ts(ts_ns, dt_ns), dt_ns)
 
 
+def _impossible(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Impossible readings: +-inf or outside [lo, hi] (NaN compares False: a missing value is not one)."""
+    return np.isinf(values) | (values < lo) | (values > hi)
+
+
 def _range_filter(cols: np.ndarray, plan: _Plan) -> np.ndarray:
     """In place on channel-major (C, m) values we own: impossible readings -> NaN. Returns counts (C,)."""
-    bad = np.isinf(cols) | (cols < plan.lo[:, None]) | (cols > plan.hi[:, None])  # NaN compares False: kept
+    bad = _impossible(cols, plan.lo[:, None], plan.hi[:, None])
     cols[bad] = np.nan
     return np.count_nonzero(bad, axis=1).astype(np.int64)
 
@@ -349,7 +354,7 @@ class BinAccumulator:
             self.late_dropped += 1
             return None
         row = row.astype(np.float64)  # always a copy: filtered in place below
-        bad = np.isinf(row) | (row < self._plan.lo) | (row > self._plan.hi)  # NaN compares False: kept
+        bad = _impossible(row, self._plan.lo, self._plan.hi)
         if bad.any():
             row[bad] = np.nan
             self.out_of_range += bad
@@ -362,11 +367,14 @@ class BinAccumulator:
             self._open_from = label
         return self._take_through(label - dt)
 
+    def closable_through(self, now_ns: int) -> int:
+        """The end of the last bin that may close at wall-clock time now_ns: its end + grace <= now_ns."""
+        dt = self._plan.dt_ns
+        return ((_check_int(now_ns, "now_ns", dt) - self._grace_ns) // dt) * dt
+
     def close_until_deferred(self, now_ns: int) -> RawBins | None:
         """`close_until`, with the closed bins' samples returned for `aggregate_bins` (None when nothing closed)."""
-        dt = self._plan.dt_ns
-        now = _check_int(now_ns, "now_ns", dt)
-        return self._take_through(((now - self._grace_ns) // dt) * dt)
+        return self._take_through(self.closable_through(now_ns))
 
     def _bins(self, raw: RawBins | None) -> list[ClosedBin]:
         if raw is None:

@@ -95,7 +95,8 @@ class Fleet:
         self.grace_seconds = grace_seconds
         self.max_turbines = max_turbines
         self.windows = windows
-        self._plan = BinAccumulator(spec, grace_seconds).plan  # validates grace and the spec's binning once, here
+        self._probe = BinAccumulator(spec, grace_seconds)  # validates grace and binning once; the fleet's clock
+        self._plan = self._probe.plan
         self._turbines: dict[str, _Turbine] = {}
         self._pre = StreamPreprocessor(spec, scaler, slots=0)  # one slot per turbine
         self._closed: list[tuple[str, _Turbine, RawBins]] = []  # closed bins not aggregated yet, closing order
@@ -146,8 +147,7 @@ class Fleet:
 
     def close_until(self, now_ns: int) -> None:
         """Close, for every turbine, the bins whose end + grace <= now_ns."""
-        dt = self._plan.dt_ns
-        last = ((int(now_ns) - round(self.grace_seconds * 1e9)) // dt) * dt  # the last bin that may close
+        last = self._probe.closable_through(now_ns)  # the same for every turbine
         for name, t in self._turbines.items():
             if t.acc.open_from is not None and t.acc.open_from <= last:  # (most ticks close nothing)
                 self._emit(name, t, t.acc.close_until_deferred(now_ns))

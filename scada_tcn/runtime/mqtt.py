@@ -73,6 +73,11 @@ _DRAIN_READS = 100_000  # a safety bound on the reads of one drain (each reads a
 _READ_BURST = 256  # packets read per select round while reads are allowed
 
 
+def _has_data(sock: socket.socket) -> bool:
+    """The socket can be read now: bytes a TLS layer already decrypted, or readable without blocking."""
+    return bool(sock.pending() if hasattr(sock, "pending") else 0) or bool(select.select([sock], [], [], 0.0)[0])
+
+
 class Message(NamedTuple):
     topic: str
     payload: bytes
@@ -391,10 +396,7 @@ class MqttLink:
         than the packet. The inbound bound holds: the broker sends at most Receive Maximum unacknowledged messages."""
         rc = c.loop_read()
         for _ in range(_READ_BURST - 1):
-            if rc != paho.MQTT_ERR_SUCCESS or c.socket() is None or not self._may_read():
-                break
-            pending = sock.pending() if hasattr(sock, "pending") else 0
-            if not pending and not select.select([sock], [], [], 0.0)[0]:
+            if rc != paho.MQTT_ERR_SUCCESS or c.socket() is None or not self._may_read() or not _has_data(sock):
                 break
             rc = c.loop_read()
         return rc
@@ -426,14 +428,12 @@ class MqttLink:
             rc = c.loop_misc()
         return "drained" if drained and rc == paho.MQTT_ERR_SUCCESS else rc
 
-    def _drain(self, c: paho.Client, sock: object) -> int:
+    def _drain(self, c: paho.Client, sock: socket.socket) -> int:
         """While paused: read what the socket holds, at most `drain_messages` messages (a broker honouring Receive
         Maximum has no more in flight, so a PINGRESP behind them is read)."""
         start = self.received
         for _ in range(_DRAIN_READS):
-            pending = sock.pending() if hasattr(sock, "pending") else 0  # type: ignore[attr-defined]
-            r, _, _ = select.select([sock], [], [], 0.0)
-            if (not r and not pending) or self.received - start >= self.drain_messages:
+            if not _has_data(sock) or self.received - start >= self.drain_messages:
                 return paho.MQTT_ERR_SUCCESS
             rc = c.loop_read()
             if rc != paho.MQTT_ERR_SUCCESS or c.socket() is None:
