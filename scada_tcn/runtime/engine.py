@@ -51,7 +51,7 @@ from scada_tcn.runtime.records import (
     dumps,
 )
 from scada_tcn.runtime.scorer import ScoreBatch
-from scada_tcn.runtime.signals import SignalTracker
+from scada_tcn.runtime.signals import SignalTracker, worst_first
 from scada_tcn.runtime.stream import StreamScorer
 from scada_tcn.runtime.telemetry import Sample
 from scada_tcn.runtime.windows import enough_present
@@ -306,20 +306,20 @@ class Engine:
                 turned_on[has], turned_off[has] = tr.turned_on, tr.turned_off
             states = self.alerts.get()
             # plain lists, built once per fleet step (NaN is published as null)
-            order = np.argsort(-np.nan_to_num(st.group_ratio, nan=-np.inf), axis=1, kind="stable").tolist()
-            ratio, top = st.group_ratio.tolist(), st.group_top.tolist()
-            value, level, score = st.value.tolist(), st.level.tolist(), st.score.tolist()
+            ranked = worst_first(st.group_ratio, st.group_top)
+            ratio, value, level = st.group_ratio.tolist(), st.value.tolist(), st.level.tolist()
+            score = st.score.tolist()
             topn = self.bundle.scoring.topn
             for b, w in enumerate(group):
                 held = bool(states[w.slot]) if w.slot < states.size else False
                 if not isinstance(w.record, ScoreRecord):
                     out.extend(self._outputs(dataclasses.replace(w.record, alert=held)))
                     continue
-                r, t, v, lv = ratio[b], top[b], value[b], level[b]
+                r, v, lv = ratio[b], value[b], level[b]
                 detail = tuple(
                     {"group": groups[j], "ratio": _num(r[j]), "value": _num(v[m]), "level": lv[m],
                      "signal": monitors[m]}
-                    for j in order[b] if (m := t[j]) >= 0
+                    for j, m in ranked[b]
                 )  # fmt: skip
                 rec = dataclasses.replace(
                     w.record, score=_num(score[b]), threshold=1.0, threshold_source=sources[w.record.turbine],

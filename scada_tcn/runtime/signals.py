@@ -234,6 +234,14 @@ class SignalParams:
                    SignalLevels.from_dict(d["levels"]))  # fmt: skip
 
 
+def worst_first(group_ratio: np.ndarray, group_top: np.ndarray) -> list[list[tuple[int, int]]]:
+    """Per row of (N, G) group ratios and their monitors (`SignalSpec.group_ratios`): the (group, monitor) pairs
+    of the groups with a defined ratio, worst first (ties in group order). How records and reports name what
+    drove a score."""
+    order = np.argsort(-np.nan_to_num(group_ratio, nan=-np.inf), axis=1, kind="stable").tolist()
+    return [[(j, t[j]) for j in o if t[j] >= 0] for o, t in zip(order, group_top.tolist())]
+
+
 class SignalStep(NamedTuple):
     """One step of a fleet's turbines (B rows): monitors' values, levels and ratios, and their group maxima."""
 

@@ -33,7 +33,7 @@ from scada_tcn.runtime.drift import DriftReference
 from scada_tcn.runtime.errors import SpecError
 from scada_tcn.runtime.peers import fleet_relative
 from scada_tcn.runtime.scorer import OnnxScorer, ScoreBatch
-from scada_tcn.runtime.signals import SignalParams, SignalTracker
+from scada_tcn.runtime.signals import SignalParams, SignalTracker, worst_first
 from scada_tcn.trainer.calibration.fit import calibrate, feature_reference, fit_feature_scale
 from scada_tcn.trainer.config import RootCfg, to_root
 from scada_tcn.trainer.config.derive import alerting_params, fleet_params
@@ -294,26 +294,24 @@ def infer_signals(
     res = full[keep].reset_index(drop=True)
     groups, monitors = list(params.spec.groups), params.spec.monitor_names
     ratios = res[[f"ratio_{g}" for g in groups]].to_numpy()
-    tops = res[[f"top_{g}" for g in groups]].to_numpy()
-    order = np.argsort(-np.nan_to_num(ratios, nan=-np.inf), axis=1, kind="stable")
-    topn = min(setup.cfg.infer.topn_features, len(groups))
+    ranked = worst_first(ratios, res[[f"top_{g}" for g in groups]].to_numpy())
+    topn = setup.cfg.infer.topn_features
     res["t_end"] = pd.to_datetime(res["t_end"], utc=True)
     res["threshold"] = 1.0  # the score is the largest monitor ratio: each monitor is over its own level
     res["threshold_source"] = [params.levels.for_turbine(t)[1] for t in res["turbine_id"]]
     res["regime"] = "per_signal"
-    res["top_features"] = [[f"{groups[j]}:{monitors[tops[i, j]]}" for j in order[i, :topn] if tops[i, j] >= 0]
-                           for i in range(len(res))]  # fmt: skip
-    res["top_contrib"] = [[float(ratios[i, j]) for j in order[i, :topn] if tops[i, j] >= 0] for i in range(len(res))]
+    res["top_features"] = [[f"{groups[j]}:{monitors[m]}" for j, m in rk[:topn]] for rk in ranked]
+    res["top_contrib"] = [[float(ratios[i, j]) for j, _ in rk[:topn]] for i, rk in enumerate(ranked)]
     if setup.class_names:
         res["y"] = steps.label[keep].astype(np.int64)
     if not collect:
         return res, rate, None
-    _, _, clean = _window_pass(setup, split, batch_size)
+    clean = _window_pass(setup, split, batch_size)
     dev = params.spec.feature_deviation(steps.resid[keep])  # (N, F)
     return res, rate, SplitArrays(np.where(steps.present[keep], dev, 0.0), *clean)
 
 
-def _window_pass(setup: InferSetup, split: str, batch_size: int) -> tuple[pd.DataFrame, float, tuple]:
+def _window_pass(setup: InferSetup, split: str, batch_size: int) -> tuple:
     """The clean-pass arrays over the split's index windows: (Y_hat, Y_true, M_future, fault_prob, y)."""
     ds = setup.data.dataset(setup.cfg, split)
     order = np.lexsort((ds.t_end, ds.codes))
@@ -327,7 +325,7 @@ def _window_pass(setup: InferSetup, split: str, batch_size: int) -> tuple[pd.Dat
                 parts[k].append(v)
     cat = {k: np.concatenate(v) if v else None for k, v in parts.items()}
     y = ds.y[order] if ds.y is not None and ds.y.ndim == 1 else None
-    return pd.DataFrame(), 0.0, (cat["Y_hat"], cat["Y_true"], cat["M_future"], cat["fault_prob"], y)
+    return cat["Y_hat"], cat["Y_true"], cat["M_future"], cat["fault_prob"], y
 
 
 def apply_alerts(res: pd.DataFrame, alerting: AlertingParams) -> list[dict[str, Any]]:
