@@ -157,3 +157,23 @@ def test_the_deploy_example_config_is_valid_and_names_its_turbines():
     cfg = load_daemon_config(Path(__file__).resolve().parents[1] / "deploy" / "runtime.yaml", {})
     assert cfg.ingest.turbines and len(cfg.ingest.turbines) <= cfg.ingest.max_turbines
     assert cfg.state.path is not None and cfg.broker.url.startswith("mqtts://")
+
+
+def test_replay_table_cells_parse_like_scada_prepare(tmp_path):
+    # empty -> missing (not counted); text -> missing (counted); +-inf -> missing; numbers as written
+    from scada_tcn.runtime.daemon_config import MappingCfg
+    from scada_tcn.runtime.replay import _table_chunks
+
+    path = tmp_path / "t.csv"
+    path.write_text(
+        "turbine_id,timestamp,ws,P\n"
+        "WT1,1717200000,7.5,1_000\n"
+        "WT1,1717200600,,n/a\n"
+        "WT2,1717200000,inf,-3e2\n"
+        "WT2,1717200600, 2 ,oops\n"
+    )
+    chunks = list(_table_chunks(path, ("wind_speed", "power"), MappingCfg(), {"wind_speed": "ws", "power": "P"}, 3))
+    assert [len(ids) for ids, _, _, _ in chunks] == [3, 1]
+    values = np.concatenate([v for _, _, v, _ in chunks])
+    np.testing.assert_array_equal(values, [[7.5, 1000.0], [np.nan, np.nan], [np.nan, -300.0], [2.0, np.nan]])
+    assert [bad for _, _, _, bad in chunks] == [{"wind_speed": 0, "power": 1}, {"wind_speed": 0, "power": 1}]

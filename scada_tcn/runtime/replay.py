@@ -101,6 +101,19 @@ def _number(cell: Any) -> tuple[float, bool]:
     return (x if math.isfinite(x) else math.nan), False
 
 
+def _numbers(cells: list[Any]) -> tuple[np.ndarray, int]:
+    """A column's cells -> float64 (empty, text and +-inf -> NaN) and its count of non-numeric cells: one
+    vectorised parse for an all-numeric column (the usual case), cell by cell (`_number`) when some cell is text."""
+    raw = np.array(cells, dtype=str)
+    try:
+        x = np.where(raw == "", "nan", raw).astype(np.float64)
+    except ValueError:
+        parsed = [_number(c) for c in cells]
+        return np.array([v for v, _ in parsed], dtype=np.float64), sum(b for _, b in parsed)
+    x[~np.isfinite(x)] = np.nan
+    return x, 0
+
+
 def _table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg, default_columns: dict[str, str],
                   rows: int) -> Iterator[tuple[list[str], np.ndarray, np.ndarray, dict[str, int]]]:  # fmt: skip
     """Per chunk of at most `rows` rows: (turbine ids, ts_ns (n,) int64, values (n, C) float64, non-numeric
@@ -134,9 +147,7 @@ def _table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg
         values = np.empty((len(ids), len(channels)))
         non_numeric: dict[str, int] = {}
         for j, c in enumerate(channels):
-            parsed = [_number(x) for x in data[colmap[c]]]
-            values[:, j] = [v for v, _ in parsed]
-            non_numeric[c] = sum(b for _, b in parsed)
+            values[:, j], non_numeric[c] = _numbers(data[colmap[c]])
         yield ids, np.array(ts, dtype=np.int64), values, non_numeric
 
 
