@@ -1,7 +1,7 @@
 """La Haute Borne: per-signal scoring against the window-mean score, over training and injection seeds.
 
     python bench/lhb_signals.py --workdir artifacts/lhb_signals [--train-seeds 0 1 2] [--inject-seeds 0 1 2]
-        [--tune-seeds 100 101] [--epochs 3] [--steps 250] [-- overrides ...]
+        [--tune-seeds 100 101] [--epochs 3] [--steps 250] [--variants NAME ...] [-- overrides ...]
 
 Procedure (the project's own functions; every choice is made on training and validation data only):
   1. scada-prepare data=la_haute_borne: train Aug 1 - Nov 15, validation Nov 15 - Dec 15, test Dec 15 - Jan 14.
@@ -48,6 +48,8 @@ SPLITS = {
     "val_range": ["2017-11-15T00:00:00+00:00", "2017-12-15T00:00:00+00:00"],
     "test_range": ["2017-12-15T00:00:00+00:00", "2018-01-14T00:00:00+00:00"],
 }
+_OWN_T = "nacelle_above_ambient,gearbox,gen_bearing_above_ambient"  # component temperatures above ambient
+_OWN_TP = f"power,{_OWN_T}"
 VARIANTS: dict[str, list[str]] = {  # name -> infer.signals overrides on top of the run's config
     "ewma72": ["halflife_steps=72"],
     "ewma72-m1.5": ["halflife_steps=72", "level_margin=1.5"],
@@ -72,6 +74,36 @@ VARIANTS: dict[str, list[str]] = {  # name -> infer.signals overrides on top of 
     "ewma36-m2.5-turbine": ["halflife_steps=36", "level_margin=2.5", "per_turbine=true", "min_steps=1000"],
     "ewma36-m3-turbine": ["halflife_steps=36", "level_margin=3.0", "per_turbine=true", "min_steps=1000"],
     "ewma72-m2.5-turbine": ["halflife_steps=72", "level_margin=2.5", "per_turbine=true", "min_steps=1000"],
+    # levels per turbine for the groups whose normal level is a property of the machine (component temperatures
+    # above ambient, the power curve), pooled for the others (direction, speeds, pitch, wind: fleet-comparable)
+    "ewma36-m2-own-tp": [
+        "halflife_steps=36",
+        "level_margin=2.0",
+        "per_turbine=true",
+        "min_steps=1000",
+        f"turbine_groups=[{_OWN_TP}]",
+    ],
+    "ewma36-m2.5-own-tp": [
+        "halflife_steps=36",
+        "level_margin=2.5",
+        "per_turbine=true",
+        "min_steps=1000",
+        f"turbine_groups=[{_OWN_TP}]",
+    ],
+    "ewma72-m2-own-tp": [
+        "halflife_steps=72",
+        "level_margin=2.0",
+        "per_turbine=true",
+        "min_steps=1000",
+        f"turbine_groups=[{_OWN_TP}]",
+    ],
+    "ewma36-m2-own-t": [
+        "halflife_steps=36",
+        "level_margin=2.0",
+        "per_turbine=true",
+        "min_steps=1000",
+        f"turbine_groups=[{_OWN_T}]",
+    ],
 }
 MONTH_NS = 30 * 86400 * 10**9
 
@@ -205,6 +237,13 @@ def main() -> None:
     ap.add_argument("--tune-seeds", type=int, nargs="+", default=[100, 101])
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--steps", type=int, default=250)
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=list(VARIANTS),
+        help="run only these variants (default: all)",
+    )
     ap.add_argument("overrides", nargs="*", help="config overrides for every run")
     a = ap.parse_args()
     import torch
@@ -277,7 +316,8 @@ def main() -> None:
             )
             steps[name] = _merge(steps["clean"], part, _ns(rng[0]), _ns(rng[1]))
         print(f"[seed {seed}] residuals of {len(steps)} copies in {time.perf_counter() - t0:.0f} s", flush=True)
-        for vname, vo in VARIANTS.items():
+        for vname in a.variants:
+            vo = VARIANTS[vname]
             r = _run_variant(vname, vo, clean_cfg, data, steps, copies, sig.alerting, dt_ns, seed)
             entry = results["variants"].setdefault(vname, {"test": [], "tune": [], "val_false_per_month": []})
             entry["test"] += r["test"]

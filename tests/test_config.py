@@ -57,6 +57,11 @@ def test_command_line_group_beats_data_file_defaults():
         (["data.splits.train_range=[2024-01-01,2024-03-01]"], "has no UTC offset"),
         (["features.rolling.causal=false"], "features.rolling.causal must be true"),
         (["notakey"], "is not key=value"),
+        (
+            ["infer.signals.per_turbine=true", "infer.signals.turbine_groups=[gearbx]"],
+            "infer.signals.turbine_groups: ['gearbx'] are not signal groups; groups: [",
+        ),
+        (["infer.signals.turbine_groups=[power]"], "set per_turbine=true"),
     ],
 )
 def test_bad_configs_name_the_key(override, needle):

@@ -242,3 +242,36 @@ def test_step_graph_outputs_do_not_depend_on_the_batch(bundle):
         for k in (0, 1):  # residuals and predictions
             np.testing.assert_array_equal(a[k][7:8], b[k])
             np.testing.assert_array_equal(a[k][[2, 7, 30]], c[k])
+
+
+def test_levels_per_turbine_for_some_groups_keep_the_pooled_levels_of_the_others(signal_run, bundle):
+    """`turbine_groups`: the named groups' monitors get each turbine's own level, every other monitor the pooled
+    one; without it every monitor is per turbine."""
+    from scada_tcn.trainer.config import load_config
+    from scada_tcn.trainer.data.store import PreparedData
+    from scada_tcn.trainer.evaluation.signals import fit_levels, signal_steps
+    from tests.conftest import CONFIG
+
+    base = [*signal_run[1], "infer.signals.per_turbine=true", "infer.signals.min_steps=1"]
+    scorer = OnnxScorer(bundle)
+    cfg_all = load_config(CONFIG, base)
+    steps = signal_steps(PreparedData(cfg_all), cfg_all, ("val",), _resid(scorer))
+    every, _ = fit_levels(steps, PreparedData(cfg_all), cfg_all)
+    cfg_some = load_config(CONFIG, [*base, "infer.signals.turbine_groups=[power]"])
+    some, _ = fit_levels(steps, PreparedData(cfg_some), cfg_some)
+    own = np.array([n == "power" for n in some.spec.monitor_names])
+    assert own.sum() == 1 and some.levels.pooled == every.levels.pooled
+    assert set(some.levels.per_turbine) == set(every.levels.per_turbine) and len(some.levels.per_turbine) > 1
+    for t, lv in some.levels.per_turbine.items():
+        lv, mine = np.array(lv), np.array(every.levels.per_turbine[t])
+        np.testing.assert_array_equal(lv[own], mine[own])
+        np.testing.assert_array_equal(lv[~own], np.array(every.levels.pooled)[~own])
+    assert len({lv[int(np.flatnonzero(own)[0])] for lv in some.levels.per_turbine.values()}) > 1
+
+
+def _resid(scorer: OnnxScorer):
+    def residuals(X: np.ndarray, M: np.ndarray, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = scorer.score(X, M, F)
+        return out.resid, out.pred
+
+    return residuals

@@ -118,6 +118,13 @@ class SignalSpec:
         """(Mf,) the feature index of each monitored feature."""
         return self._feat.copy()
 
+    def monitor_groups_in(self, names: Any) -> np.ndarray:
+        """(M,) bool: the monitors whose group is one of `names` (unknown names are refused)."""
+        unknown = sorted(set(names) - set(self.groups))
+        if unknown:
+            raise ValueError(f"SignalSpec: {unknown} are not groups; groups: {list(self.groups)}")
+        return self._member[[self.groups.index(n) for n in dict.fromkeys(names)]].any(axis=0)
+
     def feature_deviation(self, resid: np.ndarray) -> np.ndarray:
         """(B, F) residuals z -> (B, F) deviations v - center (directional, or |z| for "both")."""
         z = np.asarray(resid, dtype=np.float64)

@@ -190,6 +190,8 @@ def _check_signals(cfg: RootCfg) -> None:
         raise ConfigError("infer.signals.percentile must be in (0, 100]")
     if not (0.0 <= sg.stuck_move_quantile < 1.0 and sg.stuck_margin >= 1.0 and sg.level_margin >= 1.0):
         raise ConfigError("infer.signals.stuck_move_quantile must be in [0, 1), stuck_margin and level_margin >= 1")
+    if sg.turbine_groups and not sg.per_turbine:
+        raise ConfigError("infer.signals.turbine_groups names the groups with levels per turbine: set per_turbine=true")
     unknown = sorted(set(sg.skip_flags) - set(cfg.flags.flag_names))
     if unknown:
         raise ConfigError(f"infer.signals.skip_flags: {unknown} are not flags; flags.flag_names {cfg.flags.flag_names}")
@@ -263,4 +265,7 @@ def validate_config(cfg: RootCfg) -> None:
     if cfg.train.group_mask_prob > 0 or cfg.infer.score_masks == "group" or cfg.features.context or per_signal:
         from scada_tcn.trainer.config.groups import feature_groups  # imports the registry, which imports this module
 
-        feature_groups(cfg)
+        names = feature_groups(cfg).names
+        unknown = sorted(set(cfg.infer.signals.turbine_groups) - set(names)) if per_signal else []
+        if unknown:
+            raise ConfigError(f"infer.signals.turbine_groups: {unknown} are not signal groups; groups: {list(names)}")

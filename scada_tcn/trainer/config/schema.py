@@ -371,6 +371,7 @@ class SignalsCfg:
     stuck_min_run: int = 18  # ... and at least this many steps
     per_turbine: bool = False  # levels per turbine (with enough validation steps), else pooled
     min_steps: int = 2000  # validation steps a turbine needs for levels of its own
+    turbine_groups: list[str] = field(default_factory=list)  # per_turbine: only these groups' levels ([]: all)
 
 
 @dataclass

@@ -15,7 +15,8 @@ with the fleet baseline, peers):
   feature's step-to-step prediction change;
 * the tracker over the split, then each monitor's level: for a monitored feature `level_margin` x the
   `percentile` of its aggregate, for a stuck check max(`stuck_min_run`, `stuck_margin` x its longest run);
-  pooled, and per turbine for turbines with `min_steps` validation steps when asked.
+  pooled, and per turbine for turbines with `min_steps` validation steps when asked (only the monitors of
+  `turbine_groups` when given; the others keep the pooled level).
 """
 
 from __future__ import annotations
@@ -219,12 +220,13 @@ def fit_levels(steps: SignalSteps, data: PreparedData, cfg: RootCfg, log: Callab
     n_feat = len(spec.monitor_features)
     pooled = _levels(values, n_feat, cfg)
     per_turbine, fallbacks = {}, {}
+    own = spec.monitor_groups_in(sg.turbine_groups) if sg.turbine_groups else np.ones(len(pooled), dtype=bool)
     if sg.per_turbine:
         for t in turbines:
             v = values[res["turbine_id"].to_numpy() == t]
             n = int(np.isfinite(v[:, :n_feat]).all(axis=1).sum())
             if n >= sg.min_steps:
-                per_turbine[t] = tuple(_levels(v, n_feat, cfg))
+                per_turbine[t] = tuple(np.where(own, _levels(v, n_feat, cfg), pooled).tolist())
             else:
                 fallbacks[t] = f"{n} validation steps < min_steps={sg.min_steps}; uses the pooled levels"
     levels = SignalLevels(tuple(pooled), per_turbine, fallbacks, float(sg.percentile),
