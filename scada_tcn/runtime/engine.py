@@ -52,16 +52,17 @@ from scada_tcn.runtime.records import (
 )
 from scada_tcn.runtime.scorer import ScoreBatch
 from scada_tcn.runtime.signals import SignalTracker, worst_first
-from scada_tcn.runtime.stream import StreamScorer
+from scada_tcn.runtime.stream import StepOutputs, StreamScorer
 from scada_tcn.runtime.telemetry import Sample
 from scada_tcn.runtime.windows import enough_present
 
 __all__ = ["Engine", "Output"]
 
 
-def _num(x: float) -> float | None:
-    """A finite float, or None (published as null) for an undefined value."""
-    return float(x) if math.isfinite(x) else None
+def _nullable(a: np.ndarray) -> list[Any]:
+    """`a` as (nested) lists of floats, None (published as null) where a value is not finite."""
+    a = np.asarray(a, dtype=np.float64)
+    return np.where(np.isfinite(a), a, None).tolist()
 
 
 class Output(NamedTuple):
@@ -117,7 +118,7 @@ class Engine:
         self.min_present = float(bundle.fleet.min_present_fraction)
         self.streams = isinstance(scorer, StreamScorer)  # the step graph: every closed step advances the layer state
         self.fleet = Fleet(spec, bundle.scaler, self.L, grace_seconds, max_turbines, windows=not self.streams)
-        self._stepped: dict[int, tuple[np.ndarray, ...]] = {}  # streaming: id(step) -> its outputs, until scored
+        self._stepped: dict[int, tuple[StepOutputs, int]] = {}  # streaming: id(step) -> (its batch, row), until scored
         a = bundle.alerting
         self.alerts = AlertState(T_on=a.T_on, T_off=a.T_off, N_on=a.N_on, N_off=a.N_off)
         self._check_thresholds()
@@ -125,6 +126,11 @@ class Engine:
         self.drift = ScoreDriftMonitor(ref.levels, ref.values, drift_window)  # fleet-wide score distribution
         self._scored_once: set[str] = set()
         self._signals = SignalTracker.from_params(bundle.signals) if bundle.signals is not None else None
+        self._labels: dict[tuple[int, int], str] = {}  # per-signal: (group, monitor) -> "group:monitor"
+        if self._signals is not None:
+            sp = self._signals.spec
+            self._labels = {(j, m): f"{g}:{name}" for j, g in enumerate(sp.groups)
+                            for m, name in enumerate(sp.monitor_names)}  # fmt: skip
         self._relative = bool(bundle.fleet.relative) or self._signals is not None  # steps wait for the fleet
         self._pending: dict[int, list[_Waiting]] = {}  # fleet-relative: step end -> records awaiting peers
         self._signal_inputs: dict[int, tuple[np.ndarray, ...]] = {}  # per-signal: record id -> resid, present, pred
@@ -206,7 +212,7 @@ class Engine:
             if self.on_inference is not None:
                 self.on_inference(time.perf_counter() - t0, len(group))
             for b, s in enumerate(group):
-                self._stepped[id(s)] = tuple(None if a is None else a[b] for a in res)
+                self._stepped[id(s)] = (res, b)
 
     def _score(self, steps: list[Step]) -> list[ScoreRecord]:
         """Score `steps` (chunks of max_batch); without fleet-relative scores, also advance their alert states."""
@@ -226,16 +232,13 @@ class Engine:
             tr = self.alerts.step(slots[now], score[now], thr[now])
             on[now], t_on[now], t_off[now] = tr.on, tr.turned_on, tr.turned_off
             todo = np.setdiff1d(todo, now)
-        return [
-            dataclasses.replace(r, alert=bool(on[b]), turned="on" if t_on[b] else "off" if t_off[b] else None)
-            for b, r in enumerate(records)
-        ]
+        for b, r in enumerate(records):
+            r.alert, r.turned = bool(on[b]), "on" if t_on[b] else "off" if t_off[b] else None
+        return records
 
     def _score_chunk(self, steps: list[Step]) -> list[ScoreRecord]:
-        if self.streams:  # already computed by `_advance`, step by step
-            outs = [self._stepped[id(s)] for s in steps]
-            parts = [None if outs[0][k] is None else np.stack([o[k] for o in outs]) for k in range(5)]
-            res = ScoreBatch(Y_hat=parts[2], fault_prob=parts[3], rul=parts[4], resid=parts[0], pred=parts[1])
+        if self.streams:  # already computed by `_advance`, one batch per step end
+            res = self._gather([self._stepped[id(s)] for s in steps])
         else:
             X = np.stack([s.window.X for s in steps])  # (B, L, F)
             M = np.stack([s.window.M_miss for s in steps]).astype(np.float32)  # the graphs take float32
@@ -257,6 +260,9 @@ class Engine:
             y = np.asarray(res.Y_hat, dtype=np.float64) * self._scale + self._center  # (B, K, F)
             forecast_rows = np.ascontiguousarray(y.transpose(0, 2, 1), dtype=np.float32)
         fault_probs = None if res.fault_prob is None or not self.class_names else np.asarray(res.fault_prob).tolist()
+        rul = None if res.rul is None else np.asarray(res.rul, dtype=np.float64).reshape(len(steps), -1)[:, 0].tolist()
+        if per_signal:  # float64 rows (views) for the tracker
+            resid, pred = np.asarray(res.resid, np.float64), np.asarray(res.pred, np.float64)
         out = []
         for b, (s, regime) in enumerate(zip(steps, regimes)):
             if per_signal:  # the levels apply when the fleet's step is released (`_release_signals`)
@@ -267,17 +273,34 @@ class Engine:
                 top = tuple((self.feature_names[int(j)], float(contrib[int(j)])) for j in res.top_idx[b])
             fault = None if fault_probs is None else dict(zip(self.class_names, fault_probs[b]))
             forecast = None if forecast_rows is None else dict(zip(self.feature_names, forecast_rows[b]))
-            rul = None if res.rul is None else float(np.asarray(res.rul[b]).reshape(-1)[0])
             out.append(ScoreRecord(
                 s.turbine, s.end_ns, self.dt_ns, self.bundle.model_id, score=float(s_now[b]), threshold=float(thr),
                 threshold_source=source, regime=regime, alert=False, top_features=top, fault_probs=fault,
-                forecast=forecast, rul=rul, missing_fraction=missing[b], missing_now=s.missing_now,
+                forecast=forecast, rul=None if rul is None else rul[b], missing_fraction=missing[b],
+                missing_now=s.missing_now,
                 relative=self._relative and not per_signal,
             ))  # fmt: skip
             if per_signal:
-                self._signal_inputs[id(out[-1])] = (np.asarray(res.resid[b], np.float64), newest_present[b],
-                                                    np.asarray(res.pred[b], np.float64))  # fmt: skip
+                self._signal_inputs[id(out[-1])] = (resid[b], newest_present[b], pred[b])
         return out
+
+    @staticmethod
+    def _gather(rows: list[tuple[StepOutputs, int]]) -> ScoreBatch:
+        """The step graph's outputs of `rows` ((batch, row) pairs from `_advance`) as one batch, in that order."""
+        batches: dict[int, StepOutputs] = {}
+        for res, _ in rows:
+            batches.setdefault(id(res), res)
+        idx = np.array([b for _, b in rows], dtype=np.int64)
+        keys = list(batches)
+        if len(keys) > 1:  # steps of several step ends: one array per output, rows offset by batch
+            starts = np.cumsum([0] + [len(batches[k].resid) for k in keys[:-1]])
+            offset = dict(zip(keys, starts.tolist()))
+            idx += np.array([offset[id(res)] for res, _ in rows], dtype=np.int64)
+        first = batches[keys[0]]
+        parts = [None if first[k] is None else (first[k] if len(keys) == 1 else
+                                                np.concatenate([batches[key][k] for key in keys]))[idx]
+                 for k in range(5)]  # fmt: skip
+        return ScoreBatch(Y_hat=parts[2], fault_prob=parts[3], rul=parts[4], resid=parts[0], pred=parts[1])
 
     def _release_signals(self, final: bool) -> list[Output]:
         """Per-signal bundles: the tracker, the levels and the alert steps of the fleet's closed steps, in order."""
@@ -285,6 +308,7 @@ class Engine:
         sp = self._signals.spec
         limit = self.fleet.open_from()
         groups, monitors, F = list(sp.groups), sp.monitor_names, len(self.feature_names)
+        labels, topn = self._labels, self.bundle.scoring.topn
         out: list[Output] = []
         for end in sorted(e for e in self._pending if final or limit is None or e < limit):
             group = self._pending.pop(end)
@@ -307,33 +331,27 @@ class Engine:
             states = self.alerts.get()
             # plain lists, built once per fleet step (NaN is published as null)
             ranked = worst_first(st.group_ratio, st.group_top)
-            ratio, value, level = st.group_ratio.tolist(), st.value.tolist(), st.level.tolist()
-            score = st.score.tolist()
-            topn = self.bundle.scoring.topn
+            ratio, value, level, score = (_nullable(a) for a in (st.group_ratio, st.value, st.level, st.score))
             for b, w in enumerate(group):
-                held = bool(states[w.slot]) if w.slot < states.size else False
-                if not isinstance(w.record, ScoreRecord):
-                    out.extend(self._outputs(dataclasses.replace(w.record, alert=held)))
+                rec = w.record
+                rec.alert = bool(states[w.slot]) if w.slot < states.size else False
+                if not isinstance(rec, ScoreRecord):
+                    out.extend(self._outputs(rec))
                     continue
                 r, v, lv = ratio[b], value[b], level[b]
-                detail = tuple(
-                    {"group": groups[j], "ratio": _num(r[j]), "value": _num(v[m]), "level": lv[m],
-                     "signal": monitors[m]}
-                    for j, m in ranked[b]
-                )  # fmt: skip
-                rec = dataclasses.replace(
-                    w.record, score=_num(score[b]), threshold=1.0, threshold_source=sources[w.record.turbine],
-                    alert=held, top_features=tuple((f"{d['group']}:{d['signal']}", d["ratio"]) for d in detail[:topn]),
-                    groups=detail, regime="skipped" if skip[b] else w.record.regime,
-                    turned="on" if turned_on[b] else "off" if turned_off[b] else None,
-                )  # fmt: skip
+                rec.groups = tuple({"group": groups[j], "ratio": r[j], "value": v[m], "level": lv[m],
+                                    "signal": monitors[m]} for j, m in ranked[b])  # fmt: skip
+                rec.top_features = tuple((labels[j, m], r[j]) for j, m in ranked[b][:topn])
+                rec.score, rec.threshold, rec.threshold_source = score[b], 1.0, sources[rec.turbine]
+                rec.regime = "skipped" if skip[b] else rec.regime
+                rec.turned = "on" if turned_on[b] else "off" if turned_off[b] else None
                 out.extend(self._outputs(rec))
         return out
 
     def _level_sources(self, turbines: Any) -> dict[str, str]:
         """Per turbine, where its levels come from ("turbine" or "pooled"; "" without levels)."""
         levels = self._signals.levels if self._signals is not None else None
-        return {t: levels.for_turbine(t)[1] if levels else "" for t in set(turbines)}
+        return {t: levels.source_of(t) if levels else "" for t in turbines}
 
     def _release(self, final: bool) -> list[Output]:
         """Fleet-relative scores and alert steps for the waiting steps that every turbine has closed."""

@@ -65,12 +65,52 @@ class Step(NamedTuple):
 class _Turbine:
     slot: int
     acc: BinAccumulator
-    X: np.ndarray  # (L, F) ring, row (n_steps - 1) % L is the latest
-    M: np.ndarray
-    Flags: np.ndarray
-    n_steps: int = 0
-    present: int = 0  # present elements in the ring
-    last_end: int = 0  # end of the latest closed step, ns
+
+
+class _Rings:
+    """Every turbine's last L model-input rows, one array per field, indexed by slot: row (n - 1) % L of a slot
+    is its latest step. Grows by doubling."""
+
+    def __init__(self, L: int, F: int, R: int) -> None:
+        self.L, self.F, self.R = L, F, R
+        self.X = np.zeros((0, L, F), dtype=np.float32)
+        self.M = np.zeros((0, L, F), dtype=np.uint8)
+        self.Flags = np.zeros((0, L, R), dtype=np.float32)
+        self.row_present = np.zeros((0, L), dtype=np.int64)  # present elements of each row
+        self.n = np.zeros(0, dtype=np.int64)  # steps closed so far
+        self.present = np.zeros(0, dtype=np.int64)  # present elements in the ring
+        self.last_end = np.zeros(0, dtype=np.int64)  # end of the latest closed step, ns
+
+    def make_room(self, slot: int) -> None:
+        """Room for `slot` (zeros)."""
+        cap = len(self.n)
+        if slot < cap:
+            return
+        more = max(slot + 1, 2 * cap) - cap
+        for name in ("X", "M", "Flags", "row_present", "n", "present", "last_end"):
+            a = getattr(self, name)
+            setattr(self, name, np.concatenate([a, np.zeros((more, *a.shape[1:]), dtype=a.dtype)]))
+
+    def push(self, slots: np.ndarray, ends: np.ndarray, X: np.ndarray, M: np.ndarray, Flags: np.ndarray) -> None:
+        """Append one row to each of `slots` (distinct)."""
+        i = self.n[slots] % self.L
+        n_present = M.sum(axis=1, dtype=np.int64)
+        self.present[slots] += n_present - self.row_present[slots, i]
+        self.row_present[slots, i] = n_present
+        self.X[slots, i], self.M[slots, i], self.Flags[slots, i] = X, M, Flags
+        self.n[slots] += 1
+        self.last_end[slots] = ends
+
+    def window(self, slot: int) -> Window:
+        """The slot's last L rows, oldest first (copies)."""
+        order = (np.arange(self.L) + self.n[slot]) % self.L
+        return Window(self.X[slot][order], self.M[slot][order], self.Flags[slot][order])
+
+    def load(self, slot: int, X: np.ndarray, M: np.ndarray, Flags: np.ndarray, n: int, last_end: int) -> None:
+        self.X[slot], self.M[slot], self.Flags[slot] = X, M, Flags
+        self.row_present[slot] = self.M[slot].sum(axis=1)
+        self.present[slot] = int(self.M[slot].sum())
+        self.n[slot], self.last_end[slot] = n, last_end
 
 
 class Fleet:
@@ -99,6 +139,7 @@ class Fleet:
         self._plan = self._probe.plan
         self._turbines: dict[str, _Turbine] = {}
         self._pre = StreamPreprocessor(spec, scaler, slots=0)  # one slot per turbine
+        self._rings = _Rings(L, spec.n_features, spec.n_flags)
         self._closed: list[tuple[str, _Turbine, RawBins]] = []  # closed bins not aggregated yet, closing order
         self._pending: list[Step] = []
         self.bins_closed = 0
@@ -127,14 +168,8 @@ class Fleet:
     def _new(self, turbine: str) -> _Turbine:
         if len(self._turbines) >= self.max_turbines:
             raise ValueError(f"Fleet: already {self.max_turbines} turbines (ingest.max_turbines); {turbine!r} refused")
-        F, R = self.spec.n_features, self.spec.n_flags
-        t = _Turbine(
-            slot=self._pre.add_slot(),
-            acc=BinAccumulator(self.spec, self.grace_seconds),
-            X=np.zeros((self.L, F), dtype=np.float32),
-            M=np.zeros((self.L, F), dtype=np.uint8),
-            Flags=np.zeros((self.L, R), dtype=np.float32),
-        )
+        t = _Turbine(slot=self._pre.add_slot(), acc=BinAccumulator(self.spec, self.grace_seconds))
+        self._rings.make_room(t.slot)
         self._turbines[turbine] = t
         return t
 
@@ -181,39 +216,38 @@ class Fleet:
         starts = np.flatnonzero(np.r_[True, slots[order][1:] != slots[order][:-1]])
         rank = np.empty(slots.size, dtype=np.int64)
         rank[order] = np.arange(slots.size) - np.repeat(starts, np.diff(np.r_[starts, slots.size]))
+        ends = np.array([e for _, _, e in closed], dtype=np.int64)
         steps: list[Step | None] = [None] * len(closed)
         LF = self.L * self.spec.n_features
+        rings = self._rings
         for r in range(int(rank.max()) + 1):
             idx = np.flatnonzero(rank == r)
-            rows = self._pre.step_many(slots[idx], values[idx])
-            n_present = rows.M_miss.sum(axis=1, dtype=np.int64)
-            missing_now = 1.0 - rows.M_miss.mean(axis=1) if rows.M_miss.shape[1] else np.zeros(idx.size)
-            for k, b in enumerate(idx):
-                name, t, end_ns = closed[b]
-                i = t.n_steps % self.L
-                t.present += int(n_present[k]) - int(t.M[i].sum())
-                t.X[i], t.M[i], t.Flags[i] = rows.X[k], rows.M_miss[k], rows.Flags[k]
-                t.n_steps += 1
-                t.last_end = end_ns
-                ready = t.n_steps >= self.L
-                window = self._window(t) if ready and self.windows else None
-                present = t.present / LF if ready and LF else (1.0 if ready else float("nan"))
+            sl = slots[idx]
+            rows = self._pre.step_many(sl, values[idx])
+            rings.push(sl, ends[idx], rows.X, rows.M_miss, rows.Flags)
+            n = rings.n[sl]
+            ready = n >= self.L
+            present = np.where(ready, rings.present[sl] / LF if LF else 1.0, np.nan).tolist()
+            missing_now = (1.0 - rows.M_miss.mean(axis=1) if rows.M_miss.shape[1] else np.zeros(idx.size)).tolist()
+            for k, (b, slot, n_k, ready_k) in enumerate(zip(idx.tolist(), sl.tolist(), n.tolist(), ready.tolist())):
+                window = rings.window(slot) if ready_k and self.windows else None
                 own = Window(rows.X[k], rows.M_miss[k], rows.Flags[k])
-                steps[b] = Step(name, t.slot, t.last_end, t.n_steps, float(missing_now[k]), window, rows.Repeat[k],
-                                own, present)  # fmt: skip
+                steps[b] = Step(closed[b][0], slot, closed[b][2], n_k, missing_now[k], window, rows.Repeat[k], own,
+                                present[k])  # fmt: skip
         self._pending.extend(steps)  # type: ignore[arg-type]
-
-    def _window(self, t: _Turbine) -> Window:
-        order = (np.arange(self.L) + t.n_steps) % self.L  # oldest first
-        return Window(t.X[order], t.M[order], t.Flags[order])
 
     def window_of(self, turbine: str) -> tuple[Window, int, int]:
         """(the turbine's last min(n_steps, L) rows, oldest first, as a Window; n_steps; end of its last step)."""
         self._process()
-        t = self._turbines[turbine]
-        w = self._window(t)
-        k = min(t.n_steps, self.L)
-        return Window(w.X[self.L - k :], w.M_miss[self.L - k :], w.Flags[self.L - k :]), t.n_steps, t.last_end
+        slot = self._turbines[turbine].slot
+        w = self._rings.window(slot)
+        n = int(self._rings.n[slot])
+        k = min(n, self.L)
+        return (
+            Window(w.X[self.L - k :], w.M_miss[self.L - k :], w.Flags[self.L - k :]),
+            n,
+            int(self._rings.last_end[slot]),
+        )
 
     def drain(self) -> list[Step]:
         """The steps closed since the last drain, in closing order; the pending list is emptied."""
@@ -230,11 +264,11 @@ class Fleet:
                     "name": name,
                     "accumulator": t.acc.state_dict(),
                     "preprocessor": self._pre.state_dict(t.slot),
-                    "X": t.X.copy(),
-                    "M": t.M.copy(),
-                    "Flags": t.Flags.copy(),
-                    "n_steps": t.n_steps,
-                    "last_end": t.last_end,
+                    "X": self._rings.X[t.slot].copy(),
+                    "M": self._rings.M[t.slot].copy(),
+                    "Flags": self._rings.Flags[t.slot].copy(),
+                    "n_steps": int(self._rings.n[t.slot]),
+                    "last_end": int(self._rings.last_end[t.slot]),
                 }
                 for name, t in self._turbines.items()
             ],
@@ -247,16 +281,16 @@ class Fleet:
             raise ValueError("Fleet.load_state_dict: expected keys ['bins_closed', 'turbines']")
         self._turbines, self._pending, self._closed = {}, [], []
         self._pre = StreamPreprocessor(self.spec, self.scaler, slots=0)
+        rings = self._rings = _Rings(self.L, self.spec.n_features, self.spec.n_flags)
         for d in state["turbines"]:
             t = self._new(str(d["name"]))
             t.acc.load_state_dict(d["accumulator"])
             self._pre.load_state_dict(d["preprocessor"], t.slot)
+            arrays = {}
             for key in ("X", "M", "Flags"):
-                arr = np.asarray(d[key], dtype=getattr(t, key).dtype)
-                if arr.shape != getattr(t, key).shape:
-                    raise ValueError(f"Fleet.load_state_dict: {key} of {d['name']!r} has shape {arr.shape}")
-                setattr(t, key, arr.copy())
-            t.n_steps = int(d["n_steps"])
-            t.last_end = int(d["last_end"])
-            t.present = int(t.M.sum())
+                like = getattr(rings, key)[t.slot]
+                arrays[key] = np.asarray(d[key], dtype=like.dtype)
+                if arrays[key].shape != like.shape:
+                    raise ValueError(f"Fleet.load_state_dict: {key} of {d['name']!r} has shape {arrays[key].shape}")
+            rings.load(t.slot, arrays["X"], arrays["M"], arrays["Flags"], int(d["n_steps"]), int(d["last_end"]))
         self.bins_closed = int(state["bins_closed"])

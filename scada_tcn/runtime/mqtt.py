@@ -138,6 +138,7 @@ class MqttLink:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = socket.socketpair()
+        self._woken = False  # a wake byte is pending on the pair
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.paused_reads = 0  # subscriber loop iterations that did not read: the daemon's queue was full
@@ -346,6 +347,11 @@ class MqttLink:
 
     # ------------------------------------------------------------------------------- the subscriber's loop
     def _wake(self) -> None:
+        """Wake the subscriber's loop (one byte on the wake pair, unless a wake is already pending: the loop
+        clears `_woken` when it reads the pair, before it writes what is queued)."""
+        if self._woken:
+            return
+        self._woken = True
         try:
             self._wake_w.send(b"\0")
         except OSError:  # already woken (the pair's buffer is full) or closed at stop
@@ -421,6 +427,7 @@ class MqttLink:
             readable = sock in r or pending > 0
         if self._wake_r in r:
             self._wake_r.recv(65536)
+            self._woken = False  # after the read, before the writes below: a packet queued later wakes us again
         rc = self._read_burst(c, sock) if readable else paho.MQTT_ERR_SUCCESS
         if rc == paho.MQTT_ERR_SUCCESS and (w or c.want_write()):
             rc = c.loop_write()

@@ -27,7 +27,9 @@ state ("on" | "off")} on every transition. Retained alert state: {schema, turbin
 Serialisation (`dumps`, orjson) is deterministic: sorted keys, no spaces, a number in the shortest form that
 round-trips it (float64; a numpy float32 scalar or array, such as the forecast, as float32), NaN/inf as null.
 A step is scored once and its numbers do not depend on the batch it was scored in, so a redelivered or replayed
-record is the same bytes.
+record is the same bytes. The score-topic records are plain slotted dataclasses: the engine fills a waiting
+record's fleet-level fields (levels, alert state) in place when its fleet step is released, before it is
+serialised; nothing changes a record after that.
 
 `dedupe(payloads)` is the consumer's rule: keep one record per (turbine, ts), count identical repeats, and report
 any key that arrived with two different payloads (a broken contract, never expected).
@@ -84,7 +86,7 @@ def iso_utc(ns: int) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S") + frac + "Z"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Step:
     """What every score-topic record names: the turbine, the step end and the model."""
 
@@ -98,7 +100,7 @@ class _Step:
                 "seq": self.end_ns // self.dt_ns, "model_id": self.model_id}  # fmt: skip
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class WarmupRecord(_Step):
     steps: int
     steps_needed: int
@@ -110,7 +112,7 @@ class WarmupRecord(_Step):
         }  # fmt: skip
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class InsufficientDataRecord(_Step):
     present_fraction: float
     min_present_fraction: float
@@ -124,7 +126,7 @@ class InsufficientDataRecord(_Step):
         }  # fmt: skip
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ScoreRecord(_Step):
     score: float | None  # None: a per-signal step whose aggregates are not defined yet (no number over no data)
     threshold: float
@@ -159,7 +161,7 @@ class ScoreRecord(_Step):
         if self.relative:
             d |= {"fleet_score": self.fleet_score, "peers": self.peers}
         if self.groups is not None:
-            d["groups"] = [dict(g) for g in self.groups]
+            d["groups"] = list(self.groups)  # the dicts are built for this record alone
         return d
 
     def state_dict(self) -> dict[str, Any]:

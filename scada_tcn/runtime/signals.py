@@ -181,11 +181,15 @@ class SignalLevels:
             if a.shape != (len(self.pooled),) or not (np.isfinite(a) & (a > 0)).all():
                 raise ValueError(f"SignalLevels: {key} must hold {len(self.pooled)} finite levels > 0")
 
+    def source_of(self, turbine: str) -> str:
+        """Where the levels of `turbine` come from: "turbine" (its own) or "pooled"."""
+        return "turbine" if turbine in self.per_turbine else "pooled"
+
     def for_turbine(self, turbine: str) -> tuple[np.ndarray, str]:
-        """The (M,) levels of `turbine` and their source ("turbine" or "pooled")."""
-        if turbine in self.per_turbine:
-            return np.asarray(self.per_turbine[turbine], dtype=np.float64), "turbine"
-        return np.asarray(self.pooled, dtype=np.float64), "pooled"
+        """The (M,) levels of `turbine` and their source (`source_of`)."""
+        source = self.source_of(turbine)
+        levels = self.per_turbine[turbine] if source == "turbine" else self.pooled
+        return np.asarray(levels, dtype=np.float64), source
 
     def to_dict(self) -> dict[str, Any]:
         return {"pooled": [float(x) for x in self.pooled],
@@ -245,8 +249,12 @@ def worst_first(group_ratio: np.ndarray, group_top: np.ndarray) -> list[list[tup
     """Per row of (N, G) group ratios and their monitors (`SignalSpec.group_ratios`): the (group, monitor) pairs
     of the groups with a defined ratio, worst first (ties in group order). How records and reports name what
     drove a score."""
-    order = np.argsort(-np.nan_to_num(group_ratio, nan=-np.inf), axis=1, kind="stable").tolist()
-    return [[(j, t[j]) for j in o if t[j] >= 0] for o, t in zip(order, group_top.tolist())]
+    top = np.asarray(group_top)
+    key = np.where(top >= 0, -np.nan_to_num(group_ratio, nan=-np.inf), np.inf)  # undefined groups last
+    order = np.argsort(key, axis=1, kind="stable")
+    monitors = np.take_along_axis(top, order, axis=1)
+    n = (top >= 0).sum(axis=1)
+    return [list(zip(o[:k], m[:k])) for o, m, k in zip(order.tolist(), monitors.tolist(), n.tolist())]
 
 
 class SignalStep(NamedTuple):
@@ -292,6 +300,7 @@ class SignalTracker:
         kind = parse(ScoreAggregator, aggregator, "signals.aggregator")
         self.agg = make_aggregator(kind, n_feat, halflife, k, int(max_gap)) if n_feat else None
         self.stuck = StuckRun([c.min_move for c in spec.stuck]) if spec.stuck else None
+        self._level_cache: dict[str, np.ndarray] = {}
 
     @classmethod
     def from_params(cls, p: SignalParams) -> SignalTracker:
@@ -334,12 +343,20 @@ class SignalTracker:
         if self.levels is None:
             level = np.full_like(value, np.nan)
         else:
-            level = np.stack([self.levels.for_turbine(t)[0] for t in turbines]) if B else value.copy()
+            level = np.stack([self._levels_of(t) for t in turbines]) if B else value.copy()
         ratio = value / level
         group_ratio, group_top = sp.group_ratios(ratio)
         finite = np.isfinite(ratio)
         score = np.where(finite.any(axis=1), np.where(finite, ratio, -np.inf).max(axis=1, initial=-np.inf), np.nan)
         return SignalStep(y, has, value, level, ratio, group_ratio, group_top, score)
+
+    def _levels_of(self, turbine: str) -> np.ndarray:
+        """The (M,) levels of `turbine` (cached: the levels do not change)."""
+        lv = self._level_cache.get(turbine)
+        if lv is None:
+            assert self.levels is not None
+            lv = self._level_cache[turbine] = self.levels.for_turbine(turbine)[0]
+        return lv
 
     def _fleet_relative(self, y: np.ndarray, has: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each monitored feature minus the median of the other turbines' same feature (observed ones only)."""

@@ -162,7 +162,9 @@ class TelemetryDecoder:
         except orjson.JSONDecodeError:  # the standard parser says why (or takes a huge integer)
             try:
                 doc = json.loads(text, parse_constant=_reject_constant)
-            except (ValueError, RecursionError) as e:
+            except RecursionError:  # valid or not, deeper than either parser goes (orjson: 1024 levels)
+                return Rejection("malformed_json", "nested deeper than 1024 levels")
+            except ValueError as e:
                 reason = "non_finite" if "non-finite literal" in str(e) else "malformed_json"
                 return Rejection(reason, f"{type(e).__name__}: {str(e)[:200]}")
         return self._check_doc(tid, doc, now_ns)
