@@ -249,12 +249,8 @@ def worst_first(group_ratio: np.ndarray, group_top: np.ndarray) -> list[list[tup
     """Per row of (N, G) group ratios and their monitors (`SignalSpec.group_ratios`): the (group, monitor) pairs
     of the groups with a defined ratio, worst first (ties in group order). How records and reports name what
     drove a score."""
-    top = np.asarray(group_top)
-    key = np.where(top >= 0, -np.nan_to_num(group_ratio, nan=-np.inf), np.inf)  # undefined groups last
-    order = np.argsort(key, axis=1, kind="stable")
-    monitors = np.take_along_axis(top, order, axis=1)
-    n = (top >= 0).sum(axis=1)
-    return [list(zip(o[:k], m[:k])) for o, m, k in zip(order.tolist(), monitors.tolist(), n.tolist())]
+    order = np.argsort(-np.nan_to_num(group_ratio, nan=-np.inf), axis=1, kind="stable").tolist()
+    return [[(j, t[j]) for j in o if t[j] >= 0] for o, t in zip(order, group_top.tolist())]
 
 
 class SignalStep(NamedTuple):
