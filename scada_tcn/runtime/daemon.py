@@ -36,6 +36,7 @@ import queue
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,9 +58,12 @@ STATE_FORMAT = "scada-runtime-state/2"  # snapshot + journal
 _STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
+_STATUSES = tuple((f'"status":"{s}"'.encode(), s) for s in ("ok", "warmup", "insufficient_data"))
+
+
 def _status_of(payload: bytes) -> str:
-    for status in ("ok", "warmup", "insufficient_data"):
-        if f'"status":"{status}"'.encode() in payload:
+    for key, status in _STATUSES:
+        if key in payload:
             return status
     return "unknown"
 
@@ -126,6 +130,7 @@ class Daemon:
         self._stopped = threading.Event()
         self._last_tick_ns = 0
         self._overflowed = 0
+        self._topics: dict[tuple[str, str], str] = {}  # (output kind, turbine) -> topic
         self._bins_closed = 0
         self.status_topic = cfg.topics.status.format(gateway=cfg.gateway, site=cfg.site)
         self.errors_topic = cfg.topics.errors.format(gateway=cfg.gateway, site=cfg.site)
@@ -328,8 +333,9 @@ class Daemon:
         wrong with a message is rejected, counted and reported, and the loop carries on."""
         samples: list[Sample] = []
         new: set[str] = set()  # turbines this batch adds to the fleet
+        if batch:
+            self.metrics.messages_in.inc(len(batch))
         for msg in batch:
-            self.metrics.messages_in.inc()
             try:
                 res = self.decoder.decode(msg.topic, msg.payload, now_ns)
                 if isinstance(res, Rejection):
@@ -342,11 +348,12 @@ class Daemon:
                         continue
                     new.add(res.turbine)
                 samples.append(res)
-                self.heartbeat.processed(now_ns / 1e9)
-                self.metrics.last_message.set(now_ns / 1e9)
             except Exception as e:  # the boundary: bad input must never stop the daemon
                 log.exception("internal error while handling a message", extra={"topic": msg.topic[:200]})
                 self._reject(msg, Rejection("internal_error", f"{type(e).__name__}: {e}"[:300]))
+        if samples:
+            self.heartbeat.processed(now_ns / 1e9)
+            self.metrics.last_message.set(now_ns / 1e9)
         return samples
 
     def _reject(self, msg: Message, rej: Rejection) -> None:
@@ -364,12 +371,16 @@ class Daemon:
 
     # ----------------------------------------------------------------------------------------- publishing
     def _topic(self, out: Output) -> str:
-        tpl = {
-            "score": self.cfg.topics.score,
-            "alert": self.cfg.topics.alert,
-            "alert_state": self.cfg.topics.alert_state,
-        }[out.kind]
-        return tpl.format(site=self.cfg.site, turbine=out.turbine, gateway=self.cfg.gateway)
+        topic = self._topics.get((out.kind, out.turbine))
+        if topic is None:  # once per turbine and kind (at most ingest.max_turbines x 3)
+            tpl = {
+                "score": self.cfg.topics.score,
+                "alert": self.cfg.topics.alert,
+                "alert_state": self.cfg.topics.alert_state,
+            }[out.kind]
+            topic = tpl.format(site=self.cfg.site, turbine=out.turbine, gateway=self.cfg.gateway)
+            self._topics[(out.kind, out.turbine)] = topic
+        return topic
 
     def _publish(self, kind: str, topic: str, payload: bytes, retain: bool, track: bool = False) -> None:
         if not self.link.publish(topic, payload, qos=1, retain=retain, track=track):
@@ -378,12 +389,18 @@ class Daemon:
             log.error("publish queue full: message dropped", extra={"kind": kind, "topic": topic})
 
     def _publish_outputs(self, outputs: list[Output]) -> None:
+        scores: Counter[str] = Counter()
+        alerts: Counter[str] = Counter()
         for out in outputs:
             self._publish(out.kind, self._topic(out), out.payload, out.retain, track=True)
             if out.kind == "score":
-                self.metrics.scores.labels(status=_status_of(out.payload)).inc()
+                scores[_status_of(out.payload)] += 1
             elif out.kind == "alert":
-                self.metrics.alerts.labels(state="on" if b'"state":"on"' in out.payload else "off").inc()
+                alerts["on" if b'"state":"on"' in out.payload else "off"] += 1
+        for status, n in scores.items():
+            self.metrics.scores.labels(status=status).inc(n)
+        for state, n in alerts.items():
+            self.metrics.alerts.labels(state=state).inc(n)
 
     def _observe_inference(self, seconds: float, windows: int) -> None:
         self.metrics.inference.observe(seconds)

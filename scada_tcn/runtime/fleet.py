@@ -24,6 +24,7 @@ Caller arrays are never modified.
 
 from __future__ import annotations
 
+import math
 from collections.abc import KeysView
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -58,7 +59,7 @@ class Step(NamedTuple):
     @property
     def ready(self) -> bool:
         """The turbine has L steps: the step has a whole window behind it."""
-        return not np.isnan(self.present)
+        return not math.isnan(self.present)
 
 
 @dataclass
