@@ -13,7 +13,9 @@ Procedure (the project's own functions; every choice is made on training and val
      periods of the clean data, computed once; an injected copy differs only on R80736 in its injected period,
      so only those steps are scored again and replace the clean ones.
   5. Every VARIANT (temporal aggregation, half-life, baseline, level percentile, skipped regimes, monitored
-     features, stuck checks) fits its centres, stuck checks and levels on the clean validation split
+     features, stuck checks, levels per turbine for every group or some; infer.signals overrides on top of
+     REFERENCE, so that a variant means the same whatever the shipped config) fits its centres, stuck checks and
+     levels on the clean validation split
      (`trainer.evaluation.signals.fit_levels`, what scada-export runs) and runs the edge's tracker and alert state
      machine over validation + test (`runtime.signals`, `runtime.alerts`).
   6. The one event scorer (`trainer.evaluation.events.score_events`): faults detected net of the uninjected copy
@@ -48,9 +50,11 @@ SPLITS = {
     "val_range": ["2017-11-15T00:00:00+00:00", "2017-12-15T00:00:00+00:00"],
     "test_range": ["2017-12-15T00:00:00+00:00", "2018-01-14T00:00:00+00:00"],
 }
+# every variant is these infer.signals settings plus its own overrides, whatever the shipped config says
+REFERENCE = ["per_turbine=false", "min_steps=2000", "turbine_groups=[]", "level_margin=2.0", "halflife_steps=36"]
 _OWN_T = "nacelle_above_ambient,gearbox,gen_bearing_above_ambient"  # component temperatures above ambient
 _OWN_TP = f"power,{_OWN_T}"
-VARIANTS: dict[str, list[str]] = {  # name -> infer.signals overrides on top of the run's config
+VARIANTS: dict[str, list[str]] = {  # name -> infer.signals overrides on top of REFERENCE
     "ewma72": ["halflife_steps=72"],
     "ewma72-m1.5": ["halflife_steps=72", "level_margin=1.5"],
     "ewma72-m2": ["halflife_steps=72", "level_margin=2.0"],
@@ -197,7 +201,7 @@ def _run_variant(name: str, overrides: list[str], base: list[str], data: Any, st
     from scada_tcn.trainer.config import load_config
     from scada_tcn.trainer.evaluation.signals import fit_levels, track
 
-    cfg = load_config(CONFIG, [*base, *(f"infer.signals.{o}" for o in overrides)])
+    cfg = load_config(CONFIG, [*base, *(f"infer.signals.{o}" for o in [*REFERENCE, *overrides])])
     flags = list(data.flag_reg.flag_names)
     (v_lo, v_hi), (t_lo, t_hi) = (tuple(_ns(x) for x in SPLITS[k]) for k in ("val_range", "test_range"))
     clean = steps["clean"]
