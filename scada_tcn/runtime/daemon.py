@@ -29,6 +29,7 @@ with a warning.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -461,4 +462,9 @@ def run(cfg: RuntimeConfig, bundle_dir: str) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: daemon.request_stop())
     daemon.start()
+    # what start-up loaded (bundle, sessions, restored state) lives as long as the process: kept out of the
+    # garbage collector's full passes, which would walk it again and again (measured with bench/bench_runtime.py
+    # at 1000 turbines: ~5 % more turbine-steps/s, a lower p99)
+    gc.collect()
+    gc.freeze()
     return daemon.run_forever()
