@@ -3,6 +3,8 @@
     python bench/bench_runtime.py --bundle /path/to/bundle [--turbines 100 1000] [--steps 16]
 
 The daemon runs as its own process (the CLI), pinned to core 0; Mosquitto and this driver use the other cores.
+Each case gets a Mosquitto of its own (an earlier case's persistent session would make the broker queue the
+later cases' telemetry too), and the driver's garbage collector is off while it measures.
 Per size, the driver publishes L warm-up steps, then `--steps` measured steps: at each step every turbine sends
 one sample, whose arrival closes that turbine's previous bin; the driver waits for every score of the step before
 the next one (closed loop). Reported: turbine-steps scored per second, p50/p99 latency from publishing the sample
@@ -15,6 +17,7 @@ the baseline `compute.engine: window` (the whole L-step window through every sco
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import re
@@ -130,6 +133,8 @@ def run_case(bundle_dir: Path, bundle, n: int, steps: int, engine: str, broker: 
         ]  # fmt: skip
         sent: dict[tuple[str, int], float] = {}
         lat, t_meas, n_meas = [], 0.0, 0
+        gc.collect()
+        gc.disable()  # the driver's own collector pauses (its heap grows with every case) are not the daemon's
         for s in range(L + steps + 1):
             ts = T0 + s * DT
             seq = ts // DT - 1  # the step each sample closes
@@ -147,6 +152,7 @@ def run_case(bundle_dir: Path, bundle, n: int, steps: int, engine: str, broker: 
                     lat += [scores[(f"T{i:04d}", seq)] - sent[(f"T{i:04d}", seq)] for i in range(n)]
                     t_meas += time.perf_counter() - t_step
                     n_meas += n
+        gc.enable()
         rss = _rss_mb(proc.pid)
         pub.disconnect()
         lat_ms = np.array(lat) * 1e3
@@ -160,6 +166,7 @@ def run_case(bundle_dir: Path, bundle, n: int, steps: int, engine: str, broker: 
             "startup_s": startup,
         }
     finally:
+        gc.enable()
         proc.terminate()
         proc.wait(30)
         col.disconnect()
@@ -175,31 +182,34 @@ def main() -> None:
     args = ap.parse_args()
     bundle = load_bundle(args.bundle)
     with tempfile.TemporaryDirectory() as d:
-        broker = Broker(Path(d) / "broker")
-        broker.start()
-        try:
-            print("engines: stream (step graph) against the baseline window (window recompute), same bundle")
-            print(
-                f"{'turbines':>8} {'engine':>8} {'steps/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'RSS MB':>7} {'start s':>7}"
-            )
-            for n in args.turbines:
-                cases = (("stream", args.steps),) + (() if args.stream_only else (("window", args.window_steps),))
-                rows = [run_case(args.bundle, bundle, n, k, engine, broker, Path(d)) for engine, k in cases]
-                for r in rows:
-                    print(
-                        f"{n:>8} {r['engine']:>8} {r['turbine_steps_per_s']:>9.0f} {r['p50_ms']:>8.1f} "
-                        f"{r['p99_ms']:>8.1f} {r['rss_mb']:>7.0f} {r['startup_s']:>7.2f}",
-                        flush=True,
-                    )
-                if len(rows) == 2:
-                    speed = rows[0]["turbine_steps_per_s"] / rows[1]["turbine_steps_per_s"]
-                    lower = rows[1]["p99_ms"] / rows[0]["p99_ms"]
-                    print(
-                        f"{'':>8} {'ratio':>8} {speed:>8.1f}x {lower:>17.1f}x lower p99",
-                        flush=True,
-                    )
-        finally:
-            broker.stop()
+        print("engines: stream (step graph) against the baseline window (window recompute), same bundle")
+        print(f"{'turbines':>8} {'engine':>8} {'steps/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'RSS MB':>7} {'start s':>7}")
+        for n in args.turbines:
+            cases = (("stream", args.steps),) + (() if args.stream_only else (("window", args.window_steps),))
+            rows = [_fresh_broker_case(args.bundle, bundle, n, k, engine, Path(d) / f"{n}-{engine}")
+                    for engine, k in cases]  # fmt: skip
+            for r in rows:
+                print(
+                    f"{n:>8} {r['engine']:>8} {r['turbine_steps_per_s']:>9.0f} {r['p50_ms']:>8.1f} "
+                    f"{r['p99_ms']:>8.1f} {r['rss_mb']:>7.0f} {r['startup_s']:>7.2f}",
+                    flush=True,
+                )
+            if len(rows) == 2:
+                speed = rows[0]["turbine_steps_per_s"] / rows[1]["turbine_steps_per_s"]
+                lower = rows[1]["p99_ms"] / rows[0]["p99_ms"]
+                print(f"{'':>8} {'ratio':>8} {speed:>8.1f}x {lower:>17.1f}x lower p99", flush=True)
+
+
+def _fresh_broker_case(bundle_dir: Path, bundle, n: int, steps: int, engine: str, tmp: Path) -> dict:
+    """`run_case` on a Mosquitto of its own: an earlier case's daemon leaves a persistent session behind (QoS 1,
+    `broker.session_expiry_s`), for which a shared broker would queue every later case's telemetry too."""
+    tmp.mkdir(parents=True)
+    broker = Broker(tmp / "broker")
+    broker.start()
+    try:
+        return run_case(bundle_dir, bundle, n, steps, engine, broker, tmp)
+    finally:
+        broker.stop()
 
 
 if __name__ == "__main__":
