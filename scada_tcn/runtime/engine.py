@@ -287,20 +287,21 @@ class Engine:
     @staticmethod
     def _gather(rows: list[tuple[StepOutputs, int]]) -> ScoreBatch:
         """The step graph's outputs of `rows` ((batch, row) pairs from `_advance`) as one batch, in that order."""
-        batches: dict[int, StepOutputs] = {}
-        for res, _ in rows:
-            batches.setdefault(id(res), res)
+        batches = {id(res): res for res, _ in rows}  # usually one: every step of one fleet step
         idx = np.array([b for _, b in rows], dtype=np.int64)
-        keys = list(batches)
-        if len(keys) > 1:  # steps of several step ends: one array per output, rows offset by batch
-            starts = np.cumsum([0] + [len(batches[k].resid) for k in keys[:-1]])
-            offset = dict(zip(keys, starts.tolist()))
+        if len(batches) > 1:  # steps of several step ends: the batches end to end, rows offset accordingly
+            starts = np.cumsum([0] + [len(res.resid) for res in batches.values()])[:-1]
+            offset = dict(zip(batches, starts.tolist()))
             idx += np.array([offset[id(res)] for res, _ in rows], dtype=np.int64)
-        first = batches[keys[0]]
-        parts = [None if first[k] is None else (first[k] if len(keys) == 1 else
-                                                np.concatenate([batches[key][k] for key in keys]))[idx]
-                 for k in range(5)]  # fmt: skip
-        return ScoreBatch(Y_hat=parts[2], fault_prob=parts[3], rul=parts[4], resid=parts[0], pred=parts[1])
+
+        def part(k: int) -> np.ndarray | None:
+            arrays = [res[k] for res in batches.values()]
+            if arrays[0] is None:
+                return None
+            return (arrays[0] if len(arrays) == 1 else np.concatenate(arrays))[idx]
+
+        resid, pred, Y_hat, fault_prob, rul = (part(k) for k in range(5))
+        return ScoreBatch(Y_hat=Y_hat, fault_prob=fault_prob, rul=rul, resid=resid, pred=pred)
 
     def _release_signals(self, final: bool) -> list[Output]:
         """Per-signal bundles: the tracker, the levels and the alert steps of the fleet's closed steps, in order."""
@@ -371,20 +372,13 @@ class Engine:
                 tr = self.alerts.step(slots[has], rel[has], thr[has])
                 turned_on[has], turned_off[has] = tr.turned_on, tr.turned_off
             states = self.alerts.get()
-            done: dict[int, ScoreRecord] = {}
-            for k, b in enumerate(scored):
-                w = group[b]
-                done[b] = dataclasses.replace(
-                    w.record, fleet_score=float(rel[k]) if has[k] else None, peers=int(peers[k]),
-                    alert=bool(states[w.slot]) if w.slot < states.size else False,
-                    turned="on" if turned_on[k] else "off" if turned_off[k] else None,
-                )  # fmt: skip
-            for b, w in enumerate(group):
-                if b in done:
-                    out.extend(self._outputs(done[b]))
-                else:
-                    held = bool(states[w.slot]) if w.slot < states.size else False
-                    out.extend(self._outputs(dataclasses.replace(w.record, alert=held)))
+            for k, b in enumerate(scored):  # the waiting records are filled in place, then serialised
+                rec = group[b].record
+                rec.fleet_score, rec.peers = (float(rel[k]) if has[k] else None), int(peers[k])
+                rec.turned = "on" if turned_on[k] else "off" if turned_off[k] else None
+            for w in group:
+                w.record.alert = bool(states[w.slot]) if w.slot < states.size else False
+                out.extend(self._outputs(w.record))
         return out
 
     def _outputs(self, rec: ScoreRecord | InsufficientDataRecord) -> list[Output]:
