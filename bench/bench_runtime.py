@@ -152,7 +152,6 @@ def run_case(bundle_dir: Path, bundle, n: int, steps: int, engine: str, broker: 
                     lat += [scores[(f"T{i:04d}", seq)] - sent[(f"T{i:04d}", seq)] for i in range(n)]
                     t_meas += time.perf_counter() - t_step
                     n_meas += n
-        gc.enable()
         rss = _rss_mb(proc.pid)
         pub.disconnect()
         lat_ms = np.array(lat) * 1e3

@@ -48,7 +48,7 @@ from scada_tcn.runtime.health import HealthServer, Heartbeat
 from scada_tcn.runtime.journal import Journal
 from scada_tcn.runtime.mqtt import Message, MqttLink, Publish
 from scada_tcn.runtime.prometheus import RuntimeMetrics
-from scada_tcn.runtime.records import iso_utc
+from scada_tcn.runtime.records import iso_utc, status_of
 from scada_tcn.runtime.state_file import load_state, save_state
 from scada_tcn.runtime.telemetry import Rejection, Sample, TelemetryDecoder, topic_filter
 
@@ -57,16 +57,6 @@ __all__ = ["Daemon", "setup_logging"]
 log = logging.getLogger("scada.runtime.daemon")
 STATE_FORMAT = "scada-runtime-state/2"  # snapshot + journal
 _STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
-
-
-_STATUSES = tuple((f'"status":"{s}"'.encode(), s) for s in ("ok", "warmup", "insufficient_data"))
-
-
-def _status_of(payload: bytes) -> str:
-    for key, status in _STATUSES:
-        if key in payload:
-            return status
-    return "unknown"
 
 
 class JsonFormatter(logging.Formatter):
@@ -395,7 +385,7 @@ class Daemon:
         for out in outputs:
             self._publish(out.kind, self._topic(out), out.payload, out.retain, track=True)
             if out.kind == "score":
-                scores[_status_of(out.payload)] += 1
+                scores[status_of(out.payload)] += 1
             elif out.kind == "alert":
                 alerts["on" if b'"state":"on"' in out.payload else "off"] += 1
         for status, n in scores.items():

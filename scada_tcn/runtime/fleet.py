@@ -73,7 +73,7 @@ class _Rings:
     is its latest step. Grows by doubling."""
 
     def __init__(self, L: int, F: int, R: int) -> None:
-        self.L, self.F, self.R = L, F, R
+        self.L = L
         self.X = np.zeros((0, L, F), dtype=np.float32)
         self.M = np.zeros((0, L, F), dtype=np.uint8)
         self.Flags = np.zeros((0, L, R), dtype=np.float32)

@@ -37,6 +37,7 @@ import numpy as np
 from scada_tcn.runtime.daemon_config import MappingCfg
 from scada_tcn.runtime.engine import Engine
 from scada_tcn.runtime.errors import InputError
+from scada_tcn.runtime.records import status_of
 from scada_tcn.runtime.telemetry import Sample, parse_timestamp_ns
 
 __all__ = ["CHUNK_ROWS", "replay", "replay_file"]
@@ -178,7 +179,7 @@ def replay(
             scores = [o.payload for o in outputs if o.kind == "score"]
             if scores:
                 fh.writelines(line for p in scores for line in (p, b"\n"))
-                warmup = sum(b'"status":"warmup"' in p for p in scores)
+                warmup = sum(status_of(p) == "warmup" for p in scores)
                 counts["warmup"] += warmup
                 counts["scores"] += len(scores) - warmup
             alerts = [o.payload for o in outputs if o.kind == "alert"]

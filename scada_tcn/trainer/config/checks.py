@@ -202,13 +202,19 @@ def _check_signals(cfg: RootCfg) -> None:
             f"features.repeat_channels: {unlinked} are neither features nor the first channel of a difference "
             "(e.g. gearbox_oil_temp in gearbox_oil_above_ambient), so no prediction says when they should move"
         )
-    bases = set(spec_from_config(cfg).feature_bases())
+    bases = set(spec.feature_bases())
     unknown = sorted(set(sg.unmonitored) - bases)
     if unknown:
         raise ConfigError(f"infer.signals.unmonitored: {unknown} are not base columns of the features; {sorted(bases)}")
     unknown = sorted(set(sg.directions) - bases)
     if unknown:
         raise ConfigError(f"infer.signals.directions: {unknown} are not base columns of the features; {sorted(bases)}")
+    from scada_tcn.trainer.config.groups import feature_groups  # imports the registry, which imports this module
+
+    names = feature_groups(cfg).names
+    unknown = sorted(set(sg.turbine_groups) - set(names))
+    if unknown:
+        raise ConfigError(f"infer.signals.turbine_groups: {unknown} are not signal groups; groups: {list(names)}")
 
 
 def validate_config(cfg: RootCfg) -> None:
@@ -265,7 +271,4 @@ def validate_config(cfg: RootCfg) -> None:
     if cfg.train.group_mask_prob > 0 or cfg.infer.score_masks == "group" or cfg.features.context or per_signal:
         from scada_tcn.trainer.config.groups import feature_groups  # imports the registry, which imports this module
 
-        names = feature_groups(cfg).names
-        unknown = sorted(set(cfg.infer.signals.turbine_groups) - set(names)) if per_signal else []
-        if unknown:
-            raise ConfigError(f"infer.signals.turbine_groups: {unknown} are not signal groups; groups: {list(names)}")
+        feature_groups(cfg)
