@@ -7,7 +7,8 @@ range, a sample every dt on the grid, 1 % missing cells) for `--turbines` turbin
 `replay_file` with `compute.engine: stream` and with `compute.engine: window` (the window engine on the first
 `--window-steps` steps only: it is that much slower), on one core each, one after the other. Reported per
 engine: turbine-steps scored per second (all closed steps, warm-up included, over the wall time of the replay
-including the CSV read), and the ratio stream / window.
+including the CSV read), and the ratio stream / window. Then the floor: the per-record cost of reading the table
+and of encoding and writing the stream run's records, which bounds any replay of this output format.
 """
 
 from __future__ import annotations
@@ -21,13 +22,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scada_tcn.runtime.bundle import load_bundle  # noqa: E402
 from scada_tcn.runtime.daemon_config import daemon_config_from_dict  # noqa: E402
-from scada_tcn.runtime.replay import replay_file  # noqa: E402
+from scada_tcn.runtime.records import dumps  # noqa: E402
+from scada_tcn.runtime.replay import CHUNK_ROWS, replay_file, table_chunks  # noqa: E402
 
 T0 = 1_700_000_400  # on the 10-min grid
 
@@ -79,6 +82,37 @@ def main() -> None:
             rate[name] = n / took
             print(f"{name:>8} {rows[name]:>9,} {n:>9,} {took:>8.1f} {rate[name]:>9,.0f}", flush=True)
         print(f"stream / window: {rate['stream'] / rate['window']:.1f}x")
+        floor(bundle, Path(d) / "stream.csv", Path(d) / "stream.jsonl", rate["stream"])
+
+
+def floor(bundle, table: Path, scores: Path, achieved: float) -> None:
+    """The part of a replay no scoring engine can avoid, timed on the stream run's own table and records: reading
+    and parsing the table in chunks (the replay's reader) and encoding (`records.dumps`) and writing its records
+    as JSON lines. Their sum is the throughput a replay could reach if scoring cost nothing."""
+    cfg = daemon_config_from_dict({})
+    t0 = time.perf_counter()
+    for _ in table_chunks(table, bundle.spec.channels, cfg.mapping, bundle.column_mapping, CHUNK_ROWS):
+        pass
+    read = time.perf_counter() - t0
+    records = [orjson.loads(line) for line in scores.read_bytes().splitlines()]
+    for r in records:  # as the engine hands them over: forecasts are float32 arrays
+        if r.get("forecast"):
+            r["forecast"] = {k: np.asarray(v, dtype=np.float32) for k, v in r["forecast"].items()}
+    t0 = time.perf_counter()
+    lines = [dumps(r) for r in records]
+    encode = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with open(scores.with_suffix(".again"), "wb", buffering=1 << 20) as fh:
+        fh.writelines(line for p in lines for line in (p, b"\n"))
+    write = time.perf_counter() - t0
+    n = len(records)
+    us = {k: 1e6 * v / n for k, v in (("read", read), ("encode", encode), ("write", write))}
+    best = n / (read + encode + write)
+    print(
+        f"floor per record: read+parse {us['read']:.1f} us, JSON encode {us['encode']:.1f} us, write "
+        f"{us['write']:.1f} us ({sum(len(x) for x in lines) / n:,.0f} bytes): at most {best:,.0f} records/s with "
+        f"free scoring; the stream engine reached {achieved / best:.0%} of that"
+    )
 
 
 if __name__ == "__main__":

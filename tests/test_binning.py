@@ -438,6 +438,58 @@ def test_fleet_aggregation_of_many_turbines_equals_each_alone(rule):
     np.testing.assert_array_equal(together, np.concatenate(alone))
 
 
+def sorted_chunks(rng: np.random.Generator, events: list, n_chunks: int) -> list[list[tuple[int, np.ndarray]]]:
+    """The events sorted by stamp (stable), cut into chunks of random sizes (some inside one bin); some chunks
+    start with a few older rows (a stale export: late when their bin has closed), each chunk non-decreasing."""
+    ordered = [events[i] for i in np.argsort([t for t, _ in events], kind="stable")]
+    cuts = np.sort(rng.choice(np.arange(1, len(ordered)), n_chunks - 1, replace=False))
+    chunks = [list(c) for c in np.split(np.arange(len(ordered)), cuts)]
+    out = []
+    for c in chunks:
+        rows = [ordered[i] for i in c]
+        if c[0] > 50 and rng.random() < 0.3:  # stale rows ahead of the chunk, sorted among themselves
+            old = sorted(rng.choice(c[0], 3, replace=False).tolist())
+            rows = [(ordered[i][0], ordered[i][1].copy()) for i in old] + rows
+        out.append(rows)
+    return out
+
+
+@pytest.mark.parametrize("rule", ["last", "mean"])
+def test_add_many_equals_one_sample_at_a_time(rule):
+    """`add_many_deferred` (replay's chunks) leaves the state, closes the bins and names the closing sample exactly
+    as the same samples added one by one: repeats inside a chunk and across its edge, stale rows (late), chunks
+    that close nothing, out-of-range values."""
+    rng = np.random.default_rng(11)
+    spec = parity_spec(rule)
+    events, _ = random_stream(rng, n_bins=1500)
+    chunks = sorted_chunks(rng, events, 400)
+    assert any(len(c) < 3 for c in chunks)
+    one, many = BinAccumulator(spec, 0), BinAccumulator(spec, 0)
+    one_bins, one_closers, many_bins, many_closers = [], [], [], []
+    at = 0
+    for chunk in chunks:
+        for t, r in chunk:
+            raw = one.add_deferred(t, r)
+            if raw is not None:
+                one_bins.append(aggregate_bins([raw], one.plan))
+                one_closers += [at] * raw.n_bins
+            at += 1
+        ts = np.array([t for t, _ in chunk], dtype=np.int64)
+        raw, closers, _ = many.add_many_deferred(ts, np.stack([r for _, r in chunk]))
+        if raw is not None:
+            many_bins.append(aggregate_bins([raw], many.plan))
+            many_closers += (at - len(chunk) + closers).tolist()
+    assert one.late_dropped > 20 and (one.out_of_range > 0).any()
+    np.testing.assert_array_equal(np.concatenate(many_bins), np.concatenate(one_bins))
+    assert many_closers == one_closers
+    a, b = one.state_dict(), many.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    with pytest.raises(InputError, match="non-decreasing"):
+        many.add_many_deferred(np.array([T10 + 9000 * DT, T10 + 8999 * DT]), np.zeros((2, len(PARITY_CHANNELS))))
+
+
 def test_state_dict_round_trip_continues_the_stream():
     rng = np.random.default_rng(7)
     spec = parity_spec("mean")

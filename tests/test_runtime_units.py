@@ -162,7 +162,7 @@ def test_the_deploy_example_config_is_valid_and_names_its_turbines():
 def test_replay_table_cells_parse_like_scada_prepare(tmp_path):
     # empty -> missing (not counted); text -> missing (counted); +-inf -> missing; numbers as written
     from scada_tcn.runtime.daemon_config import MappingCfg
-    from scada_tcn.runtime.replay import _table_chunks
+    from scada_tcn.runtime.replay import table_chunks
 
     path = tmp_path / "t.csv"
     path.write_text(
@@ -172,7 +172,7 @@ def test_replay_table_cells_parse_like_scada_prepare(tmp_path):
         "WT2,1717200000,inf,-3e2\n"
         "WT2,1717200600, 2 ,oops\n"
     )
-    chunks = list(_table_chunks(path, ("wind_speed", "power"), MappingCfg(), {"wind_speed": "ws", "power": "P"}, 3))
+    chunks = list(table_chunks(path, ("wind_speed", "power"), MappingCfg(), {"wind_speed": "ws", "power": "P"}, 3))
     assert [len(ids) for ids, _, _, _ in chunks] == [3, 1]
     values = np.concatenate([v for _, _, v, _ in chunks])
     np.testing.assert_array_equal(values, [[7.5, 1000.0], [np.nan, np.nan], [np.nan, -300.0], [2.0, np.nan]])

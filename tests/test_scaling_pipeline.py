@@ -12,6 +12,7 @@ import pytest
 
 from scada_tcn.runtime.errors import InputError, ScalerError
 from scada_tcn.runtime.features import FeatureState, build_features
+from scada_tcn.runtime.fleet import Fleet
 from scada_tcn.runtime.pipeline import ModelInputs, Preprocessor, StreamPreprocessor, scaled_mask
 from scada_tcn.runtime.scaling import RobustScaler, fit_robust_scaler
 from scada_tcn.runtime.spec import PipelineSpec, RollingSpec
@@ -299,3 +300,37 @@ def test_build_features_matches_preprocessor_without_caps() -> None:
     E2, M2, _ = Preprocessor(spec, None).engineer(raw)
     np.testing.assert_array_equal(E, E2)
     np.testing.assert_array_equal(M, M2)
+
+
+def test_fleet_add_many_equals_one_sample_at_a_time() -> None:
+    """`Fleet.add_many` (replay's chunks: rows sorted by time, one vectorised call per turbine) gives the steps,
+    their closing order across turbines, the slots and the late count of feeding the rows one by one."""
+    spec = make_spec(repeat_channels=("power",))
+    rng = np.random.default_rng(21)
+    scaler = fitted(spec, make_timeline(3000, seed=20)).scaler
+    dt = spec.dt_seconds * 1_000_000_000
+    t0 = 1_709_287_200 * 1_000_000_000
+    events = []  # (turbine, stamp, row): 4 turbines, up to 3 samples a bin, gaps, shared stamps across turbines
+    for k, name in enumerate(["T3", "T1", "T4", "T2"]):
+        raw = make_timeline(700, seed=30 + k)
+        for i in np.flatnonzero(rng.random(700) > 0.03):
+            for _ in range(int(rng.integers(1, 4))):
+                events.append((name, t0 + (i + k % 2) * dt - int(rng.integers(0, 3)) * 60_000_000_000, raw[i]))
+    order = np.argsort([t for _, t, _ in events], kind="stable")
+    events = [events[i] for i in order]
+    cuts = np.sort(rng.choice(np.arange(1, len(events)), 40, replace=False))
+    chunks = [[events[i] for i in c] for c in np.split(np.arange(len(events)), cuts)]
+    chunks[20] = chunks[5][:4] + chunks[20]  # stale rows from an earlier chunk: late
+    one, many = (Fleet(spec, scaler, 36, 0.0, 10, windows=False) for _ in range(2))
+    late_one = sum(not one.add(n, t, r) for c in chunks for n, t, r in c)
+    late_many = sum(many.add_many(np.array([n for n, _, _ in c]), np.array([t for _, t, _ in c], np.int64),
+                                  np.stack([r for _, _, r in c])) for c in chunks)  # fmt: skip
+    a, b = one.drain(), many.drain()
+    assert late_one == late_many == 4 and one.turbines == many.turbines and len(one.turbines) == 4
+    assert len(a) == len(b) > 2500 and [s.turbine for s in a[:8]] != sorted(s.turbine for s in a[:8])
+    for sa, sb in zip(a, b):
+        assert (sa.turbine, sa.slot, sa.end_ns, sa.n_steps) == (sb.turbine, sb.slot, sb.end_ns, sb.n_steps)
+        for x, y in zip((*sa.rows, sa.repeat_now, sa.present), (*sb.rows, sb.repeat_now, sb.present)):
+            np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="one row per sample"):
+        many.add_many(np.array(["T1"]), np.array([t0, t0 + dt]), np.zeros((2, len(spec.channels))))

@@ -367,6 +367,71 @@ class BinAccumulator:
             self._open_from = label
         return self._take_through(label - dt)
 
+    def add_many_deferred(self, ts_ns: np.ndarray, values: np.ndarray) -> tuple[RawBins | None, np.ndarray, int]:
+        """`add_deferred` of n samples in one vectorised call: ts_ns (n,) int64 non-decreasing (a table sorted by
+        time), values (n, C), in arrival order. The state afterwards and the bins closed are those of n
+        `add_deferred` calls. Returns (the closed bins' samples, None when nothing closed; per closed bin, the
+        index of the sample that closed it, the first of a later bin; the number of late samples dropped)."""
+        plan = self._plan
+        dt = plan.dt_ns
+        ts = _check_ts(ts_ns, dt)
+        vals = _check_values(values, (ts.size, len(plan.channels)), plan)
+        none = np.empty(0, dtype=np.int64)
+        if ts.size and (ts[1:] < ts[:-1]).any():
+            raise InputError("add_many_deferred: the stamps must be non-decreasing (sort the rows by time)")
+        labels = _ceil_labels(ts, dt)
+        late = int(np.searchsorted(labels, self._open_from)) if self._closed_any else 0  # labels < open_from
+        self.late_dropped += late
+        if late == ts.size:
+            return None, none, late
+        ts, labels = ts[late:], labels[late:]
+        rows = vals[late:].astype(np.float64)  # always a copy: filtered in place below
+        bad = _impossible(rows, plan.lo, plan.hi)
+        rows[bad] = np.nan
+        self.out_of_range += np.count_nonzero(bad, axis=0)
+        fresh = self._fresh(ts, rows)
+        ts, rows = ts[fresh], rows[fresh]
+        order = self._next_order + np.arange(ts.size, dtype=np.int64)
+        self._next_order += int(ts.size)
+        first = int(labels[0])
+        self._open_from = first if self._open_from is None else min(self._open_from, first)
+        last_ns = int(labels[-1]) - dt  # the newest sample closes every bin before its own
+        if last_ns < self._open_from:
+            added = list(zip(ts.tolist(), order.tolist(), rows))
+            self._rows.extend(added)
+            self._seen.update((t, r.tobytes()) for t, _, r in added)
+            return None, none, late
+        start = self._open_from
+        old_ts, old_order, old_vals = self._arrays()
+        all_ts, all_order = np.concatenate([old_ts, ts]), np.concatenate([old_order, order])
+        all_vals = np.concatenate([old_vals, rows])
+        closing = all_ts <= last_ns  # a stamp <= a bin end lies in that bin or before
+        kept = np.flatnonzero(~closing)
+        self._rows = list(zip(all_ts[kept].tolist(), all_order[kept].tolist(), all_vals[kept]))
+        self._seen = {(t, v.tobytes()) for t, _, v in self._rows}
+        sel = np.flatnonzero(closing)
+        sel = sel[np.lexsort((all_order[sel], all_ts[sel]))]  # by (ts, arrival order)
+        self._open_from, self._closed_any = last_ns + dt, True
+        ends = np.arange(start, last_ns + dt, dt, dtype=np.int64)
+        closers = late + np.searchsorted(labels, ends, side="right")
+        return RawBins(start, ends.size, all_ts[sel], all_order[sel], all_vals[sel]), closers, late
+
+    def _fresh(self, ts: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Which of these (filtered) samples are not exact repeats (same stamp, same values) of an earlier one of
+        them or of an open bin's sample, as `add_deferred` decides one at a time."""
+        n, c = rows.shape
+        keys = np.empty((n, c + 1), dtype=np.float64)
+        keys[:, 0] = ts.view(np.float64)  # the bytes of (stamp, values) as one record
+        keys[:, 1:] = rows
+        flat = np.ascontiguousarray(keys).view(np.dtype((np.void, 8 * (c + 1)))).ravel()
+        _, first = np.unique(flat, return_index=True)
+        fresh = np.zeros(n, dtype=bool)
+        fresh[first] = True
+        if self._seen:  # only samples stamped like an open bin's sample can repeat one (usually none or a few)
+            maybe = np.flatnonzero(np.isin(ts, np.array([t for t, _ in self._seen], dtype=np.int64)))
+            fresh[maybe] &= np.array([(int(ts[i]), rows[i].tobytes()) not in self._seen for i in maybe], bool)
+        return fresh
+
     def closable_through(self, now_ns: int) -> int:
         """The end of the last bin that may close at wall-clock time now_ns: its end + grace <= now_ns."""
         dt = self._plan.dt_ns

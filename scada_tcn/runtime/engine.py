@@ -3,6 +3,7 @@
 Contract
 --------
     Engine.ingest(Sample)            -> Fleet: binning, features, ring buffer (runtime.fleet)
+    Engine.ingest_many(ids, ts, X)   -> the same for a block of samples sorted by time (replay's chunks)
     Engine.tick(now_ns)              -> closes bins whose end + grace has passed
     Engine.flush() -> list[Output]   -> every step closed since the last flush, in closing order:
         warm-up steps (fewer than L steps): a `WarmupRecord`;
@@ -149,6 +150,11 @@ class Engine:
     def ingest(self, sample: Sample) -> bool:
         """Feed one validated sample; False when it was late and dropped."""
         return self.fleet.add(sample.turbine, sample.ts_ns, sample.values)
+
+    def ingest_many(self, turbines: np.ndarray, ts_ns: np.ndarray, values: np.ndarray) -> int:
+        """Feed n validated samples in arrival order, each turbine's stamps non-decreasing (`Fleet.add_many`: the
+        same as n `ingest` calls); returns how many were late and dropped."""
+        return self.fleet.add_many(turbines, ts_ns, values)
 
     def tick(self, now_ns: int) -> None:
         """Close bins whose end + grace has passed on the wall clock."""

@@ -5,6 +5,9 @@ Contract
 * `Fleet.add(turbine, ts_ns, values (C,))` stores one validated sample (see `runtime.telemetry`); bins of that
   turbine close when a sample of a later bin arrives (`BinAccumulator.add`). `Fleet.close_until(now_ns)` closes
   every bin whose end + grace has passed on the wall clock, empty ones included (gaps become missing values).
+  `Fleet.add_many(turbines, ts_ns, values)` stores a block of samples sorted by time (replay's chunks) with one
+  vectorised call per turbine (`BinAccumulator.add_many_deferred`): the same steps, in the same closing order
+  (each bin is ordered by the sample that closed it), as adding the rows one by one.
 * Closed bins are aggregated (`binning.aggregate_bins`: every bin the fleet closed since the last drain, all
   turbines in one vectorised call) and go through the fleet's `StreamPreprocessor` (the same math as
   scada-prepare: winsor caps, features, masks, flags, the bundle's scaler and fill value) into a ring buffer of
@@ -141,7 +144,8 @@ class Fleet:
         self._turbines: dict[str, _Turbine] = {}
         self._pre = StreamPreprocessor(spec, scaler, slots=0)  # one slot per turbine
         self._rings = _Rings(L, spec.n_features, spec.n_flags)
-        self._closed: list[tuple[str, _Turbine, RawBins]] = []  # closed bins not aggregated yet, closing order
+        self._closed: list[tuple[str, _Turbine, RawBins, Any]] = []  # closed bins not aggregated yet (+ closers)
+        self._arrivals = 0  # samples added so far: a closed bin's closing order is the sample that closed it
         self._pending: list[Step] = []
         self.bins_closed = 0
 
@@ -178,15 +182,39 @@ class Fleet:
         """Store one sample; returns False when it was late (its bin had closed) and was dropped."""
         t = self._turbines.get(turbine) or self._new(turbine)
         late_before = t.acc.late_dropped
-        self._emit(turbine, t, t.acc.add_deferred(ts_ns, values))
+        self._emit(turbine, t, t.acc.add_deferred(ts_ns, values), self._arrivals)
+        self._arrivals += 1
         return t.acc.late_dropped == late_before
+
+    def add_many(self, turbines: np.ndarray, ts_ns: np.ndarray, values: np.ndarray) -> int:
+        """Store n samples in arrival order, turbines (n,) str, ts_ns (n,) int64 non-decreasing per turbine (a table
+        sorted by time), values (n, C): the same state, steps and closing order as n `add` calls, one vectorised
+        call per turbine. Returns the number of late samples dropped."""
+        names = np.asarray(turbines)
+        ts = np.asarray(ts_ns)
+        if names.shape != ts.shape or ts.ndim != 1 or np.shape(values)[:1] != ts.shape:
+            raise ValueError(f"Fleet.add_many: turbines {names.shape}, ts_ns {ts.shape} and values "
+                             f"{np.shape(values)} must have one row per sample")  # fmt: skip
+        uniq, first, inv = np.unique(names, return_index=True, return_inverse=True)
+        by_turbine = np.argsort(inv, kind="stable")  # each turbine's rows in arrival order
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(inv, minlength=uniq.size))])
+        late = 0
+        for u in np.argsort(first):  # new turbines get their slots in order of first sample, as with `add`
+            rows = by_turbine[bounds[u] : bounds[u + 1]]
+            name = str(uniq[u])
+            t = self._turbines.get(name) or self._new(name)
+            raw, closers, n_late = t.acc.add_many_deferred(ts[rows], values[rows])
+            self._emit(name, t, raw, self._arrivals + rows[closers])
+            late += n_late
+        self._arrivals += ts.size
+        return late
 
     def close_until(self, now_ns: int) -> None:
         """Close, for every turbine, the bins whose end + grace <= now_ns."""
         last = self._probe.closable_through(now_ns)  # the same for every turbine
         for name, t in self._turbines.items():
             if t.acc.open_from is not None and t.acc.open_from <= last:  # (most ticks close nothing)
-                self._emit(name, t, t.acc.close_until_deferred(now_ns))
+                self._emit(name, t, t.acc.close_until_deferred(now_ns), self._arrivals)
 
     def open_from(self) -> int | None:
         """The earliest bin end that some turbine has not closed yet (None without turbines): every step before it
@@ -197,11 +225,12 @@ class Fleet:
     def close_turbine_until(self, turbine: str, now_ns: int) -> None:
         """Close one turbine's bins whose end + grace <= now_ns (replay ends each turbine at its last sample)."""
         t = self._turbines[turbine]
-        self._emit(turbine, t, t.acc.close_until_deferred(now_ns))
+        self._emit(turbine, t, t.acc.close_until_deferred(now_ns), self._arrivals)
 
-    def _emit(self, name: str, t: _Turbine, raw: RawBins | None) -> None:
+    def _emit(self, name: str, t: _Turbine, raw: RawBins | None, closer: Any) -> None:
+        """Queue closed bins; `closer`: the arrival index of the sample that closed them (one int, or one per bin)."""
         if raw is not None:
-            self._closed.append((name, t, raw))
+            self._closed.append((name, t, raw, closer))
             self.bins_closed += raw.n_bins
 
     def _process(self) -> None:
@@ -209,9 +238,10 @@ class Fleet:
         raw, self._closed = self._closed, []
         if not raw:
             return
-        values = aggregate_bins([r for _, _, r in raw], self._plan)  # every closed bin of the fleet at once
+        values = aggregate_bins([r for _, _, r, _ in raw], self._plan)  # every closed bin of the fleet at once
         dt = self._plan.dt_ns
-        closed = [(name, t, r.start_ns + i * dt) for name, t, r in raw for i in range(r.n_bins)]
+        closed = [(name, t, r.start_ns + i * dt) for name, t, r, _ in raw for i in range(r.n_bins)]
+        closers = np.concatenate([np.broadcast_to(np.asarray(c, dtype=np.int64), r.n_bins) for _, _, r, c in raw])
         slots = np.array([t.slot for _, t, _ in closed], dtype=np.int64)
         order = np.argsort(slots, kind="stable")  # a turbine's bins stay in time order
         starts = np.flatnonzero(np.r_[True, slots[order][1:] != slots[order][:-1]])
@@ -235,6 +265,8 @@ class Fleet:
                 own = Window(rows.X[k], rows.M_miss[k], rows.Flags[k])
                 steps[b] = Step(closed[b][0], slot, closed[b][2], n_k, missing_now[k], window, rows.Repeat[k], own,
                                 present[k])  # fmt: skip
+        if (closers[1:] < closers[:-1]).any():  # bins queued turbine by turbine (`add_many`): closing order
+            steps = [steps[i] for i in np.argsort(closers, kind="stable")]
         self._pending.extend(steps)  # type: ignore[arg-type]
 
     def window_of(self, turbine: str) -> tuple[Window, int, int]:
