@@ -9,9 +9,11 @@ Per size, the driver publishes L warm-up steps, then `--steps` measured steps: a
 one sample, whose arrival closes that turbine's previous bin; the driver waits for every score of the step before
 the next one (closed loop). Reported: turbine-steps scored per second, p50/p99 latency from publishing the sample
 that closes a bin to receiving its score, resident memory of the daemon, and start-up time from spawn to the
-retained status "online" (published right after the subscription). Two engines of the same bundle, measured in
-the same run: `compute.engine: stream` (the step graph: one call per fleet step, layer state per turbine) against
-the baseline `compute.engine: window` (the whole L-step window through every scoring pass at every step).
+retained status "online" (published right after the subscription), and the daemon's CPU time (all its threads,
+user + system) per measured turbine-step: its cost, steadier than the rates on a noisy machine. Two engines of the
+same bundle, measured in the same run: `compute.engine: stream` (the step graph: one call per fleet step, layer
+state per turbine) against the baseline `compute.engine: window` (the whole L-step window through every scoring pass
+at every step).
 """
 
 from __future__ import annotations
@@ -47,6 +49,12 @@ def _rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_case(bundle_dir: Path, bundle, n: int, steps: int, engine: str, broker: Broker, tmp: Path) -> dict:
@@ -132,7 +140,7 @@ def run_case(bundle_dir: Path, bundle, n: int, steps: int, engine: str, broker: 
             for s in range(L + steps + 1)
         ]  # fmt: skip
         sent: dict[tuple[str, int], float] = {}
-        lat, t_meas, n_meas = [], 0.0, 0
+        lat, t_meas, n_meas, cpu0 = [], 0.0, 0, 0.0
         gc.collect()
         gc.disable()  # the driver's own collector pauses (its heap grows with every case) are not the daemon's
         for s in range(L + steps + 1):
@@ -141,6 +149,8 @@ def run_case(bundle_dir: Path, bundle, n: int, steps: int, engine: str, broker: 
             with lock:
                 want[seq] = n if s >= 1 else 0
                 step_done.clear()
+            if s == L + 1:
+                cpu0 = _cpu_s(proc.pid)
             t_step = time.perf_counter()
             for i in range(n):
                 pub.publish(topics[i], payloads[s][i], qos=1)
@@ -152,6 +162,7 @@ def run_case(bundle_dir: Path, bundle, n: int, steps: int, engine: str, broker: 
                     lat += [scores[(f"T{i:04d}", seq)] - sent[(f"T{i:04d}", seq)] for i in range(n)]
                     t_meas += time.perf_counter() - t_step
                     n_meas += n
+        cpu = _cpu_s(proc.pid) - cpu0
         rss = _rss_mb(proc.pid)
         pub.disconnect()
         lat_ms = np.array(lat) * 1e3
@@ -159,6 +170,7 @@ def run_case(bundle_dir: Path, bundle, n: int, steps: int, engine: str, broker: 
             "turbines": n,
             "engine": engine,
             "turbine_steps_per_s": n_meas / t_meas,
+            "cpu_us": 1e6 * cpu / n_meas,
             "p50_ms": float(np.percentile(lat_ms, 50)),
             "p99_ms": float(np.percentile(lat_ms, 99)),
             "rss_mb": rss,
@@ -182,7 +194,10 @@ def main() -> None:
     bundle = load_bundle(args.bundle)
     with tempfile.TemporaryDirectory() as d:
         print("engines: stream (step graph) against the baseline window (window recompute), same bundle")
-        print(f"{'turbines':>8} {'engine':>8} {'steps/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'RSS MB':>7} {'start s':>7}")
+        print(
+            f"{'turbines':>8} {'engine':>8} {'steps/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'RSS MB':>7} {'start s':>7} "
+            f"{'CPU us':>7}"
+        )
         for n in args.turbines:
             cases = (("stream", args.steps),) + (() if args.stream_only else (("window", args.window_steps),))
             rows = [_fresh_broker_case(args.bundle, bundle, n, k, engine, Path(d) / f"{n}-{engine}")
@@ -190,7 +205,7 @@ def main() -> None:
             for r in rows:
                 print(
                     f"{n:>8} {r['engine']:>8} {r['turbine_steps_per_s']:>9.0f} {r['p50_ms']:>8.1f} "
-                    f"{r['p99_ms']:>8.1f} {r['rss_mb']:>7.0f} {r['startup_s']:>7.2f}",
+                    f"{r['p99_ms']:>8.1f} {r['rss_mb']:>7.0f} {r['startup_s']:>7.2f} {r['cpu_us']:>7.0f}",
                     flush=True,
                 )
             if len(rows) == 2:

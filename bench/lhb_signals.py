@@ -11,7 +11,9 @@ Procedure (the project's own functions; every choice is made on training and val
      per-signal bundle (the config's settings) and the window-mean bundle (group masks) for comparison.
   4. The per-signal graph's residuals and predictions (onnxruntime) at every step of the validation and test
      periods of the clean data, computed once; an injected copy differs only on R80736 in its injected period,
-     so only those steps are scored again and replace the clean ones.
+     so only those steps are scored again and replace the clean ones. Per --engines: by the window graph (the
+     whole L-step window per step) and by the edge's streaming engine (step.onnx stepped through each turbine's
+     rows in time order, layer state carried); every later step runs on each, and both are reported.
   5. Every VARIANT (temporal aggregation, half-life, baseline, level percentile, skipped regimes, monitored
      features, stuck checks, levels per turbine for every group or some; infer.signals overrides on top of
      REFERENCE, so that a variant means the same whatever the shipped config) fits its centres, stuck checks and
@@ -194,6 +196,37 @@ def _steps(cache: Path, compute: Any) -> Any:
     return steps
 
 
+def _stream_steps(base: Any, data_dir: Path, bundle_dir: Path) -> Any:
+    """`base` (steps scored by the window graph) with the residuals and predictions of the edge's streaming engine
+    instead: each turbine's prepared rows stepped through step.onnx in time order (`runtime.stream.StreamScorer`,
+    layer state carried from step to step), from L - 1 steps before its first step."""
+    from scada_tcn.runtime.bundle import load_bundle
+    from scada_tcn.runtime.stream import StreamScorer
+    from scada_tcn.trainer.evaluation.signals import SignalSteps
+
+    bundle = load_bundle(bundle_dir)
+    L = bundle.dims.L
+    resid, pred = base.resid.copy(), base.pred.copy()
+    slot = np.zeros(1, dtype=np.int64)
+    for tid in sorted(set(base.turbine)):
+        rows = np.flatnonzero((base.turbine == tid) & base.scored)
+        tdir = Path(data_dir) / "turbines" / tid
+        ts = np.load(tdir / "timestamps.npy")
+        idx = np.searchsorted(ts, base.t_end[rows])
+        if not (ts[idx] == base.t_end[rows]).all():
+            raise ValueError(f"{tid}: the steps are not those of {tdir}")
+        lo, hi = max(int(idx.min()) - (L - 1), 0), int(idx.max()) + 1
+        X, M, F = (np.ascontiguousarray(np.load(tdir / f"{n}.npy", mmap_mode="r")[lo:hi], dtype=np.float32)
+                   for n in ("X", "M_miss", "Flags"))  # fmt: skip
+        scorer = StreamScorer.from_bundle(bundle)
+        r, p = np.empty_like(X), np.empty_like(X)
+        for j in range(hi - lo):
+            out = scorer.step(slot, lo + j, X[j : j + 1], M[j : j + 1], F[j : j + 1])
+            r[j], p[j] = out.resid[0], out.pred[0]
+        resid[rows], pred[rows] = r[idx - lo], p[idx - lo]
+    return SignalSteps(**{**base.__dict__, "resid": resid, "pred": pred})
+
+
 def _run_variant(name: str, overrides: list[str], base: list[str], data: Any, steps: dict[str, Any],
                  copies: dict[str, Any], alerting: Any, dt_ns: int, seed: int) -> dict[str, Any]:  # fmt: skip
     """Fit the variant on clean validation, run it over every copy, judge; and its validation estimate."""
@@ -248,6 +281,13 @@ def main() -> None:
         default=list(VARIANTS),
         help="run only these variants (default: all)",
     )
+    ap.add_argument(
+        "--engines",
+        nargs="+",
+        choices=["window", "stream"],
+        default=["window", "stream"],
+        help="the edge engines whose residuals are judged (default both: the same data, the same variants)",
+    )
     ap.add_argument("overrides", nargs="*", help="config overrides for every run")
     a = ap.parse_args()
     import torch
@@ -286,8 +326,9 @@ def main() -> None:
             copies[name] = (out, inj["labels"])
     dt_ns = int(cfg0.data.sampling.dt_minutes * 60 * 10**9)
     data = PreparedData(cfg0)
-    results: dict[str, Any] = {"variants": {}, "window_mean": {"test": []}, "seeds": a.train_seeds,
-                               "overrides": a.overrides}  # fmt: skip
+    results: dict[str, Any] = {"variants": {}, "stream": {}, "window_mean": {"test": []}, "seeds": a.train_seeds,
+                               "overrides": a.overrides, "stream_resid_max_abs_diff": [],
+                               "stream_resid_beyond_tolerance": []}  # fmt: skip
     for seed in a.train_seeds:
         run = w / f"run{seed}"
         cfg = load_config(CONFIG, [*clean_cfg, f"output_dir={run}", f"seed={seed}"])
@@ -306,6 +347,7 @@ def main() -> None:
             return out.resid, out.pred
 
         t0 = time.perf_counter()
+        parts: dict[str, Any] = {}  # per injected copy: TURBINE's steps in its injected split
         steps = {"clean": _steps(run / "steps_clean.npz",
                                  lambda c=cfg: signal_steps(data, c, ("val", "test"), resid))}  # fmt: skip
         for name, (pdir, _) in copies.items():
@@ -318,15 +360,40 @@ def main() -> None:
                 run / f"steps_{name}.npz",
                 lambda c=cdata, sp=split, k=cfg: signal_steps(c, k, (sp,), resid, turbines=[TURBINE]),
             )
+            parts[name] = part
             steps[name] = _merge(steps["clean"], part, _ns(rng[0]), _ns(rng[1]))
         print(f"[seed {seed}] residuals of {len(steps)} copies in {time.perf_counter() - t0:.0f} s", flush=True)
-        for vname in a.variants:
-            vo = VARIANTS[vname]
-            r = _run_variant(vname, vo, clean_cfg, data, steps, copies, sig.alerting, dt_ns, seed)
-            entry = results["variants"].setdefault(vname, {"test": [], "tune": [], "val_false_per_month": []})
-            entry["test"] += r["test"]
-            entry["tune"] += r["tune"]
-            entry["val_false_per_month"].append(r["val_false_per_month"])
+        by_engine = {"window": steps} if "window" in a.engines else {}
+        if "stream" in a.engines:
+            t0 = time.perf_counter()
+            sclean = _steps(run / "stream_clean.npz",
+                            lambda st=steps["clean"], b=sig.path: _stream_steps(st, data.dir, b))  # fmt: skip
+            streamed = {"clean": sclean}
+            for name, (pdir, _) in copies.items():
+                if name != "clean":
+                    rng = SPLITS["test_range" if name.startswith("test") else "val_range"]
+                    lo, hi = _ns(rng[0]), _ns(rng[1])
+                    part = _steps(run / f"stream_{name}.npz",
+                                  lambda st=parts[name], d=pdir, b=sig.path: _stream_steps(st, d, b))  # fmt: skip
+                    streamed[name] = _merge(sclean, part, lo, hi)
+            diff = max(float(np.abs(streamed[k].resid - steps[k].resid).max()) for k in steps)
+            beyond = sum(int((np.abs(streamed[k].resid - steps[k].resid) > 1e-5 + 1e-4 * np.abs(steps[k].resid)).sum())
+                         for k in steps)  # fmt: skip
+            results["stream_resid_max_abs_diff"].append(diff)
+            results["stream_resid_beyond_tolerance"].append(beyond)
+            by_engine["stream"] = streamed
+            print(f"[seed {seed}] streamed {len(streamed)} copies through step.onnx in "
+                  f"{time.perf_counter() - t0:.0f} s; max |resid stream - window| {diff:.2e}, {beyond} values beyond "
+                  "the export's parity tolerance (1e-5 + 1e-4 |window|)", flush=True)  # fmt: skip
+        for engine, st in by_engine.items():
+            for vname in a.variants:
+                vo = VARIANTS[vname]
+                r = _run_variant(vname, vo, clean_cfg, data, st, copies, sig.alerting, dt_ns, seed)
+                into = results["variants"] if engine == "window" else results["stream"]
+                entry = into.setdefault(vname, {"test": [], "tune": [], "val_false_per_month": []})
+                entry["test"] += r["test"]
+                entry["tune"] += r["tune"]
+                entry["val_false_per_month"].append(r["val_false_per_month"])
         wres = {}
         for name, (pdir, _) in copies.items():
             if name.startswith("tune"):
@@ -368,17 +435,27 @@ def choose(variants: dict[str, Any]) -> str | None:
 
 def _report(results: dict[str, Any]) -> None:
     chosen = choose(results["variants"])
-    print(f"\n{'variant':<16} {'classes':>7} {'detected':>8} {'untouched f/tm':>14} {'uninjected':>10} {'lead h':>7}"
+    print(f"\n{'variant':<28} {'classes':>7} {'detected':>8} {'untouched f/tm':>14} {'uninjected':>10} {'lead h':>7}"
           f" | {'val f/tm':>8} {'tune cls':>8}   (medians over seeds x injections)")  # fmt: skip
     for k, v in results["variants"].items():
         t, tune = _summary(v["test"]), _summary(v["tune"])
         mark = "  <- chosen on validation" if k == chosen else ""
-        print(f"{k:<16} {t['classes']:>7.1f} {t['detected']:>8.1f} {t['untouched']:>14.2f} {t['uninjected']:>10.2f} "
+        print(f"{k:<28} {t['classes']:>7.1f} {t['detected']:>8.1f} {t['untouched']:>14.2f} {t['uninjected']:>10.2f} "
               f"{t['lead']:>7.1f} | {np.median(v['val_false_per_month']):>8.2f} "
               f"{tune.get('classes', float('nan')):>8.1f}{mark}")  # fmt: skip
+    for k, v in results.get("stream", {}).items():  # the same variants on the streaming engine's residuals
+        t, tune = _summary(v["test"]), _summary(v["tune"])
+        print(f"{k + ' [stream]':<28} {t['classes']:>7.1f} {t['detected']:>8.1f} {t['untouched']:>14.2f} "
+              f"{t['uninjected']:>10.2f} {t['lead']:>7.1f} | {np.median(v['val_false_per_month']):>8.2f} "
+              f"{tune.get('classes', float('nan')):>8.1f}")  # fmt: skip
+    if results.get("stream_resid_max_abs_diff"):
+        print(
+            f"max |resid stream - window| per seed: {results['stream_resid_max_abs_diff']}; beyond the export's "
+            f"parity tolerance: {results.get('stream_resid_beyond_tolerance')}"
+        )
     t = _summary(results["window_mean"]["test"])
     if t:
-        print(f"{'window-mean':<16} {t['classes']:>7.1f} {t['detected']:>8.1f} {t['untouched']:>14.2f} "
+        print(f"{'window-mean':<28} {t['classes']:>7.1f} {t['detected']:>8.1f} {t['untouched']:>14.2f} "
               f"{t['uninjected']:>10.2f} {t['lead']:>7.1f}")  # fmt: skip
 
 
