@@ -119,7 +119,7 @@ def _numbers(cells: list[Any]) -> tuple[np.ndarray, int]:
 
 
 def table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg, default_columns: dict[str, str],
-                  rows: int) -> Iterator[tuple[list[str], np.ndarray, np.ndarray, dict[str, int]]]:  # fmt: skip
+                 rows: int) -> Iterator[tuple[list[str], np.ndarray, np.ndarray, dict[str, int]]]:  # fmt: skip
     """Per chunk of at most `rows` rows: (turbine ids, ts_ns (n,) int64, values (n, C) float64, non-numeric
     cells per channel)."""
     p = Path(path)
@@ -208,10 +208,10 @@ def replay(
         chunks = table_chunks(path, spec.channels, mapping, engine.bundle.column_mapping, chunk_rows)
         for ids, ts, values, bad in chunks:
             order = np.argsort(ts, kind="stable")
-            names = np.asarray(ids)[order]
-            counts["late"] += engine.ingest_many(names, ts[order], values[order])
+            names, stamps = np.asarray(ids)[order], ts[order]
+            counts["late"] += engine.ingest_many(names, stamps, values[order])
             uniq, last = np.unique(names[::-1], return_index=True)  # each turbine's last row: its newest stamp
-            for tid, t in zip(uniq.tolist(), ts[order][names.size - 1 - last].tolist()):
+            for tid, t in zip(uniq.tolist(), stamps[names.size - 1 - last].tolist()):
                 last_ns[tid] = max(t, last_ns.get(tid, t))
             write(engine.flush())
             counts["rows"] += len(ids)
