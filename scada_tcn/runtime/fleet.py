@@ -241,7 +241,7 @@ class Fleet:
         values = aggregate_bins([r for _, _, r, _ in raw], self._plan)  # every closed bin of the fleet at once
         dt = self._plan.dt_ns
         closed = [(name, t, r.start_ns + i * dt) for name, t, r, _ in raw for i in range(r.n_bins)]
-        closers = np.concatenate([np.broadcast_to(np.asarray(c, dtype=np.int64), r.n_bins) for _, _, r, c in raw])
+        closers = self._closers(raw)
         slots = np.array([t.slot for _, t, _ in closed], dtype=np.int64)
         order = np.argsort(slots, kind="stable")  # a turbine's bins stay in time order
         starts = np.flatnonzero(np.r_[True, slots[order][1:] != slots[order][:-1]])
@@ -268,6 +268,13 @@ class Fleet:
         if (closers[1:] < closers[:-1]).any():  # bins queued turbine by turbine (`add_many`): closing order
             steps = [steps[i] for i in np.argsort(closers, kind="stable")]
         self._pending.extend(steps)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _closers(raw: list[tuple[str, _Turbine, RawBins, Any]]) -> np.ndarray:
+        """The arrival index of the sample that closed each queued bin, in queue order."""
+        if all(type(c) is int for *_, c in raw):  # `add` and the ticks: one closer for all the bins of a turbine
+            return np.repeat(np.array([c for *_, c in raw], dtype=np.int64), [r.n_bins for _, _, r, _ in raw])
+        return np.concatenate([np.broadcast_to(np.asarray(c, dtype=np.int64), r.n_bins) for _, _, r, c in raw])
 
     def window_of(self, turbine: str) -> tuple[Window, int, int]:
         """(the turbine's last min(n_steps, L) rows, oldest first, as a Window; n_steps; end of its last step)."""
