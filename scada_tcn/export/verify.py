@@ -157,14 +157,8 @@ def stream_case(
     L = step.L
     params = StreamParams(step.P, tuple(step.convs), step.D, step.ring)
     scorer = StreamScorer(sessions["step"], params, L, step.F, step.R)
-    got: dict[str, list[np.ndarray]] = {}
-    slots = np.arange(B)
-    for t in range(T):
-        out = scorer.step(slots, t, X[:, t], M[:, t], Fl[:, t])
-        if t >= L - 1:
-            for name in ("resid", "pred", "Y_hat", "rul"):
-                if getattr(out, name) is not None:
-                    got.setdefault(name, []).append(getattr(out, name))
+    out = scorer.run_series(np.arange(B), 0, X, M, Fl)  # (B, T, ...)
+    got = {name: getattr(out, name) for name in ("resid", "pred", "Y_hat", "rul") if getattr(out, name) is not None}
     ends = [(b, t) for t in range(L - 1, T) for b in range(B)]
     ref: dict[str, list[np.ndarray]] = {}
     for i in range(0, len(ends), batch):
@@ -183,8 +177,8 @@ def stream_case(
     feeds = {n: a.numpy() for n, a in zip(step.input_names, example)}
     for name, r, g in zip(step.output_names, want, sessions["step"].run(list(step.output_names), feeds)):
         stats[f"step_torch/{name}"] = compare(r.numpy(), g, atol, rtol)
-    for name, parts in got.items():
-        g = np.concatenate([p.reshape(B, *p.shape[1:]) for p in parts])  # steps in order, turbines within a step
+    for name, series_out in got.items():  # the windows' order: steps t >= L - 1 in order, turbines within a step
+        g = np.swapaxes(series_out, 0, 1)[L - 1 :].reshape(-1, *series_out.shape[2:])
         r = np.concatenate(ref[name])
         stats[f"step/{name}"] = compare(r.reshape(g.shape), g, atol, rtol)
     return {"n_windows": len(ends), "outputs": stats}

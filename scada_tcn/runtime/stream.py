@@ -105,6 +105,14 @@ class StreamScorer:
             self.h_ring[slots, t % (self.L - 1)] = out["h"]
         return StepOutputs(out["resid"], out["pred"], out.get("Y_hat"), out.get("fault_prob"), out.get("rul"))
 
+    def run_series(
+        self, slots: np.ndarray, t0: int, X: np.ndarray, M_miss: np.ndarray, Flags: np.ndarray
+    ) -> StepOutputs:
+        """`step` over T consecutive steps t0, t0 + 1, ... of the turbines `slots`: X, M_miss (B, T, F), Flags
+        (B, T, R) -> the outputs of every step, stacked on axis 1 ((B, T, ...); a missing head stays None)."""
+        outs = [self.step(slots, t0 + j, X[:, j], M_miss[:, j], Flags[:, j]) for j in range(X.shape[1])]
+        return StepOutputs(*(None if parts[0] is None else np.stack(parts, axis=1) for parts in zip(*outs)))
+
     def rebuild(self, slots: np.ndarray, t_last: int, X: np.ndarray, M_miss: np.ndarray, Flags: np.ndarray) -> None:
         """Rebuild the convolution rings of `slots` from their last k <= L steps (X, M_miss (B, k, F), Flags
         (B, k, R), the last one being step `t_last`; k < L only for a turbine that has seen k steps in all). The
@@ -119,7 +127,7 @@ class StreamScorer:
         for r in self.rings:
             r[:, rows] = 0.0
         keep = self.h_ring[slots].copy()
-        for j in range(k):
+        for j in range(k):  # `run_series` without keeping the outputs (1000 turbines x L steps of them)
             self.step(slots, t_last - k + 1 + j, X[:, j], M_miss[:, j], Flags[:, j])
         self.h_ring[slots] = keep
 
