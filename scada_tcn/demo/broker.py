@@ -51,9 +51,15 @@ class MosquittoProcess:
     """One mosquitto process; `start()` again after `stop()` restarts it with its persisted sessions."""
 
     def __init__(
-        self, exe: str, workdir: Path, users: dict[str, str] | None = None, tls: dict[str, Path] | None = None
+        self,
+        exe: str,
+        workdir: Path,
+        users: dict[str, str] | None = None,
+        tls: dict[str, Path] | None = None,
+        inflight: int = 0,
     ) -> None:
         self.exe = exe
+        self.inflight = inflight  # max_inflight_messages (0: none), which Mosquitto sends as its Receive Maximum
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -77,7 +83,7 @@ class MosquittoProcess:
             f"persistence_location {self.dir}/",
             "autosave_interval 1",
             "max_queued_messages 0",
-            "max_inflight_messages 0",
+            f"max_inflight_messages {self.inflight}",
             "persistent_client_expiration 1d",
         ]
         if self.users:

@@ -208,7 +208,7 @@ class Daemon:
                 return
             self._frame_no = int(snapshot["frame_no"])
             for p in snapshot["outbox"]:
-                self.link.publish(p["topic"], p["payload"].encode(), qos=1, retain=bool(p["retain"]), track=True)
+                self.link.publish(p["topic"], p["payload"].encode(), retain=bool(p["retain"]), track=True)
         replayed = 0
         assert self.journal is not None
         for frame in self.journal.read():
@@ -374,7 +374,7 @@ class Daemon:
         return topic
 
     def _publish(self, kind: str, topic: str, payload: bytes, retain: bool, track: bool = False) -> None:
-        if not self.link.publish(topic, payload, qos=1, retain=retain, track=track):
+        if not self.link.publish(topic, payload, retain=retain, track=track):
             self.metrics.overflow.labels(kind=kind).inc()
             self._overflowed += 1
             log.error("publish queue full: message dropped", extra={"kind": kind, "topic": topic})
@@ -435,7 +435,7 @@ class Daemon:
             self.metrics.heartbeat_age.set(self.heartbeat.age(now_s))
             if self.link.connected:
                 state = "stalled" if self.heartbeat.stalled(now_s) else "online"
-                self.link.publish(self.status_topic, self._status_payload(state), qos=1, retain=True)
+                self.link.publish(self.status_topic, self._status_payload(state), retain=True)
 
 
 def run(cfg: RuntimeConfig, bundle_dir: str) -> int:

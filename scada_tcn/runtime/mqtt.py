@@ -20,6 +20,13 @@ backlog worse; the earlier design, which blocked paho's thread on a full queue, 
    Scores, alerts and status go out on a second client (`<client_id>-pub`, paho's own loop) whose PUBACKs are
    never stuck behind paused telemetry; the daemon stops taking telemetry while `queues.publish_backlog`
    publishes wait for their PUBACK, so output that cannot leave holds input back instead of piling up.
+3. The broker's Receive Maximum (MQTT v5 section 4.9, from each CONNACK; 65,535 when absent) is our send quota:
+   at most that many QoS 1 publishes are handed to paho unacknowledged, the rest wait here in publish order and
+   go out as PUBACKs come back. paho does not honour it (it sends up to its own in-flight limit, and every queued
+   message at once after a reconnect); a broker may disconnect a client that exceeds it (reason 0x93), and
+   Mosquitto advertises its `max_inflight_messages` (20 unless configured). paho's own in-flight limit is off, so
+   it never scans its queue after an ack. A reconnect to a broker with a smaller quota resends what paho already
+   holds (at most the earlier quota) before the new quota applies.
 
 Contract
 --------
@@ -35,11 +42,12 @@ Contract
   reconnect_max_s). CONNACK and SUBACK reason codes are checked: a refused connect is reported to
   `on_connect_failed` and never marks us connected; a refused subscription sets `fatal` (the daemon stops with
   that message). `connected` is True while both clients are; `connects` counts successful connections of both.
-* Publishing: `publish(topic, payload, qos=1, retain, track)` hands the message to the publisher, which keeps QoS 1
-  messages while disconnected and sends them after reconnect; the queue (in flight + waiting) is bounded by
-  `max_queued`. On overflow `publish` returns False and `on_overflow` is called: never a silent drop. Tracked
-  publishes stay in `unacked()` until the broker acknowledges them, so the daemon's state snapshot can carry
-  them across a crash.
+* Publishing: `publish(topic, payload, retain, track)` (QoS 1) hands the message to the publisher (or holds it
+  while the send quota is used up), which keeps messages while disconnected and sends them after reconnect; the
+  queue (handed to paho + held) is bounded by `max_queued`. On overflow `publish` returns False and
+  `on_overflow` is called: never a silent drop. Tracked publishes (sent or held) stay in `unacked()` until the
+  broker acknowledges them, so the daemon's state snapshot can carry them across a crash. `send_quota` is the
+  quota in force.
 * The last will (retained, on the publisher) is set from `will`; `on_connected()` returns the retained messages to
   (re)publish on every publisher connect (status "online"). `stop(final)` publishes `final`, waits up to
   `timeout` for the queue to drain, disconnects both clients cleanly (no last will) and stops their threads.
@@ -53,6 +61,7 @@ import socket
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -90,10 +99,11 @@ class Message(NamedTuple):
 
 
 class Publish(NamedTuple):
+    """An outgoing message; everything the link publishes is QoS 1 (at least once)."""
+
     topic: str
     payload: bytes
     retain: bool = False
-    qos: int = 1
 
 
 def _noop(*_: object) -> None:
@@ -151,15 +161,19 @@ class MqttLink:
         self._pub_connects = 0
         self._inflight: dict[int, tuple[Publish, bool]] = {}  # QoS 1 publishes by mid (publish order), tracked?
         self._early: set[int] = set()  # PUBACKs that beat the registration of their publish
+        self._max_queued = int(max_queued)
+        self._quota = 65_535  # the broker's Receive Maximum (MQTT v5 default until a CONNACK says otherwise)
+        self._handed = 0  # QoS 1 publishes handed to paho (the rest of `_published` is held)
+        self._held: deque[tuple[Publish, bool]] = deque()  # QoS 1 publishes beyond the quota, in publish order
         self.fatal: str | None = None
-        self._sub = self._client(client_id, receive_maximum, max_queued, subscriber=True)
-        self._pub = self._client(f"{client_id}-pub", receive_maximum, max_queued, subscriber=False)
+        self._sub = self._client(client_id, receive_maximum, subscriber=True)
+        self._pub = self._client(f"{client_id}-pub", receive_maximum, subscriber=False)
 
-    def _client(self, client_id: str, receive_maximum: int, max_queued: int, subscriber: bool) -> paho.Client:
+    def _client(self, client_id: str, receive_maximum: int, subscriber: bool) -> paho.Client:
         c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5,
                         manual_ack=subscriber)  # fmt: skip
-        c.max_queued_messages_set(max_queued)
-        c.max_inflight_messages_set(min(max_queued, 1000))
+        c.max_queued_messages_set(0)  # what waits is bounded by `publish` (max_queued)
+        c.max_inflight_messages_set(0)  # the publisher's window is our send quota (flow control, point 3)
         c.reconnect_delay_set(self.broker.reconnect_min_s, self.broker.reconnect_max_s)
         b = self.broker
         if b.username:
@@ -243,8 +257,13 @@ class MqttLink:
         if not self._connected_as("pub", reason_code, flags):
             return
         self._pub_connects += 1
+        quota = int(getattr(properties, "ReceiveMaximum", 65_535))
+        with self._lock:
+            self._quota = quota
+        log.info("send quota", extra={"receive_maximum": quota})
+        self._release()
         for p in self._on_connected():
-            self.publish(p.topic, p.payload, p.qos, p.retain)
+            self.publish(p.topic, p.payload, p.retain)
 
     def _handle_subscribe(self, client: paho.Client, userdata: object, mid, reason_codes, properties) -> None:
         bad = [(f, str(rc)) for f, rc in zip(self.handlers, reason_codes) if rc.is_failure]
@@ -268,6 +287,27 @@ class MqttLink:
                 self._early.add(mid)
         if reason_code.is_failure:
             log.error("broker refused a publish", extra={"mid": mid, "reason": str(reason_code)})
+        self._release()
+
+    def _release(self) -> None:
+        """Hand held publishes to paho while the send quota allows (on paho's thread, after an ack or a connect)."""
+        while True:
+            with self._lock:
+                if not self._held or self._handed - self._acked >= self._quota:
+                    return
+                p, track = self._held.popleft()
+                self._handed += 1
+            self._hand(p, track)
+
+    def _hand(self, p: Publish, track: bool) -> None:
+        """Give one counted QoS 1 publish to paho and register it until its PUBACK (never under our lock: paho
+        calls on_publish holding its own message mutex)."""
+        info = self._pub.publish(p.topic, p.payload, qos=1, retain=p.retain)
+        with self._lock:
+            if info.mid in self._early:
+                self._early.discard(info.mid)
+            else:
+                self._inflight[info.mid] = (p, track)
 
     # ------------------------------------------------------------------------------------------------ API
     @property
@@ -285,9 +325,14 @@ class MqttLink:
             return max(self._published - self._acked, 0)
 
     def unacked(self) -> list[Publish]:
-        """The tracked publishes the broker has not acknowledged yet, in publish order."""
+        """The tracked publishes the broker has not acknowledged yet (sent or held), in publish order."""
         with self._lock:
-            return [p for p, tracked in self._inflight.values() if tracked]
+            return [p for p, tracked in (*self._inflight.values(), *self._held) if tracked]
+
+    @property
+    def send_quota(self) -> int:
+        """QoS 1 publishes that may await their PUBACK at once: the broker's Receive Maximum."""
+        return self._quota
 
     def start(self) -> None:
         """Connect both clients in the background (retrying with backoff) and start their network threads."""
@@ -298,20 +343,26 @@ class MqttLink:
         self._thread = threading.Thread(target=self._sub_loop, name=f"mqtt-{self.client_id}", daemon=True)
         self._thread.start()
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, track: bool = False) -> bool:
-        """Queue one message (sent now, or after reconnect); False (and on_overflow) when the queue is full."""
-        # never hold our lock while calling paho: paho calls on_publish holding its own message mutex
-        info = self._pub.publish(topic, payload, qos=qos, retain=retain)
-        if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
-            self._on_overflow(Publish(topic, payload, retain, qos))
-            return False
-        if qos > 0:
-            with self._lock:
+    def publish(self, topic: str, payload: bytes, retain: bool = False, track: bool = False) -> bool:
+        """Queue one QoS 1 message (sent now when the send quota allows, later as PUBACKs come back, or after a
+        reconnect); False (and on_overflow) when the queue is full."""
+        p = Publish(topic, payload, retain)
+        with self._lock:
+            if self._published - self._acked >= self._max_queued:
+                full = True
+            else:
+                full = False
                 self._published += 1
-                if info.mid in self._early:
-                    self._early.discard(info.mid)
+                hand = not self._held and self._handed - self._acked < self._quota
+                if hand:
+                    self._handed += 1
                 else:
-                    self._inflight[info.mid] = (Publish(topic, payload, retain, qos), track)
+                    self._held.append((p, track))
+        if full:
+            self._on_overflow(p)
+            return False
+        if hand:
+            self._hand(p, track)
         return True
 
     def ack(self, msg: Message) -> None:
@@ -331,7 +382,7 @@ class MqttLink:
     def stop(self, final: list[Publish], timeout: float = 5.0) -> bool:
         """Publish `final`, wait for the queue to drain, disconnect cleanly; True when everything was delivered."""
         for p in final:
-            self.publish(p.topic, p.payload, p.qos, p.retain)
+            self.publish(p.topic, p.payload, p.retain)
         drained = self.wait_drained(timeout) if self._up["pub"] else False
         self._stopping.set()
         self._wake()

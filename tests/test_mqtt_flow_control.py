@@ -1,0 +1,160 @@
+"""The publisher honours the broker's Receive Maximum (MQTT v5 section 4.9), seen on the wire.
+
+A TCP relay between `MqttLink` and a real Mosquitto counts, per connection, the QoS 1 PUBLISH packets the client
+sent and the PUBACKs the broker returned. Outstanding = sent - returned at the moment the relay reads a PUBLISH is
+never more than what the client had unacknowledged when it sent it (every ack it had received passed the relay
+first), so its maximum is a lower bound of the client's window: if it exceeds the quota, the client did too.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from scada_tcn.demo.broker import free_port
+from scada_tcn.runtime.daemon_config import daemon_config_from_dict
+from scada_tcn.runtime.mqtt import MqttLink, Publish
+from tests.mosquitto import Broker, Collector, wait_for
+
+PUBLISH, PUBACK = 3, 4
+
+
+def _packets(buf: bytearray) -> list[tuple[int, int]]:
+    """Complete MQTT packets at the front of `buf` as (type, qos), removed from it."""
+    out = []
+    while len(buf) >= 2:
+        length, mult, i = 0, 1, 1
+        while True:
+            if i >= len(buf):
+                return out
+            length += (buf[i] & 0x7F) * mult
+            mult *= 128
+            i += 1
+            if not buf[i - 1] & 0x80:
+                break
+        if len(buf) < i + length:
+            return out
+        out.append((buf[0] >> 4, (buf[0] >> 1) & 3))
+        del buf[: i + length]
+    return out
+
+
+class CountingRelay:
+    """Relays loopback connections to `port`; `max_outstanding` is the largest count of QoS 1 publishes a client
+    had sent through it and not yet had acknowledged (over all connections)."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.port = free_port()
+        self.max_outstanding = 0
+        self.publishes = 0
+        self._lock = threading.Lock()
+        self._server = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            broker = socket.create_connection(("127.0.0.1", self.target))
+            state = {"outstanding": 0}
+            threading.Thread(target=self._pipe, args=(client, broker, state, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(broker, client, state, False), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, state: dict[str, int], upstream: bool) -> None:
+        buf = bytearray()
+        while True:
+            try:
+                data = src.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                for s in (src, dst):
+                    s.close()
+                return
+            buf += data
+            with self._lock:
+                for kind, qos in _packets(buf):
+                    if upstream and kind == PUBLISH and qos > 0:
+                        state["outstanding"] += 1
+                        self.publishes += 1
+                        self.max_outstanding = max(self.max_outstanding, state["outstanding"])
+                    elif not upstream and kind == PUBACK:
+                        state["outstanding"] -= 1
+            try:
+                dst.sendall(data)  # acks reach the client only after they were counted
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._server.close()
+
+
+def _link(url: str, max_queued: int) -> MqttLink:
+    cfg = daemon_config_from_dict({"broker": {"url": url, "client_id": "flow", "reconnect_max_s": 1}})
+    overflow: list[Publish] = []
+    link = MqttLink(cfg.broker, "flow", {}, Publish("flow/status", b"offline", retain=True), receive_maximum=100,
+                    max_queued=max_queued, on_overflow=overflow.append)  # fmt: skip
+    link.overflowed = overflow  # type: ignore[attr-defined]
+    return link
+
+
+@pytest.fixture()
+def small_window_broker(tmp_path: Path):
+    b = Broker(tmp_path / "broker", inflight=5)  # Mosquitto sends its max_inflight_messages as Receive Maximum
+    b.start()
+    yield b
+    b.stop()
+
+
+def test_publisher_keeps_to_the_brokers_receive_maximum(small_window_broker: Broker) -> None:
+    relay = CountingRelay(small_window_broker.port)
+    col = Collector(small_window_broker.url, ["flow/data/#"], client_id="flow-col")
+    link = _link(f"mqtt://127.0.0.1:{relay.port}", max_queued=10_000)
+    try:
+        wait_for(col.ready, 10, "collector")
+        link.start()
+        wait_for(lambda: link.connected, 10, "link")
+        assert link.send_quota == 5
+        sent = [(f"flow/data/{i % 7}", f"{i}".encode()) for i in range(600)]
+        for t, p in sent:
+            assert link.publish(t, p, track=True)
+        assert link.wait_drained(30), f"{link.queue_depth} publishes never acknowledged"
+        wait_for(lambda: len(col.of("")) >= 600, 30, "all 600 publishes at the collector")
+        assert [p for _, p in col.of("")] == [p for _, p in sent]  # every one, once, in publish order
+        assert link.unacked() == [] and link.overflowed == []
+        assert relay.publishes == 600
+        assert 1 <= relay.max_outstanding <= 5, f"{relay.max_outstanding} publishes in flight for a quota of 5"
+    finally:
+        link.stop([], timeout=5)
+        col.close()
+        relay.close()
+
+
+def test_held_publishes_are_bounded_kept_and_sent_after_the_broker_returns(small_window_broker: Broker) -> None:
+    """While the broker is down nothing is acknowledged: the quota's 5 publishes wait in paho, 45 wait in the link,
+    the 51st and later overflow (reported, never dropped silently); all 50 arrive, in order, after a restart."""
+    col = Collector(small_window_broker.url, ["flow/data/#"], client_id="flow-col2")
+    link = _link(small_window_broker.url, max_queued=50)
+    try:
+        wait_for(col.ready, 10, "collector")
+        link.start()
+        wait_for(lambda: link.connected, 10, "link")
+        small_window_broker.stop()
+        wait_for(lambda: not link.connected, 10, "the link to notice the broker is gone")
+        accepted = [link.publish("flow/data/x", f"{i}".encode(), track=True) for i in range(60)]
+        assert accepted == [True] * 50 + [False] * 10
+        assert [p.payload for p in link.overflowed] == [f"{i}".encode() for i in range(50, 60)]
+        assert [p.payload for p in link.unacked()] == [f"{i}".encode() for i in range(50)]  # sent or held, in order
+        small_window_broker.start()
+        assert link.wait_drained(30), f"{link.queue_depth} publishes never acknowledged after the restart"
+        wait_for(lambda: len(col.of("x")) >= 50, 30, "the 50 publishes at the collector")
+        assert [p for _, p in col.of("x")] == [f"{i}".encode() for i in range(50)]
+    finally:
+        link.stop([], timeout=5)
+        col.close()
