@@ -21,6 +21,7 @@ import pytest
 from scada_tcn.runtime.bundle import load_bundle
 from scada_tcn.runtime.daemon_config import MappingCfg
 from scada_tcn.runtime.engine import Engine
+from scada_tcn.runtime.records import dedupe, split_batch
 from scada_tcn.runtime.replay import replay
 from scada_tcn.runtime.stream import make_scorer
 from scada_tcn.runtime.telemetry import Sample, parse_timestamp_ns
@@ -227,6 +228,40 @@ def test_broker_parity_with_reference_and_replay(broker, bundle, scorer, timelin
         assert_close(payload, replayed[k], k)
     _assert_matches_reference(records, tiny_run, bundle)
     assert {t.split("/")[2] for t, _ in col.of("/alert/state")} == set(expected_steps(rows, header))
+    col.close()
+
+
+@pytest.mark.parametrize("kind", ["stream"], indirect=True)
+def test_batched_score_topic_carries_the_same_records(broker, bundle, scorer, timeline, replayed):
+    """`topics.score_batch`: the fleet's score records as JSON lines on one topic, several per message and none
+    over `score_batch_bytes`; each line is the record the turbine's own topic would carry (the replay's); nothing
+    goes to the per-turbine score topics; alert states stay per turbine."""
+    header, rows, _ = timeline
+    col = Collector(broker.url, [f"scada/{SITE}/{GATEWAY}/scores", f"scada/{SITE}/+/score",
+                                 f"scada/{SITE}/+/alert/state"])  # fmt: skip
+    wait_for(col.ready, 10, "collector connect")
+    cfg = daemon_config(broker.url, topics={"score_batch": "scada/{site}/{gateway}/scores", "score_batch_bytes": 8192})
+    d = DaemonThread(cfg, bundle, scorer)
+    pub = client(broker.url, "publisher-batch")
+    wait_for(lambda: pub.is_connected() and d.daemon.link.connected, 10, "connections")
+    publish_all(pub, to_messages(header, rows))
+    want = expected_steps(rows, header)
+
+    def lines() -> list[bytes]:
+        return [line for _, m in col.of("/scores") for line in split_batch(m)]
+
+    wait_for(lambda: len(dedupe(lines()).records) >= sum(want.values()), 60, "all scores")
+    pub.disconnect()
+    assert d.stop() == 0
+    messages = [m for _, m in col.of("/scores")]
+    assert max(len(m) for m in messages) <= 8192 and len(messages) < len(lines()) / 1.5
+    got = dedupe(lines())
+    assert got.conflicts == {}
+    assert {t: sum(1 for k in got.records if k[0] == t) for t in want} == want
+    for k, payload in got.records.items():
+        assert_close(payload, replayed[k], k)
+    assert col.of("/score") == []
+    assert {t.split("/")[2] for t, _ in col.of("/alert/state")} == set(want)
     col.close()
 
 

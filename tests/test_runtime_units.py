@@ -9,7 +9,7 @@ import pytest
 
 from scada_tcn.runtime.alerts import AlertState
 from scada_tcn.runtime.daemon_config import ConfigError, daemon_config_from_dict, describe
-from scada_tcn.runtime.records import dumps, iso_utc
+from scada_tcn.runtime.records import batches, dumps, iso_utc, split_batch
 from scada_tcn.runtime.telemetry import REASONS, Rejection, Sample, TelemetryDecoder, parse_timestamp_ns
 
 NOW = parse_timestamp_ns("2024-06-01T00:00:00+00:00")
@@ -39,6 +39,11 @@ def test_config_defaults_env_overrides_and_unknown_keys():
         daemon_config_from_dict({"broker": {"tls": {"ca_file": "ca.crt"}}})
     with pytest.raises(ConfigError, match="topics.telemetry: template must contain {turbine}"):
         daemon_config_from_dict({"topics": {"telemetry": "scada/x/telemetry"}})
+    assert daemon_config_from_dict({"topics": {"score_batch": "s/{site}/{gateway}/scores"}}).topics.score_batch
+    with pytest.raises(ConfigError, match="topics.score_batch: one topic for the whole fleet, no {turbine}"):
+        daemon_config_from_dict({"topics": {"score_batch": "s/{turbine}/scores"}})
+    with pytest.raises(ConfigError, match="topics.score_batch_bytes: must be >= 8192"):
+        daemon_config_from_dict({"topics": {"score_batch": "s/scores", "score_batch_bytes": 4096}})
     assert "broker.url = 'mqtt://localhost:1883'" in describe()
 
 
@@ -177,3 +182,18 @@ def test_replay_table_cells_parse_like_scada_prepare(tmp_path):
     values = np.concatenate([v for _, _, v, _ in chunks])
     np.testing.assert_array_equal(values, [[7.5, 1000.0], [np.nan, np.nan], [np.nan, -300.0], [2.0, np.nan]])
     assert [bad for _, _, _, bad in chunks] == [{"wind_speed": 0, "power": 1}, {"wind_speed": 0, "power": 1}]
+
+
+def test_score_batches_keep_order_and_the_size_bound():
+    """`records.batches` packs records one per line, in order, each message within the bound (a longer record goes
+    alone); `split_batch` gives back exactly the records."""
+    rng = np.random.default_rng(0)
+    payloads = [dumps({"turbine": f"T{i}", "seq": i, "pad": "x" * int(n)})
+                for i, n in enumerate(rng.integers(0, 3000, 200))]  # fmt: skip
+    payloads[57] = dumps({"turbine": "big", "seq": 57, "pad": "y" * 9000})
+    messages = list(batches(payloads, 8192))
+    assert [r for m in messages for r in split_batch(m)] == payloads
+    assert all(len(m) <= 8192 for m in messages if b'"big"' not in m)
+    assert any(split_batch(m) == [payloads[57]] for m in messages)
+    assert len(messages) < len(payloads) / 3
+    assert list(batches([], 8192)) == []

@@ -48,7 +48,7 @@ from scada_tcn.runtime.health import HealthServer, Heartbeat
 from scada_tcn.runtime.journal import Journal
 from scada_tcn.runtime.mqtt import Message, MqttLink, Publish
 from scada_tcn.runtime.prometheus import RuntimeMetrics
-from scada_tcn.runtime.records import iso_utc, status_of
+from scada_tcn.runtime.records import batches, iso_utc, status_of
 from scada_tcn.runtime.state_file import load_state, save_state
 from scada_tcn.runtime.telemetry import Rejection, Sample, TelemetryDecoder, topic_filter
 
@@ -125,6 +125,8 @@ class Daemon:
         self._bins_closed = 0
         self.status_topic = cfg.topics.status.format(gateway=cfg.gateway, site=cfg.site)
         self.errors_topic = cfg.topics.errors.format(gateway=cfg.gateway, site=cfg.site)
+        batch = cfg.topics.score_batch
+        self._batch_topic = None if batch is None else batch.format(gateway=cfg.gateway, site=cfg.site)
         self.link = MqttLink(
             cfg.broker,
             client_id=cfg.broker.client_id or f"scada-runtime-{cfg.gateway}",
@@ -382,8 +384,11 @@ class Daemon:
     def _publish_outputs(self, outputs: list[Output]) -> None:
         scores: Counter[str] = Counter()
         alerts: Counter[str] = Counter()
+        if self._batch_topic is not None:  # the scores first, so every alert still follows its score
+            self._publish_batches([out.payload for out in outputs if out.kind == "score"])
         for out in outputs:
-            self._publish(out.kind, self._topic(out), out.payload, out.retain, track=True)
+            if self._batch_topic is None or out.kind != "score":
+                self._publish(out.kind, self._topic(out), out.payload, out.retain, track=True)
             if out.kind == "score":
                 scores[status_of(out.payload)] += 1
             elif out.kind == "alert":
@@ -392,6 +397,12 @@ class Daemon:
             self.metrics.scores.labels(status=status).inc(n)
         for state, n in alerts.items():
             self.metrics.alerts.labels(state=state).inc(n)
+
+    def _publish_batches(self, payloads: list[bytes]) -> None:
+        """`topics.score_batch`: score records in order, in as few messages as `score_batch_bytes` allows."""
+        assert self._batch_topic is not None
+        for message in batches(payloads, self.cfg.topics.score_batch_bytes):
+            self._publish("score", self._batch_topic, message, False, track=True)
 
     def _observe_inference(self, seconds: float, windows: int) -> None:
         self.metrics.inference.observe(seconds)

@@ -73,6 +73,14 @@ class TopicsCfg:
     alert_state: str = _f("scada/{site}/{turbine}/alert/state", "retained current alert state template")
     status: str = _f("scada/runtime/{gateway}/status", "retained gateway status (last will: offline)")
     errors: str = _f("scada/runtime/{gateway}/errors", "every rejected message, with its reason")
+    score_batch: str | None = _f(
+        None,
+        "null = one message per turbine on `score`; a template without {turbine} (e.g. "
+        "scada/{site}/{gateway}/scores) = the score records of each fleet step go out on this one topic as JSON "
+        "lines, several per message (records.split_batch), for large fleets; alerts and alert states stay per "
+        "turbine",
+    )
+    score_batch_bytes: int = _f(60000, "largest score_batch message; keep it under the broker's message_size_limit")
 
 
 @dataclass(frozen=True)
@@ -292,11 +300,21 @@ def _problems(c: RuntimeConfig) -> list[str]:
     for key, v in (("site", c.site), ("gateway", c.gateway)):
         if not v or any(ch in v for ch in "+#/"):
             p.append(f"{key}: must be non-empty without '+', '#', '/', got {v!r}")
-    for name in [f.name for f in dataclasses.fields(TopicsCfg)]:
+    if c.topics.score_batch_bytes < 8192:
+        p.append(f"topics.score_batch_bytes: must be >= 8192 (a score record is a few kB), got "
+                 f"{c.topics.score_batch_bytes}")  # fmt: skip
+    for name in [f.name for f in dataclasses.fields(TopicsCfg) if f.name != "score_batch_bytes"]:
         tpl = getattr(c.topics, name)
-        need = "{gateway}" if name in ("status", "errors") else "{turbine}"
-        if need not in tpl or "+" in tpl or "#" in tpl:
-            p.append(f"topics.{name}: template must contain {need} and no wildcards, got {tpl!r}")
+        if tpl is None:  # score_batch off
+            continue
+        if name == "score_batch":
+            if "{turbine}" in tpl or "+" in tpl or "#" in tpl:
+                p.append(f"topics.score_batch: one topic for the whole fleet, no {{turbine}} and no wildcards, "
+                         f"got {tpl!r}")  # fmt: skip
+        else:
+            need = "{gateway}" if name in ("status", "errors") else "{turbine}"
+            if need not in tpl or "+" in tpl or "#" in tpl:
+                p.append(f"topics.{name}: template must contain {need} and no wildcards, got {tpl!r}")
         try:
             tpl.format(site="s", turbine="t", gateway="g")
         except (KeyError, IndexError, ValueError) as e:

@@ -31,6 +31,10 @@ record is the same bytes. The score-topic records are plain slotted dataclasses:
 record's fleet-level fields (levels, alert state) in place when its fleet step is released, before it is
 serialised; nothing changes a record after that.
 
+Batched score topic (`topics.score_batch`): a message holds several score-topic records, each exactly the bytes it
+would have on its turbine's topic, one per line (`batches`; `split_batch` gives them back), so the same rule
+deduplicates them.
+
 `dedupe(payloads)` is the consumer's rule: keep one record per (turbine, ts), count identical repeats, and report
 any key that arrived with two different payloads (a broken contract, never expected).
 """
@@ -55,9 +59,11 @@ __all__ = [
     "InsufficientDataRecord",
     "ScoreRecord",
     "WarmupRecord",
+    "batches",
     "dedupe",
     "dumps",
     "iso_utc",
+    "split_batch",
     "status_of",
 ]
 
@@ -88,6 +94,26 @@ def status_of(payload: bytes) -> str:
         if key in payload:
             return status
     return "unknown"
+
+
+def batches(payloads: Iterable[bytes], max_bytes: int) -> Iterable[bytes]:
+    """Score-topic payloads, in order, joined one per line into messages of at most `max_bytes` (a record longer
+    than that goes alone)."""
+    part: list[bytes] = []
+    size = 0
+    for p in payloads:
+        if part and size + len(p) > max_bytes:
+            yield b"\n".join(part)
+            part, size = [], 0
+        part.append(p)
+        size += len(p) + 1
+    if part:
+        yield b"\n".join(part)
+
+
+def split_batch(message: bytes) -> list[bytes]:
+    """The records of a batched score message, in order (each the bytes of a single score-topic message)."""
+    return message.split(b"\n")
 
 
 @functools.lru_cache(maxsize=4096)  # a fleet step's records share their stamp
