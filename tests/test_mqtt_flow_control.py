@@ -138,7 +138,8 @@ def test_publisher_keeps_to_the_brokers_receive_maximum(small_window_broker: Bro
 
 def test_held_publishes_are_bounded_kept_and_sent_after_the_broker_returns(small_window_broker: Broker) -> None:
     """While the broker is down nothing is acknowledged: the quota's 5 publishes wait in paho, 45 wait in the link,
-    the 51st and later overflow (reported, never dropped silently); all 50 arrive, in order, after a restart."""
+    the 51st and later overflow (reported, never dropped silently). The broker comes back with a larger quota (50):
+    paho's 5 unacknowledged publishes are resent first (MQTT v5 4.6), and all 50 arrive in order."""
     col = Collector(small_window_broker.url, ["flow/data/#"], client_id="flow-col2")
     link = _link(small_window_broker.url, max_queued=50)
     try:
@@ -151,10 +152,12 @@ def test_held_publishes_are_bounded_kept_and_sent_after_the_broker_returns(small
         assert accepted == [True] * 50 + [False] * 10
         assert [p.payload for p in link.overflowed] == [f"{i}".encode() for i in range(50, 60)]
         assert [p.payload for p in link.unacked()] == [f"{i}".encode() for i in range(50)]  # sent or held, in order
+        small_window_broker.set_inflight(50)
         small_window_broker.start()
         assert link.wait_drained(30), f"{link.queue_depth} publishes never acknowledged after the restart"
         wait_for(lambda: len(col.of("x")) >= 50, 30, "the 50 publishes at the collector")
         assert [p for _, p in col.of("x")] == [f"{i}".encode() for i in range(50)]
+        assert link.send_quota == 50
     finally:
         link.stop([], timeout=5)
         col.close()

@@ -71,6 +71,11 @@ class MosquittoProcess:
         self._errlog: Any = None
         self._write_conf()
 
+    def set_inflight(self, inflight: int) -> None:
+        """A new max_inflight_messages (Mosquitto's Receive Maximum), from the next `start()`."""
+        self.inflight = inflight
+        self._write_conf()
+
     def _write_conf(self) -> None:
         lines = [
             f"listener {self.port} 127.0.0.1",

@@ -261,7 +261,9 @@ class MqttLink:
         with self._lock:
             self._quota = quota
         log.info("send quota", extra={"receive_maximum": quota})
-        self._release()
+        # nothing held is released here: paho resends the unacknowledged publishes after this callback, and they
+        # must go first (MQTT v5 4.6: original order); while anything is held the quota is in flight, so their
+        # PUBACKs release the rest
         for p in self._on_connected():
             self.publish(p.topic, p.payload, p.retain)
 
@@ -290,7 +292,7 @@ class MqttLink:
         self._release()
 
     def _release(self) -> None:
-        """Hand held publishes to paho while the send quota allows (on paho's thread, after an ack or a connect)."""
+        """Hand held publishes to paho while the send quota allows (on paho's thread, after an ack)."""
         while True:
             with self._lock:
                 if not self._held or self._handed - self._acked >= self._quota:
