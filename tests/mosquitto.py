@@ -52,11 +52,16 @@ class Broker(MosquittoProcess):
     """`demo.broker.MosquittoProcess` that skips the test when mosquitto or mosquitto_passwd is missing."""
 
     def __init__(
-        self, workdir: Path, users: dict[str, str] | None = None, tls: dict[str, Path] | None = None, inflight: int = 0
+        self,
+        workdir: Path,
+        users: dict[str, str] | None = None,
+        tls: dict[str, Path] | None = None,
+        inflight: int = 0,
+        max_packet: int = 0,
     ):
         if users and shutil.which("mosquitto_passwd") is None:
             pytest.skip("mosquitto_passwd is not installed (it comes with the mosquitto package)")
-        super().__init__(require_mosquitto(), workdir, users, tls, inflight)
+        super().__init__(require_mosquitto(), workdir, users, tls, inflight, max_packet)
 
 
 DT_NS = 600 * 10**9

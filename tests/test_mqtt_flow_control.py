@@ -161,3 +161,30 @@ def test_held_publishes_are_bounded_kept_and_sent_after_the_broker_returns(small
     finally:
         link.stop([], timeout=5)
         col.close()
+
+
+def test_a_publish_over_the_brokers_maximum_packet_size_is_refused_not_sent(tmp_path: Path) -> None:
+    """Mosquitto closes the connection of a client that sends a packet over its max_packet_size (and paho would
+    resend it after every reconnect). The link refuses such a publish up front; the largest payload `max_payload`
+    allows goes through, and the connection is never lost."""
+    broker = Broker(tmp_path / "broker", max_packet=4096)
+    broker.start()
+    col = Collector(broker.url, ["flow/data/#"], client_id="flow-col3")
+    link = _link(broker.url, max_queued=100)
+    try:
+        wait_for(col.ready, 10, "collector")
+        link.start()
+        wait_for(lambda: link.connected, 10, "link")
+        connects = link.connects
+        limit = link.max_payload("flow/data/a")
+        assert limit is not None and 4000 < limit < 4096
+        assert not link.fits("flow/data/a", b"z" * (limit + 4)) and not link.publish("flow/data/a", b"z" * 20_000)
+        assert link.publish("flow/data/a", b"y" * limit) and link.publish("flow/data/a", b"after")
+        assert link.wait_drained(10)
+        wait_for(lambda: len(col.of("/a")) >= 2, 10, "the two publishes that fit")
+        assert [p for _, p in col.of("/a")] == [b"y" * limit, b"after"]
+        assert link.connected and link.connects == connects and link.overflowed == []
+    finally:
+        link.stop([], timeout=5)
+        col.close()
+        broker.stop()

@@ -232,16 +232,18 @@ def test_broker_parity_with_reference_and_replay(broker, bundle, scorer, timelin
 
 
 @pytest.mark.parametrize("kind", ["stream"], indirect=True)
-def test_batched_score_topic_carries_the_same_records(broker, bundle, scorer, timeline, replayed):
-    """`topics.score_batch`: the fleet's score records as JSON lines on one topic, several per message and none
-    over `score_batch_bytes`; each line is the record the turbine's own topic would carry (the replay's); nothing
-    goes to the per-turbine score topics; alert states stay per turbine."""
+def test_batched_score_topic_carries_the_same_records(bundle, scorer, timeline, replayed, tmp_path):
+    """`topics.score_batch`: the fleet's score records as JSON lines on one topic, several per message and none over
+    the broker's Maximum Packet Size (8,192 here, below score_batch_bytes' 60,000); each line is the record the
+    turbine's own topic would carry (the replay's); nothing goes to the per-turbine score topics; alert states stay
+    per turbine."""
+    broker = Broker(tmp_path / "broker", max_packet=8192)
+    broker.start()
     header, rows, _ = timeline
     col = Collector(broker.url, [f"scada/{SITE}/{GATEWAY}/scores", f"scada/{SITE}/+/score",
                                  f"scada/{SITE}/+/alert/state"])  # fmt: skip
     wait_for(col.ready, 10, "collector connect")
-    cfg = daemon_config(broker.url, topics={"score_batch": "scada/{site}/{gateway}/scores", "score_batch_bytes": 8192})
-    d = DaemonThread(cfg, bundle, scorer)
+    d = DaemonThread(daemon_config(broker.url, topics={"score_batch": "scada/{site}/{gateway}/scores"}), bundle, scorer)
     pub = client(broker.url, "publisher-batch")
     wait_for(lambda: pub.is_connected() and d.daemon.link.connected, 10, "connections")
     publish_all(pub, to_messages(header, rows))
@@ -252,9 +254,11 @@ def test_batched_score_topic_carries_the_same_records(broker, bundle, scorer, ti
 
     wait_for(lambda: len(dedupe(lines()).records) >= sum(want.values()), 60, "all scores")
     pub.disconnect()
+    assert d.daemon.link.connects == 2  # never dropped by the broker for a packet over its limit
     assert d.stop() == 0
     messages = [m for _, m in col.of("/scores")]
-    assert max(len(m) for m in messages) <= 8192 and len(messages) < len(lines()) / 1.5
+    topic = f"scada/{SITE}/{GATEWAY}/scores"  # a PUBLISH packet: 1 + 2 (length) + 2 + topic + 2 + 1 + payload
+    assert max(8 + len(topic) + len(m) for m in messages) <= 8192 and len(messages) < len(lines()) / 1.5
     got = dedupe(lines())
     assert got.conflicts == {}
     assert {t: sum(1 for k in got.records if k[0] == t) for t in want} == want
@@ -263,6 +267,34 @@ def test_batched_score_topic_carries_the_same_records(broker, bundle, scorer, ti
     assert col.of("/score") == []
     assert {t.split("/")[2] for t, _ in col.of("/alert/state")} == set(want)
     col.close()
+    broker.stop()
+
+
+@pytest.mark.parametrize("kind", ["stream"], indirect=True)
+def test_a_record_over_the_brokers_packet_limit_is_reported_and_the_link_stays_up(bundle, scorer, timeline, tmp_path):
+    """A broker whose max_packet_size (2,048 bytes) is below a scored record (~4 kB): each such record is dropped
+    before it is sent, counted (publish_too_large_total) and reported on the errors topic; warm-up records, which
+    fit, still arrive, and the broker never drops the daemon's connection."""
+    broker = Broker(tmp_path / "broker", max_packet=2048)
+    broker.start()
+    header, rows, _ = timeline
+    col = Collector(broker.url, [f"scada/{SITE}/+/score", f"scada/runtime/{GATEWAY}/errors"], client_id="col-big")
+    wait_for(col.ready, 10, "collector connect")
+    d = DaemonThread(daemon_config(broker.url), bundle, scorer)
+    pub = client(broker.url, "publisher-big")
+    wait_for(lambda: pub.is_connected() and d.daemon.link.connected, 10, "connections")
+    publish_all(pub, to_messages(header, rows))
+    dropped = lambda: d.daemon.metrics.value("scada_runtime_publish_too_large_total", kind="score")  # noqa: E731
+    wait_for(lambda: dropped() > 0 and len(col.of("/errors")) >= dropped(), 60, "too-large reports")
+    pub.disconnect()
+    assert d.daemon.link.connected and d.daemon.link.connects == 2
+    assert d.stop() == 0
+    reports = [json.loads(p) for _, p in col.of("/errors")]
+    assert {r["reason"] for r in reports} == {"publish_too_large"} and all(r["bytes"] > 2048 for r in reports)
+    statuses = {json.loads(p)["status"] for _, p in col.of("/score")}
+    assert "warmup" in statuses and "ok" not in statuses
+    col.close()
+    broker.stop()
 
 
 # --------------------------------------------------------------------------------------------- faults

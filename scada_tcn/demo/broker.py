@@ -57,9 +57,11 @@ class MosquittoProcess:
         users: dict[str, str] | None = None,
         tls: dict[str, Path] | None = None,
         inflight: int = 0,
+        max_packet: int = 0,
     ) -> None:
         self.exe = exe
         self.inflight = inflight  # max_inflight_messages (0: none), which Mosquitto sends as its Receive Maximum
+        self.max_packet = max_packet  # max_packet_size (0: none), sent as its Maximum Packet Size
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -90,7 +92,7 @@ class MosquittoProcess:
             "max_queued_messages 0",
             f"max_inflight_messages {self.inflight}",
             "persistent_client_expiration 1d",
-        ]
+        ] + ([f"max_packet_size {self.max_packet}"] if self.max_packet else [])
         if self.users:
             passwd = shutil.which("mosquitto_passwd")
             if passwd is None:

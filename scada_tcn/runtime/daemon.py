@@ -376,10 +376,23 @@ class Daemon:
         return topic
 
     def _publish(self, kind: str, topic: str, payload: bytes, retain: bool, track: bool = False) -> None:
-        if not self.link.publish(topic, payload, retain=retain, track=track):
-            self.metrics.overflow.labels(kind=kind).inc()
-            self._overflowed += 1
-            log.error("publish queue full: message dropped", extra={"kind": kind, "topic": topic})
+        if self.link.publish(topic, payload, retain=retain, track=track):
+            return
+        if not self.link.fits(topic, payload):  # sent, it would make the broker drop the connection
+            self.metrics.too_large.labels(kind=kind).inc()
+            limit = self.link.max_payload(topic)
+            log.error("message larger than the broker's Maximum Packet Size: dropped",
+                      extra={"kind": kind, "topic": topic, "bytes": len(payload), "max_payload": limit})  # fmt: skip
+            if kind != "error":  # an error report about an error report could not fit either
+                report = {"gateway": self.cfg.gateway, "reason": "publish_too_large", "topic": topic[:200],
+                          "bytes": len(payload), "at": iso_utc(self.clock()),
+                          "detail": f"the broker takes payloads of at most {limit} bytes on this topic; raise its "
+                                    "max_packet_size"}  # fmt: skip
+                self._publish("error", self.errors_topic, json.dumps(report, sort_keys=True).encode(), False)
+            return
+        self.metrics.overflow.labels(kind=kind).inc()
+        self._overflowed += 1
+        log.error("publish queue full: message dropped", extra={"kind": kind, "topic": topic})
 
     def _publish_outputs(self, outputs: list[Output]) -> None:
         scores: Counter[str] = Counter()
@@ -399,9 +412,12 @@ class Daemon:
             self.metrics.alerts.labels(state=state).inc(n)
 
     def _publish_batches(self, payloads: list[bytes]) -> None:
-        """`topics.score_batch`: score records in order, in as few messages as `score_batch_bytes` allows."""
+        """`topics.score_batch`: score records in order, in as few messages as `score_batch_bytes` and the
+        broker's Maximum Packet Size allow."""
         assert self._batch_topic is not None
-        for message in batches(payloads, self.cfg.topics.score_batch_bytes):
+        size = self.cfg.topics.score_batch_bytes
+        limit = self.link.max_payload(self._batch_topic)
+        for message in batches(payloads, size if limit is None else min(size, limit)):
             self._publish("score", self._batch_topic, message, False, track=True)
 
     def _observe_inference(self, seconds: float, windows: int) -> None:

@@ -80,7 +80,9 @@ class TopicsCfg:
         "lines, several per message (records.split_batch), for large fleets; alerts and alert states stay per "
         "turbine",
     )
-    score_batch_bytes: int = _f(60000, "largest score_batch message; keep it under the broker's message_size_limit")
+    score_batch_bytes: int = _f(
+        60000, "largest score_batch message (the broker's Maximum Packet Size, when it sends one, caps it too)"
+    )
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,10 @@ backlog worse; the earlier design, which blocked paho's thread on a full queue, 
    Mosquitto advertises its `max_inflight_messages` (20 unless configured). paho's own in-flight limit is off, so
    it never scans its queue after an ack. A reconnect to a broker with a smaller quota resends what paho already
    holds (at most the earlier quota) before the new quota applies.
+4. The broker's Maximum Packet Size (from each CONNACK; none when absent): a publish whose PUBLISH packet would be
+   larger is refused by `publish` (False), never sent. Sent, it would make the broker close the connection, and
+   paho would resend it on every reconnect: the publisher would be wedged. `fits(topic, payload)` tells which
+   refusal it was and `max_payload(topic)` how large a payload may be (the daemon sizes score batches with it).
 
 Contract
 --------
@@ -106,6 +110,13 @@ class Publish(NamedTuple):
     retain: bool = False
 
 
+def _publish_packet_size(topic: str, payload: bytes) -> int:
+    """Bytes of a QoS 1 MQTT v5 PUBLISH packet as paho writes it: fixed header (1 + remaining length), topic
+    (2 + UTF-8), packet id (2), properties length (1, none set), payload."""
+    remaining = 2 + len(topic.encode()) + 2 + 1 + len(payload)
+    return 1 + (1 if remaining < 128 else 2 if remaining < 16_384 else 3 if remaining < 2_097_152 else 4) + remaining
+
+
 def _noop(*_: object) -> None:
     return None
 
@@ -165,6 +176,7 @@ class MqttLink:
         self._quota = 65_535  # the broker's Receive Maximum (MQTT v5 default until a CONNACK says otherwise)
         self._handed = 0  # QoS 1 publishes handed to paho (the rest of `_published` is held)
         self._held: deque[tuple[Publish, bool]] = deque()  # QoS 1 publishes beyond the quota, in publish order
+        self._max_packet: int | None = None  # the broker's Maximum Packet Size (None: not limited)
         self.fatal: str | None = None
         self._sub = self._client(client_id, receive_maximum, subscriber=True)
         self._pub = self._client(f"{client_id}-pub", receive_maximum, subscriber=False)
@@ -258,9 +270,11 @@ class MqttLink:
             return
         self._pub_connects += 1
         quota = int(getattr(properties, "ReceiveMaximum", 65_535))
+        max_packet = getattr(properties, "MaximumPacketSize", None)
         with self._lock:
             self._quota = quota
-        log.info("send quota", extra={"receive_maximum": quota})
+            self._max_packet = None if max_packet is None else int(max_packet)
+        log.info("send quota", extra={"receive_maximum": quota, "maximum_packet_size": max_packet})
         # nothing held is released here: paho resends the unacknowledged publishes after this callback, and they
         # must go first (MQTT v5 4.6: original order); while anything is held the quota is in flight, so their
         # PUBACKs release the rest
@@ -331,6 +345,16 @@ class MqttLink:
         with self._lock:
             return [p for p, tracked in (*self._inflight.values(), *self._held) if tracked]
 
+    def fits(self, topic: str, payload: bytes) -> bool:
+        """The PUBLISH packet of `payload` on `topic` is within the broker's Maximum Packet Size."""
+        limit = self._max_packet
+        return limit is None or _publish_packet_size(topic, payload) <= limit
+
+    def max_payload(self, topic: str) -> int | None:
+        """The largest payload that fits on `topic` (None: not limited)."""
+        limit = self._max_packet
+        return None if limit is None else limit - _publish_packet_size(topic, b"") - 3  # the length may grow 3 bytes
+
     @property
     def send_quota(self) -> int:
         """QoS 1 publishes that may await their PUBACK at once: the broker's Receive Maximum."""
@@ -347,8 +371,11 @@ class MqttLink:
 
     def publish(self, topic: str, payload: bytes, retain: bool = False, track: bool = False) -> bool:
         """Queue one QoS 1 message (sent now when the send quota allows, later as PUBACKs come back, or after a
-        reconnect); False (and on_overflow) when the queue is full."""
+        reconnect); False when the queue is full (and on_overflow) or the packet would exceed the broker's Maximum
+        Packet Size (`fits` is False)."""
         p = Publish(topic, payload, retain)
+        if not self.fits(topic, payload):
+            return False
         with self._lock:
             if self._published - self._acked >= self._max_queued:
                 full = True

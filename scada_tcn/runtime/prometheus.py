@@ -3,7 +3,8 @@
 Names (all prefixed `scada_runtime_`): messages_in_total, rejected_total{reason}, late_samples_total,
 bins_closed_total, scores_published_total{status}, alerts_total{state}, inference_seconds (histogram, one
 observation per graph batch), inference_batch_windows (histogram), publish_queue_depth, inbound_queue_depth,
-inbound_queue_peak, publish_backpressure_total, publish_overflow_total{kind}, alerts_on, score_drift_ks,
+inbound_queue_peak, publish_backpressure_total, publish_overflow_total{kind}, publish_too_large_total{kind},
+alerts_on, score_drift_ks,
 fleet_waiting_records, turbines, connected, connects,
 receive_maximum_exceeded_total, connect_failures_total{reason},
 loop_heartbeat_age_seconds, last_message_timestamp_seconds. Every rejected or dropped message is counted here
@@ -48,6 +49,12 @@ class RuntimeMetrics:
         self.inbound_peak = Gauge(p + "inbound_queue_peak", "most messages ever waiting for the loop", registry=r)
         self.overflow = Counter(
             p + "publish_overflow", "publishes dropped because the queue was full, by kind", ["kind"], registry=r
+        )
+        self.too_large = Counter(
+            p + "publish_too_large",
+            "publishes dropped because their packet exceeds the broker's Maximum Packet Size, by kind",
+            ["kind"],
+            registry=r,
         )
         self.alerts_on = Gauge(p + "alerts_on", "turbines whose alert is on", registry=r)
         self.score_drift = Gauge(
