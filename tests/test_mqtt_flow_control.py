@@ -8,8 +8,10 @@ first), so its maximum is a lower bound of the client's window: if it exceeds th
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -95,13 +97,24 @@ class CountingRelay:
         self._server.close()
 
 
-def _link(url: str, max_queued: int) -> MqttLink:
-    cfg = daemon_config_from_dict({"broker": {"url": url, "client_id": "flow", "reconnect_max_s": 1}})
+@contextlib.contextmanager
+def _connected(broker_url: str, link_url: str, max_queued: int, col_id: str) -> Iterator[tuple[MqttLink, Collector]]:
+    """A started `MqttLink` on `link_url` (its overflowed publishes in `link.overflowed`) and a collector of
+    flow/data/# on `broker_url`, both connected; stopped after."""
+    cfg = daemon_config_from_dict({"broker": {"url": link_url, "client_id": "flow", "reconnect_max_s": 1}})
     overflow: list[Publish] = []
     link = MqttLink(cfg.broker, "flow", {}, Publish("flow/status", b"offline", retain=True), receive_maximum=100,
                     max_queued=max_queued, on_overflow=overflow.append)  # fmt: skip
     link.overflowed = overflow  # type: ignore[attr-defined]
-    return link
+    col = Collector(broker_url, ["flow/data/#"], client_id=col_id)
+    try:
+        wait_for(col.ready, 10, "collector")
+        link.start()
+        wait_for(lambda: link.connected, 10, "link")
+        yield link, col
+    finally:
+        link.stop([], timeout=5)
+        col.close()
 
 
 @pytest.fixture()
@@ -114,12 +127,8 @@ def small_window_broker(tmp_path: Path):
 
 def test_publisher_keeps_to_the_brokers_receive_maximum(small_window_broker: Broker) -> None:
     relay = CountingRelay(small_window_broker.port)
-    col = Collector(small_window_broker.url, ["flow/data/#"], client_id="flow-col")
-    link = _link(f"mqtt://127.0.0.1:{relay.port}", max_queued=10_000)
-    try:
-        wait_for(col.ready, 10, "collector")
-        link.start()
-        wait_for(lambda: link.connected, 10, "link")
+    url = f"mqtt://127.0.0.1:{relay.port}"
+    with _connected(small_window_broker.url, url, 10_000, "flow-col") as (link, col):
         assert link.send_quota == 5
         sent = [(f"flow/data/{i % 7}", f"{i}".encode()) for i in range(600)]
         for t, p in sent:
@@ -130,22 +139,14 @@ def test_publisher_keeps_to_the_brokers_receive_maximum(small_window_broker: Bro
         assert link.unacked() == [] and link.overflowed == []
         assert relay.publishes == 600
         assert 1 <= relay.max_outstanding <= 5, f"{relay.max_outstanding} publishes in flight for a quota of 5"
-    finally:
-        link.stop([], timeout=5)
-        col.close()
-        relay.close()
+    relay.close()
 
 
 def test_held_publishes_are_bounded_kept_and_sent_after_the_broker_returns(small_window_broker: Broker) -> None:
     """While the broker is down nothing is acknowledged: the quota's 5 publishes wait in paho, 45 wait in the link,
     the 51st and later overflow (reported, never dropped silently). The broker comes back with a larger quota (50):
     paho's 5 unacknowledged publishes are resent first (MQTT v5 4.6), and all 50 arrive in order."""
-    col = Collector(small_window_broker.url, ["flow/data/#"], client_id="flow-col2")
-    link = _link(small_window_broker.url, max_queued=50)
-    try:
-        wait_for(col.ready, 10, "collector")
-        link.start()
-        wait_for(lambda: link.connected, 10, "link")
+    with _connected(small_window_broker.url, small_window_broker.url, 50, "flow-col2") as (link, col):
         small_window_broker.stop()
         wait_for(lambda: not link.connected, 10, "the link to notice the broker is gone")
         accepted = [link.publish("flow/data/x", f"{i}".encode(), track=True) for i in range(60)]
@@ -158,9 +159,6 @@ def test_held_publishes_are_bounded_kept_and_sent_after_the_broker_returns(small
         wait_for(lambda: len(col.of("x")) >= 50, 30, "the 50 publishes at the collector")
         assert [p for _, p in col.of("x")] == [f"{i}".encode() for i in range(50)]
         assert link.send_quota == 50
-    finally:
-        link.stop([], timeout=5)
-        col.close()
 
 
 def test_a_publish_over_the_brokers_maximum_packet_size_is_refused_not_sent(tmp_path: Path) -> None:
@@ -169,22 +167,16 @@ def test_a_publish_over_the_brokers_maximum_packet_size_is_refused_not_sent(tmp_
     allows goes through, and the connection is never lost."""
     broker = Broker(tmp_path / "broker", max_packet=4096)
     broker.start()
-    col = Collector(broker.url, ["flow/data/#"], client_id="flow-col3")
-    link = _link(broker.url, max_queued=100)
     try:
-        wait_for(col.ready, 10, "collector")
-        link.start()
-        wait_for(lambda: link.connected, 10, "link")
-        connects = link.connects
-        limit = link.max_payload("flow/data/a")
-        assert limit is not None and 4000 < limit < 4096
-        assert not link.fits("flow/data/a", b"z" * (limit + 4)) and not link.publish("flow/data/a", b"z" * 20_000)
-        assert link.publish("flow/data/a", b"y" * limit) and link.publish("flow/data/a", b"after")
-        assert link.wait_drained(10)
-        wait_for(lambda: len(col.of("/a")) >= 2, 10, "the two publishes that fit")
-        assert [p for _, p in col.of("/a")] == [b"y" * limit, b"after"]
-        assert link.connected and link.connects == connects and link.overflowed == []
+        with _connected(broker.url, broker.url, 100, "flow-col3") as (link, col):
+            connects = link.connects
+            limit = link.max_payload("flow/data/a")
+            assert limit is not None and 4000 < limit < 4096
+            assert not link.fits("flow/data/a", b"z" * (limit + 4)) and not link.publish("flow/data/a", b"z" * 20_000)
+            assert link.publish("flow/data/a", b"y" * limit) and link.publish("flow/data/a", b"after")
+            assert link.wait_drained(10)
+            wait_for(lambda: len(col.of("/a")) >= 2, 10, "the two publishes that fit")
+            assert [p for _, p in col.of("/a")] == [b"y" * limit, b"after"]
+            assert link.connected and link.connects == connects and link.overflowed == []
     finally:
-        link.stop([], timeout=5)
-        col.close()
         broker.stop()

@@ -231,14 +231,23 @@ def test_broker_parity_with_reference_and_replay(broker, bundle, scorer, timelin
     col.close()
 
 
+@pytest.fixture()
+def limited_broker(tmp_path, request):
+    """A Mosquitto whose max_packet_size (its MQTT v5 Maximum Packet Size) is the test's parameter."""
+    b = Broker(tmp_path / "limited", max_packet=request.param)
+    b.start()
+    yield b
+    b.stop()
+
+
 @pytest.mark.parametrize("kind", ["stream"], indirect=True)
-def test_batched_score_topic_carries_the_same_records(bundle, scorer, timeline, replayed, tmp_path):
+@pytest.mark.parametrize("limited_broker", [8192], indirect=True)
+def test_batched_score_topic_carries_the_same_records(limited_broker, bundle, scorer, timeline, replayed):
     """`topics.score_batch`: the fleet's score records as JSON lines on one topic, several per message and none over
     the broker's Maximum Packet Size (8,192 here, below score_batch_bytes' 60,000); each line is the record the
     turbine's own topic would carry (the replay's); nothing goes to the per-turbine score topics; alert states stay
     per turbine."""
-    broker = Broker(tmp_path / "broker", max_packet=8192)
-    broker.start()
+    broker = limited_broker
     header, rows, _ = timeline
     col = Collector(broker.url, [f"scada/{SITE}/{GATEWAY}/scores", f"scada/{SITE}/+/score",
                                  f"scada/{SITE}/+/alert/state"])  # fmt: skip
@@ -267,16 +276,16 @@ def test_batched_score_topic_carries_the_same_records(bundle, scorer, timeline, 
     assert col.of("/score") == []
     assert {t.split("/")[2] for t, _ in col.of("/alert/state")} == set(want)
     col.close()
-    broker.stop()
 
 
 @pytest.mark.parametrize("kind", ["stream"], indirect=True)
-def test_a_record_over_the_brokers_packet_limit_is_reported_and_the_link_stays_up(bundle, scorer, timeline, tmp_path):
+@pytest.mark.parametrize("limited_broker", [2048], indirect=True)
+def test_a_record_over_the_brokers_packet_limit_is_reported_and_the_link_stays_up(limited_broker, bundle, scorer,
+                                                                                  timeline):  # fmt: skip
     """A broker whose max_packet_size (2,048 bytes) is below a scored record (~4 kB): each such record is dropped
     before it is sent, counted (publish_too_large_total) and reported on the errors topic; warm-up records, which
     fit, still arrive, and the broker never drops the daemon's connection."""
-    broker = Broker(tmp_path / "broker", max_packet=2048)
-    broker.start()
+    broker = limited_broker
     header, rows, _ = timeline
     col = Collector(broker.url, [f"scada/{SITE}/+/score", f"scada/runtime/{GATEWAY}/errors"], client_id="col-big")
     wait_for(col.ready, 10, "collector connect")
@@ -294,7 +303,6 @@ def test_a_record_over_the_brokers_packet_limit_is_reported_and_the_link_stays_u
     statuses = {json.loads(p)["status"] for _, p in col.of("/score")}
     assert "warmup" in statuses and "ok" not in statuses
     col.close()
-    broker.stop()
 
 
 # --------------------------------------------------------------------------------------------- faults
