@@ -352,15 +352,13 @@ class Daemon:
     def _reject(self, msg: Message, rej: Rejection) -> None:
         self.metrics.rejected.labels(reason=rej.reason).inc()
         log.debug("rejected", extra={"reason": rej.reason, "detail": rej.detail, "topic": msg.topic[:200]})
-        report = {
-            "gateway": self.cfg.gateway,
-            "reason": rej.reason,
-            "detail": rej.detail,
-            "topic": msg.topic[:200],
-            "bytes": len(msg.payload),
-            "at": iso_utc(self.clock()),
-        }
-        self._publish("error", self.errors_topic, json.dumps(report, sort_keys=True).encode(), False)
+        report = self._error_report(rej.reason, rej.detail, topic=msg.topic[:200], bytes=len(msg.payload))
+        self._publish("error", self.errors_topic, report, False)
+
+    def _error_report(self, reason: str, detail: str, **extra: Any) -> bytes:
+        """An errors-topic payload: gateway, reason, detail, time and what else identifies the case."""
+        doc = {"gateway": self.cfg.gateway, "reason": reason, "detail": detail, "at": iso_utc(self.clock()), **extra}
+        return json.dumps(doc, sort_keys=True).encode()
 
     # ----------------------------------------------------------------------------------------- publishing
     def _topic(self, out: Output) -> str:
@@ -384,11 +382,9 @@ class Daemon:
             log.error("message larger than the broker's Maximum Packet Size: dropped",
                       extra={"kind": kind, "topic": topic, "bytes": len(payload), "max_payload": limit})  # fmt: skip
             if kind != "error":  # an error report about an error report could not fit either
-                report = {"gateway": self.cfg.gateway, "reason": "publish_too_large", "topic": topic[:200],
-                          "bytes": len(payload), "at": iso_utc(self.clock()),
-                          "detail": f"the broker takes payloads of at most {limit} bytes on this topic; raise its "
-                                    "max_packet_size"}  # fmt: skip
-                self._publish("error", self.errors_topic, json.dumps(report, sort_keys=True).encode(), False)
+                detail = f"the broker takes payloads of at most {limit} bytes on this topic; raise its max_packet_size"
+                report = self._error_report("publish_too_large", detail, topic=topic[:200], bytes=len(payload))
+                self._publish("error", self.errors_topic, report, False)
             return
         self.metrics.overflow.labels(kind=kind).inc()
         self._overflowed += 1
@@ -444,14 +440,9 @@ class Daemon:
     def _on_connected(self) -> list[Publish]:
         out = [Publish(self.status_topic, self._status_payload("online"), retain=True)]
         if self._overflowed:
-            report = {
-                "gateway": self.cfg.gateway,
-                "reason": "publish_queue_overflow",
-                "dropped": self._overflowed,
-                "detail": f"queues.outbound={self.cfg.queues.outbound} was full while disconnected",
-                "at": iso_utc(self.clock()),
-            }
-            out.append(Publish(self.errors_topic, json.dumps(report, sort_keys=True).encode()))
+            detail = f"queues.outbound={self.cfg.queues.outbound} was full while disconnected"
+            out.append(Publish(self.errors_topic, self._error_report("publish_queue_overflow", detail,
+                                                                     dropped=self._overflowed)))  # fmt: skip
             self._overflowed = 0
         return out
 

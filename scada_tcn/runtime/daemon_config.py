@@ -310,13 +310,12 @@ def _problems(c: RuntimeConfig) -> list[str]:
         if tpl is None:  # score_batch off
             continue
         if name == "score_batch":
-            if "{turbine}" in tpl or "+" in tpl or "#" in tpl:
-                p.append(f"topics.score_batch: one topic for the whole fleet, no {{turbine}} and no wildcards, "
-                         f"got {tpl!r}")  # fmt: skip
+            ok, rule = "{turbine}" not in tpl, "one topic for the whole fleet, no {turbine}"
         else:
             need = "{gateway}" if name in ("status", "errors") else "{turbine}"
-            if need not in tpl or "+" in tpl or "#" in tpl:
-                p.append(f"topics.{name}: template must contain {need} and no wildcards, got {tpl!r}")
+            ok, rule = need in tpl, f"template must contain {need}"
+        if not ok or "+" in tpl or "#" in tpl:
+            p.append(f"topics.{name}: {rule} and no wildcards, got {tpl!r}")
         try:
             tpl.format(site="s", turbine="t", gateway="g")
         except (KeyError, IndexError, ValueError) as e:
