@@ -1,4 +1,5 @@
-"""The publisher honours the broker's Receive Maximum (MQTT v5 section 4.9), seen on the wire.
+"""The link on the wire: the publisher honours the broker's Receive Maximum (MQTT v5 section 4.9) and Maximum
+Packet Size, and both clients read through a read-ahead buffer without losing or reordering a packet.
 
 A TCP relay between `MqttLink` and a real Mosquitto counts, per connection, the QoS 1 PUBLISH packets the client
 sent and the PUBACKs the broker returned. Outstanding = sent - returned at the moment the relay reads a PUBLISH is
@@ -9,6 +10,7 @@ first), so its maximum is a lower bound of the client's window: if it exceeds th
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import threading
 from collections.abc import Iterator
@@ -18,8 +20,8 @@ import pytest
 
 from scada_tcn.demo.broker import free_port
 from scada_tcn.runtime.daemon_config import daemon_config_from_dict
-from scada_tcn.runtime.mqtt import MqttLink, Publish
-from tests.mosquitto import Broker, Collector, wait_for
+from scada_tcn.runtime.mqtt import MqttLink, Publish, _ReadAhead
+from tests.mosquitto import Broker, Collector, client, publish_all, wait_for
 
 PUBLISH, PUBACK = 3, 4
 
@@ -98,13 +100,15 @@ class CountingRelay:
 
 
 @contextlib.contextmanager
-def _connected(broker_url: str, link_url: str, max_queued: int, col_id: str) -> Iterator[tuple[MqttLink, Collector]]:
-    """A started `MqttLink` on `link_url` (its overflowed publishes in `link.overflowed`) and a collector of
-    flow/data/# on `broker_url`, both connected; stopped after."""
+def _connected(
+    broker_url: str, link_url: str, max_queued: int, col_id: str, handlers: dict | None = None
+) -> Iterator[tuple[MqttLink, Collector]]:
+    """A started `MqttLink` on `link_url` (its overflowed publishes in `link.overflowed`, subscribed to `handlers`)
+    and a collector of flow/data/# on `broker_url`, both connected; stopped after."""
     cfg = daemon_config_from_dict({"broker": {"url": link_url, "client_id": "flow", "reconnect_max_s": 1}})
     overflow: list[Publish] = []
-    link = MqttLink(cfg.broker, "flow", {}, Publish("flow/status", b"offline", retain=True), receive_maximum=100,
-                    max_queued=max_queued, on_overflow=overflow.append)  # fmt: skip
+    link = MqttLink(cfg.broker, "flow", handlers or {}, Publish("flow/status", b"offline", retain=True),
+                    receive_maximum=100, max_queued=max_queued, on_overflow=overflow.append)  # fmt: skip
     link.overflowed = overflow  # type: ignore[attr-defined]
     col = Collector(broker_url, ["flow/data/#"], client_id=col_id)
     try:
@@ -180,3 +184,70 @@ def test_a_publish_over_the_brokers_maximum_packet_size_is_refused_not_sent(tmp_
             assert link.connected and link.connects == connects and link.overflowed == []
     finally:
         broker.stop()
+
+
+def test_read_ahead_keeps_the_sockets_read_semantics() -> None:
+    """At most n bytes per read, in order, across the buffer's refills; `pending` counts what is buffered;
+    BlockingIOError when nothing is there; b"" at end of stream only once the buffer is empty."""
+
+    def socket_readable(sock: socket.socket) -> bool:
+        return bool(select.select([sock], [], [], 0)[0])
+
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    r = _ReadAhead(a)
+    with pytest.raises(BlockingIOError):
+        r.recv(1)
+    b.sendall(b"\x30\x05hello\x40\x02")
+    assert r.recv(1) == b"\x30" and r.pending() == 8  # one kernel read took the whole packet and a half
+    assert r.recv(1) == b"\x05" and r.recv(100) == b"hello\x40\x02"  # a read past the buffer returns what is there
+    assert r.pending() == 0
+    b.sendall(b"\x00\x07" + bytes(range(200)))
+    wait_for(lambda: bool(socket_readable(a)), 5, "the bytes")
+    got = b"".join(r.recv(n) for n in (2, 1, 150, 49))
+    assert got == b"\x00\x07" + bytes(range(200)) and r.pending() == 0
+    b.sendall(b"tail")
+    b.close()
+    wait_for(lambda: bool(socket_readable(a)), 5, "the tail")
+    assert r.recv(2) == b"ta" and r.recv(2) == b"il" and r.recv(2) == b""
+    assert r.fileno() == a.fileno() and r.getsockname() == a.getsockname()  # the rest is the socket's
+    r.close()
+
+
+def test_both_clients_read_through_the_read_ahead_and_lose_nothing(small_window_broker: Broker) -> None:
+    """3,000 small telemetry messages published in a burst reach the subscriber's handler once each, in order
+    (several packets per kernel read, split anywhere), while the publisher's PUBACKs come through the same
+    buffering."""
+    got: list[bytes] = []
+    probed = threading.Event()
+    done = threading.Event()
+
+    def handler(msg) -> None:
+        link.ack(msg)
+        if msg.topic == "flow/in/probe":  # the subscription is in place
+            probed.set()
+            return
+        got.append(msg.payload)
+        if len(got) == 3000:
+            done.set()
+
+    with _connected(small_window_broker.url, small_window_broker.url, 10_000, "flow-col4",
+                    {"flow/in/#": handler}) as (link, col):  # fmt: skip
+        assert isinstance(link._sub.socket(), _ReadAhead) and isinstance(link._pub.socket(), _ReadAhead)
+        sender = client(small_window_broker.url, "flow-sender")
+        try:
+            for _ in range(100):
+                sender.publish("flow/in/probe", b"", qos=1)
+                if probed.wait(0.1):
+                    break
+            sent = [(f"flow/in/t{i % 13}", f"m{i:05d}".encode()) for i in range(3000)]
+            publish_all(sender, sent)
+            assert done.wait(30), f"{len(got)} of 3000 messages reached the handler"
+            assert got == [p for _, p in sent]
+            for i in range(300):
+                assert link.publish(f"flow/data/{i % 5}", f"{i}".encode(), track=True)
+            assert link.wait_drained(30) and link.unacked() == []
+            wait_for(lambda: len(col.of("")) >= 300, 30, "the 300 publishes")
+        finally:
+            sender.disconnect()
+            sender.loop_stop()

@@ -52,6 +52,9 @@ Contract
   `on_overflow` is called: never a silent drop. Tracked publishes (sent or held) stay in `unacked()` until the
   broker acknowledges them, so the daemon's state snapshot can carry them across a crash. `send_quota` is the
   quota in force.
+* Reads: both clients' sockets are wrapped in `_ReadAhead` (paho's `_create_socket`, the hook paho itself uses for
+  its websocket transport): one kernel read serves many packets, where paho asks for a packet's header one byte
+  at a time. A test fails if a paho release stops calling the hook.
 * The last will (retained, on the publisher) is set from `will`; `on_connected()` returns the retained messages to
   (re)publish on every publisher connect (status "online"). `stop(final)` publishes `final`, waits up to
   `timeout` for the queue to drain, disconnects both clients cleanly (no last will) and stops their threads.
@@ -84,11 +87,60 @@ log = logging.getLogger("scada.runtime.mqtt")
 _RCVBUF = 256 * 1024  # the subscriber's socket receive buffer: what the broker can push at a paused reader
 _DRAIN_READS = 100_000  # a safety bound on the reads of one drain (each reads at least one packet)
 _READ_BURST = 256  # packets read per select round while reads are allowed
+_READ_AHEAD = 65_536  # bytes asked of the kernel per socket read (paho asks for 1 byte at a time in headers)
 
 
 def _has_data(sock: socket.socket) -> bool:
     """The socket can be read now: bytes a TLS layer already decrypted, or readable without blocking."""
     return bool(sock.pending() if hasattr(sock, "pending") else 0) or bool(select.select([sock], [], [], 0.0)[0])
+
+
+class _ReadAhead:
+    """A connected socket whose reads go through a read-ahead buffer.
+
+    paho reads each packet's fixed header one byte per `recv` (3-4 system calls per packet, and our read burst
+    checked readiness with a `select` per packet). Here one `recv` takes what the kernel holds (up to
+    `_READ_AHEAD` bytes) and the following reads are served from it; `pending()` counts what is buffered (plus
+    what a TLS layer has decrypted), which paho's loop and `_has_data` already consult, as they do for TLS
+    sockets, so buffered bytes are never left waiting for the socket to turn readable. Reads keep the socket's
+    semantics: at most n bytes, b"" at end of stream once the buffer is empty, BlockingIOError (or the TLS
+    layer's want-read) when nothing is there. Everything else is the wrapped socket's."""
+
+    __slots__ = ("_sock", "_buf", "_pos", "send", "fileno")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+        self.send = sock.send  # the hot calls skip `__getattr__`
+        self.fileno = sock.fileno
+
+    def recv(self, n: int) -> bytes:
+        buf, pos = self._buf, self._pos
+        if pos >= len(buf):
+            buf = self._sock.recv(max(n, _READ_AHEAD))
+            if len(buf) <= n:
+                self._buf, self._pos = b"", 0
+                return buf
+            pos = 0
+            self._buf = buf
+        end = min(pos + n, len(buf))
+        self._pos = end
+        return buf[pos:end]
+
+    def pending(self) -> int:
+        inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
+        return len(self._buf) - self._pos + inner
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._sock, name)
+
+
+class _Client(paho.Client):
+    """paho's client with its socket behind `_ReadAhead` (paho wraps websocket transports the same way)."""
+
+    def _create_socket(self) -> _ReadAhead:  # type: ignore[override]
+        return _ReadAhead(super()._create_socket())
 
 
 class Message(NamedTuple):
@@ -182,7 +234,7 @@ class MqttLink:
         self._pub = self._client(f"{client_id}-pub", receive_maximum, subscriber=False)
 
     def _client(self, client_id: str, receive_maximum: int, subscriber: bool) -> paho.Client:
-        c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5,
+        c = _Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5,
                         manual_ack=subscriber)  # fmt: skip
         c.max_queued_messages_set(0)  # what waits is bounded by `publish` (max_queued)
         c.max_inflight_messages_set(0)  # the publisher's window is our send quota (flow control, point 3)
