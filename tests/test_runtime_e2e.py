@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from scada_tcn.demo.broker import free_port
 from scada_tcn.runtime.bundle import load_bundle
+from scada_tcn.runtime.daemon import Daemon
 from scada_tcn.runtime.daemon_config import MappingCfg
 from scada_tcn.runtime.engine import Engine
 from scada_tcn.runtime.records import dedupe, split_batch
@@ -279,6 +281,34 @@ def test_batched_score_topic_carries_the_same_records(limited_broker, bundle, sc
 
 
 @pytest.mark.parametrize("kind", ["stream"], indirect=True)
+def test_every_score_record_is_queued_or_counted_as_dropped(bundle, scorer, timeline):
+    """No broker to acknowledge anything (unreachable, the daemon keeps publishes for later): the publish queue
+    (queues.outbound = 30) fills and the rest overflow. Every score record is either in the queue or counted in
+    scores_dropped_total, several per dropped batched message, and the report sent on (re)connect says both."""
+    header, rows, _ = timeline
+    batch_topic = f"scada/{SITE}/{GATEWAY}/scores"
+    cfg = daemon_config(f"mqtt://127.0.0.1:{free_port()}", queues={"outbound": 30, "publish_backlog": 30},
+                        topics={"score_batch": "scada/{site}/{gateway}/scores", "score_batch_bytes": 8192})  # fmt: skip
+    d = Daemon(cfg, bundle, scorer)  # never started: the link never connects
+    d._apply(to_samples(header, rows, bundle.spec.channels), None)  # one flush of every step the rows close
+    m = d.metrics
+    produced = sum(
+        m.value("scada_runtime_scores_published_total", status=s) for s in ("ok", "warmup", "insufficient_data")
+    )
+    assert produced == sum(expected_steps(rows, header).values())
+    queued = [p for p in d.link.unacked() if p.topic == batch_topic]
+    in_queue = sum(len(split_batch(p.payload)) for p in queued)
+    dropped = m.value("scada_runtime_scores_dropped_total", reason="overflow")
+    messages = m.value("scada_runtime_publish_overflow_total", kind="score")
+    assert len(d.link.unacked()) == 30 and in_queue > 0
+    assert in_queue + dropped == produced and dropped > messages > 0  # ~4 kB records, two to an 8 kB message
+    report = json.loads(d._on_connected()[1].payload)
+    assert report["reason"] == "publish_queue_overflow" and report["scores_dropped"] == dropped
+    assert report["dropped"] == messages + sum(m.value("scada_runtime_publish_overflow_total", kind=k)
+                                               for k in ("alert", "alert_state"))  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["stream"], indirect=True)
 @pytest.mark.parametrize("limited_broker", [2048], indirect=True)
 def test_a_record_over_the_brokers_packet_limit_is_reported_and_the_link_stays_up(limited_broker, bundle, scorer,
                                                                                   timeline):  # fmt: skip
@@ -300,6 +330,8 @@ def test_a_record_over_the_brokers_packet_limit_is_reported_and_the_link_stays_u
     assert d.stop() == 0
     reports = [json.loads(p) for _, p in col.of("/errors")]
     assert {r["reason"] for r in reports} == {"publish_too_large"} and all(r["bytes"] > 2048 for r in reports)
+    assert all(r["scores_dropped"] == 1 for r in reports)  # one record per score message
+    assert d.daemon.metrics.value("scada_runtime_scores_dropped_total", reason="too_large") == dropped()
     statuses = {json.loads(p)["status"] for _, p in col.of("/score")}
     assert "warmup" in statuses and "ok" not in statuses
     col.close()

@@ -120,7 +120,8 @@ class Daemon:
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self._last_tick_ns = 0
-        self._overflowed = 0
+        self._overflowed = 0  # publishes dropped on a full queue since the last report ...
+        self._overflowed_scores = 0  # ... and the score records they held
         self._topics: dict[tuple[str, str], str] = {}  # (output kind, turbine) -> topic
         self._bins_closed = 0
         self.status_topic = cfg.topics.status.format(gateway=cfg.gateway, site=cfg.site)
@@ -373,21 +374,29 @@ class Daemon:
             self._topics[(out.kind, out.turbine)] = topic
         return topic
 
-    def _publish(self, kind: str, topic: str, payload: bytes, retain: bool, track: bool = False) -> None:
+    def _publish(
+        self, kind: str, topic: str, payload: bytes, retain: bool, track: bool = False, records: int = 0
+    ) -> None:
+        """Hand one message to the link; a refusal is counted (with the `records` score records it holds) and
+        reported, never silent."""
         if self.link.publish(topic, payload, retain=retain, track=track):
             return
         if not self.link.fits(topic, payload):  # sent, it would make the broker drop the connection
             self.metrics.too_large.labels(kind=kind).inc()
+            self.metrics.scores_dropped.labels(reason="too_large").inc(records)
             limit = self.link.max_payload(topic)
             log.error("message larger than the broker's Maximum Packet Size: dropped",
                       extra={"kind": kind, "topic": topic, "bytes": len(payload), "max_payload": limit})  # fmt: skip
             if kind != "error":  # an error report about an error report could not fit either
                 detail = f"the broker takes payloads of at most {limit} bytes on this topic; raise its max_packet_size"
-                report = self._error_report("publish_too_large", detail, topic=topic[:200], bytes=len(payload))
+                report = self._error_report("publish_too_large", detail, topic=topic[:200], bytes=len(payload),
+                                            scores_dropped=records)  # fmt: skip
                 self._publish("error", self.errors_topic, report, False)
             return
         self.metrics.overflow.labels(kind=kind).inc()
+        self.metrics.scores_dropped.labels(reason="overflow").inc(records)
         self._overflowed += 1
+        self._overflowed_scores += records
         log.error("publish queue full: message dropped", extra={"kind": kind, "topic": topic})
 
     def _publish_outputs(self, outputs: list[Output]) -> None:
@@ -397,7 +406,7 @@ class Daemon:
             self._publish_batches([out.payload for out in outputs if out.kind == "score"])
         for out in outputs:
             if self._batch_topic is None or out.kind != "score":
-                self._publish(out.kind, self._topic(out), out.payload, out.retain, track=True)
+                self._publish(out.kind, self._topic(out), out.payload, out.retain, True, int(out.kind == "score"))
             if out.kind == "score":
                 scores[status_of(out.payload)] += 1
             elif out.kind == "alert":
@@ -414,7 +423,7 @@ class Daemon:
         size = self.cfg.topics.score_batch_bytes
         limit = self.link.max_payload(self._batch_topic)
         for message in batches(payloads, size if limit is None else min(size, limit)):
-            self._publish("score", self._batch_topic, message, False, track=True)
+            self._publish("score", self._batch_topic, message, False, True, message.count(b"\n") + 1)
 
     def _observe_inference(self, seconds: float, windows: int) -> None:
         self.metrics.inference.observe(seconds)
@@ -441,9 +450,10 @@ class Daemon:
         out = [Publish(self.status_topic, self._status_payload("online"), retain=True)]
         if self._overflowed:
             detail = f"queues.outbound={self.cfg.queues.outbound} was full while disconnected"
-            out.append(Publish(self.errors_topic, self._error_report("publish_queue_overflow", detail,
-                                                                     dropped=self._overflowed)))  # fmt: skip
-            self._overflowed = 0
+            report = self._error_report("publish_queue_overflow", detail, dropped=self._overflowed,
+                                        scores_dropped=self._overflowed_scores)  # fmt: skip
+            out.append(Publish(self.errors_topic, report))
+            self._overflowed = self._overflowed_scores = 0
         return out
 
     def _status_loop(self) -> None:

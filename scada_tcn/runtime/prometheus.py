@@ -4,7 +4,7 @@ Names (all prefixed `scada_runtime_`): messages_in_total, rejected_total{reason}
 bins_closed_total, scores_published_total{status}, alerts_total{state}, inference_seconds (histogram, one
 observation per graph batch), inference_batch_windows (histogram), publish_queue_depth, inbound_queue_depth,
 inbound_queue_peak, publish_backpressure_total, publish_overflow_total{kind}, publish_too_large_total{kind},
-alerts_on, score_drift_ks,
+scores_dropped_total{reason}, alerts_on, score_drift_ks,
 fleet_waiting_records, turbines, connected, connects,
 receive_maximum_exceeded_total, connect_failures_total{reason},
 loop_heartbeat_age_seconds, last_message_timestamp_seconds. Every rejected or dropped message is counted here
@@ -56,6 +56,14 @@ class RuntimeMetrics:
             ["kind"],
             registry=r,
         )
+        self.scores_dropped = Counter(
+            p + "scores_dropped",
+            "score records in the dropped publishes (a batched message holds several), by reason: overflow, too_large",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("overflow", "too_large"):  # present at 0 from the start, so a rate() sees the first drop
+            self.scores_dropped.labels(reason=reason)
         self.alerts_on = Gauge(p + "alerts_on", "turbines whose alert is on", registry=r)
         self.score_drift = Gauge(
             p + "score_drift_ks",
