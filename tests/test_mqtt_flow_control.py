@@ -65,7 +65,11 @@ class CountingRelay:
                 client, _ = self._server.accept()
             except OSError:
                 return
-            broker = socket.create_connection(("127.0.0.1", self.target))
+            try:
+                broker = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:  # the broker is down: the client sees its connection closed
+                client.close()
+                continue
             state = {"outstanding": 0}
             threading.Thread(target=self._pipe, args=(client, broker, state, True), daemon=True).start()
             threading.Thread(target=self._pipe, args=(broker, client, state, False), daemon=True).start()
@@ -78,7 +82,9 @@ class CountingRelay:
             except OSError:
                 data = b""
             if not data:
-                for s in (src, dst):
+                for s in (src, dst):  # shutdown wakes the other direction's recv and tells the peer (close alone
+                    with contextlib.suppress(OSError):  # does neither while that recv is blocked)
+                        s.shutdown(socket.SHUT_RDWR)
                     s.close()
                 return
             buf += data
@@ -163,6 +169,34 @@ def test_held_publishes_are_bounded_kept_and_sent_after_the_broker_returns(small
         wait_for(lambda: len(col.of("x")) >= 50, 30, "the 50 publishes at the collector")
         assert [p for _, p in col.of("x")] == [f"{i}".encode() for i in range(50)]
         assert link.send_quota == 50
+
+
+def test_a_broker_back_with_a_smaller_receive_maximum_gets_no_more_than_that_resent(
+    small_window_broker: Broker,
+) -> None:
+    """paho resends every unacknowledged publish on reconnect. The broker goes away while 50 publishes wait (its
+    quota was 50: paho holds 50, the link 10) and comes back with a quota of 5: the 45 newest of paho's are taken
+    back into the link's queue, so at most 5 are ever in flight on the wire, and all 60 arrive once each, in
+    order."""
+    small_window_broker.set_inflight(50)
+    small_window_broker.stop()
+    small_window_broker.start()
+    relay = CountingRelay(small_window_broker.port)
+    with _connected(small_window_broker.url, f"mqtt://127.0.0.1:{relay.port}", 100, "flow-col5") as (link, col):
+        assert link.send_quota == 50
+        small_window_broker.stop()
+        wait_for(lambda: not link.connected, 10, "the link to notice the broker is gone")
+        assert all(link.publish("flow/data/y", f"{i}".encode(), track=True) for i in range(60))
+        small_window_broker.set_inflight(5)
+        small_window_broker.start()
+        assert link.wait_drained(30), f"{link.queue_depth} publishes never acknowledged after the restart"
+        wait_for(lambda: len(col.of("y")) >= 60, 30, "the 60 publishes at the collector")
+        assert [p for _, p in col.of("y")] == [f"{i}".encode() for i in range(60)]
+        assert link.send_quota == 5 and link.unacked() == []
+        assert relay.publishes >= 60 and 1 <= relay.max_outstanding <= 5, (
+            f"{relay.max_outstanding} publishes in flight for a quota of 5"
+        )
+    relay.close()
 
 
 def test_a_publish_over_the_brokers_maximum_packet_size_is_refused_not_sent(tmp_path: Path) -> None:

@@ -25,8 +25,8 @@ backlog worse; the earlier design, which blocked paho's thread on a full queue, 
    go out as PUBACKs come back. paho does not honour it (it sends up to its own in-flight limit, and every queued
    message at once after a reconnect); a broker may disconnect a client that exceeds it (reason 0x93), and
    Mosquitto advertises its `max_inflight_messages` (20 unless configured). paho's own in-flight limit is off, so
-   it never scans its queue after an ack. A reconnect to a broker with a smaller quota resends what paho already
-   holds (at most the earlier quota) before the new quota applies.
+   it never scans its queue after an ack. After a reconnect to a broker with a smaller quota, what paho holds
+   beyond it is taken back into that queue (in order) before paho resends the rest.
 4. The broker's Maximum Packet Size (from each CONNACK; none when absent): a publish whose PUBLISH packet would be
    larger is refused by `publish` (False), never sent. Sent, it would make the broker close the connection, and
    paho would resend it on every reconnect: the publisher would be wedged. `fits(topic, payload)` tells which
@@ -224,6 +224,7 @@ class MqttLink:
         self._pub_connects = 0
         self._inflight: dict[int, tuple[Publish, bool]] = {}  # QoS 1 publishes by mid (publish order), tracked?
         self._early: set[int] = set()  # PUBACKs that beat the registration of their publish
+        self._recalled: set[int] = set()  # publishes taken back from paho before their registration (`_take_back`)
         self._max_queued = int(max_queued)
         self._quota = 65_535  # the broker's Receive Maximum (MQTT v5 default until a CONNACK says otherwise)
         self._handed = 0  # QoS 1 publishes handed to paho (the rest of `_published` is held)
@@ -329,7 +330,8 @@ class MqttLink:
         log.info("send quota", extra={"receive_maximum": quota, "maximum_packet_size": max_packet})
         # nothing held is released here: paho resends the unacknowledged publishes after this callback, and they
         # must go first (MQTT v5 4.6: original order); while anything is held the quota is in flight, so their
-        # PUBACKs release the rest
+        # PUBACKs release the rest. Beyond a quota smaller than before, they are taken back first (4.9)
+        self._take_back(client, quota)
         for p in self._on_connected():
             self.publish(p.topic, p.payload, p.retain)
 
@@ -357,6 +359,26 @@ class MqttLink:
             log.error("broker refused a publish", extra={"mid": mid, "reason": str(reason_code)})
         self._release()
 
+    def _take_back(self, c: paho.Client, quota: int) -> None:
+        """The broker came back with a Receive Maximum below the publishes paho holds unacknowledged: paho would
+        resend every one of them after this callback (it resets them all to be sent on reconnect, whatever its own
+        in-flight limit). Those beyond the quota (the newest) are taken out of paho and put back at the front of
+        the held queue, in order: at most `quota` are resent now, the rest follow as PUBACKs come back (with new
+        packet ids; for QoS 1 a resend is a new delivery either way). paho 2.x keeps them in `_out_messages`
+        under `_out_message_mutex` (tests/test_mqtt_flow_control.py fails if that changes)."""
+        with c._out_message_mutex:  # paho's resend after this callback takes the same lock
+            back = [mid for mid, m in c._out_messages.items() if m.qos == 1][quota:]
+            if not back:
+                return
+            for mid in back:
+                del c._out_messages[mid]
+            with self._lock:
+                self._recalled.update(mid for mid in back if mid not in self._inflight)  # `_hand` is registering it
+                self._held.extendleft(reversed([self._inflight.pop(mid) for mid in back if mid in self._inflight]))
+                self._handed -= len(back)
+        log.warning("the broker's Receive Maximum is below the publishes awaiting its acknowledgement: the rest wait",
+                    extra={"receive_maximum": quota, "waiting": len(back)})  # fmt: skip
+
     def _release(self) -> None:
         """Hand held publishes to paho while the send quota allows (on paho's thread, after an ack)."""
         while True:
@@ -374,6 +396,9 @@ class MqttLink:
         with self._lock:
             if info.mid in self._early:
                 self._early.discard(info.mid)
+            elif info.mid in self._recalled:  # a reconnect took it back first: it waits behind the others taken
+                self._recalled.discard(info.mid)
+                self._held.append((p, track))
             else:
                 self._inflight[info.mid] = (p, track)
 
