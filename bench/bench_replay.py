@@ -7,8 +7,10 @@ range, a sample every dt on the grid, 1 % missing cells) for `--turbines` turbin
 `replay_file` with `compute.engine: stream` and with `compute.engine: window` (the window engine on the first
 `--window-steps` steps only: it is that much slower), on one core each, one after the other. Reported per
 engine: turbine-steps scored per second (all closed steps, warm-up included, over the wall time of the replay
-including the CSV read), and the ratio stream / window. Then the floor: the per-record cost of reading the table
-and of encoding and writing the stream run's records, which bounds any replay of this output format.
+including the CSV read), and the ratio stream / window. Then the floors: the per-record cost of reading the table
+and of encoding and writing the stream run's records, which bounds any replay of this output format, and the cost
+of the step graph alone (`StreamScorer.step` on the same number of turbines, no I/O and no Python around it),
+which bounds any replay of this bundle's model whatever the format.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from scada_tcn.runtime.bundle import load_bundle  # noqa: E402
 from scada_tcn.runtime.daemon_config import daemon_config_from_dict  # noqa: E402
 from scada_tcn.runtime.records import dumps  # noqa: E402
 from scada_tcn.runtime.replay import CHUNK_ROWS, replay_file, table_chunks  # noqa: E402
+from scada_tcn.runtime.stream import StreamScorer  # noqa: E402
 
 T0 = 1_700_000_400  # on the 10-min grid
 
@@ -82,10 +85,11 @@ def main() -> None:
             rate[name] = n / took
             print(f"{name:>8} {rows[name]:>9,} {n:>9,} {took:>8.1f} {rate[name]:>9,.0f}", flush=True)
         print(f"stream / window: {rate['stream'] / rate['window']:.1f}x")
-        floor(bundle, Path(d) / "stream.csv", Path(d) / "stream.jsonl", rate["stream"])
+        read_us = floor(bundle, Path(d) / "stream.csv", Path(d) / "stream.jsonl", rate["stream"])
+        graph_floor(bundle, args.turbines, read_us)
 
 
-def floor(bundle, table: Path, scores: Path, achieved: float) -> None:
+def floor(bundle, table: Path, scores: Path, achieved: float) -> float:
     """The part of a replay no scoring engine can avoid, timed on the stream run's own table and records: reading
     and parsing the table in chunks (the replay's reader) and encoding (`records.dumps`) and writing its records
     as JSON lines. Their sum is the throughput a replay could reach if scoring cost nothing."""
@@ -112,6 +116,28 @@ def floor(bundle, table: Path, scores: Path, achieved: float) -> None:
         f"floor per record: read+parse {us['read']:.1f} us, JSON encode {us['encode']:.1f} us, write "
         f"{us['write']:.1f} us ({sum(len(x) for x in lines) / n:,.0f} bytes): at most {best:,.0f} records/s with "
         f"free scoring; the stream engine reached {achieved / best:.0%} of that"
+    )
+    return us["read"]
+
+
+def graph_floor(bundle, turbines: int, read_us: float, steps: int = 300) -> None:
+    """The step graph's own cost per turbine-step: `StreamScorer.step` on `turbines` turbines for `steps` steps
+    (after 20 unmeasured ones), nothing else. With the table's read, it bounds a replay of this model."""
+    d = bundle.dims
+    scorer = StreamScorer.from_bundle(bundle)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((turbines, d.F)).astype(np.float32)
+    M, Flags = np.ones((turbines, d.F), np.float32), np.zeros((turbines, d.R), np.float32)
+    slots = np.arange(turbines)
+    for t in range(20):
+        scorer.step(slots, t, X, M, Flags)
+    t0 = time.perf_counter()
+    for t in range(20, 20 + steps):
+        scorer.step(slots, t, X, M, Flags)
+    us = 1e6 * (time.perf_counter() - t0) / (steps * turbines)
+    print(
+        f"floor of the model: the step graph alone {us:.1f} us per turbine-step ({1e6 / us:,.0f}/s); with reading "
+        f"the table, at most {1e6 / (us + read_us):,.0f} turbine-steps/s with everything else free"
     )
 
 
