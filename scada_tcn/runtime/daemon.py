@@ -406,7 +406,8 @@ class Daemon:
             self._publish_batches([out.payload for out in outputs if out.kind == "score"])
         for out in outputs:
             if self._batch_topic is None or out.kind != "score":
-                self._publish(out.kind, self._topic(out), out.payload, out.retain, True, int(out.kind == "score"))
+                records = 1 if out.kind == "score" else 0
+                self._publish(out.kind, self._topic(out), out.payload, out.retain, track=True, records=records)
             if out.kind == "score":
                 scores[status_of(out.payload)] += 1
             elif out.kind == "alert":
@@ -423,7 +424,7 @@ class Daemon:
         size = self.cfg.topics.score_batch_bytes
         limit = self.link.max_payload(self._batch_topic)
         for message in batches(payloads, size if limit is None else min(size, limit)):
-            self._publish("score", self._batch_topic, message, False, True, message.count(b"\n") + 1)
+            self._publish("score", self._batch_topic, message, False, track=True, records=message.count(b"\n") + 1)
 
     def _observe_inference(self, seconds: float, windows: int) -> None:
         self.metrics.inference.observe(seconds)
