@@ -433,17 +433,17 @@ def _report(results: dict[str, Any]) -> None:
     chosen = choose(results["variants"])
     print(f"\n{'variant':<28} {'classes':>7} {'detected':>8} {'untouched f/tm':>14} {'uninjected':>10} {'lead h':>7}"
           f" | {'val f/tm':>8} {'tune cls':>8}   (medians over seeds x injections)")  # fmt: skip
-    for k, v in results["variants"].items():
+
+    def row(label: str, v: dict[str, Any], mark: str = "") -> None:
         t, tune = _summary(v["test"]), _summary(v["tune"])
-        mark = "  <- chosen on validation" if k == chosen else ""
-        print(f"{k:<28} {t['classes']:>7.1f} {t['detected']:>8.1f} {t['untouched']:>14.2f} {t['uninjected']:>10.2f} "
-              f"{t['lead']:>7.1f} | {np.median(v['val_false_per_month']):>8.2f} "
-              f"{tune.get('classes', float('nan')):>8.1f}{mark}")  # fmt: skip
-    for k, v in results.get("stream", {}).items():  # the same variants on the streaming engine's residuals
-        t, tune = _summary(v["test"]), _summary(v["tune"])
-        print(f"{k + ' [stream]':<28} {t['classes']:>7.1f} {t['detected']:>8.1f} {t['untouched']:>14.2f} "
+        print(f"{label:<28} {t['classes']:>7.1f} {t['detected']:>8.1f} {t['untouched']:>14.2f} "
               f"{t['uninjected']:>10.2f} {t['lead']:>7.1f} | {np.median(v['val_false_per_month']):>8.2f} "
-              f"{tune.get('classes', float('nan')):>8.1f}")  # fmt: skip
+              f"{tune.get('classes', float('nan')):>8.1f}{mark}")  # fmt: skip
+
+    for k, v in results["variants"].items():
+        row(k, v, "  <- chosen on validation" if k == chosen else "")
+    for k, v in results.get("stream", {}).items():  # the same variants on the streaming engine's residuals
+        row(k + " [stream]", v)
     if results.get("stream_resid_max_abs_diff"):
         print(
             f"max |resid stream - window| per seed: {results['stream_resid_max_abs_diff']}; beyond the export's "

@@ -90,11 +90,6 @@ _READ_BURST = 256  # packets read per select round while reads are allowed
 _READ_AHEAD = 65_536  # bytes asked of the kernel per socket read (paho asks for 1 byte at a time in headers)
 
 
-def _has_data(sock: socket.socket) -> bool:
-    """The socket can be read now: bytes a TLS layer already decrypted, or readable without blocking."""
-    return bool(sock.pending() if hasattr(sock, "pending") else 0) or bool(select.select([sock], [], [], 0.0)[0])
-
-
 class _ReadAhead:
     """A connected socket whose reads go through a read-ahead buffer.
 
@@ -106,12 +101,13 @@ class _ReadAhead:
     semantics: at most n bytes, b"" at end of stream once the buffer is empty, BlockingIOError (or the TLS
     layer's want-read) when nothing is there. Everything else is the wrapped socket's."""
 
-    __slots__ = ("_sock", "_buf", "_pos", "send", "fileno")
+    __slots__ = ("_sock", "_buf", "_pos", "_decrypted", "send", "fileno")
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._buf = b""
         self._pos = 0
+        self._decrypted = getattr(sock, "pending", None)  # a TLS socket's count of decrypted bytes
         self.send = sock.send  # the hot calls skip `__getattr__`
         self.fileno = sock.fileno
 
@@ -129,11 +125,15 @@ class _ReadAhead:
         return buf[pos:end]
 
     def pending(self) -> int:
-        inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
-        return len(self._buf) - self._pos + inner
+        return len(self._buf) - self._pos + (self._decrypted() if self._decrypted is not None else 0)
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._sock, name)
+
+
+def _has_data(sock: _ReadAhead) -> bool:
+    """The socket can be read now: bytes already buffered (or decrypted), or readable without blocking."""
+    return sock.pending() > 0 or bool(select.select([sock], [], [], 0.0)[0])
 
 
 class _Client(paho.Client):
@@ -553,7 +553,7 @@ class MqttLink:
                 self._stopping.wait(delay)
                 delay = min(delay * 2, float(self.broker.reconnect_max_s))
 
-    def _read_burst(self, c: paho.Client, sock: socket.socket) -> int:
+    def _read_burst(self, c: paho.Client, sock: _ReadAhead) -> int:
         """Read packets while the socket has data and reads are allowed, at most `_READ_BURST`: paho reads one
         packet per `loop_read` on a client that only subscribes, and a whole network round per packet costs more
         than the packet. The inbound bound holds: the broker sends at most Receive Maximum unacknowledged messages."""
@@ -564,11 +564,11 @@ class MqttLink:
             rc = c.loop_read()
         return rc
 
-    def _sub_events(self, c: paho.Client, sock: socket.socket, next_drain: float) -> int | str:
+    def _sub_events(self, c: paho.Client, sock: _ReadAhead, next_drain: float) -> int | str:
         """One round of the subscriber's network events; "drained" when it read while paused."""
         drained = False
         paused = not self._may_read()
-        pending = sock.pending() if hasattr(sock, "pending") else 0
+        pending = sock.pending()
         wlist = [sock] if c.want_write() else []
         if paused:
             self.paused_reads += 1
@@ -592,7 +592,7 @@ class MqttLink:
             rc = c.loop_misc()
         return "drained" if drained and rc == paho.MQTT_ERR_SUCCESS else rc
 
-    def _drain(self, c: paho.Client, sock: socket.socket) -> int:
+    def _drain(self, c: paho.Client, sock: _ReadAhead) -> int:
         """While paused: read what the socket holds, at most `drain_messages` messages (a broker honouring Receive
         Maximum has no more in flight, so a PINGRESP behind them is read)."""
         start = self.received
