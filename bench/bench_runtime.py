@@ -14,7 +14,9 @@ user + system) per measured turbine-step: its cost, steadier than the rates on a
 same bundle, measured in the same run: `compute.engine: stream` (the step graph: one call per fleet step, layer
 state per turbine) against the baseline `compute.engine: window` (the whole L-step window through every scoring pass
 at every step). `--score-batch` runs both with `topics.score_batch` (a fleet step's score records as JSON lines,
-several per message) instead of one score message per turbine.
+several per message) instead of one score message per turbine; `--telemetry-batch` sends each step's samples as
+one `topics.telemetry_batch` message (JSON lines, every turbine's sample, as a farm gateway would) instead of one
+message per turbine, and latency runs from publishing that message.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def _cpu_s(pid: int) -> float:
 
 
 def run_case(bundle_dir: Path, bundle, n: int, steps: int, engine: str, broker: Broker, tmp: Path,
-             batch: bool) -> dict:  # fmt: skip
+             batch: bool, tbatch: bool) -> dict:  # fmt: skip
     cfg = {
         "site": "bench",
         "gateway": f"gw{n}-{engine}",
@@ -71,7 +73,10 @@ def run_case(bundle_dir: Path, bundle, n: int, steps: int, engine: str, broker: 
         "compute": {"engine": engine, "max_batch": 4096, "tick_s": 0.02},
         "queues": {"receive_maximum": 5000, "inbound": 20000},
         "health": {"metrics_host": "127.0.0.1", "metrics_port": 0},
-        "topics": {"score_batch": "scada/{site}/{gateway}/scores" if batch else None},
+        "topics": {
+            "score_batch": "scada/{site}/{gateway}/scores" if batch else None,
+            "telemetry_batch": "scada/{site}/{gateway}/telemetry_batch" if tbatch else None,
+        },
     }
     path = tmp / f"rt-{n}-{engine}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -141,15 +146,19 @@ def run_case(bundle_dir: Path, bundle, n: int, steps: int, engine: str, broker: 
         spec = bundle.spec
         base = {bundle.column_mapping[c]: float(rng.uniform(1, 10)) for c in spec.channels}  # payload keys
         L = bundle.dims.L
-        topics = [f"scada/bench/T{i:04d}/telemetry" for i in range(n)]
+        ids = [f"T{i:04d}" for i in range(n)]
+        topics = [f"scada/bench/{t}/telemetry" for t in ids]
         payloads = [  # every message encoded before the clock starts: the driver's cost is not the daemon's
             [
-                json.dumps({"ts": T0 + s * DT, "values": {c: round(v * (1 + 0.01 * e), 4) for (c, v), e in
-                                                            zip(base.items(), rng.standard_normal(len(base)))}})
-                for _ in range(n)
+                json.dumps(({"turbine": ids[i]} if tbatch else {}) | {"ts": T0 + s * DT, "values": {
+                    c: round(v * (1 + 0.01 * e), 4) for (c, v), e in zip(base.items(), rng.standard_normal(len(base)))
+                }})
+                for i in range(n)
             ]
             for s in range(L + steps + 1)
         ]  # fmt: skip
+        batch_topic = f"scada/bench/{cfg['gateway']}/telemetry_batch"
+        batched = ["\n".join(step) for step in payloads] if tbatch else []
         sent: dict[tuple[str, int], float] = {}
         lat, t_meas, n_meas, cpu0 = [], 0.0, 0, 0.0
         gc.collect()
@@ -163,9 +172,14 @@ def run_case(bundle_dir: Path, bundle, n: int, steps: int, engine: str, broker: 
             if s == L + 1:
                 cpu0 = _cpu_s(proc.pid)
             t_step = time.perf_counter()
-            for i in range(n):
-                pub.publish(topics[i], payloads[s][i], qos=1)
-                sent[(f"T{i:04d}", seq)] = time.perf_counter()
+            if tbatch:  # one message: every turbine's sample of the step
+                pub.publish(batch_topic, batched[s], qos=1)
+                now = time.perf_counter()
+                sent.update(((t, seq), now) for t in ids)
+            else:
+                for i in range(n):
+                    pub.publish(topics[i], payloads[s][i], qos=1)
+                    sent[(ids[i], seq)] = time.perf_counter()
             if s >= 1:  # every closed bin gets a record (warm-up ones too); measure the scored steps only
                 if not step_done.wait(120):
                     raise AssertionError(f"records of step {s}: {want[seq]} of {n} missing after 120 s")
@@ -202,11 +216,14 @@ def main() -> None:
     ap.add_argument("--window-steps", type=int, default=4, help="measured steps of the (slow) window engine")
     ap.add_argument("--stream-only", action="store_true", help="skip the window baseline (profiling runs)")
     ap.add_argument("--score-batch", action="store_true", help="publish scores with topics.score_batch")
+    ap.add_argument("--telemetry-batch", action="store_true", help="send each step's samples on topics.telemetry_batch")
     args = ap.parse_args()
     bundle = load_bundle(args.bundle)
     with tempfile.TemporaryDirectory() as d:
         print(
-            "engines: stream (step graph) against the baseline window (window recompute), same bundle; scores "
+            "engines: stream (step graph) against the baseline window (window recompute), same bundle; telemetry "
+            + ("batched (topics.telemetry_batch)" if args.telemetry_batch else "one message per turbine")
+            + "; scores "
             + ("batched (topics.score_batch)" if args.score_batch else "one message per turbine")
         )
         print(
@@ -215,8 +232,8 @@ def main() -> None:
         )
         for n in args.turbines:
             cases = (("stream", args.steps),) + (() if args.stream_only else (("window", args.window_steps),))
-            rows = [_fresh_broker_case(args.bundle, bundle, n, k, engine, Path(d) / f"{n}-{engine}", args.score_batch)
-                    for engine, k in cases]  # fmt: skip
+            rows = [_fresh_broker_case(args.bundle, bundle, n, k, engine, Path(d) / f"{n}-{engine}", args.score_batch,
+                                       args.telemetry_batch) for engine, k in cases]  # fmt: skip
             for r in rows:
                 print(
                     f"{n:>8} {r['engine']:>8} {r['turbine_steps_per_s']:>9.0f} {r['p50_ms']:>8.1f} "
@@ -231,14 +248,15 @@ def main() -> None:
                       "turbine-step", flush=True)  # fmt: skip
 
 
-def _fresh_broker_case(bundle_dir: Path, bundle, n: int, steps: int, engine: str, tmp: Path, batch: bool) -> dict:
+def _fresh_broker_case(bundle_dir: Path, bundle, n: int, steps: int, engine: str, tmp: Path, batch: bool,
+                       tbatch: bool) -> dict:  # fmt: skip
     """`run_case` on a Mosquitto of its own: an earlier case's daemon leaves a persistent session behind (QoS 1,
     `broker.session_expiry_s`), for which a shared broker would queue every later case's telemetry too."""
     tmp.mkdir(parents=True)
     broker = Broker(tmp / "broker")
     broker.start()
     try:
-        return run_case(bundle_dir, bundle, n, steps, engine, broker, tmp, batch)
+        return run_case(bundle_dir, bundle, n, steps, engine, broker, tmp, batch, tbatch)
     finally:
         broker.stop()
 

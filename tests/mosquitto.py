@@ -95,6 +95,15 @@ def to_messages(header: list[str], rows: list[list[str]]) -> list[tuple[str, byt
     return telemetry_messages(header, rows, SITE)
 
 
+def to_batches(header: list[str], rows: list[list[str]], topic: str, per_message: int) -> list[tuple[str, bytes]]:
+    """The raw rows as `topics.telemetry_batch` messages on `topic`: JSON lines, `per_message` rows per message in
+    row order, each line the per-turbine payload with its turbine id added."""
+    ii = header.index("turbine_id")
+    docs = [json.loads(p) for _, p in to_messages(header, rows)]
+    lines = [json.dumps({"turbine": r[ii], **doc}).encode() for r, doc in zip(rows, docs)]
+    return [(topic, b"\n".join(lines[i : i + per_message])) for i in range(0, len(lines), per_message)]
+
+
 def to_samples(header: list[str], rows: list[list[str]], channels: Sequence[str]) -> list[Sample]:
     """The raw rows as the engine's samples (cells that are not numbers become NaN), in row order."""
     ti, ii = header.index("timestamp"), header.index("turbine_id")

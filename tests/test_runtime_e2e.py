@@ -43,6 +43,7 @@ from tests.mosquitto import (
     read_slice,
     require_mosquitto,
     scores_through,
+    to_batches,
     to_messages,
     to_samples,
     wait_for,
@@ -277,6 +278,65 @@ def test_batched_score_topic_carries_the_same_records(limited_broker, bundle, sc
         assert_close(payload, replayed[k], k)
     assert col.of("/score") == []
     assert {t.split("/")[2] for t, _ in col.of("/alert/state")} == set(want)
+    col.close()
+
+
+@pytest.mark.parametrize("kind", ["stream"], indirect=True)
+def test_batched_telemetry_scores_as_per_turbine_telemetry(broker, bundle, scorer, timeline, replayed):
+    """`topics.telemetry_batch`: the slice as JSON lines, 16 samples per message, with the fuzz test's hostile
+    messages turned into lines (its document plus the turbine id) and scattered among them. Each bad line alone is
+    rejected with the reason its message gets on the turbine's topic, counted and reported with its line number;
+    a batch that is not UTF-8 is rejected whole. Every valid sample is admitted and every step scored, each score
+    the replay's (which the per-turbine path matches, tests above)."""
+    header, rows, _ = timeline
+    topic = f"scada/{SITE}/{GATEWAY}/telemetry_batch"
+    rng = np.random.default_rng(1)
+    hostile = _hostile(to_messages(header, rows), 120, rng)
+    batches_ = [[(line, None) for line in m.split(b"\n")] for _, m in to_batches(header, rows, topic, 16)]
+    whole: list[bytes] = []  # messages refused whole
+    for t, payload, reason in hostile:
+        if reason == "not_utf8":
+            whole.append(payload)
+            continue
+        try:
+            doc = json.loads(payload)
+        except (ValueError, RecursionError):
+            doc = None
+        line = json.dumps({"turbine": t.split("/")[2], **doc}).encode() if isinstance(doc, dict) else payload
+        lines = batches_[int(rng.integers(len(batches_)))]
+        lines.insert(int(rng.integers(len(lines) + 1)), (line, reason))
+    messages = [(topic, b"\n".join(line for line, _ in lines)) for lines in batches_] + [(topic, p) for p in whole]
+    want_lines = [(n, r) for lines in batches_ for n, (_, r) in enumerate(lines, 1) if r is not None]
+    cfg = daemon_config(broker.url, topics={"telemetry_batch": "scada/{site}/{gateway}/telemetry_batch"},
+                        ingest={"turbines": ["WT01", "WT02", "WT03", "WT04"], "max_payload_bytes": 4096})  # fmt: skip
+    col = Collector(broker.url, [f"scada/{SITE}/+/score", f"scada/runtime/{GATEWAY}/errors"], client_id="col-tb")
+    wait_for(col.ready, 10, "collector connect")
+    d = DaemonThread(cfg, bundle, scorer)
+    pub = client(broker.url, "publisher-tb")
+    wait_for(lambda: pub.is_connected() and d.daemon.link.connected, 10, "connections")
+    publish_all(pub, messages)
+    want = expected_steps(rows, header)
+    wait_for(lambda: len(dedupe(p for _, p in col.of("/score")).records) >= sum(want.values()), 60, "all scores")
+    wait_for(lambda: len(col.of("/errors")) >= len(hostile), 30, "all error reports")
+    pub.disconnect()
+    m = d.daemon.metrics
+    assert m.value("scada_runtime_messages_in_total") == len(messages)
+    assert m.value("scada_runtime_samples_in_total") == len(rows)
+    assert d.stop() == 0
+    expected: dict[str, float] = {}
+    for _, _, r in hostile:
+        expected[r] = expected.get(r, 0.0) + 1.0
+    assert m.rejected_by_reason() == expected
+    reports = [json.loads(p) for _, p in col.of("/errors")]
+    assert all(r["topic"] == topic for r in reports)
+    assert sorted(r["reason"] for r in reports if "line" not in r) == ["not_utf8"] * len(whole)
+    got_lines = sorted((r["line"], r["reason"]) for r in reports if "line" in r)
+    assert got_lines == sorted(want_lines)
+    got = dedupe(p for _, p in col.of("/score"))
+    assert got.conflicts == {}
+    assert {t: sum(1 for k in got.records if k[0] == t) for t in want} == want
+    for k, payload in got.records.items():
+        assert_close(payload, replayed[k], k)
     col.close()
 
 

@@ -10,7 +10,14 @@ import pytest
 from scada_tcn.runtime.alerts import AlertState
 from scada_tcn.runtime.daemon_config import ConfigError, daemon_config_from_dict, describe
 from scada_tcn.runtime.records import batches, dumps, iso_utc, split_batch
-from scada_tcn.runtime.telemetry import REASONS, Rejection, Sample, TelemetryDecoder, parse_timestamp_ns
+from scada_tcn.runtime.telemetry import (
+    REASONS,
+    BatchDecode,
+    Rejection,
+    Sample,
+    TelemetryDecoder,
+    parse_timestamp_ns,
+)
 
 NOW = parse_timestamp_ns("2024-06-01T00:00:00+00:00")
 
@@ -134,6 +141,67 @@ def test_telemetry_accepts_subsets_and_nulls(decoder):
     assert isinstance(res, Sample) and res.turbine == "WT1" and res.ts_ns == NOW
     assert np.isnan(res.values[0]) and res.values[1] == 7.5
     assert parse_timestamp_ns(1717200000.5) == NOW + 500_000_000
+
+
+def test_a_telemetry_batch_judges_each_line_as_a_message(decoder):
+    """`decode_batch`: a good line gives the sample the same document gives on the turbine's topic; a bad line is
+    refused with the reason a message would get, by its line number, and costs nothing else; blank lines are
+    skipped; order is kept (a turbine may come twice). Only size, encoding or emptiness refuse the whole message."""
+    good = b'{"turbine": "WT1", "ts": %d, "values": {"ws": %s, "P": null}}'
+    bad = [
+        (b"{", "malformed_json"),
+        (b"3", "not_an_object"),
+        (b'{"turbine": "WT1", "ts": 1717200000, "values": {"P": 1}, "id": 1}', "unknown_key"),
+        (b'{"ts": 1717200000, "values": {"P": 1}}', "bad_turbine_id"),
+        (b'{"turbine": "WT#1", "ts": 1717200000, "values": {"P": 1}}', "bad_turbine_id"),
+        (b'{"turbine": 1, "ts": 1717200000, "values": {"P": 1}}', "bad_turbine_id"),
+        (b'{"turbine": "WT2", "ts": 1717200000, "values": {"P": 1}}', "unknown_turbine"),
+        (b'{"turbine": "WT1", "values": {"P": 1}}', "missing_ts"),
+        (b'{"turbine": "WT1", "ts": "2024-06-01T01:00:00Z", "values": {"P": 1}}', "ts_in_future"),
+        (b'{"turbine": "WT1", "ts": 1717200000, "values": {"Q": 1}}', "unknown_channel"),
+        (b'{"turbine": "WT1", "ts": 1717200000, "values": {"P": true}}', "bad_value_type"),
+        (b'{"turbine": "WT1", "ts": 1717200000, "values": {"P": NaN}}', "non_finite"),
+        (b'{"turbine": "WT1", "ts": 1717200000, "values": {"P": 1' + b"0" * 400 + b"}}", "non_finite"),
+        (b'{"turbine": "WT1", "pad": "' + b"x" * 1000 + b'"}', "oversized"),  # a line over max_payload_bytes
+    ]
+    lines, want_samples, want_rejected = [], [], []
+    for k, (line, reason) in enumerate(bad):
+        lines.append(good % (1717200000 - 60 * k, str(k + 0.5).encode()))
+        want_samples.append(decoder.decode("s/x/WT1/t", lines[-1].replace(b'"turbine": "WT1", ', b""), NOW))
+        lines += [line, b"", b"  \r"]  # blank lines count in the numbering and are skipped
+        want_rejected.append((len(lines) - 2, reason))
+    lines[0] += b"\r"  # a CRLF line end is whitespace
+    res = decoder.decode_batch(b"\n".join(lines), NOW)
+    assert isinstance(res, BatchDecode)
+    assert [(n, r.reason) for n, r in res.rejected] == want_rejected
+    assert all(r.reason in REASONS for _, r in res.rejected)
+    assert len(res.samples) == len(bad) and all(isinstance(s, Sample) for s in want_samples)
+    for got, want in zip(res.samples, want_samples):
+        assert got.turbine == want.turbine and got.ts_ns == want.ts_ns
+        np.testing.assert_array_equal(got.values, want.values)
+    assert "allowed: ['ts', 'turbine', 'values']" in res.rejected[2][1].detail
+    # the whole message: too large, not UTF-8, or no line at all
+    small = TelemetryDecoder(["power", "wind_speed"], {"power": "P", "wind_speed": "ws"}, 2, 1000, 300.0, 86400.0,
+                             ["WT1"], max_batch_payload_bytes=500)  # fmt: skip
+    assert small.decode_batch(b"\n".join(lines), NOW).reason == "oversized"
+    assert decoder.decode_batch(lines[0] + b"\n\xff", NOW).reason == "not_utf8"
+    assert decoder.decode_batch(b"\n \n", NOW).reason == "malformed_json"
+
+
+def test_a_telemetry_batch_topic_must_be_a_topic_of_its_own():
+    ok = daemon_config_from_dict({"topics": {"telemetry_batch": "scada/{site}/{gateway}/telemetry_batch"}})
+    assert ok.topics.telemetry_batch == "scada/{site}/{gateway}/telemetry_batch"
+    for tpl, clash in (
+        ("scada/{site}/{gateway}/telemetry", "['telemetry']"),  # the per-turbine subscription would take it
+        ("scada/{site}/{gateway}/score", "['score']"),  # the daemon would consume its own scores
+        ("scada/runtime/{gateway}/errors", "['errors']"),
+    ):
+        with pytest.raises(ConfigError, match=rf"topics.telemetry_batch: .* is also a topic of \{clash}"):
+            daemon_config_from_dict({"topics": {"telemetry_batch": tpl}})
+    with pytest.raises(ConfigError, match="topics.telemetry_batch: one topic for the whole fleet, no {turbine}"):
+        daemon_config_from_dict({"topics": {"telemetry_batch": "scada/{site}/{turbine}/batch"}})
+    with pytest.raises(ConfigError, match="ingest.max_batch_payload_bytes"):
+        daemon_config_from_dict({"ingest": {"max_batch_payload_bytes": 10}})
 
 
 def test_dumps_is_deterministic():

@@ -105,7 +105,10 @@ class Daemon:
             max_future_s=cfg.ingest.max_future_s,
             max_past_s=cfg.ingest.max_past_s,
             allowed_turbines=cfg.ingest.turbines,
+            max_batch_payload_bytes=cfg.ingest.max_batch_payload_bytes,
         )
+        tb = cfg.topics.telemetry_batch
+        self.telemetry_batch_topic = None if tb is None else tb.format(site=cfg.site, gateway=cfg.gateway)
         self.engine = Engine(
             bundle,
             scorer,
@@ -131,7 +134,7 @@ class Daemon:
         self.link = MqttLink(
             cfg.broker,
             client_id=cfg.broker.client_id or f"scada-runtime-{cfg.gateway}",
-            handlers={filt: self._enqueue},
+            handlers={f: self._enqueue for f in (filt, self.telemetry_batch_topic) if f is not None},
             will=Publish(self.status_topic, self._status_payload("offline"), retain=True),
             receive_maximum=cfg.queues.receive_maximum,
             max_queued=cfg.queues.outbound,
@@ -163,6 +166,7 @@ class Daemon:
                 "config": redacted(self.cfg),
                 "model_id": self.bundle.model_id,
                 "subscription": self.telemetry_filter,
+                "batch_subscription": self.telemetry_batch_topic,
                 "health_port": self.health.port,
             },
         )
@@ -323,37 +327,55 @@ class Daemon:
         self.inbound.put_nowait(msg)
 
     def _admit(self, batch: list[Message], now_ns: int) -> list[Sample]:
-        """The message boundary: decode and validate each message; the valid samples, in arrival order. Anything
-        wrong with a message is rejected, counted and reported, and the loop carries on."""
+        """The message boundary: decode and validate each message (each line of a batched one); the valid samples,
+        in arrival order. Anything wrong with a message or a line is rejected, counted and reported, and the loop
+        carries on."""
         samples: list[Sample] = []
         new: set[str] = set()  # turbines this batch adds to the fleet
         if batch:
             self.metrics.messages_in.inc(len(batch))
         for msg in batch:
             try:
+                if msg.topic == self.telemetry_batch_topic:
+                    res = self.decoder.decode_batch(msg.payload, now_ns)
+                    if isinstance(res, Rejection):
+                        self._reject(msg, res)
+                        continue
+                    for line, rej in res.rejected:
+                        self._reject(msg, rej, line=line)
+                    for sample in res.samples:
+                        self._take(msg, sample, samples, new)
+                    continue
                 res = self.decoder.decode(msg.topic, msg.payload, now_ns)
                 if isinstance(res, Rejection):
                     self._reject(msg, res)
                     continue
-                if res.turbine not in self.engine.fleet.turbines_set and res.turbine not in new:
-                    if len(self.engine.fleet) + len(new) >= self.cfg.ingest.max_turbines:
-                        limit = self.cfg.ingest.max_turbines
-                        self._reject(msg, Rejection("too_many_turbines", f"ingest.max_turbines={limit} reached"))
-                        continue
-                    new.add(res.turbine)
-                samples.append(res)
+                self._take(msg, res, samples, new)
             except Exception as e:  # the boundary: bad input must never stop the daemon
                 log.exception("internal error while handling a message", extra={"topic": msg.topic[:200]})
                 self._reject(msg, Rejection("internal_error", f"{type(e).__name__}: {e}"[:300]))
         if samples:
             self.heartbeat.processed(now_ns / 1e9)
             self.metrics.last_message.set(now_ns / 1e9)
+            self.metrics.samples_in.inc(len(samples))
         return samples
 
-    def _reject(self, msg: Message, rej: Rejection) -> None:
+    def _take(self, msg: Message, sample: Sample, samples: list[Sample], new: set[str]) -> None:
+        """Admit a valid sample unless its turbine would be one more than ingest.max_turbines."""
+        if sample.turbine not in self.engine.fleet.turbines_set and sample.turbine not in new:
+            if len(self.engine.fleet) + len(new) >= self.cfg.ingest.max_turbines:
+                limit = self.cfg.ingest.max_turbines
+                self._reject(msg, Rejection("too_many_turbines", f"ingest.max_turbines={limit} reached"),
+                             turbine=sample.turbine)  # fmt: skip
+                return
+            new.add(sample.turbine)
+        samples.append(sample)
+
+    def _reject(self, msg: Message, rej: Rejection, **where: Any) -> None:
+        """Count, log and report a refused message (`where`: the line of a batch, the turbine)."""
         self.metrics.rejected.labels(reason=rej.reason).inc()
-        log.debug("rejected", extra={"reason": rej.reason, "detail": rej.detail, "topic": msg.topic[:200]})
-        report = self._error_report(rej.reason, rej.detail, topic=msg.topic[:200], bytes=len(msg.payload))
+        log.debug("rejected", extra={"reason": rej.reason, "detail": rej.detail, "topic": msg.topic[:200], **where})
+        report = self._error_report(rej.reason, rej.detail, topic=msg.topic[:200], bytes=len(msg.payload), **where)
         self._publish("error", self.errors_topic, report, False)
 
     def _error_report(self, reason: str, detail: str, **extra: Any) -> bytes:

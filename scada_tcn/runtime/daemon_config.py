@@ -68,6 +68,13 @@ class BrokerCfg:
 @dataclass(frozen=True)
 class TopicsCfg:
     telemetry: str = _f("scada/{site}/{turbine}/telemetry", "telemetry topic template, needs {turbine}")
+    telemetry_batch: str | None = _f(
+        None,
+        "null = telemetry on `telemetry` only; a topic without {turbine} (e.g. "
+        "scada/{site}/{gateway}/telemetry_batch) = also take batched telemetry there: JSON lines, one document per "
+        "line with its turbine id under `turbine` (runtime.telemetry), for a farm gateway that sends every "
+        "turbine's sample in one message",
+    )
     score: str = _f("scada/{site}/{turbine}/score", "score topic template (QoS 1)")
     alert: str = _f("scada/{site}/{turbine}/alert", "alert transition topic template (QoS 1)")
     alert_state: str = _f("scada/{site}/{turbine}/alert/state", "retained current alert state template")
@@ -90,7 +97,8 @@ class IngestCfg:
     grace_s: float = _f(120.0, "a bin closes when the wall clock passes its end plus this grace")
     max_future_s: float = _f(300.0, "reject samples stamped more than this ahead of the wall clock")
     max_past_s: float = _f(7 * 86400.0, "reject samples stamped more than this before the wall clock")
-    max_payload_bytes: int = _f(65536, "reject larger telemetry payloads before decoding them")
+    max_payload_bytes: int = _f(65536, "reject larger telemetry payloads (and batch lines) before decoding them")
+    max_batch_payload_bytes: int = _f(4 << 20, "reject larger topics.telemetry_batch messages before decoding them")
     max_turbines: int = _f(5000, "cap on the fleet: telemetry of a new turbine beyond this many is rejected")
     turbines: list[str] = _f(
         [],
@@ -259,6 +267,7 @@ def _problems(c: RuntimeConfig) -> list[str]:
         ("broker.session_expiry_s", c.broker.session_expiry_s, 0),
         ("broker.reconnect_min_s", c.broker.reconnect_min_s, 1),
         ("ingest.max_payload_bytes", c.ingest.max_payload_bytes, 64),
+        ("ingest.max_batch_payload_bytes", c.ingest.max_batch_payload_bytes, 64),
         ("ingest.max_turbines", c.ingest.max_turbines, 1),
         ("queues.inbound", c.queues.inbound, 1),
         ("queues.outbound", c.queues.outbound, 1),
@@ -305,11 +314,12 @@ def _problems(c: RuntimeConfig) -> list[str]:
     if c.topics.score_batch_bytes < 8192:
         p.append(f"topics.score_batch_bytes: must be >= 8192 (a score record is a few kB), got "
                  f"{c.topics.score_batch_bytes}")  # fmt: skip
+    before = len(p)
     for name in [f.name for f in dataclasses.fields(TopicsCfg) if f.name != "score_batch_bytes"]:
         tpl = getattr(c.topics, name)
-        if tpl is None:  # score_batch off
+        if tpl is None:  # score_batch or telemetry_batch off
             continue
-        if name == "score_batch":
+        if name in ("score_batch", "telemetry_batch"):
             ok, rule = "{turbine}" not in tpl, "one topic for the whole fleet, no {turbine}"
         else:
             need = "{gateway}" if name in ("status", "errors") else "{turbine}"
@@ -323,7 +333,32 @@ def _problems(c: RuntimeConfig) -> list[str]:
     tel = c.topics.telemetry.split("/")
     if "{turbine}" not in tel:
         p.append("topics.telemetry: {turbine} must be a whole topic level, e.g. scada/{site}/{turbine}/telemetry")
+    elif c.topics.telemetry_batch is not None and len(p) == before:  # every template is well-formed
+        p += _batch_topic_problems(c)
     return p
+
+
+def _batch_topic_problems(c: RuntimeConfig) -> list[str]:
+    """topics.telemetry_batch must be a topic of its own: none of the other topics' subscriptions may match it
+    (the daemon would route it as per-turbine telemetry, or consume its own output)."""
+    from paho.mqtt.client import topic_matches_sub
+
+    def sub(tpl: str) -> str:  # the template's subscription: any level holding {turbine} matches any level
+        levels = tpl.format(site=c.site, gateway=c.gateway, turbine="+").split("/")
+        return "/".join("+" if "+" in lv else lv for lv in levels)
+
+    topic = c.topics.telemetry_batch.format(site=c.site, gateway=c.gateway)  # type: ignore[union-attr]
+    clash = [
+        name
+        for name in ("telemetry", "score", "alert", "alert_state", "status", "errors", "score_batch")
+        if getattr(c.topics, name) is not None and topic_matches_sub(sub(getattr(c.topics, name)), topic)
+    ]
+    if clash:
+        return [
+            f"topics.telemetry_batch: {topic!r} is also a topic of {clash}; give it a topic of its own, e.g. "
+            "scada/{site}/{gateway}/telemetry_batch"
+        ]
+    return []
 
 
 def validate(cfg: RuntimeConfig) -> RuntimeConfig:

@@ -1,12 +1,11 @@
 """Prometheus metrics of the edge daemon, on a registry of its own (several daemons can live in one process).
 
-Names (all prefixed `scada_runtime_`): messages_in_total, rejected_total{reason}, late_samples_total,
-bins_closed_total, scores_published_total{status}, alerts_total{state}, inference_seconds (histogram, one
-observation per graph batch), inference_batch_windows (histogram), publish_queue_depth, inbound_queue_depth,
-inbound_queue_peak, publish_backpressure_total, publish_overflow_total{kind}, publish_too_large_total{kind},
-scores_dropped_total{reason}, alerts_on, score_drift_ks,
-fleet_waiting_records, turbines, connected, connects,
-receive_maximum_exceeded_total, connect_failures_total{reason},
+Names (all prefixed `scada_runtime_`): messages_in_total, samples_in_total, rejected_total{reason},
+late_samples_total, bins_closed_total, scores_published_total{status}, alerts_total{state}, inference_seconds
+(histogram, one observation per graph batch), inference_batch_windows (histogram), publish_queue_depth,
+inbound_queue_depth, inbound_queue_peak, publish_backpressure_total, publish_overflow_total{kind},
+publish_too_large_total{kind}, scores_dropped_total{reason}, alerts_on, score_drift_ks, fleet_waiting_records,
+turbines, connected, connects, receive_maximum_exceeded_total, connect_failures_total{reason},
 loop_heartbeat_age_seconds, last_message_timestamp_seconds. Every rejected or dropped message is counted here
 with a reason; nothing is dropped without a counter.
 """
@@ -27,7 +26,12 @@ class RuntimeMetrics:
         r = self.registry = CollectorRegistry(auto_describe=True)
         p = "scada_runtime_"
         self.messages_in = Counter(p + "messages_in", "telemetry messages received", registry=r)
-        self.rejected = Counter(p + "rejected", "messages rejected, by reason", ["reason"], registry=r)
+        self.samples_in = Counter(
+            p + "samples_in", "telemetry samples admitted (a message, or a line of a batched one)", registry=r
+        )
+        self.rejected = Counter(
+            p + "rejected", "messages (or lines of a batched message) rejected, by reason", ["reason"], registry=r
+        )
         self.late = Counter(p + "late_samples", "samples dropped because their bin had closed", registry=r)
         self.bins_closed = Counter(p + "bins_closed", "model steps closed over all turbines", registry=r)
         self.scores = Counter(p + "scores_published", "score-topic records, by status", ["status"], registry=r)

@@ -16,6 +16,17 @@ at `{turbine}`. Payload (UTF-8 JSON object, at most `max_payload_bytes`):
 `TelemetryDecoder.decode(topic, payload, now_ns)` returns a `Sample(turbine, ts_ns, values (C,) float64 NaN =
 missing)` or a `Rejection(reason, detail)`; it never raises on bad input and never mutates anything. The message
 is taken whole or not at all: one bad value rejects the message. Reasons are the fixed strings in `REASONS`.
+
+Batched telemetry (opt-in `topics.telemetry_batch`, one topic for a whole farm): the payload (at most
+`max_batch_payload_bytes`, UTF-8) is JSON lines, one document per line with the turbine id in it:
+
+    {"turbine": "T01", "ts": "2024-01-28T00:10:00+00:00", "values": {"<key>": number | null, ...}}
+
+`decode_batch(payload, now_ns)` returns a `BatchDecode(samples, rejected)`: every line is a message of its own,
+checked exactly as `decode` checks one (at most `max_payload_bytes`, the same keys plus `turbine`, the same
+turbine-id rule and allow-list) and taken whole or not at all, so one bad line costs that line only
+(`rejected`: (line number from 1, Rejection)); blank lines are skipped; samples keep the lines' order. The whole
+message is refused (a Rejection) only when it is oversized, not UTF-8, or holds no line.
 """
 
 from __future__ import annotations
@@ -31,7 +42,7 @@ import orjson
 
 from scada_tcn.runtime.ids import turbine_id_problem
 
-__all__ = ["REASONS", "Rejection", "Sample", "TelemetryDecoder", "parse_timestamp_ns", "topic_filter"]
+__all__ = ["REASONS", "BatchDecode", "Rejection", "Sample", "TelemetryDecoder", "parse_timestamp_ns", "topic_filter"]
 
 REASONS = (
     "oversized",
@@ -54,6 +65,7 @@ REASONS = (
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DOC_KEYS = frozenset(("ts", "values"))  # a telemetry document's keys
+_LINE_KEYS = frozenset(("turbine", "ts", "values"))  # a batched telemetry line's keys
 _NS = 1_000_000_000
 _MAX_ABS_S = 1e11  # ~ year 5138: anything beyond is nonsense and would overflow int64 ns
 
@@ -67,6 +79,11 @@ class Sample(NamedTuple):
 class Rejection(NamedTuple):
     reason: str  # one of REASONS
     detail: str
+
+
+class BatchDecode(NamedTuple):
+    samples: list[Sample]  # the valid lines' samples, in line order
+    rejected: list[tuple[int, Rejection]]  # (line number from 1, why) of every refused line
 
 
 def _reject_constant(name: str) -> Any:
@@ -93,6 +110,33 @@ def parse_timestamp_ns(ts: Any) -> int | str:
     return (td.days * 86400 + td.seconds) * _NS + td.microseconds * 1000
 
 
+def _parse(payload: bytes, text: str | None) -> Any:
+    """JSON -> document, or a Rejection saying why not (`text`: the payload decoded, when already done)."""
+    try:
+        return orjson.loads(payload)  # strict RFC 8259: NaN/Infinity and integers beyond 64 bits refused
+    except orjson.JSONDecodeError:  # the standard parser says why (or takes a huge integer)
+        try:
+            return json.loads(payload.decode("utf-8") if text is None else text, parse_constant=_reject_constant)
+        except RecursionError:  # valid or not, deeper than either parser goes (orjson: 1024 levels)
+            return Rejection("malformed_json", "nested deeper than 1024 levels")
+        except ValueError as e:
+            reason = "non_finite" if "non-finite literal" in str(e) else "malformed_json"
+            return Rejection(reason, f"{type(e).__name__}: {str(e)[:200]}")
+
+
+def _object(payload: bytes, text: str | None, allowed: frozenset[str], what: str) -> dict[str, Any] | Rejection:
+    """The payload as a JSON object with no keys beyond `allowed`, or why not (`what` names it: payload, line)."""
+    doc = _parse(payload, text)
+    if isinstance(doc, Rejection):
+        return doc
+    if not isinstance(doc, dict):
+        return Rejection("not_an_object", f"{what} is a JSON {type(doc).__name__}, expected an object")
+    if doc.keys() - allowed:
+        extra = sorted(str(k)[:40] for k in doc if k not in allowed)
+        return Rejection("unknown_key", f"keys {extra[:5]}; allowed: {sorted(allowed)}")
+    return doc
+
+
 def topic_filter(template: str, site: str, gateway: str) -> tuple[str, int]:
     """(MQTT subscription filter with `+` at {turbine}, index of the turbine level)."""
     levels = template.split("/")
@@ -113,6 +157,7 @@ class TelemetryDecoder:
         max_future_s: float,
         max_past_s: float,
         allowed_turbines: Sequence[str] = (),
+        max_batch_payload_bytes: int = 4 << 20,
     ) -> None:
         missing = [c for c in channels if c not in key_of_channel]
         unknown = sorted(set(key_of_channel) - set(channels))
@@ -129,6 +174,7 @@ class TelemetryDecoder:
         self.max_payload_bytes = int(max_payload_bytes)
         self.max_future_s = float(max_future_s)
         self.max_past_s = float(max_past_s)
+        self.max_batch_payload_bytes = int(max_batch_payload_bytes)
         self.allowed_turbines = tuple(allowed_turbines)
         self._index = {k: i for i, k in enumerate(keys)}
         self._allowed = frozenset(self.allowed_turbines)
@@ -138,7 +184,10 @@ class TelemetryDecoder:
         levels = topic.split("/")
         if len(levels) <= self.turbine_level:
             return Rejection("bad_topic", f"topic {topic[:200]!r} has no turbine level {self.turbine_level}")
-        tid = levels[self.turbine_level]
+        return self._turbine(levels[self.turbine_level])
+
+    def _turbine(self, tid: Any) -> str | Rejection:
+        """`tid` if it is a valid turbine id on the allow-list, else a Rejection."""
         problem = turbine_id_problem(tid)
         if problem is not None:
             return Rejection("bad_turbine_id", problem)
@@ -157,24 +206,52 @@ class TelemetryDecoder:
             text = payload.decode("utf-8")
         except UnicodeDecodeError as e:
             return Rejection("not_utf8", str(e)[:200])
+        doc = _object(payload, text, _DOC_KEYS, "payload")
+        return doc if isinstance(doc, Rejection) else self._check_doc(tid, doc, now_ns)
+
+    def decode_batch(self, payload: bytes, now_ns: int) -> BatchDecode | Rejection:
+        """A `topics.telemetry_batch` message (JSON lines) -> the samples of its valid lines and why each other
+        line was refused; a Rejection for the whole message when it is oversized, not UTF-8 or empty."""
+        if len(payload) > self.max_batch_payload_bytes:
+            limit = self.max_batch_payload_bytes
+            return Rejection("oversized", f"{len(payload)} bytes > ingest.max_batch_payload_bytes={limit}")
         try:
-            doc = orjson.loads(payload)  # strict RFC 8259: NaN/Infinity and integers beyond 64 bits refused
-        except orjson.JSONDecodeError:  # the standard parser says why (or takes a huge integer)
-            try:
-                doc = json.loads(text, parse_constant=_reject_constant)
-            except RecursionError:  # valid or not, deeper than either parser goes (orjson: 1024 levels)
-                return Rejection("malformed_json", "nested deeper than 1024 levels")
-            except ValueError as e:
-                reason = "non_finite" if "non-finite literal" in str(e) else "malformed_json"
-                return Rejection(reason, f"{type(e).__name__}: {str(e)[:200]}")
+            payload.decode("utf-8")  # then every line is UTF-8 too: a newline byte never sits inside a character
+        except UnicodeDecodeError as e:
+            return Rejection("not_utf8", str(e)[:200])
+        samples: list[Sample] = []
+        rejected: list[tuple[int, Rejection]] = []
+        lines = 0
+        for n, line in enumerate(payload.split(b"\n"), 1):
+            if not line.strip():
+                continue
+            lines += 1
+            res = self._line(line, now_ns)
+            if isinstance(res, Rejection):
+                rejected.append((n, res))
+            else:
+                samples.append(res)
+        if not lines:
+            return Rejection("malformed_json", "a telemetry batch needs at least one line (one JSON object per line)")
+        return BatchDecode(samples, rejected)
+
+    def _line(self, line: bytes, now_ns: int) -> Sample | Rejection:
+        """One line of a telemetry batch, checked as `decode` checks a message, its turbine id inside."""
+        if len(line) > self.max_payload_bytes:
+            limit = self.max_payload_bytes
+            return Rejection("oversized", f"line of {len(line)} bytes > ingest.max_payload_bytes={limit}")
+        doc = _object(line, None, _LINE_KEYS, "line")
+        if isinstance(doc, Rejection):
+            return doc
+        if "turbine" not in doc:
+            return Rejection("bad_turbine_id", "no 'turbine' in the line")
+        tid = self._turbine(doc["turbine"])
+        if isinstance(tid, Rejection):
+            return tid
         return self._check_doc(tid, doc, now_ns)
 
-    def _check_doc(self, tid: str, doc: Any, now_ns: int) -> Sample | Rejection:
-        if not isinstance(doc, dict):
-            return Rejection("not_an_object", f"payload is a JSON {type(doc).__name__}, expected an object")
-        if doc.keys() - _DOC_KEYS:
-            extra = sorted(str(k)[:40] for k in doc if k not in _DOC_KEYS)
-            return Rejection("unknown_key", f"keys {extra[:5]}; allowed: ['ts', 'values']")
+    def _check_doc(self, tid: str, doc: dict[str, Any], now_ns: int) -> Sample | Rejection:
+        """A telemetry document's `ts` and `values` (its keys already checked) -> Sample or Rejection."""
         if "ts" not in doc:
             return Rejection("missing_ts", "no 'ts'")
         ts = parse_timestamp_ns(doc["ts"])
