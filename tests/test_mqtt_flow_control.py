@@ -16,7 +16,10 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from scada_tcn.demo.broker import free_port
 from scada_tcn.runtime.daemon_config import daemon_config_from_dict
@@ -281,6 +284,73 @@ def test_both_clients_read_through_the_read_ahead_and_lose_nothing(small_window_
             for i in range(300):
                 assert link.publish(f"flow/data/{i % 5}", f"{i}".encode(), track=True)
             assert link.wait_drained(30) and link.unacked() == []
+            wait_for(lambda: len(col.of("")) >= 300, 30, "the 300 publishes")
+        finally:
+            sender.disconnect()
+            sender.loop_stop()
+
+
+def test_plain_publishes_and_pubacks_skip_pahos_decoders_and_arrive_as_paho_gives_them(
+    small_window_broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lean decoders (`mqtt._Client`) take every QoS 1 PUBLISH without properties and every plain PUBACK;
+    a PUBLISH with properties (here a user property and a content type), a QoS 0 one and a retained one go through
+    paho's own decoders. Either way the handler gets the topic, payload, QoS, retain and dup flags paho would give,
+    once each and in order, and every tracked publish is acknowledged."""
+    calls = {"publish": 0, "puback": 0}
+    for name, key in (("_handle_publish", "publish"), ("_handle_pubackcomp", "puback")):
+        original = getattr(paho.Client, name)
+
+        def counted(self, *args, _original=original, _key=key):
+            calls[_key] += 1
+            return _original(self, *args)
+
+        monkeypatch.setattr(paho.Client, name, counted)
+    got: list[tuple[str, bytes, int, bool, bool]] = []
+    probed, done = threading.Event(), threading.Event()
+
+    def handler(msg) -> None:
+        link.ack(msg)
+        if msg.topic == "flow/in/probe":
+            probed.set()
+            return
+        got.append((msg.topic, msg.payload, msg.qos, msg.retain, msg.dup))
+        if len(got) == len(sent):
+            done.set()
+
+    props = Properties(PacketTypes.PUBLISH)
+    props.UserProperty = ("site", "farm")
+    props.ContentType = "application/json"
+    sent = [(f"flow/in/t{i % 7}", f"m{i:04d}".encode() + b"x" * (i % 300), 0 if i % 50 == 49 else 1, i % 20 == 19,
+             props if i % 10 == 3 else None) for i in range(1000)]  # fmt: skip
+    with _connected(small_window_broker.url, small_window_broker.url, 10_000, "flow-col5",
+                    {"flow/in/#": handler}) as (link, col):  # fmt: skip
+        sender = client(small_window_broker.url, "flow-sender5")
+        try:
+            for _ in range(100):
+                sender.publish("flow/in/probe", b"", qos=1)
+                if probed.wait(0.1):
+                    break
+            before = dict(calls)
+            infos = [sender.publish(t, p, qos=q, retain=r, properties=pr) for t, p, q, r, pr in sent]
+            for info in infos:
+                info.wait_for_publish(timeout=30)
+            assert done.wait(30), f"{len(got)} of {len(sent)} messages reached the handler"
+            # a retained message is delivered to a live subscription with retain 0 (MQTT 3.3.1.3); order holds
+            # within a QoS (QoS 0 is not held back by the Receive Maximum)
+            want = [(t, p, q, False, False) for t, p, q, _, _ in sent]
+            assert [m for m in got if m[2] == 1] == [m for m in want if m[2] == 1]
+            assert [m for m in got if m[2] == 0] == [m for m in want if m[2] == 0]
+            plain = sum(1 for _, _, q, _, pr in sent if q == 1 and pr is None)
+            # paho's decoder: the PUBLISHes with properties or QoS 0, and the sender's own (plain) PUBACKs
+            sender_acks = sum(1 for _, _, q, _, _ in sent if q == 1)
+            assert calls["publish"] - before["publish"] == len(sent) - plain
+            assert calls["puback"] - before["puback"] == sender_acks
+            before = dict(calls)
+            for i in range(300):
+                assert link.publish(f"flow/data/{i % 5}", f"{i}".encode(), track=True)
+            assert link.wait_drained(30) and link.unacked() == []
+            assert calls["puback"] == before["puback"]  # the link's 300 PUBACKs: all through the lean decoder
             wait_for(lambda: len(col.of("")) >= 300, 30, "the 300 publishes")
         finally:
             sender.disconnect()

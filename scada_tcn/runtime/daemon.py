@@ -48,7 +48,7 @@ from scada_tcn.runtime.health import HealthServer, Heartbeat
 from scada_tcn.runtime.journal import Journal
 from scada_tcn.runtime.mqtt import Message, MqttLink, Publish
 from scada_tcn.runtime.prometheus import RuntimeMetrics
-from scada_tcn.runtime.records import batches, iso_utc, status_of
+from scada_tcn.runtime.records import batches, iso_utc
 from scada_tcn.runtime.state_file import load_state, save_state
 from scada_tcn.runtime.telemetry import Rejection, Sample, TelemetryDecoder, topic_filter
 
@@ -431,9 +431,9 @@ class Daemon:
                 records = 1 if out.kind == "score" else 0
                 self._publish(out.kind, self._topic(out), out.payload, out.retain, track=True, records=records)
             if out.kind == "score":
-                scores[status_of(out.payload)] += 1
+                scores[out.state] += 1
             elif out.kind == "alert":
-                alerts["on" if b'"state":"on"' in out.payload else "off"] += 1
+                alerts[out.state] += 1
         for status, n in scores.items():
             self.metrics.scores.labels(status=status).inc(n)
         for state, n in alerts.items():

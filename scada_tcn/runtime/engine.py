@@ -72,6 +72,7 @@ class Output(NamedTuple):
     end_ns: int
     payload: bytes
     retain: bool
+    state: str  # a score's status ("ok", "warmup", "insufficient_data"); an alert's new state ("on", "off")
 
 
 class _Waiting(NamedTuple):
@@ -180,7 +181,7 @@ class Engine:
             if not s.ready:
                 rec = WarmupRecord(s.turbine, s.end_ns, self.dt_ns, self.bundle.model_id, s.n_steps, self.L,
                                    s.missing_now)  # fmt: skip
-                out.append(Output("score", s.turbine, s.end_ns, dumps(rec.to_dict()), False))
+                out.append(Output("score", s.turbine, s.end_ns, dumps(rec.to_dict()), False, "warmup"))
                 continue
             r += 1
             if ok[r - 1]:
@@ -388,15 +389,17 @@ class Engine:
         return out
 
     def _outputs(self, rec: ScoreRecord | InsufficientDataRecord) -> list[Output]:
-        out = [Output("score", rec.turbine, rec.end_ns, dumps(rec.to_dict()), False)]
         if isinstance(rec, InsufficientDataRecord):
-            return out
+            return [Output("score", rec.turbine, rec.end_ns, dumps(rec.to_dict()), False, "insufficient_data")]
+        out = [Output("score", rec.turbine, rec.end_ns, dumps(rec.to_dict()), False, "ok")]
         first = rec.turbine not in self._scored_once
         self._scored_once.add(rec.turbine)
         if rec.turned is not None:
-            out.append(Output("alert", rec.turbine, rec.end_ns, dumps(AlertRecord(rec).to_dict()), False))
+            out.append(Output("alert", rec.turbine, rec.end_ns, dumps(AlertRecord(rec).to_dict()), False, rec.turned))
         if rec.turned is not None or first:
-            out.append(Output("alert_state", rec.turbine, rec.end_ns, dumps(AlertStateRecord(rec).to_dict()), True))
+            state = "on" if rec.alert else "off"
+            out.append(Output("alert_state", rec.turbine, rec.end_ns, dumps(AlertStateRecord(rec).to_dict()), True,
+                              state))  # fmt: skip
         return out
 
     # ------------------------------------------------------------------------------------------------ state

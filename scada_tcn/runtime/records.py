@@ -64,7 +64,6 @@ __all__ = [
     "dumps",
     "iso_utc",
     "split_batch",
-    "status_of",
 ]
 
 SCHEMA = "scada-score/2"
@@ -82,18 +81,6 @@ def dumps(record: dict[str, Any]) -> bytes:
     """Deterministic compact JSON (sorted keys; floats in their shortest round-trip form, float32 arrays and numpy
     float32 scalars as float32; NaN/inf -> null)."""
     return orjson.dumps(record, default=_contiguous, option=_OPTIONS)
-
-
-_STATUSES = tuple((f'"status":"{s}"'.encode(), s) for s in ("ok", "warmup", "insufficient_data"))
-
-
-def status_of(payload: bytes) -> str:
-    """The status of a serialised score-topic record ("ok", "warmup", "insufficient_data"; "unknown" otherwise),
-    without parsing it (`dumps` writes the key without spaces)."""
-    for key, status in _STATUSES:
-        if key in payload:
-            return status
-    return "unknown"
 
 
 def batches(payloads: Iterable[bytes], max_bytes: int) -> Iterable[bytes]:

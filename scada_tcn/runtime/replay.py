@@ -39,7 +39,6 @@ import numpy as np
 from scada_tcn.runtime.daemon_config import MappingCfg
 from scada_tcn.runtime.engine import Engine
 from scada_tcn.runtime.errors import InputError
-from scada_tcn.runtime.records import status_of
 from scada_tcn.runtime.telemetry import parse_timestamp_ns
 
 __all__ = ["CHUNK_ROWS", "replay", "replay_file", "table_chunks"]
@@ -194,10 +193,10 @@ def replay(
         fa = stack.enter_context(open(alerts_out, "wb")) if alerts_out is not None else None
 
         def write(outputs: list) -> None:
-            scores = [o.payload for o in outputs if o.kind == "score"]
+            scores = [o for o in outputs if o.kind == "score"]
             if scores:
-                fh.writelines(line for p in scores for line in (p, b"\n"))
-                warmup = sum(status_of(p) == "warmup" for p in scores)
+                fh.writelines(line for o in scores for line in (o.payload, b"\n"))
+                warmup = sum(o.state == "warmup" for o in scores)
                 counts["warmup"] += warmup
                 counts["scores"] += len(scores) - warmup
             alerts = [o.payload for o in outputs if o.kind == "alert"]
