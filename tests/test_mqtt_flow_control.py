@@ -130,6 +130,21 @@ def _connected(
         col.close()
 
 
+@contextlib.contextmanager
+def _sender(url: str, client_id: str, probed: threading.Event) -> Iterator[paho.Client]:
+    """A connected publisher, once a probe on flow/in/probe has reached the link (its subscription is in place)."""
+    sender = client(url, client_id)
+    try:
+        for _ in range(100):
+            sender.publish("flow/in/probe", b"", qos=1)
+            if probed.wait(0.1):
+                break
+        yield sender
+    finally:
+        sender.disconnect()
+        sender.loop_stop()
+
+
 @pytest.fixture()
 def small_window_broker(tmp_path: Path):
     b = Broker(tmp_path / "broker", inflight=5)  # Mosquitto sends its max_inflight_messages as Receive Maximum
@@ -271,12 +286,7 @@ def test_both_clients_read_through_the_read_ahead_and_lose_nothing(small_window_
     with _connected(small_window_broker.url, small_window_broker.url, 10_000, "flow-col4",
                     {"flow/in/#": handler}) as (link, col):  # fmt: skip
         assert isinstance(link._sub.socket(), _ReadAhead) and isinstance(link._pub.socket(), _ReadAhead)
-        sender = client(small_window_broker.url, "flow-sender")
-        try:
-            for _ in range(100):
-                sender.publish("flow/in/probe", b"", qos=1)
-                if probed.wait(0.1):
-                    break
+        with _sender(small_window_broker.url, "flow-sender", probed) as sender:
             sent = [(f"flow/in/t{i % 13}", f"m{i:05d}".encode()) for i in range(3000)]
             publish_all(sender, sent)
             assert done.wait(30), f"{len(got)} of 3000 messages reached the handler"
@@ -285,9 +295,6 @@ def test_both_clients_read_through_the_read_ahead_and_lose_nothing(small_window_
                 assert link.publish(f"flow/data/{i % 5}", f"{i}".encode(), track=True)
             assert link.wait_drained(30) and link.unacked() == []
             wait_for(lambda: len(col.of("")) >= 300, 30, "the 300 publishes")
-        finally:
-            sender.disconnect()
-            sender.loop_stop()
 
 
 def test_plain_publishes_and_pubacks_skip_pahos_decoders_and_arrive_as_paho_gives_them(
@@ -325,12 +332,7 @@ def test_plain_publishes_and_pubacks_skip_pahos_decoders_and_arrive_as_paho_give
              props if i % 10 == 3 else None) for i in range(1000)]  # fmt: skip
     with _connected(small_window_broker.url, small_window_broker.url, 10_000, "flow-col5",
                     {"flow/in/#": handler}) as (link, col):  # fmt: skip
-        sender = client(small_window_broker.url, "flow-sender5")
-        try:
-            for _ in range(100):
-                sender.publish("flow/in/probe", b"", qos=1)
-                if probed.wait(0.1):
-                    break
+        with _sender(small_window_broker.url, "flow-sender5", probed) as sender:
             before = dict(calls)
             infos = [sender.publish(t, p, qos=q, retain=r, properties=pr) for t, p, q, r, pr in sent]
             for info in infos:
@@ -352,6 +354,3 @@ def test_plain_publishes_and_pubacks_skip_pahos_decoders_and_arrive_as_paho_give
             assert link.wait_drained(30) and link.unacked() == []
             assert calls["puback"] == before["puback"]  # the link's 300 PUBACKs: all through the lean decoder
             wait_for(lambda: len(col.of("")) >= 300, 30, "the 300 publishes")
-        finally:
-            sender.disconnect()
-            sender.loop_stop()
