@@ -126,6 +126,15 @@ def test_valid_range_turns_impossible_readings_into_missing_and_counts_them():
     assert out[0, WS] == 30.0  # only 60 and 0 are kept (bounds inclusive)
     assert np.isnan(out[0, PW])  # +-inf is impossible on any channel
     assert stats.out_of_range == {"wind_speed": 2, "power": 1, "wind_dir": 0, "nacelle_dir": 0, "status": 0}
+    # without a range: -inf is impossible too, the largest finite float is not (batch and incremental alike)
+    big = np.finfo(np.float64).max
+    vals = np.array([row(pw=-np.inf), row(pw=big), row(pw=-big)])
+    _, out, stats = bin_timeline(ts[:3], vals, spec)
+    assert out[0, PW] == 0.0 and stats.out_of_range["power"] == 1  # (big - big) / 2
+    acc = BinAccumulator(spec, grace_seconds=0)
+    for t, v in zip(ts[:3], vals):
+        acc.add_deferred(int(t), v)
+    assert acc.out_of_range.tolist() == [0, 1, 0, 0, 0]
 
 
 @pytest.mark.parametrize(

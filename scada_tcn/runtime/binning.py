@@ -35,6 +35,7 @@ from scada_tcn.runtime.spec import PipelineSpec
 
 _NS_PER_S = 1_000_000_000
 _I64 = np.iinfo(np.int64)
+_F64_MAX = float(np.finfo(np.float64).max)
 
 
 class ClosedBin(NamedTuple):
@@ -73,8 +74,8 @@ class _Plan:
     channels: tuple[str, ...]
     dt_ns: int
     dedupe: str
-    lo: np.ndarray  # (C,) lower valid bound, -inf when unset
-    hi: np.ndarray  # (C,) upper valid bound, +inf when unset
+    lo: np.ndarray  # (C,) lower valid bound, the lowest finite float when unset (so -inf is below it)
+    hi: np.ndarray  # (C,) upper valid bound, the highest finite float when unset (so +inf is above it)
     how: tuple[str, ...]  # per channel: mean/max/min/last or "circular"
     period: float  # full turn in angle units
 
@@ -87,8 +88,8 @@ def _plan(spec: PipelineSpec) -> _Plan:
         channels=spec.channels,
         dt_ns=int(spec.dt_seconds) * _NS_PER_S,
         dedupe=spec.dedupe,
-        lo=np.array([spec.valid_range.get(c, (-np.inf, np.inf))[0] for c in spec.channels], dtype=np.float64),
-        hi=np.array([spec.valid_range.get(c, (-np.inf, np.inf))[1] for c in spec.channels], dtype=np.float64),
+        lo=np.maximum([spec.valid_range.get(c, (-np.inf, np.inf))[0] for c in spec.channels], -_F64_MAX),
+        hi=np.minimum([spec.valid_range.get(c, (-np.inf, np.inf))[1] for c in spec.channels], _F64_MAX),
         how=tuple("circular" if c in spec.angular_channels else spec.aggregation.get(c, "mean") for c in spec.channels),
         period=360.0 if spec.angle_units == "deg" else 2.0 * math.pi,
     )
@@ -134,8 +135,9 @@ def bin_end_ns(ts_ns: np.ndarray, dt_seconds: int) -> np.ndarray:
 
 
 def _impossible(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Impossible readings: +-inf or outside [lo, hi] (NaN compares False: a missing value is not one)."""
-    return np.isinf(values) | (values < lo) | (values > hi)
+    """Impossible readings: outside [lo, hi], the plan's finite bounds, so +-inf always is (NaN compares False: a
+    missing value is not one)."""
+    return (values < lo) | (values > hi)
 
 
 def _range_filter(cols: np.ndarray, plan: _Plan) -> np.ndarray:
@@ -355,7 +357,7 @@ class BinAccumulator:
             return None
         row = row.astype(np.float64)  # always a copy: filtered in place below
         bad = _impossible(row, self._plan.lo, self._plan.hi)
-        if bad.any():
+        if np.count_nonzero(bad):
             row[bad] = np.nan
             self.out_of_range += bad
         key = (ts, row.tobytes())
@@ -459,12 +461,18 @@ class BinAccumulator:
             return None
         dt, start = self._plan.dt_ns, self._open_from
         n_bins = (last_ns - start) // dt + 1
-        closing = [r for r in self._rows if r[0] <= last_ns]  # a stamp <= a bin end lies in that bin or before
-        kept = [r for r in self._rows if r[0] > last_ns]
-        closing.sort(key=lambda r: (r[0], r[1]))  # by (ts, arrival order)
+        closing: list[tuple[int, int, np.ndarray]] = []
+        kept: list[tuple[int, int, np.ndarray]] = []
+        for r in self._rows:  # a stamp <= a bin end lies in that bin or before
+            (closing if r[0] <= last_ns else kept).append(r)
+        if len(closing) > 1:
+            closing.sort(key=lambda r: (r[0], r[1]))  # by (ts, arrival order)
         ts = np.array([r[0] for r in closing], dtype=np.int64)
         order = np.array([r[1] for r in closing], dtype=np.int64)
-        vals = np.array([r[2] for r in closing]) if closing else np.empty((0, len(self._plan.channels)))
+        if len(closing) == 1:  # the usual stream: one sample per bin
+            vals = closing[0][2][None, :]
+        else:
+            vals = np.array([r[2] for r in closing]) if closing else np.empty((0, len(self._plan.channels)))
         self._rows = kept
         self._seen = {(t, v.tobytes()) for t, _, v in kept}
         self._open_from, self._closed_any = last_ns + dt, True
