@@ -132,13 +132,18 @@ def _connected(
 
 @contextlib.contextmanager
 def _sender(url: str, client_id: str, probed: threading.Event) -> Iterator[paho.Client]:
-    """A connected publisher, once a probe on flow/in/probe has reached the link (its subscription is in place)."""
+    """A connected publisher, once a probe on flow/in/probe has reached the link (its subscription is in place)
+    and the broker has acknowledged every probe sent."""
     sender = client(url, client_id)
     try:
+        wait_for(sender.is_connected, 10, "the sender's connection")
+        probes = []
         for _ in range(100):
-            sender.publish("flow/in/probe", b"", qos=1)
+            probes.append(sender.publish("flow/in/probe", b"", qos=1))
             if probed.wait(0.1):
                 break
+        for info in probes:
+            info.wait_for_publish(timeout=10)
         yield sender
     finally:
         sender.disconnect()
