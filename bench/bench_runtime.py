@@ -16,7 +16,9 @@ state per turbine) against the baseline `compute.engine: window` (the whole L-st
 at every step). `--score-batch` runs both with `topics.score_batch` (a fleet step's score records as JSON lines,
 several per message) instead of one score message per turbine; `--telemetry-batch` sends each step's samples as
 one `topics.telemetry_batch` message (JSON lines, every turbine's sample, as a farm gateway would) instead of one
-message per turbine, and latency runs from publishing that message.
+message per turbine, and latency runs from publishing that message. `--state` runs the daemons with a state file
+(`state.path` in the case's temporary folder, as deploy/runtime.yaml sets one): every loop iteration's samples
+are journaled and fsynced before they are acknowledged, and the snapshot is saved every `state.save_interval_s`.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def _cpu_s(pid: int) -> float:
 
 
 def run_case(bundle_dir: Path, bundle, n: int, steps: int, engine: str, broker: Broker, tmp: Path,
-             batch: bool, tbatch: bool) -> dict:  # fmt: skip
+             batch: bool, tbatch: bool, state: bool) -> dict:  # fmt: skip
     cfg = {
         "site": "bench",
         "gateway": f"gw{n}-{engine}",
@@ -73,6 +75,7 @@ def run_case(bundle_dir: Path, bundle, n: int, steps: int, engine: str, broker: 
         "compute": {"engine": engine, "max_batch": 4096, "tick_s": 0.02},
         "queues": {"receive_maximum": 5000, "inbound": 20000},
         "health": {"metrics_host": "127.0.0.1", "metrics_port": 0},
+        "state": {"path": str(tmp / "state.npz") if state else None},
         "topics": {
             "score_batch": "scada/{site}/{gateway}/scores" if batch else None,
             "telemetry_batch": "scada/{site}/{gateway}/telemetry_batch" if tbatch else None,
@@ -217,6 +220,7 @@ def main() -> None:
     ap.add_argument("--stream-only", action="store_true", help="skip the window baseline (profiling runs)")
     ap.add_argument("--score-batch", action="store_true", help="publish scores with topics.score_batch")
     ap.add_argument("--telemetry-batch", action="store_true", help="send each step's samples on topics.telemetry_batch")
+    ap.add_argument("--state", action="store_true", help="run the daemons with a state file (journal + snapshots)")
     args = ap.parse_args()
     bundle = load_bundle(args.bundle)
     with tempfile.TemporaryDirectory() as d:
@@ -225,6 +229,7 @@ def main() -> None:
             + ("batched (topics.telemetry_batch)" if args.telemetry_batch else "one message per turbine")
             + "; scores "
             + ("batched (topics.score_batch)" if args.score_batch else "one message per turbine")
+            + ("; with a state file (journal + snapshots)" if args.state else "; no state file")
         )
         print(
             f"{'turbines':>8} {'engine':>8} {'steps/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'RSS MB':>7} {'start s':>7} "
@@ -233,7 +238,7 @@ def main() -> None:
         for n in args.turbines:
             cases = (("stream", args.steps),) + (() if args.stream_only else (("window", args.window_steps),))
             rows = [_fresh_broker_case(args.bundle, bundle, n, k, engine, Path(d) / f"{n}-{engine}", args.score_batch,
-                                       args.telemetry_batch) for engine, k in cases]  # fmt: skip
+                                       args.telemetry_batch, args.state) for engine, k in cases]  # fmt: skip
             for r in rows:
                 print(
                     f"{n:>8} {r['engine']:>8} {r['turbine_steps_per_s']:>9.0f} {r['p50_ms']:>8.1f} "
@@ -249,14 +254,14 @@ def main() -> None:
 
 
 def _fresh_broker_case(bundle_dir: Path, bundle, n: int, steps: int, engine: str, tmp: Path, batch: bool,
-                       tbatch: bool) -> dict:  # fmt: skip
+                       tbatch: bool, state: bool) -> dict:  # fmt: skip
     """`run_case` on a Mosquitto of its own: an earlier case's daemon leaves a persistent session behind (QoS 1,
     `broker.session_expiry_s`), for which a shared broker would queue every later case's telemetry too."""
     tmp.mkdir(parents=True)
     broker = Broker(tmp / "broker")
     broker.start()
     try:
-        return run_case(bundle_dir, bundle, n, steps, engine, broker, tmp, batch, tbatch)
+        return run_case(bundle_dir, bundle, n, steps, engine, broker, tmp, batch, tbatch, state)
     finally:
         broker.stop()
 
