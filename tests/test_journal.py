@@ -62,3 +62,29 @@ def test_reset_empties_and_appending_goes_on(tmp_path):
     assert [f.frame_no for f in j.read()] == [2]
     with pytest.raises(ValueError, match="3 channel values"):
         j.append(3, [Sample("WT01", 0, np.zeros(2))], None)
+
+
+def test_rotated_frames_are_read_first_until_dropped(tmp_path):
+    """`rotate` (a snapshot being written in the background): the frames so far move to `.prev`, new frames go to a
+    new file, and `read` yields both in order, from a fresh Journal too (a restart); a torn `.prev` ends the read
+    there (no gap); `drop_previous` and `reset` remove it; a second rotation before the drop is refused."""
+    j = Journal(tmp_path / "j", 3)
+    j.append(1, _samples(2), None)
+    j.append(2, [], 5)
+    j.rotate()
+    j.append(3, _samples(1, seed=3), None)
+    assert (tmp_path / "j.prev").exists()
+    assert [f.frame_no for f in Journal(tmp_path / "j", 3).read()] == [1, 2, 3]
+    with pytest.raises(RuntimeError, match="still needed"):
+        j.rotate()
+    prev = (tmp_path / "j.prev").read_bytes()
+    (tmp_path / "j.prev").write_bytes(prev[:-4])
+    r = Journal(tmp_path / "j", 3)
+    assert [f.frame_no for f in r.read()] == [1] and r.torn_tail
+    (tmp_path / "j.prev").write_bytes(prev)
+    j.drop_previous()
+    assert [f.frame_no for f in j.read()] == [3]
+    j.rotate()
+    j.append(4, [], None)
+    j.reset()
+    assert not (tmp_path / "j.prev").exists() and j.size() == 0 and list(j.read()) == []

@@ -9,8 +9,10 @@ the stream start, where batch and stream see the same history.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,12 +21,15 @@ import numpy as np
 import pytest
 
 from scada_tcn.demo.broker import free_port
+from scada_tcn.runtime import daemon as daemon_module
 from scada_tcn.runtime.bundle import load_bundle
 from scada_tcn.runtime.daemon import Daemon
 from scada_tcn.runtime.daemon_config import MappingCfg
 from scada_tcn.runtime.engine import Engine
+from scada_tcn.runtime.mqtt import Message
 from scada_tcn.runtime.records import dedupe, split_batch
 from scada_tcn.runtime.replay import replay
+from scada_tcn.runtime.state_file import encode_state
 from scada_tcn.runtime.stream import make_scorer
 from scada_tcn.runtime.telemetry import Sample, parse_timestamp_ns
 from tests.mosquitto import (
@@ -338,6 +343,63 @@ def test_batched_telemetry_scores_as_per_turbine_telemetry(broker, bundle, score
     for k, payload in got.records.items():
         assert_close(payload, replayed[k], k)
     col.close()
+
+
+def _same_state(a: Daemon, b: Daemon) -> bool:
+    ea, eb = encode_state(a.engine.state_dict()), encode_state(b.engine.state_dict())
+    return ea.doc == eb.doc and all(np.array_equal(x, eb.arrays[k], equal_nan=x.dtype.kind == "f")
+                                    for k, x in ea.arrays.items())  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["stream"], indirect=True)
+def test_the_periodic_snapshot_is_written_off_the_loop(bundle, fresh_scorer, timeline, tmp_path, monkeypatch):
+    """The periodic snapshot: the loop takes the state, rotates the journal and goes on while a thread writes the
+    file (held here until released). A restart from the files as they are while it writes (a crash then: no
+    snapshot yet, the rotated frames and the new ones) and after it wrote rebuilds the same engine state; the
+    rotated frames are dropped once the file is on disk. A failed write stops the loop with its cause."""
+    header, rows, _ = timeline
+    messages = [Message(t, p, 1, False, False, i + 1, 0, 0) for i, (t, p) in enumerate(to_messages(header, rows))]
+    now = [parse_timestamp_ns(STREAM_END)]
+    state_dir = tmp_path / "run"
+
+    def daemon(folder: Path) -> Daemon:
+        cfg = daemon_config(f"mqtt://127.0.0.1:{free_port()}", state={"path": str(folder / "state.npz")},
+                            queues={"receive_maximum": 50})  # fmt: skip
+        return Daemon(cfg, bundle, fresh_scorer(), clock=lambda: now[0])
+
+    release, write = threading.Event(), daemon_module.write_state
+    monkeypatch.setattr(daemon_module, "write_state", lambda path, enc: (release.wait(30), write(path, enc)))
+    d = daemon(state_dir)
+    for m in messages:
+        d.inbound.put_nowait(m)
+    while d.inbound.qsize():
+        d.step(0.0)  # the first iteration starts the periodic save (none before), the others go on
+    assert d._writer is not None and d._writer.is_alive()  # the loop did not wait for it
+    assert (state_dir / "state.npz.journal.prev").exists() and not (state_dir / "state.npz").exists()
+    crashed = tmp_path / "crashed_while_writing"
+    shutil.copytree(state_dir, crashed)
+    again = daemon(crashed)
+    assert not _same_state(again, d)
+    again._restore_state()
+    assert _same_state(again, d)
+    release.set()
+    d._wait_for_writer()
+    assert (state_dir / "state.npz").exists() and not (state_dir / "state.npz.journal.prev").exists()
+    later = tmp_path / "crashed_after"
+    shutil.copytree(state_dir, later)
+    again = daemon(later)
+    again._restore_state()
+    assert _same_state(again, d)
+
+    def failing(path, encoded):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(daemon_module, "write_state", failing)
+    now[0] += 61 * 10**9  # the next save is due
+    d.step(0.0)
+    d._writer.join(10)
+    with pytest.raises(RuntimeError, match="writing the state snapshot failed: OSError.*No space left"):
+        d.step(0.0)
 
 
 @pytest.mark.parametrize("kind", ["stream"], indirect=True)

@@ -19,8 +19,10 @@ the messages already received, publishes the status "offline", waits for the pub
 Crash consistency, with `state.path`: a message is acknowledged only after the journal frame holding its sample
 is on disk (runtime.journal). Every `state.save_interval_s` and on stop, a snapshot (every turbine's open bins,
 features, ring buffer and alert state, the number of the last journal frame it includes, and the published
-records the broker has not acknowledged yet) is written atomically and the journal emptied. At start, the
-snapshot is restored, its unacknowledged records are published again, and the journal frames after it are
+records the broker has not acknowledged yet) is written atomically and the journal emptied. The periodic one is
+written by a thread: the loop takes the state (arrays copied) and rotates the journal (`Journal.rotate`), and
+the rotated frames are deleted once the file is on disk, so the loop never waits for the disk (a failed write
+stops the daemon); on stop and after a restore it is written on the loop. At start, the snapshot is restored, its unacknowledged records are published again, and the journal frames after it are
 replayed through the same engine calls in the same order, publishing what they produce: after `kill -9` at any
 moment, every step gets the same bytes as in an uninterrupted run (a record may arrive twice, never differently),
 and a restart resumes scoring instead of warming every turbine up again. A state of another model is moved aside
@@ -49,7 +51,7 @@ from scada_tcn.runtime.journal import Journal
 from scada_tcn.runtime.mqtt import Message, MqttLink, Publish
 from scada_tcn.runtime.prometheus import RuntimeMetrics
 from scada_tcn.runtime.records import batches, iso_utc
-from scada_tcn.runtime.state_file import load_state, save_state
+from scada_tcn.runtime.state_file import EncodedState, encode_state, load_state, write_state
 from scada_tcn.runtime.telemetry import Rejection, Sample, TelemetryDecoder, topic_filter
 
 __all__ = ["Daemon", "setup_logging"]
@@ -146,6 +148,8 @@ class Daemon:
         )
         self._last_save_ns = 0
         self._frame_no = 0  # journal frames written (or replayed) so far
+        self._writer: threading.Thread | None = None  # writing the latest periodic snapshot
+        self._writer_error: BaseException | None = None
         self.journal: Journal | None = None
         if cfg.state.path is not None:
             self.journal = Journal(Path(cfg.state.path).with_name(Path(cfg.state.path).name + ".journal"),
@@ -228,16 +232,44 @@ class Daemon:
                                           "journal_frames": replayed, "torn_tail": self.journal.torn_tail})  # fmt: skip
         self._save_state()  # the replayed frames are in the snapshot now; start a fresh journal
 
-    def _save_state(self) -> None:
+    def _save_state(self, background: bool = False) -> None:
+        """Snapshot the state and empty the journal (at start and stop). `background` (the periodic save): the
+        state is taken here, the journal rotated (`Journal.rotate`), and a thread writes the file and then drops
+        the rotated frames, so the loop does not wait for the disk (~0.3 s for 1000 turbines); a crash before the
+        write completes restarts from the previous snapshot and both journal files."""
         if self.cfg.state.path is None:
             return
+        self._wait_for_writer()
         outbox = [{"topic": p.topic, "payload": p.payload.decode(), "retain": p.retain} for p in self.link.unacked()]
         snapshot = {"format": STATE_FORMAT, "engine": self.engine.state_dict(), "frame_no": self._frame_no,
                     "outbox": outbox}  # fmt: skip
-        save_state(self.cfg.state.path, snapshot)
+        encoded = encode_state(snapshot)
         assert self.journal is not None
-        self.journal.reset()
         self._last_save_ns = self.clock()
+        if not background:
+            write_state(self.cfg.state.path, encoded)
+            self.journal.reset()
+            return
+        self.journal.rotate()
+        self._writer = threading.Thread(target=self._write_snapshot, args=(encoded,), name="state-writer", daemon=True)
+        self._writer.start()
+
+    def _write_snapshot(self, encoded: EncodedState) -> None:
+        """The state writer thread: the snapshot, then the journal frames it includes are dropped."""
+        try:
+            write_state(self.cfg.state.path, encoded)  # type: ignore[arg-type]
+            assert self.journal is not None
+            self.journal.drop_previous()
+        except BaseException as e:  # raised on the processing loop (`_wait_for_writer`): the daemon stops
+            self._writer_error = e
+
+    def _wait_for_writer(self) -> None:
+        """Wait for the snapshot being written, if any; a failed write stops the daemon (fail fast, loud)."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        if self._writer_error is not None:
+            raise RuntimeError(f"writing the state snapshot failed: {self._writer_error!r}") from self._writer_error
 
     def _shutdown(self) -> None:
         self._stopped.set()
@@ -291,8 +323,11 @@ class Daemon:
         self.metrics.alerts_on.set(self.engine.alerts_on())
         self.metrics.score_drift.set(self.engine.drift.get()["ks"])
         self.metrics.connects.set(self.link.connects)
-        if self.cfg.state.path is not None and now - self._last_save_ns >= self.cfg.state.save_interval_s * 1e9:
-            self._save_state()
+        if self._writer_error is not None or (self._writer is not None and not self._writer.is_alive()):
+            self._wait_for_writer()  # a finished write is collected; a failed one stops the daemon here
+        due = self.cfg.state.path is not None and now - self._last_save_ns >= self.cfg.state.save_interval_s * 1e9
+        if due and self._writer is None:  # (a write still running: the next iteration saves)
+            self._save_state(background=True)
         return len(batch)
 
     def _apply(self, samples: list[Sample], tick_ns: int | None) -> None:

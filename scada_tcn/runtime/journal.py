@@ -17,6 +17,11 @@ bins past their grace) when that iteration ran one, after the samples. `read()` 
 stops at the first torn or corrupt frame (a crash while writing: its messages were never acknowledged, so the
 broker redelivers them). After a snapshot the journal is emptied (`reset`); the snapshot records the number of
 the last frame it includes, so frames of an older journal that survived a crash between the two are skipped.
+
+A snapshot written in the background: `rotate()` moves the frames so far to `<path>.prev` and starts a new file
+(the directory is fsynced, so the new file survives a power cut), `drop_previous()` deletes them once the
+snapshot that includes them is on disk. `read()` yields the frames of both files, the older first; a torn frame
+in `.prev` ends the reading there (what follows would leave a gap).
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ class Journal:
         if n_channels < 1:
             raise ValueError(f"Journal: n_channels must be >= 1, got {n_channels}")
         self.path = Path(path)
+        self.prev_path = self.path.with_name(self.path.name + ".prev")
         self.n_channels = int(n_channels)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(self.path, "ab")
@@ -72,9 +78,15 @@ class Journal:
         os.fsync(self._fh.fileno())
 
     def read(self) -> Iterator[Frame]:
-        """The frames on disk, in order, up to the first torn or corrupt one."""
+        """The frames on disk (`.prev`, then the current file), in order, up to the first torn or corrupt one."""
         self.torn_tail = False
-        data = self.path.read_bytes() if self.path.exists() else b""
+        for path in (self.prev_path, self.path):
+            yield from self._read(path)
+            if self.torn_tail:
+                return
+
+    def _read(self, path: Path) -> Iterator[Frame]:
+        data = path.read_bytes() if path.exists() else b""
         pos = 0
         while pos < len(data):
             if pos + _HEAD.size > len(data):
@@ -100,15 +112,38 @@ class Journal:
         return Frame(int(frame_no), samples, int(tick_ns) if has_tick else None)
 
     def reset(self) -> None:
-        """Empty the journal (after a snapshot that includes every frame in it)."""
+        """Empty the journal (after a snapshot that includes every frame in it), `.prev` too."""
         self._fh.close()
         with open(self.path, "wb") as fh:
             fh.flush()
             os.fsync(fh.fileno())
         self._fh = open(self.path, "ab")
+        self.drop_previous()
+
+    def rotate(self) -> None:
+        """Move the frames so far to `.prev` and append to a new file (a snapshot of them is being written)."""
+        if self.prev_path.exists():
+            raise RuntimeError(f"Journal.rotate: {self.prev_path} is still needed (its snapshot is not on disk)")
+        self._fh.close()
+        os.replace(self.path, self.prev_path)
+        self._fh = open(self.path, "ab")
+        _fsync_dir(self.path.parent)
+
+    def drop_previous(self) -> None:
+        """Delete `.prev` (the snapshot that includes its frames is on disk)."""
+        self.prev_path.unlink(missing_ok=True)
 
     def size(self) -> int:
-        return self.path.stat().st_size if self.path.exists() else 0
+        return sum(p.stat().st_size for p in (self.prev_path, self.path) if p.exists())
 
     def close(self) -> None:
         self._fh.close()
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a new or renamed directory entry durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

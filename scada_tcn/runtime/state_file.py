@@ -6,6 +6,10 @@ stored as its own entry `a<i>`; the tree itself is stored as JSON (entry `tree`,
 replaced by {"__array__": "a<i>"}. Writes are atomic (a temporary file, then `os.replace`), so a crash while
 saving leaves the previous state intact. Refused (ValueError): other object types, and files that are not such
 a state.
+
+`encode_state(tree)` takes everything the file needs (the tree as JSON, a copy of every array) and
+`write_state(path, encoded)` writes it, so the state can be captured at one point of a loop and written by
+another thread while the loop goes on changing the live arrays; `save_state` does both.
 """
 
 from __future__ import annotations
@@ -13,11 +17,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["load_state", "save_state"]
+__all__ = ["EncodedState", "encode_state", "load_state", "save_state", "write_state"]
 
 _ARRAY = "__array__"
 
@@ -50,18 +54,33 @@ def _restore(x: Any, arrays: Any) -> Any:
     return x
 
 
-def save_state(path: str | Path, tree: dict[str, Any]) -> None:
-    """Write `tree` to `path` atomically."""
-    path = Path(path)
+class EncodedState(NamedTuple):
+    doc: bytes  # the tree as JSON, arrays replaced by their entry names
+    arrays: dict[str, np.ndarray]  # copies: later changes to the live arrays do not reach the file
+
+
+def encode_state(tree: dict[str, Any]) -> EncodedState:
+    """Everything the state file of `tree` holds, taken now (see the module docstring)."""
     arrays: dict[str, np.ndarray] = {}
     doc = json.dumps(_flatten(tree, arrays)).encode()
+    return EncodedState(doc, {k: np.array(v, copy=True) for k, v in arrays.items()})
+
+
+def write_state(path: str | Path, encoded: EncodedState) -> None:
+    """Write an encoded state to `path` atomically (fsynced before it replaces the previous file)."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(tmp, "wb") as fh:
-        np.savez(fh, tree=np.frombuffer(doc, dtype=np.uint8), **arrays)
+        np.savez(fh, tree=np.frombuffer(encoded.doc, dtype=np.uint8), **encoded.arrays)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def save_state(path: str | Path, tree: dict[str, Any]) -> None:
+    """Write `tree` to `path` atomically."""
+    write_state(path, encode_state(tree))
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
