@@ -22,11 +22,12 @@ features, ring buffer and alert state, the number of the last journal frame it i
 records the broker has not acknowledged yet) is written atomically and the journal emptied. The periodic one is
 written by a thread: the loop takes the state (arrays copied) and rotates the journal (`Journal.rotate`), and
 the rotated frames are deleted once the file is on disk, so the loop never waits for the disk (a failed write
-stops the daemon); on stop and after a restore it is written on the loop. At start, the snapshot is restored, its unacknowledged records are published again, and the journal frames after it are
-replayed through the same engine calls in the same order, publishing what they produce: after `kill -9` at any
-moment, every step gets the same bytes as in an uninterrupted run (a record may arrive twice, never differently),
-and a restart resumes scoring instead of warming every turbine up again. A state of another model is moved aside
-with a warning.
+stops the daemon); on stop and after a restore it is written on the loop. At start, the snapshot is restored,
+its unacknowledged records are published again, and the journal frames after it (`.prev`'s first) are replayed
+through the same engine calls in the same order, publishing what they produce: after `kill -9` at any moment,
+every step gets the same bytes as in an uninterrupted run (a record may arrive twice, never differently), and a
+restart resumes scoring instead of warming every turbine up again. A state of another model is moved aside with
+a warning.
 """
 
 from __future__ import annotations
@@ -376,10 +377,14 @@ class Daemon:
                     if isinstance(res, Rejection):
                         self._reject(msg, res)
                         continue
+                    taken: list[Sample] = []  # admitted once the whole message is through
+                    added = set(new)
+                    for sample in res.samples:
+                        self._take(msg, sample, taken, added)
                     for line, rej in res.rejected:
                         self._reject(msg, rej, line=line)
-                    for sample in res.samples:
-                        self._take(msg, sample, samples, new)
+                    samples += taken
+                    new |= added
                     continue
                 res = self.decoder.decode(msg.topic, msg.payload, now_ns)
                 if isinstance(res, Rejection):
