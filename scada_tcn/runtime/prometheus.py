@@ -34,7 +34,12 @@ class RuntimeMetrics:
         )
         self.late = Counter(p + "late_samples", "samples dropped because their bin had closed", registry=r)
         self.bins_closed = Counter(p + "bins_closed", "model steps closed over all turbines", registry=r)
-        self.scores = Counter(p + "scores_published", "score-topic records, by status", ["status"], registry=r)
+        self.scores = Counter(
+            p + "scores_published",
+            "score-topic records produced, by status (those dropped are in scores_dropped_total too)",
+            ["status"],
+            registry=r,
+        )
         self.alerts = Counter(p + "alerts", "alert transitions, by new state", ["state"], registry=r)
         self.inference = Histogram(
             p + "inference_seconds", "wall time of one batched scoring call", buckets=_LATENCY_BUCKETS, registry=r
