@@ -211,5 +211,7 @@ def test_monitor_update_many_equals_update_one_by_one():
         many.update_many(batch)
         np.testing.assert_equal(one.get(), many.get())  # NaN-aware: both NaN before any score
         np.testing.assert_array_equal(one.state_dict()["values"], many.state_dict()["values"])
+        assert one.pushed == many.pushed
+    assert many.pushed == 40  # every score pushed counts, those beyond the window too
     with pytest.raises(DriftError, match="finite"):
         many.update_many([1.0, float("nan")])

@@ -327,6 +327,8 @@ def test_batched_telemetry_scores_as_per_turbine_telemetry(broker, bundle, score
     m = d.daemon.metrics
     assert m.value("scada_runtime_messages_in_total") == len(messages)
     assert m.value("scada_runtime_samples_in_total") == len(rows)
+    drift = d.daemon.engine.drift  # the gauge follows the monitor (it is recomputed when scores were pushed)
+    wait_for(lambda: m.value("scada_runtime_score_drift_ks") == drift.get()["ks"] and drift.pushed > 0, 10, "drift")
     assert d.stop() == 0
     expected: dict[str, float] = {}
     for _, _, r in hostile:

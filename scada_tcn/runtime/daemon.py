@@ -151,6 +151,7 @@ class Daemon:
         self._frame_no = 0  # journal frames written (or replayed) so far
         self._writer: threading.Thread | None = None  # writing the latest periodic snapshot
         self._writer_error: BaseException | None = None
+        self._drift_pushed = -1  # the drift monitor's `pushed` when the score_drift gauge was last set
         self.journal: Journal | None = None
         if cfg.state.path is not None:
             self.journal = Journal(Path(cfg.state.path).with_name(Path(cfg.state.path).name + ".journal"),
@@ -322,7 +323,9 @@ class Daemon:
         self.metrics.turbines.set(len(self.engine.fleet))
         self.metrics.fleet_waiting.set(self.engine.waiting())
         self.metrics.alerts_on.set(self.engine.alerts_on())
-        self.metrics.score_drift.set(self.engine.drift.get()["ks"])
+        if self.engine.drift.pushed != self._drift_pushed:  # the KS distance only moves with new scores
+            self._drift_pushed = self.engine.drift.pushed
+            self.metrics.score_drift.set(self.engine.drift.get()["ks"])
         self.metrics.connects.set(self.link.connects)
         if self._writer_error is not None or (self._writer is not None and not self._writer.is_alive()):
             self._wait_for_writer()  # a finished write is collected; a failed one stops the daemon here

@@ -107,6 +107,7 @@ class ScoreDriftMonitor:
         self._buf = np.zeros(window, dtype=np.float64)
         self._pos = 0  # next slot to write
         self._n = 0
+        self.pushed = 0  # scores pushed since construction: a caller recomputes `get()` only when it moved
 
     def update(self, score: float) -> None:
         """Push one score (finite), dropping the oldest once `window` are held."""
@@ -116,12 +117,14 @@ class ScoreDriftMonitor:
         self._buf[self._pos] = s
         self._pos = (self._pos + 1) % self.window
         self._n = min(self._n + 1, self.window)
+        self.pushed += 1
 
     def update_many(self, scores: Any) -> None:
         """Push a batch of scores in order: the same state as `update` on each, without a Python loop."""
         s = np.asarray(scores, dtype=np.float64).ravel()
         if not np.isfinite(s).all():
             raise DriftError("ScoreDriftMonitor.update_many: scores must be finite")
+        self.pushed += s.size
         s = s[-self.window :]  # older ones would be overwritten anyway
         idx = (self._pos + np.arange(s.size)) % self.window
         self._buf[idx] = s
@@ -157,6 +160,7 @@ class ScoreDriftMonitor:
         self._buf[: v.size] = v
         self._n = v.size
         self._pos = v.size % self.window
+        self.pushed += v.size
 
 
 DEFAULT_LEVELS = tuple(np.linspace(0.0, 1.0, 101).tolist())  # min, every percentile, max
