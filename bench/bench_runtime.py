@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import yaml
@@ -64,8 +65,16 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class Variant(NamedTuple):
+    """How the daemons run: batched score topic, batched telemetry topic, state file."""
+
+    score_batch: bool
+    telemetry_batch: bool
+    state: bool
+
+
 def run_case(bundle_dir: Path, bundle, n: int, steps: int, engine: str, broker: Broker, tmp: Path,
-             batch: bool, tbatch: bool, state: bool) -> dict:  # fmt: skip
+             v: Variant) -> dict:  # fmt: skip
     cfg = {
         "site": "bench",
         "gateway": f"gw{n}-{engine}",
@@ -75,10 +84,10 @@ def run_case(bundle_dir: Path, bundle, n: int, steps: int, engine: str, broker: 
         "compute": {"engine": engine, "max_batch": 4096, "tick_s": 0.02},
         "queues": {"receive_maximum": 5000, "inbound": 20000},
         "health": {"metrics_host": "127.0.0.1", "metrics_port": 0},
-        "state": {"path": str(tmp / "state.npz") if state else None},
+        "state": {"path": str(tmp / "state.npz") if v.state else None},
         "topics": {
-            "score_batch": "scada/{site}/{gateway}/scores" if batch else None,
-            "telemetry_batch": "scada/{site}/{gateway}/telemetry_batch" if tbatch else None,
+            "score_batch": "scada/{site}/{gateway}/scores" if v.score_batch else None,
+            "telemetry_batch": "scada/{site}/{gateway}/telemetry_batch" if v.telemetry_batch else None,
         },
     }
     path = tmp / f"rt-{n}-{engine}.yaml"
@@ -153,7 +162,7 @@ def run_case(bundle_dir: Path, bundle, n: int, steps: int, engine: str, broker: 
         topics = [f"scada/bench/{t}/telemetry" for t in ids]
         payloads = [  # every message encoded before the clock starts: the driver's cost is not the daemon's
             [
-                json.dumps(({"turbine": ids[i]} if tbatch else {}) | {"ts": T0 + s * DT, "values": {
+                json.dumps(({"turbine": ids[i]} if v.telemetry_batch else {}) | {"ts": T0 + s * DT, "values": {
                     c: round(v * (1 + 0.01 * e), 4) for (c, v), e in zip(base.items(), rng.standard_normal(len(base)))
                 }})
                 for i in range(n)
@@ -161,7 +170,7 @@ def run_case(bundle_dir: Path, bundle, n: int, steps: int, engine: str, broker: 
             for s in range(L + steps + 1)
         ]  # fmt: skip
         batch_topic = f"scada/bench/{cfg['gateway']}/telemetry_batch"
-        batched = ["\n".join(step) for step in payloads] if tbatch else []
+        batched = ["\n".join(step) for step in payloads] if v.telemetry_batch else []
         sent: dict[tuple[str, int], float] = {}
         lat, t_meas, n_meas, cpu0 = [], 0.0, 0, 0.0
         gc.collect()
@@ -175,7 +184,7 @@ def run_case(bundle_dir: Path, bundle, n: int, steps: int, engine: str, broker: 
             if s == L + 1:
                 cpu0 = _cpu_s(proc.pid)
             t_step = time.perf_counter()
-            if tbatch:  # one message: every turbine's sample of the step
+            if v.telemetry_batch:  # one message: every turbine's sample of the step
                 pub.publish(batch_topic, batched[s], qos=1)
                 now = time.perf_counter()
                 sent.update(((t, seq), now) for t in ids)
@@ -222,6 +231,7 @@ def main() -> None:
     ap.add_argument("--telemetry-batch", action="store_true", help="send each step's samples on topics.telemetry_batch")
     ap.add_argument("--state", action="store_true", help="run the daemons with a state file (journal + snapshots)")
     args = ap.parse_args()
+    variant = Variant(args.score_batch, args.telemetry_batch, args.state)
     bundle = load_bundle(args.bundle)
     with tempfile.TemporaryDirectory() as d:
         print(
@@ -237,8 +247,8 @@ def main() -> None:
         )
         for n in args.turbines:
             cases = (("stream", args.steps),) + (() if args.stream_only else (("window", args.window_steps),))
-            rows = [_fresh_broker_case(args.bundle, bundle, n, k, engine, Path(d) / f"{n}-{engine}", args.score_batch,
-                                       args.telemetry_batch, args.state) for engine, k in cases]  # fmt: skip
+            rows = [_fresh_broker_case(args.bundle, bundle, n, k, engine, Path(d) / f"{n}-{engine}", variant)
+                    for engine, k in cases]  # fmt: skip
             for r in rows:
                 print(
                     f"{n:>8} {r['engine']:>8} {r['turbine_steps_per_s']:>9.0f} {r['p50_ms']:>8.1f} "
@@ -253,15 +263,14 @@ def main() -> None:
                       "turbine-step", flush=True)  # fmt: skip
 
 
-def _fresh_broker_case(bundle_dir: Path, bundle, n: int, steps: int, engine: str, tmp: Path, batch: bool,
-                       tbatch: bool, state: bool) -> dict:  # fmt: skip
+def _fresh_broker_case(bundle_dir: Path, bundle, n: int, steps: int, engine: str, tmp: Path, v: Variant) -> dict:
     """`run_case` on a Mosquitto of its own: an earlier case's daemon leaves a persistent session behind (QoS 1,
     `broker.session_expiry_s`), for which a shared broker would queue every later case's telemetry too."""
     tmp.mkdir(parents=True)
     broker = Broker(tmp / "broker")
     broker.start()
     try:
-        return run_case(bundle_dir, bundle, n, steps, engine, broker, tmp, batch, tbatch, state)
+        return run_case(bundle_dir, bundle, n, steps, engine, broker, tmp, v)
     finally:
         broker.stop()
 

@@ -253,15 +253,15 @@ class Daemon:
             self.journal.reset()
             return
         self.journal.rotate()
-        self._writer = threading.Thread(target=self._write_snapshot, args=(encoded,), name="state-writer", daemon=True)
+        self._writer = threading.Thread(target=self._write_snapshot, args=(self.cfg.state.path, self.journal, encoded),
+                                        name="state-writer", daemon=True)  # fmt: skip
         self._writer.start()
 
-    def _write_snapshot(self, encoded: EncodedState) -> None:
+    def _write_snapshot(self, path: str, journal: Journal, encoded: EncodedState) -> None:
         """The state writer thread: the snapshot, then the journal frames it includes are dropped."""
         try:
-            write_state(self.cfg.state.path, encoded)  # type: ignore[arg-type]
-            assert self.journal is not None
-            self.journal.drop_previous()
+            write_state(path, encoded)
+            journal.drop_previous()
         except BaseException as e:  # raised on the processing loop (`_wait_for_writer`): the daemon stops
             self._writer_error = e
 
@@ -327,7 +327,7 @@ class Daemon:
             self._drift_pushed = self.engine.drift.pushed
             self.metrics.score_drift.set(self.engine.drift.get()["ks"])
         self.metrics.connects.set(self.link.connects)
-        if self._writer_error is not None or (self._writer is not None and not self._writer.is_alive()):
+        if self._writer is not None and not self._writer.is_alive():
             self._wait_for_writer()  # a finished write is collected; a failed one stops the daemon here
         due = self.cfg.state.path is not None and now - self._last_save_ns >= self.cfg.state.save_interval_s * 1e9
         if due and self._writer is None:  # (a write still running: the next iteration saves)
