@@ -211,18 +211,49 @@ def test_a_stuck_channel_is_named_and_alerts(bundle, rows, tmp_path):
 
 
 def test_replay_in_small_chunks_writes_the_same_bytes(bundle, rows, tmp_path):
-    """A time-sorted table read 997 rows at a time (flushing after each chunk) replays exactly as read whole."""
+    """A table parsed 997 rows at a time and fed 89 at a time (flushing after each) replays exactly as read and fed
+    whole; the progress reports every chunk read, then about every 997 rows scored."""
     header, body = rows
     table = write_csv(tmp_path / "slice.csv", header, body)
-    outs, seen = [], []
-    for chunk in (10**9, 997):
+    outs = []
+    for chunk, feed in ((10**9, 10**9), (997, 89)):
         engine = Engine(bundle, StreamScorer.from_bundle(bundle), grace_seconds=0.0, max_turbines=100, max_batch=512)
         out = tmp_path / f"scores-{chunk}.jsonl"
-        summary = replay(engine, table, MappingCfg(), out, progress=lambda c: seen.append(c["rows"]), chunk_rows=chunk)
-        assert summary["late"] == 0 and summary["rows"] == len(body)
+        seen: list[tuple[int, int]] = []
+        summary = replay(engine, table, MappingCfg(), out, chunk_rows=chunk, feed_rows=feed,
+                         progress=lambda c, seen=seen: seen.append((c["read"], c["rows"])))  # fmt: skip
+        assert summary["read"] == summary["rows"] == len(body)
         outs.append(out.read_bytes())
     assert outs[0] == outs[1] and outs[0].count(b"\n") > 2000
-    assert seen[0] == len(body) and seen[1:] == sorted(seen[1:]) and len(seen) == 1 + -(-len(body) // 997)
+    reads = [min(len(body), 997 * (i + 1)) for i in range(-(-len(body) // 997))]
+    assert seen[: len(reads)] == [(r, 0) for r in reads]
+    scored = [n for r, n in seen[len(reads) :] if r == len(body)]
+    assert len(scored) == len(seen) - len(reads) and scored[-1] == len(body)
+    gaps = np.diff([0, *scored])
+    assert ((gaps[:-1] >= 997) & (gaps[:-1] < 997 + 89)).all() and 0 < gaps[-1] < 997 + 89
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores-1000000000.jsonl", "scores-997.jsonl", "slice.csv"]
+
+
+@pytest.mark.parametrize("newest_first", [False, True])
+def test_replay_scores_a_table_by_turbine_as_the_same_rows_by_time(bundle, rows, tmp_path, newest_first):
+    """Per-turbine exports concatenated (each turbine's rows together, in either turbine order) read 997 rows at a
+    time give the records of the time-sorted table: every turbine's step meets its peers' same step. Fed in file
+    order, a chunk of one turbine's steps went out before its peers' steps arrived."""
+    header, body = rows
+    ti = header.index("turbine_id")
+    by_turbine = sorted(body, key=lambda r: r[ti], reverse=newest_first)  # stable: each turbine's rows in order
+    assert by_turbine != body
+    outs = []
+    for name, table in (("time", body), ("turbine", by_turbine)):
+        engine = Engine(bundle, StreamScorer.from_bundle(bundle), grace_seconds=0.0, max_turbines=100, max_batch=512)
+        out = tmp_path / f"scores-{name}.jsonl"
+        summary = replay(engine, write_csv(tmp_path / f"{name}.csv", header, table), MappingCfg(), out,
+                         chunk_rows=997, feed_rows=89)  # fmt: skip
+        assert summary["rows"] == len(body)
+        outs.append(sorted(out.read_bytes().splitlines()))  # within a fleet step, records follow the turbines' slots
+    assert outs[0] == outs[1] and len(outs[0]) > 2000
+    alerts = sum(json.loads(line).get("alert", False) for line in outs[0])
+    assert alerts > 0
 
 
 def test_step_graph_outputs_do_not_depend_on_the_batch(bundle):

@@ -9,14 +9,16 @@ Contract
   table in the training format
   replays with no mapping given. Stamps: ISO-8601 with a UTC offset, or epoch seconds; naive stamps need
   `naive_timezone`. Non-numeric cells and +-inf become missing (counted per channel), as in scada-prepare.
-* The table is read in chunks of `CHUNK_ROWS` rows (bounded memory for a year of a farm). Each chunk's rows are
-  fed to the same `Engine` as `run` in time order (stable: rows of one timestamp keep file order, the order
-  scada-prepare's dedupe sees; `Engine.ingest_many`, one vectorised call per turbine, is the same as feeding the
-  rows one by one), bins closing as later samples arrive, then the chunk's closed steps are scored.
-  A table sorted by time (as SCADA exports are) replays exactly as if it were read whole; a row older than a bin
-  its turbine has already closed (a table out of time order across chunks) is dropped and counted in `late`,
-  which the CLI reports with how to fix the table. At the end each turbine's bins are closed through its own
-  last sample, like scada-prepare's grid. No wall clock is involved. `progress(counts)` follows every chunk.
+* The table is parsed in chunks of `CHUNK_ROWS` rows, then fed to the same `Engine` as `run` in time order,
+  `FEED_ROWS` rows at a time (`Engine.ingest_many`, one vectorised call per turbine, is the same as feeding the
+  rows one by one), bins closing as later samples arrive, then the closed steps are scored and written (a flush's
+  records, ~20 kB per turbine-step before they are written, stay few). The order is the table's stable sort by
+  stamp, whatever the file's order (by time, by turbine, or per-turbine exports concatenated): rows of one stamp
+  keep file order, the order scada-prepare's dedupe sees, so every turbine's step meets its peers' same step, as
+  offline. Memory stays bounded for a year of a farm: the parsed values wait in an unnamed temporary file next to
+  `out` (8 bytes per channel and row; memory holds 12 bytes per row, 20 when the file is not sorted by time). At
+  the end each turbine's bins are closed through its own last sample, like scada-prepare's grid. No wall clock is
+  involved. `progress(counts)` follows every chunk read (`read`) and every `CHUNK_ROWS` rows scored (`rows`).
 * Output: `out` gets exactly the score-topic payloads `run` would publish (warm-up records included), one JSON
   object per line, in closing order; `alerts_out`, when given, the alert transitions. Returns a summary dict.
 Refused (InputError): a missing file or column, unparseable or naive stamps without a zone, an empty table.
@@ -29,7 +31,8 @@ import csv
 import gc
 import itertools
 import math
-from collections.abc import Callable, Iterator, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -41,9 +44,10 @@ from scada_tcn.runtime.engine import Engine
 from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.telemetry import parse_timestamp_ns
 
-__all__ = ["CHUNK_ROWS", "replay", "replay_file", "table_chunks"]
+__all__ = ["CHUNK_ROWS", "in_time_order", "replay", "replay_file", "table_chunks"]
 
-CHUNK_ROWS = 50_000  # rows read, sorted and fed per chunk (then flushed): bounded memory for any table length
+CHUNK_ROWS = 50_000  # rows parsed per chunk
+FEED_ROWS = 1_000  # rows fed to the engine at a time in time order, then flushed: a flush's records stay few
 _WRITE_BUFFER = 1 << 20  # bytes: the score lines go out in large writes
 
 
@@ -154,6 +158,44 @@ def table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg,
         yield ids, np.array(ts, dtype=np.int64), values, non_numeric
 
 
+def in_time_order(
+    chunks: Iterable[tuple[Sequence[str], np.ndarray, np.ndarray]], rows: int, spill_dir: str | Path
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Parsed chunks (turbine ids, ts_ns (n,) int64, values (n, C)) in file order -> the same rows in stable time
+    order (rows of one stamp keep file order), `rows` at a time. Every chunk is taken first: the values wait in an
+    unnamed temporary file in `spill_dir` (gone when the generator ends, even on a crash), the stamps and turbine
+    codes in memory. A file already sorted by time is read back in file order, without a sort."""
+    names: dict[str, int] = {}
+    stamps: list[np.ndarray] = []
+    codes: list[np.ndarray] = []
+    width = 0
+    with tempfile.TemporaryFile(dir=spill_dir, prefix=".scada-replay-") as fh:
+        for ids, ts, values in chunks:
+            uniq, inv = np.unique(np.asarray(ids, dtype=str), return_inverse=True)
+            code = np.array([names.setdefault(u, len(names)) for u in uniq.tolist()], dtype=np.int32)
+            codes.append(code[inv])
+            stamps.append(np.asarray(ts, dtype=np.int64))
+            width = values.shape[1]
+            try:
+                fh.write(np.ascontiguousarray(values, dtype=np.float64).tobytes())
+            except OSError as e:
+                raise InputError(
+                    f"replay: cannot keep the parsed table in {spill_dir} ({e}); it needs {8 * width} bytes per row "
+                    "there: free space or write --out to another disk"
+                ) from e
+        if not stamps:
+            return
+        ts, code = np.concatenate(stamps), np.concatenate(codes)
+        del stamps, codes
+        fh.flush()
+        values = np.memmap(fh, dtype=np.float64, mode="r", shape=(ts.size, width))
+        order = None if bool((ts[1:] >= ts[:-1]).all()) else np.argsort(ts, kind="stable")
+        table = np.array(list(names), dtype=str)  # code -> turbine id
+        for i in range(0, ts.size, rows):
+            sel = slice(i, i + rows) if order is None else order[i : i + rows]
+            yield table[code[sel]], ts[sel], np.array(values[sel])
+
+
 @contextlib.contextmanager
 def _few_collections() -> Iterator[None]:
     """For the length of a replay: what start-up loaded (bundle, sessions) is left out of the garbage collector's
@@ -178,16 +220,28 @@ def replay(
     alerts_out: str | Path | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     chunk_rows: int = CHUNK_ROWS,
+    feed_rows: int = FEED_ROWS,
 ) -> dict[str, Any]:
-    """Replay a table through `engine`, `chunk_rows` rows at a time; write score payloads (JSON lines) to `out`.
+    """Replay a table through `engine` (parsed `chunk_rows` rows at a time, fed `feed_rows` at a time); write score
+    payloads (JSON lines) to `out`.
 
-    `progress(counts)` is called after every chunk. Returns a summary."""
+    `progress(counts)` is called after every chunk parsed and every `chunk_rows` rows scored. Returns a summary."""
     spec = engine.bundle.spec
-    last_ns: dict[str, int] = {}
-    counts: dict[str, Any] = {"rows": 0, "turbines": 0, "scores": 0, "warmup": 0, "alerts": 0, "late": 0}
+    counts: dict[str, Any] = {"read": 0, "rows": 0, "turbines": 0, "scores": 0, "warmup": 0, "alerts": 0}
     non_numeric = dict.fromkeys(spec.channels, 0)
     grace_ns = int(engine.fleet.grace_seconds * 1e9)
     dt_ns = engine.dt_ns
+
+    def parsed() -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
+        for ids, ts, values, bad in table_chunks(path, spec.channels, mapping, engine.bundle.column_mapping,
+                                                 chunk_rows):  # fmt: skip
+            for c, n in bad.items():
+                non_numeric[c] += n
+            counts["read"] += len(ids)
+            if progress is not None:
+                progress(counts)
+            yield ids, ts, values
+
     with contextlib.ExitStack() as stack:
         fh = stack.enter_context(open(out, "wb", buffering=_WRITE_BUFFER))
         fa = stack.enter_context(open(alerts_out, "wb")) if alerts_out is not None else None
@@ -204,21 +258,22 @@ def replay(
             if fa is not None:
                 fa.writelines(line for p in alerts for line in (p, b"\n"))
 
-        chunks = table_chunks(path, spec.channels, mapping, engine.bundle.column_mapping, chunk_rows)
-        for ids, ts, values, bad in chunks:
-            order = np.argsort(ts, kind="stable")
-            names, stamps = np.asarray(ids)[order], ts[order]
-            counts["late"] += engine.ingest_many(names, stamps, values[order])
+        last_ns: dict[str, int] = {}
+        reported = 0
+        for names, stamps, values in in_time_order(parsed(), feed_rows, Path(out).parent):
+            late = engine.ingest_many(names, stamps, values)
+            if late:  # every turbine's rows come in time order: no bin can have closed before its sample
+                raise RuntimeError(f"replay: {late} rows in time order were dropped as late (a bug: please report)")
             uniq, last = np.unique(names[::-1], return_index=True)  # each turbine's last row: its newest stamp
-            for tid, t in zip(uniq.tolist(), stamps[names.size - 1 - last].tolist()):
-                last_ns[tid] = max(t, last_ns.get(tid, t))
+            last_ns.update(zip(uniq.tolist(), stamps[names.size - 1 - last].tolist()))
             write(engine.flush())
-            counts["rows"] += len(ids)
+            counts["rows"] += names.size
             counts["turbines"] = len(last_ns)
-            for c, n in bad.items():
-                non_numeric[c] += n
-            if progress is not None:
+            if progress is not None and counts["rows"] - reported >= chunk_rows:
+                reported = counts["rows"]
                 progress(counts)
+        if progress is not None and counts["rows"] != reported:
+            progress(counts)
         if not counts["rows"]:
             raise InputError(f"{path}: no rows")
         for tid, last in last_ns.items():  # each turbine's grid ends at its own last sample's bin
