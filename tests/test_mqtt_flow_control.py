@@ -359,3 +359,22 @@ def test_plain_publishes_and_pubacks_skip_pahos_decoders_and_arrive_as_paho_give
             assert link.wait_drained(30) and link.unacked() == []
             assert calls["puback"] == before["puback"]  # the link's 300 PUBACKs: all through the lean decoder
             wait_for(lambda: len(col.of("")) >= 300, 30, "the 300 publishes")
+
+
+@pytest.mark.parametrize("internal", ["_do_on_publish", "_send_puback", "_in_packet"])
+def test_a_paho_without_the_internals_the_link_builds_on_is_refused_at_start(monkeypatch, internal: str) -> None:
+    """A paho-mqtt release that renamed an internal the lean decoders or the quota use is refused when the link is
+    built, naming what is missing and the tested releases (not a failure inside paho's network thread later)."""
+    cfg = daemon_config_from_dict({"broker": {"url": "mqtt://127.0.0.1:1", "client_id": "old-paho"}})
+    if internal == "_in_packet":  # an instance field, set by paho's __init__
+        init = paho.Client.__init__
+
+        def without(self, *a, **k):
+            init(self, *a, **k)
+            del self._in_packet
+
+        monkeypatch.setattr(paho.Client, "__init__", without)
+    else:
+        monkeypatch.delattr(paho.Client, internal)
+    with pytest.raises(RuntimeError, match=rf"lacks \['{internal}'\].*pip install 'paho-mqtt>=2.0,<2.3'"):
+        MqttLink(cfg.broker, "old-paho", {}, Publish("s", b"offline", retain=True), receive_maximum=10, max_queued=10)

@@ -143,6 +143,27 @@ _PUBACK_SUCCESS = ReasonCode(PacketTypes.PUBACK)  # shared by every plain PUBACK
 _NO_PUBACK_PROPERTIES = Properties(PacketTypes.PUBACK)
 
 
+_PAHO_METHODS = ("_create_socket", "_handle_publish", "_handle_pubackcomp", "_handle_on_message", "_do_on_publish",
+                 "_send_puback")  # fmt: skip
+_PAHO_FIELDS = ("_in_packet", "_protocol", "_manual_ack", "_out_messages", "_out_message_mutex")
+PAHO_TESTED = "paho-mqtt>=2.0,<2.3"  # the releases whose internals `_Client` and `MqttLink` were checked against
+
+
+def check_paho(client: paho.Client) -> None:
+    """Refuse, at start-up, a paho-mqtt whose internals differ from those `_Client` and `MqttLink` build on (a
+    release that renamed one would otherwise fail inside paho's network thread, or skip the lean decoders)."""
+    missing = [n for n in _PAHO_METHODS if not callable(getattr(type(client), n, None))]
+    missing += [n for n in _PAHO_FIELDS if not hasattr(client, n)]
+    missing += [] if callable(getattr(paho, "time_func", None)) else ["time_func"]
+    if missing:
+        from importlib.metadata import version
+
+        raise RuntimeError(
+            f"paho-mqtt {version('paho-mqtt')} lacks {missing}, which scada_tcn.runtime.mqtt builds on; install a "
+            f"tested release: pip install '{PAHO_TESTED}'"
+        )
+
+
 class _Client(paho.Client):
     """paho's client with its socket behind `_ReadAhead` (paho wraps websocket transports the same way), and lean
     decoders for the two packets that every turbine-step brings: a QoS 1 MQTT v5 PUBLISH without properties
@@ -275,6 +296,7 @@ class MqttLink:
     def _client(self, client_id: str, receive_maximum: int, subscriber: bool) -> paho.Client:
         c = _Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5,
                         manual_ack=subscriber)  # fmt: skip
+        check_paho(c)
         c.max_queued_messages_set(0)  # what waits is bounded by `publish` (max_queued)
         c.max_inflight_messages_set(0)  # the publisher's window is our send quota (flow control, point 3)
         c.reconnect_delay_set(self.broker.reconnect_min_s, self.broker.reconnect_max_s)
