@@ -8,6 +8,7 @@ the stream start, where batch and stream see the same history.
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 import subprocess
@@ -817,6 +818,29 @@ def test_replay_cli(bundle_dir, timeline, tmp_path, replayed):
     )
     assert res.returncode == 2 and "replays CSV only" in res.stderr and "to_csv" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_replay_reads_a_gzipped_table_and_refuses_one_that_is_not_utf8_csv(
+    bundle_dir, timeline, tmp_path, replayed, capsys
+):
+    """A .csv.gz replays to the plain table's records; a .gz that is not gzip and a Latin-1 file are refused (exit 2,
+    the file and the cause named, no traceback)."""
+    from scada_tcn.runtime.cli import main
+
+    plain = Path(timeline[2]).read_bytes()
+    table = tmp_path / "scada.csv.gz"
+    table.write_bytes(gzip.compress(plain))
+    out = tmp_path / "gz.jsonl"
+    assert main(["replay", "--bundle", str(bundle_dir), "--input", str(table), "--out", str(out)]) == 0
+    assert {k: next(iter(v)) for k, v in by_key(out.read_bytes().splitlines()).items()} == replayed
+    capsys.readouterr()
+    latin1 = plain.replace(b"\n", "é\n".encode("latin-1"), 3)
+    for name, data, why in (("fake.csv.gz", plain, "not a UTF-8 CSV file (gzip)"),
+                            ("latin1.csv", latin1, "not a UTF-8 CSV file")):  # fmt: skip
+        (tmp_path / name).write_bytes(data)
+        assert main(["replay", "--bundle", str(bundle_dir), "--input", str(tmp_path / name), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"{tmp_path / name}: {why}" in err and "Traceback" not in err
 
 
 @ENGINES

@@ -36,7 +36,7 @@ Every key of runtime.yaml can be set as SCADA_RT_<SECTION>__<KEY>; unknown keys 
 Use `scada-runtime config-keys` to list them. SIGTERM drains and exits cleanly.
 """
 
-_REPLAY_HELP = """Score a raw SCADA table (CSV) with the daemon's pipeline; one JSON line per step.
+_REPLAY_HELP = """Score a raw SCADA table (CSV, plain or .gz) with the daemon's pipeline; one JSON line per step.
 
 Example:
 
@@ -59,7 +59,7 @@ def parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("replay", help="score a table as the daemon would", description=_REPLAY_HELP,
                          formatter_class=fmt)  # fmt: skip
     rep.add_argument("--bundle", type=Path, required=True, help="bundle directory written by scada-export")
-    rep.add_argument("--input", type=Path, required=True, help="raw SCADA table, .csv")
+    rep.add_argument("--input", type=Path, required=True, help="raw SCADA table, .csv or .csv.gz")
     rep.add_argument("--out", type=Path, required=True, help="score records, JSON lines")
     rep.add_argument("--config", type=Path, default=None, help="runtime.yaml for `mapping` and compute")
     rep.add_argument("--alerts", type=Path, default=None, help="also write alert transitions here")

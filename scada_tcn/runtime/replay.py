@@ -2,13 +2,13 @@
 
 Contract
 --------
-* Input: a CSV file (read with the csv module; a Parquet file is refused with the command that converts it, since
-  the edge install carries no Parquet reader) with one row per turbine and timestamp, in the training table's
-  format. Columns map to the bundle's channels through runtime.yaml's `mapping` section (`columns`,
-  `turbine_id_col`, `time_col`, `naive_timezone`); with no `columns` the bundle's training mapping is used, so a
-  table in the training format
-  replays with no mapping given. Stamps: ISO-8601 with a UTC offset, or epoch seconds; naive stamps need
-  `naive_timezone`. Non-numeric cells and +-inf become missing (counted per channel), as in scada-prepare.
+* Input: a CSV file, plain or gzipped (`.gz`), read with the csv module (a Parquet file is refused with the
+  command that converts it, since the edge install carries no Parquet reader), with one row per turbine and
+  timestamp, in the training table's format. Columns map to the bundle's channels through runtime.yaml's `mapping`
+  section (`columns`, `turbine_id_col`, `time_col`, `naive_timezone`); with no `columns` the bundle's training
+  mapping is used, so a table in the training format replays with no mapping given. Stamps: ISO-8601 with a UTC
+  offset, or epoch seconds; naive stamps need `naive_timezone`. Non-numeric cells and +-inf become missing
+  (counted per channel), as in scada-prepare.
 * The table is parsed in chunks of `CHUNK_ROWS` rows, then fed to the same `Engine` as `run` in time order,
   `FEED_ROWS` rows at a time (`Engine.ingest_many`, one vectorised call per turbine, is the same as feeding the
   rows one by one), bins closing as later samples arrive, then the closed steps are scored and written (a flush's
@@ -21,7 +21,8 @@ Contract
   involved. `progress(counts)` follows every chunk read (`read`) and every `CHUNK_ROWS` rows scored (`rows`).
 * Output: `out` gets exactly the score-topic payloads `run` would publish (warm-up records included), one JSON
   object per line, in closing order; `alerts_out`, when given, the alert transitions. Returns a summary dict.
-Refused (InputError): a missing file or column, unparseable or naive stamps without a zone, an empty table.
+Refused (InputError): a missing file or column, a file that is not UTF-8 CSV (or not gzip when named .gz),
+unparseable or naive stamps without a zone, an empty table.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ from __future__ import annotations
 import contextlib
 import csv
 import gc
+import gzip
 import itertools
 import math
 import tempfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -60,7 +63,19 @@ def _read_chunks(path: Path, columns: Sequence[str], rows: int) -> Iterator[dict
             f"python -c \"import pandas as pd; pd.read_parquet('{path}').to_csv('{csv_path}', "
             'index=False)"'
         )
-    with path.open(newline="", encoding="utf-8") as fh:
+    try:
+        yield from _csv_chunks(path, columns, rows)
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise InputError(f"{path}: not a UTF-8 CSV file{' (gzip)' if _gzipped(path) else ''}: {e}") from e
+
+
+def _gzipped(path: Path) -> bool:
+    return path.name.lower().endswith(".gz")
+
+
+def _csv_chunks(path: Path, columns: Sequence[str], rows: int) -> Iterator[dict[str, list[Any]]]:
+    opener = gzip.open if _gzipped(path) else open
+    with opener(path, "rt", newline="", encoding="utf-8") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
         if header is None:
