@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -403,6 +404,45 @@ def test_the_periodic_snapshot_is_written_off_the_loop(bundle, fresh_scorer, tim
     d._writer.join(10)
     with pytest.raises(RuntimeError, match="writing the state snapshot failed: OSError.*No space left"):
         d.step(0.0)
+
+
+@pytest.mark.parametrize("kind", ["stream"], indirect=True)
+def test_each_step_of_a_snapshot_is_durable_before_the_next_relies_on_it(bundle, fresh_scorer, timeline, tmp_path,
+                                                                          monkeypatch):  # fmt: skip
+    """A power cut keeps only what was fsynced (file data by its own fsync, a directory entry by the directory's).
+    The file operations of a periodic snapshot, recorded: the rotation's rename is made durable before the new
+    journal's first frame is relied on; the snapshot is fsynced before it replaces the old one, and that rename is
+    made durable before the rotated frames it includes are deleted (else a power cut could keep the deletion and
+    lose the rename: the old snapshot and no frames since)."""
+    header, rows, _ = timeline
+    messages = [Message(t, p, 1, False, False, i + 1, 0, 0) for i, (t, p) in enumerate(to_messages(header, rows))]
+    run = tmp_path / "run"
+    cfg = daemon_config(f"mqtt://127.0.0.1:{free_port()}", state={"path": str(run / "state.npz")},
+                        queues={"receive_maximum": 50})  # fmt: skip
+    d = Daemon(cfg, bundle, fresh_scorer(), clock=lambda: parse_timestamp_ns(STREAM_END))
+    ops: list[tuple[str, ...]] = []
+    fsync, replace, unlink = os.fsync, os.replace, os.unlink
+
+    def named(x) -> str:
+        return Path(x).name if Path(x).parent == run else str(x)
+
+    monkeypatch.setattr(os, "fsync", lambda fd: (ops.append(("fsync", named(os.readlink(f"/proc/self/fd/{fd}")))),
+                                                 fsync(fd))[1])  # fmt: skip
+    monkeypatch.setattr(os, "replace", lambda a, b: (ops.append(("replace", named(a), named(b))), replace(a, b))[1])
+    monkeypatch.setattr(os, "unlink", lambda a, **k: (ops.append(("unlink", named(a))), unlink(a, **k))[1])
+    for m in messages:
+        d.inbound.put_nowait(m)
+    while d.inbound.qsize():
+        d.step(0.0)  # the first iteration starts the periodic save
+    d._wait_for_writer()
+    at = {op: i for i, op in reversed(list(enumerate(ops)))}  # each operation's first index
+    rotated = at[("replace", "state.npz.journal", "state.npz.journal.prev")]
+    dir_syncs = [i for i, op in enumerate(ops) if op == ("fsync", str(run))]
+    frame = next(i for i, op in enumerate(ops) if i > rotated and op == ("fsync", "state.npz.journal"))
+    assert any(rotated < i < frame for i in dir_syncs), ops
+    written, renamed = at[("fsync", "state.npz.tmp")], at[("replace", "state.npz.tmp", "state.npz")]
+    dropped = at[("unlink", "state.npz.journal.prev")]
+    assert written < renamed < dropped and any(renamed < i < dropped for i in dir_syncs), ops
 
 
 @pytest.mark.parametrize("kind", ["stream"], indirect=True)

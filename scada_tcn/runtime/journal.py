@@ -36,6 +36,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from scada_tcn.runtime.state_file import fsync_dir
 from scada_tcn.runtime.telemetry import Sample
 
 __all__ = ["Frame", "Journal"]
@@ -127,7 +128,7 @@ class Journal:
         self._fh.close()
         os.replace(self.path, self.prev_path)
         self._fh = open(self.path, "ab")
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
     def drop_previous(self) -> None:
         """Delete `.prev` (the snapshot that includes its frames is on disk)."""
@@ -138,12 +139,3 @@ class Journal:
 
     def close(self) -> None:
         self._fh.close()
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a new or renamed directory entry durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -3,9 +3,10 @@
 Format: one `.npz` file (numpy, `allow_pickle=False`, never pickle). A state is a tree of dicts, lists, strings,
 numbers, booleans, None and numpy arrays (the `state_dict()` of the runtime's stateful objects). Every array is
 stored as its own entry `a<i>`; the tree itself is stored as JSON (entry `tree`, utf-8 bytes) with each array
-replaced by {"__array__": "a<i>"}. Writes are atomic (a temporary file, then `os.replace`), so a crash while
-saving leaves the previous state intact. Refused (ValueError): other object types, and files that are not such
-a state.
+replaced by {"__array__": "a<i>"}. Writes are atomic (a temporary file, fsynced, then `os.replace`), so a crash
+while saving leaves the previous state intact, and durable: the directory is fsynced after the rename, so once
+`write_state` returns the new file survives a power cut (the daemon deletes the journal frames it holds only
+then). Refused (ValueError): other object types, and files that are not such a state.
 
 `encode_state(tree)` takes everything the file needs (the tree as JSON, a copy of every array) and
 `write_state(path, encoded)` writes it, so the state can be captured at one point of a loop and written by
@@ -21,7 +22,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["EncodedState", "encode_state", "load_state", "save_state", "write_state"]
+__all__ = ["EncodedState", "encode_state", "fsync_dir", "load_state", "save_state", "write_state"]
 
 _ARRAY = "__array__"
 
@@ -66,8 +67,18 @@ def encode_state(tree: dict[str, Any]) -> EncodedState:
     return EncodedState(doc, {k: np.array(v, copy=True) for k, v in arrays.items()})
 
 
+def fsync_dir(path: str | Path) -> None:
+    """Make the entries just created, renamed or deleted in directory `path` durable (a power cut keeps them)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_state(path: str | Path, encoded: EncodedState) -> None:
-    """Write an encoded state to `path` atomically (fsynced before it replaces the previous file)."""
+    """Write an encoded state to `path` atomically and durably (the file fsynced before it replaces the previous
+    one, the directory after)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,6 +87,7 @@ def write_state(path: str | Path, encoded: EncodedState) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def save_state(path: str | Path, tree: dict[str, Any]) -> None:
