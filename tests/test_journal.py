@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -88,3 +90,18 @@ def test_rotated_frames_are_read_first_until_dropped(tmp_path):
     j.append(4, [], None)
     j.reset()
     assert not (tmp_path / "j.prev").exists() and j.size() == 0 and list(j.read()) == []
+
+
+def test_a_new_journal_file_is_made_durable_before_its_first_frame(tmp_path, monkeypatch):
+    """Creating the journal fsyncs its directory (else a power cut could lose the file with its fsynced frames);
+    opening an existing one does not need to."""
+    synced: list[str] = []
+    fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), fsync(fd))[1])
+    j = Journal(tmp_path / "j", 3)
+    assert synced == [str(tmp_path)]
+    j.append(1, _samples(2), None)
+    assert synced == [str(tmp_path), str(tmp_path / "j")]
+    j.close()
+    Journal(tmp_path / "j", 3).close()
+    assert len(synced) == 2

@@ -18,8 +18,9 @@ stops at the first torn or corrupt frame (a crash while writing: its messages we
 broker redelivers them). After a snapshot the journal is emptied (`reset`); the snapshot records the number of
 the last frame it includes, so frames of an older journal that survived a crash between the two are skipped.
 
-A snapshot written in the background: `rotate()` moves the frames so far to `<path>.prev` and starts a new file
-(the directory is fsynced, so the new file survives a power cut), `drop_previous()` deletes them once the
+Creating the file fsyncs its directory, so a new journal survives a power cut with its frames. A snapshot
+written in the background: `rotate()` moves the frames so far to `<path>.prev` and starts a new file (the
+directory is fsynced, so the new file survives a power cut), `drop_previous()` deletes them once the
 snapshot that includes them is on disk. `read()` yields the frames of both files, the older first; a torn frame
 in `.prev` ends the reading there (what follows would leave a gap).
 """
@@ -61,7 +62,10 @@ class Journal:
         self.prev_path = self.path.with_name(self.path.name + ".prev")
         self.n_channels = int(n_channels)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        created = not self.path.exists()
         self._fh = open(self.path, "ab")
+        if created:  # the new file's directory entry must survive a power cut before a frame relies on it
+            fsync_dir(self.path.parent)
         self.torn_tail = False  # set by read(): the file ended in a partial or corrupt frame
 
     def append(self, frame_no: int, samples: Sequence[Sample], tick_ns: int | None) -> None:
