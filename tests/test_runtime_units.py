@@ -252,6 +252,22 @@ def test_replay_table_cells_parse_like_scada_prepare(tmp_path):
     assert [bad for _, _, _, bad in chunks] == [{"wind_speed": 0, "power": 1}, {"wind_speed": 0, "power": 1}]
 
 
+def test_replay_table_with_a_byte_order_mark_or_semicolons(tmp_path):
+    """A UTF-8 byte-order mark (Excel's "CSV UTF-8") is skipped, as pandas does for scada-prepare; a table
+    separated by ';' is refused with that said."""
+    from scada_tcn.runtime.daemon_config import MappingCfg
+    from scada_tcn.runtime.errors import InputError
+    from scada_tcn.runtime.replay import table_chunks
+
+    text = "turbine_id,timestamp,ws\nWT1,1717200000,7.5\n"
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    (tmp_path / "semi.csv").write_text(text.replace(",", ";"))
+    ((ids, ts, values, _),) = table_chunks(tmp_path / "bom.csv", ("wind_speed",), MappingCfg(), {"wind_speed": "ws"}, 9)
+    assert ids == ["WT1"] and ts.tolist() == [1717200000 * 10**9] and values.tolist() == [[7.5]]
+    with pytest.raises(InputError, match="separated by ';': save it comma-separated"):
+        list(table_chunks(tmp_path / "semi.csv", ("wind_speed",), MappingCfg(), {"wind_speed": "ws"}, 9))
+
+
 def test_score_batches_keep_order_and_the_size_bound():
     """`records.batches` packs records one per line, in order, each message within the bound (a longer record goes
     alone); `split_batch` gives back exactly the records."""

@@ -75,15 +75,17 @@ def _gzipped(path: Path) -> bool:
 
 def _csv_chunks(path: Path, columns: Sequence[str], rows: int) -> Iterator[dict[str, list[Any]]]:
     opener = gzip.open if _gzipped(path) else open
-    with opener(path, "rt", newline="", encoding="utf-8") as fh:
+    with opener(path, "rt", newline="", encoding="utf-8-sig") as fh:  # a byte-order mark (Excel) is skipped
         reader = csv.reader(fh)
         header = next(reader, None)
         if header is None:
             raise InputError(f"{path}: empty file")
         missing = [c for c in columns if c not in header]
         if missing:
+            semicolons = len(header) == 1 and ";" in header[0]
+            hint = "; it looks separated by ';': save it comma-separated" if semicolons else ""
             raise InputError(
-                f"{path}: columns {missing} not found; the table has {header[:40]}. "
+                f"{path}: columns {missing} not found; the table has {header[:40]}{hint}. "
                 "Fix runtime.yaml `mapping` (columns, turbine_id_col, time_col)"
             )
         idx = {c: header.index(c) for c in dict.fromkeys(columns)}
