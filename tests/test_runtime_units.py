@@ -232,6 +232,45 @@ def test_the_deploy_example_config_is_valid_and_names_its_turbines():
     assert cfg.state.path is not None and cfg.broker.url.startswith("mqtts://")
 
 
+def test_the_deploy_alert_rules_name_only_metrics_and_settings_that_exist():
+    """deploy/prometheus-rules.yml: every rule has an expression, a severity, a summary and a description; every
+    scada_runtime_ series it queries is one the daemon exposes, every label it filters on is one of that metric's,
+    and every runtime.yaml setting its texts point to is a real key (the rules cannot drift from the code)."""
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from scada_tcn.runtime.daemon_config import RuntimeConfig
+    from scada_tcn.runtime.prometheus import RuntimeMetrics
+
+    doc = yaml.safe_load((Path(__file__).resolve().parents[1] / "deploy" / "prometheus-rules.yml").read_text())
+    rules = [r for g in doc["groups"] for r in g["rules"]]
+    assert len(rules) >= 8 and len({r["alert"] for r in rules}) == len(rules)
+    from prometheus_client.metrics import MetricWrapperBase
+
+    suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
+    labels = {m._name + x: set(m._labelnames) | ({"le"} if x == "_bucket" else set())  # each series and its labels
+              for m in vars(RuntimeMetrics()).values() if isinstance(m, MetricWrapperBase)
+              for x in suffixes[m._type]}  # fmt: skip
+    cfg = RuntimeConfig()
+    sections = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    settings = {f"{k}.{g.name}" for k, v in sections.items() if dataclasses.is_dataclass(v)
+                for g in dataclasses.fields(v)}  # fmt: skip
+    for r in rules:
+        assert set(r) <= {"alert", "expr", "for", "labels", "annotations"} and {"alert", "expr"} <= set(r), r
+        assert r["labels"]["severity"] in ("critical", "warning", "info") and set(r["annotations"]) == {
+            "summary", "description"}, r  # fmt: skip
+        for name, selector in re.findall(r"(scada_runtime_\w+)(\{[^}]*\})?", r["expr"]):
+            assert name in labels, (r["alert"], name)
+            used = set(re.findall(r"(\w+)\s*=", selector))
+            assert used <= labels[name], (r["alert"], name, used)
+        text = " ".join(r["annotations"].values())
+        for key in re.findall(r"\b((?:ingest|queues|topics|health|compute|state|broker)\.\w+)", text):
+            assert key in settings, (r["alert"], key)
+
+
 def test_replay_table_cells_parse_like_scada_prepare(tmp_path):
     # empty -> missing (not counted); text -> missing (counted); +-inf -> missing; numbers as written
     from scada_tcn.runtime.daemon_config import MappingCfg
