@@ -24,6 +24,7 @@ import pytest
 
 from scada_tcn.demo.broker import free_port
 from scada_tcn.runtime import daemon as daemon_module
+from scada_tcn.runtime import replay as replay_module
 from scada_tcn.runtime.bundle import load_bundle
 from scada_tcn.runtime.daemon import Daemon
 from scada_tcn.runtime.daemon_config import MappingCfg
@@ -861,10 +862,10 @@ def test_replay_cli(bundle_dir, timeline, tmp_path, replayed):
 
 
 def test_replay_reads_a_gzipped_table_and_refuses_one_that_is_not_utf8_csv(
-    bundle_dir, timeline, tmp_path, replayed, capsys
+    bundle_dir, timeline, tmp_path, replayed, capsys, monkeypatch
 ):
-    """A .csv.gz replays to the plain table's records; a .gz that is not gzip and a Latin-1 file are refused (exit 2,
-    the file and the cause named, no traceback)."""
+    """A .csv.gz replays to the plain table's records; a .gz that is not gzip, a Latin-1 file, an output in a
+    missing folder and no room for the temporary file are refused (exit 2, what and why named, no traceback)."""
     from scada_tcn.runtime.cli import main
 
     plain = Path(timeline[2]).read_bytes()
@@ -881,6 +882,17 @@ def test_replay_reads_a_gzipped_table_and_refuses_one_that_is_not_utf8_csv(
         assert main(["replay", "--bundle", str(bundle_dir), "--input", str(tmp_path / name), "--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert f"{tmp_path / name}: {why}" in err and "Traceback" not in err
+    missing = tmp_path / "no_such_folder" / "scores.jsonl"
+    assert main(["replay", "--bundle", str(bundle_dir), "--input", str(table), "--out", str(missing)]) == 2
+    assert "replay: cannot write the output" in capsys.readouterr().err
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(replay_module.tempfile, "TemporaryFile", full)
+    assert main(["replay", "--bundle", str(bundle_dir), "--input", str(table), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot keep the parsed table in {tmp_path}" in err and "No space left" in err
 
 
 @ENGINES

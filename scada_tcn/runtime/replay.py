@@ -22,7 +22,8 @@ Contract
 * Output: `out` gets exactly the score-topic payloads `run` would publish (warm-up records included), one JSON
   object per line, in closing order; `alerts_out`, when given, the alert transitions. Returns a summary dict.
 Refused (InputError): a missing file or column, a file that is not UTF-8 CSV (or not gzip when named .gz),
-unparseable or naive stamps without a zone, an empty table.
+unparseable or naive stamps without a zone, an empty table, an output that cannot be written, no room for the
+temporary file.
 """
 
 from __future__ import annotations
@@ -186,7 +187,16 @@ def in_time_order(
     stamps: list[np.ndarray] = []
     codes: list[np.ndarray] = []
     width = 0
-    with tempfile.TemporaryFile(dir=spill_dir, prefix=".scada-replay-") as fh:
+
+    def cannot(e: OSError) -> InputError:
+        return InputError(f"replay: cannot keep the parsed table in {spill_dir} ({e}); it needs 8 bytes per channel "
+                          "and row there: free space, or write --out to a folder on another disk")  # fmt: skip
+
+    try:
+        spill = tempfile.TemporaryFile(dir=spill_dir, prefix=".scada-replay-")
+    except OSError as e:
+        raise cannot(e) from e
+    with spill as fh:
         for ids, ts, values in chunks:
             uniq, inv = np.unique(np.asarray(ids, dtype=str), return_inverse=True)
             code = np.array([names.setdefault(u, len(names)) for u in uniq.tolist()], dtype=np.int32)
@@ -196,10 +206,7 @@ def in_time_order(
             try:
                 fh.write(np.ascontiguousarray(values, dtype=np.float64).tobytes())
             except OSError as e:
-                raise InputError(
-                    f"replay: cannot keep the parsed table in {spill_dir} ({e}); it needs {8 * width} bytes per row "
-                    "there: free space or write --out to another disk"
-                ) from e
+                raise cannot(e) from e
         if not stamps:
             return
         ts, code = np.concatenate(stamps), np.concatenate(codes)
@@ -260,8 +267,11 @@ def replay(
             yield ids, ts, values
 
     with contextlib.ExitStack() as stack:
-        fh = stack.enter_context(open(out, "wb", buffering=_WRITE_BUFFER))
-        fa = stack.enter_context(open(alerts_out, "wb")) if alerts_out is not None else None
+        try:
+            fh = stack.enter_context(open(out, "wb", buffering=_WRITE_BUFFER))
+            fa = stack.enter_context(open(alerts_out, "wb")) if alerts_out is not None else None
+        except OSError as e:
+            raise InputError(f"replay: cannot write the output: {e}") from e
 
         def write(outputs: list) -> None:
             scores = [o for o in outputs if o.kind == "score"]
