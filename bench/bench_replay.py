@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from scada_tcn.runtime.bundle import load_bundle  # noqa: E402
 from scada_tcn.runtime.daemon_config import daemon_config_from_dict  # noqa: E402
 from scada_tcn.runtime.records import dumps  # noqa: E402
-from scada_tcn.runtime.replay import CHUNK_ROWS, in_time_order, replay_file, table_chunks  # noqa: E402
+from scada_tcn.runtime.replay import CHUNK_ROWS, FEED_STEPS, in_time_order, replay_file, table_chunks  # noqa: E402
 from scada_tcn.runtime.stream import StreamScorer  # noqa: E402
 
 T0 = 1_700_000_400  # on the 10-min grid
@@ -98,7 +98,7 @@ def floor(bundle, table: Path, scores: Path, achieved: float) -> float:
     cfg = daemon_config_from_dict({})
     t0 = time.perf_counter()
     chunks = table_chunks(table, bundle.spec.channels, cfg.mapping, bundle.column_mapping, CHUNK_ROWS)
-    for _ in in_time_order(((ids, ts, v) for ids, ts, v, _ in chunks), CHUNK_ROWS, table.parent):
+    for _ in in_time_order(((ids, ts, v) for ids, ts, v, _ in chunks), FEED_STEPS, table.parent):
         pass
     read = time.perf_counter() - t0
     records = [orjson.loads(line) for line in scores.read_bytes().splitlines()]

@@ -211,16 +211,17 @@ def test_a_stuck_channel_is_named_and_alerts(bundle, rows, tmp_path):
 
 
 def test_replay_in_small_chunks_writes_the_same_bytes(bundle, rows, tmp_path):
-    """A table parsed 997 rows at a time and fed 89 at a time (flushing after each) replays exactly as read and fed
-    whole; the progress reports every chunk read, then about every 997 rows scored."""
+    """A table parsed 997 rows at a time and fed 7 steps of each turbine at a time (flushing after each) replays
+    exactly as read and fed whole; the progress reports every chunk read, then about every 997 rows scored."""
     header, body = rows
     table = write_csv(tmp_path / "slice.csv", header, body)
+    feed = 7 * len({r[header.index("turbine_id")] for r in body})  # rows per feed
     outs = []
-    for chunk, feed in ((10**9, 10**9), (997, 89)):
+    for chunk, steps in ((10**9, 10**9), (997, 7)):
         engine = Engine(bundle, StreamScorer.from_bundle(bundle), grace_seconds=0.0, max_turbines=100, max_batch=512)
         out = tmp_path / f"scores-{chunk}.jsonl"
         seen: list[tuple[int, int]] = []
-        summary = replay(engine, table, MappingCfg(), out, chunk_rows=chunk, feed_rows=feed,
+        summary = replay(engine, table, MappingCfg(), out, chunk_rows=chunk, feed_steps=steps,
                          progress=lambda c, seen=seen: seen.append((c["read"], c["rows"])))  # fmt: skip
         assert summary["read"] == summary["rows"] == len(body)
         outs.append(out.read_bytes())
@@ -230,7 +231,7 @@ def test_replay_in_small_chunks_writes_the_same_bytes(bundle, rows, tmp_path):
     scored = [n for r, n in seen[len(reads) :] if r == len(body)]
     assert len(scored) == len(seen) - len(reads) and scored[-1] == len(body)
     gaps = np.diff([0, *scored])
-    assert ((gaps[:-1] >= 997) & (gaps[:-1] < 997 + 89)).all() and 0 < gaps[-1] < 997 + 89
+    assert ((gaps[:-1] >= 997) & (gaps[:-1] < 997 + feed)).all() and 0 < gaps[-1] < 997 + feed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scores-1000000000.jsonl", "scores-997.jsonl", "slice.csv"]
 
 
@@ -248,7 +249,7 @@ def test_replay_scores_a_table_by_turbine_as_the_same_rows_by_time(bundle, rows,
         engine = Engine(bundle, StreamScorer.from_bundle(bundle), grace_seconds=0.0, max_turbines=100, max_batch=512)
         out = tmp_path / f"scores-{name}.jsonl"
         summary = replay(engine, write_csv(tmp_path / f"{name}.csv", header, table), MappingCfg(), out,
-                         chunk_rows=997, feed_rows=89)  # fmt: skip
+                         chunk_rows=997, feed_steps=7)  # fmt: skip
         assert summary["rows"] == len(body)
         outs.append(sorted(out.read_bytes().splitlines()))  # within a fleet step, records follow the turbines' slots
     assert outs[0] == outs[1] and len(outs[0]) > 2000

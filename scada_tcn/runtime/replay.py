@@ -10,11 +10,12 @@ Contract
   offset, or epoch seconds; naive stamps need `naive_timezone`. Non-numeric cells and +-inf become missing
   (counted per channel), as in scada-prepare.
 * The table is parsed in chunks of `CHUNK_ROWS` rows, then fed to the same `Engine` as `run` in time order,
-  `FEED_ROWS` rows at a time (`Engine.ingest_many`, one vectorised call per turbine, is the same as feeding the
-  rows one by one), bins closing as later samples arrive, then the closed steps are scored and written (a flush's
-  records, ~20 kB per turbine-step before they are written, stay few). The order is the table's stable sort by
-  stamp, whatever the file's order (by time, by turbine, or per-turbine exports concatenated): rows of one stamp
-  keep file order, the order scada-prepare's dedupe sees, so every turbine's step meets its peers' same step, as
+  about `FEED_STEPS` steps of every turbine at a time (`Engine.ingest_many`, one vectorised call per turbine, is
+  the same as feeding the rows one by one), bins closing as later samples arrive, then the closed steps are
+  scored and written (a flush's records, ~20 kB per turbine-step before they are written, stay few; fewer steps
+  per turbine would cost more per-turbine calls than they save). The order is the table's stable sort by stamp,
+  whatever the file's order (by time, by turbine, or per-turbine exports concatenated): rows of one stamp keep
+  file order, the order scada-prepare's dedupe sees, so every turbine's step meets its peers' same step, as
   offline. Memory stays bounded for a year of a farm: the parsed values wait in an unnamed temporary file next to
   `out` (8 bytes per channel and row; memory holds 12 bytes per row, 20 when the file is not sorted by time). At
   the end each turbine's bins are closed through its own last sample, like scada-prepare's grid. No wall clock is
@@ -51,7 +52,7 @@ from scada_tcn.runtime.telemetry import parse_timestamp_ns
 __all__ = ["CHUNK_ROWS", "in_time_order", "replay", "replay_file", "table_chunks"]
 
 CHUNK_ROWS = 50_000  # rows parsed per chunk
-FEED_ROWS = 1_000  # rows fed to the engine at a time in time order, then flushed: a flush's records stay few
+FEED_STEPS = 10  # rows per turbine fed to the engine at a time, then flushed: a flush's records stay few
 _WRITE_BUFFER = 1 << 20  # bytes: the score lines go out in large writes
 
 
@@ -177,12 +178,13 @@ def table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg,
 
 
 def in_time_order(
-    chunks: Iterable[tuple[Sequence[str], np.ndarray, np.ndarray]], rows: int, spill_dir: str | Path
+    chunks: Iterable[tuple[Sequence[str], np.ndarray, np.ndarray]], steps: int, spill_dir: str | Path
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Parsed chunks (turbine ids, ts_ns (n,) int64, values (n, C)) in file order -> the same rows in stable time
-    order (rows of one stamp keep file order), `rows` at a time. Every chunk is taken first: the values wait in an
-    unnamed temporary file in `spill_dir` (gone when the generator ends, even on a crash), the stamps and turbine
-    codes in memory. A file already sorted by time is read back in file order, without a sort."""
+    order (rows of one stamp keep file order), `steps` x the number of turbines at a time (about `steps` rows of
+    each). Every chunk is taken first: the values wait in an unnamed temporary file in `spill_dir` (gone when the
+    generator ends, even on a crash), the stamps and turbine codes in memory. A file already sorted by time is
+    read back in file order, without a sort."""
     names: dict[str, int] = {}
     stamps: list[np.ndarray] = []
     codes: list[np.ndarray] = []
@@ -215,6 +217,7 @@ def in_time_order(
         values = np.memmap(fh, dtype=np.float64, mode="r", shape=(ts.size, width))
         order = None if bool((ts[1:] >= ts[:-1]).all()) else np.argsort(ts, kind="stable")
         table = np.array(list(names), dtype=str)  # code -> turbine id
+        rows = steps * len(names)
         for i in range(0, ts.size, rows):
             sel = slice(i, i + rows) if order is None else order[i : i + rows]
             yield table[code[sel]], ts[sel], np.array(values[sel])
@@ -244,10 +247,10 @@ def replay(
     alerts_out: str | Path | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     chunk_rows: int = CHUNK_ROWS,
-    feed_rows: int = FEED_ROWS,
+    feed_steps: int = FEED_STEPS,
 ) -> dict[str, Any]:
-    """Replay a table through `engine` (parsed `chunk_rows` rows at a time, fed `feed_rows` at a time); write score
-    payloads (JSON lines) to `out`.
+    """Replay a table through `engine` (parsed `chunk_rows` rows at a time, fed `feed_steps` rows per turbine at a
+    time); write score payloads (JSON lines) to `out`.
 
     `progress(counts)` is called after every chunk parsed and every `chunk_rows` rows scored. Returns a summary."""
     spec = engine.bundle.spec
@@ -287,7 +290,7 @@ def replay(
 
         last_ns: dict[str, int] = {}
         reported = 0
-        for names, stamps, values in in_time_order(parsed(), feed_rows, Path(out).parent):
+        for names, stamps, values in in_time_order(parsed(), feed_steps, Path(out).parent):
             late = engine.ingest_many(names, stamps, values)
             if late:  # every turbine's rows come in time order: no bin can have closed before its sample
                 raise RuntimeError(f"replay: {late} rows in time order were dropped as late (a bug: please report)")
