@@ -307,6 +307,37 @@ def test_replay_table_with_a_byte_order_mark_or_semicolons(tmp_path):
         list(table_chunks(tmp_path / "semi.csv", ("wind_speed",), MappingCfg(), {"wind_speed": "ws"}, 9))
 
 
+def test_naive_local_stamps_parse_alike_in_replay_and_scada_prepare(tmp_path):
+    """Naive stamps in Europe/Paris around both 2017 DST changes: replay and scada-prepare give the same UTC
+    instants on either side of each change, and both refuse a time the change repeats (02:30 on Oct 29, clocks
+    back) or skips (02:30 on Mar 26, clocks forward), saying how to export instead."""
+    import pandas as pd
+
+    from scada_tcn.runtime.daemon_config import MappingCfg
+    from scada_tcn.runtime.errors import InputError
+    from scada_tcn.runtime.replay import table_chunks
+    from scada_tcn.trainer.data.tables import parse_timestamps
+
+    mapping = MappingCfg(naive_timezone="Europe/Paris")
+
+    def replayed(stamps: list[str]) -> list[int]:
+        path = tmp_path / "t.csv"
+        path.write_text("turbine_id,timestamp,ws\n" + "".join(f"WT1,{s},1\n" for s in stamps))
+        chunks = table_chunks(path, ("wind_speed",), mapping, {"wind_speed": "ws"}, 100)
+        return [t for _, ts, _, _ in chunks for t in ts.tolist()]
+
+    good = ["2017-03-26 01:50:00", "2017-03-26 03:10:00", "2017-10-29 01:50:00", "2017-10-29 03:10:00"]
+    utc = ["2017-03-26T00:50Z", "2017-03-26T01:10Z", "2017-10-28T23:50Z", "2017-10-29T02:10Z"]
+    want = [pd.Timestamp(u).value for u in utc]
+    assert replayed(good) == want == parse_timestamps(pd.Series(good), "Europe/Paris", "t").tolist()
+    refused = (("2017-10-29 02:30:00", "ambiguous_local_time"), ("2017-03-26 02:30:00", "nonexistent_local_time"))
+    for bad, why in refused:
+        with pytest.raises(InputError, match=rf"{why}.*DST change in Europe/Paris repeats or skips.*UTC offset"):
+            replayed([*good, bad])
+        with pytest.raises(InputError, match="DST change in Europe/Paris repeats or skips.*UTC offset"):
+            parse_timestamps(pd.Series([*good, bad]), "Europe/Paris", "t")
+
+
 def test_score_batches_keep_order_and_the_size_bound():
     """`records.batches` packs records one per line, in order, each message within the bound (a longer record goes
     alone); `split_batch` gives back exactly the records."""

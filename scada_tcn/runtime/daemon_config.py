@@ -161,7 +161,11 @@ class MappingCfg:
     columns: dict[str, str] = _f({}, "channel -> payload key / table column; empty = the bundle's training mapping")
     turbine_id_col: str = _f("turbine_id", "replay: column of the turbine id")
     time_col: str = _f("timestamp", "replay: column of the timestamp (ISO-8601 with offset, or epoch seconds)")
-    naive_timezone: str | None = _f(None, "replay: IANA zone of stamps without offset; None = refuse them")
+    naive_timezone: str | None = _f(
+        None,
+        "replay: IANA zone of stamps without offset (times a DST change repeats or skips are refused); None = "
+        "refuse them",
+    )
 
 
 @dataclass(frozen=True)

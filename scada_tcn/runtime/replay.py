@@ -38,7 +38,7 @@ import math
 import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -109,9 +109,19 @@ def _timestamp(cell: Any, tz: Any) -> int | str:
             pass
         res = parse_timestamp_ns(s)
         if res == "naive_timestamp" and tz is not None:
-            return parse_timestamp_ns(datetime.fromisoformat(s).replace(tzinfo=tz).isoformat())
+            return _local_ns(datetime.fromisoformat(s), tz)
         return res
     return parse_timestamp_ns(cell)
+
+
+def _local_ns(naive: datetime, tz: Any) -> int | str:
+    """A wall-clock time in zone `tz` -> ns UTC; a time that a DST change makes ambiguous (the hour repeated when
+    clocks go back) or skips (clocks going forward) is refused by its reason, as scada-prepare refuses it."""
+    early, late = naive.replace(tzinfo=tz, fold=0), naive.replace(tzinfo=tz, fold=1)
+    if early.utcoffset() != late.utcoffset():
+        there = early.astimezone(UTC).astimezone(tz).replace(tzinfo=None) == naive
+        return "ambiguous_local_time" if there else "nonexistent_local_time"
+    return parse_timestamp_ns(early.isoformat())
 
 
 def _number(cell: Any) -> tuple[float, bool]:
@@ -165,10 +175,13 @@ def table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg,
         bad = [(i, data[mapping.time_col][i]) for i, t in enumerate(ts) if isinstance(t, str)]
         if bad:
             kinds = sorted({ts[i] for i, _ in bad})
+            dst = {"ambiguous_local_time", "nonexistent_local_time"} & set(kinds)
+            fix = (f"local times that a DST change in {mapping.naive_timezone} repeats or skips: export the stamps "
+                   "with a UTC offset, or in UTC with mapping.naive_timezone: UTC") if dst else (
+                   "expected ISO-8601 with a UTC offset (or set mapping.naive_timezone) or epoch seconds")  # fmt: skip
             raise InputError(
-                f"{p}: {len(bad)} bad timestamps in {mapping.time_col!r} ({kinds}), e.g. "
-                f"{[c for _, c in bad[:3]]}; expected ISO-8601 with a UTC offset (or set "
-                "mapping.naive_timezone) or epoch seconds"
+                f"{p}: {len(bad)} bad timestamps in {mapping.time_col!r} ({kinds}), e.g. {[c for _, c in bad[:3]]}; "
+                f"{fix}"
             )
         values = np.empty((len(ids), len(channels)))
         non_numeric: dict[str, int] = {}

@@ -95,7 +95,13 @@ def parse_timestamps(col: pd.Series, naive_timezone: str | None, where: str) -> 
                 f"{where}: timestamps have no UTC offset (e.g. {s.iloc[0]!r}); set "
                 "data.identifiers.naive_timezone=UTC (or the site's zone, e.g. Europe/Paris)"
             )
-        parsed = parsed.dt.tz_localize(None).dt.tz_localize(naive_timezone, ambiguous="raise", nonexistent="raise")
+        try:
+            parsed = parsed.dt.tz_localize(None).dt.tz_localize(naive_timezone, ambiguous="raise", nonexistent="raise")
+        except ValueError as e:  # pandas: a time the DST change repeats (clocks back) or skips (clocks forward)
+            raise InputError(
+                f"{where}: local times that a DST change in {naive_timezone} repeats or skips ({e}); export the "
+                "stamps with a UTC offset, or in UTC with data.identifiers.naive_timezone=UTC"
+            ) from e
     return _utc_ns(parsed)
 
 
