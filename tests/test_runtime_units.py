@@ -338,6 +338,26 @@ def test_naive_local_stamps_parse_alike_in_replay_and_scada_prepare(tmp_path):
             parse_timestamps(pd.Series([*good, bad]), "Europe/Paris", "t")
 
 
+def test_replay_refuses_stamps_of_mixed_forms_as_scada_prepare_does(tmp_path):
+    """One stamp form per table, in replay as in scada-prepare: offsets mixed with local times, or epoch seconds
+    mixed with ISO-8601, are refused by both (replay also across its parse chunks) instead of read two ways."""
+    import pandas as pd
+
+    from scada_tcn.runtime.daemon_config import MappingCfg
+    from scada_tcn.runtime.errors import InputError
+    from scada_tcn.runtime.replay import table_chunks
+    from scada_tcn.trainer.data.tables import parse_timestamps
+
+    mapping = MappingCfg(naive_timezone="Europe/Paris")
+    for stamps in (["2017-07-01T12:00:00+02:00", "2017-07-01 12:10:00"], ["1498903200", "2017-07-01T12:10:00+02:00"]):
+        path = tmp_path / "t.csv"
+        path.write_text("turbine_id,timestamp,ws\n" + "".join(f"WT1,{s},1\n" for s in stamps))
+        with pytest.raises(InputError, match="stamps of different forms in 'timestamp'.*export every stamp one way"):
+            list(table_chunks(path, ("wind_speed",), mapping, {"wind_speed": "ws"}, 1))  # one row per chunk
+        with pytest.raises(InputError, match="mixed time zones|unparseable"):
+            parse_timestamps(pd.Series(stamps), "Europe/Paris", "t")
+
+
 def test_score_batches_keep_order_and_the_size_bound():
     """`records.batches` packs records one per line, in order, each message within the bound (a longer record goes
     alone); `split_batch` gives back exactly the records."""

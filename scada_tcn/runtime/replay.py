@@ -98,20 +98,17 @@ def _csv_chunks(path: Path, columns: Sequence[str], rows: int) -> Iterator[dict[
             yield {c: [row[i] if i < len(row) else "" for row in block] for c, i in idx.items()}
 
 
-def _timestamp(cell: Any, tz: Any) -> int | str:
-    if isinstance(cell, datetime):
-        cell = cell.isoformat()
-    if isinstance(cell, str):
-        s = cell.strip()
-        try:
-            return parse_timestamp_ns(float(s))
-        except ValueError:
-            pass
-        res = parse_timestamp_ns(s)
-        if res == "naive_timestamp" and tz is not None:
-            return _local_ns(datetime.fromisoformat(s), tz)
-        return res
-    return parse_timestamp_ns(cell)
+def _timestamp(cell: str, tz: Any) -> tuple[int | str, str]:
+    """A stamp cell -> (ns UTC, or the reason it is refused; its form: "epoch", "offset" or "naive")."""
+    s = cell.strip()
+    try:
+        return parse_timestamp_ns(float(s)), "epoch"
+    except ValueError:
+        pass
+    res = parse_timestamp_ns(s)
+    if res == "naive_timestamp":
+        return (res if tz is None else _local_ns(datetime.fromisoformat(s), tz)), "naive"
+    return res, "offset"
 
 
 def _local_ns(naive: datetime, tz: Any) -> int | str:
@@ -167,11 +164,20 @@ def table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg,
 
         tz = ZoneInfo(mapping.naive_timezone)
     cols = [mapping.turbine_id_col, mapping.time_col] + [colmap[c] for c in channels]
+    forms: dict[str, str] = {}  # each stamp form seen -> an example: one form per table, as scada-prepare demands
     for data in _read_chunks(p, cols, rows):
         ids = [str(x).strip() if x is not None else "" for x in data[mapping.turbine_id_col]]
         if any(not t for t in ids):
             raise InputError(f"{p}: {sum(not t for t in ids)} rows have no turbine id in {mapping.turbine_id_col!r}")
-        ts = [_timestamp(c, tz) for c in data[mapping.time_col]]
+        parsed = [_timestamp(c, tz) for c in data[mapping.time_col]]
+        ts = [t for t, _ in parsed]
+        for form in {f for _, f in parsed} - forms.keys():
+            forms[form] = next(c for (_, f), c in zip(parsed, data[mapping.time_col]) if f == form)
+        if len(forms) > 1:
+            raise InputError(
+                f"{p}: stamps of different forms in {mapping.time_col!r} ({forms}); export every stamp one way: "
+                "ISO-8601 with a UTC offset, epoch seconds, or local times with mapping.naive_timezone"
+            )
         bad = [(i, data[mapping.time_col][i]) for i, t in enumerate(ts) if isinstance(t, str)]
         if bad:
             kinds = sorted({ts[i] for i, _ in bad})
