@@ -358,6 +358,20 @@ def test_replay_refuses_stamps_of_mixed_forms_as_scada_prepare_does(tmp_path):
             parse_timestamps(pd.Series(stamps), "Europe/Paris", "t")
 
 
+def test_replay_applies_the_turbine_id_rule_of_scada_prepare(tmp_path):
+    """A turbine id that scada-prepare refuses (a space, empty, a '/') is refused by replay too, not stripped or
+    scored under a name the daemon would reject."""
+    from scada_tcn.runtime.daemon_config import MappingCfg
+    from scada_tcn.runtime.errors import InputError
+    from scada_tcn.runtime.replay import table_chunks
+
+    path = tmp_path / "t.csv"
+    for bad in (" WT01", "", "WT/1"):
+        path.write_text(f"turbine_id,timestamp,ws\nWT02,1717200000,2\n{bad},1717200000,1\n")
+        with pytest.raises(InputError, match=rf"column 'turbine_id': turbine id '{bad}' breaks the id rule"):
+            list(table_chunks(path, ("wind_speed",), MappingCfg(), {"wind_speed": "ws"}, 9))
+
+
 def test_score_batches_keep_order_and_the_size_bound():
     """`records.batches` packs records one per line, in order, each message within the bound (a longer record goes
     alone); `split_batch` gives back exactly the records."""

@@ -47,6 +47,7 @@ import numpy as np
 from scada_tcn.runtime.daemon_config import MappingCfg
 from scada_tcn.runtime.engine import Engine
 from scada_tcn.runtime.errors import InputError
+from scada_tcn.runtime.ids import turbine_id_problem
 from scada_tcn.runtime.telemetry import parse_timestamp_ns
 
 __all__ = ["CHUNK_ROWS", "in_time_order", "replay", "replay_file", "table_chunks"]
@@ -166,9 +167,10 @@ def table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg,
     cols = [mapping.turbine_id_col, mapping.time_col] + [colmap[c] for c in channels]
     forms: dict[str, str] = {}  # each stamp form seen -> an example: one form per table, as scada-prepare demands
     for data in _read_chunks(p, cols, rows):
-        ids = [str(x).strip() if x is not None else "" for x in data[mapping.turbine_id_col]]
-        if any(not t for t in ids):
-            raise InputError(f"{p}: {sum(not t for t in ids)} rows have no turbine id in {mapping.turbine_id_col!r}")
+        ids = data[mapping.turbine_id_col]
+        problems = sorted(filter(None, map(turbine_id_problem, set(ids))))  # the rule scada-prepare applies
+        if problems:
+            raise InputError(f"{p}: column {mapping.turbine_id_col!r}: {problems[0]} ({len(problems)} such ids)")
         parsed = [_timestamp(c, tz) for c in data[mapping.time_col]]
         ts = [t for t, _ in parsed]
         for form in {f for _, f in parsed} - forms.keys():
