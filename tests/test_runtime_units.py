@@ -241,6 +241,7 @@ def test_the_deploy_alert_rules_name_only_metrics_and_settings_that_exist():
     from pathlib import Path
 
     import yaml
+    from prometheus_client.metrics import MetricWrapperBase
 
     from scada_tcn.runtime.daemon_config import RuntimeConfig
     from scada_tcn.runtime.prometheus import RuntimeMetrics
@@ -248,8 +249,6 @@ def test_the_deploy_alert_rules_name_only_metrics_and_settings_that_exist():
     doc = yaml.safe_load((Path(__file__).resolve().parents[1] / "deploy" / "prometheus-rules.yml").read_text())
     rules = [r for g in doc["groups"] for r in g["rules"]]
     assert len(rules) >= 8 and len({r["alert"] for r in rules}) == len(rules)
-    from prometheus_client.metrics import MetricWrapperBase
-
     suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
     labels = {m._name + x: set(m._labelnames) | ({"le"} if x == "_bucket" else set())  # each series and its labels
               for m in vars(RuntimeMetrics()).values() if isinstance(m, MetricWrapperBase)
@@ -272,23 +271,31 @@ def test_the_deploy_alert_rules_name_only_metrics_and_settings_that_exist():
 
 
 def test_replay_table_cells_parse_like_scada_prepare(tmp_path):
-    # empty -> missing (not counted); text -> missing (counted); +-inf -> missing; numbers as written
+    """Every cell gets the value and the non-numeric count scada-prepare's reader gives it (pandas.to_numeric on
+    the CSV read as strings): empty is missing, not counted; text, "nan", digits grouped with '_' and non-ASCII
+    digits (which Python's float would take) are missing and counted; +-inf is missing, not counted."""
+    import io
+
+    import pandas as pd
+
     from scada_tcn.runtime.daemon_config import MappingCfg
     from scada_tcn.runtime.replay import table_chunks
+    from scada_tcn.trainer.data.tables import _to_numeric
 
+    cells = ["7.5", "1_000", "", " 2 ", "inf", "-3e2", "n/a", "0x10", "1e400", "nan", "NaN", "+5", ".5", "5.",
+             "1,5", "  ", "-inf", "Infinity", "1 000", "NA", "null", "-", "\u0661\u0662", "+nan", "1e-400", "e5",
+             "0.1e"]  # fmt: skip
+    text = "turbine_id,timestamp,ws\n" + "".join(f'WT1,{1717200000 + 600 * i},"{c}"\n' for i, c in enumerate(cells))
     path = tmp_path / "t.csv"
-    path.write_text(
-        "turbine_id,timestamp,ws,P\n"
-        "WT1,1717200000,7.5,1_000\n"
-        "WT1,1717200600,,n/a\n"
-        "WT2,1717200000,inf,-3e2\n"
-        "WT2,1717200600, 2 ,oops\n"
-    )
-    chunks = list(table_chunks(path, ("wind_speed", "power"), MappingCfg(), {"wind_speed": "ws", "power": "P"}, 3))
-    assert [len(ids) for ids, _, _, _ in chunks] == [3, 1]
-    values = np.concatenate([v for _, _, v, _ in chunks])
-    np.testing.assert_array_equal(values, [[7.5, 1000.0], [np.nan, np.nan], [np.nan, -300.0], [2.0, np.nan]])
-    assert [bad for _, _, _, bad in chunks] == [{"wind_speed": 0, "power": 1}, {"wind_speed": 0, "power": 1}]
+    path.write_text(text, encoding="utf-8")
+    chunks = list(table_chunks(path, ("wind_speed",), MappingCfg(), {"wind_speed": "ws"}, 10))
+    assert [len(ids) for ids, _, _, _ in chunks] == [10, 10, 7]
+    got = np.concatenate([v[:, 0] for _, _, v, _ in chunks])
+    column = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])["ws"]
+    want, counted = _to_numeric(column)
+    want = np.where(np.isfinite(want), want, np.nan)  # scada-prepare turns +-inf into missing after counting
+    np.testing.assert_array_equal(got, want)
+    assert sum(bad["wind_speed"] for _, _, _, bad in chunks) == counted == 15
 
 
 def test_replay_table_with_a_byte_order_mark_or_semicolons(tmp_path):

@@ -122,30 +122,30 @@ def _local_ns(naive: datetime, tz: Any) -> int | str:
     return parse_timestamp_ns(early.isoformat())
 
 
-def _number(cell: Any) -> tuple[float, bool]:
-    """(value, was_non_numeric); empty -> NaN (not counted), text -> NaN (counted), inf -> NaN."""
-    if cell is None or cell == "":
-        return math.nan, False
-    if isinstance(cell, bool):
-        return math.nan, True
+def _float(cell: str) -> float:
     try:
-        x = float(cell)
-    except (TypeError, ValueError):
-        return math.nan, True
-    return (x if math.isfinite(x) else math.nan), False
-
-
-def _numbers(cells: list[Any]) -> tuple[np.ndarray, int]:
-    """A column's cells -> float64 (empty, text and +-inf -> NaN) and its count of non-numeric cells: one
-    vectorised parse for an all-numeric column (the usual case), cell by cell (`_number`) when some cell is text."""
-    raw = np.array(cells, dtype=str)
-    try:
-        x = np.where(raw == "", "nan", raw).astype(np.float64)
+        return float(cell)
     except ValueError:
-        parsed = [_number(c) for c in cells]
-        return np.array([v for v, _ in parsed], dtype=np.float64), sum(b for _, b in parsed)
+        return math.nan
+
+
+def _numbers(cells: list[str]) -> tuple[np.ndarray, int]:
+    """A column's cells -> float64 and its count of non-numeric cells, as scada-prepare's `pandas.to_numeric`
+    reads them: empty -> NaN (not counted); a cell that is not a plain ASCII number (text, "nan", digits grouped
+    with '_', non-ASCII digits, all of which Python's float would take in part) -> NaN (counted); +-inf -> NaN
+    (not counted). One vectorised parse for an all-numeric column (the usual case), cell by cell when some cell
+    is text."""
+    raw = np.array(cells, dtype=str)
+    points = raw.view(np.uint32).reshape(raw.size, raw.itemsize // 4)  # UCS-4 code points, 0-padded
+    plain = (points < 128).all(axis=1) & (points != ord("_")).all(axis=1) & (raw != "")
+    kept = np.where(plain, raw, "nan")
+    try:
+        x = kept.astype(np.float64)
+    except ValueError:
+        x = np.array([_float(c) for c in kept.tolist()], dtype=np.float64)
+    bad = int(np.count_nonzero(np.isnan(x) & (raw != "")))
     x[~np.isfinite(x)] = np.nan
-    return x, 0
+    return x, bad
 
 
 def table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg, default_columns: dict[str, str],
