@@ -379,6 +379,28 @@ def test_replay_applies_the_turbine_id_rule_of_scada_prepare(tmp_path):
             list(table_chunks(path, ("wind_speed",), MappingCfg(), {"wind_speed": "ws"}, 9))
 
 
+def test_stamp_formats_of_real_exports_parse_alike_in_replay_and_scada_prepare(tmp_path):
+    """The stamp forms SCADA and database exports write (offsets +02:00, +0200, +02 as PostgreSQL writes them, Z,
+    a space or a T, minutes only, microseconds, epoch seconds) give replay and scada-prepare the same instant."""
+    import pandas as pd
+
+    from scada_tcn.runtime.daemon_config import MappingCfg
+    from scada_tcn.runtime.replay import table_chunks
+    from scada_tcn.trainer.data.tables import parse_timestamps
+
+    forms = ["2017-08-09T10:10:00+02:00", "2017-08-09 10:10:00+02:00", "2017-08-09T10:10:00.000+0200",
+             "2017-08-09 10:10:00+02", "2017-08-09 10:10+02", "2017-08-09T08:10:00Z", "2017-08-09T10:10+02:00",
+             "2017-08-09 10:10:00.000123+02", "20170809T081000Z", "1502266200", "1502266200.0"]  # fmt: skip
+    for stamp in forms:
+        path = tmp_path / "t.csv"
+        path.write_text(f"turbine_id,timestamp,ws\nWT1,{stamp},1\n")
+        ((_, ts, _, _),) = table_chunks(path, ("wind_speed",), MappingCfg(), {"wind_speed": "ws"}, 9)
+        col = pd.read_csv(path, dtype=str)["timestamp"]
+        col = pd.to_numeric(col) if stamp.replace(".", "").isdigit() else col
+        assert ts.tolist() == parse_timestamps(col, None, "t").tolist(), stamp
+        assert abs(int(ts[0]) - 1502266200 * 10**9) < 10**6, stamp
+
+
 def test_score_batches_keep_order_and_the_size_bound():
     """`records.batches` packs records one per line, in order, each message within the bound (a longer record goes
     alone); `split_batch` gives back exactly the records."""

@@ -19,7 +19,7 @@ import pandas as pd
 from scada_tcn.runtime.errors import InputError
 from scada_tcn.trainer.config import DataCfg
 
-_OFFSET_RE = r"(?:Z|[+-]\d{2}:?\d{2})$"
+_OFFSET_RE = r"(?:Z|[+-]\d{2}:?\d{2}|:\d{2}(?:\.\d+)?\s*[+-]\d{2})$"  # Z, +HH:MM, +HHMM, or +HH after a time
 
 
 @dataclass
