@@ -122,6 +122,28 @@ def _local_ns(naive: datetime, tz: Any) -> int | str:
     return parse_timestamp_ns(early.isoformat())
 
 
+def _stamps(cells: list[str], tz: Any, forms: dict[str, str], where: str, zone: str | None) -> np.ndarray:
+    """A chunk's stamp cells -> int64 ns UTC. Refused (InputError): an unparseable stamp, a local time that a DST
+    change repeats or skips, and a second stamp form in one table (`forms`: each form seen so far -> an example,
+    kept across chunks; scada-prepare demands one form per table too)."""
+    parsed = [_timestamp(c, tz) for c in cells]
+    for form in {f for _, f in parsed} - forms.keys():
+        forms[form] = next(c for (_, f), c in zip(parsed, cells) if f == form)
+    if len(forms) > 1:
+        raise InputError(f"{where}: stamps of different forms ({forms}); export every stamp one way: ISO-8601 with a "
+                         "UTC offset, epoch seconds, or local times with mapping.naive_timezone")  # fmt: skip
+    bad = [(t, c) for (t, _), c in zip(parsed, cells) if isinstance(t, str)]
+    if bad:
+        kinds = sorted({t for t, _ in bad})
+        if {"ambiguous_local_time", "nonexistent_local_time"} & set(kinds):
+            fix = (f"local times that a DST change in {zone} repeats or skips: export the stamps with a UTC offset, "
+                   "or in UTC with mapping.naive_timezone: UTC")  # fmt: skip
+        else:
+            fix = "expected ISO-8601 with a UTC offset (or set mapping.naive_timezone) or epoch seconds"
+        raise InputError(f"{where}: {len(bad)} bad timestamps ({kinds}), e.g. {[c for _, c in bad[:3]]}; {fix}")
+    return np.array([t for t, _ in parsed], dtype=np.int64)
+
+
 def _float(cell: str) -> float:
     try:
         return float(cell)
@@ -171,31 +193,12 @@ def table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg,
         problems = sorted(filter(None, map(turbine_id_problem, set(ids))))  # the rule scada-prepare applies
         if problems:
             raise InputError(f"{p}: column {mapping.turbine_id_col!r}: {problems[0]} ({len(problems)} such ids)")
-        parsed = [_timestamp(c, tz) for c in data[mapping.time_col]]
-        ts = [t for t, _ in parsed]
-        for form in {f for _, f in parsed} - forms.keys():
-            forms[form] = next(c for (_, f), c in zip(parsed, data[mapping.time_col]) if f == form)
-        if len(forms) > 1:
-            raise InputError(
-                f"{p}: stamps of different forms in {mapping.time_col!r} ({forms}); export every stamp one way: "
-                "ISO-8601 with a UTC offset, epoch seconds, or local times with mapping.naive_timezone"
-            )
-        bad = [(i, data[mapping.time_col][i]) for i, t in enumerate(ts) if isinstance(t, str)]
-        if bad:
-            kinds = sorted({ts[i] for i, _ in bad})
-            dst = {"ambiguous_local_time", "nonexistent_local_time"} & set(kinds)
-            fix = (f"local times that a DST change in {mapping.naive_timezone} repeats or skips: export the stamps "
-                   "with a UTC offset, or in UTC with mapping.naive_timezone: UTC") if dst else (
-                   "expected ISO-8601 with a UTC offset (or set mapping.naive_timezone) or epoch seconds")  # fmt: skip
-            raise InputError(
-                f"{p}: {len(bad)} bad timestamps in {mapping.time_col!r} ({kinds}), e.g. {[c for _, c in bad[:3]]}; "
-                f"{fix}"
-            )
+        ts = _stamps(data[mapping.time_col], tz, forms, f"{p}: column {mapping.time_col!r}", mapping.naive_timezone)
         values = np.empty((len(ids), len(channels)))
         non_numeric: dict[str, int] = {}
         for j, c in enumerate(channels):
             values[:, j], non_numeric[c] = _numbers(data[colmap[c]])
-        yield ids, np.array(ts, dtype=np.int64), values, non_numeric
+        yield ids, ts, values, non_numeric
 
 
 def in_time_order(
