@@ -233,13 +233,15 @@ def test_the_deploy_example_config_is_valid_and_names_its_turbines():
 
 
 def test_the_deploy_alert_rules_name_only_metrics_and_settings_that_exist():
-    """deploy/prometheus-rules.yml: every rule has an expression, a severity, a summary and a description; every
-    scada_runtime_ series it queries is one the daemon exposes, every label it filters on is one of that metric's,
-    and every runtime.yaml setting its texts point to is a real key (the rules cannot drift from the code)."""
+    """deploy/prometheus-rules.yml: every rule has an expression that a PromQL parser takes, a duration, a severity,
+    a summary and a description; every scada_runtime_ series it queries is one the daemon exposes, every label it
+    filters on is one of that metric's, and every runtime.yaml setting its texts point to is a real key (the rules
+    cannot drift from the code)."""
     import dataclasses
     import re
     from pathlib import Path
 
+    import promql_parser
     import yaml
     from prometheus_client.metrics import MetricWrapperBase
 
@@ -259,6 +261,8 @@ def test_the_deploy_alert_rules_name_only_metrics_and_settings_that_exist():
                 for g in dataclasses.fields(v)}  # fmt: skip
     for r in rules:
         assert set(r) <= {"alert", "expr", "for", "labels", "annotations"} and {"alert", "expr"} <= set(r), r
+        promql_parser.parse(r["expr"])  # ValueError on a query Prometheus would refuse
+        assert re.fullmatch(r"\d+[smhd]", r.get("for", "0s")), r
         assert r["labels"]["severity"] in ("critical", "warning", "info") and set(r["annotations"]) == {
             "summary", "description"}, r  # fmt: skip
         for name, selector in re.findall(r"(scada_runtime_\w+)(\{[^}]*\})?", r["expr"]):
