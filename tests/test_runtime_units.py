@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from scada_tcn.runtime.alerts import AlertState
-from scada_tcn.runtime.daemon_config import ConfigError, daemon_config_from_dict, describe
+from scada_tcn.runtime.daemon_config import ConfigError, MappingCfg, daemon_config_from_dict, describe
 from scada_tcn.runtime.records import batches, dumps, iso_utc, split_batch
 from scada_tcn.runtime.telemetry import (
     REASONS,
@@ -223,8 +224,6 @@ def test_dumps_is_deterministic():
 
 
 def test_the_deploy_example_config_is_valid_and_names_its_turbines():
-    from pathlib import Path
-
     from scada_tcn.runtime.daemon_config import load_daemon_config
 
     cfg = load_daemon_config(Path(__file__).resolve().parents[1] / "deploy" / "runtime.yaml", {})
@@ -239,7 +238,6 @@ def test_the_deploy_alert_rules_name_only_metrics_and_settings_that_exist():
     cannot drift from the code)."""
     import dataclasses
     import re
-    from pathlib import Path
 
     import promql_parser
     import yaml
@@ -274,6 +272,19 @@ def test_the_deploy_alert_rules_name_only_metrics_and_settings_that_exist():
             assert key in settings, (r["alert"], key)
 
 
+def _ws_chunks(path: Path, rows: int = 9, mapping: MappingCfg | None = None) -> list:
+    """`replay.table_chunks` of a one-channel table (column ws -> wind_speed), parsed `rows` rows at a time."""
+    from scada_tcn.runtime.replay import table_chunks
+
+    return list(table_chunks(path, ("wind_speed",), mapping or MappingCfg(), {"wind_speed": "ws"}, rows))
+
+
+def _stamp_table(path: Path, stamps: list[str]) -> Path:
+    """A one-turbine, one-channel table with these stamps."""
+    path.write_text("turbine_id,timestamp,ws\n" + "".join(f"WT1,{s},1\n" for s in stamps))
+    return path
+
+
 def test_replay_table_cells_parse_like_scada_prepare(tmp_path):
     """Every cell gets the value and the non-numeric count scada-prepare's reader gives it (pandas.to_numeric on
     the CSV read as strings): empty is missing, not counted; text, "nan", digits grouped with '_' and non-ASCII
@@ -282,8 +293,6 @@ def test_replay_table_cells_parse_like_scada_prepare(tmp_path):
 
     import pandas as pd
 
-    from scada_tcn.runtime.daemon_config import MappingCfg
-    from scada_tcn.runtime.replay import table_chunks
     from scada_tcn.trainer.data.tables import _to_numeric
 
     cells = ["7.5", "1_000", "", " 2 ", "inf", "-3e2", "n/a", "0x10", "1e400", "nan", "NaN", "+5", ".5", "5.",
@@ -292,7 +301,7 @@ def test_replay_table_cells_parse_like_scada_prepare(tmp_path):
     text = "turbine_id,timestamp,ws\n" + "".join(f'WT1,{1717200000 + 600 * i},"{c}"\n' for i, c in enumerate(cells))
     path = tmp_path / "t.csv"
     path.write_text(text, encoding="utf-8")
-    chunks = list(table_chunks(path, ("wind_speed",), MappingCfg(), {"wind_speed": "ws"}, 10))
+    chunks = _ws_chunks(path, 10)
     assert [len(ids) for ids, _, _, _ in chunks] == [10, 10, 7]
     got = np.concatenate([v[:, 0] for _, _, v, _ in chunks])
     column = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])["ws"]
@@ -305,17 +314,15 @@ def test_replay_table_cells_parse_like_scada_prepare(tmp_path):
 def test_replay_table_with_a_byte_order_mark_or_semicolons(tmp_path):
     """A UTF-8 byte-order mark (Excel's "CSV UTF-8") is skipped, as pandas does for scada-prepare; a table
     separated by ';' is refused with that said."""
-    from scada_tcn.runtime.daemon_config import MappingCfg
     from scada_tcn.runtime.errors import InputError
-    from scada_tcn.runtime.replay import table_chunks
 
     text = "turbine_id,timestamp,ws\nWT1,1717200000,7.5\n"
     (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())
     (tmp_path / "semi.csv").write_text(text.replace(",", ";"))
-    ((ids, ts, values, _),) = table_chunks(tmp_path / "bom.csv", ("wind_speed",), MappingCfg(), {"wind_speed": "ws"}, 9)
+    ((ids, ts, values, _),) = _ws_chunks(tmp_path / "bom.csv")
     assert ids == ["WT1"] and ts.tolist() == [1717200000 * 10**9] and values.tolist() == [[7.5]]
     with pytest.raises(InputError, match="separated by ';': save it comma-separated"):
-        list(table_chunks(tmp_path / "semi.csv", ("wind_speed",), MappingCfg(), {"wind_speed": "ws"}, 9))
+        _ws_chunks(tmp_path / "semi.csv")
 
 
 def test_naive_local_stamps_parse_alike_in_replay_and_scada_prepare(tmp_path):
@@ -324,17 +331,13 @@ def test_naive_local_stamps_parse_alike_in_replay_and_scada_prepare(tmp_path):
     back) or skips (02:30 on Mar 26, clocks forward), saying how to export instead."""
     import pandas as pd
 
-    from scada_tcn.runtime.daemon_config import MappingCfg
     from scada_tcn.runtime.errors import InputError
-    from scada_tcn.runtime.replay import table_chunks
     from scada_tcn.trainer.data.tables import parse_timestamps
 
     mapping = MappingCfg(naive_timezone="Europe/Paris")
 
     def replayed(stamps: list[str]) -> list[int]:
-        path = tmp_path / "t.csv"
-        path.write_text("turbine_id,timestamp,ws\n" + "".join(f"WT1,{s},1\n" for s in stamps))
-        chunks = table_chunks(path, ("wind_speed",), mapping, {"wind_speed": "ws"}, 100)
+        chunks = _ws_chunks(_stamp_table(tmp_path / "t.csv", stamps), 100, mapping)
         return [t for _, ts, _, _ in chunks for t in ts.tolist()]
 
     good = ["2017-03-26 01:50:00", "2017-03-26 03:10:00", "2017-10-29 01:50:00", "2017-10-29 03:10:00"]
@@ -354,17 +357,14 @@ def test_replay_refuses_stamps_of_mixed_forms_as_scada_prepare_does(tmp_path):
     mixed with ISO-8601, are refused by both (replay also across its parse chunks) instead of read two ways."""
     import pandas as pd
 
-    from scada_tcn.runtime.daemon_config import MappingCfg
     from scada_tcn.runtime.errors import InputError
-    from scada_tcn.runtime.replay import table_chunks
     from scada_tcn.trainer.data.tables import parse_timestamps
 
     mapping = MappingCfg(naive_timezone="Europe/Paris")
     for stamps in (["2017-07-01T12:00:00+02:00", "2017-07-01 12:10:00"], ["1498903200", "2017-07-01T12:10:00+02:00"]):
-        path = tmp_path / "t.csv"
-        path.write_text("turbine_id,timestamp,ws\n" + "".join(f"WT1,{s},1\n" for s in stamps))
+        path = _stamp_table(tmp_path / "t.csv", stamps)
         with pytest.raises(InputError, match="'timestamp': stamps of different forms.*export every stamp one way"):
-            list(table_chunks(path, ("wind_speed",), mapping, {"wind_speed": "ws"}, 1))  # one row per chunk
+            _ws_chunks(path, 1, mapping)  # one row per chunk
         with pytest.raises(InputError, match="mixed time zones|unparseable"):
             parse_timestamps(pd.Series(stamps), "Europe/Paris", "t")
 
@@ -372,15 +372,13 @@ def test_replay_refuses_stamps_of_mixed_forms_as_scada_prepare_does(tmp_path):
 def test_replay_applies_the_turbine_id_rule_of_scada_prepare(tmp_path):
     """A turbine id that scada-prepare refuses (a space, empty, a '/') is refused by replay too, not stripped or
     scored under a name the daemon would reject."""
-    from scada_tcn.runtime.daemon_config import MappingCfg
     from scada_tcn.runtime.errors import InputError
-    from scada_tcn.runtime.replay import table_chunks
 
     path = tmp_path / "t.csv"
     for bad in (" WT01", "", "WT/1"):
         path.write_text(f"turbine_id,timestamp,ws\nWT02,1717200000,2\n{bad},1717200000,1\n")
         with pytest.raises(InputError, match=rf"column 'turbine_id': turbine id '{bad}' breaks the id rule"):
-            list(table_chunks(path, ("wind_speed",), MappingCfg(), {"wind_speed": "ws"}, 9))
+            _ws_chunks(path)
 
 
 def test_stamp_formats_of_real_exports_parse_alike_in_replay_and_scada_prepare(tmp_path):
@@ -388,17 +386,14 @@ def test_stamp_formats_of_real_exports_parse_alike_in_replay_and_scada_prepare(t
     a space or a T, minutes only, microseconds, epoch seconds) give replay and scada-prepare the same instant."""
     import pandas as pd
 
-    from scada_tcn.runtime.daemon_config import MappingCfg
-    from scada_tcn.runtime.replay import table_chunks
     from scada_tcn.trainer.data.tables import parse_timestamps
 
     forms = ["2017-08-09T10:10:00+02:00", "2017-08-09 10:10:00+02:00", "2017-08-09T10:10:00.000+0200",
              "2017-08-09 10:10:00+02", "2017-08-09 10:10+02", "2017-08-09T08:10:00Z", "2017-08-09T10:10+02:00",
              "2017-08-09 10:10:00.000123+02", "20170809T081000Z", "1502266200", "1502266200.0"]  # fmt: skip
     for stamp in forms:
-        path = tmp_path / "t.csv"
-        path.write_text(f"turbine_id,timestamp,ws\nWT1,{stamp},1\n")
-        ((_, ts, _, _),) = table_chunks(path, ("wind_speed",), MappingCfg(), {"wind_speed": "ws"}, 9)
+        path = _stamp_table(tmp_path / "t.csv", [stamp])
+        ((_, ts, _, _),) = _ws_chunks(path)
         col = pd.read_csv(path, dtype=str)["timestamp"]
         col = pd.to_numeric(col) if stamp.replace(".", "").isdigit() else col
         assert ts.tolist() == parse_timestamps(col, None, "t").tolist(), stamp

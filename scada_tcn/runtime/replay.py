@@ -7,8 +7,8 @@ Contract
   timestamp, in the training table's format. Columns map to the bundle's channels through runtime.yaml's `mapping`
   section (`columns`, `turbine_id_col`, `time_col`, `naive_timezone`); with no `columns` the bundle's training
   mapping is used, so a table in the training format replays with no mapping given. Stamps: ISO-8601 with a UTC
-  offset, or epoch seconds; naive stamps need `naive_timezone`. Non-numeric cells and +-inf become missing
-  (counted per channel), as in scada-prepare.
+  offset, or epoch seconds; naive stamps need `naive_timezone`. Value cells are read by `cells.parse_numbers`,
+  as scada-prepare reads them: non-numeric cells and +-inf become missing (non-numeric ones counted per channel).
 * The table is parsed in chunks of `CHUNK_ROWS` rows, then fed to the same `Engine` as `run` in time order,
   about `FEED_STEPS` steps of every turbine at a time (`Engine.ingest_many`, one vectorised call per turbine, is
   the same as feeding the rows one by one), bins closing as later samples arrive, then the closed steps are
@@ -34,7 +34,6 @@ import csv
 import gc
 import gzip
 import itertools
-import math
 import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -44,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from scada_tcn.runtime.cells import parse_numbers
 from scada_tcn.runtime.daemon_config import MappingCfg
 from scada_tcn.runtime.engine import Engine
 from scada_tcn.runtime.errors import InputError
@@ -144,32 +144,6 @@ def _stamps(cells: list[str], tz: Any, forms: dict[str, str], where: str, zone: 
     return np.array([t for t, _ in parsed], dtype=np.int64)
 
 
-def _float(cell: str) -> float:
-    try:
-        return float(cell)
-    except ValueError:
-        return math.nan
-
-
-def _numbers(cells: list[str]) -> tuple[np.ndarray, int]:
-    """A column's cells -> float64 and its count of non-numeric cells, as scada-prepare's `pandas.to_numeric`
-    reads them: empty -> NaN (not counted); a cell that is not a plain ASCII number (text, "nan", digits grouped
-    with '_', non-ASCII digits, all of which Python's float would take in part) -> NaN (counted); +-inf -> NaN
-    (not counted). One vectorised parse for an all-numeric column (the usual case), cell by cell when some cell
-    is text."""
-    raw = np.array(cells, dtype=str)
-    points = raw.view(np.uint32).reshape(raw.size, raw.itemsize // 4)  # UCS-4 code points, 0-padded
-    plain = (points < 128).all(axis=1) & (points != ord("_")).all(axis=1) & (raw != "")
-    kept = np.where(plain, raw, "nan")
-    try:
-        x = kept.astype(np.float64)
-    except ValueError:
-        x = np.array([_float(c) for c in kept.tolist()], dtype=np.float64)
-    bad = int(np.count_nonzero(np.isnan(x) & (raw != "")))
-    x[~np.isfinite(x)] = np.nan
-    return x, bad
-
-
 def table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg, default_columns: dict[str, str],
                  rows: int) -> Iterator[tuple[list[str], np.ndarray, np.ndarray, dict[str, int]]]:  # fmt: skip
     """Per chunk of at most `rows` rows: (turbine ids, ts_ns (n,) int64, values (n, C) float64, non-numeric
@@ -197,7 +171,7 @@ def table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg,
         values = np.empty((len(ids), len(channels)))
         non_numeric: dict[str, int] = {}
         for j, c in enumerate(channels):
-            values[:, j], non_numeric[c] = _numbers(data[colmap[c]])
+            values[:, j], non_numeric[c] = parse_numbers(data[colmap[c]])
         yield ids, ts, values, non_numeric
 
 

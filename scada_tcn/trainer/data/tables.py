@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from scada_tcn.runtime.cells import parse_numbers
 from scada_tcn.runtime.errors import InputError
 from scada_tcn.trainer.config import DataCfg
 
@@ -106,11 +107,11 @@ def parse_timestamps(col: pd.Series, naive_timezone: str | None, where: str) -> 
 
 
 def _to_numeric(col: pd.Series) -> tuple[np.ndarray, int]:
+    """A column's values and its count of non-numeric cells: a numeric column (Parquet) as it is, text cells by
+    `runtime.cells.parse_numbers`, the rule replay applies (a missing cell reads as an empty one)."""
     if pd.api.types.is_numeric_dtype(col):
         return col.to_numpy(dtype=np.float64, na_value=np.nan), 0
-    num = pd.to_numeric(col, errors="coerce")
-    bad = int((col.notna() & num.isna()).sum())
-    return num.to_numpy(dtype=np.float64, na_value=np.nan), bad
+    return parse_numbers(col.fillna("").to_numpy(dtype=str))
 
 
 def load_raw_table(data: DataCfg) -> RawTable:

@@ -1,0 +1,39 @@
+"""Reading a raw table's value cells: the one rule `scada-prepare` and `scada-runtime replay` share.
+
+`parse_numbers(cells)` turns a column's text cells into float64 and counts the non-numeric ones: empty -> NaN
+(not counted); a cell that is not a plain ASCII number (text, "nan", digits grouped with '_', non-ASCII digits,
+some of which Python's float would take) -> NaN (counted); +-inf -> NaN (not counted). The values are those
+`pandas.to_numeric` gives the same strings, bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["parse_numbers"]
+
+
+def _float(cell: str) -> float:
+    try:
+        return float(cell)
+    except ValueError:
+        return math.nan
+
+
+def parse_numbers(cells: Sequence[str] | np.ndarray) -> tuple[np.ndarray, int]:
+    """A column's cells -> (float64 values, count of non-numeric cells); see the module docstring. One vectorised
+    parse for an all-numeric column (the usual case), cell by cell when some cell is text."""
+    raw = np.array(cells, dtype=str)
+    points = raw.view(np.uint32).reshape(raw.size, raw.itemsize // 4)  # UCS-4 code points, 0-padded
+    plain = (points < 128).all(axis=1) & (points != ord("_")).all(axis=1) & (raw != "")
+    kept = np.where(plain, raw, "nan")
+    try:
+        x = kept.astype(np.float64)
+    except ValueError:
+        x = np.array([_float(c) for c in kept.tolist()], dtype=np.float64)
+    bad = int(np.count_nonzero(np.isnan(x) & (raw != "")))
+    x[~np.isfinite(x)] = np.nan
+    return x, bad
