@@ -10,7 +10,7 @@ import pytest
 
 from scada_tcn.runtime.alerts import AlertState
 from scada_tcn.runtime.daemon_config import ConfigError, MappingCfg, daemon_config_from_dict, describe
-from scada_tcn.runtime.records import batches, dumps, iso_utc, split_batch
+from scada_tcn.runtime.records import ScoreRecord, batches, dumps, forecast_json, iso_utc, split_batch
 from scada_tcn.runtime.telemetry import (
     REASONS,
     BatchDecode,
@@ -223,6 +223,42 @@ def test_dumps_is_deterministic():
     assert iso_utc(NOW) == "2024-06-01T00:00:00Z"
 
 
+def test_forecast_json_writes_what_dumps_writes_for_the_forecast_dict():
+    """The forecast object of a score record comes out of `forecast_json` (one array per record, keyed by a
+    template); it must be the bytes `dumps` gives the plain {feature: float32 row} dict: sorted keys, float32 shortest
+    form, NaN/inf as null, whatever the names hold (quotes, %, non-ASCII) and the shape."""
+    rng = np.random.default_rng(3)
+    names = ["wind_speed", "power", 'a "quoted" %s name', "\u00e9t\u00e9", "Z", "power_rmean6"]
+    for B, K in ((4, 6), (1, 1), (3, 2), (0, 3)):
+        rows = rng.normal(size=(B, len(names), K)) * 10.0 ** rng.integers(-8, 8, size=(B, len(names), K))
+        if B:
+            rows[0, 1, 0], rows[-1, -1, -1] = np.nan, np.inf
+        got = forecast_json(names, rows)
+        want = [dumps(dict(zip(names, r))) for r in np.asarray(rows, dtype=np.float32)]
+        assert got == want and len(got) == B
+    assert forecast_json(["only"], np.array([[[1.5, -0.0]]])) == [b'{"only":[1.5,-0.0]}']
+    assert forecast_json(["a", "b"], np.zeros((2, 2, 0))) == [b'{"a":[],"b":[]}'] * 2
+    with pytest.raises(ValueError, match=r"rows must be \(B, F=2, K\)"):
+        forecast_json(["a", "b"], np.zeros((2, 3, 1)))
+
+
+def test_a_waiting_score_record_keeps_its_forecast_bytes_through_the_state_file(tmp_path):
+    """A record waiting for its fleet step is saved in the state; restored, it serialises to the same bytes."""
+    from scada_tcn.runtime.state_file import load_state, save_state
+
+    rows = np.random.default_rng(4).normal(size=(1, 3, 4)) * 1000
+    rec = ScoreRecord("T1", NOW, 600 * 10**9, "m" * 64, score=1.25, threshold=1.0, threshold_source="pooled",
+                      regime="normal", alert=False, top_features=(("g:x", 1.25),), fault_probs=None,
+                      forecast=forecast_json(["x", "y", "w"], rows)[0], rul=None, missing_fraction=0.0,
+                      missing_now=0.0)  # fmt: skip
+    save_state(tmp_path / "s.npz", {"rec": rec.state_dict()})
+    back = ScoreRecord.from_state_dict(load_state(tmp_path / "s.npz")["rec"])
+    assert dumps(back.to_dict()) == dumps(rec.to_dict())
+    published = json.loads(dumps(rec.to_dict()))["forecast"]
+    assert list(published) == ["w", "x", "y"]
+    np.testing.assert_array_equal(np.float32(published["w"]), np.float32(rows[0, 2]))  # float32, exactly
+
+
 def test_the_deploy_example_config_is_valid_and_names_its_turbines():
     from scada_tcn.runtime.daemon_config import load_daemon_config
 
@@ -394,10 +430,56 @@ def test_stamp_formats_of_real_exports_parse_alike_in_replay_and_scada_prepare(t
     for stamp in forms:
         path = _stamp_table(tmp_path / "t.csv", [stamp])
         ((_, ts, _, _),) = _ws_chunks(path)
-        col = pd.read_csv(path, dtype=str)["timestamp"]
-        col = pd.to_numeric(col) if stamp.replace(".", "").isdigit() else col
+        col = pd.read_csv(path, dtype=str)["timestamp"]  # as scada-prepare reads a CSV: text cells
         assert ts.tolist() == parse_timestamps(col, None, "t").tolist(), stamp
         assert abs(int(ts[0]) - 1502266200 * 10**9) < 10**6, stamp
+        if stamp.replace(".", "").isdigit():  # epoch seconds: a Parquet number column too
+            assert parse_timestamps(pd.to_numeric(col), None, "t").tolist() == ts.tolist()
+
+
+def test_epoch_seconds_read_alike_one_by_one_in_batches_and_in_scada_prepare(tmp_path):
+    """Epoch seconds with fractions down to below a nanosecond (ties included): the daemon's per-sample rule
+    (`parse_timestamp_ns`), replay's vectorised chunk (`epoch_ns`) and scada-prepare give the same ns."""
+    import pandas as pd
+
+    from scada_tcn.runtime.telemetry import epoch_ns, parse_timestamp_ns
+    from scada_tcn.trainer.data.tables import parse_timestamps
+
+    rng = np.random.default_rng(11)
+    edges = [0.0, -0.0, 1.5e-9, 2.5e-9, 9e9, -9e9]
+    secs = np.concatenate([rng.uniform(-2e9, 4e9, 3000), rng.integers(0, 2**31, 1000) + 0.5e-9,
+                           np.round(rng.uniform(1e9, 2e9, 1000), 3), edges])  # fmt: skip
+    cells = [repr(float(x)) for x in secs]
+    one_by_one = [parse_timestamp_ns(float(c)) for c in cells]
+    assert epoch_ns(secs).tolist() == one_by_one
+    path = _stamp_table(tmp_path / "t.csv", cells)
+    assert [t for _, ts, _, _ in _ws_chunks(path, 997) for t in ts.tolist()] == one_by_one
+    assert parse_timestamps(pd.read_csv(path, dtype=str)["timestamp"], None, "t").tolist() == one_by_one
+    assert epoch_ns(np.array([1.7e9, 9.1e9])) is None and epoch_ns(np.array([np.nan])) is None
+
+
+def test_stamps_beyond_int64_nanoseconds_are_refused_not_crashed_on(tmp_path):
+    """A table's stamp past 2255 (int64 ns end in 2262): replay and scada-prepare refuse the table saying the range,
+    instead of an OverflowError (replay, scada-prepare on ISO stamps) or a stamp wrapped to 1677 (scada-prepare on
+    epoch numbers). The daemon refuses such a stamp as in the future (`test_runtime_e2e`'s fuzz)."""
+    import pandas as pd
+
+    from scada_tcn.runtime.errors import InputError
+    from scada_tcn.trainer.data.tables import parse_timestamps
+
+    for stamp in ("11000000000", "-9500000000", "2300-01-01T00:00:00Z", "2260-06-01T00:00:00+02:00"):
+        number = stamp.lstrip("-").isdigit()
+        path = _stamp_table(
+            tmp_path / "t.csv", ["2017-08-09T08:10:00Z", stamp] if not number else ["1502266200", stamp]
+        )
+        with pytest.raises(InputError, match=r"1 bad timestamps \(\['out_of_range'\]\).*years 1685-2255"):
+            _ws_chunks(path)
+        col = pd.read_csv(path, dtype=str)["timestamp"]
+        with pytest.raises(InputError, match=r"out of range.*years 1685-2255"):
+            parse_timestamps(col, None, "t")
+        if number:
+            with pytest.raises(InputError, match=r"out of range.*years 1685-2255"):
+                parse_timestamps(pd.to_numeric(col), None, "t")
 
 
 def test_score_batches_keep_order_and_the_size_bound():

@@ -50,6 +50,7 @@ from scada_tcn.runtime.records import (
     ScoreRecord,
     WarmupRecord,
     dumps,
+    forecast_json,
 )
 from scada_tcn.runtime.scorer import ScoreBatch
 from scada_tcn.runtime.signals import SignalTracker, worst_first
@@ -262,10 +263,10 @@ class Engine:
         if not per_signal:
             self.drift.update_many(s_now)
         missing = (1.0 - np.array([s.present for s in steps], dtype=np.float64)).tolist()
-        forecast_rows = None
-        if res.Y_hat is not None:  # (B, F, K) float32 in feature units: one contiguous row per feature
-            y = np.asarray(res.Y_hat, dtype=np.float64) * self._scale + self._center  # (B, K, F)
-            forecast_rows = np.ascontiguousarray(y.transpose(0, 2, 1), dtype=np.float32)
+        forecasts = None
+        if res.Y_hat is not None:  # (B, K, F) scaled -> per record {feature: [K values in feature units]}
+            y = np.asarray(res.Y_hat, dtype=np.float64) * self._scale + self._center
+            forecasts = forecast_json(self.feature_names, y.transpose(0, 2, 1))
         fault_probs = None if res.fault_prob is None or not self.class_names else np.asarray(res.fault_prob).tolist()
         rul = None if res.rul is None else np.asarray(res.rul, dtype=np.float64).reshape(len(steps), -1)[:, 0].tolist()
         if per_signal:  # float64 rows (views) for the tracker
@@ -279,13 +280,11 @@ class Engine:
                 contrib = np.asarray(res.feat_contrib[b], dtype=np.float64)
                 top = tuple((self.feature_names[int(j)], float(contrib[int(j)])) for j in res.top_idx[b])
             fault = None if fault_probs is None else dict(zip(self.class_names, fault_probs[b]))
-            forecast = None if forecast_rows is None else dict(zip(self.feature_names, forecast_rows[b]))
             out.append(ScoreRecord(
                 s.turbine, s.end_ns, self.dt_ns, self.bundle.model_id, score=float(s_now[b]), threshold=float(thr),
                 threshold_source=source, regime=regime, alert=False, top_features=top, fault_probs=fault,
-                forecast=forecast, rul=None if rul is None else rul[b], missing_fraction=missing[b],
-                missing_now=s.missing_now,
-                relative=self._relative and not per_signal,
+                forecast=None if forecasts is None else forecasts[b], rul=None if rul is None else rul[b],
+                missing_fraction=missing[b], missing_now=s.missing_now, relative=self._relative and not per_signal,
             ))  # fmt: skip
             if per_signal:
                 self._signal_inputs[id(out[-1])] = (resid[b], newest_present[b], pred[b])

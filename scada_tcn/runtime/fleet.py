@@ -41,6 +41,8 @@ from scada_tcn.runtime.spec import PipelineSpec
 
 __all__ = ["Fleet", "Step", "Window"]
 
+_NO_SAMPLE = np.iinfo(np.int64).max  # open_from of a turbine without a sample yet
+
 
 class Window(NamedTuple):
     X: np.ndarray  # (L, F) float32
@@ -142,6 +144,8 @@ class Fleet:
         self._probe = BinAccumulator(spec, grace_seconds)  # validates grace and binning once; the fleet's clock
         self._plan = self._probe.plan
         self._turbines: dict[str, _Turbine] = {}
+        self._slots: list[tuple[str, _Turbine]] = []  # by slot
+        self._open_from = np.zeros(0, dtype=np.int64)  # by slot: its accumulator's open_from (_NO_SAMPLE before one)
         self._pre = StreamPreprocessor(spec, scaler, slots=0)  # one slot per turbine
         self._rings = _Rings(L, spec.n_features, spec.n_flags)
         self._closed: list[tuple[str, _Turbine, RawBins, Any]] = []  # closed bins not aggregated yet (+ closers)
@@ -175,7 +179,11 @@ class Fleet:
             raise ValueError(f"Fleet: already {self.max_turbines} turbines (ingest.max_turbines); {turbine!r} refused")
         t = _Turbine(slot=self._pre.add_slot(), acc=BinAccumulator(self.spec, self.grace_seconds))
         self._rings.make_room(t.slot)
+        if t.slot >= self._open_from.size:
+            more = max(t.slot + 1, 2 * self._open_from.size) - self._open_from.size
+            self._open_from = np.concatenate([self._open_from, np.full(more, _NO_SAMPLE, dtype=np.int64)])
         self._turbines[turbine] = t
+        self._slots.append((turbine, t))
         return t
 
     def add(self, turbine: str, ts_ns: int, values: np.ndarray) -> bool:
@@ -212,15 +220,15 @@ class Fleet:
     def close_until(self, now_ns: int) -> None:
         """Close, for every turbine, the bins whose end + grace <= now_ns."""
         last = self._probe.closable_through(now_ns)  # the same for every turbine
-        for name, t in self._turbines.items():
-            if t.acc.open_from is not None and t.acc.open_from <= last:  # (most ticks close nothing)
-                self._emit(name, t, t.acc.close_until_deferred(now_ns), self._arrivals)
+        for slot in np.flatnonzero(self._open_from[: len(self._slots)] <= last).tolist():  # most ticks close nothing
+            name, t = self._slots[slot]
+            self._emit(name, t, t.acc.close_until_deferred(now_ns), self._arrivals)
 
     def open_from(self) -> int | None:
         """The earliest bin end that some turbine has not closed yet (None without turbines): every step before it
         is closed, for the whole fleet, and will not be emitted again."""
-        ends = [t.acc.open_from for t in self._turbines.values() if t.acc.open_from is not None]
-        return min(ends) if ends else None
+        first = int(self._open_from[: len(self._slots)].min(initial=_NO_SAMPLE))
+        return None if first == _NO_SAMPLE else first
 
     def close_turbine_until(self, turbine: str, now_ns: int) -> None:
         """Close one turbine's bins whose end + grace <= now_ns (replay ends each turbine at its last sample)."""
@@ -228,10 +236,17 @@ class Fleet:
         self._emit(turbine, t, t.acc.close_until_deferred(now_ns), self._arrivals)
 
     def _emit(self, name: str, t: _Turbine, raw: RawBins | None, closer: Any) -> None:
-        """Queue closed bins; `closer`: the arrival index of the sample that closed them (one int, or one per bin)."""
+        """After any change to `t.acc`: track it; queue closed bins (`closer`: the arrival index of the sample that
+        closed them, one int or one per bin)."""
+        self._track(t)
         if raw is not None:
             self._closed.append((name, t, raw, closer))
             self.bins_closed += raw.n_bins
+
+    def _track(self, t: _Turbine) -> None:
+        """Keep the fleet's copy of the accumulator's open_from (`open_from`, `close_until` read them as one array)."""
+        if t.acc.open_from is not None:
+            self._open_from[t.slot] = t.acc.open_from
 
     def _process(self) -> None:
         """Closed bins -> model-input rows -> ring buffers and Steps, a round of distinct turbines at a time."""
@@ -319,12 +334,14 @@ class Fleet:
         """Restore a `state_dict()` from a Fleet with the same spec, scaler and L (pending steps are not kept)."""
         if not isinstance(state, dict) or set(state) != {"turbines", "bins_closed"}:
             raise ValueError("Fleet.load_state_dict: expected keys ['bins_closed', 'turbines']")
-        self._turbines, self._pending, self._closed = {}, [], []
+        self._turbines, self._slots, self._pending, self._closed = {}, [], [], []
+        self._open_from = np.zeros(0, dtype=np.int64)
         self._pre = StreamPreprocessor(self.spec, self.scaler, slots=0)
         rings = self._rings = _Rings(self.L, self.spec.n_features, self.spec.n_flags)
         for d in state["turbines"]:
             t = self._new(str(d["name"]))
             t.acc.load_state_dict(d["accumulator"])
+            self._track(t)
             self._pre.load_state_dict(d["preprocessor"], t.slot)
             arrays = {}
             for key in ("X", "M", "Flags"):

@@ -48,7 +48,7 @@ from scada_tcn.runtime.daemon_config import MappingCfg
 from scada_tcn.runtime.engine import Engine
 from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.ids import turbine_id_problem
-from scada_tcn.runtime.telemetry import parse_timestamp_ns
+from scada_tcn.runtime.telemetry import MAX_EPOCH_S, epoch_ns, parse_timestamp_ns
 
 __all__ = ["CHUNK_ROWS", "in_time_order", "replay", "replay_file", "table_chunks"]
 
@@ -57,7 +57,7 @@ FEED_STEPS = 10  # rows per turbine fed to the engine at a time, then flushed: a
 _WRITE_BUFFER = 1 << 20  # bytes: the score lines go out in large writes
 
 
-def _read_chunks(path: Path, columns: Sequence[str], rows: int) -> Iterator[dict[str, list[Any]]]:
+def _read_chunks(path: Path, columns: Sequence[str], rows: int) -> Iterator[dict[str, Sequence[str]]]:
     """The table's `columns` in chunks of at most `rows` rows (column -> list of cells)."""
     if path.name.lower().endswith((".parquet", ".pq")):  # the edge install carries no Parquet reader (pyarrow)
         csv_path = path.with_suffix(".csv")
@@ -76,7 +76,7 @@ def _gzipped(path: Path) -> bool:
     return path.name.lower().endswith(".gz")
 
 
-def _csv_chunks(path: Path, columns: Sequence[str], rows: int) -> Iterator[dict[str, list[Any]]]:
+def _csv_chunks(path: Path, columns: Sequence[str], rows: int) -> Iterator[dict[str, Sequence[str]]]:
     opener = gzip.open if _gzipped(path) else open
     with opener(path, "rt", newline="", encoding="utf-8-sig") as fh:  # a byte-order mark (Excel) is skipped
         reader = csv.reader(fh)
@@ -92,24 +92,37 @@ def _csv_chunks(path: Path, columns: Sequence[str], rows: int) -> Iterator[dict[
                 "Fix runtime.yaml `mapping` (columns, turbine_id_col, time_col)"
             )
         idx = {c: header.index(c) for c in dict.fromkeys(columns)}
+        need = max(idx.values()) + 1
         while True:
             block = list(itertools.islice(reader, rows))
             if not block:
                 return
-            yield {c: [row[i] if i < len(row) else "" for row in block] for c, i in idx.items()}
+            if min(map(len, block)) >= need:  # the usual table: every row has the columns (one transpose in C)
+                by_column = list(zip(*block))
+                yield {c: by_column[i] for c, i in idx.items()}
+            else:  # short rows: their missing cells read as empty
+                yield {c: [row[i] if i < len(row) else "" for row in block] for c, i in idx.items()}
 
 
 def _timestamp(cell: str, tz: Any) -> tuple[int | str, str]:
-    """A stamp cell -> (ns UTC, or the reason it is refused; its form: "epoch", "offset" or "naive")."""
+    """A stamp cell -> (ns UTC, or the reason it is refused; its form: "epoch", "offset" or "naive"). A number is
+    epoch seconds when `parse_numbers` takes it (ASCII, no '_'), as scada-prepare reads it."""
     s = cell.strip()
-    try:
-        return parse_timestamp_ns(float(s)), "epoch"
-    except ValueError:
-        pass
+    if s.isascii() and "_" not in s:
+        try:
+            return _in_range(parse_timestamp_ns(float(s))), "epoch"
+        except ValueError:
+            pass
     res = parse_timestamp_ns(s)
     if res == "naive_timestamp":
         return (res if tz is None else _local_ns(datetime.fromisoformat(s), tz)), "naive"
-    return res, "offset"
+    return _in_range(res), "offset"
+
+
+def _in_range(ns: int | str) -> int | str:
+    """A parsed stamp, or "out_of_range" beyond MAX_EPOCH_S (int64 ns end in 2262; the daemon's clock checks
+    refuse such stamps, a table has no clock)."""
+    return "out_of_range" if isinstance(ns, int) and abs(ns) > MAX_EPOCH_S * 1e9 else ns
 
 
 def _local_ns(naive: datetime, tz: Any) -> int | str:
@@ -119,25 +132,39 @@ def _local_ns(naive: datetime, tz: Any) -> int | str:
     if early.utcoffset() != late.utcoffset():
         there = early.astimezone(UTC).astimezone(tz).replace(tzinfo=None) == naive
         return "ambiguous_local_time" if there else "nonexistent_local_time"
-    return parse_timestamp_ns(early.isoformat())
+    return _in_range(parse_timestamp_ns(early.isoformat()))
 
 
-def _stamps(cells: list[str], tz: Any, forms: dict[str, str], where: str, zone: str | None) -> np.ndarray:
-    """A chunk's stamp cells -> int64 ns UTC. Refused (InputError): an unparseable stamp, a local time that a DST
-    change repeats or skips, and a second stamp form in one table (`forms`: each form seen so far -> an example,
-    kept across chunks; scada-prepare demands one form per table too)."""
-    parsed = [_timestamp(c, tz) for c in cells]
-    for form in {f for _, f in parsed} - forms.keys():
-        forms[form] = next(c for (_, f), c in zip(parsed, cells) if f == form)
+def _one_form(forms: dict[str, str], where: str) -> None:
     if len(forms) > 1:
         raise InputError(f"{where}: stamps of different forms ({forms}); export every stamp one way: ISO-8601 with a "
                          "UTC offset, epoch seconds, or local times with mapping.naive_timezone")  # fmt: skip
+
+
+def _stamps(cells: Sequence[str], tz: Any, forms: dict[str, str], where: str, zone: str | None) -> np.ndarray:
+    """A chunk's stamp cells -> int64 ns UTC. Refused (InputError): an unparseable stamp, a local time that a DST
+    change repeats or skips, and a second stamp form in one table (`forms`: each form seen so far -> an example,
+    kept across chunks; scada-prepare demands one form per table too). A chunk of epoch seconds is parsed in one
+    vectorised pass (the same numbers as cell by cell: `parse_numbers`, `epoch_ns`)."""
+    if cells and _timestamp(cells[0], None)[1] == "epoch":
+        secs, not_numbers = parse_numbers(cells)
+        ns = None if not_numbers or np.isnan(secs).any() else epoch_ns(secs)
+        if ns is not None:
+            forms.setdefault("epoch", cells[0])
+            _one_form(forms, where)
+            return ns
+    parsed = [_timestamp(c, tz) for c in cells]
+    for form in {f for _, f in parsed} - forms.keys():
+        forms[form] = next(c for (_, f), c in zip(parsed, cells) if f == form)
+    _one_form(forms, where)
     bad = [(t, c) for (t, _), c in zip(parsed, cells) if isinstance(t, str)]
     if bad:
         kinds = sorted({t for t, _ in bad})
         if {"ambiguous_local_time", "nonexistent_local_time"} & set(kinds):
             fix = (f"local times that a DST change in {zone} repeats or skips: export the stamps with a UTC offset, "
                    "or in UTC with mapping.naive_timezone: UTC")  # fmt: skip
+        elif kinds == ["out_of_range"]:
+            fix = f"stamps must lie within {MAX_EPOCH_S:.0e} s of 1970 (years 1685-2255)"
         else:
             fix = "expected ISO-8601 with a UTC offset (or set mapping.naive_timezone) or epoch seconds"
         raise InputError(f"{where}: {len(bad)} bad timestamps ({kinds}), e.g. {[c for _, c in bad[:3]]}; {fix}")
@@ -163,7 +190,7 @@ def table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg,
     cols = [mapping.turbine_id_col, mapping.time_col] + [colmap[c] for c in channels]
     forms: dict[str, str] = {}  # each stamp form seen -> an example: one form per table, as scada-prepare demands
     for data in _read_chunks(p, cols, rows):
-        ids = data[mapping.turbine_id_col]
+        ids = list(data[mapping.turbine_id_col])
         problems = sorted(filter(None, map(turbine_id_problem, set(ids))))  # the rule scada-prepare applies
         if problems:
             raise InputError(f"{p}: column {mapping.turbine_id_col!r}: {problems[0]} ({len(problems)} such ids)")

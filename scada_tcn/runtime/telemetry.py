@@ -42,7 +42,17 @@ import orjson
 
 from scada_tcn.runtime.ids import turbine_id_problem
 
-__all__ = ["REASONS", "BatchDecode", "Rejection", "Sample", "TelemetryDecoder", "parse_timestamp_ns", "topic_filter"]
+__all__ = [
+    "MAX_EPOCH_S",
+    "REASONS",
+    "BatchDecode",
+    "Rejection",
+    "Sample",
+    "TelemetryDecoder",
+    "epoch_ns",
+    "parse_timestamp_ns",
+    "topic_filter",
+]
 
 REASONS = (
     "oversized",
@@ -67,7 +77,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DOC_KEYS = frozenset(("ts", "values"))  # a telemetry document's keys
 _LINE_KEYS = frozenset(("turbine", "ts", "values"))  # a batched telemetry line's keys
 _NS = 1_000_000_000
-_MAX_ABS_S = 1e11  # ~ year 5138: anything beyond is nonsense and would overflow int64 ns
+_MAX_ABS_S = 1e11  # ~ year 5138: anything beyond is nonsense (the daemon's future / past checks refuse far less)
+MAX_EPOCH_S = 9e9  # |epoch seconds| of a table's stamps: years 1685-2255, inside int64 ns (1677-2262) with room
 
 
 class Sample(NamedTuple):
@@ -91,7 +102,8 @@ def _reject_constant(name: str) -> Any:
 
 
 def parse_timestamp_ns(ts: Any) -> int | str:
-    """ISO-8601 with offset or epoch seconds -> int ns since the epoch (UTC), or a rejection reason string."""
+    """ISO-8601 with offset or epoch seconds -> int ns since the epoch (UTC), or a rejection reason string. The
+    int may lie beyond int64 (after 2262): the daemon refuses it as in the future, tables beyond MAX_EPOCH_S."""
     if isinstance(ts, bool):
         return "bad_timestamp"
     if isinstance(ts, (int, float)):
@@ -108,6 +120,15 @@ def parse_timestamp_ns(ts: Any) -> int | str:
         return "naive_timestamp"
     td = dt - _EPOCH
     return (td.days * 86400 + td.seconds) * _NS + td.microseconds * 1000
+
+
+def epoch_ns(seconds: np.ndarray) -> np.ndarray | None:
+    """`parse_timestamp_ns` of many float epoch seconds at once, for a table: int64 ns, None if any is not finite
+    or beyond MAX_EPOCH_S."""
+    x = np.asarray(seconds, dtype=np.float64)
+    if not (np.isfinite(x) & (np.abs(x) <= MAX_EPOCH_S)).all():
+        return None
+    return np.rint(x * 1e9).astype(np.int64)  # round() and rint both round half to even
 
 
 def _parse(payload: bytes, text: str | None) -> Any:

@@ -18,6 +18,7 @@ import pandas as pd
 
 from scada_tcn.runtime.cells import parse_numbers
 from scada_tcn.runtime.errors import InputError
+from scada_tcn.runtime.telemetry import MAX_EPOCH_S, epoch_ns
 from scada_tcn.trainer.config import DataCfg
 
 _OFFSET_RE = r"(?:Z|[+-]\d{2}:?\d{2}|:\d{2}(?:\.\d+)?\s*[+-]\d{2})$"  # Z, +HH:MM, +HHMM, or +HH after a time
@@ -69,16 +70,43 @@ def _utc_ns(stamps: pd.Series) -> np.ndarray:
     return naive_utc.to_numpy().view(np.int64)
 
 
+_RANGE = f"stamps must lie within {MAX_EPOCH_S:.0e} s of 1970 (years 1685-2255)"
+
+
+def _epoch(secs: np.ndarray, where: str) -> np.ndarray:
+    """Epoch seconds -> int64 ns by the rule the edge applies (`runtime.telemetry.epoch_ns`)."""
+    if np.isnan(secs).any():
+        raise InputError(f"{where}: {int(np.isnan(secs).sum())} empty timestamps")
+    ns = epoch_ns(secs)
+    if ns is None:
+        bad = secs[~(np.abs(secs) <= MAX_EPOCH_S)][:3].tolist()
+        raise InputError(f"{where}: epoch seconds out of range, e.g. {bad}; {_RANGE}")
+    return ns
+
+
+def _in_range(parsed: pd.Series, s: pd.Series, where: str) -> np.ndarray:
+    """Parsed stamps -> int64 ns UTC, refusing those the edge refuses (beyond MAX_EPOCH_S, or int64 ns)."""
+    try:
+        ns = _utc_ns(parsed)
+        ok = np.abs(ns // 10**9) <= MAX_EPOCH_S
+    except (pd.errors.OutOfBoundsDatetime, OverflowError):  # beyond int64 ns: found one by one
+        ns, ok = None, np.array([abs(t.timestamp()) <= MAX_EPOCH_S for t in parsed])
+    if ns is None or not ok.all():
+        raise InputError(f"{where}: {int((~ok).sum())} stamps out of range, e.g. {s[~ok].head(3).tolist()}; {_RANGE}")
+    return ns
+
+
 def parse_timestamps(col: pd.Series, naive_timezone: str | None, where: str) -> np.ndarray:
-    """ISO-8601 strings (with offsets) or epoch seconds -> int64 ns UTC. Refuses mixed or unparseable stamps."""
+    """ISO-8601 strings (with offsets) or epoch seconds (numbers, or text cells that are all numbers, as replay and
+    the daemon read them) -> int64 ns UTC. Refuses mixed, unparseable or out-of-range stamps."""
     if pd.api.types.is_numeric_dtype(col):
-        secs = col.to_numpy(dtype=np.float64)
-        if np.isnan(secs).any():
-            raise InputError(f"{where}: {int(np.isnan(secs).sum())} empty timestamps")
-        return np.round(secs * 1e9).astype(np.int64)
+        return _epoch(col.to_numpy(dtype=np.float64, na_value=np.nan), where)
     if isinstance(col.dtype, pd.DatetimeTZDtype):
-        return _utc_ns(col)
+        return _in_range(col, col.astype(str), where)
     s = col.astype(str).str.strip()
+    secs, not_numbers = parse_numbers(s.to_numpy(dtype=str))
+    if not not_numbers and not np.isnan(secs).all():  # numbers (or empty cells): epoch seconds
+        return _epoch(secs, where)
     parsed = pd.to_datetime(s, format="ISO8601", utc=True, errors="coerce")
     if parsed.isna().any():
         bad = s[parsed.isna()].head(3).tolist()
@@ -103,7 +131,7 @@ def parse_timestamps(col: pd.Series, naive_timezone: str | None, where: str) -> 
                 f"{where}: local times that a DST change in {naive_timezone} repeats or skips ({e}); export the "
                 "stamps with a UTC offset, or in UTC with data.identifiers.naive_timezone=UTC"
             ) from e
-    return _utc_ns(parsed)
+    return _in_range(parsed, s, where)
 
 
 def _to_numeric(col: pd.Series) -> tuple[np.ndarray, int]:
