@@ -221,7 +221,7 @@ def test_replay_in_small_chunks_writes_the_same_bytes(bundle, rows, tmp_path):
         engine = Engine(bundle, StreamScorer.from_bundle(bundle), grace_seconds=0.0, max_turbines=100, max_batch=512)
         out = tmp_path / f"scores-{chunk}.jsonl"
         seen: list[tuple[int, int]] = []
-        summary = replay(engine, table, MappingCfg(), out, chunk_rows=chunk, feed_steps=steps,
+        summary = replay(engine, table, MappingCfg(), out, chunk_rows=chunk, feed_steps=steps, feed_min_rows=1,
                          progress=lambda c, seen=seen: seen.append((c["read"], c["rows"])))  # fmt: skip
         assert summary["read"] == summary["rows"] == len(body)
         outs.append(out.read_bytes())
@@ -249,7 +249,7 @@ def test_replay_scores_a_table_by_turbine_as_the_same_rows_by_time(bundle, rows,
         engine = Engine(bundle, StreamScorer.from_bundle(bundle), grace_seconds=0.0, max_turbines=100, max_batch=512)
         out = tmp_path / f"scores-{name}.jsonl"
         summary = replay(engine, write_csv(tmp_path / f"{name}.csv", header, table), MappingCfg(), out,
-                         chunk_rows=997, feed_steps=7)  # fmt: skip
+                         chunk_rows=997, feed_steps=7, feed_min_rows=1)  # fmt: skip
         assert summary["rows"] == len(body)
         outs.append(sorted(out.read_bytes().splitlines()))  # within a fleet step, records follow the turbines' slots
     assert outs[0] == outs[1] and len(outs[0]) > 2000

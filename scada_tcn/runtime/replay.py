@@ -10,16 +10,17 @@ Contract
   offset, or epoch seconds; naive stamps need `naive_timezone`. Value cells are read by `cells.parse_numbers`,
   as scada-prepare reads them: non-numeric cells and +-inf become missing (non-numeric ones counted per channel).
 * The table is parsed in chunks of `CHUNK_ROWS` rows, then fed to the same `Engine` as `run` in time order,
-  about `FEED_STEPS` steps of every turbine at a time (`Engine.ingest_many`, one vectorised call per turbine, is
-  the same as feeding the rows one by one), bins closing as later samples arrive, then the closed steps are
-  scored and written (a flush's records, ~20 kB per turbine-step before they are written, stay few; fewer steps
-  per turbine would cost more per-turbine calls than they save). The order is the table's stable sort by stamp,
-  whatever the file's order (by time, by turbine, or per-turbine exports concatenated): rows of one stamp keep
-  file order, the order scada-prepare's dedupe sees, so every turbine's step meets its peers' same step, as
-  offline. Memory stays bounded for a year of a farm: the parsed values wait in an unnamed temporary file next to
-  `out` (8 bytes per channel and row; memory holds 12 bytes per row, 20 when the file is not sorted by time). At
-  the end each turbine's bins are closed through its own last sample, like scada-prepare's grid. No wall clock is
-  involved. `progress(counts)` follows every chunk read (`read`) and every `CHUNK_ROWS` rows scored (`rows`).
+  about `FEED_STEPS` steps of every turbine at a time, and at least `FEED_MIN_ROWS` rows (`Engine.ingest_many`,
+  one vectorised call per turbine, is the same as feeding the rows one by one), bins closing as later samples
+  arrive, then the closed steps are scored and written (a flush's records wait in memory until written, so they
+  stay few; fewer rows per feed would cost more per-call overhead than they save). The order is the table's
+  stable sort by stamp, whatever the file's order (by time, by turbine, or per-turbine exports concatenated): rows
+  of one stamp keep file order, the order scada-prepare's dedupe sees, so every turbine's step meets its peers'
+  same step, as offline. Memory stays bounded for a year of a farm: the parsed values wait in an unnamed temporary
+  file next to `out` (8 bytes per channel and row; memory holds 12 bytes per row, 20 when the file is not sorted
+  by time). At the end each turbine's bins are closed through its own last sample, like scada-prepare's grid. No
+  wall clock is involved. `progress(counts)` follows every chunk read (`read`) and every `CHUNK_ROWS` rows scored
+  (`rows`).
 * Output: `out` gets exactly the score-topic payloads `run` would publish (warm-up records included), one JSON
   object per line, in closing order; `alerts_out`, when given, the alert transitions. Returns a summary dict.
 Refused (InputError): a missing file or column, a file that is not UTF-8 CSV (or not gzip when named .gz),
@@ -50,10 +51,11 @@ from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.ids import turbine_id_problem
 from scada_tcn.runtime.telemetry import MAX_EPOCH_S, epoch_ns, parse_timestamp_ns
 
-__all__ = ["CHUNK_ROWS", "in_time_order", "replay", "replay_file", "table_chunks"]
+__all__ = ["CHUNK_ROWS", "FEED_MIN_ROWS", "FEED_STEPS", "in_time_order", "replay", "replay_file", "table_chunks"]
 
 CHUNK_ROWS = 50_000  # rows parsed per chunk
 FEED_STEPS = 10  # rows per turbine fed to the engine at a time, then flushed: a flush's records stay few
+FEED_MIN_ROWS = 2_000  # and at least this many (a small farm's 10 steps are too few rows per vectorised call)
 _WRITE_BUFFER = 1 << 20  # bytes: the score lines go out in large writes
 
 
@@ -203,13 +205,16 @@ def table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg,
 
 
 def in_time_order(
-    chunks: Iterable[tuple[Sequence[str], np.ndarray, np.ndarray]], steps: int, spill_dir: str | Path
+    chunks: Iterable[tuple[Sequence[str], np.ndarray, np.ndarray]],
+    steps: int,
+    spill_dir: str | Path,
+    min_rows: int = FEED_MIN_ROWS,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Parsed chunks (turbine ids, ts_ns (n,) int64, values (n, C)) in file order -> the same rows in stable time
     order (rows of one stamp keep file order), `steps` x the number of turbines at a time (about `steps` rows of
-    each). Every chunk is taken first: the values wait in an unnamed temporary file in `spill_dir` (gone when the
-    generator ends, even on a crash), the stamps and turbine codes in memory. A file already sorted by time is
-    read back in file order, without a sort."""
+    each), at least `min_rows`. Every chunk is taken first: the values wait in an unnamed temporary file in
+    `spill_dir` (gone when the generator ends, even on a crash), the stamps and turbine codes in memory. A file
+    already sorted by time is read back in file order, without a sort."""
     names: dict[str, int] = {}
     stamps: list[np.ndarray] = []
     codes: list[np.ndarray] = []
@@ -242,7 +247,7 @@ def in_time_order(
         values = np.memmap(fh, dtype=np.float64, mode="r", shape=(ts.size, width))
         order = None if bool((ts[1:] >= ts[:-1]).all()) else np.argsort(ts, kind="stable")
         table = np.array(list(names), dtype=str)  # code -> turbine id
-        rows = steps * len(names)
+        rows = max(steps * len(names), min_rows)
         for i in range(0, ts.size, rows):
             sel = slice(i, i + rows) if order is None else order[i : i + rows]
             yield table[code[sel]], ts[sel], np.array(values[sel])
@@ -273,9 +278,10 @@ def replay(
     progress: Callable[[dict[str, Any]], None] | None = None,
     chunk_rows: int = CHUNK_ROWS,
     feed_steps: int = FEED_STEPS,
+    feed_min_rows: int = FEED_MIN_ROWS,
 ) -> dict[str, Any]:
     """Replay a table through `engine` (parsed `chunk_rows` rows at a time, fed `feed_steps` rows per turbine at a
-    time); write score payloads (JSON lines) to `out`.
+    time, at least `feed_min_rows`); write score payloads (JSON lines) to `out`.
 
     `progress(counts)` is called after every chunk parsed and every `chunk_rows` rows scored. Returns a summary."""
     spec = engine.bundle.spec
@@ -315,7 +321,7 @@ def replay(
 
         last_ns: dict[str, int] = {}
         reported = 0
-        for names, stamps, values in in_time_order(parsed(), feed_steps, Path(out).parent):
+        for names, stamps, values in in_time_order(parsed(), feed_steps, Path(out).parent, feed_min_rows):
             late = engine.ingest_many(names, stamps, values)
             if late:  # every turbine's rows come in time order: no bin can have closed before its sample
                 raise RuntimeError(f"replay: {late} rows in time order were dropped as late (a bug: please report)")
