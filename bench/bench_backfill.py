@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from bench.bench_replay import write_table  # noqa: E402
 from scada_tcn.runtime.bundle import load_bundle  # noqa: E402
 from scada_tcn.runtime.daemon_config import daemon_config_from_dict  # noqa: E402
-from scada_tcn.runtime.replay import CHUNK_ROWS, FEED_STEPS, in_time_order, table_chunks  # noqa: E402
+from scada_tcn.runtime.replay import CHUNK_ROWS, FEED_MIN_ROWS, FEED_STEPS, in_time_order, table_chunks  # noqa: E402
 
 
 def sort_by_time(table: Path) -> None:
@@ -57,7 +57,7 @@ def main() -> None:
         cfg = daemon_config_from_dict({})
         t0 = time.perf_counter()
         chunks = table_chunks(table, bundle.spec.channels, cfg.mapping, bundle.column_mapping, CHUNK_ROWS)
-        for _ in in_time_order(((ids, ts, v) for ids, ts, v, _ in chunks), FEED_STEPS, Path(d)):
+        for _ in in_time_order(((ids, ts, v) for ids, ts, v, _ in chunks), FEED_STEPS, Path(d), FEED_MIN_ROWS):
             pass
         read = time.perf_counter() - t0
         cmd = ["taskset", "-c", str(min(os.sched_getaffinity(0))), sys.executable, "-m", "scada_tcn.runtime.cli",

@@ -32,8 +32,15 @@ sys.path.insert(0, str(ROOT))
 
 from scada_tcn.runtime.bundle import load_bundle  # noqa: E402
 from scada_tcn.runtime.daemon_config import daemon_config_from_dict  # noqa: E402
-from scada_tcn.runtime.records import dumps  # noqa: E402
-from scada_tcn.runtime.replay import CHUNK_ROWS, FEED_STEPS, in_time_order, replay_file, table_chunks  # noqa: E402
+from scada_tcn.runtime.records import dumps, forecast_json  # noqa: E402
+from scada_tcn.runtime.replay import (  # noqa: E402
+    CHUNK_ROWS,
+    FEED_MIN_ROWS,
+    FEED_STEPS,
+    in_time_order,
+    replay_file,
+    table_chunks,
+)
 from scada_tcn.runtime.stream import StreamScorer  # noqa: E402
 
 T0 = 1_700_000_400  # on the 10-min grid
@@ -98,15 +105,20 @@ def floor(bundle, table: Path, scores: Path, achieved: float) -> float:
     cfg = daemon_config_from_dict({})
     t0 = time.perf_counter()
     chunks = table_chunks(table, bundle.spec.channels, cfg.mapping, bundle.column_mapping, CHUNK_ROWS)
-    for _ in in_time_order(((ids, ts, v) for ids, ts, v, _ in chunks), FEED_STEPS, table.parent):
+    for _ in in_time_order(((ids, ts, v) for ids, ts, v, _ in chunks), FEED_STEPS, table.parent, FEED_MIN_ROWS):
         pass
     read = time.perf_counter() - t0
     records = [orjson.loads(line) for line in scores.read_bytes().splitlines()]
-    for r in records:  # as the engine hands them over: forecasts are float32 arrays
-        if r.get("forecast"):
-            r["forecast"] = {k: np.asarray(v, dtype=np.float32) for k, v in r["forecast"].items()}
+    with_forecast = [r for r in records if r.get("forecast")]  # as the engine has them: (F, K) float32 rows
+    names = list(with_forecast[0]["forecast"]) if with_forecast else []
+    rows = np.asarray([[r["forecast"][k] for k in names] for r in with_forecast], dtype=np.float32)
     t0 = time.perf_counter()
-    lines = [dumps(r) for r in records]
+    texts = iter(forecast_json(names, rows) if with_forecast else [])  # as the engine encodes them
+    lines = []
+    for r in records:
+        if r.get("forecast"):
+            r["forecast"] = orjson.Fragment(next(texts))
+        lines.append(dumps(r))
     encode = time.perf_counter() - t0
     t0 = time.perf_counter()
     with open(scores.with_suffix(".again"), "wb", buffering=1 << 20) as fh:
