@@ -59,7 +59,7 @@ FEED_MIN_ROWS = 2_000  # and at least this many (a small farm's 10 steps are too
 _WRITE_BUFFER = 1 << 20  # bytes: the score lines go out in large writes
 
 
-def _read_chunks(path: Path, columns: Sequence[str], rows: int) -> Iterator[dict[str, Sequence[str]]]:
+def _read_chunks(path: Path, columns: Sequence[str], rows: int) -> Iterator[dict[str, list[str]]]:
     """The table's `columns` in chunks of at most `rows` rows (column -> list of cells)."""
     if path.name.lower().endswith((".parquet", ".pq")):  # the edge install carries no Parquet reader (pyarrow)
         csv_path = path.with_suffix(".csv")
@@ -78,7 +78,7 @@ def _gzipped(path: Path) -> bool:
     return path.name.lower().endswith(".gz")
 
 
-def _csv_chunks(path: Path, columns: Sequence[str], rows: int) -> Iterator[dict[str, Sequence[str]]]:
+def _csv_chunks(path: Path, columns: Sequence[str], rows: int) -> Iterator[dict[str, list[str]]]:
     opener = gzip.open if _gzipped(path) else open
     with opener(path, "rt", newline="", encoding="utf-8-sig") as fh:  # a byte-order mark (Excel) is skipped
         reader = csv.reader(fh)
@@ -94,16 +94,11 @@ def _csv_chunks(path: Path, columns: Sequence[str], rows: int) -> Iterator[dict[
                 "Fix runtime.yaml `mapping` (columns, turbine_id_col, time_col)"
             )
         idx = {c: header.index(c) for c in dict.fromkeys(columns)}
-        need = max(idx.values()) + 1
         while True:
             block = list(itertools.islice(reader, rows))
             if not block:
                 return
-            if min(map(len, block)) >= need:  # the usual table: every row has the columns (one transpose in C)
-                by_column = list(zip(*block))
-                yield {c: by_column[i] for c, i in idx.items()}
-            else:  # short rows: their missing cells read as empty
-                yield {c: [row[i] if i < len(row) else "" for row in block] for c, i in idx.items()}
+            yield {c: [row[i] if i < len(row) else "" for row in block] for c, i in idx.items()}
 
 
 def _timestamp(cell: str, tz: Any) -> tuple[int | str, str]:
@@ -143,7 +138,7 @@ def _one_form(forms: dict[str, str], where: str) -> None:
                          "UTC offset, epoch seconds, or local times with mapping.naive_timezone")  # fmt: skip
 
 
-def _stamps(cells: Sequence[str], tz: Any, forms: dict[str, str], where: str, zone: str | None) -> np.ndarray:
+def _stamps(cells: list[str], tz: Any, forms: dict[str, str], where: str, zone: str | None) -> np.ndarray:
     """A chunk's stamp cells -> int64 ns UTC. Refused (InputError): an unparseable stamp, a local time that a DST
     change repeats or skips, and a second stamp form in one table (`forms`: each form seen so far -> an example,
     kept across chunks; scada-prepare demands one form per table too). A chunk of epoch seconds is parsed in one
@@ -192,7 +187,7 @@ def table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg,
     cols = [mapping.turbine_id_col, mapping.time_col] + [colmap[c] for c in channels]
     forms: dict[str, str] = {}  # each stamp form seen -> an example: one form per table, as scada-prepare demands
     for data in _read_chunks(p, cols, rows):
-        ids = list(data[mapping.turbine_id_col])
+        ids = data[mapping.turbine_id_col]
         problems = sorted(filter(None, map(turbine_id_problem, set(ids))))  # the rule scada-prepare applies
         if problems:
             raise InputError(f"{p}: column {mapping.turbine_id_col!r}: {problems[0]} ({len(problems)} such ids)")

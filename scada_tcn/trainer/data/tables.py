@@ -73,10 +73,14 @@ def _utc_ns(stamps: pd.Series) -> np.ndarray:
 _RANGE = f"stamps must lie within {MAX_EPOCH_S:.0e} s of 1970 (years 1685-2255)"
 
 
+def _is_number(cell: str) -> bool:
+    return not parse_numbers([cell])[1] and cell != ""
+
+
 def _epoch(secs: np.ndarray, where: str) -> np.ndarray:
     """Epoch seconds -> int64 ns by the rule the edge applies (`runtime.telemetry.epoch_ns`)."""
     if np.isnan(secs).any():
-        raise InputError(f"{where}: {int(np.isnan(secs).sum())} empty timestamps")
+        raise InputError(f"{where}: {int(np.isnan(secs).sum())} empty (or infinite) timestamps")
     ns = epoch_ns(secs)
     if ns is None:
         bad = secs[~(np.abs(secs) <= MAX_EPOCH_S)][:3].tolist()
@@ -104,9 +108,10 @@ def parse_timestamps(col: pd.Series, naive_timezone: str | None, where: str) -> 
     if isinstance(col.dtype, pd.DatetimeTZDtype):
         return _in_range(col, col.astype(str), where)
     s = col.astype(str).str.strip()
-    secs, not_numbers = parse_numbers(s.to_numpy(dtype=str))
-    if not not_numbers and not np.isnan(secs).all():  # numbers (or empty cells): epoch seconds
-        return _epoch(secs, where)
+    if len(s) and _is_number(s.iloc[0]):  # epoch seconds as text (a CSV), read by the rule replay applies
+        secs, not_numbers = parse_numbers(s.to_numpy(dtype=str))
+        if not not_numbers:
+            return _epoch(secs, where)
     parsed = pd.to_datetime(s, format="ISO8601", utc=True, errors="coerce")
     if parsed.isna().any():
         bad = s[parsed.isna()].head(3).tolist()
