@@ -25,7 +25,8 @@ Alert topic: {schema, turbine, ts, seq, model_id, score, [fleet_score], threshol
 state ("on" | "off")} on every transition. Retained alert state: {schema, turbine, state, since, seq, model_id}.
 
 Serialisation (`dumps`, orjson) is deterministic: sorted keys, no spaces, a number in the shortest form that
-round-trips it (float64; a numpy float32 scalar or array, such as the forecast, as float32), NaN/inf as null.
+round-trips it (float64; a numpy float32 scalar or array as float32), NaN/inf as null. The forecast, float32, is
+encoded once per record by `forecast_json` (the same bytes, a fraction of the cost) and carried as those bytes.
 A step is scored once and its numbers do not depend on the batch it was scored in, so a redelivered or replayed
 record is the same bytes. The score-topic records are plain slotted dataclasses: the engine fills a waiting
 record's fleet-level fields (levels, alert state) in place when its fleet step is released, before it is
