@@ -195,3 +195,21 @@ def test_unknown_fault_class_in_labels_is_refused(tmp_path):
     ).to_csv(cfg.data.paths.labels_file, index=False)
     with pytest.raises(InputError, match="bird_strike"):
         prepare(cfg)
+
+
+def test_a_csv_of_epoch_seconds_prepares_as_the_same_table_with_iso_stamps(tmp_path):
+    """Epoch seconds in a CSV (read as text) are stamps as replay and the daemon read them: the same arrays, windows
+    and summary as the ISO-stamped table. scada-prepare used to refuse them as "expected ISO-8601"."""
+    iso = _table(days=22)
+    seconds = (pd.to_datetime(iso["timestamp"]) - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+    epoch = iso.assign(timestamp=seconds.astype(str))
+    assert epoch["timestamp"].iloc[0] == str(int(T0.timestamp()) + 600)
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    a, b = prepare(_cfg(tmp_path / "a", iso)), prepare(_cfg(tmp_path / "b", epoch))
+    assert {k: v for k, v in a.items() if k != "files"} == {k: v for k, v in b.items() if k != "files"}
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a" / "processed").rglob("*.npy"))
+    assert len(files) == 12
+    for f in files:
+        np.testing.assert_array_equal(np.load(tmp_path / "a" / f), np.load(tmp_path / "b" / f), err_msg=str(f))
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a" / "processed" / "window_index.parquet"),
+                                  pd.read_parquet(tmp_path / "b" / "processed" / "window_index.parquet"))  # fmt: skip
