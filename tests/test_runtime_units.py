@@ -426,7 +426,8 @@ def test_stamp_formats_of_real_exports_parse_alike_in_replay_and_scada_prepare(t
 
     forms = ["2017-08-09T10:10:00+02:00", "2017-08-09 10:10:00+02:00", "2017-08-09T10:10:00.000+0200",
              "2017-08-09 10:10:00+02", "2017-08-09 10:10+02", "2017-08-09T08:10:00Z", "2017-08-09T10:10+02:00",
-             "2017-08-09 10:10:00.000123+02", "20170809T081000Z", "1502266200", "1502266200.0"]  # fmt: skip
+             "2017-08-09 10:10:00.000123+02", "20170809T081000Z", "1502266200", "1502266200.0",
+             "2017-08-09T10:10:00.000000100+02:00", "2017-08-09T08:10:00.0000001234Z"]  # fmt: skip
     for stamp in forms:
         path = _stamp_table(tmp_path / "t.csv", [stamp])
         ((_, ts, _, _),) = _ws_chunks(path)
@@ -435,6 +436,23 @@ def test_stamp_formats_of_real_exports_parse_alike_in_replay_and_scada_prepare(t
         assert abs(int(ts[0]) - 1502266200 * 10**9) < 10**6, stamp
         if stamp.replace(".", "").isdigit():  # epoch seconds: a Parquet number column too
             assert parse_timestamps(pd.to_numeric(col), None, "t").tolist() == ts.tolist()
+    assert ts.tolist() == [1502266200 * 10**9 + 123]  # to the nanosecond, as pandas reads it (Python's parser: 0)
+
+
+def test_iso_forms_that_scada_prepare_refuses_are_refused_by_replay(tmp_path):
+    """Python's ISO parser takes week dates, decimal commas and offsets with seconds; pandas' (scada-prepare's) does
+    not. Replay refuses them too, instead of scoring a table that cannot be trained on as written."""
+    import pandas as pd
+
+    from scada_tcn.runtime.errors import InputError
+    from scada_tcn.trainer.data.tables import parse_timestamps
+
+    for stamp in ("2017-W32-3T10:10:00+02:00", '"2017-08-09T10:10:00,5+02:00"', "2017-08-09T10:10:00+02:00:00"):
+        path = _stamp_table(tmp_path / "t.csv", ["2017-08-09T10:00:00+02:00", stamp])
+        with pytest.raises(InputError, match=r"1 bad timestamps \(\['bad_timestamp'\]\)"):
+            _ws_chunks(path)
+        with pytest.raises(InputError, match="1 unparseable timestamps"):
+            parse_timestamps(pd.read_csv(path, dtype=str)["timestamp"], None, "t")
 
 
 def test_epoch_seconds_read_alike_one_by_one_in_batches_and_in_scada_prepare(tmp_path):

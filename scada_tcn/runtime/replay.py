@@ -35,6 +35,7 @@ import csv
 import gc
 import gzip
 import itertools
+import re
 import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -57,6 +58,8 @@ CHUNK_ROWS = 50_000  # rows parsed per chunk
 FEED_STEPS = 10  # rows per turbine fed to the engine at a time, then flushed: a flush's records stay few
 FEED_MIN_ROWS = 2_000  # and at least this many (a small farm's 10 steps are too few rows per vectorised call)
 _WRITE_BUFFER = 1 << 20  # bytes: the score lines go out in large writes
+_OFFSET_SECONDS = re.compile(r"[+-]\d\d:?\d\d:?\d\d(\.\d+)?$")  # an offset with seconds (+02:00:00)
+_SUB_MICROSECOND = re.compile(r"(\.\d{6})(\d+)")  # a fraction's digits past the sixth
 
 
 def _read_chunks(path: Path, columns: Sequence[str], rows: int) -> Iterator[dict[str, list[str]]]:
@@ -102,18 +105,26 @@ def _csv_chunks(path: Path, columns: Sequence[str], rows: int) -> Iterator[dict[
 
 
 def _timestamp(cell: str, tz: Any) -> tuple[int | str, str]:
-    """A stamp cell -> (ns UTC, or the reason it is refused; its form: "epoch", "offset" or "naive"). A number is
-    epoch seconds when `parse_numbers` takes it (ASCII, no '_'), as scada-prepare reads it."""
+    """A stamp cell -> (ns UTC, or the reason it is refused; its form: "epoch", "offset" or "naive"), as
+    scada-prepare reads it: a number is epoch seconds when `parse_numbers` takes it (ASCII, no '_'); ISO-8601 as
+    pandas' ISO8601 parser takes it (no week dates, decimal commas or offsets with seconds, which Python's own
+    parser takes; fractions to the nanosecond, where Python's stops at the microsecond)."""
     s = cell.strip()
     if s.isascii() and "_" not in s:
         try:
             return _in_range(parse_timestamp_ns(float(s))), "epoch"
         except ValueError:
             pass
+    if "W" in s or "," in s or _OFFSET_SECONDS.search(s):  # a week date, a decimal comma, an offset's seconds
+        return "bad_timestamp", "offset"
+    ns = 0  # the digits of a fraction past the microsecond, up to the nanosecond
+    if m := _SUB_MICROSECOND.search(s):
+        s, ns = s[: m.start(2)] + s[m.end(2) :], int(m.group(2)[:3].ljust(3, "0"))
     res = parse_timestamp_ns(s)
     if res == "naive_timestamp":
-        return (res if tz is None else _local_ns(datetime.fromisoformat(s), tz)), "naive"
-    return _in_range(res), "offset"
+        res = res if tz is None else _local_ns(datetime.fromisoformat(s), tz)
+        return (res + ns if isinstance(res, int) else res), "naive"
+    return _in_range(res + ns if isinstance(res, int) else res), "offset"
 
 
 def _in_range(ns: int | str) -> int | str:
