@@ -439,6 +439,46 @@ def test_stamp_formats_of_real_exports_parse_alike_in_replay_and_scada_prepare(t
     assert ts.tolist() == [1502266200 * 10**9 + 123]  # to the nanosecond, as pandas reads it (Python's parser: 0)
 
 
+def test_stamp_edge_cases_are_refused_alike_with_what_to_fix(tmp_path):
+    """Found in review: the range's last second, a lowercase date-time separator (Python's parser takes any
+    character), empty cells in an epoch column (replay said "stamps of different forms", scada-prepare called every
+    epoch stamp unparseable) and NaT in a time-zone-aware column (scada-prepare: "out of range", or a ValueError
+    when a stamp past 2262 sat in the same column)."""
+    import pandas as pd
+
+    from scada_tcn.runtime.errors import InputError
+    from scada_tcn.trainer.data.tables import parse_timestamps
+
+    for stamp in ("2255-03-14T16:00:00.5Z", "2017-08-09t10:10:00+02:00"):
+        path = _stamp_table(tmp_path / "t.csv", ["2017-08-09T10:00:00+02:00", stamp])
+        with pytest.raises(InputError, match=r"1 bad timestamps"):
+            _ws_chunks(path)
+        with pytest.raises(InputError, match=r"1 (stamps out of range|unparseable timestamps)"):
+            parse_timestamps(pd.read_csv(path, dtype=str)["timestamp"], None, "t")
+    path = _stamp_table(tmp_path / "t.csv", ["1502266200", "", "1502266800"])
+    with pytest.raises(InputError, match=r"1 bad timestamps \(\['bad_timestamp'\]\), e.g. \[''\]"):
+        _ws_chunks(path)
+    column = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])["timestamp"]  # as scada-prepare
+    with pytest.raises(InputError, match=r"1 empty \(or infinite\) timestamps"):
+        parse_timestamps(column, None, "t")
+    aware = [pd.Timestamp("2017-08-09", tz="UTC"), pd.NaT, pd.Timestamp("2300-01-01", tz="UTC")]
+    for col in (pd.Series(aware, dtype="datetime64[us, UTC]"), pd.Series(aware[:2], dtype="datetime64[ns, UTC]")):
+        with pytest.raises(InputError, match=r"1 empty timestamps"):
+            parse_timestamps(col, None, "t")
+
+
+def test_one_cell_is_a_number_by_the_rule_of_a_whole_column():
+    """`cells.is_number` (replay's stamps, one cell at a time) agrees with `parse_numbers` (a column)."""
+    from scada_tcn.runtime.cells import is_number, parse_numbers
+
+    cells = ["7.5", "1_000", "", " 2 ", "inf", "-3e2", "n/a", "0x10", "1e400", "nan", "NaN", "+5", ".5", "5.", "1,5",
+             "  ", "-inf", "Infinity", "1 000", "NA", "\u0661\u0662", "+nan", "1e-400", "e5", "0.1e",
+             "1502266200"]  # fmt: skip
+    for c in cells:
+        _, bad = parse_numbers([c])
+        assert is_number(c) == (not bad and c.strip() != ""), c
+
+
 def test_iso_forms_that_scada_prepare_refuses_are_refused_by_replay(tmp_path):
     """Python's ISO parser takes week dates, decimal commas and offsets with seconds; pandas' (scada-prepare's) does
     not. Replay refuses them too, instead of scoring a table that cannot be trained on as written."""
@@ -490,13 +530,13 @@ def test_stamps_beyond_int64_nanoseconds_are_refused_not_crashed_on(tmp_path):
         path = _stamp_table(
             tmp_path / "t.csv", ["2017-08-09T08:10:00Z", stamp] if not number else ["1502266200", stamp]
         )
-        with pytest.raises(InputError, match=r"1 bad timestamps \(\['out_of_range'\]\).*years 1685-2255"):
+        with pytest.raises(InputError, match=r"1 bad timestamps \(\['out_of_range'\]\).*1684-10-19 to 2255-03-14"):
             _ws_chunks(path)
         col = pd.read_csv(path, dtype=str)["timestamp"]
-        with pytest.raises(InputError, match=r"out of range.*years 1685-2255"):
+        with pytest.raises(InputError, match=r"out of range.*1684-10-19 to 2255-03-14"):
             parse_timestamps(col, None, "t")
         if number:
-            with pytest.raises(InputError, match=r"out of range.*years 1685-2255"):
+            with pytest.raises(InputError, match=r"out of range.*1684-10-19 to 2255-03-14"):
                 parse_timestamps(pd.to_numeric(col), None, "t")
 
 

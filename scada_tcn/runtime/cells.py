@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["parse_numbers"]
+__all__ = ["is_number", "parse_numbers"]
 
 
 def _float(cell: str) -> float:
@@ -21,6 +21,13 @@ def _float(cell: str) -> float:
         return float(cell)
     except ValueError:
         return math.nan
+
+
+def is_number(cell: str) -> bool:
+    """One cell, by the rule of `parse_numbers`: a plain ASCII number (surrounding spaces allowed, no '_'),
+    +-inf included; empty, text, "nan" and non-ASCII digits are not."""
+    s = cell.strip()
+    return s.isascii() and "_" not in s and not math.isnan(_float(s)) if s else False
 
 
 def parse_numbers(cells: Sequence[str] | np.ndarray) -> tuple[np.ndarray, int]:

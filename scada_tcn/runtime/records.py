@@ -94,9 +94,10 @@ def _forecast_layout(names: tuple[str, ...]) -> tuple[bytes, np.ndarray]:
 
 
 def forecast_json(names: Sequence[str], rows: np.ndarray) -> list[bytes]:
-    """(B, F, K) forecasts -> per row the JSON object {feature: [K values]}, the very bytes `dumps` writes for
-    dict(zip(names, rows[b])) (sorted keys, float32 shortest form, NaN as null), each row serialised as one array
-    and its rows keyed by a template: F small arrays per record cost orjson about twice as much."""
+    """(B, F, K) forecasts and F distinct names -> per row the JSON object {feature: [K values]}, the very bytes
+    `dumps` writes for dict(zip(names, rows[b])) (sorted keys, float32 shortest form, NaN as null), each row
+    serialised as one array and its rows keyed by a template: F small arrays per record cost orjson about twice as
+    much."""
     rows = np.asarray(rows, dtype=np.float32)
     if rows.ndim != 3 or rows.shape[1] != len(names):
         raise ValueError(f"forecast_json: rows must be (B, F={len(names)}, K), got {rows.shape}")
@@ -239,7 +240,8 @@ class ScoreRecord(_Step):
         d["groups"] = None if d["groups"] is None else tuple(dict(g) for g in d["groups"])
         if d["forecast"] is not None:
             f = dict(d["forecast"])
-            d["forecast"] = forecast_json(list(f), np.asarray([list(f.values())], dtype=np.float32))[0]
+            rows = np.asarray([list(f.values())], dtype=np.float32) if f else np.zeros((1, 0, 0), np.float32)
+            d["forecast"] = forecast_json(list(f), rows)[0]
         return cls(**d)
 
 

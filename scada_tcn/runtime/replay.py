@@ -45,12 +45,12 @@ from typing import Any
 
 import numpy as np
 
-from scada_tcn.runtime.cells import parse_numbers
+from scada_tcn.runtime.cells import is_number, parse_numbers
 from scada_tcn.runtime.daemon_config import MappingCfg
 from scada_tcn.runtime.engine import Engine
 from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.ids import turbine_id_problem
-from scada_tcn.runtime.telemetry import MAX_EPOCH_S, epoch_ns, parse_timestamp_ns
+from scada_tcn.runtime.telemetry import EPOCH_RANGE, MAX_EPOCH_S, epoch_ns, parse_timestamp_ns
 
 __all__ = ["CHUNK_ROWS", "FEED_MIN_ROWS", "FEED_STEPS", "in_time_order", "replay", "replay_file", "table_chunks"]
 
@@ -58,6 +58,7 @@ CHUNK_ROWS = 50_000  # rows parsed per chunk
 FEED_STEPS = 10  # rows per turbine fed to the engine at a time, then flushed: a flush's records stay few
 FEED_MIN_ROWS = 2_000  # and at least this many (a small farm's 10 steps are too few rows per vectorised call)
 _WRITE_BUFFER = 1 << 20  # bytes: the score lines go out in large writes
+_NS = 1_000_000_000
 _OFFSET_SECONDS = re.compile(r"[+-]\d\d:?\d\d:?\d\d(\.\d+)?$")  # an offset with seconds (+02:00:00)
 _SUB_MICROSECOND = re.compile(r"(\.\d{6})(\d+)")  # a fraction's digits past the sixth
 
@@ -106,17 +107,14 @@ def _csv_chunks(path: Path, columns: Sequence[str], rows: int) -> Iterator[dict[
 
 def _timestamp(cell: str, tz: Any) -> tuple[int | str, str]:
     """A stamp cell -> (ns UTC, or the reason it is refused; its form: "epoch", "offset" or "naive"), as
-    scada-prepare reads it: a number is epoch seconds when `parse_numbers` takes it (ASCII, no '_'); ISO-8601 as
-    pandas' ISO8601 parser takes it (no week dates, decimal commas or offsets with seconds, which Python's own
-    parser takes; fractions to the nanosecond, where Python's stops at the microsecond)."""
+    scada-prepare reads it: a number (`cells.is_number`) is epoch seconds; ISO-8601 as pandas' ISO8601 parser
+    takes it (no week dates, decimal commas, offsets with seconds or separators other than 'T' and ' ', which
+    Python's own parser takes; fractions to the nanosecond, where Python's stops at the microsecond)."""
     s = cell.strip()
-    if s.isascii() and "_" not in s:
-        try:
-            return _in_range(parse_timestamp_ns(float(s))), "epoch"
-        except ValueError:
-            pass
-    if "W" in s or "," in s or _OFFSET_SECONDS.search(s):  # a week date, a decimal comma, an offset's seconds
-        return "bad_timestamp", "offset"
+    if is_number(s):
+        return _in_range(parse_timestamp_ns(float(s))), "epoch"
+    if "W" in s or "," in s or _OFFSET_SECONDS.search(s) or (len(s) > 10 and s[4] == "-" and s[10] not in "T "):
+        return "bad_timestamp", "offset"  # a week date, a decimal comma, an offset's seconds, another separator
     ns = 0  # the digits of a fraction past the microsecond, up to the nanosecond
     if m := _SUB_MICROSECOND.search(s):
         s, ns = s[: m.start(2)] + s[m.end(2) :], int(m.group(2)[:3].ljust(3, "0"))
@@ -130,7 +128,7 @@ def _timestamp(cell: str, tz: Any) -> tuple[int | str, str]:
 def _in_range(ns: int | str) -> int | str:
     """A parsed stamp, or "out_of_range" beyond MAX_EPOCH_S (int64 ns end in 2262; the daemon's clock checks
     refuse such stamps, a table has no clock)."""
-    return "out_of_range" if isinstance(ns, int) and abs(ns) > MAX_EPOCH_S * 1e9 else ns
+    return "out_of_range" if isinstance(ns, int) and abs(ns) > MAX_EPOCH_S * _NS else ns
 
 
 def _local_ns(naive: datetime, tz: Any) -> int | str:
@@ -162,8 +160,8 @@ def _stamps(cells: list[str], tz: Any, forms: dict[str, str], where: str, zone: 
             _one_form(forms, where)
             return ns
     parsed = [_timestamp(c, tz) for c in cells]
-    for form in {f for _, f in parsed} - forms.keys():
-        forms[form] = next(c for (_, f), c in zip(parsed, cells) if f == form)
+    for form in {f for t, f in parsed if not isinstance(t, str)} - forms.keys():  # forms of the stamps read
+        forms[form] = next(c for (t, f), c in zip(parsed, cells) if f == form and not isinstance(t, str))
     _one_form(forms, where)
     bad = [(t, c) for (t, _), c in zip(parsed, cells) if isinstance(t, str)]
     if bad:
@@ -172,7 +170,7 @@ def _stamps(cells: list[str], tz: Any, forms: dict[str, str], where: str, zone: 
             fix = (f"local times that a DST change in {zone} repeats or skips: export the stamps with a UTC offset, "
                    "or in UTC with mapping.naive_timezone: UTC")  # fmt: skip
         elif kinds == ["out_of_range"]:
-            fix = f"stamps must lie within {MAX_EPOCH_S:.0e} s of 1970 (years 1685-2255)"
+            fix = EPOCH_RANGE
         else:
             fix = "expected ISO-8601 with a UTC offset (or set mapping.naive_timezone) or epoch seconds"
         raise InputError(f"{where}: {len(bad)} bad timestamps ({kinds}), e.g. {[c for _, c in bad[:3]]}; {fix}")

@@ -43,6 +43,7 @@ import orjson
 from scada_tcn.runtime.ids import turbine_id_problem
 
 __all__ = [
+    "EPOCH_RANGE",
     "MAX_EPOCH_S",
     "REASONS",
     "BatchDecode",
@@ -78,7 +79,8 @@ _DOC_KEYS = frozenset(("ts", "values"))  # a telemetry document's keys
 _LINE_KEYS = frozenset(("turbine", "ts", "values"))  # a batched telemetry line's keys
 _NS = 1_000_000_000
 _MAX_ABS_S = 1e11  # ~ year 5138: anything beyond is nonsense (the daemon's future / past checks refuse far less)
-MAX_EPOCH_S = 9e9  # |epoch seconds| of a table's stamps: years 1685-2255, inside int64 ns (1677-2262) with room
+MAX_EPOCH_S = 9e9  # |epoch seconds| of a table's stamps, inside int64 ns (1677-2262) with room for a bin
+EPOCH_RANGE = "stamps must lie within 9e9 s of 1970 (1684-10-19 to 2255-03-14)"
 
 
 class Sample(NamedTuple):

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from scada_tcn.runtime.cells import parse_numbers
+from scada_tcn.runtime.cells import is_number, parse_numbers
 from scada_tcn.runtime.errors import InputError
-from scada_tcn.runtime.telemetry import MAX_EPOCH_S, epoch_ns
+from scada_tcn.runtime.telemetry import EPOCH_RANGE, MAX_EPOCH_S, epoch_ns
 from scada_tcn.trainer.config import DataCfg
 
 _OFFSET_RE = r"(?:Z|[+-]\d{2}:?\d{2}|:\d{2}(?:\.\d+)?\s*[+-]\d{2})$"  # Z, +HH:MM, +HHMM, or +HH after a time
@@ -70,13 +70,6 @@ def _utc_ns(stamps: pd.Series) -> np.ndarray:
     return naive_utc.to_numpy().view(np.int64)
 
 
-_RANGE = f"stamps must lie within {MAX_EPOCH_S:.0e} s of 1970 (years 1685-2255)"
-
-
-def _is_number(cell: str) -> bool:
-    return not parse_numbers([cell])[1] and cell != ""
-
-
 def _epoch(secs: np.ndarray, where: str) -> np.ndarray:
     """Epoch seconds -> int64 ns by the rule the edge applies (`runtime.telemetry.epoch_ns`)."""
     if np.isnan(secs).any():
@@ -84,19 +77,23 @@ def _epoch(secs: np.ndarray, where: str) -> np.ndarray:
     ns = epoch_ns(secs)
     if ns is None:
         bad = secs[~(np.abs(secs) <= MAX_EPOCH_S)][:3].tolist()
-        raise InputError(f"{where}: epoch seconds out of range, e.g. {bad}; {_RANGE}")
+        raise InputError(f"{where}: epoch seconds out of range, e.g. {bad}; {EPOCH_RANGE}")
     return ns
 
 
-def _in_range(parsed: pd.Series, s: pd.Series, where: str) -> np.ndarray:
-    """Parsed stamps -> int64 ns UTC, refusing those the edge refuses (beyond MAX_EPOCH_S, or int64 ns)."""
+def _checked_ns(parsed: pd.Series, s: pd.Series, where: str) -> np.ndarray:
+    """Parsed stamps -> int64 ns UTC; refused: missing ones (NaT) and those the edge refuses (beyond MAX_EPOCH_S)."""
+    missing = parsed.isna().to_numpy()
+    if missing.any():
+        raise InputError(f"{where}: {int(missing.sum())} empty timestamps")
     try:
         ns = _utc_ns(parsed)
-        ok = np.abs(ns // 10**9) <= MAX_EPOCH_S
+        ok = np.abs(ns) <= MAX_EPOCH_S * 1e9
     except (pd.errors.OutOfBoundsDatetime, OverflowError):  # beyond int64 ns: found one by one
         ns, ok = None, np.array([abs(t.timestamp()) <= MAX_EPOCH_S for t in parsed])
     if ns is None or not ok.all():
-        raise InputError(f"{where}: {int((~ok).sum())} stamps out of range, e.g. {s[~ok].head(3).tolist()}; {_RANGE}")
+        raise InputError(f"{where}: {int((~ok).sum())} stamps out of range, e.g. {s[~ok].head(3).tolist()}; "
+                         f"{EPOCH_RANGE}")  # fmt: skip
     return ns
 
 
@@ -106,10 +103,12 @@ def parse_timestamps(col: pd.Series, naive_timezone: str | None, where: str) -> 
     if pd.api.types.is_numeric_dtype(col):
         return _epoch(col.to_numpy(dtype=np.float64, na_value=np.nan), where)
     if isinstance(col.dtype, pd.DatetimeTZDtype):
-        return _in_range(col, col.astype(str), where)
+        return _checked_ns(col, col.astype(str), where)
     s = col.astype(str).str.strip()
-    if len(s) and _is_number(s.iloc[0]):  # epoch seconds as text (a CSV), read by the rule replay applies
-        secs, not_numbers = parse_numbers(s.to_numpy(dtype=str))
+    cells = np.where(col.isna().to_numpy(), "", s.to_numpy(dtype=str))  # a missing cell reads as an empty one
+    given = cells[cells != ""]
+    if given.size and is_number(given[0]):  # epoch seconds as text (a CSV), read by the rule replay applies
+        secs, not_numbers = parse_numbers(cells)
         if not not_numbers:
             return _epoch(secs, where)
     parsed = pd.to_datetime(s, format="ISO8601", utc=True, errors="coerce")
@@ -136,7 +135,7 @@ def parse_timestamps(col: pd.Series, naive_timezone: str | None, where: str) -> 
                 f"{where}: local times that a DST change in {naive_timezone} repeats or skips ({e}); export the "
                 "stamps with a UTC offset, or in UTC with data.identifiers.naive_timezone=UTC"
             ) from e
-    return _in_range(parsed, s, where)
+    return _checked_ns(parsed, s, where)
 
 
 def _to_numeric(col: pd.Series) -> tuple[np.ndarray, int]:
