@@ -27,7 +27,9 @@ def is_number(cell: str) -> bool:
     """One cell, by the rule of `parse_numbers`: a plain ASCII number (surrounding spaces allowed, no '_'),
     +-inf included; empty, text, "nan" and non-ASCII digits are not."""
     s = cell.strip()
-    return s.isascii() and "_" not in s and not math.isnan(_float(s)) if s else False
+    if not s or not s.isascii() or "_" in s:
+        return False
+    return not math.isnan(_float(s))
 
 
 def parse_numbers(cells: Sequence[str] | np.ndarray) -> tuple[np.ndarray, int]:

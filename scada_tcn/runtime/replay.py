@@ -58,7 +58,6 @@ CHUNK_ROWS = 50_000  # rows parsed per chunk
 FEED_STEPS = 10  # rows per turbine fed to the engine at a time, then flushed: a flush's records stay few
 FEED_MIN_ROWS = 2_000  # and at least this many (a small farm's 10 steps are too few rows per vectorised call)
 _WRITE_BUFFER = 1 << 20  # bytes: the score lines go out in large writes
-_NS = 1_000_000_000
 _OFFSET_SECONDS = re.compile(r"[+-]\d\d:?\d\d:?\d\d(\.\d+)?$")  # an offset with seconds (+02:00:00)
 _SUB_MICROSECOND = re.compile(r"(\.\d{6})(\d+)")  # a fraction's digits past the sixth
 
@@ -128,7 +127,7 @@ def _timestamp(cell: str, tz: Any) -> tuple[int | str, str]:
 def _in_range(ns: int | str) -> int | str:
     """A parsed stamp, or "out_of_range" beyond MAX_EPOCH_S (int64 ns end in 2262; the daemon's clock checks
     refuse such stamps, a table has no clock)."""
-    return "out_of_range" if isinstance(ns, int) and abs(ns) > MAX_EPOCH_S * _NS else ns
+    return "out_of_range" if isinstance(ns, int) and abs(ns) > MAX_EPOCH_S * 1e9 else ns
 
 
 def _local_ns(naive: datetime, tz: Any) -> int | str:
@@ -152,9 +151,9 @@ def _stamps(cells: list[str], tz: Any, forms: dict[str, str], where: str, zone: 
     change repeats or skips, and a second stamp form in one table (`forms`: each form seen so far -> an example,
     kept across chunks; scada-prepare demands one form per table too). A chunk of epoch seconds is parsed in one
     vectorised pass (the same numbers as cell by cell: `parse_numbers`, `epoch_ns`)."""
-    if cells and _timestamp(cells[0], None)[1] == "epoch":
+    if cells and is_number(cells[0]):
         secs, not_numbers = parse_numbers(cells)
-        ns = None if not_numbers or np.isnan(secs).any() else epoch_ns(secs)
+        ns = None if not_numbers else epoch_ns(secs)  # None too for an empty, infinite or out-of-range stamp
         if ns is not None:
             forms.setdefault("epoch", cells[0])
             _one_form(forms, where)

@@ -105,11 +105,10 @@ def parse_timestamps(col: pd.Series, naive_timezone: str | None, where: str) -> 
     if isinstance(col.dtype, pd.DatetimeTZDtype):
         return _checked_ns(col, col.astype(str), where)
     s = col.astype(str).str.strip()
-    cells = np.where(col.isna().to_numpy(), "", s.to_numpy(dtype=str))  # a missing cell reads as an empty one
-    given = cells[cells != ""]
-    if given.size and is_number(given[0]):  # epoch seconds as text (a CSV), read by the rule replay applies
-        secs, not_numbers = parse_numbers(cells)
-        if not not_numbers:
+    first = next((c for c in s[col.notna()] if c), "")  # the first stamp given: is the column epoch seconds?
+    if is_number(first):  # epoch seconds as text (a CSV), read by the rule replay applies
+        secs, not_numbers = parse_numbers(np.where(col.isna().to_numpy(), "", s.to_numpy(dtype=str)))
+        if not not_numbers:  # a missing cell read as an empty one: reported by `_epoch`
             return _epoch(secs, where)
     parsed = pd.to_datetime(s, format="ISO8601", utc=True, errors="coerce")
     if parsed.isna().any():
