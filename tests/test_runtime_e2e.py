@@ -1005,6 +1005,51 @@ def test_daemon_restart_resumes_from_its_state_file(broker, bundle, fresh_scorer
     col.close()
 
 
+def test_a_state_file_that_cannot_be_read_is_set_aside_and_the_daemon_starts_fresh(
+    broker, bundle, fresh_scorer, timeline, tmp_path, caplog
+):
+    """An empty, truncated or corrupted state file (a disk or copy gone wrong) is moved to `<name>.unused` with a
+    warning, and the daemon scores from a fresh start (warm-up records), instead of failing at every start: before,
+    np.load's EOFError or BadZipFile escaped the check and ended the daemon."""
+    import logging
+
+    from scada_tcn.runtime.state_file import load_state, save_state
+
+    header, rows, _ = timeline
+    path = tmp_path / "state.npz"
+    save_state(path, {"format": "x", "engine": {"a": np.arange(2000.0)}, "frame_no": 0, "outbox": []})
+    whole = path.read_bytes()
+    flipped = bytearray(whole)
+    flipped[len(whole) // 2] ^= 0xFF
+    broken = {"empty": b"", "truncated": whole[: len(whole) // 2], "corrupted": bytes(flipped)}
+    for data in broken.values():
+        path.write_bytes(data)
+        with pytest.raises(ValueError, match="not a readable state"):
+            load_state(path)
+    first = rows[: 3 * len({r[header.index("turbine_id")] for r in rows})]  # three steps of every turbine
+    col = Collector(broker.url, [f"scada/{SITE}/+/score"], client_id="sa-collector")
+    wait_for(lambda: col.ready(), 10, "collector connect")
+    pub = client(broker.url, "sa-publisher")
+    cfg = daemon_config(broker.url, state={"path": str(path), "save_interval_s": 3600.0})
+    for kind, data in broken.items():
+        path.write_bytes(data)
+        (tmp_path / "state.npz.unused").unlink(missing_ok=True)
+        before = len(col.of("/score"))
+        with caplog.at_level(logging.WARNING, logger="scada_tcn.runtime.daemon"):
+            d = DaemonThread(cfg, bundle, fresh_scorer())
+        assert (tmp_path / "state.npz.unused").read_bytes() == data, kind
+        assert any("state file not used" in r.getMessage() for r in caplog.records), kind
+        wait_for(lambda d=d: pub.is_connected() and d.daemon.link.connected, 10, "connections")
+        publish_all(pub, to_messages(header, first))
+        wait_for(lambda n=before: len(col.of("/score")) > n, 30, f"scores after a {kind} state file")
+        assert b'"status":"warmup"' in col.of("/score")[-1][1], kind
+        assert d.stop() == 0
+        assert isinstance(load_state(path), dict)  # the clean stop wrote a readable state
+        path.unlink()
+    pub.disconnect()
+    col.close()
+
+
 def test_a_window_without_enough_data_publishes_no_score(bundle, scorer, timeline):
     """Below the bundle's minimum present fraction: an insufficient-data record, never a number; the alert
     state is held, and scoring resumes once the window has enough data again."""

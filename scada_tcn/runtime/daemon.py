@@ -52,7 +52,7 @@ from scada_tcn.runtime.journal import Journal
 from scada_tcn.runtime.mqtt import Message, MqttLink, Publish
 from scada_tcn.runtime.prometheus import RuntimeMetrics
 from scada_tcn.runtime.records import batches, iso_utc
-from scada_tcn.runtime.state_file import EncodedState, encode_state, load_state, write_state
+from scada_tcn.runtime.state_file import EncodedState, encode_state, fsync_dir, load_state, write_state
 from scada_tcn.runtime.telemetry import Rejection, Sample, TelemetryDecoder, topic_filter
 
 __all__ = ["Daemon", "setup_logging"]
@@ -214,6 +214,7 @@ class Daemon:
             except ValueError as e:
                 aside = Path(path).with_name(Path(path).name + ".unused")
                 os.replace(path, aside)
+                fsync_dir(aside.parent)  # the set-aside file survives a power cut, for the operator to look at
                 if self.journal is not None:
                     self.journal.reset()  # its frames continue the state that was set aside
                 log.warning("state file not used; every turbine warms up again",

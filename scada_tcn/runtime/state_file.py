@@ -6,7 +6,8 @@ stored as its own entry `a<i>`; the tree itself is stored as JSON (entry `tree`,
 replaced by {"__array__": "a<i>"}. Writes are atomic (a temporary file, fsynced, then `os.replace`), so a crash
 while saving leaves the previous state intact, and durable: the directory is fsynced after the rename, so once
 `write_state` returns the new file survives a power cut (the daemon deletes the journal frames it holds only
-then). Refused (ValueError): other object types, and files that are not such a state.
+then). Refused (ValueError): other object types, and files that are not such a state (empty, truncated or
+corrupted ones included).
 
 `encode_state(tree)` takes everything the file needs (the tree as JSON, a copy of every array) and
 `write_state(path, encoded)` writes it, so the state can be captured at one point of a loop and written by
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -96,15 +99,19 @@ def save_state(path: str | Path, tree: dict[str, Any]) -> None:
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
-    """Read a tree written by `save_state`."""
+    """Read a tree written by `save_state`; a file that is not one (empty, truncated, corrupted: a zip entry's
+    CRC fails, an array the tree names is missing) is refused with ValueError, never another exception."""
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise ValueError(f"state file {path}: not a readable state ({e})") from e
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise ValueError(f"state file {path}: not a readable state ({type(e).__name__}: {e})") from e
     if "tree" not in arrays:
         raise ValueError(f"state file {path}: no 'tree' entry; not written by save_state")
-    tree = json.loads(arrays.pop("tree").tobytes().decode())
+    tree = json.loads(arrays.pop("tree").tobytes().decode())  # UnicodeDecodeError, JSONDecodeError: ValueErrors
     if not isinstance(tree, dict):
         raise ValueError(f"state file {path}: the tree is not a mapping")
-    return _restore(tree, arrays)
+    try:
+        return _restore(tree, arrays)
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"state file {path}: the tree names an array the file lacks ({e})") from e
