@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
@@ -427,7 +429,9 @@ def test_stamp_formats_of_real_exports_parse_alike_in_replay_and_scada_prepare(t
     forms = ["2017-08-09T10:10:00+02:00", "2017-08-09 10:10:00+02:00", "2017-08-09T10:10:00.000+0200",
              "2017-08-09 10:10:00+02", "2017-08-09 10:10+02", "2017-08-09T08:10:00Z", "2017-08-09T10:10+02:00",
              "2017-08-09 10:10:00.000123+02", "20170809T081000Z", "1502266200", "1502266200.0",
-             "2017-08-09T10:10:00.000000100+02:00", "2017-08-09T08:10:00.0000001234Z"]  # fmt: skip
+             "2017/08/09 10:10:00+02:00", "2017-8-9 10:10:00+02:00", "2017.08.09T10:10+2", "20170809T101000+02",
+             "2017-08-09T10:10:00 +02:00", "2017-08-09T10:10:00.000000100+02:00",
+             "2017-08-09T08:10:00.0000001234Z"]  # fmt: skip
     for stamp in forms:
         path = _stamp_table(tmp_path / "t.csv", [stamp])
         ((_, ts, _, _),) = _ws_chunks(path)
@@ -493,6 +497,89 @@ def test_iso_forms_that_scada_prepare_refuses_are_refused_by_replay(tmp_path):
             _ws_chunks(path)
         with pytest.raises(InputError, match="1 unparseable timestamps"):
             parse_timestamps(pd.read_csv(path, dtype=str)["timestamp"], None, "t")
+
+
+def _stamp_corpus(rng: np.random.Generator, n: int) -> list[str]:
+    """n stamps built from the pieces of ISO-8601 (each piece a near miss one time in eight): date separators
+    (pandas takes - . / \\ and a space; not _ or ,), padded or not, months and days out of range, 'T' or a space
+    before the time (not 't'), times with and without ':', fractions of up to 20 digits or after a comma, offsets
+    of every length and out of range, Z, lowercase z, a trailing NUL."""
+
+    def pick(good: tuple, bad: tuple) -> Any:
+        options = bad if rng.random() < 0.125 else good
+        return options[int(rng.integers(len(options)))]
+
+    def two(x: int, pad: bool) -> str:
+        return f"{x:02d}" if pad else str(x)
+
+    out = []
+    for _ in range(n):
+        sep, pad = pick(("-", "/", ".", "\\", " ", ""), ("_", ",")), bool(rng.random() < 0.6)
+        year = pick(("2017", "2016", "1999", "2255"), ("0000", "17", "2256"))
+        date = f"{year}{sep}{two(pick((1, 2, 8, 10, 12), (0, 13)), pad or not sep)}"
+        if rng.random() < 0.95:
+            date += f"{sep}{two(pick((1, 9, 10, 28, 29, 31), (0, 32)), pad or not sep)}"
+        if rng.random() < 0.1:
+            out.append(date)
+            continue
+        colon, pad = pick((":", ":", ""), (".",)), bool(rng.random() < 0.7)
+        parts = [two(pick((0, 1, 9, 10, 23), (24,)), pad), two(pick((0, 5, 59), (60,)), pad or not colon),
+                 two(pick((0, 5, 59), (60,)), pad or not colon)][: int(rng.integers(1, 4))]  # fmt: skip
+        time = colon.join(parts)
+        if rng.random() < 0.4:
+            digits = pick((0, 1, 3, 6, 9, 12, 18), (19, 20))
+            time += pick((".",), (",",)) + "".join(str(d) for d in rng.integers(0, 10, digits))
+        zone = pick(("", "Z", " Z", "+02:00", "+0200", "+02", "+2", "-2:30", "+2:3", "-00:00", " +01:00"),
+                    ("z", "+24:00", "+12:60", "+02:00:00", "+", "UTC", "+02:", "Z\x00"))  # fmt: skip
+        out.append(f"{date}{pick(('T', ' '), ('t', '  ', '_'))}{time}{zone}")
+    return out
+
+
+def test_iso_stamps_read_alike_by_replay_and_scada_prepare_over_a_generated_corpus():
+    """Replay reads an ISO-8601 stamp by pandas' grammar (scada-prepare's reader): over 1,500 generated stamps
+    and near misses, each is refused by both or read by both as the same instant, with no zone (a stamp without
+    an offset is refused) and with Europe/Paris for stamps without an offset (DST changes included). Before,
+    replay refused 2017/8/9 and single-digit fields that pandas takes, and took 19-digit fractions and a
+    trailing NUL that pandas refuses."""
+    import pandas as pd
+
+    from scada_tcn.runtime.errors import InputError
+    from scada_tcn.runtime.replay import _timestamp
+    from scada_tcn.trainer.data.tables import parse_timestamps
+
+    corpus = _stamp_corpus(np.random.default_rng(5), 1500)
+    for zone in (None, "Europe/Paris"):
+        tz = None if zone is None else ZoneInfo(zone)
+        read = 0
+        for stamp in corpus:
+            try:
+                want: int | str | None = int(parse_timestamps(pd.Series([stamp]), zone, "t")[0])
+            except InputError as e:
+                want = "naive" if "no UTC offset" in str(e) else None
+            got, _ = _timestamp(stamp, tz)
+            got = "naive" if got == "naive_timestamp" else None if isinstance(got, str) else got
+            if {got, want} != {None, "naive"}:  # a year-0 date: refused by both, for different reasons
+                assert got == want, (zone, stamp)
+            read += isinstance(got, int)
+        assert read > 150  # many stamps of the corpus are read (202 with no zone, more with one)
+
+
+def test_an_offset_scada_prepare_did_not_spot_was_dropped_under_a_naive_timezone():
+    """scada-prepare decided whether a stamp had an offset by a pattern that missed forms pandas reads (+02 after a
+    time without ':', +2, +2:30). With naive_timezone set, such a column was taken as local time: the parsed
+    offset dropped and the wall-clock time placed in the zone, 20170809T101000+02 becoming 06:10 UTC instead of
+    08:10 in Europe/Paris' summer (replay read 08:10). Both now read the instant the offset gives."""
+    import pandas as pd
+
+    from scada_tcn.runtime.replay import _timestamp
+    from scada_tcn.trainer.data.tables import parse_timestamps
+
+    stamps = ["20170809T101000+02", "2017-08-09T10+02", "2017-08-09 10:10:00+2", "2017-08-09T11:40:00.0 +3:30"]
+    want = [1502266200 * 10**9, 1502265600 * 10**9, 1502266200 * 10**9, 1502266200 * 10**9]
+    for zone in (None, "Europe/Paris"):
+        assert parse_timestamps(pd.Series(stamps), zone, "t").tolist() == want
+        tz = None if zone is None else ZoneInfo(zone)
+        assert [_timestamp(s, tz)[0] for s in stamps] == want
 
 
 def test_epoch_seconds_read_alike_one_by_one_in_batches_and_in_scada_prepare(tmp_path):

@@ -39,7 +39,7 @@ import re
 import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +58,6 @@ CHUNK_ROWS = 50_000  # rows parsed per chunk
 FEED_STEPS = 10  # rows per turbine fed to the engine at a time, then flushed: a flush's records stay few
 FEED_MIN_ROWS = 2_000  # and at least this many (a small farm's 10 steps are too few rows per vectorised call)
 _WRITE_BUFFER = 1 << 20  # bytes: the score lines go out in large writes
-_OFFSET_SECONDS = re.compile(r"[+-]\d\d:?\d\d:?\d\d(\.\d+)?$")  # an offset with seconds (+02:00:00)
-_SUB_MICROSECOND = re.compile(r"(\.\d{6})(\d+)")  # a fraction's digits past the sixth
 
 
 def _read_chunks(path: Path, columns: Sequence[str], rows: int) -> Iterator[dict[str, list[str]]]:
@@ -104,24 +102,66 @@ def _csv_chunks(path: Path, columns: Sequence[str], rows: int) -> Iterator[dict[
             yield {c: [row[i] if i < len(row) else "" for row in block] for c, i in idx.items()}
 
 
+_ISO = re.compile(  # the ISO-8601 forms pandas reads with format="ISO8601" (scada-prepare), after strip(); see _iso_ns
+    r"(\d{4})(?:([-./\\ ])(\d\d?)(?:\2(\d\d?))?|(\d\d)(\d\d))"  # 2017-8-9, 2017/08/09, 2017-08, 20170809
+    r"(?:[T ](?:(\d\d?):(\d\d?)(?::(\d\d?)(?:\.(\d{0,18}))?)?"  # T10:10:00.5, T1:5:0, T10:10
+    r"|(\d\d)(?:(\d\d)(?:(\d\d)(?:\.(\d{0,18}))?)?)?)"  # T101000.5, T1010, T10
+    r"[ \t\n\v\f\r]*(?:(Z)|([-+])(\d\d?)(?::?(\d\d?))?)?)?"  # Z, +2, +02, +0200, +02:00
+)
+_EPOCH_DAY = date(1970, 1, 1).toordinal()
+
+
+def _iso_ns(s: str) -> tuple[int, int | None] | None:
+    """An ISO-8601 stamp as pandas' ISO8601 parser reads it -> (ns of its wall-clock time read as UTC, its UTC
+    offset in minutes or None when it has none), or None when pandas refuses it. The forms: a date with one of the
+    separators - . / \\ or a space and one- or two-digit month and day (a month alone ends the stamp), or eight
+    digits; then 'T' or a space and hh[:mm[:ss[.fraction]]] (one-digit fields only with ':'), or
+    hh[mm[ss[.fraction]]]; a fraction of at most 18 digits, kept to the nanosecond; optional whitespace, then Z or
+    an offset +h, +hh, +hhmm or +hh:mm."""
+    m = _ISO.fullmatch(s)
+    if m is None:
+        return None
+    y, sep, mo, d, mo2, d2, h, mi, sec, f, h2, mi2, sec2, f2, z, sign, oh, om = m.groups()
+    hour = h or h2
+    if hour is not None and sep and d is None:  # 2017-08T10: a time needs a day
+        return None
+    hh, mm, ss = int(hour or 0), int(mi or mi2 or 0), int(sec or sec2 or 0)
+    if hh > 23 or mm > 59 or ss > 59:
+        return None
+    try:
+        days = date(int(y), int(mo or mo2), int(d or d2 or 1)).toordinal() - _EPOCH_DAY  # Feb 29 2017: refused
+    except ValueError:
+        return None
+    digits = (f or f2 or "")[:9]
+    ns = (((days * 24 + hh) * 60 + mm) * 60 + ss) * 10**9 + (int(digits.ljust(9, "0")) if digits else 0)
+    if z:
+        return ns, 0
+    if sign is None:
+        return ns, None
+    off_h, off_m = int(oh), int(om or 0)
+    if off_h > 23 or off_m > 59:
+        return None
+    return ns, (off_h * 60 + off_m) * (-1 if sign == "-" else 1)
+
+
 def _timestamp(cell: str, tz: Any) -> tuple[int | str, str]:
     """A stamp cell -> (ns UTC, or the reason it is refused; its form: "epoch", "offset" or "naive"), as
-    scada-prepare reads it: a number (`cells.is_number`) is epoch seconds; ISO-8601 as pandas' ISO8601 parser
-    takes it (no week dates, decimal commas, offsets with seconds or separators other than 'T' and ' ', which
-    Python's own parser takes; fractions to the nanosecond, where Python's stops at the microsecond)."""
+    scada-prepare reads it: a number (`cells.is_number`) is epoch seconds, anything else ISO-8601 as pandas reads
+    it (`_iso_ns`), a stamp without an offset in `tz` (refused without one)."""
     s = cell.strip()
     if is_number(s):
         return _in_range(parse_timestamp_ns(float(s))), "epoch"
-    if "W" in s or "," in s or _OFFSET_SECONDS.search(s) or (len(s) > 10 and s[4] == "-" and s[10] not in "T "):
-        return "bad_timestamp", "offset"  # a week date, a decimal comma, an offset's seconds, another separator
-    ns = 0  # the digits of a fraction past the microsecond, up to the nanosecond
-    if m := _SUB_MICROSECOND.search(s):
-        s, ns = s[: m.start(2)] + s[m.end(2) :], int(m.group(2)[:3].ljust(3, "0"))
-    res = parse_timestamp_ns(s)
-    if res == "naive_timestamp":
-        res = res if tz is None else _local_ns(datetime.fromisoformat(s), tz)
-        return (res + ns if isinstance(res, int) else res), "naive"
-    return _in_range(res + ns if isinstance(res, int) else res), "offset"
+    parsed = _iso_ns(s)
+    if parsed is None:
+        return "bad_timestamp", "offset"
+    ns, offset = parsed
+    if offset is not None:
+        return _in_range(ns - offset * 60 * 10**9), "offset"
+    if tz is None:
+        return "naive_timestamp", "naive"
+    sub_us = ns % 1000
+    res = _local_ns(datetime(1970, 1, 1) + timedelta(microseconds=ns // 1000), tz)
+    return (res + sub_us if isinstance(res, int) else res), "naive"
 
 
 def _in_range(ns: int | str) -> int | str:
@@ -158,7 +198,8 @@ def _stamps(cells: list[str], tz: Any, forms: dict[str, str], where: str, zone: 
             forms.setdefault("epoch", cells[0])
             _one_form(forms, where)
             return ns
-    parsed = [_timestamp(c, tz) for c in cells]
+    read = {c: _timestamp(c, tz) for c in dict.fromkeys(cells)}  # each distinct stamp once: a farm's rows share them
+    parsed = [read[c] for c in cells]
     for form in {f for t, f in parsed if not isinstance(t, str)} - forms.keys():  # forms of the stamps read
         forms[form] = next(c for (t, f), c in zip(parsed, cells) if f == form and not isinstance(t, str))
     _one_form(forms, where)

@@ -21,7 +21,9 @@ from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.telemetry import EPOCH_RANGE, MAX_EPOCH_S, epoch_ns
 from scada_tcn.trainer.config import DataCfg
 
-_OFFSET_RE = r"(?:Z|[+-]\d{2}:?\d{2}|:\d{2}(?:\.\d+)?\s*[+-]\d{2})$"  # Z, +HH:MM, +HHMM, or +HH after a time
+# a stamp pandas parsed has an offset when it ends in Z, or in +h, +hh, +hhmm or +hh:mm after a time ('T' or ' ':
+# "2017-08-09" ends in "-09" and has none)
+_OFFSET_RE = r"(?:Z|[T ].*[+-]\d\d?(?::?\d\d?)?)$"
 
 
 @dataclass
