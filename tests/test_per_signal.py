@@ -257,15 +257,19 @@ def test_replay_scores_a_table_by_turbine_as_the_same_rows_by_time(bundle, rows,
     assert alerts > 0
 
 
+def _random_steps(bundle, T: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random step-graph inputs of T steps of n turbines: X (T, n, F), M_miss and Flags, 10 % missing."""
+    d, rng = bundle.dims, np.random.default_rng(seed)
+    X = rng.standard_normal((T, n, d.F)).astype(np.float32)
+    M = (rng.random((T, n, d.F)) > 0.1).astype(np.float32)
+    return X, M, (rng.random((T, n, d.R)) > 0.8).astype(np.float32)
+
+
 def test_step_graph_outputs_do_not_depend_on_the_batch(bundle):
     """A turbine stepped alone, in a batch of 3 or in a batch of 40 gets the same bits (live and replay batch the
     fleet differently; the published bytes must not change)."""
-    d = bundle.dims
-    rng = np.random.default_rng(0)
     n, T = 40, 12
-    X = rng.standard_normal((T, n, d.F)).astype(np.float32)
-    M = (rng.random((T, n, d.F)) > 0.1).astype(np.float32)
-    Fl = (rng.random((T, n, d.R)) > 0.8).astype(np.float32)
+    X, M, Fl = _random_steps(bundle, T, n, seed=0)
     whole, alone, three = (StreamScorer.from_bundle(bundle) for _ in range(3))
     for t in range(T):
         a = whole.step(np.arange(n), t, X[t], M[t], Fl[t])
@@ -274,6 +278,28 @@ def test_step_graph_outputs_do_not_depend_on_the_batch(bundle):
         for k in (0, 1):  # residuals and predictions
             np.testing.assert_array_equal(a[k][7:8], b[k])
             np.testing.assert_array_equal(a[k][[2, 7, 30]], c[k])
+
+
+def test_a_fleet_step_larger_than_one_call_is_scored_in_calls_with_the_same_bits(bundle, monkeypatch):
+    """More turbines than `MAX_CALL_TURBINES` step in several graph calls (views of consecutive slots for the
+    whole fleet, copies for a part of it): the outputs and the state they leave equal one call's, bit for bit."""
+    from scada_tcn.runtime import stream
+
+    n, T = 23, 10
+    X, M, Fl = _random_steps(bundle, T, n, seed=1)
+    one, split = StreamScorer.from_bundle(bundle), StreamScorer.from_bundle(bundle)
+    part = np.array([0, 3, 4, 5, 9, 10, 11, 12, 17, 20, 22])
+    for t in range(T):
+        slots = part if t % 3 == 2 else np.arange(n)  # every third step a part of the fleet
+        a = one.step(slots, t, X[t, slots], M[t, slots], Fl[t, slots])
+        monkeypatch.setattr(stream, "MAX_CALL_TURBINES", 4)
+        b = split.step(slots, t, X[t, slots], M[t, slots], Fl[t, slots])
+        monkeypatch.setattr(stream, "MAX_CALL_TURBINES", 10**6)
+        for x, y in zip(a, b):
+            if x is not None:
+                np.testing.assert_array_equal(x, y)
+    for r1, r2 in zip(one.rings, split.rings):
+        np.testing.assert_array_equal(r1, r2)
 
 
 def test_levels_per_turbine_for_some_groups_keep_the_pooled_levels_of_the_others(signal_run, bundle):
