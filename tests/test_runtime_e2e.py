@@ -1035,7 +1035,7 @@ def test_a_state_file_that_cannot_be_read_is_set_aside_and_the_daemon_starts_fre
         path.write_bytes(data)
         (tmp_path / "state.npz.unused").unlink(missing_ok=True)
         before = len(col.of("/score"))
-        with caplog.at_level(logging.WARNING, logger="scada_tcn.runtime.daemon"):
+        with caplog.at_level(logging.WARNING, logger="scada.runtime.daemon"):
             d = DaemonThread(cfg, bundle, fresh_scorer())
         assert (tmp_path / "state.npz.unused").read_bytes() == data, kind
         assert any("state file not used" in r.getMessage() for r in caplog.records), kind

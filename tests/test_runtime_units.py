@@ -139,6 +139,17 @@ def test_telemetry_rejections(decoder, topic, payload, reason):
     assert res.reason in REASONS
 
 
+def test_stamps_beyond_int64_nanoseconds_are_refused_however_wide_the_clock_checks():
+    """With `ingest.max_past_s` / `max_future_s` set very wide (to switch the age check off, say), an ISO stamp of
+    year 1 or 9999 passed both clock checks, then crashed the loop outside the message boundary (int64 overflow
+    in the journal, or the binning's range check) on every redelivery. It is refused at the boundary."""
+    wide = TelemetryDecoder(["power", "wind_speed"], {"power": "P", "wind_speed": "ws"}, 2, 1000, 1e12, 1e12, ["WT1"])
+    for ts in ("0001-01-01T00:00:00+00:00", "9999-12-31T00:00:00+00:00"):
+        res = wide.decode("s/x/WT1/t", b'{"ts": "%s", "values": {"P": 1}}' % ts.encode(), NOW)
+        assert isinstance(res, Rejection) and res.reason == "bad_timestamp" and "2255-03-14" in res.detail, ts
+    assert isinstance(wide.decode("s/x/WT1/t", b'{"ts": "2255-03-13T00:00:00Z", "values": {"P": 1}}', NOW), Sample)
+
+
 def test_telemetry_accepts_subsets_and_nulls(decoder):
     res = decoder.decode("s/x/WT1/t", b'{"ts": "2024-06-01T02:00:00+02:00", "values": {"ws": 7.5, "P": null}}', NOW)
     assert isinstance(res, Sample) and res.turbine == "WT1" and res.ts_ns == NOW

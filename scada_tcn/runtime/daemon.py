@@ -7,7 +7,9 @@ the health server serves /metrics and /healthz.
 The message boundary (`_admit`) is the only place that catches: a message is decoded and validated in full
 before any state changes (runtime.telemetry), and whatever is wrong with it is rejected, counted
 (`rejected_total{reason}`), logged, reported on the errors topic, and the loop carries on. Everything else fails
-fast: a scoring error or a refused subscription stops the daemon with a non-zero exit (systemd restarts it).
+fast: a scoring error or a refused subscription stops the daemon with a non-zero exit (systemd restarts it),
+saving nothing on the way out: the engine may hold a half-done iteration, so the files stay as a crash leaves
+them and the restart replays the journal.
 
 Loop iteration: take the messages waiting (at least one tick's wait) -> decode and admit each -> journal the
 admitted samples and the tick (when one is due) and fsync -> ingest them -> close bins past their grace on the
@@ -17,7 +19,9 @@ never waits: Receive Maximum bounds what the broker sends (runtime.mqtt). `reque
 the messages already received, publishes the status "offline", waits for the publish queue to drain, disconnects.
 
 Crash consistency, with `state.path`: a message is acknowledged only after the journal frame holding its sample
-is on disk (runtime.journal). Every `state.save_interval_s` and on stop, a snapshot (every turbine's open bins,
+is on disk (runtime.journal). Every `state.save_interval_s`, after every (queues.outbound -
+queues.publish_backlog) / 4 publishes (so that what a restart publishes again fits the publish queue) and on
+stop, a snapshot (every turbine's open bins,
 features, ring buffer and alert state, the number of the last journal frame it includes, and the published
 records the broker has not acknowledged yet) is written atomically and the journal emptied. The periodic one is
 written by a thread: the loop takes the state (arrays copied) and rotates the journal (`Journal.rotate`), and
@@ -26,8 +30,9 @@ stops the daemon); on stop and after a restore it is written on the loop. At sta
 its unacknowledged records are published again, and the journal frames after it (`.prev`'s first) are replayed
 through the same engine calls in the same order, publishing what they produce: after `kill -9` at any moment,
 every step gets the same bytes as in an uninterrupted run (a record may arrive twice, never differently), and a
-restart resumes scoring instead of warming every turbine up again. A state of another model is moved aside with
-a warning.
+restart resumes scoring instead of warming every turbine up again. A state file that cannot be used (another
+model or engine, damaged) is moved aside with a warning and every turbine warms up again; its unacknowledged
+records are published all the same. Damaged journal frames end the replay there (a torn tail).
 """
 
 from __future__ import annotations
@@ -59,6 +64,23 @@ __all__ = ["Daemon", "setup_logging"]
 
 log = logging.getLogger("scada.runtime.daemon")
 STATE_FORMAT = "scada-runtime-state/2"  # snapshot + journal
+
+
+def _checked_snapshot(doc: Any) -> dict[str, Any]:
+    """A loaded state file as a snapshot this daemon wrote (format, last journal frame, outbox), else ValueError."""
+    if not isinstance(doc, dict) or set(doc) != {"format", "engine", "frame_no", "outbox"}:
+        raise ValueError("not a scada-runtime state snapshot")
+    if doc["format"] != STATE_FORMAT:
+        raise ValueError(f"state format {doc['format']!r}, this daemon writes {STATE_FORMAT!r}")
+    if isinstance(doc["frame_no"], bool) or not isinstance(doc["frame_no"], int) or doc["frame_no"] < 0:
+        raise ValueError(f"frame_no must be an integer >= 0, got {doc['frame_no']!r}")
+    item = {"topic": str, "payload": str, "retain": bool}
+    for p in doc["outbox"] if isinstance(doc["outbox"], list) else [None]:
+        if not isinstance(p, dict) or set(p) != set(item) or not all(isinstance(p[k], t) for k, t in item.items()):
+            raise ValueError("the outbox must be a list of {topic, payload, retain}")
+    return doc
+
+
 _STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
@@ -112,15 +134,7 @@ class Daemon:
         )
         tb = cfg.topics.telemetry_batch
         self.telemetry_batch_topic = None if tb is None else tb.format(site=cfg.site, gateway=cfg.gateway)
-        self.engine = Engine(
-            bundle,
-            scorer,
-            cfg.ingest.grace_s,
-            cfg.ingest.max_turbines,
-            cfg.compute.max_batch,
-            on_inference=self._observe_inference,
-            drift_window=cfg.health.drift_window,
-        )
+        self.engine = self._new_engine(scorer)
         self.inbound: queue.Queue[Message] = queue.Queue()  # bounded by the paused reads (runtime.mqtt)
         self.inbound_peak = 0
         self._stop = threading.Event()
@@ -148,6 +162,11 @@ class Daemon:
             may_read=lambda: self.inbound.qsize() < cfg.queues.inbound,
         )
         self._last_save_ns = 0
+        # QoS 1 publishes since the last snapshot: a restart replays the journal frames after the last snapshot
+        # written (two files while one is being written) and publishes everything they produce again before the
+        # link starts, so a snapshot is also due after this many, and the replay fits the publish queue
+        self._tracked_since_save = 0
+        self._snapshot_every = max(1, (cfg.queues.outbound - cfg.queues.publish_backlog) // 4)
         self._frame_no = 0  # journal frames written (or replayed) so far
         self._writer: threading.Thread | None = None  # writing the latest periodic snapshot
         self._writer_error: BaseException | None = None
@@ -158,6 +177,11 @@ class Daemon:
                                    len(bundle.spec.channels))  # fmt: skip
         self.health: HealthServer | None = None
         self._status_thread = threading.Thread(target=self._status_loop, name="status", daemon=True)
+
+    def _new_engine(self, scorer: Any) -> Engine:
+        c = self.cfg
+        return Engine(self.bundle, scorer, c.ingest.grace_s, c.ingest.max_turbines, c.compute.max_batch,
+                      on_inference=self._observe_inference, drift_window=c.health.drift_window)  # fmt: skip
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -186,43 +210,47 @@ class Daemon:
 
     def run_forever(self) -> int:
         """Process until `request_stop()`; then drain and disconnect. Returns the exit code (0 = clean)."""
+        clean = False
         try:
             while not self._stop.is_set():
                 self.step(timeout=self.cfg.compute.tick_s)
                 if self.link.fatal is not None:
                     raise RuntimeError(self.link.fatal)
             self.step(timeout=0.0)  # messages already received are processed and acknowledged
+            clean = True
+        except Exception:
+            log.exception("the loop failed: stopping without saving the state (a restart replays the journal)")
+            raise
         finally:
-            self._shutdown()
+            self._shutdown(clean)
         return 0
 
     def _restore_state(self) -> None:
-        """Resume from the snapshot and the journal after it (see the module docstring); another model's state,
-        or a snapshot that cannot be read, is set aside and every turbine warms up again."""
+        """Resume from the snapshot and the journal after it (see the module docstring). A snapshot that cannot be
+        read, or whose engine state this daemon refuses (another model or engine, more turbines than
+        `ingest.max_turbines`), is set aside and every turbine warms up again; the records in its outbox, which the
+        broker never acknowledged, are published all the same. A file that cannot be opened (permissions, a disk
+        error) stops the daemon."""
         path = self.cfg.state.path
         if path is None:
             return
-        snapshot = None
         if Path(path).is_file():
             try:
-                snapshot = load_state(path)
-                if not isinstance(snapshot, dict) or set(snapshot) != {"format", "engine", "frame_no", "outbox"}:
-                    raise ValueError("not a scada-runtime state snapshot")
-                if snapshot["format"] != STATE_FORMAT:
-                    raise ValueError(f"state format {snapshot['format']!r}, this daemon writes {STATE_FORMAT!r}")
-                self.engine.load_state_dict(snapshot["engine"])
+                snapshot = _checked_snapshot(load_state(path))
             except ValueError as e:
-                aside = Path(path).with_name(Path(path).name + ".unused")
-                os.replace(path, aside)
-                fsync_dir(aside.parent)  # the set-aside file survives a power cut, for the operator to look at
-                if self.journal is not None:
-                    self.journal.reset()  # its frames continue the state that was set aside
-                log.warning("state file not used; every turbine warms up again",
-                            extra={"reason": str(e), "moved_to": str(aside)})  # fmt: skip
+                self._set_aside(path, e, 0)
                 return
-            self._frame_no = int(snapshot["frame_no"])
             for p in snapshot["outbox"]:
-                self.link.publish(p["topic"], p["payload"].encode(), retain=bool(p["retain"]), track=True)
+                self.link.publish(p["topic"], p["payload"].encode(), retain=p["retain"], track=True)
+            try:
+                self.engine.load_state_dict(snapshot["engine"])
+            except ValueError as e:  # refused part-way: what it restored so far goes too
+                if self.engine.streams:
+                    self.engine.scorer.reset()
+                self.engine = self._new_engine(self.engine.scorer)
+                self._set_aside(path, e, len(snapshot["outbox"]))
+                return
+            self._frame_no = snapshot["frame_no"]
         replayed = 0
         assert self.journal is not None
         for frame in self.journal.read():
@@ -234,6 +262,17 @@ class Daemon:
         log.info("state restored", extra={"path": path, "turbines": len(self.engine.fleet),
                                           "journal_frames": replayed, "torn_tail": self.journal.torn_tail})  # fmt: skip
         self._save_state()  # the replayed frames are in the snapshot now; start a fresh journal
+
+    def _set_aside(self, path: str, why: ValueError, resent: int) -> None:
+        """Move a state file that is not used to `<name>.unused` (durably: the operator finds it after a power cut)
+        and start a fresh journal (its frames continue the state set aside)."""
+        aside = Path(path).with_name(Path(path).name + ".unused")
+        os.replace(path, aside)
+        fsync_dir(aside.parent)
+        assert self.journal is not None
+        self.journal.reset()
+        log.warning("state file not used; every turbine warms up again",
+                    extra={"reason": str(why), "moved_to": str(aside), "outbox_resent": resent})  # fmt: skip
 
     def _save_state(self, background: bool = False) -> None:
         """Snapshot the state and empty the journal (at start and stop). `background` (the periodic save): the
@@ -249,6 +288,7 @@ class Daemon:
         encoded = encode_state(snapshot)
         assert self.journal is not None
         self._last_save_ns = self.clock()
+        self._tracked_since_save = 0
         if not background:
             write_state(self.cfg.state.path, encoded)
             self.journal.reset()
@@ -274,14 +314,20 @@ class Daemon:
         if self._writer_error is not None:
             raise RuntimeError(f"writing the state snapshot failed: {self._writer_error!r}") from self._writer_error
 
-    def _shutdown(self) -> None:
+    def _shutdown(self, clean: bool = True) -> None:
+        """Publish what is queued, then save the state (a clean stop). After a failure (`clean` False) nothing is
+        scored or saved: the engine may hold a half-done iteration (steps drained, not scored), which a snapshot
+        would make permanent, so the files stay as `kill -9` leaves them and the restart replays the journal."""
         self._stopped.set()
-        if self.cfg.state.path is None:  # no state file to keep fleet-relative steps waiting for peers: send them
+        if clean and self.cfg.state.path is None:  # no state file to keep waiting fleet-relative steps: send them
             self._publish_outputs(self.engine.flush(final=True))
         drained = self.link.stop(
             [Publish(self.status_topic, self._status_payload("offline"), retain=True)], timeout=10.0
         )
-        self._save_state()  # after the drain: only what the broker has not acknowledged goes into the outbox
+        if clean:
+            self._save_state()  # after the drain: only what the broker has not acknowledged goes into the outbox
+        elif self._writer is not None:
+            self._writer.join()  # a periodic snapshot being written is a consistent one: let it land
         if self.journal is not None:
             self.journal.close()
         log.info("stopped", extra={"publishes_drained": drained, "queue_depth": self.link.queue_depth})
@@ -330,9 +376,10 @@ class Daemon:
         self.metrics.connects.set(self.link.connects)
         if self._writer is not None and not self._writer.is_alive():
             self._wait_for_writer()  # a finished write is collected; a failed one stops the daemon here
-        due = self.cfg.state.path is not None and now - self._last_save_ns >= self.cfg.state.save_interval_s * 1e9
-        if due and self._writer is None:  # (a write still running: the next iteration saves)
-            self._save_state(background=True)
+        if self.cfg.state.path is not None:
+            due = now - self._last_save_ns >= self.cfg.state.save_interval_s * 1e9 and self._writer is None
+            if due or self._tracked_since_save >= self._snapshot_every:  # the latter waits for a write running
+                self._save_state(background=True)
         return len(batch)
 
     def _apply(self, samples: list[Sample], tick_ns: int | None) -> None:
@@ -445,6 +492,7 @@ class Daemon:
     ) -> None:
         """Hand one message to the link; a refusal is counted (with the `records` score records it holds) and
         reported, never silent."""
+        self._tracked_since_save += track
         if self.link.publish(topic, payload, retain=retain, track=track):
             return
         if not self.link.fits(topic, payload):  # sent, it would make the broker drop the connection

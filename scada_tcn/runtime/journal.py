@@ -15,8 +15,9 @@ Format: a file of frames, appended one per processing-loop iteration:
 A frame holds the samples the engine ingested in that iteration, in order, and the wall-clock tick (closing
 bins past their grace) when that iteration ran one, after the samples. `read()` yields the frames in order and
 stops at the first torn or corrupt frame (a crash while writing: its messages were never acknowledged, so the
-broker redelivers them). After a snapshot the journal is emptied (`reset`); the snapshot records the number of
-the last frame it includes, so frames of an older journal that survived a crash between the two are skipped.
+broker redelivers them; or zeros that a power cut left at the end of a file a write had extended). After a
+snapshot the journal is emptied (`reset`); the snapshot records the number of the last frame it includes, so
+frames of an older journal that survived a crash between the two are skipped.
 
 Creating the file fsyncs its directory, so a new journal survives a power cut with its frames. A snapshot
 written in the background: `rotate()` moves the frames so far to `<path>.prev` and starts a new file (the
@@ -102,13 +103,29 @@ class Journal:
             if len(payload) < length or zlib.crc32(payload) != crc:
                 self.torn_tail = True
                 return
-            yield self._decode(payload)
+            frame = self._decode(payload)
+            if frame is None:  # its CRC holds but it is no frame of this journal: zeros a power cut left, say
+                self.torn_tail = True
+                return
+            yield frame
             pos += _HEAD.size + length
 
-    def _decode(self, payload: bytes) -> Frame:
+    def _decode(self, payload: bytes) -> Frame | None:
+        """A frame's payload -> the frame, or None when it is not one of this journal's frames (too short, sizes
+        that do not add up for C channels, ids that are not a JSON list of n strings). The CRC alone cannot tell:
+        an all-zero header is length 0, CRC 0, and crc32(b"") == 0."""
+        if len(payload) < _FIXED.size:
+            return None
         frame_no, has_tick, tick_ns, n, ids_len = _FIXED.unpack_from(payload, 0)
+        if has_tick > 1 or len(payload) != _FIXED.size + ids_len + 8 * n * (1 + self.n_channels):
+            return None
         at = _FIXED.size
-        ids = json.loads(payload[at : at + ids_len])
+        try:
+            ids = json.loads(payload[at : at + ids_len])
+        except ValueError:
+            return None
+        if not isinstance(ids, list) or len(ids) != n or not all(isinstance(t, str) for t in ids):
+            return None
         at += ids_len
         ts = np.frombuffer(payload, dtype="<i8", count=n, offset=at)
         at += 8 * n

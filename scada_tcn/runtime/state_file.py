@@ -99,19 +99,27 @@ def save_state(path: str | Path, tree: dict[str, Any]) -> None:
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
-    """Read a tree written by `save_state`; a file that is not one (empty, truncated, corrupted: a zip entry's
-    CRC fails, an array the tree names is missing) is refused with ValueError, never another exception."""
+    """Read a tree written by `save_state`. A file that is not one (empty, truncated, corrupted: a zip entry's CRC
+    fails; a plain .npy, a zip of other files, a tree naming an array the file lacks) is refused with ValueError;
+    a file that cannot be read (permissions, a disk error) raises its OSError."""
+    with open(path, "rb") as fh:  # OSError: the file is fine as far as we know, it cannot be read
+        try:
+            z = np.load(fh, allow_pickle=False)
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise ValueError(f"a {type(z).__name__}, not an .npz archive")
+            with z:
+                arrays = {k: z[k] for k in z.files}
+        except (ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            raise ValueError(f"state file {path}: not a readable state ({type(e).__name__}: {e})") from e
+    if not isinstance(arrays.get("tree"), np.ndarray) or not all(isinstance(a, np.ndarray) for a in arrays.values()):
+        raise ValueError(f"state file {path}: no 'tree' entry or not .npy entries; not written by save_state")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        raise ValueError(f"state file {path}: not a readable state ({type(e).__name__}: {e})") from e
-    if "tree" not in arrays:
-        raise ValueError(f"state file {path}: no 'tree' entry; not written by save_state")
-    tree = json.loads(arrays.pop("tree").tobytes().decode())  # UnicodeDecodeError, JSONDecodeError: ValueErrors
+        tree = json.loads(arrays.pop("tree").tobytes().decode())
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ValueError(f"state file {path}: the tree is not JSON ({type(e).__name__})") from e
     if not isinstance(tree, dict):
         raise ValueError(f"state file {path}: the tree is not a mapping")
     try:
         return _restore(tree, arrays)
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"state file {path}: the tree names an array the file lacks ({e})") from e
+    except (KeyError, TypeError, RecursionError) as e:
+        raise ValueError(f"state file {path}: the tree names an array the file lacks, or nests too deep ({e!r})") from e

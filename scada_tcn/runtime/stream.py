@@ -56,8 +56,9 @@ class StreamScorer:
         self.session = session
         self._outputs = [o.name for o in self.session.get_outputs()]
         self.n = 0  # slots in use (0 .. n - 1): the rings hold exactly n turbines
-        self.rings: list[np.ndarray] = [np.zeros((s, 0, c), np.float32) for c, s, _, _ in self.convs]
+        self.rings: list[np.ndarray] = []
         self.h_ring = np.zeros((0, self.L - 1, self.D), np.float32)
+        self.reset()
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, intra_op_threads: int = 1) -> StreamScorer:
@@ -66,6 +67,12 @@ class StreamScorer:
             raise BundleError("StreamScorer: this bundle has no step graph (stream is null); use the window scorer")
         d = bundle.dims
         return cls(open_session(bundle, "step", intra_op_threads), bundle.stream, d.L, d.F, d.R)
+
+    def reset(self) -> None:
+        """Forget every turbine (no slots, empty rings): a state refused part-way leaves no trace."""
+        self.n = 0
+        self.rings = [np.zeros((s, 0, c), np.float32) for c, s, _, _ in self.convs]
+        self.h_ring = np.zeros((0, self.L - 1, self.D), np.float32)
 
     def _grow(self, n: int) -> None:
         """Room for slots 0 .. n - 1 (new turbines join a fleet step at a time: one reallocation per such step)."""

@@ -284,6 +284,8 @@ class TelemetryDecoder:
             return Rejection("ts_in_future", f"ts {doc['ts']!r} is more than {self.max_future_s} s ahead of now")
         if ts < now_ns - self.max_past_s * _NS:
             return Rejection("ts_too_old", f"ts {doc['ts']!r} is more than {self.max_past_s} s before now")
+        if abs(ts) > MAX_EPOCH_S * _NS:  # past both clock checks only when they are set very wide
+            return Rejection("bad_timestamp", f"ts {str(doc['ts'])[:60]!r}: {EPOCH_RANGE}")
         values = doc.get("values")
         if not isinstance(values, dict) or not values:
             return Rejection("missing_values", "'values' must be a non-empty object of channel -> number or null")

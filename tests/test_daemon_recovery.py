@@ -1,0 +1,207 @@
+"""The daemon's recovery paths: what a failure, a damaged file or a refused state leaves behind.
+
+Daemons here are never started (no broker: every publish waits in the link's queue, unacknowledged) and are
+driven by `Daemon.step`, as the loop drives them; a crash is a daemon abandoned without `_shutdown`. What must
+hold: a failure in the loop loses no score and changes none (the restart replays the journal); damaged state and
+journal files never stop the daemon from starting; a state refused part-way leaves no trace in the engine, and
+its unacknowledged records are still published; a restart's replay fits the publish queue.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scada_tcn.demo.broker import free_port
+from scada_tcn.runtime.bundle import load_bundle
+from scada_tcn.runtime.daemon import Daemon
+from scada_tcn.runtime.journal import Journal
+from scada_tcn.runtime.mqtt import Message
+from scada_tcn.runtime.state_file import load_state, save_state
+from scada_tcn.runtime.stream import make_scorer
+from scada_tcn.runtime.telemetry import parse_timestamp_ns
+from tests.mosquitto import by_key, daemon_config, read_slice, to_messages
+
+START, END = "2024-01-28T00:00:00+00:00", "2024-01-28T12:00:00+00:00"  # 72 steps per turbine
+
+
+@pytest.fixture(scope="module")
+def bundle(signal_run):
+    return load_bundle(signal_run[0])
+
+
+@pytest.fixture(scope="module")
+def messages(tiny_run) -> list[Message]:
+    """The tiny farm's telemetry of 12 hours, one QoS 1 message per turbine and step, in time order."""
+    header, rows = read_slice(tiny_run.synth_dir / "scada.csv", START, END)
+    return [Message(t, p, 1, False, False, i + 1, 0, 0) for i, (t, p) in enumerate(to_messages(header, rows))]
+
+
+def _daemon(bundle, folder: Path, engine: str = "stream", **sections) -> Daemon:
+    cfg = daemon_config(f"mqtt://127.0.0.1:{free_port()}", state={"path": str(folder / "state.npz")},
+                        compute={"engine": engine}, **sections)  # fmt: skip
+    return Daemon(cfg, bundle, make_scorer(bundle, engine), clock=lambda: parse_timestamp_ns(END))
+
+
+def _feed(d: Daemon, messages: list[Message], per_step: int = 20) -> None:
+    """The messages through the loop, `per_step` per iteration."""
+    for i in range(0, len(messages), per_step):
+        for m in messages[i : i + per_step]:
+            d.inbound.put_nowait(m)
+        d.step(0.0)
+
+
+def _scores(d: Daemon) -> dict[tuple[str, str], set[bytes]]:
+    """Every score record the daemon has queued (none is acknowledged: no broker)."""
+    return by_key([p.payload for p in d.link.unacked() if p.topic.endswith("/score")])
+
+
+def test_a_failure_in_the_loop_saves_nothing_and_the_restart_loses_no_score(bundle, messages, tmp_path):
+    """An error in the loop (here the step graph, once) stops the daemon as designed. It used to save a snapshot on
+    the way out, holding the steps the failed iteration had drained but not scored, and counting its journal frame
+    as applied: after the restart those steps were never scored (their redelivered samples are exact repeats).
+    Now the files stay as a crash leaves them; the restart replays the journal, and every step gets the record an
+    uninterrupted run gives it, byte for byte."""
+    whole = _daemon(bundle, tmp_path / "whole")
+    whole._restore_state()
+    _feed(whole, messages)
+    want = _scores(whole)
+
+    d = _daemon(bundle, tmp_path / "failed", queues={"receive_maximum": 20})
+    d._restore_state()  # no state yet: the start-up snapshot (frame 0)
+    real, calls = d.engine.scorer.step, [0]
+
+    def flaky(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 10:
+            raise RuntimeError("onnxruntime: transient failure")
+        return real(*args, **kwargs)
+
+    d.engine.scorer.step = flaky
+    for m in messages:
+        d.inbound.put_nowait(m)
+    guard = threading.Timer(60, d.request_stop)  # should the failure not come
+    guard.start()
+    with pytest.raises(RuntimeError, match="transient failure"):
+        d.run_forever()
+    guard.cancel()
+    assert d.inbound.qsize() > 0 and load_state(tmp_path / "failed" / "state.npz")["frame_no"] == 0
+    again = _daemon(bundle, tmp_path / "failed")
+    again._restore_state()  # the journal's frames, the failed one included
+    _feed(again, messages)  # the broker redelivers what was not acknowledged (here: everything, to be sure)
+    got = _scores(again)
+    assert set(got) == set(want) and all(v == want[k] for k, v in got.items())
+    assert all(v == want[k] for k, v in _scores(d).items())  # what went out before the failure, too
+
+
+def test_zeros_after_the_journal_frames_are_a_torn_tail_not_a_crash(bundle, messages, tmp_path):
+    """A power cut can leave zeros where a write had extended the file. Eight zero bytes read as a frame of length
+    0 whose CRC (crc32 of nothing is 0) holds: decoding it raised struct.error at every start. Now reading stops
+    there (a torn tail), and the daemon restores the frames before it."""
+    d = _daemon(bundle, tmp_path)
+    d._restore_state()
+    _feed(d, messages[:200])
+    journal = tmp_path / "state.npz.journal"
+    frames = list(Journal(journal, len(bundle.spec.channels)).read())
+    assert frames
+    with open(journal, "ab") as fh:
+        fh.write(bytes(4096))
+    j = Journal(journal, len(bundle.spec.channels))
+    assert [f.frame_no for f in j.read()] == [f.frame_no for f in frames] and j.torn_tail
+    other = Journal(journal, len(bundle.spec.channels) + 1)  # frames of another bundle's channels: not decoded
+    assert list(other.read()) == [] and other.torn_tail
+    again = _daemon(bundle, tmp_path)
+    again._restore_state()
+    assert again._frame_no == d._frame_no and len(again.engine.fleet) == len(d.engine.fleet)
+
+
+def test_a_state_refused_part_way_leaves_no_trace_and_its_outbox_is_still_published(bundle, messages, tmp_path, caplog):
+    """A state the engine refuses after restoring part of it (here one saved by the window engine, restarted on
+    the stream engine): the fleet it had restored stayed, without the step graph's layer state, and the daemon
+    published `ok` scores from layer state it never had. Now the engine starts fresh and every turbine warms up
+    again. The records the broker never acknowledged, in the file's outbox, used to be dropped with it; they are
+    published all the same."""
+    first = _daemon(bundle, tmp_path, engine="window")
+    first._restore_state()
+    half = len(messages) // 2
+    _feed(first, messages[:half])
+    first._shutdown()  # a clean stop: the state and the unacknowledged records are saved
+    outbox = load_state(tmp_path / "state.npz")["outbox"]
+    assert outbox and load_state(tmp_path / "state.npz")["engine"]["stream"] is None
+    with caplog.at_level(logging.WARNING, logger="scada.runtime.daemon"):
+        d = _daemon(bundle, tmp_path)
+        d._restore_state()
+    assert any("state file not used" in r.getMessage() for r in caplog.records)
+    assert (tmp_path / "state.npz.unused").exists() and not (tmp_path / "state.npz").exists()
+    assert [p.payload.decode() for p in d.link.unacked()] == [p["payload"] for p in outbox]
+    assert len(d.engine.fleet) == 0 and d.engine.scorer.n == 0
+    before = len(d.link.unacked())
+    _feed(d, messages[half:])
+    first_record: dict[str, dict] = {}
+    for p in d.link.unacked()[before:]:
+        if p.topic.endswith("/score"):
+            doc = json.loads(p.payload)
+            first_record.setdefault(doc["turbine"], doc)
+    assert first_record and all(r["status"] == "warmup" and r["steps"] == 1 for r in first_record.values())
+
+
+def test_a_restart_replays_no_more_than_the_publish_queue_holds(bundle, messages, tmp_path):
+    """A restart publishes again everything the journal frames after the last snapshot produce, before the link
+    starts. With the broker acknowledging at once the live daemon never fills its queue, but a journal of
+    `state.save_interval_s` at full speed produced more records than `queues.outbound` holds: the replay dropped
+    the rest. A snapshot is now also due after (outbound - publish_backlog) / 4 publishes (here 20), so the
+    replay fits."""
+    queues = {"outbound": 120, "publish_backlog": 40, "receive_maximum": 20}
+    d = _daemon(bundle, tmp_path, queues=queues)
+    d._restore_state()
+    d.link.publish = lambda *args, **kwargs: True  # a broker acknowledging every publish at once
+    _feed(d, messages)
+    assert d.metrics.value("scada_runtime_scores_published_total", status="ok") > 120  # more than the queue holds
+    d._wait_for_writer()
+    crashed = tmp_path / "crashed"
+    shutil.copytree(tmp_path, crashed, ignore=shutil.ignore_patterns("crashed"))
+    again = _daemon(bundle, crashed, queues=queues)
+    again._restore_state()
+    assert again.metrics.value("scada_runtime_scores_dropped_total", reason="overflow") == 0
+    assert len(again.link.unacked()) <= 120
+
+
+def test_damaged_state_files_are_set_aside_and_unreadable_ones_stop_the_daemon(bundle, tmp_path):
+    """What `load_state` refuses with ValueError (the daemon sets the file aside and starts fresh): an empty,
+    truncated or corrupted snapshot, a plain .npy, a zip of other files, a tree nested deeper than Python
+    recurses, a tree naming an array the file lacks. Before, several raised TypeError, AttributeError, EOFError,
+    BadZipFile or RecursionError, and the daemon failed at every start. A file that cannot be read at all (here a
+    directory) raises its OSError: the state may be fine, so it is not thrown away."""
+    import zipfile
+
+    path = tmp_path / "state.npz"
+    save_state(path, {"a": np.arange(3000.0), "b": [1, 2]})
+    whole = path.read_bytes()
+    flipped = bytearray(whole)
+    flipped[len(whole) // 2] ^= 0xFF
+    np.save(tmp_path / "plain.npy", np.arange(3))
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as z:
+        z.writestr("tree.npy", b"not an array")
+    deep = np.frombuffer(("[" * 100_000 + "]" * 100_000).encode(), np.uint8)
+    missing = np.frombuffer(b'{"a": {"__array__": "a7"}}', np.uint8)
+    damaged = {"empty": b"", "truncated": whole[: len(whole) // 2], "corrupted": bytes(flipped),
+               "npy": (tmp_path / "plain.npy").read_bytes(), "zip": (tmp_path / "other.zip").read_bytes()}  # fmt: skip
+    for kind, tree in (("deep", deep), ("missing", missing)):
+        np.savez(tmp_path / "t.npz", tree=tree)
+        damaged[kind] = (tmp_path / "t.npz").read_bytes()
+    for kind, data in damaged.items():
+        path.write_bytes(data)
+        with pytest.raises(ValueError, match="state file"):
+            load_state(path)
+        d = _daemon(bundle, tmp_path)
+        d._restore_state()
+        assert (tmp_path / "state.npz.unused").read_bytes() == data, kind
+    (tmp_path / "state.npz").mkdir()
+    with pytest.raises(IsADirectoryError):
+        load_state(tmp_path / "state.npz")
