@@ -22,7 +22,7 @@ from scada_tcn.demo.broker import free_port
 from scada_tcn.runtime.bundle import load_bundle
 from scada_tcn.runtime.daemon import Daemon
 from scada_tcn.runtime.journal import Journal
-from scada_tcn.runtime.mqtt import Message
+from scada_tcn.runtime.mqtt import Message, Publish
 from scada_tcn.runtime.state_file import load_state, save_state
 from scada_tcn.runtime.stream import make_scorer
 from scada_tcn.runtime.telemetry import parse_timestamp_ns
@@ -126,7 +126,7 @@ def test_a_state_refused_part_way_leaves_no_trace_and_its_outbox_is_still_publis
     the stream engine): the fleet it had restored stayed, without the step graph's layer state, and the daemon
     published `ok` scores from layer state it never had. Now the engine starts fresh and every turbine warms up
     again. The records the broker never acknowledged, in the file's outbox, used to be dropped with it; they are
-    published all the same."""
+    published all the same, and saved in the fresh state at once (a crash before the next snapshot lost them)."""
     first = _daemon(bundle, tmp_path, engine="window")
     first._restore_state()
     half = len(messages) // 2
@@ -138,8 +138,9 @@ def test_a_state_refused_part_way_leaves_no_trace_and_its_outbox_is_still_publis
         d = _daemon(bundle, tmp_path)
         d._restore_state()
     assert any("state file not used" in r.getMessage() for r in caplog.records)
-    assert (tmp_path / "state.npz.unused").exists() and not (tmp_path / "state.npz").exists()
     assert [p.payload.decode() for p in d.link.unacked()] == [p["payload"] for p in outbox]
+    assert (tmp_path / "state.npz.unused").exists()
+    assert load_state(tmp_path / "state.npz")["outbox"] == outbox  # saved at once: a crash now loses none of it
     assert len(d.engine.fleet) == 0 and d.engine.scorer.n == 0
     before = len(d.link.unacked())
     _feed(d, messages[half:])
@@ -202,6 +203,144 @@ def test_damaged_state_files_are_set_aside_and_unreadable_ones_stop_the_daemon(b
         d = _daemon(bundle, tmp_path)
         d._restore_state()
         assert (tmp_path / "state.npz.unused").read_bytes() == data, kind
-    (tmp_path / "state.npz").mkdir()
+        assert isinstance(load_state(path), dict)  # the fresh state, saved at once
+    (tmp_path / "folder.npz").mkdir()
     with pytest.raises(IsADirectoryError):
-        load_state(tmp_path / "state.npz")
+        load_state(tmp_path / "folder.npz")
+
+
+class _Clock:
+    """The gateway's wall clock, set by the test."""
+
+    def __init__(self) -> None:
+        self.ns = 0
+
+    def __call__(self) -> int:
+        return self.ns
+
+
+def _clocked(bundle, folder: Path, clock: _Clock) -> Daemon:
+    """A daemon with the shipped grace (120 s) on a clock the test moves."""
+    cfg = daemon_config(f"mqtt://127.0.0.1:{free_port()}", state={"path": str(folder / "state.npz")},
+                        ingest={"grace_s": 120.0, "max_past_s": 10 * 365 * 86400.0},
+                        compute={"engine": "stream", "tick_s": 0.05})  # fmt: skip
+    d = Daemon(cfg, bundle, make_scorer(bundle, "stream"), clock=clock)
+    d._restore_state()
+    return d
+
+
+def _live(d: Daemon, clock: _Clock, messages: list[Message]) -> None:
+    """Each message arrives 30 s after its stamp, one loop iteration each (ticks included)."""
+    for m in messages:
+        clock.ns = max(clock.ns, parse_timestamp_ns(json.loads(m.payload)["ts"]) + 30 * 10**9)
+        d.inbound.put_nowait(m)
+        d.step(0.0)
+
+
+def _uninterrupted(bundle, messages: list[Message], folder: Path) -> dict[tuple[str, str], set[bytes]]:
+    clock = _Clock()
+    d = _clocked(bundle, folder, clock)
+    _live(d, clock, messages)
+    d._wait_for_writer()
+    return _scores(d)
+
+
+def _union(*parts: dict[tuple[str, str], set[bytes]]) -> dict[tuple[str, str], set[bytes]]:
+    out: dict[tuple[str, str], set[bytes]] = {}
+    for part in parts:
+        for k, v in part.items():
+            out.setdefault(k, set()).update(v)
+    return out
+
+
+def test_a_restart_after_a_downtime_longer_than_the_grace_loses_no_telemetry(bundle, messages, tmp_path):
+    """The broker keeps the telemetry of a downtime (a reboot, an upgrade) for the daemon's session. The first
+    iteration after a restart runs before it arrives, and used to tick on the wall clock: every bin of the
+    downtime closed empty, and the telemetry that followed was dropped as late (12 steps changed in a 2-turbine
+    review case). Bins now close on the fleet's data clock (the newest telemetry taken, never ahead of the wall
+    clock), so the restart gives every step the uninterrupted run's bytes."""
+    want = _uninterrupted(bundle, messages, tmp_path / "whole")
+    clock = _Clock()
+    d = _clocked(bundle, tmp_path / "run", clock)
+    cut = len(messages) // 2
+    _live(d, clock, messages[:cut])
+    d._wait_for_writer()  # then killed; back 15 minutes later
+    clock.ns += 15 * 60 * 10**9
+    again = _clocked(bundle, tmp_path / "run", clock)
+    again.step(0.0)  # the link is still connecting: nothing has arrived
+    _live(again, clock, messages[cut:])  # the broker's backlog, then live telemetry
+    assert again.metrics.value("scada_runtime_late_samples_total") == 0
+    got = _union(_scores(d), _scores(again))
+    assert set(got) == set(want) and all(v == want[k] for k, v in got.items())
+
+
+def test_a_clock_stepped_ahead_and_back_closes_no_bin_early(bundle, messages, tmp_path):
+    """A wall clock 2 hours ahead for one iteration (a bad NTP step, an RTC in local time): its tick closed 2 hours
+    of bins empty for every turbine and published their records, and every real sample of them was then dropped as
+    late. On the data clock the tick closes nothing early, and when the clock steps back the ticks and snapshots go
+    on (they waited for the clock to pass its old reading)."""
+    want = _uninterrupted(bundle, messages, tmp_path / "whole")
+    clock = _Clock()
+    d = _clocked(bundle, tmp_path / "run", clock)
+    third = len(messages) // 3
+    _live(d, clock, messages[:third])
+    before = len(d.link.unacked())
+    clock.ns += 2 * 3600 * 10**9
+    d.step(0.0)
+    assert len(d.link.unacked()) == before  # nothing closed, nothing published
+    clock.ns -= 2 * 3600 * 10**9 + 60 * 10**9  # NTP steps it back, a minute below its last reading
+    saves = d._last_save_ns
+    _live(d, clock, messages[third:])
+    assert d.metrics.value("scada_runtime_late_samples_total") == 0 and d._last_save_ns != saves
+    d._wait_for_writer()
+    got = _scores(d)
+    assert set(got) == set(want) and all(v == want[k] for k, v in got.items())
+
+
+def test_a_clock_behind_the_telemetry_takes_none_until_it_catches_up(bundle, messages, tmp_path):
+    """An RTC back at 1970 at boot, before NTP syncs: every sample was refused as in the future and acknowledged,
+    so the broker deleted the telemetry the daemon had been away for. With a state, the daemon knows the newest
+    telemetry it took: while the clock is behind it (by more than `ingest.max_future_s`) it takes nothing (the
+    broker keeps it), says so in `clock_behind` and the log, and carries on once the clock is right."""
+    want = _uninterrupted(bundle, messages, tmp_path / "whole")
+    clock = _Clock()
+    d = _clocked(bundle, tmp_path / "run", clock)
+    cut = len(messages) // 2
+    _live(d, clock, messages[:cut])
+    d._shutdown()
+    clock.ns = 35 * 10**9  # 1970-01-01T00:00:35Z
+    again = _clocked(bundle, tmp_path / "run", clock)
+    held = messages[cut : cut + 10]
+    for m in held:
+        again.inbound.put_nowait(m)
+    assert again.step(0.0) == 0 and again.inbound.qsize() == len(held)  # taken: none; acknowledged: none
+    assert again.metrics.value("scada_runtime_clock_behind") == 1
+    assert again.metrics.value("scada_runtime_rejected_total", reason="ts_in_future") == 0
+    clock.ns = parse_timestamp_ns(json.loads(held[-1].payload)["ts"]) + 30 * 10**9  # NTP has synced
+    while again.inbound.qsize():
+        again.step(0.0)
+    assert again.metrics.value("scada_runtime_clock_behind") == 0
+    _live(again, clock, messages[cut + len(held) :])
+    again._wait_for_writer()
+    got = _union(_scores(d), _scores(again))
+    assert set(got) == set(want) and all(v == want[k] for k, v in got.items())
+
+
+def test_score_records_the_broker_refuses_are_counted_as_dropped(bundle, messages, tmp_path):
+    """`MqttLink` reports a publish the broker refused (PUBACK 0x87 from an ACL without the topic): the daemon
+    counts its score records in `scores_dropped_total{reason="refused"}`, one for a score topic, one per line for
+    a batched score message, none for an alert-state message."""
+    d = _daemon(bundle, tmp_path)
+    d._restore_state()
+    _feed(d, messages[:100])
+    queued = d.link.unacked()
+    score = next(p for p in queued if p.topic.endswith("/score"))
+    state = next(p for p in queued if "alert" in p.topic)
+    d._refused(score, "Not authorized")
+    d._refused(state, "Not authorized")
+    assert d.metrics.value("scada_runtime_scores_dropped_total", reason="refused") == 1
+    batched = _daemon(bundle, tmp_path / "b", topics={"score_batch": "scada/{site}/{gateway}/scores"})
+    batch = Publish(batched._batch_topic, b"\n".join(p.payload for p in queued if p.topic.endswith("/score")), False)
+    batched._refused(batch, "Quota exceeded")
+    n = sum(p.topic.endswith("/score") for p in queued)
+    assert batched.metrics.value("scada_runtime_scores_dropped_total", reason="refused") == n

@@ -112,13 +112,17 @@ class CountingRelay:
 def _connected(
     broker_url: str, link_url: str, max_queued: int, col_id: str, handlers: dict | None = None
 ) -> Iterator[tuple[MqttLink, Collector]]:
-    """A started `MqttLink` on `link_url` (its overflowed publishes in `link.overflowed`, subscribed to `handlers`)
-    and a collector of flow/data/# on `broker_url`, both connected; stopped after."""
+    """A started `MqttLink` on `link_url` (its overflowed publishes in `link.overflowed`, those the broker refused
+    in `link.refused`, subscribed to `handlers`) and a collector of flow/data/# on `broker_url`, both connected;
+    stopped after."""
     cfg = daemon_config_from_dict({"broker": {"url": link_url, "client_id": "flow", "reconnect_max_s": 1}})
     overflow: list[Publish] = []
+    refused: list[tuple[Publish, str]] = []
     link = MqttLink(cfg.broker, "flow", handlers or {}, Publish("flow/status", b"offline", retain=True),
-                    receive_maximum=100, max_queued=max_queued, on_overflow=overflow.append)  # fmt: skip
+                    receive_maximum=100, max_queued=max_queued, on_overflow=overflow.append,
+                    on_refused=lambda p, reason: refused.append((p, reason)))  # fmt: skip
     link.overflowed = overflow  # type: ignore[attr-defined]
+    link.refused = refused  # type: ignore[attr-defined]
     col = Collector(broker_url, ["flow/data/#"], client_id=col_id)
     try:
         wait_for(col.ready, 10, "collector")
@@ -239,6 +243,30 @@ def test_a_publish_over_the_brokers_maximum_packet_size_is_refused_not_sent(tmp_
             wait_for(lambda: len(col.of("/a")) >= 2, 10, "the two publishes that fit")
             assert [p for _, p in col.of("/a")] == [b"y" * limit, b"after"]
             assert link.connected and link.connects == connects and link.overflowed == []
+    finally:
+        broker.stop()
+
+
+def test_a_publish_the_broker_refuses_is_reported_not_lost_silently(tmp_path: Path) -> None:
+    """A broker whose ACL lacks a topic answers its publishes with PUBACK 0x87 (Not authorized). The link counted
+    that as an acknowledgement, and the daemon's records vanished uncounted. Now the refused publish leaves the
+    queue reported to `on_refused` with the reason (the daemon counts its score records as dropped), and the
+    publishes the ACL allows still arrive."""
+    broker = Broker(tmp_path / "broker")
+    acl = tmp_path / "acl"
+    acl.write_text("topic read flow/data/#\ntopic write flow/data/ok/#\ntopic readwrite flow/status\n")
+    broker.conf.write_text(broker.conf.read_text() + f"acl_file {acl}\n")
+    broker.start()
+    try:
+        with _connected(broker.url, broker.url, 100, "flow-col-acl") as (link, col):
+            assert link.publish("flow/data/denied", b"refused", track=True)
+            wait_for(lambda: len(link.refused) == 1, 10, "the broker's refusal")
+            ((p, reason),) = link.refused
+            assert (p.topic, p.payload) == ("flow/data/denied", b"refused") and "authorized" in reason.lower()
+            wait_for(lambda: link.connected, 10, "the link (Mosquitto 2.0 may close it after a refusal)")
+            assert link.publish("flow/data/ok/a", b"allowed", track=True) and link.wait_drained(10)
+            wait_for(lambda: len(col.of("/a")) == 1, 10, "the allowed publish")
+            assert link.unacked() == [] and link.overflowed == []
     finally:
         broker.stop()
 

@@ -337,6 +337,11 @@ class BinAccumulator:
         """End (label) of the first bin not yet emitted; None before the first sample."""
         return self._open_from
 
+    @property
+    def newest_ns(self) -> int | None:
+        """The newest stamp among the open bins' samples; None when they hold none."""
+        return max((r[0] for r in self._rows), default=None)
+
     def add(self, ts_ns: int, values: np.ndarray) -> list[ClosedBin]:
         """Store one sample (C,) and return the bins closed because it belongs to a later bin."""
         return self._bins(self.add_deferred(ts_ns, values))

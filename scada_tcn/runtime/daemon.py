@@ -13,8 +13,11 @@ them and the restart replays the journal.
 
 Loop iteration: take the messages waiting (at least one tick's wait) -> decode and admit each -> journal the
 admitted samples and the tick (when one is due) and fsync -> ingest them -> close bins past their grace on the
-wall clock (once per tick) -> `Engine.flush()` scores all ready turbines together -> publish (QoS 1) ->
-acknowledge the processed telemetry -> heartbeat. paho's network thread only appends to the inbound queue and
+fleet's data clock (once per tick: the newest stamp taken so far, never ahead of the wall clock, so a restart,
+an outage or a clock ahead of time closes no bin before its telemetry could arrive) -> `Engine.flush()` scores
+all ready turbines together -> publish (QoS 1) -> acknowledge the processed telemetry -> heartbeat. While the wall
+clock is behind the telemetry already taken by more than `ingest.max_future_s`, no telemetry is taken
+(`_clock_behind`). paho's network thread only appends to the inbound queue and
 never waits: Receive Maximum bounds what the broker sends (runtime.mqtt). `request_stop()` (SIGTERM) finishes
 the messages already received, publishes the status "offline", waits for the publish queue to drain, disconnects.
 
@@ -140,9 +143,12 @@ class Daemon:
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self._last_tick_ns = 0
+        self._data_ns = 0  # the newest stamp of the telemetry taken so far: the fleet's data clock
+        self._behind = False  # the wall clock is behind it (`_clock_behind`)
         self._overflowed = 0  # publishes dropped on a full queue since the last report ...
         self._overflowed_scores = 0  # ... and the score records they held
         self._topics: dict[tuple[str, str], str] = {}  # (output kind, turbine) -> topic
+        self._score_topics: set[str] = set()  # its score topics
         self._bins_closed = 0
         self.status_topic = cfg.topics.status.format(gateway=cfg.gateway, site=cfg.site)
         self.errors_topic = cfg.topics.errors.format(gateway=cfg.gateway, site=cfg.site)
@@ -160,6 +166,7 @@ class Daemon:
             on_connect_failed=lambda reason: self.metrics.connect_failures.labels(reason=reason).inc(),
             on_unrouted=lambda m: self._reject(m, Rejection("bad_topic", "no handler for this topic")),
             may_read=lambda: self.inbound.qsize() < cfg.queues.inbound,
+            on_refused=self._refused,
         )
         self._last_save_ns = 0
         # QoS 1 publishes since the last snapshot: a restart replays the journal frames after the last snapshot
@@ -238,7 +245,7 @@ class Daemon:
             try:
                 snapshot = _checked_snapshot(load_state(path))
             except ValueError as e:
-                self._set_aside(path, e, 0)
+                self._set_aside(path, e, 0, 0)
                 return
             for p in snapshot["outbox"]:
                 self.link.publish(p["topic"], p["payload"].encode(), retain=p["retain"], track=True)
@@ -248,9 +255,11 @@ class Daemon:
                 if self.engine.streams:
                     self.engine.scorer.reset()
                 self.engine = self._new_engine(self.engine.scorer)
-                self._set_aside(path, e, len(snapshot["outbox"]))
+                waiting = snapshot["engine"].get("pending") if isinstance(snapshot["engine"], dict) else None
+                self._set_aside(path, e, len(snapshot["outbox"]), len(waiting) if isinstance(waiting, list) else 0)
                 return
             self._frame_no = snapshot["frame_no"]
+            self._data_ns = self.engine.fleet.newest_ns()
         replayed = 0
         assert self.journal is not None
         for frame in self.journal.read():
@@ -263,16 +272,19 @@ class Daemon:
                                           "journal_frames": replayed, "torn_tail": self.journal.torn_tail})  # fmt: skip
         self._save_state()  # the replayed frames are in the snapshot now; start a fresh journal
 
-    def _set_aside(self, path: str, why: ValueError, resent: int) -> None:
+    def _set_aside(self, path: str, why: ValueError, resent: int, waiting: int) -> None:
         """Move a state file that is not used to `<name>.unused` (durably: the operator finds it after a power cut)
-        and start a fresh journal (its frames continue the state set aside)."""
+        and save the fresh state at once, with the outbox re-queued from it (`resent`), so a crash before the next
+        snapshot loses none of it; the journal starts afresh (its frames continued the state set aside). The score
+        records the file held waiting for their fleet step (`waiting`) cannot be released: counted as dropped."""
         aside = Path(path).with_name(Path(path).name + ".unused")
         os.replace(path, aside)
         fsync_dir(aside.parent)
-        assert self.journal is not None
-        self.journal.reset()
+        self._save_state()
+        self.metrics.scores_dropped.labels(reason="state_refused").inc(waiting)
         log.warning("state file not used; every turbine warms up again",
-                    extra={"reason": str(why), "moved_to": str(aside), "outbox_resent": resent})  # fmt: skip
+                    extra={"reason": str(why), "moved_to": str(aside), "outbox_resent": resent,
+                           "waiting_dropped": waiting})  # fmt: skip
 
     def _save_state(self, background: bool = False) -> None:
         """Snapshot the state and empty the journal (at start and stop). `background` (the periodic save): the
@@ -346,6 +358,10 @@ class Daemon:
             self.heartbeat.beat(self.clock() / 1e9)
             self._stop.wait(min(timeout, 0.01) if timeout > 0 else 0)
             return 0
+        if self._clock_behind(self.clock()):
+            self.heartbeat.beat(self.clock() / 1e9)
+            self._stop.wait(min(timeout, 0.1) if timeout > 0 else 0)
+            return 0
         batch: list[Message] = []
         try:
             batch.append(self.inbound.get(timeout=timeout) if timeout > 0 else self.inbound.get_nowait())
@@ -355,12 +371,15 @@ class Daemon:
             pass
         now = self.clock()
         samples = self._admit(batch, now)
-        tick = now if now - self._last_tick_ns >= self.cfg.compute.tick_s * 1e9 else None
+        elapsed = now - self._last_tick_ns
+        tick = None
+        if elapsed >= self.cfg.compute.tick_s * 1e9 or elapsed < 0:  # (< 0: the clock was stepped back)
+            self._last_tick_ns = now
+            newest = max(self._data_ns, max((s.ts_ns for s in samples), default=0))
+            tick = min(now, newest) if newest else None  # the fleet's data clock, never ahead of the wall clock
         if self.journal is not None and (samples or tick is not None):
             self._frame_no += 1
             self.journal.append(self._frame_no, samples, tick)  # durable before any of it is acknowledged
-        if tick is not None:
-            self._last_tick_ns = now
         self._apply(samples, tick)
         for msg in batch:
             self.link.ack(msg)
@@ -377,14 +396,33 @@ class Daemon:
         if self._writer is not None and not self._writer.is_alive():
             self._wait_for_writer()  # a finished write is collected; a failed one stops the daemon here
         if self.cfg.state.path is not None:
-            due = now - self._last_save_ns >= self.cfg.state.save_interval_s * 1e9 and self._writer is None
+            since = now - self._last_save_ns  # (< 0: the clock was stepped back)
+            due = (since >= self.cfg.state.save_interval_s * 1e9 or since < 0) and self._writer is None
             if due or self._tracked_since_save >= self._snapshot_every:  # the latter waits for a write running
                 self._save_state(background=True)
         return len(batch)
 
+    def _clock_behind(self, now: int) -> bool:
+        """Whether the wall clock is behind telemetry already admitted by more than `ingest.max_future_s` (an RTC
+        back at 1970 before NTP syncs, say): every sample would be refused as in the future, and acknowledged, so
+        none is taken (the broker keeps them) until the clock catches up. Reported in a gauge and the log."""
+        behind = self._data_ns - self.cfg.ingest.max_future_s * 1e9 > now
+        if behind != self._behind:
+            self._behind = behind
+            self.metrics.clock_behind.set(1 if behind else 0)
+            if behind:
+                log.error("the wall clock is behind the telemetry already taken: no telemetry is taken until it "
+                          "catches up (check NTP / the RTC)",
+                          extra={"clock": iso_utc(now), "newest_sample": iso_utc(self._data_ns)})  # fmt: skip
+            else:
+                log.info("the wall clock caught up: taking telemetry again", extra={"clock": iso_utc(now)})
+        return behind
+
     def _apply(self, samples: list[Sample], tick_ns: int | None) -> None:
         """The engine calls of one loop iteration (live, or replayed from the journal): ingest, tick, flush,
         publish. A function of its inputs and the engine state only, so a replay gives the same records."""
+        if samples:
+            self._data_ns = max(self._data_ns, max(s.ts_ns for s in samples))
         for sample in samples:
             if not self.engine.ingest(sample):
                 self.metrics.late.inc()
@@ -485,7 +523,20 @@ class Daemon:
             }[out.kind]
             topic = tpl.format(site=self.cfg.site, turbine=out.turbine, gateway=self.cfg.gateway)
             self._topics[(out.kind, out.turbine)] = topic
+            if out.kind == "score":
+                self._score_topics.add(topic)
         return topic
+
+    def _refused(self, p: Publish, reason: str) -> None:
+        """Network thread: the broker refused a publish (an ACL without the topic, say): its score records are
+        dropped, counted and logged, never silent."""
+        if p.topic == self._batch_topic:
+            records = p.payload.count(b"\n") + 1
+        else:
+            records = int(p.topic in self._score_topics)
+        self.metrics.scores_dropped.labels(reason="refused").inc(records)
+        log.error("the broker refused a publish: check its ACL for this topic",
+                  extra={"topic": p.topic[:200], "reason": reason, "scores_dropped": records})  # fmt: skip
 
     def _publish(
         self, kind: str, topic: str, payload: bytes, retain: bool, track: bool = False, records: int = 0

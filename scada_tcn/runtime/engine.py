@@ -20,7 +20,7 @@ score. The records and their serialisation are `runtime.records`.
 
 Fleet-relative bundles (`fleet.relative`): thresholds and alerts apply to `fleet_score` = score minus the median
 score of the other turbines at the same step (`runtime.peers`; only scored windows are peers). A closed step waits
-until every turbine of the fleet has closed that step (`Fleet.open_from`: on the wall clock at most the grace
+until every turbine of the fleet has closed that step (`Fleet.open_from`: on the tick's clock at most the grace
 period), then all of them are released together, in step order; a record below `min_peers` peers gets
 fleet_score null and its alert state stays as it was. `flush(final=True)` releases every waiting step (end of a
 replay, shutdown without a state file); waiting steps are part of `state_dict()`.
@@ -159,7 +159,7 @@ class Engine:
         return self.fleet.add_many(turbines, ts_ns, values)
 
     def tick(self, now_ns: int) -> None:
-        """Close bins whose end + grace has passed on the wall clock."""
+        """Close bins whose end + grace <= now_ns (the daemon's tick: the fleet's data clock)."""
         self.fleet.close_until(now_ns)
 
     # ------------------------------------------------------------------------------------------------ flush

@@ -230,6 +230,12 @@ class Fleet:
         first = int(self._open_from[: len(self._slots)].min(initial=_NO_SAMPLE))
         return None if first == _NO_SAMPLE else first
 
+    def newest_ns(self) -> int:
+        """The newest stamp the fleet holds, over its open bins' samples and its closed steps' ends (0 when it
+        holds none): a lower bound of the time at which its state was taken."""
+        closed = int(self._rings.last_end[: len(self._slots)].max(initial=0))
+        return max([closed, *(n for _, t in self._slots if (n := t.acc.newest_ns) is not None)])
+
     def close_turbine_until(self, turbine: str, now_ns: int) -> None:
         """Close one turbine's bins whose end + grace <= now_ns (replay ends each turbine at its last sample)."""
         t = self._turbines[turbine]

@@ -50,8 +50,9 @@ Contract
   while the send quota is used up), which keeps messages while disconnected and sends them after reconnect; the
   queue (handed to paho + held) is bounded by `max_queued`. On overflow `publish` returns False and
   `on_overflow` is called: never a silent drop. Tracked publishes (sent or held) stay in `unacked()` until the
-  broker acknowledges them, so the daemon's state snapshot can carry them across a crash. `send_quota` is the
-  quota in force.
+  broker acknowledges them, so the daemon's state snapshot can carry them across a crash. A PUBACK with a failure
+  reason (an ACL without the topic: 0x87, a quota) ends the publish too, reported to `on_refused` with the reason.
+  `send_quota` is the quota in force.
 * Reads: both clients' sockets are wrapped in `_ReadAhead` (paho's `_create_socket`, the hook paho itself uses for
   its websocket transport): one kernel read serves many packets, where paho asks for a packet's header one byte
   at a time. A test fails if a paho release stops calling the hook. A QoS 1 PUBLISH without properties and a
@@ -249,6 +250,7 @@ class MqttLink:
         on_overflow: Callable[[Publish], None] = _noop,
         on_unrouted: Callable[[Message], None] = _noop,
         may_read: Callable[[], bool] = lambda: True,
+        on_refused: Callable[[Publish, str], None] = lambda p, reason: None,
     ) -> None:
         url = urlparse(broker.url)
         if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
@@ -264,6 +266,7 @@ class MqttLink:
         self._on_change = on_connection_change
         self._on_connect_failed = on_connect_failed
         self._on_overflow = on_overflow
+        self._on_refused = on_refused
         self._on_unrouted = on_unrouted
         self._may_read = may_read
         self.drain_messages = int(receive_maximum)
@@ -413,10 +416,14 @@ class MqttLink:
     def _handle_publish(self, client: paho.Client, userdata: object, mid, reason_code, properties) -> None:
         with self._lock:
             self._acked += 1
-            if self._inflight.pop(mid, None) is None:
+            entry = self._inflight.pop(mid, None)
+            if entry is None:
                 self._early.add(mid)
         if reason_code.is_failure:
-            log.error("broker refused a publish", extra={"mid": mid, "reason": str(reason_code)})
+            topic = None if entry is None else entry[0].topic
+            log.error("broker refused a publish", extra={"mid": mid, "reason": str(reason_code), "topic": topic})
+            if entry is not None and entry[1]:
+                self._on_refused(entry[0], str(reason_code))
         self._release()
 
     def _take_back(self, c: paho.Client, quota: int) -> None:

@@ -67,11 +67,17 @@ class RuntimeMetrics:
         )
         self.scores_dropped = Counter(
             p + "scores_dropped",
-            "score records in the dropped publishes (a batched message holds several), by reason: overflow, too_large",
+            "score records in the dropped publishes (a batched message holds several), by reason: overflow, "
+            "too_large, refused (by the broker: its ACL), state_refused (waiting in a state file set aside)",
             ["reason"],
             registry=r,
         )
-        for reason in ("overflow", "too_large"):  # present at 0 from the start, so a rate() sees the first drop
+        for reason in (
+            "overflow",
+            "too_large",
+            "refused",
+            "state_refused",
+        ):  # present at 0 from the start, so a rate() sees the first drop
             self.scores_dropped.labels(reason=reason)
         self.alerts_on = Gauge(p + "alerts_on", "turbines whose alert is on", registry=r)
         self.score_drift = Gauge(
@@ -87,6 +93,9 @@ class RuntimeMetrics:
             registry=r,
         )
         self.connected = Gauge(p + "connected", "1 while connected to the broker", registry=r)
+        self.clock_behind = Gauge(
+            p + "clock_behind", "1 while the wall clock is behind the telemetry taken (none is taken)", registry=r
+        )
         self.connects = Gauge(p + "connects", "successful broker connections since start (1 + reconnects)", registry=r)
         self.receive_maximum_exceeded = Counter(
             p + "receive_maximum_exceeded",
