@@ -13,6 +13,7 @@ import json
 import logging
 import shutil
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -225,6 +226,7 @@ def _clocked(bundle, folder: Path, clock: _Clock) -> Daemon:
                         ingest={"grace_s": 120.0, "max_past_s": 10 * 365 * 86400.0},
                         compute={"engine": "stream", "tick_s": 0.05})  # fmt: skip
     d = Daemon(cfg, bundle, make_scorer(bundle, "stream"), clock=clock)
+    d.link._up = {"sub": True, "pub": True}  # as if connected (the publishes still wait: no broker acks them)
     d._restore_state()
     return d
 
@@ -284,6 +286,7 @@ def test_a_clock_stepped_ahead_and_back_closes_no_bin_early(bundle, messages, tm
     d = _clocked(bundle, tmp_path / "run", clock)
     third = len(messages) // 3
     _live(d, clock, messages[:third])
+    d.step(0.01)  # live: no backlog
     before = len(d.link.unacked())
     clock.ns += 2 * 3600 * 10**9
     d.step(0.0)
@@ -339,8 +342,79 @@ def test_score_records_the_broker_refuses_are_counted_as_dropped(bundle, message
     d._refused(score, "Not authorized")
     d._refused(state, "Not authorized")
     assert d.metrics.value("scada_runtime_scores_dropped_total", reason="refused") == 1
+    d._shutdown()
+    again = _daemon(bundle, tmp_path)
+    again._restore_state()  # the outbox is published again before any score of this run names its topic
+    again._refused(next(p for p in again.link.unacked() if p.topic.endswith("/score")), "Not authorized")
+    assert again.metrics.value("scada_runtime_scores_dropped_total", reason="refused") == 1
     batched = _daemon(bundle, tmp_path / "b", topics={"score_batch": "scada/{site}/{gateway}/scores"})
     batch = Publish(batched._batch_topic, b"\n".join(p.payload for p in queued if p.topic.endswith("/score")), False)
     batched._refused(batch, "Quota exceeded")
     n = sum(p.topic.endswith("/score") for p in queued)
     assert batched.metrics.value("scada_runtime_scores_dropped_total", reason="refused") == n
+
+
+def test_live_a_step_closes_its_grace_after_its_end_as_on_the_wall_clock(bundle, messages, tmp_path):
+    """Live (connected, no backlog at the broker, the newest telemetry less than a step and the grace old), bins
+    close on the wall clock as before: with one record per turbine and step, the last step's records go out once
+    the clock passes its end + 120 s, not when the next step's telemetry arrives (a pure data clock published
+    every score one step late, 630 s after its end instead of 120 s in the review's case)."""
+    clock = _Clock()
+    d = _clocked(bundle, tmp_path, clock)
+    _live(d, clock, messages)
+    d.step(0.01)  # a tick's wait brings nothing: the broker holds no backlog, the daemon is live
+    last = max(parse_timestamp_ns(json.loads(m.payload)["ts"]) for m in messages)
+    ends = {json.loads(p.payload)["ts"] for p in d.link.unacked() if p.topic.endswith("/score")}
+    end = datetime.fromtimestamp(last // 10**9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert end not in ends  # its telemetry came 30 s after it: still open
+    clock.ns = last + 121 * 10**9
+    d.step(0.0)
+    ends = {json.loads(p.payload)["ts"] for p in d.link.unacked() if p.topic.endswith("/score")}
+    assert end in ends
+
+
+def _skewed(messages: list[Message], turbine: str, seconds: int) -> list[tuple[int, Message]]:
+    """(true stamp, message) with `turbine`'s stamps moved ahead by `seconds` (its clock runs fast)."""
+    out = []
+    for m in messages:
+        doc = json.loads(m.payload)
+        true = parse_timestamp_ns(doc["ts"])
+        if f"/{turbine}/" in m.topic:
+            doc["ts"] = (true + seconds * 10**9) / 1e9
+        out.append((true, m._replace(payload=json.dumps(doc).encode())))
+    return out
+
+
+def test_a_publisher_clock_ahead_within_max_future_does_not_break_a_restart(bundle, messages, tmp_path):
+    """A turbine whose clock runs 240 s fast is admitted (`ingest.max_future_s` 300). Its stamps are the fleet's
+    newest: a data clock taken as they are closed the other turbines' bins before their backlog came in after a
+    restart (3 late samples, 144 records changed in the review's case). Behind, bins close on the newest stamp
+    less `max_future_s`: the restart gives every step the uninterrupted run's bytes."""
+
+    def live(d: Daemon, clock: _Clock, items: list[tuple[int, Message]]) -> None:
+        for true, m in items:  # the wall clock follows the true time
+            clock.ns = max(clock.ns, true + 30 * 10**9)
+            d.inbound.put_nowait(m)
+            d.step(0.0)
+
+    items = _skewed(messages, "WT01", 240)
+    clock = _Clock()
+    whole = _clocked(bundle, tmp_path / "whole", clock)
+    live(whole, clock, items)
+    whole._wait_for_writer()
+    want = _scores(whole)
+    clock = _Clock()
+    d = _clocked(bundle, tmp_path / "run", clock)
+    cut = len(items) // 2
+    live(d, clock, items[:cut])
+    d._wait_for_writer()
+    clock.ns += 15 * 60 * 10**9
+    again = _clocked(bundle, tmp_path / "run", clock)
+    again.step(0.0)
+    for _, m in items[cut:]:  # the backlog drains with the wall clock moving on
+        clock.ns += 10**8
+        again.inbound.put_nowait(m)
+        again.step(0.0)
+    assert again.metrics.value("scada_runtime_late_samples_total") == 0
+    got = _union(_scores(d), _scores(again))
+    assert set(got) <= set(want) and all(v == want[k] for k, v in got.items())

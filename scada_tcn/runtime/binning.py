@@ -308,7 +308,7 @@ class BinAccumulator:
     """Incremental binning of one turbine's sample stream, with the same numbers as `bin_timeline`.
 
     Samples of open bins are kept; a bin is closed (emitted) when a sample of a later bin arrives (`add`) or when
-    its end + grace has passed on the wall clock (`close_until`), including bins that got no sample (all-NaN), so
+    its end + grace has passed on the caller's clock (`close_until`), including bins that got no sample (all-NaN), so
     emitted bins are contiguous. The stream starts at the earliest bin seen before the first close. A sample for an
     already-closed bin is late: dropped and counted in `late_dropped`, never raised.
     """
@@ -347,7 +347,7 @@ class BinAccumulator:
         return self._bins(self.add_deferred(ts_ns, values))
 
     def close_until(self, now_ns: int) -> list[ClosedBin]:
-        """Close every bin whose end + grace <= now_ns (wall clock, ns), empty ones included."""
+        """Close every bin whose end + grace <= now_ns (the caller's clock, ns), empty ones included."""
         return self._bins(self.close_until_deferred(now_ns))
 
     def add_deferred(self, ts_ns: int, values: np.ndarray) -> RawBins | None:
@@ -440,7 +440,7 @@ class BinAccumulator:
         return fresh
 
     def closable_through(self, now_ns: int) -> int:
-        """The end of the last bin that may close at wall-clock time now_ns: its end + grace <= now_ns."""
+        """The end of the last bin that may close at clock time now_ns: its end + grace <= now_ns."""
         dt = self._plan.dt_ns
         return ((_check_int(now_ns, "now_ns", dt) - self._grace_ns) // dt) * dt
 

@@ -43,8 +43,11 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import math
 import os
 import queue
+import re
+import shutil
 import sys
 import threading
 import time
@@ -145,10 +148,13 @@ class Daemon:
         self._last_tick_ns = 0
         self._data_ns = 0  # the newest stamp of the telemetry taken so far: the fleet's data clock
         self._behind = False  # the wall clock is behind it (`_clock_behind`)
+        self._drained = False  # nothing waits at the broker for us: bins may close on the wall clock (`_tick_clock`)
+        self._connects_seen = -1
         self._overflowed = 0  # publishes dropped on a full queue since the last report ...
         self._overflowed_scores = 0  # ... and the score records they held
         self._topics: dict[tuple[str, str], str] = {}  # (output kind, turbine) -> topic
-        self._score_topics: set[str] = set()  # its score topics
+        score = re.escape(cfg.topics.score.format(site=cfg.site, gateway=cfg.gateway, turbine="\0"))
+        self._score_topic = re.compile(score.replace("\0", "[^/]+"))  # any turbine's score topic
         self._bins_closed = 0
         self.status_topic = cfg.topics.status.format(gateway=cfg.gateway, site=cfg.site)
         self.errors_topic = cfg.topics.errors.format(gateway=cfg.gateway, site=cfg.site)
@@ -278,7 +284,9 @@ class Daemon:
         snapshot loses none of it; the journal starts afresh (its frames continued the state set aside). The score
         records the file held waiting for their fleet step (`waiting`) cannot be released: counted as dropped."""
         aside = Path(path).with_name(Path(path).name + ".unused")
-        os.replace(path, aside)
+        shutil.copyfile(path, aside)  # a copy: until the fresh state replaces it, the file stays where it was
+        with open(aside, "rb") as fh:
+            os.fsync(fh.fileno())
         fsync_dir(aside.parent)
         self._save_state()
         self.metrics.scores_dropped.labels(reason="state_refused").inc(waiting)
@@ -369,6 +377,10 @@ class Daemon:
                 batch.append(self.inbound.get_nowait())
         except queue.Empty:
             pass
+        if self.link.connects != self._connects_seen:  # (re)connected: the broker may be sending us a backlog
+            self._connects_seen, self._drained = self.link.connects, False
+        elif not batch and timeout > 0:  # a tick's wait brought nothing: no backlog left
+            self._drained = True
         now = self.clock()
         samples = self._admit(batch, now)
         elapsed = now - self._last_tick_ns
@@ -376,7 +388,7 @@ class Daemon:
         if elapsed >= self.cfg.compute.tick_s * 1e9 or elapsed < 0:  # (< 0: the clock was stepped back)
             self._last_tick_ns = now
             newest = max(self._data_ns, max((s.ts_ns for s in samples), default=0))
-            tick = min(now, newest) if newest else None  # the fleet's data clock, never ahead of the wall clock
+            tick = self._tick_clock(now, newest) if newest else None
         if self.journal is not None and (samples or tick is not None):
             self._frame_no += 1
             self.journal.append(self._frame_no, samples, tick)  # durable before any of it is acknowledged
@@ -393,6 +405,7 @@ class Daemon:
             self._drift_pushed = self.engine.drift.pushed
             self.metrics.score_drift.set(self.engine.drift.get()["ks"])
         self.metrics.connects.set(self.link.connects)
+        self.metrics.data_lag.set((now - self._data_ns) / 1e9 if self._data_ns else math.nan)
         if self._writer is not None and not self._writer.is_alive():
             self._wait_for_writer()  # a finished write is collected; a failed one stops the daemon here
         if self.cfg.state.path is not None:
@@ -401,6 +414,20 @@ class Daemon:
             if due or self._tracked_since_save >= self._snapshot_every:  # the latter waits for a write running
                 self._save_state(background=True)
         return len(batch)
+
+    def _tick_clock(self, now: int, newest: int) -> int:
+        """Up to when bins may close (end + grace <= it). Live (connected, a tick's wait has found nothing new
+        since the subscriber last connected, so the broker holds no backlog for us, and the newest telemetry taken
+        is less than a step plus `ingest.grace_s` old, as a fleet reporting every step keeps it): the wall clock,
+        so a step closes its grace after its end. Otherwise (after a start or a reconnect while the broker's
+        backlog drains, with the wall clock ahead, the fleet silent): the newest stamp taken less
+        `ingest.max_future_s` (the skew a publisher's clock may have), so no bin closes before the telemetry the
+        broker holds for it arrives, in the order it was sent."""
+        ingest = self.cfg.ingest
+        fresh = now - newest < (ingest.grace_s + self.bundle.spec.dt_seconds) * 1e9
+        if self.link.connected and self._drained and fresh:
+            return now
+        return newest - int(ingest.max_future_s * 1e9)
 
     def _clock_behind(self, now: int) -> bool:
         """Whether the wall clock is behind telemetry already admitted by more than `ingest.max_future_s` (an RTC
@@ -523,8 +550,6 @@ class Daemon:
             }[out.kind]
             topic = tpl.format(site=self.cfg.site, turbine=out.turbine, gateway=self.cfg.gateway)
             self._topics[(out.kind, out.turbine)] = topic
-            if out.kind == "score":
-                self._score_topics.add(topic)
         return topic
 
     def _refused(self, p: Publish, reason: str) -> None:
@@ -533,7 +558,7 @@ class Daemon:
         if p.topic == self._batch_topic:
             records = p.payload.count(b"\n") + 1
         else:
-            records = int(p.topic in self._score_topics)
+            records = int(self._score_topic.fullmatch(p.topic) is not None)
         self.metrics.scores_dropped.labels(reason="refused").inc(records)
         log.error("the broker refused a publish: check its ACL for this topic",
                   extra={"topic": p.topic[:200], "reason": reason, "scores_dropped": records})  # fmt: skip

@@ -4,7 +4,7 @@ Contract
 --------
 * `Fleet.add(turbine, ts_ns, values (C,))` stores one validated sample (see `runtime.telemetry`); bins of that
   turbine close when a sample of a later bin arrives (`BinAccumulator.add`). `Fleet.close_until(now_ns)` closes
-  every bin whose end + grace has passed on the wall clock, empty ones included (gaps become missing values).
+  every bin whose end + grace <= now_ns (the daemon's tick), empty ones included (gaps become missing values).
   `Fleet.add_many(turbines, ts_ns, values)` stores a block of samples sorted by time (replay's chunks) with one
   vectorised call per turbine (`BinAccumulator.add_many_deferred`): the same steps, in the same closing order
   (each bin is ordered by the sample that closed it), as adding the rows one by one.

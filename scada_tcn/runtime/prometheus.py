@@ -93,6 +93,9 @@ class RuntimeMetrics:
             registry=r,
         )
         self.connected = Gauge(p + "connected", "1 while connected to the broker", registry=r)
+        self.data_lag = Gauge(
+            p + "data_lag_seconds", "wall clock minus the newest telemetry stamp taken (NaN before any)", registry=r
+        )
         self.clock_behind = Gauge(
             p + "clock_behind", "1 while the wall clock is behind the telemetry taken (none is taken)", registry=r
         )
