@@ -418,3 +418,66 @@ def test_a_publisher_clock_ahead_within_max_future_does_not_break_a_restart(bund
     assert again.metrics.value("scada_runtime_late_samples_total") == 0
     got = _union(_scores(d), _scores(again))
     assert set(got) <= set(want) and all(v == want[k] for k, v in got.items())
+
+
+def test_a_busy_feed_goes_live_without_an_idle_wait(bundle, messages, tmp_path):
+    """A feed of several samples per turbine and step (here one a minute) leaves the loop no tick-long idle wait,
+    so "no backlog left" is also read from a batch of 10 or more samples, most younger than the grace (a median:
+    one publisher's skewed clock does not decide it). Live, a turbine gone silent has its step closed its grace
+    after the step's end, and the rest of the fleet's records of that step go out with it, instead of waiting
+    `max_future_s` longer."""
+    per_minute = []  # each step's message as ten, stamped a minute apart up to the step's end
+    for m in messages:
+        doc = json.loads(m.payload)
+        end = parse_timestamp_ns(doc["ts"])
+        for k in range(9, -1, -1):
+            per_minute.append(m._replace(payload=json.dumps({**doc, "ts": (end - k * 60 * 10**9) / 1e9}).encode()))
+    stamps = [parse_timestamp_ns(json.loads(m.payload)["ts"]) for m in per_minute]
+    silent = "/WT04/"
+    last = max(stamps)
+    keep = [(t, m) for t, m in zip(stamps, per_minute) if silent not in m.topic or t <= last - 3600 * 10**9]
+    keep.sort(key=lambda x: x[0])
+    clock = _Clock()
+    d = _clocked(bundle, tmp_path, clock)
+    i = 0
+    while i < len(keep):  # three minutes of the fleet's telemetry per loop iteration, 5 s after the newest
+        j = i
+        while j < len(keep) and keep[j][0] < keep[i][0] + 180 * 10**9:
+            j += 1
+        clock.ns = keep[j - 1][0] + 5 * 10**9
+        for _, m in keep[i:j]:
+            d.inbound.put_nowait(m)
+        while d.inbound.qsize():
+            d.step(0.0)
+        i = j
+    assert d._drained
+    clock.ns = last + 121 * 10**9
+    d.step(0.0)
+    end = datetime.fromtimestamp(last // 10**9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    done = {(json.loads(p.payload)["turbine"], json.loads(p.payload)["ts"]) for p in d.link.unacked()
+            if p.topic.endswith("/score")}  # fmt: skip
+    assert ("WT01", end) in done and ("WT04", end) in done
+
+
+def test_a_reconnect_while_a_batch_is_admitted_does_not_count_as_live(bundle, messages, tmp_path):
+    """The link's connection count is read before the batch is admitted and the tick computed after: a reconnect
+    in between (the network thread's CONNACK) used to leave the old "no backlog" in force, and the tick closed, on
+    the wall clock, bins whose telemetry the broker had kept during the outage. The tick now checks the count
+    again (the third review's race; reproduced here by reconnecting inside the admission)."""
+    clock = _Clock()
+    d = _clocked(bundle, tmp_path, clock)
+    half = len(messages) // 2
+    _live(d, clock, messages[:half])
+    d.step(0.01)
+    assert d._drained
+    before = len(d.link.unacked())
+    clock.ns += 300 * 10**9  # five minutes away: the broker kept that telemetry
+    admit = d._admit
+
+    def reconnecting(*args):
+        d.link._generation += 1  # the subscriber's CONNACK, handled on the network thread
+        return admit(*args)
+
+    d._admit = reconnecting
+    d.step(0.01)  # the reconnect's first iteration, nothing received yet
+    assert len(d.link.unacked()) == before  # the tick closed nothing on the wall clock

@@ -12,14 +12,15 @@ saving nothing on the way out: the engine may hold a half-done iteration, so the
 them and the restart replays the journal.
 
 Loop iteration: take the messages waiting (at least one tick's wait) -> decode and admit each -> journal the
-admitted samples and the tick (when one is due) and fsync -> ingest them -> close bins past their grace on the
-fleet's data clock (once per tick: the newest stamp taken so far, never ahead of the wall clock, so a restart,
-an outage or a clock ahead of time closes no bin before its telemetry could arrive) -> `Engine.flush()` scores
-all ready turbines together -> publish (QoS 1) -> acknowledge the processed telemetry -> heartbeat. While the wall
-clock is behind the telemetry already taken by more than `ingest.max_future_s`, no telemetry is taken
-(`_clock_behind`). paho's network thread only appends to the inbound queue and
-never waits: Receive Maximum bounds what the broker sends (runtime.mqtt). `request_stop()` (SIGTERM) finishes
-the messages already received, publishes the status "offline", waits for the publish queue to drain, disconnects.
+admitted samples and the tick (when one is due) and fsync -> ingest them -> close bins past their grace (once per
+tick: on the wall clock when live, else on the newest stamp taken less `ingest.max_future_s`, so a restart, an
+outage or a clock ahead of time closes no bin before the telemetry the broker holds for it arrives;
+`_tick_clock`) -> `Engine.flush()` scores all ready turbines together -> publish (QoS 1) -> acknowledge the
+processed telemetry -> heartbeat. While the wall clock is behind the telemetry already taken by more than
+`ingest.max_future_s`, no telemetry is taken (`_clock_behind`). paho's network thread only appends to the
+inbound queue and never waits: Receive Maximum bounds what the broker sends (runtime.mqtt). `request_stop()`
+(SIGTERM) finishes the messages already received, publishes the status "offline", waits for the publish queue to
+drain, disconnects.
 
 Crash consistency, with `state.path`: a message is acknowledged only after the journal frame holding its sample
 is on disk (runtime.journal). Every `state.save_interval_s`, after every (queues.outbound -
@@ -288,6 +289,8 @@ class Daemon:
         with open(aside, "rb") as fh:
             os.fsync(fh.fileno())
         fsync_dir(aside.parent)
+        assert self.journal is not None
+        self.journal.reset()  # first: a fresh state beside the old frames would replay them onto a fresh engine
         self._save_state()
         self.metrics.scores_dropped.labels(reason="state_refused").inc(waiting)
         log.warning("state file not used; every turbine warms up again",
@@ -383,6 +386,9 @@ class Daemon:
             self._drained = True
         now = self.clock()
         samples = self._admit(batch, now)
+        if len(samples) >= 10 and not self._drained:  # most of a busy feed's batch is younger than the grace (a
+            lags = sorted(now - s.ts_ns for s in samples)  # median: a publisher's skewed clock does not decide it)
+            self._drained = lags[len(lags) // 2] < self.cfg.ingest.grace_s * 1e9
         elapsed = now - self._last_tick_ns
         tick = None
         if elapsed >= self.cfg.compute.tick_s * 1e9 or elapsed < 0:  # (< 0: the clock was stepped back)
@@ -416,17 +422,17 @@ class Daemon:
         return len(batch)
 
     def _tick_clock(self, now: int, newest: int) -> int:
-        """Up to when bins may close (end + grace <= it). Live (connected, a tick's wait has found nothing new
-        since the subscriber last connected, so the broker holds no backlog for us, and the newest telemetry taken
-        is less than a step plus `ingest.grace_s` old, as a fleet reporting every step keeps it): the wall clock,
-        so a step closes its grace after its end. Otherwise (after a start or a reconnect while the broker's
-        backlog drains, with the wall clock ahead, the fleet silent): the newest stamp taken less
-        `ingest.max_future_s` (the skew a publisher's clock may have), so no bin closes before the telemetry the
-        broker holds for it arrives, in the order it was sent."""
+        """Up to when bins may close (end + grace <= it). Live (connected; since the link last connected, a tick's
+        wait has found nothing new, or most of a batch of 10 or more samples was younger than `ingest.grace_s`, so
+        the broker holds no backlog for us; and the newest telemetry taken is less than a step plus the grace old,
+        as a fleet reporting every step keeps it): the wall clock, so a step closes its grace after its end.
+        Otherwise (after a start or a reconnect while the broker's backlog drains, with the wall clock ahead, the
+        fleet silent for longer): the newest stamp taken less `ingest.max_future_s` (the skew a publisher's clock
+        may have), so no bin closes before the telemetry the broker holds for it arrives, in the order sent."""
         ingest = self.cfg.ingest
         fresh = now - newest < (ingest.grace_s + self.bundle.spec.dt_seconds) * 1e9
-        if self.link.connected and self._drained and fresh:
-            return now
+        if self.link.connected and self.link.connects == self._connects_seen and self._drained and fresh:
+            return now  # (`connects` again: a reconnect since this iteration took its messages)
         return newest - int(ingest.max_future_s * 1e9)
 
     def _clock_behind(self, now: int) -> bool:

@@ -159,7 +159,7 @@ class Engine:
         return self.fleet.add_many(turbines, ts_ns, values)
 
     def tick(self, now_ns: int) -> None:
-        """Close bins whose end + grace <= now_ns (the daemon's tick: the fleet's data clock)."""
+        """Close bins whose end + grace <= now_ns (the daemon's tick, `Daemon._tick_clock`)."""
         self.fleet.close_until(now_ns)
 
     # ------------------------------------------------------------------------------------------------ flush
