@@ -13,6 +13,7 @@ import json
 import logging
 import shutil
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from scada_tcn.runtime.bundle import load_bundle
 from scada_tcn.runtime.daemon import Daemon
 from scada_tcn.runtime.journal import Journal
 from scada_tcn.runtime.mqtt import Message, Publish
+from scada_tcn.runtime.records import split_batch
 from scada_tcn.runtime.state_file import load_state, save_state
 from scada_tcn.runtime.stream import make_scorer
 from scada_tcn.runtime.telemetry import parse_timestamp_ns
@@ -481,3 +483,41 @@ def test_a_reconnect_while_a_batch_is_admitted_does_not_count_as_live(bundle, me
     d._admit = reconnecting
     d.step(0.01)  # the reconnect's first iteration, nothing received yet
     assert len(d.link.unacked()) == before  # the tick closed nothing on the wall clock
+
+
+def test_a_replay_in_batches_over_the_brokers_packet_size_is_split_to_fit(bundle, messages, tmp_path):
+    """`topics.score_batch`: a restart replays its journal before the first CONNACK tells the broker's Maximum
+    Packet Size, so the replayed batches were cut at `score_batch_bytes` (60,000); a broker with a smaller limit
+    closed the publisher's connection at every resend and nothing left the gateway (the review's case: 16,384).
+    The link takes them back on the CONNACK and the daemon publishes their records again in batches that fit:
+    every record arrives, once, on one connection."""
+    from tests.mosquitto import Broker, Collector, wait_for
+
+    broker = Broker(tmp_path / "broker", max_packet=16384)
+    broker.start()
+    col = Collector(broker.url, ["scada/farm/gw1/scores"], client_id="batch-col")
+    try:
+        wait_for(col.ready, 10, "collector")
+        cfg = daemon_config(broker.url, state={"path": str(tmp_path / "state.npz")},
+                            topics={"score_batch": "scada/{site}/{gateway}/scores"})  # fmt: skip
+        d = Daemon(cfg, bundle, make_scorer(bundle, "stream"), clock=lambda: parse_timestamp_ns(END))
+        d._restore_state()
+        _feed(d, messages, per_step=len(messages))  # one iteration: the batches are cut before any CONNACK
+        queued = [p for p in d.link.unacked() if p.topic.endswith("/scores")]
+        want = sorted(line for p in queued for line in split_batch(p.payload))
+        assert max(len(p.payload) for p in queued) > 16384
+        d.link.start()
+        wait_for(lambda: d.link.connected, 10, "link")
+
+        def arrived() -> list[bytes]:
+            return sorted(line for _, payload in col.of("/scores") for line in split_batch(payload))
+
+        deadline = time.monotonic() + 20
+        while arrived() != want and time.monotonic() < deadline:
+            d.step(0.01)
+        assert arrived() == want and d.link.connects == 2
+        assert max(len(p) for _, p in col.of("/scores")) <= 16384
+        d.link.stop([], timeout=5)
+    finally:
+        col.close()
+        broker.stop()

@@ -271,6 +271,36 @@ def test_a_publish_the_broker_refuses_is_reported_not_lost_silently(tmp_path: Pa
         broker.stop()
 
 
+def test_publishes_queued_before_the_broker_said_its_packet_size_and_over_it_are_taken_back(tmp_path: Path) -> None:
+    """A restart publishes its journal's replay before the first CONNACK tells the broker's Maximum Packet Size.
+    Those over it were sent after the connect, and Mosquitto closed the connection at every resend (the review
+    found the publisher reconnecting every second, nothing delivered). The link now takes them back on the
+    CONNACK and hands them to `on_too_large`; the rest is delivered on the first connection."""
+    broker = Broker(tmp_path / "broker", max_packet=4096)
+    broker.start()
+    cfg = daemon_config_from_dict({"broker": {"url": broker.url, "client_id": "flow", "reconnect_max_s": 1}})
+    too_large: list[tuple[Publish, bool]] = []
+    link = MqttLink(cfg.broker, "flow", {}, Publish("flow/status", b"offline", retain=True), receive_maximum=100,
+                    max_queued=100, on_too_large=lambda p, tracked: too_large.append((p, tracked)))  # fmt: skip
+    col = Collector(broker.url, ["flow/data/#"], client_id="flow-col-big")
+    try:
+        wait_for(col.ready, 10, "collector")
+        sent = [("flow/data/a", b"x" * 9000), ("flow/data/b", b"small"), ("flow/data/c", b"y" * 5000),
+                ("flow/data/d", b"after")]  # fmt: skip
+        assert all(link.publish(t, p, track=True) for t, p in sent)  # the limit is not known yet
+        link.start()
+        wait_for(lambda: link.connected, 10, "link")
+        assert link.wait_drained(10)
+        wait_for(lambda: len(col.of("/b")) + len(col.of("/d")) == 2, 10, "the publishes that fit")
+        assert sorted(p.topic for p, _ in too_large) == ["flow/data/a", "flow/data/c"]
+        assert all(tracked for _, tracked in too_large) and link.unacked() == []
+        assert col.of("/a") == [] and link.connects == 2  # one connection of each client: never dropped
+    finally:
+        link.stop([], timeout=5)
+        col.close()
+        broker.stop()
+
+
 def test_read_ahead_keeps_the_sockets_read_semantics() -> None:
     """At most n bytes per read, in order, across the buffer's refills; `pending` counts what is buffered;
     BlockingIOError when nothing is there; b"" at end of stream only once the buffer is empty."""

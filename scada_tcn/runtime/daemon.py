@@ -52,7 +52,7 @@ import shutil
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,7 @@ from scada_tcn.runtime.health import HealthServer, Heartbeat
 from scada_tcn.runtime.journal import Journal
 from scada_tcn.runtime.mqtt import Message, MqttLink, Publish
 from scada_tcn.runtime.prometheus import RuntimeMetrics
-from scada_tcn.runtime.records import batches, iso_utc
+from scada_tcn.runtime.records import batches, iso_utc, split_batch
 from scada_tcn.runtime.state_file import EncodedState, encode_state, fsync_dir, load_state, write_state
 from scada_tcn.runtime.telemetry import Rejection, Sample, TelemetryDecoder, topic_filter
 
@@ -154,6 +154,9 @@ class Daemon:
         self._overflowed = 0  # publishes dropped on a full queue since the last report ...
         self._overflowed_scores = 0  # ... and the score records they held
         self._topics: dict[tuple[str, str], str] = {}  # (output kind, turbine) -> topic
+        self._oversized: deque[Publish] = (
+            deque()
+        )  # taken back by the link over the broker's packet size (network thread)
         score = re.escape(cfg.topics.score.format(site=cfg.site, gateway=cfg.gateway, turbine="\0"))
         self._score_topic = re.compile(score.replace("\0", "[^/]+"))  # any turbine's score topic
         self._bins_closed = 0
@@ -174,6 +177,7 @@ class Daemon:
             on_unrouted=lambda m: self._reject(m, Rejection("bad_topic", "no handler for this topic")),
             may_read=lambda: self.inbound.qsize() < cfg.queues.inbound,
             on_refused=self._refused,
+            on_too_large=lambda p, tracked: self._oversized.append(p),
         )
         self._last_save_ns = 0
         # QoS 1 publishes since the last snapshot: a restart replays the journal frames after the last snapshot
@@ -364,6 +368,8 @@ class Daemon:
         While `queues.publish_backlog` or more publishes wait for the broker's acknowledgement, no new telemetry is
         taken: output that cannot leave holds input back (the inbound queue fills, the link stops reading, the
         broker keeps the rest), so neither queue grows without bound."""
+        while self._oversized:
+            self._publish_again(self._oversized.popleft())
         if self.link.queue_depth >= self.cfg.queues.publish_backlog:
             self.metrics.publish_backpressure.inc()
             self.heartbeat.beat(self.clock() / 1e9)
@@ -557,6 +563,17 @@ class Daemon:
             topic = tpl.format(site=self.cfg.site, turbine=out.turbine, gateway=self.cfg.gateway)
             self._topics[(out.kind, out.turbine)] = topic
         return topic
+
+    def _publish_again(self, p: Publish) -> None:
+        """A publish the link took back over the broker's Maximum Packet Size, learnt after it was queued (a
+        restart's replay): a batch of score records goes out again in batches that fit; anything else is refused
+        by `_publish` as too large (counted and reported)."""
+        if p.topic == self._batch_topic:
+            self._publish_batches(split_batch(p.payload))
+            return
+        kind = next((k for (k, _), t in self._topics.items() if t == p.topic), "other")  # rare: a linear search
+        score = self._score_topic.fullmatch(p.topic) is not None
+        self._publish("score" if score else kind, p.topic, p.payload, p.retain, track=True, records=int(score))
 
     def _refused(self, p: Publish, reason: str) -> None:
         """Network thread: the broker refused a publish (an ACL without the topic, say): its score records are

@@ -52,6 +52,7 @@ Contract
   `on_overflow` is called: never a silent drop. Tracked publishes (sent or held) stay in `unacked()` until the
   broker acknowledges them, so the daemon's state snapshot can carry them across a crash. A PUBACK with a failure
   reason (an ACL without the topic: 0x87, a quota) ends the publish too, reported to `on_refused` with the reason.
+  Publishes queued before a CONNACK whose Maximum Packet Size they exceed are taken back (`on_too_large`).
   `send_quota` is the quota in force.
 * Reads: both clients' sockets are wrapped in `_ReadAhead` (paho's `_create_socket`, the hook paho itself uses for
   its websocket transport): one kernel read serves many packets, where paho asks for a packet's header one byte
@@ -251,6 +252,7 @@ class MqttLink:
         on_unrouted: Callable[[Message], None] = _noop,
         may_read: Callable[[], bool] = lambda: True,
         on_refused: Callable[[Publish, str], None] = lambda p, reason: None,
+        on_too_large: Callable[[Publish, bool], None] = lambda p, tracked: None,
     ) -> None:
         url = urlparse(broker.url)
         if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
@@ -267,6 +269,7 @@ class MqttLink:
         self._on_connect_failed = on_connect_failed
         self._on_overflow = on_overflow
         self._on_refused = on_refused
+        self._on_too_large = on_too_large
         self._on_unrouted = on_unrouted
         self._may_read = may_read
         self.drain_messages = int(receive_maximum)
@@ -395,6 +398,7 @@ class MqttLink:
         # must go first (MQTT v5 4.6: original order); while anything is held the quota is in flight, so their
         # PUBACKs release the rest. Beyond a quota smaller than before, they are taken back first (4.9)
         self._take_back(client, quota)
+        self._take_back_oversized(client)
         for p in self._on_connected():
             self.publish(p.topic, p.payload, p.retain)
 
@@ -425,6 +429,34 @@ class MqttLink:
             if entry is not None and entry[1]:
                 self._on_refused(entry[0], str(reason_code))
         self._release()
+
+    def _take_back_oversized(self, c: paho.Client) -> None:
+        """The broker's Maximum Packet Size, known from this CONNACK, is below publishes queued before it (a
+        restart publishes its replay before the first CONNACK; a broker may come back with a smaller limit): paho
+        would send them, and the broker close the connection at every resend. They leave the queue and go to
+        `on_too_large` (the daemon splits a batch of score records to fit, and counts anything else as dropped). A
+        publish paho holds that is not registered yet (`_hand` running) stays: the next CONNACK takes it back."""
+        if self._max_packet is None:
+            return
+        with c._out_message_mutex:  # paho's resend after this callback takes the same lock
+            with self._lock:
+                big = [mid for mid, m in c._out_messages.items()
+                       if m.qos == 1 and mid in self._inflight and not self.fits(m.topic, m.payload)]  # fmt: skip
+                for mid in big:
+                    del c._out_messages[mid]
+                taken = [self._inflight.pop(mid) for mid in big]
+                kept = deque((p, t) for p, t in self._held if self.fits(p.topic, p.payload))
+                taken += [(p, t) for p, t in self._held if not self.fits(p.topic, p.payload)]
+                self._held = kept
+                self._handed -= len(big)
+                self._acked += len(taken)  # out of the queue
+        if taken:
+            log.warning("publishes queued before the broker said its Maximum Packet Size are over it: taken back",
+                        extra={"maximum_packet_size": self._max_packet, "taken": len(taken)})  # fmt: skip
+        for p, tracked in taken:
+            self._on_too_large(p, tracked)
+        if taken and self._handed == self._acked:  # nothing in flight whose PUBACK would release the held ones
+            self._release()
 
     def _take_back(self, c: paho.Client, quota: int) -> None:
         """The broker came back with a Receive Maximum below the publishes paho holds unacknowledged: paho would
