@@ -518,6 +518,12 @@ def test_a_replay_in_batches_over_the_brokers_packet_size_is_split_to_fit(bundle
         assert arrived() == want and d.link.connects == 2
         assert max(len(p) for _, p in col.of("/scores")) <= 16384
         d.link.stop([], timeout=5)
+        taken = Publish("scada/farm/gw1/scores", b"\n".join(want[:3]), False)
+        d.link._too_large.append((taken, True))  # taken back by the link, not claimed yet: a snapshot keeps it
+        d._save_state()
+        assert {"topic": taken.topic, "payload": taken.payload.decode(), "retain": False} in load_state(
+            tmp_path / "state.npz"
+        )["outbox"]
     finally:
         col.close()
         broker.stop()

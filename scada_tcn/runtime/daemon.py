@@ -52,7 +52,7 @@ import shutil
 import sys
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -154,9 +154,6 @@ class Daemon:
         self._overflowed = 0  # publishes dropped on a full queue since the last report ...
         self._overflowed_scores = 0  # ... and the score records they held
         self._topics: dict[tuple[str, str], str] = {}  # (output kind, turbine) -> topic
-        self._oversized: deque[Publish] = (
-            deque()
-        )  # taken back by the link over the broker's packet size (network thread)
         score = re.escape(cfg.topics.score.format(site=cfg.site, gateway=cfg.gateway, turbine="\0"))
         self._score_topic = re.compile(score.replace("\0", "[^/]+"))  # any turbine's score topic
         self._bins_closed = 0
@@ -177,7 +174,6 @@ class Daemon:
             on_unrouted=lambda m: self._reject(m, Rejection("bad_topic", "no handler for this topic")),
             may_read=lambda: self.inbound.qsize() < cfg.queues.inbound,
             on_refused=self._refused,
-            on_too_large=lambda p, tracked: self._oversized.append(p),
         )
         self._last_save_ns = 0
         # QoS 1 publishes since the last snapshot: a restart replays the journal frames after the last snapshot
@@ -368,8 +364,8 @@ class Daemon:
         While `queues.publish_backlog` or more publishes wait for the broker's acknowledgement, no new telemetry is
         taken: output that cannot leave holds input back (the inbound queue fills, the link stops reading, the
         broker keeps the rest), so neither queue grows without bound."""
-        while self._oversized:
-            self._publish_again(self._oversized.popleft())
+        for p in self.link.take_too_large():
+            self._publish_again(p)
         if self.link.queue_depth >= self.cfg.queues.publish_backlog:
             self.metrics.publish_backpressure.inc()
             self.heartbeat.beat(self.clock() / 1e9)

@@ -52,7 +52,7 @@ Contract
   `on_overflow` is called: never a silent drop. Tracked publishes (sent or held) stay in `unacked()` until the
   broker acknowledges them, so the daemon's state snapshot can carry them across a crash. A PUBACK with a failure
   reason (an ACL without the topic: 0x87, a quota) ends the publish too, reported to `on_refused` with the reason.
-  Publishes queued before a CONNACK whose Maximum Packet Size they exceed are taken back (`on_too_large`).
+  Publishes queued before a CONNACK whose Maximum Packet Size they exceed are taken back (`take_too_large`).
   `send_quota` is the quota in force.
 * Reads: both clients' sockets are wrapped in `_ReadAhead` (paho's `_create_socket`, the hook paho itself uses for
   its websocket transport): one kernel read serves many packets, where paho asks for a packet's header one byte
@@ -252,7 +252,6 @@ class MqttLink:
         on_unrouted: Callable[[Message], None] = _noop,
         may_read: Callable[[], bool] = lambda: True,
         on_refused: Callable[[Publish, str], None] = lambda p, reason: None,
-        on_too_large: Callable[[Publish, bool], None] = lambda p, tracked: None,
     ) -> None:
         url = urlparse(broker.url)
         if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
@@ -269,7 +268,7 @@ class MqttLink:
         self._on_connect_failed = on_connect_failed
         self._on_overflow = on_overflow
         self._on_refused = on_refused
-        self._on_too_large = on_too_large
+        self._too_large: list[tuple[Publish, bool]] = []  # taken back over the Maximum Packet Size, unclaimed
         self._on_unrouted = on_unrouted
         self._may_read = may_read
         self.drain_messages = int(receive_maximum)
@@ -433,9 +432,9 @@ class MqttLink:
     def _take_back_oversized(self, c: paho.Client) -> None:
         """The broker's Maximum Packet Size, known from this CONNACK, is below publishes queued before it (a
         restart publishes its replay before the first CONNACK; a broker may come back with a smaller limit): paho
-        would send them, and the broker close the connection at every resend. They leave the queue and go to
-        `on_too_large` (the daemon splits a batch of score records to fit, and counts anything else as dropped). A
-        publish paho holds that is not registered yet (`_hand` running) stays: the next CONNACK takes it back."""
+        would send them, and the broker close the connection at every resend. They leave the queue for
+        `take_too_large` (the daemon splits a batch of score records to fit, and counts anything else as dropped).
+        A publish paho holds that is not registered yet (`_hand` running) stays: the next CONNACK takes it back."""
         if self._max_packet is None:
             return
         with c._out_message_mutex:  # paho's resend after this callback takes the same lock
@@ -448,14 +447,14 @@ class MqttLink:
                 kept = deque((p, t) for p, t in self._held if self.fits(p.topic, p.payload))
                 taken += [(p, t) for p, t in self._held if not self.fits(p.topic, p.payload)]
                 self._held = kept
-                self._handed -= len(big)
-                self._acked += len(taken)  # out of the queue
+                self._handed += len(taken) - len(big)  # the held ones count as handed, and every one as acked:
+                self._acked += len(taken)  # out of the queue, the in-flight count down by the handed ones only
+                self._too_large += taken
+                idle = self._handed == self._acked
         if taken:
             log.warning("publishes queued before the broker said its Maximum Packet Size are over it: taken back",
                         extra={"maximum_packet_size": self._max_packet, "taken": len(taken)})  # fmt: skip
-        for p, tracked in taken:
-            self._on_too_large(p, tracked)
-        if taken and self._handed == self._acked:  # nothing in flight whose PUBACK would release the held ones
+        if taken and idle:  # nothing in flight whose PUBACK would release the held ones
             self._release()
 
     def _take_back(self, c: paho.Client, quota: int) -> None:
@@ -479,13 +478,18 @@ class MqttLink:
                     extra={"receive_maximum": quota, "waiting": len(back)})  # fmt: skip
 
     def _release(self) -> None:
-        """Hand held publishes to paho while the send quota allows (on paho's thread, after an ack)."""
+        """Hand held publishes to paho while the send quota allows (on paho's thread, after an ack); one over the
+        broker's Maximum Packet Size goes to `take_too_large` instead."""
         while True:
             with self._lock:
                 if not self._held or self._handed - self._acked >= self._quota:
                     return
                 p, track = self._held.popleft()
                 self._handed += 1
+                if not self.fits(p.topic, p.payload):
+                    self._acked += 1
+                    self._too_large.append((p, track))
+                    continue
             self._hand(p, track)
 
     def _hand(self, p: Publish, track: bool) -> None:
@@ -517,9 +521,17 @@ class MqttLink:
             return max(self._published - self._acked, 0)
 
     def unacked(self) -> list[Publish]:
-        """The tracked publishes the broker has not acknowledged yet (sent or held), in publish order."""
+        """The tracked publishes the broker has not acknowledged yet (sent, held, or taken back over the broker's
+        Maximum Packet Size and not claimed yet: `take_too_large`), in publish order."""
         with self._lock:
-            return [p for p, tracked in (*self._inflight.values(), *self._held) if tracked]
+            return [p for p, tracked in (*self._inflight.values(), *self._held, *self._too_large) if tracked]
+
+    def take_too_large(self) -> list[Publish]:
+        """Claim the publishes taken back over the broker's Maximum Packet Size (`_take_back_oversized`), in order:
+        they stay in `unacked()` until claimed, so a state snapshot taken meanwhile keeps them."""
+        with self._lock:
+            taken, self._too_large = self._too_large, []
+        return [p for p, _ in taken]
 
     def fits(self, topic: str, payload: bytes) -> bool:
         """The PUBLISH packet of `payload` on `topic` is within the broker's Maximum Packet Size."""
