@@ -568,16 +568,19 @@ class Daemon:
             self._publish_batches(split_batch(p.payload))
             return
         kind = next((k for (k, _), t in self._topics.items() if t == p.topic), "other")  # rare: a linear search
-        score = self._score_topic.fullmatch(p.topic) is not None
-        self._publish("score" if score else kind, p.topic, p.payload, p.retain, track=True, records=int(score))
+        records = self._records_in(p.topic, p.payload)
+        self._publish("score" if records else kind, p.topic, p.payload, p.retain, track=True, records=records)
+
+    def _records_in(self, topic: str, payload: bytes) -> int:
+        """The score records a publish holds: a batch's lines, one on a turbine's score topic, none elsewhere."""
+        if topic == self._batch_topic:
+            return payload.count(b"\n") + 1
+        return int(self._score_topic.fullmatch(topic) is not None)
 
     def _refused(self, p: Publish, reason: str) -> None:
         """Network thread: the broker refused a publish (an ACL without the topic, say): its score records are
         dropped, counted and logged, never silent."""
-        if p.topic == self._batch_topic:
-            records = p.payload.count(b"\n") + 1
-        else:
-            records = int(self._score_topic.fullmatch(p.topic) is not None)
+        records = self._records_in(p.topic, p.payload)
         self.metrics.scores_dropped.labels(reason="refused").inc(records)
         log.error("the broker refused a publish: check its ACL for this topic",
                   extra={"topic": p.topic[:200], "reason": reason, "scores_dropped": records})  # fmt: skip
@@ -633,7 +636,14 @@ class Daemon:
         size = self.cfg.topics.score_batch_bytes
         limit = self.link.max_payload(self._batch_topic)
         for message in batches(payloads, size if limit is None else min(size, limit)):
-            self._publish("score", self._batch_topic, message, False, track=True, records=message.count(b"\n") + 1)
+            self._publish(
+                "score",
+                self._batch_topic,
+                message,
+                False,
+                track=True,
+                records=self._records_in(self._batch_topic, message),
+            )
 
     def _observe_inference(self, seconds: float, windows: int) -> None:
         self.metrics.inference.observe(seconds)

@@ -50,7 +50,7 @@ from scada_tcn.runtime.daemon_config import MappingCfg
 from scada_tcn.runtime.engine import Engine
 from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.ids import turbine_id_problem
-from scada_tcn.runtime.telemetry import EPOCH_RANGE, MAX_EPOCH_S, epoch_ns, parse_timestamp_ns
+from scada_tcn.runtime.telemetry import EPOCH_RANGE, epoch_ns, in_epoch_range, parse_timestamp_ns
 
 __all__ = ["CHUNK_ROWS", "FEED_MIN_ROWS", "FEED_STEPS", "in_time_order", "replay", "replay_file", "table_chunks"]
 
@@ -165,9 +165,9 @@ def _timestamp(cell: str, tz: Any) -> tuple[int | str, str]:
 
 
 def _in_range(ns: int | str) -> int | str:
-    """A parsed stamp, or "out_of_range" beyond MAX_EPOCH_S (int64 ns end in 2262; the daemon's clock checks
+    """A parsed stamp, or "out_of_range" beyond it (`in_epoch_range` (int64 ns end in 2262; the daemon's clock checks
     refuse such stamps, a table has no clock)."""
-    return "out_of_range" if isinstance(ns, int) and abs(ns) > MAX_EPOCH_S * 1e9 else ns
+    return "out_of_range" if isinstance(ns, int) and not in_epoch_range(ns) else ns
 
 
 def _local_ns(naive: datetime, tz: Any) -> int | str:

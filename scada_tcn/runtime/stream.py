@@ -55,9 +55,9 @@ class StreamScorer:
         self.has_h = stream.h_ring
         self.session = session
         self._outputs = [o.name for o in self.session.get_outputs()]
-        self.n = 0  # slots in use (0 .. n - 1): the rings hold exactly n turbines
-        self.rings: list[np.ndarray] = []
-        self.h_ring = np.zeros((0, self.L - 1, self.D), np.float32)
+        self.n: int  # slots in use (0 .. n - 1): the rings hold exactly n turbines
+        self.rings: list[np.ndarray]
+        self.h_ring: np.ndarray
         self.reset()
 
     @classmethod

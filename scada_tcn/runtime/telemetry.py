@@ -51,6 +51,7 @@ __all__ = [
     "Sample",
     "TelemetryDecoder",
     "epoch_ns",
+    "in_epoch_range",
     "parse_timestamp_ns",
     "topic_filter",
 ]
@@ -81,6 +82,12 @@ _NS = 1_000_000_000
 _MAX_ABS_S = 1e11  # ~ year 5138: anything beyond is nonsense (the daemon's future / past checks refuse far less)
 MAX_EPOCH_S = 9e9  # |epoch seconds| of a table's stamps, inside int64 ns (1677-2262) with room for a bin
 EPOCH_RANGE = "stamps must lie within 9e9 s of 1970 (1684-10-19 to 2255-03-14)"
+
+
+def in_epoch_range(ns: Any) -> Any:
+    """Whether stamps in ns (an int of any size, or an int64 array) lie within MAX_EPOCH_S of 1970 (EPOCH_RANGE):
+    the range a table's stamps keep, and a message's however wide the clock checks are set."""
+    return abs(ns) <= MAX_EPOCH_S * _NS
 
 
 class Sample(NamedTuple):
@@ -284,7 +291,7 @@ class TelemetryDecoder:
             return Rejection("ts_in_future", f"ts {doc['ts']!r} is more than {self.max_future_s} s ahead of now")
         if ts < now_ns - self.max_past_s * _NS:
             return Rejection("ts_too_old", f"ts {doc['ts']!r} is more than {self.max_past_s} s before now")
-        if abs(ts) > MAX_EPOCH_S * _NS:  # past both clock checks only when they are set very wide
+        if not in_epoch_range(ts):  # past both clock checks only when they are set very wide
             return Rejection("bad_timestamp", f"ts {str(doc['ts'])[:60]!r}: {EPOCH_RANGE}")
         values = doc.get("values")
         if not isinstance(values, dict) or not values:

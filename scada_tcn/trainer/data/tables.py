@@ -18,7 +18,7 @@ import pandas as pd
 
 from scada_tcn.runtime.cells import is_number, parse_numbers
 from scada_tcn.runtime.errors import InputError
-from scada_tcn.runtime.telemetry import EPOCH_RANGE, MAX_EPOCH_S, epoch_ns
+from scada_tcn.runtime.telemetry import EPOCH_RANGE, MAX_EPOCH_S, epoch_ns, in_epoch_range
 from scada_tcn.trainer.config import DataCfg
 
 # a stamp pandas parsed has an offset when it ends in Z, or in +h, +hh, +hhmm or +hh:mm after a time ('T' or ' ':
@@ -90,7 +90,7 @@ def _checked_ns(parsed: pd.Series, s: pd.Series, where: str) -> np.ndarray:
         raise InputError(f"{where}: {int(missing.sum())} empty timestamps")
     try:
         ns = _utc_ns(parsed)
-        ok = np.abs(ns) <= MAX_EPOCH_S * 1e9
+        ok = in_epoch_range(ns)
     except (pd.errors.OutOfBoundsDatetime, OverflowError):  # beyond int64 ns: found one by one
         ns, ok = None, np.array([abs(t.timestamp()) <= MAX_EPOCH_S for t in parsed])
     if ns is None or not ok.all():
