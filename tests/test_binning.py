@@ -463,17 +463,17 @@ def sorted_chunks(rng: np.random.Generator, events: list, n_chunks: int) -> list
     return out
 
 
-@pytest.mark.parametrize("rule", ["last", "mean"])
-def test_add_many_equals_one_sample_at_a_time(rule):
-    """`add_many_deferred` (replay's chunks) leaves the state, closes the bins and names the closing sample exactly
-    as the same samples added one by one: repeats inside a chunk and across its edge, stale rows (late), chunks
-    that close nothing, out-of-range values."""
+@pytest.mark.parametrize(("rule", "cap"), [("last", None), ("mean", None), ("mean", 3), ("last", 1)])
+def test_add_many_equals_one_sample_at_a_time(rule, cap):
+    """`add_many_deferred` (replay's chunks) leaves the state, closes the bins, names the closing sample and drops
+    the samples over `max_open_samples` exactly as the same samples added one by one: repeats inside a chunk and
+    across its edge, stale rows (late), chunks that close nothing, out-of-range values, bins over the bound."""
     rng = np.random.default_rng(11)
     spec = parity_spec(rule)
     events, _ = random_stream(rng, n_bins=1500)
     chunks = sorted_chunks(rng, events, 400)
     assert any(len(c) < 3 for c in chunks)
-    one, many = BinAccumulator(spec, 0), BinAccumulator(spec, 0)
+    one, many = BinAccumulator(spec, 0, cap), BinAccumulator(spec, 0, cap)
     one_bins, one_closers, many_bins, many_closers = [], [], [], []
     at = 0
     for chunk in chunks:
@@ -489,6 +489,7 @@ def test_add_many_equals_one_sample_at_a_time(rule):
             many_bins.append(aggregate_bins([raw], many.plan))
             many_closers += (at - len(chunk) + closers).tolist()
     assert one.late_dropped > 20 and (one.out_of_range > 0).any()
+    assert many.full_dropped == one.full_dropped and (one.full_dropped > 100) == (cap is not None)
     np.testing.assert_array_equal(np.concatenate(many_bins), np.concatenate(one_bins))
     assert many_closers == one_closers
     a, b = one.state_dict(), many.state_dict()
@@ -497,6 +498,31 @@ def test_add_many_equals_one_sample_at_a_time(rule):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     with pytest.raises(InputError, match="non-decreasing"):
         many.add_many_deferred(np.array([T10 + 9000 * DT, T10 + 8999 * DT]), np.zeros((2, len(PARITY_CHANNELS))))
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_a_frozen_clock_keeps_at_most_max_open_samples_and_counts_the_rest(many):
+    """A publisher whose stamps stopped advancing sends new values under one stamp: none closes a bin, so without
+    a bound the open bin grows without end. With `max_open_samples` the turbine keeps the first ones, counts the
+    rest (repeats included), and the next stamp of a later bin still closes the bin with what was kept."""
+    spec = parity_spec("mean")
+    cap, n = 50, 2000
+    acc = BinAccumulator(spec, 0, cap)
+    rows = np.random.default_rng(3).uniform(1, 20, (n, len(PARITY_CHANNELS)))
+    rows[n // 2] = rows[0]  # an exact repeat once full: counted as dropped
+    frozen = T10 + 17 * DT - 5 * 10**9
+    if many:
+        for part in np.array_split(np.arange(n), 7):
+            assert acc.add_many_deferred(np.full(part.size, frozen), rows[part])[0] is None
+    else:
+        assert all(acc.add_deferred(frozen, r) is None for r in rows)
+    assert len(acc.state_dict()["ts_ns"]) == cap and acc.full_dropped == n - cap and acc.late_dropped == 0
+    closed = acc.add(frozen + DT, rows[0])  # the next step: closes the frozen one, and is kept (room again)
+    assert [b.end_ns for b in closed] == [T10 + 17 * DT]
+    np.testing.assert_allclose(closed[0].values, rows[:cap].mean(axis=0))
+    assert len(acc.state_dict()["ts_ns"]) == 1 and acc.full_dropped == n - cap
+    with pytest.raises(SpecError, match="max_open_samples"):
+        BinAccumulator(spec, 0, 0)
 
 
 def test_state_dict_round_trip_continues_the_stream():

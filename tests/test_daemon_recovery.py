@@ -257,6 +257,33 @@ def _union(*parts: dict[tuple[str, str], set[bytes]]) -> dict[tuple[str, str], s
     return out
 
 
+def test_telemetry_whose_stamps_stopped_advancing_keeps_a_bounded_open_bin(bundle, messages, tmp_path):
+    """A collector whose clock froze stamps every new reading alike. Until the daemon is live (here from the
+    start: a start or a reconnect waits for the backlog), bins close on the newest stamp, which no longer moves:
+    no bin closes, and every distinct reading used to be kept (unbounded memory). Each turbine now keeps at most
+    `ingest.max_open_samples`; the rest are counted, and nothing else is dropped."""
+    frozen = json.loads(messages[0].payload)["ts"]
+    stuck = []
+    for m in messages:
+        doc = json.loads(m.payload)
+        doc["ts"] = frozen
+        stuck.append(m._replace(payload=json.dumps(doc).encode()))
+    clock = _Clock()
+    cfg = daemon_config(f"mqtt://127.0.0.1:{free_port()}", state={"path": str(tmp_path / "state.npz")},
+                        ingest={"max_open_samples": 5, "max_past_s": 10 * 365 * 86400.0},
+                        compute={"engine": "stream", "tick_s": 0.05})  # fmt: skip
+    d = Daemon(cfg, bundle, make_scorer(bundle, "stream"), clock=clock)
+    d._restore_state()
+    for m, true in zip(stuck, messages):
+        clock.ns = max(clock.ns, parse_timestamp_ns(json.loads(true.payload)["ts"]) + 30 * 10**9)
+        d.inbound.put_nowait(m)
+        d.step(0.0)
+    held = [d.engine.fleet._turbines[t].acc.state_dict()["ts_ns"].size for t in d.engine.fleet.turbines]
+    assert held == [5] * 4  # without the bound: every message of the 12 hours (72 or 73 per turbine)
+    assert d.metrics.value("scada_runtime_open_bins_full_samples_total") == len(stuck) - sum(held)
+    assert d.metrics.value("scada_runtime_late_samples_total") == 0 and d.engine.fleet.bins_closed == 0
+
+
 def test_a_restart_after_a_downtime_longer_than_the_grace_loses_no_telemetry(bundle, messages, tmp_path):
     """The broker keeps the telemetry of a downtime (a reboot, an upgrade) for the daemon's session. The first
     iteration after a restart runs before it arrives, and used to tick on the wall clock: every bin of the

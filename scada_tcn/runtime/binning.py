@@ -311,12 +311,21 @@ class BinAccumulator:
     its end + grace has passed on the caller's clock (`close_until`), including bins that got no sample (all-NaN), so
     emitted bins are contiguous. The stream starts at the earliest bin seen before the first close. A sample for an
     already-closed bin is late: dropped and counted in `late_dropped`, never raised.
+
+    `max_open_samples` (None = no bound) bounds the memory of a feed whose stamps stop advancing (a collector's
+    clock frozen: its samples never close a bin): a sample that finds that many samples in the open bins once the
+    bins before its own are closed is dropped and counted in `full_dropped` (not kept in `state_dict`). It still
+    closes those bins, and exact repeats count as dropped too, so `add_many_deferred` drops the same samples.
     """
 
-    def __init__(self, spec: PipelineSpec, grace_seconds: float) -> None:
+    def __init__(self, spec: PipelineSpec, grace_seconds: float, max_open_samples: int | None = None) -> None:
         ok = isinstance(grace_seconds, (int, float, np.integer, np.floating)) and not isinstance(grace_seconds, bool)
         if not ok or not math.isfinite(grace_seconds) or grace_seconds < 0:
             raise SpecError(f"grace_seconds must be a finite number >= 0, got {grace_seconds!r}")
+        if max_open_samples is not None and (not isinstance(max_open_samples, int) or max_open_samples < 1):
+            raise SpecError(f"max_open_samples must be None or an integer >= 1, got {max_open_samples!r}")
+        self._max_open = max_open_samples
+        self.full_dropped = 0
         self._plan = _plan(spec)
         self._grace_ns = int(round(grace_seconds * _NS_PER_S))
         self._open_from: int | None = None  # label of the first bin not yet emitted
@@ -365,14 +374,18 @@ class BinAccumulator:
         if np.count_nonzero(bad):
             row[bad] = np.nan
             self.out_of_range += bad
+        if self._open_from is None or label < self._open_from:
+            self._open_from = label
+        raw = self._take_through(label - dt)  # the sample's own stamp is after every bin this closes
+        if self._max_open is not None and len(self._rows) >= self._max_open:
+            self.full_dropped += 1
+            return raw
         key = (ts, row.tobytes())
         if key not in self._seen:
             self._seen.add(key)
             self._rows.append((ts, self._next_order, row))
             self._next_order += 1
-        if self._open_from is None or label < self._open_from:
-            self._open_from = label
-        return self._take_through(label - dt)
+        return raw
 
     def add_many_deferred(self, ts_ns: np.ndarray, values: np.ndarray) -> tuple[RawBins | None, np.ndarray, int]:
         """`add_deferred` of n samples in one vectorised call: ts_ns (n,) int64 non-decreasing (a table sorted by
@@ -397,6 +410,8 @@ class BinAccumulator:
         rows[bad] = np.nan
         self.out_of_range += np.count_nonzero(bad, axis=0)
         fresh = self._fresh(ts, rows)
+        if self._max_open is not None:
+            fresh &= ~self._over_cap(ts, labels, fresh)
         ts, rows = ts[fresh], rows[fresh]
         order = self._next_order + np.arange(ts.size, dtype=np.int64)
         self._next_order += int(ts.size)
@@ -438,6 +453,22 @@ class BinAccumulator:
             maybe = np.flatnonzero(np.isin(ts, np.array([t for t, _ in self._seen], dtype=np.int64)))
             fresh[maybe] &= np.array([(int(ts[i]), rows[i].tobytes()) not in self._seen for i in maybe], bool)
         return fresh
+
+    def _over_cap(self, ts: np.ndarray, labels: np.ndarray, fresh: np.ndarray) -> np.ndarray:
+        """Which of these samples (stamps non-decreasing) `add_deferred` would drop as over `max_open_samples`. Once
+        a sample has closed the bins before its own, the open samples are the earlier ones in its bin or later: the
+        kept samples before it with its label (its stamp sorts them after the rest) plus the stored ones stamped
+        after the previous bin's end. Below the bound every fresh sample is kept, so the kept ones before it in its
+        bin are the fresh ones, and at the bound every later sample of the bin is dropped."""
+        assert self._max_open is not None
+        start = np.searchsorted(labels, labels, side="left")  # first sample of each one's bin
+        kept_before = np.cumsum(fresh) - fresh
+        in_bin = kept_before - kept_before[start]
+        stored = np.sort(np.array([r[0] for r in self._rows], dtype=np.int64))
+        older = stored.size - np.searchsorted(stored, labels - self._plan.dt_ns, side="right")
+        over = in_bin + older >= self._max_open
+        self.full_dropped += int(over.sum())
+        return over
 
     def closable_through(self, now_ns: int) -> int:
         """The end of the last bin that may close at clock time now_ns: its end + grace <= now_ns."""

@@ -195,7 +195,8 @@ class Daemon:
     def _new_engine(self, scorer: Any) -> Engine:
         c = self.cfg
         return Engine(self.bundle, scorer, c.ingest.grace_s, c.ingest.max_turbines, c.compute.max_batch,
-                      on_inference=self._observe_inference, drift_window=c.health.drift_window)  # fmt: skip
+                      on_inference=self._observe_inference, drift_window=c.health.drift_window,
+                      max_open_samples=c.ingest.max_open_samples)  # fmt: skip
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -459,8 +460,11 @@ class Daemon:
         if samples:
             self._data_ns = max(self._data_ns, max(s.ts_ns for s in samples))
         for sample in samples:
-            if not self.engine.ingest(sample):
+            dropped = self.engine.ingest(sample)
+            if dropped == "late":
                 self.metrics.late.inc()
+            elif dropped == "full":
+                self.metrics.open_bins_full.inc()
         if tick_ns is not None:
             self.engine.tick(tick_ns)
         self.metrics.bins_closed.inc(self.engine.fleet.bins_closed - self._bins_closed)

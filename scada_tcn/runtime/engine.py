@@ -105,6 +105,7 @@ class Engine:
         max_batch: int,
         on_inference: Callable[[float, int], None] | None = None,
         drift_window: int = 1000,
+        max_open_samples: int | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"Engine: max_batch must be >= 1, got {max_batch}")
@@ -120,7 +121,8 @@ class Engine:
         self.class_names = list(bundle.class_names)
         self.min_present = float(bundle.fleet.min_present_fraction)
         self.streams = isinstance(scorer, StreamScorer)  # the step graph: every closed step advances the layer state
-        self.fleet = Fleet(spec, bundle.scaler, self.L, grace_seconds, max_turbines, windows=not self.streams)
+        self.fleet = Fleet(spec, bundle.scaler, self.L, grace_seconds, max_turbines, windows=not self.streams,
+                           max_open_samples=max_open_samples)  # fmt: skip
         self._stepped: dict[int, tuple[StepOutputs, int]] = {}  # streaming: id(step) -> (its batch, row), until scored
         a = bundle.alerting
         self.alerts = AlertState(T_on=a.T_on, T_off=a.T_off, N_on=a.N_on, N_off=a.N_off)
@@ -149,8 +151,8 @@ class Engine:
         if bad:
             raise BundleError(f"calibration: thresholds must be > 0 for the alert state machine; bad: {bad}")
 
-    def ingest(self, sample: Sample) -> bool:
-        """Feed one validated sample; False when it was late and dropped."""
+    def ingest(self, sample: Sample) -> str | None:
+        """Feed one validated sample; why it was dropped ("late", "full": `Fleet.add`), None when stored."""
         return self.fleet.add(sample.turbine, sample.ts_ns, sample.values)
 
     def ingest_many(self, turbines: np.ndarray, ts_ns: np.ndarray, values: np.ndarray) -> int:

@@ -19,6 +19,8 @@ Contract
   when the fleet is built with `windows=True` (the window engine), the window itself (X (L, F) float32, M_miss
   (L, F) uint8, Flags (L, R) float32, copies) once the turbine has L steps (`window=None` before). Steps are never
   emitted twice: a closed bin never reopens (late samples are counted in `late_dropped` and dropped).
+  `max_open_samples` (the daemon's `ingest.max_open_samples`; None in replay) bounds each turbine's samples in
+  open bins (`BinAccumulator`): beyond it a sample is dropped and counted in `full_dropped()`.
   `window_of(turbine)` copies a turbine's current window out of the ring (the streaming engine's restart).
 * Turbines get slots 0, 1, ... in order of first sample; at most `max_turbines` (ValueError beyond: the caller
   checks `has_room` first). `state_dict()` / `load_state_dict()` carry plain data per turbine.
@@ -130,6 +132,7 @@ class Fleet:
         grace_seconds: float,
         max_turbines: int,
         windows: bool = True,
+        max_open_samples: int | None = None,
     ):
         if isinstance(L, bool) or not isinstance(L, int) or L < 1:
             raise ValueError(f"Fleet: L must be an integer >= 1, got {L!r}")
@@ -141,7 +144,9 @@ class Fleet:
         self.grace_seconds = grace_seconds
         self.max_turbines = max_turbines
         self.windows = windows
-        self._probe = BinAccumulator(spec, grace_seconds)  # validates grace and binning once; the fleet's clock
+        self.max_open_samples = max_open_samples
+        # validates grace, bound and binning once; the fleet's clock
+        self._probe = BinAccumulator(spec, grace_seconds, max_open_samples)
         self._plan = self._probe.plan
         self._turbines: dict[str, _Turbine] = {}
         self._slots: list[tuple[str, _Turbine]] = []  # by slot
@@ -174,10 +179,15 @@ class Fleet:
     def late_dropped(self) -> int:
         return sum(t.acc.late_dropped for t in self._turbines.values())
 
+    def full_dropped(self) -> int:
+        """Samples dropped because their turbine's open bins held `max_open_samples` (since this process started)."""
+        return sum(t.acc.full_dropped for t in self._turbines.values())
+
     def _new(self, turbine: str) -> _Turbine:
         if len(self._turbines) >= self.max_turbines:
             raise ValueError(f"Fleet: already {self.max_turbines} turbines (ingest.max_turbines); {turbine!r} refused")
-        t = _Turbine(slot=self._pre.add_slot(), acc=BinAccumulator(self.spec, self.grace_seconds))
+        acc = BinAccumulator(self.spec, self.grace_seconds, self.max_open_samples)
+        t = _Turbine(slot=self._pre.add_slot(), acc=acc)
         self._rings.make_room(t.slot)
         if t.slot >= self._open_from.size:
             more = max(t.slot + 1, 2 * self._open_from.size) - self._open_from.size
@@ -186,13 +196,14 @@ class Fleet:
         self._slots.append((turbine, t))
         return t
 
-    def add(self, turbine: str, ts_ns: int, values: np.ndarray) -> bool:
-        """Store one sample; returns False when it was late (its bin had closed) and was dropped."""
+    def add(self, turbine: str, ts_ns: int, values: np.ndarray) -> str | None:
+        """Store one sample; returns why it was dropped: "late" (its bin had closed) or "full" (the turbine's open
+        bins hold `max_open_samples`), None when it was stored."""
         t = self._turbines.get(turbine) or self._new(turbine)
-        late_before = t.acc.late_dropped
+        late, full = t.acc.late_dropped, t.acc.full_dropped
         self._emit(turbine, t, t.acc.add_deferred(ts_ns, values), self._arrivals)
         self._arrivals += 1
-        return t.acc.late_dropped == late_before
+        return "late" if t.acc.late_dropped > late else "full" if t.acc.full_dropped > full else None
 
     def add_many(self, turbines: np.ndarray, ts_ns: np.ndarray, values: np.ndarray) -> int:
         """Store n samples in arrival order, turbines (n,) str, ts_ns (n,) int64 non-decreasing per turbine (a table
