@@ -29,7 +29,7 @@ from scada_tcn.runtime.records import split_batch
 from scada_tcn.runtime.state_file import load_state, save_state
 from scada_tcn.runtime.stream import make_scorer
 from scada_tcn.runtime.telemetry import parse_timestamp_ns
-from tests.mosquitto import by_key, daemon_config, read_slice, to_messages
+from tests.mosquitto import GATEWAY, SITE, by_key, daemon_config, read_slice, to_messages
 
 START, END = "2024-01-28T00:00:00+00:00", "2024-01-28T12:00:00+00:00"  # 72 steps per turbine
 
@@ -383,23 +383,152 @@ def test_score_records_the_broker_refuses_are_counted_as_dropped(bundle, message
     assert batched.metrics.value("scada_runtime_scores_dropped_total", reason="refused") == n
 
 
-def test_live_a_step_closes_its_grace_after_its_end_as_on_the_wall_clock(bundle, messages, tmp_path):
+def test_live_a_step_closes_its_grace_after_the_telemetry_reached_its_end(bundle, messages, tmp_path):
     """Live (connected, no backlog at the broker, the newest telemetry less than a step and the grace old), bins
-    close on the wall clock as before: with one record per turbine and step, the last step's records go out once
-    the clock passes its end + 120 s, not when the next step's telemetry arrives (a pure data clock published
-    every score one step late, 630 s after its end instead of 120 s in the review's case)."""
+    close on the wall clock: with one record per turbine and step, stamped at its end and arriving 30 s later,
+    the last step's records go out once the clock passes that arrival + 120 s, not when the next step's telemetry
+    arrives (a pure data clock published every score one step late, 630 s after its end instead of 120 s in the
+    review's case)."""
     clock = _Clock()
     d = _clocked(bundle, tmp_path, clock)
     _live(d, clock, messages)
     d.step(0.01)  # a tick's wait brings nothing: the broker holds no backlog, the daemon is live
     last = max(parse_timestamp_ns(json.loads(m.payload)["ts"]) for m in messages)
-    ends = {json.loads(p.payload)["ts"] for p in d.link.unacked() if p.topic.endswith("/score")}
     end = datetime.fromtimestamp(last // 10**9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    assert end not in ends  # its telemetry came 30 s after it: still open
-    clock.ns = last + 121 * 10**9
-    d.step(0.0)
-    ends = {json.loads(p.payload)["ts"] for p in d.link.unacked() if p.topic.endswith("/score")}
-    assert end in ends
+    for after, closed in ((30, False), (149, False), (151, True)):  # its telemetry came 30 s after it
+        clock.ns = last + after * 10**9
+        d.step(0.0)
+        assert (end in {json.loads(p.payload)["ts"] for p in d.link.unacked() if p.topic.endswith("/score")}) == closed
+
+
+def _arriving(d: Daemon, clock: _Clock, items: list[tuple[int, Message]]) -> None:
+    """Each message at its arrival time (ns), in arrival order, with the loop waiting (idle ticks every 10 s of
+    the clock) in between, as a live daemon does."""
+    items = sorted(items, key=lambda x: x[0])
+    clock.ns = max(clock.ns, items[0][0])
+    for at, m in items:
+        while clock.ns + 10 * 10**9 < at:
+            clock.ns += 10 * 10**9
+            d.step(0.001)
+        clock.ns = max(clock.ns, at)
+        d.inbound.put_nowait(m)
+        d.step(0.0)
+
+
+def _stamped(m: Message, seconds: int) -> Message:
+    doc = json.loads(m.payload)
+    doc["ts"] = (parse_timestamp_ns(doc["ts"]) + seconds * 10**9) / 1e9
+    return m._replace(payload=json.dumps(doc).encode())
+
+
+def test_a_whole_fleets_publisher_away_for_minutes_loses_no_sample(bundle, messages, tmp_path):
+    """The publisher of the whole fleet loses its link for 4 minutes, from 1 minute before a step's end, then
+    forwards what it buffered. Bins closed on the wall clock at end + grace (120 s), before the buffered samples
+    came: they were dropped as late (3 here) and the step was scored without them. A step now closes its grace
+    after the telemetry reached its end, so every record is the uninterrupted run's, byte for byte."""
+    want = _uninterrupted(bundle, messages, tmp_path / "whole")
+    stamps = [parse_timestamp_ns(json.loads(m.payload)["ts"]) for m in messages]
+    cut = stamps[len(stamps) // 2]  # a step's end: its samples are stamped there
+    items = [(t + 30 * 10**9 if not cut - 60 * 10**9 < t <= cut + 180 * 10**9 else cut + 180 * 10**9, m)
+             for t, m in zip(stamps, messages)]  # fmt: skip
+    clock = _Clock()
+    d = _clocked(bundle, tmp_path / "away", clock)
+    _arriving(d, clock, items)
+    d._wait_for_writer()
+    assert sum(cut - 60 * 10**9 < t <= cut + 180 * 10**9 for t in stamps) == 4
+    assert d.metrics.value("scada_runtime_late_samples_total") == 0
+    assert _scores(d) == want
+
+
+def test_a_gateway_clock_ahead_by_more_than_the_grace_closes_no_step_early(bundle, messages, tmp_path):
+    """The gateway's clock runs 5 minutes ahead (more than the grace, less than a step and the grace: still
+    live). On the wall clock a step closed 3 minutes before its telemetry came, which was then dropped as late.
+    Now it closes its grace after the telemetry reached its end: the uninterrupted run's records."""
+    want = _uninterrupted(bundle, messages, tmp_path / "whole")
+    stamps = [parse_timestamp_ns(json.loads(m.payload)["ts"]) for m in messages]
+    clock = _Clock()
+    d = _clocked(bundle, tmp_path / "ahead", clock)
+    _arriving(d, clock, [(t + (300 + 30) * 10**9, m) for t, m in zip(stamps, messages)])
+    d._wait_for_writer()
+    assert d.metrics.value("scada_runtime_late_samples_total") == 0
+    got = _scores(d)
+    assert set(got) <= set(want) and len(got) >= len(want) - 4 and all(v == want[k] for k, v in got.items())
+
+
+def test_a_feed_stamped_at_the_start_of_each_interval_loses_no_sample(bundle, messages, tmp_path):
+    """SCADA systems often stamp a 10-minute average with the START of its interval and publish it after the
+    interval ends: a sample stamped 10:00 (of bin 09:50-10:00, as scada-prepare bins it) arrives after 10:10. On
+    the wall clock the bin closed at 10:02: every sample was late and every record insufficient_data. A step
+    now closes its grace after the telemetry reached its end: the records of an immediate feed, byte for byte."""
+    dt = bundle.spec.dt_seconds
+    start = [_stamped(m, -dt) for m in messages]
+    want = _uninterrupted(bundle, start, tmp_path / "whole")
+    stamps = [parse_timestamp_ns(json.loads(m.payload)["ts"]) for m in start]
+    clock = _Clock()
+    d = _clocked(bundle, tmp_path / "start", clock)
+    _arriving(d, clock, [(t + (dt + 30) * 10**9, m) for t, m in zip(stamps, start)])
+    d._wait_for_writer()
+    assert d.metrics.value("scada_runtime_late_samples_total") == 0
+    got = _scores(d)
+    assert set(got) <= set(want) and len(got) >= len(want) - 4 and all(v == want[k] for k, v in got.items())
+
+
+def test_a_turbines_samples_out_of_order_by_less_than_the_grace_find_their_step(bundle, messages, tmp_path):
+    """WT01 also sends each reading 30 s after the step's end, and that copy (of the next step) comes first. Its
+    sample of the next step closed the step at once, whatever the grace: the reading for the step itself was
+    then late (71 here) and the step scored without it. A sample now closes the steps ending at least the grace
+    (at most a step) before it: the records of the same samples sent in time order."""
+    ordered, swapped = [], []
+    for m in messages:
+        if "/WT01/" in m.topic:
+            copy = _stamped(m, 30)
+            ordered += [m, copy]
+            swapped += [copy, m]
+        else:
+            ordered.append(m)
+            swapped.append(m)
+    want = _uninterrupted(bundle, ordered, tmp_path / "ordered")
+    clock = _Clock()
+    d = _clocked(bundle, tmp_path / "swapped", clock)
+    _live(d, clock, swapped)
+    d._wait_for_writer()
+    assert d.metrics.value("scada_runtime_late_samples_total") == 0
+    assert _scores(d) == want
+
+
+def test_lines_of_a_batch_out_of_order_are_taken_in_time_order(bundle, messages, tmp_path):
+    """A gateway that does not sort its batch: WT01's line of each step comes after its line of the next step, in
+    one `topics.telemetry_batch` message, sent after the later step (the grace, 30 minutes, covers the wait). The
+    later line closed the earlier step (10 minutes apart: a step) and the earlier line was late (35 here). The
+    lines of a message are taken in time order, as scada-prepare sorts a table: the records of a sorted feed
+    (messages stay in arrival order: what a sample finds never depends on how the loop batched them)."""
+    topic = "scada/{site}/{gateway}/telemetry_batch"
+
+    def stamp(m: Message) -> int:
+        return parse_timestamp_ns(json.loads(m.payload)["ts"])
+
+    def batch_of(ms: list[Message]) -> Message:
+        lines = [json.dumps({"turbine": m.topic.split("/")[-2], **json.loads(m.payload)}).encode() for m in ms]
+        return ms[0]._replace(topic=topic.format(site=SITE, gateway=GATEWAY), payload=b"\n".join(lines))
+
+    wt01 = [m for m in messages if "/WT01/" in m.topic]
+    pairs = [wt01[i : i + 2] for i in range(0, len(wt01) - 1, 2)]
+    results = []
+    for name, order in (("sorted", lambda p: p), ("swapped", lambda p: p[::-1])):
+        items = [(stamp(m), m) for m in messages if "/WT01/" not in m.topic]
+        items += [(stamp(p[-1]), batch_of(order(p))) for p in pairs]  # sent with its newer line
+        clock = _Clock()
+        cfg = daemon_config(f"mqtt://127.0.0.1:{free_port()}", state={"path": str(tmp_path / name / "state.npz")},
+                            topics={"telemetry_batch": topic}, compute={"engine": "stream", "tick_s": 0.05},
+                            ingest={"grace_s": 1800.0, "max_past_s": 10 * 365 * 86400.0})  # fmt: skip
+        d = Daemon(cfg, bundle, make_scorer(bundle, "stream"), clock=clock)
+        d._restore_state()
+        for t, m in sorted(items, key=lambda x: x[0]):
+            clock.ns = max(clock.ns, t + 30 * 10**9)
+            d.inbound.put_nowait(m)
+            d.step(0.0)
+        results.append((d.metrics.value("scada_runtime_late_samples_total"), _scores(d)))
+    assert results[1][0] == 0 and results[1] == results[0]
 
 
 def _skewed(messages: list[Message], turbine: str, seconds: int) -> list[tuple[int, Message]]:
@@ -449,6 +578,19 @@ def test_a_publisher_clock_ahead_within_max_future_does_not_break_a_restart(bund
     assert set(got) <= set(want) and all(v == want[k] for k, v in got.items())
 
 
+def test_the_status_names_a_turbine_whose_samples_all_come_late(bundle, messages, tmp_path):
+    """A turbine whose link delays its samples by more than the grace behind the rest of the fleet's (here 200 s
+    more) loses every sample as late and publishes insufficient_data: the counter had no turbine, so nothing said
+    which one. The retained status message names it."""
+    clock = _Clock()
+    d = _clocked(bundle, tmp_path, clock)
+    delay = [(30 + 200 * ("/WT03/" in m.topic)) * 10**9 for m in messages]
+    _arriving(d, clock, [(parse_timestamp_ns(json.loads(m.payload)["ts"]) + w, m) for w, m in zip(delay, messages)])
+    late = json.loads(d._status_payload("online"))["late_samples"]
+    assert list(late) == ["WT03"] and late["WT03"] > 60
+    assert late["WT03"] == d.metrics.value("scada_runtime_late_samples_total")
+
+
 def test_a_busy_feed_goes_live_without_an_idle_wait(bundle, messages, tmp_path):
     """A feed of several samples per turbine and step (here one a minute) leaves the loop no tick-long idle wait,
     so "no backlog left" is also read from a batch of 10 or more samples, most younger than the grace (a median:
@@ -480,7 +622,7 @@ def test_a_busy_feed_goes_live_without_an_idle_wait(bundle, messages, tmp_path):
             d.step(0.0)
         i = j
     assert d._drained
-    clock.ns = last + 121 * 10**9
+    clock.ns = last + 126 * 10**9  # its telemetry came 5 s after it, and the grace is 120 s
     d.step(0.0)
     end = datetime.fromtimestamp(last // 10**9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     done = {(json.loads(p.payload)["turbine"], json.loads(p.payload)["ts"]) for p in d.link.unacked()

@@ -210,6 +210,42 @@ def test_a_stuck_channel_is_named_and_alerts(bundle, rows, tmp_path):
     assert any(d["alert"] for d in mine if start <= pd.Timestamp(d["ts"]) < end)
 
 
+@pytest.mark.parametrize("magnitude", [40.0, 60.0])
+def test_a_stop_holds_the_alert_as_offline_inference_does(bundle, rows, tmp_path, magnitude):
+    """A short gearbox excursion, then the turbine stops (status 2: its steps are skipped). The skipped steps
+    carry the frozen aggregate as their score; they stepped the alert state machine, so one step over the level
+    followed by a stop met the N_on debounce and raised the alert during the stop. Offline inference (which
+    calibration and evaluation use) leaves skipped steps out of the alerting: the edge now holds the alert over
+    them too, so its alerts are the state machine run over the steps that are not skipped."""
+    from scada_tcn.runtime.alerts import AlertState
+
+    header, body = rows
+    ti, ii, si = header.index("timestamp"), header.index("turbine_id"), header.index("status")
+    hot = [header.index("gearbox_oil_temp"), header.index("gearbox_bearing_temp")]
+    turbine = body[0][ii]
+    out = []
+    for r in body:
+        r, t = list(r), pd.Timestamp(r[ti])
+        if r[ii] == turbine and pd.Timestamp("2024-01-28T11:10Z") <= t <= pd.Timestamp("2024-01-28T11:40Z"):
+            r = [str(float(r[c]) + magnitude) if c in hot and r[c] != "" else r[c] for c in range(len(r))]
+        if r[ii] == turbine and pd.Timestamp("2024-01-28T11:50Z") <= t <= pd.Timestamp("2024-01-28T13:40Z"):
+            r[si] = "2"
+        out.append(r)
+    engine = Engine(bundle, StreamScorer.from_bundle(bundle), 0.0, 100, 512)
+    replay(engine, write_csv(tmp_path / "stop.csv", header, out), MappingCfg(), tmp_path / "scores.jsonl")
+    mine = [d for line in (tmp_path / "scores.jsonl").read_text().splitlines()
+            if (d := json.loads(line))["turbine"] == turbine and d["status"] == "ok"]  # fmt: skip
+    skipped = [d["regime"] == "skipped" for d in mine]
+    assert sum(skipped) >= 12 and any(d["score"] > 1 for d in mine if d["regime"] == "skipped")
+    a = bundle.alerting
+    state = AlertState(a.T_on, a.T_off, a.N_on, a.N_off)
+    on = False
+    for d, skip in zip(mine, skipped):
+        if not skip and d["score"] is not None:
+            on = bool(state.step([0], [d["score"]], [1.0]).on[0])
+        assert d["alert"] == on, (d["ts"], d["regime"], d["score"])
+
+
 def test_replay_in_small_chunks_writes_the_same_bytes(bundle, rows, tmp_path):
     """A table parsed 997 rows at a time and fed 7 steps of each turbine at a time (flushing after each) replays
     exactly as read and fed whole; the progress reports every chunk read, then about every 997 rows scored."""

@@ -322,7 +322,7 @@ def test_fleet_add_many_equals_one_sample_at_a_time() -> None:
     chunks = [[events[i] for i in c] for c in np.split(np.arange(len(events)), cuts)]
     chunks[20] = chunks[5][:4] + chunks[20]  # stale rows from an earlier chunk: late
     one, many = (Fleet(spec, scaler, 36, 0.0, 10, windows=False) for _ in range(2))
-    late_one = sum(not one.add(n, t, r) for c in chunks for n, t, r in c)
+    late_one = sum(one.add(n, t, r) == "late" for c in chunks for n, t, r in c)
     late_many = sum(many.add_many(np.array([n for n, _, _ in c]), np.array([t for _, t, _ in c], np.int64),
                                   np.stack([r for _, _, r in c])) for c in chunks)  # fmt: skip
     a, b = one.drain(), many.drain()

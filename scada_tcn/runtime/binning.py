@@ -307,15 +307,16 @@ def aggregate_bins(raw: list[RawBins], plan: _Plan) -> np.ndarray:
 class BinAccumulator:
     """Incremental binning of one turbine's sample stream, with the same numbers as `bin_timeline`.
 
-    Samples of open bins are kept; a bin is closed (emitted) when a sample of a later bin arrives (`add`) or when
-    its end + grace has passed on the caller's clock (`close_until`), including bins that got no sample (all-NaN), so
-    emitted bins are contiguous. The stream starts at the earliest bin seen before the first close. A sample for an
-    already-closed bin is late: dropped and counted in `late_dropped`, never raised.
+    Samples of open bins are kept; a bin is closed (emitted) when a sample of a later bin stamped at least the grace
+    (at most a step) after its end arrives (`add`: a turbine's own samples out of order by up to that much still
+    find their bin) or when its end + grace has passed on the caller's clock (`close_until`), including bins that
+    got no sample (all-NaN), so emitted bins are contiguous. The stream starts at the earliest bin seen before the
+    first close. A sample for an already-closed bin is late: dropped and counted in `late_dropped`, never raised.
 
     `max_open_samples` (None = no bound) bounds the memory of a feed whose stamps stop advancing (a collector's
     clock frozen: its samples never close a bin): a sample that finds that many samples in the open bins once the
-    bins before its own are closed is dropped and counted in `full_dropped` (not kept in `state_dict`). It still
-    closes those bins, and exact repeats count as dropped too, so `add_many_deferred` drops the same samples.
+    bins it closes are closed is dropped and counted in `full_dropped` (not kept in `state_dict`); exact repeats
+    count too. It still closes those bins. `add_many_deferred` (replay) keeps no bound.
     """
 
     def __init__(self, spec: PipelineSpec, grace_seconds: float, max_open_samples: int | None = None) -> None:
@@ -376,7 +377,7 @@ class BinAccumulator:
             self.out_of_range += bad
         if self._open_from is None or label < self._open_from:
             self._open_from = label
-        raw = self._take_through(label - dt)  # the sample's own stamp is after every bin this closes
+        raw = self._take_through(self._closed_by(ts, label))  # (after the bins it closes: kept below)
         if self._max_open is not None and len(self._rows) >= self._max_open:
             self.full_dropped += 1
             return raw
@@ -394,6 +395,8 @@ class BinAccumulator:
         index of the sample that closed it, the first of a later bin; the number of late samples dropped)."""
         plan = self._plan
         dt = plan.dt_ns
+        if self._max_open is not None:
+            raise SpecError("add_many_deferred keeps no max_open_samples bound (replay): use add_deferred")
         ts = _check_ts(ts_ns, dt)
         vals = _check_values(values, (ts.size, len(plan.channels)), plan)
         none = np.empty(0, dtype=np.int64)
@@ -410,14 +413,12 @@ class BinAccumulator:
         rows[bad] = np.nan
         self.out_of_range += np.count_nonzero(bad, axis=0)
         fresh = self._fresh(ts, rows)
-        if self._max_open is not None:
-            fresh &= ~self._over_cap(ts, labels, fresh)
-        ts, rows = ts[fresh], rows[fresh]
+        stamps, ts, rows = ts, ts[fresh], rows[fresh]  # (every sample closes bins: repeats too)
         order = self._next_order + np.arange(ts.size, dtype=np.int64)
         self._next_order += int(ts.size)
         first = int(labels[0])
         self._open_from = first if self._open_from is None else min(self._open_from, first)
-        last_ns = int(labels[-1]) - dt  # the newest sample closes every bin before its own
+        last_ns = self._closed_by(int(stamps[-1]), int(labels[-1]))  # the newest sample closes the most
         if last_ns < self._open_from:
             added = list(zip(ts.tolist(), order.tolist(), rows))
             self._rows.extend(added)
@@ -435,7 +436,8 @@ class BinAccumulator:
         sel = sel[np.lexsort((all_order[sel], all_ts[sel]))]  # by (ts, arrival order)
         self._open_from, self._closed_any = last_ns + dt, True
         ends = np.arange(start, last_ns + dt, dt, dtype=np.int64)
-        closers = late + np.searchsorted(labels, ends, side="right")
+        closers = late + np.maximum(np.searchsorted(labels, ends, side="right"),  # of a later bin, the grace after
+                                    np.searchsorted(stamps, ends + min(self._grace_ns, dt)))  # fmt: skip
         return RawBins(start, ends.size, all_ts[sel], all_order[sel], all_vals[sel]), closers, late
 
     def _fresh(self, ts: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -454,21 +456,11 @@ class BinAccumulator:
             fresh[maybe] &= np.array([(int(ts[i]), rows[i].tobytes()) not in self._seen for i in maybe], bool)
         return fresh
 
-    def _over_cap(self, ts: np.ndarray, labels: np.ndarray, fresh: np.ndarray) -> np.ndarray:
-        """Which of these samples (stamps non-decreasing) `add_deferred` would drop as over `max_open_samples`. Once
-        a sample has closed the bins before its own, the open samples are the earlier ones in its bin or later: the
-        kept samples before it with its label (its stamp sorts them after the rest) plus the stored ones stamped
-        after the previous bin's end. Below the bound every fresh sample is kept, so the kept ones before it in its
-        bin are the fresh ones, and at the bound every later sample of the bin is dropped."""
-        assert self._max_open is not None
-        start = np.searchsorted(labels, labels, side="left")  # first sample of each one's bin
-        kept_before = np.cumsum(fresh) - fresh
-        in_bin = kept_before - kept_before[start]
-        stored = np.sort(np.array([r[0] for r in self._rows], dtype=np.int64))
-        older = stored.size - np.searchsorted(stored, labels - self._plan.dt_ns, side="right")
-        over = in_bin + older >= self._max_open
-        self.full_dropped += int(over.sum())
-        return over
+    def _closed_by(self, ts: int, label: int) -> int:
+        """The end of the last bin a sample stamped ts (in bin `label`) closes: of an earlier bin, and the grace
+        (at most a step) or more before ts."""
+        dt = self._plan.dt_ns
+        return min(label - dt, ((ts - min(self._grace_ns, dt)) // dt) * dt)
 
     def closable_through(self, now_ns: int) -> int:
         """The end of the last bin that may close at clock time now_ns: its end + grace <= now_ns."""

@@ -52,7 +52,7 @@ import shutil
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -148,6 +148,7 @@ class Daemon:
         self._stopped = threading.Event()
         self._last_tick_ns = 0
         self._data_ns = 0  # the newest stamp of the telemetry taken so far: the fleet's data clock
+        self._reached: deque[tuple[int, int]] = deque()  # (wall clock, _data_ns) each time it grew (`_tick_clock`)
         self._behind = False  # the wall clock is behind it (`_clock_behind`)
         self._drained = False  # nothing waits at the broker for us: bins may close on the wall clock (`_tick_clock`)
         self._connects_seen = -1
@@ -402,6 +403,7 @@ class Daemon:
             self._frame_no += 1
             self.journal.append(self._frame_no, samples, tick)  # durable before any of it is acknowledged
         self._apply(samples, tick)
+        self._note_reached(now)
         for msg in batch:
             self.link.ack(msg)
         self.heartbeat.beat(self.clock() / 1e9)
@@ -428,15 +430,36 @@ class Daemon:
         """Up to when bins may close (end + grace <= it). Live (connected; since the link last connected, a tick's
         wait has found nothing new, or most of a batch of 10 or more samples was younger than `ingest.grace_s`, so
         the broker holds no backlog for us; and the newest telemetry taken is less than a step plus the grace old,
-        as a fleet reporting every step keeps it): the wall clock, so a step closes its grace after its end.
+        as a fleet reporting every step keeps it): a step closes its grace after the telemetry reached its end, on
+        the wall clock. That is its end plus the grace for a feed stamped at the end of each step, a little later
+        for one stamped inside it, and a step later for one stamped at the start of each interval and sent after
+        it; a publisher away for a while forwards its buffer before the steps it holds close.
         Otherwise (after a start or a reconnect while the broker's backlog drains, with the wall clock ahead, the
-        fleet silent for longer): the newest stamp taken less `ingest.max_future_s` (the skew a publisher's clock
-        may have), so no bin closes before the telemetry the broker holds for it arrives, in the order sent."""
+        fleet silent for longer, the telemetry's progress unknown for a grace yet): the newest stamp taken less
+        `ingest.max_future_s` (the skew a publisher's clock may have), so no bin closes before the telemetry the
+        broker holds for it arrives, in the order sent."""
         ingest = self.cfg.ingest
+        grace = int(ingest.grace_s * 1e9)
         fresh = now - newest < (ingest.grace_s + self.bundle.spec.dt_seconds) * 1e9
         if self.link.connected and self.link.connects == self._connects_seen and self._drained and fresh:
-            return now  # (`connects` again: a reconnect since this iteration took its messages)
+            reached = self._reached_by(now - grace)  # (`connects` again: a reconnect since this iteration took
+            if reached is not None:  # its messages)
+                return min(now, reached + grace)
         return newest - int(ingest.max_future_s * 1e9)
+
+    def _reached_by(self, t: int) -> int | None:
+        """The newest stamp taken by wall-clock time t (None: not known, as after a start or a clock set back)."""
+        r = self._reached
+        while len(r) > 1 and r[1][0] <= t:
+            r.popleft()
+        return r[0][1] if r and r[0][0] <= t else None
+
+    def _note_reached(self, now: int) -> None:
+        """Remember when the newest stamp taken grew (a clock set back forgets what it knew)."""
+        if self._reached and now < self._reached[-1][0]:
+            self._reached.clear()
+        if self._data_ns > (self._reached[-1][1] if self._reached else 0):
+            self._reached.append((now, self._data_ns))
 
     def _clock_behind(self, now: int) -> bool:
         """Whether the wall clock is behind telemetry already admitted by more than `ingest.max_future_s` (an RTC
@@ -507,7 +530,8 @@ class Daemon:
                         continue
                     taken: list[Sample] = []  # admitted once the whole message is through
                     added = set(new)
-                    for sample in res.samples:
+                    # its lines in time order, as scada-prepare sorts a table (stable: a stamp's keep their order)
+                    for sample in sorted(res.samples, key=lambda s: s.ts_ns):
                         self._take(msg, sample, taken, added)
                     for line, rej in res.rejected:
                         self._reject(msg, rej, line=line)
@@ -667,6 +691,7 @@ class Daemon:
             "loop_age_s": round(hb.age(now / 1e9), 3),
             "turbines": len(self.engine.fleet),
             "score_drift": self.engine.score_drift(),
+            "late_samples": self.engine.fleet.late_by_turbine(10),  # which turbines' clocks or links lag
         }
         return json.dumps(doc, sort_keys=True).encode()
 

@@ -94,7 +94,11 @@ class TopicsCfg:
 
 @dataclass(frozen=True)
 class IngestCfg:
-    grace_s: float = _f(120.0, "a bin closes when the tick (the wall clock when live) passes its end plus this grace")
+    grace_s: float = _f(
+        120.0,
+        "a bin closes this long after the telemetry reached its end (live: on the wall clock), or at the "
+        "turbine's sample stamped this long (at most a step) after it; samples out of order by less find their bin",
+    )
     max_future_s: float = _f(300.0, "reject samples stamped more than this ahead of the wall clock")
     max_past_s: float = _f(7 * 86400.0, "reject samples stamped more than this before the wall clock")
     max_payload_bytes: int = _f(65536, "reject larger telemetry payloads (and batch lines) before decoding them")

@@ -3,7 +3,8 @@
 Contract
 --------
 * `Fleet.add(turbine, ts_ns, values (C,))` stores one validated sample (see `runtime.telemetry`); bins of that
-  turbine close when a sample of a later bin arrives (`BinAccumulator.add`). `Fleet.close_until(now_ns)` closes
+  turbine close when its sample of a later bin, stamped the grace (at most a step) after their end, arrives
+  (`BinAccumulator.add`). `Fleet.close_until(now_ns)` closes
   every bin whose end + grace <= now_ns (the daemon's tick), empty ones included (gaps become missing values).
   `Fleet.add_many(turbines, ts_ns, values)` stores a block of samples sorted by time (replay's chunks) with one
   vectorised call per turbine (`BinAccumulator.add_many_deferred`): the same steps, in the same closing order
@@ -178,6 +179,11 @@ class Fleet:
 
     def late_dropped(self) -> int:
         return sum(t.acc.late_dropped for t in self._turbines.values())
+
+    def late_by_turbine(self, top: int) -> dict[str, int]:
+        """The `top` turbines with the most late samples (see `late_dropped`), most first (ties by id)."""
+        counts = [(t.acc.late_dropped, name) for name, t in list(self._turbines.items()) if t.acc.late_dropped]
+        return {name: n for n, name in sorted(counts, key=lambda x: (-x[0], x[1]))[:top]}
 
     def full_dropped(self) -> int:
         """Samples dropped because their turbine's open bins held `max_open_samples` (since this process started)."""
