@@ -246,6 +246,40 @@ def test_a_stop_holds_the_alert_as_offline_inference_does(bundle, rows, tmp_path
         assert d["alert"] == on, (d["ts"], d["regime"], d["score"])
 
 
+def test_every_change_of_the_alert_flag_is_a_published_transition(bundle, rows, tmp_path):
+    """A stuck channel raises the alert; then the turbine's data stops, and after 12 hours the channel alone comes
+    back, moving (insufficient_data records: the window lacks the other channels). Those steps used to step the
+    alert state machine, the stuck check's run ended, and an insufficient_data record publishes no transition:
+    the alert went off silently (at 07:00 here), the alert topic never said off, and the score records' `alert`
+    contradicted it. Now unscored steps hold the alert: every change of `alert` between a turbine's records is
+    an alert-topic transition at that step, and each transition is such a change."""
+    header, body = rows
+    ti, ci, ii = header.index("timestamp"), header.index("gearbox_bearing_temp"), header.index("turbine_id")
+    values = [i for i, h in enumerate(header) if h not in ("timestamp", "turbine_id")]
+    turbine = body[0][ii]
+    start, end = pd.Timestamp("2024-01-30T00:00:00Z"), pd.Timestamp("2024-02-01T00:00:00Z")
+    gap = (pd.Timestamp("2024-01-30T18:00:00Z"), pd.Timestamp("2024-01-31T18:00:00Z"))
+    frozen, out = None, []
+    for r in body:
+        r, t = list(r), pd.Timestamp(r[ti])
+        if r[ii] == turbine and gap[0] <= t < gap[1]:  # no data, then the channel alone, moving again
+            r = ["" if c in values and (c != ci or t < gap[0] + pd.Timedelta("12h")) else r[c] for c in range(len(r))]
+        elif r[ii] == turbine and start <= t < end and r[ci] != "":
+            frozen = frozen if frozen is not None else r[ci]
+            r[ci] = frozen
+        out.append(r)
+    engine = Engine(bundle, StreamScorer.from_bundle(bundle), 0.0, 100, 512)
+    replay(engine, write_csv(tmp_path / "gap.csv", header, out), MappingCfg(), tmp_path / "scores.jsonl",
+           tmp_path / "alerts.jsonl")  # fmt: skip
+    mine = [d for line in (tmp_path / "scores.jsonl").read_text().splitlines()
+            if (d := json.loads(line))["turbine"] == turbine and d["status"] != "warmup"]  # fmt: skip
+    assert any(d["status"] == "insufficient_data" and gap[0] < pd.Timestamp(d["ts"]) <= gap[1] for d in mine)
+    changes = {b["ts"]: "on" if b["alert"] else "off" for a, b in zip(mine, mine[1:]) if a["alert"] != b["alert"]}
+    events = [json.loads(line) for line in (tmp_path / "alerts.jsonl").read_text().splitlines()]
+    published = {e["ts"]: e["state"] for e in events if e["turbine"] == turbine}
+    assert "on" in published.values() and changes == published
+
+
 def test_replay_in_small_chunks_writes_the_same_bytes(bundle, rows, tmp_path):
     """A table parsed 997 rows at a time and fed 7 steps of each turbine at a time (flushing after each) replays
     exactly as read and fed whole; the progress reports every chunk read, then about every 997 rows scored."""
