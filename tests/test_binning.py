@@ -502,12 +502,18 @@ def test_add_many_equals_one_sample_at_a_time(rule, grace):
         many.add_many_deferred(np.array([T10 + 9000 * DT, T10 + 8999 * DT]), np.zeros((2, len(PARITY_CHANNELS))))
 
 
-def test_a_frozen_clock_keeps_at_most_max_open_samples_and_counts_the_rest():
+def test_a_frozen_clock_keeps_at_most_max_per_stamp_and_counts_the_rest():
     """A publisher whose stamps stopped advancing sends new values under one stamp: none closes a bin, so without
-    a bound the open bin grows without end. With `max_open_samples` the turbine keeps the first ones, counts the
-    rest (repeats included), and the next stamp of a later bin still closes the bin with what was kept."""
+    a bound the open bin grows without end. With `max_per_stamp` the turbine keeps the first ones, counts the
+    rest (repeats included), and the next stamp of a later bin still closes the bin with what was kept. A feed
+    whose stamps advance (10 Hz here, a step open for its grace after its end) loses nothing to the bound."""
     spec = parity_spec("mean")
     cap, n = 50, 2000
+    fast = BinAccumulator(spec, 120, cap)
+    stamps = T10 + (np.arange(3 * 6000 + 600) + 1) * 10**8  # 10 Hz for 3 steps and 60 s
+    ones = np.ones(len(PARITY_CHANNELS))
+    assert sum(len(fast.add(int(t), ones * (k % 7))) for k, t in enumerate(stamps)) == 2
+    assert fast.full_dropped == 0 and len(fast.state_dict()["ts_ns"]) == 6000 + 600  # the step within its grace
     acc = BinAccumulator(spec, 0, cap)
     rows = np.random.default_rng(3).uniform(1, 20, (n, len(PARITY_CHANNELS)))
     rows[n // 2] = rows[0]  # an exact repeat once full: counted as dropped
@@ -518,9 +524,9 @@ def test_a_frozen_clock_keeps_at_most_max_open_samples_and_counts_the_rest():
     assert [b.end_ns for b in closed] == [T10 + 17 * DT]
     np.testing.assert_allclose(closed[0].values, rows[:cap].mean(axis=0))
     assert len(acc.state_dict()["ts_ns"]) == 1 and acc.full_dropped == n - cap
-    with pytest.raises(SpecError, match="max_open_samples"):
+    with pytest.raises(SpecError, match="max_per_stamp"):
         BinAccumulator(spec, 0, 0)
-    with pytest.raises(SpecError, match="max_open_samples"):  # replay's path: a table is read in bounded chunks
+    with pytest.raises(SpecError, match="max_per_stamp"):  # replay's path: a table is read in bounded chunks
         acc.add_many_deferred(np.full(2, frozen + DT), rows[:2])
 
 

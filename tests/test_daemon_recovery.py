@@ -261,7 +261,7 @@ def test_telemetry_whose_stamps_stopped_advancing_keeps_a_bounded_open_bin(bundl
     """A collector whose clock froze stamps every new reading alike. Until the daemon is live (here from the
     start: a start or a reconnect waits for the backlog), bins close on the newest stamp, which no longer moves:
     no bin closes, and every distinct reading used to be kept (unbounded memory). Each turbine now keeps at most
-    `ingest.max_open_samples`; the rest are counted, and nothing else is dropped."""
+    `ingest.max_samples_per_stamp` of one stamp; the rest are counted, and nothing else is dropped."""
     frozen = json.loads(messages[0].payload)["ts"]
     stuck = []
     for m in messages:
@@ -270,7 +270,7 @@ def test_telemetry_whose_stamps_stopped_advancing_keeps_a_bounded_open_bin(bundl
         stuck.append(m._replace(payload=json.dumps(doc).encode()))
     clock = _Clock()
     cfg = daemon_config(f"mqtt://127.0.0.1:{free_port()}", state={"path": str(tmp_path / "state.npz")},
-                        ingest={"max_open_samples": 5, "max_past_s": 10 * 365 * 86400.0},
+                        ingest={"max_samples_per_stamp": 5, "max_past_s": 10 * 365 * 86400.0},
                         compute={"engine": "stream", "tick_s": 0.05})  # fmt: skip
     d = Daemon(cfg, bundle, make_scorer(bundle, "stream"), clock=clock)
     d._restore_state()
@@ -280,8 +280,23 @@ def test_telemetry_whose_stamps_stopped_advancing_keeps_a_bounded_open_bin(bundl
         d.step(0.0)
     held = [d.engine.fleet._turbines[t].acc.state_dict()["ts_ns"].size for t in d.engine.fleet.turbines]
     assert held == [5] * 4  # without the bound: every message of the 12 hours (72 or 73 per turbine)
-    assert d.metrics.value("scada_runtime_open_bins_full_samples_total") == len(stuck) - sum(held)
+    assert d.metrics.value("scada_runtime_stamp_full_samples_total") == len(stuck) - sum(held)
     assert d.metrics.value("scada_runtime_late_samples_total") == 0 and d.engine.fleet.bins_closed == 0
+
+
+def test_what_the_tick_remembers_of_the_telemetrys_progress_stays_small(bundle, messages, tmp_path):
+    """When the newest stamp grew (`Daemon._reached`, for the live tick) is kept per second and for the grace
+    only: it grew by an entry per loop iteration when the daemon was never live (a review: 4,200 entries after
+    4,200 iterations, about 12 MB a day)."""
+    never_live = _daemon(bundle, tmp_path / "a")  # no broker: never connected, and its clock stands still
+    never_live._restore_state()
+    _feed(never_live, messages, per_step=1)
+    assert len(never_live._reached) == 1
+    clock = _Clock()
+    d = _clocked(bundle, tmp_path / "b", clock)
+    stamps = [parse_timestamp_ns(json.loads(m.payload)["ts"]) for m in messages]
+    _arriving(d, clock, [(t + 7200 * 10**9, m) for t, m in zip(stamps, messages)])  # two hours late
+    assert len(d._reached) <= 120 / 10 + 2  # one per loop iteration of the last grace (10 s apart here)
 
 
 def test_a_restart_after_a_downtime_longer_than_the_grace_loses_no_telemetry(bundle, messages, tmp_path):
@@ -401,18 +416,28 @@ def test_live_a_step_closes_its_grace_after_the_telemetry_reached_its_end(bundle
         assert (end in {json.loads(p.payload)["ts"] for p in d.link.unacked() if p.topic.endswith("/score")}) == closed
 
 
-def _arriving(d: Daemon, clock: _Clock, items: list[tuple[int, Message]]) -> None:
+def _arriving(d: Daemon, clock: _Clock, items: list[tuple[int, Message]], settle_s: int = 0) -> None:
     """Each message at its arrival time (ns), in arrival order, with the loop waiting (idle ticks every 10 s of
-    the clock) in between, as a live daemon does."""
+    the clock) in between, as a live daemon does, and `settle_s` seconds after the last."""
     items = sorted(items, key=lambda x: x[0])
     clock.ns = max(clock.ns, items[0][0])
-    for at, m in items:
+    for at, m in items + [(items[-1][0] + settle_s * 10**9, None)]:
         while clock.ns + 10 * 10**9 < at:
             clock.ns += 10 * 10**9
             d.step(0.001)
         clock.ns = max(clock.ns, at)
-        d.inbound.put_nowait(m)
-        d.step(0.0)
+        if m is not None:
+            d.inbound.put_nowait(m)
+            d.step(0.0)
+
+
+def _settled(bundle, items: list[tuple[int, Message]], folder: Path) -> dict[tuple[str, str], set[bytes]]:
+    """The records of a daemon given `items` (arrival ns, message) and then 20 quiet minutes."""
+    clock = _Clock()
+    d = _clocked(bundle, folder, clock)
+    _arriving(d, clock, items, settle_s=1200)
+    d._wait_for_writer()
+    return _scores(d)
 
 
 def _stamped(m: Message, seconds: int) -> Message:
@@ -444,15 +469,14 @@ def test_a_gateway_clock_ahead_by_more_than_the_grace_closes_no_step_early(bundl
     """The gateway's clock runs 5 minutes ahead (more than the grace, less than a step and the grace: still
     live). On the wall clock a step closed 3 minutes before its telemetry came, which was then dropped as late.
     Now it closes its grace after the telemetry reached its end: the uninterrupted run's records."""
-    want = _uninterrupted(bundle, messages, tmp_path / "whole")
     stamps = [parse_timestamp_ns(json.loads(m.payload)["ts"]) for m in messages]
+    want = _settled(bundle, [(t + 30 * 10**9, m) for t, m in zip(stamps, messages)], tmp_path / "whole")
     clock = _Clock()
     d = _clocked(bundle, tmp_path / "ahead", clock)
-    _arriving(d, clock, [(t + (300 + 30) * 10**9, m) for t, m in zip(stamps, messages)])
+    _arriving(d, clock, [(t + (300 + 30) * 10**9, m) for t, m in zip(stamps, messages)], settle_s=1200)
     d._wait_for_writer()
     assert d.metrics.value("scada_runtime_late_samples_total") == 0
-    got = _scores(d)
-    assert set(got) <= set(want) and len(got) >= len(want) - 4 and all(v == want[k] for k, v in got.items())
+    assert _scores(d) == want and len(want) >= len(messages)  # every step, the last one too
 
 
 def test_a_feed_stamped_at_the_start_of_each_interval_loses_no_sample(bundle, messages, tmp_path):
@@ -462,15 +486,14 @@ def test_a_feed_stamped_at_the_start_of_each_interval_loses_no_sample(bundle, me
     now closes its grace after the telemetry reached its end: the records of an immediate feed, byte for byte."""
     dt = bundle.spec.dt_seconds
     start = [_stamped(m, -dt) for m in messages]
-    want = _uninterrupted(bundle, start, tmp_path / "whole")
     stamps = [parse_timestamp_ns(json.loads(m.payload)["ts"]) for m in start]
+    want = _settled(bundle, [(t + 30 * 10**9, m) for t, m in zip(stamps, start)], tmp_path / "whole")
     clock = _Clock()
     d = _clocked(bundle, tmp_path / "start", clock)
-    _arriving(d, clock, [(t + (dt + 30) * 10**9, m) for t, m in zip(stamps, start)])
+    _arriving(d, clock, [(t + (dt + 30) * 10**9, m) for t, m in zip(stamps, start)], settle_s=1200)
     d._wait_for_writer()
     assert d.metrics.value("scada_runtime_late_samples_total") == 0
-    got = _scores(d)
-    assert set(got) <= set(want) and len(got) >= len(want) - 4 and all(v == want[k] for k, v in got.items())
+    assert _scores(d) == want and len(want) >= len(messages)  # every step, the last one too
 
 
 def test_a_turbines_samples_out_of_order_by_less_than_the_grace_find_their_step(bundle, messages, tmp_path):

@@ -25,6 +25,7 @@ grace. Caller arrays are never modified.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -313,19 +314,21 @@ class BinAccumulator:
     got no sample (all-NaN), so emitted bins are contiguous. The stream starts at the earliest bin seen before the
     first close. A sample for an already-closed bin is late: dropped and counted in `late_dropped`, never raised.
 
-    `max_open_samples` (None = no bound) bounds the memory of a feed whose stamps stop advancing (a collector's
-    clock frozen: its samples never close a bin): a sample that finds that many samples in the open bins once the
-    bins it closes are closed is dropped and counted in `full_dropped` (not kept in `state_dict`); exact repeats
-    count too. It still closes those bins. `add_many_deferred` (replay) keeps no bound.
+    `max_per_stamp` (None = no bound) bounds the memory of a feed whose stamps stop advancing (a collector's clock
+    frozen: its samples close no bin, and each new reading under the same stamp is kept): a sample whose stamp
+    already has that many distinct samples in the open bins is dropped and counted in `full_dropped` (not kept in
+    `state_dict`; exact repeats count too). It still closes bins. A feed whose stamps advance is bounded by the
+    bins closing. `add_many_deferred` (replay) keeps no bound.
     """
 
-    def __init__(self, spec: PipelineSpec, grace_seconds: float, max_open_samples: int | None = None) -> None:
+    def __init__(self, spec: PipelineSpec, grace_seconds: float, max_per_stamp: int | None = None) -> None:
         ok = isinstance(grace_seconds, (int, float, np.integer, np.floating)) and not isinstance(grace_seconds, bool)
         if not ok or not math.isfinite(grace_seconds) or grace_seconds < 0:
             raise SpecError(f"grace_seconds must be a finite number >= 0, got {grace_seconds!r}")
-        if max_open_samples is not None and (not isinstance(max_open_samples, int) or max_open_samples < 1):
-            raise SpecError(f"max_open_samples must be None or an integer >= 1, got {max_open_samples!r}")
-        self._max_open = max_open_samples
+        if max_per_stamp is not None and (not isinstance(max_per_stamp, int) or max_per_stamp < 1):
+            raise SpecError(f"max_per_stamp must be None or an integer >= 1, got {max_per_stamp!r}")
+        self._max_per_stamp = max_per_stamp
+        self._per_stamp: dict[int, int] = {}  # with a bound: distinct samples of each stamp in the open bins
         self.full_dropped = 0
         self._plan = _plan(spec)
         self._grace_ns = int(round(grace_seconds * _NS_PER_S))
@@ -378,14 +381,17 @@ class BinAccumulator:
         if self._open_from is None or label < self._open_from:
             self._open_from = label
         raw = self._take_through(self._closed_by(ts, label))  # (after the bins it closes: kept below)
-        if self._max_open is not None and len(self._rows) >= self._max_open:
-            self.full_dropped += 1
-            return raw
+        if self._max_per_stamp is not None:
+            if self._per_stamp.get(ts, 0) >= self._max_per_stamp:
+                self.full_dropped += 1
+                return raw
         key = (ts, row.tobytes())
         if key not in self._seen:
             self._seen.add(key)
             self._rows.append((ts, self._next_order, row))
             self._next_order += 1
+            if self._max_per_stamp is not None:
+                self._per_stamp[ts] = self._per_stamp.get(ts, 0) + 1
         return raw
 
     def add_many_deferred(self, ts_ns: np.ndarray, values: np.ndarray) -> tuple[RawBins | None, np.ndarray, int]:
@@ -395,8 +401,8 @@ class BinAccumulator:
         index of the sample that closed it, the first of a later bin; the number of late samples dropped)."""
         plan = self._plan
         dt = plan.dt_ns
-        if self._max_open is not None:
-            raise SpecError("add_many_deferred keeps no max_open_samples bound (replay): use add_deferred")
+        if self._max_per_stamp is not None:
+            raise SpecError("add_many_deferred keeps no max_per_stamp bound (replay): use add_deferred")
         ts = _check_ts(ts_ns, dt)
         vals = _check_values(values, (ts.size, len(plan.channels)), plan)
         none = np.empty(0, dtype=np.int64)
@@ -503,8 +509,13 @@ class BinAccumulator:
             vals = np.array([r[2] for r in closing]) if closing else np.empty((0, len(self._plan.channels)))
         self._rows = kept
         self._seen = {(t, v.tobytes()) for t, _, v in kept}
+        self._count_stamps()
         self._open_from, self._closed_any = last_ns + dt, True
         return RawBins(start, n_bins, ts, order, vals)
+
+    def _count_stamps(self) -> None:
+        if self._max_per_stamp is not None:
+            self._per_stamp = dict(Counter(r[0] for r in self._rows))
 
     def state_dict(self) -> dict[str, Any]:
         """The accumulator state as plain ints, bools and numpy arrays (no pickle needed)."""
@@ -551,3 +562,4 @@ class BinAccumulator:
         self.out_of_range = oor
         self._rows = list(zip(ts.tolist(), order.tolist(), vals))
         self._seen = {(t, v.tobytes()) for t, _, v in self._rows}
+        self._count_stamps()

@@ -197,7 +197,7 @@ class Daemon:
         c = self.cfg
         return Engine(self.bundle, scorer, c.ingest.grace_s, c.ingest.max_turbines, c.compute.max_batch,
                       on_inference=self._observe_inference, drift_window=c.health.drift_window,
-                      max_open_samples=c.ingest.max_open_samples)  # fmt: skip
+                      max_per_stamp=c.ingest.max_samples_per_stamp)  # fmt: skip
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -429,18 +429,20 @@ class Daemon:
     def _tick_clock(self, now: int, newest: int) -> int:
         """Up to when bins may close (end + grace <= it). Live (connected; since the link last connected, a tick's
         wait has found nothing new, or most of a batch of 10 or more samples was younger than `ingest.grace_s`, so
-        the broker holds no backlog for us; and the newest telemetry taken is less than a step plus the grace old,
-        as a fleet reporting every step keeps it): a step closes its grace after the telemetry reached its end, on
-        the wall clock. That is its end plus the grace for a feed stamped at the end of each step, a little later
-        for one stamped inside it, and a step later for one stamped at the start of each interval and sent after
-        it; a publisher away for a while forwards its buffer before the steps it holds close.
+        the broker holds no backlog for us; and the telemetry's newest stamp has grown less than a step plus the
+        grace ago on the wall clock, as a fleet reporting every step keeps it, however late its stamps come): a step
+        closes its grace after the telemetry reached its end, on the wall clock. That is its end plus the grace for
+        a feed stamped at the end of each step, a little later for one stamped inside it, and a step later for one
+        stamped at the start of each interval and sent after it; a publisher away for a while forwards its buffer
+        before the steps it holds close.
         Otherwise (after a start or a reconnect while the broker's backlog drains, with the wall clock ahead, the
         fleet silent for longer, the telemetry's progress unknown for a grace yet): the newest stamp taken less
         `ingest.max_future_s` (the skew a publisher's clock may have), so no bin closes before the telemetry the
         broker holds for it arrives, in the order sent."""
         ingest = self.cfg.ingest
         grace = int(ingest.grace_s * 1e9)
-        fresh = now - newest < (ingest.grace_s + self.bundle.spec.dt_seconds) * 1e9
+        since = now - self._reached[-1][0] if self._reached else None  # since the newest stamp last grew
+        fresh = since is not None and since < (ingest.grace_s + self.bundle.spec.dt_seconds) * 1e9
         if self.link.connected and self.link.connects == self._connects_seen and self._drained and fresh:
             reached = self._reached_by(now - grace)  # (`connects` again: a reconnect since this iteration took
             if reached is not None:  # its messages)
@@ -455,11 +457,17 @@ class Daemon:
         return r[0][1] if r and r[0][0] <= t else None
 
     def _note_reached(self, now: int) -> None:
-        """Remember when the newest stamp taken grew (a clock set back forgets what it knew)."""
-        if self._reached and now < self._reached[-1][0]:
-            self._reached.clear()
-        if self._data_ns > (self._reached[-1][1] if self._reached else 0):
-            self._reached.append((now, self._data_ns))
+        """Remember when the newest stamp taken grew, to the second (a clock set back forgets what it knew); what
+        is more than the grace old is forgotten but the last of it. At most one entry per second of the grace."""
+        r = self._reached
+        if r and now < r[-1][0]:
+            r.clear()
+        if self._data_ns > (r[-1][1] if r else 0):
+            if r and now - r[-1][0] < 1_000_000_000:
+                r[-1] = (r[-1][0], self._data_ns)  # (the tick may then close up to a second sooner, never before)
+            else:  # (the end plus the grace on the wall clock)
+                r.append((now, self._data_ns))
+        self._reached_by(now - int(self.cfg.ingest.grace_s * 1e9))
 
     def _clock_behind(self, now: int) -> bool:
         """Whether the wall clock is behind telemetry already admitted by more than `ingest.max_future_s` (an RTC
@@ -487,7 +495,7 @@ class Daemon:
             if dropped == "late":
                 self.metrics.late.inc()
             elif dropped == "full":
-                self.metrics.open_bins_full.inc()
+                self.metrics.stamp_full.inc()
         if tick_ns is not None:
             self.engine.tick(tick_ns)
         self.metrics.bins_closed.inc(self.engine.fleet.bins_closed - self._bins_closed)

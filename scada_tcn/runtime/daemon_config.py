@@ -104,11 +104,11 @@ class IngestCfg:
     max_payload_bytes: int = _f(65536, "reject larger telemetry payloads (and batch lines) before decoding them")
     max_batch_payload_bytes: int = _f(4 << 20, "reject larger topics.telemetry_batch messages before decoding them")
     max_turbines: int = _f(5000, "cap on the fleet: telemetry of a new turbine beyond this many is rejected")
-    max_open_samples: int = _f(
-        3600,
-        "per turbine: distinct samples kept in its open bins (about 60 bytes per channel each); beyond it a sample "
-        "is dropped and counted (a publisher whose stamps stopped advancing closes no bin). Above the samples a "
-        "step gets: one a second for an hour by default",
+    max_samples_per_stamp: int = _f(
+        100,
+        "per turbine: distinct samples kept with one stamp (a publisher whose clock froze stamps every new "
+        "reading alike and closes no bin); beyond it a sample is dropped and counted. Above the messages one "
+        "reading is split into (one per channel at most)",
     )
     turbines: list[str] = _f(
         [],
@@ -283,7 +283,7 @@ def _problems(c: RuntimeConfig) -> list[str]:
         ("ingest.max_payload_bytes", c.ingest.max_payload_bytes, 64),
         ("ingest.max_batch_payload_bytes", c.ingest.max_batch_payload_bytes, 64),
         ("ingest.max_turbines", c.ingest.max_turbines, 1),
-        ("ingest.max_open_samples", c.ingest.max_open_samples, 1),
+        ("ingest.max_samples_per_stamp", c.ingest.max_samples_per_stamp, 1),
         ("queues.inbound", c.queues.inbound, 1),
         ("queues.outbound", c.queues.outbound, 1),
         ("queues.receive_maximum", c.queues.receive_maximum, 1),

@@ -105,7 +105,7 @@ class Engine:
         max_batch: int,
         on_inference: Callable[[float, int], None] | None = None,
         drift_window: int = 1000,
-        max_open_samples: int | None = None,
+        max_per_stamp: int | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"Engine: max_batch must be >= 1, got {max_batch}")
@@ -122,7 +122,7 @@ class Engine:
         self.min_present = float(bundle.fleet.min_present_fraction)
         self.streams = isinstance(scorer, StreamScorer)  # the step graph: every closed step advances the layer state
         self.fleet = Fleet(spec, bundle.scaler, self.L, grace_seconds, max_turbines, windows=not self.streams,
-                           max_open_samples=max_open_samples)  # fmt: skip
+                           max_per_stamp=max_per_stamp)  # fmt: skip
         self._stepped: dict[int, tuple[StepOutputs, int]] = {}  # streaming: id(step) -> (its batch, row), until scored
         a = bundle.alerting
         self.alerts = AlertState(T_on=a.T_on, T_off=a.T_off, N_on=a.N_on, N_off=a.N_off)

@@ -20,8 +20,8 @@ Contract
   when the fleet is built with `windows=True` (the window engine), the window itself (X (L, F) float32, M_miss
   (L, F) uint8, Flags (L, R) float32, copies) once the turbine has L steps (`window=None` before). Steps are never
   emitted twice: a closed bin never reopens (late samples are counted in `late_dropped` and dropped).
-  `max_open_samples` (the daemon's `ingest.max_open_samples`; None in replay) bounds each turbine's samples in
-  open bins (`BinAccumulator`): beyond it a sample is dropped and counted in `full_dropped()`.
+  `max_per_stamp` (the daemon's `ingest.max_samples_per_stamp`; None in replay) bounds each turbine's distinct
+  samples of one stamp (`BinAccumulator`): beyond it a sample is dropped and counted in `full_dropped()`.
   `window_of(turbine)` copies a turbine's current window out of the ring (the streaming engine's restart).
 * Turbines get slots 0, 1, ... in order of first sample; at most `max_turbines` (ValueError beyond: the caller
   checks `has_room` first). `state_dict()` / `load_state_dict()` carry plain data per turbine.
@@ -133,7 +133,7 @@ class Fleet:
         grace_seconds: float,
         max_turbines: int,
         windows: bool = True,
-        max_open_samples: int | None = None,
+        max_per_stamp: int | None = None,
     ):
         if isinstance(L, bool) or not isinstance(L, int) or L < 1:
             raise ValueError(f"Fleet: L must be an integer >= 1, got {L!r}")
@@ -145,9 +145,9 @@ class Fleet:
         self.grace_seconds = grace_seconds
         self.max_turbines = max_turbines
         self.windows = windows
-        self.max_open_samples = max_open_samples
+        self.max_per_stamp = max_per_stamp
         # validates grace, bound and binning once; the fleet's clock
-        self._probe = BinAccumulator(spec, grace_seconds, max_open_samples)
+        self._probe = BinAccumulator(spec, grace_seconds, max_per_stamp)
         self._plan = self._probe.plan
         self._turbines: dict[str, _Turbine] = {}
         self._slots: list[tuple[str, _Turbine]] = []  # by slot
@@ -186,13 +186,13 @@ class Fleet:
         return {name: n for n, name in sorted(counts, key=lambda x: (-x[0], x[1]))[:top]}
 
     def full_dropped(self) -> int:
-        """Samples dropped because their turbine's open bins held `max_open_samples` (since this process started)."""
+        """Samples dropped because their turbine had `max_per_stamp` of their stamp (since this process started)."""
         return sum(t.acc.full_dropped for t in self._turbines.values())
 
     def _new(self, turbine: str) -> _Turbine:
         if len(self._turbines) >= self.max_turbines:
             raise ValueError(f"Fleet: already {self.max_turbines} turbines (ingest.max_turbines); {turbine!r} refused")
-        acc = BinAccumulator(self.spec, self.grace_seconds, self.max_open_samples)
+        acc = BinAccumulator(self.spec, self.grace_seconds, self.max_per_stamp)
         t = _Turbine(slot=self._pre.add_slot(), acc=acc)
         self._rings.make_room(t.slot)
         if t.slot >= self._open_from.size:
@@ -204,7 +204,7 @@ class Fleet:
 
     def add(self, turbine: str, ts_ns: int, values: np.ndarray) -> str | None:
         """Store one sample; returns why it was dropped: "late" (its bin had closed) or "full" (the turbine's open
-        bins hold `max_open_samples`), None when it was stored."""
+        bins hold `max_per_stamp` samples of its stamp), None when it was stored."""
         t = self._turbines.get(turbine) or self._new(turbine)
         late, full = t.acc.late_dropped, t.acc.full_dropped
         self._emit(turbine, t, t.acc.add_deferred(ts_ns, values), self._arrivals)

@@ -1,7 +1,7 @@
 """Prometheus metrics of the edge daemon, on a registry of its own (several daemons can live in one process).
 
 Names (all prefixed `scada_runtime_`): messages_in_total, samples_in_total, rejected_total{reason},
-late_samples_total, open_bins_full_samples_total, bins_closed_total, scores_published_total{status},
+late_samples_total, stamp_full_samples_total, bins_closed_total, scores_published_total{status},
 alerts_total{state}, inference_seconds (histogram, one observation per graph batch), inference_batch_windows
 (histogram), publish_queue_depth,
 inbound_queue_depth, inbound_queue_peak, publish_backpressure_total, publish_overflow_total{kind},
@@ -34,9 +34,9 @@ class RuntimeMetrics:
             p + "rejected", "messages (or lines of a batched message) rejected, by reason", ["reason"], registry=r
         )
         self.late = Counter(p + "late_samples", "samples dropped because their bin had closed", registry=r)
-        self.open_bins_full = Counter(
-            p + "open_bins_full_samples",
-            "samples dropped because their turbine's open bins held ingest.max_open_samples",
+        self.stamp_full = Counter(
+            p + "stamp_full_samples",
+            "samples dropped because their turbine had ingest.max_samples_per_stamp samples of their stamp",
             registry=r,
         )
         self.bins_closed = Counter(p + "bins_closed", "model steps closed over all turbines", registry=r)
