@@ -514,6 +514,12 @@ def test_a_frozen_clock_keeps_at_most_max_per_stamp_and_counts_the_rest():
     ones = np.ones(len(PARITY_CHANNELS))
     assert sum(len(fast.add(int(t), ones * (k % 7))) for k, t in enumerate(stamps)) == 2
     assert fast.full_dropped == 0 and len(fast.state_dict()["ts_ns"]) == 6000 + 600  # the step within its grace
+    split = BinAccumulator(spec, 120, 5)  # one channel per message, 3 readings of each within a whole second
+    for k in range(3 * len(PARITY_CHANNELS)):
+        row = np.full(len(PARITY_CHANNELS), np.nan)
+        row[k % len(PARITY_CHANNELS)] = k
+        split.add(T10 + DT - 30 * 10**9, row)
+    assert split.full_dropped == 0  # 18 samples of one stamp, but 3 values of each channel: below the bound
     acc = BinAccumulator(spec, 0, cap)
     rows = np.random.default_rng(3).uniform(1, 20, (n, len(PARITY_CHANNELS)))
     rows[n // 2] = rows[0]  # an exact repeat once full: counted as dropped

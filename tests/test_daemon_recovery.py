@@ -261,7 +261,7 @@ def test_telemetry_whose_stamps_stopped_advancing_keeps_a_bounded_open_bin(bundl
     """A collector whose clock froze stamps every new reading alike. Until the daemon is live (here from the
     start: a start or a reconnect waits for the backlog), bins close on the newest stamp, which no longer moves:
     no bin closes, and every distinct reading used to be kept (unbounded memory). Each turbine now keeps at most
-    `ingest.max_samples_per_stamp` of one stamp; the rest are counted, and nothing else is dropped."""
+    `ingest.max_values_per_stamp` of one stamp; the rest are counted, and nothing else is dropped."""
     frozen = json.loads(messages[0].payload)["ts"]
     stuck = []
     for m in messages:
@@ -270,7 +270,7 @@ def test_telemetry_whose_stamps_stopped_advancing_keeps_a_bounded_open_bin(bundl
         stuck.append(m._replace(payload=json.dumps(doc).encode()))
     clock = _Clock()
     cfg = daemon_config(f"mqtt://127.0.0.1:{free_port()}", state={"path": str(tmp_path / "state.npz")},
-                        ingest={"max_samples_per_stamp": 5, "max_past_s": 10 * 365 * 86400.0},
+                        ingest={"max_values_per_stamp": 5, "max_past_s": 10 * 365 * 86400.0},
                         compute={"engine": "stream", "tick_s": 0.05})  # fmt: skip
     d = Daemon(cfg, bundle, make_scorer(bundle, "stream"), clock=clock)
     d._restore_state()
@@ -296,7 +296,7 @@ def test_what_the_tick_remembers_of_the_telemetrys_progress_stays_small(bundle, 
     d = _clocked(bundle, tmp_path / "b", clock)
     stamps = [parse_timestamp_ns(json.loads(m.payload)["ts"]) for m in messages]
     _arriving(d, clock, [(t + 7200 * 10**9, m) for t, m in zip(stamps, messages)])  # two hours late
-    assert len(d._reached) <= 120 / 10 + 2  # one per loop iteration of the last grace (10 s apart here)
+    assert len(d._reached) <= (120 + 300) / 10 + 2  # one per loop iteration of the grace and max_future_s
 
 
 def test_a_restart_after_a_downtime_longer_than_the_grace_loses_no_telemetry(bundle, messages, tmp_path):
@@ -477,6 +477,22 @@ def test_a_gateway_clock_ahead_by_more_than_the_grace_closes_no_step_early(bundl
     d._wait_for_writer()
     assert d.metrics.value("scada_runtime_late_samples_total") == 0
     assert _scores(d) == want and len(want) >= len(messages)  # every step, the last one too
+
+
+def test_a_stored_and_forwarded_feed_gives_a_lagging_turbine_the_skew_of_the_data_clock(bundle, messages, tmp_path):
+    """The fleet's telemetry comes 2 hours late (stored and forwarded), WT02's 200 s after the others'. Before
+    this session such a feed was not live: bins closed on the newest stamp less `max_future_s`, which gave WT02
+    the grace and 300 s more. Counted live on the wall clock it got only the grace: all 72 of its samples late
+    (a third review). A feed whose stamps come more than a step and the grace old gets `max_future_s` more."""
+    stamps = [parse_timestamp_ns(json.loads(m.payload)["ts"]) for m in messages]
+    want = _settled(bundle, [(t + 30 * 10**9, m) for t, m in zip(stamps, messages)], tmp_path / "whole")
+    delay = [(7200 + 30 + 200 * ("/WT02/" in m.topic)) * 10**9 for m in messages]
+    clock = _Clock()
+    d = _clocked(bundle, tmp_path / "forwarded", clock)
+    _arriving(d, clock, [(t + w, m) for t, w, m in zip(stamps, delay, messages)], settle_s=1800)
+    d._wait_for_writer()
+    assert d.metrics.value("scada_runtime_late_samples_total") == 0
+    assert _scores(d) == want
 
 
 def test_a_feed_stamped_at_the_start_of_each_interval_loses_no_sample(bundle, messages, tmp_path):

@@ -25,7 +25,6 @@ grace. Caller arrays are never modified.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -315,9 +314,10 @@ class BinAccumulator:
     first close. A sample for an already-closed bin is late: dropped and counted in `late_dropped`, never raised.
 
     `max_per_stamp` (None = no bound) bounds the memory of a feed whose stamps stop advancing (a collector's clock
-    frozen: its samples close no bin, and each new reading under the same stamp is kept): a sample whose stamp
-    already has that many distinct samples in the open bins is dropped and counted in `full_dropped` (not kept in
-    `state_dict`; exact repeats count too). It still closes bins. A feed whose stamps advance is bounded by the
+    frozen: its samples close no bin, and each new reading under the same stamp is kept): a sample all of whose
+    present channels already have that many values of its stamp in the open bins is dropped and counted in
+    `full_dropped` (not kept in `state_dict`; exact repeats count too), so a stamp holds at most channels x bound
+    samples and no channel crowds out another. It still closes bins. A feed whose stamps advance is bounded by the
     bins closing. `add_many_deferred` (replay) keeps no bound.
     """
 
@@ -328,7 +328,7 @@ class BinAccumulator:
         if max_per_stamp is not None and (not isinstance(max_per_stamp, int) or max_per_stamp < 1):
             raise SpecError(f"max_per_stamp must be None or an integer >= 1, got {max_per_stamp!r}")
         self._max_per_stamp = max_per_stamp
-        self._per_stamp: dict[int, int] = {}  # with a bound: distinct samples of each stamp in the open bins
+        self._per_stamp: dict[int, np.ndarray] = {}  # with a bound: per stamp, (C,) values kept in the open bins
         self.full_dropped = 0
         self._plan = _plan(spec)
         self._grace_ns = int(round(grace_seconds * _NS_PER_S))
@@ -382,7 +382,8 @@ class BinAccumulator:
             self._open_from = label
         raw = self._take_through(self._closed_by(ts, label))  # (after the bins it closes: kept below)
         if self._max_per_stamp is not None:
-            if self._per_stamp.get(ts, 0) >= self._max_per_stamp:
+            held, present = self._per_stamp.get(ts), ~np.isnan(row)
+            if held is not None and present.any() and (held[present] >= self._max_per_stamp).all():
                 self.full_dropped += 1
                 return raw
         key = (ts, row.tobytes())
@@ -391,7 +392,10 @@ class BinAccumulator:
             self._rows.append((ts, self._next_order, row))
             self._next_order += 1
             if self._max_per_stamp is not None:
-                self._per_stamp[ts] = self._per_stamp.get(ts, 0) + 1
+                if held is None:
+                    self._per_stamp[ts] = present.astype(np.int64)
+                else:
+                    held += present
         return raw
 
     def add_many_deferred(self, ts_ns: np.ndarray, values: np.ndarray) -> tuple[RawBins | None, np.ndarray, int]:
@@ -515,7 +519,10 @@ class BinAccumulator:
 
     def _count_stamps(self) -> None:
         if self._max_per_stamp is not None:
-            self._per_stamp = dict(Counter(r[0] for r in self._rows))
+            self._per_stamp = {}
+            for t, _, v in self._rows:
+                held = self._per_stamp.setdefault(t, np.zeros(v.size, dtype=np.int64))
+                held += ~np.isnan(v)
 
     def state_dict(self) -> dict[str, Any]:
         """The accumulator state as plain ints, bools and numpy arrays (no pickle needed)."""

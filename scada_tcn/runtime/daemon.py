@@ -197,7 +197,7 @@ class Daemon:
         c = self.cfg
         return Engine(self.bundle, scorer, c.ingest.grace_s, c.ingest.max_turbines, c.compute.max_batch,
                       on_inference=self._observe_inference, drift_window=c.health.drift_window,
-                      max_per_stamp=c.ingest.max_samples_per_stamp)  # fmt: skip
+                      max_per_stamp=c.ingest.max_values_per_stamp)  # fmt: skip
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -434,7 +434,9 @@ class Daemon:
         closes its grace after the telemetry reached its end, on the wall clock. That is its end plus the grace for
         a feed stamped at the end of each step, a little later for one stamped inside it, and a step later for one
         stamped at the start of each interval and sent after it; a publisher away for a while forwards its buffer
-        before the steps it holds close.
+        before the steps it holds close. A feed whose newest stamp came more than a step and the grace old (stored
+        and forwarded) gives the turbines `ingest.max_future_s` more for their samples, as the data clock below
+        does.
         Otherwise (after a start or a reconnect while the broker's backlog drains, with the wall clock ahead, the
         fleet silent for longer, the telemetry's progress unknown for a grace yet): the newest stamp taken less
         `ingest.max_future_s` (the skew a publisher's clock may have), so no bin closes before the telemetry the
@@ -444,21 +446,21 @@ class Daemon:
         since = now - self._reached[-1][0] if self._reached else None  # since the newest stamp last grew
         fresh = since is not None and since < (ingest.grace_s + self.bundle.spec.dt_seconds) * 1e9
         if self.link.connected and self.link.connects == self._connects_seen and self._drained and fresh:
-            reached = self._reached_by(now - grace)  # (`connects` again: a reconnect since this iteration took
-            if reached is not None:  # its messages)
+            # (`connects` again: a reconnect since this iteration took its messages)
+            wall, stamp = self._reached[-1]  # how old the newest stamp was when it came: stored and forwarded?
+            delayed = wall - stamp >= (ingest.grace_s + self.bundle.spec.dt_seconds) * 1e9
+            reached = self._reached_by(now - grace - (int(ingest.max_future_s * 1e9) if delayed else 0))
+            if reached is not None:
                 return min(now, reached + grace)
         return newest - int(ingest.max_future_s * 1e9)
 
     def _reached_by(self, t: int) -> int | None:
         """The newest stamp taken by wall-clock time t (None: not known, as after a start or a clock set back)."""
-        r = self._reached
-        while len(r) > 1 and r[1][0] <= t:
-            r.popleft()
-        return r[0][1] if r and r[0][0] <= t else None
+        return next((newest for wall, newest in reversed(self._reached) if wall <= t), None)
 
     def _note_reached(self, now: int) -> None:
         """Remember when the newest stamp taken grew, to the second (a clock set back forgets what it knew); what
-        is more than the grace old is forgotten but the last of it. At most one entry per second of the grace."""
+        is older than the grace and `max_future_s` is forgotten but the last of it: an entry per second of those."""
         r = self._reached
         if r and now < r[-1][0]:
             r.clear()
@@ -467,7 +469,9 @@ class Daemon:
                 r[-1] = (r[-1][0], self._data_ns)  # (the tick may then close up to a second sooner, never before)
             else:  # (the end plus the grace on the wall clock)
                 r.append((now, self._data_ns))
-        self._reached_by(now - int(self.cfg.ingest.grace_s * 1e9))
+        oldest = now - int((self.cfg.ingest.grace_s + self.cfg.ingest.max_future_s) * 1e9)
+        while len(r) > 1 and r[1][0] <= oldest:
+            r.popleft()
 
     def _clock_behind(self, now: int) -> bool:
         """Whether the wall clock is behind telemetry already admitted by more than `ingest.max_future_s` (an RTC

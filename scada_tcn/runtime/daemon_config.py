@@ -104,11 +104,11 @@ class IngestCfg:
     max_payload_bytes: int = _f(65536, "reject larger telemetry payloads (and batch lines) before decoding them")
     max_batch_payload_bytes: int = _f(4 << 20, "reject larger topics.telemetry_batch messages before decoding them")
     max_turbines: int = _f(5000, "cap on the fleet: telemetry of a new turbine beyond this many is rejected")
-    max_samples_per_stamp: int = _f(
+    max_values_per_stamp: int = _f(
         100,
-        "per turbine: distinct samples kept with one stamp (a publisher whose clock froze stamps every new "
-        "reading alike and closes no bin); beyond it a sample is dropped and counted. Above the messages one "
-        "reading is split into (one per channel at most)",
+        "per turbine, stamp and channel: values kept (a publisher whose clock froze stamps every new reading "
+        "alike and closes no bin); a sample whose every channel is full is dropped and counted. Above the "
+        "readings a channel gets within one stamp (10 a second with whole-second stamps: 10)",
     )
     turbines: list[str] = _f(
         [],
@@ -283,7 +283,7 @@ def _problems(c: RuntimeConfig) -> list[str]:
         ("ingest.max_payload_bytes", c.ingest.max_payload_bytes, 64),
         ("ingest.max_batch_payload_bytes", c.ingest.max_batch_payload_bytes, 64),
         ("ingest.max_turbines", c.ingest.max_turbines, 1),
-        ("ingest.max_samples_per_stamp", c.ingest.max_samples_per_stamp, 1),
+        ("ingest.max_values_per_stamp", c.ingest.max_values_per_stamp, 1),
         ("queues.inbound", c.queues.inbound, 1),
         ("queues.outbound", c.queues.outbound, 1),
         ("queues.receive_maximum", c.queues.receive_maximum, 1),

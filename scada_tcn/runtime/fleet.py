@@ -20,7 +20,7 @@ Contract
   when the fleet is built with `windows=True` (the window engine), the window itself (X (L, F) float32, M_miss
   (L, F) uint8, Flags (L, R) float32, copies) once the turbine has L steps (`window=None` before). Steps are never
   emitted twice: a closed bin never reopens (late samples are counted in `late_dropped` and dropped).
-  `max_per_stamp` (the daemon's `ingest.max_samples_per_stamp`; None in replay) bounds each turbine's distinct
+  `max_per_stamp` (the daemon's `ingest.max_values_per_stamp`; None in replay) bounds each turbine's distinct
   samples of one stamp (`BinAccumulator`): beyond it a sample is dropped and counted in `full_dropped()`.
   `window_of(turbine)` copies a turbine's current window out of the ring (the streaming engine's restart).
 * Turbines get slots 0, 1, ... in order of first sample; at most `max_turbines` (ValueError beyond: the caller

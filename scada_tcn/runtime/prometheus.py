@@ -36,7 +36,7 @@ class RuntimeMetrics:
         self.late = Counter(p + "late_samples", "samples dropped because their bin had closed", registry=r)
         self.stamp_full = Counter(
             p + "stamp_full_samples",
-            "samples dropped because their turbine had ingest.max_samples_per_stamp samples of their stamp",
+            "samples dropped because each of their channels had ingest.max_values_per_stamp values of their stamp",
             registry=r,
         )
         self.bins_closed = Counter(p + "bins_closed", "model steps closed over all turbines", registry=r)
