@@ -332,6 +332,7 @@ class BinAccumulator:
         self.full_dropped = 0
         self._plan = _plan(spec)
         self._grace_ns = int(round(grace_seconds * _NS_PER_S))
+        self._close_lag_ns = min(self._grace_ns, self._plan.dt_ns)  # how far past a bin's end a sample closes it
         self._open_from: int | None = None  # label of the first bin not yet emitted
         self._closed_any = False
         self._rows: list[tuple[int, int, np.ndarray]] = []  # (ts, arrival order, filtered values) of open bins
@@ -447,7 +448,7 @@ class BinAccumulator:
         self._open_from, self._closed_any = last_ns + dt, True
         ends = np.arange(start, last_ns + dt, dt, dtype=np.int64)
         closers = late + np.maximum(np.searchsorted(labels, ends, side="right"),  # of a later bin, the grace after
-                                    np.searchsorted(stamps, ends + min(self._grace_ns, dt)))  # fmt: skip
+                                    np.searchsorted(stamps, ends + self._close_lag_ns))  # fmt: skip
         return RawBins(start, ends.size, all_ts[sel], all_order[sel], all_vals[sel]), closers, late
 
     def _fresh(self, ts: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -470,7 +471,7 @@ class BinAccumulator:
         """The end of the last bin a sample stamped ts (in bin `label`) closes: of an earlier bin, and the grace
         (at most a step) or more before ts."""
         dt = self._plan.dt_ns
-        return min(label - dt, ((ts - min(self._grace_ns, dt)) // dt) * dt)
+        return min(label - dt, ((ts - self._close_lag_ns) // dt) * dt)
 
     def closable_through(self, now_ns: int) -> int:
         """The end of the last bin that may close at clock time now_ns: its end + grace <= now_ns."""
@@ -513,16 +514,10 @@ class BinAccumulator:
             vals = np.array([r[2] for r in closing]) if closing else np.empty((0, len(self._plan.channels)))
         self._rows = kept
         self._seen = {(t, v.tobytes()) for t, _, v in kept}
-        self._count_stamps()
+        if self._per_stamp:  # the closed stamps' counts go with them
+            self._per_stamp = {t: held for t, held in self._per_stamp.items() if t > last_ns}
         self._open_from, self._closed_any = last_ns + dt, True
         return RawBins(start, n_bins, ts, order, vals)
-
-    def _count_stamps(self) -> None:
-        if self._max_per_stamp is not None:
-            self._per_stamp = {}
-            for t, _, v in self._rows:
-                held = self._per_stamp.setdefault(t, np.zeros(v.size, dtype=np.int64))
-                held += ~np.isnan(v)
 
     def state_dict(self) -> dict[str, Any]:
         """The accumulator state as plain ints, bools and numpy arrays (no pickle needed)."""
@@ -569,4 +564,7 @@ class BinAccumulator:
         self.out_of_range = oor
         self._rows = list(zip(ts.tolist(), order.tolist(), vals))
         self._seen = {(t, v.tobytes()) for t, _, v in self._rows}
-        self._count_stamps()
+        self._per_stamp = {}
+        if self._max_per_stamp is not None:
+            for t, _, v in self._rows:
+                self._per_stamp.setdefault(t, np.zeros(v.size, dtype=np.int64))[:] += ~np.isnan(v)

@@ -443,12 +443,12 @@ class Daemon:
         broker holds for it arrives, in the order sent."""
         ingest = self.cfg.ingest
         grace = int(ingest.grace_s * 1e9)
-        since = now - self._reached[-1][0] if self._reached else None  # since the newest stamp last grew
-        fresh = since is not None and since < (ingest.grace_s + self.bundle.spec.dt_seconds) * 1e9
+        window = (ingest.grace_s + self.bundle.spec.dt_seconds) * 1e9  # a step and the grace
+        wall, stamp = self._reached[-1] if self._reached else (None, None)  # when the newest stamp last grew
+        fresh = wall is not None and now - wall < window
         if self.link.connected and self.link.connects == self._connects_seen and self._drained and fresh:
             # (`connects` again: a reconnect since this iteration took its messages)
-            wall, stamp = self._reached[-1]  # how old the newest stamp was when it came: stored and forwarded?
-            delayed = wall - stamp >= (ingest.grace_s + self.bundle.spec.dt_seconds) * 1e9
+            delayed = wall - stamp >= window  # the newest stamp was that old when it came: stored and forwarded
             reached = self._reached_by(now - grace - (int(ingest.max_future_s * 1e9) if delayed else 0))
             if reached is not None:
                 return min(now, reached + grace)

@@ -331,9 +331,9 @@ class Engine:
             skip = sp.skip_mask(flags, self.flag_names)
             st = self._signals.step(slots, [w.record.turbine for w in group], resid, present, pred, scored,
                                     np.stack([w.repeat for w in group]), skip)  # fmt: skip
-            # skipped steps (and unscored ones) hold the alert and leave the drift alone, as offline inference
-            # leaves them out: their score is the aggregate frozen over the stop, no new evidence
-            has = np.isfinite(st.score) & scored & ~skip
+            # steps without new evidence (unscored, skipped) hold the alert and leave the drift alone, as offline
+            # inference leaves them out: their score is the aggregate frozen over the gap
+            has = np.isfinite(st.score) & st.observed
             self.drift.update_many(st.score[has])
             turned_on, turned_off = np.zeros(len(group), bool), np.zeros(len(group), bool)
             if has.any():

@@ -20,8 +20,8 @@ Contract
   when the fleet is built with `windows=True` (the window engine), the window itself (X (L, F) float32, M_miss
   (L, F) uint8, Flags (L, R) float32, copies) once the turbine has L steps (`window=None` before). Steps are never
   emitted twice: a closed bin never reopens (late samples are counted in `late_dropped` and dropped).
-  `max_per_stamp` (the daemon's `ingest.max_values_per_stamp`; None in replay) bounds each turbine's distinct
-  samples of one stamp (`BinAccumulator`): beyond it a sample is dropped and counted in `full_dropped()`.
+  `max_per_stamp` (the daemon's `ingest.max_values_per_stamp`; None in replay) bounds each turbine's values of
+  one stamp and channel (`BinAccumulator`): beyond it a sample is dropped ("full" from `add`).
   `window_of(turbine)` copies a turbine's current window out of the ring (the streaming engine's restart).
 * Turbines get slots 0, 1, ... in order of first sample; at most `max_turbines` (ValueError beyond: the caller
   checks `has_room` first). `state_dict()` / `load_state_dict()` carry plain data per turbine.
@@ -185,10 +185,6 @@ class Fleet:
         counts = [(t.acc.late_dropped, name) for name, t in list(self._turbines.items()) if t.acc.late_dropped]
         return {name: n for n, name in sorted(counts, key=lambda x: (-x[0], x[1]))[:top]}
 
-    def full_dropped(self) -> int:
-        """Samples dropped because their turbine had `max_per_stamp` of their stamp (since this process started)."""
-        return sum(t.acc.full_dropped for t in self._turbines.values())
-
     def _new(self, turbine: str) -> _Turbine:
         if len(self._turbines) >= self.max_turbines:
             raise ValueError(f"Fleet: already {self.max_turbines} turbines (ingest.max_turbines); {turbine!r} refused")
@@ -203,8 +199,8 @@ class Fleet:
         return t
 
     def add(self, turbine: str, ts_ns: int, values: np.ndarray) -> str | None:
-        """Store one sample; returns why it was dropped: "late" (its bin had closed) or "full" (the turbine's open
-        bins hold `max_per_stamp` samples of its stamp), None when it was stored."""
+        """Store one sample; returns why it was dropped: "late" (its bin had closed) or "full" (each of its channels
+        has `max_per_stamp` values of its stamp in the open bins), None when it was stored."""
         t = self._turbines.get(turbine) or self._new(turbine)
         late, full = t.acc.late_dropped, t.acc.full_dropped
         self._emit(turbine, t, t.acc.add_deferred(ts_ns, values), self._arrivals)

@@ -165,7 +165,7 @@ def _timestamp(cell: str, tz: Any) -> tuple[int | str, str]:
 
 
 def _in_range(ns: int | str) -> int | str:
-    """A parsed stamp, or "out_of_range" beyond it (`in_epoch_range` (int64 ns end in 2262; the daemon's clock checks
+    """A parsed stamp, or "out_of_range" outside `in_epoch_range` (int64 ns end in 2262; the daemon's clock checks
     refuse such stamps, a table has no clock)."""
     return "out_of_range" if isinstance(ns, int) and not in_epoch_range(ns) else ns
 

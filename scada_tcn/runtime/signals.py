@@ -264,6 +264,7 @@ class SignalStep(NamedTuple):
     group_ratio: np.ndarray  # (B, G) the largest ratio of each group's monitors, NaN: none defined
     group_top: np.ndarray  # (B, G) the monitor that set it, -1: none
     score: np.ndarray  # (B,) the largest ratio, NaN when none is defined
+    observed: np.ndarray  # (B,) bool: scored and not skipped, a step with new evidence (alerts count only these)
 
 
 class SignalTracker:
@@ -344,7 +345,7 @@ class SignalTracker:
         group_ratio, group_top = sp.group_ratios(ratio)
         finite = np.isfinite(ratio)
         score = np.where(finite.any(axis=1), np.where(finite, ratio, -np.inf).max(axis=1, initial=-np.inf), np.nan)
-        return SignalStep(y, has, value, level, ratio, group_ratio, group_top, score)
+        return SignalStep(y, has, value, level, ratio, group_ratio, group_top, score, ok)
 
     def _levels_of(self, turbine: str) -> np.ndarray:
         """The (M,) levels of `turbine` (cached: the levels do not change)."""

@@ -127,14 +127,15 @@ def track(tracker: SignalTracker, steps: SignalSteps, turbines: list[str], flag_
     N, M, G = len(steps.t_end), len(sp.monitor_names), sp.n_groups
     value, ratio = np.full((N, M), np.nan), np.full((N, M), np.nan)
     gratio, gtop = np.full((N, G), np.nan), np.full((N, G), -1)
-    score = np.full(N, np.nan)
+    score, observed = np.full(N, np.nan), np.zeros(N, dtype=bool)
     bounds = np.flatnonzero(np.diff(steps.t_end, prepend=steps.t_end[0] - 1))
     for a, b in zip(bounds, np.append(bounds[1:], N)):
         r = np.arange(a, b)
         st = tracker.step(slots[r], list(steps.turbine[r]), steps.resid[r], steps.present[r], steps.pred[r],
                           scored[r], steps.repeat[r], skip[r])  # fmt: skip
         value[r], ratio[r], gratio[r], gtop[r], score[r] = st.value, st.ratio, st.group_ratio, st.group_top, st.score
-    cols = {"turbine_id": steps.turbine, "t_end": steps.t_end, "scored": steps.scored & ~skip, "score": score}
+        observed[r] = st.observed
+    cols = {"turbine_id": steps.turbine, "t_end": steps.t_end, "scored": observed, "score": score}
     for j, m in enumerate(sp.monitor_names):
         cols |= {f"value_{m}": value[:, j], f"ratio_{m}": ratio[:, j]}
     for j, g in enumerate(sp.groups):
