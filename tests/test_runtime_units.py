@@ -283,8 +283,8 @@ def test_the_deploy_example_config_is_valid_and_names_its_turbines():
 def test_the_deploy_alert_rules_name_only_metrics_and_settings_that_exist():
     """deploy/prometheus-rules.yml: every rule has an expression that a PromQL parser takes, a duration, a severity,
     a summary and a description; every scada_runtime_ series it queries is one the daemon exposes, every label it
-    filters on is one of that metric's, and every runtime.yaml setting its texts point to is a real key (the rules
-    cannot drift from the code)."""
+    filters on is one of that metric's, every runtime.yaml setting its texts point to is a real key, and every
+    template in them renders (the rules cannot drift from the code)."""
     import dataclasses
     import re
 
@@ -319,6 +319,15 @@ def test_the_deploy_alert_rules_name_only_metrics_and_settings_that_exist():
         text = " ".join(r["annotations"].values())
         for key in re.findall(r"\b((?:ingest|queues|topics|health|compute|state|broker)\.\w+)", text):
             assert key in settings, (r["alert"], key)
+        # the annotations' Go templates: $value through a function Prometheus has, or a label the alert keeps (one
+        # of its series' or the target's, not aggregated away), so Alertmanager never shows "<no value>"
+        kept = {"instance", "job"} | {x for n in re.findall(r"scada_runtime_\w+", r["expr"]) for x in labels[n]}
+        if re.search(r"\b(sum|avg|min|max|count|topk|bottomk|quantile)\b", r["expr"]):
+            kept &= {x.strip() for by in re.findall(r"\bby\s*\(([^)]*)\)", r["expr"]) for x in by.split(",")}
+        for t in re.findall(r"{{(.*?)}}", text):
+            value = r'\$value(\s*\|\s*(humanize|humanizeDuration|humanizePercentage|printf "%[-+ #0-9.]*[dfge]"))?'
+            label = re.fullmatch(r"\$labels\.(\w+)", t.strip())
+            assert re.fullmatch(value, t.strip()) or (label and label[1] in kept), (r["alert"], t)
 
 
 def _ws_chunks(path: Path, rows: int = 9, mapping: MappingCfg | None = None) -> list:
@@ -598,16 +607,17 @@ def test_epoch_seconds_read_alike_one_by_one_in_batches_and_in_scada_prepare(tmp
     (`parse_timestamp_ns`), replay's vectorised chunk (`epoch_ns`) and scada-prepare give the same ns."""
     import pandas as pd
 
-    from scada_tcn.runtime.telemetry import epoch_ns, parse_timestamp_ns
+    from scada_tcn.runtime.telemetry import TABLE_EPOCH_FLOOR_S, epoch_ns, parse_timestamp_ns
     from scada_tcn.trainer.data.tables import parse_timestamps
 
     rng = np.random.default_rng(11)
     edges = [0.0, -0.0, 1.5e-9, 2.5e-9, 9e9, -9e9]
     secs = np.concatenate([rng.uniform(-2e9, 4e9, 3000), rng.integers(0, 2**31, 1000) + 0.5e-9,
                            np.round(rng.uniform(1e9, 2e9, 1000), 3), edges])  # fmt: skip
+    assert epoch_ns(secs).tolist() == [parse_timestamp_ns(float(repr(float(x)))) for x in secs]
+    secs = secs[secs >= TABLE_EPOCH_FLOOR_S]  # a table's stamps lie after 1990 (`test_numeric_stamps_...`)
     cells = [repr(float(x)) for x in secs]
     one_by_one = [parse_timestamp_ns(float(c)) for c in cells]
-    assert epoch_ns(secs).tolist() == one_by_one
     path = _stamp_table(tmp_path / "t.csv", cells)
     assert [t for _, ts, _, _ in _ws_chunks(path, 997) for t in ts.tolist()] == one_by_one
     assert parse_timestamps(pd.read_csv(path, dtype=str)["timestamp"], None, "t").tolist() == one_by_one

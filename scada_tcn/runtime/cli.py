@@ -59,7 +59,9 @@ def parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("replay", help="score a table as the daemon would", description=_REPLAY_HELP,
                          formatter_class=fmt)  # fmt: skip
     rep.add_argument("--bundle", type=Path, required=True, help="bundle directory written by scada-export")
-    rep.add_argument("--input", type=Path, required=True, help="raw SCADA table, .csv or .csv.gz")
+    rep.add_argument(
+        "--input", type=Path, required=True, help="raw SCADA table: a .csv or .csv.gz file, or a folder of them"
+    )
     rep.add_argument("--out", type=Path, required=True, help="score records, JSON lines")
     rep.add_argument("--config", type=Path, default=None, help="runtime.yaml for `mapping` and compute")
     rep.add_argument("--alerts", type=Path, default=None, help="also write alert transitions here")

@@ -29,6 +29,7 @@ from urllib.parse import urlparse
 import yaml
 
 from scada_tcn.runtime.errors import ConfigError
+from scada_tcn.runtime.telemetry import zone_problem
 
 ENV_PREFIX = "SCADA_RT_"
 
@@ -263,7 +264,7 @@ def _env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str
 
 
 def _problems(c: RuntimeConfig) -> list[str]:
-    p: list[str] = []
+    p: list[str] = [z for z in [zone_problem(c.mapping.naive_timezone, "mapping.naive_timezone")] if z]
     url = urlparse(c.broker.url)
     if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
         p.append(f"broker.url: expected mqtt://host:port or mqtts://host:port, got {c.broker.url!r}")

@@ -2,9 +2,10 @@
 
 Contract
 --------
-* Input: a CSV file, plain or gzipped (`.gz`), read with the csv module (a Parquet file is refused with the
-  command that converts it, since the edge install carries no Parquet reader), with one row per turbine and
-  timestamp, in the training table's format. Columns map to the bundle's channels through runtime.yaml's `mapping`
+* Input: a CSV file, plain or gzipped (`.gz`), or a folder of them (per-turbine exports), read by
+  `csv_table.csv_columns` as scada-prepare reads CSV (a Parquet file is refused with the command that converts
+  it, since the edge install carries no Parquet reader), with one row per turbine and timestamp, in the training
+  table's format. Columns map to the bundle's channels through runtime.yaml's `mapping`
   section (`columns`, `turbine_id_col`, `time_col`, `naive_timezone`); with no `columns` the bundle's training
   mapping is used, so a table in the training format replays with no mapping given. Stamps: ISO-8601 with a UTC
   offset, or epoch seconds; naive stamps need `naive_timezone`. Value cells are read by `cells.parse_numbers`,
@@ -23,21 +24,18 @@ Contract
   (`rows`).
 * Output: `out` gets exactly the score-topic payloads `run` would publish (warm-up records included), one JSON
   object per line, in closing order; `alerts_out`, when given, the alert transitions. Returns a summary dict.
-Refused (InputError): a missing file or column, a file that is not UTF-8 CSV (or not gzip when named .gz),
-unparseable or naive stamps without a zone, an empty table, an output that cannot be written, no room for the
-temporary file.
+Refused (InputError): a missing file or column, a file that is not UTF-8 CSV (or not gzip when named .gz), a row
+with more cells than the header (`csv_table`), unparseable or naive stamps without a zone, an empty table, an
+output that cannot be written, no room for the temporary file.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import gc
-import gzip
-import itertools
+import math
 import re
 import tempfile
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -46,11 +44,21 @@ from typing import Any
 import numpy as np
 
 from scada_tcn.runtime.cells import is_number, parse_numbers
+from scada_tcn.runtime.csv_table import CSV_KINDS, PARQUET_KINDS, csv_columns, table_files
 from scada_tcn.runtime.daemon_config import MappingCfg
 from scada_tcn.runtime.engine import Engine
 from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.ids import turbine_id_problem
-from scada_tcn.runtime.telemetry import EPOCH_RANGE, epoch_ns, in_epoch_range, parse_timestamp_ns
+from scada_tcn.runtime.telemetry import (
+    EPOCH_FLOOR,
+    EPOCH_MS,
+    EPOCH_RANGE,
+    MAX_EPOCH_S,
+    TABLE_EPOCH_FLOOR_S,
+    epoch_ns,
+    in_epoch_range,
+    parse_timestamp_ns,
+)
 
 __all__ = ["CHUNK_ROWS", "FEED_MIN_ROWS", "FEED_STEPS", "in_time_order", "replay", "replay_file", "table_chunks"]
 
@@ -61,45 +69,20 @@ _WRITE_BUFFER = 1 << 20  # bytes: the score lines go out in large writes
 
 
 def _read_chunks(path: Path, columns: Sequence[str], rows: int) -> Iterator[dict[str, list[str]]]:
-    """The table's `columns` in chunks of at most `rows` rows (column -> list of cells)."""
-    if path.name.lower().endswith((".parquet", ".pq")):  # the edge install carries no Parquet reader (pyarrow)
-        csv_path = path.with_suffix(".csv")
+    """The table's `columns` in chunks of at most `rows` rows (column -> list of cells): a CSV file, or a folder's
+    CSV files one after the other (`csv_table`, the reader scada-prepare uses for CSV)."""
+    files = table_files(path, CSV_KINDS + PARQUET_KINDS)
+    parquet = [f for f in files if f.name.lower().endswith(PARQUET_KINDS)]
+    if parquet:  # the edge install carries no Parquet reader (pyarrow)
+        f = parquet[0]
+        csv_path = f.with_suffix(".csv")
         raise InputError(
-            f"{path}: the edge runtime replays CSV only; convert the table where pandas is installed: "
-            f"python -c \"import pandas as pd; pd.read_parquet('{path}').to_csv('{csv_path}', "
+            f"{f}: the edge runtime replays CSV only; convert the table where pandas is installed: "
+            f"python -c \"import pandas as pd; pd.read_parquet('{f}').to_csv('{csv_path}', "
             'index=False)"'
         )
-    try:
-        yield from _csv_chunks(path, columns, rows)
-    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, zlib.error) as e:
-        raise InputError(f"{path}: not a UTF-8 CSV file{' (gzip)' if _gzipped(path) else ''}: {e}") from e
-
-
-def _gzipped(path: Path) -> bool:
-    return path.name.lower().endswith(".gz")
-
-
-def _csv_chunks(path: Path, columns: Sequence[str], rows: int) -> Iterator[dict[str, list[str]]]:
-    opener = gzip.open if _gzipped(path) else open
-    with opener(path, "rt", newline="", encoding="utf-8-sig") as fh:  # a byte-order mark (Excel) is skipped
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None:
-            raise InputError(f"{path}: empty file")
-        missing = [c for c in columns if c not in header]
-        if missing:
-            semicolons = len(header) == 1 and ";" in header[0]
-            hint = "; it looks separated by ';': save it comma-separated" if semicolons else ""
-            raise InputError(
-                f"{path}: columns {missing} not found; the table has {header[:40]}{hint}. "
-                "Fix runtime.yaml `mapping` (columns, turbine_id_col, time_col)"
-            )
-        idx = {c: header.index(c) for c in dict.fromkeys(columns)}
-        while True:
-            block = list(itertools.islice(reader, rows))
-            if not block:
-                return
-            yield {c: [row[i] if i < len(row) else "" for row in block] for c, i in idx.items()}
+    for f in files:
+        yield from csv_columns(f, columns, rows)
 
 
 _ISO = re.compile(  # the ISO-8601 forms pandas reads with format="ISO8601" (scada-prepare), after strip(); see _iso_ns
@@ -150,7 +133,9 @@ def _timestamp(cell: str, tz: Any) -> tuple[int | str, str]:
     it (`_iso_ns`), a stamp without an offset in `tz` (refused without one)."""
     s = cell.strip()
     if is_number(s):
-        return _in_range(parse_timestamp_ns(float(s))), "epoch"
+        x = float(s)
+        ns = "out_of_range" if math.isfinite(x) and abs(x) > MAX_EPOCH_S else _in_range(parse_timestamp_ns(x))
+        return ("epoch_before_1990" if isinstance(ns, int) and ns < TABLE_EPOCH_FLOOR_S * 10**9 else ns), "epoch"
     parsed = _iso_ns(s)
     if parsed is None:
         return "bad_timestamp", "offset"
@@ -194,7 +179,7 @@ def _stamps(cells: list[str], tz: Any, forms: dict[str, str], where: str, zone: 
     if cells and is_number(cells[0]):
         secs, not_numbers = parse_numbers(cells)
         ns = None if not_numbers else epoch_ns(secs)  # None too for an empty, infinite or out-of-range stamp
-        if ns is not None:
+        if ns is not None and secs.min() >= TABLE_EPOCH_FLOOR_S:  # else read cell by cell, for the reasons
             forms.setdefault("epoch", cells[0])
             _one_form(forms, where)
             return ns
@@ -210,9 +195,14 @@ def _stamps(cells: list[str], tz: Any, forms: dict[str, str], where: str, zone: 
             fix = (f"local times that a DST change in {zone} repeats or skips: export the stamps with a UTC offset, "
                    "or in UTC with mapping.naive_timezone: UTC")  # fmt: skip
         elif kinds == ["out_of_range"]:
-            fix = EPOCH_RANGE
+            fix = EPOCH_RANGE + (EPOCH_MS if all(is_number(c) for _, c in bad[:3]) else "")
+        elif kinds == ["epoch_before_1990"]:
+            fix = EPOCH_FLOOR
         else:
-            fix = "expected ISO-8601 with a UTC offset (or set mapping.naive_timezone) or epoch seconds"
+            fix = (
+                "expected ISO-8601 with a UTC offset or epoch seconds (local times: set mapping.naive_timezone "
+                "to the zone of the table's clocks, as scada-prepare's data.identifiers.naive_timezone)"
+            )
         raise InputError(f"{where}: {len(bad)} bad timestamps ({kinds}), e.g. {[c for _, c in bad[:3]]}; {fix}")
     return np.array([t for t, _ in parsed], dtype=np.int64)
 
@@ -222,8 +212,6 @@ def table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg,
     """Per chunk of at most `rows` rows: (turbine ids, ts_ns (n,) int64, values (n, C) float64, non-numeric
     cells per channel)."""
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"replay input {p} does not exist")
     colmap = dict(mapping.columns) or dict(default_columns)
     missing = [c for c in channels if c not in colmap]
     if missing:

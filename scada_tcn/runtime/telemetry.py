@@ -40,11 +40,15 @@ from typing import Any, NamedTuple
 import numpy as np
 import orjson
 
+from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.ids import turbine_id_problem
 
 __all__ = [
+    "EPOCH_FLOOR",
+    "EPOCH_MS",
     "EPOCH_RANGE",
     "MAX_EPOCH_S",
+    "TABLE_EPOCH_FLOOR_S",
     "REASONS",
     "BatchDecode",
     "Rejection",
@@ -53,7 +57,9 @@ __all__ = [
     "epoch_ns",
     "in_epoch_range",
     "parse_timestamp_ns",
+    "table_epoch_ns",
     "topic_filter",
+    "zone_problem",
 ]
 
 REASONS = (
@@ -82,6 +88,25 @@ _NS = 1_000_000_000
 _MAX_ABS_S = 1e11  # ~ year 5138: anything beyond is nonsense (the daemon's future / past checks refuse far less)
 MAX_EPOCH_S = 9e9  # |epoch seconds| of a table's stamps, inside int64 ns (1677-2262) with room for a bin
 EPOCH_RANGE = "stamps must lie within 9e9 s of 1970 (1684-10-19 to 2255-03-14)"
+# a table's epoch-second stamps lie after 1990-01-01: smaller numbers are Excel serial days or a counter, which
+# read as epoch seconds would put a whole table in 1970 (scada-prepare and replay both refuse them)
+TABLE_EPOCH_FLOOR_S = 631_152_000
+EPOCH_FLOOR = ("numeric stamps are read as epoch seconds, and these lie before 1990: Excel serial dates or a "
+               "counter? Export ISO-8601 stamps with a UTC offset, or epoch seconds")  # fmt: skip
+EPOCH_MS = " (numbers this large may be epoch milliseconds: export epoch seconds)"
+
+
+def zone_problem(name: str | None, key: str) -> str | None:
+    """Why `name` (the setting `key`) is not a time zone this machine knows, or None (None is no zone)."""
+    if name is None:
+        return None
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return f"{key}: unknown time zone {name!r}; give an IANA name such as Europe/Paris or UTC"
+    return None
 
 
 def in_epoch_range(ns: Any) -> Any:
@@ -138,6 +163,23 @@ def epoch_ns(seconds: np.ndarray) -> np.ndarray | None:
     if not (np.isfinite(x) & (np.abs(x) <= MAX_EPOCH_S)).all():
         return None
     return np.rint(x * 1e9).astype(np.int64)  # round() and rint both round half to even
+
+
+def table_epoch_ns(secs: np.ndarray, where: str) -> np.ndarray:
+    """A table's column of epoch seconds (float64, NaN = empty) -> int64 ns (`epoch_ns`). Refused (InputError, what
+    to fix): empty or infinite stamps, stamps beyond MAX_EPOCH_S (epoch milliseconds?), stamps before 1990
+    (TABLE_EPOCH_FLOOR_S: Excel serial days or a counter?)."""
+    if np.isnan(secs).any():
+        raise InputError(f"{where}: {int(np.isnan(secs).sum())} empty (or infinite) timestamps")
+    ns = epoch_ns(secs)
+    if ns is None:
+        bad = secs[~(np.abs(secs) <= MAX_EPOCH_S)][:3].tolist()
+        raise InputError(f"{where}: epoch seconds out of range, e.g. {bad}; {EPOCH_RANGE}{EPOCH_MS}")
+    early = secs < TABLE_EPOCH_FLOOR_S
+    if early.any():
+        raise InputError(f"{where}: {int(early.sum())} stamps before 1990, e.g. {secs[early][:3].tolist()}; "
+                         f"{EPOCH_FLOOR}")  # fmt: skip
+    return ns
 
 
 def _parse(payload: bytes, text: str | None) -> Any:

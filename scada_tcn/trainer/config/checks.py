@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from scada_tcn.runtime.errors import ConfigError
+from scada_tcn.runtime.telemetry import zone_problem
 from scada_tcn.runtime.vocab import ScoreAggregator, ScoreKind
 from scada_tcn.trainer.config.choices import FlagSourceType, ReceptiveFieldRule
 from scada_tcn.trainer.config.derive import spec_from_config, stuck_feature
@@ -30,6 +31,9 @@ def _parse_time(key: str, value: str) -> datetime:
 
 
 def _check_splits(cfg: RootCfg) -> None:
+    zone = zone_problem(cfg.data.identifiers.naive_timezone, "data.identifiers.naive_timezone")
+    if zone:
+        raise ConfigError(zone)
     sp = cfg.data.splits
     if sp.method == "time":
         ranges = []

@@ -1,0 +1,113 @@
+"""Reading a raw SCADA table's files: the one reader `scada-prepare` and `scada-runtime replay` share for CSV.
+
+Contract
+--------
+* `table_files(path, kinds)`: a file, or a folder's files whose names end in one of `kinds` (".csv", ".csv.gz",
+  ".parquet", ".pq"), in name order. Refused: a path that does not exist, a folder with no such file.
+* `csv_columns(path, columns, rows)`: the cells (str) of `columns` of a CSV file, plain or gzipped (`.gz`), in
+  chunks of at most `rows` data rows (column -> list of cells), read with the csv module:
+  - UTF-8, a byte-order mark (Excel) skipped; the first row is the header; blank lines are skipped;
+  - a row with fewer cells than the header has empty cells for the rest; a row with more is refused, naming its
+    line, unless the extra cells are empty (a separator at the end of each line, as some exports write): an
+    unquoted separator inside a cell (free status text) would shift every later cell of the row;
+  - a needed column missing from the header, or named twice in it, is refused.
+  Refused (InputError, naming the file and what to fix): not UTF-8, not gzip when named `.gz`, a truncated gzip,
+  an empty file, the column problems above (a header with a single ';'-separated name gets that hint).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import itertools
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from scada_tcn.runtime.errors import InputError
+
+__all__ = ["CSV_KINDS", "PARQUET_KINDS", "csv_columns", "table_files"]
+
+CSV_KINDS = (".csv", ".csv.gz")
+PARQUET_KINDS = (".parquet", ".pq")
+
+
+def table_files(path: str | Path, kinds: Sequence[str]) -> list[Path]:
+    """`path` itself when it is a file, else the files of the folder `path` named *<kind>, in name order."""
+    p = Path(path)
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.is_file() and f.name.lower().endswith(tuple(kinds)))
+        if not files:
+            raise InputError(f"no table files ({', '.join(kinds)}) in folder {p}")
+        return files
+    raise InputError(f"{p} does not exist (give a table file or a folder of them: {', '.join(kinds)})")
+
+
+def csv_columns(path: str | Path, columns: Sequence[str], rows: int) -> Iterator[dict[str, list[str]]]:
+    """The cells of `columns` in chunks of at most `rows` data rows; see the module docstring."""
+    p = Path(path)
+    gz = p.name.lower().endswith(".gz")
+    try:
+        yield from _chunks(p, gz, columns, rows)
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, zlib.error) as e:
+        kind = " (gzip)" if gz else ""
+        raise InputError(f"{p}: not a UTF-8 CSV file{kind}: {e}; save it as UTF-8 CSV"
+                         f"{', or gzip it again (the file may be cut short)' if gz else ''}") from e  # fmt: skip
+
+
+def _chunks(path: Path, gz: bool, columns: Sequence[str], rows: int) -> Iterator[dict[str, list[str]]]:
+    opener = gzip.open if gz else open
+    with opener(path, "rt", newline="", encoding="utf-8-sig") as fh:  # a byte-order mark (Excel) is skipped
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        while header == []:  # blank lines before the header
+            header = next(reader, None)
+        if header is None:
+            raise InputError(f"{path}: empty file")
+        idx = _columns(path, header, columns)
+        width = len(header)
+        while True:
+            first_line = reader.line_num + 1
+            block = list(itertools.islice(reader, rows))
+            if not block:
+                return
+            if max(map(len, block)) > width:
+                _check_widths(path, block, width, first_line)
+            if not all(block):
+                block = [row for row in block if row]
+                if not block:
+                    continue
+            yield {c: [row[i] if i < len(row) else "" for row in block] for c, i in idx.items()}
+
+
+def _columns(path: Path, header: list[str], columns: Sequence[str]) -> dict[str, int]:
+    """Each needed column's position in the header; refused: missing or named twice."""
+    missing = [c for c in columns if c not in header]
+    if missing:
+        hint = ""
+        if len(header) == 1 and ";" in header[0]:
+            hint = "; it looks separated by ';': save it comma-separated"
+        elif header[0].lstrip().startswith("#"):
+            hint = "; it starts with comment lines ('#'): remove them, so that the header is the first line"
+        raise InputError(
+            f"{path}: columns {missing} not found; the table has {header[:40]}{hint}. "
+            "Fix the column mapping to name columns of your export"
+        )
+    twice = sorted({c for c in columns if header.count(c) > 1})
+    if twice:
+        raise InputError(f"{path}: columns {twice} are named more than once in the header; rename the copies")
+    return {c: header.index(c) for c in dict.fromkeys(columns)}
+
+
+def _check_widths(path: Path, block: list[list[str]], width: int, first_line: int) -> None:
+    """Refuse a row with more cells than the header unless the extra ones are empty (trailing separators).
+    Lines are counted from the file's first line (a cell spanning lines makes later numbers approximate)."""
+    for k, row in enumerate(block):
+        if len(row) > width and any(row[width:]):
+            raise InputError(
+                f"{path}: line {first_line + k} has {len(row)} cells where the header has {width} "
+                f"(e.g. {row[width - 1 : width + 1]}): a separator inside an unquoted cell shifts the rest of the "
+                "row; quote such cells or remove the separator"
+            )

@@ -1,0 +1,171 @@
+"""A user's own CSV export: scada-prepare and `scada-runtime replay` read it alike, or refuse it alike saying what
+to fix. Found in review by building the exports users bring (a separator inside a free-text cell, separators at
+line ends, blank lines, Excel serial dates, files cut short, comment lines, decimal commas, float32 Parquet)."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from scada_tcn.runtime.daemon_config import MappingCfg, daemon_config_from_dict
+from scada_tcn.runtime.errors import ConfigError, InputError
+from scada_tcn.runtime.replay import table_chunks
+from scada_tcn.trainer.config import load_config
+from scada_tcn.trainer.data.tables import load_raw_table
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "config.yaml"
+CHANNELS = ("wind_speed", "power", "rotor_speed", "gen_speed", "pitch", "wind_dir", "nacelle_dir", "ambient_temp",
+            "nacelle_temp", "gearbox_oil_temp", "gearbox_bearing_temp", "gen_bearing_temp", "status")  # fmt: skip
+HEADER = ",".join(("turbine_id", "timestamp", *CHANNELS))
+
+
+def _rows(n: int = 6, turbines: tuple[str, ...] = ("WT01", "WT02")) -> list[str]:
+    """Data lines (no header): every turbine every 10 minutes from 2024-01-01, distinct values per cell."""
+    out = []
+    for t, tid in enumerate(turbines):
+        for i in range(n):
+            cells = [f"{(t * 100 + i * 13 + j) % 97 + 0.37 * j:.2f}" for j in range(len(CHANNELS))]
+            out.append(",".join([tid, f"{1704067200 + 600 * i}", *cells]))
+    return out
+
+
+def _write(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _prepare(path: Path):
+    """scada-prepare's reader on `path` (every channel mapped to the column of its name)."""
+    return load_raw_table(load_config(CONFIG, [f"data.paths.raw_dir={path}"]).data)
+
+
+def _replay(path: Path, rows: int = 5):
+    """replay's reader on `path`: (ids, ts_ns, values) of all its chunks."""
+    parts = list(table_chunks(path, CHANNELS, MappingCfg(), {c: c for c in CHANNELS}, rows))
+    return ([i for p in parts for i in p[0]], np.concatenate([p[1] for p in parts]),
+            np.concatenate([p[2] for p in parts]))  # fmt: skip
+
+
+def _both(path: Path) -> tuple:
+    """What both readers read, after checking they agree."""
+    t = _prepare(path)
+    ids, ts, values = _replay(path)
+    assert list(t.turbine_ids) == ids and t.ts_ns.tolist() == ts.tolist()
+    np.testing.assert_array_equal(t.values, values)
+    return ids, ts, values
+
+
+def test_a_separator_inside_an_unquoted_cell_is_refused_by_both_naming_the_line(tmp_path):
+    """Free status text with a comma, unquoted: replay shifted every later cell of the row (the ambient
+    temperature read the nacelle direction) and scada-prepare refused it without naming the file."""
+    lines = [HEADER, *_rows()]
+    lines[4] = lines[4].rsplit(",", 1)[0] + ",STOP, manual"
+    path = _write(tmp_path / "a.csv", lines)
+    for read in (_prepare, _replay):
+        with pytest.raises(InputError, match=r"a\.csv: line 5 has 16 cells where the header has 15.*quote such"):
+            read(path)
+
+
+def test_separators_at_line_ends_and_blank_lines_read_as_the_clean_file(tmp_path):
+    """A separator at the end of each data line (not the header) made pandas take the first column as the index:
+    stamps read as turbine ids. Blank lines made replay refuse an empty turbine id."""
+    clean = _both(_write(tmp_path / "clean.csv", [HEADER, *_rows()]))
+    trailing = [HEADER, *(r + "," for r in _rows())]
+    blanks = ["", HEADER, *_rows()[:3], "", *_rows()[3:], "", ""]
+    for name, lines in (("trailing.csv", trailing), ("blanks.csv", blanks)):
+        got = _both(_write(tmp_path / name, lines))
+        assert got[0] == clean[0] and got[1].tolist() == clean[1].tolist(), name
+        np.testing.assert_array_equal(got[2], clean[2])
+
+
+def test_numeric_stamps_that_are_not_epoch_seconds_are_refused_by_both(tmp_path):
+    """Excel serial days (45292.0069) were read as epoch seconds: replay put the whole table in one step of
+    1970-01-01 and exited 0; epoch milliseconds were refused without saying so."""
+
+    def table(stamps: list[str]) -> Path:
+        return _write(tmp_path / "t.csv", [HEADER] + [r.split(",", 2)[0] + f",{s}," + r.split(",", 2)[2]
+                                                      for r, s in zip(_rows(3, ("WT01",)), stamps)])  # fmt: skip
+
+    excel = table(["45292.006944", "45292.013889", "45292.020833"])
+    for read in (_prepare, _replay):
+        with pytest.raises(InputError, match=r"45292\.006944.*lie before 1990: Excel serial dates"):
+            read(excel)
+    ms = table(["1704067200000", "1704067800000", "1704068400000"])
+    for read in (_prepare, _replay):
+        with pytest.raises(InputError, match="may be epoch milliseconds"):
+            read(ms)
+
+
+def test_a_folder_of_per_turbine_exports_replays_as_the_joined_table(tmp_path):
+    """scada-prepare took a folder of files and replay said the folder "does not exist"."""
+    (tmp_path / "farm").mkdir()
+    rows = _rows()
+    _write(tmp_path / "farm" / "WT01.csv", [HEADER, *rows[:6]])
+    _write(tmp_path / "farm" / "WT02.csv.gz", [])
+    with gzip.open(tmp_path / "farm" / "WT02.csv.gz", "wt") as fh:
+        fh.write("\n".join([HEADER, *rows[6:]]) + "\n")
+    joined = _both(_write(tmp_path / "all.csv", [HEADER, *rows]))
+    folder = _both(tmp_path / "farm")
+    assert folder[0] == joined[0] and folder[1].tolist() == joined[1].tolist()
+
+
+def test_file_faults_are_refused_by_both_with_the_file_named_and_the_fix(tmp_path):
+    """A gzip cut short made scada-prepare print only "Aborted." (an EOFError taken for Ctrl-D), a plain file named
+    .gz a traceback; Latin-1 and comment lines gave pandas' bare text."""
+    good = "\n".join([HEADER, *_rows()]) + "\n"
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(gzip.compress(good.encode())[:-40])
+    plain = tmp_path / "plain.csv.gz"
+    plain.write_text(good)
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(good.replace("status", "status \xb0C").encode("latin-1"))
+    comments = _write(tmp_path / "comments.csv", ["# Kelmarsh export", "# turbine 1", HEADER, *_rows()])
+    twice = _write(tmp_path / "twice.csv", [HEADER + ",power", *(r + ",1" for r in _rows())])
+    cases = ((cut, r"cut\.csv\.gz: not a UTF-8 CSV file \(gzip\).*the file may be cut short"),
+             (plain, r"plain\.csv\.gz: not a UTF-8 CSV file \(gzip\)"),
+             (latin, r"latin\.csv: not a UTF-8 CSV file.*save it as UTF-8"),
+             (comments, r"comments\.csv: columns .* not found.*comment lines \('#'\): remove them"),
+             (twice, r"twice\.csv: columns \['power'\] are named more than once"))  # fmt: skip
+    for path, match in cases:
+        for read in (_prepare, _replay):
+            with pytest.raises(InputError, match=match):
+                read(path)
+
+
+def test_scada_prepare_names_what_is_wrong_in_a_column(tmp_path):
+    """Epoch stamps with one repeated header row (files joined with cat) were all called "unparseable"; a channel of
+    decimal commas failed later as "scaled features with no present training value"."""
+    rows = _rows()
+    path = _write(tmp_path / "cat.csv", [HEADER, *rows[:6], HEADER, *rows[6:]])
+    with pytest.raises(InputError, match=r"1 stamps are not epoch seconds like the rest, e.g. \['timestamp'\]"):
+        _prepare(path)
+    with pytest.raises(InputError, match=r"1 bad timestamps.*\['timestamp'\]"):
+        _replay(path)
+    commas = [HEADER, *(",".join(r.split(",")[:3] + [f'"{i},5"'] + r.split(",")[4:]) for i, r in enumerate(rows))]
+    with pytest.raises(InputError, match=r"column 'power' \(channel power\): none of its cells is a number.*'0,5'.*"
+                                         "decimal comma"):  # fmt: skip
+        _prepare(_write(tmp_path / "commas.csv", commas))
+
+
+def test_an_unknown_time_zone_is_refused_when_the_config_is_read():
+    """A misspelt zone was a ZoneInfoNotFoundError traceback from scada-prepare and from replay."""
+    with pytest.raises(ConfigError, match="mapping.naive_timezone: unknown time zone 'Europe/Pari'"):
+        daemon_config_from_dict({"mapping": {"naive_timezone": "Europe/Pari"}})
+    with pytest.raises(ConfigError, match="data.identifiers.naive_timezone: unknown time zone 'Europe/Pari'"):
+        load_config(CONFIG, ["data.identifiers.naive_timezone=Europe/Pari"])
+
+
+def test_a_float32_parquet_table_reads_as_its_csv_export(tmp_path):
+    """scada-prepare read a float32 Parquet column as 4.449999809, the CSV that replay is told to convert it to
+    (and a telemetry payload) as 4.45."""
+    df = pd.read_csv(_write(tmp_path / "a.csv", [HEADER, *_rows()]), dtype={"turbine_id": str})
+    df[list(CHANNELS)] = df[list(CHANNELS)].astype(np.float32)
+    df.to_parquet(tmp_path / "a.parquet", index=False)
+    df.to_csv(tmp_path / "b.csv", index=False)  # what replay's refusal of Parquet tells the user to run
+    parquet = _prepare(tmp_path / "a.parquet")
+    np.testing.assert_array_equal(parquet.values, _replay(tmp_path / "b.csv")[2])
+    assert parquet.values[0, 0] == float(df.iloc[0, 2].astype(str))
