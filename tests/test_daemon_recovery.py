@@ -155,6 +155,110 @@ def test_a_state_refused_part_way_leaves_no_trace_and_its_outbox_is_still_publis
     assert first_record and all(r["status"] == "warmup" and r["steps"] == 1 for r in first_record.values())
 
 
+def _alert_view(publishes: list[Publish], turbine: str) -> tuple[list[tuple[str, bool]], dict[str, str], str]:
+    """A consumer's view of one turbine: (ts, alert) of its score records that carry the flag, alert-topic states by
+    ts, and the last retained alert state."""
+    flags, turned, retained = [], {}, ""
+    for p in publishes:
+        doc = json.loads(p.payload) if p.topic.endswith(f"/{turbine}/score") or f"/{turbine}/alert" in p.topic else {}
+        if p.topic.endswith("/score") and "alert" in doc:
+            flags.append((doc["ts"], doc["alert"]))
+        elif p.topic.endswith("/alert") and doc:
+            turned[doc["ts"]] = doc["state"]
+        elif doc and p.retain:
+            retained = doc["state"]
+    return flags, turned, retained
+
+
+def test_a_refused_state_carries_the_alerts_that_were_on(bundle, messages, tmp_path):
+    """A turbine's alert on when the daemon stops, and its state refused at the restart (another model, another
+    engine, a damaged engine part): the fresh engine started with every alert off. Consumers kept the retained
+    "on" while the records said alert false, and the alert topic never said "off" (with the fault still there,
+    a second "on" came with no "off" between). Now the alerts that were on stay on, in the records and the
+    retained state, until the turbine is scored and its alert turns off by its rule, with a published
+    transition; they are in the fresh state saved at once, so a second restart keeps them."""
+    first = _daemon(bundle, tmp_path, engine="window")
+    first._restore_state()
+    half = len(messages) // 2
+    _feed(first, messages[:half])
+    turbine = first.engine.fleet.turbines[0]
+    first.engine.alerts.hold_on(np.array([first.engine.fleet.slot_of(turbine)]))  # as scores would turn it on
+    first._shutdown()
+    d = _daemon(bundle, tmp_path)  # the stream engine refuses the window engine's state
+    d._restore_state()
+    assert (tmp_path / "state.npz.unused").exists()
+    assert d.engine.fleet.turbines == [turbine] and d.engine.alerts.get().tolist() == [True]
+    again = _daemon(bundle, tmp_path)  # the fresh state, saved at once, holds it
+    again._restore_state()
+    assert again.engine.alerts.get().tolist() == [True]
+    before = len(again.link.unacked())
+    _feed(again, messages[half:])
+    flags, turned, retained = _alert_view(again.link.unacked()[before:], turbine)
+    assert flags and flags[0][1] is True  # held: the first record with the flag still says on
+    changes = [(ts, now) for (_, was), (ts, now) in zip(flags, flags[1:]) if was != now]
+    assert changes and changes[0][1] is False  # scored normal again: it turns off ...
+    assert all(turned.get(ts) == ("on" if now else "off") for ts, now in changes)  # ... each change published
+    assert retained == ("on" if flags[-1][1] else "off")
+
+
+def test_a_journal_of_more_turbines_than_a_lowered_max_turbines_does_not_stop_the_start(bundle, messages, tmp_path):
+    """A crash after new turbines' first samples, then a restart with `ingest.max_turbines` lowered: the snapshot
+    fits, but replaying the journal added every turbine it held and raised ValueError, at every start, until the
+    config or the files were changed. The samples of the turbines beyond it are now refused and counted."""
+    first = _daemon(bundle, tmp_path)
+    first._restore_state()  # the start-up snapshot: an empty fleet
+    _feed(first, messages[:200])  # then only the journal (no periodic snapshot: the clock stands still)
+    assert len(first.engine.fleet) > 2
+    d = _daemon(bundle, tmp_path, ingest={"max_turbines": 2})
+    d._restore_state()
+    kept = first.engine.fleet.turbines[:2]
+    assert d.engine.fleet.turbines == kept
+    beyond = sum(not any(f"/{t}/" in f"{m.topic}/" for t in kept) for m in messages[:200])
+    assert beyond and d.metrics.value("scada_runtime_rejected_total", reason="too_many_turbines") == beyond
+
+
+def test_alert_states_a_refused_state_cannot_tell_are_not_carried(bundle, messages, tmp_path, caplog):
+    """A refused state whose alert states do not match its turbines carries none, and says so."""
+    first = _daemon(bundle, tmp_path, engine="window")
+    first._restore_state()
+    _feed(first, messages[:200])
+    first._shutdown()
+    state = load_state(tmp_path / "state.npz")
+    state["engine"]["alerts"]["on"] = np.ones(len(state["engine"]["fleet"]["turbines"]) + 1, bool)
+    save_state(tmp_path / "state.npz", state)
+    with caplog.at_level(logging.WARNING, logger="scada.runtime.daemon"):
+        d = _daemon(bundle, tmp_path)
+        d._restore_state()
+    assert len(d.engine.fleet) == 0 and not d.engine.alerts.get().any()
+    assert any("alert states of the state set aside cannot be read" in r.getMessage() for r in caplog.records)
+
+
+def test_an_outbox_larger_than_the_publish_queue_is_counted_as_dropped(bundle, messages, tmp_path):
+    """A state whose outbox (publishes the broker never acknowledged) is larger than `queues.outbound` (lowered
+    since): the records that did not fit were dropped with nothing counted, reported or logged."""
+    first = _daemon(bundle, tmp_path)
+    first._restore_state()
+    _feed(first, messages[:300])
+    first._shutdown()
+    outbox = load_state(tmp_path / "state.npz")["outbox"]
+    scores = sum(p["topic"].endswith("/score") for p in outbox[40:])
+    assert len(outbox) > 40 and scores
+    d = _daemon(bundle, tmp_path, queues={"outbound": 40, "publish_backlog": 20, "receive_maximum": 10})
+    d._restore_state()
+    assert len(d.link.unacked()) == 40
+    assert d.metrics.value("scada_runtime_scores_dropped_total", reason="overflow") == scores
+
+
+def test_the_last_will_says_offline_without_times_or_counts_it_cannot_know(bundle, tmp_path):
+    """The broker publishes the last will when the connection drops, at a time the daemon cannot know: it carried
+    the start's time and counts (`turbines: 0`, no last message) as if they were the gateway's last state."""
+    d = _daemon(bundle, tmp_path)
+    will = json.loads(d.link.will.payload)
+    live = json.loads(d._status_payload("online"))
+    assert set(will) == set(live) and will["state"] == "offline" and will["model_id"] == bundle.model_id
+    assert all(will[k] is None for k in set(live) - {"state", "gateway", "site", "model_id"})
+
+
 def test_a_restart_replays_no_more_than_the_publish_queue_holds(bundle, messages, tmp_path):
     """A restart publishes again everything the journal frames after the last snapshot produce, before the link
     starts. With the broker acknowledging at once the live daemon never fills its queue, but a journal of

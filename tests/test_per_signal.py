@@ -210,17 +210,11 @@ def test_a_stuck_channel_is_named_and_alerts(bundle, rows, tmp_path):
     assert any(d["alert"] for d in mine if start <= pd.Timestamp(d["ts"]) < end)
 
 
-@pytest.mark.parametrize("magnitude", [40.0, 60.0])
-def test_a_stop_holds_the_alert_as_offline_inference_does(bundle, rows, tmp_path, magnitude):
-    """A short gearbox excursion, then the turbine stops (status 2: its steps are skipped). The skipped steps
-    carry the frozen aggregate as their score; they stepped the alert state machine, so one step over the level
-    followed by a stop met the N_on debounce and raised the alert during the stop. Offline inference (which
-    calibration and evaluation use) leaves skipped steps out of the alerting: the edge now holds the alert over
-    them too, so its alerts are the state machine run over the steps that are not skipped."""
-    from scada_tcn.runtime.alerts import AlertState
-
+def _excursion_then(bundle, rows, tmp_path, magnitude: float, after) -> list[dict]:
+    """A gearbox excursion of `magnitude` (11:10-11:40) on the first turbine, then `after(row)` on its rows of
+    11:50-13:40 (a changed row, or None to drop it), replayed: the turbine's ok records."""
     header, body = rows
-    ti, ii, si = header.index("timestamp"), header.index("turbine_id"), header.index("status")
+    ti, ii = header.index("timestamp"), header.index("turbine_id")
     hot = [header.index("gearbox_oil_temp"), header.index("gearbox_bearing_temp")]
     turbine = body[0][ii]
     out = []
@@ -229,21 +223,54 @@ def test_a_stop_holds_the_alert_as_offline_inference_does(bundle, rows, tmp_path
         if r[ii] == turbine and pd.Timestamp("2024-01-28T11:10Z") <= t <= pd.Timestamp("2024-01-28T11:40Z"):
             r = [str(float(r[c]) + magnitude) if c in hot and r[c] != "" else r[c] for c in range(len(r))]
         if r[ii] == turbine and pd.Timestamp("2024-01-28T11:50Z") <= t <= pd.Timestamp("2024-01-28T13:40Z"):
-            r[si] = "2"
-        out.append(r)
+            r = after(r)
+        if r is not None:
+            out.append(r)
     engine = Engine(bundle, StreamScorer.from_bundle(bundle), 0.0, 100, 512)
-    replay(engine, write_csv(tmp_path / "stop.csv", header, out), MappingCfg(), tmp_path / "scores.jsonl")
-    mine = [d for line in (tmp_path / "scores.jsonl").read_text().splitlines()
+    replay(engine, write_csv(tmp_path / "table.csv", header, out), MappingCfg(), tmp_path / "scores.jsonl")
+    return [d for line in (tmp_path / "scores.jsonl").read_text().splitlines()
             if (d := json.loads(line))["turbine"] == turbine and d["status"] == "ok"]  # fmt: skip
-    skipped = [d["regime"] == "skipped" for d in mine]
-    assert sum(skipped) >= 12 and any(d["score"] > 1 for d in mine if d["regime"] == "skipped")
+
+
+def _alerts_skip(bundle, mine: list[dict], held: list[bool]) -> None:
+    """Each record's alert is the state machine run over the records not `held` (those hold it)."""
+    from scada_tcn.runtime.alerts import AlertState
+
     a = bundle.alerting
     state = AlertState(a.T_on, a.T_off, a.N_on, a.N_off)
     on = False
-    for d, skip in zip(mine, skipped):
-        if not skip and d["score"] is not None:
+    for d, h in zip(mine, held):
+        if not h and d["score"] is not None:
             on = bool(state.step([0], [d["score"]], [1.0]).on[0])
-        assert d["alert"] == on, (d["ts"], d["regime"], d["score"])
+        assert d["alert"] == on, (d["ts"], d["regime"], d["missing_now"], d["score"])
+
+
+@pytest.mark.parametrize("magnitude", [40.0, 60.0])
+def test_a_stop_holds_the_alert_as_offline_inference_does(bundle, rows, tmp_path, magnitude):
+    """A short gearbox excursion, then the turbine stops (status 2: its steps are skipped). The skipped steps
+    carry the frozen aggregate as their score; they stepped the alert state machine, so one step over the level
+    followed by a stop met the N_on debounce and raised the alert during the stop. Offline inference (which
+    calibration and evaluation use) leaves skipped steps out of the alerting: the edge now holds the alert over
+    them too, so its alerts are the state machine run over the steps that are not skipped."""
+    si = rows[0].index("status")
+    mine = _excursion_then(bundle, rows, tmp_path, magnitude, lambda r: r[:si] + ["2"] + r[si + 1 :])
+    skipped = [d["regime"] == "skipped" for d in mine]
+    assert sum(skipped) >= 12 and any(d["score"] > 1 for d in mine if d["regime"] == "skipped")
+    _alerts_skip(bundle, mine, skipped)
+
+
+@pytest.mark.parametrize("magnitude", [40.0, 60.0])
+def test_a_turbine_whose_feed_stops_holds_its_alert(bundle, rows, tmp_path, magnitude):
+    """A short gearbox excursion, then the turbine sends nothing for two hours. While its window stays present
+    enough, the empty steps are scored (status ok, every feature missing) with the aggregate frozen over the gap,
+    and they stepped the alert state machine: the excursion and the silence met the N_on debounce and raised the
+    alert at a step the turbine sent nothing (the review: on at the second empty step; with the feed on, no
+    alert). A step where no monitored or stuck-checked feature is present is no new evidence: the alert holds,
+    here and in offline inference (the same tracker)."""
+    mine = _excursion_then(bundle, rows, tmp_path, magnitude, lambda r: None)
+    silent = [d["missing_now"] == 1.0 for d in mine]
+    assert sum(silent) >= 6 and any(d["score"] > 1 for d, s in zip(mine, silent) if s)
+    _alerts_skip(bundle, mine, silent)
 
 
 def test_every_change_of_the_alert_flag_is_a_published_transition(bundle, rows, tmp_path):

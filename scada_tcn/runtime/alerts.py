@@ -14,7 +14,8 @@ thr) and N_on, N_off >= 1 (consecutive steps):
 the steps of one turbine in separate calls, in time order) and returns the transitions. New slots start off;
 the arrays grow as slots appear. Refused (ValueError): bad parameters, non-finite scores, thresholds <= 0,
 duplicate or negative slots, shape mismatches. Caller arrays are never modified. `state_dict()` holds plain
-numpy arrays; `load_state_dict` restores them.
+numpy arrays; `load_state_dict` restores them. `hold_on(slots)` sets slots on (an alert carried over a restart
+that could not resume the engine's state).
 
 >>> a = AlertState(T_on=1.0, T_off=0.8, N_on=2, N_off=1)
 >>> [a.step([0], [s], [1.0]).turned_on.tolist() for s in (1.5, 1.5, 0.9)]
@@ -96,6 +97,15 @@ class AlertState:
         now_on = (was_on | turned_on) & ~turned_off
         self._on[idx], self._on_count[idx], self._off_count[idx] = now_on, on_count, off_count
         return AlertTransitions(now_on.copy(), turned_on, turned_off)
+
+    def hold_on(self, slots: Any) -> None:
+        """Set `slots` on, counts cleared: an alert carried over from a state the engine could not resume (it
+        turns off by the rule above, once the slot is scored again)."""
+        idx = np.asarray(slots, dtype=np.int64)
+        if idx.ndim != 1 or (idx.size and idx.min() < 0):
+            raise ValueError("AlertState.hold_on: slots must be a 1-D array of integers >= 0")
+        self._grow(int(idx.max()) + 1 if idx.size else 0)
+        self._on[idx], self._on_count[idx], self._off_count[idx] = True, 0, 0
 
     def get(self) -> np.ndarray:
         """A copy of the current states (n_slots,) bool."""

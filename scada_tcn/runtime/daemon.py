@@ -53,13 +53,16 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from scada_tcn.runtime.daemon_config import RuntimeConfig, redacted
 from scada_tcn.runtime.engine import Engine, Output
 from scada_tcn.runtime.health import HealthServer, Heartbeat
+from scada_tcn.runtime.ids import turbine_id_problem
 from scada_tcn.runtime.journal import Journal
 from scada_tcn.runtime.mqtt import Message, MqttLink, Publish
 from scada_tcn.runtime.prometheus import RuntimeMetrics
@@ -117,6 +120,29 @@ def setup_logging(level: str) -> None:
     root.propagate = False
 
 
+# the status document's fields that describe the moment it is published (null in the last will)
+_STATUS_NOW = ("at", "last_message_at", "loop_age_s", "turbines", "score_drift", "late_samples")
+
+
+def _alerts_on(engine_state: Any) -> list[str]:
+    """The turbines whose alert was on in an engine state the engine refused (`Engine.carry_alerts`): the fleet's
+    turbines are in slot order, as the alert states. A state too damaged to say gives none (logged)."""
+    try:
+        names = [t["name"] for t in engine_state["fleet"]["turbines"]]
+        on = np.asarray(engine_state["alerts"]["on"], dtype=bool)
+        if on.shape != (len(names),):
+            raise ValueError(f"{on.shape[0] if on.ndim else 0} alert states for {len(names)} turbines")
+        carried = [n for n, o in zip(names, on.tolist()) if o]
+        if not all(isinstance(n, str) and turbine_id_problem(n) is None for n in carried):
+            raise ValueError("a turbine id that breaks the id rule")
+    except (KeyError, TypeError, IndexError, ValueError) as e:
+        log.warning("the alert states of the state set aside cannot be read: alerts that were on are not carried "
+                    "over (consumers keep their last alert state until the turbine's next transition)",
+                    extra={"reason": repr(e)})  # fmt: skip
+        return []
+    return carried
+
+
 class Daemon:
     """The edge daemon; see the module docstring. `clock` returns wall-clock ns (injectable for tests)."""
 
@@ -166,7 +192,7 @@ class Daemon:
             cfg.broker,
             client_id=cfg.broker.client_id or f"scada-runtime-{cfg.gateway}",
             handlers={f: self._enqueue for f in (filt, self.telemetry_batch_topic) if f is not None},
-            will=Publish(self.status_topic, self._status_payload("offline"), retain=True),
+            will=Publish(self.status_topic, self._status_payload("offline", will=True), retain=True),
             receive_maximum=cfg.queues.receive_maximum,
             max_queued=cfg.queues.outbound,
             on_connected=self._on_connected,
@@ -183,6 +209,7 @@ class Daemon:
         self._tracked_since_save = 0
         self._snapshot_every = max(1, (cfg.queues.outbound - cfg.queues.publish_backlog) // 4)
         self._frame_no = 0  # journal frames written (or replayed) so far
+        self._replay_refused: Counter[str] = Counter()  # journal samples beyond ingest.max_turbines, by turbine
         self._writer: threading.Thread | None = None  # writing the latest periodic snapshot
         self._writer_error: BaseException | None = None
         self._drift_pushed = -1  # the drift monitor's `pushed` when the score_drift gauge was last set
@@ -244,8 +271,9 @@ class Daemon:
     def _restore_state(self) -> None:
         """Resume from the snapshot and the journal after it (see the module docstring). A snapshot that cannot be
         read, or whose engine state this daemon refuses (another model or engine, more turbines than
-        `ingest.max_turbines`), is set aside and every turbine warms up again; the records in its outbox, which the
-        broker never acknowledged, are published all the same. A file that cannot be opened (permissions, a disk
+        `ingest.max_turbines`), is set aside and every turbine warms up again, the alerts that were on carried
+        over (`Engine.carry_alerts`); the records in its outbox, which the broker never acknowledged, are published
+        all the same. A file that cannot be opened (permissions, a disk
         error) stops the daemon."""
         path = self.cfg.state.path
         if path is None:
@@ -256,16 +284,20 @@ class Daemon:
             except ValueError as e:
                 self._set_aside(path, e, 0, 0)
                 return
-            for p in snapshot["outbox"]:
-                self.link.publish(p["topic"], p["payload"].encode(), retain=p["retain"], track=True)
+            for p in snapshot["outbox"]:  # a publish the queue cannot take is counted and reported
+                payload = p["payload"].encode()
+                records = self._records_in(p["topic"], payload)
+                self._publish("score" if records else "other", p["topic"], payload, p["retain"], True, records)
             try:
                 self.engine.load_state_dict(snapshot["engine"])
             except ValueError as e:  # refused part-way: what it restored so far goes too
                 if self.engine.streams:
                     self.engine.scorer.reset()
                 self.engine = self._new_engine(self.engine.scorer)
+                carried = self.engine.carry_alerts(_alerts_on(snapshot["engine"]))
                 waiting = snapshot["engine"].get("pending") if isinstance(snapshot["engine"], dict) else None
-                self._set_aside(path, e, len(snapshot["outbox"]), len(waiting) if isinstance(waiting, list) else 0)
+                self._set_aside(path, e, len(snapshot["outbox"]), len(waiting) if isinstance(waiting, list) else 0,
+                                carried)  # fmt: skip
                 return
             self._frame_no = snapshot["frame_no"]
             self._data_ns = self.engine.fleet.newest_ns()
@@ -279,9 +311,13 @@ class Daemon:
             replayed += 1
         log.info("state restored", extra={"path": path, "turbines": len(self.engine.fleet),
                                           "journal_frames": replayed, "torn_tail": self.journal.torn_tail})  # fmt: skip
+        if self._replay_refused:
+            log.warning("the journal holds samples of more turbines than ingest.max_turbines (lowered since): "
+                        "refused", extra={"max_turbines": self.cfg.ingest.max_turbines,
+                                          "samples_by_turbine": dict(self._replay_refused)})  # fmt: skip
         self._save_state()  # the replayed frames are in the snapshot now; start a fresh journal
 
-    def _set_aside(self, path: str, why: ValueError, resent: int, waiting: int) -> None:
+    def _set_aside(self, path: str, why: ValueError, resent: int, waiting: int, carried: Sequence[str] = ()) -> None:
         """Move a state file that is not used to `<name>.unused` (durably: the operator finds it after a power cut)
         and save the fresh state at once, with the outbox re-queued from it (`resent`), so a crash before the next
         snapshot loses none of it; the journal starts afresh (its frames continued the state set aside). The score
@@ -297,7 +333,7 @@ class Daemon:
         self.metrics.scores_dropped.labels(reason="state_refused").inc(waiting)
         log.warning("state file not used; every turbine warms up again",
                     extra={"reason": str(why), "moved_to": str(aside), "outbox_resent": resent,
-                           "waiting_dropped": waiting})  # fmt: skip
+                           "waiting_dropped": waiting, "alerts_carried": list(carried)})  # fmt: skip
 
     def _save_state(self, background: bool = False) -> None:
         """Snapshot the state and empty the journal (at start and stop). `background` (the periodic save): the
@@ -494,7 +530,11 @@ class Daemon:
         publish. A function of its inputs and the engine state only, so a replay gives the same records."""
         if samples:
             self._data_ns = max(self._data_ns, max(s.ts_ns for s in samples))
+        fleet = self.engine.fleet
         for sample in samples:
+            if not fleet.has_room(sample.turbine):  # only in a journal written before ingest.max_turbines was
+                self._refuse_replayed(sample)  # lowered: live samples were admitted with room (`_take`)
+                continue
             dropped = self.engine.ingest(sample)
             if dropped == "late":
                 self.metrics.late.inc()
@@ -505,6 +545,13 @@ class Daemon:
         self.metrics.bins_closed.inc(self.engine.fleet.bins_closed - self._bins_closed)
         self._bins_closed = self.engine.fleet.bins_closed
         self._publish_outputs(self.engine.flush())
+
+    def _refuse_replayed(self, sample: Sample) -> None:
+        """A journal's sample of a turbine beyond `ingest.max_turbines` (lowered since the frame was written): it
+        was admitted and acknowledged then, so it is counted and logged as refused now, not a crash at every
+        start."""
+        self.metrics.rejected.labels(reason="too_many_turbines").inc()
+        self._replay_refused[sample.turbine] += 1
 
     def _enqueue(self, msg: Message) -> None:
         """Network thread: hand the message to the loop, never waiting (see runtime.mqtt on flow control). QoS 1
@@ -690,14 +737,20 @@ class Daemon:
         self.metrics.batch.observe(windows)
 
     # ------------------------------------------------------------------------------------------- status
-    def _status_payload(self, state: str) -> bytes:
-        now = self.clock()
-        hb = self.heartbeat
-        doc = {
+    def _status_payload(self, state: str, will: bool = False) -> bytes:
+        """The status document. The last will (`will`), which the broker publishes when the connection drops
+        without a clean stop, at a time the daemon cannot know, holds null for the times and counts."""
+        doc: dict[str, Any] = {
             "state": state,
             "gateway": self.cfg.gateway,
             "site": self.cfg.site,
             "model_id": self.bundle.model_id,
+        }
+        if will:
+            return json.dumps(doc | dict.fromkeys(_STATUS_NOW), sort_keys=True).encode()
+        now = self.clock()
+        hb = self.heartbeat
+        doc |= {
             "at": iso_utc(now),
             "last_message_at": None if hb.last_message is None else iso_utc(int(hb.last_message * 1e9)),
             "loop_age_s": round(hb.age(now / 1e9), 3),

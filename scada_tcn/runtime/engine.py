@@ -478,6 +478,20 @@ class Engine:
         d = self.drift.get()
         return {"ks": None if math.isnan(d["ks"]) else round(float(d["ks"]), 6), "n": int(d["n"])}
 
+    def carry_alerts(self, turbines: list[str]) -> list[str]:
+        """Turbines whose alert was on in a state this engine could not resume (another model, a damaged engine
+        part): their alert stays on (`AlertState.hold_on`), so their records and the retained alert state, which
+        consumers read as on, keep saying so until the turbine is scored and the alert turns off by its rule, with
+        a published transition. Registered in the fleet (`Fleet.register`), they are part of the state saved.
+        Returns those carried (all but any beyond `max_turbines`)."""
+        carried, slots = [], []
+        for t in dict.fromkeys(turbines):  # one name at a time: each takes room
+            if self.fleet.has_room(t):
+                carried.append(t)
+                slots.append(self.fleet.register(t))
+        self.alerts.hold_on(np.array(slots, dtype=np.int64))
+        return carried
+
     def waiting(self) -> int:
         """Fleet-relative: scored steps held until every turbine has closed their step (0 otherwise)."""
         return sum(len(g) for g in self._pending.values())

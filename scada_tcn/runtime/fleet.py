@@ -198,6 +198,11 @@ class Fleet:
         self._slots.append((turbine, t))
         return t
 
+    def register(self, turbine: str) -> int:
+        """The turbine's slot, given it now when it has none (a turbine known before its first sample: it closes
+        no bin and holds back no fleet step until it has one). ValueError beyond `max_turbines`."""
+        return (self._turbines.get(turbine) or self._new(turbine)).slot
+
     def add(self, turbine: str, ts_ns: int, values: np.ndarray) -> str | None:
         """Store one sample; returns why it was dropped: "late" (its bin had closed) or "full" (each of its channels
         has `max_per_stamp` values of its stamp in the open bins), None when it was stored."""

@@ -264,7 +264,8 @@ class SignalStep(NamedTuple):
     group_ratio: np.ndarray  # (B, G) the largest ratio of each group's monitors, NaN: none defined
     group_top: np.ndarray  # (B, G) the monitor that set it, -1: none
     score: np.ndarray  # (B,) the largest ratio, NaN when none is defined
-    observed: np.ndarray  # (B,) bool: scored and not skipped, a step with new evidence (alerts count only these)
+    observed: np.ndarray  # (B,) bool: a step with new evidence (alerts count only these): scored, not skipped, and
+    # some monitored or stuck-checked feature present at it (a scored step of a turbine whose feed stopped is not)
 
 
 class SignalTracker:
@@ -298,6 +299,8 @@ class SignalTracker:
         self.agg = make_aggregator(kind, n_feat, halflife, k, int(max_gap)) if n_feat else None
         self.stuck = StuckRun([c.min_move for c in spec.stuck]) if spec.stuck else None
         self._level_cache: dict[str, np.ndarray] = {}
+        # the features whose presence is new evidence: the monitored ones and those the stuck checks read
+        self._watched = np.array(sorted({*spec.monitor_features, *(c.feature for c in spec.stuck)}), dtype=np.int64)
 
     @classmethod
     def from_params(cls, p: SignalParams) -> SignalTracker:
@@ -345,7 +348,8 @@ class SignalTracker:
         group_ratio, group_top = sp.group_ratios(ratio)
         finite = np.isfinite(ratio)
         score = np.where(finite.any(axis=1), np.where(finite, ratio, -np.inf).max(axis=1, initial=-np.inf), np.nan)
-        return SignalStep(y, has, value, level, ratio, group_ratio, group_top, score, ok)
+        watched = p.astype(bool)[:, self._watched]  # before the fleet baseline: a turbine alone still has evidence
+        return SignalStep(y, has, value, level, ratio, group_ratio, group_top, score, ok & watched.any(axis=1))
 
     def _levels_of(self, turbine: str) -> np.ndarray:
         """The (M,) levels of `turbine` (cached: the levels do not change)."""
