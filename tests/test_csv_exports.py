@@ -75,7 +75,7 @@ def test_separators_at_line_ends_and_blank_lines_read_as_the_clean_file(tmp_path
     stamps read as turbine ids. Blank lines made replay refuse an empty turbine id."""
     clean = _both(_write(tmp_path / "clean.csv", [HEADER, *_rows()]))
     trailing = [HEADER, *(r + "," for r in _rows())]
-    blanks = ["", HEADER, *_rows()[:3], "", *_rows()[3:], "", ""]
+    blanks = ["", HEADER, *_rows()[:3], "", "   ", *_rows()[3:], "", ""]
     for name, lines in (("trailing.csv", trailing), ("blanks.csv", blanks)):
         got = _both(_write(tmp_path / name, lines))
         assert got[0] == clean[0] and got[1].tolist() == clean[1].tolist(), name
@@ -105,7 +105,6 @@ def test_a_folder_of_per_turbine_exports_replays_as_the_joined_table(tmp_path):
     (tmp_path / "farm").mkdir()
     rows = _rows()
     _write(tmp_path / "farm" / "WT01.csv", [HEADER, *rows[:6]])
-    _write(tmp_path / "farm" / "WT02.csv.gz", [])
     with gzip.open(tmp_path / "farm" / "WT02.csv.gz", "wt") as fh:
         fh.write("\n".join([HEADER, *rows[6:]]) + "\n")
     joined = _both(_write(tmp_path / "all.csv", [HEADER, *rows]))
@@ -115,7 +114,9 @@ def test_a_folder_of_per_turbine_exports_replays_as_the_joined_table(tmp_path):
 
 def test_file_faults_are_refused_by_both_with_the_file_named_and_the_fix(tmp_path):
     """A gzip cut short made scada-prepare print only "Aborted." (an EOFError taken for Ctrl-D), a plain file named
-    .gz a traceback; Latin-1 and comment lines gave pandas' bare text."""
+    .gz a traceback; Latin-1 and comment lines gave pandas' bare text. A quote opened and never closed swallowed
+    the rest of the file into one cell: replay read the rows before it and stopped without a word (a large file:
+    a csv.Error traceback)."""
     good = "\n".join([HEADER, *_rows()]) + "\n"
     cut = tmp_path / "cut.csv.gz"
     cut.write_bytes(gzip.compress(good.encode())[:-40])
@@ -125,11 +126,16 @@ def test_file_faults_are_refused_by_both_with_the_file_named_and_the_fix(tmp_pat
     latin.write_bytes(good.replace("status", "status \xb0C").encode("latin-1"))
     comments = _write(tmp_path / "comments.csv", ["# Kelmarsh export", "# turbine 1", HEADER, *_rows()])
     twice = _write(tmp_path / "twice.csv", [HEADER + ",power", *(r + ",1" for r in _rows())])
+    rows = _rows()
+    quote = _write(tmp_path / "quote.csv", [HEADER, *rows[:3], rows[3].rsplit(",", 1)[0] + ',"Stop', *rows[4:]])
+    huge = _write(tmp_path / "huge.csv", [HEADER, *rows[:3], rows[3].rsplit(",", 1)[0] + ',"Stop', *[rows[4]] * 20000])
     cases = ((cut, r"cut\.csv\.gz: not a UTF-8 CSV file \(gzip\).*the file may be cut short"),
              (plain, r"plain\.csv\.gz: not a UTF-8 CSV file \(gzip\)"),
              (latin, r"latin\.csv: not a UTF-8 CSV file.*save it as UTF-8"),
              (comments, r"comments\.csv: columns .* not found.*comment lines \('#'\): remove them"),
-             (twice, r"twice\.csv: columns \['power'\] are named more than once"))  # fmt: skip
+             (twice, r"twice\.csv: columns \['power'\] are named more than once"),
+             (quote, r"quote\.csv: a cell from line 5 spans lines \(a quote opened and never closed\?\)"),
+             (huge, r"huge\.csv: not a readable CSV file .*a quote opened and never closed"))  # fmt: skip
     for path, match in cases:
         for read in (_prepare, _replay):
             with pytest.raises(InputError, match=match):

@@ -210,26 +210,46 @@ def test_a_journal_of_more_turbines_than_a_lowered_max_turbines_does_not_stop_th
     _feed(first, messages[:200])  # then only the journal (no periodic snapshot: the clock stands still)
     assert len(first.engine.fleet) > 2
     d = _daemon(bundle, tmp_path, ingest={"max_turbines": 2})
+    sent, real = [], d.link.publish
+    d.link.publish = lambda topic, payload, retain=False, track=False: (
+        bool(sent.append((topic, payload))) or real(topic, payload, retain, track)
+    )
     d._restore_state()
     kept = first.engine.fleet.turbines[:2]
     assert d.engine.fleet.turbines == kept
     beyond = sum(not any(f"/{t}/" in f"{m.topic}/" for t in kept) for m in messages[:200])
     assert beyond and d.metrics.value("scada_runtime_rejected_total", reason="too_many_turbines") == beyond
+    (report,) = [json.loads(payload) for topic, payload in sent if topic == d.errors_topic]
+    assert report["reason"] == "too_many_turbines" and sum(report["samples_by_turbine"].values()) == beyond
 
 
-def test_alert_states_a_refused_state_cannot_tell_are_not_carried(bundle, messages, tmp_path, caplog):
-    """A refused state whose alert states do not match its turbines carries none, and says so."""
+def test_which_alerts_a_refused_state_carries(bundle, messages, tmp_path, caplog):
+    """Alert states for fewer turbines than the fleet (its newest turbines never scored: off) carry those that are
+    on; the turbines of a non-empty `ingest.turbines` only (a turbine taken off the list is not given a place);
+    alert states for more turbines than the fleet carry none, and say so."""
     first = _daemon(bundle, tmp_path, engine="window")
     first._restore_state()
     _feed(first, messages[:200])
     first._shutdown()
-    state = load_state(tmp_path / "state.npz")
-    state["engine"]["alerts"]["on"] = np.ones(len(state["engine"]["fleet"]["turbines"]) + 1, bool)
-    save_state(tmp_path / "state.npz", state)
-    with caplog.at_level(logging.WARNING, logger="scada.runtime.daemon"):
-        d = _daemon(bundle, tmp_path)
+    saved = load_state(tmp_path / "state.npz")
+    names = [t["name"] for t in saved["engine"]["fleet"]["turbines"]]
+
+    def restart(on: np.ndarray, **sections) -> Daemon:
+        state = load_state(tmp_path / "state.npz.unused") if (tmp_path / "state.npz.unused").exists() else saved
+        state["engine"]["alerts"] = {"on": on, "on_count": np.zeros(on.size, int), "off_count": np.zeros(on.size, int)}
+        save_state(tmp_path / "state.npz", state)
+        d = _daemon(bundle, tmp_path, **sections)
         d._restore_state()
-    assert len(d.engine.fleet) == 0 and not d.engine.alerts.get().any()
+        return d
+
+    shorter = np.zeros(len(names) - 1, bool)
+    shorter[[0, 1]] = True
+    assert restart(shorter).engine.fleet.turbines == names[:2]
+    listed = restart(shorter, ingest={"turbines": [names[1], *names[2:]]})
+    assert listed.engine.fleet.turbines == [names[1]] and listed.engine.alerts.get().tolist() == [True]
+    with caplog.at_level(logging.WARNING, logger="scada.runtime.daemon"):
+        longer = restart(np.ones(len(names) + 1, bool))
+    assert len(longer.engine.fleet) == 0 and not longer.engine.alerts.get().any()
     assert any("alert states of the state set aside cannot be read" in r.getMessage() for r in caplog.records)
 
 

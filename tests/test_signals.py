@@ -157,6 +157,24 @@ def test_tracker_fleet_baseline_groups_and_skip() -> None:
         spec.skip_mask(np.zeros((1, 1)), ["curtailed"])
 
 
+def test_a_step_is_observed_only_with_new_evidence() -> None:
+    """`observed` (the steps alerts and drift count): scored, not skipped, and a monitored feature the aggregator
+    took or a stuck-checked feature present. A turbine whose feed stopped (every feature missing) is not observed,
+    nor one whose peers all went silent under the fleet baseline (nothing taken: its aggregates frozen) unless a
+    stuck check reads one of its present channels."""
+    spec = _spec()
+    tr = SignalTracker(spec, ScoreAggregator.ewma, 36.0, None, 144, "fleet", 1, SignalLevels((1.0,) * 5))
+    resid, pred, repeat, skip = np.zeros((2, 5)), np.zeros((2, 5)), np.zeros((2, 2), np.uint8), np.zeros(2, bool)
+    for present, scored, want in (
+        (np.ones((2, 5), bool), np.ones(2, bool), [True, True]),
+        (np.array([[True] * 5, [False] * 5]), np.ones(2, bool), [True, False]),  # b's feed stopped
+        (np.array([[True, False, False, True, True], [False] * 5]), np.array([True, False]), [False, False]),  # no peer
+        (np.array([[True] * 5, [False] * 5]), np.array([True, False]), [True, False]),  # no peer; stuck checks read
+    ):
+        st = tr.step([0, 1], ["a", "b"], resid, present, pred, scored, repeat, skip)
+        assert st.observed.tolist() == want, (present.tolist(), scored.tolist())
+
+
 def test_params_round_trip_and_strict_keys() -> None:
     params = SignalParams(_spec(), "ewma", 36.0, None, 144, "fleet", 1, SignalLevels((1.0, 2.0, 0.5, 10.0, 20.0)))
     d = params.to_dict()

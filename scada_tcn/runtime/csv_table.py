@@ -4,15 +4,19 @@ Contract
 --------
 * `table_files(path, kinds)`: a file, or a folder's files whose names end in one of `kinds` (".csv", ".csv.gz",
   ".parquet", ".pq"), in name order. Refused: a path that does not exist, a folder with no such file.
-* `csv_columns(path, columns, rows)`: the cells (str) of `columns` of a CSV file, plain or gzipped (`.gz`), in
-  chunks of at most `rows` data rows (column -> list of cells), read with the csv module:
-  - UTF-8, a byte-order mark (Excel) skipped; the first row is the header; blank lines are skipped;
+* `csv_columns(path, columns, rows, mapping)`: the cells (str) of `columns` of a CSV file, plain or gzipped
+  (`.gz`), in chunks of at most `rows` data rows (column -> list of cells), read with the csv module a block of
+  rows at a time and only `columns` kept (memory holds the needed columns, not the export's every column):
+  - UTF-8, a byte-order mark (Excel) skipped; the first row is the header; blank lines, and lines of spaces only,
+    are skipped;
   - a row with fewer cells than the header has empty cells for the rest; a row with more is refused, naming its
     line, unless the extra cells are empty (a separator at the end of each line, as some exports write): an
     unquoted separator inside a cell (free status text) would shift every later cell of the row;
-  - a needed column missing from the header, or named twice in it, is refused.
+  - a cell that spans lines is refused: a quote opened and never closed would swallow the rest of the file;
+  - a needed column missing from the header (`mapping` names the settings to fix), or named twice, is refused.
   Refused (InputError, naming the file and what to fix): not UTF-8, not gzip when named `.gz`, a truncated gzip,
-  an empty file, the column problems above (a header with a single ';'-separated name gets that hint).
+  an empty file, the row and column problems above (a header with a single ';'-separated name, or starting with
+  '#', gets that hint).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import csv
 import gzip
 import itertools
+import operator
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -29,6 +34,7 @@ from scada_tcn.runtime.errors import InputError
 __all__ = ["CSV_KINDS", "PARQUET_KINDS", "csv_columns", "table_files"]
 
 CSV_KINDS = (".csv", ".csv.gz")
+_BLOCK = 8192  # rows read at a time (then only the needed columns are kept)
 PARQUET_KINDS = (".parquet", ".pq")
 
 
@@ -45,44 +51,64 @@ def table_files(path: str | Path, kinds: Sequence[str]) -> list[Path]:
     raise InputError(f"{p} does not exist (give a table file or a folder of them: {', '.join(kinds)})")
 
 
-def csv_columns(path: str | Path, columns: Sequence[str], rows: int) -> Iterator[dict[str, list[str]]]:
-    """The cells of `columns` in chunks of at most `rows` data rows; see the module docstring."""
+def csv_columns(
+    path: str | Path, columns: Sequence[str], rows: int, mapping: str = "the column mapping"
+) -> Iterator[dict[str, list[str]]]:
+    """The cells of `columns` in chunks of at most `rows` data rows; see the module docstring. `mapping`: the
+    settings that name the columns, for the message when one is missing."""
     p = Path(path)
     gz = p.name.lower().endswith(".gz")
     try:
-        yield from _chunks(p, gz, columns, rows)
+        yield from _chunks(p, gz, columns, rows, mapping)
     except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, zlib.error) as e:
         kind = " (gzip)" if gz else ""
         raise InputError(f"{p}: not a UTF-8 CSV file{kind}: {e}; save it as UTF-8 CSV"
                          f"{', or gzip it again (the file may be cut short)' if gz else ''}") from e  # fmt: skip
+    except csv.Error as e:  # a cell over the csv module's size limit: a quote opened and never closed
+        raise InputError(f"{p}: not a readable CSV file ({e}): a quote opened and never closed?") from e
 
 
-def _chunks(path: Path, gz: bool, columns: Sequence[str], rows: int) -> Iterator[dict[str, list[str]]]:
+def _blank(row: list[str]) -> bool:
+    """A blank line, or one of spaces only (pandas skips both)."""
+    return not row or (len(row) == 1 and not row[0].strip())
+
+
+def _chunks(path: Path, gz: bool, columns: Sequence[str], rows: int, mapping: str) -> Iterator[dict[str, list[str]]]:
     opener = gzip.open if gz else open
     with opener(path, "rt", newline="", encoding="utf-8-sig") as fh:  # a byte-order mark (Excel) is skipped
         reader = csv.reader(fh)
         header = next(reader, None)
-        while header == []:  # blank lines before the header
+        while header is not None and _blank(header):  # blank lines before the header
             header = next(reader, None)
         if header is None:
             raise InputError(f"{path}: empty file")
-        idx = _columns(path, header, columns)
-        width = len(header)
-        while True:
+        idx = _columns(path, header, columns, mapping)
+        width, need = len(header), max(idx.values()) + 1
+        pick = operator.itemgetter(*idx.values(), 0)  # and column 0: a tuple even for one column
+        out: dict[str, list[str]] = {c: [] for c in idx}
+        n = 0
+        while True:  # blocks of _BLOCK rows, projected to `columns` as read: memory holds `columns`, not the rows
             first_line = reader.line_num + 1
-            block = list(itertools.islice(reader, rows))
+            block = list(itertools.islice(reader, min(_BLOCK, rows - n)))
             if not block:
-                return
+                break
+            if reader.line_num - first_line + 1 > len(block):  # a record spanned lines
+                _check_spans(path, block, first_line)
             if max(map(len, block)) > width:
                 _check_widths(path, block, width, first_line)
-            if not all(block):
-                block = [row for row in block if row]
-                if not block:
-                    continue
-            yield {c: [row[i] if i < len(row) else "" for row in block] for c, i in idx.items()}
+            if min(map(len, block)) < need:  # blank lines, or rows shorter than the header: empty cells
+                block = [row + [""] * (need - len(row)) for row in block if not _blank(row)]
+            for col, cells in zip(out.values(), zip(*map(pick, block))):
+                col.extend(cells)
+            n += len(block)
+            if n >= rows:
+                yield out
+                out, n = {c: [] for c in idx}, 0
+        if n:
+            yield out
 
 
-def _columns(path: Path, header: list[str], columns: Sequence[str]) -> dict[str, int]:
+def _columns(path: Path, header: list[str], columns: Sequence[str], mapping: str) -> dict[str, int]:
     """Each needed column's position in the header; refused: missing or named twice."""
     missing = [c for c in columns if c not in header]
     if missing:
@@ -93,12 +119,23 @@ def _columns(path: Path, header: list[str], columns: Sequence[str]) -> dict[str,
             hint = "; it starts with comment lines ('#'): remove them, so that the header is the first line"
         raise InputError(
             f"{path}: columns {missing} not found; the table has {header[:40]}{hint}. "
-            "Fix the column mapping to name columns of your export"
+            f"Fix {mapping} to name columns of your export"
         )
     twice = sorted({c for c in columns if header.count(c) > 1})
     if twice:
         raise InputError(f"{path}: columns {twice} are named more than once in the header; rename the copies")
     return {c: header.index(c) for c in dict.fromkeys(columns)}
+
+
+def _check_spans(path: Path, block: list[list[str]], first_line: int) -> None:
+    """Refuse a cell that spans lines: a SCADA table has one line per row, and a quote opened and never closed
+    would swallow the rest of the file into one cell."""
+    line = first_line
+    for row in block:
+        if any("\n" in c or "\r" in c for c in row):
+            raise InputError(f"{path}: a cell from line {line} spans lines (a quote opened and never closed?); a "
+                             "table has one line per row: close the quote or remove the line breaks")  # fmt: skip
+        line += 1
 
 
 def _check_widths(path: Path, block: list[list[str]], width: int, first_line: int) -> None:

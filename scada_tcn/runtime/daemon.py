@@ -126,12 +126,13 @@ _STATUS_NOW = ("at", "last_message_at", "loop_age_s", "turbines", "score_drift",
 
 def _alerts_on(engine_state: Any) -> list[str]:
     """The turbines whose alert was on in an engine state the engine refused (`Engine.carry_alerts`): the fleet's
-    turbines are in slot order, as the alert states. A state too damaged to say gives none (logged)."""
+    turbines are in slot order, as the alert states (fewer when the newest turbines were never scored: off). A
+    state too damaged to say gives none (logged)."""
     try:
         names = [t["name"] for t in engine_state["fleet"]["turbines"]]
         on = np.asarray(engine_state["alerts"]["on"], dtype=bool)
-        if on.shape != (len(names),):
-            raise ValueError(f"{on.shape[0] if on.ndim else 0} alert states for {len(names)} turbines")
+        if on.ndim != 1 or on.size > len(names):
+            raise ValueError(f"alert states of shape {on.shape} for {len(names)} turbines")
         carried = [n for n, o in zip(names, on.tolist()) if o]
         if not all(isinstance(n, str) and turbine_id_problem(n) is None for n in carried):
             raise ValueError("a turbine id that breaks the id rule")
@@ -294,7 +295,7 @@ class Daemon:
                 if self.engine.streams:
                     self.engine.scorer.reset()
                 self.engine = self._new_engine(self.engine.scorer)
-                carried = self.engine.carry_alerts(_alerts_on(snapshot["engine"]))
+                carried = self._carry_alerts(_alerts_on(snapshot["engine"]))
                 waiting = snapshot["engine"].get("pending") if isinstance(snapshot["engine"], dict) else None
                 self._set_aside(path, e, len(snapshot["outbox"]), len(waiting) if isinstance(waiting, list) else 0,
                                 carried)  # fmt: skip
@@ -311,11 +312,25 @@ class Daemon:
             replayed += 1
         log.info("state restored", extra={"path": path, "turbines": len(self.engine.fleet),
                                           "journal_frames": replayed, "torn_tail": self.journal.torn_tail})  # fmt: skip
-        if self._replay_refused:
+        if self._replay_refused:  # one report for the lot, on the log and the errors topic
+            limit, refused = self.cfg.ingest.max_turbines, dict(self._replay_refused)
             log.warning("the journal holds samples of more turbines than ingest.max_turbines (lowered since): "
-                        "refused", extra={"max_turbines": self.cfg.ingest.max_turbines,
-                                          "samples_by_turbine": dict(self._replay_refused)})  # fmt: skip
+                        "refused", extra={"max_turbines": limit, "samples_by_turbine": refused})  # fmt: skip
+            detail = f"ingest.max_turbines={limit} reached by samples replayed from the journal"
+            report = self._error_report("too_many_turbines", detail, samples_by_turbine=refused)
+            self._publish("error", self.errors_topic, report, False)
         self._save_state()  # the replayed frames are in the snapshot now; start a fresh journal
+
+    def _carry_alerts(self, on: list[str]) -> list[str]:
+        """Carry over the alerts that were on (`Engine.carry_alerts`) of turbines this config still scores: in
+        `ingest.turbines` when it lists them, and within `ingest.max_turbines`; the others are logged."""
+        allowed = set(self.cfg.ingest.turbines)
+        carried = self.engine.carry_alerts([t for t in on if not allowed or t in allowed])
+        if len(carried) < len(on):
+            log.warning("alerts that were on, of turbines this config no longer scores (not in ingest.turbines, or "
+                        "beyond ingest.max_turbines), are not carried over: their consumers keep their last state",
+                        extra={"turbines": sorted(set(on) - set(carried))})  # fmt: skip
+        return carried
 
     def _set_aside(self, path: str, why: ValueError, resent: int, waiting: int, carried: Sequence[str] = ()) -> None:
         """Move a state file that is not used to `<name>.unused` (durably: the operator finds it after a power cut)

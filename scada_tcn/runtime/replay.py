@@ -76,13 +76,14 @@ def _read_chunks(path: Path, columns: Sequence[str], rows: int) -> Iterator[dict
     if parquet:  # the edge install carries no Parquet reader (pyarrow)
         f = parquet[0]
         csv_path = f.with_suffix(".csv")
+        more = f" ({len(parquet)} Parquet files: give replay a folder of CSV files only)" if path.is_dir() else ""
         raise InputError(
-            f"{f}: the edge runtime replays CSV only; convert the table where pandas is installed: "
+            f"{f}: the edge runtime replays CSV only{more}; convert the table where pandas is installed: "
             f"python -c \"import pandas as pd; pd.read_parquet('{f}').to_csv('{csv_path}', "
             'index=False)"'
         )
     for f in files:
-        yield from csv_columns(f, columns, rows)
+        yield from csv_columns(f, columns, rows, "runtime.yaml's mapping (columns, turbine_id_col, time_col)")
 
 
 _ISO = re.compile(  # the ISO-8601 forms pandas reads with format="ISO8601" (scada-prepare), after strip(); see _iso_ns

@@ -265,7 +265,8 @@ class SignalStep(NamedTuple):
     group_top: np.ndarray  # (B, G) the monitor that set it, -1: none
     score: np.ndarray  # (B,) the largest ratio, NaN when none is defined
     observed: np.ndarray  # (B,) bool: a step with new evidence (alerts count only these): scored, not skipped, and
-    # some monitored or stuck-checked feature present at it (a scored step of a turbine whose feed stopped is not)
+    # a monitored feature taken (with its peers, under the fleet baseline) or a stuck-checked feature present (a
+    # scored step of a turbine whose feed stopped, or whose peers all did, is not)
 
 
 class SignalTracker:
@@ -299,8 +300,7 @@ class SignalTracker:
         self.agg = make_aggregator(kind, n_feat, halflife, k, int(max_gap)) if n_feat else None
         self.stuck = StuckRun([c.min_move for c in spec.stuck]) if spec.stuck else None
         self._level_cache: dict[str, np.ndarray] = {}
-        # the features whose presence is new evidence: the monitored ones and those the stuck checks read
-        self._watched = np.array(sorted({*spec.monitor_features, *(c.feature for c in spec.stuck)}), dtype=np.int64)
+        self._stuck_features = np.array([c.feature for c in spec.stuck], dtype=np.int64)
 
     @classmethod
     def from_params(cls, p: SignalParams) -> SignalTracker:
@@ -348,8 +348,11 @@ class SignalTracker:
         group_ratio, group_top = sp.group_ratios(ratio)
         finite = np.isfinite(ratio)
         score = np.where(finite.any(axis=1), np.where(finite, ratio, -np.inf).max(axis=1, initial=-np.inf), np.nan)
-        watched = p.astype(bool)[:, self._watched]  # before the fleet baseline: a turbine alone still has evidence
-        return SignalStep(y, has, value, level, ratio, group_ratio, group_top, score, ok & watched.any(axis=1))
+        # new evidence: a monitored feature the aggregator took (after the fleet baseline: without peers it takes
+        # none and the score is frozen), or a stuck-checked feature present
+        stuck_seen = p.astype(bool)[:, self._stuck_features].any(axis=1)
+        return SignalStep(y, has, value, level, ratio, group_ratio, group_top, score,
+                          has.any(axis=1) | (ok & stuck_seen))  # fmt: skip
 
     def _levels_of(self, turbine: str) -> np.ndarray:
         """The (M,) levels of `turbine` (cached: the levels do not change)."""

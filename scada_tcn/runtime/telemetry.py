@@ -100,11 +100,13 @@ def zone_problem(name: str | None, key: str) -> str | None:
     """Why `name` (the setting `key`) is not a time zone this machine knows, or None (None is no zone)."""
     if name is None:
         return None
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
+        if not available_timezones():
+            return f"{key}: this machine has no time zone database to read {name!r}: pip install tzdata"
         return f"{key}: unknown time zone {name!r}; give an IANA name such as Europe/Paris or UTC"
     return None
 

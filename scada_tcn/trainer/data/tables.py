@@ -57,7 +57,8 @@ def _read(path: Path, columns: list[str]) -> pd.DataFrame:
                 "Fix data.identifiers / data.columns to name columns of your export."
             )
         return df[columns]
-    parts = [pd.DataFrame(chunk, dtype=object) for chunk in csv_columns(path, columns, _CSV_ROWS)]
+    chunks = csv_columns(path, columns, _CSV_ROWS, "data.identifiers / data.columns")
+    parts = [pd.DataFrame(chunk, dtype=object) for chunk in chunks]
     df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({c: [] for c in columns}, dtype=object)
     return df.mask(df == "")  # an empty cell is missing, as pandas reads it (text cells stay text)
 
@@ -142,7 +143,7 @@ def _to_numeric(col: pd.Series) -> tuple[np.ndarray, int]:
 
 def _no_numbers(col: pd.Series, channel: str, n: int) -> None:
     """Refuse a column whose cells are text and not one a number: a misread, not a sensor's gaps."""
-    example = next(c for c in col.dropna().astype(str) if c.strip())
+    example = next(c for c in col.dropna().astype(str) if c)  # text cells are not empty (spaces may be all)
     comma = re.fullmatch(r"\s*[-+]?\d*,\d+\s*", example) is not None
     hint = " (a decimal comma? export the table with '.' as the decimal mark)" if comma else ""
     raise InputError(f"column {col.name!r} (channel {channel}): none of its cells is a number ({n} text cells, e.g. "
@@ -157,7 +158,10 @@ def load_raw_table(data: DataCfg) -> RawTable:
     if data.rul.enabled:
         source_cols.append(data.rul.column)
     kinds = {"csv": CSV_KINDS, "parquet": PARQUET_KINDS, "auto": CSV_KINDS + PARQUET_KINDS}[data.format]
-    files = table_files(Path(data.paths.raw_dir), kinds)
+    try:
+        files = table_files(Path(data.paths.raw_dir), kinds)
+    except InputError as e:
+        raise InputError(f"data.paths.raw_dir: {e}") from e
     frames = [_read(f, list(dict.fromkeys(source_cols))) for f in files]
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     ids = df[ident.turbine_id_col]

@@ -236,8 +236,9 @@ def fit_levels(steps: SignalSteps, data: PreparedData, cfg: RootCfg, log: Callab
         + ", ".join(f"{m} {v:.3g}" for m, v in zip(spec.monitor_names, pooled)))  # fmt: skip
     params = SignalParams(spec, sg.aggregator, sg.halflife_steps, sg.cusum_k, sg.max_gap_steps, sg.baseline,
                           sg.min_peers, levels)  # fmt: skip
-    scores = track(SignalTracker.from_params(params), steps, turbines, flag_names, use=~steps.label)["score"]
-    return params, scores.to_numpy()[np.isfinite(scores.to_numpy()) & ~steps.label]
+    tracked = track(SignalTracker.from_params(params), steps, turbines, flag_names, use=~steps.label)
+    scores = tracked["score"].to_numpy()  # the steps the edge's drift monitor counts: observed (`scored`), finite
+    return params, scores[np.isfinite(scores) & tracked["scored"].to_numpy() & ~steps.label]
 
 
 def _levels(values: np.ndarray, n_feat: int, cfg: RootCfg) -> list[float]:
