@@ -175,3 +175,27 @@ def test_a_float32_parquet_table_reads_as_its_csv_export(tmp_path):
     parquet = _prepare(tmp_path / "a.parquet")
     np.testing.assert_array_equal(parquet.values, _replay(tmp_path / "b.csv")[2])
     assert parquet.values[0, 0] == float(df.iloc[0, 2].astype(str))
+
+
+def test_replay_names_a_channel_of_decimal_commas_that_scada_prepare_refuses(signal_run, tiny_run, tmp_path):
+    """scada-prepare refuses a channel whose cells are all text; replay, which reads a table in chunks, read it as
+    missing without a word. Its summary now names the channel (`scada-runtime replay` prints a warning)."""
+    from scada_tcn.runtime.bundle import load_bundle
+    from scada_tcn.runtime.engine import Engine
+    from scada_tcn.runtime.replay import replay
+    from scada_tcn.runtime.stream import StreamScorer
+    from tests.mosquitto import read_slice, write_csv
+
+    header, body = read_slice(tiny_run.synth_dir / "scada.csv", "2024-01-28T00:00:00Z", "2024-01-29T00:00:00Z")
+    j = header.index("power")
+
+    def comma(cell: str) -> str:  # 812.5 -> 812,5 and 0 -> 0,0: a decimal comma in every cell
+        return cell and (cell.replace(".", ",") if "." in cell else cell + ",0")
+
+    path = write_csv(tmp_path / "commas.csv", header, [r[:j] + [comma(r[j])] + r[j + 1 :] for r in body])
+    bundle = load_bundle(signal_run[0])
+    engine = Engine(bundle, StreamScorer.from_bundle(bundle), 0.0, 100, 512)
+    summary = replay(engine, path, MappingCfg(), tmp_path / "scores.jsonl")
+    assert summary["text_channels"] == ["power"] and summary["non_numeric"]["power"] > 0
+    with pytest.raises(InputError, match="channel power.*decimal comma"):
+        _prepare(path)

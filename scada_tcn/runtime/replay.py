@@ -23,7 +23,9 @@ Contract
   wall clock is involved. `progress(counts)` follows every chunk read (`read`) and every `CHUNK_ROWS` rows scored
   (`rows`).
 * Output: `out` gets exactly the score-topic payloads `run` would publish (warm-up records included), one JSON
-  object per line, in closing order; `alerts_out`, when given, the alert transitions. Returns a summary dict.
+  object per line, in closing order; `alerts_out`, when given, the alert transitions. Returns a summary dict:
+  the counts, non-numeric cells per channel, and `text_channels`, the channels with text and not one number
+  (scada-prepare refuses such a table; replay, reading in chunks, can only say so at the end).
 Refused (InputError): a missing file or column, a file that is not UTF-8 CSV (or not gzip when named .gz), a row
 with more cells than the header (`csv_table`), unparseable or naive stamps without a zone, an empty table, an
 output that cannot be written, no room for the temporary file.
@@ -320,6 +322,7 @@ def replay(
     spec = engine.bundle.spec
     counts: dict[str, Any] = {"read": 0, "rows": 0, "turbines": 0, "scores": 0, "warmup": 0, "alerts": 0}
     non_numeric = dict.fromkeys(spec.channels, 0)
+    numbers = np.zeros(len(spec.channels), dtype=np.int64)  # cells read as numbers, per channel
     grace_ns = int(engine.fleet.grace_seconds * 1e9)
     dt_ns = engine.dt_ns
 
@@ -328,6 +331,7 @@ def replay(
                                                  chunk_rows):  # fmt: skip
             for c, n in bad.items():
                 non_numeric[c] += n
+            numbers[:] += np.isfinite(values).sum(axis=0)
             counts["read"] += len(ids)
             if progress is not None:
                 progress(counts)
@@ -375,6 +379,8 @@ def replay(
             engine.fleet.close_turbine_until(tid, end + grace_ns)
         write(engine.flush(final=True))  # fleet-relative steps waiting for a turbine whose data ended go out too
     counts["non_numeric"] = non_numeric
+    # scada-prepare refuses such a channel (a misread: decimal commas?); replay reads in chunks, so it can only say
+    counts["text_channels"] = [c for c, n in zip(spec.channels, numbers.tolist()) if non_numeric[c] and not n]
     counts["score_drift"] = engine.score_drift()
     return counts
 
