@@ -31,7 +31,7 @@ from pathlib import Path
 
 from scada_tcn.runtime.errors import InputError
 
-__all__ = ["CSV_KINDS", "PARQUET_KINDS", "csv_columns", "table_files"]
+__all__ = ["CSV_KINDS", "PARQUET_KINDS", "column_positions", "csv_columns", "table_files"]
 
 CSV_KINDS = (".csv", ".csv.gz")
 _BLOCK = 2048  # rows read at a time, then only the needed columns kept (faster and smaller than larger blocks)
@@ -82,7 +82,7 @@ def _chunks(path: Path, gz: bool, columns: Sequence[str], rows: int, mapping: st
             header = next(reader, None)
         if header is None:
             raise InputError(f"{path}: empty file")
-        idx = _columns(path, header, columns, mapping)
+        idx = column_positions(path, header, columns, mapping)
         width, need = len(header), max(idx.values()) + 1
         pick = operator.itemgetter(*idx.values(), 0)  # and column 0: a tuple even for one column
         out: dict[str, list[str]] = {c: [] for c in idx}
@@ -108,14 +108,15 @@ def _chunks(path: Path, gz: bool, columns: Sequence[str], rows: int, mapping: st
             yield out
 
 
-def _columns(path: Path, header: list[str], columns: Sequence[str], mapping: str) -> dict[str, int]:
-    """Each needed column's position in the header; refused: missing or named twice."""
+def column_positions(path: Path, header: list[str], columns: Sequence[str], mapping: str) -> dict[str, int]:
+    """Each needed column's position in a table's `header` (CSV, or a Parquet file's columns); refused: missing
+    (`mapping`: the settings that name them) or named twice."""
     missing = [c for c in columns if c not in header]
     if missing:
         hint = ""
         if len(header) == 1 and ";" in header[0]:
             hint = "; it looks separated by ';': save it comma-separated"
-        elif header[0].lstrip().startswith("#"):
+        elif header and header[0].lstrip().startswith("#"):
             hint = "; it starts with comment lines ('#'): remove them, so that the header is the first line"
         raise InputError(
             f"{path}: columns {missing} not found; the table has {header[:40]}{hint}. "

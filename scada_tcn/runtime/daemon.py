@@ -57,12 +57,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from scada_tcn.runtime.daemon_config import RuntimeConfig, redacted
 from scada_tcn.runtime.engine import Engine, Output
 from scada_tcn.runtime.health import HealthServer, Heartbeat
-from scada_tcn.runtime.ids import turbine_id_problem
 from scada_tcn.runtime.journal import Journal
 from scada_tcn.runtime.mqtt import Message, MqttLink, Publish
 from scada_tcn.runtime.prometheus import RuntimeMetrics
@@ -122,26 +119,6 @@ def setup_logging(level: str) -> None:
 
 # the status document's fields that describe the moment it is published (null in the last will)
 _STATUS_NOW = ("at", "last_message_at", "loop_age_s", "turbines", "score_drift", "late_samples")
-
-
-def _alerts_on(engine_state: Any) -> list[str]:
-    """The turbines whose alert was on in an engine state the engine refused (`Engine.carry_alerts`): the fleet's
-    turbines are in slot order, as the alert states (fewer when the newest turbines were never scored: off). A
-    state too damaged to say gives none (logged)."""
-    try:
-        names = [t["name"] for t in engine_state["fleet"]["turbines"]]
-        on = np.asarray(engine_state["alerts"]["on"], dtype=bool)
-        if on.ndim != 1 or on.size > len(names):
-            raise ValueError(f"alert states of shape {on.shape} for {len(names)} turbines")
-        carried = [n for n, o in zip(names, on.tolist()) if o]
-        if not all(isinstance(n, str) and turbine_id_problem(n) is None for n in carried):
-            raise ValueError("a turbine id that breaks the id rule")
-    except (KeyError, TypeError, IndexError, ValueError) as e:
-        log.warning("the alert states of the state set aside cannot be read: alerts that were on are not carried "
-                    "over (consumers keep their last alert state until the turbine's next transition)",
-                    extra={"reason": repr(e)})  # fmt: skip
-        return []
-    return carried
 
 
 class Daemon:
@@ -286,16 +263,21 @@ class Daemon:
                 self._set_aside(path, e, 0, 0)
                 return
             for p in snapshot["outbox"]:  # a publish the queue cannot take is counted and reported
-                payload = p["payload"].encode()
-                records = self._records_in(p["topic"], payload)
-                self._publish("score" if records else "other", p["topic"], payload, p["retain"], True, records)
+                self._republish(p["topic"], p["payload"].encode(), p["retain"])
             try:
                 self.engine.load_state_dict(snapshot["engine"])
             except ValueError as e:  # refused part-way: what it restored so far goes too
                 if self.engine.streams:
                     self.engine.scorer.reset()
                 self.engine = self._new_engine(self.engine.scorer)
-                carried = self._carry_alerts(_alerts_on(snapshot["engine"]))
+                try:
+                    on = Engine.alerts_on_in(snapshot["engine"])
+                except ValueError as why:
+                    log.warning("the alert states of the state set aside cannot be read: alerts that were on are not "
+                                "carried over (consumers keep their last alert state until the turbine's next "
+                                "transition)", extra={"reason": str(why)})  # fmt: skip
+                    on = []
+                carried = self._carry_alerts(on)
                 waiting = snapshot["engine"].get("pending") if isinstance(snapshot["engine"], dict) else None
                 self._set_aside(path, e, len(snapshot["outbox"]), len(waiting) if isinstance(waiting, list) else 0,
                                 carried)  # fmt: skip
@@ -307,7 +289,7 @@ class Daemon:
         for frame in self.journal.read():
             if frame.frame_no <= self._frame_no:
                 continue  # already in the snapshot (a crash between the snapshot and the journal reset)
-            self._apply(frame.samples, frame.tick_ns)
+            self._apply(self._replayable(frame.samples), frame.tick_ns)
             self._frame_no = frame.frame_no
             replayed += 1
         log.info("state restored", extra={"path": path, "turbines": len(self.engine.fleet),
@@ -545,11 +527,7 @@ class Daemon:
         publish. A function of its inputs and the engine state only, so a replay gives the same records."""
         if samples:
             self._data_ns = max(self._data_ns, max(s.ts_ns for s in samples))
-        fleet = self.engine.fleet
         for sample in samples:
-            if not fleet.has_room(sample.turbine):  # only in a journal written before ingest.max_turbines was
-                self._refuse_replayed(sample)  # lowered: live samples were admitted with room (`_take`)
-                continue
             dropped = self.engine.ingest(sample)
             if dropped == "late":
                 self.metrics.late.inc()
@@ -561,12 +539,19 @@ class Daemon:
         self._bins_closed = self.engine.fleet.bins_closed
         self._publish_outputs(self.engine.flush())
 
-    def _refuse_replayed(self, sample: Sample) -> None:
-        """A journal's sample of a turbine beyond `ingest.max_turbines` (lowered since the frame was written): it
-        was admitted and acknowledged then, so it is counted and logged as refused now, not a crash at every
-        start."""
-        self.metrics.rejected.labels(reason="too_many_turbines").inc()
-        self._replay_refused[sample.turbine] += 1
+    def _replayable(self, samples: list[Sample]) -> list[Sample]:
+        """A journal frame's samples the fleet takes now: those of turbines beyond `ingest.max_turbines` (lowered
+        since the frame was written; admitted and acknowledged then) are counted as refused, not a crash at every
+        start (`_has_room`, the rule `_take` applies live)."""
+        new: set[str] = set()
+        kept = []
+        for sample in samples:
+            if self._has_room(sample.turbine, new):
+                kept.append(sample)
+            else:
+                self.metrics.rejected.labels(reason="too_many_turbines").inc()
+                self._replay_refused[sample.turbine] += 1
+        return kept
 
     def _enqueue(self, msg: Message) -> None:
         """Network thread: hand the message to the loop, never waiting (see runtime.mqtt on flow control). QoS 1
@@ -628,14 +613,22 @@ class Daemon:
 
     def _take(self, msg: Message, sample: Sample, samples: list[Sample], new: set[str]) -> None:
         """Admit a valid sample unless its turbine would be one more than ingest.max_turbines."""
-        if sample.turbine not in self.engine.fleet.turbines_set and sample.turbine not in new:
-            if len(self.engine.fleet) + len(new) >= self.cfg.ingest.max_turbines:
-                limit = self.cfg.ingest.max_turbines
-                self._reject(msg, Rejection("too_many_turbines", f"ingest.max_turbines={limit} reached"),
-                             turbine=sample.turbine)  # fmt: skip
-                return
-            new.add(sample.turbine)
+        if not self._has_room(sample.turbine, new):
+            limit = self.cfg.ingest.max_turbines
+            self._reject(msg, Rejection("too_many_turbines", f"ingest.max_turbines={limit} reached"),
+                         turbine=sample.turbine)  # fmt: skip
+            return
         samples.append(sample)
+
+    def _has_room(self, turbine: str, new: set[str]) -> bool:
+        """Whether the fleet takes a sample of `turbine`: known, or among the turbines `new` to the fleet that this
+        batch has admitted (which it joins), or within ingest.max_turbines with them."""
+        if turbine in self.engine.fleet.turbines_set or turbine in new:
+            return True
+        if len(self.engine.fleet) + len(new) >= self.cfg.ingest.max_turbines:
+            return False
+        new.add(turbine)
+        return True
 
     def _reject(self, msg: Message, rej: Rejection, **where: Any) -> None:
         """Count, log and report a refused message (`where`: the line of a batch, the turbine)."""
@@ -669,9 +662,14 @@ class Daemon:
         if p.topic == self._batch_topic:
             self._publish_batches(split_batch(p.payload))
             return
-        kind = next((k for (k, _), t in self._topics.items() if t == p.topic), "other")  # rare: a linear search
-        records = self._records_in(p.topic, p.payload)
-        self._publish("score" if records else kind, p.topic, p.payload, p.retain, track=True, records=records)
+        self._republish(p.topic, p.payload, p.retain)
+
+    def _republish(self, topic: str, payload: bytes, retain: bool) -> None:
+        """A tracked publish queued again (taken back, or from a state's outbox), counted by `_publish` with the
+        score records it holds when the queue or the broker's packet size refuses it."""
+        kind = next((k for (k, _), t in self._topics.items() if t == topic), "other")  # rare: a linear search
+        records = self._records_in(topic, payload)
+        self._publish("score" if records else kind, topic, payload, retain, track=True, records=records)
 
     def _records_in(self, topic: str, payload: bytes) -> int:
         """The score records a publish holds: a batch's lines, one on a turbine's score topic, none elsewhere."""

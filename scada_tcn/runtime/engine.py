@@ -42,6 +42,7 @@ from scada_tcn.runtime.calibration import regime_of
 from scada_tcn.runtime.drift import ScoreDriftMonitor
 from scada_tcn.runtime.errors import BundleError
 from scada_tcn.runtime.fleet import Fleet, Step
+from scada_tcn.runtime.ids import turbine_id_problem
 from scada_tcn.runtime.peers import fleet_relative
 from scada_tcn.runtime.records import (
     AlertRecord,
@@ -477,6 +478,23 @@ class Engine:
         """KS distance of the recent scores from the bundle's validation-score quantiles (None before any score)."""
         d = self.drift.get()
         return {"ks": None if math.isnan(d["ks"]) else round(float(d["ks"]), 6), "n": int(d["n"])}
+
+    @staticmethod
+    def alerts_on_in(state: Any) -> list[str]:
+        """The turbines whose alert is on in a `state_dict()` (one this engine may refuse to resume: another model
+        or engine): the fleet's turbines in slot order, as the alert states (fewer when the newest were never
+        scored: off). ValueError when the state cannot say."""
+        try:
+            names = [t["name"] for t in state["fleet"]["turbines"]]
+            on = np.asarray(state["alerts"]["on"], dtype=bool)
+        except (KeyError, TypeError, IndexError, ValueError) as e:
+            raise ValueError(f"Engine.alerts_on_in: no fleet turbines and alert states ({e!r})") from e
+        if on.ndim != 1 or on.size > len(names):
+            raise ValueError(f"Engine.alerts_on_in: alert states of shape {on.shape} for {len(names)} turbines")
+        carried = [n for n, o in zip(names, on.tolist()) if o]
+        if not all(isinstance(n, str) and turbine_id_problem(n) is None for n in carried):
+            raise ValueError("Engine.alerts_on_in: a turbine id that breaks the id rule")
+        return carried
 
     def carry_alerts(self, turbines: list[str]) -> list[str]:
         """Turbines whose alert was on in a state this engine could not resume (another model, a damaged engine

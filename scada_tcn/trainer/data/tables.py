@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from scada_tcn.runtime.cells import is_number, parse_numbers
-from scada_tcn.runtime.csv_table import CSV_KINDS, PARQUET_KINDS, csv_columns, table_files
+from scada_tcn.runtime.csv_table import CSV_KINDS, PARQUET_KINDS, column_positions, csv_columns, table_files
 from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.telemetry import EPOCH_RANGE, MAX_EPOCH_S, in_epoch_range, table_epoch_ns
 from scada_tcn.trainer.config import DataCfg
@@ -27,6 +27,7 @@ from scada_tcn.trainer.config import DataCfg
 # "2017-08-09" ends in "-09" and has none)
 _OFFSET_RE = r"(?:Z|[T ].*[+-]\d\d?(?::?\d\d?)?)$"
 _CSV_ROWS = 200_000  # rows per chunk of a CSV file
+_MAPPING = "data.identifiers / data.columns"  # the settings that name a table's columns
 
 
 @dataclass
@@ -50,14 +51,9 @@ def _read(path: Path, columns: list[str]) -> pd.DataFrame:
             df = pd.read_parquet(path)
         except (OSError, ValueError) as e:  # pyarrow: not a Parquet file, truncated, unreadable
             raise InputError(f"{path}: cannot read it as Parquet ({e}); export it again, or as CSV") from e
-        missing = [c for c in columns if c not in df.columns]
-        if missing:
-            raise InputError(
-                f"{path}: columns {missing} not found; the table has {list(df.columns)[:40]}. "
-                "Fix data.identifiers / data.columns to name columns of your export."
-            )
+        column_positions(path, [str(c) for c in df.columns], columns, _MAPPING)
         return df[columns]
-    chunks = csv_columns(path, columns, _CSV_ROWS, "data.identifiers / data.columns")
+    chunks = csv_columns(path, columns, _CSV_ROWS, _MAPPING)
     parts = [pd.DataFrame(chunk, dtype=object) for chunk in chunks]
     df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({c: [] for c in columns}, dtype=object)
     return df.mask(df == "")  # an empty cell is missing, as pandas reads it (text cells stay text)
