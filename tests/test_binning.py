@@ -557,3 +557,21 @@ def test_state_dict_round_trip_continues_the_stream():
         BinAccumulator(make_spec(channels=list(PARITY_CHANNELS), dt_seconds=60), 0).load_state_dict(state)
     with pytest.raises(SpecError, match="channels"):
         BinAccumulator(make_spec(), 0).load_state_dict(state)
+
+
+def test_take_over_keeps_the_open_bins_of_another_spec_through_its_own_range():
+    """A model change at a restart: the new spec's accumulator takes the open bins of the old one's state. The
+    samples closing its first bin are the ones acknowledged before the restart; a sample for a bin the old spec had
+    emitted is late (that step was scored); the new spec's range, narrower here, applies to the samples taken."""
+    old = BinAccumulator(make_spec(valid_range={"wind_speed": (0.0, 60.0)}), 0)
+    for ws, t in ((5.0, "10:05"), (7.0, "10:12"), (40.0, "10:15"), (9.0, "10:18")):
+        old.add(ns(f"2024-03-01T{t}:00"), np.array(row(ws=ws)))
+    assert old.open_from == ns("2024-03-01T10:20:00")  # 10:10 emitted, 10:20 open with three samples
+    new = BinAccumulator(make_spec(valid_range={"wind_speed": (0.0, 30.0)}), 0)
+    assert new.take_over(old.state_dict()) == 3
+    assert new.out_of_range.tolist() == [1, 0, 0, 0, 0]  # 40 m/s, possible before, impossible now
+    assert new.add(ns("2024-03-01T10:09:00"), np.array(row(ws=1.0))) == [] and new.late_dropped == 1
+    (closed,) = new.add(ns("2024-03-01T10:25:00"), np.array(row(ws=3.0)))
+    assert closed.end_ns == ns("2024-03-01T10:20:00") and closed.values[0] == pytest.approx((7.0 + 9.0) / 2)
+    with pytest.raises(SpecError, match="dt_seconds"):
+        BinAccumulator(make_spec(dt_seconds=60), 0).take_over(old.state_dict())

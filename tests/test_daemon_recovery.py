@@ -25,7 +25,7 @@ from scada_tcn.runtime.bundle import load_bundle
 from scada_tcn.runtime.daemon import Daemon
 from scada_tcn.runtime.journal import Journal
 from scada_tcn.runtime.mqtt import Message, Publish
-from scada_tcn.runtime.records import split_batch
+from scada_tcn.runtime.records import iso_utc, split_batch
 from scada_tcn.runtime.state_file import load_state, save_state
 from scada_tcn.runtime.stream import make_scorer
 from scada_tcn.runtime.telemetry import parse_timestamp_ns
@@ -144,7 +144,8 @@ def test_a_state_refused_part_way_leaves_no_trace_and_its_outbox_is_still_publis
     assert [p.payload.decode() for p in d.link.unacked()] == [p["payload"] for p in outbox]
     assert (tmp_path / "state.npz.unused").exists()
     assert load_state(tmp_path / "state.npz")["outbox"] == outbox  # saved at once: a crash now loses none of it
-    assert len(d.engine.fleet) == 0 and d.engine.scorer.n == 0
+    assert d.engine.fleet.turbines == first.engine.fleet.turbines  # with their open bins (carried over)
+    assert d.engine.fleet.bins_closed == 0 and d.engine.scorer.n == 0
     before = len(d.link.unacked())
     _feed(d, messages[half:])
     first_record: dict[str, dict] = {}
@@ -187,10 +188,11 @@ def test_a_refused_state_carries_the_alerts_that_were_on(bundle, messages, tmp_p
     d = _daemon(bundle, tmp_path)  # the stream engine refuses the window engine's state
     d._restore_state()
     assert (tmp_path / "state.npz.unused").exists()
-    assert d.engine.fleet.turbines == [turbine] and d.engine.alerts.get().tolist() == [True]
+    on = d.engine.alerts.get()
+    assert on[d.engine.fleet.slot_of(turbine)] and on.sum() == 1
     again = _daemon(bundle, tmp_path)  # the fresh state, saved at once, holds it
     again._restore_state()
-    assert again.engine.alerts.get().tolist() == [True]
+    assert again.engine.alerts.get().tolist() == on.tolist()
     before = len(again.link.unacked())
     _feed(again, messages[half:])
     flags, turned, retained = _alert_view(again.link.unacked()[before:], turbine)
@@ -199,6 +201,66 @@ def test_a_refused_state_carries_the_alerts_that_were_on(bundle, messages, tmp_p
     assert changes and changes[0][1] is False  # scored normal again: it turns off ...
     assert all(turned.get(ts) == ("on" if now else "off") for ts, now in changes)  # ... each change published
     assert retained == ("on" if flags[-1][1] else "off")
+
+
+def test_a_model_change_loses_no_sample_acknowledged_before_it(bundle, messages, tmp_path):
+    """A clean stop, then a start on another model (here another engine): the state is refused. Its open bins, the
+    samples acknowledged and not yet in a closed step, went with it, and every turbine's step open at the stop got
+    no record at all. Now they are carried over: every step of the telemetry gets exactly one record over the two
+    runs, as in an uninterrupted one, but those the state held waiting for the fleet's step (scored by the other
+    model, counted as dropped), and the first record of each turbine after the change is its step open at the stop."""
+    half = len(messages) // 2
+    whole = _daemon(bundle, tmp_path / "whole")
+    whole._restore_state()
+    _feed(whole, messages)
+    first = _daemon(bundle, tmp_path, engine="window")
+    first._restore_state()
+    _feed(first, messages[:half])
+    before = _scores(first)
+    first._shutdown()
+    open_ends = {t: first.engine.fleet._turbines[t].acc.open_from for t in first.engine.fleet.turbines}
+    d = _daemon(bundle, tmp_path)  # the stream engine refuses the window engine's state
+    d._restore_state()
+    assert (tmp_path / "state.npz.unused").exists()
+    n = len(d.link.unacked())  # the outbox, published again
+    _feed(d, messages[half:])
+    after = by_key([p.payload for p in d.link.unacked()[n:] if p.topic.endswith("/score")])
+    waiting = {(r["record"]["turbine"], iso_utc(r["record"]["end_ns"]))
+               for r in load_state(tmp_path / "state.npz.unused")["engine"]["pending"]}  # fmt: skip
+    assert not set(before) & set(after) and set(before) | set(after) == set(_scores(whole)) - waiting
+    dropped = d.metrics.value("scada_runtime_scores_dropped_total", reason="state_refused")
+    assert dropped == len(waiting) < len(open_ends)  # (counted: scored by the other model, held for the fleet)
+    assert all(len(v) == 1 for v in after.values())
+    for t, end in open_ends.items():
+        first_after = min(ts for turbine, ts in after if turbine == t)
+        assert parse_timestamp_ns(first_after) == end  # the step open at the stop
+    assert d.metrics.value("scada_runtime_state_samples_dropped_total") == 0
+
+
+def _window_state(bundle, folder: Path, messages: list[Message]) -> dict:
+    """The state file a window-engine daemon saves after `messages` and a clean stop (the stream engine refuses it)."""
+    first = _daemon(bundle, folder, engine="window")
+    first._restore_state()
+    _feed(first, messages)
+    first._shutdown()
+    return load_state(folder / "state.npz")
+
+
+def test_open_bins_of_another_step_are_counted_as_dropped(bundle, messages, tmp_path, caplog):
+    """A state set aside whose open bins were binned to another step (or channels) cannot give them to this
+    bundle: none is carried, and their samples are counted (`state_samples_dropped_total`) and logged."""
+    state = _window_state(bundle, tmp_path, messages[:200])
+    accs = [t["accumulator"] for t in state["engine"]["fleet"]["turbines"]]
+    for acc in accs:
+        acc["dt_seconds"] = 300
+    save_state(tmp_path / "state.npz", state)
+    with caplog.at_level(logging.WARNING, logger="scada.runtime.daemon"):
+        d = _daemon(bundle, tmp_path)
+        d._restore_state()
+    held = sum(len(acc["ts_ns"]) for acc in accs)
+    assert held and d.metrics.value("scada_runtime_state_samples_dropped_total") == held
+    assert len(d.engine.fleet) == 0
+    assert any("do not fit this bundle" in r.getMessage() for r in caplog.records)
 
 
 def test_a_journal_of_more_turbines_than_a_lowered_max_turbines_does_not_stop_the_start(bundle, messages, tmp_path):
@@ -227,11 +289,7 @@ def test_which_alerts_a_refused_state_carries(bundle, messages, tmp_path, caplog
     """Alert states for fewer turbines than the fleet (its newest turbines never scored: off) carry those that are
     on; the turbines of a non-empty `ingest.turbines` only (a turbine taken off the list is not given a place);
     alert states for more turbines than the fleet carry none, and say so."""
-    first = _daemon(bundle, tmp_path, engine="window")
-    first._restore_state()
-    _feed(first, messages[:200])
-    first._shutdown()
-    saved = load_state(tmp_path / "state.npz")
+    saved = _window_state(bundle, tmp_path, messages[:200])
     names = [t["name"] for t in saved["engine"]["fleet"]["turbines"]]
 
     def restart(on: np.ndarray, **sections) -> Daemon:
@@ -242,14 +300,19 @@ def test_which_alerts_a_refused_state_carries(bundle, messages, tmp_path, caplog
         d._restore_state()
         return d
 
+    def on(d: Daemon) -> list[str]:
+        states = d.engine.alerts.get()
+        return [t for t in d.engine.fleet.turbines if d.engine.fleet.slot_of(t) < states.size and states[
+            d.engine.fleet.slot_of(t)]]  # fmt: skip
+
     shorter = np.zeros(len(names) - 1, bool)
     shorter[[0, 1]] = True
-    assert restart(shorter).engine.fleet.turbines == names[:2]
+    assert on(restart(shorter)) == names[:2]
     listed = restart(shorter, ingest={"turbines": [names[1], *names[2:]]})
-    assert listed.engine.fleet.turbines == [names[1]] and listed.engine.alerts.get().tolist() == [True]
+    assert listed.engine.fleet.turbines == names[1:] and on(listed) == [names[1]]  # (their open bins carried)
     with caplog.at_level(logging.WARNING, logger="scada.runtime.daemon"):
         longer = restart(np.ones(len(names) + 1, bool))
-    assert len(longer.engine.fleet) == 0 and not longer.engine.alerts.get().any()
+    assert longer.engine.fleet.turbines == names and not longer.engine.alerts.get().any()
     assert any("alert states of the state set aside cannot be read" in r.getMessage() for r in caplog.records)
 
 
@@ -352,7 +415,7 @@ def _clocked(bundle, folder: Path, clock: _Clock) -> Daemon:
                         ingest={"grace_s": 120.0, "max_past_s": 10 * 365 * 86400.0},
                         compute={"engine": "stream", "tick_s": 0.05})  # fmt: skip
     d = Daemon(cfg, bundle, make_scorer(bundle, "stream"), clock=clock)
-    d.link._up = {"sub": True, "pub": True}  # as if connected (the publishes still wait: no broker acks them)
+    d.link._up = {"sub": True, "pub": True, "subscribed": True}  # as if connected (no broker acks the publishes)
     d._restore_state()
     return d
 

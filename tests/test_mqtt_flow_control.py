@@ -13,6 +13,7 @@ import contextlib
 import select
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from scada_tcn.runtime.daemon_config import daemon_config_from_dict
 from scada_tcn.runtime.mqtt import MqttLink, Publish, _ReadAhead
 from tests.mosquitto import Broker, Collector, client, publish_all, wait_for
 
-PUBLISH, PUBACK = 3, 4
+PUBLISH, PUBACK, SUBSCRIBE = 3, 4, 8
 
 
 def _packets(buf: bytearray) -> list[tuple[int, int]]:
@@ -51,10 +52,12 @@ def _packets(buf: bytearray) -> list[tuple[int, int]]:
 
 class CountingRelay:
     """Relays loopback connections to `port`; `max_outstanding` is the largest count of QoS 1 publishes a client
-    had sent through it and not yet had acknowledged (over all connections)."""
+    had sent through it and not yet had acknowledged (over all connections). A client's SUBSCRIBE reaches the
+    broker `hold_subscribe_s` late (a slow network or a busy broker)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, hold_subscribe_s: float = 0.0) -> None:
         self.target = port
+        self.hold_subscribe_s = hold_subscribe_s
         self.port = free_port()
         self.max_outstanding = 0
         self.publishes = 0
@@ -92,13 +95,16 @@ class CountingRelay:
                 return
             buf += data
             with self._lock:
-                for kind, qos in _packets(buf):
+                kinds = _packets(buf)
+                for kind, qos in kinds:
                     if upstream and kind == PUBLISH and qos > 0:
                         state["outstanding"] += 1
                         self.publishes += 1
                         self.max_outstanding = max(self.max_outstanding, state["outstanding"])
                     elif not upstream and kind == PUBACK:
                         state["outstanding"] -= 1
+            if upstream and any(kind == SUBSCRIBE for kind, _ in kinds):
+                time.sleep(self.hold_subscribe_s)
             try:
                 dst.sendall(data)  # acks reach the client only after they were counted
             except OSError:
@@ -448,3 +454,28 @@ def test_a_paho_without_the_internals_the_link_builds_on_is_refused_at_start(mon
         monkeypatch.delattr(paho.Client, internal)
     with pytest.raises(RuntimeError, match=rf"lacks \['{internal}'\].*pip install 'paho-mqtt>=2.0,<2.3'"):
         MqttLink(cfg.broker, "old-paho", {}, Publish("s", b"offline", retain=True), receive_maximum=10, max_queued=10)
+
+
+def test_the_link_is_connected_only_once_the_broker_has_its_subscriptions(broker: Broker) -> None:
+    """`connected` waits for the SUBACK: telemetry sent as soon as it says so is routed to the link. Before, it was
+    True at the CONNACKs, and a message sent before the broker took the SUBSCRIBE was lost on a fresh session (a CI
+    run's restart test lost the first samples of a part and waited for their scores in vain; the demo waits too)."""
+    relay = CountingRelay(broker.port, hold_subscribe_s=1.5)
+    got: list[bytes] = []
+    cfg = daemon_config_from_dict({"broker": {"url": f"mqtt://127.0.0.1:{relay.port}", "client_id": "sub-ready"}})
+    link = MqttLink(cfg.broker, "sub-ready", {"flow/in/#": lambda m: got.append(m.payload)},
+                    Publish("flow/status", b"offline", retain=True), receive_maximum=100, max_queued=100)  # fmt: skip
+    sender = client(broker.url, "sub-ready-sender")
+    try:
+        link.start()
+        wait_for(lambda: link._up["sub"] and link._up["pub"], 10, "both CONNACKs")
+        assert not link.connected  # the SUBSCRIBE is still on its way
+        wait_for(lambda: link.connected, 10, "the SUBACK")
+        wait_for(sender.is_connected, 10, "the sender")
+        sender.publish("flow/in/a", b"first", qos=1).wait_for_publish(timeout=10)
+        wait_for(lambda: got == [b"first"], 10, "the first message at the link")
+    finally:
+        sender.disconnect()
+        sender.loop_stop()
+        link.stop([], timeout=5)
+        relay.close()

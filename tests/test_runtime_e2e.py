@@ -468,7 +468,7 @@ def test_every_score_record_is_queued_or_counted_as_dropped(bundle, scorer, time
     messages = m.value("scada_runtime_publish_overflow_total", kind="score")
     assert len(d.link.unacked()) == 30 and in_queue > 0
     assert in_queue + dropped == produced and dropped > messages > 0  # ~4 kB records, two to an 8 kB message
-    report = json.loads(d._on_connected()[1].payload)
+    report = json.loads(d._on_connected()[0].payload)
     assert report["reason"] == "publish_queue_overflow" and report["scores_dropped"] == dropped
     assert report["dropped"] == messages + sum(m.value("scada_runtime_publish_overflow_total", kind=k)
                                                for k in ("alert", "alert_state"))  # fmt: skip

@@ -562,6 +562,25 @@ class BinAccumulator:
         self._next_order = int(state["next_order"])
         self.late_dropped = int(state["late_dropped"])
         self.out_of_range = oor
+        self._set_rows(ts, order, vals)
+
+    def take_over(self, state: dict[str, Any]) -> int:
+        """Take the open bins of another spec's accumulator, from its `state_dict()` (a state refused at a restart:
+        another model with the same dt and channels), so that samples acknowledged before the restart are not lost:
+        its samples through this spec's range filter too (the stricter of the two ranges holds), its position (the
+        bins it emitted stay closed: a sample for them is late) and its counters. Returns the samples taken.
+        SpecError for another dt or channels, InputError for a malformed state."""
+        self.load_state_dict(state)
+        ts, order, vals = self._arrays()
+        bad = _impossible(vals, self._plan.lo, self._plan.hi)
+        if bad.any():
+            vals[bad] = np.nan
+            self.out_of_range += bad.sum(axis=0)
+            self._set_rows(ts, order, vals)
+        return int(ts.size)
+
+    def _set_rows(self, ts: np.ndarray, order: np.ndarray, vals: np.ndarray) -> None:
+        """The open bins' samples, with the dedupe keys and the per-stamp counts that follow from them."""
         self._rows = list(zip(ts.tolist(), order.tolist(), vals))
         self._seen = {(t, v.tobytes()) for t, _, v in self._rows}
         self._per_stamp = {}

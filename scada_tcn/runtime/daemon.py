@@ -36,7 +36,9 @@ through the same engine calls in the same order, publishing what they produce: a
 every step gets the same bytes as in an uninterrupted run (a record may arrive twice, never differently), and a
 restart resumes scoring instead of warming every turbine up again. A state file that cannot be used (another
 model or engine, damaged) is moved aside with a warning and every turbine warms up again; its unacknowledged
-records are published all the same. Damaged journal frames end the replay there (a torn tail).
+records are published all the same, and when it is readable, its alerts that were on and its open bins (samples
+acknowledged before the restart, a model change among them) are carried over. Damaged journal frames end the
+replay there (a torn tail).
 """
 
 from __future__ import annotations
@@ -86,6 +88,14 @@ def _checked_snapshot(doc: Any) -> dict[str, Any]:
         if not isinstance(p, dict) or set(p) != set(item) or not all(isinstance(p[k], t) for k, t in item.items()):
             raise ValueError("the outbox must be a list of {topic, payload, retain}")
     return doc
+
+
+def _open_samples(accumulator: Any) -> int:
+    """The samples an accumulator state holds in its open bins (0 when it cannot say)."""
+    try:
+        return len(accumulator["ts_ns"])
+    except (KeyError, TypeError, ValueError):
+        return 0
 
 
 _STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -174,7 +184,7 @@ class Daemon:
             receive_maximum=cfg.queues.receive_maximum,
             max_queued=cfg.queues.outbound,
             on_connected=self._on_connected,
-            on_connection_change=lambda up: self.metrics.connected.set(1 if up else 0),
+            on_connection_change=self._on_connection_change,
             on_connect_failed=lambda reason: self.metrics.connect_failures.labels(reason=reason).inc(),
             on_unrouted=lambda m: self._reject(m, Rejection("bad_topic", "no handler for this topic")),
             may_read=lambda: self.inbound.qsize() < cfg.queues.inbound,
@@ -249,10 +259,10 @@ class Daemon:
     def _restore_state(self) -> None:
         """Resume from the snapshot and the journal after it (see the module docstring). A snapshot that cannot be
         read, or whose engine state this daemon refuses (another model or engine, more turbines than
-        `ingest.max_turbines`), is set aside and every turbine warms up again, the alerts that were on carried
-        over (`Engine.carry_alerts`); the records in its outbox, which the broker never acknowledged, are published
-        all the same. A file that cannot be opened (permissions, a disk
-        error) stops the daemon."""
+        `ingest.max_turbines`), is set aside and every turbine warms up again, the alerts that were on and the
+        open bins carried over (`Engine.carry_alerts`, `Engine.carry_open_bins`); the records in its outbox, which
+        the broker never acknowledged, are published all the same. A file that cannot be opened (permissions, a
+        disk error) stops the daemon."""
         path = self.cfg.state.path
         if path is None:
             return
@@ -270,6 +280,7 @@ class Daemon:
                 if self.engine.streams:
                     self.engine.scorer.reset()
                 self.engine = self._new_engine(self.engine.scorer)
+                samples = self._carry_open_bins(snapshot["engine"])
                 try:
                     on = Engine.alerts_on_in(snapshot["engine"])
                 except ValueError as why:
@@ -280,7 +291,7 @@ class Daemon:
                 carried = self._carry_alerts(on)
                 waiting = snapshot["engine"].get("pending") if isinstance(snapshot["engine"], dict) else None
                 self._set_aside(path, e, len(snapshot["outbox"]), len(waiting) if isinstance(waiting, list) else 0,
-                                carried)  # fmt: skip
+                                carried, samples)  # fmt: skip
                 return
             self._frame_no = snapshot["frame_no"]
             self._data_ns = self.engine.fleet.newest_ns()
@@ -303,18 +314,50 @@ class Daemon:
             self._publish("error", self.errors_topic, report, False)
         self._save_state()  # the replayed frames are in the snapshot now; start a fresh journal
 
+    def _allowed(self, turbines: Sequence[str]) -> list[str]:
+        """Those of `turbines` this config scores: all, or those `ingest.turbines` lists when it lists any."""
+        allowed = set(self.cfg.ingest.turbines)
+        return [t for t in turbines if not allowed or t in allowed]
+
+    def _carry_open_bins(self, state: Any) -> int:
+        """Carry over the open bins of a state set aside (`Engine.carry_open_bins`): the samples acknowledged
+        before the restart and not yet in a closed step, of turbines this config still scores. Those it cannot
+        carry (another step or channels, turbines no longer scored, beyond `ingest.max_turbines`) are counted in
+        `state_samples_dropped_total` and logged. Returns the samples carried."""
+        try:
+            bins = Engine.open_bins_in(state)
+        except ValueError as why:
+            log.warning("the open bins of the state set aside cannot be read: their samples are lost",
+                        extra={"reason": str(why)})  # fmt: skip
+            return 0
+        kept = {t: bins[t] for t in self._allowed(list(bins))}
+        try:
+            carried = self.engine.carry_open_bins(kept)
+        except ValueError as why:  # another step or channels, or a malformed accumulator: none of it
+            self.engine = self._new_engine(self.engine.scorer)
+            log.warning("the open bins of the state set aside do not fit this bundle: their samples are lost",
+                        extra={"reason": str(why)})  # fmt: skip
+            carried = {}
+        lost = {t: _open_samples(a) for t, a in bins.items() if t not in carried}
+        lost = {t: n for t, n in lost.items() if n}
+        if lost:
+            self.metrics.state_samples_dropped.inc(sum(lost.values()))
+            log.warning("samples of open bins in the state set aside are not carried over", extra={
+                "samples_by_turbine": lost})  # fmt: skip
+        return sum(carried.values())
+
     def _carry_alerts(self, on: list[str]) -> list[str]:
         """Carry over the alerts that were on (`Engine.carry_alerts`) of turbines this config still scores: in
         `ingest.turbines` when it lists them, and within `ingest.max_turbines`; the others are logged."""
-        allowed = set(self.cfg.ingest.turbines)
-        carried = self.engine.carry_alerts([t for t in on if not allowed or t in allowed])
+        carried = self.engine.carry_alerts(self._allowed(on))
         if len(carried) < len(on):
             log.warning("alerts that were on, of turbines this config no longer scores (not in ingest.turbines, or "
                         "beyond ingest.max_turbines), are not carried over: their consumers keep their last state",
                         extra={"turbines": sorted(set(on) - set(carried))})  # fmt: skip
         return carried
 
-    def _set_aside(self, path: str, why: ValueError, resent: int, waiting: int, carried: Sequence[str] = ()) -> None:
+    def _set_aside(self, path: str, why: ValueError, resent: int, waiting: int, carried: Sequence[str] = (),
+                   samples: int = 0) -> None:  # fmt: skip
         """Move a state file that is not used to `<name>.unused` (durably: the operator finds it after a power cut)
         and save the fresh state at once, with the outbox re-queued from it (`resent`), so a crash before the next
         snapshot loses none of it; the journal starts afresh (its frames continued the state set aside). The score
@@ -330,7 +373,8 @@ class Daemon:
         self.metrics.scores_dropped.labels(reason="state_refused").inc(waiting)
         log.warning("state file not used; every turbine warms up again",
                     extra={"reason": str(why), "moved_to": str(aside), "outbox_resent": resent,
-                           "waiting_dropped": waiting, "alerts_carried": list(carried)})  # fmt: skip
+                           "waiting_dropped": waiting, "alerts_carried": list(carried),
+                           "open_samples_carried": samples})  # fmt: skip
 
     def _save_state(self, background: bool = False) -> None:
         """Snapshot the state and empty the journal (at start and stop). `background` (the periodic save): the
@@ -773,8 +817,17 @@ class Daemon:
         }
         return json.dumps(doc, sort_keys=True).encode()
 
+    def _on_connection_change(self, up: bool) -> None:
+        """The link is up (both clients connected, the subscriptions acknowledged: telemetry sent from now on
+        reaches us) or down. Up publishes the retained status "online", so a consumer that waits for it loses no
+        sample it sends next; down, the broker publishes the last will if the publisher is the one gone."""
+        self.metrics.connected.set(1 if up else 0)
+        if up:
+            self.link.publish(self.status_topic, self._status_payload("online"), retain=True)
+
     def _on_connected(self) -> list[Publish]:
-        out = [Publish(self.status_topic, self._status_payload("online"), retain=True)]
+        """What the publisher sends at each of its connects: the report of publishes dropped while it was away."""
+        out = []
         if self._overflowed:
             detail = f"queues.outbound={self.cfg.queues.outbound} was full while disconnected"
             report = self._error_report("publish_queue_overflow", detail, dropped=self._overflowed,

@@ -510,6 +510,30 @@ class Engine:
         self.alerts.hold_on(np.array(slots, dtype=np.int64))
         return carried
 
+    @staticmethod
+    def open_bins_in(state: Any) -> dict[str, dict[str, Any]]:
+        """Per turbine of a `state_dict()` (one this engine may refuse to resume), the accumulator state of its
+        open bins: the samples acknowledged and not yet in a closed step. ValueError when the state cannot say."""
+        try:
+            bins = {t["name"]: t["accumulator"] for t in state["fleet"]["turbines"]}
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"Engine.open_bins_in: no fleet turbines with accumulators ({e!r})") from e
+        if not all(isinstance(n, str) and turbine_id_problem(n) is None for n in bins):
+            raise ValueError("Engine.open_bins_in: a turbine id that breaks the id rule")
+        return bins
+
+    def carry_open_bins(self, bins: dict[str, dict[str, Any]]) -> dict[str, int]:
+        """Turbines' open bins from a state this engine could not resume (`open_bins_in`), so a model change loses
+        none of the samples acknowledged before it: each turbine (registered in the fleet, as `carry_alerts`) starts
+        where it stood, its open bins' samples closing its first step here, and the steps the other model scored
+        stay closed. Returns the samples taken per turbine carried (none beyond `max_turbines`). SpecError when the
+        state's step or channels differ from this bundle's (nothing is carried then)."""
+        carried = {}
+        for t, acc in bins.items():
+            if self.fleet.has_room(t):
+                carried[t] = self.fleet.take_open_bins(t, acc)
+        return carried
+
     def waiting(self) -> int:
         """Fleet-relative: scored steps held until every turbine has closed their step (0 otherwise)."""
         return sum(len(g) for g in self._pending.values())

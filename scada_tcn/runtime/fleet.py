@@ -203,6 +203,15 @@ class Fleet:
         no bin and holds back no fleet step until it has one). ValueError beyond `max_turbines`."""
         return (self._turbines.get(turbine) or self._new(turbine)).slot
 
+    def take_open_bins(self, turbine: str, accumulator: dict[str, Any]) -> int:
+        """Give the turbine (a slot, as `register`) the open bins of an accumulator state another spec saved
+        (`BinAccumulator.take_over`); returns the samples taken. ValueError beyond `max_turbines`, SpecError for
+        another dt or channels."""
+        t = self._turbines.get(turbine) or self._new(turbine)
+        n = t.acc.take_over(accumulator)
+        self._track(t)
+        return n
+
     def add(self, turbine: str, ts_ns: int, values: np.ndarray) -> str | None:
         """Store one sample; returns why it was dropped: "late" (its bin had closed) or "full" (each of its channels
         has `max_per_stamp` values of its stamp in the open bins), None when it was stored."""

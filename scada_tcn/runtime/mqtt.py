@@ -45,7 +45,10 @@ Contract
 * Reconnection: each client reconnects with capped exponential backoff (reconnect_min_s doubling up to
   reconnect_max_s). CONNACK and SUBACK reason codes are checked: a refused connect is reported to
   `on_connect_failed` and never marks us connected; a refused subscription sets `fatal` (the daemon stops with
-  that message). `connected` is True while both clients are; `connects` counts successful connections of both.
+  that message). `connected` is True while both clients are connected and the broker has acknowledged every
+  subscription of the subscriber's current connection (SUBACK): before that, telemetry published by others is
+  not yet routed to us, so a publisher that waits for `connected` loses nothing. `connects` counts successful
+  connections of both.
 * Publishing: `publish(topic, payload, retain, track)` (QoS 1) hands the message to the publisher (or holds it
   while the send quota is used up), which keeps messages while disconnected and sends them after reconnect; the
   queue (handed to paho + held) is bounded by `max_queued`. On overflow `publish` returns False and
@@ -59,8 +62,9 @@ Contract
   at a time. A test fails if a paho release stops calling the hook. A QoS 1 PUBLISH without properties and a
   PUBACK that only says success are decoded by `_Client` without the Properties and ReasonCode objects paho
   builds for each (the rest by paho); a test checks which decoder took which packet.
-* The last will (retained, on the publisher) is set from `will`; `on_connected()` returns the retained messages to
-  (re)publish on every publisher connect (status "online"). `stop(final)` publishes `final`, waits up to
+* The last will (retained, on the publisher) is set from `will`; `on_connected()` returns the messages to publish
+  on every publisher connect, and `on_connection_change(up)` hears each change of `connected` (the daemon
+  publishes its retained status "online" when it goes up). `stop(final)` publishes `final`, waits up to
   `timeout` for the queue to drain, disconnects both clients cleanly (no last will) and stops their threads.
 """
 
@@ -283,7 +287,8 @@ class MqttLink:
         self._lock = threading.Lock()
         self._published = 0  # QoS 1 messages handed to the publisher
         self._acked = 0  # ... and acknowledged by the broker
-        self._up = {"sub": False, "pub": False}
+        # both clients' connections, and the broker's acknowledgement of the subscriber's current subscriptions
+        self._up = {"sub": False, "pub": False, "subscribed": False}
         self._generation = 0  # subscriber connections so far
         self._pub_connects = 0
         self._inflight: dict[int, tuple[Publish, bool]] = {}  # QoS 1 publishes by mid (publish order), tracked?
@@ -364,21 +369,25 @@ class MqttLink:
                                                               "client": role})  # fmt: skip
             self._on_connect_failed(str(reason_code))
             return False
-        with self._lock:
-            was = self.connected
-            self._up[role] = True
-            now = self.connected
         log.info("connected", extra={"host": self.host, "port": self.port, "client": role,
                                      "session_present": bool(getattr(flags, "session_present", False))})  # fmt: skip
-        if now and not was:
-            self._on_change(True)
         return True
+
+    def _set(self, **flags: bool) -> None:
+        """Update the connection flags of `_up` and report a change of `connected` to `on_connection_change`."""
+        with self._lock:
+            was = self.connected
+            self._up.update(flags)
+            now = self.connected
+        if now != was:
+            self._on_change(now)
 
     def _handle_sub_connect(self, client: paho.Client, userdata: object, flags, reason_code, properties) -> None:
         with self._lock:
             self._generation += 1
         if not self._connected_as("sub", reason_code, flags):
             return
+        self._set(sub=True, subscribed=not self.handlers)  # nothing to subscribe: ready once connected
         opts = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE)
         if self.handlers:
             client.subscribe([(f, opts) for f in self.handlers])
@@ -400,21 +409,21 @@ class MqttLink:
         self._take_back_oversized(client)
         for p in self._on_connected():
             self.publish(p.topic, p.payload, p.retain)
+        self._set(pub=True)  # last: what `on_connection_change` publishes goes after the resends
 
     def _handle_subscribe(self, client: paho.Client, userdata: object, mid, reason_codes, properties) -> None:
         bad = [(f, str(rc)) for f, rc in zip(self.handlers, reason_codes) if rc.is_failure]
         if bad:
             self.fatal = f"broker refused subscriptions {bad}; check the broker ACL for this user"
             log.error("subscription refused", extra={"refused": bad})
+            return
+        self._set(subscribed=True)
 
     def _handle_disconnect(self, client: paho.Client, userdata: dict, flags, reason_code, properties) -> None:
-        with self._lock:
-            was = self.connected
-            self._up[userdata["role"]] = False
+        role = userdata["role"]
         level = logging.INFO if reason_code == 0 else logging.WARNING
-        log.log(level, "disconnected", extra={"reason": str(reason_code), "client": userdata["role"]})
-        if was:
-            self._on_change(False)
+        log.log(level, "disconnected", extra={"reason": str(reason_code), "client": role})
+        self._set(**({"sub": False, "subscribed": False} if role == "sub" else {"pub": False}))
 
     def _handle_publish(self, client: paho.Client, userdata: object, mid, reason_code, properties) -> None:
         with self._lock:
@@ -508,7 +517,8 @@ class MqttLink:
     # ------------------------------------------------------------------------------------------------ API
     @property
     def connected(self) -> bool:
-        return self._up["sub"] and self._up["pub"]
+        """Both clients connected and the subscriptions acknowledged: telemetry sent from now on reaches us."""
+        return all(self._up.values())
 
     @property
     def connects(self) -> int:

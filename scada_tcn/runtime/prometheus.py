@@ -39,6 +39,12 @@ class RuntimeMetrics:
             "samples dropped because each of their channels had ingest.max_values_per_stamp values of their stamp",
             registry=r,
         )
+        self.state_samples_dropped = Counter(
+            p + "state_samples_dropped",
+            "samples acknowledged before a restart, in open bins of a state file set aside, that could not be carried "
+            "over (another step or channels, a turbine no longer scored)",
+            registry=r,
+        )
         self.bins_closed = Counter(p + "bins_closed", "model steps closed over all turbines", registry=r)
         self.scores = Counter(
             p + "scores_published",
