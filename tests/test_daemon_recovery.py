@@ -177,7 +177,8 @@ def test_a_refused_state_carries_the_alerts_that_were_on(bundle, messages, tmp_p
     "on" while the records said alert false, and the alert topic never said "off" (with the fault still there,
     a second "on" came with no "off" between). Now the alerts that were on stay on, in the records and the
     retained state, until the turbine is scored and its alert turns off by its rule, with a published
-    transition; they are in the fresh state saved at once, so a second restart keeps them."""
+    transition; they are in the fresh state saved at once, so a second restart keeps them. The retained "on" is
+    not published again at the first score (its `since` became that step's): the broker's, with its `since`, holds."""
     first = _daemon(bundle, tmp_path, engine="window")
     first._restore_state()
     half = len(messages) // 2
@@ -201,6 +202,9 @@ def test_a_refused_state_carries_the_alerts_that_were_on(bundle, messages, tmp_p
     assert changes and changes[0][1] is False  # scored normal again: it turns off ...
     assert all(turned.get(ts) == ("on" if now else "off") for ts, now in changes)  # ... each change published
     assert retained == ("on" if flags[-1][1] else "off")
+    topic = f"/{turbine}/alert/state"
+    states = [json.loads(p.payload) for p in again.link.unacked()[before:] if p.topic.endswith(topic)]
+    assert states[0] == states[0] | {"state": "off", "since": changes[0][0]}  # the broker's "on" (its since) held
 
 
 def test_a_model_change_loses_no_sample_acknowledged_before_it(bundle, messages, tmp_path):

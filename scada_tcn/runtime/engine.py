@@ -500,14 +500,16 @@ class Engine:
         """Turbines whose alert was on in a state this engine could not resume (another model, a damaged engine
         part): their alert stays on (`AlertState.hold_on`), so their records and the retained alert state, which
         consumers read as on, keep saying so until the turbine is scored and the alert turns off by its rule, with
-        a published transition. Registered in the fleet (`Fleet.register`), they are part of the state saved.
-        Returns those carried (all but any beyond `max_turbines`)."""
+        a published transition. The retained state is not published again at their first score here: the one the
+        broker holds says since when the alert is on. Registered in the fleet (`Fleet.register`), they are part
+        of the state saved. Returns those carried (all but any beyond `max_turbines`)."""
         carried, slots = [], []
         for t in dict.fromkeys(turbines):  # one name at a time: each takes room
             if self.fleet.has_room(t):
                 carried.append(t)
                 slots.append(self.fleet.register(t))
         self.alerts.hold_on(np.array(slots, dtype=np.int64))
+        self._scored_once.update(carried)
         return carried
 
     @staticmethod
