@@ -751,9 +751,12 @@ class Daemon:
             return
         self.metrics.overflow.labels(kind=kind).inc()
         self.metrics.scores_dropped.labels(reason="overflow").inc(records)
+        if not self._overflowed:  # one line per episode (a long outage drops thousands): the report sums it up
+            log.error("publish queue full: dropping messages until it drains (each counted in "
+                      "publish_overflow_total; a report on the errors topic sums them up at the next connect)",
+                      extra={"kind": kind, "topic": topic, "outbound": self.cfg.queues.outbound})  # fmt: skip
         self._overflowed += 1
         self._overflowed_scores += records
-        log.error("publish queue full: message dropped", extra={"kind": kind, "topic": topic})
 
     def _publish_outputs(self, outputs: list[Output]) -> None:
         scores: Counter[str] = Counter()
@@ -829,6 +832,8 @@ class Daemon:
         """What the publisher sends at each of its connects: the report of publishes dropped while it was away."""
         out = []
         if self._overflowed:
+            log.error("publishes dropped on a full queue while disconnected", extra={
+                "dropped": self._overflowed, "scores_dropped": self._overflowed_scores})  # fmt: skip
             detail = f"queues.outbound={self.cfg.queues.outbound} was full while disconnected"
             report = self._error_report("publish_queue_overflow", detail, dropped=self._overflowed,
                                         scores_dropped=self._overflowed_scores)  # fmt: skip
