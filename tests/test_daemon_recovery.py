@@ -267,6 +267,75 @@ def test_open_bins_of_another_step_are_counted_as_dropped(bundle, messages, tmp_
     assert any("do not fit this bundle" in r.getMessage() for r in caplog.records)
 
 
+def _rows_of(state: dict, names: list[str]) -> dict[str, list]:
+    """Each turbine's rows of a saved engine state's slot-indexed parts (fleet entry, alert state, tracker, hidden
+    states), by name: what retiring other turbines must keep, whatever slot it lands in."""
+    eng = state["engine"]
+    slots = {t["name"]: i for i, t in enumerate(eng["fleet"]["turbines"])}
+    parts = [eng["alerts"], eng["signals"]["aggregator"], *([{"h": eng["stream"]["h_ring"]}] if eng["stream"] else [])]
+    return {t: [repr(eng["fleet"]["turbines"][slots[t]])] + [np.asarray(a)[slots[t]].tolist() for part in parts
+                                                            for a in part.values()] for t in names}  # fmt: skip
+
+
+@pytest.mark.parametrize("engine", ["stream", "window"])
+def test_a_turbine_taken_off_ingest_turbines_is_retired_at_the_restart(bundle, messages, tmp_path, engine):
+    """The fleet only grew: a decommissioned turbine, or an id a publisher mistyped, kept its slot, its room under
+    `max_turbines` and its place in the state file, and published records for ever. Taking it off `ingest.turbines`
+    and restarting now retires it: every slot-indexed part of the state drops it and the others are renumbered,
+    each keeping its rows exactly (it resumes scoring, no warm-up); its retained alert state is cleared, its
+    telemetry refused, its room freed."""
+    names = sorted({m.topic.split("/")[2] for m in messages})
+    gone, kept = names[1], [n for n in names if n != names[1]]  # a middle slot: the later ones are renumbered
+    half = len(messages) // 2
+    first = _daemon(bundle, tmp_path, engine)
+    first._restore_state()
+    _feed(first, messages[:half])
+    first.engine.alerts.hold_on(np.array([first.engine.fleet.slot_of(gone)]))  # its alert on: to be cleared
+    first._shutdown()
+    before = load_state(tmp_path / "state.npz")
+    d = _daemon(bundle, tmp_path, engine, ingest={"turbines": kept})
+    d._restore_state()
+    assert d.engine.fleet.turbines == [t for t in first.engine.fleet.turbines if t != gone]
+    assert _rows_of(load_state(tmp_path / "state.npz"), kept) == _rows_of(before, kept)
+    cleared = [p for p in d.link.unacked() if p.topic.endswith(f"/{gone}/alert/state")][-1]  # after its outbox's
+    assert cleared.payload == b"" and cleared.retain  # MQTT's way to delete a retained message
+    n = len(d.link.unacked())
+    _feed(d, messages[half:])
+    theirs = sum(f"/{gone}/" in m.topic for m in messages[half:])
+    assert d.metrics.value("scada_runtime_rejected_total", reason="unknown_turbine") == theirs
+    after = [json.loads(p.payload) for p in d.link.unacked()[n:] if p.topic.endswith("/score")]
+    assert {r["turbine"] for r in after} == set(kept)
+    firsts = {t: next(r for r in after if r["turbine"] == t) for t in kept}
+    assert all(r["status"] == "ok" for r in firsts.values())  # resumed, not warmed up again
+    assert len(d.engine.fleet) == len(kept)  # its room is free
+
+
+def _sent(d: Daemon) -> list[tuple[str, bytes]]:
+    """Every (topic, payload) `d` hands to its link from now on, tracked or not."""
+    sent, real = [], d.link.publish
+    d.link.publish = lambda topic, payload, retain=False, track=False: (
+        bool(sent.append((topic, payload))) or real(topic, payload, retain, track)
+    )
+    return sent
+
+
+def test_a_retired_turbines_samples_in_the_journal_are_refused_and_reported(bundle, messages, tmp_path):
+    """A crash, then a restart with a turbine taken off `ingest.turbines`: its samples that the journal holds
+    (admitted before the crash) are refused like its live telemetry, counted and reported once."""
+    first = _daemon(bundle, tmp_path)
+    first._restore_state()  # the start-up snapshot: an empty fleet; then only the journal
+    _feed(first, messages[:200])
+    gone = first.engine.fleet.turbines[1]
+    d = _daemon(bundle, tmp_path, ingest={"turbines": [t for t in first.engine.fleet.turbines if t != gone]})
+    sent = _sent(d)
+    d._restore_state()
+    theirs = sum(f"/{gone}/" in m.topic for m in messages[:200])
+    assert gone not in d.engine.fleet.turbines and len(d.engine.fleet) == len(first.engine.fleet) - 1
+    assert theirs and d.metrics.value("scada_runtime_rejected_total", reason="unknown_turbine") == theirs
+    (report,) = [json.loads(payload) for topic, payload in sent if topic == d.errors_topic]
+    assert report["reason"] == "unknown_turbine" and report["samples_by_turbine"] == {gone: theirs}
+
+
 def test_a_journal_of_more_turbines_than_a_lowered_max_turbines_does_not_stop_the_start(bundle, messages, tmp_path):
     """A crash after new turbines' first samples, then a restart with `ingest.max_turbines` lowered: the snapshot
     fits, but replaying the journal added every turbine it held and raised ValueError, at every start, until the
@@ -276,10 +345,7 @@ def test_a_journal_of_more_turbines_than_a_lowered_max_turbines_does_not_stop_th
     _feed(first, messages[:200])  # then only the journal (no periodic snapshot: the clock stands still)
     assert len(first.engine.fleet) > 2
     d = _daemon(bundle, tmp_path, ingest={"max_turbines": 2})
-    sent, real = [], d.link.publish
-    d.link.publish = lambda topic, payload, retain=False, track=False: (
-        bool(sent.append((topic, payload))) or real(topic, payload, retain, track)
-    )
+    sent = _sent(d)
     d._restore_state()
     kept = first.engine.fleet.turbines[:2]
     assert d.engine.fleet.turbines == kept

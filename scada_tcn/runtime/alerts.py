@@ -31,6 +31,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from scada_tcn.runtime.slots import kept_rows
+
 __all__ = ["AlertState", "AlertTransitions"]
 
 
@@ -106,6 +108,11 @@ class AlertState:
             raise ValueError("AlertState.hold_on: slots must be a 1-D array of integers >= 0")
         self._grow(int(idx.max()) + 1 if idx.size else 0)
         self._on[idx], self._on_count[idx], self._off_count[idx] = True, 0, 0
+
+    @staticmethod
+    def select_state(state: dict[str, Any], keep: np.ndarray) -> dict[str, Any]:
+        """A `state_dict()` of the old slots `keep` only (increasing), renumbered from 0 (`runtime.slots`)."""
+        return kept_rows(state, keep)
 
     def get(self) -> np.ndarray:
         """A copy of the current states (n_slots,) bool."""

@@ -197,7 +197,8 @@ class Daemon:
         self._tracked_since_save = 0
         self._snapshot_every = max(1, (cfg.queues.outbound - cfg.queues.publish_backlog) // 4)
         self._frame_no = 0  # journal frames written (or replayed) so far
-        self._replay_refused: Counter[str] = Counter()  # journal samples beyond ingest.max_turbines, by turbine
+        # journal samples refused at a restart, by reason (too_many_turbines, unknown_turbine) and turbine
+        self._replay_refused: dict[str, Counter[str]] = {}
         self._writer: threading.Thread | None = None  # writing the latest periodic snapshot
         self._writer_error: BaseException | None = None
         self._drift_pushed = -1  # the drift monitor's `pushed` when the score_drift gauge was last set
@@ -274,22 +275,24 @@ class Daemon:
                 return
             for p in snapshot["outbox"]:  # a publish the queue cannot take is counted and reported
                 self._republish(p["topic"], p["payload"].encode(), p["retain"])
+            engine_state = snapshot["engine"]
             try:
-                self.engine.load_state_dict(snapshot["engine"])
+                engine_state = self._retire(engine_state)
+                self.engine.load_state_dict(engine_state)
             except ValueError as e:  # refused part-way: what it restored so far goes too
                 if self.engine.streams:
                     self.engine.scorer.reset()
                 self.engine = self._new_engine(self.engine.scorer)
-                samples = self._carry_open_bins(snapshot["engine"])
+                samples = self._carry_open_bins(engine_state)
                 try:
-                    on = Engine.alerts_on_in(snapshot["engine"])
+                    on = Engine.alerts_on_in(engine_state)
                 except ValueError as why:
                     log.warning("the alert states of the state set aside cannot be read: alerts that were on are not "
                                 "carried over (consumers keep their last alert state until the turbine's next "
                                 "transition)", extra={"reason": str(why)})  # fmt: skip
                     on = []
                 carried = self._carry_alerts(on)
-                waiting = snapshot["engine"].get("pending") if isinstance(snapshot["engine"], dict) else None
+                waiting = engine_state.get("pending") if isinstance(engine_state, dict) else None
                 self._set_aside(path, e, len(snapshot["outbox"]), len(waiting) if isinstance(waiting, list) else 0,
                                 carried, samples)  # fmt: skip
                 return
@@ -305,14 +308,36 @@ class Daemon:
             replayed += 1
         log.info("state restored", extra={"path": path, "turbines": len(self.engine.fleet),
                                           "journal_frames": replayed, "torn_tail": self.journal.torn_tail})  # fmt: skip
-        if self._replay_refused:  # one report for the lot, on the log and the errors topic
-            limit, refused = self.cfg.ingest.max_turbines, dict(self._replay_refused)
-            log.warning("the journal holds samples of more turbines than ingest.max_turbines (lowered since): "
-                        "refused", extra={"max_turbines": limit, "samples_by_turbine": refused})  # fmt: skip
-            detail = f"ingest.max_turbines={limit} reached by samples replayed from the journal"
-            report = self._error_report("too_many_turbines", detail, samples_by_turbine=refused)
+        why = {"too_many_turbines": f"ingest.max_turbines={self.cfg.ingest.max_turbines} (lowered since) reached",
+               "unknown_turbine": "their turbines are no longer in ingest.turbines"}  # fmt: skip
+        for reason, by_turbine in self._replay_refused.items():  # one report each, on the log and the errors topic
+            detail = f"samples replayed from the journal refused: {why[reason]}"
+            log.warning(detail, extra={"samples_by_turbine": dict(by_turbine)})
+            report = self._error_report(reason, detail, samples_by_turbine=dict(by_turbine))
             self._publish("error", self.errors_topic, report, False)
         self._save_state()  # the replayed frames are in the snapshot now; start a fresh journal
+
+    def _retire(self, state: Any) -> Any:
+        """The engine state without the turbines a non-empty `ingest.turbines` no longer lists (`Engine.without`):
+        taking one off the list and restarting retires it (decommissioned, or an id a publisher mistyped). The
+        others resume exactly; the retired ones free their room under `ingest.max_turbines`, publish nothing more,
+        and their retained alert state is cleared (an empty retained payload, MQTT's way to delete it). Their
+        records still waiting for the fleet's step are counted as dropped (`reason="retired"`)."""
+        allowed = set(self.cfg.ingest.turbines)
+        try:
+            names = [t["name"] for t in state["fleet"]["turbines"]] if allowed else []
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"not an engine state with its turbines ({e!r})") from e
+        gone = [t for t in names if t not in allowed]
+        if not gone:
+            return state
+        state, dropped = Engine.without(state, gone)
+        self.metrics.scores_dropped.labels(reason="retired").inc(dropped)
+        for t in gone:
+            self._publish("alert_state", self._topic(Output("alert_state", t, 0, b"", True, "")), b"", True, track=True)
+        log.warning("turbines no longer in ingest.turbines are retired: removed from the state, their retained "
+                    "alert state cleared", extra={"turbines": gone, "waiting_dropped": dropped})  # fmt: skip
+        return state
 
     def _allowed(self, turbines: Sequence[str]) -> list[str]:
         """Those of `turbines` this config scores: all, or those `ingest.turbines` lists when it lists any."""
@@ -589,12 +614,17 @@ class Daemon:
         start (`_has_room`, the rule `_take` applies live)."""
         new: set[str] = set()
         kept = []
+        allowed = set(self.cfg.ingest.turbines)
         for sample in samples:
-            if self._has_room(sample.turbine, new):
+            if allowed and sample.turbine not in allowed:  # retired at this start (`_retire`)
+                reason = "unknown_turbine"
+            elif self._has_room(sample.turbine, new):
                 kept.append(sample)
+                continue
             else:
-                self.metrics.rejected.labels(reason="too_many_turbines").inc()
-                self._replay_refused[sample.turbine] += 1
+                reason = "too_many_turbines"
+            self.metrics.rejected.labels(reason=reason).inc()
+            self._replay_refused.setdefault(reason, Counter())[sample.turbine] += 1
         return kept
 
     def _enqueue(self, msg: Message) -> None:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -511,6 +511,32 @@ class Engine:
         self.alerts.hold_on(np.array(slots, dtype=np.int64))
         self._scored_once.update(carried)
         return carried
+
+    @staticmethod
+    def without(state: Any, turbines: Collection[str]) -> tuple[dict[str, Any], int]:
+        """A `state_dict()` without `turbines` (retired: a turbine decommissioned, an id mistyped by a publisher):
+        every slot-indexed part (the fleet, the alert states, the signal tracker, the step graph's hidden states,
+        the records waiting for their fleet step) keeps the other turbines' slots, renumbered in order, so the
+        engine resumes them exactly and the retired ones take no room. Returns it and the number of waiting records
+        of the retired turbines (dropped). ValueError when the state cannot say which slot is which turbine."""
+        try:
+            names = [t["name"] for t in state["fleet"]["turbines"]]
+            gone = set(turbines)
+            keep = np.array([i for i, n in enumerate(names) if n not in gone], dtype=np.int64)
+            new_slot = {int(old): new for new, old in enumerate(keep)}
+            pending = [item | {"slot": new_slot[item["slot"]]} for item in state["pending"] if item["slot"] in new_slot]
+            out = dict(state)
+            out["fleet"] = Fleet.select_state(state["fleet"], keep)
+            out["alerts"] = AlertState.select_state(state["alerts"], keep)
+            out["scored_once"] = [t for t in state["scored_once"] if t not in gone]
+            out["pending"] = pending
+            if state["signals"] is not None:
+                out["signals"] = SignalTracker.select_state(state["signals"], keep)
+            if state["stream"] is not None:
+                out["stream"] = StreamScorer.select_state(state["stream"], keep)
+        except (KeyError, TypeError, IndexError) as e:
+            raise ValueError(f"Engine.without: not an engine state with its turbines' slots ({e!r})") from e
+        return out, len(state["pending"]) - len(pending)
 
     @staticmethod
     def open_bins_in(state: Any) -> dict[str, dict[str, Any]]:

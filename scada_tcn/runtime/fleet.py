@@ -363,6 +363,13 @@ class Fleet:
             "bins_closed": self.bins_closed,
         }
 
+    @staticmethod
+    def select_state(state: dict[str, Any], keep: np.ndarray) -> dict[str, Any]:
+        """A `state_dict()` of the old slots `keep` only (increasing): their turbines, in slot order, renumbered
+        from 0 (`runtime.slots`)."""
+        turbines = state["turbines"]
+        return {"turbines": [turbines[int(i)] for i in keep], "bins_closed": state["bins_closed"]}
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a `state_dict()` from a Fleet with the same spec, scaler and L (pending steps are not kept)."""
         if not isinstance(state, dict) or set(state) != {"turbines", "bins_closed"}:

@@ -80,7 +80,8 @@ class RuntimeMetrics:
         self.scores_dropped = Counter(
             p + "scores_dropped",
             "score records in the dropped publishes (a batched message holds several), by reason: overflow, "
-            "too_large, refused (by the broker: its ACL), state_refused (waiting in a state file set aside)",
+            "too_large, refused (by the broker: its ACL), state_refused (waiting in a state file set aside), "
+            "retired (waiting, of a turbine taken off ingest.turbines)",
             ["reason"],
             registry=r,
         )
@@ -89,6 +90,7 @@ class RuntimeMetrics:
             "too_large",
             "refused",
             "state_refused",
+            "retired",
         ):  # present at 0 from the start, so a rate() sees the first drop
             self.scores_dropped.labels(reason=reason)
         self.alerts_on = Gauge(p + "alerts_on", "turbines whose alert is on", registry=r)

@@ -38,6 +38,7 @@ import numpy as np
 
 from scada_tcn.runtime.aggregators import StuckRun, make_aggregator
 from scada_tcn.runtime.errors import check_keys
+from scada_tcn.runtime.slots import kept_rows
 from scada_tcn.runtime.vocab import Direction, ScoreAggregator, SignalBaseline, parse
 
 __all__ = ["SignalLevels", "SignalParams", "SignalSpec", "SignalStep", "SignalTracker", "StuckCheck"]
@@ -375,6 +376,12 @@ class SignalTracker:
     def state_dict(self) -> dict[str, Any]:
         return {"aggregator": None if self.agg is None else self.agg.state_dict(),
                 "stuck": None if self.stuck is None else self.stuck.state_dict()}  # fmt: skip
+
+    @staticmethod
+    def select_state(state: dict[str, Any], keep: np.ndarray) -> dict[str, Any]:
+        """A `state_dict()` of the old slots `keep` only (increasing), renumbered from 0 (`runtime.slots`)."""
+        state = check_keys(state, ("aggregator", "stuck"), "SignalTracker.select_state", ValueError)
+        return {part: None if state[part] is None else kept_rows(state[part], keep) for part in state}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         state = check_keys(state, ("aggregator", "stuck"), "SignalTracker.load_state_dict", ValueError)

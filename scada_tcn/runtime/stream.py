@@ -28,6 +28,7 @@ import onnxruntime as ort
 
 from scada_tcn.runtime.bundle import Bundle, StreamParams, open_session
 from scada_tcn.runtime.errors import BundleError
+from scada_tcn.runtime.slots import kept_rows
 
 __all__ = ["MAX_CALL_TURBINES", "StepOutputs", "StreamScorer", "make_scorer"]
 
@@ -161,6 +162,14 @@ class StreamScorer:
     def state_dict(self) -> dict[str, Any]:
         """The fault head's ring of hidden states (the convolution rings are rebuilt from the fleet's windows)."""
         return {"n": self.n, "h_ring": self.h_ring[: self.n].copy() if self.has_h else None}
+
+    @staticmethod
+    def select_state(state: dict[str, Any], keep: np.ndarray) -> dict[str, Any]:
+        """A `state_dict()` of the old slots `keep` only (increasing), renumbered from 0 (`runtime.slots`)."""
+        n = int(state["n"])
+        k = np.asarray(keep, dtype=np.int64)
+        h = None if state["h_ring"] is None else kept_rows({"h_ring": state["h_ring"]}, k)["h_ring"]
+        return {"n": int((k < n).sum()), "h_ring": h}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not isinstance(state, dict) or set(state) != {"n", "h_ring"}:
