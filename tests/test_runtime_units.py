@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -604,7 +605,9 @@ def test_an_offset_scada_prepare_did_not_spot_was_dropped_under_a_naive_timezone
 
 def test_epoch_seconds_read_alike_one_by_one_in_batches_and_in_scada_prepare(tmp_path):
     """Epoch seconds with fractions down to below a nanosecond (ties included): the daemon's per-sample rule
-    (`parse_timestamp_ns`), replay's vectorised chunk (`epoch_ns`) and scada-prepare give the same ns."""
+    (`parse_timestamp_ns`), replay's vectorised chunk (`epoch_ns`) and scada-prepare give the same ns, to the
+    microsecond, as an ISO stamp of the same instant (before, 3 of 4 stamps with milliseconds differed from their
+    ISO form by up to 256 ns: the same reading sent both ways was not deduplicated)."""
     import pandas as pd
 
     from scada_tcn.runtime.telemetry import TABLE_EPOCH_FLOOR_S, epoch_ns, parse_timestamp_ns
@@ -622,6 +625,12 @@ def test_epoch_seconds_read_alike_one_by_one_in_batches_and_in_scada_prepare(tmp
     assert [t for _, ts, _, _ in _ws_chunks(path, 997) for t in ts.tolist()] == one_by_one
     assert parse_timestamps(pd.read_csv(path, dtype=str)["timestamp"], None, "t").tolist() == one_by_one
     assert epoch_ns(np.array([1.7e9, 9.1e9])) is None and epoch_ns(np.array([np.nan])) is None
+    ms = rng.integers(1_000_000_000, 2_000_000_000, 2000) * 1000 + rng.integers(0, 1000, 2000)  # epoch ms
+    iso = [datetime.fromtimestamp(int(m) // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{int(m) % 1000:03d}Z"
+           for m in ms]  # fmt: skip
+    floats = [float(f"{int(m) // 1000}.{int(m) % 1000:03d}") for m in ms]
+    assert [parse_timestamp_ns(f) for f in floats] == [parse_timestamp_ns(t) for t in iso] == (ms * 10**6).tolist()
+    assert epoch_ns(np.array(floats)).tolist() == (ms * 10**6).tolist()
 
 
 def test_stamps_beyond_int64_nanoseconds_are_refused_not_crashed_on(tmp_path):

@@ -139,13 +139,16 @@ def _reject_constant(name: str) -> Any:
 
 def parse_timestamp_ns(ts: Any) -> int | str:
     """ISO-8601 with offset or epoch seconds -> int ns since the epoch (UTC), or a rejection reason string. The
-    int may lie beyond int64 (after 2262): the daemon refuses it as in the future, tables beyond MAX_EPOCH_S."""
+    int may lie beyond int64 (after 2262): the daemon refuses it as in the future, tables beyond MAX_EPOCH_S.
+    Fractional epoch seconds are rounded to the microsecond, the resolution of an ISO stamp, so the same reading
+    stamped either way gets the same ns (a float's ns carry its rounding error: 1706400000.123 read as
+    ...122999808) and is deduplicated."""
     if isinstance(ts, bool):
         return "bad_timestamp"
     if isinstance(ts, (int, float)):
         if not math.isfinite(ts) or abs(ts) > _MAX_ABS_S:
             return "bad_timestamp"
-        return int(ts) * _NS if isinstance(ts, int) else int(round(ts * 1e9))
+        return int(ts) * _NS if isinstance(ts, int) else int(round(ts * 1e6)) * 1000  # to the microsecond, as ISO
     if not isinstance(ts, str) or not 10 <= len(ts) <= 40:
         return "bad_timestamp"
     try:
@@ -164,7 +167,7 @@ def epoch_ns(seconds: np.ndarray) -> np.ndarray | None:
     x = np.asarray(seconds, dtype=np.float64)
     if not (np.isfinite(x) & (np.abs(x) <= MAX_EPOCH_S)).all():
         return None
-    return np.rint(x * 1e9).astype(np.int64)  # round() and rint both round half to even
+    return np.rint(x * 1e6).astype(np.int64) * 1000  # round() and rint both round half to even
 
 
 def table_epoch_ns(secs: np.ndarray, where: str) -> np.ndarray:
