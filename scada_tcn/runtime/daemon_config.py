@@ -114,7 +114,7 @@ class IngestCfg:
     turbines: list[str] = _f(
         [],
         "allow-list of turbine ids (recommended); empty = any id of 1-64 letters, digits, "
-        "'_', '.', '-', up to max_turbines",
+        "'_', '.', '-', up to max_turbines; a turbine taken off the list is retired at the next start",
     )
 
 
