@@ -310,6 +310,25 @@ def scores_through(url: str, daemon: DaemonThread, col: Collector, header: list[
     return d.records
 
 
+def sent_by(d: Any) -> list[tuple[str, bytes]]:
+    """Every (topic, payload) the daemon `d` hands to its link from now on, tracked or not."""
+    sent, real = [], d.link.publish
+    d.link.publish = lambda topic, payload, retain=False, track=False: (
+        bool(sent.append((topic, payload))) or real(topic, payload, retain, track)
+    )
+    return sent
+
+
+def overflow_report(d: Any) -> dict[str, Any]:
+    """The report of the publishes the daemon's full queue dropped, which goes out with the first publish the queue
+    takes again: here room is made for that one and the report."""
+    sent = sent_by(d)
+    d.link._max_queued += 2
+    d._publish("status", d.status_topic, b"{}", True)
+    (report,) = [json.loads(payload) for topic, payload in sent if topic == d.errors_topic]
+    return report
+
+
 def by_key(payloads: list[bytes]) -> dict[tuple[str, str], set[bytes]]:
     """(turbine, ts) -> the distinct payloads received for it."""
     out: dict[tuple[str, str], set[bytes]] = {}

@@ -479,3 +479,26 @@ def test_the_link_is_connected_only_once_the_broker_has_its_subscriptions(broker
         sender.loop_stop()
         link.stop([], timeout=5)
         relay.close()
+
+
+def test_connection_changes_reach_the_listener_in_the_order_they_happened() -> None:
+    """Both clients' threads change the link's flags: the subscriber's SUBACK (up) and the publisher's disconnect
+    (down) at nearly the same moment. The listener heard them in the wrong order when the first callback was slow
+    (the daemon's gauge said connected, and "online" was queued, while the link was down)."""
+    heard: list[bool] = []
+
+    def listener(up: bool) -> None:
+        if up:
+            time.sleep(0.3)  # a slow listener: the down change comes meanwhile
+        heard.append(up)
+
+    cfg = daemon_config_from_dict({"broker": {"url": "mqtt://127.0.0.1:1", "client_id": "order"}})
+    link = MqttLink(cfg.broker, "order", {"a/#": lambda m: None}, Publish("order/status", b"offline", retain=True),
+                    receive_maximum=10, max_queued=10, on_connection_change=listener)  # fmt: skip
+    link._up.update(sub=True, pub=True, subscribed=False)
+    up = threading.Thread(target=lambda: link._set(subscribed=True))
+    up.start()
+    time.sleep(0.05)
+    link._set(pub=False)
+    up.join()
+    assert heard == [True, False] and not link.connected

@@ -47,6 +47,7 @@ from tests.mosquitto import (
     client,
     daemon_config,
     expected_steps,
+    overflow_report,
     publish_all,
     read_slice,
     require_mosquitto,
@@ -450,7 +451,8 @@ def test_each_step_of_a_snapshot_is_durable_before_the_next_relies_on_it(bundle,
 def test_every_score_record_is_queued_or_counted_as_dropped(bundle, scorer, timeline):
     """No broker to acknowledge anything (unreachable, the daemon keeps publishes for later): the publish queue
     (queues.outbound = 30) fills and the rest overflow. Every score record is either in the queue or counted in
-    scores_dropped_total, several per dropped batched message, and the report sent on (re)connect says both."""
+    scores_dropped_total, several per dropped batched message, and the report sent when the queue takes a publish
+    again says both."""
     header, rows, _ = timeline
     batch_topic = f"scada/{SITE}/{GATEWAY}/scores"
     cfg = daemon_config(f"mqtt://127.0.0.1:{free_port()}", queues={"outbound": 30, "publish_backlog": 30},
@@ -468,7 +470,7 @@ def test_every_score_record_is_queued_or_counted_as_dropped(bundle, scorer, time
     messages = m.value("scada_runtime_publish_overflow_total", kind="score")
     assert len(d.link.unacked()) == 30 and in_queue > 0
     assert in_queue + dropped == produced and dropped > messages > 0  # ~4 kB records, two to an 8 kB message
-    report = json.loads(d._on_connected()[0].payload)
+    report = overflow_report(d)
     assert report["reason"] == "publish_queue_overflow" and report["scores_dropped"] == dropped
     assert report["dropped"] == messages + sum(m.value("scada_runtime_publish_overflow_total", kind=k)
                                                for k in ("alert", "alert_state"))  # fmt: skip

@@ -352,6 +352,11 @@ class BinAccumulator:
         return self._open_from
 
     @property
+    def open_samples(self) -> int:
+        """The samples the open bins hold."""
+        return len(self._rows)
+
+    @property
     def newest_ns(self) -> int | None:
         """The newest stamp among the open bins' samples; None when they hold none."""
         return max((r[0] for r in self._rows), default=None)
@@ -569,8 +574,12 @@ class BinAccumulator:
         another model with the same dt and channels), so that samples acknowledged before the restart are not lost:
         its samples through this spec's range filter too (the stricter of the two ranges holds), its position (the
         bins it emitted stay closed: a sample for them is late) and its counters. Returns the samples taken.
-        SpecError for another dt or channels, InputError for a malformed state."""
-        self.load_state_dict(state)
+        SpecError for another dt or channels, InputError for a malformed state (this accumulator is then not
+        to be used)."""
+        try:
+            self.load_state_dict(state)
+        except (TypeError, KeyError, AttributeError) as e:
+            raise InputError(f"accumulator state: malformed ({e!r})") from e
         ts, order, vals = self._arrays()
         bad = _impossible(vals, self._plan.lo, self._plan.hi)
         if bad.any():

@@ -183,7 +183,6 @@ class Daemon:
             will=Publish(self.status_topic, self._status_payload("offline", will=True), retain=True),
             receive_maximum=cfg.queues.receive_maximum,
             max_queued=cfg.queues.outbound,
-            on_connected=self._on_connected,
             on_connection_change=self._on_connection_change,
             on_connect_failed=lambda reason: self.metrics.connect_failures.labels(reason=reason).inc(),
             on_unrouted=lambda m: self._reject(m, Rejection("bad_topic", "no handler for this topic")),
@@ -197,8 +196,7 @@ class Daemon:
         self._tracked_since_save = 0
         self._snapshot_every = max(1, (cfg.queues.outbound - cfg.queues.publish_backlog) // 4)
         self._frame_no = 0  # journal frames written (or replayed) so far
-        # journal samples refused at a restart, by reason (too_many_turbines, unknown_turbine) and turbine
-        self._replay_refused: dict[str, Counter[str]] = {}
+        self._replay_refused: Counter[str] = Counter()  # journal samples beyond ingest.max_turbines, by turbine
         self._writer: threading.Thread | None = None  # writing the latest periodic snapshot
         self._writer_error: BaseException | None = None
         self._drift_pushed = -1  # the drift monitor's `pushed` when the score_drift gauge was last set
@@ -262,11 +260,15 @@ class Daemon:
         read, or whose engine state this daemon refuses (another model or engine, more turbines than
         `ingest.max_turbines`), is set aside and every turbine warms up again, the alerts that were on and the
         open bins carried over (`Engine.carry_alerts`, `Engine.carry_open_bins`); the records in its outbox, which
-        the broker never acknowledged, are published all the same. A file that cannot be opened (permissions, a
-        disk error) stops the daemon."""
+        the broker never acknowledged, are published all the same. After a crash, the journal's samples then go
+        through the fresh engine's bins without publishing the steps they close: the other model scored those
+        (`_advance_unpublished`). Turbines that a non-empty `ingest.turbines` no longer lists are retired after the
+        journal, which was acknowledged with them (`_retire`). A file that cannot be opened (permissions, a disk
+        error) stops the daemon."""
         path = self.cfg.state.path
         if path is None:
             return
+        refused: ValueError | None = None
         if Path(path).is_file():
             try:
                 snapshot = _checked_snapshot(load_state(path))
@@ -275,69 +277,85 @@ class Daemon:
                 return
             for p in snapshot["outbox"]:  # a publish the queue cannot take is counted and reported
                 self._republish(p["topic"], p["payload"].encode(), p["retain"])
-            engine_state = snapshot["engine"]
             try:
-                engine_state = self._retire(engine_state)
-                self.engine.load_state_dict(engine_state)
+                self.engine.load_state_dict(snapshot["engine"])
             except ValueError as e:  # refused part-way: what it restored so far goes too
-                if self.engine.streams:
-                    self.engine.scorer.reset()
-                self.engine = self._new_engine(self.engine.scorer)
-                samples = self._carry_open_bins(engine_state)
-                try:
-                    on = Engine.alerts_on_in(engine_state)
-                except ValueError as why:
-                    log.warning("the alert states of the state set aside cannot be read: alerts that were on are not "
-                                "carried over (consumers keep their last alert state until the turbine's next "
-                                "transition)", extra={"reason": str(why)})  # fmt: skip
-                    on = []
-                carried = self._carry_alerts(on)
-                waiting = engine_state.get("pending") if isinstance(engine_state, dict) else None
-                self._set_aside(path, e, len(snapshot["outbox"]), len(waiting) if isinstance(waiting, list) else 0,
-                                carried, samples)  # fmt: skip
-                return
+                refused = e
+                self._fresh_engine()
+                samples = self._carry_open_bins(snapshot["engine"])
+                carried = self._carry_alerts(snapshot["engine"])
             self._frame_no = snapshot["frame_no"]
             self._data_ns = self.engine.fleet.newest_ns()
-        replayed = 0
+        replayed = unpublished = 0
         assert self.journal is not None
         for frame in self.journal.read():
             if frame.frame_no <= self._frame_no:
                 continue  # already in the snapshot (a crash between the snapshot and the journal reset)
-            self._apply(self._replayable(frame.samples), frame.tick_ns)
+            if refused is None:
+                self._apply(self._replayable(frame.samples), frame.tick_ns)
+            else:
+                unpublished += self._advance_unpublished(self._replayable(frame.samples), frame.tick_ns)
             self._frame_no = frame.frame_no
             replayed += 1
         log.info("state restored", extra={"path": path, "turbines": len(self.engine.fleet),
                                           "journal_frames": replayed, "torn_tail": self.journal.torn_tail})  # fmt: skip
-        why = {"too_many_turbines": f"ingest.max_turbines={self.cfg.ingest.max_turbines} (lowered since) reached",
-               "unknown_turbine": "their turbines are no longer in ingest.turbines"}  # fmt: skip
-        for reason, by_turbine in self._replay_refused.items():  # one report each, on the log and the errors topic
-            detail = f"samples replayed from the journal refused: {why[reason]}"
-            log.warning(detail, extra={"samples_by_turbine": dict(by_turbine)})
-            report = self._error_report(reason, detail, samples_by_turbine=dict(by_turbine))
+        if self._replay_refused:  # one report for the lot, on the log and the errors topic
+            limit, refused_by = self.cfg.ingest.max_turbines, dict(self._replay_refused)
+            log.warning("the journal holds samples of more turbines than ingest.max_turbines (lowered since): "
+                        "refused", extra={"max_turbines": limit, "samples_by_turbine": refused_by})  # fmt: skip
+            detail = f"ingest.max_turbines={limit} reached by samples replayed from the journal"
+            report = self._error_report("too_many_turbines", detail, samples_by_turbine=refused_by)
             self._publish("error", self.errors_topic, report, False)
+        self._retire()
+        if refused is not None:
+            waiting = snapshot["engine"].get("pending") if isinstance(snapshot["engine"], dict) else None
+            self._set_aside(path, refused, len(snapshot["outbox"]), len(waiting) if isinstance(waiting, list) else 0,
+                            carried, samples, unpublished)  # fmt: skip
+            return
         self._save_state()  # the replayed frames are in the snapshot now; start a fresh journal
 
-    def _retire(self, state: Any) -> Any:
-        """The engine state without the turbines a non-empty `ingest.turbines` no longer lists (`Engine.without`):
+    def _fresh_engine(self) -> None:
+        """A new engine with nothing in it (the step graph's rings emptied): the old one's state is not used."""
+        if self.engine.streams:
+            self.engine.scorer.reset()
+        self.engine = self._new_engine(self.engine.scorer)
+
+    def _advance_unpublished(self, samples: list[Sample], tick_ns: int | None) -> int:
+        """A journal frame of a crashed run whose state was refused: the samples go into the fresh engine's bins
+        (they were acknowledged) and its clock ticks, but the steps they close were closed by the other model
+        before the crash, which scored them: their records here are not published (they would be a second record
+        of the step, from another model). Returns those steps."""
+        if samples:
+            self._data_ns = max(self._data_ns, max(s.ts_ns for s in samples))
+        for sample in samples:
+            self.engine.ingest(sample)
+        if tick_ns is not None:
+            self.engine.tick(tick_ns)
+        self._bins_closed = self.engine.fleet.bins_closed
+        return sum(out.kind == "score" for out in self.engine.flush())
+
+    def _retire(self) -> None:
+        """Remove the turbines a non-empty `ingest.turbines` no longer lists from the engine (`Engine.without`):
         taking one off the list and restarting retires it (decommissioned, or an id a publisher mistyped). The
         others resume exactly; the retired ones free their room under `ingest.max_turbines`, publish nothing more,
         and their retained alert state is cleared (an empty retained payload, MQTT's way to delete it). Their
-        records still waiting for the fleet's step are counted as dropped (`reason="retired"`)."""
+        records still waiting for the fleet's step are counted as dropped (`reason="retired"`), the samples of
+        their open bins in `state_samples_dropped_total`."""
         allowed = set(self.cfg.ingest.turbines)
-        try:
-            names = [t["name"] for t in state["fleet"]["turbines"]] if allowed else []
-        except (KeyError, TypeError) as e:
-            raise ValueError(f"not an engine state with its turbines ({e!r})") from e
-        gone = [t for t in names if t not in allowed]
+        gone = [t for t in self.engine.fleet.turbines if allowed and t not in allowed]
         if not gone:
-            return state
-        state, dropped = Engine.without(state, gone)
+            return
+        state, dropped = Engine.without(self.engine.state_dict(), gone)
+        open_samples = self.engine.fleet.open_samples(gone)
+        self._fresh_engine()
+        self.engine.load_state_dict(state)
         self.metrics.scores_dropped.labels(reason="retired").inc(dropped)
+        self.metrics.state_samples_dropped.inc(open_samples)
         for t in gone:
             self._publish("alert_state", self._topic(Output("alert_state", t, 0, b"", True, "")), b"", True, track=True)
         log.warning("turbines no longer in ingest.turbines are retired: removed from the state, their retained "
-                    "alert state cleared", extra={"turbines": gone, "waiting_dropped": dropped})  # fmt: skip
-        return state
+                    "alert state cleared", extra={"turbines": gone, "waiting_dropped": dropped,
+                                                  "open_samples_dropped": open_samples})  # fmt: skip
 
     def _allowed(self, turbines: Sequence[str]) -> list[str]:
         """Those of `turbines` this config scores: all, or those `ingest.turbines` lists when it lists any."""
@@ -347,7 +365,8 @@ class Daemon:
     def _carry_open_bins(self, state: Any) -> int:
         """Carry over the open bins of a state set aside (`Engine.carry_open_bins`): the samples acknowledged
         before the restart and not yet in a closed step, of turbines this config still scores. Those it cannot
-        carry (another step or channels, turbines no longer scored, beyond `ingest.max_turbines`) are counted in
+        carry (another step or channels, a malformed accumulator, turbines no longer scored, beyond
+        `ingest.max_turbines`) are counted in
         `state_samples_dropped_total` and logged. Returns the samples carried."""
         try:
             bins = Engine.open_bins_in(state)
@@ -358,8 +377,8 @@ class Daemon:
         kept = {t: bins[t] for t in self._allowed(list(bins))}
         try:
             carried = self.engine.carry_open_bins(kept)
-        except ValueError as why:  # another step or channels, or a malformed accumulator: none of it
-            self.engine = self._new_engine(self.engine.scorer)
+        except ValueError as why:  # another step or channels: none of it
+            self._fresh_engine()
             log.warning("the open bins of the state set aside do not fit this bundle: their samples are lost",
                         extra={"reason": str(why)})  # fmt: skip
             carried = {}
@@ -371,9 +390,17 @@ class Daemon:
                 "samples_by_turbine": lost})  # fmt: skip
         return sum(carried.values())
 
-    def _carry_alerts(self, on: list[str]) -> list[str]:
-        """Carry over the alerts that were on (`Engine.carry_alerts`) of turbines this config still scores: in
-        `ingest.turbines` when it lists them, and within `ingest.max_turbines`; the others are logged."""
+    def _carry_alerts(self, state: Any) -> list[str]:
+        """Carry over the alerts that were on in a state set aside (`Engine.alerts_on_in`, `Engine.carry_alerts`) of
+        turbines this config still scores: in `ingest.turbines` when it lists them, and within
+        `ingest.max_turbines`; the others are logged."""
+        try:
+            on = Engine.alerts_on_in(state)
+        except ValueError as why:
+            log.warning("the alert states of the state set aside cannot be read: alerts that were on are not "
+                        "carried over (consumers keep their last alert state until the turbine's next "
+                        "transition)", extra={"reason": str(why)})  # fmt: skip
+            return []
         carried = self.engine.carry_alerts(self._allowed(on))
         if len(carried) < len(on):
             log.warning("alerts that were on, of turbines this config no longer scores (not in ingest.turbines, or "
@@ -382,11 +409,13 @@ class Daemon:
         return carried
 
     def _set_aside(self, path: str, why: ValueError, resent: int, waiting: int, carried: Sequence[str] = (),
-                   samples: int = 0) -> None:  # fmt: skip
+                   samples: int = 0, unpublished: int = 0) -> None:  # fmt: skip
         """Move a state file that is not used to `<name>.unused` (durably: the operator finds it after a power cut)
         and save the fresh state at once, with the outbox re-queued from it (`resent`), so a crash before the next
-        snapshot loses none of it; the journal starts afresh (its frames continued the state set aside). The score
-        records the file held waiting for their fleet step (`waiting`) cannot be released: counted as dropped."""
+        snapshot loses none of it; the journal starts afresh (its frames continued the state set aside, and went
+        through the fresh engine's bins: `unpublished` steps closed, scored by the other model before the crash).
+        The score records the file held waiting for their fleet step (`waiting`) cannot be released: counted as
+        dropped."""
         aside = Path(path).with_name(Path(path).name + ".unused")
         shutil.copyfile(path, aside)  # a copy: until the fresh state replaces it, the file stays where it was
         with open(aside, "rb") as fh:
@@ -399,7 +428,14 @@ class Daemon:
         log.warning("state file not used; every turbine warms up again",
                     extra={"reason": str(why), "moved_to": str(aside), "outbox_resent": resent,
                            "waiting_dropped": waiting, "alerts_carried": list(carried),
-                           "open_samples_carried": samples})  # fmt: skip
+                           "open_samples_carried": samples, "journal_steps_not_republished": unpublished})  # fmt: skip
+        if unpublished:
+            log.warning(
+                "steps closed by the journal of the state set aside were scored by the other model before the "
+                "crash; they are not published again, and those of its records the broker had not "
+                "acknowledged, or that waited for the fleet's step, are lost",
+                extra={"steps": unpublished},
+            )
 
     def _save_state(self, background: bool = False) -> None:
         """Snapshot the state and empty the journal (at start and stop). `background` (the periodic save): the
@@ -614,17 +650,12 @@ class Daemon:
         start (`_has_room`, the rule `_take` applies live)."""
         new: set[str] = set()
         kept = []
-        allowed = set(self.cfg.ingest.turbines)
         for sample in samples:
-            if allowed and sample.turbine not in allowed:  # retired at this start (`_retire`)
-                reason = "unknown_turbine"
-            elif self._has_room(sample.turbine, new):
+            if self._has_room(sample.turbine, new):
                 kept.append(sample)
-                continue
             else:
-                reason = "too_many_turbines"
-            self.metrics.rejected.labels(reason=reason).inc()
-            self._replay_refused.setdefault(reason, Counter())[sample.turbine] += 1
+                self.metrics.rejected.labels(reason="too_many_turbines").inc()
+                self._replay_refused[sample.turbine] += 1
         return kept
 
     def _enqueue(self, msg: Message) -> None:
@@ -763,9 +794,12 @@ class Daemon:
         self, kind: str, topic: str, payload: bytes, retain: bool, track: bool = False, records: int = 0
     ) -> None:
         """Hand one message to the link; a refusal is counted (with the `records` score records it holds) and
-        reported, never silent."""
+        reported, never silent. Publishes dropped on a full queue are logged once per episode, which ends at the
+        first publish the queue takes again, with a report of them all (`_overflow_ended`)."""
         self._tracked_since_save += track
         if self.link.publish(topic, payload, retain=retain, track=track):
+            if self._overflowed:
+                self._overflow_ended()
             return
         if not self.link.fits(topic, payload):  # sent, it would make the broker drop the connection
             self.metrics.too_large.labels(kind=kind).inc()
@@ -782,11 +816,20 @@ class Daemon:
         self.metrics.overflow.labels(kind=kind).inc()
         self.metrics.scores_dropped.labels(reason="overflow").inc(records)
         if not self._overflowed:  # one line per episode (a long outage drops thousands): the report sums it up
-            log.error("publish queue full: dropping messages until it drains (each counted in "
-                      "publish_overflow_total; a report on the errors topic sums them up at the next connect)",
+            log.error("publish queue full: dropping messages until it has room again (each counted in "
+                      "publish_overflow_total; then a report on the errors topic sums them up)",
                       extra={"kind": kind, "topic": topic, "outbound": self.cfg.queues.outbound})  # fmt: skip
         self._overflowed += 1
         self._overflowed_scores += records
+
+    def _overflow_ended(self) -> None:
+        """The queue took a publish again after dropping some: log and report the episode (on the errors topic)."""
+        dropped, scores = self._overflowed, self._overflowed_scores
+        self._overflowed = self._overflowed_scores = 0  # first: the report's own publish may start a new episode
+        log.error("the publish queue has room again", extra={"dropped": dropped, "scores_dropped": scores})
+        detail = f"queues.outbound={self.cfg.queues.outbound} was full (a broker outage, or one too slow)"
+        report = self._error_report("publish_queue_overflow", detail, dropped=dropped, scores_dropped=scores)
+        self._publish("error", self.errors_topic, report, False)
 
     def _publish_outputs(self, outputs: list[Output]) -> None:
         scores: Counter[str] = Counter()
@@ -855,21 +898,8 @@ class Daemon:
         reaches us) or down. Up publishes the retained status "online", so a consumer that waits for it loses no
         sample it sends next; down, the broker publishes the last will if the publisher is the one gone."""
         self.metrics.connected.set(1 if up else 0)
-        if up:
+        if up and not self._stopped.is_set():  # stopping: "offline" is the last word (a clean stop sends no will)
             self.link.publish(self.status_topic, self._status_payload("online"), retain=True)
-
-    def _on_connected(self) -> list[Publish]:
-        """What the publisher sends at each of its connects: the report of publishes dropped while it was away."""
-        out = []
-        if self._overflowed:
-            log.error("publishes dropped on a full queue while disconnected", extra={
-                "dropped": self._overflowed, "scores_dropped": self._overflowed_scores})  # fmt: skip
-            detail = f"queues.outbound={self.cfg.queues.outbound} was full while disconnected"
-            report = self._error_report("publish_queue_overflow", detail, dropped=self._overflowed,
-                                        scores_dropped=self._overflowed_scores)  # fmt: skip
-            out.append(Publish(self.errors_topic, report))
-            self._overflowed = self._overflowed_scores = 0
-        return out
 
     def _status_loop(self) -> None:
         interval = self.cfg.health.status_interval_s

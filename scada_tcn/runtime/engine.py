@@ -40,7 +40,7 @@ from scada_tcn.runtime.alerts import AlertState
 from scada_tcn.runtime.bundle import Bundle
 from scada_tcn.runtime.calibration import regime_of
 from scada_tcn.runtime.drift import ScoreDriftMonitor
-from scada_tcn.runtime.errors import BundleError
+from scada_tcn.runtime.errors import BundleError, InputError
 from scada_tcn.runtime.fleet import Fleet, Step
 from scada_tcn.runtime.ids import turbine_id_problem
 from scada_tcn.runtime.peers import fleet_relative
@@ -554,12 +554,16 @@ class Engine:
         """Turbines' open bins from a state this engine could not resume (`open_bins_in`), so a model change loses
         none of the samples acknowledged before it: each turbine (registered in the fleet, as `carry_alerts`) starts
         where it stood, its open bins' samples closing its first step here, and the steps the other model scored
-        stay closed. Returns the samples taken per turbine carried (none beyond `max_turbines`). SpecError when the
-        state's step or channels differ from this bundle's (nothing is carried then)."""
+        stay closed. Returns the samples taken per turbine carried (none beyond `max_turbines`, none of a malformed
+        accumulator state). SpecError when the state's step or channels differ from this bundle's (use a fresh
+        engine then: nothing is to be carried)."""
         carried = {}
         for t, acc in bins.items():
             if self.fleet.has_room(t):
-                carried[t] = self.fleet.take_open_bins(t, acc)
+                try:
+                    carried[t] = self.fleet.take_open_bins(t, acc)
+                except InputError:  # this turbine's bins only: the caller counts them as not carried
+                    continue
         return carried
 
     def waiting(self) -> int:

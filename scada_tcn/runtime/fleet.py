@@ -205,12 +205,18 @@ class Fleet:
 
     def take_open_bins(self, turbine: str, accumulator: dict[str, Any]) -> int:
         """Give the turbine (a slot, as `register`) the open bins of an accumulator state another spec saved
-        (`BinAccumulator.take_over`); returns the samples taken. ValueError beyond `max_turbines`, SpecError for
-        another dt or channels."""
+        (`BinAccumulator.take_over`); returns the samples taken. ValueError beyond `max_turbines`; SpecError for
+        another dt or channels and InputError for a malformed state, before the turbine is given a slot."""
+        acc = BinAccumulator(self.spec, self.grace_seconds, self.max_per_stamp)
+        n = acc.take_over(accumulator)
         t = self._turbines.get(turbine) or self._new(turbine)
-        n = t.acc.take_over(accumulator)
+        t.acc = acc
         self._track(t)
         return n
+
+    def open_samples(self, turbines: list[str]) -> int:
+        """The samples the open bins of `turbines` hold."""
+        return sum(self._turbines[t].acc.open_samples for t in turbines)
 
     def add(self, turbine: str, ts_ns: int, values: np.ndarray) -> str | None:
         """Store one sample; returns why it was dropped: "late" (its bin had closed) or "full" (each of its channels

@@ -62,10 +62,10 @@ Contract
   at a time. A test fails if a paho release stops calling the hook. A QoS 1 PUBLISH without properties and a
   PUBACK that only says success are decoded by `_Client` without the Properties and ReasonCode objects paho
   builds for each (the rest by paho); a test checks which decoder took which packet.
-* The last will (retained, on the publisher) is set from `will`; `on_connected()` returns the messages to publish
-  on every publisher connect, and `on_connection_change(up)` hears each change of `connected` (the daemon
-  publishes its retained status "online" when it goes up). `stop(final)` publishes `final`, waits up to
-  `timeout` for the queue to drain, disconnects both clients cleanly (no last will) and stops their threads.
+* The last will (retained, on the publisher) is set from `will`; `on_connection_change(up)` hears each change of
+  `connected`, in order (the daemon publishes its retained status "online" when it goes up). `stop(final)`
+  publishes `final`, waits up to `timeout` for the queue to drain, disconnects both clients cleanly (no last will)
+  and stops their threads.
 """
 
 from __future__ import annotations
@@ -249,7 +249,6 @@ class MqttLink:
         will: Publish,
         receive_maximum: int,
         max_queued: int,
-        on_connected: Callable[[], list[Publish]] = lambda: [],
         on_connection_change: Callable[[bool], None] = _noop,
         on_connect_failed: Callable[[str], None] = _noop,
         on_overflow: Callable[[Publish], None] = _noop,
@@ -267,7 +266,6 @@ class MqttLink:
         self.host = url.hostname
         self.port = url.port or (8883 if url.scheme == "mqtts" else 1883)
         self.tls = url.scheme == "mqtts"
-        self._on_connected = on_connected
         self._on_change = on_connection_change
         self._on_connect_failed = on_connect_failed
         self._on_overflow = on_overflow
@@ -285,6 +283,7 @@ class MqttLink:
         self.paused_reads = 0  # subscriber loop iterations that did not read: the daemon's queue was full
         self.received = 0  # telemetry messages read from the broker
         self._lock = threading.Lock()
+        self._change_lock = threading.Lock()  # connection changes and their callbacks, one at a time (`_set`)
         self._published = 0  # QoS 1 messages handed to the publisher
         self._acked = 0  # ... and acknowledged by the broker
         # both clients' connections, and the broker's acknowledgement of the subscriber's current subscriptions
@@ -374,13 +373,16 @@ class MqttLink:
         return True
 
     def _set(self, **flags: bool) -> None:
-        """Update the connection flags of `_up` and report a change of `connected` to `on_connection_change`."""
-        with self._lock:
-            was = self.connected
-            self._up.update(flags)
-            now = self.connected
-        if now != was:
-            self._on_change(now)
+        """Update the connection flags of `_up` and report a change of `connected` to `on_connection_change`, in
+        the order of the changes: both clients' threads set flags, and a callback delivered after a later one would
+        leave its listener with the wrong state (`_change_lock`; the callback may publish, which takes `_lock`)."""
+        with self._change_lock:
+            with self._lock:
+                was = self.connected
+                self._up.update(flags)
+                now = self.connected
+            if now != was:
+                self._on_change(now)
 
     def _handle_sub_connect(self, client: paho.Client, userdata: object, flags, reason_code, properties) -> None:
         with self._lock:
@@ -407,8 +409,6 @@ class MqttLink:
         # PUBACKs release the rest. Beyond a quota smaller than before, they are taken back first (4.9)
         self._take_back(client, quota)
         self._take_back_oversized(client)
-        for p in self._on_connected():
-            self.publish(p.topic, p.payload, p.retain)
         self._set(pub=True)  # last: what `on_connection_change` publishes goes after the resends
 
     def _handle_subscribe(self, client: paho.Client, userdata: object, mid, reason_codes, properties) -> None:
