@@ -250,15 +250,13 @@ def test_a_crash_then_a_model_change_gives_no_step_a_second_record(bundle, messa
     date, and the journal after it was dropped. The steps the journal had closed, which the other model scored and
     published, closed again empty, with a second record (72 steps in the review: `ok`, then `warmup`), and the
     samples acknowledged since were lost uncounted. Now the journal goes through the fresh engine's bins without
-    publishing what it closes: no step gets a second record, and only the records the crash caught waiting for
-    the fleet's step are missing (logged)."""
+    publishing what it closes: no step gets a second record, and none goes without one (logged)."""
     q = len(messages) // 4
     whole = _run(bundle, tmp_path / "whole", messages)
     first = _run(bundle, tmp_path, messages[:q], engine="window")
     first._save_state()  # a periodic snapshot, then journal frames after it, then the crash
     _feed(first, messages[q : 2 * q])
-    published = _scores(first)
-    waiting = {(w.record.turbine, iso_utc(w.record.end_ns)) for g in first.engine._pending.values() for w in g}
+    published = _scores(first)  # (no broker: every record the crash left unacknowledged counts as published)
     with caplog.at_level(logging.WARNING, logger="scada.runtime.daemon"):
         d = _daemon(bundle, tmp_path)  # the stream engine refuses the window engine's state
         d._restore_state()
@@ -267,8 +265,7 @@ def test_a_crash_then_a_model_change_gives_no_step_a_second_record(bundle, messa
     n = len(d.link.unacked())
     _feed(d, messages[2 * q :])
     after = by_key([p.payload for p in d.link.unacked()[n:] if p.topic.endswith("/score")])
-    assert not set(after) & set(published)
-    assert set(_scores(whole)) - set(published) - set(after) == waiting
+    assert not set(after) & set(published) and set(published) | set(after) == set(_scores(whole))
 
 
 def test_a_damaged_accumulator_in_another_models_state_costs_only_its_turbines_bins(bundle, messages, tmp_path):

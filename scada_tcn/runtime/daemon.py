@@ -433,7 +433,7 @@ class Daemon:
             log.warning(
                 "steps closed by the journal of the state set aside were scored by the other model before the "
                 "crash; they are not published again, and those of its records the broker had not "
-                "acknowledged, or that waited for the fleet's step, are lost",
+                "acknowledged are lost",
                 extra={"steps": unpublished},
             )
 
