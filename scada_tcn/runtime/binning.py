@@ -351,6 +351,14 @@ class BinAccumulator:
         """End (label) of the first bin not yet emitted; None before the first sample."""
         return self._open_from
 
+    @staticmethod
+    def samples_in(state: Any) -> int:
+        """The samples a `state_dict()` holds in its open bins (0 when it cannot say: a malformed state)."""
+        try:
+            return len(state["ts_ns"])
+        except (KeyError, TypeError, ValueError):
+            return 0
+
     @property
     def open_samples(self) -> int:
         """The samples the open bins hold."""

@@ -90,14 +90,6 @@ def _checked_snapshot(doc: Any) -> dict[str, Any]:
     return doc
 
 
-def _open_samples(accumulator: Any) -> int:
-    """The samples an accumulator state holds in its open bins (0 when it cannot say)."""
-    try:
-        return len(accumulator["ts_ns"])
-    except (KeyError, TypeError, ValueError):
-        return 0
-
-
 _STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
@@ -262,7 +254,7 @@ class Daemon:
         open bins carried over (`Engine.carry_alerts`, `Engine.carry_open_bins`); the records in its outbox, which
         the broker never acknowledged, are published all the same. After a crash, the journal's samples then go
         through the fresh engine's bins without publishing the steps they close: the other model scored those
-        (`_advance_unpublished`). Turbines that a non-empty `ingest.turbines` no longer lists are retired after the
+        (`_advance`). Turbines that a non-empty `ingest.turbines` no longer lists are retired after the
         journal, which was acknowledged with them (`_retire`). A file that cannot be opened (permissions, a disk
         error) stops the daemon."""
         path = self.cfg.state.path
@@ -291,10 +283,11 @@ class Daemon:
         for frame in self.journal.read():
             if frame.frame_no <= self._frame_no:
                 continue  # already in the snapshot (a crash between the snapshot and the journal reset)
+            outputs = self._advance(self._replayable(frame.samples), frame.tick_ns)
             if refused is None:
-                self._apply(self._replayable(frame.samples), frame.tick_ns)
-            else:
-                unpublished += self._advance_unpublished(self._replayable(frame.samples), frame.tick_ns)
+                self._publish_outputs(outputs)
+            else:  # the other model closed these steps before the crash and scored them: no second record
+                unpublished += sum(out.kind == "score" for out in outputs)
             self._frame_no = frame.frame_no
             replayed += 1
         log.info("state restored", extra={"path": path, "turbines": len(self.engine.fleet),
@@ -320,20 +313,6 @@ class Daemon:
             self.engine.scorer.reset()
         self.engine = self._new_engine(self.engine.scorer)
 
-    def _advance_unpublished(self, samples: list[Sample], tick_ns: int | None) -> int:
-        """A journal frame of a crashed run whose state was refused: the samples go into the fresh engine's bins
-        (they were acknowledged) and its clock ticks, but the steps they close were closed by the other model
-        before the crash, which scored them: their records here are not published (they would be a second record
-        of the step, from another model). Returns those steps."""
-        if samples:
-            self._data_ns = max(self._data_ns, max(s.ts_ns for s in samples))
-        for sample in samples:
-            self.engine.ingest(sample)
-        if tick_ns is not None:
-            self.engine.tick(tick_ns)
-        self._bins_closed = self.engine.fleet.bins_closed
-        return sum(out.kind == "score" for out in self.engine.flush())
-
     def _retire(self) -> None:
         """Remove the turbines a non-empty `ingest.turbines` no longer lists from the engine (`Engine.without`):
         taking one off the list and restarting retires it (decommissioned, or an id a publisher mistyped). The
@@ -341,8 +320,8 @@ class Daemon:
         and their retained alert state is cleared (an empty retained payload, MQTT's way to delete it). Their
         records still waiting for the fleet's step are counted as dropped (`reason="retired"`), the samples of
         their open bins in `state_samples_dropped_total`."""
-        allowed = set(self.cfg.ingest.turbines)
-        gone = [t for t in self.engine.fleet.turbines if allowed and t not in allowed]
+        kept = set(self._allowed(self.engine.fleet.turbines))
+        gone = [t for t in self.engine.fleet.turbines if t not in kept]
         if not gone:
             return
         state, dropped = Engine.without(self.engine.state_dict(), gone)
@@ -382,8 +361,7 @@ class Daemon:
             log.warning("the open bins of the state set aside do not fit this bundle: their samples are lost",
                         extra={"reason": str(why)})  # fmt: skip
             carried = {}
-        lost = {t: _open_samples(a) for t, a in bins.items() if t not in carried}
-        lost = {t: n for t, n in lost.items() if n}
+        lost = {t: n for t, n in Engine.open_samples_in(bins).items() if t not in carried and n}
         if lost:
             self.metrics.state_samples_dropped.inc(sum(lost.values()))
             log.warning("samples of open bins in the state set aside are not carried over", extra={
@@ -628,8 +606,12 @@ class Daemon:
         return behind
 
     def _apply(self, samples: list[Sample], tick_ns: int | None) -> None:
-        """The engine calls of one loop iteration (live, or replayed from the journal): ingest, tick, flush,
-        publish. A function of its inputs and the engine state only, so a replay gives the same records."""
+        """One loop iteration (live, or replayed from the journal): the engine calls (`_advance`), then publish."""
+        self._publish_outputs(self._advance(samples, tick_ns))
+
+    def _advance(self, samples: list[Sample], tick_ns: int | None) -> list[Output]:
+        """The engine calls of one loop iteration: ingest, tick, flush; returns what to publish. A function of its
+        inputs and the engine state only, so a replay gives the same records."""
         if samples:
             self._data_ns = max(self._data_ns, max(s.ts_ns for s in samples))
         for sample in samples:
@@ -642,7 +624,7 @@ class Daemon:
             self.engine.tick(tick_ns)
         self.metrics.bins_closed.inc(self.engine.fleet.bins_closed - self._bins_closed)
         self._bins_closed = self.engine.fleet.bins_closed
-        self._publish_outputs(self.engine.flush())
+        return self.engine.flush()
 
     def _replayable(self, samples: list[Sample]) -> list[Sample]:
         """A journal frame's samples the fleet takes now: those of turbines beyond `ingest.max_turbines` (lowered

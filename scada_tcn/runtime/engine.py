@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from scada_tcn.runtime.alerts import AlertState
+from scada_tcn.runtime.binning import BinAccumulator
 from scada_tcn.runtime.bundle import Bundle
 from scada_tcn.runtime.calibration import regime_of
 from scada_tcn.runtime.drift import ScoreDriftMonitor
@@ -484,17 +485,27 @@ class Engine:
         """The turbines whose alert is on in a `state_dict()` (one this engine may refuse to resume: another model
         or engine): the fleet's turbines in slot order, as the alert states (fewer when the newest were never
         scored: off). ValueError when the state cannot say."""
+        names = [t["name"] for t in Engine._fleet_of(state, "Engine.alerts_on_in")]
         try:
-            names = [t["name"] for t in state["fleet"]["turbines"]]
             on = np.asarray(state["alerts"]["on"], dtype=bool)
-        except (KeyError, TypeError, IndexError, ValueError) as e:
-            raise ValueError(f"Engine.alerts_on_in: no fleet turbines and alert states ({e!r})") from e
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"Engine.alerts_on_in: no alert states ({e!r})") from e
         if on.ndim != 1 or on.size > len(names):
             raise ValueError(f"Engine.alerts_on_in: alert states of shape {on.shape} for {len(names)} turbines")
-        carried = [n for n, o in zip(names, on.tolist()) if o]
-        if not all(isinstance(n, str) and turbine_id_problem(n) is None for n in carried):
-            raise ValueError("Engine.alerts_on_in: a turbine id that breaks the id rule")
-        return carried
+        return [n for n, o in zip(names, on.tolist()) if o]
+
+    @staticmethod
+    def _fleet_of(state: Any, who: str) -> list[dict[str, Any]]:
+        """The fleet's turbines of a `state_dict()`, in slot order, each named by a valid id; ValueError when the
+        state cannot say (a state this engine may refuse: read for what can be carried over or retired)."""
+        try:
+            turbines = list(state["fleet"]["turbines"])
+            names = [t["name"] for t in turbines]
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{who}: no fleet turbines ({e!r})") from e
+        if not all(isinstance(n, str) and turbine_id_problem(n) is None for n in names):
+            raise ValueError(f"{who}: a turbine id that breaks the id rule")
+        return turbines
 
     def carry_alerts(self, turbines: list[str]) -> list[str]:
         """Turbines whose alert was on in a state this engine could not resume (another model, a damaged engine
@@ -519,8 +530,8 @@ class Engine:
         the records waiting for their fleet step) keeps the other turbines' slots, renumbered in order, so the
         engine resumes them exactly and the retired ones take no room. Returns it and the number of waiting records
         of the retired turbines (dropped). ValueError when the state cannot say which slot is which turbine."""
+        names = [t["name"] for t in Engine._fleet_of(state, "Engine.without")]
         try:
-            names = [t["name"] for t in state["fleet"]["turbines"]]
             gone = set(turbines)
             keep = np.array([i for i, n in enumerate(names) if n not in gone], dtype=np.int64)
             new_slot = {int(old): new for new, old in enumerate(keep)}
@@ -543,12 +554,14 @@ class Engine:
         """Per turbine of a `state_dict()` (one this engine may refuse to resume), the accumulator state of its
         open bins: the samples acknowledged and not yet in a closed step. ValueError when the state cannot say."""
         try:
-            bins = {t["name"]: t["accumulator"] for t in state["fleet"]["turbines"]}
+            return {t["name"]: t["accumulator"] for t in Engine._fleet_of(state, "Engine.open_bins_in")}
         except (KeyError, TypeError) as e:
-            raise ValueError(f"Engine.open_bins_in: no fleet turbines with accumulators ({e!r})") from e
-        if not all(isinstance(n, str) and turbine_id_problem(n) is None for n in bins):
-            raise ValueError("Engine.open_bins_in: a turbine id that breaks the id rule")
-        return bins
+            raise ValueError(f"Engine.open_bins_in: a fleet turbine without its accumulator ({e!r})") from e
+
+    @staticmethod
+    def open_samples_in(bins: dict[str, dict[str, Any]]) -> dict[str, int]:
+        """Per turbine of `open_bins_in`, the samples its open bins hold (0 for a malformed accumulator)."""
+        return {t: BinAccumulator.samples_in(acc) for t, acc in bins.items()}
 
     def carry_open_bins(self, bins: dict[str, dict[str, Any]]) -> dict[str, int]:
         """Turbines' open bins from a state this engine could not resume (`open_bins_in`), so a model change loses
