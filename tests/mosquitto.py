@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,7 @@ class Collector:
 
     def __init__(self, url: str, filters: list[str], client_id: str = "collector", **auth: Any):
         self.messages: list[tuple[str, bytes, bool]] = []
+        self._counts: Counter[str] = Counter()  # per last topic level, so a poll need not scan every message
         self._lock = threading.Lock()
         self.filters = filters
         self.subscribed = threading.Event()
@@ -176,6 +178,17 @@ class Collector:
     def _on_message(self, c: paho.Client, u: object, m: paho.MQTTMessage) -> None:
         with self._lock:
             self.messages.append((m.topic, bytes(m.payload), bool(m.retain)))
+            self._counts[m.topic.rsplit("/", 1)[-1]] += 1
+
+    def count(self, level: str) -> int:
+        """How many messages arrived on topics whose last level is `level` (repeats included)."""
+        with self._lock:
+            return self._counts[level]
+
+    def has_steps(self, n: int) -> bool:
+        """At least `n` distinct (turbine, ts) on the score topic. Payloads are parsed only once `n` messages
+        arrived: a poll that parsed them all each time would slow the daemon it waits for as they pile up."""
+        return self.count("score") >= n and len(dedupe(p for _, p in self.of("/score")).records) >= n
 
     def of(self, suffix: str) -> list[tuple[str, bytes]]:
         with self._lock:
@@ -302,7 +315,7 @@ def scores_through(url: str, daemon: DaemonThread, col: Collector, header: list[
     wait_for(lambda: pub.is_connected() and daemon.daemon.link.connected, 10, "connections")
     publish_all(pub, to_messages(header, rows))
     want = expected_steps(rows, header)
-    wait_for(lambda: len(dedupe(p for _, p in col.of("/score")).records) >= sum(want.values()), timeout, "all scores")
+    wait_for(lambda: col.has_steps(sum(want.values())), timeout, "all scores")
     pub.disconnect()
     d = dedupe(p for _, p in col.of("/score"))
     assert d.conflicts == {}, list(d.conflicts.items())[:2]

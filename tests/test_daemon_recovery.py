@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
 from scada_tcn.demo.broker import free_port
 from scada_tcn.runtime.bundle import load_bundle
@@ -766,6 +768,57 @@ def _stamped(m: Message, seconds: int) -> Message:
     doc = json.loads(m.payload)
     doc["ts"] = (parse_timestamp_ns(doc["ts"]) + seconds * 10**9) / 1e9
     return m._replace(payload=json.dumps(doc).encode())
+
+
+class _EveryTick(Daemon):
+    """A daemon that journals and applies every tick, as it did before idle ticks were skipped."""
+
+    def _advance(self, samples, tick_ns):
+        out = super()._advance(samples, tick_ns)
+        self._settled = None
+        return out
+
+
+def test_an_idle_gateway_writes_no_frame_and_no_snapshot_and_its_records_are_unchanged(bundle, messages, tmp_path,
+                                                                                      monkeypatch):  # fmt: skip
+    """The tick's frame was written and fsynced every `compute.tick_s`, and a snapshot every `state.save_interval_s`,
+    even with no telemetry for hours (flash wear on a gateway's SD card). A tick that can close nothing (no later
+    than the last one applied, no sample since) is now skipped, and so is a periodic snapshot with no frame since
+    the last. The records are those of a daemon that applies every tick (the publisher away for two hours,
+    then forwarding its buffer, and an hour idle at the end), with far fewer frames."""
+    import scada_tcn.runtime.daemon as daemon_module
+
+    stamps = [parse_timestamp_ns(json.loads(m.payload)["ts"]) for m in messages]
+    cut = stamps[len(stamps) // 2]
+    items = [(max(t, cut + 7200 * 10**9) if cut < t <= cut + 7200 * 10**9 else t, m) for t, m in zip(stamps, messages)]
+    items = [(t + 30 * 10**9, m) for t, m in items]
+    runs = {}
+    for name, kind in (("skip", Daemon), ("every", _EveryTick)):
+        clock = _Clock()
+        cfg = daemon_config(f"mqtt://127.0.0.1:{free_port()}", state={"path": str(tmp_path / name / "state.npz")},
+                            ingest={"grace_s": 120.0, "max_past_s": 10 * 365 * 86400.0},
+                            compute={"engine": "stream", "tick_s": 0.05})  # fmt: skip
+        d = kind(cfg, bundle, make_scorer(bundle, "stream"), clock=clock)
+        d.link._up = {"sub": True, "pub": True, "subscribed": True}
+        d._restore_state()
+        _arriving(d, clock, items, settle_s=600)
+        d._wait_for_writer()
+        frames, scores = d._frame_no, _scores(d)
+        while d.link.unacked():  # the broker acknowledges every record
+            for mid in list(d.link._inflight):
+                d.link._handle_publish(None, None, mid, ReasonCode(PacketTypes.PUBACK, "Success"), None)
+        written: list[str] = []
+        monkeypatch.setattr(daemon_module, "write_state", lambda path, enc, into=written: into.append(path))
+        for _ in range(360):  # an hour with no telemetry
+            clock.ns += 10 * 10**9
+            d.step(0.001)
+        d._wait_for_writer()
+        runs[name] = (scores, frames, d._frame_no - frames, len(written))
+        monkeypatch.undo()
+    (skip, frames, idle_frames, idle_saves), every = runs["skip"], runs["every"]
+    assert skip == every[0] and len(skip) >= len(messages)
+    assert every[1:] == (4609, 360, 60)  # a frame each tick (10 s of the clock apart here), a snapshot a minute
+    assert (frames, idle_frames, idle_saves) == (415, 0, 1)  # the one after the broker acknowledged the outbox
 
 
 def test_a_whole_fleets_publisher_away_for_minutes_loses_no_sample(bundle, messages, tmp_path):

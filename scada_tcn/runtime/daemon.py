@@ -12,22 +12,24 @@ saving nothing on the way out: the engine may hold a half-done iteration, so the
 them and the restart replays the journal.
 
 Loop iteration: take the messages waiting (at least one tick's wait) -> decode and admit each -> journal the
-admitted samples and the tick (when one is due) and fsync -> ingest them -> close bins past their grace (once per
-tick: on the wall clock when live, else on the newest stamp taken less `ingest.max_future_s`, so a restart, an
-outage or a clock ahead of time closes no bin before the telemetry the broker holds for it arrives;
+admitted samples and the tick (when one is due and could close a bin: a tick no later than the last one, with no
+sample since, is skipped, so an idle gateway writes no frame) and fsync -> ingest them -> close bins past their
+grace (once per tick: on the wall clock when live, else on the newest stamp taken less `ingest.max_future_s`, so a
+restart, an outage or a clock ahead of time closes no bin before the telemetry the broker holds for it arrives;
 `_tick_clock`) -> `Engine.flush()` scores all ready turbines together -> publish (QoS 1) -> acknowledge the
 processed telemetry -> heartbeat. While the wall clock is behind the telemetry already taken by more than
-`ingest.max_future_s`, no telemetry is taken (`_clock_behind`). paho's network thread only appends to the
-inbound queue and never waits: Receive Maximum bounds what the broker sends (runtime.mqtt). `request_stop()`
-(SIGTERM) finishes the messages already received, publishes the status "offline", waits for the publish queue to
-drain, disconnects.
+`ingest.max_future_s`, no telemetry is taken (`_clock_behind`). paho's network thread only appends to the inbound
+queue and never waits: Receive Maximum bounds what the broker sends (runtime.mqtt). `request_stop()` (SIGTERM)
+finishes the messages already received, publishes the status "offline", waits for the publish queue to drain,
+disconnects.
 
 Crash consistency, with `state.path`: a message is acknowledged only after the journal frame holding its sample
 is on disk (runtime.journal). Every `state.save_interval_s`, after every (queues.outbound -
 queues.publish_backlog) / 4 publishes (so that what a restart publishes again fits the publish queue) and on
 stop, a snapshot (every turbine's open bins,
 features, ring buffer and alert state, the number of the last journal frame it includes, and the published
-records the broker has not acknowledged yet) is written atomically and the journal emptied. The periodic one is
+records the broker has not acknowledged yet) is written atomically and the journal emptied; a periodic one is
+skipped while no frame came since the last, whose outbox was empty (an idle gateway's disk is left alone). It is
 written by a thread: the loop takes the state (arrays copied) and rotates the journal (`Journal.rotate`), and
 the rotated frames are deleted once the file is on disk, so the loop never waits for the disk (a failed write
 stops the daemon); on stop and after a restore it is written on the loop. At start, the snapshot is restored,
@@ -154,6 +156,7 @@ class Daemon:
         self._stopped = threading.Event()
         self._last_tick_ns = 0
         self._data_ns = 0  # the newest stamp of the telemetry taken so far: the fleet's data clock
+        self._settled: int | None = None  # the last tick applied, when no sample came after it (else None)
         self._reached: deque[tuple[int, int]] = deque()  # (wall clock, _data_ns) each time it grew (`_tick_clock`)
         self._behind = False  # the wall clock is behind it (`_clock_behind`)
         self._drained = False  # nothing waits at the broker for us: bins may close on the wall clock (`_tick_clock`)
@@ -186,6 +189,7 @@ class Daemon:
         # written (two files while one is being written) and publishes everything they produce again before the
         # link starts, so a snapshot is also due after this many, and the replay fits the publish queue
         self._tracked_since_save = 0
+        self._unchanged_since: int | None = None  # the last snapshot's frame number, if its outbox was empty
         self._snapshot_every = max(1, (cfg.queues.outbound - cfg.queues.publish_backlog) // 4)
         self._frame_no = 0  # journal frames written (or replayed) so far
         self._replay_refused: Counter[str] = Counter()  # journal samples beyond ingest.max_turbines, by turbine
@@ -300,6 +304,7 @@ class Daemon:
             report = self._error_report("too_many_turbines", detail, samples_by_turbine=refused_by)
             self._publish("error", self.errors_topic, report, False)
         self._retire()
+        self._settled = None  # the engine was rebuilt or replaced: the next tick is applied
         if refused is not None:
             waiting = snapshot["engine"].get("pending") if isinstance(snapshot["engine"], dict) else None
             self._set_aside(path, refused, len(snapshot["outbox"]), len(waiting) if isinstance(waiting, list) else 0,
@@ -430,6 +435,7 @@ class Daemon:
         assert self.journal is not None
         self._last_save_ns = self.clock()
         self._tracked_since_save = 0
+        self._unchanged_since = self._frame_no if not outbox else None
         if not background:
             write_state(self.cfg.state.path, encoded)
             self.journal.reset()
@@ -515,6 +521,8 @@ class Daemon:
             self._last_tick_ns = now
             newest = max(self._data_ns, max((s.ts_ns for s in samples), default=0))
             tick = self._tick_clock(now, newest) if newest else None
+            if tick is not None and not samples and self._settled is not None and tick <= self._settled:
+                tick = None  # it would close nothing the last one did not (close_until is monotone): no frame
         if self.journal is not None and (samples or tick is not None):
             self._frame_no += 1
             self.journal.append(self._frame_no, samples, tick)  # durable before any of it is acknowledged
@@ -538,6 +546,7 @@ class Daemon:
         if self.cfg.state.path is not None:
             since = now - self._last_save_ns  # (< 0: the clock was stepped back)
             due = (since >= self.cfg.state.save_interval_s * 1e9 or since < 0) and self._writer is None
+            due = due and self._frame_no != self._unchanged_since  # an idle gateway writes nothing
             if due or self._tracked_since_save >= self._snapshot_every:  # the latter waits for a write running
                 self._save_state(background=True)
         return len(batch)
@@ -622,6 +631,9 @@ class Daemon:
                 self.metrics.stamp_full.inc()
         if tick_ns is not None:
             self.engine.tick(tick_ns)
+            self._settled = tick_ns
+        elif samples:
+            self._settled = None
         self.metrics.bins_closed.inc(self.engine.fleet.bins_closed - self._bins_closed)
         self._bins_closed = self.engine.fleet.bins_closed
         return self.engine.flush()
