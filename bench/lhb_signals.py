@@ -227,6 +227,7 @@ def _run_variant(name: str, overrides: list[str], base: list[str], data: Any, st
                  copies: dict[str, Any], alerting: Any, dt_ns: int, seed: int) -> dict[str, Any]:  # fmt: skip
     """Fit the variant on clean validation, run it over every copy, judge; and its validation estimate."""
     from scada_tcn.runtime.signals import SignalLevels, SignalParams, SignalTracker
+    from scada_tcn.runtime.windows import missing_now
     from scada_tcn.trainer.config import load_config
     from scada_tcn.trainer.evaluation.signals import fit_levels, track
 
@@ -244,7 +245,8 @@ def _run_variant(name: str, overrides: list[str], base: list[str], data: Any, st
         return params
 
     def alerts(params: SignalParams, st: Any) -> pd.DataFrame:
-        return _alerts(track(SignalTracker.from_params(params), st, sorted(set(st.turbine)), flags), alerting)
+        res = track(SignalTracker.from_params(params), st, sorted(set(st.turbine)), flags)
+        return _alerts(res.assign(missing_now=missing_now(st.present)), alerting)
 
     params = fit(v_lo, v_hi)
     res = {n: alerts(params, st) for n, st in steps.items()}

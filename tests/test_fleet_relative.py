@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from scada_tcn.runtime.alerts import AlertState
 from scada_tcn.runtime.bundle import AlertingParams, load_bundle
 from scada_tcn.runtime.daemon_config import MappingCfg
 from scada_tcn.runtime.engine import Engine
@@ -90,7 +91,7 @@ def test_edge_fleet_scores_match_offline_inference(fleet_bundle_dir, fleet_bundl
         if d is None:  # the slice ends before the test split
             continue
         assert abs(d["score"] - r.score_raw) <= 1e-4 * abs(r.score_raw) + 1e-6
-        assert d["peers"] == r.peers == 3
+        assert d["peers"] == r.peers == 3 and d["missing_now"] == r.missing_now
         assert abs(d["fleet_score"] - r.score) <= 1e-4 * abs(r.score_raw) + 1e-6, (r.turbine_id, r.t_end)
         assert d["threshold"] == pytest.approx(r.threshold)
         assert abs(d["ratio"] - r.score / r.threshold) <= (1e-4 * abs(r.score_raw) + 1e-6) / r.threshold
@@ -189,12 +190,56 @@ def test_waiting_steps_survive_a_restart(fleet_bundle, rows, tmp_path):
 def test_offline_alerts_hold_their_state_without_a_score():
     from scada_tcn.trainer.evaluation.offline import apply_alerts
 
-    t = pd.date_range("2024-01-01", periods=8, freq="10min", tz="UTC")
-    score = [2.0, 2.0, np.nan, 2.0, np.nan, 0.1, np.nan, 0.1]
-    res = pd.DataFrame({"turbine_id": "T1", "t_end": t, "score": score, "threshold": 1.0, "top_features": [["a"]] * 8})
+    t = pd.date_range("2024-01-01", periods=10, freq="10min", tz="UTC")
+    score = [2.0, 2.0, np.nan, 0.1, 2.0, np.nan, 0.1, 0.1, np.nan, 0.1]
+    missing_now = [0.0, 0.5, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
+    res = pd.DataFrame({"turbine_id": "T1", "t_end": t, "score": score, "missing_now": missing_now, "threshold": 1.0,
+                        "top_features": [["a"]] * 10})  # fmt: skip
     apply_alerts(res, AlertingParams(T_on=1.0, T_off=0.8, N_on=3, N_off=2))
-    # NaN windows neither count toward N_on / N_off nor change the state
-    assert res["alert_on"].tolist() == [False, False, False, True, True, True, True, False]
+    # NaN windows and windows whose newest step is all missing neither count toward N_on / N_off nor change the state
+    assert res["alert_on"].tolist() == [False, False, False, False, True, True, True, True, True, False]
+
+
+@pytest.mark.parametrize("which", ["window_mean", "fleet_relative"])
+def test_a_turbine_that_sends_nothing_holds_its_alert(which, tiny_bundle, fleet_bundle, rows, tmp_path):
+    """A turbine silent for an hour in every five, its window still present enough: the silent steps are scored
+    (their window's score still moves) and they stepped the alert state machine, so an alert could turn on or
+    off at a step the turbine sent nothing. A step with every input missing is no new evidence: the alert holds,
+    as in offline inference (`apply_alerts`, `missing_now`). The alerting here flips at the turbine's median
+    ratio, one step each way, so stepping on the silent steps would change the alerts."""
+    import dataclasses
+
+    bundle = fleet_bundle if which == "fleet_relative" else load_bundle(tiny_bundle)
+    header, body = rows
+    ti, ii = header.index("timestamp"), header.index("turbine_id")
+    turbine = sorted({r[ii] for r in body})[0]
+    stamps = sorted({r[ti] for r in body})
+    silent = {t for k, t in enumerate(stamps) if (k // 6) % 5 == 4}
+    table = write_csv(tmp_path / "silent.csv", header, [r for r in body if not (r[ii] == turbine and r[ti] in silent)])
+
+    def records(b) -> list[dict]:
+        engine = Engine(b, OnnxScorer(b), grace_seconds=0.0, max_turbines=100, max_batch=512)
+        replay(engine, table, MappingCfg(), tmp_path / "scores.jsonl")
+        return [d for line in (tmp_path / "scores.jsonl").read_text().splitlines()
+                if (d := json.loads(line))["turbine"] == turbine and d["status"] == "ok"]  # fmt: skip
+
+    key = "fleet_score" if which == "fleet_relative" else "score"
+    median = float(np.median([d[key] / d["threshold"] for d in records(bundle)]))
+    params = AlertingParams(T_on=median, T_off=median, N_on=1, N_off=1)
+    mine = records(dataclasses.replace(bundle, alerting=params))
+    empty = [d["missing_now"] == 1.0 for d in mine]
+    assert sum(empty) >= 12 and len(mine) - sum(empty) >= 60
+
+    def machine(held: list[bool]) -> list[bool]:
+        state, on = AlertState(params.T_on, params.T_off, params.N_on, params.N_off), False
+        out = []
+        for d, h in zip(mine, held):
+            if not h:
+                on = bool(state.step([0], [d[key]], [d["threshold"]]).on[0])
+            out.append(on)
+        return out
+
+    assert [d["alert"] for d in mine] == machine(empty) != machine([False] * len(mine))
 
 
 def _fault_in_validation(src: Path, dst: Path, label: int, magnitude: float | None) -> None:

@@ -63,6 +63,11 @@ from scada_tcn.runtime.windows import enough_present
 __all__ = ["Engine", "Output"]
 
 
+def _holds(rec: ScoreRecord) -> bool:
+    """A window-mean or fleet-relative record of a step where the turbine sent nothing: its alert holds."""
+    return rec.missing_now >= 1.0
+
+
 def _nullable(a: np.ndarray) -> list[Any]:
     """`a` as (nested) lists of floats, None (published as null) where a value is not finite."""
     a = np.asarray(a, dtype=np.float64)
@@ -227,7 +232,9 @@ class Engine:
                 self._stepped[id(s)] = (res, b)
 
     def _score(self, steps: list[Step]) -> list[ScoreRecord]:
-        """Score `steps` (chunks of max_batch); without fleet-relative scores, also advance their alert states."""
+        """Score `steps` (chunks of max_batch); without fleet-relative scores, also advance their alert states. A
+        step where the turbine sent nothing (`missing_now` 1) is no new evidence, though its window still scores:
+        the alert holds (`_holds`), as in offline inference (`apply_alerts`)."""
         records: list[ScoreRecord] = []
         for i in range(0, len(steps), self.max_batch):
             records += self._score_chunk(steps[i : i + self.max_batch])
@@ -237,14 +244,20 @@ class Engine:
         score = np.array([r.score for r in records], dtype=np.float64)
         thr = np.array([r.threshold for r in records], dtype=np.float64)
         on, t_on, t_off = (np.zeros(len(steps), dtype=bool) for _ in range(3))
-        todo = np.arange(len(steps))
+        before = self.alerts.get()
+        todo = np.flatnonzero([not _holds(r) for r in records])
         while todo.size:  # rounds of distinct slots keep each turbine's steps in time order
             _, first = np.unique(slots[todo], return_index=True)
             now = np.sort(todo[first])
             tr = self.alerts.step(slots[now], score[now], thr[now])
             on[now], t_on[now], t_off[now] = tr.on, tr.turned_on, tr.turned_off
             todo = np.setdiff1d(todo, now)
+        last: dict[int, bool] = {}  # each turbine's state walked forward over the steps that hold it
         for b, r in enumerate(records):
+            slot = int(slots[b])
+            if _holds(r):
+                on[b] = last.get(slot, bool(before[slot]) if slot < before.size else False)
+            last[slot] = bool(on[b])
             r.alert, r.turned = bool(on[b]), "on" if t_on[b] else "off" if t_off[b] else None
         return records
 
@@ -379,10 +392,11 @@ class Engine:
             slots = np.array([group[b].slot for b in scored], dtype=np.int64)
             thr = np.array([group[b].record.threshold for b in scored], dtype=np.float64)
             has = np.isfinite(rel)
+            new = has & ~np.array([_holds(group[b].record) for b in scored], dtype=bool)  # (`_score`)
             turned_on, turned_off = np.zeros(len(scored), bool), np.zeros(len(scored), bool)
-            if has.any():  # one step per turbine: a step closes once per turbine
-                tr = self.alerts.step(slots[has], rel[has], thr[has])
-                turned_on[has], turned_off[has] = tr.turned_on, tr.turned_off
+            if new.any():  # one step per turbine: a step closes once per turbine
+                tr = self.alerts.step(slots[new], rel[new], thr[new])
+                turned_on[new], turned_off[new] = tr.turned_on, tr.turned_off
             states = self.alerts.get()
             for k, b in enumerate(scored):  # the waiting records are filled in place, then serialised
                 rec = group[b].record

@@ -41,6 +41,7 @@ from scada_tcn.runtime.binning import BinAccumulator, RawBins, aggregate_bins
 from scada_tcn.runtime.pipeline import StreamPreprocessor
 from scada_tcn.runtime.scaling import RobustScaler
 from scada_tcn.runtime.spec import PipelineSpec
+from scada_tcn.runtime.windows import missing_now
 
 __all__ = ["Fleet", "Step", "Window"]
 
@@ -313,11 +314,11 @@ class Fleet:
             n = rings.n[sl]
             ready = n >= self.L
             present = np.where(ready, rings.present[sl] / LF if LF else 1.0, np.nan).tolist()
-            missing_now = (1.0 - rows.M_miss.mean(axis=1) if rows.M_miss.shape[1] else np.zeros(idx.size)).tolist()
+            missing = missing_now(rows.M_miss).tolist()
             for k, (b, slot, n_k, ready_k) in enumerate(zip(idx.tolist(), sl.tolist(), n.tolist(), ready.tolist())):
                 window = rings.window(slot) if ready_k and self.windows else None
                 own = Window(rows.X[k], rows.M_miss[k], rows.Flags[k])
-                steps[b] = Step(closed[b][0], slot, closed[b][2], n_k, missing_now[k], window, rows.Repeat[k], own,
+                steps[b] = Step(closed[b][0], slot, closed[b][2], n_k, missing[k], window, rows.Repeat[k], own,
                                 present[k])  # fmt: skip
         if (closers[1:] < closers[:-1]).any():  # bins queued turbine by turbine (`add_many`): closing order
             steps = [steps[i] for i in np.argsort(closers, kind="stable")]

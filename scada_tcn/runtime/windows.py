@@ -4,13 +4,15 @@ A window's present fraction is its number of present inputs (M_miss == 1, an exa
 window index (`scada-prepare`) keeps, and the edge scores, only windows whose fraction reaches the
 `min_present_fraction` the bundle records; both compute it with these functions, so a window on the boundary is
 treated alike offline and at the edge. Below it the edge publishes an insufficient-data record, never a score.
+A step's `missing_now` is the share of its own inputs missing: at 1 the turbine sent nothing for it, and its
+window's score is no new evidence for the alert state machine (the edge and offline inference hold the alert).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["enough_present", "present_fraction", "sliding_present_fraction"]
+__all__ = ["enough_present", "missing_now", "present_fraction", "sliding_present_fraction"]
 
 
 def present_fraction(M_miss: np.ndarray) -> np.ndarray:
@@ -35,3 +37,13 @@ def sliding_present_fraction(M_miss: np.ndarray, starts: np.ndarray, L: int) -> 
 def enough_present(fraction: np.ndarray | float, min_fraction: float) -> np.ndarray:
     """True where a window has enough present data to be scored."""
     return np.asarray(fraction) >= min_fraction
+
+
+def missing_now(M_step: np.ndarray) -> np.ndarray:
+    """(..., F) 0/1 masks of one step -> (...,) float64: the share of its inputs missing (0 when F is 0)."""
+    M = np.asarray(M_step)
+    if M.ndim < 1:
+        raise ValueError(f"missing_now: M_step must be (..., F), got shape {M.shape}")
+    if M.shape[-1] == 0:
+        return np.zeros(M.shape[:-1])
+    return 1.0 - np.count_nonzero(M > 0.5, axis=-1) / float(M.shape[-1])

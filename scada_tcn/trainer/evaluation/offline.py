@@ -34,6 +34,7 @@ from scada_tcn.runtime.errors import SpecError
 from scada_tcn.runtime.peers import fleet_relative
 from scada_tcn.runtime.scorer import OnnxScorer, ScoreBatch
 from scada_tcn.runtime.signals import SignalParams, SignalTracker, worst_first
+from scada_tcn.runtime.windows import missing_now
 from scada_tcn.trainer.calibration.fit import calibrate, feature_reference, fit_feature_scale
 from scada_tcn.trainer.config import RootCfg, to_root
 from scada_tcn.trainer.config.derive import alerting_params, fleet_params
@@ -226,6 +227,7 @@ def infer_split(
             "turbine_id": [ds.turbines[c] for c in ds.codes[idx]],
             "t_end": pd.to_datetime(ds.t_end[idx], utc=True),
             "score": out.s_now.astype(np.float64),
+            "missing_now": missing_now(M[:, -1, :]),
             "regime": regime_of(Fl[:, -1, :], setup.data.flag_reg.flag_names),
             "top_features": [[names[j] for j in row] for row in out.top_idx],
             "top_contrib": [out.feat_contrib[i, row].astype(np.float64).tolist() for i, row in enumerate(out.top_idx)],
@@ -300,6 +302,7 @@ def infer_signals(
     res["threshold"] = 1.0  # the score is the largest monitor ratio: each monitor is over its own level
     res["threshold_source"] = [params.levels.for_turbine(t)[1] for t in res["turbine_id"]]
     res["regime"] = "per_signal"
+    res["missing_now"] = missing_now(steps.present[keep])
     res["top_features"] = [[f"{groups[j]}:{monitors[m]}" for j, m in rk[:topn]] for rk in ranked]
     res["top_contrib"] = [[float(ratios[i, j]) for j, _ in rk[:topn]] for i, rk in enumerate(ranked)]
     if setup.class_names:
@@ -331,14 +334,17 @@ def _window_pass(setup: InferSetup, split: str, batch_size: int) -> tuple:
 def apply_alerts(res: pd.DataFrame, alerting: AlertingParams) -> list[dict[str, Any]]:
     """Run the edge's alert state machine over each turbine's windows in time order; adds `alert_on`.
 
-    A window without a score (NaN: a fleet-relative score with too few peers) leaves its turbine's state as it
-    was, as on the edge."""
+    A window without a score (NaN: a fleet-relative score with too few peers), or whose newest step the turbine
+    sent nothing for (`missing_now` 1: no new evidence), leaves its turbine's state as it was, as on the edge."""
     state = AlertState(alerting.T_on, alerting.T_off, alerting.N_on, alerting.N_off)
     turbines = sorted(res["turbine_id"].unique())
     slot = res["turbine_id"].map({t: i for i, t in enumerate(turbines)}).to_numpy()
     pos = res.groupby("turbine_id").cumcount().to_numpy()  # k-th window of its turbine (rows are time-sorted)
     score, thr = res["score"].to_numpy(), res["threshold"].to_numpy()
-    scored = np.isfinite(score)
+    if "missing_now" not in res:
+        raise SpecError("apply_alerts: the results have no 'missing_now' column (written by an older scada-infer?): "
+                        "score the split again with infer_split")  # fmt: skip
+    scored = np.isfinite(score) & (res["missing_now"].to_numpy() < 1.0)
     by_pos = np.argsort(pos, kind="stable")
     bounds = np.searchsorted(pos[by_pos], np.arange(int(pos.max()) + 2))
     on = np.zeros(len(res), bool)
