@@ -245,8 +245,14 @@ def _run_variant(name: str, overrides: list[str], base: list[str], data: Any, st
         return params
 
     def alerts(params: SignalParams, st: Any) -> pd.DataFrame:
+        """The tracker's records with the edge's alerts: a step that is no new evidence (`scored` False: skipped,
+        or nothing monitored present) holds the alert (`Engine._release_signals`), though it keeps its frozen
+        score in the timeline."""
         res = track(SignalTracker.from_params(params), st, sorted(set(st.turbine)), flags)
-        return _alerts(res.assign(missing_now=missing_now(st.present)), alerting)
+        held = res["score"].where(res["scored"])  # NaN: `apply_alerts` leaves the state as it was
+        res = res.assign(missing_now=missing_now(st.present), frozen=res["score"], score=held)
+        res = _alerts(res, alerting)
+        return res.assign(score=res.pop("frozen"))
 
     params = fit(v_lo, v_hi)
     res = {n: alerts(params, st) for n, st in steps.items()}

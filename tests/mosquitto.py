@@ -21,7 +21,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -156,7 +155,7 @@ class Collector:
 
     def __init__(self, url: str, filters: list[str], client_id: str = "collector", **auth: Any):
         self.messages: list[tuple[str, bytes, bool]] = []
-        self._counts: Counter[str] = Counter()  # per last topic level, so a poll need not scan every message
+        self._steps: set[tuple[str, str]] = set()  # the distinct (turbine, ts) of the score topic, as they come
         self._lock = threading.Lock()
         self.filters = filters
         self.subscribed = threading.Event()
@@ -178,17 +177,19 @@ class Collector:
     def _on_message(self, c: paho.Client, u: object, m: paho.MQTTMessage) -> None:
         with self._lock:
             self.messages.append((m.topic, bytes(m.payload), bool(m.retain)))
-            self._counts[m.topic.rsplit("/", 1)[-1]] += 1
+            if m.topic.endswith("/score"):  # the daemon's records: JSON with turbine and ts (else the test fails)
+                d = json.loads(m.payload)
+                self._steps.add((str(d["turbine"]), str(d["ts"])))
 
-    def count(self, level: str) -> int:
-        """How many messages arrived on topics whose last level is `level` (repeats included)."""
+    def steps(self) -> int:
+        """How many distinct (turbine, ts) arrived on the score topic (repeats not counted). Each payload is parsed
+        once, on arrival: a poll that parsed them all each time would slow the daemon it waits for."""
         with self._lock:
-            return self._counts[level]
+            return len(self._steps)
 
     def has_steps(self, n: int) -> bool:
-        """At least `n` distinct (turbine, ts) on the score topic. Payloads are parsed only once `n` messages
-        arrived: a poll that parsed them all each time would slow the daemon it waits for as they pile up."""
-        return self.count("score") >= n and len(dedupe(p for _, p in self.of("/score")).records) >= n
+        """At least `n` distinct (turbine, ts) on the score topic."""
+        return self.steps() >= n
 
     def of(self, suffix: str) -> list[tuple[str, bytes]]:
         with self._lock:

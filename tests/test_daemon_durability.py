@@ -162,11 +162,11 @@ def test_sigkill_at_several_points_changes_no_score(broker, bundle_dir, tiny_run
     for k, chunk in enumerate(chunks):
         wait_for(lambda: daemon.log.read_text().count('"client": "sub", "session_present"') >= daemon.starts, 60,
                  "the restarted daemon's telemetry subscriber to connect")  # fmt: skip
-        scored = col.count("score")
+        scored = col.steps()
         publish_all(pub, chunk, wait=k == len(chunks) - 1)
         if k < len(chunks) - 1:  # somewhere in the middle of scoring that chunk (paho sends the rest after it)
             part = scored + int(len(chunk) * rng.uniform(0.2, 0.8))
-            wait_for(lambda n=part: col.count("score") >= n, 60, "the scores of part of the chunk")
+            wait_for(lambda n=part: col.has_steps(n), 60, "the scores of part of the chunk")
             daemon.kill()
             kills += 1
             daemon.start()
