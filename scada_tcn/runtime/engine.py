@@ -58,14 +58,9 @@ from scada_tcn.runtime.scorer import ScoreBatch
 from scada_tcn.runtime.signals import SignalTracker, worst_first
 from scada_tcn.runtime.stream import StepOutputs, StreamScorer
 from scada_tcn.runtime.telemetry import Sample
-from scada_tcn.runtime.windows import enough_present
+from scada_tcn.runtime.windows import enough_present, sent_nothing
 
 __all__ = ["Engine", "Output"]
-
-
-def _holds(rec: ScoreRecord) -> bool:
-    """A window-mean or fleet-relative record of a step where the turbine sent nothing: its alert holds."""
-    return rec.missing_now >= 1.0
 
 
 def _nullable(a: np.ndarray) -> list[Any]:
@@ -206,6 +201,8 @@ class Engine:
                     extra = (*self._signal_inputs.pop(id(rec), (None, None, None)), s.repeat_now, s.rows.Flags)
                 self._pending.setdefault(s.end_ns, []).append(_Waiting(rec, s.slot, *extra))
                 continue
+            if isinstance(rec, ScoreRecord) and sent_nothing(rec.missing_now):  # no new evidence (`_score`)
+                rec.alert = held[s.slot]
             held[s.slot] = rec.alert
             out.extend(self._outputs(rec))
         self._stepped.clear()
@@ -234,7 +231,8 @@ class Engine:
     def _score(self, steps: list[Step]) -> list[ScoreRecord]:
         """Score `steps` (chunks of max_batch); without fleet-relative scores, also advance their alert states. A
         step where the turbine sent nothing (`missing_now` 1) is no new evidence, though its window still scores:
-        the alert holds (`_holds`), as in offline inference (`apply_alerts`)."""
+        it does not step the alert state machine, and `flush` gives it the state its turbine holds, as an
+        insufficient step's (offline inference alike: `apply_alerts`)."""
         records: list[ScoreRecord] = []
         for i in range(0, len(steps), self.max_batch):
             records += self._score_chunk(steps[i : i + self.max_batch])
@@ -244,20 +242,14 @@ class Engine:
         score = np.array([r.score for r in records], dtype=np.float64)
         thr = np.array([r.threshold for r in records], dtype=np.float64)
         on, t_on, t_off = (np.zeros(len(steps), dtype=bool) for _ in range(3))
-        before = self.alerts.get()
-        todo = np.flatnonzero([not _holds(r) for r in records])
+        todo = np.flatnonzero(~sent_nothing([r.missing_now for r in records]))
         while todo.size:  # rounds of distinct slots keep each turbine's steps in time order
             _, first = np.unique(slots[todo], return_index=True)
             now = np.sort(todo[first])
             tr = self.alerts.step(slots[now], score[now], thr[now])
             on[now], t_on[now], t_off[now] = tr.on, tr.turned_on, tr.turned_off
             todo = np.setdiff1d(todo, now)
-        last: dict[int, bool] = {}  # each turbine's state walked forward over the steps that hold it
         for b, r in enumerate(records):
-            slot = int(slots[b])
-            if _holds(r):
-                on[b] = last.get(slot, bool(before[slot]) if slot < before.size else False)
-            last[slot] = bool(on[b])
             r.alert, r.turned = bool(on[b]), "on" if t_on[b] else "off" if t_off[b] else None
         return records
 
@@ -392,7 +384,7 @@ class Engine:
             slots = np.array([group[b].slot for b in scored], dtype=np.int64)
             thr = np.array([group[b].record.threshold for b in scored], dtype=np.float64)
             has = np.isfinite(rel)
-            new = has & ~np.array([_holds(group[b].record) for b in scored], dtype=bool)  # (`_score`)
+            new = has & ~sent_nothing([group[b].record.missing_now for b in scored])  # (`_score`)
             turned_on, turned_off = np.zeros(len(scored), bool), np.zeros(len(scored), bool)
             if new.any():  # one step per turbine: a step closes once per turbine
                 tr = self.alerts.step(slots[new], rel[new], thr[new])

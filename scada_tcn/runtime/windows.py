@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["enough_present", "missing_now", "present_fraction", "sliding_present_fraction"]
+__all__ = ["enough_present", "missing_now", "present_fraction", "sent_nothing", "sliding_present_fraction"]
 
 
 def present_fraction(M_miss: np.ndarray) -> np.ndarray:
@@ -47,3 +47,9 @@ def missing_now(M_step: np.ndarray) -> np.ndarray:
     if M.shape[-1] == 0:
         return np.zeros(M.shape[:-1])
     return 1.0 - np.count_nonzero(M > 0.5, axis=-1) / float(M.shape[-1])
+
+
+def sent_nothing(missing: np.ndarray | float) -> np.ndarray:
+    """True where a step's `missing_now` is 1: the turbine sent nothing for it, so its window's score is no new
+    evidence and the alert holds (the edge's engine and scada-infer's `apply_alerts`)."""
+    return np.asarray(missing) >= 1.0

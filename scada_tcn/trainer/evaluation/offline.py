@@ -34,7 +34,7 @@ from scada_tcn.runtime.errors import SpecError
 from scada_tcn.runtime.peers import fleet_relative
 from scada_tcn.runtime.scorer import OnnxScorer, ScoreBatch
 from scada_tcn.runtime.signals import SignalParams, SignalTracker, worst_first
-from scada_tcn.runtime.windows import missing_now
+from scada_tcn.runtime.windows import missing_now, sent_nothing
 from scada_tcn.trainer.calibration.fit import calibrate, feature_reference, fit_feature_scale
 from scada_tcn.trainer.config import RootCfg, to_root
 from scada_tcn.trainer.config.derive import alerting_params, fleet_params
@@ -344,7 +344,7 @@ def apply_alerts(res: pd.DataFrame, alerting: AlertingParams) -> list[dict[str, 
     if "missing_now" not in res:
         raise SpecError("apply_alerts: the results have no 'missing_now' column (written by an older scada-infer?): "
                         "score the split again with infer_split")  # fmt: skip
-    scored = np.isfinite(score) & (res["missing_now"].to_numpy() < 1.0)
+    scored = np.isfinite(score) & ~sent_nothing(res["missing_now"].to_numpy())
     by_pos = np.argsort(pos, kind="stable")
     bounds = np.searchsorted(pos[by_pos], np.arange(int(pos.max()) + 2))
     on = np.zeros(len(res), bool)
