@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scada_tcn.runtime.binning import BinAccumulator, BinStats, aggregate_bins, bin_end_ns, bin_timeline
+from scada_tcn.runtime.binning import BinStats, aggregate_bins, bin_end_ns, bin_timeline
 from scada_tcn.runtime.errors import InputError, SpecError
+from scada_tcn.runtime.open_bins import FULL, LATE, BinAccumulator, OpenBins
 from scada_tcn.runtime.spec import PipelineSpec
 
 S = 1_000_000_000
@@ -500,6 +501,90 @@ def test_add_many_equals_one_sample_at_a_time(rule, grace):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     with pytest.raises(InputError, match="non-decreasing"):
         many.add_many_deferred(np.array([T10 + 9000 * DT, T10 + 8999 * DT]), np.zeros((2, len(PARITY_CHANNELS))))
+
+
+def _closed_rows(closed, plan) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(slot, end, closer, binned values) of every bin of a list of `ClosedBins`, in closing order (the sample that
+    closed it; a slot's bins in time order), as the fleet orders its steps."""
+    if not closed:
+        return (np.zeros(0, np.int64),) * 3 + (np.zeros((0, len(plan.channels))),)
+    n = np.concatenate([c.n_bins for c in closed])
+    first = np.cumsum(n) - n
+    slots = np.repeat(np.concatenate([c.slots for c in closed]), n)
+    ends = np.repeat(np.concatenate([c.start_ns for c in closed]) - first * DT, n) + DT * np.arange(n.sum())
+    closers = np.concatenate([c.closers for c in closed])
+    o = np.argsort(closers, kind="stable")
+    return slots[o], ends[o], closers[o], aggregate_bins(closed, plan)[o]
+
+
+@pytest.mark.parametrize(("rule", "grace", "bound"), [("mean", 150, 3), ("last", 0, None), ("first", 10**9, 2)])
+def test_a_fleet_batch_is_binned_as_one_sample_at_a_time(rule, grace, bound):
+    """`OpenBins.add` of a loop iteration's samples (any turbines, several samples of one turbine, stamps out of
+    order within the grace, exact repeats, redeliveries that are late, out-of-range values, a frozen stamp over the
+    bound) in rounds leaves the state, says what became of each sample, closes the bins and names the closing
+    sample exactly as one call per sample; ticks between the batches close the same bins; and each turbine's bins
+    equal those of its own `BinAccumulator` fed its samples alone."""
+    rng = np.random.default_rng(5)
+    spec = parity_spec(rule)
+    n_turbines = 9
+    streams = [random_stream(np.random.default_rng(100 + k), n_bins=250)[0] for k in range(n_turbines)]
+    frozen = streams[3][40][0]  # a collector whose clock stopped: 9 new readings under one stamp
+    streams[3][41:41] = [(frozen, rng.uniform(1, 20, len(PARITY_CHANNELS))) for _ in range(9)]
+    events, cursor = [], [0] * n_turbines
+    while any(c < len(s) for c, s in zip(cursor, streams)):
+        k = int(rng.integers(0, n_turbines))  # interleaved arrival across turbines
+        if cursor[k] < len(streams[k]):
+            events.append((k, *streams[k][cursor[k]]))
+            cursor[k] += 1
+    batched, single = OpenBins(spec, grace, bound), OpenBins(spec, grace, bound)
+    alone = [BinAccumulator(spec, grace, bound) for _ in range(n_turbines)]
+    for _ in range(n_turbines):
+        batched.add_slot(), single.add_slot()
+    got, want, want_status, got_status, own = [], [], [], [], [[] for _ in range(n_turbines)]
+    at, rounds = 0, 0
+    cuts = np.cumsum(rng.integers(1, 120, len(events)))
+    for a, b in zip(np.r_[0, cuts], cuts):
+        part = events[a:b]
+        if not part:
+            break
+        slots = np.array([k for k, _, _ in part])
+        ts = np.array([t for _, t, _ in part], dtype=np.int64)
+        vals = np.stack([r for _, _, r in part])
+        status, closed = batched.add(slots, ts, vals, at)
+        got_status.append(status)
+        got.append(closed)
+        rounds += int(np.bincount(slots).max() > 1)
+        for i, (k, t, r) in enumerate(part):
+            status, closed = single.add(np.array([k]), np.array([t]), r[None, :], at + i)
+            want_status.append(status)
+            want.append(closed)
+            raw = alone[k].add_deferred(t, r)
+            if raw is not None:
+                own[k].append(aggregate_bins([raw], alone[k].plan))
+        at += len(part)
+        if rng.random() < 0.2:  # the daemon's tick, now and then
+            now = int(ts.max()) + int(rng.integers(0, 2 * DT))
+            got.append(batched.close_until(now, at))
+            want.append(single.close_until(now, at))
+            for k in range(n_turbines):
+                raw = alone[k].close_until_deferred(now)
+                if raw is not None:
+                    own[k].append(aggregate_bins([raw], alone[k].plan))
+    got_status, want_status = np.concatenate(got_status), np.concatenate(want_status)
+    np.testing.assert_array_equal(got_status, want_status)
+    assert rounds > 10 and (want_status == LATE).sum() > 20 and (bound is None or (want_status == FULL).sum() >= 6)
+    g = _closed_rows([c for c in got if c is not None], batched.plan)
+    w = _closed_rows([c for c in want if c is not None], single.plan)
+    for x, y in zip(g, w):
+        np.testing.assert_array_equal(x, y)
+    for k in range(n_turbines):
+        np.testing.assert_array_equal(g[3][g[0] == k], np.concatenate(own[k]))
+        a_state, b_state = batched.state_dict(k), alone[k].state_dict()
+        for key in a_state:
+            np.testing.assert_array_equal(a_state[key], b_state[key], err_msg=key)
+    for name in ("late_dropped", "full_dropped", "out_of_range", "open_from", "closed_any", "next_order"):
+        np.testing.assert_array_equal(getattr(batched, name), getattr(single, name), err_msg=name)
+    assert (batched.out_of_range > 0).any()
 
 
 def test_a_frozen_clock_keeps_at_most_max_per_stamp_and_counts_the_rest():

@@ -228,7 +228,8 @@ def test_a_model_change_loses_no_sample_acknowledged_before_it(bundle, messages,
     first = _run(bundle, tmp_path, messages[:half], engine="window")
     before = _scores(first)
     first._shutdown()
-    open_ends = {t: first.engine.fleet._turbines[t].acc.open_from for t in first.engine.fleet.turbines}
+    fleet = first.engine.fleet
+    open_ends = {t: int(fleet._bins.open_from[fleet.slot_of(t)]) for t in fleet.turbines}
     d = _daemon(bundle, tmp_path)  # the stream engine refuses the window engine's state
     d._restore_state()
     assert (tmp_path / "state.npz.unused").exists()
@@ -602,7 +603,7 @@ def test_telemetry_whose_stamps_stopped_advancing_keeps_a_bounded_open_bin(bundl
         clock.ns = max(clock.ns, parse_timestamp_ns(json.loads(true.payload)["ts"]) + 30 * 10**9)
         d.inbound.put_nowait(m)
         d.step(0.0)
-    held = [d.engine.fleet._turbines[t].acc.state_dict()["ts_ns"].size for t in d.engine.fleet.turbines]
+    held = d.engine.fleet._bins.open_samples().tolist()
     assert held == [5] * 4  # without the bound: every message of the 12 hours (72 or 73 per turbine)
     assert d.metrics.value("scada_runtime_stamp_full_samples_total") == len(stuck) - sum(held)
     assert d.metrics.value("scada_runtime_late_samples_total") == 0 and d.engine.fleet.bins_closed == 0

@@ -364,17 +364,28 @@ def _random_steps(bundle, T: int, n: int, seed: int) -> tuple[np.ndarray, np.nda
 
 def test_step_graph_outputs_do_not_depend_on_the_batch(bundle):
     """A turbine stepped alone, in a batch of 3 or in a batch of 40 gets the same bits (live and replay batch the
-    fleet differently; the published bytes must not change)."""
+    fleet differently; the published bytes must not change); so does a fleet step taken in two runs of consecutive
+    slots (the part of it each loop iteration of the daemon took: views of the rings, not copies), and the rings
+    it leaves are those of the whole step."""
     n, T = 40, 12
     X, M, Fl = _random_steps(bundle, T, n, seed=0)
-    whole, alone, three = (StreamScorer.from_bundle(bundle) for _ in range(3))
+    whole, alone, three, halves = (StreamScorer.from_bundle(bundle) for _ in range(4))
     for t in range(T):
         a = whole.step(np.arange(n), t, X[t], M[t], Fl[t])
         b = alone.step(np.array([7]), t, X[t, 7:8], M[t, 7:8], Fl[t, 7:8])
         c = three.step(np.array([2, 7, 30]), t, X[t, [2, 7, 30]], M[t, [2, 7, 30]], Fl[t, [2, 7, 30]])
+        cut = 5 + 3 * t  # a different split at each step
+        h = [
+            halves.step(np.arange(lo, hi), t, X[t, lo:hi], M[t, lo:hi], Fl[t, lo:hi]) for lo, hi in ((cut, n), (0, cut))
+        ]
         for k in (0, 1):  # residuals and predictions
             np.testing.assert_array_equal(a[k][7:8], b[k])
             np.testing.assert_array_equal(a[k][[2, 7, 30]], c[k])
+            np.testing.assert_array_equal(a[k], np.concatenate([h[1][k], h[0][k]]))
+    for r1, r2 in zip(whole.rings, halves.rings):
+        np.testing.assert_array_equal(r1, r2)
+    if whole.has_h:
+        np.testing.assert_array_equal(whole.h_ring, halves.h_ring)
 
 
 def test_a_fleet_step_larger_than_one_call_is_scored_in_calls_with_the_same_bits(bundle, monkeypatch):

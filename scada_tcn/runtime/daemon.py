@@ -623,12 +623,11 @@ class Daemon:
         inputs and the engine state only, so a replay gives the same records."""
         if samples:
             self._data_ns = max(self._data_ns, max(s.ts_ns for s in samples))
-        for sample in samples:
-            dropped = self.engine.ingest(sample)
-            if dropped == "late":
-                self.metrics.late.inc()
-            elif dropped == "full":
-                self.metrics.stamp_full.inc()
+        late, full = self.engine.ingest_batch(samples)
+        if late:
+            self.metrics.late.inc(late)
+        if full:
+            self.metrics.stamp_full.inc(full)
         if tick_ns is not None:
             self.engine.tick(tick_ns)
             self._settled = tick_ns

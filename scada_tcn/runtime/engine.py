@@ -2,7 +2,8 @@
 
 Contract
 --------
-    Engine.ingest(Sample)            -> Fleet: binning, features, ring buffer (runtime.fleet)
+    Engine.ingest_batch([Sample])    -> Fleet: binning, features, ring buffer (runtime.fleet); a loop iteration's
+                                        samples, any turbines, binned for the fleet at once (`ingest`: one)
     Engine.ingest_many(ids, ts, X)   -> the same for a block of samples sorted by time (replay's chunks)
     Engine.tick(now_ns)              -> closes bins whose end + grace has passed
     Engine.flush() -> list[Output]   -> every step closed since the last flush, in closing order:
@@ -37,13 +38,13 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from scada_tcn.runtime.alerts import AlertState
-from scada_tcn.runtime.binning import BinAccumulator
 from scada_tcn.runtime.bundle import Bundle
 from scada_tcn.runtime.calibration import regime_of
 from scada_tcn.runtime.drift import ScoreDriftMonitor
 from scada_tcn.runtime.errors import BundleError, InputError
 from scada_tcn.runtime.fleet import Fleet, Step
 from scada_tcn.runtime.ids import turbine_id_problem
+from scada_tcn.runtime.open_bins import BinAccumulator
 from scada_tcn.runtime.peers import fleet_relative
 from scada_tcn.runtime.records import (
     AlertRecord,
@@ -156,6 +157,16 @@ class Engine:
     def ingest(self, sample: Sample) -> str | None:
         """Feed one validated sample; why it was dropped ("late", "full": `Fleet.add`), None when stored."""
         return self.fleet.add(sample.turbine, sample.ts_ns, sample.values)
+
+    def ingest_batch(self, samples: list[Sample]) -> tuple[int, int]:
+        """Feed validated samples of any turbines in arrival order, binned for the whole fleet at once
+        (`Fleet.add_batch`: the same as one `ingest` call each); returns how many were dropped (late, full)."""
+        if not samples:
+            return 0, 0
+        C = len(self.bundle.spec.channels)
+        values = np.array([s.values for s in samples], dtype=np.float64).reshape(len(samples), C)
+        ts = np.array([s.ts_ns for s in samples], dtype=np.int64)
+        return self.fleet.add_batch([s.turbine for s in samples], ts, values)
 
     def ingest_many(self, turbines: np.ndarray, ts_ns: np.ndarray, values: np.ndarray) -> int:
         """Feed n validated samples in arrival order, each turbine's stamps non-decreasing (`Fleet.add_many`: the

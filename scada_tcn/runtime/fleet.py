@@ -2,13 +2,14 @@
 
 Contract
 --------
-* `Fleet.add(turbine, ts_ns, values (C,))` stores one validated sample (see `runtime.telemetry`); bins of that
-  turbine close when its sample of a later bin, stamped the grace (at most a step) after their end, arrives
-  (`BinAccumulator.add`). `Fleet.close_until(now_ns)` closes
-  every bin whose end + grace <= now_ns (the daemon's tick), empty ones included (gaps become missing values).
-  `Fleet.add_many(turbines, ts_ns, values)` stores a block of samples sorted by time (replay's chunks) with one
-  vectorised call per turbine (`BinAccumulator.add_many_deferred`): the same steps, in the same closing order
-  (each bin is ordered by the sample that closed it), as adding the rows one by one.
+* `Fleet.add_batch(turbines, ts_ns, values (n, C))` stores a loop iteration's validated samples (see
+  `runtime.telemetry`), any turbines in arrival order, binned for the whole fleet in a few vectorised passes
+  (`open_bins.OpenBins.add`: the open bins of every turbine are one columnar store); `Fleet.add` stores one. Bins
+  of a turbine close when its sample of a later bin, stamped the grace (at most a step) after their end, arrives.
+  `Fleet.close_until(now_ns)` closes every bin whose end + grace <= now_ns (the daemon's tick), empty ones included
+  (gaps become missing values). `Fleet.add_many(turbines, ts_ns, values)` stores a block of samples sorted by
+  time (replay's chunks) with one vectorised call per turbine (`OpenBins.add_sorted`). Each gives the same steps,
+  in the same closing order (each bin is ordered by the sample that closed it), as adding the rows one by one.
 * Closed bins are aggregated (`binning.aggregate_bins`: every bin the fleet closed since the last drain, all
   turbines in one vectorised call) and go through the fleet's `StreamPreprocessor` (the same math as
   scada-prepare: winsor caps, features, masks, flags, the bundle's scaler and fill value) into a ring buffer of
@@ -21,7 +22,7 @@ Contract
   (L, F) uint8, Flags (L, R) float32, copies) once the turbine has L steps (`window=None` before). Steps are never
   emitted twice: a closed bin never reopens (late samples are counted in `late_dropped` and dropped).
   `max_per_stamp` (the daemon's `ingest.max_values_per_stamp`; None in replay) bounds each turbine's values of
-  one stamp and channel (`BinAccumulator`): beyond it a sample is dropped ("full" from `add`).
+  one stamp and channel (`OpenBins`): beyond it a sample is dropped ("full" from `add`).
   `window_of(turbine)` copies a turbine's current window out of the ring (the streaming engine's restart).
 * Turbines get slots 0, 1, ... in order of first sample; at most `max_turbines` (ValueError beyond: the caller
   checks `has_room` first). `state_dict()` / `load_state_dict()` carry plain data per turbine.
@@ -32,20 +33,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import KeysView
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from scada_tcn.runtime.binning import BinAccumulator, RawBins, aggregate_bins
+from scada_tcn.runtime.binning import _check_int, _check_values, aggregate_bins
+from scada_tcn.runtime.open_bins import FULL, LATE, NO_SAMPLE, ClosedBins, OpenBins, as_closed
 from scada_tcn.runtime.pipeline import StreamPreprocessor
 from scada_tcn.runtime.scaling import RobustScaler
 from scada_tcn.runtime.spec import PipelineSpec
 from scada_tcn.runtime.windows import missing_now
 
 __all__ = ["Fleet", "Step", "Window"]
-
-_NO_SAMPLE = np.iinfo(np.int64).max  # open_from of a turbine without a sample yet
 
 
 class Window(NamedTuple):
@@ -69,12 +68,6 @@ class Step(NamedTuple):
     def ready(self) -> bool:
         """The turbine has L steps: the step has a whole window behind it."""
         return not math.isnan(self.present)
-
-
-@dataclass
-class _Turbine:
-    slot: int
-    acc: BinAccumulator
 
 
 class _Rings:
@@ -147,15 +140,13 @@ class Fleet:
         self.max_turbines = max_turbines
         self.windows = windows
         self.max_per_stamp = max_per_stamp
-        # validates grace, bound and binning once; the fleet's clock
-        self._probe = BinAccumulator(spec, grace_seconds, max_per_stamp)
-        self._plan = self._probe.plan
-        self._turbines: dict[str, _Turbine] = {}
-        self._slots: list[tuple[str, _Turbine]] = []  # by slot
-        self._open_from = np.zeros(0, dtype=np.int64)  # by slot: its accumulator's open_from (_NO_SAMPLE before one)
+        self._bins = OpenBins(spec, grace_seconds, max_per_stamp)  # every turbine's open bins, by slot
+        self._plan = self._bins.plan
+        self._turbines: dict[str, int] = {}  # name -> slot
+        self._names: list[str] = []  # by slot
         self._pre = StreamPreprocessor(spec, scaler, slots=0)  # one slot per turbine
         self._rings = _Rings(L, spec.n_features, spec.n_flags)
-        self._closed: list[tuple[str, _Turbine, RawBins, Any]] = []  # closed bins not aggregated yet (+ closers)
+        self._closed: list[ClosedBins] = []  # closed bins not aggregated yet
         self._arrivals = 0  # samples added so far: a closed bin's closing order is the sample that closed it
         self._pending: list[Step] = []
         self.bins_closed = 0
@@ -176,57 +167,67 @@ class Fleet:
         return turbine in self._turbines or len(self._turbines) < self.max_turbines
 
     def slot_of(self, turbine: str) -> int:
-        return self._turbines[turbine].slot
+        return self._turbines[turbine]
 
     def late_dropped(self) -> int:
-        return sum(t.acc.late_dropped for t in self._turbines.values())
+        return int(self._bins.late_dropped.sum())
 
     def late_by_turbine(self, top: int) -> dict[str, int]:
         """The `top` turbines with the most late samples (see `late_dropped`), most first (ties by id)."""
-        counts = [(t.acc.late_dropped, name) for name, t in list(self._turbines.items()) if t.acc.late_dropped]
+        late = self._bins.late_dropped
+        counts = [(int(late[s]), self._names[s]) for s in np.flatnonzero(late).tolist()]
         return {name: n for n, name in sorted(counts, key=lambda x: (-x[0], x[1]))[:top]}
 
-    def _new(self, turbine: str) -> _Turbine:
+    def _new(self, turbine: str) -> int:
         if len(self._turbines) >= self.max_turbines:
             raise ValueError(f"Fleet: already {self.max_turbines} turbines (ingest.max_turbines); {turbine!r} refused")
-        acc = BinAccumulator(self.spec, self.grace_seconds, self.max_per_stamp)
-        t = _Turbine(slot=self._pre.add_slot(), acc=acc)
-        self._rings.make_room(t.slot)
-        if t.slot >= self._open_from.size:
-            more = max(t.slot + 1, 2 * self._open_from.size) - self._open_from.size
-            self._open_from = np.concatenate([self._open_from, np.full(more, _NO_SAMPLE, dtype=np.int64)])
-        self._turbines[turbine] = t
-        self._slots.append((turbine, t))
-        return t
+        slot = self._pre.add_slot()
+        if self._bins.add_slot() != slot:
+            raise RuntimeError(f"Fleet: the open bins and the preprocessor disagree on the slot of {turbine!r}")
+        self._rings.make_room(slot)
+        self._turbines[turbine] = slot
+        self._names.append(turbine)
+        return slot
+
+    def _slot(self, turbine: str) -> int:
+        slot = self._turbines.get(turbine)
+        return self._new(turbine) if slot is None else slot
 
     def register(self, turbine: str) -> int:
         """The turbine's slot, given it now when it has none (a turbine known before its first sample: it closes
         no bin and holds back no fleet step until it has one). ValueError beyond `max_turbines`."""
-        return (self._turbines.get(turbine) or self._new(turbine)).slot
+        return self._slot(turbine)
 
     def take_open_bins(self, turbine: str, accumulator: dict[str, Any]) -> int:
         """Give the turbine (a slot, as `register`) the open bins of an accumulator state another spec saved
-        (`BinAccumulator.take_over`); returns the samples taken. ValueError beyond `max_turbines`; SpecError for
-        another dt or channels and InputError for a malformed state, before the turbine is given a slot."""
-        acc = BinAccumulator(self.spec, self.grace_seconds, self.max_per_stamp)
-        n = acc.take_over(accumulator)
-        t = self._turbines.get(turbine) or self._new(turbine)
-        t.acc = acc
-        self._track(t)
-        return n
+        (through this spec's range filter: the stricter of the two ranges holds); returns the samples taken.
+        ValueError beyond `max_turbines`; SpecError for another dt or channels and InputError for a malformed
+        state, before the turbine is given a slot."""
+        checked = self._bins.checked_state(accumulator, foreign=True)
+        return self._bins.load_state(self._slot(turbine), checked, through_range=True)
 
     def open_samples(self, turbines: list[str]) -> int:
         """The samples the open bins of `turbines` hold."""
-        return sum(self._turbines[t].acc.open_samples for t in turbines)
+        held = self._bins.open_samples()
+        return int(sum(held[self._turbines[t]] for t in turbines))
 
     def add(self, turbine: str, ts_ns: int, values: np.ndarray) -> str | None:
         """Store one sample; returns why it was dropped: "late" (its bin had closed) or "full" (each of its channels
         has `max_per_stamp` values of its stamp in the open bins), None when it was stored."""
-        t = self._turbines.get(turbine) or self._new(turbine)
-        late, full = t.acc.late_dropped, t.acc.full_dropped
-        self._emit(turbine, t, t.acc.add_deferred(ts_ns, values), self._arrivals)
-        self._arrivals += 1
-        return "late" if t.acc.late_dropped > late else "full" if t.acc.full_dropped > full else None
+        ts = _check_int(ts_ns, "ts_ns", self._plan.dt_ns)
+        row = _check_values(values, (len(self._plan.channels),), self._plan)
+        late, full = self.add_batch([turbine], np.array([ts], dtype=np.int64), row[None, :])
+        return "late" if late else "full" if full else None
+
+    def add_batch(self, turbines: list[str], ts_ns: np.ndarray, values: np.ndarray) -> tuple[int, int]:
+        """Store n samples in arrival order (any turbines, any stamps): turbines (n,), ts_ns (n,) int64, values
+        (n, C); new turbines get their slots in order of first sample. The same state, steps and closing order as
+        n `add` calls, binned for the whole fleet at once. Returns (late, full): the samples dropped as `add` says."""
+        slots = np.array([self._slot(t) for t in turbines], dtype=np.int64)
+        status, closed = self._bins.add(slots, ts_ns, values, self._arrivals)
+        self._queue(closed)
+        self._arrivals += slots.size
+        return int(np.count_nonzero(status == LATE)), int(np.count_nonzero(status == FULL))
 
     def add_many(self, turbines: np.ndarray, ts_ns: np.ndarray, values: np.ndarray) -> int:
         """Store n samples in arrival order, turbines (n,) str, ts_ns (n,) int64 non-decreasing per turbine (a table
@@ -243,67 +244,58 @@ class Fleet:
         late = 0
         for u in np.argsort(first):  # new turbines get their slots in order of first sample, as with `add`
             rows = by_turbine[bounds[u] : bounds[u + 1]]
-            name = str(uniq[u])
-            t = self._turbines.get(name) or self._new(name)
-            raw, closers, n_late = t.acc.add_many_deferred(ts[rows], values[rows])
-            self._emit(name, t, raw, self._arrivals + rows[closers])
+            slot = self._slot(str(uniq[u]))
+            raw, closers, n_late = self._bins.add_sorted(slot, ts[rows], values[rows])
+            if raw is not None:
+                self._queue(as_closed(slot, raw, self._arrivals + rows[closers]))
             late += n_late
         self._arrivals += ts.size
         return late
 
     def close_until(self, now_ns: int) -> None:
         """Close, for every turbine, the bins whose end + grace <= now_ns."""
-        last = self._probe.closable_through(now_ns)  # the same for every turbine
-        for slot in np.flatnonzero(self._open_from[: len(self._slots)] <= last).tolist():  # most ticks close nothing
-            name, t = self._slots[slot]
-            self._emit(name, t, t.acc.close_until_deferred(now_ns), self._arrivals)
+        self._queue(self._bins.close_until(now_ns, self._arrivals))
 
     def open_from(self) -> int | None:
         """The earliest bin end that some turbine has not closed yet (None without turbines): every step before it
         is closed, for the whole fleet, and will not be emitted again."""
-        first = int(self._open_from[: len(self._slots)].min(initial=_NO_SAMPLE))
-        return None if first == _NO_SAMPLE else first
+        first = int(self._bins.open_from.min(initial=NO_SAMPLE))
+        return None if first == NO_SAMPLE else first
 
     def newest_ns(self) -> int:
         """The newest stamp the fleet holds, over its open bins' samples and its closed steps' ends (0 when it
         holds none): a lower bound of the time at which its state was taken."""
-        closed = int(self._rings.last_end[: len(self._slots)].max(initial=0))
-        return max([closed, *(n for _, t in self._slots if (n := t.acc.newest_ns) is not None)])
+        closed = int(self._rings.last_end[: len(self._names)].max(initial=0))
+        return max(closed, self._bins.newest_ns() or 0)
 
     def close_turbine_until(self, turbine: str, now_ns: int) -> None:
         """Close one turbine's bins whose end + grace <= now_ns (replay ends each turbine at its last sample)."""
-        t = self._turbines[turbine]
-        self._emit(turbine, t, t.acc.close_until_deferred(now_ns), self._arrivals)
+        self._queue(self._bins.close_until(now_ns, self._arrivals, self._turbines[turbine]))
 
-    def _emit(self, name: str, t: _Turbine, raw: RawBins | None, closer: Any) -> None:
-        """After any change to `t.acc`: track it; queue closed bins (`closer`: the arrival index of the sample that
-        closed them, one int or one per bin)."""
-        self._track(t)
-        if raw is not None:
-            self._closed.append((name, t, raw, closer))
-            self.bins_closed += raw.n_bins
-
-    def _track(self, t: _Turbine) -> None:
-        """Keep the fleet's copy of the accumulator's open_from (`open_from`, `close_until` read them as one array)."""
-        if t.acc.open_from is not None:
-            self._open_from[t.slot] = t.acc.open_from
+    def _queue(self, closed: ClosedBins | None) -> None:
+        """Queue closed bins for `_process`."""
+        if closed is not None:
+            self._closed.append(closed)
+            self.bins_closed += int(closed.n_bins.sum())
 
     def _process(self) -> None:
         """Closed bins -> model-input rows -> ring buffers and Steps, a round of distinct turbines at a time."""
         raw, self._closed = self._closed, []
         if not raw:
             return
-        values = aggregate_bins([r for _, _, r, _ in raw], self._plan)  # every closed bin of the fleet at once
+        values = aggregate_bins(raw, self._plan)  # every closed bin of the fleet at once
         dt = self._plan.dt_ns
-        closed = [(name, t, r.start_ns + i * dt) for name, t, r, _ in raw for i in range(r.n_bins)]
-        closers = self._closers(raw)
-        slots = np.array([t.slot for _, t, _ in closed], dtype=np.int64)
+        n_bins = np.concatenate([r.n_bins for r in raw])
+        slots = np.repeat(np.concatenate([r.slots for r in raw]), n_bins)
+        first = np.cumsum(n_bins) - n_bins
+        ends = np.repeat(np.concatenate([r.start_ns for r in raw]) - first * dt, n_bins) + dt * np.arange(slots.size)
+        closers = np.concatenate([r.closers for r in raw])
+        names = [self._names[s] for s in slots.tolist()]
         order = np.argsort(slots, kind="stable")  # a turbine's bins stay in time order
         starts = np.flatnonzero(np.r_[True, slots[order][1:] != slots[order][:-1]])
         rank = np.empty(slots.size, dtype=np.int64)
         rank[order] = np.arange(slots.size) - np.repeat(starts, np.diff(np.r_[starts, slots.size]))
-        ends = np.array([e for _, _, e in closed], dtype=np.int64)
-        steps: list[Step | None] = [None] * len(closed)
+        steps: list[Step | None] = [None] * slots.size
         LF = self.L * self.spec.n_features
         rings = self._rings
         for r in range(int(rank.max()) + 1):
@@ -318,23 +310,16 @@ class Fleet:
             for k, (b, slot, n_k, ready_k) in enumerate(zip(idx.tolist(), sl.tolist(), n.tolist(), ready.tolist())):
                 window = rings.window(slot) if ready_k and self.windows else None
                 own = Window(rows.X[k], rows.M_miss[k], rows.Flags[k])
-                steps[b] = Step(closed[b][0], slot, closed[b][2], n_k, missing[k], window, rows.Repeat[k], own,
+                steps[b] = Step(names[b], slot, int(ends[b]), n_k, missing[k], window, rows.Repeat[k], own,
                                 present[k])  # fmt: skip
-        if (closers[1:] < closers[:-1]).any():  # bins queued turbine by turbine (`add_many`): closing order
+        if (closers[1:] < closers[:-1]).any():  # bins queued by turbine (`add_many`, a round): closing order
             steps = [steps[i] for i in np.argsort(closers, kind="stable")]
         self._pending.extend(steps)  # type: ignore[arg-type]
-
-    @staticmethod
-    def _closers(raw: list[tuple[str, _Turbine, RawBins, Any]]) -> np.ndarray:
-        """The arrival index of the sample that closed each queued bin, in queue order."""
-        if all(type(c) is int for *_, c in raw):  # `add` and the ticks: one closer for all the bins of a turbine
-            return np.repeat(np.array([c for *_, c in raw], dtype=np.int64), [r.n_bins for _, _, r, _ in raw])
-        return np.concatenate([np.broadcast_to(np.asarray(c, dtype=np.int64), r.n_bins) for _, _, r, c in raw])
 
     def window_of(self, turbine: str) -> tuple[Window, int, int]:
         """(the turbine's last min(n_steps, L) rows, oldest first, as a Window; n_steps; end of its last step)."""
         self._process()
-        slot = self._turbines[turbine].slot
+        slot = self._turbines[turbine]
         w = self._rings.window(slot)
         n = int(self._rings.n[slot])
         k = min(n, self.L)
@@ -357,15 +342,15 @@ class Fleet:
             "turbines": [
                 {
                     "name": name,
-                    "accumulator": t.acc.state_dict(),
-                    "preprocessor": self._pre.state_dict(t.slot),
-                    "X": self._rings.X[t.slot].copy(),
-                    "M": self._rings.M[t.slot].copy(),
-                    "Flags": self._rings.Flags[t.slot].copy(),
-                    "n_steps": int(self._rings.n[t.slot]),
-                    "last_end": int(self._rings.last_end[t.slot]),
+                    "accumulator": self._bins.state_dict(slot),
+                    "preprocessor": self._pre.state_dict(slot),
+                    "X": self._rings.X[slot].copy(),
+                    "M": self._rings.M[slot].copy(),
+                    "Flags": self._rings.Flags[slot].copy(),
+                    "n_steps": int(self._rings.n[slot]),
+                    "last_end": int(self._rings.last_end[slot]),
                 }
-                for name, t in self._turbines.items()
+                for name, slot in self._turbines.items()
             ],
             "bins_closed": self.bins_closed,
         }
@@ -381,20 +366,19 @@ class Fleet:
         """Restore a `state_dict()` from a Fleet with the same spec, scaler and L (pending steps are not kept)."""
         if not isinstance(state, dict) or set(state) != {"turbines", "bins_closed"}:
             raise ValueError("Fleet.load_state_dict: expected keys ['bins_closed', 'turbines']")
-        self._turbines, self._slots, self._pending, self._closed = {}, [], [], []
-        self._open_from = np.zeros(0, dtype=np.int64)
+        self._turbines, self._names, self._pending, self._closed = {}, [], [], []
+        self._bins = OpenBins(self.spec, self.grace_seconds, self.max_per_stamp)
         self._pre = StreamPreprocessor(self.spec, self.scaler, slots=0)
         rings = self._rings = _Rings(self.L, self.spec.n_features, self.spec.n_flags)
         for d in state["turbines"]:
-            t = self._new(str(d["name"]))
-            t.acc.load_state_dict(d["accumulator"])
-            self._track(t)
-            self._pre.load_state_dict(d["preprocessor"], t.slot)
+            slot = self._new(str(d["name"]))
+            self._bins.load_state(slot, self._bins.checked_state(d["accumulator"]))
+            self._pre.load_state_dict(d["preprocessor"], slot)
             arrays = {}
             for key in ("X", "M", "Flags"):
-                like = getattr(rings, key)[t.slot]
+                like = getattr(rings, key)[slot]
                 arrays[key] = np.asarray(d[key], dtype=like.dtype)
                 if arrays[key].shape != like.shape:
                     raise ValueError(f"Fleet.load_state_dict: {key} of {d['name']!r} has shape {arrays[key].shape}")
-            rings.load(t.slot, arrays["X"], arrays["M"], arrays["Flags"], int(d["n_steps"]), int(d["last_end"]))
+            rings.load(slot, arrays["X"], arrays["M"], arrays["Flags"], int(d["n_steps"]), int(d["last_end"]))
         self.bins_closed = int(state["bins_closed"])

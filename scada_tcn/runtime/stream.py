@@ -1,9 +1,9 @@
 """The edge's streaming scorer: step.onnx driven one fleet step at a time, each turbine's layer state in rings.
 
 A bundle with a step graph (`Bundle.stream`, see `runtime.bundle`) is scored without windows: each turbine keeps,
-per convolution of the model, the last S = (k - 1) d inputs of every pass (`P` rows per turbine) in a time-major
-ring `(S, slots x P, channels)` (step tau at row tau mod S, tau = the step's end / dt; the graph's taps are rows of
-it, `trainer.model.streaming`), and with the fault head the last L - 1 clean hidden states.
+per convolution of the model, the last S = (k - 1) d inputs of every pass in a time-major ring
+`(S, slots, P, channels)` (step tau at row tau mod S, tau = the step's end / dt; the graph's taps are rows of it,
+`(B x P, channels)`, `trainer.model.streaming`), and with the fault head the last L - 1 clean hidden states.
 `StreamScorer.step(slots, t, X, M_miss, Flags)` scores the newest step of B turbines that share the step index t (a
 fleet step), writes the graph's new columns into their rings and returns the per-signal outputs and the clean-pass
 heads for those B rows.
@@ -14,9 +14,10 @@ zeros, which reproduces exactly what the uninterrupted stream holds (`trainer.mo
 ring of hidden states reaches further back and is part of `state_dict()`.
 
 Cost: one graph call per fleet step, or per `MAX_CALL_TURBINES` turbines of a larger one (the numbers do not
-depend on the batch); when every known turbine steps (the daemon's usual case), each tap is a block of ring rows
-passed to onnxruntime as it is (a view, no copy: the rings hold exactly the known turbines) and each new column is
-written back as one contiguous block.
+depend on the batch); when the turbines stepping hold consecutive slots (every known turbine, or the part of a
+fleet step that one loop iteration of the daemon took, as a farm's messages in slot order arrive), each tap is a
+block of ring rows passed to onnxruntime as it is (a view, no copy) and each new column is written back as one
+contiguous block; any other set of turbines gathers each turbine's P x channels block of a tap in one piece.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class StreamScorer:
     def reset(self) -> None:
         """Forget every turbine (no slots, empty rings): a state refused part-way leaves no trace."""
         self.n = 0
-        self.rings = [np.zeros((s, 0, c), np.float32) for c, s, _, _ in self.convs]
+        self.rings = [np.zeros((s, 0, self.P, c), np.float32) for c, s, _, _ in self.convs]
         self.h_ring = np.zeros((0, self.L - 1, self.D), np.float32)
 
     def _grow(self, n: int) -> None:
@@ -80,7 +81,7 @@ class StreamScorer:
         if n <= self.n:
             return
         more = n - self.n
-        self.rings = [np.concatenate([r, np.zeros((r.shape[0], more * self.P, r.shape[2]), np.float32)], axis=1)
+        self.rings = [np.concatenate([r, np.zeros((r.shape[0], more, *r.shape[2:]), np.float32)], axis=1)
                       for r in self.rings]  # fmt: skip
         self.h_ring = np.concatenate([self.h_ring, np.zeros((more, self.L - 1, self.D), np.float32)])
         self.n = n
@@ -95,11 +96,11 @@ class StreamScorer:
             raise ValueError(f"StreamScorer.step: X, M_miss (B={B}, F={self.F}), Flags (B, R={self.R}); got "
                              f"{X.shape}, {M_miss.shape}, {Flags.shape}")  # fmt: skip
         self._grow(int(slots.max()) + 1 if B else 0)
-        every = B == self.n and bool((slots == np.arange(B)).all())  # the whole fleet, in slot order: no copies
+        run = B > 0 and int(slots[-1] - slots[0]) == B - 1 and bool((slots[1:] > slots[:-1]).all())  # no copies
         if B <= MAX_CALL_TURBINES:
-            return self._call(slots, t, X, M_miss, Flags, every)
+            return self._call(slots, t, X, M_miss, Flags, run)
         parts = [self._call(slots[a : a + MAX_CALL_TURBINES], t, X[a : a + MAX_CALL_TURBINES],
-                            M_miss[a : a + MAX_CALL_TURBINES], Flags[a : a + MAX_CALL_TURBINES], every)
+                            M_miss[a : a + MAX_CALL_TURBINES], Flags[a : a + MAX_CALL_TURBINES], run)
                  for a in range(0, B, MAX_CALL_TURBINES)]  # fmt: skip
         return StepOutputs(*(None if p[0] is None else np.concatenate(p) for p in zip(*parts)))
 
@@ -108,14 +109,11 @@ class StreamScorer:
     ) -> StepOutputs:
         """One graph call for `slots`; `contiguous`: they are consecutive (slots[0], slots[0] + 1, ...), so their
         rows of every ring are one block, passed and written back as views."""
-        sel: slice | np.ndarray
         turbines: slice | np.ndarray = slots
         if contiguous:
             first = int(slots[0]) if slots.size else 0
             turbines = slice(first, first + slots.size)
-            sel = slice(first * self.P, (first + slots.size) * self.P)
-        else:
-            sel = (slots[:, None] * self.P + np.arange(self.P)).ravel()
+        B = slots.size
         feeds: dict[str, Any] = {
             "X": np.ascontiguousarray(X, np.float32),
             "M_miss": np.ascontiguousarray(M_miss, np.float32),
@@ -123,12 +121,12 @@ class StreamScorer:
         }
         for i, (r, (_, s, d, k)) in enumerate(zip(self.rings, self.convs)):
             for j in range(k - 1):  # the input at t - (k - 1 - j) d: a row of the ring (a view, or those of `sel`)
-                feeds[f"tap_{i}_{j}"] = r[(t - (k - 1 - j) * d) % s, sel]
+                feeds[f"tap_{i}_{j}"] = r[(t - (k - 1 - j) * d) % s, turbines].reshape(B * self.P, -1)
         if self.has_h:
             feeds["h_ring"] = self.h_ring[turbines]
         out = dict(zip(self._outputs, self.session.run(None, feeds)))
         for i, (r, (_, s, _, _)) in enumerate(zip(self.rings, self.convs)):
-            r[t % s, sel] = out[f"col_{i}"]
+            r[t % s, turbines] = out[f"col_{i}"].reshape(B, self.P, -1)
         if self.has_h:
             self.h_ring[slots, t % (self.L - 1)] = out["h"]
         return StepOutputs(out["resid"], out["pred"], out.get("Y_hat"), out.get("fault_prob"), out.get("rul"))
@@ -151,9 +149,8 @@ class StreamScorer:
             raise ValueError(f"StreamScorer.rebuild: windows must be (B={slots.size}, k <= L={self.L}, F), got "
                              f"{X.shape}")  # fmt: skip
         self._grow(int(slots.max()) + 1 if slots.size else 0)
-        rows = (slots[:, None] * self.P + np.arange(self.P)).ravel()
         for r in self.rings:
-            r[:, rows] = 0.0
+            r[:, slots] = 0.0
         keep = self.h_ring[slots].copy()
         for j in range(k):  # `run_series` without keeping the outputs (1000 turbines x L steps of them)
             self.step(slots, t_last - k + 1 + j, X[:, j], M_miss[:, j], Flags[:, j])

@@ -1,0 +1,541 @@
+"""Incremental binning of many turbines' sample streams at once: the open bins of a whole fleet in one columnar
+store (`OpenBins`), and one turbine's stream (`BinAccumulator`, a store of one slot). The same numbers as
+`binning.bin_timeline`: both run `binning._bin_sorted` on the rows of the bins they emit.
+
+Contract (per slot, i.e. per turbine)
+-------------------------------------
+* Samples of open bins are kept; a bin is closed (emitted) when a sample of a later bin stamped at least the grace
+  (at most a step) after its end arrives (a turbine's own samples out of order by up to that much still find their
+  bin), or when its end + grace has passed on the caller's clock (`close_until`), including bins that got no
+  sample (all-NaN), so emitted bins are contiguous. The stream starts at the earliest bin seen before the first
+  close. A sample for an already-closed bin is late: dropped and counted in `late_dropped`, never raised.
+* A value outside `spec.valid_range`, or +-inf, becomes NaN and is counted in `out_of_range` (a late sample is not
+  looked at). An exact repeat (same stamp, same values, bit for bit) of a sample in the open bins is dropped, so a
+  redelivered sample changes nothing; it still closes bins.
+* `max_per_stamp` (None = no bound) bounds the memory of a feed whose stamps stop advancing (a collector's clock
+  frozen: its samples close no bin, and each new reading under the same stamp is kept): a sample all of whose
+  present channels already have that many values of its stamp in the open bins is dropped and counted in
+  `full_dropped` (not kept in `state_dict`; exact repeats count too), so a stamp holds at most channels x bound
+  samples and no channel crowds out another. It still closes bins. A feed whose stamps advance is bounded by the
+  bins closing. `add_sorted` (replay) keeps no bound.
+
+`OpenBins.add(slots, ts, values)` takes n samples of any slots in arrival order: the state afterwards, the bins
+closed and the sample that closed each are those of n one-sample calls. Round r holds each slot's r-th sample of
+the call (distinct slots), and each round is a few vectorised passes over the round and the open rows (the daemon's
+loop iteration: about one sample per turbine, one round). `add_sorted(slot, ts, values)` takes one slot's block
+of samples with non-decreasing stamps (a table sorted by time) in one vectorised call. Closed bins come out as
+`ClosedBins` (several slots) or `binning.RawBins` (one), for `binning.aggregate_bins`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from scada_tcn.runtime.binning import (
+    _NS_PER_S,
+    ClosedBin,
+    RawBins,
+    _ceil_labels,
+    _check_int,
+    _check_ts,
+    _check_values,
+    _impossible,
+    _Plan,
+    _plan,
+    aggregate_bins,
+)
+from scada_tcn.runtime.errors import InputError, SpecError
+from scada_tcn.runtime.spec import PipelineSpec
+
+__all__ = ["BinAccumulator", "ClosedBins", "OpenBins", "NO_SAMPLE", "STORED", "LATE", "FULL"]
+
+NO_SAMPLE = np.iinfo(np.int64).max  # `OpenBins.open_from` of a slot without a sample yet
+_BEFORE_ALL = np.iinfo(np.int64).min
+STORED, LATE, FULL = 0, 1, 2  # `OpenBins.add` per sample: stored (or an exact repeat), late, dropped by the bound
+
+
+class ClosedBins(NamedTuple):
+    """Bins that `OpenBins` closed, for k slots: entry i is slot `slots[i]`'s `n_bins[i]` contiguous bins ending at
+    `start_ns[i]`, `start_ns[i]` + dt, ...; their samples are the next `sizes[i]` rows of ts, order, values, sorted
+    by (ts, arrival order). `closers` (sum of n_bins,): per bin, the arrival index of the sample that closed it."""
+
+    slots: np.ndarray
+    start_ns: np.ndarray
+    n_bins: np.ndarray
+    sizes: np.ndarray
+    ts: np.ndarray
+    order: np.ndarray
+    values: np.ndarray
+    closers: np.ndarray
+
+
+def _rounds(slots: np.ndarray) -> list[np.ndarray]:
+    """Sample indices (arrival order) grouped by their rank within their slot: round r = each slot's r-th."""
+    if slots.size < 2:
+        return [np.arange(slots.size)]
+    by_slot = np.argsort(slots, kind="stable")
+    s = slots[by_slot]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    rank = np.empty(slots.size, dtype=np.int64)
+    rank[by_slot] = np.arange(slots.size) - np.repeat(starts, np.diff(np.r_[starts, slots.size]))
+    top = int(rank.max())
+    return [np.arange(slots.size)] if top == 0 else [np.flatnonzero(rank == r) for r in range(top + 1)]
+
+
+class OpenBins:
+    """The open bins of any number of slots (turbines); see the module docstring."""
+
+    def __init__(self, spec: PipelineSpec, grace_seconds: float, max_per_stamp: int | None = None) -> None:
+        ok = isinstance(grace_seconds, (int, float, np.integer, np.floating)) and not isinstance(grace_seconds, bool)
+        if not ok or not math.isfinite(grace_seconds) or grace_seconds < 0:
+            raise SpecError(f"grace_seconds must be a finite number >= 0, got {grace_seconds!r}")
+        if max_per_stamp is not None and (not isinstance(max_per_stamp, int) or max_per_stamp < 1):
+            raise SpecError(f"max_per_stamp must be None or an integer >= 1, got {max_per_stamp!r}")
+        self.max_per_stamp = max_per_stamp
+        self.plan: _Plan = _plan(spec)
+        self._grace_ns = int(round(grace_seconds * _NS_PER_S))
+        self._close_lag_ns = min(self._grace_ns, self.plan.dt_ns)  # how far past a bin's end a sample closes it
+        c = len(self.plan.channels)
+        self.n = 0  # slots
+        self.open_from = np.zeros(0, dtype=np.int64)  # per slot: the label of its first bin not emitted yet
+        self.closed_any = np.zeros(0, dtype=bool)
+        self.next_order = np.zeros(0, dtype=np.int64)  # per slot: the arrival order its next kept sample gets
+        self.late_dropped = np.zeros(0, dtype=np.int64)
+        self.full_dropped = np.zeros(0, dtype=np.int64)
+        self.out_of_range = np.zeros((0, c), dtype=np.int64)
+        # the open bins' samples of every slot (range-filtered), each slot's in arrival order
+        self._slot = np.zeros(0, dtype=np.int64)
+        self._ts = np.zeros(0, dtype=np.int64)
+        self._order = np.zeros(0, dtype=np.int64)
+        self._vals = np.zeros((0, c), dtype=np.float64)
+
+    # ---------------------------------------------------------------------------------------------- slots
+    def add_slot(self) -> int:
+        """A new slot (no sample yet); returns its number."""
+        c = len(self.plan.channels)
+        self.open_from = np.append(self.open_from, NO_SAMPLE)
+        self.closed_any = np.append(self.closed_any, False)
+        self.next_order = np.append(self.next_order, 0)
+        self.late_dropped = np.append(self.late_dropped, 0)
+        self.full_dropped = np.append(self.full_dropped, 0)
+        self.out_of_range = np.concatenate([self.out_of_range, np.zeros((1, c), dtype=np.int64)])
+        self.n += 1
+        return self.n - 1
+
+    def open_samples(self) -> np.ndarray:
+        """Per slot: the samples its open bins hold."""
+        return np.bincount(self._slot, minlength=self.n)
+
+    def newest_ns(self, slot: int | None = None) -> int | None:
+        """The newest stamp among the open bins' samples (of one slot, or of all); None when they hold none."""
+        ts = self._ts if slot is None else self._ts[self._slot == slot]
+        return int(ts.max()) if ts.size else None
+
+    def closable_through(self, now_ns: int) -> int:
+        """The end of the last bin that may close at clock time now_ns: its end + grace <= now_ns."""
+        dt = self.plan.dt_ns
+        return ((_check_int(now_ns, "now_ns", dt) - self._grace_ns) // dt) * dt
+
+    # ------------------------------------------------------------------------------------------- samples
+    def add(
+        self, slots: np.ndarray, ts_ns: np.ndarray, values: np.ndarray, first_arrival: int = 0
+    ) -> tuple[np.ndarray, ClosedBins | None]:
+        """Store n samples in arrival order: slots (n,), ts_ns (n,) int64, values (n, C). Returns what became of
+        each (STORED, LATE or FULL) and the bins they closed (closers: `first_arrival` + the closing sample's
+        index), None when none closed."""
+        plan, dt = self.plan, self.plan.dt_ns
+        ts = _check_ts(ts_ns, dt)
+        sl = np.asarray(slots, dtype=np.int64)
+        vals = _check_values(values, (ts.size, len(plan.channels)), plan)
+        if sl.shape != ts.shape or (sl.size and (sl.min() < 0 or sl.max() >= self.n)):
+            raise InputError(f"OpenBins.add: slots must be (n,) = {ts.shape} integers in [0, {self.n})")
+        status = np.full(ts.size, STORED, dtype=np.int8)
+        if not ts.size:
+            return status, None
+        labels = _ceil_labels(ts, dt)
+        rows = vals.astype(np.float64)  # always a copy: filtered in place
+        bad = _impossible(rows, plan.lo, plan.hi)
+        rows[bad] = np.nan
+        rounds = _rounds(sl)
+        aside = None
+        if len(rounds) > 1:  # a round reads and writes only its slots' rows: set the others aside meanwhile
+            touched = np.zeros(self.n, dtype=bool)
+            touched[sl] = True
+            mine = touched[self._slot]
+            if not mine.all():
+                aside = (self._slot[~mine], self._ts[~mine], self._order[~mine], self._vals[~mine])
+                self._keep_rows(mine)
+        try:
+            closed = [self._round(i, sl[i], ts[i], labels[i], rows[i], bad[i], status, first_arrival) for i in rounds]
+        finally:
+            if aside is not None:
+                self._append(*aside)
+        return status, _join([c for c in closed if c is not None])
+
+    def _round(
+        self, idx: np.ndarray, s: np.ndarray, ts: np.ndarray, lab: np.ndarray, rows: np.ndarray, bad: np.ndarray,
+        status: np.ndarray, first_arrival: int,
+    ) -> ClosedBins | None:  # fmt: skip
+        """Samples of distinct slots, in arrival order: the one-sample rule, for all of them at once."""
+        dt = self.plan.dt_ns
+        late = self.closed_any[s] & (lab < self.open_from[s])
+        if late.any():
+            status[idx[late]] = LATE
+            self.late_dropped[s[late]] += 1
+            keep = ~late
+            idx, s, ts, lab, rows, bad = idx[keep], s[keep], ts[keep], lab[keep], rows[keep], bad[keep]
+            if not idx.size:
+                return None
+        if bad.any():
+            self.out_of_range[s] += bad
+        self.open_from[s] = np.minimum(self.open_from[s], lab)
+        through = np.minimum(lab - dt, ((ts - self._close_lag_ns) // dt) * dt)  # of an earlier bin, the grace ago
+        closing = through >= self.open_from[s]
+        closed = self._close(s[closing], through[closing], first_arrival + idx[closing]) if closing.any() else None
+        keep = self._not_held(idx, s, ts, rows, status)
+        if keep is not None:
+            s, ts, rows = s[keep], ts[keep], rows[keep]
+        self._append(s, ts, self.next_order[s], rows)
+        self.next_order[s] += 1
+        return closed
+
+    def _not_held(
+        self, idx: np.ndarray, s: np.ndarray, ts: np.ndarray, rows: np.ndarray, status: np.ndarray
+    ) -> np.ndarray | None:
+        """Of a round's samples (distinct slots), which to keep (None: all): not over the bound (counted, FULL) and
+        not an exact repeat of an open bin's sample. Only open samples of the same slot and stamp can decide it."""
+        want = np.full(self.n, _BEFORE_ALL, dtype=np.int64)
+        want[s] = ts
+        same = np.flatnonzero(self._ts == want[self._slot])
+        if not same.size:
+            return None
+        pos = np.zeros(self.n, dtype=np.int64)
+        pos[s] = np.arange(s.size)
+        j = pos[self._slot[same]]  # the round's sample each of them shares slot and stamp with
+        drop = np.zeros(s.size, dtype=bool)
+        if self.max_per_stamp is not None:
+            held = np.zeros(rows.shape, dtype=np.int64)
+            np.add.at(held, j, ~np.isnan(self._vals[same]))
+            present = ~np.isnan(rows)
+            full = present.any(axis=1) & ((held >= self.max_per_stamp) | ~present).all(axis=1)
+            if full.any():
+                status[idx[full]] = FULL
+                self.full_dropped[s[full]] += 1
+                drop |= full
+        repeat = (self._vals[same].view(np.int64) == rows[j].view(np.int64)).all(axis=1)
+        drop[j[repeat]] = True
+        return ~drop
+
+    def _append(self, s: np.ndarray, ts: np.ndarray, order: np.ndarray, rows: np.ndarray) -> None:
+        self._slot = np.concatenate([self._slot, s])
+        self._ts = np.concatenate([self._ts, ts])
+        self._order = np.concatenate([self._order, order])
+        self._vals = np.concatenate([self._vals, rows])
+
+    def _keep_rows(self, keep: np.ndarray) -> None:
+        self._slot, self._ts, self._order, self._vals = (
+            self._slot[keep],
+            self._ts[keep],
+            self._order[keep],
+            self._vals[keep],
+        )
+
+    def _close(self, s: np.ndarray, through: np.ndarray, closers: np.ndarray) -> ClosedBins:
+        """Close the bins of slots `s` (distinct, started) up to the labels `through` (>= their open_from): hand
+        over their samples, keep the later ones."""
+        dt = self.plan.dt_ns
+        by_slot = np.argsort(s)
+        s, through, closers = s[by_slot], through[by_slot], closers[by_slot]
+        limit = np.full(self.n, _BEFORE_ALL, dtype=np.int64)
+        limit[s] = through
+        closing = self._ts <= limit[self._slot]  # a stamp <= a bin end lies in that bin or before
+        sel = np.flatnonzero(closing)
+        sel = sel[np.lexsort((self._order[sel], self._ts[sel], self._slot[sel]))]  # by slot, (ts, arrival order)
+        start = self.open_from[s]
+        n_bins = (through - start) // dt + 1
+        out = ClosedBins(s, start, n_bins, np.bincount(self._slot[sel], minlength=self.n)[s], self._ts[sel],
+                         self._order[sel], self._vals[sel], np.repeat(closers, n_bins))  # fmt: skip
+        if sel.size:
+            self._keep_rows(~closing)
+        self.open_from[s] = through + dt
+        self.closed_any[s] = True
+        return out
+
+    def close_until(self, now_ns: int, arrival: int, slot: int | None = None) -> ClosedBins | None:
+        """Close the bins whose end + grace <= now_ns (of one slot, or of all), empty ones included; `arrival`:
+        their closer. None when nothing closed."""
+        last = self.closable_through(now_ns)
+        s = np.flatnonzero(self.open_from <= last) if slot is None else np.array([slot])[self.open_from[[slot]] <= last]
+        if not s.size:
+            return None
+        return self._close(s, np.full(s.size, last, dtype=np.int64), np.full(s.size, arrival, dtype=np.int64))
+
+    def add_sorted(self, slot: int, ts_ns: np.ndarray, values: np.ndarray) -> tuple[RawBins | None, np.ndarray, int]:
+        """n samples of one slot in one vectorised call: ts_ns (n,) int64 non-decreasing (a table sorted by time),
+        values (n, C), in arrival order; no `max_per_stamp` bound. The state afterwards and the bins closed are
+        those of n one-sample calls. Returns (the closed bins' samples, None when nothing closed; per closed bin,
+        the index of the sample that closed it, the first of a later bin; the number of late samples dropped)."""
+        plan, dt = self.plan, self.plan.dt_ns
+        if self.max_per_stamp is not None:
+            raise SpecError("add_sorted keeps no max_per_stamp bound (replay): use add")
+        ts = _check_ts(ts_ns, dt)
+        vals = _check_values(values, (ts.size, len(plan.channels)), plan)
+        none = np.empty(0, dtype=np.int64)
+        if ts.size and (ts[1:] < ts[:-1]).any():
+            raise InputError("add_sorted: the stamps must be non-decreasing (sort the rows by time)")
+        labels = _ceil_labels(ts, dt)
+        late = int(np.searchsorted(labels, self.open_from[slot])) if self.closed_any[slot] else 0
+        self.late_dropped[slot] += late
+        if late == ts.size:
+            return None, none, late
+        ts, labels = ts[late:], labels[late:]
+        rows = vals[late:].astype(np.float64)  # always a copy: filtered in place below
+        bad = _impossible(rows, plan.lo, plan.hi)
+        rows[bad] = np.nan
+        self.out_of_range[slot] += np.count_nonzero(bad, axis=0)
+        mine = self._slot == slot
+        fresh = self._fresh(ts, rows, self._ts[mine], self._vals[mine])
+        stamps, ts, rows = ts, ts[fresh], rows[fresh]  # (every sample closes bins: repeats too)
+        order = int(self.next_order[slot]) + np.arange(ts.size, dtype=np.int64)
+        self.next_order[slot] += ts.size
+        self.open_from[slot] = min(int(self.open_from[slot]), int(labels[0]))
+        start = int(self.open_from[slot])
+        last_ns = min(int(labels[-1]) - dt, ((int(stamps[-1]) - self._close_lag_ns) // dt) * dt)  # the newest: most
+        if last_ns < start:
+            self._append(np.full(ts.size, slot, dtype=np.int64), ts, order, rows)
+            return None, none, late
+        all_ts = np.concatenate([self._ts[mine], ts])
+        all_order = np.concatenate([self._order[mine], order])
+        all_vals = np.concatenate([self._vals[mine], rows])
+        closing = all_ts <= last_ns  # a stamp <= a bin end lies in that bin or before
+        kept = ~closing
+        self._keep_rows(~mine)
+        self._append(np.full(int(kept.sum()), slot, dtype=np.int64), all_ts[kept], all_order[kept], all_vals[kept])
+        sel = np.flatnonzero(closing)
+        sel = sel[np.lexsort((all_order[sel], all_ts[sel]))]  # by (ts, arrival order)
+        self.open_from[slot], self.closed_any[slot] = last_ns + dt, True
+        ends = np.arange(start, last_ns + dt, dt, dtype=np.int64)
+        closers = late + np.maximum(np.searchsorted(labels, ends, side="right"),  # of a later bin, the grace after
+                                    np.searchsorted(stamps, ends + self._close_lag_ns))  # fmt: skip
+        return RawBins(start, ends.size, all_ts[sel], all_order[sel], all_vals[sel]), closers, late
+
+    @staticmethod
+    def _fresh(ts: np.ndarray, rows: np.ndarray, open_ts: np.ndarray, open_vals: np.ndarray) -> np.ndarray:
+        """Which of these (filtered) samples are not exact repeats (same stamp, same values) of an earlier one of
+        them or of an open bin's sample (open_ts, open_vals), as one-sample calls decide one at a time."""
+        n, c = rows.shape
+        keys = np.empty((n, c + 1), dtype=np.float64)
+        keys[:, 0] = ts.view(np.float64)  # the bytes of (stamp, values) as one record
+        keys[:, 1:] = rows
+        flat = np.ascontiguousarray(keys).view(np.dtype((np.void, 8 * (c + 1)))).ravel()
+        _, first = np.unique(flat, return_index=True)
+        fresh = np.zeros(n, dtype=bool)
+        fresh[first] = True
+        maybe = np.flatnonzero(np.isin(ts, open_ts))  # only samples stamped like an open one can repeat it
+        if maybe.size:
+            seen = {(int(t), v.tobytes()) for t, v in zip(open_ts, open_vals)}
+            fresh[maybe] &= np.array([(int(ts[i]), rows[i].tobytes()) not in seen for i in maybe], dtype=bool)
+        return fresh
+
+    # --------------------------------------------------------------------------------------------- state
+    def state_dict(self, slot: int) -> dict[str, Any]:
+        """One slot's state as plain ints, bools and numpy arrays (no pickle needed)."""
+        mine = self._slot == slot
+        started = bool(self.open_from[slot] != NO_SAMPLE)
+        return {
+            "dt_seconds": self.plan.dt_ns // _NS_PER_S,
+            "channels": np.array(self.plan.channels, dtype=str),
+            "started": started,
+            "closed_any": bool(self.closed_any[slot]),
+            "open_from_ns": int(self.open_from[slot]) if started else 0,
+            "next_order": int(self.next_order[slot]),
+            "late_dropped": int(self.late_dropped[slot]),
+            "out_of_range": self.out_of_range[slot].copy(),
+            "ts_ns": self._ts[mine],
+            "order": self._order[mine],
+            "values": self._vals[mine],
+        }
+
+    def checked_state(self, state: dict[str, Any], foreign: bool = False) -> dict[str, Any]:
+        """A `state_dict()` of a slot with the same dt and channels, checked (InputError: malformed, SpecError:
+        another dt or channels) and converted, for `load_state`. `foreign`: another spec's state (refused at a
+        restart), where any malformation is an InputError."""
+        if foreign:
+            try:
+                return self.checked_state(state)
+            except (TypeError, KeyError, AttributeError) as e:
+                raise InputError(f"accumulator state: malformed ({e!r})") from e
+        keys = set(_STATE_KEYS)
+        if set(state) != keys:
+            raise InputError(f"accumulator state: expected keys {sorted(keys)}, got {sorted(state)}")
+        c = len(self.plan.channels)
+        channels = tuple(str(x) for x in np.asarray(state["channels"]).tolist())
+        if int(state["dt_seconds"]) * _NS_PER_S != self.plan.dt_ns or channels != self.plan.channels:
+            raise SpecError(
+                f"accumulator state is for dt_seconds={state['dt_seconds']}, channels {list(channels)}; "
+                f"this spec has dt_seconds={self.plan.dt_ns // _NS_PER_S}, channels {list(self.plan.channels)}"
+            )
+        ts = np.asarray(state["ts_ns"], dtype=np.int64)
+        order = np.asarray(state["order"], dtype=np.int64)
+        vals = np.array(state["values"], dtype=np.float64)
+        oor = np.array(state["out_of_range"], dtype=np.int64)
+        if ts.ndim != 1 or order.shape != ts.shape or vals.shape != (ts.size, c) or oor.shape != (c,):
+            raise InputError(
+                f"accumulator state: inconsistent shapes ts {ts.shape}, order {order.shape}, "
+                f"values {vals.shape}, out_of_range {oor.shape} for {c} channels"
+            )
+        started = bool(state["started"])
+        return {"open_from": int(state["open_from_ns"]) if started else NO_SAMPLE,
+                "closed_any": bool(state["closed_any"]), "next_order": int(state["next_order"]),
+                "late_dropped": int(state["late_dropped"]), "out_of_range": oor, "ts": ts, "order": order,
+                "values": vals}  # fmt: skip
+
+    def load_state(self, slot: int, checked: dict[str, Any], through_range: bool = False) -> int:
+        """Give `slot` a `checked_state` (its open bins replace the slot's); `through_range`: its samples go
+        through this spec's range filter too (another spec's state: the stricter of the two ranges holds).
+        Returns the samples it holds. The slot's `full_dropped` is kept (it is not part of a state)."""
+        vals = checked["values"].copy()
+        oor = checked["out_of_range"].copy()
+        if through_range:
+            bad = _impossible(vals, self.plan.lo, self.plan.hi)
+            vals[bad] = np.nan
+            oor += bad.sum(axis=0)
+        self.open_from[slot] = checked["open_from"]
+        self.closed_any[slot] = checked["closed_any"]
+        self.next_order[slot] = checked["next_order"]
+        self.late_dropped[slot] = checked["late_dropped"]
+        self.out_of_range[slot] = oor
+        self._keep_rows(self._slot != slot)
+        self._append(np.full(checked["ts"].size, slot, dtype=np.int64), checked["ts"], checked["order"], vals)
+        return int(checked["ts"].size)
+
+
+_STATE_KEYS = ("dt_seconds", "channels", "started", "closed_any", "open_from_ns", "next_order", "late_dropped",
+               "out_of_range", "ts_ns", "order", "values")  # fmt: skip
+
+
+def _join(parts: list[ClosedBins]) -> ClosedBins | None:
+    """Several rounds' closed bins as one, in round order (a slot's later bins after its earlier ones)."""
+    if len(parts) < 2:
+        return parts[0] if parts else None
+    return ClosedBins(*(np.concatenate(f) for f in zip(*parts)))
+
+
+def as_closed(slot: int, raw: RawBins, closers: np.ndarray) -> ClosedBins:
+    """One slot's `RawBins` (and its closers, one per bin or one for all) as `ClosedBins`."""
+    one = np.array([slot], dtype=np.int64)
+    return ClosedBins(one, np.array([raw.start_ns], dtype=np.int64), np.array([raw.n_bins], dtype=np.int64),
+                      np.array([raw.ts.size], dtype=np.int64), raw.ts, raw.order, raw.values,
+                      np.broadcast_to(np.asarray(closers, dtype=np.int64), raw.n_bins).copy())  # fmt: skip
+
+
+def _raw(closed: ClosedBins | None) -> RawBins | None:
+    """The one slot's closed bins of a store of one slot as `RawBins`."""
+    if closed is None:
+        return None
+    return RawBins(int(closed.start_ns[0]), int(closed.n_bins[0]), closed.ts, closed.order, closed.values)
+
+
+class BinAccumulator:
+    """Incremental binning of one turbine's sample stream (an `OpenBins` of one slot), with the same numbers as
+    `bin_timeline`; see the module docstring."""
+
+    def __init__(self, spec: PipelineSpec, grace_seconds: float, max_per_stamp: int | None = None) -> None:
+        self._bins = OpenBins(spec, grace_seconds, max_per_stamp)
+        self._bins.add_slot()
+
+    @property
+    def plan(self) -> _Plan:
+        """The binning parameters (for `aggregate_bins`)."""
+        return self._bins.plan
+
+    @property
+    def open_from(self) -> int | None:
+        """End (label) of the first bin not yet emitted; None before the first sample."""
+        first = int(self._bins.open_from[0])
+        return None if first == NO_SAMPLE else first
+
+    @property
+    def late_dropped(self) -> int:
+        return int(self._bins.late_dropped[0])
+
+    @property
+    def full_dropped(self) -> int:
+        return int(self._bins.full_dropped[0])
+
+    @property
+    def out_of_range(self) -> np.ndarray:
+        """(C,) impossible readings made NaN, per channel."""
+        return self._bins.out_of_range[0]
+
+    @staticmethod
+    def samples_in(state: Any) -> int:
+        """The samples a `state_dict()` holds in its open bins (0 when it cannot say: a malformed state)."""
+        try:
+            return len(state["ts_ns"])
+        except (KeyError, TypeError, ValueError):
+            return 0
+
+    @property
+    def open_samples(self) -> int:
+        """The samples the open bins hold."""
+        return int(self._bins.open_samples()[0])
+
+    @property
+    def newest_ns(self) -> int | None:
+        """The newest stamp among the open bins' samples; None when they hold none."""
+        return self._bins.newest_ns(0)
+
+    def add(self, ts_ns: int, values: np.ndarray) -> list[ClosedBin]:
+        """Store one sample (C,) and return the bins closed because it belongs to a later bin."""
+        return self._bins_of(self.add_deferred(ts_ns, values))
+
+    def close_until(self, now_ns: int) -> list[ClosedBin]:
+        """Close every bin whose end + grace <= now_ns (the caller's clock, ns), empty ones included."""
+        return self._bins_of(self.close_until_deferred(now_ns))
+
+    def add_deferred(self, ts_ns: int, values: np.ndarray) -> RawBins | None:
+        """`add`, with the closed bins' samples returned for `aggregate_bins` (None when nothing closed)."""
+        plan = self._bins.plan
+        ts = _check_int(ts_ns, "ts_ns", plan.dt_ns)
+        row = _check_values(values, (len(plan.channels),), plan)
+        return _raw(self._bins.add(np.zeros(1, dtype=np.int64), np.array([ts], dtype=np.int64), row[None, :])[1])
+
+    def add_many_deferred(self, ts_ns: np.ndarray, values: np.ndarray) -> tuple[RawBins | None, np.ndarray, int]:
+        """`add_deferred` of n samples with non-decreasing stamps in one vectorised call (`OpenBins.add_sorted`)."""
+        if self._bins.max_per_stamp is not None:
+            raise SpecError("add_many_deferred keeps no max_per_stamp bound (replay): use add_deferred")
+        return self._bins.add_sorted(0, ts_ns, values)
+
+    def closable_through(self, now_ns: int) -> int:
+        """The end of the last bin that may close at clock time now_ns: its end + grace <= now_ns."""
+        return self._bins.closable_through(now_ns)
+
+    def close_until_deferred(self, now_ns: int) -> RawBins | None:
+        """`close_until`, with the closed bins' samples returned for `aggregate_bins` (None when nothing closed)."""
+        return _raw(self._bins.close_until(now_ns, 0))
+
+    def _bins_of(self, raw: RawBins | None) -> list[ClosedBin]:
+        if raw is None:
+            return []
+        binned = aggregate_bins([raw], self.plan)
+        return [ClosedBin(raw.start_ns + i * self.plan.dt_ns, binned[i]) for i in range(raw.n_bins)]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The accumulator state as plain ints, bools and numpy arrays (no pickle needed)."""
+        return self._bins.state_dict(0)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a `state_dict()` taken from an accumulator with the same dt and channels."""
+        self._bins.load_state(0, self._bins.checked_state(state))
+
+    def take_over(self, state: dict[str, Any]) -> int:
+        """Take the open bins of another spec's accumulator, from its `state_dict()` (a state refused at a restart:
+        another model with the same dt and channels), so that samples acknowledged before the restart are not lost:
+        its samples through this spec's range filter too (the stricter of the two ranges holds), its position (the
+        bins it emitted stay closed: a sample for them is late) and its counters. Returns the samples taken.
+        SpecError for another dt or channels, InputError for a malformed state (nothing is changed then)."""
+        return self._bins.load_state(0, self._bins.checked_state(state, foreign=True), through_range=True)
