@@ -29,6 +29,7 @@ of samples with non-decreasing stamps (a table sorted by time) in one vectorised
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, NamedTuple
 
@@ -85,6 +86,92 @@ def _rounds(slots: np.ndarray) -> list[np.ndarray]:
     return [np.arange(slots.size)] if top == 0 else [np.flatnonzero(rank == r) for r in range(top + 1)]
 
 
+class _Rows:
+    """The open bins' samples of every slot: columns in buffers that grow by doubling (a closed row leaves a hole,
+    reclaimed when holes outnumber live rows), indexed by slot (its rows in arrival order) and by (slot, stamp), so
+    that a round's work is proportional to its samples and the rows it closes, not to every open sample of the
+    fleet (a 1 Hz feed keeps some 600 per turbine)."""
+
+    def __init__(self, channels: int) -> None:
+        self.slot = np.zeros(64, dtype=np.int64)
+        self.ts = np.zeros(64, dtype=np.int64)
+        self.order = np.zeros(64, dtype=np.int64)
+        self.vals = np.zeros((64, channels), dtype=np.float64)
+        self.used = 0  # positions handed out so far
+        self.live = 0
+        self.of_slot: list[list[int]] = []  # per slot: its rows' positions, in arrival order
+        self.by_stamp: dict[tuple[int, int], list[int]] = {}  # (slot, stamp) -> positions
+
+    def add_slot(self) -> None:
+        self.of_slot.append([])
+
+    def append(self, slots: np.ndarray, ts: np.ndarray, order: np.ndarray, vals: np.ndarray) -> None:
+        """Store k rows (in arrival order)."""
+        k = slots.size
+        if self.used + k > self.ts.size:
+            self._grow(self.used + k)
+        at = np.arange(self.used, self.used + k)
+        self.slot[at], self.ts[at], self.order[at], self.vals[at] = slots, ts, order, vals
+        self.used += k
+        self.live += k
+        of, by = self.of_slot, self.by_stamp
+        for s, t, p in zip(slots.tolist(), ts.tolist(), at.tolist()):
+            of[s].append(p)
+            by.setdefault((s, t), []).append(p)
+
+    def positions(self, slots: np.ndarray) -> np.ndarray:
+        """The rows of these slots (each slot's in arrival order, slot after slot)."""
+        of = self.of_slot
+        return np.fromiter(itertools.chain.from_iterable(of[s] for s in slots.tolist()), dtype=np.int64)
+
+    def same_stamp(self, slots: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows sharing slot and stamp with the samples (slots, ts): (positions, index of the sample of each)."""
+        by = self.by_stamp
+        hits = [(j, by[key]) for j, key in enumerate(zip(slots.tolist(), ts.tolist())) if key in by]
+        if not hits:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        pos = np.fromiter(itertools.chain.from_iterable(p for _, p in hits), dtype=np.int64)
+        return pos, np.repeat([j for j, _ in hits], [len(p) for _, p in hits])
+
+    def remove(self, pos: np.ndarray) -> None:
+        """Forget these rows (their positions become holes)."""
+        if not pos.size:
+            return
+        gone = set(pos.tolist())
+        of, by = self.of_slot, self.by_stamp
+        for s in np.unique(self.slot[pos]).tolist():
+            of[s] = [p for p in of[s] if p not in gone]
+        for key in set(zip(self.slot[pos].tolist(), self.ts[pos].tolist())):
+            left = [p for p in by[key] if p not in gone]
+            if left:
+                by[key] = left
+            else:
+                del by[key]
+        self.live -= len(gone)
+        if self.used - self.live > max(1024, self.live):
+            self._compact()
+
+    def _grow(self, need: int) -> None:
+        cap = max(need, 2 * self.ts.size)
+        for name in ("slot", "ts", "order", "vals"):
+            a = getattr(self, name)
+            b = np.zeros((cap, *a.shape[1:]), dtype=a.dtype)
+            b[: self.used] = a[: self.used]
+            setattr(self, name, b)
+
+    def _compact(self) -> None:
+        """Move the live rows to the front, in slot order, and renumber the indexes."""
+        live = self.positions(np.arange(len(self.of_slot)))
+        new = np.full(self.used, -1, dtype=np.int64)
+        new[live] = np.arange(live.size)
+        for name in ("slot", "ts", "order", "vals"):
+            a = getattr(self, name)
+            a[: live.size] = a[live]
+        self.used = self.live = int(live.size)
+        self.of_slot = [new[p].tolist() for p in self.of_slot]
+        self.by_stamp = {key: new[p].tolist() for key, p in self.by_stamp.items()}
+
+
 class OpenBins:
     """The open bins of any number of slots (turbines); see the module docstring."""
 
@@ -106,11 +193,7 @@ class OpenBins:
         self.late_dropped = np.zeros(0, dtype=np.int64)
         self.full_dropped = np.zeros(0, dtype=np.int64)
         self.out_of_range = np.zeros((0, c), dtype=np.int64)
-        # the open bins' samples of every slot (range-filtered), each slot's in arrival order
-        self._slot = np.zeros(0, dtype=np.int64)
-        self._ts = np.zeros(0, dtype=np.int64)
-        self._order = np.zeros(0, dtype=np.int64)
-        self._vals = np.zeros((0, c), dtype=np.float64)
+        self._rows = _Rows(c)  # the open bins' samples of every slot (range-filtered)
 
     # ---------------------------------------------------------------------------------------------- slots
     def add_slot(self) -> int:
@@ -122,16 +205,18 @@ class OpenBins:
         self.late_dropped = np.append(self.late_dropped, 0)
         self.full_dropped = np.append(self.full_dropped, 0)
         self.out_of_range = np.concatenate([self.out_of_range, np.zeros((1, c), dtype=np.int64)])
+        self._rows.add_slot()
         self.n += 1
         return self.n - 1
 
     def open_samples(self) -> np.ndarray:
         """Per slot: the samples its open bins hold."""
-        return np.bincount(self._slot, minlength=self.n)
+        return np.array([len(p) for p in self._rows.of_slot], dtype=np.int64)
 
     def newest_ns(self, slot: int | None = None) -> int | None:
         """The newest stamp among the open bins' samples (of one slot, or of all); None when they hold none."""
-        ts = self._ts if slot is None else self._ts[self._slot == slot]
+        r = self._rows
+        ts = r.ts[r.positions(np.arange(self.n) if slot is None else np.array([slot]))]
         return int(ts.max()) if ts.size else None
 
     def closable_through(self, now_ns: int) -> int:
@@ -159,20 +244,7 @@ class OpenBins:
         rows = vals.astype(np.float64)  # always a copy: filtered in place
         bad = _impossible(rows, plan.lo, plan.hi)
         rows[bad] = np.nan
-        rounds = _rounds(sl)
-        aside = None
-        if len(rounds) > 1:  # a round reads and writes only its slots' rows: set the others aside meanwhile
-            touched = np.zeros(self.n, dtype=bool)
-            touched[sl] = True
-            mine = touched[self._slot]
-            if not mine.all():
-                aside = (self._slot[~mine], self._ts[~mine], self._order[~mine], self._vals[~mine])
-                self._keep_rows(mine)
-        try:
-            closed = [self._round(i, sl[i], ts[i], labels[i], rows[i], bad[i], status, first_arrival) for i in rounds]
-        finally:
-            if aside is not None:
-                self._append(*aside)
+        closed = [self._round(i, sl[i], ts[i], labels[i], rows[i], bad[i], status, first_arrival) for i in _rounds(sl)]
         return status, _join([c for c in closed if c is not None])
 
     def _round(
@@ -198,7 +270,7 @@ class OpenBins:
         keep = self._not_held(idx, s, ts, rows, status)
         if keep is not None:
             s, ts, rows = s[keep], ts[keep], rows[keep]
-        self._append(s, ts, self.next_order[s], rows)
+        self._rows.append(s, ts, self.next_order[s], rows)
         self.next_order[s] += 1
         return closed
 
@@ -207,41 +279,23 @@ class OpenBins:
     ) -> np.ndarray | None:
         """Of a round's samples (distinct slots), which to keep (None: all): not over the bound (counted, FULL) and
         not an exact repeat of an open bin's sample. Only open samples of the same slot and stamp can decide it."""
-        want = np.full(self.n, _BEFORE_ALL, dtype=np.int64)
-        want[s] = ts
-        same = np.flatnonzero(self._ts == want[self._slot])
+        same, j = self._rows.same_stamp(s, ts)  # j: the round's sample each of them shares slot and stamp with
         if not same.size:
             return None
-        pos = np.zeros(self.n, dtype=np.int64)
-        pos[s] = np.arange(s.size)
-        j = pos[self._slot[same]]  # the round's sample each of them shares slot and stamp with
+        vals = self._rows.vals[same]
         drop = np.zeros(s.size, dtype=bool)
         if self.max_per_stamp is not None:
             held = np.zeros(rows.shape, dtype=np.int64)
-            np.add.at(held, j, ~np.isnan(self._vals[same]))
+            np.add.at(held, j, ~np.isnan(vals))
             present = ~np.isnan(rows)
             full = present.any(axis=1) & ((held >= self.max_per_stamp) | ~present).all(axis=1)
             if full.any():
                 status[idx[full]] = FULL
                 self.full_dropped[s[full]] += 1
                 drop |= full
-        repeat = (self._vals[same].view(np.int64) == rows[j].view(np.int64)).all(axis=1)
+        repeat = (vals.view(np.int64) == rows[j].view(np.int64)).all(axis=1)
         drop[j[repeat]] = True
         return ~drop
-
-    def _append(self, s: np.ndarray, ts: np.ndarray, order: np.ndarray, rows: np.ndarray) -> None:
-        self._slot = np.concatenate([self._slot, s])
-        self._ts = np.concatenate([self._ts, ts])
-        self._order = np.concatenate([self._order, order])
-        self._vals = np.concatenate([self._vals, rows])
-
-    def _keep_rows(self, keep: np.ndarray) -> None:
-        self._slot, self._ts, self._order, self._vals = (
-            self._slot[keep],
-            self._ts[keep],
-            self._order[keep],
-            self._vals[keep],
-        )
 
     def _close(self, s: np.ndarray, through: np.ndarray, closers: np.ndarray) -> ClosedBins:
         """Close the bins of slots `s` (distinct, started) up to the labels `through` (>= their open_from): hand
@@ -249,17 +303,17 @@ class OpenBins:
         dt = self.plan.dt_ns
         by_slot = np.argsort(s)
         s, through, closers = s[by_slot], through[by_slot], closers[by_slot]
+        r = self._rows
         limit = np.full(self.n, _BEFORE_ALL, dtype=np.int64)
         limit[s] = through
-        closing = self._ts <= limit[self._slot]  # a stamp <= a bin end lies in that bin or before
-        sel = np.flatnonzero(closing)
-        sel = sel[np.lexsort((self._order[sel], self._ts[sel], self._slot[sel]))]  # by slot, (ts, arrival order)
+        pos = r.positions(s)
+        sel = pos[r.ts[pos] <= limit[r.slot[pos]]]  # a stamp <= a bin end lies in that bin or before
+        sel = sel[np.lexsort((r.order[sel], r.ts[sel], r.slot[sel]))]  # by slot, (ts, arrival order)
         start = self.open_from[s]
         n_bins = (through - start) // dt + 1
-        out = ClosedBins(s, start, n_bins, np.bincount(self._slot[sel], minlength=self.n)[s], self._ts[sel],
-                         self._order[sel], self._vals[sel], np.repeat(closers, n_bins))  # fmt: skip
-        if sel.size:
-            self._keep_rows(~closing)
+        out = ClosedBins(s, start, n_bins, np.bincount(r.slot[sel], minlength=self.n)[s], r.ts[sel], r.order[sel],
+                         r.vals[sel], np.repeat(closers, n_bins))  # fmt: skip
+        r.remove(sel)
         self.open_from[s] = through + dt
         self.closed_any[s] = True
         return out
@@ -296,8 +350,9 @@ class OpenBins:
         bad = _impossible(rows, plan.lo, plan.hi)
         rows[bad] = np.nan
         self.out_of_range[slot] += np.count_nonzero(bad, axis=0)
-        mine = self._slot == slot
-        fresh = self._fresh(ts, rows, self._ts[mine], self._vals[mine])
+        r = self._rows
+        mine = r.positions(np.array([slot]))
+        fresh = self._fresh(ts, rows, r.ts[mine], r.vals[mine])
         stamps, ts, rows = ts, ts[fresh], rows[fresh]  # (every sample closes bins: repeats too)
         order = int(self.next_order[slot]) + np.arange(ts.size, dtype=np.int64)
         self.next_order[slot] += ts.size
@@ -305,15 +360,15 @@ class OpenBins:
         start = int(self.open_from[slot])
         last_ns = min(int(labels[-1]) - dt, ((int(stamps[-1]) - self._close_lag_ns) // dt) * dt)  # the newest: most
         if last_ns < start:
-            self._append(np.full(ts.size, slot, dtype=np.int64), ts, order, rows)
+            r.append(np.full(ts.size, slot, dtype=np.int64), ts, order, rows)
             return None, none, late
-        all_ts = np.concatenate([self._ts[mine], ts])
-        all_order = np.concatenate([self._order[mine], order])
-        all_vals = np.concatenate([self._vals[mine], rows])
+        all_ts = np.concatenate([r.ts[mine], ts])
+        all_order = np.concatenate([r.order[mine], order])
+        all_vals = np.concatenate([r.vals[mine], rows])
         closing = all_ts <= last_ns  # a stamp <= a bin end lies in that bin or before
         kept = ~closing
-        self._keep_rows(~mine)
-        self._append(np.full(int(kept.sum()), slot, dtype=np.int64), all_ts[kept], all_order[kept], all_vals[kept])
+        r.remove(mine)
+        r.append(np.full(int(kept.sum()), slot, dtype=np.int64), all_ts[kept], all_order[kept], all_vals[kept])
         sel = np.flatnonzero(closing)
         sel = sel[np.lexsort((all_order[sel], all_ts[sel]))]  # by (ts, arrival order)
         self.open_from[slot], self.closed_any[slot] = last_ns + dt, True
@@ -343,7 +398,8 @@ class OpenBins:
     # --------------------------------------------------------------------------------------------- state
     def state_dict(self, slot: int) -> dict[str, Any]:
         """One slot's state as plain ints, bools and numpy arrays (no pickle needed)."""
-        mine = self._slot == slot
+        r = self._rows
+        mine = r.positions(np.array([slot]))
         started = bool(self.open_from[slot] != NO_SAMPLE)
         return {
             "dt_seconds": self.plan.dt_ns // _NS_PER_S,
@@ -354,9 +410,9 @@ class OpenBins:
             "next_order": int(self.next_order[slot]),
             "late_dropped": int(self.late_dropped[slot]),
             "out_of_range": self.out_of_range[slot].copy(),
-            "ts_ns": self._ts[mine],
-            "order": self._order[mine],
-            "values": self._vals[mine],
+            "ts_ns": r.ts[mine],
+            "order": r.order[mine],
+            "values": r.vals[mine],
         }
 
     def checked_state(self, state: dict[str, Any], foreign: bool = False) -> dict[str, Any]:
@@ -408,8 +464,8 @@ class OpenBins:
         self.next_order[slot] = checked["next_order"]
         self.late_dropped[slot] = checked["late_dropped"]
         self.out_of_range[slot] = oor
-        self._keep_rows(self._slot != slot)
-        self._append(np.full(checked["ts"].size, slot, dtype=np.int64), checked["ts"], checked["order"], vals)
+        self._rows.remove(self._rows.positions(np.array([slot])))
+        self._rows.append(np.full(checked["ts"].size, slot, dtype=np.int64), checked["ts"], checked["order"], vals)
         return int(checked["ts"].size)
 
 
