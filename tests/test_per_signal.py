@@ -386,6 +386,8 @@ def test_step_graph_outputs_do_not_depend_on_the_batch(bundle):
         np.testing.assert_array_equal(r1, r2)
     if whole.has_h:
         np.testing.assert_array_equal(whole.h_ring, halves.h_ring)
+    empty = whole.step(np.zeros(0, dtype=np.int64), T, X[0, :0], M[0, :0], Fl[0, :0])  # no turbine steps
+    assert empty.resid.shape == (0, X.shape[2]) and empty.pred.shape == (0, X.shape[2])
 
 
 def test_a_fleet_step_larger_than_one_call_is_scored_in_calls_with_the_same_bits(bundle, monkeypatch):

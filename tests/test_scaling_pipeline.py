@@ -302,9 +302,11 @@ def test_build_features_matches_preprocessor_without_caps() -> None:
     np.testing.assert_array_equal(M, M2)
 
 
-def test_fleet_add_many_equals_one_sample_at_a_time() -> None:
-    """`Fleet.add_many` (replay's chunks: rows sorted by time, one vectorised call per turbine) gives the steps,
-    their closing order across turbines, the slots and the late count of feeding the rows one by one."""
+def test_fleet_add_many_and_add_batch_equal_one_sample_at_a_time() -> None:
+    """`Fleet.add_many` (replay's chunks: rows sorted by time, one vectorised call per turbine) and
+    `Fleet.add_batch` (the daemon's loop iterations: the whole fleet binned at once) give the steps, their closing
+    order across turbines, the slots and the late count of feeding the rows one by one. A batch the fleet cannot
+    take is refused before anything changes."""
     spec = make_spec(repeat_channels=("power",))
     rng = np.random.default_rng(21)
     scaler = fitted(spec, make_timeline(3000, seed=20)).scaler
@@ -321,16 +323,32 @@ def test_fleet_add_many_equals_one_sample_at_a_time() -> None:
     cuts = np.sort(rng.choice(np.arange(1, len(events)), 40, replace=False))
     chunks = [[events[i] for i in c] for c in np.split(np.arange(len(events)), cuts)]
     chunks[20] = chunks[5][:4] + chunks[20]  # stale rows from an earlier chunk: late
-    one, many = (Fleet(spec, scaler, 36, 0.0, 10, windows=False) for _ in range(2))
+    one, many, batch = (Fleet(spec, scaler, 36, 0.0, 10, windows=False) for _ in range(3))
     late_one = sum(one.add(n, t, r) == "late" for c in chunks for n, t, r in c)
     late_many = sum(many.add_many(np.array([n for n, _, _ in c]), np.array([t for _, t, _ in c], np.int64),
                                   np.stack([r for _, _, r in c])) for c in chunks)  # fmt: skip
-    a, b = one.drain(), many.drain()
-    assert late_one == late_many == 4 and one.turbines == many.turbines and len(one.turbines) == 4
-    assert len(a) == len(b) > 2500 and [s.turbine for s in a[:8]] != sorted(s.turbine for s in a[:8])
-    for sa, sb in zip(a, b):
+    late_batch = sum(batch.add_batch([n for n, _, _ in c], np.array([t for _, t, _ in c], np.int64),
+                                     np.stack([r for _, _, r in c]))[0] for c in chunks)  # fmt: skip
+    a, b, c = one.drain(), many.drain(), batch.drain()
+    assert late_one == late_many == late_batch == 4 and one.turbines == many.turbines == batch.turbines
+    assert len(one.turbines) == 4
+    assert len(a) == len(b) == len(c) > 2500 and [s.turbine for s in a[:8]] != sorted(s.turbine for s in a[:8])
+    for sa, sb, sc in zip(a, b, c):
         assert (sa.turbine, sa.slot, sa.end_ns, sa.n_steps) == (sb.turbine, sb.slot, sb.end_ns, sb.n_steps)
-        for x, y in zip((*sa.rows, sa.repeat_now, sa.present), (*sb.rows, sb.repeat_now, sb.present)):
+        assert (sa.turbine, sa.slot, sa.end_ns, sa.n_steps) == (sc.turbine, sc.slot, sc.end_ns, sc.n_steps)
+        for x, y, z in zip((*sa.rows, sa.repeat_now, sa.present), (*sb.rows, sb.repeat_now, sb.present),
+                           (*sc.rows, sc.repeat_now, sc.present)):  # fmt: skip
             np.testing.assert_array_equal(x, y)
+            np.testing.assert_array_equal(x, z)
+    small = Fleet(spec, scaler, 36, 0.0, 2, windows=False)
+    small.add("T1", t0, np.zeros(len(spec.channels)))
+    before = small.state_dict()
+    rows = np.zeros((3, len(spec.channels)))
+    with pytest.raises(ValueError, match="beyond max_turbines"):  # T2 fits, T3 does not: neither is taken
+        small.add_batch(["T1", "T2", "T3"], np.array([t0 + dt] * 3), rows)
+    with pytest.raises(InputError, match="integer"):
+        small.add_batch(["T1", "T2", "T1"], np.array([t0 + dt, t0 + dt, 0.5]), rows)
+    assert small.turbines == ["T1"] and small.drain() == []
+    assert str(small.state_dict()) == str(before)
     with pytest.raises(ValueError, match="one row per sample"):
         many.add_many(np.array(["T1"]), np.array([t0, t0 + dt]), np.zeros((2, len(spec.channels))))

@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from scada_tcn.runtime.binning import _check_int, _check_values, aggregate_bins
+from scada_tcn.runtime.binning import _check_int, _check_ts, _check_values, aggregate_bins
 from scada_tcn.runtime.open_bins import FULL, LATE, NO_SAMPLE, ClosedBins, OpenBins, as_closed
 from scada_tcn.runtime.pipeline import StreamPreprocessor
 from scada_tcn.runtime.scaling import RobustScaler
@@ -222,9 +222,17 @@ class Fleet:
     def add_batch(self, turbines: list[str], ts_ns: np.ndarray, values: np.ndarray) -> tuple[int, int]:
         """Store n samples in arrival order (any turbines, any stamps): turbines (n,), ts_ns (n,) int64, values
         (n, C); new turbines get their slots in order of first sample. The same state, steps and closing order as
-        n `add` calls, binned for the whole fleet at once. Returns (late, full): the samples dropped as `add` says."""
+        n `add` calls, binned for the whole fleet at once. Returns (late, full): the samples dropped as `add` says.
+        Refused before anything changes (no sample stored, no turbine registered): invalid stamps or values
+        (InputError), one turbine id per sample missing or new turbines beyond `max_turbines` (ValueError)."""
+        ts = _check_ts(ts_ns, self._plan.dt_ns)
+        values = _check_values(values, (ts.size, len(self._plan.channels)), self._plan)
+        new = [t for t in dict.fromkeys(turbines) if t not in self._turbines]
+        if len(turbines) != ts.size or len(self._turbines) + len(new) > self.max_turbines:
+            raise ValueError(f"Fleet.add_batch: {len(turbines)} turbines for {ts.size} samples, or {len(new)} new "
+                             f"turbines beyond max_turbines={self.max_turbines}: nothing stored")  # fmt: skip
         slots = np.array([self._slot(t) for t in turbines], dtype=np.int64)
-        status, closed = self._bins.add(slots, ts_ns, values, self._arrivals)
+        status, closed = self._bins.add(slots, ts, values, self._arrivals)
         self._queue(closed)
         self._arrivals += slots.size
         return int(np.count_nonzero(status == LATE)), int(np.count_nonzero(status == FULL))

@@ -121,12 +121,12 @@ class StreamScorer:
         }
         for i, (r, (_, s, d, k)) in enumerate(zip(self.rings, self.convs)):
             for j in range(k - 1):  # the input at t - (k - 1 - j) d: a row of the ring (a view, or those of `sel`)
-                feeds[f"tap_{i}_{j}"] = r[(t - (k - 1 - j) * d) % s, turbines].reshape(B * self.P, -1)
+                feeds[f"tap_{i}_{j}"] = r[(t - (k - 1 - j) * d) % s, turbines].reshape(B * self.P, r.shape[-1])
         if self.has_h:
             feeds["h_ring"] = self.h_ring[turbines]
         out = dict(zip(self._outputs, self.session.run(None, feeds)))
         for i, (r, (_, s, _, _)) in enumerate(zip(self.rings, self.convs)):
-            r[t % s, turbines] = out[f"col_{i}"].reshape(B, self.P, -1)
+            r[t % s, turbines] = out[f"col_{i}"].reshape(B, self.P, r.shape[-1])
         if self.has_h:
             self.h_ring[slots, t % (self.L - 1)] = out["h"]
         return StepOutputs(out["resid"], out["pred"], out.get("Y_hat"), out.get("fault_prob"), out.get("rul"))
