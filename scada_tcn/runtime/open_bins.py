@@ -87,10 +87,10 @@ def _rounds(slots: np.ndarray) -> list[np.ndarray]:
 
 
 class _Rows:
-    """The open bins' samples of every slot: columns in buffers that grow by doubling (a closed row leaves a hole,
-    reclaimed when holes outnumber live rows), indexed by slot (its rows in arrival order) and by (slot, stamp), so
-    that a round's work is proportional to its samples and the rows it closes, not to every open sample of the
-    fleet (a 1 Hz feed keeps some 600 per turbine)."""
+    """The open bins' samples of every slot: columns in buffers that grow by doubling (a closed row's position is
+    free for the next), indexed by slot (its rows in arrival order) and by (slot, stamp), so that a round's work is
+    proportional to its samples and the rows it closes, not to every open sample of the fleet (a 1 Hz feed keeps
+    some 600 per turbine)."""
 
     def __init__(self, channels: int) -> None:
         self.slot = np.zeros(64, dtype=np.int64)
@@ -98,7 +98,7 @@ class _Rows:
         self.order = np.zeros(64, dtype=np.int64)
         self.vals = np.zeros((64, channels), dtype=np.float64)
         self.used = 0  # positions handed out so far
-        self.live = 0
+        self.free = np.zeros(0, dtype=np.int64)  # positions below `used` of rows removed since
         self.of_slot: list[list[int]] = []  # per slot: its rows' positions, in arrival order
         self.by_stamp: dict[tuple[int, int], list[int]] = {}  # (slot, stamp) -> positions
 
@@ -108,12 +108,14 @@ class _Rows:
     def append(self, slots: np.ndarray, ts: np.ndarray, order: np.ndarray, vals: np.ndarray) -> None:
         """Store k rows (in arrival order)."""
         k = slots.size
-        if self.used + k > self.ts.size:
-            self._grow(self.used + k)
-        at = np.arange(self.used, self.used + k)
+        reuse = min(k, self.free.size)
+        fresh = k - reuse
+        if self.used + fresh > self.ts.size:
+            self._grow(self.used + fresh)
+        at = np.concatenate([self.free[self.free.size - reuse :], np.arange(self.used, self.used + fresh)])
+        self.free = self.free[: self.free.size - reuse]
+        self.used += fresh
         self.slot[at], self.ts[at], self.order[at], self.vals[at] = slots, ts, order, vals
-        self.used += k
-        self.live += k
         of, by = self.of_slot, self.by_stamp
         for s, t, p in zip(slots.tolist(), ts.tolist(), at.tolist()):
             of[s].append(p)
@@ -147,9 +149,7 @@ class _Rows:
                 by[key] = left
             else:
                 del by[key]
-        self.live -= len(gone)
-        if self.used - self.live > max(1024, self.live):
-            self._compact()
+        self.free = np.concatenate([self.free, pos])
 
     def _grow(self, need: int) -> None:
         cap = max(need, 2 * self.ts.size)
@@ -158,18 +158,6 @@ class _Rows:
             b = np.zeros((cap, *a.shape[1:]), dtype=a.dtype)
             b[: self.used] = a[: self.used]
             setattr(self, name, b)
-
-    def _compact(self) -> None:
-        """Move the live rows to the front, in slot order, and renumber the indexes."""
-        live = self.positions(np.arange(len(self.of_slot)))
-        new = np.full(self.used, -1, dtype=np.int64)
-        new[live] = np.arange(live.size)
-        for name in ("slot", "ts", "order", "vals"):
-            a = getattr(self, name)
-            a[: live.size] = a[live]
-        self.used = self.live = int(live.size)
-        self.of_slot = [new[p].tolist() for p in self.of_slot]
-        self.by_stamp = {key: new[p].tolist() for key, p in self.by_stamp.items()}
 
 
 class OpenBins:
