@@ -44,7 +44,7 @@ from scada_tcn.runtime.drift import ScoreDriftMonitor
 from scada_tcn.runtime.errors import BundleError, InputError
 from scada_tcn.runtime.fleet import Fleet, Step
 from scada_tcn.runtime.ids import turbine_id_problem
-from scada_tcn.runtime.open_bins import BinAccumulator
+from scada_tcn.runtime.open_bins import BinAccumulator, rounds
 from scada_tcn.runtime.peers import fleet_relative
 from scada_tcn.runtime.records import (
     AlertRecord,
@@ -254,12 +254,10 @@ class Engine:
         thr = np.array([r.threshold for r in records], dtype=np.float64)
         on, t_on, t_off = (np.zeros(len(steps), dtype=bool) for _ in range(3))
         todo = np.flatnonzero(~sent_nothing([r.missing_now for r in records]))
-        while todo.size:  # rounds of distinct slots keep each turbine's steps in time order
-            _, first = np.unique(slots[todo], return_index=True)
-            now = np.sort(todo[first])
+        for r in rounds(slots[todo]) if todo.size else []:  # distinct slots: each turbine's steps in time order
+            now = todo[r]
             tr = self.alerts.step(slots[now], score[now], thr[now])
             on[now], t_on[now], t_off[now] = tr.on, tr.turned_on, tr.turned_off
-            todo = np.setdiff1d(todo, now)
         for b, r in enumerate(records):
             r.alert, r.turned = bool(on[b]), "on" if t_on[b] else "off" if t_off[b] else None
         return records

@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from scada_tcn.runtime.binning import _check_int, _check_ts, _check_values, aggregate_bins
-from scada_tcn.runtime.open_bins import FULL, LATE, NO_SAMPLE, ClosedBins, OpenBins, as_closed
+from scada_tcn.runtime.open_bins import FULL, LATE, NO_SAMPLE, ClosedBins, OpenBins, as_closed, rounds
 from scada_tcn.runtime.pipeline import StreamPreprocessor
 from scada_tcn.runtime.scaling import RobustScaler
 from scada_tcn.runtime.spec import PipelineSpec
@@ -299,15 +299,10 @@ class Fleet:
         ends = np.repeat(np.concatenate([r.start_ns for r in raw]) - first * dt, n_bins) + dt * np.arange(slots.size)
         closers = np.concatenate([r.closers for r in raw])
         names = [self._names[s] for s in slots.tolist()]
-        order = np.argsort(slots, kind="stable")  # a turbine's bins stay in time order
-        starts = np.flatnonzero(np.r_[True, slots[order][1:] != slots[order][:-1]])
-        rank = np.empty(slots.size, dtype=np.int64)
-        rank[order] = np.arange(slots.size) - np.repeat(starts, np.diff(np.r_[starts, slots.size]))
         steps: list[Step | None] = [None] * slots.size
         LF = self.L * self.spec.n_features
         rings = self._rings
-        for r in range(int(rank.max()) + 1):
-            idx = np.flatnonzero(rank == r)
+        for idx in rounds(slots):  # each turbine's r-th bin (its bins stay in time order)
             sl = slots[idx]
             rows = self._pre.step_many(sl, values[idx])
             rings.push(sl, ends[idx], rows.X, rows.M_miss, rows.Flags)

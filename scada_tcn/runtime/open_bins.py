@@ -51,7 +51,7 @@ from scada_tcn.runtime.binning import (
 from scada_tcn.runtime.errors import InputError, SpecError
 from scada_tcn.runtime.spec import PipelineSpec
 
-__all__ = ["BinAccumulator", "ClosedBins", "OpenBins", "NO_SAMPLE", "STORED", "LATE", "FULL"]
+__all__ = ["BinAccumulator", "ClosedBins", "OpenBins", "NO_SAMPLE", "STORED", "LATE", "FULL", "rounds"]
 
 NO_SAMPLE = np.iinfo(np.int64).max  # `OpenBins.open_from` of a slot without a sample yet
 _BEFORE_ALL = np.iinfo(np.int64).min
@@ -73,7 +73,7 @@ class ClosedBins(NamedTuple):
     closers: np.ndarray
 
 
-def _rounds(slots: np.ndarray) -> list[np.ndarray]:
+def rounds(slots: np.ndarray) -> list[np.ndarray]:
     """Sample indices (arrival order) grouped by their rank within their slot: round r = each slot's r-th."""
     if slots.size < 2:
         return [np.arange(slots.size)]
@@ -232,7 +232,7 @@ class OpenBins:
         rows = vals.astype(np.float64)  # always a copy: filtered in place
         bad = _impossible(rows, plan.lo, plan.hi)
         rows[bad] = np.nan
-        closed = [self._round(i, sl[i], ts[i], labels[i], rows[i], bad[i], status, first_arrival) for i in _rounds(sl)]
+        closed = [self._round(i, sl[i], ts[i], labels[i], rows[i], bad[i], status, first_arrival) for i in rounds(sl)]
         return status, _join([c for c in closed if c is not None])
 
     def _round(
