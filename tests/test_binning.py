@@ -521,9 +521,10 @@ def _closed_rows(closed, plan) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
 def test_a_fleet_batch_is_binned_as_one_sample_at_a_time(rule, grace, bound):
     """`OpenBins.add` of a loop iteration's samples (any turbines, several samples of one turbine, stamps out of
     order within the grace, exact repeats, redeliveries that are late, out-of-range values, a frozen stamp over the
-    bound) in rounds leaves the state, says what became of each sample, closes the bins and names the closing
-    sample exactly as one call per sample; ticks between the batches close the same bins; and each turbine's bins
-    equal those of its own `BinAccumulator` fed its samples alone."""
+    bound, a turbine's backlog in one message, in time order or not) in rounds and blocks leaves the state, says
+    what became of each sample, closes the bins and names the closing sample exactly as one call per sample; ticks
+    between the batches close the same bins; and each turbine's bins equal those of its own `BinAccumulator` fed
+    its samples alone."""
     rng = np.random.default_rng(5)
     spec = parity_spec(rule)
     n_turbines = 9
@@ -533,10 +534,16 @@ def test_a_fleet_batch_is_binned_as_one_sample_at_a_time(rule, grace, bound):
     events, cursor = [], [0] * n_turbines
     while any(c < len(s) for c, s in zip(cursor, streams)):
         k = int(rng.integers(0, n_turbines))  # interleaved arrival across turbines
-        if cursor[k] < len(streams[k]):
-            events.append((k, *streams[k][cursor[k]]))
-            cursor[k] += 1
+        burst = int(rng.integers(8, 80)) if rng.random() < 0.04 else 1  # a turbine's backlog in one message
+        part = streams[k][cursor[k] : cursor[k] + burst]
+        if burst > 1 and rng.random() < 0.7:  # as a store-and-forward buffer sends it: in time order
+            part = sorted(part, key=lambda e: e[0])
+        events += [(k, *e) for e in part]
+        cursor[k] += len(part)
     batched, single = OpenBins(spec, grace, bound), OpenBins(spec, grace, bound)
+    deep = []  # the blocks `batched.add` took in one `_add_sorted`: a turbine's time-ordered backlog
+    sorted_block = batched._add_sorted
+    batched._add_sorted = lambda slot, ts, vals: deep.append(ts.size) or sorted_block(slot, ts, vals)
     alone = [BinAccumulator(spec, grace, bound) for _ in range(n_turbines)]
     for _ in range(n_turbines):
         batched.add_slot(), single.add_slot()
@@ -573,6 +580,7 @@ def test_a_fleet_batch_is_binned_as_one_sample_at_a_time(rule, grace, bound):
     got_status, want_status = np.concatenate(got_status), np.concatenate(want_status)
     np.testing.assert_array_equal(got_status, want_status)
     assert rounds > 10 and (want_status == LATE).sum() > 20 and (bound is None or (want_status == FULL).sum() >= 6)
+    assert len(deep) >= 5 and sum(deep) >= 50  # backlogs took the one-call path (the rest: rounds)
     g = _closed_rows([c for c in got if c is not None], batched.plan)
     w = _closed_rows([c for c in want if c is not None], single.plan)
     for x, y in zip(g, w):
