@@ -822,6 +822,40 @@ def test_an_idle_gateway_writes_no_frame_and_no_snapshot_and_its_records_are_unc
     assert (frames, idle_frames, idle_saves) == (415, 0, 1)  # the one after the broker acknowledged the outbox
 
 
+def test_an_idle_gateway_whose_broker_is_away_writes_its_snapshot_once(bundle, messages, tmp_path, monkeypatch):
+    """With records the broker had not acknowledged (the broker away), an idle gateway wrote the same snapshot,
+    outbox and all, every `state.save_interval_s` (60 in an idle hour here: flash wear while the farm's link is
+    down). It now writes one only when a frame, a publish or an acknowledgement came since the last: none in the
+    idle hour, one after the broker acknowledged part of the outbox (which then holds the rest), then none again."""
+    import scada_tcn.runtime.daemon as daemon_module
+
+    clock = _Clock()
+    d = _clocked(bundle, tmp_path / "away", clock)
+    stamps = [parse_timestamp_ns(json.loads(m.payload)["ts"]) for m in messages]
+    _arriving(d, clock, [(t + 30 * 10**9, m) for t, m in zip(stamps[:200], messages[:200])], settle_s=1200)
+    d._wait_for_writer()
+    outbox = len(d.link.unacked())
+    written: list[int] = []
+
+    def write_state(path, encoded, into=written):
+        into.append(len(json.loads(encoded.doc)["outbox"]))
+
+    monkeypatch.setattr(daemon_module, "write_state", write_state)
+
+    def idle(minutes: int) -> None:
+        for _ in range(6 * minutes):
+            clock.ns += 10 * 10**9
+            d.step(0.001)
+        d._wait_for_writer()
+
+    idle(60)
+    assert outbox >= 40 and written == []
+    for mid in list(d.link._inflight)[: outbox // 2]:  # the broker is back and acknowledges half of it
+        d.link._handle_publish(None, None, mid, ReasonCode(PacketTypes.PUBACK, "Success"), None)
+    idle(60)
+    assert written == [len(d.link.unacked())] and 0 < written[0] < outbox
+
+
 def test_a_whole_fleets_publisher_away_for_minutes_loses_no_sample(bundle, messages, tmp_path):
     """The publisher of the whole fleet loses its link for 4 minutes, from 1 minute before a step's end, then
     forwards what it buffered. Bins closed on the wall clock at end + grace (120 s), before the buffered samples

@@ -29,7 +29,8 @@ queues.publish_backlog) / 4 publishes (so that what a restart publishes again fi
 stop, a snapshot (every turbine's open bins,
 features, ring buffer and alert state, the number of the last journal frame it includes, and the published
 records the broker has not acknowledged yet) is written atomically and the journal emptied; a periodic one is
-skipped while no frame came since the last, whose outbox was empty (an idle gateway's disk is left alone). It is
+skipped while no frame and no publish came and no acknowledgement since the last (an idle gateway's disk is left
+alone, its broker there or not). It is
 written by a thread: the loop takes the state (arrays copied) and rotates the journal (`Journal.rotate`), and
 the rotated frames are deleted once the file is on disk, so the loop never waits for the disk (a failed write
 stops the daemon); on stop and after a restore it is written on the loop. At start, the snapshot is restored,
@@ -189,7 +190,7 @@ class Daemon:
         # written (two files while one is being written) and publishes everything they produce again before the
         # link starts, so a snapshot is also due after this many, and the replay fits the publish queue
         self._tracked_since_save = 0
-        self._unchanged_since: int | None = None  # the last snapshot's frame number, if its outbox was empty
+        self._last_saved: tuple[int, int] | None = None  # the last snapshot's (frame number, outbox length)
         self._snapshot_every = max(1, (cfg.queues.outbound - cfg.queues.publish_backlog) // 4)
         self._frame_no = 0  # journal frames written (or replayed) so far
         self._replay_refused: Counter[str] = Counter()  # journal samples beyond ingest.max_turbines, by turbine
@@ -435,7 +436,7 @@ class Daemon:
         assert self.journal is not None
         self._last_save_ns = self.clock()
         self._tracked_since_save = 0
-        self._unchanged_since = self._frame_no if not outbox else None
+        self._last_saved = (self._frame_no, len(outbox))
         if not background:
             write_state(self.cfg.state.path, encoded)
             self.journal.reset()
@@ -546,10 +547,18 @@ class Daemon:
         if self.cfg.state.path is not None:
             since = now - self._last_save_ns  # (< 0: the clock was stepped back)
             due = (since >= self.cfg.state.save_interval_s * 1e9 or since < 0) and self._writer is None
-            due = due and self._frame_no != self._unchanged_since  # an idle gateway writes nothing
+            due = due and not self._unchanged()  # an idle gateway writes nothing
             if due or self._tracked_since_save >= self._snapshot_every:  # the latter waits for a write running
                 self._save_state(background=True)
         return len(batch)
+
+    def _unchanged(self) -> bool:
+        """Whether a snapshot now would hold what the last one holds: no journal frame and no tracked publish since,
+        and the broker has acknowledged none of its outbox (which only publishes add to and acknowledgements take
+        from). An idle gateway whose broker is away writes its flash no more than one whose broker is there."""
+        if self._last_saved is None or self._tracked_since_save or self._last_saved[0] != self._frame_no:
+            return False
+        return self._last_saved[1] == len(self.link.unacked())
 
     def _tick_clock(self, now: int, newest: int) -> int:
         """Up to when bins may close (end + grace <= it). Live (connected; since the link last connected, a tick's
