@@ -548,8 +548,10 @@ class _Clock:
 
 
 def _clocked(bundle, folder: Path, clock: _Clock) -> Daemon:
-    """A daemon with the shipped grace (120 s) on a clock the test moves."""
-    cfg = daemon_config(f"mqtt://127.0.0.1:{free_port()}", state={"path": str(folder / "state.npz")},
+    """A daemon with the shipped grace (120 s) on a clock the test moves, a snapshot every 10 minutes of it (no
+    broker acknowledges the records: each snapshot holds them all)."""
+    cfg = daemon_config(f"mqtt://127.0.0.1:{free_port()}",
+                        state={"path": str(folder / "state.npz"), "save_interval_s": 600.0},
                         ingest={"grace_s": 120.0, "max_past_s": 10 * 365 * 86400.0},
                         compute={"engine": "stream", "tick_s": 0.05})  # fmt: skip
     d = Daemon(cfg, bundle, make_scorer(bundle, "stream"), clock=clock)
