@@ -595,6 +595,51 @@ def test_a_fleet_batch_is_binned_as_one_sample_at_a_time(rule, grace, bound):
     assert (batched.out_of_range > 0).any()
 
 
+@pytest.mark.parametrize(
+    ("case", "blocks"),
+    [("one deep among shallow", [300]), ("wide", []), ("deep, out of order", []), ("deep, frozen stamp", [])],
+)
+def test_a_turbines_backlog_goes_as_one_block_and_a_wide_batch_as_rounds(case, blocks):
+    """A call's slot much deeper than the others (a turbine's backlog in one message, in time order) takes one
+    `add_sorted` pass; a batch wide and shallow (50 turbines x 40 samples) stays in rounds, where 50 blocks would
+    cost more; a backlog out of time order, or over `max_per_stamp` under one stamp, stays in rounds. Each gives
+    what one call per sample gives."""
+    rng = np.random.default_rng(3)
+    spec = parity_spec("mean")
+    depth = {"one deep among shallow": [300] + [1] * 49, "wide": [40] * 50}.get(case, [300] + [1] * 49)
+    slots = np.concatenate([np.full(d, k) for k, d in enumerate(depth)])
+    ts = np.concatenate([T10 + (np.arange(d) + 1) * 30 * S for d in depth]).astype(np.int64)
+    if case == "deep, out of order":
+        ts[:300] = ts[:300][rng.permutation(300)]
+    if case == "deep, frozen stamp":
+        ts[100:110] = ts[100]  # 10 readings under one stamp, over the bound of 3
+    order = rng.permutation(slots.size)
+    order = order[np.argsort(slots[order] == 0, kind="stable")]  # the deep turbine's samples last, in their order
+    order[slots[order] == 0] = np.flatnonzero(slots == 0)
+    slots, ts = slots[order], ts[order]
+    vals = rng.uniform(1, 20, (slots.size, len(PARITY_CHANNELS)))
+    batched, single = OpenBins(spec, 120, 3), OpenBins(spec, 120, 3)
+    for _ in depth:
+        batched.add_slot(), single.add_slot()
+    taken: list[int] = []
+    sorted_block = batched._add_sorted
+    batched._add_sorted = lambda slot, t, v: taken.append(t.size) or sorted_block(slot, t, v)
+    status, closed = batched.add(slots, ts, vals)
+    want = [single.add(slots[i : i + 1], ts[i : i + 1], vals[i : i + 1], i) for i in range(slots.size)]
+    assert taken == blocks
+    np.testing.assert_array_equal(status, np.concatenate([w[0] for w in want]))
+    assert (case == "deep, frozen stamp") == (status == FULL).any()
+    g = _closed_rows([closed], batched.plan)
+    w = _closed_rows([c for _, c in want if c is not None], single.plan)
+    assert g[0].size > 0
+    for x, y in zip(g, w):
+        np.testing.assert_array_equal(x, y)
+    for k in range(len(depth)):
+        a_state, b_state = batched.state_dict(k), single.state_dict(k)
+        for key in a_state:
+            np.testing.assert_array_equal(a_state[key], b_state[key], err_msg=key)
+
+
 def test_a_frozen_clock_keeps_at_most_max_per_stamp_and_counts_the_rest():
     """A publisher whose stamps stopped advancing sends new values under one stamp: none closes a bin, so without
     a bound the open bin grows without end. With `max_per_stamp` the turbine keeps the first ones, counts the

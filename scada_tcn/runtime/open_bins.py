@@ -22,11 +22,11 @@ Contract (per slot, i.e. per turbine)
 `OpenBins.add(slots, ts, values)` takes n samples of any slots in arrival order: the state afterwards, the bins
 closed and the sample that closed each are those of n one-sample calls. Round r holds each slot's r-th sample of
 the call (distinct slots), and each round is a few vectorised passes over the round and the open rows (the daemon's
-loop iteration: about one sample per turbine, one round). A slot with at least `_DEEP` samples in time order
-that the bound cannot bite (a turbine's backlog in one message) takes one `add_sorted` pass instead of a round per
-sample. `add_sorted(slot, ts, values)` takes one slot's block of samples with non-decreasing stamps (a table
-sorted by time) in one vectorised call. Closed bins come out as `ClosedBins` (several slots) or `binning.RawBins`
-(one), for `binning.aggregate_bins`.
+loop iteration: about one sample per turbine, one round). A slot much deeper than the others, with at least
+`_DEEP` samples in time order that the bound cannot bite (a turbine's backlog in one message), takes one
+`add_sorted` pass instead of a round per sample. `add_sorted(slot, ts, values)` takes one slot's block of
+samples with non-decreasing stamps (a table sorted by time) in one vectorised call. Closed bins come out as
+`ClosedBins` (several slots) or `binning.RawBins` (one), for `binning.aggregate_bins`.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ __all__ = ["BinAccumulator", "ClosedBins", "OpenBins", "NO_SAMPLE", "STORED", "L
 NO_SAMPLE = np.iinfo(np.int64).max  # `OpenBins.open_from` of a slot without a sample yet
 _BEFORE_ALL = np.iinfo(np.int64).min
 STORED, LATE, FULL = 0, 1, 2  # `OpenBins.add` per sample: stored (or an exact repeat), late, dropped by the bound
-_DEEP = 8  # samples of one slot in one `OpenBins.add` from which its block takes one `_add_sorted` (a round costs
+_DEEP = 8  # samples of one slot in one `OpenBins.add` from which its block may take one `_add_sorted` (a round costs
 # some 25-40 us whatever its size: a turbine's backlog of 1,000 samples in one message took 1,000 rounds)
 
 
@@ -251,13 +251,24 @@ class OpenBins:
         return status, _join([c for c in closed if c is not None])
 
     def _backlogs(self, sl: np.ndarray, ts: np.ndarray) -> list[tuple[int, np.ndarray]]:
-        """The slots of a call with at least `_DEEP` samples in non-decreasing stamps where the bound cannot bite
-        (no stamp has more than `max_per_stamp` samples, open ones included), with their samples' indices: such a
-        block (a turbine's backlog in one message) takes one `_add_sorted` instead of a round per sample."""
+        """The slots of a call whose samples take one `_add_sorted` each instead of a round per sample (a turbine's
+        backlog in one message), with their samples' indices. A block and a round cost about the same, so the
+        deepest j slots go as blocks where j + the rounds left is least (one deep turbine among many shallow
+        ones: a block; 200 turbines of 25 samples each: 25 rounds, not 200 blocks). A slot goes as a block only
+        with at least `_DEEP` samples, in non-decreasing stamps, where the bound cannot bite (no stamp has more
+        than `max_per_stamp` samples, open ones included); the others stay in the rounds."""
         counts = np.bincount(sl, minlength=self.n)
+        deep = np.flatnonzero(counts >= _DEEP)
+        if not deep.size:
+            return []
+        deep = deep[np.argsort(-counts[deep], kind="stable")]
+        depth = np.append(counts[deep], np.sort(counts)[-deep.size - 1] if deep.size < self.n else 0)
+        j = int(np.argmin(np.arange(depth.size) + depth))  # blocks + rounds left
+        by_slot = np.argsort(sl, kind="stable")
+        first = np.cumsum(counts) - counts
         out = []
-        for slot in np.flatnonzero(counts >= _DEEP).tolist():
-            mine = np.flatnonzero(sl == slot)
+        for slot in deep[:j].tolist():
+            mine = by_slot[first[slot] : first[slot] + counts[slot]]
             t = ts[mine]
             if (t[1:] < t[:-1]).any():
                 continue
