@@ -79,15 +79,20 @@ class ClosedBins(NamedTuple):
 
 def rounds(slots: np.ndarray) -> list[np.ndarray]:
     """Sample indices (arrival order) grouped by their rank within their slot: round r = each slot's r-th."""
-    if slots.size < 2:
-        return [np.arange(slots.size)]
+    n = slots.size
+    if n < 2:
+        return [np.arange(n)]
     by_slot = np.argsort(slots, kind="stable")
     s = slots[by_slot]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    rank = np.empty(slots.size, dtype=np.int64)
-    rank[by_slot] = np.arange(slots.size) - np.repeat(starts, np.diff(np.r_[starts, slots.size]))
-    top = int(rank.max())
-    return [np.arange(slots.size)] if top == 0 else [np.flatnonzero(rank == r) for r in range(top + 1)]
+    first = np.empty(n, dtype=bool)  # the first of its slot, in slot order
+    first[0] = True
+    np.not_equal(s[1:], s[:-1], out=first[1:])
+    if first.all():  # distinct slots (the daemon's loop iteration): one round
+        return [np.arange(n)]
+    starts = np.flatnonzero(first)
+    rank = np.empty(n, dtype=np.int64)
+    rank[by_slot] = np.arange(n) - np.repeat(starts, np.diff(starts, append=n))
+    return [np.flatnonzero(rank == r) for r in range(int(rank.max()) + 1)]
 
 
 class _Rows:
@@ -257,6 +262,8 @@ class OpenBins:
         ones: a block; 200 turbines of 25 samples each: 25 rounds, not 200 blocks). A slot goes as a block only
         with at least `_DEEP` samples, in non-decreasing stamps, where the bound cannot bite (no stamp has more
         than `max_per_stamp` samples, open ones included); the others stay in the rounds."""
+        if sl.size < _DEEP:
+            return []
         counts = np.bincount(sl, minlength=self.n)
         deep = np.flatnonzero(counts >= _DEEP)
         if not deep.size:
