@@ -7,7 +7,7 @@ import pytest
 
 from scada_tcn.runtime.binning import BinStats, aggregate_bins, bin_end_ns, bin_timeline
 from scada_tcn.runtime.errors import InputError, SpecError
-from scada_tcn.runtime.open_bins import FULL, LATE, BinAccumulator, OpenBins
+from scada_tcn.runtime.open_bins import FULL, LATE, BinAccumulator, OpenBins, rounds
 from scada_tcn.runtime.spec import PipelineSpec
 
 S = 1_000_000_000
@@ -638,6 +638,20 @@ def test_a_turbines_backlog_goes_as_one_block_and_a_wide_batch_as_rounds(case, b
         a_state, b_state = batched.state_dict(k), single.state_dict(k)
         for key in a_state:
             np.testing.assert_array_equal(a_state[key], b_state[key], err_msg=key)
+
+
+def test_rounds_hold_each_slots_rth_item_in_arrival_order():
+    """`rounds` (the open bins', the fleet's and the alert steps' one grouping): round r holds, in arrival order,
+    every slot's r-th item, and nothing else; random arrays of 0-40 items over 1-12 slots, distinct ones too."""
+    rng = np.random.default_rng(11)
+    for _ in range(500):
+        slots = rng.integers(0, int(rng.integers(1, 12)), int(rng.integers(0, 40)))
+        if rng.random() < 0.2:
+            slots = rng.permutation(slots.size)  # distinct: one round
+        got = rounds(slots)
+        rank = np.array([np.count_nonzero(slots[:i] == s) for i, s in enumerate(slots)], dtype=np.int64)
+        want = [np.flatnonzero(rank == r) for r in range(int(rank.max(initial=0)) + 1)]
+        assert len(got) == len(want) and all(np.array_equal(g, w) for g, w in zip(got, want))
 
 
 def test_a_frozen_clock_keeps_at_most_max_per_stamp_and_counts_the_rest():
