@@ -12,6 +12,8 @@ Regimes (CPU seconds of this process, pinned to one core by the caller, e.g. `ta
   1Hz-large      the same in batches of 200.
   backlog        one turbine's backlog of 1,000 samples (30 s apart) in one batch, while 1000 turbines hold open
                  bins.
+  farm-backlog   every turbine's backlog of 10 samples (a minute apart: a 10-minute outage of the farm's link), all
+                 in one batch in time order.
   one-by-one     the fleet-step regime with one `Engine.ingest` call per sample (a caller without batches).
 `--baseline-tree` runs the same regimes with another checkout of the project (a `git worktree` of an older commit)
 on the import path, in a subprocess, and prints the ratios; a tree without `Engine.ingest_batch` is fed one
@@ -88,7 +90,9 @@ def one_hz(bundle_dir: str, batch: int, n: int = 200, seconds: int = 300) -> dic
     return {"ingest_us_per_sample": (time.process_time() - t0) / len(seq) * 1e6}
 
 
-def backlog(bundle_dir: str, n: int = 1000, depth: int = 1000) -> dict[str, float]:
+def backlog(bundle_dir: str, senders: int, depth: int, spacing_s: int, n: int = 1000) -> dict[str, float]:
+    """`senders` of n turbines (holding open bins) send `depth` samples each, `spacing_s` apart, in one batch in
+    time order (a gateway forwarding its buffer)."""
     from scada_tcn.runtime.telemetry import Sample
 
     b, eng = _engine(bundle_dir)
@@ -98,17 +102,20 @@ def backlog(bundle_dir: str, n: int = 1000, depth: int = 1000) -> dict[str, floa
     for k in range(3):
         _feed(eng, [Sample(names[i], T0 + k * DT_NS - 1, rng.normal(size=c) + 5) for i in range(n)])
         eng.flush()
-    back = [Sample(names[0], T0 + 3 * DT_NS + j * 30 * 10**9, rng.normal(size=c) + 5) for j in range(depth)]
+    back = [Sample(names[i], T0 + 3 * DT_NS + j * spacing_s * 10**9, rng.normal(size=c) + 5)
+            for j in range(depth) for i in range(senders)]  # fmt: skip
     t0 = time.process_time()
     _feed(eng, back)
-    return {"ingest_us_per_sample": (time.process_time() - t0) / depth * 1e6}
+    return {"ingest_us_per_sample": (time.process_time() - t0) / len(back) * 1e6}
 
 
 def measure(bundle_dir: str) -> dict[str, dict[str, float]]:
     """Every regime, in this process (with whichever tree is on the import path)."""
     out = {}
     for name, run in (("fleet-step", lambda: fleet_step(bundle_dir)), ("1Hz-small", lambda: one_hz(bundle_dir, 10)),
-                      ("1Hz-large", lambda: one_hz(bundle_dir, 200)), ("backlog", lambda: backlog(bundle_dir)),
+                      ("1Hz-large", lambda: one_hz(bundle_dir, 200)),
+                      ("backlog", lambda: backlog(bundle_dir, senders=1, depth=1000, spacing_s=30)),
+                      ("farm-backlog", lambda: backlog(bundle_dir, senders=1000, depth=10, spacing_s=60)),
                       ("one-by-one", lambda: fleet_step(bundle_dir, one_by_one=True))):  # fmt: skip
         print(f"  {name} ...", file=sys.stderr, flush=True)
         out[name] = run()
