@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from scada_tcn.runtime.binning import _check_int, _check_ts, _check_values, aggregate_bins
-from scada_tcn.runtime.open_bins import FULL, LATE, NO_SAMPLE, ClosedBins, OpenBins, as_closed, rounds
+from scada_tcn.runtime.open_bins import FULL, LATE, NO_SAMPLE, ClosedBins, OpenBins, rounds
 from scada_tcn.runtime.pipeline import StreamPreprocessor
 from scada_tcn.runtime.scaling import RobustScaler
 from scada_tcn.runtime.spec import PipelineSpec
@@ -253,9 +253,8 @@ class Fleet:
         for u in np.argsort(first):  # new turbines get their slots in order of first sample, as with `add`
             rows = by_turbine[bounds[u] : bounds[u + 1]]
             slot = self._slot(str(uniq[u]))
-            raw, closers, n_late = self._bins.add_sorted(slot, ts[rows], values[rows])
-            if raw is not None:
-                self._queue(as_closed(slot, raw, self._arrivals + rows[closers]))
+            closed, n_late = self._bins.add_sorted(slot, ts[rows], values[rows], self._arrivals + rows)
+            self._queue(closed)
             late += n_late
         self._arrivals += ts.size
         return late

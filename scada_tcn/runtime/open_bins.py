@@ -24,9 +24,9 @@ closed and the sample that closed each are those of n one-sample calls. Round r 
 the call (distinct slots), and each round is a few vectorised passes over the round and the open rows (the daemon's
 loop iteration: about one sample per turbine, one round). A slot much deeper than the others, with at least
 `_DEEP` samples in time order that the bound cannot bite (a turbine's backlog in one message), takes one
-`add_sorted` pass instead of a round per sample. `add_sorted(slot, ts, values)` takes one slot's block of
+`add_sorted` pass instead of a round per sample. `add_sorted(slot, ts, values, arrivals)` takes one slot's block of
 samples with non-decreasing stamps (a table sorted by time) in one vectorised call. Closed bins come out as
-`ClosedBins` (several slots) or `binning.RawBins` (one), for `binning.aggregate_bins`.
+`ClosedBins` (`BinAccumulator` hands its one turbine's on as `binning.RawBins`), for `binning.aggregate_bins`.
 """
 
 from __future__ import annotations
@@ -238,12 +238,13 @@ class OpenBins:
         if not ts.size:
             return status, None
         closed: list[ClosedBins | None] = []
-        rest = np.arange(ts.size)
+        in_rounds = np.ones(ts.size, dtype=bool)
         for slot, mine in self._backlogs(sl, ts):  # a deep, time-ordered block of one slot: one vectorised call
-            raw, closers, late = self._add_sorted(slot, ts[mine], vals[mine])
+            block, late = self._block(slot, ts[mine], vals[mine], first_arrival + mine)
             status[mine[:late]] = LATE
-            closed.append(None if raw is None else as_closed(slot, raw, first_arrival + mine[closers]))
-            rest = rest[sl[rest] != slot]
+            closed.append(block)
+            in_rounds[mine] = False
+        rest = np.flatnonzero(in_rounds)
         if rest.size < ts.size:
             sl, ts, vals = sl[rest], ts[rest], vals[rest]
         labels = _ceil_labels(ts, dt)
@@ -368,18 +369,28 @@ class OpenBins:
             return None
         return self._close(s, np.full(s.size, last, dtype=np.int64), np.full(s.size, arrival, dtype=np.int64))
 
-    def add_sorted(self, slot: int, ts_ns: np.ndarray, values: np.ndarray) -> tuple[RawBins | None, np.ndarray, int]:
+    def add_sorted(
+        self, slot: int, ts_ns: np.ndarray, values: np.ndarray, arrivals: np.ndarray | None = None
+    ) -> tuple[ClosedBins | None, int]:
         """n samples of one slot in one vectorised call: ts_ns (n,) int64 non-decreasing (a table sorted by time),
         values (n, C), in arrival order; no `max_per_stamp` bound. The state afterwards and the bins closed are
-        those of n one-sample calls. Returns (the closed bins' samples, None when nothing closed; per closed bin,
-        the index of the sample that closed it, the first of a later bin; the number of late samples dropped)."""
+        those of n one-sample calls. Returns (the bins closed, None when none: per bin, its closer is the arrival
+        index (`arrivals`, per sample; by default its index in the block) of the sample that closed it, the first
+        of a later bin; the number of late samples dropped)."""
         if self.max_per_stamp is not None:
             raise SpecError("add_sorted keeps no max_per_stamp bound (replay): use add")
         ts = _check_ts(ts_ns, self.plan.dt_ns)
         vals = _check_values(values, (ts.size, len(self.plan.channels)), self.plan)
         if ts.size and (ts[1:] < ts[:-1]).any():
             raise InputError("add_sorted: the stamps must be non-decreasing (sort the rows by time)")
-        return self._add_sorted(slot, ts, vals)
+        return self._block(slot, ts, vals, np.arange(ts.size) if arrivals is None else np.asarray(arrivals, np.int64))
+
+    def _block(
+        self, slot: int, ts: np.ndarray, vals: np.ndarray, arrivals: np.ndarray
+    ) -> tuple[ClosedBins | None, int]:
+        """`_add_sorted` with the closed bins as `ClosedBins`, their closers taken from `arrivals` (per sample)."""
+        raw, closers, late = self._add_sorted(slot, ts, vals)
+        return (None if raw is None else _as_closed(slot, raw, arrivals[closers])), late
 
     def _add_sorted(self, slot: int, ts: np.ndarray, vals: np.ndarray) -> tuple[RawBins | None, np.ndarray, int]:
         """`add_sorted` of checked arrays, without the bound (the caller knows that it cannot bite)."""
@@ -525,12 +536,11 @@ def _join(parts: list[ClosedBins]) -> ClosedBins | None:
     return ClosedBins(*(np.concatenate(f) for f in zip(*parts)))
 
 
-def as_closed(slot: int, raw: RawBins, closers: np.ndarray) -> ClosedBins:
-    """One slot's `RawBins` (and its closers, one per bin or one for all) as `ClosedBins`."""
+def _as_closed(slot: int, raw: RawBins, closers: np.ndarray) -> ClosedBins:
+    """One slot's `RawBins` and its closers (one per bin) as `ClosedBins`."""
     one = np.array([slot], dtype=np.int64)
     return ClosedBins(one, np.array([raw.start_ns], dtype=np.int64), np.array([raw.n_bins], dtype=np.int64),
-                      np.array([raw.ts.size], dtype=np.int64), raw.ts, raw.order, raw.values,
-                      np.broadcast_to(np.asarray(closers, dtype=np.int64), raw.n_bins).copy())  # fmt: skip
+                      np.array([raw.ts.size], dtype=np.int64), raw.ts, raw.order, raw.values, closers)  # fmt: skip
 
 
 def _raw(closed: ClosedBins | None) -> RawBins | None:
@@ -609,7 +619,8 @@ class BinAccumulator:
         """`add_deferred` of n samples with non-decreasing stamps in one vectorised call (`OpenBins.add_sorted`)."""
         if self._bins.max_per_stamp is not None:
             raise SpecError("add_many_deferred keeps no max_per_stamp bound (replay): use add_deferred")
-        return self._bins.add_sorted(0, ts_ns, values)
+        closed, late = self._bins.add_sorted(0, ts_ns, values)
+        return _raw(closed), np.empty(0, dtype=np.int64) if closed is None else closed.closers, late
 
     def closable_through(self, now_ns: int) -> int:
         """The end of the last bin that may close at clock time now_ns: its end + grace <= now_ns."""
