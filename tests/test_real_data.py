@@ -1,10 +1,10 @@
 """scada-prepare and scada-runtime replay on the real ENGIE La Haute Borne SCADA (../shared/data; skipped with the
 reason when absent)."""
 
-import json
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 
@@ -63,7 +63,7 @@ def test_replay_of_la_haute_borne_as_published(lhb_bundle, tmp_path):
     args = ["replay", "--bundle", str(lhb_bundle), "--input", str(shared_data_or_skip(*LHB_FILE)), "--out", str(out),
             "--config", str(tmp_path / "runtime.yaml")]  # fmt: skip
     assert main(args) == 0
-    docs = [json.loads(line) for line in out.read_text().splitlines()]
+    docs = [orjson.loads(line) for line in out.read_bytes().splitlines()]
     seqs: dict[str, list[int]] = {}
     for d in docs:
         seqs.setdefault(d["turbine"], []).append(d["seq"])

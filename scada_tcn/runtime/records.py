@@ -43,7 +43,6 @@ any key that arrived with two different payloads (a broken contract, never expec
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -273,30 +272,31 @@ class Deduped:
     records: dict[tuple[str, str], bytes]
     duplicates: int
     conflicts: dict[tuple[str, str], list[bytes]]
+    meta: dict[tuple[str, str], tuple[int, Any]] = field(repr=False)  # (seq, status) per key, read when parsed
 
     def seqs(self, status: str | None = None) -> dict[str, set[int]]:
         """Per turbine, the distinct `seq` of the kept records (of one status, or all)."""
         out: dict[str, set[int]] = {}
-        for payload in self.records.values():
-            d = json.loads(payload)
-            if status is None or d.get("status") == status:
-                out.setdefault(d["turbine"], set()).add(int(d["seq"]))
+        for key, (seq, st) in self.meta.items():
+            if status is None or st == status:
+                out.setdefault(key[0], set()).add(seq)
         return out
 
 
 def dedupe(payloads: Iterable[bytes]) -> Deduped:
     """Score-topic payloads in arrival order -> one per (turbine, ts); see the module docstring."""
     records: dict[tuple[str, str], bytes] = {}
+    meta: dict[tuple[str, str], tuple[int, Any]] = {}
     conflicts: dict[tuple[str, str], list[bytes]] = {}
     duplicates = 0
     for p in payloads:
-        d = json.loads(p)
+        d = orjson.loads(p)
         key = (str(d["turbine"]), str(d["ts"]))
         seen = records.get(key)
         if seen is None:
-            records[key] = p
+            records[key], meta[key] = p, (int(d["seq"]), d.get("status"))
         elif seen == p:
             duplicates += 1
         else:
             conflicts.setdefault(key, [seen]).append(p)
-    return Deduped(records, duplicates, conflicts)
+    return Deduped(records, duplicates, conflicts, meta)
