@@ -137,6 +137,39 @@ def test_tracker_restarts_exactly_through_the_state_file(tmp_path: Path, aggrega
                 np.testing.assert_array_equal(getattr(got, name), getattr(r, name), err_msg=f"{name} after {cut}")
 
 
+@pytest.mark.parametrize("aggregator", ["ewma", "cusum"])
+@pytest.mark.parametrize("baseline", ["fleet", "none"])
+def test_several_time_steps_in_one_call_equal_one_call_per_step(aggregator: str, baseline: str) -> None:
+    """`step_of` (a replay's chunk, offline tracking): bitwise what one call per time step gives, with the fleet
+    changing from step to step (turbines absent from some steps, steps of one turbine) and the calls cut anywhere."""
+    spec = _spec()
+    kw = {"halflife": 6.0, "k": None} if aggregator == "ewma" else {"halflife": None, "k": 0.3}
+    params = SignalParams(spec, aggregator, kw["halflife"], kw["k"], 3, baseline, 1,
+                          SignalLevels((1.0, 2.0, 0.5, 10.0, 20.0)))  # fmt: skip
+    rng = np.random.default_rng(11)
+    steps = []
+    for x in _fleet_inputs(120, 6, 3):
+        keep = np.flatnonzero(rng.random(6) < rng.choice([0.2, 0.9]))  # a thin fleet at some steps
+        steps.append(tuple(np.asarray(a)[keep] if not isinstance(a, list) else [a[i] for i in keep] for a in x))
+    steps = [x for x in steps if len(x[1])]
+    one = SignalTracker.from_params(params)
+    ref = [one.step(*x) for x in steps]
+    for cuts in ([0, len(steps)], [0, 1, 2, 50, 51, len(steps)], sorted({0, len(steps), *rng.integers(0, 120, 9)})):
+        many = SignalTracker.from_params(params)
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            part = steps[a:b]
+            if not part:
+                continue
+            cat = [[t for x in part for t in x[1]] if k == 1 else np.concatenate([x[k] for x in part])
+                   for k in range(8)]  # fmt: skip
+            got = many.step(*cat, np.repeat(np.arange(a, b), [len(x[1]) for x in part]))
+            for name in got._fields:
+                want = np.concatenate([getattr(r, name) for r in ref[a:b]])
+                np.testing.assert_array_equal(getattr(got, name), want, err_msg=f"{name} in steps {a}..{b}")
+    with pytest.raises(ValueError, match="non-decreasing"):
+        many.step(*steps[0], np.arange(len(steps[0][1]))[::-1])
+
+
 def test_tracker_fleet_baseline_groups_and_skip() -> None:
     spec = _spec()
     levels = SignalLevels((1.0, 2.0, 0.5, 10.0, 20.0))

@@ -94,6 +94,7 @@ class _Waiting(NamedTuple):
 
 
 _WAITING_ARRAYS = ("resid", "present", "pred", "repeat", "flags")
+_RELEASE_ROWS = 4096  # records per tracker call when a replay releases many fleet steps (bounded lists)
 
 
 class Engine:
@@ -328,51 +329,68 @@ class Engine:
         return ScoreBatch(Y_hat=Y_hat, fault_prob=fault_prob, rul=rul, resid=resid, pred=pred)
 
     def _release_signals(self, final: bool) -> list[Output]:
-        """Per-signal bundles: the tracker, the levels and the alert steps of the fleet's closed steps, in order."""
-        assert self._signals is not None
-        sp = self._signals.spec
+        """Per-signal bundles: the tracker, the levels and the alert steps of the fleet's closed steps, in order
+        (whole fleet steps of about `_RELEASE_ROWS` records per tracker call: `SignalTracker.step`'s `step_of`)."""
         limit = self.fleet.open_from()
-        groups, monitors, F = list(sp.groups), sp.monitor_names, len(self.feature_names)
-        labels, topn = self._labels, self.bundle.scoring.topn
         out: list[Output] = []
+        groups: list[list[_Waiting]] = []
+        n = 0
         for end in sorted(e for e in self._pending if final or limit is None or e < limit):
-            group = self._pending.pop(end)
-            slots = np.array([w.slot for w in group], dtype=np.int64)
-            sources = self._level_sources(w.record.turbine for w in group)
-            scored = np.array([w.resid is not None for w in group], dtype=bool)
-            resid, pred = (np.stack([getattr(w, k) if w.resid is not None else np.zeros(F) for w in group])
-                           for k in ("resid", "pred"))  # fmt: skip
-            present = np.stack([w.present if w.present is not None else np.zeros(F, bool) for w in group])
-            flags = np.stack([w.flags for w in group])
-            skip = sp.skip_mask(flags, self.flag_names)
-            st = self._signals.step(slots, [w.record.turbine for w in group], resid, present, pred, scored,
-                                    np.stack([w.repeat for w in group]), skip)  # fmt: skip
-            # steps without new evidence (unscored, skipped) hold the alert and leave the drift alone, as offline
-            # inference leaves them out: their score is the aggregate frozen over the gap
-            has = np.isfinite(st.score) & st.observed
-            self.drift.update_many(st.score[has])
-            turned_on, turned_off = np.zeros(len(group), bool), np.zeros(len(group), bool)
-            if has.any():
-                tr = self.alerts.step(slots[has], st.score[has], np.ones(int(has.sum())))
-                turned_on[has], turned_off[has] = tr.turned_on, tr.turned_off
-            states = self.alerts.get()
-            # plain lists, built once per fleet step (NaN is published as null)
-            ranked = worst_first(st.group_ratio, st.group_top)
-            ratio, value, level, score = (_nullable(a) for a in (st.group_ratio, st.value, st.level, st.score))
-            for b, w in enumerate(group):
-                rec = w.record
-                rec.alert = bool(states[w.slot]) if w.slot < states.size else False
-                if not isinstance(rec, ScoreRecord):
-                    out.extend(self._outputs(rec))
-                    continue
-                r, v, lv = ratio[b], value[b], level[b]
-                rec.groups = tuple({"group": groups[j], "ratio": r[j], "value": v[m], "level": lv[m],
-                                    "signal": monitors[m]} for j, m in ranked[b])  # fmt: skip
-                rec.top_features = tuple((labels[j, m], r[j]) for j, m in ranked[b][:topn])
-                rec.score, rec.threshold, rec.threshold_source = score[b], 1.0, sources[rec.turbine]
-                rec.regime = "skipped" if skip[b] else rec.regime
-                rec.turned = "on" if turned_on[b] else "off" if turned_off[b] else None
+            groups.append(self._pending.pop(end))
+            n += len(groups[-1])
+            if n >= _RELEASE_ROWS:
+                out += self._release_steps(groups)
+                groups, n = [], 0
+        return out + self._release_steps(groups) if groups else out
+
+    def _release_steps(self, groups: list[list[_Waiting]]) -> list[Output]:
+        """`_release_signals` for the fleet steps `groups` (in time order)."""
+        assert self._signals is not None
+        sp, F = self._signals.spec, len(self.feature_names)
+        rows = [w for group in groups for w in group]
+        sizes = np.array([len(group) for group in groups], dtype=np.int64)
+        starts = np.cumsum(sizes) - sizes
+        slots = np.array([w.slot for w in rows], dtype=np.int64)
+        turbines = [w.record.turbine for w in rows]
+        sources = self._level_sources(turbines)
+        scored = np.array([w.resid is not None for w in rows], dtype=bool)
+        resid, pred = (np.stack([getattr(w, k) if w.resid is not None else np.zeros(F) for w in rows])
+                       for k in ("resid", "pred"))  # fmt: skip
+        present = np.stack([w.present if w.present is not None else np.zeros(F, bool) for w in rows])
+        skip = sp.skip_mask(np.stack([w.flags for w in rows]), self.flag_names)
+        st = self._signals.step(slots, turbines, resid, present, pred, scored, np.stack([w.repeat for w in rows]),
+                                skip, np.repeat(np.arange(len(groups)), sizes))  # fmt: skip
+        # steps without new evidence (unscored, skipped) hold the alert and leave the drift alone, as offline
+        # inference leaves them out: their score is the aggregate frozen over the gap
+        has = np.isfinite(st.score) & st.observed
+        self.drift.update_many(st.score[has])
+        turned_on, turned_off, alert = (np.zeros(len(rows), bool) for _ in range(3))
+        for a, b in zip(starts.tolist(), (starts + sizes).tolist()):  # the alert steps, a fleet step at a time
+            now = a + np.flatnonzero(has[a:b])
+            if now.size:
+                tr = self.alerts.step(slots[now], st.score[now], np.ones(now.size))
+                turned_on[now], turned_off[now] = tr.turned_on, tr.turned_off
+            states = np.append(self.alerts.get(), False)  # a slot never stepped is off
+            alert[a:b] = states[np.minimum(slots[a:b], states.size - 1)]
+        # plain lists, built once per release (NaN is published as null)
+        names, monitors, labels, topn = list(sp.groups), sp.monitor_names, self._labels, self.bundle.scoring.topn
+        ranked = worst_first(st.group_ratio, st.group_top)
+        ratio, value, level, score = (_nullable(a) for a in (st.group_ratio, st.value, st.level, st.score))
+        out: list[Output] = []
+        for b, w in enumerate(rows):
+            rec = w.record
+            rec.alert = bool(alert[b])
+            if not isinstance(rec, ScoreRecord):
                 out.extend(self._outputs(rec))
+                continue
+            r, v, lv = ratio[b], value[b], level[b]
+            rec.groups = tuple({"group": names[j], "ratio": r[j], "value": v[m], "level": lv[m],
+                                "signal": monitors[m]} for j, m in ranked[b])  # fmt: skip
+            rec.top_features = tuple((labels[j, m], r[j]) for j, m in ranked[b][:topn])
+            rec.score, rec.threshold, rec.threshold_source = score[b], 1.0, sources[rec.turbine]
+            rec.regime = "skipped" if skip[b] else rec.regime
+            rec.turned = "on" if turned_on[b] else "off" if turned_off[b] else None
+            out.extend(self._outputs(rec))
         return out
 
     def _level_sources(self, turbines: Any) -> dict[str, str]:

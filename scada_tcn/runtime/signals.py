@@ -254,6 +254,16 @@ def worst_first(group_ratio: np.ndarray, group_top: np.ndarray) -> list[list[tup
     return [[(j, t[j]) for j in o if t[j] >= 0] for o, t in zip(order, group_top.tolist())]
 
 
+def _starts(step_of: np.ndarray | None, B: int) -> np.ndarray:
+    """(T,) the first row of each time step of `SignalTracker.step`'s rows (one step when `step_of` is None)."""
+    if step_of is None:
+        return np.zeros(1 if B else 0, dtype=np.int64)
+    k = np.asarray(step_of)
+    if k.shape != (B,) or (k[1:] < k[:-1]).any():
+        raise ValueError(f"SignalTracker.step: step_of must be (B={B},) and non-decreasing (time steps in order)")
+    return np.flatnonzero(np.r_[True, k[1:] != k[:-1]]) if B else np.zeros(0, dtype=np.int64)
+
+
 class SignalStep(NamedTuple):
     """One step of a fleet's turbines (B rows): monitors' values, levels and ratios, and their group maxima."""
 
@@ -278,6 +288,9 @@ class SignalTracker:
     (B, F), the newest step's presence (B, F), whether the window was scored (B,) (a window with too little data
     is a missing step for the features and gives no prediction; its repeat codes still count), the repeat codes
     (B, S) and the skip mask (B,) (`SignalSpec.skip_mask`). Without `levels` the ratios are NaN.
+    With `step_of` (B,) the rows are several time steps, each one's rows together and the steps in time order
+    (`step_of` non-decreasing; slots distinct within a step): the same as one call per step, with only the
+    aggregators' recursions taken a step at a time (a replay's chunk, offline tracking).
     `state_dict()` / `load_state_dict()` carry the aggregators' state (the daemon's state file holds it).
     """
 
@@ -318,6 +331,7 @@ class SignalTracker:
         scored: np.ndarray,
         repeat: np.ndarray,
         skip: np.ndarray,
+        step_of: np.ndarray | None = None,
     ) -> SignalStep:
         slots = np.asarray(slots, dtype=np.int64)
         B, F, sp = slots.size, len(self.spec.features), self.spec
@@ -326,20 +340,28 @@ class SignalTracker:
         if z.shape != (B, F) or p.shape != (B, F) or pr.shape != (B, F) or ok.shape != (B,):
             raise ValueError(f"SignalTracker.step: resid, present, pred (B={B}, F={F}) and scored, skip (B,); got "
                              f"{z.shape}, {p.shape}, {pr.shape}, {ok.shape}")  # fmt: skip
+        starts = _starts(step_of, B)
+        spans = list(zip(starts.tolist(), [*starts[1:].tolist(), B]))
         feat = sp.monitor_features
         y = sp.feature_deviation(z)[:, feat]
         has = p.astype(bool)[:, feat] & ok[:, None]
         if self.baseline == SignalBaseline.fleet:
-            y, has = self._fleet_relative(y, has)
+            y, has = self._fleet_relative(y, has, starts)
         values = []
         if self.agg is not None:
-            self.agg.update(slots, np.where(has, y, 0.0), has)
-            values.append(self.agg.get(slots))
+            x, v = np.where(has, y, 0.0), np.empty((B, feat.size))
+            for a, b in spans:  # the recursion, a time step at a time
+                self.agg.update(slots[a:b], x[a:b], has[a:b])
+                v[a:b] = self.agg.get(slots[a:b])
+            values.append(v)
         if self.stuck is not None:
             codes = np.asarray(repeat)[:, [c.repeat for c in sp.stuck]]
             moving = pr[:, [c.feature for c in sp.stuck]].astype(np.float64)
-            self.stuck.update(slots, codes, moving, np.repeat(ok[:, None], len(sp.stuck), axis=1))
-            values.append(self.stuck.get(slots))
+            taken, v = np.repeat(ok[:, None], len(sp.stuck), axis=1), np.empty((B, len(sp.stuck)))
+            for a, b in spans:
+                self.stuck.update(slots[a:b], codes[a:b], moving[a:b], taken[a:b])
+                v[a:b] = self.stuck.get(slots[a:b])
+            values.append(v)
         value = np.concatenate(values, axis=1) if values else np.zeros((B, 0))
         if self.levels is None:
             level = np.full_like(value, np.nan)
@@ -363,13 +385,20 @@ class SignalTracker:
             lv = self._level_cache[turbine] = self.levels.for_turbine(turbine)[0]
         return lv
 
-    def _fleet_relative(self, y: np.ndarray, has: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Each monitored feature minus the median of the other turbines' same feature (observed ones only)."""
+    def _fleet_relative(self, y: np.ndarray, has: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each monitored feature minus the median of the other turbines' same feature at the same time step
+        (observed ones only); `starts` (T,): the first row of each time step."""
         from scada_tcn.runtime.peers import median_of_others
 
-        vals = np.where(has, y, np.nan).T  # (Mf, B): one row per feature, the turbines of this step as columns
-        base = median_of_others(vals).T  # (B, Mf)
-        peers = has.sum(axis=0, keepdims=True) - has.astype(np.int64)
+        B, Mf = y.shape
+        if B == 0:
+            return y, has
+        step = np.repeat(np.arange(starts.size), np.diff(np.append(starts, B)))
+        col = np.arange(B) - starts[step]  # a turbine's column within its time step
+        vals = np.full((starts.size, Mf, int(col.max()) + 1), np.nan)  # one row per (time step, feature)
+        vals[step, :, col] = np.where(has, y, np.nan)
+        base = median_of_others(vals.reshape(-1, vals.shape[2])).reshape(vals.shape)[step, :, col]  # (B, Mf)
+        peers = np.add.reduceat(has.astype(np.int64), starts, axis=0)[step] - has.astype(np.int64)
         ok = has & (peers >= self.min_peers) & np.isfinite(base)
         return np.where(ok, y - np.where(ok, base, 0.0), 0.0), ok
 

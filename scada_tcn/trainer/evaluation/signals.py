@@ -114,11 +114,15 @@ def signal_steps(data: PreparedData, cfg: RootCfg, splits: tuple[str, ...], resi
     return SignalSteps(**{k: v[order] for k, v in cat.items()})
 
 
+_TRACK_STEPS = 4096  # time steps per `SignalTracker.step` call of `track`
+
+
 def track(tracker: SignalTracker, steps: SignalSteps, turbines: list[str], flag_names: list[str],
           use: np.ndarray | None = None) -> pd.DataFrame:  # fmt: skip
-    """Run `tracker` over `steps` in time order (one call per step time); `use` (N,) False makes a step an unscored
-    one (e.g. fault-labelled steps at calibration). Returns one row per step: turbine_id, t_end, scored, the
-    turbine-level score, and per monitor m value_<m>, ratio_<m>, per group g ratio_<g>, top_<g> (its monitor)."""
+    """Run `tracker` over `steps` in time order (whole step times per call: `SignalTracker.step`'s `step_of`);
+    `use` (N,) False makes a step an unscored one (e.g. fault-labelled steps at calibration). Returns one row per
+    step: turbine_id, t_end, scored, the turbine-level score, and per monitor m value_<m>, ratio_<m>, per group g
+    ratio_<g>, top_<g> (its monitor)."""
     scored = steps.scored if use is None else steps.scored & use
     slot = {t: i for i, t in enumerate(turbines)}
     slots = np.array([slot[t] for t in steps.turbine], dtype=np.int64)
@@ -128,11 +132,13 @@ def track(tracker: SignalTracker, steps: SignalSteps, turbines: list[str], flag_
     value, ratio = np.full((N, M), np.nan), np.full((N, M), np.nan)
     gratio, gtop = np.full((N, G), np.nan), np.full((N, G), -1)
     score, observed = np.full(N, np.nan), np.zeros(N, dtype=bool)
-    bounds = np.flatnonzero(np.diff(steps.t_end, prepend=steps.t_end[0] - 1))
-    for a, b in zip(bounds, np.append(bounds[1:], N)):
+    step_of = np.cumsum(np.diff(steps.t_end, prepend=steps.t_end[0]) != 0)  # the time step of each row
+    bounds = np.flatnonzero(np.diff(step_of, prepend=-1))
+    cuts = [*bounds[::_TRACK_STEPS].tolist(), N]  # whole time steps per call, bounded memory
+    for a, b in zip(cuts[:-1], cuts[1:]):
         r = np.arange(a, b)
         st = tracker.step(slots[r], list(steps.turbine[r]), steps.resid[r], steps.present[r], steps.pred[r],
-                          scored[r], steps.repeat[r], skip[r])  # fmt: skip
+                          scored[r], steps.repeat[r], skip[r], step_of[r])  # fmt: skip
         value[r], ratio[r], gratio[r], gtop[r], score[r] = st.value, st.ratio, st.group_ratio, st.group_top, st.score
         observed[r] = st.observed
     cols = {"turbine_id": steps.turbine, "t_end": steps.t_end, "scored": observed, "score": score}
