@@ -13,6 +13,7 @@ import pytest
 from scada_tcn.runtime.errors import InputError, ScalerError
 from scada_tcn.runtime.features import FeatureState, build_features
 from scada_tcn.runtime.fleet import Fleet
+from scada_tcn.runtime.open_bins import rounds
 from scada_tcn.runtime.pipeline import ModelInputs, Preprocessor, StreamPreprocessor, scaled_mask
 from scada_tcn.runtime.scaling import RobustScaler, fit_robust_scaler
 from scada_tcn.runtime.spec import PipelineSpec, RollingSpec
@@ -205,6 +206,36 @@ def test_stream_equals_batch_every_step() -> None:
     np.testing.assert_array_equal(out.Repeat, batch.Repeat)
     assert (batch.Repeat[101:160, 1] == 1).all() and batch.Repeat.shape == (5000, 2)
     np.testing.assert_allclose(out.X, batch.X, rtol=1e-6, atol=1e-6)  # float32 of values equal to ~1e-13
+
+
+def test_a_chunk_of_several_steps_per_turbine_equals_a_step_at_a_time() -> None:
+    """`StreamPreprocessor.step_many` with a turbine's consecutive steps in one call (a replay's chunk: slots
+    repeat, each one's rows in order, turbines interleaved or not, some absent) gives bitwise what one call per
+    time step gives, and leaves the same state (deltas, rolling rings, repeat codes)."""
+    spec = make_spec(rolling=RollingSpec(("power", "gearbox_oil_temp"), (6, 36, 144), ("mean", "std")),
+                     repeat_channels=("power", "gearbox_oil_temp"))  # fmt: skip
+    raw = make_timeline(3000, seed=12)
+    raw[200:260, list(spec.channels).index("power")] = 1234.5  # a run of repeats across calls
+    scaler = fitted(spec, raw).scaler
+    rng = np.random.default_rng(13)
+    S = 5
+    rows = raw[rng.integers(0, raw.shape[0], 4000)]  # any rows: each slot's are its consecutive steps
+    rows[rng.random(rows.shape) < 0.1] = np.nan
+    slots = rng.integers(0, S, rows.shape[0])
+    slots[1000:1400] = 2  # one turbine's backlog
+    whole, steps = StreamPreprocessor(spec, scaler, slots=S), StreamPreprocessor(spec, scaler, slots=S)
+    cuts = [0, 1, 7, 300, 1000, 1400, 2999, 4000]
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        got = whole.step_many(slots[a:b], rows[a:b])
+        for r in rounds(slots[a:b]):  # distinct slots per call: a time step of the fleet
+            want = steps.step_many(slots[a:b][r], rows[a:b][r])
+            for name in ("X", "M_miss", "Flags", "Repeat"):
+                np.testing.assert_array_equal(getattr(got, name)[r], getattr(want, name), err_msg=name)
+    for slot in range(S):
+        x, y = whole.state_dict(slot), steps.state_dict(slot)
+        np.testing.assert_array_equal(x["prev"], y["prev"])
+        for key in ("prev_base", "ring"):
+            np.testing.assert_array_equal(x["features"][key], y["features"][key])
 
 
 def test_pipeline_no_lookahead() -> None:

@@ -33,6 +33,7 @@ import numpy as np
 
 from scada_tcn.runtime.errors import InputError, SpecError
 from scada_tcn.runtime.rolling import rolling_mean_std, window_mean_std
+from scada_tcn.runtime.slots import Chain
 from scada_tcn.runtime.spec import PipelineSpec
 
 __all__ = [
@@ -126,6 +127,9 @@ def _check_raw(raw: np.ndarray, spec: PipelineSpec, ndim: int, where: str) -> np
     return raw
 
 
+_ROLL_ROWS = 4096  # rows per window copy of `FeatureState._roll` (4096 x channels x w floats)
+
+
 @dataclass(frozen=True)
 class _Layout:
     """Column layout of E for a spec: base | deltas | rolling (channel, window, stat) in name order."""
@@ -215,29 +219,44 @@ class FeatureState:
         return e[0], m[0]
 
     def step_many(self, slots: np.ndarray, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """raw (B, C), row b the next step of slot slots[b] (distinct) -> (E (B, F), M (B, F) uint8)."""
+        """raw (B, C), row b the next step of slot slots[b] -> (E (B, F), M (B, F) uint8). A slot may have several
+        rows, its consecutive steps in row order (a replay's chunk): the same as one call per step."""
         lay = self._lay
         raw = _check_raw(raw, self.spec, 2, "FeatureState.step_many")
         slots = np.asarray(slots, dtype=np.int64)
-        if slots.shape != (raw.shape[0],) or np.unique(slots).size != slots.size or (slots >= self.slots).any():
-            raise InputError(f"FeatureState.step_many: slots must be {raw.shape[0]} distinct slots < {self.slots}")
+        if slots.shape != (raw.shape[0],) or (slots < 0).any() or (slots >= self.slots).any():
+            raise InputError(f"FeatureState.step_many: slots must be {raw.shape[0]} slots in [0, {self.slots})")
+        chain = Chain(slots)
         e = np.empty((raw.shape[0], lay.n_features))
         base = base_columns(raw, self.spec)
         e[:, : lay.n_base] = base
-        prev = self._prev[slots]
+        prev = chain.previous(base, self._prev)
         e[:, lay.n_base : lay.n_base + len(lay.delta_src)] = delta_columns(base[:, lay.delta_src],
                                                                            prev[:, lay.delta_src])  # fmt: skip
-        self._prev[slots] = base
+        self._prev[chain.slots] = chain.newest(base)
         if lay.roll_src:
-            ring = self._ring[slots]  # (B, channels, w_max), oldest first
-            ring[:, :, :-1] = ring[:, :, 1:]
-            ring[:, :, -1] = base[:, lay.roll_src]
-            self._ring[slots] = ring
-            for k, w in enumerate(lay.windows):
-                mean, std = window_mean_std(ring[:, :, -w:])  # (B, channels)
-                for q in range(len(lay.stats)):
-                    e[:, lay.roll_cols[:, k, q]] = lay.pick(q, mean, std)
+            self._roll(chain, base[:, lay.roll_src], e)
         return e, (~np.isnan(e)).astype(np.uint8)
+
+    def _roll(self, chain: Chain, values: np.ndarray, e: np.ndarray) -> None:
+        """The rolling columns of `e` from each slot's ring buffer and its new `values` (B, channels); the rings
+        advance. Each row's window is the last w values up to it, the ring's values before the slot's first row."""
+        lay, W = self._lay, self._ring.shape[2]
+        n_ch, S, B = values.shape[1], chain.slots.size, values.shape[0]
+        off = np.arange(S) * W + np.cumsum(chain.count) - chain.count  # each slot: its ring, then its rows
+        seq = np.empty((n_ch, S * W + B))
+        seq[:, (off[:, None] + np.arange(W)).ravel()] = self._ring[chain.slots].transpose(1, 0, 2).reshape(n_ch, -1)
+        pos = np.empty(B, dtype=np.int64)  # each row's place in seq, in row order
+        pos[chain.order] = np.arange(B) + W * np.repeat(np.arange(1, S + 1), chain.count)
+        seq[:, pos] = values.T
+        for k, w in enumerate(lay.windows):
+            windows = np.lib.stride_tricks.sliding_window_view(seq, w, axis=1)
+            for a in range(0, B, _ROLL_ROWS):  # (rows, channels, w) copies of bounded size
+                mean, std = window_mean_std(windows[:, pos[a : a + _ROLL_ROWS] - w + 1].transpose(1, 0, 2))
+                for q in range(len(lay.stats)):
+                    e[a : a + _ROLL_ROWS, lay.roll_cols[:, k, q]] = lay.pick(q, mean, std)
+        rings = np.lib.stride_tricks.sliding_window_view(seq, W, axis=1)[:, off + chain.count]  # (channels, S, W)
+        self._ring[chain.slots] = rings.transpose(1, 0, 2)
 
     def state_dict(self, slot: int = 0) -> dict[str, Any]:
         """Plain copy of one slot's state: feature names, previous base row, ring buffer."""

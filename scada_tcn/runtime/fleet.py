@@ -301,18 +301,18 @@ class Fleet:
         steps: list[Step | None] = [None] * slots.size
         LF = self.L * self.spec.n_features
         rings = self._rings
-        for idx in rounds(slots):  # each turbine's r-th bin (its bins stay in time order)
+        rows = self._pre.step_many(slots, values)  # every closed bin at once (each turbine's in time order)
+        missing = missing_now(rows.M_miss).tolist()
+        for idx in rounds(slots):  # each turbine's r-th bin: the rings and the steps
             sl = slots[idx]
-            rows = self._pre.step_many(sl, values[idx])
-            rings.push(sl, ends[idx], rows.X, rows.M_miss, rows.Flags)
+            rings.push(sl, ends[idx], rows.X[idx], rows.M_miss[idx], rows.Flags[idx])
             n = rings.n[sl]
             ready = n >= self.L
             present = np.where(ready, rings.present[sl] / LF if LF else 1.0, np.nan).tolist()
-            missing = missing_now(rows.M_miss).tolist()
             for k, (b, slot, n_k, ready_k) in enumerate(zip(idx.tolist(), sl.tolist(), n.tolist(), ready.tolist())):
                 window = rings.window(slot) if ready_k and self.windows else None
-                own = Window(rows.X[k], rows.M_miss[k], rows.Flags[k])
-                steps[b] = Step(names[b], slot, int(ends[b]), n_k, missing[k], window, rows.Repeat[k], own,
+                own = Window(rows.X[b], rows.M_miss[b], rows.Flags[b])
+                steps[b] = Step(names[b], slot, int(ends[b]), n_k, missing[b], window, rows.Repeat[b], own,
                                 present[k])  # fmt: skip
         if (closers[1:] < closers[:-1]).any():  # bins queued by turbine (`add_many`, a round): closing order
             steps = [steps[i] for i in np.argsort(closers, kind="stable")]

@@ -33,6 +33,7 @@ from scada_tcn.runtime.flags import compile_rules
 from scada_tcn.runtime.qc import apply_winsor
 from scada_tcn.runtime.repeats import codes_against, repeat_codes
 from scada_tcn.runtime.scaling import RobustScaler
+from scada_tcn.runtime.slots import Chain
 from scada_tcn.runtime.spec import PipelineSpec
 
 __all__ = ["ModelInputs", "Preprocessor", "StreamPreprocessor", "scaled_mask"]
@@ -156,15 +157,17 @@ class StreamPreprocessor:
         return ModelInputs(out.X[0], out.M_miss[0], out.Flags[0], out.Repeat[0])
 
     def step_many(self, slots: np.ndarray, binned: np.ndarray) -> ModelInputs:
-        """binned (B, C), row b the next step of slot slots[b] (distinct) -> ModelInputs (B, ...)."""
+        """binned (B, C), row b the next step of slot slots[b] -> ModelInputs (B, ...). A slot may have several
+        rows, its consecutive steps in row order (`FeatureState.step_many`)."""
         rows = _check_binned(binned, self.spec, 2, "StreamPreprocessor.step_many")
         slots = np.asarray(slots, dtype=np.int64)
         capped = apply_winsor(rows, self.spec.channels, self.spec.winsor_caps)
         E, M = self._features.step_many(slots, capped)
         X = self._batch.finish(E, M)
         idx = self._batch.repeat_idx
-        rep = codes_against(rows[:, idx], self._prev[slots][:, idx])
-        self._prev[slots] = rows
+        chain = Chain(slots)
+        rep = codes_against(rows[:, idx], chain.previous(rows, self._prev)[:, idx])
+        self._prev[chain.slots] = chain.newest(rows)
         return ModelInputs(X, M, self._batch.flags.evaluate(rows), rep)
 
     def state_dict(self, slot: int = 0) -> dict[str, Any]:
