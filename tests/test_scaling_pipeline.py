@@ -231,6 +231,8 @@ def test_a_chunk_of_several_steps_per_turbine_equals_a_step_at_a_time() -> None:
             want = steps.step_many(slots[a:b][r], rows[a:b][r])
             for name in ("X", "M_miss", "Flags", "Repeat"):
                 np.testing.assert_array_equal(getattr(got, name)[r], getattr(want, name), err_msg=name)
+    empty = whole.step_many(np.zeros(0, np.int64), np.zeros((0, len(spec.channels))))  # nothing closed: no change
+    assert empty.X.shape == (0, spec.n_features) and empty.Repeat.shape == (0, 2)
     for slot in range(S):
         x, y = whole.state_dict(slot), steps.state_dict(slot)
         np.testing.assert_array_equal(x["prev"], y["prev"])

@@ -234,7 +234,7 @@ class FeatureState:
         e[:, lay.n_base : lay.n_base + len(lay.delta_src)] = delta_columns(base[:, lay.delta_src],
                                                                            prev[:, lay.delta_src])  # fmt: skip
         self._prev[chain.slots] = chain.newest(base)
-        if lay.roll_src:
+        if lay.roll_src and raw.shape[0]:
             self._roll(chain, base[:, lay.roll_src], e)
         return e, (~np.isnan(e)).astype(np.uint8)
 

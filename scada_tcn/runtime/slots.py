@@ -41,7 +41,7 @@ class Chain:
         self.order = np.argsort(s, kind="stable")
         ss = s[self.order]
         change = ss[1:] != ss[:-1]
-        self.first, self.last = np.r_[True, change], np.r_[change, True]
+        self.first, self.last = (np.r_[True, change], np.r_[change, True]) if s.size else (change, change)
         self.slots = ss[self.first]
         self.count = np.diff(np.r_[np.flatnonzero(self.first), s.size])
 
