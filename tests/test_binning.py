@@ -7,7 +7,8 @@ import pytest
 
 from scada_tcn.runtime.binning import BinStats, aggregate_bins, bin_end_ns, bin_timeline
 from scada_tcn.runtime.errors import InputError, SpecError
-from scada_tcn.runtime.open_bins import FULL, LATE, BinAccumulator, OpenBins, rounds
+from scada_tcn.runtime.open_bins import FULL, LATE, BinAccumulator, OpenBins
+from scada_tcn.runtime.slots import rounds
 from scada_tcn.runtime.spec import PipelineSpec
 
 S = 1_000_000_000

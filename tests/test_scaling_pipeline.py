@@ -13,9 +13,9 @@ import pytest
 from scada_tcn.runtime.errors import InputError, ScalerError
 from scada_tcn.runtime.features import FeatureState, build_features
 from scada_tcn.runtime.fleet import Fleet
-from scada_tcn.runtime.open_bins import rounds
 from scada_tcn.runtime.pipeline import ModelInputs, Preprocessor, StreamPreprocessor, scaled_mask
 from scada_tcn.runtime.scaling import RobustScaler, fit_robust_scaler
+from scada_tcn.runtime.slots import rounds
 from scada_tcn.runtime.spec import PipelineSpec, RollingSpec
 from tests.test_features import make_spec, make_timeline
 

@@ -44,7 +44,7 @@ from scada_tcn.runtime.drift import ScoreDriftMonitor
 from scada_tcn.runtime.errors import BundleError, InputError
 from scada_tcn.runtime.fleet import Fleet, Step
 from scada_tcn.runtime.ids import turbine_id_problem
-from scada_tcn.runtime.open_bins import BinAccumulator, rounds
+from scada_tcn.runtime.open_bins import BinAccumulator
 from scada_tcn.runtime.peers import fleet_relative
 from scada_tcn.runtime.records import (
     AlertRecord,
@@ -57,6 +57,7 @@ from scada_tcn.runtime.records import (
 )
 from scada_tcn.runtime.scorer import ScoreBatch
 from scada_tcn.runtime.signals import SignalTracker, worst_first
+from scada_tcn.runtime.slots import rounds
 from scada_tcn.runtime.stream import StepOutputs, StreamScorer
 from scada_tcn.runtime.telemetry import Sample
 from scada_tcn.runtime.windows import enough_present, sent_nothing

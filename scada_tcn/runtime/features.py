@@ -218,15 +218,18 @@ class FeatureState:
         e, m = self.step_many(np.zeros(1, dtype=np.int64), row[None, :])
         return e[0], m[0]
 
-    def step_many(self, slots: np.ndarray, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def step_many(
+        self, slots: np.ndarray, raw: np.ndarray, chain: Chain | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """raw (B, C), row b the next step of slot slots[b] -> (E (B, F), M (B, F) uint8). A slot may have several
-        rows, its consecutive steps in row order (a replay's chunk): the same as one call per step."""
+        rows, its consecutive steps in row order (a replay's chunk): the same as one call per step. `chain`: the
+        slots' Chain, when the caller has one."""
         lay = self._lay
         raw = _check_raw(raw, self.spec, 2, "FeatureState.step_many")
         slots = np.asarray(slots, dtype=np.int64)
         if slots.shape != (raw.shape[0],) or (slots < 0).any() or (slots >= self.slots).any():
             raise InputError(f"FeatureState.step_many: slots must be {raw.shape[0]} slots in [0, {self.slots})")
-        chain = Chain(slots)
+        chain = Chain(slots) if chain is None else chain
         e = np.empty((raw.shape[0], lay.n_features))
         base = base_columns(raw, self.spec)
         e[:, : lay.n_base] = base

@@ -38,9 +38,10 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from scada_tcn.runtime.binning import _check_int, _check_ts, _check_values, aggregate_bins
-from scada_tcn.runtime.open_bins import FULL, LATE, NO_SAMPLE, ClosedBins, OpenBins, rounds
+from scada_tcn.runtime.open_bins import FULL, LATE, NO_SAMPLE, ClosedBins, OpenBins
 from scada_tcn.runtime.pipeline import StreamPreprocessor
 from scada_tcn.runtime.scaling import RobustScaler
+from scada_tcn.runtime.slots import Chain
 from scada_tcn.runtime.spec import PipelineSpec
 from scada_tcn.runtime.windows import missing_now
 
@@ -301,9 +302,10 @@ class Fleet:
         steps: list[Step | None] = [None] * slots.size
         LF = self.L * self.spec.n_features
         rings = self._rings
-        rows = self._pre.step_many(slots, values)  # every closed bin at once (each turbine's in time order)
+        chain = Chain(slots)
+        rows = self._pre.step_many(slots, values, chain)  # every closed bin at once (each turbine's in time order)
         missing = missing_now(rows.M_miss).tolist()
-        for idx in rounds(slots):  # each turbine's r-th bin: the rings and the steps
+        for idx in chain.rounds():  # each turbine's r-th bin: the rings and the steps
             sl = slots[idx]
             rings.push(sl, ends[idx], rows.X[idx], rows.M_miss[idx], rows.Flags[idx])
             n = rings.n[sl]

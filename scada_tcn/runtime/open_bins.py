@@ -51,9 +51,10 @@ from scada_tcn.runtime.binning import (
     aggregate_bins,
 )
 from scada_tcn.runtime.errors import InputError, SpecError
+from scada_tcn.runtime.slots import rounds
 from scada_tcn.runtime.spec import PipelineSpec
 
-__all__ = ["BinAccumulator", "ClosedBins", "OpenBins", "NO_SAMPLE", "STORED", "LATE", "FULL", "rounds"]
+__all__ = ["BinAccumulator", "ClosedBins", "OpenBins", "NO_SAMPLE", "STORED", "LATE", "FULL"]
 
 NO_SAMPLE = np.iinfo(np.int64).max  # `OpenBins.open_from` of a slot without a sample yet
 _BEFORE_ALL = np.iinfo(np.int64).min
@@ -75,24 +76,6 @@ class ClosedBins(NamedTuple):
     order: np.ndarray
     values: np.ndarray
     closers: np.ndarray
-
-
-def rounds(slots: np.ndarray) -> list[np.ndarray]:
-    """Sample indices (arrival order) grouped by their rank within their slot: round r = each slot's r-th."""
-    n = slots.size
-    if n < 2:
-        return [np.arange(n)]
-    by_slot = np.argsort(slots, kind="stable")
-    s = slots[by_slot]
-    first = np.empty(n, dtype=bool)  # the first of its slot, in slot order
-    first[0] = True
-    np.not_equal(s[1:], s[:-1], out=first[1:])
-    if first.all():  # distinct slots (the daemon's loop iteration): one round
-        return [np.arange(n)]
-    starts = np.flatnonzero(first)
-    rank = np.empty(n, dtype=np.int64)
-    rank[by_slot] = np.arange(n) - np.repeat(starts, np.diff(starts, append=n))
-    return [np.flatnonzero(rank == r) for r in range(int(rank.max()) + 1)]
 
 
 class _Rows:

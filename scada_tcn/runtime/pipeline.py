@@ -156,16 +156,17 @@ class StreamPreprocessor:
         out = self.step_many(np.zeros(1, dtype=np.int64), row[None, :])
         return ModelInputs(out.X[0], out.M_miss[0], out.Flags[0], out.Repeat[0])
 
-    def step_many(self, slots: np.ndarray, binned: np.ndarray) -> ModelInputs:
+    def step_many(self, slots: np.ndarray, binned: np.ndarray, chain: Chain | None = None) -> ModelInputs:
         """binned (B, C), row b the next step of slot slots[b] -> ModelInputs (B, ...). A slot may have several
-        rows, its consecutive steps in row order (`FeatureState.step_many`)."""
+        rows, its consecutive steps in row order (`FeatureState.step_many`; `chain`: the slots' Chain, when the
+        caller has one)."""
         rows = _check_binned(binned, self.spec, 2, "StreamPreprocessor.step_many")
         slots = np.asarray(slots, dtype=np.int64)
+        chain = Chain(slots) if chain is None else chain
         capped = apply_winsor(rows, self.spec.channels, self.spec.winsor_caps)
-        E, M = self._features.step_many(slots, capped)
+        E, M = self._features.step_many(slots, capped, chain)
         X = self._batch.finish(E, M)
         idx = self._batch.repeat_idx
-        chain = Chain(slots)
         rep = codes_against(rows[:, idx], chain.previous(rows, self._prev)[:, idx])
         self._prev[chain.slots] = chain.newest(rows)
         return ModelInputs(X, M, self._batch.flags.evaluate(rows), rep)
