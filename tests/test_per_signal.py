@@ -385,7 +385,8 @@ def test_step_graph_outputs_do_not_depend_on_the_batch(bundle):
     for r1, r2 in zip(whole.rings, halves.rings):
         np.testing.assert_array_equal(r1, r2)
     if whole.has_h:
-        np.testing.assert_array_equal(whole.h_ring, halves.h_ring)
+        for x, y in zip((whole.pool.ring, *whole.pool.levels), (halves.pool.ring, *halves.pool.levels)):
+            np.testing.assert_array_equal(x, y)
     empty = whole.step(np.zeros(0, dtype=np.int64), T, X[0, :0], M[0, :0], Fl[0, :0])  # no turbine steps
     assert empty.resid.shape == (0, X.shape[2]) and empty.pred.shape == (0, X.shape[2])
 

@@ -1,6 +1,6 @@
 """The deployment bundle: what `scada-export` writes and the edge loads, and nothing else.
 
-Format (schema version 5)
+Format (schema version 7)
 -------------------------
 A bundle is a directory of three files:
 
@@ -14,15 +14,16 @@ A bundle is a directory of three files:
 - `step.onnx` (per-signal bundles whose receptive field fits the window, `stream` non-null): the same scoring
   one step at a time, each convolution's past kept by the edge (`trainer.model.streaming.StepModule`): inputs
   `X`, `M_miss` (batch, F), `Flags` (batch, R), `tap_i_j` (batch x passes, channels_i): convolution i's input at
-  t - (kernel_i - 1 - j) dilation_i for j < kernel_i - 1, and, with the fault head, `h_ring` (batch, L - 1,
-  hidden) ->
+  t - (kernel_i - 1 - j) dilation_i for j < kernel_i - 1, and, with the fault head, `h_sum` (batch, hidden): the
+  sum of the last L - 1 clean hidden states by `pairwise_sum`'s tree (`runtime.ring_sum`) ->
   `resid`, `pred` (batch, F), the clean-pass heads (`Y_hat` (batch, K, F), `fault_prob` (batch, C), `rul`
   (batch,)), `col_i` (batch x passes, channels_i): the column to store at t mod steps_i, and `h` (batch, hidden).
 - `bundle.json`: UTF-8 JSON object (at most 16 MiB, no NaN or Infinity) with exactly these keys:
 
-  schema_version   6 (3 -> 4: the clean graph takes X, M_miss, Flags and returns fault probabilities;
+  schema_version   7 (3 -> 4: the clean graph takes X, M_miss, Flags and returns fault probabilities;
                    4 -> 5: per-signal scoring, the pipeline spec's repeat channels; 5 -> 6: step.onnx takes
-                   the convolutions' past taps instead of their rings and no step index)
+                   the convolutions' past taps instead of their rings and no step index; 6 -> 7: step.onnx
+                   takes the sum of the fault head's ring, h_sum, instead of the ring)
   model_id         sha256 hex of "scada-tcn-bundle/6", the sha256 of each graph (in file-name order) and the
                    canonical JSON of the feature and flag registries (`compute_model_id`)
   dims             `Dims`: window L, horizon K, features F, flags R, fault classes C, receptive field RF
@@ -119,7 +120,7 @@ __all__ = [
     "open_session",
 ]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 BUNDLE_JSON = "bundle.json"
 GRAPH_FILES = {"clean": "clean.onnx", "scoring": "scoring.onnx", "step": "step.onnx"}
 GRAPH_INPUTS = ("X", "M_miss", "Flags")  # the window graphs: the windows as the pipeline writes them
@@ -656,7 +657,7 @@ def expected_graph_io(b: BundleContents, graph: str) -> tuple[list[tuple], list[
         st = b.stream
         ins = [("X", _FLOAT, [None, d.F]), ("M_miss", _FLOAT, [None, d.F]), ("Flags", _FLOAT, [None, d.R])]
         ins += [(f"tap_{i}_{j}", _FLOAT, [None, c]) for i, (c, _, _, k) in enumerate(st.convs) for j in range(k - 1)]
-        ins += [("h_ring", _FLOAT, [None, d.L - 1, st.hidden])] if st.h_ring else []
+        ins += [("h_sum", _FLOAT, [None, st.hidden])] if st.h_ring else []
         shapes = {"Y_hat": [None, d.K, d.F], "fault_prob": [None, d.C], "rul": [None]}
         outs = [("resid", _FLOAT, [None, d.F]), ("pred", _FLOAT, [None, d.F])]
         outs += [(n, _FLOAT, shapes[n]) for n in b.heads.clean_outputs]

@@ -11,7 +11,8 @@ heads for those B rows.
 State: the convolution rings are a function of the last L inputs (the receptive field fits the window), which the
 fleet keeps anyway (`runtime.fleet`), so they are not saved: `rebuild` steps a turbine's L-step window from
 zeros, which reproduces exactly what the uninterrupted stream holds (`trainer.model.streaming`). The fault head's
-ring of hidden states reaches further back and is part of `state_dict()`.
+ring of hidden states reaches further back and is part of `state_dict()`; the graph takes its sum, which a
+`RingSum` keeps up to date a column at a time (`runtime.ring_sum`).
 
 Cost: one graph call per fleet step, or per `MAX_CALL_TURBINES` turbines of a larger one (the numbers do not
 depend on the batch); when the turbines stepping hold consecutive slots (every known turbine, or the part of a
@@ -29,6 +30,7 @@ import onnxruntime as ort
 
 from scada_tcn.runtime.bundle import Bundle, StreamParams, open_session
 from scada_tcn.runtime.errors import BundleError
+from scada_tcn.runtime.ring_sum import RingSum
 from scada_tcn.runtime.slots import kept_rows
 
 __all__ = ["MAX_CALL_TURBINES", "StepOutputs", "StreamScorer", "make_scorer"]
@@ -59,7 +61,7 @@ class StreamScorer:
         self._outputs = [o.name for o in self.session.get_outputs()]
         self.n: int  # slots in use (0 .. n - 1): the rings hold exactly n turbines
         self.rings: list[np.ndarray]
-        self.h_ring: np.ndarray
+        self.pool: RingSum  # the fault head's ring of the last L - 1 clean hidden states and its sum
         self.reset()
 
     @classmethod
@@ -74,7 +76,7 @@ class StreamScorer:
         """Forget every turbine (no slots, empty rings): a state refused part-way leaves no trace."""
         self.n = 0
         self.rings = [np.zeros((s, 0, self.P, c), np.float32) for c, s, _, _ in self.convs]
-        self.h_ring = np.zeros((0, self.L - 1, self.D), np.float32)
+        self.pool = RingSum(self.L - 1, self.D)
 
     def _grow(self, n: int) -> None:
         """Room for slots 0 .. n - 1 (new turbines join a fleet step at a time: one reallocation per such step)."""
@@ -83,7 +85,8 @@ class StreamScorer:
         more = n - self.n
         self.rings = [np.concatenate([r, np.zeros((r.shape[0], more, *r.shape[2:]), np.float32)], axis=1)
                       for r in self.rings]  # fmt: skip
-        self.h_ring = np.concatenate([self.h_ring, np.zeros((more, self.L - 1, self.D), np.float32)])
+        if self.has_h:
+            self.pool.grow(n)
         self.n = n
 
     def step(self, slots: np.ndarray, t: int, X: np.ndarray, M_miss: np.ndarray, Flags: np.ndarray) -> StepOutputs:
@@ -123,12 +126,12 @@ class StreamScorer:
             for j in range(k - 1):  # the input at t - (k - 1 - j) d: a row of the ring (a view, or those of `sel`)
                 feeds[f"tap_{i}_{j}"] = r[(t - (k - 1 - j) * d) % s, turbines].reshape(B * self.P, r.shape[-1])
         if self.has_h:
-            feeds["h_ring"] = self.h_ring[turbines]
+            feeds["h_sum"] = self.pool.total(turbines)
         out = dict(zip(self._outputs, self.session.run(None, feeds)))
         for i, (r, (_, s, _, _)) in enumerate(zip(self.rings, self.convs)):
             r[t % s, turbines] = out[f"col_{i}"].reshape(B, self.P, r.shape[-1])
         if self.has_h:
-            self.h_ring[slots, t % (self.L - 1)] = out["h"]
+            self.pool.put(turbines, t % (self.L - 1), out["h"])
         return StepOutputs(out["resid"], out["pred"], out.get("Y_hat"), out.get("fault_prob"), out.get("rul"))
 
     def run_series(
@@ -151,14 +154,15 @@ class StreamScorer:
         self._grow(int(slots.max()) + 1 if slots.size else 0)
         for r in self.rings:
             r[:, slots] = 0.0
-        keep = self.h_ring[slots].copy()
+        keep = self.pool.ring[slots] if self.has_h else None  # a copy (fancy indexing)
         for j in range(k):  # `run_series` without keeping the outputs (1000 turbines x L steps of them)
             self.step(slots, t_last - k + 1 + j, X[:, j], M_miss[:, j], Flags[:, j])
-        self.h_ring[slots] = keep
+        if keep is not None:
+            self.pool.set_rows(slots, keep)
 
     def state_dict(self) -> dict[str, Any]:
         """The fault head's ring of hidden states (the convolution rings are rebuilt from the fleet's windows)."""
-        return {"n": self.n, "h_ring": self.h_ring[: self.n].copy() if self.has_h else None}
+        return {"n": self.n, "h_ring": self.pool.ring[: self.n].copy() if self.has_h else None}
 
     @staticmethod
     def select_state(state: dict[str, Any], keep: np.ndarray) -> dict[str, Any]:
@@ -177,7 +181,7 @@ class StreamScorer:
             h = np.asarray(state["h_ring"], dtype=np.float32)
             if h.shape != (n, self.L - 1, self.D):
                 raise ValueError(f"StreamScorer.load_state_dict: h_ring must be ({n}, {self.L - 1}, {self.D})")
-            self.h_ring[:n] = h
+            self.pool.set_rows(slice(0, n), h)
 
 
 def make_scorer(bundle: Bundle, engine: str = "auto", intra_op_threads: int = 1, inter_op_threads: int = 1) -> Any:

@@ -1,6 +1,6 @@
 """The step graph: per-signal scoring of one new step per turbine, with the layers' past as state.
 
-    StepModule(signals): X, M_miss (B, F), Flags (B, R), tap_0_0 .. tap_{n-1}_{k-2} (B P, C_i)[, h_ring]
+    StepModule(signals): X, M_miss (B, F), Flags (B, R), tap_0_0 .. tap_{n-1}_{k-2} (B P, C_i)[, h_sum]
         -> resid, pred (B, F)[, Y_hat (B, K, F)][, fault_prob (B, C)][, rul (B,)], col_0 .. col_{n-1}[, h]
 
 A turbine is P = G + 1 rows of the model call: pass 0 hides nothing (`CleanPass`), pass g + 1 hides group g, as
@@ -19,10 +19,12 @@ position of a window depends on its last RF steps only. Hence the step graph's r
 equal the window graph's for the window ending at t, whatever the stream saw before (float rounding aside), and a
 ring rebuilt by stepping the last L steps from zeros holds exactly the values the uninterrupted stream holds.
 
-The fault head pools the clean hidden state over the last L steps: `h_ring` (B, L - 1, D) holds the L - 1 before
-t (column tau mod (L - 1)), and the graph returns the new one, `h`. Before the stream has L steps the ring holds
-zeros, like the window graph's padding; after that the pool sees the stream's own history where the window graph
-sees padding in its first RF - 1 positions, so fault_prob is the stream's own (not the window graph's).
+The fault head pools the clean hidden state over the last L steps: the edge keeps a ring of the L - 1 before t
+(column tau mod (L - 1)) and passes its sum by `pairwise_sum`'s tree, `h_sum` (B, D), kept up to date a column at
+a time (`runtime.ring_sum`: the same bits as summing the ring, without reading it at every step); the graph adds
+the new one and returns it, `h`. Before the stream has L steps the ring holds zeros, like the window graph's
+padding; after that the pool sees the stream's own history where the window graph sees padding in its first
+RF - 1 positions, so fault_prob is the stream's own (not the window graph's).
 """
 
 from __future__ import annotations
@@ -64,12 +66,15 @@ class StepModule(nn.Module):
                 weights.append(conv.weight.detach().permute(2, 1, 0).contiguous())
         for i, w in enumerate(weights):  # (k, C, O): w[j] = tap j (j = k - 1: the newest step)
             self.register_buffer(f"w{i}", w, persistent=False)
+        for b, block in enumerate(model.backbone.blocks):  # the 1 x 1 residual projections as (C, O) matrices
+            if not isinstance(block.proj, nn.Identity):
+                self.register_buffer(f"proj{b}", block.proj.weight.detach()[:, :, 0].t().contiguous(), False)
         heads = (("Y_hat", cfg.forecast_enabled), ("fault_prob", cfg.fault_enabled), ("rul", cfg.rul_enabled))
         self.heads = tuple(n for n, on in heads if on)
         self.ring = cfg.fault_enabled
         n = len(self.convs)
         taps = (f"tap_{i}_{j}" for i, (_, _, _, k) in enumerate(self.convs) for j in range(k - 1))
-        self.input_names = ("X", "M_miss", "Flags", *taps, *(("h_ring",) * self.ring))
+        self.input_names = ("X", "M_miss", "Flags", *taps, *(("h_sum",) * self.ring))
         self.output_names = ("resid", "pred", *self.heads, *(f"col_{i}" for i in range(n)), *(("h",) * self.ring))
 
     def _conv(self, i: int, conv: nn.Conv1d, x: torch.Tensor, taps: list[torch.Tensor]) -> torch.Tensor:
@@ -98,7 +103,7 @@ class StepModule(nn.Module):
             y = torch.relu(block.norm1(self._conv(2 * b, block.conv1.conv, h, taps[2 * b]).unsqueeze(2)).squeeze(2))
             cols.append(y)
             y = torch.relu(block.norm2(self._conv(2 * b + 1, block.conv2.conv, y, taps[2 * b + 1]).unsqueeze(2)))
-            res = h if isinstance(block.proj, nn.Identity) else block.proj(h.unsqueeze(2)).squeeze(2)
+            res = h if isinstance(block.proj, nn.Identity) else h @ getattr(self, f"proj{b}") + block.proj.bias
             h = torch.relu(y.squeeze(2) + res)
         model, cfg = sig.model, sig.model.cfg
         x_hat = model.recon_head(h).reshape(B, P, F)
@@ -109,7 +114,7 @@ class StepModule(nn.Module):
         if cfg.forecast_enabled:
             found["Y_hat"] = model.forecast_head.mlp(clean).reshape(B, cfg.K, F)
         if cfg.fault_enabled:
-            pooled = (pairwise_sum(state[-1], 1) + clean) / self.L  # the ring's L - 1 and this step
+            pooled = (state[-1] + clean) / self.L  # the ring's L - 1 (summed by the edge) and this step
             found["fault_prob"] = predict_proba_fault(model.fault_head.mlp(pooled), cfg.fault_multilabel)
         if cfg.rul_enabled:
             found["rul"] = (model.rul_head.mlp(clean) * model.rul_head.scale)[:, 0]
@@ -120,6 +125,6 @@ class StepModule(nn.Module):
         g = torch.Generator().manual_seed(0)
         M = (torch.rand(B, self.F, generator=g) > 0.2).float()
         taps = [torch.randn(B * self.P, c, generator=g) for c, _, _, k in self.convs for _ in range(k - 1)]
-        h = [torch.randn(B, self.L - 1, self.D, generator=g)] if self.ring else []
+        h = [pairwise_sum(torch.randn(B, self.L - 1, self.D, generator=g), 1)] if self.ring else []
         flags = (torch.rand(B, self.R, generator=g) > 0.5).float()
         return (torch.randn(B, self.F, generator=g) * M, M, flags, *taps, *h)
