@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from scada_tcn.trainer.model.masking import apply_mask
-from scada_tcn.trainer.model.network import pairwise_sum, predict_proba_fault
+from scada_tcn.trainer.model.network import ChannelLayerNorm, pairwise_sum, predict_proba_fault
 from scada_tcn.trainer.model.scoring import pass_inputs
 from scada_tcn.trainer.model.signals import SignalModule
 
@@ -100,11 +100,11 @@ class StepModule(nn.Module):
         h, cols = x_in, []
         for b, block in enumerate(sig.model.backbone.blocks):
             cols.append(h)
-            y = torch.relu(block.norm1(self._conv(2 * b, block.conv1.conv, h, taps[2 * b]).unsqueeze(2)).squeeze(2))
+            y = torch.relu(_norm(block.norm1, self._conv(2 * b, block.conv1.conv, h, taps[2 * b])))
             cols.append(y)
-            y = torch.relu(block.norm2(self._conv(2 * b + 1, block.conv2.conv, y, taps[2 * b + 1]).unsqueeze(2)))
+            y = torch.relu(_norm(block.norm2, self._conv(2 * b + 1, block.conv2.conv, y, taps[2 * b + 1])))
             res = h if isinstance(block.proj, nn.Identity) else h @ getattr(self, f"proj{b}") + block.proj.bias
-            h = torch.relu(y.squeeze(2) + res)
+            h = torch.relu(y + res)
         model, cfg = sig.model, sig.model.cfg
         x_hat = model.recon_head(h).reshape(B, P, F)
         pred = (x_hat[:, 1:] * sig.own.unsqueeze(0)).sum(dim=1)  # (B, F): one non-zero term per scored feature
@@ -128,3 +128,13 @@ class StepModule(nn.Module):
         h = [pairwise_sum(torch.randn(B, self.L - 1, self.D, generator=g), 1)] if self.ring else []
         flags = (torch.rand(B, self.R, generator=g) > 0.5).float()
         return (torch.randn(B, self.F, generator=g) * M, M, flags, *taps, *h)
+
+
+def _norm(norm: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """A block's norm on one step's (rows, channels): none for `nn.Identity` (no reshapes left in the graph: a
+    small farm's call is mostly per-node overhead), the LayerNorm itself for `ChannelLayerNorm`."""
+    if isinstance(norm, nn.Identity):
+        return y
+    if isinstance(norm, ChannelLayerNorm):
+        return norm.ln(y)
+    raise TypeError(f"StepModule: no step form for the norm {type(norm).__name__}")
