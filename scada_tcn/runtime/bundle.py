@@ -24,7 +24,7 @@ A bundle is a directory of three files:
                    4 -> 5: per-signal scoring, the pipeline spec's repeat channels; 5 -> 6: step.onnx takes
                    the convolutions' past taps instead of their rings and no step index; 6 -> 7: step.onnx
                    takes the sum of the fault head's ring, h_sum, instead of the ring)
-  model_id         sha256 hex of "scada-tcn-bundle/6", the sha256 of each graph (in file-name order) and the
+  model_id         sha256 hex of "scada-tcn-bundle/7", the sha256 of each graph (in file-name order) and the
                    canonical JSON of the feature and flag registries (`compute_model_id`)
   dims             `Dims`: window L, horizon K, features F, flags R, fault classes C, receptive field RF
   dt_seconds       step of the binned series

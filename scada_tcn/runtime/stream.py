@@ -57,11 +57,13 @@ class StreamScorer:
         self.P, self.L, self.D, self.F, self.R = stream.passes, L, stream.hidden, F, R
         self.convs = stream.convs
         self.has_h = stream.h_ring
+        if self.has_h and L < 2:
+            raise BundleError(f"StreamScorer: the fault head pools the last L steps, a ring of L - 1 >= 1; L={L}")
         self.session = session
         self._outputs = [o.name for o in self.session.get_outputs()]
         self.n: int  # slots in use (0 .. n - 1): the rings hold exactly n turbines
         self.rings: list[np.ndarray]
-        self.pool: RingSum  # the fault head's ring of the last L - 1 clean hidden states and its sum
+        self.pool: RingSum | None  # with the fault head: its ring of the last L - 1 clean hidden states, its sum
         self.reset()
 
     @classmethod
@@ -76,7 +78,7 @@ class StreamScorer:
         """Forget every turbine (no slots, empty rings): a state refused part-way leaves no trace."""
         self.n = 0
         self.rings = [np.zeros((s, 0, self.P, c), np.float32) for c, s, _, _ in self.convs]
-        self.pool = RingSum(self.L - 1, self.D)
+        self.pool = RingSum(self.L - 1, self.D) if self.has_h else None
 
     def _grow(self, n: int) -> None:
         """Room for slots 0 .. n - 1 (new turbines join a fleet step at a time: one reallocation per such step)."""
@@ -85,7 +87,7 @@ class StreamScorer:
         more = n - self.n
         self.rings = [np.concatenate([r, np.zeros((r.shape[0], more, *r.shape[2:]), np.float32)], axis=1)
                       for r in self.rings]  # fmt: skip
-        if self.has_h:
+        if self.pool is not None:
             self.pool.grow(n)
         self.n = n
 
@@ -125,12 +127,12 @@ class StreamScorer:
         for i, (r, (_, s, d, k)) in enumerate(zip(self.rings, self.convs)):
             for j in range(k - 1):  # the input at t - (k - 1 - j) d: a row of the ring (a view, or those of `sel`)
                 feeds[f"tap_{i}_{j}"] = r[(t - (k - 1 - j) * d) % s, turbines].reshape(B * self.P, r.shape[-1])
-        if self.has_h:
+        if self.pool is not None:
             feeds["h_sum"] = self.pool.total(turbines)
         out = dict(zip(self._outputs, self.session.run(None, feeds)))
         for i, (r, (_, s, _, _)) in enumerate(zip(self.rings, self.convs)):
             r[t % s, turbines] = out[f"col_{i}"].reshape(B, self.P, r.shape[-1])
-        if self.has_h:
+        if self.pool is not None:
             self.pool.put(turbines, t % (self.L - 1), out["h"])
         return StepOutputs(out["resid"], out["pred"], out.get("Y_hat"), out.get("fault_prob"), out.get("rul"))
 
@@ -154,15 +156,15 @@ class StreamScorer:
         self._grow(int(slots.max()) + 1 if slots.size else 0)
         for r in self.rings:
             r[:, slots] = 0.0
-        keep = self.pool.ring[slots] if self.has_h else None  # a copy (fancy indexing)
+        keep = None if self.pool is None else self.pool.ring[slots]  # a copy (fancy indexing)
         for j in range(k):  # `run_series` without keeping the outputs (1000 turbines x L steps of them)
             self.step(slots, t_last - k + 1 + j, X[:, j], M_miss[:, j], Flags[:, j])
-        if keep is not None:
+        if self.pool is not None and keep is not None:
             self.pool.set_rows(slots, keep)
 
     def state_dict(self) -> dict[str, Any]:
         """The fault head's ring of hidden states (the convolution rings are rebuilt from the fleet's windows)."""
-        return {"n": self.n, "h_ring": self.pool.ring[: self.n].copy() if self.has_h else None}
+        return {"n": self.n, "h_ring": None if self.pool is None else self.pool.ring[: self.n].copy()}
 
     @staticmethod
     def select_state(state: dict[str, Any], keep: np.ndarray) -> dict[str, Any]:
@@ -177,7 +179,7 @@ class StreamScorer:
             raise ValueError("StreamScorer.load_state_dict: expected keys ['h_ring', 'n']")
         n = int(state["n"])
         self._grow(n)
-        if self.has_h:
+        if self.pool is not None:
             h = np.asarray(state["h_ring"], dtype=np.float32)
             if h.shape != (n, self.L - 1, self.D):
                 raise ValueError(f"StreamScorer.load_state_dict: h_ring must be ({n}, {self.L - 1}, {self.D})")
