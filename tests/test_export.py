@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,7 @@ import torch
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 
+import scada_tcn  # noqa: E402
 from scada_tcn.export.bundle_writer import export_bundle  # noqa: E402
 from scada_tcn.export.onnx_export import IR_VERSION, OPSET, ExportError  # noqa: E402
 from scada_tcn.export.verify import run_both, topn_disagreements, verify_graphs  # noqa: E402
@@ -113,6 +115,17 @@ def test_graphs_pass_full_checker_with_pinned_versions(exported):
         assert not any("parametrizations" in i.name for i in proto.graph.initializer), "weight norm not stripped"
         assert not proto.graph.input[0].type.tensor_type.shape.dim[0].HasField("dim_value"), "batch must be dynamic"
         assert not any(i.data_location == onnx.TensorProto.EXTERNAL for i in proto.graph.initializer)
+
+
+def test_graphs_hold_no_trace_of_the_exporting_source(exported):
+    """No node carries the exporter's stack traces (this install's paths and line numbers): the same checkpoint
+    exported from another folder, or after a comment moved the model code's lines, gets the same model id."""
+    bundle, _, _ = exported
+    root = str(Path(scada_tcn.__file__).resolve().parent.parent).encode()
+    for name, data in bundle.graphs.items():
+        proto = onnx.ModelProto.FromString(data)
+        assert not [n.name for n in proto.graph.node if n.metadata_props], name
+        assert root not in data, name
 
 
 @pytest.mark.parametrize("B", [1, 64])

@@ -43,6 +43,7 @@ __all__ = [
     "export_graphs",
     "export_module",
     "check_graph",
+    "strip_node_metadata",
 ]
 
 OPSET = 18
@@ -105,8 +106,19 @@ def export_module(
         proto.ir_version = IR_VERSION
     if [o.name for o in proto.graph.output] != list(output_names):
         raise ExportError(f"{what}: outputs {[o.name for o in proto.graph.output]}, expected {list(output_names)}")
+    strip_node_metadata(proto)
     check_graph(proto, what)
     return proto.SerializeToString()
+
+
+def strip_node_metadata(proto: onnx.ModelProto) -> None:
+    """Drop the exporter's per-node debugging metadata (the source stack trace of each node, with the exporting
+    install's file paths and line numbers; module scopes), in place: a graph's bytes, and so the bundle's model id,
+    then depend on the model alone, not on where the package is installed or on a comment edited above the
+    module (which changed the step graph's checksum, and so the model id, of the same checkpoint)."""
+    for nodes in (proto.graph.node, *(f.node for f in proto.functions)):
+        for node in nodes:
+            del node.metadata_props[:]
 
 
 def _example(L: int, F: int, R: int, B: int = 2) -> tuple[torch.Tensor, ...]:
