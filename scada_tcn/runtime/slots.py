@@ -68,7 +68,8 @@ class Chain:
             return [np.arange(n)]
         rank = np.empty(n, dtype=np.int64)
         rank[self.order] = np.arange(n) - np.repeat(np.flatnonzero(self.first), self.count)
-        return [np.flatnonzero(rank == r) for r in range(int(rank.max()) + 1)]
+        by_rank = np.argsort(rank, kind="stable")  # one sort, not a scan of all rows per round
+        return np.split(by_rank, np.cumsum(np.bincount(rank))[:-1])
 
     def previous(self, rows: np.ndarray, state: np.ndarray) -> np.ndarray:
         """Each row's predecessor (in row order): its slot's previous row here, else `state[slot]` (its state)."""

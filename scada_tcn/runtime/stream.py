@@ -159,7 +159,7 @@ class StreamScorer:
         keep = None if self.pool is None else self.pool.ring[slots]  # a copy (fancy indexing)
         for j in range(k):  # `run_series` without keeping the outputs (1000 turbines x L steps of them)
             self.step(slots, t_last - k + 1 + j, X[:, j], M_miss[:, j], Flags[:, j])
-        if self.pool is not None and keep is not None:
+        if keep is not None:
             self.pool.set_rows(slots, keep)
 
     def state_dict(self) -> dict[str, Any]:
