@@ -52,8 +52,11 @@ COMMANDS = {
     ),
     "scada-evaluate": Command(
         "scada_tcn.trainer.cli.pipeline:evaluate_app",
-        "Forecast, fault, anomaly and event-level metrics (val + test), optional drift, RCA examples and plots.\n\n"
-        "Example: scada-evaluate --bundle artifacts/demo/bundle --data data/processed/synthetic --drift",
+        "Forecast, fault, anomaly and event-level metrics (val + test), optional drift, RCA examples and plots; "
+        "or, with --records, the event metrics and plots of the edge's published score records.\n\n"
+        "Example: scada-evaluate --bundle artifacts/demo/bundle --data data/processed/synthetic --drift\n\n"
+        "Example: scada-evaluate --records scores.jsonl --labels labels.csv   (scores.jsonl from scada-runtime "
+        "replay --out)",
     ),
     "scada-inject": Command(
         "scada_tcn.trainer.cli.pipeline:inject_app",

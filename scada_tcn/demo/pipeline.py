@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from scada_tcn.demo.broker import BrokerRun, run_through_broker
@@ -29,7 +28,7 @@ from scada_tcn.runtime.records import dedupe
 from scada_tcn.runtime.replay import replay_file
 from scada_tcn.trainer.config import load_config
 from scada_tcn.trainer.data.prepare import format_summary, prepare
-from scada_tcn.trainer.evaluation.events import Timeline, score_events, timelines_from_table
+from scada_tcn.trainer.evaluation.edge_records import read_fault_labels, read_records, report
 from scada_tcn.trainer.sources.simulator import write_synthetic
 from scada_tcn.trainer.training.fit import fit
 
@@ -55,25 +54,6 @@ def _slice_from(src: Path, dst: Path, start_iso: str) -> Path:
     return dst
 
 
-def _timelines(scores_path: Path, lo: int, hi: int, turbines: list[str]) -> dict[str, Timeline]:
-    """Per turbine, the runtime's alert state after each scored step in [lo, hi), from the score records' `ts` and
-    `alert`; `on_before` is the state at its last step before lo (the warm-up), so an alert raised there and still
-    on is no onset. Redelivered records (identical bytes, QoS 1) are read once."""
-    recs = [json.loads(line) for line in dict.fromkeys(scores_path.read_text().splitlines())]
-    ok = [r for r in recs if r.get("status") == "ok" and r["turbine"] in turbines]
-    table = {
-        "turbine_id": np.array([r["turbine"] for r in ok], dtype=object),
-        "t_end": pd.to_datetime([r["ts"] for r in ok], utc=True, format="ISO8601"),
-        "alert_on": np.array([bool(r["alert"]) for r in ok], dtype=bool),
-    }
-    out = {}
-    for tid, tl in timelines_from_table(table).items():
-        a, b = np.searchsorted(tl.ts_ns, [lo, hi])
-        if b > a:
-            out[tid] = Timeline(tl.ts_ns[a:b], tl.on[a:b], bool(tl.on[a - 1]) if a else False)
-    return out
-
-
 def _raised(alerts_path: Path, lo: int, hi: int) -> list[dict[str, Any]]:
     """The runtime's alert records that turned an alert on in [lo, hi), in file order (for their top features)."""
     recs = [json.loads(line) for line in dict.fromkeys(alerts_path.read_text().splitlines())]
@@ -81,26 +61,17 @@ def _raised(alerts_path: Path, lo: int, hi: int) -> list[dict[str, Any]]:
 
 
 def summarize(
-    labels_csv: Path,
-    scores_path: Path,
-    alerts_path: Path,
-    test_start: str,
-    test_end: str,
-    turbines: list[str],
-    dt_ns: int,
+    labels_csv: Path, scores_path: Path, alerts_path: Path, test_start: str, test_end: str, out_dir: Path
 ) -> dict[str, Any]:
-    """`score_events` of the runtime's test-period alert timelines against the labelled faults starting in it.
+    """`score_events` of the runtime's test-period alert timelines against the labelled faults starting in it, by
+    the report of the edge's records (`edge_records.report`: its report.json and plots go to `out_dir`).
 
-    Adds "alerts": the alert records raised in the test period."""
+    Adds "alerts": the alert records raised in the test period, and "report": the report's other figures."""
     lo, hi = pd.Timestamp(test_start).value, pd.Timestamp(test_end).value
-    labels = pd.read_csv(labels_csv)
-    faults = [
-        (f.turbine_id, pd.Timestamp(f.start).value, pd.Timestamp(f.end).value, f.fault)
-        for f in labels.itertuples()
-        if f.turbine_id in turbines and lo <= pd.Timestamp(f.start).value < hi
-    ]
-    ev = score_events(_timelines(scores_path, lo, hi, turbines), faults, int(MAX_LEAD_H * 3600e9), dt_ns)
+    rep = report(read_records(scores_path), out_dir, read_fault_labels(labels_csv), lo, hi, int(MAX_LEAD_H * 3600e9))
+    ev = rep.pop("events")
     ev["alerts"] = _raised(alerts_path, lo, hi)
+    ev["report"] = rep
     return ev
 
 
@@ -184,9 +155,9 @@ def run_demo(
     if run is None:
         run = _replay(bundle.path, stream, scores, alerts, "(no mosquitto on PATH)" if use_broker is None else "")
     timings["runtime"] = time.perf_counter() - t
-    turbines = [f"WT{i:02d}" for i in range(1, sizes.turbines + 1)]
-    dt_ns = int(cfg.data.sampling.dt_minutes * 60 * 10**9)
-    ev = summarize(Path(synth["labels"]), scores, alerts, test_start, test_end, turbines, dt_ns)
+    t = time.perf_counter()
+    ev = summarize(Path(synth["labels"]), scores, alerts, test_start, test_end, w / "report")
+    timings["report"] = time.perf_counter() - t
     paths = {
         "data": w / "synth",
         "prepared": w / "processed",
@@ -194,6 +165,7 @@ def run_demo(
         "bundle": bundle.path,
         "scores": scores,
         "alerts": alerts,
+        "report": w / "report",
     }
     log(format_report(ev, paths, run, timings))
     summary = {**ev, "runtime": dataclasses.asdict(run) | {"complete": run.complete}, "timings": timings}

@@ -98,7 +98,16 @@ def evaluate_cmd(
     checkpoint: Annotated[str | None, typer.Option(help="best.pt: torch engine.")] = None,
     bundle: Annotated[str | None, typer.Option(help="Bundle folder: onnxruntime engine.")] = None,
     data: Annotated[str | None, typer.Option(help="Prepared data folder (default: the checkpoint's).")] = None,
-    out: Annotated[str | None, typer.Option(help="Report folder (default: <run>/eval_<engine>).")] = None,
+    records: Annotated[
+        str | None,
+        typer.Option(
+            help="Evaluate the edge's published score records instead (a scada-runtime replay --out file, or the "
+            "score topic captured, one record per line): event metrics against --labels, score and driver plots."
+        ),
+    ] = None,
+    out: Annotated[
+        str | None, typer.Option(help="Report folder (default: <run>/eval_<engine>, or <records>_report).")
+    ] = None,
     drift: Annotated[bool, typer.Option("--drift", help="Also compare the test split against validation.")] = False,
     max_lead_hours: Annotated[float, typer.Option(help="An alert up to this long before a fault detects it.")] = 48.0,
     plots: Annotated[bool, typer.Option("--plots/--no-plots")] = True,
@@ -108,8 +117,19 @@ def evaluate_cmd(
             help="Fault events CSV (turbine_id,start,end,fault), e.g. from scada-inject; replaces the prepared labels."
         ),
     ] = None,
+    start: Annotated[str | None, typer.Option(help="With --records: period start, ISO-8601 (default: all).")] = None,
+    end: Annotated[str | None, typer.Option(help="With --records: period end, ISO-8601, excluded.")] = None,
 ) -> None:
     from pathlib import Path
+
+    if records is not None:
+        given = [f"--{k}" for k, v in (("checkpoint", checkpoint), ("bundle", bundle), ("data", data)) if v]
+        if given or drift:
+            _fail(ValueError(f"--records evaluates the edge's own records: leave out {given + ['--drift'] * drift}"))
+        _evaluate_records(records, labels, out, start, end, max_lead_hours, plots)
+        return
+    if start is not None or end is not None:
+        _fail(ValueError("--start/--end apply to --records; a prepared split has its own period"))
 
     from scada_tcn.trainer.evaluation.evaluate import evaluate
     from scada_tcn.trainer.evaluation.offline import setup_from_args
@@ -123,6 +143,42 @@ def evaluate_cmd(
     keys = ("anomaly", "events", "alerts", "rul")
     print(json.dumps({k: m[k] for k in keys if k in m}, indent=2))
     print(f"reports in {out_dir}", file=sys.stderr)
+
+
+def _evaluate_records(
+    records: str, labels: str | None, out: str | None, start: str | None, end: str | None, lead_h: float, plots: bool
+) -> None:
+    """`scada-evaluate --records`: the report of the edge's records (`edge_records`)."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from scada_tcn.trainer.evaluation.edge_records import (
+        format_report,
+        progress_printer,
+        read_fault_labels,
+        read_records,
+        report,
+    )
+
+    def stamp(s: str | None, name: str) -> int | None:
+        try:
+            return None if s is None else pd.Timestamp(s).value
+        except ValueError:
+            _fail(ValueError(f"{name} {s!r} is not an ISO-8601 timestamp (e.g. 2024-06-01T00:00Z)"))
+
+    lo, hi = stamp(start, "--start"), stamp(end, "--end")
+    if lead_h < 0:
+        _fail(ValueError(f"--max-lead-hours must be >= 0, got {lead_h}"))
+    out_dir = Path(out) if out else Path(records).with_name(Path(records).stem + "_report")
+    try:
+        faults = read_fault_labels(labels) if labels else None
+        recs = read_records(records, progress_printer(records, lambda m: print(m, file=sys.stderr)))
+        r = report(recs, out_dir, faults, lo, hi, int(lead_h * 3600 * 10**9), plots)
+    except (ValueError, OSError) as e:
+        _fail(e)
+    print(format_report(r))
+    print(f"report in {out_dir}", file=sys.stderr)
 
 
 inject_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)

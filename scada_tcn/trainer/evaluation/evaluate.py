@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from scada_tcn.trainer.evaluation.drift_report import feature_drift, ks_statistic, mmd2_unbiased, wasserstein_1d
+from scada_tcn.trainer.evaluation.edge_records import read_fault_labels
 from scada_tcn.trainer.evaluation.events import alert_spans, score_events, timelines_from_table
 from scada_tcn.trainer.evaluation.metrics import anomaly_metrics, fault_metrics, forecast_metrics
 from scada_tcn.trainer.evaluation.offline import InferSetup, SplitArrays, apply_alerts, infer_split
@@ -63,15 +64,11 @@ def _fault_events(setup: InferSetup, res: pd.DataFrame) -> dict[str, list[tuple[
 
 
 def _file_events(path: str | Path, turbines: list[str]) -> dict[str, list[tuple[int, int, str]]]:
-    """Fault events of a labels CSV (turbine_id, start, end, fault), e.g. written by scada-inject."""
-    df = pd.read_csv(path, dtype=str)
-    missing = [c for c in ("turbine_id", "start", "end", "fault") if c not in df.columns]
-    if missing:
-        raise ValueError(f"labels file {path}: missing columns {missing}")
+    """Fault events of a labels CSV (turbine_id, start, end, fault; `edge_records.read_fault_labels`), per turbine."""
     out: dict[str, list[tuple[int, int, str]]] = {t: [] for t in turbines}
-    for t, a, b, f in df[["turbine_id", "start", "end", "fault"]].itertuples(index=False):
+    for t, a, b, f in read_fault_labels(path):
         if t in out:
-            out[t].append((pd.Timestamp(a).value, pd.Timestamp(b).value, f))
+            out[t].append((a, b, f))
     return out
 
 

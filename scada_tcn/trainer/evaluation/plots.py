@@ -8,9 +8,11 @@ are int ns since the Unix epoch (UTC) and drawn as dates. Shapes are checked (Pl
 caller's arrays are never modified.
 
 * `plot_score_timeline`: one turbine's anomaly score and threshold (scalar or per step) over time, alert spans
-  [start, end] shaded, labelled fault events (start, end, name) as a band along the top with their name.
+  [start, end] shaded, labelled fault events (start, end, name) as a band along the top with their name (those
+  outside the plotted time left out).
 * `plot_contribution_heatmap`: per-feature contributions (T, F) around an alert, features sorted by total
-  contribution (largest on top), the alert start as a vertical line.
+  contribution (largest on top), the alert start as a vertical line; or any other per-step values of named
+  signals (the edge's group ratios), named by `label`.
 """
 
 from __future__ import annotations
@@ -75,12 +77,15 @@ def plot_score_timeline(
     ax = fig.add_subplot()
     for start, end in alert_spans:
         ax.axvspan(_date(start), _date(end), color="tab:orange", alpha=0.25, lw=0)
+    first, last = t[[0, -1]].astype(np.int64).tolist()
     for start, end, name in fault_events:
+        if end < first or start > last:  # outside the plotted time: an annotation there would squeeze the axes
+            continue
         ax.axvspan(_date(start), _date(end), ymin=0.93, ymax=1.0, color="tab:red", alpha=0.8, lw=0)
         ax.axvline(_date(start), color="tab:red", ls=":", lw=1)
         ax.annotate(
             name,
-            (_date(start), 0.91),
+            (_date(max(start, first)), 0.91),
             xycoords=("data", "axes fraction"),
             va="top",
             fontsize=8,
@@ -109,8 +114,10 @@ def plot_contribution_heatmap(
     feature_names: Sequence[str],
     alert_start_ns: int,
     title: str,
+    label: str = "contribution",
 ) -> Path:
-    """Feature contributions (T, F) over time, features sorted by total contribution, alert start marked."""
+    """Feature contributions (T, F) over time, features sorted by total contribution, alert start marked;
+    `label` names the values (the colour bar)."""
     t = _times(ts_ns, "plot_contribution_heatmap")
     c = np.asarray(contrib, np.float64)
     names = list(feature_names)
@@ -124,6 +131,6 @@ def plot_contribution_heatmap(
     ax.invert_yaxis()  # largest total on top
     ax.axvline(_date(alert_start_ns), color="white", ls="--", lw=1.5)
     ax.set_xlabel("time (UTC)")
-    fig.colorbar(mesh, ax=ax, label="contribution")
+    fig.colorbar(mesh, ax=ax, label=label)
     ax.set_title(title)
     return _save(fig, path)
