@@ -136,5 +136,13 @@ def test_event_metrics_of_the_records_and_the_cli(replayed, tmp_path):
     assert written["events"]["n_detected"] == 1 and written["n_records"] == recs.ts_ns.size
     assert {f"score_{t}.png" for t in recs.turbines} <= {p.name for p in (out / "plots").iterdir()}
     assert any(p.name.startswith("drivers_00_") for p in (out / "plots").iterdir())
+    # its own copy as the uninjected one: every onset happens while the copy's alert is on, so none counts
+    args = ["--records", str(scores), "--labels", str(labels), "--clean", str(scores), "--no-plots", "--out"]
+    res = CliRunner().invoke(evaluate_app, [*args, str(tmp_path / "net")])
+    assert res.exit_code == 0, res.output
+    net = json.loads((tmp_path / "net" / "report.json").read_text())["events"]
+    assert net["n_onsets"] == 0 and net["n_detected"] == 0 and net["n_onsets_masked_by_clean"] == written["events"][
+        "n_onsets"] > 0  # fmt: skip
+    assert "onsets while its alert was on do not count" in res.output
     refused = CliRunner().invoke(evaluate_app, ["--records", str(scores), "--bundle", str(alerts.parent)])
     assert refused.exit_code == 2 and "leave out ['--bundle']" in refused.output

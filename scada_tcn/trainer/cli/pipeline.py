@@ -117,6 +117,13 @@ def evaluate_cmd(
             help="Fault events CSV (turbine_id,start,end,fault), e.g. from scada-inject; replaces the prepared labels."
         ),
     ] = None,
+    clean: Annotated[
+        str | None,
+        typer.Option(
+            help="With --records and --labels: the records of the uninjected copy of the same data (faults injected "
+            "with scada-inject); an onset while its alert is on does not count."
+        ),
+    ] = None,
     start: Annotated[str | None, typer.Option(help="With --records: period start, ISO-8601 (default: all).")] = None,
     end: Annotated[str | None, typer.Option(help="With --records: period end, ISO-8601, excluded.")] = None,
 ) -> None:
@@ -126,10 +133,10 @@ def evaluate_cmd(
         given = [f"--{k}" for k, v in (("checkpoint", checkpoint), ("bundle", bundle), ("data", data)) if v]
         if given or drift:
             _fail(ValueError(f"--records evaluates the edge's own records: leave out {given + ['--drift'] * drift}"))
-        _evaluate_records(records, labels, out, start, end, max_lead_hours, plots)
+        _evaluate_records(records, labels, clean, out, start, end, max_lead_hours, plots)
         return
-    if start is not None or end is not None:
-        _fail(ValueError("--start/--end apply to --records; a prepared split has its own period"))
+    if start is not None or end is not None or clean is not None:
+        _fail(ValueError("--start, --end and --clean apply to --records; a prepared split has its own period"))
 
     from scada_tcn.trainer.evaluation.evaluate import evaluate
     from scada_tcn.trainer.evaluation.offline import setup_from_args
@@ -146,7 +153,14 @@ def evaluate_cmd(
 
 
 def _evaluate_records(
-    records: str, labels: str | None, out: str | None, start: str | None, end: str | None, lead_h: float, plots: bool
+    records: str,
+    labels: str | None,
+    clean: str | None,
+    out: str | None,
+    start: str | None,
+    end: str | None,
+    lead_h: float,
+    plots: bool,
 ) -> None:
     """`scada-evaluate --records`: the report of the edge's records (`edge_records`)."""
     from pathlib import Path
@@ -170,11 +184,15 @@ def _evaluate_records(
     lo, hi = stamp(start, "--start"), stamp(end, "--end")
     if lead_h < 0:
         _fail(ValueError(f"--max-lead-hours must be >= 0, got {lead_h}"))
+    if clean is not None and labels is None:
+        _fail(ValueError("--clean nets injected faults of their uninjected copy: give their --labels too"))
     out_dir = Path(out) if out else Path(records).with_name(Path(records).stem + "_report")
     try:
         faults = read_fault_labels(labels) if labels else None
-        recs = read_records(records, progress_printer(records, lambda m: print(m, file=sys.stderr)))
-        r = report(recs, out_dir, faults, lo, hi, int(lead_h * 3600 * 10**9), plots)
+        show = progress_printer(records, lambda m: print(m, file=sys.stderr))
+        recs = read_records(records, show)
+        copy = read_records(clean, progress_printer(clean, lambda m: print(m, file=sys.stderr))) if clean else None
+        r = report(recs, out_dir, faults, lo, hi, int(lead_h * 3600 * 10**9), plots, copy)
     except (ValueError, OSError) as e:
         _fail(e)
     print(format_report(r))

@@ -20,8 +20,9 @@ Contract
 * `missing_steps`: per turbine, the steps between its first and last record with no record (a gap in `seq`): the
   edge publishes one record per closed step, so a gap is a lost record and the report says it is incomplete.
 * `report(...)`: the counts, event metrics against labelled faults (or the alert onsets alone without labels),
-  `report.json`, and plots: each turbine's score ratio over time with its alert spans and faults, and the drivers
-  around each alert onset.
+  net of the uninjected copy's records where faults were injected into a copy of real data (`clean`; the
+  event scorer's rule), `report.json`, and plots: each turbine's score ratio over time with its alert spans and
+  faults, and the drivers around each alert onset.
 """
 
 from __future__ import annotations
@@ -296,16 +297,24 @@ def report(
     hi: int | None = None,
     max_lead_ns: int = 48 * 3_600 * 10**9,
     plots: bool = True,
+    clean: EdgeRecords | None = None,
 ) -> dict[str, Any]:
     """Counts, completeness and event metrics of `recs` in [lo, hi) (default: all of it) against `faults` (those
-    that start in it; None: no labels, the alert onsets alone). Writes `report.json` and, with `plots`, `plots/`
-    under `out_dir` (None: nothing written). Returns what report.json holds."""
+    that start in it; None: no labels, the alert onsets alone), net of `clean`, the records of the uninjected copy
+    of the same data where faults were injected (an onset while the clean copy's alert is on does not count; its
+    lost records make the report incomplete too). Writes `report.json` and, with `plots`, `plots/` under `out_dir`
+    (None: nothing written). Returns what report.json holds."""
     lo = int(recs.ts_ns.min()) if lo is None else lo
     hi = int(recs.ts_ns.max()) + 1 if hi is None else hi
     if hi <= lo:
         raise EdgeRecordsError(f"the period is empty: end {_iso(hi)} is not after start {_iso(lo)}")
     tls = timelines(recs, lo, hi)
     gaps = missing_steps(recs)
+    if clean is not None and clean.dt_ns != recs.dt_ns:
+        raise EdgeRecordsError(f"{clean.path}: a step of {clean.dt_ns / 1e9:g} s, {recs.path}: {recs.dt_ns / 1e9:g} s: "
+                               "the clean copy must be scored by the same model")  # fmt: skip
+    clean_tls = timelines(clean, lo, hi) if clean is not None else None
+    clean_gaps = missing_steps(clean) if clean is not None else {}
     counts = np.bincount(recs.status, minlength=len(STATUSES))
     out: dict[str, Any] = {
         "records": recs.path,
@@ -319,35 +328,49 @@ def report(
         "turbines_scored_in_period": len(tls),
         "missing_steps": {t: n for t, n in gaps.items() if n},
         "labels": faults is not None,
+        "clean": clean.path if clean is not None else None,
+        "clean_missing_steps": {t: n for t, n in clean_gaps.items() if n},
     }
     incomplete = []
     if any(gaps.values()):
         incomplete.append(f"steps with no record (gaps in seq): {sum(gaps.values()):,}")
+    if any(clean_gaps.values()):
+        incomplete.append(f"steps of the clean copy with no record: {sum(clean_gaps.values()):,}")
     if faults is not None:
         inside = [f for f in faults if lo <= f[1] < hi]
         unscored = [f for f in inside if f[0] not in tls]
         if unscored:
             incomplete.append(f"labelled faults of turbines with no scored step in the period: {len(unscored)}")
         out["faults_without_scores"] = [{"turbine": t, "start": _iso(a), "fault": c} for t, a, _, c in unscored]
-        ev = score_events(tls, [f for f in inside if f[0] in tls], max_lead_ns, recs.dt_ns) if tls else None
+        scored = [f for f in inside if f[0] in tls]
+        ev = score_events(tls, scored, max_lead_ns, recs.dt_ns, clean_tls) if tls else None
     else:
-        ev = score_events(tls, [], max_lead_ns, recs.dt_ns) if tls else None
+        ev = score_events(tls, [], max_lead_ns, recs.dt_ns, clean_tls) if tls else None
     out["events"] = ev
+    # the uninjected copy alone: no fault injected there, so each of its onsets is an alert without a labelled cause
+    out["clean_events"] = score_events(clean_tls, [], max_lead_ns, recs.dt_ns) if clean_tls else None
     out["complete"] = not incomplete
     out["incomplete_because"] = incomplete
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        out["plots"] = _plots(recs, out_dir / "plots", tls, faults or [], lo, hi) if plots and tls else []
+        found = {(e["turbine"], e["onset_ns"]) for e in ev["events"] if e["detected"]} if ev else set()
+        out["plots"] = _plots(recs, out_dir / "plots", tls, faults or [], lo, hi, found) if plots and tls else []
         (out_dir / "report.json").write_text(json.dumps(out, indent=2, default=str))
     return out
 
 
 def _plots(
-    recs: EdgeRecords, out: Path, tls: dict[str, Timeline], faults: Sequence[Fault], lo: int, hi: int
+    recs: EdgeRecords,
+    out: Path,
+    tls: dict[str, Timeline],
+    faults: Sequence[Fault],
+    lo: int,
+    hi: int,
+    found: set[tuple[str, int]],
 ) -> list[str]:
-    """Each turbine's score ratio with its alert spans and faults; the drivers around the first MAX_HEATMAPS alert
-    onsets (by time)."""
+    """Each turbine's score ratio with its alert spans and faults; the drivers around MAX_HEATMAPS alert onsets:
+    those that detected a fault (`found`: (turbine, onset ns)) first, then the others, each by time."""
     out.mkdir(parents=True, exist_ok=True)
     written, onsets = [], []
     for k, name in enumerate(recs.turbines):
@@ -363,7 +386,7 @@ def _plots(
                                                alert_spans(tl.ts_ns, tl.on), mine, title)))  # fmt: skip
         prev = np.concatenate([[tl.on_before], tl.on[:-1]])
         onsets += [(int(i), name, rows) for i in np.flatnonzero(tl.on & ~prev)]
-    onsets.sort(key=lambda o: int(recs.ts_ns[o[2][o[0]]]))
+    onsets.sort(key=lambda o: ((o[1], int(recs.ts_ns[o[2][o[0]]])) not in found, int(recs.ts_ns[o[2][o[0]]])))
     for n, (i, name, rows) in enumerate(onsets[:MAX_HEATMAPS]):
         sel = rows[max(0, i - HEATMAP_HALF_WIDTH) : i + HEATMAP_HALF_WIDTH]
         m, names = recs.driver_matrix(sel)
@@ -401,6 +424,12 @@ def format_report(r: dict[str, Any]) -> str:
         for e in ev["events"]:
             lead = f"lead {e['lead_ns'] / 3.6e12:+.1f} h" if e["detected"] else "missed"
             lines.append(f"  {e['turbine']}  {e['fault']:<18} starts {_iso(e['start_ns'])}   {lead}")
+        if r["clean"]:
+            lines.append(f"net of the uninjected copy {r['clean']}: {ev['n_onsets_masked_by_clean']} onsets while "
+                         "its alert was on do not count")  # fmt: skip
+            c = r["clean_events"]
+            lines.append(f"  the uninjected copy alone raised {c['n_onsets']} alerts over {c['turbine_months']:.1f} "
+                         f"turbine-months ({c['false_alerts_per_turbine_month']:.2f} per turbine-month)")  # fmt: skip
         lines.append(
             f"alerts raised: {ev['n_onsets']}, of which false (no fault nearby): {ev['n_false_alerts']} = "
             f"{ev['false_alerts_per_turbine_month']:.2f} per turbine-month; alert on during "
