@@ -13,7 +13,9 @@ Prints, by `trainer.evaluation.events.score_events` (the project's one detection
 per injected fault, counting only an alert that turns on from --max-lead-hours before the fault to its end while
 the uninjected copy has no alert on at that step; false alerts per turbine-month on the untouched turbines; and,
 per month of the test period, the untouched turbines' median score over threshold and the share of windows above
-threshold (the season shift must not move the calibrated level).
+threshold (the season shift must not move the calibrated level); and the alerts the injected faults raised on the
+untouched turbines (their onsets in the injected copy net of the original: fleet-relative scores move with a
+faulty peer).
 """
 
 from __future__ import annotations
@@ -46,6 +48,16 @@ def untouched_alerts(res: pd.DataFrame, injected_turbine: str, dt: pd.Timedelta)
     timelines = timelines_from_table(res[res.turbine_id != injected_turbine])
     ev = score_events(timelines, [], max_lead_ns=0, dt_ns=dt.value)
     return ev["n_false_alerts"], ev["turbine_months"]
+
+
+def peer_alerts(
+    original: pd.DataFrame, injected: pd.DataFrame, injected_turbine: str, dt: pd.Timedelta
+) -> dict[str, Any]:
+    """`score_events` of the turbines nobody injected, in the injected copy, net of the uninjected copy: the alerts
+    the injected faults raised on them (no fault there, so each counted onset is a false alert). A turbine scored
+    against its peers (fleet-relative residuals) moves with a faulty peer."""
+    peers = {t: tl for t, tl in timelines_from_table(injected).items() if t != injected_turbine}
+    return score_events(peers, [], max_lead_ns=0, dt_ns=dt.value, clean=timelines_from_table(original))
 
 
 def detections(
@@ -130,6 +142,11 @@ def main() -> None:
         f"{found['n_onsets_masked_by_clean']} onsets on {a.turbine} were not counted because the uninjected copy "
         f"was alarming at the same step; {found['n_false_alerts']} false alerts on {a.turbine}"
     )
+    leak = peer_alerts(res["original"], res["injected"], a.turbine, dt)
+    print(
+        f"untouched turbines in the injected copy, net of the uninjected one: {leak['n_onsets']} alerts raised by the "
+        f"faults injected into {a.turbine} ({leak['n_onsets_masked_by_clean']} onsets were in both copies)"
+    )
     untouched = res["original"][res["original"].turbine_id != a.turbine]
     spans, months = untouched_alerts(res["original"], a.turbine, dt)
     print(
@@ -150,6 +167,7 @@ def main() -> None:
         print(f"{name:<11} {len(g):>8} {ratio.median():>23.3f} {np.mean(ratio >= 1.0):>22.4f}")
     summary = {k: {kk: r[kk] for kk in ("anomaly", "events", "alerts") if kk in r} for k, r in reports.items()}
     summary["detections_net_of_original"] = found
+    summary["peer_alerts_net_of_original"] = leak
     (w / "lhb_summary.json").write_text(json.dumps(summary, indent=2, default=str))
 
 
