@@ -28,18 +28,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from scada_tcn.trainer.evaluation.edge_records import read_fault_labels
 from scada_tcn.trainer.evaluation.events import score_events, timelines_from_table
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "config.yaml"
-
-
-def _faults(labels: pd.DataFrame) -> list[tuple[str, int, int, str]]:
-    """(turbine, start_ns, end_ns, fault) per row of a labels CSV (turbine_id, start, end, fault)."""
-    return [
-        (t, pd.Timestamp(a).value, pd.Timestamp(b).value, f)
-        for t, a, b, f in labels[["turbine_id", "start", "end", "fault"]].itertuples(index=False)
-    ]
 
 
 def untouched_alerts(res: pd.DataFrame, injected_turbine: str, dt: pd.Timedelta) -> tuple[int, float]:
@@ -61,7 +54,7 @@ def peer_alerts(
 
 
 def detections(
-    original: pd.DataFrame, injected: pd.DataFrame, labels: pd.DataFrame, lead: pd.Timedelta, dt: pd.Timedelta
+    original: pd.DataFrame, injected: pd.DataFrame, labels: Path, lead: pd.Timedelta, dt: pd.Timedelta
 ) -> dict[str, Any]:
     """`score_events` of the injected copy's alerts against the injected faults, net of the uninjected copy.
 
@@ -71,7 +64,7 @@ def detections(
     (the tail of the previous fault's alarm) does not count. The injected turbine's other onsets are false alerts.
     """
     timelines = timelines_from_table(injected)
-    faults = _faults(labels)
+    faults = read_fault_labels(labels)
     turbines = {f[0] for f in faults}
     return score_events(
         {t: tl for t, tl in timelines.items() if t in turbines},
@@ -128,10 +121,9 @@ def main() -> None:
         setup = setup_from_bundle(bundle.path, data_dir)
         reports[name] = evaluate(setup, w / f"eval_{name}", max_lead_hours=a.max_lead_hours, labels_file=inj["labels"])
     res = {k: pd.read_parquet(w / f"eval_{k}" / "results_test.parquet") for k in reports}
-    labels = pd.read_csv(inj["labels"])
     print(f"\nLa Haute Borne, faults injected into {a.turbine} (seed {a.seed}); bundle {bundle.model_id[:12]}")
     dt = pd.Timedelta(seconds=int(setup.data.pipeline_spec["dt_seconds"]))
-    found = detections(res["original"], res["injected"], labels, pd.Timedelta(hours=a.max_lead_hours), dt)
+    found = detections(res["original"], res["injected"], inj["labels"], pd.Timedelta(hours=a.max_lead_hours), dt)
     print(f"{'fault':<18} {'start':<26} detected  lead h (+: before the start)  coverage")
     for e in found["events"]:
         start = pd.Timestamp(e["start_ns"], tz="UTC").isoformat()

@@ -122,12 +122,6 @@ def _ns(x: str) -> int:
     return pd.Timestamp(x).value
 
 
-def _faults(labels_csv: Path) -> list[tuple[str, int, int, str]]:
-    df = pd.read_csv(labels_csv)
-    rows = df[["turbine_id", "start", "end", "fault"]].itertuples(index=False)
-    return [(t, _ns(a), _ns(b), f) for t, a, b, f in rows]
-
-
 def _alerts(res: pd.DataFrame, alerting: Any) -> pd.DataFrame:
     from scada_tcn.trainer.evaluation.offline import apply_alerts
 
@@ -154,10 +148,12 @@ def _false_rate(df: pd.DataFrame, dt_ns: int, lo: int, hi: int) -> float:
 
 def _judge(clean: pd.DataFrame, injected: pd.DataFrame, labels: Path, dt_ns: int, lo: int, hi: int) -> dict[str, Any]:
     """Detections net of the clean copy on TURBINE, and false alerts on the untouched turbines, within [lo, hi)."""
+    from scada_tcn.trainer.evaluation.edge_records import read_fault_labels
     from scada_tcn.trainer.evaluation.events import score_events, timelines_from_table
 
     c, i = _part(clean, lo, hi), _part(injected, lo, hi)
-    det = score_events(timelines_from_table(i[i.turbine_id == TURBINE]), _faults(labels), 48 * 3600 * 10**9, dt_ns,
+    faults = read_fault_labels(labels)
+    det = score_events(timelines_from_table(i[i.turbine_id == TURBINE]), faults, 48 * 3600 * 10**9, dt_ns,
                        clean=timelines_from_table(c))  # fmt: skip
     found = [e for e in det["events"] if e["detected"]]
     return {
