@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from scada_tcn.trainer.evaluation.edge_records import read_fault_labels
+from scada_tcn.trainer.evaluation.edge_records import faults_from_table
 from scada_tcn.trainer.evaluation.events import score_events, timelines_from_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ def peer_alerts(
 
 
 def detections(
-    original: pd.DataFrame, injected: pd.DataFrame, labels: Path, lead: pd.Timedelta, dt: pd.Timedelta
+    original: pd.DataFrame, injected: pd.DataFrame, labels: pd.DataFrame, lead: pd.Timedelta, dt: pd.Timedelta
 ) -> dict[str, Any]:
     """`score_events` of the injected copy's alerts against the injected faults, net of the uninjected copy.
 
@@ -64,7 +64,7 @@ def detections(
     (the tail of the previous fault's alarm) does not count. The injected turbine's other onsets are false alerts.
     """
     timelines = timelines_from_table(injected)
-    faults = read_fault_labels(labels)
+    faults = faults_from_table(labels)
     turbines = {f[0] for f in faults}
     return score_events(
         {t: tl for t, tl in timelines.items() if t in turbines},
@@ -123,7 +123,8 @@ def main() -> None:
     res = {k: pd.read_parquet(w / f"eval_{k}" / "results_test.parquet") for k in reports}
     print(f"\nLa Haute Borne, faults injected into {a.turbine} (seed {a.seed}); bundle {bundle.model_id[:12]}")
     dt = pd.Timedelta(seconds=int(setup.data.pipeline_spec["dt_seconds"]))
-    found = detections(res["original"], res["injected"], inj["labels"], pd.Timedelta(hours=a.max_lead_hours), dt)
+    labels = pd.read_csv(inj["labels"], dtype=str)
+    found = detections(res["original"], res["injected"], labels, pd.Timedelta(hours=a.max_lead_hours), dt)
     print(f"{'fault':<18} {'start':<26} detected  lead h (+: before the start)  coverage")
     for e in found["events"]:
         start = pd.Timestamp(e["start_ns"], tz="UTC").isoformat()

@@ -47,6 +47,7 @@ from scada_tcn.trainer.evaluation.plots import plot_contribution_heatmap, plot_s
 __all__ = [
     "EdgeRecords",
     "EdgeRecordsError",
+    "faults_from_table",
     "format_report",
     "missing_steps",
     "progress_printer",
@@ -270,19 +271,23 @@ def timelines(recs: EdgeRecords, lo: int, hi: int, turbines: Sequence[str] | Non
 
 
 def read_fault_labels(path: str | Path) -> list[Fault]:
-    """Labelled faults of a CSV with columns turbine_id, start, end, fault (as scada-synth and scada-inject write),
-    stamps read by pandas (a naive one as UTC)."""
-    df = pd.read_csv(path, dtype=str)
+    """Labelled faults of a CSV with columns turbine_id, start, end, fault (as scada-synth and scada-inject write)."""
+    return faults_from_table(pd.read_csv(path, dtype=str), f"labels file {path}")
+
+
+def faults_from_table(df: pd.DataFrame, name: str = "labels") -> list[Fault]:
+    """Labelled faults of a table with columns turbine_id, start, end, fault, stamps read by pandas (a naive one as
+    UTC); `name` names the table in errors."""
     missing = [c for c in ("turbine_id", "start", "end", "fault") if c not in df.columns]
     if missing:
-        raise EdgeRecordsError(f"labels file {path}: missing columns {missing} (needs turbine_id, start, end, fault)")
+        raise EdgeRecordsError(f"{name}: missing columns {missing} (needs turbine_id, start, end, fault)")
     try:
         return [
             (t, pd.Timestamp(a).value, pd.Timestamp(b).value, f)
             for t, a, b, f in df[["turbine_id", "start", "end", "fault"]].itertuples(index=False)
         ]
     except ValueError as e:
-        raise EdgeRecordsError(f"labels file {path}: a start or end that is not a timestamp: {e}") from None
+        raise EdgeRecordsError(f"{name}: a start or end that is not a timestamp: {e}") from None
 
 
 def _iso(ns: int) -> str:
