@@ -22,7 +22,9 @@ Procedure (the project's own functions; every choice is made on training and val
      machine over validation + test (`runtime.signals`, `runtime.alerts`).
   6. The one event scorer (`trainer.evaluation.events.score_events`): faults detected net of the uninjected copy
      (an alert onset from 48 h before the fault to its end while the clean copy is not alarming), per class;
-     false alerts per turbine-month on the untouched turbines (test period) and on R80736's uninjected copy.
+     false alerts per turbine-month on the untouched turbines (test period) and on R80736's uninjected copy;
+     and the alerts the injected faults raise on the untouched turbines ("peer alerts": their onsets in the
+     injected copy net of the clean copy; a fleet baseline moves with a faulty peer).
   7. The choice, on validation data only: levels fitted on one half of the validation month, false alerts
      counted on the other half (both ways, all turbines, clean data) estimate each variant's false-alert rate; among the
      variants at or under 1 per turbine-month there, the one detecting most classes on the validation
@@ -160,6 +162,10 @@ def _judge(clean: pd.DataFrame, injected: pd.DataFrame, labels: Path, dt_ns: int
         "detected": det["n_detected"], "events": det["n_events"], "classes": sorted({e["fault"] for e in found}),
         "lead_h": [e["lead_ns"] / 3.6e12 for e in found], "false_on_injected": det["n_false_alerts"],
         "untouched_false_per_month": _false_rate(c[c.turbine_id != TURBINE], dt_ns, lo, hi),
+        # the injected faults' alerts on the other turbines (their injected copy net of the clean one): a fleet
+        # baseline moves with a faulty peer
+        "peer_alerts": score_events(timelines_from_table(i[i.turbine_id != TURBINE]), [], 0, dt_ns,
+                                    clean=timelines_from_table(c))["n_onsets"],
         "uninjected_false_per_month": _false_rate(c[c.turbine_id == TURBINE], dt_ns, lo, hi),
     }  # fmt: skip
 
@@ -419,6 +425,7 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, float]:
         "detected": float(np.median([r["detected"] for r in rows])),
         "untouched": float(np.median([r["untouched_false_per_month"] for r in rows])),
         "uninjected": float(np.median([r["uninjected_false_per_month"] for r in rows])),
+        "peers": float(np.median([r["peer_alerts"] for r in rows])),
         "lead": float(np.median(leads)) if leads else float("nan"),
     }
 
@@ -436,12 +443,13 @@ def choose(variants: dict[str, Any]) -> str | None:
 def _report(results: dict[str, Any]) -> None:
     chosen = choose(results["variants"])
     print(f"\n{'variant':<28} {'classes':>7} {'detected':>8} {'untouched f/tm':>14} {'uninjected':>10} {'lead h':>7}"
-          f" | {'val f/tm':>8} {'tune cls':>8}   (medians over seeds x injections)")  # fmt: skip
+          f" {'peer alerts':>11} | {'val f/tm':>8} {'tune cls':>8}   (medians over seeds x injections)")  # fmt: skip
 
     def row(label: str, v: dict[str, Any], mark: str = "") -> None:
         t, tune = _summary(v["test"]), _summary(v["tune"])
         print(f"{label:<28} {t['classes']:>7.1f} {t['detected']:>8.1f} {t['untouched']:>14.2f} "
-              f"{t['uninjected']:>10.2f} {t['lead']:>7.1f} | {np.median(v['val_false_per_month']):>8.2f} "
+              f"{t['uninjected']:>10.2f} {t['lead']:>7.1f} {t['peers']:>11.1f} | "
+              f"{np.median(v['val_false_per_month']):>8.2f} "
               f"{tune.get('classes', float('nan')):>8.1f}{mark}")  # fmt: skip
 
     for k, v in results["variants"].items():
@@ -456,7 +464,7 @@ def _report(results: dict[str, Any]) -> None:
     t = _summary(results["window_mean"]["test"])
     if t:
         print(f"{'window-mean':<28} {t['classes']:>7.1f} {t['detected']:>8.1f} {t['untouched']:>14.2f} "
-              f"{t['uninjected']:>10.2f} {t['lead']:>7.1f}")  # fmt: skip
+              f"{t['uninjected']:>10.2f} {t['lead']:>7.1f} {t['peers']:>11.1f}")  # fmt: skip
 
 
 if __name__ == "__main__":
