@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from bench.lhb_injection import detections, untouched_alerts
+from bench.lhb_injection import detections, peer_alerts, untouched_alerts
 from scada_tcn.trainer.evaluation.metrics import MONTH_NS
 
 HOUR = pd.Timedelta(hours=1)
@@ -54,3 +54,12 @@ def test_untouched_alerts_counts_onsets_on_the_other_turbines():
     raised, months = untouched_alerts(res, "T3", HOUR)
     assert raised == 3 + 2  # T1: onsets at 1, 5, 11 h; T2: at 1, 3 h
     assert months == 2 * 12 * HOUR.value / MONTH_NS
+
+
+def test_peer_alerts_are_the_untouched_turbines_onsets_net_of_the_uninjected_copy():
+    orig = pd.concat([_table("000000000000", "T1"), _table("000110000000", "T2"), _table("000000000000", "T3")])
+    # the fault on T1 moves T2 (an onset at 7 h the clean copy lacks; the one at 3 h is in both) and T3 (at 9 h)
+    inj = pd.concat([_table("000001111000", "T1"), _table("000110011000", "T2"), _table("000000000110", "T3")])
+    leak = peer_alerts(orig, inj, "T1", HOUR)
+    assert (leak["n_onsets"], leak["n_onsets_masked_by_clean"], leak["n_false_alerts"]) == (2, 1, 2)
+    assert peer_alerts(orig, orig, "T1", HOUR)["n_onsets"] == 0
