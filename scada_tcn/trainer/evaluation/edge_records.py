@@ -80,7 +80,7 @@ class EdgeRecords:
     alert: np.ndarray  # (N,) bool
     driver_names: list[str]
     driver_kind: str  # "group ratio" (per-signal records' groups) or "contribution" (top features)
-    line: np.ndarray  # (N,) int32: each record's line among the file's records (repeats and blank lines not counted)
+    line: np.ndarray  # (N,) int32: each record's index among the file's non-blank lines
     drivers: tuple[np.ndarray, np.ndarray, np.ndarray]  # (line, driver, value) of the ok records, by line
     dt_ns: int
     model_ids: list[str]
@@ -113,8 +113,8 @@ def _number(x: Any) -> float:
 class _Lines:
     """What `read_records` keeps of each record line, in compact arrays (about 40 bytes a record, and 10 per
     driver): the turbine as an index, the stamp in ns, a 64-bit digest of the line, the status, ratio and alert
-    state, and the drivers as (line, driver, value) triples. No object is kept per stamp: a long-lived one among
-    the parsed records' garbage would hold its whole memory arena."""
+    state, and the drivers as (line, driver, value) triples, in line order (`EdgeRecords.driver_matrix` finds a
+    record's by binary search, so they are never sorted or copied)."""
 
     def __init__(self) -> None:
         self.turbines: dict[str, int] = {}
