@@ -146,3 +146,21 @@ def test_event_metrics_of_the_records_and_the_cli(replayed, tmp_path):
     assert "onsets while its alert was on do not count" in res.output
     refused = CliRunner().invoke(evaluate_app, ["--records", str(scores), "--bundle", str(alerts.parent)])
     assert refused.exit_code == 2 and "leave out ['--bundle']" in refused.output
+
+
+def test_window_mean_records_give_their_top_features_as_drivers(tiny_bundle, tiny_run, tmp_path):
+    header, rows = read_slice(tiny_run.synth_dir / "scada.csv", "2024-01-28T00:00:00Z", "2024-02-01T00:00:00Z")
+    replay_file(tiny_bundle, write_csv(tmp_path / "t.csv", header, rows), tmp_path / "s.jsonl")
+    recs = read_records(tmp_path / "s.jsonl")
+    assert recs.driver_kind == "contribution"
+    ok = np.flatnonzero(recs.status == 0)
+    assert ok.size > 100
+    m, names = recs.driver_matrix(ok)
+    parsed = {(d["turbine"], pd.Timestamp(d["ts"]).value): d for d in map(orjson.loads, (tmp_path / "s.jsonl")
+                                                                           .read_bytes().splitlines())}  # fmt: skip
+    for i, r in enumerate(ok.tolist()):
+        rec = parsed[(recs.turbines[recs.turbine[r]], int(recs.ts_ns[r]))]
+        want = {f["name"]: np.float32(f["contribution"]) for f in rec["top_features"]}
+        assert {n: v for n, v in zip(names, m[i]) if n in want} == want and m[i].sum() == pytest.approx(
+            sum(want.values()), rel=1e-6)  # fmt: skip
+    assert report(recs, None)["complete"]
