@@ -28,7 +28,7 @@ from scada_tcn.runtime.records import dedupe
 from scada_tcn.runtime.replay import replay_file
 from scada_tcn.trainer.config import load_config
 from scada_tcn.trainer.data.prepare import format_summary, prepare
-from scada_tcn.trainer.evaluation.edge_records import read_fault_labels, read_records, report
+from scada_tcn.trainer.evaluation.edge_records import event_lines, read_fault_labels, read_records, report
 from scada_tcn.trainer.sources.simulator import write_synthetic
 from scada_tcn.trainer.training.fit import fit
 
@@ -83,19 +83,7 @@ def format_report(ev: dict[str, Any], paths: dict[str, Path], run: BrokerRun, ti
         f"steps scored: {scored:,} of {sent:,} sent ({state}); {run.messages:,} messages, {run.duplicates:,} "
         f"duplicate records, {run.reconnects} reconnects, {run.seconds:.0f} s"
     )
-    lines.append(
-        f"labelled faults in the test period: {ev['n_events']}, detected: {ev['n_detected']} "
-        f"(an alert onset from {MAX_LEAD_H:g} h before the fault to its end)"
-    )
-    for e in ev["events"]:
-        start = pd.Timestamp(e["start_ns"], tz="UTC").strftime("%Y-%m-%d %H:%M")
-        lead = f"lead {e['lead_ns'] / 3.6e12:+.1f} h" if e["detected"] else "missed"
-        lines.append(f"  {e['turbine']}  {e['fault']:<18} starts {start}   {lead}")
-    per_month = ev["false_alerts_per_turbine_month"]
-    lines.append(
-        f"alerts raised: {ev['n_onsets']}, of which false (no fault nearby): {ev['n_false_alerts']} "
-        f"= {per_month:.2f} per turbine-month; alert on during {ev['alert_coverage']:.0%} of the fault time"
-    )
+    lines += event_lines(ev, "the test period", MAX_LEAD_H)
     for a in ev["alerts"][:12]:
         top = ", ".join(f"{f['name']} {f['contribution']:.3f}" for f in a["top_features"][:3])
         lines.append(f"  {a['ts'][:16]} {a['turbine']} score {a['score']:.3f} ({a['ratio']:.2f}x threshold): {top}")

@@ -187,11 +187,14 @@ def _evaluate_records(
     if clean is not None and labels is None:
         _fail(ValueError("--clean nets injected faults of their uninjected copy: give their --labels too"))
     out_dir = Path(out) if out else Path(records).with_name(Path(records).stem + "_report")
+
+    def log(m: str) -> None:
+        print(m, file=sys.stderr)
+
     try:
         faults = read_fault_labels(labels) if labels else None
-        show = progress_printer(records, lambda m: print(m, file=sys.stderr))
-        recs = read_records(records, show)
-        copy = read_records(clean, progress_printer(clean, lambda m: print(m, file=sys.stderr))) if clean else None
+        recs = read_records(records, progress_printer(records, log))
+        copy = read_records(clean, progress_printer(clean, log)) if clean else None
         r = report(recs, out_dir, faults, lo, hi, int(lead_h * 3600 * 10**9), plots, copy)
     except (ValueError, OSError) as e:
         _fail(e)

@@ -33,7 +33,6 @@ import time
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +40,14 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from scada_tcn.trainer.evaluation.events import Fault, Timeline, alert_spans, score_events
+from scada_tcn.runtime.telemetry import parse_timestamp_ns
+from scada_tcn.trainer.evaluation.events import Fault, Timeline, alert_spans, onsets, score_events
 from scada_tcn.trainer.evaluation.plots import plot_contribution_heatmap, plot_score_timeline
 
 __all__ = [
     "EdgeRecords",
     "EdgeRecordsError",
+    "event_lines",
     "faults_from_table",
     "format_report",
     "missing_steps",
@@ -157,16 +158,14 @@ class _Lines:
 
 
 _CODES = {s: i for i, s in enumerate(STATUSES)}
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_US = timedelta(microseconds=1)
 
 
 def _ns(ts: Any) -> int:
-    """A record's ts (ISO-8601 with a UTC offset) -> ns since the epoch."""
-    t = datetime.fromisoformat(ts)
-    if t.tzinfo is None:
-        raise ValueError(f"ts {ts!r} has no UTC offset")
-    return (t - _EPOCH) // _US * 1000
+    """A record's ts (ISO-8601 with a UTC offset) -> ns since the epoch, read as the daemon reads telemetry stamps."""
+    ns = parse_timestamp_ns(ts) if isinstance(ts, str) else "not a string"
+    if isinstance(ns, str):
+        raise ValueError(f"ts {ts!r}: {ns}")
+    return ns
 
 
 def _first_of_each_key(path: Path, lines: _Lines) -> tuple[np.ndarray, int]:
@@ -254,19 +253,21 @@ def missing_steps(recs: EdgeRecords) -> dict[str, int]:
     return out
 
 
-def timelines(recs: EdgeRecords, lo: int, hi: int, turbines: Sequence[str] | None = None) -> dict[str, Timeline]:
-    """Per turbine (of `turbines`, default all) with an ok record in [lo, hi): its Timeline there (module
-    docstring)."""
+def _scored_rows(recs: EdgeRecords, k: int, lo: int, hi: int) -> tuple[np.ndarray, int | None]:
+    """Turbine index k's ok rows in [lo, hi), in time order, and its last ok row before lo (None: none)."""
+    span = recs.rows_of(k)
+    rows = span.start + np.flatnonzero(recs.status[span] == 0)
+    a, b = np.searchsorted(recs.ts_ns[rows], [lo, hi])
+    return rows[a:b], int(rows[a - 1]) if a else None
+
+
+def timelines(recs: EdgeRecords, lo: int, hi: int) -> dict[str, Timeline]:
+    """Per turbine with an ok record in [lo, hi): its Timeline there (module docstring)."""
     out = {}
     for k, name in enumerate(recs.turbines):
-        if turbines is not None and name not in turbines:
-            continue
-        rows = recs.rows_of(k)
-        ok = recs.status[rows] == 0
-        ts, on = recs.ts_ns[rows][ok], recs.alert[rows][ok]
-        a, b = np.searchsorted(ts, [lo, hi])
-        if b > a:
-            out[name] = Timeline(ts[a:b], on[a:b], bool(on[a - 1]) if a else False)
+        rows, before = _scored_rows(recs, k, lo, hi)
+        if rows.size:
+            out[name] = Timeline(recs.ts_ns[rows], recs.alert[rows], before is not None and bool(recs.alert[before]))
     return out
 
 
@@ -347,10 +348,8 @@ def report(
         if unscored:
             incomplete.append(f"labelled faults of turbines with no scored step in the period: {len(unscored)}")
         out["faults_without_scores"] = [{"turbine": t, "start": _iso(a), "fault": c} for t, a, _, c in unscored]
-        scored = [f for f in inside if f[0] in tls]
-        ev = score_events(tls, scored, max_lead_ns, recs.dt_ns, clean_tls) if tls else None
-    else:
-        ev = score_events(tls, [], max_lead_ns, recs.dt_ns, clean_tls) if tls else None
+    scored = [f for f in inside if f[0] in tls] if faults is not None else []
+    ev = score_events(tls, scored, max_lead_ns, recs.dt_ns, clean_tls) if tls else None
     out["events"] = ev
     # the uninjected copy alone: no fault injected there, so each of its onsets is an alert without a labelled cause
     out["clean_events"] = score_events(clean_tls, [], max_lead_ns, recs.dt_ns) if clean_tls else None
@@ -377,22 +376,19 @@ def _plots(
     """Each turbine's score ratio with its alert spans and faults; the drivers around MAX_HEATMAPS alert onsets:
     those that detected a fault (`found`: (turbine, onset ns)) first, then the others, each by time."""
     out.mkdir(parents=True, exist_ok=True)
-    written, onsets = [], []
+    written, starts = [], []
     for k, name in enumerate(recs.turbines):
         tl = tls.get(name)
         if tl is None:
             continue
-        span = recs.rows_of(k)
-        rows = np.arange(span.start, span.stop)
-        rows = rows[(recs.status[rows] == 0) & (recs.ts_ns[rows] >= lo) & (recs.ts_ns[rows] < hi)]
+        rows, _ = _scored_rows(recs, k, lo, hi)  # the timeline's steps
         mine = [(a, b, c) for t, a, b, c in faults if t == name]
         title = f"{name}: score / threshold published by the edge ({len(rows):,} scored steps)"
         written.append(str(plot_score_timeline(out / f"score_{name}.png", tl.ts_ns, recs.ratio[rows], 1.0,
                                                alert_spans(tl.ts_ns, tl.on), mine, title)))  # fmt: skip
-        prev = np.concatenate([[tl.on_before], tl.on[:-1]])
-        onsets += [(int(i), name, rows) for i in np.flatnonzero(tl.on & ~prev)]
-    onsets.sort(key=lambda o: ((o[1], int(recs.ts_ns[o[2][o[0]]])) not in found, int(recs.ts_ns[o[2][o[0]]])))
-    for n, (i, name, rows) in enumerate(onsets[:MAX_HEATMAPS]):
+        starts += [(int(i), name, rows) for i in onsets(tl)]
+    starts.sort(key=lambda o: ((o[1], int(recs.ts_ns[o[2][o[0]]])) not in found, int(recs.ts_ns[o[2][o[0]]])))
+    for n, (i, name, rows) in enumerate(starts[:MAX_HEATMAPS]):
         sel = rows[max(0, i - HEATMAP_HALF_WIDTH) : i + HEATMAP_HALF_WIDTH]
         m, names = recs.driver_matrix(sel)
         if not names:
@@ -403,6 +399,20 @@ def _plots(
             f"{name}: what drove the score around the alert of {_iso(at)} UTC", label=recs.driver_kind,
         )))  # fmt: skip
     return written
+
+
+def event_lines(ev: dict[str, Any], period: str, lead_h: float, extra: Sequence[str] = ()) -> list[str]:
+    """`score_events`' figures as text: the faults in `period` and which were detected (with their leads, an onset
+    up to `lead_h` hours before a fault counting), then `extra`, then the alerts raised, the false ones and the
+    coverage."""
+    lines = [f"labelled faults in {period}: {ev['n_events']}, detected: {ev['n_detected']} (an alert onset from "
+             f"{lead_h:g} h before the fault to its end)"]  # fmt: skip
+    for e in ev["events"]:
+        lead = f"lead {e['lead_ns'] / 3.6e12:+.1f} h" if e["detected"] else "missed"
+        lines.append(f"  {e['turbine']}  {e['fault']:<18} starts {_iso(e['start_ns'])}   {lead}")
+    return [*lines, *extra, f"alerts raised: {ev['n_onsets']}, of which false (no fault nearby): "
+            f"{ev['n_false_alerts']} = {ev['false_alerts_per_turbine_month']:.2f} per turbine-month; alert on during "
+            f"{ev['alert_coverage']:.0%} of the fault time"]  # fmt: skip
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -422,24 +432,15 @@ def format_report(r: dict[str, Any]) -> str:
     if ev is None:
         lines.append("no scored step in the period")
         return "\n".join(lines)
-    lead_h = ev["max_lead_ns"] / 3.6e12
     if r["labels"]:
-        lines.append(f"labelled faults in the period: {ev['n_events']}, detected: {ev['n_detected']} (an alert "
-                     f"onset from {lead_h:g} h before the fault to its end)")  # fmt: skip
-        for e in ev["events"]:
-            lead = f"lead {e['lead_ns'] / 3.6e12:+.1f} h" if e["detected"] else "missed"
-            lines.append(f"  {e['turbine']}  {e['fault']:<18} starts {_iso(e['start_ns'])}   {lead}")
+        extra = []
         if r["clean"]:
-            lines.append(f"net of the uninjected copy {r['clean']}: {ev['n_onsets_masked_by_clean']} onsets while "
-                         "its alert was on do not count")  # fmt: skip
             c = r["clean_events"]
-            lines.append(f"  the uninjected copy alone raised {c['n_onsets']} alerts over {c['turbine_months']:.1f} "
-                         f"turbine-months ({c['false_alerts_per_turbine_month']:.2f} per turbine-month)")  # fmt: skip
-        lines.append(
-            f"alerts raised: {ev['n_onsets']}, of which false (no fault nearby): {ev['n_false_alerts']} = "
-            f"{ev['false_alerts_per_turbine_month']:.2f} per turbine-month; alert on during "
-            f"{ev['alert_coverage']:.0%} of the fault time"
-        )
+            extra = [f"net of the uninjected copy {r['clean']}: {ev['n_onsets_masked_by_clean']} onsets while its "
+                     "alert was on do not count",
+                     f"  the uninjected copy alone raised {c['n_onsets']} alerts over {c['turbine_months']:.1f} "
+                     f"turbine-months ({c['false_alerts_per_turbine_month']:.2f} per turbine-month)"]  # fmt: skip
+        lines += event_lines(ev, "the period", ev["max_lead_ns"] / 3.6e12, extra)
     else:
         lines.append(f"alerts raised: {ev['n_onsets']} over {ev['turbine_months']:.1f} turbine-months "
                      f"({ev['false_alerts_per_turbine_month']:.2f} per turbine-month; no labels given)")  # fmt: skip

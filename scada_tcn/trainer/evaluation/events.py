@@ -46,7 +46,7 @@ import numpy as np
 
 from scada_tcn.trainer.evaluation.metrics import MONTH_NS, MetricsError
 
-__all__ = ["Fault", "Timeline", "alert_spans", "score_events", "timelines_from_table"]
+__all__ = ["Fault", "Timeline", "alert_spans", "onsets", "score_events", "timelines_from_table"]
 
 Fault = tuple[Hashable, int, int, str]  # (turbine, start_ns, end_ns, fault class)
 
@@ -148,6 +148,12 @@ def _median(x: list[int]) -> float:
     return float(np.median(x)) if x else float("nan")
 
 
+def onsets(tl: Timeline) -> np.ndarray:
+    """Indices of the steps of `tl` where an alert turns on (ONSET in the module docstring)."""
+    prev = np.concatenate([[tl.on_before], tl.on[:-1]])
+    return np.flatnonzero(tl.on & ~prev)
+
+
 def score_events(
     timelines: Mapping[Hashable, Any],
     faults: Iterable[Fault],
@@ -198,8 +204,7 @@ def score_events(
     n_onsets = n_masked = n_false = 0
     observed_ns = fault_ns = covered_ns = 0
     for turbine, tl in tls.items():
-        prev = np.concatenate([[tl.on_before], tl.on[:-1]])
-        onset = tl.ts_ns[tl.on & ~prev]
+        onset = tl.ts_ns[onsets(tl)]
         if turbine in cleans:
             c = cleans[turbine]
             j = np.minimum(np.searchsorted(c.ts_ns, onset), c.ts_ns.size - 1)
