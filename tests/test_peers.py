@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from scada_tcn.runtime.peers import fleet_relative, median_of_others
+from scada_tcn.runtime.peers import fleet_relative, median_of_all, median_of_others
 
 
 def _brute(S: np.ndarray) -> np.ndarray:
@@ -29,6 +29,26 @@ def test_random_fleets_with_gaps_and_ties(T):
     S = rng.integers(0, 5, size=(300, T)).astype(float)  # many ties
     S[rng.random(S.shape) < 0.3] = np.nan
     np.testing.assert_allclose(median_of_others(S), _brute(S), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("T", [1, 2, 3, 4, 7, 12])
+def test_median_of_all_includes_the_entry_itself(T):
+    rng = np.random.default_rng(100 + T)
+    S = rng.integers(0, 5, size=(300, T)).astype(float)
+    S[rng.random(S.shape) < 0.3] = np.nan
+    want = np.array([[np.median(r[np.isfinite(r)]) if np.isfinite(v) else np.nan for v in r] for r in S])
+    np.testing.assert_array_equal(median_of_all(S), want)
+
+
+def test_one_runaway_turbine_moves_its_two_peers_median_of_others_but_not_the_median_of_all():
+    """Three turbines, one running away: the others' median of each healthy one is the mean of the runaway and the
+    other healthy turbine; the median of all three stays between the healthy two."""
+    S = np.array([[0.2, -0.1, 50.0], [0.0, 0.3, -40.0]])
+    healthy = S[:, :2]
+    assert (np.abs(median_of_others(S)[:, :2]) > 19).all()
+    base = median_of_all(S)[:, :2]
+    assert ((base >= healthy.min(axis=1, keepdims=True)) & (base <= healthy.max(axis=1, keepdims=True))).all()
+    np.testing.assert_array_equal(median_of_all(S)[:, 2], [0.2, 0.0])  # the runaway's own: still far from it
 
 
 def test_flat_windows_keyed_by_step():

@@ -138,7 +138,7 @@ def test_tracker_restarts_exactly_through_the_state_file(tmp_path: Path, aggrega
 
 
 @pytest.mark.parametrize("aggregator", ["ewma", "cusum"])
-@pytest.mark.parametrize("baseline", ["fleet", "none"])
+@pytest.mark.parametrize("baseline", ["fleet", "fleet_all", "none"])
 def test_several_time_steps_in_one_call_equal_one_call_per_step(aggregator: str, baseline: str) -> None:
     """`step_of` (a replay's chunk, offline tracking): bitwise what one call per time step gives, with the fleet
     changing from step to step (turbines absent from some steps, steps of one turbine) and the calls cut anywhere."""
@@ -188,6 +188,33 @@ def test_tracker_fleet_baseline_groups_and_skip() -> None:
     assert spec.monitor_names == ("power", "pitch", "oil", "stuck:pitch", "stuck:oil_temp")
     with pytest.raises(ValueError, match="skip_flags"):
         spec.skip_mask(np.zeros((1, 1)), ["curtailed"])
+
+
+def test_fleet_all_baseline_keeps_a_runaway_turbine_off_its_peers() -> None:
+    """Three turbines, one whose oil temperature reads far below its prediction (a frozen or failed sensor): under
+    `fleet` each healthy turbine's baseline is the mean of the runaway and the other healthy one, so a healthy
+    turbine reads about half the runaway's deviation, the wrong way up: an alert on the wrong turbine;
+    under `fleet_all` (the median of all three) it reads at most the healthy turbines' spread, and the runaway
+    still reads its own deviation less a healthy value. `min_peers` counts the other turbines either way."""
+    spec = _spec()
+    levels = SignalLevels((1.0, 2.0, 0.5, 10.0, 20.0))
+    resid = np.zeros((3, 5))
+    # oil (direction above: its deviation is z): c reads far below its prediction, a and b are healthy
+    resid[:, 2] = [0.1, -0.2, -12.0]
+    present, pred, repeat, skip = np.ones((3, 5), bool), np.zeros((3, 5)), np.zeros((3, 2), np.uint8), np.zeros(3, bool)
+    v = spec.feature_deviation(resid)[:, 2]
+    got = {}
+    for baseline in ("fleet", "fleet_all"):
+        tr = SignalTracker(spec, ScoreAggregator.ewma, 1e-9, None, 20, baseline, 1, levels)  # no memory: value = y
+        got[baseline] = tr.step([0, 1, 2], ["a", "b", "c"], resid, present, pred, np.ones(3, bool), repeat, skip)
+    fleet, alls = got["fleet"].value[:, 2], got["fleet_all"].value[:, 2]
+    np.testing.assert_allclose(fleet, v - np.array([(v[1] + v[2]) / 2, (v[0] + v[2]) / 2, (v[0] + v[1]) / 2]))
+    assert (fleet[:2] / 0.5 > 10).all()  # the healthy turbines read half the runaway's 12: ten times their level
+    np.testing.assert_allclose(alls, v - v[1])  # the median of the three is b's -0.2
+    assert (np.abs(alls[:2]) <= abs(v[0] - v[1]) + 1e-12).all() and alls[2] < -11  # healthy: their spread at most
+    tr = SignalTracker(spec, ScoreAggregator.ewma, 1e-9, None, 20, "fleet_all", 2, levels)
+    st = tr.step([0, 1], ["a", "b"], resid[:2], present[:2], pred[:2], np.ones(2, bool), repeat[:2], skip[:2])
+    assert np.isnan(st.value[:, :3]).all()  # one other turbine observed, 2 needed: nothing taken
 
 
 def test_a_step_is_observed_only_with_new_evidence() -> None:

@@ -9,6 +9,10 @@ Contract
 * `median_of_others(S)`: S (n, T) float, NaN where turbine j has no score at step i. Returns (n, T): the median
   of the other finite entries of row i, NaN where S is NaN or the row has fewer than 2 finite entries.
   Vectorised: one sort per call, O(n T log T).
+* `median_of_all(S)`: the same shape; the median of every finite entry of row i, the entry itself included, NaN
+  where S is NaN. One turbine whose value runs away moves the others' leave-one-out median by half its excess when
+  a row has three entries (the median of two is their mean); a median that includes the turbine itself stays
+  between the healthy turbines' values (per-signal `baseline: fleet_all`).
 * `fleet_relative(scores, steps, eligible, min_peers)`: the same for a flat list of windows keyed by step (window
   end, ns). A window gets `score - median(eligible others)` when it is eligible and has at least `min_peers`
   eligible peers at its step, else NaN. Also returns the number of eligible peers of each window.
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["fleet_relative", "median_of_others"]
+__all__ = ["fleet_relative", "median_of_all", "median_of_others"]
 
 
 def median_of_others(S: np.ndarray) -> np.ndarray:
@@ -44,6 +48,21 @@ def median_of_others(S: np.ndarray) -> np.ndarray:
 
     base = 0.5 * (at(np.broadcast_to(lo, (n, T))) + at(np.broadcast_to(hi, (n, T))))
     return np.where(np.isfinite(S) & (k >= 1), base, np.nan)
+
+
+def median_of_all(S: np.ndarray) -> np.ndarray:
+    """(n, T) with NaN for absent -> (n, T) median of all present entries of each row, NaN where S is NaN."""
+    S = np.asarray(S, dtype=np.float64)
+    if S.ndim != 2:
+        raise ValueError(f"median_of_all: expected (steps, turbines), got shape {S.shape}")
+    srt = np.sort(S, axis=1)  # NaN last
+    k = np.isfinite(S).sum(axis=1, keepdims=True)  # (n, 1)
+    lo, hi = np.maximum(k - 1, 0) // 2, k // 2
+    top = S.shape[1] - 1
+    base = 0.5 * (
+        np.take_along_axis(srt, np.minimum(lo, top), axis=1) + np.take_along_axis(srt, np.minimum(hi, top), axis=1)
+    )
+    return np.where(np.isfinite(S), base, np.nan)
 
 
 def fleet_relative(

@@ -8,9 +8,11 @@ A *monitor* is what gets a level of its own:
 * each monitored feature (`SignalSpec.monitored`: by default the primary signals, not their deltas and rolling
   statistics, which are model inputs hidden with their group): its deviation v_f = z_f, -z_f or |z_f| by its
   direction ("above": only a component running hot is a fault; "below": only power lost for the wind; "both"),
-  minus its median on normal validation steps (`center`), then relative to the fleet (minus the median of the
-  other turbines' same feature at the same step) when `baseline` is "fleet", then aggregated over time
-  (`runtime.aggregators`: EWMA or one-sided CUSUM);
+  minus its median on normal validation steps (`center`), then relative to the fleet when `baseline` is "fleet"
+  (minus the median of the other turbines' same feature at the same step) or "fleet_all" (the median of every
+  turbine's, its own included: with two peers the others' median is their mean, so a faulty turbine would move
+  each peer's baseline by half its deviation; the median of all three stays between the healthy two), then
+  aggregated over time (`runtime.aggregators`: EWMA or one-sided CUSUM);
 * each stuck-signal check (`StuckCheck`): the run of exact repeats of a raw channel counted on the steps where
   the model expected it to move (its feature's prediction moved by more than `min_move`), reset when the channel
   changes (`runtime.aggregators.StuckRun`). A frozen sensor or a seized pitch repeats; a live one does not.
@@ -22,7 +24,8 @@ reaches the alert state machine's T_on, i.e. when any monitor crosses its own le
 include one of `skip_flags` (e.g. "stopped") are not scored: every monitor treats them as missing steps.
 
 What adapts, and how it cannot learn a fault as normal: nothing here learns online. The fleet baseline is the
-other turbines at the same step (a fault on one turbine does not move its own baseline), the centres and levels
+turbines at the same step (a fault on one turbine does not move its own "fleet" baseline, and moves its "fleet_all"
+one by at most the spread of the healthy turbines when at least two others are observed), the centres and levels
 are fixed at export, and the aggregators forget (EWMA) or restart (CUSUM, stuck runs) by their own rules only.
 Refused (ValueError): arrays of the wrong shape, parameters that disagree in length, levels that are not finite
 and > 0.
@@ -217,7 +220,7 @@ class SignalParams:
     halflife: float | None  # ewma
     k: float | None  # cusum allowance
     max_gap: int  # cusum: missing steps after which the sum restarts
-    baseline: SignalBaseline  # none | fleet (minus the other turbines' median at the same step)
+    baseline: SignalBaseline  # none | fleet (minus the other turbines' median at the step) | fleet_all (all's)
     min_peers: int
     levels: SignalLevels
 
@@ -345,7 +348,7 @@ class SignalTracker:
         feat = sp.monitor_features
         y = sp.feature_deviation(z)[:, feat]
         has = p.astype(bool)[:, feat] & ok[:, None]
-        if self.baseline == SignalBaseline.fleet:
+        if self.baseline != SignalBaseline.none:
             y, has = self._fleet_relative(y, has, starts)
         values = []
         if self.agg is not None:
@@ -387,8 +390,9 @@ class SignalTracker:
 
     def _fleet_relative(self, y: np.ndarray, has: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each monitored feature minus the median of the other turbines' same feature at the same time step
-        (observed ones only); `starts` (T,): the first row of each time step."""
-        from scada_tcn.runtime.peers import median_of_others
+        (`fleet`), or of every turbine's, its own included (`fleet_all`); observed ones only, and at least
+        `min_peers` other turbines observed. `starts` (T,): the first row of each time step."""
+        from scada_tcn.runtime.peers import median_of_all, median_of_others
 
         B, Mf = y.shape
         if B == 0:
@@ -397,7 +401,8 @@ class SignalTracker:
         col = np.arange(B) - starts[step]  # a turbine's column within its time step
         vals = np.full((starts.size, Mf, int(col.max()) + 1), np.nan)  # one row per (time step, feature)
         vals[step, :, col] = np.where(has, y, np.nan)
-        base = median_of_others(vals.reshape(-1, vals.shape[2])).reshape(vals.shape)[step, :, col]  # (B, Mf)
+        median = median_of_all if self.baseline == SignalBaseline.fleet_all else median_of_others
+        base = median(vals.reshape(-1, vals.shape[2])).reshape(vals.shape)[step, :, col]  # (B, Mf)
         peers = np.add.reduceat(has.astype(np.int64), starts, axis=0)[step] - has.astype(np.int64)
         ok = has & (peers >= self.min_peers) & np.isfinite(base)
         return np.where(ok, y - np.where(ok, base, 0.0), 0.0), ok

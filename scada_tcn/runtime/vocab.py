@@ -114,6 +114,7 @@ class SignalBaseline(StrEnum):
 
     none = "none"
     fleet = "fleet"  # minus the median of the other turbines' same group at the same step
+    fleet_all = "fleet_all"  # minus the median of every turbine's at the step, its own included (`peers`)
 
 
 def allowed(enum: type[StrEnum]) -> list[str]:
