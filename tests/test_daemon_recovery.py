@@ -1047,6 +1047,23 @@ def test_the_status_names_a_turbine_whose_samples_all_come_late(bundle, messages
     assert late["WT03"] == d.metrics.value("scada_runtime_late_samples_total")
 
 
+def test_late_samples_of_redelivered_messages_are_also_counted_apart(bundle, messages, tmp_path):
+    """A message the broker sends again (after a reconnect, unacknowledged) comes flagged DUP. Its samples whose step
+    has closed are late like any other's, and also counted in late_redelivered_samples_total, so a rise of
+    late_samples_total at a reconnect reads as the redelivery it is, not as a turbine's lagging clock. The same
+    samples published again, not flagged, are late only."""
+    d = _daemon(bundle, tmp_path)
+    _feed(d, messages)
+    late = "scada_runtime_late_samples_total"
+    again = "scada_runtime_late_redelivered_samples_total"
+    assert d.metrics.value(late) == d.metrics.value(again) == 0
+    old = messages[:40]
+    _feed(d, messages[-3:] + [m._replace(dup=True) for m in old])  # the newest three: exact repeats in open bins
+    assert d.metrics.value(late) == d.metrics.value(again) == 40
+    _feed(d, old)
+    assert d.metrics.value(late) == 80 and d.metrics.value(again) == 40
+
+
 def test_a_busy_feed_goes_live_without_an_idle_wait(bundle, messages, tmp_path):
     """A feed of several samples per turbine and step (here one a minute) leaves the loop no tick-long idle wait,
     so "no backlog left" is also read from a batch of 10 or more samples, most younger than the grace (a median:

@@ -62,6 +62,7 @@ class CountingRelay:
         self.max_outstanding = 0
         self.publishes = 0
         self._lock = threading.Lock()
+        self._live: list[socket.socket] = []  # the relayed connections' sockets, for `cut`
         self._server = socket.create_server(("127.0.0.1", self.port))
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -77,6 +78,8 @@ class CountingRelay:
                 client.close()
                 continue
             state = {"outstanding": 0}
+            with self._lock:
+                self._live += [client, broker]
             threading.Thread(target=self._pipe, args=(client, broker, state, True), daemon=True).start()
             threading.Thread(target=self._pipe, args=(broker, client, state, False), daemon=True).start()
 
@@ -112,6 +115,14 @@ class CountingRelay:
 
     def close(self) -> None:
         self._server.close()
+
+    def cut(self) -> None:
+        """Drop every relayed connection (a network blip); new ones are relayed as before."""
+        with self._lock:
+            live, self._live = self._live, []
+        for s in live:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
 
 
 @contextlib.contextmanager
@@ -230,6 +241,40 @@ def test_a_broker_back_with_a_smaller_receive_maximum_gets_no_more_than_that_res
             f"{relay.max_outstanding} publishes in flight for a quota of 5"
         )
     relay.close()
+
+
+def test_messages_left_unacknowledged_by_a_lost_connection_come_again_flagged_dup(broker: Broker) -> None:
+    """The daemon acknowledges a message only once its journal frame is on disk. When the connection drops first,
+    the broker sends the message again on the next connection (the session persists) with the DUP flag, which
+    reaches the handler (the daemon counts such samples apart when they come late)."""
+    got: list[tuple[bytes, bool]] = []
+    hold = threading.Event()  # set: the first deliveries are left unacknowledged
+    hold.set()
+    probed = threading.Event()
+
+    def handler(msg) -> None:
+        if msg.topic == "flow/in/probe":
+            link.ack(msg)
+            probed.set()
+            return
+        got.append((msg.payload, msg.dup))
+        if not hold.is_set():
+            link.ack(msg)
+
+    relay = CountingRelay(broker.port)
+    via = f"mqtt://127.0.0.1:{relay.port}"
+    with _connected(broker.url, via, 100, "flow-col6", {"flow/in/#": handler}) as (link, _):
+        with _sender(broker.url, "flow-sender6", probed) as sender:
+            for i in range(5):
+                sender.publish("flow/in/x", f"m{i}".encode(), qos=1).wait_for_publish(timeout=10)
+            wait_for(lambda: len(got) == 5, 10, "the first deliveries")
+            connects = link.connects
+            hold.clear()
+            relay.cut()
+            wait_for(lambda: link.connects > connects and len(got) >= 10, 20, "the redeliveries")
+    relay.close()
+    sent = [f"m{i}".encode() for i in range(5)]
+    assert got == [(p, False) for p in sent] + [(p, True) for p in sent]
 
 
 def test_a_publish_over_the_brokers_maximum_packet_size_is_refused_not_sent(tmp_path: Path) -> None:

@@ -361,7 +361,7 @@ def test_fleet_add_many_and_add_batch_equal_one_sample_at_a_time() -> None:
     late_many = sum(many.add_many(np.array([n for n, _, _ in c]), np.array([t for _, t, _ in c], np.int64),
                                   np.stack([r for _, _, r in c])) for c in chunks)  # fmt: skip
     late_batch = sum(batch.add_batch([n for n, _, _ in c], np.array([t for _, t, _ in c], np.int64),
-                                     np.stack([r for _, _, r in c]))[0] for c in chunks)  # fmt: skip
+                                     np.stack([r for _, _, r in c])).late.size for c in chunks)  # fmt: skip
     a, b, c = one.drain(), many.drain(), batch.drain()
     assert late_one == late_many == late_batch == 4 and one.turbines == many.turbines == batch.turbines
     assert len(one.turbines) == 4

@@ -512,7 +512,7 @@ class Daemon:
         elif not batch and timeout > 0:  # a tick's wait brought nothing: no backlog left
             self._drained = True
         now = self.clock()
-        samples = self._admit(batch, now)
+        samples, redelivered = self._admit(batch, now)
         if len(samples) >= 10 and not self._drained:  # most of a busy feed's batch is younger than the grace (a
             lags = sorted(now - s.ts_ns for s in samples)  # median: a publisher's skewed clock does not decide it)
             self._drained = lags[len(lags) // 2] < self.cfg.ingest.grace_s * 1e9
@@ -527,7 +527,7 @@ class Daemon:
         if self.journal is not None and (samples or tick is not None):
             self._frame_no += 1
             self.journal.append(self._frame_no, samples, tick)  # durable before any of it is acknowledged
-        self._apply(samples, tick)
+        self._apply(samples, tick, redelivered)
         self._note_reached(now)
         for msg in batch:
             self.link.ack(msg)
@@ -623,20 +623,26 @@ class Daemon:
                 log.info("the wall clock caught up: taking telemetry again", extra={"clock": iso_utc(now)})
         return behind
 
-    def _apply(self, samples: list[Sample], tick_ns: int | None) -> None:
-        """One loop iteration (live, or replayed from the journal): the engine calls (`_advance`), then publish."""
-        self._publish_outputs(self._advance(samples, tick_ns))
+    def _apply(self, samples: list[Sample], tick_ns: int | None, redelivered: list[bool]) -> None:
+        """One live loop iteration: the engine calls (`_advance`), then publish."""
+        self._publish_outputs(self._advance(samples, tick_ns, redelivered))
 
-    def _advance(self, samples: list[Sample], tick_ns: int | None) -> list[Output]:
-        """The engine calls of one loop iteration: ingest, tick, flush; returns what to publish. A function of its
-        inputs and the engine state only, so a replay gives the same records."""
+    def _advance(
+        self, samples: list[Sample], tick_ns: int | None, redelivered: list[bool] | None = None
+    ) -> list[Output]:
+        """The engine calls of one loop iteration (live, or replayed from the journal): ingest, tick, flush; returns
+        what to publish. A function of its inputs and the engine state only, so a replay gives the same records.
+        `redelivered` (live): per sample, whether its message came flagged as a redelivery (MQTT DUP); the late ones
+        among them are also counted apart (`late_redelivered_samples_total`)."""
         if samples:
             self._data_ns = max(self._data_ns, max(s.ts_ns for s in samples))
-        late, full = self.engine.ingest_batch(samples)
-        if late:
-            self.metrics.late.inc(late)
-        if full:
-            self.metrics.stamp_full.inc(full)
+        dropped = self.engine.ingest_batch(samples)
+        if dropped.late.size:
+            self.metrics.late.inc(dropped.late.size)
+            if redelivered is not None:
+                self.metrics.late_redelivered.inc(sum(redelivered[i] for i in dropped.late.tolist()))
+        if dropped.full.size:
+            self.metrics.stamp_full.inc(dropped.full.size)
         if tick_ns is not None:
             self.engine.tick(tick_ns)
             self._settled = tick_ns
@@ -679,44 +685,52 @@ class Daemon:
             return
         self.inbound.put_nowait(msg)
 
-    def _admit(self, batch: list[Message], now_ns: int) -> list[Sample]:
+    def _admit(self, batch: list[Message], now_ns: int) -> tuple[list[Sample], list[bool]]:
         """The message boundary: decode and validate each message (each line of a batched one); the valid samples,
-        in arrival order. Anything wrong with a message or a line is rejected, counted and reported, and the loop
-        carries on."""
+        in arrival order, and per sample whether its message was flagged as a redelivery (MQTT DUP). Anything wrong
+        with a message or a line is rejected, counted and reported, and the loop carries on."""
         samples: list[Sample] = []
+        redelivered: list[bool] = []
         new: set[str] = set()  # turbines this batch adds to the fleet
         if batch:
             self.metrics.messages_in.inc(len(batch))
         for msg in batch:
+            before = len(samples)
             try:
-                if msg.topic == self.telemetry_batch_topic:
-                    res = self.decoder.decode_batch(msg.payload, now_ns)
-                    if isinstance(res, Rejection):
-                        self._reject(msg, res)
-                        continue
-                    taken: list[Sample] = []  # admitted once the whole message is through
-                    added = set(new)
-                    # its lines in time order, as scada-prepare sorts a table (stable: a stamp's keep their order)
-                    for sample in sorted(res.samples, key=lambda s: s.ts_ns):
-                        self._take(msg, sample, taken, added)
-                    for line, rej in res.rejected:
-                        self._reject(msg, rej, line=line)
-                    samples += taken
-                    new |= added
-                    continue
-                res = self.decoder.decode(msg.topic, msg.payload, now_ns)
-                if isinstance(res, Rejection):
-                    self._reject(msg, res)
-                    continue
-                self._take(msg, res, samples, new)
+                self._admit_one(msg, now_ns, samples, new)
             except Exception as e:  # the boundary: bad input must never stop the daemon
                 log.exception("internal error while handling a message", extra={"topic": msg.topic[:200]})
                 self._reject(msg, Rejection("internal_error", f"{type(e).__name__}: {e}"[:300]))
+            redelivered += [msg.dup] * (len(samples) - before)
         if samples:
             self.heartbeat.processed(now_ns / 1e9)
             self.metrics.last_message.set(now_ns / 1e9)
             self.metrics.samples_in.inc(len(samples))
-        return samples
+        return samples, redelivered
+
+    def _admit_one(self, msg: Message, now_ns: int, samples: list[Sample], new: set[str]) -> None:
+        """One message's valid samples appended to `samples` (a batched message's all at once, after its lines);
+        its rejections counted and reported."""
+        if msg.topic == self.telemetry_batch_topic:
+            res = self.decoder.decode_batch(msg.payload, now_ns)
+            if isinstance(res, Rejection):
+                self._reject(msg, res)
+                return
+            taken: list[Sample] = []  # admitted once the whole message is through
+            added = set(new)
+            # its lines in time order, as scada-prepare sorts a table (stable: a stamp's keep their order)
+            for sample in sorted(res.samples, key=lambda s: s.ts_ns):
+                self._take(msg, sample, taken, added)
+            for line, rej in res.rejected:
+                self._reject(msg, rej, line=line)
+            samples += taken
+            new |= added
+            return
+        res = self.decoder.decode(msg.topic, msg.payload, now_ns)
+        if isinstance(res, Rejection):
+            self._reject(msg, res)
+            return
+        self._take(msg, res, samples, new)
 
     def _take(self, msg: Message, sample: Sample, samples: list[Sample], new: set[str]) -> None:
         """Admit a valid sample unless its turbine would be one more than ingest.max_turbines."""

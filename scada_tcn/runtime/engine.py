@@ -42,7 +42,7 @@ from scada_tcn.runtime.bundle import Bundle
 from scada_tcn.runtime.calibration import regime_of
 from scada_tcn.runtime.drift import ScoreDriftMonitor
 from scada_tcn.runtime.errors import BundleError, InputError
-from scada_tcn.runtime.fleet import Fleet, Step
+from scada_tcn.runtime.fleet import Dropped, Fleet, Step
 from scada_tcn.runtime.ids import turbine_id_problem
 from scada_tcn.runtime.open_bins import BinAccumulator
 from scada_tcn.runtime.peers import fleet_relative
@@ -160,11 +160,11 @@ class Engine:
         """Feed one validated sample; why it was dropped ("late", "full": `Fleet.add`), None when stored."""
         return self.fleet.add(sample.turbine, sample.ts_ns, sample.values)
 
-    def ingest_batch(self, samples: list[Sample]) -> tuple[int, int]:
+    def ingest_batch(self, samples: list[Sample]) -> Dropped:
         """Feed validated samples of any turbines in arrival order, binned for the whole fleet at once
-        (`Fleet.add_batch`: the same as one `ingest` call each); returns how many were dropped (late, full)."""
+        (`Fleet.add_batch`: the same as one `ingest` call each); returns those dropped (late, full) by index."""
         if not samples:
-            return 0, 0
+            return Dropped(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
         C = len(self.bundle.spec.channels)
         values = np.array([s.values for s in samples], dtype=np.float64).reshape(len(samples), C)
         ts = np.array([s.ts_ns for s in samples], dtype=np.int64)

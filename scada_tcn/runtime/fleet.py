@@ -45,7 +45,15 @@ from scada_tcn.runtime.slots import Chain
 from scada_tcn.runtime.spec import PipelineSpec
 from scada_tcn.runtime.windows import missing_now
 
-__all__ = ["Fleet", "Step", "Window"]
+__all__ = ["Dropped", "Fleet", "Step", "Window"]
+
+
+class Dropped(NamedTuple):
+    """The samples of an `add_batch` call that were not stored, by their index in the call: `late` (their bin had
+    closed) and `full` (each of their channels had `max_per_stamp` values of their stamp)."""
+
+    late: np.ndarray
+    full: np.ndarray
 
 
 class Window(NamedTuple):
@@ -217,13 +225,13 @@ class Fleet:
         has `max_per_stamp` values of its stamp in the open bins), None when it was stored."""
         ts = _check_int(ts_ns, "ts_ns", self._plan.dt_ns)
         row = _check_values(values, (len(self._plan.channels),), self._plan)
-        late, full = self.add_batch([turbine], np.array([ts], dtype=np.int64), row[None, :])
-        return "late" if late else "full" if full else None
+        dropped = self.add_batch([turbine], np.array([ts], dtype=np.int64), row[None, :])
+        return "late" if dropped.late.size else "full" if dropped.full.size else None
 
-    def add_batch(self, turbines: list[str], ts_ns: np.ndarray, values: np.ndarray) -> tuple[int, int]:
+    def add_batch(self, turbines: list[str], ts_ns: np.ndarray, values: np.ndarray) -> Dropped:
         """Store n samples in arrival order (any turbines, any stamps): turbines (n,), ts_ns (n,) int64, values
         (n, C); new turbines get their slots in order of first sample. The same state, steps and closing order as
-        n `add` calls, binned for the whole fleet at once. Returns (late, full): the samples dropped as `add` says.
+        n `add` calls, binned for the whole fleet at once. Returns the samples dropped, as `add` says (`Dropped`).
         Refused before anything changes (no sample stored, no turbine registered): invalid stamps or values
         (InputError), one turbine id per sample missing or new turbines beyond `max_turbines` (ValueError)."""
         ts = _check_ts(ts_ns, self._plan.dt_ns)
@@ -236,7 +244,7 @@ class Fleet:
         status, closed = self._bins.add(slots, ts, values, self._arrivals)
         self._queue(closed)
         self._arrivals += slots.size
-        return int(np.count_nonzero(status == LATE)), int(np.count_nonzero(status == FULL))
+        return Dropped(np.flatnonzero(status == LATE), np.flatnonzero(status == FULL))
 
     def add_many(self, turbines: np.ndarray, ts_ns: np.ndarray, values: np.ndarray) -> int:
         """Store n samples in arrival order, turbines (n,) str, ts_ns (n,) int64 non-decreasing per turbine (a table

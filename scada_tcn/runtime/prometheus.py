@@ -1,7 +1,8 @@
 """Prometheus metrics of the edge daemon, on a registry of its own (several daemons can live in one process).
 
 Names (all prefixed `scada_runtime_`): messages_in_total, samples_in_total, rejected_total{reason},
-late_samples_total, stamp_full_samples_total, bins_closed_total, scores_published_total{status},
+late_samples_total, late_redelivered_samples_total, stamp_full_samples_total, bins_closed_total,
+scores_published_total{status},
 alerts_total{state}, inference_seconds (histogram, one observation per graph batch), inference_batch_windows
 (histogram), publish_queue_depth,
 inbound_queue_depth, inbound_queue_peak, publish_backpressure_total, publish_overflow_total{kind},
@@ -34,6 +35,12 @@ class RuntimeMetrics:
             p + "rejected", "messages (or lines of a batched message) rejected, by reason", ["reason"], registry=r
         )
         self.late = Counter(p + "late_samples", "samples dropped because their bin had closed", registry=r)
+        self.late_redelivered = Counter(
+            p + "late_redelivered_samples",
+            "of late_samples, those whose message the broker flagged as a redelivery (MQTT DUP: sent again after a "
+            "reconnect, most often a sample already in its closed step)",
+            registry=r,
+        )
         self.stamp_full = Counter(
             p + "stamp_full_samples",
             "samples dropped because each of their channels had ingest.max_values_per_stamp values of their stamp",
