@@ -781,8 +781,8 @@ def _stamped(m: Message, seconds: int) -> Message:
 class _EveryTick(Daemon):
     """A daemon that journals and applies every tick, as it did before idle ticks were skipped."""
 
-    def _advance(self, samples, tick_ns):
-        out = super()._advance(samples, tick_ns)
+    def _advance(self, samples, tick_ns, redelivered=None):
+        out = super()._advance(samples, tick_ns, redelivered)
         self._settled = None
         return out
 

@@ -623,7 +623,7 @@ class Daemon:
                 log.info("the wall clock caught up: taking telemetry again", extra={"clock": iso_utc(now)})
         return behind
 
-    def _apply(self, samples: list[Sample], tick_ns: int | None, redelivered: list[bool]) -> None:
+    def _apply(self, samples: list[Sample], tick_ns: int | None, redelivered: list[bool] | None = None) -> None:
         """One live loop iteration: the engine calls (`_advance`), then publish."""
         self._publish_outputs(self._advance(samples, tick_ns, redelivered))
 
