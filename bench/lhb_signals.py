@@ -152,6 +152,8 @@ def _false_rate(df: pd.DataFrame, dt_ns: int, lo: int, hi: int) -> float:
 
 def _judge(clean: pd.DataFrame, injected: pd.DataFrame, labels: Path, dt_ns: int, lo: int, hi: int) -> dict[str, Any]:
     """Detections net of the clean copy on TURBINE, and false alerts on the untouched turbines, within [lo, hi)."""
+    from lhb_injection import peer_alerts  # this folder is on sys.path when the script runs
+
     from scada_tcn.trainer.evaluation.edge_records import read_fault_labels
     from scada_tcn.trainer.evaluation.events import score_events, timelines_from_table
 
@@ -160,22 +162,16 @@ def _judge(clean: pd.DataFrame, injected: pd.DataFrame, labels: Path, dt_ns: int
     det = score_events(timelines_from_table(i[i.turbine_id == TURBINE]), faults, 48 * 3600 * 10**9, dt_ns,
                        clean=timelines_from_table(c))  # fmt: skip
     found = [e for e in det["events"] if e["detected"]]
+    # the injected faults' alerts on the other turbines (their injected copy net of the clean one): a fleet baseline
+    # moves with a faulty peer
+    leak = peer_alerts(c, i, TURBINE, pd.Timedelta(dt_ns, "ns"))
     return {
         "detected": det["n_detected"], "events": det["n_events"], "classes": sorted({e["fault"] for e in found}),
         "lead_h": [e["lead_ns"] / 3.6e12 for e in found], "false_on_injected": det["n_false_alerts"],
         "untouched_false_per_month": _false_rate(c[c.turbine_id != TURBINE], dt_ns, lo, hi),
-        # the injected faults' alerts on the other turbines (their injected copy net of the clean one): a fleet
-        # baseline moves with a faulty peer
-        **_peer_alerts(score_events(timelines_from_table(i[i.turbine_id != TURBINE]), [], 0, dt_ns,
-                                    clean=timelines_from_table(c))),
+        "peer_alerts": leak["n_onsets"], "peer_alerts_per_month": leak["false_alerts_per_turbine_month"],
         "uninjected_false_per_month": _false_rate(c[c.turbine_id == TURBINE], dt_ns, lo, hi),
     }  # fmt: skip
-
-
-def _peer_alerts(peers: dict[str, Any]) -> dict[str, Any]:
-    """The untouched turbines' onsets in an injected copy (`score_events` net of the clean copy): their count and
-    those not masked by the clean copy per turbine-month."""
-    return {"peer_alerts": peers["n_onsets"], "peer_alerts_per_month": peers["false_alerts_per_turbine_month"]}
 
 
 def _subset(steps: Any, keep: np.ndarray) -> Any:

@@ -57,11 +57,8 @@ def median_of_all(S: np.ndarray) -> np.ndarray:
         raise ValueError(f"median_of_all: expected (steps, turbines), got shape {S.shape}")
     srt = np.sort(S, axis=1)  # NaN last
     k = np.isfinite(S).sum(axis=1, keepdims=True)  # (n, 1)
-    lo, hi = np.maximum(k - 1, 0) // 2, k // 2
-    top = S.shape[1] - 1
-    base = 0.5 * (
-        np.take_along_axis(srt, np.minimum(lo, top), axis=1) + np.take_along_axis(srt, np.minimum(hi, top), axis=1)
-    )
+    lo, hi = np.maximum(k - 1, 0) // 2, k // 2  # the median's positions among a row's sorted entries (< T)
+    base = 0.5 * (np.take_along_axis(srt, lo, axis=1) + np.take_along_axis(srt, hi, axis=1))
     return np.where(np.isfinite(S), base, np.nan)
 
 
