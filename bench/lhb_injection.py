@@ -121,7 +121,8 @@ def main() -> None:
         setup = setup_from_bundle(bundle.path, data_dir)
         reports[name] = evaluate(setup, w / f"eval_{name}", max_lead_hours=a.max_lead_hours, labels_file=inj["labels"])
     res = {k: pd.read_parquet(w / f"eval_{k}" / "results_test.parquet") for k in reports}
-    print(f"\nLa Haute Borne, faults injected into {a.turbine} (seed {a.seed}); bundle {bundle.model_id[:12]}")
+    ids = f"bundle {bundle.bundle_id[:12]} (model {bundle.model_id[:12]})"
+    print(f"\nLa Haute Borne, faults injected into {a.turbine} (seed {a.seed}); {ids}")
     dt = pd.Timedelta(seconds=int(setup.data.pipeline_spec["dt_seconds"]))
     labels = pd.read_csv(inj["labels"], dtype=str)
     found = detections(res["original"], res["injected"], labels, pd.Timedelta(hours=a.max_lead_hours), dt)

@@ -7,7 +7,8 @@ optional password file and TLS listener:
     broker.start(); ...; broker.stop(); broker.start()   # a restart keeps the persisted sessions
 
 Helpers: raw timeline slices of the simulator's CSV, their telemetry messages, a QoS 1 publisher and collector
-(persistent sessions), a daemon on a thread (`stop()` is the SIGTERM path), and `wait_for`.
+(persistent sessions), a daemon on a thread (`stop()` is the SIGTERM path), `wait_for`, and `reexported` (a
+bundle's files with other settings).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from paho.mqtt.properties import Properties
 
 from scada_tcn.demo.broker import MosquittoProcess, closed_steps, find_mosquitto, telemetry_messages
 from scada_tcn.runtime.binning import bin_end_ns
+from scada_tcn.runtime.bundle import load_bundle
 from scada_tcn.runtime.daemon import Daemon
 from scada_tcn.runtime.daemon_config import daemon_config_from_dict
 from scada_tcn.runtime.records import dedupe
@@ -341,6 +343,21 @@ def overflow_report(d: Any) -> dict[str, Any]:
     d._publish("status", d.status_topic, b"{}", True)
     (report,) = [json.loads(payload) for topic, payload in sent if topic == d.errors_topic]
     return report
+
+
+def reexported(bundle: Any, folder: Path, edit: Callable[[dict[str, Any]], None]) -> Any:
+    """The bundle's files with bundle.json edited by `edit(doc)`: what a re-export of the same checkpoint with other
+    settings gives (the model id covers the graphs and registries only)."""
+    shutil.copytree(bundle.path, folder)
+    doc = json.loads((folder / "bundle.json").read_text())
+    edit(doc)
+    (folder / "bundle.json").write_text(json.dumps(doc))
+    return load_bundle(folder)
+
+
+def double_levels(doc: dict[str, Any]) -> None:
+    """A `reexported` edit: every per-signal level doubled (the same model, another bundle)."""
+    doc["signals"]["levels"]["pooled"] = [2 * v for v in doc["signals"]["levels"]["pooled"]]
 
 
 def by_key(payloads: list[bytes]) -> dict[tuple[str, str], set[bytes]]:

@@ -31,7 +31,18 @@ from scada_tcn.runtime.records import iso_utc, split_batch
 from scada_tcn.runtime.state_file import load_state, save_state
 from scada_tcn.runtime.stream import make_scorer
 from scada_tcn.runtime.telemetry import parse_timestamp_ns
-from tests.mosquitto import GATEWAY, SITE, by_key, daemon_config, overflow_report, read_slice, sent_by, to_messages
+from tests.mosquitto import (
+    GATEWAY,
+    SITE,
+    by_key,
+    daemon_config,
+    double_levels,
+    overflow_report,
+    read_slice,
+    reexported,
+    sent_by,
+    to_messages,
+)
 
 START, END = "2024-01-28T00:00:00+00:00", "2024-01-28T12:00:00+00:00"  # 72 steps per turbine
 
@@ -271,6 +282,35 @@ def test_a_crash_then_a_model_change_gives_no_step_a_second_record(bundle, messa
     assert not set(after) & set(published) and set(published) | set(after) == set(_scores(whole))
 
 
+def test_a_crash_then_a_reexport_with_other_levels_resumes_and_gives_no_step_a_second_record(
+    bundle, messages, tmp_path, caplog
+):
+    """A crash after a snapshot, then a start on a re-export of the same model with other levels: the state resumes
+    (no warm-up), and the steps the journal closes, which the old bundle scored and published, are not published
+    again with other numbers (a consumer would see two different records of one step). Every record names the
+    bundle that scored it."""
+    q = len(messages) // 4
+    whole = _run(bundle, tmp_path / "whole", messages)
+    first = _run(bundle, tmp_path, messages[:q])
+    first._save_state()
+    _feed(first, messages[q : 2 * q])
+    published = _scores(first)
+    other = reexported(bundle, tmp_path / "other", double_levels)
+    with caplog.at_level(logging.WARNING, logger="scada.runtime.daemon"):
+        d = _daemon(other, tmp_path)
+        d._restore_state()
+    assert not (tmp_path / "state.npz.unused").exists()
+    assert any("another bundle of this model" in r.getMessage() for r in caplog.records)
+    assert any("not published again" in r.getMessage() for r in caplog.records)
+    n = len(d.link.unacked())
+    _feed(d, messages[2 * q :])
+    after = by_key([p.payload for p in d.link.unacked()[n:] if p.topic.endswith("/score")])
+    assert not set(after) & set(published) and set(published) | set(after) == set(_scores(whole))
+    docs = [json.loads(p) for ps in after.values() for p in ps]
+    assert {doc["bundle_id"] for doc in docs} == {other.bundle_id} and {doc["status"] for doc in docs} == {"ok"}
+    assert json.loads(d._status_payload("online"))["bundle_id"] == other.bundle_id
+
+
 def test_a_damaged_accumulator_in_another_models_state_costs_only_its_turbines_bins(bundle, messages, tmp_path):
     """Another model's state (refused at once) with one turbine's accumulator damaged: carrying its open bins
     raised TypeError at every start. Now that turbine's bins are not carried (a malformed one cannot say how many
@@ -477,7 +517,8 @@ def test_the_last_will_says_offline_without_times_or_counts_it_cannot_know(bundl
     will = json.loads(d.link.will.payload)
     live = json.loads(d._status_payload("online"))
     assert set(will) == set(live) and will["state"] == "offline" and will["model_id"] == bundle.model_id
-    assert all(will[k] is None for k in set(live) - {"state", "gateway", "site", "model_id"})
+    assert will["bundle_id"] == bundle.bundle_id
+    assert all(will[k] is None for k in set(live) - {"state", "gateway", "site", "model_id", "bundle_id"})
 
 
 def test_a_restart_replays_no_more_than_the_publish_queue_holds(bundle, messages, tmp_path):

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from scada_tcn.runtime.bundle import load_bundle
 from scada_tcn.runtime.records import dedupe
 from scada_tcn.runtime.replay import replay_file
 from scada_tcn.trainer.cli.pipeline import evaluate_app
@@ -112,7 +113,7 @@ def test_a_lost_a_repeated_and_a_contradicting_record(replayed, tmp_path):
         read_records(garbage)
 
 
-def test_event_metrics_of_the_records_and_the_cli(replayed, tmp_path):
+def test_event_metrics_of_the_records_and_the_cli(replayed, signal_run, tmp_path):
     scores, alerts = replayed
     recs = read_records(scores)
     first = min(_onsets(timelines(recs, int(recs.ts_ns.min()), int(recs.ts_ns.max()) + 1)), key=lambda k: k[1])
@@ -134,6 +135,9 @@ def test_event_metrics_of_the_records_and_the_cli(replayed, tmp_path):
     assert "labelled faults in the period: 1, detected: 1" in res.output and "lead +2.0 h" in res.output
     written = json.loads((out / "report.json").read_text())
     assert written["events"]["n_detected"] == 1 and written["n_records"] == recs.ts_ns.size
+    bundle = load_bundle(signal_run[0])  # which model, and which bundle of it, scored the records
+    assert written["model_ids"] == [bundle.model_id] and written["bundle_ids"] == [bundle.bundle_id]
+    assert f"bundles {bundle.bundle_id[:12]}" in res.output
     assert {f"score_{t}.png" for t in recs.turbines} <= {p.name for p in (out / "plots").iterdir()}
     assert any(p.name.startswith("drivers_00_") for p in (out / "plots").iterdir())
     # its own copy as the uninjected one: every onset happens while the copy's alert is on, so none counts

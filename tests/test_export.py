@@ -98,7 +98,8 @@ def test_cli_export_with_checkpoint_path_only(exported, tiny_run):
     assert "Example: scada-export" in help_text
     result = CliRunner().invoke(app, [str(tiny_run.checkpoint)])
     assert result.exit_code == 0, result.output
-    assert "model id" in result.output and "parity within atol=1e-05" in result.output
+    assert "model id" in result.output and "bundle id" in result.output
+    assert "parity within atol=1e-05" in result.output
     assert load_bundle(exported[0].path).model_id == exported[0].model_id  # the export is deterministic
     bad = CliRunner().invoke(app, [str(tiny_run.checkpoint), "train.epochs=3"])
     assert bad.exit_code == 2 and "only infer.* overrides apply to a trained checkpoint" in bad.output

@@ -28,7 +28,9 @@ from tests.mosquitto import (
     Collector,
     DaemonThread,
     daemon_config,
+    double_levels,
     read_slice,
+    reexported,
     scores_through,
     to_samples,
     wait_for,
@@ -185,6 +187,79 @@ def test_engine_restart_resumes_every_aggregator(bundle, rows, tmp_path):
     got |= records(two.flush(final=True))
     assert set(got) == set(want)
     assert sum(got[k] == want[k] for k in want) == len(want), "a restart changed a published record"
+
+
+def _no_baseline(doc: dict) -> None:
+    doc["signals"]["baseline"] = "none"
+
+
+def test_every_record_names_the_bundle_that_scored_it(bundle, replayed, tmp_path):
+    """Records name the model and the whole bundle: a re-export with other levels is the same model, another
+    bundle, and its records say so."""
+    assert {d["model_id"] for d in replayed.values()} == {bundle.model_id}
+    assert {d["bundle_id"] for d in replayed.values()} == {bundle.bundle_id}
+    assert load_bundle(bundle.path).bundle_id == bundle.bundle_id  # a property of the files
+    other = reexported(bundle, tmp_path / "levels", double_levels)
+    assert other.model_id == bundle.model_id and other.bundle_id != bundle.bundle_id
+
+
+@pytest.mark.parametrize("edit", [double_levels, _no_baseline])
+def test_a_state_resumes_on_a_reexport_and_restarts_only_aggregates_of_another_basis(bundle, rows, tmp_path, edit):
+    """A gateway's state resumes on a re-export of its model with other settings (no warm-up). Levels only compare
+    the aggregates, which carry on exactly; another baseline changes what they average, and they start again
+    rather than mix two kinds of deviation for a few half-lives."""
+    header, body = rows
+    samples = to_samples(header, body, bundle.spec.channels)
+    cut = len(samples) * 2 // 3
+
+    def run(b, part, state=None):
+        engine = Engine(b, StreamScorer.from_bundle(b), 0.0, 100, 512)
+        resumed = None if state is None else engine.load_state_dict(state)
+        for s in part:
+            engine.ingest(s)
+        docs = [json.loads(o.payload) for o in engine.flush(final=state is not None) if o.kind == "score"]
+        return engine, resumed, {(d["turbine"], d["ts"]): d for d in docs}
+
+    one, _, _ = run(bundle, samples[:cut])
+    state = one.state_dict()
+    other = reexported(bundle, tmp_path / "other", edit)
+    _, resumed, after = run(other, samples[cut:], state)
+    _, _, whole = run(other, samples)
+    restarted = edit is _no_baseline
+    assert resumed == (bundle.bundle_id, restarted)
+    assert {d["bundle_id"] for d in after.values()} == {other.bundle_id}
+    assert not any(d["status"] == "warmup" for d in after.values())  # the layer state resumed
+    first = {t: min(ts for u, ts in after if u == t) for t, _ in after}
+    assert all(after[t, ts]["status"] == "ok" for t, ts in first.items())
+    if restarted:  # the aggregates and runs start again: at first only the stuck checks' runs (0) are defined
+        firsts = [g for k in first.items() for g in after[k]["groups"]]
+        assert all(g["signal"].startswith("stuck:") and g["value"] == 0 for g in firsts)
+        assert any(not g["signal"].startswith("stuck:") for d in after.values() for g in d["groups"])
+    else:  # the aggregates carried on: the uninterrupted run's values, step for step
+        assert all(after[k]["groups"] == whole[k]["groups"] for k in after)
+
+
+def test_a_state_saved_before_states_named_their_bundle_resumes(bundle, rows):
+    """A state of the runtime before records carried the bundle id (no bundle_id, no signals_basis, waiting records
+    without it) resumes as before: the waiting records' bundle is unknown, null, and the others name this one."""
+    header, body = rows
+    samples = to_samples(header, body, bundle.spec.channels)
+    one = Engine(bundle, StreamScorer.from_bundle(bundle), 0.0, 100, 512)
+    for s in samples[: len(samples) // 2]:
+        one.ingest(s)
+    one.flush()
+    state = one.state_dict()
+    del state["bundle_id"], state["signals_basis"]
+    for item in state["pending"]:
+        del item["record"]["bundle_id"]
+    assert state["pending"], "no record waits for its fleet step: the case is not exercised"
+    two = Engine(bundle, StreamScorer.from_bundle(bundle), 0.0, 100, 512)
+    assert two.load_state_dict(state) == (None, False)
+    for s in samples[len(samples) // 2 :]:
+        two.ingest(s)
+    docs = [json.loads(o.payload) for o in two.flush(final=True) if o.kind == "score"]
+    ids = [d["bundle_id"] for d in docs]
+    assert set(ids) == {None, bundle.bundle_id} and ids.count(None) == len(state["pending"])
 
 
 def test_a_stuck_channel_is_named_and_alerts(bundle, rows, tmp_path):

@@ -261,7 +261,7 @@ def test_a_waiting_score_record_keeps_its_forecast_bytes_through_the_state_file(
     from scada_tcn.runtime.state_file import load_state, save_state
 
     rows = np.random.default_rng(4).normal(size=(1, 3, 4)) * 1000
-    rec = ScoreRecord("T1", NOW, 600 * 10**9, "m" * 64, score=1.25, threshold=1.0, threshold_source="pooled",
+    rec = ScoreRecord("T1", NOW, 600 * 10**9, "m" * 64, "b" * 64, score=1.25, threshold=1.0, threshold_source="pooled",
                       regime="normal", alert=False, top_features=(("g:x", 1.25),), fault_probs=None,
                       forecast=forecast_json(["x", "y", "w"], rows)[0], rul=None, missing_fraction=0.0,
                       missing_now=0.0)  # fmt: skip

@@ -47,7 +47,7 @@ def export_cmd(
     except (ValueError, OSError) as e:  # ConfigError, SpecError, ExportError, BundleError all subclass ValueError
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from None
-    print(f"bundle {bundle.path}\nmodel id {bundle.model_id}")
+    print(f"bundle {bundle.path}\nmodel id {bundle.model_id}\nbundle id {bundle.bundle_id}")
     cal, sig = bundle.calibration, bundle.signals
     if sig is not None:  # per-signal scoring: a level per monitor instead of one calibrated threshold
         lv = sig.levels

@@ -113,6 +113,7 @@ __all__ = [
     "ScoreReference",
     "ScoringParams",
     "Versions",
+    "compute_bundle_id",
     "compute_model_id",
     "dump_bundle",
     "expected_graph_io",
@@ -608,6 +609,7 @@ class Bundle(BundleContents):
 
     path: Path = Path()
     model_id: str = ""
+    bundle_id: str = ""
     checksums: dict[str, str] = field(default_factory=dict)
     graphs: dict[str, bytes] = field(repr=False, compare=False, default_factory=dict)
 
@@ -637,6 +639,13 @@ def compute_model_id(checksums: Mapping[str, str], feature_registry: Mapping, fl
         h.update(f"{name}:{checksums[name]}\n".encode())
     reg = {"feature_registry": feature_registry, "flag_registry": flag_registry}
     h.update(json.dumps(reg, sort_keys=True, separators=(",", ":")).encode())
+    return h.hexdigest()
+
+
+def compute_bundle_id(doc: Mapping[str, Any]) -> str:
+    """sha256 over the canonical JSON of a whole bundle.json document (`Bundle.bundle_id`)."""
+    h = hashlib.sha256(f"scada-tcn-bundle-json/{SCHEMA_VERSION}\n".encode())
+    h.update(json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False).encode())
     return h.hexdigest()
 
 
@@ -731,7 +740,8 @@ def _parse(doc: dict[str, Any], path: Path, graphs: dict[str, bytes]) -> Bundle:
     if model_id != expected_id:
         raise _fail(f"model_id {model_id!r} does not match the graphs and registries (expected {expected_id!r})")
     fields = {f.name: getattr(contents, f.name) for f in dataclasses.fields(BundleContents)}
-    return Bundle(**fields, path=path, model_id=model_id, checksums=dict(checksums), graphs=graphs)
+    return Bundle(**fields, path=path, model_id=model_id, bundle_id=compute_bundle_id(doc),
+                  checksums=dict(checksums), graphs=graphs)  # fmt: skip
 
 
 def _reject_constant(name: str) -> None:

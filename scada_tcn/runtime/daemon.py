@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from scada_tcn.runtime.daemon_config import RuntimeConfig, redacted
-from scada_tcn.runtime.engine import Engine, Output
+from scada_tcn.runtime.engine import Engine, Output, Resumed
 from scada_tcn.runtime.health import HealthServer, Heartbeat
 from scada_tcn.runtime.journal import Journal
 from scada_tcn.runtime.mqtt import Message, MqttLink, Publish
@@ -76,6 +76,10 @@ __all__ = ["Daemon", "setup_logging"]
 
 log = logging.getLogger("scada.runtime.daemon")
 STATE_FORMAT = "scada-runtime-state/2"  # snapshot + journal
+_NOT_REPUBLISHED = (
+    "steps closed by the journal were scored before the crash by the model or bundle of the state; they are not "
+    "published again with this one's numbers, and those of its records the broker had not acknowledged are lost"
+)
 
 
 def _checked_snapshot(doc: Any) -> dict[str, Any]:
@@ -222,6 +226,7 @@ class Daemon:
             extra={
                 "config": redacted(self.cfg),
                 "model_id": self.bundle.model_id,
+                "bundle_id": self.bundle.bundle_id,
                 "subscription": self.telemetry_filter,
                 "batch_subscription": self.telemetry_batch_topic,
                 "health_port": self.health.port,
@@ -266,6 +271,7 @@ class Daemon:
         if path is None:
             return
         refused: ValueError | None = None
+        other_bundle = False  # the state's bundle is another of this model: the journal's steps were its to score
         if Path(path).is_file():
             try:
                 snapshot = _checked_snapshot(load_state(path))
@@ -275,7 +281,7 @@ class Daemon:
             for p in snapshot["outbox"]:  # a publish the queue cannot take is counted and reported
                 self._republish(p["topic"], p["payload"].encode(), p["retain"])
             try:
-                self.engine.load_state_dict(snapshot["engine"])
+                other_bundle = self._resumed(self.engine.load_state_dict(snapshot["engine"]))
             except ValueError as e:  # refused part-way: what it restored so far goes too
                 refused = e
                 self._fresh_engine()
@@ -289,9 +295,9 @@ class Daemon:
             if frame.frame_no <= self._frame_no:
                 continue  # already in the snapshot (a crash between the snapshot and the journal reset)
             outputs = self._advance(self._replayable(frame.samples), frame.tick_ns)
-            if refused is None:
+            if refused is None and not other_bundle:
                 self._publish_outputs(outputs)
-            else:  # the other model closed these steps before the crash and scored them: no second record
+            else:  # the other model or bundle closed these steps before the crash and scored them: no second record
                 unpublished += sum(out.kind == "score" for out in outputs)
             self._frame_no = frame.frame_no
             replayed += 1
@@ -311,6 +317,8 @@ class Daemon:
             self._set_aside(path, refused, len(snapshot["outbox"]), len(waiting) if isinstance(waiting, list) else 0,
                             carried, samples, unpublished)  # fmt: skip
             return
+        if unpublished:
+            log.warning(_NOT_REPUBLISHED, extra={"steps": unpublished})
         self._save_state()  # the replayed frames are in the snapshot now; start a fresh journal
 
     def _fresh_engine(self) -> None:
@@ -414,12 +422,20 @@ class Daemon:
                            "waiting_dropped": waiting, "alerts_carried": list(carried),
                            "open_samples_carried": samples, "journal_steps_not_republished": unpublished})  # fmt: skip
         if unpublished:
-            log.warning(
-                "steps closed by the journal of the state set aside were scored by the other model before the "
-                "crash; they are not published again, and those of its records the broker had not "
-                "acknowledged are lost",
-                extra={"steps": unpublished},
-            )
+            log.warning(_NOT_REPUBLISHED, extra={"steps": unpublished})
+
+    def _resumed(self, resumed: Resumed) -> bool:
+        """Log a state resumed from another bundle of this model (a re-export with other settings) and say
+        whether it was one; None (a state saved before states named their bundle) counts as this one."""
+        if resumed.bundle_id in (None, self.bundle.bundle_id):
+            return False
+        log.warning("the state was saved with another bundle of this model (other settings): resumed; steps its "
+                    "journal closes are not published again", extra={"state_bundle_id": resumed.bundle_id,
+                                                                      "bundle_id": self.bundle.bundle_id})  # fmt: skip
+        if resumed.signals_restarted:
+            log.warning("the per-signal aggregates of the state were computed with another baseline, aggregation "
+                        "or monitors: they start again (scores null until they are defined)")  # fmt: skip
+        return True
 
     def _save_state(self, background: bool = False) -> None:
         """Snapshot the state and empty the journal (at start and stop). `background` (the periodic save): the
@@ -894,6 +910,7 @@ class Daemon:
             "gateway": self.cfg.gateway,
             "site": self.cfg.site,
             "model_id": self.bundle.model_id,
+            "bundle_id": self.bundle.bundle_id,
         }
         if will:
             return json.dumps(doc | dict.fromkeys(_STATUS_NOW), sort_keys=True).encode()

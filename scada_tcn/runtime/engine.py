@@ -80,6 +80,14 @@ class Output(NamedTuple):
     state: str  # a score's status ("ok", "warmup", "insufficient_data"); an alert's new state ("on", "off")
 
 
+class Resumed(NamedTuple):
+    """What `Engine.load_state_dict` resumed from: the bundle that saved the state (None: a state saved before
+    states named it), and whether the per-signal aggregates started again (saved under another basis)."""
+
+    bundle_id: str | None
+    signals_restarted: bool
+
+
 class _Waiting(NamedTuple):
     """A step waiting for the rest of the fleet: the record (a scored one is a peer), the turbine's slot and, for
     per-signal bundles, the newest step's inputs of the tracker: residuals, presence and predictions (F,) of a
@@ -197,8 +205,8 @@ class Engine:
         r = 0
         for s in steps:  # per turbine in time order, so `held` walks each turbine's states forward
             if not s.ready:
-                rec = WarmupRecord(s.turbine, s.end_ns, self.dt_ns, self.bundle.model_id, s.n_steps, self.L,
-                                   s.missing_now)  # fmt: skip
+                rec = WarmupRecord(s.turbine, s.end_ns, self.dt_ns, self.bundle.model_id, self.bundle.bundle_id,
+                                   s.n_steps, self.L, s.missing_now)  # fmt: skip
                 out.append(Output("score", s.turbine, s.end_ns, dumps(rec.to_dict()), False, "warmup"))
                 continue
             r += 1
@@ -206,8 +214,8 @@ class Engine:
                 rec = next(scored)
             else:
                 rec = InsufficientDataRecord(s.turbine, s.end_ns, self.dt_ns, self.bundle.model_id,
-                                             float(present[r - 1]), self.min_present, held[s.slot],
-                                             s.missing_now)  # fmt: skip
+                                             self.bundle.bundle_id, float(present[r - 1]), self.min_present,
+                                             held[s.slot], s.missing_now)  # fmt: skip
             if self._relative:
                 extra: tuple[Any, ...] = ()
                 if self._signals is not None:
@@ -301,7 +309,8 @@ class Engine:
                 top = tuple((self.feature_names[int(j)], float(contrib[int(j)])) for j in res.top_idx[b])
             fault = None if fault_probs is None else dict(zip(self.class_names, fault_probs[b]))
             out.append(ScoreRecord(
-                s.turbine, s.end_ns, self.dt_ns, self.bundle.model_id, score=float(s_now[b]), threshold=float(thr),
+                s.turbine, s.end_ns, self.dt_ns, self.bundle.model_id, self.bundle.bundle_id, score=float(s_now[b]),
+                threshold=float(thr),
                 threshold_source=source, regime=regime, alert=False, top_features=top, fault_probs=fault,
                 forecast=None if forecasts is None else forecasts[b], rul=None if rul is None else rul[b],
                 missing_fraction=missing[b], missing_now=s.missing_now, relative=self._relative and not per_signal,
@@ -453,6 +462,8 @@ class Engine:
                 pending.append(item)
         return {
             "model_id": self.bundle.model_id,
+            "bundle_id": self.bundle.bundle_id,
+            "signals_basis": None if self._signals is None else self.bundle.signals.basis(),
             "fleet": self.fleet.state_dict(),
             "alerts": self.alerts.state_dict(),
             "drift": self.drift.state_dict(),
@@ -462,11 +473,21 @@ class Engine:
             "stream": self.scorer.state_dict() if self.streams else None,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume from `state_dict()`; refuses the state of another model (its features and scores differ)."""
-        keys = {"model_id", "fleet", "alerts", "drift", "scored_once", "pending", "signals", "stream"}
-        if not isinstance(state, dict) or set(state) != keys:
+    def load_state_dict(self, state: dict[str, Any]) -> Resumed:
+        """Resume from `state_dict()`; refuses the state of another model (its features and scores differ).
+
+        The state of another bundle of the same model (a re-export with other settings) resumes, except the
+        per-signal tracker's when its basis differs (`SignalParams.basis`: another baseline, aggregation or
+        monitors): its aggregates start again rather than mix two kinds of values. A state saved before states
+        named their bundle (no `bundle_id`) resumes as before; its waiting records' bundle is unknown (null)."""
+        keys = {"model_id", "bundle_id", "signals_basis", "fleet", "alerts", "drift", "scored_once", "pending",
+                "signals", "stream"}  # fmt: skip
+        older = keys - {"bundle_id", "signals_basis"}
+        if not isinstance(state, dict) or set(state) not in (keys, older):
             raise ValueError(f"Engine.load_state_dict: not an engine state (keys {sorted(keys)})")
+        saved_by = state.get("bundle_id")
+        basis = None if self._signals is None else self.bundle.signals.basis()
+        restart_signals = "signals_basis" in state and state["signals_basis"] != basis
         if state["model_id"] != self.bundle.model_id:
             raise ValueError(
                 f"Engine.load_state_dict: the state belongs to model {state['model_id'][:12]}, "
@@ -478,7 +499,7 @@ class Engine:
                 raise ValueError("Engine.load_state_dict: a waiting fleet-relative record lacks its fields")
             cls = ScoreRecord.from_state_dict if item["kind"] == "ok" else lambda d: InsufficientDataRecord(**d)
             try:
-                rec = cls(item["record"])
+                rec = cls(item["record"] if set(state) == keys else {**item["record"], "bundle_id": None})
             except (TypeError, ValueError, KeyError) as e:
                 raise ValueError(f"Engine.load_state_dict: a waiting record is malformed: {e}") from e
             arrays = [None if item[k] is None else np.asarray(item[k]) for k in _WAITING_ARRAYS]
@@ -488,13 +509,14 @@ class Engine:
         self.drift.load_state_dict(state["drift"])
         self._scored_once = set(state["scored_once"])
         self._pending = pending
-        if self._signals is not None:
+        if self._signals is not None and not restart_signals:
             self._signals.load_state_dict(state["signals"])
         if self.streams:
             if state["stream"] is None:
                 raise ValueError("Engine.load_state_dict: the state was saved by the window engine; this one streams")
             self.scorer.load_state_dict(state["stream"])
             self._rebuild()
+        return Resumed(saved_by, restart_signals)
 
     def _rebuild(self) -> None:
         """Streaming: every turbine's layer state from the last L steps the fleet keeps (exact: the receptive field

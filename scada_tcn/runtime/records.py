@@ -3,7 +3,7 @@
 Score topic (schema "scada-score/2"): one record per closed step of a turbine, in one of three statuses.
 
     "ok"                 {schema, status, turbine, ts (ISO-8601 UTC of the step end), seq (ts / dt), model_id,
-                          score, threshold, threshold_source, regime, ratio (score / threshold), alert (state
+                          bundle_id, score, threshold, threshold_source, regime, ratio (score / threshold), alert (state
                           after this step), top_features [{name, contribution}] (largest first), fault_probs
                           {class: p} | null, forecast {feature: [K values in feature units]} | null, rul | null,
                           missing_fraction (share of missing inputs in the window), missing_now (latest step)}
@@ -15,14 +15,19 @@ Score topic (schema "scada-score/2"): one record per closed step of a turbine, i
                          the model expected it to move).
                          Fleet-relative window-mean bundles add fleet_score (null below min_peers peers) and
                          peers; threshold and ratio then refer to fleet_score.
-    "warmup"             {schema, status, turbine, ts, seq, model_id, steps, steps_needed, missing_now}: the
+    "warmup"             {schema, status, turbine, ts, seq, model_id, bundle_id, steps, steps_needed, missing_now}: the
                           turbine has fewer than L steps.
-    "insufficient_data"  {schema, status, turbine, ts, seq, model_id, present_fraction, min_present_fraction,
+    "insufficient_data"  {schema, status, turbine, ts, seq, model_id, bundle_id, present_fraction, min_present_fraction,
                           alert, missing_now}: the window's present fraction is below the bundle's minimum, so no
                           score is computed (never a number over no data); the alert state is held.
 
-Alert topic: {schema, turbine, ts, seq, model_id, score, [fleet_score], threshold, ratio, regime, top_features,
-state ("on" | "off")} on every transition. Retained alert state: {schema, turbine, state, since, seq, model_id}.
+Alert topic: {schema, turbine, ts, seq, model_id, bundle_id, score, [fleet_score], threshold, ratio, regime,
+top_features, state ("on" | "off")} on every transition. Retained alert state: {schema, turbine, state, since, seq,
+model_id, bundle_id}.
+
+`model_id` names the model (graphs and registries), `bundle_id` the whole bundle that scored the step (its
+settings too: levels, baseline, alerting; `runtime.bundle.compute_bundle_id`). A record of a state saved before
+records carried it (a fleet-relative record waiting for its fleet step) has bundle_id null: unknown.
 
 Serialisation (`dumps`, orjson) is deterministic: sorted keys, no spaces, a number in the shortest form that
 round-trips it (float64; a numpy float32 scalar or array as float32), NaN/inf as null. The forecast, float32, is
@@ -142,16 +147,17 @@ def iso_utc(ns: int) -> str:
 
 @dataclass(slots=True)
 class _Step:
-    """What every score-topic record names: the turbine, the step end and the model."""
+    """What every score-topic record names: the turbine, the step end, the model and the bundle that scored it."""
 
     turbine: str
     end_ns: int
     dt_ns: int
     model_id: str
+    bundle_id: str | None  # None: unknown (a waiting record of a state saved before records carried it)
 
     def _head(self, status: str) -> dict[str, Any]:
         return {"schema": SCHEMA, "status": status, "turbine": self.turbine, "ts": iso_utc(self.end_ns),
-                "seq": self.end_ns // self.dt_ns, "model_id": self.model_id}  # fmt: skip
+                "seq": self.end_ns // self.dt_ns, "model_id": self.model_id, "bundle_id": self.bundle_id}  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -223,7 +229,8 @@ class ScoreRecord(_Step):
         """Every field at full precision (a waiting fleet-relative record in the state file)."""
         return {
             "turbine": self.turbine, "end_ns": self.end_ns, "dt_ns": self.dt_ns, "model_id": self.model_id,
-            "score": self.score, "threshold": self.threshold, "threshold_source": self.threshold_source,
+            "bundle_id": self.bundle_id, "score": self.score, "threshold": self.threshold,
+            "threshold_source": self.threshold_source,
             "regime": self.regime, "alert": self.alert, "top_features": [list(t) for t in self.top_features],
             "fault_probs": self.fault_probs, "rul": self.rul, "relative": self.relative,
             "forecast": None if self.forecast is None else orjson.loads(self.forecast),  # float32 values, exactly
@@ -250,8 +257,8 @@ class AlertRecord:
 
     def to_dict(self) -> dict[str, Any]:
         full = self.record.to_dict()
-        keep = ("schema", "turbine", "ts", "seq", "model_id", "score", "fleet_score", "threshold", "ratio", "regime",
-                "top_features")  # fmt: skip
+        keep = ("schema", "turbine", "ts", "seq", "model_id", "bundle_id", "score", "fleet_score", "threshold",
+                "ratio", "regime", "top_features")  # fmt: skip
         return {k: full[k] for k in keep if k in full} | {"state": self.record.turned}
 
 
@@ -262,7 +269,8 @@ class AlertStateRecord:
     def to_dict(self) -> dict[str, Any]:
         r = self.record
         return {"schema": SCHEMA, "turbine": r.turbine, "state": "on" if r.alert else "off",
-                "since": iso_utc(r.end_ns), "seq": r.end_ns // r.dt_ns, "model_id": r.model_id}  # fmt: skip
+                "since": iso_utc(r.end_ns), "seq": r.end_ns // r.dt_ns, "model_id": r.model_id,
+                "bundle_id": r.bundle_id}  # fmt: skip
 
 
 @dataclass

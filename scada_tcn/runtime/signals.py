@@ -33,6 +33,8 @@ and > 0.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -238,6 +240,12 @@ class SignalParams:
         return {"spec": self.spec.to_dict(), "aggregator": str(self.aggregator), "halflife": self.halflife,
                 "k": self.k, "max_gap": self.max_gap, "baseline": str(self.baseline), "min_peers": self.min_peers,
                 "levels": self.levels.to_dict()}  # fmt: skip
+
+    def basis(self) -> str:
+        """sha256 of everything the tracker's state depends on: these parameters but the levels, which only compare
+        its values. A state kept under another basis holds aggregates of other deviations or another memory."""
+        doc = {k: v for k, v in self.to_dict().items() if k != "levels"}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
     @classmethod
     def from_dict(cls, d: Any) -> SignalParams:

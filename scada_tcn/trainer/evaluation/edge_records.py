@@ -85,6 +85,7 @@ class EdgeRecords:
     drivers: tuple[np.ndarray, np.ndarray, np.ndarray]  # (line, driver, value) of the ok records, by line
     dt_ns: int
     model_ids: list[str]
+    bundle_ids: list[str]  # the bundles that scored them: another than the model's one means other settings
     duplicates: int
     path: str
 
@@ -121,6 +122,7 @@ class _Lines:
         self.turbines: dict[str, int] = {}
         self.drivers: dict[str, int] = {}
         self.models: set[str] = set()
+        self.bundles: set[str] = set()  # "null": records of a state saved before records named their bundle
         self.grouped = False  # per-signal records (groups) seen
         self.tid, self.ts, self.seq, self.digest = array("i"), array("q"), array("q"), array("Q")
         self.status, self.ratio, self.alert = array("b"), array("d"), array("b")
@@ -140,6 +142,7 @@ class _Lines:
         self.digest.append(int.from_bytes(hashlib.blake2b(line, digest_size=8).digest(), "little"))
         self.status.append(code)
         self.models.add(str(d.get("model_id")))
+        self.bundles.add("null" if d.get("bundle_id") is None else str(d["bundle_id"]))
         self.ratio.append(_number(d.get("ratio")))
         self.alert.append(bool(d.get("alert")))
         if code:
@@ -239,6 +242,7 @@ def read_records(path: str | Path, progress: Callable[[int, float], None] | None
         ),  # fmt: skip
         dt_ns=dt,
         model_ids=sorted(lines.models),
+        bundle_ids=sorted(lines.bundles),
         duplicates=repeats,
         path=str(path),
     )
@@ -328,6 +332,7 @@ def report(
         "duplicates": recs.duplicates,
         "by_status": {s: int(c) for s, c in zip(STATUSES, counts)},
         "model_ids": recs.model_ids,
+        "bundle_ids": recs.bundle_ids,
         "dt_ns": recs.dt_ns,
         "period": [_iso(max(lo, int(recs.ts_ns.min()))), _iso(min(hi - 1, int(recs.ts_ns.max())))],
         "turbines": len(recs.turbines),
@@ -422,7 +427,9 @@ def format_report(r: dict[str, Any]) -> str:
         f"edge records {r['records']}: {r['n_records']:,} records of {r['turbines']} turbines "
         f"({r['duplicates']:,} identical repeats read once), period {r['period'][0]} to {r['period'][1]} UTC",
         f"  ok {by['ok']:,}, warmup {by['warmup']:,}, insufficient_data {by['insufficient_data']:,}; models "
-        + ", ".join(m[:12] for m in r["model_ids"]),
+        + ", ".join(m[:12] for m in r["model_ids"])
+        + "; bundles "
+        + ", ".join(b[:12] for b in r["bundle_ids"]),
     ]
     if r["complete"]:
         lines.append("  complete: every turbine has a record for every step between its first and last")

@@ -151,7 +151,7 @@ def setup_from_bundle(bundle_dir: str | Path, data_dir: str | Path, threads: int
         engine,
         "onnx",
         bundle.calibration,
-        f"bundle {bundle.model_id[:12]}",
+        f"bundle {bundle.bundle_id[:12]} (model {bundle.model_id[:12]})",
         bundle.alerting,
         bundle.fleet,
         list(bundle.class_names),
