@@ -510,6 +510,20 @@ def test_no_online_status_once_stopping(bundle, tmp_path):
     assert [json.loads(payload)["state"] for topic, payload in sent if topic == d.status_topic] == ["online"]
 
 
+def test_a_daemon_without_a_state_file_says_what_a_restart_will_lose(bundle, caplog):
+    """Without `state.path` a restart warms every turbine up again and leaves the alerts that were on without an
+    'off': the daemon says so at start, with what to set."""
+    cfg = daemon_config(f"mqtt://127.0.0.1:{free_port()}")
+    d = Daemon(cfg, bundle, make_scorer(bundle, "stream"), clock=lambda: parse_timestamp_ns(END))
+    with caplog.at_level(logging.WARNING, logger="scada.runtime.daemon"):
+        d._restore_state()
+    assert [r.getMessage() for r in caplog.records if "state.path is not set" in r.getMessage()] == [
+        "state.path is not set: a restart warms every turbine up again, loses the telemetry acknowledged and not "
+        "yet scored, and does not close the alerts that were on (their consumers get no 'off'); set state.path in "
+        "production"
+    ]
+
+
 def test_the_last_will_says_offline_without_times_or_counts_it_cannot_know(bundle, tmp_path):
     """The broker publishes the last will when the connection drops, at a time the daemon cannot know: it carried
     the start's time and counts (`turbines: 0`, no last message) as if they were the gateway's last state."""

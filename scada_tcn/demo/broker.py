@@ -242,11 +242,15 @@ def run_through_broker(
     pub.loop_start()
     bundle = load_bundle(bundle_dir)
     years = 10 * 365 * 86400.0
+    state_dir = Path(workdir) / "daemon_state"  # a state file as in production; a run in the same folder starts afresh
+    shutil.rmtree(state_dir, ignore_errors=True)
+    state_dir.mkdir(parents=True)
     cfg = daemon_config_from_dict(
         {
             "site": SITE,
             "gateway": GATEWAY,
             "log_level": "WARNING",
+            "state": {"path": str(state_dir / "state.npz")},
             "broker": {"url": broker.url},
             "ingest": {"grace_s": years, "max_past_s": years},
             "compute": {"tick_s": 0.05},

@@ -269,6 +269,9 @@ class Daemon:
         error) stops the daemon."""
         path = self.cfg.state.path
         if path is None:
+            log.warning("state.path is not set: a restart warms every turbine up again, loses the telemetry "
+                        "acknowledged and not yet scored, and does not close the alerts that were on (their consumers "
+                        "get no 'off'); set state.path in production")  # fmt: skip
             return
         refused: ValueError | None = None
         other_bundle = False  # the state's bundle is another of this model: the journal's steps were its to score
