@@ -16,7 +16,7 @@ from scada_tcn.runtime.aggregators import Cusum, Ewma, StuckRun, make_aggregator
 from scada_tcn.runtime.repeats import CHANGED, SAME, UNKNOWN, repeat_codes
 from scada_tcn.runtime.signals import SignalLevels, SignalParams, SignalSpec, SignalTracker, StuckCheck
 from scada_tcn.runtime.state_file import load_state, save_state
-from scada_tcn.runtime.vocab import ScoreAggregator
+from scada_tcn.runtime.vocab import ScoreAggregator, SignalBaseline
 
 
 def _series(T: int, width: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -137,6 +137,25 @@ def test_tracker_restarts_exactly_through_the_state_file(tmp_path: Path, aggrega
                 np.testing.assert_array_equal(getattr(got, name), getattr(r, name), err_msg=f"{name} after {cut}")
 
 
+def test_a_tracker_state_saved_before_the_own_aggregates_resumes_with_them_afresh(tmp_path: Path) -> None:
+    """A state of the runtime before the own aggregates (no "own") resumes: the values, runs and levels carry on
+    exactly; the own aggregates start again (undefined at first)."""
+    params = SignalParams(_spec(), "ewma", 12.0, None, 20, "fleet", 1, SignalLevels((1.0, 2.0, 0.5, 10.0, 20.0)))
+    inputs = _fleet_inputs(80, 4, 3)
+    whole = SignalTracker.from_params(params)
+    for x in inputs[:50]:
+        whole.step(*x)
+    state = whole.state_dict()
+    del state["own"]
+    save_state(tmp_path / "s.npz", {"signals": state})
+    old = SignalTracker.from_params(params)
+    old.load_state_dict(load_state(tmp_path / "s.npz")["signals"])
+    for i, x in enumerate(inputs[50:]):
+        want, got = whole.step(*x), old.step(*x)
+        np.testing.assert_array_equal(got.value, want.value)
+        assert i > 0 or np.isnan(got.own).all()
+
+
 @pytest.mark.parametrize("aggregator", ["ewma", "cusum"])
 @pytest.mark.parametrize("baseline", ["fleet", "fleet_all", "none"])
 def test_several_time_steps_in_one_call_equal_one_call_per_step(aggregator: str, baseline: str) -> None:
@@ -164,6 +183,9 @@ def test_several_time_steps_in_one_call_equal_one_call_per_step(aggregator: str,
                    for k in range(8)]  # fmt: skip
             got = many.step(*cat, np.repeat(np.arange(a, b), [len(x[1]) for x in part]))
             for name in got._fields:
+                if name == "own" and params.baseline == SignalBaseline.none:  # own is value: not kept twice
+                    assert got.own is None and all(r.own is None for r in ref[a:b])
+                    continue
                 want = np.concatenate([getattr(r, name) for r in ref[a:b]])
                 np.testing.assert_array_equal(getattr(got, name), want, err_msg=f"{name} in steps {a}..{b}")
     with pytest.raises(ValueError, match="non-decreasing"):
@@ -215,6 +237,31 @@ def test_fleet_all_baseline_keeps_a_runaway_turbine_off_its_peers() -> None:
     tr = SignalTracker(spec, ScoreAggregator.ewma, 1e-9, None, 20, "fleet_all", 2, levels)
     st = tr.step([0, 1], ["a", "b"], resid[:2], present[:2], pred[:2], np.ones(2, bool), repeat[:2], skip[:2])
     assert np.isnan(st.value[:, :3]).all()  # one other turbine observed, 2 needed: nothing taken
+
+
+@pytest.mark.parametrize("aggregator", ["ewma", "cusum"])
+def test_own_deviation_beside_the_fleet_relative_one_shows_where_a_ratio_came_from(aggregator: str) -> None:
+    """Under a fleet baseline each monitored feature's own deviation is aggregated on the same steps (`own`): a
+    healthy turbine that reads high only because a peer ran away shows a small own value beside its large
+    relative one. With every turbine observed, own is bitwise the value a tracker without a baseline gives."""
+    spec = _spec()
+    levels = SignalLevels((1.0, 2.0, 0.5, 10.0, 20.0))
+    resid = np.zeros((3, 5))
+    resid[:, 2] = [0.1, -0.2, -12.0]  # oil: c far below its prediction, a and b healthy
+    present, pred, repeat, skip = np.ones((3, 5), bool), np.zeros((3, 5)), np.zeros((3, 2), np.uint8), np.zeros(3, bool)
+    tr = SignalTracker(spec, ScoreAggregator.ewma, 1e-9, None, 20, "fleet", 1, levels)  # no memory: value = y
+    st = tr.step([0, 1, 2], ["a", "b", "c"], resid, present, pred, np.ones(3, bool), repeat, skip)
+    v = spec.feature_deviation(resid)[:, 2]
+    assert (st.value[:2, 2] > 5).all() and np.allclose(st.own[:, 2], v)  # a, b: about 6 relative, 0.1/-0.2 own
+    assert np.isnan(st.own[:, 3:]).all()  # the stuck checks have no own part
+
+    kw = {"halflife": 6.0, "k": None} if aggregator == "ewma" else {"halflife": None, "k": 0.3}
+    trackers = {b: SignalTracker(spec, aggregator, kw["halflife"], kw["k"], 3, b, 1, levels) for b in ("fleet", "none")}
+    for x in _fleet_inputs(60, 4, 9):
+        full = (*x[:3], np.ones((4, 5), bool), x[4], np.ones(4, bool), x[6], np.zeros(4, bool))
+        fleet, alone = (trackers[b].step(*full) for b in ("fleet", "none"))
+        assert alone.own is None
+        np.testing.assert_array_equal(fleet.own[:, :3], alone.value[:, :3])
 
 
 def test_a_step_is_observed_only_with_new_evidence() -> None:

@@ -386,6 +386,7 @@ class Engine:
         names, monitors, labels, topn = list(sp.groups), sp.monitor_names, self._labels, self.bundle.scoring.topn
         ranked = worst_first(st.group_ratio, st.group_top)
         ratio, value, level, score = (_nullable(a) for a in (st.group_ratio, st.value, st.level, st.score))
+        own = None if st.own is None else _nullable(st.own)
         out: list[Output] = []
         for b, w in enumerate(rows):
             rec = w.record
@@ -394,8 +395,13 @@ class Engine:
                 out.extend(self._outputs(rec))
                 continue
             r, v, lv = ratio[b], value[b], level[b]
-            rec.groups = tuple({"group": names[j], "ratio": r[j], "value": v[m], "level": lv[m],
-                                "signal": monitors[m]} for j, m in ranked[b])  # fmt: skip
+            if own is None:
+                rec.groups = tuple({"group": names[j], "ratio": r[j], "value": v[m], "level": lv[m],
+                                    "signal": monitors[m]} for j, m in ranked[b])  # fmt: skip
+            else:  # a fleet baseline: the turbine's own deviation beside the one relative to its peers
+                o = own[b]
+                rec.groups = tuple({"group": names[j], "ratio": r[j], "value": v[m], "own": o[m], "level": lv[m],
+                                    "signal": monitors[m]} for j, m in ranked[b])  # fmt: skip
             rec.top_features = tuple((labels[j, m], r[j]) for j, m in ranked[b][:topn])
             rec.score, rec.threshold, rec.threshold_source = score[b], 1.0, sources[rec.turbine]
             rec.regime = "skipped" if skip[b] else rec.regime

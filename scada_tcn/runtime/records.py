@@ -10,9 +10,11 @@ Score topic (schema "scada-score/2"): one record per closed step of a turbine, i
                          Per-signal bundles: score is the largest monitor ratio (a monitored feature's aggregate
                          or a stuck check's run over its own level; null until one is defined), threshold 1,
                          top_features "group:signal" with the group's ratio, and groups [{group, ratio, value,
-                         level, signal}] worst first, a group's entry being its worst monitor: "gearbox 1.8x,
-                         gearbox_bearing_above_ambient" or "pitch 2.1x, stuck:pitch" (a channel repeating while
-                         the model expected it to move).
+                         [own], level, signal}] worst first, a group's entry being its worst monitor: "gearbox
+                         1.8x, gearbox_bearing_above_ambient" or "pitch 2.1x, stuck:pitch" (a channel repeating
+                         while the model expected it to move). Under a fleet baseline, own is the turbine's own
+                         deviation aggregated on the same steps (null for a stuck check): a value far from own
+                         came from the peers (with EWMA, value = own - the peers' part).
                          Fleet-relative window-mean bundles add fleet_score (null below min_peers peers) and
                          peers; threshold and ratio then refer to fleet_score.
     "warmup"             {schema, status, turbine, ts, seq, model_id, bundle_id, steps, steps_needed, missing_now}: the

@@ -12,7 +12,10 @@ A *monitor* is what gets a level of its own:
   (minus the median of the other turbines' same feature at the same step) or "fleet_all" (the median of every
   turbine's, its own included: with two peers the others' median is their mean, so a faulty turbine would move
   each peer's baseline by half its deviation; the median of all three stays between the healthy two), then
-  aggregated over time (`runtime.aggregators`: EWMA or one-sided CUSUM);
+  aggregated over time (`runtime.aggregators`: EWMA or one-sided CUSUM). Under a fleet baseline the turbine's
+  own deviation is aggregated beside it on the same steps (`SignalStep.own`): with EWMA, value = own - the
+  peers' part exactly, so a record can show that a turbine's ratio came from its peers moving (a fault on a
+  peer of a small farm), not from itself;
 * each stuck-signal check (`StuckCheck`): the run of exact repeats of a raw channel counted on the steps where
   the model expected it to move (its feature's prediction moved by more than `min_move`), reset when the channel
   changes (`runtime.aggregators.StuckRun`). A frozen sensor or a seized pitch repeats; a live one does not.
@@ -275,12 +278,17 @@ def _starts(step_of: np.ndarray | None, B: int) -> np.ndarray:
     return np.flatnonzero(np.r_[True, k[1:] != k[:-1]]) if B else np.zeros(0, dtype=np.int64)
 
 
+_PARTS = ("aggregator", "stuck", "own")  # the tracker's state
+
+
 class SignalStep(NamedTuple):
     """One step of a fleet's turbines (B rows): monitors' values, levels and ratios, and their group maxima."""
 
     y: np.ndarray  # (B, Mf) monitored features' deviations, relative to the baseline
     has: np.ndarray  # (B, Mf) bool: observed (and, with the fleet baseline, with its peers)
     value: np.ndarray  # (B, M) aggregates (features) and runs (stuck checks), NaN while undefined
+    own: np.ndarray | None  # (B, M) under a fleet baseline: each feature's own deviation aggregated on the same
+    # steps (NaN while undefined, and for the stuck checks); None without a baseline (own is value)
     level: np.ndarray  # (B, M)
     ratio: np.ndarray  # (B, M) value / level, NaN while undefined
     group_ratio: np.ndarray  # (B, G) the largest ratio of each group's monitors, NaN: none defined
@@ -323,6 +331,8 @@ class SignalTracker:
         n_feat = len(spec.monitor_features)
         kind = parse(ScoreAggregator, aggregator, "signals.aggregator")
         self.agg = make_aggregator(kind, n_feat, halflife, k, int(max_gap)) if n_feat else None
+        relative = n_feat and self.baseline != SignalBaseline.none
+        self.own = make_aggregator(kind, n_feat, halflife, k, int(max_gap)) if relative else None
         self.stuck = StuckRun([c.min_move for c in spec.stuck]) if spec.stuck else None
         self._level_cache: dict[str, np.ndarray] = {}
         self._stuck_features = np.array([c.feature for c in spec.stuck], dtype=np.int64)
@@ -354,17 +364,18 @@ class SignalTracker:
         starts = _starts(step_of, B)
         spans = list(zip(starts.tolist(), [*starts[1:].tolist(), B]))
         feat = sp.monitor_features
-        y = sp.feature_deviation(z)[:, feat]
+        own_y = y = sp.feature_deviation(z)[:, feat]
         has = p.astype(bool)[:, feat] & ok[:, None]
         if self.baseline != SignalBaseline.none:
             y, has = self._fleet_relative(y, has, starts)
         values = []
         if self.agg is not None:
-            x, v = np.where(has, y, 0.0), np.empty((B, feat.size))
-            for a, b in spans:  # the recursion, a time step at a time
-                self.agg.update(slots[a:b], x[a:b], has[a:b])
-                v[a:b] = self.agg.get(slots[a:b])
-            values.append(v)
+            values.append(self._aggregate(self.agg, slots, y, has, spans))
+        n_stuck = len(sp.stuck)
+        own = None
+        if self.own is not None:
+            own = np.concatenate([self._aggregate(self.own, slots, own_y, has, spans), np.full((B, n_stuck), np.nan)],
+                                 axis=1)  # fmt: skip
         if self.stuck is not None:
             codes = np.asarray(repeat)[:, [c.repeat for c in sp.stuck]]
             moving = pr[:, [c.feature for c in sp.stuck]].astype(np.float64)
@@ -385,8 +396,17 @@ class SignalTracker:
         # new evidence: a monitored feature the aggregator took (after the fleet baseline: without peers it takes
         # none and the score is frozen), or a stuck-checked feature present
         stuck_seen = p.astype(bool)[:, self._stuck_features].any(axis=1)
-        return SignalStep(y, has, value, level, ratio, group_ratio, group_top, score,
+        return SignalStep(y, has, value, own, level, ratio, group_ratio, group_top, score,
                           has.any(axis=1) | (ok & stuck_seen))  # fmt: skip
+
+    @staticmethod
+    def _aggregate(agg: Any, slots: np.ndarray, y: np.ndarray, has: np.ndarray, spans: list) -> np.ndarray:
+        """`agg` updated with the observed `y` of each time step in turn; (B, width) its values after each."""
+        x, v = np.where(has, y, 0.0), np.empty(y.shape)
+        for a, b in spans:  # the recursion, a time step at a time
+            agg.update(slots[a:b], x[a:b], has[a:b])
+            v[a:b] = agg.get(slots[a:b])
+        return v
 
     def _levels_of(self, turbine: str) -> np.ndarray:
         """The (M,) levels of `turbine` (cached: the levels do not change)."""
@@ -416,18 +436,28 @@ class SignalTracker:
         return np.where(ok, y - np.where(ok, base, 0.0), 0.0), ok
 
     def state_dict(self) -> dict[str, Any]:
-        return {"aggregator": None if self.agg is None else self.agg.state_dict(),
-                "stuck": None if self.stuck is None else self.stuck.state_dict()}  # fmt: skip
+        return {part: None if obj is None else obj.state_dict() for part, obj in self._parts()}
+
+    def _parts(self) -> tuple[tuple[str, Any], ...]:
+        return ("aggregator", self.agg), ("stuck", self.stuck), ("own", self.own)
+
+    @staticmethod
+    def _checked(state: Any, who: str) -> dict[str, Any]:
+        """A `state_dict()`, or one saved before the own aggregates (no "own": they start afresh)."""
+        older = isinstance(state, dict) and "own" not in state
+        return check_keys(state, ("aggregator", "stuck") if older else _PARTS, who, ValueError)
 
     @staticmethod
     def select_state(state: dict[str, Any], keep: np.ndarray) -> dict[str, Any]:
         """A `state_dict()` of the old slots `keep` only (increasing), renumbered from 0 (`runtime.slots`)."""
-        state = check_keys(state, ("aggregator", "stuck"), "SignalTracker.select_state", ValueError)
+        state = SignalTracker._checked(state, "SignalTracker.select_state")
         return {part: None if state[part] is None else kept_rows(state[part], keep) for part in state}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        state = check_keys(state, ("aggregator", "stuck"), "SignalTracker.load_state_dict", ValueError)
-        for part, obj in (("aggregator", self.agg), ("stuck", self.stuck)):
+        state = self._checked(state, "SignalTracker.load_state_dict")
+        for part, obj in self._parts():
+            if part not in state:  # saved before the own aggregates: they start afresh
+                continue
             if (state[part] is None) != (obj is None):
                 raise ValueError(f"SignalTracker.load_state_dict: {part} state does not match this bundle's monitors")
             if obj is not None:
