@@ -100,6 +100,7 @@ VARIANTS: dict[str, list[str]] = {  # name -> infer.signals overrides on top of 
     "ewma36-m2.5-own-tp-all": [*_CHOSEN, "baseline=fleet_all", "min_peers=2"],
     "ewma36-m2.5-own-tp-all1": [*_CHOSEN, "baseline=fleet_all"],
     "ewma36-m2.5-own-tp-none": [*_CHOSEN, "baseline=none"],
+    "ewma36-m2.5-own-tp-fown": [*_CHOSEN, "baseline=fleet_and_own"],
     "ewma72-m2-own-tp": [
         "halflife_steps=72",
         "level_margin=2.0",

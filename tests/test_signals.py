@@ -264,6 +264,31 @@ def test_own_deviation_beside_the_fleet_relative_one_shows_where_a_ratio_came_fr
         np.testing.assert_array_equal(fleet.own[:, :3], alone.value[:, :3])
 
 
+def test_fleet_and_own_baseline_needs_a_turbine_to_depart_from_its_peers_and_from_itself() -> None:
+    """`fleet_and_own`: each feature's value is the smaller of its deviation relative to the other turbines'
+    median and its own deviation. A healthy turbine whose peer ran away reads its own small value (no alert on
+    the wrong turbine); a farm-wide rise (weather) reads the small relative value, as under `fleet`; a turbine
+    that departs from both reads high."""
+    spec = _spec()
+    levels = SignalLevels((1.0, 2.0, 0.5, 10.0, 20.0))
+    present, pred, repeat, skip = np.ones((3, 5), bool), np.zeros((3, 5)), np.zeros((3, 2), np.uint8), np.zeros(3, bool)
+
+    def oil(values: list[float]) -> tuple[np.ndarray, np.ndarray]:
+        resid = np.zeros((3, 5))
+        resid[:, 2] = values  # oil, direction above: its deviation is z
+        tr = SignalTracker(spec, ScoreAggregator.ewma, 1e-9, None, 20, "fleet_and_own", 1, levels)  # value = y
+        st = tr.step([0, 1, 2], ["a", "b", "c"], resid, present, pred, np.ones(3, bool), repeat, skip)
+        return st.value[:, 2], spec.feature_deviation(resid)[:, 2]
+
+    value, v = oil([0.1, -0.2, -12.0])  # c reads far below its prediction: under `fleet` a and b read about +6
+    np.testing.assert_allclose(value[:2], v[:2])
+    np.testing.assert_allclose(value[2], min(v[2], v[2] - (v[0] + v[1]) / 2))
+    value, v = oil([3.0, 3.2, 2.9])  # every turbine runs warm: a hot day, not a fault
+    assert (np.abs(value) <= 0.3 + 1e-12).all()
+    value, v = oil([4.0, 0.1, -0.1])  # a runs hot, its peers do not
+    np.testing.assert_allclose(value[0], 4.0)
+
+
 def test_a_step_is_observed_only_with_new_evidence() -> None:
     """`observed` (the steps alerts and drift count): scored, not skipped, and a monitored feature the aggregator
     took or a stuck-checked feature present. A turbine whose feed stopped (every feature missing) is not observed,

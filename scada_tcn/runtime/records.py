@@ -14,7 +14,8 @@ Score topic (schema "scada-score/2"): one record per closed step of a turbine, i
                          1.8x, gearbox_bearing_above_ambient" or "pitch 2.1x, stuck:pitch" (a channel repeating
                          while the model expected it to move). Under a fleet baseline, own is the turbine's own
                          deviation aggregated on the same steps (null for a stuck check): a value far from own
-                         came from the peers (with EWMA, value = own - the peers' part).
+                         came from the peers (with EWMA and baseline fleet or fleet_all, value = own - the
+                         peers' part).
                          Fleet-relative window-mean bundles add fleet_score (null below min_peers peers) and
                          peers; threshold and ratio then refer to fleet_score.
     "warmup"             {schema, status, turbine, ts, seq, model_id, bundle_id, steps, steps_needed, missing_now}: the

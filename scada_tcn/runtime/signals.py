@@ -11,11 +11,14 @@ A *monitor* is what gets a level of its own:
   minus its median on normal validation steps (`center`), then relative to the fleet when `baseline` is "fleet"
   (minus the median of the other turbines' same feature at the same step) or "fleet_all" (the median of every
   turbine's, its own included: with two peers the others' median is their mean, so a faulty turbine would move
-  each peer's baseline by half its deviation; the median of all three stays between the healthy two), then
-  aggregated over time (`runtime.aggregators`: EWMA or one-sided CUSUM). Under a fleet baseline the turbine's
-  own deviation is aggregated beside it on the same steps (`SignalStep.own`): with EWMA, value = own - the
-  peers' part exactly, so a record can show that a turbine's ratio came from its peers moving (a fault on a
-  peer of a small farm), not from itself;
+  each peer's baseline by half its deviation; the median of all three stays between the healthy two) or
+  "fleet_and_own" (the smaller of the aggregates relative to the others' median and of the turbine's own
+  deviation: a healthy turbine whose peer ran away reads its own small value, and a farm-wide rise the small
+  relative one), then
+  aggregated over time (`runtime.aggregators`: EWMA or one-sided CUSUM). Under every fleet baseline the turbine's
+  own deviation is aggregated beside it on the same steps (`SignalStep.own`): with EWMA and "fleet" or
+  "fleet_all", value = own - the peers' part exactly, so a record can show that a turbine's ratio came from its
+  peers moving (a fault on a peer of a small farm), not from itself;
 * each stuck-signal check (`StuckCheck`): the run of exact repeats of a raw channel counted on the steps where
   the model expected it to move (its feature's prediction moved by more than `min_move`), reset when the channel
   changes (`runtime.aggregators.StuckRun`). A frozen sensor or a seized pitch repeats; a live one does not.
@@ -369,13 +372,11 @@ class SignalTracker:
         if self.baseline != SignalBaseline.none:
             y, has = self._fleet_relative(y, has, starts)
         values = []
+        own_v = None if self.own is None else self._aggregate(self.own, slots, own_y, has, spans)
         if self.agg is not None:
-            values.append(self._aggregate(self.agg, slots, y, has, spans))
-        n_stuck = len(sp.stuck)
-        own = None
-        if self.own is not None:
-            own = np.concatenate([self._aggregate(self.own, slots, own_y, has, spans), np.full((B, n_stuck), np.nan)],
-                                 axis=1)  # fmt: skip
+            v = self._aggregate(self.agg, slots, y, has, spans)
+            values.append(np.minimum(v, own_v) if self.baseline == SignalBaseline.fleet_and_own else v)
+        own = None if own_v is None else np.concatenate([own_v, np.full((B, len(sp.stuck)), np.nan)], axis=1)
         if self.stuck is not None:
             codes = np.asarray(repeat)[:, [c.repeat for c in sp.stuck]]
             moving = pr[:, [c.feature for c in sp.stuck]].astype(np.float64)

@@ -115,6 +115,7 @@ class SignalBaseline(StrEnum):
     none = "none"
     fleet = "fleet"  # minus the median of the other turbines' same group at the same step
     fleet_all = "fleet_all"  # minus the median of every turbine's at the step, its own included (`peers`)
+    fleet_and_own = "fleet_and_own"  # the smaller of `fleet`'s and the turbine's own: it must depart from both
 
 
 def allowed(enum: type[StrEnum]) -> list[str]:

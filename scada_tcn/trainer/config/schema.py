@@ -360,7 +360,8 @@ class SignalsCfg:
     halflife_steps: float | None = 36.0  # ewma
     cusum_k: float | None = None  # cusum allowance, in normal-residual units
     max_gap_steps: int = 144  # cusum: missing steps after which the sum restarts
-    # fleet: minus the other turbines' median at the same step; fleet_all: minus every turbine's, its own included
+    # fleet: minus the other turbines' median at the same step; fleet_all: minus every turbine's, its own included;
+    # fleet_and_own: the smaller of fleet's deviation and the turbine's own (it must depart from both)
     baseline: SignalBaseline = SignalBaseline.fleet
     min_peers: int = 1  # fleet baseline: other turbines needed at the step
     skip_flags: list[str] = field(default_factory=list)  # steps with one of these flags on are not scored
