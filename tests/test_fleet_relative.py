@@ -18,6 +18,7 @@ from scada_tcn.runtime.alerts import AlertState
 from scada_tcn.runtime.bundle import AlertingParams, load_bundle
 from scada_tcn.runtime.daemon_config import MappingCfg
 from scada_tcn.runtime.engine import Engine
+from scada_tcn.runtime.records import iso_utc
 from scada_tcn.runtime.replay import replay
 from scada_tcn.runtime.scorer import OnnxScorer
 from scada_tcn.runtime.state_file import load_state, save_state
@@ -185,6 +186,20 @@ def test_waiting_steps_survive_a_restart(fleet_bundle, rows, tmp_path):
         if d["fleet_score"] is not None:
             assert abs(got[k]["fleet_score"] - d["fleet_score"]) <= 1e-5 * d["score"] + 1e-7, k
         assert got[k]["alert"] == d["alert"]
+    assert {d["bundle_id"] for d in got.values()} == {fleet_bundle.bundle_id}
+
+    # a state saved before states named their bundle: its waiting records' bundle is unknown (null)
+    legacy = load_state(tmp_path / "state.npz")
+    del legacy["bundle_id"], legacy["signals_basis"]
+    for item in legacy["pending"]:
+        del item["record"]["bundle_id"]
+    three = Engine(fleet_bundle, OnnxScorer(fleet_bundle), 0.0, 100, 512)
+    assert three.load_state_dict(legacy) == (None, False)
+    feed(three, [s for s in samples[half:] if s.turbine == lagging])
+    old = _scores(three.flush(final=True))
+    waited = {(i["record"]["turbine"], iso_utc(i["record"]["end_ns"])) for i in legacy["pending"] if i["kind"] == "ok"}
+    assert waited and {k for k, d in old.items() if d["bundle_id"] is None} == waited
+    assert {d["bundle_id"] for k, d in old.items() if k not in waited} == {fleet_bundle.bundle_id}
 
 
 def test_offline_alerts_hold_their_state_without_a_score():

@@ -388,9 +388,10 @@ class Engine:
         ratio, value, level, score = (_nullable(a) for a in (st.group_ratio, st.value, st.level, st.score))
         own = None if st.own is None else _nullable(st.own)
         out: list[Output] = []
+        bundle_id = self.bundle.bundle_id  # the levels, aggregates and alert are this bundle's, whoever waited
         for b, w in enumerate(rows):
             rec = w.record
-            rec.alert = bool(alert[b])
+            rec.alert, rec.bundle_id = bool(alert[b]), bundle_id
             if not isinstance(rec, ScoreRecord):
                 out.extend(self._outputs(rec))
                 continue

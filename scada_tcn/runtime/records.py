@@ -29,8 +29,10 @@ top_features, state ("on" | "off")} on every transition. Retained alert state: {
 model_id, bundle_id}.
 
 `model_id` names the model (graphs and registries), `bundle_id` the whole bundle that scored the step (its
-settings too: levels, baseline, alerting; `runtime.bundle.compute_bundle_id`). A record of a state saved before
-records carried it (a fleet-relative record waiting for its fleet step) has bundle_id null: unknown.
+settings too: levels, baseline, alerting; `runtime.bundle.compute_bundle_id`). A per-signal record is scored
+when its fleet step is released (aggregates, levels, alert), and names the bundle that released it. A window-mean
+fleet-relative record that waited in a state saved before records carried the bundle id has bundle_id null:
+unknown.
 
 Serialisation (`dumps`, orjson) is deterministic: sorted keys, no spaces, a number in the shortest form that
 round-trips it (float64; a numpy float32 scalar or array as float32), NaN/inf as null. The forecast, float32, is
