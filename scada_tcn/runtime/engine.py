@@ -486,7 +486,8 @@ class Engine:
         The state of another bundle of the same model (a re-export with other settings) resumes, except the
         per-signal tracker's when its basis differs (`SignalParams.basis`: another baseline, aggregation or
         monitors): its aggregates start again rather than mix two kinds of values. A state saved before states
-        named their bundle (no `bundle_id`) resumes as before; its waiting records' bundle is unknown (null)."""
+        named their bundle (no `bundle_id`) resumes as before; its waiting window-mean records' bundle is unknown
+        (null), and per-signal ones name the bundle that releases them (`_release_steps`)."""
         keys = {"model_id", "bundle_id", "signals_basis", "fleet", "alerts", "drift", "scored_once", "pending",
                 "signals", "stream"}  # fmt: skip
         older = keys - {"bundle_id", "signals_basis"}
