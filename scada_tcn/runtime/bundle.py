@@ -84,6 +84,7 @@ import numpy as np
 import onnxruntime as ort
 
 from scada_tcn.runtime.calibration import Calibration
+from scada_tcn.runtime.digest import canonical_json
 from scada_tcn.runtime.drift import DriftReference
 from scada_tcn.runtime.errors import BundleError
 from scada_tcn.runtime.flags import compile_rules
@@ -637,15 +638,14 @@ def compute_model_id(checksums: Mapping[str, str], feature_registry: Mapping, fl
     h = hashlib.sha256(f"scada-tcn-bundle/{SCHEMA_VERSION}\n".encode())
     for name in sorted(checksums):
         h.update(f"{name}:{checksums[name]}\n".encode())
-    reg = {"feature_registry": feature_registry, "flag_registry": flag_registry}
-    h.update(json.dumps(reg, sort_keys=True, separators=(",", ":")).encode())
+    h.update(canonical_json({"feature_registry": feature_registry, "flag_registry": flag_registry}))
     return h.hexdigest()
 
 
 def compute_bundle_id(doc: Mapping[str, Any]) -> str:
     """sha256 over the canonical JSON of a whole bundle.json document (`Bundle.bundle_id`)."""
     h = hashlib.sha256(f"scada-tcn-bundle-json/{SCHEMA_VERSION}\n".encode())
-    h.update(json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False).encode())
+    h.update(canonical_json(doc))
     return h.hexdigest()
 
 

@@ -144,6 +144,7 @@ class Engine:
         self.drift = ScoreDriftMonitor(ref.levels, ref.values, drift_window)  # fleet-wide score distribution
         self._scored_once: set[str] = set()
         self._signals = SignalTracker.from_params(bundle.signals) if bundle.signals is not None else None
+        self._basis = None if bundle.signals is None else bundle.signals.basis()  # what the tracker's state means
         self._labels: dict[tuple[int, int], str] = {}  # per-signal: (group, monitor) -> "group:monitor"
         if self._signals is not None:
             sp = self._signals.spec
@@ -470,7 +471,7 @@ class Engine:
         return {
             "model_id": self.bundle.model_id,
             "bundle_id": self.bundle.bundle_id,
-            "signals_basis": None if self._signals is None else self.bundle.signals.basis(),
+            "signals_basis": self._basis,
             "fleet": self.fleet.state_dict(),
             "alerts": self.alerts.state_dict(),
             "drift": self.drift.state_dict(),
@@ -493,9 +494,8 @@ class Engine:
         older = keys - {"bundle_id", "signals_basis"}
         if not isinstance(state, dict) or set(state) not in (keys, older):
             raise ValueError(f"Engine.load_state_dict: not an engine state (keys {sorted(keys)})")
-        saved_by = state.get("bundle_id")
-        basis = None if self._signals is None else self.bundle.signals.basis()
-        restart_signals = "signals_basis" in state and state["signals_basis"] != basis
+        named = set(state) == keys  # else saved before states named their bundle
+        restart_signals = named and state["signals_basis"] != self._basis
         if state["model_id"] != self.bundle.model_id:
             raise ValueError(
                 f"Engine.load_state_dict: the state belongs to model {state['model_id'][:12]}, "
@@ -507,7 +507,7 @@ class Engine:
                 raise ValueError("Engine.load_state_dict: a waiting fleet-relative record lacks its fields")
             cls = ScoreRecord.from_state_dict if item["kind"] == "ok" else lambda d: InsufficientDataRecord(**d)
             try:
-                rec = cls(item["record"] if set(state) == keys else {**item["record"], "bundle_id": None})
+                rec = cls(item["record"] if named else {**item["record"], "bundle_id": None})
             except (TypeError, ValueError, KeyError) as e:
                 raise ValueError(f"Engine.load_state_dict: a waiting record is malformed: {e}") from e
             arrays = [None if item[k] is None else np.asarray(item[k]) for k in _WAITING_ARRAYS]
@@ -524,7 +524,7 @@ class Engine:
                 raise ValueError("Engine.load_state_dict: the state was saved by the window engine; this one streams")
             self.scorer.load_state_dict(state["stream"])
             self._rebuild()
-        return Resumed(saved_by, restart_signals)
+        return Resumed(state["bundle_id"] if named else None, restart_signals)
 
     def _rebuild(self) -> None:
         """Streaming: every turbine's layer state from the last L steps the fleet keeps (exact: the receptive field

@@ -40,7 +40,6 @@ and > 0.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -48,6 +47,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from scada_tcn.runtime.aggregators import StuckRun, make_aggregator
+from scada_tcn.runtime.digest import canonical_json
 from scada_tcn.runtime.errors import check_keys
 from scada_tcn.runtime.slots import kept_rows
 from scada_tcn.runtime.vocab import Direction, ScoreAggregator, SignalBaseline, parse
@@ -251,7 +251,7 @@ class SignalParams:
         """sha256 of everything the tracker's state depends on: these parameters but the levels, which only compare
         its values. A state kept under another basis holds aggregates of other deviations or another memory."""
         doc = {k: v for k, v in self.to_dict().items() if k != "levels"}
-        return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        return hashlib.sha256(canonical_json(doc)).hexdigest()
 
     @classmethod
     def from_dict(cls, d: Any) -> SignalParams:
