@@ -177,9 +177,10 @@ def test_a_float32_parquet_table_reads_as_its_csv_export(tmp_path):
     assert parquet.values[0, 0] == float(df.iloc[0, 2].astype(str))
 
 
-def test_replay_names_a_channel_of_decimal_commas_that_scada_prepare_refuses(signal_run, tiny_run, tmp_path):
-    """scada-prepare refuses a channel whose cells are all text; replay, which reads a table in chunks, read it as
-    missing without a word. Its summary now names the channel (`scada-runtime replay` prints a warning)."""
+def test_replay_refuses_a_channel_of_decimal_commas_as_scada_prepare_does(signal_run, tiny_run, tmp_path):
+    """scada-prepare refuses a channel whose cells are all text. Replay read it as missing and scored the whole
+    table (the thirteenth session's summary named the channel at the end). It reads the whole table before it
+    scores a row, so it now gives the same refusal, with the column, a cell and the hint, and writes no record."""
     from scada_tcn.runtime.bundle import load_bundle
     from scada_tcn.runtime.engine import Engine
     from scada_tcn.runtime.replay import replay
@@ -192,10 +193,23 @@ def test_replay_names_a_channel_of_decimal_commas_that_scada_prepare_refuses(sig
     def comma(cell: str) -> str:  # 812.5 -> 812,5 and 0 -> 0,0: a decimal comma in every cell
         return cell and (cell.replace(".", ",") if "." in cell else cell + ",0")
 
-    path = write_csv(tmp_path / "commas.csv", header, [r[:j] + [comma(r[j])] + r[j + 1 :] for r in body])
+    rows = [r[:j] + [comma(r[j])] + r[j + 1 :] for r in body]
+    path = write_csv(tmp_path / "commas.csv", header, rows)
     bundle = load_bundle(signal_run[0])
     engine = Engine(bundle, StreamScorer.from_bundle(bundle), 0.0, 100, 512)
-    summary = replay(engine, path, MappingCfg(), tmp_path / "scores.jsonl")
-    assert summary["text_channels"] == ["power"] and summary["non_numeric"]["power"] > 0
-    with pytest.raises(InputError, match="channel power.*decimal comma"):
+    out = tmp_path / "scores.jsonl"
+    with pytest.raises(InputError) as replayed:
+        replay(engine, path, MappingCfg(), out, chunk_rows=7)  # the text in every chunk
+    with pytest.raises(InputError) as prepared:
         _prepare(path)
+    text = [r[j] for r in rows if r[j]]
+    said = f"column 'power' (channel power): none of its cells is a number ({len(text)} text cells, e.g. {text[0]!r})"
+    for e in (replayed.value, prepared.value):
+        assert said + " (a decimal comma? export the table with '.' as the decimal mark)" in str(e)
+    assert "mapping.columns" in str(replayed.value) and "data.columns" in str(prepared.value)
+    assert out.read_bytes() == b"" and len(engine.fleet) == 0  # refused before a row was fed
+    engine = Engine(bundle, StreamScorer.from_bundle(bundle), 0.0, 100, 512)  # one number in the column: scored
+    k = next(i for i, r in enumerate(rows) if r[j])
+    rows[k][j] = "812.5"
+    summary = replay(engine, write_csv(tmp_path / "one.csv", header, rows), MappingCfg(), out, chunk_rows=7)
+    assert summary["non_numeric"]["power"] == len(text) - 1 and summary["scores"] > 0

@@ -367,7 +367,8 @@ def test_replay_table_cells_parse_like_scada_prepare(tmp_path):
     want, counted = _to_numeric(column)
     want = np.where(np.isfinite(want), want, np.nan)  # scada-prepare turns +-inf into missing after counting
     np.testing.assert_array_equal(got, want)
-    assert sum(bad["wind_speed"] for _, _, _, bad in chunks) == counted == 15
+    assert sum(bad["wind_speed"].count for _, _, _, bad in chunks if bad) == counted == 15
+    assert [bad["wind_speed"].example for _, _, _, bad in chunks] == ["1_000", "NaN", "null"]  # each one's first
 
 
 def test_replay_table_with_a_byte_order_mark_or_semicolons(tmp_path):

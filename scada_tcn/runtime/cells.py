@@ -4,16 +4,22 @@
 (not counted); a cell that is not a plain ASCII number (text, "nan", digits grouped with '_', non-ASCII digits,
 some of which Python's float would take) -> NaN (counted); +-inf -> NaN (not counted). The values are those
 `pandas.to_numeric` gives the same strings, bit for bit.
+
+`no_numbers(column, channel, text, example, fix)` is the one refusal both readers give a column whose cells are
+text and not one a number: a misread (decimal commas, a status column mapped to a channel), not a sensor's gaps.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["is_number", "parse_numbers"]
+from scada_tcn.runtime.errors import InputError
+
+__all__ = ["first_text", "is_number", "no_numbers", "parse_numbers"]
 
 
 def _float(cell: str) -> float:
@@ -46,3 +52,17 @@ def parse_numbers(cells: Sequence[str] | np.ndarray) -> tuple[np.ndarray, int]:
     bad = int(np.count_nonzero(np.isnan(x) & (raw != "")))
     x[~np.isfinite(x)] = np.nan
     return x, bad
+
+
+def first_text(cells: Iterable[str]) -> str | None:
+    """The first cell that `parse_numbers` counts as non-numeric (not empty, not a number), or None."""
+    return next((c for c in cells if c and not is_number(c)), None)
+
+
+def no_numbers(column: str, channel: str, text: int, example: str, fix: str) -> InputError:
+    """The refusal of a column whose `text` non-empty cells hold not one number (`example`: one of them): it
+    names the column, shows the cell, says "a decimal comma?" when the cell reads as one, and ends with `fix`."""
+    comma = re.fullmatch(r"\s*[-+]?\d*,\d+\s*", example) is not None
+    hint = " (a decimal comma? export the table with '.' as the decimal mark)" if comma else ""
+    return InputError(f"column {column!r} (channel {channel}): none of its cells is a number ({text} text cells, "
+                      f"e.g. {example!r}){hint}; {fix}")  # fmt: skip

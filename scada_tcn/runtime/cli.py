@@ -111,9 +111,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"replay: {e}", file=sys.stderr)
         return 2
     print(json.dumps(summary), file=sys.stderr)
-    if summary["text_channels"]:
-        print(f"replay: warning: channels {summary['text_channels']} hold text and not one number (decimal commas? "
-              "export the table with '.' as the decimal mark): they were read as missing", file=sys.stderr)  # fmt: skip
     return 0
 
 

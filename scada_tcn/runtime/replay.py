@@ -24,11 +24,12 @@ Contract
   (`rows`).
 * Output: `out` gets exactly the score-topic payloads `run` would publish (warm-up records included), one JSON
   object per line, in closing order; `alerts_out`, when given, the alert transitions. Returns a summary dict:
-  the counts, non-numeric cells per channel, and `text_channels`, the channels with text and not one number
-  (scada-prepare refuses such a table; replay, reading in chunks, can only say so at the end).
+  the counts and the non-numeric cells per channel.
 Refused (InputError): a missing file or column, a file that is not UTF-8 CSV (or not gzip when named .gz), a row
-with more cells than the header (`csv_table`), unparseable or naive stamps without a zone, an empty table, an
-output that cannot be written, no room for the temporary file.
+with more cells than the header (`csv_table`), unparseable or naive stamps without a zone, a channel whose cells
+are text and not one a number (decimal commas: `cells.no_numbers`, scada-prepare's refusal, given once the whole
+table is read and before a record is written), an empty table, an output that cannot be written, no room for the
+temporary file.
 """
 
 from __future__ import annotations
@@ -41,11 +42,11 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from scada_tcn.runtime.cells import is_number, parse_numbers
+from scada_tcn.runtime.cells import first_text, is_number, no_numbers, parse_numbers
 from scada_tcn.runtime.csv_table import CSV_KINDS, PARQUET_KINDS, csv_columns, table_files
 from scada_tcn.runtime.daemon_config import MappingCfg
 from scada_tcn.runtime.engine import Engine
@@ -62,12 +63,22 @@ from scada_tcn.runtime.telemetry import (
     parse_timestamp_ns,
 )
 
-__all__ = ["CHUNK_ROWS", "FEED_MIN_ROWS", "FEED_STEPS", "in_time_order", "replay", "replay_file", "table_chunks"]
+__all__ = [
+    "CHUNK_ROWS", "FEED_MIN_ROWS", "FEED_STEPS", "Text", "in_time_order", "replay", "replay_file", "table_chunks"
+]  # fmt: skip
 
 CHUNK_ROWS = 50_000  # rows parsed per chunk
 FEED_STEPS = 10  # rows per turbine fed to the engine at a time, then flushed: a flush's records stay few
 FEED_MIN_ROWS = 2_000  # and at least this many (a small farm's 10 steps are too few rows per vectorised call)
 _WRITE_BUFFER = 1 << 20  # bytes: the score lines go out in large writes
+
+
+class Text(NamedTuple):
+    """A channel's non-numeric cells in a chunk: its column, their count and the first of them."""
+
+    column: str
+    count: int
+    example: str
 
 
 def _read_chunks(path: Path, columns: Sequence[str], rows: int) -> Iterator[dict[str, list[str]]]:
@@ -211,9 +222,9 @@ def _stamps(cells: list[str], tz: Any, forms: dict[str, str], where: str, zone: 
 
 
 def table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg, default_columns: dict[str, str],
-                 rows: int) -> Iterator[tuple[list[str], np.ndarray, np.ndarray, dict[str, int]]]:  # fmt: skip
-    """Per chunk of at most `rows` rows: (turbine ids, ts_ns (n,) int64, values (n, C) float64, non-numeric
-    cells per channel)."""
+                 rows: int) -> Iterator[tuple[list[str], np.ndarray, np.ndarray, dict[str, Text]]]:  # fmt: skip
+    """Per chunk of at most `rows` rows: (turbine ids, ts_ns (n,) int64, values (n, C) float64, per channel with
+    non-numeric cells their `Text`)."""
     p = Path(path)
     colmap = dict(mapping.columns) or dict(default_columns)
     missing = [c for c in channels if c not in colmap]
@@ -233,10 +244,13 @@ def table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg,
             raise InputError(f"{p}: column {mapping.turbine_id_col!r}: {problems[0]} ({len(problems)} such ids)")
         ts = _stamps(data[mapping.time_col], tz, forms, f"{p}: column {mapping.time_col!r}", mapping.naive_timezone)
         values = np.empty((len(ids), len(channels)))
-        non_numeric: dict[str, int] = {}
+        text: dict[str, Text] = {}
         for j, c in enumerate(channels):
-            values[:, j], non_numeric[c] = parse_numbers(data[colmap[c]])
-        yield ids, ts, values, non_numeric
+            cells = data[colmap[c]]
+            values[:, j], n = parse_numbers(cells)
+            if n:
+                text[c] = Text(colmap[c], n, first_text(cells) or "")
+        yield ids, ts, values, text
 
 
 def in_time_order(
@@ -327,15 +341,23 @@ def replay(
     dt_ns = engine.dt_ns
 
     def parsed() -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
+        text: dict[str, Text] = {}  # per channel, its first chunk's non-numeric cells
         for ids, ts, values, bad in table_chunks(path, spec.channels, mapping, engine.bundle.column_mapping,
                                                  chunk_rows):  # fmt: skip
-            for c, n in bad.items():
-                non_numeric[c] += n
+            for c, t in bad.items():
+                non_numeric[c] += t.count
+                text.setdefault(c, t)
             numbers[:] += np.isfinite(values).sum(axis=0)
             counts["read"] += len(ids)
             if progress is not None:
                 progress(counts)
             yield ids, ts, values
+        # the whole table is read before its first row is scored (`in_time_order`): a channel of text and not one
+        # number is refused as scada-prepare refuses it, before a record is written
+        for c, n in zip(spec.channels, numbers.tolist()):
+            if non_numeric[c] and not n:
+                raise no_numbers(text[c].column, c, non_numeric[c], text[c].example, "map the channel to a "
+                                 "numeric column in runtime.yaml's mapping.columns")  # fmt: skip
 
     with contextlib.ExitStack() as stack:
         try:
@@ -379,8 +401,6 @@ def replay(
             engine.fleet.close_turbine_until(tid, end + grace_ns)
         write(engine.flush(final=True))  # fleet-relative steps waiting for a turbine whose data ended go out too
     counts["non_numeric"] = non_numeric
-    # scada-prepare refuses such a channel (a misread: decimal commas?); replay reads in chunks, so it can only say
-    counts["text_channels"] = [c for c, n in zip(spec.channels, numbers.tolist()) if non_numeric[c] and not n]
     counts["score_drift"] = engine.score_drift()
     return counts
 

@@ -10,14 +10,13 @@ counted per channel. With `data.rul.enabled` the target column `data.rul.column`
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from scada_tcn.runtime.cells import is_number, parse_numbers
+from scada_tcn.runtime.cells import first_text, is_number, no_numbers, parse_numbers
 from scada_tcn.runtime.csv_table import CSV_KINDS, PARQUET_KINDS, column_positions, csv_columns, table_files
 from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.telemetry import EPOCH_RANGE, MAX_EPOCH_S, in_epoch_range, table_epoch_ns
@@ -137,15 +136,6 @@ def _to_numeric(col: pd.Series) -> tuple[np.ndarray, int]:
     return parse_numbers(col.fillna("").to_numpy(dtype=str))
 
 
-def _no_numbers(col: pd.Series, channel: str, n: int) -> None:
-    """Refuse a column whose cells are text and not one a number: a misread, not a sensor's gaps."""
-    example = next(c for c in col.dropna().astype(str) if c)  # text cells are not empty (spaces may be all)
-    comma = re.fullmatch(r"\s*[-+]?\d*,\d+\s*", example) is not None
-    hint = " (a decimal comma? export the table with '.' as the decimal mark)" if comma else ""
-    raise InputError(f"column {col.name!r} (channel {channel}): none of its cells is a number ({n} text cells, e.g. "
-                     f"{example!r}){hint}; map the channel to a numeric column in data.columns")  # fmt: skip
-
-
 def load_raw_table(data: DataCfg) -> RawTable:
     """Read every file of `data.paths.raw_dir`, map columns to channels, parse stamps and values."""
     ident = data.identifiers
@@ -169,7 +159,9 @@ def load_raw_table(data: DataCfg) -> RawTable:
     for j, c in enumerate(channels):
         values[:, j], non_numeric[c] = _to_numeric(df[data.columns[c]])
         if non_numeric[c] and not np.isfinite(values[:, j]).any():
-            _no_numbers(df[data.columns[c]], c, non_numeric[c])
+            example = first_text(df[data.columns[c]].dropna().astype(str))
+            raise no_numbers(data.columns[c], c, non_numeric[c], example or "", "map the channel to a numeric "
+                             "column in data.columns")  # fmt: skip
     values[~np.isfinite(values)] = np.nan
     rul = None
     if data.rul.enabled:
