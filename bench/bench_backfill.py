@@ -56,7 +56,7 @@ def main() -> None:
             sort_by_time(table)
         cfg = daemon_config_from_dict({})
         t0 = time.perf_counter()
-        chunks = table_chunks(table, bundle.spec.channels, cfg.mapping, bundle.column_mapping, CHUNK_ROWS)
+        chunks = table_chunks(table, bundle.spec.channels, cfg.mapping, bundle.table_format, CHUNK_ROWS)
         for _ in in_time_order(((ids, ts, v) for ids, ts, v, _ in chunks), FEED_STEPS, Path(d), FEED_MIN_ROWS):
             pass
         read = time.perf_counter() - t0

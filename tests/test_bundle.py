@@ -25,6 +25,7 @@ from scada_tcn.runtime.bundle import (  # noqa: E402
     TOP_KEYS,
     Bundle,
     BundleContents,
+    compute_bundle_id,
     compute_model_id,
     dump_bundle,
     load_bundle,
@@ -44,6 +45,7 @@ GOLDEN_KEYS = {
     "dims": ["C", "F", "K", "L", "R", "RF"],
     "feature_registry": ["angular_channel_names", "engineered_version", "feature_names", "raw_channel_names"],
     "flag_registry": ["flag_names", "flags_version"],
+    "table_identifiers": ["naive_timezone", "time_col", "turbine_id_col"],
     "heads": ["fault", "fault_multilabel", "forecast", "rul"],
     "scoring": [
         "aggregation",
@@ -161,6 +163,7 @@ def tiny_manifest() -> dict:
         },
         "flag_registry": {"flag_names": ["stopped"], "flags_version": "f1"},
         "column_mapping": {"wind_speed": "ws", "power": "p"},
+        "table_identifiers": {"turbine_id_col": "turbine_id", "time_col": "timestamp", "naive_timezone": None},
         "pipeline_spec": spec.to_dict(),
         "scaler": scaler.to_dict(),
         "heads": {"forecast": True, "fault": True, "fault_multilabel": False, "rul": False},
@@ -232,7 +235,7 @@ def test_tiny_bundle_key_set_is_pinned(bundle_dir):
     assert doc["signals"] is None  # a window_mean bundle
     assert got == GOLDEN_KEYS
     assert sorted(p.name for p in bundle_dir.iterdir()) == ["bundle.json", "clean.onnx", "scoring.onnx"]
-    assert doc["schema_version"] == SCHEMA_VERSION == 7
+    assert doc["schema_version"] == SCHEMA_VERSION == 8
     sha = {f: hashlib.sha256((bundle_dir / f).read_bytes()).hexdigest() for f in ("clean.onnx", "scoring.onnx")}
     assert doc["checksums"] == sha and doc["stream"] is None  # no step graph: scored window by window
     assert doc["model_id"] == compute_model_id(sha, doc["feature_registry"], doc["flag_registry"])
@@ -338,12 +341,39 @@ def test_refuses_registry_edit_through_the_model_id(bundle_dir):
 
 
 def test_refuses_unknown_schema_version(bundle_dir):
-    for v in (1, 2, 3, 4, 5, 6, 8, 0, "7", None):
+    for v in (1, 2, 3, 4, 5, 6, 9, 0, "8", 8.0, True, None):
         _edit(bundle_dir, lambda d, v=v: d.update(schema_version=v))
         assert _message(bundle_dir) == (
-            f"bundle.json: schema_version {v!r} is not supported (this runtime reads version 7); export the model "
-            "again with a scada-export of the same release as this runtime"
+            f"bundle.json: schema_version {v!r} is not supported (this runtime reads versions (7, 8)); export the "
+            "model again with a scada-export of the same release as this runtime"
         )
+
+
+def test_a_bundle_of_schema_7_loads_with_its_ids_and_replays_with_the_old_defaults(bundle_dir):
+    """Version 8 added table_identifiers only: a version-7 bundle (the same graphs) loads on a gateway whose
+    runtime was upgraded, with the same model id (its states resume) and the same bundle id as before; replay
+    assumes what it assumed for it (turbine_id, timestamp, no zone). Each version's keys are exactly its own."""
+    v8 = load_bundle(bundle_dir)
+    assert v8.table_format[1:] == ("turbine_id", "timestamp", None)
+    _edit(bundle_dir, lambda d: (d.pop("table_identifiers"), d.update(schema_version=7)))
+    v7 = load_bundle(bundle_dir)
+    doc = json.loads((bundle_dir / "bundle.json").read_text())
+    assert (v7.schema_version, v7.model_id, v7.table_identifiers) == (7, v8.model_id, None)
+    assert v7.to_dict() == doc and v7.bundle_id == compute_bundle_id(doc) != v8.bundle_id
+    assert v7.table_format == v8.table_format  # SCHEMA7_IDENTIFIERS: the defaults runtime.yaml had
+    _edit(bundle_dir, lambda d: d.update(table_identifiers=None))
+    assert "unknown key 'table_identifiers'" in _message(bundle_dir)
+    _edit(bundle_dir, lambda d: d.update(schema_version=8))
+    assert "table_identifiers: null; a bundle of this version names the training table's id" in _message(bundle_dir)
+    d = {"turbine_id_col": "Wind_turbine_name", "time_col": "Date_time", "naive_timezone": "Europe/Paris"}
+    _edit(bundle_dir, lambda doc: doc.update(table_identifiers=d))
+    assert load_bundle(bundle_dir).table_format[1:] == ("Wind_turbine_name", "Date_time", "Europe/Paris")
+    for bad, said in (({**d, "naive_timezone": "Europe/Pari"}, "unknown time zone 'Europe/Pari'"),
+                      ({**d, "time_col": "Wind_turbine_name"}, "two distinct non-empty column names"),
+                      ({**d, "naive_timezone": 1}, "a zone name or null expected"),
+                      ({**d, "extra": 1}, "unknown key 'extra'")):  # fmt: skip
+        _edit(bundle_dir, lambda doc, bad=bad: doc.update(table_identifiers=bad))
+        assert said in _message(bundle_dir)
 
 
 def test_refuses_failed_parity_and_missing_graph(bundle_dir):

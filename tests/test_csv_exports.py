@@ -4,6 +4,7 @@ line ends, blank lines, Excel serial dates, files cut short, comment lines, deci
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from scada_tcn.runtime.bundle import TableFormat, TableIdentifiers
 from scada_tcn.runtime.daemon_config import MappingCfg, daemon_config_from_dict
 from scada_tcn.runtime.errors import ConfigError, InputError
 from scada_tcn.runtime.replay import table_chunks
@@ -21,6 +23,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "config.yaml"
 CHANNELS = ("wind_speed", "power", "rotor_speed", "gen_speed", "pitch", "wind_dir", "nacelle_dir", "ambient_temp",
             "nacelle_temp", "gearbox_oil_temp", "gearbox_bearing_temp", "gen_bearing_temp", "status")  # fmt: skip
 HEADER = ",".join(("turbine_id", "timestamp", *CHANNELS))
+TABLE = TableFormat({c: c for c in CHANNELS}, "turbine_id", "timestamp", None)  # as the training table
 
 
 def _rows(n: int = 6, turbines: tuple[str, ...] = ("WT01", "WT02")) -> list[str]:
@@ -45,7 +48,7 @@ def _prepare(path: Path):
 
 def _replay(path: Path, rows: int = 5):
     """replay's reader on `path`: (ids, ts_ns, values) of all its chunks."""
-    parts = list(table_chunks(path, CHANNELS, MappingCfg(), {c: c for c in CHANNELS}, rows))
+    parts = list(table_chunks(path, CHANNELS, MappingCfg(), TABLE, rows))
     return ([i for p in parts for i in p[0]], np.concatenate([p[1] for p in parts]),
             np.concatenate([p[2] for p in parts]))  # fmt: skip
 
@@ -163,6 +166,36 @@ def test_an_unknown_time_zone_is_refused_when_the_config_is_read():
         daemon_config_from_dict({"mapping": {"naive_timezone": "Europe/Pari"}})
     with pytest.raises(ConfigError, match="data.identifiers.naive_timezone: unknown time zone 'Europe/Pari'"):
         load_config(CONFIG, ["data.identifiers.naive_timezone=Europe/Pari"])
+
+
+def test_a_table_in_the_training_layout_replays_with_no_mapping(tmp_path):
+    """A user's export with its own id and time columns and local stamps without an offset: scada-prepare reads it
+    through data.identifiers, and replay, given no mapping, through what the bundle records of them (the
+    exporter's `TableIdentifiers` of the training config): the same rows, stamps and values. runtime.yaml's
+    mapping still wins for each part it sets. Until the twenty-second session runtime.yaml had to restate the id
+    and time columns and the zone; a zone restated wrong shifted every stamp (a train/serve skew)."""
+    lines = [HEADER.replace("turbine_id", "WTG").replace("timestamp", "Zeit"), *_rows()]
+    local = [lines[0]] + [  # epoch seconds -> wall-clock time in Paris (CET, +01:00 in January), no offset
+        ",".join([cells[0], pd.Timestamp(int(cells[1]), unit="s", tz="UTC").tz_convert("Europe/Paris")
+                  .strftime("%Y-%m-%d %H:%M:%S"), *cells[2:]]) for cells in (line.split(",") for line in lines[1:])
+    ]  # fmt: skip
+    path = _write(tmp_path / "local.csv", local)
+    ids = ["data.identifiers.turbine_id_col=WTG", "data.identifiers.time_col=Zeit",
+           "data.identifiers.naive_timezone=Europe/Paris"]  # fmt: skip
+    cfg = load_config(CONFIG, [f"data.paths.raw_dir={path}", *ids])
+    prepared = load_raw_table(cfg.data)
+    recorded = TableIdentifiers(**dataclasses.asdict(cfg.data.identifiers))  # what scada-export writes
+    training = TableFormat(dict(cfg.data.columns), recorded.turbine_id_col, recorded.time_col, recorded.naive_timezone)
+    parts = list(table_chunks(path, CHANNELS, MappingCfg(), training, 5))
+    assert [i for p in parts for i in p[0]] == list(prepared.turbine_ids)
+    assert np.concatenate([p[1] for p in parts]).tolist() == prepared.ts_ns.tolist()
+    assert prepared.ts_ns[0] == 1704067200 * 10**9  # 01:00 in Paris is midnight UTC
+    np.testing.assert_array_equal(np.concatenate([p[2] for p in parts]), prepared.values)
+    utc = MappingCfg(naive_timezone="UTC")  # runtime.yaml's zone wins: an hour later, the columns still the bundle's
+    ((_, ts, _, _),) = table_chunks(path, CHANNELS, utc, training, 100)
+    assert (ts - prepared.ts_ns).tolist() == [3600 * 10**9] * len(ts)
+    with pytest.raises(InputError, match="columns \\['turbine_id'\\] not found.*unset, the training table's"):
+        list(table_chunks(path, CHANNELS, MappingCfg(turbine_id_col="turbine_id"), training, 100))
 
 
 def test_a_float32_parquet_table_reads_as_its_csv_export(tmp_path):

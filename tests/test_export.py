@@ -6,6 +6,7 @@ opened by the runtime, and every output is compared with the torch modules that 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -87,6 +88,9 @@ def test_export_with_checkpoint_path_only(exported, tiny_run):
     assert bundle.versions.opset == OPSET and bundle.versions.ir_version == IR_VERSION
     assert bundle.dims.L == 24 and bundle.dims.K == 3 and bundle.dims.RF == 13
     assert bundle.clean_outputs == ("Y_hat", "fault_prob")
+    ids = dataclasses.asdict(exported[2].data.identifiers)  # the training table's layout, replay's defaults
+    assert bundle.table_identifiers.to_dict() == ids and bundle.table_format[1:] == tuple(ids.values())
+    assert bundle.table_format.columns == dict(exported[2].data.columns)
 
 
 def test_cli_export_with_checkpoint_path_only(exported, tiny_run):

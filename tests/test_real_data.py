@@ -53,15 +53,15 @@ def lhb_bundle(tmp_path_factory) -> Path:
 
 def test_replay_of_la_haute_borne_as_published(lhb_bundle, tmp_path):
     """The published file as it is (gzip, turbine by turbine, local stamps with +02:00 / +01:00 offsets across the
-    October DST change, a month missing on R80711) through `scada-runtime replay`, mapped by runtime.yaml: every
-    10-min step of each turbine's grid gets exactly one record (the 22,554 steps scada-prepare grids, none lost or
-    doubled at the DST change), and the month with no data gets no score on R80711 while its peers are scored."""
+    October DST change, a month missing on R80711) through `scada-runtime replay` with no mapping given: the
+    bundle records the training table's id and time columns (Wind_turbine_name, Date_time), which runtime.yaml had
+    to restate until the twenty-second session. Every 10-min step of each turbine's grid gets exactly one record
+    (the 22,554 steps scada-prepare grids, none lost or doubled at the DST change), and the month with no data gets
+    no score on R80711 while its peers are scored."""
     from scada_tcn.runtime.cli import main
 
-    (tmp_path / "runtime.yaml").write_text("mapping:\n  turbine_id_col: Wind_turbine_name\n  time_col: Date_time\n")
     out = tmp_path / "scores.jsonl"
-    args = ["replay", "--bundle", str(lhb_bundle), "--input", str(shared_data_or_skip(*LHB_FILE)), "--out", str(out),
-            "--config", str(tmp_path / "runtime.yaml")]  # fmt: skip
+    args = ["replay", "--bundle", str(lhb_bundle), "--input", str(shared_data_or_skip(*LHB_FILE)), "--out", str(out)]
     assert main(args) == 0
     docs = [orjson.loads(line) for line in out.read_bytes().splitlines()]
     seqs: dict[str, list[int]] = {}

@@ -333,9 +333,11 @@ def test_the_deploy_alert_rules_name_only_metrics_and_settings_that_exist():
 
 def _ws_chunks(path: Path, rows: int = 9, mapping: MappingCfg | None = None) -> list:
     """`replay.table_chunks` of a one-channel table (column ws -> wind_speed), parsed `rows` rows at a time."""
+    from scada_tcn.runtime.bundle import TableFormat
     from scada_tcn.runtime.replay import table_chunks
 
-    return list(table_chunks(path, ("wind_speed",), mapping or MappingCfg(), {"wind_speed": "ws"}, rows))
+    training = TableFormat({"wind_speed": "ws"}, "turbine_id", "timestamp", None)
+    return list(table_chunks(path, ("wind_speed",), mapping or MappingCfg(), training, rows))
 
 
 def _stamp_table(path: Path, stamps: list[str]) -> Path:

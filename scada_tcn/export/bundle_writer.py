@@ -28,6 +28,7 @@ from scada_tcn.runtime.bundle import (
     ScoreReference,
     ScoringParams,
     StreamParams,
+    TableIdentifiers,
     Versions,
     dump_bundle,
 )
@@ -146,12 +147,14 @@ def export_bundle(
     masks = ScoreMasks.group if per_signal else ScoreMasks(mods.scoring.masks)
     groups = feature_groups(cfg).members(names) if masks == ScoreMasks.group else None
     context = feature_groups(cfg).context if per_signal else mods.scoring.context
+    ids = cfg.data.identifiers
     contents = BundleContents(
         dims=Dims(L=mods.L, K=mcfg.K, F=mcfg.F, R=mcfg.R, C=mcfg.C, RF=mcfg.receptive_field),
         dt_seconds=int(ckpt["pipeline_spec"]["dt_seconds"]),
         feature_registry=feature_reg,
         flag_registry=FlagRegistry.from_dict(ckpt["flag_registry"]),
         column_mapping=dict(cfg.data.columns),
+        table_identifiers=TableIdentifiers(ids.turbine_id_col, ids.time_col, ids.naive_timezone),
         spec=PipelineSpec.from_dict(ckpt["pipeline_spec"]),
         scaler=RobustScaler.from_dict(ckpt["scaler"]),
         heads=Heads(mcfg.forecast_enabled, mcfg.fault_enabled, mcfg.fault_multilabel, mcfg.rul_enabled),

@@ -20,17 +20,23 @@ A bundle is a directory of three files:
   (batch,)), `col_i` (batch x passes, channels_i): the column to store at t mod steps_i, and `h` (batch, hidden).
 - `bundle.json`: UTF-8 JSON object (at most 16 MiB, no NaN or Infinity) with exactly these keys:
 
-  schema_version   7 (3 -> 4: the clean graph takes X, M_miss, Flags and returns fault probabilities;
+  schema_version   8 (3 -> 4: the clean graph takes X, M_miss, Flags and returns fault probabilities;
                    4 -> 5: per-signal scoring, the pipeline spec's repeat channels; 5 -> 6: step.onnx takes
                    the convolutions' past taps instead of their rings and no step index; 6 -> 7: step.onnx
-                   takes the sum of the fault head's ring, h_sum, instead of the ring)
-  model_id         sha256 hex of "scada-tcn-bundle/7", the sha256 of each graph (in file-name order) and the
-                   canonical JSON of the feature and flag registries (`compute_model_id`)
+                   takes the sum of the fault head's ring, h_sum, instead of the ring; 7 -> 8:
+                   table_identifiers). Version 7 is read too: the graphs are the same, it has no
+                   table_identifiers (`Bundle.table_identifiers` None)
+  model_id         sha256 hex of "scada-tcn-bundle/7" (the graphs' contract, unchanged by version 8), the
+                   sha256 of each graph (in file-name order) and the canonical JSON of the feature and flag
+                   registries (`compute_model_id`)
   dims             `Dims`: window L, horizon K, features F, flags R, fault classes C, receptive field RF
   dt_seconds       step of the binned series
   feature_registry `scada_tcn.runtime.registry.FeatureRegistry`
   flag_registry    `scada_tcn.runtime.registry.FlagRegistry`
   column_mapping   channel -> raw column (the runtime's default)
+  table_identifiers `TableIdentifiers`: the training table's turbine-id and time columns and the zone of its
+                   naive stamps (data.identifiers; replay's defaults, so that a table in the training format
+                   replays with no mapping)
   pipeline_spec    `scada_tcn.runtime.spec.PipelineSpec`: binning, QC, winsor caps, features, flags
   scaler           `scada_tcn.runtime.scaling.RobustScaler` (its `scaled` says which columns are scaled)
   heads            `Heads`: forecast, fault, fault_multilabel, rul
@@ -60,11 +66,12 @@ Every section is a typed record with `to_dict` / `from_dict`; `BundleContents` h
 what `dump_bundle` computes (model id, checksums) and what loading brings (path, graph bytes). `bundle.json`
 is the root of trust: the checksums cover the graphs, and the model id covers graphs and registries.
 
-Refused, with a `BundleError` that names the file, key or graph: a schema version other than 5 (older bundles:
-export again); an unknown or missing key at any level; a value of the wrong type; registries, spec, scaler, dims
-and heads that disagree; a missing graph; a graph whose sha256 differs from `checksums`; a model id that does
-not match; a graph that onnxruntime cannot open or whose input/output names, types or shapes disagree with
-`dims` (the batch axis must be symbolic); a recorded parity check that failed. `dump_bundle` validates the same
+Refused, with a `BundleError` that names the file, key or graph: a schema version other than 7 and 8 (older
+bundles: export again); an unknown or missing key at any level (a version-8 bundle's null table_identifiers
+included); a value of the wrong type; registries, spec, scaler, dims and heads that disagree; a missing graph;
+a graph whose sha256 differs from `checksums`; a model id that does not match; a graph that onnxruntime cannot
+open or whose input/output names, types or shapes disagree with `dims` (the batch axis must be symbolic); a
+recorded parity check that failed. `dump_bundle` validates the same
 way before and after writing.
 """
 
@@ -78,7 +85,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnxruntime as ort
@@ -93,6 +100,7 @@ from scada_tcn.runtime.registry import FeatureRegistry, FlagRegistry
 from scada_tcn.runtime.scaling import RobustScaler
 from scada_tcn.runtime.signals import SignalParams
 from scada_tcn.runtime.spec import PipelineSpec
+from scada_tcn.runtime.telemetry import zone_problem
 from scada_tcn.runtime.vocab import ScoreAggregation, ScoreKind, ScoreMasks, parse
 
 __all__ = [
@@ -103,6 +111,8 @@ __all__ = [
     "GRAPH_INPUTS",
     "MAX_JSON_BYTES",
     "SCHEMA_VERSION",
+    "TableFormat",
+    "TableIdentifiers",
     "TOP_KEYS",
     "AlertingParams",
     "Bundle",
@@ -122,15 +132,17 @@ __all__ = [
     "open_session",
 ]
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
+READ_VERSIONS = (7, 8)  # 7: no table_identifiers
+_MODEL_ID_VERSION = 7  # the graphs' and registries' contract in the model id: version 8 added metadata only
 BUNDLE_JSON = "bundle.json"
 GRAPH_FILES = {"clean": "clean.onnx", "scoring": "scoring.onnx", "step": "step.onnx"}
 GRAPH_INPUTS = ("X", "M_miss", "Flags")  # the window graphs: the windows as the pipeline writes them
 MAX_JSON_BYTES = 16 * 1024 * 1024
 TOP_KEYS = (
     "schema_version", "model_id", "dims", "dt_seconds", "feature_registry", "flag_registry", "column_mapping",
-    "pipeline_spec", "scaler", "heads", "class_names", "scoring", "signals", "stream", "calibration", "alerting",
-    "fleet",
+    "table_identifiers", "pipeline_spec", "scaler", "heads", "class_names", "scoring", "signals", "stream",
+    "calibration", "alerting", "fleet",
     "score_reference", "feature_reference", "versions", "checksums", "data_fingerprint", "parity",
 )  # fmt: skip
 _FLOAT, _INT64 = "tensor(float)", "tensor(int64)"
@@ -369,6 +381,45 @@ class ScoreReference:
 
 
 @dataclass(frozen=True)
+class TableIdentifiers:
+    """The training table's turbine-id and time columns, and the IANA zone of its stamps without an offset (None:
+    such stamps were refused): scada-prepare's data.identifiers, replay's defaults."""
+
+    turbine_id_col: str
+    time_col: str
+    naive_timezone: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> TableIdentifiers:
+        s = _Section(d, ("turbine_id_col", "time_col", "naive_timezone"), "table_identifiers")
+        cols = {k: s.typed(k, str) for k in ("turbine_id_col", "time_col")}
+        if not all(cols.values()) or cols["turbine_id_col"] == cols["time_col"]:
+            raise _fail(f"table_identifiers: two distinct non-empty column names expected, got {cols}")
+        zone = d["naive_timezone"]
+        problem = zone_problem(zone, "table_identifiers.naive_timezone") if isinstance(zone, str) else None
+        if (zone is not None and not isinstance(zone, str)) or problem:
+            raise _fail(problem or f"table_identifiers.naive_timezone: a zone name or null expected, got {zone!r}")
+        return cls(**cols, naive_timezone=zone)
+
+
+# what a bundle of schema 7 (no table_identifiers) leaves replay to assume: runtime.yaml's old defaults
+SCHEMA7_IDENTIFIERS = TableIdentifiers("turbine_id", "timestamp", None)
+
+
+class TableFormat(NamedTuple):
+    """A raw table's layout as replay reads it: channel -> column, the turbine-id and time columns, the zone of
+    stamps without an offset."""
+
+    columns: dict[str, str]
+    turbine_id_col: str
+    time_col: str
+    naive_timezone: str | None
+
+
+@dataclass(frozen=True)
 class Versions:
     torch: str
     onnx: str
@@ -459,6 +510,7 @@ class BundleContents:
     feature_registry: FeatureRegistry
     flag_registry: FlagRegistry
     column_mapping: dict[str, str]
+    table_identifiers: TableIdentifiers | None  # None: a bundle of schema 7
     spec: PipelineSpec
     scaler: RobustScaler
     heads: Heads
@@ -483,6 +535,7 @@ class BundleContents:
             "feature_registry": self.feature_registry.to_dict(),
             "flag_registry": self.flag_registry.to_dict(),
             "column_mapping": dict(self.column_mapping),
+            "table_identifiers": None if self.table_identifiers is None else self.table_identifiers.to_dict(),
             "pipeline_spec": self.spec.to_dict(),
             "scaler": self.scaler.to_dict(),
             "heads": self.heads.to_dict(),
@@ -516,6 +569,9 @@ class BundleContents:
             feature_registry=_nested(FeatureRegistry.from_dict, doc["feature_registry"], "feature_registry"),
             flag_registry=_nested(FlagRegistry.from_dict, doc["flag_registry"], "flag_registry"),
             column_mapping=top.str_map("column_mapping"),
+            table_identifiers=None
+            if doc.get("table_identifiers") is None
+            else TableIdentifiers.from_dict(doc["table_identifiers"]),
             spec=spec,
             scaler=scaler,
             heads=Heads.from_dict(doc["heads"]),
@@ -609,6 +665,7 @@ class Bundle(BundleContents):
     """A loaded, validated bundle. `graphs` holds the verified bytes of each graph (open with `open_session`)."""
 
     path: Path = Path()
+    schema_version: int = SCHEMA_VERSION
     model_id: str = ""
     bundle_id: str = ""
     checksums: dict[str, str] = field(default_factory=dict)
@@ -618,14 +675,25 @@ class Bundle(BundleContents):
     def clean_outputs(self) -> tuple[str, ...]:
         return self.heads.clean_outputs
 
+    @property
+    def table_format(self) -> TableFormat:
+        """The training table's layout (a bundle of schema 7: its columns and `SCHEMA7_IDENTIFIERS`)."""
+        ids = self.table_identifiers or SCHEMA7_IDENTIFIERS
+        return TableFormat(dict(self.column_mapping), ids.turbine_id_col, ids.time_col, ids.naive_timezone)
+
     def to_dict(self) -> dict[str, Any]:
-        """The whole bundle.json document, keys in the documented order."""
-        doc = {"schema_version": SCHEMA_VERSION, "model_id": self.model_id, **super().to_dict(),
+        """The whole bundle.json document, keys in the documented order (of its schema version)."""
+        doc = {"schema_version": self.schema_version, "model_id": self.model_id, **super().to_dict(),
                "checksums": dict(self.checksums)}  # fmt: skip
-        return {k: doc[k] for k in TOP_KEYS}
+        return {k: doc[k] for k in top_keys(self.schema_version)}
 
 
 # ----------------------------------------------------------------------------------------------- checks
+
+
+def top_keys(version: int) -> tuple[str, ...]:
+    """bundle.json's top-level keys in schema `version` (7 has no table_identifiers)."""
+    return TOP_KEYS if version == SCHEMA_VERSION else tuple(k for k in TOP_KEYS if k != "table_identifiers")
 
 
 def graph_names(b: BundleContents) -> tuple[str, ...]:
@@ -635,7 +703,7 @@ def graph_names(b: BundleContents) -> tuple[str, ...]:
 
 def compute_model_id(checksums: Mapping[str, str], feature_registry: Mapping, flag_registry: Mapping) -> str:
     """sha256 over the graphs' checksums (in file-name order) and the canonical JSON of both registries."""
-    h = hashlib.sha256(f"scada-tcn-bundle/{SCHEMA_VERSION}\n".encode())
+    h = hashlib.sha256(f"scada-tcn-bundle/{_MODEL_ID_VERSION}\n".encode())
     for name in sorted(checksums):
         h.update(f"{name}:{checksums[name]}\n".encode())
     h.update(canonical_json({"feature_registry": feature_registry, "flag_registry": flag_registry}))
@@ -643,8 +711,8 @@ def compute_model_id(checksums: Mapping[str, str], feature_registry: Mapping, fl
 
 
 def compute_bundle_id(doc: Mapping[str, Any]) -> str:
-    """sha256 over the canonical JSON of a whole bundle.json document (`Bundle.bundle_id`)."""
-    h = hashlib.sha256(f"scada-tcn-bundle-json/{SCHEMA_VERSION}\n".encode())
+    """sha256 over the canonical JSON of a whole bundle.json document (`Bundle.bundle_id`), under its version."""
+    h = hashlib.sha256(f"scada-tcn-bundle-json/{doc['schema_version']}\n".encode())
     h.update(canonical_json(doc))
     return h.hexdigest()
 
@@ -728,20 +796,24 @@ def open_session(
 
 def _parse(doc: dict[str, Any], path: Path, graphs: dict[str, bytes]) -> Bundle:
     """Validate a bundle.json document (whose schema version was checked) and build the Bundle."""
-    _Section(doc, TOP_KEYS, "<top level>")
+    keys = top_keys(doc["schema_version"])
+    _Section(doc, keys, "<top level>")
+    if doc["schema_version"] == SCHEMA_VERSION and doc["table_identifiers"] is None:
+        raise _fail("table_identifiers: null; a bundle of this version names the training table's id and time "
+                    "columns (data.identifiers): export the model again")  # fmt: skip
     contents = BundleContents.from_dict(doc)
     files = tuple(sorted(GRAPH_FILES[g] for g in graph_names(contents)))
     checksums = _Section(doc["checksums"], files, "checksums").d
     for k, v in checksums.items():
         if not isinstance(v, str) or len(v) != 64 or any(c not in "0123456789abcdef" for c in v):
             raise _fail(f"checksums.{k}: expected a lowercase sha256 hex digest, got {v!r}")
-    model_id = _Section(doc, TOP_KEYS, "<top level>").typed("model_id", str)
+    model_id = _Section(doc, keys, "<top level>").typed("model_id", str)
     expected_id = compute_model_id(checksums, doc["feature_registry"], doc["flag_registry"])
     if model_id != expected_id:
         raise _fail(f"model_id {model_id!r} does not match the graphs and registries (expected {expected_id!r})")
     fields = {f.name: getattr(contents, f.name) for f in dataclasses.fields(BundleContents)}
-    return Bundle(**fields, path=path, model_id=model_id, bundle_id=compute_bundle_id(doc),
-                  checksums=dict(checksums), graphs=graphs)  # fmt: skip
+    return Bundle(**fields, path=path, schema_version=doc["schema_version"], model_id=model_id,
+                  bundle_id=compute_bundle_id(doc), checksums=dict(checksums), graphs=graphs)  # fmt: skip
 
 
 def _reject_constant(name: str) -> None:
@@ -763,9 +835,9 @@ def load_bundle(path: str | Path, check_graphs: bool = True) -> Bundle:
     if not isinstance(doc, dict):
         raise _fail(f"expected a JSON object at the top level, got {type(doc).__name__}")
     version = doc.get("schema_version")
-    if version != SCHEMA_VERSION or isinstance(version, bool):
+    if version not in READ_VERSIONS or type(version) is not int:
         raise _fail(
-            f"schema_version {version!r} is not supported (this runtime reads version {SCHEMA_VERSION}); "
+            f"schema_version {version!r} is not supported (this runtime reads versions {READ_VERSIONS}); "
             "export the model again with a scada-export of the same release as this runtime"
         )
     graphs: dict[str, bytes] = {}

@@ -170,12 +170,17 @@ class StateCfg:
 @dataclass(frozen=True)
 class MappingCfg:
     columns: dict[str, str] = _f({}, "channel -> payload key / table column; empty = the bundle's training mapping")
-    turbine_id_col: str = _f("turbine_id", "replay: column of the turbine id")
-    time_col: str = _f("timestamp", "replay: column of the timestamp (ISO-8601 with offset, or epoch seconds)")
+    turbine_id_col: str | None = _f(
+        None, "replay: column of the turbine id; null = the training table's (the bundle's table_identifiers)"
+    )
+    time_col: str | None = _f(
+        None,
+        "replay: column of the timestamp (ISO-8601 with offset, or epoch seconds); null = the training table's",
+    )
     naive_timezone: str | None = _f(
         None,
-        "replay: IANA zone of stamps without offset (times a DST change repeats or skips are refused); None = "
-        "refuse them",
+        "replay: IANA zone of stamps without offset (times a DST change repeats or skips are refused); null = the "
+        "training table's (the bundle's table_identifiers; none there: such stamps are refused)",
     )
 
 

@@ -6,9 +6,10 @@ Contract
   `csv_table.csv_columns` as scada-prepare reads CSV (a Parquet file is refused with the command that converts
   it, since the edge install carries no Parquet reader), with one row per turbine and timestamp, in the training
   table's format. Columns map to the bundle's channels through runtime.yaml's `mapping`
-  section (`columns`, `turbine_id_col`, `time_col`, `naive_timezone`); with no `columns` the bundle's training
-  mapping is used, so a table in the training format replays with no mapping given. Stamps: ISO-8601 with a UTC
-  offset, or epoch seconds; naive stamps need `naive_timezone`. Value cells are read by `cells.parse_numbers`,
+  section (`columns`, `turbine_id_col`, `time_col`, `naive_timezone`); each one it leaves unset is the training
+  table's (`Bundle.table_format`: the column mapping and data.identifiers that scada-export recorded), so a table
+  in the training format replays with no mapping given. Stamps: ISO-8601 with a UTC offset, or epoch seconds;
+  naive stamps need a zone. Value cells are read by `cells.parse_numbers`,
   as scada-prepare reads them: non-numeric cells and +-inf become missing (non-numeric ones counted per channel).
 * The table is parsed in chunks of `CHUNK_ROWS` rows, then fed to the same `Engine` as `run` in time order,
   about `FEED_STEPS` steps of every turbine at a time, and at least `FEED_MIN_ROWS` rows (`Engine.ingest_many`,
@@ -46,6 +47,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from scada_tcn.runtime.bundle import TableFormat
 from scada_tcn.runtime.cells import first_text, is_number, no_numbers, parse_numbers
 from scada_tcn.runtime.csv_table import CSV_KINDS, PARQUET_KINDS, csv_columns, table_files
 from scada_tcn.runtime.daemon_config import MappingCfg
@@ -64,7 +66,8 @@ from scada_tcn.runtime.telemetry import (
 )
 
 __all__ = [
-    "CHUNK_ROWS", "FEED_MIN_ROWS", "FEED_STEPS", "Text", "in_time_order", "replay", "replay_file", "table_chunks"
+    "CHUNK_ROWS", "FEED_MIN_ROWS", "FEED_STEPS", "Text", "in_time_order", "replay", "replay_file", "table_chunks",
+    "table_format",
 ]  # fmt: skip
 
 CHUNK_ROWS = 50_000  # rows parsed per chunk
@@ -96,7 +99,8 @@ def _read_chunks(path: Path, columns: Sequence[str], rows: int) -> Iterator[dict
             'index=False)"'
         )
     for f in files:
-        yield from csv_columns(f, columns, rows, "runtime.yaml's mapping (columns, turbine_id_col, time_col)")
+        yield from csv_columns(f, columns, rows, "runtime.yaml's mapping (columns, turbine_id_col, time_col; unset, "
+                               "the training table's, which the bundle records)")  # fmt: skip
 
 
 _ISO = re.compile(  # the ISO-8601 forms pandas reads with format="ISO8601" (scada-prepare), after strip(); see _iso_ns
@@ -221,28 +225,37 @@ def _stamps(cells: list[str], tz: Any, forms: dict[str, str], where: str, zone: 
     return np.array([t for t, _ in parsed], dtype=np.int64)
 
 
-def table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg, default_columns: dict[str, str],
+def table_format(mapping: MappingCfg, training: TableFormat) -> TableFormat:
+    """The layout replay reads: runtime.yaml's `mapping`, each part it leaves unset (no `columns`, a null column
+    or zone) the training table's."""
+    zone = training.naive_timezone if mapping.naive_timezone is None else mapping.naive_timezone
+    return TableFormat(dict(mapping.columns) or dict(training.columns), mapping.turbine_id_col or
+                       training.turbine_id_col, mapping.time_col or training.time_col, zone)  # fmt: skip
+
+
+def table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg, training: TableFormat,
                  rows: int) -> Iterator[tuple[list[str], np.ndarray, np.ndarray, dict[str, Text]]]:  # fmt: skip
-    """Per chunk of at most `rows` rows: (turbine ids, ts_ns (n,) int64, values (n, C) float64, per channel with
-    non-numeric cells their `Text`)."""
+    """Per chunk of at most `rows` rows of the table laid out as `table_format(mapping, training)` says: (turbine
+    ids, ts_ns (n,) int64, values (n, C) float64, per channel with non-numeric cells their `Text`)."""
     p = Path(path)
-    colmap = dict(mapping.columns) or dict(default_columns)
+    layout = table_format(mapping, training)
+    colmap, id_col, time_col = layout.columns, layout.turbine_id_col, layout.time_col
     missing = [c for c in channels if c not in colmap]
     if missing:
         raise InputError(f"mapping.columns: no column for channels {missing}; the bundle needs {list(channels)}")
     tz = None
-    if mapping.naive_timezone is not None:
+    if layout.naive_timezone is not None:
         from zoneinfo import ZoneInfo
 
-        tz = ZoneInfo(mapping.naive_timezone)
-    cols = [mapping.turbine_id_col, mapping.time_col] + [colmap[c] for c in channels]
+        tz = ZoneInfo(layout.naive_timezone)
+    cols = [id_col, time_col] + [colmap[c] for c in channels]
     forms: dict[str, str] = {}  # each stamp form seen -> an example: one form per table, as scada-prepare demands
     for data in _read_chunks(p, cols, rows):
-        ids = data[mapping.turbine_id_col]
+        ids = data[id_col]
         problems = sorted(filter(None, map(turbine_id_problem, set(ids))))  # the rule scada-prepare applies
         if problems:
-            raise InputError(f"{p}: column {mapping.turbine_id_col!r}: {problems[0]} ({len(problems)} such ids)")
-        ts = _stamps(data[mapping.time_col], tz, forms, f"{p}: column {mapping.time_col!r}", mapping.naive_timezone)
+            raise InputError(f"{p}: column {id_col!r}: {problems[0]} ({len(problems)} such ids)")
+        ts = _stamps(data[time_col], tz, forms, f"{p}: column {time_col!r}", layout.naive_timezone)
         values = np.empty((len(ids), len(channels)))
         text: dict[str, Text] = {}
         for j, c in enumerate(channels):
@@ -342,8 +355,7 @@ def replay(
 
     def parsed() -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
         text: dict[str, Text] = {}  # per channel, its first chunk's non-numeric cells
-        for ids, ts, values, bad in table_chunks(path, spec.channels, mapping, engine.bundle.column_mapping,
-                                                 chunk_rows):  # fmt: skip
+        for ids, ts, values, bad in table_chunks(path, spec.channels, mapping, engine.bundle.table_format, chunk_rows):
             for c, t in bad.items():
                 non_numeric[c] += t.count
                 text.setdefault(c, t)
