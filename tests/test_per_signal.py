@@ -516,6 +516,35 @@ def test_levels_per_turbine_for_some_groups_keep_the_pooled_levels_of_the_others
     assert len({lv[int(np.flatnonzero(own)[0])] for lv in some.levels.per_turbine.values()}) > 1
 
 
+def test_a_turbine_level_that_comes_out_at_or_below_zero_keeps_the_pooled_level(signal_run, bundle):
+    """A turbine whose power aggregate never rises above its baseline on validation (it runs below its peers, or
+    is predicted exactly) had its own level floored at 1e-6, so any later rise alerted with a ratio in the
+    millions (a user's 6-turbine farm, twenty-second session: 7 of 30 own levels, a score of 1.4e6). It keeps the
+    pooled level for that monitor instead, said in the log."""
+    import dataclasses
+
+    from scada_tcn.trainer.config import load_config
+    from scada_tcn.trainer.data.store import PreparedData
+    from scada_tcn.trainer.evaluation.signals import fit_levels, signal_steps
+    from tests.conftest import CONFIG
+
+    cfg = load_config(CONFIG, [*signal_run[1], "infer.signals.per_turbine=true", "infer.signals.min_steps=1"])
+    steps = signal_steps(PreparedData(cfg), cfg, ("val",), _resid(OnnxScorer(bundle)))
+    before, _ = fit_levels(steps, PreparedData(cfg), cfg)
+    spec = before.spec
+    f = list(spec.features).index("power")
+    m = list(spec.monitor_names).index("power")
+    low = {"above": -100.0, "below": 100.0, "both": 0.0}[spec.direction[f]]  # the smallest deviation there is
+    quiet = sorted(before.levels.per_turbine)[0]
+    resid = steps.resid.copy()
+    resid[steps.turbine == quiet, f] = low
+    said: list[str] = []
+    after, _ = fit_levels(dataclasses.replace(steps, resid=resid), PreparedData(cfg), cfg, said.append)
+    assert after.levels.per_turbine[quiet][m] == after.levels.pooled[m] > 1e-3
+    assert any(f"{quiet} power" in line and "never rose above its baseline" in line for line in said), said
+    assert all(x > 1e-6 for lv in after.levels.per_turbine.values() for x in lv)
+
+
 def _resid(scorer: OnnxScorer):
     def residuals(X: np.ndarray, M: np.ndarray, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out = scorer.score(X, M, F)

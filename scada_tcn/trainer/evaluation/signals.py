@@ -16,7 +16,10 @@ with the fleet baseline, peers):
 * the tracker over the split, then each monitor's level: for a monitored feature `level_margin` x the
   `percentile` of its aggregate, for a stuck check max(`stuck_min_run`, `stuck_margin` x its longest run);
   pooled, and per turbine for turbines with `min_steps` validation steps when asked (only the monitors of
-  `turbine_groups` when given; the others keep the pooled level).
+  `turbine_groups` when given; the others keep the pooled level). A turbine's level that comes out <= 0 (under a
+  fleet baseline: its aggregate never rose above its peers' on the normal validation steps) is no level: the
+  turbine keeps the pooled one for that monitor (logged), where the floor of 1e-6 made every rise above its peers
+  an alert with a ratio in the millions.
 """
 
 from __future__ import annotations
@@ -225,7 +228,9 @@ def fit_levels(steps: SignalSteps, data: PreparedData, cfg: RootCfg, log: Callab
     values = res[[f"value_{m}" for m in spec.monitor_names]].to_numpy(copy=True)
     values[steps.label] = np.nan  # a run or an aggregate during a fault is not a normal one
     n_feat = len(spec.monitor_features)
-    pooled = _levels(values, n_feat, cfg)
+    fitted = _levels(values, n_feat, cfg)
+    degenerate = [f"pooled {m}" for m in np.asarray(spec.monitor_names)[fitted <= _MIN_LEVEL]]
+    pooled = np.maximum(fitted, _MIN_LEVEL)  # a level must be > 0: a ratio divides by it
     per_turbine, fallbacks = {}, {}
     own = spec.monitor_groups_in(sg.turbine_groups) if sg.turbine_groups else np.ones(len(pooled), dtype=bool)
     if sg.per_turbine:
@@ -233,10 +238,15 @@ def fit_levels(steps: SignalSteps, data: PreparedData, cfg: RootCfg, log: Callab
             v = values[res["turbine_id"].to_numpy() == t]
             n = int(np.isfinite(v[:, :n_feat]).all(axis=1).sum())
             if n >= sg.min_steps:
-                per_turbine[t] = tuple(np.where(own, _levels(v, n_feat, cfg), pooled).tolist())
+                fitted = _levels(v, n_feat, cfg)
+                per_turbine[t] = tuple(np.where(own & (fitted > _MIN_LEVEL), fitted, pooled).tolist())
+                degenerate += [f"{t} {m}" for m in np.asarray(spec.monitor_names)[own & (fitted <= _MIN_LEVEL)]]
             else:
                 fallbacks[t] = f"{n} validation steps < min_steps={sg.min_steps}; uses the pooled levels"
-    levels = SignalLevels(tuple(pooled), per_turbine, fallbacks, float(sg.percentile),
+    if degenerate:
+        log(f"levels <= 0 (the aggregate never rose above its baseline on validation): {', '.join(degenerate)}; "
+            f"a turbine's keeps the pooled level, the pooled one is {_MIN_LEVEL} (check that monitor)")  # fmt: skip
+    levels = SignalLevels(tuple(pooled.tolist()), per_turbine, fallbacks, float(sg.percentile),
                           int(np.isfinite(values).any(axis=1).sum()))  # fmt: skip
     log(f"per-signal levels ({levels.n_steps} validation steps): "
         + ", ".join(f"{m} {v:.3g}" for m, v in zip(spec.monitor_names, pooled)))  # fmt: skip
@@ -247,8 +257,12 @@ def fit_levels(steps: SignalSteps, data: PreparedData, cfg: RootCfg, log: Callab
     return params, scores[np.isfinite(scores) & tracked["scored"].to_numpy() & ~steps.label]
 
 
-def _levels(values: np.ndarray, n_feat: int, cfg: RootCfg) -> list[float]:
-    """Monitored features: the percentile of the aggregate; stuck checks: max(min run, margin x longest run)."""
+_MIN_LEVEL = 1e-6  # a level at or below this is none
+
+
+def _levels(values: np.ndarray, n_feat: int, cfg: RootCfg) -> np.ndarray:
+    """Monitored features: margin x the percentile of the aggregate (<= 0 when it never rose above the baseline);
+    stuck checks: max(min run, margin x longest run)."""
     sg = cfg.infer.signals
     out = []
     for j in range(values.shape[1]):
@@ -257,5 +271,5 @@ def _levels(values: np.ndarray, n_feat: int, cfg: RootCfg) -> list[float]:
             level = sg.level_margin * float(np.percentile(v, sg.percentile)) if v.size else 1.0
         else:
             level = max(float(sg.stuck_min_run), sg.stuck_margin * float(v.max(initial=0.0)))
-        out.append(level if level > 1e-6 else 1e-6)  # a level must be > 0: a ratio divides by it
-    return out
+        out.append(level)
+    return np.array(out, dtype=np.float64)
