@@ -43,6 +43,25 @@ def test_score_timeline_png(tmp_path):
     assert _png_size(with_gaps.read_bytes()) == (1200, 400)
 
 
+def test_a_score_far_above_its_threshold_is_drawn_on_a_log_scale_above_it(tmp_path):
+    """A user's farm published a score of 1.4e6 (a level near zero): on a linear axis every other step, the
+    threshold and the crossings lay on one flat line. At LOG_ABOVE x the threshold the axis turns logarithmic
+    above the threshold, linear below it; ordinary timelines keep the linear axis."""
+    from scada_tcn.trainer.evaluation.plots import LOG_ABOVE, score_axis
+
+    rng = np.random.default_rng(0)
+    score = 0.5 + 0.2 * rng.standard_normal(TS.size)
+    thr = np.full(TS.size, 1.0)
+    assert score_axis(score, thr)[0] == "linear"
+    score[100:110] = 1.4e6
+    scale, (lo, hi, linear_to) = score_axis(score, thr)
+    assert scale == "symlog" and linear_to == 1.0 and lo < float(score.min()) and hi > 1.4e6
+    assert score_axis(np.full(TS.size, LOG_ABOVE * 0.99), thr)[0] == "linear"
+    assert score_axis(np.full(TS.size, np.nan), thr)[0] == "linear"  # no score at all: the threshold alone
+    out = plot_score_timeline(tmp_path / "peak.png", TS, score, 1.0, [(int(TS[100]), int(TS[110]))], [], "T01")
+    assert _png_size(out.read_bytes()) == (1200, 400)
+
+
 def test_contribution_heatmap_png(tmp_path):
     contrib = np.abs(np.random.default_rng(1).standard_normal((72, 6)))
     contrib[36:, 4] += 3.0

@@ -98,13 +98,29 @@ def plot_score_timeline(
     handles += [Patch(color="tab:orange", alpha=0.25, label="alert"), Patch(color="tab:red", label="labelled fault")]
     ax.legend(handles=handles, loc="upper left", fontsize=8)
     ax.set_xlim(t[0], t[-1])
-    both = np.concatenate([s, thr])  # a score may be NaN (a fleet-relative score without peers): a gap in the line
-    lo, hi = float(np.nanmin(both)), float(np.nanmax(both))
-    ax.set_ylim(lo - 0.05 * (hi - lo or 1.0), hi + 0.25 * (hi - lo or 1.0))  # headroom for the fault band
-    ax.set_ylabel("anomaly score")
+    scale, limits = score_axis(s, thr)
+    if scale == "symlog":  # linear up to the threshold, logarithmic above: a peak does not flatten the rest
+        ax.set_yscale("symlog", linthresh=limits[2])
+    ax.set_ylim(limits[0], limits[1])
+    ax.set_ylabel("anomaly score" + (f" (log scale above {limits[2]:g})" if scale == "symlog" else ""))
     ax.set_xlabel("time (UTC)")
     ax.set_title(title)
     return _save(fig, path)
+
+
+LOG_ABOVE = 20.0  # a score this many times the threshold (or more) is drawn on a log scale above the threshold
+
+
+def score_axis(score: np.ndarray, threshold: np.ndarray) -> tuple[str, tuple[float, float, float]]:
+    """A score timeline's y axis: ("linear", (low, high, 0)) with headroom for the fault band; or, when the score
+    reaches LOG_ABOVE x the threshold's largest value (a fault far above it, or a level near zero), ("symlog",
+    (low, high, threshold)): linear up to the threshold and logarithmic above, so the crossings stay readable."""
+    both = np.concatenate([score, threshold])  # a score may be NaN (a fleet-relative one without peers): a gap
+    lo, hi = float(np.nanmin(both)), float(np.nanmax(both))
+    top = float(np.nanmax(np.abs(threshold)))
+    if top > 0 and hi >= LOG_ABOVE * top:
+        return "symlog", (min(lo, 0.0) - 0.05 * top, hi * 4.0, top)  # x4: a decade's fraction for the fault band
+    return "linear", (lo - 0.05 * (hi - lo or 1.0), hi + 0.25 * (hi - lo or 1.0), 0.0)
 
 
 def plot_contribution_heatmap(
