@@ -66,8 +66,7 @@ from scada_tcn.runtime.telemetry import (
 )
 
 __all__ = [
-    "CHUNK_ROWS", "FEED_MIN_ROWS", "FEED_STEPS", "Text", "in_time_order", "replay", "replay_file", "table_chunks",
-    "table_format",
+    "CHUNK_ROWS", "FEED_MIN_ROWS", "FEED_STEPS", "Text", "in_time_order", "replay", "replay_file", "table_chunks"
 ]  # fmt: skip
 
 CHUNK_ROWS = 50_000  # rows parsed per chunk
@@ -225,7 +224,7 @@ def _stamps(cells: list[str], tz: Any, forms: dict[str, str], where: str, zone: 
     return np.array([t for t, _ in parsed], dtype=np.int64)
 
 
-def table_format(mapping: MappingCfg, training: TableFormat) -> TableFormat:
+def _layout(mapping: MappingCfg, training: TableFormat) -> TableFormat:
     """The layout replay reads: runtime.yaml's `mapping`, each part it leaves unset (no `columns`, a null column
     or zone) the training table's."""
     zone = training.naive_timezone if mapping.naive_timezone is None else mapping.naive_timezone
@@ -235,10 +234,10 @@ def table_format(mapping: MappingCfg, training: TableFormat) -> TableFormat:
 
 def table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg, training: TableFormat,
                  rows: int) -> Iterator[tuple[list[str], np.ndarray, np.ndarray, dict[str, Text]]]:  # fmt: skip
-    """Per chunk of at most `rows` rows of the table laid out as `table_format(mapping, training)` says: (turbine
+    """Per chunk of at most `rows` rows of the table laid out as `_layout(mapping, training)` says: (turbine
     ids, ts_ns (n,) int64, values (n, C) float64, per channel with non-numeric cells their `Text`)."""
     p = Path(path)
-    layout = table_format(mapping, training)
+    layout = _layout(mapping, training)
     colmap, id_col, time_col = layout.columns, layout.turbine_id_col, layout.time_col
     missing = [c for c in channels if c not in colmap]
     if missing:
@@ -261,8 +260,9 @@ def table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg,
         for j, c in enumerate(channels):
             cells = data[colmap[c]]
             values[:, j], n = parse_numbers(cells)
-            if n:
-                text[c] = Text(colmap[c], n, first_text(cells) or "")
+            if n:  # the first text cell is among the missing values: the rest need no second look
+                missing_at = np.flatnonzero(np.isnan(values[:, j])).tolist()
+                text[c] = Text(colmap[c], n, first_text(cells[i] for i in missing_at) or "")
         yield ids, ts, values, text
 
 

@@ -238,9 +238,9 @@ def fit_levels(steps: SignalSteps, data: PreparedData, cfg: RootCfg, log: Callab
             v = values[res["turbine_id"].to_numpy() == t]
             n = int(np.isfinite(v[:, :n_feat]).all(axis=1).sum())
             if n >= sg.min_steps:
-                fitted = _levels(v, n_feat, cfg)
-                per_turbine[t] = tuple(np.where(own & (fitted > _MIN_LEVEL), fitted, pooled).tolist())
-                degenerate += [f"{t} {m}" for m in np.asarray(spec.monitor_names)[own & (fitted <= _MIN_LEVEL)]]
+                mine = _levels(v, n_feat, cfg)
+                per_turbine[t] = tuple(np.where(own & (mine > _MIN_LEVEL), mine, pooled).tolist())
+                degenerate += [f"{t} {m}" for m in np.asarray(spec.monitor_names)[own & (mine <= _MIN_LEVEL)]]
             else:
                 fallbacks[t] = f"{n} validation steps < min_steps={sg.min_steps}; uses the pooled levels"
     if degenerate:
