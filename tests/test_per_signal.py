@@ -545,6 +545,30 @@ def test_a_turbine_level_that_comes_out_at_or_below_zero_keeps_the_pooled_level(
     assert all(x > 1e-6 for lv in after.levels.per_turbine.values() for x in lv)
 
 
+def test_a_centred_level_puts_the_margin_on_the_spread_above_the_median_aggregate():
+    """level_centred: a monitor's level is its median aggregate c + margin x (percentile p - c), so a turbine
+    that runs above its peers is not given the margin on its offset too, and one that runs a little below them
+    gets a level above its typical value instead of none; stuck checks are unchanged."""
+    from scada_tcn.trainer.config import load_config
+    from scada_tcn.trainer.evaluation.signals import _levels
+    from tests.conftest import CONFIG
+
+    rng = np.random.default_rng(0)
+    above = 2.0 + rng.uniform(-1, 1, 999)  # runs above its peers: median 2, max < 3
+    below = -1.2 + rng.uniform(-1, 1, 999)  # runs below them: every aggregate < 0
+    values = np.stack([above, below, rng.integers(0, 30, 999).astype(float)], axis=1)
+    values[::7, 0] = np.nan  # steps without a value are left out
+    ov = ["infer.signals.level_margin=2.5", "infer.signals.percentile=100", "infer.signals.stuck_margin=1.5"]
+    plain = _levels(values, 2, load_config(CONFIG, ov))
+    centred = _levels(values, 2, load_config(CONFIG, [*ov, "infer.signals.level_centred=true"]))
+    for j in range(2):
+        v = values[:, j][np.isfinite(values[:, j])]
+        c, p = np.median(v), v.max()
+        assert plain[j] == pytest.approx(2.5 * p) and centred[j] == pytest.approx(c + 2.5 * (p - c))
+    assert centred[0] < plain[0] and plain[1] < 0 < centred[1]
+    assert centred[2] == plain[2] == 1.5 * values[:, 2].max()
+
+
 def _resid(scorer: OnnxScorer):
     def residuals(X: np.ndarray, M: np.ndarray, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out = scorer.score(X, M, F)

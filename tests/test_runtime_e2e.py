@@ -873,7 +873,8 @@ def test_replay_reads_a_gzipped_table_and_refuses_one_that_is_not_utf8_csv(
     bundle_dir, timeline, tmp_path, replayed, capsys, monkeypatch
 ):
     """A .csv.gz replays to the plain table's records; a .gz that is not gzip, a Latin-1 file, an output in a
-    missing folder and no room for the temporary file are refused (exit 2, what and why named, no traceback)."""
+    missing folder, a read-only output and no room for the temporary file are refused (exit 2, what and why named,
+    no traceback), each leaving the earlier replay's output as it was and no partial file."""
     from scada_tcn.runtime.cli import main
 
     plain = Path(timeline[2]).read_bytes()
@@ -881,7 +882,9 @@ def test_replay_reads_a_gzipped_table_and_refuses_one_that_is_not_utf8_csv(
     table.write_bytes(gzip.compress(plain))
     out = tmp_path / "gz.jsonl"
     assert main(["replay", "--bundle", str(bundle_dir), "--input", str(table), "--out", str(out)]) == 0
-    assert {k: next(iter(v)) for k, v in by_key(out.read_bytes().splitlines()).items()} == replayed
+    scored = out.read_bytes()
+    assert {k: next(iter(v)) for k, v in by_key(scored.splitlines()).items()} == replayed
+    assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # a plain file's mode, not a temp file's
     capsys.readouterr()
     latin1 = plain.replace(b"\n", "é\n".encode("latin-1"), 3)
     for name, data, why in (("fake.csv.gz", plain, "not a UTF-8 CSV file (gzip)"),
@@ -893,6 +896,12 @@ def test_replay_reads_a_gzipped_table_and_refuses_one_that_is_not_utf8_csv(
     missing = tmp_path / "no_such_folder" / "scores.jsonl"
     assert main(["replay", "--bundle", str(bundle_dir), "--input", str(table), "--out", str(missing)]) == 2
     assert "replay: cannot write the output" in capsys.readouterr().err
+    out.chmod(0o444)
+    if not os.access(out, os.W_OK):  # root may write a read-only file
+        assert main(["replay", "--bundle", str(bundle_dir), "--input", str(table), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "replay: cannot write the output" in err and "read-only" in err
+    out.chmod(0o644)
 
     def full(*a, **k):
         raise OSError(28, "No space left on device")
@@ -901,6 +910,13 @@ def test_replay_reads_a_gzipped_table_and_refuses_one_that_is_not_utf8_csv(
     assert main(["replay", "--bundle", str(bundle_dir), "--input", str(table), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert f"cannot keep the parsed table in {tmp_path}" in err and "No space left" in err
+    assert out.read_bytes() == scored and not list(tmp_path.glob("*.partial"))  # refused: the old output stays
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @ENGINES

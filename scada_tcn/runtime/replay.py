@@ -24,8 +24,10 @@ Contract
   wall clock is involved. `progress(counts)` follows every chunk read (`read`) and every `CHUNK_ROWS` rows scored
   (`rows`).
 * Output: `out` gets exactly the score-topic payloads `run` would publish (warm-up records included), one JSON
-  object per line, in closing order; `alerts_out`, when given, the alert transitions. Returns a summary dict:
-  the counts and the non-numeric cells per channel.
+  object per line, in closing order; `alerts_out`, when given, the alert transitions. Both are written to new
+  files beside them that take their names when the replay ends (`_output`): a refused or interrupted replay
+  leaves no partial output, and an output of an earlier replay stays as it was. Returns a summary dict: the
+  counts and the non-numeric cells per channel.
 Refused (InputError): a missing file or column, a file that is not UTF-8 CSV (or not gzip when named .gz), a row
 with more cells than the header (`csv_table`), unparseable or naive stamps without a zone, a channel whose cells
 are text and not one a number (decimal commas: `cells.no_numbers`, scada-prepare's refusal, given once the whole
@@ -38,12 +40,14 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import os
 import re
+import secrets
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -331,6 +335,33 @@ def _few_collections() -> Iterator[None]:
         gc.unfreeze()
 
 
+@contextlib.contextmanager
+def _output(path: str | Path, buffering: int) -> Iterator[BinaryIO]:
+    """A file to write `path` through: a new file beside it that takes its name only when the block ends without
+    an error, so a refused or interrupted replay leaves no partial output and an earlier output as it was. An
+    existing path that is not a regular file (a pipe, /dev/stdout) is written in place. Refused (InputError): a
+    folder that is not there or not writable, an existing output that is read-only."""
+    path = Path(path)
+    try:
+        if path.exists() and not path.is_file():
+            with open(path, "wb", buffering=buffering) as fh:
+                yield fh
+            return
+        if path.exists() and not os.access(path, os.W_OK):
+            raise PermissionError(13, "Permission denied (the existing file is read-only)", str(path))
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.partial"
+        fh = open(tmp, "xb", buffering=buffering)  # the mode a plain open() gives the output
+    except OSError as e:
+        raise InputError(f"replay: cannot write the output: {e}") from e
+    try:
+        with fh:
+            yield fh
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def replay(
     engine: Engine,
     path: str | Path,
@@ -372,11 +403,8 @@ def replay(
                                  "numeric column in runtime.yaml's mapping.columns")  # fmt: skip
 
     with contextlib.ExitStack() as stack:
-        try:
-            fh = stack.enter_context(open(out, "wb", buffering=_WRITE_BUFFER))
-            fa = stack.enter_context(open(alerts_out, "wb")) if alerts_out is not None else None
-        except OSError as e:
-            raise InputError(f"replay: cannot write the output: {e}") from e
+        fh = stack.enter_context(_output(out, _WRITE_BUFFER))
+        fa = stack.enter_context(_output(alerts_out, -1)) if alerts_out is not None else None
 
         def write(outputs: list) -> None:
             scores = [o for o in outputs if o.kind == "score"]

@@ -367,6 +367,7 @@ class SignalsCfg:
     skip_flags: list[str] = field(default_factory=list)  # steps with one of these flags on are not scored
     percentile: float = 100.0  # each monitored feature's level: this percentile of its aggregate on validation ...
     level_margin: float = 2.0  # ... times this margin (>= 1: room for the months validation did not see)
+    level_centred: bool = False  # true: median + margin x (percentile - median), the margin on the spread only
     # stuck-signal checks, one per features.repeat_channels entry (the channel, or its difference, as the feature)
     stuck_move_quantile: float = 0.5  # "expected to move": the prediction changed more than this quantile
     stuck_margin: float = 1.5  # a stuck check's level: margin x its longest run on validation ...

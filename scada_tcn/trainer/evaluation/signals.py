@@ -13,13 +13,13 @@ with the fleet baseline, peers):
   median);
 * a stuck check per `features.repeat_channels` entry, its `min_move` the `stuck_move_quantile` of its
   feature's step-to-step prediction change;
-* the tracker over the split, then each monitor's level: for a monitored feature `level_margin` x the
-  `percentile` of its aggregate, for a stuck check max(`stuck_min_run`, `stuck_margin` x its longest run);
-  pooled, and per turbine for turbines with `min_steps` validation steps when asked (only the monitors of
-  `turbine_groups` when given; the others keep the pooled level). A turbine's level that comes out <= 0 (under a
-  fleet baseline: its aggregate never rose above its peers' on the normal validation steps) is no level: the
-  turbine keeps the pooled one for that monitor (logged), where the floor of 1e-6 made every rise above its peers
-  an alert with a ratio in the millions.
+* the tracker over the split, then each monitor's level: for a monitored feature `level_margin` x the `percentile` p
+  of its aggregate (with `level_centred`, its median c + `level_margin` x (p - c)), for a stuck check
+  max(`stuck_min_run`, `stuck_margin` x its longest run); pooled, and per turbine for turbines with `min_steps`
+  validation steps when asked (only the monitors of `turbine_groups` when given; the others keep the pooled level). A
+  turbine's level that comes out <= 0 (under a fleet baseline: its aggregate never rose above its peers' on the normal
+  validation steps) is no level: the turbine keeps the pooled one for that monitor (logged), where the floor of 1e-6
+  made every rise above its peers an alert with a ratio in the millions.
 """
 
 from __future__ import annotations
@@ -261,14 +261,16 @@ _MIN_LEVEL = 1e-6  # a level at or below this is none
 
 
 def _levels(values: np.ndarray, n_feat: int, cfg: RootCfg) -> np.ndarray:
-    """Monitored features: margin x the percentile of the aggregate (<= 0 when it never rose above the baseline);
-    stuck checks: max(min run, margin x longest run)."""
+    """Monitored features: margin x the percentile p of the aggregate (<= 0 when it never rose above the
+    baseline), or with `level_centred` its median c + margin x (p - c); stuck checks: max(min run, margin x
+    longest run)."""
     sg = cfg.infer.signals
     out = []
     for j in range(values.shape[1]):
         v = values[:, j][np.isfinite(values[:, j])]
         if j < n_feat:
-            level = sg.level_margin * float(np.percentile(v, sg.percentile)) if v.size else 1.0
+            c = float(np.median(v)) if sg.level_centred and v.size else 0.0
+            level = c + sg.level_margin * (float(np.percentile(v, sg.percentile)) - c) if v.size else 1.0
         else:
             level = max(float(sg.stuck_min_run), sg.stuck_margin * float(v.max(initial=0.0)))
         out.append(level)
