@@ -569,6 +569,35 @@ def test_a_centred_level_puts_the_margin_on_the_spread_above_the_median_aggregat
     assert centred[2] == plain[2] == 1.5 * values[:, 2].max()
 
 
+def test_series_passes_give_every_window_s_newest_residuals(signal_run):
+    """scada-export fits the residual scales and levels from passes over each turbine's series
+    (`SeriesResiduals`); a step's residuals and predictions equal those of its L-step window's newest step at every
+    step of the training and validation splits, series chunk edges included, and a model whose receptive field
+    exceeds L is refused."""
+    import torch
+
+    from scada_tcn.trainer.data.store import PreparedData
+    from scada_tcn.trainer.evaluation import signals as sig
+    from scada_tcn.trainer.model.reference import build_reference, checkpoint_config
+    from scada_tcn.trainer.model.signals import SignalModule
+
+    ckpt = torch.load(signal_run[0].parent / "run" / "checkpoints" / "best.pt", weights_only=False)
+    cfg = checkpoint_config(ckpt)
+    module = build_reference(ckpt, cfg).scoring
+    module.set_scale(torch.linspace(0.5, 2.0, module.F))
+    data = PreparedData(cfg)
+    windows = sig.signal_steps(data, cfg, ("train", "val"), sig.torch_residuals(module))
+    series = sig.signal_steps(data, cfg, ("train", "val"), sig.SeriesResiduals(module))
+    assert windows.scored.sum() > 2 * sig.SERIES_STEPS  # more than one pass per turbine
+    for k in ("turbine", "t_end", "scored", "present", "flags", "repeat", "split", "label"):
+        np.testing.assert_array_equal(getattr(series, k), getattr(windows, k), err_msg=k)
+    np.testing.assert_allclose(series.resid, windows.resid, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(series.pred, windows.pred, rtol=0, atol=1e-5)
+    short = SignalModule(module.model, module.model.receptive_field - 1, module.group_of)
+    with pytest.raises(ValueError, match="receptive field"):
+        sig.SeriesResiduals(short)
+
+
 def _resid(scorer: OnnxScorer):
     def residuals(X: np.ndarray, M: np.ndarray, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out = scorer.score(X, M, F)

@@ -64,13 +64,27 @@ class SignalModule(nn.Module):
             raise ValueError(f"SignalModule: X and M_miss must be (B, {self.L}, {self.F}), got {tuple(X.shape)}")
         if Flags.dim() != 3 or Flags.shape[:2] != X.shape[:2] or Flags.shape[2] != self.R:
             raise ValueError(f"SignalModule: Flags must be (B, {self.L}, {self.R}), got {tuple(Flags.shape)}")
-        B, G, L, F = X.shape[0], self.G, self.L, self.F
+        return self._passes(X, M_miss, Flags, self.hide)[:, :, -1, :].mul(self.own).sum(dim=1)
+
+    def predict_series(self, X: torch.Tensor, M_miss: torch.Tensor, Flags: torch.Tensor) -> torch.Tensor:
+        """(T, F): `predict` at every step of one series X, M_miss (T, F), Flags (T, R), each step with the series
+        before it as context. A step's prediction depends on its last `model.receptive_field` steps only, so from
+        that step on it equals `predict` of the window ending there when the receptive field fits in L."""
+        T = X.shape[0]
+        if X.dim() != 2 or X.shape[1] != self.F or M_miss.shape != X.shape or Flags.shape != (T, self.R):
+            raise ValueError(f"SignalModule.predict_series: X, M_miss (T, {self.F}), Flags (T, {self.R}); got "
+                             f"{tuple(X.shape)}, {tuple(M_miss.shape)}, {tuple(Flags.shape)}")  # fmt: skip
+        hide = self.hide[:, :1, :].expand(self.G, T, self.F)  # every step hides the same group
+        return self._passes(X[None], M_miss[None], Flags[None], hide)[0].mul(self.own[:, None, :]).sum(dim=0)
+
+    def _passes(self, X: torch.Tensor, M_miss: torch.Tensor, Flags: torch.Tensor, hide: torch.Tensor) -> torch.Tensor:
+        """(B, G, L', F): the reconstruction of every step by every pass, X, M_miss (B, L', F), Flags (B, L', R)."""
+        (B, L, F), G = X.shape, self.G
         present = (M_miss > 0.5).to(torch.float32)
         X0 = apply_mask(X, present, self.fill_value)  # the value stored at a missing element is never read
-        X_in, _ = pass_inputs(X0, present, self.hide, Flags, self.fill_value)  # (B*G, L, 3F + R)
+        X_in, _ = pass_inputs(X0, present, hide, Flags, self.fill_value)  # (B*G, L', 3F + R)
         X_hat = self.model(X_in, return_recon=True, return_forecast=False, return_fault=False).X_hat
-        last = X_hat.reshape(B, G, L, F)[:, :, -1, :]  # (B, G, F)
-        return (last * self.own).sum(dim=1)  # (B, F): one non-zero term per scored feature
+        return X_hat.reshape(B, G, L, F)  # summed over g with `own`: one non-zero term per scored feature
 
     def residual(self, x: torch.Tensor, m_miss: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
         """(B, F) scaled residual of the newest step x (B, F) against `pred`; 0 where missing or not scored."""
