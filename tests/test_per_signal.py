@@ -569,11 +569,11 @@ def test_a_centred_level_puts_the_margin_on_the_spread_above_the_median_aggregat
     assert centred[2] == plain[2] == 1.5 * values[:, 2].max()
 
 
-def test_series_passes_give_every_window_s_newest_residuals(signal_run):
+def test_series_passes_give_every_window_s_newest_residuals(signal_run, monkeypatch):
     """scada-export fits the residual scales and levels from passes over each turbine's series
     (`SeriesResiduals`); a step's residuals and predictions equal those of its L-step window's newest step at every
-    step of the training and validation splits, series chunk edges included, and a model whose receptive field
-    exceeds L is refused."""
+    step of the validation split, across the passes' edges (passes of 300 steps here), and a model whose
+    receptive field exceeds L is refused."""
     import torch
 
     from scada_tcn.trainer.data.store import PreparedData
@@ -586,13 +586,21 @@ def test_series_passes_give_every_window_s_newest_residuals(signal_run):
     module = build_reference(ckpt, cfg).scoring
     module.set_scale(torch.linspace(0.5, 2.0, module.F))
     data = PreparedData(cfg)
-    windows = sig.signal_steps(data, cfg, ("train", "val"), sig.torch_residuals(module))
-    series = sig.signal_steps(data, cfg, ("train", "val"), sig.SeriesResiduals(module))
-    assert windows.scored.sum() > 2 * sig.SERIES_STEPS  # more than one pass per turbine
+    monkeypatch.setattr(sig, "SERIES_STEPS", 300)
+    windows = sig.signal_steps(data, cfg, ("val",), sig.torch_residuals(module))
+    series = sig.signal_steps(data, cfg, ("val",), sig.SeriesResiduals(module))
+    assert np.unique(windows.turbine[windows.scored], return_counts=True)[1].min() > 2 * 300  # several passes
     for k in ("turbine", "t_end", "scored", "present", "flags", "repeat", "split", "label"):
         np.testing.assert_array_equal(getattr(series, k), getattr(windows, k), err_msg=k)
     np.testing.assert_allclose(series.resid, windows.resid, rtol=0, atol=1e-5)
     np.testing.assert_allclose(series.pred, windows.pred, rtol=0, atol=1e-5)
+    tdir = sorted((Path(data.dir) / "turbines").iterdir())[0]  # steps with gaps between them (unscored windows)
+    X, M, Fl = (np.load(tdir / f"{n}.npy") for n in ("X", "M_miss", "Flags"))
+    rows = np.arange(cfg.data.windowing.L - 1, len(X), 7)
+    win = rows[:, None] + np.arange(-(cfg.data.windowing.L - 1), 1)[None, :]
+    want = sig.torch_residuals(module)(*(np.ascontiguousarray(a[win], dtype=np.float32) for a in (X, M, Fl)))
+    for got, ref in zip(sig.SeriesResiduals(module)(X, M, Fl, rows), want):
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
     short = SignalModule(module.model, module.model.receptive_field - 1, module.group_of)
     with pytest.raises(ValueError, match="receptive field"):
         sig.SeriesResiduals(short)
