@@ -91,8 +91,10 @@ class SeriesResiduals:
         """Residuals and predictions (len(rows), F) at the steps `rows` (ascending, each >= L - 1) of one
         turbine's X, M (T, F) and Fl (T, R)."""
         mod, out_r, out_p = self.module, [], []
-        for a in range(0, rows.size, SERIES_STEPS):
-            r = rows[a : a + SERIES_STEPS]
+        a = 0
+        while a < rows.size:  # each pass spans at most SERIES_STEPS steps, whatever the gaps between rows
+            b = int(np.searchsorted(rows, rows[a] + SERIES_STEPS))
+            r, a = rows[a:b], b
             lo, hi = int(r[0]) - self.context, int(r[-1]) + 1
             x, m, f = (torch.from_numpy(np.array(v[lo:hi], dtype=np.float32)) for v in (X, M, Fl))  # copies
             with torch.no_grad():
@@ -102,7 +104,7 @@ class SeriesResiduals:
         return np.concatenate(out_r), np.concatenate(out_p)
 
 
-SERIES_STEPS = 2048  # steps per series pass (a pass spans from the first to the last of them, plus the context)
+SERIES_STEPS = 2048  # the span of a series pass in steps (plus the receptive field's context before it)
 
 
 def signal_steps(data: PreparedData, cfg: RootCfg, splits: tuple[str, ...], residuals: Residuals | SeriesResiduals,
