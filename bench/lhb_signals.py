@@ -103,7 +103,9 @@ VARIANTS: dict[str, list[str]] = {  # name -> infer.signals overrides on top of 
     "ewma36-m2.5-own-tp-fown": [*_CHOSEN, "baseline=fleet_and_own"],
     # the chosen variant with levels measured from each turbine's median aggregate: c + margin x (p - c)
     "ewma36-m2.5-own-tp-centred": [*_CHOSEN, "level_centred=true"],
+    "ewma36-m2-own-tp-centred": [*_CHOSEN, "level_margin=2.0", "level_centred=true"],
     "ewma36-m3-own-tp-centred": [*_CHOSEN, "level_margin=3.0", "level_centred=true"],
+    "ewma36-m3-own-tp": [*_CHOSEN, "level_margin=3.0"],  # the margin alone, against the centred x3
     "ewma72-m2-own-tp": [
         "halflife_steps=72",
         "level_margin=2.0",

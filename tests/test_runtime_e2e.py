@@ -911,6 +911,12 @@ def test_replay_reads_a_gzipped_table_and_refuses_one_that_is_not_utf8_csv(
     err = capsys.readouterr().err
     assert f"cannot keep the parsed table in {tmp_path}" in err and "No space left" in err
     assert out.read_bytes() == scored and not list(tmp_path.glob("*.partial"))  # refused: the old output stays
+    monkeypatch.undo()
+    link = tmp_path / "latest.jsonl"
+    link.symlink_to(out)
+    out.write_bytes(b"")
+    assert main(["replay", "--bundle", str(bundle_dir), "--input", str(table), "--out", str(link)]) == 0
+    assert link.is_symlink() and out.read_bytes() == scored  # written through the link, as open() does
 
 
 def _umask() -> int:

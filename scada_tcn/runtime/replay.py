@@ -340,8 +340,9 @@ def _output(path: str | Path, buffering: int) -> Iterator[BinaryIO]:
     """A file to write `path` through: a new file beside it that takes its name only when the block ends without
     an error, so a refused or interrupted replay leaves no partial output and an earlier output as it was. An
     existing path that is not a regular file (a pipe, /dev/stdout) is written in place. Refused (InputError): a
-    folder that is not there or not writable, an existing output that is read-only."""
-    path = Path(path)
+    folder that is not there or not writable, an existing output that is read-only. A symbolic link is written
+    through, as open() would: its target is replaced."""
+    path = Path(path).resolve() if Path(path).is_symlink() else Path(path)
     try:
         if path.exists() and not path.is_file():
             with open(path, "wb", buffering=buffering) as fh:
