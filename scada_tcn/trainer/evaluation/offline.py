@@ -6,6 +6,8 @@ Engines share one verb and one result record: `score(X, M_miss, Flags) -> runtim
 the bundle's calibration, or, for a checkpoint, from the same calibration the export fits (the validation
 split's fault-free windows). Alerts come from `runtime.alerts.AlertState`, the edge's state machine, fed each
 turbine's windows in time order: debounce counts consecutive scored windows (`data.windowing.stride` steps apart).
+Per-signal scoring with the torch engine runs the module over each turbine's series (`SeriesResiduals`, each
+step once) when the receptive field fits in L: the windows' newest outputs, within 1e-5.
 
 Writes `results.parquet` (one row per window: turbine, window end time, score, threshold and its source,
 regime, top features by name with their contributions, fault probabilities, forecast error, label, predicted
@@ -40,7 +42,7 @@ from scada_tcn.trainer.config import RootCfg, to_root
 from scada_tcn.trainer.config.derive import alerting_params, fleet_params
 from scada_tcn.trainer.data.store import PreparedData
 from scada_tcn.trainer.data.windowing import SPLITS
-from scada_tcn.trainer.evaluation.signals import fit_signals, signal_steps, track
+from scada_tcn.trainer.evaluation.signals import SeriesResiduals, fit_signals, signal_steps, track
 from scada_tcn.trainer.model.reference import ReferenceModules, build_reference, checkpoint_config
 from scada_tcn.trainer.model.signals import SignalModule
 from scada_tcn.trainer.training.fit import load_checkpoint
@@ -287,7 +289,10 @@ def infer_signals(
         out = setup.engine.score(X, M, F)
         return out.resid, out.pred
 
-    steps = signal_steps(setup.data, setup.cfg, (*warm, split), run, batch_size)
+    eng = setup.engine  # torch: the module over each turbine's series (`SeriesResiduals`: the windows' outputs)
+    series = isinstance(eng, TorchEngine) and eng.ref.step is not None  # the receptive field fits in L
+    residuals = SeriesResiduals(eng.ref.scoring) if series else run
+    steps = signal_steps(setup.data, setup.cfg, (*warm, split), residuals, batch_size)
     turbines = sorted(set(steps.turbine))
     flag_names = list(setup.data.flag_reg.flag_names)
     full = track(SignalTracker.from_params(params), steps, turbines, flag_names)
