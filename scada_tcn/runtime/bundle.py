@@ -796,8 +796,7 @@ def open_session(
 
 def _parse(doc: dict[str, Any], path: Path, graphs: dict[str, bytes]) -> Bundle:
     """Validate a bundle.json document (whose schema version was checked) and build the Bundle."""
-    keys = top_keys(doc["schema_version"])
-    _Section(doc, keys, "<top level>")
+    top = _Section(doc, top_keys(doc["schema_version"]), "<top level>")
     if doc["schema_version"] == SCHEMA_VERSION and doc["table_identifiers"] is None:
         raise _fail("table_identifiers: null; a bundle of this version names the training table's id and time "
                     "columns (data.identifiers): export the model again")  # fmt: skip
@@ -807,7 +806,7 @@ def _parse(doc: dict[str, Any], path: Path, graphs: dict[str, bytes]) -> Bundle:
     for k, v in checksums.items():
         if not isinstance(v, str) or len(v) != 64 or any(c not in "0123456789abcdef" for c in v):
             raise _fail(f"checksums.{k}: expected a lowercase sha256 hex digest, got {v!r}")
-    model_id = _Section(doc, keys, "<top level>").typed("model_id", str)
+    model_id = top.typed("model_id", str)
     expected_id = compute_model_id(checksums, doc["feature_registry"], doc["flag_registry"])
     if model_id != expected_id:
         raise _fail(f"model_id {model_id!r} does not match the graphs and registries (expected {expected_id!r})")

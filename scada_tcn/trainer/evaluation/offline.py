@@ -42,7 +42,7 @@ from scada_tcn.trainer.config import RootCfg, to_root
 from scada_tcn.trainer.config.derive import alerting_params, fleet_params
 from scada_tcn.trainer.data.store import PreparedData
 from scada_tcn.trainer.data.windowing import SPLITS
-from scada_tcn.trainer.evaluation.signals import SeriesResiduals, fit_signals, signal_steps, track
+from scada_tcn.trainer.evaluation.signals import fit_signals, module_residuals, signal_steps, track
 from scada_tcn.trainer.model.reference import ReferenceModules, build_reference, checkpoint_config
 from scada_tcn.trainer.model.signals import SignalModule
 from scada_tcn.trainer.training.fit import load_checkpoint
@@ -289,9 +289,8 @@ def infer_signals(
         out = setup.engine.score(X, M, F)
         return out.resid, out.pred
 
-    eng = setup.engine  # torch: the module over each turbine's series (`SeriesResiduals`: the windows' outputs)
-    series = isinstance(eng, TorchEngine) and eng.ref.step is not None  # the receptive field fits in L
-    residuals = SeriesResiduals(eng.ref.scoring) if series else run
+    eng = setup.engine
+    residuals = module_residuals(eng.ref.scoring) if isinstance(eng, TorchEngine) else run
     steps = signal_steps(setup.data, setup.cfg, (*warm, split), residuals, batch_size)
     turbines = sorted(set(steps.turbine))
     flag_names = list(setup.data.flag_reg.flag_names)

@@ -43,7 +43,10 @@ from scada_tcn.trainer.data.store import PreparedData
 from scada_tcn.trainer.data.windowing import SPLITS, step_splits
 from scada_tcn.trainer.model.signals import SignalModule
 
-__all__ = ["SERIES_STEPS", "SeriesResiduals", "SignalSteps", "fit_levels", "fit_signals", "signal_steps", "track"]
+__all__ = [
+    "SERIES_STEPS", "SeriesResiduals", "SignalSteps", "fit_levels", "fit_signals", "module_residuals", "signal_steps",
+    "track",
+]  # fmt: skip
 
 Residuals = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]  # -> resid, pred (B, F)
 _MAD = 1.4826
@@ -81,11 +84,11 @@ class SeriesResiduals:
     step once instead of L times). Refused for a model whose receptive field exceeds L (its windows see less)."""
 
     def __init__(self, module: SignalModule) -> None:
+        if not module.streams:
+            raise ValueError(f"SeriesResiduals: the receptive field {module.model.receptive_field} exceeds L="
+                             f"{module.L}: a window sees less than the series; use torch_residuals")  # fmt: skip
         self.module = module
         self.context = module.model.receptive_field - 1
-        if self.context >= module.L:
-            raise ValueError(f"SeriesResiduals: the receptive field {self.context + 1} exceeds L={module.L}: a "
-                             "window sees less than the series; score windows (torch_residuals)")  # fmt: skip
 
     def __call__(self, X: np.ndarray, M: np.ndarray, Fl: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, ...]:
         """Residuals and predictions (len(rows), F) at the steps `rows` (ascending, each >= L - 1) of one
@@ -105,6 +108,12 @@ class SeriesResiduals:
 
 
 SERIES_STEPS = 2048  # the span of a series pass in steps (plus the receptive field's context before it)
+
+
+def module_residuals(module: SignalModule) -> Residuals | SeriesResiduals:
+    """How `signal_steps` scores with a torch module: over each turbine's series when the module streams, else
+    window by window."""
+    return SeriesResiduals(module) if module.streams else torch_residuals(module)
 
 
 def signal_steps(data: PreparedData, cfg: RootCfg, splits: tuple[str, ...], residuals: Residuals | SeriesResiduals,
@@ -227,9 +236,7 @@ def fit_signals(module: SignalModule, data: PreparedData, cfg: RootCfg, residual
     """Fit the residual scale (into `module`) on the validation split, then `fit_levels`. Returns the bundle's
     `signals` section and the turbine-level scores of the normal validation steps (the drift reference)."""
     module.set_scale(torch.ones(module.F))
-    series = module.model.receptive_field <= module.L  # then each step's window is its last L steps of the series
-    steps = signal_steps(data, cfg, ("val",), residuals or (SeriesResiduals(module) if series else
-                                                             torch_residuals(module)))  # fmt: skip
+    steps = signal_steps(data, cfg, ("val",), residuals or module_residuals(module))
     normal = steps.scored & ~steps.label
     r = np.where(steps.present & normal[:, None], steps.resid.astype(np.float64), np.nan)  # raw residuals
     med = np.nanmedian(r, axis=0)

@@ -153,8 +153,7 @@ def build_reference(ckpt: dict[str, Any], cfg: RootCfg) -> ReferenceModules:
     else:
         scoring = scoring_module(model, cfg, agg.name, agg.halflife_steps, agg.k)
     clean = CleanPass(model, cfg.features.fill_value_c).eval()
-    streams = isinstance(scoring, SignalModule) and model.receptive_field <= scoring.L
-    step = StepModule(scoring).eval() if streams else None
+    step = StepModule(scoring).eval() if isinstance(scoring, SignalModule) and scoring.streams else None
     return ReferenceModules(model=model, clean=clean, scoring=scoring, L=cfg.data.windowing.L, step=step)
 
 

@@ -53,6 +53,12 @@ class SignalModule(nn.Module):
         self.register_buffer("scale", torch.ones(F), persistent=False)  # (F,) normal residual scale
         self.scale_fitted = False
 
+    @property
+    def streams(self) -> bool:
+        """The receptive field fits in L: a step's outputs are its window's newest ones whatever came before the
+        window, so it can be computed over a series (`predict_series`) or stepped (`StepModule`)."""
+        return self.model.receptive_field <= self.L
+
     def set_scale(self, scale: torch.Tensor) -> None:
         """Each feature's normal residual scale (fitted at export; the graph bakes it in)."""
         self.scale.copy_(positive_scale(scale, self.F, "SignalModule: scale"))
@@ -69,7 +75,7 @@ class SignalModule(nn.Module):
     def predict_series(self, X: torch.Tensor, M_miss: torch.Tensor, Flags: torch.Tensor) -> torch.Tensor:
         """(T, F): `predict` at every step of one series X, M_miss (T, F), Flags (T, R), each step with the series
         before it as context. A step's prediction depends on its last `model.receptive_field` steps only, so from
-        that step on it equals `predict` of the window ending there when the receptive field fits in L."""
+        that step on it equals `predict` of the window ending there when the module `streams`."""
         T = X.shape[0]
         if X.dim() != 2 or X.shape[1] != self.F or M_miss.shape != X.shape or Flags.shape != (T, self.R):
             raise ValueError(f"SignalModule.predict_series: X, M_miss (T, {self.F}), Flags (T, {self.R}); got "

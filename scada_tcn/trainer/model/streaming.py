@@ -50,7 +50,7 @@ class StepModule(nn.Module):
         self.signals = signals
         model = signals.model
         cfg = model.cfg
-        if model.receptive_field > signals.L:
+        if not signals.streams:
             raise ValueError(
                 f"StepModule: receptive field {model.receptive_field} > L={signals.L}: the newest position of a "
                 "window would see zero padding that a stream does not have; such a model scores windows only"
