@@ -235,7 +235,7 @@ def test_tiny_bundle_key_set_is_pinned(bundle_dir):
     assert doc["signals"] is None  # a window_mean bundle
     assert got == GOLDEN_KEYS
     assert sorted(p.name for p in bundle_dir.iterdir()) == ["bundle.json", "clean.onnx", "scoring.onnx"]
-    assert doc["schema_version"] == SCHEMA_VERSION == 8
+    assert doc["schema_version"] == SCHEMA_VERSION == 9
     sha = {f: hashlib.sha256((bundle_dir / f).read_bytes()).hexdigest() for f in ("clean.onnx", "scoring.onnx")}
     assert doc["checksums"] == sha and doc["stream"] is None  # no step graph: scored window by window
     assert doc["model_id"] == compute_model_id(sha, doc["feature_registry"], doc["flag_registry"])
@@ -341,10 +341,10 @@ def test_refuses_registry_edit_through_the_model_id(bundle_dir):
 
 
 def test_refuses_unknown_schema_version(bundle_dir):
-    for v in (1, 2, 3, 4, 5, 6, 9, 0, "8", 8.0, True, None):
+    for v in (1, 2, 3, 4, 5, 6, 10, 0, "8", 8.0, True, None):
         _edit(bundle_dir, lambda d, v=v: d.update(schema_version=v))
         assert _message(bundle_dir) == (
-            f"bundle.json: schema_version {v!r} is not supported (this runtime reads versions (7, 8)); export the "
+            f"bundle.json: schema_version {v!r} is not supported (this runtime reads versions (7, 8, 9)); export the "
             "model again with a scada-export of the same release as this runtime"
         )
 

@@ -62,6 +62,20 @@ def test_command_line_group_beats_data_file_defaults():
             "infer.signals.turbine_groups: ['gearbx'] are not signal groups; groups: [",
         ),
         (["infer.signals.turbine_groups=[power]"], "set per_turbine=true"),
+        (
+            ["infer.signals.group_halflife={gearbx: 72}"],
+            "infer.signals.group_halflife: ['gearbx'] are not signal groups; groups: [",
+        ),
+        (["infer.signals.group_halflife={power: 0}"], "half-lives must be finite numbers of steps > 0, got {'power'"),
+        (
+            [
+                "infer.signals.aggregator=cusum",
+                "infer.signals.halflife_steps=null",
+                "infer.signals.cusum_k=1",
+                "infer.signals.group_halflife={power: 72}",
+            ],  # fmt: skip
+            "infer.signals.group_halflife: half-lives per group are for aggregator=ewma only",
+        ),
     ],
 )
 def test_bad_configs_name_the_key(override, needle):

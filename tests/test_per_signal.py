@@ -110,11 +110,35 @@ def test_stream_engine_equals_window_engine(bundle, rows, replayed, tmp_path):
     assert n > 2000
 
 
-def test_replay_equals_offline_inference(signal_run, bundle, replayed, tiny_run):
+def test_replay_equals_offline_inference(bundle, replayed, tiny_run):
     """Every test-split step of the slice: the same score, per-group ratios, values and alert state."""
+    assert _steps_equal_to_offline(bundle, replayed, tiny_run) > 1500
+
+
+def _group_halflife(doc: dict) -> None:
+    doc["signals"]["group_halflife"] = {"power": 3.0, doc["signals"]["spec"]["groups"][-1]: 12.0}
+
+
+def test_group_half_lives_reach_the_edge_and_the_offline_reference(bundle, rows, replayed, tiny_run, tmp_path):
+    """A bundle with half-lives per group (`infer.signals.group_halflife`): the replay through the streaming engine
+    equals offline inference over the same bundle at every step, and the groups given their own memory read other
+    values than under the bundle's one half-life, the others the same."""
+    other = reexported(bundle, tmp_path / "groups", _group_halflife)
+    last = bundle.signals.spec.groups[-1]
+    assert other.signals.group_halflife == {"power": 3.0, last: 12.0} and other.model_id == bundle.model_id
+    mine = _replay(other, rows, tmp_path, StreamScorer.from_bundle(other))
+    assert _steps_equal_to_offline(other, mine, tiny_run) > 1500
+    changed = {g["group"] for k, d in mine.items() if d["status"] == "ok" for g in d["groups"]
+               if g not in replayed[k]["groups"]}  # fmt: skip
+    assert changed == {"power", last}
+
+
+def _steps_equal_to_offline(bundle, replayed: dict, tiny_run) -> int:
+    """Assert that every test-split step of `replayed` (records by (turbine, ts)) has offline inference's score,
+    per-group ratios, values and alert state over the same bundle; the number of steps compared."""
     from scada_tcn.trainer.evaluation.offline import apply_alerts, infer_split, setup_from_bundle
 
-    setup = setup_from_bundle(signal_run[0], tiny_run.cfg().data.paths.processed_dir)
+    setup = setup_from_bundle(bundle.path, tiny_run.cfg().data.paths.processed_dir)
     res, _, _ = infer_split(setup, "test")
     apply_alerts(res, setup.alerting)
     groups = bundle.signals.spec.groups
@@ -137,7 +161,7 @@ def test_replay_equals_offline_inference(signal_run, bundle, replayed, tiny_run)
                 assert by_group[g]["signal"] == m and by_group[g]["value"] == pytest.approx(r[f"value_{m}"], abs=1e-5)
         assert d["alert"] == r["alert_on"], where
         n += 1
-    assert n > 1500, n
+    return n
 
 
 def test_daemon_through_mosquitto_publishes_the_replay(broker, bundle, rows, replayed):
@@ -204,7 +228,7 @@ def test_every_record_names_the_bundle_that_scored_it(bundle, replayed, tmp_path
     assert other.model_id == bundle.model_id and other.bundle_id != bundle.bundle_id
 
 
-@pytest.mark.parametrize("edit", [double_levels, _no_baseline])
+@pytest.mark.parametrize("edit", [double_levels, _no_baseline, _group_halflife])
 def test_a_state_resumes_on_a_reexport_and_restarts_only_aggregates_of_another_basis(bundle, rows, tmp_path, edit):
     """A gateway's state resumes on a re-export of its model with other settings (no warm-up). Levels only compare
     the aggregates, which carry on exactly; another baseline changes what they average, and they start again
@@ -226,7 +250,7 @@ def test_a_state_resumes_on_a_reexport_and_restarts_only_aggregates_of_another_b
     other = reexported(bundle, tmp_path / "other", edit)
     _, resumed, after = run(other, samples[cut:], state)
     _, _, whole = run(other, samples)
-    restarted = edit is _no_baseline
+    restarted = edit is not double_levels  # another baseline or memory: the aggregates start again
     assert resumed == (bundle.bundle_id, restarted)
     assert {d["bundle_id"] for d in after.values()} == {other.bundle_id}
     assert not any(d["status"] == "warmup" for d in after.values())  # the layer state resumed

@@ -7,14 +7,23 @@ on exactly as if it had never stopped.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from scada_tcn.runtime.aggregators import Cusum, Ewma, StuckRun, make_aggregator
+from scada_tcn.runtime.digest import canonical_json
 from scada_tcn.runtime.repeats import CHANGED, SAME, UNKNOWN, repeat_codes
-from scada_tcn.runtime.signals import SignalLevels, SignalParams, SignalSpec, SignalTracker, StuckCheck
+from scada_tcn.runtime.signals import (
+    SignalLevels,
+    SignalParams,
+    SignalSpec,
+    SignalTracker,
+    StuckCheck,
+    halflives,
+)
 from scada_tcn.runtime.state_file import load_state, save_state
 from scada_tcn.runtime.vocab import ScoreAggregator, SignalBaseline
 
@@ -38,6 +47,53 @@ def test_ewma_is_the_decayed_mean_of_observed_steps() -> None:
         want = np.where(W >= 0.25, S / np.where(W >= 0.25, W, 1), np.nan)
         np.testing.assert_allclose(e.get([0])[0], want, rtol=1e-10, atol=1e-12)
     assert np.isnan(Ewma(1, 3.0).get([0])).all()  # undefined before any observation
+
+
+def test_an_ewma_with_a_half_life_per_column_is_one_ewma_per_column() -> None:
+    y, p = _series(300, 3, 2)
+    both = Ewma(3, halflife=(2.0, 36.0, 144.0))
+    alone = [Ewma(1, h) for h in (2.0, 36.0, 144.0)]
+    for t in range(len(y)):
+        both.update([0, 1], np.repeat(y[t : t + 1], 2, axis=0), np.repeat(p[t : t + 1], 2, axis=0))
+        for j, e in enumerate(alone):
+            e.update([0], y[t : t + 1, j : j + 1], p[t : t + 1, j : j + 1])
+        got = both.get([0, 1])
+        want = np.concatenate([e.get([0]) for e in alone], axis=1)[0]
+        np.testing.assert_array_equal(got[0], want)
+        np.testing.assert_array_equal(got[1], want)
+    for bad in ((1.0, 2.0), (1.0, 2.0, 0.0), (1.0, np.inf, 2.0), ("1", 2.0, 3.0), True):
+        with pytest.raises(ValueError, match="halflife"):
+            Ewma(3, halflife=bad)
+
+
+def test_group_half_lives_reach_each_monitored_feature_of_the_group() -> None:
+    """`group_halflife`: the EWMA of the named groups' monitored features remembers with their own half-life, the
+    others with `halflife`; unknown groups, bad half-lives and half-lives without EWMA are refused."""
+    spec, levels = _spec(), SignalLevels((1.0, 2.0, 0.5, 10.0, 20.0))
+    params = SignalParams(spec, "ewma", 36.0, None, 144, "fleet", 1, levels, {"oil": 144.0})
+    assert halflives(spec, 36.0, {"oil": 144.0}) == (36.0, 36.0, 144.0)  # power, pitch, oil
+    assert halflives(spec, 36.0, {}) == 36.0
+    tracker = SignalTracker.from_params(params)
+    assert tracker.agg.halflife == tracker.own.halflife == (36.0, 36.0, 144.0)
+    d = params.to_dict()
+    assert d["group_halflife"] == {"oil": 144.0} and SignalParams.from_dict(d) == params
+    uniform = SignalParams(spec, "ewma", 36.0, None, 144, "fleet", 1, levels)
+    assert params.basis() != uniform.basis()  # another memory: a state's aggregates start again
+    older = {k: v for k, v in uniform.to_dict().items() if k != "group_halflife"}  # a bundle of schema 8
+    assert SignalParams.from_dict(older, group_halflife=False) == uniform
+    before = hashlib.sha256(canonical_json({k: v for k, v in older.items() if k != "levels"})).hexdigest()
+    assert uniform.basis() == before  # no group half-lives: a state saved under a schema-8 bundle resumes
+    for bad, said in ((older, "group_halflife"), ({**d, "group_halflife": [1]}, "expected an object")):
+        with pytest.raises(ValueError, match=said):
+            SignalParams.from_dict(bad)
+    with pytest.raises(ValueError, match=r"unknown keys \['group_halflife'\]"):
+        SignalParams.from_dict(d, group_halflife=False)
+    for groups, said in (({"gearbox": 72.0}, r"\['gearbox'\] are not groups"), ({"oil": 0.0}, "finite numbers"),
+                         ({"oil": float("nan")}, "finite numbers")):  # fmt: skip
+        with pytest.raises(ValueError, match=said):
+            SignalParams(spec, "ewma", 36.0, None, 144, "fleet", 1, levels, groups)
+    with pytest.raises(ValueError, match="need aggregator 'ewma'"):
+        SignalParams(spec, "cusum", None, 1.0, 144, "fleet", 1, levels, {"oil": 72.0})
 
 
 def test_cusum_sums_above_k_and_restarts_after_a_long_gap() -> None:

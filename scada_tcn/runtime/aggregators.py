@@ -6,7 +6,8 @@ steps, and is used identically offline (`scada-infer`, calibration at export) an
 * `Ewma(width, halflife)`: a time-decayed mean. Every step decays the evidence by a = 0.5 ** (1 / halflife);
   a step with a deviation y adds it: S <- a S + (1 - a) y, W <- a W + (1 - a). The value is S / W, the weighted
   mean of the recent observed deviations, defined while W >= `min_weight` (so after a gap of several half-lives
-  the group has no value until it is observed again). A missing step only decays.
+  the group has no value until it is observed again). A missing step only decays. `halflife` is one number, or
+  one per column (a slow drift's column may remember longer than a sudden fault's).
 * `Cusum(width, k, max_gap)`: a one-sided cumulative sum, S <- max(0, S + y - k) on an observed step. A
   missing step leaves S as it was; after `max_gap` consecutive missing steps S restarts at 0 (old evidence must
   not meet new data across a long outage). The value is S.
@@ -30,6 +31,7 @@ step) and returns nothing; `get(slots)` reads (B, G) values (NaN where undefined
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -108,13 +110,17 @@ class _Aggregator:
 class Ewma(_Aggregator):
     """Time-decayed mean of each group's deviation; see the module docstring."""
 
-    def __init__(self, width: int, halflife: float, min_weight: float = 0.25) -> None:
-        if not (isinstance(halflife, (int, float)) and math.isfinite(halflife) and halflife > 0):
-            raise ValueError(f"Ewma: halflife must be a finite number of steps > 0, got {halflife!r}")
+    def __init__(self, width: int, halflife: float | Sequence[float], min_weight: float = 0.25) -> None:
+        one = not isinstance(halflife, (list, tuple, np.ndarray))
+        h = np.asarray([halflife] if one else halflife)
+        if h.dtype.kind not in "iuf" or h.shape != ((1,) if one else (width,)) or not (np.isfinite(h) & (h > 0)).all():
+            raise ValueError(f"Ewma: halflife must be a finite number of steps > 0, or {width} of them (one per "
+                             f"column), got {halflife!r}")  # fmt: skip
         if not 0 < min_weight < 1:
             raise ValueError(f"Ewma: min_weight must be in (0, 1), got {min_weight!r}")
-        self.width, self.halflife, self.min_weight = width, float(halflife), float(min_weight)
-        self._decay = 0.5 ** (1.0 / self.halflife)
+        self.width, self.min_weight = width, float(min_weight)
+        self.halflife: float | tuple[float, ...] = float(h[0]) if one else tuple(h.astype(float).tolist())
+        self._decay = 0.5 ** (1.0 / h.astype(np.float64)) if not one else 0.5 ** (1.0 / float(h[0]))
         self._s = _Slots(width, {"S": 0.0, "W": 0.0})
 
     def update(self, slots: Any, y: Any, present: Any) -> None:
@@ -183,9 +189,9 @@ class StuckRun(_Aggregator):
 
 
 def make_aggregator(
-    kind: ScoreAggregator, width: int, halflife: float | None, k: float | None, max_gap: int
+    kind: ScoreAggregator, width: int, halflife: float | Sequence[float] | None, k: float | None, max_gap: int
 ) -> Ewma | Cusum:
-    """The aggregator a bundle names."""
+    """The aggregator a bundle names (`halflife`: one, or one per column)."""
     if kind == ScoreAggregator.ewma and halflife is not None:
         return Ewma(width, halflife)
     if kind == ScoreAggregator.cusum and k is not None:

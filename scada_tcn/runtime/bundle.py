@@ -24,9 +24,10 @@ A bundle is a directory of three files:
                    4 -> 5: per-signal scoring, the pipeline spec's repeat channels; 5 -> 6: step.onnx takes
                    the convolutions' past taps instead of their rings and no step index; 6 -> 7: step.onnx
                    takes the sum of the fault head's ring, h_sum, instead of the ring; 7 -> 8:
-                   table_identifiers). Version 7 is read too: the graphs are the same, it has no
-                   table_identifiers (`Bundle.table_identifiers` None)
-  model_id         sha256 hex of "scada-tcn-bundle/7" (the graphs' contract, unchanged by version 8), the
+                   table_identifiers; 8 -> 9: signals.group_halflife). Versions 7 and 8 are read too: the
+                   graphs are the same; 7 has no table_identifiers (`Bundle.table_identifiers` None), 7 and 8
+                   no group half-lives (read as none)
+  model_id         sha256 hex of "scada-tcn-bundle/7" (the graphs' contract, unchanged by versions 8, 9), the
                    sha256 of each graph (in file-name order) and the canonical JSON of the feature and flag
                    registries (`compute_model_id`)
   dims             `Dims`: window L, horizon K, features F, flags R, fault classes C, receptive field RF
@@ -84,6 +85,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -132,8 +134,8 @@ __all__ = [
     "open_session",
 ]
 
-SCHEMA_VERSION = 8
-READ_VERSIONS = (7, 8)  # 7: no table_identifiers
+SCHEMA_VERSION = 9
+READ_VERSIONS = (7, 8, 9)  # 7: no table_identifiers; 7, 8: no signals.group_halflife
 _MODEL_ID_VERSION = 7  # the graphs' and registries' contract in the model id: version 8 added metadata only
 BUNDLE_JSON = "bundle.json"
 GRAPH_FILES = {"clean": "clean.onnx", "scoring": "scoring.onnx", "step": "step.onnx"}
@@ -557,6 +559,7 @@ class BundleContents:
     def from_dict(cls, doc: Mapping[str, Any]) -> BundleContents:
         """Parse the sections (after the top-level keys were checked) and check them against each other."""
         top = _Section(dict(doc), tuple(doc), "<top level>")
+        version = doc.get("schema_version", SCHEMA_VERSION)
         spec = _nested(PipelineSpec.from_dict, doc["pipeline_spec"], "pipeline_spec")
         _nested(compile_rules, spec, "pipeline_spec")
         scaler = _nested(RobustScaler.from_dict, doc["scaler"], "scaler")
@@ -577,7 +580,9 @@ class BundleContents:
             heads=Heads.from_dict(doc["heads"]),
             class_names=top.strs("class_names"),
             scoring=ScoringParams.from_dict(doc["scoring"]),
-            signals=None if doc["signals"] is None else _nested(SignalParams.from_dict, doc["signals"], "signals"),
+            signals=None
+            if doc["signals"] is None
+            else _nested(partial(SignalParams.from_dict, group_halflife=version >= 9), doc["signals"], "signals"),
             stream=None if doc["stream"] is None else StreamParams.from_dict(doc["stream"]),
             calibration=None
             if doc["calibration"] is None
@@ -685,6 +690,8 @@ class Bundle(BundleContents):
         """The whole bundle.json document, keys in the documented order (of its schema version)."""
         doc = {"schema_version": self.schema_version, "model_id": self.model_id, **super().to_dict(),
                "checksums": dict(self.checksums)}  # fmt: skip
+        if self.schema_version < 9 and doc["signals"] is not None:  # written before group half-lives (none)
+            doc["signals"] = {k: v for k, v in doc["signals"].items() if k != "group_halflife"}
         return {k: doc[k] for k in top_keys(self.schema_version)}
 
 
@@ -693,7 +700,7 @@ class Bundle(BundleContents):
 
 def top_keys(version: int) -> tuple[str, ...]:
     """bundle.json's top-level keys in schema `version` (7 has no table_identifiers)."""
-    return TOP_KEYS if version == SCHEMA_VERSION else tuple(k for k in TOP_KEYS if k != "table_identifiers")
+    return TOP_KEYS if version >= 8 else tuple(k for k in TOP_KEYS if k != "table_identifiers")
 
 
 def graph_names(b: BundleContents) -> tuple[str, ...]:
@@ -797,7 +804,7 @@ def open_session(
 def _parse(doc: dict[str, Any], path: Path, graphs: dict[str, bytes]) -> Bundle:
     """Validate a bundle.json document (whose schema version was checked) and build the Bundle."""
     top = _Section(doc, top_keys(doc["schema_version"]), "<top level>")
-    if doc["schema_version"] == SCHEMA_VERSION and doc["table_identifiers"] is None:
+    if doc["schema_version"] >= 8 and doc["table_identifiers"] is None:
         raise _fail("table_identifiers: null; a bundle of this version names the training table's id and time "
                     "columns (data.identifiers): export the model again")  # fmt: skip
     contents = BundleContents.from_dict(doc)

@@ -15,7 +15,8 @@ A *monitor* is what gets a level of its own:
   "fleet_and_own" (the smaller of the aggregates relative to the others' median and of the turbine's own
   deviation: a healthy turbine whose peer ran away reads its own small value, and a farm-wide rise the small
   relative one), then
-  aggregated over time (`runtime.aggregators`: EWMA or one-sided CUSUM). Under every fleet baseline the turbine's
+  aggregated over time (`runtime.aggregators`: EWMA, with one half-life or one per group (`group_halflife`), or
+  one-sided CUSUM). Under every fleet baseline the turbine's
   own deviation is aggregated beside it on the same steps (`SignalStep.own`): with EWMA and "fleet" or
   "fleet_all", value = own - the peers' part exactly, so a record can show that a turbine's ratio came from its
   peers moving (a fault on a peer of a small farm), not from itself;
@@ -52,7 +53,7 @@ from scada_tcn.runtime.errors import check_keys
 from scada_tcn.runtime.slots import kept_rows
 from scada_tcn.runtime.vocab import Direction, ScoreAggregator, SignalBaseline, parse
 
-__all__ = ["SignalLevels", "SignalParams", "SignalSpec", "SignalStep", "SignalTracker", "StuckCheck"]
+__all__ = ["SignalLevels", "SignalParams", "SignalSpec", "SignalStep", "SignalTracker", "StuckCheck", "halflives"]
 
 
 @dataclass(frozen=True)
@@ -231,12 +232,14 @@ class SignalParams:
     baseline: SignalBaseline  # none | fleet (minus the other turbines' median at the step) | fleet_all (all's)
     min_peers: int
     levels: SignalLevels
+    group_halflife: dict[str, float] = field(default_factory=dict)  # ewma: these groups' half-lives, not `halflife`
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "aggregator", parse(ScoreAggregator, self.aggregator, "signals.aggregator"))
         object.__setattr__(self, "baseline", parse(SignalBaseline, self.baseline, "signals.baseline"))
         if (self.aggregator == ScoreAggregator.ewma) != (self.halflife is not None):
             raise ValueError("signals.halflife: required by, and only allowed with, aggregator 'ewma'")
+        halflives(self.spec, self.halflife, self.group_halflife)  # refuses unknown groups and bad half-lives
         if (self.aggregator == ScoreAggregator.cusum) != (self.k is not None):
             raise ValueError("signals.k: required by, and only allowed with, aggregator 'cusum'")
         if len(self.levels.pooled) != len(self.spec.monitor_names):
@@ -244,23 +247,48 @@ class SignalParams:
 
     def to_dict(self) -> dict[str, Any]:
         return {"spec": self.spec.to_dict(), "aggregator": str(self.aggregator), "halflife": self.halflife,
-                "k": self.k, "max_gap": self.max_gap, "baseline": str(self.baseline), "min_peers": self.min_peers,
+                "group_halflife": {g: float(h) for g, h in sorted(self.group_halflife.items())}, "k": self.k,
+                "max_gap": self.max_gap, "baseline": str(self.baseline), "min_peers": self.min_peers,
                 "levels": self.levels.to_dict()}  # fmt: skip
 
     def basis(self) -> str:
         """sha256 of everything the tracker's state depends on: these parameters but the levels, which only compare
-        its values. A state kept under another basis holds aggregates of other deviations or another memory."""
-        doc = {k: v for k, v in self.to_dict().items() if k != "levels"}
+        its values. A state kept under another basis holds aggregates of other deviations or another memory. No
+        group half-lives: the basis of a bundle written before they existed (a state saved under it resumes)."""
+        doc = {k: v for k, v in self.to_dict().items() if k != "levels" and (k != "group_halflife" or v)}
         return hashlib.sha256(canonical_json(doc)).hexdigest()
 
     @classmethod
-    def from_dict(cls, d: Any) -> SignalParams:
-        keys = ("spec", "aggregator", "halflife", "k", "max_gap", "baseline", "min_peers", "levels")
+    def from_dict(cls, d: Any, group_halflife: bool = True) -> SignalParams:
+        """`group_halflife` False: a section written before that key (bundle schema < 9), read as none."""
+        keys = ("spec", "aggregator", "halflife", *(("group_halflife",) if group_halflife else ()), "k", "max_gap",
+                "baseline", "min_peers", "levels")  # fmt: skip
         d = check_keys(d, keys, "signals", ValueError)
+        groups = d["group_halflife"] if group_halflife else {}
+        if not isinstance(groups, dict):
+            raise ValueError(f"signals.group_halflife: expected an object group -> steps, got {type(groups).__name__}")
         return cls(SignalSpec.from_dict(d["spec"]), d["aggregator"],
                    None if d["halflife"] is None else float(d["halflife"]), None if d["k"] is None else float(d["k"]),
-                   int(d["max_gap"]), d["baseline"], int(d["min_peers"]),
-                   SignalLevels.from_dict(d["levels"]))  # fmt: skip
+                   int(d["max_gap"]), d["baseline"], int(d["min_peers"]), SignalLevels.from_dict(d["levels"]),
+                   {str(g): float(h) for g, h in groups.items()})  # fmt: skip
+
+
+def halflives(spec: SignalSpec, halflife: float | None, group_halflife: dict[str, float]) -> Any:
+    """The EWMA half-life of each monitored feature (`monitor_features` order): its group's in `group_halflife`,
+    else `halflife`; one number when no group has its own (None without EWMA). Refused (ValueError): group
+    half-lives without `halflife` (EWMA), an unknown group, a half-life that is not a finite number > 0."""
+    if not group_halflife:
+        return halflife
+    if halflife is None:
+        raise ValueError("signals.group_halflife: half-lives per group need aggregator 'ewma'")
+    unknown = sorted(set(group_halflife) - set(spec.groups))
+    if unknown:
+        raise ValueError(f"signals.group_halflife: {unknown} are not groups; groups: {list(spec.groups)}")
+    bad = {g: h for g, h in group_halflife.items() if not (isinstance(h, (int, float)) and math.isfinite(h) and h > 0)}
+    if bad:
+        raise ValueError(f"signals.group_halflife: half-lives must be finite numbers of steps > 0, got {bad}")
+    of = np.asarray(spec.group_of)[spec.monitor_features]
+    return tuple(float(group_halflife.get(spec.groups[g], halflife)) for g in of.tolist())
 
 
 def worst_first(group_ratio: np.ndarray, group_top: np.ndarray) -> list[list[tuple[int, int]]]:
@@ -326,6 +354,7 @@ class SignalTracker:
         baseline: SignalBaseline,
         min_peers: int,
         levels: SignalLevels | None = None,
+        group_halflife: dict[str, float] | None = None,
     ) -> None:
         self.spec = spec
         self.baseline = parse(SignalBaseline, baseline, "signals.baseline")
@@ -333,9 +362,10 @@ class SignalTracker:
         self.levels = levels
         n_feat = len(spec.monitor_features)
         kind = parse(ScoreAggregator, aggregator, "signals.aggregator")
-        self.agg = make_aggregator(kind, n_feat, halflife, k, int(max_gap)) if n_feat else None
+        hl = halflives(spec, halflife, group_halflife or {})
+        self.agg = make_aggregator(kind, n_feat, hl, k, int(max_gap)) if n_feat else None
         relative = n_feat and self.baseline != SignalBaseline.none
-        self.own = make_aggregator(kind, n_feat, halflife, k, int(max_gap)) if relative else None
+        self.own = make_aggregator(kind, n_feat, hl, k, int(max_gap)) if relative else None
         self.stuck = StuckRun([c.min_move for c in spec.stuck]) if spec.stuck else None
         self._level_cache: dict[str, np.ndarray] = {}
         self._stuck_features = np.array([c.feature for c in spec.stuck], dtype=np.int64)
@@ -343,7 +373,9 @@ class SignalTracker:
     @classmethod
     def from_params(cls, p: SignalParams) -> SignalTracker:
         """The tracker a bundle's `signals` section describes, with its levels."""
-        return cls(p.spec, p.aggregator, p.halflife, p.k, p.max_gap, p.baseline, p.min_peers, p.levels)
+        return cls(
+            p.spec, p.aggregator, p.halflife, p.k, p.max_gap, p.baseline, p.min_peers, p.levels, p.group_halflife
+        )
 
     def step(
         self,

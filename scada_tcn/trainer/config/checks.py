@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -184,6 +185,11 @@ def _check_signals(cfg: RootCfg) -> None:
         sg.halflife_steps is not None and not sg.halflife_steps > 0
     ):
         raise ConfigError("infer.signals.halflife_steps (> 0) is required by, and only used by, aggregator=ewma")
+    if sg.group_halflife and sg.aggregator != ScoreAggregator.ewma:
+        raise ConfigError("infer.signals.group_halflife: half-lives per group are for aggregator=ewma only")
+    bad = {g: h for g, h in sg.group_halflife.items() if not (math.isfinite(h) and h > 0)}
+    if bad:
+        raise ConfigError(f"infer.signals.group_halflife: half-lives must be finite numbers of steps > 0, got {bad}")
     if (sg.aggregator == ScoreAggregator.cusum) != (sg.cusum_k is not None) or (
         sg.cusum_k is not None and not sg.cusum_k >= 0
     ):
@@ -216,9 +222,10 @@ def _check_signals(cfg: RootCfg) -> None:
     from scada_tcn.trainer.config.groups import feature_groups  # imports the registry, which imports this module
 
     names = feature_groups(cfg).names
-    unknown = sorted(set(sg.turbine_groups) - set(names))
-    if unknown:
-        raise ConfigError(f"infer.signals.turbine_groups: {unknown} are not signal groups; groups: {list(names)}")
+    for key, given in (("turbine_groups", sg.turbine_groups), ("group_halflife", sg.group_halflife)):
+        unknown = sorted(set(given) - set(names))
+        if unknown:
+            raise ConfigError(f"infer.signals.{key}: {unknown} are not signal groups; groups: {list(names)}")
 
 
 def validate_config(cfg: RootCfg) -> None:

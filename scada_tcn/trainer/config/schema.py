@@ -358,6 +358,7 @@ class SignalsCfg:
     unmonitored: list[str] = field(default_factory=list)  # base columns predicted and used, but given no level
     aggregator: ScoreAggregator = ScoreAggregator.ewma
     halflife_steps: float | None = 36.0  # ewma
+    group_halflife: dict[str, float] = field(default_factory=dict)  # ewma: these groups' half-lives (steps) instead
     cusum_k: float | None = None  # cusum allowance, in normal-residual units
     max_gap_steps: int = 144  # cusum: missing steps after which the sum restarts
     # fleet: minus the other turbines' median at the same step; fleet_all: minus every turbine's, its own included;
