@@ -136,7 +136,7 @@ __all__ = [
 
 SCHEMA_VERSION = 9
 READ_VERSIONS = (7, 8, 9)  # 7: no table_identifiers; 7, 8: no signals.group_halflife
-_MODEL_ID_VERSION = 7  # the graphs' and registries' contract in the model id: version 8 added metadata only
+_MODEL_ID_VERSION = 7  # the graphs' and registries' contract in the model id: versions 8 and 9 added metadata only
 BUNDLE_JSON = "bundle.json"
 GRAPH_FILES = {"clean": "clean.onnx", "scoring": "scoring.onnx", "step": "step.onnx"}
 GRAPH_INPUTS = ("X", "M_miss", "Flags")  # the window graphs: the windows as the pipeline writes them
