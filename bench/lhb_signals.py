@@ -121,6 +121,7 @@ VARIANTS: dict[str, list[str]] = {  # name -> infer.signals overrides on top of 
     "ewma144-m2-own-tp": [*_CHOSEN, "halflife_steps=144", "level_margin=2.0"],
     # ... or for some groups (group_halflife): direction (yaw) and the gearbox remembered longer, power shorter
     "ewma36-m2.5-own-tp-dir144-gear72": [*_CHOSEN, "group_halflife={direction: 144, gearbox: 72}"],  # shipped
+    "ewma36-m2.5-own-tp-dir144": [*_CHOSEN, "group_halflife={direction: 144}"],  # the direction's memory alone
     "ewma72-m2.5-own-tp-power36-dir144": [*_CHOSEN, "halflife_steps=72", "group_halflife={power: 36, direction: 144}"],
     "ewma144-m2.5-own-tp-power36": [*_CHOSEN, "halflife_steps=144", "group_halflife={power: 36}"],
     "ewma72-m2-own-tp": [
