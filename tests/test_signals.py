@@ -7,6 +7,7 @@ on exactly as if it had never stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -94,6 +95,9 @@ def test_group_half_lives_reach_each_monitored_feature_of_the_group() -> None:
             SignalParams(spec, "ewma", 36.0, None, 144, "fleet", 1, levels, groups)
     with pytest.raises(ValueError, match="need aggregator 'ewma'"):
         SignalParams(spec, "cusum", None, 1.0, 144, "fleet", 1, levels, {"oil": 72.0})
+    quiet = dataclasses.replace(spec, monitored=(True, False, True, False, False))  # pitch: its stuck check only
+    with pytest.raises(ValueError, match=r"\['pitch'\] have no monitored feature"):
+        halflives(quiet, 36.0, {"pitch": 72.0})
 
 
 def test_cusum_sums_above_k_and_restarts_after_a_long_gap() -> None:

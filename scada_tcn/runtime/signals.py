@@ -276,7 +276,8 @@ class SignalParams:
 def halflives(spec: SignalSpec, halflife: float | None, group_halflife: dict[str, float]) -> Any:
     """The EWMA half-life of each monitored feature (`monitor_features` order): its group's in `group_halflife`,
     else `halflife`; one number when no group has its own (None without EWMA). Refused (ValueError): group
-    half-lives without `halflife` (EWMA), an unknown group, a half-life that is not a finite number > 0."""
+    half-lives without `halflife` (EWMA), an unknown group or one without a monitored feature, a half-life that
+    is not a finite number > 0."""
     if not group_halflife:
         return halflife
     if halflife is None:
@@ -288,6 +289,10 @@ def halflives(spec: SignalSpec, halflife: float | None, group_halflife: dict[str
     if bad:
         raise ValueError(f"signals.group_halflife: half-lives must be finite numbers of steps > 0, got {bad}")
     of = np.asarray(spec.group_of)[spec.monitor_features]
+    idle = sorted(set(group_halflife) - {spec.groups[g] for g in of.tolist()})
+    if idle:
+        raise ValueError(f"signals.group_halflife: {idle} have no monitored feature, so no EWMA (stuck checks and "
+                         "unmonitored features have none): their half-lives would change nothing")  # fmt: skip
     return tuple(float(group_halflife.get(spec.groups[g], halflife)) for g in of.tolist())
 
 
