@@ -254,6 +254,11 @@ def _stream_steps(base: Any, data_dir: Path, bundle_dir: Path) -> Any:
     return SignalSteps(**{**base.__dict__, "resid": resid, "pred": pred})
 
 
+def _group_halflife(override: str) -> dict[str, Any] | None:
+    """The mapping of a `group_halflife={...}` override, None for any other override."""
+    return yaml.safe_load(override.split("=", 1)[1]) if override.startswith("group_halflife=") else None
+
+
 def _variant_config(base: list[str], overrides: list[str]) -> Any:
     """The config of a variant: REFERENCE and its overrides as infer.signals keys on top of `base`. The last
     group_halflife given is the whole mapping (a dotted override of a mapping would be merged into the shipped
@@ -261,8 +266,8 @@ def _variant_config(base: list[str], overrides: list[str]) -> Any:
     from scada_tcn.trainer.config import load_config
 
     given = [*REFERENCE, *overrides]
-    groups = [yaml.safe_load(o.split("=", 1)[1]) for o in given if o.startswith("group_halflife=")]
-    rest = [f"infer.signals.{o}" for o in given if not o.startswith("group_halflife=")]
+    groups = [g for g in map(_group_halflife, given) if g is not None]
+    rest = [f"infer.signals.{o}" for o in given if _group_halflife(o) is None]
     cfg = load_config(CONFIG, [*base, *rest])
     cfg.infer.signals.group_halflife = {str(g): float(h) for g, h in (groups[-1] if groups else {}).items()}
     return cfg
@@ -481,7 +486,7 @@ def _estimate(variant: dict[str, Any]) -> float:
 
 def _settings(overrides: list[str]) -> int:
     """How many settings a variant's overrides make: one per key, one per group of a group_halflife mapping."""
-    return sum(len(yaml.safe_load(o.split("=", 1)[1])) if o.startswith("group_halflife=") else 1 for o in overrides)
+    return sum(1 if (g := _group_halflife(o)) is None else len(g) for o in overrides)
 
 
 def choose(variants: dict[str, Any]) -> str | None:

@@ -119,8 +119,8 @@ class Ewma(_Aggregator):
         if not 0 < min_weight < 1:
             raise ValueError(f"Ewma: min_weight must be in (0, 1), got {min_weight!r}")
         self.width, self.min_weight = width, float(min_weight)
-        self.halflife: float | tuple[float, ...] = float(h[0]) if one else tuple(h.astype(float).tolist())
-        self._decay = 0.5 ** (1.0 / h.astype(np.float64)) if not one else 0.5 ** (1.0 / float(h[0]))
+        self.halflife: float | tuple[float, ...] = float(h[0]) if one else tuple(float(x) for x in h)
+        self._decay = 0.5 ** (1.0 / self.halflife) if one else 0.5 ** (1.0 / h.astype(np.float64))
         self._s = _Slots(width, {"S": 0.0, "W": 0.0})
 
     def update(self, slots: Any, y: Any, present: Any) -> None:

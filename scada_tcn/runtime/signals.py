@@ -53,7 +53,16 @@ from scada_tcn.runtime.errors import check_keys
 from scada_tcn.runtime.slots import kept_rows
 from scada_tcn.runtime.vocab import Direction, ScoreAggregator, SignalBaseline, parse
 
-__all__ = ["SignalLevels", "SignalParams", "SignalSpec", "SignalStep", "SignalTracker", "StuckCheck", "halflives"]
+__all__ = [
+    "SignalLevels",
+    "SignalParams",
+    "SignalSpec",
+    "SignalStep",
+    "SignalTracker",
+    "StuckCheck",
+    "halflives",
+    "invalid_halflives",
+]
 
 
 @dataclass(frozen=True)
@@ -273,6 +282,12 @@ class SignalParams:
                    {str(g): float(h) for g, h in groups.items()})  # fmt: skip
 
 
+def invalid_halflives(group_halflife: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a group -> half-life mapping that are not finite numbers of steps > 0 (the config checks
+    and `halflives` refuse them)."""
+    return {g: h for g, h in group_halflife.items() if not (isinstance(h, (int, float)) and math.isfinite(h) and h > 0)}
+
+
 def halflives(spec: SignalSpec, halflife: float | None, group_halflife: dict[str, float]) -> Any:
     """The EWMA half-life of each monitored feature (`monitor_features` order): its group's in `group_halflife`,
     else `halflife`; one number when no group has its own (None without EWMA). Refused (ValueError): group
@@ -282,18 +297,22 @@ def halflives(spec: SignalSpec, halflife: float | None, group_halflife: dict[str
         return halflife
     if halflife is None:
         raise ValueError("signals.group_halflife: half-lives per group need aggregator 'ewma'")
-    unknown = sorted(set(group_halflife) - set(spec.groups))
-    if unknown:
-        raise ValueError(f"signals.group_halflife: {unknown} are not groups; groups: {list(spec.groups)}")
-    bad = {g: h for g, h in group_halflife.items() if not (isinstance(h, (int, float)) and math.isfinite(h) and h > 0)}
+    bad = invalid_halflives(group_halflife)
     if bad:
         raise ValueError(f"signals.group_halflife: half-lives must be finite numbers of steps > 0, got {bad}")
-    of = np.asarray(spec.group_of)[spec.monitor_features]
-    idle = sorted(set(group_halflife) - {spec.groups[g] for g in of.tolist()})
+    n = len(spec.monitor_features)  # the monitored features come first among the monitors
+    try:
+        mine = {g: spec.monitor_groups_in([g])[:n] for g in group_halflife}
+    except ValueError as e:  # an unknown group
+        raise ValueError(f"signals.group_halflife: {e}") from e
+    idle = sorted(g for g, m in mine.items() if not m.any())
     if idle:
         raise ValueError(f"signals.group_halflife: {idle} have no monitored feature, so no EWMA (stuck checks and "
                          "unmonitored features have none): their half-lives would change nothing")  # fmt: skip
-    return tuple(float(group_halflife.get(spec.groups[g], halflife)) for g in of.tolist())
+    out = np.full(n, float(halflife))
+    for g, m in mine.items():
+        out[m] = float(group_halflife[g])
+    return tuple(out.tolist())
 
 
 def worst_first(group_ratio: np.ndarray, group_top: np.ndarray) -> list[list[tuple[int, int]]]:

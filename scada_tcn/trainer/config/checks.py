@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import re
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from scada_tcn.runtime.errors import ConfigError
+from scada_tcn.runtime.signals import invalid_halflives
 from scada_tcn.runtime.telemetry import zone_problem
 from scada_tcn.runtime.vocab import ScoreAggregator, ScoreKind
 from scada_tcn.trainer.config.choices import FlagSourceType, ReceptiveFieldRule
@@ -187,7 +187,7 @@ def _check_signals(cfg: RootCfg) -> None:
         raise ConfigError("infer.signals.halflife_steps (> 0) is required by, and only used by, aggregator=ewma")
     if sg.group_halflife and sg.aggregator != ScoreAggregator.ewma:
         raise ConfigError("infer.signals.group_halflife: half-lives per group are for aggregator=ewma only")
-    bad = {g: h for g, h in sg.group_halflife.items() if not (math.isfinite(h) and h > 0)}
+    bad = invalid_halflives(sg.group_halflife)
     if bad:
         raise ConfigError(f"infer.signals.group_halflife: half-lives must be finite numbers of steps > 0, got {bad}")
     if (sg.aggregator == ScoreAggregator.cusum) != (sg.cusum_k is not None) or (

@@ -270,8 +270,9 @@ def fit_levels(steps: SignalSteps, data: PreparedData, cfg: RootCfg, log: Callab
     spec = SignalSpec(features, groups.names, groups.group_of, directions, tuple(float(c) for c in center), monitored,
                       stuck, tuple(sg.skip_flags))  # fmt: skip
     turbines = sorted(set(steps.turbine))
+    group_halflife = {g: float(h) for g, h in sg.group_halflife.items()}
     tracker = SignalTracker(spec, sg.aggregator, sg.halflife_steps, sg.cusum_k, sg.max_gap_steps, sg.baseline,
-                            sg.min_peers, group_halflife=dict(sg.group_halflife))  # fmt: skip
+                            sg.min_peers, group_halflife=group_halflife)  # fmt: skip
     res = track(tracker, steps, turbines, flag_names, use=~steps.label)
     values = res[[f"value_{m}" for m in spec.monitor_names]].to_numpy(copy=True)
     values[steps.label] = np.nan  # a run or an aggregate during a fault is not a normal one
@@ -299,7 +300,7 @@ def fit_levels(steps: SignalSteps, data: PreparedData, cfg: RootCfg, log: Callab
     log(f"per-signal levels ({levels.n_steps} validation steps): "
         + ", ".join(f"{m} {v:.3g}" for m, v in zip(spec.monitor_names, pooled)))  # fmt: skip
     params = SignalParams(spec, sg.aggregator, sg.halflife_steps, sg.cusum_k, sg.max_gap_steps, sg.baseline,
-                          sg.min_peers, levels, {g: float(h) for g, h in sg.group_halflife.items()})  # fmt: skip
+                          sg.min_peers, levels, group_halflife)  # fmt: skip
     tracked = track(SignalTracker.from_params(params), steps, turbines, flag_names, use=~steps.label)
     scores = tracked["score"].to_numpy()  # the steps the edge's drift monitor counts: observed (`scored`), finite
     return params, scores[np.isfinite(scores) & tracked["scored"].to_numpy() & ~steps.label]
