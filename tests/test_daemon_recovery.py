@@ -511,16 +511,17 @@ def test_no_online_status_once_stopping(bundle, tmp_path):
 
 
 def test_a_daemon_without_a_state_file_says_what_a_restart_will_lose(bundle, caplog):
-    """Without `state.path` a restart warms every turbine up again and leaves the alerts that were on without an
-    'off': the daemon says so at start, with what to set."""
+    """Without `state.path` a restart warms every turbine up again and loses the telemetry not yet scored: the
+    daemon says so at start, with what to set (the alerts that were on are carried over from the broker:
+    tests/test_runtime_e2e.py)."""
     cfg = daemon_config(f"mqtt://127.0.0.1:{free_port()}")
     d = Daemon(cfg, bundle, make_scorer(bundle, "stream"), clock=lambda: parse_timestamp_ns(END))
     with caplog.at_level(logging.WARNING, logger="scada.runtime.daemon"):
         d._restore_state()
     assert [r.getMessage() for r in caplog.records if "state.path is not set" in r.getMessage()] == [
-        "state.path is not set: a restart warms every turbine up again, loses the telemetry acknowledged and not "
-        "yet scored, and does not close the alerts that were on (their consumers get no 'off'); set state.path in "
-        "production"
+        "state.path is not set: a restart warms every turbine up again and loses the telemetry acknowledged and not "
+        "yet scored (the alerts that were on are carried over from the broker's retained alert states); set "
+        "state.path in production"
     ]
 
 

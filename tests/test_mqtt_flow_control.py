@@ -24,7 +24,7 @@ from paho.mqtt.properties import Properties
 
 from scada_tcn.demo.broker import free_port
 from scada_tcn.runtime.daemon_config import daemon_config_from_dict
-from scada_tcn.runtime.mqtt import MqttLink, Publish, _ReadAhead
+from scada_tcn.runtime.mqtt import MqttLink, Publish, _ReadAhead, read_retained
 from tests.mosquitto import Broker, Collector, client, publish_all, wait_for
 
 PUBLISH, PUBACK, SUBSCRIBE = 3, 4, 8
@@ -547,3 +547,40 @@ def test_connection_changes_reach_the_listener_in_the_order_they_happened() -> N
     link._set(pub=False)
     up.join()
     assert heard == [True, False] and not link.connected
+
+
+def test_read_retained_gets_every_retained_message_or_says_why_not(tmp_path: Path) -> None:
+    """`read_retained` (the daemon reads the broker's retained alert states at start with it): MQTT marks no end
+    of the retained messages a subscription brings, so it waits for a nonce it publishes after the broker's
+    SUBACK. Here 60 retained messages through a broker that lets 3 messages be in flight at once, so most of them
+    wait in its queue when the nonce is published: all of them arrive, a deleted one (empty payload) is left out.
+    A topic the ACL does not let the user read gives nothing (Mosquitto grants the subscription: the read cannot
+    tell it from no retained message). The nonce's publish refused by the ACL (Mosquitto closes the connection)
+    and a broker that is not there end the read with the reason, at once."""
+    broker = Broker(tmp_path / "broker", inflight=3)
+    acl = tmp_path / "acl"
+    acl.write_text("topic readwrite flow/state/#\ntopic readwrite flow/status/#\ntopic write flow/hidden/#\n"
+                   "topic read flow/readonly/#\n")  # fmt: skip
+    broker.conf.write_text(broker.conf.read_text() + f"acl_file {acl}\n")
+    broker.start()
+    cfg = daemon_config_from_dict({"broker": {"url": broker.url}}).broker
+    try:
+        writer = client(broker.url, "flow-retained-writer")
+        wait_for(writer.is_connected, 10, "writer")
+        want = {f"flow/state/T{i:02d}": f"state {i}".encode() for i in range(60)}
+        for topic, payload in [*want.items(), ("flow/state/gone", b"x"), ("flow/state/gone", b"")]:
+            writer.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
+        writer.publish("flow/hidden/T1", b"secret", qos=1, retain=True).wait_for_publish(10)
+        writer.disconnect()
+        read = read_retained(cfg, "flow-sync", "flow/state/+", "flow/status/sync", 10.0)
+        assert read.problem is None and read.payloads == want
+        hidden = read_retained(cfg, "flow-sync", "flow/hidden/+", "flow/status/sync", 10.0)
+        assert hidden.payloads == {}  # Mosquitto grants a subscription its ACL denies, and delivers nothing
+        marker = read_retained(cfg, "flow-sync", "flow/state/+", "flow/readonly/sync", 10.0)
+        assert "closed the connection" in marker.problem  # (Mosquitto closes it, no PUBACK)
+        t0 = time.monotonic()
+        gone = read_retained(daemon_config_from_dict({"broker": {"url": f"mqtt://127.0.0.1:{free_port()}"}}).broker,
+                             "flow-sync", "flow/state/+", "flow/status/sync", 10.0)  # fmt: skip
+        assert gone.payloads == {} and "unreachable" in gone.problem and time.monotonic() - t0 < 5
+    finally:
+        broker.stop()

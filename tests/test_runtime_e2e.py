@@ -243,6 +243,54 @@ def test_broker_parity_with_reference_and_replay(broker, bundle, scorer, timelin
     col.close()
 
 
+def _alert_state(turbine: str, state: str) -> bytes:
+    """A retained alert state as an earlier daemon (another model) left it."""
+    doc = {"schema": "scada-score/2", "turbine": turbine, "state": state, "since": "2024-01-27T18:00:00Z",
+           "seq": 2838240, "model_id": "an-earlier-model", "bundle_id": "an-earlier-bundle"}  # fmt: skip
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize("kind", ["stream"], indirect=True)
+def test_a_start_without_state_closes_the_alerts_the_broker_holds_on(broker, bundle, scorer, timeline):
+    """A daemon started without its state (no state.path, a file lost or set aside unreadable) began with every
+    alert off: a turbine whose alert a consumer held "on" got, at its first score, a retained state "off" and no
+    transition on the alert topic, so a consumer of transitions kept the "on" for ever. Now the daemon reads the
+    broker's retained alert states at start, before any telemetry, and carries over those "on" of the turbines
+    it scores: the records say alert true until the turbine is scored normal, then an "off" transition is
+    published and the retained state says "off". An "off", a payload that is not an alert state, and a turbine
+    `ingest.turbines` does not list are left alone."""
+    header, rows, _ = timeline
+    turbines = sorted(expected_steps(rows, header))
+    on, off, garbled = turbines[:3]
+    writer = client(broker.url, "retained-writer")
+    wait_for(writer.is_connected, 10, "writer")
+    for t, payload in ((on, _alert_state(on, "on")), (off, _alert_state(off, "off")), (garbled, b"{not json"),
+                       ("elsewhere", _alert_state("elsewhere", "on"))):  # fmt: skip
+        writer.publish(f"scada/{SITE}/{t}/alert/state", payload, qos=1, retain=True).wait_for_publish(10)
+    writer.disconnect()
+    col = Collector(broker.url, [f"scada/{SITE}/+/score", f"scada/{SITE}/+/alert"], client_id="carry-collector")
+    wait_for(col.ready, 10, "collector connect")
+    d = DaemonThread(daemon_config(broker.url, ingest={"turbines": turbines}), bundle, scorer)
+    assert d.daemon.engine.fleet.turbines == [on]  # carried at start, before any telemetry
+    records = scores_through(broker.url, d, col, header, rows, 60)
+    assert d.stop() == 0
+    flags = {t: [json.loads(p)["alert"] for (tt, _), p in sorted(records.items()) if tt == t and b'"alert"' in p]
+             for t in turbines}  # fmt: skip
+    assert flags[on][0] is True and False in flags[on]  # held on, then scored normal
+    assert all(f[0] is False for t, f in flags.items() if t != on)
+    transitions = [(t.split("/")[2], json.loads(p)["state"]) for t, p in col.of("/alert")]
+    assert transitions[0] == (on, "off")  # the consumer's "on" closed
+    states = {}
+    watcher = client(broker.url, "retained-reader", {"on_message": lambda c, u, m: states.update(
+        {m.topic.split("/")[2]: json.loads(m.payload)["state"]})})  # fmt: skip
+    wait_for(watcher.is_connected, 10, "reader")
+    watcher.subscribe(f"scada/{SITE}/+/alert/state", qos=1)
+    wait_for(lambda: len(states) == len(turbines) + 1, 10, "retained alert states")
+    assert states == {t: "on" if flags[t][-1] else "off" for t in turbines} | {"elsewhere": "on"}
+    watcher.disconnect()
+    col.close()
+
+
 @pytest.fixture()
 def limited_broker(tmp_path, request):
     """A Mosquitto whose max_packet_size (its MQTT v5 Maximum Packet Size) is the test's parameter."""

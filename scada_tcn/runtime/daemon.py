@@ -42,6 +42,12 @@ model or engine, damaged) is moved aside with a warning and every turbine warms 
 records are published all the same, and when it is readable, its alerts that were on and its open bins (samples
 acknowledged before the restart, a model change among them) are carried over. Damaged journal frames end the
 replay there (a torn tail).
+
+Alerts the consumers hold: at start, after the state and before the link connects, the daemon reads the retained
+alert states of its site from the broker (`mqtt.read_retained`, on a connection of its own) and carries over
+those "on" of turbines its state does not know as scored (no state file, one set aside, a turbine it lacks):
+without that, nothing would close them (`_carry_retained_alerts`). A broker unreachable then is logged and the
+daemon starts without them.
 """
 
 from __future__ import annotations
@@ -66,7 +72,7 @@ from scada_tcn.runtime.daemon_config import RuntimeConfig, redacted
 from scada_tcn.runtime.engine import Engine, Output, Resumed
 from scada_tcn.runtime.health import HealthServer, Heartbeat
 from scada_tcn.runtime.journal import Journal
-from scada_tcn.runtime.mqtt import Message, MqttLink, Publish
+from scada_tcn.runtime.mqtt import Message, MqttLink, Publish, read_retained
 from scada_tcn.runtime.prometheus import RuntimeMetrics
 from scada_tcn.runtime.records import batches, iso_utc, split_batch
 from scada_tcn.runtime.state_file import EncodedState, encode_state, fsync_dir, load_state, write_state
@@ -76,6 +82,7 @@ __all__ = ["Daemon", "setup_logging"]
 
 log = logging.getLogger("scada.runtime.daemon")
 STATE_FORMAT = "scada-runtime-state/2"  # snapshot + journal
+_RETAINED_READ_S = 10.0  # the longest wait for the broker's retained alert states at start
 _NOT_REPUBLISHED = (
     "steps closed by the journal were scored before the crash by the model or bundle of the state; they are not "
     "published again with this one's numbers, and those of its records the broker had not acknowledged are lost"
@@ -233,6 +240,7 @@ class Daemon:
             },
         )
         self._restore_state()
+        self._carry_retained_alerts()
         self.link.start()
         self._status_thread.start()
 
@@ -269,9 +277,9 @@ class Daemon:
         error) stops the daemon."""
         path = self.cfg.state.path
         if path is None:
-            log.warning("state.path is not set: a restart warms every turbine up again, loses the telemetry "
-                        "acknowledged and not yet scored, and does not close the alerts that were on (their consumers "
-                        "get no 'off'); set state.path in production")  # fmt: skip
+            log.warning("state.path is not set: a restart warms every turbine up again and loses the telemetry "
+                        "acknowledged and not yet scored (the alerts that were on are carried over from the broker's "
+                        "retained alert states); set state.path in production")  # fmt: skip
             return
         refused: ValueError | None = None
         other_bundle = False  # the state's bundle is another of this model: the journal's steps were its to score
@@ -402,6 +410,46 @@ class Daemon:
                         "beyond ingest.max_turbines), are not carried over: their consumers keep their last state",
                         extra={"turbines": sorted(set(on) - set(carried))})  # fmt: skip
         return carried
+
+    def _carry_retained_alerts(self) -> None:
+        """Read the broker's retained alert states of this site (at start, before any telemetry is taken) and carry
+        over those "on" of turbines this config scores that the engine has neither scored nor carried
+        (`Engine.carry_alerts`): started without a state file, with one set aside that could not say, or with a
+        turbine it lacks. Their consumers hold "on"; without this, the turbine's first score would only replace the
+        retained state by "off", with no transition on the alert topic. A read that fails (broker ACL, timeout)
+        or a retained payload that is not an alert state is logged, and the daemon goes on without them."""
+        try:
+            filt, level = topic_filter(self.cfg.topics.alert_state, self.cfg.site, self.cfg.gateway)
+        except ValueError:
+            log.warning("topics.alert_state has no level that is exactly {turbine}: the retained alert states cannot "
+                        "be read, alerts that were on are not carried over")  # fmt: skip
+            return
+        c = self.cfg.broker
+        read = read_retained(c, f"{c.client_id or f'scada-runtime-{self.cfg.gateway}'}-sync", filt,
+                             f"{self.status_topic}/sync", _RETAINED_READ_S)  # fmt: skip
+        if read.problem is not None:
+            log.warning("the retained alert states could not all be read: alerts that were on may not be carried "
+                        "over (their consumers keep them until the turbine's next transition)",
+                        extra={"filter": filt, "problem": read.problem, "read": len(read.payloads)})  # fmt: skip
+        on, bad = [], []
+        for topic, payload in sorted(read.payloads.items()):
+            turbine = topic.split("/")[level]
+            try:
+                doc = json.loads(payload)
+                state = doc["state"] if isinstance(doc, dict) and doc.get("turbine") == turbine else None
+            except (ValueError, KeyError):
+                state = None
+            if state == "on":
+                on.append(turbine)
+            elif state != "off":
+                bad.append(topic)
+        if bad:
+            log.warning("retained messages on the alert state topics that are not alert states of their turbine: "
+                        "ignored", extra={"topics": bad[:10], "count": len(bad)})  # fmt: skip
+        carried = self.engine.carry_alerts(self._allowed(on))
+        log.info("retained alert states read; those on, of turbines the state does not know as scored, are carried "
+                 "over: they stay on until the turbine is scored and turns off by its rule",
+                 extra={"read": len(read.payloads), "on": len(on), "carried": carried})  # fmt: skip
 
     def _set_aside(self, path: str, why: ValueError, resent: int, waiting: int, carried: Sequence[str] = (),
                    samples: int = 0, unpublished: int = 0) -> None:  # fmt: skip

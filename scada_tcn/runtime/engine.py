@@ -577,10 +577,11 @@ class Engine:
         consumers read as on, keep saying so until the turbine is scored and the alert turns off by its rule, with
         a published transition. The retained state is not published again at their first score here: the one the
         broker holds says since when the alert is on. Registered in the fleet (`Fleet.register`), they are part
-        of the state saved. Returns those carried (all but any beyond `max_turbines`)."""
+        of the state saved. A turbine this engine has scored, or carried already, keeps its own alert state.
+        Returns those carried (all but those and any beyond `max_turbines`)."""
         carried, slots = [], []
         for t in dict.fromkeys(turbines):  # one name at a time: each takes room
-            if self.fleet.has_room(t):
+            if t not in self._scored_once and self.fleet.has_room(t):
                 carried.append(t)
                 slots.append(self.fleet.register(t))
         self.alerts.hold_on(np.array(slots, dtype=np.int64))

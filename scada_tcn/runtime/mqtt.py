@@ -76,6 +76,7 @@ import socket
 import ssl
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -90,7 +91,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from scada_tcn.runtime.daemon_config import BrokerCfg
 
-__all__ = ["Message", "MqttLink", "Publish"]
+__all__ = ["Message", "MqttLink", "Publish", "Retained", "read_retained"]
 
 log = logging.getLogger("scada.runtime.mqtt")
 _RCVBUF = 256 * 1024  # the subscriber's socket receive buffer: what the broker can push at a paused reader
@@ -238,6 +239,112 @@ def _noop(*_: object) -> None:
     return None
 
 
+def _address(broker: BrokerCfg) -> tuple[str, int, bool]:
+    """(host, port, TLS) of `broker.url`; ValueError for a URL that is not mqtt:// or mqtts://host[:port]."""
+    url = urlparse(broker.url)
+    if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
+        raise ValueError(f"MqttLink: broker url must be mqtt:// or mqtts://host:port, got {broker.url!r}")
+    return url.hostname, url.port or (8883 if url.scheme == "mqtts" else 1883), url.scheme == "mqtts"
+
+
+def _authenticate(c: paho.Client, b: BrokerCfg, tls: bool) -> None:
+    """The broker's credentials and, for mqtts://, its TLS settings, on a client not yet connected."""
+    if b.username:
+        password = b.password
+        if b.password_file is not None:
+            password = Path(b.password_file).read_text(encoding="utf-8").splitlines()[0]
+        c.username_pw_set(b.username, password)
+    if tls:
+        for f in (b.tls.ca_file, b.tls.cert_file, b.tls.key_file):
+            if f is not None and not Path(f).is_file():
+                raise ValueError(f"broker.tls: file {f} does not exist")
+        c.tls_set(ca_certs=b.tls.ca_file, certfile=b.tls.cert_file, keyfile=b.tls.key_file, cert_reqs=ssl.CERT_REQUIRED)
+        c.tls_insecure_set(b.tls.insecure)
+
+
+class Retained(NamedTuple):
+    """What `read_retained` found: the retained payloads by topic (deleted ones, empty, left out), and why the
+    read is incomplete (None when the broker confirmed it had sent them all)."""
+
+    payloads: dict[str, bytes]
+    problem: str | None
+
+
+def read_retained(broker: BrokerCfg, client_id: str, topic_filter: str, marker_topic: str,
+                  timeout_s: float) -> Retained:  # fmt: skip
+    """The retained messages the broker holds on `topic_filter` now, on a connection of their own (clean start,
+    no session left behind). MQTT marks no end of the retained messages a subscription brings, so once the broker
+    acknowledged the subscriptions this publishes a nonce (QoS 1, not retained) on `marker_topic`, which it also
+    subscribed: the broker queues that after the retained messages it queued at the subscription, on the same
+    connection, so its arrival means all of them arrived. `problem` says why a read ended without it (the broker
+    unreachable, a refused connection or subscription, the marker refused by the ACL, no answer within
+    `timeout_s`)."""
+    host, port, tls = _address(broker)
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    _authenticate(c, broker, tls)
+    nonce = uuid.uuid4().hex.encode()
+    found: dict[str, bytes] = {}
+    problems: list[str] = []
+    done = threading.Event()
+
+    def fail(problem: str) -> None:
+        problems.append(problem)
+        done.set()
+
+    def on_connect(client: paho.Client, userdata: object, flags: object, reason_code: ReasonCode, _: object) -> None:
+        if reason_code.is_failure:
+            return fail(f"the broker refused the connection: {reason_code}")
+        retained = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE)
+        client.subscribe([(topic_filter, retained), (marker_topic, SubscribeOptions(qos=1))])
+
+    def on_subscribe(client: paho.Client, userdata: object, mid: int, codes: list[ReasonCode], props: object) -> None:
+        bad = [f"{f}: {rc}" for f, rc in zip((topic_filter, marker_topic), codes) if rc.is_failure]
+        if bad:
+            return fail(f"the broker refused the subscriptions {bad} (its ACL must let this user read them)")
+        client.publish(marker_topic, nonce, qos=1)
+
+    def on_publish(client: paho.Client, userdata: object, mid: int, reason_code: ReasonCode, props: object) -> None:
+        if reason_code.is_failure:
+            fail(
+                f"the broker refused the publish on {marker_topic}: {reason_code} (its ACL must let this user write it)"
+            )
+
+    def on_message(client: paho.Client, userdata: object, m: paho.MQTTMessage) -> None:
+        if m.topic == marker_topic:
+            if m.payload == nonce:
+                done.set()
+        elif m.retain and m.payload:
+            found[m.topic] = bytes(m.payload)
+
+    def on_disconnect(client: paho.Client, userdata: object, flags: object, reason_code: ReasonCode, _: object) -> None:
+        if not done.is_set():  # the broker closed it (an ACL refusal may close it without a PUBACK)
+            fail(
+                f"the broker closed the connection ({reason_code}) before the read ended (Mosquitto does when "
+                f"its ACL refuses the publish on {marker_topic})"
+            )
+
+    c.on_connect, c.on_subscribe, c.on_publish, c.on_message = on_connect, on_subscribe, on_publish, on_message
+    c.on_disconnect = on_disconnect
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 0
+    try:
+        c.connect(host, port, keepalive=broker.keepalive_s, clean_start=True, properties=props)
+    except OSError as e:
+        return Retained({}, f"the broker at {host}:{port} is unreachable: {e}")
+    end = time.monotonic() + timeout_s
+    try:
+        while not done.is_set():  # this thread runs the client's network loop: no thread to start and join
+            if time.monotonic() >= end:
+                problems.append(f"no answer from {host}:{port} within {timeout_s:g} s")
+                break
+            if c.loop(timeout=0.05) not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_AGAIN) and not done.is_set():
+                problems.append(f"the connection to {host}:{port} was lost")
+                break
+    finally:
+        c.disconnect()
+    return Retained(found, problems[0] if problems else None)
+
+
 class MqttLink:
     """A telemetry subscriber and a publisher, MQTT v5; see the module docstring."""
 
@@ -256,16 +363,11 @@ class MqttLink:
         may_read: Callable[[], bool] = lambda: True,
         on_refused: Callable[[Publish, str], None] = lambda p, reason: None,
     ) -> None:
-        url = urlparse(broker.url)
-        if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
-            raise ValueError(f"MqttLink: broker url must be mqtt:// or mqtts://host:port, got {broker.url!r}")
+        self.host, self.port, self.tls = _address(broker)
         self.broker = broker
         self.client_id = client_id
         self.handlers = dict(handlers)
         self.will = will
-        self.host = url.hostname
-        self.port = url.port or (8883 if url.scheme == "mqtts" else 1883)
-        self.tls = url.scheme == "mqtts"
         self._on_change = on_connection_change
         self._on_connect_failed = on_connect_failed
         self._on_overflow = on_overflow
@@ -309,22 +411,9 @@ class MqttLink:
         c.max_queued_messages_set(0)  # what waits is bounded by `publish` (max_queued)
         c.max_inflight_messages_set(0)  # the publisher's window is our send quota (flow control, point 3)
         c.reconnect_delay_set(self.broker.reconnect_min_s, self.broker.reconnect_max_s)
-        b = self.broker
-        if b.username:
-            password = b.password
-            if b.password_file is not None:
-                password = Path(b.password_file).read_text(encoding="utf-8").splitlines()[0]
-            c.username_pw_set(b.username, password)
-        if self.tls:
-            for f in (b.tls.ca_file, b.tls.cert_file, b.tls.key_file):
-                if f is not None and not Path(f).is_file():
-                    raise ValueError(f"broker.tls: file {f} does not exist")
-            c.tls_set(
-                ca_certs=b.tls.ca_file, certfile=b.tls.cert_file, keyfile=b.tls.key_file, cert_reqs=ssl.CERT_REQUIRED
-            )
-            c.tls_insecure_set(b.tls.insecure)
+        _authenticate(c, self.broker, self.tls)
         props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = int(b.session_expiry_s)
+        props.SessionExpiryInterval = int(self.broker.session_expiry_s)
         c.on_disconnect = self._handle_disconnect
         if subscriber:
             props.ReceiveMaximum = int(receive_maximum)
