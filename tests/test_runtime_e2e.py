@@ -772,13 +772,20 @@ def test_tls_and_password(tmp_path, bundle, scorer, timeline):
         auth = {"username": "ops", "password": "ops-pass", "ca_file": str(certs["ca"])}
         col = Collector(b.url, [f"scada/runtime/{GATEWAY}/status", f"scada/{SITE}/+/score"], "col-tls", **auth)
         wait_for(lambda: col.ready(), 10, "collector connect over TLS")
+        header, rows, _ = timeline
+        held = rows[0][header.index("turbine_id")]  # its consumers hold its alert on: the start reads it over TLS
+        writer = client(b.url, "writer-tls", **auth)
+        wait_for(writer.is_connected, 10, "writer connect over TLS")
+        on = writer.publish(f"scada/{SITE}/{held}/alert/state", _alert_state(held, "on"), qos=1, retain=True)
+        on.wait_for_publish(10)
+        writer.disconnect()
         bad = DaemonThread(
             daemon_config(b.url, broker={"username": "gw1", "password": "wrong", "tls": {"ca_file": str(certs["ca"])}}),
             bundle,
             scorer,
         )
         wait_for(lambda: _connect_failures(bad.daemon) >= 1, 10, "a refused connection")
-        assert not bad.daemon.link.connected
+        assert not bad.daemon.link.connected and bad.daemon.engine.fleet.turbines == []  # refused: nothing read
         bad.stop()
         pw = tmp_path / "pw"
         pw.write_text("s3cret\n")
@@ -790,9 +797,9 @@ def test_tls_and_password(tmp_path, bundle, scorer, timeline):
             scorer,
         )
         wait_for(lambda: good.daemon.link.connected, 10, "TLS + password connection")
+        assert good.daemon.engine.fleet.turbines == [held]
         pub = client(b.url, "pub-tls", **auth)
         wait_for(lambda: pub.is_connected(), 10, "publisher connect")
-        header, rows, _ = timeline
         publish_all(pub, to_messages(header, rows[:40]))
         wait_for(lambda: len(col.of("/score")) > 0, 20, "a score over TLS")
         statuses = [json.loads(p)["state"] for _, p in col.of("/status")]
