@@ -291,6 +291,25 @@ def test_a_start_without_state_closes_the_alerts_the_broker_holds_on(broker, bun
     col.close()
 
 
+def test_a_broker_away_at_start_is_asked_for_the_alerts_once_back(broker, bundle, scorer):
+    """A daemon that starts while its broker is away cannot read the retained alert states then: it asks once
+    more when its link first connects, and carries the "on" it finds (the broker kept it: persistence)."""
+    writer = client(broker.url, "retained-writer-away")
+    wait_for(writer.is_connected, 10, "writer")
+    on = writer.publish(f"scada/{SITE}/WT09/alert/state", _alert_state("WT09", "on"), qos=1, retain=True)
+    on.wait_for_publish(10)
+    writer.disconnect()
+    broker.stop()
+    d = DaemonThread(daemon_config(broker.url), bundle, scorer)
+    try:
+        assert d.daemon.engine.fleet.turbines == []  # unreachable at start: nothing read
+        broker.start()
+        wait_for(lambda: d.daemon.engine.fleet.turbines == ["WT09"], 20, "the retained alert states read once back")
+        assert d.daemon.engine.alerts_on() == 1
+    finally:
+        assert d.stop() == 0
+
+
 @pytest.fixture()
 def limited_broker(tmp_path, request):
     """A Mosquitto whose max_packet_size (its MQTT v5 Maximum Packet Size) is the test's parameter."""

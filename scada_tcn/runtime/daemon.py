@@ -46,8 +46,8 @@ replay there (a torn tail).
 Alerts the consumers hold: at start, after the state and before the link connects, the daemon reads the retained
 alert states of its site from the broker (`mqtt.read_retained`, on a connection of its own) and carries over
 those "on" of turbines its state does not know as scored (no state file, one set aside, a turbine it lacks):
-without that, nothing would close them (`_carry_retained_alerts`). A broker unreachable then is logged and the
-daemon starts without them.
+without that, nothing would close them (`_carry_retained_alerts`). A broker unreachable then is logged, and
+asked once more when the link first connects.
 """
 
 from __future__ import annotations
@@ -173,6 +173,7 @@ class Daemon:
         self._behind = False  # the wall clock is behind it (`_clock_behind`)
         self._drained = False  # nothing waits at the broker for us: bins may close on the wall clock (`_tick_clock`)
         self._connects_seen = -1
+        self._retained_again = False  # the broker was unreachable at start: read its alert states once connected
         self._overflowed = 0  # publishes dropped on a full queue since the last report ...
         self._overflowed_scores = 0  # ... and the score records they held
         self._topics: dict[tuple[str, str], str] = {}  # (output kind, turbine) -> topic
@@ -417,7 +418,10 @@ class Daemon:
         (`Engine.carry_alerts`): started without a state file, with one set aside that could not say, or with a
         turbine it lacks. Their consumers hold "on"; without this, the turbine's first score would only replace the
         retained state by "off", with no transition on the alert topic. A read that fails (broker ACL, timeout)
-        or a retained payload that is not an alert state is logged, and the daemon goes on without them."""
+        or a retained payload that is not an alert state is logged, and the daemon goes on without them. A broker
+        unreachable at start is asked once more when the link first connects (`step`): what telemetry the loop took
+        before (a session's backlog, between the CONNACK and the SUBACK) has seldom ended a turbine's warm-up, and
+        a turbine scored meanwhile keeps its own alert state."""
         try:
             filt, level = topic_filter(self.cfg.topics.alert_state, self.cfg.site, self.cfg.gateway)
         except ValueError:
@@ -427,10 +431,12 @@ class Daemon:
         c = self.cfg.broker
         read = read_retained(c, f"{c.client_id or f'scada-runtime-{self.cfg.gateway}'}-sync", filt,
                              f"{self.status_topic}/sync", _RETAINED_READ_S)  # fmt: skip
+        self._retained_again = not read.reached and not self._retained_again
         if read.problem is not None:
             log.warning("the retained alert states could not all be read: alerts that were on may not be carried "
                         "over (their consumers keep them until the turbine's next transition)",
-                        extra={"filter": filt, "problem": read.problem, "read": len(read.payloads)})  # fmt: skip
+                        extra={"filter": filt, "problem": read.problem, "read": len(read.payloads),
+                               "again_once_connected": self._retained_again})  # fmt: skip
         on, bad = [], []
         for topic, payload in sorted(read.payloads.items()):
             turbine = topic.split("/")[level]
@@ -558,6 +564,8 @@ class Daemon:
         broker keeps the rest), so neither queue grows without bound."""
         for p in self.link.take_too_large():
             self._publish_again(p)
+        if self._retained_again and self.link.connected:
+            self._carry_retained_alerts()
         if self.link.queue_depth >= self.cfg.queues.publish_backlog:
             self.metrics.publish_backpressure.inc()
             self.heartbeat.beat(self.clock() / 1e9)

@@ -263,11 +263,12 @@ def _authenticate(c: paho.Client, b: BrokerCfg, tls: bool) -> None:
 
 
 class Retained(NamedTuple):
-    """What `read_retained` found: the retained payloads by topic (deleted ones, empty, left out), and why the
-    read is incomplete (None when the broker confirmed it had sent them all)."""
+    """What `read_retained` found: the retained payloads by topic (deleted ones, empty, left out), why the read
+    is incomplete (None when the broker confirmed it had sent them all), and whether the broker was reached."""
 
     payloads: dict[str, bytes]
     problem: str | None
+    reached: bool = True
 
 
 def read_retained(broker: BrokerCfg, client_id: str, topic_filter: str, marker_topic: str,
@@ -330,7 +331,7 @@ def read_retained(broker: BrokerCfg, client_id: str, topic_filter: str, marker_t
     try:
         c.connect(host, port, keepalive=broker.keepalive_s, clean_start=True, properties=props)
     except OSError as e:
-        return Retained({}, f"the broker at {host}:{port} is unreachable: {e}")
+        return Retained({}, f"the broker at {host}:{port} is unreachable: {e}", reached=False)
     end = time.monotonic() + timeout_s
     try:
         while not done.is_set():  # this thread runs the client's network loop: no thread to start and join
