@@ -58,7 +58,6 @@ import logging
 import math
 import os
 import queue
-import re
 import shutil
 import sys
 import threading
@@ -74,9 +73,9 @@ from scada_tcn.runtime.health import HealthServer, Heartbeat
 from scada_tcn.runtime.journal import Journal
 from scada_tcn.runtime.mqtt import Message, MqttLink, Publish, read_retained
 from scada_tcn.runtime.prometheus import RuntimeMetrics
-from scada_tcn.runtime.records import batches, iso_utc, split_batch
+from scada_tcn.runtime.records import alert_state_on, batches, iso_utc, split_batch
 from scada_tcn.runtime.state_file import EncodedState, encode_state, fsync_dir, load_state, write_state
-from scada_tcn.runtime.telemetry import Rejection, Sample, TelemetryDecoder, topic_filter
+from scada_tcn.runtime.telemetry import Rejection, Sample, TelemetryDecoder, topic_filter, turbine_topics
 
 __all__ = ["Daemon", "setup_logging"]
 
@@ -177,8 +176,7 @@ class Daemon:
         self._overflowed = 0  # publishes dropped on a full queue since the last report ...
         self._overflowed_scores = 0  # ... and the score records they held
         self._topics: dict[tuple[str, str], str] = {}  # (output kind, turbine) -> topic
-        score = re.escape(cfg.topics.score.format(site=cfg.site, gateway=cfg.gateway, turbine="\0"))
-        self._score_topic = re.compile(score.replace("\0", "[^/]+"))  # any turbine's score topic
+        self._score_topic = turbine_topics(cfg.topics.score, cfg.site, cfg.gateway)[1]  # any turbine's score topic
         self._bins_closed = 0
         self.status_topic = cfg.topics.status.format(gateway=cfg.gateway, site=cfg.site)
         self.errors_topic = cfg.topics.errors.format(gateway=cfg.gateway, site=cfg.site)
@@ -412,26 +410,20 @@ class Daemon:
                         extra={"turbines": sorted(set(on) - set(carried))})  # fmt: skip
         return carried
 
-    def _carry_retained_alerts(self) -> None:
+    def _carry_retained_alerts(self, again: bool = True) -> None:
         """Read the broker's retained alert states of this site (at start, before any telemetry is taken) and carry
         over those "on" of turbines this config scores that the engine has neither scored nor carried
         (`Engine.carry_alerts`): started without a state file, with one set aside that could not say, or with a
         turbine it lacks. Their consumers hold "on"; without this, the turbine's first score would only replace the
         retained state by "off", with no transition on the alert topic. A read that fails (broker ACL, timeout)
         or a retained payload that is not an alert state is logged, and the daemon goes on without them. A broker
-        unreachable at start is asked once more when the link first connects (`step`): what telemetry the loop took
-        before (a session's backlog, between the CONNACK and the SUBACK) has seldom ended a turbine's warm-up, and
-        a turbine scored meanwhile keeps its own alert state."""
-        try:
-            filt, level = topic_filter(self.cfg.topics.alert_state, self.cfg.site, self.cfg.gateway)
-        except ValueError:
-            log.warning("topics.alert_state has no level that is exactly {turbine}: the retained alert states cannot "
-                        "be read, alerts that were on are not carried over")  # fmt: skip
-            return
-        c = self.cfg.broker
-        read = read_retained(c, f"{c.client_id or f'scada-runtime-{self.cfg.gateway}'}-sync", filt,
-                             f"{self.status_topic}/sync", _RETAINED_READ_S)  # fmt: skip
-        self._retained_again = not read.reached and not self._retained_again
+        unreachable at start (`again`) is asked once more when the link first connects (`step`): what telemetry
+        the loop took before (a session's backlog, between the CONNACK and the SUBACK) has seldom ended a
+        turbine's warm-up, and a turbine scored meanwhile keeps its own alert state."""
+        filt, pattern = turbine_topics(self.cfg.topics.alert_state, self.cfg.site, self.cfg.gateway)
+        read = read_retained(self.cfg.broker, f"{self.link.client_id}-sync", filt, f"{self.status_topic}/sync",
+                             _RETAINED_READ_S)  # fmt: skip
+        self._retained_again = again and not read.reached
         if read.problem is not None:
             log.warning("the retained alert states could not all be read: alerts that were on may not be carried "
                         "over (their consumers keep them until the turbine's next transition)",
@@ -439,16 +431,12 @@ class Daemon:
                                "again_once_connected": self._retained_again})  # fmt: skip
         on, bad = [], []
         for topic, payload in sorted(read.payloads.items()):
-            turbine = topic.split("/")[level]
-            try:
-                doc = json.loads(payload)
-                state = doc["state"] if isinstance(doc, dict) and doc.get("turbine") == turbine else None
-            except (ValueError, KeyError):
-                state = None
-            if state == "on":
-                on.append(turbine)
-            elif state != "off":
+            match = pattern.fullmatch(topic)
+            state = None if match is None else alert_state_on(payload, match.group(1))
+            if state is None:
                 bad.append(topic)
+            elif state:
+                on.append(match.group(1))
         if bad:
             log.warning("retained messages on the alert state topics that are not alert states of their turbine: "
                         "ignored", extra={"topics": bad[:10], "count": len(bad)})  # fmt: skip
@@ -565,7 +553,7 @@ class Daemon:
         for p in self.link.take_too_large():
             self._publish_again(p)
         if self._retained_again and self.link.connected:
-            self._carry_retained_alerts()
+            self._carry_retained_alerts(again=False)
         if self.link.queue_depth >= self.cfg.queues.publish_backlog:
             self.metrics.publish_backpressure.inc()
             self.heartbeat.beat(self.clock() / 1e9)

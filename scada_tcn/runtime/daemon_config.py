@@ -29,7 +29,7 @@ from urllib.parse import urlparse
 import yaml
 
 from scada_tcn.runtime.errors import ConfigError
-from scada_tcn.runtime.telemetry import zone_problem
+from scada_tcn.runtime.telemetry import turbine_topics, zone_problem
 
 ENV_PREFIX = "SCADA_RT_"
 
@@ -364,15 +364,12 @@ def _batch_topic_problems(c: RuntimeConfig) -> list[str]:
     (the daemon would route it as per-turbine telemetry, or consume its own output)."""
     from paho.mqtt.client import topic_matches_sub
 
-    def sub(tpl: str) -> str:  # the template's subscription: any level holding {turbine} matches any level
-        levels = tpl.format(site=c.site, gateway=c.gateway, turbine="+").split("/")
-        return "/".join("+" if "+" in lv else lv for lv in levels)
-
     topic = c.topics.telemetry_batch.format(site=c.site, gateway=c.gateway)  # type: ignore[union-attr]
     clash = [
         name
         for name in ("telemetry", "score", "alert", "alert_state", "status", "errors", "score_batch")
-        if getattr(c.topics, name) is not None and topic_matches_sub(sub(getattr(c.topics, name)), topic)
+        if getattr(c.topics, name) is not None
+        and topic_matches_sub(turbine_topics(getattr(c.topics, name), c.site, c.gateway)[0], topic)
     ]
     if clash:
         return [

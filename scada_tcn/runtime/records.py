@@ -69,6 +69,7 @@ __all__ = [
     "InsufficientDataRecord",
     "ScoreRecord",
     "WarmupRecord",
+    "alert_state_on",
     "batches",
     "dedupe",
     "dumps",
@@ -276,6 +277,18 @@ class AlertStateRecord:
         return {"schema": SCHEMA, "turbine": r.turbine, "state": "on" if r.alert else "off",
                 "since": iso_utc(r.end_ns), "seq": r.end_ns // r.dt_ns, "model_id": r.model_id,
                 "bundle_id": r.bundle_id}  # fmt: skip
+
+
+def alert_state_on(payload: bytes, turbine: str) -> bool | None:
+    """A retained alert state's payload (`AlertStateRecord`): True for "on", False for "off", None when it is not
+    the alert state of `turbine` (not JSON, another shape, another turbine's)."""
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(doc, dict) or doc.get("turbine") != turbine or doc.get("state") not in ("on", "off"):
+        return None
+    return doc["state"] == "on"
 
 
 @dataclass

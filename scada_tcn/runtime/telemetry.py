@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -59,6 +60,7 @@ __all__ = [
     "parse_timestamp_ns",
     "table_epoch_ns",
     "topic_filter",
+    "turbine_topics",
     "zone_problem",
 ]
 
@@ -212,6 +214,15 @@ def _object(payload: bytes, text: str | None, allowed: frozenset[str], what: str
         extra = sorted(str(k)[:40] for k in doc if k not in allowed)
         return Rejection("unknown_key", f"keys {extra[:5]}; allowed: {sorted(allowed)}")
     return doc
+
+
+def turbine_topics(template: str, site: str, gateway: str) -> tuple[str, re.Pattern[str]]:
+    """(MQTT subscription filter matching every turbine's topic of a per-turbine template: `+` for each level that
+    holds {turbine}; the pattern whose `fullmatch` of a topic gives the turbine id, group 1, or None for a topic
+    of no turbine)."""
+    marked = template.format(site=site, gateway=gateway, turbine="\0")
+    filt = "/".join("+" if "\0" in lv else lv for lv in marked.split("/"))
+    return filt, re.compile(re.escape(marked).replace("\0", "([^/]+)"))
 
 
 def topic_filter(template: str, site: str, gateway: str) -> tuple[str, int]:
