@@ -229,16 +229,13 @@ def _steps(cache: Path, compute: Any) -> Any:
 
 def _stream_steps(base: Any, data_dir: Path, bundle_dir: Path) -> Any:
     """`base` (steps scored by the window graph) with the residuals and predictions of the edge's streaming engine
-    instead: each turbine's prepared rows stepped through step.onnx in time order (`runtime.stream.StreamScorer`,
-    layer state carried from step to step), from L - 1 steps before its first step."""
+    instead: each turbine's prepared rows stepped through step.onnx in time order, layer state carried from step
+    to step (`StepResiduals`, as `scada-infer --bundle` scores)."""
     from scada_tcn.runtime.bundle import load_bundle
-    from scada_tcn.runtime.stream import StreamScorer
-    from scada_tcn.trainer.evaluation.signals import SignalSteps
+    from scada_tcn.trainer.evaluation.signals import SignalSteps, StepResiduals
 
-    bundle = load_bundle(bundle_dir)
-    L = bundle.dims.L
     resid, pred = base.resid.copy(), base.pred.copy()
-    slot = np.zeros(1, dtype=np.int64)
+    series, where = [], []
     for tid in sorted(set(base.turbine)):
         rows = np.flatnonzero((base.turbine == tid) & base.scored)
         tdir = Path(data_dir) / "turbines" / tid
@@ -246,11 +243,10 @@ def _stream_steps(base: Any, data_dir: Path, bundle_dir: Path) -> Any:
         idx = np.searchsorted(ts, base.t_end[rows])
         if not (ts[idx] == base.t_end[rows]).all():
             raise ValueError(f"{tid}: the steps are not those of {tdir}")
-        lo, hi = max(int(idx.min()) - (L - 1), 0), int(idx.max()) + 1
-        X, M, F = (np.ascontiguousarray(np.load(tdir / f"{n}.npy", mmap_mode="r")[lo:hi], dtype=np.float32)
-                   for n in ("X", "M_miss", "Flags"))  # fmt: skip
-        out = StreamScorer.from_bundle(bundle).run_series(slot, lo, X[None], M[None], F[None])
-        resid[rows], pred[rows] = out.resid[0, idx - lo], out.pred[0, idx - lo]
+        series.append(tuple(np.load(tdir / f"{n}.npy", mmap_mode="r") for n in ("X", "M_miss", "Flags")) + (idx,))
+        where.append(rows)
+    for rows, (r, p) in zip(where, StepResiduals(load_bundle(bundle_dir)).many(series)):
+        resid[rows], pred[rows] = r, p
     return SignalSteps(**{**base.__dict__, "resid": resid, "pred": pred})
 
 

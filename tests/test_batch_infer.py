@@ -74,3 +74,22 @@ def test_cli_needs_exactly_one_engine(tiny_run):
 
     r = CliRunner().invoke(infer_app, ["--split", "test"])
     assert r.exit_code == 2 and "exactly one of --checkpoint" in r.output
+
+
+def test_graph_is_a_bundles_choice_and_a_step_graph_one_needs_a_step_graph(tiny_run, tiny_bundle):
+    """`--graph` picks which ONNX graph scores a per-signal bundle: a window-mean bundle has no step graph, so
+    `step` is refused with what to do and `auto` scores its windows; an unknown graph, and `--graph` with a
+    checkpoint (the torch engine) or with `--records`, are refused."""
+    from scada_tcn.trainer.cli.pipeline import evaluate_app, infer_app
+
+    data_dir = tiny_run.cfg().data.paths.processed_dir
+    assert load_bundle(tiny_bundle).stream is None
+    assert setup_from_bundle(tiny_bundle, data_dir).graph == "window"
+    with pytest.raises(ValueError, match="no step graph.*graph window"):
+        setup_from_bundle(tiny_bundle, data_dir, graph="step")
+    with pytest.raises(ValueError, match="graph must be one of"):
+        setup_from_bundle(tiny_bundle, data_dir, graph="fast")
+    r = CliRunner().invoke(infer_app, ["--checkpoint", str(tiny_run.checkpoint), "--graph", "window"])
+    assert r.exit_code == 2 and "give it with --bundle" in r.output
+    r = CliRunner().invoke(evaluate_app, ["--records", "scores.jsonl", "--graph", "step"])
+    assert r.exit_code == 2 and "leave out ['--graph']" in r.output

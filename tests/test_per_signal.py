@@ -110,9 +110,11 @@ def test_stream_engine_equals_window_engine(bundle, rows, replayed, tmp_path):
     assert n > 2000
 
 
-def test_replay_equals_offline_inference(bundle, replayed, tiny_run):
-    """Every test-split step of the slice: the same score, per-group ratios, values and alert state."""
-    assert _steps_equal_to_offline(bundle, replayed, tiny_run) > 1500
+@pytest.mark.parametrize("graph", ["step", "window"])
+def test_replay_equals_offline_inference(bundle, replayed, tiny_run, graph):
+    """Every test-split step of the slice: the same score, per-group ratios, values and alert state, whichever
+    graph scores offline (the step graph by default; the window graph is the check across engines)."""
+    assert _steps_equal_to_offline(bundle, replayed, tiny_run, graph) > 1500
 
 
 def _group_halflife(doc: dict) -> None:
@@ -133,12 +135,13 @@ def test_group_half_lives_reach_the_edge_and_the_offline_reference(bundle, rows,
     assert changed == {"power", last}
 
 
-def _steps_equal_to_offline(bundle, replayed: dict, tiny_run) -> int:
+def _steps_equal_to_offline(bundle, replayed: dict, tiny_run, graph: str = "auto") -> int:
     """Assert that every test-split step of `replayed` (records by (turbine, ts)) has offline inference's score,
     per-group ratios, values and alert state over the same bundle; the number of steps compared."""
     from scada_tcn.trainer.evaluation.offline import apply_alerts, infer_split, setup_from_bundle
 
-    setup = setup_from_bundle(bundle.path, tiny_run.cfg().data.paths.processed_dir)
+    setup = setup_from_bundle(bundle.path, tiny_run.cfg().data.paths.processed_dir, graph=graph)
+    assert setup.graph == ("window" if graph == "window" else "step")
     res, _, _ = infer_split(setup, "test")
     apply_alerts(res, setup.alerting)
     groups = bundle.signals.spec.groups
@@ -628,6 +631,42 @@ def test_series_passes_give_every_window_s_newest_residuals(signal_run, monkeypa
     short = SignalModule(module.model, module.model.receptive_field - 1, module.group_of)
     with pytest.raises(ValueError, match="receptive field"):
         sig.SeriesResiduals(short)
+
+
+def test_a_bundles_step_graph_gives_every_windows_newest_residuals(signal_run, bundle):
+    """`scada-infer --bundle` and `scada-evaluate --bundle` score a per-signal bundle through its step graph
+    (`StepResiduals`: the edge's streaming engine, every turbine's series stepped once, in chunks of 300 steps
+    here) instead of L steps per window: the residuals and predictions of every validation step equal the window
+    graph's within the export's parity tolerance, across chunk edges, gaps between the steps asked for and runs of
+    different lengths; a bundle without a step graph is refused."""
+    import dataclasses
+
+    from scada_tcn.trainer.config import load_config
+    from scada_tcn.trainer.data.store import PreparedData
+    from scada_tcn.trainer.evaluation.signals import StepResiduals, signal_steps
+    from tests.conftest import CONFIG
+
+    cfg = load_config(CONFIG, signal_run[1])
+    data, tol = PreparedData(cfg), bundle.parity
+    windows = signal_steps(data, cfg, ("val",), _resid(OnnxScorer(bundle)))
+    stepped = signal_steps(data, cfg, ("val",), StepResiduals(bundle, chunk=300))
+    assert np.unique(windows.turbine[windows.scored], return_counts=True)[1].min() > 2 * 300  # several chunks
+    for k in ("turbine", "t_end", "scored", "present", "flags", "repeat", "split", "label"):
+        np.testing.assert_array_equal(getattr(stepped, k), getattr(windows, k), err_msg=k)
+    for k in ("resid", "pred"):
+        np.testing.assert_allclose(getattr(stepped, k), getattr(windows, k), rtol=tol.rtol, atol=tol.atol, err_msg=k)
+    L, series, want = bundle.dims.L, [], []
+    for i, tdir in enumerate(sorted((Path(data.dir) / "turbines").iterdir())[:3]):
+        X, M, Fl = (np.load(tdir / f"{n}.npy") for n in ("X", "M_miss", "Flags"))
+        rows = np.concatenate([np.arange(L - 1 + 50 * i, 700), np.arange(1000, 1400, 7), np.arange(1402, 1500)])
+        series.append((X, M, Fl, rows))  # runs of different lengths; a gap of more than L starts a new run
+        win = rows[:, None] + np.arange(-(L - 1), 1)[None, :]
+        want.append(_resid(OnnxScorer(bundle))(*(np.ascontiguousarray(a[win], np.float32) for a in (X, M, Fl))))
+    for got, ref in zip(StepResiduals(bundle, chunk=300).many(series), want):
+        for g, r in zip(got, ref):
+            np.testing.assert_allclose(g, r, rtol=tol.rtol, atol=tol.atol)
+    with pytest.raises(ValueError, match="no step graph"):
+        StepResiduals(dataclasses.replace(bundle, stream=None))
 
 
 def _resid(scorer: OnnxScorer):

@@ -68,11 +68,15 @@ class OnnxScorer:
                 raise InputError(f"OnnxScorer.score: {name} has batch {a.shape[0]}, X has {B}")
             B = a.shape[0]
 
+    def clean(self, X: np.ndarray, M_miss: np.ndarray, Flags: np.ndarray) -> dict[str, np.ndarray]:
+        """The clean graph alone on B windows: its outputs by name (`Bundle.clean_outputs`)."""
+        self._check(X, M_miss, Flags)
+        return dict(zip(self.bundle.clean_outputs, self._clean.run(None, {"X": X, "M_miss": M_miss, "Flags": Flags})))
+
     def score(self, X: np.ndarray, M_miss: np.ndarray, Flags: np.ndarray) -> ScoreBatch:
         """Score B windows: one call of the scoring graph and one of the clean graph."""
-        self._check(X, M_miss, Flags)
+        clean = self.clean(X, M_miss, Flags)
         feeds = {"X": X, "M_miss": M_miss, "Flags": Flags}
         scoring = dict(zip((o.name for o in self._scoring.get_outputs()), self._scoring.run(None, feeds)))
-        clean = dict(zip(self.bundle.clean_outputs, self._clean.run(None, feeds)))
         rul = clean["rul"][:, 0] if "rul" in clean else None
         return ScoreBatch(Y_hat=clean.get("Y_hat"), fault_prob=clean.get("fault_prob"), rul=rul, **scoring)

@@ -68,6 +68,15 @@ def train_cmd(
 infer_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
+GraphOption = Annotated[
+    str,
+    typer.Option(
+        help="With --bundle: which graph scores a per-signal bundle's steps: auto (its step graph where it has one, "
+        "as the edge's compute.engine auto), step, or window (the window graph, L times the arithmetic)."
+    ),
+]
+
+
 @infer_app.command(help=COMMANDS["scada-infer"].help)
 def infer_cmd(
     checkpoint: Annotated[str | None, typer.Option(help="best.pt: torch engine.")] = None,
@@ -76,13 +85,14 @@ def infer_cmd(
     split: Annotated[str, typer.Option(help="train | val | test")] = "test",
     out: Annotated[str | None, typer.Option(help="Output folder (default: <run>/infer_<split>_<engine>).")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 256,
+    graph: GraphOption = "auto",
 ) -> None:
     from pathlib import Path
 
     from scada_tcn.trainer.evaluation.offline import run_batch_inference, setup_from_args
 
     try:
-        setup, run_dir = setup_from_args(checkpoint, bundle, data)
+        setup, run_dir = setup_from_args(checkpoint, bundle, data, graph)
         out_dir = Path(out) if out else run_dir / f"infer_{split}_{setup.engine_name}"
         summary = run_batch_inference(setup, split, out_dir, batch_size)
     except ValueError as e:
@@ -126,13 +136,15 @@ def evaluate_cmd(
     ] = None,
     start: Annotated[str | None, typer.Option(help="With --records: period start, ISO-8601 (default: all).")] = None,
     end: Annotated[str | None, typer.Option(help="With --records: period end, ISO-8601, excluded.")] = None,
+    graph: GraphOption = "auto",
 ) -> None:
     from pathlib import Path
 
     if records is not None:
         given = [f"--{k}" for k, v in (("checkpoint", checkpoint), ("bundle", bundle), ("data", data)) if v]
-        if given or drift:
-            _fail(ValueError(f"--records evaluates the edge's own records: leave out {given + ['--drift'] * drift}"))
+        given += ["--drift"] * drift + ["--graph"] * (graph != "auto")
+        if given:
+            _fail(ValueError(f"--records evaluates the edge's own records: leave out {given}"))
         _evaluate_records(records, labels, clean, out, start, end, max_lead_hours, plots)
         return
     if start is not None or end is not None or clean is not None:
@@ -142,7 +154,7 @@ def evaluate_cmd(
     from scada_tcn.trainer.evaluation.offline import setup_from_args
 
     try:
-        setup, run_dir = setup_from_args(checkpoint, bundle, data)
+        setup, run_dir = setup_from_args(checkpoint, bundle, data, graph)
         out_dir = Path(out) if out else run_dir / f"eval_{setup.engine_name}"
         m = evaluate(setup, out_dir, drift=drift, max_lead_hours=max_lead_hours, plots=plots, labels_file=labels)
     except ValueError as e:

@@ -232,6 +232,7 @@ def evaluate(
     names = setup.data.feature_reg.feature_names
     m: dict[str, Any] = {
         "engine": setup.engine_name,
+        **({"graph": setup.graph} if setup.engine_name == "onnx" else {}),
         "windows": {"val": len(val), "test": len(test)},
         "windows_per_s": rate,
         "calibration": setup.calibration_source,

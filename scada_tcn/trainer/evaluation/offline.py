@@ -6,8 +6,9 @@ Engines share one verb and one result record: `score(X, M_miss, Flags) -> runtim
 the bundle's calibration, or, for a checkpoint, from the same calibration the export fits (the validation
 split's fault-free windows). Alerts come from `runtime.alerts.AlertState`, the edge's state machine, fed each
 turbine's windows in time order: debounce counts consecutive scored windows (`data.windowing.stride` steps apart).
-Per-signal scoring with the torch engine runs the module over each turbine's series (`SeriesResiduals`, each
-step once) when the receptive field fits in L: the windows' newest outputs, within 1e-5.
+Per-signal scoring runs over each turbine's series when the receptive field fits in L, each step once: the torch
+engine's module (`SeriesResiduals`), or a bundle's step graph (`StepResiduals`, the edge's streaming engine, every
+turbine's step in one call); both give the windows' newest outputs within the export's parity tolerance.
 
 Writes `results.parquet` (one row per window: turbine, window end time, score, threshold and its source,
 regime, top features by name with their contributions, fault probabilities, forecast error, label, predicted
@@ -42,7 +43,7 @@ from scada_tcn.trainer.config import RootCfg, to_root
 from scada_tcn.trainer.config.derive import alerting_params, fleet_params
 from scada_tcn.trainer.data.store import PreparedData
 from scada_tcn.trainer.data.windowing import SPLITS
-from scada_tcn.trainer.evaluation.signals import fit_signals, module_residuals, signal_steps, track
+from scada_tcn.trainer.evaluation.signals import StepResiduals, fit_signals, module_residuals, signal_steps, track
 from scada_tcn.trainer.model.reference import ReferenceModules, build_reference, checkpoint_config
 from scada_tcn.trainer.model.signals import SignalModule
 from scada_tcn.trainer.training.fit import load_checkpoint
@@ -51,6 +52,8 @@ from scada_tcn.trainer.training.fit import load_checkpoint
 class Engine(Protocol):
     def score(self, X: np.ndarray, M_miss: np.ndarray, Flags: np.ndarray) -> ScoreBatch: ...
 
+    def clean(self, X: np.ndarray, M_miss: np.ndarray, Flags: np.ndarray) -> dict[str, np.ndarray]: ...
+
 
 class TorchEngine:
     """The torch reference: the scoring module and the clean pass of a checkpoint."""
@@ -58,19 +61,20 @@ class TorchEngine:
     def __init__(self, ref: ReferenceModules) -> None:
         self.ref = ref
 
-    def score(self, X: np.ndarray, M_miss: np.ndarray, Flags: np.ndarray) -> ScoreBatch:
-        tX, tM, tF = (torch.from_numpy(a) for a in (X, M_miss, Flags))
+    def clean(self, X: np.ndarray, M_miss: np.ndarray, Flags: np.ndarray) -> dict[str, np.ndarray]:
+        """The clean pass alone: its outputs by name."""
         with torch.no_grad():
-            s = self.ref.scoring(tX, tM, tF)
-            clean = dict(zip(self.ref.clean.output_names, self.ref.clean(tX, tM, tF)))
+            out = self.ref.clean(*(torch.from_numpy(a) for a in (X, M_miss, Flags)))
+        return {n: t.numpy() for n, t in zip(self.ref.clean.output_names, out)}
+
+    def score(self, X: np.ndarray, M_miss: np.ndarray, Flags: np.ndarray) -> ScoreBatch:
+        clean = self.clean(X, M_miss, Flags)
+        with torch.no_grad():
+            s = self.ref.scoring(*(torch.from_numpy(a) for a in (X, M_miss, Flags)))
         outs = (s,) if isinstance(s, torch.Tensor) else tuple(s)
         scoring = {n: t.numpy() for n, t in zip(self.ref.scoring.output_names, outs)}
-        return ScoreBatch(
-            Y_hat=clean["Y_hat"].numpy() if "Y_hat" in clean else None,
-            fault_prob=clean["fault_prob"].numpy() if "fault_prob" in clean else None,
-            rul=clean["rul"][:, 0].numpy() if "rul" in clean else None,
-            **scoring,
-        )
+        rul = clean["rul"][:, 0] if "rul" in clean else None
+        return ScoreBatch(Y_hat=clean.get("Y_hat"), fault_prob=clean.get("fault_prob"), rul=rul, **scoring)
 
 
 @dataclass
@@ -86,6 +90,7 @@ class InferSetup:
     class_names: list[str]
     feature_reference: DriftReference  # validation split, for drift checks
     signals: SignalParams | None = None  # per_signal: the levels and the tracker's parameters
+    graph: str = "window"  # onnx per_signal: "step" (step.onnx over each turbine's series) or "window"
 
 
 def setup_from_checkpoint(checkpoint: str | Path, data_dir: str | Path | None = None) -> InferSetup:
@@ -129,9 +134,22 @@ def setup_from_checkpoint(checkpoint: str | Path, data_dir: str | Path | None = 
     )
 
 
-def setup_from_bundle(bundle_dir: str | Path, data_dir: str | Path, threads: int = 1) -> InferSetup:
-    """ONNX engine and the bundle's own calibration and alerting parameters."""
+GRAPHS = ("auto", "step", "window")
+
+
+def setup_from_bundle(
+    bundle_dir: str | Path, data_dir: str | Path, threads: int = 1, graph: str = "auto"
+) -> InferSetup:
+    """ONNX engine and the bundle's own calibration and alerting parameters. `graph` scores a per-signal bundle's
+    steps: "step" through its step graph (each turbine's series stepped once, as the edge's default streaming
+    engine), "window" through the window graph (L times the arithmetic), "auto" the step graph where the bundle
+    has one (the edge's `compute.engine: auto`)."""
+    if graph not in GRAPHS:
+        raise SpecError(f"graph must be one of {list(GRAPHS)}, got {graph!r}")
     bundle = load_bundle(bundle_dir)
+    if graph == "step" and bundle.stream is None:
+        raise SpecError(f"bundle {bundle_dir} has no step graph (step.onnx: per-signal bundles whose receptive field "
+                        "fits the window have one): score its windows with graph window")  # fmt: skip
     cfg_path = Path(data_dir) / "config.yaml"
     if not cfg_path.is_file():
         raise SpecError(f"{data_dir} holds no config.yaml: pass the processed_dir written by scada-prepare")
@@ -159,17 +177,23 @@ def setup_from_bundle(bundle_dir: str | Path, data_dir: str | Path, threads: int
         list(bundle.class_names),
         bundle.feature_reference,
         bundle.signals,
+        "step" if graph != "window" and bundle.stream is not None else "window",
     )
 
 
-def setup_from_args(checkpoint: str | None, bundle: str | None, data: str | None) -> tuple[InferSetup, Path]:
-    """The engine the command line asks for (exactly one of checkpoint or bundle) and its run folder."""
+def setup_from_args(
+    checkpoint: str | None, bundle: str | None, data: str | None, graph: str = "auto"
+) -> tuple[InferSetup, Path]:
+    """The engine the command line asks for (exactly one of checkpoint or bundle; `graph` for a bundle, see
+    `setup_from_bundle`) and its run folder."""
     if (checkpoint is None) == (bundle is None):
         raise SpecError("give exactly one of --checkpoint (torch engine) or --bundle (onnxruntime engine)")
     if bundle is not None:
         if data is None:
             raise SpecError("--bundle needs --data PREPARED_DIR (the folder scada-prepare wrote)")
-        return setup_from_bundle(bundle, data), Path(bundle).resolve().parent
+        return setup_from_bundle(bundle, data, graph=graph), Path(bundle).resolve().parent
+    if graph != "auto":
+        raise SpecError("--graph chooses between a bundle's ONNX graphs: give it with --bundle, not --checkpoint")
     assert checkpoint is not None
     return setup_from_checkpoint(checkpoint, data), Path(checkpoint).resolve().parent.parent
 
@@ -290,7 +314,11 @@ def infer_signals(
         return out.resid, out.pred
 
     eng = setup.engine
-    residuals = module_residuals(eng.ref.scoring) if isinstance(eng, TorchEngine) else run
+    residuals: Any = run
+    if isinstance(eng, TorchEngine):
+        residuals = module_residuals(eng.ref.scoring)
+    elif isinstance(eng, OnnxScorer) and setup.graph == "step":  # the edge's streaming engine: each step once
+        residuals = StepResiduals(eng.bundle, eng.intra_op_threads)
     steps = signal_steps(setup.data, setup.cfg, (*warm, split), residuals, batch_size)
     turbines = sorted(set(steps.turbine))
     flag_names = list(setup.data.flag_reg.flag_names)
@@ -325,9 +353,9 @@ def _window_pass(setup: InferSetup, split: str, batch_size: int) -> tuple:
     parts: dict[str, list[np.ndarray]] = {"Y_hat": [], "Y_true": [], "M_future": [], "fault_prob": []}
     for start in range(0, len(order), batch_size):
         b = ds.__getitems__(order[start : start + batch_size].tolist())
-        out = setup.engine.score(*(b[k].numpy() for k in ("X", "M_miss", "Flags")))
-        for k, v in (("Y_hat", out.Y_hat), ("Y_true", b["Y_true"].numpy()), ("M_future", b["M_future"].numpy()),
-                     ("fault_prob", out.fault_prob)):  # fmt: skip
+        out = setup.engine.clean(*(b[k].numpy() for k in ("X", "M_miss", "Flags")))  # the scoring pass is not needed
+        for k, v in (("Y_hat", out.get("Y_hat")), ("Y_true", b["Y_true"].numpy()), ("M_future", b["M_future"].numpy()),
+                     ("fault_prob", out.get("fault_prob"))):  # fmt: skip
             if v is not None:
                 parts[k].append(v)
     cat = {k: np.concatenate(v) if v else None for k, v in parts.items()}
@@ -389,6 +417,7 @@ def run_batch_inference(setup: InferSetup, split: str, out_dir: str | Path, batc
             f.write(json.dumps(e) + "\n")
     summary = {
         "engine": setup.engine_name,
+        **({"graph": setup.graph} if setup.engine_name == "onnx" else {}),
         "split": split,
         "windows": int(len(res)),
         "windows_per_s": rate,

@@ -33,8 +33,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from scada_tcn.runtime.bundle import Bundle
 from scada_tcn.runtime.errors import ConfigError
 from scada_tcn.runtime.signals import SignalLevels, SignalParams, SignalSpec, SignalTracker, StuckCheck
+from scada_tcn.runtime.stream import StreamScorer
 from scada_tcn.runtime.vocab import Direction
 from scada_tcn.runtime.windows import enough_present, sliding_present_fraction
 from scada_tcn.trainer.config import RootCfg
@@ -44,11 +46,12 @@ from scada_tcn.trainer.data.windowing import SPLITS, step_splits
 from scada_tcn.trainer.model.signals import SignalModule
 
 __all__ = [
-    "SERIES_STEPS", "SeriesResiduals", "SignalSteps", "fit_levels", "fit_signals", "module_residuals", "signal_steps",
-    "track",
+    "SERIES_STEPS", "SeriesResiduals", "SignalSteps", "StepResiduals", "fit_levels", "fit_signals", "module_residuals",
+    "signal_steps", "track",
 ]  # fmt: skip
 
 Residuals = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]  # -> resid, pred (B, F)
+Series = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # one turbine's X, M (T, F), Fl (T, R), rows
 _MAD = 1.4826
 
 
@@ -106,6 +109,60 @@ class SeriesResiduals:
             out_p.append(pred.numpy())
         return np.concatenate(out_r), np.concatenate(out_p)
 
+    def many(self, series: list[Series]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`self(*s)` for each turbine's series `s`."""
+        return [self(*s) for s in series]
+
+
+class StepResiduals:
+    """An exported bundle's residuals at turbines' steps from its step graph (`runtime.stream.StreamScorer`, the
+    edge's streaming engine), every turbine's step in one call: each run of requested steps is stepped in time
+    order from zero rings L - 1 steps before its first step (a window of L real steps never reaches the zero
+    padding), so each step is computed once where the window graph computes L. They equal the windows' newest
+    outputs within the export's parity tolerance (verified at export over thousands of consecutive steps, and
+    in the tests). A gap of more than L steps between requested steps starts a new run (stepping through it
+    would cost more than the run's L - 1 steps of warm-up). Refused for a bundle without a step graph."""
+
+    def __init__(self, bundle: Bundle, intra_op_threads: int = 1, chunk: int = 2048) -> None:
+        if bundle.stream is None:
+            raise ValueError("StepResiduals: the bundle has no step graph (step.onnx); score its windows instead")
+        self.scorer = StreamScorer.from_bundle(bundle, intra_op_threads)
+        self.L, self.F, self.R, self.chunk = bundle.dims.L, bundle.dims.F, bundle.dims.R, chunk
+
+    def many(self, series: list[Series]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Residuals and predictions (len(rows), F) at the steps `rows` (ascending) of each series (X, M (T, F),
+        Fl (T, R), rows) -> one (resid, pred) per series."""
+        out = [(np.zeros((s[3].size, self.F), np.float32), np.zeros((s[3].size, self.F), np.float32)) for s in series]
+        runs = []  # (series, first index into its rows, end index, first step, end step): one slot each
+        for i, (_, _, _, rows) in enumerate(series):
+            cuts = [0, *(np.flatnonzero(np.diff(rows) > self.L) + 1).tolist(), rows.size]
+            runs += [(i, a, b, max(int(rows[a]) - (self.L - 1), 0), int(rows[b - 1]) + 1)
+                     for a, b in zip(cuts[:-1], cuts[1:]) if b > a]  # fmt: skip
+        runs.sort(key=lambda r: r[4] - r[3], reverse=True)  # the runs still going are always slots 0 .. n - 1
+        length = np.array([r[4] - r[3] for r in runs], dtype=np.int64)
+        self.scorer.reset()
+        for t0 in range(0, int(length.max()) if runs else 0, self.chunk):
+            n, T = int((length > t0).sum()), min(self.chunk, int(length[0]) - t0)
+            X, M = np.zeros((n, T, self.F), np.float32), np.zeros((n, T, self.F), np.float32)
+            Fl = np.zeros((n, T, self.R), np.float32)
+            for slot, (i, _, _, lo, hi) in enumerate(runs[:n]):
+                part = slice(lo + t0, min(lo + t0 + T, hi))
+                m = part.stop - part.start
+                X[slot, :m], M[slot, :m], Fl[slot, :m] = series[i][0][part], series[i][1][part], series[i][2][part]
+            resid, pred = np.zeros((n, T, self.F), np.float32), np.zeros((n, T, self.F), np.float32)
+            going = (length[:n, None] > t0 + np.arange(T)[None, :]).sum(axis=0)  # (T,) runs still going
+            for j in range(T):
+                k = int(going[j])
+                step = self.scorer.step(np.arange(k), t0 + j, X[:k, j], M[:k, j], Fl[:k, j])
+                resid[:k, j], pred[:k, j] = step.resid, step.pred
+            for slot, (i, a, b, lo, _) in enumerate(runs[:n]):
+                rows = series[i][3]
+                first, end = a + np.searchsorted(rows[a:b], [lo + t0, lo + t0 + T])  # its steps in this chunk
+                inside = slice(int(first), int(end))
+                at = rows[inside] - lo - t0
+                out[i][0][inside], out[i][1][inside] = resid[slot, at], pred[slot, at]
+        return out
+
 
 SERIES_STEPS = 2048  # the span of a series pass in steps (plus the receptive field's context before it)
 
@@ -116,13 +173,16 @@ def module_residuals(module: SignalModule) -> Residuals | SeriesResiduals:
     return SeriesResiduals(module) if module.streams else torch_residuals(module)
 
 
-def signal_steps(data: PreparedData, cfg: RootCfg, splits: tuple[str, ...], residuals: Residuals | SeriesResiduals,
-                 batch_size: int = 256, turbines: list[str] | None = None) -> SignalSteps:  # fmt: skip
-    """Score every step of `splits` of every turbine (or of `turbines`) with `residuals`, L-step windows of
-    `batch_size` at a time or `SeriesResiduals` over each turbine's series (see the module docstring)."""
+def signal_steps(data: PreparedData, cfg: RootCfg, splits: tuple[str, ...],
+                 residuals: Residuals | SeriesResiduals | StepResiduals, batch_size: int = 256,
+                 turbines: list[str] | None = None) -> SignalSteps:  # fmt: skip
+    """Score every step of `splits` of every turbine (or of `turbines`) with `residuals`: L-step windows of
+    `batch_size` at a time, or every turbine's series at once (`SeriesResiduals`, `StepResiduals`; see the
+    module docstring)."""
     L, min_present = cfg.data.windowing.L, cfg.data.windowing.min_present_fraction
     want = np.array([SPLITS.index(s) for s in splits])
     parts: dict[str, list[np.ndarray]] = {k: [] for k in SignalSteps.__dataclass_fields__}
+    series: list[Series] = []  # the scored steps of each turbine, for residuals over series
     for tdir in sorted((Path(data.dir) / "turbines").iterdir()):
         tid = tdir.name
         if turbines is not None and tid not in turbines:
@@ -139,17 +199,15 @@ def signal_steps(data: PreparedData, cfg: RootCfg, splits: tuple[str, ...], resi
         pred = np.zeros((steps.size, X.shape[1]), np.float32)
         present = np.zeros((steps.size, X.shape[1]), bool)
         idx = np.flatnonzero(ok)
-        if isinstance(residuals, SeriesResiduals):
-            if idx.size:
-                resid[idx], pred[idx] = residuals(X, M, Fl, steps[idx])
-                present[idx] = np.asarray(M[steps[idx]]) > 0.5
+        present[idx] = np.asarray(M[steps[idx]]) > 0.5
+        if isinstance(residuals, (SeriesResiduals, StepResiduals)):
+            series.append((X, M, Fl, steps[idx]))
         else:
             for i in range(0, idx.size, batch_size):
                 rows = idx[i : i + batch_size]
                 win = steps[rows][:, None] + np.arange(-(L - 1), 1)[None, :]  # (b, L)
                 xb, mb, fb = (np.ascontiguousarray(a[win], dtype=np.float32) for a in (X, M, Fl))
                 resid[rows], pred[rows] = residuals(xb, mb, fb)
-                present[rows] = mb[:, -1, :] > 0.5
         labels = np.load(tdir / "labels.npy") if (tdir / "labels.npy").is_file() else np.zeros(len(ts), np.int64)
         lab = labels[steps]
         values = {"turbine": np.full(steps.size, tid, dtype=object), "t_end": ts[steps], "scored": ok,
@@ -160,6 +218,9 @@ def signal_steps(data: PreparedData, cfg: RootCfg, splits: tuple[str, ...], resi
             parts[k].append(v)
     if not parts["t_end"]:
         raise ValueError(f"no steps of the splits {list(splits)} in {data.dir}")
+    if series:  # the residuals of every turbine's series, in the order they were read
+        for (r, p), ok, resid, pred in zip(residuals.many(series), parts["scored"], parts["resid"], parts["pred"]):
+            resid[ok], pred[ok] = r, p
     cat = {k: np.concatenate(v) for k, v in parts.items()}
     order = np.lexsort((cat["turbine"].astype(str), cat["t_end"]))
     return SignalSteps(**{k: v[order] for k, v in cat.items()})
