@@ -628,6 +628,7 @@ def test_series_passes_give_every_window_s_newest_residuals(signal_run, monkeypa
     want = sig.torch_residuals(module)(*(np.ascontiguousarray(a[win], dtype=np.float32) for a in (X, M, Fl)))
     for got, ref in zip(sig.SeriesResiduals(module)(X, M, Fl, rows), want):
         np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
+    assert [a.shape for a in sig.SeriesResiduals(module)(X, M, Fl, rows[:0])] == [(0, module.F)] * 2  # no rows
     short = SignalModule(module.model, module.model.receptive_field - 1, module.group_of)
     with pytest.raises(ValueError, match="receptive field"):
         sig.SeriesResiduals(short)
@@ -637,8 +638,9 @@ def test_a_bundles_step_graph_gives_every_windows_newest_residuals(signal_run, b
     """`scada-infer --bundle` and `scada-evaluate --bundle` score a per-signal bundle through its step graph
     (`StepResiduals`: the edge's streaming engine, every turbine's series stepped once, in chunks of 300 steps
     here) instead of L steps per window: the residuals and predictions of every validation step equal the window
-    graph's within the export's parity tolerance, across chunk edges, gaps between the steps asked for and runs of
-    different lengths; a bundle without a step graph is refused."""
+    graph's within the export's parity tolerance, across chunk edges (a chunk's steps also bounded by its turbine
+    count), gaps between the steps asked for, runs of different lengths and a turbine with no step to score; a
+    bundle without a step graph is refused."""
     import dataclasses
 
     from scada_tcn.trainer.config import load_config
@@ -662,7 +664,11 @@ def test_a_bundles_step_graph_gives_every_windows_newest_residuals(signal_run, b
         series.append((X, M, Fl, rows))  # runs of different lengths; a gap of more than L starts a new run
         win = rows[:, None] + np.arange(-(L - 1), 1)[None, :]
         want.append(_resid(OnnxScorer(bundle))(*(np.ascontiguousarray(a[win], np.float32) for a in (X, M, Fl))))
-    for got, ref in zip(StepResiduals(bundle, chunk=300).many(series), want):
+    series.append((X, M, Fl, rows[:0]))  # a turbine with no step to score: nothing, in its place
+    want.append((np.zeros((0, bundle.dims.F)),) * 2)
+    stepper = StepResiduals(bundle, chunk=300)
+    stepper.CELLS = 1000  # chunks of 1000 // (runs still going) steps: shorter as runs end
+    for got, ref in zip(stepper.many(series), want, strict=True):
         for g, r in zip(got, ref):
             np.testing.assert_allclose(g, r, rtol=tol.rtol, atol=tol.atol)
     with pytest.raises(ValueError, match="no step graph"):

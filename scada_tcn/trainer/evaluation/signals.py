@@ -96,7 +96,8 @@ class SeriesResiduals:
     def __call__(self, X: np.ndarray, M: np.ndarray, Fl: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, ...]:
         """Residuals and predictions (len(rows), F) at the steps `rows` (ascending, each >= L - 1) of one
         turbine's X, M (T, F) and Fl (T, R)."""
-        mod, out_r, out_p = self.module, [], []
+        empty = np.zeros((0, self.module.F), np.float32)
+        mod, out_r, out_p = self.module, [empty], [empty]  # (no rows: empty outputs)
         a = 0
         while a < rows.size:  # each pass spans at most SERIES_STEPS steps, whatever the gaps between rows
             b = int(np.searchsorted(rows, rows[a] + SERIES_STEPS))
@@ -123,6 +124,8 @@ class StepResiduals:
     in the tests). A gap of more than L steps between requested steps starts a new run (stepping through it
     would cost more than the run's L - 1 steps of warm-up). Refused for a bundle without a step graph."""
 
+    CELLS = 1 << 18  # turbine-steps held per chunk (about 130 MB of inputs and outputs with F = 30)
+
     def __init__(self, bundle: Bundle, intra_op_threads: int = 1, chunk: int = 2048) -> None:
         if bundle.stream is None:
             raise ValueError("StepResiduals: the bundle has no step graph (step.onnx); score its windows instead")
@@ -141,8 +144,10 @@ class StepResiduals:
         runs.sort(key=lambda r: r[4] - r[3], reverse=True)  # the runs still going are always slots 0 .. n - 1
         length = np.array([r[4] - r[3] for r in runs], dtype=np.int64)
         self.scorer.reset()
-        for t0 in range(0, int(length.max()) if runs else 0, self.chunk):
-            n, T = int((length > t0).sum()), min(self.chunk, int(length[0]) - t0)
+        t0 = 0
+        while runs and t0 < length[0]:  # chunks of at most `chunk` steps and CELLS turbine-steps
+            n = int((length > t0).sum())
+            T = min(self.chunk, max(self.CELLS // n, 1), int(length[0]) - t0)
             X, M = np.zeros((n, T, self.F), np.float32), np.zeros((n, T, self.F), np.float32)
             Fl = np.zeros((n, T, self.R), np.float32)
             for slot, (i, _, _, lo, hi) in enumerate(runs[:n]):
@@ -161,6 +166,7 @@ class StepResiduals:
                 inside = slice(int(first), int(end))
                 at = rows[inside] - lo - t0
                 out[i][0][inside], out[i][1][inside] = resid[slot, at], pred[slot, at]
+            t0 += T
         return out
 
 
