@@ -10,12 +10,18 @@ import pandas as pd
 
 from scada_tcn.trainer.evaluation.evaluate import evaluate
 from scada_tcn.trainer.evaluation.offline import setup_from_checkpoint
+from scada_tcn.trainer.evaluation.progress import Progress
 
 
 def test_evaluate_writes_all_reports(tiny_run, tmp_path):
-    m = evaluate(setup_from_checkpoint(tiny_run.checkpoint), tmp_path, drift=True)
+    setup, said = setup_from_checkpoint(tiny_run.checkpoint), []
+    setup.log = said.append  # the CLI's: stderr
+    m = evaluate(setup, tmp_path, drift=True)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["windows"]["test"] == m["windows"]["test"] > 0
+    n = {k: f"{v:,}" for k, v in saved["windows"].items()}
+    assert [line.split("),")[0] for line in said] == [f"scored windows of {k}: {n[k]} of {n[k]} (100%" for k in
+                                                       ("val", "test")]  # fmt: skip
     assert {"forecast", "fault", "anomaly", "events", "alerts", "drift"} <= set(saved)
     assert saved["forecast"]["mae"] > 0 and len(saved["forecast"]["per_feature"]) == 30
     assert 0.0 <= saved["anomaly"]["roc_auc"] <= 1.0
@@ -47,3 +53,14 @@ def test_evaluate_writes_all_reports(tiny_run, tmp_path):
     ks_ref = saved["drift"]["ks_vs_reference"]
     assert set(ks_ref) == set(saved["forecast"]["per_feature"]) and all(0 <= v <= 1 for v in ks_ref.values())
     assert set(saved["drift"]["drifted_vs_reference"]) <= set(ks_ref)
+
+
+def test_progress_says_how_far_at_most_every_interval_and_always_at_the_end():
+    said: list[str] = []
+    slow = Progress("scored steps of val", 3, said.append, every_s=3600.0)
+    for done in (1, 2, 3):
+        slow(done)
+    assert len(said) == 1 and said[0].startswith("scored steps of val: 3 of 3 (100%), ") and said[0].endswith("/s")
+    every = Progress("scored windows", 2_000, said.append, every_s=0.0)
+    every(1_000)
+    assert said[-1].startswith("scored windows: 1,000 of 2,000 (50%), ")

@@ -651,7 +651,10 @@ def test_a_bundles_step_graph_gives_every_windows_newest_residuals(signal_run, b
     cfg = load_config(CONFIG, signal_run[1])
     data, tol = PreparedData(cfg), bundle.parity
     windows = signal_steps(data, cfg, ("val",), _resid(OnnxScorer(bundle)))
-    stepped = signal_steps(data, cfg, ("val",), StepResiduals(bundle, chunk=300))
+    said: list[str] = []
+    stepped = signal_steps(data, cfg, ("val",), StepResiduals(bundle, chunk=300), log=said.append)
+    n = f"{int(stepped.scored.sum()):,}"
+    assert said[-1].startswith(f"scored steps of val: {n} of {n} (100%)")  # progress, the last line at the end
     assert np.unique(windows.turbine[windows.scored], return_counts=True)[1].min() > 2 * 300  # several chunks
     for k in ("turbine", "t_end", "scored", "present", "flags", "repeat", "split", "label"):
         np.testing.assert_array_equal(getattr(stepped, k), getattr(windows, k), err_msg=k)

@@ -30,6 +30,11 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(code=2)
 
 
+def _stderr(message: str) -> None:
+    """A progress or log line, on stderr (stdout carries the command's result)."""
+    print(message, file=sys.stderr, flush=True)
+
+
 prepare_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
@@ -59,7 +64,7 @@ def train_cmd(
 
     try:
         cfg = _load_config(config, overrides or [])
-        best = fit(cfg, resume=resume, log=lambda m: print(m, file=sys.stderr, flush=True))
+        best = fit(cfg, resume=resume, log=_stderr)
     except ValueError as e:
         _fail(e)
     print(best)
@@ -93,6 +98,7 @@ def infer_cmd(
 
     try:
         setup, run_dir = setup_from_args(checkpoint, bundle, data, graph)
+        setup.log = _stderr
         out_dir = Path(out) if out else run_dir / f"infer_{split}_{setup.engine_name}"
         summary = run_batch_inference(setup, split, out_dir, batch_size)
     except ValueError as e:
@@ -155,6 +161,7 @@ def evaluate_cmd(
 
     try:
         setup, run_dir = setup_from_args(checkpoint, bundle, data, graph)
+        setup.log = _stderr
         out_dir = Path(out) if out else run_dir / f"eval_{setup.engine_name}"
         m = evaluate(setup, out_dir, drift=drift, max_lead_hours=max_lead_hours, plots=plots, labels_file=labels)
     except ValueError as e:
@@ -200,13 +207,10 @@ def _evaluate_records(
         _fail(ValueError("--clean nets injected faults of their uninjected copy: give their --labels too"))
     out_dir = Path(out) if out else Path(records).with_name(Path(records).stem + "_report")
 
-    def log(m: str) -> None:
-        print(m, file=sys.stderr)
-
     try:
         faults = read_fault_labels(labels) if labels else None
-        recs = read_records(records, progress_printer(records, log))
-        copy = read_records(clean, progress_printer(clean, log)) if clean else None
+        recs = read_records(records, progress_printer(records, _stderr))
+        copy = read_records(clean, progress_printer(clean, _stderr)) if clean else None
         r = report(recs, out_dir, faults, lo, hi, int(lead_h * 3600 * 10**9), plots, copy)
     except (ValueError, OSError) as e:
         _fail(e)

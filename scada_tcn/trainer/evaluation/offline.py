@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,6 +44,7 @@ from scada_tcn.trainer.config import RootCfg, to_root
 from scada_tcn.trainer.config.derive import alerting_params, fleet_params
 from scada_tcn.trainer.data.store import PreparedData
 from scada_tcn.trainer.data.windowing import SPLITS
+from scada_tcn.trainer.evaluation.progress import Progress, quiet
 from scada_tcn.trainer.evaluation.signals import StepResiduals, fit_signals, module_residuals, signal_steps, track
 from scada_tcn.trainer.model.reference import ReferenceModules, build_reference, checkpoint_config
 from scada_tcn.trainer.model.signals import SignalModule
@@ -91,6 +93,7 @@ class InferSetup:
     feature_reference: DriftReference  # validation split, for drift checks
     signals: SignalParams | None = None  # per_signal: the levels and the tracker's parameters
     graph: str = "window"  # onnx per_signal: "step" (step.onnx over each turbine's series) or "window"
+    log: Callable[[str], None] | None = None  # progress lines of long scoring (the CLIs: stderr)
 
 
 def setup_from_checkpoint(checkpoint: str | Path, data_dir: str | Path | None = None) -> InferSetup:
@@ -244,6 +247,7 @@ def infer_split(
     rows: list[pd.DataFrame] = []
     arrays: dict[str, list[np.ndarray]] = {"contrib": [], "Y_hat": [], "Y_true": [], "M_future": [], "fault_prob": []}
     t0 = time.perf_counter()
+    progress = _progress(setup, f"scored windows of {split}", len(order))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         b = ds.__getitems__(idx.tolist())
@@ -270,6 +274,7 @@ def infer_split(
             if ds.rul is not None:
                 part["rul_true"] = np.where(ds.has_rul[idx] > 0.5, ds.rul[idx], np.nan).astype(np.float64)
         rows.append(pd.DataFrame(part))
+        progress(start + len(idx))
         if collect:
             for k, v in (
                 ("contrib", out.feat_contrib),
@@ -319,7 +324,7 @@ def infer_signals(
         residuals = module_residuals(eng.ref.scoring)
     elif isinstance(eng, OnnxScorer) and setup.graph == "step":  # the edge's streaming engine: each step once
         residuals = StepResiduals(eng.bundle, eng.intra_op_threads)
-    steps = signal_steps(setup.data, setup.cfg, (*warm, split), residuals, batch_size)
+    steps = signal_steps(setup.data, setup.cfg, (*warm, split), residuals, batch_size, log=setup.log)
     turbines = sorted(set(steps.turbine))
     flag_names = list(setup.data.flag_reg.flag_names)
     full = track(SignalTracker.from_params(params), steps, turbines, flag_names)
@@ -351,8 +356,10 @@ def _window_pass(setup: InferSetup, split: str, batch_size: int) -> tuple:
     ds = setup.data.dataset(setup.cfg, split)
     order = np.lexsort((ds.t_end, ds.codes))
     parts: dict[str, list[np.ndarray]] = {"Y_hat": [], "Y_true": [], "M_future": [], "fault_prob": []}
+    progress = _progress(setup, f"clean pass over the windows of {split}", len(order))
     for start in range(0, len(order), batch_size):
         b = ds.__getitems__(order[start : start + batch_size].tolist())
+        progress(min(start + batch_size, len(order)))
         out = setup.engine.clean(*(b[k].numpy() for k in ("X", "M_miss", "Flags")))  # the scoring pass is not needed
         for k, v in (("Y_hat", out.get("Y_hat")), ("Y_true", b["Y_true"].numpy()), ("M_future", b["M_future"].numpy()),
                      ("fault_prob", out.get("fault_prob"))):  # fmt: skip
@@ -361,6 +368,11 @@ def _window_pass(setup: InferSetup, split: str, batch_size: int) -> tuple:
     cat = {k: np.concatenate(v) if v else None for k, v in parts.items()}
     y = ds.y[order] if ds.y is not None and ds.y.ndim == 1 else None
     return cat["Y_hat"], cat["Y_true"], cat["M_future"], cat["fault_prob"], y
+
+
+def _progress(setup: InferSetup, what: str, total: int) -> Callable[[int], None]:
+    """The progress callback of `setup`'s log (silent without one)."""
+    return quiet if setup.log is None else Progress(what, total, setup.log)
 
 
 def apply_alerts(res: pd.DataFrame, alerting: AlertingParams) -> list[dict[str, Any]]:

@@ -43,6 +43,7 @@ from scada_tcn.trainer.config import RootCfg
 from scada_tcn.trainer.config.groups import feature_groups
 from scada_tcn.trainer.data.store import PreparedData
 from scada_tcn.trainer.data.windowing import SPLITS, step_splits
+from scada_tcn.trainer.evaluation.progress import Progress, quiet
 from scada_tcn.trainer.model.signals import SignalModule
 
 __all__ = [
@@ -110,9 +111,14 @@ class SeriesResiduals:
             out_p.append(pred.numpy())
         return np.concatenate(out_r), np.concatenate(out_p)
 
-    def many(self, series: list[Series]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """`self(*s)` for each turbine's series `s`."""
-        return [self(*s) for s in series]
+    def many(self, series: list[Series], progress: Callable[[int], None] = quiet) -> list[tuple[np.ndarray, ...]]:
+        """`self(*s)` for each turbine's series `s`; `progress(steps scored so far)` after each."""
+        out, done = [], 0
+        for s in series:
+            out.append(self(*s))
+            done += s[3].size
+            progress(done)
+        return out
 
 
 class StepResiduals:
@@ -132,9 +138,10 @@ class StepResiduals:
         self.scorer = StreamScorer.from_bundle(bundle, intra_op_threads)
         self.L, self.F, self.R, self.chunk = bundle.dims.L, bundle.dims.F, bundle.dims.R, chunk
 
-    def many(self, series: list[Series]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def many(self, series: list[Series], progress: Callable[[int], None] = quiet) -> list[tuple[np.ndarray, ...]]:
         """Residuals and predictions (len(rows), F) at the steps `rows` (ascending) of each series (X, M (T, F),
-        Fl (T, R), rows) -> one (resid, pred) per series."""
+        Fl (T, R), rows) -> one (resid, pred) per series; `progress(steps scored so far)` after each chunk."""
+        done = 0
         out = [(np.zeros((s[3].size, self.F), np.float32), np.zeros((s[3].size, self.F), np.float32)) for s in series]
         runs = []  # (series, first index into its rows, end index, first step, end step): one slot each
         for i, (_, _, _, rows) in enumerate(series):
@@ -166,6 +173,8 @@ class StepResiduals:
                 inside = slice(int(first), int(end))
                 at = rows[inside] - lo - t0
                 out[i][0][inside], out[i][1][inside] = resid[slot, at], pred[slot, at]
+                done += at.size
+            progress(done)
             t0 += T
         return out
 
@@ -181,14 +190,15 @@ def module_residuals(module: SignalModule) -> Residuals | SeriesResiduals:
 
 def signal_steps(data: PreparedData, cfg: RootCfg, splits: tuple[str, ...],
                  residuals: Residuals | SeriesResiduals | StepResiduals, batch_size: int = 256,
-                 turbines: list[str] | None = None) -> SignalSteps:  # fmt: skip
+                 turbines: list[str] | None = None,
+                 log: Callable[[str], None] | None = None) -> SignalSteps:  # fmt: skip
     """Score every step of `splits` of every turbine (or of `turbines`) with `residuals`: L-step windows of
     `batch_size` at a time, or every turbine's series at once (`SeriesResiduals`, `StepResiduals`; see the
-    module docstring)."""
+    module docstring). `log` gets progress lines."""
     L, min_present = cfg.data.windowing.L, cfg.data.windowing.min_present_fraction
     want = np.array([SPLITS.index(s) for s in splits])
     parts: dict[str, list[np.ndarray]] = {k: [] for k in SignalSteps.__dataclass_fields__}
-    series: list[Series] = []  # the scored steps of each turbine, for residuals over series
+    series: list[Series] = []  # the steps of each turbine with enough data in their window
     for tdir in sorted((Path(data.dir) / "turbines").iterdir()):
         tid = tdir.name
         if turbines is not None and tid not in turbines:
@@ -201,35 +211,48 @@ def signal_steps(data: PreparedData, cfg: RootCfg, splits: tuple[str, ...],
         X, M, Fl = (np.load(tdir / f"{n}.npy", mmap_mode="r") for n in ("X", "M_miss", "Flags"))
         frac = sliding_present_fraction(np.asarray(M), steps - (L - 1), L)
         ok = enough_present(frac, min_present)
-        resid = np.zeros((steps.size, X.shape[1]), np.float32)
-        pred = np.zeros((steps.size, X.shape[1]), np.float32)
         present = np.zeros((steps.size, X.shape[1]), bool)
-        idx = np.flatnonzero(ok)
-        present[idx] = np.asarray(M[steps[idx]]) > 0.5
-        if isinstance(residuals, (SeriesResiduals, StepResiduals)):
-            series.append((X, M, Fl, steps[idx]))
-        else:
-            for i in range(0, idx.size, batch_size):
-                rows = idx[i : i + batch_size]
-                win = steps[rows][:, None] + np.arange(-(L - 1), 1)[None, :]  # (b, L)
-                xb, mb, fb = (np.ascontiguousarray(a[win], dtype=np.float32) for a in (X, M, Fl))
-                resid[rows], pred[rows] = residuals(xb, mb, fb)
+        present[ok] = np.asarray(M[steps[ok]]) > 0.5
+        series.append((X, M, Fl, steps[ok]))
         labels = np.load(tdir / "labels.npy") if (tdir / "labels.npy").is_file() else np.zeros(len(ts), np.int64)
         lab = labels[steps]
         values = {"turbine": np.full(steps.size, tid, dtype=object), "t_end": ts[steps], "scored": ok,
-                  "resid": resid, "pred": pred, "present": present, "flags": np.asarray(Fl[steps], np.float32),
+                  "present": present, "flags": np.asarray(Fl[steps], np.float32),
                   "repeat": np.load(tdir / "Repeat.npy")[steps], "split": sp[steps],
                   "label": (lab.max(axis=1) if lab.ndim == 2 else lab) > 0}  # fmt: skip
         for k, v in values.items():
             parts[k].append(v)
     if not parts["t_end"]:
         raise ValueError(f"no steps of the splits {list(splits)} in {data.dir}")
-    if series:  # the residuals of every turbine's series, in the order they were read
-        for (r, p), ok, resid, pred in zip(residuals.many(series), parts["scored"], parts["resid"], parts["pred"]):
-            resid[ok], pred[ok] = r, p
+    total = sum(s[3].size for s in series)
+    progress = quiet if log is None else Progress(f"scored steps of {'+'.join(splits)}", total, log)
+    if isinstance(residuals, (SeriesResiduals, StepResiduals)):
+        outs = residuals.many(series, progress)
+    else:
+        outs = _window_residuals(residuals, series, L, batch_size, progress)
+    for (r, p), ok in zip(outs, parts["scored"]):  # every turbine's steps, unscored ones zero
+        parts["resid"].append(np.zeros((ok.size, r.shape[1]), np.float32))
+        parts["pred"].append(np.zeros((ok.size, r.shape[1]), np.float32))
+        parts["resid"][-1][ok], parts["pred"][-1][ok] = r, p
     cat = {k: np.concatenate(v) for k, v in parts.items()}
     order = np.lexsort((cat["turbine"].astype(str), cat["t_end"]))
     return SignalSteps(**{k: v[order] for k, v in cat.items()})
+
+
+def _window_residuals(residuals: Residuals, series: list[Series], L: int, batch_size: int,
+                      progress: Callable[[int], None]) -> list[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    """`residuals` of each series' steps through their L-step windows, `batch_size` windows a call."""
+    out, done = [], 0
+    for X, M, Fl, rows in series:
+        resid, pred = np.zeros((rows.size, X.shape[1]), np.float32), np.zeros((rows.size, X.shape[1]), np.float32)
+        for i in range(0, rows.size, batch_size):
+            win = rows[i : i + batch_size, None] + np.arange(-(L - 1), 1)[None, :]  # (b, L)
+            xb, mb, fb = (np.ascontiguousarray(a[win], dtype=np.float32) for a in (X, M, Fl))
+            resid[i : i + batch_size], pred[i : i + batch_size] = residuals(xb, mb, fb)
+            done += win.shape[0]
+            progress(done)
+        out.append((resid, pred))
+    return out
 
 
 _TRACK_STEPS = 4096  # time steps per `SignalTracker.step` call of `track`
