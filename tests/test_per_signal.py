@@ -678,6 +678,20 @@ def test_a_bundles_step_graph_gives_every_windows_newest_residuals(signal_run, b
         StepResiduals(dataclasses.replace(bundle, stream=None))
 
 
+def test_evaluate_scores_the_validation_split_once_with_the_same_results(bundle, tiny_run):
+    """scada-evaluate needs the validation split's results and the test split's, whose warm-up is the validation
+    split: one pass gives both, equal to those of a pass per split."""
+    from scada_tcn.trainer.evaluation.offline import infer_split, infer_val_and_test, setup_from_bundle
+
+    setup = setup_from_bundle(bundle.path, tiny_run.cfg().data.paths.processed_dir)
+    val, test, _, arrays = infer_val_and_test(setup)
+    pd.testing.assert_frame_equal(val, infer_split(setup, "val")[0])
+    alone, _, want = infer_split(setup, "test", collect=True)
+    pd.testing.assert_frame_equal(test, alone)
+    np.testing.assert_array_equal(arrays.contrib, want.contrib)
+    assert len(val) > 1000 and len(test) > 1000
+
+
 def _resid(scorer: OnnxScorer):
     def residuals(X: np.ndarray, M: np.ndarray, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out = scorer.score(X, M, F)

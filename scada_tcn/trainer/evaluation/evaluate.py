@@ -32,7 +32,7 @@ from scada_tcn.trainer.evaluation.drift_report import feature_drift, ks_statisti
 from scada_tcn.trainer.evaluation.edge_records import read_fault_labels
 from scada_tcn.trainer.evaluation.events import alert_spans, score_events, timelines_from_table
 from scada_tcn.trainer.evaluation.metrics import anomaly_metrics, fault_metrics, forecast_metrics
-from scada_tcn.trainer.evaluation.offline import InferSetup, SplitArrays, apply_alerts, infer_split
+from scada_tcn.trainer.evaluation.offline import InferSetup, SplitArrays, apply_alerts, infer_val_and_test
 from scada_tcn.trainer.evaluation.plots import plot_contribution_heatmap, plot_score_timeline
 from scada_tcn.trainer.evaluation.rul_eval import last_window_rul, rul_metrics
 
@@ -225,9 +225,7 @@ def evaluate(
     labels, such as a real export with injected faults."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    val, _, _ = infer_split(setup, "val", batch_size)
-    test, rate, arr = infer_split(setup, "test", batch_size, collect=True)
-    assert arr is not None
+    val, test, rate, arr = infer_val_and_test(setup, batch_size)
     events = apply_alerts(test, setup.alerting)
     names = setup.data.feature_reg.feature_names
     m: dict[str, Any] = {

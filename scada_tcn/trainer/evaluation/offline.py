@@ -45,7 +45,14 @@ from scada_tcn.trainer.config.derive import alerting_params, fleet_params
 from scada_tcn.trainer.data.store import PreparedData
 from scada_tcn.trainer.data.windowing import SPLITS
 from scada_tcn.trainer.evaluation.progress import Progress, quiet
-from scada_tcn.trainer.evaluation.signals import StepResiduals, fit_signals, module_residuals, signal_steps, track
+from scada_tcn.trainer.evaluation.signals import (
+    SignalSteps,
+    StepResiduals,
+    fit_signals,
+    module_residuals,
+    signal_steps,
+    track,
+)
 from scada_tcn.trainer.model.reference import ReferenceModules, build_reference, checkpoint_config
 from scada_tcn.trainer.model.signals import SignalModule
 from scada_tcn.trainer.training.fit import load_checkpoint
@@ -309,9 +316,33 @@ def infer_signals(
     """Per-signal scores of every step of `split` (the validation split first warms the aggregators up for the
     test split, as a gateway fed since then would be): the edge's tracker over the engine's residuals. One row per
     scored step; `top_features` names each group's worst monitor as "group:monitor", worst group first."""
+    warm = ("val",) if split == "test" else ()
+    tables, rate, arrays = _signal_tables(setup, (*warm, split), batch_size, collect)
+    return tables[-1], rate, arrays
+
+
+def infer_val_and_test(
+    setup: InferSetup, batch_size: int = 256
+) -> tuple[pd.DataFrame, pd.DataFrame, float, SplitArrays]:
+    """`infer_split`'s results of the validation split and of the test split (rate and arrays of the test
+    split). A per-signal setup scores the two in one pass: the test split's warm-up is the validation split, whose
+    steps the tracker, starting at the same first step, scores exactly as it does alone."""
+    if setup.signals is None:
+        val, _, _ = infer_split(setup, "val", batch_size)
+        test, rate, arrays = infer_split(setup, "test", batch_size, collect=True)
+    else:
+        (val, test), rate, arrays = _signal_tables(setup, ("val", "test"), batch_size, True)
+    assert arrays is not None
+    return val, test, rate, arrays
+
+
+def _signal_tables(
+    setup: InferSetup, splits: tuple[str, ...], batch_size: int, collect: bool
+) -> tuple[list[pd.DataFrame], float, SplitArrays | None]:
+    """Per-signal results of each of `splits` (in time order) from one pass of the tracker over all of them; the
+    rate and (with `collect`) the arrays of the last."""
     assert setup.signals is not None
     params = setup.signals
-    warm = ("val",) if split == "test" else ()
     t0 = time.perf_counter()
 
     def run(X: np.ndarray, M: np.ndarray, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -324,12 +355,25 @@ def infer_signals(
         residuals = module_residuals(eng.ref.scoring)
     elif isinstance(eng, OnnxScorer) and setup.graph == "step":  # the edge's streaming engine: each step once
         residuals = StepResiduals(eng.bundle, eng.intra_op_threads)
-    steps = signal_steps(setup.data, setup.cfg, (*warm, split), residuals, batch_size, log=setup.log)
+    steps = signal_steps(setup.data, setup.cfg, splits, residuals, batch_size, log=setup.log)
     turbines = sorted(set(steps.turbine))
     flag_names = list(setup.data.flag_reg.flag_names)
     full = track(SignalTracker.from_params(params), steps, turbines, flag_names)
-    keep = (steps.split == SPLITS.index(split)) & full["scored"].to_numpy()
-    rate = int(keep.sum()) / (time.perf_counter() - t0)
+    keeps = [(steps.split == SPLITS.index(split)) & full["scored"].to_numpy() for split in splits]
+    rate = int(keeps[-1].sum()) / (time.perf_counter() - t0)
+    tables = [_signal_table(setup, full, steps, keep) for keep in keeps]
+    if not collect:
+        return tables, rate, None
+    keep = keeps[-1]
+    clean = _window_pass(setup, splits[-1], batch_size)
+    dev = params.spec.feature_deviation(steps.resid[keep])  # (N, F)
+    return tables, rate, SplitArrays(np.where(steps.present[keep], dev, 0.0), *clean)
+
+
+def _signal_table(setup: InferSetup, full: pd.DataFrame, steps: SignalSteps, keep: np.ndarray) -> pd.DataFrame:
+    """The results table of the tracked steps `keep` of `full` (see `infer_signals`)."""
+    assert setup.signals is not None
+    params = setup.signals
     res = full[keep].reset_index(drop=True)
     groups, monitors = list(params.spec.groups), params.spec.monitor_names
     ratios = res[[f"ratio_{g}" for g in groups]].to_numpy()
@@ -344,11 +388,7 @@ def infer_signals(
     res["top_contrib"] = [[float(ratios[i, j]) for j, _ in rk[:topn]] for i, rk in enumerate(ranked)]
     if setup.class_names:
         res["y"] = steps.label[keep].astype(np.int64)
-    if not collect:
-        return res, rate, None
-    clean = _window_pass(setup, split, batch_size)
-    dev = params.spec.feature_deviation(steps.resid[keep])  # (N, F)
-    return res, rate, SplitArrays(np.where(steps.present[keep], dev, 0.0), *clean)
+    return res
 
 
 def _window_pass(setup: InferSetup, split: str, batch_size: int) -> tuple:
