@@ -226,11 +226,9 @@ def turbine_topics(template: str, site: str, gateway: str) -> tuple[str, re.Patt
 
 
 def topic_filter(template: str, site: str, gateway: str) -> tuple[str, int]:
-    """(MQTT subscription filter with `+` at {turbine}, index of the turbine level)."""
-    levels = template.split("/")
-    idx = levels.index("{turbine}")
-    filt = "/".join("+" if lv == "{turbine}" else lv.format(site=site, gateway=gateway) for lv in levels)
-    return filt, idx
+    """(MQTT subscription filter with `+` at {turbine} (`turbine_topics`), index of the turbine level) of a
+    template whose {turbine} is a whole level."""
+    return turbine_topics(template, site, gateway)[0], template.split("/").index("{turbine}")
 
 
 class TelemetryDecoder:

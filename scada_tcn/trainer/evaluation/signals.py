@@ -122,15 +122,15 @@ class SeriesResiduals:
 
 
 class StepResiduals:
-    """An exported bundle's residuals at turbines' steps from its step graph (`runtime.stream.StreamScorer`, the
-    edge's streaming engine), every turbine's step in one call: each run of requested steps is stepped in time
-    order from zero rings L - 1 steps before its first step (a window of L real steps never reaches the zero
-    padding), so each step is computed once where the window graph computes L. They equal the windows' newest
-    outputs within the export's parity tolerance (verified at export over thousands of consecutive steps, and
-    in the tests). A gap of more than L steps between requested steps starts a new run (stepping through it
-    would cost more than the run's L - 1 steps of warm-up). Refused for a bundle without a step graph."""
+    """An exported bundle's residuals at turbines' steps from its step graph, every turbine's step in one call
+    (`runtime.stream.StreamScorer.run_series`, the edge's streaming engine): each run of requested steps is
+    stepped in time order from zero rings L - 1 steps before its first step (a window of L real steps never
+    reaches the zero padding), so each step is computed once where the window graph computes L. They equal the
+    windows' newest outputs within the export's parity tolerance (verified at export over thousands of consecutive
+    steps, and in the tests). A gap of more than L steps between requested steps starts a new run (stepping through
+    it would cost more than the run's L - 1 steps of warm-up). Refused for a bundle without a step graph."""
 
-    CELLS = 1 << 18  # turbine-steps held per chunk (about 130 MB of inputs and outputs with F = 30)
+    CELLS = 1 << 16  # turbine-steps per chunk (run_series keeps every head's outputs: about 60 MB with K F = 180)
 
     def __init__(self, bundle: Bundle, intra_op_threads: int = 1, chunk: int = 2048) -> None:
         if bundle.stream is None:
@@ -156,23 +156,18 @@ class StepResiduals:
             n = int((length > t0).sum())
             T = min(self.chunk, max(self.CELLS // n, 1), int(length[0]) - t0)
             X, M = np.zeros((n, T, self.F), np.float32), np.zeros((n, T, self.F), np.float32)
-            Fl = np.zeros((n, T, self.R), np.float32)
+            Fl = np.zeros((n, T, self.R), np.float32)  # a run that ends in the chunk steps on zeros, not read
             for slot, (i, _, _, lo, hi) in enumerate(runs[:n]):
                 part = slice(lo + t0, min(lo + t0 + T, hi))
                 m = part.stop - part.start
                 X[slot, :m], M[slot, :m], Fl[slot, :m] = series[i][0][part], series[i][1][part], series[i][2][part]
-            resid, pred = np.zeros((n, T, self.F), np.float32), np.zeros((n, T, self.F), np.float32)
-            going = (length[:n, None] > t0 + np.arange(T)[None, :]).sum(axis=0)  # (T,) runs still going
-            for j in range(T):
-                k = int(going[j])
-                step = self.scorer.step(np.arange(k), t0 + j, X[:k, j], M[:k, j], Fl[:k, j])
-                resid[:k, j], pred[:k, j] = step.resid, step.pred
+            got = self.scorer.run_series(np.arange(n), t0, X, M, Fl)
             for slot, (i, a, b, lo, _) in enumerate(runs[:n]):
                 rows = series[i][3]
                 first, end = a + np.searchsorted(rows[a:b], [lo + t0, lo + t0 + T])  # its steps in this chunk
                 inside = slice(int(first), int(end))
                 at = rows[inside] - lo - t0
-                out[i][0][inside], out[i][1][inside] = resid[slot, at], pred[slot, at]
+                out[i][0][inside], out[i][1][inside] = got.resid[slot, at], got.pred[slot, at]
                 done += at.size
             progress(done)
             t0 += T
