@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 DEMO_COMMAND = 'pip install -e ".[train,dev]" && scada-demo'
-TEST_COMMAND = "python -m pytest -q -n auto --dist loadfile"
+TEST_COMMAND = "python -m pytest -q -n 2 --dist loadfile"
 MAX_README_LINES = 250  # a newcomer's page; details go to docs/
 
 # Runs an entry point "module:function" under a program name: python -c ENTRY <module:function> <name> args...
