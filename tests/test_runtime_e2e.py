@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -243,11 +244,12 @@ def test_broker_parity_with_reference_and_replay(broker, bundle, scorer, timelin
     col.close()
 
 
-def _alert_state(turbine: str, state: str) -> bytes:
-    """A retained alert state as an earlier daemon (another model) left it."""
+def _alert_state(turbine: str, state: str, gateway: str | None = None) -> bytes:
+    """A retained alert state as an earlier daemon (another model) left it; one from before the records named their
+    gateway without `gateway`."""
     doc = {"schema": "scada-score/2", "turbine": turbine, "state": state, "since": "2024-01-27T18:00:00Z",
            "seq": 2838240, "model_id": "an-earlier-model", "bundle_id": "an-earlier-bundle"}  # fmt: skip
-    return json.dumps(doc).encode()
+    return json.dumps(doc if gateway is None else doc | {"gateway": gateway}).encode()
 
 
 @pytest.mark.parametrize("kind", ["stream"], indirect=True)
@@ -280,15 +282,57 @@ def test_a_start_without_state_closes_the_alerts_the_broker_holds_on(broker, bun
     assert all(f[0] is False for t, f in flags.items() if t != on)
     transitions = [(t.split("/")[2], json.loads(p)["state"]) for t, p in col.of("/alert")]
     assert transitions[0] == (on, "off")  # the consumer's "on" closed
-    states = {}
-    watcher = client(broker.url, "retained-reader", {"on_message": lambda c, u, m: states.update(
-        {m.topic.split("/")[2]: json.loads(m.payload)["state"]})})  # fmt: skip
+    states, gateways = _retained_alert_states(broker, "retained-reader", len(turbines) + 1)
+    assert states == {t: "on" if flags[t][-1] else "off" for t in turbines} | {"elsewhere": "on"}
+    assert gateways == dict.fromkeys(turbines, GATEWAY) | {"elsewhere": None}  # each names the gateway it is from
+    col.close()
+
+
+def _retained_alert_states(broker, client_id: str, n: int) -> tuple[dict[str, str], dict[str, str | None]]:
+    """The n retained alert states the broker holds for this site: per turbine, its state and its gateway."""
+    docs: dict[str, dict] = {}
+    watcher = client(broker.url, client_id, {"on_message": lambda c, u, m: docs.update(
+        {m.topic.split("/")[2]: json.loads(m.payload)})})  # fmt: skip
     wait_for(watcher.is_connected, 10, "reader")
     watcher.subscribe(f"scada/{SITE}/+/alert/state", qos=1)
-    wait_for(lambda: len(states) == len(turbines) + 1, 10, "retained alert states")
-    assert states == {t: "on" if flags[t][-1] else "off" for t in turbines} | {"elsewhere": "on"}
+    wait_for(lambda: len(docs) == n, 10, "retained alert states")
     watcher.disconnect()
-    col.close()
+    return {t: d["state"] for t, d in docs.items()}, {t: d.get("gateway") for t, d in docs.items()}
+
+
+@pytest.mark.parametrize("kind", ["stream"], indirect=True)
+def test_a_start_without_state_clears_the_alert_state_of_a_turbine_this_gateway_retired(broker, bundle, scorer,
+                                                                                          caplog):  # fmt: skip
+    """A turbine taken off `ingest.turbines` while the daemon ran without its state (no state.path, a file lost)
+    kept its retained alert state for ever: "on", its consumers held the alert, and nothing would close it
+    (`_retire` clears it only when the state knows the turbine). The retained states now name the gateway that
+    published them: a start clears those of its own gateway whose turbine it no longer scores. Another gateway's
+    turbine of the site, and a state that names no gateway (written before records named it), are left as they
+    are."""
+    written = {"WT07": _alert_state("WT07", "on", GATEWAY), "WT08": _alert_state("WT08", "off", GATEWAY),
+               "WT21": _alert_state("WT21", "on", "gw2"), "WT22": _alert_state("WT22", "on")}  # fmt: skip
+    writer = client(broker.url, "retained-writer-retired")
+    wait_for(writer.is_connected, 10, "writer")
+    for t, payload in written.items():
+        writer.publish(f"scada/{SITE}/{t}/alert/state", payload, qos=1, retain=True).wait_for_publish(10)
+    writer.disconnect()
+    cleared: list[str] = []
+    watcher = client(broker.url, "retained-watcher-retired", {"on_message": lambda c, u, m: cleared.append(
+        m.topic.split("/")[2]) if m.payload == b"" else None})  # fmt: skip
+    wait_for(watcher.is_connected, 10, "watcher")
+    watcher.subscribe(f"scada/{SITE}/+/alert/state", qos=1)
+    with caplog.at_level(logging.WARNING, logger="scada.runtime.daemon"):
+        d = DaemonThread(daemon_config(broker.url, ingest={"turbines": ["WT01", "WT02"]}), bundle, scorer)
+        try:
+            assert d.daemon.engine.fleet.turbines == []  # nothing carried: none of them is scored here
+            wait_for(lambda: sorted(cleared) == ["WT07", "WT08"], 20, "the retired turbines' states cleared")
+        finally:
+            assert d.stop() == 0
+    watcher.disconnect()
+    warned = [r for r in caplog.records if "retired while the daemon ran without its state" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].turbines == ["WT07", "WT08"]
+    states, gateways = _retained_alert_states(broker, "retained-reader-retired", 2)
+    assert states == {"WT21": "on", "WT22": "on"} and gateways == {"WT21": "gw2", "WT22": None}
 
 
 def test_a_broker_away_at_start_is_asked_for_the_alerts_once_back(broker, bundle, scorer):

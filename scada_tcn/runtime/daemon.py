@@ -46,8 +46,9 @@ replay there (a torn tail).
 Alerts the consumers hold: at start, after the state and before the link connects, the daemon reads the retained
 alert states of its site from the broker (`mqtt.read_retained`, on a connection of its own) and carries over
 those "on" of turbines its state does not know as scored (no state file, one set aside, a turbine it lacks):
-without that, nothing would close them (`_carry_retained_alerts`). A broker unreachable then is logged, and
-asked once more when the link first connects.
+without that, nothing would close them (`_carry_retained_alerts`). Those this gateway published (the record
+names its gateway) of turbines `ingest.turbines` no longer lists are cleared, as `_retire` clears them when the
+state knows the turbine. A broker unreachable then is logged, and asked once more when the link first connects.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ from scada_tcn.runtime.health import HealthServer, Heartbeat
 from scada_tcn.runtime.journal import Journal
 from scada_tcn.runtime.mqtt import Message, MqttLink, Publish, read_retained
 from scada_tcn.runtime.prometheus import RuntimeMetrics
-from scada_tcn.runtime.records import alert_state_on, batches, iso_utc, split_batch
+from scada_tcn.runtime.records import batches, iso_utc, retained_alert_state, split_batch
 from scada_tcn.runtime.state_file import EncodedState, encode_state, fsync_dir, load_state, write_state
 from scada_tcn.runtime.telemetry import Rejection, Sample, TelemetryDecoder, topic_filter, turbine_topics
 
@@ -173,6 +174,7 @@ class Daemon:
         self._drained = False  # nothing waits at the broker for us: bins may close on the wall clock (`_tick_clock`)
         self._connects_seen = -1
         self._retained_again = False  # the broker was unreachable at start: read its alert states once connected
+        self._retired: set[str] = set()  # turbines whose retained alert state this start has cleared
         self._overflowed = 0  # publishes dropped on a full queue since the last report ...
         self._overflowed_scores = 0  # ... and the score records they held
         self._topics: dict[tuple[str, str], str] = {}  # (output kind, turbine) -> topic
@@ -218,7 +220,7 @@ class Daemon:
         c = self.cfg
         return Engine(self.bundle, scorer, c.ingest.grace_s, c.ingest.max_turbines, c.compute.max_batch,
                       on_inference=self._observe_inference, drift_window=c.health.drift_window,
-                      max_per_stamp=c.ingest.max_values_per_stamp)  # fmt: skip
+                      max_per_stamp=c.ingest.max_values_per_stamp, gateway=c.gateway)  # fmt: skip
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -356,6 +358,7 @@ class Daemon:
         self.metrics.state_samples_dropped.inc(open_samples)
         for t in gone:
             self._publish("alert_state", self._topic(Output("alert_state", t, 0, b"", True, "")), b"", True, track=True)
+        self._retired.update(gone)
         log.warning("turbines no longer in ingest.turbines are retired: removed from the state, their retained "
                     "alert state cleared", extra={"turbines": gone, "waiting_dropped": dropped,
                                                   "open_samples_dropped": open_samples})  # fmt: skip
@@ -415,8 +418,10 @@ class Daemon:
         over those "on" of turbines this config scores that the engine has neither scored nor carried
         (`Engine.carry_alerts`): started without a state file, with one set aside that could not say, or with a
         turbine it lacks. Their consumers hold "on"; without this, the turbine's first score would only replace the
-        retained state by "off", with no transition on the alert topic. A read that fails (broker ACL, timeout)
-        or a retained payload that is not an alert state is logged, and the daemon goes on without them. A broker
+        retained state by "off", with no transition on the alert topic. A retained state that names this gateway,
+        of a turbine `ingest.turbines` no longer lists, is cleared (`_clear_retired_alert_states`). A read that
+        fails (broker ACL, timeout) or a retained payload that is not an alert state is logged, and the daemon goes
+        on without them. A broker
         unreachable at start (`again`) is asked once more when the link first connects (`step`): what telemetry
         the loop took before (a session's backlog, between the CONNACK and the SUBACK) has seldom ended a
         turbine's warm-up, and a turbine scored meanwhile keeps its own alert state."""
@@ -429,21 +434,41 @@ class Daemon:
                         "over (their consumers keep them until the turbine's next transition)",
                         extra={"filter": filt, "problem": read.problem, "read": len(read.payloads),
                                "again_once_connected": self._retained_again})  # fmt: skip
-        on, bad = [], []
+        on, bad, ours = [], [], []
         for topic, payload in sorted(read.payloads.items()):
             match = pattern.fullmatch(topic)
-            state = None if match is None else alert_state_on(payload, match.group(1))
+            state = None if match is None else retained_alert_state(payload, match.group(1))
             if state is None:
                 bad.append(topic)
-            elif state:
+                continue
+            if state.on:
                 on.append(match.group(1))
+            if state.gateway == self.cfg.gateway:
+                ours.append(match.group(1))
         if bad:
             log.warning("retained messages on the alert state topics that are not alert states of their turbine: "
                         "ignored", extra={"topics": bad[:10], "count": len(bad)})  # fmt: skip
-        carried = self.engine.carry_alerts(self._allowed(on))
+        allowed = set(self._allowed(on + ours))
+        self._clear_retired_alert_states([t for t in ours if t not in allowed and t not in self._retired])
+        carried = self.engine.carry_alerts([t for t in on if t in allowed])
         log.info("retained alert states read; those on, of turbines the state does not know as scored, are carried "
                  "over: they stay on until the turbine is scored and turns off by its rule",
-                 extra={"read": len(read.payloads), "on": len(on), "carried": carried})  # fmt: skip
+                 extra={"read": len(read.payloads), "on": len(on), "carried": carried,
+                        "on_not_scored_here": sorted(set(on) - allowed)[:20]})  # fmt: skip
+
+    def _clear_retired_alert_states(self, turbines: Sequence[str]) -> None:
+        """Clear the retained alert states of `turbines`: published by this gateway (their record names it) and
+        not in `ingest.turbines`, so retired from it while it ran without its state (no state.path, a file lost or
+        set aside), which `_retire` cannot see. A retained state of a turbine another gateway of the site
+        publishes, or of a record that names no gateway, is left as it is."""
+        if not turbines:
+            return
+        for t in turbines:
+            self._publish("alert_state", self._topic(Output("alert_state", t, 0, b"", True, "")), b"", True, track=True)
+        self._retired.update(turbines)
+        log.warning("retained alert states this gateway published, of turbines no longer in ingest.turbines, are "
+                    "cleared (the turbines were retired while the daemon ran without its state)",
+                    extra={"turbines": sorted(turbines)})  # fmt: skip
 
     def _set_aside(self, path: str, why: ValueError, resent: int, waiting: int, carried: Sequence[str] = (),
                    samples: int = 0, unpublished: int = 0) -> None:  # fmt: skip

@@ -119,6 +119,7 @@ class Engine:
         on_inference: Callable[[float, int], None] | None = None,
         drift_window: int = 1000,
         max_per_stamp: int | None = None,
+        gateway: str | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"Engine: max_batch must be >= 1, got {max_batch}")
@@ -126,6 +127,7 @@ class Engine:
         self.scorer = scorer
         self.max_batch = int(max_batch)
         self.on_inference = on_inference
+        self.gateway = gateway  # named in the retained alert states (the daemon's; replay publishes none)
         spec = bundle.spec
         self.L = int(bundle.dims.L)
         self.dt_ns = int(spec.dt_seconds) * 1_000_000_000
@@ -454,8 +456,8 @@ class Engine:
             out.append(Output("alert", rec.turbine, rec.end_ns, dumps(AlertRecord(rec).to_dict()), False, rec.turned))
         if rec.turned is not None or first:
             state = "on" if rec.alert else "off"
-            out.append(Output("alert_state", rec.turbine, rec.end_ns, dumps(AlertStateRecord(rec).to_dict()), True,
-                              state))  # fmt: skip
+            doc = AlertStateRecord(rec, self.gateway).to_dict()
+            out.append(Output("alert_state", rec.turbine, rec.end_ns, dumps(doc), True, state))
         return out
 
     # ------------------------------------------------------------------------------------------------ state

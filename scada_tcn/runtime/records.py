@@ -26,7 +26,8 @@ Score topic (schema "scada-score/2"): one record per closed step of a turbine, i
 
 Alert topic: {schema, turbine, ts, seq, model_id, bundle_id, score, [fleet_score], threshold, ratio, regime,
 top_features, state ("on" | "off")} on every transition. Retained alert state: {schema, turbine, state, since, seq,
-model_id, bundle_id}.
+model_id, bundle_id, gateway} (gateway: the daemon's `gateway`, which publishes it; a daemon started without its
+state clears the retained state of a turbine its own gateway published and no longer scores).
 
 `model_id` names the model (graphs and registries), `bundle_id` the whole bundle that scored the step (its
 settings too: levels, baseline, alerting; `runtime.bundle.compute_bundle_id`). A per-signal record is scored
@@ -56,7 +57,7 @@ import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -67,14 +68,15 @@ __all__ = [
     "AlertStateRecord",
     "Deduped",
     "InsufficientDataRecord",
+    "RetainedAlertState",
     "ScoreRecord",
     "WarmupRecord",
-    "alert_state_on",
     "batches",
     "dedupe",
     "dumps",
     "forecast_json",
     "iso_utc",
+    "retained_alert_state",
     "split_batch",
 ]
 
@@ -271,24 +273,37 @@ class AlertRecord:
 @dataclass(frozen=True)
 class AlertStateRecord:
     record: ScoreRecord  # the step since which the state holds
+    gateway: str | None = None  # the gateway that publishes it (the daemon's `gateway`; None: not given, no key)
 
     def to_dict(self) -> dict[str, Any]:
         r = self.record
-        return {"schema": SCHEMA, "turbine": r.turbine, "state": "on" if r.alert else "off",
-                "since": iso_utc(r.end_ns), "seq": r.end_ns // r.dt_ns, "model_id": r.model_id,
-                "bundle_id": r.bundle_id}  # fmt: skip
+        doc = {"schema": SCHEMA, "turbine": r.turbine, "state": "on" if r.alert else "off",
+               "since": iso_utc(r.end_ns), "seq": r.end_ns // r.dt_ns, "model_id": r.model_id,
+               "bundle_id": r.bundle_id}  # fmt: skip
+        return doc if self.gateway is None else doc | {"gateway": self.gateway}
 
 
-def alert_state_on(payload: bytes, turbine: str) -> bool | None:
-    """A retained alert state's payload (`AlertStateRecord`): True for "on", False for "off", None when it is not
-    the alert state of `turbine` (not JSON, another shape, another turbine's)."""
+class RetainedAlertState(NamedTuple):
+    """What a retained alert state says: whether it is on, and the gateway that published it (None: a record of
+    a daemon from before records named their gateway, or one written by hand)."""
+
+    on: bool
+    gateway: str | None
+
+
+def retained_alert_state(payload: bytes, turbine: str) -> RetainedAlertState | None:
+    """A retained alert state's payload (`AlertStateRecord`) read, or None when it is not the alert state of
+    `turbine` (not JSON, another shape, another turbine's, a gateway that is not a string)."""
     try:
         doc = orjson.loads(payload)
     except orjson.JSONDecodeError:
         return None
     if not isinstance(doc, dict) or doc.get("turbine") != turbine or doc.get("state") not in ("on", "off"):
         return None
-    return doc["state"] == "on"
+    gateway = doc.get("gateway")
+    if gateway is not None and not isinstance(gateway, str):
+        return None
+    return RetainedAlertState(doc["state"] == "on", gateway)
 
 
 @dataclass
