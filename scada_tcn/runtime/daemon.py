@@ -356,9 +356,7 @@ class Daemon:
         self.engine.load_state_dict(state)
         self.metrics.scores_dropped.labels(reason="retired").inc(dropped)
         self.metrics.state_samples_dropped.inc(open_samples)
-        for t in gone:
-            self._publish("alert_state", self._topic(Output("alert_state", t, 0, b"", True, "")), b"", True, track=True)
-        self._retired.update(gone)
+        self._clear_alert_states(gone)
         log.warning("turbines no longer in ingest.turbines are retired: removed from the state, their retained "
                     "alert state cleared", extra={"turbines": gone, "waiting_dropped": dropped,
                                                   "open_samples_dropped": open_samples})  # fmt: skip
@@ -419,12 +417,13 @@ class Daemon:
         (`Engine.carry_alerts`): started without a state file, with one set aside that could not say, or with a
         turbine it lacks. Their consumers hold "on"; without this, the turbine's first score would only replace the
         retained state by "off", with no transition on the alert topic. A retained state that names this gateway,
-        of a turbine `ingest.turbines` no longer lists, is cleared (`_clear_retired_alert_states`). A read that
-        fails (broker ACL, timeout) or a retained payload that is not an alert state is logged, and the daemon goes
-        on without them. A broker
-        unreachable at start (`again`) is asked once more when the link first connects (`step`): what telemetry
-        the loop took before (a session's backlog, between the CONNACK and the SUBACK) has seldom ended a
-        turbine's warm-up, and a turbine scored meanwhile keeps its own alert state."""
+        of a turbine `ingest.turbines` no longer lists, is cleared: the turbine was retired while the daemon ran
+        without its state (no state.path, a file lost or set aside), which `_retire` cannot see. Another gateway's,
+        or one that names no gateway, is left as it is. A read that fails (broker ACL, timeout) or a retained
+        payload that is not an alert state is logged, and the daemon goes on without them. A broker unreachable at
+        start (`again`) is asked once more when the link first connects (`step`): what telemetry the loop took
+        before (a session's backlog, between the CONNACK and the SUBACK) has seldom ended a turbine's warm-up, and
+        a turbine scored meanwhile keeps its own alert state."""
         filt, pattern = turbine_topics(self.cfg.topics.alert_state, self.cfg.site, self.cfg.gateway)
         read = read_retained(self.cfg.broker, f"{self.link.client_id}-sync", filt, f"{self.status_topic}/sync",
                              _RETAINED_READ_S)  # fmt: skip
@@ -449,26 +448,24 @@ class Daemon:
             log.warning("retained messages on the alert state topics that are not alert states of their turbine: "
                         "ignored", extra={"topics": bad[:10], "count": len(bad)})  # fmt: skip
         allowed = set(self._allowed(on + ours))
-        self._clear_retired_alert_states([t for t in ours if t not in allowed and t not in self._retired])
+        retired = [t for t in ours if t not in allowed and t not in self._retired]
+        if retired:
+            self._clear_alert_states(retired)
+            log.warning("retained alert states this gateway published, of turbines no longer in ingest.turbines, are "
+                        "cleared (the turbines were retired while the daemon ran without its state)",
+                        extra={"turbines": retired})  # fmt: skip
         carried = self.engine.carry_alerts([t for t in on if t in allowed])
         log.info("retained alert states read; those on, of turbines the state does not know as scored, are carried "
                  "over: they stay on until the turbine is scored and turns off by its rule",
                  extra={"read": len(read.payloads), "on": len(on), "carried": carried,
                         "on_not_scored_here": sorted(set(on) - allowed)[:20]})  # fmt: skip
 
-    def _clear_retired_alert_states(self, turbines: Sequence[str]) -> None:
-        """Clear the retained alert states of `turbines`: published by this gateway (their record names it) and
-        not in `ingest.turbines`, so retired from it while it ran without its state (no state.path, a file lost or
-        set aside), which `_retire` cannot see. A retained state of a turbine another gateway of the site
-        publishes, or of a record that names no gateway, is left as it is."""
-        if not turbines:
-            return
+    def _clear_alert_states(self, turbines: Sequence[str]) -> None:
+        """Delete the retained alert states of `turbines` (an empty retained payload, MQTT's way, tracked as every
+        publish), once per start."""
         for t in turbines:
             self._publish("alert_state", self._topic(Output("alert_state", t, 0, b"", True, "")), b"", True, track=True)
         self._retired.update(turbines)
-        log.warning("retained alert states this gateway published, of turbines no longer in ingest.turbines, are "
-                    "cleared (the turbines were retired while the daemon ran without its state)",
-                    extra={"turbines": sorted(turbines)})  # fmt: skip
 
     def _set_aside(self, path: str, why: ValueError, resent: int, waiting: int, carried: Sequence[str] = (),
                    samples: int = 0, unpublished: int = 0) -> None:  # fmt: skip
