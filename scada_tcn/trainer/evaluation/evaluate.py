@@ -229,8 +229,7 @@ def evaluate(
     events = apply_alerts(test, setup.alerting)
     names = setup.data.feature_reg.feature_names
     m: dict[str, Any] = {
-        "engine": setup.engine_name,
-        **({"graph": setup.graph} if setup.engine_name == "onnx" else {}),
+        **setup.engine_fields(),
         "windows": {"val": len(val), "test": len(test)},
         "windows_per_s": rate,
         "calibration": setup.calibration_source,

@@ -44,7 +44,7 @@ from scada_tcn.trainer.config import RootCfg, to_root
 from scada_tcn.trainer.config.derive import alerting_params, fleet_params
 from scada_tcn.trainer.data.store import PreparedData
 from scada_tcn.trainer.data.windowing import SPLITS
-from scada_tcn.trainer.evaluation.progress import Progress, quiet
+from scada_tcn.trainer.evaluation.progress import progress_of
 from scada_tcn.trainer.evaluation.signals import (
     SignalSteps,
     StepResiduals,
@@ -101,6 +101,10 @@ class InferSetup:
     signals: SignalParams | None = None  # per_signal: the levels and the tracker's parameters
     graph: str = "window"  # onnx per_signal: "step" (step.onnx over each turbine's series) or "window"
     log: Callable[[str], None] | None = None  # progress lines of long scoring (the CLIs: stderr)
+
+    def engine_fields(self) -> dict[str, str]:
+        """What scored, as the reports record it: the engine, and for ONNX the graph."""
+        return {"engine": self.engine_name} | ({"graph": self.graph} if self.engine_name == "onnx" else {})
 
 
 def setup_from_checkpoint(checkpoint: str | Path, data_dir: str | Path | None = None) -> InferSetup:
@@ -254,7 +258,7 @@ def infer_split(
     rows: list[pd.DataFrame] = []
     arrays: dict[str, list[np.ndarray]] = {"contrib": [], "Y_hat": [], "Y_true": [], "M_future": [], "fault_prob": []}
     t0 = time.perf_counter()
-    progress = _progress(setup, f"scored windows of {split}", len(order))
+    progress = progress_of(setup.log, f"scored windows of {split}", len(order))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         b = ds.__getitems__(idx.tolist())
@@ -396,11 +400,11 @@ def _window_pass(setup: InferSetup, split: str, batch_size: int) -> tuple:
     ds = setup.data.dataset(setup.cfg, split)
     order = np.lexsort((ds.t_end, ds.codes))
     parts: dict[str, list[np.ndarray]] = {"Y_hat": [], "Y_true": [], "M_future": [], "fault_prob": []}
-    progress = _progress(setup, f"clean pass over the windows of {split}", len(order))
+    progress = progress_of(setup.log, f"clean pass over the windows of {split}", len(order))
     for start in range(0, len(order), batch_size):
         b = ds.__getitems__(order[start : start + batch_size].tolist())
-        progress(min(start + batch_size, len(order)))
         out = setup.engine.clean(*(b[k].numpy() for k in ("X", "M_miss", "Flags")))  # the scoring pass is not needed
+        progress(min(start + batch_size, len(order)))
         for k, v in (("Y_hat", out.get("Y_hat")), ("Y_true", b["Y_true"].numpy()), ("M_future", b["M_future"].numpy()),
                      ("fault_prob", out.get("fault_prob"))):  # fmt: skip
             if v is not None:
@@ -408,11 +412,6 @@ def _window_pass(setup: InferSetup, split: str, batch_size: int) -> tuple:
     cat = {k: np.concatenate(v) if v else None for k, v in parts.items()}
     y = ds.y[order] if ds.y is not None and ds.y.ndim == 1 else None
     return cat["Y_hat"], cat["Y_true"], cat["M_future"], cat["fault_prob"], y
-
-
-def _progress(setup: InferSetup, what: str, total: int) -> Callable[[int], None]:
-    """The progress callback of `setup`'s log (silent without one)."""
-    return quiet if setup.log is None else Progress(what, total, setup.log)
 
 
 def apply_alerts(res: pd.DataFrame, alerting: AlertingParams) -> list[dict[str, Any]]:
@@ -468,8 +467,7 @@ def run_batch_inference(setup: InferSetup, split: str, out_dir: str | Path, batc
         for e in events:
             f.write(json.dumps(e) + "\n")
     summary = {
-        "engine": setup.engine_name,
-        **({"graph": setup.graph} if setup.engine_name == "onnx" else {}),
+        **setup.engine_fields(),
         "split": split,
         "windows": int(len(res)),
         "windows_per_s": rate,

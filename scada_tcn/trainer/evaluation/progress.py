@@ -25,3 +25,8 @@ class Progress:
 
 def quiet(done: int) -> None:
     """A progress callback that says nothing."""
+
+
+def progress_of(log: Callable[[str], None] | None, what: str, total: int) -> Callable[[int], None]:
+    """A `Progress` of `what` out of `total` logging to `log`, or `quiet` without a log."""
+    return quiet if log is None else Progress(what, total, log)

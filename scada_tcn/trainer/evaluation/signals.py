@@ -43,7 +43,7 @@ from scada_tcn.trainer.config import RootCfg
 from scada_tcn.trainer.config.groups import feature_groups
 from scada_tcn.trainer.data.store import PreparedData
 from scada_tcn.trainer.data.windowing import SPLITS, step_splits
-from scada_tcn.trainer.evaluation.progress import Progress, quiet
+from scada_tcn.trainer.evaluation.progress import progress_of, quiet
 from scada_tcn.trainer.model.signals import SignalModule
 
 __all__ = [
@@ -220,7 +220,7 @@ def signal_steps(data: PreparedData, cfg: RootCfg, splits: tuple[str, ...],
     if not parts["t_end"]:
         raise ValueError(f"no steps of the splits {list(splits)} in {data.dir}")
     total = sum(s[3].size for s in series)
-    progress = quiet if log is None else Progress(f"scored steps of {'+'.join(splits)}", total, log)
+    progress = progress_of(log, f"scored steps of {'+'.join(splits)}", total)
     if isinstance(residuals, (SeriesResiduals, StepResiduals)):
         outs = residuals.many(series, progress)
     else:
