@@ -1,10 +1,12 @@
 """La Haute Borne: per-signal scoring against the window-mean score, over training and injection seeds.
 
     python bench/lhb_signals.py --workdir artifacts/lhb_signals [--train-seeds 0 1 2] [--inject-seeds 0 1 2]
-        [--tune-seeds 100 101] [--epochs 3] [--steps 250] [--variants NAME ...] [-- overrides ...]
+        [--tune-seeds 100 101] [--epochs 3] [--steps 250] [--variants NAME ...] [--fold winter|autumn]
+        [-- overrides ...]
 
 Procedure (the project's own functions; every choice is made on training and validation data only):
-  1. scada-prepare data=la_haute_borne: train Aug 1 - Nov 15, validation Nov 15 - Dec 15, test Dec 15 - Jan 14.
+  1. scada-prepare data=la_haute_borne: train Aug 1 - Nov 15, validation Nov 15 - Dec 15, test Dec 15 - Jan 14
+     (--fold winter, the default); --fold autumn: train Aug 1 - Oct 1, validation October, test November.
   2. scada-inject: the five fault kinds into R80736, into its test period once per --inject-seeds, and into its
      validation period once per --tune-seeds (for choosing settings); each copy prepared with the same config.
   3. Per --train-seeds: scada-train with group masks, then scada-export twice from the same checkpoint: the
@@ -34,7 +36,9 @@ Procedure (the project's own functions; every choice is made on training and val
      setting that validation cannot tell from its absence is left out). Every variant's test figures are
      printed, the chosen one marked.
 
-Writes <workdir>/lhb_signals.json with every figure (per seed, per injection).
+Writes <workdir>/lhb_signals.json with every figure (per seed, per injection); the variants of an earlier run in
+the same workdir with the same fold, seeds and overrides stay in it (a variant run again is replaced), so one
+table can be built over several runs. `bench/lhb_folds.py` puts the folds' tables side by side.
 """
 
 from __future__ import annotations
@@ -52,10 +56,17 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "config.yaml"
 TURBINE = "R80736"
-SPLITS = {
-    "train_range": ["2017-08-01T00:00:00+00:00", "2017-11-15T00:00:00+00:00"],
-    "val_range": ["2017-11-15T00:00:00+00:00", "2017-12-15T00:00:00+00:00"],
-    "test_range": ["2017-12-15T00:00:00+00:00", "2018-01-14T00:00:00+00:00"],
+FOLDS = {  # --fold: time splits, each forward in time (the data spans 2017-08-09 to 2018-01-13)
+    "winter": {  # the default, and every figure before the twenty-eighth session
+        "train_range": ["2017-08-01T00:00:00+00:00", "2017-11-15T00:00:00+00:00"],
+        "val_range": ["2017-11-15T00:00:00+00:00", "2017-12-15T00:00:00+00:00"],
+        "test_range": ["2017-12-15T00:00:00+00:00", "2018-01-14T00:00:00+00:00"],
+    },
+    "autumn": {  # another season with less history: two months of training, October to choose, November to test
+        "train_range": ["2017-08-01T00:00:00+00:00", "2017-10-01T00:00:00+00:00"],
+        "val_range": ["2017-10-01T00:00:00+00:00", "2017-11-01T00:00:00+00:00"],
+        "test_range": ["2017-11-01T00:00:00+00:00", "2017-12-01T00:00:00+00:00"],
+    },
 }
 # every variant is these infer.signals settings plus its own overrides, whatever the shipped config says
 REFERENCE = [
@@ -123,6 +134,7 @@ VARIANTS: dict[str, list[str]] = {  # name -> infer.signals overrides on top of 
     # ... or for some groups (group_halflife): direction (yaw) and the gearbox remembered longer, power shorter
     "ewma36-m2.5-own-tp-dir144-gear72": [*_CHOSEN, "group_halflife={direction: 144, gearbox: 72}"],
     "ewma36-m2.5-own-tp-dir144": [*_CHOSEN, "group_halflife={direction: 144}"],  # shipped: the direction's alone
+    "ewma36-m2-own-tp-dir144": [*_CHOSEN, "level_margin=2.0", "group_halflife={direction: 144}"],
     "ewma72-m2.5-own-tp-power36-dir144": [*_CHOSEN, "halflife_steps=72", "group_halflife={power: 36, direction: 144}"],
     "ewma144-m2.5-own-tp-power36": [*_CHOSEN, "halflife_steps=144", "group_halflife={power: 36}"],
     "ewma72-m2-own-tp": [
@@ -143,8 +155,21 @@ VARIANTS: dict[str, list[str]] = {  # name -> infer.signals overrides on top of 
 MONTH_NS = 30 * 86400 * 10**9
 
 
-def _split_overrides() -> list[str]:
-    return [f"data.splits.{k}=[{a},{b}]" for k, (a, b) in SPLITS.items()]
+def _split_overrides(splits: dict[str, list[str]]) -> list[str]:
+    return [f"data.splits.{k}=[{a},{b}]" for k, (a, b) in splits.items()]
+
+
+def _claim_fold(workdir: Path, splits: dict[str, list[str]]) -> None:
+    """Record the fold's splits in `workdir` (its prepared data, checkpoints and residuals are reused by later runs);
+    refuse a workdir that holds another fold's. A workdir prepared before folds existed holds the winter fold."""
+    stamp = workdir / "fold.json"
+    held = json.loads(stamp.read_text()) if stamp.is_file() else None
+    if held is None and (workdir / "processed").exists():
+        held = FOLDS["winter"]
+    if held is not None and held != splits:
+        name = next((k for k, v in FOLDS.items() if v == held), str(held))
+        raise SystemExit(f"{workdir} holds the {name} fold's data: give this fold a --workdir of its own")
+    stamp.write_text(json.dumps(splits, indent=2))
 
 
 def _ns(x: str) -> int:
@@ -270,7 +295,8 @@ def _variant_config(base: list[str], overrides: list[str]) -> Any:
 
 
 def _run_variant(name: str, overrides: list[str], base: list[str], data: Any, steps: dict[str, Any],
-                 copies: dict[str, Any], alerting: Any, dt_ns: int, seed: int) -> dict[str, Any]:  # fmt: skip
+                 copies: dict[str, Any], alerting: Any, dt_ns: int, seed: int,
+                 splits: dict[str, list[str]]) -> dict[str, Any]:  # fmt: skip
     """Fit the variant on clean validation, run it over every copy, judge; and its validation estimate."""
     from scada_tcn.runtime.signals import SignalLevels, SignalParams, SignalTracker
     from scada_tcn.runtime.windows import missing_now
@@ -278,7 +304,7 @@ def _run_variant(name: str, overrides: list[str], base: list[str], data: Any, st
 
     cfg = _variant_config(base, overrides)
     flags = list(data.flag_reg.flag_names)
-    (v_lo, v_hi), (t_lo, t_hi) = (tuple(_ns(x) for x in SPLITS[k]) for k in ("val_range", "test_range"))
+    (v_lo, v_hi), (t_lo, t_hi) = (tuple(_ns(x) for x in splits[k]) for k in ("val_range", "test_range"))
     clean = steps["clean"]
 
     def fit(lo: int, hi: int) -> SignalParams:
@@ -337,8 +363,16 @@ def main() -> None:
         default=["window", "stream"],
         help="the edge engines whose residuals are judged (default both: the same data, the same variants)",
     )
+    ap.add_argument(
+        "--fold",
+        choices=list(FOLDS),
+        default="winter",
+        help="the time splits (winter: the default; autumn: train Aug-Sep, choose on October, test November); use "
+        "a workdir per fold",
+    )
     ap.add_argument("overrides", nargs="*", help="config overrides for every run")
     a = ap.parse_args()
+    splits = FOLDS[a.fold]
     import torch
 
     from scada_tcn.export.bundle_writer import export_bundle
@@ -355,7 +389,8 @@ def main() -> None:
     torch.set_num_threads(1)
     w = a.workdir
     w.mkdir(parents=True, exist_ok=True)
-    base = ["data=la_haute_borne", *_split_overrides(), "train.group_mask_prob=0.5", "infer.score=per_signal",
+    _claim_fold(w, splits)
+    base = ["data=la_haute_borne", *_split_overrides(splits), "train.group_mask_prob=0.5", "infer.score=per_signal",
             f"train.epochs={a.epochs}", f"train.max_steps_per_epoch={a.steps}", "train.early_stopping_patience=100",
             *a.overrides]  # fmt: skip
     clean_cfg = [*base, f"data.paths.processed_dir={w / 'processed'}"]
@@ -363,8 +398,8 @@ def main() -> None:
     copies: dict[str, tuple[Path, Path | None]] = {"clean": (w / "processed", None)}
     if not (w / "processed" / "window_index.parquet").is_file():
         prepare(cfg0)
-    for kind, seeds, rng in (("test", a.inject_seeds, SPLITS["test_range"]), ("tune", a.tune_seeds,
-                                                                              SPLITS["val_range"])):  # fmt: skip
+    for kind, seeds, rng in (("test", a.inject_seeds, splits["test_range"]), ("tune", a.tune_seeds,
+                                                                              splits["val_range"])):  # fmt: skip
         for s in seeds:
             name = f"{kind}{s}"
             inj = inject_table(cfg0.data, TURBINE, w / f"raw_{name}", seed=s, start=rng[0], end=rng[1])
@@ -375,9 +410,11 @@ def main() -> None:
             copies[name] = (out, inj["labels"])
     dt_ns = int(cfg0.data.sampling.dt_minutes * 60 * 10**9)
     data = PreparedData(cfg0)
-    results: dict[str, Any] = {"variants": {}, "stream": {}, "window_mean": {"test": []}, "seeds": a.train_seeds,
-                               "overrides": a.overrides, "stream_resid_max_abs_diff": [],
-                               "stream_resid_beyond_tolerance": []}  # fmt: skip
+    same = {"fold": a.fold, "splits": splits, "seeds": a.train_seeds, "inject_seeds": a.inject_seeds,
+            "tune_seeds": a.tune_seeds, "overrides": a.overrides}  # fmt: skip
+    earlier = _earlier_variants(w / "lhb_signals.json", same, a.variants)
+    results: dict[str, Any] = {**same, "variants": {}, "stream": {}, "window_mean": {"test": []},
+                               "stream_resid_max_abs_diff": [], "stream_resid_beyond_tolerance": []}  # fmt: skip
     for seed in a.train_seeds:
         run = w / f"run{seed}"
         cfg = load_config(CONFIG, [*clean_cfg, f"output_dir={run}", f"seed={seed}"])
@@ -403,7 +440,7 @@ def main() -> None:
             if name == "clean":
                 continue
             split = "test" if name.startswith("test") else "val"
-            rng = SPLITS["test_range" if split == "test" else "val_range"]
+            rng = splits["test_range" if split == "test" else "val_range"]
             cdata = PreparedData(load_config(CONFIG, [*base, f"data.paths.processed_dir={pdir}"]))
             part = _steps(
                 run / f"steps_{name}.npz",
@@ -420,7 +457,7 @@ def main() -> None:
             streamed = {"clean": sclean}
             for name, (pdir, _) in copies.items():
                 if name != "clean":
-                    rng = SPLITS["test_range" if name.startswith("test") else "val_range"]
+                    rng = splits["test_range" if name.startswith("test") else "val_range"]
                     lo, hi = _ns(rng[0]), _ns(rng[1])
                     part = _steps(run / f"stream_{name}.npz",
                                   lambda st=parts[name], d=pdir, b=sig.path: _stream_steps(st, d, b))  # fmt: skip
@@ -437,7 +474,7 @@ def main() -> None:
         for engine, st in by_engine.items():
             for vname in a.variants:
                 vo = VARIANTS[vname]
-                r = _run_variant(vname, vo, clean_cfg, data, st, copies, sig.alerting, dt_ns, seed)
+                r = _run_variant(vname, vo, clean_cfg, data, st, copies, sig.alerting, dt_ns, seed, splits)
                 into = results["variants"] if engine == "window" else results["stream"]
                 entry = into.setdefault(vname, {"test": [], "tune": [], "val_false_per_month": []})
                 entry["test"] += r["test"]
@@ -449,14 +486,25 @@ def main() -> None:
                 continue
             setup = setup_from_bundle(win.path, pdir)
             wres[name] = _alerts(infer_split(setup, "test")[0], setup.alerting)
-        t_lo, t_hi = (_ns(x) for x in SPLITS["test_range"])
+        t_lo, t_hi = (_ns(x) for x in splits["test_range"])
         for name, (_, labels) in copies.items():
             if name.startswith("test"):
                 results["window_mean"]["test"].append(
                     {"seed": seed, "inject": name, **_judge(wres["clean"], wres[name], labels, dt_ns, t_lo, t_hi)}
                 )
+        for engine, kept in earlier.items():  # earlier runs' other variants, first: one table of every variant
+            results[engine] = {**kept, **{k: v for k, v in results[engine].items() if k not in kept}}
         (w / "lhb_signals.json").write_text(json.dumps(results, indent=2, default=float))
         _report(results)
+
+
+def _earlier_variants(path: Path, same: dict[str, Any], rerun: list[str]) -> dict[str, dict[str, Any]]:
+    """Per engine, the variants of an earlier run in this workdir (the same cached models) that this run does not
+    run again, when it had the same fold, seeds and overrides; they stay in lhb_signals.json and the table."""
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    if any(old.get(k) != v for k, v in same.items()):
+        return {"variants": {}, "stream": {}}
+    return {e: {k: v for k, v in old.get(e, {}).items() if k not in rerun} for e in ("variants", "stream")}
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -488,11 +536,16 @@ def _settings(overrides: list[str]) -> int:
 def choose(variants: dict[str, Any]) -> str | None:
     """The variant chosen on validation data only (see step 7 of the module docstring)."""
     est = {k: _estimate(v) for k, v in variants.items()}
-    tune = {k: _summary(v["tune"]).get("classes", 0.0) for k, v in variants.items()}
-    knobs = {k: _settings(VARIANTS.get(k, [])) for k in variants}  # last tie-break: the simpler setting
-    ok = [k for k in variants if est[k] <= 1.0]
+    return pick(est, {k: _summary(v["tune"]).get("classes", 0.0) for k, v in variants.items()})
+
+
+def pick(est: dict[str, float], tune: dict[str, float]) -> str | None:
+    """The rule of step 7 over validation figures per variant: the estimated false alerts per turbine-month and
+    the classes detected in the validation injections."""
+    knobs = {k: _settings(VARIANTS.get(k, [])) for k in est}  # last tie-break: the simpler setting
+    ok = [k for k in est if est[k] <= 1.0]
     if not ok:  # nothing meets the false-alert budget on validation: the quietest, then the most classes
-        return min(variants, key=lambda k: (est[k], -tune[k], knobs[k])) if variants else None
+        return min(est, key=lambda k: (est[k], -tune[k], knobs[k])) if est else None
     return max(ok, key=lambda k: (tune[k], -est[k], -knobs[k]))
 
 
