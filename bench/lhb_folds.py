@@ -3,15 +3,15 @@ validation month.
 
     python bench/lhb_folds.py artifacts/lhb_winter artifacts/lhb_autumn
 
-Each argument is a workdir of `lhb_signals.py` (one per `--fold`; run the same `--variants` in each, in one run
-or several: a workdir's `lhb_signals.json` keeps the variants of its earlier runs). Prints, as a Markdown table,
-per fold and variant: the classes detected (median and range over training x injection seeds), the runs that
-detect each class, false alerts per turbine-month (the untouched turbines; the injected turbine's clean copy),
-the median onset after the fault's start, the peer alerts (test / validation injections), and the validation
-figures the choice uses. Then each fold's own choice (step 7 of `lhb_signals.py`) and the choice across seasons:
-the same rule over the variants every fold ran, with a variant's largest validation estimate over the folds and
-its validation classes summed over them. Test figures play no part in any choice.
-"""
+Each argument is a workdir of `lhb_signals.py` (one per `--fold`; run the same `--variants` in each, in one run or
+several: a workdir's `lhb_signals.json` keeps the variants of its earlier runs). Prints, as a Markdown table, per
+fold and variant: the classes detected (median and range over training x injection seeds), the runs that detect
+each class, false alerts per turbine-month (the untouched turbines; the injected turbine's clean copy), the median
+onset after the fault's start, the peer alerts (test / validation injections), and the validation figures the
+choice uses (the choice is made on the window graph's residuals; rows marked [stream] are the variants judged on
+the streaming engine's, where `--engines` included it). Then each fold's own choice (step 7 of `lhb_signals.py`)
+and the choice across seasons: the same rule over the variants every fold ran, with a variant's largest validation
+estimate over the folds and its validation classes summed over them. Test figures play no part in any choice."""
 
 from __future__ import annotations
 
@@ -80,6 +80,8 @@ def main() -> None:
         chosen = choose(r["variants"])
         for name, v in r["variants"].items():
             print(row(fold, name, v, " (chosen on this fold)" if name == chosen else ""))
+        for name, v in r.get("stream", {}).items():  # the same variants judged on the streaming engine's residuals
+            print(row(fold, name, v, " [stream]"))
         if r["window_mean"]["test"]:
             print(row(fold, "window-mean score", {"test": r["window_mean"]["test"]}))
     for fold, r in folds.items():

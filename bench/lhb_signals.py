@@ -412,7 +412,7 @@ def main() -> None:
     data = PreparedData(cfg0)
     same = {"fold": a.fold, "splits": splits, "seeds": a.train_seeds, "inject_seeds": a.inject_seeds,
             "tune_seeds": a.tune_seeds, "overrides": a.overrides}  # fmt: skip
-    earlier = _earlier_variants(w / "lhb_signals.json", same, a.variants)
+    earlier = _earlier_variants(w / "lhb_signals.json", same, a.variants, a.engines)
     results: dict[str, Any] = {**same, "variants": {}, "stream": {}, "window_mean": {"test": []},
                                "stream_resid_max_abs_diff": [], "stream_resid_beyond_tolerance": []}  # fmt: skip
     for seed in a.train_seeds:
@@ -498,13 +498,17 @@ def main() -> None:
         _report(results)
 
 
-def _earlier_variants(path: Path, same: dict[str, Any], rerun: list[str]) -> dict[str, dict[str, Any]]:
-    """Per engine, the variants of an earlier run in this workdir (the same cached models) that this run does not
-    run again, when it had the same fold, seeds and overrides; they stay in lhb_signals.json and the table."""
+def _earlier_variants(path: Path, same: dict[str, Any], rerun: list[str], engines: list[str]
+                      ) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Per engine (results key), the variants of an earlier run in this workdir (the same cached models) that this
+    run does not run again on that engine, when it had the same fold, seeds and overrides; they stay in
+    lhb_signals.json and the table."""
     old = json.loads(path.read_text()) if path.is_file() else {}
     if any(old.get(k) != v for k, v in same.items()):
         return {"variants": {}, "stream": {}}
-    return {e: {k: v for k, v in old.get(e, {}).items() if k not in rerun} for e in ("variants", "stream")}
+    again = {key: set(rerun) if engine in engines else set() for key, engine in (("variants", "window"),
+                                                                                 ("stream", "stream"))}  # fmt: skip
+    return {key: {k: v for k, v in old.get(key, {}).items() if k not in again[key]} for key in again}
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, float]:
