@@ -1,12 +1,13 @@
 """La Haute Borne: per-signal scoring against the window-mean score, over training and injection seeds.
 
     python bench/lhb_signals.py --workdir artifacts/lhb_signals [--train-seeds 0 1 2] [--inject-seeds 0 1 2]
-        [--tune-seeds 100 101] [--epochs 3] [--steps 250] [--variants NAME ...] [--fold winter|autumn]
+        [--tune-seeds 100 101] [--epochs 3] [--steps 250] [--variants NAME ...] [--fold winter|autumn|winter-short]
         [-- overrides ...]
 
 Procedure (the project's own functions; every choice is made on training and validation data only):
   1. scada-prepare data=la_haute_borne: train Aug 1 - Nov 15, validation Nov 15 - Dec 15, test Dec 15 - Jan 14
-     (--fold winter, the default); --fold autumn: train Aug 1 - Oct 1, validation October, test November.
+     (--fold winter, the default); --fold autumn: train Aug 1 - Oct 1, validation October, test November;
+     --fold winter-short: winter's validation and test, trained on Sep 15 - Nov 15 (two months, as autumn).
   2. scada-inject: the five fault kinds into R80736, into its test period once per --inject-seeds, and into its
      validation period once per --tune-seeds (for choosing settings); each copy prepared with the same config.
   3. Per --train-seeds: scada-train with group masks, then scada-export twice from the same checkpoint: the
@@ -66,6 +67,11 @@ FOLDS = {  # --fold: time splits, each forward in time (the data spans 2017-08-0
         "train_range": ["2017-08-01T00:00:00+00:00", "2017-10-01T00:00:00+00:00"],
         "val_range": ["2017-10-01T00:00:00+00:00", "2017-11-01T00:00:00+00:00"],
         "test_range": ["2017-11-01T00:00:00+00:00", "2017-12-01T00:00:00+00:00"],
+    },
+    "winter-short": {  # winter's months to choose and test, trained on two months as autumn: history or season?
+        "train_range": ["2017-09-15T00:00:00+00:00", "2017-11-15T00:00:00+00:00"],
+        "val_range": ["2017-11-15T00:00:00+00:00", "2017-12-15T00:00:00+00:00"],
+        "test_range": ["2017-12-15T00:00:00+00:00", "2018-01-14T00:00:00+00:00"],
     },
 }
 # every variant is these infer.signals settings plus its own overrides, whatever the shipped config says
@@ -367,8 +373,8 @@ def main() -> None:
         "--fold",
         choices=list(FOLDS),
         default="winter",
-        help="the time splits (winter: the default; autumn: train Aug-Sep, choose on October, test November); use "
-        "a workdir per fold",
+        help="the time splits (winter: the default; autumn: train Aug-Sep, choose on October, test November; "
+        "winter-short: winter trained on two months, mid-Sep to mid-Nov); use a workdir per fold",
     )
     ap.add_argument("overrides", nargs="*", help="config overrides for every run")
     a = ap.parse_args()

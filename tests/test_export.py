@@ -22,7 +22,7 @@ pytest.importorskip("onnxscript")
 import scada_tcn  # noqa: E402
 from scada_tcn.export.bundle_writer import export_bundle  # noqa: E402
 from scada_tcn.export.onnx_export import IR_VERSION, OPSET, ExportError  # noqa: E402
-from scada_tcn.export.verify import run_both, topn_disagreements, verify_graphs  # noqa: E402
+from scada_tcn.export.verify import compare, resid_inherited, run_both, topn_disagreements, verify_graphs  # noqa: E402
 from scada_tcn.runtime.bundle import load_bundle, open_session  # noqa: E402
 from scada_tcn.runtime.calibration import Calibration, CalibrationError, fit_percentile_calibration, regime_of  # noqa: E402
 from scada_tcn.runtime.errors import ConfigError  # noqa: E402
@@ -283,6 +283,23 @@ def test_verify_reports_every_case(exported, val_batch):
     p = verify_graphs(mods, graphs, val_batch, extreme=20.0)
     assert p.passed and p.cases["val_batch1"]["n_windows"] == 8
     assert p.cases["all_missing"]["outputs"]["scoring/s_now"]["max_abs"] == 0.0
+
+
+def test_a_residual_between_two_large_values_inherits_their_rounding_and_no_more():
+    # found at a La Haute Borne export: the adversarial case feeds x = +-20 (the scaler's clip), the prediction
+    # comes out near 20 too, and (x - pred) / scale near zero carries the float32 rounding of its operands
+    atol, rtol, scale = 1e-5, 1e-4, np.array([0.05, 1.0])
+    x = np.array([[20.0, 0.5]], dtype=np.float32)
+    pred = np.array([[19.999, 0.4]], dtype=np.float32)
+    torch_resid = (x - pred) / scale
+    ulps = np.spacing(np.float32(20.0)) * 2  # pred two float32 steps off at 20: 3.8e-6
+    onnx_resid = (x - (pred + np.array([[ulps, 0.0]], dtype=np.float32))) / scale
+    inherited = resid_inherited(x, pred, scale, atol, rtol)
+    assert compare(torch_resid, onnx_resid, atol, rtol)["n_bad"] == 1  # |resid| 0.02 alone does not bound it
+    assert compare(torch_resid, onnx_resid, atol, rtol, inherited)["n_bad"] == 0
+    wrong = torch_resid + np.array([[0.0, 5e-4]])  # a residual off at ordinary magnitudes is still caught
+    assert compare(torch_resid, wrong, atol, rtol, inherited)["n_bad"] == 1
+    assert compare(torch_resid, onnx_resid, 0.0, 0.0, resid_inherited(x, pred, scale, 0.0, 0.0))["n_bad"] == 1
 
 
 # ----------------------------------------------------------------------------------------------- runtime.calibration

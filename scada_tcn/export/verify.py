@@ -9,7 +9,10 @@ bytes (graph optimisation on, as at the edge) on the same inputs, and records pe
 - `max_rel`: max |onnx - torch| / |torch| over elements with |torch| > atol;
 - `n_bad`: elements outside |onnx - torch| <= atol + rtol |torch| (numpy `allclose`); for `top_idx`, rows whose
   indices differ where the contributions are not tied (an order between contributions equal within tolerance is
-  not an error, so such rows are not counted).
+  not an error, so such rows are not counted); for the per-signal `resid` = (x - pred) / scale, plus what its
+  operands' tolerance allows, (atol + rtol max(|x|, |pred|)) / scale (`resid_inherited`): a residual near zero
+  between two values of 20 (the adversarial extremes) carries their float32 rounding, divided by a scale below
+  one, while `pred` itself is held to the plain tolerance.
 
 Cases: validation windows at batch 64 and at batch 1, and adversarial windows: all missing, all flags on,
 extreme values and a mix of extremes and missing values. With a step graph, "stream_consecutive": the edge's
@@ -40,14 +43,17 @@ __all__ = [
     "DEFAULT_EXTREME",
     "adversarial_cases",
     "compare",
+    "resid_inherited",
     "run_both",
     "topn_disagreements",
     "verify_graphs",
 ]
 
 
-def compare(ref: np.ndarray, got: np.ndarray, atol: float, rtol: float) -> dict[str, Any]:
-    """max_abs, max_rel and n_bad of `got` against the reference `ref` (see the module docstring)."""
+def compare(ref: np.ndarray, got: np.ndarray, atol: float, rtol: float, inherited: np.ndarray | None = None
+            ) -> dict[str, Any]:  # fmt: skip
+    """max_abs, max_rel and n_bad of `got` against the reference `ref` (see the module docstring); `inherited`
+    (ref's shape) adds to each element's tolerance what its operands' own tolerance allows (`resid_inherited`)."""
     if ref.shape != got.shape:
         return {"max_abs": float("inf"), "max_rel": float("inf"), "n_bad": int(max(ref.size, got.size, 1))}
     r, g = ref.astype(np.float64), got.astype(np.float64)
@@ -55,11 +61,20 @@ def compare(ref: np.ndarray, got: np.ndarray, atol: float, rtol: float) -> dict[
     diff[np.isnan(r) & np.isnan(g)] = 0.0
     diff[np.isnan(diff)] = np.inf
     big = np.abs(r) > atol
+    tol = atol + rtol * np.abs(r) + (0.0 if inherited is None else inherited)
     return {
         "max_abs": float(diff.max(initial=0.0)),
         "max_rel": float((diff[big] / np.abs(r[big])).max(initial=0.0)),
-        "n_bad": int((~(diff <= atol + rtol * np.abs(r))).sum()),
+        "n_bad": int((~(diff <= tol)).sum()),
     }
+
+
+def resid_inherited(x_new: np.ndarray, pred: np.ndarray, scale: np.ndarray, atol: float, rtol: float) -> np.ndarray:
+    """The tolerance a per-signal residual (x - pred) / scale inherits from its operands: pred's own tolerance at
+    the larger of |x| and |pred|, divided by the feature's scale. A residual near zero taken between two large
+    values (the adversarial extremes) carries their float32 rounding, which its own magnitude does not bound."""
+    big = np.maximum(np.abs(x_new.astype(np.float64)), np.abs(pred.astype(np.float64)))
+    return (atol + rtol * big) / scale.astype(np.float64)
 
 
 def topn_disagreements(contrib: np.ndarray, idx_ref: np.ndarray, idx_got: np.ndarray, atol: float, rtol: float) -> int:
@@ -126,7 +141,11 @@ def _case_stats(mods: ReferenceModules, sessions: dict, batches: list[tuple], at
     for X, M, Fl in batches:
         ref, got = run_both(mods, sessions, X, M, Fl)
         for name in ref:
-            s = compare(ref[name], got[name], atol, rtol)
+            inherited = None
+            if name == "scoring/resid" and "scoring/pred" in ref:  # per-signal: (x - pred) / scale at the newest step
+                scale = mods.scoring.scale.numpy()
+                inherited = resid_inherited(X[:, -1, :], ref["scoring/pred"], scale, atol, rtol)
+            s = compare(ref[name], got[name], atol, rtol, inherited)
             if name == "scoring/top_idx":
                 s["n_bad"] = topn_disagreements(ref["scoring/feat_contrib"], ref[name], got[name], atol, rtol)
             prev = out.get(name, {"max_abs": 0.0, "max_rel": 0.0, "n_bad": 0})
