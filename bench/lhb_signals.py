@@ -419,7 +419,7 @@ def main() -> None:
     same = {"fold": a.fold, "splits": splits, "seeds": a.train_seeds, "inject_seeds": a.inject_seeds,
             "tune_seeds": a.tune_seeds, "overrides": a.overrides}  # fmt: skip
     earlier = _earlier_variants(w / "lhb_signals.json", same, a.variants, a.engines)
-    results: dict[str, Any] = {**same, "variants": {}, "stream": {}, "window_mean": {"test": []},
+    results: dict[str, Any] = {**same, **earlier, "window_mean": {"test": []},  # earlier runs' other variants first
                                "stream_resid_max_abs_diff": [], "stream_resid_beyond_tolerance": []}  # fmt: skip
     for seed in a.train_seeds:
         run = w / f"run{seed}"
@@ -498,8 +498,6 @@ def main() -> None:
                 results["window_mean"]["test"].append(
                     {"seed": seed, "inject": name, **_judge(wres["clean"], wres[name], labels, dt_ns, t_lo, t_hi)}
                 )
-        for engine, kept in earlier.items():  # earlier runs' other variants, first: one table of every variant
-            results[engine] = {**kept, **{k: v for k, v in results[engine].items() if k not in kept}}
         (w / "lhb_signals.json").write_text(json.dumps(results, indent=2, default=float))
         _report(results)
 
