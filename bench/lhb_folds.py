@@ -60,10 +60,15 @@ def across(folds: dict[str, dict[str, Any]]) -> str | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("workdirs", nargs="+", type=Path, help="lhb_signals.py workdirs, one per fold")
+    ap.add_argument(
+        "--results",
+        default="lhb_signals.json",
+        help="the file of each workdir to read (lhb_centre_probe_c2016k1.json: a probe's figures)",
+    )
     a = ap.parse_args()
     folds: dict[str, dict[str, Any]] = {}
     for w in a.workdirs:
-        path = w / "lhb_signals.json"
+        path = w / a.results
         if not path.is_file():
             raise SystemExit(f"{path} is missing: run bench/lhb_signals.py --workdir {w} --fold ... first")
         r = json.loads(path.read_text())
