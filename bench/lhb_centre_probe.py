@@ -61,6 +61,8 @@ def main() -> None:
     ap.add_argument("rest", nargs=argparse.REMAINDER, help="-- then lhb_signals.py's arguments (--workdir, --fold)")
     a = ap.parse_args()
     rest = a.rest[1:] if a.rest[:1] == ["--"] else a.rest
+    if "--workdir" not in rest[:-1]:
+        ap.error("give lhb_signals.py's arguments after --, with the --workdir of a fold already run")
     make = signals.make_aggregator
     signals.make_aggregator = lambda *p, **k: Centred(make(*p, **k), a.halflife, a.clip)
     names = [f"{b}-c{a.halflife:g}k{a.clip:g}" for b in BASES]
@@ -68,6 +70,9 @@ def main() -> None:
         lhb_signals.VARIANTS[name] = lhb_signals.VARIANTS[base]
     w = Path(rest[rest.index("--workdir") + 1])
     kept, probe = w / "lhb_signals.json", w / f"lhb_centre_probe_c{a.halflife:g}k{a.clip:g}.json"
+    if not kept.is_file():
+        raise SystemExit(f"{kept} is missing: run bench/lhb_signals.py --workdir {w} --fold ... first (the probe "
+                         "reuses its models)")  # fmt: skip
     shutil.copyfile(kept, w / "lhb_signals.json.keep")
     sys.argv = [sys.argv[0], *rest, "--variants", *names, "--engines", "window"]
     try:
