@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lhb_signals import _estimate, _summary, choose, pick  # noqa: E402
+from lhb_signals import _estimate, _summary, choose, pick, settings_of  # noqa: E402
 
 CLASSES = ("gearbox_overheat", "pitch_stuck", "sensor_freeze", "yaw_misalignment", "underperformance")
 
@@ -54,7 +54,7 @@ def across(folds: dict[str, dict[str, Any]]) -> str | None:
     names = set.intersection(*(set(r["variants"]) for r in folds.values()))
     est = {k: max(_estimate(r["variants"][k]) for r in folds.values()) for k in sorted(names)}
     tune = {k: sum(_summary(r["variants"][k]["tune"]).get("classes", 0.0) for r in folds.values()) for k in est}
-    return pick(est, tune)
+    return pick(est, tune, {k: max(settings_of(k, r["variants"][k]) for r in folds.values()) for k in est})
 
 
 def main() -> None:

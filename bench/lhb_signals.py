@@ -482,7 +482,8 @@ def main() -> None:
                 vo = VARIANTS[vname]
                 r = _run_variant(vname, vo, clean_cfg, data, st, copies, sig.alerting, dt_ns, seed, splits)
                 into = results["variants"] if engine == "window" else results["stream"]
-                entry = into.setdefault(vname, {"test": [], "tune": [], "val_false_per_month": []})
+                entry = into.setdefault(vname, {"test": [], "tune": [], "val_false_per_month": [],
+                                                "settings": _settings(vo)})  # fmt: skip
                 entry["test"] += r["test"]
                 entry["tune"] += r["tune"]
                 entry["val_false_per_month"].append(r["val_false_per_month"])
@@ -541,16 +542,26 @@ def _settings(overrides: list[str]) -> int:
     return sum(1 if (g := _group_halflife(o)) is None else len(g) for o in overrides)
 
 
+def settings_of(name: str, v: dict[str, Any]) -> int:
+    """A results entry's settings (`_settings` of its overrides, written with its figures; a probe adds its own);
+    an entry written before they were recorded counts its VARIANTS overrides."""
+    if "settings" in v:
+        return int(v["settings"])
+    if name not in VARIANTS:
+        raise SystemExit(f"variant {name!r} records no settings and is not in VARIANTS: the choice cannot count them")
+    return _settings(VARIANTS[name])
+
+
 def choose(variants: dict[str, Any]) -> str | None:
     """The variant chosen on validation data only (see step 7 of the module docstring)."""
     est = {k: _estimate(v) for k, v in variants.items()}
-    return pick(est, {k: _summary(v["tune"]).get("classes", 0.0) for k, v in variants.items()})
+    tune = {k: _summary(v["tune"]).get("classes", 0.0) for k, v in variants.items()}
+    return pick(est, tune, {k: settings_of(k, v) for k, v in variants.items()})
 
 
-def pick(est: dict[str, float], tune: dict[str, float]) -> str | None:
-    """The rule of step 7 over validation figures per variant: the estimated false alerts per turbine-month and
-    the classes detected in the validation injections."""
-    knobs = {k: _settings(VARIANTS.get(k, [])) for k in est}  # last tie-break: the simpler setting
+def pick(est: dict[str, float], tune: dict[str, float], knobs: dict[str, int]) -> str | None:
+    """The rule of step 7 over validation figures per variant: the estimated false alerts per turbine-month, the
+    classes detected in the validation injections, and last the number of settings (`settings_of`)."""
     ok = [k for k in est if est[k] <= 1.0]
     if not ok:  # nothing meets the false-alert budget on validation: the quietest, then the most classes
         return min(est, key=lambda k: (est[k], -tune[k], knobs[k])) if est else None
