@@ -46,6 +46,7 @@ GOLDEN_KEYS = {
     "feature_registry": ["angular_channel_names", "engineered_version", "feature_names", "raw_channel_names"],
     "flag_registry": ["flag_names", "flags_version"],
     "table_identifiers": ["naive_timezone", "time_col", "turbine_id_col"],
+    "table_csv": ["decimal", "delimiter", "skip_lines"],
     "heads": ["fault", "fault_multilabel", "forecast", "rul"],
     "scoring": [
         "aggregation",
@@ -164,6 +165,7 @@ def tiny_manifest() -> dict:
         "flag_registry": {"flag_names": ["stopped"], "flags_version": "f1"},
         "column_mapping": {"wind_speed": "ws", "power": "p"},
         "table_identifiers": {"turbine_id_col": "turbine_id", "time_col": "timestamp", "naive_timezone": None},
+        "table_csv": {"delimiter": ",", "decimal": ".", "skip_lines": 0},
         "pipeline_spec": spec.to_dict(),
         "scaler": scaler.to_dict(),
         "heads": {"forecast": True, "fault": True, "fault_multilabel": False, "rul": False},
@@ -235,7 +237,7 @@ def test_tiny_bundle_key_set_is_pinned(bundle_dir):
     assert doc["signals"] is None  # a window_mean bundle
     assert got == GOLDEN_KEYS
     assert sorted(p.name for p in bundle_dir.iterdir()) == ["bundle.json", "clean.onnx", "scoring.onnx"]
-    assert doc["schema_version"] == SCHEMA_VERSION == 9
+    assert doc["schema_version"] == SCHEMA_VERSION == 10
     sha = {f: hashlib.sha256((bundle_dir / f).read_bytes()).hexdigest() for f in ("clean.onnx", "scoring.onnx")}
     assert doc["checksums"] == sha and doc["stream"] is None  # no step graph: scored window by window
     assert doc["model_id"] == compute_model_id(sha, doc["feature_registry"], doc["flag_registry"])
@@ -341,11 +343,11 @@ def test_refuses_registry_edit_through_the_model_id(bundle_dir):
 
 
 def test_refuses_unknown_schema_version(bundle_dir):
-    for v in (1, 2, 3, 4, 5, 6, 10, 0, "8", 8.0, True, None):
+    for v in (1, 2, 3, 4, 5, 6, 11, 0, "8", 8.0, True, None):
         _edit(bundle_dir, lambda d, v=v: d.update(schema_version=v))
         assert _message(bundle_dir) == (
-            f"bundle.json: schema_version {v!r} is not supported (this runtime reads versions (7, 8, 9)); export the "
-            "model again with a scada-export of the same release as this runtime"
+            f"bundle.json: schema_version {v!r} is not supported (this runtime reads versions (7, 8, 9, 10)); export "
+            "the model again with a scada-export of the same release as this runtime"
         )
 
 
@@ -353,9 +355,9 @@ def test_a_bundle_of_schema_7_loads_with_its_ids_and_replays_with_the_old_defaul
     """Version 8 added table_identifiers only: a version-7 bundle (the same graphs) loads on a gateway whose
     runtime was upgraded, with the same model id (its states resume) and the same bundle id as before; replay
     assumes what it assumed for it (turbine_id, timestamp, no zone). Each version's keys are exactly its own."""
-    v8 = load_bundle(bundle_dir)
-    assert v8.table_format[1:] == ("turbine_id", "timestamp", None)
-    _edit(bundle_dir, lambda d: (d.pop("table_identifiers"), d.update(schema_version=7)))
+    v8 = load_bundle(bundle_dir)  # version 10, whose table_csv says plain CSV, as replay reads version 7 and 8
+    assert v8.table_format[1:4] == ("turbine_id", "timestamp", None)
+    _edit(bundle_dir, lambda d: (d.pop("table_identifiers"), d.pop("table_csv"), d.update(schema_version=7)))
     v7 = load_bundle(bundle_dir)
     doc = json.loads((bundle_dir / "bundle.json").read_text())
     assert (v7.schema_version, v7.model_id, v7.table_identifiers) == (7, v8.model_id, None)
@@ -367,12 +369,41 @@ def test_a_bundle_of_schema_7_loads_with_its_ids_and_replays_with_the_old_defaul
     assert "table_identifiers: null; a bundle of this version names the training table's id" in _message(bundle_dir)
     d = {"turbine_id_col": "Wind_turbine_name", "time_col": "Date_time", "naive_timezone": "Europe/Paris"}
     _edit(bundle_dir, lambda doc: doc.update(table_identifiers=d))
-    assert load_bundle(bundle_dir).table_format[1:] == ("Wind_turbine_name", "Date_time", "Europe/Paris")
+    assert load_bundle(bundle_dir).table_format[1:4] == ("Wind_turbine_name", "Date_time", "Europe/Paris")
     for bad, said in (({**d, "naive_timezone": "Europe/Pari"}, "unknown time zone 'Europe/Pari'"),
                       ({**d, "time_col": "Wind_turbine_name"}, "two distinct non-empty column names"),
                       ({**d, "naive_timezone": 1}, "a zone name or null expected"),
                       ({**d, "extra": 1}, "unknown key 'extra'")):  # fmt: skip
         _edit(bundle_dir, lambda doc, bad=bad: doc.update(table_identifiers=bad))
+        assert said in _message(bundle_dir)
+
+
+def test_table_csv_came_with_schema_10_and_older_bundles_replay_plain_csv(bundle_dir):
+    """Version 10 added table_csv only (how the training table's CSV was written: data.csv): a version-9 bundle
+    loads with the same model id, and replay reads its tables as plain CSV, as it always did. From version 10 the
+    section is required and checked as scada-prepare checks data.csv."""
+    v10 = load_bundle(bundle_dir)
+    assert v10.table_csv.to_dict() == {"delimiter": ",", "decimal": ".", "skip_lines": 0}
+    _edit(bundle_dir, lambda d: (d.pop("table_csv"), d.update(schema_version=9)))
+    v9 = load_bundle(bundle_dir)
+    assert (v9.schema_version, v9.model_id, v9.table_csv) == (9, v10.model_id, None)
+    assert v9.table_format == v10.table_format and v9.table_format.dialect[:3] == (",", ".", 0)
+    assert v9.to_dict() == json.loads((bundle_dir / "bundle.json").read_text())
+    _edit(bundle_dir, lambda d: d.update(table_csv={"delimiter": ";", "decimal": ".", "skip_lines": 0}))
+    assert "unknown key 'table_csv'" in _message(bundle_dir)
+    _edit(bundle_dir, lambda d: d.update(schema_version=10, table_csv=None))
+    assert "table_csv: null; a bundle of this version says how the training table's CSV" in _message(bundle_dir)
+    good = {"delimiter": ";", "decimal": ",", "skip_lines": 9}
+    _edit(bundle_dir, lambda d: d.update(table_csv=good))
+    assert load_bundle(bundle_dir).table_format.dialect == (";", ",", 9, "mapping.csv")
+    for bad, said in (({**good, "delimiter": ":"}, "table_csv.delimiter: one of [',', ';', '\\t', '|'] expected"),
+                      ({**good, "delimiter": ","}, "table_csv: decimal ',' needs another delimiter"),
+                      ({**good, "decimal": "·"}, "table_csv.decimal: '.' or ',' expected"),
+                      ({**good, "skip_lines": -1}, "table_csv.skip_lines: a whole number of lines"),
+                      ({**good, "skip_lines": True}, "table_csv.skip_lines: a whole number of lines"),
+                      ({**good, "delimiter": [";"]}, "table_csv.delimiter: one of"),
+                      ({**good, "sep": ";"}, "unknown key 'sep'")):  # fmt: skip
+        _edit(bundle_dir, lambda doc, bad=bad: doc.update(table_csv=bad))
         assert said in _message(bundle_dir)
 
 

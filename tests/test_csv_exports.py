@@ -1,11 +1,14 @@
 """A user's own CSV export: scada-prepare and `scada-runtime replay` read it alike, or refuse it alike saying what
 to fix. Found in review by building the exports users bring (a separator inside a free-text cell, separators at
-line ends, blank lines, Excel serial dates, files cut short, comment lines, decimal commas, float32 Parquet)."""
+line ends, blank lines, Excel serial dates, files cut short, comment lines, decimal commas, float32 Parquet), and
+exports in other CSV dialects (';' or tab separators, decimal commas, a preamble before the header)."""
 
 from __future__ import annotations
 
 import dataclasses
 import gzip
+import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +16,9 @@ import pandas as pd
 import pytest
 
 from scada_tcn.runtime.bundle import TableFormat, TableIdentifiers
-from scada_tcn.runtime.daemon_config import MappingCfg, daemon_config_from_dict
+from scada_tcn.runtime.cells import first_text, is_number, parse_numbers
+from scada_tcn.runtime.csv_table import CsvDialect
+from scada_tcn.runtime.daemon_config import CsvMappingCfg, MappingCfg, daemon_config_from_dict
 from scada_tcn.runtime.errors import ConfigError, InputError
 from scada_tcn.runtime.replay import table_chunks
 from scada_tcn.trainer.config import load_config
@@ -135,7 +140,8 @@ def test_file_faults_are_refused_by_both_with_the_file_named_and_the_fix(tmp_pat
     cases = ((cut, r"cut\.csv\.gz: not a UTF-8 CSV file \(gzip\).*the file may be cut short"),
              (plain, r"plain\.csv\.gz: not a UTF-8 CSV file \(gzip\)"),
              (latin, r"latin\.csv: not a UTF-8 CSV file.*save it as UTF-8"),
-             (comments, r"comments\.csv: columns .* not found.*comment lines \('#'\): remove them"),
+             (comments, r"comments\.csv: columns .* not found.*comment lines \('#'\): set (data|mapping)\.csv"
+                        r"\.skip_lines to the number of lines before the header"),
              (twice, r"twice\.csv: columns \['power'\] are named more than once"),
              (quote, r"quote\.csv: a cell from line 5 spans lines \(a quote opened and never closed\?\)"),
              (huge, r"huge\.csv: not a readable CSV file .*a quote opened and never closed"))  # fmt: skip
@@ -237,8 +243,8 @@ def test_replay_refuses_a_channel_of_decimal_commas_as_scada_prepare_does(signal
         _prepare(path)
     text = [r[j] for r in rows if r[j]]
     said = f"column 'power' (channel power): none of its cells is a number ({len(text)} text cells, e.g. {text[0]!r})"
-    for e in (replayed.value, prepared.value):
-        assert said + " (a decimal comma? export the table with '.' as the decimal mark)" in str(e)
+    for e, key in ((replayed.value, "mapping.csv.decimal"), (prepared.value, "data.csv.decimal")):
+        assert said + f" (a decimal comma? set {key} to ',')" in str(e)
     assert "mapping.columns" in str(replayed.value) and "data.columns" in str(prepared.value)
     assert not out.exists() and len(engine.fleet) == 0  # refused before a row was fed: no output, no partial one
     assert not list(tmp_path.glob("*.partial"))
@@ -247,3 +253,131 @@ def test_replay_refuses_a_channel_of_decimal_commas_as_scada_prepare_does(signal
     rows[k][j] = "812.5"
     summary = replay(engine, write_csv(tmp_path / "one.csv", header, rows), MappingCfg(), out, chunk_rows=7)
     assert summary["non_numeric"]["power"] == len(text) - 1 and summary["scores"] > 0
+
+
+def _dialect_lines(lines: list[str], delimiter: str, decimal: str, preamble: list[str]) -> list[str]:
+    """`lines` (comma-separated, '.' decimals) as an exporter of another dialect writes them."""
+    out = []
+    for line in lines:
+        cells = line.split(",")
+        out.append(delimiter.join(c.replace(".", decimal) if re.fullmatch(r"[-+]?\d*\.\d+", c) else c for c in cells))
+    return [*preamble, *out]
+
+
+GREENBYTE = ["# This file was exported by Greenbyte at 2021-01-27 11:42:03.", "#", "# Turbine: Kelmarsh 1",
+             '# Time zone: "UTC, no DST', "# Resolution: 10 minutes", "# "]  # fmt: skip
+
+
+def _read_as(path: Path, delimiter: str, decimal: str, skip: int) -> tuple:
+    """Both readers on `path` with the dialect set (data.csv; the bundle's table_csv for replay), checked alike."""
+    cfg = load_config(CONFIG, [f"data.paths.raw_dir={path}", f"data.csv.delimiter={json.dumps(delimiter)}",
+                               f"data.csv.decimal='{decimal}'", f"data.csv.skip_lines={skip}"])  # fmt: skip
+    t = load_raw_table(cfg.data)
+    training = TABLE._replace(dialect=CsvDialect(delimiter, decimal, skip, "mapping.csv"))
+    parts = list(table_chunks(path, CHANNELS, MappingCfg(), training, 5))
+    ids, ts, values = ([i for p in parts for i in p[0]], np.concatenate([p[1] for p in parts]),
+                       np.concatenate([p[2] for p in parts]))  # fmt: skip
+    assert list(t.turbine_ids) == ids and t.ts_ns.tolist() == ts.tolist()
+    np.testing.assert_array_equal(t.values, values)
+    return ids, ts, values
+
+
+def test_exports_in_other_csv_dialects_read_as_the_plain_csv(tmp_path):
+    """European SCADA exports are ';'-separated with decimal commas (ENGIE's own La Haute Borne download), others
+    tab-separated, and Greenbyte's (Kelmarsh, Penmanshiel) open with lines of metadata before the header. Both
+    readers refused them ("save it comma-separated", "remove them"): the user had to rewrite a year of files.
+    data.csv (and, for replay, the bundle's table_csv) now reads each as the plain file: the same rows, stamps and
+    values, bit for bit."""
+    rows = [HEADER, *_rows()]
+    plain = _both(_write(tmp_path / "plain.csv", rows))
+    for name, delimiter, decimal, preamble in (
+        ("semi.csv", ";", ",", []),
+        ("tab.csv", "\t", ".", GREENBYTE),
+        ("semi_pre.csv", ";", ",", GREENBYTE),
+        ("pipe.csv", "|", ",", ["x"]),
+    ):
+        path = _write(tmp_path / name, _dialect_lines(rows, delimiter, decimal, preamble))
+        got = _read_as(path, delimiter, decimal, len(preamble))
+        assert got[0] == plain[0] and got[1].tolist() == plain[1].tolist(), name
+        np.testing.assert_array_equal(got[2], plain[2])
+
+
+def test_a_preamble_counts_in_line_numbers_and_a_wrong_dialect_is_named(tmp_path):
+    """Line numbers in refusals count the skipped lines (the line an editor shows); a file read with the wrong
+    separator, or with its preamble not skipped, is refused naming the setting that reads it."""
+    lines = _dialect_lines([HEADER, *_rows()], ";", ",", GREENBYTE)
+    lines[9] = lines[9] + ";STOP;manual"  # the third data line
+    path = _write(tmp_path / "semi.csv", lines)
+    with pytest.raises(InputError, match=r"semi\.csv: line 10 has 17 cells where the header has 15"):
+        _read_as(path, ";", ",", len(GREENBYTE))
+    semi = _write(tmp_path / "s.csv", _dialect_lines([HEADER, *_rows()], ";", ",", []))
+    with pytest.raises(InputError, match=r"separated by ';' \(semicolon\): set data\.csv\.delimiter to ';'"):
+        _prepare(semi)
+    with pytest.raises(InputError, match=r"separated by ';' \(semicolon\): set mapping\.csv\.delimiter to ';'"):
+        _replay(semi)
+    tab = _write(tmp_path / "t.csv", _dialect_lines([HEADER, *_rows()], "\t", ".", GREENBYTE))
+    with pytest.raises(InputError, match=r"comment lines \('#'\): set data\.csv\.skip_lines"):
+        _prepare(tab)
+    with pytest.raises(InputError, match=r"t\.csv: no header after the 19 lines skipped \(data\.csv\.skip_lines is 40"):
+        _read_as(tab, "\t", ".", 40)
+
+
+def test_decimal_commas_read_as_numbers_and_a_point_is_text_there():
+    """With decimal ',' a '.' groups thousands: "1.234,5" and "1.5" are text (counted), not 1.2345 and 1.5, which
+    would be 1,000 times off or a misread column; without it, "1,5" stays text as before."""
+    cells = ["1,5", "-2,0e3", "1.234,5", "1.5", "", " 7 ", "inf", "x"]
+    values, bad = parse_numbers(cells, ",")
+    np.testing.assert_array_equal(values, [1.5, -2000.0, np.nan, np.nan, np.nan, 7.0, np.nan, np.nan])
+    assert bad == 3 and [is_number(c, ",") for c in cells] == [True, True, False, False, False, True, True, False]
+    values, bad = parse_numbers(cells)
+    np.testing.assert_array_equal(values, [np.nan, np.nan, np.nan, 1.5, np.nan, 7.0, np.nan, np.nan])
+    assert bad == 4 and first_text(cells, ",") == "1.234,5" and first_text(cells) == "1,5"
+
+
+def test_a_dialect_that_cannot_be_read_is_refused_where_it_is_set(tmp_path):
+    """A decimal comma in a comma-separated file cannot be told from the separator; other separators, decimal
+    marks and negative line counts are typos. Each is refused naming its key, before a file is read."""
+    for override, said in (("data.csv.decimal=','", "data.csv: decimal ',' needs another delimiter"),
+                           ("data.csv.decimal=,", "override 'data.csv.decimal=,': its value is not a YAML value"),
+                           ("data.csv.delimiter=|", "got '' (in YAML quote it: '|')"),
+                           ("data.csv.delimiter=' '", "data.csv.delimiter: one of [',', ';', '\\t', '|'] expected"),
+                           ("data.csv.skip_lines=-1", "data.csv.skip_lines: a whole number of lines"),
+                           ("data.csv.sep=;", "sep")):  # fmt: skip
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            load_config(CONFIG, [override])
+    for section, said in (({"delimiter": " "}, "mapping.csv.delimiter: one of"),
+                          ({"decimal": ","}, None), ({"decimal": ",", "delimiter": ","}, "needs another delimiter"),
+                          ({"skip_lines": 2000}, "mapping.csv.skip_lines: a whole number of lines from 0 to 1000"),
+                          ({"sep": ";"}, "mapping.csv: unknown keys ['sep']")):  # fmt: skip
+        if said is None:
+            daemon_config_from_dict({"mapping": {"csv": section}})
+            continue
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            daemon_config_from_dict({"mapping": {"csv": section}})
+    path = _write(tmp_path / "a.csv", [HEADER, *_rows()])
+    commas = MappingCfg(csv=CsvMappingCfg(decimal=","))  # with the training table's ',' separator: refused
+    with pytest.raises(InputError, match=r"mapping\.csv \(unset parts: the training table's.*: decimal ','"):
+        list(table_chunks(path, CHANNELS, commas, TABLE, 5))
+
+
+def test_a_replay_of_an_export_in_another_dialect_publishes_the_plain_tables_records(signal_run, tiny_run, tmp_path):
+    """The whole replay, not only its reader: a day of the farm written ';'-separated with decimal commas and a
+    Greenbyte preamble, replayed with runtime.yaml's mapping.csv, writes the plain CSV's records byte for byte."""
+    from scada_tcn.runtime.bundle import load_bundle
+    from scada_tcn.runtime.engine import Engine
+    from scada_tcn.runtime.replay import replay
+    from scada_tcn.runtime.stream import StreamScorer
+    from tests.mosquitto import read_slice, write_csv
+
+    header, body = read_slice(tiny_run.synth_dir / "scada.csv", "2024-01-28T00:00:00Z", "2024-01-29T00:00:00Z")
+    plain = write_csv(tmp_path / "plain.csv", header, body)
+    semi = _write(tmp_path / "semi.csv", _dialect_lines(plain.read_text().splitlines(), ";", ",", GREENBYTE))
+    bundle = load_bundle(signal_run[0])
+    mapping = MappingCfg(csv=CsvMappingCfg(delimiter=";", decimal=",", skip_lines=len(GREENBYTE)))
+    outs = []
+    for path, m in ((plain, MappingCfg()), (semi, mapping)):
+        engine = Engine(bundle, StreamScorer.from_bundle(bundle), 0.0, 100, 512)
+        outs.append(tmp_path / f"{path.stem}.jsonl")
+        summary = replay(engine, path, m, outs[-1], chunk_rows=50)
+        assert summary["scores"] > 100 and not any(summary["non_numeric"].values())
+    assert outs[0].read_bytes() == outs[1].read_bytes()

@@ -78,3 +78,32 @@ def test_evaluate_with_a_labels_file(tiny_run, tmp_path):
         (res.turbine_id == "WT03") & (t > "2024-02-05T00:00Z") & (t <= "2024-02-06T00:00Z")
     )
     assert m["anomaly"]["n_test_pos"] == int(in_events.sum()) > 0
+
+
+def test_an_export_in_another_csv_dialect_is_injected_and_written_in_it(tmp_path):
+    """A ';'-separated export with decimal commas and a preamble (data.csv) is read as scada-prepare reads it and
+    written back in its own dialect, preamble included: the injected table reads as the plain export's
+    injection, value for value, and only the injected cells differ from the source text."""
+    from copy import deepcopy
+
+    from scada_tcn.trainer.data.tables import load_raw_table
+
+    df = _table(days=30)
+    (tmp_path / "plain").mkdir()
+    plain = _cfg(tmp_path / "plain", df)
+    preamble = "# exported by a SCADA portal\n# site: test; zone: UTC\n"
+    (tmp_path / "semi").mkdir()
+    src = tmp_path / "semi" / "scada.csv"
+    src.write_text(preamble + df.to_csv(index=False, sep=";", decimal=","))
+    semi = deepcopy(plain.data)
+    semi.paths.raw_dir, semi.csv.delimiter, semi.csv.decimal, semi.csv.skip_lines = str(src), ";", ",", 2
+    a = inject_table(plain.data, "WT02", tmp_path / "a", seed=5, hours=48)
+    b = inject_table(semi, "WT02", tmp_path / "b", seed=5, hours=48)
+    text = b["scada"].read_text()
+    assert text.startswith(preamble) and text.splitlines()[2].startswith("turbine_id;timestamp;")
+    plain_out, semi_out = deepcopy(plain.data), deepcopy(semi)
+    plain_out.paths.raw_dir, semi_out.paths.raw_dir = str(a["scada"]), str(b["scada"])
+    ta, tb = load_raw_table(plain_out), load_raw_table(semi_out)
+    np.testing.assert_array_equal(ta.values, tb.values)
+    assert ta.ts_ns.tolist() == tb.ts_ns.tolist() and not np.array_equal(ta.values, load_raw_table(semi).values)
+    assert a["labels"].read_text() == b["labels"].read_text()

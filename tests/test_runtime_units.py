@@ -366,7 +366,7 @@ def test_replay_table_cells_parse_like_scada_prepare(tmp_path):
     assert [len(ids) for ids, _, _, _ in chunks] == [10, 10, 7]
     got = np.concatenate([v[:, 0] for _, _, v, _ in chunks])
     column = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])["ws"]
-    want, counted = _to_numeric(column)
+    want, counted = _to_numeric(column, ".")
     want = np.where(np.isfinite(want), want, np.nan)  # scada-prepare turns +-inf into missing after counting
     np.testing.assert_array_equal(got, want)
     assert sum(bad["wind_speed"].count for _, _, _, bad in chunks if bad) == counted == 15
@@ -375,7 +375,7 @@ def test_replay_table_cells_parse_like_scada_prepare(tmp_path):
 
 def test_replay_table_with_a_byte_order_mark_or_semicolons(tmp_path):
     """A UTF-8 byte-order mark (Excel's "CSV UTF-8") is skipped, as pandas does for scada-prepare; a table
-    separated by ';' is refused with that said."""
+    separated by ';' and read as comma-separated is refused, naming the setting that reads it."""
     from scada_tcn.runtime.errors import InputError
 
     text = "turbine_id,timestamp,ws\nWT1,1717200000,7.5\n"
@@ -383,7 +383,7 @@ def test_replay_table_with_a_byte_order_mark_or_semicolons(tmp_path):
     (tmp_path / "semi.csv").write_text(text.replace(",", ";"))
     ((ids, ts, values, _),) = _ws_chunks(tmp_path / "bom.csv")
     assert ids == ["WT1"] and ts.tolist() == [1717200000 * 10**9] and values.tolist() == [[7.5]]
-    with pytest.raises(InputError, match="separated by ';': save it comma-separated"):
+    with pytest.raises(InputError, match=r"separated by ';' \(semicolon\): set mapping.csv.delimiter to ';'"):
         _ws_chunks(tmp_path / "semi.csv")
 
 

@@ -24,9 +24,10 @@ A bundle is a directory of three files:
                    4 -> 5: per-signal scoring, the pipeline spec's repeat channels; 5 -> 6: step.onnx takes
                    the convolutions' past taps instead of their rings and no step index; 6 -> 7: step.onnx
                    takes the sum of the fault head's ring, h_sum, instead of the ring; 7 -> 8:
-                   table_identifiers; 8 -> 9: signals.group_halflife). Versions 7 and 8 are read too: the
-                   graphs are the same; 7 has no table_identifiers (`Bundle.table_identifiers` None), 7 and 8
-                   no group half-lives (read as none)
+                   table_identifiers; 8 -> 9: signals.group_halflife; 9 -> 10: table_csv). Versions 7 to 9
+                   are read too: the graphs are the same; 7 has no table_identifiers
+                   (`Bundle.table_identifiers` None), 7 and 8 no group half-lives (read as none), 7 to 9 no
+                   table_csv (plain CSV: `Bundle.table_csv` None)
   model_id         sha256 hex of "scada-tcn-bundle/7" (the graphs' contract, unchanged by versions 8, 9), the
                    sha256 of each graph (in file-name order) and the canonical JSON of the feature and flag
                    registries (`compute_model_id`)
@@ -38,6 +39,8 @@ A bundle is a directory of three files:
   table_identifiers `TableIdentifiers`: the training table's turbine-id and time columns and the zone of its
                    naive stamps (data.identifiers; replay's defaults, so that a table in the training format
                    replays with no mapping)
+  table_csv        `TableCsv`: how the training table's CSV was written (data.csv: delimiter, decimal mark,
+                   lines before the header; replay's defaults)
   pipeline_spec    `scada_tcn.runtime.spec.PipelineSpec`: binning, QC, winsor caps, features, flags
   scaler           `scada_tcn.runtime.scaling.RobustScaler` (its `scaled` says which columns are scaled)
   heads            `Heads`: forecast, fault, fault_multilabel, rul
@@ -67,13 +70,13 @@ Every section is a typed record with `to_dict` / `from_dict`; `BundleContents` h
 what `dump_bundle` computes (model id, checksums) and what loading brings (path, graph bytes). `bundle.json`
 is the root of trust: the checksums cover the graphs, and the model id covers graphs and registries.
 
-Refused, with a `BundleError` that names the file, key or graph: a schema version other than 7 and 8 (older
-bundles: export again); an unknown or missing key at any level (a version-8 bundle's null table_identifiers
-included); a value of the wrong type; registries, spec, scaler, dims and heads that disagree; a missing graph;
-a graph whose sha256 differs from `checksums`; a model id that does not match; a graph that onnxruntime cannot
-open or whose input/output names, types or shapes disagree with `dims` (the batch axis must be symbolic); a
-recorded parity check that failed. `dump_bundle` validates the same
-way before and after writing.
+Refused, with a `BundleError` that names the file, key or graph: a schema version not in `READ_VERSIONS`
+(older bundles: export again); an unknown or missing key at any level (a null table_identifiers from version 8
+on, a null table_csv from version 10 on, included); a value of the wrong type; registries, spec, scaler, dims
+and heads that disagree; a missing graph; a graph whose sha256 differs from `checksums`; a model id that does
+not match; a graph that onnxruntime cannot open or whose input/output names, types or shapes disagree with `dims`
+(the batch axis must be symbolic); a recorded parity check that failed. `dump_bundle` validates the same way
+before and after writing.
 """
 
 from __future__ import annotations
@@ -93,6 +96,7 @@ import numpy as np
 import onnxruntime as ort
 
 from scada_tcn.runtime.calibration import Calibration
+from scada_tcn.runtime.csv_table import CsvDialect, dialect_problem
 from scada_tcn.runtime.digest import canonical_json
 from scada_tcn.runtime.drift import DriftReference
 from scada_tcn.runtime.errors import BundleError
@@ -113,6 +117,7 @@ __all__ = [
     "GRAPH_INPUTS",
     "MAX_JSON_BYTES",
     "SCHEMA_VERSION",
+    "TableCsv",
     "TableFormat",
     "TableIdentifiers",
     "TOP_KEYS",
@@ -134,16 +139,16 @@ __all__ = [
     "open_session",
 ]
 
-SCHEMA_VERSION = 9
-READ_VERSIONS = (7, 8, 9)  # 7: no table_identifiers; 7, 8: no signals.group_halflife
-_MODEL_ID_VERSION = 7  # the graphs' and registries' contract in the model id: versions 8 and 9 added metadata only
+SCHEMA_VERSION = 10
+READ_VERSIONS = (7, 8, 9, 10)  # 7: no table_identifiers; 7, 8: no signals.group_halflife; 7-9: no table_csv
+_MODEL_ID_VERSION = 7  # the graphs' and registries' contract in the model id: versions 8 to 10 added metadata only
 BUNDLE_JSON = "bundle.json"
 GRAPH_FILES = {"clean": "clean.onnx", "scoring": "scoring.onnx", "step": "step.onnx"}
 GRAPH_INPUTS = ("X", "M_miss", "Flags")  # the window graphs: the windows as the pipeline writes them
 MAX_JSON_BYTES = 16 * 1024 * 1024
 TOP_KEYS = (
     "schema_version", "model_id", "dims", "dt_seconds", "feature_registry", "flag_registry", "column_mapping",
-    "table_identifiers", "pipeline_spec", "scaler", "heads", "class_names", "scoring", "signals", "stream",
+    "table_identifiers", "table_csv", "pipeline_spec", "scaler", "heads", "class_names", "scoring", "signals", "stream",
     "calibration", "alerting", "fleet",
     "score_reference", "feature_reference", "versions", "checksums", "data_fingerprint", "parity",
 )  # fmt: skip
@@ -411,14 +416,35 @@ class TableIdentifiers:
 SCHEMA7_IDENTIFIERS = TableIdentifiers("turbine_id", "timestamp", None)
 
 
+@dataclass(frozen=True)
+class TableCsv:
+    """How the training table's CSV was written (scada-prepare's data.csv): replay's defaults."""
+
+    delimiter: str
+    decimal: str
+    skip_lines: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> TableCsv:
+        _Section(d, ("delimiter", "decimal", "skip_lines"), "table_csv")
+        problem = dialect_problem(d["delimiter"], d["decimal"], d["skip_lines"], "table_csv")
+        if problem:
+            raise _fail(problem)
+        return cls(d["delimiter"], d["decimal"], d["skip_lines"])
+
+
 class TableFormat(NamedTuple):
     """A raw table's layout as replay reads it: channel -> column, the turbine-id and time columns, the zone of
-    stamps without an offset."""
+    stamps without an offset, and how its CSV is written."""
 
     columns: dict[str, str]
     turbine_id_col: str
     time_col: str
     naive_timezone: str | None
+    dialect: CsvDialect = CsvDialect()
 
 
 @dataclass(frozen=True)
@@ -513,6 +539,7 @@ class BundleContents:
     flag_registry: FlagRegistry
     column_mapping: dict[str, str]
     table_identifiers: TableIdentifiers | None  # None: a bundle of schema 7
+    table_csv: TableCsv | None  # None: a bundle of schema 7 to 9 (plain CSV)
     spec: PipelineSpec
     scaler: RobustScaler
     heads: Heads
@@ -538,6 +565,7 @@ class BundleContents:
             "flag_registry": self.flag_registry.to_dict(),
             "column_mapping": dict(self.column_mapping),
             "table_identifiers": None if self.table_identifiers is None else self.table_identifiers.to_dict(),
+            "table_csv": None if self.table_csv is None else self.table_csv.to_dict(),
             "pipeline_spec": self.spec.to_dict(),
             "scaler": self.scaler.to_dict(),
             "heads": self.heads.to_dict(),
@@ -575,6 +603,7 @@ class BundleContents:
             table_identifiers=None
             if doc.get("table_identifiers") is None
             else TableIdentifiers.from_dict(doc["table_identifiers"]),
+            table_csv=None if doc.get("table_csv") is None else TableCsv.from_dict(doc["table_csv"]),
             spec=spec,
             scaler=scaler,
             heads=Heads.from_dict(doc["heads"]),
@@ -682,9 +711,13 @@ class Bundle(BundleContents):
 
     @property
     def table_format(self) -> TableFormat:
-        """The training table's layout (a bundle of schema 7: its columns and `SCHEMA7_IDENTIFIERS`)."""
+        """The training table's layout (a bundle of schema 7: its columns and `SCHEMA7_IDENTIFIERS`; before schema
+        10: plain CSV)."""
         ids = self.table_identifiers or SCHEMA7_IDENTIFIERS
-        return TableFormat(dict(self.column_mapping), ids.turbine_id_col, ids.time_col, ids.naive_timezone)
+        c = self.table_csv
+        dialect = CsvDialect() if c is None else CsvDialect(c.delimiter, c.decimal, c.skip_lines)
+        return TableFormat(dict(self.column_mapping), ids.turbine_id_col, ids.time_col, ids.naive_timezone,
+                           dialect._replace(settings="mapping.csv"))  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         """The whole bundle.json document, keys in the documented order (of its schema version)."""
@@ -699,8 +732,9 @@ class Bundle(BundleContents):
 
 
 def top_keys(version: int) -> tuple[str, ...]:
-    """bundle.json's top-level keys in schema `version` (7 has no table_identifiers)."""
-    return TOP_KEYS if version >= 8 else tuple(k for k in TOP_KEYS if k != "table_identifiers")
+    """bundle.json's top-level keys in schema `version` (7 has no table_identifiers, 7 to 9 no table_csv)."""
+    absent = {"table_csv"} if version >= 8 else {"table_csv", "table_identifiers"}
+    return TOP_KEYS if version >= 10 else tuple(k for k in TOP_KEYS if k not in absent)
 
 
 def graph_names(b: BundleContents) -> tuple[str, ...]:
@@ -807,6 +841,9 @@ def _parse(doc: dict[str, Any], path: Path, graphs: dict[str, bytes]) -> Bundle:
     if doc["schema_version"] >= 8 and doc["table_identifiers"] is None:
         raise _fail("table_identifiers: null; a bundle of this version names the training table's id and time "
                     "columns (data.identifiers): export the model again")  # fmt: skip
+    if doc["schema_version"] >= 10 and doc["table_csv"] is None:
+        raise _fail("table_csv: null; a bundle of this version says how the training table's CSV was written "
+                    "(data.csv): export the model again")  # fmt: skip
     contents = BundleContents.from_dict(doc)
     files = tuple(sorted(GRAPH_FILES[g] for g in graph_names(contents)))
     checksums = _Section(doc["checksums"], files, "checksums").d

@@ -3,10 +3,13 @@
 `parse_numbers(cells)` turns a column's text cells into float64 and counts the non-numeric ones: empty -> NaN
 (not counted); a cell that is not a plain ASCII number (text, "nan", digits grouped with '_', non-ASCII digits,
 some of which Python's float would take) -> NaN (counted); +-inf -> NaN (not counted). The values are those
-`pandas.to_numeric` gives the same strings, bit for bit.
+`pandas.to_numeric` gives the same strings, bit for bit. With `decimal=","` (an export written with decimal commas,
+`csv_table.CsvDialect`) a cell's ',' reads as the point, and a cell holding a '.' is not a number: there '.' groups
+thousands ("1.234,5"), and reading "1.234" as one and a quarter would be 1,000 times off.
 
-`no_numbers(column, channel, text, example, fix)` is the one refusal both readers give a column whose cells are
-text and not one a number: a misread (decimal commas, a status column mapped to a channel), not a sensor's gaps.
+`no_numbers(column, channel, text, example, fix, decimal_setting)` is the one refusal both readers give a column
+whose cells are text and not one a number: a misread (decimal commas, a status column mapped to a channel), not a
+sensor's gaps.
 """
 
 from __future__ import annotations
@@ -29,21 +32,28 @@ def _float(cell: str) -> float:
         return math.nan
 
 
-def is_number(cell: str) -> bool:
+def is_number(cell: str, decimal: str = ".") -> bool:
     """One cell, by the rule of `parse_numbers`: a plain ASCII number (surrounding spaces allowed, no '_'),
     +-inf included; empty, text, "nan" and non-ASCII digits are not."""
     s = cell.strip()
     if not s or not s.isascii() or "_" in s:
         return False
+    if decimal == ",":
+        if "." in s:
+            return False
+        s = s.replace(",", ".")
     return not math.isnan(_float(s))
 
 
-def parse_numbers(cells: Sequence[str] | np.ndarray) -> tuple[np.ndarray, int]:
+def parse_numbers(cells: Sequence[str] | np.ndarray, decimal: str = ".") -> tuple[np.ndarray, int]:
     """A column's cells -> (float64 values, count of non-numeric cells); see the module docstring. One vectorised
     parse for an all-numeric column (the usual case), cell by cell when some cell is text."""
     raw = np.array(cells, dtype=str)
     points = raw.view(np.uint32).reshape(raw.size, raw.itemsize // 4)  # UCS-4 code points, 0-padded
     plain = (points < 128).all(axis=1) & (points != ord("_")).all(axis=1) & (raw != "")
+    if decimal == ",":  # '.' groups thousands there: such a cell is text; ',' reads as the point
+        plain &= (points != ord(".")).all(axis=1)
+        raw = np.strings.replace(raw, ",", ".")
     kept = np.where(plain, raw, "nan")
     try:
         x = kept.astype(np.float64)
@@ -54,15 +64,16 @@ def parse_numbers(cells: Sequence[str] | np.ndarray) -> tuple[np.ndarray, int]:
     return x, bad
 
 
-def first_text(cells: Iterable[str]) -> str | None:
+def first_text(cells: Iterable[str], decimal: str = ".") -> str | None:
     """The first cell that `parse_numbers` counts as non-numeric (not empty, not a number), or None."""
-    return next((c for c in cells if c and not is_number(c)), None)
+    return next((c for c in cells if c and not is_number(c, decimal)), None)
 
 
-def no_numbers(column: str, channel: str, text: int, example: str, fix: str) -> InputError:
+def no_numbers(column: str, channel: str, text: int, example: str, fix: str, decimal_setting: str) -> InputError:
     """The refusal of a column whose `text` non-empty cells hold not one number (`example`: one of them): it
-    names the column, shows the cell, says "a decimal comma?" when the cell reads as one, and ends with `fix`."""
+    names the column, shows the cell, says "a decimal comma?" when the cell reads as one (naming
+    `decimal_setting`, the key that reads them), and ends with `fix`."""
     comma = re.fullmatch(r"\s*[-+]?\d*,\d+\s*", example) is not None
-    hint = " (a decimal comma? export the table with '.' as the decimal mark)" if comma else ""
+    hint = f" (a decimal comma? set {decimal_setting} to ',')" if comma else ""
     return InputError(f"column {column!r} (channel {channel}): none of its cells is a number ({text} text cells, "
                       f"e.g. {example!r}){hint}; {fix}")  # fmt: skip

@@ -4,19 +4,24 @@ Contract
 --------
 * `table_files(path, kinds)`: a file, or a folder's files whose names end in one of `kinds` (".csv", ".csv.gz",
   ".parquet", ".pq"), in name order. Refused: a path that does not exist, a folder with no such file.
-* `csv_columns(path, columns, rows, mapping)`: the cells (str) of `columns` of a CSV file, plain or gzipped
-  (`.gz`), in chunks of at most `rows` data rows (column -> list of cells), read with the csv module a block of
-  rows at a time and only `columns` kept (memory holds the needed columns, not the export's every column):
-  - UTF-8, a byte-order mark (Excel) skipped; the first row is the header; blank lines, and lines of spaces only,
-    are skipped;
+* `CsvDialect(delimiter, decimal, skip_lines)`: how an export is written: its separator (`,` `;` tab `|`), its
+  decimal mark (`.` or `,`, which needs another separator; it applies to value cells, `cells.parse_numbers`) and
+  the lines before its header (an exporter's preamble, such as Greenbyte's `# Turbine: ...` lines).
+  `dialect_problem(delimiter, decimal, skip_lines, where)` says what is wrong with one, or None.
+* `csv_columns(path, columns, rows, mapping, dialect)`: the cells (str) of `columns` of a CSV file, plain or
+  gzipped (`.gz`), in chunks of at most `rows` data rows (column -> list of cells), read with the csv module a
+  block of rows at a time and only `columns` kept (memory holds the needed columns, not the export's every column):
+  - UTF-8, a byte-order mark (Excel) skipped; `dialect.skip_lines` lines skipped whatever they hold, then the first
+    row is the header; blank lines, and lines of spaces only, are skipped; line numbers in messages count every
+    line of the file;
   - a row with fewer cells than the header has empty cells for the rest; a row with more is refused, naming its
     line, unless the extra cells are empty (a separator at the end of each line, as some exports write): an
     unquoted separator inside a cell (free status text) would shift every later cell of the row;
   - a cell that spans lines is refused: a quote opened and never closed would swallow the rest of the file;
   - a needed column missing from the header (`mapping` names the settings to fix), or named twice, is refused.
   Refused (InputError, naming the file and what to fix): not UTF-8, not gzip when named `.gz`, a truncated gzip,
-  an empty file, the row and column problems above (a header with a single ';'-separated name, or starting with
-  '#', gets that hint).
+  an empty file (or one with no header after the skipped lines), the row and column problems above (a header
+  that is a single name holding another separator, or that starts with '#', gets a hint naming the setting).
 """
 
 from __future__ import annotations
@@ -28,14 +33,43 @@ import operator
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from scada_tcn.runtime.errors import InputError
 
-__all__ = ["CSV_KINDS", "PARQUET_KINDS", "column_positions", "csv_columns", "table_files"]
+__all__ = [
+    "CSV_KINDS", "DELIMITERS", "PARQUET_KINDS", "CsvDialect", "column_positions", "csv_columns", "dialect_problem",
+    "table_files",
+]  # fmt: skip
 
 CSV_KINDS = (".csv", ".csv.gz")
+DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+MAX_SKIP_LINES = 1000
 _BLOCK = 2048  # rows read at a time, then only the needed columns kept (faster and smaller than larger blocks)
 PARQUET_KINDS = (".parquet", ".pq")
+
+
+class CsvDialect(NamedTuple):
+    """How a CSV export is written; the defaults are plain CSV. `settings`: the keys that set it, for messages."""
+
+    delimiter: str = ","
+    decimal: str = "."
+    skip_lines: int = 0
+    settings: str = "data.csv"
+
+
+def dialect_problem(delimiter: object, decimal: object, skip_lines: object, where: str) -> str | None:
+    """What is wrong with a dialect's three settings (`where`: their section, for the message), or None."""
+    if not isinstance(delimiter, str) or delimiter not in DELIMITERS:
+        quote = " (in YAML quote it: '|')" if delimiter == "" else ""  # an unquoted | reads as an empty block
+        return f"{where}.delimiter: one of {list(DELIMITERS)} expected, got {delimiter!r}{quote}"
+    if decimal not in (".", ","):
+        return f"{where}.decimal: '.' or ',' expected, got {decimal!r}"
+    if decimal == delimiter:
+        return f"{where}: decimal ',' needs another delimiter (';' is the usual one with decimal commas)"
+    if type(skip_lines) is not int or not 0 <= skip_lines <= MAX_SKIP_LINES:
+        return f"{where}.skip_lines: a whole number of lines from 0 to {MAX_SKIP_LINES} expected, got {skip_lines!r}"
+    return None
 
 
 def table_files(path: str | Path, kinds: Sequence[str]) -> list[Path]:
@@ -52,14 +86,18 @@ def table_files(path: str | Path, kinds: Sequence[str]) -> list[Path]:
 
 
 def csv_columns(
-    path: str | Path, columns: Sequence[str], rows: int, mapping: str = "the column mapping"
+    path: str | Path,
+    columns: Sequence[str],
+    rows: int,
+    mapping: str = "the column mapping",
+    dialect: CsvDialect = CsvDialect(),
 ) -> Iterator[dict[str, list[str]]]:
     """The cells of `columns` in chunks of at most `rows` data rows; see the module docstring. `mapping`: the
     settings that name the columns, for the message when one is missing."""
     p = Path(path)
     gz = p.name.lower().endswith(".gz")
     try:
-        yield from _chunks(p, gz, columns, rows, mapping)
+        yield from _chunks(p, gz, columns, rows, mapping, dialect)
     except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, zlib.error) as e:
         kind = " (gzip)" if gz else ""
         raise InputError(f"{p}: not a UTF-8 CSV file{kind}: {e}; save it as UTF-8 CSV"
@@ -73,26 +111,33 @@ def _blank(row: list[str]) -> bool:
     return not row or (len(row) == 1 and not row[0].strip())
 
 
-def _chunks(path: Path, gz: bool, columns: Sequence[str], rows: int, mapping: str) -> Iterator[dict[str, list[str]]]:
+def _chunks(
+    path: Path, gz: bool, columns: Sequence[str], rows: int, mapping: str, dialect: CsvDialect
+) -> Iterator[dict[str, list[str]]]:
     opener = gzip.open if gz else open
     with opener(path, "rt", newline="", encoding="utf-8-sig") as fh:  # a byte-order mark (Excel) is skipped
-        reader = csv.reader(fh)
+        skipped = sum(1 for _ in itertools.islice(iter(fh.readline, ""), dialect.skip_lines))
+        reader = csv.reader(fh, delimiter=dialect.delimiter)
         header = next(reader, None)
         while header is not None and _blank(header):  # blank lines before the header
             header = next(reader, None)
         if header is None:
+            if dialect.skip_lines:
+                raise InputError(f"{path}: no header after the {skipped} lines skipped ({dialect.settings}."
+                                 f"skip_lines is {dialect.skip_lines}): set it to the number of lines before the "
+                                 "header")  # fmt: skip
             raise InputError(f"{path}: empty file")
-        idx = column_positions(path, header, columns, mapping)
+        idx = column_positions(path, header, columns, mapping, dialect)
         width, need = len(header), max(idx.values()) + 1
         pick = operator.itemgetter(*idx.values(), 0)  # and column 0: a tuple even for one column
         out: dict[str, list[str]] = {c: [] for c in idx}
         n = 0
         while True:  # blocks of _BLOCK rows, projected to `columns` as read: memory holds `columns`, not the rows
-            first_line = reader.line_num + 1
+            first_line = skipped + reader.line_num + 1
             block = list(itertools.islice(reader, min(_BLOCK, rows - n)))
             if not block:
                 break
-            if reader.line_num - first_line + 1 > len(block):  # a record spanned lines
+            if skipped + reader.line_num - first_line + 1 > len(block):  # a record spanned lines
                 _check_spans(path, block, first_line)
             if max(map(len, block)) > width:
                 _check_widths(path, block, width, first_line)
@@ -108,16 +153,21 @@ def _chunks(path: Path, gz: bool, columns: Sequence[str], rows: int, mapping: st
             yield out
 
 
-def column_positions(path: Path, header: list[str], columns: Sequence[str], mapping: str) -> dict[str, int]:
-    """Each needed column's position in a table's `header` (CSV, or a Parquet file's columns); refused: missing
-    (`mapping`: the settings that name them) or named twice."""
+def column_positions(
+    path: Path, header: list[str], columns: Sequence[str], mapping: str, dialect: CsvDialect | None = None
+) -> dict[str, int]:
+    """Each needed column's position in a table's `header` (CSV, read with `dialect`, or a Parquet file's columns
+    with None); refused: missing (`mapping`: the settings that name them) or named twice."""
     missing = [c for c in columns if c not in header]
     if missing:
         hint = ""
-        if len(header) == 1 and ";" in header[0]:
-            hint = "; it looks separated by ';': save it comma-separated"
-        elif header and header[0].lstrip().startswith("#"):
-            hint = "; it starts with comment lines ('#'): remove them, so that the header is the first line"
+        other = [d for d in DELIMITERS if dialect is not None and d != dialect.delimiter and d in header[0]]
+        if dialect is not None and len(header) == 1 and other:
+            hint = (f"; it looks separated by {other[0]!r} ({DELIMITERS[other[0]]}): set "
+                    f"{dialect.settings}.delimiter to {other[0]!r}")  # fmt: skip
+        elif dialect is not None and header and header[0].lstrip().startswith("#"):
+            hint = (f"; it starts with comment lines ('#'): set {dialect.settings}.skip_lines to the number of lines "
+                    "before the header")  # fmt: skip
         raise InputError(
             f"{path}: columns {missing} not found; the table has {header[:40]}{hint}. "
             f"Fix {mapping} to name columns of your export"

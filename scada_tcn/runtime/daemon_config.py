@@ -28,6 +28,7 @@ from urllib.parse import urlparse
 
 import yaml
 
+from scada_tcn.runtime.csv_table import dialect_problem
 from scada_tcn.runtime.errors import ConfigError
 from scada_tcn.runtime.telemetry import turbine_topics, zone_problem
 
@@ -168,6 +169,18 @@ class StateCfg:
 
 
 @dataclass(frozen=True)
+class CsvMappingCfg:
+    delimiter: str | None = _f(
+        None,
+        "replay: the table's CSV separator (',' ';' '\\t' '|'); null = the training table's (the bundle's table_csv)",
+    )
+    decimal: str | None = _f(None, "replay: the value cells' decimal mark ('.' or ','); null = the training table's")
+    skip_lines: int | None = _f(
+        None, "replay: lines before the header (an exporter's preamble); null = the training table's"
+    )
+
+
+@dataclass(frozen=True)
 class MappingCfg:
     columns: dict[str, str] = _f({}, "channel -> payload key / table column; empty = the bundle's training mapping")
     turbine_id_col: str | None = _f(
@@ -182,6 +195,7 @@ class MappingCfg:
         "replay: IANA zone of stamps without offset (times a DST change repeats or skips are refused); null = the "
         "training table's (the bundle's table_identifiers; none there: such stamps are refused)",
     )
+    csv: CsvMappingCfg = _f(CsvMappingCfg(), "replay: how the table's CSV is written")
 
 
 @dataclass(frozen=True)
@@ -270,6 +284,9 @@ def _env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str
 
 def _problems(c: RuntimeConfig) -> list[str]:
     p: list[str] = [z for z in [zone_problem(c.mapping.naive_timezone, "mapping.naive_timezone")] if z]
+    d = c.mapping.csv  # each part set here (replay checks the whole, with the training table's parts)
+    dialect = dialect_problem(d.delimiter or ";", d.decimal or ".", d.skip_lines or 0, "mapping.csv")
+    p += [dialect] if dialect else []
     url = urlparse(c.broker.url)
     if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
         p.append(f"broker.url: expected mqtt://host:port or mqtts://host:port, got {c.broker.url!r}")

@@ -6,9 +6,10 @@ Contract
   `csv_table.csv_columns` as scada-prepare reads CSV (a Parquet file is refused with the command that converts
   it, since the edge install carries no Parquet reader), with one row per turbine and timestamp, in the training
   table's format. Columns map to the bundle's channels through runtime.yaml's `mapping`
-  section (`columns`, `turbine_id_col`, `time_col`, `naive_timezone`); each one it leaves unset is the training
-  table's (`Bundle.table_format`: the column mapping and data.identifiers that scada-export recorded), so a table
-  in the training format replays with no mapping given. Stamps: ISO-8601 with a UTC offset, or epoch seconds;
+  section (`columns`, `turbine_id_col`, `time_col`, `naive_timezone`, and `csv`: delimiter, decimal mark, lines
+  before the header); each one it leaves unset is the training table's (`Bundle.table_format`: the column
+  mapping, data.identifiers and data.csv that scada-export recorded), so a table in the training format replays
+  with no mapping given. Stamps: ISO-8601 with a UTC offset, or epoch seconds;
   naive stamps need a zone. Value cells are read by `cells.parse_numbers`,
   as scada-prepare reads them: non-numeric cells and +-inf become missing (non-numeric ones counted per channel).
 * The table is parsed in chunks of `CHUNK_ROWS` rows, then fed to the same `Engine` as `run` in time order,
@@ -53,7 +54,7 @@ import numpy as np
 
 from scada_tcn.runtime.bundle import TableFormat
 from scada_tcn.runtime.cells import first_text, is_number, no_numbers, parse_numbers
-from scada_tcn.runtime.csv_table import CSV_KINDS, PARQUET_KINDS, csv_columns, table_files
+from scada_tcn.runtime.csv_table import CSV_KINDS, PARQUET_KINDS, CsvDialect, csv_columns, dialect_problem, table_files
 from scada_tcn.runtime.daemon_config import MappingCfg
 from scada_tcn.runtime.engine import Engine
 from scada_tcn.runtime.errors import InputError
@@ -87,7 +88,7 @@ class Text(NamedTuple):
     example: str
 
 
-def _read_chunks(path: Path, columns: Sequence[str], rows: int) -> Iterator[dict[str, list[str]]]:
+def _read_chunks(path: Path, columns: Sequence[str], rows: int, dialect: CsvDialect) -> Iterator[dict[str, list[str]]]:
     """The table's `columns` in chunks of at most `rows` rows (column -> list of cells): a CSV file, or a folder's
     CSV files one after the other (`csv_table`, the reader scada-prepare uses for CSV)."""
     files = table_files(path, CSV_KINDS + PARQUET_KINDS)
@@ -103,7 +104,7 @@ def _read_chunks(path: Path, columns: Sequence[str], rows: int) -> Iterator[dict
         )
     for f in files:
         yield from csv_columns(f, columns, rows, "runtime.yaml's mapping (columns, turbine_id_col, time_col; unset, "
-                               "the training table's, which the bundle records)")  # fmt: skip
+                               "the training table's, which the bundle records)", dialect)  # fmt: skip
 
 
 _ISO = re.compile(  # the ISO-8601 forms pandas reads with format="ISO8601" (scada-prepare), after strip(); see _iso_ns
@@ -229,11 +230,17 @@ def _stamps(cells: list[str], tz: Any, forms: dict[str, str], where: str, zone: 
 
 
 def _layout(mapping: MappingCfg, training: TableFormat) -> TableFormat:
-    """The layout replay reads: runtime.yaml's `mapping`, each part it leaves unset (no `columns`, a null column
-    or zone) the training table's."""
+    """The layout replay reads: runtime.yaml's `mapping`, each part it leaves unset (no `columns`, a null column,
+    zone or CSV setting) the training table's. Refused: a separator and decimal mark that cannot go together."""
     zone = training.naive_timezone if mapping.naive_timezone is None else mapping.naive_timezone
+    c, t = mapping.csv, training.dialect
+    dialect = CsvDialect(t.delimiter if c.delimiter is None else c.delimiter, t.decimal if c.decimal is None else
+                         c.decimal, t.skip_lines if c.skip_lines is None else c.skip_lines, "mapping.csv")  # fmt: skip
+    problem = dialect_problem(*dialect[:3], "mapping.csv (unset parts: the training table's, the bundle's table_csv)")
+    if problem:
+        raise InputError(problem)
     return TableFormat(dict(mapping.columns) or dict(training.columns), mapping.turbine_id_col or
-                       training.turbine_id_col, mapping.time_col or training.time_col, zone)  # fmt: skip
+                       training.turbine_id_col, mapping.time_col or training.time_col, zone, dialect)  # fmt: skip
 
 
 def table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg, training: TableFormat,
@@ -253,7 +260,8 @@ def table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg,
         tz = ZoneInfo(layout.naive_timezone)
     cols = [id_col, time_col] + [colmap[c] for c in channels]
     forms: dict[str, str] = {}  # each stamp form seen -> an example: one form per table, as scada-prepare demands
-    for data in _read_chunks(p, cols, rows):
+    decimal = layout.dialect.decimal
+    for data in _read_chunks(p, cols, rows, layout.dialect):
         ids = data[id_col]
         problems = sorted(filter(None, map(turbine_id_problem, set(ids))))  # the rule scada-prepare applies
         if problems:
@@ -263,10 +271,10 @@ def table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg,
         text: dict[str, Text] = {}
         for j, c in enumerate(channels):
             cells = data[colmap[c]]
-            values[:, j], n = parse_numbers(cells)
+            values[:, j], n = parse_numbers(cells, decimal)
             if n:  # the first text cell is among the missing values: the rest need no second look
                 missing_at = np.flatnonzero(np.isnan(values[:, j])).tolist()
-                text[c] = Text(colmap[c], n, first_text(cells[i] for i in missing_at) or "")
+                text[c] = Text(colmap[c], n, first_text((cells[i] for i in missing_at), decimal) or "")
         yield ids, ts, values, text
 
 
@@ -401,7 +409,7 @@ def replay(
         for c, n in zip(spec.channels, numbers.tolist()):
             if non_numeric[c] and not n:
                 raise no_numbers(text[c].column, c, non_numeric[c], text[c].example, "map the channel to a "
-                                 "numeric column in runtime.yaml's mapping.columns")  # fmt: skip
+                                 "numeric column in runtime.yaml's mapping.columns", "mapping.csv.decimal")  # fmt: skip
 
     with contextlib.ExitStack() as stack:
         fh = stack.enter_context(_output(out, _WRITE_BUFFER))

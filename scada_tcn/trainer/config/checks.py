@@ -6,6 +6,7 @@ import re
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from scada_tcn.runtime.csv_table import dialect_problem
 from scada_tcn.runtime.errors import ConfigError
 from scada_tcn.runtime.signals import invalid_halflives
 from scada_tcn.runtime.telemetry import zone_problem
@@ -35,6 +36,10 @@ def _check_splits(cfg: RootCfg) -> None:
     zone = zone_problem(cfg.data.identifiers.naive_timezone, "data.identifiers.naive_timezone")
     if zone:
         raise ConfigError(zone)
+    c = cfg.data.csv
+    dialect = dialect_problem(c.delimiter, c.decimal, c.skip_lines, "data.csv")
+    if dialect:
+        raise ConfigError(dialect)
     sp = cfg.data.splits
     if sp.method == "time":
         ranges = []

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -121,11 +122,24 @@ def compose(config_path: str | Path, overrides: list[str] | None = None) -> Dict
         dot = OmegaConf.from_dotlist(dotted)
     except OmegaConfBaseException as e:
         raise ConfigError(f"bad override in {dotted}: {_describe(e)}") from e
+    except yaml.YAMLError as e:  # a value YAML reads as syntax: ',' '|' '*' ...
+        bad = [o for o in dotted if not _yaml_value_ok(o.partition("=")[2])] or dotted
+        key, _, value = bad[0].partition("=")
+        raise ConfigError(f"override {bad[0]!r}: its value is not a YAML value ({str(e).splitlines()[0]}); quote "
+                          f"it: {key}='{value}'") from e  # fmt: skip
     cfg = _merge(cfg, dot, where="command-line override")
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"required keys have no value: {missing} (set them in the YAML or as key=value)")
     return cfg
+
+
+def _yaml_value_ok(value: str) -> bool:
+    try:
+        yaml.safe_load(value)
+    except yaml.YAMLError:
+        return False
+    return True
 
 
 def to_root(cfg: DictConfig | dict[str, Any]) -> RootCfg:

@@ -61,6 +61,15 @@ class IdentifiersCfg:
 
 
 @dataclass
+class CsvCfg:
+    """How the CSV export is written (Parquet files ignore it); scada-export records it for replay."""
+
+    delimiter: str = ","  # "," ";" "\t" or "|"
+    decimal: str = "."  # "." or "," (with another delimiter); applies to value cells, not to stamps
+    skip_lines: int = 0  # lines before the header (an exporter's preamble), skipped whatever they hold
+
+
+@dataclass
 class SamplingCfg:
     dt_minutes: int = 10
 
@@ -119,6 +128,7 @@ class DataCfg:
     format: DataFormat = DataFormat.auto
     paths: PathsCfg = field(default_factory=PathsCfg)
     identifiers: IdentifiersCfg = field(default_factory=IdentifiersCfg)
+    csv: CsvCfg = field(default_factory=CsvCfg)
     columns: dict[str, str] = field(default_factory=dict)  # channel -> column in the raw table
     sampling: SamplingCfg = field(default_factory=SamplingCfg)
     windowing: WindowingCfg = field(default_factory=WindowingCfg)

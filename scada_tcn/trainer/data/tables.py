@@ -17,7 +17,14 @@ import numpy as np
 import pandas as pd
 
 from scada_tcn.runtime.cells import first_text, is_number, no_numbers, parse_numbers
-from scada_tcn.runtime.csv_table import CSV_KINDS, PARQUET_KINDS, column_positions, csv_columns, table_files
+from scada_tcn.runtime.csv_table import (
+    CSV_KINDS,
+    PARQUET_KINDS,
+    CsvDialect,
+    column_positions,
+    csv_columns,
+    table_files,
+)
 from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.telemetry import EPOCH_RANGE, MAX_EPOCH_S, in_epoch_range, table_epoch_ns
 from scada_tcn.trainer.config import DataCfg
@@ -42,7 +49,12 @@ class RawTable:
     rul: np.ndarray | None = None  # (n,) float64 target column `data.rul.column` when data.rul.enabled, NaN = none
 
 
-def _read(path: Path, columns: list[str]) -> pd.DataFrame:
+def csv_dialect(data: DataCfg) -> CsvDialect:
+    """How `data`'s CSV export is written (data.csv), as the shared reader takes it."""
+    return CsvDialect(data.csv.delimiter, data.csv.decimal, data.csv.skip_lines, "data.csv")
+
+
+def _read(path: Path, columns: list[str], dialect: CsvDialect) -> pd.DataFrame:
     """`columns` of one file: Parquet through pandas, CSV through the reader replay uses (`runtime.csv_table`: the
     same rows and cells, the same refusals), text cells with empty ones missing."""
     if path.name.lower().endswith(PARQUET_KINDS):
@@ -52,7 +64,7 @@ def _read(path: Path, columns: list[str]) -> pd.DataFrame:
             raise InputError(f"{path}: cannot read it as Parquet ({e}); export it again, or as CSV") from e
         column_positions(path, [str(c) for c in df.columns], columns, _MAPPING)
         return df[columns]
-    chunks = csv_columns(path, columns, _CSV_ROWS, _MAPPING)
+    chunks = csv_columns(path, columns, _CSV_ROWS, _MAPPING, dialect)
     parts = [pd.DataFrame(chunk, dtype=object) for chunk in chunks]
     df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({c: [] for c in columns}, dtype=object)
     return df.mask(df == "")  # an empty cell is missing, as pandas reads it (text cells stay text)
@@ -124,16 +136,17 @@ def parse_timestamps(col: pd.Series, naive_timezone: str | None, where: str) -> 
     return _checked_ns(parsed, s, where)
 
 
-def _to_numeric(col: pd.Series) -> tuple[np.ndarray, int]:
+def _to_numeric(col: pd.Series, decimal: str) -> tuple[np.ndarray, int]:
     """A column's values and its count of non-numeric cells: a numeric column (Parquet) as it is, text cells by
-    `runtime.cells.parse_numbers`, the rule replay applies (a missing cell reads as an empty one). A float32
+    `runtime.cells.parse_numbers` with the export's `decimal` mark, the rule replay applies (a missing cell reads
+    as an empty one). A float32
     column is read through each value's shortest decimal form (4.45, not 4.449999809): the number its CSV export
     and a telemetry payload write, so training sees what replay and the edge read (about 0.3 us per cell)."""
     if pd.api.types.is_float_dtype(col) and col.dtype.itemsize == 4:
         return col.to_numpy(dtype=np.float32, na_value=np.nan).astype(str).astype(np.float64), 0
     if pd.api.types.is_numeric_dtype(col):
         return col.to_numpy(dtype=np.float64, na_value=np.nan), 0
-    return parse_numbers(col.fillna("").to_numpy(dtype=str))
+    return parse_numbers(col.fillna("").to_numpy(dtype=str), decimal)
 
 
 def load_raw_table(data: DataCfg) -> RawTable:
@@ -148,7 +161,8 @@ def load_raw_table(data: DataCfg) -> RawTable:
         files = table_files(Path(data.paths.raw_dir), kinds)
     except InputError as e:
         raise InputError(f"data.paths.raw_dir: {e}") from e
-    frames = [_read(f, list(dict.fromkeys(source_cols))) for f in files]
+    dialect = csv_dialect(data)
+    frames = [_read(f, list(dict.fromkeys(source_cols)), dialect) for f in files]
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     ids = df[ident.turbine_id_col]
     if ids.isna().any():
@@ -157,15 +171,15 @@ def load_raw_table(data: DataCfg) -> RawTable:
     values = np.empty((len(df), len(channels)), dtype=np.float64)
     non_numeric: dict[str, int] = {}
     for j, c in enumerate(channels):
-        values[:, j], non_numeric[c] = _to_numeric(df[data.columns[c]])
+        values[:, j], non_numeric[c] = _to_numeric(df[data.columns[c]], dialect.decimal)
         if non_numeric[c] and not np.isfinite(values[:, j]).any():
-            example = first_text(df[data.columns[c]].dropna().astype(str))
+            example = first_text(df[data.columns[c]].dropna().astype(str), dialect.decimal)
             raise no_numbers(data.columns[c], c, non_numeric[c], example or "", "map the channel to a numeric "
-                             "column in data.columns")  # fmt: skip
+                             "column in data.columns", "data.csv.decimal")  # fmt: skip
     values[~np.isfinite(values)] = np.nan
     rul = None
     if data.rul.enabled:
-        rul, bad = _to_numeric(df[data.rul.column])
+        rul, bad = _to_numeric(df[data.rul.column], dialect.decimal)
         if bad:
             raise InputError(f"target column {data.rul.column!r} (data.rul.column) holds {bad} non-numeric cells")
         rul[~np.isfinite(rul)] = np.nan
