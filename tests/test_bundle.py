@@ -45,7 +45,7 @@ GOLDEN_KEYS = {
     "dims": ["C", "F", "K", "L", "R", "RF"],
     "feature_registry": ["angular_channel_names", "engineered_version", "feature_names", "raw_channel_names"],
     "flag_registry": ["flag_names", "flags_version"],
-    "table_identifiers": ["naive_timezone", "time_col", "turbine_id_col"],
+    "table_identifiers": ["naive_timezone", "time_col", "turbine_id_col", "turbine_id_from_file"],
     "table_csv": ["decimal", "delimiter", "skip_lines"],
     "heads": ["fault", "fault_multilabel", "forecast", "rul"],
     "scoring": [
@@ -164,7 +164,12 @@ def tiny_manifest() -> dict:
         },
         "flag_registry": {"flag_names": ["stopped"], "flags_version": "f1"},
         "column_mapping": {"wind_speed": "ws", "power": "p"},
-        "table_identifiers": {"turbine_id_col": "turbine_id", "time_col": "timestamp", "naive_timezone": None},
+        "table_identifiers": {
+            "turbine_id_col": "turbine_id",
+            "time_col": "timestamp",
+            "naive_timezone": None,
+            "turbine_id_from_file": None,
+        },
         "table_csv": {"delimiter": ",", "decimal": ".", "skip_lines": 0},
         "pipeline_spec": spec.to_dict(),
         "scaler": scaler.to_dict(),
@@ -371,7 +376,8 @@ def test_a_bundle_of_schema_7_loads_with_its_ids_and_replays_with_the_old_defaul
     _edit(bundle_dir, lambda doc: doc.update(table_identifiers=d))
     assert load_bundle(bundle_dir).table_format[1:4] == ("Wind_turbine_name", "Date_time", "Europe/Paris")
     for bad, said in (({**d, "naive_timezone": "Europe/Pari"}, "unknown time zone 'Europe/Pari'"),
-                      ({**d, "time_col": "Wind_turbine_name"}, "two distinct non-empty column names"),
+                      ({**d, "time_col": "Wind_turbine_name"}, "time_col: a column name other than the id column"),
+                      ({**d, "turbine_id_col": None}, "turbine_id_col: a column name expected"),
                       ({**d, "naive_timezone": 1}, "a zone name or null expected"),
                       ({**d, "extra": 1}, "unknown key 'extra'")):  # fmt: skip
         _edit(bundle_dir, lambda doc, bad=bad: doc.update(table_identifiers=bad))
@@ -379,19 +385,37 @@ def test_a_bundle_of_schema_7_loads_with_its_ids_and_replays_with_the_old_defaul
 
 
 def test_table_csv_came_with_schema_10_and_older_bundles_replay_plain_csv(bundle_dir):
-    """Version 10 added table_csv only (how the training table's CSV was written: data.csv): a version-9 bundle
-    loads with the same model id, and replay reads its tables as plain CSV, as it always did. From version 10 the
-    section is required and checked as scada-prepare checks data.csv."""
+    """Version 10 added table_csv (how the training table's CSV was written: data.csv) and the turbine-id pattern
+    of per-turbine files (data.identifiers.turbine_id_from_file): a version-9 bundle loads with the same model
+    id, and replay reads its tables as plain CSV with ids from a column, as it always did. From version 10 both
+    are required and checked as scada-prepare checks its config."""
     v10 = load_bundle(bundle_dir)
     assert v10.table_csv.to_dict() == {"delimiter": ",", "decimal": ".", "skip_lines": 0}
-    _edit(bundle_dir, lambda d: (d.pop("table_csv"), d.update(schema_version=9)))
+    ids = {"turbine_id_col": None, "time_col": "# Date and time", "naive_timezone": "UTC",
+           "turbine_id_from_file": r"Turbine_Data_(Kelmarsh_\d+)_"}  # fmt: skip
+    _edit(bundle_dir, lambda d: d.update(table_identifiers=ids))
+    assert load_bundle(bundle_dir).table_format[1:4] + load_bundle(bundle_dir).table_format[5:] == (
+        None, "# Date and time", "UTC", r"Turbine_Data_(Kelmarsh_\d+)_")  # fmt: skip
+    for bad, said in (({**ids, "turbine_id_col": "WTG"}, "turbine_id_col: a column name expected (and "
+                                                         "turbine_id_from_file null)"),
+                      ({**ids, "turbine_id_from_file": None}, "turbine_id_from_file: a regular expression expected"),
+                      ({**ids, "turbine_id_from_file": "(a)(b)"}, "has 2 groups; put one around the id"),
+                      ({**ids, "turbine_id_from_file": "(a"}, "is not a regular expression")):  # fmt: skip
+        _edit(bundle_dir, lambda doc, bad=bad: doc.update(table_identifiers=bad))
+        assert said in _message(bundle_dir)
+    _edit(bundle_dir, lambda d: d.update(table_identifiers={**ids, "turbine_id_col": "turbine_id",
+                                                            "turbine_id_from_file": None}))  # fmt: skip
+    _edit(bundle_dir, lambda d: (d.pop("table_csv"), d["table_identifiers"].pop("turbine_id_from_file"),
+                                 d.update(schema_version=9)))  # fmt: skip
     v9 = load_bundle(bundle_dir)
     assert (v9.schema_version, v9.model_id, v9.table_csv) == (9, v10.model_id, None)
-    assert v9.table_format == v10.table_format and v9.table_format.dialect[:3] == (",", ".", 0)
+    assert v9.table_format.dialect[:3] == (",", ".", 0) and v9.table_format.turbine_id_from_file is None
+    assert v9.table_format.turbine_id_col == "turbine_id"
     assert v9.to_dict() == json.loads((bundle_dir / "bundle.json").read_text())
     _edit(bundle_dir, lambda d: d.update(table_csv={"delimiter": ";", "decimal": ".", "skip_lines": 0}))
     assert "unknown key 'table_csv'" in _message(bundle_dir)
-    _edit(bundle_dir, lambda d: d.update(schema_version=10, table_csv=None))
+    _edit(bundle_dir, lambda d: (d.update(schema_version=10, table_csv=None),
+                                 d["table_identifiers"].update(turbine_id_from_file=None)))  # fmt: skip
     assert "table_csv: null; a bundle of this version says how the training table's CSV" in _message(bundle_dir)
     good = {"delimiter": ";", "decimal": ",", "skip_lines": 9}
     _edit(bundle_dir, lambda d: d.update(table_csv=good))

@@ -264,8 +264,10 @@ def _dialect_lines(lines: list[str], delimiter: str, decimal: str, preamble: lis
     return [*preamble, *out]
 
 
-GREENBYTE = ["# This file was exported by Greenbyte at 2021-01-27 11:42:03.", "#", "# Turbine: Kelmarsh 1",
-             '# Time zone: "UTC, no DST', "# Resolution: 10 minutes", "# "]  # fmt: skip
+GREENBYTE = ["# This file was exported by Greenbyte at 2022-01-27 10:33:05. Please see https://www.greenbyte.com",
+             "#", "# Turbine: Kelmarsh 1", "# Turbine type: Senvion MM92", "# Time zone: UTC",
+             "# Time interval: 2016-01-01 00:00:00 - 2017-01-01 00:00:00 (366 days)", "#",
+             '# Data that is missing or is erroneous has been marked with the value "NaN', "#"]  # fmt: skip
 
 
 def _read_as(path: Path, delimiter: str, decimal: str, skip: int) -> tuple:
@@ -306,9 +308,9 @@ def test_a_preamble_counts_in_line_numbers_and_a_wrong_dialect_is_named(tmp_path
     """Line numbers in refusals count the skipped lines (the line an editor shows); a file read with the wrong
     separator, or with its preamble not skipped, is refused naming the setting that reads it."""
     lines = _dialect_lines([HEADER, *_rows()], ";", ",", GREENBYTE)
-    lines[9] = lines[9] + ";STOP;manual"  # the third data line
+    lines[12] = lines[12] + ";STOP;manual"  # the third data line
     path = _write(tmp_path / "semi.csv", lines)
-    with pytest.raises(InputError, match=r"semi\.csv: line 10 has 17 cells where the header has 15"):
+    with pytest.raises(InputError, match=r"semi\.csv: line 13 has 17 cells where the header has 15"):
         _read_as(path, ";", ",", len(GREENBYTE))
     semi = _write(tmp_path / "s.csv", _dialect_lines([HEADER, *_rows()], ";", ",", []))
     with pytest.raises(InputError, match=r"separated by ';' \(semicolon\): set data\.csv\.delimiter to ';'"):
@@ -318,7 +320,7 @@ def test_a_preamble_counts_in_line_numbers_and_a_wrong_dialect_is_named(tmp_path
     tab = _write(tmp_path / "t.csv", _dialect_lines([HEADER, *_rows()], "\t", ".", GREENBYTE))
     with pytest.raises(InputError, match=r"comment lines \('#'\): set data\.csv\.skip_lines"):
         _prepare(tab)
-    with pytest.raises(InputError, match=r"t\.csv: no header after the 19 lines skipped \(data\.csv\.skip_lines is 40"):
+    with pytest.raises(InputError, match=r"t\.csv: no header after the 22 lines skipped \(data\.csv\.skip_lines is 40"):
         _read_as(tab, "\t", ".", 40)
 
 
@@ -381,3 +383,68 @@ def test_a_replay_of_an_export_in_another_dialect_publishes_the_plain_tables_rec
         summary = replay(engine, path, m, outs[-1], chunk_rows=50)
         assert summary["scores"] > 100 and not any(summary["non_numeric"].values())
     assert outs[0].read_bytes() == outs[1].read_bytes()
+
+
+def _greenbyte_folder(folder: Path, rows: list[str]) -> Path:
+    """The farm as Greenbyte exports it (Kelmarsh, Penmanshiel): one file per turbine and period, named after the
+    turbine, its 9 preamble lines, a header whose first name is '# Date and time', naive UTC stamps, no id
+    column. Each turbine's rows are split over two files (two periods)."""
+    folder.mkdir()
+    names = HEADER.split(",")[2:]
+    for n, tid in enumerate(sorted({r.split(",")[0] for r in rows})):
+        mine = [r.split(",") for r in rows if r.split(",")[0] == tid]
+        for k, part in enumerate((mine[:4], mine[4:])):
+            body = [",".join([pd.Timestamp(int(c[1]), unit="s").strftime("%Y-%m-%d %H:%M:%S"), *c[2:]]) for c in part]
+            name = f"Turbine_Data_Kelmarsh_{n + 1}_{2016 + k}-01-01_-_{2017 + k}-01-01_{228 + n}.csv"
+            _write(folder / name, [*GREENBYTE, ",".join(["# Date and time", *names]), *body])
+    return folder
+
+
+def test_per_turbine_files_named_after_their_turbine_read_as_the_joined_table(tmp_path):
+    """Greenbyte's exports have no turbine-id column: the turbine is in the file name. Both readers needed one
+    (replay: "columns ['turbine_id'] not found"), so the user had to rewrite every file.
+    data.identifiers.turbine_id_from_file takes the id from each file's name (the bundle records it for replay):
+    the folder reads as the joined table, turbine by turbine, stamp by stamp, value by value."""
+    rows = _rows()
+    plain = _both(_write(tmp_path / "all.csv", [HEADER, *rows]))
+    folder = _greenbyte_folder(tmp_path / "kelmarsh", rows)
+    pattern = r"Turbine_Data_(Kelmarsh_\d+)_"
+    ids = ["data.identifiers.turbine_id_col=null", f"data.identifiers.turbine_id_from_file='{pattern}'",
+           "data.identifiers.time_col='# Date and time'", "data.identifiers.naive_timezone=UTC"]  # fmt: skip
+    cfg = load_config(CONFIG, [f"data.paths.raw_dir={folder}", "data.csv.skip_lines=9", *ids])
+    t = load_raw_table(cfg.data)
+    training = TableFormat(TABLE.columns, None, "# Date and time", "UTC", CsvDialect(",", ".", 9), pattern)
+    parts = list(table_chunks(folder, CHANNELS, MappingCfg(), training, 3))
+    named = {"WT01": "Kelmarsh_1", "WT02": "Kelmarsh_2"}
+    assert list(t.turbine_ids) == [i for p in parts for i in p[0]] == [named[i] for i in plain[0]]
+    assert t.ts_ns.tolist() == np.concatenate([p[1] for p in parts]).tolist() == plain[1].tolist()
+    np.testing.assert_array_equal(t.values, plain[2])
+    np.testing.assert_array_equal(np.concatenate([p[2] for p in parts]), plain[2])
+    (folder / "notes.csv").write_text("\n".join([*GREENBYTE, "# Date and time,x"]) + "\n")
+    for read, key in (
+        (lambda: load_raw_table(cfg.data), "data.identifiers.turbine_id_from_file"),
+        (lambda: list(table_chunks(folder, CHANNELS, MappingCfg(), training, 3)), "mapping."),
+    ):
+        with pytest.raises(InputError, match=rf"notes\.csv: .*{re.escape(key)}.* finds no turbine id in the file name"):
+            read()
+    (folder / "notes.csv").unlink()
+    by_column = MappingCfg(turbine_id_col="turbine_id")  # runtime.yaml's column wins over the pattern
+    with pytest.raises(InputError, match=r"columns \['turbine_id'\] not found"):
+        list(table_chunks(folder, CHANNELS, by_column, training, 3))
+
+
+def test_the_turbine_id_comes_from_one_place(tmp_path):
+    """A column and a file-name pattern at once, neither, or a pattern that is not one: refused naming the keys."""
+    for overrides, said in (([], None), (["data.identifiers.turbine_id_from_file=x"], "set turbine_id_col (a column"),
+                            (["data.identifiers.turbine_id_col=null"], "set turbine_id_col (a column"),
+                            (["data.identifiers.turbine_id_col=null", "data.identifiers.turbine_id_from_file='(a)(b)'"],
+                             "turbine_id_from_file: '(a)(b)' has 2 groups")):  # fmt: skip
+        if said is None:
+            load_config(CONFIG, overrides)
+            continue
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            load_config(CONFIG, overrides)
+    with pytest.raises(ConfigError, match="mapping: set turbine_id_col or turbine_id_from_file, not both"):
+        daemon_config_from_dict({"mapping": {"turbine_id_col": "a", "turbine_id_from_file": "b"}})
+    with pytest.raises(ConfigError, match=r"mapping.turbine_id_from_file: '\[' is not a regular expression"):
+        daemon_config_from_dict({"mapping": {"turbine_id_from_file": "["}})

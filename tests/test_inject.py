@@ -107,3 +107,27 @@ def test_an_export_in_another_csv_dialect_is_injected_and_written_in_it(tmp_path
     np.testing.assert_array_equal(ta.values, tb.values)
     assert ta.ts_ns.tolist() == tb.ts_ns.tolist() and not np.array_equal(ta.values, load_raw_table(semi).values)
     assert a["labels"].read_text() == b["labels"].read_text()
+
+
+def test_a_per_turbine_file_named_after_its_turbine_is_injected(tmp_path):
+    """An export without an id column, its turbine in the file name (data.identifiers.turbine_id_from_file): the
+    turbine is the file's, another is refused, and the file is written back with no id column added."""
+    from copy import deepcopy
+
+    df = _table(days=30)
+    (tmp_path / "plain").mkdir()
+    plain = _cfg(tmp_path / "plain", df)
+    src = tmp_path / "Turbine_Data_WT02_2024.csv"
+    df[df.turbine_id == "WT02"].drop(columns="turbine_id").to_csv(src, index=False)
+    one = deepcopy(plain.data)
+    one.paths.raw_dir, one.identifiers.turbine_id_col = str(src), None
+    one.identifiers.turbine_id_from_file = r"Turbine_Data_(WT\d+)_"
+    with pytest.raises(InputError, match=r"turbine 'WT01' not in .*turbines: \['WT02'\]"):
+        inject_table(one, "WT01", tmp_path / "x")
+    a = inject_table(plain.data, "WT02", tmp_path / "a", seed=5, hours=48)
+    b = inject_table(one, "WT02", tmp_path / "b", seed=5, hours=48)
+    after_a = pd.read_csv(a["scada"], dtype=str, keep_default_na=False)
+    after_b = pd.read_csv(b["scada"], dtype=str, keep_default_na=False)
+    assert list(after_b.columns) == [c for c in after_a.columns if c != "turbine_id"]
+    pd.testing.assert_frame_equal(after_a[after_a.turbine_id == "WT02"].drop(columns="turbine_id")
+                                  .reset_index(drop=True), after_b)  # fmt: skip

@@ -155,7 +155,9 @@ def export_bundle(
         feature_registry=feature_reg,
         flag_registry=FlagRegistry.from_dict(ckpt["flag_registry"]),
         column_mapping=dict(cfg.data.columns),
-        table_identifiers=TableIdentifiers(ids.turbine_id_col, ids.time_col, ids.naive_timezone),
+        table_identifiers=TableIdentifiers(
+            ids.turbine_id_col, ids.time_col, ids.naive_timezone, ids.turbine_id_from_file
+        ),
         table_csv=TableCsv(cfg.data.csv.delimiter, cfg.data.csv.decimal, cfg.data.csv.skip_lines),
         spec=PipelineSpec.from_dict(ckpt["pipeline_spec"]),
         scaler=RobustScaler.from_dict(ckpt["scaler"]),

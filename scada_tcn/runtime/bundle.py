@@ -20,15 +20,16 @@ A bundle is a directory of three files:
   (batch,)), `col_i` (batch x passes, channels_i): the column to store at t mod steps_i, and `h` (batch, hidden).
 - `bundle.json`: UTF-8 JSON object (at most 16 MiB, no NaN or Infinity) with exactly these keys:
 
-  schema_version   8 (3 -> 4: the clean graph takes X, M_miss, Flags and returns fault probabilities;
+  schema_version   10 (3 -> 4: the clean graph takes X, M_miss, Flags and returns fault probabilities;
                    4 -> 5: per-signal scoring, the pipeline spec's repeat channels; 5 -> 6: step.onnx takes
                    the convolutions' past taps instead of their rings and no step index; 6 -> 7: step.onnx
                    takes the sum of the fault head's ring, h_sum, instead of the ring; 7 -> 8:
-                   table_identifiers; 8 -> 9: signals.group_halflife; 9 -> 10: table_csv). Versions 7 to 9
-                   are read too: the graphs are the same; 7 has no table_identifiers
-                   (`Bundle.table_identifiers` None), 7 and 8 no group half-lives (read as none), 7 to 9 no
-                   table_csv (plain CSV: `Bundle.table_csv` None)
-  model_id         sha256 hex of "scada-tcn-bundle/7" (the graphs' contract, unchanged by versions 8, 9), the
+                   table_identifiers; 8 -> 9: signals.group_halflife; 9 -> 10: table_csv,
+                   table_identifiers.turbine_id_from_file). Versions 7 to 9 are read too: the graphs are the
+                   same; 7 has no table_identifiers (`Bundle.table_identifiers` None), 7 and 8 no group
+                   half-lives (read as none), 7 to 9 no table_csv (plain CSV: `Bundle.table_csv` None) and
+                   no turbine_id_from_file (ids from a column)
+  model_id         sha256 hex of "scada-tcn-bundle/7" (the graphs' contract, unchanged by versions 8 to 10), the
                    sha256 of each graph (in file-name order) and the canonical JSON of the feature and flag
                    registries (`compute_model_id`)
   dims             `Dims`: window L, horizon K, features F, flags R, fault classes C, receptive field RF
@@ -38,7 +39,8 @@ A bundle is a directory of three files:
   column_mapping   channel -> raw column (the runtime's default)
   table_identifiers `TableIdentifiers`: the training table's turbine-id and time columns and the zone of its
                    naive stamps (data.identifiers; replay's defaults, so that a table in the training format
-                   replays with no mapping)
+                   replays with no mapping); from version 10 also turbine_id_from_file, the pattern that takes
+                   the id from each file's name when turbine_id_col is null
   table_csv        `TableCsv`: how the training table's CSV was written (data.csv: delimiter, decimal mark,
                    lines before the header; replay's defaults)
   pipeline_spec    `scada_tcn.runtime.spec.PipelineSpec`: binning, QC, winsor caps, features, flags
@@ -101,6 +103,7 @@ from scada_tcn.runtime.digest import canonical_json
 from scada_tcn.runtime.drift import DriftReference
 from scada_tcn.runtime.errors import BundleError
 from scada_tcn.runtime.flags import compile_rules
+from scada_tcn.runtime.ids import id_pattern_problem
 from scada_tcn.runtime.pipeline import scaled_mask
 from scada_tcn.runtime.registry import FeatureRegistry, FlagRegistry
 from scada_tcn.runtime.scaling import RobustScaler
@@ -392,24 +395,36 @@ class TableIdentifiers:
     """The training table's turbine-id and time columns, and the IANA zone of its stamps without an offset (None:
     such stamps were refused): scada-prepare's data.identifiers, replay's defaults."""
 
-    turbine_id_col: str
+    turbine_id_col: str | None  # None: the id comes from each file's name (schema 10)
     time_col: str
     naive_timezone: str | None
+    turbine_id_from_file: str | None = None  # data.identifiers.turbine_id_from_file (schema 10)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Any) -> TableIdentifiers:
-        s = _Section(d, ("turbine_id_col", "time_col", "naive_timezone"), "table_identifiers")
-        cols = {k: s.typed(k, str) for k in ("turbine_id_col", "time_col")}
-        if not all(cols.values()) or cols["turbine_id_col"] == cols["time_col"]:
-            raise _fail(f"table_identifiers: two distinct non-empty column names expected, got {cols}")
+    def from_dict(cls, d: Any, version: int = SCHEMA_VERSION) -> TableIdentifiers:
+        names = ("turbine_id_col", "time_col", "naive_timezone") + (("turbine_id_from_file",) if version >= 10 else ())
+        _Section(d, names, "table_identifiers")
+        pattern = d.get("turbine_id_from_file")
+        id_col, time_col = d["turbine_id_col"], d["time_col"]
+        if id_col is not None or version < 10:  # ids from a column
+            if not isinstance(id_col, str) or not id_col or pattern is not None:
+                raise _fail(f"table_identifiers.turbine_id_col: a column name expected (and turbine_id_from_file "
+                            f"null), got {id_col!r}")  # fmt: skip
+        else:  # ids from the file names
+            problem = id_pattern_problem(pattern, "table_identifiers.turbine_id_from_file")
+            if problem:
+                raise _fail(problem + " (or a turbine_id_col)")
+        if not isinstance(time_col, str) or not time_col or time_col == id_col:
+            raise _fail(f"table_identifiers.time_col: a column name other than the id column expected, got "
+                        f"{time_col!r}")  # fmt: skip
         zone = d["naive_timezone"]
         problem = zone_problem(zone, "table_identifiers.naive_timezone") if isinstance(zone, str) else None
         if (zone is not None and not isinstance(zone, str)) or problem:
             raise _fail(problem or f"table_identifiers.naive_timezone: a zone name or null expected, got {zone!r}")
-        return cls(**cols, naive_timezone=zone)
+        return cls(id_col, time_col, zone, pattern)
 
 
 # what a bundle of schema 7 (no table_identifiers) leaves replay to assume: runtime.yaml's old defaults
@@ -438,13 +453,15 @@ class TableCsv:
 
 class TableFormat(NamedTuple):
     """A raw table's layout as replay reads it: channel -> column, the turbine-id and time columns, the zone of
-    stamps without an offset, and how its CSV is written."""
+    stamps without an offset, how its CSV is written, and the pattern that takes the turbine id from each file's
+    name (then `turbine_id_col` is None)."""
 
     columns: dict[str, str]
-    turbine_id_col: str
+    turbine_id_col: str | None
     time_col: str
     naive_timezone: str | None
     dialect: CsvDialect = CsvDialect()
+    turbine_id_from_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -602,7 +619,7 @@ class BundleContents:
             column_mapping=top.str_map("column_mapping"),
             table_identifiers=None
             if doc.get("table_identifiers") is None
-            else TableIdentifiers.from_dict(doc["table_identifiers"]),
+            else TableIdentifiers.from_dict(doc["table_identifiers"], version),
             table_csv=None if doc.get("table_csv") is None else TableCsv.from_dict(doc["table_csv"]),
             spec=spec,
             scaler=scaler,
@@ -717,7 +734,7 @@ class Bundle(BundleContents):
         c = self.table_csv
         dialect = CsvDialect() if c is None else CsvDialect(c.delimiter, c.decimal, c.skip_lines)
         return TableFormat(dict(self.column_mapping), ids.turbine_id_col, ids.time_col, ids.naive_timezone,
-                           dialect._replace(settings="mapping.csv"))  # fmt: skip
+                           dialect._replace(settings="mapping.csv"), ids.turbine_id_from_file)  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         """The whole bundle.json document, keys in the documented order (of its schema version)."""
@@ -725,6 +742,10 @@ class Bundle(BundleContents):
                "checksums": dict(self.checksums)}  # fmt: skip
         if self.schema_version < 9 and doc["signals"] is not None:  # written before group half-lives (none)
             doc["signals"] = {k: v for k, v in doc["signals"].items() if k != "group_halflife"}
+        if self.schema_version < 10 and doc["table_identifiers"] is not None:  # before ids from file names (none)
+            doc["table_identifiers"] = {
+                k: v for k, v in doc["table_identifiers"].items() if k != "turbine_id_from_file"
+            }
         return {k: doc[k] for k in top_keys(self.schema_version)}
 
 

@@ -165,9 +165,9 @@ def column_positions(
         if dialect is not None and len(header) == 1 and other:
             hint = (f"; it looks separated by {other[0]!r} ({DELIMITERS[other[0]]}): set "
                     f"{dialect.settings}.delimiter to {other[0]!r}")  # fmt: skip
-        elif dialect is not None and header and header[0].lstrip().startswith("#"):
+        elif dialect is not None and header[0].lstrip().startswith("#") and len(header) < len(set(columns)):
             hint = (f"; it starts with comment lines ('#'): set {dialect.settings}.skip_lines to the number of lines "
-                    "before the header")  # fmt: skip
+                    f"before the header (now {dialect.skip_lines})")  # fmt: skip
         raise InputError(
             f"{path}: columns {missing} not found; the table has {header[:40]}{hint}. "
             f"Fix {mapping} to name columns of your export"

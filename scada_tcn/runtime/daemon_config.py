@@ -30,6 +30,7 @@ import yaml
 
 from scada_tcn.runtime.csv_table import dialect_problem
 from scada_tcn.runtime.errors import ConfigError
+from scada_tcn.runtime.ids import id_pattern_problem
 from scada_tcn.runtime.telemetry import turbine_topics, zone_problem
 
 ENV_PREFIX = "SCADA_RT_"
@@ -186,6 +187,11 @@ class MappingCfg:
     turbine_id_col: str | None = _f(
         None, "replay: column of the turbine id; null = the training table's (the bundle's table_identifiers)"
     )
+    turbine_id_from_file: str | None = _f(
+        None,
+        "replay: a regular expression taking the turbine id from each file's name (its group, or the whole match), "
+        "for per-turbine files without an id column; null = the training table's; set it or turbine_id_col",
+    )
     time_col: str | None = _f(
         None,
         "replay: column of the timestamp (ISO-8601 with offset, or epoch seconds); null = the training table's",
@@ -284,6 +290,11 @@ def _env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str
 
 def _problems(c: RuntimeConfig) -> list[str]:
     p: list[str] = [z for z in [zone_problem(c.mapping.naive_timezone, "mapping.naive_timezone")] if z]
+    m = c.mapping
+    if m.turbine_id_col is not None and m.turbine_id_from_file is not None:
+        p.append("mapping: set turbine_id_col or turbine_id_from_file, not both")
+    if m.turbine_id_from_file is not None:
+        p += [z for z in [id_pattern_problem(m.turbine_id_from_file, "mapping.turbine_id_from_file")] if z]
     d = c.mapping.csv  # each part set here (replay checks the whole, with the training table's parts)
     dialect = dialect_problem(d.delimiter or ";", d.decimal or ".", d.skip_lines or 0, "mapping.csv")
     p += [dialect] if dialect else []

@@ -58,7 +58,7 @@ from scada_tcn.runtime.csv_table import CSV_KINDS, PARQUET_KINDS, CsvDialect, cs
 from scada_tcn.runtime.daemon_config import MappingCfg
 from scada_tcn.runtime.engine import Engine
 from scada_tcn.runtime.errors import InputError
-from scada_tcn.runtime.ids import turbine_id_problem
+from scada_tcn.runtime.ids import file_turbine_id, turbine_id_problem
 from scada_tcn.runtime.telemetry import (
     EPOCH_FLOOR,
     EPOCH_MS,
@@ -88,9 +88,12 @@ class Text(NamedTuple):
     example: str
 
 
-def _read_chunks(path: Path, columns: Sequence[str], rows: int, dialect: CsvDialect) -> Iterator[dict[str, list[str]]]:
-    """The table's `columns` in chunks of at most `rows` rows (column -> list of cells): a CSV file, or a folder's
-    CSV files one after the other (`csv_table`, the reader scada-prepare uses for CSV)."""
+def _read_chunks(
+    path: Path, columns: Sequence[str], rows: int, dialect: CsvDialect, id_pattern: str | None
+) -> Iterator[tuple[str | None, dict[str, list[str]]]]:
+    """The table's `columns` in chunks of at most `rows` rows (the turbine id `id_pattern` finds in its file's name,
+    or None without one; column -> list of cells): a CSV file, or a folder's CSV files one after the other
+    (`csv_table`, the reader scada-prepare uses for CSV). Every file's name is checked before a file is read."""
     files = table_files(path, CSV_KINDS + PARQUET_KINDS)
     parquet = [f for f in files if f.name.lower().endswith(PARQUET_KINDS)]
     if parquet:  # the edge install carries no Parquet reader (pyarrow)
@@ -102,9 +105,12 @@ def _read_chunks(path: Path, columns: Sequence[str], rows: int, dialect: CsvDial
             f"python -c \"import pandas as pd; pd.read_parquet('{f}').to_csv('{csv_path}', "
             'index=False)"'
         )
-    for f in files:
-        yield from csv_columns(f, columns, rows, "runtime.yaml's mapping (columns, turbine_id_col, time_col; unset, "
-                               "the training table's, which the bundle records)", dialect)  # fmt: skip
+    key = "the turbine-id pattern (mapping.turbine_id_from_file; unset, the training table's)"
+    ids = [file_turbine_id(f, id_pattern, key) for f in files] if id_pattern else [None] * len(files)
+    for f, tid in zip(files, ids):
+        for chunk in csv_columns(f, columns, rows, "runtime.yaml's mapping (columns, turbine_id_col, time_col; unset, "
+                                 "the training table's, which the bundle records)", dialect):  # fmt: skip
+            yield tid, chunk
 
 
 _ISO = re.compile(  # the ISO-8601 forms pandas reads with format="ISO8601" (scada-prepare), after strip(); see _iso_ns
@@ -239,8 +245,11 @@ def _layout(mapping: MappingCfg, training: TableFormat) -> TableFormat:
     problem = dialect_problem(*dialect[:3], "mapping.csv (unset parts: the training table's, the bundle's table_csv)")
     if problem:
         raise InputError(problem)
-    return TableFormat(dict(mapping.columns) or dict(training.columns), mapping.turbine_id_col or
-                       training.turbine_id_col, mapping.time_col or training.time_col, zone, dialect)  # fmt: skip
+    id_col, pattern = training.turbine_id_col, training.turbine_id_from_file  # a column, or the file names
+    if mapping.turbine_id_col is not None or mapping.turbine_id_from_file is not None:  # runtime.yaml sets one
+        id_col, pattern = mapping.turbine_id_col, mapping.turbine_id_from_file
+    return TableFormat(dict(mapping.columns) or dict(training.columns), id_col, mapping.time_col or
+                       training.time_col, zone, dialect, pattern)  # fmt: skip
 
 
 def table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg, training: TableFormat,
@@ -258,11 +267,12 @@ def table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg,
         from zoneinfo import ZoneInfo
 
         tz = ZoneInfo(layout.naive_timezone)
-    cols = [id_col, time_col] + [colmap[c] for c in channels]
+    pattern = layout.turbine_id_from_file
+    cols = ([] if pattern else [id_col]) + [time_col] + [colmap[c] for c in channels]
     forms: dict[str, str] = {}  # each stamp form seen -> an example: one form per table, as scada-prepare demands
     decimal = layout.dialect.decimal
-    for data in _read_chunks(p, cols, rows, layout.dialect):
-        ids = data[id_col]
+    for tid, data in _read_chunks(p, cols, rows, layout.dialect, pattern):
+        ids = data[id_col] if tid is None else [tid] * len(data[time_col])  # a per-turbine file: its name says which
         problems = sorted(filter(None, map(turbine_id_problem, set(ids))))  # the rule scada-prepare applies
         if problems:
             raise InputError(f"{p}: column {id_col!r}: {problems[0]} ({len(problems)} such ids)")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from scada_tcn.runtime.csv_table import dialect_problem
 from scada_tcn.runtime.errors import ConfigError
+from scada_tcn.runtime.ids import id_pattern_problem
 from scada_tcn.runtime.signals import invalid_halflives
 from scada_tcn.runtime.telemetry import zone_problem
 from scada_tcn.runtime.vocab import ScoreAggregator, ScoreKind
@@ -36,6 +37,14 @@ def _check_splits(cfg: RootCfg) -> None:
     zone = zone_problem(cfg.data.identifiers.naive_timezone, "data.identifiers.naive_timezone")
     if zone:
         raise ConfigError(zone)
+    ident = cfg.data.identifiers
+    if (ident.turbine_id_col is None) == (ident.turbine_id_from_file is None):
+        raise ConfigError("data.identifiers: set turbine_id_col (a column of turbine ids) or turbine_id_from_file (a "
+                          "pattern taking the id from each file's name), and the other to null")  # fmt: skip
+    problem = ident.turbine_id_from_file and id_pattern_problem(ident.turbine_id_from_file,
+                                                                "data.identifiers.turbine_id_from_file")  # fmt: skip
+    if problem:
+        raise ConfigError(problem)
     c = cfg.data.csv
     dialect = dialect_problem(c.delimiter, c.decimal, c.skip_lines, "data.csv")
     if dialect:

@@ -55,7 +55,10 @@ class PathsCfg:
 
 @dataclass
 class IdentifiersCfg:
-    turbine_id_col: str = "turbine_id"
+    turbine_id_col: str | None = "turbine_id"  # null with turbine_id_from_file
+    # per-turbine files without an id column: a regular expression searched in each file's name, whose group (or
+    # whole match) is the id of every row of the file, e.g. "Turbine_Data_(Kelmarsh_\\d+)_" (Greenbyte)
+    turbine_id_from_file: str | None = None
     time_col: str = "timestamp"
     naive_timezone: str | None = None  # zone for stamps without a UTC offset; None refuses them
 

@@ -26,6 +26,7 @@ from scada_tcn.runtime.csv_table import (
     table_files,
 )
 from scada_tcn.runtime.errors import InputError
+from scada_tcn.runtime.ids import file_turbine_id
 from scada_tcn.runtime.telemetry import EPOCH_RANGE, MAX_EPOCH_S, in_epoch_range, table_epoch_ns
 from scada_tcn.trainer.config import DataCfg
 
@@ -34,6 +35,7 @@ from scada_tcn.trainer.config import DataCfg
 _OFFSET_RE = r"(?:Z|[T ].*[+-]\d\d?(?::?\d\d?)?)$"
 _CSV_ROWS = 200_000  # rows per chunk of a CSV file
 _MAPPING = "data.identifiers / data.columns"  # the settings that name a table's columns
+_FILE_ID = "\0turbine id from the file name"  # the column a file's id fills (no export names a column so)
 
 
 @dataclass
@@ -153,7 +155,9 @@ def load_raw_table(data: DataCfg) -> RawTable:
     """Read every file of `data.paths.raw_dir`, map columns to channels, parse stamps and values."""
     ident = data.identifiers
     channels = tuple(data.columns)
-    source_cols = [ident.turbine_id_col, ident.time_col] + [data.columns[c] for c in channels]
+    pattern = ident.turbine_id_from_file
+    id_col = _FILE_ID if pattern else ident.turbine_id_col  # with a pattern, the file name's id fills a column
+    source_cols = ([] if pattern else [id_col]) + [ident.time_col] + [data.columns[c] for c in channels]
     if data.rul.enabled:
         source_cols.append(data.rul.column)
     kinds = {"csv": CSV_KINDS, "parquet": PARQUET_KINDS, "auto": CSV_KINDS + PARQUET_KINDS}[data.format]
@@ -162,11 +166,14 @@ def load_raw_table(data: DataCfg) -> RawTable:
     except InputError as e:
         raise InputError(f"data.paths.raw_dir: {e}") from e
     dialect = csv_dialect(data)
+    file_ids = [file_turbine_id(f, pattern, "data.identifiers.turbine_id_from_file") for f in files] if pattern else []
     frames = [_read(f, list(dict.fromkeys(source_cols)), dialect) for f in files]
+    for frame, tid in zip(frames, file_ids):
+        frame[_FILE_ID] = tid
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    ids = df[ident.turbine_id_col]
+    ids = df[id_col]
     if ids.isna().any():
-        raise InputError(f"{int(ids.isna().sum())} rows have no turbine id in column {ident.turbine_id_col!r}")
+        raise InputError(f"{int(ids.isna().sum())} rows have no turbine id in column {id_col!r}")
     ts = parse_timestamps(df[ident.time_col], ident.naive_timezone, f"column {ident.time_col!r}")
     values = np.empty((len(df), len(channels)), dtype=np.float64)
     non_numeric: dict[str, int] = {}

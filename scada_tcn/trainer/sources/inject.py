@@ -23,6 +23,7 @@ import pandas as pd
 from scada_tcn.runtime.cells import parse_numbers
 from scada_tcn.runtime.csv_table import CsvDialect
 from scada_tcn.runtime.errors import InputError
+from scada_tcn.runtime.ids import file_turbine_id
 from scada_tcn.trainer.config import DataCfg
 from scada_tcn.trainer.data.tables import csv_dialect, parse_timestamps
 from scada_tcn.trainer.sources.faults import FAULT_KINDS, inject_fault
@@ -84,7 +85,11 @@ def inject_table(
     dialect = csv_dialect(data)
     df, preamble = _read_all(src, dialect)
     ident = data.identifiers
-    ids = df[ident.turbine_id_col].astype(str)
+    if ident.turbine_id_from_file:  # a per-turbine file: its name says which
+        tid = file_turbine_id(src, ident.turbine_id_from_file, "data.identifiers.turbine_id_from_file")
+        ids = pd.Series(tid, index=df.index)
+    else:
+        ids = df[ident.turbine_id_col].astype(str)
     if turbine not in set(ids):
         raise InputError(f"turbine {turbine!r} not in {src}; turbines: {sorted(set(ids))}")
     rows = np.flatnonzero(ids.to_numpy() == turbine)
