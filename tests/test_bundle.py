@@ -45,7 +45,7 @@ GOLDEN_KEYS = {
     "dims": ["C", "F", "K", "L", "R", "RF"],
     "feature_registry": ["angular_channel_names", "engineered_version", "feature_names", "raw_channel_names"],
     "flag_registry": ["flag_names", "flags_version"],
-    "table_identifiers": ["naive_timezone", "time_col", "turbine_id_col", "turbine_id_from_file"],
+    "table_identifiers": ["naive_timezone", "time_col", "time_format", "turbine_id_col", "turbine_id_from_file"],
     "table_csv": ["decimal", "delimiter", "skip_lines"],
     "heads": ["fault", "fault_multilabel", "forecast", "rul"],
     "scoring": [
@@ -169,6 +169,7 @@ def tiny_manifest() -> dict:
             "time_col": "timestamp",
             "naive_timezone": None,
             "turbine_id_from_file": None,
+            "time_format": None,
         },
         "table_csv": {"delimiter": ",", "decimal": ".", "skip_lines": 0},
         "pipeline_spec": spec.to_dict(),
@@ -392,21 +393,23 @@ def test_table_csv_came_with_schema_10_and_older_bundles_replay_plain_csv(bundle
     v10 = load_bundle(bundle_dir)
     assert v10.table_csv.to_dict() == {"delimiter": ",", "decimal": ".", "skip_lines": 0}
     ids = {"turbine_id_col": None, "time_col": "# Date and time", "naive_timezone": "UTC",
-           "turbine_id_from_file": r"Turbine_Data_(Kelmarsh_\d+)_"}  # fmt: skip
+           "turbine_id_from_file": r"Turbine_Data_(Kelmarsh_\d+)_", "time_format": "%d.%m.%Y %H:%M"}  # fmt: skip
     _edit(bundle_dir, lambda d: d.update(table_identifiers=ids))
     assert load_bundle(bundle_dir).table_format[1:4] + load_bundle(bundle_dir).table_format[5:] == (
-        None, "# Date and time", "UTC", r"Turbine_Data_(Kelmarsh_\d+)_")  # fmt: skip
+        None, "# Date and time", "UTC", r"Turbine_Data_(Kelmarsh_\d+)_", "%d.%m.%Y %H:%M")  # fmt: skip
     for bad, said in (({**ids, "turbine_id_col": "WTG"}, "turbine_id_col: a column name expected (and "
                                                          "turbine_id_from_file null)"),
                       ({**ids, "turbine_id_from_file": None}, "turbine_id_from_file: a regular expression expected"),
                       ({**ids, "turbine_id_from_file": "(a)(b)"}, "has 2 groups; put one around the id"),
-                      ({**ids, "turbine_id_from_file": "(a"}, "is not a regular expression")):  # fmt: skip
+                      ({**ids, "turbine_id_from_file": "(a"}, "is not a regular expression"),
+                      ({**ids, "time_format": "%d.%m.%Y"}, "time_format: '%d.%m.%Y' does not hold the year, month"),
+                      ({**ids, "time_format": 1}, "time_format: a strptime format")):  # fmt: skip
         _edit(bundle_dir, lambda doc, bad=bad: doc.update(table_identifiers=bad))
         assert said in _message(bundle_dir)
-    _edit(bundle_dir, lambda d: d.update(table_identifiers={**ids, "turbine_id_col": "turbine_id",
-                                                            "turbine_id_from_file": None}))  # fmt: skip
+    by_column = {**ids, "turbine_id_col": "turbine_id", "turbine_id_from_file": None, "time_format": None}
+    _edit(bundle_dir, lambda d: d.update(table_identifiers=by_column))
     _edit(bundle_dir, lambda d: (d.pop("table_csv"), d["table_identifiers"].pop("turbine_id_from_file"),
-                                 d.update(schema_version=9)))  # fmt: skip
+                                 d["table_identifiers"].pop("time_format"), d.update(schema_version=9)))  # fmt: skip
     v9 = load_bundle(bundle_dir)
     assert (v9.schema_version, v9.model_id, v9.table_csv) == (9, v10.model_id, None)
     assert v9.table_format.dialect[:3] == (",", ".", 0) and v9.table_format.turbine_id_from_file is None
@@ -414,8 +417,7 @@ def test_table_csv_came_with_schema_10_and_older_bundles_replay_plain_csv(bundle
     assert v9.to_dict() == json.loads((bundle_dir / "bundle.json").read_text())
     _edit(bundle_dir, lambda d: d.update(table_csv={"delimiter": ";", "decimal": ".", "skip_lines": 0}))
     assert "unknown key 'table_csv'" in _message(bundle_dir)
-    _edit(bundle_dir, lambda d: (d.update(schema_version=10, table_csv=None),
-                                 d["table_identifiers"].update(turbine_id_from_file=None)))  # fmt: skip
+    _edit(bundle_dir, lambda d: d.update(schema_version=10, table_csv=None, table_identifiers=by_column))
     assert "table_csv: null; a bundle of this version says how the training table's CSV" in _message(bundle_dir)
     good = {"delimiter": ";", "decimal": ",", "skip_lines": 9}
     _edit(bundle_dir, lambda d: d.update(table_csv=good))

@@ -448,3 +448,51 @@ def test_the_turbine_id_comes_from_one_place(tmp_path):
         daemon_config_from_dict({"mapping": {"turbine_id_col": "a", "turbine_id_from_file": "b"}})
     with pytest.raises(ConfigError, match=r"mapping.turbine_id_from_file: '\[' is not a regular expression"):
         daemon_config_from_dict({"mapping": {"turbine_id_from_file": "["}})
+
+
+def test_day_first_stamps_read_with_a_time_format_as_the_epoch_table(tmp_path):
+    """Day-first exports (`09.08.2017 10:10`, `09/08/2017`) were refused by both readers ("export ISO-8601"):
+    a month and a day cannot be told apart without being told. data.identifiers.time_format (the bundle's, or
+    runtime.yaml's mapping.time_format, for replay) reads every stamp by one strptime format, local times in
+    the naive zone as before: the same instants as the epoch stamps, by one function in both readers. A stamp of
+    another form, and an hour that a DST change repeats, are refused by both naming the key."""
+    rows = _rows()
+    plain = _both(_write(tmp_path / "epoch.csv", [HEADER, *rows]))
+
+    def table(name: str, fmt: str, zone: str | None) -> Path:
+        def stamp(cells: list[str]) -> str:
+            t = pd.Timestamp(int(cells[1]), unit="s", tz="UTC")
+            return (t if zone is None else t.tz_convert(zone)).strftime(fmt)
+
+        return _write(tmp_path / name, [HEADER, *(",".join([c[0], stamp(c), *c[2:]]) for c in
+                                                    (r.split(",") for r in rows))])  # fmt: skip
+
+    for name, fmt, zone in (("paris.csv", "%d.%m.%Y %H:%M", "Europe/Paris"), ("utc.csv", "%d/%m/%Y %H:%M:%S", "UTC"),
+                            ("offset.csv", "%d/%m/%Y %H:%M%z", None)):  # fmt: skip
+        path = table(name, fmt, zone or "Europe/Paris")
+        assert "+0100" in path.read_text() if zone is None else True
+        ident = [f"data.identifiers.time_format='{fmt}'", f"data.identifiers.naive_timezone={zone or 'null'}"]
+        t = load_raw_table(load_config(CONFIG, [f"data.paths.raw_dir={path}", *ident]).data)
+        ((ids, ts, values, _),) = table_chunks(path, CHANNELS, MappingCfg(), TABLE._replace(
+            naive_timezone=zone, time_format=fmt), 100)  # fmt: skip
+        assert t.ts_ns.tolist() == ts.tolist() == plain[1].tolist(), name
+        np.testing.assert_array_equal(values, plain[2])
+    path = table("paris.csv", "%d.%m.%Y %H:%M", "Europe/Paris")
+    text = path.read_text().replace("01.01.2024 01:10", "2024-01-01T00:10:00Z")
+    path.write_text(text)
+    fmt = ["data.identifiers.time_format='%d.%m.%Y %H:%M'", "data.identifiers.naive_timezone=Europe/Paris"]
+    with pytest.raises(InputError, match=r"2 bad timestamps.*'2024-01-01T00:10:00Z'.*written as '%d\.%m\.%Y "
+                                         r"%H:%M' \(data\.identifiers\.time_format\)"):  # fmt: skip
+        load_raw_table(load_config(CONFIG, [f"data.paths.raw_dir={path}", *fmt]).data)
+    layout = TABLE._replace(naive_timezone="Europe/Paris", time_format="%d.%m.%Y %H:%M")
+    with pytest.raises(InputError, match=r"'2024-01-01T00:10:00Z'.*\(mapping\.time_format\)"):
+        list(table_chunks(path, CHANNELS, MappingCfg(), layout, 100))
+    dst = _write(tmp_path / "dst.csv", [HEADER, rows[0].replace("1704067200", "29.10.2017 02:30")])
+    with pytest.raises(InputError, match=r"ambiguous_local_time.*DST change in Europe/Paris.*data\.identifiers"):
+        load_raw_table(load_config(CONFIG, [f"data.paths.raw_dir={dst}", *fmt]).data)
+    with pytest.raises(InputError, match=r"ambiguous_local_time.*DST change in Europe/Paris.*mapping\.naive"):
+        list(table_chunks(dst, CHANNELS, MappingCfg(), layout, 100))
+    with pytest.raises(ConfigError, match="data.identifiers.time_format: '%d.%m.%Y' does not hold the year"):
+        load_config(CONFIG, ["data.identifiers.time_format='%d.%m.%Y'"])
+    with pytest.raises(ConfigError, match="mapping.time_format: a strptime format"):
+        daemon_config_from_dict({"mapping": {"time_format": "dd.mm.yyyy"}})

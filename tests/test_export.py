@@ -89,7 +89,7 @@ def test_export_with_checkpoint_path_only(exported, tiny_run):
     assert bundle.dims.L == 24 and bundle.dims.K == 3 and bundle.dims.RF == 13
     assert bundle.clean_outputs == ("Y_hat", "fault_prob")
     ids = dataclasses.asdict(exported[2].data.identifiers)  # the training table's layout, replay's defaults
-    assert bundle.table_identifiers.to_dict() == ids and ids["turbine_id_from_file"] is None
+    assert bundle.table_identifiers.to_dict() == ids and ids["turbine_id_from_file"] is ids["time_format"] is None
     assert bundle.table_format[1:4] == (ids["turbine_id_col"], ids["time_col"], ids["naive_timezone"])
     assert bundle.table_csv.to_dict() == dataclasses.asdict(exported[2].data.csv) == {"delimiter": ",", "decimal": ".",
                                                                                        "skip_lines": 0}  # fmt: skip

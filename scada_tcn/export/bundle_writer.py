@@ -156,7 +156,7 @@ def export_bundle(
         flag_registry=FlagRegistry.from_dict(ckpt["flag_registry"]),
         column_mapping=dict(cfg.data.columns),
         table_identifiers=TableIdentifiers(
-            ids.turbine_id_col, ids.time_col, ids.naive_timezone, ids.turbine_id_from_file
+            ids.turbine_id_col, ids.time_col, ids.naive_timezone, ids.turbine_id_from_file, ids.time_format
         ),
         table_csv=TableCsv(cfg.data.csv.delimiter, cfg.data.csv.decimal, cfg.data.csv.skip_lines),
         spec=PipelineSpec.from_dict(ckpt["pipeline_spec"]),

@@ -25,10 +25,10 @@ A bundle is a directory of three files:
                    the convolutions' past taps instead of their rings and no step index; 6 -> 7: step.onnx
                    takes the sum of the fault head's ring, h_sum, instead of the ring; 7 -> 8:
                    table_identifiers; 8 -> 9: signals.group_halflife; 9 -> 10: table_csv,
-                   table_identifiers.turbine_id_from_file). Versions 7 to 9 are read too: the graphs are the
-                   same; 7 has no table_identifiers (`Bundle.table_identifiers` None), 7 and 8 no group
-                   half-lives (read as none), 7 to 9 no table_csv (plain CSV: `Bundle.table_csv` None) and
-                   no turbine_id_from_file (ids from a column)
+                   table_identifiers.turbine_id_from_file and time_format). Versions 7 to 9 are read too: the
+                   graphs are the same; 7 has no table_identifiers (`Bundle.table_identifiers` None), 7 and 8
+                   no group half-lives (read as none), 7 to 9 no table_csv (plain CSV: `Bundle.table_csv`
+                   None), no turbine_id_from_file (ids from a column) and no time_format
   model_id         sha256 hex of "scada-tcn-bundle/7" (the graphs' contract, unchanged by versions 8 to 10), the
                    sha256 of each graph (in file-name order) and the canonical JSON of the feature and flag
                    registries (`compute_model_id`)
@@ -40,7 +40,8 @@ A bundle is a directory of three files:
   table_identifiers `TableIdentifiers`: the training table's turbine-id and time columns and the zone of its
                    naive stamps (data.identifiers; replay's defaults, so that a table in the training format
                    replays with no mapping); from version 10 also turbine_id_from_file, the pattern that takes
-                   the id from each file's name when turbine_id_col is null
+                   the id from each file's name when turbine_id_col is null, and time_format, the strptime
+                   format of its stamps (null: ISO-8601 or epoch seconds)
   table_csv        `TableCsv`: how the training table's CSV was written (data.csv: delimiter, decimal mark,
                    lines before the header; replay's defaults)
   pipeline_spec    `scada_tcn.runtime.spec.PipelineSpec`: binning, QC, winsor caps, features, flags
@@ -109,7 +110,7 @@ from scada_tcn.runtime.registry import FeatureRegistry, FlagRegistry
 from scada_tcn.runtime.scaling import RobustScaler
 from scada_tcn.runtime.signals import SignalParams
 from scada_tcn.runtime.spec import PipelineSpec
-from scada_tcn.runtime.telemetry import zone_problem
+from scada_tcn.runtime.telemetry import time_format_problem, zone_problem
 from scada_tcn.runtime.vocab import ScoreAggregation, ScoreKind, ScoreMasks, parse
 
 __all__ = [
@@ -399,13 +400,16 @@ class TableIdentifiers:
     time_col: str
     naive_timezone: str | None
     turbine_id_from_file: str | None = None  # data.identifiers.turbine_id_from_file (schema 10)
+    time_format: str | None = None  # data.identifiers.time_format (schema 10)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: Any, version: int = SCHEMA_VERSION) -> TableIdentifiers:
-        names = ("turbine_id_col", "time_col", "naive_timezone") + (("turbine_id_from_file",) if version >= 10 else ())
+        names = ("turbine_id_col", "time_col", "naive_timezone") + (
+            ("turbine_id_from_file", "time_format") if version >= 10 else ()
+        )
         _Section(d, names, "table_identifiers")
         pattern = d.get("turbine_id_from_file")
         id_col, time_col = d["turbine_id_col"], d["time_col"]
@@ -424,7 +428,11 @@ class TableIdentifiers:
         problem = zone_problem(zone, "table_identifiers.naive_timezone") if isinstance(zone, str) else None
         if (zone is not None and not isinstance(zone, str)) or problem:
             raise _fail(problem or f"table_identifiers.naive_timezone: a zone name or null expected, got {zone!r}")
-        return cls(id_col, time_col, zone, pattern)
+        fmt = d.get("time_format")
+        problem = time_format_problem(fmt, "table_identifiers.time_format")
+        if problem:
+            raise _fail(problem)
+        return cls(id_col, time_col, zone, pattern, fmt)
 
 
 # what a bundle of schema 7 (no table_identifiers) leaves replay to assume: runtime.yaml's old defaults
@@ -462,6 +470,7 @@ class TableFormat(NamedTuple):
     naive_timezone: str | None
     dialect: CsvDialect = CsvDialect()
     turbine_id_from_file: str | None = None
+    time_format: str | None = None  # a strptime format of the stamps; None: ISO-8601 or epoch seconds
 
 
 @dataclass(frozen=True)
@@ -734,7 +743,8 @@ class Bundle(BundleContents):
         c = self.table_csv
         dialect = CsvDialect() if c is None else CsvDialect(c.delimiter, c.decimal, c.skip_lines)
         return TableFormat(dict(self.column_mapping), ids.turbine_id_col, ids.time_col, ids.naive_timezone,
-                           dialect._replace(settings="mapping.csv"), ids.turbine_id_from_file)  # fmt: skip
+                           dialect._replace(settings="mapping.csv"), ids.turbine_id_from_file,
+                           ids.time_format)  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         """The whole bundle.json document, keys in the documented order (of its schema version)."""
@@ -743,9 +753,8 @@ class Bundle(BundleContents):
         if self.schema_version < 9 and doc["signals"] is not None:  # written before group half-lives (none)
             doc["signals"] = {k: v for k, v in doc["signals"].items() if k != "group_halflife"}
         if self.schema_version < 10 and doc["table_identifiers"] is not None:  # before ids from file names (none)
-            doc["table_identifiers"] = {
-                k: v for k, v in doc["table_identifiers"].items() if k != "turbine_id_from_file"
-            }
+            old = ("turbine_id_from_file", "time_format")
+            doc["table_identifiers"] = {k: v for k, v in doc["table_identifiers"].items() if k not in old}
         return {k: doc[k] for k in top_keys(self.schema_version)}
 
 

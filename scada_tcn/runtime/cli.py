@@ -42,7 +42,8 @@ Example:
 
   scada-runtime replay --bundle bundle/ --input data/synth/scada.csv --out scores.jsonl
 
-A table in the training format needs no mapping; otherwise give --config with a `mapping` section. Rows may
+A table in the training format (its columns, id and time columns, time format, zone, CSV separator and decimal
+mark: the bundle records them) needs no mapping; otherwise give --config with a `mapping` section. Rows may
 come in any order (by time, by turbine, per-turbine exports concatenated): they are scored in time order, as
 offline. The parsed table waits in a temporary file next to --out (8 bytes per channel and row) until then.
 """

@@ -31,7 +31,7 @@ import yaml
 from scada_tcn.runtime.csv_table import dialect_problem
 from scada_tcn.runtime.errors import ConfigError
 from scada_tcn.runtime.ids import id_pattern_problem
-from scada_tcn.runtime.telemetry import turbine_topics, zone_problem
+from scada_tcn.runtime.telemetry import time_format_problem, turbine_topics, zone_problem
 
 ENV_PREFIX = "SCADA_RT_"
 
@@ -196,6 +196,11 @@ class MappingCfg:
         None,
         "replay: column of the timestamp (ISO-8601 with offset, or epoch seconds); null = the training table's",
     )
+    time_format: str | None = _f(
+        None,
+        "replay: strptime format of the stamps, e.g. '%d.%m.%Y %H:%M' for day-first exports; null = the training "
+        "table's (none there: ISO-8601 or epoch seconds)",
+    )
     naive_timezone: str | None = _f(
         None,
         "replay: IANA zone of stamps without offset (times a DST change repeats or skips are refused); null = the "
@@ -293,6 +298,7 @@ def _problems(c: RuntimeConfig) -> list[str]:
     m = c.mapping
     if m.turbine_id_col is not None and m.turbine_id_from_file is not None:
         p.append("mapping: set turbine_id_col or turbine_id_from_file, not both")
+    p += [z for z in [time_format_problem(m.time_format, "mapping.time_format")] if z]
     if m.turbine_id_from_file is not None:
         p += [z for z in [id_pattern_problem(m.turbine_id_from_file, "mapping.turbine_id_from_file")] if z]
     d = c.mapping.csv  # each part set here (replay checks the whole, with the training table's parts)

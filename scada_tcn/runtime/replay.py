@@ -5,11 +5,12 @@ Contract
 * Input: a CSV file, plain or gzipped (`.gz`), or a folder of them (per-turbine exports), read by
   `csv_table.csv_columns` as scada-prepare reads CSV (a Parquet file is refused with the command that converts
   it, since the edge install carries no Parquet reader), with one row per turbine and timestamp, in the training
-  table's format. Columns map to the bundle's channels through runtime.yaml's `mapping`
-  section (`columns`, `turbine_id_col`, `time_col`, `naive_timezone`, and `csv`: delimiter, decimal mark, lines
-  before the header); each one it leaves unset is the training table's (`Bundle.table_format`: the column
-  mapping, data.identifiers and data.csv that scada-export recorded), so a table in the training format replays
-  with no mapping given. Stamps: ISO-8601 with a UTC offset, or epoch seconds;
+  table's format. Columns map to the bundle's channels through runtime.yaml's `mapping` section (`columns`,
+  `turbine_id_col` or `turbine_id_from_file`, `time_col`, `time_format`, `naive_timezone`, and `csv`: delimiter,
+  decimal mark, lines before the header); each one it leaves unset is the training table's
+  (`Bundle.table_format`: the column mapping, data.identifiers and data.csv that scada-export recorded), so a
+  table in the training format replays with no mapping given. Stamps: ISO-8601 with a UTC offset, or epoch
+  seconds, or all in the strptime format `time_format` (`formatted_stamps_ns`, scada-prepare's reading too);
   naive stamps need a zone. Value cells are read by `cells.parse_numbers`,
   as scada-prepare reads them: non-numeric cells and +-inf become missing (non-numeric ones counted per channel).
 * The table is parsed in chunks of `CHUNK_ROWS` rows, then fed to the same `Engine` as `run` in time order,
@@ -199,11 +200,37 @@ def _one_form(forms: dict[str, str], where: str) -> None:
                          "UTC offset, epoch seconds, or local times with mapping.naive_timezone")  # fmt: skip
 
 
-def _stamps(cells: list[str], tz: Any, forms: dict[str, str], where: str, zone: str | None) -> np.ndarray:
+def _formatted(cell: str, fmt: str, tz: Any) -> tuple[int | str, str]:
+    """A stamp cell written in the strptime format `fmt` -> (ns UTC, or the reason it is refused; "format"): with
+    an offset (%z) as it says, else a local time in `tz` (refused without one), as `_timestamp` reads one."""
+    try:
+        t = datetime.strptime(cell.strip(), fmt)
+    except ValueError:
+        return "bad_timestamp", "format"
+    if t.tzinfo is not None:
+        return _in_range(parse_timestamp_ns(t.isoformat())), "format"
+    return ("naive_timestamp" if tz is None else _local_ns(t, tz)), "format"
+
+
+def formatted_stamps_ns(cells: Sequence[str], fmt: str, zone: str | None, where: str, keys: str) -> np.ndarray:
+    """Stamp cells written in the strptime format `fmt` (a table's time_format), local times in `zone` unless the
+    format has %z -> int64 ns UTC: the one reading of such stamps, scada-prepare's and replay's. Refused as
+    `_stamps` refuses (`keys`: the section of the settings to name, "data.identifiers" or "mapping")."""
+    from zoneinfo import ZoneInfo
+
+    return _stamps(list(cells), None if zone is None else ZoneInfo(zone), {}, where, zone, fmt, keys)
+
+
+def _stamps(cells: list[str], tz: Any, forms: dict[str, str], where: str, zone: str | None, fmt: str | None = None,
+            keys: str = "mapping") -> np.ndarray:  # fmt: skip
     """A chunk's stamp cells -> int64 ns UTC. Refused (InputError): an unparseable stamp, a local time that a DST
     change repeats or skips, and a second stamp form in one table (`forms`: each form seen so far -> an example,
     kept across chunks; scada-prepare demands one form per table too). A chunk of epoch seconds is parsed in one
-    vectorised pass (the same numbers as cell by cell: `parse_numbers`, `epoch_ns`)."""
+    vectorised pass (the same numbers as cell by cell: `parse_numbers`, `epoch_ns`). With a strptime format
+    `fmt` every stamp is read by it (`_formatted`), and only by it."""
+    if fmt is not None:
+        read = {c: _formatted(c, fmt, tz) for c in dict.fromkeys(cells)}  # each distinct stamp once
+        return _checked(cells, [read[c] for c in cells], where, zone, fmt, keys)
     if cells and is_number(cells[0]):
         secs, not_numbers = parse_numbers(cells)
         ns = None if not_numbers else epoch_ns(secs)  # None too for an empty, infinite or out-of-range stamp
@@ -216,12 +243,21 @@ def _stamps(cells: list[str], tz: Any, forms: dict[str, str], where: str, zone: 
     for form in {f for t, f in parsed if not isinstance(t, str)} - forms.keys():  # forms of the stamps read
         forms[form] = next(c for (t, f), c in zip(parsed, cells) if f == form and not isinstance(t, str))
     _one_form(forms, where)
+    return _checked(cells, parsed, where, zone, fmt, keys)
+
+
+def _checked(cells: list[str], parsed: list[tuple[int | str, str]], where: str, zone: str | None, fmt: str | None,
+             keys: str) -> np.ndarray:  # fmt: skip
+    """The parsed stamps as int64 ns, or an InputError naming the refused ones, their reasons and the fix."""
     bad = [(t, c) for (t, _), c in zip(parsed, cells) if isinstance(t, str)]
     if bad:
         kinds = sorted({t for t, _ in bad})
         if {"ambiguous_local_time", "nonexistent_local_time"} & set(kinds):
             fix = (f"local times that a DST change in {zone} repeats or skips: export the stamps with a UTC offset, "
-                   "or in UTC with mapping.naive_timezone: UTC")  # fmt: skip
+                   f"or in UTC with {keys}.naive_timezone: UTC")  # fmt: skip
+        elif fmt is not None:
+            fix = (f"expected every stamp written as {fmt!r} ({keys}.time_format)" + (f", local times with "
+                   f"{keys}.naive_timezone" if "naive_timestamp" in kinds else ""))  # fmt: skip
         elif kinds == ["out_of_range"]:
             fix = EPOCH_RANGE + (EPOCH_MS if all(is_number(c) for _, c in bad[:3]) else "")
         elif kinds == ["epoch_before_1990"]:
@@ -248,8 +284,9 @@ def _layout(mapping: MappingCfg, training: TableFormat) -> TableFormat:
     id_col, pattern = training.turbine_id_col, training.turbine_id_from_file  # a column, or the file names
     if mapping.turbine_id_col is not None or mapping.turbine_id_from_file is not None:  # runtime.yaml sets one
         id_col, pattern = mapping.turbine_id_col, mapping.turbine_id_from_file
+    fmt = training.time_format if mapping.time_format is None else mapping.time_format
     return TableFormat(dict(mapping.columns) or dict(training.columns), id_col, mapping.time_col or
-                       training.time_col, zone, dialect, pattern)  # fmt: skip
+                       training.time_col, zone, dialect, pattern, fmt)  # fmt: skip
 
 
 def table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg, training: TableFormat,
@@ -276,7 +313,7 @@ def table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg,
         problems = sorted(filter(None, map(turbine_id_problem, set(ids))))  # the rule scada-prepare applies
         if problems:
             raise InputError(f"{p}: column {id_col!r}: {problems[0]} ({len(problems)} such ids)")
-        ts = _stamps(data[time_col], tz, forms, f"{p}: column {time_col!r}", layout.naive_timezone)
+        ts = _stamps(data[time_col], tz, forms, f"{p}: column {time_col!r}", layout.naive_timezone, layout.time_format)
         values = np.empty((len(ids), len(channels)))
         text: dict[str, Text] = {}
         for j, c in enumerate(channels):

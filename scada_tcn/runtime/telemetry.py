@@ -35,7 +35,7 @@ import json
 import math
 import re
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -110,6 +110,27 @@ def zone_problem(name: str | None, key: str) -> str | None:
         if not available_timezones():
             return f"{key}: this machine has no time zone database to read {name!r}: pip install tzdata"
         return f"{key}: unknown time zone {name!r}; give an IANA name such as Europe/Paris or UTC"
+    return None
+
+
+_FORMAT_PROBE = datetime(2017, 8, 9, 13, 20)  # every field distinct and non-zero but the seconds
+
+
+def time_format_problem(fmt: str | None, key: str) -> str | None:
+    """Why `fmt` (the setting `key`), a strptime format of a table's stamps, cannot be used, or None (None: no
+    format, the stamps are ISO-8601 or epoch seconds). It must read back a stamp it writes to the minute."""
+    if fmt is None:
+        return None
+    if not isinstance(fmt, str) or "%" not in fmt:
+        return f"{key}: a strptime format such as '%d.%m.%Y %H:%M' expected, got {fmt!r}"
+    probe = _FORMAT_PROBE.replace(tzinfo=timezone(timedelta(hours=2))) if "%z" in fmt else _FORMAT_PROBE
+    try:
+        back = datetime.strptime(probe.strftime(fmt), fmt)
+    except ValueError as e:
+        return f"{key}: {fmt!r} cannot read the stamps it writes ({e})"
+    if back != probe:
+        return (f"{key}: {fmt!r} does not hold the year, month, day, hour and minute (it reads "
+                f"{_FORMAT_PROBE:%Y-%m-%d %H:%M} back as {back:%Y-%m-%d %H:%M})")  # fmt: skip
     return None
 
 

@@ -10,7 +10,7 @@ from scada_tcn.runtime.csv_table import dialect_problem
 from scada_tcn.runtime.errors import ConfigError
 from scada_tcn.runtime.ids import id_pattern_problem
 from scada_tcn.runtime.signals import invalid_halflives
-from scada_tcn.runtime.telemetry import zone_problem
+from scada_tcn.runtime.telemetry import time_format_problem, zone_problem
 from scada_tcn.runtime.vocab import ScoreAggregator, ScoreKind
 from scada_tcn.trainer.config.choices import FlagSourceType, ReceptiveFieldRule
 from scada_tcn.trainer.config.derive import spec_from_config, stuck_feature
@@ -38,6 +38,9 @@ def _check_splits(cfg: RootCfg) -> None:
     if zone:
         raise ConfigError(zone)
     ident = cfg.data.identifiers
+    problem = time_format_problem(ident.time_format, "data.identifiers.time_format")
+    if problem:
+        raise ConfigError(problem)
     if (ident.turbine_id_col is None) == (ident.turbine_id_from_file is None):
         raise ConfigError("data.identifiers: set turbine_id_col (a column of turbine ids) or turbine_id_from_file (a "
                           "pattern taking the id from each file's name), and the other to null")  # fmt: skip

@@ -27,6 +27,7 @@ from scada_tcn.runtime.csv_table import (
 )
 from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.ids import file_turbine_id
+from scada_tcn.runtime.replay import formatted_stamps_ns
 from scada_tcn.runtime.telemetry import EPOCH_RANGE, MAX_EPOCH_S, in_epoch_range, table_epoch_ns
 from scada_tcn.trainer.config import DataCfg
 
@@ -93,9 +94,15 @@ def _checked_ns(parsed: pd.Series, s: pd.Series, where: str) -> np.ndarray:
     return ns
 
 
-def parse_timestamps(col: pd.Series, naive_timezone: str | None, where: str) -> np.ndarray:
+def parse_timestamps(col: pd.Series, naive_timezone: str | None, where: str, time_format: str | None = None
+                     ) -> np.ndarray:  # fmt: skip
     """ISO-8601 strings (with offsets) or epoch seconds (numbers, or text cells that are all numbers, as replay and
-    the daemon read them) -> int64 ns UTC. Refuses mixed, unparseable or out-of-range stamps."""
+    the daemon read them) -> int64 ns UTC; with `time_format` (a strptime format) every stamp read by it, by the
+    reading replay applies (`runtime.replay.formatted_stamps_ns`). Refuses mixed, unparseable or out-of-range
+    stamps."""
+    if time_format is not None:
+        cells = col.fillna("").astype(str).tolist()
+        return formatted_stamps_ns(cells, time_format, naive_timezone, where, "data.identifiers")
     if pd.api.types.is_numeric_dtype(col):
         return table_epoch_ns(col.to_numpy(dtype=np.float64, na_value=np.nan), where)
     if isinstance(col.dtype, pd.DatetimeTZDtype):
@@ -174,7 +181,7 @@ def load_raw_table(data: DataCfg) -> RawTable:
     ids = df[id_col]
     if ids.isna().any():
         raise InputError(f"{int(ids.isna().sum())} rows have no turbine id in column {id_col!r}")
-    ts = parse_timestamps(df[ident.time_col], ident.naive_timezone, f"column {ident.time_col!r}")
+    ts = parse_timestamps(df[ident.time_col], ident.naive_timezone, f"column {ident.time_col!r}", ident.time_format)
     values = np.empty((len(df), len(channels)), dtype=np.float64)
     non_numeric: dict[str, int] = {}
     for j, c in enumerate(channels):

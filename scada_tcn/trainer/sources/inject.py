@@ -97,7 +97,8 @@ def inject_table(
     part = pd.DataFrame(
         {ch: _numbers(df[col].iloc[rows], dialect.decimal) for col, ch in canon.items()}, index=df.index[rows]
     )
-    ts = parse_timestamps(df[ident.time_col].iloc[rows], ident.naive_timezone, f"column {ident.time_col!r}")
+    ts = parse_timestamps(df[ident.time_col].iloc[rows], ident.naive_timezone, f"column {ident.time_col!r}",
+                          ident.time_format)  # fmt: skip
     part["timestamp"] = pd.to_datetime(ts, utc=True)
     rng_start = pd.Timestamp(start or data.splits.test_range[0]).tz_convert("UTC")
     rng_end = pd.Timestamp(end or data.splits.test_range[1]).tz_convert("UTC")
