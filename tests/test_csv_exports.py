@@ -496,3 +496,6 @@ def test_day_first_stamps_read_with_a_time_format_as_the_epoch_table(tmp_path):
         load_config(CONFIG, ["data.identifiers.time_format='%d.%m.%Y'"])
     with pytest.raises(ConfigError, match="mapping.time_format: a strptime format"):
         daemon_config_from_dict({"mapping": {"time_format": "dd.mm.yyyy"}})
+    iso = daemon_config_from_dict({"mapping": {"time_format": "ISO8601"}}).mapping  # back to the default reading
+    ((_, ts, _, _),) = table_chunks(tmp_path / "epoch.csv", CHANNELS, iso, layout, 100)
+    assert ts.tolist() == plain[1].tolist()

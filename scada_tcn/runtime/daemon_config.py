@@ -34,6 +34,7 @@ from scada_tcn.runtime.ids import id_pattern_problem
 from scada_tcn.runtime.telemetry import time_format_problem, turbine_topics, zone_problem
 
 ENV_PREFIX = "SCADA_RT_"
+ISO_STAMPS = "ISO8601"  # mapping.time_format: ISO-8601 or epoch seconds, whatever the training table's
 
 
 def _f(default: Any, doc: str) -> Any:
@@ -198,8 +199,8 @@ class MappingCfg:
     )
     time_format: str | None = _f(
         None,
-        "replay: strptime format of the stamps, e.g. '%d.%m.%Y %H:%M' for day-first exports; null = the training "
-        "table's (none there: ISO-8601 or epoch seconds)",
+        "replay: strptime format of the stamps, e.g. '%d.%m.%Y %H:%M' for day-first exports; ISO8601 = ISO-8601 or "
+        "epoch seconds, whatever the training table's; null = the training table's (none there: ISO8601)",
     )
     naive_timezone: str | None = _f(
         None,
@@ -298,7 +299,8 @@ def _problems(c: RuntimeConfig) -> list[str]:
     m = c.mapping
     if m.turbine_id_col is not None and m.turbine_id_from_file is not None:
         p.append("mapping: set turbine_id_col or turbine_id_from_file, not both")
-    p += [z for z in [time_format_problem(m.time_format, "mapping.time_format")] if z]
+    if m.time_format != ISO_STAMPS:
+        p += [z for z in [time_format_problem(m.time_format, "mapping.time_format")] if z]
     if m.turbine_id_from_file is not None:
         p += [z for z in [id_pattern_problem(m.turbine_id_from_file, "mapping.turbine_id_from_file")] if z]
     d = c.mapping.csv  # each part set here (replay checks the whole, with the training table's parts)

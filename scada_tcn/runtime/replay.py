@@ -56,7 +56,7 @@ import numpy as np
 from scada_tcn.runtime.bundle import TableFormat
 from scada_tcn.runtime.cells import first_text, is_number, no_numbers, parse_numbers
 from scada_tcn.runtime.csv_table import CSV_KINDS, PARQUET_KINDS, CsvDialect, csv_columns, dialect_problem, table_files
-from scada_tcn.runtime.daemon_config import MappingCfg
+from scada_tcn.runtime.daemon_config import ISO_STAMPS, MappingCfg
 from scada_tcn.runtime.engine import Engine
 from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.ids import file_turbine_id, turbine_id_problem
@@ -285,6 +285,7 @@ def _layout(mapping: MappingCfg, training: TableFormat) -> TableFormat:
     if mapping.turbine_id_col is not None or mapping.turbine_id_from_file is not None:  # runtime.yaml sets one
         id_col, pattern = mapping.turbine_id_col, mapping.turbine_id_from_file
     fmt = training.time_format if mapping.time_format is None else mapping.time_format
+    fmt = None if fmt == ISO_STAMPS else fmt  # runtime.yaml asks for ISO-8601 or epoch seconds
     return TableFormat(dict(mapping.columns) or dict(training.columns), id_col, mapping.time_col or
                        training.time_col, zone, dialect, pattern, fmt)  # fmt: skip
 
