@@ -95,6 +95,10 @@ def test_outputs_have_the_contract_shapes(prepared):
     spec = PipelineSpec.from_dict(json.loads((out / "pipeline_spec.json").read_text()))
     feat, flags = load_registry(out / "registries")
     assert list(feat.feature_names) == list(spec.feature_names) == summary["feature_names"]
+    assert summary["read"] == (
+        "1 file; CSV separated by ',', decimal mark '.'; turbine ids from column 'turbine_id'; "
+        "stamps in column 'timestamp', ISO-8601 or epoch seconds"
+    )
     assert list(flags.flag_names) == list(cfg.flags.flag_names)
     F, R = summary["F"], summary["R"]
     for tid in ("WT01", "WT02"):

@@ -57,6 +57,23 @@ def csv_dialect(data: DataCfg) -> CsvDialect:
     return CsvDialect(data.csv.delimiter, data.csv.decimal, data.csv.skip_lines, "data.csv")
 
 
+def how_read(data: DataCfg, files: list[str]) -> str:
+    """One line saying how the table's files were read (for the prepare summary): what a user checks first when
+    the counts look wrong."""
+    ident, c = data.identifiers, data.csv
+    csvs = sum(not f.lower().endswith(PARQUET_KINDS) for f in files)
+    parts = [f"{len(files)} file{'s' * (len(files) != 1)}"]
+    if csvs:
+        parts.append(f"CSV separated by {c.delimiter!r}, decimal mark {c.decimal!r}"
+                     + (f", {c.skip_lines} lines skipped before the header" if c.skip_lines else ""))  # fmt: skip
+    parts.append(f"turbine ids from column {ident.turbine_id_col!r}" if ident.turbine_id_col is not None
+                 else f"turbine ids from the file names by '{ident.turbine_id_from_file}'")  # fmt: skip
+    stamps = "ISO-8601 or epoch seconds" if ident.time_format is None else f"written as {ident.time_format!r}"
+    zone = f", naive ones in {ident.naive_timezone}" if ident.naive_timezone else ""
+    parts.append(f"stamps in column {ident.time_col!r}, {stamps}{zone}")
+    return "; ".join(parts)
+
+
 def _read(path: Path, columns: list[str], dialect: CsvDialect) -> pd.DataFrame:
     """`columns` of one file: Parquet through pandas, CSV through the reader replay uses (`runtime.csv_table`: the
     same rows and cells, the same refusals), text cells with empty ones missing."""
