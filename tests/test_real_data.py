@@ -75,3 +75,49 @@ def test_replay_of_la_haute_borne_as_published(lhb_bundle, tmp_path):
     mine = [d for d in gap if d["turbine"] == "R80711"]
     assert len(mine) == 3168 and all(d["status"] == "insufficient_data" and "score" not in d for d in mine)
     assert all(d["status"] == "ok" and d["score"] is not None for d in gap if d["turbine"] != "R80711")
+
+
+def test_la_haute_borne_as_per_turbine_semicolon_day_first_files_reads_as_published(tmp_path):
+    """The published file rewritten as a farm's own export might be: one gzipped file per turbine named after it (no
+    id column), ';'-separated with decimal commas, lines before the header, day-first UTC stamps. Read with the
+    settings that say so (data.csv, identifiers.turbine_id_from_file, identifiers.time_format) by scada-prepare's
+    reader, and by replay's with the layout a bundle records: the published file's rows, stamps and values."""
+    path = shared_data_or_skip(*LHB_FILE)
+    import gzip
+    import re
+
+    from scada_tcn.runtime.bundle import TableFormat
+    from scada_tcn.runtime.csv_table import CsvDialect
+    from scada_tcn.runtime.daemon_config import MappingCfg
+    from scada_tcn.runtime.replay import table_chunks
+    from scada_tcn.trainer.data.tables import load_raw_table
+
+    cfg = load_config(CONFIG, ["data=la_haute_borne"]).data
+    df = pd.read_csv(path, dtype=str, keep_default_na=False, usecols=["Wind_turbine_name", "Date_time",
+                                                                      *cfg.columns.values()])  # fmt: skip
+    df["Date_time"] = pd.to_datetime(df["Date_time"], utc=True).dt.strftime("%d/%m/%Y %H:%M")
+    point = re.compile(r"[-+]?\d*\.\d+")
+    (tmp_path / "farm").mkdir()
+    for tid, part in df.groupby("Wind_turbine_name"):
+        part = part.drop(columns="Wind_turbine_name")
+        with gzip.open(tmp_path / "farm" / f"LHB_{tid}_2017.csv.gz", "wt") as fh:
+            fh.write("Export La Haute Borne;2018-01-15\nUnits: SI\n\n" + ";".join(part.columns) + "\n")
+            fh.writelines(";".join(c.replace(".", ",") if point.fullmatch(c) else c for c in row) + "\n"
+                          for row in part.itertuples(index=False))  # fmt: skip
+    settings = ["data.csv.delimiter=';'", "data.csv.decimal=','", "data.csv.skip_lines=3",
+                "data.identifiers.turbine_id_col=null", r"data.identifiers.turbine_id_from_file='LHB_(R\d+)_'",
+                "data.identifiers.time_format='%d/%m/%Y %H:%M'", "data.identifiers.naive_timezone=UTC"]  # fmt: skip
+    published = load_raw_table(cfg)
+    cfg = load_config(CONFIG, ["data=la_haute_borne", f"data.paths.raw_dir={tmp_path / 'farm'}", *settings]).data
+    own = load_raw_table(cfg)
+    order = np.lexsort((published.ts_ns, published.turbine_ids.astype(str)))  # the files come turbine by turbine
+    assert own.turbine_ids.tolist() == published.turbine_ids[order].tolist() and len(own.ts_ns) == 63_214
+    assert own.ts_ns.tolist() == published.ts_ns[order].tolist()
+    np.testing.assert_array_equal(own.values, published.values[order])
+    ids = cfg.identifiers
+    dialect, pattern = CsvDialect(";", ",", 3), ids.turbine_id_from_file
+    layout = TableFormat(dict(cfg.columns), None, ids.time_col, "UTC", dialect, pattern, ids.time_format)
+    parts = list(table_chunks(tmp_path / "farm", own.channels, MappingCfg(), layout, 20_000))
+    assert [i for p in parts for i in p[0]] == own.turbine_ids.tolist()
+    assert np.concatenate([p[1] for p in parts]).tolist() == own.ts_ns.tolist()
+    np.testing.assert_array_equal(np.concatenate([p[2] for p in parts]), own.values)
