@@ -61,7 +61,8 @@ COMMANDS = {
     "scada-inject": Command(
         "scada_tcn.trainer.cli.pipeline:inject_app",
         "Inject the simulator's labelled faults into one turbine of a real export (default period: the test "
-        "range); writes the table and labels.csv.\n\n"
+        "range); writes the table in the export's own format (a folder export: a folder `scada` of the same files) "
+        "and labels.csv.\n\n"
         "Example: scada-inject data=la_haute_borne --turbine R80736 --out data/lhb_injected --seed 0",
     ),
     "scada-cmapss": Command(

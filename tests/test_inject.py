@@ -131,3 +131,47 @@ def test_a_per_turbine_file_named_after_its_turbine_is_injected(tmp_path):
     assert list(after_b.columns) == [c for c in after_a.columns if c != "turbine_id"]
     pd.testing.assert_frame_equal(after_a[after_a.turbine_id == "WT02"].drop(columns="turbine_id")
                                   .reset_index(drop=True), after_b)  # fmt: skip
+
+
+def test_a_folder_of_per_turbine_files_is_injected_file_by_file(tmp_path):
+    """A folder export (Greenbyte's: one file per turbine and period, the turbine in the file name) was refused
+    ("scada-inject takes one CSV/Parquet export"). The injected copy is a folder `scada` of the same files: the
+    other turbine's files byte for byte, the turbine's files with the faults, which read (scada-prepare's reader)
+    as the joined table's injection, value for value, across the files' boundary; the same seed, the same bytes."""
+    import gzip
+    from copy import deepcopy
+
+    from scada_tcn.trainer.data.tables import load_raw_table
+
+    df = _table(days=30)
+    (tmp_path / "plain").mkdir()
+    plain = _cfg(tmp_path / "plain", df)
+    farm = tmp_path / "farm"
+    farm.mkdir()
+    half = df.timestamp < "2024-01-25"  # two periods, the test range across their boundary
+    for tid in ("WT01", "WT02"):
+        for k, sel in enumerate((half, ~half)):
+            rows = df[(df.turbine_id == tid) & sel].drop(columns="turbine_id")
+            with gzip.open(farm / f"Turbine_Data_{tid}_{k}.csv.gz", "wt") as fh:
+                fh.write("# exported\n" + rows.to_csv(index=False))
+    folder = deepcopy(plain.data)
+    folder.paths.raw_dir, folder.identifiers.turbine_id_col, folder.csv.skip_lines = str(farm), None, 1
+    folder.identifiers.turbine_id_from_file = r"Turbine_Data_(WT\d+)_"
+    a = inject_table(plain.data, "WT02", tmp_path / "a", seed=5, hours=48)
+    b = inject_table(folder, "WT02", tmp_path / "b", seed=5, hours=48)
+    again = inject_table(folder, "WT02", tmp_path / "c", seed=5, hours=48)
+    assert b["scada"] == tmp_path / "b" / "scada" and sorted(p.name for p in b["scada"].iterdir()) == sorted(
+        p.name for p in farm.iterdir())  # fmt: skip
+    for f in farm.iterdir():
+        same = (b["scada"] / f.name).read_bytes() == f.read_bytes()
+        assert same == ("WT01" in f.name), f.name
+        assert (again["scada"] / f.name).read_bytes() == (b["scada"] / f.name).read_bytes()
+    labels = pd.read_csv(b["labels"])
+    assert (labels.end < "2024-01-25").any() and (labels.start > "2024-01-25").any()
+    plain_out, folder_out = deepcopy(plain.data), deepcopy(folder)
+    plain_out.paths.raw_dir, folder_out.paths.raw_dir = str(a["scada"]), str(b["scada"])
+    ta, tb = load_raw_table(plain_out), load_raw_table(folder_out)
+    order = np.lexsort((ta.ts_ns, ta.turbine_ids.astype(str)))
+    assert tb.turbine_ids.tolist() == ta.turbine_ids[order].tolist() and tb.ts_ns.tolist() == ta.ts_ns[order].tolist()
+    np.testing.assert_array_equal(tb.values, ta.values[order])
+    assert a["labels"].read_text() == b["labels"].read_text()

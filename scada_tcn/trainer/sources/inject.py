@@ -4,16 +4,19 @@ For judging detection on data without fault labels (La Haute Borne): one turbine
 the config's test range) receive each fault kind of `trainer.sources.faults` in turn, one per equal slot of the
 period, centred in its slot, lasting `hours` (capped at half the slot). The injectors work on canonical
 channels; `data.columns` maps them to and from the export's own columns, so every other column and every other
-row is written back untouched. Output: the whole table with the injected turbine (same format family as the
-input: CSV, gzip-compressed when the input was, written as data.csv says: its separator, its decimal mark in the
-injected cells, its preamble lines copied as they were) and `labels.csv` (turbine_id, start, end, fault), which
-`scada-evaluate --labels` reads. The same seed gives the same faults.
+row is written back untouched. Output: the whole table with the injected turbine and `labels.csv` (turbine_id,
+start, end, fault), which `scada-evaluate --labels` reads. The table keeps the input's format: CSV (gzipped when
+the input was, written as data.csv says: its separator, its decimal mark in the injected cells, its preamble
+lines copied as they were) or Parquet; a folder of per-turbine or per-period files gives a folder `scada` of the
+same files, those without the turbine's rows copied byte for byte. The same seed gives the same faults.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import itertools
+import shutil
 from pathlib import Path
 from typing import IO
 
@@ -21,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from scada_tcn.runtime.cells import parse_numbers
-from scada_tcn.runtime.csv_table import CsvDialect
+from scada_tcn.runtime.csv_table import CSV_KINDS, PARQUET_KINDS, CsvDialect, table_files
 from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.ids import file_turbine_id
 from scada_tcn.trainer.config import DataCfg
@@ -30,15 +33,18 @@ from scada_tcn.trainer.sources.faults import FAULT_KINDS, inject_fault
 
 
 def _open(path: Path, mode: str) -> IO[str]:
-    """A text file, gzipped when named .gz."""
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    return opener(path, mode, newline="", encoding="utf-8")
+    """A text file, gzipped when named .gz; written with a zero gzip time stamp, so that the same seed gives the
+    same bytes."""
+    if not path.name.lower().endswith(".gz"):
+        return open(path, mode, newline="", encoding="utf-8")
+    if "w" in mode:
+        return io.TextIOWrapper(gzip.GzipFile(path, "wb", mtime=0), encoding="utf-8", newline="")
+    return gzip.open(path, mode, newline="", encoding="utf-8")
 
 
 def _read_all(path: Path, dialect: CsvDialect) -> tuple[pd.DataFrame, str]:
-    """The export (CSV cells as text) and its preamble, the `dialect.skip_lines` lines before its header."""
-    if path.is_dir():
-        raise InputError(f"{path} is a folder: scada-inject takes one CSV/Parquet export (data.paths.raw_dir)")
+    """One file of the export (CSV cells as text) and its preamble, the `dialect.skip_lines` lines before its
+    header."""
     if path.name.lower().endswith((".parquet", ".pq")):
         return pd.read_parquet(path), ""
     with _open(path, "rt") as fh:
@@ -67,6 +73,44 @@ def schedule(start: pd.Timestamp, end: pd.Timestamp, kinds: tuple[str, ...], hou
     return out
 
 
+def _rows_of(path: Path, df: pd.DataFrame, data: DataCfg) -> np.ndarray:
+    """The turbine id of each row of one file: its id column, or the id its name carries."""
+    ident = data.identifiers
+    if ident.turbine_id_from_file:  # a per-turbine file: its name says which
+        return np.full(
+            len(df), file_turbine_id(path, ident.turbine_id_from_file, "data.identifiers.turbine_id_from_file")
+        )
+    return df[ident.turbine_id_col].astype(str).to_numpy()
+
+
+def _write(table: Path, df: pd.DataFrame, preamble: str, dialect: CsvDialect) -> None:
+    """One file of the export, in its own format: Parquet, or CSV as data.csv says, its preamble first."""
+    if table.name.lower().endswith((".parquet", ".pq")):
+        df.to_parquet(table, index=False)
+        return
+    with _open(table, "wt") as fh:
+        fh.write(preamble)
+        df.to_csv(fh, index=False, sep=dialect.delimiter)
+
+
+def _with_injected(df: pd.DataFrame, part: pd.DataFrame, rows: np.ndarray, canon: dict[str, str], decimal: str
+                   ) -> pd.DataFrame:  # fmt: skip
+    """`df` with the injected values of `part` (canonical channels of `rows`) in its own columns; a text cell keeps
+    its export's form where the value did not change."""
+    out_df = df.copy()
+    for src_col, ch in canon.items():
+        changed = part[ch].to_numpy()
+        if pd.api.types.is_numeric_dtype(df[src_col]):
+            out_df.loc[out_df.index[rows], src_col] = changed
+        else:
+            old = _numbers(df[src_col].iloc[rows], decimal)
+            same = (old == changed) | (np.isnan(old) & np.isnan(changed))
+            new = np.strings.replace(np.round(changed, 4).astype(str), ".", decimal)
+            text = np.where(same, df[src_col].iloc[rows].to_numpy(dtype=object), new)
+            out_df.loc[out_df.index[rows], src_col] = np.where(np.isnan(changed) & ~same, "", text)
+    return out_df
+
+
 def inject_table(
     data: DataCfg,
     turbine: str,
@@ -77,29 +121,33 @@ def inject_table(
     end: str | None = None,
     kinds: tuple[str, ...] = FAULT_KINDS,
 ) -> dict[str, Path]:
-    """Inject `kinds` into `turbine` of the export `data.paths.raw_dir`; write the table and labels.csv."""
+    """Inject `kinds` into `turbine` of the export `data.paths.raw_dir` (a file, or a folder of them: the injected
+    copy is then a folder `scada` of the same files, those without the turbine's rows copied as they are); write
+    the table and labels.csv."""
     unknown = sorted(set(kinds) - set(FAULT_KINDS))
     if unknown:
         raise InputError(f"unknown fault kinds {unknown}; allowed {list(FAULT_KINDS)}")
     src = Path(data.paths.raw_dir)
+    kinds_of_files = {"csv": CSV_KINDS, "parquet": PARQUET_KINDS, "auto": CSV_KINDS + PARQUET_KINDS}[data.format]
+    files = table_files(src, kinds_of_files)
     dialect = csv_dialect(data)
-    df, preamble = _read_all(src, dialect)
     ident = data.identifiers
-    if ident.turbine_id_from_file:  # a per-turbine file: its name says which
-        tid = file_turbine_id(src, ident.turbine_id_from_file, "data.identifiers.turbine_id_from_file")
-        ids = pd.Series(tid, index=df.index)
-    else:
-        ids = df[ident.turbine_id_col].astype(str)
-    if turbine not in set(ids):
-        raise InputError(f"turbine {turbine!r} not in {src}; turbines: {sorted(set(ids))}")
-    rows = np.flatnonzero(ids.to_numpy() == turbine)
+    tables = [_read_all(f, dialect) for f in files]
+    ids = [_rows_of(f, df, data) for f, (df, _) in zip(files, tables)]
+    picks = [np.flatnonzero(i == turbine) for i in ids]
+    if not any(len(r) for r in picks):
+        found = sorted(set().union(*(set(i.tolist()) for i in ids)))
+        raise InputError(f"turbine {turbine!r} not in {src}; turbines: {found}")
     canon = {src_col: ch for ch, src_col in data.columns.items()}
-    part = pd.DataFrame(
-        {ch: _numbers(df[col].iloc[rows], dialect.decimal) for col, ch in canon.items()}, index=df.index[rows]
-    )
-    ts = parse_timestamps(df[ident.time_col].iloc[rows], ident.naive_timezone, f"column {ident.time_col!r}",
-                          ident.time_format)  # fmt: skip
-    part["timestamp"] = pd.to_datetime(ts, utc=True)
+    mine = [k for k, rows in enumerate(picks) if len(rows)]  # the files holding the turbine's rows
+    parts = []
+    for k in mine:
+        df, rows = tables[k][0], picks[k]
+        part = pd.DataFrame({ch: _numbers(df[col].iloc[rows], dialect.decimal) for col, ch in canon.items()})
+        ts = parse_timestamps(df[ident.time_col].iloc[rows], ident.naive_timezone, f"column {ident.time_col!r}",
+                              ident.time_format)  # fmt: skip
+        parts.append(part.assign(timestamp=pd.to_datetime(ts, utc=True)))
+    part = pd.concat(parts, keys=mine)  # (file, row): each value goes back to its place
     rng_start = pd.Timestamp(start or data.splits.test_range[0]).tz_convert("UTC")
     rng_end = pd.Timestamp(end or data.splits.test_range[1]).tz_convert("UTC")
     rng_end = min(rng_end, part["timestamp"].max())
@@ -109,27 +157,16 @@ def inject_table(
     rng = np.random.default_rng(seed)
     for kind, a, b in plan:
         part = inject_fault(part, kind, a, b, rng)
-    out_df = df.copy()
-    for src_col, ch in canon.items():
-        changed = part[ch].to_numpy()
-        if pd.api.types.is_numeric_dtype(df[src_col]):
-            out_df.loc[out_df.index[rows], src_col] = changed
-        else:  # keep the export's text form where the value did not change
-            old = _numbers(df[src_col].iloc[rows], dialect.decimal)
-            same = (old == changed) | (np.isnan(old) & np.isnan(changed))
-            new = np.strings.replace(np.round(changed, 4).astype(str), ".", dialect.decimal)
-            text = np.where(same, df[src_col].iloc[rows].to_numpy(dtype=object), new)
-            out_df.loc[out_df.index[rows], src_col] = np.where(np.isnan(changed) & ~same, "", text)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    name = src.name if src.name.lower().endswith((".csv", ".csv.gz", ".parquet", ".pq")) else "scada.csv"
-    table = out / name
-    if name.lower().endswith((".parquet", ".pq")):
-        out_df.to_parquet(table, index=False)
-    else:
-        with _open(table, "wt") as fh:
-            fh.write(preamble)
-            out_df.to_csv(fh, index=False, sep=dialect.delimiter)
+    folder = out / "scada" if src.is_dir() else out  # labels.csv must not join the folder's tables
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, (f, (df, preamble), rows) in enumerate(zip(files, tables, picks)):
+        if k not in mine:  # only in a folder: a file of other turbines, as it was
+            shutil.copyfile(f, folder / f.name)
+            continue
+        name = f.name if f.name.lower().endswith((".csv", ".csv.gz", ".parquet", ".pq")) else "scada.csv"
+        _write(folder / name, _with_injected(df, part.loc[k], rows, canon, dialect.decimal), preamble, dialect)
+    table = folder if src.is_dir() else folder / name
     labels = pd.DataFrame(
         [(turbine, a.isoformat(), b.isoformat(), k) for k, a, b in plan],
         columns=["turbine_id", "start", "end", "fault"],
