@@ -11,7 +11,7 @@ from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.scaling import RobustScaler
 from scada_tcn.runtime.spec import PipelineSpec
 from scada_tcn.trainer.config import load_config
-from scada_tcn.trainer.data.prepare import prepare
+from scada_tcn.trainer.data.prepare import format_summary, prepare
 from scada_tcn.trainer.data.registry import load_registry
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "config.yaml"
@@ -178,7 +178,8 @@ def test_non_numeric_cells_are_counted_in_the_summary(tmp_path):
     df["power"] = df["power"].astype(str)
     df.loc[[5, 17, 99], "power"] = ["-", "#N/A", "n/a"]
     s = prepare(_cfg(tmp_path, df))
-    assert s["non_numeric_cells"] == {"power": 3}
+    assert s["non_numeric_cells"] == {"power": 3} and s["non_numeric_examples"] == {"power": "-"}
+    assert "non-numeric cells made missing: power 3 (e.g. '-')" in format_summary(s)
 
 
 def test_training_split_without_rows_is_refused(tmp_path):

@@ -51,7 +51,7 @@ def parse_numbers(cells: Sequence[str] | np.ndarray, decimal: str = ".") -> tupl
     raw = np.array(cells, dtype=str)
     points = raw.view(np.uint32).reshape(raw.size, raw.itemsize // 4)  # UCS-4 code points, 0-padded
     plain = (points < 128).all(axis=1) & (points != ord("_")).all(axis=1) & (raw != "")
-    if decimal == ",":  # '.' groups thousands there: such a cell is text; ',' reads as the point
+    if decimal == "," and raw.size:  # '.' groups thousands there: such a cell is text; ',' reads as the point
         plain &= (points != ord(".")).all(axis=1)
         raw = np.strings.replace(raw, ",", ".")
     kept = np.where(plain, raw, "nan")
@@ -74,6 +74,8 @@ def no_numbers(column: str, channel: str, text: int, example: str, fix: str, dec
     names the column, shows the cell, says "a decimal comma?" when the cell reads as one (naming
     `decimal_setting`, the key that reads them), and ends with `fix`."""
     comma = re.fullmatch(r"\s*[-+]?\d*,\d+\s*", example) is not None
-    hint = f" (a decimal comma? set {decimal_setting} to ',')" if comma else ""
+    point = re.fullmatch(r"\s*[-+]?\d*\.\d+\s*", example) is not None  # text only with decimal ','
+    hint = (f" (a decimal comma? set {decimal_setting} to ',')" if comma else
+            f" (a decimal point? set {decimal_setting} to '.')" if point else "")  # fmt: skip
     return InputError(f"column {column!r} (channel {channel}): none of its cells is a number ({text} text cells, "
                       f"e.g. {example!r}){hint}; {fix}")  # fmt: skip

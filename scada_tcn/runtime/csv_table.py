@@ -35,6 +35,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from scada_tcn.runtime.cells import is_number
 from scada_tcn.runtime.errors import InputError
 
 __all__ = [
@@ -165,6 +166,9 @@ def column_positions(
         if dialect is not None and len(header) == 1 and other:
             hint = (f"; it looks separated by {other[0]!r} ({DELIMITERS[other[0]]}): set "
                     f"{dialect.settings}.delimiter to {other[0]!r}")  # fmt: skip
+        elif dialect is not None and dialect.skip_lines and any(map(is_number, header)):
+            hint = (f"; its header holds numbers: is {dialect.settings}.skip_lines (now {dialect.skip_lines}) more "
+                    "than the lines before the header?")  # fmt: skip
         elif dialect is not None and header[0].lstrip().startswith("#") and len(header) < len(set(columns)):
             hint = (f"; it starts with comment lines ('#'): set {dialect.settings}.skip_lines to the number of lines "
                     f"before the header (now {dialect.skip_lines})")  # fmt: skip

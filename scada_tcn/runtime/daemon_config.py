@@ -304,7 +304,8 @@ def _problems(c: RuntimeConfig) -> list[str]:
     if m.turbine_id_from_file is not None:
         p += [z for z in [id_pattern_problem(m.turbine_id_from_file, "mapping.turbine_id_from_file")] if z]
     d = c.mapping.csv  # each part set here (replay checks the whole, with the training table's parts)
-    dialect = dialect_problem(d.delimiter or ";", d.decimal or ".", d.skip_lines or 0, "mapping.csv")
+    dialect = dialect_problem(";" if d.delimiter is None else d.delimiter, "." if d.decimal is None else d.decimal,
+                              0 if d.skip_lines is None else d.skip_lines, "mapping.csv")  # fmt: skip
     p += [dialect] if dialect else []
     url = urlparse(c.broker.url)
     if url.scheme not in ("mqtt", "mqtts") or not url.hostname:

@@ -25,7 +25,7 @@ TURBINE_ID_RULE = "1-64 letters, digits, '_', '.', '-'"
 
 def turbine_id_problem(tid: object) -> str | None:
     """None for a valid turbine id, else what is wrong with it (for an error message)."""
-    if not isinstance(tid, str) or not _TURBINE_ID.match(tid):
+    if not isinstance(tid, str) or not _TURBINE_ID.fullmatch(tid):
         return f"turbine id {str(tid)[:80]!r} breaks the id rule: {TURBINE_ID_RULE}"
     return None
 

@@ -255,17 +255,18 @@ def _checked(cells: list[str], parsed: list[tuple[int | str, str]], where: str, 
         if {"ambiguous_local_time", "nonexistent_local_time"} & set(kinds):
             fix = (f"local times that a DST change in {zone} repeats or skips: export the stamps with a UTC offset, "
                    f"or in UTC with {keys}.naive_timezone: UTC")  # fmt: skip
+        elif kinds == ["out_of_range"]:
+            fix = EPOCH_RANGE + (EPOCH_MS if fmt is None and all(is_number(c) for _, c in bad[:3]) else "")
         elif fmt is not None:
             fix = (f"expected every stamp written as {fmt!r} ({keys}.time_format)" + (f", local times with "
                    f"{keys}.naive_timezone" if "naive_timestamp" in kinds else ""))  # fmt: skip
-        elif kinds == ["out_of_range"]:
-            fix = EPOCH_RANGE + (EPOCH_MS if all(is_number(c) for _, c in bad[:3]) else "")
         elif kinds == ["epoch_before_1990"]:
             fix = EPOCH_FLOOR
         else:
             fix = (
                 "expected ISO-8601 with a UTC offset or epoch seconds (local times: set mapping.naive_timezone "
-                "to the zone of the table's clocks, as scada-prepare's data.identifiers.naive_timezone)"
+                "to the zone of the table's clocks, as scada-prepare's data.identifiers.naive_timezone; stamps of "
+                "another form, such as day-first dates: set mapping.time_format to their strptime format)"
             )
         raise InputError(f"{where}: {len(bad)} bad timestamps ({kinds}), e.g. {[c for _, c in bad[:3]]}; {fix}")
     return np.array([t for t, _ in parsed], dtype=np.int64)

@@ -122,7 +122,10 @@ def time_format_problem(fmt: str | None, key: str) -> str | None:
     if fmt is None:
         return None
     if not isinstance(fmt, str) or "%" not in fmt:
-        return f"{key}: a strptime format such as '%d.%m.%Y %H:%M' expected, got {fmt!r}"
+        return (f"{key}: a strptime format such as '%d.%m.%Y %H:%M' expected (null: ISO-8601 or epoch seconds), "
+                f"got {fmt!r}")  # fmt: skip
+    if "%Z" in fmt:  # strptime reads a zone name and drops it: '12:00 UTC' would be a local time
+        return f"{key}: {fmt!r}: %Z is not supported (strptime ignores the zone it names); use %z, or naive_timezone"
     probe = _FORMAT_PROBE.replace(tzinfo=timezone(timedelta(hours=2))) if "%z" in fmt else _FORMAT_PROBE
     try:
         back = datetime.strptime(probe.strftime(fmt), fmt)

@@ -44,8 +44,8 @@ def _check_splits(cfg: RootCfg) -> None:
     if (ident.turbine_id_col is None) == (ident.turbine_id_from_file is None):
         raise ConfigError("data.identifiers: set turbine_id_col (a column of turbine ids) or turbine_id_from_file (a "
                           "pattern taking the id from each file's name), and the other to null")  # fmt: skip
-    problem = ident.turbine_id_from_file and id_pattern_problem(ident.turbine_id_from_file,
-                                                                "data.identifiers.turbine_id_from_file")  # fmt: skip
+    pattern = ident.turbine_id_from_file
+    problem = None if pattern is None else id_pattern_problem(pattern, "data.identifiers.turbine_id_from_file")
     if problem:
         raise ConfigError(problem)
     c = cfg.data.csv

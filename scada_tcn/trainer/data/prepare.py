@@ -190,6 +190,7 @@ def prepare(cfg: RootCfg) -> dict[str, Any]:
         "flag_names": list(spec.flag_names),
         "missing_fraction": {n: round(float(m) / max(n_steps, 1), 5) for n, m in zip(spec.feature_names, miss_sum)},
         "non_numeric_cells": {k: v for k, v in table.non_numeric.items() if v},
+        "non_numeric_examples": dict(table.text_examples),
         "binning": bin_stats,
         "winsor_caps": {k: list(v) for k, v in caps.items()},
         "scaler_fallbacks": {
@@ -225,7 +226,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     ]
     lines += [f"  {n:<28} {m:.4f}" for n, m in summary["missing_fraction"].items()]
     if summary["non_numeric_cells"]:
-        lines.append(f"non-numeric cells made missing: {summary['non_numeric_cells']}")
+        said = [
+            f"{k} {v:,} (e.g. {summary['non_numeric_examples'][k]!r})" for k, v in summary["non_numeric_cells"].items()
+        ]
+        lines.append("non-numeric cells made missing: " + ", ".join(said))
     if summary["scaler_fallbacks"]:
         lines.append(f"scaler fallbacks (IQR ~ 0 on the training split): {summary['scaler_fallbacks']}")
     if "window_labels" in summary:

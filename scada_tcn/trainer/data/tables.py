@@ -48,6 +48,7 @@ class RawTable:
     values: np.ndarray  # (n, C) float64, NaN = missing
     channels: tuple[str, ...]
     non_numeric: dict[str, int] = field(default_factory=dict)  # channel -> cells that were not numbers
+    text_examples: dict[str, str] = field(default_factory=dict)  # channel -> the first such cell
     files: list[str] = field(default_factory=list)
     rul: np.ndarray | None = None  # (n,) float64 target column `data.rul.column` when data.rul.enabled, NaN = none
 
@@ -138,7 +139,9 @@ def parse_timestamps(col: pd.Series, naive_timezone: str | None, where: str, tim
     parsed = pd.to_datetime(s, format="ISO8601", utc=True, errors="coerce")
     if parsed.isna().any():
         bad = s[parsed.isna()].head(3).tolist()
-        raise InputError(f"{where}: {int(parsed.isna().sum())} unparseable timestamps, e.g. {bad} (expected ISO-8601)")
+        raise InputError(f"{where}: {int(parsed.isna().sum())} unparseable timestamps, e.g. {bad} (expected ISO-8601 "
+                         "or epoch seconds; stamps of another form, such as day-first dates: set "
+                         "data.identifiers.time_format to their strptime format, e.g. '%d.%m.%Y %H:%M')")  # fmt: skip
     has_offset = s.str.contains(_OFFSET_RE, regex=True)
     if has_offset.any() and not has_offset.all():
         bad = s[~has_offset].head(3).tolist()
@@ -201,10 +204,13 @@ def load_raw_table(data: DataCfg) -> RawTable:
     ts = parse_timestamps(df[ident.time_col], ident.naive_timezone, f"column {ident.time_col!r}", ident.time_format)
     values = np.empty((len(df), len(channels)), dtype=np.float64)
     non_numeric: dict[str, int] = {}
+    examples: dict[str, str] = {}
     for j, c in enumerate(channels):
         values[:, j], non_numeric[c] = _to_numeric(df[data.columns[c]], dialect.decimal)
+        if non_numeric[c]:  # shown in the summary: '12.5' under decimal ',' is a misread, 'NaN' a gap
+            examples[c] = first_text(df[data.columns[c]].dropna().astype(str), dialect.decimal) or ""
         if non_numeric[c] and not np.isfinite(values[:, j]).any():
-            example = first_text(df[data.columns[c]].dropna().astype(str), dialect.decimal)
+            example = examples[c]
             raise no_numbers(data.columns[c], c, non_numeric[c], example or "", "map the channel to a numeric "
                              "column in data.columns", "data.csv.decimal")  # fmt: skip
     values[~np.isfinite(values)] = np.nan
@@ -220,6 +226,7 @@ def load_raw_table(data: DataCfg) -> RawTable:
         values=values,
         channels=channels,
         non_numeric=non_numeric,
+        text_examples=examples,
         files=[str(f) for f in files],
         rul=rul,
     )
