@@ -249,11 +249,16 @@ def test_replay_refuses_a_channel_of_decimal_commas_as_scada_prepare_does(signal
     assert "mapping.columns" in str(replayed.value) and "data.columns" in str(prepared.value)
     assert not out.exists() and len(engine.fleet) == 0  # refused before a row was fed: no output, no partial one
     assert not list(tmp_path.glob("*.partial"))
-    engine = Engine(bundle, StreamScorer.from_bundle(bundle), 0.0, 100, 512)  # one number in the column: scored
-    k = next(i for i, r in enumerate(rows) if r[j])
+    engine = Engine(bundle, StreamScorer.from_bundle(bundle), 0.0, 100, 512)  # one number in the column: refused
+    k = next(i for i, r in enumerate(rows) if r[j])  # too, since the thirtieth session: the commas would be lost
     rows[k][j] = "812.5"
-    summary = replay(engine, write_csv(tmp_path / "one.csv", header, rows), MappingCfg(), out, chunk_rows=7)
-    assert summary["non_numeric"]["power"] == len(text) - 1 and summary["scores"] > 0
+    one = write_csv(tmp_path / "one.csv", header, rows)
+    with pytest.raises(InputError, match=r"are numbers written with the decimal mark ',', but the table is read "
+                                         r"with '\.' \(mapping\.csv\.decimal\)"):  # fmt: skip
+        replay(engine, one, MappingCfg(), out, chunk_rows=7)
+    with pytest.raises(InputError, match=r"are numbers written with the decimal mark ','.*\(data\.csv\.decimal\)"):
+        _prepare(one)
+    assert not out.exists()
 
 
 def _dialect_lines(lines: list[str], delimiter: str, decimal: str, preamble: list[str]) -> list[str]:
@@ -541,3 +546,35 @@ def test_what_a_review_of_the_reading_options_found(tmp_path):
     with pytest.raises(InputError, match=r"its header holds numbers: is data\.csv\.skip_lines \(now 2\) more"):
         _read_as(over, ",", ".", 2)
     assert turbine_id_problem("T1\n") is not None  # '$' matched before a final newline
+
+
+def test_a_column_of_numbers_with_cells_of_the_other_decimal_mark_is_refused_by_both(signal_run, tiny_run, tmp_path):
+    """A '.'-decimal export read with decimal ',' (or the reverse) kept its whole numbers and lost every fractional
+    cell, silently but for a count. A column holding numbers and a cell that is a number with the other mark (not
+    three digits after it, which thousands grouping could be) is refused by both readers, naming the setting, and
+    replay writes no record."""
+    from scada_tcn.runtime.bundle import load_bundle
+    from scada_tcn.runtime.engine import Engine
+    from scada_tcn.runtime.replay import replay
+    from scada_tcn.runtime.stream import StreamScorer
+    from tests.mosquitto import read_slice
+
+    header, body = read_slice(tiny_run.synth_dir / "scada.csv", "2024-01-28T00:00:00Z", "2024-01-29T00:00:00Z")
+    path = _write(tmp_path / "semi.csv", [";".join(header), *(";".join(r) for r in body)])  # '.' decimals
+    said = (
+        r"cells such as '-?\d+\.\d{1,2}' are numbers written with the decimal mark '\.', but the table is read with ','"
+    )
+    with pytest.raises(InputError, match=said + r" \(data\.csv\.decimal\)"):
+        load_raw_table(load_config(CONFIG, [f"data.paths.raw_dir={path}", "data.csv.delimiter=';'",
+                                            "data.csv.decimal=','"]).data)  # fmt: skip
+    bundle = load_bundle(signal_run[0])
+    engine = Engine(bundle, StreamScorer.from_bundle(bundle), 0.0, 100, 512)
+    out = tmp_path / "scores.jsonl"
+    with pytest.raises(InputError, match=said + r" \(mapping\.csv\.decimal\)"):
+        replay(engine, path, MappingCfg(csv=CsvMappingCfg(delimiter=";", decimal=",")), out, chunk_rows=7)
+    assert not out.exists() and len(engine.fleet) == 0
+    rows = [f"WT01;{1704067200 + 600 * i};" + ";".join([cell] + ["7,5"] * (len(CHANNELS) - 1))
+            for i, cell in enumerate(("1.234", "7,5"))]  # fmt: skip
+    grouped = _write(tmp_path / "grouped.csv", [HEADER.replace(",", ";"), *rows])
+    t = _read_as(grouped, ";", ",", 0)  # '1.234' may be thousands grouping: text (missing), counted, not refused
+    assert np.isnan(t[2][0, 0]) and t[2][1, 0] == t[2][0, 1] == 7.5

@@ -9,7 +9,10 @@ thousands ("1.234,5"), and reading "1.234" as one and a quarter would be 1,000 t
 
 `no_numbers(column, channel, text, example, fix, decimal_setting)` is the one refusal both readers give a column
 whose cells are text and not one a number: a misread (decimal commas, a status column mapped to a channel), not a
-sensor's gaps.
+sensor's gaps. `other_decimal(cells, decimal)` finds a text cell that is a number written with the other decimal
+mark (and not one that thousands grouping could explain: not three digits after the mark), and
+`wrong_decimal(...)` is the refusal both readers give a column holding numbers and such a cell: a table read with
+the wrong decimal setting loses those cells silently otherwise.
 """
 
 from __future__ import annotations
@@ -22,7 +25,12 @@ import numpy as np
 
 from scada_tcn.runtime.errors import InputError
 
-__all__ = ["first_text", "is_number", "no_numbers", "parse_numbers"]
+__all__ = ["first_text", "is_number", "no_numbers", "other_decimal", "parse_numbers", "wrong_decimal"]
+
+_OTHER_MARK = {  # a number written with the other decimal mark, not three digits after it (thousands grouping)
+    ".": re.compile(r"\s*[-+]?\d*,(?:\d{1,2}|\d{4,})\s*"),
+    ",": re.compile(r"\s*[-+]?\d*\.(?:\d{1,2}|\d{4,})\s*"),
+}
 
 
 def _float(cell: str) -> float:
@@ -79,3 +87,17 @@ def no_numbers(column: str, channel: str, text: int, example: str, fix: str, dec
             f" (a decimal point? set {decimal_setting} to '.')" if point else "")  # fmt: skip
     return InputError(f"column {column!r} (channel {channel}): none of its cells is a number ({text} text cells, "
                       f"e.g. {example!r}){hint}; {fix}")  # fmt: skip
+
+
+def other_decimal(cells: Iterable[str], decimal: str) -> str | None:
+    """The first of `cells` (text under `decimal`) that is a number written with the other decimal mark, or None."""
+    rx = _OTHER_MARK[decimal]
+    return next((c for c in cells if rx.fullmatch(c)), None)
+
+
+def wrong_decimal(column: str, channel: str, example: str, decimal: str, decimal_setting: str) -> InputError:
+    """The refusal of a column of numbers holding cells such as `example` written with the other decimal mark."""
+    other = "," if decimal == "." else "."
+    return InputError(f"column {column!r} (channel {channel}): cells such as {example!r} are numbers written with "
+                      f"the decimal mark {other!r}, but the table is read with {decimal!r} ({decimal_setting}): they "
+                      f"would be missing; set {decimal_setting} to {other!r}, or export every cell alike")  # fmt: skip

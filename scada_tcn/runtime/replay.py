@@ -54,7 +54,7 @@ from typing import Any, BinaryIO, NamedTuple
 import numpy as np
 
 from scada_tcn.runtime.bundle import TableFormat
-from scada_tcn.runtime.cells import first_text, is_number, no_numbers, parse_numbers
+from scada_tcn.runtime.cells import first_text, is_number, no_numbers, other_decimal, parse_numbers, wrong_decimal
 from scada_tcn.runtime.csv_table import CSV_KINDS, PARQUET_KINDS, CsvDialect, csv_columns, dialect_problem, table_files
 from scada_tcn.runtime.daemon_config import ISO_STAMPS, MappingCfg
 from scada_tcn.runtime.engine import Engine
@@ -82,11 +82,13 @@ _WRITE_BUFFER = 1 << 20  # bytes: the score lines go out in large writes
 
 
 class Text(NamedTuple):
-    """A channel's non-numeric cells in a chunk: its column, their count and the first of them."""
+    """A channel's non-numeric cells in a chunk: its column, their count, the first of them, and the first that is
+    a number written with the other decimal mark ("" if none: `cells.other_decimal`)."""
 
     column: str
     count: int
     example: str
+    other: str = ""
 
 
 def _read_chunks(
@@ -323,7 +325,8 @@ def table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg,
             values[:, j], n = parse_numbers(cells, decimal)
             if n:  # the first text cell is among the missing values: the rest need no second look
                 missing_at = np.flatnonzero(np.isnan(values[:, j])).tolist()
-                text[c] = Text(colmap[c], n, first_text((cells[i] for i in missing_at), decimal) or "")
+                other = other_decimal((cells[i] for i in missing_at), decimal) or ""
+                text[c] = Text(colmap[c], n, first_text((cells[i] for i in missing_at), decimal) or "", other)
         yield ids, ts, values, text
 
 
@@ -444,10 +447,13 @@ def replay(
 
     def parsed() -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
         text: dict[str, Text] = {}  # per channel, its first chunk's non-numeric cells
+        other: dict[str, Text] = {}  # per channel, its first chunk with a number of the other decimal mark
         for ids, ts, values, bad in table_chunks(path, spec.channels, mapping, engine.bundle.table_format, chunk_rows):
             for c, t in bad.items():
                 non_numeric[c] += t.count
                 text.setdefault(c, t)
+                if t.other:
+                    other.setdefault(c, t)
             numbers[:] += np.isfinite(values).sum(axis=0)
             counts["read"] += len(ids)
             if progress is not None:
@@ -455,7 +461,10 @@ def replay(
             yield ids, ts, values
         # the whole table is read before its first row is scored (`in_time_order`): a channel of text and not one
         # number is refused as scada-prepare refuses it, before a record is written
+        decimal = _layout(mapping, engine.bundle.table_format).dialect.decimal
         for c, n in zip(spec.channels, numbers.tolist()):
+            if n and c in other:  # scada-prepare's refusal of a column of numbers and cells of the other mark
+                raise wrong_decimal(other[c].column, c, other[c].other, decimal, "mapping.csv.decimal")
             if non_numeric[c] and not n:
                 raise no_numbers(text[c].column, c, non_numeric[c], text[c].example, "map the channel to a "
                                  "numeric column in runtime.yaml's mapping.columns", "mapping.csv.decimal")  # fmt: skip

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from scada_tcn.runtime.cells import first_text, is_number, no_numbers, parse_numbers
+from scada_tcn.runtime.cells import first_text, is_number, no_numbers, other_decimal, parse_numbers, wrong_decimal
 from scada_tcn.runtime.csv_table import (
     CSV_KINDS,
     PARQUET_KINDS,
@@ -207,8 +207,12 @@ def load_raw_table(data: DataCfg) -> RawTable:
     examples: dict[str, str] = {}
     for j, c in enumerate(channels):
         values[:, j], non_numeric[c] = _to_numeric(df[data.columns[c]], dialect.decimal)
-        if non_numeric[c]:  # shown in the summary: '12.5' under decimal ',' is a misread, 'NaN' a gap
+        if non_numeric[c]:  # shown in the summary: 'NaN' is a gap
             examples[c] = first_text(df[data.columns[c]].dropna().astype(str), dialect.decimal) or ""
+            text = df[data.columns[c]].to_numpy(dtype=object)[np.isnan(values[:, j]) & df[data.columns[c]].notna()]
+            other = other_decimal(map(str, text), dialect.decimal)
+            if other is not None and np.isfinite(values[:, j]).any():  # all text: no_numbers says it below
+                raise wrong_decimal(data.columns[c], c, other, dialect.decimal, "data.csv.decimal")
         if non_numeric[c] and not np.isfinite(values[:, j]).any():
             example = examples[c]
             raise no_numbers(data.columns[c], c, non_numeric[c], example or "", "map the channel to a numeric "
