@@ -46,7 +46,7 @@ GOLDEN_KEYS = {
     "feature_registry": ["angular_channel_names", "engineered_version", "feature_names", "raw_channel_names"],
     "flag_registry": ["flag_names", "flags_version"],
     "table_identifiers": ["naive_timezone", "time_col", "time_format", "turbine_id_col", "turbine_id_from_file"],
-    "table_csv": ["decimal", "delimiter", "skip_lines"],
+    "table_csv": ["decimal", "delimiter", "encoding", "skip_lines"],
     "heads": ["fault", "fault_multilabel", "forecast", "rul"],
     "scoring": [
         "aggregation",
@@ -171,7 +171,7 @@ def tiny_manifest() -> dict:
             "turbine_id_from_file": None,
             "time_format": None,
         },
-        "table_csv": {"delimiter": ",", "decimal": ".", "skip_lines": 0},
+        "table_csv": {"delimiter": ",", "decimal": ".", "skip_lines": 0, "encoding": "utf-8"},
         "pipeline_spec": spec.to_dict(),
         "scaler": scaler.to_dict(),
         "heads": {"forecast": True, "fault": True, "fault_multilabel": False, "rul": False},
@@ -391,7 +391,7 @@ def test_table_csv_came_with_schema_10_and_older_bundles_replay_plain_csv(bundle
     id, and replay reads its tables as plain CSV with ids from a column, as it always did. From version 10 both
     are required and checked as scada-prepare checks its config."""
     v10 = load_bundle(bundle_dir)
-    assert v10.table_csv.to_dict() == {"delimiter": ",", "decimal": ".", "skip_lines": 0}
+    assert v10.table_csv.to_dict() == {"delimiter": ",", "decimal": ".", "skip_lines": 0, "encoding": "utf-8"}
     ids = {"turbine_id_col": None, "time_col": "# Date and time", "naive_timezone": "UTC",
            "turbine_id_from_file": r"Turbine_Data_(Kelmarsh_\d+)_", "time_format": "%d.%m.%Y %H:%M"}  # fmt: skip
     _edit(bundle_dir, lambda d: d.update(table_identifiers=ids))
@@ -415,19 +415,23 @@ def test_table_csv_came_with_schema_10_and_older_bundles_replay_plain_csv(bundle
     assert v9.table_format.dialect[:3] == (",", ".", 0) and v9.table_format.turbine_id_from_file is None
     assert v9.table_format.turbine_id_col == "turbine_id"
     assert v9.to_dict() == json.loads((bundle_dir / "bundle.json").read_text())
-    _edit(bundle_dir, lambda d: d.update(table_csv={"delimiter": ";", "decimal": ".", "skip_lines": 0}))
+    _edit(
+        bundle_dir,
+        lambda d: d.update(table_csv={"delimiter": ";", "decimal": ".", "skip_lines": 0, "encoding": "utf-8"}),
+    )
     assert "unknown key 'table_csv'" in _message(bundle_dir)
     _edit(bundle_dir, lambda d: d.update(schema_version=10, table_csv=None, table_identifiers=by_column))
     assert "table_csv: null; a bundle of this version says how the training table's CSV" in _message(bundle_dir)
-    good = {"delimiter": ";", "decimal": ",", "skip_lines": 9}
+    good = {"delimiter": ";", "decimal": ",", "skip_lines": 9, "encoding": "cp1252"}
     _edit(bundle_dir, lambda d: d.update(table_csv=good))
-    assert load_bundle(bundle_dir).table_format.dialect == (";", ",", 9, "mapping.csv")
+    assert load_bundle(bundle_dir).table_format.dialect == (";", ",", 9, "mapping.csv", "cp1252")
     for bad, said in (({**good, "delimiter": ":"}, "table_csv.delimiter: one of [',', ';', '\\t', '|'] expected"),
                       ({**good, "delimiter": ","}, "table_csv: decimal ',' needs another delimiter"),
                       ({**good, "decimal": "·"}, "table_csv.decimal: '.' or ',' expected"),
                       ({**good, "skip_lines": -1}, "table_csv.skip_lines: a whole number of lines"),
                       ({**good, "skip_lines": True}, "table_csv.skip_lines: a whole number of lines"),
                       ({**good, "delimiter": [";"]}, "table_csv.delimiter: one of"),
+                      ({**good, "encoding": "base64"}, "table_csv.encoding: a text encoding such as"),
                       ({**good, "sep": ";"}, "unknown key 'sep'")):  # fmt: skip
         _edit(bundle_dir, lambda doc, bad=bad: doc.update(table_csv=bad))
         assert said in _message(bundle_dir)

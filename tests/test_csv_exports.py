@@ -578,3 +578,33 @@ def test_a_column_of_numbers_with_cells_of_the_other_decimal_mark_is_refused_by_
     grouped = _write(tmp_path / "grouped.csv", [HEADER.replace(",", ";"), *rows])
     t = _read_as(grouped, ";", ",", 0)  # '1.234' may be thousands grouping: text (missing), counted, not refused
     assert np.isnan(t[2][0, 0]) and t[2][1, 0] == t[2][0, 1] == 7.5
+
+
+def test_exports_in_other_text_encodings_read_as_the_plain_csv(tmp_path):
+    """Windows exports are often cp1252 ('°C' in a header is one byte, 0xB0), some tools write UTF-16: both
+    readers refused them ("not a UTF-8 CSV file; save it as UTF-8"). data.csv.encoding (the bundle's table_csv,
+    runtime.yaml's mapping.csv.encoding) reads them as the plain table; a wrong one is refused naming the key."""
+    rows = [HEADER + ",Gondeltemperatur (°C)", *(r + ",21.5" for r in _rows())]  # a column no channel maps
+    plain = _both(_write(tmp_path / "plain.csv", [HEADER, *_rows()]))
+    for name, encoding, delimiter in (("windows.csv", "cp1252", ";"), ("wide.csv", "utf-16", "\t")):
+        path = tmp_path / name
+        path.write_bytes(("\n".join(_dialect_lines(rows, delimiter, ",", [])) + "\n").encode(encoding))
+        cfg = load_config(CONFIG, [f"data.paths.raw_dir={path}", f"data.csv.delimiter={json.dumps(delimiter)}",
+                                   "data.csv.decimal=','", f"data.csv.encoding={encoding}"])  # fmt: skip
+        t = load_raw_table(cfg.data)
+        layout = TABLE._replace(dialect=CsvDialect(delimiter, ",", 0, "mapping.csv", encoding))
+        ((ids, ts, values, _),) = table_chunks(path, CHANNELS, MappingCfg(), layout, 100)
+        assert list(t.turbine_ids) == ids == plain[0] and t.ts_ns.tolist() == ts.tolist() == plain[1].tolist()
+        np.testing.assert_array_equal(t.values, plain[2])
+        np.testing.assert_array_equal(values, plain[2])
+    windows = tmp_path / "windows.csv"
+    with pytest.raises(InputError, match=r"windows\.csv: not a UTF-8 CSV file.*set data\.csv\.encoding to its "
+                                         r"encoding \(Windows exports: cp1252\)"):  # fmt: skip
+        load_raw_table(load_config(CONFIG, [f"data.paths.raw_dir={windows}", "data.csv.delimiter=';'",
+                                            "data.csv.decimal=','"]).data)  # fmt: skip
+    with pytest.raises(InputError, match=r"set mapping\.csv\.encoding"):
+        list(table_chunks(windows, CHANNELS, MappingCfg(), TABLE._replace(dialect=CsvDialect(";", ",")), 100))
+    with pytest.raises(ConfigError, match="data.csv.encoding: a text encoding such as"):
+        load_config(CONFIG, ["data.csv.encoding=rot13"])
+    with pytest.raises(ConfigError, match="mapping.csv.encoding: a text encoding such as"):
+        daemon_config_from_dict({"mapping": {"csv": {"encoding": "nope"}}})

@@ -91,8 +91,8 @@ def test_export_with_checkpoint_path_only(exported, tiny_run):
     ids = dataclasses.asdict(exported[2].data.identifiers)  # the training table's layout, replay's defaults
     assert bundle.table_identifiers.to_dict() == ids and ids["turbine_id_from_file"] is ids["time_format"] is None
     assert bundle.table_format[1:4] == (ids["turbine_id_col"], ids["time_col"], ids["naive_timezone"])
-    assert bundle.table_csv.to_dict() == dataclasses.asdict(exported[2].data.csv) == {"delimiter": ",", "decimal": ".",
-                                                                                       "skip_lines": 0}  # fmt: skip
+    plain = {"delimiter": ",", "decimal": ".", "skip_lines": 0, "encoding": "utf-8"}
+    assert bundle.table_csv.to_dict() == dataclasses.asdict(exported[2].data.csv) == plain
     assert bundle.table_format.columns == dict(exported[2].data.columns)
 
 

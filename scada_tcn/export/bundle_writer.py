@@ -158,7 +158,9 @@ def export_bundle(
         table_identifiers=TableIdentifiers(
             ids.turbine_id_col, ids.time_col, ids.naive_timezone, ids.turbine_id_from_file, ids.time_format
         ),
-        table_csv=TableCsv(cfg.data.csv.delimiter, cfg.data.csv.decimal, cfg.data.csv.skip_lines),
+        table_csv=TableCsv(
+            cfg.data.csv.delimiter, cfg.data.csv.decimal, cfg.data.csv.skip_lines, cfg.data.csv.encoding
+        ),
         spec=PipelineSpec.from_dict(ckpt["pipeline_spec"]),
         scaler=RobustScaler.from_dict(ckpt["scaler"]),
         heads=Heads(mcfg.forecast_enabled, mcfg.fault_enabled, mcfg.fault_multilabel, mcfg.rul_enabled),

@@ -42,7 +42,7 @@ A bundle is a directory of three files:
                    replays with no mapping); from version 10 also turbine_id_from_file, the pattern that takes
                    the id from each file's name when turbine_id_col is null, and time_format, the strptime
                    format of its stamps (null: ISO-8601 or epoch seconds)
-  table_csv        `TableCsv`: how the training table's CSV was written (data.csv: delimiter, decimal mark,
+  table_csv        `TableCsv`: how the training table's CSV was written (data.csv: delimiter, decimal mark, encoding,
                    lines before the header; replay's defaults)
   pipeline_spec    `scada_tcn.runtime.spec.PipelineSpec`: binning, QC, winsor caps, features, flags
   scaler           `scada_tcn.runtime.scaling.RobustScaler` (its `scaled` says which columns are scaled)
@@ -446,17 +446,18 @@ class TableCsv:
     delimiter: str
     decimal: str
     skip_lines: int
+    encoding: str
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: Any) -> TableCsv:
-        _Section(d, ("delimiter", "decimal", "skip_lines"), "table_csv")
-        problem = dialect_problem(d["delimiter"], d["decimal"], d["skip_lines"], "table_csv")
+        _Section(d, ("delimiter", "decimal", "skip_lines", "encoding"), "table_csv")
+        problem = dialect_problem(d["delimiter"], d["decimal"], d["skip_lines"], "table_csv", d["encoding"])
         if problem:
             raise _fail(problem)
-        return cls(d["delimiter"], d["decimal"], d["skip_lines"])
+        return cls(d["delimiter"], d["decimal"], d["skip_lines"], d["encoding"])
 
 
 class TableFormat(NamedTuple):
@@ -741,7 +742,7 @@ class Bundle(BundleContents):
         10: plain CSV)."""
         ids = self.table_identifiers or SCHEMA7_IDENTIFIERS
         c = self.table_csv
-        dialect = CsvDialect() if c is None else CsvDialect(c.delimiter, c.decimal, c.skip_lines)
+        dialect = CsvDialect() if c is None else CsvDialect(c.delimiter, c.decimal, c.skip_lines, "", c.encoding)
         return TableFormat(dict(self.column_mapping), ids.turbine_id_col, ids.time_col, ids.naive_timezone,
                            dialect._replace(settings="mapping.csv"), ids.turbine_id_from_file,
                            ids.time_format)  # fmt: skip

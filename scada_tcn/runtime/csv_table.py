@@ -4,16 +4,17 @@ Contract
 --------
 * `table_files(path, kinds)`: a file, or a folder's files whose names end in one of `kinds` (".csv", ".csv.gz",
   ".parquet", ".pq"), in name order. Refused: a path that does not exist, a folder with no such file.
-* `CsvDialect(delimiter, decimal, skip_lines)`: how an export is written: its separator (`,` `;` tab `|`), its
-  decimal mark (`.` or `,`, which needs another separator; it applies to value cells, `cells.parse_numbers`) and
-  the lines before its header (an exporter's preamble, such as Greenbyte's `# Turbine: ...` lines).
-  `dialect_problem(delimiter, decimal, skip_lines, where)` says what is wrong with one, or None.
+* `CsvDialect(delimiter, decimal, skip_lines, settings, encoding)`: how an export is written: its separator (`,`
+  `;` tab `|`), its decimal mark (`.` or `,`, which needs another separator; it applies to value cells,
+  `cells.parse_numbers`), the lines before its header (an exporter's preamble, such as Greenbyte's `# Turbine: ...`
+  lines) and its text encoding (UTF-8 by default; Windows exports are often cp1252). `dialect_problem(delimiter,
+  decimal, skip_lines, where, encoding)` says what is wrong with one, or None.
 * `csv_columns(path, columns, rows, mapping, dialect)`: the cells (str) of `columns` of a CSV file, plain or
   gzipped (`.gz`), in chunks of at most `rows` data rows (column -> list of cells), read with the csv module a
   block of rows at a time and only `columns` kept (memory holds the needed columns, not the export's every column):
-  - UTF-8, a byte-order mark (Excel) skipped; `dialect.skip_lines` lines skipped whatever they hold, then the first
-    row is the header; blank lines, and lines of spaces only, are skipped; line numbers in messages count every
-    line of the file;
+  - in `dialect.encoding` (UTF-8: a byte-order mark, as Excel writes, skipped); `dialect.skip_lines` lines
+    skipped whatever they hold, then the first row is the header; blank lines, and lines of spaces only, are
+    skipped; line numbers in messages count every line of the file;
   - a row with fewer cells than the header has empty cells for the rest; a row with more is refused, naming its
     line, unless the extra cells are empty (a separator at the end of each line, as some exports write): an
     unquoted separator inside a cell (free status text) would shift every later cell of the row;
@@ -26,6 +27,7 @@ Contract
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import itertools
@@ -40,7 +42,7 @@ from scada_tcn.runtime.errors import InputError
 
 __all__ = [
     "CSV_KINDS", "DELIMITERS", "PARQUET_KINDS", "CsvDialect", "column_positions", "csv_columns", "dialect_problem",
-    "table_files",
+    "read_encoding", "table_files",
 ]  # fmt: skip
 
 CSV_KINDS = (".csv", ".csv.gz")
@@ -57,10 +59,12 @@ class CsvDialect(NamedTuple):
     decimal: str = "."
     skip_lines: int = 0
     settings: str = "data.csv"
+    encoding: str = "utf-8"
 
 
-def dialect_problem(delimiter: object, decimal: object, skip_lines: object, where: str) -> str | None:
-    """What is wrong with a dialect's three settings (`where`: their section, for the message), or None."""
+def dialect_problem(delimiter: object, decimal: object, skip_lines: object, where: str, encoding: object = "utf-8"
+                    ) -> str | None:  # fmt: skip
+    """What is wrong with a dialect's settings (`where`: their section, for the message), or None."""
     if not isinstance(delimiter, str) or delimiter not in DELIMITERS:
         quote = " (in YAML quote it: '|')" if delimiter == "" else ""  # an unquoted | reads as an empty block
         return f"{where}.delimiter: one of {list(DELIMITERS)} expected, got {delimiter!r}{quote}"
@@ -70,6 +74,13 @@ def dialect_problem(delimiter: object, decimal: object, skip_lines: object, wher
         return f"{where}: decimal ',' needs another delimiter (';' is the usual one with decimal commas)"
     if type(skip_lines) is not int or not 0 <= skip_lines <= MAX_SKIP_LINES:
         return f"{where}.skip_lines: a whole number of lines from 0 to {MAX_SKIP_LINES} expected, got {skip_lines!r}"
+    try:
+        known = isinstance(encoding, str) and isinstance("".encode(encoding), bytes)  # a text encoding Python knows
+    except LookupError:  # an unknown name, or a codec that is not a text encoding (base64, rot13)
+        known = False
+    if not known:
+        return (f"{where}.encoding: a text encoding such as 'utf-8', 'cp1252' (Windows) or 'utf-16' expected, got "
+                f"{encoding!r}")  # fmt: skip
     return None
 
 
@@ -99,12 +110,19 @@ def csv_columns(
     gz = p.name.lower().endswith(".gz")
     try:
         yield from _chunks(p, gz, columns, rows, mapping, dialect)
-    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, zlib.error) as e:
+    except (UnicodeError, gzip.BadGzipFile, EOFError, zlib.error) as e:
         kind = " (gzip)" if gz else ""
-        raise InputError(f"{p}: not a UTF-8 CSV file{kind}: {e}; save it as UTF-8 CSV"
+        name = "UTF-8" if read_encoding(dialect.encoding) == "utf-8-sig" else dialect.encoding
+        raise InputError(f"{p}: not a {name} CSV file{kind}: {e}; save it as UTF-8 CSV, or set "
+                         f"{dialect.settings}.encoding to its encoding (Windows exports: cp1252)"
                          f"{', or gzip it again (the file may be cut short)' if gz else ''}") from e  # fmt: skip
     except csv.Error as e:  # a cell over the csv module's size limit: a quote opened and never closed
         raise InputError(f"{p}: not a readable CSV file ({e}): a quote opened and never closed?") from e
+
+
+def read_encoding(encoding: str) -> str:
+    """The codec that reads a file of `encoding`: UTF-8 skipping a byte-order mark (as Excel writes one)."""
+    return "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
 
 
 def _blank(row: list[str]) -> bool:
@@ -116,7 +134,7 @@ def _chunks(
     path: Path, gz: bool, columns: Sequence[str], rows: int, mapping: str, dialect: CsvDialect
 ) -> Iterator[dict[str, list[str]]]:
     opener = gzip.open if gz else open
-    with opener(path, "rt", newline="", encoding="utf-8-sig") as fh:  # a byte-order mark (Excel) is skipped
+    with opener(path, "rt", newline="", encoding=read_encoding(dialect.encoding)) as fh:
         skipped = sum(1 for _ in itertools.islice(iter(fh.readline, ""), dialect.skip_lines))
         reader = csv.reader(fh, delimiter=dialect.delimiter)
         header = next(reader, None)

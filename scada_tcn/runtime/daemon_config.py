@@ -180,6 +180,7 @@ class CsvMappingCfg:
     skip_lines: int | None = _f(
         None, "replay: lines before the header (an exporter's preamble); null = the training table's"
     )
+    encoding: str | None = _f(None, "replay: the files' text encoding, e.g. cp1252; null = the training table's")
 
 
 @dataclass(frozen=True)
@@ -305,7 +306,8 @@ def _problems(c: RuntimeConfig) -> list[str]:
         p += [z for z in [id_pattern_problem(m.turbine_id_from_file, "mapping.turbine_id_from_file")] if z]
     d = c.mapping.csv  # each part set here (replay checks the whole, with the training table's parts)
     dialect = dialect_problem(";" if d.delimiter is None else d.delimiter, "." if d.decimal is None else d.decimal,
-                              0 if d.skip_lines is None else d.skip_lines, "mapping.csv")  # fmt: skip
+                              0 if d.skip_lines is None else d.skip_lines, "mapping.csv",
+                              "utf-8" if d.encoding is None else d.encoding)  # fmt: skip
     p += [dialect] if dialect else []
     url = urlparse(c.broker.url)
     if url.scheme not in ("mqtt", "mqtts") or not url.hostname:

@@ -280,8 +280,10 @@ def _layout(mapping: MappingCfg, training: TableFormat) -> TableFormat:
     zone = training.naive_timezone if mapping.naive_timezone is None else mapping.naive_timezone
     c, t = mapping.csv, training.dialect
     dialect = CsvDialect(t.delimiter if c.delimiter is None else c.delimiter, t.decimal if c.decimal is None else
-                         c.decimal, t.skip_lines if c.skip_lines is None else c.skip_lines, "mapping.csv")  # fmt: skip
-    problem = dialect_problem(*dialect[:3], "mapping.csv (unset parts: the training table's, the bundle's table_csv)")
+                         c.decimal, t.skip_lines if c.skip_lines is None else c.skip_lines, "mapping.csv",
+                         t.encoding if c.encoding is None else c.encoding)  # fmt: skip
+    problem = dialect_problem(*dialect[:3], "mapping.csv (unset parts: the training table's, the bundle's table_csv)",
+                              dialect.encoding)  # fmt: skip
     if problem:
         raise InputError(problem)
     id_col, pattern = training.turbine_id_col, training.turbine_id_from_file  # a column, or the file names

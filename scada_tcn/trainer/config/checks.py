@@ -49,7 +49,7 @@ def _check_splits(cfg: RootCfg) -> None:
     if problem:
         raise ConfigError(problem)
     c = cfg.data.csv
-    dialect = dialect_problem(c.delimiter, c.decimal, c.skip_lines, "data.csv")
+    dialect = dialect_problem(c.delimiter, c.decimal, c.skip_lines, "data.csv", c.encoding)
     if dialect:
         raise ConfigError(dialect)
     sp = cfg.data.splits

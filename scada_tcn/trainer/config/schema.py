@@ -72,6 +72,7 @@ class CsvCfg:
     delimiter: str = ","  # "," ";" "\t" or "|"
     decimal: str = "."  # "." or "," (with another delimiter); applies to value cells, not to stamps
     skip_lines: int = 0  # lines before the header (an exporter's preamble), skipped whatever they hold
+    encoding: str = "utf-8"  # the files' text encoding, e.g. "cp1252" (Windows exports), "utf-16"
 
 
 @dataclass

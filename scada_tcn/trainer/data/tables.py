@@ -55,7 +55,8 @@ class RawTable:
 
 def csv_dialect(data: DataCfg) -> CsvDialect:
     """How `data`'s CSV export is written (data.csv), as the shared reader takes it."""
-    return CsvDialect(data.csv.delimiter, data.csv.decimal, data.csv.skip_lines, "data.csv")
+    c = data.csv
+    return CsvDialect(c.delimiter, c.decimal, c.skip_lines, "data.csv", c.encoding)
 
 
 def how_read(data: DataCfg, files: list[str]) -> str:
@@ -66,7 +67,9 @@ def how_read(data: DataCfg, files: list[str]) -> str:
     parts = [f"{len(files)} file{'s' * (len(files) != 1)}"]
     if csvs:
         parts.append(f"CSV separated by {c.delimiter!r}, decimal mark {c.decimal!r}"
-                     + (f", {c.skip_lines} lines skipped before the header" if c.skip_lines else ""))  # fmt: skip
+                     + (f", {c.skip_lines} lines skipped before the header" if c.skip_lines else "")
+                     + (f", encoding {c.encoding}" if c.encoding.replace("_", "-").lower() not in ("utf-8", "utf8")
+                        else ""))  # fmt: skip
     parts.append(f"turbine ids from column {ident.turbine_id_col!r}" if ident.turbine_id_col is not None
                  else f"turbine ids from the file names by '{ident.turbine_id_from_file}'")  # fmt: skip
     stamps = "ISO-8601 or epoch seconds" if ident.time_format is None else f"written as {ident.time_format!r}"

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from scada_tcn.runtime.cells import parse_numbers
-from scada_tcn.runtime.csv_table import CSV_KINDS, PARQUET_KINDS, CsvDialect, table_files
+from scada_tcn.runtime.csv_table import CSV_KINDS, PARQUET_KINDS, CsvDialect, read_encoding, table_files
 from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.ids import file_turbine_id
 from scada_tcn.trainer.config import DataCfg
@@ -32,14 +32,14 @@ from scada_tcn.trainer.data.tables import csv_dialect, parse_timestamps
 from scada_tcn.trainer.sources.faults import FAULT_KINDS, inject_fault
 
 
-def _open(path: Path, mode: str) -> IO[str]:
+def _open(path: Path, mode: str, encoding: str) -> IO[str]:
     """A text file, gzipped when named .gz; written with a zero gzip time stamp, so that the same seed gives the
     same bytes."""
     if not path.name.lower().endswith(".gz"):
-        return open(path, mode, newline="", encoding="utf-8")
+        return open(path, mode, newline="", encoding=encoding)
     if "w" in mode:
-        return io.TextIOWrapper(gzip.GzipFile(path, "wb", mtime=0), encoding="utf-8", newline="")
-    return gzip.open(path, mode, newline="", encoding="utf-8")
+        return io.TextIOWrapper(gzip.GzipFile(path, "wb", mtime=0), encoding=encoding, newline="")
+    return gzip.open(path, mode, newline="", encoding=encoding)
 
 
 def _read_all(path: Path, dialect: CsvDialect) -> tuple[pd.DataFrame, str]:
@@ -47,10 +47,10 @@ def _read_all(path: Path, dialect: CsvDialect) -> tuple[pd.DataFrame, str]:
     header."""
     if path.name.lower().endswith((".parquet", ".pq")):
         return pd.read_parquet(path), ""
-    with _open(path, "rt") as fh:
+    with _open(path, "rt", dialect.encoding) as fh:
         preamble = "".join(itertools.islice(iter(fh.readline, ""), dialect.skip_lines))
     df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], sep=dialect.delimiter,
-                     skiprows=dialect.skip_lines, encoding="utf-8-sig")  # fmt: skip
+                     skiprows=dialect.skip_lines, encoding=read_encoding(dialect.encoding))  # fmt: skip
     return df, preamble
 
 
@@ -88,7 +88,7 @@ def _write(table: Path, df: pd.DataFrame, preamble: str, dialect: CsvDialect) ->
     if table.name.lower().endswith((".parquet", ".pq")):
         df.to_parquet(table, index=False)
         return
-    with _open(table, "wt") as fh:
+    with _open(table, "wt", dialect.encoding) as fh:
         fh.write(preamble)
         df.to_csv(fh, index=False, sep=dialect.delimiter)
 
