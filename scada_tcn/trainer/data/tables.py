@@ -181,6 +181,21 @@ def _to_numeric(col: pd.Series, decimal: str) -> tuple[np.ndarray, int]:
     return parse_numbers(col.fillna("").to_numpy(dtype=str), decimal)
 
 
+def _text_cells(col: pd.Series, values: np.ndarray, count: int, channel: str, decimal: str) -> str:
+    """The first of a channel's `count` non-numeric cells (for the summary: 'NaN' is a gap, '12.5' under decimal
+    ',' a misread), after the refusals replay gives too: a column of text and not one number (`no_numbers`), and a
+    column of numbers holding a number written with the other decimal mark (`wrong_decimal`)."""
+    text = [str(c) for c in col.to_numpy(dtype=object)[np.isnan(values) & col.notna().to_numpy()]]
+    example = first_text(text, decimal) or ""
+    if not np.isfinite(values).any():
+        raise no_numbers(str(col.name), channel, count, example, "map the channel to a numeric column in "
+                         "data.columns", "data.csv.decimal")  # fmt: skip
+    other = other_decimal(text, decimal)
+    if other is not None:
+        raise wrong_decimal(str(col.name), channel, other, decimal, "data.csv.decimal")
+    return example
+
+
 def load_raw_table(data: DataCfg) -> RawTable:
     """Read every file of `data.paths.raw_dir`, map columns to channels, parse stamps and values."""
     ident = data.identifiers
@@ -210,16 +225,8 @@ def load_raw_table(data: DataCfg) -> RawTable:
     examples: dict[str, str] = {}
     for j, c in enumerate(channels):
         values[:, j], non_numeric[c] = _to_numeric(df[data.columns[c]], dialect.decimal)
-        if non_numeric[c]:  # shown in the summary: 'NaN' is a gap
-            examples[c] = first_text(df[data.columns[c]].dropna().astype(str), dialect.decimal) or ""
-            text = df[data.columns[c]].to_numpy(dtype=object)[np.isnan(values[:, j]) & df[data.columns[c]].notna()]
-            other = other_decimal(map(str, text), dialect.decimal)
-            if other is not None and np.isfinite(values[:, j]).any():  # all text: no_numbers says it below
-                raise wrong_decimal(data.columns[c], c, other, dialect.decimal, "data.csv.decimal")
-        if non_numeric[c] and not np.isfinite(values[:, j]).any():
-            example = examples[c]
-            raise no_numbers(data.columns[c], c, non_numeric[c], example or "", "map the channel to a numeric "
-                             "column in data.columns", "data.csv.decimal")  # fmt: skip
+        if non_numeric[c]:
+            examples[c] = _text_cells(df[data.columns[c]], values[:, j], non_numeric[c], c, dialect.decimal)
     values[~np.isfinite(values)] = np.nan
     rul = None
     if data.rul.enabled:
