@@ -23,7 +23,7 @@ from scada_tcn.runtime.errors import ConfigError, InputError
 from scada_tcn.runtime.ids import turbine_id_problem
 from scada_tcn.runtime.replay import table_chunks
 from scada_tcn.trainer.config import load_config
-from scada_tcn.trainer.data.tables import how_read, load_raw_table
+from scada_tcn.trainer.data.tables import load_raw_table, table_format
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "config.yaml"
 CHANNELS = ("wind_speed", "power", "rotor_speed", "gen_speed", "pitch", "wind_dir", "nacelle_dir", "ambient_temp",
@@ -426,7 +426,7 @@ def test_per_turbine_files_named_after_their_turbine_read_as_the_joined_table(tm
     assert t.ts_ns.tolist() == np.concatenate([p[1] for p in parts]).tolist() == plain[1].tolist()
     np.testing.assert_array_equal(t.values, plain[2])
     np.testing.assert_array_equal(np.concatenate([p[2] for p in parts]), plain[2])
-    assert how_read(cfg.data, t.files) == (  # the prepare summary's first line
+    assert table_format(cfg.data).describe(t.files) == (  # the prepare summary's first line
         "4 files; CSV separated by ',', decimal mark '.', 9 lines skipped before the header; turbine ids from the "
         f"file names by '{pattern}'; stamps in column '# Date and time', ISO-8601 or epoch seconds, naive ones in UTC"
     )

@@ -428,7 +428,7 @@ def test_replay_in_small_chunks_writes_the_same_bytes(bundle, rows, tmp_path):
         assert summary["read"] == summary["rows"] == len(body)
         outs.append(out.read_bytes())
     assert outs[0] == outs[1] and outs[0].count(b"\n") > 2000
-    reads = [min(len(body), 997 * (i + 1)) for i in range(-(-len(body) // 997))]
+    reads = [0] + [min(len(body), 997 * (i + 1)) for i in range(-(-len(body) // 997))]  # 0: before the first
     assert seen[: len(reads)] == [(r, 0) for r in reads]
     scored = [n for r, n in seen[len(reads) :] if r == len(body)]
     assert len(scored) == len(seen) - len(reads) and scored[-1] == len(body)

@@ -89,7 +89,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -99,7 +99,7 @@ import numpy as np
 import onnxruntime as ort
 
 from scada_tcn.runtime.calibration import Calibration
-from scada_tcn.runtime.csv_table import CsvDialect, dialect_problem
+from scada_tcn.runtime.csv_table import PARQUET_KINDS, CsvDialect, dialect_problem, read_encoding
 from scada_tcn.runtime.digest import canonical_json
 from scada_tcn.runtime.drift import DriftReference
 from scada_tcn.runtime.errors import BundleError
@@ -472,6 +472,22 @@ class TableFormat(NamedTuple):
     dialect: CsvDialect = CsvDialect()
     turbine_id_from_file: str | None = None
     time_format: str | None = None  # a strptime format of the stamps; None: ISO-8601 or epoch seconds
+
+    def describe(self, files: Sequence[str | Path]) -> str:
+        """One line saying how `files` are read (scada-prepare's summary, replay's first line): what a user checks
+        first when the counts look wrong."""
+        d = self.dialect
+        parts = [f"{len(files)} file{'s' * (len(files) != 1)}"]
+        if any(not str(f).lower().endswith(PARQUET_KINDS) for f in files):
+            skipped = f", {d.skip_lines} lines skipped before the header" if d.skip_lines else ""
+            encoding = "" if read_encoding(d.encoding) == "utf-8-sig" else f", encoding {d.encoding}"
+            parts.append(f"CSV separated by {d.delimiter!r}, decimal mark {d.decimal!r}{skipped}{encoding}")
+        parts.append(f"turbine ids from column {self.turbine_id_col!r}" if self.turbine_id_col is not None
+                     else f"turbine ids from the file names by '{self.turbine_id_from_file}'")  # fmt: skip
+        stamps = "ISO-8601 or epoch seconds" if self.time_format is None else f"written as {self.time_format!r}"
+        zone = f", naive ones in {self.naive_timezone}" if self.naive_timezone else ""
+        parts.append(f"stamps in column {self.time_col!r}, {stamps}{zone}")
+        return "; ".join(parts)
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def progress(c: dict) -> None:
         if not c["rows"]:  # still parsing the table (it is fed in time order once read whole)
+            if not c["read"]:
+                print(f"replay: reading {c['read_as']}", file=sys.stderr, flush=True)
+                return
             print(f"replay: read {c['read']:,} rows", file=sys.stderr, flush=True)
             return
         rate = c["rows"] / max(time.monotonic() - t0, 1e-9)

@@ -23,8 +23,8 @@ Contract
   same step, as offline. Memory stays bounded for a year of a farm: the parsed values wait in an unnamed temporary
   file next to `out` (8 bytes per channel and row; memory holds 12 bytes per row, 20 when the file is not sorted
   by time). At the end each turbine's bins are closed through its own last sample, like scada-prepare's grid. No
-  wall clock is involved. `progress(counts)` follows every chunk read (`read`) and every `CHUNK_ROWS` rows scored
-  (`rows`).
+  wall clock is involved. `progress(counts)` comes once before the first chunk (`read_as`: how the table is read,
+  `TableFormat.describe`), after every chunk read (`read`) and every `CHUNK_ROWS` rows scored (`rows`).
 * Output: `out` gets exactly the score-topic payloads `run` would publish (warm-up records included), one JSON
   object per line, in closing order; `alerts_out`, when given, the alert transitions. Both are written to new
   files beside them that take their names when the replay ends (`_output`): a refused or interrupted replay
@@ -441,7 +441,11 @@ def replay(
 
     `progress(counts)` is called after every chunk parsed and every `chunk_rows` rows scored. Returns a summary."""
     spec = engine.bundle.spec
-    counts: dict[str, Any] = {"read": 0, "rows": 0, "turbines": 0, "scores": 0, "warmup": 0, "alerts": 0}
+    layout = _layout(mapping, engine.bundle.table_format)
+    counts: dict[str, Any] = {"read_as": layout.describe(table_files(path, CSV_KINDS + PARQUET_KINDS)), "read": 0,
+                              "rows": 0, "turbines": 0, "scores": 0, "warmup": 0, "alerts": 0}  # fmt: skip
+    if progress is not None:  # before the first chunk: how the table is read (`read_as`)
+        progress(counts)
     non_numeric = dict.fromkeys(spec.channels, 0)
     numbers = np.zeros(len(spec.channels), dtype=np.int64)  # cells read as numbers, per channel
     grace_ns = int(engine.fleet.grace_seconds * 1e9)
@@ -463,7 +467,7 @@ def replay(
             yield ids, ts, values
         # the whole table is read before its first row is scored (`in_time_order`): a channel of text and not one
         # number is refused as scada-prepare refuses it, before a record is written
-        decimal = _layout(mapping, engine.bundle.table_format).dialect.decimal
+        decimal = layout.dialect.decimal
         for c, n in zip(spec.channels, numbers.tolist()):
             if n and c in other:  # scada-prepare's refusal of a column of numbers and cells of the other mark
                 raise wrong_decimal(other[c].column, c, other[c].other, decimal, "mapping.csv.decimal")

@@ -36,7 +36,7 @@ from scada_tcn.runtime.scaling import fit_robust_scaler
 from scada_tcn.trainer.config import RootCfg, save_resolved
 from scada_tcn.trainer.config.derive import spec_from_config
 from scada_tcn.trainer.data.registry import save_registry
-from scada_tcn.trainer.data.tables import RawTable, how_read, load_raw_table
+from scada_tcn.trainer.data.tables import RawTable, load_raw_table, table_format
 from scada_tcn.trainer.data.windowing import (
     SPLITS,
     build_window_index,
@@ -180,7 +180,7 @@ def prepare(cfg: RootCfg) -> dict[str, Any]:
     summary = {
         "raw_rows": int(len(table.ts_ns)),
         "files": table.files,
-        "read": how_read(data, table.files),
+        "read": table_format(data).describe(table.files),
         "turbines": sorted(binned),
         "skipped_turbines": skipped,
         "steps": n_steps,

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from scada_tcn.runtime.bundle import TableFormat
 from scada_tcn.runtime.cells import first_text, is_number, no_numbers, other_decimal, parse_numbers, wrong_decimal
 from scada_tcn.runtime.csv_table import (
     CSV_KINDS,
@@ -59,23 +60,11 @@ def csv_dialect(data: DataCfg) -> CsvDialect:
     return CsvDialect(c.delimiter, c.decimal, c.skip_lines, "data.csv", c.encoding)
 
 
-def how_read(data: DataCfg, files: list[str]) -> str:
-    """One line saying how the table's files were read (for the prepare summary): what a user checks first when
-    the counts look wrong."""
-    ident, c = data.identifiers, data.csv
-    csvs = sum(not f.lower().endswith(PARQUET_KINDS) for f in files)
-    parts = [f"{len(files)} file{'s' * (len(files) != 1)}"]
-    if csvs:
-        parts.append(f"CSV separated by {c.delimiter!r}, decimal mark {c.decimal!r}"
-                     + (f", {c.skip_lines} lines skipped before the header" if c.skip_lines else "")
-                     + (f", encoding {c.encoding}" if c.encoding.replace("_", "-").lower() not in ("utf-8", "utf8")
-                        else ""))  # fmt: skip
-    parts.append(f"turbine ids from column {ident.turbine_id_col!r}" if ident.turbine_id_col is not None
-                 else f"turbine ids from the file names by '{ident.turbine_id_from_file}'")  # fmt: skip
-    stamps = "ISO-8601 or epoch seconds" if ident.time_format is None else f"written as {ident.time_format!r}"
-    zone = f", naive ones in {ident.naive_timezone}" if ident.naive_timezone else ""
-    parts.append(f"stamps in column {ident.time_col!r}, {stamps}{zone}")
-    return "; ".join(parts)
+def table_format(data: DataCfg) -> TableFormat:
+    """The raw table's layout as `data` describes it: the record scada-export writes into the bundle for replay."""
+    i = data.identifiers
+    return TableFormat(dict(data.columns), i.turbine_id_col, i.time_col, i.naive_timezone, csv_dialect(data),
+                       i.turbine_id_from_file, i.time_format)  # fmt: skip
 
 
 def _read(path: Path, columns: list[str], dialect: CsvDialect) -> pd.DataFrame:
