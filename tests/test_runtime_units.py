@@ -354,7 +354,7 @@ def test_replay_table_cells_parse_like_scada_prepare(tmp_path):
 
     import pandas as pd
 
-    from scada_tcn.trainer.data.tables import _to_numeric
+    from scada_tcn.trainer.data.tables import column_numbers
 
     cells = ["7.5", "1_000", "", " 2 ", "inf", "-3e2", "n/a", "0x10", "1e400", "nan", "NaN", "+5", ".5", "5.",
              "1,5", "  ", "-inf", "Infinity", "1 000", "NA", "null", "-", "\u0661\u0662", "+nan", "1e-400", "e5",
@@ -366,7 +366,7 @@ def test_replay_table_cells_parse_like_scada_prepare(tmp_path):
     assert [len(ids) for ids, _, _, _ in chunks] == [10, 10, 7]
     got = np.concatenate([v[:, 0] for _, _, v, _ in chunks])
     column = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])["ws"]
-    want, counted = _to_numeric(column, ".")
+    want, counted = column_numbers(column, ".")
     want = np.where(np.isfinite(want), want, np.nan)  # scada-prepare turns +-inf into missing after counting
     np.testing.assert_array_equal(got, want)
     assert sum(bad["wind_speed"].count for _, _, _, bad in chunks if bad) == counted == 15

@@ -8,6 +8,7 @@ everything to `runtime.bundle.dump_bundle`, which validates and writes. A failed
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -155,12 +156,8 @@ def export_bundle(
         feature_registry=feature_reg,
         flag_registry=FlagRegistry.from_dict(ckpt["flag_registry"]),
         column_mapping=dict(cfg.data.columns),
-        table_identifiers=TableIdentifiers(
-            ids.turbine_id_col, ids.time_col, ids.naive_timezone, ids.turbine_id_from_file, ids.time_format
-        ),
-        table_csv=TableCsv(
-            cfg.data.csv.delimiter, cfg.data.csv.decimal, cfg.data.csv.skip_lines, cfg.data.csv.encoding
-        ),
+        table_identifiers=TableIdentifiers(**dataclasses.asdict(ids)),  # data.identifiers, field for field
+        table_csv=TableCsv(**dataclasses.asdict(cfg.data.csv)),
         spec=PipelineSpec.from_dict(ckpt["pipeline_spec"]),
         scaler=RobustScaler.from_dict(ckpt["scaler"]),
         heads=Heads(mcfg.forecast_enabled, mcfg.fault_enabled, mcfg.fault_multilabel, mcfg.rul_enabled),

@@ -757,10 +757,9 @@ class Bundle(BundleContents):
         """The training table's layout (a bundle of schema 7: its columns and `SCHEMA7_IDENTIFIERS`; before schema
         10: plain CSV)."""
         ids = self.table_identifiers or SCHEMA7_IDENTIFIERS
-        c = self.table_csv
-        dialect = CsvDialect() if c is None else CsvDialect(c.delimiter, c.decimal, c.skip_lines, "", c.encoding)
+        csv = {} if self.table_csv is None else self.table_csv.to_dict()
         return TableFormat(dict(self.column_mapping), ids.turbine_id_col, ids.time_col, ids.naive_timezone,
-                           dialect._replace(settings="mapping.csv"), ids.turbine_id_from_file,
+                           CsvDialect(**csv, settings="mapping.csv"), ids.turbine_id_from_file,
                            ids.time_format)  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:

@@ -35,14 +35,14 @@ import operator
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import IO, NamedTuple
 
 from scada_tcn.runtime.cells import is_number
 from scada_tcn.runtime.errors import InputError
 
 __all__ = [
     "CSV_KINDS", "DELIMITERS", "PARQUET_KINDS", "CsvDialect", "column_positions", "csv_columns", "dialect_problem",
-    "read_encoding", "table_files",
+    "lines_before_header", "read_encoding", "table_files",
 ]  # fmt: skip
 
 CSV_KINDS = (".csv", ".csv.gz")
@@ -120,6 +120,24 @@ def csv_columns(
         raise InputError(f"{p}: not a readable CSV file ({e}): a quote opened and never closed?") from e
 
 
+def lines_before_header(path: Path, dialect: CsvDialect) -> str:
+    """The `dialect.skip_lines` lines before a CSV file's header, exactly as they are (a byte-order mark included):
+    what a copy of the file writes back first."""
+    with _open_text(path, dialect.encoding) as fh:
+        return "".join(_skip_lines(fh, dialect.skip_lines))
+
+
+def _open_text(path: Path, encoding: str) -> IO[str]:
+    """A CSV file for reading, plain or gzipped (named .gz), lines as they are."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    return opener(path, "rt", newline="", encoding=encoding)
+
+
+def _skip_lines(fh: IO[str], n: int) -> list[str]:
+    """The next `n` physical lines of `fh` (fewer at its end), whatever they hold."""
+    return list(itertools.islice(iter(fh.readline, ""), n))
+
+
 def read_encoding(encoding: str) -> str:
     """The codec that reads a file of `encoding`: UTF-8 skipping a byte-order mark (as Excel writes one)."""
     return "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
@@ -133,9 +151,8 @@ def _blank(row: list[str]) -> bool:
 def _chunks(
     path: Path, gz: bool, columns: Sequence[str], rows: int, mapping: str, dialect: CsvDialect
 ) -> Iterator[dict[str, list[str]]]:
-    opener = gzip.open if gz else open
-    with opener(path, "rt", newline="", encoding=read_encoding(dialect.encoding)) as fh:
-        skipped = sum(1 for _ in itertools.islice(iter(fh.readline, ""), dialect.skip_lines))
+    with _open_text(path, read_encoding(dialect.encoding)) as fh:
+        skipped = len(_skip_lines(fh, dialect.skip_lines))
         reader = csv.reader(fh, delimiter=dialect.delimiter)
         header = next(reader, None)
         while header is not None and _blank(header):  # blank lines before the header

@@ -40,6 +40,7 @@ temporary file.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import math
 import os
@@ -278,10 +279,8 @@ def _layout(mapping: MappingCfg, training: TableFormat) -> TableFormat:
     """The layout replay reads: runtime.yaml's `mapping`, each part it leaves unset (no `columns`, a null column,
     zone or CSV setting) the training table's. Refused: a separator and decimal mark that cannot go together."""
     zone = training.naive_timezone if mapping.naive_timezone is None else mapping.naive_timezone
-    c, t = mapping.csv, training.dialect
-    dialect = CsvDialect(t.delimiter if c.delimiter is None else c.delimiter, t.decimal if c.decimal is None else
-                         c.decimal, t.skip_lines if c.skip_lines is None else c.skip_lines, "mapping.csv",
-                         t.encoding if c.encoding is None else c.encoding)  # fmt: skip
+    set_here = {k: v for k, v in dataclasses.asdict(mapping.csv).items() if v is not None}
+    dialect = training.dialect._replace(**set_here, settings="mapping.csv")
     problem = dialect_problem(*dialect[:3], "mapping.csv (unset parts: the training table's, the bundle's table_csv)",
                               dialect.encoding)  # fmt: skip
     if problem:

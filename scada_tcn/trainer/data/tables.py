@@ -157,7 +157,7 @@ def parse_timestamps(col: pd.Series, naive_timezone: str | None, where: str, tim
     return _checked_ns(parsed, s, where)
 
 
-def _to_numeric(col: pd.Series, decimal: str) -> tuple[np.ndarray, int]:
+def column_numbers(col: pd.Series, decimal: str) -> tuple[np.ndarray, int]:
     """A column's values and its count of non-numeric cells: a numeric column (Parquet) as it is, text cells by
     `runtime.cells.parse_numbers` with the export's `decimal` mark, the rule replay applies (a missing cell reads
     as an empty one). A float32
@@ -213,13 +213,13 @@ def load_raw_table(data: DataCfg) -> RawTable:
     non_numeric: dict[str, int] = {}
     examples: dict[str, str] = {}
     for j, c in enumerate(channels):
-        values[:, j], non_numeric[c] = _to_numeric(df[data.columns[c]], dialect.decimal)
+        values[:, j], non_numeric[c] = column_numbers(df[data.columns[c]], dialect.decimal)
         if non_numeric[c]:
             examples[c] = _text_cells(df[data.columns[c]], values[:, j], non_numeric[c], c, dialect.decimal)
     values[~np.isfinite(values)] = np.nan
     rul = None
     if data.rul.enabled:
-        rul, bad = _to_numeric(df[data.rul.column], dialect.decimal)
+        rul, bad = column_numbers(df[data.rul.column], dialect.decimal)
         if bad:
             raise InputError(f"target column {data.rul.column!r} (data.rul.column) holds {bad} non-numeric cells")
         rul[~np.isfinite(rul)] = np.nan

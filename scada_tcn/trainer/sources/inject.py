@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import itertools
 import shutil
 from pathlib import Path
 from typing import IO
@@ -23,23 +22,27 @@ from typing import IO
 import numpy as np
 import pandas as pd
 
-from scada_tcn.runtime.cells import parse_numbers
-from scada_tcn.runtime.csv_table import CSV_KINDS, PARQUET_KINDS, CsvDialect, read_encoding, table_files
+from scada_tcn.runtime.csv_table import (
+    CSV_KINDS,
+    PARQUET_KINDS,
+    CsvDialect,
+    lines_before_header,
+    read_encoding,
+    table_files,
+)
 from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.ids import file_turbine_id
 from scada_tcn.trainer.config import DataCfg
-from scada_tcn.trainer.data.tables import csv_dialect, parse_timestamps
+from scada_tcn.trainer.data.tables import column_numbers, csv_dialect, parse_timestamps
 from scada_tcn.trainer.sources.faults import FAULT_KINDS, inject_fault
 
 
-def _open(path: Path, mode: str, encoding: str) -> IO[str]:
-    """A text file, gzipped when named .gz; written with a zero gzip time stamp, so that the same seed gives the
+def _create(path: Path, encoding: str) -> IO[str]:
+    """A text file to write, gzipped when named .gz with a zero gzip time stamp, so that the same seed gives the
     same bytes."""
     if not path.name.lower().endswith(".gz"):
-        return open(path, mode, newline="", encoding=encoding)
-    if "w" in mode:
-        return io.TextIOWrapper(gzip.GzipFile(path, "wb", mtime=0), encoding=encoding, newline="")
-    return gzip.open(path, mode, newline="", encoding=encoding)
+        return open(path, "w", newline="", encoding=encoding)
+    return io.TextIOWrapper(gzip.GzipFile(path, "wb", mtime=0), encoding=encoding, newline="")
 
 
 def _read_all(path: Path, dialect: CsvDialect) -> tuple[pd.DataFrame, str]:
@@ -47,18 +50,9 @@ def _read_all(path: Path, dialect: CsvDialect) -> tuple[pd.DataFrame, str]:
     header."""
     if path.name.lower().endswith((".parquet", ".pq")):
         return pd.read_parquet(path), ""
-    with _open(path, "rt", dialect.encoding) as fh:
-        preamble = "".join(itertools.islice(iter(fh.readline, ""), dialect.skip_lines))
     df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], sep=dialect.delimiter,
                      skiprows=dialect.skip_lines, encoding=read_encoding(dialect.encoding))  # fmt: skip
-    return df, preamble
-
-
-def _numbers(col: pd.Series, decimal: str) -> np.ndarray:
-    """A column's values: numeric as they are (Parquet), text cells by the rule scada-prepare reads them."""
-    if pd.api.types.is_numeric_dtype(col):
-        return col.to_numpy(dtype=np.float64, na_value=np.nan)
-    return parse_numbers(col.fillna("").to_numpy(dtype=str), decimal)[0]
+    return df, lines_before_header(path, dialect)
 
 
 def schedule(start: pd.Timestamp, end: pd.Timestamp, kinds: tuple[str, ...], hours: float) -> list[tuple]:
@@ -88,7 +82,7 @@ def _write(table: Path, df: pd.DataFrame, preamble: str, dialect: CsvDialect) ->
     if table.name.lower().endswith((".parquet", ".pq")):
         df.to_parquet(table, index=False)
         return
-    with _open(table, "wt", dialect.encoding) as fh:
+    with _create(table, dialect.encoding) as fh:
         fh.write(preamble)
         df.to_csv(fh, index=False, sep=dialect.delimiter)
 
@@ -103,7 +97,7 @@ def _with_injected(df: pd.DataFrame, part: pd.DataFrame, rows: np.ndarray, canon
         if pd.api.types.is_numeric_dtype(df[src_col]):
             out_df.loc[out_df.index[rows], src_col] = changed
         else:
-            old = _numbers(df[src_col].iloc[rows], decimal)
+            old = column_numbers(df[src_col].iloc[rows], decimal)[0]
             same = (old == changed) | (np.isnan(old) & np.isnan(changed))
             new = np.strings.replace(np.round(changed, 4).astype(str), ".", decimal)
             text = np.where(same, df[src_col].iloc[rows].to_numpy(dtype=object), new)
@@ -143,7 +137,7 @@ def inject_table(
     parts = []
     for k in mine:
         df, rows = tables[k][0], picks[k]
-        part = pd.DataFrame({ch: _numbers(df[col].iloc[rows], dialect.decimal) for col, ch in canon.items()})
+        part = pd.DataFrame({ch: column_numbers(df[col].iloc[rows], dialect.decimal)[0] for col, ch in canon.items()})
         ts = parse_timestamps(df[ident.time_col].iloc[rows], ident.naive_timezone, f"column {ident.time_col!r}",
                               ident.time_format)  # fmt: skip
         parts.append(part.assign(timestamp=pd.to_datetime(ts, utc=True)))
