@@ -104,9 +104,55 @@ def test_numeric_stamps_that_are_not_epoch_seconds_are_refused_by_both(tmp_path)
         with pytest.raises(InputError, match=r"45292\.006944.*lie before 1990: Excel serial dates"):
             read(excel)
     ms = table(["1704067200000", "1704067800000", "1704068400000"])
-    for read in (_prepare, _replay):
-        with pytest.raises(InputError, match="may be epoch milliseconds"):
-            read(ms)
+    with pytest.raises(InputError, match=r"may be epoch milliseconds: set data\.identifiers\.time_format: epoch_ms"):
+        _prepare(ms)
+    with pytest.raises(InputError, match=r"may be epoch milliseconds: set mapping\.time_format: epoch_ms"):
+        _replay(ms)
+
+
+def test_epoch_milliseconds_read_with_time_format_epoch_ms_as_the_epoch_seconds_table(tmp_path):
+    """Epoch milliseconds (InfluxDB, ThingsBoard and many historians export them) were refused by both readers
+    ("export epoch seconds"). `time_format: epoch_ms` reads every stamp as milliseconds, by one function in both
+    readers: the same instants as the table in epoch seconds, fractions of a millisecond to the microsecond as the
+    daemon reads them. Seconds under epoch_ms (1970), a stamp that is not a number and a missing stamp are refused
+    by both, naming the setting."""
+    rows = _rows()
+    plain = _both(_write(tmp_path / "epoch.csv", [HEADER, *rows]))
+    cut = [r.split(",", 2) for r in rows]
+    ms_rows = [f"{a},{int(b) * 1000},{c}" for a, b, c in cut]
+    ms_rows[1] = ms_rows[1].replace(",1704067800000,", ",1704067800000.0004,")  # 0.4 us: the same microsecond
+    path = _write(tmp_path / "ms.csv", [HEADER, *ms_rows])
+    epoch_ms = ["data.identifiers.time_format=epoch_ms"]
+    layout = TABLE._replace(time_format="epoch_ms")
+    t = load_raw_table(load_config(CONFIG, [f"data.paths.raw_dir={path}", *epoch_ms]).data)
+    ((ids, ts, values, _),) = table_chunks(path, CHANNELS, MappingCfg(), layout, 100)
+    assert t.ts_ns.tolist() == ts.tolist() == plain[1].tolist() and ids == plain[0]
+    np.testing.assert_array_equal(values, plain[2])
+    np.testing.assert_array_equal(t.values, plain[2])
+    ((_, by_mapping, _, _),) = table_chunks(path, CHANNELS, MappingCfg(time_format="epoch_ms"), TABLE, 100)
+    assert by_mapping.tolist() == plain[1].tolist()
+    half = _write(tmp_path / "half.csv", [HEADER, f"{cut[0][0]},1704067200000.5,{cut[0][2]}"])
+    ((_, ts, _, _),) = table_chunks(half, CHANNELS, MappingCfg(), layout, 100)
+    assert ts.tolist() == [1704067200000500000] == _prepare_as(half, epoch_ms).ts_ns.tolist()
+    for name, cell, said in (("secs.csv", "1704067200", r"lie before 1990: epoch seconds\? unset {}\.time_format"),
+                             ("text.csv", "01.01.2024 00:00", r"1 stamps are not numbers, e\.g\. \['01\.01\.2024 "
+                              r"00:00'\]; expected every stamp in epoch milliseconds \({}\.time_format: epoch_ms\)"),
+                             ("empty.csv", "", r"1 empty \(or infinite\) timestamps")):  # fmt: skip
+        bad = _write(tmp_path / name, [HEADER, *ms_rows[:2], f"{cut[2][0]},{cell},{cut[2][2]}"])
+        with pytest.raises(InputError, match=said.format(r"data\.identifiers")):
+            _prepare_as(bad, epoch_ms)
+        with pytest.raises(InputError, match=said.format("mapping")):
+            list(table_chunks(bad, CHANNELS, MappingCfg(), layout, 100))
+    assert TABLE._replace(time_format="epoch_ms").describe([path]).endswith("stamps in column 'timestamp', epoch "
+                                                                             "milliseconds")  # fmt: skip
+    assert daemon_config_from_dict({"mapping": {"time_format": "epoch_ms"}}).mapping.time_format == "epoch_ms"
+    with pytest.raises(ConfigError, match=r"or epoch_ms \(stamps in epoch milliseconds\), expected"):
+        load_config(CONFIG, ["data.identifiers.time_format=epoch_us"])
+
+
+def _prepare_as(path: Path, overrides: list[str]):
+    """scada-prepare's reader on `path` with config `overrides`."""
+    return load_raw_table(load_config(CONFIG, [f"data.paths.raw_dir={path}", *overrides]).data)
 
 
 def test_a_folder_of_per_turbine_exports_replays_as_the_joined_table(tmp_path):

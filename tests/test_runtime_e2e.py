@@ -12,6 +12,7 @@ import gzip
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -454,6 +455,39 @@ def test_batched_telemetry_scores_as_per_turbine_telemetry(broker, bundle, score
     assert sorted(r["reason"] for r in reports if "line" not in r) == ["not_utf8"] * len(whole)
     got_lines = sorted((r["line"], r["reason"]) for r in reports if "line" in r)
     assert got_lines == sorted(want_lines)
+    got = dedupe(p for _, p in col.of("/score"))
+    assert got.conflicts == {}
+    assert {t: sum(1 for k in got.records if k[0] == t) for t in want} == want
+    for k, payload in got.records.items():
+        assert_close(payload, replayed[k], k)
+    col.close()
+
+
+def test_thingsboard_telemetry_in_epoch_milliseconds_scores_as_iso_telemetry(broker, bundle, scorer, timeline,
+                                                                             replayed):  # fmt: skip
+    """ThingsBoard's device telemetry, `{"ts": <epoch ms>, "values": {...}}` (Node-RED and many PLC gateways stamp
+    alike), through Mosquitto with `ingest.epoch_unit: ms`: every message admitted, every step scored, each score
+    the replay's of the ISO-stamped table."""
+    header, rows, _ = timeline
+    messages = []
+    for topic, payload in to_messages(header, rows):
+        doc = json.loads(payload)
+        ns = parse_timestamp_ns(doc["ts"])
+        assert ns % 10**6 == 0  # the table's stamps hold whole milliseconds: the ms stamp is the same moment
+        messages.append((topic, json.dumps({"ts": ns // 10**6, "values": doc["values"]}).encode()))
+    assert re.fullmatch(rb'\{"ts": 1\d{12}, "values": \{.*\}\}', messages[0][1]), messages[0][1]
+    col = Collector(broker.url, [f"scada/{SITE}/+/score"], client_id="col-ms")
+    wait_for(col.ready, 10, "collector connect")
+    d = DaemonThread(daemon_config(broker.url, ingest={"epoch_unit": "ms"}), bundle, scorer)
+    pub = client(broker.url, "publisher-ms")
+    wait_for(lambda: pub.is_connected() and d.daemon.link.connected, 10, "connections")
+    publish_all(pub, messages)
+    want = expected_steps(rows, header)
+    wait_for(lambda: col.has_steps(sum(want.values())), 60, "all scores")
+    pub.disconnect()
+    m = d.daemon.metrics
+    assert m.value("scada_runtime_samples_in_total") == len(rows) and m.rejected_by_reason() == {}
+    assert d.stop() == 0
     got = dedupe(p for _, p in col.of("/score"))
     assert got.conflicts == {}
     assert {t: sum(1 for k in got.records if k[0] == t) for t in want} == want

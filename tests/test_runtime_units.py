@@ -158,6 +158,36 @@ def test_telemetry_accepts_subsets_and_nulls(decoder):
     assert parse_timestamp_ns(1717200000.5) == NOW + 500_000_000
 
 
+def test_epoch_milliseconds_read_with_ingest_epoch_unit_ms(decoder):
+    """ThingsBoard's `{"ts": 1717200000000, "values": {...}}` (Node-RED's Date.now(), many PLC gateways): with
+    `epoch_unit="ms"` a numeric stamp is epoch milliseconds and gets the ns of the same moment stamped in ISO or
+    epoch seconds (so the two are deduplicated), fractions to the microsecond; ISO stamps read as before. With the
+    default unit such a number is refused and the detail says which setting reads it; seconds under "ms" (1970)
+    are refused as too old, saying the same."""
+    ms = TelemetryDecoder(["power", "wind_speed"], {"power": "P", "wind_speed": "ws"}, 2, 1000, 300.0, 86400.0,
+                          ["WT1"], epoch_unit="ms")  # fmt: skip
+    iso = decoder.decode("s/x/WT1/t", b'{"ts": "2024-05-31T23:59:59.123+00:00", "values": {"P": 1}}', NOW)
+    assert isinstance(iso, Sample) and iso.ts_ns == NOW - 877_000_000
+    for ts in (b"1717199999123", b"1717199999123.0", b"1717199999122.9996", b'"2024-05-31T23:59:59.123Z"'):
+        got = ms.decode("s/x/WT1/t", b'{"ts": %s, "values": {"P": 1}}' % ts, NOW)
+        assert isinstance(got, Sample) and got.ts_ns == iso.ts_ns, ts
+    assert decoder.decode("s/x/WT1/t", b'{"ts": 1717199999.123, "values": {"P": 1}}', NOW).ts_ns == iso.ts_ns
+    assert parse_timestamp_ns(1717199999123, 1000) == parse_timestamp_ns(1717199999.123) == iso.ts_ns
+    refused = decoder.decode("s/x/WT1/t", b'{"ts": 1717199999123, "values": {"P": 1}}', NOW)
+    assert isinstance(refused, Rejection) and refused.reason == "bad_timestamp"
+    assert "epoch seconds (a number this large may be epoch milliseconds: set ingest.epoch_unit: ms)" in refused.detail
+    old = ms.decode("s/x/WT1/t", b'{"ts": 1717199999, "values": {"P": 1}}', NOW)
+    assert isinstance(old, Rejection) and old.reason == "ts_too_old"
+    assert old.detail.endswith("(a number this small may be epoch seconds: set ingest.epoch_unit: s)")
+    huge = ms.decode("s/x/WT1/t", b'{"ts": 1e20, "values": {"P": 1}}', NOW)
+    assert isinstance(huge, Rejection) and huge.reason == "bad_timestamp" and "epoch milliseconds" in huge.detail
+    with pytest.raises(ValueError, match="epoch_unit must be one of"):
+        TelemetryDecoder(["power"], {"power": "P"}, 2, 1000, 300.0, 86400.0, epoch_unit="us")
+    with pytest.raises(ConfigError, match="ingest.epoch_unit: one of s, ms; got 'us'"):
+        daemon_config_from_dict({"ingest": {"epoch_unit": "us"}})
+    assert daemon_config_from_dict({"ingest": {"epoch_unit": "ms"}}).ingest.epoch_unit == "ms"
+
+
 def test_a_telemetry_batch_judges_each_line_as_a_message(decoder):
     """`decode_batch`: a good line gives the sample the same document gives on the turbine's topic; a bad line is
     refused with the reason a message would get, by its line number, and costs nothing else; blank lines are

@@ -41,7 +41,7 @@ A bundle is a directory of three files:
                    naive stamps (data.identifiers; replay's defaults, so that a table in the training format
                    replays with no mapping); from version 10 also turbine_id_from_file, the pattern that takes
                    the id from each file's name when turbine_id_col is null, and time_format, the strptime
-                   format of its stamps (null: ISO-8601 or epoch seconds)
+                   format of its stamps, or "epoch_ms" (null: ISO-8601 or epoch seconds)
   table_csv        `TableCsv`: how the training table's CSV was written (data.csv: delimiter, decimal mark, encoding,
                    lines before the header; replay's defaults)
   pipeline_spec    `scada_tcn.runtime.spec.PipelineSpec`: binning, QC, winsor caps, features, flags
@@ -110,7 +110,7 @@ from scada_tcn.runtime.registry import FeatureRegistry, FlagRegistry
 from scada_tcn.runtime.scaling import RobustScaler
 from scada_tcn.runtime.signals import SignalParams
 from scada_tcn.runtime.spec import PipelineSpec
-from scada_tcn.runtime.telemetry import time_format_problem, zone_problem
+from scada_tcn.runtime.telemetry import EPOCH_MILLIS, time_format_problem, zone_problem
 from scada_tcn.runtime.vocab import ScoreAggregation, ScoreKind, ScoreMasks, parse
 
 __all__ = [
@@ -471,7 +471,7 @@ class TableFormat(NamedTuple):
     naive_timezone: str | None
     dialect: CsvDialect = CsvDialect()
     turbine_id_from_file: str | None = None
-    time_format: str | None = None  # a strptime format of the stamps; None: ISO-8601 or epoch seconds
+    time_format: str | None = None  # a strptime format of the stamps, or EPOCH_MILLIS; None: ISO-8601 or epoch seconds
 
     def describe(self, files: Sequence[str | Path]) -> str:
         """One line saying how `files` are read (scada-prepare's summary, replay's first line): what a user checks
@@ -484,7 +484,8 @@ class TableFormat(NamedTuple):
             parts.append(f"CSV separated by {d.delimiter!r}, decimal mark {d.decimal!r}{skipped}{encoding}")
         parts.append(f"turbine ids from column {self.turbine_id_col!r}" if self.turbine_id_col is not None
                      else f"turbine ids from the file names by '{self.turbine_id_from_file}'")  # fmt: skip
-        stamps = "ISO-8601 or epoch seconds" if self.time_format is None else f"written as {self.time_format!r}"
+        stamps = ("ISO-8601 or epoch seconds" if self.time_format is None else "epoch milliseconds" if
+                  self.time_format == EPOCH_MILLIS else f"written as {self.time_format!r}")  # fmt: skip
         zone = f", naive ones in {self.naive_timezone}" if self.naive_timezone else ""
         parts.append(f"stamps in column {self.time_col!r}, {stamps}{zone}")
         return "; ".join(parts)

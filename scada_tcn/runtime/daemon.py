@@ -158,6 +158,7 @@ class Daemon:
             max_past_s=cfg.ingest.max_past_s,
             allowed_turbines=cfg.ingest.turbines,
             max_batch_payload_bytes=cfg.ingest.max_batch_payload_bytes,
+            epoch_unit=cfg.ingest.epoch_unit,
         )
         tb = cfg.topics.telemetry_batch
         self.telemetry_batch_topic = None if tb is None else tb.format(site=cfg.site, gateway=cfg.gateway)

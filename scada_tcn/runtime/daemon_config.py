@@ -31,7 +31,7 @@ import yaml
 from scada_tcn.runtime.csv_table import dialect_problem
 from scada_tcn.runtime.errors import ConfigError
 from scada_tcn.runtime.ids import id_pattern_problem
-from scada_tcn.runtime.telemetry import time_format_problem, turbine_topics, zone_problem
+from scada_tcn.runtime.telemetry import EPOCH_UNITS, time_format_problem, turbine_topics, zone_problem
 
 ENV_PREFIX = "SCADA_RT_"
 ISO_STAMPS = "ISO8601"  # mapping.time_format: ISO-8601 or epoch seconds, whatever the training table's
@@ -113,6 +113,11 @@ class IngestCfg:
         "per turbine, stamp and channel: values kept (a publisher whose clock froze stamps every new reading "
         "alike and closes no bin); a sample whose every channel is full is dropped and counted. Above the "
         "readings a channel gets within one stamp (10 a second with whole-second stamps: 10)",
+    )
+    epoch_unit: str = _f(
+        "s",
+        "s | ms: the unit of a numeric telemetry `ts` (epoch seconds, or milliseconds as ThingsBoard, "
+        "Node-RED's Date.now() and many PLC gateways write them); ISO-8601 stamps are read either way",
     )
     turbines: list[str] = _f(
         [],
@@ -200,8 +205,9 @@ class MappingCfg:
     )
     time_format: str | None = _f(
         None,
-        "replay: strptime format of the stamps, e.g. '%d.%m.%Y %H:%M' for day-first exports; ISO8601 = ISO-8601 or "
-        "epoch seconds, whatever the training table's; null = the training table's (none there: ISO8601)",
+        "replay: strptime format of the stamps, e.g. '%d.%m.%Y %H:%M' for day-first exports; epoch_ms = every stamp "
+        "in epoch milliseconds; ISO8601 = ISO-8601 or epoch seconds, whatever the training table's; null = the "
+        "training table's (none there: ISO8601)",
     )
     naive_timezone: str | None = _f(
         None,
@@ -362,6 +368,8 @@ def _problems(c: RuntimeConfig) -> list[str]:
     ):
         if not v >= 0 or v == float("inf"):
             p.append(f"{key}: must be a finite number >= 0, got {v}")
+    if c.ingest.epoch_unit not in EPOCH_UNITS:
+        p.append(f"ingest.epoch_unit: one of {', '.join(EPOCH_UNITS)}; got {c.ingest.epoch_unit!r}")
     if c.compute.engine not in ("auto", "stream", "window"):
         p.append(f"compute.engine: one of auto, stream, window; got {c.compute.engine!r}")
     if c.compute.tick_s <= 0 or c.health.status_interval_s <= 0:

@@ -10,9 +10,10 @@ Contract
   decimal mark, lines before the header); each one it leaves unset is the training table's
   (`Bundle.table_format`: the column mapping, data.identifiers and data.csv that scada-export recorded), so a
   table in the training format replays with no mapping given. Stamps: ISO-8601 with a UTC offset, or epoch
-  seconds, or all in the strptime format `time_format` (`formatted_stamps_ns`, scada-prepare's reading too);
-  naive stamps need a zone. Value cells are read by `cells.parse_numbers`,
-  as scada-prepare reads them: non-numeric cells and +-inf become missing (non-numeric ones counted per channel).
+  seconds, or all in the strptime format `time_format`, or all epoch milliseconds (`time_format: epoch_ms`)
+  (`formatted_stamps_ns`, scada-prepare's reading too); naive stamps need a zone. Value cells are read by
+  `cells.parse_numbers`, as scada-prepare reads them: non-numeric cells and +-inf become missing (non-numeric
+  ones counted per channel).
 * The table is parsed in chunks of `CHUNK_ROWS` rows, then fed to the same `Engine` as `run` in time order,
   about `FEED_STEPS` steps of every turbine at a time, and at least `FEED_MIN_ROWS` rows (`Engine.ingest_many`,
   one vectorised call per turbine, is the same as feeding the rows one by one), bins closing as later samples
@@ -63,6 +64,7 @@ from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.ids import file_turbine_id, turbine_id_problem
 from scada_tcn.runtime.telemetry import (
     EPOCH_FLOOR,
+    EPOCH_MILLIS,
     EPOCH_MS,
     EPOCH_RANGE,
     MAX_EPOCH_S,
@@ -70,6 +72,7 @@ from scada_tcn.runtime.telemetry import (
     epoch_ns,
     in_epoch_range,
     parse_timestamp_ns,
+    table_epoch_ns,
 )
 
 __all__ = [
@@ -217,8 +220,9 @@ def _formatted(cell: str, fmt: str, tz: Any) -> tuple[int | str, str]:
 
 def formatted_stamps_ns(cells: Sequence[str], fmt: str, zone: str | None, where: str, keys: str) -> np.ndarray:
     """Stamp cells written in the strptime format `fmt` (a table's time_format), local times in `zone` unless the
-    format has %z -> int64 ns UTC: the one reading of such stamps, scada-prepare's and replay's. Refused as
-    `_stamps` refuses (`keys`: the section of the settings to name, "data.identifiers" or "mapping")."""
+    format has %z, or epoch milliseconds (`fmt` EPOCH_MILLIS) -> int64 ns UTC: the one reading of such stamps,
+    scada-prepare's and replay's. Refused as `_stamps` refuses (`keys`: the section of the settings to name,
+    "data.identifiers" or "mapping")."""
     from zoneinfo import ZoneInfo
 
     return _stamps(list(cells), None if zone is None else ZoneInfo(zone), {}, where, zone, fmt, keys)
@@ -230,7 +234,10 @@ def _stamps(cells: list[str], tz: Any, forms: dict[str, str], where: str, zone: 
     change repeats or skips, and a second stamp form in one table (`forms`: each form seen so far -> an example,
     kept across chunks; scada-prepare demands one form per table too). A chunk of epoch seconds is parsed in one
     vectorised pass (the same numbers as cell by cell: `parse_numbers`, `epoch_ns`). With a strptime format
-    `fmt` every stamp is read by it (`_formatted`), and only by it."""
+    `fmt` every stamp is read by it (`_formatted`), and only by it; with EPOCH_MILLIS every stamp is a number of
+    milliseconds (`_millis`)."""
+    if fmt == EPOCH_MILLIS:
+        return _millis(cells, where, keys)
     if fmt is not None:
         read = {c: _formatted(c, fmt, tz) for c in dict.fromkeys(cells)}  # each distinct stamp once
         return _checked(cells, [read[c] for c in cells], where, zone, fmt, keys)
@@ -249,6 +256,17 @@ def _stamps(cells: list[str], tz: Any, forms: dict[str, str], where: str, zone: 
     return _checked(cells, parsed, where, zone, fmt, keys)
 
 
+def _millis(cells: list[str], where: str, keys: str) -> np.ndarray:
+    """Stamp cells of epoch milliseconds -> int64 ns UTC (`table_epoch_ns`), in one vectorised pass; a cell that is
+    not a number is refused, as the range and the 1990 floor are (seconds read as milliseconds lie in 1970)."""
+    ms, not_numbers = parse_numbers(cells)
+    if not_numbers:
+        bad = [c for c in cells if c.strip() and not is_number(c)][:3]
+        raise InputError(f"{where}: {not_numbers} stamps are not numbers, e.g. {bad}; expected every stamp in epoch "
+                         f"milliseconds ({keys}.time_format: {EPOCH_MILLIS})")  # fmt: skip
+    return table_epoch_ns(ms, where, 1000, keys)
+
+
 def _checked(cells: list[str], parsed: list[tuple[int | str, str]], where: str, zone: str | None, fmt: str | None,
              keys: str) -> np.ndarray:  # fmt: skip
     """The parsed stamps as int64 ns, or an InputError naming the refused ones, their reasons and the fix."""
@@ -259,7 +277,8 @@ def _checked(cells: list[str], parsed: list[tuple[int | str, str]], where: str, 
             fix = (f"local times that a DST change in {zone} repeats or skips: export the stamps with a UTC offset, "
                    f"or in UTC with {keys}.naive_timezone: UTC")  # fmt: skip
         elif kinds == ["out_of_range"]:
-            fix = EPOCH_RANGE + (EPOCH_MS if fmt is None and all(is_number(c) for _, c in bad[:3]) else "")
+            ms = fmt is None and all(is_number(c) for _, c in bad[:3])
+            fix = EPOCH_RANGE + (EPOCH_MS.format(keys=keys) if ms else "")
         elif fmt is not None:
             fix = (f"expected every stamp written as {fmt!r} ({keys}.time_format)" + (f", local times with "
                    f"{keys}.naive_timezone" if "naive_timestamp" in kinds else ""))  # fmt: skip

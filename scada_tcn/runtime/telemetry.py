@@ -7,8 +7,10 @@ at `{turbine}`. Payload (UTF-8 JSON object, at most `max_payload_bytes`):
 
     {"ts": "2024-01-28T00:10:00+00:00" | 1706400600, "values": {"<key>": number | null, ...}}
 
-* `ts`: ISO-8601 with a UTC offset (or `Z`), or epoch seconds (int or float, rounded to ns like scada-prepare).
-  It must lie within [now - max_past_s, now + max_future_s] of the wall clock.
+* `ts`: ISO-8601 with a UTC offset (or `Z`), or epoch seconds (int or float, rounded to the microsecond like
+  scada-prepare); with `epoch_unit="ms"` (runtime.yaml `ingest.epoch_unit`) a number is epoch milliseconds, as
+  ThingsBoard's `{"ts": 1706400600000, "values": {...}}` and Node-RED's `Date.now()` write it. It must lie within
+  [now - max_past_s, now + max_future_s] of the wall clock.
 * `values`: a non-empty object; keys are the mapped payload keys of the bundle's channels (runtime.yaml `mapping`,
   default the training data's mapping); a value is a finite number or null (= not measured in this sample).
 * No other top-level keys. Booleans are not numbers. NaN/Infinity literals are refused.
@@ -46,6 +48,8 @@ from scada_tcn.runtime.ids import turbine_id_problem
 
 __all__ = [
     "EPOCH_FLOOR",
+    "EPOCH_MILLIS",
+    "EPOCH_UNITS",
     "EPOCH_MS",
     "EPOCH_RANGE",
     "MAX_EPOCH_S",
@@ -95,7 +99,11 @@ EPOCH_RANGE = "stamps must lie within 9e9 s of 1970 (1684-10-19 to 2255-03-14)"
 TABLE_EPOCH_FLOOR_S = 631_152_000
 EPOCH_FLOOR = ("numeric stamps are read as epoch seconds, and these lie before 1990: Excel serial dates or a "
                "counter? Export ISO-8601 stamps with a UTC offset, or epoch seconds")  # fmt: skip
-EPOCH_MS = " (numbers this large may be epoch milliseconds: export epoch seconds)"
+EPOCH_MS = " (numbers this large may be epoch milliseconds: set {keys}.time_format: epoch_ms)"
+EPOCH_MILLIS = "epoch_ms"  # a table's time_format: every stamp a number of milliseconds since 1970 (UTC)
+EPOCH_MS_FLOOR = ("stamps read as epoch milliseconds ({keys}.time_format: epoch_ms) lie before 1990: epoch seconds? "
+                  "unset {keys}.time_format")  # fmt: skip
+EPOCH_UNITS = {"s": 1, "ms": 1000}  # a numeric telemetry stamp's unit (ingest.epoch_unit) -> units per second
 
 
 def zone_problem(name: str | None, key: str) -> str | None:
@@ -117,13 +125,14 @@ _FORMAT_PROBE = datetime(2017, 8, 9, 13, 20)  # every field distinct and non-zer
 
 
 def time_format_problem(fmt: str | None, key: str) -> str | None:
-    """Why `fmt` (the setting `key`), a strptime format of a table's stamps, cannot be used, or None (None: no
-    format, the stamps are ISO-8601 or epoch seconds). It must read back a stamp it writes to the minute."""
-    if fmt is None:
+    """Why `fmt` (the setting `key`), a strptime format of a table's stamps or EPOCH_MILLIS, cannot be used, or
+    None (None: no format, the stamps are ISO-8601 or epoch seconds). A format must read back a stamp it writes to
+    the minute."""
+    if fmt is None or fmt == EPOCH_MILLIS:
         return None
     if not isinstance(fmt, str) or "%" not in fmt:
-        return (f"{key}: a strptime format such as '%d.%m.%Y %H:%M' expected (null: ISO-8601 or epoch seconds), "
-                f"got {fmt!r}")  # fmt: skip
+        return (f"{key}: a strptime format such as '%d.%m.%Y %H:%M', or {EPOCH_MILLIS} (stamps in epoch "
+                f"milliseconds), expected (null: ISO-8601 or epoch seconds), got {fmt!r}")  # fmt: skip
     if "%Z" in fmt:  # strptime reads a zone name and drops it: '12:00 UTC' would be a local time
         return f"{key}: {fmt!r}: %Z is not supported (strptime ignores the zone it names); use %z, or naive_timezone"
     probe = _FORMAT_PROBE.replace(tzinfo=timezone(timedelta(hours=2))) if "%z" in fmt else _FORMAT_PROBE
@@ -163,18 +172,20 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"non-finite literal {name}")
 
 
-def parse_timestamp_ns(ts: Any) -> int | str:
-    """ISO-8601 with offset or epoch seconds -> int ns since the epoch (UTC), or a rejection reason string. The
-    int may lie beyond int64 (after 2262): the daemon refuses it as in the future, tables beyond MAX_EPOCH_S.
-    Fractional epoch seconds are rounded to the microsecond, the resolution of an ISO stamp, so the same reading
-    stamped either way gets the same ns (a float's ns carry its rounding error: 1706400000.123 read as
-    ...122999808) and is deduplicated."""
+def parse_timestamp_ns(ts: Any, per_second: int = 1) -> int | str:
+    """ISO-8601 with offset or epoch seconds (`per_second` 1; epoch milliseconds: 1000, `EPOCH_UNITS`) -> int ns
+    since the epoch (UTC), or a rejection reason string. The int may lie beyond int64 (after 2262): the daemon
+    refuses it as in the future, tables beyond MAX_EPOCH_S. A fractional epoch number is rounded to the
+    microsecond, the resolution of an ISO stamp, so the same reading stamped either way gets the same ns (a float's
+    ns carry its rounding error: 1706400000.123 read as ...122999808) and is deduplicated."""
     if isinstance(ts, bool):
         return "bad_timestamp"
     if isinstance(ts, (int, float)):
-        if not math.isfinite(ts) or abs(ts) > _MAX_ABS_S:
+        if not math.isfinite(ts) or abs(ts) > _MAX_ABS_S * per_second:
             return "bad_timestamp"
-        return int(ts) * _NS if isinstance(ts, int) else int(round(ts * 1e6)) * 1000  # to the microsecond, as ISO
+        if isinstance(ts, int):
+            return int(ts) * (_NS // per_second)
+        return int(round(ts * (1e6 / per_second))) * 1000  # to the microsecond, as ISO
     if not isinstance(ts, str) or not 10 <= len(ts) <= 40:
         return "bad_timestamp"
     try:
@@ -187,29 +198,34 @@ def parse_timestamp_ns(ts: Any) -> int | str:
     return (td.days * 86400 + td.seconds) * _NS + td.microseconds * 1000
 
 
-def epoch_ns(seconds: np.ndarray) -> np.ndarray | None:
-    """`parse_timestamp_ns` of many float epoch seconds at once, for a table: int64 ns, None if any is not finite
-    or beyond MAX_EPOCH_S."""
-    x = np.asarray(seconds, dtype=np.float64)
-    if not (np.isfinite(x) & (np.abs(x) <= MAX_EPOCH_S)).all():
+def epoch_ns(numbers: np.ndarray, per_second: int = 1) -> np.ndarray | None:
+    """`parse_timestamp_ns` of many float epoch seconds (`per_second` 1) or milliseconds (1000) at once, for a
+    table: int64 ns, None if any is not finite or beyond MAX_EPOCH_S."""
+    x = np.asarray(numbers, dtype=np.float64)
+    if not (np.isfinite(x) & (np.abs(x) <= MAX_EPOCH_S * per_second)).all():
         return None
-    return np.rint(x * 1e6).astype(np.int64) * 1000  # round() and rint both round half to even
+    return np.rint(x * (1e6 / per_second)).astype(np.int64) * 1000  # round() and rint both round half to even
 
 
-def table_epoch_ns(secs: np.ndarray, where: str) -> np.ndarray:
-    """A table's column of epoch seconds (float64, NaN = empty) -> int64 ns (`epoch_ns`). Refused (InputError, what
-    to fix): empty or infinite stamps, stamps beyond MAX_EPOCH_S (epoch milliseconds?), stamps before 1990
-    (TABLE_EPOCH_FLOOR_S: Excel serial days or a counter?)."""
-    if np.isnan(secs).any():
-        raise InputError(f"{where}: {int(np.isnan(secs).sum())} empty (or infinite) timestamps")
-    ns = epoch_ns(secs)
+def table_epoch_ns(numbers: np.ndarray, where: str, per_second: int = 1, keys: str = "data.identifiers"
+                   ) -> np.ndarray:  # fmt: skip
+    """A table's column of epoch seconds (`per_second` 1) or milliseconds (1000; float64, NaN = empty) -> int64 ns
+    (`epoch_ns`). Refused (InputError, what to fix, naming the settings `keys`): empty or infinite stamps, stamps
+    beyond MAX_EPOCH_S (epoch milliseconds read as seconds?), stamps before 1990 (TABLE_EPOCH_FLOOR_S: Excel
+    serial days, a counter, or seconds read as milliseconds?)."""
+    if np.isnan(numbers).any():
+        raise InputError(f"{where}: {int(np.isnan(numbers).sum())} empty (or infinite) timestamps")
+    ns = epoch_ns(numbers, per_second)
+    unit = "seconds" if per_second == 1 else "milliseconds"
     if ns is None:
-        bad = secs[~(np.abs(secs) <= MAX_EPOCH_S)][:3].tolist()
-        raise InputError(f"{where}: epoch seconds out of range, e.g. {bad}; {EPOCH_RANGE}{EPOCH_MS}")
-    early = secs < TABLE_EPOCH_FLOOR_S
+        bad = numbers[~(np.abs(numbers) <= MAX_EPOCH_S * per_second)][:3].tolist()
+        hint = EPOCH_MS.format(keys=keys) if per_second == 1 else ""
+        raise InputError(f"{where}: epoch {unit} out of range, e.g. {bad}; {EPOCH_RANGE}{hint}")
+    early = numbers < TABLE_EPOCH_FLOOR_S * per_second
     if early.any():
-        raise InputError(f"{where}: {int(early.sum())} stamps before 1990, e.g. {secs[early][:3].tolist()}; "
-                         f"{EPOCH_FLOOR}")  # fmt: skip
+        floor = EPOCH_FLOOR if per_second == 1 else EPOCH_MS_FLOOR.format(keys=keys)
+        raise InputError(f"{where}: {int(early.sum())} stamps before 1990, e.g. {numbers[early][:3].tolist()}; "
+                         f"{floor}")  # fmt: skip
     return ns
 
 
@@ -268,7 +284,10 @@ class TelemetryDecoder:
         max_past_s: float,
         allowed_turbines: Sequence[str] = (),
         max_batch_payload_bytes: int = 4 << 20,
+        epoch_unit: str = "s",
     ) -> None:
+        if epoch_unit not in EPOCH_UNITS:
+            raise ValueError(f"TelemetryDecoder: epoch_unit must be one of {list(EPOCH_UNITS)}, got {epoch_unit!r}")
         missing = [c for c in channels if c not in key_of_channel]
         unknown = sorted(set(key_of_channel) - set(channels))
         if missing or unknown:
@@ -286,6 +305,8 @@ class TelemetryDecoder:
         self.max_past_s = float(max_past_s)
         self.max_batch_payload_bytes = int(max_batch_payload_bytes)
         self.allowed_turbines = tuple(allowed_turbines)
+        self.epoch_unit = epoch_unit
+        self._per_second = EPOCH_UNITS[epoch_unit]
         self._index = {k: i for i, k in enumerate(keys)}
         self._allowed = frozenset(self.allowed_turbines)
 
@@ -345,6 +366,17 @@ class TelemetryDecoder:
             return Rejection("malformed_json", "a telemetry batch needs at least one line (one JSON object per line)")
         return BatchDecode(samples, rejected)
 
+    def _unit_hint(self, ts: Any) -> str:
+        """A refused numeric stamp's likely cause when its size fits the other unit: 1.7e12 is today in epoch
+        milliseconds, 1.7e9 today in epoch seconds (1e11 s is the year 5138, 1e11 ms 1973)."""
+        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
+            return ""
+        if self._per_second == 1 and _MAX_ABS_S < abs(ts) <= _MAX_ABS_S * 1000:
+            return " (a number this large may be epoch milliseconds: set ingest.epoch_unit: ms)"
+        if self._per_second == 1000 and abs(ts) <= _MAX_ABS_S:
+            return " (a number this small may be epoch seconds: set ingest.epoch_unit: s)"
+        return ""
+
     def _line(self, line: bytes, now_ns: int) -> Sample | Rejection:
         """One line of a telemetry batch, checked as `decode` checks a message, its turbine id inside."""
         if len(line) > self.max_payload_bytes:
@@ -364,13 +396,16 @@ class TelemetryDecoder:
         """A telemetry document's `ts` and `values` (its keys already checked) -> Sample or Rejection."""
         if "ts" not in doc:
             return Rejection("missing_ts", "no 'ts'")
-        ts = parse_timestamp_ns(doc["ts"])
+        ts = parse_timestamp_ns(doc["ts"], self._per_second)
         if isinstance(ts, str):
-            return Rejection(ts, f"ts {str(doc['ts'])[:60]!r}: ISO-8601 with a UTC offset, or epoch seconds")
+            unit = "seconds" if self._per_second == 1 else "milliseconds"
+            return Rejection(ts, f"ts {str(doc['ts'])[:60]!r}: ISO-8601 with a UTC offset, or epoch {unit}"
+                             f"{self._unit_hint(doc['ts'])}")  # fmt: skip
         if ts > now_ns + self.max_future_s * _NS:
             return Rejection("ts_in_future", f"ts {doc['ts']!r} is more than {self.max_future_s} s ahead of now")
         if ts < now_ns - self.max_past_s * _NS:
-            return Rejection("ts_too_old", f"ts {doc['ts']!r} is more than {self.max_past_s} s before now")
+            return Rejection("ts_too_old", f"ts {doc['ts']!r} is more than {self.max_past_s} s before now"
+                             f"{self._unit_hint(doc['ts'])}")  # fmt: skip
         if not in_epoch_range(ts):  # past both clock checks only when they are set very wide
             return Rejection("bad_timestamp", f"ts {str(doc['ts'])[:60]!r}: {EPOCH_RANGE}")
         values = doc.get("values")

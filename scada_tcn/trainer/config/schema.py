@@ -61,7 +61,8 @@ class IdentifiersCfg:
     turbine_id_from_file: str | None = None
     time_col: str = "timestamp"
     naive_timezone: str | None = None  # zone for stamps without a UTC offset; None refuses them
-    # strptime format of the stamps, e.g. "%d.%m.%Y %H:%M" (day-first exports); None: ISO-8601 or epoch seconds
+    # strptime format of the stamps, e.g. "%d.%m.%Y %H:%M" (day-first exports), or "epoch_ms" (every stamp in epoch
+    # milliseconds); None: ISO-8601 or epoch seconds
     time_format: str | None = None
 
 

@@ -107,9 +107,9 @@ def _checked_ns(parsed: pd.Series, s: pd.Series, where: str) -> np.ndarray:
 def parse_timestamps(col: pd.Series, naive_timezone: str | None, where: str, time_format: str | None = None
                      ) -> np.ndarray:  # fmt: skip
     """ISO-8601 strings (with offsets) or epoch seconds (numbers, or text cells that are all numbers, as replay and
-    the daemon read them) -> int64 ns UTC; with `time_format` (a strptime format) every stamp read by it, by the
-    reading replay applies (`runtime.replay.formatted_stamps_ns`). Refuses mixed, unparseable or out-of-range
-    stamps."""
+    the daemon read them) -> int64 ns UTC; with `time_format` (a strptime format, or "epoch_ms") every stamp read
+    by it, by the reading replay applies (`runtime.replay.formatted_stamps_ns`). Refuses mixed, unparseable or
+    out-of-range stamps."""
     if time_format is not None:
         cells = col.fillna("").astype(str).tolist()
         return formatted_stamps_ns(cells, time_format, naive_timezone, where, "data.identifiers")
