@@ -466,19 +466,23 @@ def test_batched_telemetry_scores_as_per_turbine_telemetry(broker, bundle, score
 def test_thingsboard_telemetry_in_epoch_milliseconds_scores_as_iso_telemetry(broker, bundle, scorer, timeline,
                                                                              replayed):  # fmt: skip
     """ThingsBoard's device telemetry, `{"ts": <epoch ms>, "values": {...}}` (Node-RED and many PLC gateways stamp
-    alike), through Mosquitto with `ingest.epoch_unit: ms`: every message admitted, every step scored, each score
-    the replay's of the ISO-stamped table."""
+    alike), with tags the model does not read beside the channels, through Mosquitto with `ingest.epoch_unit: ms`
+    and `mapping.ignored_keys`: every message admitted, every step scored, each score the replay's of the
+    ISO-stamped table."""
     header, rows, _ = timeline
     messages = []
     for topic, payload in to_messages(header, rows):
         doc = json.loads(payload)
         ns = parse_timestamp_ns(doc["ts"])
         assert ns % 10**6 == 0  # the table's stamps hold whole milliseconds: the ms stamp is the same moment
-        messages.append((topic, json.dumps({"ts": ns // 10**6, "values": doc["values"]}).encode()))
-    assert re.fullmatch(rb'\{"ts": 1\d{12}, "values": \{.*\}\}', messages[0][1]), messages[0][1]
+        tags = {"status_text": "RUN", **doc["values"], "alarm_code": 0}
+        messages.append((topic, json.dumps({"ts": ns // 10**6, "values": tags}).encode()))
+    assert re.fullmatch(rb'\{"ts": 1\d{12}, "values": \{"status_text": .*\}\}', messages[0][1]), messages[0][1]
     col = Collector(broker.url, [f"scada/{SITE}/+/score"], client_id="col-ms")
     wait_for(col.ready, 10, "collector connect")
-    d = DaemonThread(daemon_config(broker.url, ingest={"epoch_unit": "ms"}), bundle, scorer)
+    tags = {"ignored_keys": ["status_text", "alarm_code"]}
+    cfg = daemon_config(broker.url, ingest={"epoch_unit": "ms"}, mapping=tags)
+    d = DaemonThread(cfg, bundle, scorer)
     pub = client(broker.url, "publisher-ms")
     wait_for(lambda: pub.is_connected() and d.daemon.link.connected, 10, "connections")
     publish_all(pub, messages)

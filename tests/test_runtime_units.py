@@ -188,6 +188,32 @@ def test_epoch_milliseconds_read_with_ingest_epoch_unit_ms(decoder):
     assert daemon_config_from_dict({"ingest": {"epoch_unit": "ms"}}).ingest.epoch_unit == "ms"
 
 
+def test_keys_a_gateway_publishes_beside_the_channels_are_dropped_when_listed(decoder):
+    """A gateway publishing more tags than the model reads had every message rejected (`unknown_channel`). Keys
+    in `ignored_keys` (runtime.yaml `mapping.ignored_keys`) are dropped whatever their value; the sample is the
+    one without them. Any other key still rejects the message, and the detail lists every such key and the
+    setting; a key both read and ignored is refused when the decoder is built and when the config is read."""
+    tb = TelemetryDecoder(["power", "wind_speed"], {"power": "P", "wind_speed": "ws"}, 2, 1000, 300.0, 86400.0,
+                          ["WT1"], ignored_keys=["status_text", "alarm"])  # fmt: skip
+    plain = b'{"ts": 1717200000, "values": {"P": 1.5, "ws": null}}'
+    extra = b'{"ts": 1717200000, "values": {"status_text": "RUN", "P": 1.5, "alarm": {"code": 7}, "ws": null}}'
+    want, got = decoder.decode("s/x/WT1/t", plain, NOW), tb.decode("s/x/WT1/t", extra, NOW)
+    assert isinstance(got, Sample) and got.ts_ns == want.ts_ns
+    np.testing.assert_array_equal(got.values, want.values)
+    refused = decoder.decode("s/x/WT1/t", extra, NOW)
+    assert isinstance(refused, Rejection) and refused.reason == "unknown_channel"
+    assert refused.detail.startswith("keys ['status_text', 'alarm'] are not channels; known: ['P', 'ws']")
+    assert refused.detail.endswith("(list keys the gateway publishes on purpose in mapping.ignored_keys)")
+    other = tb.decode("s/x/WT1/t", b'{"ts": 1717200000, "values": {"alarm": 1, "Q": 2, "P": 1}}', NOW)
+    assert isinstance(other, Rejection) and other.reason == "unknown_channel" and "keys ['Q']" in other.detail
+    with pytest.raises(ValueError, match=r"mapping.ignored_keys \['P'\] are channels' payload keys"):
+        TelemetryDecoder(["power"], {"power": "P"}, 2, 1000, 300.0, 86400.0, ignored_keys=["P"])
+    with pytest.raises(ConfigError, match=r"mapping.ignored_keys: \['P'\] are channels' keys in mapping.columns"):
+        daemon_config_from_dict({"mapping": {"columns": {"power": "P"}, "ignored_keys": ["P"]}})
+    with pytest.raises(ConfigError, match="mapping.ignored_keys: distinct non-empty payload keys expected"):
+        daemon_config_from_dict({"mapping": {"ignored_keys": ["a", "a"]}})
+
+
 def test_a_telemetry_batch_judges_each_line_as_a_message(decoder):
     """`decode_batch`: a good line gives the sample the same document gives on the turbine's topic; a bad line is
     refused with the reason a message would get, by its line number, and costs nothing else; blank lines are

@@ -159,6 +159,7 @@ class Daemon:
             allowed_turbines=cfg.ingest.turbines,
             max_batch_payload_bytes=cfg.ingest.max_batch_payload_bytes,
             epoch_unit=cfg.ingest.epoch_unit,
+            ignored_keys=cfg.mapping.ignored_keys,
         )
         tb = cfg.topics.telemetry_batch
         self.telemetry_batch_topic = None if tb is None else tb.format(site=cfg.site, gateway=cfg.gateway)

@@ -191,6 +191,11 @@ class CsvMappingCfg:
 @dataclass(frozen=True)
 class MappingCfg:
     columns: dict[str, str] = _f({}, "channel -> payload key / table column; empty = the bundle's training mapping")
+    ignored_keys: list[str] = _f(
+        [],
+        "run: keys of a telemetry payload's `values` that are not channels and are dropped (a gateway publishing "
+        "more tags than the model reads, e.g. [status_text, alarm_code]); any other unknown key rejects the message",
+    )
     turbine_id_col: str | None = _f(
         None, "replay: column of the turbine id; null = the training table's (the bundle's table_identifiers)"
     )
@@ -306,6 +311,11 @@ def _problems(c: RuntimeConfig) -> list[str]:
     m = c.mapping
     if m.turbine_id_col is not None and m.turbine_id_from_file is not None:
         p.append("mapping: set turbine_id_col or turbine_id_from_file, not both")
+    if any(not isinstance(k, str) or not k for k in m.ignored_keys) or len(set(m.ignored_keys)) < len(m.ignored_keys):
+        p.append(f"mapping.ignored_keys: distinct non-empty payload keys expected, got {m.ignored_keys!r}")
+    mapped = sorted(set(m.ignored_keys) & set(m.columns.values()))
+    if mapped:
+        p.append(f"mapping.ignored_keys: {mapped} are channels' keys in mapping.columns; a key is read or ignored")
     if m.time_format != ISO_STAMPS:
         p += [z for z in [time_format_problem(m.time_format, "mapping.time_format")] if z]
     if m.turbine_id_from_file is not None:

@@ -12,7 +12,9 @@ at `{turbine}`. Payload (UTF-8 JSON object, at most `max_payload_bytes`):
   ThingsBoard's `{"ts": 1706400600000, "values": {...}}` and Node-RED's `Date.now()` write it. It must lie within
   [now - max_past_s, now + max_future_s] of the wall clock.
 * `values`: a non-empty object; keys are the mapped payload keys of the bundle's channels (runtime.yaml `mapping`,
-  default the training data's mapping); a value is a finite number or null (= not measured in this sample).
+  default the training data's mapping); a value is a finite number or null (= not measured in this sample). Keys
+  listed in `ignored_keys` (runtime.yaml `mapping.ignored_keys`: tags the gateway publishes that the model does
+  not read) are dropped whatever their value; any other key rejects the message.
 * No other top-level keys. Booleans are not numbers. NaN/Infinity literals are refused.
 
 `TelemetryDecoder.decode(topic, payload, now_ns)` returns a `Sample(turbine, ts_ns, values (C,) float64 NaN =
@@ -285,6 +287,7 @@ class TelemetryDecoder:
         allowed_turbines: Sequence[str] = (),
         max_batch_payload_bytes: int = 4 << 20,
         epoch_unit: str = "s",
+        ignored_keys: Sequence[str] = (),
     ) -> None:
         if epoch_unit not in EPOCH_UNITS:
             raise ValueError(f"TelemetryDecoder: epoch_unit must be one of {list(EPOCH_UNITS)}, got {epoch_unit!r}")
@@ -297,6 +300,10 @@ class TelemetryDecoder:
         keys = [key_of_channel[c] for c in channels]
         if len(set(keys)) != len(keys):
             raise ValueError(f"TelemetryDecoder: two channels map to the same payload key in {key_of_channel}")
+        read_and_ignored = sorted(set(keys) & set(ignored_keys))
+        if read_and_ignored:
+            raise ValueError(f"TelemetryDecoder: mapping.ignored_keys {read_and_ignored} are channels' payload keys "
+                             f"(the mapping {key_of_channel}): take them out of mapping.ignored_keys")  # fmt: skip
         self.channels = tuple(channels)
         self.key_of_channel = dict(key_of_channel)
         self.turbine_level = int(turbine_level)
@@ -308,6 +315,7 @@ class TelemetryDecoder:
         self.epoch_unit = epoch_unit
         self._per_second = EPOCH_UNITS[epoch_unit]
         self._index = {k: i for i, k in enumerate(keys)}
+        self.ignored_keys = frozenset(ignored_keys)
         self._allowed = frozenset(self.allowed_turbines)
 
     def turbine_of(self, topic: str) -> str | Rejection:
@@ -416,7 +424,11 @@ class TelemetryDecoder:
         for key, v in values.items():
             i = index.get(key)
             if i is None:
-                return Rejection("unknown_channel", f"key {str(key)[:60]!r}; known: {sorted(index)}")
+                if key in self.ignored_keys:
+                    continue
+                unknown = [str(k)[:60] for k in values if k not in index and k not in self.ignored_keys]
+                return Rejection("unknown_channel", f"keys {unknown[:20]} are not channels; known: {sorted(index)} "
+                                 "(list keys the gateway publishes on purpose in mapping.ignored_keys)")  # fmt: skip
             t = type(v)
             if t is float:  # the usual case (a JSON number with a fraction or exponent)
                 if not math.isfinite(v):
