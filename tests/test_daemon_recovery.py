@@ -1225,3 +1225,29 @@ def test_a_replay_in_batches_over_the_brokers_packet_size_is_split_to_fit(bundle
     finally:
         col.close()
         broker.stop()
+
+
+def test_a_message_of_many_bad_elements_is_reported_in_one_report_past_the_first_twenty(bundle, messages, tmp_path):
+    """One message may hold many samples (an array on a turbine's topic, or a batch), so one message of bad
+    elements gave one error report each: 100,000 of them would fill the publish queue, where score records wait.
+    The first 20 refused elements are reported one by one, the rest in one `more_rejected` report by reason; every
+    one is counted, and the message's good elements are scored."""
+    d = _daemon(bundle, tmp_path / "s")
+    sent = sent_by(d)
+    doc = json.loads(messages[0].payload)
+    good = json.dumps(doc).encode()
+    bad = [b'{"ts": %s, "values": {"nope": 1}}' % json.dumps(doc["ts"]).encode(), b"7"] * 600
+    payload = b"[" + b", ".join([good, *bad]) + b"]"
+    d.inbound.put_nowait(Message(messages[0].topic, payload, 1, False, False, 1, 0, 0))
+    d.step(0.0)
+    reports = [json.loads(p) for t, p in sent if t == d.errors_topic]
+    assert [r.get("element") for r in reports] == [*range(2, 22), None]
+    assert [r["reason"] for r in reports[:2]] == ["unknown_channel", "not_an_object"]
+    assert reports[-1]["reason"] == "more_rejected" and reports[-1]["by_reason"] == {
+        "unknown_channel": 590,
+        "not_an_object": 590,
+    }
+    assert reports[-1]["detail"] == "1180 more elements of the message rejected, not reported one by one"
+    m = d.metrics
+    assert m.rejected_by_reason() == {"unknown_channel": 600.0, "not_an_object": 600.0}
+    assert m.value("scada_runtime_samples_in_total") == 1

@@ -466,9 +466,9 @@ def test_batched_telemetry_scores_as_per_turbine_telemetry(broker, bundle, score
 def test_thingsboard_telemetry_in_epoch_milliseconds_scores_as_iso_telemetry(broker, bundle, scorer, timeline,
                                                                              replayed):  # fmt: skip
     """ThingsBoard's device telemetry, `{"ts": <epoch ms>, "values": {...}}` (Node-RED and many PLC gateways stamp
-    alike), with tags the model does not read beside the channels, through Mosquitto with `ingest.epoch_unit: ms`
-    and `mapping.ignored_keys`: every message admitted, every step scored, each score the replay's of the
-    ISO-stamped table."""
+    alike), with tags the model does not read beside the channels, one turbine's samples sent 4 at a time as an
+    array (a device's buffer), through Mosquitto with `ingest.epoch_unit: ms` and `mapping.ignored_keys`: every
+    sample admitted, every step scored, each score the replay's of the ISO-stamped table."""
     header, rows, _ = timeline
     messages = []
     for topic, payload in to_messages(header, rows):
@@ -478,6 +478,14 @@ def test_thingsboard_telemetry_in_epoch_milliseconds_scores_as_iso_telemetry(bro
         tags = {"status_text": "RUN", **doc["values"], "alarm_code": 0}
         messages.append((topic, json.dumps({"ts": ns // 10**6, "values": tags}).encode()))
     assert re.fullmatch(rb'\{"ts": 1\d{12}, "values": \{"status_text": .*\}\}', messages[0][1]), messages[0][1]
+    held: list[bytes] = []  # WT02 buffers: every 4 samples sent at once as an array, in place of the 4th
+    for i, (topic, payload) in enumerate(list(messages)):
+        if "/WT02/" in topic:
+            held.append(payload)
+            messages[i] = (topic, b"[" + b", ".join(held) + b"]" if len(held) == 4 else b"")
+            held = [] if len(held) == 4 else held
+    messages = [(t, p) for t, p in messages if p] + [(f"scada/{SITE}/WT02/telemetry", b"[" + b", ".join(held) + b"]")]
+    assert sum(p.startswith(b"[") for _, p in messages) > 10
     col = Collector(broker.url, [f"scada/{SITE}/+/score"], client_id="col-ms")
     wait_for(col.ready, 10, "collector connect")
     tags = {"ignored_keys": ["status_text", "alarm_code"]}
@@ -700,7 +708,7 @@ def _hostile(valid: list[tuple[str, bytes]], n: int, rng: np.random.Generator) -
         ("malformed_json", lambda i: (f"{base}/WT01/telemetry", b'{"ts": "2024-01-28T00:00:00+00:00", "values": {')),
         ("malformed_json", lambda i: (f"{base}/WT02/telemetry", bytes(rng.integers(32, 127, 40, dtype=np.uint8)))),
         ("not_utf8", lambda i: (f"{base}/WT01/telemetry", b"\xff\xfe" + bytes(rng.integers(0, 256, 30, np.uint8)))),
-        ("not_an_object", lambda i: (f"{base}/WT03/telemetry", b"[1, 2, 3]")),
+        ("not_an_object", lambda i: (f"{base}/WT03/telemetry", b"[1]")),  # an array's element is refused alone
         (
             "non_finite",
             lambda i: (f"{base}/WT01/telemetry", b'{"ts": "2024-01-28T06:00:00+00:00", "values": {"power": NaN}}'),

@@ -113,9 +113,9 @@ def decoder():
         ("s/x/WT1/t", b"x" * 1001, "oversized"),
         ("s/x/WT1/t", b"\xff", "not_utf8"),
         ("s/x/WT1/t", b"{", "malformed_json"),
-        ("s/x/WT1/t", b"[" * 5000 + b"]" * 5000, "oversized"),
-        ("s/x/WT1/t", b"[" * 490 + b"]" * 490, "not_an_object"),
+        ("s/x/WT1/t", b"[" * 5000 + b"]" * 5000, "malformed_json"),  # an array: deeper than JSON parsers go
         ("s/x/WT1/t", b"3", "not_an_object"),
+        ("s/x/WT1/t", b'"x"', "not_an_object"),
         ("s/x/WT1/t", b'{"ts": 1717200000, "values": {"P": 1}, "id": 1}', "unknown_key"),
         ("s/x/WT1/t", b'{"values": {"P": 1}}', "missing_ts"),
         ("s/x/WT1/t", b'{"ts": "noon", "values": {"P": 1}}', "bad_timestamp"),
@@ -212,6 +212,41 @@ def test_keys_a_gateway_publishes_beside_the_channels_are_dropped_when_listed(de
         daemon_config_from_dict({"mapping": {"columns": {"power": "P"}, "ignored_keys": ["P"]}})
     with pytest.raises(ConfigError, match="mapping.ignored_keys: distinct non-empty payload keys expected"):
         daemon_config_from_dict({"mapping": {"ignored_keys": ["a", "a"]}})
+
+
+def test_an_array_of_documents_judges_each_element_as_a_message(decoder):
+    """ThingsBoard's `[{"ts": ..., "values": {...}}, ...]` (a device's buffered samples sent at once) was refused
+    whole (`not_an_object`). Each element is now judged as a message of its own on the turbine's topic: a good one
+    gives the sample its document gives alone, a bad one is refused with that message's reason by its element
+    number. The whole message is refused only when it is not JSON, not UTF-8, empty, or larger than
+    `max_batch_payload_bytes` (not `max_payload_bytes`: a buffer holds many samples)."""
+    docs = [b'{"ts": %d, "values": {"ws": %d.5, "P": null}}' % (1717200000 - 600 * k, k) for k in range(4)]
+    bad = [(b"3", "not_an_object"), (b'{"ts": 1717200000, "values": {"P": 1}, "id": 1}', "unknown_key"),
+           (b'{"ts": 1717200000, "values": {"Q": 1}}', "unknown_channel"), (b"[]", "not_an_object"),
+           (b'{"ts": "2024-06-01T01:00:00Z", "values": {"P": 1}}', "ts_in_future")]  # fmt: skip
+    elements = [docs[0], bad[0][0], docs[1], bad[1][0], bad[2][0], docs[2], bad[3][0], bad[4][0], docs[3]]
+    payload = b" \n[" + b", ".join(elements) + b"]"
+    assert len(payload) > 300
+    small = TelemetryDecoder(["power", "wind_speed"], {"power": "P", "wind_speed": "ws"}, 2, 300, 300.0, 86400.0,
+                             ["WT1"])  # fmt: skip
+    res = small.decode("s/x/WT1/t", payload, NOW)
+    assert isinstance(res, BatchDecode)
+    assert [(n, r.reason) for n, r in res.rejected] == [(2, "not_an_object"), (4, "unknown_key"),
+                                                         (5, "unknown_channel"), (7, "not_an_object"),
+                                                         (8, "ts_in_future")]  # fmt: skip
+    assert res.rejected[0][1].detail == "element is a JSON int, expected an object"
+    for got, doc in zip(res.samples, docs, strict=True):
+        want = decoder.decode("s/x/WT1/t", doc, NOW)
+        assert got.turbine == "WT1" and got.ts_ns == want.ts_ns
+        np.testing.assert_array_equal(got.values, want.values)
+    for whole, reason in ((b"[", "malformed_json"), (b"[]", "missing_values"), (b"[\xff]", "not_utf8"),
+                          (b'[{"ts": 1717200000, "values": {"P": NaN}}]', "non_finite")):  # fmt: skip
+        got = decoder.decode("s/x/WT1/t", whole, NOW)
+        assert isinstance(got, Rejection) and got.reason == reason, whole
+    tiny = TelemetryDecoder(["power"], {"power": "P"}, 2, 1000, 300.0, 86400.0, max_batch_payload_bytes=100)
+    over = tiny.decode("s/x/WT1/t", b"[" + b",".join([b'{"ts": 1717200000, "values": {"P": 1}}'] * 3) + b"]", NOW)
+    assert isinstance(over, Rejection) and over.reason == "oversized" and "max_batch_payload_bytes=100" in over.detail
+    assert isinstance(decoder.decode("s/x/WT9/t", b"[]", NOW), Rejection)  # the topic is checked first
 
 
 def test_a_telemetry_batch_judges_each_line_as_a_message(decoder):

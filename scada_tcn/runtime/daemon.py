@@ -83,6 +83,9 @@ __all__ = ["Daemon", "setup_logging"]
 log = logging.getLogger("scada.runtime.daemon")
 STATE_FORMAT = "scada-runtime-state/2"  # snapshot + journal
 _RETAINED_READ_S = 10.0  # the longest wait for the broker's retained alert states at start
+# refused lines or elements of one message reported one by one; the rest in one report (all counted): a message of
+# 100,000 bad elements must not fill the publish queue, where score records wait
+REPORTS_PER_MESSAGE = 20
 _NOT_REPUBLISHED = (
     "steps closed by the journal were scored before the crash by the model or bundle of the state; they are not "
     "published again with this one's numbers, and those of its records the broker had not acknowledged are lost"
@@ -796,28 +799,36 @@ class Daemon:
         return samples, redelivered
 
     def _admit_one(self, msg: Message, now_ns: int, samples: list[Sample], new: set[str]) -> None:
-        """One message's valid samples appended to `samples` (a batched message's all at once, after its lines);
-        its rejections counted and reported."""
-        if msg.topic == self.telemetry_batch_topic:
+        """One message's valid samples appended to `samples` (a batched message's, or a turbine's array's, all at
+        once, after its lines or elements); its rejections counted and reported."""
+        batched = msg.topic == self.telemetry_batch_topic
+        if batched:
             res = self.decoder.decode_batch(msg.payload, now_ns)
-            if isinstance(res, Rejection):
-                self._reject(msg, res)
-                return
-            taken: list[Sample] = []  # admitted once the whole message is through
-            added = set(new)
-            # its lines in time order, as scada-prepare sorts a table (stable: a stamp's keep their order)
-            for sample in sorted(res.samples, key=lambda s: s.ts_ns):
-                self._take(msg, sample, taken, added)
-            for line, rej in res.rejected:
-                self._reject(msg, rej, line=line)
-            samples += taken
-            new |= added
-            return
-        res = self.decoder.decode(msg.topic, msg.payload, now_ns)
+        else:
+            res = self.decoder.decode(msg.topic, msg.payload, now_ns)
         if isinstance(res, Rejection):
             self._reject(msg, res)
             return
-        self._take(msg, res, samples, new)
+        if isinstance(res, Sample):
+            self._take(msg, res, samples, new)
+            return
+        taken: list[Sample] = []  # admitted once the whole message is through
+        added = set(new)
+        # its lines in time order, as scada-prepare sorts a table (stable: a stamp's keep their order)
+        for sample in sorted(res.samples, key=lambda s: s.ts_ns):
+            self._take(msg, sample, taken, added)
+        part = "line" if batched else "element"
+        for n, rej in res.rejected[:REPORTS_PER_MESSAGE]:
+            self._reject(msg, rej, **{part: n})
+        rest = Counter(rej.reason for _, rej in res.rejected[REPORTS_PER_MESSAGE:])
+        if rest:
+            for reason, k in rest.items():
+                self.metrics.rejected.labels(reason=reason).inc(k)
+            detail = f"{rest.total()} more {part}s of the message rejected, not reported one by one"
+            report = self._error_report("more_rejected", detail, topic=msg.topic[:200], by_reason=dict(rest))
+            self._publish("error", self.errors_topic, report, False)
+        samples += taken
+        new |= added
 
     def _take(self, msg: Message, sample: Sample, samples: list[Sample], new: set[str]) -> None:
         """Admit a valid sample unless its turbine would be one more than ingest.max_turbines."""

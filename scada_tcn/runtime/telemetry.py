@@ -20,6 +20,8 @@ at `{turbine}`. Payload (UTF-8 JSON object, at most `max_payload_bytes`):
 `TelemetryDecoder.decode(topic, payload, now_ns)` returns a `Sample(turbine, ts_ns, values (C,) float64 NaN =
 missing)` or a `Rejection(reason, detail)`; it never raises on bad input and never mutates anything. The message
 is taken whole or not at all: one bad value rejects the message. Reasons are the fixed strings in `REASONS`.
+A payload that is a JSON array of such documents (ThingsBoard's form for a device's buffered samples; at most
+`max_batch_payload_bytes`) gives a `BatchDecode` as a batch does: each element judged as a message of its own.
 
 Batched telemetry (opt-in `topics.telemetry_batch`, one topic for a whole farm): the payload (at most
 `max_batch_payload_bytes`, UTF-8) is JSON lines, one document per line with the turbine id in it:
@@ -248,8 +250,11 @@ def _parse(payload: bytes, text: str | None) -> Any:
 def _object(payload: bytes, text: str | None, allowed: frozenset[str], what: str) -> dict[str, Any] | Rejection:
     """The payload as a JSON object with no keys beyond `allowed`, or why not (`what` names it: payload, line)."""
     doc = _parse(payload, text)
-    if isinstance(doc, Rejection):
-        return doc
+    return doc if isinstance(doc, Rejection) else _keys_checked(doc, allowed, what)
+
+
+def _keys_checked(doc: Any, allowed: frozenset[str], what: str) -> dict[str, Any] | Rejection:
+    """A parsed document if it is a JSON object with no keys beyond `allowed`, else why not."""
     if not isinstance(doc, dict):
         return Rejection("not_an_object", f"{what} is a JSON {type(doc).__name__}, expected an object")
     if doc.keys() - allowed:
@@ -334,11 +339,14 @@ class TelemetryDecoder:
             return Rejection("unknown_turbine", f"turbine {tid!r} is not in ingest.turbines")
         return tid
 
-    def decode(self, topic: str, payload: bytes, now_ns: int) -> Sample | Rejection:
-        """One message -> Sample or Rejection (never raises on bad input)."""
+    def decode(self, topic: str, payload: bytes, now_ns: int) -> Sample | BatchDecode | Rejection:
+        """One message -> Sample, or for a JSON array of documents (`_array`) a BatchDecode, or Rejection (never
+        raises on bad input)."""
         tid = self.turbine_of(topic)
         if isinstance(tid, Rejection):
             return tid
+        if payload.lstrip()[:1] == b"[":
+            return self._array(tid, payload, now_ns)
         if len(payload) > self.max_payload_bytes:
             return Rejection("oversized", f"{len(payload)} bytes > ingest.max_payload_bytes={self.max_payload_bytes}")
         try:
@@ -347,6 +355,34 @@ class TelemetryDecoder:
             return Rejection("not_utf8", str(e)[:200])
         doc = _object(payload, text, _DOC_KEYS, "payload")
         return doc if isinstance(doc, Rejection) else self._check_doc(tid, doc, now_ns)
+
+    def _array(self, tid: str, payload: bytes, now_ns: int) -> BatchDecode | Rejection:
+        """A turbine's samples as a JSON array of documents (ThingsBoard's form: a device's store-and-forward buffer
+        sent at once): each element checked as a message of its own and taken whole or not at all (`rejected`:
+        (element number from 1, Rejection)), in element order. The whole message is refused when it is larger than
+        `max_batch_payload_bytes`, not UTF-8 or not JSON, or holds no element."""
+        if len(payload) > self.max_batch_payload_bytes:
+            limit = self.max_batch_payload_bytes
+            return Rejection("oversized", f"an array of {len(payload)} bytes > ingest.max_batch_payload_bytes={limit}")
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return Rejection("not_utf8", str(e)[:200])
+        docs = _parse(payload, text)
+        if isinstance(docs, Rejection):
+            return docs
+        if not docs:
+            return Rejection("missing_values", "an empty array: a message holds one document or an array of them")
+        samples: list[Sample] = []
+        rejected: list[tuple[int, Rejection]] = []
+        for n, doc in enumerate(docs, 1):
+            checked = _keys_checked(doc, _DOC_KEYS, "element")
+            res = checked if isinstance(checked, Rejection) else self._check_doc(tid, checked, now_ns)
+            if isinstance(res, Rejection):
+                rejected.append((n, res))
+            else:
+                samples.append(res)
+        return BatchDecode(samples, rejected)
 
     def decode_batch(self, payload: bytes, now_ns: int) -> BatchDecode | Rejection:
         """A `topics.telemetry_batch` message (JSON lines) -> the samples of its valid lines and why each other
