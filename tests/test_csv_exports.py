@@ -23,7 +23,7 @@ from scada_tcn.runtime.errors import ConfigError, InputError
 from scada_tcn.runtime.ids import turbine_id_problem
 from scada_tcn.runtime.replay import table_chunks
 from scada_tcn.trainer.config import load_config
-from scada_tcn.trainer.data.tables import load_raw_table, table_format
+from scada_tcn.trainer.data.tables import load_raw_table, parse_timestamps, table_format
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "config.yaml"
 CHANNELS = ("wind_speed", "power", "rotor_speed", "gen_speed", "pitch", "wind_dir", "nacelle_dir", "ambient_temp",
@@ -134,15 +134,37 @@ def test_epoch_milliseconds_read_with_time_format_epoch_ms_as_the_epoch_seconds_
     half = _write(tmp_path / "half.csv", [HEADER, f"{cut[0][0]},1704067200000.5,{cut[0][2]}"])
     ((_, ts, _, _),) = table_chunks(half, CHANNELS, MappingCfg(), layout, 100)
     assert ts.tolist() == [1704067200000500000] == _prepare_as(half, epoch_ms).ts_ns.tolist()
-    for name, cell, said in (("secs.csv", "1704067200", r"lie before 1990: epoch seconds\? unset {}\.time_format"),
-                             ("text.csv", "01.01.2024 00:00", r"1 stamps are not numbers, e\.g\. \['01\.01\.2024 "
-                              r"00:00'\]; expected every stamp in epoch milliseconds \({}\.time_format: epoch_ms\)"),
-                             ("empty.csv", "", r"1 empty \(or infinite\) timestamps")):  # fmt: skip
+    text_said = r"1 stamps are not numbers, e\.g\. \['01\.01\.2024 00:00'\]; expected every stamp in epoch " + (
+        r"milliseconds \({}"
+    )
+    cases = (
+        (
+            "secs.csv",
+            "1704067200",
+            r"lie before 1990: epoch seconds\? set data\.identifiers\.time_format: null",
+            r"lie before 1990: epoch seconds\? set mapping\.time_format: ISO8601",
+        ),  # null there is the bundle's
+        (
+            "text.csv",
+            "01.01.2024 00:00",
+            text_said.format(r"data\.identifiers\.time_format: epoch_ms\)"),
+            text_said.format(r"mapping\.time_format, or the bundle's table_identifiers\.time_format where"),
+        ),
+        ("empty.csv", "", r"1 empty \(or infinite\) timestamps", r"1 empty \(or infinite\) timestamps"),
+    )
+    for name, cell, prepare_said, replay_said in cases:
         bad = _write(tmp_path / name, [HEADER, *ms_rows[:2], f"{cut[2][0]},{cell},{cut[2][2]}"])
-        with pytest.raises(InputError, match=said.format(r"data\.identifiers")):
+        with pytest.raises(InputError, match=prepare_said):
             _prepare_as(bad, epoch_ms)
-        with pytest.raises(InputError, match=said.format("mapping")):
+        with pytest.raises(InputError, match=replay_said):
             list(table_chunks(bad, CHANNELS, MappingCfg(), layout, 100))
+    with pytest.raises(InputError, match=r"epoch milliseconds: export epoch seconds\)"):  # the labels: no time_format
+        parse_timestamps(pd.Series(["1704067200000"]), None, "labels.csv start")
+    parquet = tmp_path / "ms.parquet"  # a Parquet column of pandas' nullable integers: a missing stamp is an empty one
+    frame = pd.read_csv(path, dtype={c: float for c in CHANNELS})
+    frame.assign(timestamp=frame["timestamp"].round().astype("Int64").mask(frame.index == 2)).to_parquet(parquet)
+    with pytest.raises(InputError, match=r"column 'timestamp': 1 empty \(or infinite\) timestamps"):
+        _prepare_as(parquet, [*epoch_ms, "data.format=parquet"])
     assert TABLE._replace(time_format="epoch_ms").describe([path]).endswith("stamps in column 'timestamp', epoch "
                                                                              "milliseconds")  # fmt: skip
     assert daemon_config_from_dict({"mapping": {"time_format": "epoch_ms"}}).mapping.time_format == "epoch_ms"
@@ -541,7 +563,7 @@ def test_day_first_stamps_read_with_a_time_format_as_the_epoch_table(tmp_path):
                                          r"%H:%M' \(data\.identifiers\.time_format\)"):  # fmt: skip
         load_raw_table(load_config(CONFIG, [f"data.paths.raw_dir={path}", *fmt]).data)
     layout = TABLE._replace(naive_timezone="Europe/Paris", time_format="%d.%m.%Y %H:%M")
-    with pytest.raises(InputError, match=r"'2024-01-01T00:10:00Z'.*\(mapping\.time_format\)"):
+    with pytest.raises(InputError, match=r"'2024-01-01T00:10:00Z'.*\(mapping\.time_format, or the bundle's table_"):
         list(table_chunks(path, CHANNELS, MappingCfg(), layout, 100))
     dst = _write(tmp_path / "dst.csv", [HEADER, rows[0].replace("1704067200", "29.10.2017 02:30")])
     with pytest.raises(InputError, match=r"ambiguous_local_time.*DST change in Europe/Paris.*data\.identifiers"):

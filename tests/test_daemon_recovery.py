@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -25,6 +27,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from scada_tcn.demo.broker import free_port
 from scada_tcn.runtime.bundle import load_bundle
 from scada_tcn.runtime.daemon import Daemon
+from scada_tcn.runtime.daemon_config import ConfigError
 from scada_tcn.runtime.journal import Journal
 from scada_tcn.runtime.mqtt import Message, Publish
 from scada_tcn.runtime.records import iso_utc, split_batch
@@ -1251,3 +1254,33 @@ def test_a_message_of_many_bad_elements_is_reported_in_one_report_past_the_first
     m = d.metrics
     assert m.rejected_by_reason() == {"unknown_channel": 600.0, "not_an_object": 600.0}
     assert m.value("scada_runtime_samples_in_total") == 1
+    # a new turbine's array when the fleet is full: its samples refused alike, reported alike
+    full = _daemon(bundle, tmp_path / "full", ingest={"max_turbines": 1})
+    sent = sent_by(full)
+    mine = [m for m in messages if "/WT01/" in m.topic][:1]
+    other = [json.loads(m.payload) for m in messages if "/WT02/" in m.topic][:30]
+    array = b"[" + b", ".join(json.dumps(doc).encode() for doc in other) + b"]"
+    wt02 = next(m.topic for m in messages if "/WT02/" in m.topic)
+    for msg in (*mine, Message(wt02, array, 1, False, False, 2, 0, 0)):
+        full.inbound.put_nowait(msg)
+    full.step(0.0)
+    reports = [json.loads(p) for t, p in sent if t == full.errors_topic]
+    assert [r.get("turbine") for r in reports] == ["WT02"] * 20 + [None]
+    assert reports[-1]["by_reason"] == {"too_many_turbines": 10}
+    assert full.metrics.rejected_by_reason() == {"too_many_turbines": 30.0}
+
+
+def test_a_payload_key_both_read_and_ignored_is_a_config_error_at_start(bundle, tmp_path):
+    """`mapping.ignored_keys` naming a key the bundle's own mapping reads (runtime.yaml's `mapping.columns` left
+    empty) passed the config's check and stopped `scada-runtime run` with a ValueError traceback (exit 1): a
+    ConfigError now, which the command prints as a config error (exit 2)."""
+    key = next(iter(bundle.column_mapping.values()))
+    with pytest.raises(ConfigError, match=rf"mapping\.ignored_keys \['{key}'\] are channels' payload keys"):
+        _daemon(bundle, tmp_path, mapping={"ignored_keys": [key]})
+    config = tmp_path / "runtime.yaml"
+    config.write_text(f"broker: {{url: 'mqtt://127.0.0.1:{free_port()}'}}\nmapping: {{ignored_keys: [{key}]}}\n")
+    code = "import sys; from scada_tcn.runtime.cli import main; sys.exit(main(sys.argv[1:]))"
+    res = subprocess.run([sys.executable, "-c", code, "run", "--bundle", str(bundle.path), "--config", str(config)],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 2 and res.stderr.startswith("config error: runtime.yaml mapping against the bundle's")
+    assert "Traceback" not in res.stderr

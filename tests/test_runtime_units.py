@@ -221,19 +221,24 @@ def test_an_array_of_documents_judges_each_element_as_a_message(decoder):
     number. The whole message is refused only when it is not JSON, not UTF-8, empty, or larger than
     `max_batch_payload_bytes` (not `max_payload_bytes`: a buffer holds many samples)."""
     docs = [b'{"ts": %d, "values": {"ws": %d.5, "P": null}}' % (1717200000 - 600 * k, k) for k in range(4)]
-    bad = [(b"3", "not_an_object"), (b'{"ts": 1717200000, "values": {"P": 1}, "id": 1}', "unknown_key"),
-           (b'{"ts": 1717200000, "values": {"Q": 1}}', "unknown_channel"), (b"[]", "not_an_object"),
-           (b'{"ts": "2024-06-01T01:00:00Z", "values": {"P": 1}}', "ts_in_future")]  # fmt: skip
-    elements = [docs[0], bad[0][0], docs[1], bad[1][0], bad[2][0], docs[2], bad[3][0], bad[4][0], docs[3]]
+    bad = [
+        (b"3", "not_an_object"),
+        (b'{"ts": 1717200000, "values": {"P": 1}, "id": 1}', "unknown_key"),
+        (b'{"ts": 1717200000, "values": {"Q": 1}}', "unknown_channel"),
+        (b"[]", "not_an_object"),
+        (b'{"ts": "2024-06-01T01:00:00Z", "values": {"P": 1}}', "ts_in_future"),
+        (b'{"ts": 1' + b"0" * 400 + b', "values": {"P": 1}}', "bad_timestamp"),
+    ]  # an int no float holds: it raised
+    elements = [docs[0], bad[0][0], docs[1], bad[1][0], bad[2][0], docs[2], bad[3][0], bad[4][0], docs[3], bad[5][0]]
     payload = b" \n[" + b", ".join(elements) + b"]"
-    assert len(payload) > 300
-    small = TelemetryDecoder(["power", "wind_speed"], {"power": "P", "wind_speed": "ws"}, 2, 300, 300.0, 86400.0,
+    assert len(payload) > 700
+    small = TelemetryDecoder(["power", "wind_speed"], {"power": "P", "wind_speed": "ws"}, 2, 700, 300.0, 86400.0,
                              ["WT1"])  # fmt: skip
     res = small.decode("s/x/WT1/t", payload, NOW)
     assert isinstance(res, BatchDecode)
     assert [(n, r.reason) for n, r in res.rejected] == [(2, "not_an_object"), (4, "unknown_key"),
                                                          (5, "unknown_channel"), (7, "not_an_object"),
-                                                         (8, "ts_in_future")]  # fmt: skip
+                                                         (8, "ts_in_future"), (10, "bad_timestamp")]  # fmt: skip
     assert res.rejected[0][1].detail == "element is a JSON int, expected an object"
     for got, doc in zip(res.samples, docs, strict=True):
         want = decoder.decode("s/x/WT1/t", doc, NOW)
@@ -247,6 +252,9 @@ def test_an_array_of_documents_judges_each_element_as_a_message(decoder):
     over = tiny.decode("s/x/WT1/t", b"[" + b",".join([b'{"ts": 1717200000, "values": {"P": 1}}'] * 3) + b"]", NOW)
     assert isinstance(over, Rejection) and over.reason == "oversized" and "max_batch_payload_bytes=100" in over.detail
     assert isinstance(decoder.decode("s/x/WT9/t", b"[]", NOW), Rejection)  # the topic is checked first
+    for huge in (b"1" + b"0" * 400, b"-1" + b"0" * 400):  # alone too (it raised there before the arrays came)
+        got = decoder.decode("s/x/WT1/t", b'{"ts": %s, "values": {"P": 1}}' % huge, NOW)
+        assert isinstance(got, Rejection) and got.reason == "bad_timestamp"
 
 
 def test_a_telemetry_batch_judges_each_line_as_a_message(decoder):

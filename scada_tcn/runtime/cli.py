@@ -92,7 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         from scada_tcn.runtime.daemon import run as run_daemon
 
-        return run_daemon(cfg, str(args.bundle))
+        try:
+            return run_daemon(cfg, str(args.bundle))
+        except ConfigError as e:  # a setting that only the bundle shows wrong (a mapped key also ignored)
+            print(f"config error: {e}", file=sys.stderr)
+            return 2
     from scada_tcn.runtime.errors import BundleError, InputError, SpecError
     from scada_tcn.runtime.replay import replay_file
 

@@ -68,7 +68,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from scada_tcn.runtime.daemon_config import RuntimeConfig, redacted
+from scada_tcn.runtime.daemon_config import ConfigError, RuntimeConfig, redacted
 from scada_tcn.runtime.engine import Engine, Output, Resumed
 from scada_tcn.runtime.health import HealthServer, Heartbeat
 from scada_tcn.runtime.journal import Journal
@@ -152,18 +152,22 @@ class Daemon:
         mapping = dict(cfg.mapping.columns) or dict(bundle.column_mapping)
         filt, level = topic_filter(cfg.topics.telemetry, cfg.site, cfg.gateway)
         self.telemetry_filter = filt
-        self.decoder = TelemetryDecoder(
-            channels=bundle.spec.channels,
-            key_of_channel=mapping,
-            turbine_level=level,
-            max_payload_bytes=cfg.ingest.max_payload_bytes,
-            max_future_s=cfg.ingest.max_future_s,
-            max_past_s=cfg.ingest.max_past_s,
-            allowed_turbines=cfg.ingest.turbines,
-            max_batch_payload_bytes=cfg.ingest.max_batch_payload_bytes,
-            epoch_unit=cfg.ingest.epoch_unit,
-            ignored_keys=cfg.mapping.ignored_keys,
-        )
+        try:
+            self.decoder = TelemetryDecoder(
+                channels=bundle.spec.channels,
+                key_of_channel=mapping,
+                turbine_level=level,
+                max_payload_bytes=cfg.ingest.max_payload_bytes,
+                max_future_s=cfg.ingest.max_future_s,
+                max_past_s=cfg.ingest.max_past_s,
+                allowed_turbines=cfg.ingest.turbines,
+                max_batch_payload_bytes=cfg.ingest.max_batch_payload_bytes,
+                epoch_unit=cfg.ingest.epoch_unit,
+                ignored_keys=cfg.mapping.ignored_keys,
+            )
+        except ValueError as e:  # runtime.yaml's mapping against the bundle's channels: a config error, said so
+            channels = list(bundle.spec.channels)
+            raise ConfigError(f"runtime.yaml mapping against the bundle's channels {channels}: {e}") from None
         tb = cfg.topics.telemetry_batch
         self.telemetry_batch_topic = None if tb is None else tb.format(site=cfg.site, gateway=cfg.gateway)
         self.engine = self._new_engine(scorer)
@@ -814,13 +818,18 @@ class Daemon:
             return
         taken: list[Sample] = []  # admitted once the whole message is through
         added = set(new)
+        part = "line" if batched else "element"
+        refused: list[tuple[Rejection, dict[str, Any]]] = []
         # its lines in time order, as scada-prepare sorts a table (stable: a stamp's keep their order)
         for sample in sorted(res.samples, key=lambda s: s.ts_ns):
-            self._take(msg, sample, taken, added)
-        part = "line" if batched else "element"
-        for n, rej in res.rejected[:REPORTS_PER_MESSAGE]:
-            self._reject(msg, rej, **{part: n})
-        rest = Counter(rej.reason for _, rej in res.rejected[REPORTS_PER_MESSAGE:])
+            if self._has_room(sample.turbine, added):
+                taken.append(sample)
+            else:
+                refused.append((self._no_room(), {"turbine": sample.turbine}))
+        refused += [(rej, {part: n}) for n, rej in res.rejected]
+        for rej, where in refused[:REPORTS_PER_MESSAGE]:
+            self._reject(msg, rej, **where)
+        rest = Counter(rej.reason for rej, _ in refused[REPORTS_PER_MESSAGE:])
         if rest:
             for reason, k in rest.items():
                 self.metrics.rejected.labels(reason=reason).inc(k)
@@ -833,11 +842,13 @@ class Daemon:
     def _take(self, msg: Message, sample: Sample, samples: list[Sample], new: set[str]) -> None:
         """Admit a valid sample unless its turbine would be one more than ingest.max_turbines."""
         if not self._has_room(sample.turbine, new):
-            limit = self.cfg.ingest.max_turbines
-            self._reject(msg, Rejection("too_many_turbines", f"ingest.max_turbines={limit} reached"),
-                         turbine=sample.turbine)  # fmt: skip
+            self._reject(msg, self._no_room(), turbine=sample.turbine)
             return
         samples.append(sample)
+
+    def _no_room(self) -> Rejection:
+        """Why a sample of a turbine new to a full fleet is refused."""
+        return Rejection("too_many_turbines", f"ingest.max_turbines={self.cfg.ingest.max_turbines} reached")
 
     def _has_room(self, turbine: str, new: set[str]) -> bool:
         """Whether the fleet takes a sample of `turbine`: known, or among the turbines `new` to the fleet that this

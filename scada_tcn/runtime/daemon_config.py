@@ -105,8 +105,16 @@ class IngestCfg:
     )
     max_future_s: float = _f(300.0, "reject samples stamped more than this ahead of the wall clock")
     max_past_s: float = _f(7 * 86400.0, "reject samples stamped more than this before the wall clock")
-    max_payload_bytes: int = _f(65536, "reject larger telemetry payloads (and batch lines) before decoding them")
-    max_batch_payload_bytes: int = _f(4 << 20, "reject larger topics.telemetry_batch messages before decoding them")
+    max_payload_bytes: int = _f(
+        65536,
+        "reject larger telemetry payloads (and batch lines; an array's elements are bounded as a whole) "
+        "before decoding them",
+    )
+    max_batch_payload_bytes: int = _f(
+        4 << 20,
+        "reject larger topics.telemetry_batch messages, and arrays of samples on a turbine's topic, before "
+        "decoding them",
+    )
     max_turbines: int = _f(5000, "cap on the fleet: telemetry of a new turbine beyond this many is rejected")
     max_values_per_stamp: int = _f(
         100,

@@ -65,14 +65,15 @@ from scada_tcn.runtime.ids import file_turbine_id, turbine_id_problem
 from scada_tcn.runtime.telemetry import (
     EPOCH_FLOOR,
     EPOCH_MILLIS,
-    EPOCH_MS,
     EPOCH_RANGE,
     MAX_EPOCH_S,
     TABLE_EPOCH_FLOOR_S,
+    epoch_ms_hint,
     epoch_ns,
     in_epoch_range,
     parse_timestamp_ns,
     table_epoch_ns,
+    time_format_source,
 )
 
 __all__ = [
@@ -263,7 +264,7 @@ def _millis(cells: list[str], where: str, keys: str) -> np.ndarray:
     if not_numbers:
         bad = [c for c in cells if c.strip() and not is_number(c)][:3]
         raise InputError(f"{where}: {not_numbers} stamps are not numbers, e.g. {bad}; expected every stamp in epoch "
-                         f"milliseconds ({keys}.time_format: {EPOCH_MILLIS})")  # fmt: skip
+                         f"milliseconds ({time_format_source(keys)}: {EPOCH_MILLIS})")  # fmt: skip
     return table_epoch_ns(ms, where, 1000, keys)
 
 
@@ -278,9 +279,9 @@ def _checked(cells: list[str], parsed: list[tuple[int | str, str]], where: str, 
                    f"or in UTC with {keys}.naive_timezone: UTC")  # fmt: skip
         elif kinds == ["out_of_range"]:
             ms = fmt is None and all(is_number(c) for _, c in bad[:3])
-            fix = EPOCH_RANGE + (EPOCH_MS.format(keys=keys) if ms else "")
+            fix = EPOCH_RANGE + (epoch_ms_hint(keys) if ms else "")
         elif fmt is not None:
-            fix = (f"expected every stamp written as {fmt!r} ({keys}.time_format)" + (f", local times with "
+            fix = (f"expected every stamp written as {fmt!r} ({time_format_source(keys)})" + (f", local times with "
                    f"{keys}.naive_timezone" if "naive_timestamp" in kinds else ""))  # fmt: skip
         elif kinds == ["epoch_before_1990"]:
             fix = EPOCH_FLOOR

@@ -54,7 +54,6 @@ __all__ = [
     "EPOCH_FLOOR",
     "EPOCH_MILLIS",
     "EPOCH_UNITS",
-    "EPOCH_MS",
     "EPOCH_RANGE",
     "MAX_EPOCH_S",
     "TABLE_EPOCH_FLOOR_S",
@@ -63,10 +62,12 @@ __all__ = [
     "Rejection",
     "Sample",
     "TelemetryDecoder",
+    "epoch_ms_hint",
     "epoch_ns",
     "in_epoch_range",
     "parse_timestamp_ns",
     "table_epoch_ns",
+    "time_format_source",
     "topic_filter",
     "turbine_topics",
     "zone_problem",
@@ -103,11 +104,32 @@ EPOCH_RANGE = "stamps must lie within 9e9 s of 1970 (1684-10-19 to 2255-03-14)"
 TABLE_EPOCH_FLOOR_S = 631_152_000
 EPOCH_FLOOR = ("numeric stamps are read as epoch seconds, and these lie before 1990: Excel serial dates or a "
                "counter? Export ISO-8601 stamps with a UTC offset, or epoch seconds")  # fmt: skip
-EPOCH_MS = " (numbers this large may be epoch milliseconds: set {keys}.time_format: epoch_ms)"
 EPOCH_MILLIS = "epoch_ms"  # a table's time_format: every stamp a number of milliseconds since 1970 (UTC)
-EPOCH_MS_FLOOR = ("stamps read as epoch milliseconds ({keys}.time_format: epoch_ms) lie before 1990: epoch seconds? "
-                  "unset {keys}.time_format")  # fmt: skip
 EPOCH_UNITS = {"s": 1, "ms": 1000}  # a numeric telemetry stamp's unit (ingest.epoch_unit) -> units per second
+
+
+def epoch_ms_hint(keys: str | None) -> str:
+    """The hint for numeric stamps too large for epoch seconds: the setting that reads milliseconds (`keys`: the
+    section holding the table's time_format, "data.identifiers" or "mapping"; None: a file without one)."""
+    fix = "export epoch seconds" if keys is None else f"set {keys}.time_format: {EPOCH_MILLIS}"
+    return f" (numbers this large may be epoch milliseconds: {fix})"
+
+
+def time_format_source(keys: str) -> str:
+    """Where a table's time_format came from, for a refusal: scada-prepare's setting, or replay's (whose null is
+    the training table's, recorded in the bundle)."""
+    if keys == "mapping":
+        return "mapping.time_format, or the bundle's table_identifiers.time_format where that is null"
+    return f"{keys}.time_format"
+
+
+def _ms_floor(keys: str) -> str:
+    """The refusal's fix for stamps read as epoch milliseconds that lie before 1990 (seconds, most likely)."""
+    reset = "ISO8601" if keys == "mapping" else "null"  # runtime.yaml's null is the bundle's: ISO8601 resets it
+    return (
+        f"stamps read as epoch milliseconds ({time_format_source(keys)}: {EPOCH_MILLIS}) lie before 1990: epoch "
+        f"seconds? set {keys}.time_format: {reset}"
+    )
 
 
 def zone_problem(name: str | None, key: str) -> str | None:
@@ -184,11 +206,11 @@ def parse_timestamp_ns(ts: Any, per_second: int = 1) -> int | str:
     ns carry its rounding error: 1706400000.123 read as ...122999808) and is deduplicated."""
     if isinstance(ts, bool):
         return "bad_timestamp"
-    if isinstance(ts, (int, float)):
+    if isinstance(ts, int):  # before math.isfinite, which cannot take an int beyond a float (JSON allows one)
+        return "bad_timestamp" if abs(ts) > _MAX_ABS_S * per_second else ts * (_NS // per_second)
+    if isinstance(ts, float):
         if not math.isfinite(ts) or abs(ts) > _MAX_ABS_S * per_second:
             return "bad_timestamp"
-        if isinstance(ts, int):
-            return int(ts) * (_NS // per_second)
         return int(round(ts * (1e6 / per_second))) * 1000  # to the microsecond, as ISO
     if not isinstance(ts, str) or not 10 <= len(ts) <= 40:
         return "bad_timestamp"
@@ -211,23 +233,23 @@ def epoch_ns(numbers: np.ndarray, per_second: int = 1) -> np.ndarray | None:
     return np.rint(x * (1e6 / per_second)).astype(np.int64) * 1000  # round() and rint both round half to even
 
 
-def table_epoch_ns(numbers: np.ndarray, where: str, per_second: int = 1, keys: str = "data.identifiers"
-                   ) -> np.ndarray:  # fmt: skip
+def table_epoch_ns(numbers: np.ndarray, where: str, per_second: int = 1, keys: str | None = None) -> np.ndarray:
     """A table's column of epoch seconds (`per_second` 1) or milliseconds (1000; float64, NaN = empty) -> int64 ns
-    (`epoch_ns`). Refused (InputError, what to fix, naming the settings `keys`): empty or infinite stamps, stamps
-    beyond MAX_EPOCH_S (epoch milliseconds read as seconds?), stamps before 1990 (TABLE_EPOCH_FLOOR_S: Excel
-    serial days, a counter, or seconds read as milliseconds?)."""
+    (`epoch_ns`). Refused (InputError, what to fix, naming the section `keys` that holds the table's time_format;
+    None: a file without one, such as the labels): empty or infinite stamps, stamps beyond MAX_EPOCH_S (epoch
+    milliseconds read as seconds?), stamps before 1990 (TABLE_EPOCH_FLOOR_S: Excel serial days, a counter, or
+    seconds read as milliseconds?)."""
     if np.isnan(numbers).any():
         raise InputError(f"{where}: {int(np.isnan(numbers).sum())} empty (or infinite) timestamps")
     ns = epoch_ns(numbers, per_second)
     unit = "seconds" if per_second == 1 else "milliseconds"
     if ns is None:
         bad = numbers[~(np.abs(numbers) <= MAX_EPOCH_S * per_second)][:3].tolist()
-        hint = EPOCH_MS.format(keys=keys) if per_second == 1 else ""
+        hint = epoch_ms_hint(keys) if per_second == 1 else ""
         raise InputError(f"{where}: epoch {unit} out of range, e.g. {bad}; {EPOCH_RANGE}{hint}")
     early = numbers < TABLE_EPOCH_FLOOR_S * per_second
     if early.any():
-        floor = EPOCH_FLOOR if per_second == 1 else EPOCH_MS_FLOOR.format(keys=keys)
+        floor = EPOCH_FLOOR if per_second == 1 else _ms_floor(keys or "data.identifiers")
         raise InputError(f"{where}: {int(early.sum())} stamps before 1990, e.g. {numbers[early][:3].tolist()}; "
                          f"{floor}")  # fmt: skip
     return ns
@@ -413,7 +435,7 @@ class TelemetryDecoder:
     def _unit_hint(self, ts: Any) -> str:
         """A refused numeric stamp's likely cause when its size fits the other unit: 1.7e12 is today in epoch
         milliseconds, 1.7e9 today in epoch seconds (1e11 s is the year 5138, 1e11 ms 1973)."""
-        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
+        if isinstance(ts, bool) or not isinstance(ts, (int, float)):  # inf and huge ints compare as they should
             return ""
         if self._per_second == 1 and _MAX_ABS_S < abs(ts) <= _MAX_ABS_S * 1000:
             return " (a number this large may be epoch milliseconds: set ingest.epoch_unit: ms)"

@@ -104,17 +104,18 @@ def _checked_ns(parsed: pd.Series, s: pd.Series, where: str) -> np.ndarray:
     return ns
 
 
-def parse_timestamps(col: pd.Series, naive_timezone: str | None, where: str, time_format: str | None = None
-                     ) -> np.ndarray:  # fmt: skip
+def parse_timestamps(col: pd.Series, naive_timezone: str | None, where: str, time_format: str | None = None,
+                     keys: str | None = None) -> np.ndarray:  # fmt: skip
     """ISO-8601 strings (with offsets) or epoch seconds (numbers, or text cells that are all numbers, as replay and
     the daemon read them) -> int64 ns UTC; with `time_format` (a strptime format, or "epoch_ms") every stamp read
     by it, by the reading replay applies (`runtime.replay.formatted_stamps_ns`). Refuses mixed, unparseable or
-    out-of-range stamps."""
-    if time_format is not None:
-        cells = col.fillna("").astype(str).tolist()
-        return formatted_stamps_ns(cells, time_format, naive_timezone, where, "data.identifiers")
+    out-of-range stamps, naming the settings section `keys` ("data.identifiers" for the SCADA table; None for a
+    file without a time_format, such as the labels)."""
+    if time_format is not None:  # a missing cell (NaN, None, pandas' NA) read as an empty one
+        cells = np.where(col.isna().to_numpy(), "", col.astype(str).to_numpy(dtype=object)).tolist()
+        return formatted_stamps_ns(cells, time_format, naive_timezone, where, keys or "data.identifiers")
     if pd.api.types.is_numeric_dtype(col):
-        return table_epoch_ns(col.to_numpy(dtype=np.float64, na_value=np.nan), where)
+        return table_epoch_ns(col.to_numpy(dtype=np.float64, na_value=np.nan), where, keys=keys)
     if isinstance(col.dtype, pd.DatetimeTZDtype):
         return _checked_ns(col, col.astype(str), where)
     s = col.astype(str).str.strip()
@@ -127,7 +128,7 @@ def parse_timestamps(col: pd.Series, naive_timezone: str | None, where: str, tim
             raise InputError(f"{where}: {not_numbers} stamps are not epoch seconds like the rest, e.g. {bad}: "
                              "unparseable or of another form (a header row repeated where files were joined?); "
                              "export every stamp one way")  # fmt: skip
-        return table_epoch_ns(secs, where)  # a missing cell read as an empty one: reported there
+        return table_epoch_ns(secs, where, keys=keys)  # a missing cell read as an empty one: reported there
     parsed = pd.to_datetime(s, format="ISO8601", utc=True, errors="coerce")
     if parsed.isna().any():
         bad = s[parsed.isna()].head(3).tolist()
@@ -208,7 +209,8 @@ def load_raw_table(data: DataCfg) -> RawTable:
     ids = df[id_col]
     if ids.isna().any():
         raise InputError(f"{int(ids.isna().sum())} rows have no turbine id in column {id_col!r}")
-    ts = parse_timestamps(df[ident.time_col], ident.naive_timezone, f"column {ident.time_col!r}", ident.time_format)
+    ts = parse_timestamps(df[ident.time_col], ident.naive_timezone, f"column {ident.time_col!r}", ident.time_format,
+                          "data.identifiers")  # fmt: skip
     values = np.empty((len(df), len(channels)), dtype=np.float64)
     non_numeric: dict[str, int] = {}
     examples: dict[str, str] = {}

@@ -139,7 +139,7 @@ def inject_table(
         df, rows = tables[k][0], picks[k]
         part = pd.DataFrame({ch: column_numbers(df[col].iloc[rows], dialect.decimal)[0] for col, ch in canon.items()})
         ts = parse_timestamps(df[ident.time_col].iloc[rows], ident.naive_timezone, f"column {ident.time_col!r}",
-                              ident.time_format)  # fmt: skip
+                              ident.time_format, "data.identifiers")  # fmt: skip
         parts.append(part.assign(timestamp=pd.to_datetime(ts, utc=True)))
     part = pd.concat(parts, keys=mine)  # (file, row): each value goes back to its place
     rng_start = pd.Timestamp(start or data.splits.test_range[0]).tz_convert("UTC")
