@@ -109,6 +109,35 @@ def test_an_export_in_another_csv_dialect_is_injected_and_written_in_it(tmp_path
     assert a["labels"].read_text() == b["labels"].read_text()
 
 
+def test_an_export_stamped_in_epoch_milliseconds_is_injected_as_the_iso_export(tmp_path):
+    """`data.identifiers.time_format: epoch_ms`: the faults land on the same rows with the same values as in the
+    ISO-stamped export, the stamps are written back as they were, and the labels are the same."""
+    from copy import deepcopy
+
+    from scada_tcn.trainer.data.tables import load_raw_table
+
+    df = _table(days=30)
+    (tmp_path / "plain").mkdir()
+    plain = _cfg(tmp_path / "plain", df)
+    (tmp_path / "ms").mkdir()
+    ms = df.assign(timestamp=(pd.to_datetime(df.timestamp) - pd.Timestamp(0, tz="UTC")) // pd.Timedelta("1ms"))
+    assert ms.timestamp.iloc[0] == 1704067800000
+    ms.to_csv(tmp_path / "ms" / "scada.csv", index=False)
+    epoch_ms = deepcopy(plain.data)
+    epoch_ms.paths.raw_dir, epoch_ms.identifiers.time_format = str(tmp_path / "ms" / "scada.csv"), "epoch_ms"
+    a = inject_table(plain.data, "WT02", tmp_path / "a", seed=5, hours=48)
+    b = inject_table(epoch_ms, "WT02", tmp_path / "b", seed=5, hours=48)
+    plain_out, ms_out = deepcopy(plain.data), deepcopy(epoch_ms)
+    plain_out.paths.raw_dir, ms_out.paths.raw_dir = str(a["scada"]), str(b["scada"])
+    ta, tb = load_raw_table(plain_out), load_raw_table(ms_out)
+    assert ta.ts_ns.tolist() == tb.ts_ns.tolist()
+    np.testing.assert_array_equal(ta.values, tb.values)
+    assert not np.array_equal(tb.values, load_raw_table(epoch_ms).values)
+    written = pd.read_csv(b["scada"], dtype=str)["timestamp"]
+    assert written.tolist() == ms.timestamp.astype(str).tolist()
+    assert a["labels"].read_text() == b["labels"].read_text()
+
+
 def test_a_per_turbine_file_named_after_its_turbine_is_injected(tmp_path):
     """An export without an id column, its turbine in the file name (data.identifiers.turbine_id_from_file): the
     turbine is the file's, another is refused, and the file is written back with no id column added."""
