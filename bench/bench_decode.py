@@ -1,0 +1,122 @@
+"""The telemetry decoder's cost per sample in the forms gateways publish, against one ISO-stamped message per
+sample measured in the same run.
+
+    taskset -c 0 python bench/bench_decode.py [--channels 13] [--samples 20000] [--array 100]
+
+Forms (CPU seconds of this process; pin it to one core):
+  iso            one message per sample, `{"ts": "2024-...+00:00", "values": {...}}` (the baseline)
+  epoch-s        the same with `ts` in epoch seconds
+  thingsboard    `ts` in epoch milliseconds (`ingest.epoch_unit: ms`) and two tags beside the channels
+                 (`mapping.ignored_keys`), as ThingsBoard's device API writes them
+  array          `--array` ThingsBoard documents per message, as a JSON array on the turbine's topic
+  batch-lines    `--array` samples per message as JSON lines on `topics.telemetry_batch`
+  hostile-array  one 4 MiB array of refused elements (`[1,1,...]`): what one bad message costs the loop
+Printed: microseconds per sample (per refused element for the hostile array), the least of `--repeat` runs, and
+the ratio to `iso`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from scada_tcn.runtime.telemetry import BatchDecode, Sample, TelemetryDecoder  # noqa: E402
+
+T0 = 1_717_200_000  # 2024-06-01T00:00:00Z, the decoder's "now"
+TAGS = {"status_text": "RUN", "alarm_code": 0}
+
+
+def _decoder(channels: list[str], unit: str = "s") -> TelemetryDecoder:
+    return TelemetryDecoder(channels, {c: c for c in channels}, 2, 65536, 300.0, 1e9, [],
+                            epoch_unit=unit, ignored_keys=list(TAGS))  # fmt: skip
+
+
+def _docs(channels: list[str], n: int, rng: np.random.Generator) -> list[dict]:
+    """n samples of one turbine, 10 minutes apart, ending now: every channel a number with 2 decimals."""
+    values = np.round(rng.normal(500.0, 300.0, (n, len(channels))), 2)
+    return [{"ts": T0 - 600 * (n - i), "values": dict(zip(channels, row.tolist()))} for i, row in enumerate(values)]
+
+
+def _iso(secs: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(secs))
+
+
+def _cpu(fn: Callable[[], int]) -> tuple[float, int]:
+    """(CPU seconds, samples) of `fn`, which returns how many samples or elements it decoded."""
+    t = time.process_time()
+    n = fn()
+    return time.process_time() - t, n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--channels", type=int, default=13)
+    ap.add_argument("--samples", type=int, default=20000)
+    ap.add_argument("--array", type=int, default=100, help="documents per array or batch message")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each form; the least CPU time is kept")
+    args = ap.parse_args()
+    channels = [f"ch{i:02d}" for i in range(args.channels)]
+    docs = _docs(channels, args.samples, np.random.default_rng(0))
+    now = T0 * 10**9
+    topic = "scada/site/WT01/telemetry"
+    secs, ms = _decoder(channels), _decoder(channels, "ms")
+
+    iso = [json.dumps({"ts": _iso(d["ts"]), "values": d["values"]}).encode() for d in docs]
+    epoch = [json.dumps(d).encode() for d in docs]
+    tb_docs = [{"ts": d["ts"] * 1000, "values": {**TAGS, **d["values"]}} for d in docs]
+    tb = [json.dumps(d).encode() for d in tb_docs]
+    k = args.array
+    arrays = [json.dumps(tb_docs[i : i + k]).encode() for i in range(0, len(tb_docs), k)]
+    lines = [b"\n".join(json.dumps({"turbine": "WT01", **d}).encode() for d in docs[i : i + k])
+             for i in range(0, len(docs), k)]  # fmt: skip
+    hostile = b"[" + b",".join([b"1"] * ((4 << 20) // 2 - 1)) + b"]"
+
+    def each(decoder: TelemetryDecoder, payloads: list[bytes]) -> int:
+        got = [decoder.decode(topic, p, now) for p in payloads]
+        assert all(isinstance(g, Sample) for g in got)
+        return len(got)
+
+    def many(payloads: list[bytes], batch: bool) -> int:
+        got = [secs.decode_batch(p, now) if batch else ms.decode(topic, p, now) for p in payloads]
+        assert all(isinstance(g, BatchDecode) and not g.rejected for g in got)
+        return sum(len(g.samples) for g in got)
+
+    def refused() -> int:
+        got = ms.decode(topic, hostile, now)
+        assert isinstance(got, BatchDecode) and not got.samples
+        return len(got.rejected)
+
+    runs = {
+        "iso": lambda: each(secs, iso),
+        "epoch-s": lambda: each(secs, epoch),
+        "thingsboard": lambda: each(ms, tb),
+        "array": lambda: many(arrays, False),
+        "batch-lines": lambda: many(lines, True),
+        "hostile-array": refused,
+    }
+    print(
+        f"{args.samples} samples of {args.channels} channels; arrays and batches of {k}; one process, CPU time, "
+        f"the least of {args.repeat} runs"
+    )
+    print(f"{'form':<14} {'us/sample':>10} {'ratio':>7}  total")
+    base = None
+    for name, fn in runs.items():
+        fn()  # warm: the parsers' first calls
+        cpu, n = min(_cpu(fn) for _ in range(args.repeat))
+        us = cpu / n * 1e6
+        base = us if base is None else base
+        total = f"{cpu:.2f} s for {n:,} " + ("refused elements (4 MiB)" if name == "hostile-array" else "samples")
+        print(f"{name:<14} {us:>10.2f} {us / base:>6.2f}x  {total}")
+
+
+if __name__ == "__main__":
+    main()
