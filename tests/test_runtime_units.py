@@ -380,6 +380,42 @@ def test_the_deploy_example_config_is_valid_and_names_its_turbines():
     assert cfg.state.path is not None and cfg.broker.url.startswith("mqtts://")
 
 
+def _promql_labels(node: Any, series: dict[str, set[str]], alert: str) -> frozenset[str] | None:
+    """The labels a PromQL expression's samples carry (None: a scalar), each series with the target's `instance`
+    and `job` besides its own (`series`). Asserted on the way: the two sides of every operation between vectors
+    carry the same labels, or match on/ignoring ones both have, else no sample matches and the rule never fires
+    (`sum(rate(a[5m])) / rate(b[5m])`: the sum has no labels, the rate its target's)."""
+    kind = type(node).__name__
+    if kind == "NumberLiteral":
+        return None
+    if kind == "ParenExpr":
+        return _promql_labels(node.expr, series, alert)
+    if kind == "MatrixSelector":
+        return _promql_labels(node.vector_selector, series, alert)
+    if kind == "VectorSelector":
+        return frozenset({"instance", "job"} | series.get(node.name, set()))
+    if kind == "Call":
+        return None if node.func.name == "time" else _promql_labels(node.args[0], series, alert)
+    if kind == "AggregateExpr":
+        inner = _promql_labels(node.expr, series, alert)
+        if node.modifier is None:
+            return frozenset()
+        named = frozenset(node.modifier.labels)
+        return named if "By" in str(node.modifier.type) else inner - named
+    assert kind == "BinaryExpr", (alert, kind)
+    lhs, rhs = _promql_labels(node.lhs, series, alert), _promql_labels(node.rhs, series, alert)
+    if lhs is None or rhs is None:
+        return rhs if lhs is None else lhs
+    matching = node.modifier.matching if node.modifier is not None else None
+    if matching is None:
+        assert lhs == rhs, (alert, node.lhs.prettify(), sorted(lhs), node.rhs.prettify(), sorted(rhs))
+    elif "Include" in str(matching.type):  # on (...)
+        assert set(matching.labels) <= lhs & rhs, (alert, node.prettify())
+    else:  # ignoring (...)
+        assert lhs - set(matching.labels) == rhs - set(matching.labels), (alert, node.prettify())
+    return lhs
+
+
 def test_the_deploy_alert_rules_name_only_metrics_and_settings_that_exist():
     """deploy/prometheus-rules.yml: every rule has an expression that a PromQL parser takes, a duration, a severity,
     a summary and a description; every scada_runtime_ series it queries is one the daemon exposes, every label it
@@ -408,7 +444,7 @@ def test_the_deploy_alert_rules_name_only_metrics_and_settings_that_exist():
                 for g in dataclasses.fields(v)}  # fmt: skip
     for r in rules:
         assert set(r) <= {"alert", "expr", "for", "labels", "annotations"} and {"alert", "expr"} <= set(r), r
-        promql_parser.parse(r["expr"])  # ValueError on a query Prometheus would refuse
+        kept = _promql_labels(promql_parser.parse(r["expr"]), labels, r["alert"])  # parse: ValueError if refused
         assert re.fullmatch(r"\d+[smhd]", r.get("for", "0s")), r
         assert r["labels"]["severity"] in ("critical", "warning", "info") and set(r["annotations"]) == {
             "summary", "description"}, r  # fmt: skip
@@ -417,13 +453,10 @@ def test_the_deploy_alert_rules_name_only_metrics_and_settings_that_exist():
             used = set(re.findall(r"(\w+)\s*=", selector))
             assert used <= labels[name], (r["alert"], name, used)
         text = " ".join(r["annotations"].values())
-        for key in re.findall(r"\b((?:ingest|queues|topics|health|compute|state|broker)\.\w+)", text):
+        for key in re.findall(r"\b((?:ingest|queues|topics|health|compute|state|broker|mapping)\.\w+)", text):
             assert key in settings, (r["alert"], key)
         # the annotations' Go templates: $value through a function Prometheus has, or a label the alert keeps (one
         # of its series' or the target's, not aggregated away), so Alertmanager never shows "<no value>"
-        kept = {"instance", "job"} | {x for n in re.findall(r"scada_runtime_\w+", r["expr"]) for x in labels[n]}
-        if re.search(r"\b(sum|avg|min|max|count|topk|bottomk|quantile)\b", r["expr"]):
-            kept &= {x.strip() for by in re.findall(r"\bby\s*\(([^)]*)\)", r["expr"]) for x in by.split(",")}
         for t in re.findall(r"{{(.*?)}}", text):
             value = r'\$value(\s*\|\s*(humanize|humanizeDuration|humanizePercentage|printf "%[-+ #0-9.]*[dfge]"))?'
             label = re.fullmatch(r"\$labels\.(\w+)", t.strip())
