@@ -19,6 +19,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -196,6 +197,16 @@ def assert_close(p: bytes, q: bytes, key) -> None:
         for n in set(ca) ^ set(cb):  # only near-ties may swap in or out
             assert abs(ca.get(n, cb.get(n)) - min(min(ca.values()), min(cb.values()))) < 1e-6, (key, n)
     _close(a, b, str(key))
+
+
+def assert_the_replays(payloads: Iterable[bytes], want: dict[str, int], replayed: dict) -> None:
+    """Score payloads as published: no step twice with different bytes, every closed step of each turbine
+    (`want`), each record the replay's (`assert_close`)."""
+    got = dedupe(payloads)
+    assert got.conflicts == {}
+    assert {t: sum(1 for k in got.records if k[0] == t) for t in want} == want
+    for k, payload in got.records.items():
+        assert_close(payload, replayed[k], k)
 
 
 def test_stream_features_match_prepared_arrays(bundle, timeline, tiny_run):
@@ -392,11 +403,7 @@ def test_batched_score_topic_carries_the_same_records(limited_broker, bundle, sc
     messages = [m for _, m in col.of("/scores")]
     topic = f"scada/{SITE}/{GATEWAY}/scores"  # a PUBLISH packet: 1 + 2 (length) + 2 + topic + 2 + 1 + payload
     assert max(8 + len(topic) + len(m) for m in messages) <= 8192 and len(messages) < len(lines()) / 1.5
-    got = dedupe(lines())
-    assert got.conflicts == {}
-    assert {t: sum(1 for k in got.records if k[0] == t) for t in want} == want
-    for k, payload in got.records.items():
-        assert_close(payload, replayed[k], k)
+    assert_the_replays(lines(), want, replayed)
     assert col.of("/score") == []
     assert {t.split("/")[2] for t, _ in col.of("/alert/state")} == set(want)
     col.close()
@@ -455,11 +462,7 @@ def test_batched_telemetry_scores_as_per_turbine_telemetry(broker, bundle, score
     assert sorted(r["reason"] for r in reports if "line" not in r) == ["not_utf8"] * len(whole)
     got_lines = sorted((r["line"], r["reason"]) for r in reports if "line" in r)
     assert got_lines == sorted(want_lines)
-    got = dedupe(p for _, p in col.of("/score"))
-    assert got.conflicts == {}
-    assert {t: sum(1 for k in got.records if k[0] == t) for t in want} == want
-    for k, payload in got.records.items():
-        assert_close(payload, replayed[k], k)
+    assert_the_replays((p for _, p in col.of("/score")), want, replayed)
     col.close()
 
 
@@ -500,11 +503,7 @@ def test_thingsboard_telemetry_in_epoch_milliseconds_scores_as_iso_telemetry(bro
     m = d.daemon.metrics
     assert m.value("scada_runtime_samples_in_total") == len(rows) and m.rejected_by_reason() == {}
     assert d.stop() == 0
-    got = dedupe(p for _, p in col.of("/score"))
-    assert got.conflicts == {}
-    assert {t: sum(1 for k in got.records if k[0] == t) for t in want} == want
-    for k, payload in got.records.items():
-        assert_close(payload, replayed[k], k)
+    assert_the_replays((p for _, p in col.of("/score")), want, replayed)
     col.close()
 
 

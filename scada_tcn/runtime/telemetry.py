@@ -40,7 +40,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
@@ -269,6 +269,29 @@ def _parse(payload: bytes, text: str | None) -> Any:
             return Rejection(reason, f"{type(e).__name__}: {str(e)[:200]}")
 
 
+def _text(payload: bytes, limit: int, setting: str, what: str = "") -> str | Rejection:
+    """The payload decoded, or why not: larger than `limit` bytes (`ingest.<setting>`; `what` opens the detail),
+    or not UTF-8."""
+    if len(payload) > limit:
+        return Rejection("oversized", f"{what}{len(payload)} bytes > ingest.{setting}={limit}")
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return Rejection("not_utf8", str(e)[:200])
+
+
+def _judged(results: Iterable[tuple[int, Sample | Rejection]]) -> BatchDecode:
+    """A batch's or an array's (number from 1, sample or why refused) as a BatchDecode, in their order."""
+    samples: list[Sample] = []
+    rejected: list[tuple[int, Rejection]] = []
+    for n, res in results:
+        if isinstance(res, Rejection):
+            rejected.append((n, res))
+        else:
+            samples.append(res)
+    return BatchDecode(samples, rejected)
+
+
 def _object(payload: bytes, text: str | None, allowed: frozenset[str], what: str) -> dict[str, Any] | Rejection:
     """The payload as a JSON object with no keys beyond `allowed`, or why not (`what` names it: payload, line)."""
     doc = _parse(payload, text)
@@ -369,12 +392,9 @@ class TelemetryDecoder:
             return tid
         if payload.lstrip()[:1] == b"[":
             return self._array(tid, payload, now_ns)
-        if len(payload) > self.max_payload_bytes:
-            return Rejection("oversized", f"{len(payload)} bytes > ingest.max_payload_bytes={self.max_payload_bytes}")
-        try:
-            text = payload.decode("utf-8")
-        except UnicodeDecodeError as e:
-            return Rejection("not_utf8", str(e)[:200])
+        text = _text(payload, self.max_payload_bytes, "max_payload_bytes")
+        if isinstance(text, Rejection):
+            return text
         doc = _object(payload, text, _DOC_KEYS, "payload")
         return doc if isinstance(doc, Rejection) else self._check_doc(tid, doc, now_ns)
 
@@ -383,54 +403,30 @@ class TelemetryDecoder:
         sent at once): each element checked as a message of its own and taken whole or not at all (`rejected`:
         (element number from 1, Rejection)), in element order. The whole message is refused when it is larger than
         `max_batch_payload_bytes`, not UTF-8 or not JSON, or holds no element."""
-        if len(payload) > self.max_batch_payload_bytes:
-            limit = self.max_batch_payload_bytes
-            return Rejection("oversized", f"an array of {len(payload)} bytes > ingest.max_batch_payload_bytes={limit}")
-        try:
-            text = payload.decode("utf-8")
-        except UnicodeDecodeError as e:
-            return Rejection("not_utf8", str(e)[:200])
-        docs = _parse(payload, text)
+        text = _text(payload, self.max_batch_payload_bytes, "max_batch_payload_bytes", "an array of ")
+        docs = text if isinstance(text, Rejection) else _parse(payload, text)
         if isinstance(docs, Rejection):
             return docs
         if not docs:
             return Rejection("missing_values", "an empty array: a message holds one document or an array of them")
-        samples: list[Sample] = []
-        rejected: list[tuple[int, Rejection]] = []
-        for n, doc in enumerate(docs, 1):
+
+        def element(doc: Any) -> Sample | Rejection:
             checked = _keys_checked(doc, _DOC_KEYS, "element")
-            res = checked if isinstance(checked, Rejection) else self._check_doc(tid, checked, now_ns)
-            if isinstance(res, Rejection):
-                rejected.append((n, res))
-            else:
-                samples.append(res)
-        return BatchDecode(samples, rejected)
+            return checked if isinstance(checked, Rejection) else self._check_doc(tid, checked, now_ns)
+
+        return _judged((n, element(doc)) for n, doc in enumerate(docs, 1))
 
     def decode_batch(self, payload: bytes, now_ns: int) -> BatchDecode | Rejection:
         """A `topics.telemetry_batch` message (JSON lines) -> the samples of its valid lines and why each other
         line was refused; a Rejection for the whole message when it is oversized, not UTF-8 or empty."""
-        if len(payload) > self.max_batch_payload_bytes:
-            limit = self.max_batch_payload_bytes
-            return Rejection("oversized", f"{len(payload)} bytes > ingest.max_batch_payload_bytes={limit}")
-        try:
-            payload.decode("utf-8")  # then every line is UTF-8 too: a newline byte never sits inside a character
-        except UnicodeDecodeError as e:
-            return Rejection("not_utf8", str(e)[:200])
-        samples: list[Sample] = []
-        rejected: list[tuple[int, Rejection]] = []
-        lines = 0
-        for n, line in enumerate(payload.split(b"\n"), 1):
-            if not line.strip():
-                continue
-            lines += 1
-            res = self._line(line, now_ns)
-            if isinstance(res, Rejection):
-                rejected.append((n, res))
-            else:
-                samples.append(res)
+        # UTF-8 as a whole, so every line is too: a newline byte never sits inside a character
+        text = _text(payload, self.max_batch_payload_bytes, "max_batch_payload_bytes")
+        if isinstance(text, Rejection):
+            return text
+        lines = [(n, line) for n, line in enumerate(payload.split(b"\n"), 1) if line.strip()]  # blank lines skipped
         if not lines:
             return Rejection("malformed_json", "a telemetry batch needs at least one line (one JSON object per line)")
-        return BatchDecode(samples, rejected)
+        return _judged((n, self._line(line, now_ns)) for n, line in lines)
 
     def _unit_hint(self, ts: Any) -> str:
         """A refused numeric stamp's likely cause when its size fits the other unit: 1.7e12 is today in epoch
