@@ -10,6 +10,9 @@ Forms (CPU seconds of this process; pin it to one core):
                  (`mapping.ignored_keys`), as ThingsBoard's device API writes them
   array          `--array` ThingsBoard documents per message, as a JSON array on the turbine's topic
   batch-lines    `--array` samples per message as JSON lines on `topics.telemetry_batch`
+  gateway        `--array` samples per message in ThingsBoard's gateway form (`ingest.batch_format: devices`):
+                 `{"WT01": [...], "WT02": [...], ...}`, 10 turbines of `--array` / 10 documents each
+  text-values    thingsboard with every value a string (`"512.25"`, `ingest.numeric_strings`)
   hostile-array  one 4 MiB array of refused elements (`[1,1,...]`): what one bad message costs the loop
 Printed: microseconds per sample (per refused element for the hostile array), the least of `--repeat` runs, and
 the ratio to `iso`.
@@ -35,9 +38,9 @@ T0 = 1_717_200_000  # 2024-06-01T00:00:00Z, the decoder's "now"
 TAGS = {"status_text": "RUN", "alarm_code": 0}
 
 
-def _decoder(channels: list[str], unit: str = "s") -> TelemetryDecoder:
+def _decoder(channels: list[str], unit: str = "s", text: bool = False) -> TelemetryDecoder:
     return TelemetryDecoder(channels, {c: c for c in channels}, 2, 65536, 300.0, 1e9, [],
-                            epoch_unit=unit, ignored_keys=list(TAGS))  # fmt: skip
+                            epoch_unit=unit, ignored_keys=list(TAGS), numeric_strings=text)  # fmt: skip
 
 
 def _docs(channels: list[str], n: int, rng: np.random.Generator) -> list[dict]:
@@ -68,7 +71,7 @@ def main() -> None:
     docs = _docs(channels, args.samples, np.random.default_rng(0))
     now = T0 * 10**9
     topic = "scada/site/WT01/telemetry"
-    secs, ms = _decoder(channels), _decoder(channels, "ms")
+    secs, ms, text = _decoder(channels), _decoder(channels, "ms"), _decoder(channels, "ms", True)
 
     iso = [json.dumps({"ts": _iso(d["ts"]), "values": d["values"]}).encode() for d in docs]
     epoch = [json.dumps(d).encode() for d in docs]
@@ -78,6 +81,11 @@ def main() -> None:
     arrays = [json.dumps(tb_docs[i : i + k]).encode() for i in range(0, len(tb_docs), k)]
     lines = [b"\n".join(json.dumps({"turbine": "WT01", **d}).encode() for d in docs[i : i + k])
              for i in range(0, len(docs), k)]  # fmt: skip
+    gateway = [json.dumps({f"WT{j:02d}": tb_docs[i + j : i + k : 10] for j in range(10)}).encode()
+               for i in range(0, len(tb_docs), k)]  # fmt: skip
+    as_text = [json.dumps({"ts": d["ts"], "values": {c: repr(v) if isinstance(v, float) else v
+                                                     for c, v in d["values"].items()}}).encode()
+               for d in tb_docs]  # fmt: skip
     hostile = b"[" + b",".join([b"1"] * ((4 << 20) // 2 - 1)) + b"]"
 
     def each(decoder: TelemetryDecoder, payloads: list[bytes]) -> int:
@@ -85,8 +93,8 @@ def main() -> None:
         assert all(isinstance(g, Sample) for g in got)
         return len(got)
 
-    def many(payloads: list[bytes], batch: bool) -> int:
-        got = [secs.decode_batch(p, now) if batch else ms.decode(topic, p, now) for p in payloads]
+    def many(decode: Callable[[bytes], Sample | BatchDecode | object], payloads: list[bytes]) -> int:
+        got = [decode(p) for p in payloads]
         assert all(isinstance(g, BatchDecode) and not g.rejected for g in got)
         return sum(len(g.samples) for g in got)
 
@@ -99,8 +107,10 @@ def main() -> None:
         "iso": lambda: each(secs, iso),
         "epoch-s": lambda: each(secs, epoch),
         "thingsboard": lambda: each(ms, tb),
-        "array": lambda: many(arrays, False),
-        "batch-lines": lambda: many(lines, True),
+        "array": lambda: many(lambda p: ms.decode(topic, p, now), arrays),
+        "batch-lines": lambda: many(lambda p: secs.decode_batch(p, now), lines),
+        "gateway": lambda: many(lambda p: ms.decode_devices(p, now), gateway),
+        "text-values": lambda: each(text, as_text),
         "hostile-array": refused,
     }
     print(

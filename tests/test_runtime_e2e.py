@@ -19,6 +19,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -409,6 +410,22 @@ def test_batched_score_topic_carries_the_same_records(limited_broker, bundle, sc
     col.close()
 
 
+def _published_and_scored(broker, cfg, bundle, scorer, messages: list[tuple[str, bytes]], steps: int, reports: int,
+                          name: str) -> tuple[Collector, DaemonThread]:  # fmt: skip
+    """A daemon of `cfg` sent `messages` through the broker until `steps` scores and `reports` error reports came
+    out: (the collector of both, the daemon still running)."""
+    col = Collector(broker.url, [f"scada/{SITE}/+/score", f"scada/runtime/{GATEWAY}/errors"], client_id=f"col-{name}")
+    wait_for(col.ready, 10, "collector connect")
+    d = DaemonThread(cfg, bundle, scorer)
+    pub = client(broker.url, f"publisher-{name}")
+    wait_for(lambda: pub.is_connected() and d.daemon.link.connected, 10, "connections")
+    publish_all(pub, messages)
+    wait_for(lambda: col.has_steps(steps), 60, "all scores")
+    wait_for(lambda: len(col.of("/errors")) >= reports, 30, "all error reports")
+    pub.disconnect()
+    return col, d
+
+
 @pytest.mark.parametrize("kind", ["stream"], indirect=True)
 def test_batched_telemetry_scores_as_per_turbine_telemetry(broker, bundle, scorer, timeline, replayed):
     """`topics.telemetry_batch`: the slice as JSON lines, 16 samples per message, with the fuzz test's hostile
@@ -437,16 +454,8 @@ def test_batched_telemetry_scores_as_per_turbine_telemetry(broker, bundle, score
     want_lines = [(n, r) for lines in batches_ for n, (_, r) in enumerate(lines, 1) if r is not None]
     cfg = daemon_config(broker.url, topics={"telemetry_batch": "scada/{site}/{gateway}/telemetry_batch"},
                         ingest={"turbines": ["WT01", "WT02", "WT03", "WT04"], "max_payload_bytes": 4096})  # fmt: skip
-    col = Collector(broker.url, [f"scada/{SITE}/+/score", f"scada/runtime/{GATEWAY}/errors"], client_id="col-tb")
-    wait_for(col.ready, 10, "collector connect")
-    d = DaemonThread(cfg, bundle, scorer)
-    pub = client(broker.url, "publisher-tb")
-    wait_for(lambda: pub.is_connected() and d.daemon.link.connected, 10, "connections")
-    publish_all(pub, messages)
     want = expected_steps(rows, header)
-    wait_for(lambda: col.has_steps(sum(want.values())), 60, "all scores")
-    wait_for(lambda: len(col.of("/errors")) >= len(hostile), 30, "all error reports")
-    pub.disconnect()
+    col, d = _published_and_scored(broker, cfg, bundle, scorer, messages, sum(want.values()), len(hostile), "tb")
     m = d.daemon.metrics
     assert m.value("scada_runtime_messages_in_total") == len(messages)
     assert m.value("scada_runtime_samples_in_total") == len(rows)
@@ -503,6 +512,57 @@ def test_thingsboard_telemetry_in_epoch_milliseconds_scores_as_iso_telemetry(bro
     m = d.daemon.metrics
     assert m.value("scada_runtime_samples_in_total") == len(rows) and m.rejected_by_reason() == {}
     assert d.stop() == 0
+    assert_the_replays((p for _, p in col.of("/score")), want, replayed)
+    col.close()
+
+
+def test_thingsboard_gateway_messages_with_numbers_as_text_score_as_per_turbine_telemetry(
+    broker, bundle, scorer, timeline, replayed
+):
+    """ThingsBoard's gateway API on `v1/gateway/telemetry` (`ingest.batch_format: devices`): the tiny farm's samples,
+    12 rows a message as `{"<turbine>": [{"ts": <epoch ms>, "values": {...}}, ...], ...}`, every value a string
+    (`ingest.numeric_strings`) beside an ignored tag. Among them, elements the daemon must refuse: a value that is
+    no number, a turbine off the allow-list, an entry that is not an array. Each refusal is counted and reported
+    with its turbine and element; every sample of the table is admitted and every step scored, each score the
+    replay's of the ISO-stamped table with numbers."""
+    header, rows, _ = timeline
+    topic = "v1/gateway/telemetry"
+    entries: list[tuple[str, dict]] = []
+    for t, payload in to_messages(header, rows):
+        doc = json.loads(payload)
+        text = {k: None if v is None else repr(v) for k, v in doc["values"].items()}  # repr: the float's digits
+        entries.append((t.split("/")[2], {"ts": parse_timestamp_ns(doc["ts"]) // 10**6,
+                                          "values": {**text, "status_text": "RUN"}}))  # fmt: skip
+    messages, want_refused = [], []
+    for i in range(0, len(entries), 12):
+        devices: dict[str, list] = {}
+        for tid, doc in entries[i : i + 12]:
+            devices.setdefault(tid, []).append(doc)
+        if i % 240 == 0:  # now and then what a gateway must not send, beside the good elements
+            first = next(iter(devices))
+            key = next(iter(devices[first][0]["values"]))
+            devices[first].append({"ts": devices[first][0]["ts"], "values": {key: "n/a"}})
+            devices["WT09"] = [devices[first][0]]
+            devices["WT10"] = {"ts": 0}  # type: ignore[assignment]
+            want_refused += [
+                ({"turbine": first, "element": len(devices[first])}, "not_a_number"),
+                ({"turbine": "WT09", "element": 1}, "unknown_turbine"),
+                ({"turbine": "WT10"}, "not_an_array"),
+            ]
+        messages.append((topic, json.dumps(devices).encode()))
+    assert len(want_refused) >= 6 and any(len(json.loads(m)) > 1 for _, m in messages)
+    cfg = daemon_config(broker.url, topics={"telemetry_batch": topic}, mapping={"ignored_keys": ["status_text"]},
+                        ingest={"batch_format": "devices", "numeric_strings": True, "epoch_unit": "ms",
+                                "turbines": ["WT01", "WT02", "WT03", "WT04"]})  # fmt: skip
+    want = expected_steps(rows, header)
+    col, d = _published_and_scored(broker, cfg, bundle, scorer, messages, sum(want.values()), len(want_refused), "gw")
+    m = d.daemon.metrics
+    assert m.value("scada_runtime_samples_in_total") == len(rows)
+    assert m.rejected_by_reason() == {r: float(k) for r, k in Counter(r for _, r in want_refused).items()}
+    assert d.stop() == 0
+    reports = [json.loads(p) for _, p in col.of("/errors")]
+    got = [({k: r[k] for k in ("turbine", "element") if k in r}, r["reason"]) for r in reports]
+    assert got == want_refused and all(r["topic"] == topic for r in reports)
     assert_the_replays((p for _, p in col.of("/score")), want, replayed)
     col.close()
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from scada_tcn.runtime.errors import InputError
 
-__all__ = ["first_text", "is_number", "no_numbers", "other_decimal", "parse_numbers", "wrong_decimal"]
+__all__ = ["cell_number", "first_text", "is_number", "no_numbers", "other_decimal", "parse_numbers", "wrong_decimal"]
 
 _OTHER_MARK = {  # a number written with the other decimal mark, not three digits after it (thousands grouping)
     ".": re.compile(r"\s*[-+]?\d*,(?:\d{1,2}|\d{4,})\s*"),
@@ -40,17 +40,22 @@ def _float(cell: str) -> float:
         return math.nan
 
 
-def is_number(cell: str, decimal: str = ".") -> bool:
-    """One cell, by the rule of `parse_numbers`: a plain ASCII number (surrounding spaces allowed, no '_'),
-    +-inf included; empty, text, "nan" and non-ASCII digits are not."""
-    s = cell.strip()
-    if not s or not s.isascii() or "_" in s:
-        return False
+def cell_number(cell: str, decimal: str = ".") -> float:
+    """One cell's number by the rule of `parse_numbers` (a plain ASCII number, surrounding spaces allowed, no '_';
+    +-inf kept), NaN when it is not one: empty, text, "nan", non-ASCII digits."""
+    if not cell.isascii() or "_" in cell:
+        return math.nan
     if decimal == ",":
-        if "." in s:
-            return False
-        s = s.replace(",", ".")
-    return not math.isnan(_float(s))
+        if "." in cell:
+            return math.nan
+        cell = cell.replace(",", ".")
+    return _float(cell)
+
+
+def is_number(cell: str, decimal: str = ".") -> bool:
+    """One cell, by the rule of `parse_numbers` (`cell_number`): +-inf included; empty, text, "nan" and non-ASCII
+    digits are not."""
+    return not math.isnan(cell_number(cell, decimal))
 
 
 def parse_numbers(cells: Sequence[str] | np.ndarray, decimal: str = ".") -> tuple[np.ndarray, int]:

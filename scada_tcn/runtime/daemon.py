@@ -164,12 +164,16 @@ class Daemon:
                 max_batch_payload_bytes=cfg.ingest.max_batch_payload_bytes,
                 epoch_unit=cfg.ingest.epoch_unit,
                 ignored_keys=cfg.mapping.ignored_keys,
+                numeric_strings=cfg.ingest.numeric_strings,
             )
         except ValueError as e:  # runtime.yaml's mapping against the bundle's channels: a config error, said so
             channels = list(bundle.spec.channels)
             raise ConfigError(f"runtime.yaml mapping against the bundle's channels {channels}: {e}") from None
         tb = cfg.topics.telemetry_batch
         self.telemetry_batch_topic = None if tb is None else tb.format(site=cfg.site, gateway=cfg.gateway)
+        lines = cfg.ingest.batch_format == "lines"  # else ThingsBoard's gateway form (runtime.telemetry)
+        self._decode_batch = self.decoder.decode_batch if lines else self.decoder.decode_devices
+        self._batch_part = "line" if lines else "element"  # what a batch message's refusals are counted in
         self.engine = self._new_engine(scorer)
         self.inbound: queue.Queue[Message] = queue.Queue()  # bounded by the paused reads (runtime.mqtt)
         self.inbound_peak = 0
@@ -807,7 +811,7 @@ class Daemon:
         once, after its lines or elements); its rejections counted and reported."""
         batched = msg.topic == self.telemetry_batch_topic
         if batched:
-            res = self.decoder.decode_batch(msg.payload, now_ns)
+            res = self._decode_batch(msg.payload, now_ns)
         else:
             res = self.decoder.decode(msg.topic, msg.payload, now_ns)
         if isinstance(res, Rejection):
@@ -818,7 +822,7 @@ class Daemon:
             return
         taken: list[Sample] = []  # admitted once the whole message is through
         added = set(new)
-        part = "line" if batched else "element"
+        part = self._batch_part if batched else "element"
         refused: list[tuple[Rejection, dict[str, Any]]] = []
         # its lines in time order, as scada-prepare sorts a table (stable: a stamp's keep their order)
         for sample in sorted(res.samples, key=lambda s: s.ts_ns):
@@ -826,7 +830,7 @@ class Daemon:
                 taken.append(sample)
             else:
                 refused.append((self._no_room(), {"turbine": sample.turbine}))
-        refused += [(rej, {part: n}) for n, rej in res.rejected]
+        refused += [(rej, where) for where, rej in res.rejected]
         for rej, where in refused[:REPORTS_PER_MESSAGE]:
             self._reject(msg, rej, **where)
         rest = Counter(rej.reason for rej, _ in refused[REPORTS_PER_MESSAGE:])

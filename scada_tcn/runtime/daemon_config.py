@@ -31,7 +31,13 @@ import yaml
 from scada_tcn.runtime.csv_table import dialect_problem
 from scada_tcn.runtime.errors import ConfigError
 from scada_tcn.runtime.ids import id_pattern_problem
-from scada_tcn.runtime.telemetry import EPOCH_UNITS, time_format_problem, turbine_topics, zone_problem
+from scada_tcn.runtime.telemetry import (
+    BATCH_FORMATS,
+    EPOCH_UNITS,
+    time_format_problem,
+    turbine_topics,
+    zone_problem,
+)
 
 ENV_PREFIX = "SCADA_RT_"
 ISO_STAMPS = "ISO8601"  # mapping.time_format: ISO-8601 or epoch seconds, whatever the training table's
@@ -77,7 +83,7 @@ class TopicsCfg:
         "null = telemetry on `telemetry` only; a topic without {turbine} (e.g. "
         "scada/{site}/{gateway}/telemetry_batch) = also take batched telemetry there: JSON lines, one document per "
         "line with its turbine id under `turbine` (runtime.telemetry), for a farm gateway that sends every "
-        "turbine's sample in one message",
+        "turbine's sample in one message (ingest.batch_format: devices for ThingsBoard's gateway form)",
     )
     score: str = _f("scada/{site}/{turbine}/score", "score topic template (QoS 1)")
     alert: str = _f("scada/{site}/{turbine}/alert", "alert transition topic template (QoS 1)")
@@ -126,6 +132,17 @@ class IngestCfg:
         "s",
         "s | ms: the unit of a numeric telemetry `ts` (epoch seconds, or milliseconds as ThingsBoard, "
         "Node-RED's Date.now() and many PLC gateways write them); ISO-8601 stamps are read either way",
+    )
+    batch_format: str = _f(
+        "lines",
+        "lines | devices: the form of topics.telemetry_batch messages. lines: JSON lines, one document per line "
+        "with its turbine id under `turbine`; devices: one JSON object of turbine id -> array of documents, as "
+        "ThingsBoard's gateway API publishes on v1/gateway/telemetry",
+    )
+    numeric_strings: bool = _f(
+        False,
+        'true = a value sent as a JSON string holding a plain number ("12.5", as some OPC UA and PLC gateways '
+        'send every value) reads as that number, "" as null; any other string still rejects the message',
     )
     turbines: list[str] = _f(
         [],
@@ -388,6 +405,11 @@ def _problems(c: RuntimeConfig) -> list[str]:
             p.append(f"{key}: must be a finite number >= 0, got {v}")
     if c.ingest.epoch_unit not in EPOCH_UNITS:
         p.append(f"ingest.epoch_unit: one of {', '.join(EPOCH_UNITS)}; got {c.ingest.epoch_unit!r}")
+    if c.ingest.batch_format not in BATCH_FORMATS:
+        p.append(f"ingest.batch_format: one of {', '.join(BATCH_FORMATS)}; got {c.ingest.batch_format!r}")
+    elif c.ingest.batch_format != "lines" and c.topics.telemetry_batch is None:
+        p.append(f"ingest.batch_format: {c.ingest.batch_format} is the form of topics.telemetry_batch, which is "
+                 "not set: set it (e.g. v1/gateway/telemetry) or remove ingest.batch_format")  # fmt: skip
     if c.compute.engine not in ("auto", "stream", "window"):
         p.append(f"compute.engine: one of auto, stream, window; got {c.compute.engine!r}")
     if c.compute.tick_s <= 0 or c.health.status_interval_s <= 0:

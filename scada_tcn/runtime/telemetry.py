@@ -15,7 +15,11 @@ at `{turbine}`. Payload (UTF-8 JSON object, at most `max_payload_bytes`):
   default the training data's mapping); a value is a finite number or null (= not measured in this sample). Keys
   listed in `ignored_keys` (runtime.yaml `mapping.ignored_keys`: tags the gateway publishes that the model does
   not read) are dropped whatever their value; any other key rejects the message.
-* No other top-level keys. Booleans are not numbers. NaN/Infinity literals are refused.
+* No other top-level keys. Booleans are not numbers. NaN/Infinity literals are refused. A string is not a number
+  either, unless `numeric_strings` (runtime.yaml `ingest.numeric_strings`, for gateways that send every value as
+  text): then "12.5" reads as 12.5 by the rule scada-prepare applies to a CSV cell (`cells.cell_number`: a plain
+  ASCII number), "" as null (an empty cell), and any other string ("n/a", "1,5", "nan", "inf") rejects the
+  message.
 
 `TelemetryDecoder.decode(topic, payload, now_ns)` returns a `Sample(turbine, ts_ns, values (C,) float64 NaN =
 missing)` or a `Rejection(reason, detail)`; it never raises on bad input and never mutates anything. The message
@@ -33,6 +37,20 @@ checked exactly as `decode` checks one (at most `max_payload_bytes`, the same ke
 turbine-id rule and allow-list) and taken whole or not at all, so one bad line costs that line only
 (`rejected`: (line number from 1, Rejection)); blank lines are skipped; samples keep the lines' order. The whole
 message is refused (a Rejection) only when it is oversized, not UTF-8, or holds no line.
+
+With `batch_format="devices"` (runtime.yaml `ingest.batch_format`) a batch message is ThingsBoard's gateway form
+instead (its `v1/gateway/telemetry`): one JSON object of turbine id -> array of documents,
+
+    {"T01": [{"ts": 1706400600000, "values": {...}}, ...], "T02": [...]}
+
+`decode_devices(payload, now_ns)`: each element is judged as a message on that turbine's topic (an array's element:
+the document's keys, the turbine-id rule and allow-list); `rejected` locates each refusal by turbine and element
+(from 1). A turbine whose entry is not an array, or a bad or unknown turbine id, refuses every element of it (one
+refusal when it is not an array). As for a turbine's array, the elements are bounded as a whole by
+`max_batch_payload_bytes`. A turbine named twice in one message keeps its last entry (JSON objects do).
+
+`BatchDecode.rejected` holds (where, Rejection): where is {"line": n} for a batch of lines, {"element": n} for a
+turbine's array, {"turbine": id, "element": n} (or {"turbine": id}) for the devices form.
 """
 
 from __future__ import annotations
@@ -47,6 +65,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import orjson
 
+from scada_tcn.runtime.cells import cell_number
 from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.ids import turbine_id_problem
 
@@ -58,6 +77,7 @@ __all__ = [
     "MAX_EPOCH_S",
     "TABLE_EPOCH_FLOOR_S",
     "REASONS",
+    "BATCH_FORMATS",
     "BatchDecode",
     "Rejection",
     "Sample",
@@ -87,10 +107,12 @@ REASONS = (
     "missing_values",
     "unknown_channel",
     "bad_value_type",
+    "not_a_number",
     "non_finite",
     "bad_topic",
     "bad_turbine_id",
     "unknown_turbine",
+    "not_an_array",
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DOC_KEYS = frozenset(("ts", "values"))  # a telemetry document's keys
@@ -106,6 +128,7 @@ EPOCH_FLOOR = ("numeric stamps are read as epoch seconds, and these lie before 1
                "counter? Export ISO-8601 stamps with a UTC offset, or epoch seconds")  # fmt: skip
 EPOCH_MILLIS = "epoch_ms"  # a table's time_format: every stamp a number of milliseconds since 1970 (UTC)
 EPOCH_UNITS = {"s": 1, "ms": 1000}  # a numeric telemetry stamp's unit (ingest.epoch_unit) -> units per second
+BATCH_FORMATS = ("lines", "devices")  # topics.telemetry_batch's payload form (ingest.batch_format)
 
 
 def epoch_ms_hint(keys: str | None) -> str:
@@ -190,8 +213,21 @@ class Rejection(NamedTuple):
 
 
 class BatchDecode(NamedTuple):
-    samples: list[Sample]  # the valid lines' samples, in line order
-    rejected: list[tuple[int, Rejection]]  # (line number from 1, why) of every refused line
+    samples: list[Sample]  # the valid lines' (elements') samples, in their order
+    rejected: list[tuple[dict[str, Any], Rejection]]  # (where: {"line": n}, {"element": n}, ..., why) of each refusal
+
+
+def _number_text(v: str) -> float | Rejection:
+    """A value sent as a string under `numeric_strings`: a plain number by the CSV cell rule (`cells.cell_number`) ->
+    its float, "" -> NaN (not measured, as an empty cell), else why not."""
+    if v == "":
+        return math.nan
+    x = cell_number(v)
+    if math.isfinite(x):
+        return x
+    if math.isnan(x):
+        return Rejection("not_a_number", f"{v[:40]!r} is not a number (a plain ASCII number, '.' the decimal mark)")
+    return Rejection("non_finite", f"{v[:40]!r}")
 
 
 def _reject_constant(name: str) -> Any:
@@ -280,13 +316,14 @@ def _text(payload: bytes, limit: int, setting: str, what: str = "") -> str | Rej
         return Rejection("not_utf8", str(e)[:200])
 
 
-def _judged(results: Iterable[tuple[int, Sample | Rejection]]) -> BatchDecode:
-    """A batch's or an array's (number from 1, sample or why refused) as a BatchDecode, in their order."""
+def _judged(results: Iterable[tuple[dict[str, Any], Sample | Rejection]]) -> BatchDecode:
+    """A batch's or an array's (where: line or element number from 1, sample or why refused) as a BatchDecode, in
+    their order."""
     samples: list[Sample] = []
-    rejected: list[tuple[int, Rejection]] = []
-    for n, res in results:
+    rejected: list[tuple[dict[str, Any], Rejection]] = []
+    for where, res in results:
         if isinstance(res, Rejection):
-            rejected.append((n, res))
+            rejected.append((where, res))
         else:
             samples.append(res)
     return BatchDecode(samples, rejected)
@@ -338,6 +375,7 @@ class TelemetryDecoder:
         max_batch_payload_bytes: int = 4 << 20,
         epoch_unit: str = "s",
         ignored_keys: Sequence[str] = (),
+        numeric_strings: bool = False,
     ) -> None:
         if epoch_unit not in EPOCH_UNITS:
             raise ValueError(f"TelemetryDecoder: epoch_unit must be one of {list(EPOCH_UNITS)}, got {epoch_unit!r}")
@@ -366,6 +404,7 @@ class TelemetryDecoder:
         self._per_second = EPOCH_UNITS[epoch_unit]
         self._index = {k: i for i, k in enumerate(keys)}
         self.ignored_keys = frozenset(ignored_keys)
+        self.numeric_strings = bool(numeric_strings)
         self._allowed = frozenset(self.allowed_turbines)
 
     def turbine_of(self, topic: str) -> str | Rejection:
@@ -410,11 +449,40 @@ class TelemetryDecoder:
         if not docs:
             return Rejection("missing_values", "an empty array: a message holds one document or an array of them")
 
-        def element(doc: Any) -> Sample | Rejection:
-            checked = _keys_checked(doc, _DOC_KEYS, "element")
-            return checked if isinstance(checked, Rejection) else self._check_doc(tid, checked, now_ns)
+        return _judged(({"element": n}, self._element(tid, doc, now_ns)) for n, doc in enumerate(docs, 1))
 
-        return _judged((n, element(doc)) for n, doc in enumerate(docs, 1))
+    def _element(self, tid: str, doc: Any, now_ns: int) -> Sample | Rejection:
+        """One element of a turbine's array of documents, checked as a message on its topic."""
+        checked = _keys_checked(doc, _DOC_KEYS, "element")
+        return checked if isinstance(checked, Rejection) else self._check_doc(tid, checked, now_ns)
+
+    def decode_devices(self, payload: bytes, now_ns: int) -> BatchDecode | Rejection:
+        """A `topics.telemetry_batch` message in ThingsBoard's gateway form (`batch_format="devices"`): a JSON object
+        of turbine id -> array of documents. Each element judged as `_array` judges one, located by turbine and
+        element; the whole message refused when it is oversized, not UTF-8, not a JSON object, or empty."""
+        text = _text(payload, self.max_batch_payload_bytes, "max_batch_payload_bytes")
+        doc = text if isinstance(text, Rejection) else _parse(payload, text)
+        if isinstance(doc, Rejection):
+            return doc
+        if not isinstance(doc, dict):
+            return Rejection("not_an_object", f"payload is a JSON {type(doc).__name__}, expected an object of "
+                             "turbine id -> array of documents (ingest.batch_format: devices)")  # fmt: skip
+        if not doc:
+            return Rejection("missing_values", "an empty object: it holds turbine id -> array of documents")
+        results: list[tuple[dict[str, Any], Sample | Rejection]] = []
+        for device, docs in doc.items():
+            tid = self._turbine(device)
+            name = device if isinstance(tid, str) else device[:64]
+            if not isinstance(docs, list):
+                what = f"turbine {name!r}: a JSON {type(docs).__name__}, expected an array of documents"
+                results.append(({"turbine": name}, Rejection("not_an_array", what)))
+                continue
+            for n, one in enumerate(docs, 1):
+                res = tid if isinstance(tid, Rejection) else self._element(tid, one, now_ns)
+                results.append(({"turbine": name, "element": n}, res))
+        if not results:
+            return Rejection("missing_values", "every turbine's array is empty")
+        return _judged(results)
 
     def decode_batch(self, payload: bytes, now_ns: int) -> BatchDecode | Rejection:
         """A `topics.telemetry_batch` message (JSON lines) -> the samples of its valid lines and why each other
@@ -426,7 +494,7 @@ class TelemetryDecoder:
         lines = [(n, line) for n, line in enumerate(payload.split(b"\n"), 1) if line.strip()]  # blank lines skipped
         if not lines:
             return Rejection("malformed_json", "a telemetry batch needs at least one line (one JSON object per line)")
-        return _judged((n, self._line(line, now_ns)) for n, line in lines)
+        return _judged(({"line": n}, self._line(line, now_ns)) for n, line in lines)
 
     def _unit_hint(self, ts: Any) -> str:
         """A refused numeric stamp's likely cause when its size fits the other unit: 1.7e12 is today in epoch
@@ -493,6 +561,12 @@ class TelemetryDecoder:
                 if not math.isfinite(x):
                     return Rejection("non_finite", f"{key}: {str(v)[:40]}")
                 row[i] = x
+            elif t is str and self.numeric_strings:
+                x = _number_text(v)
+                if isinstance(x, Rejection):
+                    return Rejection(x.reason, f"{key}: {x.detail}")
+                row[i] = x
             elif v is not None:  # bool, str, list, object
-                return Rejection("bad_value_type", f"{key}: {type(v).__name__}, expected a number or null")
+                strings = "" if t is not str else " (a gateway that sends numbers as text: ingest.numeric_strings)"
+                return Rejection("bad_value_type", f"{key}: {t.__name__}, expected a number or null{strings}")
         return Sample(tid, ts, np.array(row))
