@@ -13,6 +13,9 @@ Forms (CPU seconds of this process; pin it to one core):
   gateway        `--array` samples per message in ThingsBoard's gateway form (`ingest.batch_format: devices`):
                  `{"WT01": [...], "WT02": [...], ...}`, 10 turbines of `--array` / 10 documents each
   text-values    thingsboard with every value a string (`"512.25"`, `ingest.numeric_strings`)
+  kepware        `--array` samples per message in Kepware IoT Gateway's standard template (`ingest.batch_format:
+                 kepware`): one element `{"id": "Farm.WT01.ch00", "v": ..., "q": true, "t": ms}` per value and
+                 one per tag (`status_text`, `alarm_code`), grouped back into samples by turbine and stamp
   hostile-array  one 4 MiB array of refused elements (`[1,1,...]`): what one bad message costs the loop
 Printed: microseconds per sample (per refused element for the hostile array), the least of `--repeat` runs, and
 the ratio to `iso`.
@@ -86,6 +89,9 @@ def main() -> None:
     as_text = [json.dumps({"ts": d["ts"], "values": {c: repr(v) if isinstance(v, float) else v
                                                      for c, v in d["values"].items()}}).encode()
                for d in tb_docs]  # fmt: skip
+    kepware = [json.dumps({"timestamp": T0 * 1000, "values": [
+        {"id": f"Farm.WT01.{c}", "v": v, "q": True, "t": d["ts"]} for d in tb_docs[i : i + k]
+        for c, v in d["values"].items()]}).encode() for i in range(0, len(tb_docs), k)]  # fmt: skip
     hostile = b"[" + b",".join([b"1"] * ((4 << 20) // 2 - 1)) + b"]"
 
     def each(decoder: TelemetryDecoder, payloads: list[bytes]) -> int:
@@ -111,6 +117,7 @@ def main() -> None:
         "batch-lines": lambda: many(lambda p: secs.decode_batch(p, now), lines),
         "gateway": lambda: many(lambda p: ms.decode_devices(p, now), gateway),
         "text-values": lambda: each(text, as_text),
+        "kepware": lambda: many(lambda p: ms.decode_tags(p, now), kepware),
         "hostile-array": refused,
     }
     print(

@@ -516,6 +516,25 @@ def test_thingsboard_telemetry_in_epoch_milliseconds_scores_as_iso_telemetry(bro
     col.close()
 
 
+def _assert_scored_and_refused(broker, cfg, bundle, scorer, timeline, replayed, messages: list[tuple[str, bytes]],
+                               want_refused: list[tuple[dict, str]], name: str) -> None:  # fmt: skip
+    """A daemon of `cfg` sent `messages` on the batch topic admits every sample of the timeline, refuses exactly
+    `want_refused` ((where, reason), reported in order with the topic), and scores every step as the replay."""
+    header, rows, _ = timeline
+    want = expected_steps(rows, header)
+    col, d = _published_and_scored(broker, cfg, bundle, scorer, messages, sum(want.values()), len(want_refused), name)
+    m = d.daemon.metrics
+    assert m.value("scada_runtime_samples_in_total") == len(rows)
+    assert m.rejected_by_reason() == {r: float(k) for r, k in Counter(r for _, r in want_refused).items()}
+    assert d.stop() == 0
+    reports = [json.loads(p) for _, p in col.of("/errors")]
+    assert all(r["topic"] == cfg.topics.telemetry_batch for r in reports)
+    where = {k for w, _ in want_refused for k in w}
+    assert [({k: r[k] for k in where if k in r}, r["reason"]) for r in reports] == want_refused
+    assert_the_replays((p for _, p in col.of("/score")), want, replayed)
+    col.close()
+
+
 def test_thingsboard_gateway_messages_with_numbers_as_text_score_as_per_turbine_telemetry(
     broker, bundle, scorer, timeline, replayed
 ):
@@ -554,17 +573,40 @@ def test_thingsboard_gateway_messages_with_numbers_as_text_score_as_per_turbine_
     cfg = daemon_config(broker.url, topics={"telemetry_batch": topic}, mapping={"ignored_keys": ["status_text"]},
                         ingest={"batch_format": "devices", "numeric_strings": True, "epoch_unit": "ms",
                                 "turbines": ["WT01", "WT02", "WT03", "WT04"]})  # fmt: skip
-    want = expected_steps(rows, header)
-    col, d = _published_and_scored(broker, cfg, bundle, scorer, messages, sum(want.values()), len(want_refused), "gw")
-    m = d.daemon.metrics
-    assert m.value("scada_runtime_samples_in_total") == len(rows)
-    assert m.rejected_by_reason() == {r: float(k) for r, k in Counter(r for _, r in want_refused).items()}
-    assert d.stop() == 0
-    reports = [json.loads(p) for _, p in col.of("/errors")]
-    got = [({k: r[k] for k in ("turbine", "element") if k in r}, r["reason"]) for r in reports]
-    assert got == want_refused and all(r["topic"] == topic for r in reports)
-    assert_the_replays((p for _, p in col.of("/score")), want, replayed)
-    col.close()
+    _assert_scored_and_refused(broker, cfg, bundle, scorer, timeline, replayed, messages, want_refused, "gw")
+
+
+def test_kepware_iot_gateway_values_score_as_per_turbine_telemetry(broker, bundle, scorer, timeline, replayed):
+    """Kepware's IoT Gateway (`ingest.batch_format: kepware`): the tiny farm's samples as one element per tag value,
+    `{"id": "Farm.<turbine>.<key>", "v": ..., "q": ..., "t": <epoch ms>}`, 5 rows a message, a value the table
+    lacks sent as Kepware sends a bad read (`"q": false` beside a stale number), and a status tag the model does
+    not read. Elements the daemon must refuse sit among them: a tag of no channel, an id the pattern cannot take
+    apart, a turbine off the allow-list. Each refusal is counted and reported with its element and tag; every
+    sample is admitted and every step scored, each score the replay's."""
+    header, rows, _ = timeline
+    topic = "iotgateway"
+    messages, want_refused = [], []
+    docs = [(t.split("/")[2], json.loads(payload)) for t, payload in to_messages(header, rows)]
+    for i in range(0, len(docs), 5):
+        values: list[dict] = []
+        for tid, doc in docs[i : i + 5]:
+            t = parse_timestamp_ns(doc["ts"]) // 10**6
+            values += [{"id": f"Farm.{tid}.{k}", "v": 0.0 if v is None else v, "q": v is not None, "t": t}
+                       for k, v in doc["values"].items()]  # fmt: skip
+            values.append({"id": f"Farm.{tid}.state", "v": "RUN", "q": True, "t": t})
+        if i % 200 == 0:  # after the third element (numbered from 1)
+            t = values[0]["t"]
+            bad = [({"id": "Farm.WT01.power_setpoint", "v": 1.0, "q": True, "t": t}, "unknown_channel"),
+                   ({"id": "heartbeat", "v": 1, "q": True, "t": t}, "bad_tag_id"),
+                   ({"id": "Farm.WT09.state", "v": 1, "q": True, "t": t}, "unknown_turbine")]  # fmt: skip
+            values[3:3] = [el for el, _ in bad]
+            want_refused += [({"element": 4 + k, "tag": el["id"]}, r) for k, (el, r) in enumerate(bad)]
+        messages.append((topic, json.dumps({"timestamp": values[-1]["t"] + 50, "values": values}).encode()))
+    assert any(not v["q"] for _, m in messages for v in json.loads(m)["values"]), "no bad-quality value sent"
+    cfg = daemon_config(broker.url, topics={"telemetry_batch": topic}, mapping={"ignored_keys": ["state"]},
+                        ingest={"batch_format": "kepware", "epoch_unit": "ms", "max_batch_payload_bytes": 1 << 16,
+                                "turbines": ["WT01", "WT02", "WT03", "WT04"]})  # fmt: skip
+    _assert_scored_and_refused(broker, cfg, bundle, scorer, timeline, replayed, messages, want_refused, "kw")
 
 
 def _same_state(a: Daemon, b: Daemon) -> bool:

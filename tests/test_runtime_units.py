@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -348,13 +349,100 @@ def test_thingsboard_gateway_form_judges_each_element_as_a_message_on_its_turbin
     tiny = TelemetryDecoder(["power"], {"power": "P"}, 2, 1000, 300.0, 86400.0, max_batch_payload_bytes=60)
     over = tiny.decode_devices(b'{"WT1": [' + b",".join([b'{"ts": 1717200000, "values": {"P": 1}}'] * 2) + b"]}", NOW)
     assert isinstance(over, Rejection) and over.reason == "oversized" and "max_batch_payload_bytes=60" in over.detail
-    with pytest.raises(ConfigError, match="ingest.batch_format: one of lines, devices; got 'thingsboard'"):
+    with pytest.raises(ConfigError, match="ingest.batch_format: one of lines, devices, kepware; got 'thingsboard'"):
         daemon_config_from_dict({"ingest": {"batch_format": "thingsboard"}})
     with pytest.raises(ConfigError, match="ingest.batch_format: devices is the form of topics.telemetry_batch, which"):
         daemon_config_from_dict({"ingest": {"batch_format": "devices"}})
     cfg = daemon_config_from_dict({"ingest": {"batch_format": "devices"},
                                    "topics": {"telemetry_batch": "v1/gateway/telemetry"}})  # fmt: skip
     assert cfg.ingest.batch_format == "devices"
+
+
+def test_kepware_iot_gateway_values_are_grouped_by_turbine_and_stamp_and_judged_one_by_one(decoder):
+    """Kepware's IoT Gateway (standard template: `{"timestamp": ms, "values": [{"id": "<channel>.<device>.<tag>",
+    "v": ..., "q": true, "t": ms}, ...]}`) publishes one element per tag value. `decode_tags` takes the turbine and
+    the payload key from the id (`mapping.tag_pattern`), groups a turbine's values of one stamp into the sample
+    that the same values give as one document, reads a value of quality false as not measured (null, whatever
+    `v` holds), and refuses a bad element alone, located by element number and tag id."""
+    kep = TelemetryDecoder(["power", "wind_speed"], {"power": "P", "wind_speed": "ws"}, 2, 1000, 300.0, 86400.0,
+                           ["WT1", "WT2"], epoch_unit="ms", ignored_keys=["state"])  # fmt: skip
+
+    def tag(tid: str, key: str, v: Any, t: int = 1717200000000, q: Any = True) -> dict[str, Any]:
+        return {"id": f"Farm.{tid}.{key}", "v": v, "q": q, "t": t}
+
+    good = [
+        tag("WT1", "P", 1510.5),
+        tag("WT2", "ws", 8),
+        tag("WT1", "ws", 7.25),
+        tag("WT1", "state", "RUN"),
+        tag("WT1", "P", 1490.0, 1717199400000),
+        tag("WT2", "P", "garbage", q=False),
+        tag("WT1", "P", 1511.0),
+    ]  # fmt: skip  (the last: P twice at one stamp, a second sample)
+    bad = [
+        ({"id": "NoDots", "v": 1, "q": True, "t": 1717200000000}, "bad_tag_id"),
+        ({"id": 7, "v": 1, "q": True, "t": 1717200000000}, "bad_tag_id"),
+        (tag("WT9", "P", 1), "unknown_turbine"),
+        (tag("WT#1", "P", 1), "bad_turbine_id"),
+        (tag("WT1", "Q", 1), "unknown_channel"),
+        ({"id": "Farm.WT1.P", "v": 1, "q": True}, "missing_ts"),
+        ({"id": "Farm.WT1.P", "q": True, "t": 1717200000000}, "missing_values"),
+        (tag("WT1", "P", 1, 1717203600000), "ts_in_future"),
+        (tag("WT1", "P", 1, 1717200000), "ts_too_old"),  # epoch seconds under epoch_unit ms
+        (tag("WT1", "P", True), "bad_value_type"),
+        (tag("WT1", "P", "12.5"), "bad_value_type"),  # text without ingest.numeric_strings
+        (tag("WT1", "P", 1, q=1), "bad_value_type"),
+        ({**tag("WT1", "P", 1), "unit": "kW"}, "unknown_key"),
+        (5, "not_an_object"),
+    ]
+    elements: list[Any] = []
+    want_rejected = []
+    for k in range(max(len(good), len(bad))):  # interleaved
+        elements += good[k : k + 1]
+        if k < len(bad):
+            elements.append(bad[k][0])
+            named = isinstance(bad[k][0], dict) and isinstance(bad[k][0].get("id"), str)
+            want_rejected.append(({"element": len(elements), **({"tag": bad[k][0]["id"]} if named else {})}, bad[k][1]))
+    res = kep.decode_tags(json.dumps({"timestamp": 1717200000100, "values": elements}).encode(), NOW)
+    assert isinstance(res, BatchDecode)
+    assert [(w, r.reason) for w, r in res.rejected] == want_rejected
+    assert all(r.reason in REASONS for _, r in res.rejected)
+    assert res.rejected[0][1].detail == (r"tag id 'NoDots' does not match mapping.tag_pattern "
+                                         r"'(?:.+\\.)?(?P<turbine>[^.]+)\\.(?P<key>[^.]+)'")  # fmt: skip
+    assert "list tags the gateway publishes on purpose in mapping.ignored_keys" in res.rejected[4][1].detail
+
+    def one(tid: str, doc: bytes) -> Sample:
+        got = kep.decode(f"s/x/{tid}/t", doc, NOW)
+        assert isinstance(got, Sample)
+        return got
+
+    want = [one("WT1", b'{"ts": 1717200000000, "values": {"P": 1510.5, "ws": 7.25}}'),
+            one("WT2", b'{"ts": 1717200000000, "values": {"ws": 8, "P": null}}'),
+            one("WT1", b'{"ts": 1717199400000, "values": {"P": 1490.0}}'),
+            one("WT1", b'{"ts": 1717200000000, "values": {"P": 1511.0}}')]  # fmt: skip
+    got = sorted(res.samples, key=lambda x: (x.turbine, x.ts_ns, x.values[0]))
+    for g, w in zip(got, sorted(want, key=lambda x: (x.turbine, x.ts_ns, x.values[0])), strict=True):
+        assert g.turbine == w.turbine and g.ts_ns == w.ts_ns
+        np.testing.assert_array_equal(g.values, w.values)
+    for whole, reason in ((b"[]", "not_an_object"), (b'{"values": []}', "missing_values"),
+                          (b'{"values": {"id": 1}}', "missing_values"), (b'{"values": [], "x": 1}', "unknown_key"),
+                          (b"{", "malformed_json")):  # fmt: skip
+        got_whole = kep.decode_tags(whole, NOW)
+        assert isinstance(got_whole, Rejection) and got_whole.reason == reason, whole
+    own = TelemetryDecoder(
+        ["power"], {"power": "P"}, 2, 1000, 300.0, 86400.0, tag_pattern=r"(?P<turbine>WT\d+)_(?P<key>.+)"
+    )
+    mine = own.decode_tags(b'{"values": [{"id": "WT07_P", "v": 3, "t": 1717200000}]}', NOW)
+    assert [(x.turbine, x.ts_ns, x.values.tolist()) for x in mine.samples] == [("WT07", NOW, [3.0])]
+    with pytest.raises(ValueError, match="needs the named groups"):
+        TelemetryDecoder(["power"], {"power": "P"}, 2, 1000, 300.0, 86400.0, tag_pattern=r"(\w+)\.(\w+)")
+    kepware = {"ingest": {"batch_format": "kepware"}, "topics": {"telemetry_batch": "iotgateway"}}
+    for pattern, msg in ((r"(?P<turbine>[", "is not a regular expression"), (r"(?P<key>.+)", "needs the named groups")):
+        with pytest.raises(ConfigError, match=re.escape(msg)):
+            daemon_config_from_dict({**kepware, "mapping": {"tag_pattern": pattern}})
+    with pytest.raises(ConfigError, match="mapping.tag_pattern: reads the tag ids of ingest.batch_format: kepware"):
+        daemon_config_from_dict({"mapping": {"tag_pattern": r"(?P<turbine>\w+)\.(?P<key>\w+)"}})
+    assert daemon_config_from_dict(kepware).ingest.batch_format == "kepware"
 
 
 def test_numbers_sent_as_text_read_by_the_csv_cell_rule_with_ingest_numeric_strings(decoder):

@@ -165,15 +165,19 @@ class Daemon:
                 epoch_unit=cfg.ingest.epoch_unit,
                 ignored_keys=cfg.mapping.ignored_keys,
                 numeric_strings=cfg.ingest.numeric_strings,
+                tag_pattern=cfg.mapping.tag_pattern,
             )
         except ValueError as e:  # runtime.yaml's mapping against the bundle's channels: a config error, said so
             channels = list(bundle.spec.channels)
             raise ConfigError(f"runtime.yaml mapping against the bundle's channels {channels}: {e}") from None
         tb = cfg.topics.telemetry_batch
         self.telemetry_batch_topic = None if tb is None else tb.format(site=cfg.site, gateway=cfg.gateway)
-        lines = cfg.ingest.batch_format == "lines"  # else ThingsBoard's gateway form (runtime.telemetry)
-        self._decode_batch = self.decoder.decode_batch if lines else self.decoder.decode_devices
-        self._batch_part = "line" if lines else "element"  # what a batch message's refusals are counted in
+        self._decode_batch = {
+            "lines": self.decoder.decode_batch,
+            "devices": self.decoder.decode_devices,
+            "kepware": self.decoder.decode_tags,
+        }[cfg.ingest.batch_format]  # runtime.telemetry
+        self._batch_part = "line" if cfg.ingest.batch_format == "lines" else "element"  # what refusals are counted in
         self.engine = self._new_engine(scorer)
         self.inbound: queue.Queue[Message] = queue.Queue()  # bounded by the paused reads (runtime.mqtt)
         self.inbound_peak = 0

@@ -34,6 +34,7 @@ from scada_tcn.runtime.ids import id_pattern_problem
 from scada_tcn.runtime.telemetry import (
     BATCH_FORMATS,
     EPOCH_UNITS,
+    tag_pattern_problem,
     time_format_problem,
     turbine_topics,
     zone_problem,
@@ -135,9 +136,11 @@ class IngestCfg:
     )
     batch_format: str = _f(
         "lines",
-        "lines | devices: the form of topics.telemetry_batch messages. lines: JSON lines, one document per line "
-        "with its turbine id under `turbine`; devices: one JSON object of turbine id -> array of documents, as "
-        "ThingsBoard's gateway API publishes on v1/gateway/telemetry",
+        "lines | devices | kepware: the form of topics.telemetry_batch messages. lines: JSON lines, one document "
+        "per line with its turbine id under `turbine`; devices: one JSON object of turbine id -> array of "
+        "documents, as ThingsBoard's gateway API publishes on v1/gateway/telemetry; kepware: Kepware IoT "
+        "Gateway's standard template, {timestamp, values: [{id, v, q, t}, ...]}, the turbine and key taken from "
+        "each tag id by mapping.tag_pattern, a value of quality false read as null",
     )
     numeric_strings: bool = _f(
         False,
@@ -220,6 +223,12 @@ class MappingCfg:
         [],
         "run: keys of a telemetry payload's `values` that are not channels and are dropped (a gateway publishing "
         "more tags than the model reads, e.g. [status_text, alarm_code]); any other unknown key rejects the message",
+    )
+    tag_pattern: str | None = _f(
+        None,
+        "run, ingest.batch_format: kepware: a regular expression whose named groups `turbine` and `key` take a tag "
+        "id apart; null = Kepware's <channel>.<device>.<tag> (the device is the turbine): "
+        "(?:.+\\.)?(?P<turbine>[^.]+)\\.(?P<key>[^.]+)",
     )
     turbine_id_col: str | None = _f(
         None, "replay: column of the turbine id; null = the training table's (the bundle's table_identifiers)"
@@ -405,6 +414,12 @@ def _problems(c: RuntimeConfig) -> list[str]:
             p.append(f"{key}: must be a finite number >= 0, got {v}")
     if c.ingest.epoch_unit not in EPOCH_UNITS:
         p.append(f"ingest.epoch_unit: one of {', '.join(EPOCH_UNITS)}; got {c.ingest.epoch_unit!r}")
+    tags = tag_pattern_problem(c.mapping.tag_pattern)
+    if tags is not None:
+        p.append(tags)
+    elif c.mapping.tag_pattern is not None and c.ingest.batch_format != "kepware":
+        p.append("mapping.tag_pattern: reads the tag ids of ingest.batch_format: kepware, which is not set: set it, "
+                 "or remove mapping.tag_pattern")  # fmt: skip
     if c.ingest.batch_format not in BATCH_FORMATS:
         p.append(f"ingest.batch_format: one of {', '.join(BATCH_FORMATS)}; got {c.ingest.batch_format!r}")
     elif c.ingest.batch_format != "lines" and c.topics.telemetry_batch is None:

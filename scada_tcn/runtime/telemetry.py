@@ -74,6 +74,7 @@ __all__ = [
     "EPOCH_MILLIS",
     "EPOCH_UNITS",
     "EPOCH_RANGE",
+    "KEPWARE_TAG_PATTERN",
     "MAX_EPOCH_S",
     "TABLE_EPOCH_FLOOR_S",
     "REASONS",
@@ -87,6 +88,7 @@ __all__ = [
     "in_epoch_range",
     "parse_timestamp_ns",
     "table_epoch_ns",
+    "tag_pattern_problem",
     "time_format_source",
     "topic_filter",
     "turbine_topics",
@@ -113,10 +115,15 @@ REASONS = (
     "bad_turbine_id",
     "unknown_turbine",
     "not_an_array",
+    "bad_tag_id",
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DOC_KEYS = frozenset(("ts", "values"))  # a telemetry document's keys
 _LINE_KEYS = frozenset(("turbine", "ts", "values"))  # a batched telemetry line's keys
+_TAGS_KEYS = frozenset(("timestamp", "values"))  # a Kepware IoT Gateway message's keys (standard template)
+_TAG_KEYS = frozenset(("id", "v", "q", "t"))  # one value of it: tag id, value, quality, stamp
+# Kepware's tag ids are <channel>.<device>.<tag>: the device (the last level but one) is the turbine, the tag the key
+KEPWARE_TAG_PATTERN = r"(?:.+\.)?(?P<turbine>[^.]+)\.(?P<key>[^.]+)"
 _NS = 1_000_000_000
 _MAX_ABS_S = 1e11  # ~ year 5138: anything beyond is nonsense (the daemon's future / past checks refuse far less)
 MAX_EPOCH_S = 9e9  # |epoch seconds| of a table's stamps, inside int64 ns (1677-2262) with room for a bin
@@ -128,7 +135,7 @@ EPOCH_FLOOR = ("numeric stamps are read as epoch seconds, and these lie before 1
                "counter? Export ISO-8601 stamps with a UTC offset, or epoch seconds")  # fmt: skip
 EPOCH_MILLIS = "epoch_ms"  # a table's time_format: every stamp a number of milliseconds since 1970 (UTC)
 EPOCH_UNITS = {"s": 1, "ms": 1000}  # a numeric telemetry stamp's unit (ingest.epoch_unit) -> units per second
-BATCH_FORMATS = ("lines", "devices")  # topics.telemetry_batch's payload form (ingest.batch_format)
+BATCH_FORMATS = ("lines", "devices", "kepware")  # topics.telemetry_batch's payload form (ingest.batch_format)
 
 
 def epoch_ms_hint(keys: str | None) -> str:
@@ -192,6 +199,26 @@ def time_format_problem(fmt: str | None, key: str) -> str | None:
     if back != probe:
         return (f"{key}: {fmt!r} does not hold the year, month, day, hour and minute (it reads "
                 f"{_FORMAT_PROBE:%Y-%m-%d %H:%M} back as {back:%Y-%m-%d %H:%M})")  # fmt: skip
+    return None
+
+
+_TagValue = tuple[str, int, int, float]  # a Kepware message's value: turbine, stamp (ns), channel index, value
+_IGNORED = ("", -1)  # a tag id whose key is in ignored_keys
+_TAG_IDS_KEPT = 1 << 16  # tag ids resolved and kept: a fleet's turbines x keys; hostile ids beyond are resolved anew
+
+
+def tag_pattern_problem(pattern: str | None) -> str | None:
+    """Why `mapping.tag_pattern` cannot take a tag id apart (not a regular expression, or without the named groups
+    `turbine` and `key`), or None."""
+    if pattern is None:
+        return None
+    try:
+        groups = re.compile(pattern).groupindex
+    except (re.error, TypeError) as e:
+        return f"mapping.tag_pattern: {pattern!r} is not a regular expression ({e})"
+    if not {"turbine", "key"} <= set(groups):
+        return (f"mapping.tag_pattern: {pattern!r} needs the named groups (?P<turbine>...) and (?P<key>...), e.g. "
+                f"{KEPWARE_TAG_PATTERN!r} (Kepware's <channel>.<device>.<tag>)")  # fmt: skip
     return None
 
 
@@ -361,7 +388,8 @@ def topic_filter(template: str, site: str, gateway: str) -> tuple[str, int]:
 
 
 class TelemetryDecoder:
-    """Stateless validation of telemetry messages against the bundle's channels and the ingest limits."""
+    """Stateless validation of telemetry messages against the bundle's channels and the ingest limits (a tag id
+    is resolved once and kept: its turbine and channel are the same every time)."""
 
     def __init__(
         self,
@@ -376,9 +404,13 @@ class TelemetryDecoder:
         epoch_unit: str = "s",
         ignored_keys: Sequence[str] = (),
         numeric_strings: bool = False,
+        tag_pattern: str | None = None,
     ) -> None:
         if epoch_unit not in EPOCH_UNITS:
             raise ValueError(f"TelemetryDecoder: epoch_unit must be one of {list(EPOCH_UNITS)}, got {epoch_unit!r}")
+        problem = tag_pattern_problem(tag_pattern)
+        if problem is not None:
+            raise ValueError(f"TelemetryDecoder: {problem}")
         missing = [c for c in channels if c not in key_of_channel]
         unknown = sorted(set(key_of_channel) - set(channels))
         if missing or unknown:
@@ -405,6 +437,8 @@ class TelemetryDecoder:
         self._index = {k: i for i, k in enumerate(keys)}
         self.ignored_keys = frozenset(ignored_keys)
         self.numeric_strings = bool(numeric_strings)
+        self._tag = re.compile(KEPWARE_TAG_PATTERN if tag_pattern is None else tag_pattern)
+        self._tags: dict[str, tuple[str, int]] = {}  # tag ids resolved (at most _TAG_IDS_KEPT): the same every time
         self._allowed = frozenset(self.allowed_turbines)
 
     def turbine_of(self, topic: str) -> str | Rejection:
@@ -526,18 +560,9 @@ class TelemetryDecoder:
         """A telemetry document's `ts` and `values` (its keys already checked) -> Sample or Rejection."""
         if "ts" not in doc:
             return Rejection("missing_ts", "no 'ts'")
-        ts = parse_timestamp_ns(doc["ts"], self._per_second)
-        if isinstance(ts, str):
-            unit = "seconds" if self._per_second == 1 else "milliseconds"
-            return Rejection(ts, f"ts {str(doc['ts'])[:60]!r}: ISO-8601 with a UTC offset, or epoch {unit}"
-                             f"{self._unit_hint(doc['ts'])}")  # fmt: skip
-        if ts > now_ns + self.max_future_s * _NS:
-            return Rejection("ts_in_future", f"ts {doc['ts']!r} is more than {self.max_future_s} s ahead of now")
-        if ts < now_ns - self.max_past_s * _NS:
-            return Rejection("ts_too_old", f"ts {doc['ts']!r} is more than {self.max_past_s} s before now"
-                             f"{self._unit_hint(doc['ts'])}")  # fmt: skip
-        if not in_epoch_range(ts):  # past both clock checks only when they are set very wide
-            return Rejection("bad_timestamp", f"ts {str(doc['ts'])[:60]!r}: {EPOCH_RANGE}")
+        ts = self._stamp(doc["ts"], now_ns, "ts")
+        if isinstance(ts, Rejection):
+            return ts
         values = doc.get("values")
         if not isinstance(values, dict) or not values:
             return Rejection("missing_values", "'values' must be a non-empty object of channel -> number or null")
@@ -551,22 +576,139 @@ class TelemetryDecoder:
                 unknown = [str(k)[:60] for k in values if k not in index and k not in self.ignored_keys]
                 return Rejection("unknown_channel", f"keys {unknown[:20]} are not channels; known: {sorted(index)} "
                                  "(list keys the gateway publishes on purpose in mapping.ignored_keys)")  # fmt: skip
-            t = type(v)
-            if t is float:  # the usual case (a JSON number with a fraction or exponent)
-                if not math.isfinite(v):
-                    return Rejection("non_finite", f"{key}: {str(v)[:40]}")
+            if type(v) is float and math.isfinite(v):  # the usual case (a JSON number with a fraction or exponent)
                 row[i] = v
-            elif t is int:
-                x = float(v) if abs(v) < 1e300 else math.inf  # huge ints would overflow float()
-                if not math.isfinite(x):
-                    return Rejection("non_finite", f"{key}: {str(v)[:40]}")
-                row[i] = x
-            elif t is str and self.numeric_strings:
-                x = _number_text(v)
+            elif v is not None:
+                x = self._value(key, v)
                 if isinstance(x, Rejection):
-                    return Rejection(x.reason, f"{key}: {x.detail}")
+                    return x
                 row[i] = x
-            elif v is not None:  # bool, str, list, object
-                strings = "" if t is not str else " (a gateway that sends numbers as text: ingest.numeric_strings)"
-                return Rejection("bad_value_type", f"{key}: {t.__name__}, expected a number or null{strings}")
         return Sample(tid, ts, np.array(row))
+
+    def _stamp(self, raw: Any, now_ns: int, name: str) -> int | Rejection:
+        """A document's stamp (`name`: its key) -> ns, or why it is refused: not a stamp, beyond the clock checks
+        `max_future_s` / `max_past_s`, or outside the epoch range."""
+        ts = parse_timestamp_ns(raw, self._per_second)
+        if isinstance(ts, str):
+            unit = "seconds" if self._per_second == 1 else "milliseconds"
+            return Rejection(ts, f"{name} {str(raw)[:60]!r}: ISO-8601 with a UTC offset, or epoch {unit}"
+                             f"{self._unit_hint(raw)}")  # fmt: skip
+        if ts > now_ns + self.max_future_s * _NS:
+            return Rejection("ts_in_future", f"{name} {raw!r} is more than {self.max_future_s} s ahead of now")
+        if ts < now_ns - self.max_past_s * _NS:
+            return Rejection("ts_too_old", f"{name} {raw!r} is more than {self.max_past_s} s before now"
+                             f"{self._unit_hint(raw)}")  # fmt: skip
+        if not in_epoch_range(ts):  # past both clock checks only when they are set very wide
+            return Rejection("bad_timestamp", f"{name} {str(raw)[:60]!r}: {EPOCH_RANGE}")
+        return ts
+
+    def _value(self, key: str, v: Any) -> float | Rejection:
+        """A channel's value other than null (`key`: its payload key) -> float, or why it is refused."""
+        t = type(v)
+        if t is float or t is int:
+            x = v if t is float else float(v) if abs(v) < 1e300 else math.inf  # huge ints would overflow float()
+            return x if math.isfinite(x) else Rejection("non_finite", f"{key}: {str(v)[:40]}")
+        if t is str and self.numeric_strings:
+            x = _number_text(v)
+            return Rejection(x.reason, f"{key}: {x.detail}") if isinstance(x, Rejection) else x
+        strings = "" if t is not str else " (a gateway that sends numbers as text: ingest.numeric_strings)"
+        return Rejection("bad_value_type", f"{key}: {t.__name__}, expected a number or null{strings}")
+
+    def decode_tags(self, payload: bytes, now_ns: int) -> BatchDecode | Rejection:
+        """A `topics.telemetry_batch` message in Kepware's IoT Gateway standard template (`batch_format="kepware"`):
+        `{"timestamp": <ms>, "values": [{"id": "<tag id>", "v": value, "q": quality, "t": <stamp>}, ...]}`. Each
+        element is one value: the tag id gives the turbine and the payload key (`tag_pattern`), `t` its stamp
+        (epoch milliseconds under `epoch_unit="ms"`), `v` its value (a number or null, text under
+        `numeric_strings`), `q` false: the source says the value is bad, so it is not a measurement (read as null,
+        `v` unread). A refused element costs its value only (`rejected`: {"element": n, "tag": id}); an id of a
+        key in `ignored_keys` is dropped. The values of a turbine and stamp make one sample (a key twice at one
+        stamp: a second sample). The whole message is refused when it is oversized, not UTF-8, not an object of
+        `timestamp` and `values`, or has no value."""
+        text = _text(payload, self.max_batch_payload_bytes, "max_batch_payload_bytes")
+        doc = text if isinstance(text, Rejection) else _object(payload, text, _TAGS_KEYS, "payload")
+        if isinstance(doc, Rejection):
+            return doc
+        values = doc.get("values")
+        if not isinstance(values, list) or not values:
+            return Rejection("missing_values", "'values' must be a non-empty array of {id, v, q, t}")
+        rows: dict[tuple[str, int], list[list[float | None]]] = {}  # (turbine, ts) -> its samples, None = unset
+        rejected: list[tuple[dict[str, Any], Rejection]] = []
+        stamps: dict[Any, int | Rejection] = {}
+        for n, el in enumerate(values, 1):
+            got = self._tag_value(el, now_ns, stamps)
+            if isinstance(got, Rejection):
+                tag = el.get("id") if isinstance(el, dict) else None
+                rejected.append(({"element": n, "tag": tag[:100]} if isinstance(tag, str) else {"element": n}, got))
+                continue
+            if got is None:
+                continue
+            tid, ts, i, x = got
+            rs = rows.get((tid, ts))
+            if rs is None:
+                rows[(tid, ts)] = rs = [[None] * len(self.channels)]
+            elif rs[-1][i] is not None:  # the key again at this stamp: a sample of its own
+                rs.append([None] * len(self.channels))
+            rs[-1][i] = x
+        samples = [Sample(tid, ts, np.array([math.nan if x is None else x for x in r], dtype=np.float64))
+                   for (tid, ts), rs in rows.items() for r in rs]  # fmt: skip
+        return BatchDecode(samples, rejected)
+
+    def _tag_value(self, el: Any, now_ns: int, stamps: dict[Any, int | Rejection]) -> _TagValue | Rejection | None:
+        """One element of a Kepware message -> (turbine, ts ns, channel index, value), None for an ignored key, or
+        why it is refused (`stamps`: the message's stamps read so far, by type and value)."""
+        if type(el) is not dict or not el.keys() <= _TAG_KEYS:
+            checked = _keys_checked(el, _TAG_KEYS, "element")
+            if isinstance(checked, Rejection):
+                return checked
+        tag = el.get("id")
+        where = self._tags.get(tag) if isinstance(tag, str) else None
+        if where is None:
+            where = self._tag_of(tag)
+            if isinstance(where, Rejection):
+                return where
+            if len(self._tags) < _TAG_IDS_KEPT:
+                self._tags[tag] = where
+        if where is _IGNORED:
+            return None
+        if "t" not in el:
+            return Rejection("missing_ts", "no 't'")
+        raw = el["t"]
+        key = (type(raw), raw) if type(raw) in (int, float, str) else None
+        ts = stamps.get(key) if key is not None else None
+        if ts is None:
+            ts = self._stamp(raw, now_ns, "t")
+            if key is not None:
+                stamps[key] = ts
+        if isinstance(ts, Rejection):
+            return ts
+        q = el.get("q", True)
+        if type(q) is not bool:
+            return Rejection("bad_value_type", f"q: {type(q).__name__}, expected true or false (the value's quality)")
+        if "v" not in el:
+            return Rejection("missing_values", "no 'v'")
+        v = el["v"]
+        tid, i = where
+        if not q or v is None:
+            return tid, ts, i, math.nan
+        x = v if type(v) is float and math.isfinite(v) else self._value(tag, v)
+        return x if isinstance(x, Rejection) else (tid, ts, i, x)
+
+    def _tag_of(self, tag: Any) -> tuple[str, int] | Rejection:
+        """A tag id -> (turbine, channel index), `_IGNORED` for a key in `ignored_keys`, or why it is refused: no
+        match of `tag_pattern`, a bad or unknown turbine id, a key of no channel."""
+        match = self._tag.fullmatch(tag) if isinstance(tag, str) else None
+        if match is None:
+            return Rejection("bad_tag_id", f"tag id {str(tag)[:100]!r} does not match mapping.tag_pattern "
+                             f"{self._tag.pattern!r}")  # fmt: skip
+        tid = self._turbine(match["turbine"])
+        if isinstance(tid, Rejection):
+            return tid
+        key = match["key"]
+        i = self._index.get(key)
+        if i is not None:
+            return tid, i
+        if key in self.ignored_keys:
+            return _IGNORED
+        return Rejection("unknown_channel", f"tag {key[:60]!r} of {tag[:100]!r} is not a channel; known: "
+                         f"{sorted(self._index)} (list tags the gateway publishes on purpose in "
+                         "mapping.ignored_keys)")  # fmt: skip
