@@ -238,7 +238,7 @@ def test_an_array_of_documents_judges_each_element_as_a_message(decoder):
                              ["WT1"])  # fmt: skip
     res = small.decode("s/x/WT1/t", payload, NOW)
     assert isinstance(res, BatchDecode)
-    assert [(w["element"], r.reason) for w, r in res.rejected] == [(2, "not_an_object"), (4, "unknown_key"),
+    assert [(n, r.reason) for n, r in res.rejected] == [(2, "not_an_object"), (4, "unknown_key"),
                                                          (5, "unknown_channel"), (7, "not_an_object"),
                                                          (8, "ts_in_future"), (10, "bad_timestamp")]  # fmt: skip
     assert res.rejected[0][1].detail == "element is a JSON int, expected an object"
@@ -289,7 +289,7 @@ def test_a_telemetry_batch_judges_each_line_as_a_message(decoder):
     lines[0] += b"\r"  # a CRLF line end is whitespace
     res = decoder.decode_batch(b"\n".join(lines), NOW)
     assert isinstance(res, BatchDecode)
-    assert [(w["line"], r.reason) for w, r in res.rejected] == want_rejected
+    assert [(n, r.reason) for n, r in res.rejected] == want_rejected
     assert all(r.reason in REASONS for _, r in res.rejected)
     assert len(res.samples) == len(bad) and all(isinstance(s, Sample) for s in want_samples)
     for got, want in zip(res.samples, want_samples):
@@ -322,7 +322,7 @@ def test_thingsboard_gateway_form_judges_each_element_as_a_message_on_its_turbin
     ]
     res = decoder.decode_devices(b"{" + b", ".join(entries) + b"}", NOW)
     assert isinstance(res, BatchDecode)
-    assert [(w, r.reason) for w, r in res.rejected] == [
+    assert [(res.where(p), r.reason) for p, r in res.rejected] == [
         ({"turbine": "WT1", "element": 2}, "not_an_object"),
         ({"turbine": "WT1", "element": 4}, "unknown_channel"),
         ({"turbine": "WT2", "element": 1}, "unknown_turbine"),
@@ -405,10 +405,10 @@ def test_kepware_iot_gateway_values_are_grouped_by_turbine_and_stamp_and_judged_
             want_rejected.append(({"element": len(elements), **({"tag": bad[k][0]["id"]} if named else {})}, bad[k][1]))
     res = kep.decode_tags(json.dumps({"timestamp": 1717200000100, "values": elements}).encode(), NOW)
     assert isinstance(res, BatchDecode)
-    assert [(w, r.reason) for w, r in res.rejected] == want_rejected
+    assert [(res.where(p), r.reason) for p, r in res.rejected] == want_rejected
     assert all(r.reason in REASONS for _, r in res.rejected)
     assert res.rejected[0][1].detail == (r"tag id 'NoDots' does not match mapping.tag_pattern "
-                                         r"'(?:.+\\.)?(?P<turbine>[^.]+)\\.(?P<key>[^.]+)'")  # fmt: skip
+                                         r"'[^.]+\\.(?P<turbine>[^.]+)\\.(?P<key>.+)'")  # fmt: skip
     assert "list tags the gateway publishes on purpose in mapping.ignored_keys" in res.rejected[4][1].detail
 
     def one(tid: str, doc: bytes) -> Sample:
@@ -443,6 +443,48 @@ def test_kepware_iot_gateway_values_are_grouped_by_turbine_and_stamp_and_judged_
     with pytest.raises(ConfigError, match="mapping.tag_pattern: reads the tag ids of ingest.batch_format: kepware"):
         daemon_config_from_dict({"mapping": {"tag_pattern": r"(?P<turbine>\w+)\.(?P<key>\w+)"}})
     assert daemon_config_from_dict(kepware).ingest.batch_format == "kepware"
+
+
+def test_kepware_tag_ids_of_any_form_are_judged_without_raising_or_growing_memory():
+    """What a review found in the Kepware path, each now refused or read as documented: a tag group in the id
+    (`<channel>.<device>.<group>.<tag>`) read the group as the turbine; a `tag_pattern` whose `key` group is
+    optional raised on an id it matched without one (the daemon lost the message's good values); long ids were
+    kept whole in the resolved-id cache (megabytes each) and copied whole into refusal details; an id or stamp
+    nested 1,000 deep raised on its way into a detail; `"q": false` without `v` was refused."""
+    kep = TelemetryDecoder(["power", "wind_speed"], {"power": "P", "wind_speed": "Nacelle.ws"}, 2, 1000, 300.0,
+                           86400.0, epoch_unit="ms")  # fmt: skip
+
+    def values(*els: dict[str, Any]) -> bytes:
+        return json.dumps({"values": list(els)}).encode()
+
+    got = kep.decode_tags(values({"id": "Farm.WT1.Nacelle.ws", "v": 7.5, "t": 1717200000000},
+                                 {"id": "Farm.WT1.P", "q": False, "t": 1717200000000}), NOW)  # fmt: skip
+    assert not got.rejected and [x.turbine for x in got.samples] == ["WT1"]
+    np.testing.assert_array_equal(got.samples[0].values, [np.nan, 7.5])
+    optional = TelemetryDecoder(["power"], {"power": "P"}, 2, 1000, 300.0, 86400.0, epoch_unit="ms",
+                                tag_pattern=r"(?P<turbine>[^.]+)(?:\.(?P<key>.+))?")  # fmt: skip
+    got = optional.decode_tags(values({"id": "WT1.P", "v": 1, "t": 1717200000000},
+                                      {"id": "WT1", "v": 2, "t": 1717200000000}), NOW)  # fmt: skip
+    assert [x.values.tolist() for x in got.samples] == [[1.0]]
+    assert [(got.where(p), r.reason) for p, r in got.rejected] == [({"element": 2, "tag": "WT1"}, "bad_tag_id")]
+    assert "matched without a turbine or a key" in got.rejected[0][1].detail
+    long_id = "F" * 1_000_000 + ".WT1.P"
+    got = kep.decode_tags(values({"id": long_id, "v": 3, "t": 1717200000000},
+                                 {"id": long_id, "v": "x", "t": 1717200000000}), NOW)  # fmt: skip
+    assert len(got.samples) == 1
+    np.testing.assert_array_equal(got.samples[0].values, [3.0, np.nan])
+    assert got.rejected[0][1].reason == "bad_value_type" and len(got.rejected[0][1].detail) < 200
+    assert got.where(got.rejected[0][0]) == {"element": 2, "tag": long_id[:100]}
+    assert all(len(t) <= 256 for t in kep._tags)  # the cache keeps short ids only
+    deep = b"[" * 1000 + b"1" + b"]" * 1000
+    payload = b'{"values": [{"id": %s, "v": 1, "t": 1717200000000}, {"id": "Farm.WT1.P", "v": 1, "t": %s}]}' % (
+        deep, deep)  # fmt: skip
+    got = kep.decode_tags(payload, NOW)
+    want = [({"element": 1}, "bad_tag_id"), ({"element": 2, "tag": "Farm.WT1.P"}, "bad_timestamp")]
+    assert [(got.where(p), r.reason) for p, r in got.rejected] == want
+    assert "(a JSON array)" in got.rejected[0][1].detail and "(a JSON array)" in got.rejected[1][1].detail
+    with pytest.raises(ConfigError, match="environment SCADA_RT_MAPPING__TAG_PATTERN: not a YAML value"):
+        daemon_config_from_dict({}, {"SCADA_RT_MAPPING__TAG_PATTERN": "[^.]+\\.(?P<turbine>[^.]+)"})
 
 
 def test_numbers_sent_as_text_read_by_the_csv_cell_rule_with_ingest_numeric_strings(decoder):

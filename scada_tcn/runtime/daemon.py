@@ -834,10 +834,12 @@ class Daemon:
                 taken.append(sample)
             else:
                 refused.append((self._no_room(), {"turbine": sample.turbine}))
-        refused += [(rej, where) for where, rej in res.rejected]
+        shown = REPORTS_PER_MESSAGE - min(len(refused), REPORTS_PER_MESSAGE)  # of the decoder's, placed when shown
+        refused += [(rej, res.where(place)) for place, rej in res.rejected[:shown]]
         for rej, where in refused[:REPORTS_PER_MESSAGE]:
             self._reject(msg, rej, **where)
         rest = Counter(rej.reason for rej, _ in refused[REPORTS_PER_MESSAGE:])
+        rest.update(rej.reason for _, rej in res.rejected[shown:])
         if rest:
             for reason, k in rest.items():
                 self.metrics.rejected.labels(reason=reason).inc(k)

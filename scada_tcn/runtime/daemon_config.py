@@ -227,8 +227,8 @@ class MappingCfg:
     tag_pattern: str | None = _f(
         None,
         "run, ingest.batch_format: kepware: a regular expression whose named groups `turbine` and `key` take a tag "
-        "id apart; null = Kepware's <channel>.<device>.<tag> (the device is the turbine): "
-        "(?:.+\\.)?(?P<turbine>[^.]+)\\.(?P<key>[^.]+)",
+        "id apart; null = Kepware's <channel>.<device>[.<group>...].<tag>, the device the turbine and the rest the "
+        "key: [^.]+\\.(?P<turbine>[^.]+)\\.(?P<key>.+)",
     )
     turbine_id_col: str | None = _f(
         None, "replay: column of the turbine id; null = the training table's (the bundle's table_identifiers)"
@@ -329,7 +329,12 @@ def _env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str
                 where = ".".join(path[:i]) or "config"
                 raise ConfigError(f"environment {name}: unknown key {part!r} in {where}; allowed keys: {names}")
             if i == len(path) - 1:
-                node[part] = yaml.safe_load(environ[name]) if environ[name] != "" else None
+                try:
+                    node[part] = yaml.safe_load(environ[name]) if environ[name] != "" else None
+                except yaml.YAMLError as e:  # a pattern starting with '[' or '{', say: quote it
+                    first = str(e).splitlines()[0]
+                    raise ConfigError(f"environment {name}: not a YAML value ({type(e).__name__}: {first}); quote "
+                                      f"it, e.g. {name}='\"...\"'") from None  # fmt: skip
             else:
                 cls = typing.get_type_hints(cls)[part]
                 if node.get(part) is None:

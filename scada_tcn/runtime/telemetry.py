@@ -49,8 +49,10 @@ the document's keys, the turbine-id rule and allow-list); `rejected` locates eac
 refusal when it is not an array). As for a turbine's array, the elements are bounded as a whole by
 `max_batch_payload_bytes`. A turbine named twice in one message keeps its last entry (JSON objects do).
 
-`BatchDecode.rejected` holds (where, Rejection): where is {"line": n} for a batch of lines, {"element": n} for a
-turbine's array, {"turbine": id, "element": n} (or {"turbine": id}) for the devices form.
+`BatchDecode.rejected` holds (place, Rejection) and `BatchDecode.where(place)` the refusal's place as reported:
+{"line": n} for a batch of lines, {"element": n} for a turbine's array, {"turbine": id, "element": n} (or
+{"turbine": id}) for the devices form, {"element": n, "tag": id} for Kepware's (`decode_tags`). The dicts are made
+only for the refusals reported: a hostile message holds millions.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
@@ -122,8 +124,8 @@ _DOC_KEYS = frozenset(("ts", "values"))  # a telemetry document's keys
 _LINE_KEYS = frozenset(("turbine", "ts", "values"))  # a batched telemetry line's keys
 _TAGS_KEYS = frozenset(("timestamp", "values"))  # a Kepware IoT Gateway message's keys (standard template)
 _TAG_KEYS = frozenset(("id", "v", "q", "t"))  # one value of it: tag id, value, quality, stamp
-# Kepware's tag ids are <channel>.<device>.<tag>: the device (the last level but one) is the turbine, the tag the key
-KEPWARE_TAG_PATTERN = r"(?:.+\.)?(?P<turbine>[^.]+)\.(?P<key>[^.]+)"
+# Kepware's tag ids are <channel>.<device>[.<group>...].<tag>: the device is the turbine, the rest the key
+KEPWARE_TAG_PATTERN = r"[^.]+\.(?P<turbine>[^.]+)\.(?P<key>.+)"
 _NS = 1_000_000_000
 _MAX_ABS_S = 1e11  # ~ year 5138: anything beyond is nonsense (the daemon's future / past checks refuse far less)
 MAX_EPOCH_S = 9e9  # |epoch seconds| of a table's stamps, inside int64 ns (1677-2262) with room for a bin
@@ -205,6 +207,7 @@ def time_format_problem(fmt: str | None, key: str) -> str | None:
 _TagValue = tuple[str, int, int, float]  # a Kepware message's value: turbine, stamp (ns), channel index, value
 _IGNORED = ("", -1)  # a tag id whose key is in ignored_keys
 _TAG_IDS_KEPT = 1 << 16  # tag ids resolved and kept: a fleet's turbines x keys; hostile ids beyond are resolved anew
+_TAG_ID_KEPT_CHARS = 256  # ... and only ids this short: at most 16 M characters kept, whatever a publisher sends
 
 
 def tag_pattern_problem(pattern: str | None) -> str | None:
@@ -218,7 +221,7 @@ def tag_pattern_problem(pattern: str | None) -> str | None:
         return f"mapping.tag_pattern: {pattern!r} is not a regular expression ({e})"
     if not {"turbine", "key"} <= set(groups):
         return (f"mapping.tag_pattern: {pattern!r} needs the named groups (?P<turbine>...) and (?P<key>...), e.g. "
-                f"{KEPWARE_TAG_PATTERN!r} (Kepware's <channel>.<device>.<tag>)")  # fmt: skip
+                f"{KEPWARE_TAG_PATTERN!r} (Kepware's <channel>.<device>[.<group>...].<tag>)")  # fmt: skip
     return None
 
 
@@ -241,7 +244,16 @@ class Rejection(NamedTuple):
 
 class BatchDecode(NamedTuple):
     samples: list[Sample]  # the valid lines' (elements') samples, in their order
-    rejected: list[tuple[dict[str, Any], Rejection]]  # (where: {"line": n}, {"element": n}, ..., why) of each refusal
+    rejected: list[tuple[Any, Rejection]]  # (place, why) of each refusal, in order: `where(place)` locates it
+    where: Callable[[Any], dict[str, Any]]  # a place -> {"line": n}, {"element": n}, ... (made for those reported)
+
+
+def _shown(x: Any, n: int) -> str:
+    """A refused JSON value in a detail: a scalar's text cut to `n` characters, a container by its type only (a
+    deeply nested one has no text: str() would recurse past the interpreter's limit)."""
+    if isinstance(x, (list, dict)):
+        return f"(a JSON {'array' if isinstance(x, list) else 'object'})"
+    return repr(str(x)[:n])
 
 
 def _number_text(v: str) -> float | Rejection:
@@ -321,7 +333,7 @@ def table_epoch_ns(numbers: np.ndarray, where: str, per_second: int = 1, keys: s
 def _parse(payload: bytes, text: str | None) -> Any:
     """JSON -> document, or a Rejection saying why not (`text`: the payload decoded, when already done)."""
     try:
-        return orjson.loads(payload)  # strict RFC 8259: NaN/Infinity and integers beyond 64 bits refused
+        return orjson.loads(payload)  # strict RFC 8259: NaN/Infinity refused; integers beyond 64 bits read as floats
     except orjson.JSONDecodeError:  # the standard parser says why (or takes a huge integer)
         try:
             return json.loads(payload.decode("utf-8") if text is None else text, parse_constant=_reject_constant)
@@ -343,17 +355,38 @@ def _text(payload: bytes, limit: int, setting: str, what: str = "") -> str | Rej
         return Rejection("not_utf8", str(e)[:200])
 
 
-def _judged(results: Iterable[tuple[dict[str, Any], Sample | Rejection]]) -> BatchDecode:
-    """A batch's or an array's (where: line or element number from 1, sample or why refused) as a BatchDecode, in
-    their order."""
+def _judged(results: Iterable[tuple[Any, Sample | Rejection]], where: Callable[[Any], dict[str, Any]]) -> BatchDecode:
+    """A batch's or an array's (place: a line or element number from 1, sample or why refused) as a BatchDecode, in
+    their order; `where(place)` locates a refusal as a dict, made only for those reported (a hostile message holds
+    millions)."""
     samples: list[Sample] = []
-    rejected: list[tuple[dict[str, Any], Rejection]] = []
-    for where, res in results:
+    rejected: list[tuple[Any, Rejection]] = []
+    for place, res in results:
         if isinstance(res, Rejection):
-            rejected.append((where, res))
+            rejected.append((place, res))
         else:
             samples.append(res)
-    return BatchDecode(samples, rejected)
+    return BatchDecode(samples, rejected, where)
+
+
+def _line_at(n: int) -> dict[str, Any]:
+    return {"line": n}
+
+
+def _element_at(n: int) -> dict[str, Any]:
+    return {"element": n}
+
+
+def _device_element_at(place: tuple[str, int | None]) -> dict[str, Any]:
+    """A refusal's place in ThingsBoard's gateway form: the turbine, and the element unless the entry as a whole."""
+    return {"turbine": place[0]} if place[1] is None else {"turbine": place[0], "element": place[1]}
+
+
+def _tag_element_at(place: tuple[int, Any]) -> dict[str, Any]:
+    """A refusal's place in a Kepware message: the element, and its tag id when it has one (cut to 100)."""
+    n, el = place
+    tag = el.get("id") if isinstance(el, dict) else None
+    return {"element": n, "tag": tag[:100]} if isinstance(tag, str) else {"element": n}
 
 
 def _object(payload: bytes, text: str | None, allowed: frozenset[str], what: str) -> dict[str, Any] | Rejection:
@@ -483,7 +516,7 @@ class TelemetryDecoder:
         if not docs:
             return Rejection("missing_values", "an empty array: a message holds one document or an array of them")
 
-        return _judged(({"element": n}, self._element(tid, doc, now_ns)) for n, doc in enumerate(docs, 1))
+        return _judged(((n, self._element(tid, doc, now_ns)) for n, doc in enumerate(docs, 1)), _element_at)
 
     def _element(self, tid: str, doc: Any, now_ns: int) -> Sample | Rejection:
         """One element of a turbine's array of documents, checked as a message on its topic."""
@@ -503,20 +536,20 @@ class TelemetryDecoder:
                              "turbine id -> array of documents (ingest.batch_format: devices)")  # fmt: skip
         if not doc:
             return Rejection("missing_values", "an empty object: it holds turbine id -> array of documents")
-        results: list[tuple[dict[str, Any], Sample | Rejection]] = []
+        results: list[tuple[tuple[str, int | None], Sample | Rejection]] = []
         for device, docs in doc.items():
             tid = self._turbine(device)
             name = device if isinstance(tid, str) else device[:64]
             if not isinstance(docs, list):
                 what = f"turbine {name!r}: a JSON {type(docs).__name__}, expected an array of documents"
-                results.append(({"turbine": name}, Rejection("not_an_array", what)))
+                results.append(((name, None), Rejection("not_an_array", what)))
                 continue
             for n, one in enumerate(docs, 1):
                 res = tid if isinstance(tid, Rejection) else self._element(tid, one, now_ns)
-                results.append(({"turbine": name, "element": n}, res))
+                results.append(((name, n), res))
         if not results:
             return Rejection("missing_values", "every turbine's array is empty")
-        return _judged(results)
+        return _judged(results, _device_element_at)
 
     def decode_batch(self, payload: bytes, now_ns: int) -> BatchDecode | Rejection:
         """A `topics.telemetry_batch` message (JSON lines) -> the samples of its valid lines and why each other
@@ -528,7 +561,7 @@ class TelemetryDecoder:
         lines = [(n, line) for n, line in enumerate(payload.split(b"\n"), 1) if line.strip()]  # blank lines skipped
         if not lines:
             return Rejection("malformed_json", "a telemetry batch needs at least one line (one JSON object per line)")
-        return _judged(({"line": n}, self._line(line, now_ns)) for n, line in lines)
+        return _judged(((n, self._line(line, now_ns)) for n, line in lines), _line_at)
 
     def _unit_hint(self, ts: Any) -> str:
         """A refused numeric stamp's likely cause when its size fits the other unit: 1.7e12 is today in epoch
@@ -591,7 +624,7 @@ class TelemetryDecoder:
         ts = parse_timestamp_ns(raw, self._per_second)
         if isinstance(ts, str):
             unit = "seconds" if self._per_second == 1 else "milliseconds"
-            return Rejection(ts, f"{name} {str(raw)[:60]!r}: ISO-8601 with a UTC offset, or epoch {unit}"
+            return Rejection(ts, f"{name} {_shown(raw, 60)}: ISO-8601 with a UTC offset, or epoch {unit}"
                              f"{self._unit_hint(raw)}")  # fmt: skip
         if ts > now_ns + self.max_future_s * _NS:
             return Rejection("ts_in_future", f"{name} {raw!r} is more than {self.max_future_s} s ahead of now")
@@ -620,10 +653,10 @@ class TelemetryDecoder:
         element is one value: the tag id gives the turbine and the payload key (`tag_pattern`), `t` its stamp
         (epoch milliseconds under `epoch_unit="ms"`), `v` its value (a number or null, text under
         `numeric_strings`), `q` false: the source says the value is bad, so it is not a measurement (read as null,
-        `v` unread). A refused element costs its value only (`rejected`: {"element": n, "tag": id}); an id of a
-        key in `ignored_keys` is dropped. The values of a turbine and stamp make one sample (a key twice at one
-        stamp: a second sample). The whole message is refused when it is oversized, not UTF-8, not an object of
-        `timestamp` and `values`, or has no value."""
+        `v` unread, absent or not). A refused element costs its value only (placed by element and tag id); an id
+        of a key in `ignored_keys` is dropped. The values of a turbine and stamp make one sample (a key twice at
+        one stamp: a second sample). The whole message is refused when it is oversized, not UTF-8, not an object
+        holding `values` (and at most `timestamp`, the publish time, unread), or has no value."""
         text = _text(payload, self.max_batch_payload_bytes, "max_batch_payload_bytes")
         doc = text if isinstance(text, Rejection) else _object(payload, text, _TAGS_KEYS, "payload")
         if isinstance(doc, Rejection):
@@ -632,13 +665,12 @@ class TelemetryDecoder:
         if not isinstance(values, list) or not values:
             return Rejection("missing_values", "'values' must be a non-empty array of {id, v, q, t}")
         rows: dict[tuple[str, int], list[list[float | None]]] = {}  # (turbine, ts) -> its samples, None = unset
-        rejected: list[tuple[dict[str, Any], Rejection]] = []
+        rejected: list[tuple[tuple[int, Any], Rejection]] = []
         stamps: dict[Any, int | Rejection] = {}
         for n, el in enumerate(values, 1):
             got = self._tag_value(el, now_ns, stamps)
             if isinstance(got, Rejection):
-                tag = el.get("id") if isinstance(el, dict) else None
-                rejected.append(({"element": n, "tag": tag[:100]} if isinstance(tag, str) else {"element": n}, got))
+                rejected.append(((n, el), got))
                 continue
             if got is None:
                 continue
@@ -651,7 +683,7 @@ class TelemetryDecoder:
             rs[-1][i] = x
         samples = [Sample(tid, ts, np.array([math.nan if x is None else x for x in r], dtype=np.float64))
                    for (tid, ts), rs in rows.items() for r in rs]  # fmt: skip
-        return BatchDecode(samples, rejected)
+        return BatchDecode(samples, rejected, _tag_element_at)
 
     def _tag_value(self, el: Any, now_ns: int, stamps: dict[Any, int | Rejection]) -> _TagValue | Rejection | None:
         """One element of a Kepware message -> (turbine, ts ns, channel index, value), None for an ignored key, or
@@ -666,7 +698,7 @@ class TelemetryDecoder:
             where = self._tag_of(tag)
             if isinstance(where, Rejection):
                 return where
-            if len(self._tags) < _TAG_IDS_KEPT:
+            if len(self._tags) < _TAG_IDS_KEPT and len(tag) <= _TAG_ID_KEPT_CHARS:
                 self._tags[tag] = where
         if where is _IGNORED:
             return None
@@ -684,13 +716,15 @@ class TelemetryDecoder:
         q = el.get("q", True)
         if type(q) is not bool:
             return Rejection("bad_value_type", f"q: {type(q).__name__}, expected true or false (the value's quality)")
+        tid, i = where
+        if not q:
+            return tid, ts, i, math.nan
         if "v" not in el:
             return Rejection("missing_values", "no 'v'")
         v = el["v"]
-        tid, i = where
-        if not q or v is None:
+        if v is None:
             return tid, ts, i, math.nan
-        x = v if type(v) is float and math.isfinite(v) else self._value(tag, v)
+        x = v if type(v) is float and math.isfinite(v) else self._value(tag[:100], v)
         return x if isinstance(x, Rejection) else (tid, ts, i, x)
 
     def _tag_of(self, tag: Any) -> tuple[str, int] | Rejection:
@@ -698,8 +732,11 @@ class TelemetryDecoder:
         match of `tag_pattern`, a bad or unknown turbine id, a key of no channel."""
         match = self._tag.fullmatch(tag) if isinstance(tag, str) else None
         if match is None:
-            return Rejection("bad_tag_id", f"tag id {str(tag)[:100]!r} does not match mapping.tag_pattern "
+            return Rejection("bad_tag_id", f"tag id {_shown(tag, 100)} does not match mapping.tag_pattern "
                              f"{self._tag.pattern!r}")  # fmt: skip
+        if match["turbine"] is None or match["key"] is None:  # a pattern whose group is optional
+            return Rejection("bad_tag_id", f"tag id {tag[:100]!r}: mapping.tag_pattern {self._tag.pattern!r} "
+                             "matched without a turbine or a key")  # fmt: skip
         tid = self._turbine(match["turbine"])
         if isinstance(tid, Rejection):
             return tid
