@@ -16,6 +16,7 @@ Forms (CPU seconds of this process; pin it to one core):
   kepware        `--array` samples per message in Kepware IoT Gateway's standard template (`ingest.batch_format:
                  kepware`): one element `{"id": "Farm.WT01.ch00", "v": ..., "q": true, "t": ms}` per value and
                  one per tag (`status_text`, `alarm_code`), grouped back into samples by turbine and stamp
+  neuron         one EMQX Neuron message per sample, values format (`ingest.batch_format: neuron`)
   hostile-array  one 4 MiB array of refused elements (`[1,1,...]`): what one bad message costs the loop
 Printed: microseconds per sample (per refused element for the hostile array), the least of `--repeat` runs, and
 the ratio to `iso`.
@@ -92,6 +93,8 @@ def main() -> None:
     kepware = [json.dumps({"timestamp": T0 * 1000, "values": [
         {"id": f"Farm.WT01.{c}", "v": v, "q": True, "t": d["ts"]} for d in tb_docs[i : i + k]
         for c, v in d["values"].items()]}).encode() for i in range(0, len(tb_docs), k)]  # fmt: skip
+    neuron = [json.dumps({"timestamp": d["ts"], "node": "WT01", "group": "scada", "values": d["values"],
+                          "errors": {}, "metas": {}}).encode() for d in tb_docs]  # fmt: skip
     hostile = b"[" + b",".join([b"1"] * ((4 << 20) // 2 - 1)) + b"]"
 
     def each(decoder: TelemetryDecoder, payloads: list[bytes]) -> int:
@@ -118,6 +121,7 @@ def main() -> None:
         "gateway": lambda: many(lambda p: ms.decode_devices(p, now), gateway),
         "text-values": lambda: each(text, as_text),
         "kepware": lambda: many(lambda p: ms.decode_tags(p, now), kepware),
+        "neuron": lambda: many(lambda p: ms.decode_neuron(p, now), neuron),
         "hostile-array": refused,
     }
     print(

@@ -34,6 +34,7 @@ from scada_tcn.runtime.daemon import Daemon
 from scada_tcn.runtime.daemon_config import MappingCfg
 from scada_tcn.runtime.engine import Engine
 from scada_tcn.runtime.mqtt import Message
+from scada_tcn.runtime.prometheus import RuntimeMetrics
 from scada_tcn.runtime.records import dedupe, split_batch
 from scada_tcn.runtime.replay import replay
 from scada_tcn.runtime.state_file import encode_state
@@ -517,9 +518,10 @@ def test_thingsboard_telemetry_in_epoch_milliseconds_scores_as_iso_telemetry(bro
 
 
 def _assert_scored_and_refused(broker, cfg, bundle, scorer, timeline, replayed, messages: list[tuple[str, bytes]],
-                               want_refused: list[tuple[dict, str]], name: str) -> None:  # fmt: skip
+                               want_refused: list[tuple[dict, str]], name: str) -> RuntimeMetrics:  # fmt: skip
     """A daemon of `cfg` sent `messages` on the batch topic admits every sample of the timeline, refuses exactly
-    `want_refused` ((where, reason), reported in order with the topic), and scores every step as the replay."""
+    `want_refused` ((where, reason), reported in order with the topic), and scores every step as the replay:
+    the daemon's metrics."""
     header, rows, _ = timeline
     want = expected_steps(rows, header)
     col, d = _published_and_scored(broker, cfg, bundle, scorer, messages, sum(want.values()), len(want_refused), name)
@@ -533,6 +535,7 @@ def _assert_scored_and_refused(broker, cfg, bundle, scorer, timeline, replayed, 
     assert [({k: r[k] for k in where if k in r}, r["reason"]) for r in reports] == want_refused
     assert_the_replays((p for _, p in col.of("/score")), want, replayed)
     col.close()
+    return m
 
 
 def test_thingsboard_gateway_messages_with_numbers_as_text_score_as_per_turbine_telemetry(
@@ -607,6 +610,42 @@ def test_kepware_iot_gateway_values_score_as_per_turbine_telemetry(broker, bundl
                         ingest={"batch_format": "kepware", "epoch_unit": "ms", "max_batch_payload_bytes": 1 << 16,
                                 "turbines": ["WT01", "WT02", "WT03", "WT04"]})  # fmt: skip
     _assert_scored_and_refused(broker, cfg, bundle, scorer, timeline, replayed, messages, want_refused, "kw")
+
+
+def test_emqx_neuron_messages_score_as_per_turbine_telemetry(broker, bundle, scorer, timeline, replayed):
+    """EMQX Neuron's MQTT app (`ingest.batch_format: neuron`): each row of the tiny farm as the message of its
+    turbine's south node, alternately in Neuron's values format and its tags format, a value the table lacks sent
+    as a failed read (in `errors`, or a tag with an `error` code). Every 50th message is one the daemon must
+    refuse (a node off the allow-list). Every sample is admitted, every step scored as the replay's, and each
+    failed read counted under its channel in `scada_runtime_failed_reads_total`."""
+    header, rows, _ = timeline
+    topic = "neuron/scada"
+    channel_of = {key: ch for ch, key in bundle.column_mapping.items()}
+    messages, want_refused, failed = [], [], Counter()
+    for n, (t, payload) in enumerate(to_messages(header, rows)):
+        doc = json.loads(payload)
+        ms, node = parse_timestamp_ns(doc["ts"]) // 10**6, t.split("/")[2]
+        read = {k: v for k, v in doc["values"].items() if v is not None}
+        errors = {k: 2014 for k, v in doc["values"].items() if v is None}
+        failed.update(channel_of[k] for k in errors)
+        if n % 2:
+            tags = [{"name": k, "value": v} for k, v in read.items()] + [
+                {"name": k, "error": e} for k, e in errors.items()
+            ]
+            msg = {"timestamp": ms, "node": node, "group": "scada", "tags": tags}
+        else:
+            msg = {"timestamp": ms, "node": node, "group": "scada", "values": read, "errors": errors, "metas": {}}
+        messages.append((topic, json.dumps(msg).encode()))
+        if n % 50 == 0:
+            messages.append((topic, json.dumps({**msg, "node": "WT09"}).encode()))
+            want_refused.append(({}, "unknown_turbine"))
+    assert sum(failed.values()) > 0, "no failed read sent"
+    cfg = daemon_config(broker.url, topics={"telemetry_batch": topic},
+                        ingest={"batch_format": "neuron", "epoch_unit": "ms",
+                                "turbines": ["WT01", "WT02", "WT03", "WT04"]})  # fmt: skip
+    m = _assert_scored_and_refused(broker, cfg, bundle, scorer, timeline, replayed, messages, want_refused, "neu")
+    assert {ch: m.value("scada_runtime_failed_reads_total", channel=ch) for ch in failed} == {
+        ch: float(k) for ch, k in failed.items()}  # fmt: skip
 
 
 def _same_state(a: Daemon, b: Daemon) -> bool:

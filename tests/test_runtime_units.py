@@ -349,7 +349,9 @@ def test_thingsboard_gateway_form_judges_each_element_as_a_message_on_its_turbin
     tiny = TelemetryDecoder(["power"], {"power": "P"}, 2, 1000, 300.0, 86400.0, max_batch_payload_bytes=60)
     over = tiny.decode_devices(b'{"WT1": [' + b",".join([b'{"ts": 1717200000, "values": {"P": 1}}'] * 2) + b"]}", NOW)
     assert isinstance(over, Rejection) and over.reason == "oversized" and "max_batch_payload_bytes=60" in over.detail
-    with pytest.raises(ConfigError, match="ingest.batch_format: one of lines, devices, kepware; got 'thingsboard'"):
+    with pytest.raises(
+        ConfigError, match="ingest.batch_format: one of lines, devices, kepware, neuron; got 'thingsboard'"
+    ):
         daemon_config_from_dict({"ingest": {"batch_format": "thingsboard"}})
     with pytest.raises(ConfigError, match="ingest.batch_format: devices is the form of topics.telemetry_batch, which"):
         daemon_config_from_dict({"ingest": {"batch_format": "devices"}})
@@ -485,6 +487,80 @@ def test_kepware_tag_ids_of_any_form_are_judged_without_raising_or_growing_memor
     assert "(a JSON array)" in got.rejected[0][1].detail and "(a JSON array)" in got.rejected[1][1].detail
     with pytest.raises(ConfigError, match="environment SCADA_RT_MAPPING__TAG_PATTERN: not a YAML value"):
         daemon_config_from_dict({}, {"SCADA_RT_MAPPING__TAG_PATTERN": "[^.]+\\.(?P<turbine>[^.]+)"})
+
+
+def test_emqx_neuron_messages_are_one_sample_each_and_failed_reads_are_missing_and_counted():
+    """EMQX Neuron's MQTT app publishes one south node's group of tags per message, in its values format
+    (`{"timestamp", "node", "group", "values", "errors", "metas"}`) or tags format (`"tags": [{"name", "value"} |
+    {"name", "error"}]`; `node_name` / `group_name` before Neuron 2.4). `decode_neuron` reads each as the sample
+    its values give as one document on the node's topic; a tag in `errors` was not read: null, and counted by
+    channel in `failed_reads` (so are Kepware's `"q": false`). A message is taken whole or refused whole."""
+    neu = TelemetryDecoder(["power", "wind_speed"], {"power": "P", "wind_speed": "ws"}, 2, 1000, 300.0, 86400.0,
+                           ["WT1"], epoch_unit="ms", ignored_keys=["state"])  # fmt: skip
+    want = neu.decode("s/x/WT1/t", b'{"ts": 1717200000000, "values": {"ws": 7.5, "P": null}}', NOW)
+    forms = [
+        {
+            "timestamp": 1717200000000,
+            "node": "WT1",
+            "group": "g",
+            "values": {"ws": 7.5, "state": 3},
+            "errors": {"P": 2014},
+            "metas": {},
+        },
+        {
+            "timestamp": 1717200000000,
+            "node_name": "WT1",
+            "group_name": "g",
+            "values": {"ws": 7.5},
+            "errors": {"P": 2014},
+        },
+        {
+            "timestamp": 1717200000000,
+            "node": "WT1",
+            "group": "g",
+            "tags": [{"name": "ws", "value": 7.5}, {"name": "P", "error": 2014}, {"name": "state", "value": 3}],
+        },
+        {"timestamp": 1717200000000, "node": "WT1", "values": {"ws": 7.5, "P": 1.0}, "errors": {"P": 2014}},
+    ]  # fmt: skip  (the last: a tag both read and failed counts as failed)
+    for doc in forms:
+        got = neu.decode_neuron(json.dumps(doc).encode(), NOW)
+        assert isinstance(got, BatchDecode) and not got.rejected and got.failed_reads == (("power", 1),), doc
+        assert [x.turbine for x in got.samples] == ["WT1"] and got.samples[0].ts_ns == want.ts_ns
+        np.testing.assert_array_equal(got.samples[0].values, want.values)
+    bad = [
+        ({"timestamp": 1717200000000, "node": "WT2", "values": {"ws": 1}}, "unknown_turbine"),
+        ({"timestamp": 1717200000000, "values": {"ws": 1}}, "bad_turbine_id"),
+        ({"timestamp": 1717200000000, "node": "WT1", "node_name": "WT1", "values": {"ws": 1}}, "bad_turbine_id"),
+        ({"node": "WT1", "values": {"ws": 1}}, "missing_ts"),
+        ({"timestamp": 1717200000, "node": "WT1", "values": {"ws": 1}}, "ts_too_old"),
+        ({"timestamp": 1717200000000, "node": "WT1", "values": {"Q": 1}}, "unknown_channel"),
+        ({"timestamp": 1717200000000, "node": "WT1", "values": {"ws": "1"}}, "bad_value_type"),
+        ({"timestamp": 1717200000000, "node": "WT1", "values": {}, "errors": {}}, "missing_values"),
+        ({"timestamp": 1717200000000, "node": "WT1", "values": {"ws": 1}, "tags": []}, "missing_values"),
+        ({"timestamp": 1717200000000, "node": "WT1", "tags": [{"name": "ws"}]}, "missing_values"),
+        ({"timestamp": 1717200000000, "node": "WT1", "tags": [{"name": "ws", "value": 1, "error": 2}]},
+         "missing_values"),
+        ({"timestamp": 1717200000000, "node": "WT1", "values": {"ws": 1}, "quality": 1}, "unknown_key"),
+        ([], "not_an_object"),
+    ]  # fmt: skip
+    for doc, reason in bad:
+        got = neu.decode_neuron(json.dumps(doc).encode(), NOW)
+        assert isinstance(got, Rejection) and got.reason == reason, (doc, got)
+    assert neu.decode_neuron(b"x" * 1001, NOW).reason == "oversized"  # a message is one sample: max_payload_bytes
+    kep = neu.decode_tags(json.dumps({"values": [
+        {"id": "F.WT1.P", "v": 0, "q": False, "t": 1717200000000},
+        {"id": "F.WT1.P", "v": 0, "q": False, "t": 1717199400000},
+        {"id": "F.WT1.ws", "v": 0, "q": False, "t": 1717200000000},
+        {"id": "F.WT1.state", "v": 0, "q": False, "t": 1717200000000},
+        {"id": "F.WT1.ws", "v": 5, "q": True, "t": 1717199400000}]}).encode(), NOW)  # fmt: skip
+    assert kep.failed_reads == (("power", 2), ("wind_speed", 1))  # an ignored tag's failed read is not counted
+    assert neu.decode_batch(b'{"turbine": "WT1", "ts": 1717200000000, "values": {"P": 1}}', NOW).failed_reads == ()
+    assert (
+        daemon_config_from_dict(
+            {"ingest": {"batch_format": "neuron"}, "topics": {"telemetry_batch": "neuron/scada"}}
+        ).ingest.batch_format
+        == "neuron"
+    )
 
 
 def test_numbers_sent_as_text_read_by_the_csv_cell_rule_with_ingest_numeric_strings(decoder):

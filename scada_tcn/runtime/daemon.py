@@ -176,6 +176,7 @@ class Daemon:
             "lines": self.decoder.decode_batch,
             "devices": self.decoder.decode_devices,
             "kepware": self.decoder.decode_tags,
+            "neuron": self.decoder.decode_neuron,
         }[cfg.ingest.batch_format]  # runtime.telemetry
         self._batch_part = "line" if cfg.ingest.batch_format == "lines" else "element"  # what refusals are counted in
         self.engine = self._new_engine(scorer)
@@ -824,6 +825,8 @@ class Daemon:
         if isinstance(res, Sample):
             self._take(msg, res, samples, new)
             return
+        for channel, k in res.failed_reads:
+            self.metrics.failed_reads.labels(channel=channel).inc(k)
         taken: list[Sample] = []  # admitted once the whole message is through
         added = set(new)
         part = self._batch_part if batched else "element"

@@ -140,7 +140,9 @@ class IngestCfg:
         "per line with its turbine id under `turbine`; devices: one JSON object of turbine id -> array of "
         "documents, as ThingsBoard's gateway API publishes on v1/gateway/telemetry; kepware: Kepware IoT "
         "Gateway's standard template, {timestamp, values: [{id, v, q, t}, ...]}, the turbine and key taken from "
-        "each tag id by mapping.tag_pattern, a value of quality false read as null",
+        "each tag id by mapping.tag_pattern, a value of quality false read as null; neuron: EMQX Neuron's MQTT app, "
+        "one message per south node (the turbine) and group, its values or tags format, a tag in errors read as "
+        "null",
     )
     numeric_strings: bool = _f(
         False,

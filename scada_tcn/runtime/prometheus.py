@@ -1,6 +1,7 @@
 """Prometheus metrics of the edge daemon, on a registry of its own (several daemons can live in one process).
 
 Names (all prefixed `scada_runtime_`): messages_in_total, samples_in_total, rejected_total{reason},
+failed_reads_total{channel},
 late_samples_total, late_redelivered_samples_total, stamp_full_samples_total, bins_closed_total,
 scores_published_total{status},
 alerts_total{state}, inference_seconds (histogram, one observation per graph batch), inference_batch_windows
@@ -33,6 +34,13 @@ class RuntimeMetrics:
         )
         self.rejected = Counter(
             p + "rejected", "messages (or lines of a batched message) rejected, by reason", ["reason"], registry=r
+        )
+        self.failed_reads = Counter(
+            p + "failed_reads",
+            "values the source said it could not read (Kepware's q false, Neuron's errors), by channel: taken as "
+            "missing",
+            ["channel"],
+            registry=r,
         )
         self.late = Counter(p + "late_samples", "samples dropped because their bin had closed", registry=r)
         self.late_redelivered = Counter(

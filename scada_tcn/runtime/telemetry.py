@@ -124,6 +124,8 @@ _DOC_KEYS = frozenset(("ts", "values"))  # a telemetry document's keys
 _LINE_KEYS = frozenset(("turbine", "ts", "values"))  # a batched telemetry line's keys
 _TAGS_KEYS = frozenset(("timestamp", "values"))  # a Kepware IoT Gateway message's keys (standard template)
 _TAG_KEYS = frozenset(("id", "v", "q", "t"))  # one value of it: tag id, value, quality, stamp
+# an EMQX Neuron message's keys (values or tags format; node_name / group_name before Neuron 2.4)
+_NEURON_KEYS = frozenset(("timestamp", "node", "group", "node_name", "group_name", "values", "errors", "metas", "tags"))
 # Kepware's tag ids are <channel>.<device>[.<group>...].<tag>: the device is the turbine, the rest the key
 KEPWARE_TAG_PATTERN = r"[^.]+\.(?P<turbine>[^.]+)\.(?P<key>.+)"
 _NS = 1_000_000_000
@@ -137,7 +139,7 @@ EPOCH_FLOOR = ("numeric stamps are read as epoch seconds, and these lie before 1
                "counter? Export ISO-8601 stamps with a UTC offset, or epoch seconds")  # fmt: skip
 EPOCH_MILLIS = "epoch_ms"  # a table's time_format: every stamp a number of milliseconds since 1970 (UTC)
 EPOCH_UNITS = {"s": 1, "ms": 1000}  # a numeric telemetry stamp's unit (ingest.epoch_unit) -> units per second
-BATCH_FORMATS = ("lines", "devices", "kepware")  # topics.telemetry_batch's payload form (ingest.batch_format)
+BATCH_FORMATS = ("lines", "devices", "kepware", "neuron")  # topics.telemetry_batch's payload form (ingest.batch_format)
 
 
 def epoch_ms_hint(keys: str | None) -> str:
@@ -246,6 +248,7 @@ class BatchDecode(NamedTuple):
     samples: list[Sample]  # the valid lines' (elements') samples, in their order
     rejected: list[tuple[Any, Rejection]]  # (place, why) of each refusal, in order: `where(place)` locates it
     where: Callable[[Any], dict[str, Any]]  # a place -> {"line": n}, {"element": n}, ... (made for those reported)
+    failed_reads: tuple[tuple[str, int], ...] = ()  # (channel, values) the source said it failed to read: NaN
 
 
 def _shown(x: Any, n: int) -> str:
@@ -380,6 +383,31 @@ def _element_at(n: int) -> dict[str, Any]:
 def _device_element_at(place: tuple[str, int | None]) -> dict[str, Any]:
     """A refusal's place in ThingsBoard's gateway form: the turbine, and the element unless the entry as a whole."""
     return {"turbine": place[0]} if place[1] is None else {"turbine": place[0], "element": place[1]}
+
+
+def _neuron_reads(doc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | Rejection:
+    """A Neuron message's (values read, tags whose read failed), from its values or tags format, or why not."""
+    if ("values" in doc) == ("tags" in doc):
+        return Rejection("missing_values", "a Neuron message holds 'values' (values format) or 'tags' (tags format)")
+    if "values" in doc:
+        values, errors = doc["values"], doc.get("errors", {})
+        if not isinstance(values, dict) or not isinstance(errors, dict):
+            return Rejection("missing_values", "'values' and 'errors' must be objects of tag -> value or error code")
+        return values, errors
+    tags = doc["tags"]
+    if not isinstance(tags, list) or any(not isinstance(t, dict) for t in tags):
+        return Rejection("missing_values", "'tags' must be an array of {name, value} or {name, error}")
+    values, errors = {}, {}
+    for t in tags:
+        name = t.get("name")
+        if not isinstance(name, str) or t.keys() - {"name", "value", "error"} or ("value" in t) == ("error" in t):
+            return Rejection("missing_values", f"a tag is {{name, value}} or {{name, error}}, got keys "
+                             f"{sorted(str(k)[:40] for k in t)[:5]}")  # fmt: skip
+        if "error" in t:
+            errors[name] = t["error"]
+        else:
+            values[name] = t["value"]
+    return values, errors
 
 
 def _tag_element_at(place: tuple[int, Any]) -> dict[str, Any]:
@@ -667,6 +695,7 @@ class TelemetryDecoder:
         rows: dict[tuple[str, int], list[list[float | None]]] = {}  # (turbine, ts) -> its samples, None = unset
         rejected: list[tuple[tuple[int, Any], Rejection]] = []
         stamps: dict[Any, int | Rejection] = {}
+        failed = [0] * len(self.channels)
         for n, el in enumerate(values, 1):
             got = self._tag_value(el, now_ns, stamps)
             if isinstance(got, Rejection):
@@ -675,6 +704,8 @@ class TelemetryDecoder:
             if got is None:
                 continue
             tid, ts, i, x = got
+            if el.get("q") is False:
+                failed[i] += 1
             rs = rows.get((tid, ts))
             if rs is None:
                 rows[(tid, ts)] = rs = [[None] * len(self.channels)]
@@ -683,7 +714,46 @@ class TelemetryDecoder:
             rs[-1][i] = x
         samples = [Sample(tid, ts, np.array([math.nan if x is None else x for x in r], dtype=np.float64))
                    for (tid, ts), rs in rows.items() for r in rs]  # fmt: skip
-        return BatchDecode(samples, rejected, _tag_element_at)
+        return BatchDecode(samples, rejected, _tag_element_at, self._failed(failed))
+
+    def _failed(self, counts: Sequence[int]) -> tuple[tuple[str, int], ...]:
+        """Per-channel counts of failed reads as BatchDecode.failed_reads (channels with none left out)."""
+        return tuple((c, k) for c, k in zip(self.channels, counts) if k)
+
+    def decode_neuron(self, payload: bytes, now_ns: int) -> BatchDecode | Rejection:
+        """A `topics.telemetry_batch` message of EMQX Neuron's MQTT app (`batch_format="neuron"`): one south node's
+        group of tags read at one time, in its values format `{"timestamp": <ms>, "node": "<turbine>", "group":
+        ..., "values": {"<key>": value}, "errors": {"<key>": <error code>}, "metas": {...}}` or its tags format
+        (`"tags": [{"name": "<key>", "value": value} | {"name": "<key>", "error": <code>}, ...]`); Neuron before 2.4
+        wrote `node_name` and `group_name`. The node is the turbine; a tag in `errors` (or with an `error`) was not
+        read: null, counted in `failed_reads`. The message is one sample, taken whole or not at all as a document
+        on the turbine's topic (the same key, value and stamp checks; `timestamp` is its `ts`)."""
+        text = _text(payload, self.max_payload_bytes, "max_payload_bytes")
+        doc = text if isinstance(text, Rejection) else _object(payload, text, _NEURON_KEYS, "payload")
+        if isinstance(doc, Rejection):
+            return doc
+        nodes = [doc[k] for k in ("node", "node_name") if k in doc]
+        if len(nodes) != 1:
+            return Rejection("bad_turbine_id", "a Neuron message names its node (the turbine) once, under 'node' "
+                             f"or 'node_name'; found {len(nodes)}")  # fmt: skip
+        tid = self._turbine(nodes[0])
+        if isinstance(tid, Rejection):
+            return tid
+        read = _neuron_reads(doc)
+        if isinstance(read, Rejection):
+            return read
+        values, errors = read
+        failed = [k for k in errors if k in self._index]
+        merged = {**values, **dict.fromkeys(errors)}  # a tag in both: its read failed
+        if "timestamp" not in doc:
+            return Rejection("missing_ts", "no 'timestamp'")
+        sample = self._check_doc(tid, {"ts": doc["timestamp"], "values": merged}, now_ns)
+        if isinstance(sample, Rejection):
+            return sample
+        counts = [0] * len(self.channels)
+        for k in failed:
+            counts[self._index[k]] += 1
+        return BatchDecode([sample], [], _element_at, self._failed(counts))
 
     def _tag_value(self, el: Any, now_ns: int, stamps: dict[Any, int | Rejection]) -> _TagValue | Rejection | None:
         """One element of a Kepware message -> (turbine, ts ns, channel index, value), None for an ignored key, or
