@@ -615,9 +615,11 @@ def test_kepware_iot_gateway_values_score_as_per_turbine_telemetry(broker, bundl
 def test_emqx_neuron_messages_score_as_per_turbine_telemetry(broker, bundle, scorer, timeline, replayed):
     """EMQX Neuron's MQTT app (`ingest.batch_format: neuron`): each row of the tiny farm as the message of its
     turbine's south node, alternately in Neuron's values format and its tags format, a value the table lacks sent
-    as a failed read (in `errors`, or a tag with an `error` code). Every 50th message is one the daemon must
-    refuse (a node off the allow-list). Every sample is admitted, every step scored as the replay's, and each
-    failed read counted under its channel in `scada_runtime_failed_reads_total`."""
+    as a failed read (in `errors`, or a tag with an `error` code; a tag's metas beside it, as Neuron writes them).
+    The daemon must refuse every 50th message (a node off the allow-list) and, at the end, messages of a fifth
+    turbine beyond `ingest.max_turbines`, failed reads included. Every sample of the table is admitted, every step
+    scored as the replay's, and each failed read of the samples taken counted under its channel in
+    `scada_runtime_failed_reads_total`, none of those refused."""
     header, rows, _ = timeline
     topic = "neuron/scada"
     channel_of = {key: ch for ch, key in bundle.column_mapping.items()}
@@ -629,7 +631,7 @@ def test_emqx_neuron_messages_score_as_per_turbine_telemetry(broker, bundle, sco
         errors = {k: 2014 for k, v in doc["values"].items() if v is None}
         failed.update(channel_of[k] for k in errors)
         if n % 2:
-            tags = [{"name": k, "value": v} for k, v in read.items()] + [
+            tags = [{"name": k, "value": v, "metas": {}} for k, v in read.items()] + [
                 {"name": k, "error": e} for k, e in errors.items()
             ]
             msg = {"timestamp": ms, "node": node, "group": "scada", "tags": tags}
@@ -640,9 +642,14 @@ def test_emqx_neuron_messages_score_as_per_turbine_telemetry(broker, bundle, sco
             messages.append((topic, json.dumps({**msg, "node": "WT09"}).encode()))
             want_refused.append(({}, "unknown_turbine"))
     assert sum(failed.values()) > 0, "no failed read sent"
+    for _, m in messages[-4:]:  # the fleet is full by now: refused whole, failed reads and all
+        failing = {"timestamp": json.loads(m)["timestamp"], "node": "WT05", "values": {},
+                   "errors": dict.fromkeys(channel_of, 2014)}  # fmt: skip
+        messages.append((topic, json.dumps(failing).encode()))
+        want_refused.append(({"turbine": "WT05"}, "too_many_turbines"))
     cfg = daemon_config(broker.url, topics={"telemetry_batch": topic},
-                        ingest={"batch_format": "neuron", "epoch_unit": "ms",
-                                "turbines": ["WT01", "WT02", "WT03", "WT04"]})  # fmt: skip
+                        ingest={"batch_format": "neuron", "epoch_unit": "ms", "max_turbines": 4,
+                                "turbines": ["WT01", "WT02", "WT03", "WT04", "WT05"]})  # fmt: skip
     m = _assert_scored_and_refused(broker, cfg, bundle, scorer, timeline, replayed, messages, want_refused, "neu")
     assert {ch: m.value("scada_runtime_failed_reads_total", channel=ch) for ch in failed} == {
         ch: float(k) for ch, k in failed.items()}  # fmt: skip

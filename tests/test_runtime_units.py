@@ -494,7 +494,8 @@ def test_emqx_neuron_messages_are_one_sample_each_and_failed_reads_are_missing_a
     (`{"timestamp", "node", "group", "values", "errors", "metas"}`) or tags format (`"tags": [{"name", "value"} |
     {"name", "error"}]`; `node_name` / `group_name` before Neuron 2.4). `decode_neuron` reads each as the sample
     its values give as one document on the node's topic; a tag in `errors` was not read: null, and counted by
-    channel in `failed_reads` (so are Kepware's `"q": false`). A message is taken whole or refused whole."""
+    channel in the sample's `failed` (so are Kepware's `"q": false`). A message is taken whole or refused whole;
+    keys of a tag's element other than its name, value or error (Neuron writes a tag's metas there) are unread."""
     neu = TelemetryDecoder(["power", "wind_speed"], {"power": "P", "wind_speed": "ws"}, 2, 1000, 300.0, 86400.0,
                            ["WT1"], epoch_unit="ms", ignored_keys=["state"])  # fmt: skip
     want = neu.decode("s/x/WT1/t", b'{"ts": 1717200000000, "values": {"ws": 7.5, "P": null}}', NOW)
@@ -518,13 +519,17 @@ def test_emqx_neuron_messages_are_one_sample_each_and_failed_reads_are_missing_a
             "timestamp": 1717200000000,
             "node": "WT1",
             "group": "g",
-            "tags": [{"name": "ws", "value": 7.5}, {"name": "P", "error": 2014}, {"name": "state", "value": 3}],
+            "tags": [
+                {"name": "ws", "value": 7.5, "metas": {}},
+                {"name": "P", "error": 2014},
+                {"name": "state", "value": 3},
+            ],
         },
         {"timestamp": 1717200000000, "node": "WT1", "values": {"ws": 7.5, "P": 1.0}, "errors": {"P": 2014}},
     ]  # fmt: skip  (the last: a tag both read and failed counts as failed)
     for doc in forms:
         got = neu.decode_neuron(json.dumps(doc).encode(), NOW)
-        assert isinstance(got, BatchDecode) and not got.rejected and got.failed_reads == (("power", 1),), doc
+        assert isinstance(got, BatchDecode) and not got.rejected and got.samples[0].failed == (0,), doc
         assert [x.turbine for x in got.samples] == ["WT1"] and got.samples[0].ts_ns == want.ts_ns
         np.testing.assert_array_equal(got.samples[0].values, want.values)
     bad = [
@@ -540,6 +545,8 @@ def test_emqx_neuron_messages_are_one_sample_each_and_failed_reads_are_missing_a
         ({"timestamp": 1717200000000, "node": "WT1", "tags": [{"name": "ws"}]}, "missing_values"),
         ({"timestamp": 1717200000000, "node": "WT1", "tags": [{"name": "ws", "value": 1, "error": 2}]},
          "missing_values"),
+        ({"timestamp": 1717200000000, "node": "WT1", "tags": [{"name": "ws", "value": 1}], "errors": {"P": 1}},
+         "unknown_key"),  # errors belong to the values format
         ({"timestamp": 1717200000000, "node": "WT1", "values": {"ws": 1}, "quality": 1}, "unknown_key"),
         ([], "not_an_object"),
     ]  # fmt: skip
@@ -553,8 +560,9 @@ def test_emqx_neuron_messages_are_one_sample_each_and_failed_reads_are_missing_a
         {"id": "F.WT1.ws", "v": 0, "q": False, "t": 1717200000000},
         {"id": "F.WT1.state", "v": 0, "q": False, "t": 1717200000000},
         {"id": "F.WT1.ws", "v": 5, "q": True, "t": 1717199400000}]}).encode(), NOW)  # fmt: skip
-    assert kep.failed_reads == (("power", 2), ("wind_speed", 1))  # an ignored tag's failed read is not counted
-    assert neu.decode_batch(b'{"turbine": "WT1", "ts": 1717200000000, "values": {"P": 1}}', NOW).failed_reads == ()
+    # per sample, the channels read as failed (an ignored tag's is not counted)
+    assert sorted((x.ts_ns, x.failed) for x in kep.samples) == [(NOW - 600 * 10**9, (0,)), (NOW, (0, 1))]
+    assert neu.decode_batch(b'{"turbine": "WT1", "ts": 1717200000000, "values": {"P": 1}}', NOW).samples[0].failed == ()
     assert (
         daemon_config_from_dict(
             {"ingest": {"batch_format": "neuron"}, "topics": {"telemetry_batch": "neuron/scada"}}

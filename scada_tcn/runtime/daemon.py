@@ -825,8 +825,6 @@ class Daemon:
         if isinstance(res, Sample):
             self._take(msg, res, samples, new)
             return
-        for channel, k in res.failed_reads:
-            self.metrics.failed_reads.labels(channel=channel).inc(k)
         taken: list[Sample] = []  # admitted once the whole message is through
         added = set(new)
         part = self._batch_part if batched else "element"
@@ -851,6 +849,9 @@ class Daemon:
             self._publish("error", self.errors_topic, report, False)
         samples += taken
         new |= added
+        failed = Counter(i for sample in taken for i in sample.failed)
+        for i, k in failed.items():  # of the samples taken: a refused message's failed reads are not counted
+            self.metrics.failed_reads.labels(channel=self.decoder.channels[i]).inc(k)
 
     def _take(self, msg: Message, sample: Sample, samples: list[Sample], new: set[str]) -> None:
         """Admit a valid sample unless its turbine would be one more than ingest.max_turbines."""

@@ -84,7 +84,7 @@ class TopicsCfg:
         "null = telemetry on `telemetry` only; a topic without {turbine} (e.g. "
         "scada/{site}/{gateway}/telemetry_batch) = also take batched telemetry there: JSON lines, one document per "
         "line with its turbine id under `turbine` (runtime.telemetry), for a farm gateway that sends every "
-        "turbine's sample in one message (ingest.batch_format: devices for ThingsBoard's gateway form)",
+        "turbine's sample in one message (ingest.batch_format: other forms, e.g. ThingsBoard's gateway API)",
     )
     score: str = _f("scada/{site}/{turbine}/score", "score topic template (QoS 1)")
     alert: str = _f("scada/{site}/{turbine}/alert", "alert transition topic template (QoS 1)")
@@ -119,7 +119,8 @@ class IngestCfg:
     )
     max_batch_payload_bytes: int = _f(
         4 << 20,
-        "reject larger topics.telemetry_batch messages, and arrays of samples on a turbine's topic, before "
+        "reject larger topics.telemetry_batch messages (not neuron's: one sample each, max_payload_bytes), and "
+        "arrays of samples on a turbine's topic, before "
         "decoding them",
     )
     max_turbines: int = _f(5000, "cap on the fleet: telemetry of a new turbine beyond this many is rejected")
@@ -136,8 +137,8 @@ class IngestCfg:
     )
     batch_format: str = _f(
         "lines",
-        "lines | devices | kepware: the form of topics.telemetry_batch messages. lines: JSON lines, one document "
-        "per line with its turbine id under `turbine`; devices: one JSON object of turbine id -> array of "
+        "lines | devices | kepware | neuron: the form of topics.telemetry_batch messages. lines: JSON lines, one "
+        "document per line with its turbine id under `turbine`; devices: one JSON object of turbine id -> array of "
         "documents, as ThingsBoard's gateway API publishes on v1/gateway/telemetry; kepware: Kepware IoT "
         "Gateway's standard template, {timestamp, values: [{id, v, q, t}, ...]}, the turbine and key taken from "
         "each tag id by mapping.tag_pattern, a value of quality false read as null; neuron: EMQX Neuron's MQTT app, "

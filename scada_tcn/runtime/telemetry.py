@@ -49,6 +49,11 @@ the document's keys, the turbine-id rule and allow-list); `rejected` locates eac
 refusal when it is not an array). As for a turbine's array, the elements are bounded as a whole by
 `max_batch_payload_bytes`. A turbine named twice in one message keeps its last entry (JSON objects do).
 
+With `batch_format="kepware"` (`decode_tags`) a message is Kepware IoT Gateway's standard template, one element per
+tag value (`{"id", "v", "q", "t"}`, the turbine and key taken from the id by `tag_pattern`); with "neuron"
+(`decode_neuron`) EMQX Neuron's MQTT app's message, one sample per message. A value the source says it failed to
+read (Kepware's `"q": false`, Neuron's `errors`) is NaN, and its channel is in the sample's `failed`.
+
 `BatchDecode.rejected` holds (place, Rejection) and `BatchDecode.where(place)` the refusal's place as reported:
 {"line": n} for a batch of lines, {"element": n} for a turbine's array, {"turbine": id, "element": n} (or
 {"turbine": id}) for the devices form, {"element": n, "tag": id} for Kepware's (`decode_tags`). The dicts are made
@@ -237,6 +242,7 @@ class Sample(NamedTuple):
     turbine: str
     ts_ns: int
     values: np.ndarray  # (C,) float64 in spec.channels order, NaN = not in this message
+    failed: tuple[int, ...] = ()  # channels whose value the source said it failed to read (NaN in `values`)
 
 
 class Rejection(NamedTuple):
@@ -248,7 +254,6 @@ class BatchDecode(NamedTuple):
     samples: list[Sample]  # the valid lines' (elements') samples, in their order
     rejected: list[tuple[Any, Rejection]]  # (place, why) of each refusal, in order: `where(place)` locates it
     where: Callable[[Any], dict[str, Any]]  # a place -> {"line": n}, {"element": n}, ... (made for those reported)
-    failed_reads: tuple[tuple[str, int], ...] = ()  # (channel, values) the source said it failed to read: NaN
 
 
 def _shown(x: Any, n: int) -> str:
@@ -394,13 +399,16 @@ def _neuron_reads(doc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] 
         if not isinstance(values, dict) or not isinstance(errors, dict):
             return Rejection("missing_values", "'values' and 'errors' must be objects of tag -> value or error code")
         return values, errors
+    if "errors" in doc:
+        return Rejection("unknown_key", "'errors' belongs to the values format; the tags format gives a tag's error "
+                         "in its element")  # fmt: skip
     tags = doc["tags"]
     if not isinstance(tags, list) or any(not isinstance(t, dict) for t in tags):
         return Rejection("missing_values", "'tags' must be an array of {name, value} or {name, error}")
     values, errors = {}, {}
     for t in tags:
         name = t.get("name")
-        if not isinstance(name, str) or t.keys() - {"name", "value", "error"} or ("value" in t) == ("error" in t):
+        if not isinstance(name, str) or ("value" in t) == ("error" in t):  # other keys (a tag's metas) unread
             return Rejection("missing_values", f"a tag is {{name, value}} or {{name, error}}, got keys "
                              f"{sorted(str(k)[:40] for k in t)[:5]}")  # fmt: skip
         if "error" in t:
@@ -693,9 +701,9 @@ class TelemetryDecoder:
         if not isinstance(values, list) or not values:
             return Rejection("missing_values", "'values' must be a non-empty array of {id, v, q, t}")
         rows: dict[tuple[str, int], list[list[float | None]]] = {}  # (turbine, ts) -> its samples, None = unset
+        failed: dict[int, list[int]] = {}  # id of a row -> its channels read as failed
         rejected: list[tuple[tuple[int, Any], Rejection]] = []
         stamps: dict[Any, int | Rejection] = {}
-        failed = [0] * len(self.channels)
         for n, el in enumerate(values, 1):
             got = self._tag_value(el, now_ns, stamps)
             if isinstance(got, Rejection):
@@ -704,21 +712,17 @@ class TelemetryDecoder:
             if got is None:
                 continue
             tid, ts, i, x = got
-            if el.get("q") is False:
-                failed[i] += 1
             rs = rows.get((tid, ts))
             if rs is None:
                 rows[(tid, ts)] = rs = [[None] * len(self.channels)]
             elif rs[-1][i] is not None:  # the key again at this stamp: a sample of its own
                 rs.append([None] * len(self.channels))
             rs[-1][i] = x
-        samples = [Sample(tid, ts, np.array([math.nan if x is None else x for x in r], dtype=np.float64))
-                   for (tid, ts), rs in rows.items() for r in rs]  # fmt: skip
-        return BatchDecode(samples, rejected, _tag_element_at, self._failed(failed))
-
-    def _failed(self, counts: Sequence[int]) -> tuple[tuple[str, int], ...]:
-        """Per-channel counts of failed reads as BatchDecode.failed_reads (channels with none left out)."""
-        return tuple((c, k) for c, k in zip(self.channels, counts) if k)
+            if el.get("q") is False:
+                failed.setdefault(id(rs[-1]), []).append(i)
+        samples = [Sample(tid, ts, np.array([math.nan if x is None else x for x in r], dtype=np.float64),
+                          tuple(failed.get(id(r), ()))) for (tid, ts), rs in rows.items() for r in rs]  # fmt: skip
+        return BatchDecode(samples, rejected, _tag_element_at)
 
     def decode_neuron(self, payload: bytes, now_ns: int) -> BatchDecode | Rejection:
         """A `topics.telemetry_batch` message of EMQX Neuron's MQTT app (`batch_format="neuron"`): one south node's
@@ -726,7 +730,7 @@ class TelemetryDecoder:
         ..., "values": {"<key>": value}, "errors": {"<key>": <error code>}, "metas": {...}}` or its tags format
         (`"tags": [{"name": "<key>", "value": value} | {"name": "<key>", "error": <code>}, ...]`); Neuron before 2.4
         wrote `node_name` and `group_name`. The node is the turbine; a tag in `errors` (or with an `error`) was not
-        read: null, counted in `failed_reads`. The message is one sample, taken whole or not at all as a document
+        read: null, and in the sample's `failed`. The message is one sample, taken whole or not at all as a document
         on the turbine's topic (the same key, value and stamp checks; `timestamp` is its `ts`)."""
         text = _text(payload, self.max_payload_bytes, "max_payload_bytes")
         doc = text if isinstance(text, Rejection) else _object(payload, text, _NEURON_KEYS, "payload")
@@ -743,17 +747,14 @@ class TelemetryDecoder:
         if isinstance(read, Rejection):
             return read
         values, errors = read
-        failed = [k for k in errors if k in self._index]
         merged = {**values, **dict.fromkeys(errors)}  # a tag in both: its read failed
         if "timestamp" not in doc:
             return Rejection("missing_ts", "no 'timestamp'")
         sample = self._check_doc(tid, {"ts": doc["timestamp"], "values": merged}, now_ns)
         if isinstance(sample, Rejection):
             return sample
-        counts = [0] * len(self.channels)
-        for k in failed:
-            counts[self._index[k]] += 1
-        return BatchDecode([sample], [], _element_at, self._failed(counts))
+        failed = tuple(sorted(self._index[k] for k in errors if k in self._index))
+        return BatchDecode([sample._replace(failed=failed)], [], _element_at)
 
     def _tag_value(self, el: Any, now_ns: int, stamps: dict[Any, int | Rejection]) -> _TagValue | Rejection | None:
         """One element of a Kepware message -> (turbine, ts ns, channel index, value), None for an ignored key, or
