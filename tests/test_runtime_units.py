@@ -102,11 +102,18 @@ def test_alert_state_contract():
 
 
 # ------------------------------------------------------------------------------------------- telemetry
+def _decoder(**overrides: Any) -> TelemetryDecoder:
+    """The tests' decoder: power (payload key P) and wind speed (ws), the turbine at topic level 2, payloads of
+    1000 bytes at most, stamps up to 300 s ahead and a day back, WT1 allowed; `overrides` replace any argument."""
+    args: dict[str, Any] = {"channels": ["power", "wind_speed"], "key_of_channel": {"power": "P", "wind_speed": "ws"},
+                            "turbine_level": 2, "max_payload_bytes": 1000, "max_future_s": 300.0,
+                            "max_past_s": 86400.0, "allowed_turbines": ["WT1"]}  # fmt: skip
+    return TelemetryDecoder(**{**args, **overrides})
+
+
 @pytest.fixture()
 def decoder():
-    return TelemetryDecoder(
-        ["power", "wind_speed"], {"power": "P", "wind_speed": "ws"}, 2, 1000, 300.0, 86400.0, ["WT1"]
-    )
+    return _decoder()
 
 
 @pytest.mark.parametrize(
@@ -146,7 +153,7 @@ def test_stamps_beyond_int64_nanoseconds_are_refused_however_wide_the_clock_chec
     """With `ingest.max_past_s` / `max_future_s` set very wide (to switch the age check off, say), an ISO stamp of
     year 1 or 9999 passed both clock checks, then crashed the loop outside the message boundary (int64 overflow
     in the journal, or the binning's range check) on every redelivery. It is refused at the boundary."""
-    wide = TelemetryDecoder(["power", "wind_speed"], {"power": "P", "wind_speed": "ws"}, 2, 1000, 1e12, 1e12, ["WT1"])
+    wide = _decoder(max_future_s=1e12, max_past_s=1e12)
     for ts in ("0001-01-01T00:00:00+00:00", "9999-12-31T00:00:00+00:00"):
         res = wide.decode("s/x/WT1/t", b'{"ts": "%s", "values": {"P": 1}}' % ts.encode(), NOW)
         assert isinstance(res, Rejection) and res.reason == "bad_timestamp" and "2255-03-14" in res.detail, ts
@@ -166,8 +173,7 @@ def test_epoch_milliseconds_read_with_ingest_epoch_unit_ms(decoder):
     epoch seconds (so the two are deduplicated), fractions to the microsecond; ISO stamps read as before. With the
     default unit such a number is refused and the detail says which setting reads it; seconds under "ms" (1970)
     are refused as too old, saying the same."""
-    ms = TelemetryDecoder(["power", "wind_speed"], {"power": "P", "wind_speed": "ws"}, 2, 1000, 300.0, 86400.0,
-                          ["WT1"], epoch_unit="ms")  # fmt: skip
+    ms = _decoder(epoch_unit="ms")
     iso = decoder.decode("s/x/WT1/t", b'{"ts": "2024-05-31T23:59:59.123+00:00", "values": {"P": 1}}', NOW)
     assert isinstance(iso, Sample) and iso.ts_ns == NOW - 877_000_000
     for ts in (b"1717199999123", b"1717199999123.0", b"1717199999122.9996", b'"2024-05-31T23:59:59.123Z"'):
@@ -195,8 +201,7 @@ def test_keys_a_gateway_publishes_beside_the_channels_are_dropped_when_listed(de
     in `ignored_keys` (runtime.yaml `mapping.ignored_keys`) are dropped whatever their value; the sample is the
     one without them. Any other key still rejects the message, and the detail lists every such key and the
     setting; a key both read and ignored is refused when the decoder is built and when the config is read."""
-    tb = TelemetryDecoder(["power", "wind_speed"], {"power": "P", "wind_speed": "ws"}, 2, 1000, 300.0, 86400.0,
-                          ["WT1"], ignored_keys=["status_text", "alarm"])  # fmt: skip
+    tb = _decoder(ignored_keys=["status_text", "alarm"])
     plain = b'{"ts": 1717200000, "values": {"P": 1.5, "ws": null}}'
     extra = b'{"ts": 1717200000, "values": {"status_text": "RUN", "P": 1.5, "alarm": {"code": 7}, "ws": null}}'
     want, got = decoder.decode("s/x/WT1/t", plain, NOW), tb.decode("s/x/WT1/t", extra, NOW)
@@ -234,8 +239,7 @@ def test_an_array_of_documents_judges_each_element_as_a_message(decoder):
     elements = [docs[0], bad[0][0], docs[1], bad[1][0], bad[2][0], docs[2], bad[3][0], bad[4][0], docs[3], bad[5][0]]
     payload = b" \n[" + b", ".join(elements) + b"]"
     assert len(payload) > 700
-    small = TelemetryDecoder(["power", "wind_speed"], {"power": "P", "wind_speed": "ws"}, 2, 700, 300.0, 86400.0,
-                             ["WT1"])  # fmt: skip
+    small = _decoder(max_payload_bytes=700)
     res = small.decode("s/x/WT1/t", payload, NOW)
     assert isinstance(res, BatchDecode)
     assert [(n, r.reason) for n, r in res.rejected] == [(2, "not_an_object"), (4, "unknown_key"),
@@ -297,8 +301,7 @@ def test_a_telemetry_batch_judges_each_line_as_a_message(decoder):
         np.testing.assert_array_equal(got.values, want.values)
     assert "allowed: ['ts', 'turbine', 'values']" in res.rejected[2][1].detail
     # the whole message: too large, not UTF-8, or no line at all
-    small = TelemetryDecoder(["power", "wind_speed"], {"power": "P", "wind_speed": "ws"}, 2, 1000, 300.0, 86400.0,
-                             ["WT1"], max_batch_payload_bytes=500)  # fmt: skip
+    small = _decoder(max_batch_payload_bytes=500)
     assert small.decode_batch(b"\n".join(lines), NOW).reason == "oversized"
     assert decoder.decode_batch(lines[0] + b"\n\xff", NOW).reason == "not_utf8"
     assert decoder.decode_batch(b"\n \n", NOW).reason == "malformed_json"
@@ -366,8 +369,7 @@ def test_kepware_iot_gateway_values_are_grouped_by_turbine_and_stamp_and_judged_
     the payload key from the id (`mapping.tag_pattern`), groups a turbine's values of one stamp into the sample
     that the same values give as one document, reads a value of quality false as not measured (null, whatever
     `v` holds), and refuses a bad element alone, located by element number and tag id."""
-    kep = TelemetryDecoder(["power", "wind_speed"], {"power": "P", "wind_speed": "ws"}, 2, 1000, 300.0, 86400.0,
-                           ["WT1", "WT2"], epoch_unit="ms", ignored_keys=["state"])  # fmt: skip
+    kep = _decoder(allowed_turbines=["WT1", "WT2"], epoch_unit="ms", ignored_keys=["state"])
 
     def tag(tid: str, key: str, v: Any, t: int = 1717200000000, q: Any = True) -> dict[str, Any]:
         return {"id": f"Farm.{tid}.{key}", "v": v, "q": q, "t": t}
@@ -496,8 +498,7 @@ def test_emqx_neuron_messages_are_one_sample_each_and_failed_reads_are_missing_a
     its values give as one document on the node's topic; a tag in `errors` was not read: null, and counted by
     channel in the sample's `failed` (so are Kepware's `"q": false`). A message is taken whole or refused whole;
     keys of a tag's element other than its name, value or error (Neuron writes a tag's metas there) are unread."""
-    neu = TelemetryDecoder(["power", "wind_speed"], {"power": "P", "wind_speed": "ws"}, 2, 1000, 300.0, 86400.0,
-                           ["WT1"], epoch_unit="ms", ignored_keys=["state"])  # fmt: skip
+    neu = _decoder(epoch_unit="ms", ignored_keys=["state"])
     want = neu.decode("s/x/WT1/t", b'{"ts": 1717200000000, "values": {"ws": 7.5, "P": null}}', NOW)
     forms = [
         {
@@ -577,8 +578,7 @@ def test_numbers_sent_as_text_read_by_the_csv_cell_rule_with_ingest_numeric_stri
     scada-prepare reads from the same CSV cell (`cells.parse_numbers`), and "" as null (an empty cell); a string
     that is not a number there rejects the message (`not_a_number`, or `non_finite` for "inf"). Off (the
     default), a string is refused as before and the detail names the setting."""
-    text = TelemetryDecoder(["power", "wind_speed"], {"power": "P", "wind_speed": "ws"}, 2, 1000, 300.0, 86400.0,
-                            ["WT1"], numeric_strings=True)  # fmt: skip
+    text = _decoder(numeric_strings=True)
     numbers = ["12.5", "-0.25", "+3", " 7 ", "1e3", "1E-2", ".5", "5.", "-0", "0012", "1234567.125", "1e308"]
     want, bad = parse_numbers(numbers)
     assert bad == 0

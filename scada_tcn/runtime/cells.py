@@ -25,7 +25,16 @@ import numpy as np
 
 from scada_tcn.runtime.errors import InputError
 
-__all__ = ["cell_number", "first_text", "is_number", "no_numbers", "other_decimal", "parse_numbers", "wrong_decimal"]
+__all__ = [
+    "cell_number",
+    "counted_text",
+    "first_text",
+    "is_number",
+    "no_numbers",
+    "other_decimal",
+    "parse_numbers",
+    "wrong_decimal",
+]
 
 _OTHER_MARK = {  # a number written with the other decimal mark, not three digits after it (thousands grouping)
     ".": re.compile(r"\s*[-+]?\d*,(?:\d{1,2}|\d{4,})\s*"),
@@ -75,6 +84,13 @@ def parse_numbers(cells: Sequence[str] | np.ndarray, decimal: str = ".") -> tupl
     bad = int(np.count_nonzero(np.isnan(x) & (raw != "")))
     x[~np.isfinite(x)] = np.nan
     return x, bad
+
+
+def counted_text(cells: Sequence[str] | np.ndarray, values: np.ndarray, k: int = 3) -> list[str]:
+    """The first `k` cells that `parse_numbers` counted as non-numeric, given the values it read from them (NaN and
+    not empty), in one vectorised pass: a refusal's examples."""
+    raw = np.asarray(cells, dtype=str)
+    return raw[np.isnan(values) & (raw != "")][:k].tolist()
 
 
 def first_text(cells: Iterable[str], decimal: str = ".") -> str | None:

@@ -76,7 +76,7 @@ from scada_tcn.runtime.mqtt import Message, MqttLink, Publish, read_retained
 from scada_tcn.runtime.prometheus import RuntimeMetrics
 from scada_tcn.runtime.records import batches, iso_utc, retained_alert_state, split_batch
 from scada_tcn.runtime.state_file import EncodedState, encode_state, fsync_dir, load_state, write_state
-from scada_tcn.runtime.telemetry import Rejection, Sample, TelemetryDecoder, topic_filter, turbine_topics
+from scada_tcn.runtime.telemetry import BATCH_FORMATS, Rejection, Sample, TelemetryDecoder, topic_filter, turbine_topics
 
 __all__ = ["Daemon", "setup_logging"]
 
@@ -172,12 +172,7 @@ class Daemon:
             raise ConfigError(f"runtime.yaml mapping against the bundle's channels {channels}: {e}") from None
         tb = cfg.topics.telemetry_batch
         self.telemetry_batch_topic = None if tb is None else tb.format(site=cfg.site, gateway=cfg.gateway)
-        self._decode_batch = {
-            "lines": self.decoder.decode_batch,
-            "devices": self.decoder.decode_devices,
-            "kepware": self.decoder.decode_tags,
-            "neuron": self.decoder.decode_neuron,
-        }[cfg.ingest.batch_format]  # runtime.telemetry
+        self._decode_batch = getattr(self.decoder, BATCH_FORMATS[cfg.ingest.batch_format])
         self._batch_part = "line" if cfg.ingest.batch_format == "lines" else "element"  # what refusals are counted in
         self.engine = self._new_engine(scorer)
         self.inbound: queue.Queue[Message] = queue.Queue()  # bounded by the paused reads (runtime.mqtt)

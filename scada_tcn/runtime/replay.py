@@ -56,7 +56,15 @@ from typing import Any, BinaryIO, NamedTuple
 import numpy as np
 
 from scada_tcn.runtime.bundle import TableFormat
-from scada_tcn.runtime.cells import first_text, is_number, no_numbers, other_decimal, parse_numbers, wrong_decimal
+from scada_tcn.runtime.cells import (
+    counted_text,
+    first_text,
+    is_number,
+    no_numbers,
+    other_decimal,
+    parse_numbers,
+    wrong_decimal,
+)
 from scada_tcn.runtime.csv_table import CSV_KINDS, PARQUET_KINDS, CsvDialect, csv_columns, dialect_problem, table_files
 from scada_tcn.runtime.daemon_config import ISO_STAMPS, MappingCfg
 from scada_tcn.runtime.engine import Engine
@@ -262,7 +270,7 @@ def _millis(cells: list[str], where: str, keys: str) -> np.ndarray:
     not a number is refused, as the range and the 1990 floor are (seconds read as milliseconds lie in 1970)."""
     ms, not_numbers = parse_numbers(cells)
     if not_numbers:
-        bad = [c for c in cells if c.strip() and not is_number(c)][:3]
+        bad = counted_text(cells, ms)
         raise InputError(f"{where}: {not_numbers} stamps are not numbers, e.g. {bad}; expected every stamp in epoch "
                          f"milliseconds ({time_format_source(keys)}: {EPOCH_MILLIS})")  # fmt: skip
     return table_epoch_ns(ms, where, 1000, keys)

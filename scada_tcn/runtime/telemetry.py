@@ -144,7 +144,13 @@ EPOCH_FLOOR = ("numeric stamps are read as epoch seconds, and these lie before 1
                "counter? Export ISO-8601 stamps with a UTC offset, or epoch seconds")  # fmt: skip
 EPOCH_MILLIS = "epoch_ms"  # a table's time_format: every stamp a number of milliseconds since 1970 (UTC)
 EPOCH_UNITS = {"s": 1, "ms": 1000}  # a numeric telemetry stamp's unit (ingest.epoch_unit) -> units per second
-BATCH_FORMATS = ("lines", "devices", "kepware", "neuron")  # topics.telemetry_batch's payload form (ingest.batch_format)
+# topics.telemetry_batch's payload form (ingest.batch_format) -> the TelemetryDecoder method that reads it
+BATCH_FORMATS = {
+    "lines": "decode_batch",
+    "devices": "decode_devices",
+    "kepware": "decode_tags",
+    "neuron": "decode_neuron",
+}
 
 
 def epoch_ms_hint(keys: str | None) -> str:
@@ -668,7 +674,7 @@ class TelemetryDecoder:
             return Rejection("ts_too_old", f"{name} {raw!r} is more than {self.max_past_s} s before now"
                              f"{self._unit_hint(raw)}")  # fmt: skip
         if not in_epoch_range(ts):  # past both clock checks only when they are set very wide
-            return Rejection("bad_timestamp", f"{name} {str(raw)[:60]!r}: {EPOCH_RANGE}")
+            return Rejection("bad_timestamp", f"{name} {_shown(raw, 60)}: {EPOCH_RANGE}")
         return ts
 
     def _value(self, key: str, v: Any) -> float | Rejection:
@@ -700,8 +706,8 @@ class TelemetryDecoder:
         values = doc.get("values")
         if not isinstance(values, list) or not values:
             return Rejection("missing_values", "'values' must be a non-empty array of {id, v, q, t}")
-        rows: dict[tuple[str, int], list[list[float | None]]] = {}  # (turbine, ts) -> its samples, None = unset
-        failed: dict[int, list[int]] = {}  # id of a row -> its channels read as failed
+        # (turbine, ts) -> its samples, each (values, None = unset; channels read as failed)
+        rows: dict[tuple[str, int], list[tuple[list[float | None], list[int]]]] = {}
         rejected: list[tuple[tuple[int, Any], Rejection]] = []
         stamps: dict[Any, int | Rejection] = {}
         for n, el in enumerate(values, 1):
@@ -712,16 +718,14 @@ class TelemetryDecoder:
             if got is None:
                 continue
             tid, ts, i, x = got
-            rs = rows.get((tid, ts))
-            if rs is None:
-                rows[(tid, ts)] = rs = [[None] * len(self.channels)]
-            elif rs[-1][i] is not None:  # the key again at this stamp: a sample of its own
-                rs.append([None] * len(self.channels))
-            rs[-1][i] = x
+            rs = rows.setdefault((tid, ts), [])
+            if not rs or rs[-1][0][i] is not None:  # the first value, or the key again at this stamp: a new sample
+                rs.append(([None] * len(self.channels), []))
+            rs[-1][0][i] = x
             if el.get("q") is False:
-                failed.setdefault(id(rs[-1]), []).append(i)
-        samples = [Sample(tid, ts, np.array([math.nan if x is None else x for x in r], dtype=np.float64),
-                          tuple(failed.get(id(r), ()))) for (tid, ts), rs in rows.items() for r in rs]  # fmt: skip
+                rs[-1][1].append(i)
+        samples = [Sample(tid, ts, np.array([math.nan if x is None else x for x in r], dtype=np.float64), tuple(f))
+                   for (tid, ts), rs in rows.items() for r, f in rs]  # fmt: skip
         return BatchDecode(samples, rejected, _tag_element_at)
 
     def decode_neuron(self, payload: bytes, now_ns: int) -> BatchDecode | Rejection:

@@ -17,7 +17,15 @@ import numpy as np
 import pandas as pd
 
 from scada_tcn.runtime.bundle import TableFormat
-from scada_tcn.runtime.cells import first_text, is_number, no_numbers, other_decimal, parse_numbers, wrong_decimal
+from scada_tcn.runtime.cells import (
+    counted_text,
+    first_text,
+    is_number,
+    no_numbers,
+    other_decimal,
+    parse_numbers,
+    wrong_decimal,
+)
 from scada_tcn.runtime.csv_table import (
     CSV_KINDS,
     PARQUET_KINDS,
@@ -124,7 +132,7 @@ def parse_timestamps(col: pd.Series, naive_timezone: str | None, where: str, tim
         cells = np.where(col.isna().to_numpy(), "", s.to_numpy(dtype=str))
         secs, not_numbers = parse_numbers(cells)
         if not_numbers:  # replay reads such cells one by one and refuses them too (another form, or text)
-            bad = [c for c in cells[np.isnan(secs) & (cells != "")][:3].tolist()]
+            bad = counted_text(cells, secs)
             raise InputError(f"{where}: {not_numbers} stamps are not epoch seconds like the rest, e.g. {bad}: "
                              "unparseable or of another form (a header row repeated where files were joined?); "
                              "export every stamp one way")  # fmt: skip
