@@ -17,6 +17,8 @@ Forms (CPU seconds of this process; pin it to one core):
                  kepware`): one element `{"id": "Farm.WT01.ch00", "v": ..., "q": true, "t": ms}` per value and
                  one per tag (`status_text`, `alarm_code`), grouped back into samples by turbine and stamp
   neuron         one EMQX Neuron message per sample, values format (`ingest.batch_format: neuron`)
+  sparkplug      one Sparkplug B DDATA per sample (`topics.sparkplug_group`), as Ignition publishes it: each value
+                 a Double metric by alias alone (its birth, decoded first, gave the names), and the two tags
   hostile-array  one 4 MiB array of refused elements (`[1,1,...]`): what one bad message costs the loop
 Printed: microseconds per sample (per refused element for the hostile array), the least of `--repeat` runs, and
 the ratio to `iso`.
@@ -36,7 +38,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from scada_tcn.runtime.sparkplug import SparkplugDecoder  # noqa: E402
 from scada_tcn.runtime.telemetry import BatchDecode, Sample, TelemetryDecoder  # noqa: E402
+from tests.sparkplug_messages import Payload, metric  # noqa: E402  (Google's protobuf writes the payloads)
 
 T0 = 1_717_200_000  # 2024-06-01T00:00:00Z, the decoder's "now"
 TAGS = {"status_text": "RUN", "alarm_code": 0}
@@ -96,6 +100,18 @@ def main() -> None:
     neuron = [json.dumps({"timestamp": d["ts"], "node": "WT01", "group": "scada", "values": d["values"],
                           "errors": {}, "metas": {}}).encode() for d in tb_docs]  # fmt: skip
     hostile = b"[" + b",".join([b"1"] * ((4 << 20) // 2 - 1)) + b"]"
+    spb = SparkplugDecoder(ms, "farm")
+    birth = Payload(timestamp=T0 * 1000)
+    for n, c in enumerate([*channels, *TAGS], 1):
+        metric(birth, c, 1.0 if c in channels else str(TAGS[c]), "Double" if c in channels else "String", alias=n)
+    assert not spb.decode("spBv1.0/farm/DBIRTH/gw/WT01", birth.SerializeToString(), now).rejected  # type: ignore[union-attr]
+    sparkplug = []
+    for d in tb_docs:
+        p = Payload(timestamp=d["ts"] + 40)
+        for n, c in enumerate([*channels, *TAGS], 1):
+            v = d["values"][c] if c in channels else str(TAGS[c])
+            metric(p, None, v, "Double" if c in channels else "String", alias=n, ts=d["ts"], typed=False)
+        sparkplug.append(p.SerializeToString())
 
     def each(decoder: TelemetryDecoder, payloads: list[bytes]) -> int:
         got = [decoder.decode(topic, p, now) for p in payloads]
@@ -122,6 +138,7 @@ def main() -> None:
         "text-values": lambda: each(text, as_text),
         "kepware": lambda: many(lambda p: ms.decode_tags(p, now), kepware),
         "neuron": lambda: many(lambda p: ms.decode_neuron(p, now), neuron),
+        "sparkplug": lambda: many(lambda p: spb.decode("spBv1.0/farm/DDATA/gw/WT01", p, now), sparkplug),
         "hostile-array": refused,
     }
     print(

@@ -63,6 +63,7 @@ from tests.mosquitto import (
     wait_for,
     write_csv,
 )
+from tests.sparkplug_messages import Payload, metric
 
 STREAM_START, STREAM_END = "2024-01-28T00:00:00+00:00", "2024-01-29T12:00:00+00:00"  # 216 steps per turbine
 
@@ -653,6 +654,99 @@ def test_emqx_neuron_messages_score_as_per_turbine_telemetry(broker, bundle, sco
     m = _assert_scored_and_refused(broker, cfg, bundle, scorer, timeline, replayed, messages, want_refused, "neu")
     assert {ch: m.value("scada_runtime_failed_reads_total", channel=ch) for ch in failed} == {
         ch: float(k) for ch, k in failed.items()}  # fmt: skip
+
+
+def test_sparkplug_b_devices_score_as_per_turbine_telemetry_after_a_rebirth(broker, bundle, scorer, timeline,
+                                                                          replayed):  # fmt: skip
+    """Sparkplug B (`topics.sparkplug_group`): an edge node `edge1` whose devices are the tiny farm's turbines,
+    metric names mapped as paths (`Nacelle/<channel>`), a status metric the model does not read. The daemon starts
+    after the births: the node's first DDATA names aliases only, is refused (`unknown_alias`) and the daemon asks
+    for a rebirth (NCMD). The node answers with its NBIRTH and a DBIRTH per device holding the turbine's first row;
+    then every other row goes as DDATA by alias alone, a value the table lacks sent as null or as a STALE stale
+    value (Quality 500), a metric of no channel every 100th message. Every sample is admitted, every step scored
+    as the replay's; the refusals are reported with their metric; failed reads counted by channel; one rebirth."""
+    header, rows, _ = timeline
+    group, node = "tinyfarm", "edge1"
+    names = {ch: f"Nacelle/{ch}" for ch in bundle.spec.channels}
+    key_of = dict(bundle.column_mapping)  # channel -> the table's key in to_messages' documents
+    alias = {ch: n for n, ch in enumerate(names, 1)}
+    status = len(alias) + 1
+    firsts: dict[str, tuple[int, dict]] = {}  # each turbine's first row: the values of its birth
+    data, want_refused, failed = [], [], Counter()
+    for n, (t, payload) in enumerate(to_messages(header, rows)):
+        doc, tid = json.loads(payload), t.split("/")[2]
+        ms = parse_timestamp_ns(doc["ts"]) // 10**6
+        if tid not in firsts:
+            firsts[tid] = (ms, doc["values"])
+            continue
+        p = Payload(timestamp=ms + 40, seq=len(data) % 256)
+        for ch, k in alias.items():
+            v = doc["values"].get(key_of[ch])
+            stale = v is None and n % 2 == 1
+            failed[ch] += stale
+            metric(p, None, 0.0 if stale else v, "Double", alias=k, ts=ms, quality=500 if stale else None, typed=False)
+        metric(p, None, "RUN", "String", alias=status, ts=ms, typed=False)
+        if n % 100 == 1:
+            metric(p, "Gearbox/Vibration", 1.0, "Double", ts=ms)
+            want_refused.append(({"metric": len(p.metrics), "name": "Gearbox/Vibration"}, "unknown_channel"))
+        data.append((f"spBv1.0/{group}/DDATA/{node}/{tid}", p.SerializeToString()))
+    assert sum(failed.values()) > 0 and len(want_refused) >= 5
+
+    def births() -> list[tuple[str, bytes]]:
+        nb = Payload(timestamp=min(ms for ms, _ in firsts.values()), seq=0)
+        metric(nb, "bdSeq", 1, "Int64")
+        metric(nb, "Node Control/Rebirth", False, "Boolean")
+        out = [(f"spBv1.0/{group}/NBIRTH/{node}", nb.SerializeToString())]
+        for tid, (ms, values) in firsts.items():
+            db = Payload(timestamp=ms, seq=len(out))
+            for ch, k in alias.items():
+                metric(db, names[ch], values.get(key_of[ch]), "Double", alias=k, ts=ms)
+            metric(db, "Status", "RUN", "String", alias=status, ts=ms)
+            out.append((f"spBv1.0/{group}/DBIRTH/{node}/{tid}", db.SerializeToString()))
+        return out
+
+    asked = threading.Event()
+
+    def on_command(c, u, m) -> None:  # the edge node: a rebirth request is answered with its births
+        cmd = Payload()
+        cmd.ParseFromString(m.payload)
+        if [(x.name, x.boolean_value) for x in cmd.metrics] == [("Node Control/Rebirth", True)]:
+            for topic, birth in births():
+                c.publish(topic, birth, qos=1)
+            asked.set()
+
+    subscribed = threading.Event()
+    edge = client(broker.url, "edge1", {
+        "on_connect": lambda c, u, f, rc, p: c.subscribe(f"spBv1.0/{group}/NCMD/{node}", 1),
+        "on_subscribe": lambda c, u, mid, rcs, p: subscribed.set(), "on_message": on_command})  # fmt: skip
+    col = Collector(broker.url, [f"scada/{SITE}/+/score", f"scada/runtime/{GATEWAY}/errors"], client_id="col-spb")
+    wait_for(lambda: col.ready() and subscribed.is_set(), 10, "collector and edge node")
+    cfg = daemon_config(broker.url, topics={"sparkplug_group": group},
+                        mapping={"columns": names, "ignored_keys": ["Status"]},
+                        ingest={"turbines": sorted(firsts), "max_batch_payload_bytes": 1 << 16})  # fmt: skip
+    d = DaemonThread(cfg, bundle, scorer)
+    wait_for(lambda: d.daemon.link.connected, 10, "daemon connect")
+    early = Payload(timestamp=firsts["WT01"][0])  # before the daemon knew the births: aliases only
+    metric(early, None, "RUN", "String", alias=status, ts=firsts["WT01"][0], typed=False)
+    publish_all(edge, [(f"spBv1.0/{group}/DDATA/{node}/WT01", early.SerializeToString())])
+    wait_for(asked.is_set, 10, "a rebirth request")
+    publish_all(edge, data)
+    want = expected_steps(rows, header)
+    wait_for(lambda: col.has_steps(sum(want.values())), 60, "all scores")
+    wait_for(lambda: len(col.of("/errors")) >= len(want_refused) + 1, 30, "all error reports")
+    m = d.daemon.metrics
+    assert m.value("scada_runtime_samples_in_total") == len(rows)
+    assert m.value("scada_runtime_sparkplug_rebirth_requests_total") == 1
+    assert m.rejected_by_reason() == {"unknown_alias": 1.0, "unknown_channel": float(len(want_refused))}
+    assert {ch: m.value("scada_runtime_failed_reads_total", channel=ch) for ch in failed if failed[ch]} == {
+        ch: float(k) for ch, k in failed.items() if k}  # fmt: skip
+    assert d.stop() == 0
+    reports = [json.loads(p) for _, p in col.of("/errors")]
+    got = [({k: r[k] for k in ("metric", "name", "alias") if k in r}, r["reason"]) for r in reports]
+    assert got == [({"metric": 1, "alias": status}, "unknown_alias"), *want_refused]
+    assert_the_replays((p for _, p in col.of("/score")), want, replayed)
+    edge.disconnect()
+    col.close()
 
 
 def _same_state(a: Daemon, b: Daemon) -> bool:

@@ -75,6 +75,7 @@ from scada_tcn.runtime.journal import Journal
 from scada_tcn.runtime.mqtt import Message, MqttLink, Publish, read_retained
 from scada_tcn.runtime.prometheus import RuntimeMetrics
 from scada_tcn.runtime.records import batches, iso_utc, retained_alert_state, split_batch
+from scada_tcn.runtime.sparkplug import SparkplugDecoder, rebirth_request, topic_filters
 from scada_tcn.runtime.state_file import EncodedState, encode_state, fsync_dir, load_state, write_state
 from scada_tcn.runtime.telemetry import BATCH_FORMATS, Rejection, Sample, TelemetryDecoder, topic_filter, turbine_topics
 
@@ -86,6 +87,7 @@ _RETAINED_READ_S = 10.0  # the longest wait for the broker's retained alert stat
 # refused lines or elements of one message reported one by one; the rest in one report (all counted): a message of
 # 100,000 bad elements must not fill the publish queue, where score records wait
 REPORTS_PER_MESSAGE = 20
+REBIRTH_EVERY_S = 30  # a Sparkplug edge node is asked for its births at most this often
 _NOT_REPUBLISHED = (
     "steps closed by the journal were scored before the crash by the model or bundle of the state; they are not "
     "published again with this one's numbers, and those of its records the broker had not acknowledged are lost"
@@ -174,6 +176,11 @@ class Daemon:
         self.telemetry_batch_topic = None if tb is None else tb.format(site=cfg.site, gateway=cfg.gateway)
         self._decode_batch = getattr(self.decoder, BATCH_FORMATS[cfg.ingest.batch_format])
         self._batch_part = "line" if cfg.ingest.batch_format == "lines" else "element"  # what refusals are counted in
+        group = cfg.topics.sparkplug_group
+        self.sparkplug = (
+            None if group is None else SparkplugDecoder(self.decoder, group.format(site=cfg.site, gateway=cfg.gateway))
+        )
+        self._rebirth_asked: dict[str, int] = {}  # Sparkplug edge node -> when its rebirth was last asked for (ns)
         self.engine = self._new_engine(scorer)
         self.inbound: queue.Queue[Message] = queue.Queue()  # bounded by the paused reads (runtime.mqtt)
         self.inbound_peak = 0
@@ -200,7 +207,11 @@ class Daemon:
         self.link = MqttLink(
             cfg.broker,
             client_id=cfg.broker.client_id or f"scada-runtime-{cfg.gateway}",
-            handlers={f: self._enqueue for f in (filt, self.telemetry_batch_topic) if f is not None},
+            handlers={
+                f: self._enqueue
+                for f in (filt, self.telemetry_batch_topic, *self._sparkplug_filters())
+                if f is not None
+            },
             will=Publish(self.status_topic, self._status_payload("offline", will=True), retain=True),
             receive_maximum=cfg.queues.receive_maximum,
             max_queued=cfg.queues.outbound,
@@ -810,8 +821,13 @@ class Daemon:
         """One message's valid samples appended to `samples` (a batched message's, or a turbine's array's, all at
         once, after its lines or elements); its rejections counted and reported."""
         batched = msg.topic == self.telemetry_batch_topic
+        part = self._batch_part if batched else "element"
         if batched:
             res = self._decode_batch(msg.payload, now_ns)
+        elif self.sparkplug is not None and self.sparkplug.reads(msg.topic):
+            res, part = self.sparkplug.decode(msg.topic, msg.payload, now_ns), "metric"
+            for node in self.sparkplug.rebirths():
+                self._ask_rebirth(node, now_ns)
         else:
             res = self.decoder.decode(msg.topic, msg.payload, now_ns)
         if isinstance(res, Rejection):
@@ -822,7 +838,6 @@ class Daemon:
             return
         taken: list[Sample] = []  # admitted once the whole message is through
         added = set(new)
-        part = self._batch_part if batched else "element"
         refused: list[tuple[Rejection, dict[str, Any]]] = []
         # its lines in time order, as scada-prepare sorts a table (stable: a stamp's keep their order)
         for sample in sorted(res.samples, key=lambda s: s.ts_ns):
@@ -847,6 +862,24 @@ class Daemon:
         failed = Counter(i for sample in taken for i in sample.failed)
         for i, k in failed.items():  # of the samples taken: a refused message's failed reads are not counted
             self.metrics.failed_reads.labels(channel=self.decoder.channels[i]).inc(k)
+
+    def _sparkplug_filters(self) -> list[str]:
+        """The subscriptions of the Sparkplug group's node and device messages (none without topics.sparkplug_group)."""
+        return [] if self.sparkplug is None else topic_filters(self.sparkplug.group)
+
+    def _ask_rebirth(self, node: str, now_ns: int) -> None:
+        """Ask a Sparkplug edge node to publish its births again (it sent an alias no birth gave), at most once per
+        REBIRTH_EVERY_S: its births take a moment to come, and its data meanwhile names the same aliases."""
+        if now_ns - self._rebirth_asked.get(node, -REBIRTH_EVERY_S * 10**9) < REBIRTH_EVERY_S * 10**9:
+            return
+        if len(self._rebirth_asked) >= self.cfg.ingest.max_turbines and node not in self._rebirth_asked:
+            self._rebirth_asked.clear()  # bounded by the fleet: a publisher naming ever new nodes cannot grow it
+        self._rebirth_asked[node] = now_ns
+        self.metrics.rebirths.inc()
+        log.info("asking a Sparkplug edge node for its births (data named an alias no birth gave)",
+                 extra={"node": node[:200]})  # fmt: skip
+        topic, payload = rebirth_request(self.sparkplug.group, node, now_ns // 10**6)  # type: ignore[union-attr]
+        self._publish("rebirth", topic, payload, False)
 
     def _take(self, msg: Message, sample: Sample, samples: list[Sample], new: set[str]) -> None:
         """Admit a valid sample unless its turbine would be one more than ingest.max_turbines."""

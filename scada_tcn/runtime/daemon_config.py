@@ -31,6 +31,7 @@ import yaml
 from scada_tcn.runtime.csv_table import dialect_problem
 from scada_tcn.runtime.errors import ConfigError
 from scada_tcn.runtime.ids import id_pattern_problem
+from scada_tcn.runtime.sparkplug import NAMESPACE
 from scada_tcn.runtime.telemetry import (
     BATCH_FORMATS,
     EPOCH_UNITS,
@@ -100,6 +101,14 @@ class TopicsCfg:
     )
     score_batch_bytes: int = _f(
         60000, "largest score_batch message (the broker's Maximum Packet Size, when it sends one, caps it too)"
+    )
+    sparkplug_group: str | None = _f(
+        None,
+        "null = no Sparkplug B; a Sparkplug group id (may use {site}, {gateway}) = also take that group's Sparkplug "
+        "B telemetry (Ignition MQTT Transmission, HiveMQ Edge, Neuron, Tahu): spBv1.0/<group>/NBIRTH|NDATA|NDEATH/"
+        "<edge node> (the node is the turbine) and DBIRTH|DDATA|DDEATH/<edge node>/<device> (the device is the "
+        "turbine); metric names are payload keys (mapping), a Quality property other than 192 reads as a failed "
+        "read, and a metric alias no birth gave asks its node for a rebirth (an NCMD Node Control/Rebirth)",
     )
 
 
@@ -446,7 +455,7 @@ def _problems(c: RuntimeConfig) -> list[str]:
         p.append(f"topics.score_batch_bytes: must be >= 8192 (a score record is a few kB), got "
                  f"{c.topics.score_batch_bytes}")  # fmt: skip
     before = len(p)
-    for name in [f.name for f in dataclasses.fields(TopicsCfg) if f.name != "score_batch_bytes"]:
+    for name in [f.name for f in dataclasses.fields(TopicsCfg) if f.name not in ("score_batch_bytes", _SPB)]:
         tpl = getattr(c.topics, name)
         if tpl is None:  # score_batch or telemetry_batch off
             continue
@@ -466,7 +475,38 @@ def _problems(c: RuntimeConfig) -> list[str]:
         p.append("topics.telemetry: {turbine} must be a whole topic level, e.g. scada/{site}/{turbine}/telemetry")
     elif c.topics.telemetry_batch is not None and len(p) == before:  # every template is well-formed
         p += _batch_topic_problems(c)
+    if c.topics.sparkplug_group is not None:
+        p += _sparkplug_problems(c, well_formed=len(p) == before)
     return p
+
+
+_SPB = "sparkplug_group"
+
+
+def _sparkplug_problems(c: RuntimeConfig, well_formed: bool) -> list[str]:
+    """topics.sparkplug_group must be a group id (one topic level), and no other topic's subscription may match
+    the group's Sparkplug topics (`well_formed`: the other templates can be formatted)."""
+    from paho.mqtt.client import topic_matches_sub
+
+    try:
+        group = c.topics.sparkplug_group.format(site=c.site, gateway=c.gateway)  # type: ignore[union-attr]
+    except (KeyError, IndexError, ValueError) as e:
+        return [f"topics.{_SPB}: only {{site}} and {{gateway}} may be used ({e!r})"]
+    if not group or any(ch in group for ch in "+#/"):
+        return [f"topics.{_SPB}: a Sparkplug group id (one topic level, no '+', '#', '/'), got {group!r}"]
+    if not well_formed:
+        return []
+    ours = [f"{NAMESPACE}/{group}/NDATA/n", f"{NAMESPACE}/{group}/DDATA/n/d"]
+    clash = [
+        name
+        for name in ("telemetry", "telemetry_batch", "score", "alert", "alert_state", "status", "errors", "score_batch")
+        if getattr(c.topics, name) is not None
+        and any(topic_matches_sub(turbine_topics(getattr(c.topics, name), c.site, c.gateway)[0], t) for t in ours)
+    ]
+    if clash:
+        return [f"topics.{_SPB}: the group's Sparkplug topics ({NAMESPACE}/{group}/...) are also topics of {clash}; "
+                "give those topics of their own"]  # fmt: skip
+    return []
 
 
 def _batch_topic_problems(c: RuntimeConfig) -> list[str]:

@@ -1,7 +1,7 @@
 """Prometheus metrics of the edge daemon, on a registry of its own (several daemons can live in one process).
 
 Names (all prefixed `scada_runtime_`): messages_in_total, samples_in_total, rejected_total{reason},
-failed_reads_total{channel},
+failed_reads_total{channel}, sparkplug_rebirth_requests_total,
 late_samples_total, late_redelivered_samples_total, stamp_full_samples_total, bins_closed_total,
 scores_published_total{status},
 alerts_total{state}, inference_seconds (histogram, one observation per graph batch), inference_batch_windows
@@ -37,9 +37,15 @@ class RuntimeMetrics:
         )
         self.failed_reads = Counter(
             p + "failed_reads",
-            "values the source said it could not read (Kepware's q false, Neuron's errors), by channel: taken as "
-            "missing",
+            "values the source said it could not read (Kepware's q false, Neuron's errors, Sparkplug's Quality), "
+            "by channel: taken as missing",
             ["channel"],
+            registry=r,
+        )
+        self.rebirths = Counter(
+            p + "sparkplug_rebirth_requests",
+            "Sparkplug edge nodes asked to publish their births again (their data named an alias no birth gave: "
+            "the daemon started after them, or a birth was lost)",
             registry=r,
         )
         self.late = Counter(p + "late_samples", "samples dropped because their bin had closed", registry=r)

@@ -87,11 +87,13 @@ __all__ = [
     "REASONS",
     "BATCH_FORMATS",
     "BatchDecode",
+    "ChannelValue",
     "Rejection",
     "Sample",
     "TelemetryDecoder",
     "epoch_ms_hint",
     "epoch_ns",
+    "grouped",
     "in_epoch_range",
     "parse_timestamp_ns",
     "table_epoch_ns",
@@ -123,6 +125,8 @@ REASONS = (
     "unknown_turbine",
     "not_an_array",
     "bad_tag_id",
+    "malformed_protobuf",
+    "unknown_alias",
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DOC_KEYS = frozenset(("ts", "values"))  # a telemetry document's keys
@@ -217,7 +221,8 @@ def time_format_problem(fmt: str | None, key: str) -> str | None:
     return None
 
 
-_TagValue = tuple[str, int, int, float]  # a Kepware message's value: turbine, stamp (ns), channel index, value
+# one channel's value: turbine, stamp (ns), channel index, value (NaN: not measured), whether its read failed
+ChannelValue = tuple[str, int, int, float, bool]
 _IGNORED = ("", -1)  # a tag id whose key is in ignored_keys
 _TAG_IDS_KEPT = 1 << 16  # tag ids resolved and kept: a fleet's turbines x keys; hostile ids beyond are resolved anew
 _TAG_ID_KEPT_CHARS = 256  # ... and only ids this short: at most 16 M characters kept, whatever a publisher sends
@@ -260,6 +265,21 @@ class BatchDecode(NamedTuple):
     samples: list[Sample]  # the valid lines' (elements') samples, in their order
     rejected: list[tuple[Any, Rejection]]  # (place, why) of each refusal, in order: `where(place)` locates it
     where: Callable[[Any], dict[str, Any]]  # a place -> {"line": n}, {"element": n}, ... (made for those reported)
+
+
+def grouped(values: Iterable[ChannelValue], n_channels: int) -> list[Sample]:
+    """Values sent one channel at a time (Kepware's elements, Sparkplug's metrics) -> samples: the values of a
+    turbine and stamp make one sample (a channel again at that stamp: a second one), in order of first value."""
+    rows: dict[tuple[str, int], list[tuple[list[float | None], list[int]]]] = {}  # values (None = unset), failed
+    for tid, ts, i, x, failed in values:
+        rs = rows.setdefault((tid, ts), [])
+        if not rs or rs[-1][0][i] is not None:  # the first value, or the channel again at this stamp: a new sample
+            rs.append(([None] * n_channels, []))
+        rs[-1][0][i] = x
+        if failed:
+            rs[-1][1].append(i)
+    return [Sample(tid, ts, np.array([math.nan if x is None else x for x in r], dtype=np.float64), tuple(f))
+            for (tid, ts), rs in rows.items() for r, f in rs]  # fmt: skip
 
 
 def _shown(x: Any, n: int) -> str:
@@ -509,7 +529,7 @@ class TelemetryDecoder:
         self.allowed_turbines = tuple(allowed_turbines)
         self.epoch_unit = epoch_unit
         self._per_second = EPOCH_UNITS[epoch_unit]
-        self._index = {k: i for i, k in enumerate(keys)}
+        self.key_index = {k: i for i, k in enumerate(keys)}
         self.ignored_keys = frozenset(ignored_keys)
         self.numeric_strings = bool(numeric_strings)
         self._tag = re.compile(KEPWARE_TAG_PATTERN if tag_pattern is None else tag_pattern)
@@ -521,9 +541,9 @@ class TelemetryDecoder:
         levels = topic.split("/")
         if len(levels) <= self.turbine_level:
             return Rejection("bad_topic", f"topic {topic[:200]!r} has no turbine level {self.turbine_level}")
-        return self._turbine(levels[self.turbine_level])
+        return self.check_turbine(levels[self.turbine_level])
 
-    def _turbine(self, tid: Any) -> str | Rejection:
+    def check_turbine(self, tid: Any) -> str | Rejection:
         """`tid` if it is a valid turbine id on the allow-list, else a Rejection."""
         problem = turbine_id_problem(tid)
         if problem is not None:
@@ -580,7 +600,7 @@ class TelemetryDecoder:
             return Rejection("missing_values", "an empty object: it holds turbine id -> array of documents")
         results: list[tuple[tuple[str, int | None], Sample | Rejection]] = []
         for device, docs in doc.items():
-            tid = self._turbine(device)
+            tid = self.check_turbine(device)
             name = device if isinstance(tid, str) else device[:64]
             if not isinstance(docs, list):
                 what = f"turbine {name!r}: a JSON {type(docs).__name__}, expected an array of documents"
@@ -626,7 +646,7 @@ class TelemetryDecoder:
             return doc
         if "turbine" not in doc:
             return Rejection("bad_turbine_id", "no 'turbine' in the line")
-        tid = self._turbine(doc["turbine"])
+        tid = self.check_turbine(doc["turbine"])
         if isinstance(tid, Rejection):
             return tid
         return self._check_doc(tid, doc, now_ns)
@@ -642,7 +662,7 @@ class TelemetryDecoder:
         if not isinstance(values, dict) or not values:
             return Rejection("missing_values", "'values' must be a non-empty object of channel -> number or null")
         row = [math.nan] * len(self.channels)
-        index = self._index
+        index = self.key_index
         for key, v in values.items():
             i = index.get(key)
             if i is None:
@@ -654,7 +674,7 @@ class TelemetryDecoder:
             if type(v) is float and math.isfinite(v):  # the usual case (a JSON number with a fraction or exponent)
                 row[i] = v
             elif v is not None:
-                x = self._value(key, v)
+                x = self.number(key, v)
                 if isinstance(x, Rejection):
                     return x
                 row[i] = x
@@ -668,6 +688,11 @@ class TelemetryDecoder:
             unit = "seconds" if self._per_second == 1 else "milliseconds"
             return Rejection(ts, f"{name} {_shown(raw, 60)}: ISO-8601 with a UTC offset, or epoch {unit}"
                              f"{self._unit_hint(raw)}")  # fmt: skip
+        return self.clock_checked(ts, raw, now_ns, name)
+
+    def clock_checked(self, ts: int, raw: Any, now_ns: int, name: str) -> int | Rejection:
+        """A stamp read as `ts` ns from `raw` (`name`: its key), or why it is refused: beyond the clock checks
+        `max_future_s` / `max_past_s`, or outside the epoch range."""
         if ts > now_ns + self.max_future_s * _NS:
             return Rejection("ts_in_future", f"{name} {raw!r} is more than {self.max_future_s} s ahead of now")
         if ts < now_ns - self.max_past_s * _NS:
@@ -677,7 +702,7 @@ class TelemetryDecoder:
             return Rejection("bad_timestamp", f"{name} {_shown(raw, 60)}: {EPOCH_RANGE}")
         return ts
 
-    def _value(self, key: str, v: Any) -> float | Rejection:
+    def number(self, key: str, v: Any) -> float | Rejection:
         """A channel's value other than null (`key`: its payload key) -> float, or why it is refused."""
         t = type(v)
         if t is float or t is int:
@@ -706,27 +731,16 @@ class TelemetryDecoder:
         values = doc.get("values")
         if not isinstance(values, list) or not values:
             return Rejection("missing_values", "'values' must be a non-empty array of {id, v, q, t}")
-        # (turbine, ts) -> its samples, each (values, None = unset; channels read as failed)
-        rows: dict[tuple[str, int], list[tuple[list[float | None], list[int]]]] = {}
+        read: list[ChannelValue] = []
         rejected: list[tuple[tuple[int, Any], Rejection]] = []
         stamps: dict[Any, int | Rejection] = {}
         for n, el in enumerate(values, 1):
             got = self._tag_value(el, now_ns, stamps)
             if isinstance(got, Rejection):
                 rejected.append(((n, el), got))
-                continue
-            if got is None:
-                continue
-            tid, ts, i, x = got
-            rs = rows.setdefault((tid, ts), [])
-            if not rs or rs[-1][0][i] is not None:  # the first value, or the key again at this stamp: a new sample
-                rs.append(([None] * len(self.channels), []))
-            rs[-1][0][i] = x
-            if el.get("q") is False:
-                rs[-1][1].append(i)
-        samples = [Sample(tid, ts, np.array([math.nan if x is None else x for x in r], dtype=np.float64), tuple(f))
-                   for (tid, ts), rs in rows.items() for r, f in rs]  # fmt: skip
-        return BatchDecode(samples, rejected, _tag_element_at)
+            elif got is not None:
+                read.append(got)
+        return BatchDecode(grouped(read, len(self.channels)), rejected, _tag_element_at)
 
     def decode_neuron(self, payload: bytes, now_ns: int) -> BatchDecode | Rejection:
         """A `topics.telemetry_batch` message of EMQX Neuron's MQTT app (`batch_format="neuron"`): one south node's
@@ -744,7 +758,7 @@ class TelemetryDecoder:
         if len(nodes) != 1:
             return Rejection("bad_turbine_id", "a Neuron message names its node (the turbine) once, under 'node' "
                              f"or 'node_name'; found {len(nodes)}")  # fmt: skip
-        tid = self._turbine(nodes[0])
+        tid = self.check_turbine(nodes[0])
         if isinstance(tid, Rejection):
             return tid
         read = _neuron_reads(doc)
@@ -757,12 +771,12 @@ class TelemetryDecoder:
         sample = self._check_doc(tid, {"ts": doc["timestamp"], "values": merged}, now_ns)
         if isinstance(sample, Rejection):
             return sample
-        failed = tuple(sorted(self._index[k] for k in errors if k in self._index))
+        failed = tuple(sorted(self.key_index[k] for k in errors if k in self.key_index))
         return BatchDecode([sample._replace(failed=failed)], [], _element_at)
 
-    def _tag_value(self, el: Any, now_ns: int, stamps: dict[Any, int | Rejection]) -> _TagValue | Rejection | None:
-        """One element of a Kepware message -> (turbine, ts ns, channel index, value), None for an ignored key, or
-        why it is refused (`stamps`: the message's stamps read so far, by type and value)."""
+    def _tag_value(self, el: Any, now_ns: int, stamps: dict[Any, int | Rejection]) -> ChannelValue | Rejection | None:
+        """One element of a Kepware message -> (turbine, ts ns, channel index, value, failed: `"q": false`), None for
+        an ignored key, or why it is refused (`stamps`: the message's stamps read so far, by type and value)."""
         if type(el) is not dict or not el.keys() <= _TAG_KEYS:
             checked = _keys_checked(el, _TAG_KEYS, "element")
             if isinstance(checked, Rejection):
@@ -793,14 +807,14 @@ class TelemetryDecoder:
             return Rejection("bad_value_type", f"q: {type(q).__name__}, expected true or false (the value's quality)")
         tid, i = where
         if not q:
-            return tid, ts, i, math.nan
+            return tid, ts, i, math.nan, True
         if "v" not in el:
             return Rejection("missing_values", "no 'v'")
         v = el["v"]
         if v is None:
-            return tid, ts, i, math.nan
-        x = v if type(v) is float and math.isfinite(v) else self._value(tag[:100], v)
-        return x if isinstance(x, Rejection) else (tid, ts, i, x)
+            return tid, ts, i, math.nan, False
+        x = v if type(v) is float and math.isfinite(v) else self.number(tag[:100], v)
+        return x if isinstance(x, Rejection) else (tid, ts, i, x, False)
 
     def _tag_of(self, tag: Any) -> tuple[str, int] | Rejection:
         """A tag id -> (turbine, channel index), `_IGNORED` for a key in `ignored_keys`, or why it is refused: no
@@ -812,15 +826,15 @@ class TelemetryDecoder:
         if match["turbine"] is None or match["key"] is None:  # a pattern whose group is optional
             return Rejection("bad_tag_id", f"tag id {tag[:100]!r}: mapping.tag_pattern {self._tag.pattern!r} "
                              "matched without a turbine or a key")  # fmt: skip
-        tid = self._turbine(match["turbine"])
+        tid = self.check_turbine(match["turbine"])
         if isinstance(tid, Rejection):
             return tid
         key = match["key"]
-        i = self._index.get(key)
+        i = self.key_index.get(key)
         if i is not None:
             return tid, i
         if key in self.ignored_keys:
             return _IGNORED
         return Rejection("unknown_channel", f"tag {key[:60]!r} of {tag[:100]!r} is not a channel; known: "
-                         f"{sorted(self._index)} (list tags the gateway publishes on purpose in "
+                         f"{sorted(self.key_index)} (list tags the gateway publishes on purpose in "
                          "mapping.ignored_keys)")  # fmt: skip
