@@ -1,6 +1,6 @@
-"""Sparkplug B payloads written by Google's protobuf package (an encoder independent of `runtime.protowire`), from
-the schema of Eclipse Tahu's sparkplug_b.proto (the fields the tests use: Payload, Metric, PropertySet,
-PropertyValue), built at import without protoc."""
+"""Sparkplug B payloads written and read by Google's protobuf package (independent of `runtime.protowire`), from
+the schema of Eclipse Tahu's sparkplug_b.proto (the fields the tests use: Payload, Metric with its value oneof,
+PropertySet, PropertyValue), built at import without protoc."""
 
 from __future__ import annotations
 
@@ -47,6 +47,10 @@ def _schema() -> Any:
         ("timestamp", 1, F.TYPE_UINT64, opt, None), ("metrics", 2, F.TYPE_MESSAGE, rep, f"{pkg}.Metric"),
         ("seq", 3, F.TYPE_UINT64, opt, None), ("uuid", 4, F.TYPE_STRING, opt, None),
     ])  # fmt: skip
+    metric.oneof_decl.add(name="value")
+    for f in metric.field:
+        if f.number >= 10:
+            f.oneof_index = 0
     payload.nested_type.extend([value, props, metric])
     proto = descriptor_pb2.FileDescriptorProto(name="sparkplug_b_test.proto", package="org.eclipse.tahu.protobuf",
                                                syntax="proto2")  # fmt: skip

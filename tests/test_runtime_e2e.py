@@ -660,7 +660,7 @@ def test_sparkplug_b_devices_score_as_per_turbine_telemetry_after_a_rebirth(brok
                                                                           replayed):  # fmt: skip
     """Sparkplug B (`topics.sparkplug_group`): an edge node `edge1` whose devices are the tiny farm's turbines,
     metric names mapped as paths (`Nacelle/<channel>`), a status metric the model does not read. The daemon starts
-    after the births: the node's first DDATA names aliases only, is refused (`unknown_alias`) and the daemon asks
+    after the births: the node's first DDATA names aliases only, is refused (`no_birth`) and the daemon asks
     for a rebirth (NCMD). The node answers with its NBIRTH and a DBIRTH per device holding the turbine's first row;
     then every other row goes as DDATA by alias alone, a value the table lacks sent as null or as a STALE stale
     value (Quality 500), a metric of no channel every 100th message. Every sample is admitted, every step scored
@@ -737,16 +737,42 @@ def test_sparkplug_b_devices_score_as_per_turbine_telemetry_after_a_rebirth(brok
     m = d.daemon.metrics
     assert m.value("scada_runtime_samples_in_total") == len(rows)
     assert m.value("scada_runtime_sparkplug_rebirth_requests_total") == 1
-    assert m.rejected_by_reason() == {"unknown_alias": 1.0, "unknown_channel": float(len(want_refused))}
+    assert m.rejected_by_reason() == {"no_birth": 1.0, "unknown_channel": float(len(want_refused))}
     assert {ch: m.value("scada_runtime_failed_reads_total", channel=ch) for ch in failed if failed[ch]} == {
         ch: float(k) for ch, k in failed.items() if k}  # fmt: skip
     assert d.stop() == 0
     reports = [json.loads(p) for _, p in col.of("/errors")]
     got = [({k: r[k] for k in ("metric", "name", "alias") if k in r}, r["reason"]) for r in reports]
-    assert got == [({"metric": 1, "alias": status}, "unknown_alias"), *want_refused]
+    assert got == [({"metric": 1, "alias": status}, "no_birth"), *want_refused]
     assert_the_replays((p for _, p in col.of("/score")), want, replayed)
     edge.disconnect()
     col.close()
+
+
+def test_rebirth_requests_are_bounded_per_node_and_in_all(bundle, scorer):
+    """Data naming what no birth gave asks its node for a rebirth: each node at most once per REBIRTH_EVERY_S and
+    at most REBIRTHS_PER_WINDOW nodes in that time, whatever node ids publishers make up; the record of nodes
+    asked holds one window's."""
+    now = [parse_timestamp_ns(STREAM_END)]
+    cfg = daemon_config(f"mqtt://127.0.0.1:{free_port()}", topics={"sparkplug_group": "farm"})
+    d = Daemon(cfg, bundle, scorer, clock=lambda: now[0])
+    sent: list[tuple[str, str, bytes]] = []
+    d._publish = lambda kind, topic, payload, retain: sent.append((kind, topic, payload))  # type: ignore[method-assign]
+    asked = lambda: d.metrics.value("scada_runtime_sparkplug_rebirth_requests_total")  # noqa: E731
+    for k in range(1000):
+        d._ask_rebirth(f"node{k}", now[0])
+    assert asked() == daemon_module.REBIRTHS_PER_WINDOW
+    d._ask_rebirth("node0", now[0] + (daemon_module.REBIRTH_EVERY_S - 1) * 10**9)
+    assert asked() == daemon_module.REBIRTHS_PER_WINDOW
+    later = now[0] + daemon_module.REBIRTH_EVERY_S * 10**9
+    for k in range(1000):
+        d._ask_rebirth(f"node{k % 3}", later)
+    assert asked() == daemon_module.REBIRTHS_PER_WINDOW + 3 and len(d._rebirth_asked) == 3
+    assert len(sent) == asked() and {k for k, _, _ in sent} == {"rebirth"}
+    assert [t for _, t, _ in sent[-3:]] == [f"spBv1.0/farm/NCMD/node{k}" for k in range(3)]
+    cmd = Payload()
+    cmd.ParseFromString(sent[-1][2])
+    assert [(m.name, m.boolean_value) for m in cmd.metrics] == [("Node Control/Rebirth", True)]
 
 
 def _same_state(a: Daemon, b: Daemon) -> bool:

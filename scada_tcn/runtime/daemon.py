@@ -87,7 +87,8 @@ _RETAINED_READ_S = 10.0  # the longest wait for the broker's retained alert stat
 # refused lines or elements of one message reported one by one; the rest in one report (all counted): a message of
 # 100,000 bad elements must not fill the publish queue, where score records wait
 REPORTS_PER_MESSAGE = 20
-REBIRTH_EVERY_S = 30  # a Sparkplug edge node is asked for its births at most this often
+REBIRTH_EVERY_S = 30  # a Sparkplug edge node is asked for its births at most this often ...
+REBIRTHS_PER_WINDOW = 64  # ... and at most this many nodes in that time
 _NOT_REPUBLISHED = (
     "steps closed by the journal were scored before the crash by the model or bundle of the state; they are not "
     "published again with this one's numbers, and those of its records the broker had not acknowledged are lost"
@@ -180,7 +181,7 @@ class Daemon:
         self.sparkplug = (
             None if group is None else SparkplugDecoder(self.decoder, group.format(site=cfg.site, gateway=cfg.gateway))
         )
-        self._rebirth_asked: dict[str, int] = {}  # Sparkplug edge node -> when its rebirth was last asked for (ns)
+        self._rebirth_asked: dict[str, int] = {}  # Sparkplug edge nodes asked for births in the last window -> when
         self.engine = self._new_engine(scorer)
         self.inbound: queue.Queue[Message] = queue.Queue()  # bounded by the paused reads (runtime.mqtt)
         self.inbound_peak = 0
@@ -868,15 +869,17 @@ class Daemon:
         return [] if self.sparkplug is None else topic_filters(self.sparkplug.group)
 
     def _ask_rebirth(self, node: str, now_ns: int) -> None:
-        """Ask a Sparkplug edge node to publish its births again (it sent an alias no birth gave), at most once per
-        REBIRTH_EVERY_S: its births take a moment to come, and its data meanwhile names the same aliases."""
-        if now_ns - self._rebirth_asked.get(node, -REBIRTH_EVERY_S * 10**9) < REBIRTH_EVERY_S * 10**9:
+        """Ask a Sparkplug edge node to publish its births again (its data named what no birth gave): each node at
+        most once per REBIRTH_EVERY_S, as its births take a moment and its data meanwhile names the same aliases,
+        and at most REBIRTHS_PER_WINDOW nodes in that time, whatever node ids publishers make up."""
+        window, asked = REBIRTH_EVERY_S * 10**9, self._rebirth_asked  # asked: node -> when, oldest first
+        while asked and now_ns - next(iter(asked.values())) >= window:
+            del asked[next(iter(asked))]
+        if node in asked or len(asked) >= REBIRTHS_PER_WINDOW:
             return
-        if len(self._rebirth_asked) >= self.cfg.ingest.max_turbines and node not in self._rebirth_asked:
-            self._rebirth_asked.clear()  # bounded by the fleet: a publisher naming ever new nodes cannot grow it
-        self._rebirth_asked[node] = now_ns
+        asked[node] = now_ns
         self.metrics.rebirths.inc()
-        log.info("asking a Sparkplug edge node for its births (data named an alias no birth gave)",
+        log.info("asking a Sparkplug edge node for its births (its data named what no birth gave)",
                  extra={"node": node[:200]})  # fmt: skip
         topic, payload = rebirth_request(self.sparkplug.group, node, now_ns // 10**6)  # type: ignore[union-attr]
         self._publish("rebirth", topic, payload, False)

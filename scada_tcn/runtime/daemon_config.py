@@ -31,7 +31,7 @@ import yaml
 from scada_tcn.runtime.csv_table import dialect_problem
 from scada_tcn.runtime.errors import ConfigError
 from scada_tcn.runtime.ids import id_pattern_problem
-from scada_tcn.runtime.sparkplug import NAMESPACE
+from scada_tcn.runtime.sparkplug import NAMESPACE, topic_filters
 from scada_tcn.runtime.telemetry import (
     BATCH_FORMATS,
     EPOCH_UNITS,
@@ -43,6 +43,7 @@ from scada_tcn.runtime.telemetry import (
 
 ENV_PREFIX = "SCADA_RT_"
 ISO_STAMPS = "ISO8601"  # mapping.time_format: ISO-8601 or epoch seconds, whatever the training table's
+_SPB = "sparkplug_group"  # topics.sparkplug_group: a group id, not a topic template
 
 
 def _f(default: Any, doc: str) -> Any:
@@ -480,14 +481,46 @@ def _problems(c: RuntimeConfig) -> list[str]:
     return p
 
 
-_SPB = "sparkplug_group"
+def _overlap(a: str, b: str) -> bool:
+    """Whether some topic matches both MQTT filters `a` and `b`."""
+    la, lb = a.split("/"), b.split("/")
+    for x, y in zip(la, lb):
+        if x == "#" or y == "#":
+            return True
+        if x != y and x != "+" and y != "+":
+            return False
+    longer = la if len(la) > len(lb) else lb
+    return len(la) == len(lb) or longer[min(len(la), len(lb))] == "#"
+
+
+def _clashes(c: RuntimeConfig, filters: list[str], names: tuple[str, ...]) -> list[str]:
+    """The topics among `names` (those set) whose subscription filter some topic of `filters` also matches."""
+    return [
+        name
+        for name in names
+        if getattr(c.topics, name) is not None
+        and any(_overlap(turbine_topics(getattr(c.topics, name), c.site, c.gateway)[0], f) for f in filters)
+    ]
+
+
+def _batch_topic_problems(c: RuntimeConfig) -> list[str]:
+    """topics.telemetry_batch must be a topic of its own: none of the other topics' subscriptions may match it
+    (the daemon would route it as per-turbine telemetry, or consume its own output)."""
+    topic = c.topics.telemetry_batch.format(site=c.site, gateway=c.gateway)  # type: ignore[union-attr]
+    names = ("telemetry", "score", "alert", "alert_state", "status", "errors", "score_batch")
+    clash = _clashes(c, [topic], names)
+    if clash:
+        return [
+            f"topics.telemetry_batch: {topic!r} is also a topic of {clash}; give it a topic of its own, e.g. "
+            "scada/{site}/{gateway}/telemetry_batch"
+        ]
+    return []
 
 
 def _sparkplug_problems(c: RuntimeConfig, well_formed: bool) -> list[str]:
-    """topics.sparkplug_group must be a group id (one topic level), and no other topic's subscription may match
-    the group's Sparkplug topics (`well_formed`: the other templates can be formatted)."""
-    from paho.mqtt.client import topic_matches_sub
-
+    """topics.sparkplug_group must be a group id (one topic level), and none of the other topics may share a topic
+    with the group's Sparkplug subscriptions (`well_formed`: the other templates can be formatted): the daemon
+    would read its own output as Sparkplug, or route Sparkplug as other telemetry."""
     try:
         group = c.topics.sparkplug_group.format(site=c.site, gateway=c.gateway)  # type: ignore[union-attr]
     except (KeyError, IndexError, ValueError) as e:
@@ -496,36 +529,11 @@ def _sparkplug_problems(c: RuntimeConfig, well_formed: bool) -> list[str]:
         return [f"topics.{_SPB}: a Sparkplug group id (one topic level, no '+', '#', '/'), got {group!r}"]
     if not well_formed:
         return []
-    ours = [f"{NAMESPACE}/{group}/NDATA/n", f"{NAMESPACE}/{group}/DDATA/n/d"]
-    clash = [
-        name
-        for name in ("telemetry", "telemetry_batch", "score", "alert", "alert_state", "status", "errors", "score_batch")
-        if getattr(c.topics, name) is not None
-        and any(topic_matches_sub(turbine_topics(getattr(c.topics, name), c.site, c.gateway)[0], t) for t in ours)
-    ]
+    names = ("telemetry", "telemetry_batch", "score", "alert", "alert_state", "status", "errors", "score_batch")
+    clash = _clashes(c, topic_filters(group), names)
     if clash:
         return [f"topics.{_SPB}: the group's Sparkplug topics ({NAMESPACE}/{group}/...) are also topics of {clash}; "
                 "give those topics of their own"]  # fmt: skip
-    return []
-
-
-def _batch_topic_problems(c: RuntimeConfig) -> list[str]:
-    """topics.telemetry_batch must be a topic of its own: none of the other topics' subscriptions may match it
-    (the daemon would route it as per-turbine telemetry, or consume its own output)."""
-    from paho.mqtt.client import topic_matches_sub
-
-    topic = c.topics.telemetry_batch.format(site=c.site, gateway=c.gateway)  # type: ignore[union-attr]
-    clash = [
-        name
-        for name in ("telemetry", "score", "alert", "alert_state", "status", "errors", "score_batch")
-        if getattr(c.topics, name) is not None
-        and topic_matches_sub(turbine_topics(getattr(c.topics, name), c.site, c.gateway)[0], topic)
-    ]
-    if clash:
-        return [
-            f"topics.telemetry_batch: {topic!r} is also a topic of {clash}; give it a topic of its own, e.g. "
-            "scada/{site}/{gateway}/telemetry_batch"
-        ]
     return []
 
 

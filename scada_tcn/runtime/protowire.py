@@ -1,20 +1,21 @@
 """The Protocol Buffers wire format, read and written with the standard library: what Sparkplug B needs.
 
-`fields(buf)` reads one message's fields as (field number, wire type, value): an int for a varint (wire type 0),
-the raw bytes for a fixed64 (1, 8 bytes), a length-delimited field (2) and a fixed32 (5, 4 bytes). A message
-that does not parse (a truncated field, a varint of more than 10 bytes, a group or an unknown wire type, field
-number 0) raises `WireError` saying where. Nested messages are read by calling `fields` on a field's bytes, so the
-reader never recurses on its own: a caller decides how deep it goes.
+`fields(buf)` reads one message's fields as (field number, wire type, value): an int for a varint (wire type 0;
+its low 64 bits, as protobuf keeps them), the raw bytes for a fixed64 (1, 8 bytes), a length-delimited field (2)
+and a fixed32 (5, 4 bytes). A message that does not parse (a truncated field, a varint of more than 10 bytes, a
+group or an unknown wire type, field number 0) raises `WireError` saying where. Nested messages are read by
+calling `fields` on a field's bytes, so the reader never recurses on its own: a caller decides how deep it goes.
 
-`varint_field` and `bytes_field` write one field each: enough to build a small message (the
-daemon's Sparkplug rebirth request).
+`varint_field` and `bytes_field` write one field each: enough to build a small message (the daemon's Sparkplug
+rebirth request).
 """
 
 from __future__ import annotations
 
-__all__ = ["WireError", "bytes_field", "fields", "signed", "varint_field"]
+__all__ = ["FIXED32", "FIXED64", "LENGTH", "VARINT", "WireError", "bytes_field", "fields", "varint_field"]
 
-VARINT, FIXED64, LENGTH, FIXED32 = 0, 1, 2, 5
+VARINT, FIXED64, LENGTH, FIXED32 = 0, 1, 2, 5  # wire types
+_U64 = (1 << 64) - 1
 _SIZES = {FIXED64: 8, FIXED32: 4}
 
 
@@ -31,7 +32,7 @@ def _varint(buf: bytes, at: int) -> tuple[int, int]:
         at += 1
         value |= (b & 0x7F) << shift
         if b < 0x80:
-            return value, at
+            return value & _U64, at  # protobuf keeps the low 64 bits of a 10-byte varint
         shift += 7
     raise WireError(f"a varint runs past the end or beyond 10 bytes at byte {at}")
 
@@ -68,12 +69,6 @@ def fields(buf: bytes) -> list[tuple[int, int, int | bytes]]:
         out.append((number, wire, buf[at : at + size]))
         at += size
     return out
-
-
-def signed(value: int, bits: int) -> int:
-    """The low `bits` bits of `value` as a two's complement integer (an Int8 sent as 255 or as 2**32 - 1: -1)."""
-    value &= (1 << bits) - 1
-    return value - (1 << bits) if value >> (bits - 1) else value
 
 
 def _key(number: int, wire: int) -> bytes:

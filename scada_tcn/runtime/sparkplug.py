@@ -3,37 +3,43 @@ Eclipse Tahu publish (Eclipse Sparkplug 3.0, topic namespace `spBv1.0`).
 
 Topics: `spBv1.0/<group>/<type>/<edge node>[/<device>]`. The daemon subscribes to a group's node messages
 (NBIRTH, NDATA, NDEATH: the edge node is the turbine) and device messages (DBIRTH, DDATA, DDEATH: the device is
-the turbine), never to commands or host states. Payloads are Sparkplug B's protobuf `Payload` (read with
-`protowire`, no protobuf package): a publish `timestamp` and `metrics`, each with a `name` (a birth gives it,
-with an `alias` that later data messages may send alone), a `timestamp` (epoch ms, else the payload's), a
-`datatype`, `is_null`, `properties` and one value.
+the turbine), never to commands or host states. Payloads are Sparkplug B's protobuf `Payload`, read as protobuf
+reads it (`sparkplug_payload`; no protobuf package): a publish `timestamp` and `metrics`, each with a `name` (a
+birth gives it, with an `alias` that later data messages may send alone), a `timestamp` (epoch ms, else the
+payload's), a `datatype`, `is_null`, `properties` and one value.
 
-`SparkplugDecoder(decoder, group).decode(topic, payload, now_ns)` -> `BatchDecode | Rejection`, never raising
-on bad input:
+`SparkplugDecoder(decoder, group).decode(topic, payload, now_ns)` -> `BatchDecode | Rejection`; it does not raise
+on any input:
 * A metric's name is a payload key of the bundle's channels (runtime.yaml `mapping`) or one of
   `mapping.ignored_keys`; Sparkplug's own metrics (`bdSeq`, `Node Control/...`, `Device Control/...`,
   `Node Info/...`, `Device Info/...`, `Properties/...`) are not read; any other name refuses that metric
   (`unknown_channel`). A refused metric costs its value only, located by its number in the message (from 1) and
   its name or alias (`where`).
-* A value is read by its datatype (the metric's, else its birth's): Int8/16/32 from `int_value` and Int64 from
-  `long_value` as two's complement of their width (Java's Tahu sends Int8 -1 as 2**32 - 1, Python's as 255: both
-  read -1), UInt8..UInt64 as they are, Float and Double as sent. Booleans, strings (numbers as text only under
-  `ingest.numeric_strings`), dates, bytes, datasets and templates are not numbers (`bad_value_type`). An integer
-  without a known datatype is refused: its sign cannot be told.
+* A value is read by its datatype (the metric's, else its birth's): integers by `sparkplug_payload.integer_value`
+  (two's complement of the datatype's width, sign-extended or not, from either integer field; a value outside
+  the datatype's range is refused), Float and Double as sent (either). Booleans, strings (numbers as text only
+  under `ingest.numeric_strings`), dates, bytes, datasets, templates, and a value in a field its datatype does
+  not use, are not numbers (`bad_value_type`).
 * `is_null` is NaN (not measured). A `Quality` property other than 192 (Sparkplug's GOOD; 0 BAD, 500 STALE)
   says the source could not read the value: NaN whatever value or null is beside it, and the channel is in the
-  sample's `failed`.
+  sample's `failed`. A Quality that is no integer refuses the metric (`bad_value_type`).
 * The values of a turbine and stamp make one sample (`telemetry.grouped`), checked against the clock as every
-  telemetry stamp is (`TelemetryDecoder.clock_checked`); the turbine id as every turbine id is.
+  telemetry stamp is (`TelemetryDecoder.clock_checked`); the turbine id as every turbine id is. A message
+  holding a channel's metric for a turbine that is refused (`bad_turbine_id`, `unknown_turbine`) is refused whole.
 * Births: an NBIRTH starts the edge node's session (the aliases of the node and its devices are forgotten), a
-  DBIRTH gives a device's aliases anew; their metrics' values are samples too. NDEATH and DDEATH forget them.
-  At most `BIRTH_METRICS_KEPT` metrics are remembered in all; a birth beyond is refused (`oversized`).
-* A data message naming an alias no birth gave (the daemon started after the births, or a birth was lost):
-  `unknown_alias` for that metric, and the edge node is put in `rebirths()`, the nodes whose rebirth the daemon
-  asks for (`rebirth_request`: an NCMD with `Node Control/Rebirth` = true, as Sparkplug host applications do).
+  DBIRTH gives a device's aliases anew; their metrics' values are samples too. A birth is remembered only for a
+  turbine the id rule and allow-list take, and at most `BIRTH_METRICS_KEPT` names and aliases in all (a birth
+  beyond is refused, `oversized`). A DDEATH forgets the device's, an NDEATH the node's and its devices' (read
+  from the topic: its payload need not parse), unless its `bdSeq` is not the one of the node's last NBIRTH (the
+  will of an older session, delivered late).
+* A data message of a turbine taken that names an alias no birth gave, or sends an integer whose datatype no
+  birth gave (the daemon started after the births, or a birth was lost): `no_birth` for that metric, and the
+  edge node is put in `rebirths()`, the nodes whose rebirth the daemon asks for (`rebirth_request`: an NCMD
+  with `Node Control/Rebirth` = true, as Sparkplug host applications do). Such metrics of a turbine refused are
+  not read and ask nothing: the message can give no sample.
 * The whole message is refused when it is larger than `ingest.max_batch_payload_bytes` (`oversized`), not a
-  Sparkplug B payload (`malformed_protobuf`), or on a topic that is not a Sparkplug topic of the group
-  (`bad_topic`).
+  protobuf message (`malformed_protobuf`), or on a topic that is not a Sparkplug topic of the group with an
+  edge node id of at most 256 characters (`bad_topic`).
 
 Not read: sequence numbers (`seq`: a gap is not detected), `is_historical` (historical values are samples as
 any other: the daemon's bins take what is late), metric metadata, and the primary-host STATE handshake.
@@ -42,10 +48,21 @@ any other: the daemon's bins take what is late), metric metadata, and the primar
 from __future__ import annotations
 
 import math
-import struct
-from typing import Any, NamedTuple
+from typing import Any
 
-from scada_tcn.runtime.protowire import LENGTH, VARINT, WireError, bytes_field, fields, signed, varint_field
+from scada_tcn.runtime.protowire import WireError
+from scada_tcn.runtime.sparkplug_payload import (
+    DOUBLE_VALUE,
+    FLOAT_VALUE,
+    INT_VALUE,
+    INTEGERS,
+    LONG_VALUE,
+    STRING_VALUE,
+    Metric,
+    integer_value,
+    parse_payload,
+    rebirth_payload,
+)
 from scada_tcn.runtime.telemetry import (
     BatchDecode,
     ChannelValue,
@@ -67,29 +84,20 @@ NAMESPACE = "spBv1.0"
 NODE_TYPES = ("NBIRTH", "NDATA", "NDEATH")
 DEVICE_TYPES = ("DBIRTH", "DDATA", "DDEATH")
 GOOD = 192  # Sparkplug's Quality property: 0 BAD, 192 GOOD, 500 STALE
-BIRTH_METRICS_KEPT = 1 << 18  # names and aliases remembered from births, in all (1,000 turbines x 262 metrics)
+BIRTH_METRICS_KEPT = 1 << 18  # names and aliases kept from births, in all (1,000 turbines x 131 aliased metrics)
 _PROTOCOL = ("bdSeq",)
 _PROTOCOL_PREFIXES = ("Node Control/", "Device Control/", "Node Info/", "Device Info/", "Properties/")
-_NAME_KEPT_CHARS = 256  # a refused metric's name is remembered this long, no longer
-# datatypes: integers sent in int_value (field 10) or long_value (11) -> (bits, signed)
-_INTS = {1: (8, True), 2: (16, True), 3: (32, True), 4: (64, True), 5: (8, False), 6: (16, False),
-         7: (32, False), 8: (64, False)}  # fmt: skip
-_INT_FIELD = {1: 10, 2: 10, 3: 10, 5: 10, 6: 10, 7: 10, 4: 11, 8: 11}  # the field a datatype's integer is sent in
-_TYPE_NAMES = {9: "Float", 10: "Double", 11: "Boolean", 12: "String", 13: "DateTime", 14: "Text", 15: "UUID",
+_NAME_KEPT_CHARS = 256  # a metric's name is kept (and looked up) this long, no longer
+_NODE_CHARS = 256  # an edge node id longer than this is refused (Sparkplug ids are short; they are kept)
+_TYPE_NAMES = {1: "Int8", 2: "Int16", 3: "Int32", 4: "Int64", 5: "UInt8", 6: "UInt16", 7: "UInt32", 8: "UInt64",
+               9: "Float", 10: "Double", 11: "Boolean", 12: "String", 13: "DateTime", 14: "Text", 15: "UUID",
                16: "DataSet", 17: "Bytes", 18: "File", 19: "Template"}  # fmt: skip
-_FIELD_NAMES = {14: "a Boolean", 15: "a string", 16: "bytes", 17: "a DataSet", 18: "a Template", 19: "an extension"}
-_FLOAT, _DOUBLE = struct.Struct("<f").unpack, struct.Struct("<d").unpack
-_IGNORED = -1  # a birth table's entry for a name that is not read (Sparkplug's own, or in ignored_keys)
-
-
-class _Metric(NamedTuple):
-    name: str | None
-    alias: int | None
-    ts_ms: int | None
-    datatype: int | None
-    is_null: bool
-    quality: int | None  # the Quality property, None when absent
-    value: tuple[int, int | bytes] | None  # (field number, raw value), None when the metric holds none
+_FLOATS, _TEXTS = (9, 10), (12, 14)  # the datatypes sent as float_value / double_value, and as string_value
+_FIELD_NAMES = {INT_VALUE: "an integer", LONG_VALUE: "an integer", FLOAT_VALUE: "a Float", DOUBLE_VALUE: "a Double",
+                14: "a Boolean", STRING_VALUE: "a string", 16: "bytes", 17: "a DataSet", 18: "a Template",
+                19: "an extension"}  # fmt: skip
+_NOT_READ = -1  # a birth table's channel for a name that is not read (Sparkplug's own, or in ignored_keys)
+_Entry = tuple[str, int | None, int | None]  # a name as a birth gave it: (name, channel or _NOT_READ or None, datatype)
 
 
 def topic_filters(group: str) -> list[str]:
@@ -99,73 +107,7 @@ def topic_filters(group: str) -> list[str]:
 
 def rebirth_request(group: str, node: str, now_ms: int) -> tuple[str, bytes]:
     """(topic, payload) of the NCMD that asks edge node `node` to publish its births again."""
-    metric = (bytes_field(1, b"Node Control/Rebirth") + varint_field(3, now_ms) + varint_field(4, 11)
-              + varint_field(14, 1))  # fmt: skip
-    return f"{NAMESPACE}/{group}/NCMD/{node}", varint_field(1, now_ms) + bytes_field(2, metric)
-
-
-def _text(raw: int | bytes) -> str | None:
-    try:
-        return raw.decode("utf-8") if isinstance(raw, bytes) else None
-    except UnicodeDecodeError:
-        return None
-
-
-def _metric(buf: bytes) -> _Metric:
-    """One Metric message (WireError when it does not parse as one)."""
-    name = alias = ts = datatype = quality = value = None
-    is_null = False
-    for number, wire, raw in fields(buf):
-        if number in (2, 3, 4, 7) and wire != VARINT or number in (1, 9) and wire != LENGTH:
-            raise WireError(f"metric field {number} of wire type {wire}")
-        if number == 1:
-            name = _text(raw)
-            if name is None:
-                raise WireError("a metric name that is not UTF-8")
-        elif number == 2:
-            alias = raw
-        elif number == 3:
-            ts = raw
-        elif number == 4:
-            datatype = raw
-        elif number == 7:
-            is_null = bool(raw)
-        elif number == 9:
-            quality = _quality(raw)  # type: ignore[arg-type]
-        elif 10 <= number <= 19:
-            value = (number, raw)
-    return _Metric(name, alias, ts, datatype, is_null, quality, value)  # type: ignore[arg-type]
-
-
-def _quality(buf: bytes) -> int | None:
-    """A metric's PropertySet -> its Quality property's code (None: no such property)."""
-    got = fields(buf)
-    keys = [_text(raw) for number, _, raw in got if number == 1]
-    values = [raw for number, wire, raw in got if number == 2 and wire == LENGTH]
-    if "Quality" not in keys:
-        return None
-    k = keys.index("Quality")
-    if k >= len(values):
-        raise WireError("a Quality property without a value")
-    for number, wire, raw in fields(values[k]):  # type: ignore[arg-type]
-        if number in (3, 4) and wire == VARINT:
-            return signed(raw, 32 if number == 3 else 64)  # type: ignore[arg-type]
-    raise WireError("a Quality property that is not an integer")
-
-
-def _payload(buf: bytes) -> tuple[int | None, list[_Metric]]:
-    """A Payload message -> (its timestamp, its metrics) (WireError when it does not parse as one)."""
-    ts, metrics = None, []
-    for number, wire, raw in fields(buf):
-        if number == 1:
-            if wire != VARINT:
-                raise WireError(f"payload timestamp of wire type {wire}")
-            ts = raw
-        elif number == 2:
-            if wire != LENGTH:
-                raise WireError(f"payload metric of wire type {wire}")
-            metrics.append(_metric(raw))  # type: ignore[arg-type]
-    return ts, metrics  # type: ignore[return-value]
+    return f"{NAMESPACE}/{group}/NCMD/{node}", rebirth_payload(now_ms)
 
 
 def _metric_at(place: tuple[int, str | int | None]) -> dict[str, Any]:
@@ -176,6 +118,14 @@ def _metric_at(place: tuple[int, str | int | None]) -> dict[str, Any]:
     return {"metric": n} if label is None else {"metric": n, "alias": label}
 
 
+def _bdseq(metrics: list[Metric]) -> int | None:
+    """A node birth's or death's `bdSeq` (the session it belongs to), None when it sends none as an integer."""
+    for m in metrics:
+        if m.name == "bdSeq" and m.value is not None and m.value[0] in (INT_VALUE, LONG_VALUE):
+            return m.value[1]  # type: ignore[return-value]
+    return None
+
+
 class SparkplugDecoder:
     """Sparkplug B messages of one group -> samples; remembers the births' names, aliases and datatypes."""
 
@@ -183,17 +133,19 @@ class SparkplugDecoder:
         self.decoder = decoder
         self.group = group
         self._prefix = f"{NAMESPACE}/{group}/"
-        # (edge node, device or None) -> {alias or name: (name, channel index or _IGNORED or None, datatype)}
-        self._births: dict[tuple[str, str | None], dict[int | str, tuple[str, int | None, int | None]]] = {}
-        self._kept = 0  # entries in _births, in all
+        # edge node -> device (None: the node's own metrics) -> {alias or name: _Entry}
+        self._births: dict[str, dict[str | None, dict[int | str, _Entry]]] = {}
+        self._kept = 0  # names and aliases in _births, in all (an empty birth counts 1)
+        self._sessions: dict[str, int] = {}  # edge node -> the bdSeq of its last NBIRTH
         self._rebirth: set[str] = set()
+        self._known = str(sorted(decoder.key_index))  # the channels' metric names, for a refusal's detail
 
     def reads(self, topic: str) -> bool:
         """Whether `topic` is one of this group's (the daemon routes it here)."""
         return topic.startswith(self._prefix)
 
     def rebirths(self) -> list[str]:
-        """The edge nodes whose rebirth is wanted since the last call (an alias no birth gave)."""
+        """The edge nodes whose rebirth is wanted since the last call (data that no birth explains)."""
         nodes, self._rebirth = sorted(self._rebirth), set()
         return nodes
 
@@ -206,35 +158,46 @@ class SparkplugDecoder:
                              f"{d.max_batch_payload_bytes}")  # fmt: skip
         levels = topic.split("/")
         kind = levels[2] if len(levels) > 2 else ""
-        if not self.reads(topic) or len(levels) != (4 if kind in NODE_TYPES else 5 if kind in DEVICE_TYPES else 0):
+        size = 4 if kind in NODE_TYPES else 5 if kind in DEVICE_TYPES else 0
+        if not self.reads(topic) or len(levels) != size or len(levels[3]) > _NODE_CHARS:
             return Rejection("bad_topic", f"{topic[:200]!r} is not spBv1.0/{self.group}/<N or D message>/<node>"
-                             "[/<device>]")  # fmt: skip
-        node, device = levels[3], (levels[4] if len(levels) == 5 else None)
+                             f"[/<device>] with a node id of at most {_NODE_CHARS} characters")  # fmt: skip
+        node, device = levels[3], (levels[4] if size == 5 else None)
         try:
-            sent_ms, metrics = _payload(payload)
+            sent_ms, metrics = parse_payload(payload)
         except WireError as e:
+            if kind.endswith("DEATH"):  # the topic says it all
+                self._forget(node, device)
+                return BatchDecode([], [], _metric_at)
             return Rejection("malformed_protobuf", f"not a Sparkplug B payload: {e}"[:300])
         if kind.endswith("DEATH"):
-            self._forget(node, device)
+            if kind == "DDEATH" or _bdseq(metrics) in (None, self._sessions.get(node, _bdseq(metrics))):
+                self._forget(node, device)
             return BatchDecode([], [], _metric_at)
-        if kind.endswith("BIRTH"):
-            if kind == "NBIRTH":
-                self._forget(node, None)
+        tid = d.check_turbine(device if device is not None else node)  # refuses the message if it has a channel
+        birth = kind.endswith("BIRTH")
+        if kind == "NBIRTH":
+            self._forget(node, None)
+            seq = _bdseq(metrics)
+            if seq is not None and len(self._sessions) < BIRTH_METRICS_KEPT:  # beyond, any NDEATH forgets
+                self._sessions[node] = seq
+        if birth and isinstance(tid, str):
             problem = self._remember(node, device, metrics)
             if problem is not None:
                 return problem
-        table = self._births.get((node, device), {})
-        tid = d.check_turbine(device if device is not None else node)  # refuses the message if it has a channel
+        table = self._births.get(node, {}).get(device, {})
         read: list[ChannelValue] = []
         rejected: list[tuple[tuple[int, str | int | None], Rejection]] = []
         stamps: dict[int, int | Rejection] = {}  # the message's stamps read so far: its metrics share a few
         for n, m in enumerate(metrics, 1):
-            got = self._read(m, table, tid, sent_ms, now_ns, stamps)
+            got = self._read(m, table, tid, birth, sent_ms, now_ns, stamps)
             if isinstance(got, Rejection):
-                if got.reason == "unknown_alias":
-                    self._rebirth.add(node)
                 if got.reason in ("bad_turbine_id", "unknown_turbine"):  # the message's turbine: refused whole
                     return got
+                if got.reason == "no_birth":
+                    if isinstance(tid, Rejection):  # a turbine not taken: nothing to read, nothing to ask
+                        continue
+                    self._rebirth.add(node)
                 rejected.append(((n, m.name if m.name is not None else m.alias), got))
             elif got is not None:
                 read.append(got)
@@ -242,56 +205,65 @@ class SparkplugDecoder:
 
     def _forget(self, node: str, device: str | None) -> None:
         """Forget a device's birth, or (device None) the node's and all its devices'."""
-        for key in [k for k in self._births if k[0] == node and (device is None or k[1] == device)]:
-            self._kept -= len(self._births.pop(key))
+        if device is None:
+            tables = self._births.pop(node, {}).values()
+            self._sessions.pop(node, None)
+        else:
+            devices = self._births.get(node, {})
+            table = devices.pop(device, None)
+            tables = [] if table is None else [table]  # type: ignore[assignment]
+            if not devices:
+                self._births.pop(node, None)
+        self._kept -= sum(max(1, len(t)) for t in tables)
 
-    def _remember(self, node: str, device: str | None, metrics: list[_Metric]) -> Rejection | None:
+    def _remember(self, node: str, device: str | None, metrics: list[Metric]) -> Rejection | None:
         """A birth's names, aliases and datatypes, replacing the device's (or node's) earlier ones."""
         if device is not None:
             self._forget(node, device)
-        table: dict[int | str, tuple[str, int | None, int | None]] = {}
+        table: dict[int | str, _Entry] = {}
         for m in metrics:
             if m.name is None:
                 continue
             entry = (m.name[:_NAME_KEPT_CHARS], self._channel(m.name), m.datatype)
-            table[m.name[:_NAME_KEPT_CHARS]] = entry
+            table[entry[0]] = entry
             if m.alias is not None:
                 table[m.alias] = entry
-        if self._kept + len(table) > BIRTH_METRICS_KEPT:
+        if self._kept + max(1, len(table)) > BIRTH_METRICS_KEPT:
             return Rejection("oversized", f"a birth of {len(table)} names and aliases: more than the "
                              f"{BIRTH_METRICS_KEPT} kept in all")  # fmt: skip
-        self._births[(node, device)] = table
-        self._kept += len(table)
+        self._births.setdefault(node, {})[device] = table
+        self._kept += max(1, len(table))
         return None
 
     def _channel(self, name: str) -> int | None:
-        """A metric name's channel index, _IGNORED for a name not read, None for a name of no channel."""
+        """A metric name's channel index, _NOT_READ for a name not read, None for a name of no channel."""
         i = self.decoder.key_index.get(name)
         if i is not None:
             return i
         if name in self.decoder.ignored_keys or name in _PROTOCOL or name.startswith(_PROTOCOL_PREFIXES):
-            return _IGNORED
+            return _NOT_READ
         return None
 
-    def _read(self, m: _Metric, table: dict[int | str, tuple[str, int | None, int | None]], tid: str | Rejection,
+    def _read(self, m: Metric, table: dict[int | str, _Entry], tid: str | Rejection, birth: bool,
               sent_ms: int | None, now_ns: int, stamps: dict[int, int | Rejection]
               ) -> ChannelValue | Rejection | None:  # fmt: skip
         """One metric of turbine `tid` (or why the message's turbine is refused) -> (turbine, ts ns, channel index,
-        value, failed), None when it is not read, or why not (`stamps`: the message's stamps read so far)."""
+        value, failed), None when it is not read, or why not (`birth`: of a birth message; `stamps`: the
+        message's stamps read so far)."""
         if m.name is not None:
-            known = table.get(m.name[:_NAME_KEPT_CHARS])
-            name, i, born_type = known if known is not None else (m.name, self._channel(m.name), None)
+            entry = table.get(m.name[:_NAME_KEPT_CHARS]) or (m.name, self._channel(m.name), None)
         elif m.alias is not None and m.alias in table:
-            name, i, born_type = table[m.alias]
+            entry = table[m.alias]
+        elif m.alias is not None and not birth:
+            return Rejection("no_birth", f"alias {m.alias}: no birth since the daemon started gave it (a rebirth "
+                             "is asked for)")  # fmt: skip
         else:
-            what = "a metric without a name or an alias" if m.alias is None else f"alias {m.alias}"
-            return Rejection("unknown_alias", f"{what}: no birth since the daemon started named it (a rebirth is "
-                             "asked for)")  # fmt: skip
-        if i == _IGNORED:
+            return Rejection("unknown_channel", "a metric without a name" + ("" if birth else " or an alias"))
+        name, i, born_type = entry
+        if i == _NOT_READ:
             return None
         if i is None:
-            known = sorted(self.decoder.key_index)
-            return Rejection("unknown_channel", f"metric {name[:100]!r} is not a channel; known: {known} (list "
+            return Rejection("unknown_channel", f"metric {name[:100]!r} is not a channel; known: {self._known} (list "
                              "metrics the gateway publishes on purpose in mapping.ignored_keys)")  # fmt: skip
         if isinstance(tid, Rejection):
             return tid
@@ -300,41 +272,44 @@ class SparkplugDecoder:
             return Rejection("missing_ts", f"metric {name[:100]!r}: no timestamp, nor the payload's")
         ts = stamps.get(ms)
         if ts is None:
-            ts = stamps[ms] = self.decoder.clock_checked(parse_timestamp_ns(ms, 1000), f"{ms} ms", now_ns, "timestamp")  # type: ignore[arg-type]
+            ts = stamps[ms] = self._stamp(ms, now_ns)
         if isinstance(ts, Rejection):
             return ts
+        if isinstance(m.quality, str):
+            return Rejection("bad_value_type", f"metric {name[:100]!r}: {m.quality}")
         if m.quality is not None and m.quality != GOOD:  # whatever value is beside it (null, stale, 0)
             return tid, ts, i, math.nan, True
         if m.is_null:
             return tid, ts, i, math.nan, False
-        x = self._number(name, m, m.datatype if m.datatype is not None else born_type)
+        datatype = m.datatype if m.datatype is not None or birth else born_type  # a birth's own, as it gives it
+        x = self._number(name[:100], m, datatype, birth)
         return x if isinstance(x, Rejection) else (tid, ts, i, x, False)
 
-    def _number(self, name: str, m: _Metric, datatype: int | None) -> float | Rejection:
+    def _stamp(self, ms: int, now_ns: int) -> int | Rejection:
+        """A metric's stamp in epoch ms -> ns, or why it is refused (beyond the epoch or the clock checks)."""
+        ts = parse_timestamp_ns(ms, 1000)
+        if isinstance(ts, str):
+            return Rejection(ts, f"timestamp {ms}: epoch milliseconds expected (microseconds or nanoseconds?)")
+        return self.decoder.clock_checked(ts, f"{ms} ms", now_ns, "timestamp")
+
+    def _number(self, name: str, m: Metric, datatype: int | None, birth: bool) -> float | Rejection:
         """A metric's value as a float by its datatype, or why it is none."""
         if m.value is None:
-            return Rejection("missing_values", f"metric {name[:100]!r}: no value and not is_null")
-        number, raw = m.value
-        if number == 13 and len(raw) == 8:  # type: ignore[arg-type]  # a Double, the usual case
-            x = _DOUBLE(raw)[0]
-            if math.isfinite(x):
-                return x
-        if number in (12, 13) and isinstance(raw, bytes) and len(raw) == (4 if number == 12 else 8):
-            return self.decoder.number(name[:100], (_FLOAT if number == 12 else _DOUBLE)(raw)[0])
-        if number in (10, 11) and isinstance(raw, int):
-            if datatype not in _INTS:
-                return Rejection("bad_value_type", f"metric {name[:100]!r}: an integer of datatype {datatype} "
-                                 "(no birth gave it one: its sign cannot be told)")  # fmt: skip
-            if _INT_FIELD[datatype] != number:
-                return Rejection("bad_value_type", f"metric {name[:100]!r}: datatype {datatype} sent in field "
-                                 f"{number}")  # fmt: skip
-            bits, is_signed = _INTS[datatype]
-            return float(signed(raw, bits) if is_signed else raw & ((1 << bits) - 1))
-        if number == 15 and isinstance(raw, bytes):
-            text = _text(raw)
-            if text is not None:
-                return self.decoder.number(name[:100], text)
-        what = _FIELD_NAMES.get(number, f"field {number}")
-        kind = _TYPE_NAMES.get(datatype, "") if datatype is not None else ""
-        return Rejection("bad_value_type", f"metric {name[:100]!r}: {what}{f' ({kind})' if kind else ''}, "
-                         "expected a number or is_null")  # fmt: skip
+            return Rejection("missing_values", f"metric {name!r}: no value and not is_null")
+        field, raw = m.value
+        known = datatype in _TYPE_NAMES
+        if field in (FLOAT_VALUE, DOUBLE_VALUE) and (not known or datatype in _FLOATS):
+            return self.decoder.number(name, raw)
+        if field in (INT_VALUE, LONG_VALUE) and datatype in INTEGERS:
+            x = integer_value(raw, field, datatype)  # type: ignore[arg-type]
+            if x is None:
+                return Rejection("bad_value_type", f"metric {name!r}: {raw} lies outside {_TYPE_NAMES[datatype]}")
+            return float(x)
+        if field in (INT_VALUE, LONG_VALUE) and not known:
+            return Rejection("bad_value_type" if birth else "no_birth", f"metric {name!r}: an integer whose "
+                             "datatype no birth gave: its sign cannot be told")  # fmt: skip
+        if field == STRING_VALUE and (not known or datatype in _TEXTS):
+            return self.decoder.number(name, raw.decode("utf-8", "replace"))  # type: ignore[union-attr]
+        what = _FIELD_NAMES.get(field, f"field {field}")
+        kind = f" of datatype {_TYPE_NAMES[datatype]}" if known else ""  # type: ignore[index]
+        return Rejection("bad_value_type", f"metric {name!r}: {what}{kind}, not a number")

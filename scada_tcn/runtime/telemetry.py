@@ -126,7 +126,7 @@ REASONS = (
     "not_an_array",
     "bad_tag_id",
     "malformed_protobuf",
-    "unknown_alias",
+    "no_birth",
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DOC_KEYS = frozenset(("ts", "values"))  # a telemetry document's keys
