@@ -15,6 +15,7 @@ import pytest
 from scada_tcn.runtime.alerts import AlertState
 from scada_tcn.runtime.cells import parse_numbers
 from scada_tcn.runtime.daemon_config import ConfigError, MappingCfg, daemon_config_from_dict, describe
+from scada_tcn.runtime.ignored import IgnoredKeys
 from scada_tcn.runtime.records import ScoreRecord, batches, dumps, forecast_json, iso_utc, split_batch
 from scada_tcn.runtime.telemetry import (
     REASONS,
@@ -570,6 +571,34 @@ def test_emqx_neuron_messages_are_one_sample_each_and_failed_reads_are_missing_a
         ).ingest.batch_format
         == "neuron"
     )
+
+
+def test_ignored_keys_take_star_patterns_in_every_form():
+    """`mapping.ignored_keys` entries with `*` are patterns (`*`: any run of characters, '/' and '.' too): a
+    document's keys, Kepware's tag keys and Sparkplug's metric names they match are dropped; channels are read
+    first, so `*` drops every other key; an unmatched key is refused as before. Matching agrees with the
+    equivalent regular expression on 20,000 random keys and patterns."""
+    dec = _decoder(ignored_keys=["status_text", "Gearbox/*", "*_alarm", "a*b*c"], epoch_unit="ms")
+    doc = {"ts": 1717200000000, "values": {"P": 1.0, "status_text": "RUN", "Gearbox/Oil/Temp": 50, "yaw_alarm": 1,
+                                          "a-x-b-y-c": 0}}  # fmt: skip
+    assert isinstance(dec.decode("s/x/WT1/telemetry", json.dumps(doc).encode(), NOW), Sample)
+    for key in ["Gearbox", "gearbox/Oil", "yaw_alarm2", "acb", "ab"]:
+        bad = dec.decode("s/x/WT1/telemetry", json.dumps({"ts": 1717200000000, "values": {key: 1}}).encode(), NOW)
+        assert isinstance(bad, Rejection) and bad.reason == "unknown_channel", key
+    everything = _decoder(ignored_keys=["*"])
+    assert (
+        everything.decode("s/x/WT1/telemetry", b'{"ts": 1717200000, "values": {"P": 2, "x/y": 3}}', NOW).values[0] == 2
+    )
+    tags = [{"id": "F.WT1.Gearbox/Oil", "v": 1, "t": 1717200000000}, {"id": "F.WT1.P", "v": 4.0, "t": 1717200000000}]
+    kep = dec.decode_tags(json.dumps({"values": tags}).encode(), NOW)
+    assert not kep.rejected and [s.values[0] for s in kep.samples] == [4.0]
+    rng = np.random.default_rng(5)
+    alphabet = list("ab*/.")
+    for _ in range(20_000):
+        pattern = "".join(rng.choice(alphabet, int(rng.integers(1, 7))))
+        key = "".join(rng.choice(alphabet[:2] + alphabet[3:], int(rng.integers(0, 9))))
+        regex = ".*".join(re.escape(part) for part in pattern.split("*"))
+        assert (key in IgnoredKeys([pattern])) == bool(re.fullmatch(regex, key, re.S)), (pattern, key)
 
 
 def test_numbers_sent_as_text_read_by_the_csv_cell_rule_with_ingest_numeric_strings(decoder):

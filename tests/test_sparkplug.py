@@ -211,6 +211,22 @@ def test_births_kept_are_those_of_turbines_taken_and_bounded():
         assert all(spb._births.values())  # no node left without a table
 
 
+def test_ignored_metric_names_take_patterns():
+    """A tag folder the model does not read, dropped by a pattern of `mapping.ignored_keys`, from births and data
+    by alias alike; a name outside it is still refused."""
+    spb = _decoder(ignored_keys=["Status", "Gearbox/*"])
+    b = _birth()
+    metric(b, "Gearbox/Oil/Temp", 55.0, "Double", alias=60, ts=MS - 60_000)
+    metric(b, "Hydraulics/Pressure", 1.0, "Double", alias=61, ts=MS - 60_000)
+    res = spb.decode(_topic("DBIRTH"), b.SerializeToString(), NOW)
+    assert [(res.where(p), r.reason) for p, r in res.rejected] == [  # type: ignore[union-attr]
+        ({"metric": 7, "name": "Hydraulics/Pressure"}, "unknown_channel")]  # fmt: skip
+    d = Payload(timestamp=MS)
+    metric(d, None, 56.0, "Double", alias=60, typed=False)
+    metric(d, None, 1.0, "Double", alias=1, typed=False)
+    assert _samples(spb.decode(_topic("DDATA"), d.SerializeToString(), NOW)) == [("WT1", NOW, [1.0, None, None], ())]
+
+
 def test_node_metrics_the_turbine_and_metrics_of_no_channel():
     """NBIRTH/NDATA: the edge node is the turbine. A node that is no turbine (a farm gateway named off the
     allow-list) publishing only Sparkplug's own metrics is not refused; one publishing a channel is, whole. A

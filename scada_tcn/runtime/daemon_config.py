@@ -234,8 +234,10 @@ class MappingCfg:
     columns: dict[str, str] = _f({}, "channel -> payload key / table column; empty = the bundle's training mapping")
     ignored_keys: list[str] = _f(
         [],
-        "run: keys of a telemetry payload's `values` that are not channels and are dropped (a gateway publishing "
-        "more tags than the model reads, e.g. [status_text, alarm_code]); any other unknown key rejects the message",
+        "run: keys of a telemetry payload's `values` (Kepware's tag keys, Neuron's tags, Sparkplug's metric names) "
+        "that are not channels and are dropped (a gateway publishing more tags than the model reads, e.g. "
+        "[status_text, alarm_code]); an entry with `*` is a pattern, `*` any run of characters (Gearbox/*; * drops "
+        "every key that is not a channel's, misspelt ones too); any other unknown key rejects the message",
     )
     tag_pattern: str | None = _f(
         None,

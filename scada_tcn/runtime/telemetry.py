@@ -14,7 +14,8 @@ at `{turbine}`. Payload (UTF-8 JSON object, at most `max_payload_bytes`):
 * `values`: a non-empty object; keys are the mapped payload keys of the bundle's channels (runtime.yaml `mapping`,
   default the training data's mapping); a value is a finite number or null (= not measured in this sample). Keys
   listed in `ignored_keys` (runtime.yaml `mapping.ignored_keys`: tags the gateway publishes that the model does
-  not read) are dropped whatever their value; any other key rejects the message.
+  not read; `*` patterns too, `runtime.ignored`) are dropped whatever their value; any other key rejects the
+  message.
 * No other top-level keys. Booleans are not numbers. NaN/Infinity literals are refused. A string is not a number
   either, unless `numeric_strings` (runtime.yaml `ingest.numeric_strings`, for gateways that send every value as
   text): then "12.5" reads as 12.5 by the rule scada-prepare applies to a CSV cell (`cells.cell_number`: a plain
@@ -75,6 +76,7 @@ import orjson
 from scada_tcn.runtime.cells import cell_number
 from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.ids import turbine_id_problem
+from scada_tcn.runtime.ignored import IgnoredKeys
 
 __all__ = [
     "EPOCH_FLOOR",
@@ -515,7 +517,7 @@ class TelemetryDecoder:
         keys = [key_of_channel[c] for c in channels]
         if len(set(keys)) != len(keys):
             raise ValueError(f"TelemetryDecoder: two channels map to the same payload key in {key_of_channel}")
-        read_and_ignored = sorted(set(keys) & set(ignored_keys))
+        read_and_ignored = sorted(set(keys) & IgnoredKeys(ignored_keys).exact)
         if read_and_ignored:
             raise ValueError(f"TelemetryDecoder: mapping.ignored_keys {read_and_ignored} are channels' payload keys "
                              f"(the mapping {key_of_channel}): take them out of mapping.ignored_keys")  # fmt: skip
@@ -530,7 +532,7 @@ class TelemetryDecoder:
         self.epoch_unit = epoch_unit
         self._per_second = EPOCH_UNITS[epoch_unit]
         self.key_index = {k: i for i, k in enumerate(keys)}
-        self.ignored_keys = frozenset(ignored_keys)
+        self.ignored_keys = IgnoredKeys(ignored_keys)  # keys and `*` patterns: `key in ignored_keys`
         self.numeric_strings = bool(numeric_strings)
         self._tag = re.compile(KEPWARE_TAG_PATTERN if tag_pattern is None else tag_pattern)
         self._tags: dict[str, tuple[str, int]] = {}  # tag ids resolved (at most _TAG_IDS_KEPT): the same every time

@@ -1,0 +1,47 @@
+"""`mapping.ignored_keys`: the payload keys, tag keys and metric names a gateway publishes that the model does not
+read, dropped whatever their value, in every telemetry form.
+
+An entry is a key, or a pattern where `*` stands for any run of characters (`/` and `.` included; nothing else
+is special): `Gearbox/*` drops a whole tag folder, `*` every key that is not a channel's. Channels are looked up
+first, so no entry hides a channel, but a pattern also drops a key misspelt in `mapping.columns`, which would
+otherwise be refused and show on the errors topic: the narrower the pattern, the more such mistakes show.
+
+Matching is linear in the key's length (a `*` pattern is matched by finding its parts in order, not by a
+backtracking regular expression): a hostile key costs what its length costs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = ["IgnoredKeys"]
+
+
+def _matches(parts: tuple[str, ...], key: str) -> bool:
+    """Whether `key` matches the pattern whose literal parts, in order, are `parts` (joined by `*`): the first a
+    prefix, the last a suffix, the others in order between them (each placed leftmost, which finds a match
+    whenever one exists)."""
+    first, last = parts[0], parts[-1]
+    if len(key) < len(first) + len(last) or not key.startswith(first) or not key.endswith(last):
+        return False
+    at, end = len(first), len(key) - len(last)
+    for part in parts[1:-1]:
+        at = key.find(part, at, end)
+        if at < 0:
+            return False
+        at += len(part)
+    return True
+
+
+class IgnoredKeys:
+    """The keys and `*` patterns of `mapping.ignored_keys`; `key in ignored` says whether a key is dropped."""
+
+    def __init__(self, entries: Iterable[str] = ()) -> None:
+        entries = list(entries)
+        self.exact = frozenset(e for e in entries if "*" not in e)
+        self.patterns = tuple(tuple(e.split("*")) for e in entries if "*" in e)
+
+    def __contains__(self, key: object) -> bool:
+        if key in self.exact:
+            return True
+        return isinstance(key, str) and any(_matches(parts, key) for parts in self.patterns)
