@@ -663,8 +663,9 @@ def test_sparkplug_b_devices_score_as_per_turbine_telemetry_after_a_rebirth(brok
     after the births: the node's first DDATA names aliases only, is refused (`no_birth`) and the daemon asks
     for a rebirth (NCMD). The node answers with its NBIRTH and a DBIRTH per device holding the turbine's first row;
     then every other row goes as DDATA by alias alone, a value the table lacks sent as null or as a STALE stale
-    value (Quality 500), a metric of no channel every 100th message. Every sample is admitted, every step scored
-    as the replay's; the refusals are reported with their metric; failed reads counted by channel; one rebirth."""
+    value (Quality 500), a metric of no channel every 100th message, the sequence numbers skipping 3 once. Every
+    sample is admitted, every step scored as the replay's; the refusals are reported with their metric; failed
+    reads counted by channel; one rebirth; 3 messages counted lost."""
     header, rows, _ = timeline
     group, node = "tinyfarm", "edge1"
     names = {ch: f"Nacelle/{ch}" for ch in bundle.spec.channels}
@@ -679,7 +680,8 @@ def test_sparkplug_b_devices_score_as_per_turbine_telemetry_after_a_rebirth(brok
         if tid not in firsts:
             firsts[tid] = (ms, doc["values"])
             continue
-        p = Payload(timestamp=ms + 40, seq=len(data) % 256)
+        seq = (len(firsts) + 1 + len(data) + 3 * (len(data) >= 100)) % 256  # after the births; 3 skipped once
+        p = Payload(timestamp=ms + 40, seq=seq)
         for ch, k in alias.items():
             v = doc["values"].get(key_of[ch])
             stale = v is None and n % 2 == 1
@@ -737,6 +739,7 @@ def test_sparkplug_b_devices_score_as_per_turbine_telemetry_after_a_rebirth(brok
     m = d.daemon.metrics
     assert m.value("scada_runtime_samples_in_total") == len(rows)
     assert m.value("scada_runtime_sparkplug_rebirth_requests_total") == 1
+    assert m.value("scada_runtime_sparkplug_lost_messages_total") == 3  # the seq numbers skipped once
     assert m.rejected_by_reason() == {"no_birth": 1.0, "unknown_channel": float(len(want_refused))}
     assert {ch: m.value("scada_runtime_failed_reads_total", channel=ch) for ch in failed if failed[ch]} == {
         ch: float(k) for ch, k in failed.items() if k}  # fmt: skip

@@ -368,8 +368,8 @@ def test_what_the_review_found_is_read_as_protobuf_reads_it_or_refused_alone():
 
 def test_payloads_read_as_googles_protobuf_reads_them():
     """Differential: 6,000 payloads of every metric form, each cut or with bytes changed. Whenever Google's
-    parser takes one, ours does too and reads each metric's name, alias, timestamp, datatype, is_null and value
-    as Google's does."""
+    parser takes one, ours does too and reads its timestamp and seq, and each metric's name, alias, timestamp,
+    datatype, is_null and value as Google's does."""
     rng = np.random.default_rng(11)
     forms = [("Int8", -5), ("UInt64", 2**64 - 1), ("Float", 0.25), ("Double", -7.5), ("Boolean", True),
              ("String", "12.5"), ("Int32", -(2**31)), ("DateTime", MS)]  # fmt: skip
@@ -392,8 +392,9 @@ def test_payloads_read_as_googles_protobuf_reads_them():
         except Exception:  # noqa: BLE001  (google.protobuf.message.DecodeError and kin: Google refuses it)
             continue
         seen += 1
-        ts, ours = parse_payload(bytes(buf))
+        ts, seq, ours = parse_payload(bytes(buf))
         assert ts == (google.timestamp if google.HasField("timestamp") else None)
+        assert seq == (google.seq if google.HasField("seq") else None)
         assert len(ours) == len(google.metrics)
         for a, g in zip(ours, google.metrics):
             field = g.WhichOneof("value")
@@ -409,3 +410,32 @@ def test_payloads_read_as_googles_protobuf_reads_them():
                 assert a.name == g.name
         agreed += 1
     assert seen > 2000 and agreed == seen
+
+
+def test_messages_the_sequence_numbers_skipped_are_counted():
+    """Each message of an edge node after its NBIRTH carries the next seq modulo 256: the numbers skipped are
+    counted as lost messages (any of the node's messages, node or device), across the wrap; a number fewer than
+    128 behind is a redelivery, not counted; an NBIRTH starts the count again; a node first seen mid-session
+    starts it at its first message."""
+    spb = _decoder()
+
+    def send(kind: str, seq: int | None, node: str = "gw") -> None:
+        p = Payload(timestamp=MS) if seq is None else Payload(timestamp=MS, seq=seq)
+        metric(p, "Pitch", 1.0, "Double")
+        spb.decode(_topic(kind, node=node, device=None if kind[0] == "N" else "WT1"), p.SerializeToString(), NOW)
+
+    send("NBIRTH", 0)
+    for seq in [1, 2, 3, 5, 6]:  # 4 lost
+        send("DDATA", seq)
+    assert spb.take_lost() == 1 and spb.take_lost() == 0
+    for seq in [7, 100, 200, 250, 3, 4]:  # 8..99, 101..199, 201..249 and 251..2 lost, across the wrap
+        send("NDATA" if seq % 2 else "DDATA", seq)
+    assert spb.take_lost() == 92 + 99 + 49 + 8
+    for seq in [2, 3, 4, 5, None, 9]:  # redelivered 2, 3, 4; 6, 7, 8 lost (the message without seq is not counted)
+        send("DDATA", seq)
+    assert spb.take_lost() == 3
+    send("NBIRTH", 0)
+    send("DDATA", 1)
+    send("DDATA", 40, node="other")  # first seen mid-session
+    send("DDATA", 41, node="other")
+    assert spb.take_lost() == 0

@@ -829,6 +829,7 @@ class Daemon:
             res, part = self.sparkplug.decode(msg.topic, msg.payload, now_ns), "metric"
             for node in self.sparkplug.rebirths():
                 self._ask_rebirth(node, now_ns)
+            self.metrics.sparkplug_lost.inc(self.sparkplug.take_lost())
         else:
             res = self.decoder.decode(msg.topic, msg.payload, now_ns)
         if isinstance(res, Rejection):

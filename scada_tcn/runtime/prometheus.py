@@ -1,7 +1,7 @@
 """Prometheus metrics of the edge daemon, on a registry of its own (several daemons can live in one process).
 
 Names (all prefixed `scada_runtime_`): messages_in_total, samples_in_total, rejected_total{reason},
-failed_reads_total{channel}, sparkplug_rebirth_requests_total,
+failed_reads_total{channel}, sparkplug_rebirth_requests_total, sparkplug_lost_messages_total,
 late_samples_total, late_redelivered_samples_total, stamp_full_samples_total, bins_closed_total,
 scores_published_total{status},
 alerts_total{state}, inference_seconds (histogram, one observation per graph batch), inference_batch_windows
@@ -46,6 +46,12 @@ class RuntimeMetrics:
             p + "sparkplug_rebirth_requests",
             "Sparkplug edge nodes asked to publish their births again (their data named an alias no birth gave: "
             "the daemon started after them, or a birth was lost)",
+            registry=r,
+        )
+        self.sparkplug_lost = Counter(
+            p + "sparkplug_lost_messages",
+            "Sparkplug messages that the edge nodes' sequence numbers say never arrived (Sparkplug publishes data at "
+            "QoS 0: a broker, a link or a full queue may drop some); their samples are missing",
             registry=r,
         )
         self.late = Counter(p + "late_samples", "samples dropped because their bin had closed", registry=r)

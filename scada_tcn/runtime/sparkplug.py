@@ -41,8 +41,10 @@ on any input:
   protobuf message (`malformed_protobuf`), or on a topic that is not a Sparkplug topic of the group with an
   edge node id of at most 256 characters (`bad_topic`).
 
-Not read: sequence numbers (`seq`: a gap is not detected), `is_historical` (historical values are samples as
-any other: the daemon's bins take what is late), metric metadata, and the primary-host STATE handshake.
+Sequence numbers: the messages a node's `seq` skipped (Sparkplug's data goes at QoS 0, so a broker or link may
+drop some) are counted (`take_lost`; `_count_lost` says how); they are not asked for again (a rebirth would not
+bring them back). Not read: `is_historical` (historical values are samples as any other: the daemon's bins take
+what is late), metric metadata, and the primary-host STATE handshake.
 """
 
 from __future__ import annotations
@@ -138,6 +140,8 @@ class SparkplugDecoder:
         self._kept = 0  # names and aliases in _births, in all (an empty birth counts 1)
         self._sessions: dict[str, int] = {}  # edge node -> the bdSeq of its last NBIRTH
         self._rebirth: set[str] = set()
+        self._seqs: dict[str, int] = {}  # edge node -> the sequence number of its last message
+        self._lost = 0  # messages the sequence numbers skipped, since take_lost
         self._known = str(sorted(decoder.key_index))  # the channels' metric names, for a refusal's detail
 
     def reads(self, topic: str) -> bool:
@@ -164,7 +168,7 @@ class SparkplugDecoder:
                              f"[/<device>] with a node id of at most {_NODE_CHARS} characters")  # fmt: skip
         node, device = levels[3], (levels[4] if size == 5 else None)
         try:
-            sent_ms, metrics = parse_payload(payload)
+            sent_ms, seq, metrics = parse_payload(payload)
         except WireError as e:
             if kind.endswith("DEATH"):  # the topic says it all
                 self._forget(node, device)
@@ -174,6 +178,7 @@ class SparkplugDecoder:
             if kind == "DDEATH" or _bdseq(metrics) in (None, self._sessions.get(node, _bdseq(metrics))):
                 self._forget(node, device)
             return BatchDecode([], [], _metric_at)
+        self._count_lost(node, seq, kind == "NBIRTH")
         tid = d.check_turbine(device if device is not None else node)  # refuses the message if it has a channel
         birth = kind.endswith("BIRTH")
         if kind == "NBIRTH":
@@ -202,6 +207,27 @@ class SparkplugDecoder:
             elif got is not None:
                 read.append(got)
         return BatchDecode(grouped(read, len(d.channels)), rejected, _metric_at)
+
+    def take_lost(self) -> int:
+        """Messages the edge nodes' sequence numbers say were lost since the last call (see `_count_lost`)."""
+        lost, self._lost = self._lost, 0
+        return lost
+
+    def _count_lost(self, node: str, seq: int | None, starts: bool) -> None:
+        """Count the messages an edge node's sequence number skipped: each message of a node after its NBIRTH
+        (which `starts` the count) carries the next, modulo 256. A number fewer than 128 behind the next is a
+        message delivered again (a reconnect's redelivery), not a gap: neither counted nor followed."""
+        if seq is None or seq > 255:
+            return
+        last = self._seqs.get(node)
+        if starts or last is None:
+            if last is not None or len(self._seqs) < BIRTH_METRICS_KEPT:
+                self._seqs[node] = seq
+            return
+        skipped = (seq - last - 1) % 256
+        if skipped < 128:
+            self._lost += skipped
+            self._seqs[node] = seq
 
     def _forget(self, node: str, device: str | None) -> None:
         """Forget a device's birth, or (device None) the node's and all its devices'."""

@@ -1,13 +1,13 @@
 """Sparkplug B's protobuf `Payload`, read as Google's protobuf reads it (Eclipse Tahu's sparkplug_b.proto), and
 the one message the daemon writes (a rebirth request).
 
-`parse_payload(buf)` -> (the publish timestamp, the metrics as `Metric`s), or `WireError` for a buffer that is
-not a protobuf message at all (truncated, a broken varint). Everything else is read as protobuf does: a field of
-the wrong wire type is an unknown field and skipped, the last occurrence of a scalar wins (and of a `oneof`'s
-members, the value), varints are cut to their type's bits (64, and 32 for `uint32` fields), repeated `properties`
-merge, a name that is not UTF-8 reads with U+FFFD (proto2 does not check it). Of a metric's properties only
-`Quality` is read (Sparkplug's: an Int32, 0 BAD, 192 GOOD, 500 STALE); one that is not an integer (null, a
-string, a set) is unreadable, said by `Metric.quality` being a str.
+`parse_payload(buf)` -> `Payload` (the publish timestamp, the sequence number, the `Metric`s), or `WireError` for
+a buffer that is not a protobuf message at all (truncated, a broken varint). Everything else is read as protobuf
+does: a field of the wrong wire type is an unknown field and skipped, the last occurrence of a scalar wins (and of
+a `oneof`'s members, the value), varints are cut to their type's bits (64, and 32 for `uint32` fields), repeated
+`properties` merge, a name that is not UTF-8 reads with U+FFFD (proto2 does not check it). Of a metric's
+properties only `Quality` is read (Sparkplug's: an Int32, 0 BAD, 192 GOOD, 500 STALE); one that is not an
+integer (null, a string, a set) is unreadable, said by `Metric.quality` being a str.
 
 `integer_value(raw, field, datatype)` reads Sparkplug's integers: Int8..Int64 two's complement of their width,
 whether sign-extended to the field (Java's Tahu: Int8 -1 is 2**32 - 1) or not (Python's: 255), from either
@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 from scada_tcn.runtime.protowire import FIXED32, FIXED64, LENGTH, VARINT, bytes_field, fields, varint_field
 
-__all__ = ["INTEGERS", "Metric", "integer_value", "parse_payload", "rebirth_payload"]
+__all__ = ["INTEGERS", "Metric", "Payload", "integer_value", "parse_payload", "rebirth_payload"]
 
 INT_VALUE, LONG_VALUE, FLOAT_VALUE, DOUBLE_VALUE, BOOLEAN_VALUE, STRING_VALUE = 10, 11, 12, 13, 14, 15
 # datatype -> (bits, signed) of the integer datatypes
@@ -110,15 +110,24 @@ def _quality(sets: list[bytes]) -> int | str | None:
     return code - (1 << 32) if number == 3 and code >> 31 else code - (1 << 64) if code >> 63 else code  # type: ignore[operator]
 
 
-def parse_payload(buf: bytes) -> tuple[int | None, list[Metric]]:
-    """A Payload message -> (its timestamp, its metrics) (WireError when it is not a protobuf message)."""
-    ts, metrics = None, []
+class Payload(NamedTuple):
+    ts_ms: int | None  # the publish timestamp
+    seq: int | None  # the message's sequence number (0-255 per edge node), None when it has none
+    metrics: list[Metric]
+
+
+def parse_payload(buf: bytes) -> Payload:
+    """A Payload message (WireError when it is not a protobuf message)."""
+    ts = seq = None
+    metrics = []
     for number, wire, raw in fields(buf):
         if number == 1 and wire == VARINT:
             ts = raw
         elif number == 2 and wire == LENGTH:
             metrics.append(_metric(raw))  # type: ignore[arg-type]
-    return ts, metrics  # type: ignore[return-value]
+        elif number == 3 and wire == VARINT:
+            seq = raw
+    return Payload(ts, seq, metrics)  # type: ignore[arg-type]
 
 
 def integer_value(raw: int, field: int, datatype: int) -> int | None:
