@@ -573,6 +573,30 @@ def test_emqx_neuron_messages_are_one_sample_each_and_failed_reads_are_missing_a
     )
 
 
+def test_local_stamps_of_ingest_naive_timezone():
+    """A gateway on local clocks (`ingest.naive_timezone`): an ISO stamp without an offset is a local time of the
+    zone, in summer and winter time; stamps with an offset and epoch numbers read as before; the hour that the
+    autumn change repeats and the one the spring change skips are refused with their reasons. Without the
+    setting a local stamp is refused and the detail names it; an unknown zone is a config error."""
+    paris = _decoder(naive_timezone="Europe/Paris", max_past_s=400 * 86400.0)
+
+    def stamp(dec: TelemetryDecoder, ts: object) -> int | str:
+        got = dec.decode("s/x/WT1/telemetry", json.dumps({"ts": ts, "values": {"P": 1}}).encode(), NOW)
+        return got.ts_ns if isinstance(got, Sample) else got.reason  # type: ignore[union-attr]
+
+    winter = parse_timestamp_ns("2024-01-15T00:00:00+00:00")
+    assert [stamp(paris, ts) for ts in ["2024-06-01T02:00:00", "2024-01-15T01:00:00", " 2024-06-01T02:00:00.250 ",
+                                        "2024-06-01T00:00:00+00:00", 1717200000]] == [
+        NOW, winter, NOW + 250_000_000, NOW, NOW]  # fmt: skip
+    assert [stamp(paris, ts) for ts in ["2023-10-29T02:30:00", "2024-03-31T02:30:00", "2024-03-31T03:30:00"]] == [
+        "ambiguous_local_time", "nonexistent_local_time", parse_timestamp_ns("2024-03-31T01:30:00+00:00")]  # fmt: skip
+    detail = _decoder().decode("s/x/WT1/telemetry", b'{"ts": "2024-06-01T02:00:00", "values": {"P": 1}}', NOW)
+    assert detail.reason == "naive_timestamp" and "ingest.naive_timezone" in detail.detail  # type: ignore[union-attr]
+    assert daemon_config_from_dict({"ingest": {"naive_timezone": "Europe/Paris"}}).ingest.naive_timezone
+    with pytest.raises(ConfigError, match="ingest.naive_timezone: unknown time zone 'Europe/Pariss'"):
+        daemon_config_from_dict({"ingest": {"naive_timezone": "Europe/Pariss"}})
+
+
 def test_ignored_keys_take_star_patterns_in_every_form():
     """`mapping.ignored_keys` entries with `*` are patterns (`*`: any run of characters, '/' and '.' too): a
     document's keys, Kepware's tag keys and Sparkplug's metric names they match are dropped; channels are read

@@ -168,6 +168,7 @@ class Daemon:
                 epoch_unit=cfg.ingest.epoch_unit,
                 ignored_keys=cfg.mapping.ignored_keys,
                 numeric_strings=cfg.ingest.numeric_strings,
+                naive_timezone=cfg.ingest.naive_timezone,
                 tag_pattern=cfg.mapping.tag_pattern,
             )
         except ValueError as e:  # runtime.yaml's mapping against the bundle's channels: a config error, said so

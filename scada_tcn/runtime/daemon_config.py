@@ -160,6 +160,12 @@ class IngestCfg:
         'true = a value sent as a JSON string holding a plain number ("12.5", as some OPC UA and PLC gateways '
         'send every value) reads as that number, "" as null; any other string still rejects the message',
     )
+    naive_timezone: str | None = _f(
+        None,
+        "null = a telemetry stamp without a UTC offset is refused (naive_timestamp); an IANA zone (e.g. "
+        "Europe/Paris) = such an ISO-8601 stamp is a local time of that zone (a gateway or PLC on local clocks): "
+        "the hour a DST change repeats or skips is refused (ambiguous_local_time, nonexistent_local_time)",
+    )
     turbines: list[str] = _f(
         [],
         "allow-list of turbine ids (recommended); empty = any id of 1-64 letters, digits, "
@@ -361,7 +367,8 @@ def _env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str
 
 
 def _problems(c: RuntimeConfig) -> list[str]:
-    p: list[str] = [z for z in [zone_problem(c.mapping.naive_timezone, "mapping.naive_timezone")] if z]
+    zones = [(c.mapping.naive_timezone, "mapping.naive_timezone"), (c.ingest.naive_timezone, "ingest.naive_timezone")]
+    p: list[str] = [z for z in [zone_problem(name, key) for name, key in zones] if z]
     m = c.mapping
     if m.turbine_id_col is not None and m.turbine_id_from_file is not None:
         p.append("mapping: set turbine_id_col or turbine_id_from_file, not both")

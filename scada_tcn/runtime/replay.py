@@ -49,7 +49,7 @@ import re
 import secrets
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
@@ -79,6 +79,7 @@ from scada_tcn.runtime.telemetry import (
     epoch_ms_hint,
     epoch_ns,
     in_epoch_range,
+    local_ns,
     parse_timestamp_ns,
     table_epoch_ns,
     time_format_source,
@@ -189,7 +190,7 @@ def _timestamp(cell: str, tz: Any) -> tuple[int | str, str]:
     if tz is None:
         return "naive_timestamp", "naive"
     sub_us = ns % 1000
-    res = _local_ns(datetime(1970, 1, 1) + timedelta(microseconds=ns // 1000), tz)
+    res = _in_range(local_ns(datetime(1970, 1, 1) + timedelta(microseconds=ns // 1000), tz))
     return (res + sub_us if isinstance(res, int) else res), "naive"
 
 
@@ -197,16 +198,6 @@ def _in_range(ns: int | str) -> int | str:
     """A parsed stamp, or "out_of_range" outside `in_epoch_range` (int64 ns end in 2262; the daemon's clock checks
     refuse such stamps, a table has no clock)."""
     return "out_of_range" if isinstance(ns, int) and not in_epoch_range(ns) else ns
-
-
-def _local_ns(naive: datetime, tz: Any) -> int | str:
-    """A wall-clock time in zone `tz` -> ns UTC; a time that a DST change makes ambiguous (the hour repeated when
-    clocks go back) or skips (clocks going forward) is refused by its reason, as scada-prepare refuses it."""
-    early, late = naive.replace(tzinfo=tz, fold=0), naive.replace(tzinfo=tz, fold=1)
-    if early.utcoffset() != late.utcoffset():
-        there = early.astimezone(UTC).astimezone(tz).replace(tzinfo=None) == naive
-        return "ambiguous_local_time" if there else "nonexistent_local_time"
-    return _in_range(parse_timestamp_ns(early.isoformat()))
 
 
 def _one_form(forms: dict[str, str], where: str) -> None:
@@ -224,7 +215,7 @@ def _formatted(cell: str, fmt: str, tz: Any) -> tuple[int | str, str]:
         return "bad_timestamp", "format"
     if t.tzinfo is not None:
         return _in_range(parse_timestamp_ns(t.isoformat())), "format"
-    return ("naive_timestamp" if tz is None else _local_ns(t, tz)), "format"
+    return ("naive_timestamp" if tz is None else _in_range(local_ns(t, tz))), "format"
 
 
 def formatted_stamps_ns(cells: Sequence[str], fmt: str, zone: str | None, where: str, keys: str) -> np.ndarray:

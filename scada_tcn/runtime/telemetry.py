@@ -9,7 +9,9 @@ at `{turbine}`. Payload (UTF-8 JSON object, at most `max_payload_bytes`):
 
 * `ts`: ISO-8601 with a UTC offset (or `Z`), or epoch seconds (int or float, rounded to the microsecond like
   scada-prepare); with `epoch_unit="ms"` (runtime.yaml `ingest.epoch_unit`) a number is epoch milliseconds, as
-  ThingsBoard's `{"ts": 1706400600000, "values": {...}}` and Node-RED's `Date.now()` write it. It must lie within
+  ThingsBoard's `{"ts": 1706400600000, "values": {...}}` and Node-RED's `Date.now()` write it. With
+  `naive_timezone` (runtime.yaml `ingest.naive_timezone`) an ISO-8601 stamp without an offset is a local time of
+  that zone (a PLC's clock), the hour a DST change repeats or skips refused (`local_ns`). It must lie within
   [now - max_past_s, now + max_future_s] of the wall clock.
 * `values`: a non-empty object; keys are the mapped payload keys of the bundle's channels (runtime.yaml `mapping`,
   default the training data's mapping); a value is a finite number or null (= not measured in this sample). Keys
@@ -69,6 +71,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, NamedTuple
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import orjson
@@ -97,6 +100,7 @@ __all__ = [
     "epoch_ns",
     "grouped",
     "in_epoch_range",
+    "local_ns",
     "parse_timestamp_ns",
     "table_epoch_ns",
     "tag_pattern_problem",
@@ -115,6 +119,8 @@ REASONS = (
     "missing_ts",
     "bad_timestamp",
     "naive_timestamp",
+    "ambiguous_local_time",
+    "nonexistent_local_time",
     "ts_in_future",
     "ts_too_old",
     "missing_values",
@@ -335,6 +341,17 @@ def parse_timestamp_ns(ts: Any, per_second: int = 1) -> int | str:
     return (td.days * 86400 + td.seconds) * _NS + td.microseconds * 1000
 
 
+def local_ns(naive: datetime, tz: Any) -> int | str:
+    """A wall-clock time in zone `tz` -> ns UTC, or why not: "ambiguous_local_time" for a time a DST change
+    repeats (clocks going back), "nonexistent_local_time" for one it skips (clocks going forward). scada-prepare
+    refuses both alike; replay reads a table's local stamps and the daemon a message's (`naive_timezone`) here."""
+    early, late = naive.replace(tzinfo=tz, fold=0), naive.replace(tzinfo=tz, fold=1)
+    if early.utcoffset() != late.utcoffset():
+        there = early.astimezone(UTC).astimezone(tz).replace(tzinfo=None) == naive
+        return "ambiguous_local_time" if there else "nonexistent_local_time"
+    return parse_timestamp_ns(early.isoformat())
+
+
 def epoch_ns(numbers: np.ndarray, per_second: int = 1) -> np.ndarray | None:
     """`parse_timestamp_ns` of many float epoch seconds (`per_second` 1) or milliseconds (1000) at once, for a
     table: int64 ns, None if any is not finite or beyond MAX_EPOCH_S."""
@@ -502,7 +519,11 @@ class TelemetryDecoder:
         ignored_keys: Sequence[str] = (),
         numeric_strings: bool = False,
         tag_pattern: str | None = None,
+        naive_timezone: str | None = None,
     ) -> None:
+        zone = zone_problem(naive_timezone, "ingest.naive_timezone")
+        if zone is not None:
+            raise ValueError(f"TelemetryDecoder: {zone}")
         if epoch_unit not in EPOCH_UNITS:
             raise ValueError(f"TelemetryDecoder: epoch_unit must be one of {list(EPOCH_UNITS)}, got {epoch_unit!r}")
         problem = tag_pattern_problem(tag_pattern)
@@ -535,6 +556,8 @@ class TelemetryDecoder:
         self.ignored_keys = IgnoredKeys(ignored_keys)  # keys and `*` patterns: `key in ignored_keys`
         self.numeric_strings = bool(numeric_strings)
         self._tag = re.compile(KEPWARE_TAG_PATTERN if tag_pattern is None else tag_pattern)
+        self.naive_timezone = naive_timezone
+        self._tz = None if naive_timezone is None else ZoneInfo(naive_timezone)
         self._tags: dict[str, tuple[str, int]] = {}  # tag ids resolved (at most _TAG_IDS_KEPT): the same every time
         self._allowed = frozenset(self.allowed_turbines)
 
@@ -686,10 +709,17 @@ class TelemetryDecoder:
         """A document's stamp (`name`: its key) -> ns, or why it is refused: not a stamp, beyond the clock checks
         `max_future_s` / `max_past_s`, or outside the epoch range."""
         ts = parse_timestamp_ns(raw, self._per_second)
+        if ts == "naive_timestamp" and self._tz is not None:  # a local time of ingest.naive_timezone
+            ts = local_ns(datetime.fromisoformat(raw.strip()), self._tz)
+            if isinstance(ts, str):
+                return Rejection(ts, f"{name} {raw[:60]!r}: a local time that a DST change in {self.naive_timezone} "
+                                 f"{'repeats' if ts.startswith('ambiguous') else 'skips'}: send stamps with a UTC "
+                                 "offset to keep that hour")  # fmt: skip
         if isinstance(ts, str):
             unit = "seconds" if self._per_second == 1 else "milliseconds"
+            local = " (local times: set ingest.naive_timezone)" if ts == "naive_timestamp" else ""
             return Rejection(ts, f"{name} {_shown(raw, 60)}: ISO-8601 with a UTC offset, or epoch {unit}"
-                             f"{self._unit_hint(raw)}")  # fmt: skip
+                             f"{self._unit_hint(raw)}{local}")  # fmt: skip
         return self.clock_checked(ts, raw, now_ns, name)
 
     def clock_checked(self, ts: int, raw: Any, now_ns: int, name: str) -> int | Rejection:
