@@ -755,7 +755,7 @@ def test_sparkplug_b_devices_score_as_per_turbine_telemetry_after_a_rebirth(brok
 def test_rebirth_requests_are_bounded_per_node_and_in_all(bundle, scorer):
     """Data naming what no birth gave asks its node for a rebirth: each node at most once per REBIRTH_EVERY_S and
     at most REBIRTHS_PER_WINDOW nodes in that time, whatever node ids publishers make up; the record of nodes
-    asked holds one window's."""
+    asked holds one window's, and a clock set back does not freeze it."""
     now = [parse_timestamp_ns(STREAM_END)]
     cfg = daemon_config(f"mqtt://127.0.0.1:{free_port()}", topics={"sparkplug_group": "farm"})
     d = Daemon(cfg, bundle, scorer, clock=lambda: now[0])
@@ -776,6 +776,8 @@ def test_rebirth_requests_are_bounded_per_node_and_in_all(bundle, scorer):
     cmd = Payload()
     cmd.ParseFromString(sent[-1][2])
     assert [(m.name, m.boolean_value) for m in cmd.metrics] == [("Node Control/Rebirth", True)]
+    d._ask_rebirth("node0", later - 3600 * 10**9)  # the clock set back an hour: no request blocks it
+    assert asked() == daemon_module.REBIRTHS_PER_WINDOW + 4 and list(d._rebirth_asked) == ["node0"]
 
 
 def _same_state(a: Daemon, b: Daemon) -> bool:

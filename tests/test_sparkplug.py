@@ -66,7 +66,8 @@ def test_the_wire_reader_reads_what_googles_protobuf_writes_and_refuses_what_it_
     assert got[0] == (1, 0, 2**63 + 5) and got[-2:] == [(3, 0, 255), (4, 2, "ü".encode())]
     assert fields(got[1][2]) == [(1, 2, b"a"), (2, 0, 2**40), (4, 0, 10), (13, 1, np.float64(2.5).tobytes())]
     assert fields(b"\x08" + b"\xff" * 9 + b"\x7f") == [(1, 0, 2**64 - 1)]  # 70 bits sent: the low 64, as protobuf
-    for bad in [b"\x08", b"\x08" + b"\xff" * 11, b"\x12\x05ab", b"\x0b", b"\x00\x01", b"\x0d\x01\x02"]:
+    too_far = varint_field(1 << 29, 1)  # field number 2**29: beyond protobuf's
+    for bad in [b"\x08", b"\x08" + b"\xff" * 11, b"\x12\x05ab", b"\x0b", b"\x00\x01", b"\x0d\x01\x02", too_far]:
         with pytest.raises(WireError):
             fields(bad)
     topic, payload = rebirth_request(GROUP, "gw", MS)
@@ -416,11 +417,13 @@ def test_messages_the_sequence_numbers_skipped_are_counted():
     """Each message of an edge node after its NBIRTH carries the next seq modulo 256: the numbers skipped are
     counted as lost messages (any of the node's messages, node or device), across the wrap; a number fewer than
     128 behind is a redelivery, not counted; an NBIRTH starts the count again; a node first seen mid-session
-    starts it at its first message."""
+    starts it at its first message; a DDEATH's number is followed; an NDEATH or a new NBIRTH (one without a number,
+    or one that does not parse) ends the count; the nodes followed are bounded, the most recent kept."""
     spb = _decoder()
 
     def send(kind: str, seq: int | None, node: str = "gw") -> None:
         p = Payload(timestamp=MS) if seq is None else Payload(timestamp=MS, seq=seq)
+        metric(p, "bdSeq", 1, "Int64")
         metric(p, "Pitch", 1.0, "Double")
         spb.decode(_topic(kind, node=node, device=None if kind[0] == "N" else "WT1"), p.SerializeToString(), NOW)
 
@@ -439,3 +442,19 @@ def test_messages_the_sequence_numbers_skipped_are_counted():
     send("DDATA", 40, node="other")  # first seen mid-session
     send("DDATA", 41, node="other")
     assert spb.take_lost() == 0
+    send("DDEATH", 2)  # a DDEATH carries the next number, an NDEATH none
+    send("DBIRTH", 3)
+    send("NDEATH", None)
+    send("NBIRTH", None)  # a new session without a number: the old one's last is not followed
+    send("NDATA", 1)
+    spb.decode(_topic("NBIRTH", device=None), b"\x08", NOW)  # a garbled NBIRTH still starts a session
+    send("NDATA", 200)
+    assert spb.take_lost() == 0
+    sparkplug_module._NODES_KEPT, kept = 8, sparkplug_module._NODES_KEPT
+    try:
+        for k in range(100):  # made-up node ids: the most recent nodes are kept
+            send("NBIRTH", 0, node=f"n{k}")
+        send("NDATA", 5, node="n99")
+        assert len(spb._seqs) == len(spb._sessions) == 8 and spb.take_lost() == 4
+    finally:
+        sparkplug_module._NODES_KEPT = kept

@@ -874,9 +874,9 @@ class Daemon:
         """Ask a Sparkplug edge node to publish its births again (its data named what no birth gave): each node at
         most once per REBIRTH_EVERY_S, as its births take a moment and its data meanwhile names the same aliases,
         and at most REBIRTHS_PER_WINDOW nodes in that time, whatever node ids publishers make up."""
-        window, asked = REBIRTH_EVERY_S * 10**9, self._rebirth_asked  # asked: node -> when, oldest first
-        while asked and now_ns - next(iter(asked.values())) >= window:
-            del asked[next(iter(asked))]
+        window, asked = REBIRTH_EVERY_S * 10**9, self._rebirth_asked  # asked: node -> when
+        for old in [k for k, t in asked.items() if not 0 <= now_ns - t < window]:  # a clock set back frees them too
+            del asked[old]
         if node in asked or len(asked) >= REBIRTHS_PER_WINDOW:
             return
         asked[node] = now_ns

@@ -2,9 +2,11 @@
 
 `fields(buf)` reads one message's fields as (field number, wire type, value): an int for a varint (wire type 0;
 its low 64 bits, as protobuf keeps them), the raw bytes for a fixed64 (1, 8 bytes), a length-delimited field (2)
-and a fixed32 (5, 4 bytes). A message that does not parse (a truncated field, a varint of more than 10 bytes, a
-group or an unknown wire type, field number 0) raises `WireError` saying where. Nested messages are read by
-calling `fields` on a field's bytes, so the reader never recurses on its own: a caller decides how deep it goes.
+and a fixed32 (5, 4 bytes). A message that does not parse (a truncated field, a varint of more than 10 bytes, an
+unknown wire type, a field number outside 1 to 2**29 - 1) raises `WireError` saying where, as does a group (wire
+types 3 and 4, deprecated: Google's parser skips one it does not know; no Sparkplug payload holds one). Nested
+messages are read by calling `fields` on a field's bytes, so the reader never recurses on its own: a caller
+decides how deep it goes.
 
 `varint_field` and `bytes_field` write one field each: enough to build a small message (the daemon's Sparkplug
 rebirth request).
@@ -16,6 +18,7 @@ __all__ = ["FIXED32", "FIXED64", "LENGTH", "VARINT", "WireError", "bytes_field",
 
 VARINT, FIXED64, LENGTH, FIXED32 = 0, 1, 2, 5  # wire types
 _U64 = (1 << 64) - 1
+_MAX_KEY = (1 << 32) - 1  # a key is a uint32: field numbers up to 2**29 - 1, as protobuf reads them
 _SIZES = {FIXED64: 8, FIXED32: 4}
 
 
@@ -48,8 +51,8 @@ def fields(buf: bytes) -> list[tuple[int, int, int | bytes]]:
         else:
             key, at = _varint(buf, at)
         number, wire = key >> 3, key & 7
-        if number == 0:
-            raise WireError(f"field number 0 at byte {at}")
+        if number == 0 or key > _MAX_KEY:
+            raise WireError(f"field number {number} at byte {at}: 1 to 2**29 - 1 expected")
         if wire == VARINT or wire == LENGTH:
             if at < n and buf[at] < 0x80:
                 value = buf[at]

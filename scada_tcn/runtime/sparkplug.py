@@ -54,6 +54,7 @@ from typing import Any
 
 from scada_tcn.runtime.protowire import WireError
 from scada_tcn.runtime.sparkplug_payload import (
+    BOOLEAN_VALUE,
     DOUBLE_VALUE,
     FLOAT_VALUE,
     INT_VALUE,
@@ -91,12 +92,13 @@ _PROTOCOL = ("bdSeq",)
 _PROTOCOL_PREFIXES = ("Node Control/", "Device Control/", "Node Info/", "Device Info/", "Properties/")
 _NAME_KEPT_CHARS = 256  # a metric's name is kept (and looked up) this long, no longer
 _NODE_CHARS = 256  # an edge node id longer than this is refused (Sparkplug ids are short; they are kept)
+_NODES_KEPT = 16_384  # edge nodes whose session and sequence number are kept, the most recent
 _TYPE_NAMES = {1: "Int8", 2: "Int16", 3: "Int32", 4: "Int64", 5: "UInt8", 6: "UInt16", 7: "UInt32", 8: "UInt64",
                9: "Float", 10: "Double", 11: "Boolean", 12: "String", 13: "DateTime", 14: "Text", 15: "UUID",
                16: "DataSet", 17: "Bytes", 18: "File", 19: "Template"}  # fmt: skip
 _FLOATS, _TEXTS = (9, 10), (12, 14)  # the datatypes sent as float_value / double_value, and as string_value
 _FIELD_NAMES = {INT_VALUE: "an integer", LONG_VALUE: "an integer", FLOAT_VALUE: "a Float", DOUBLE_VALUE: "a Double",
-                14: "a Boolean", STRING_VALUE: "a string", 16: "bytes", 17: "a DataSet", 18: "a Template",
+                BOOLEAN_VALUE: "a Boolean", STRING_VALUE: "a string", 16: "bytes", 17: "a DataSet", 18: "a Template",
                 19: "an extension"}  # fmt: skip
 _NOT_READ = -1  # a birth table's channel for a name that is not read (Sparkplug's own, or in ignored_keys)
 _Entry = tuple[str, int | None, int | None]  # a name as a birth gave it: (name, channel or _NOT_READ or None, datatype)
@@ -120,6 +122,15 @@ def _metric_at(place: tuple[int, str | int | None]) -> dict[str, Any]:
     return {"metric": n} if label is None else {"metric": n, "alias": label}
 
 
+def _keep(record: dict[str, int], node: str, value: int) -> None:
+    """Record a node's value (its session, its last sequence number) as its newest, the oldest node's dropped
+    beyond _NODES_KEPT: node ids come from topics, whatever publishers make up."""
+    record.pop(node, None)
+    record[node] = value
+    if len(record) > _NODES_KEPT:
+        del record[next(iter(record))]
+
+
 def _bdseq(metrics: list[Metric]) -> int | None:
     """A node birth's or death's `bdSeq` (the session it belongs to), None when it sends none as an integer."""
     for m in metrics:
@@ -138,9 +149,9 @@ class SparkplugDecoder:
         # edge node -> device (None: the node's own metrics) -> {alias or name: _Entry}
         self._births: dict[str, dict[str | None, dict[int | str, _Entry]]] = {}
         self._kept = 0  # names and aliases in _births, in all (an empty birth counts 1)
-        self._sessions: dict[str, int] = {}  # edge node -> the bdSeq of its last NBIRTH
+        self._sessions: dict[str, int] = {}  # edge node -> the bdSeq of its last NBIRTH (`_keep`)
         self._rebirth: set[str] = set()
-        self._seqs: dict[str, int] = {}  # edge node -> the sequence number of its last message
+        self._seqs: dict[str, int] = {}  # edge node -> the sequence number of its last message (`_keep`)
         self._lost = 0  # messages the sequence numbers skipped, since take_lost
         self._known = str(sorted(decoder.key_index))  # the channels' metric names, for a refusal's detail
 
@@ -170,22 +181,27 @@ class SparkplugDecoder:
         try:
             sent_ms, seq, metrics = parse_payload(payload)
         except WireError as e:
-            if kind.endswith("DEATH"):  # the topic says it all
+            if kind.endswith("DEATH") or kind == "NBIRTH":  # the topic says it all: a session ends or starts
                 self._forget(node, device)
+            if kind.endswith("DEATH"):
                 return BatchDecode([], [], _metric_at)
             return Rejection("malformed_protobuf", f"not a Sparkplug B payload: {e}"[:300])
-        if kind.endswith("DEATH"):
-            if kind == "DDEATH" or _bdseq(metrics) in (None, self._sessions.get(node, _bdseq(metrics))):
-                self._forget(node, device)
+        if kind == "NDEATH":
+            session = _bdseq(metrics)
+            if session is None or session == self._sessions.get(node, session):  # not an older session's will
+                self._forget(node, None)
             return BatchDecode([], [], _metric_at)
+        if kind == "NBIRTH":
+            self._forget(node, None)  # the old session's births, bdSeq and sequence numbers
+            session = _bdseq(metrics)
+            if session is not None:
+                _keep(self._sessions, node, session)
         self._count_lost(node, seq, kind == "NBIRTH")
+        if kind == "DDEATH":
+            self._forget(node, device)
+            return BatchDecode([], [], _metric_at)
         tid = d.check_turbine(device if device is not None else node)  # refuses the message if it has a channel
         birth = kind.endswith("BIRTH")
-        if kind == "NBIRTH":
-            self._forget(node, None)
-            seq = _bdseq(metrics)
-            if seq is not None and len(self._sessions) < BIRTH_METRICS_KEPT:  # beyond, any NDEATH forgets
-                self._sessions[node] = seq
         if birth and isinstance(tid, str):
             problem = self._remember(node, device, metrics)
             if problem is not None:
@@ -215,25 +231,25 @@ class SparkplugDecoder:
 
     def _count_lost(self, node: str, seq: int | None, starts: bool) -> None:
         """Count the messages an edge node's sequence number skipped: each message of a node after its NBIRTH
-        (which `starts` the count) carries the next, modulo 256. A number fewer than 128 behind the next is a
-        message delivered again (a reconnect's redelivery), not a gap: neither counted nor followed."""
+        (which `starts` the count) carries the next, modulo 256 (DDEATH too; NDEATH none). A number fewer than 128
+        behind the next is a message delivered again (a reconnect's redelivery), not a gap: neither counted nor
+        followed."""
         if seq is None or seq > 255:
             return
         last = self._seqs.get(node)
-        if starts or last is None:
-            if last is not None or len(self._seqs) < BIRTH_METRICS_KEPT:
-                self._seqs[node] = seq
-            return
-        skipped = (seq - last - 1) % 256
-        if skipped < 128:
+        if not starts and last is not None:
+            skipped = (seq - last - 1) % 256
+            if skipped >= 128:
+                return
             self._lost += skipped
-            self._seqs[node] = seq
+        _keep(self._seqs, node, seq)
 
     def _forget(self, node: str, device: str | None) -> None:
         """Forget a device's birth, or (device None) the node's and all its devices'."""
         if device is None:
             tables = self._births.pop(node, {}).values()
             self._sessions.pop(node, None)
+            self._seqs.pop(node, None)
         else:
             devices = self._births.get(node, {})
             table = devices.pop(device, None)

@@ -5,7 +5,10 @@ the one message the daemon writes (a rebirth request).
 a buffer that is not a protobuf message at all (truncated, a broken varint). Everything else is read as protobuf
 does: a field of the wrong wire type is an unknown field and skipped, the last occurrence of a scalar wins (and of
 a `oneof`'s members, the value), varints are cut to their type's bits (64, and 32 for `uint32` fields), repeated
-`properties` merge, a name that is not UTF-8 reads with U+FFFD (proto2 does not check it). Of a metric's
+`properties` merge, a name that is not UTF-8 reads with U+FFFD (proto2 does not check it). Two differences:
+a group (deprecated wire types 3 and 4) refuses the message, where Google skips an unknown one, and nested
+messages that are not read (metadata, datasets, templates, properties other than Quality) are not checked,
+where Google refuses a corrupt one. Of a metric's
 properties only `Quality` is read (Sparkplug's: an Int32, 0 BAD, 192 GOOD, 500 STALE); one that is not an
 integer (null, a string, a set) is unreadable, said by `Metric.quality` being a str.
 

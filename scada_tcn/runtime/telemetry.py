@@ -712,9 +712,10 @@ class TelemetryDecoder:
         if ts == "naive_timestamp" and self._tz is not None:  # a local time of ingest.naive_timezone
             ts = local_ns(datetime.fromisoformat(raw.strip()), self._tz)
             if isinstance(ts, str):
-                return Rejection(ts, f"{name} {raw[:60]!r}: a local time that a DST change in {self.naive_timezone} "
-                                 f"{'repeats' if ts.startswith('ambiguous') else 'skips'}: send stamps with a UTC "
-                                 "offset to keep that hour")  # fmt: skip
+                change = "repeats" if ts.startswith("ambiguous") else "skips"
+                return Rejection(ts, f"{name} {_shown(raw, 60)}: a local time that a DST change in "
+                                 f"{self.naive_timezone} {change}: send stamps with a UTC offset to keep that "
+                                 "hour")  # fmt: skip
         if isinstance(ts, str):
             unit = "seconds" if self._per_second == 1 else "milliseconds"
             local = " (local times: set ingest.naive_timezone)" if ts == "naive_timestamp" else ""
