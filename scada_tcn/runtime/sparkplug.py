@@ -67,6 +67,7 @@ from scada_tcn.runtime.sparkplug_payload import (
     rebirth_payload,
 )
 from scada_tcn.runtime.telemetry import (
+    NOT_READ,
     BatchDecode,
     ChannelValue,
     Rejection,
@@ -100,8 +101,7 @@ _FLOATS, _TEXTS = (9, 10), (12, 14)  # the datatypes sent as float_value / doubl
 _FIELD_NAMES = {INT_VALUE: "an integer", LONG_VALUE: "an integer", FLOAT_VALUE: "a Float", DOUBLE_VALUE: "a Double",
                 BOOLEAN_VALUE: "a Boolean", STRING_VALUE: "a string", 16: "bytes", 17: "a DataSet", 18: "a Template",
                 19: "an extension"}  # fmt: skip
-_NOT_READ = -1  # a birth table's channel for a name that is not read (Sparkplug's own, or in ignored_keys)
-_Entry = tuple[str, int | None, int | None]  # a name as a birth gave it: (name, channel or _NOT_READ or None, datatype)
+_Entry = tuple[str, int | None, int | None]  # a name as a birth gave it: (name, channel or NOT_READ or None, datatype)
 
 
 def topic_filters(group: str) -> list[str]:
@@ -153,7 +153,6 @@ class SparkplugDecoder:
         self._rebirth: set[str] = set()
         self._seqs: dict[str, int] = {}  # edge node -> the sequence number of its last message (`_keep`)
         self._lost = 0  # messages the sequence numbers skipped, since take_lost
-        self._known = str(sorted(decoder.key_index))  # the channels' metric names, for a refusal's detail
 
     def reads(self, topic: str) -> bool:
         """Whether `topic` is one of this group's (the daemon routes it here)."""
@@ -278,13 +277,12 @@ class SparkplugDecoder:
         return None
 
     def _channel(self, name: str) -> int | None:
-        """A metric name's channel index, _NOT_READ for a name not read, None for a name of no channel."""
-        i = self.decoder.key_index.get(name)
-        if i is not None:
-            return i
-        if name in self.decoder.ignored_keys or name in _PROTOCOL or name.startswith(_PROTOCOL_PREFIXES):
-            return _NOT_READ
-        return None
+        """A metric name's channel index, NOT_READ for a name not read (in ignored_keys, or Sparkplug's own), None
+        for a name of no channel."""
+        i = self.decoder.channel_of(name)
+        if i is None and (name in _PROTOCOL or name.startswith(_PROTOCOL_PREFIXES)):
+            return NOT_READ
+        return i
 
     def _read(self, m: Metric, table: dict[int | str, _Entry], tid: str | Rejection, birth: bool,
               sent_ms: int | None, now_ns: int, stamps: dict[int, int | Rejection]
@@ -302,11 +300,10 @@ class SparkplugDecoder:
         else:
             return Rejection("unknown_channel", "a metric without a name" + ("" if birth else " or an alias"))
         name, i, born_type = entry
-        if i == _NOT_READ:
+        if i == NOT_READ:
             return None
         if i is None:
-            return Rejection("unknown_channel", f"metric {name[:100]!r} is not a channel; known: {self._known} (list "
-                             "metrics the gateway publishes on purpose in mapping.ignored_keys)")  # fmt: skip
+            return self.decoder.no_channel(f"metric {name[:100]!r} is not a channel", "metrics")
         if isinstance(tid, Rejection):
             return tid
         ms = m.ts_ms if m.ts_ms is not None else sent_ms

@@ -71,7 +71,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, NamedTuple
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import numpy as np
 import orjson
@@ -88,6 +88,7 @@ __all__ = [
     "EPOCH_RANGE",
     "KEPWARE_TAG_PATTERN",
     "MAX_EPOCH_S",
+    "NOT_READ",
     "TABLE_EPOCH_FLOOR_S",
     "REASONS",
     "BATCH_FORMATS",
@@ -193,8 +194,6 @@ def zone_problem(name: str | None, key: str) -> str | None:
     """Why `name` (the setting `key`) is not a time zone this machine knows, or None (None is no zone)."""
     if name is None:
         return None
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
-
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
@@ -231,7 +230,8 @@ def time_format_problem(fmt: str | None, key: str) -> str | None:
 
 # one channel's value: turbine, stamp (ns), channel index, value (NaN: not measured), whether its read failed
 ChannelValue = tuple[str, int, int, float, bool]
-_IGNORED = ("", -1)  # a tag id whose key is in ignored_keys
+NOT_READ = -1  # `channel_of` a key that mapping.ignored_keys drops
+_IGNORED = ("", NOT_READ)  # a tag id whose key is in ignored_keys
 _TAG_IDS_KEPT = 1 << 16  # tag ids resolved and kept: a fleet's turbines x keys; hostile ids beyond are resolved anew
 _TAG_ID_KEPT_CHARS = 256  # ... and only ids this short: at most 16 M characters kept, whatever a publisher sends
 
@@ -538,7 +538,8 @@ class TelemetryDecoder:
         keys = [key_of_channel[c] for c in channels]
         if len(set(keys)) != len(keys):
             raise ValueError(f"TelemetryDecoder: two channels map to the same payload key in {key_of_channel}")
-        read_and_ignored = sorted(set(keys) & IgnoredKeys(ignored_keys).exact)
+        ignored = IgnoredKeys(ignored_keys)
+        read_and_ignored = sorted(set(keys) & ignored.exact)
         if read_and_ignored:
             raise ValueError(f"TelemetryDecoder: mapping.ignored_keys {read_and_ignored} are channels' payload keys "
                              f"(the mapping {key_of_channel}): take them out of mapping.ignored_keys")  # fmt: skip
@@ -553,7 +554,8 @@ class TelemetryDecoder:
         self.epoch_unit = epoch_unit
         self._per_second = EPOCH_UNITS[epoch_unit]
         self.key_index = {k: i for i, k in enumerate(keys)}
-        self.ignored_keys = IgnoredKeys(ignored_keys)  # keys and `*` patterns: `key in ignored_keys`
+        self._known = str(sorted(self.key_index))  # the channels' keys, in a refusal's detail (`no_channel`)
+        self.ignored_keys = ignored  # keys and `*` patterns: `key in ignored_keys`
         self.numeric_strings = bool(numeric_strings)
         self._tag = re.compile(KEPWARE_TAG_PATTERN if tag_pattern is None else tag_pattern)
         self.naive_timezone = naive_timezone
@@ -694,8 +696,7 @@ class TelemetryDecoder:
                 if key in self.ignored_keys:
                     continue
                 unknown = [str(k)[:60] for k in values if k not in index and k not in self.ignored_keys]
-                return Rejection("unknown_channel", f"keys {unknown[:20]} are not channels; known: {sorted(index)} "
-                                 "(list keys the gateway publishes on purpose in mapping.ignored_keys)")  # fmt: skip
+                return self.no_channel(f"keys {unknown[:20]} are not channels", "keys")
             if type(v) is float and math.isfinite(v):  # the usual case (a JSON number with a fraction or exponent)
                 row[i] = v
             elif v is not None:
@@ -849,6 +850,20 @@ class TelemetryDecoder:
         x = v if type(v) is float and math.isfinite(v) else self.number(tag[:100], v)
         return x if isinstance(x, Rejection) else (tid, ts, i, x, False)
 
+    def channel_of(self, key: str) -> int | None:
+        """A payload key's (tag key's, metric name's) channel index, NOT_READ for a key `ignored_keys` drops, None for
+        a key of no channel."""
+        i = self.key_index.get(key)
+        if i is not None:
+            return i
+        return NOT_READ if key in self.ignored_keys else None
+
+    def no_channel(self, what: str, kind: str) -> Rejection:
+        """The refusal of keys of no channel: `what` says which ("tag 'x' of ... is not a channel"), `kind` what the
+        gateway calls them (keys, tags, metrics); the channels' keys are listed, written once."""
+        return Rejection("unknown_channel", f"{what}; known: {self._known} (list {kind} the gateway publishes on "
+                         "purpose in mapping.ignored_keys)")  # fmt: skip
+
     def _tag_of(self, tag: Any) -> tuple[str, int] | Rejection:
         """A tag id -> (turbine, channel index), `_IGNORED` for a key in `ignored_keys`, or why it is refused: no
         match of `tag_pattern`, a bad or unknown turbine id, a key of no channel."""
@@ -863,11 +878,7 @@ class TelemetryDecoder:
         if isinstance(tid, Rejection):
             return tid
         key = match["key"]
-        i = self.key_index.get(key)
-        if i is not None:
-            return tid, i
-        if key in self.ignored_keys:
-            return _IGNORED
-        return Rejection("unknown_channel", f"tag {key[:60]!r} of {tag[:100]!r} is not a channel; known: "
-                         f"{sorted(self.key_index)} (list tags the gateway publishes on purpose in "
-                         "mapping.ignored_keys)")  # fmt: skip
+        i = self.channel_of(key)
+        if i is None:
+            return self.no_channel(f"tag {key[:60]!r} of {tag[:100]!r} is not a channel", "tags")
+        return _IGNORED if i == NOT_READ else (tid, i)
