@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from scada_tcn.runtime.alerts import AlertState
-from scada_tcn.runtime.cells import parse_numbers
+from scada_tcn.runtime.cells import is_number, parse_numbers
 from scada_tcn.runtime.daemon_config import ConfigError, MappingCfg, daemon_config_from_dict, describe
 from scada_tcn.runtime.ignored import IgnoredKeys
 from scada_tcn.runtime.records import ScoreRecord, batches, dumps, forecast_json, iso_utc, split_batch
@@ -843,7 +843,9 @@ def _stamp_table(path: Path, stamps: list[str]) -> Path:
 def test_replay_table_cells_parse_like_scada_prepare(tmp_path):
     """Every cell gets the value and the non-numeric count scada-prepare's reader gives it (pandas.to_numeric on
     the CSV read as strings): empty is missing, not counted; text, "nan", digits grouped with '_' and non-ASCII
-    digits (which Python's float would take) are missing and counted; +-inf is missing, not counted."""
+    digits (which Python's float would take) are missing and counted; +-inf is missing, not counted. A cell
+    with a NUL character is text: numpy's str type dropped a trailing NUL, and both readers took "5\\x00" as 5
+    where pandas.to_numeric and the daemon's `numeric_strings` see text."""
     import io
 
     import pandas as pd
@@ -852,18 +854,19 @@ def test_replay_table_cells_parse_like_scada_prepare(tmp_path):
 
     cells = ["7.5", "1_000", "", " 2 ", "inf", "-3e2", "n/a", "0x10", "1e400", "nan", "NaN", "+5", ".5", "5.",
              "1,5", "  ", "-inf", "Infinity", "1 000", "NA", "null", "-", "\u0661\u0662", "+nan", "1e-400", "e5",
-             "0.1e"]  # fmt: skip
+             "0.1e", "5\x00", "\x00", "\x005"]  # fmt: skip
     text = "turbine_id,timestamp,ws\n" + "".join(f'WT1,{1717200000 + 600 * i},"{c}"\n' for i, c in enumerate(cells))
     path = tmp_path / "t.csv"
     path.write_text(text, encoding="utf-8")
     chunks = _ws_chunks(path, 10)
-    assert [len(ids) for ids, _, _, _ in chunks] == [10, 10, 7]
+    assert [len(ids) for ids, _, _, _ in chunks] == [10, 10, 10]
     got = np.concatenate([v[:, 0] for _, _, v, _ in chunks])
     column = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])["ws"]
     want, counted = column_numbers(column, ".")
     want = np.where(np.isfinite(want), want, np.nan)  # scada-prepare turns +-inf into missing after counting
     np.testing.assert_array_equal(got, want)
-    assert sum(bad["wind_speed"].count for _, _, _, bad in chunks if bad) == counted == 15
+    assert sum(bad["wind_speed"].count for _, _, _, bad in chunks if bad) == counted == 18
+    assert np.isnan(got[-3:]).all() and np.isnan(pd.to_numeric(column[-3:], errors="coerce")).all()
     assert [bad["wind_speed"].example for _, _, _, bad in chunks] == ["1_000", "NaN", "null"]  # each one's first
 
 
@@ -1080,12 +1083,13 @@ def _stamp_corpus(rng: np.random.Generator, n: int) -> list[str]:
     return out
 
 
-def test_iso_stamps_read_alike_by_replay_and_scada_prepare_over_a_generated_corpus():
-    """Replay reads an ISO-8601 stamp by pandas' grammar (scada-prepare's reader): over 1,500 generated stamps
-    and near misses, each is refused by both or read by both as the same instant, with no zone (a stamp without
-    an offset is refused) and with Europe/Paris for stamps without an offset (DST changes included). Before,
-    replay refused 2017/8/9 and single-digit fields that pandas takes, and took 19-digit fractions and a
-    trailing NUL that pandas refuses."""
+def test_iso_stamps_read_alike_by_replay_the_daemon_and_scada_prepare_over_a_generated_corpus():
+    """Replay and the daemon read an ISO-8601 stamp by pandas' grammar (scada-prepare's reader): over 1,500
+    generated stamps and near misses, each is refused by all three or read by all as the same instant, with no zone
+    (a stamp without an offset is refused) and with Europe/Paris for stamps without an offset (DST changes
+    included). Before, replay refused 2017/8/9 and single-digit fields that pandas takes, and took 19-digit
+    fractions and a trailing NUL that pandas refuses; the daemon read stamps with Python's parser, which refuses
+    2017/08/09 and +2 and takes week dates, and cut fractions to the microsecond."""
     import pandas as pd
 
     from scada_tcn.runtime.errors import InputError
@@ -1101,12 +1105,48 @@ def test_iso_stamps_read_alike_by_replay_and_scada_prepare_over_a_generated_corp
                 want: int | str | None = int(parse_timestamps(pd.Series([stamp]), zone, "t")[0])
             except InputError as e:
                 want = "naive" if "no UTC offset" in str(e) else None
-            got, _ = _timestamp(stamp, tz)
-            got = "naive" if got == "naive_timestamp" else None if isinstance(got, str) else got
+            table, _ = _timestamp(stamp, tz)
+            daemon = parse_timestamp_ns(stamp, tz=tz)
+            got = "naive" if table == "naive_timestamp" else None if isinstance(table, str) else table
             if {got, want} != {None, "naive"}:  # a year-0 date: refused by both, for different reasons
                 assert got == want, (zone, stamp)
+            if table != "out_of_range" and not is_number(stamp):  # a cell's number is epoch seconds; beyond a
+                assert daemon == table, (zone, stamp)  # table's range, the daemon's clock checks refuse far less
             read += isinstance(got, int)
         assert read > 150  # many stamps of the corpus are read (202 with no zone, more with one)
+
+
+def test_the_daemon_reads_a_message_stamp_as_replay_reads_a_cell():
+    """Forms a gateway may send, through `TelemetryDecoder.decode`: the instant replay and scada-prepare read, or
+    the same refusal. Before, the daemon refused '/' separators, one-digit fields and a `+2` offset (which pandas
+    and replay take), took week dates, decimal commas, offsets with seconds, a lowercase 't' and non-ASCII digits
+    (which they refuse), and cut a fraction to the microsecond."""
+    import pandas as pd
+
+    from scada_tcn.runtime.errors import InputError
+    from scada_tcn.runtime.replay import _timestamp
+    from scada_tcn.trainer.data.tables import parse_timestamps
+
+    read = ["2024/01/28 00:10:00+01:00", "2024-1-28T0:10:00Z", "2024-01-28T00:10:00+1", "2024.01.28T00:10:00 Z",
+            "2024-01-28T00:10:00.123456789Z", "20240128T001000Z", "  2024-01-28T00:10:00Z "]  # fmt: skip
+    refused = ["2024-W04-7T00:10:00Z", "2024-01-28T00:10:00,5Z", "2024-01-28T00:10:00+01:00:30",
+               "2024-01-28t00:10:00Z", "\u0662\u0660\u0662\u0664-01-28T00:10:00Z", "2024-028T00:10:00Z"]  # fmt: skip
+    dec, now = _decoder(), 1706400600 * 10**9
+    for stamp in read + refused:
+        text = stamp.encode().decode("unicode_escape")
+        table, _ = _timestamp(text, None)
+        try:
+            prepare = int(parse_timestamps(pd.Series([text]), None, "t")[0])
+        except InputError:
+            prepare = None
+        for _ in range(2):  # read, then from the decoder's memo of stamp texts
+            got = dec.decode("s/x/WT1/telemetry", json.dumps({"ts": text, "values": {"P": 1.0}}).encode(), now)
+            if stamp in read:
+                assert not isinstance(got, Rejection), (stamp, got)
+                assert got.ts_ns == table == prepare, stamp  # type: ignore[union-attr]
+            else:
+                assert isinstance(got, Rejection) and got.reason == "bad_timestamp", (stamp, got)
+                assert table == "bad_timestamp" and prepare is None, stamp
 
 
 def test_an_offset_scada_prepare_did_not_spot_was_dropped_under_a_naive_timezone():

@@ -68,11 +68,14 @@ def is_number(cell: str, decimal: str = ".") -> bool:
 
 
 def parse_numbers(cells: Sequence[str] | np.ndarray, decimal: str = ".") -> tuple[np.ndarray, int]:
-    """A column's cells -> (float64 values, count of non-numeric cells); see the module docstring. One vectorised
-    parse for an all-numeric column (the usual case), cell by cell when some cell is text."""
+    """A column's cells (Python strings: a list, or an object array) -> (float64 values, count of non-numeric
+    cells); see the module docstring. One vectorised parse for an all-numeric column (the usual case), cell by cell
+    when some cell is text."""
     raw = np.array(cells, dtype=str)
     points = raw.view(np.uint32).reshape(raw.size, raw.itemsize // 4)  # UCS-4 code points, 0-padded
-    plain = (points < 128).all(axis=1) & (points != ord("_")).all(axis=1) & (raw != "")
+    nul, filled = _nul(cells), raw != ""
+    text = filled | nul
+    plain = (points < 128).all(axis=1) & (points != ord("_")).all(axis=1) & filled & ~nul
     if decimal == "," and raw.size:  # '.' groups thousands there: such a cell is text; ',' reads as the point
         plain &= (points != ord(".")).all(axis=1)
         raw = np.strings.replace(raw, ",", ".")
@@ -81,16 +84,32 @@ def parse_numbers(cells: Sequence[str] | np.ndarray, decimal: str = ".") -> tupl
         x = kept.astype(np.float64)
     except ValueError:
         x = np.array([_float(c) for c in kept.tolist()], dtype=np.float64)
-    bad = int(np.count_nonzero(np.isnan(x) & (raw != "")))
+    bad = int(np.count_nonzero(np.isnan(x) & text))
     x[~np.isfinite(x)] = np.nan
     return x, bad
+
+
+def _nul(cells: Sequence[str] | np.ndarray) -> np.ndarray | bool:
+    """Which cells hold a NUL character (False when none does, the usual case, found in one join): numpy's str
+    type drops trailing NULs, and "5\x00" would read as 5 where pandas and `cell_number` see text."""
+    if isinstance(cells, np.ndarray) and cells.dtype.kind == "U":
+        raise TypeError("parse_numbers: give the cells as Python strings (a list or an object array): numpy's str "
+                        "type has already dropped trailing NUL characters")  # fmt: skip
+    if "\x00" not in "".join(cells):
+        return False
+    return np.array(["\x00" in c for c in cells], dtype=bool)
+
+
+def _not_empty(cells: Sequence[str] | np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """Which cells are not empty ("\x00" is not empty, though numpy's str type makes it "")."""
+    return (raw != "") | _nul(cells)
 
 
 def counted_text(cells: Sequence[str] | np.ndarray, values: np.ndarray, k: int = 3) -> list[str]:
     """The first `k` cells that `parse_numbers` counted as non-numeric, given the values it read from them (NaN and
     not empty), in one vectorised pass: a refusal's examples."""
     raw = np.asarray(cells, dtype=str)
-    return raw[np.isnan(values) & (raw != "")][:k].tolist()
+    return np.asarray(cells, dtype=object)[np.isnan(values) & _not_empty(cells, raw)][:k].tolist()
 
 
 def first_text(cells: Iterable[str], decimal: str = ".") -> str | None:

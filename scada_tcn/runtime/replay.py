@@ -45,11 +45,10 @@ import dataclasses
 import gc
 import math
 import os
-import re
 import secrets
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import date, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
@@ -70,6 +69,7 @@ from scada_tcn.runtime.daemon_config import ISO_STAMPS, MappingCfg
 from scada_tcn.runtime.engine import Engine
 from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.ids import file_turbine_id, turbine_id_problem
+from scada_tcn.runtime.stamps import aware_ns, iso_ns, local_ns, wall_utc_ns
 from scada_tcn.runtime.telemetry import (
     EPOCH_FLOOR,
     EPOCH_MILLIS,
@@ -79,7 +79,6 @@ from scada_tcn.runtime.telemetry import (
     epoch_ms_hint,
     epoch_ns,
     in_epoch_range,
-    local_ns,
     parse_timestamp_ns,
     table_epoch_ns,
     time_format_source,
@@ -130,68 +129,19 @@ def _read_chunks(
             yield tid, chunk
 
 
-_ISO = re.compile(  # the ISO-8601 forms pandas reads with format="ISO8601" (scada-prepare), after strip(); see _iso_ns
-    r"(\d{4})(?:([-./\\ ])(\d\d?)(?:\2(\d\d?))?|(\d\d)(\d\d))"  # 2017-8-9, 2017/08/09, 2017-08, 20170809
-    r"(?:[T ](?:(\d\d?):(\d\d?)(?::(\d\d?)(?:\.(\d{0,18}))?)?"  # T10:10:00.5, T1:5:0, T10:10
-    r"|(\d\d)(?:(\d\d)(?:(\d\d)(?:\.(\d{0,18}))?)?)?)"  # T101000.5, T1010, T10
-    r"[ \t\n\v\f\r]*(?:(Z)|([-+])(\d\d?)(?::?(\d\d?))?)?)?"  # Z, +2, +02, +0200, +02:00
-)
-_EPOCH_DAY = date(1970, 1, 1).toordinal()
-
-
-def _iso_ns(s: str) -> tuple[int, int | None] | None:
-    """An ISO-8601 stamp as pandas' ISO8601 parser reads it -> (ns of its wall-clock time read as UTC, its UTC
-    offset in minutes or None when it has none), or None when pandas refuses it. The forms: a date with one of the
-    separators - . / \\ or a space and one- or two-digit month and day (a month alone ends the stamp), or eight
-    digits; then 'T' or a space and hh[:mm[:ss[.fraction]]] (one-digit fields only with ':'), or
-    hh[mm[ss[.fraction]]]; a fraction of at most 18 digits, kept to the nanosecond; optional whitespace, then Z or
-    an offset +h, +hh, +hhmm or +hh:mm."""
-    m = _ISO.fullmatch(s)
-    if m is None:
-        return None
-    y, sep, mo, d, mo2, d2, h, mi, sec, f, h2, mi2, sec2, f2, z, sign, oh, om = m.groups()
-    hour = h or h2
-    if hour is not None and sep and d is None:  # 2017-08T10: a time needs a day
-        return None
-    hh, mm, ss = int(hour or 0), int(mi or mi2 or 0), int(sec or sec2 or 0)
-    if hh > 23 or mm > 59 or ss > 59:
-        return None
-    try:
-        days = date(int(y), int(mo or mo2), int(d or d2 or 1)).toordinal() - _EPOCH_DAY  # Feb 29 2017: refused
-    except ValueError:
-        return None
-    digits = (f or f2 or "")[:9]
-    ns = (((days * 24 + hh) * 60 + mm) * 60 + ss) * 10**9 + (int(digits.ljust(9, "0")) if digits else 0)
-    if z:
-        return ns, 0
-    if sign is None:
-        return ns, None
-    off_h, off_m = int(oh), int(om or 0)
-    if off_h > 23 or off_m > 59:
-        return None
-    return ns, (off_h * 60 + off_m) * (-1 if sign == "-" else 1)
-
-
 def _timestamp(cell: str, tz: Any) -> tuple[int | str, str]:
     """A stamp cell -> (ns UTC, or the reason it is refused; its form: "epoch", "offset" or "naive"), as
     scada-prepare reads it: a number (`cells.is_number`) is epoch seconds, anything else ISO-8601 as pandas reads
-    it (`_iso_ns`), a stamp without an offset in `tz` (refused without one)."""
+    it (`stamps.iso_ns`), a stamp without an offset in `tz` (refused without one)."""
     s = cell.strip()
     if is_number(s):
         x = float(s)
         ns = "out_of_range" if math.isfinite(x) and abs(x) > MAX_EPOCH_S else _in_range(parse_timestamp_ns(x))
         return ("epoch_before_1990" if isinstance(ns, int) and ns < TABLE_EPOCH_FLOOR_S * 10**9 else ns), "epoch"
-    parsed = _iso_ns(s)
+    parsed = iso_ns(s)
     if parsed is None:
         return "bad_timestamp", "offset"
-    ns, offset = parsed
-    if offset is not None:
-        return _in_range(ns - offset * 60 * 10**9), "offset"
-    if tz is None:
-        return "naive_timestamp", "naive"
-    sub_us = ns % 1000
-    res = _in_range(local_ns(datetime(1970, 1, 1) + timedelta(microseconds=ns // 1000), tz))
-    return (res + sub_us if isinstance(res, int) else res), "naive"
+    return _in_range(wall_utc_ns(*parsed, tz)), ("offset" if parsed[1] is not None else "naive")
 
 
 def _in_range(ns: int | str) -> int | str:
@@ -214,7 +164,7 @@ def _formatted(cell: str, fmt: str, tz: Any) -> tuple[int | str, str]:
     except ValueError:
         return "bad_timestamp", "format"
     if t.tzinfo is not None:
-        return _in_range(parse_timestamp_ns(t.isoformat())), "format"
+        return _in_range(aware_ns(t)), "format"
     return ("naive_timestamp" if tz is None else _in_range(local_ns(t, tz))), "format"
 
 

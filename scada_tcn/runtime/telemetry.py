@@ -11,7 +11,8 @@ at `{turbine}`. Payload (UTF-8 JSON object, at most `max_payload_bytes`):
   scada-prepare); with `epoch_unit="ms"` (runtime.yaml `ingest.epoch_unit`) a number is epoch milliseconds, as
   ThingsBoard's `{"ts": 1706400600000, "values": {...}}` and Node-RED's `Date.now()` write it. With
   `naive_timezone` (runtime.yaml `ingest.naive_timezone`) an ISO-8601 stamp without an offset is a local time of
-  that zone (a PLC's clock), the hour a DST change repeats or skips refused (`local_ns`). It must lie within
+  that zone (a PLC's clock), the hour a DST change repeats or skips refused (`stamps.local_ns`). ISO stamps are read
+  as pandas reads them for scada-prepare, and as replay reads a table's (`stamps.iso_ns`). It must lie within
   [now - max_past_s, now + max_future_s] of the wall clock.
 * `values`: a non-empty object; keys are the mapped payload keys of the bundle's channels (runtime.yaml `mapping`,
   default the training data's mapping); a value is a finite number or null (= not measured in this sample). Keys
@@ -69,7 +70,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
@@ -80,6 +81,7 @@ from scada_tcn.runtime.cells import cell_number
 from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.ids import turbine_id_problem
 from scada_tcn.runtime.ignored import IgnoredKeys
+from scada_tcn.runtime.stamps import iso_utc_ns
 
 __all__ = [
     "EPOCH_FLOOR",
@@ -101,7 +103,6 @@ __all__ = [
     "epoch_ns",
     "grouped",
     "in_epoch_range",
-    "local_ns",
     "parse_timestamp_ns",
     "table_epoch_ns",
     "tag_pattern_problem",
@@ -137,7 +138,6 @@ REASONS = (
     "malformed_protobuf",
     "no_birth",
 )
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DOC_KEYS = frozenset(("ts", "values"))  # a telemetry document's keys
 _LINE_KEYS = frozenset(("turbine", "ts", "values"))  # a batched telemetry line's keys
 _TAGS_KEYS = frozenset(("timestamp", "values"))  # a Kepware IoT Gateway message's keys (standard template)
@@ -147,6 +147,9 @@ _NEURON_KEYS = frozenset(("timestamp", "node", "group", "node_name", "group_name
 # Kepware's tag ids are <channel>.<device>[.<group>...].<tag>: the device is the turbine, the rest the key
 KEPWARE_TAG_PATTERN = r"[^.]+\.(?P<turbine>[^.]+)\.(?P<key>.+)"
 _NS = 1_000_000_000
+_ISO_MEMO = 4096  # stamp texts a decoder remembers (then forgets them all): a fleet's step shares a few
+_ISO_MEMO_CHARS = 64  # and only texts this short
+_DST_REASONS = ("ambiguous_local_time", "nonexistent_local_time")
 _MAX_ABS_S = 1e11  # ~ year 5138: anything beyond is nonsense (the daemon's future / past checks refuse far less)
 MAX_EPOCH_S = 9e9  # |epoch seconds| of a table's stamps, inside int64 ns (1677-2262) with room for a bin
 EPOCH_RANGE = "stamps must lie within 9e9 s of 1970 (1684-10-19 to 2255-03-14)"
@@ -315,12 +318,13 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"non-finite literal {name}")
 
 
-def parse_timestamp_ns(ts: Any, per_second: int = 1) -> int | str:
-    """ISO-8601 with offset or epoch seconds (`per_second` 1; epoch milliseconds: 1000, `EPOCH_UNITS`) -> int ns
-    since the epoch (UTC), or a rejection reason string. The int may lie beyond int64 (after 2262): the daemon
-    refuses it as in the future, tables beyond MAX_EPOCH_S. A fractional epoch number is rounded to the
-    microsecond, the resolution of an ISO stamp, so the same reading stamped either way gets the same ns (a float's
-    ns carry its rounding error: 1706400000.123 read as ...122999808) and is deduplicated."""
+def parse_timestamp_ns(ts: Any, per_second: int = 1, tz: Any = None) -> int | str:
+    """ISO-8601 (`stamps.iso_utc_ns`: pandas' forms, with an offset, or without one a local time in zone `tz`) or
+    epoch seconds (`per_second` 1; epoch milliseconds: 1000, `EPOCH_UNITS`) -> int ns since the epoch (UTC), or a
+    rejection reason string. The int may lie beyond int64 (after 2262): the daemon refuses it as in the future,
+    tables beyond MAX_EPOCH_S. A fractional epoch number is rounded to the microsecond, the resolution of an ISO
+    stamp, so the same reading stamped either way gets the same ns (a float's ns carry its rounding error:
+    1706400000.123 read as ...122999808) and is deduplicated."""
     if isinstance(ts, bool):
         return "bad_timestamp"
     if isinstance(ts, int):  # before math.isfinite, which cannot take an int beyond a float (JSON allows one)
@@ -329,27 +333,9 @@ def parse_timestamp_ns(ts: Any, per_second: int = 1) -> int | str:
         if not math.isfinite(ts) or abs(ts) > _MAX_ABS_S * per_second:
             return "bad_timestamp"
         return int(round(ts * (1e6 / per_second))) * 1000  # to the microsecond, as ISO
-    if not isinstance(ts, str) or not 10 <= len(ts) <= 40:
+    if not isinstance(ts, str):
         return "bad_timestamp"
-    try:
-        dt = datetime.fromisoformat(ts.strip())
-    except ValueError:
-        return "bad_timestamp"
-    if dt.tzinfo is None or dt.utcoffset() is None:
-        return "naive_timestamp"
-    td = dt - _EPOCH
-    return (td.days * 86400 + td.seconds) * _NS + td.microseconds * 1000
-
-
-def local_ns(naive: datetime, tz: Any) -> int | str:
-    """A wall-clock time in zone `tz` -> ns UTC, or why not: "ambiguous_local_time" for a time a DST change
-    repeats (clocks going back), "nonexistent_local_time" for one it skips (clocks going forward). scada-prepare
-    refuses both alike; replay reads a table's local stamps and the daemon a message's (`naive_timezone`) here."""
-    early, late = naive.replace(tzinfo=tz, fold=0), naive.replace(tzinfo=tz, fold=1)
-    if early.utcoffset() != late.utcoffset():
-        there = early.astimezone(UTC).astimezone(tz).replace(tzinfo=None) == naive
-        return "ambiguous_local_time" if there else "nonexistent_local_time"
-    return parse_timestamp_ns(early.isoformat())
+    return iso_utc_ns(ts.strip(), tz)
 
 
 def epoch_ns(numbers: np.ndarray, per_second: int = 1) -> np.ndarray | None:
@@ -560,6 +546,7 @@ class TelemetryDecoder:
         self._tag = re.compile(KEPWARE_TAG_PATTERN if tag_pattern is None else tag_pattern)
         self.naive_timezone = naive_timezone
         self._tz = None if naive_timezone is None else ZoneInfo(naive_timezone)
+        self._iso: dict[str, int | str] = {}  # stamp text -> its reading: a fleet's messages of a step share one
         self._tags: dict[str, tuple[str, int]] = {}  # tag ids resolved (at most _TAG_IDS_KEPT): the same every time
         self._allowed = frozenset(self.allowed_turbines)
 
@@ -709,14 +696,21 @@ class TelemetryDecoder:
     def _stamp(self, raw: Any, now_ns: int, name: str) -> int | Rejection:
         """A document's stamp (`name`: its key) -> ns, or why it is refused: not a stamp, beyond the clock checks
         `max_future_s` / `max_past_s`, or outside the epoch range."""
-        ts = parse_timestamp_ns(raw, self._per_second)
-        if ts == "naive_timestamp" and self._tz is not None:  # a local time of ingest.naive_timezone
-            ts = local_ns(datetime.fromisoformat(raw.strip()), self._tz)
-            if isinstance(ts, str):
-                change = "repeats" if ts.startswith("ambiguous") else "skips"
-                return Rejection(ts, f"{name} {_shown(raw, 60)}: a local time that a DST change in "
-                                 f"{self.naive_timezone} {change}: send stamps with a UTC offset to keep that "
-                                 "hour")  # fmt: skip
+        if type(raw) is str:
+            ts = self._iso.get(raw)
+            if ts is None:
+                ts = parse_timestamp_ns(raw, tz=self._tz)
+                if len(raw) <= _ISO_MEMO_CHARS:  # a hostile message's long stamps are not kept
+                    if len(self._iso) >= _ISO_MEMO:
+                        self._iso.clear()
+                    self._iso[raw] = ts
+        else:
+            ts = parse_timestamp_ns(raw, self._per_second)
+        if ts in _DST_REASONS:  # a local time of ingest.naive_timezone
+            change = "repeats" if ts == "ambiguous_local_time" else "skips"
+            return Rejection(ts, f"{name} {_shown(raw, 60)}: a local time that a DST change in "
+                             f"{self.naive_timezone} {change}: send stamps with a UTC offset to keep that "
+                             "hour")  # fmt: skip
         if isinstance(ts, str):
             unit = "seconds" if self._per_second == 1 else "milliseconds"
             local = " (local times: set ingest.naive_timezone)" if ts == "naive_timestamp" else ""

@@ -129,7 +129,7 @@ def parse_timestamps(col: pd.Series, naive_timezone: str | None, where: str, tim
     s = col.astype(str).str.strip()
     first = next((c for c in s[col.notna()] if c), "")  # the first stamp given: is the column epoch seconds?
     if is_number(first):  # epoch seconds as text (a CSV), read by the rule replay applies
-        cells = np.where(col.isna().to_numpy(), "", s.to_numpy(dtype=str))
+        cells = np.where(col.isna().to_numpy(), "", s.to_numpy(dtype=object))
         secs, not_numbers = parse_numbers(cells)
         if not_numbers:  # replay reads such cells one by one and refuses them too (another form, or text)
             bad = counted_text(cells, secs)
@@ -176,7 +176,7 @@ def column_numbers(col: pd.Series, decimal: str) -> tuple[np.ndarray, int]:
         return col.to_numpy(dtype=np.float32, na_value=np.nan).astype(str).astype(np.float64), 0
     if pd.api.types.is_numeric_dtype(col):
         return col.to_numpy(dtype=np.float64, na_value=np.nan), 0
-    return parse_numbers(col.fillna("").to_numpy(dtype=str), decimal)
+    return parse_numbers(col.fillna("").astype(str).to_numpy(dtype=object), decimal)
 
 
 def _text_cells(col: pd.Series, values: np.ndarray, count: int, channel: str, decimal: str) -> str:
