@@ -55,6 +55,7 @@ def test_command_line_group_beats_data_file_defaults():
         (["train.p_mask=1.5"], "train.p_mask must be in (0, 1)"),
         (["data.splits.val_range=[2024-02-01T00:00:00+00:00,2024-03-10T00:00:00+00:00]"], "overlap"),
         (["data.splits.train_range=[2024-01-01,2024-03-01]"], "has no UTC offset"),
+        (["data.splits.train_range=[2024-W01-1T00:00+00:00,2024-03-01T00:00+00:00]"], "is not an ISO-8601 timestamp"),
         (["features.rolling.causal=false"], "features.rolling.causal must be true"),
         (["notakey"], "is not key=value"),
         (
@@ -151,3 +152,13 @@ def test_built_in_scoring_defaults_are_the_shipped_ones():
             assert built_in[section][key] == shipped[section][key], f"{section}.{key}"
     method = {k: v for k, v in shipped["infer"]["signals"].items() if k not in ("directions", "skip_flags")}
     assert {k: built_in["infer"]["signals"][k] for k in method} == method
+
+
+def test_split_bounds_are_read_as_every_stamp_is():
+    """A split's bounds are read by the stamp grammar the tables and the daemon use (`runtime.stamps`); before,
+    the check read them with Python's parser (week dates passed) and the split with pandas'."""
+    from scada_tcn.trainer.config.checks import split_bound_ns
+
+    want = 1704067200 * 10**9
+    assert split_bound_ns("k", "2024/01/01 01:00+01") == split_bound_ns("k", " 2024-01-01T00:00:00Z") == want
+    assert split_bound_ns("k", "2024-01-01T00:00:00.000000001+00:00") == want + 1

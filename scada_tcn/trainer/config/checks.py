@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 from scada_tcn.runtime.csv_table import dialect_problem
 from scada_tcn.runtime.errors import ConfigError
 from scada_tcn.runtime.ids import id_pattern_problem
 from scada_tcn.runtime.signals import invalid_halflives
+from scada_tcn.runtime.stamps import iso_utc_ns
 from scada_tcn.runtime.telemetry import time_format_problem, zone_problem
 from scada_tcn.runtime.vocab import ScoreAggregator, ScoreKind
 from scada_tcn.trainer.config.choices import FlagSourceType, ReceptiveFieldRule
@@ -23,13 +23,13 @@ if TYPE_CHECKING:
 _TURBINE_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]+$")
 
 
-def _parse_time(key: str, value: str) -> datetime:
-    try:
-        t = datetime.fromisoformat(value)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{key}: {value!r} is not an ISO-8601 timestamp (e.g. 2024-03-01T00:00:00+00:00)") from e
-    if t.tzinfo is None:
+def split_bound_ns(key: str, value: str) -> int:
+    """A split's bound -> ns UTC, read as every stamp is (`runtime.stamps`), with a UTC offset."""
+    t = iso_utc_ns(value.strip()) if isinstance(value, str) else "bad_timestamp"
+    if t == "naive_timestamp":
         raise ConfigError(f"{key}: {value!r} has no UTC offset; write e.g. {value}+00:00")
+    if isinstance(t, str):
+        raise ConfigError(f"{key}: {value!r} is not an ISO-8601 timestamp (e.g. 2024-03-01T00:00:00+00:00)")
     return t
 
 
@@ -60,7 +60,7 @@ def _check_splits(cfg: RootCfg) -> None:
             key = f"data.splits.{name}"
             if r is None or len(r) != 2:
                 raise ConfigError(f"{key} must be [start, end) with splits.method=time, got {r}")
-            a, b = _parse_time(key, r[0]), _parse_time(key, r[1])
+            a, b = split_bound_ns(key, r[0]), split_bound_ns(key, r[1])
             if not a < b:
                 raise ConfigError(f"{key}: start {r[0]} must be before end {r[1]}")
             ranges.append((a, b, key))

@@ -27,6 +27,7 @@ import pandas as pd
 from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.windows import enough_present, sliding_present_fraction
 from scada_tcn.trainer.config import DataCfg
+from scada_tcn.trainer.config.checks import split_bound_ns
 from scada_tcn.trainer.data.tables import parse_timestamps
 
 SPLITS = ("train", "val", "test")
@@ -116,7 +117,7 @@ def step_splits(ts_ns: np.ndarray, turbine_id: str, data: DataCfg) -> np.ndarray
         return np.full(len(ts_ns), turbine_split(turbine_id, data), np.int8)
     out = np.full(len(ts_ns), -1, np.int8)
     for k, name in enumerate(SPLITS):
-        a, b = (_iso_ns(x) for x in getattr(sp, f"{name}_range"))
+        a, b = (split_bound_ns(f"data.splits.{name}_range", x) for x in getattr(sp, f"{name}_range"))
         out[(ts_ns >= a) & (ts_ns < b)] = k
     return out
 
@@ -128,10 +129,6 @@ def window_starts(T: int, L: int, K: int, stride: int, include_last: bool) -> np
     if include_last and last >= 0 and starts[-1] != last:
         starts = np.append(starts, np.int64(last))
     return starts
-
-
-def _iso_ns(value: str) -> int:
-    return int(pd.Timestamp(value).tz_convert("UTC").value)
 
 
 def window_labels(y: np.ndarray, starts: np.ndarray, L: int, K: int, rule: str) -> np.ndarray:
