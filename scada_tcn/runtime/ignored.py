@@ -4,7 +4,9 @@ read, dropped whatever their value, in every telemetry form.
 An entry is a key, or a pattern where `*` stands for any run of characters (`/` and `.` included; nothing else
 is special): `Gearbox/*` drops a whole tag folder, `*` every key that is not a channel's. Channels are looked up
 first, so no entry hides a channel, but a pattern also drops a key misspelt in `mapping.columns`, which would
-otherwise be refused and show on the errors topic: the narrower the pattern, the more such mistakes show.
+otherwise be refused and show on the errors topic: the narrower the pattern, the more such mistakes show. The
+first `DROPPED_KEPT` distinct keys a pattern dropped are kept (`dropped`: key -> pattern), for the daemon to name
+them when a channel has had no value (`runtime.unseen`).
 
 Matching is linear in the key's length (a `*` pattern is matched by finding its parts in order, not by a
 backtracking regular expression): a hostile key costs what its length costs.
@@ -14,7 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["IgnoredKeys"]
+__all__ = ["DROPPED_KEPT", "IgnoredKeys"]
+
+DROPPED_KEPT = 32  # distinct keys a pattern dropped, kept to be named
 
 
 def _matches(parts: tuple[str, ...], key: str) -> bool:
@@ -40,8 +44,16 @@ class IgnoredKeys:
         entries = list(entries)
         self.exact = frozenset(e for e in entries if "*" not in e)
         self.patterns = tuple(tuple(e.split("*")) for e in entries if "*" in e)
+        self.dropped: dict[str, str] = {}  # the first DROPPED_KEPT distinct keys a pattern dropped -> the pattern
 
     def __contains__(self, key: object) -> bool:
         if key in self.exact:
             return True
-        return isinstance(key, str) and any(_matches(parts, key) for parts in self.patterns)
+        if not isinstance(key, str):
+            return False
+        for parts in self.patterns:
+            if _matches(parts, key):
+                if len(self.dropped) < DROPPED_KEPT:
+                    self.dropped.setdefault(key[:200], "*".join(parts))
+                return True
+        return False

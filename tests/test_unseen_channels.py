@@ -1,0 +1,83 @@
+"""A channel that no message carries (its payload key misspelt in mapping.columns and dropped by an ignored_keys
+pattern, or a sensor the farm does not send) is reported once, on the log and the errors topic, with the keys the
+patterns dropped; its first value after that is logged too."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from scada_tcn.demo.broker import free_port
+from scada_tcn.runtime.bundle import load_bundle
+from scada_tcn.runtime.daemon import Daemon
+from scada_tcn.runtime.ignored import DROPPED_KEPT, IgnoredKeys
+from scada_tcn.runtime.mqtt import Message
+from scada_tcn.runtime.stream import make_scorer
+from scada_tcn.runtime.telemetry import Sample, parse_timestamp_ns
+from scada_tcn.runtime.unseen import WATCH_STEPS, UnseenChannels
+from tests.mosquitto import daemon_config, read_slice, sent_by, to_messages
+
+START, END = "2024-01-28T00:00:00+00:00", "2024-01-28T06:00:00+00:00"
+STEP = 600 * 10**9
+
+
+def test_unseen_channels_are_named_once_after_the_watch_and_failed_reads_count_as_seen():
+    watch = UnseenChannels(3, STEP)
+    t0 = 1706400000 * 10**9
+    row = np.array([1.0, np.nan, np.nan])
+    assert watch.observe([Sample("A", t0, row, (2,))]) == ([], [])  # channel 2's read failed: its key was sent
+    for k in range(1, WATCH_STEPS):  # the stamps span less than the watch
+        assert watch.observe([Sample("A", t0 + k * STEP, row)]) == ([], [])
+    assert watch.observe([Sample("B", t0 + WATCH_STEPS * STEP, row)]) == ([1], [])
+    assert watch.observe([Sample("A", t0 + (WATCH_STEPS + 1) * STEP, row)]) == ([], [])  # said once
+    assert watch.observe([Sample("A", t0 + (WATCH_STEPS + 2) * STEP, np.array([np.nan, 2.0, np.nan]))]) == ([], [1])
+    assert not watch.unseen.any() and watch.observe([Sample("A", t0, row)]) == ([], [])
+
+
+def test_keys_a_pattern_dropped_are_kept_to_be_named_and_bounded():
+    ignored = IgnoredKeys(["status", "*_raw"])
+    assert "status" in ignored and "oil_raw" in ignored and "oil" not in ignored
+    assert ignored.dropped == {"oil_raw": "*_raw"}  # an exact entry is not a pattern's drop
+    for i in range(3 * DROPPED_KEPT):
+        assert f"k{i}_raw" in ignored
+    assert len(ignored.dropped) == DROPPED_KEPT and "oil_raw" in ignored.dropped
+
+
+@pytest.fixture(scope="module")
+def bundle(signal_run):
+    return load_bundle(signal_run[0])
+
+
+def test_a_channel_hidden_by_a_pattern_is_reported_once_with_the_key_the_pattern_dropped(
+    bundle, tiny_run, tmp_path, caplog
+):
+    """The tiny farm's telemetry with one channel's key renamed `<key>_raw`, which the pattern `*_raw` drops: the
+    daemon scores, and after WATCH_STEPS steps of data it reports that channel once, naming its payload key and
+    the dropped key; when the key comes right, the first value is logged."""
+    header, rows = read_slice(tiny_run.synth_dir / "scada.csv", START, END)
+    channel = bundle.spec.channels[1]
+    key = bundle.column_mapping[channel]
+    messages = []
+    for i, (topic, payload) in enumerate(to_messages(header, rows)):
+        doc = json.loads(payload)
+        if i < len(rows) // 2 and key in doc["values"]:
+            doc["values"][f"{key}_raw"] = doc["values"].pop(key)
+        messages.append(Message(topic, json.dumps(doc).encode(), 1, False, False, i + 1, 0, 0))
+    cfg = daemon_config(f"mqtt://127.0.0.1:{free_port()}", mapping={"ignored_keys": ["*_raw"]})
+    d = Daemon(cfg, bundle, make_scorer(bundle, "stream"), clock=lambda: parse_timestamp_ns(END))
+    sent = sent_by(d)
+    with caplog.at_level(logging.WARNING, logger="scada.runtime.daemon"):
+        for i in range(0, len(messages), 8):
+            for m in messages[i : i + 8]:
+                d.inbound.put_nowait(m)
+            d.step(0.0)
+    reports = [json.loads(p) for t, p in sent if t == d.errors_topic]
+    assert [r["reason"] for r in reports] == ["channels_without_values"]
+    assert reports[0]["payload_keys"] == {channel: key}
+    assert reports[0]["dropped_by_patterns"] == {f"{key}_raw": "*_raw"}
+    assert any("first value" in r.getMessage() and r.channel == channel for r in caplog.records)  # type: ignore[attr-defined]
+    assert d.metrics.value("scada_runtime_rejected_total", reason="unknown_channel") == 0
+    assert sum(1 for t, _ in sent if t.endswith("/score")) > 0
