@@ -168,3 +168,24 @@ def test_window_mean_records_give_their_top_features_as_drivers(tiny_bundle, tin
         assert {n: v for n, v in zip(names, m[i]) if n in want} == want and m[i].sum() == pytest.approx(
             sum(want.values()), rel=1e-6)  # fmt: skip
     assert report(recs, None)["complete"]
+
+
+def test_labels_are_read_as_training_reads_them(tmp_path):
+    """The event scorer reads a labels file as scada-prepare does for training (`tables.parse_timestamps`): before,
+    it took a stamp without an offset as UTC, where training with data.identifiers.naive_timezone read it as a
+    local time (an hour or two apart), and without a zone refused it. Now such labels are refused unless a zone is
+    given, and read in it as training reads them."""
+    from scada_tcn.trainer.data.windowing import load_label_events
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("turbine_id,start,end,fault\nWT01,2024-01-28 10:00,2024-01-28T12:00:00,gear\n"
+                      "WT02,2024/07/01 10:00,2024-07-01 11:00,gear\n")  # fmt: skip
+    with pytest.raises(EdgeRecordsError, match=r"no UTC offset .* set --naive-timezone=UTC"):
+        read_fault_labels(labels)
+    faults = read_fault_labels(labels, "Europe/Paris")
+    trained = load_label_events(labels, ["normal", "gear"], "Europe/Paris")
+    assert [(t, a, b) for t, a, b, _ in faults] == [(e.turbine_id, e.start_ns, e.end_ns) for e in trained]
+    assert [f[1] for f in faults] == [pd.Timestamp(t).value for t in ("2024-01-28T09:00Z", "2024-07-01T08:00Z")]
+    res = CliRunner().invoke(evaluate_app, ["--records", str(labels), "--naive-timezone", "Europe/Pariss",
+                                            "--labels", str(labels)])  # fmt: skip
+    assert res.exit_code != 0 and "unknown time zone 'Europe/Pariss'" in res.output

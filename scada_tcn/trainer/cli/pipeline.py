@@ -140,6 +140,13 @@ def evaluate_cmd(
             "with scada-inject); an onset while its alert is on does not count."
         ),
     ] = None,
+    naive_timezone: Annotated[
+        str | None,
+        typer.Option(
+            help="With --records and --labels: the zone of label stamps without a UTC offset (e.g. Europe/Paris), as "
+            "data.identifiers.naive_timezone reads them for training; without it such labels are refused."
+        ),
+    ] = None,
     start: Annotated[str | None, typer.Option(help="With --records: period start, ISO-8601 (default: all).")] = None,
     end: Annotated[str | None, typer.Option(help="With --records: period end, ISO-8601, excluded.")] = None,
     graph: GraphOption = "auto",
@@ -151,10 +158,13 @@ def evaluate_cmd(
         given += ["--drift"] * drift + ["--graph"] * (graph != "auto")
         if given:
             _fail(ValueError(f"--records evaluates the edge's own records: leave out {given}"))
-        _evaluate_records(records, labels, clean, out, start, end, max_lead_hours, plots)
+        _evaluate_records(records, labels, clean, out, start, end, max_lead_hours, plots, naive_timezone)
         return
     if start is not None or end is not None or clean is not None:
         _fail(ValueError("--start, --end and --clean apply to --records; a prepared split has its own period"))
+    if naive_timezone is not None:
+        _fail(ValueError("--naive-timezone applies to --records: a prepared run reads labels in its data's "
+                         "data.identifiers.naive_timezone"))  # fmt: skip
 
     from scada_tcn.trainer.evaluation.evaluate import evaluate
     from scada_tcn.trainer.evaluation.offline import setup_from_args
@@ -180,6 +190,7 @@ def _evaluate_records(
     end: str | None,
     lead_h: float,
     plots: bool,
+    naive_timezone: str | None,
 ) -> None:
     """`scada-evaluate --records`: the report of the edge's records (`edge_records`)."""
     from pathlib import Path
@@ -205,10 +216,17 @@ def _evaluate_records(
         _fail(ValueError(f"--max-lead-hours must be >= 0, got {lead_h}"))
     if clean is not None and labels is None:
         _fail(ValueError("--clean nets injected faults of their uninjected copy: give their --labels too"))
+    if naive_timezone is not None:
+        from scada_tcn.runtime.telemetry import zone_problem
+
+        problem = "--naive-timezone reads the --labels file: give it" if labels is None else None
+        problem = problem or zone_problem(naive_timezone, "--naive-timezone")
+        if problem:
+            _fail(ValueError(problem))
     out_dir = Path(out) if out else Path(records).with_name(Path(records).stem + "_report")
 
     try:
-        faults = read_fault_labels(labels) if labels else None
+        faults = read_fault_labels(labels, naive_timezone) if labels else None
         recs = read_records(records, progress_printer(records, _stderr))
         copy = read_records(clean, progress_printer(clean, _stderr)) if clean else None
         r = report(recs, out_dir, faults, lo, hi, int(lead_h * 3600 * 10**9), plots, copy)

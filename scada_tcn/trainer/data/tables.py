@@ -113,12 +113,13 @@ def _checked_ns(parsed: pd.Series, s: pd.Series, where: str) -> np.ndarray:
 
 
 def parse_timestamps(col: pd.Series, naive_timezone: str | None, where: str, time_format: str | None = None,
-                     keys: str | None = None) -> np.ndarray:  # fmt: skip
+                     keys: str | None = None,
+                     zone_key: str = "data.identifiers.naive_timezone") -> np.ndarray:  # fmt: skip
     """ISO-8601 strings (with offsets) or epoch seconds (numbers, or text cells that are all numbers, as replay and
     the daemon read them) -> int64 ns UTC; with `time_format` (a strptime format, or "epoch_ms") every stamp read
     by it, by the reading replay applies (`runtime.replay.formatted_stamps_ns`). Refuses mixed, unparseable or
     out-of-range stamps, naming the settings section `keys` ("data.identifiers" for the SCADA table; None for a
-    file without a time_format, such as the labels)."""
+    file without a time_format, such as the labels); `zone_key` names the setting that gives `naive_timezone`."""
     if time_format is not None:  # a missing cell (NaN, None, pandas' NA) read as an empty one
         cells = np.where(col.isna().to_numpy(), "", col.astype(str).to_numpy(dtype=object)).tolist()
         return formatted_stamps_ns(cells, time_format, naive_timezone, where, keys or "data.identifiers")
@@ -153,15 +154,15 @@ def parse_timestamps(col: pd.Series, naive_timezone: str | None, where: str, tim
     if not has_offset.all():
         if naive_timezone is None:
             raise InputError(
-                f"{where}: timestamps have no UTC offset (e.g. {s.iloc[0]!r}); set "
-                "data.identifiers.naive_timezone=UTC (or the site's zone, e.g. Europe/Paris)"
+                f"{where}: timestamps have no UTC offset (e.g. {s.iloc[0]!r}); set {zone_key}=UTC (or the site's "
+                "zone, e.g. Europe/Paris)"
             )
         try:
             parsed = parsed.dt.tz_localize(None).dt.tz_localize(naive_timezone, ambiguous="raise", nonexistent="raise")
         except ValueError as e:  # pandas: a time the DST change repeats (clocks back) or skips (clocks forward)
             raise InputError(
                 f"{where}: local times that a DST change in {naive_timezone} repeats or skips ({e}); export the "
-                "stamps with a UTC offset, or in UTC with data.identifiers.naive_timezone=UTC"
+                f"stamps with a UTC offset, or in UTC with {zone_key}=UTC"
             ) from e
     return _checked_ns(parsed, s, where)
 

@@ -40,7 +40,9 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.telemetry import parse_timestamp_ns
+from scada_tcn.trainer.data.tables import parse_timestamps
 from scada_tcn.trainer.evaluation.events import Fault, Timeline, alert_spans, onsets, score_events
 from scada_tcn.trainer.evaluation.plots import plot_contribution_heatmap, plot_score_timeline
 
@@ -275,24 +277,27 @@ def timelines(recs: EdgeRecords, lo: int, hi: int) -> dict[str, Timeline]:
     return out
 
 
-def read_fault_labels(path: str | Path) -> list[Fault]:
-    """Labelled faults of a CSV with columns turbine_id, start, end, fault (as scada-synth and scada-inject write)."""
-    return faults_from_table(pd.read_csv(path, dtype=str), f"labels file {path}")
+def read_fault_labels(path: str | Path, naive_timezone: str | None = None,
+                      zone_key: str = "--naive-timezone") -> list[Fault]:  # fmt: skip
+    """Labelled faults of a CSV with columns turbine_id, start, end, fault (as scada-synth and scada-inject write);
+    see `faults_from_table`."""
+    return faults_from_table(pd.read_csv(path, dtype=str), f"labels file {path}", naive_timezone, zone_key)
 
 
-def faults_from_table(df: pd.DataFrame, name: str = "labels") -> list[Fault]:
-    """Labelled faults of a table with columns turbine_id, start, end, fault, stamps read by pandas (a naive one as
-    UTC); `name` names the table in errors."""
+def faults_from_table(df: pd.DataFrame, name: str = "labels", naive_timezone: str | None = None,
+                      zone_key: str = "--naive-timezone") -> list[Fault]:  # fmt: skip
+    """Labelled faults of a table with columns turbine_id, start, end, fault, the stamps read as scada-prepare reads
+    a labels file for training (`tables.parse_timestamps`): with a UTC offset, or local times in `naive_timezone`
+    (the setting `zone_key`); `name` names the table in errors."""
     missing = [c for c in ("turbine_id", "start", "end", "fault") if c not in df.columns]
     if missing:
         raise EdgeRecordsError(f"{name}: missing columns {missing} (needs turbine_id, start, end, fault)")
     try:
-        return [
-            (t, pd.Timestamp(a).value, pd.Timestamp(b).value, f)
-            for t, a, b, f in df[["turbine_id", "start", "end", "fault"]].itertuples(index=False)
-        ]
-    except ValueError as e:
-        raise EdgeRecordsError(f"{name}: a start or end that is not a timestamp: {e}") from None
+        starts, ends = (parse_timestamps(df[c], naive_timezone, f"{name}: column {c!r}", zone_key=zone_key)
+                        for c in ("start", "end"))  # fmt: skip
+    except InputError as e:
+        raise EdgeRecordsError(str(e)) from None
+    return list(zip(df["turbine_id"], starts.tolist(), ends.tolist(), df["fault"], strict=True))
 
 
 def _iso(ns: int) -> str:

@@ -63,10 +63,11 @@ def _fault_events(setup: InferSetup, res: pd.DataFrame) -> dict[str, list[tuple[
     return out
 
 
-def _file_events(path: str | Path, turbines: list[str]) -> dict[str, list[tuple[int, int, str]]]:
-    """Fault events of a labels CSV (turbine_id, start, end, fault; `edge_records.read_fault_labels`), per turbine."""
+def _file_events(path: str | Path, turbines: list[str], zone: str | None) -> dict[str, list[tuple[int, int, str]]]:
+    """Fault events of a labels CSV (turbine_id, start, end, fault; `edge_records.read_fault_labels`, local times in
+    `zone`, the data's naive_timezone, as training reads labels), per turbine."""
     out: dict[str, list[tuple[int, int, str]]] = {t: [] for t in turbines}
-    for t, a, b, f in read_fault_labels(path):
+    for t, a, b, f in read_fault_labels(path, zone, "data.identifiers.naive_timezone"):
         if t in out:
             out[t].append((a, b, f))
     return out
@@ -240,7 +241,7 @@ def evaluate(
         m["fault"] = fault_metrics(arr.y, arr.fault_prob, setup.class_names, from_logits=False)
     if labels_file is not None:
         turbines = sorted(set(val["turbine_id"]) | set(test["turbine_id"]))
-        faults = _file_events(labels_file, turbines)
+        faults = _file_events(labels_file, turbines, setup.cfg.data.identifiers.naive_timezone)
         m["labels"] = str(labels_file)
         v, t = _scored(val), _scored(test)
         m["anomaly"] = anomaly_metrics(v["score"], _in_events(v, faults), t["score"], _in_events(t, faults))
