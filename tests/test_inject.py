@@ -49,6 +49,18 @@ def test_unknown_turbine_is_refused(tmp_path):
         inject_table(cfg.data, "WT09", tmp_path / "x")
 
 
+def test_a_period_bound_without_an_offset_is_refused_with_what_to_write(tmp_path):
+    """`--start 2024-01-01` ended in pandas' TypeError traceback ("Cannot convert tz-naive Timestamp"); the bounds
+    are now read as the config's split bounds are (`split_bound_ns`), and the refusal says what to write."""
+    from scada_tcn.runtime.errors import ConfigError
+
+    cfg = _cfg(tmp_path, _table(days=5))
+    with pytest.raises(ConfigError, match=r"--start: '2024-01-01' has no UTC offset; write one, e.g. 2024-03-01T00"):
+        inject_table(cfg.data, "WT02", tmp_path / "x", start="2024-01-01")
+    with pytest.raises(ConfigError, match=r"--end: '2024-W01-3T00:00Z' is not an ISO-8601 timestamp"):
+        inject_table(cfg.data, "WT02", tmp_path / "x", end="2024-W01-3T00:00Z")
+
+
 def test_evaluate_with_a_labels_file(tiny_run, tmp_path):
     from scada_tcn.trainer.evaluation.evaluate import evaluate
     from scada_tcn.trainer.evaluation.offline import setup_from_checkpoint

@@ -195,8 +195,7 @@ def _evaluate_records(
     """`scada-evaluate --records`: the report of the edge's records (`edge_records`)."""
     from pathlib import Path
 
-    import pandas as pd
-
+    from scada_tcn.trainer.config.checks import split_bound_ns
     from scada_tcn.trainer.evaluation.edge_records import (
         format_report,
         progress_printer,
@@ -205,13 +204,10 @@ def _evaluate_records(
         report,
     )
 
-    def stamp(s: str | None, name: str) -> int | None:
-        try:
-            return None if s is None else pd.Timestamp(s).value
-        except ValueError:
-            _fail(ValueError(f"{name} {s!r} is not an ISO-8601 timestamp (e.g. 2024-06-01T00:00Z)"))
-
-    lo, hi = stamp(start, "--start"), stamp(end, "--end")
+    try:
+        lo, hi = (None if s is None else split_bound_ns(key, s) for key, s in (("--start", start), ("--end", end)))
+    except ValueError as e:
+        _fail(e)
     if lead_h < 0:
         _fail(ValueError(f"--max-lead-hours must be >= 0, got {lead_h}"))
     if clean is not None and labels is None:

@@ -24,10 +24,11 @@ _TURBINE_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]+$")
 
 
 def split_bound_ns(key: str, value: str) -> int:
-    """A split's bound -> ns UTC, read as every stamp is (`runtime.stamps`), with a UTC offset."""
+    """A period's bound (a split's, or a command's --start / --end; `key` names it) -> ns UTC, read as every stamp
+    is (`runtime.stamps`), with a UTC offset."""
     t = iso_utc_ns(value.strip()) if isinstance(value, str) else "bad_timestamp"
     if t == "naive_timestamp":
-        raise ConfigError(f"{key}: {value!r} has no UTC offset; write e.g. {value}+00:00")
+        raise ConfigError(f"{key}: {value!r} has no UTC offset; write one, e.g. 2024-03-01T00:00:00+00:00")
     if isinstance(t, str):
         raise ConfigError(f"{key}: {value!r} is not an ISO-8601 timestamp (e.g. 2024-03-01T00:00:00+00:00)")
     return t

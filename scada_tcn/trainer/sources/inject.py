@@ -33,6 +33,7 @@ from scada_tcn.runtime.csv_table import (
 from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.ids import file_turbine_id
 from scada_tcn.trainer.config import DataCfg
+from scada_tcn.trainer.config.checks import split_bound_ns
 from scada_tcn.trainer.data.tables import column_numbers, csv_dialect, parse_timestamps
 from scada_tcn.trainer.sources.faults import FAULT_KINDS, inject_fault
 
@@ -142,8 +143,13 @@ def inject_table(
                               ident.time_format, "data.identifiers")  # fmt: skip
         parts.append(part.assign(timestamp=pd.to_datetime(ts, utc=True)))
     part = pd.concat(parts, keys=mine)  # (file, row): each value goes back to its place
-    rng_start = pd.Timestamp(start or data.splits.test_range[0]).tz_convert("UTC")
-    rng_end = pd.Timestamp(end or data.splits.test_range[1]).tz_convert("UTC")
+    rng_start, rng_end = (
+        pd.Timestamp(split_bound_ns(key, given or default), tz="UTC")
+        for key, given, default in (
+            ("--start", start, data.splits.test_range[0]),
+            ("--end", end, data.splits.test_range[1]),
+        )
+    )
     rng_end = min(rng_end, part["timestamp"].max())
     if not rng_start < rng_end:
         raise InputError(f"empty injection period {rng_start} -> {rng_end} for turbine {turbine}")
