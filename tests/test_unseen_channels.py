@@ -29,12 +29,21 @@ def test_unseen_channels_are_named_once_after_the_watch_and_failed_reads_count_a
     t0 = 1706400000 * 10**9
     row = np.array([1.0, np.nan, np.nan])
     assert watch.observe([Sample("A", t0, row, (2,))]) == ([], [])  # channel 2's read failed: its key was sent
-    for k in range(1, WATCH_STEPS):  # the stamps span less than the watch
-        assert watch.observe([Sample("A", t0 + k * STEP, row)]) == ([], [])
-    assert watch.observe([Sample("B", t0 + WATCH_STEPS * STEP, row)]) == ([1], [])
-    assert watch.observe([Sample("A", t0 + (WATCH_STEPS + 1) * STEP, row)]) == ([], [])  # said once
-    assert watch.observe([Sample("A", t0 + (WATCH_STEPS + 2) * STEP, np.array([np.nan, 2.0, np.nan]))]) == ([], [1])
+    for k in range(1, WATCH_STEPS - 1):  # fewer distinct steps than the watch
+        assert watch.observe([Sample("A", t0 + k * STEP, row), Sample("B", t0 + k * STEP + 1, row)]) == ([], [])
+    assert watch.observe([Sample("B", t0 + (WATCH_STEPS - 1) * STEP, row)]) == ([1], [])
+    assert watch.observe([Sample("A", t0 + WATCH_STEPS * STEP, row)]) == ([], [])  # said once
+    assert watch.observe([Sample("A", t0 + (WATCH_STEPS + 1) * STEP, np.array([np.nan, 2.0, np.nan]))]) == ([], [1])
     assert not watch.unseen.any() and watch.observe([Sample("A", t0, row)]) == ([], [])
+
+
+def test_a_sample_forwarded_late_does_not_end_the_watch():
+    """Found in review: the watch measured the newest stamp less the oldest ever seen, so one sample six steps old
+    (a store-and-forward gateway) and one live sample reported a channel after two samples."""
+    watch = UnseenChannels(2, STEP)
+    t0 = 1706400000 * 10**9
+    assert watch.observe([Sample("B", t0 - WATCH_STEPS * STEP, np.array([1.0, np.nan]))]) == ([], [])
+    assert watch.observe([Sample("A", t0, np.array([1.0, np.nan]))]) == ([], [])
 
 
 def test_keys_a_pattern_dropped_are_kept_to_be_named_and_bounded():

@@ -149,6 +149,7 @@ KEPWARE_TAG_PATTERN = r"[^.]+\.(?P<turbine>[^.]+)\.(?P<key>.+)"
 _NS = 1_000_000_000
 _ISO_MEMO = 4096  # stamp texts a decoder remembers (then forgets them all): a fleet's step shares a few
 _ISO_MEMO_CHARS = 64  # and only texts this short
+MAX_STAMP_CHARS = 64  # a message's ISO stamp, stripped (the longest form, 18 fraction digits and +hh:mm, has 45)
 _DST_REASONS = ("ambiguous_local_time", "nonexistent_local_time")
 _MAX_ABS_S = 1e11  # ~ year 5138: anything beyond is nonsense (the daemon's future / past checks refuse far less)
 MAX_EPOCH_S = 9e9  # |epoch seconds| of a table's stamps, inside int64 ns (1677-2262) with room for a bin
@@ -322,9 +323,11 @@ def parse_timestamp_ns(ts: Any, per_second: int = 1, tz: Any = None) -> int | st
     """ISO-8601 (`stamps.iso_utc_ns`: pandas' forms, with an offset, or without one a local time in zone `tz`) or
     epoch seconds (`per_second` 1; epoch milliseconds: 1000, `EPOCH_UNITS`) -> int ns since the epoch (UTC), or a
     rejection reason string. The int may lie beyond int64 (after 2262): the daemon refuses it as in the future,
-    tables beyond MAX_EPOCH_S. A fractional epoch number is rounded to the microsecond, the resolution of an ISO
-    stamp, so the same reading stamped either way gets the same ns (a float's ns carry its rounding error:
-    1706400000.123 read as ...122999808) and is deduplicated."""
+    tables beyond MAX_EPOCH_S. A fractional epoch number is rounded to the microsecond (a float's ns carry its
+    rounding error: 1706400000.123 read as ...122999808), so the same reading stamped either way to the microsecond
+    gets the same ns and is deduplicated; an ISO stamp keeps up to nanoseconds, as pandas reads it. A string longer
+    than MAX_STAMP_CHARS once stripped is refused unread (the grammar allows any run of whitespace before the
+    offset: a hostile message would cost the loop its length in regex time)."""
     if isinstance(ts, bool):
         return "bad_timestamp"
     if isinstance(ts, int):  # before math.isfinite, which cannot take an int beyond a float (JSON allows one)
@@ -332,10 +335,11 @@ def parse_timestamp_ns(ts: Any, per_second: int = 1, tz: Any = None) -> int | st
     if isinstance(ts, float):
         if not math.isfinite(ts) or abs(ts) > _MAX_ABS_S * per_second:
             return "bad_timestamp"
-        return int(round(ts * (1e6 / per_second))) * 1000  # to the microsecond, as ISO
+        return int(round(ts * (1e6 / per_second))) * 1000  # to the microsecond (a float holds no more)
     if not isinstance(ts, str):
         return "bad_timestamp"
-    return iso_utc_ns(ts.strip(), tz)
+    s = ts.strip()
+    return "bad_timestamp" if len(s) > MAX_STAMP_CHARS else iso_utc_ns(s, tz)
 
 
 def epoch_ns(numbers: np.ndarray, per_second: int = 1) -> np.ndarray | None:
@@ -722,9 +726,11 @@ class TelemetryDecoder:
         """A stamp read as `ts` ns from `raw` (`name`: its key), or why it is refused: beyond the clock checks
         `max_future_s` / `max_past_s`, or outside the epoch range."""
         if ts > now_ns + self.max_future_s * _NS:
-            return Rejection("ts_in_future", f"{name} {raw!r} is more than {self.max_future_s} s ahead of now")
+            return Rejection(
+                "ts_in_future", f"{name} {_shown(raw, 60)} is more than {self.max_future_s} s ahead of now"
+            )
         if ts < now_ns - self.max_past_s * _NS:
-            return Rejection("ts_too_old", f"{name} {raw!r} is more than {self.max_past_s} s before now"
+            return Rejection("ts_too_old", f"{name} {_shown(raw, 60)} is more than {self.max_past_s} s before now"
                              f"{self._unit_hint(raw)}")  # fmt: skip
         if not in_epoch_range(ts):  # past both clock checks only when they are set very wide
             return Rejection("bad_timestamp", f"{name} {_shown(raw, 60)}: {EPOCH_RANGE}")

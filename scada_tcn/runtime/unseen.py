@@ -4,9 +4,9 @@ A channel whose payload key in `mapping.columns` is misspelt never gets a value.
 patterns the gateway's real key is refused in every message (`unknown_channel`), which shows at once; a pattern
 such as `Gearbox/*` drops the real key silently instead, and the model scores that channel as missing for ever. A
 sensor the farm does not send looks the same. `UnseenChannels` watches the samples the daemon admits until every
-channel has had a value (a failed read counts: its key was sent); once the admitted stamps span `WATCH_STEPS`
-model steps with a channel still unseen, it names the channels to report, once. A channel seen after that report
-is named too, so the log says when it came.
+channel has had a value (a failed read counts: its key was sent); once the samples have fallen in `WATCH_STEPS`
+distinct model steps with a channel still unseen, it names the channels to report, once. A channel seen after
+that report is named too, so the log says when it came.
 """
 
 from __future__ import annotations
@@ -27,13 +27,15 @@ class UnseenChannels:
 
     def __init__(self, n_channels: int, step_ns: int) -> None:
         self.unseen = np.ones(n_channels, dtype=bool)
-        self.span_ns = WATCH_STEPS * step_ns
-        self.first_ns: int | None = None
+        self.step_ns = step_ns
+        self.steps: set[int] = set()  # the model steps the watched samples fall in, until WATCH_STEPS of them
         self.reported = False
 
     def observe(self, samples: Sequence[Sample]) -> tuple[list[int], list[int]]:
         """Admitted samples -> (channels to report as without a value now, once; channels that got their first
-        value now, after that report). Costs nothing once every channel has had a value."""
+        value now, after that report). The watch lasts until the samples have fallen in WATCH_STEPS distinct model
+        steps (of any turbines, in any order: an old sample forwarded late does not stretch it). Costs nothing
+        once every channel has had a value, and a batch's stack and test until then."""
         if not samples or not self.unseen.any():
             return [], []
         values = np.stack([s.values for s in samples])
@@ -44,9 +46,11 @@ class UnseenChannels:
         came = self.unseen & seen
         self.unseen &= ~seen
         late = np.flatnonzero(came).tolist() if self.reported else []
-        stamps = [s.ts_ns for s in samples]
-        self.first_ns = min(stamps) if self.first_ns is None else min(self.first_ns, *stamps)
-        if self.reported or not self.unseen.any() or max(stamps) - self.first_ns < self.span_ns:
+        if self.reported or not self.unseen.any():
+            return [], late
+        self.steps.update(s.ts_ns // self.step_ns for s in samples)
+        if len(self.steps) < WATCH_STEPS:
             return [], late
         self.reported = True
+        self.steps.clear()
         return np.flatnonzero(self.unseen).tolist(), late

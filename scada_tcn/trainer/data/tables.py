@@ -37,12 +37,10 @@ from scada_tcn.runtime.csv_table import (
 from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.ids import file_turbine_id
 from scada_tcn.runtime.replay import formatted_stamps_ns
+from scada_tcn.runtime.stamps import iso_ns
 from scada_tcn.runtime.telemetry import EPOCH_RANGE, MAX_EPOCH_S, in_epoch_range, table_epoch_ns
 from scada_tcn.trainer.config import DataCfg
 
-# a stamp pandas parsed has an offset when it ends in Z, or in +h, +hh, +hhmm or +hh:mm after a time ('T' or ' ':
-# "2017-08-09" ends in "-09" and has none)
-_OFFSET_RE = r"(?:Z|[T ].*[+-]\d\d?(?::?\d\d?)?)$"
 _CSV_ROWS = 200_000  # rows per chunk of a CSV file
 _MAPPING = "data.identifiers / data.columns"  # the settings that name a table's columns
 _FILE_ID = "\0turbine id from the file name"  # the column a file's id fills (no export names a column so)
@@ -144,7 +142,8 @@ def parse_timestamps(col: pd.Series, naive_timezone: str | None, where: str, tim
         raise InputError(f"{where}: {int(parsed.isna().sum())} unparseable timestamps, e.g. {bad} (expected ISO-8601 "
                          "or epoch seconds; stamps of another form, such as day-first dates: set "
                          "data.identifiers.time_format to their strptime format, e.g. '%d.%m.%Y %H:%M')")  # fmt: skip
-    has_offset = s.str.contains(_OFFSET_RE, regex=True)
+    offset = {u: (iso_ns(u) or (0, None))[1] is not None for u in s.unique()}  # the grammar replay and the daemon read
+    has_offset = s.map(offset)
     if has_offset.any() and not has_offset.all():
         bad = s[~has_offset].head(3).tolist()
         raise InputError(
