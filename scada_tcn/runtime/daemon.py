@@ -68,6 +68,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from scada_tcn.runtime.channel_watch import SILENT_STEPS, WATCH_STEPS, ChannelWatch
 from scada_tcn.runtime.daemon_config import ConfigError, RuntimeConfig, redacted
 from scada_tcn.runtime.engine import Engine, Output, Resumed
 from scada_tcn.runtime.health import HealthServer, Heartbeat
@@ -78,7 +79,6 @@ from scada_tcn.runtime.records import batches, iso_utc, retained_alert_state, sp
 from scada_tcn.runtime.sparkplug import SparkplugDecoder, rebirth_request, topic_filters
 from scada_tcn.runtime.state_file import EncodedState, encode_state, fsync_dir, load_state, write_state
 from scada_tcn.runtime.telemetry import BATCH_FORMATS, Rejection, Sample, TelemetryDecoder, topic_filter, turbine_topics
-from scada_tcn.runtime.unseen import WATCH_STEPS, UnseenChannels
 
 __all__ = ["Daemon", "setup_logging"]
 
@@ -184,7 +184,7 @@ class Daemon:
             None if group is None else SparkplugDecoder(self.decoder, group.format(site=cfg.site, gateway=cfg.gateway))
         )
         self._rebirth_asked: dict[str, int] = {}  # Sparkplug edge nodes asked for births in the last window -> when
-        self._unseen = UnseenChannels(len(bundle.spec.channels), int(bundle.spec.dt_seconds * 1e9))
+        self._channels = ChannelWatch(len(bundle.spec.channels), int(bundle.spec.dt_seconds * 1e9))
         self.engine = self._new_engine(scorer)
         self.inbound: queue.Queue[Message] = queue.Queue()  # bounded by the paused reads (runtime.mqtt)
         self.inbound_peak = 0
@@ -823,25 +823,29 @@ class Daemon:
         return samples, redelivered
 
     def _watch_channels(self, samples: list[Sample]) -> None:
-        """Say once, on the log and the errors topic, which channels have had no value in the first WATCH_STEPS
-        steps of data (a payload key misspelt in mapping.columns, hidden by an ignored_keys pattern, or a sensor
-        not sent), naming the keys the patterns dropped; and when such a channel gets its first value."""
-        report, came = self._unseen.observe(samples)
+        """Say when channels go silent (no turbine's sample carried them in the first WATCH_STEPS steps of data, or
+        for SILENT_STEPS steps since their last value: a payload key misspelt in mapping.columns or renamed by the
+        gateway, hidden by an ignored_keys pattern, or a sensor not sent), on the log, the errors topic and the
+        `channel_silent` gauge, naming the keys the patterns dropped; and when they come back."""
+        gone, back = self._channels.observe(samples)
         channels, keys = self.decoder.channels, self.decoder.key_of_channel
-        for i in came:
-            log.warning("a channel reported without values got its first value", extra={"channel": channels[i]})
-        if not report:
+        for i in back:
+            self.metrics.channel_silent.labels(channel=channels[i]).set(0)
+            log.warning("a silent channel has values again", extra={"channel": channels[i]})
+        if not gone:
             return
-        missing = {channels[i]: keys[channels[i]] for i in report}
+        missing = {channels[i]: keys[channels[i]] for i in gone}
+        for c in missing:
+            self.metrics.channel_silent.labels(channel=c).set(1)
         dropped = dict(self.decoder.ignored_keys.dropped)
-        detail = (f"channels {sorted(missing)} have had no value in the first {WATCH_STEPS} steps of data: the "
-                  "model scores them as missing. Check their payload keys in mapping.columns against what the "
-                  "gateway sends" + (" (keys that mapping.ignored_keys patterns dropped are listed)" if dropped else
-                  ""))  # fmt: skip
+        detail = (f"no turbine's telemetry carries channels {sorted(missing)} (none in the first {WATCH_STEPS} steps "
+                  f"of data, or none for {SILENT_STEPS} steps since their last value): the model scores them as "
+                  "missing. Check their payload keys in mapping.columns against what the gateway sends" +
+                  (" (keys that mapping.ignored_keys patterns dropped are listed)" if dropped else ""))  # fmt: skip
         log.warning(detail, extra={"payload_keys": missing, "dropped_by_patterns": dropped})
-        report_doc = self._error_report("channels_without_values", detail, payload_keys=missing,
-                                        dropped_by_patterns=dropped)  # fmt: skip
-        self._publish("error", self.errors_topic, report_doc, False)
+        report = self._error_report("channels_without_values", detail, payload_keys=missing,
+                                    dropped_by_patterns=dropped)  # fmt: skip
+        self._publish("error", self.errors_topic, report, False)
 
     def _admit_one(self, msg: Message, now_ns: int, samples: list[Sample], new: set[str]) -> None:
         """One message's valid samples appended to `samples` (a batched message's, or a turbine's array's, all at

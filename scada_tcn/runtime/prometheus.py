@@ -152,6 +152,12 @@ class RuntimeMetrics:
         self.heartbeat_age = Gauge(
             p + "loop_heartbeat_age_seconds", "seconds since the processing loop last ran", registry=r
         )
+        self.channel_silent = Gauge(
+            p + "channel_silent",
+            "1 while no turbine's samples carry the channel (none in the first steps, or none for hours)",
+            ["channel"],
+            registry=r,
+        )
         self.last_message = Gauge(
             p + "last_message_timestamp_seconds", "wall time of the last processed message", registry=r
         )

@@ -1,6 +1,6 @@
-"""A channel that no message carries (its payload key misspelt in mapping.columns and dropped by an ignored_keys
-pattern, or a sensor the farm does not send) is reported once, on the log and the errors topic, with the keys the
-patterns dropped; its first value after that is logged too."""
+"""A channel that no message carries (its payload key misspelt in mapping.columns or renamed by the gateway and
+dropped by an ignored_keys pattern, or a sensor the farm does not send) is reported when it goes silent, on the
+log, the errors topic and a gauge, with the keys the patterns dropped; its return is logged too."""
 
 from __future__ import annotations
 
@@ -12,38 +12,68 @@ import pytest
 
 from scada_tcn.demo.broker import free_port
 from scada_tcn.runtime.bundle import load_bundle
+from scada_tcn.runtime.channel_watch import PENDING_MAX, SILENT_STEPS, WATCH_STEPS, ChannelWatch
 from scada_tcn.runtime.daemon import Daemon
 from scada_tcn.runtime.ignored import DROPPED_KEPT, IgnoredKeys
 from scada_tcn.runtime.mqtt import Message
 from scada_tcn.runtime.stream import make_scorer
 from scada_tcn.runtime.telemetry import Sample, parse_timestamp_ns
-from scada_tcn.runtime.unseen import WATCH_STEPS, UnseenChannels
 from tests.mosquitto import daemon_config, read_slice, sent_by, to_messages
 
 START, END = "2024-01-28T00:00:00+00:00", "2024-01-28T06:00:00+00:00"
 STEP = 600 * 10**9
 
 
-def test_unseen_channels_are_named_once_after_the_watch_and_failed_reads_count_as_seen():
-    watch = UnseenChannels(3, STEP)
+def test_a_channel_never_carried_is_silent_after_the_watch_and_failed_reads_count_as_carried():
+    watch = ChannelWatch(3, STEP)
     t0 = 1706400000 * 10**9
     row = np.array([1.0, np.nan, np.nan])
     assert watch.observe([Sample("A", t0, row, (2,))]) == ([], [])  # channel 2's read failed: its key was sent
     for k in range(1, WATCH_STEPS - 1):  # fewer distinct steps than the watch
         assert watch.observe([Sample("A", t0 + k * STEP, row), Sample("B", t0 + k * STEP + 1, row)]) == ([], [])
     assert watch.observe([Sample("B", t0 + (WATCH_STEPS - 1) * STEP, row)]) == ([1], [])
-    assert watch.observe([Sample("A", t0 + WATCH_STEPS * STEP, row)]) == ([], [])  # said once
-    assert watch.observe([Sample("A", t0 + (WATCH_STEPS + 1) * STEP, np.array([np.nan, 2.0, np.nan]))]) == ([], [1])
-    assert not watch.unseen.any() and watch.observe([Sample("A", t0, row)]) == ([], [])
+    assert watch.observe([Sample("A", t0 + WATCH_STEPS * STEP, row, (2,))]) == ([], [])  # said once
+    assert watch.observe([Sample("A", t0 + (WATCH_STEPS + 1) * STEP, np.array([np.nan, 2.0, 1.0]))]) == ([], [1])
+
+
+def test_a_channel_that_stops_is_silent_after_hours_and_back_with_its_next_value():
+    """A tag renamed by a gateway's update: the fleet's samples stop carrying it. Silent once the fleet's newest
+    stamp is SILENT_STEPS steps past its last value (a quiet hour is not silence), back at its next value (said
+    when a later step opens: the samples are looked at once per step); a sample forwarded late with the channel
+    does not hide the silence unless it is newer."""
+    watch = ChannelWatch(2, STEP)
+    t0 = 1706400000 * 10**9
+    both, first = np.array([1.0, 2.0]), np.array([1.0, np.nan])
+    for k in range(WATCH_STEPS):
+        assert watch.observe([Sample("A", t0 + k * STEP, both)]) == ([], [])
+    last = t0 + (WATCH_STEPS - 1) * STEP
+    for k in range(1, SILENT_STEPS):
+        assert watch.observe([Sample("A", last + k * STEP, first)]) == ([], [])
+    assert watch.observe([Sample("B", last - STEP, both), Sample("A", last + SILENT_STEPS * STEP, first)]) == ([1], [])
+    assert watch.observe([Sample("A", last + (SILENT_STEPS + 1) * STEP, first)]) == ([], [])  # said once
+    assert watch.observe([Sample("B", last + (SILENT_STEPS + 1) * STEP, both)]) == ([], [])  # looked at once a
+    assert watch.observe([Sample("A", last + (SILENT_STEPS + 2) * STEP, first)]) == ([], [1])  # later step opens
 
 
 def test_a_sample_forwarded_late_does_not_end_the_watch():
     """Found in review: the watch measured the newest stamp less the oldest ever seen, so one sample six steps old
     (a store-and-forward gateway) and one live sample reported a channel after two samples."""
-    watch = UnseenChannels(2, STEP)
+    watch = ChannelWatch(2, STEP)
     t0 = 1706400000 * 10**9
     assert watch.observe([Sample("B", t0 - WATCH_STEPS * STEP, np.array([1.0, np.nan]))]) == ([], [])
     assert watch.observe([Sample("A", t0, np.array([1.0, np.nan]))]) == ([], [])
+
+
+def test_samples_are_looked_at_once_per_step_and_at_most_pending_max_wait():
+    watch = ChannelWatch(2, STEP)
+    t0 = 1706400000 * 10**9
+    for k in range(WATCH_STEPS):
+        watch.observe([Sample("A", t0 + k * STEP, np.array([1.0, np.nan]))])
+    assert watch.silent.tolist() == [False, True]
+    late = t0 + (WATCH_STEPS - 1) * STEP + 1
+    for _ in range(PENDING_MAX - 1):  # the same step: held
+        assert watch.observe([Sample("B", late, np.array([np.nan, 1.0]))]) == ([], [])
+    assert watch.observe([Sample("B", late, np.array([np.nan, 1.0]))]) == ([], [1]) and not watch.pending
 
 
 def test_keys_a_pattern_dropped_are_kept_to_be_named_and_bounded():
@@ -65,7 +95,7 @@ def test_a_channel_hidden_by_a_pattern_is_reported_once_with_the_key_the_pattern
 ):
     """The tiny farm's telemetry with one channel's key renamed `<key>_raw`, which the pattern `*_raw` drops: the
     daemon scores, and after WATCH_STEPS steps of data it reports that channel once, naming its payload key and
-    the dropped key; when the key comes right, the first value is logged."""
+    the dropped key, and the gauge says so; when the key comes right, its return is logged and the gauge clears."""
     header, rows = read_slice(tiny_run.synth_dir / "scada.csv", START, END)
     channel = bundle.spec.channels[1]
     key = bundle.column_mapping[channel]
@@ -87,6 +117,7 @@ def test_a_channel_hidden_by_a_pattern_is_reported_once_with_the_key_the_pattern
     assert [r["reason"] for r in reports] == ["channels_without_values"]
     assert reports[0]["payload_keys"] == {channel: key}
     assert reports[0]["dropped_by_patterns"] == {f"{key}_raw": "*_raw"}
-    assert any("first value" in r.getMessage() and r.channel == channel for r in caplog.records)  # type: ignore[attr-defined]
+    assert any("has values again" in r.getMessage() and r.channel == channel for r in caplog.records)  # type: ignore[attr-defined]
+    assert d.metrics.value("scada_runtime_channel_silent", channel=channel) == 0
     assert d.metrics.value("scada_runtime_rejected_total", reason="unknown_channel") == 0
     assert sum(1 for t, _ in sent if t.endswith("/score")) > 0
