@@ -14,7 +14,7 @@ from scada_tcn.demo.broker import free_port
 from scada_tcn.runtime.bundle import load_bundle
 from scada_tcn.runtime.channel_watch import PENDING_MAX, SILENT_STEPS, WATCH_STEPS, ChannelWatch
 from scada_tcn.runtime.daemon import Daemon
-from scada_tcn.runtime.ignored import DROPPED_KEPT, IgnoredKeys
+from scada_tcn.runtime.ignored import DROPPED_KEPT, SIGHTED_KEPT, IgnoredKeys
 from scada_tcn.runtime.mqtt import Message
 from scada_tcn.runtime.stream import make_scorer
 from scada_tcn.runtime.telemetry import Sample, parse_timestamp_ns
@@ -76,13 +76,21 @@ def test_samples_are_looked_at_once_per_step_and_at_most_pending_max_wait():
     assert watch.observe([Sample("B", late, np.array([np.nan, 1.0]))]) == ([], [1]) and not watch.pending
 
 
-def test_keys_a_pattern_dropped_are_kept_to_be_named_and_bounded():
-    ignored = IgnoredKeys(["status", "*_raw"])
-    assert "status" in ignored and "oil_raw" in ignored and "oil" not in ignored
-    assert ignored.dropped == {"oil_raw": "*_raw"}  # an exact entry is not a pattern's drop
-    for i in range(3 * DROPPED_KEPT):
-        assert f"k{i}_raw" in ignored
-    assert len(ignored.dropped) == DROPPED_KEPT and "oil_raw" in ignored.dropped
+def test_the_newest_keys_a_pattern_dropped_are_kept_to_be_named_and_bounded():
+    """Found in review: the first 32 keys a pattern dropped were kept, so on a gateway sending 40 other tags of the
+    folder, a key renamed later by an update was never named. The 32 newest first sightings are kept now."""
+    ignored = IgnoredKeys(["status", "Gearbox/*"])
+    assert "status" in ignored and "Gearbox/Vib" in ignored and "oil" not in ignored
+    assert ignored.dropped == {"Gearbox/Vib": "Gearbox/*"}  # an exact entry is not a pattern's drop
+    for _ in range(3):  # every message sends the folder's 40 tags again
+        assert all(f"Gearbox/T{i}" in ignored for i in range(40))
+    assert "Gearbox/Oil_Temp" in ignored  # the renamed key, first seen now
+    assert len(ignored.dropped) == DROPPED_KEPT and list(ignored.dropped)[-1] == "Gearbox/Oil_Temp"
+    assert "Gearbox/T0" not in ignored.dropped and "Gearbox/T39" in ignored.dropped
+    for i in range(2 * SIGHTED_KEPT):  # a hostile stream of made-up keys: both records stay bounded
+        assert f"Gearbox/{i}" + "x" * 300 in ignored
+    assert len(ignored.dropped) == DROPPED_KEPT and len(ignored._sighted) == SIGHTED_KEPT
+    assert max(map(len, ignored.dropped)) == 200
 
 
 @pytest.fixture(scope="module")

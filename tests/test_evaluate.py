@@ -64,3 +64,19 @@ def test_progress_says_how_far_at_most_every_interval_and_always_at_the_end():
     every = Progress("scored windows", 2_000, said.append, every_s=0.0)
     every(1_000)
     assert said[-1].startswith("scored windows: 1,000 of 2,000 (50%), ")
+
+
+def test_labels_are_read_in_the_zone_the_prepared_data_was_read_with(tiny_run, tmp_path):
+    """Found in review: with --checkpoint the labels were read in the checkpoint's config's zone, not the zone
+    the --data folder was prepared with, so naive labels were refused with advice that could not be followed.
+    They are read in the prepared data's naive_timezone (its config.yaml), as scada-prepare read its labels."""
+    from scada_tcn.trainer.data.prepare import prepare
+
+    data = tmp_path / "processed_utc"
+    prepare(tiny_run.cfg(f"data.paths.processed_dir={data}", "data.identifiers.naive_timezone=UTC"))
+    setup = setup_from_checkpoint(tiny_run.checkpoint, data)
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"turbine_id": ["WT01"], "start": ["2024-02-01 00:00"], "end": ["2024-02-03 00:00"],
+                  "fault": ["gearbox_overheat"]}).to_csv(labels, index=False)  # fmt: skip
+    m = evaluate(setup, tmp_path / "eval", plots=False, labels_file=labels)
+    assert m["labels"] == str(labels) and "anomaly" in m

@@ -3,6 +3,8 @@ scada-evaluate --labels scores against such a labels file."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -216,3 +218,28 @@ def test_a_folder_of_per_turbine_files_is_injected_file_by_file(tmp_path):
     assert tb.turbine_ids.tolist() == ta.turbine_ids[order].tolist() and tb.ts_ns.tolist() == ta.ts_ns[order].tolist()
     np.testing.assert_array_equal(tb.values, ta.values[order])
     assert a["labels"].read_text() == b["labels"].read_text()
+
+
+def test_a_config_split_by_turbine_injects_in_the_period_given_and_asks_for_one_otherwise(tmp_path):
+    """Found in review: with splits.method=turbine (no test_range, as the C-MAPSS configs) the bounds' defaults
+    were looked up even when --start and --end were given, a TypeError traceback; without them it was one before
+    too. Now the given period is used, and a missing bound is asked for."""
+    from typer.testing import CliRunner
+
+    from scada_tcn.trainer.cli.pipeline import inject_app
+    from scada_tcn.trainer.sources.simulator import write_synthetic
+
+    paths = write_synthetic(tmp_path / "synth", 3, 3, 0, "2024-01-01", "csv")
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "config.yaml")
+    args = ["--config", config, "--turbine", "WT01", "--hours", "6", f"data.paths.raw_dir={paths['scada']}",
+            "data.splits.method=turbine", "data.splits.train_turbines=[WT01]", "data.splits.val_turbines=[WT02]",
+            "data.splits.test_turbines=[WT03]", "data.splits.train_range=null", "data.splits.val_range=null",
+            "data.splits.test_range=null"]  # fmt: skip
+    period = ["--start", "2024-01-01T12:00:00+00:00", "--end", "2024-01-03T00:00:00+00:00"]
+    res = CliRunner().invoke(inject_app, [*args, "--out", str(tmp_path / "inj"), *period])
+    assert res.exit_code == 0, res.output
+    labels = pd.read_csv(tmp_path / "inj" / "labels.csv")
+    assert len(labels) and (pd.to_datetime(labels.start) >= pd.Timestamp("2024-01-01T12:00Z")).all()
+    res = CliRunner().invoke(inject_app, [*args, "--out", str(tmp_path / "x"), *period[:2]])
+    assert res.exit_code == 2, res.output  # an input error, said without a traceback
+    assert "--end: the config has no data.splits.test_range (splits.method=turbine)" in res.output

@@ -1249,3 +1249,5 @@ def test_a_long_stamp_is_refused_unread_with_a_short_detail():
     future = dec.decode("s/x/WT1/telemetry", json.dumps(doc).encode(), NOW)
     assert future.reason == "ts_in_future" and "'2099-01-01T00:00:00.0000" in future.detail  # type: ignore[union-attr]
     assert len(future.detail) < 120  # type: ignore[union-attr]
+    number = dec.decode("s/x/WT1/telemetry", b'{"ts": 4102444800, "values": {"P": 1}}', NOW)  # a number, unquoted
+    assert number.detail.startswith("ts 4102444800 is more than")  # type: ignore[union-attr]

@@ -5,8 +5,9 @@ An entry is a key, or a pattern where `*` stands for any run of characters (`/` 
 is special): `Gearbox/*` drops a whole tag folder, `*` every key that is not a channel's. Channels are looked up
 first, so no entry hides a channel, but a pattern also drops a key misspelt in `mapping.columns`, which would
 otherwise be refused and show on the errors topic: the narrower the pattern, the more such mistakes show. The
-first `DROPPED_KEPT` distinct keys a pattern dropped are kept (`dropped`: key -> pattern), for the daemon to name
-them when a channel has had no value (`runtime.unseen`).
+`DROPPED_KEPT` distinct keys a pattern dropped most recently for the first time are kept (`dropped`: key ->
+pattern, oldest first), for the daemon to name them when a channel goes silent (`runtime.channel_watch`): a key a
+gateway's update renamed is among the newest.
 
 Matching is linear in the key's length (a `*` pattern is matched by finding its parts in order, not by a
 backtracking regular expression): a hostile key costs what its length costs.
@@ -16,9 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["DROPPED_KEPT", "IgnoredKeys"]
+__all__ = ["DROPPED_KEPT", "SIGHTED_KEPT", "IgnoredKeys"]
 
-DROPPED_KEPT = 32  # distinct keys a pattern dropped, kept to be named
+DROPPED_KEPT = 32  # distinct keys a pattern dropped, the newest first sightings, kept to be named
+SIGHTED_KEPT = 1 << 14  # distinct keys remembered as sighted (a gateway's tags; a hostile stream cycles them)
 
 
 def _matches(parts: tuple[str, ...], key: str) -> bool:
@@ -44,7 +46,8 @@ class IgnoredKeys:
         entries = list(entries)
         self.exact = frozenset(e for e in entries if "*" not in e)
         self.patterns = tuple(tuple(e.split("*")) for e in entries if "*" in e)
-        self.dropped: dict[str, str] = {}  # the first DROPPED_KEPT distinct keys a pattern dropped -> the pattern
+        self.dropped: dict[str, str] = {}  # the DROPPED_KEPT newest distinct keys a pattern dropped -> the pattern
+        self._sighted: dict[str, None] = {}  # the distinct keys a pattern dropped, SIGHTED_KEPT at most (oldest out)
 
     def __contains__(self, key: object) -> bool:
         if key in self.exact:
@@ -53,7 +56,13 @@ class IgnoredKeys:
             return False
         for parts in self.patterns:
             if _matches(parts, key):
-                if len(self.dropped) < DROPPED_KEPT:
-                    self.dropped.setdefault(key[:200], "*".join(parts))
+                shown = key[:200]  # a hostile message's long keys are kept short
+                if shown not in self._sighted:
+                    self._sighted[shown] = None
+                    if len(self._sighted) > SIGHTED_KEPT:
+                        del self._sighted[next(iter(self._sighted))]
+                    self.dropped[shown] = "*".join(parts)
+                    if len(self.dropped) > DROPPED_KEPT:
+                        del self.dropped[next(iter(self.dropped))]
                 return True
         return False

@@ -299,7 +299,7 @@ def _shown(x: Any, n: int) -> str:
     deeply nested one has no text: str() would recurse past the interpreter's limit)."""
     if isinstance(x, (list, dict)):
         return f"(a JSON {'array' if isinstance(x, list) else 'object'})"
-    return repr(str(x)[:n])
+    return repr(x[:n]) if isinstance(x, str) else str(x)[:n]  # a number unquoted: it was sent as one
 
 
 def _number_text(v: str) -> float | Rejection:

@@ -63,11 +63,19 @@ def _fault_events(setup: InferSetup, res: pd.DataFrame) -> dict[str, list[tuple[
     return out
 
 
+def _prepared_zone(data_dir: Path) -> str | None:
+    """The naive_timezone the prepared data in `data_dir` was read with (its config.yaml, written by
+    scada-prepare): the zone training read its labels in, whatever config the checkpoint was trained with."""
+    import yaml
+
+    return yaml.safe_load((data_dir / "config.yaml").read_text())["data"]["identifiers"]["naive_timezone"]
+
+
 def _file_events(path: str | Path, turbines: list[str], zone: str | None) -> dict[str, list[tuple[int, int, str]]]:
-    """Fault events of a labels CSV (turbine_id, start, end, fault; `edge_records.read_fault_labels`, local times in
-    `zone`, the data's naive_timezone, as training reads labels), per turbine."""
+    """Fault events of a labels CSV (turbine_id, start, end, fault; `edge_records.read_fault_labels`), local times
+    in `zone`, the prepared data's naive_timezone, as scada-prepare reads labels for training; per turbine."""
     out: dict[str, list[tuple[int, int, str]]] = {t: [] for t in turbines}
-    for t, a, b, f in read_fault_labels(path, zone, "data.identifiers.naive_timezone"):
+    for t, a, b, f in read_fault_labels(path, zone, "data.identifiers.naive_timezone"):  # scada-prepare's setting
         if t in out:
             out[t].append((a, b, f))
     return out
@@ -241,7 +249,7 @@ def evaluate(
         m["fault"] = fault_metrics(arr.y, arr.fault_prob, setup.class_names, from_logits=False)
     if labels_file is not None:
         turbines = sorted(set(val["turbine_id"]) | set(test["turbine_id"]))
-        faults = _file_events(labels_file, turbines, setup.cfg.data.identifiers.naive_timezone)
+        faults = _file_events(labels_file, turbines, _prepared_zone(setup.data.dir))
         m["labels"] = str(labels_file)
         v, t = _scored(val), _scored(test)
         m["anomaly"] = anomaly_metrics(v["score"], _in_events(v, faults), t["score"], _in_events(t, faults))

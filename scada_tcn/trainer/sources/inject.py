@@ -38,6 +38,15 @@ from scada_tcn.trainer.data.tables import column_numbers, csv_dialect, parse_tim
 from scada_tcn.trainer.sources.faults import FAULT_KINDS, inject_fault
 
 
+def _test_bound(data: DataCfg, key: str, i: int) -> str:
+    """The config's test range's start (i = 0) or end (1), for a `key` (--start / --end) not given."""
+    rng = data.splits.test_range
+    if rng is None:
+        raise InputError(f"{key}: the config has no data.splits.test_range (splits.method={data.splits.method}) to "
+                         "inject into by default: give --start and --end, ISO-8601 with a UTC offset")  # fmt: skip
+    return rng[i]
+
+
 def _create(path: Path, encoding: str) -> IO[str]:
     """A text file to write, gzipped when named .gz with a zero gzip time stamp, so that the same seed gives the
     same bytes."""
@@ -122,6 +131,8 @@ def inject_table(
     unknown = sorted(set(kinds) - set(FAULT_KINDS))
     if unknown:
         raise InputError(f"unknown fault kinds {unknown}; allowed {list(FAULT_KINDS)}")
+    rng_start, rng_end = (pd.Timestamp(split_bound_ns(key, given or _test_bound(data, key, i)), tz="UTC")
+                          for i, (key, given) in enumerate((("--start", start), ("--end", end))))  # fmt: skip
     src = Path(data.paths.raw_dir)
     kinds_of_files = {"csv": CSV_KINDS, "parquet": PARQUET_KINDS, "auto": CSV_KINDS + PARQUET_KINDS}[data.format]
     files = table_files(src, kinds_of_files)
@@ -143,13 +154,6 @@ def inject_table(
                               ident.time_format, "data.identifiers")  # fmt: skip
         parts.append(part.assign(timestamp=pd.to_datetime(ts, utc=True)))
     part = pd.concat(parts, keys=mine)  # (file, row): each value goes back to its place
-    rng_start, rng_end = (
-        pd.Timestamp(split_bound_ns(key, given or default), tz="UTC")
-        for key, given, default in (
-            ("--start", start, data.splits.test_range[0]),
-            ("--end", end, data.splits.test_range[1]),
-        )
-    )
     rng_end = min(rng_end, part["timestamp"].max())
     if not rng_start < rng_end:
         raise InputError(f"empty injection period {rng_start} -> {rng_end} for turbine {turbine}")
