@@ -189,3 +189,23 @@ def test_labels_are_read_as_training_reads_them(tmp_path):
     res = CliRunner().invoke(evaluate_app, ["--records", str(labels), "--naive-timezone", "Europe/Pariss",
                                             "--labels", str(labels)])  # fmt: skip
     assert res.exit_code != 0 and "unknown time zone 'Europe/Pariss'" in res.output
+
+
+def test_the_scorer_refuses_the_labels_training_refuses(tmp_path):
+    """A row that ends before it starts, or has no fault or turbine: training refused such a labels file and the
+    event scorer counted it (a fault window of negative length, or a fault named 'nan'). Both read a labels file
+    by one function now (`windowing.label_rows`)."""
+    from scada_tcn.runtime.errors import InputError
+    from scada_tcn.trainer.data.windowing import load_label_events
+
+    day = "2024-01-01T00:00Z,2024-01-02T00:00Z"
+    rows = {"backwards": "WT01,2024-01-02T00:00Z,2024-01-01T00:00Z,gear", "no fault": f"WT01,{day},",
+            "no turbine": f",{day},gear"}  # fmt: skip
+    for what, row in rows.items():
+        labels = tmp_path / "labels.csv"
+        labels.write_text(f"turbine_id,start,end,fault\n{row}\n")
+        want = "end before they start" if what == "backwards" else "empty cells in columns"
+        with pytest.raises(EdgeRecordsError, match=want):
+            read_fault_labels(labels)
+        with pytest.raises(InputError, match=want):
+            load_label_events(labels, ["normal", "gear"], None)

@@ -41,29 +41,41 @@ class LabelEvent:
     class_idx: int
 
 
-def load_label_events(path: str | Path, class_names: list[str], naive_timezone: str | None) -> list[LabelEvent]:
-    """Read a labels CSV (turbine_id,start,end,fault); every fault name must be a configured class."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"labels file {path} not found (data.paths.labels_file)")
-    df = pd.read_csv(path, dtype=str)
+LabelRows = tuple[list[str], np.ndarray, np.ndarray, list[str]]  # turbines, start ns, end ns, faults
+
+
+def label_rows(df: pd.DataFrame, naive_timezone: str | None, where: str,
+               zone_key: str = "data.identifiers.naive_timezone") -> LabelRows:  # fmt: skip
+    """A labels table's rows (turbine_id, start, end, fault) -> (turbines, start ns, end ns, faults): the one reading
+    of a labels file, training's and the event scorer's. Stamps as `tables.parse_timestamps` reads them (local
+    times in `naive_timezone`, the setting `zone_key`); refused (InputError, naming `where`): a missing column,
+    an empty turbine id or fault, a row that ends before it starts."""
     need = ["turbine_id", "start", "end", "fault"]
     missing = [c for c in need if c not in df.columns]
     if missing:
-        raise InputError(f"{path}: missing columns {missing}; expected {need}")
-    unknown = sorted(set(df["fault"]) - set(class_names[1:]))
-    if unknown:
-        raise InputError(f"{path}: fault classes {unknown} are not in data.labels.class_names {class_names[1:]}")
-    starts = parse_timestamps(df["start"], naive_timezone, f"{path} start")
-    ends = parse_timestamps(df["end"], naive_timezone, f"{path} end")
+        raise InputError(f"{where}: missing columns {missing}; expected {need}")
+    empty = [c for c in ("turbine_id", "fault") if df[c].isna().any() or (df[c].astype(str).str.strip() == "").any()]
+    if empty:
+        raise InputError(f"{where}: empty cells in columns {empty}: every row names its turbine and fault")
+    starts = parse_timestamps(df["start"], naive_timezone, f"{where} start", zone_key=zone_key)
+    ends = parse_timestamps(df["end"], naive_timezone, f"{where} end", zone_key=zone_key)
     bad = np.flatnonzero(ends <= starts)
     if bad.size:
-        raise InputError(f"{path}: rows {bad[:5].tolist()} end before they start")
+        raise InputError(f"{where}: rows {bad[:5].tolist()} end before they start")
+    return df["turbine_id"].astype(str).tolist(), starts, ends, df["fault"].astype(str).tolist()
+
+
+def load_label_events(path: str | Path, class_names: list[str], naive_timezone: str | None) -> list[LabelEvent]:
+    """Read a labels CSV (turbine_id,start,end,fault; `label_rows`); every fault name must be a configured class."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"labels file {path} not found (data.paths.labels_file)")
+    turbines, starts, ends, faults = label_rows(pd.read_csv(path, dtype=str), naive_timezone, str(path))
+    unknown = sorted(set(faults) - set(class_names[1:]))
+    if unknown:
+        raise InputError(f"{path}: fault classes {unknown} are not in data.labels.class_names {class_names[1:]}")
     idx = {n: i for i, n in enumerate(class_names)}
-    return [
-        LabelEvent(t, int(a), int(b), idx[f])
-        for t, a, b, f in zip(df["turbine_id"], starts, ends, df["fault"], strict=True)
-    ]
+    return [LabelEvent(t, int(a), int(b), idx[f]) for t, a, b, f in zip(turbines, starts, ends, faults, strict=True)]
 
 
 def label_timeline(

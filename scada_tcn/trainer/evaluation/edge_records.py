@@ -42,7 +42,7 @@ import pandas as pd
 
 from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.telemetry import parse_timestamp_ns
-from scada_tcn.trainer.data.tables import parse_timestamps
+from scada_tcn.trainer.data.windowing import label_rows
 from scada_tcn.trainer.evaluation.events import Fault, Timeline, alert_spans, onsets, score_events
 from scada_tcn.trainer.evaluation.plots import plot_contribution_heatmap, plot_score_timeline
 
@@ -286,18 +286,14 @@ def read_fault_labels(path: str | Path, naive_timezone: str | None = None,
 
 def faults_from_table(df: pd.DataFrame, name: str = "labels", naive_timezone: str | None = None,
                       zone_key: str = "--naive-timezone") -> list[Fault]:  # fmt: skip
-    """Labelled faults of a table with columns turbine_id, start, end, fault, the stamps read as scada-prepare reads
-    a labels file for training (`tables.parse_timestamps`): with a UTC offset, or local times in `naive_timezone`
-    (the setting `zone_key`); `name` names the table in errors."""
-    missing = [c for c in ("turbine_id", "start", "end", "fault") if c not in df.columns]
-    if missing:
-        raise EdgeRecordsError(f"{name}: missing columns {missing} (needs turbine_id, start, end, fault)")
+    """Labelled faults of a table with columns turbine_id, start, end, fault, read and checked as training reads a
+    labels file (`windowing.label_rows`): stamps with a UTC offset, or local times in `naive_timezone` (the
+    setting `zone_key`); `name` names the table in errors."""
     try:
-        starts, ends = (parse_timestamps(df[c], naive_timezone, f"{name}: column {c!r}", zone_key=zone_key)
-                        for c in ("start", "end"))  # fmt: skip
+        turbines, starts, ends, faults = label_rows(df, naive_timezone, name, zone_key)
     except InputError as e:
         raise EdgeRecordsError(str(e)) from None
-    return list(zip(df["turbine_id"], starts.tolist(), ends.tolist(), df["fault"], strict=True))
+    return list(zip(turbines, starts.tolist(), ends.tolist(), faults, strict=True))
 
 
 def _iso(ns: int) -> str:
