@@ -100,16 +100,11 @@ def _nul(cells: Sequence[str] | np.ndarray) -> np.ndarray | bool:
     return np.array(["\x00" in c for c in cells], dtype=bool)
 
 
-def _not_empty(cells: Sequence[str] | np.ndarray, raw: np.ndarray) -> np.ndarray:
-    """Which cells are not empty ("\x00" is not empty, though numpy's str type makes it "")."""
-    return (raw != "") | _nul(cells)
-
-
 def counted_text(cells: Sequence[str] | np.ndarray, values: np.ndarray, k: int = 3) -> list[str]:
     """The first `k` cells that `parse_numbers` counted as non-numeric, given the values it read from them (NaN and
     not empty), in one vectorised pass: a refusal's examples."""
-    raw = np.asarray(cells, dtype=str)
-    return np.asarray(cells, dtype=object)[np.isnan(values) & _not_empty(cells, raw)][:k].tolist()
+    text = (np.asarray(cells, dtype=str) != "") | _nul(cells)  # "\x00" is text, though numpy's str makes it ""
+    return np.asarray(cells, dtype=object)[np.isnan(values) & text][:k].tolist()
 
 
 def first_text(cells: Iterable[str], decimal: str = ".") -> str | None:

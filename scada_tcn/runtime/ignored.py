@@ -16,6 +16,7 @@ backtracking regular expression): a hostile key costs what its length costs.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import islice
 
 __all__ = ["DROPPED_KEPT", "SIGHTED_KEPT", "IgnoredKeys"]
 
@@ -46,8 +47,12 @@ class IgnoredKeys:
         entries = list(entries)
         self.exact = frozenset(e for e in entries if "*" not in e)
         self.patterns = tuple(tuple(e.split("*")) for e in entries if "*" in e)
-        self.dropped: dict[str, str] = {}  # the DROPPED_KEPT newest distinct keys a pattern dropped -> the pattern
-        self._sighted: dict[str, None] = {}  # the distinct keys a pattern dropped, SIGHTED_KEPT at most (oldest out)
+        self._sighted: dict[str, str] = {}  # distinct keys a pattern dropped -> it, oldest first, SIGHTED_KEPT at most
+
+    @property
+    def dropped(self) -> dict[str, str]:
+        """The DROPPED_KEPT distinct keys a pattern dropped most recently for the first time -> the pattern."""
+        return dict(reversed(list(islice(reversed(self._sighted.items()), DROPPED_KEPT))))
 
     def __contains__(self, key: object) -> bool:
         if key in self.exact:
@@ -58,11 +63,8 @@ class IgnoredKeys:
             if _matches(parts, key):
                 shown = key[:200]  # a hostile message's long keys are kept short
                 if shown not in self._sighted:
-                    self._sighted[shown] = None
+                    self._sighted[shown] = "*".join(parts)
                     if len(self._sighted) > SIGHTED_KEPT:
                         del self._sighted[next(iter(self._sighted))]
-                    self.dropped[shown] = "*".join(parts)
-                    if len(self.dropped) > DROPPED_KEPT:
-                        del self.dropped[next(iter(self.dropped))]
                 return True
         return False

@@ -148,7 +148,6 @@ _NEURON_KEYS = frozenset(("timestamp", "node", "group", "node_name", "group_name
 KEPWARE_TAG_PATTERN = r"[^.]+\.(?P<turbine>[^.]+)\.(?P<key>.+)"
 _NS = 1_000_000_000
 _ISO_MEMO = 4096  # stamp texts a decoder remembers (then forgets them all): a fleet's step shares a few
-_ISO_MEMO_CHARS = 64  # and only texts this short
 MAX_STAMP_CHARS = 64  # a message's ISO stamp, stripped (the longest form, 18 fraction digits and +hh:mm, has 45)
 _DST_REASONS = ("ambiguous_local_time", "nonexistent_local_time")
 _MAX_ABS_S = 1e11  # ~ year 5138: anything beyond is nonsense (the daemon's future / past checks refuse far less)
@@ -704,7 +703,7 @@ class TelemetryDecoder:
             ts = self._iso.get(raw)
             if ts is None:
                 ts = parse_timestamp_ns(raw, tz=self._tz)
-                if len(raw) <= _ISO_MEMO_CHARS:  # a hostile message's long stamps are not kept
+                if len(raw) <= MAX_STAMP_CHARS:  # a hostile message's long stamps are not kept
                     if len(self._iso) >= _ISO_MEMO:
                         self._iso.clear()
                     self._iso[raw] = ts
