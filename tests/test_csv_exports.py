@@ -566,10 +566,17 @@ def test_day_first_stamps_read_with_a_time_format_as_the_epoch_table(tmp_path):
     with pytest.raises(InputError, match=r"'2024-01-01T00:10:00Z'.*\(mapping\.time_format, or the bundle's table_"):
         list(table_chunks(path, CHANNELS, MappingCfg(), layout, 100))
     dst = _write(tmp_path / "dst.csv", [HEADER, rows[0].replace("1704067200", "29.10.2017 02:30")])
-    with pytest.raises(InputError, match=r"ambiguous_local_time.*DST change in Europe/Paris.*data\.identifiers"):
-        load_raw_table(load_config(CONFIG, [f"data.paths.raw_dir={dst}", *fmt]).data)
-    with pytest.raises(InputError, match=r"ambiguous_local_time.*DST change in Europe/Paris.*mapping\.naive"):
+    assert load_raw_table(load_config(CONFIG, [f"data.paths.raw_dir={dst}", *fmt]).data).repeated_hour_dropped == [
+        "WT01 29.10.2017 02:30"
+    ]  # one row at a repeated time: no order places it (see the test below)
+    with pytest.raises(InputError, match=r"1 rows at local times the DST change in Europe/Paris repeats.*'WT01 "
+                                         r"29\.10\.2017 02:30'.*UTC offset"):  # fmt: skip
         list(table_chunks(dst, CHANNELS, MappingCfg(), layout, 100))
+    skipped = _write(tmp_path / "skipped.csv", [HEADER, rows[0].replace("1704067200", "26.03.2017 02:30")])
+    with pytest.raises(InputError, match=r"nonexistent_local_time.*DST change in Europe/Paris skips.*data\.ident"):
+        load_raw_table(load_config(CONFIG, [f"data.paths.raw_dir={skipped}", *fmt]).data)
+    with pytest.raises(InputError, match=r"nonexistent_local_time.*DST change in Europe/Paris skips.*mapping\.naive"):
+        list(table_chunks(skipped, CHANNELS, MappingCfg(), layout, 100))
     with pytest.raises(ConfigError, match="data.identifiers.time_format: '%d.%m.%Y' does not hold the year"):
         load_config(CONFIG, ["data.identifiers.time_format='%d.%m.%Y'"])
     with pytest.raises(ConfigError, match="mapping.time_format: a strptime format"):
@@ -676,3 +683,122 @@ def test_exports_in_other_text_encodings_read_as_the_plain_csv(tmp_path):
         load_config(CONFIG, ["data.csv.encoding=rot13"])
     with pytest.raises(ConfigError, match="mapping.csv.encoding: a text encoding such as"):
         daemon_config_from_dict({"mapping": {"csv": {"encoding": "nope"}}})
+
+
+def _local_table(path: Path, rows: list[str], fmt: str, order: str = "turbine") -> Path:
+    """`rows` (epoch-second stamps) written with Europe/Paris local times in the strptime format `fmt`, by turbine
+    (each turbine's rows together) or by time (every turbine's row of a stamp together)."""
+    cut = [r.split(",", 2) for r in rows]
+    if order == "time":
+        cut.sort(key=lambda c: int(c[1]))
+    local = [pd.Timestamp(int(b), unit="s", tz="UTC").tz_convert("Europe/Paris").strftime(fmt) for _, b, _ in cut]
+    return _write(path, [HEADER, *(f"{a},{t},{c}" for (a, _, c), t in zip(cut, local))])
+
+
+def _sorted(ids, ts, values) -> tuple:
+    """A reader's rows by turbine and time (replay yields the rows of a repeated hour last)."""
+    order = np.lexsort((ts, np.asarray(ids)))
+    return [ids[i] for i in order.tolist()], np.asarray(ts)[order].tolist(), np.asarray(values)[order]
+
+
+def test_local_times_the_autumn_change_repeats_are_placed_by_each_turbines_row_order(tmp_path):
+    """A local-time export over an autumn DST change writes 02:00-02:50 twice (Europe/Paris, 29 Oct 2017). Both
+    readers refused the whole table ("export with a UTC offset"). Each turbine's rows are now read in file order:
+    the first occurrence until its clock steps back, the second from there (`runtime.stamps.place_repeated`, one
+    function for scada-prepare and replay): the same instants and values as the table in epoch seconds, whether
+    the file runs turbine by turbine or time by time, ISO or day-first, chunks cutting the hour or not. Rows that
+    order cannot place (a turbine that sent one of the two hours, or an export sorted by its local stamp text)
+    are left out by both alike, counted and named; nothing is placed an hour off."""
+    start = 1509228000 - 2 * 86400  # 2017-10-26 22:00Z: 00:00 local, two days and two hours before the first 02:00
+    rows = [",".join([tid, str(start + 600 * i), *(f"{(t * 7 + i * 3 + j) % 19 + 0.5:.2f}" for j in range(len(
+        CHANNELS)))]) for t, tid in enumerate(("WT01", "WT02", "WT03")) for i in range(360)]  # fmt: skip
+    plain = _sorted(*_both(_write(tmp_path / "epoch.csv", [HEADER, *rows])))
+    paris = ["data.identifiers.naive_timezone=Europe/Paris"]
+
+    def both(path: Path, fmt: str | None, chunk: int) -> tuple[tuple, tuple, list[str], list[str]]:
+        ident = paris + ([f"data.identifiers.time_format='{fmt}'"] if fmt else [])
+        t = load_raw_table(load_config(CONFIG, [f"data.paths.raw_dir={path}", *ident]).data)
+        dropped: list[str] = []
+        layout = TABLE._replace(naive_timezone="Europe/Paris", time_format=fmt)
+        parts = list(table_chunks(path, CHANNELS, MappingCfg(), layout, chunk, dropped))
+        replayed = ([i for p in parts for i in p[0]], np.concatenate([p[1] for p in parts]),
+                    np.concatenate([p[2] for p in parts]))  # fmt: skip
+        return _sorted(t.turbine_ids.tolist(), t.ts_ns, t.values), _sorted(*replayed), t.repeated_hour_dropped, dropped
+
+    for fmt in (None, "%d.%m.%Y %H:%M"):
+        for order in ("turbine", "time"):
+            for chunk in (7, 1000):
+                path = _local_table(tmp_path / f"{order}.csv", rows, fmt or "%Y-%m-%d %H:%M:%S", order)
+                assert "29.10.2017 02:10" in path.read_text() or "2017-10-29 02:10:00" in path.read_text()
+                prepared, replayed, dropped_p, dropped_r = both(path, fmt, chunk)
+                assert dropped_p == dropped_r == []
+                for got in (prepared, replayed):
+                    assert got[0] == plain[0] and got[1] == plain[1], (fmt, order, chunk)
+                    np.testing.assert_array_equal(got[2], plain[2])
+
+    # WT02 sent only the first of the two hours; WT03's rows of the hour come sorted by their stamp text
+    first_at, second_at = 1509235200, 1509238800  # 02:00 CEST (00:00Z), 02:00 CET (01:00Z) on 29 October
+    gone = [r for r in rows if r.startswith("WT02") and second_at <= int(r.split(",")[1]) < second_at + 3600]
+    kept = [r for r in rows if r not in gone]
+    path = _local_table(tmp_path / "gaps.csv", kept, "%Y-%m-%d %H:%M:%S")
+    lines = path.read_text().splitlines()
+    wt03 = [i for i, line in enumerate(lines) if line.startswith("WT03,2017-10-29 02:")]
+    lines[wt03[0] : wt03[-1] + 1] = sorted(lines[i] for i in wt03)  # 02:00, 02:00, 02:10, 02:10, ...
+    _write(path, lines)
+    prepared, replayed, dropped_p, dropped_r = both(path, None, 5)
+    hour = [f"2017-10-29 02:{m}0:00" for m in range(6)]
+    assert dropped_p == dropped_r == [f"WT02 {h}" for h in hour] + [f"WT03 {h}" for h in hour for _ in (0, 1)]
+    left = [(i, t) for i, t in zip(*plain[:2])
+            if not (i == "WT03" and first_at <= t // 10**9 < second_at + 3600)
+            and not (i == "WT02" and first_at <= t // 10**9 < second_at + 3600)]  # fmt: skip
+    for got in (prepared, replayed):
+        assert list(zip(got[0], got[1])) == left
+    summary = format_summary_of(tmp_path, path)
+    assert "rows left out: 18 at local times the autumn DST change repeats" in summary and "WT02 2017-10-29" in summary
+    said = r"18 rows at local times the DST change in Europe/Paris repeats, which their turbine's row order does not"
+    with pytest.raises(InputError, match=said + r" place, e\.g\. \['WT02 2017-10-29 02:00:00'"):
+        list(table_chunks(path, CHANNELS, MappingCfg(), TABLE._replace(naive_timezone="Europe/Paris"), 5))
+    labels = pd.Series(["2017-10-29 01:50:00", "2017-10-29 02:10:00"])  # no turbines' order: still refused
+    with pytest.raises(InputError, match=r"1 local times that a DST change in Europe/Paris repeats.*'2017-10-29 "
+                                         r"02:10:00'.*UTC offset"):  # fmt: skip
+        parse_timestamps(labels, "Europe/Paris", "labels start")
+
+
+def format_summary_of(tmp_path: Path, raw: Path) -> str:
+    """scada-prepare's printed summary of `raw` (local times in Europe/Paris)."""
+    from scada_tcn.trainer.data.prepare import format_summary, prepare
+
+    cfg = load_config(CONFIG, [f"data.paths.raw_dir={raw}", "data.identifiers.naive_timezone=Europe/Paris",
+                               "data.labels.enabled=false", "model.heads.fault.enabled=false",
+                               "data.splits.train_range=[2017-10-26T00:00Z,2017-10-30T00:00Z]",
+                               "data.splits.val_range=[2017-10-30T00:00Z,2017-10-31T00:00Z]",
+                               "data.splits.test_range=[2017-10-31T00:00Z,2017-11-01T00:00Z]",
+                               f"data.paths.processed_dir={tmp_path / 'prepared'}"])  # fmt: skip
+    return format_summary(prepare(cfg))
+
+
+def test_a_local_time_export_over_the_autumn_change_replays_as_its_utc_export(tiny_run, tiny_bundle, tmp_path):
+    """Ten days of the tiny farm moved onto the 2024 autumn change in Europe/Paris, exported turbine by turbine
+    once with UTC offsets and once in local time (02:00-02:50 on 27 October written twice): `scada-runtime replay`
+    writes the same score records, byte for byte, from both. It refused the local export before."""
+    from scada_tcn.runtime.replay import replay_file
+
+    df = pd.read_csv(tiny_run.synth_dir / "scada.csv", dtype=str)
+    ts = pd.to_datetime(df["timestamp"], utc=True)
+    df = df[(ts >= "2024-01-15") & (ts < "2024-01-25")].copy()
+    moved = pd.to_datetime(df["timestamp"], utc=True) + (pd.Timestamp("2024-10-22T00:00Z") - pd.Timestamp(
+        "2024-01-15T00:00Z"))  # fmt: skip
+    df = df.assign(_t=moved).sort_values(["turbine_id", "_t"], kind="stable")
+    utc, local = tmp_path / "utc.csv", tmp_path / "local.csv"
+    df.assign(timestamp=df["_t"].dt.strftime("%Y-%m-%dT%H:%M:%S+00:00")).drop(columns="_t").to_csv(utc, index=False)
+    paris = df["_t"].dt.tz_convert("Europe/Paris").dt.strftime("%Y-%m-%d %H:%M:%S")
+    df.assign(timestamp=paris).drop(columns="_t").to_csv(local, index=False)
+    twice = (paris == "2024-10-27 02:30:00").groupby(df["turbine_id"]).sum()
+    assert (twice == 2).sum() >= 2  # the farm's own gaps leave some turbines one of the two 02:30s
+    got = {}
+    for name, path, mapping in (("utc", utc, {}), ("local", local, {"naive_timezone": "Europe/Paris"})):
+        summary = replay_file(tiny_bundle, path, tmp_path / f"{name}.jsonl", daemon_config_from_dict(
+            {"mapping": mapping}))  # fmt: skip
+        assert summary["repeated_hour_dropped"] == 0 and summary["rows"] == summary["read"] == len(df)
+        got[name] = (tmp_path / f"{name}.jsonl").read_bytes()
+    assert got["local"] == got["utc"] and got["utc"].count(b"\n") >= 4 * 1400

@@ -48,7 +48,7 @@ import os
 import secrets
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
@@ -69,7 +69,7 @@ from scada_tcn.runtime.daemon_config import ISO_STAMPS, MappingCfg
 from scada_tcn.runtime.engine import Engine
 from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.ids import file_turbine_id, turbine_id_problem
-from scada_tcn.runtime.stamps import aware_ns, iso_ns, local_ns, wall_utc_ns
+from scada_tcn.runtime.stamps import NOT_PLACED, aware_ns, iso_ns, local_ns, place_repeated, repeated_ns, wall_utc_ns
 from scada_tcn.runtime.telemetry import (
     EPOCH_FLOOR,
     EPOCH_MILLIS,
@@ -92,6 +92,10 @@ CHUNK_ROWS = 50_000  # rows parsed per chunk
 FEED_STEPS = 10  # rows per turbine fed to the engine at a time, then flushed: a flush's records stay few
 FEED_MIN_ROWS = 2_000  # and at least this many (a small farm's 10 steps are too few rows per vectorised call)
 _WRITE_BUFFER = 1 << 20  # bytes: the score lines go out in large writes
+NOT_PLACED_FIX = (
+    "a turbine's rows in that hour must come in time order and hold both occurrences (the clock "
+    "stepping back once) to be placed; export the stamps with a UTC offset, or in UTC, to keep them"
+)
 
 
 class Text(NamedTuple):
@@ -168,29 +172,71 @@ def _formatted(cell: str, fmt: str, tz: Any) -> tuple[int | str, str]:
     return ("naive_timestamp" if tz is None else _in_range(local_ns(t, tz))), "format"
 
 
-def formatted_stamps_ns(cells: Sequence[str], fmt: str, zone: str | None, where: str, keys: str) -> np.ndarray:
+def formatted_stamps_ns(cells: Sequence[str], fmt: str, zone: str | None, where: str, keys: str,
+                        turbines: Sequence[str] | None = None) -> np.ndarray:  # fmt: skip
     """Stamp cells written in the strptime format `fmt` (a table's time_format), local times in `zone` unless the
     format has %z, or epoch milliseconds (`fmt` EPOCH_MILLIS) -> int64 ns UTC: the one reading of such stamps,
     scada-prepare's and replay's. Refused as `_stamps` refuses (`keys`: the section of the settings to name,
-    "data.identifiers" or "mapping")."""
+    "data.identifiers" or "mapping"). With the rows' `turbines` (a whole table, in file order), a local time the
+    autumn change repeats is placed by its turbine's row order (`stamps.place_repeated`; NOT_PLACED where that
+    order does not tell), as replay places it; without them it is refused."""
     from zoneinfo import ZoneInfo
 
-    return _stamps(list(cells), None if zone is None else ZoneInfo(zone), {}, where, zone, fmt, keys)
+    held: list[Repeated] | None = None if turbines is None else []
+    ns = _stamps(list(cells), None if zone is None else ZoneInfo(zone), {}, where, zone, fmt, keys, held)
+    for r in held or ():
+        ns[r.rows] = place_repeated(np.asarray(turbines, dtype=object)[r.rows], r.wall, r.first, r.second)
+    return ns
+
+
+class Repeated(NamedTuple):
+    """A chunk's rows at local times a DST change repeats: their positions, wall-clock ns and both instants."""
+
+    rows: np.ndarray
+    wall: np.ndarray
+    first: np.ndarray
+    second: np.ndarray
+
+
+def _wall(cell: str, fmt: str | None) -> int:
+    """The wall-clock ns (read as UTC) of a local stamp cell already read once by `_timestamp` or `_formatted`."""
+    s = cell.strip()
+    return iso_ns(s)[0] if fmt is None else aware_ns(datetime.strptime(s, fmt).replace(tzinfo=UTC))
+
+
+def _repeated(cells: list[str], parsed: list[tuple[int | str, str]], tz: Any, fmt: str | None) -> Repeated | None:
+    """The rows whose local time a DST change repeats, with both instants (`stamps.repeated_ns`) of each distinct
+    cell; a row whose instants lie outside the epoch range is marked "out_of_range" in `parsed`. None if none."""
+    rows = [i for i, (t, _) in enumerate(parsed) if t == "ambiguous_local_time"]
+    if not rows:
+        return None
+    pairs = {}
+    for c in dict.fromkeys(cells[i] for i in rows):
+        w = _wall(c, fmt)
+        pairs[c] = (w, *repeated_ns(w, tz))
+    for i in rows:
+        if not in_epoch_range(pairs[cells[i]][2]) or not in_epoch_range(pairs[cells[i]][1]):
+            parsed[i] = ("out_of_range", parsed[i][1])
+    rows = [i for i in rows if parsed[i][0] == "ambiguous_local_time"]
+    wall, first, second = (np.array([pairs[cells[i]][k] for i in rows], dtype=np.int64) for k in range(3))
+    return Repeated(np.array(rows, dtype=np.int64), wall, first, second)
 
 
 def _stamps(cells: list[str], tz: Any, forms: dict[str, str], where: str, zone: str | None, fmt: str | None = None,
-            keys: str = "mapping") -> np.ndarray:  # fmt: skip
+            keys: str = "mapping", held: list[Repeated] | None = None) -> np.ndarray:  # fmt: skip
     """A chunk's stamp cells -> int64 ns UTC. Refused (InputError): an unparseable stamp, a local time that a DST
-    change repeats or skips, and a second stamp form in one table (`forms`: each form seen so far -> an example,
-    kept across chunks; scada-prepare demands one form per table too). A chunk of epoch seconds is parsed in one
-    vectorised pass (the same numbers as cell by cell: `parse_numbers`, `epoch_ns`). With a strptime format
-    `fmt` every stamp is read by it (`_formatted`), and only by it; with EPOCH_MILLIS every stamp is a number of
-    milliseconds (`_millis`)."""
+    change skips, one it repeats unless `held` is given, and a second stamp form in one table (`forms`: each form
+    seen so far -> an example, kept across chunks; scada-prepare demands one form per table too). With `held`, the
+    rows at a repeated local time are NOT_PLACED in the result and their `Repeated` is appended to `held`: their
+    instant is for the whole table's row order to tell (`stamps.place_repeated`). A chunk of epoch seconds is
+    parsed in one vectorised pass (the same numbers as cell by cell: `parse_numbers`, `epoch_ns`). With a strptime
+    format `fmt` every stamp is read by it (`_formatted`), and only by it; with EPOCH_MILLIS every stamp is a
+    number of milliseconds (`_millis`)."""
     if fmt == EPOCH_MILLIS:
         return _millis(cells, where, keys)
     if fmt is not None:
         read = {c: _formatted(c, fmt, tz) for c in dict.fromkeys(cells)}  # each distinct stamp once
-        return _checked(cells, [read[c] for c in cells], where, zone, fmt, keys)
+        return _checked(cells, [read[c] for c in cells], where, zone, fmt, keys, tz, held)
     if cells and is_number(cells[0]):
         secs, not_numbers = parse_numbers(cells)
         ns = None if not_numbers else epoch_ns(secs)  # None too for an empty, infinite or out-of-range stamp
@@ -200,10 +246,11 @@ def _stamps(cells: list[str], tz: Any, forms: dict[str, str], where: str, zone: 
             return ns
     read = {c: _timestamp(c, tz) for c in dict.fromkeys(cells)}  # each distinct stamp once: a farm's rows share them
     parsed = [read[c] for c in cells]
-    for form in {f for t, f in parsed if not isinstance(t, str)} - forms.keys():  # forms of the stamps read
-        forms[form] = next(c for (t, f), c in zip(parsed, cells) if f == form and not isinstance(t, str))
+    read_as = [not isinstance(t, str) or t == "ambiguous_local_time" for t, _ in parsed]  # a repeated time was read
+    for form in {f for (_, f), ok in zip(parsed, read_as) if ok} - forms.keys():  # forms of the stamps read
+        forms[form] = next(c for (_, f), c, ok in zip(parsed, cells, read_as) if f == form and ok)
     _one_form(forms, where)
-    return _checked(cells, parsed, where, zone, fmt, keys)
+    return _checked(cells, parsed, where, zone, fmt, keys, tz, held)
 
 
 def _millis(cells: list[str], where: str, keys: str) -> np.ndarray:
@@ -218,13 +265,21 @@ def _millis(cells: list[str], where: str, keys: str) -> np.ndarray:
 
 
 def _checked(cells: list[str], parsed: list[tuple[int | str, str]], where: str, zone: str | None, fmt: str | None,
-             keys: str) -> np.ndarray:  # fmt: skip
-    """The parsed stamps as int64 ns, or an InputError naming the refused ones, their reasons and the fix."""
+             keys: str, tz: Any = None, held: list[Repeated] | None = None) -> np.ndarray:  # fmt: skip
+    """The parsed stamps as int64 ns, or an InputError naming the refused ones, their reasons and the fix. With
+    `held`, the rows at local times a DST change repeats are NOT_PLACED and appended to it (`_stamps`)."""
+    repeated = None if held is None else _repeated(cells, parsed, tz, fmt)
+    if repeated is not None:
+        held.append(repeated)
+        for i in repeated.rows.tolist():
+            parsed[i] = (NOT_PLACED, parsed[i][1])
     bad = [(t, c) for (t, _), c in zip(parsed, cells) if isinstance(t, str)]
     if bad:
         kinds = sorted({t for t, _ in bad})
         if {"ambiguous_local_time", "nonexistent_local_time"} & set(kinds):
-            fix = (f"local times that a DST change in {zone} repeats or skips: export the stamps with a UTC offset, "
+            change = {"ambiguous_local_time": "repeats", "nonexistent_local_time": "skips"}
+            does = " or ".join(change[k] for k in kinds if k in change)
+            fix = (f"local times that a DST change in {zone} {does}: export the stamps with a UTC offset, "
                    f"or in UTC with {keys}.naive_timezone: UTC")  # fmt: skip
         elif kinds == ["out_of_range"]:
             ms = fmt is None and all(is_number(c) for _, c in bad[:3])
@@ -263,10 +318,16 @@ def _layout(mapping: MappingCfg, training: TableFormat) -> TableFormat:
                        training.time_col, zone, dialect, pattern, fmt)  # fmt: skip
 
 
-def table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg, training: TableFormat,
-                 rows: int) -> Iterator[tuple[list[str], np.ndarray, np.ndarray, dict[str, Text]]]:  # fmt: skip
+Chunk = tuple[list[str], np.ndarray, np.ndarray, dict[str, Text]]
+
+
+def table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg, training: TableFormat, rows: int,
+                 dropped: list[str] | None = None) -> Iterator[Chunk]:  # fmt: skip
     """Per chunk of at most `rows` rows of the table laid out as `_layout(mapping, training)` says: (turbine
-    ids, ts_ns (n,) int64, values (n, C) float64, per channel with non-numeric cells their `Text`)."""
+    ids, ts_ns (n,) int64, values (n, C) float64, per channel with non-numeric cells their `Text`). Rows at local
+    times the autumn DST change repeats are held until the table is read, then placed by each turbine's row order
+    (`stamps.place_repeated`, as scada-prepare places them) and yielded as one last chunk; a row that order does not
+    place is left out and said in `dropped` ("<turbine> <stamp cell>"), or refused when `dropped` is None."""
     p = Path(path)
     layout = _layout(mapping, training)
     colmap, id_col, time_col = layout.columns, layout.turbine_id_col, layout.time_col
@@ -282,12 +343,15 @@ def table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg,
     cols = ([] if pattern else [id_col]) + [time_col] + [colmap[c] for c in channels]
     forms: dict[str, str] = {}  # each stamp form seen -> an example: one form per table, as scada-prepare demands
     decimal = layout.dialect.decimal
+    held: list[tuple[list[str], list[str], Repeated, np.ndarray]] = []  # (ids, cells, rows, values) per chunk
+    where = f"{p}: column {time_col!r}"
     for tid, data in _read_chunks(p, cols, rows, layout.dialect, pattern):
         ids = data[id_col] if tid is None else [tid] * len(data[time_col])  # a per-turbine file: its name says which
         problems = sorted(filter(None, map(turbine_id_problem, set(ids))))  # the rule scada-prepare applies
         if problems:
             raise InputError(f"{p}: column {id_col!r}: {problems[0]} ({len(problems)} such ids)")
-        ts = _stamps(data[time_col], tz, forms, f"{p}: column {time_col!r}", layout.naive_timezone, layout.time_format)
+        repeated: list[Repeated] = []
+        ts = _stamps(data[time_col], tz, forms, where, layout.naive_timezone, layout.time_format, held=repeated)
         values = np.empty((len(ids), len(channels)))
         text: dict[str, Text] = {}
         for j, c in enumerate(channels):
@@ -297,7 +361,41 @@ def table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg,
                 missing_at = np.flatnonzero(np.isnan(values[:, j])).tolist()
                 other = other_decimal((cells[i] for i in missing_at), decimal) or ""
                 text[c] = Text(colmap[c], n, first_text((cells[i] for i in missing_at), decimal) or "", other)
+        if repeated:  # these rows wait for the whole table's order
+            (r,) = repeated
+            at = r.rows.tolist()
+            held.append(([ids[i] for i in at], [data[time_col][i] for i in at], r, values[r.rows]))
+            keep = np.ones(len(ids), dtype=bool)
+            keep[r.rows] = False
+            ids, ts, values = [i for i, k in zip(ids, keep.tolist()) if k], ts[keep], values[keep]
         yield ids, ts, values, text
+    if held:
+        yield _placed(held, where, layout.naive_timezone, dropped)
+
+
+def _placed(
+    held: list[tuple[list[str], list[str], Repeated, np.ndarray]],
+    where: str,
+    zone: str | None,
+    dropped: list[str] | None,
+) -> Chunk:
+    """The held rows of every chunk (`table_chunks`), placed by their turbines' row order, as one chunk; those not
+    placed said in `dropped`, or refused when it is None."""
+    ids = [i for h in held for i in h[0]]
+    cells = [c for h in held for c in h[1]]
+    ts = place_repeated(ids, *(np.concatenate([getattr(h[2], k) for h in held]) for k in ("wall", "first", "second")))
+    values = np.concatenate([h[3] for h in held])
+    out = ts == NOT_PLACED
+    if out.any():
+        said = [f"{i} {c.strip()}" for i, c, o in zip(ids, cells, out.tolist()) if o]
+        if dropped is None:
+            raise InputError(
+                f"{where}: {len(said)} rows at local times the DST change in {zone} repeats, which "
+                f"their turbine's row order does not place, e.g. {said[:3]}: " + NOT_PLACED_FIX
+            )
+        dropped += said
+    keep = ~out
+    return [i for i, k in zip(ids, keep.tolist()) if k], ts[keep], values[keep], {}
 
 
 def in_time_order(
@@ -416,13 +514,15 @@ def replay(
         progress(counts)
     non_numeric = dict.fromkeys(spec.channels, 0)
     numbers = np.zeros(len(spec.channels), dtype=np.int64)  # cells read as numbers, per channel
+    dropped: list[str] = []  # rows at a repeated local time that their turbine's row order does not place
     grace_ns = int(engine.fleet.grace_seconds * 1e9)
     dt_ns = engine.dt_ns
 
     def parsed() -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
         text: dict[str, Text] = {}  # per channel, its first chunk's non-numeric cells
         other: dict[str, Text] = {}  # per channel, its first chunk with a number of the other decimal mark
-        for ids, ts, values, bad in table_chunks(path, spec.channels, mapping, engine.bundle.table_format, chunk_rows):
+        for ids, ts, values, bad in table_chunks(path, spec.channels, mapping, engine.bundle.table_format, chunk_rows,
+                                                 dropped):  # fmt: skip
             for c, t in bad.items():
                 non_numeric[c] += t.count
                 text.setdefault(c, t)
@@ -433,6 +533,9 @@ def replay(
             if progress is not None:
                 progress(counts)
             yield ids, ts, values
+        counts["read"] += len(dropped)
+        counts["repeated_hour_dropped"] = len(dropped)
+        counts["repeated_hour_examples"] = dropped[:5]
         # the whole table is read before its first row is scored (`in_time_order`): a channel of text and not one
         # number is refused as scada-prepare refuses it, before a record is written
         decimal = layout.dialect.decimal

@@ -191,6 +191,8 @@ def prepare(cfg: RootCfg) -> dict[str, Any]:
         "missing_fraction": {n: round(float(m) / max(n_steps, 1), 5) for n, m in zip(spec.feature_names, miss_sum)},
         "non_numeric_cells": {k: v for k, v in table.non_numeric.items() if v},
         "non_numeric_examples": dict(table.text_examples),
+        "repeated_hour_dropped": len(table.repeated_hour_dropped),
+        "repeated_hour_examples": table.repeated_hour_dropped[:5],
         "binning": bin_stats,
         "winsor_caps": {k: list(v) for k, v in caps.items()},
         "scaler_fallbacks": {
@@ -230,6 +232,10 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{k} {v:,} (e.g. {summary['non_numeric_examples'][k]!r})" for k, v in summary["non_numeric_cells"].items()
         ]
         lines.append("non-numeric cells made missing: " + ", ".join(said))
+    if summary["repeated_hour_dropped"]:
+        lines.append(f"rows left out: {summary['repeated_hour_dropped']:,} at local times the autumn DST change "
+                     f"repeats that their turbine's row order does not place (e.g. "
+                     f"{summary['repeated_hour_examples'][:3]}); stamps with a UTC offset keep them")  # fmt: skip
     if summary["scaler_fallbacks"]:
         lines.append(f"scaler fallbacks (IQR ~ 0 on the training split): {summary['scaler_fallbacks']}")
     if "window_labels" in summary:

@@ -3,7 +3,9 @@
 pandas only reads and parses here; every computation on the values happens in `runtime/`. What is refused,
 with a message that says what to fix: a missing turbine-id or time column, a mapped channel column that is
 not in the table, unparseable timestamps, a mix of stamps with and without a UTC offset (or naive stamps
-without `data.identifiers.naive_timezone`). Non-numeric cells (`-`, `#N/A`, ...) become missing and are
+without `data.identifiers.naive_timezone`), local times a DST change skips. Local times the autumn change repeats
+are placed by each turbine's row order, as replay places them (`runtime.stamps.place_repeated`); the rows that
+order does not place are left out and counted. Non-numeric cells (`-`, `#N/A`, ...) become missing and are
 counted per channel. With `data.rul.enabled` the target column `data.rul.column` is read beside the channels
 (never as one: it must not reach the features); a non-numeric target cell is refused.
 """
@@ -37,7 +39,7 @@ from scada_tcn.runtime.csv_table import (
 from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.ids import file_turbine_id
 from scada_tcn.runtime.replay import formatted_stamps_ns
-from scada_tcn.runtime.stamps import iso_ns
+from scada_tcn.runtime.stamps import NOT_PLACED, iso_ns, place_repeated, repeated_ns
 from scada_tcn.runtime.telemetry import EPOCH_RANGE, MAX_EPOCH_S, in_epoch_range, table_epoch_ns
 from scada_tcn.trainer.config import DataCfg
 
@@ -58,6 +60,9 @@ class RawTable:
     text_examples: dict[str, str] = field(default_factory=dict)  # channel -> the first such cell
     files: list[str] = field(default_factory=list)
     rul: np.ndarray | None = None  # (n,) float64 target column `data.rul.column` when data.rul.enabled, NaN = none
+    # rows at a local time the autumn DST change repeats that their turbine's row order does not place, left out
+    # ("<turbine> <stamp cell>", file order)
+    repeated_hour_dropped: list[str] = field(default_factory=list)
 
 
 def csv_dialect(data: DataCfg) -> CsvDialect:
@@ -111,16 +116,19 @@ def _checked_ns(parsed: pd.Series, s: pd.Series, where: str) -> np.ndarray:
 
 
 def parse_timestamps(col: pd.Series, naive_timezone: str | None, where: str, time_format: str | None = None,
-                     keys: str | None = None,
-                     zone_key: str = "data.identifiers.naive_timezone") -> np.ndarray:  # fmt: skip
+                     keys: str | None = None, zone_key: str = "data.identifiers.naive_timezone",
+                     turbines: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
     """ISO-8601 strings (with offsets) or epoch seconds (numbers, or text cells that are all numbers, as replay and
     the daemon read them) -> int64 ns UTC; with `time_format` (a strptime format, or "epoch_ms") every stamp read
     by it, by the reading replay applies (`runtime.replay.formatted_stamps_ns`). Refuses mixed, unparseable or
     out-of-range stamps, naming the settings section `keys` ("data.identifiers" for the SCADA table; None for a
-    file without a time_format, such as the labels); `zone_key` names the setting that gives `naive_timezone`."""
+    file without a time_format, such as the labels); `zone_key` names the setting that gives `naive_timezone`.
+    With the rows' `turbines` (a SCADA table, in file order), a local time the autumn DST change repeats is placed
+    by its turbine's row order (`runtime.stamps.place_repeated`, as replay places it; NOT_PLACED where that order
+    does not tell); without them (the labels) it is refused."""
     if time_format is not None:  # a missing cell (NaN, None, pandas' NA) read as an empty one
         cells = np.where(col.isna().to_numpy(), "", col.astype(str).to_numpy(dtype=object)).tolist()
-        return formatted_stamps_ns(cells, time_format, naive_timezone, where, keys or "data.identifiers")
+        return formatted_stamps_ns(cells, time_format, naive_timezone, where, keys or "data.identifiers", turbines)
     if pd.api.types.is_numeric_dtype(col):
         return table_epoch_ns(col.to_numpy(dtype=np.float64, na_value=np.nan), where, keys=keys)
     if isinstance(col.dtype, pd.DatetimeTZDtype):
@@ -156,14 +164,39 @@ def parse_timestamps(col: pd.Series, naive_timezone: str | None, where: str, tim
                 f"{where}: timestamps have no UTC offset (e.g. {s.iloc[0]!r}); set {zone_key}=UTC (or the site's "
                 "zone, e.g. Europe/Paris)"
             )
-        try:
-            parsed = parsed.dt.tz_localize(None).dt.tz_localize(naive_timezone, ambiguous="raise", nonexistent="raise")
-        except ValueError as e:  # pandas: a time the DST change repeats (clocks back) or skips (clocks forward)
-            raise InputError(
-                f"{where}: local times that a DST change in {naive_timezone} repeats or skips ({e}); export the "
-                f"stamps with a UTC offset, or in UTC with {zone_key}=UTC"
-            ) from e
+        return _local_ns(parsed.dt.tz_localize(None), s, naive_timezone, where, zone_key, turbines)
     return _checked_ns(parsed, s, where)
+
+
+def _local_ns(naive: pd.Series, s: pd.Series, zone: str, where: str, zone_key: str,
+              turbines: np.ndarray | None) -> np.ndarray:  # fmt: skip
+    """Wall-clock stamps in `zone` -> int64 ns UTC (`parse_timestamps`): a time the spring change skips refused, one
+    the autumn change repeats placed by its turbine's row order, or refused without `turbines`."""
+    from zoneinfo import ZoneInfo
+
+    fix = f"export the stamps with a UTC offset, or in UTC with {zone_key}=UTC"
+    try:
+        local = naive.dt.tz_localize(zone, ambiguous="NaT", nonexistent="raise")
+    except ValueError as e:  # pandas: a time the DST change skips (clocks forward)
+        raise InputError(f"{where}: local times that a DST change in {zone} skips ({e}); {fix}") from e
+    repeated = local.isna().to_numpy()
+    if not repeated.any():
+        return _checked_ns(local, s, where)
+    if turbines is None:
+        raise InputError(f"{where}: {int(repeated.sum())} local times that a DST change in {zone} repeats, e.g. "
+                         f"{s[repeated].head(3).tolist()}; {fix}")  # fmt: skip
+    ns = np.empty(len(s), dtype=np.int64)
+    ns[~repeated] = _checked_ns(local[~repeated], s[~repeated], where)
+    wall = naive[repeated].to_numpy(dtype="datetime64[ns]").view(np.int64)
+    tz = ZoneInfo(zone)
+    pairs = {w: repeated_ns(w, tz) for w in dict.fromkeys(wall.tolist())}  # each distinct wall time once
+    first, second = (np.array([pairs[w][k] for w in wall.tolist()], dtype=np.int64) for k in (0, 1))
+    ok = in_epoch_range(first) & in_epoch_range(second)
+    if not ok.all():
+        raise InputError(f"{where}: {int((~ok).sum())} stamps out of range, e.g. {s[repeated][~ok].head(3).tolist()}; "
+                         f"{EPOCH_RANGE}")  # fmt: skip
+    ns[repeated] = place_repeated(np.asarray(turbines)[repeated], wall, first, second)
+    return ns
 
 
 def column_numbers(col: pd.Series, decimal: str) -> tuple[np.ndarray, int]:
@@ -218,7 +251,7 @@ def load_raw_table(data: DataCfg) -> RawTable:
     if ids.isna().any():
         raise InputError(f"{int(ids.isna().sum())} rows have no turbine id in column {id_col!r}")
     ts = parse_timestamps(df[ident.time_col], ident.naive_timezone, f"column {ident.time_col!r}", ident.time_format,
-                          "data.identifiers")  # fmt: skip
+                          "data.identifiers", turbines=ids.astype(str).to_numpy(dtype=object))  # fmt: skip
     values = np.empty((len(df), len(channels)), dtype=np.float64)
     non_numeric: dict[str, int] = {}
     examples: dict[str, str] = {}
@@ -233,13 +266,17 @@ def load_raw_table(data: DataCfg) -> RawTable:
         if bad:
             raise InputError(f"target column {data.rul.column!r} (data.rul.column) holds {bad} non-numeric cells")
         rul[~np.isfinite(rul)] = np.nan
+    placed = ts != NOT_PLACED  # the rows replay leaves out too: counted, as their cells were above
+    stamps = df[ident.time_col].astype(str).str.strip()
+    dropped = [f"{i} {c}" for i, c in zip(ids[~placed].astype(str), stamps[~placed])]
     return RawTable(
-        turbine_ids=ids.astype(str).to_numpy(dtype=object),
-        ts_ns=ts,
-        values=values,
+        turbine_ids=ids[placed].astype(str).to_numpy(dtype=object),
+        ts_ns=ts[placed],
+        values=values[placed],
         channels=channels,
         non_numeric=non_numeric,
         text_examples=examples,
         files=[str(f) for f in files],
-        rul=rul,
+        rul=None if rul is None else rul[placed],
+        repeated_hour_dropped=dropped,
     )
