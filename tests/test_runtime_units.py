@@ -597,6 +597,33 @@ def test_local_stamps_of_ingest_naive_timezone():
         daemon_config_from_dict({"ingest": {"naive_timezone": "Europe/Pariss"}})
 
 
+def test_the_first_occurrence_of_a_repeated_hour_is_read_while_the_second_is_still_ahead():
+    """The hour the autumn change repeats (Europe/Paris, 27 Oct 2024: 02:00-02:59 local is 00:00-00:59Z, then
+    01:00-01:59Z) was refused whole, both occurrences. While the clock is in the first occurrence the second lies
+    beyond max_future_s: no gateway can have sent it yet, so the stamp is the first. Once the second may have come
+    (less than max_future_s ahead, or past), it is refused as before: arrival order is not time order."""
+
+    def stamp(now: str, ts: str, future: float = 300.0) -> int | str:
+        dec = _decoder(naive_timezone="Europe/Paris", max_future_s=future)
+        got = dec.decode("s/x/WT1/telemetry", json.dumps({"ts": ts, "values": {"P": 1}}).encode(),
+                         parse_timestamp_ns(now))  # fmt: skip
+        return got.ts_ns if isinstance(got, Sample) else got.reason  # type: ignore[union-attr]
+
+    def utc(t: str) -> int:
+        return parse_timestamp_ns(t)
+
+    assert stamp("2024-10-27T00:10:30Z", "2024-10-27 02:10:00") == utc("2024-10-27T00:10:00Z")
+    assert stamp("2024-10-27T00:54:00Z", "2024-10-27 02:50:00") == utc("2024-10-27T00:50:00Z")
+    assert stamp("2024-10-27T00:10:30Z", "2024-10-27 02:10:00", future=3600.0) == "ambiguous_local_time"
+    assert stamp("2024-10-27T00:56:00Z", "2024-10-27 02:00:00") == "ambiguous_local_time"  # 01:00Z is 4 min ahead
+    assert stamp("2024-10-27T01:10:30Z", "2024-10-27 02:10:00") == "ambiguous_local_time"
+    assert stamp("2024-10-27T03:00:00Z", "2024-10-27 02:10:00") == "ambiguous_local_time"
+    assert stamp("2024-10-26T23:00:00Z", "2024-10-27 02:10:00") == "ts_in_future"
+    dec = _decoder(naive_timezone="Europe/Paris")
+    rej = dec.decode("s/x/WT1/telemetry", b'{"ts": "2024-10-27 02:10", "values": {"P": 1}}', utc("2024-10-27T02:00Z"))
+    assert "repeats, and its second occurrence may have come" in rej.detail  # type: ignore[union-attr]
+
+
 def test_ignored_keys_take_star_patterns_in_every_form():
     """`mapping.ignored_keys` entries with `*` are patterns (`*`: any run of characters, '/' and '.' too): a
     document's keys, Kepware's tag keys and Sparkplug's metric names they match are dropped; channels are read

@@ -164,7 +164,8 @@ class IngestCfg:
         None,
         "null = a telemetry stamp without a UTC offset is refused (naive_timestamp); an IANA zone (e.g. "
         "Europe/Paris) = such an ISO-8601 stamp is a local time of that zone (a gateway or PLC on local clocks): "
-        "the hour a DST change repeats or skips is refused (ambiguous_local_time, nonexistent_local_time)",
+        "the hour a DST change skips is refused (nonexistent_local_time); in the hour the autumn change repeats, a "
+        "stamp is the first occurrence while the second lies beyond max_future_s, then refused (ambiguous_local_time)",
     )
     turbines: list[str] = _f(
         [],
@@ -271,8 +272,9 @@ class MappingCfg:
     )
     naive_timezone: str | None = _f(
         None,
-        "replay: IANA zone of stamps without offset (times a DST change repeats or skips are refused); null = the "
-        "training table's (the bundle's table_identifiers; none there: such stamps are refused)",
+        "replay: IANA zone of stamps without offset (times a DST change skips are refused; the hour it repeats is "
+        "placed by each turbine's row order); null = the training table's (the bundle's table_identifiers; none "
+        "there: such stamps are refused)",
     )
     csv: CsvMappingCfg = _f(CsvMappingCfg(), "replay: how the table's CSV is written")
 

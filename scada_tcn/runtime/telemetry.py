@@ -11,9 +11,10 @@ at `{turbine}`. Payload (UTF-8 JSON object, at most `max_payload_bytes`):
   scada-prepare); with `epoch_unit="ms"` (runtime.yaml `ingest.epoch_unit`) a number is epoch milliseconds, as
   ThingsBoard's `{"ts": 1706400600000, "values": {...}}` and Node-RED's `Date.now()` write it. With
   `naive_timezone` (runtime.yaml `ingest.naive_timezone`) an ISO-8601 stamp without an offset is a local time of
-  that zone (a PLC's clock), the hour a DST change repeats or skips refused (`stamps.local_ns`). ISO stamps are read
-  as pandas reads them for scada-prepare, and as replay reads a table's (`stamps.iso_ns`). It must lie within
-  [now - max_past_s, now + max_future_s] of the wall clock.
+  that zone (a PLC's clock), the hour a DST change skips refused (`stamps.local_ns`), the hour it repeats read as
+  the first occurrence while the second lies beyond max_future_s, then refused (`_first_occurrence`). ISO stamps
+  are read as pandas reads them for scada-prepare, and as replay reads a table's (`stamps.iso_ns`). It must lie
+  within [now - max_past_s, now + max_future_s] of the wall clock.
 * `values`: a non-empty object; keys are the mapped payload keys of the bundle's channels (runtime.yaml `mapping`,
   default the training data's mapping); a value is a finite number or null (= not measured in this sample). Keys
   listed in `ignored_keys` (runtime.yaml `mapping.ignored_keys`: tags the gateway publishes that the model does
@@ -81,7 +82,7 @@ from scada_tcn.runtime.cells import cell_number
 from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.ids import turbine_id_problem
 from scada_tcn.runtime.ignored import IgnoredKeys
-from scada_tcn.runtime.stamps import iso_utc_ns
+from scada_tcn.runtime.stamps import iso_ns, iso_utc_ns, repeated_ns
 
 __all__ = [
     "EPOCH_FLOOR",
@@ -709,8 +710,10 @@ class TelemetryDecoder:
                     self._iso[raw] = ts
         else:
             ts = parse_timestamp_ns(raw, self._per_second)
+        if ts == "ambiguous_local_time":
+            ts = self._first_occurrence(raw, now_ns)
         if ts in _DST_REASONS:  # a local time of ingest.naive_timezone
-            change = "repeats" if ts == "ambiguous_local_time" else "skips"
+            change = "repeats, and its second occurrence may have come" if ts == "ambiguous_local_time" else "skips"
             return Rejection(ts, f"{name} {_shown(raw, 60)}: a local time that a DST change in "
                              f"{self.naive_timezone} {change}: send stamps with a UTC offset to keep that "
                              "hour")  # fmt: skip
@@ -720,6 +723,14 @@ class TelemetryDecoder:
             return Rejection(ts, f"{name} {_shown(raw, 60)}: ISO-8601 with a UTC offset, or epoch {unit}"
                              f"{self._unit_hint(raw)}{local}")  # fmt: skip
         return self.clock_checked(ts, raw, now_ns, name)
+
+    def _first_occurrence(self, raw: str, now_ns: int) -> int | str:
+        """A local time the autumn DST change repeats (`raw`, read once) -> its first occurrence while its second
+        lies beyond the clock check `max_future_s` (no clock has shown it yet: during the first occurrence and
+        before it), else "ambiguous_local_time": a message's arrival order is not its time order (a gateway's
+        buffer, a broker's redelivery), so once both have come the stamp alone cannot tell them apart."""
+        first, second = repeated_ns(iso_ns(raw.strip())[0], self._tz)
+        return first if second > now_ns + self.max_future_s * _NS else "ambiguous_local_time"
 
     def clock_checked(self, ts: int, raw: Any, now_ns: int, name: str) -> int | Rejection:
         """A stamp read as `ts` ns from `raw` (`name`: its key), or why it is refused: beyond the clock checks
