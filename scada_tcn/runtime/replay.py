@@ -204,12 +204,10 @@ def _wall(cell: str, fmt: str | None) -> int:
     return iso_ns(s)[0] if fmt is None else aware_ns(datetime.strptime(s, fmt).replace(tzinfo=UTC))
 
 
-def _repeated(cells: list[str], parsed: list[tuple[int | str, str]], tz: Any, fmt: str | None) -> Repeated | None:
+def _repeated(cells: list[str], parsed: list[tuple[int | str, str]], tz: Any, fmt: str | None) -> Repeated:
     """The rows whose local time a DST change repeats, with both instants (`stamps.repeated_ns`) of each distinct
-    cell; a row whose instants lie outside the epoch range is marked "out_of_range" in `parsed`. None if none."""
+    cell; a row whose instants lie outside the epoch range is marked "out_of_range" in `parsed`."""
     rows = [i for i, (t, _) in enumerate(parsed) if t == "ambiguous_local_time"]
-    if not rows:
-        return None
     pairs = {}
     for c in dict.fromkeys(cells[i] for i in rows):
         w = _wall(c, fmt)
@@ -246,9 +244,9 @@ def _stamps(cells: list[str], tz: Any, forms: dict[str, str], where: str, zone: 
             return ns
     read = {c: _timestamp(c, tz) for c in dict.fromkeys(cells)}  # each distinct stamp once: a farm's rows share them
     parsed = [read[c] for c in cells]
-    read_as = [not isinstance(t, str) or t == "ambiguous_local_time" for t, _ in parsed]  # a repeated time was read
-    for form in {f for (_, f), ok in zip(parsed, read_as) if ok} - forms.keys():  # forms of the stamps read
-        forms[form] = next(c for (_, f), c, ok in zip(parsed, cells, read_as) if f == form and ok)
+    for c, (t, form) in read.items():  # the forms of the stamps read (a repeated local time was), each first seen
+        if form not in forms and (not isinstance(t, str) or t == "ambiguous_local_time"):
+            forms[form] = c
     _one_form(forms, where)
     return _checked(cells, parsed, where, zone, fmt, keys, tz, held)
 
@@ -268,12 +266,13 @@ def _checked(cells: list[str], parsed: list[tuple[int | str, str]], where: str, 
              keys: str, tz: Any = None, held: list[Repeated] | None = None) -> np.ndarray:  # fmt: skip
     """The parsed stamps as int64 ns, or an InputError naming the refused ones, their reasons and the fix. With
     `held`, the rows at local times a DST change repeats are NOT_PLACED and appended to it (`_stamps`)."""
-    repeated = None if held is None else _repeated(cells, parsed, tz, fmt)
-    if repeated is not None:
+    bad = [(t, c) for (t, _), c in zip(parsed, cells) if isinstance(t, str)]
+    if held is not None and any(t == "ambiguous_local_time" for t, _ in bad):
+        repeated = _repeated(cells, parsed, tz, fmt)
         held.append(repeated)
         for i in repeated.rows.tolist():
             parsed[i] = (NOT_PLACED, parsed[i][1])
-    bad = [(t, c) for (t, _), c in zip(parsed, cells) if isinstance(t, str)]
+        bad = [(t, c) for (t, _), c in zip(parsed, cells) if isinstance(t, str)]
     if bad:
         kinds = sorted({t for t, _ in bad})
         if {"ambiguous_local_time", "nonexistent_local_time"} & set(kinds):

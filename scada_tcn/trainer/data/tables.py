@@ -267,8 +267,8 @@ def load_raw_table(data: DataCfg) -> RawTable:
             raise InputError(f"target column {data.rul.column!r} (data.rul.column) holds {bad} non-numeric cells")
         rul[~np.isfinite(rul)] = np.nan
     placed = ts != NOT_PLACED  # the rows replay leaves out too: counted, as their cells were above
-    stamps = df[ident.time_col].astype(str).str.strip()
-    dropped = [f"{i} {c}" for i, c in zip(ids[~placed].astype(str), stamps[~placed])]
+    out = df[ident.time_col][~placed].astype(str).str.strip()
+    dropped = [f"{i} {c}" for i, c in zip(ids[~placed].astype(str), out)]
     return RawTable(
         turbine_ids=ids[placed].astype(str).to_numpy(dtype=object),
         ts_ns=ts[placed],
