@@ -21,7 +21,7 @@ from scada_tcn.runtime.csv_table import CsvDialect
 from scada_tcn.runtime.daemon_config import CsvMappingCfg, MappingCfg, daemon_config_from_dict
 from scada_tcn.runtime.errors import ConfigError, InputError
 from scada_tcn.runtime.ids import turbine_id_problem
-from scada_tcn.runtime.replay import table_chunks
+from scada_tcn.runtime.replay import LeftOut, table_chunks
 from scada_tcn.trainer.config import load_config
 from scada_tcn.trainer.data.tables import load_raw_table, parse_timestamps, table_format
 
@@ -708,7 +708,7 @@ def test_local_times_the_autumn_change_repeats_are_placed_by_each_turbines_row_o
     function for scada-prepare and replay): the same instants and values as the table in epoch seconds, whether
     the file runs turbine by turbine or time by time, ISO or day-first, chunks cutting the hour or not. Rows that
     order cannot place (a turbine that sent one of the two hours, or an export sorted by its local stamp text)
-    are left out by both alike, counted and named; nothing is placed an hour off."""
+    are left out by both alike, counted and named."""
     start = 1509228000 - 2 * 86400  # 2017-10-26 22:00Z: 00:00 local, two days and two hours before the first 02:00
     rows = [",".join([tid, str(start + 600 * i), *(f"{(t * 7 + i * 3 + j) % 19 + 0.5:.2f}" for j in range(len(
         CHANNELS)))]) for t, tid in enumerate(("WT01", "WT02", "WT03")) for i in range(360)]  # fmt: skip
@@ -718,12 +718,17 @@ def test_local_times_the_autumn_change_repeats_are_placed_by_each_turbines_row_o
     def both(path: Path, fmt: str | None, chunk: int) -> tuple[tuple, tuple, list[str], list[str]]:
         ident = paris + ([f"data.identifiers.time_format='{fmt}'"] if fmt else [])
         t = load_raw_table(load_config(CONFIG, [f"data.paths.raw_dir={path}", *ident]).data)
-        dropped: list[str] = []
+        left_out = LeftOut()
         layout = TABLE._replace(naive_timezone="Europe/Paris", time_format=fmt)
-        parts = list(table_chunks(path, CHANNELS, MappingCfg(), layout, chunk, dropped))
+        parts = list(table_chunks(path, CHANNELS, MappingCfg(), layout, chunk, left_out))
         replayed = ([i for p in parts for i in p[0]], np.concatenate([p[1] for p in parts]),
                     np.concatenate([p[2] for p in parts]))  # fmt: skip
-        return _sorted(t.turbine_ids.tolist(), t.ts_ns, t.values), _sorted(*replayed), t.repeated_hour_dropped, dropped
+        return (
+            _sorted(t.turbine_ids.tolist(), t.ts_ns, t.values),
+            _sorted(*replayed),
+            t.repeated_hour_dropped,
+            left_out.rows,
+        )
 
     for fmt in (None, "%d.%m.%Y %H:%M"):
         for order in ("turbine", "time"):
@@ -802,3 +807,79 @@ def test_a_local_time_export_over_the_autumn_change_replays_as_its_utc_export(ti
         assert summary["repeated_hour_dropped"] == 0 and summary["rows"] == summary["read"] == len(df)
         got[name] = (tmp_path / f"{name}.jsonl").read_bytes()
     assert got["local"] == got["utc"] and got["utc"].count(b"\n") >= 4 * 1400
+
+
+def test_rows_out_of_time_order_in_a_repeated_hour_are_left_out_not_placed_an_hour_off(tmp_path):
+    """What a review found in the first version of the placement, which looked only for one step back: rows out of
+    time order that step back once were placed an hour off (two exports concatenated with an overlap, a row
+    appended late, a newest-first export), and the changes of 1950 and 2254 in one table fell into one group (an
+    int64 overflow). Now a group must come together, repeats of a row (same stamp and values) are no evidence, and
+    the turbine's rows before and after must bracket it; else its rows are left out, by both readers alike."""
+
+    def table(name: str, stamps: list[str], values: list[int], zone: str = "Europe/Paris") -> list:
+        rest = ",".join(["1.5"] * (len(CHANNELS) - 1))
+        path = _write(tmp_path / f"{name}.csv", [HEADER, *(f"WT01,{t},{v}.0,{rest}" for t, v in zip(stamps, values))])
+        t = load_raw_table(load_config(CONFIG, [f"data.paths.raw_dir={path}",
+                                                f"data.identifiers.naive_timezone={zone}"]).data)  # fmt: skip
+        left_out = LeftOut()
+        parts = list(table_chunks(path, CHANNELS, MappingCfg(), TABLE._replace(naive_timezone=zone), 3, left_out))
+        got = sorted(zip(t.values[:, 0].astype(int).tolist(), t.ts_ns.tolist()))
+        replayed = sorted((int(v), ts) for p in parts for v, ts in zip(p[2][:, 0], p[1].tolist()))
+        assert got == replayed and t.repeated_hour_dropped == left_out.rows, name
+        return [pd.Timestamp(ts, tz="UTC").strftime("%H:%MZ") for _, ts in got], t.repeated_hour_dropped
+
+    day = "2017-10-29 "
+    before, after = day.replace("29", "28") + "23:50:00", day + "03:00:00"
+    a = [day + f"02:{m}0:00" for m in range(4)]  # 02:00-02:30 of the first occurrence
+    b = [day + f"02:{m}0:00" for m in (2, 3, 4)]  # another export's 02:20-02:40: its first two rows repeat a's
+    placed, out = table("overlap", [before, *a, *b, after], [0, 1, 2, 3, 4, 3, 4, 5, 6])
+    assert placed == ["21:50Z", "02:00Z"] and len(out) == 7  # no second occurrence: which hour is not known
+    both = [day + f"02:{m}0:00" for m in range(6)]
+    placed, out = table("overlap_both", [before, *both, *both[:4], *both[2:], after],
+                        [0, *range(1, 7), *range(7, 11), 9, 10, 11, 12, 13])  # fmt: skip
+    assert out == [] and placed == ["21:50Z", *(f"00:{m}0Z" for m in range(6)), "01:00Z", "01:10Z", "01:20Z",
+                                    "01:20Z", "01:30Z", "01:30Z", "01:40Z", "01:50Z", "02:00Z"]  # fmt: skip
+    placed, out = table("late_row", [before, *a[:3], after, day + "02:05:00"], [0, 1, 2, 3, 4, 5])
+    assert placed == ["21:50Z", "02:00Z"] and len(out) == 4
+    newest_first = [after, day + "02:30:00", day + "02:00:00", day + "01:30:00"]
+    placed, out = table("newest_first", newest_first, [0, 1, 2, 3])
+    assert placed == ["02:00Z", "23:30Z"] and out == ["WT01 2017-10-29 02:30:00", "WT01 2017-10-29 02:00:00"]
+    far = ["1950-09-24 01:10:00", "2254-11-05 01:10:00", "2254-11-05 01:20:00", "2254-11-05 01:05:00"]
+    placed, out = table("far_apart", far, [0, 1, 2, 3], "America/New_York")
+    assert out == ["WT01 1950-09-24 01:10:00"] and placed == ["05:10Z", "05:20Z", "06:05Z"]
+
+
+def test_inject_and_replay_judge_a_local_export_as_scada_prepare_does(tiny_run, tiny_bundle, tmp_path):
+    """Found in review: scada-inject still refused a local-time export with the repeated hour that scada-prepare
+    read, and replay refused a channel whose only numbers were in rows it left out, which scada-prepare counted.
+    WT02 here sent only the first of the two hours (its rows of it are left out), and its status cells hold the
+    table's only numbers there: the three readers take the table alike."""
+    from scada_tcn.runtime.replay import replay_file
+    from scada_tcn.trainer.sources.inject import inject_table
+
+    df = pd.read_csv(tiny_run.synth_dir / "scada.csv", dtype=str, keep_default_na=False)
+    ts = pd.to_datetime(df["timestamp"], utc=True)
+    df = df[(ts >= "2024-01-15") & (ts < "2024-01-19")].copy()
+    moved = pd.to_datetime(df["timestamp"], utc=True) + (pd.Timestamp("2024-10-25T00:00Z") - pd.Timestamp(
+        "2024-01-15T00:00Z"))  # fmt: skip
+    second = (moved >= "2024-10-27T01:00Z") & (moved < "2024-10-27T02:00Z")
+    first = (moved >= "2024-10-27T00:00Z") & (moved < "2024-10-27T01:00Z")
+    wt02 = df["turbine_id"] == "WT02"
+    keep = ~(wt02 & second)
+    df, moved, first, wt02 = df[keep], moved[keep], first[keep], wt02[keep]
+    df["status"] = np.where(wt02 & first, "1", "-")
+    df["timestamp"] = moved.dt.tz_convert("Europe/Paris").dt.strftime("%Y-%m-%d %H:%M:%S")
+    local = tmp_path / "local.csv"
+    df.to_csv(local, index=False)
+    paris = [f"data.paths.raw_dir={local}", "data.identifiers.naive_timezone=Europe/Paris"]
+    table = load_raw_table(tiny_run.cfg(*paris).data)
+    want = [f"WT02 2024-10-27 02:{m}0:00" for m in range(6) if (wt02 & first).sum() > m]
+    assert table.repeated_hour_dropped == want and len(want) >= 4
+    summary = replay_file(tiny_bundle, local, tmp_path / "s.jsonl", daemon_config_from_dict(
+        {"mapping": {"naive_timezone": "Europe/Paris"}}))  # fmt: skip
+    assert summary["repeated_hour_dropped"] == len(want) and summary["rows"] == len(table.ts_ns)
+    paths = inject_table(tiny_run.cfg(*paris).data, "WT01", tmp_path / "inj", seed=1, hours=12,
+                         start="2024-10-25T00:00:00+00:00", end="2024-10-29T00:00:00+00:00")  # fmt: skip
+    injected = load_raw_table(tiny_run.cfg(f"data.paths.raw_dir={paths['scada']}", paris[1]).data)
+    assert injected.ts_ns.tolist() == table.ts_ns.tolist() and injected.repeated_hour_dropped == want
+    assert (injected.values != table.values)[injected.turbine_ids == "WT01"].any()

@@ -69,7 +69,8 @@ from scada_tcn.runtime.daemon_config import ISO_STAMPS, MappingCfg
 from scada_tcn.runtime.engine import Engine
 from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.ids import file_turbine_id, turbine_id_problem
-from scada_tcn.runtime.stamps import NOT_PLACED, aware_ns, iso_ns, local_ns, place_repeated, repeated_ns, wall_utc_ns
+from scada_tcn.runtime.repeated_hour import NOT_PLACED, Repeated, RepeatedHours
+from scada_tcn.runtime.stamps import aware_ns, iso_ns, local_ns, repeated_ns, wall_utc_ns
 from scada_tcn.runtime.telemetry import (
     EPOCH_FLOOR,
     EPOCH_MILLIS,
@@ -93,8 +94,9 @@ FEED_STEPS = 10  # rows per turbine fed to the engine at a time, then flushed: a
 FEED_MIN_ROWS = 2_000  # and at least this many (a small farm's 10 steps are too few rows per vectorised call)
 _WRITE_BUFFER = 1 << 20  # bytes: the score lines go out in large writes
 NOT_PLACED_FIX = (
-    "a turbine's rows in that hour must come in time order and hold both occurrences (the clock "
-    "stepping back once) to be placed; export the stamps with a UTC offset, or in UTC, to keep them"
+    "a turbine's rows of that hour are placed when they come together and in time order, hold both "
+    "occurrences (the clock stepping back once) and lie between the turbine's rows before and after "
+    "in time; export the stamps with a UTC offset, or in UTC, to keep them"
 )
 
 
@@ -173,29 +175,15 @@ def _formatted(cell: str, fmt: str, tz: Any) -> tuple[int | str, str]:
 
 
 def formatted_stamps_ns(cells: Sequence[str], fmt: str, zone: str | None, where: str, keys: str,
-                        turbines: Sequence[str] | None = None) -> np.ndarray:  # fmt: skip
+                        held: list[Repeated] | None = None) -> np.ndarray:  # fmt: skip
     """Stamp cells written in the strptime format `fmt` (a table's time_format), local times in `zone` unless the
     format has %z, or epoch milliseconds (`fmt` EPOCH_MILLIS) -> int64 ns UTC: the one reading of such stamps,
     scada-prepare's and replay's. Refused as `_stamps` refuses (`keys`: the section of the settings to name,
-    "data.identifiers" or "mapping"). With the rows' `turbines` (a whole table, in file order), a local time the
-    autumn change repeats is placed by its turbine's row order (`stamps.place_repeated`; NOT_PLACED where that
-    order does not tell), as replay places it; without them it is refused."""
+    "data.identifiers" or "mapping"); with `held`, a local time the autumn change repeats is NOT_PLACED and
+    its `Repeated` appended there, for the table's row order to place (`repeated_hour`)."""
     from zoneinfo import ZoneInfo
 
-    held: list[Repeated] | None = None if turbines is None else []
-    ns = _stamps(list(cells), None if zone is None else ZoneInfo(zone), {}, where, zone, fmt, keys, held)
-    for r in held or ():
-        ns[r.rows] = place_repeated(np.asarray(turbines, dtype=object)[r.rows], r.wall, r.first, r.second)
-    return ns
-
-
-class Repeated(NamedTuple):
-    """A chunk's rows at local times a DST change repeats: their positions, wall-clock ns and both instants."""
-
-    rows: np.ndarray
-    wall: np.ndarray
-    first: np.ndarray
-    second: np.ndarray
+    return _stamps(list(cells), None if zone is None else ZoneInfo(zone), {}, where, zone, fmt, keys, held)
 
 
 def _wall(cell: str, fmt: str | None) -> int:
@@ -226,7 +214,7 @@ def _stamps(cells: list[str], tz: Any, forms: dict[str, str], where: str, zone: 
     change skips, one it repeats unless `held` is given, and a second stamp form in one table (`forms`: each form
     seen so far -> an example, kept across chunks; scada-prepare demands one form per table too). With `held`, the
     rows at a repeated local time are NOT_PLACED in the result and their `Repeated` is appended to `held`: their
-    instant is for the whole table's row order to tell (`stamps.place_repeated`). A chunk of epoch seconds is
+    instant is for the whole table's row order to tell (`repeated_hour`). A chunk of epoch seconds is
     parsed in one vectorised pass (the same numbers as cell by cell: `parse_numbers`, `epoch_ns`). With a strptime
     format `fmt` every stamp is read by it (`_formatted`), and only by it; with EPOCH_MILLIS every stamp is a
     number of milliseconds (`_millis`)."""
@@ -320,13 +308,23 @@ def _layout(mapping: MappingCfg, training: TableFormat) -> TableFormat:
 Chunk = tuple[list[str], np.ndarray, np.ndarray, dict[str, Text]]
 
 
+@dataclasses.dataclass
+class LeftOut:
+    """The rows `table_chunks` left out: at local times the autumn DST change repeats, which their turbine's row
+    order does not place (`repeated_hour`), as "<turbine> <stamp cell>", and per channel how many of their cells
+    were numbers (their non-numeric cells are in the chunks' `Text` counts: every row read is judged)."""
+
+    rows: list[str] = dataclasses.field(default_factory=list)
+    numbers: np.ndarray | None = None
+
+
 def table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg, training: TableFormat, rows: int,
-                 dropped: list[str] | None = None) -> Iterator[Chunk]:  # fmt: skip
+                 left_out: LeftOut | None = None) -> Iterator[Chunk]:  # fmt: skip
     """Per chunk of at most `rows` rows of the table laid out as `_layout(mapping, training)` says: (turbine
     ids, ts_ns (n,) int64, values (n, C) float64, per channel with non-numeric cells their `Text`). Rows at local
     times the autumn DST change repeats are held until the table is read, then placed by each turbine's row order
-    (`stamps.place_repeated`, as scada-prepare places them) and yielded as one last chunk; a row that order does not
-    place is left out and said in `dropped` ("<turbine> <stamp cell>"), or refused when `dropped` is None."""
+    (`repeated_hour.RepeatedHours`, as scada-prepare places them) and yielded as one last chunk; a row that order
+    does not place is left out and said in `left_out`, or refused when it is None."""
     p = Path(path)
     layout = _layout(mapping, training)
     colmap, id_col, time_col = layout.columns, layout.turbine_id_col, layout.time_col
@@ -342,7 +340,8 @@ def table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg,
     cols = ([] if pattern else [id_col]) + [time_col] + [colmap[c] for c in channels]
     forms: dict[str, str] = {}  # each stamp form seen -> an example: one form per table, as scada-prepare demands
     decimal = layout.dialect.decimal
-    held: list[tuple[list[str], list[str], Repeated, np.ndarray]] = []  # (ids, cells, rows, values) per chunk
+    hours = RepeatedHours()  # local times: the rows of repeated hours wait for the whole table's order
+    cells: list[str] = []  # their stamp cells, in the order held
     where = f"{p}: column {time_col!r}"
     for tid, data in _read_chunks(p, cols, rows, layout.dialect, pattern):
         ids = data[id_col] if tid is None else [tid] * len(data[time_col])  # a per-turbine file: its name says which
@@ -354,47 +353,42 @@ def table_chunks(path: str | Path, channels: Sequence[str], mapping: MappingCfg,
         values = np.empty((len(ids), len(channels)))
         text: dict[str, Text] = {}
         for j, c in enumerate(channels):
-            cells = data[colmap[c]]
-            values[:, j], n = parse_numbers(cells, decimal)
+            column = data[colmap[c]]
+            values[:, j], n = parse_numbers(column, decimal)
             if n:  # the first text cell is among the missing values: the rest need no second look
                 missing_at = np.flatnonzero(np.isnan(values[:, j])).tolist()
-                other = other_decimal((cells[i] for i in missing_at), decimal) or ""
-                text[c] = Text(colmap[c], n, first_text((cells[i] for i in missing_at), decimal) or "", other)
-        if repeated:  # these rows wait for the whole table's order
-            (r,) = repeated
-            at = r.rows.tolist()
-            held.append(([ids[i] for i in at], [data[time_col][i] for i in at], r, values[r.rows]))
+                other = other_decimal((column[i] for i in missing_at), decimal) or ""
+                text[c] = Text(colmap[c], n, first_text((column[i] for i in missing_at), decimal) or "", other)
+        if tz is not None:
+            hours.take(ids, ts, repeated[0] if repeated else None, values)
+        if repeated:
+            at = repeated[0].rows
+            cells += [data[time_col][i] for i in at.tolist()]
             keep = np.ones(len(ids), dtype=bool)
-            keep[r.rows] = False
+            keep[at] = False
             ids, ts, values = [i for i, k in zip(ids, keep.tolist()) if k], ts[keep], values[keep]
         yield ids, ts, values, text
-    if held:
-        yield _placed(held, where, layout.naive_timezone, dropped)
+    if cells:
+        yield _placed(hours, cells, where, layout.naive_timezone, left_out)
 
 
-def _placed(
-    held: list[tuple[list[str], list[str], Repeated, np.ndarray]],
-    where: str,
-    zone: str | None,
-    dropped: list[str] | None,
-) -> Chunk:
+def _placed(hours: RepeatedHours, cells: list[str], where: str, zone: str | None, left_out: LeftOut | None) -> Chunk:
     """The held rows of every chunk (`table_chunks`), placed by their turbines' row order, as one chunk; those not
-    placed said in `dropped`, or refused when it is None."""
-    ids = [i for h in held for i in h[0]]
-    cells = [c for h in held for c in h[1]]
-    ts = place_repeated(ids, *(np.concatenate([getattr(h[2], k) for h in held]) for k in ("wall", "first", "second")))
-    values = np.concatenate([h[3] for h in held])
+    placed said in `left_out`, or refused when it is None."""
+    ts = hours.place()
+    values = np.concatenate(hours.values)
     out = ts == NOT_PLACED
     if out.any():
-        said = [f"{i} {c.strip()}" for i, c, o in zip(ids, cells, out.tolist()) if o]
-        if dropped is None:
+        said = [f"{i} {c.strip()}" for i, c, o in zip(hours.turbines, cells, out.tolist()) if o]
+        if left_out is None:
             raise InputError(
                 f"{where}: {len(said)} rows at local times the DST change in {zone} repeats, which "
                 f"their turbine's row order does not place, e.g. {said[:3]}: " + NOT_PLACED_FIX
             )
-        dropped += said
+        left_out.rows += said
+        left_out.numbers = np.isfinite(values[out]).sum(axis=0)
     keep = ~out
-    return [i for i, k in zip(ids, keep.tolist()) if k], ts[keep], values[keep], {}
+    return [i for i, k in zip(hours.turbines, keep.tolist()) if k], ts[keep], values[keep], {}
 
 
 def in_time_order(
@@ -513,7 +507,7 @@ def replay(
         progress(counts)
     non_numeric = dict.fromkeys(spec.channels, 0)
     numbers = np.zeros(len(spec.channels), dtype=np.int64)  # cells read as numbers, per channel
-    dropped: list[str] = []  # rows at a repeated local time that their turbine's row order does not place
+    left_out = LeftOut()  # rows at a repeated local time that their turbine's row order does not place
     grace_ns = int(engine.fleet.grace_seconds * 1e9)
     dt_ns = engine.dt_ns
 
@@ -521,7 +515,7 @@ def replay(
         text: dict[str, Text] = {}  # per channel, its first chunk's non-numeric cells
         other: dict[str, Text] = {}  # per channel, its first chunk with a number of the other decimal mark
         for ids, ts, values, bad in table_chunks(path, spec.channels, mapping, engine.bundle.table_format, chunk_rows,
-                                                 dropped):  # fmt: skip
+                                                 left_out):  # fmt: skip
             for c, t in bad.items():
                 non_numeric[c] += t.count
                 text.setdefault(c, t)
@@ -532,9 +526,11 @@ def replay(
             if progress is not None:
                 progress(counts)
             yield ids, ts, values
-        counts["read"] += len(dropped)
-        counts["repeated_hour_dropped"] = len(dropped)
-        counts["repeated_hour_examples"] = dropped[:5]
+        counts["read"] += len(left_out.rows)
+        counts["repeated_hour_dropped"] = len(left_out.rows)
+        counts["repeated_hour_examples"] = left_out.rows[:5]
+        if left_out.numbers is not None:  # their cells are judged as scada-prepare judges every row it read
+            numbers[:] += left_out.numbers
         # the whole table is read before its first row is scored (`in_time_order`): a channel of text and not one
         # number is refused as scada-prepare refuses it, before a record is written
         decimal = layout.dialect.decimal

@@ -3,10 +3,9 @@ scada-prepare (pandas' `format="ISO8601"`, which this grammar follows) share.
 
 `iso_ns(s)` reads the wall-clock time and the UTC offset of a stripped stamp, or None for any form pandas refuses;
 `wall_utc_ns` turns them into ns UTC, reading a stamp without an offset as a local time of a zone (`local_ns`,
-which refuses the hour a DST change repeats or skips). `iso_utc_ns(s, tz)` is the two in one. A table's rows
-at a local time the autumn change repeats are placed by each turbine's row order (`repeated_ns`,
-`place_repeated`): scada-prepare and replay share that reading; a message has no such order, and the daemon
-refuses them. Python's own
+which refuses the hour a DST change repeats or skips). `iso_utc_ns(s, tz)` is the two in one. `repeated_ns`
+gives both instants of a local time the autumn change repeats (a table's rows there are placed by each
+turbine's row order, `repeated_hour`). Python's own
 `datetime.fromisoformat` is not used for stamps: it takes forms pandas refuses (week dates, decimal commas,
 offsets with seconds, a lowercase 't') and refuses some it takes ('/' separators, one-digit fields, `+2`), and it
 truncates a fraction to the microsecond.
@@ -15,14 +14,10 @@ truncates a fraction to the microsecond.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import numpy as np
-
-__all__ = ["NOT_PLACED", "aware_ns", "iso_ns", "iso_utc_ns", "local_ns", "place_repeated", "repeated_ns",
-           "wall_utc_ns"]  # fmt: skip
+__all__ = ["aware_ns", "iso_ns", "iso_utc_ns", "local_ns", "repeated_ns", "wall_utc_ns"]
 
 _ISO = re.compile(  # after strip(); ASCII digits only, as pandas
     r"(\d{4})(?:([-./\\ ])(\d\d?)(?:\2(\d\d?))?|(\d\d)(\d\d))"  # 2017-8-9, 2017/08/09, 2017-08, 20170809
@@ -35,8 +30,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_DAY = date(1970, 1, 1).toordinal()
 _NAIVE_EPOCH = datetime(1970, 1, 1)
 _NS = 1_000_000_000
-NOT_PLACED = np.iinfo(np.int64).min  # `place_repeated`: a row that its turbine's order does not place
-_GROUP_GAP_NS = 3 * 3600 * _NS  # first readings further apart than any DST shift (2 h at most): another change
 
 
 def iso_ns(s: str) -> tuple[int, int | None] | None:
@@ -96,38 +89,6 @@ def repeated_ns(wall: int, tz: Any) -> tuple[int, int]:
     us, sub_us = divmod(wall, 1000)
     naive = _NAIVE_EPOCH + timedelta(microseconds=us)
     return aware_ns(naive.replace(tzinfo=tz)) + sub_us, aware_ns(naive.replace(tzinfo=tz, fold=1)) + sub_us
-
-
-def place_repeated(turbines: Sequence[str], wall: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """A table's rows at local times a DST change repeats, in file order (their turbine ids, wall-clock ns and both
-    instants, `repeated_ns`) -> each row's ns UTC, or NOT_PLACED. A turbine's rows of one change are read in file
-    order: the first occurrence until the wall clock steps back, the second from that row on, as the clocks went.
-    Rows that do not step back exactly once are not placed: one of the two hours only (the export kept one, or the
-    turbine sent nothing in the other), or rows out of time order; which instant such a row was is not in the
-    table. Vectorised over the rows; equal wall times in a row stay in one occurrence (a duplicate)."""
-    n = len(wall)
-    if not n:
-        return np.empty(0, dtype=np.int64)
-    wall, first, second = (np.asarray(a, dtype=np.int64) for a in (wall, first, second))
-    code = np.unique(np.asarray(turbines, dtype=str), return_inverse=True)[1].reshape(-1)
-    by_time = np.lexsort((first, code))  # a turbine's changes apart: months between them, an hour or two within
-    cut = np.ones(n, dtype=bool)
-    cut[1:] = (np.diff(code[by_time]) != 0) | (np.diff(first[by_time]) > _GROUP_GAP_NS)
-    group = np.empty(n, dtype=np.int64)
-    group[by_time] = np.cumsum(cut) - 1
-    order = np.lexsort((np.arange(n), group))  # each group's rows in file order
-    g, w = group[order], wall[order]
-    back = np.zeros(n, dtype=bool)
-    back[1:] = (w[1:] < w[:-1]) & (g[1:] == g[:-1])
-    steps = np.cumsum(back)
-    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
-    within = steps - steps[starts][g]  # steps back so far within the row's group (0 at its first row)
-    once = np.bincount(g, weights=back) == 1
-    ns = np.where(within >= 1, second[order], first[order])
-    ns[~once[g]] = NOT_PLACED
-    out = np.empty(n, dtype=np.int64)
-    out[order] = ns
-    return out
 
 
 def wall_utc_ns(wall: int, offset: int | None, tz: Any) -> int | str:

@@ -38,8 +38,9 @@ from scada_tcn.runtime.csv_table import (
 )
 from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.ids import file_turbine_id
+from scada_tcn.runtime.repeated_hour import NOT_PLACED, Repeated, RepeatedHours
 from scada_tcn.runtime.replay import formatted_stamps_ns
-from scada_tcn.runtime.stamps import NOT_PLACED, iso_ns, place_repeated, repeated_ns
+from scada_tcn.runtime.stamps import iso_ns, repeated_ns
 from scada_tcn.runtime.telemetry import EPOCH_RANGE, MAX_EPOCH_S, in_epoch_range, table_epoch_ns
 from scada_tcn.trainer.config import DataCfg
 
@@ -117,18 +118,18 @@ def _checked_ns(parsed: pd.Series, s: pd.Series, where: str) -> np.ndarray:
 
 def parse_timestamps(col: pd.Series, naive_timezone: str | None, where: str, time_format: str | None = None,
                      keys: str | None = None, zone_key: str = "data.identifiers.naive_timezone",
-                     turbines: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+                     held: list[Repeated] | None = None) -> np.ndarray:  # fmt: skip
     """ISO-8601 strings (with offsets) or epoch seconds (numbers, or text cells that are all numbers, as replay and
     the daemon read them) -> int64 ns UTC; with `time_format` (a strptime format, or "epoch_ms") every stamp read
     by it, by the reading replay applies (`runtime.replay.formatted_stamps_ns`). Refuses mixed, unparseable or
     out-of-range stamps, naming the settings section `keys` ("data.identifiers" for the SCADA table; None for a
     file without a time_format, such as the labels); `zone_key` names the setting that gives `naive_timezone`.
-    With the rows' `turbines` (a SCADA table, in file order), a local time the autumn DST change repeats is placed
-    by its turbine's row order (`runtime.stamps.place_repeated`, as replay places it; NOT_PLACED where that order
-    does not tell); without them (the labels) it is refused."""
+    With `held` (a SCADA table), a local time the autumn DST change repeats is NOT_PLACED and its `Repeated`
+    appended there, for the table's row order to place (`runtime.repeated_hour`, as replay places it); without
+    (the labels) it is refused."""
     if time_format is not None:  # a missing cell (NaN, None, pandas' NA) read as an empty one
         cells = np.where(col.isna().to_numpy(), "", col.astype(str).to_numpy(dtype=object)).tolist()
-        return formatted_stamps_ns(cells, time_format, naive_timezone, where, keys or "data.identifiers", turbines)
+        return formatted_stamps_ns(cells, time_format, naive_timezone, where, keys or "data.identifiers", held)
     if pd.api.types.is_numeric_dtype(col):
         return table_epoch_ns(col.to_numpy(dtype=np.float64, na_value=np.nan), where, keys=keys)
     if isinstance(col.dtype, pd.DatetimeTZDtype):
@@ -164,14 +165,14 @@ def parse_timestamps(col: pd.Series, naive_timezone: str | None, where: str, tim
                 f"{where}: timestamps have no UTC offset (e.g. {s.iloc[0]!r}); set {zone_key}=UTC (or the site's "
                 "zone, e.g. Europe/Paris)"
             )
-        return _local_ns(parsed.dt.tz_localize(None), s, naive_timezone, where, zone_key, turbines)
+        return _local_ns(parsed.dt.tz_localize(None), s, naive_timezone, where, zone_key, held)
     return _checked_ns(parsed, s, where)
 
 
 def _local_ns(naive: pd.Series, s: pd.Series, zone: str, where: str, zone_key: str,
-              turbines: np.ndarray | None) -> np.ndarray:  # fmt: skip
+              held: list[Repeated] | None) -> np.ndarray:  # fmt: skip
     """Wall-clock stamps in `zone` -> int64 ns UTC (`parse_timestamps`): a time the spring change skips refused, one
-    the autumn change repeats placed by its turbine's row order, or refused without `turbines`."""
+    the autumn change repeats NOT_PLACED and held (`Repeated`), or refused without `held`."""
     from zoneinfo import ZoneInfo
 
     fix = f"export the stamps with a UTC offset, or in UTC with {zone_key}=UTC"
@@ -182,10 +183,10 @@ def _local_ns(naive: pd.Series, s: pd.Series, zone: str, where: str, zone_key: s
     repeated = local.isna().to_numpy()
     if not repeated.any():
         return _checked_ns(local, s, where)
-    if turbines is None:
+    if held is None:
         raise InputError(f"{where}: {int(repeated.sum())} local times that a DST change in {zone} repeats, e.g. "
                          f"{s[repeated].head(3).tolist()}; {fix}")  # fmt: skip
-    ns = np.empty(len(s), dtype=np.int64)
+    ns = np.full(len(s), NOT_PLACED, dtype=np.int64)
     ns[~repeated] = _checked_ns(local[~repeated], s[~repeated], where)
     wall = naive[repeated].to_numpy(dtype="datetime64[ns]").view(np.int64)
     tz = ZoneInfo(zone)
@@ -195,8 +196,18 @@ def _local_ns(naive: pd.Series, s: pd.Series, zone: str, where: str, zone_key: s
     if not ok.all():
         raise InputError(f"{where}: {int((~ok).sum())} stamps out of range, e.g. {s[repeated][~ok].head(3).tolist()}; "
                          f"{EPOCH_RANGE}")  # fmt: skip
-    ns[repeated] = place_repeated(np.asarray(turbines)[repeated], wall, first, second)
+    held.append(Repeated(np.flatnonzero(repeated), wall, first, second))
     return ns
+
+
+def place_repeated_rows(turbines: np.ndarray, ts: np.ndarray, held: list[Repeated], values: np.ndarray) -> None:
+    """A whole table's rows in file order, stamps from `parse_timestamps` with `held`: the rows at repeated local
+    times get their instants in `ts` by their turbine's row order (`runtime.repeated_hour`, one chunk: replay's
+    reading), NOT_PLACED where that order does not place them."""
+    if held:
+        hours = RepeatedHours()
+        hours.take(turbines, ts, held[0], values)
+        ts[held[0].rows] = hours.place()
 
 
 def column_numbers(col: pd.Series, decimal: str) -> tuple[np.ndarray, int]:
@@ -250,8 +261,9 @@ def load_raw_table(data: DataCfg) -> RawTable:
     ids = df[id_col]
     if ids.isna().any():
         raise InputError(f"{int(ids.isna().sum())} rows have no turbine id in column {id_col!r}")
+    held: list[Repeated] = []
     ts = parse_timestamps(df[ident.time_col], ident.naive_timezone, f"column {ident.time_col!r}", ident.time_format,
-                          "data.identifiers", turbines=ids.astype(str).to_numpy(dtype=object))  # fmt: skip
+                          "data.identifiers", held=held)  # fmt: skip
     values = np.empty((len(df), len(channels)), dtype=np.float64)
     non_numeric: dict[str, int] = {}
     examples: dict[str, str] = {}
@@ -266,7 +278,8 @@ def load_raw_table(data: DataCfg) -> RawTable:
         if bad:
             raise InputError(f"target column {data.rul.column!r} (data.rul.column) holds {bad} non-numeric cells")
         rul[~np.isfinite(rul)] = np.nan
-    placed = ts != NOT_PLACED  # the rows replay leaves out too: counted, as their cells were above
+    place_repeated_rows(ids.astype(str).to_numpy(dtype=object), ts, held, values)
+    placed = ts != NOT_PLACED  # the rows replay leaves out too: their cells were judged above, as replay judges them
     out = df[ident.time_col][~placed].astype(str).str.strip()
     dropped = [f"{i} {c}" for i, c in zip(ids[~placed].astype(str), out)]
     return RawTable(
