@@ -844,6 +844,11 @@ def test_rows_out_of_time_order_in_a_repeated_hour_are_left_out_not_placed_an_ho
     newest_first = [after, day + "02:30:00", day + "02:00:00", day + "01:30:00"]
     placed, out = table("newest_first", newest_first, [0, 1, 2, 3])
     assert placed == ["02:00Z", "23:30Z"] and out == ["WT01 2017-10-29 02:30:00", "WT01 2017-10-29 02:00:00"]
+    two = [day + "02:00:00", day + "02:10:00"] * 2  # both hours in time order; some rows equal across them
+    for name, values in (("stopped", [0, 1, 0, 2]), ("frozen", [0, 1, 2, 1])):  # found by a second review
+        placed, out = table(name, [before, *two, after], [9, *values, 8])
+        assert out == [], name  # the first mend left "stopped" out, and put "frozen"'s second 02:10 at 00:10Z
+        assert sorted(placed) == ["00:00Z", "00:10Z", "01:00Z", "01:10Z", "02:00Z", "21:50Z"], name
     far = ["1950-09-24 01:10:00", "2254-11-05 01:10:00", "2254-11-05 01:20:00", "2254-11-05 01:05:00"]
     placed, out = table("far_apart", far, [0, 1, 2, 3], "America/New_York")
     assert out == ["WT01 1950-09-24 01:10:00"] and placed == ["05:10Z", "05:20Z", "06:05Z"]

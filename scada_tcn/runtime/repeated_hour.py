@@ -9,13 +9,18 @@ the rows at a repeated time (`Repeated`: their wall-clock time and both instants
 table is read, `place()` gives each held row its instant, or NOT_PLACED. A turbine's rows of one change (a
 group) are placed when, in the turbine's file order:
 * they come together (no other row of the turbine between them);
-* leaving out the rows that repeat an earlier row of the group (the same stamp and every value, bit for bit: an
-  export written twice over the same hour; such a row takes the instant of the row it repeats), the wall clock
-  steps back exactly once: the rows before the step are the first occurrence, the rest the second;
+* the wall clock steps back exactly once: the rows before the step are the first occurrence, the rest the
+  second. Rows after the step that repeat a row before it (the same stamp and every value, bit for bit), and
+  only such rows where a stamp comes again, are an export written twice over the same rows, not a second hour.
+  Then, and when the clock does not step back exactly once, the repeats are set aside (each takes the instant
+  of the row it repeats) and the other rows must step back exactly once. (A stopped turbine's rows may repeat
+  across the two hours, but not all of them.)
 * the turbine's nearest rows at other times, before and after the group, are earlier and later than the placed
   rows (a newest-first export is not taken for a time-ordered one).
 Any other group is not placed: which instant its rows were is not in the table (one of the two hours only, an
-appended row, rows out of time order). The callers leave such rows out and count them.
+appended row, rows out of time order). The callers leave such rows out and count them. One case no rule can
+tell: a turbine silent in the first hour whose second-hour rows were exported twice with different values reads
+exactly as a time-ordered file holding both hours, and is placed so.
 """
 
 from __future__ import annotations
@@ -131,18 +136,17 @@ class RepeatedHours:
         last = np.r_[starts[1:], m] - 1
         together = p[last] - p[starts] == last - starts  # no other row of the turbine between
         same = _repeats(g, w, np.concatenate(self.values)[order])  # per row: the group row it repeats, or itself
-        evidence = same == np.arange(m)
-        kept = np.flatnonzero(evidence)
-        back = np.zeros(m, dtype=bool)
-        back[kept[1:]] = (w[kept[1:]] < w[kept[:-1]]) & (g[kept[1:]] == g[kept[:-1]])
-        steps = np.cumsum(back)
-        within = steps - steps[starts][g]  # steps back so far within the group
-        once = np.bincount(g, weights=back, minlength=len(starts)) == 1
-        ns = np.where(within >= 1, second[order], first[order])
-        ns = ns[same]  # a repeat takes the instant of the row it repeats
+        fo, se = first[order], second[order]
+        plain, plain_once, later = _reading(g, w, starts, np.arange(m), fo, se)  # every row as evidence
+        aside, aside_once, _ = _reading(g, w, starts, same, fo, se)  # exact repeats set aside
+        # the plain reading, unless what follows its step back only re-sends rows before it, bit for bit (two
+        # exports over the same rows): a stopped turbine's rows may repeat across the two hours, and not all of them
+        resent = _resent(g, w, same, later, len(starts))
+        use_plain = plain_once & ~resent
+        ns = np.where(use_plain[g], plain, aside)
         lo, hi = np.minimum.reduceat(ns, starts), np.maximum.reduceat(ns, starts)
         bracketed = (before[order][starts] < lo) & (after[order][last] > hi)
-        ok = together & once & bracketed
+        ok = together & (use_plain | aside_once & (resent | ~plain_once)) & bracketed
         ns[~ok[g]] = NOT_PLACED
         out = np.empty(m, dtype=np.int64)
         out[order] = ns
@@ -157,3 +161,30 @@ def _repeats(group: np.ndarray, wall: np.ndarray, values: np.ndarray) -> np.ndar
     key = np.concatenate([group[:, None], wall[:, None], bits], axis=1)
     _, first_seen, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
     return first_seen[inverse.reshape(-1)]
+
+
+def _reading(g: np.ndarray, w: np.ndarray, starts: np.ndarray, same: np.ndarray, first: np.ndarray,
+             second: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """One reading of the groups' rows (sorted by group, file order within), taking as evidence the rows that
+    `same` maps to themselves: per row its instant (the first occurrence before the wall clock steps back, the
+    second from there; a row set aside takes the instant of the row it repeats), per group whether the clock
+    stepped back exactly once, and per row whether it comes after a step back."""
+    kept = np.flatnonzero(same == np.arange(len(w)))
+    back = np.zeros(len(w), dtype=bool)
+    back[kept[1:]] = (w[kept[1:]] < w[kept[:-1]]) & (g[kept[1:]] == g[kept[:-1]])
+    steps = np.cumsum(back)
+    within = steps - steps[starts][g]  # steps back so far within the group
+    once = np.bincount(g, weights=back, minlength=len(starts)) == 1
+    return np.where(within >= 1, second, first)[same], once, within >= 1
+
+
+def _resent(g: np.ndarray, w: np.ndarray, same: np.ndarray, later: np.ndarray, groups: int) -> np.ndarray:
+    """Per group: whether the rows after its step back that share a wall time with a row before it are all exact
+    repeats of such a row (and there is one): an export written again over the same rows, not a second hour."""
+    k = np.unique(np.stack([g, w], axis=1), axis=0, return_inverse=True)[1].reshape(-1)
+    early_at = np.zeros(k.max() + 1, dtype=bool)
+    early_at[k[~later]] = True
+    matched = later & early_at[k]
+    repeat = (same != np.arange(len(w))) & ~later[same]
+    n = np.bincount(g, weights=matched, minlength=groups)
+    return (n > 0) & (np.bincount(g, weights=matched & repeat, minlength=groups) == n)
