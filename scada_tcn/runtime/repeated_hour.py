@@ -26,11 +26,14 @@ exactly as a time-ordered file holding both hours, and is placed so.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["NOT_PLACED", "Repeated", "RepeatedHours"]
+from scada_tcn.runtime.stamps import repeated_ns
+from scada_tcn.runtime.telemetry import in_epoch_range
+
+__all__ = ["NOT_PLACED", "Repeated", "RepeatedHours", "repeated_rows"]
 
 NOT_PLACED = np.iinfo(np.int64).min  # a held row's instant until placed, and for good when it is not
 _NO_BEFORE, _NO_AFTER = NOT_PLACED, np.iinfo(np.int64).max  # no neighbouring row: no constraint
@@ -45,6 +48,15 @@ class Repeated(NamedTuple):
     wall: np.ndarray
     first: np.ndarray
     second: np.ndarray
+
+
+def repeated_rows(rows: np.ndarray, wall: np.ndarray, tz: Any) -> tuple[Repeated, np.ndarray]:
+    """Rows at wall-clock times (ns, read as UTC) that a DST change in zone `tz` repeats -> their `Repeated`, both
+    instants of each distinct wall time once (`stamps.repeated_ns`), and which rows have an instant outside the
+    epoch range (`telemetry.in_epoch_range`: the callers refuse them, as any stamp out of range)."""
+    pairs = {w: repeated_ns(w, tz) for w in dict.fromkeys(wall.tolist())}
+    first, second = (np.array([pairs[w][k] for w in wall.tolist()], dtype=np.int64) for k in (0, 1))
+    return Repeated(rows, wall, first, second), ~(in_epoch_range(first) & in_epoch_range(second))
 
 
 class RepeatedHours:

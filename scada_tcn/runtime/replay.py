@@ -69,8 +69,8 @@ from scada_tcn.runtime.daemon_config import ISO_STAMPS, MappingCfg
 from scada_tcn.runtime.engine import Engine
 from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.ids import file_turbine_id, turbine_id_problem
-from scada_tcn.runtime.repeated_hour import NOT_PLACED, Repeated, RepeatedHours
-from scada_tcn.runtime.stamps import aware_ns, iso_ns, local_ns, repeated_ns, wall_utc_ns
+from scada_tcn.runtime.repeated_hour import NOT_PLACED, Repeated, RepeatedHours, repeated_rows
+from scada_tcn.runtime.stamps import aware_ns, iso_ns, local_ns, wall_utc_ns
 from scada_tcn.runtime.telemetry import (
     EPOCH_FLOOR,
     EPOCH_MILLIS,
@@ -193,19 +193,14 @@ def _wall(cell: str, fmt: str | None) -> int:
 
 
 def _repeated(cells: list[str], parsed: list[tuple[int | str, str]], tz: Any, fmt: str | None) -> Repeated:
-    """The rows whose local time a DST change repeats, with both instants (`stamps.repeated_ns`) of each distinct
-    cell; a row whose instants lie outside the epoch range is marked "out_of_range" in `parsed`."""
-    rows = [i for i, (t, _) in enumerate(parsed) if t == "ambiguous_local_time"]
-    pairs = {}
-    for c in dict.fromkeys(cells[i] for i in rows):
-        w = _wall(c, fmt)
-        pairs[c] = (w, *repeated_ns(w, tz))
-    for i in rows:
-        if not in_epoch_range(pairs[cells[i]][2]) or not in_epoch_range(pairs[cells[i]][1]):
-            parsed[i] = ("out_of_range", parsed[i][1])
-    rows = [i for i in rows if parsed[i][0] == "ambiguous_local_time"]
-    wall, first, second = (np.array([pairs[cells[i]][k] for i in rows], dtype=np.int64) for k in range(3))
-    return Repeated(np.array(rows, dtype=np.int64), wall, first, second)
+    """The rows whose local time a DST change repeats (`repeated_hour.repeated_rows`); a row whose instants lie
+    outside the epoch range is marked "out_of_range" in `parsed` instead."""
+    rows = np.array([i for i, (t, _) in enumerate(parsed) if t == "ambiguous_local_time"], dtype=np.int64)
+    walls = {c: _wall(c, fmt) for c in dict.fromkeys(cells[i] for i in rows.tolist())}
+    rep, out = repeated_rows(rows, np.array([walls[cells[i]] for i in rows.tolist()], dtype=np.int64), tz)
+    for i in rows[out].tolist():
+        parsed[i] = ("out_of_range", parsed[i][1])
+    return Repeated(*(a[~out] for a in rep))
 
 
 def _stamps(cells: list[str], tz: Any, forms: dict[str, str], where: str, zone: str | None, fmt: str | None = None,

@@ -38,9 +38,9 @@ from scada_tcn.runtime.csv_table import (
 )
 from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.ids import file_turbine_id
-from scada_tcn.runtime.repeated_hour import NOT_PLACED, Repeated, RepeatedHours
+from scada_tcn.runtime.repeated_hour import NOT_PLACED, Repeated, RepeatedHours, repeated_rows
 from scada_tcn.runtime.replay import formatted_stamps_ns
-from scada_tcn.runtime.stamps import iso_ns, repeated_ns
+from scada_tcn.runtime.stamps import iso_ns
 from scada_tcn.runtime.telemetry import EPOCH_RANGE, MAX_EPOCH_S, in_epoch_range, table_epoch_ns
 from scada_tcn.trainer.config import DataCfg
 
@@ -189,14 +189,11 @@ def _local_ns(naive: pd.Series, s: pd.Series, zone: str, where: str, zone_key: s
     ns = np.full(len(s), NOT_PLACED, dtype=np.int64)
     ns[~repeated] = _checked_ns(local[~repeated], s[~repeated], where)
     wall = naive[repeated].to_numpy(dtype="datetime64[ns]").view(np.int64)
-    tz = ZoneInfo(zone)
-    pairs = {w: repeated_ns(w, tz) for w in dict.fromkeys(wall.tolist())}  # each distinct wall time once
-    first, second = (np.array([pairs[w][k] for w in wall.tolist()], dtype=np.int64) for k in (0, 1))
-    ok = in_epoch_range(first) & in_epoch_range(second)
-    if not ok.all():
-        raise InputError(f"{where}: {int((~ok).sum())} stamps out of range, e.g. {s[repeated][~ok].head(3).tolist()}; "
+    rep, out = repeated_rows(np.flatnonzero(repeated), wall, ZoneInfo(zone))
+    if out.any():
+        raise InputError(f"{where}: {int(out.sum())} stamps out of range, e.g. {s[repeated][out].head(3).tolist()}; "
                          f"{EPOCH_RANGE}")  # fmt: skip
-    held.append(Repeated(np.flatnonzero(repeated), wall, first, second))
+    held.append(rep)
     return ns
 
 
