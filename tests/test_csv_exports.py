@@ -573,9 +573,11 @@ def test_day_first_stamps_read_with_a_time_format_as_the_epoch_table(tmp_path):
                                          r"29\.10\.2017 02:30'.*UTC offset"):  # fmt: skip
         list(table_chunks(dst, CHANNELS, MappingCfg(), layout, 100))
     skipped = _write(tmp_path / "skipped.csv", [HEADER, rows[0].replace("1704067200", "26.03.2017 02:30")])
-    with pytest.raises(InputError, match=r"nonexistent_local_time.*DST change in Europe/Paris skips.*data\.ident"):
+    with pytest.raises(InputError, match=r"nonexistent_local_time.*DST change in Europe/Paris skips.*data\.ident.*"
+                                         r"standard time all year.*Etc/GMT-1 for UTC\+1"):  # fmt: skip
         load_raw_table(load_config(CONFIG, [f"data.paths.raw_dir={skipped}", *fmt]).data)
-    with pytest.raises(InputError, match=r"nonexistent_local_time.*DST change in Europe/Paris skips.*mapping\.naive"):
+    with pytest.raises(InputError, match=r"nonexistent_local_time.*DST change in Europe/Paris skips.*mapping\.naive"
+                                         r".*Etc/GMT-1"):  # fmt: skip
         list(table_chunks(skipped, CHANNELS, MappingCfg(), layout, 100))
     with pytest.raises(ConfigError, match="data.identifiers.time_format: '%d.%m.%Y' does not hold the year"):
         load_config(CONFIG, ["data.identifiers.time_format='%d.%m.%Y'"])
@@ -685,13 +687,13 @@ def test_exports_in_other_text_encodings_read_as_the_plain_csv(tmp_path):
         daemon_config_from_dict({"mapping": {"csv": {"encoding": "nope"}}})
 
 
-def _local_table(path: Path, rows: list[str], fmt: str, order: str = "turbine") -> Path:
-    """`rows` (epoch-second stamps) written with Europe/Paris local times in the strptime format `fmt`, by turbine
+def _local_table(path: Path, rows: list[str], fmt: str, order: str = "turbine", zone: str = "Europe/Paris") -> Path:
+    """`rows` (epoch-second stamps) written with local times of `zone` in the strptime format `fmt`, by turbine
     (each turbine's rows together) or by time (every turbine's row of a stamp together)."""
     cut = [r.split(",", 2) for r in rows]
     if order == "time":
         cut.sort(key=lambda c: int(c[1]))
-    local = [pd.Timestamp(int(b), unit="s", tz="UTC").tz_convert("Europe/Paris").strftime(fmt) for _, b, _ in cut]
+    local = [pd.Timestamp(int(b), unit="s", tz="UTC").tz_convert(zone).strftime(fmt) for _, b, _ in cut]
     return _write(path, [HEADER, *(f"{a},{t},{c}" for (a, _, c), t in zip(cut, local))])
 
 
@@ -763,6 +765,15 @@ def test_local_times_the_autumn_change_repeats_are_placed_by_each_turbines_row_o
     said = r"18 rows at local times the DST change in Europe/Paris repeats, which their turbine's row order does not"
     with pytest.raises(InputError, match=said + r" place, e\.g\. \['WT02 2017-10-29 02:00:00'"):
         list(table_chunks(path, CHANNELS, MappingCfg(), TABLE._replace(naive_timezone="Europe/Paris"), 5))
+    # clocks on standard time all year (no repeated hour, a skipped one kept): read as Europe/Paris, every row of
+    # that hour is left out and the summer is an hour off; the summary says what to set, and a fixed offset reads it
+    std = _local_table(tmp_path / "standard.csv", rows, "%Y-%m-%d %H:%M:%S", zone="Etc/GMT-1")
+    summary = format_summary_of(tmp_path, std)
+    assert "rows left out: 18 " in summary and "When no turbine holds that hour twice" in summary
+    assert "Etc/GMT-1 for UTC+1" in summary
+    fixed = load_raw_table(load_config(CONFIG, [f"data.paths.raw_dir={std}",
+                                                "data.identifiers.naive_timezone=Etc/GMT-1"]).data)  # fmt: skip
+    assert _sorted(fixed.turbine_ids.tolist(), fixed.ts_ns, fixed.values)[:2] == plain[:2]
     labels = pd.Series(["2017-10-29 01:50:00", "2017-10-29 02:10:00"])  # no turbines' order: still refused
     with pytest.raises(InputError, match=r"1 local times that a DST change in Europe/Paris repeats.*'2017-10-29 "
                                          r"02:10:00'.*UTC offset"):  # fmt: skip
@@ -854,11 +865,12 @@ def test_rows_out_of_time_order_in_a_repeated_hour_are_left_out_not_placed_an_ho
     assert out == ["WT01 1950-09-24 01:10:00"] and placed == ["05:10Z", "05:20Z", "06:05Z"]
 
 
-def test_inject_and_replay_judge_a_local_export_as_scada_prepare_does(tiny_run, tiny_bundle, tmp_path):
+def test_inject_and_replay_judge_a_local_export_as_scada_prepare_does(tiny_run, tiny_bundle, tmp_path, capsys):
     """Found in review: scada-inject still refused a local-time export with the repeated hour that scada-prepare
     read, and replay refused a channel whose only numbers were in rows it left out, which scada-prepare counted.
     WT02 here sent only the first of the two hours (its rows of it are left out), and its status cells hold the
     table's only numbers there: the three readers take the table alike."""
+    from scada_tcn.runtime.cli import main as cli_main
     from scada_tcn.runtime.replay import replay_file
     from scada_tcn.trainer.sources.inject import inject_table
 
@@ -883,6 +895,13 @@ def test_inject_and_replay_judge_a_local_export_as_scada_prepare_does(tiny_run, 
     summary = replay_file(tiny_bundle, local, tmp_path / "s.jsonl", daemon_config_from_dict(
         {"mapping": {"naive_timezone": "Europe/Paris"}}))  # fmt: skip
     assert summary["repeated_hour_dropped"] == len(want) and summary["rows"] == len(table.ts_ns)
+    config = tmp_path / "runtime.yaml"
+    config.write_text("mapping:\n  naive_timezone: Europe/Paris\n")
+    assert cli_main(["replay", "--bundle", str(tiny_bundle), "--input", str(local), "--out",
+                     str(tmp_path / "cli.jsonl"), "--config", str(config)]) == 0  # fmt: skip
+    said = capsys.readouterr().err
+    assert f"replay: {len(want)} rows left out at local times the autumn DST change repeats" in said
+    assert "'WT02 2024-10-27 02:00:00'" in said and "Etc/GMT-1" in said
     paths = inject_table(tiny_run.cfg(*paris).data, "WT01", tmp_path / "inj", seed=1, hours=12,
                          start="2024-10-25T00:00:00+00:00", end="2024-10-29T00:00:00+00:00")  # fmt: skip
     injected = load_raw_table(tiny_run.cfg(f"data.paths.raw_dir={paths['scada']}", paris[1]).data)

@@ -622,6 +622,8 @@ def test_the_first_occurrence_of_a_repeated_hour_is_read_while_the_second_is_sti
     dec = _decoder(naive_timezone="Europe/Paris")
     rej = dec.decode("s/x/WT1/telemetry", b'{"ts": "2024-10-27 02:10", "values": {"P": 1}}', utc("2024-10-27T02:00Z"))
     assert "repeats, and its second occurrence may have come" in rej.detail  # type: ignore[union-attr]
+    rej = dec.decode("s/x/WT1/telemetry", b'{"ts": "2024-03-31 02:10", "values": {"P": 1}}', utc("2024-03-31T01:00Z"))
+    assert "skips" in rej.detail and "Etc/GMT-1 for UTC+1" in rej.detail  # type: ignore[union-attr]
 
 
 def test_ignored_keys_take_star_patterns_in_every_form():

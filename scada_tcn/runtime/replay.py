@@ -70,7 +70,7 @@ from scada_tcn.runtime.engine import Engine
 from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.ids import file_turbine_id, turbine_id_problem
 from scada_tcn.runtime.repeated_hour import NOT_PLACED, Repeated, RepeatedHours, repeated_rows
-from scada_tcn.runtime.stamps import aware_ns, iso_ns, local_ns, wall_utc_ns
+from scada_tcn.runtime.stamps import STANDARD_TIME, aware_ns, iso_ns, local_ns, wall_utc_ns
 from scada_tcn.runtime.telemetry import (
     EPOCH_FLOOR,
     EPOCH_MILLIS,
@@ -263,6 +263,7 @@ def _checked(cells: list[str], parsed: list[tuple[int | str, str]], where: str, 
             does = " or ".join(change[k] for k in kinds if k in change)
             fix = (f"local times that a DST change in {zone} {does}: export the stamps with a UTC offset, "
                    f"or in UTC with {keys}.naive_timezone: UTC")  # fmt: skip
+            fix += f"; {STANDARD_TIME}" if "nonexistent_local_time" in kinds else ""
         elif kinds == ["out_of_range"]:
             ms = fmt is None and all(is_number(c) for _, c in bad[:3])
             fix = EPOCH_RANGE + (epoch_ms_hint(keys) if ms else "")

@@ -17,7 +17,7 @@ import re
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-__all__ = ["aware_ns", "iso_ns", "iso_utc_ns", "local_ns", "repeated_ns", "wall_utc_ns"]
+__all__ = ["STANDARD_TIME", "aware_ns", "iso_ns", "iso_utc_ns", "local_ns", "repeated_ns", "wall_utc_ns"]
 
 _ISO = re.compile(  # after strip(); ASCII digits only, as pandas
     r"(\d{4})(?:([-./\\ ])(\d\d?)(?:\2(\d\d?))?|(\d\d)(\d\d))"  # 2017-8-9, 2017/08/09, 2017-08, 20170809
@@ -30,6 +30,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_DAY = date(1970, 1, 1).toordinal()
 _NAIVE_EPOCH = datetime(1970, 1, 1)
 _NS = 1_000_000_000
+# said where local times meet a DST change the clocks may not have made (a time it skips; a repeated hour that no
+# turbine holds twice): a zone with DST reads such clocks an hour off all summer
+STANDARD_TIME = (
+    "if the clocks keep standard time all year (turbine controllers often do), name a fixed offset "
+    "instead of the zone: e.g. Etc/GMT-1 for UTC+1 (POSIX inverts the sign)"
+)
 
 
 def iso_ns(s: str) -> tuple[int, int | None] | None:

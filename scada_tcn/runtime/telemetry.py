@@ -82,7 +82,7 @@ from scada_tcn.runtime.cells import cell_number
 from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.ids import turbine_id_problem
 from scada_tcn.runtime.ignored import IgnoredKeys
-from scada_tcn.runtime.stamps import iso_ns, iso_utc_ns, repeated_ns
+from scada_tcn.runtime.stamps import STANDARD_TIME, iso_ns, iso_utc_ns, repeated_ns
 
 __all__ = [
     "EPOCH_FLOOR",
@@ -714,9 +714,10 @@ class TelemetryDecoder:
             ts = self._first_occurrence(raw, now_ns)
         if ts in _DST_REASONS:  # a local time of ingest.naive_timezone
             change = "repeats, and its second occurrence may have come" if ts == "ambiguous_local_time" else "skips"
+            skip = f"; {STANDARD_TIME}" if ts == "nonexistent_local_time" else ""
             return Rejection(ts, f"{name} {_shown(raw, 60)}: a local time that a DST change in "
                              f"{self.naive_timezone} {change}: send stamps with a UTC offset to keep that "
-                             "hour")  # fmt: skip
+                             f"hour{skip}")  # fmt: skip
         if isinstance(ts, str):
             unit = "seconds" if self._per_second == 1 else "milliseconds"
             local = " (local times: set ingest.naive_timezone)" if ts == "naive_timestamp" else ""

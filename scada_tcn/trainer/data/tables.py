@@ -40,7 +40,7 @@ from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.ids import file_turbine_id
 from scada_tcn.runtime.repeated_hour import NOT_PLACED, Repeated, RepeatedHours, repeated_rows
 from scada_tcn.runtime.replay import formatted_stamps_ns
-from scada_tcn.runtime.stamps import iso_ns
+from scada_tcn.runtime.stamps import STANDARD_TIME, iso_ns
 from scada_tcn.runtime.telemetry import EPOCH_RANGE, MAX_EPOCH_S, in_epoch_range, table_epoch_ns
 from scada_tcn.trainer.config import DataCfg
 
@@ -179,7 +179,7 @@ def _local_ns(naive: pd.Series, s: pd.Series, zone: str, where: str, zone_key: s
     try:
         local = naive.dt.tz_localize(zone, ambiguous="NaT", nonexistent="raise")
     except ValueError as e:  # pandas: a time the DST change skips (clocks forward)
-        raise InputError(f"{where}: local times that a DST change in {zone} skips ({e}); {fix}") from e
+        raise InputError(f"{where}: local times that a DST change in {zone} skips ({e}); {fix}; {STANDARD_TIME}") from e
     repeated = local.isna().to_numpy()
     if not repeated.any():
         return _checked_ns(local, s, where)
