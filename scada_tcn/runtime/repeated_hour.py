@@ -98,8 +98,8 @@ class RepeatedHours:
         last_other = np.maximum.accumulate(np.where(other, idx, -1))  # the nearest unrepeated row at or before
         next_other = np.minimum.accumulate(np.where(other, idx, n)[::-1])[::-1]  # at or after
         stamps = np.asarray(ns, dtype=np.int64)[order]
-        for t, s, e in zip(c[starts].tolist(), starts.tolist(), ends.tolist()):  # earlier chunks' held rows
-            if next_other[s] < e:
+        for t, s, e in zip(c[starts].tolist(), starts.tolist(), ends.tolist()) if self._waiting else ():
+            if next_other[s] < e:  # the turbine's first unrepeated row here follows its held rows of earlier chunks
                 for j in self._waiting.pop(names[t], []):
                     self._after[j] = int(stamps[next_other[s]])
         if repeated is not None and len(repeated.rows):
