@@ -98,8 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"config error: {e}", file=sys.stderr)
             return 2
     from scada_tcn.runtime.errors import BundleError, InputError, SpecError
+    from scada_tcn.runtime.repeated_hour import left_out_said
     from scada_tcn.runtime.replay import replay_file
-    from scada_tcn.runtime.stamps import STANDARD_TIME
 
     t0 = time.monotonic()
 
@@ -121,9 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(json.dumps(summary), file=sys.stderr)
     if summary["repeated_hour_dropped"]:
-        print(f"replay: {summary['repeated_hour_dropped']:,} rows left out at local times the autumn DST change "
-              f"repeats, which their turbine's row order does not place (e.g. {summary['repeated_hour_examples'][:3]});"
-              f" when no turbine holds that hour twice: {STANDARD_TIME}", file=sys.stderr)  # fmt: skip
+        print(f"replay: {summary['repeated_hour_dropped']:,} rows left out "
+              + left_out_said(summary["repeated_hour_examples"]), file=sys.stderr)  # fmt: skip
     return 0
 
 

@@ -30,10 +30,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from scada_tcn.runtime.stamps import repeated_ns
+from scada_tcn.runtime.stamps import STANDARD_TIME, repeated_ns
 from scada_tcn.runtime.telemetry import in_epoch_range
 
-__all__ = ["NOT_PLACED", "Repeated", "RepeatedHours", "repeated_rows"]
+__all__ = ["NOT_PLACED", "Repeated", "RepeatedHours", "left_out_said", "repeated_rows"]
 
 NOT_PLACED = np.iinfo(np.int64).min  # a held row's instant until placed, and for good when it is not
 _NO_BEFORE, _NO_AFTER = NOT_PLACED, np.iinfo(np.int64).max  # no neighbouring row: no constraint
@@ -48,6 +48,14 @@ class Repeated(NamedTuple):
     wall: np.ndarray
     first: np.ndarray
     second: np.ndarray
+
+
+def left_out_said(examples: list[str]) -> str:
+    """What follows the count of the rows a table's readers left out (scada-prepare's summary, replay's last line),
+    with the first of them ("<turbine> <stamp cell>")."""
+    return (f"at local times the autumn DST change repeats, which their turbine's row order does not place (e.g. "
+            f"{examples[:3]}); stamps with a UTC offset keep them. When no turbine holds that hour twice: "
+            f"{STANDARD_TIME}")  # fmt: skip
 
 
 def repeated_rows(rows: np.ndarray, wall: np.ndarray, tz: Any) -> tuple[Repeated, np.ndarray]:

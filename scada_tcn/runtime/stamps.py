@@ -92,9 +92,14 @@ def repeated_ns(wall: int, tz: Any) -> tuple[int, int]:
     """A wall-clock time (ns, read as UTC) that a DST change in zone `tz` repeats -> its two instants, ns UTC: the
     first occurrence (before the clocks go back) and the second (`fold` 0 and 1, PEP 495: the earlier and the
     later, whichever of them the zone calls daylight time)."""
-    us, sub_us = divmod(wall, 1000)
-    naive = _NAIVE_EPOCH + timedelta(microseconds=us)
+    naive, sub_us = _naive(wall)
     return aware_ns(naive.replace(tzinfo=tz)) + sub_us, aware_ns(naive.replace(tzinfo=tz, fold=1)) + sub_us
+
+
+def _naive(wall: int) -> tuple[datetime, int]:
+    """Wall-clock ns (read as UTC) -> the naive datetime to the microsecond, and the ns below it."""
+    us, sub_us = divmod(wall, 1000)
+    return _NAIVE_EPOCH + timedelta(microseconds=us), sub_us
 
 
 def wall_utc_ns(wall: int, offset: int | None, tz: Any) -> int | str:
@@ -105,8 +110,8 @@ def wall_utc_ns(wall: int, offset: int | None, tz: Any) -> int | str:
         return wall - offset * 60 * _NS
     if tz is None:
         return "naive_timestamp"
-    us, sub_us = divmod(wall, 1000)
-    res = local_ns(_NAIVE_EPOCH + timedelta(microseconds=us), tz)
+    naive, sub_us = _naive(wall)
+    res = local_ns(naive, tz)
     return res + sub_us if isinstance(res, int) else res
 
 

@@ -32,8 +32,8 @@ from scada_tcn.runtime.ids import turbine_id_problem
 from scada_tcn.runtime.pipeline import Preprocessor, scaled_mask
 from scada_tcn.runtime.qc import fit_winsor_caps
 from scada_tcn.runtime.registry import registries_from_spec
+from scada_tcn.runtime.repeated_hour import left_out_said
 from scada_tcn.runtime.scaling import fit_robust_scaler
-from scada_tcn.runtime.stamps import STANDARD_TIME
 from scada_tcn.trainer.config import RootCfg, save_resolved
 from scada_tcn.trainer.config.derive import spec_from_config
 from scada_tcn.trainer.data.registry import save_registry
@@ -234,10 +234,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         ]
         lines.append("non-numeric cells made missing: " + ", ".join(said))
     if summary["repeated_hour_dropped"]:
-        lines.append(f"rows left out: {summary['repeated_hour_dropped']:,} at local times the autumn DST change "
-                     f"repeats that their turbine's row order does not place (e.g. "
-                     f"{summary['repeated_hour_examples'][:3]}); stamps with a UTC offset keep them. When no "
-                     f"turbine holds that hour twice: {STANDARD_TIME}")  # fmt: skip
+        lines.append(
+            f"rows left out: {summary['repeated_hour_dropped']:,} " + left_out_said(summary["repeated_hour_examples"])
+        )
     if summary["scaler_fallbacks"]:
         lines.append(f"scaler fallbacks (IQR ~ 0 on the training split): {summary['scaler_fallbacks']}")
     if "window_labels" in summary:

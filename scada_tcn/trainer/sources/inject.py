@@ -32,10 +32,10 @@ from scada_tcn.runtime.csv_table import (
 )
 from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.ids import file_turbine_id
-from scada_tcn.runtime.repeated_hour import Repeated, RepeatedHours
+from scada_tcn.runtime.repeated_hour import Repeated
 from scada_tcn.trainer.config import DataCfg
 from scada_tcn.trainer.config.checks import split_bound_ns
-from scada_tcn.trainer.data.tables import column_numbers, csv_dialect, parse_timestamps
+from scada_tcn.trainer.data.tables import column_numbers, csv_dialect, parse_timestamps, place_repeated_rows
 from scada_tcn.trainer.sources.faults import FAULT_KINDS, inject_fault
 
 
@@ -147,26 +147,15 @@ def inject_table(
         raise InputError(f"turbine {turbine!r} not in {src}; turbines: {found}")
     canon = {src_col: ch for ch, src_col in data.columns.items()}
     mine = [k for k, rows in enumerate(picks) if len(rows)]  # the files holding the turbine's rows
-    parts, stamps, held = [], [], []
-    repeated = RepeatedHours()  # the turbine's rows at repeated local times, placed as scada-prepare places them
-    where = f"column {ident.time_col!r}"
-    for k in mine:
-        df, rows = tables[k][0], picks[k]
-        part = pd.DataFrame({ch: column_numbers(df[col].iloc[rows], dialect.decimal)[0] for col, ch in canon.items()})
-        rep: list[Repeated] = []
-        ts = parse_timestamps(df[ident.time_col].iloc[rows], ident.naive_timezone, where, ident.time_format,
-                              "data.identifiers", held=rep)  # fmt: skip
-        repeated.take([turbine] * len(rows), ts, rep[0] if rep else None, part.to_numpy())
-        parts.append(part)
-        stamps.append(ts)
-        held.append(rep[0].rows if rep else np.empty(0, dtype=np.int64))
-    placed = repeated.place()
-    at = np.cumsum([0] + [len(h) for h in held])
-    for part, ts, rows_held, i in zip(parts, stamps, held, at.tolist()):
-        if len(rows_held):  # `parse_timestamps` gave a fresh array then
-            ts[rows_held] = placed[i : i + len(rows_held)]
-        part["timestamp"] = pd.to_datetime(ts, utc=True)  # NOT_PLACED is NaT: a row no order places gets no fault
+    parts = [pd.DataFrame({ch: column_numbers(tables[k][0][col].iloc[picks[k]], dialect.decimal)[0]
+                           for col, ch in canon.items()}) for k in mine]  # fmt: skip
+    stamps = pd.concat([tables[k][0][ident.time_col].iloc[picks[k]] for k in mine], ignore_index=True)
+    held: list[Repeated] = []  # the turbine's rows at repeated local times, placed as scada-prepare places them
+    ts = parse_timestamps(stamps, ident.naive_timezone, f"column {ident.time_col!r}", ident.time_format,
+                          "data.identifiers", held=held)  # fmt: skip
     part = pd.concat(parts, keys=mine)  # (file, row): each value goes back to its place
+    place_repeated_rows(np.full(len(ts), turbine, dtype=object), ts, held, part.to_numpy())
+    part["timestamp"] = pd.to_datetime(ts, utc=True)  # NOT_PLACED is NaT: a row no order places gets no fault
     rng_end = min(rng_end, part["timestamp"].max())
     if not rng_start < rng_end:
         raise InputError(f"empty injection period {rng_start} -> {rng_end} for turbine {turbine}")
