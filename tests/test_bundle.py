@@ -243,7 +243,7 @@ def test_tiny_bundle_key_set_is_pinned(bundle_dir):
     assert doc["signals"] is None  # a window_mean bundle
     assert got == GOLDEN_KEYS
     assert sorted(p.name for p in bundle_dir.iterdir()) == ["bundle.json", "clean.onnx", "scoring.onnx"]
-    assert doc["schema_version"] == SCHEMA_VERSION == 10
+    assert doc["schema_version"] == SCHEMA_VERSION == 11
     sha = {f: hashlib.sha256((bundle_dir / f).read_bytes()).hexdigest() for f in ("clean.onnx", "scoring.onnx")}
     assert doc["checksums"] == sha and doc["stream"] is None  # no step graph: scored window by window
     assert doc["model_id"] == compute_model_id(sha, doc["feature_registry"], doc["flag_registry"])
@@ -349,11 +349,11 @@ def test_refuses_registry_edit_through_the_model_id(bundle_dir):
 
 
 def test_refuses_unknown_schema_version(bundle_dir):
-    for v in (1, 2, 3, 4, 5, 6, 11, 0, "8", 8.0, True, None):
+    for v in (1, 2, 3, 4, 5, 6, 12, 0, "8", 8.0, True, None):
         _edit(bundle_dir, lambda d, v=v: d.update(schema_version=v))
         assert _message(bundle_dir) == (
-            f"bundle.json: schema_version {v!r} is not supported (this runtime reads versions (7, 8, 9, 10)); export "
-            "the model again with a scada-export of the same release as this runtime"
+            f"bundle.json: schema_version {v!r} is not supported (this runtime reads versions (7, 8, 9, 10, 11)); "
+            "export the model again with a scada-export of the same release as this runtime"
         )
 
 
@@ -363,7 +363,8 @@ def test_a_bundle_of_schema_7_loads_with_its_ids_and_replays_with_the_old_defaul
     assumes what it assumed for it (turbine_id, timestamp, no zone). Each version's keys are exactly its own."""
     v8 = load_bundle(bundle_dir)  # version 10, whose table_csv says plain CSV, as replay reads version 7 and 8
     assert v8.table_format[1:4] == ("turbine_id", "timestamp", None)
-    _edit(bundle_dir, lambda d: (d.pop("table_identifiers"), d.pop("table_csv"), d.update(schema_version=7)))
+    _edit(bundle_dir, lambda d: (d.pop("table_identifiers"), d.pop("table_csv"), d["pipeline_spec"].pop("hold_s"),
+                                 d.update(schema_version=7)))  # fmt: skip
     v7 = load_bundle(bundle_dir)
     doc = json.loads((bundle_dir / "bundle.json").read_text())
     assert (v7.schema_version, v7.model_id, v7.table_identifiers) == (7, v8.model_id, None)
@@ -409,7 +410,8 @@ def test_table_csv_came_with_schema_10_and_older_bundles_replay_plain_csv(bundle
     by_column = {**ids, "turbine_id_col": "turbine_id", "turbine_id_from_file": None, "time_format": None}
     _edit(bundle_dir, lambda d: d.update(table_identifiers=by_column))
     _edit(bundle_dir, lambda d: (d.pop("table_csv"), d["table_identifiers"].pop("turbine_id_from_file"),
-                                 d["table_identifiers"].pop("time_format"), d.update(schema_version=9)))  # fmt: skip
+                                 d["table_identifiers"].pop("time_format"), d["pipeline_spec"].pop("hold_s"),
+                                 d.update(schema_version=9)))  # fmt: skip
     v9 = load_bundle(bundle_dir)
     assert (v9.schema_version, v9.model_id, v9.table_csv) == (9, v10.model_id, None)
     assert v9.table_format.dialect[:3] == (",", ".", 0) and v9.table_format.turbine_id_from_file is None
@@ -435,6 +437,30 @@ def test_table_csv_came_with_schema_10_and_older_bundles_replay_plain_csv(bundle
                       ({**good, "sep": ";"}, "unknown key 'sep'")):  # fmt: skip
         _edit(bundle_dir, lambda doc, bad=bad: doc.update(table_csv=bad))
         assert said in _message(bundle_dir)
+
+
+def test_hold_s_came_with_schema_11_and_older_bundles_hold_nothing(bundle_dir):
+    """Version 11 added pipeline_spec.hold_s (report-by-exception channels): a version-10 bundle loads with the same
+    model id and no channel held; each version's spec keys are exactly its own."""
+    v11 = load_bundle(bundle_dir)
+    assert dict(v11.spec.hold_s) == {} and v11.to_dict()["pipeline_spec"]["hold_s"] == {}
+    _edit(bundle_dir, lambda d: d["pipeline_spec"].update(hold_s={"power": 3600}))
+    held = load_bundle(bundle_dir)
+    assert dict(held.spec.hold_s) == {"power": 3600} and held.model_id == v11.model_id
+    assert held.bundle_id != v11.bundle_id and held.to_dict() == json.loads((bundle_dir / "bundle.json").read_text())
+    for bad, said in (({"power": 0}, "hold_s: seconds a value holds must be positive integers"),
+                      ({"power": 60.5}, "hold_s: seconds a value holds must be positive integers"),
+                      ({"pitch": 60}, "hold_s: unknown channels ['pitch']")):  # fmt: skip
+        _edit(bundle_dir, lambda d, bad=bad: d["pipeline_spec"].update(hold_s=bad))
+        assert said in _message(bundle_dir)
+    _edit(bundle_dir, lambda d: d["pipeline_spec"].pop("hold_s"))
+    assert "missing" in _message(bundle_dir) and "hold_s" in _message(bundle_dir)
+    _edit(bundle_dir, lambda d: d.update(schema_version=10))
+    v10 = load_bundle(bundle_dir)
+    assert (v10.schema_version, v10.model_id, dict(v10.spec.hold_s)) == (10, v11.model_id, {})
+    assert v10.to_dict() == json.loads((bundle_dir / "bundle.json").read_text())
+    _edit(bundle_dir, lambda d: d["pipeline_spec"].update(hold_s={}))
+    assert "pipeline_spec.hold_s: unknown in schema_version 10 (from 11 on)" in _message(bundle_dir)
 
 
 def test_refuses_failed_parity_and_missing_graph(bundle_dir):

@@ -29,10 +29,12 @@ import pytest
 from scada_tcn.demo.broker import free_port
 from scada_tcn.runtime import daemon as daemon_module
 from scada_tcn.runtime import replay as replay_module
+from scada_tcn.runtime.binning import bin_timeline
 from scada_tcn.runtime.bundle import load_bundle
 from scada_tcn.runtime.daemon import Daemon
 from scada_tcn.runtime.daemon_config import MappingCfg
 from scada_tcn.runtime.engine import Engine
+from scada_tcn.runtime.hold import is_unread
 from scada_tcn.runtime.mqtt import Message
 from scada_tcn.runtime.prometheus import RuntimeMetrics
 from scada_tcn.runtime.records import dedupe, split_batch
@@ -55,6 +57,7 @@ from tests.mosquitto import (
     overflow_report,
     publish_all,
     read_slice,
+    reexported,
     require_mosquitto,
     scores_through,
     to_batches,
@@ -613,6 +616,73 @@ def test_kepware_iot_gateway_values_score_as_per_turbine_telemetry(broker, bundl
     _assert_scored_and_refused(broker, cfg, bundle, scorer, timeline, replayed, messages, want_refused, "kw")
 
 
+def _replayed_records(bundle, path: Path, out: Path) -> dict[tuple[str, str], bytes]:
+    """A table through `replay` with the streaming engine of `bundle`: (turbine, ts) -> score payload."""
+    engine = Engine(bundle, make_scorer(bundle, "stream"), grace_seconds=0.0, max_turbines=100, max_batch=512)
+    replay(engine, path, MappingCfg(), out)
+    return {k: next(iter(v)) for k, v in by_key(out.read_bytes().splitlines()).items()}
+
+
+@pytest.mark.parametrize("kind", ["stream"], indirect=True)
+def test_a_report_by_exception_feed_with_holds_scores_as_its_whole_table(broker, bundle, timeline, tmp_path):
+    """A Kepware feed that sends a tag only when it changes or 30 minutes after it was last sent (the tiny farm's
+    numbers rounded to whole units, so many repeat), scored by the same model exported with `pipeline_spec.hold_s`
+    (an hour for every channel the stuck check does not read; those are sent every time): every step gets the
+    record that replay gives the whole table, and the table written as the feed sends it (unsent cells empty)
+    replays to those records too. Without the holds the same table reads steps with channels missing."""
+    header, rows, _ = timeline
+    ti, ii = header.index("timestamp"), header.index("turbine_id")
+    held = [c for c in bundle.spec.channels if c not in bundle.spec.repeat_channels]
+    held_bundle = reexported(bundle, tmp_path / "held", lambda d: d["pipeline_spec"].update(hold_s=dict.fromkeys(
+        held, 3600)))  # fmt: skip
+    whole = [[c if j in (ti, ii) or c == "" else str(round(float(c))) for j, c in enumerate(r)] for r in rows]
+    rbe = [j for j, c in enumerate(header) if c in held]  # the held channels' columns (the mapping is by name)
+    sent: dict[tuple[str, int], tuple[str, int]] = {}  # (turbine, column) -> the last value sent, when
+    sparse = []  # each cell as the feed sends it: a held channel only when it changes, or 30 minutes after
+    for r in whole:
+        t = parse_timestamp_ns(r[ti])
+        keep = {j for j in rbe if r[j] != "" and (sent.get((r[ii], j), ("", t))[0] != r[j] or
+                                                   t - sent[(r[ii], j)][1] >= 1800 * 10**9)}  # fmt: skip
+        sent.update({(r[ii], j): (r[j], t) for j in keep})
+        sparse.append([c if j not in rbe or j in keep else "" for j, c in enumerate(r)])
+    n_held = sum(r[j] != "" for r in whole for j in rbe)
+    assert (
+        sum(r[j] == "" for r in sparse for j in rbe) - sum(r[j] == "" for r in whole for j in rbe) > 0.3 * n_held
+    )  # 39 %
+    want_records = _replayed_records(held_bundle, write_csv(tmp_path / "whole.csv", header, whole), tmp_path / "a")
+    sparse_csv = write_csv(tmp_path / "sparse.csv", header, sparse)
+    assert _replayed_records(held_bundle, sparse_csv, tmp_path / "b") == want_records
+    unheld = _replayed_records(bundle, sparse_csv, tmp_path / "c")
+    missing = [np.mean([json.loads(p)["missing_now"] for p in recs.values()]) for recs in (want_records, unheld)]
+    assert missing[1] > missing[0] + 0.3
+    messages = []
+    for i in range(0, len(sparse), 5):
+        values = [{"id": f"Farm.{r[ii]}.{header[j]}", "v": float(c), "q": True,
+                   "t": parse_timestamp_ns(r[ti]) // 10**6} for r in sparse[i : i + 5]
+                  for j, c in enumerate(r) if j not in (ti, ii) and c != ""]  # fmt: skip
+        messages.append(("iotgateway", json.dumps({"timestamp": 0, "values": values}).encode()))
+    cfg = daemon_config(broker.url, topics={"telemetry_batch": "iotgateway"},
+                        ingest={"batch_format": "kepware", "epoch_unit": "ms", "max_batch_payload_bytes": 1 << 16,
+                                "turbines": ["WT01", "WT02", "WT03", "WT04"]})  # fmt: skip
+    want = expected_steps(rows, header)
+    col, d = _published_and_scored(broker, cfg, held_bundle, make_scorer(held_bundle, "stream"), messages,
+                                   sum(want.values()), 0, "rbe")  # fmt: skip
+    assert d.stop() == 0
+    assert_the_replays((p for _, p in col.of("/score")), want, want_records)
+    col.close()
+    held_by = {c: 0 for c in held}  # the held values of the closed steps (each turbine's last step stays open)
+    for t in want:
+        mine = [s for s in to_samples(header, sparse, held_bundle.spec.channels) if s.turbine == t]
+        ts, values = np.array([s.ts_ns for s in mine]), np.stack([s.values for s in mine])
+        plain = bin_timeline(ts, values, bundle.spec)[1][:-1]
+        given = bin_timeline(ts, values, held_bundle.spec)[1][:-1]
+        for k, c in enumerate(held_bundle.spec.channels):
+            if c in held_by:
+                held_by[c] += int((np.isnan(plain[:, k]) & ~np.isnan(given[:, k])).sum())
+    got = {c: d.daemon.metrics.value("scada_runtime_held_values_total", channel=c) for c in held}
+    assert got == held_by and sum(got.values()) > 1000
+
+
 def test_emqx_neuron_messages_score_as_per_turbine_telemetry(broker, bundle, scorer, timeline, replayed):
     """EMQX Neuron's MQTT app (`ingest.batch_format: neuron`): each row of the tiny farm as the message of its
     turbine's south node, alternately in Neuron's values format and its tags format, a value the table lacks sent
@@ -778,6 +848,48 @@ def test_rebirth_requests_are_bounded_per_node_and_in_all(bundle, scorer):
     assert [(m.name, m.boolean_value) for m in cmd.metrics] == [("Node Control/Rebirth", True)]
     d._ask_rebirth("node0", later - 3600 * 10**9)  # the clock set back an hour: no request blocks it
     assert asked() == daemon_module.REBIRTHS_PER_WINDOW + 4 and list(d._rebirth_asked) == ["node0"]
+
+
+def test_a_sparkplug_death_ends_the_holds_of_its_turbine(bundle, scorer, tmp_path):
+    """With report-by-exception channels, a DDEATH (or its node's NDEATH) makes the device's values stale: the
+    daemon adds a sample of UNREAD on every channel at the turbine's newest stamp (not counted as telemetry), so
+    the steps after its last value are missing instead of held for an hour. Without holds a death adds nothing."""
+    now = parse_timestamp_ns(STREAM_END)
+    held = [c for c in bundle.spec.channels if c not in bundle.spec.repeat_channels]
+    held_bundle = reexported(bundle, tmp_path / "held", lambda d: d["pipeline_spec"].update(hold_s=dict.fromkeys(
+        held, 3600)))  # fmt: skip
+    cfg = daemon_config(f"mqtt://127.0.0.1:{free_port()}", topics={"sparkplug_group": "farm"}, ingest={"grace_s": 0})
+    keys = held_bundle.column_mapping
+    t0 = (now - 3600 * 10**9) // DT_NS * DT_NS - 120 * 10**9  # two minutes before a step's end
+    birth = Payload(timestamp=t0 // 10**6, seq=0)
+    for k, c in enumerate(held_bundle.spec.channels):
+        metric(birth, keys[c], float(k), "Double", alias=k + 1, ts=t0 // 10**6)
+
+    def message(kind: str, payload: bytes) -> Message:
+        return Message(f"spBv1.0/farm/{kind}/gw/WT01", payload, 0, False, False, 1, 0, now)
+
+    death = message("DDEATH", Payload(timestamp=now // 10**6, seq=1).SerializeToString())
+    steps = {}
+    for name, b, dies in (("held", held_bundle, False), ("dies", held_bundle, True), ("unheld", bundle, True)):
+        d = Daemon(cfg, b, make_scorer(b, "window"), clock=lambda: now)
+        samples, redelivered = d._admit([message("DBIRTH", birth.SerializeToString())], now)
+        d.engine.ingest_batch(samples)
+        if dies:
+            stale, redelivered = d._admit([death], now)
+            assert redelivered == [False] * len(stale) and d.metrics.value("scada_runtime_samples_in_total") == 1
+            if b is bundle:
+                assert stale == []
+            else:
+                ((turbine, ts, values, failed),) = stale
+                assert (turbine, ts, is_unread(values).all(), failed) == ("WT01", t0, True, ())
+            d.engine.ingest_batch(stale)
+        d.engine.tick(t0 + 5 * DT_NS)
+        steps[name] = d.engine.fleet.drain()
+    held_idx = [j for j, f in enumerate(held_bundle.spec.feature_names) if f in held]
+    present = {k: [int(s.rows.M_miss[held_idx].sum()) for s in v] for k, v in steps.items()}
+    assert present["held"][0] == present["dies"][0] == len(held_idx) and len(present["held"]) == 5
+    assert present["held"][1:] == [len(held_idx)] * 4 and present["dies"][1:] == [0] * 4
+    assert present["unheld"][1:] == [0] * 4
 
 
 def _same_state(a: Daemon, b: Daemon) -> bool:

@@ -12,6 +12,7 @@ import pytest
 
 from scada_tcn.runtime import sparkplug as sparkplug_module
 from scada_tcn.runtime.daemon_config import ConfigError, daemon_config_from_dict
+from scada_tcn.runtime.hold import is_unread
 from scada_tcn.runtime.protowire import WireError, bytes_field, fields, varint_field
 from scada_tcn.runtime.sparkplug import SparkplugDecoder, rebirth_request, topic_filters
 from scada_tcn.runtime.sparkplug_payload import integer_value, parse_payload
@@ -112,15 +113,17 @@ def test_every_numeric_datatype_reads_as_its_value(datatype, value, want):
 
 
 def test_quality_null_and_values_that_are_no_numbers():
-    """A Quality other than 192 is a failed read (NaN, in `failed`) whatever is beside it; is_null is NaN, not a
-    failed read; Booleans, dates, bytes and text (unless `numeric_strings`), an integer without a datatype in a
-    birth, NaN: each refused alone, placed by metric number and name."""
+    """A Quality other than 192 is a failed read (UNREAD, in `failed`) whatever is beside it; is_null is UNREAD, not
+    a failed read (both end a report-by-exception channel's hold); Booleans, dates, bytes and text (unless
+    `numeric_strings`), an integer without a datatype in a birth, NaN: each refused alone, placed by metric number
+    and name."""
     spb = _decoder()
     p = Payload(timestamp=MS)
     metric(p, "Turbine/Power", 0.0, "Double", quality=500)  # STALE beside a stale zero
     metric(p, "Turbine/WindSpeed", None, "Float", quality=0)  # BAD and null
     metric(p, "Pitch", None, "Float")
-    assert _samples(spb.decode(_topic("DDATA"), p.SerializeToString(), NOW)) == [("WT1", NOW, [None] * 3, (0, 1))]
+    (read,) = spb.decode(_topic("DDATA"), p.SerializeToString(), NOW).samples  # type: ignore[union-attr]
+    assert (read.turbine, read.ts_ns, is_unread(read.values).tolist(), read.failed) == ("WT1", NOW, [True] * 3, (0, 1))
     good = Payload(timestamp=MS)
     metric(good, "Pitch", 1.5, "Double", quality=192)
     assert _samples(spb.decode(_topic("DDATA"), good.SerializeToString(), NOW))[0][2][2] == 1.5
@@ -189,6 +192,31 @@ def test_an_alias_no_birth_gave_asks_for_a_rebirth_and_deaths_forget_births():
     del stale.metrics[0]
     spb.decode(_topic("NDEATH", device=None), stale.SerializeToString(), NOW)
     assert spb.decode(_topic("DDATA"), data, NOW).rejected and spb._kept == 0  # type: ignore[union-attr]
+
+
+def test_deaths_name_the_turbines_whose_values_are_stale():
+    """A DDEATH names its device (its payload need not parse); an NDEATH of the node's session names the node, a
+    turbine here, and the devices its births named; an older session's will names none, nor does a device the
+    allow-list refuses."""
+    spb = _decoder()
+    for device in ("WT1", "WT2", "WT9"):
+        spb.decode(_topic("DBIRTH", device=device), _birth().SerializeToString(), NOW)
+    assert spb.take_deaths() == []
+    spb.decode(_topic("DDEATH", device="WT2"), b"\x08", NOW)
+    spb.decode(_topic("DDEATH", device="WT9"), Payload(timestamp=MS).SerializeToString(), NOW)
+    assert spb.take_deaths() == ["WT2"] and spb.take_deaths() == []
+    spb.decode(_topic("DBIRTH", device="WT2"), _birth().SerializeToString(), NOW)
+    node = Payload(timestamp=MS, seq=0)
+    metric(node, "bdSeq", 3, "Int64")
+    spb.decode(_topic("NBIRTH", device=None), node.SerializeToString(), NOW)
+    for device in ("WT1", "WT2"):
+        spb.decode(_topic("DBIRTH", device=device), _birth().SerializeToString(), NOW)
+    older = Payload(timestamp=MS)
+    metric(older, "bdSeq", 2, "Int64")
+    spb.decode(_topic("NDEATH", device=None), older.SerializeToString(), NOW)
+    assert spb.take_deaths() == []
+    spb.decode(_topic("NDEATH", device=None), node.SerializeToString(), NOW)
+    assert spb.take_deaths() == ["gw", "WT1", "WT2"]
 
 
 def test_births_kept_are_those_of_turbines_taken_and_bounded():

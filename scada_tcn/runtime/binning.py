@@ -26,12 +26,13 @@ Refused (InputError): non-integer or out-of-range timestamps, wrong shapes or dt
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from scada_tcn.runtime.errors import InputError, SpecError
+from scada_tcn.runtime.hold import Events, fill, is_unread, no_carry
 from scada_tcn.runtime.spec import PipelineSpec
 
 _NS_PER_S = 1_000_000_000
@@ -66,6 +67,7 @@ class BinStats:
     exact_repeats: int  # (timestamp, channel, value) entries dropped as repeats
     out_of_range: dict[str, int]  # per channel: values turned NaN as impossible readings
     outside_grid: int  # rows whose bin lies outside [grid_start_ns, grid_end_ns]
+    held: dict[str, int] = field(default_factory=dict)  # per report-by-exception channel: bins given a held value
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,8 @@ class _Plan:
     hi: np.ndarray  # (C,) upper valid bound, the highest finite float when unset (so +inf is above it)
     how: tuple[str, ...]  # per channel: mean/max/min/last or "circular"
     period: float  # full turn in angle units
+    held: tuple[int, ...]  # report-by-exception channels (`spec.hold_s`), by index
+    hold_ns: np.ndarray  # (H,) int64: how long each one's value holds
 
 
 def _plan(spec: PipelineSpec) -> _Plan:
@@ -93,6 +97,8 @@ def _plan(spec: PipelineSpec) -> _Plan:
         hi=np.minimum([spec.valid_range.get(c, (-np.inf, np.inf))[1] for c in spec.channels], _F64_MAX),
         how=tuple("circular" if c in spec.angular_channels else spec.aggregation.get(c, "mean") for c in spec.channels),
         period=360.0 if spec.angle_units == "deg" else 2.0 * math.pi,
+        held=tuple(spec.channels.index(c) for c in spec.hold_s),
+        hold_ns=np.array([int(s) * _NS_PER_S for s in spec.hold_s.values()], dtype=np.int64),
     )
 
 
@@ -233,6 +239,57 @@ def _bin_sorted(
     return out, repeats
 
 
+def _last_per_bin(ts: np.ndarray, dt_ns: int, start_ns: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stamps sorted -> (the index of each bin's last one, that bin's row on the grid from start_ns)."""
+    lab = _ceil_labels(ts, dt_ns)
+    last = np.flatnonzero(np.append(lab[1:] != lab[:-1], True))
+    return last, (lab[last] - start_ns) // dt_ns
+
+
+def _events(ts: np.ndarray, cols: np.ndarray, order: np.ndarray, plan: _Plan, start_ns: int, n_bins: int) -> Events:
+    """`hold.Events` of the held channels: per bin, its latest value (the value of its latest stamp, repeats
+    collapsed by `plan.dedupe`) or its latest `UNREAD`, the `UNREAD` where they share a stamp. Inputs as
+    `_bin_sorted`'s."""
+    dt = plan.dt_ns
+    offset = np.full((n_bins, len(plan.held)), -1, dtype=np.int64)
+    value = np.full((n_bins, len(plan.held)), np.nan)
+    for h, c in enumerate(plan.held):
+        col = cols[c]
+        present = ~np.isnan(col)
+        if present.any():
+            t_u, v_u, _ = _dedupe(ts[present], col[present], order[present], plan.dedupe)
+            last, rows = _last_per_bin(t_u, dt, start_ns)
+            offset[rows, h] = start_ns + rows * dt - t_u[last]
+            value[rows, h] = v_u[last]
+        ends = is_unread(col)
+        if ends.any():
+            t_x = ts[ends]
+            last, rows = _last_per_bin(t_x, dt, start_ns)
+            off = start_ns + rows * dt - t_x[last]
+            later = (offset[rows, h] < 0) | (off <= offset[rows, h])
+            offset[rows[later], h] = off[later]
+            value[rows[later], h] = np.nan
+    return Events(offset, value)
+
+
+def hold_bins(
+    plan: _Plan,
+    binned: np.ndarray,
+    ends: np.ndarray,
+    slots: np.ndarray,
+    events: Events,
+    carry_ts: np.ndarray,
+    carry_val: np.ndarray,
+) -> np.ndarray:
+    """`hold.fill` with this plan's report-by-exception channels (nothing to do without them): a bin filled by a
+    hold gets what a bin holding that one sample gets. Returns the bins filled per held channel."""
+
+    def one_sample(v: np.ndarray, c: int) -> np.ndarray:
+        return _circular(v, plan.period) if plan.how[c] == "circular" else v
+
+    return fill(binned, ends, slots, events, plan.held, plan.hold_ns, one_sample, carry_ts, carry_val)
+
+
 def _grid_bound(x: Any, dt_ns: int, name: str) -> int:
     v = _check_int(x, name, dt_ns)
     if v % dt_ns:
@@ -277,24 +334,29 @@ def bin_timeline(
     oor = _range_filter(cols, plan)
     n_bins = (end - start) // dt + 1
     binned, repeats = _bin_sorted(ts, cols, order, plan, start, n_bins)
+    grid = start + dt * np.arange(n_bins, dtype=np.int64)
+    held = np.zeros(0, dtype=np.int64)
+    if plan.held:
+        events = _events(ts, cols, order, plan, start, n_bins)
+        carry = no_carry(1, len(plan.channels))
+        held = hold_bins(plan, binned, grid, np.zeros(n_bins, dtype=np.int64), events, *carry)
     stats = BinStats(
         samples=n,
         duplicate_timestamps=int(np.count_nonzero(ts[1:] == ts[:-1])),
         exact_repeats=repeats,
         out_of_range={c: int(k) for c, k in zip(plan.channels, oor)},
         outside_grid=outside,
+        held={plan.channels[c]: int(k) for c, k in zip(plan.held, held)},
     )
-    return start + dt * np.arange(n_bins, dtype=np.int64), binned, stats
+    return grid, binned, stats
 
 
-def aggregate_bins(raw: list[Any], plan: _Plan) -> np.ndarray:
-    """The binned values (sum of n_bins, C) of closed bins of any turbines, in the order given, in one vectorised
-    pass. Each item is one turbine's `RawBins` or several turbines' `open_bins.ClosedBins` (its entries in order).
-    Each entry's samples are shifted by a whole number of bins onto its own rows of one grid (bin membership,
-    order within a bin and exact repeats unchanged; different turbines never share a bin), then `_bin_sorted`."""
+def _one_grid(raw: list[Any], plan: _Plan) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """Closed bins of any turbines (`aggregate_bins`'s items) as the samples of one grid: ts, order, channel-major
+    values, the grid's start and its number of bins."""
     if len(raw) == 1 and isinstance(raw[0], RawBins):
         r = raw[0]
-        return _bin_sorted(r.ts, r.values.T, r.order, plan, r.start_ns, r.n_bins)[0]
+        return r.ts, r.order, r.values.T, r.start_ns, r.n_bins
     dt = plan.dt_ns
     one = [isinstance(r, RawBins) for r in raw]
     n = np.concatenate([[r.n_bins] if k else r.n_bins for r, k in zip(raw, one)]).astype(np.int64)
@@ -304,4 +366,20 @@ def aggregate_bins(raw: list[Any], plan: _Plan) -> np.ndarray:
     ts = np.concatenate([r.ts for r in raw]) + np.repeat((first_row + 1) * dt - starts, sizes)
     order = np.concatenate([r.order for r in raw])
     cols = np.concatenate([r.values for r in raw]).T  # sorted by (ts, order) already: the blocks follow each other
-    return _bin_sorted(ts, cols, order, plan, dt, int(n.sum()))[0]
+    return ts, order, cols, dt, int(n.sum())
+
+
+def aggregate_bins(raw: list[Any], plan: _Plan) -> np.ndarray:
+    """The binned values (sum of n_bins, C) of closed bins of any turbines, in the order given, in one vectorised
+    pass. Each item is one turbine's `RawBins` or several turbines' `open_bins.ClosedBins` (its entries in order).
+    Each entry's samples are shifted by a whole number of bins onto its own rows of one grid (bin membership,
+    order within a bin and exact repeats unchanged; different turbines never share a bin), then `_bin_sorted`.
+    Report-by-exception channels are not held here: see `closed_events` and `hold_bins`."""
+    ts, order, cols, start, n = _one_grid(raw, plan)
+    return _bin_sorted(ts, cols, order, plan, start, n)[0]
+
+
+def closed_events(raw: list[Any], plan: _Plan) -> Events:
+    """`hold.Events` of the held channels in `aggregate_bins`'s bins (their offsets do not change by the shift)."""
+    ts, order, cols, start, n = _one_grid(raw, plan)
+    return _events(ts, cols, order, plan, start, n)

@@ -20,16 +20,17 @@ A bundle is a directory of three files:
   (batch,)), `col_i` (batch x passes, channels_i): the column to store at t mod steps_i, and `h` (batch, hidden).
 - `bundle.json`: UTF-8 JSON object (at most 16 MiB, no NaN or Infinity) with exactly these keys:
 
-  schema_version   10 (3 -> 4: the clean graph takes X, M_miss, Flags and returns fault probabilities;
+  schema_version   11 (3 -> 4: the clean graph takes X, M_miss, Flags and returns fault probabilities;
                    4 -> 5: per-signal scoring, the pipeline spec's repeat channels; 5 -> 6: step.onnx takes
                    the convolutions' past taps instead of their rings and no step index; 6 -> 7: step.onnx
                    takes the sum of the fault head's ring, h_sum, instead of the ring; 7 -> 8:
                    table_identifiers; 8 -> 9: signals.group_halflife; 9 -> 10: table_csv,
-                   table_identifiers.turbine_id_from_file and time_format). Versions 7 to 9 are read too: the
-                   graphs are the same; 7 has no table_identifiers (`Bundle.table_identifiers` None), 7 and 8
-                   no group half-lives (read as none), 7 to 9 no table_csv (plain CSV: `Bundle.table_csv`
-                   None), no turbine_id_from_file (ids from a column) and no time_format
-  model_id         sha256 hex of "scada-tcn-bundle/7" (the graphs' contract, unchanged by versions 8 to 10), the
+                   table_identifiers.turbine_id_from_file and time_format; 10 -> 11: pipeline_spec.hold_s).
+                   Versions 7 to 10 are read too: the graphs are the same; 7 has no table_identifiers
+                   (`Bundle.table_identifiers` None), 7 and 8 no group half-lives (read as none), 7 to 9 no
+                   table_csv (plain CSV: `Bundle.table_csv` None), no turbine_id_from_file (ids from a column)
+                   and no time_format, 7 to 10 no hold_s (no channel holds)
+  model_id         sha256 hex of "scada-tcn-bundle/7" (the graphs' contract, unchanged by versions 8 to 11), the
                    sha256 of each graph (in file-name order) and the canonical JSON of the feature and flag
                    registries (`compute_model_id`)
   dims             `Dims`: window L, horizon K, features F, flags R, fault classes C, receptive field RF
@@ -109,7 +110,7 @@ from scada_tcn.runtime.pipeline import scaled_mask
 from scada_tcn.runtime.registry import FeatureRegistry, FlagRegistry
 from scada_tcn.runtime.scaling import RobustScaler
 from scada_tcn.runtime.signals import SignalParams
-from scada_tcn.runtime.spec import PipelineSpec
+from scada_tcn.runtime.spec import PipelineSpec, with_hold_default
 from scada_tcn.runtime.telemetry import EPOCH_MILLIS, time_format_problem, zone_problem
 from scada_tcn.runtime.vocab import ScoreAggregation, ScoreKind, ScoreMasks, parse
 
@@ -143,9 +144,10 @@ __all__ = [
     "open_session",
 ]
 
-SCHEMA_VERSION = 10
-READ_VERSIONS = (7, 8, 9, 10)  # 7: no table_identifiers; 7, 8: no signals.group_halflife; 7-9: no table_csv
-_MODEL_ID_VERSION = 7  # the graphs' and registries' contract in the model id: versions 8 to 10 added metadata only
+SCHEMA_VERSION = 11
+READ_VERSIONS = (7, 8, 9, 10, 11)  # 7: no table_identifiers; 7, 8: no signals.group_halflife; 7-9: no table_csv;
+# 7-10: no pipeline_spec.hold_s
+_MODEL_ID_VERSION = 7  # the graphs' and registries' contract in the model id: versions 8 to 11 added metadata only
 BUNDLE_JSON = "bundle.json"
 GRAPH_FILES = {"clean": "clean.onnx", "scoring": "scoring.onnx", "step": "step.onnx"}
 GRAPH_INPUTS = ("X", "M_miss", "Flags")  # the window graphs: the windows as the pipeline writes them
@@ -632,11 +634,16 @@ class BundleContents:
         """Parse the sections (after the top-level keys were checked) and check them against each other."""
         top = _Section(dict(doc), tuple(doc), "<top level>")
         version = doc.get("schema_version", SCHEMA_VERSION)
-        spec = _nested(PipelineSpec.from_dict, doc["pipeline_spec"], "pipeline_spec")
+        spec_doc = doc["pipeline_spec"]
+        if version < 11 and isinstance(spec_doc, dict):  # written before report-by-exception holds: none
+            if "hold_s" in spec_doc:
+                raise _fail(f"pipeline_spec.hold_s: unknown in schema_version {version} (from 11 on)")
+            spec_doc = with_hold_default(spec_doc)
+        spec = _nested(PipelineSpec.from_dict, spec_doc, "pipeline_spec")
         _nested(compile_rules, spec, "pipeline_spec")
         scaler = _nested(RobustScaler.from_dict, doc["scaler"], "scaler")
-        for name, obj in (("pipeline_spec", spec), ("scaler", scaler)):
-            if obj.to_dict() != doc[name]:  # from_dict is lenient about container types; the file must be canonical
+        for name, obj, written in (("pipeline_spec", spec, spec_doc), ("scaler", scaler, doc["scaler"])):
+            if obj.to_dict() != written:  # from_dict is lenient about container types; the file must be canonical
                 raise _fail(f"{name}: not in the canonical form its to_dict() writes (a value of the wrong type?)")
         contents = cls(
             dims=Dims.from_dict(doc["dims"]),
@@ -772,6 +779,8 @@ class Bundle(BundleContents):
         if self.schema_version < 10 and doc["table_identifiers"] is not None:  # before ids from file names (none)
             old = ("turbine_id_from_file", "time_format")
             doc["table_identifiers"] = {k: v for k, v in doc["table_identifiers"].items() if k not in old}
+        if self.schema_version < 11:  # before report-by-exception holds (none)
+            doc["pipeline_spec"] = {k: v for k, v in doc["pipeline_spec"].items() if k != "hold_s"}
         return {k: doc[k] for k in top_keys(self.schema_version)}
 
 

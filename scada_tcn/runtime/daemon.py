@@ -68,10 +68,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from scada_tcn.runtime.channel_watch import SILENT_STEPS, WATCH_STEPS, ChannelWatch
 from scada_tcn.runtime.daemon_config import ConfigError, RuntimeConfig, redacted
 from scada_tcn.runtime.engine import Engine, Output, Resumed
+from scada_tcn.runtime.fleet import NO_STAMP
 from scada_tcn.runtime.health import HealthServer, Heartbeat
+from scada_tcn.runtime.hold import UNREAD
 from scada_tcn.runtime.journal import Journal
 from scada_tcn.runtime.mqtt import Message, MqttLink, Publish, read_retained
 from scada_tcn.runtime.prometheus import RuntimeMetrics
@@ -204,6 +208,8 @@ class Daemon:
         self._topics: dict[tuple[str, str], str] = {}  # (output kind, turbine) -> topic
         self._score_topic = turbine_topics(cfg.topics.score, cfg.site, cfg.gateway)[1]  # any turbine's score topic
         self._bins_closed = 0
+        self._held_of: Any = None  # the fleet whose held values `_held_seen` counts
+        self._held_seen = np.zeros(0, dtype=np.int64)
         self.status_topic = cfg.topics.status.format(gateway=cfg.gateway, site=cfg.site)
         self.errors_topic = cfg.topics.errors.format(gateway=cfg.gateway, site=cfg.site)
         batch = cfg.topics.score_batch
@@ -763,7 +769,21 @@ class Daemon:
             self._settled = None
         self.metrics.bins_closed.inc(self.engine.fleet.bins_closed - self._bins_closed)
         self._bins_closed = self.engine.fleet.bins_closed
-        return self.engine.flush()
+        outputs = self.engine.flush()
+        self._count_held()
+        return outputs
+
+    def _count_held(self) -> None:
+        """`held_values_total{channel}`: the steps the fleet gave a held value since the last call."""
+        fleet = self.engine.fleet
+        if fleet is not self._held_of:  # a new engine (a state refused at start): its own count from 0
+            self._held_of, self._held_seen = fleet, np.zeros_like(fleet.held)
+        if fleet.held.size:
+            new = fleet.held - self._held_seen
+            for c, k in zip(fleet.spec.hold_s, new.tolist()):
+                if k:
+                    self.metrics.held_values.labels(channel=c).inc(k)
+            self._held_seen = fleet.held.copy()
 
     def _replayable(self, samples: list[Sample]) -> list[Sample]:
         """A journal frame's samples the fleet takes now: those of turbines beyond `ingest.max_turbines` (lowered
@@ -820,7 +840,34 @@ class Daemon:
             self.metrics.last_message.set(now_ns / 1e9)
             self.metrics.samples_in.inc(len(samples))
             self._watch_channels(samples)
-        return samples, redelivered
+        stale = self._stale(samples)
+        return samples + stale, redelivered + [False] * len(stale)
+
+    def _stale(self, samples: list[Sample]) -> list[Sample]:
+        """Per turbine a Sparkplug death made stale (`SparkplugDecoder.take_deaths`), when the bundle holds
+        report-by-exception channels: a sample of `UNREAD` on every channel, which ends their holds
+        (`runtime.hold`) as a failed read does. It is stamped at the turbine's newest stamp (its open bins' or
+        this batch's samples), or just after its last closed step when later: so the holds end after the last
+        value it sent, and the death neither is late nor moves the data clock (a node's will comes when the broker
+        gives up on it, perhaps amid the backlog of a reconnect). A turbine without a sample has nothing to end.
+        It is no telemetry: not counted in `samples_in_total` nor watched."""
+        if self.sparkplug is None:
+            return []
+        deaths = self.sparkplug.take_deaths()
+        if not deaths or not self.engine.bundle.spec.hold_s:
+            return []
+        newest: dict[str, int] = {}
+        for s in samples:
+            newest[s.turbine] = max(s.ts_ns, newest.get(s.turbine, s.ts_ns))
+        stale = []
+        for t in dict.fromkeys(deaths):
+            ts = max(self.engine.fleet.open_stamp(t), newest.get(t, NO_STAMP))
+            if ts != NO_STAMP:
+                stale.append(Sample(t, ts, np.full(len(self.decoder.channels), UNREAD)))
+        if stale:
+            log.info("a Sparkplug death ends the holds of report-by-exception channels",
+                     extra={"turbines": [s.turbine for s in stale][:20]})  # fmt: skip
+        return stale
 
     def _watch_channels(self, samples: list[Sample]) -> None:
         """Say when channels go silent (no turbine's sample carried them in the first WATCH_STEPS steps of data, or

@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from scada_tcn.runtime.binning import _check_int, _check_ts, _check_values, aggregate_bins
+from scada_tcn.runtime.binning import _check_int, _check_ts, _check_values, aggregate_bins, closed_events, hold_bins
 from scada_tcn.runtime.open_bins import FULL, LATE, NO_SAMPLE, ClosedBins, OpenBins
 from scada_tcn.runtime.pipeline import StreamPreprocessor
 from scada_tcn.runtime.scaling import RobustScaler
@@ -45,7 +45,9 @@ from scada_tcn.runtime.slots import Chain
 from scada_tcn.runtime.spec import PipelineSpec
 from scada_tcn.runtime.windows import missing_now
 
-__all__ = ["Dropped", "Fleet", "Step", "Window"]
+__all__ = ["NO_STAMP", "Dropped", "Fleet", "Step", "Window"]
+
+NO_STAMP = np.iinfo(np.int64).min  # `Fleet.open_stamp` of a turbine without a sample
 
 
 class Dropped(NamedTuple):
@@ -159,6 +161,7 @@ class Fleet:
         self._arrivals = 0  # samples added so far: a closed bin's closing order is the sample that closed it
         self._pending: list[Step] = []
         self.bins_closed = 0
+        self.held = np.zeros(len(self._plan.held), dtype=np.int64)  # per held channel: steps given a held value
 
     def __len__(self) -> int:
         return len(self._turbines)
@@ -284,6 +287,15 @@ class Fleet:
         closed = int(self._rings.last_end[: len(self._names)].max(initial=0))
         return max(closed, self._bins.newest_ns() or 0)
 
+    def open_stamp(self, turbine: str) -> int:
+        """The turbine's newest stamp in its open bins, or the first stamp its open bins take (just after its last
+        closed step's end) when that is later; `NO_STAMP` for a turbine unknown or without a sample yet."""
+        slot = self._turbines.get(turbine)
+        if slot is None or self._bins.open_from[slot] == NO_SAMPLE:
+            return NO_STAMP
+        first = int(self._bins.open_from[slot]) - self._plan.dt_ns + 1
+        return max(first, self._bins.newest_ns(slot) or first)
+
     def close_turbine_until(self, turbine: str, now_ns: int) -> None:
         """Close one turbine's bins whose end + grace <= now_ns (replay ends each turbine at its last sample)."""
         self._queue(self._bins.close_until(now_ns, self._arrivals, self._turbines[turbine]))
@@ -306,6 +318,10 @@ class Fleet:
         first = np.cumsum(n_bins) - n_bins
         ends = np.repeat(np.concatenate([r.start_ns for r in raw]) - first * dt, n_bins) + dt * np.arange(slots.size)
         closers = np.concatenate([r.closers for r in raw])
+        if self._plan.held:  # report-by-exception channels hold their last value (`runtime.hold`)
+            b = self._bins
+            self.held += hold_bins(self._plan, values, ends, slots, closed_events(raw, self._plan), b.hold_ts,
+                                   b.hold_val)  # fmt: skip
         names = [self._names[s] for s in slots.tolist()]
         steps: list[Step | None] = [None] * slots.size
         LF = self.L * self.spec.n_features

@@ -51,6 +51,7 @@ from scada_tcn.runtime.binning import (
     aggregate_bins,
 )
 from scada_tcn.runtime.errors import InputError, SpecError
+from scada_tcn.runtime.hold import no_carry
 from scada_tcn.runtime.slots import rounds
 from scada_tcn.runtime.spec import PipelineSpec
 
@@ -173,6 +174,7 @@ class OpenBins:
         self.late_dropped = np.zeros(0, dtype=np.int64)
         self.full_dropped = np.zeros(0, dtype=np.int64)
         self.out_of_range = np.zeros((0, c), dtype=np.int64)
+        self.hold_ts, self.hold_val = no_carry(0, c)  # per slot, each channel's latest value in its closed bins
         self._rows = _Rows(c)  # the open bins' samples of every slot (range-filtered)
 
     # ---------------------------------------------------------------------------------------------- slots
@@ -185,6 +187,8 @@ class OpenBins:
         self.late_dropped = np.append(self.late_dropped, 0)
         self.full_dropped = np.append(self.full_dropped, 0)
         self.out_of_range = np.concatenate([self.out_of_range, np.zeros((1, c), dtype=np.int64)])
+        ts, val = no_carry(1, c)
+        self.hold_ts, self.hold_val = np.concatenate([self.hold_ts, ts]), np.concatenate([self.hold_val, val])
         self._rows.add_slot()
         self.n += 1
         return self.n - 1
@@ -452,6 +456,8 @@ class OpenBins:
             "ts_ns": r.ts[mine],
             "order": r.order[mine],
             "values": r.vals[mine],
+            "hold_ts": self.hold_ts[slot].copy(),
+            "hold_values": self.hold_val[slot].copy(),
         }
 
     def checked_state(self, state: dict[str, Any], foreign: bool = False) -> dict[str, Any]:
@@ -464,7 +470,7 @@ class OpenBins:
             except (TypeError, KeyError, AttributeError) as e:
                 raise InputError(f"accumulator state: malformed ({e!r})") from e
         keys = set(_STATE_KEYS)
-        if set(state) != keys:
+        if set(state) not in (keys, keys - set(_HOLD_KEYS)):  # a state saved before holds: it holds nothing
             raise InputError(f"accumulator state: expected keys {sorted(keys)}, got {sorted(state)}")
         c = len(self.plan.channels)
         channels = tuple(str(x) for x in np.asarray(state["channels"]).tolist())
@@ -482,11 +488,18 @@ class OpenBins:
                 f"accumulator state: inconsistent shapes ts {ts.shape}, order {order.shape}, "
                 f"values {vals.shape}, out_of_range {oor.shape} for {c} channels"
             )
+        hold_ts, hold_val = no_carry(1, c)
+        if "hold_ts" in state:
+            hold_ts = np.asarray(state["hold_ts"], dtype=np.int64)
+            hold_val = np.array(state["hold_values"], dtype=np.float64)
+            if hold_ts.shape != (c,) or hold_val.shape != (c,):
+                raise InputError(f"accumulator state: hold_ts {hold_ts.shape} and hold_values {hold_val.shape} "
+                                 f"must be ({c},)")  # fmt: skip
         started = bool(state["started"])
         return {"open_from": int(state["open_from_ns"]) if started else NO_SAMPLE,
                 "closed_any": bool(state["closed_any"]), "next_order": int(state["next_order"]),
                 "late_dropped": int(state["late_dropped"]), "out_of_range": oor, "ts": ts, "order": order,
-                "values": vals}  # fmt: skip
+                "values": vals, "hold_ts": hold_ts.reshape(c), "hold_values": hold_val.reshape(c)}  # fmt: skip
 
     def load_state(self, slot: int, checked: dict[str, Any], through_range: bool = False) -> int:
         """Give `slot` a `checked_state` (its open bins replace the slot's); `through_range`: its samples go
@@ -503,13 +516,15 @@ class OpenBins:
         self.next_order[slot] = checked["next_order"]
         self.late_dropped[slot] = checked["late_dropped"]
         self.out_of_range[slot] = oor
+        self.hold_ts[slot], self.hold_val[slot] = checked["hold_ts"], checked["hold_values"]
         self._rows.remove(self._rows.positions(np.array([slot])))
         self._rows.append(np.full(checked["ts"].size, slot, dtype=np.int64), checked["ts"], checked["order"], vals)
         return int(checked["ts"].size)
 
 
+_HOLD_KEYS = ("hold_ts", "hold_values")  # per channel, its latest value in the closed bins (`runtime.hold`)
 _STATE_KEYS = ("dt_seconds", "channels", "started", "closed_any", "open_from_ns", "next_order", "late_dropped",
-               "out_of_range", "ts_ns", "order", "values")  # fmt: skip
+               "out_of_range", "ts_ns", "order", "values", *_HOLD_KEYS)  # fmt: skip
 
 
 def _join(parts: list[ClosedBins]) -> ClosedBins | None:

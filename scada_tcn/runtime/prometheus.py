@@ -1,9 +1,9 @@
 """Prometheus metrics of the edge daemon, on a registry of its own (several daemons can live in one process).
 
 Names (all prefixed `scada_runtime_`): messages_in_total, samples_in_total, rejected_total{reason},
-failed_reads_total{channel}, sparkplug_rebirth_requests_total, sparkplug_lost_messages_total,
-late_samples_total, late_redelivered_samples_total, stamp_full_samples_total, bins_closed_total,
-scores_published_total{status},
+failed_reads_total{channel}, held_values_total{channel}, sparkplug_rebirth_requests_total,
+sparkplug_lost_messages_total, late_samples_total, late_redelivered_samples_total, stamp_full_samples_total,
+bins_closed_total, scores_published_total{status},
 alerts_total{state}, inference_seconds (histogram, one observation per graph batch), inference_batch_windows
 (histogram), publish_queue_depth,
 inbound_queue_depth, inbound_queue_peak, publish_backpressure_total, publish_overflow_total{kind},
@@ -39,6 +39,13 @@ class RuntimeMetrics:
             p + "failed_reads",
             "values the source said it could not read (Kepware's q false, Neuron's errors, Sparkplug's Quality), "
             "by channel: taken as missing",
+            ["channel"],
+            registry=r,
+        )
+        self.held_values = Counter(
+            p + "held_values",
+            "steps in which a report-by-exception channel (the bundle's hold_s) sent nothing and took its last value, "
+            "by channel",
             ["channel"],
             registry=r,
         )

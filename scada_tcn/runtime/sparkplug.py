@@ -20,9 +20,10 @@ on any input:
   the datatype's range is refused), Float and Double as sent (either). Booleans, strings (numbers as text only
   under `ingest.numeric_strings`), dates, bytes, datasets, templates, and a value in a field its datatype does
   not use, are not numbers (`bad_value_type`).
-* `is_null` is NaN (not measured). A `Quality` property other than 192 (Sparkplug's GOOD; 0 BAD, 500 STALE)
-  says the source could not read the value: NaN whatever value or null is beside it, and the channel is in the
-  sample's `failed`. A Quality that is no integer refuses the metric (`bad_value_type`).
+* `is_null` is `hold.UNREAD` (missing, and the source says it has no value). A `Quality` property other than 192
+  (Sparkplug's GOOD; 0 BAD, 500 STALE) says the source could not read the value: `UNREAD` whatever value or null
+  is beside it, and the channel is in the sample's `failed`. A Quality that is no integer refuses the metric
+  (`bad_value_type`).
 * The values of a turbine and stamp make one sample (`telemetry.grouped`), checked against the clock as every
   telemetry stamp is (`TelemetryDecoder.clock_checked`); the turbine id as every turbine id is. A message
   holding a channel's metric for a turbine that is refused (`bad_turbine_id`, `unknown_turbine`) is refused whole.
@@ -41,6 +42,10 @@ on any input:
   protobuf message (`malformed_protobuf`), or on a topic that is not a Sparkplug topic of the group with an
   edge node id of at most 256 characters (`bad_topic`).
 
+Deaths: values a turbine reported before its DDEATH (or its node's NDEATH) are stale (Sparkplug: the host marks
+them so). `take_deaths` names those turbines, so that the daemon ends the holds of their report-by-exception
+channels (`runtime.hold`) at once rather than after `hold_s`.
+
 Sequence numbers: the messages a node's `seq` skipped (Sparkplug's data goes at QoS 0, so a broker or link may
 drop some) are counted (`take_lost`; `_count_lost` says how); they are not asked for again (a rebirth would not
 bring them back). Not read: `is_historical` (historical values are samples as any other: the daemon's bins take
@@ -49,9 +54,9 @@ what is late), metric metadata, and the primary-host STATE handshake.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
+from scada_tcn.runtime.hold import UNREAD
 from scada_tcn.runtime.protowire import WireError
 from scada_tcn.runtime.sparkplug_payload import (
     BOOLEAN_VALUE,
@@ -153,6 +158,7 @@ class SparkplugDecoder:
         self._rebirth: set[str] = set()
         self._seqs: dict[str, int] = {}  # edge node -> the sequence number of its last message (`_keep`)
         self._lost = 0  # messages the sequence numbers skipped, since take_lost
+        self._deaths: list[str] = []  # the turbines of the deaths since take_deaths
 
     def reads(self, topic: str) -> bool:
         """Whether `topic` is one of this group's (the daemon routes it here)."""
@@ -180,6 +186,8 @@ class SparkplugDecoder:
         try:
             sent_ms, seq, metrics = parse_payload(payload)
         except WireError as e:
+            if kind.endswith("DEATH"):
+                self._died(node, device)
             if kind.endswith("DEATH") or kind == "NBIRTH":  # the topic says it all: a session ends or starts
                 self._forget(node, device)
             if kind.endswith("DEATH"):
@@ -188,6 +196,7 @@ class SparkplugDecoder:
         if kind == "NDEATH":
             session = _bdseq(metrics)
             if session is None or session == self._sessions.get(node, session):  # not an older session's will
+                self._died(node, None)
                 self._forget(node, None)
             return BatchDecode([], [], _metric_at)
         if kind == "NBIRTH":
@@ -197,6 +206,7 @@ class SparkplugDecoder:
                 _keep(self._sessions, node, session)
         self._count_lost(node, seq, kind == "NBIRTH")
         if kind == "DDEATH":
+            self._died(node, device)
             self._forget(node, device)
             return BatchDecode([], [], _metric_at)
         tid = d.check_turbine(device if device is not None else node)  # refuses the message if it has a channel
@@ -222,6 +232,18 @@ class SparkplugDecoder:
             elif got is not None:
                 read.append(got)
         return BatchDecode(grouped(read, len(d.channels)), rejected, _metric_at)
+
+    def take_deaths(self) -> list[str]:
+        """The turbines whose values a death made stale since the last call, in order: a DDEATH's device, an
+        NDEATH's node and the devices its births named."""
+        deaths, self._deaths = self._deaths, []
+        return deaths
+
+    def _died(self, node: str, device: str | None) -> None:
+        """Note the turbines a death makes stale (before its births are forgotten); ids the id rule or allow-list
+        refuse are none of the fleet's."""
+        names = [device] if device is not None else [node, *(d for d in self._births.get(node, {}) if d is not None)]
+        self._deaths += [t for t in names if isinstance(self.decoder.check_turbine(t), str)]
 
     def take_lost(self) -> int:
         """Messages the edge nodes' sequence numbers say were lost since the last call (see `_count_lost`)."""
@@ -317,9 +339,9 @@ class SparkplugDecoder:
         if isinstance(m.quality, str):
             return Rejection("bad_value_type", f"metric {name[:100]!r}: {m.quality}")
         if m.quality is not None and m.quality != GOOD:  # whatever value is beside it (null, stale, 0)
-            return tid, ts, i, math.nan, True
+            return tid, ts, i, UNREAD, True
         if m.is_null:
-            return tid, ts, i, math.nan, False
+            return tid, ts, i, UNREAD, False
         datatype = m.datatype if m.datatype is not None or birth else born_type  # a birth's own, as it gives it
         x = self._number(name[:100], m, datatype, birth)
         return x if isinstance(x, Rejection) else (tid, ts, i, x, False)

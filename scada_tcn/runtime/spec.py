@@ -7,7 +7,8 @@ A `PipelineSpec` says everything needed to turn raw SCADA samples of one turbine
          lands in the bin (k*dt - dt, k*dt] with k = ceil(t / dt), counted from the Unix epoch, so a bin
          never holds data stamped after its label): values outside `valid_range` become missing as
          impossible readings, duplicate timestamps are collapsed by `dedupe`, then per-channel
-         aggregation (angular channels always use the circular mean)
+         aggregation (angular channels always use the circular mean); a report-by-exception channel
+         of `hold_s` holds its last value into bins where it sent nothing (`runtime.hold`)
       -> winsorize caps (fitted on the training split only)
       -> engineered features and their missingness mask (angles as sin/cos, wrapped yaw error, channel
          differences such as a temperature above ambient, deltas, strict-present causal rolling mean/std)
@@ -16,7 +17,9 @@ A `PipelineSpec` says everything needed to turn raw SCADA samples of one turbine
          `repeat_channels` (`runtime.repeats`: the stuck-signal check's evidence).
 
 Every name list fixes an order; `feature_names` and `flag_names` are derived here and nowhere else.
-`to_dict` / `from_dict` round-trip through plain JSON types and reject unknown or missing keys.
+`to_dict` / `from_dict` round-trip through plain JSON types and reject unknown or missing keys; a spec written
+before `hold_s` existed (bundle schema 10 and older, checkpoints and prepared folders of then) is read through
+`with_hold_default`, as holding nothing.
 """
 
 from __future__ import annotations
@@ -128,9 +131,10 @@ class PipelineSpec:
     differences: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # name -> (a, b): a - b
     feature_names: tuple[str, ...] = field(default=())
     repeat_channels: tuple[str, ...] = ()  # channels whose exact repeats feed the stuck-signal check
+    hold_s: Mapping[str, int] = field(default_factory=dict)  # report-by-exception channel -> seconds a value holds
 
     def __post_init__(self) -> None:
-        for name in ("aggregation", "valid_range", "winsor_caps", "flag_rules", "differences"):  # read-only
+        for name in ("aggregation", "valid_range", "winsor_caps", "flag_rules", "differences", "hold_s"):  # read-only
             object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
         if not isinstance(self.dt_seconds, int) or isinstance(self.dt_seconds, bool) or self.dt_seconds <= 0:
             raise SpecError(f"dt_seconds must be a positive integer, got {self.dt_seconds!r}")
@@ -148,10 +152,21 @@ class PipelineSpec:
             ("valid_range", tuple(self.valid_range)),
             ("winsor_caps", tuple(self.winsor_caps)),
             ("repeat_channels", self.repeat_channels),
+            ("hold_s", tuple(self.hold_s)),
         ):
             unknown = sorted(set(names) - chans)
             if unknown:
                 raise SpecError(f"{what}: unknown channels {unknown}; known channels: {list(self.channels)}")
+        bad_hold = {c: s for c, s in self.hold_s.items() if isinstance(s, bool) or not isinstance(s, int) or s < 1}
+        if bad_hold:
+            raise SpecError(f"hold_s: seconds a value holds must be positive integers, got {bad_hold}")
+        both = sorted(set(self.hold_s) & set(self.repeat_channels))
+        if both:
+            raise SpecError(
+                f"hold_s: {both} are also repeat_channels; a report-by-exception channel repeats between its changes "
+                "by design, so the stuck-signal check would read a steady value as a frozen sensor: remove them from "
+                "one of the two"
+            )
         not_feat = sorted(set(self.angular_channels) - set(self.feature_channels))
         if not_feat:
             raise SpecError(f"angular_channels {not_feat} must also be feature channels")
@@ -285,6 +300,7 @@ class PipelineSpec:
             "differences": {k: list(v) for k, v in self.differences.items()},
             "feature_names": list(self.feature_names),
             "repeat_channels": list(self.repeat_channels),
+            "hold_s": {k: int(v) for k, v in self.hold_s.items()},
         }
 
     @classmethod
@@ -334,4 +350,10 @@ class PipelineSpec:
             differences={k: tuple(v) for k, v in _mapping(d, "differences").items()},
             feature_names=_names(d, "feature_names"),
             repeat_channels=_names(d, "repeat_channels"),
+            hold_s=_mapping(d, "hold_s"),
         )
+
+
+def with_hold_default(d: Mapping[str, Any]) -> dict[str, Any]:
+    """A spec dict written before `hold_s` existed (no such key) as one that holds nothing; others as they are."""
+    return {**d, "hold_s": {}} if "hold_s" not in d else dict(d)

@@ -57,7 +57,9 @@ refusal when it is not an array). As for a turbine's array, the elements are bou
 With `batch_format="kepware"` (`decode_tags`) a message is Kepware IoT Gateway's standard template, one element per
 tag value (`{"id", "v", "q", "t"}`, the turbine and key taken from the id by `tag_pattern`); with "neuron"
 (`decode_neuron`) EMQX Neuron's MQTT app's message, one sample per message. A value the source says it failed to
-read (Kepware's `"q": false`, Neuron's `errors`) is NaN, and its channel is in the sample's `failed`.
+read (Kepware's `"q": false`, Neuron's `errors`) is `hold.UNREAD` (a NaN that ends a report-by-exception
+channel's hold), and its channel is in the sample's `failed`. A null, in any form, is `UNREAD` too (the source says
+it has no value; not a failed read), while a channel absent from a message is plain NaN.
 
 `BatchDecode.rejected` holds (place, Rejection) and `BatchDecode.where(place)` the refusal's place as reported:
 {"line": n} for a batch of lines, {"element": n} for a turbine's array, {"turbine": id, "element": n} (or
@@ -80,6 +82,7 @@ import orjson
 
 from scada_tcn.runtime.cells import cell_number
 from scada_tcn.runtime.errors import InputError
+from scada_tcn.runtime.hold import UNREAD
 from scada_tcn.runtime.ids import turbine_id_problem
 from scada_tcn.runtime.ignored import IgnoredKeys
 from scada_tcn.runtime.stamps import STANDARD_TIME, iso_ns, iso_utc_ns, repeated_ns
@@ -264,8 +267,8 @@ def in_epoch_range(ns: Any) -> Any:
 class Sample(NamedTuple):
     turbine: str
     ts_ns: int
-    values: np.ndarray  # (C,) float64 in spec.channels order, NaN = not in this message
-    failed: tuple[int, ...] = ()  # channels whose value the source said it failed to read (NaN in `values`)
+    values: np.ndarray  # (C,) float64 in spec.channels order, NaN = not in this message (`hold.UNREAD`: null)
+    failed: tuple[int, ...] = ()  # channels whose value the source said it failed to read (UNREAD in `values`)
 
 
 class Rejection(NamedTuple):
@@ -695,6 +698,8 @@ class TelemetryDecoder:
                 if isinstance(x, Rejection):
                     return x
                 row[i] = x
+            else:  # null: the source says it has no value (a report-by-exception channel's hold ends)
+                row[i] = UNREAD
         return Sample(tid, ts, np.array(row))
 
     def _stamp(self, raw: Any, now_ns: int, name: str) -> int | Rejection:
@@ -852,12 +857,12 @@ class TelemetryDecoder:
             return Rejection("bad_value_type", f"q: {type(q).__name__}, expected true or false (the value's quality)")
         tid, i = where
         if not q:
-            return tid, ts, i, math.nan, True
+            return tid, ts, i, UNREAD, True
         if "v" not in el:
             return Rejection("missing_values", "no 'v'")
         v = el["v"]
         if v is None:
-            return tid, ts, i, math.nan, False
+            return tid, ts, i, UNREAD, False
         x = v if type(v) is float and math.isfinite(v) else self.number(tag[:100], v)
         return x if isinstance(x, Rejection) else (tid, ts, i, x, False)
 

@@ -48,6 +48,7 @@ def spec_from_config(cfg: RootCfg) -> PipelineSpec:
             fill_value=float(f.fill_value_c),
             differences={k: tuple(v) for k, v in f.differences.items()},
             repeat_channels=tuple(f.repeat_channels),
+            hold_s=dict(d.qc.hold_s),
         )
         compile_rules(spec)
     except SpecError as e:
@@ -86,6 +87,7 @@ _SPEC_TO_CONFIG = {
     "flag": "flags.sources.mapping: flag",
     "feature names": "features (the feature names they produce)",
     "repeat_channels": "features.repeat_channels",
+    "hold_s": "data.qc.hold_s",
 }
 
 

@@ -127,6 +127,7 @@ class QcCfg:
     winsorize: dict[str, list[float]] = field(default_factory=dict)  # channel -> [low_q, high_q] (train split)
     dedupe_rule: DedupeRule = DedupeRule.last
     aggregation: dict[str, BinAggregation] = field(default_factory=dict)  # channel -> how its bins aggregate
+    hold_s: dict[str, int] = field(default_factory=dict)  # report-by-exception channel -> seconds a value holds
 
 
 @dataclass

@@ -195,6 +195,7 @@ def prepare(cfg: RootCfg) -> dict[str, Any]:
         "repeated_hour_dropped": len(table.repeated_hour_dropped),
         "repeated_hour_examples": table.repeated_hour_dropped[:5],
         "binning": bin_stats,
+        "held_steps": {c: sum(st["held"][c] for st in bin_stats.values()) for c in spec.hold_s},
         "winsor_caps": {k: list(v) for k, v in caps.items()},
         "scaler_fallbacks": {
             n: s for n, s, sc in zip(scaler.feature_names, scaler.scale_source, scaler.scaled) if sc and s != "iqr"
@@ -237,6 +238,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(
             f"rows left out: {summary['repeated_hour_dropped']:,} " + left_out_said(summary["repeated_hour_examples"])
         )
+    if summary["held_steps"]:
+        said = [f"{c} {k:,} ({k / max(summary['steps'], 1):.1%})" for c, k in summary["held_steps"].items()]
+        lines.append("steps given a report-by-exception channel's last value (data.qc.hold_s): " + ", ".join(said))
     if summary["scaler_fallbacks"]:
         lines.append(f"scaler fallbacks (IQR ~ 0 on the training split): {summary['scaler_fallbacks']}")
     if "window_labels" in summary:

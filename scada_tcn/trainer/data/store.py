@@ -14,6 +14,7 @@ import pandas as pd
 
 from scada_tcn.runtime.errors import SpecError
 from scada_tcn.runtime.registry import registries_from_spec
+from scada_tcn.runtime.spec import with_hold_default
 from scada_tcn.trainer.config import RootCfg
 from scada_tcn.trainer.config.derive import spec_from_config
 from scada_tcn.trainer.data.dataset import WindowDataset
@@ -36,7 +37,7 @@ class PreparedData:
         self.index = pd.read_parquet(self.dir / "window_index.parquet")
         self.fingerprint = (self.dir / "fingerprint.txt").read_text().strip()
         self.scaler = json.loads((self.dir / "scalers" / "robust_scaler.json").read_text())
-        self.pipeline_spec = json.loads((self.dir / "pipeline_spec.json").read_text())
+        self.pipeline_spec = with_hold_default(json.loads((self.dir / "pipeline_spec.json").read_text()))
         self.F, self.R = len(self.feature_reg.feature_names), len(self.flag_reg.flag_names)
 
     def dataset(self, cfg: RootCfg, split: str) -> WindowDataset:

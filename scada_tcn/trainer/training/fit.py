@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from scada_tcn.runtime.errors import SpecError
 from scada_tcn.runtime.registry import FeatureRegistry, FlagRegistry
+from scada_tcn.runtime.spec import with_hold_default
 from scada_tcn.trainer.config import RootCfg, save_resolved, to_container
 from scada_tcn.trainer.config.groups import feature_groups
 from scada_tcn.trainer.data.dataset import make_loader
@@ -131,6 +132,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if ckpt.get("format") != CHECKPOINT_FORMAT:
         raise SpecError(f"{path}: not a scada-tcn checkpoint of format {CHECKPOINT_FORMAT}")
+    ckpt["pipeline_spec"] = with_hold_default(ckpt["pipeline_spec"])  # trained before holds: none
     return ckpt
 
 

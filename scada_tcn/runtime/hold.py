@@ -1,0 +1,100 @@
+"""Report-by-exception channels: a value sent holds until the next one, for at most the channel's `spec.hold_s`.
+
+Many SCADA feeds publish a channel only when it changes: Sparkplug B data messages carry the metrics that changed,
+OPC UA subscriptions and Kepware's IoT Gateway publish on data change, historians store values past a deadband. A
+stopped turbine's power, rotor speed and pitch then send nothing for hours, and binning alone would score them as
+missing exactly when the turbine stands still. A channel named in `spec.hold_s` is read as such a feed: a bin
+where it has no value takes the channel's latest value before the bin (as a bin holding that one sample would: an
+angle's circular mean, the value itself otherwise) while that value is at most `hold_s` seconds old at the bin's
+end. The hold ends earlier at an `UNREAD` of the channel: a read the source said failed, or an explicit null (the
+source says it has no value; absent from a message, the channel says nothing). A bin with a value or an `UNREAD`
+keeps what binning made of its samples. Nothing holds across a value older than `hold_s`, so a dead link shows as
+missing once the hold has run out, and a hold never reaches back: a bin takes only values stamped at or before its
+end (causal).
+
+`UNREAD` is a NaN with a payload of its own, so it travels inside the float64 sample arrays (the daemon's journal
+and state file keep the bits) and everything else reads it as missing; only `is_unread` tells it apart. The batch
+(`binning.bin_timeline`) and the edge (`fleet.Fleet`) both call `fill` with the events `binning` finds in each bin,
+so a table and a stream of the same samples give the same numbers.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = ["NO_VALUE", "UNREAD", "Events", "fill", "is_unread", "no_carry"]
+
+_UNREAD_BITS = 0x7FF8_0000_5CAD_A0D1  # a quiet NaN: arithmetic and comparisons treat it as any NaN
+UNREAD: float = struct.unpack("<d", struct.pack("<Q", _UNREAD_BITS))[0]
+NO_VALUE = np.iinfo(np.int64).min  # a carry's stamp when the channel holds no value
+
+
+def is_unread(values: np.ndarray) -> np.ndarray:
+    """Bool mask of the `UNREAD` entries of a float64 array (any shape)."""
+    return np.ascontiguousarray(values, dtype=np.float64).view(np.uint64) == np.uint64(_UNREAD_BITS)
+
+
+class Events(NamedTuple):
+    """Per bin and held channel, the latest thing the channel did in the bin: `offset` (n, H) int64, how long
+    before the bin's end (-1: nothing); `value` (n, H) float64, the value then (NaN: an `UNREAD`, which ends the
+    hold)."""
+
+    offset: np.ndarray
+    value: np.ndarray
+
+
+def no_carry(n: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Carry arrays of `n` slots holding nothing: stamps (n, C) int64 `NO_VALUE`, values (n, C) NaN."""
+    return np.full((n, channels), NO_VALUE, dtype=np.int64), np.full((n, channels), np.nan)
+
+
+def fill(
+    binned: np.ndarray,
+    ends: np.ndarray,
+    slots: np.ndarray,
+    events: Events,
+    held: tuple[int, ...],
+    hold_ns: np.ndarray,
+    one_sample: Callable[[np.ndarray, int], np.ndarray],
+    carry_ts: np.ndarray,
+    carry_val: np.ndarray,
+) -> np.ndarray:
+    """Hold report-by-exception channels into the bins where they did nothing, in place; returns how many bins each
+    held channel took a held value in (H,).
+
+    binned (n, C): closed bins of any slots, each slot's in time order; ends (n,) their end stamps (ns); slots (n,)
+    their slots; events: `Events` of the held channels `held` (indices into C), `hold_ns` (H,) how long each one's
+    value holds; one_sample(values, c): what a bin holding one sample of channel c of each value gets.
+    carry_ts / carry_val (slots, C): per slot and channel the latest value before these bins (stamp `NO_VALUE` and
+    NaN: none); updated to the latest after them."""
+    n = ends.size
+    filled = np.zeros(len(held), dtype=np.int64)
+    if not n or not held:
+        return filled
+    o = np.argsort(slots, kind="stable")  # each slot's bins together, in time order
+    s, e = slots[o], ends[o]
+    seg = np.concatenate(([0], np.cumsum(s[1:] != s[:-1])))
+    head = np.flatnonzero(np.concatenate(([True], s[1:] != s[:-1])))
+    last = np.append(head[1:], n) - 1
+    seg_slots = s[head]
+    for h, c in enumerate(held):
+        off, val = events.offset[o, h], events.value[o, h]
+        did = off >= 0
+        # per bin, the bin of its slot whose event is the latest up to it (key % (n + 1) - 1; -1: the carry)
+        key = np.where(did, seg * (n + 1) + np.arange(n) + 1, -1)
+        key[head] = np.maximum(key[head], seg[head] * (n + 1))
+        src = np.maximum.accumulate(key) % (n + 1) - 1
+        from_bin = src >= 0
+        src_ts = np.where(from_bin, e[np.maximum(src, 0)] - off[np.maximum(src, 0)], carry_ts[s, c])
+        src_val = np.where(from_bin, val[np.maximum(src, 0)], carry_val[s, c])
+        ok = ~did & ~np.isnan(src_val)
+        ok[ok] = e[ok] - src_ts[ok] <= hold_ns[h]  # a carried value's stamp is never NO_VALUE (its value is NaN)
+        binned[o[ok], c] = one_sample(src_val[ok], c)
+        filled[h] = np.count_nonzero(ok)
+        carry_ts[seg_slots, c] = src_ts[last]
+        carry_val[seg_slots, c] = src_val[last]
+    return filled
