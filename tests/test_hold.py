@@ -192,7 +192,8 @@ def test_causality_a_step_never_holds_a_later_value():
 
 def test_open_bins_state_keeps_the_hold_and_reads_a_state_from_before_holds():
     """The accumulator state carries each channel's latest value; one saved before holds existed (no such keys)
-    loads holding nothing, and one of the wrong shape is refused."""
+    loads holding nothing, and one of the wrong shape is refused. Another model's state (a model change) gives its
+    held values through this spec's valid range, as its samples."""
     spec = make_spec(hold_s=HOLDS)
     bins = OpenBins(spec, 0.0)
     bins.add_slot()
@@ -205,6 +206,9 @@ def test_open_bins_state_keeps_the_hold_and_reads_a_state_from_before_holds():
     old = {k: v for k, v in state.items() if k not in ("hold_ts", "hold_values")}
     other.load_state(0, other.checked_state(old))
     assert np.isnan(other.hold_val[0]).all()
+    bins.hold_ts[0, 0], bins.hold_val[0, 0] = T10, 70.0  # wind speed 70 m/s: outside this spec's valid range
+    other.load_state(0, other.checked_state(bins.state_dict(0)), through_range=True)  # another model's state
+    assert np.isnan(other.hold_val[0, 0]) and other.hold_val[0, 1] == 42.0
     with pytest.raises(InputError, match=r"hold_ts \(3,\) and hold_values \(5,\) must be \(5,\)"):
         other.checked_state({**state, "hold_ts": state["hold_ts"][:3]})
     with pytest.raises(InputError, match="expected keys"):

@@ -51,7 +51,7 @@ from scada_tcn.runtime.binning import (
     aggregate_bins,
 )
 from scada_tcn.runtime.errors import InputError, SpecError
-from scada_tcn.runtime.hold import no_carry
+from scada_tcn.runtime.hold import NO_VALUE, no_carry
 from scada_tcn.runtime.slots import rounds
 from scada_tcn.runtime.spec import PipelineSpec
 
@@ -502,21 +502,24 @@ class OpenBins:
                 "values": vals, "hold_ts": hold_ts.reshape(c), "hold_values": hold_val.reshape(c)}  # fmt: skip
 
     def load_state(self, slot: int, checked: dict[str, Any], through_range: bool = False) -> int:
-        """Give `slot` a `checked_state` (its open bins replace the slot's); `through_range`: its samples go
-        through this spec's range filter too (another spec's state: the stricter of the two ranges holds).
+        """Give `slot` a `checked_state` (its open bins replace the slot's); `through_range`: its samples and held
+        values go through this spec's range filter too (another spec's state: the stricter of the two ranges holds).
         Returns the samples it holds. The slot's `full_dropped` is kept (it is not part of a state)."""
         vals = checked["values"].copy()
         oor = checked["out_of_range"].copy()
+        hold_ts, hold_val = checked["hold_ts"].copy(), checked["hold_values"].copy()
         if through_range:
             bad = _impossible(vals, self.plan.lo, self.plan.hi)
             vals[bad] = np.nan
             oor += bad.sum(axis=0)
+            gone = _impossible(hold_val, self.plan.lo, self.plan.hi)  # a value this spec would not have taken
+            hold_ts[gone], hold_val[gone] = NO_VALUE, np.nan
         self.open_from[slot] = checked["open_from"]
         self.closed_any[slot] = checked["closed_any"]
         self.next_order[slot] = checked["next_order"]
         self.late_dropped[slot] = checked["late_dropped"]
         self.out_of_range[slot] = oor
-        self.hold_ts[slot], self.hold_val[slot] = checked["hold_ts"], checked["hold_values"]
+        self.hold_ts[slot], self.hold_val[slot] = hold_ts, hold_val
         self._rows.remove(self._rows.positions(np.array([slot])))
         self._rows.append(np.full(checked["ts"].size, slot, dtype=np.int64), checked["ts"], checked["order"], vals)
         return int(checked["ts"].size)
