@@ -448,8 +448,8 @@ def test_hold_s_came_with_schema_11_and_older_bundles_hold_nothing(bundle_dir):
     held = load_bundle(bundle_dir)
     assert dict(held.spec.hold_s) == {"power": 3600} and held.model_id == v11.model_id
     assert held.bundle_id != v11.bundle_id and held.to_dict() == json.loads((bundle_dir / "bundle.json").read_text())
-    for bad, said in (({"power": 0}, "hold_s: seconds a value holds must be positive integers"),
-                      ({"power": 60.5}, "hold_s: seconds a value holds must be positive integers"),
+    for bad, said in (({"power": 0}, "hold_s: seconds a value holds must be integers from 1 to"),
+                      ({"power": 60.5}, "hold_s: seconds a value holds must be integers from 1 to"),
                       ({"pitch": 60}, "hold_s: unknown channels ['pitch']")):  # fmt: skip
         _edit(bundle_dir, lambda d, bad=bad: d["pipeline_spec"].update(hold_s=bad))
         assert said in _message(bundle_dir)

@@ -13,7 +13,7 @@ from scada_tcn.runtime.errors import ConfigError, InputError, SpecError
 from scada_tcn.runtime.fleet import Fleet
 from scada_tcn.runtime.hold import UNREAD, is_unread
 from scada_tcn.runtime.journal import Journal
-from scada_tcn.runtime.open_bins import OpenBins
+from scada_tcn.runtime.open_bins import BinAccumulator, OpenBins
 from scada_tcn.runtime.pipeline import Preprocessor
 from scada_tcn.runtime.spec import PipelineSpec
 from scada_tcn.runtime.state_file import load_state, save_state
@@ -69,8 +69,9 @@ def _random_feed(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 def test_a_held_channel_takes_its_latest_value_until_it_runs_out_or_an_unread_ends_it():
     """A stopped turbine reports power 0 once at 10:03 and then nothing: the steps after take 0 for an hour (the
     step ending 11:00 is 57 minutes after it, the one ending 11:10 is 67), then are missing. A failed read ends the
-    hold at once, a channel absent from a sample says nothing. Angles hold as a step of that one sample would
-    read them; a channel not held stays missing, and a step with a value keeps its own."""
+    hold at once, a channel absent from a sample says nothing, and so does an impossible reading (a logger's -9999).
+    Angles hold as a step of that one sample would read them; a channel not held stays missing, and a step with a
+    value keeps its own. A `BinAccumulator` gives the same steps."""
     spec = make_spec(hold_s=HOLDS)
     ts = T10 + np.array([3 * 60, 3 * 60, 185 * 60, 200 * 60, 235 * 60]) * S
     vals = np.full((5, len(CHANNELS)), np.nan)
@@ -80,6 +81,9 @@ def test_a_held_channel_takes_its_latest_value_until_it_runs_out_or_an_unread_en
     vals[3, 1] = UNREAD  # 13:20: a failed read
     vals[4, 0] = 4.0  # 13:55: wind speed only
     grid, out, _ = bin_timeline(ts, vals, spec)
+    acc = BinAccumulator(spec, grace_seconds=0)  # one turbine's incremental binning: the same numbers
+    closed = [b for t, v in zip(ts, vals) for b in acc.add(int(t), v)] + acc.close_until(int(grid[-1]))
+    np.testing.assert_array_equal(np.stack([b.values for b in closed]), out)
     steps = ((grid - T10) // DT).tolist()
     assert steps == list(range(1, 25))
     power, wind, wdir = out[:, 1], out[:, 0], out[:, 2]
@@ -91,11 +95,16 @@ def test_a_held_channel_takes_its_latest_value_until_it_runs_out_or_an_unread_en
     assert wdir[0] == 350.0 and (wdir[1:3] == 350.0).all() and np.isnan(wdir[3:]).all()  # 30 minutes
     unheld = bin_timeline(ts, vals, make_spec())[1]
     assert np.isnan(unheld[1:6, 1]).all()
+    wind = make_spec(hold_s={"wind_speed": 3600})  # valid 0-60 m/s: -9999, a logger's "no value", is impossible
+    ts2, v2 = T10 + np.array([3, 25]) * 60 * S, np.full((2, len(CHANNELS)), np.nan)
+    v2[:, 0] = [5.0, -9999.0]
+    out2 = bin_timeline(ts2, v2, wind)[1][:, 0]
+    assert out2[0] == 5.0 and out2[1] == 5.0 and np.isnan(out2[2:]).all()  # ended at 10:25, kept in 10:20
 
 
 def test_batch_binning_follows_the_rule():
     """Random sparse feeds with UNREADs, several values at a stamp and stamps on the grid: `bin_timeline` gives the
-    rule's numbers (`_reference`, one bin at a time)."""
+    rule's numbers (`_reference`, one bin at a time), and a `BinAccumulator` fed them one by one the same."""
     rng = np.random.default_rng(7)
     for _ in range(150):
         ts, vals = _random_feed(rng)
@@ -103,6 +112,9 @@ def test_batch_binning_follows_the_rule():
         ref_grid, ref = _reference(ts, vals, HOLDS)
         np.testing.assert_array_equal(grid, ref_grid)
         np.testing.assert_allclose(out, ref, rtol=0, atol=1e-9)
+        acc = BinAccumulator(make_spec(hold_s=HOLDS), grace_seconds=0)
+        closed = [b for t, v in zip(ts, vals) for b in acc.add(int(t), v)] + acc.close_until(int(grid[-1]))
+        np.testing.assert_array_equal(np.stack([b.values for b in closed]), out)
 
 
 def _report_by_exception(raw: np.ndarray, rng: np.random.Generator, t0: int) -> tuple[np.ndarray, np.ndarray]:
@@ -216,11 +228,13 @@ def test_open_bins_state_keeps_the_hold_and_reads_a_state_from_before_holds():
 
 
 def test_decoders_read_failed_reads_and_nulls_as_unread_and_the_journal_keeps_them(tmp_path):
-    """A JSON null and Kepware's `"q": false` and null are UNREAD (the hold ends); an absent key is plain NaN (it
-    holds). The journal and the state file give the same bits back."""
+    """A JSON null (and `""` under numeric_strings), Kepware's `"q": false` and null are UNREAD (the hold ends); an
+    absent key is plain NaN (it holds). The journal and the state file give the same bits back."""
     dec = _decoder()
     doc = dec.decode("s/x/WT1/t", b'{"ts": 1717200000, "values": {"P": null}}', NOW)
     assert is_unread(doc.values).tolist() == [True, False] and np.isnan(doc.values).all()
+    text = _decoder(numeric_strings=True).decode("s/x/WT1/t", b'{"ts": 1717200000, "values": {"ws": ""}}', NOW)
+    assert is_unread(text.values).tolist() == [False, True]
     kep = _decoder(tag_pattern=r"^Farm\.(?P<turbine>[^.]+)\.(?P<key>.+)$", epoch_unit="ms")
     els = [{"id": "Farm.WT1.P", "v": 1.0, "q": False, "t": 1717200000000},
            {"id": "Farm.WT1.ws", "v": None, "q": True, "t": 1717200000000}]  # fmt: skip
@@ -235,12 +249,12 @@ def test_decoders_read_failed_reads_and_nulls_as_unread_and_the_journal_keeps_th
 
 
 def test_the_spec_and_the_config_refuse_bad_holds():
-    """hold_s names channels, whole positive seconds, and no channel of the stuck-signal check; the config's message
-    names data.qc.hold_s."""
+    """hold_s names channels, whole seconds from 1 to a year (longer would overflow the ns clock), and no channel of
+    the stuck-signal check; the config's message names data.qc.hold_s."""
     with pytest.raises(SpecError, match="unknown channels"):
         make_spec(hold_s={"pitch": 60})
-    for bad in (0, -5, 1.5, True):
-        with pytest.raises(SpecError, match="positive integers"):
+    for bad in (0, -5, 1.5, True, 366 * 86_400 + 1, 10**10):
+        with pytest.raises(SpecError, match=r"integers from 1 to 31,622,400 \(a year\)"):
             make_spec(hold_s={"power": bad})
     with pytest.raises(SpecError, match="also repeat_channels"):
         make_spec(hold_s={"power": 600}, repeat_channels=["power"])

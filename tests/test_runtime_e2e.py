@@ -853,7 +853,8 @@ def test_rebirth_requests_are_bounded_per_node_and_in_all(bundle, scorer):
 def test_a_sparkplug_death_ends_the_holds_of_its_turbine(bundle, scorer, tmp_path):
     """With report-by-exception channels, a DDEATH (or its node's NDEATH) makes the device's values stale: the
     daemon adds a sample of UNREAD on every channel at the turbine's newest stamp (not counted as telemetry), so
-    the steps after its last value are missing instead of held for an hour. Without holds a death adds nothing."""
+    the steps after its last value are missing instead of held for an hour, until the device is born again (the
+    will and the rebirth may come in one batch). Without holds a death adds nothing."""
     now = parse_timestamp_ns(STREAM_END)
     held = [c for c in bundle.spec.channels if c not in bundle.spec.repeat_channels]
     held_bundle = reexported(bundle, tmp_path / "held", lambda d: d["pipeline_spec"].update(hold_s=dict.fromkeys(
@@ -885,11 +886,23 @@ def test_a_sparkplug_death_ends_the_holds_of_its_turbine(bundle, scorer, tmp_pat
             d.engine.ingest_batch(stale)
         d.engine.tick(t0 + 5 * DT_NS)
         steps[name] = d.engine.fleet.drain()
+    # the will and the rebirth in one batch (a node reconnecting): the death ends the old session's holds only
+    reborn = Payload(timestamp=(t0 + 2 * DT_NS) // 10**6, seq=0)
+    for k, c in enumerate(held_bundle.spec.channels):
+        metric(reborn, keys[c], float(k), "Double", alias=k + 1, ts=(t0 + 2 * DT_NS) // 10**6)
+    d = Daemon(cfg, held_bundle, make_scorer(held_bundle, "window"), clock=lambda: now)
+    d.engine.ingest_batch(d._admit([message("DBIRTH", birth.SerializeToString())], now)[0])
+    both, _ = d._admit([death, message("DBIRTH", reborn.SerializeToString())], now)
+    assert [(s.ts_ns, bool(is_unread(s.values).all())) for s in both] == [(t0, True), (t0 + 2 * DT_NS, False)]
+    d.engine.ingest_batch(both)
+    d.engine.tick(t0 + 5 * DT_NS)
+    steps["reborn"] = d.engine.fleet.drain()
     held_idx = [j for j, f in enumerate(held_bundle.spec.feature_names) if f in held]
     present = {k: [int(s.rows.M_miss[held_idx].sum()) for s in v] for k, v in steps.items()}
     assert present["held"][0] == present["dies"][0] == len(held_idx) and len(present["held"]) == 5
     assert present["held"][1:] == [len(held_idx)] * 4 and present["dies"][1:] == [0] * 4
     assert present["unheld"][1:] == [0] * 4
+    assert present["reborn"] == [len(held_idx), 0] + [len(held_idx)] * 3  # ended at the death, held from the birth
 
 
 def _same_state(a: Daemon, b: Daemon) -> bool:

@@ -8,9 +8,10 @@ Contract
 * Bins are right-closed and labelled by their END: a sample stamped t lands in (L - dt, L] with
   L = ceil(t / dt) * dt counted from the epoch. A sample on the grid keeps its own stamp, and a bin never holds
   data stamped after its label (causality).
-* (1) A value outside `spec.valid_range`, or +-inf on any channel, is an impossible reading: it becomes NaN and
-  is counted. (2) Per (timestamp, channel), NaN ignored: exact repeats (same value) are dropped keeping the first
-  occurrence, so a redelivered sample changes nothing; the distinct values left are collapsed by `spec.dedupe`
+* (1) A value outside `spec.valid_range`, or +-inf on any channel, is an impossible reading: it becomes missing
+  (`hold.UNREAD`, which also ends a report-by-exception channel's hold) and is counted. (2) Per (timestamp,
+  channel), NaN ignored: exact repeats (same value) are dropped keeping the first occurrence, so a redelivered
+  sample changes nothing; the distinct values left are collapsed by `spec.dedupe`
   ("first"/"last" by order of first appearance, "mean", "max", "min"). (3) Per (bin, channel):
   `spec.aggregation` (default "mean"; "last" = latest timestamp); angular channels use the circular mean
   atan2(sum sin, sum cos) mapped to [0, 360) deg or [0, 2pi) rad.
@@ -32,7 +33,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from scada_tcn.runtime.errors import InputError, SpecError
-from scada_tcn.runtime.hold import Events, fill, is_unread, no_carry
+from scada_tcn.runtime.hold import UNREAD, Events, fill, is_unread, no_carry
 from scada_tcn.runtime.spec import PipelineSpec
 
 _NS_PER_S = 1_000_000_000
@@ -65,7 +66,7 @@ class BinStats:
     samples: int  # input rows
     duplicate_timestamps: int  # kept rows whose timestamp repeats an earlier row's
     exact_repeats: int  # (timestamp, channel, value) entries dropped as repeats
-    out_of_range: dict[str, int]  # per channel: values turned NaN as impossible readings
+    out_of_range: dict[str, int]  # per channel: values made missing as impossible readings
     outside_grid: int  # rows whose bin lies outside [grid_start_ns, grid_end_ns]
     held: dict[str, int] = field(default_factory=dict)  # per report-by-exception channel: bins given a held value
 
@@ -148,9 +149,9 @@ def _impossible(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarra
 
 
 def _range_filter(cols: np.ndarray, plan: _Plan) -> np.ndarray:
-    """In place on channel-major (C, m) values we own: impossible readings -> NaN. Returns counts (C,)."""
+    """In place on channel-major (C, m) values we own: impossible readings -> `UNREAD`. Returns counts (C,)."""
     bad = _impossible(cols, plan.lo[:, None], plan.hi[:, None])
-    cols[bad] = np.nan
+    cols[bad] = UNREAD  # missing, and it ends a hold as a failed read does
     return np.count_nonzero(bad, axis=1).astype(np.int64)
 
 

@@ -208,6 +208,7 @@ class Daemon:
         self._topics: dict[tuple[str, str], str] = {}  # (output kind, turbine) -> topic
         self._score_topic = turbine_topics(cfg.topics.score, cfg.site, cfg.gateway)[1]  # any turbine's score topic
         self._bins_closed = 0
+        self._stale_batch: list[Sample] = []  # `_admit`'s samples of deaths (`_stale`): no telemetry
         self._held_of: Any = None  # the fleet whose held values `_held_seen` counts
         self._held_seen = np.zeros(0, dtype=np.int64)
         self.status_topic = cfg.topics.status.format(gateway=cfg.gateway, site=cfg.site)
@@ -825,6 +826,7 @@ class Daemon:
         samples: list[Sample] = []
         redelivered: list[bool] = []
         new: set[str] = set()  # turbines this batch adds to the fleet
+        self._stale_batch = []
         if batch:
             self.metrics.messages_in.inc(len(batch))
         for msg in batch:
@@ -835,25 +837,26 @@ class Daemon:
                 log.exception("internal error while handling a message", extra={"topic": msg.topic[:200]})
                 self._reject(msg, Rejection("internal_error", f"{type(e).__name__}: {e}"[:300]))
             redelivered += [msg.dup] * (len(samples) - before)
-        if samples:
+        stale = {id(s) for s in self._stale_batch}
+        telemetry = [s for s in samples if id(s) not in stale] if stale else samples
+        if telemetry:
             self.heartbeat.processed(now_ns / 1e9)
             self.metrics.last_message.set(now_ns / 1e9)
-            self.metrics.samples_in.inc(len(samples))
-            self._watch_channels(samples)
-        stale = self._stale(samples)
-        return samples + stale, redelivered + [False] * len(stale)
+            self.metrics.samples_in.inc(len(telemetry))
+            self._watch_channels(telemetry)
+        return samples, redelivered
 
     def _stale(self, samples: list[Sample]) -> list[Sample]:
-        """Per turbine a Sparkplug death made stale (`SparkplugDecoder.take_deaths`), when the bundle holds
-        report-by-exception channels: a sample of `UNREAD` on every channel, which ends their holds
-        (`runtime.hold`) as a failed read does. It is stamped at the turbine's newest stamp (its open bins' or
-        this batch's samples), or just after its last closed step when later: so the holds end after the last
-        value it sent, and the death neither is late nor moves the data clock (a node's will comes when the broker
-        gives up on it, perhaps amid the backlog of a reconnect). A turbine without a sample has nothing to end.
-        It is no telemetry: not counted in `samples_in_total` nor watched."""
-        if self.sparkplug is None:
-            return []
-        deaths = self.sparkplug.take_deaths()
+        """Per turbine the Sparkplug message just decoded made stale (`SparkplugDecoder.take_deaths`), when the
+        bundle holds report-by-exception channels: a sample of `UNREAD` on every channel, which ends their holds
+        (`runtime.hold`) as a failed read does. It is stamped at the turbine's newest stamp so far (its open bins',
+        or this batch's `samples` before the death), or just after its last closed step when later: so the holds end
+        at the last stamp it sent (the step holding it keeps its own values only; later steps are missing unless
+        they have values), a rebirth later in the batch starts holds afresh, and the death neither is late nor moves
+        the data clock (a node's will comes when the broker gives up on it, perhaps amid the backlog of a
+        reconnect). A turbine without a sample has nothing to end. It is no telemetry: not counted in
+        `samples_in_total` nor watched (`_admit`)."""
+        deaths = self.sparkplug.take_deaths()  # type: ignore[union-attr]
         if not deaths or not self.engine.bundle.spec.hold_s:
             return []
         newest: dict[str, int] = {}
@@ -867,6 +870,7 @@ class Daemon:
         if stale:
             log.info("a Sparkplug death ends the holds of report-by-exception channels",
                      extra={"turbines": [s.turbine for s in stale][:20]})  # fmt: skip
+            self._stale_batch += stale
         return stale
 
     def _watch_channels(self, samples: list[Sample]) -> None:
@@ -903,6 +907,7 @@ class Daemon:
             res = self._decode_batch(msg.payload, now_ns)
         elif self.sparkplug is not None and self.sparkplug.reads(msg.topic):
             res, part = self.sparkplug.decode(msg.topic, msg.payload, now_ns), "metric"
+            samples += self._stale(samples)  # a death: in its place among the batch's samples
             for node in self.sparkplug.rebirths():
                 self._ask_rebirth(node, now_ns)
             self.metrics.sparkplug_lost.inc(self.sparkplug.take_lost())

@@ -6,11 +6,12 @@ stopped turbine's power, rotor speed and pitch then send nothing for hours, and 
 missing exactly when the turbine stands still. A channel named in `spec.hold_s` is read as such a feed: a bin
 where it has no value takes the channel's latest value before the bin (as a bin holding that one sample would: an
 angle's circular mean, the value itself otherwise) while that value is at most `hold_s` seconds old at the bin's
-end. The hold ends earlier at an `UNREAD` of the channel: a read the source said failed, or an explicit null (the
-source says it has no value; absent from a message, the channel says nothing). A bin with a value or an `UNREAD`
-keeps what binning made of its samples. Nothing holds across a value older than `hold_s`, so a dead link shows as
-missing once the hold has run out, and a hold never reaches back: a bin takes only values stamped at or before its
-end (causal).
+end. The hold ends earlier at an `UNREAD` of the channel: a read the source said failed, an explicit null (the
+source says it has no value; absent from a message, the channel says nothing), an impossible reading (outside
+`spec.valid_range`, such as a logger's -9999), or the source's death (the daemon, for Sparkplug). A bin with a
+value or an `UNREAD` keeps what binning made of its samples. Nothing holds a value older than `hold_s`, so a dead
+link shows as missing once the hold has run out, and a hold never reaches back: a bin takes only values stamped at
+or before its end (causal).
 
 `UNREAD` is a NaN with a payload of its own, so it travels inside the float64 sample arrays (the daemon's journal
 and state file keep the bits) and everything else reads it as missing; only `is_unread` tells it apart. The batch

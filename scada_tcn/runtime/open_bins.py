@@ -49,9 +49,11 @@ from scada_tcn.runtime.binning import (
     _Plan,
     _plan,
     aggregate_bins,
+    closed_events,
+    hold_bins,
 )
 from scada_tcn.runtime.errors import InputError, SpecError
-from scada_tcn.runtime.hold import NO_VALUE, no_carry
+from scada_tcn.runtime.hold import NO_VALUE, UNREAD, no_carry
 from scada_tcn.runtime.slots import rounds
 from scada_tcn.runtime.spec import PipelineSpec
 
@@ -237,7 +239,7 @@ class OpenBins:
         labels = _ceil_labels(ts, dt)
         rows = vals.astype(np.float64)  # always a copy: filtered in place
         bad = _impossible(rows, plan.lo, plan.hi)
-        rows[bad] = np.nan
+        rows[bad] = UNREAD  # as `binning._range_filter`
         for i in rounds(sl) if ts.size else []:
             idx = rest[i]
             closed.append(self._round(idx, sl[i], ts[i], labels[i], rows[i], bad[i], status, first_arrival))
@@ -391,7 +393,7 @@ class OpenBins:
         ts, labels = ts[late:], labels[late:]
         rows = vals[late:].astype(np.float64)  # always a copy: filtered in place below
         bad = _impossible(rows, plan.lo, plan.hi)
-        rows[bad] = np.nan
+        rows[bad] = UNREAD
         self.out_of_range[slot] += np.count_nonzero(bad, axis=0)
         r = self._rows
         mine = r.positions(np.array([slot]))
@@ -510,7 +512,7 @@ class OpenBins:
         hold_ts, hold_val = checked["hold_ts"].copy(), checked["hold_values"].copy()
         if through_range:
             bad = _impossible(vals, self.plan.lo, self.plan.hi)
-            vals[bad] = np.nan
+            vals[bad] = UNREAD
             oor += bad.sum(axis=0)
             gone = _impossible(hold_val, self.plan.lo, self.plan.hi)  # a value this spec would not have taken
             hold_ts[gone], hold_val[gone] = NO_VALUE, np.nan
@@ -580,7 +582,7 @@ class BinAccumulator:
 
     @property
     def out_of_range(self) -> np.ndarray:
-        """(C,) impossible readings made NaN, per channel."""
+        """(C,) impossible readings made missing, per channel."""
         return self._bins.out_of_range[0]
 
     @staticmethod
@@ -610,7 +612,8 @@ class BinAccumulator:
         return self._bins_of(self.close_until_deferred(now_ns))
 
     def add_deferred(self, ts_ns: int, values: np.ndarray) -> RawBins | None:
-        """`add`, with the closed bins' samples returned for `aggregate_bins` (None when nothing closed)."""
+        """`add`, with the closed bins' samples returned for `aggregate_bins` (None when nothing closed); nothing is
+        held (`binning.hold_bins` does that, as `add` and `Fleet` call it)."""
         plan = self._bins.plan
         ts = _check_int(ts_ns, "ts_ns", plan.dt_ns)
         row = _check_values(values, (len(plan.channels),), plan)
@@ -632,10 +635,16 @@ class BinAccumulator:
         return _raw(self._bins.close_until(now_ns, 0))
 
     def _bins_of(self, raw: RawBins | None) -> list[ClosedBin]:
+        """Closed bins aggregated, report-by-exception channels held (`binning.hold_bins`, this turbine's carry)."""
         if raw is None:
             return []
-        binned = aggregate_bins([raw], self.plan)
-        return [ClosedBin(raw.start_ns + i * self.plan.dt_ns, binned[i]) for i in range(raw.n_bins)]
+        plan, b = self.plan, self._bins
+        binned = aggregate_bins([raw], plan)
+        ends = raw.start_ns + plan.dt_ns * np.arange(raw.n_bins, dtype=np.int64)
+        if plan.held:
+            zero = np.zeros(raw.n_bins, dtype=np.int64)
+            hold_bins(plan, binned, ends, zero, closed_events([raw], plan), b.hold_ts, b.hold_val)
+        return [ClosedBin(int(end), row) for end, row in zip(ends, binned)]
 
     def state_dict(self) -> dict[str, Any]:
         """The accumulator state as plain ints, bools and numpy arrays (no pickle needed)."""

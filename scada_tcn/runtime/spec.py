@@ -33,6 +33,8 @@ from typing import Any
 from scada_tcn.runtime.errors import SpecError, check_keys
 from scada_tcn.runtime.vocab import AngleUnits, BinAggregation, DedupeRule, RollingStat, parse
 
+MAX_HOLD_S = 366 * 86_400  # the longest a report-by-exception value may hold: a year
+
 
 def _enum(enum: type, value: object, where: str):  # noqa: ANN202
     try:
@@ -157,9 +159,11 @@ class PipelineSpec:
             unknown = sorted(set(names) - chans)
             if unknown:
                 raise SpecError(f"{what}: unknown channels {unknown}; known channels: {list(self.channels)}")
-        bad_hold = {c: s for c, s in self.hold_s.items() if isinstance(s, bool) or not isinstance(s, int) or s < 1}
+        bad_hold = {c: s for c, s in self.hold_s.items()
+                    if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= MAX_HOLD_S}  # fmt: skip
         if bad_hold:
-            raise SpecError(f"hold_s: seconds a value holds must be positive integers, got {bad_hold}")
+            raise SpecError(f"hold_s: seconds a value holds must be integers from 1 to {MAX_HOLD_S:,} (a year), "
+                            f"got {bad_hold}")  # fmt: skip
         both = sorted(set(self.hold_s) & set(self.repeat_channels))
         if both:
             raise SpecError(

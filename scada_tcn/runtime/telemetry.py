@@ -307,9 +307,9 @@ def _shown(x: Any, n: int) -> str:
 
 def _number_text(v: str) -> float | Rejection:
     """A value sent as a string under `numeric_strings`: a plain number by the CSV cell rule (`cells.cell_number`) ->
-    its float, "" -> NaN (not measured, as an empty cell), else why not."""
+    its float, "" -> `UNREAD` (not measured: a null), else why not."""
     if v == "":
-        return math.nan
+        return UNREAD
     x = cell_number(v)
     if math.isfinite(x):
         return x
