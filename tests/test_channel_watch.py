@@ -18,7 +18,7 @@ from scada_tcn.runtime.ignored import DROPPED_KEPT, SIGHTED_KEPT, IgnoredKeys
 from scada_tcn.runtime.mqtt import Message
 from scada_tcn.runtime.stream import make_scorer
 from scada_tcn.runtime.telemetry import Sample, parse_timestamp_ns
-from tests.mosquitto import daemon_config, read_slice, sent_by, to_messages
+from tests.mosquitto import daemon_config, read_slice, reexported, sent_by, to_messages
 
 START, END = "2024-01-28T00:00:00+00:00", "2024-01-28T06:00:00+00:00"
 STEP = 600 * 10**9
@@ -103,7 +103,8 @@ def test_a_channel_hidden_by_a_pattern_is_reported_once_with_the_key_the_pattern
 ):
     """The tiny farm's telemetry with one channel's key renamed `<key>_raw`, which the pattern `*_raw` drops: the
     daemon scores, and after WATCH_STEPS steps of data it reports that channel once, naming its payload key and
-    the dropped key, and the gauge says so; when the key comes right, its return is logged and the gauge clears."""
+    the dropped key, and the gauge says so (and, the channel being sent by exception, that a source without a
+    heartbeat is silent while it is steady); when the key comes right, its return is logged and the gauge clears."""
     header, rows = read_slice(tiny_run.synth_dir / "scada.csv", START, END)
     channel = bundle.spec.channels[1]
     key = bundle.column_mapping[channel]
@@ -114,7 +115,9 @@ def test_a_channel_hidden_by_a_pattern_is_reported_once_with_the_key_the_pattern
             doc["values"][f"{key}_raw"] = doc["values"].pop(key)
         messages.append(Message(topic, json.dumps(doc).encode(), 1, False, False, i + 1, 0, 0))
     cfg = daemon_config(f"mqtt://127.0.0.1:{free_port()}", mapping={"ignored_keys": ["*_raw"]})
-    d = Daemon(cfg, bundle, make_scorer(bundle, "stream"), clock=lambda: parse_timestamp_ns(END))
+    assert channel not in bundle.spec.repeat_channels
+    held = reexported(bundle, tmp_path / "held", lambda doc: doc["pipeline_spec"].update(hold_s={channel: 3600}))
+    d = Daemon(cfg, held, make_scorer(held, "stream"), clock=lambda: parse_timestamp_ns(END))
     sent = sent_by(d)
     with caplog.at_level(logging.WARNING, logger="scada.runtime.daemon"):
         for i in range(0, len(messages), 8):
@@ -125,6 +128,7 @@ def test_a_channel_hidden_by_a_pattern_is_reported_once_with_the_key_the_pattern
     assert [r["reason"] for r in reports] == ["channels_without_values"]
     assert reports[0]["payload_keys"] == {channel: key}
     assert reports[0]["dropped_by_patterns"] == {f"{key}_raw": "*_raw"}
+    assert f"['{channel}'] are sent by exception (the bundle's hold_s)" in reports[0]["detail"]
     assert any("has values again" in r.getMessage() and r.channel == channel for r in caplog.records)  # type: ignore[attr-defined]
     assert d.metrics.value("scada_runtime_channel_silent", channel=channel) == 0
     assert d.metrics.value("scada_runtime_rejected_total", reason="unknown_channel") == 0

@@ -616,11 +616,12 @@ def test_kepware_iot_gateway_values_score_as_per_turbine_telemetry(broker, bundl
     _assert_scored_and_refused(broker, cfg, bundle, scorer, timeline, replayed, messages, want_refused, "kw")
 
 
-def _replayed_records(bundle, path: Path, out: Path) -> dict[tuple[str, str], bytes]:
-    """A table through `replay` with the streaming engine of `bundle`: (turbine, ts) -> score payload."""
+def _replayed_records(bundle, path: Path, out: Path) -> tuple[dict[tuple[str, str], bytes], dict[str, int]]:
+    """A table through `replay` with the streaming engine of `bundle`: (turbine, ts) -> score payload, and the
+    summary's steps per held channel."""
     engine = Engine(bundle, make_scorer(bundle, "stream"), grace_seconds=0.0, max_turbines=100, max_batch=512)
-    replay(engine, path, MappingCfg(), out)
-    return {k: next(iter(v)) for k, v in by_key(out.read_bytes().splitlines()).items()}
+    summary = replay(engine, path, MappingCfg(), out)
+    return {k: next(iter(v)) for k, v in by_key(out.read_bytes().splitlines()).items()}, summary["held_steps"]
 
 
 @pytest.mark.parametrize("kind", ["stream"], indirect=True)
@@ -649,10 +650,12 @@ def test_a_report_by_exception_feed_with_holds_scores_as_its_whole_table(broker,
     assert (
         sum(r[j] == "" for r in sparse for j in rbe) - sum(r[j] == "" for r in whole for j in rbe) > 0.3 * n_held
     )  # 39 %
-    want_records = _replayed_records(held_bundle, write_csv(tmp_path / "whole.csv", header, whole), tmp_path / "a")
+    want_records, _ = _replayed_records(held_bundle, write_csv(tmp_path / "whole.csv", header, whole), tmp_path / "a")
     sparse_csv = write_csv(tmp_path / "sparse.csv", header, sparse)
-    assert _replayed_records(held_bundle, sparse_csv, tmp_path / "b") == want_records
-    unheld = _replayed_records(bundle, sparse_csv, tmp_path / "c")
+    sparse_records, held_in_replay = _replayed_records(held_bundle, sparse_csv, tmp_path / "b")
+    assert sparse_records == want_records
+    unheld, none_held = _replayed_records(bundle, sparse_csv, tmp_path / "c")
+    assert none_held == {} and set(held_in_replay) == set(held)
     missing = [np.mean([json.loads(p)["missing_now"] for p in recs.values()]) for recs in (want_records, unheld)]
     assert missing[1] > missing[0] + 0.3
     messages = []
@@ -681,6 +684,7 @@ def test_a_report_by_exception_feed_with_holds_scores_as_its_whole_table(broker,
                 held_by[c] += int((np.isnan(plain[:, k]) & ~np.isnan(given[:, k])).sum())
     got = {c: d.daemon.metrics.value("scada_runtime_held_values_total", channel=c) for c in held}
     assert got == held_by and sum(got.values()) > 1000
+    assert all(held_in_replay[c] >= held_by[c] for c in held)  # replay closes each turbine's last step too
 
 
 def test_emqx_neuron_messages_score_as_per_turbine_telemetry(broker, bundle, scorer, timeline, replayed):

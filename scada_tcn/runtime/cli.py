@@ -123,6 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if summary["repeated_hour_dropped"]:
         print(f"replay: {summary['repeated_hour_dropped']:,} rows left out "
               + left_out_said(summary["repeated_hour_examples"]), file=sys.stderr)  # fmt: skip
+    if summary["held_steps"]:
+        held = ", ".join(f"{c} {k:,}" for c, k in summary["held_steps"].items())
+        print(f"replay: steps given a report-by-exception channel's last value (hold_s): {held}", file=sys.stderr)
     return 0
 
 

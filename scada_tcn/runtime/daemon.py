@@ -889,10 +889,13 @@ class Daemon:
         for c in missing:
             self.metrics.channel_silent.labels(channel=c).set(1)
         dropped = dict(self.decoder.ignored_keys.dropped)
+        held = sorted(set(missing) & set(self.bundle.spec.hold_s))
         detail = (f"no turbine's telemetry carries channels {sorted(missing)} (none in the first {WATCH_STEPS} steps "
                   f"of data, or none for {SILENT_STEPS} steps since their last value): the model scores them as "
                   "missing. Check their payload keys in mapping.columns against what the gateway sends" +
-                  (" (keys that mapping.ignored_keys patterns dropped are listed)" if dropped else ""))  # fmt: skip
+                  (" (keys that mapping.ignored_keys patterns dropped are listed)" if dropped else "") +
+                  (f"; {held} are sent by exception (the bundle's hold_s): a source that sends them only on change, "
+                   "with no heartbeat, stays silent while they are steady" if held else ""))  # fmt: skip
         log.warning(detail, extra={"payload_keys": missing, "dropped_by_patterns": dropped})
         report = self._error_report("channels_without_values", detail, payload_keys=missing,
                                     dropped_by_patterns=dropped)  # fmt: skip

@@ -30,7 +30,8 @@ Contract
   object per line, in closing order; `alerts_out`, when given, the alert transitions. Both are written to new
   files beside them that take their names when the replay ends (`_output`): a refused or interrupted replay
   leaves no partial output, and an output of an earlier replay stays as it was. Returns a summary dict: the
-  counts and the non-numeric cells per channel.
+  counts, the non-numeric cells per channel and the steps each report-by-exception channel took a held value in
+  (`held_steps`).
 Refused (InputError): a missing file or column, a file that is not UTF-8 CSV (or not gzip when named .gz), a row
 with more cells than the header (`csv_table`), unparseable or naive stamps without a zone, a channel whose cells
 are text and not one a number (decimal commas: `cells.no_numbers`, scada-prepare's refusal, given once the whole
@@ -576,6 +577,7 @@ def replay(
             engine.fleet.close_turbine_until(tid, end + grace_ns)
         write(engine.flush(final=True))  # fleet-relative steps waiting for a turbine whose data ended go out too
     counts["non_numeric"] = non_numeric
+    counts["held_steps"] = dict(zip(spec.hold_s, engine.fleet.held.tolist()))  # report-by-exception holds
     counts["score_drift"] = engine.score_drift()
     return counts
 
