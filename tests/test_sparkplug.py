@@ -194,10 +194,10 @@ def test_an_alias_no_birth_gave_asks_for_a_rebirth_and_deaths_forget_births():
     assert spb.decode(_topic("DDATA"), data, NOW).rejected and spb._kept == 0  # type: ignore[union-attr]
 
 
-def test_deaths_name_the_turbines_whose_values_are_stale():
+def test_deaths_name_the_turbines_whose_values_are_stale(monkeypatch):
     """A DDEATH names its device (its payload need not parse); an NDEATH of the node's session names the node, a
-    turbine here, and the devices its births named; an older session's will names none, nor does a device the
-    allow-list refuses."""
+    turbine here, and the devices its births named or that sent data (a birth the daemon never saw); an older
+    session's will names none, nor does a device the allow-list refuses."""
     spb = _decoder()
     for device in ("WT1", "WT2", "WT9"):
         spb.decode(_topic("DBIRTH", device=device), _birth().SerializeToString(), NOW)
@@ -215,8 +215,21 @@ def test_deaths_name_the_turbines_whose_values_are_stale():
     metric(older, "bdSeq", 2, "Int64")
     spb.decode(_topic("NDEATH", device=None), older.SerializeToString(), NOW)
     assert spb.take_deaths() == []
+    named = Payload(timestamp=MS, seq=3)  # a device whose birth the daemon never saw, sending by name
+    metric(named, "Pitch", 1.5, "Double")
+    assert _samples(spb.decode(_topic("DDATA", node="gw2", device="WT2"), named.SerializeToString(), NOW))
     spb.decode(_topic("NDEATH", device=None), node.SerializeToString(), NOW)
     assert spb.take_deaths() == ["gw", "WT1", "WT2"]
+    spb.decode(_topic("NDEATH", node="gw2", device=None), Payload(timestamp=MS).SerializeToString(), NOW)
+    assert spb.take_deaths() == ["WT2"]  # gw2 is no turbine the allow-list takes; its device, seen in data, is
+    spb.decode(_topic("NDEATH", node="gw2", device=None), Payload(timestamp=MS).SerializeToString(), NOW)
+    assert spb.take_deaths() == []  # forgotten with the session
+    monkeypatch.setattr(sparkplug_module, "DEVICES_KEPT", 2)  # bounded: the least recently heard node goes first
+    for n, dev in (("n1", "WT1"), ("n2", "WT2"), ("n3", "WT1")):
+        spb.decode(_topic("DDATA", node=n, device=dev), named.SerializeToString(), NOW)
+    for n in ("n1", "n2", "n3"):
+        spb.decode(_topic("NDEATH", node=n, device=None), Payload(timestamp=MS).SerializeToString(), NOW)
+    assert spb.take_deaths() == ["WT2", "WT1"] and spb._n_devices == 0
 
 
 def test_births_kept_are_those_of_turbines_taken_and_bounded():

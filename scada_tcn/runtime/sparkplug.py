@@ -83,6 +83,7 @@ from scada_tcn.runtime.telemetry import (
 
 __all__ = [
     "BIRTH_METRICS_KEPT",
+    "DEVICES_KEPT",
     "NAMESPACE",
     "SparkplugDecoder",
     "rebirth_request",
@@ -99,6 +100,7 @@ _PROTOCOL_PREFIXES = ("Node Control/", "Device Control/", "Node Info/", "Device 
 _NAME_KEPT_CHARS = 256  # a metric's name is kept (and looked up) this long, no longer
 _NODE_CHARS = 256  # an edge node id longer than this is refused (Sparkplug ids are short; they are kept)
 _NODES_KEPT = 16_384  # edge nodes whose session and sequence number are kept, the most recent
+DEVICES_KEPT = 1 << 16  # devices kept to name at their node's death (`_seen`)
 _TYPE_NAMES = {1: "Int8", 2: "Int16", 3: "Int32", 4: "Int64", 5: "UInt8", 6: "UInt16", 7: "UInt32", 8: "UInt64",
                9: "Float", 10: "Double", 11: "Boolean", 12: "String", 13: "DateTime", 14: "Text", 15: "UUID",
                16: "DataSet", 17: "Bytes", 18: "File", 19: "Template"}  # fmt: skip
@@ -159,6 +161,8 @@ class SparkplugDecoder:
         self._seqs: dict[str, int] = {}  # edge node -> the sequence number of its last message (`_keep`)
         self._lost = 0  # messages the sequence numbers skipped, since take_lost
         self._deaths: list[str] = []  # the turbines of the deaths since take_deaths
+        self._devices: dict[str, dict[str, None]] = {}  # edge node -> its devices seen in this session (`_seen`)
+        self._n_devices = 0  # devices in _devices, in all
 
     def reads(self, topic: str) -> bool:
         """Whether `topic` is one of this group's (the daemon routes it here)."""
@@ -210,6 +214,8 @@ class SparkplugDecoder:
             self._forget(node, device)
             return BatchDecode([], [], _metric_at)
         tid = d.check_turbine(device if device is not None else node)  # refuses the message if it has a channel
+        if device is not None and isinstance(tid, str):
+            self._seen(node, device)
         birth = kind.endswith("BIRTH")
         if birth and isinstance(tid, str):
             problem = self._remember(node, device, metrics)
@@ -235,15 +241,35 @@ class SparkplugDecoder:
 
     def take_deaths(self) -> list[str]:
         """The turbines whose values a death made stale since the last call, in order: a DDEATH's device, an
-        NDEATH's node and the devices its births named."""
+        NDEATH's node and the devices its births named or whose messages it sent (since the daemon started)."""
         deaths, self._deaths = self._deaths, []
         return deaths
 
     def _died(self, node: str, device: str | None) -> None:
         """Note the turbines a death makes stale (before its births are forgotten); ids the id rule or allow-list
         refuse are none of the fleet's."""
-        names = [device] if device is not None else [node, *(d for d in self._births.get(node, {}) if d is not None)]
+        if device is not None:
+            names = [device]
+            devices = self._devices.get(node, {})
+            if device in devices:
+                del devices[device]
+                self._n_devices -= 1
+        else:
+            born = (d for d in self._births.get(node, {}) if d is not None)
+            names = list(dict.fromkeys([node, *born, *self._devices.get(node, {})]))
+            self._n_devices -= len(self._devices.pop(node, {}))
         self._deaths += [t for t in names if isinstance(self.decoder.check_turbine(t), str)]
+
+    def _seen(self, node: str, device: str) -> None:
+        """Remember a device of a turbine taken as the node's, so that the node's death names it even when the
+        daemon never saw its birth: at most DEVICES_KEPT in all, the least recently heard node's dropped first."""
+        devices = self._devices.pop(node, {})
+        self._devices[node] = devices  # the most recent last
+        if device not in devices:
+            devices[device] = None
+            self._n_devices += 1
+        while self._n_devices > DEVICES_KEPT:
+            self._n_devices -= len(self._devices.pop(next(iter(self._devices))))
 
     def take_lost(self) -> int:
         """Messages the edge nodes' sequence numbers say were lost since the last call (see `_count_lost`)."""
