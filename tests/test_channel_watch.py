@@ -64,6 +64,24 @@ def test_a_sample_forwarded_late_does_not_end_the_watch():
     assert watch.observe([Sample("A", t0, np.array([1.0, np.nan]))]) == ([], [])
 
 
+def test_a_stamp_ahead_of_the_clock_counts_as_now():
+    """A publisher's clock up to `ingest.max_future_s` fast stamps its samples ahead: they neither move the watch's
+    clock past the daemon's (which called the other channels silent early, by as much) nor hold the samples
+    back. Without the daemon's clock, the stamps are the clock."""
+    t0 = 1706400000 * 10**9
+    both, first = np.array([1.0, 2.0]), np.array([1.0, np.nan])
+    ahead = t0 + (WATCH_STEPS - 1 + SILENT_STEPS) * STEP  # a sample this far ahead of the others
+    now = t0 + WATCH_STEPS * STEP
+    for clock in (None, now):
+        watch = ChannelWatch(2, STEP)
+        for k in range(WATCH_STEPS):
+            watch.observe([Sample("A", t0 + k * STEP, both)], clock)
+        gone, _ = watch.observe([Sample("B", ahead, first), Sample("A", now, first)], clock)
+        assert gone == ([1] if clock is None else [])
+        watch.observe([Sample("A", now + STEP, first)], None if clock is None else now + STEP)  # the next step
+        assert len(watch.pending) == (1 if clock is None else 0)  # held back behind the stamp ahead, or looked at
+
+
 def test_samples_are_looked_at_once_per_step_and_at_most_pending_max_wait():
     watch = ChannelWatch(2, STEP)
     t0 = 1706400000 * 10**9

@@ -41,14 +41,18 @@ class ChannelWatch:
         self.pending: list[Sample] = []  # samples not yet looked at: they are looked at once per model step
         self.step = _NEVER  # the newest model step looked at
 
-    def observe(self, samples: Sequence[Sample]) -> tuple[list[int], list[int]]:
+    def observe(self, samples: Sequence[Sample], now_ns: int | None = None) -> tuple[list[int], list[int]]:
         """Admitted samples -> (channels gone silent, channels back), each change said once. The samples are
         looked at together when one of them opens a later model step than any before (or PENDING_MAX wait), so a
-        loop that takes one message at a time pays the arrays' cost once per step, not per message."""
+        loop that takes one message at a time pays the arrays' cost once per step, not per message. `now_ns` (the
+        daemon's clock): stamps ahead of it (a publisher's clock up to `ingest.max_future_s` fast) count as now, so
+        they neither call the other channels silent early nor hold the samples back until PENDING_MAX."""
         if not samples:
             return [], []
         self.pending.extend(samples)
         step = max(s.ts_ns for s in samples) // self.step_ns
+        if now_ns is not None:
+            step = min(step, now_ns // self.step_ns)
         if step <= self.step and len(self.pending) < PENDING_MAX:
             return [], []
         self.step = max(self.step, step)
@@ -59,7 +63,7 @@ class ChannelWatch:
             if s.failed:
                 carried[i, list(s.failed)] = True
         np.maximum(self.last_ns, np.where(carried, ts[:, None], _NEVER).max(axis=0), out=self.last_ns)
-        self.newest_ns = max(self.newest_ns, int(ts.max()))
+        self.newest_ns = max(self.newest_ns, int(ts.max()) if now_ns is None else min(int(ts.max()), now_ns))
         if not self.started:
             self.steps.update((ts // self.step_ns).tolist())
             self.started = len(self.steps) >= WATCH_STEPS

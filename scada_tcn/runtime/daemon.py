@@ -843,7 +843,7 @@ class Daemon:
             self.heartbeat.processed(now_ns / 1e9)
             self.metrics.last_message.set(now_ns / 1e9)
             self.metrics.samples_in.inc(len(telemetry))
-            self._watch_channels(telemetry)
+            self._watch_channels(telemetry, now_ns)
         return samples, redelivered
 
     def _stale(self, samples: list[Sample]) -> list[Sample]:
@@ -873,12 +873,12 @@ class Daemon:
             self._stale_batch += stale
         return stale
 
-    def _watch_channels(self, samples: list[Sample]) -> None:
+    def _watch_channels(self, samples: list[Sample], now_ns: int) -> None:
         """Say when channels go silent (no turbine's sample carried them in the first WATCH_STEPS steps of data, or
         for SILENT_STEPS steps since their last value: a payload key misspelt in mapping.columns or renamed by the
         gateway, hidden by an ignored_keys pattern, or a sensor not sent), on the log, the errors topic and the
         `channel_silent` gauge, naming the keys the patterns dropped; and when they come back."""
-        gone, back = self._channels.observe(samples)
+        gone, back = self._channels.observe(samples, now_ns)
         channels, keys = self.decoder.channels, self.decoder.key_of_channel
         for i in back:
             self.metrics.channel_silent.labels(channel=channels[i]).set(0)
