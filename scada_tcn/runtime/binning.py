@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from scada_tcn.runtime.errors import InputError, SpecError
-from scada_tcn.runtime.hold import UNREAD, Events, fill, is_unread, no_carry
+from scada_tcn.runtime.hold import UNREAD, Carry, Events, fill, is_unread, no_carry
 from scada_tcn.runtime.spec import PipelineSpec
 
 _NS_PER_S = 1_000_000_000
@@ -148,10 +148,17 @@ def _impossible(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarra
     return (values < lo) | (values > hi)
 
 
+def _drop_impossible(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """In place on values we own: impossible readings (`_impossible`) -> `UNREAD` (missing, and it ends a hold as a
+    failed read does). Returns where they were. The batch's and the edge's one range filter."""
+    bad = _impossible(values, lo, hi)
+    values[bad] = UNREAD
+    return bad
+
+
 def _range_filter(cols: np.ndarray, plan: _Plan) -> np.ndarray:
-    """In place on channel-major (C, m) values we own: impossible readings -> `UNREAD`. Returns counts (C,)."""
-    bad = _impossible(cols, plan.lo[:, None], plan.hi[:, None])
-    cols[bad] = UNREAD  # missing, and it ends a hold as a failed read does
+    """In place on channel-major (C, m) values we own: `_drop_impossible`. Returns counts (C,)."""
+    bad = _drop_impossible(cols, plan.lo[:, None], plan.hi[:, None])
     return np.count_nonzero(bad, axis=1).astype(np.int64)
 
 
@@ -273,22 +280,25 @@ def _events(ts: np.ndarray, cols: np.ndarray, order: np.ndarray, plan: _Plan, st
     return Events(offset, value)
 
 
-def hold_bins(
+def _hold(
     plan: _Plan,
     binned: np.ndarray,
     ends: np.ndarray,
     slots: np.ndarray,
-    events: Events,
-    carry_ts: np.ndarray,
-    carry_val: np.ndarray,
-) -> np.ndarray:
-    """`hold.fill` with this plan's report-by-exception channels (nothing to do without them): a bin filled by a
-    hold gets what a bin holding that one sample gets. Returns the bins filled per held channel."""
+    grid: tuple[np.ndarray, np.ndarray, np.ndarray, int, int],
+    carry: Carry,
+) -> None:
+    """`hold.fill` of this plan's report-by-exception channels (nothing to do without them) into `binned`, the
+    bins of `grid` (`_bin_sorted`'s samples: ts, order, channel-major values, start, number of bins): a bin filled
+    by a hold gets what a bin holding that one sample gets."""
+    if not plan.held:
+        return
 
     def one_sample(v: np.ndarray, c: int) -> np.ndarray:
         return _circular(v, plan.period) if plan.how[c] == "circular" else v
 
-    return fill(binned, ends, slots, events, plan.held, plan.hold_ns, one_sample, carry_ts, carry_val)
+    ts, order, cols, start, n = grid
+    fill(binned, ends, slots, _events(ts, cols, order, plan, start, n), plan.held, plan.hold_ns, one_sample, carry)
 
 
 def _grid_bound(x: Any, dt_ns: int, name: str) -> int:
@@ -336,18 +346,15 @@ def bin_timeline(
     n_bins = (end - start) // dt + 1
     binned, repeats = _bin_sorted(ts, cols, order, plan, start, n_bins)
     grid = start + dt * np.arange(n_bins, dtype=np.int64)
-    held = np.zeros(0, dtype=np.int64)
-    if plan.held:
-        events = _events(ts, cols, order, plan, start, n_bins)
-        carry = no_carry(1, len(plan.channels))
-        held = hold_bins(plan, binned, grid, np.zeros(n_bins, dtype=np.int64), events, *carry)
+    carry = Carry(*no_carry(1, len(plan.channels)), np.zeros(len(plan.held), dtype=np.int64))
+    _hold(plan, binned, grid, np.zeros(n_bins, dtype=np.int64), (ts, order, cols, start, n_bins), carry)
     stats = BinStats(
         samples=n,
         duplicate_timestamps=int(np.count_nonzero(ts[1:] == ts[:-1])),
         exact_repeats=repeats,
         out_of_range={c: int(k) for c, k in zip(plan.channels, oor)},
         outside_grid=outside,
-        held={plan.channels[c]: int(k) for c, k in zip(plan.held, held)},
+        held={plan.channels[c]: int(k) for c, k in zip(plan.held, carry.filled)},
     )
     return grid, binned, stats
 
@@ -370,17 +377,25 @@ def _one_grid(raw: list[Any], plan: _Plan) -> tuple[np.ndarray, np.ndarray, np.n
     return ts, order, cols, dt, int(n.sum())
 
 
-def aggregate_bins(raw: list[Any], plan: _Plan) -> np.ndarray:
+def closed_slots_ends(raw: list[Any], dt_ns: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per bin of `aggregate_bins`'s items, in its order: its slot (a `RawBins`'s: 0) and its end (ns)."""
+    one = [isinstance(r, RawBins) for r in raw]
+    n = np.concatenate([[r.n_bins] if k else r.n_bins for r, k in zip(raw, one)]).astype(np.int64)
+    slots = np.repeat(np.concatenate([[0] if k else r.slots for r, k in zip(raw, one)]).astype(np.int64), n)
+    starts = np.concatenate([[r.start_ns] if k else r.start_ns for r, k in zip(raw, one)]).astype(np.int64)
+    return slots, np.repeat(starts - (np.cumsum(n) - n) * dt_ns, n) + dt_ns * np.arange(slots.size, dtype=np.int64)
+
+
+def aggregate_bins(raw: list[Any], plan: _Plan, carry: Carry | None = None) -> np.ndarray:
     """The binned values (sum of n_bins, C) of closed bins of any turbines, in the order given, in one vectorised
     pass. Each item is one turbine's `RawBins` or several turbines' `open_bins.ClosedBins` (its entries in order).
     Each entry's samples are shifted by a whole number of bins onto its own rows of one grid (bin membership,
     order within a bin and exact repeats unchanged; different turbines never share a bin), then `_bin_sorted`.
-    Report-by-exception channels are not held here: see `closed_events` and `hold_bins`."""
-    ts, order, cols, start, n = _one_grid(raw, plan)
-    return _bin_sorted(ts, cols, order, plan, start, n)[0]
-
-
-def closed_events(raw: list[Any], plan: _Plan) -> Events:
-    """`hold.Events` of the held channels in `aggregate_bins`'s bins (their offsets do not change by the shift)."""
-    ts, order, cols, start, n = _one_grid(raw, plan)
-    return _events(ts, cols, order, plan, start, n)
+    With `carry` (of the slots the items name), report-by-exception channels are held (`_hold`); without, not."""
+    grid = _one_grid(raw, plan)
+    ts, order, cols, start, n = grid
+    binned = _bin_sorted(ts, cols, order, plan, start, n)[0]
+    if carry is not None and plan.held:
+        slots, ends = closed_slots_ends(raw, plan.dt_ns)
+        _hold(plan, binned, ends, slots, grid, carry)
+    return binned

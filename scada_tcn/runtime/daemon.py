@@ -209,8 +209,6 @@ class Daemon:
         self._score_topic = turbine_topics(cfg.topics.score, cfg.site, cfg.gateway)[1]  # any turbine's score topic
         self._bins_closed = 0
         self._stale_batch: list[Sample] = []  # `_admit`'s samples of deaths (`_stale`): no telemetry
-        self._held_of: Any = None  # the fleet whose held values `_held_seen` counts
-        self._held_seen = np.zeros(0, dtype=np.int64)
         self.status_topic = cfg.topics.status.format(gateway=cfg.gateway, site=cfg.site)
         self.errors_topic = cfg.topics.errors.format(gateway=cfg.gateway, site=cfg.site)
         batch = cfg.topics.score_batch
@@ -771,20 +769,10 @@ class Daemon:
         self.metrics.bins_closed.inc(self.engine.fleet.bins_closed - self._bins_closed)
         self._bins_closed = self.engine.fleet.bins_closed
         outputs = self.engine.flush()
-        self._count_held()
+        for c, k in self.engine.fleet.take_held().items():  # report-by-exception holds
+            if k:
+                self.metrics.held_values.labels(channel=c).inc(k)
         return outputs
-
-    def _count_held(self) -> None:
-        """`held_values_total{channel}`: the steps the fleet gave a held value since the last call."""
-        fleet = self.engine.fleet
-        if fleet is not self._held_of:  # a new engine (a state refused at start): its own count from 0
-            self._held_of, self._held_seen = fleet, np.zeros_like(fleet.held)
-        if fleet.held.size:
-            new = fleet.held - self._held_seen
-            for c, k in zip(fleet.spec.hold_s, new.tolist()):
-                if k:
-                    self.metrics.held_values.labels(channel=c).inc(k)
-            self._held_seen = fleet.held.copy()
 
     def _replayable(self, samples: list[Sample]) -> list[Sample]:
         """A journal frame's samples the fleet takes now: those of turbines beyond `ingest.max_turbines` (lowered

@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from scada_tcn.runtime.binning import _check_int, _check_ts, _check_values, aggregate_bins, closed_events, hold_bins
+from scada_tcn.runtime.binning import _check_int, _check_ts, _check_values, aggregate_bins, closed_slots_ends
 from scada_tcn.runtime.open_bins import FULL, LATE, NO_SAMPLE, ClosedBins, OpenBins
 from scada_tcn.runtime.pipeline import StreamPreprocessor
 from scada_tcn.runtime.scaling import RobustScaler
@@ -161,7 +161,6 @@ class Fleet:
         self._arrivals = 0  # samples added so far: a closed bin's closing order is the sample that closed it
         self._pending: list[Step] = []
         self.bins_closed = 0
-        self.held = np.zeros(len(self._plan.held), dtype=np.int64)  # per held channel: steps given a held value
 
     def __len__(self) -> int:
         return len(self._turbines)
@@ -287,6 +286,14 @@ class Fleet:
         closed = int(self._rings.last_end[: len(self._names)].max(initial=0))
         return max(closed, self._bins.newest_ns() or 0)
 
+    def take_held(self) -> dict[str, int]:
+        """Per report-by-exception channel, the steps given a held value since the last call (or state load)."""
+        self._process()
+        held = self._bins.held
+        taken = dict(zip(self.spec.hold_s, held.tolist()))
+        held[:] = 0
+        return taken
+
     def open_stamp(self, turbine: str) -> int:
         """The turbine's newest stamp in its open bins, or the first stamp its open bins take (just after its last
         closed step's end) when that is later; `NO_STAMP` for a turbine unknown or without a sample yet."""
@@ -311,17 +318,9 @@ class Fleet:
         raw, self._closed = self._closed, []
         if not raw:
             return
-        values = aggregate_bins(raw, self._plan)  # every closed bin of the fleet at once
-        dt = self._plan.dt_ns
-        n_bins = np.concatenate([r.n_bins for r in raw])
-        slots = np.repeat(np.concatenate([r.slots for r in raw]), n_bins)
-        first = np.cumsum(n_bins) - n_bins
-        ends = np.repeat(np.concatenate([r.start_ns for r in raw]) - first * dt, n_bins) + dt * np.arange(slots.size)
+        values = aggregate_bins(raw, self._plan, self._bins.carry)  # every closed bin of the fleet at once
+        slots, ends = closed_slots_ends(raw, self._plan.dt_ns)
         closers = np.concatenate([r.closers for r in raw])
-        if self._plan.held:  # report-by-exception channels hold their last value (`runtime.hold`)
-            b = self._bins
-            self.held += hold_bins(self._plan, values, ends, slots, closed_events(raw, self._plan), b.hold_ts,
-                                   b.hold_val)  # fmt: skip
         names = [self._names[s] for s in slots.tolist()]
         steps: list[Step | None] = [None] * slots.size
         LF = self.L * self.spec.n_features

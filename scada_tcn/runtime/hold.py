@@ -14,9 +14,10 @@ link shows as missing once the hold has run out, and a hold never reaches back: 
 or before its end (causal).
 
 `UNREAD` is a NaN with a payload of its own, so it travels inside the float64 sample arrays (the daemon's journal
-and state file keep the bits) and everything else reads it as missing; only `is_unread` tells it apart. The batch
-(`binning.bin_timeline`) and the edge (`fleet.Fleet`) both call `fill` with the events `binning` finds in each bin,
-so a table and a stream of the same samples give the same numbers.
+and state file keep the bits) and everything else reads it as missing; only `is_unread` tells it apart. `fill` has one
+caller, `binning._hold`, with the events `binning` finds in each bin: the batch (`binning.bin_timeline`) and the
+edge (`binning.aggregate_bins` with a `Carry`: `fleet.Fleet`, `open_bins.BinAccumulator`) hold alike, so a table
+and a stream of the same samples give the same numbers.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["NO_VALUE", "UNREAD", "Events", "fill", "is_unread", "no_carry"]
+__all__ = ["NO_VALUE", "UNREAD", "Carry", "Events", "fill", "is_unread", "no_carry"]
 
 _UNREAD_BITS = 0x7FF8_0000_5CAD_A0D1  # a quiet NaN: arithmetic and comparisons treat it as any NaN
 UNREAD: float = struct.unpack("<d", struct.pack("<Q", _UNREAD_BITS))[0]
@@ -48,6 +49,16 @@ class Events(NamedTuple):
     value: np.ndarray
 
 
+class Carry(NamedTuple):
+    """What the holds of many slots carry from one call of `fill` to the next: `ts` (slots, C) int64 and `val`
+    (slots, C), per slot and channel the latest value in the bins so far (`NO_VALUE` and NaN: none), updated in
+    place; `filled` (H,) int64, the bins each held channel gave a held value, counted up in place."""
+
+    ts: np.ndarray
+    val: np.ndarray
+    filled: np.ndarray
+
+
 def no_carry(n: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
     """Carry arrays of `n` slots holding nothing: stamps (n, C) int64 `NO_VALUE`, values (n, C) NaN."""
     return np.full((n, channels), NO_VALUE, dtype=np.int64), np.full((n, channels), np.nan)
@@ -61,21 +72,17 @@ def fill(
     held: tuple[int, ...],
     hold_ns: np.ndarray,
     one_sample: Callable[[np.ndarray, int], np.ndarray],
-    carry_ts: np.ndarray,
-    carry_val: np.ndarray,
-) -> np.ndarray:
-    """Hold report-by-exception channels into the bins where they did nothing, in place; returns how many bins each
-    held channel took a held value in (H,).
+    carry: Carry,
+) -> None:
+    """Hold report-by-exception channels into the bins where they did nothing, in place.
 
     binned (n, C): closed bins of any slots, each slot's in time order; ends (n,) their end stamps (ns); slots (n,)
     their slots; events: `Events` of the held channels `held` (indices into C), `hold_ns` (H,) how long each one's
-    value holds; one_sample(values, c): what a bin holding one sample of channel c of each value gets.
-    carry_ts / carry_val (slots, C): per slot and channel the latest value before these bins (stamp `NO_VALUE` and
-    NaN: none); updated to the latest after them."""
+    value holds; one_sample(values, c): what a bin holding one sample of channel c of each value gets; carry: the
+    slots' latest values before these bins, updated to the latest after them, and the bins filled, counted up."""
     n = ends.size
-    filled = np.zeros(len(held), dtype=np.int64)
     if not n or not held:
-        return filled
+        return
     o = np.argsort(slots, kind="stable")  # each slot's bins together, in time order
     s, e = slots[o], ends[o]
     seg = np.concatenate(([0], np.cumsum(s[1:] != s[:-1])))
@@ -90,12 +97,11 @@ def fill(
         key[head] = np.maximum(key[head], seg[head] * (n + 1))
         src = np.maximum.accumulate(key) % (n + 1) - 1
         from_bin = src >= 0
-        src_ts = np.where(from_bin, e[np.maximum(src, 0)] - off[np.maximum(src, 0)], carry_ts[s, c])
-        src_val = np.where(from_bin, val[np.maximum(src, 0)], carry_val[s, c])
+        src_ts = np.where(from_bin, e[np.maximum(src, 0)] - off[np.maximum(src, 0)], carry.ts[s, c])
+        src_val = np.where(from_bin, val[np.maximum(src, 0)], carry.val[s, c])
         ok = ~did & ~np.isnan(src_val)
         ok[ok] = e[ok] - src_ts[ok] <= hold_ns[h]  # a carried value's stamp is never NO_VALUE (its value is NaN)
         binned[o[ok], c] = one_sample(src_val[ok], c)
-        filled[h] = np.count_nonzero(ok)
-        carry_ts[seg_slots, c] = src_ts[last]
-        carry_val[seg_slots, c] = src_val[last]
-    return filled
+        carry.filled[h] += np.count_nonzero(ok)
+        carry.ts[seg_slots, c] = src_ts[last]
+        carry.val[seg_slots, c] = src_val[last]

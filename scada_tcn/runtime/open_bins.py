@@ -45,15 +45,14 @@ from scada_tcn.runtime.binning import (
     _check_int,
     _check_ts,
     _check_values,
+    _drop_impossible,
     _impossible,
     _Plan,
     _plan,
     aggregate_bins,
-    closed_events,
-    hold_bins,
 )
 from scada_tcn.runtime.errors import InputError, SpecError
-from scada_tcn.runtime.hold import NO_VALUE, UNREAD, no_carry
+from scada_tcn.runtime.hold import NO_VALUE, Carry, no_carry
 from scada_tcn.runtime.slots import rounds
 from scada_tcn.runtime.spec import PipelineSpec
 
@@ -177,6 +176,8 @@ class OpenBins:
         self.full_dropped = np.zeros(0, dtype=np.int64)
         self.out_of_range = np.zeros((0, c), dtype=np.int64)
         self.hold_ts, self.hold_val = no_carry(0, c)  # per slot, each channel's latest value in its closed bins
+        self.held = np.zeros(len(self.plan.held), dtype=np.int64)  # per held channel: bins given a held value (the
+        # caller may zero it: `Fleet.take_held`)
         self._rows = _Rows(c)  # the open bins' samples of every slot (range-filtered)
 
     # ---------------------------------------------------------------------------------------------- slots
@@ -194,6 +195,11 @@ class OpenBins:
         self._rows.add_slot()
         self.n += 1
         return self.n - 1
+
+    @property
+    def carry(self) -> Carry:
+        """The holds' `hold.Carry` of every slot, for `binning.aggregate_bins` (views: updated in place)."""
+        return Carry(self.hold_ts, self.hold_val, self.held)
 
     def open_samples(self) -> np.ndarray:
         """Per slot: the samples its open bins hold."""
@@ -238,8 +244,7 @@ class OpenBins:
             sl, ts, vals = sl[rest], ts[rest], vals[rest]
         labels = _ceil_labels(ts, dt)
         rows = vals.astype(np.float64)  # always a copy: filtered in place
-        bad = _impossible(rows, plan.lo, plan.hi)
-        rows[bad] = UNREAD  # as `binning._range_filter`
+        bad = _drop_impossible(rows, plan.lo, plan.hi)
         for i in rounds(sl) if ts.size else []:
             idx = rest[i]
             closed.append(self._round(idx, sl[i], ts[i], labels[i], rows[i], bad[i], status, first_arrival))
@@ -392,8 +397,7 @@ class OpenBins:
             return None, none, late
         ts, labels = ts[late:], labels[late:]
         rows = vals[late:].astype(np.float64)  # always a copy: filtered in place below
-        bad = _impossible(rows, plan.lo, plan.hi)
-        rows[bad] = UNREAD
+        bad = _drop_impossible(rows, plan.lo, plan.hi)
         self.out_of_range[slot] += np.count_nonzero(bad, axis=0)
         r = self._rows
         mine = r.positions(np.array([slot]))
@@ -511,9 +515,7 @@ class OpenBins:
         oor = checked["out_of_range"].copy()
         hold_ts, hold_val = checked["hold_ts"].copy(), checked["hold_values"].copy()
         if through_range:
-            bad = _impossible(vals, self.plan.lo, self.plan.hi)
-            vals[bad] = UNREAD
-            oor += bad.sum(axis=0)
+            oor += _drop_impossible(vals, self.plan.lo, self.plan.hi).sum(axis=0)
             gone = _impossible(hold_val, self.plan.lo, self.plan.hi)  # a value this spec would not have taken
             hold_ts[gone], hold_val[gone] = NO_VALUE, np.nan
         self.open_from[slot] = checked["open_from"]
@@ -567,6 +569,11 @@ class BinAccumulator:
         return self._bins.plan
 
     @property
+    def carry(self) -> Carry:
+        """This turbine's report-by-exception holds (for `aggregate_bins`)."""
+        return self._bins.carry
+
+    @property
     def open_from(self) -> int | None:
         """End (label) of the first bin not yet emitted; None before the first sample."""
         first = int(self._bins.open_from[0])
@@ -612,8 +619,8 @@ class BinAccumulator:
         return self._bins_of(self.close_until_deferred(now_ns))
 
     def add_deferred(self, ts_ns: int, values: np.ndarray) -> RawBins | None:
-        """`add`, with the closed bins' samples returned for `aggregate_bins` (None when nothing closed); nothing is
-        held (`binning.hold_bins` does that, as `add` and `Fleet` call it)."""
+        """`add`, with the closed bins' samples returned for `aggregate_bins` (None when nothing closed); their
+        report-by-exception channels are held by `aggregate_bins` with this accumulator's `carry`, as `add` does."""
         plan = self._bins.plan
         ts = _check_int(ts_ns, "ts_ns", plan.dt_ns)
         row = _check_values(values, (len(plan.channels),), plan)
@@ -635,16 +642,11 @@ class BinAccumulator:
         return _raw(self._bins.close_until(now_ns, 0))
 
     def _bins_of(self, raw: RawBins | None) -> list[ClosedBin]:
-        """Closed bins aggregated, report-by-exception channels held (`binning.hold_bins`, this turbine's carry)."""
+        """Closed bins aggregated, report-by-exception channels held with this turbine's carry."""
         if raw is None:
             return []
-        plan, b = self.plan, self._bins
-        binned = aggregate_bins([raw], plan)
-        ends = raw.start_ns + plan.dt_ns * np.arange(raw.n_bins, dtype=np.int64)
-        if plan.held:
-            zero = np.zeros(raw.n_bins, dtype=np.int64)
-            hold_bins(plan, binned, ends, zero, closed_events([raw], plan), b.hold_ts, b.hold_val)
-        return [ClosedBin(int(end), row) for end, row in zip(ends, binned)]
+        binned = aggregate_bins([raw], self.plan, self.carry)
+        return [ClosedBin(raw.start_ns + i * self.plan.dt_ns, binned[i]) for i in range(raw.n_bins)]
 
     def state_dict(self) -> dict[str, Any]:
         """The accumulator state as plain ints, bools and numpy arrays (no pickle needed)."""

@@ -577,7 +577,7 @@ def replay(
             engine.fleet.close_turbine_until(tid, end + grace_ns)
         write(engine.flush(final=True))  # fleet-relative steps waiting for a turbine whose data ended go out too
     counts["non_numeric"] = non_numeric
-    counts["held_steps"] = dict(zip(spec.hold_s, engine.fleet.held.tolist()))  # report-by-exception holds
+    counts["held_steps"] = engine.fleet.take_held()  # report-by-exception holds
     counts["score_drift"] = engine.score_drift()
     return counts
 

@@ -4,7 +4,7 @@ pandas only reads and parses here; every computation on the values happens in `r
 with a message that says what to fix: a missing turbine-id or time column, a mapped channel column that is
 not in the table, unparseable timestamps, a mix of stamps with and without a UTC offset (or naive stamps
 without `data.identifiers.naive_timezone`), local times a DST change skips. Local times the autumn change repeats
-are placed by each turbine's row order, as replay places them (`runtime.stamps.place_repeated`); the rows that
+are placed by each turbine's row order, as replay places them (`runtime.repeated_hour`); the rows that
 order does not place are left out and counted. Non-numeric cells (`-`, `#N/A`, ...) become missing and are
 counted per channel. With `data.rul.enabled` the target column `data.rul.column` is read beside the channels
 (never as one: it must not reach the features); a non-numeric target cell is refused.
