@@ -19,6 +19,8 @@ Forms (CPU seconds of this process; pin it to one core):
   neuron         one EMQX Neuron message per sample, values format (`ingest.batch_format: neuron`)
   sparkplug      one Sparkplug B DDATA per sample (`topics.sparkplug_group`), as Ignition publishes it: each value
                  a Double metric by alias alone (its birth, decoded first, gave the names), and the two tags
+  uns            one message per value on a topic per tag (`topics.telemetry_tag`), `uns/site/WT01/ch00` with
+                 `{"value": ..., "timestamp": ms}`, and one per tag: a sample's values cost that many messages
   hostile-array  one 4 MiB array of refused elements (`[1,1,...]`): what one bad message costs the loop
 Printed: microseconds per sample (per refused element for the hostile array), the least of `--repeat` runs, and
 the ratio to `iso`.
@@ -39,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scada_tcn.runtime.sparkplug import SparkplugDecoder  # noqa: E402
+from scada_tcn.runtime.tag_topics import TagTopicDecoder  # noqa: E402
 from scada_tcn.runtime.telemetry import BatchDecode, Sample, TelemetryDecoder  # noqa: E402
 from tests.sparkplug_messages import Payload, metric  # noqa: E402  (Google's protobuf writes the payloads)
 
@@ -113,6 +116,15 @@ def main() -> None:
             metric(p, None, v, "Double" if c in channels else "String", alias=n, ts=d["ts"], typed=False)
         sparkplug.append(p.SerializeToString())
 
+    uns = TagTopicDecoder(ms, "uns/{site}/{turbine}/{key}", "site", "gw")
+    per_tag = [(f"uns/site/WT01/{c}", json.dumps({"value": v, "timestamp": d["ts"]}).encode())
+               for d in tb_docs for c, v in d["values"].items()]  # fmt: skip
+
+    def tags() -> int:
+        got = [uns.decode(t, p, now) for t, p in per_tag]
+        assert all(isinstance(g, BatchDecode) and not g.rejected for g in got)
+        return len(tb_docs)  # the samples those values make
+
     def each(decoder: TelemetryDecoder, payloads: list[bytes]) -> int:
         got = [decoder.decode(topic, p, now) for p in payloads]
         assert all(isinstance(g, Sample) for g in got)
@@ -139,6 +151,7 @@ def main() -> None:
         "kepware": lambda: many(lambda p: ms.decode_tags(p, now), kepware),
         "neuron": lambda: many(lambda p: ms.decode_neuron(p, now), neuron),
         "sparkplug": lambda: many(lambda p: spb.decode("spBv1.0/farm/DDATA/gw/WT01", p, now), sparkplug),
+        "uns": tags,
         "hostile-array": refused,
     }
     print(

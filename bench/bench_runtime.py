@@ -16,9 +16,12 @@ state per turbine) against the baseline `compute.engine: window` (the whole L-st
 at every step). `--score-batch` runs both with `topics.score_batch` (a fleet step's score records as JSON lines,
 several per message) instead of one score message per turbine; `--telemetry-batch` sends each step's samples as
 one `topics.telemetry_batch` message (JSON lines, every turbine's sample, as a farm gateway would) instead of one
-message per turbine, and latency runs from publishing that message. `--state` runs the daemons with a state file
-(`state.path` in the case's temporary folder, as deploy/runtime.yaml sets one): every loop iteration's samples
-are journaled and fsynced before they are acknowledged, and the snapshot is saved every `state.save_interval_s`.
+message per turbine, and latency runs from publishing that message; `--telemetry-tag` sends each value on a topic
+of its own (`topics.telemetry_tag`, `uns/bench/<turbine>/<key>` with `{"value": ..., "timestamp": ...}`: one message
+per channel), latency running from the turbine's first message of the step, which closes its bin. `--state` runs
+the daemons with a state file (`state.path` in the case's temporary folder, as deploy/runtime.yaml sets one): every
+loop iteration's samples are journaled and fsynced before they are acknowledged, and the snapshot is saved every
+`state.save_interval_s`.
 """
 
 from __future__ import annotations
@@ -66,11 +69,12 @@ def _cpu_s(pid: int) -> float:
 
 
 class Variant(NamedTuple):
-    """How the daemons run: batched score topic, batched telemetry topic, state file."""
+    """How the daemons run: batched score topic, batched telemetry topic, state file, per-tag telemetry topics."""
 
     score_batch: bool
     telemetry_batch: bool
     state: bool
+    telemetry_tag: bool = False
 
 
 def run_case(bundle_dir: Path, bundle, n: int, steps: int, engine: str, broker: Broker, tmp: Path,
@@ -88,6 +92,7 @@ def run_case(bundle_dir: Path, bundle, n: int, steps: int, engine: str, broker: 
         "topics": {
             "score_batch": "scada/{site}/{gateway}/scores" if v.score_batch else None,
             "telemetry_batch": "scada/{site}/{gateway}/telemetry_batch" if v.telemetry_batch else None,
+            "telemetry_tag": "uns/{site}/{turbine}/{key}" if v.telemetry_tag else None,
         },
     }
     path = tmp / f"rt-{n}-{engine}.yaml"
@@ -171,6 +176,9 @@ def run_case(bundle_dir: Path, bundle, n: int, steps: int, engine: str, broker: 
         ]  # fmt: skip
         batch_topic = f"scada/bench/{cfg['gateway']}/telemetry_batch"
         batched = ["\n".join(step) for step in payloads] if v.telemetry_batch else []
+        tagged = [[[(f"uns/bench/{ids[i]}/{k}", json.dumps({"value": x, "timestamp": T0 + s * DT}))
+                    for k, x in json.loads(payloads[s][i])["values"].items()] for i in range(n)]
+                  for s in range(L + steps + 1)] if v.telemetry_tag else []  # fmt: skip
         sent: dict[tuple[str, int], float] = {}
         lat, t_meas, n_meas, cpu0 = [], 0.0, 0, 0.0
         gc.collect()
@@ -188,6 +196,11 @@ def run_case(bundle_dir: Path, bundle, n: int, steps: int, engine: str, broker: 
                 pub.publish(batch_topic, batched[s], qos=1)
                 now = time.perf_counter()
                 sent.update(((t, seq), now) for t in ids)
+            elif v.telemetry_tag:  # a message per value; the turbine's first closes its previous bin
+                for i in range(n):
+                    sent[(ids[i], seq)] = time.perf_counter()
+                    for topic, payload in tagged[s][i]:
+                        pub.publish(topic, payload, qos=1)
             else:
                 for i in range(n):
                     pub.publish(topics[i], payloads[s][i], qos=1)
@@ -230,13 +243,22 @@ def main() -> None:
     ap.add_argument("--score-batch", action="store_true", help="publish scores with topics.score_batch")
     ap.add_argument("--telemetry-batch", action="store_true", help="send each step's samples on topics.telemetry_batch")
     ap.add_argument("--state", action="store_true", help="run the daemons with a state file (journal + snapshots)")
+    ap.add_argument("--telemetry-tag", action="store_true", help="send each value on topics.telemetry_tag")
     args = ap.parse_args()
-    variant = Variant(args.score_batch, args.telemetry_batch, args.state)
+    if args.telemetry_batch and args.telemetry_tag:
+        ap.error("--telemetry-batch and --telemetry-tag are two ways to send the same samples: choose one")
+    variant = Variant(args.score_batch, args.telemetry_batch, args.state, args.telemetry_tag)
     bundle = load_bundle(args.bundle)
     with tempfile.TemporaryDirectory() as d:
         print(
             "engines: stream (step graph) against the baseline window (window recompute), same bundle; telemetry "
-            + ("batched (topics.telemetry_batch)" if args.telemetry_batch else "one message per turbine")
+            + (
+                "batched (topics.telemetry_batch)"
+                if args.telemetry_batch
+                else "one message per value (topics.telemetry_tag)"
+                if args.telemetry_tag
+                else "one message per turbine"
+            )
             + "; scores "
             + ("batched (topics.score_batch)" if args.score_batch else "one message per turbine")
             + ("; with a state file (journal + snapshots)" if args.state else "; no state file")

@@ -730,6 +730,58 @@ def test_emqx_neuron_messages_score_as_per_turbine_telemetry(broker, bundle, sco
         ch: float(k) for ch, k in failed.items()}  # fmt: skip
 
 
+def test_a_unified_namespace_one_value_per_topic_scores_as_per_turbine_telemetry(broker, bundle, scorer, timeline,
+                                                                                 replayed):  # fmt: skip
+    """Per-tag topics (`topics.telemetry_tag`): each value of the tiny farm on its own topic
+    `uns/<site>/<turbine>/scada/Turbine/<key>` (a key of two levels, by `mapping.columns`), in AVEVA's JSON-VTQ1
+    form `{"d": value, "dt": 5, "ts": ISO, "q": 192}`, a value the table lacks sent as a bad read (quality 0 beside
+    a stale number), a status tag the model does not read. Among them, messages the daemon must refuse: a tag of
+    no channel, a turbine off the allow-list, a bare number (no stamp), a stamp missing, a quality of no known
+    type. Each refusal is counted and reported with its topic; every value is admitted (one sample a message),
+    every step scored as the replay's, each bad read counted under its channel."""
+    header, rows, _ = timeline
+    key_of = dict(bundle.column_mapping)  # channel -> the table's key in to_messages' documents
+    channel_of = {k: ch for ch, k in key_of.items()}
+    uns = f"uns/{SITE}/{{}}/scada/Turbine/{{}}"
+    messages, want_refused, failed, values = [], [], Counter(), 0
+    for n, (t, payload) in enumerate(to_messages(header, rows)):
+        doc, tid = json.loads(payload), t.split("/")[2]
+        for k, v in doc["values"].items():
+            vtq = {"d": 0.0 if v is None else v, "dt": 5, "ts": doc["ts"], "q": 0 if v is None else 192}
+            messages.append((uns.format(tid, k), json.dumps(vtq).encode()))
+            failed[channel_of[k]] += v is None
+            values += 1
+        messages.append((uns.format(tid, "state"), json.dumps({"d": "RUN", "dt": 8, "ts": doc["ts"]}).encode()))
+        if n % 100 == 0:
+            k = next(iter(doc["values"]))
+            bad = [(uns.format(tid, "power_setpoint"), {"d": 1.0, "ts": doc["ts"]}, "unknown_channel"),
+                   (uns.format("WT09", k), {"d": 1.0, "ts": doc["ts"]}, "unknown_turbine"),
+                   (uns.format(tid, k), 7.5, "not_an_object"),
+                   (uns.format(tid, k), {"d": 1.0, "q": 192}, "missing_ts"),
+                   (uns.format(tid, k), {"d": 1.0, "ts": doc["ts"], "q": 192.5}, "bad_value_type")]  # fmt: skip
+            messages += [(topic, json.dumps(p).encode()) for topic, p, _ in bad]
+            want_refused += [(topic, reason) for topic, _, reason in bad]
+    assert sum(failed.values()) > 0, "no bad read sent"
+    cfg = daemon_config(broker.url, topics={"telemetry_tag": "uns/{site}/{turbine}/scada/{key}"},
+                        mapping={"columns": {ch: f"Turbine/{k}" for ch, k in key_of.items()},
+                                 "ignored_keys": ["Turbine/state"],
+                                 "tag_payload": {"value": "d", "ts": "ts", "quality": "q", "good": [192],
+                                                 "other_keys": ["dt"]}},
+                        ingest={"turbines": ["WT01", "WT02", "WT03", "WT04"]})  # fmt: skip
+    want = expected_steps(rows, header)
+    col, d = _published_and_scored(broker, cfg, bundle, scorer, messages, sum(want.values()), len(want_refused), "uns")
+    m = d.daemon.metrics
+    assert m.value("scada_runtime_samples_in_total") == values
+    assert m.rejected_by_reason() == {r: float(k) for r, k in Counter(r for _, r in want_refused).items()}
+    assert {ch: m.value("scada_runtime_failed_reads_total", channel=ch) for ch in failed if failed[ch]} == {
+        ch: float(k) for ch, k in failed.items() if k}  # fmt: skip
+    assert d.stop() == 0
+    reports = [json.loads(p) for _, p in col.of("/errors")]
+    assert [(r["topic"], r["reason"]) for r in reports] == want_refused
+    assert_the_replays((p for _, p in col.of("/score")), want, replayed)
+    col.close()
+
+
 def test_sparkplug_b_devices_score_as_per_turbine_telemetry_after_a_rebirth(broker, bundle, scorer, timeline,
                                                                           replayed):  # fmt: skip
     """Sparkplug B (`topics.sparkplug_group`): an edge node `edge1` whose devices are the tiny farm's turbines,

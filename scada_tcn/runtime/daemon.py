@@ -82,6 +82,7 @@ from scada_tcn.runtime.prometheus import RuntimeMetrics
 from scada_tcn.runtime.records import batches, iso_utc, retained_alert_state, split_batch
 from scada_tcn.runtime.sparkplug import SparkplugDecoder, rebirth_request, topic_filters
 from scada_tcn.runtime.state_file import EncodedState, encode_state, fsync_dir, load_state, write_state
+from scada_tcn.runtime.tag_topics import TagTopicDecoder
 from scada_tcn.runtime.telemetry import BATCH_FORMATS, Rejection, Sample, TelemetryDecoder, topic_filter, turbine_topics
 
 __all__ = ["Daemon", "setup_logging"]
@@ -187,6 +188,10 @@ class Daemon:
         self.sparkplug = (
             None if group is None else SparkplugDecoder(self.decoder, group.format(site=cfg.site, gateway=cfg.gateway))
         )
+        tag = cfg.topics.telemetry_tag
+        t = cfg.mapping.tag_payload
+        self.tags = None if tag is None else TagTopicDecoder(self.decoder, tag, cfg.site, cfg.gateway, t.value, t.ts,
+                                                             t.quality, t.good, t.other_keys)  # fmt: skip
         self._rebirth_asked: dict[str, int] = {}  # Sparkplug edge nodes asked for births in the last window -> when
         self._channels = ChannelWatch(len(bundle.spec.channels), int(bundle.spec.dt_seconds * 1e9))
         self.engine = self._new_engine(scorer)
@@ -218,7 +223,7 @@ class Daemon:
             client_id=cfg.broker.client_id or f"scada-runtime-{cfg.gateway}",
             handlers={
                 f: self._enqueue
-                for f in (filt, self.telemetry_batch_topic, *self._sparkplug_filters())
+                for f in (filt, self.telemetry_batch_topic, *self._sparkplug_filters(), self._tag_filter())
                 if f is not None
             },
             will=Publish(self.status_topic, self._status_payload("offline", will=True), retain=True),
@@ -270,6 +275,7 @@ class Daemon:
                 "bundle_id": self.bundle.bundle_id,
                 "subscription": self.telemetry_filter,
                 "batch_subscription": self.telemetry_batch_topic,
+                "tag_subscription": self._tag_filter(),
                 "health_port": self.health.port,
             },
         )
@@ -902,6 +908,8 @@ class Daemon:
             for node in self.sparkplug.rebirths():
                 self._ask_rebirth(node, now_ns)
             self.metrics.sparkplug_lost.inc(self.sparkplug.take_lost())
+        elif self.tags is not None and self.tags.reads(msg.topic):
+            res = self.tags.decode(msg.topic, msg.payload, now_ns)
         else:
             res = self.decoder.decode(msg.topic, msg.payload, now_ns)
         if isinstance(res, Rejection):
@@ -940,6 +948,10 @@ class Daemon:
     def _sparkplug_filters(self) -> list[str]:
         """The subscriptions of the Sparkplug group's node and device messages (none without topics.sparkplug_group)."""
         return [] if self.sparkplug is None else topic_filters(self.sparkplug.group)
+
+    def _tag_filter(self) -> str | None:
+        """The subscription of the per-tag topics (None without topics.telemetry_tag)."""
+        return None if self.tags is None else self.tags.filter
 
     def _ask_rebirth(self, node: str, now_ns: int) -> None:
         """Ask a Sparkplug edge node to publish its births again (its data named what no birth gave): each node at

@@ -32,6 +32,7 @@ from scada_tcn.runtime.csv_table import dialect_problem
 from scada_tcn.runtime.errors import ConfigError
 from scada_tcn.runtime.ids import id_pattern_problem
 from scada_tcn.runtime.sparkplug import NAMESPACE, topic_filters
+from scada_tcn.runtime.tag_topics import tag_filter, template_problem
 from scada_tcn.runtime.telemetry import (
     BATCH_FORMATS,
     EPOCH_UNITS,
@@ -44,6 +45,7 @@ from scada_tcn.runtime.telemetry import (
 ENV_PREFIX = "SCADA_RT_"
 ISO_STAMPS = "ISO8601"  # mapping.time_format: ISO-8601 or epoch seconds, whatever the training table's
 _SPB = "sparkplug_group"  # topics.sparkplug_group: a group id, not a topic template
+_TAG = "telemetry_tag"  # topics.telemetry_tag: a template with {key}, checked by _tag_problems
 
 
 def _f(default: Any, doc: str) -> Any:
@@ -102,6 +104,13 @@ class TopicsCfg:
     )
     score_batch_bytes: int = _f(
         60000, "largest score_batch message (the broker's Maximum Packet Size, when it sends one, caps it too)"
+    )
+    telemetry_tag: str | None = _f(
+        None,
+        "null = no per-tag topics; a template with {turbine} as a whole level and {key} as the last (e.g. "
+        "uns/{site}/{turbine}/scada/{key}) = also take telemetry sent one value per message on a topic per tag (a "
+        "unified namespace, HiveMQ Edge, AVEVA's JSON-VTQ1, Xentara, Node-RED): the topic from {key} on, one or "
+        "more levels, is the payload key (mapping.columns), the payload a JSON object (mapping.tag_payload)",
     )
     sparkplug_group: str | None = _f(
         None,
@@ -237,6 +246,25 @@ class CsvMappingCfg:
 
 
 @dataclass(frozen=True)
+class TagPayloadCfg:
+    value: str = _f("value", "run, topics.telemetry_tag: the payload key of the value (a number or null)")
+    ts: str = _f("timestamp", "run, topics.telemetry_tag: the payload key of the stamp (as a document's ts)")
+    quality: str | None = _f(
+        None,
+        "run, topics.telemetry_tag: the payload key of the value's quality; null = none read. A message without it "
+        "is a good read",
+    )
+    good: list[str | int | bool] = _f(
+        [],
+        "run, topics.telemetry_tag: the qualities of a good read, by JSON type and value (OPC DA: [192]; "
+        "[good]; [true]); any other quality is a failed read (null). Needed with quality",
+    )
+    other_keys: list[str] = _f(
+        [], "run, topics.telemetry_tag: other payload keys the source sends, not read (e.g. AVEVA's [dt])"
+    )
+
+
+@dataclass(frozen=True)
 class MappingCfg:
     columns: dict[str, str] = _f({}, "channel -> payload key / table column; empty = the bundle's training mapping")
     ignored_keys: list[str] = _f(
@@ -277,6 +305,7 @@ class MappingCfg:
         "there: such stamps are refused)",
     )
     csv: CsvMappingCfg = _f(CsvMappingCfg(), "replay: how the table's CSV is written")
+    tag_payload: TagPayloadCfg = _f(TagPayloadCfg(), "run: the keys of a per-tag message (topics.telemetry_tag)")
 
 
 @dataclass(frozen=True)
@@ -305,7 +334,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
+        for tp_ in inner:  # the first that takes it (str | int | bool: a quality of any of those types)
+            try:
+                return _coerce(value, tp_, key)
+            except ConfigError:
+                if len(inner) == 1:
+                    raise
+        names = " or ".join(getattr(a, "__name__", str(a)) for a in inner)
+        raise ConfigError(f"{key}: expected {names}, got {type(value).__name__} {value!r}")
     if _is_dc(tp):
         return _build(tp, value, key)
     if origin is list:
@@ -467,7 +503,7 @@ def _problems(c: RuntimeConfig) -> list[str]:
         p.append(f"topics.score_batch_bytes: must be >= 8192 (a score record is a few kB), got "
                  f"{c.topics.score_batch_bytes}")  # fmt: skip
     before = len(p)
-    for name in [f.name for f in dataclasses.fields(TopicsCfg) if f.name not in ("score_batch_bytes", _SPB)]:
+    for name in [f.name for f in dataclasses.fields(TopicsCfg) if f.name not in ("score_batch_bytes", _SPB, _TAG)]:
         tpl = getattr(c.topics, name)
         if tpl is None:  # score_batch or telemetry_batch off
             continue
@@ -489,7 +525,7 @@ def _problems(c: RuntimeConfig) -> list[str]:
         p += _batch_topic_problems(c)
     if c.topics.sparkplug_group is not None:
         p += _sparkplug_problems(c, well_formed=len(p) == before)
-    return p
+    return p + _tag_problems(c, well_formed=len(p) == before)
 
 
 def _overlap(a: str, b: str) -> bool:
@@ -545,6 +581,37 @@ def _sparkplug_problems(c: RuntimeConfig, well_formed: bool) -> list[str]:
     if clash:
         return [f"topics.{_SPB}: the group's Sparkplug topics ({NAMESPACE}/{group}/...) are also topics of {clash}; "
                 "give those topics of their own"]  # fmt: skip
+    return []
+
+
+def _tag_problems(c: RuntimeConfig, well_formed: bool) -> list[str]:
+    """topics.telemetry_tag must be a template of per-tag topics whose subscription shares no topic with the
+    others' (the daemon would read its own output as telemetry), and mapping.tag_payload's keys distinct, a
+    quality key with its good qualities; tag_payload set without per-tag topics is refused as a misconfiguration."""
+    t, tpl = c.mapping.tag_payload, c.topics.telemetry_tag
+    if tpl is None:
+        unused = "mapping.tag_payload: reads topics.telemetry_tag, which is not set: set it or remove tag_payload"
+        return [unused] if t != TagPayloadCfg() else []
+    p = [z for z in [template_problem(tpl)] if z]
+    keys = [t.value, t.ts, *([t.quality] if t.quality is not None else []), *t.other_keys]
+    if any(not k for k in keys) or len(set(keys)) < len(keys):
+        p.append(f"mapping.tag_payload: value, ts, quality and other_keys must be distinct non-empty keys, got {keys}")
+    if (t.quality is None) != (not t.good):
+        p.append("mapping.tag_payload: quality and good go together (the key of a value's quality, and the "
+                 "qualities of a good read, e.g. quality: q, good: [192])")  # fmt: skip
+    if p or not well_formed:
+        return p
+    names = ("telemetry", "telemetry_batch", "score", "alert", "alert_state", "status", "errors", "score_batch")
+    filt = tag_filter(tpl, c.site, c.gateway)[0]
+    clash = _clashes(c, [filt], names)
+    group = c.topics.sparkplug_group
+    if group is not None and any(
+        _overlap(filt, f) for f in topic_filters(group.format(site=c.site, gateway=c.gateway))
+    ):
+        clash.append(_SPB)
+    if clash:
+        return [f"topics.telemetry_tag: its subscription {filt!r} also takes the topics of {clash}; give the tags "
+                "topics of their own, e.g. uns/{site}/{turbine}/scada/{key}"]  # fmt: skip
     return []
 
 

@@ -108,6 +108,7 @@ __all__ = [
     "grouped",
     "in_epoch_range",
     "parse_timestamp_ns",
+    "parsed",
     "table_epoch_ns",
     "tag_pattern_problem",
     "time_format_source",
@@ -388,6 +389,13 @@ def _parse(payload: bytes, text: str | None) -> Any:
         except ValueError as e:
             reason = "non_finite" if "non-finite literal" in str(e) else "malformed_json"
             return Rejection(reason, f"{type(e).__name__}: {str(e)[:200]}")
+
+
+def parsed(payload: bytes, limit: int, setting: str) -> Any:
+    """The payload as JSON, or a Rejection saying why not: larger than `limit` bytes (`ingest.<setting>`), not
+    UTF-8, not JSON."""
+    text = _text(payload, limit, setting)
+    return text if isinstance(text, Rejection) else _parse(payload, text)
 
 
 def _text(payload: bytes, limit: int, setting: str, what: str = "") -> str | Rejection:
@@ -676,7 +684,7 @@ class TelemetryDecoder:
         """A telemetry document's `ts` and `values` (its keys already checked) -> Sample or Rejection."""
         if "ts" not in doc:
             return Rejection("missing_ts", "no 'ts'")
-        ts = self._stamp(doc["ts"], now_ns, "ts")
+        ts = self.stamp(doc["ts"], now_ns, "ts")
         if isinstance(ts, Rejection):
             return ts
         values = doc.get("values")
@@ -702,7 +710,7 @@ class TelemetryDecoder:
                 row[i] = UNREAD
         return Sample(tid, ts, np.array(row))
 
-    def _stamp(self, raw: Any, now_ns: int, name: str) -> int | Rejection:
+    def stamp(self, raw: Any, now_ns: int, name: str) -> int | Rejection:
         """A document's stamp (`name`: its key) -> ns, or why it is refused: not a stamp, beyond the clock checks
         `max_future_s` / `max_past_s`, or outside the epoch range."""
         if type(raw) is str:
@@ -847,7 +855,7 @@ class TelemetryDecoder:
         key = (type(raw), raw) if type(raw) in (int, float, str) else None
         ts = stamps.get(key) if key is not None else None
         if ts is None:
-            ts = self._stamp(raw, now_ns, "t")
+            ts = self.stamp(raw, now_ns, "t")
             if key is not None:
                 stamps[key] = ts
         if isinstance(ts, Rejection):
