@@ -52,8 +52,9 @@ def test_a_tag_topic_gives_its_turbine_and_channel_and_the_payload_its_value_and
     assert again[2][0] == 3.0
     null = _read(tags.decode("uns/farm/WT2/ws", json.dumps({"value": None, "timestamp": TS}).encode(), NOW))
     assert null[0] == "WT2" and is_unread(null[2][1]) and null[3] == ()  # a null ends a hold; not a failed read
-    ignored = tags.decode("uns/farm/WT1/status", json.dumps({"value": "RUN", "timestamp": TS}).encode(), NOW)
-    assert isinstance(ignored, BatchDecode) and ignored.samples == [] and ignored.rejected == []
+    for payload in (json.dumps({"value": "RUN", "timestamp": TS}).encode(), b'"RUN"', b"\xff"):  # whatever it is
+        ignored = tags.decode("uns/farm/WT1/status", payload, NOW)
+        assert isinstance(ignored, BatchDecode) and ignored.samples == [] and ignored.rejected == []
     assert tags.reads("uns/farm/WT1/a/b") and tags.reads("uns/farm/WT1") and not tags.reads("uns/other/WT1/ws")
 
 

@@ -23,8 +23,8 @@ is one JSON object (at most `ingest.max_payload_bytes`) whose keys `mapping.tag_
 * keys other than these and `other_keys` refuse the message (`unknown_key`).
 
 `TagTopicDecoder.decode(topic, payload, now_ns)` gives a `BatchDecode` of one sample (one channel read, the others
-absent: NaN), none for a key `mapping.ignored_keys` drops, or a `Rejection`; it never raises on bad input. A
-topic's turbine and channel are resolved once and kept (at most `_TOPICS_KEPT` topics).
+absent: NaN), none for a key `mapping.ignored_keys` drops (whatever its payload), or a `Rejection`; it never raises
+on bad input. A topic's turbine and channel are resolved once and kept (at most `_TOPICS_KEPT` topics).
 """
 
 from __future__ import annotations
@@ -111,6 +111,8 @@ class TagTopicDecoder:
         where = self._resolved(topic)
         if isinstance(where, Rejection):
             return where
+        if where is _IGNORED:  # dropped whatever its payload, as an ignored key's value is
+            return BatchDecode([], [], _nowhere)
         d = self.decoder
         doc = parsed(payload, d.max_payload_bytes, "max_payload_bytes")
         if isinstance(doc, Rejection):
@@ -123,8 +125,6 @@ class TagTopicDecoder:
             extra = sorted(str(k)[:40] for k in doc if k not in self._allowed)
             return Rejection("unknown_key", f"keys {extra[:5]}; allowed: {sorted(self._allowed)} (list keys the "
                              "source adds in mapping.tag_payload.other_keys)")  # fmt: skip
-        if where is _IGNORED:
-            return BatchDecode([], [], _nowhere)
         if self.ts_key not in doc:
             return Rejection("missing_ts", f"no {self.ts_key!r}")
         ts = d.stamp(doc[self.ts_key], now_ns, self.ts_key)
