@@ -348,7 +348,9 @@ def test_sparkplug_group_config():
         daemon_config_from_dict({"topics": {"sparkplug_group": "f", "telemetry": "spBv1.0/f/NDATA/{turbine}"}})
     for name, tpl in [("errors", "spBv1.0/f/NDATA/{gateway}"), ("status", "spBv1.0/f/DBIRTH/{gateway}/status"),
                       ("score", "spBv1.0/f/DDATA/{turbine}/score"), ("telemetry_batch", "spBv1.0/f/DDEATH/gw/b"),
-                      ("telemetry", "spBv1.0/{turbine}/NDATA/x")]:  # fmt: skip
+                      ("telemetry", "spBv1.0/{turbine}/NDATA/x"),
+                      ("telemetry", "spBv1.0/f/NCMD/{turbine}"),  # the daemon's own rebirth requests
+                      ("score", "spBv1.0/f/NCMD/{turbine}")]:  # its records sent to edge nodes as commands  # fmt: skip
         with pytest.raises(ConfigError, match=rf"the group's Sparkplug topics .* \['{name}'\]"):
             daemon_config_from_dict({"topics": {"sparkplug_group": "f", name: tpl}})
     assert daemon_config_from_dict({"topics": {"sparkplug_group": "f", "errors": "spBv1.0/f/NCMD/{gateway}/e"}})

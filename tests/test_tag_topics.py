@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from paho.mqtt.client import topic_matches_sub
 
+from scada_tcn.runtime import tag_topics
 from scada_tcn.runtime.daemon_config import daemon_config_from_dict
 from scada_tcn.runtime.errors import ConfigError
 from scada_tcn.runtime.hold import is_unread
@@ -56,6 +57,20 @@ def test_a_tag_topic_gives_its_turbine_and_channel_and_the_payload_its_value_and
         ignored = tags.decode("uns/farm/WT1/status", payload, NOW)
         assert isinstance(ignored, BatchDecode) and ignored.samples == [] and ignored.rejected == []
     assert tags.reads("uns/farm/WT1/a/b") and tags.reads("uns/farm/WT1") and not tags.reads("uns/other/WT1/ws")
+    odd = tags.decode("uns/farm/WT1/ws\n", json.dumps({"value": 1, "timestamp": TS}).encode(), NOW)
+    assert _reason(odd) == "unknown_channel" and "'ws\\n'" in odd.detail  # type: ignore[union-attr]
+
+
+def test_the_topics_kept_are_bounded_and_made_up_ones_do_not_keep_the_fleets_out(monkeypatch):
+    monkeypatch.setattr(tag_topics, "_TOPICS_KEPT", 4)
+    tags, doc = _tags(), json.dumps({"value": 1, "timestamp": TS}).encode()
+    for n in range(10):
+        tags.decode(f"uns/farm/WT1/made-up-{n}", doc, NOW)
+        assert len(tags._topics) <= 4
+    assert _read(tags.decode("uns/farm/WT1/ws", doc, NOW))[2][1] == 1.0
+    assert "uns/farm/WT1/ws" in tags._topics
+    tags.decode("uns/farm/WT1/" + "x" * 300, doc, NOW)
+    assert all(len(t) <= 256 for t in tags._topics)
 
 
 @pytest.mark.parametrize(
@@ -116,7 +131,8 @@ def test_a_quality_other_than_the_good_ones_is_a_failed_read_whatever_the_value(
 def test_the_template_and_its_subscription():
     assert template_problem("uns/{site}/{turbine}/scada/{key}") is None
     for bad in ("uns/{turbine}/{key}/x", "uns/{site}/{key}", "uns/{turbine}/tag-{key}", "uns/+/{turbine}/{key}",
-                "uns/{turbine}/{key}/{key}", "uns/{turbine}/{unit}/{key}", "uns/t{turbine}/{key}"):  # fmt: skip
+                "uns/{turbine}/{key}/{key}", "uns/{turbine}/{unit}/{key}", "uns/t{turbine}/{key}",
+                "uns/{turbine}/{turbine}/{key}", "uns/x{turbine}/{turbine}/{key}"):  # fmt: skip
         assert template_problem(bad) is not None, bad
     filt, pattern = tag_filter("uns/{site}/{gateway}/{turbine}/{key}", "s.1", "g")
     assert filt == "uns/s.1/g/+/#"
@@ -158,6 +174,8 @@ def test_per_tag_topics_config():
         ({"topics": {"telemetry_tag": "scada/{site}/{turbine}/{key}"}}, r"also takes the topics of \['telemetry'"),
         ({"topics": {"telemetry_tag": "scada/runtime/{turbine}/{key}"}}, r"\['status', 'errors'\]"),
         ({"topics": {"telemetry_tag": "spBv1.0/{turbine}/{key}", "sparkplug_group": "f"}}, r"\['sparkplug_group'\]"),
+        ({"topics": {"telemetry_tag": "spBv1.0/f/NCMD/{turbine}/{key}", "sparkplug_group": "f"}},
+         r"\['sparkplug_group'\]"),  # the daemon's own rebirth requests
         ({"topics": {"telemetry_tag": "uns/{turbine}"}}, "{turbine} must be a whole topic level and {key} the last"),
         ({"mapping": {"tag_payload": {"value": "v"}}}, "tag_payload: reads topics.telemetry_tag, which is not set"),
         ({"topics": {"telemetry_tag": "u/{turbine}/{key}"}, "mapping": {"tag_payload": {"quality": "q"}}},

@@ -31,7 +31,7 @@ import yaml
 from scada_tcn.runtime.csv_table import dialect_problem
 from scada_tcn.runtime.errors import ConfigError
 from scada_tcn.runtime.ids import id_pattern_problem
-from scada_tcn.runtime.sparkplug import NAMESPACE, topic_filters
+from scada_tcn.runtime.sparkplug import NAMESPACE, command_filter, topic_filters
 from scada_tcn.runtime.tag_topics import tag_filter, template_problem
 from scada_tcn.runtime.telemetry import (
     BATCH_FORMATS,
@@ -577,11 +577,16 @@ def _sparkplug_problems(c: RuntimeConfig, well_formed: bool) -> list[str]:
     if not well_formed:
         return []
     names = ("telemetry", "telemetry_batch", "score", "alert", "alert_state", "status", "errors", "score_batch")
-    clash = _clashes(c, topic_filters(group), names)
+    clash = _clashes(c, _sparkplug_filters(group), names)
     if clash:
         return [f"topics.{_SPB}: the group's Sparkplug topics ({NAMESPACE}/{group}/...) are also topics of {clash}; "
                 "give those topics of their own"]  # fmt: skip
     return []
+
+
+def _sparkplug_filters(group: str) -> list[str]:
+    """The group's Sparkplug topics: those the daemon reads and those of its rebirth requests (NCMD)."""
+    return [*topic_filters(group), command_filter(group)]
 
 
 def _tag_problems(c: RuntimeConfig, well_formed: bool) -> list[str]:
@@ -606,7 +611,7 @@ def _tag_problems(c: RuntimeConfig, well_formed: bool) -> list[str]:
     clash = _clashes(c, [filt], names)
     group = c.topics.sparkplug_group
     if group is not None and any(
-        _overlap(filt, f) for f in topic_filters(group.format(site=c.site, gateway=c.gateway))
+        _overlap(filt, f) for f in _sparkplug_filters(group.format(site=c.site, gateway=c.gateway))
     ):
         clash.append(_SPB)
     if clash:

@@ -116,6 +116,11 @@ def topic_filters(group: str) -> list[str]:
     return [f"{NAMESPACE}/{group}/{t}/+" for t in NODE_TYPES] + [f"{NAMESPACE}/{group}/{t}/+/+" for t in DEVICE_TYPES]
 
 
+def command_filter(group: str) -> str:
+    """The MQTT filter of the group's node commands, where the daemon publishes its rebirth requests."""
+    return f"{NAMESPACE}/{group}/NCMD/+"
+
+
 def rebirth_request(group: str, node: str, now_ms: int) -> tuple[str, bytes]:
     """(topic, payload) of the NCMD that asks edge node `node` to publish its births again."""
     return f"{NAMESPACE}/{group}/NCMD/{node}", rebirth_payload(now_ms)

@@ -17,14 +17,17 @@ is one JSON object (at most `ingest.max_payload_bytes`) whose keys `mapping.tag_
   (`missing_ts`): a value stamped on arrival would be placed by the broker's delivery, not by when it was read.
 * the value (`value` key) is a number, null (the source has no value: `hold.UNREAD`), or under
   `ingest.numeric_strings` a number as text.
-* the quality (`quality` key, when set): a value whose quality is not among `good` (compared by JSON type and
-  value: 192 is not "192" nor true) is a failed read, `UNREAD` and in the sample's `failed`, whatever value is
-  beside it or when none is. A message without the quality key is a good read, as Kepware's and Sparkplug's are.
+* the quality (`quality` key, when set): a string, an integer or true/false; a value whose quality is not among
+  `good` (compared by JSON type and value: 192 is not "192" nor true) is a failed read, `UNREAD` and in the
+  sample's `failed`, whatever value is beside it or when none is. A quality of another type (null, 192.0, an
+  object) refuses the message (`bad_value_type`): the config does not match the source. A message without the
+  quality key is a good read, as Kepware's and Sparkplug's are.
 * keys other than these and `other_keys` refuse the message (`unknown_key`).
 
 `TagTopicDecoder.decode(topic, payload, now_ns)` gives a `BatchDecode` of one sample (one channel read, the others
 absent: NaN), none for a key `mapping.ignored_keys` drops (whatever its payload), or a `Rejection`; it never raises
-on bad input. A topic's turbine and channel are resolved once and kept (at most `_TOPICS_KEPT` topics).
+on bad input. A topic's turbine and channel are resolved once and kept (at most `_TOPICS_KEPT` topics of at most
+`_TOPIC_KEPT_CHARS` characters; when full, all are forgotten).
 """
 
 from __future__ import annotations
@@ -59,8 +62,8 @@ def template_problem(template: str) -> str | None:
         template.format(**{n: n for n in _NAMES})
     except (KeyError, IndexError, ValueError) as e:
         return f"topics.telemetry_tag: only {{site}}, {{gateway}}, {{turbine}}, {{key}} may be used ({e!r})"
-    if levels[-1] != KEY or template.count(KEY) != 1 or "{turbine}" not in levels[:-1]:
-        return (f"topics.telemetry_tag: {{turbine}} must be a whole topic level and {KEY} the last one, once, got "
+    if levels[-1] != KEY or template.count(KEY) != 1 or template.count("{turbine}") != 1 or "{turbine}" not in levels:
+        return (f"topics.telemetry_tag: {{turbine}} must be a whole topic level and {KEY} the last one, each once, got "
                 f"{template!r} ({example})")  # fmt: skip
     return None
 
@@ -70,7 +73,7 @@ def tag_filter(template: str, site: str, gateway: str) -> tuple[str, re.Pattern[
     pattern whose `fullmatch` of a topic gives the turbine id, group 1, and the key, group 2)."""
     marked = template.format(site=site, gateway=gateway, turbine="\0", key="\1")
     filt = "/".join("+" if "\0" in lv else "#" if lv == "\1" else lv for lv in marked.split("/"))
-    return filt, re.compile(re.escape(marked).replace("\0", "([^/]+)").replace("\1", "(.+)"))
+    return filt, re.compile(re.escape(marked).replace("\0", "([^/]+)").replace("\1", "(.+)"), re.DOTALL)
 
 
 class TagTopicDecoder:
@@ -141,7 +144,8 @@ class TagTopicDecoder:
         if self.value_key not in doc:
             return Rejection("missing_values", f"no {self.value_key!r}")
         v = doc[self.value_key]
-        x = UNREAD if v is None else v if type(v) is float and math.isfinite(v) else d.number(d.channels[i], v)
+        key = d.key_of_channel[d.channels[i]]  # refusals name the payload key, as the document form's do
+        x = UNREAD if v is None else v if type(v) is float and math.isfinite(v) else d.number(key, v)
         if isinstance(x, Rejection):
             return x
         values[i] = x
@@ -173,7 +177,9 @@ class TagTopicDecoder:
         if i is None:
             return self.decoder.no_channel(f"tag {match[2][:60]!r} of topic {topic[:200]!r} is not a channel", "tags")
         where = _IGNORED if i == NOT_READ else (tid, i)
-        if len(self._topics) < _TOPICS_KEPT and len(topic) <= _TOPIC_KEPT_CHARS:
+        if len(topic) <= _TOPIC_KEPT_CHARS:
+            if len(self._topics) >= _TOPICS_KEPT:  # a publisher's made-up topics: forget them all, as a fleet's recur
+                self._topics.clear()
             self._topics[topic] = where
         return where
 
