@@ -21,6 +21,8 @@ Forms (CPU seconds of this process; pin it to one core):
                  a Double metric by alias alone (its birth, decoded first, gave the names), and the two tags
   uns            one message per value on a topic per tag (`topics.telemetry_tag`), `uns/site/WT01/ch00` with
                  `{"value": ..., "timestamp": ms}`, and one per tag: a sample's values cost that many messages
+  tag-objects    one message per sample on the turbine's topic as Azure IoT Operations' connector for OPC UA writes
+                 it (`ingest.telemetry_format: tags`): `{"ch00": {"SourceTimestamp": ISO, "Value": ...}, ...}`
   hostile-array  one 4 MiB array of refused elements (`[1,1,...]`): what one bad message costs the loop
 Printed: microseconds per sample (per refused element for the hostile array), the least of `--repeat` runs, and
 the ratio to `iso`.
@@ -41,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scada_tcn.runtime.sparkplug import SparkplugDecoder  # noqa: E402
-from scada_tcn.runtime.tag_topics import TagTopicDecoder  # noqa: E402
+from scada_tcn.runtime.tag_topics import TagObjectDecoder, TagPayload, TagTopicDecoder  # noqa: E402
 from scada_tcn.runtime.telemetry import BatchDecode, Sample, TelemetryDecoder  # noqa: E402
 from tests.sparkplug_messages import Payload, metric  # noqa: E402  (Google's protobuf writes the payloads)
 
@@ -116,9 +118,13 @@ def main() -> None:
             metric(p, None, v, "Double" if c in channels else "String", alias=n, ts=d["ts"], typed=False)
         sparkplug.append(p.SerializeToString())
 
-    uns = TagTopicDecoder(ms, "uns/{site}/{turbine}/{key}", "site", "gw")
+    uns = TagTopicDecoder(TagPayload(ms), "uns/{site}/{turbine}/{key}", "site", "gw")
     per_tag = [(f"uns/site/WT01/{c}", json.dumps({"value": v, "timestamp": d["ts"]}).encode())
                for d in tb_docs for c, v in d["values"].items()]  # fmt: skip
+
+    aio = TagObjectDecoder(TagPayload(secs, "Value", "SourceTimestamp"))
+    objects = [json.dumps({c: {"SourceTimestamp": _iso(d["ts"]), "Value": v} for c, v in d["values"].items()}).encode()
+               for d in docs]  # fmt: skip
 
     def tags() -> int:
         got = [uns.decode(t, p, now) for t, p in per_tag]
@@ -152,6 +158,7 @@ def main() -> None:
         "neuron": lambda: many(lambda p: ms.decode_neuron(p, now), neuron),
         "sparkplug": lambda: many(lambda p: spb.decode("spBv1.0/farm/DDATA/gw/WT01", p, now), sparkplug),
         "uns": tags,
+        "tag-objects": lambda: many(lambda p: aio.decode(topic, p, now), objects),
         "hostile-array": refused,
     }
     print(

@@ -760,7 +760,7 @@ def test_a_unified_namespace_one_value_per_topic_scores_as_per_turbine_telemetry
                    (uns.format(tid, k), {"d": 1.0, "q": 192}, "missing_ts"),
                    (uns.format(tid, k), {"d": 1.0, "ts": doc["ts"], "q": 192.5}, "bad_value_type")]  # fmt: skip
             messages += [(topic, json.dumps(p).encode()) for topic, p, _ in bad]
-            want_refused += [(topic, reason) for topic, _, reason in bad]
+            want_refused += [({"topic": topic}, reason) for topic, _, reason in bad]
     assert sum(failed.values()) > 0, "no bad read sent"
     cfg = daemon_config(broker.url, topics={"telemetry_tag": "uns/{site}/{turbine}/scada/{key}"},
                         mapping={"columns": {ch: f"Turbine/{k}" for ch, k in key_of.items()},
@@ -768,16 +768,60 @@ def test_a_unified_namespace_one_value_per_topic_scores_as_per_turbine_telemetry
                                  "tag_payload": {"value": "d", "ts": "ts", "quality": "q", "good": [192],
                                                  "other_keys": ["dt"]}},
                         ingest={"turbines": ["WT01", "WT02", "WT03", "WT04"]})  # fmt: skip
+    _assert_tags_scored(broker, cfg, bundle, scorer, timeline, replayed, messages, want_refused, values, failed, "uns")
+
+
+def test_a_turbines_tags_as_one_object_score_as_per_turbine_telemetry(broker, bundle, scorer, timeline, replayed):
+    """A turbine's tags in one object on its telemetry topic (`ingest.telemetry_format: tags`), as Azure IoT
+    Operations' connector for OPC UA publishes an asset's data points: `{"<key>": {"SourceTimestamp": ISO, "Value":
+    v}, ...}`, a value the table lacks sent with a bad StatusCode (BadCommunicationError) beside a stale number, a
+    status tag ignored. Every 100 rows a message also holds a tag of no channel, and a message of its own a tag
+    whose stamp lies in the future: each costs its value only and is reported with its tag. Every value is
+    admitted, every step scored as the replay's, each bad read counted under its channel."""
+    header, rows, _ = timeline
+    channel_of = {k: ch for ch, k in bundle.column_mapping.items()}
+    messages, want_refused, failed, samples = [], [], Counter(), 0
+    for n, (t, payload) in enumerate(to_messages(header, rows)):
+        doc = json.loads(payload)
+        tags: dict = {"state": "RUN"}
+        for k, v in doc["values"].items():
+            tags[k] = {"SourceTimestamp": doc["ts"], "Value": 0.0 if v is None else v}
+            if v is None:
+                tags[k]["StatusCode"] = 2150891520
+            failed[channel_of[k]] += v is None
+        if n % 100 == 0:  # a tag of no channel among the rest, then a message of one tag stamped ahead
+            k = next(iter(doc["values"]))
+            tags["power_setpoint"] = {"SourceTimestamp": doc["ts"], "Value": 1.0}
+            ahead = {k: {"SourceTimestamp": "2999-01-01T00:00:00Z", "Value": 1.0}}
+            want_refused += [({"tag": "power_setpoint"}, "unknown_channel"), ({"tag": k}, "ts_in_future")]
+        messages.append((t, json.dumps(tags).encode()))
+        samples += 1
+        if n % 100 == 0:
+            messages.append((t, json.dumps(ahead).encode()))
+    assert sum(failed.values()) > 0, "no bad read sent"
+    aio = {"value": "Value", "ts": "SourceTimestamp", "quality": "StatusCode", "good": [0]}
+    cfg = daemon_config(broker.url, mapping={"ignored_keys": ["state"], "tag_payload": aio},
+                        ingest={"telemetry_format": "tags", "turbines": ["WT01", "WT02", "WT03", "WT04"]})  # fmt: skip
+    _assert_tags_scored(broker, cfg, bundle, scorer, timeline, replayed, messages, want_refused, samples, failed, "aio")
+
+
+def _assert_tags_scored(broker, cfg, bundle, scorer, timeline, replayed, messages: list[tuple[str, bytes]],
+                        want_refused: list[tuple[dict, str]], samples: int, failed: Counter,
+                        name: str) -> None:  # fmt: skip
+    """A daemon of `cfg` sent `messages` admits `samples` samples, refuses exactly `want_refused` ((where, reason),
+    reported in order), counts the `failed` reads by channel and scores every step of the timeline as the replay."""
+    header, rows, _ = timeline
     want = expected_steps(rows, header)
-    col, d = _published_and_scored(broker, cfg, bundle, scorer, messages, sum(want.values()), len(want_refused), "uns")
+    col, d = _published_and_scored(broker, cfg, bundle, scorer, messages, sum(want.values()), len(want_refused), name)
     m = d.daemon.metrics
-    assert m.value("scada_runtime_samples_in_total") == values
+    assert m.value("scada_runtime_samples_in_total") == samples
     assert m.rejected_by_reason() == {r: float(k) for r, k in Counter(r for _, r in want_refused).items()}
     assert {ch: m.value("scada_runtime_failed_reads_total", channel=ch) for ch in failed if failed[ch]} == {
         ch: float(k) for ch, k in failed.items() if k}  # fmt: skip
     assert d.stop() == 0
     reports = [json.loads(p) for _, p in col.of("/errors")]
-    assert [(r["topic"], r["reason"]) for r in reports] == want_refused
+    where = {k for w, _ in want_refused for k in w}
+    assert [({k: r[k] for k in where if k in r}, r["reason"]) for r in reports] == want_refused
     assert_the_replays((p for _, p in col.of("/score")), want, replayed)
     col.close()
 

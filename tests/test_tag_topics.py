@@ -14,7 +14,7 @@ from scada_tcn.runtime import tag_topics
 from scada_tcn.runtime.daemon_config import daemon_config_from_dict
 from scada_tcn.runtime.errors import ConfigError
 from scada_tcn.runtime.hold import is_unread
-from scada_tcn.runtime.tag_topics import TagTopicDecoder, tag_filter, template_problem
+from scada_tcn.runtime.tag_topics import TagObjectDecoder, TagPayload, TagTopicDecoder, tag_filter, template_problem
 from scada_tcn.runtime.telemetry import BatchDecode, Rejection, TelemetryDecoder
 
 NOW = 1_717_200_000 * 10**9
@@ -28,7 +28,7 @@ def _tags(**payload: Any) -> TagTopicDecoder:
         ["power", "wind_speed"], {"power": "Nacelle/P", "wind_speed": "ws"}, 2, 1000, 300.0, 86400.0,
         allowed_turbines=["WT1", "WT2"], ignored_keys=["status"],
     )  # fmt: skip
-    return TagTopicDecoder(telemetry, "uns/{site}/{turbine}/{key}", "farm", "gw", **payload)
+    return TagTopicDecoder(TagPayload(telemetry, **payload), "uns/{site}/{turbine}/{key}", "farm", "gw")
 
 
 def _read(res: BatchDecode | Rejection) -> tuple[str, int, list[float], tuple[int, ...]]:
@@ -128,6 +128,38 @@ def test_a_quality_other_than_the_good_ones_is_a_failed_read_whatever_the_value(
     assert _read(texts.decode("uns/farm/WT1/ws", b'{"value": "7.25", "timestamp": 1717200000}', NOW))[2][1] == 7.25
 
 
+def test_a_turbines_tags_in_one_object_are_read_tag_by_tag():
+    """Azure IoT Operations' connector for OPC UA (`ingest.telemetry_format: tags`): an asset's data points as one
+    object of tag -> {SourceTimestamp, Value}, a bad StatusCode beside one. Values of one stamp make one sample; a
+    refused tag costs its value only and is placed by its key; an ignored tag is skipped whatever it holds."""
+    tags = _tags(value="Value", ts="SourceTimestamp", quality="StatusCode", good=[0])
+    objects = TagObjectDecoder(tags.tag)
+    later = "2024-06-01T00:00:01Z"
+    doc = {"Nacelle/P": {"SourceTimestamp": TS, "Value": 1500.5}, "ws": {"SourceTimestamp": TS, "Value": 7.5},
+           "status": "RUN", "Nacelle/Q": {"SourceTimestamp": TS, "Value": 1.0}}  # fmt: skip
+    res = objects.decode("uns/farm/WT1/telemetry", json.dumps(doc).encode(), NOW)
+    assert isinstance(res, BatchDecode) and len(res.samples) == 1
+    s = res.samples[0]
+    assert (s.turbine, s.ts_ns, s.values.tolist(), s.failed) == ("WT1", NOW, [1500.5, 7.5], ())
+    assert [(res.where(place), r.reason) for place, r in res.rejected] == [({"tag": "Nacelle/Q"}, "unknown_channel")]
+    bad = {"Nacelle/P": {"SourceTimestamp": TS, "Value": 0.0, "StatusCode": 2150891520},
+           "ws": {"SourceTimestamp": later, "Value": "7.5"}}  # fmt: skip
+    res = objects.decode("uns/farm/WT1/telemetry", json.dumps(bad).encode(), NOW)
+    assert isinstance(res, BatchDecode) and len(res.samples) == 1 and res.samples[0].failed == (0,)
+    assert is_unread(res.samples[0].values[0]) and [r.reason for _, r in res.rejected] == ["bad_value_type"]
+    two = {"Nacelle/P": {"SourceTimestamp": TS, "Value": 1.0}, "ws": {"SourceTimestamp": later, "Value": 2.0}}
+    res = objects.decode("uns/farm/WT1/telemetry", json.dumps(two).encode(), NOW)
+    assert isinstance(res, BatchDecode) and [x.ts_ns - NOW for x in res.samples] == [0, 10**9]
+    assert res.samples[0].values[0] == 1.0 and math.isnan(res.samples[0].values[1])
+    assert math.isnan(res.samples[1].values[0]) and res.samples[1].values[1] == 2.0
+    for topic, payload, reason in [
+        ("uns/farm/WT9/t", b'{"ws": {}}', "unknown_turbine"), ("uns", b"{}", "bad_topic"),
+        ("uns/farm/WT1/t", b"[]", "not_an_object"), ("uns/farm/WT1/t", b"{}", "missing_values"),
+        ("uns/farm/WT1/t", b"{" * 2000, "oversized"), ("uns/farm/WT1/t", b"\xff", "not_utf8"),
+    ]:  # fmt: skip
+        assert _reason(objects.decode(topic, payload, NOW)) == reason, payload
+
+
 def test_the_template_and_its_subscription():
     assert template_problem("uns/{site}/{turbine}/scada/{key}") is None
     for bad in ("uns/{turbine}/{key}/x", "uns/{site}/{key}", "uns/{turbine}/tag-{key}", "uns/+/{turbine}/{key}",
@@ -139,7 +171,7 @@ def test_the_template_and_its_subscription():
     assert pattern.fullmatch("uns/s.1/g/WT1/Gearbox/Oil/Temp").groups() == ("WT1", "Gearbox/Oil/Temp")  # type: ignore[union-attr]
     assert pattern.fullmatch("uns/sx1/g/WT1/ws") is None  # the site's '.' is no regex wildcard
     with pytest.raises(ValueError, match="topics.telemetry_tag"):
-        TagTopicDecoder(_tags().decoder, "uns/{key}", "s", "g")
+        TagTopicDecoder(_tags().tag, "uns/{key}", "s", "g")
 
 
 def test_the_topics_routed_to_the_tags_are_those_the_broker_delivers_on_the_subscription():
@@ -154,6 +186,11 @@ def test_the_topics_routed_to_the_tags_are_those_the_broker_delivers_on_the_subs
 
 
 def test_per_tag_topics_config():
+    aio = {"value": "Value", "ts": "SourceTimestamp", "quality": "StatusCode", "good": [0]}
+    tags = daemon_config_from_dict({"ingest": {"telemetry_format": "tags"}, "mapping": {"tag_payload": aio}})
+    assert tags.ingest.telemetry_format == "tags" and tags.mapping.tag_payload.good == [0]
+    with pytest.raises(ConfigError, match="ingest.telemetry_format: one of values, tags; got 'opcua'"):
+        daemon_config_from_dict({"ingest": {"telemetry_format": "opcua"}})
     cfg = daemon_config_from_dict(
         {
             "topics": {"telemetry_tag": "uns/{site}/{turbine}/{key}"},
@@ -177,7 +214,7 @@ def test_per_tag_topics_config():
         ({"topics": {"telemetry_tag": "spBv1.0/f/NCMD/{turbine}/{key}", "sparkplug_group": "f"}},
          r"\['sparkplug_group'\]"),  # the daemon's own rebirth requests
         ({"topics": {"telemetry_tag": "uns/{turbine}"}}, "{turbine} must be a whole topic level and {key} the last"),
-        ({"mapping": {"tag_payload": {"value": "v"}}}, "tag_payload: reads topics.telemetry_tag, which is not set"),
+        ({"mapping": {"tag_payload": {"value": "v"}}}, "tag_payload: reads topics.telemetry_tag and"),
         ({"topics": {"telemetry_tag": "u/{turbine}/{key}"}, "mapping": {"tag_payload": {"quality": "q"}}},
          "quality and good go together"),
         ({"topics": {"telemetry_tag": "u/{turbine}/{key}"}, "mapping": {"tag_payload": {"ts": "value"}}},

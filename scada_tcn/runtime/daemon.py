@@ -82,7 +82,7 @@ from scada_tcn.runtime.prometheus import RuntimeMetrics
 from scada_tcn.runtime.records import batches, iso_utc, retained_alert_state, split_batch
 from scada_tcn.runtime.sparkplug import SparkplugDecoder, rebirth_request, topic_filters
 from scada_tcn.runtime.state_file import EncodedState, encode_state, fsync_dir, load_state, write_state
-from scada_tcn.runtime.tag_topics import TagTopicDecoder
+from scada_tcn.runtime.tag_topics import TagObjectDecoder, TagPayload, TagTopicDecoder
 from scada_tcn.runtime.telemetry import BATCH_FORMATS, Rejection, Sample, TelemetryDecoder, topic_filter, turbine_topics
 
 __all__ = ["Daemon", "setup_logging"]
@@ -188,10 +188,10 @@ class Daemon:
         self.sparkplug = (
             None if group is None else SparkplugDecoder(self.decoder, group.format(site=cfg.site, gateway=cfg.gateway))
         )
-        tag = cfg.topics.telemetry_tag
-        t = cfg.mapping.tag_payload
-        self.tags = None if tag is None else TagTopicDecoder(self.decoder, tag, cfg.site, cfg.gateway, t.value, t.ts,
-                                                             t.quality, t.good, t.other_keys)  # fmt: skip
+        t, tpl = cfg.mapping.tag_payload, cfg.topics.telemetry_tag
+        tag = TagPayload(self.decoder, t.value, t.ts, t.quality, t.good, t.other_keys)
+        self.tags = None if tpl is None else TagTopicDecoder(tag, tpl, cfg.site, cfg.gateway)
+        self._decode = self.decoder.decode if cfg.ingest.telemetry_format == "values" else TagObjectDecoder(tag).decode
         self._rebirth_asked: dict[str, int] = {}  # Sparkplug edge nodes asked for births in the last window -> when
         self._channels = ChannelWatch(len(bundle.spec.channels), int(bundle.spec.dt_seconds * 1e9))
         self.engine = self._new_engine(scorer)
@@ -910,8 +910,8 @@ class Daemon:
             self.metrics.sparkplug_lost.inc(self.sparkplug.take_lost())
         elif self.tags is not None and self.tags.reads(msg.topic):
             res = self.tags.decode(msg.topic, msg.payload, now_ns)
-        else:
-            res = self.decoder.decode(msg.topic, msg.payload, now_ns)
+        else:  # a turbine's topic: a document (an array of them), or its tags
+            res = self._decode(msg.topic, msg.payload, now_ns)
         if isinstance(res, Rejection):
             self._reject(msg, res)
             return

@@ -46,6 +46,7 @@ ENV_PREFIX = "SCADA_RT_"
 ISO_STAMPS = "ISO8601"  # mapping.time_format: ISO-8601 or epoch seconds, whatever the training table's
 _SPB = "sparkplug_group"  # topics.sparkplug_group: a group id, not a topic template
 _TAG = "telemetry_tag"  # topics.telemetry_tag: a template with {key}, checked by _tag_problems
+TELEMETRY_FORMATS = ("values", "tags")  # ingest.telemetry_format: the form of messages on topics.telemetry
 
 
 def _f(default: Any, doc: str) -> Any:
@@ -164,6 +165,13 @@ class IngestCfg:
         "one message per south node (the turbine) and group, its values or tags format, a tag in errors read as "
         "null",
     )
+    telemetry_format: str = _f(
+        "values",
+        "values | tags: the form of messages on topics.telemetry. values: {ts, values: {key: value}} documents, or "
+        "a JSON array of them; tags: one JSON object of tag key -> that tag's payload (mapping.tag_payload), each "
+        "tag with its own stamp, as Azure IoT Operations' connector for OPC UA publishes an asset's data points "
+        '({"Temperature": {"SourceTimestamp": ..., "Value": 21.5}, ...})',
+    )
     numeric_strings: bool = _f(
         False,
         'true = a value sent as a JSON string holding a plain number ("12.5", as some OPC UA and PLC gateways '
@@ -247,21 +255,18 @@ class CsvMappingCfg:
 
 @dataclass(frozen=True)
 class TagPayloadCfg:
-    value: str = _f("value", "run, topics.telemetry_tag: the payload key of the value (a number or null)")
-    ts: str = _f("timestamp", "run, topics.telemetry_tag: the payload key of the stamp (as a document's ts)")
+    value: str = _f("value", "run: a tag's payload key of the value (a number or null)")
+    ts: str = _f("timestamp", "run: a tag's payload key of the stamp (as a document's ts)")
     quality: str | None = _f(
         None,
-        "run, topics.telemetry_tag: the payload key of the value's quality; null = none read. A message without it "
-        "is a good read",
+        "run: a tag's payload key of the value's quality; null = none read. A message without it is a good read",
     )
     good: list[str | int | bool] = _f(
         [],
-        "run, topics.telemetry_tag: the qualities of a good read, by JSON type and value (OPC DA: [192]; "
+        "run: the qualities of a good read, by JSON type and value (OPC DA: [192]; "
         "[good]; [true]); any other quality is a failed read (null). Needed with quality",
     )
-    other_keys: list[str] = _f(
-        [], "run, topics.telemetry_tag: other payload keys the source sends, not read (e.g. AVEVA's [dt])"
-    )
+    other_keys: list[str] = _f([], "run: other payload keys the source sends, not read (e.g. AVEVA's [dt])")
 
 
 @dataclass(frozen=True)
@@ -305,7 +310,9 @@ class MappingCfg:
         "there: such stamps are refused)",
     )
     csv: CsvMappingCfg = _f(CsvMappingCfg(), "replay: how the table's CSV is written")
-    tag_payload: TagPayloadCfg = _f(TagPayloadCfg(), "run: the keys of a per-tag message (topics.telemetry_tag)")
+    tag_payload: TagPayloadCfg = _f(
+        TagPayloadCfg(), "run: the keys of a tag's payload (topics.telemetry_tag, ingest.telemetry_format: tags)"
+    )
 
 
 @dataclass(frozen=True)
@@ -490,6 +497,8 @@ def _problems(c: RuntimeConfig) -> list[str]:
     elif c.ingest.batch_format != "lines" and c.topics.telemetry_batch is None:
         p.append(f"ingest.batch_format: {c.ingest.batch_format} is the form of topics.telemetry_batch, which is "
                  "not set: set it (e.g. v1/gateway/telemetry) or remove ingest.batch_format")  # fmt: skip
+    if c.ingest.telemetry_format not in TELEMETRY_FORMATS:
+        p.append(f"ingest.telemetry_format: one of {', '.join(TELEMETRY_FORMATS)}; got {c.ingest.telemetry_format!r}")
     if c.compute.engine not in ("auto", "stream", "window"):
         p.append(f"compute.engine: one of auto, stream, window; got {c.compute.engine!r}")
     if c.compute.tick_s <= 0 or c.health.status_interval_s <= 0:
@@ -594,17 +603,18 @@ def _tag_problems(c: RuntimeConfig, well_formed: bool) -> list[str]:
     others' (the daemon would read its own output as telemetry), and mapping.tag_payload's keys distinct, a
     quality key with its good qualities; tag_payload set without per-tag topics is refused as a misconfiguration."""
     t, tpl = c.mapping.tag_payload, c.topics.telemetry_tag
-    if tpl is None:
-        unused = "mapping.tag_payload: reads topics.telemetry_tag, which is not set: set it or remove tag_payload"
+    if tpl is None and c.ingest.telemetry_format != "tags":
+        unused = ("mapping.tag_payload: reads topics.telemetry_tag and ingest.telemetry_format: tags, neither of "
+                  "which is set: set one or remove tag_payload")  # fmt: skip
         return [unused] if t != TagPayloadCfg() else []
-    p = [z for z in [template_problem(tpl)] if z]
+    p = [z for z in [template_problem(tpl)] if z] if tpl is not None else []
     keys = [t.value, t.ts, *([t.quality] if t.quality is not None else []), *t.other_keys]
     if any(not k for k in keys) or len(set(keys)) < len(keys):
         p.append(f"mapping.tag_payload: value, ts, quality and other_keys must be distinct non-empty keys, got {keys}")
     if (t.quality is None) != (not t.good):
         p.append("mapping.tag_payload: quality and good go together (the key of a value's quality, and the "
                  "qualities of a good read, e.g. quality: q, good: [192])")  # fmt: skip
-    if p or not well_formed:
+    if p or not well_formed or tpl is None:
         return p
     names = ("telemetry", "telemetry_batch", "score", "alert", "alert_state", "status", "errors", "score_batch")
     filt = tag_filter(tpl, c.site, c.gateway)[0]

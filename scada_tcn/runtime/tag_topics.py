@@ -1,33 +1,40 @@
-"""Telemetry sent one value per message, on a topic per tag (`topics.telemetry_tag`).
+"""Telemetry sent tag by tag: one value per message on a topic per tag (`topics.telemetry_tag`), or a turbine's
+tags as one object on its telemetry topic (`ingest.telemetry_format: tags`).
 
 Contract
 --------
-A unified namespace, HiveMQ Edge's protocol adapters, AVEVA's JSON-VTQ1, Xentara and many Node-RED flows publish
-each tag on its own topic, e.g. `uns/farm/WT01/scada/Nacelle/WindSpeed`. The template (runtime.yaml
-`topics.telemetry_tag`) holds `{turbine}` as a whole level and ends with the level `{key}`: the rest of the topic
-from there, one or more levels, is the tag's payload key (`mapping.columns`, `mapping.ignored_keys`). The payload
-is one JSON object (at most `ingest.max_payload_bytes`) whose keys `mapping.tag_payload` names:
+A tag's payload is a JSON object whose keys `mapping.tag_payload` names (`TagPayload.read`):
 
     {"value": 7.9, "timestamp": "2024-01-28T00:10:00Z"}              (the default keys)
     {"d": 7.9, "dt": 5, "ts": "2024-01-28T00:10:00Z", "q": 192}      (AVEVA's JSON-VTQ1: value d, stamp ts,
                                                                      quality q, good [192], other key dt)
+    {"SourceTimestamp": "2024-01-28T00:10:00Z", "Value": 7.9}        (an OPC UA DataValue: value Value, stamp
+                                                                     SourceTimestamp, quality StatusCode, good [0])
 
 * the stamp (`ts` key) is read as a telemetry document's `ts` (`TelemetryDecoder.stamp`: ISO-8601, or epoch
-  seconds or milliseconds by `ingest.epoch_unit`, the same clock checks). A message without one is refused
+  seconds or milliseconds by `ingest.epoch_unit`, the same clock checks). A tag without one is refused
   (`missing_ts`): a value stamped on arrival would be placed by the broker's delivery, not by when it was read.
 * the value (`value` key) is a number, null (the source has no value: `hold.UNREAD`), or under
   `ingest.numeric_strings` a number as text.
 * the quality (`quality` key, when set): a string, an integer or true/false; a value whose quality is not among
   `good` (compared by JSON type and value: 192 is not "192" nor true) is a failed read, `UNREAD` and in the
   sample's `failed`, whatever value is beside it or when none is. A quality of another type (null, 192.0, an
-  object) refuses the message (`bad_value_type`): the config does not match the source. A message without the
-  quality key is a good read, as Kepware's and Sparkplug's are.
-* keys other than these and `other_keys` refuse the message (`unknown_key`).
+  object) refuses the tag (`bad_value_type`): the config does not match the source. A tag without the quality
+  key is a good read, as Kepware's and Sparkplug's are.
+* keys other than these and `other_keys` refuse the tag (`unknown_key`).
 
-`TagTopicDecoder.decode(topic, payload, now_ns)` gives a `BatchDecode` of one sample (one channel read, the others
-absent: NaN), none for a key `mapping.ignored_keys` drops (whatever its payload), or a `Rejection`; it never raises
-on bad input. A topic's turbine and channel are resolved once and kept (at most `_TOPICS_KEPT` topics of at most
-`_TOPIC_KEPT_CHARS` characters; when full, all are forgotten).
+Per-tag topics (`TagTopicDecoder`): a unified namespace, HiveMQ Edge's protocol adapters, AVEVA's JSON-VTQ1,
+Xentara and many Node-RED flows publish each tag on its own topic, e.g. `uns/farm/WT01/scada/Nacelle/WindSpeed`.
+The template holds `{turbine}` as a whole level, once, and ends with the level `{key}`: the rest of the topic from
+there, one or more levels, is the tag's payload key (`mapping.columns`, `mapping.ignored_keys`). The payload (at
+most `ingest.max_payload_bytes`) is one tag's. `decode(topic, payload, now_ns)` gives a `BatchDecode` of one
+sample (one channel read, the others absent: NaN), none for a key `mapping.ignored_keys` drops (whatever its
+payload), or a `Rejection`. A topic's turbine and channel are resolved once and kept (at most `_TOPICS_KEPT`
+topics of at most `_TOPIC_KEPT_CHARS` characters; when full, all are forgotten).
+
+A turbine's tags as one object (`TagObjectDecoder`), as Azure IoT Operations' connector for OPC UA publishes an
+asset's data points: `{"<key>": <a tag's payload>, ...}` on the turbine's telemetry topic. Each tag is judged
+alone, as a Kepware element is (see the class). Neither decoder raises on bad input.
 """
 
 from __future__ import annotations
@@ -40,9 +47,18 @@ from typing import Any
 import numpy as np
 
 from scada_tcn.runtime.hold import UNREAD
-from scada_tcn.runtime.telemetry import NOT_READ, BatchDecode, Rejection, Sample, TelemetryDecoder, parsed
+from scada_tcn.runtime.telemetry import (
+    NOT_READ,
+    BatchDecode,
+    ChannelValue,
+    Rejection,
+    Sample,
+    TelemetryDecoder,
+    grouped,
+    parsed,
+)
 
-__all__ = ["KEY", "TagTopicDecoder", "tag_filter", "template_problem"]
+__all__ = ["KEY", "TagObjectDecoder", "TagPayload", "TagTopicDecoder", "tag_filter", "template_problem"]
 
 KEY = "{key}"  # the template's last level: the tag's payload key, one or more topic levels
 _TOPICS_KEPT = 1 << 16  # topics resolved and kept: a fleet's turbines x tags; hostile topics beyond are resolved anew
@@ -76,31 +92,74 @@ def tag_filter(template: str, site: str, gateway: str) -> tuple[str, re.Pattern[
     return filt, re.compile(re.escape(marked).replace("\0", "([^/]+)").replace("\1", "(.+)"), re.DOTALL)
 
 
-class TagTopicDecoder:
-    """Per-tag telemetry messages -> samples, by the keys of `mapping.tag_payload` (see the module docstring)."""
+class TagPayload:
+    """How one tag's payload is read: the keys `mapping.tag_payload` names (see the module docstring)."""
 
     def __init__(
         self,
         decoder: TelemetryDecoder,
-        template: str,
-        site: str,
-        gateway: str,
         value: str = "value",
         ts: str = "timestamp",
         quality: str | None = None,
         good: Sequence[Any] = (),
         other_keys: Sequence[str] = (),
     ) -> None:
-        problem = template_problem(template)
-        if problem is not None:
-            raise ValueError(f"TagTopicDecoder: {problem}")
         self.decoder = decoder
-        self.filter, self._topic = tag_filter(template, site, gateway)
-        levels = [r"[^/]*" if lv == "+" else re.escape(lv) for lv in self.filter.split("/")[:-1]]
-        self._subscribed = re.compile("/".join(levels) + "(?:/.*)?", re.DOTALL)
         self.value_key, self.ts_key, self.quality_key = value, ts, quality
         self._good = frozenset((type(g), g) for g in good)
         self._allowed = frozenset([value, ts, *([quality] if quality is not None else []), *other_keys])
+
+    def read(self, tid: str, i: int, doc: Any, now_ns: int) -> ChannelValue | Rejection:
+        """A tag's parsed payload (channel `i` of turbine `tid`) -> its value (failed: a quality not among the
+        good ones), or why it is refused."""
+        d = self.decoder
+        if not isinstance(doc, dict):
+            return Rejection("not_an_object", f"a tag's payload is a JSON {type(doc).__name__}: an object holding "
+                             f"its value under {self.value_key!r} and its stamp under {self.ts_key!r} "
+                             "(mapping.tag_payload)")  # fmt: skip
+        if doc.keys() - self._allowed:
+            extra = sorted(str(k)[:40] for k in doc if k not in self._allowed)
+            return Rejection("unknown_key", f"keys {extra[:5]}; allowed: {sorted(self._allowed)} (list keys the "
+                             "source adds in mapping.tag_payload.other_keys)")  # fmt: skip
+        if self.ts_key not in doc:
+            return Rejection("missing_ts", f"no {self.ts_key!r}")
+        ts = d.stamp(doc[self.ts_key], now_ns, self.ts_key)
+        if isinstance(ts, Rejection):
+            return ts
+        good = self._good_quality(doc)
+        if isinstance(good, Rejection):
+            return good
+        if not good:
+            return tid, ts, i, UNREAD, True
+        if self.value_key not in doc:
+            return Rejection("missing_values", f"no {self.value_key!r}")
+        v = doc[self.value_key]
+        key = d.key_of_channel[d.channels[i]]  # refusals name the payload key, as the document form's do
+        x = UNREAD if v is None else v if type(v) is float and math.isfinite(v) else d.number(key, v)
+        return x if isinstance(x, Rejection) else (tid, ts, i, x, False)
+
+    def _good_quality(self, doc: dict[str, Any]) -> bool | Rejection:
+        """Whether the value is a good read: no quality key set or sent, or a quality among `good`."""
+        if self.quality_key is None or self.quality_key not in doc:
+            return True
+        q = doc[self.quality_key]
+        if type(q) not in (str, int, bool):
+            return Rejection("bad_value_type", f"{self.quality_key}: {type(q).__name__}, expected a quality (a "
+                             "string, an integer or true/false)")  # fmt: skip
+        return (type(q), q) in self._good
+
+
+class TagTopicDecoder:
+    """Per-tag telemetry messages (`topics.telemetry_tag`) -> samples (see the module docstring)."""
+
+    def __init__(self, tag: TagPayload, template: str, site: str, gateway: str) -> None:
+        problem = template_problem(template)
+        if problem is not None:
+            raise ValueError(f"TagTopicDecoder: {problem}")
+        self.tag, self.decoder = tag, tag.decoder
+        self.filter, self._topic = tag_filter(template, site, gateway)
+        levels = [r"[^/]*" if lv == "+" else re.escape(lv) for lv in self.filter.split("/")[:-1]]
+        self._subscribed = re.compile("/".join(levels) + "(?:/.*)?", re.DOTALL)
         self._topics: dict[str, tuple[str, int]] = {}
 
     def reads(self, topic: str) -> bool:
@@ -115,51 +174,15 @@ class TagTopicDecoder:
         if isinstance(where, Rejection):
             return where
         if where is _IGNORED:  # dropped whatever its payload, as an ignored key's value is
-            return BatchDecode([], [], _nowhere)
-        d = self.decoder
-        doc = parsed(payload, d.max_payload_bytes, "max_payload_bytes")
-        if isinstance(doc, Rejection):
-            return doc
-        if not isinstance(doc, dict):
-            return Rejection("not_an_object", f"payload is a JSON {type(doc).__name__}: a tag's message is an object "
-                             f"holding its value under {self.value_key!r} and its stamp under {self.ts_key!r} "
-                             "(mapping.tag_payload)")  # fmt: skip
-        if doc.keys() - self._allowed:
-            extra = sorted(str(k)[:40] for k in doc if k not in self._allowed)
-            return Rejection("unknown_key", f"keys {extra[:5]}; allowed: {sorted(self._allowed)} (list keys the "
-                             "source adds in mapping.tag_payload.other_keys)")  # fmt: skip
-        if self.ts_key not in doc:
-            return Rejection("missing_ts", f"no {self.ts_key!r}")
-        ts = d.stamp(doc[self.ts_key], now_ns, self.ts_key)
-        if isinstance(ts, Rejection):
-            return ts
-        tid, i = where
-        values = np.full(len(d.channels), math.nan)
-        good = self._good_quality(doc)
-        if isinstance(good, Rejection):
-            return good
-        if not good:
-            values[i] = UNREAD
-            return BatchDecode([Sample(tid, ts, values, (i,))], [], _nowhere)
-        if self.value_key not in doc:
-            return Rejection("missing_values", f"no {self.value_key!r}")
-        v = doc[self.value_key]
-        key = d.key_of_channel[d.channels[i]]  # refusals name the payload key, as the document form's do
-        x = UNREAD if v is None else v if type(v) is float and math.isfinite(v) else d.number(key, v)
-        if isinstance(x, Rejection):
-            return x
+            return BatchDecode([], [], _tag_at)
+        doc = parsed(payload, self.decoder.max_payload_bytes, "max_payload_bytes")
+        got = doc if isinstance(doc, Rejection) else self.tag.read(*where, doc, now_ns)
+        if isinstance(got, Rejection):
+            return got
+        tid, ts, i, x, failed = got  # one value: its sample at once (`grouped` of one value, a third of the time)
+        values = np.full(len(self.decoder.channels), math.nan)
         values[i] = x
-        return BatchDecode([Sample(tid, ts, values)], [], _nowhere)
-
-    def _good_quality(self, doc: dict[str, Any]) -> bool | Rejection:
-        """Whether the message's value is a good read: no quality key set or sent, or a quality among `good`."""
-        if self.quality_key is None or self.quality_key not in doc:
-            return True
-        q = doc[self.quality_key]
-        if type(q) not in (str, int, bool):
-            return Rejection("bad_value_type", f"{self.quality_key}: {type(q).__name__}, expected a quality (a "
-                             "string, an integer or true/false)")  # fmt: skip
-        return (type(q), q) in self._good
+        return BatchDecode([Sample(tid, ts, values, (i,) if failed else ())], [], _tag_at)
 
     def _resolved(self, topic: str) -> tuple[str, int] | Rejection:
         """A tag topic -> (turbine, channel index), `_IGNORED` for a key in `ignored_keys`, or why it is refused."""
@@ -184,6 +207,47 @@ class TagTopicDecoder:
         return where
 
 
-def _nowhere(place: Any) -> dict[str, Any]:
-    """A per-tag message refuses nothing in part: it has no places."""
-    raise AssertionError(f"a tag's message has no parts to place ({place!r})")
+class TagObjectDecoder:
+    """A turbine's tags in one message on its telemetry topic (`ingest.telemetry_format: tags`): one JSON object of
+    tag key -> that tag's payload, as Azure IoT Operations' connector for OPC UA publishes an asset's data points
+    (`{"Temperature": {"SourceTimestamp": "...", "Value": 21.5}, ...}`). Each tag is judged alone, as a Kepware
+    element is: a refused one (a key of no channel, a bad stamp or value) costs its value only, placed by its
+    `tag`; a key `mapping.ignored_keys` drops is skipped whatever its payload. The values of one stamp make one
+    sample (`telemetry.grouped`). The message is refused whole when it is larger than `max_payload_bytes`, not
+    UTF-8, not a JSON object, or empty."""
+
+    def __init__(self, tag: TagPayload) -> None:
+        self.tag, self.decoder = tag, tag.decoder
+
+    def decode(self, topic: str, payload: bytes, now_ns: int) -> BatchDecode | Rejection:
+        """One message on a turbine's telemetry topic -> its samples and refused tags, or why it is refused whole."""
+        d = self.decoder
+        tid = d.turbine_of(topic)
+        if isinstance(tid, Rejection):
+            return tid
+        doc = parsed(payload, d.max_payload_bytes, "max_payload_bytes")
+        if isinstance(doc, Rejection):
+            return doc
+        form = "a turbine's tags are one object of tag key -> its payload (ingest.telemetry_format: tags)"
+        if not isinstance(doc, dict):
+            return Rejection("not_an_object", f"payload is a JSON {type(doc).__name__}: {form}")
+        if not doc:
+            return Rejection("missing_values", f"payload is an empty object: {form}")
+        read: list[ChannelValue] = []
+        rejected: list[tuple[str, Rejection]] = []
+        for key, obj in doc.items():
+            i = d.channel_of(key)
+            if i == NOT_READ:
+                continue
+            got = d.no_channel(f"tag {key[:60]!r} is not a channel", "tags") if i is None else self.tag.read(
+                tid, i, obj, now_ns)  # fmt: skip
+            if isinstance(got, Rejection):
+                rejected.append((key, got))
+            else:
+                read.append(got)
+        return BatchDecode(grouped(read, len(d.channels)), rejected, _tag_at)
+
+
+def _tag_at(key: str) -> dict[str, Any]:
+    """A refused tag's place in a message of a turbine's tags: its key."""
+    return {"tag": key[:100]}
