@@ -22,7 +22,10 @@ Forms (CPU seconds of this process; pin it to one core):
   uns            one message per value on a topic per tag (`topics.telemetry_tag`), `uns/site/WT01/ch00` with
                  `{"value": ..., "timestamp": ms}`, and one per tag: a sample's values cost that many messages
   tag-objects    one message per sample on the turbine's topic as Azure IoT Operations' connector for OPC UA writes
-                 it (`ingest.telemetry_format: tags`): `{"ch00": {"SourceTimestamp": ISO, "Value": ...}, ...}`
+                 it (`ingest.telemetry_format: tags`): `{"ch00": {"SourceTimestamp": ISO, "Value": ...}, ...}`,
+                 every tag of a message with one stamp
+  tag-objects-apart  the same with each tag's own stamp (a millisecond apart), as the connector stamps each data
+                 point when it was read: each tag is a sample of its own (figures per table row, as for the rest)
   hostile-array  one 4 MiB array of refused elements (`[1,1,...]`): what one bad message costs the loop
 Printed: microseconds per sample (per refused element for the hostile array), the least of `--repeat` runs, and
 the ratio to `iso`.
@@ -125,6 +128,8 @@ def main() -> None:
     aio = TagObjectDecoder(TagPayload(secs, "Value", "SourceTimestamp"))
     objects = [json.dumps({c: {"SourceTimestamp": _iso(d["ts"]), "Value": v} for c, v in d["values"].items()}).encode()
                for d in docs]  # fmt: skip
+    apart = [json.dumps({c: {"SourceTimestamp": _iso(d["ts"])[:19] + f".{k:03d}+00:00", "Value": v}
+                         for k, (c, v) in enumerate(d["values"].items())}).encode() for d in docs]  # fmt: skip
 
     def tags() -> int:
         got = [uns.decode(t, p, now) for t, p in per_tag]
@@ -140,6 +145,11 @@ def main() -> None:
         got = [decode(p) for p in payloads]
         assert all(isinstance(g, BatchDecode) and not g.rejected for g in got)
         return sum(len(g.samples) for g in got)
+
+    def rows(decode: Callable[[bytes], BatchDecode | object], payloads: list[bytes]) -> int:
+        """`many` counted by the table rows the messages hold (one each), whatever samples their stamps make."""
+        many(decode, payloads)
+        return len(payloads)
 
     def refused() -> int:
         got = ms.decode(topic, hostile, now)
@@ -158,14 +168,15 @@ def main() -> None:
         "neuron": lambda: many(lambda p: ms.decode_neuron(p, now), neuron),
         "sparkplug": lambda: many(lambda p: spb.decode("spBv1.0/farm/DDATA/gw/WT01", p, now), sparkplug),
         "uns": tags,
-        "tag-objects": lambda: many(lambda p: aio.decode(topic, p, now), objects),
+        "tag-objects": lambda: rows(lambda p: aio.decode(topic, p, now), objects),
+        "tag-objects-apart": lambda: rows(lambda p: aio.decode(topic, p, now), apart),
         "hostile-array": refused,
     }
     print(
         f"{args.samples} samples of {args.channels} channels; arrays and batches of {k}; one process, CPU time, "
         f"the least of {args.repeat} runs"
     )
-    print(f"{'form':<14} {'us/sample':>10} {'ratio':>7}  total")
+    print(f"{'form':<18} {'us/sample':>10} {'ratio':>7}  total")
     base = None
     for name, fn in runs.items():
         fn()  # warm: the parsers' first calls
@@ -173,7 +184,7 @@ def main() -> None:
         us = cpu / n * 1e6
         base = us if base is None else base
         total = f"{cpu:.2f} s for {n:,} " + ("refused elements (4 MiB)" if name == "hostile-array" else "samples")
-        print(f"{name:<14} {us:>10.2f} {us / base:>6.2f}x  {total}")
+        print(f"{name:<18} {us:>10.2f} {us / base:>6.2f}x  {total}")
 
 
 if __name__ == "__main__":

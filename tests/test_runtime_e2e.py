@@ -37,7 +37,7 @@ from scada_tcn.runtime.engine import Engine
 from scada_tcn.runtime.hold import is_unread
 from scada_tcn.runtime.mqtt import Message
 from scada_tcn.runtime.prometheus import RuntimeMetrics
-from scada_tcn.runtime.records import dedupe, split_batch
+from scada_tcn.runtime.records import dedupe, iso_utc, split_batch
 from scada_tcn.runtime.replay import replay
 from scada_tcn.runtime.state_file import encode_state
 from scada_tcn.runtime.stream import make_scorer
@@ -774,18 +774,23 @@ def test_a_unified_namespace_one_value_per_topic_scores_as_per_turbine_telemetry
 def test_a_turbines_tags_as_one_object_score_as_per_turbine_telemetry(broker, bundle, scorer, timeline, replayed):
     """A turbine's tags in one object on its telemetry topic (`ingest.telemetry_format: tags`), as Azure IoT
     Operations' connector for OPC UA publishes an asset's data points: `{"<key>": {"SourceTimestamp": ISO, "Value":
-    v}, ...}`, a value the table lacks sent with a bad StatusCode (BadCommunicationError) beside a stale number, a
-    status tag ignored. Every 100 rows a message also holds a tag of no channel, and a message of its own a tag
-    whose stamp lies in the future: each costs its value only and is reported with its tag. Every value is
-    admitted, every step scored as the replay's, each bad read counted under its channel."""
+    v}, ...}`, every other row each tag with a stamp of its own (a sample each), a value the table lacks sent with a
+    bad StatusCode (BadCommunicationError) beside a stale number, a status tag ignored. Every 100 rows a message
+    also holds a tag of no channel, and a message of its own a tag whose stamp lies in the future: each costs its
+    value only and is reported with its tag. Every value is admitted, every step scored as the replay's, each bad
+    read counted under its channel."""
     header, rows, _ = timeline
     channel_of = {k: ch for ch, k in bundle.column_mapping.items()}
     messages, want_refused, failed, samples = [], [], Counter(), 0
     for n, (t, payload) in enumerate(to_messages(header, rows)):
         doc = json.loads(payload)
         tags: dict = {"state": "RUN"}
-        for k, v in doc["values"].items():
-            tags[k] = {"SourceTimestamp": doc["ts"], "Value": 0.0 if v is None else v}
+        ns = parse_timestamp_ns(doc["ts"])
+        apart = n % 2 == 1  # every other row: each tag stamped when read, microseconds apart within the row's step
+        for j, (k, v) in enumerate(doc["values"].items()):
+            at = ns - j * 1000 if ns - j * 1000 > (ns - 1) // DT_NS * DT_NS else ns + j * 1000
+            stamp = iso_utc(at) if apart else doc["ts"]
+            tags[k] = {"SourceTimestamp": stamp, "Value": 0.0 if v is None else v}
             if v is None:
                 tags[k]["StatusCode"] = 2150891520
             failed[channel_of[k]] += v is None
@@ -795,7 +800,7 @@ def test_a_turbines_tags_as_one_object_score_as_per_turbine_telemetry(broker, bu
             ahead = {k: {"SourceTimestamp": "2999-01-01T00:00:00Z", "Value": 1.0}}
             want_refused += [({"tag": "power_setpoint"}, "unknown_channel"), ({"tag": k}, "ts_in_future")]
         messages.append((t, json.dumps(tags).encode()))
-        samples += 1
+        samples += len(doc["values"]) if apart else 1
         if n % 100 == 0:
             messages.append((t, json.dumps(ahead).encode()))
     assert sum(failed.values()) > 0, "no bad read sent"

@@ -184,6 +184,7 @@ class Daemon:
         self.telemetry_batch_topic = None if tb is None else tb.format(site=cfg.site, gateway=cfg.gateway)
         self._decode_batch = getattr(self.decoder, BATCH_FORMATS[cfg.ingest.batch_format])
         self._batch_part = "line" if cfg.ingest.batch_format == "lines" else "element"  # what refusals are counted in
+        self._turbine_part = "tag" if cfg.ingest.telemetry_format == "tags" else "element"  # ... on a turbine's topic
         group = cfg.topics.sparkplug_group
         self.sparkplug = (
             None if group is None else SparkplugDecoder(self.decoder, group.format(site=cfg.site, gateway=cfg.gateway))
@@ -899,7 +900,7 @@ class Daemon:
         """One message's valid samples appended to `samples` (a batched message's, or a turbine's array's, all at
         once, after its lines or elements); its rejections counted and reported."""
         batched = msg.topic == self.telemetry_batch_topic
-        part = self._batch_part if batched else "element"
+        part = self._batch_part if batched else self._turbine_part
         if batched:
             res = self._decode_batch(msg.payload, now_ns)
         elif self.sparkplug is not None and self.sparkplug.reads(msg.topic):
