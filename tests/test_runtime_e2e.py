@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from scada_tcn.demo.broker import free_port
 from scada_tcn.runtime import daemon as daemon_module
@@ -808,6 +809,41 @@ def test_a_turbines_tags_as_one_object_score_as_per_turbine_telemetry(broker, bu
     cfg = daemon_config(broker.url, mapping={"ignored_keys": ["state"], "tag_payload": aio},
                         ingest={"telemetry_format": "tags", "turbines": ["WT01", "WT02", "WT03", "WT04"]})  # fmt: skip
     _assert_tags_scored(broker, cfg, bundle, scorer, timeline, replayed, messages, want_refused, samples, failed, "aio")
+
+
+def test_decode_shows_what_the_daemon_reads_in_one_message(bundle_dir, bundle, tmp_path, capsys):
+    """`scada-runtime decode`: the setting that routes a message, its samples (null where the source has no value),
+    its refusals; exit 0 when nothing was refused, 1 otherwise, 2 for a bad --now. The daemon reads through the
+    same `Ingress`, so this is what it would take."""
+    from scada_tcn.runtime.cli import main
+
+    path = tmp_path / "runtime.yaml"
+    path.write_text(yaml.safe_dump({"site": SITE, "topics": {"telemetry_tag": "uns/{site}/{turbine}/{key}"},
+                                    "mapping": {"ignored_keys": ["state"]}}))  # fmt: skip
+    (c0, k0), (c1, k1) = list(bundle.column_mapping.items())[:2]
+    ts, now = "2024-01-28T00:10:00Z", "2024-01-28T00:10:30Z"
+
+    def decode(topic: str, payload: object, *extra: str) -> tuple[int, dict]:
+        text = payload if isinstance(payload, str) else json.dumps(payload)
+        code = main(["decode", "--bundle", str(bundle_dir), "--config", str(path), "--topic", topic,
+                     "--payload", text, *extra])  # fmt: skip
+        out = capsys.readouterr().out
+        return code, json.loads(out) if out else {}
+
+    code, got = decode(f"scada/{SITE}/WT01/telemetry", {"ts": ts, "values": {k0: 7.5, k1: None, "state": 1}},
+                       "--now", now)  # fmt: skip
+    assert code == 0 and got["read_as"] == "telemetry" and got["refused"] == []
+    assert got["samples"] == [{"turbine": "WT01", "ts": "2024-01-28T00:10:00Z", "values": {c0: 7.5, c1: None},
+                               "failed": []}]  # fmt: skip
+    code, got = decode(f"uns/{SITE}/WT02/{k0}", {"value": 3, "timestamp": ts}, "--now", now)
+    assert code == 0 and got["read_as"] == "telemetry_tag" and got["samples"][0]["values"] == {c0: 3.0}
+    code, got = decode(f"scada/{SITE}/WT01/telemetry", {"ts": ts, "values": {"power_kw": 1}}, "--now", now)
+    assert code == 1 and [r["reason"] for r in got["refused"]] == ["unknown_channel"] and got["samples"] == []
+    code, got = decode("elsewhere/WT01", {"ts": ts, "values": {k0: 1}}, "--now", now)
+    assert code == 1 and got["read_as"] is None and got["refused"][0]["reason"] == "bad_topic"
+    code, got = decode(f"scada/{SITE}/WT01/telemetry", {"ts": ts, "values": {k0: 1}})  # checked against the clock
+    assert code == 1 and got["refused"][0]["reason"] == "ts_too_old"
+    assert decode(f"scada/{SITE}/WT01/telemetry", "{}", "--now", "yesterday") == (2, {})
 
 
 def _assert_tags_scored(broker, cfg, bundle, scorer, timeline, replayed, messages: list[tuple[str, bytes]],

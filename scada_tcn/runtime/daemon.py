@@ -71,19 +71,19 @@ from typing import Any
 import numpy as np
 
 from scada_tcn.runtime.channel_watch import SILENT_STEPS, WATCH_STEPS, ChannelWatch
-from scada_tcn.runtime.daemon_config import ConfigError, RuntimeConfig, redacted
+from scada_tcn.runtime.daemon_config import RuntimeConfig, redacted
 from scada_tcn.runtime.engine import Engine, Output, Resumed
 from scada_tcn.runtime.fleet import NO_STAMP
 from scada_tcn.runtime.health import HealthServer, Heartbeat
 from scada_tcn.runtime.hold import UNREAD
+from scada_tcn.runtime.ingress import Ingress
 from scada_tcn.runtime.journal import Journal
 from scada_tcn.runtime.mqtt import Message, MqttLink, Publish, read_retained
 from scada_tcn.runtime.prometheus import RuntimeMetrics
 from scada_tcn.runtime.records import batches, iso_utc, retained_alert_state, split_batch
-from scada_tcn.runtime.sparkplug import SparkplugDecoder, rebirth_request, topic_filters
+from scada_tcn.runtime.sparkplug import rebirth_request
 from scada_tcn.runtime.state_file import EncodedState, encode_state, fsync_dir, load_state, write_state
-from scada_tcn.runtime.tag_topics import TagObjectDecoder, TagPayload, TagTopicDecoder
-from scada_tcn.runtime.telemetry import BATCH_FORMATS, Rejection, Sample, TelemetryDecoder, topic_filter, turbine_topics
+from scada_tcn.runtime.telemetry import Rejection, Sample, turbine_topics
 
 __all__ = ["Daemon", "setup_logging"]
 
@@ -158,41 +158,8 @@ class Daemon:
         self.clock = clock
         self.metrics = RuntimeMetrics()
         self.heartbeat = Heartbeat(cfg.health.stall_s)
-        mapping = dict(cfg.mapping.columns) or dict(bundle.column_mapping)
-        filt, level = topic_filter(cfg.topics.telemetry, cfg.site, cfg.gateway)
-        self.telemetry_filter = filt
-        try:
-            self.decoder = TelemetryDecoder(
-                channels=bundle.spec.channels,
-                key_of_channel=mapping,
-                turbine_level=level,
-                max_payload_bytes=cfg.ingest.max_payload_bytes,
-                max_future_s=cfg.ingest.max_future_s,
-                max_past_s=cfg.ingest.max_past_s,
-                allowed_turbines=cfg.ingest.turbines,
-                max_batch_payload_bytes=cfg.ingest.max_batch_payload_bytes,
-                epoch_unit=cfg.ingest.epoch_unit,
-                ignored_keys=cfg.mapping.ignored_keys,
-                numeric_strings=cfg.ingest.numeric_strings,
-                naive_timezone=cfg.ingest.naive_timezone,
-                tag_pattern=cfg.mapping.tag_pattern,
-            )
-        except ValueError as e:  # runtime.yaml's mapping against the bundle's channels: a config error, said so
-            channels = list(bundle.spec.channels)
-            raise ConfigError(f"runtime.yaml mapping against the bundle's channels {channels}: {e}") from None
-        tb = cfg.topics.telemetry_batch
-        self.telemetry_batch_topic = None if tb is None else tb.format(site=cfg.site, gateway=cfg.gateway)
-        self._decode_batch = getattr(self.decoder, BATCH_FORMATS[cfg.ingest.batch_format])
-        self._batch_part = "line" if cfg.ingest.batch_format == "lines" else "element"  # what refusals are counted in
-        self._turbine_part = "tag" if cfg.ingest.telemetry_format == "tags" else "element"  # ... on a turbine's topic
-        group = cfg.topics.sparkplug_group
-        self.sparkplug = (
-            None if group is None else SparkplugDecoder(self.decoder, group.format(site=cfg.site, gateway=cfg.gateway))
-        )
-        t, tpl = cfg.mapping.tag_payload, cfg.topics.telemetry_tag
-        tag = TagPayload(self.decoder, t.value, t.ts, t.quality, t.good, t.other_keys)
-        self.tags = None if tpl is None else TagTopicDecoder(tag, tpl, cfg.site, cfg.gateway)
-        self._decode = self.decoder.decode if cfg.ingest.telemetry_format == "values" else TagObjectDecoder(tag).decode
+        self.ingress = Ingress(cfg, bundle)  # the decoders, and which reads a topic
+        self.decoder, self.sparkplug = self.ingress.decoder, self.ingress.sparkplug
         self._rebirth_asked: dict[str, int] = {}  # Sparkplug edge nodes asked for births in the last window -> when
         self._channels = ChannelWatch(len(bundle.spec.channels), int(bundle.spec.dt_seconds * 1e9))
         self.engine = self._new_engine(scorer)
@@ -222,11 +189,7 @@ class Daemon:
         self.link = MqttLink(
             cfg.broker,
             client_id=cfg.broker.client_id or f"scada-runtime-{cfg.gateway}",
-            handlers={
-                f: self._enqueue
-                for f in (filt, self.telemetry_batch_topic, *self._sparkplug_filters(), self._tag_filter())
-                if f is not None
-            },
+            handlers={f: self._enqueue for f in self.ingress.filters},
             will=Publish(self.status_topic, self._status_payload("offline", will=True), retain=True),
             receive_maximum=cfg.queues.receive_maximum,
             max_queued=cfg.queues.outbound,
@@ -274,9 +237,7 @@ class Daemon:
                 "config": redacted(self.cfg),
                 "model_id": self.bundle.model_id,
                 "bundle_id": self.bundle.bundle_id,
-                "subscription": self.telemetry_filter,
-                "batch_subscription": self.telemetry_batch_topic,
-                "tag_subscription": self._tag_filter(),
+                "subscriptions": self.ingress.filters,
                 "health_port": self.health.port,
             },
         )
@@ -899,20 +860,12 @@ class Daemon:
     def _admit_one(self, msg: Message, now_ns: int, samples: list[Sample], new: set[str]) -> None:
         """One message's valid samples appended to `samples` (a batched message's, or a turbine's array's, all at
         once, after its lines or elements); its rejections counted and reported."""
-        batched = msg.topic == self.telemetry_batch_topic
-        part = self._batch_part if batched else self._turbine_part
-        if batched:
-            res = self._decode_batch(msg.payload, now_ns)
-        elif self.sparkplug is not None and self.sparkplug.reads(msg.topic):
-            res, part = self.sparkplug.decode(msg.topic, msg.payload, now_ns), "metric"
+        res, part = self.ingress.decode(msg.topic, msg.payload, now_ns)
+        if part == "metric":  # Sparkplug's
             samples += self._stale(samples)  # a death: in its place among the batch's samples
             for node in self.sparkplug.rebirths():
                 self._ask_rebirth(node, now_ns)
-            self.metrics.sparkplug_lost.inc(self.sparkplug.take_lost())
-        elif self.tags is not None and self.tags.reads(msg.topic):
-            res = self.tags.decode(msg.topic, msg.payload, now_ns)
-        else:  # a turbine's topic: a document (an array of them), or its tags
-            res = self._decode(msg.topic, msg.payload, now_ns)
+            self.metrics.sparkplug_lost.inc(self.sparkplug.take_lost())  # type: ignore[union-attr]
         if isinstance(res, Rejection):
             self._reject(msg, res)
             return
@@ -945,14 +898,6 @@ class Daemon:
         failed = Counter(i for sample in taken for i in sample.failed)
         for i, k in failed.items():  # of the samples taken: a refused message's failed reads are not counted
             self.metrics.failed_reads.labels(channel=self.decoder.channels[i]).inc(k)
-
-    def _sparkplug_filters(self) -> list[str]:
-        """The subscriptions of the Sparkplug group's node and device messages (none without topics.sparkplug_group)."""
-        return [] if self.sparkplug is None else topic_filters(self.sparkplug.group)
-
-    def _tag_filter(self) -> str | None:
-        """The subscription of the per-tag topics (None without topics.telemetry_tag)."""
-        return None if self.tags is None else self.tags.filter
 
     def _ask_rebirth(self, node: str, now_ns: int) -> None:
         """Ask a Sparkplug edge node to publish its births again (its data named what no birth gave): each node at
