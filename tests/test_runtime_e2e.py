@@ -844,6 +844,23 @@ def test_decode_shows_what_the_daemon_reads_in_one_message(bundle_dir, bundle, t
     code, got = decode(f"scada/{SITE}/WT01/telemetry", {"ts": ts, "values": {k0: 1}})  # checked against the clock
     assert code == 1 and got["refused"][0]["reason"] == "ts_too_old"
     assert decode(f"scada/{SITE}/WT01/telemetry", "{}", "--now", "yesterday") == (2, {})
+    capture = tmp_path / "capture.jsonl"  # as `mosquitto_sub -F %j` writes it, each version's `tst`
+    tel = f"scada/{SITE}/WT01/telemetry"
+    lines = [("2024-01-28T01:10:30.000000+0100", tel, {"ts": ts, "values": {k0: 1, k1: None}}),
+             (1706400630, f"uns/{SITE}/WT02/{k0}", {"value": 3, "timestamp": ts}),
+             ("2024-01-28T00:10:30.000000Z+0000", f"scada/{SITE}/WT03/telemetry", {"ts": ts, "values": {"kw": 1}}),
+             (None, "elsewhere/x", {})]  # fmt: skip
+    capture.write_text("".join(json.dumps({**({"tst": t} if t is not None else {}), "topic": topic, "qos": 1,
+                                           "payload": json.dumps(p)}) + "\n" for t, topic, p in lines))  # fmt: skip
+    code = main(["decode", "--bundle", str(bundle_dir), "--config", str(path), "--capture", str(capture)])
+    got = json.loads(capsys.readouterr().out)
+    assert code == 1 and (got["messages"], got["samples"], got["turbine_ids"]) == (4, 2, ["WT01", "WT02"])
+    assert got["values_by_channel"][c0] == 2 and got["values_by_channel"][c1] == 1
+    assert got["refused"] == {"unknown_channel": 1, "bad_topic": 1} and len(got["examples"]) == 2
+    assert len(got["channels_without_values"]) == len(bundle.spec.channels) - 2
+    capture.write_text('{"topic": "x"}\n')
+    assert main(["decode", "--bundle", str(bundle_dir), "--config", str(path), "--capture", str(capture)]) == 2
+    assert "line 1: not a message as `mosquitto_sub -F %j` prints it" in capsys.readouterr().err
 
 
 def _assert_tags_scored(broker, cfg, bundle, scorer, timeline, replayed, messages: list[tuple[str, bytes]],

@@ -62,9 +62,16 @@ Example:
   mosquitto_sub -t 'uns/farm1/WT01/scada/#' -C 1 > msg.json; scada-runtime decode --bundle bundle/ \\
       --config runtime.yaml --topic uns/farm1/WT01/scada/Nacelle/WindSpeed --file msg.json
 
-Prints one JSON object; exits 0 when the message was read with no refusal, 1 when something was refused. The
-stamps are checked against --now (default: the clock), as the daemon checks them against its own. A Sparkplug
-data message names its metrics by aliases that the births give; alone, it is refused (no_birth).
+  mosquitto_sub -t 'scada/#' -F %j -W 600 > capture.jsonl; scada-runtime decode --bundle bundle/ \\
+      --config runtime.yaml --capture capture.jsonl
+
+Prints one JSON object; exits 0 when nothing was refused, 1 when something was. With --capture (what
+`mosquitto_sub -F %j` prints: a JSON object per message with its topic and payload) every message goes through,
+in order, and the summary gives the samples, the turbines, the values each channel got, the channels that got
+none, the refusals by reason and the first messages refused, explained. The stamps are checked against --now,
+else a captured message's `tst` (when mosquitto_sub received it), else the clock, as the daemon checks them
+against its own. A Sparkplug data message names its metrics by aliases that the births give; alone, it is
+refused (no_birth).
 """
 
 
@@ -90,10 +97,11 @@ def parser() -> argparse.ArgumentParser:
                          formatter_class=fmt)  # fmt: skip
     dec.add_argument("--bundle", type=Path, required=True, help="bundle directory written by scada-export")
     dec.add_argument("--config", type=Path, default=None, help="runtime.yaml (default: built-in defaults)")
-    dec.add_argument("--topic", required=True, help="the message's MQTT topic")
+    dec.add_argument("--topic", help="the message's MQTT topic (with --payload or --file)")
     given = dec.add_mutually_exclusive_group(required=True)
     given.add_argument("--payload", help="the payload as text")
     given.add_argument("--file", type=Path, help="a file holding the payload, bytes as sent (Sparkplug's too)")
+    given.add_argument("--capture", type=Path, help="messages as `mosquitto_sub -F %%j` prints them, one a line")
     dec.add_argument("--now", default=None, help="the clock the stamps are checked against, ISO-8601 (default: now)")
     return p
 
@@ -160,10 +168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _decode(cfg: RuntimeConfig, args: argparse.Namespace) -> int:
-    """`scada-runtime decode`: print what the daemon reads in the message; 0 when nothing was refused."""
+    """`scada-runtime decode`: print what the daemon reads in the message, or in a capture's; 0 when nothing was
+    refused, 2 for bad arguments."""
     from scada_tcn.runtime.bundle import load_bundle
     from scada_tcn.runtime.errors import BundleError
-    from scada_tcn.runtime.ingress import Ingress, explain
+    from scada_tcn.runtime.ingress import Ingress, captured, explain, survey
     from scada_tcn.runtime.telemetry import parse_timestamp_ns
 
     now = time.time_ns() if args.now is None else parse_timestamp_ns(args.now)
@@ -171,13 +180,19 @@ def _decode(cfg: RuntimeConfig, args: argparse.Namespace) -> int:
         print(f"decode: --now {args.now!r} ({now}): an ISO-8601 time with a UTC offset, e.g. 2024-01-28T00:10:30Z",
               file=sys.stderr)  # fmt: skip
         return 2
-    payload = args.payload.encode() if args.payload is not None else args.file.read_bytes()
+    if (args.topic is None) != (args.capture is not None):
+        print("decode: give --topic with --payload or --file, or --capture alone", file=sys.stderr)
+        return 2
     try:
         ingress = Ingress(cfg, load_bundle(args.bundle))
-    except (BundleError, ConfigError) as e:
+        if args.capture is not None:
+            got = survey(ingress, captured(args.capture, now if args.now is not None else None))
+        else:
+            payload = args.payload.encode() if args.payload is not None else args.file.read_bytes()
+            got = explain(ingress, args.topic, payload, now)
+    except (BundleError, ConfigError, ValueError) as e:
         print(f"decode: {e}", file=sys.stderr)
         return 2
-    got = explain(ingress, args.topic, payload, now)
     print(json.dumps(got, indent=1))
     return 1 if got["refused"] else 0
 

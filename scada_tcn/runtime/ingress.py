@@ -17,6 +17,12 @@ The config refuses subscriptions that share a topic, so the order above decides 
 
 from __future__ import annotations
 
+import json
+import re
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from paho.mqtt.client import topic_matches_sub
@@ -32,10 +38,11 @@ from scada_tcn.runtime.telemetry import (
     Rejection,
     Sample,
     TelemetryDecoder,
+    parse_timestamp_ns,
     topic_filter,
 )
 
-__all__ = ["Ingress", "explain"]
+__all__ = ["Ingress", "captured", "explain", "survey"]
 
 
 class Ingress:
@@ -127,3 +134,61 @@ def explain(ingress: Ingress, topic: str, payload: bytes, now_ns: int) -> dict[s
     ]  # fmt: skip
     refused = [{**r._asdict(), **res.where(place)} for place, r in rejected]  # type: ignore[union-attr]
     return {"topic": topic, "read_as": route, "samples": read, "refused": refused}
+
+
+def survey(ingress: Ingress, messages: Iterable[tuple[str, bytes, int]], examples: int = 5) -> dict[str, Any]:
+    """`explain` over captured messages (topic, payload, the clock then), in order through one `Ingress` (a
+    Sparkplug birth gives the data after it its aliases): how many were read, the samples, the turbines, the values
+    each channel got (nulls included) and the channels that got none, the refusals by reason, and the first
+    `examples` messages with a refusal, explained."""
+    channels = ingress.decoder.channels
+    n = samples = 0
+    turbines: set[str] = set()
+    values = dict.fromkeys(channels, 0)
+    refused: Counter[str] = Counter()
+    shown: list[dict[str, Any]] = []
+    for topic, payload, now_ns in messages:
+        got = explain(ingress, topic, payload, now_ns)
+        n += 1
+        samples += len(got["samples"])
+        for s in got["samples"]:
+            turbines.add(s["turbine"])
+            for c in s["values"]:
+                values[c] += 1
+        refused.update(r["reason"] for r in got["refused"])
+        if got["refused"] and len(shown) < examples:
+            shown.append(got)
+    return {"messages": n, "samples": samples, "turbines": len(turbines), "turbine_ids": sorted(turbines)[:50],
+            "values_by_channel": values, "channels_without_values": [c for c in channels if not values[c]],
+            "refused": dict(refused), "examples": shown}  # fmt: skip
+
+
+def captured(path: Path, now: int | None = None) -> Iterator[tuple[str, bytes, int]]:
+    """The messages of a capture as `mosquitto_sub -F %j` (or `%J`) prints them, one JSON object a line: (topic,
+    payload, the clock to check its stamps against: `now`, else the line's `tst`, when mosquitto_sub received it,
+    else the wall clock). ValueError names a line that is not such an object."""
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)
+                topic, payload = doc["topic"], doc["payload"]
+            except (ValueError, TypeError, KeyError) as e:
+                raise ValueError(f"{path}, line {n}: not a message as `mosquitto_sub -F %j` prints it "
+                                 f"({type(e).__name__}: {e})") from None  # fmt: skip
+            at = now if now is not None else _received(doc["tst"], f"{path}, line {n}") if "tst" in doc else None
+            at = time.time_ns() if at is None else at
+            text = payload if isinstance(payload, str) else json.dumps(payload)  # %J prints a JSON payload as is
+            yield str(topic), text.encode(), at
+
+
+def _received(tst: Any, where: str) -> int:
+    """mosquitto_sub's `tst` (when it received the message, on its local clock) -> ns: epoch seconds (1.6), or
+    ISO-8601 with the local offset, written `...123456+0200` (2.0) or `...123456Z+0200` (early 2.0: the 'Z' is
+    spurious, the offset holds)."""
+    text = re.sub(r"Z(?=[+-]\d{4}$)", "", tst) if isinstance(tst, str) else tst
+    ns = parse_timestamp_ns(text)
+    if isinstance(ns, str):
+        raise ValueError(f"{where}: tst {str(tst)[:60]!r} is not a time mosquitto_sub writes ({ns}); give --now")
+    return ns
