@@ -818,7 +818,8 @@ def test_decode_shows_what_the_daemon_reads_in_one_message(bundle_dir, bundle, t
     from scada_tcn.runtime.cli import main
 
     path = tmp_path / "runtime.yaml"
-    path.write_text(yaml.safe_dump({"site": SITE, "topics": {"telemetry_tag": "uns/{site}/{turbine}/{key}"},
+    path.write_text(yaml.safe_dump({"site": SITE, "topics": {"telemetry_tag": "uns/{site}/{turbine}/{key}",
+                                                             "sparkplug_group": "farm"},
                                     "mapping": {"ignored_keys": ["state"]}}))  # fmt: skip
     (c0, k0), (c1, k1) = list(bundle.column_mapping.items())[:2]
     ts, now = "2024-01-28T00:10:00Z", "2024-01-28T00:10:30Z"
@@ -858,9 +859,18 @@ def test_decode_shows_what_the_daemon_reads_in_one_message(bundle_dir, bundle, t
     assert got["values_by_channel"][c0] == 2 and got["values_by_channel"][c1] == 1
     assert got["refused"] == {"unknown_channel": 1, "bad_topic": 1} and len(got["examples"]) == 2
     assert len(got["channels_without_values"]) == len(bundle.spec.channels) - 2
+    birth, data = Payload(timestamp=1706400600000, seq=0), Payload(timestamp=1706400600000, seq=1)  # Sparkplug, in hex
+    metric(birth, k0, 5.0, "Double", alias=1, ts=1706400600000)
+    metric(data, None, 6.0, "Double", alias=1, ts=1706400600000, typed=False)
+    hexed = [{"tst": "2024-01-28T01:10:30+0100", "topic": f"spBv1.0/farm/{kind}/edge1/WT04",
+              "hex": p.SerializeToString().hex()} for kind, p in (("DBIRTH", birth), ("DDATA", data))]  # fmt: skip
+    capture.write_text("".join(json.dumps(line) + "\n" for line in hexed))
+    assert main(["decode", "--bundle", str(bundle_dir), "--config", str(path), "--capture", str(capture)]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert (got["samples"], got["turbine_ids"], got["values_by_channel"][c0], got["refused"]) == (2, ["WT04"], 2, {})
     capture.write_text('{"topic": "x"}\n')
     assert main(["decode", "--bundle", str(bundle_dir), "--config", str(path), "--capture", str(capture)]) == 2
-    assert "line 1: not a message as `mosquitto_sub -F %j` prints it" in capsys.readouterr().err
+    assert "line 1: not a message as `mosquitto_sub -F %j` prints it, nor" in capsys.readouterr().err
 
 
 def _assert_tags_scored(broker, cfg, bundle, scorer, timeline, replayed, messages: list[tuple[str, bytes]],

@@ -71,7 +71,8 @@ in order, and the summary gives the samples, the turbines, the values each chann
 none, the refusals by reason and the first messages refused, explained. The stamps are checked against --now,
 else a captured message's `tst` (when mosquitto_sub received it), else the clock, as the daemon checks them
 against its own. A Sparkplug data message names its metrics by aliases that the births give; alone, it is
-refused (no_birth).
+refused (no_birth). Capture Sparkplug (binary) with its payload in hex, births included:
+mosquitto_sub -t 'spBv1.0/<group>/#' -F '{"tst":"%I","topic":"%t","hex":"%x"}' > capture.jsonl
 """
 
 

@@ -164,23 +164,28 @@ def survey(ingress: Ingress, messages: Iterable[tuple[str, bytes, int]], example
 
 
 def captured(path: Path, now: int | None = None) -> Iterator[tuple[str, bytes, int]]:
-    """The messages of a capture as `mosquitto_sub -F %j` (or `%J`) prints them, one JSON object a line: (topic,
+    """The messages of a capture, one JSON object a line, as `mosquitto_sub -F %j` (or `%J`) prints them: (topic,
     payload, the clock to check its stamps against: `now`, else the line's `tst`, when mosquitto_sub received it,
-    else the wall clock). ValueError names a line that is not such an object."""
+    else the wall clock). A line may hold its payload in hex under `hex` instead, for binary payloads (Sparkplug's,
+    which `%j` writes as an empty string): `mosquitto_sub -F '{"tst":"%I","topic":"%t","hex":"%x"}'`. ValueError
+    names a line that is neither."""
     with open(path, encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
                 doc = json.loads(line)
-                topic, payload = doc["topic"], doc["payload"]
+                topic = doc["topic"]
+                if "hex" in doc:
+                    payload = bytes.fromhex(doc["hex"])
+                else:  # %J prints a JSON payload as is
+                    text = doc["payload"] if isinstance(doc["payload"], str) else json.dumps(doc["payload"])
+                    payload = text.encode()
             except (ValueError, TypeError, KeyError) as e:
-                raise ValueError(f"{path}, line {n}: not a message as `mosquitto_sub -F %j` prints it "
-                                 f"({type(e).__name__}: {e})") from None  # fmt: skip
+                raise ValueError(f"{path}, line {n}: not a message as `mosquitto_sub -F %j` prints it, nor one with "
+                                 f"its payload in hex ({type(e).__name__}: {e})") from None  # fmt: skip
             at = now if now is not None else _received(doc["tst"], f"{path}, line {n}") if "tst" in doc else None
-            at = time.time_ns() if at is None else at
-            text = payload if isinstance(payload, str) else json.dumps(payload)  # %J prints a JSON payload as is
-            yield str(topic), text.encode(), at
+            yield str(topic), payload, time.time_ns() if at is None else at
 
 
 def _received(tst: Any, where: str) -> int:
