@@ -1,5 +1,5 @@
 """`scada-runtime`: a thin argparse wrapper over `runtime.daemon.run`, `runtime.replay.replay_file` and
-`runtime.ingress.explain`.
+`runtime.message_check`.
 
 Parses arguments, loads and validates runtime.yaml (with SCADA_RT_* environment overrides) and calls one plain
 function; no logic lives here. argparse (the standard library) keeps the gateway install to the runtime's own
@@ -173,7 +173,8 @@ def _decode(cfg: RuntimeConfig, args: argparse.Namespace) -> int:
     refused, 2 for bad arguments."""
     from scada_tcn.runtime.bundle import load_bundle
     from scada_tcn.runtime.errors import BundleError
-    from scada_tcn.runtime.ingress import Ingress, captured, explain, survey
+    from scada_tcn.runtime.ingress import Ingress
+    from scada_tcn.runtime.message_check import captured, explain, survey
     from scada_tcn.runtime.telemetry import parse_timestamp_ns
 
     now = time.time_ns() if args.now is None else parse_timestamp_ns(args.now)

@@ -860,8 +860,8 @@ class Daemon:
     def _admit_one(self, msg: Message, now_ns: int, samples: list[Sample], new: set[str]) -> None:
         """One message's valid samples appended to `samples` (a batched message's, or a turbine's array's, all at
         once, after its lines or elements); its rejections counted and reported."""
-        res, part = self.ingress.decode(msg.topic, msg.payload, now_ns)
-        if part == "metric":  # Sparkplug's
+        res, route, part = self.ingress.decode(msg.topic, msg.payload, now_ns)
+        if route == "sparkplug_group":
             samples += self._stale(samples)  # a death: in its place among the batch's samples
             for node in self.sparkplug.rebirths():
                 self._ask_rebirth(node, now_ns)

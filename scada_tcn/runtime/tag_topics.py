@@ -133,9 +133,7 @@ class TagPayload:
             return tid, ts, i, UNREAD, True
         if self.value_key not in doc:
             return Rejection("missing_values", f"no {self.value_key!r}")
-        v = doc[self.value_key]
-        key = d.key_of_channel[d.channels[i]]  # refusals name the payload key, as the document form's do
-        x = UNREAD if v is None else v if type(v) is float and math.isfinite(v) else d.number(key, v)
+        x = d.value(d.key_of_channel[d.channels[i]], doc[self.value_key])  # refusals name the payload key
         return x if isinstance(x, Rejection) else (tid, ts, i, x, False)
 
     def _good_quality(self, doc: dict[str, Any]) -> bool | Rejection:

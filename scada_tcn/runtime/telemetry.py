@@ -760,6 +760,11 @@ class TelemetryDecoder:
             return Rejection("bad_timestamp", f"{name} {_shown(raw, 60)}: {EPOCH_RANGE}")
         return ts
 
+    def value(self, key: str, v: Any) -> float | Rejection:
+        """A channel's value as one tag sends it (`key`: its payload key): null -> `UNREAD` (the source has no
+        value), a finite float as it is, anything else by `number`."""
+        return UNREAD if v is None else v if type(v) is float and math.isfinite(v) else self.number(key, v)
+
     def number(self, key: str, v: Any) -> float | Rejection:
         """A channel's value other than null (`key`: its payload key) -> float, or why it is refused."""
         t = type(v)
@@ -868,10 +873,7 @@ class TelemetryDecoder:
             return tid, ts, i, UNREAD, True
         if "v" not in el:
             return Rejection("missing_values", "no 'v'")
-        v = el["v"]
-        if v is None:
-            return tid, ts, i, UNREAD, False
-        x = v if type(v) is float and math.isfinite(v) else self.number(tag[:100], v)
+        x = self.value(tag[:100], el["v"])
         return x if isinstance(x, Rejection) else (tid, ts, i, x, False)
 
     def channel_of(self, key: str) -> int | None:
