@@ -103,10 +103,14 @@ def with_holds(bundle: Path, out: Path, hold: dict[str, int]) -> Path:
     return out
 
 
-def scored(bundle: Path, table: Path, labels: Path, work: Path, max_lead_h: float, period: tuple) -> dict:
-    """Replay and the event scorer over `period` ([start, end) ns, None: all of it): the figures printed."""
+def scored(
+    bundle: Path, table: Path, labels: Path, work: Path, max_lead_h: float, period: tuple, mapping: dict | None = None
+) -> dict:
+    """Replay (runtime.yaml's `mapping` section: `mapping`) and the event scorer over `period` ([start, end) ns,
+    None: all of it): the figures printed."""
     t0 = time.perf_counter()
-    replay_file(bundle, table, work / "scores.jsonl", daemon_config_from_dict({"ingest": {"grace_s": 0.0}}))
+    cfg = daemon_config_from_dict({"ingest": {"grace_s": 0.0}, "mapping": mapping or {}})
+    replay_file(bundle, table, work / "scores.jsonl", cfg)
     took = time.perf_counter() - t0
     recs = read_records(work / "scores.jsonl")
     faults = read_fault_labels(labels)
@@ -130,10 +134,13 @@ def scored(bundle: Path, table: Path, labels: Path, work: Path, max_lead_h: floa
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(doc: str, table: str) -> tuple[argparse.Namespace, tuple, dict[str, float]]:
+    """The command line of this bench and `time_weighted.py` (`table`: what --table holds): the arguments, the
+    scored period ([start, end) ns, None: open) and the deadbands of the bundle's channels sent by exception (those
+    the stuck-signal check does not read)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", type=Path, required=True)
-    ap.add_argument("--table", type=Path, required=True, help="a dense table in the bundle's training layout")
+    ap.add_argument("--table", type=Path, required=True, help=table)
     ap.add_argument("--labels", type=Path, required=True, help="fault events CSV (turbine_id,start,end,fault)")
     ap.add_argument("--heartbeat-min", type=float, default=60.0, help="a value is sent at least this often")
     ap.add_argument("--hold-s", type=int, default=3900, help="hold_s of every channel sent by exception")
@@ -143,7 +150,11 @@ def main() -> None:
     args = ap.parse_args()
     period = tuple(None if x is None else parse_timestamp_ns(x) for x in (args.start, args.end))
     spec = load_bundle(args.bundle).spec
-    bands = {c: b for c, b in DEADBANDS.items() if c in spec.channels and c not in spec.repeat_channels}
+    return args, period, {c: b for c, b in DEADBANDS.items() if c in spec.channels and c not in spec.repeat_channels}
+
+
+def main() -> None:
+    args, period, bands = arguments(__doc__, "a dense table in the bundle's training layout")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         rbe = work / "rbe.csv"

@@ -243,7 +243,7 @@ def test_tiny_bundle_key_set_is_pinned(bundle_dir):
     assert doc["signals"] is None  # a window_mean bundle
     assert got == GOLDEN_KEYS
     assert sorted(p.name for p in bundle_dir.iterdir()) == ["bundle.json", "clean.onnx", "scoring.onnx"]
-    assert doc["schema_version"] == SCHEMA_VERSION == 11
+    assert doc["schema_version"] == SCHEMA_VERSION == 12
     sha = {f: hashlib.sha256((bundle_dir / f).read_bytes()).hexdigest() for f in ("clean.onnx", "scoring.onnx")}
     assert doc["checksums"] == sha and doc["stream"] is None  # no step graph: scored window by window
     assert doc["model_id"] == compute_model_id(sha, doc["feature_registry"], doc["flag_registry"])
@@ -349,10 +349,10 @@ def test_refuses_registry_edit_through_the_model_id(bundle_dir):
 
 
 def test_refuses_unknown_schema_version(bundle_dir):
-    for v in (1, 2, 3, 4, 5, 6, 12, 0, "8", 8.0, True, None):
+    for v in (1, 2, 3, 4, 5, 6, 13, 0, "8", 8.0, True, None):
         _edit(bundle_dir, lambda d, v=v: d.update(schema_version=v))
         assert _message(bundle_dir) == (
-            f"bundle.json: schema_version {v!r} is not supported (this runtime reads versions (7, 8, 9, 10, 11)); "
+            f"bundle.json: schema_version {v!r} is not supported (this runtime reads versions (7, 8, 9, 10, 11, 12)); "
             "export the model again with a scada-export of the same release as this runtime"
         )
 
@@ -461,6 +461,31 @@ def test_hold_s_came_with_schema_11_and_older_bundles_hold_nothing(bundle_dir):
     assert v10.to_dict() == json.loads((bundle_dir / "bundle.json").read_text())
     _edit(bundle_dir, lambda d: d["pipeline_spec"].update(hold_s={}))
     assert "pipeline_spec.hold_s: unknown in schema_version 10 (from 11 on)" in _message(bundle_dir)
+
+
+def test_time_came_with_schema_12_and_the_edge_may_time_weigh_a_held_channel(bundle_dir):
+    """Version 12 added the aggregation `time` (a held channel's time-weighted mean): a version-11 bundle with it is
+    refused. `with_time_weighted` (runtime.yaml's mapping.time_weighted) gives the same model scoring a source
+    that sends instantaneous readings: its bundle id names the changed setting, and the bundle's own setting or
+    None gives the bundle itself; a channel that does not hold, or no channel of the bundle, is refused."""
+    _edit(bundle_dir, lambda d: d["pipeline_spec"].update(hold_s={"power": 3600}))
+    held = load_bundle(bundle_dir)
+    timed = held.with_time_weighted(["power"])
+    assert timed.spec.aggregation["power"] == "time" and held.spec.aggregation.get("power") is None
+    assert (timed.model_id, timed.graphs) == (held.model_id, held.graphs) and timed.bundle_id != held.bundle_id
+    assert held.with_time_weighted(None) is held and held.with_time_weighted([]) is held
+    _edit(bundle_dir, lambda d: d["pipeline_spec"].update(aggregation={"power": "time"}))
+    written = load_bundle(bundle_dir)
+    assert written.bundle_id == timed.bundle_id and written.with_time_weighted(["power"]) is written
+    assert written.with_time_weighted([]).spec.aggregation.get("power") is None
+    with pytest.raises(BundleError, match=r"mapping.time_weighted: \['wind_speed'\] do not hold in this bundle"):
+        held.with_time_weighted(["wind_speed"])
+    with pytest.raises(BundleError, match=r"mapping.time_weighted: \['pitch'\] are not channels of this bundle"):
+        held.with_time_weighted(["pitch"])
+    _edit(bundle_dir, lambda d: d.update(schema_version=11))
+    assert "pipeline_spec.aggregation: time is unknown in schema_version 11 (from 12 on)" in _message(bundle_dir)
+    _edit(bundle_dir, lambda d: d["pipeline_spec"].update(aggregation={}))
+    assert load_bundle(bundle_dir).schema_version == 11
 
 
 def test_refuses_failed_parity_and_missing_graph(bundle_dir):

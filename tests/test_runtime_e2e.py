@@ -688,6 +688,50 @@ def test_a_report_by_exception_feed_with_holds_scores_as_its_whole_table(broker,
     assert all(held_in_replay[c] >= held_by[c] for c in held)  # replay closes each turbine's last step too
 
 
+@pytest.mark.parametrize("kind", ["stream"], indirect=True)
+def test_instantaneous_readings_time_weighted_at_the_edge_score_as_replay_does(broker, bundle, timeline, tmp_path):
+    """A gateway that sends instantaneous readings: each row of the tiny farm read 5 minutes before its step's end,
+    and its held channels read again 1 minute before the end, 4 % higher. The same model, exported holding those
+    channels, scores them through Mosquitto with runtime.yaml's `mapping.time_weighted` naming them: every step
+    gets the record that replay gives the readings as a table with that setting (the same bundle id, which is
+    not the exported bundle's), and those records differ from the samples' plain means."""
+    header, rows, _ = timeline
+    ti = header.index("timestamp")
+    held = [c for c in bundle.spec.channels if c not in bundle.spec.repeat_channels]
+    held_bundle = reexported(bundle, tmp_path / "held", lambda d: d["pipeline_spec"].update(hold_s=dict.fromkeys(
+        held, 3600)))  # fmt: skip
+    timed = held_bundle.with_time_weighted(held)
+    cols = [j for j, c in enumerate(header) if c in held]
+    readings = []
+    for r in rows:
+        end = parse_timestamp_ns(r[ti])
+        first, second = list(r), [c if j not in cols and j != ti else "" for j, c in enumerate(r)]
+        first[ti] = iso_utc(end - 300 * 10**9)
+        second[ti] = iso_utc(end - 60 * 10**9)
+        for j in cols:
+            second[j] = "" if r[j] == "" else repr(float(r[j]) * 1.04)
+        readings += [first, second]
+    table = write_csv(tmp_path / "readings.csv", header, readings)
+    want_records, _ = _replayed_records(timed, table, tmp_path / "a")
+    plain_records, _ = _replayed_records(held_bundle, table, tmp_path / "b")
+    assert {json.loads(p)["bundle_id"] for p in want_records.values()} == {timed.bundle_id} != {held_bundle.bundle_id}
+    differ = sum(json.loads(want_records[k]).get("score") != json.loads(plain_records[k]).get("score")
+                 for k in want_records)  # fmt: skip
+    assert differ > 0.5 * len(want_records)
+    cfg = daemon_config(broker.url, mapping={"time_weighted": held})
+    # a step closes at a reading a whole step after its end: each turbine's last two stay open
+    want = {t: n - 1 for t, n in expected_steps(readings, header).items()}
+    ii = header.index("turbine_id")
+    messages = [(f"scada/{SITE}/{r[ii]}/telemetry", json.dumps({"ts": r[ti], "values": {  # a cell the table
+        c: float(r[j]) for j, c in enumerate(header) if j not in (ti, ii) and r[j] != ""}}).encode())  # lacks: absent
+        for r in readings]  # fmt: skip
+    col, d = _published_and_scored(broker, cfg, held_bundle, make_scorer(held_bundle, "stream"), messages,
+                                   sum(want.values()), 0, "timed")  # fmt: skip
+    assert d.stop() == 0
+    assert_the_replays((p for _, p in col.of("/score")), want, want_records)
+    col.close()
+
+
 def test_emqx_neuron_messages_score_as_per_turbine_telemetry(broker, bundle, scorer, timeline, replayed):
     """EMQX Neuron's MQTT app (`ingest.batch_format: neuron`): each row of the tiny farm as the message of its
     turbine's south node, alternately in Neuron's values format and its tags format, a value the table lacks sent

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from scada_tcn.runtime.errors import InputError, SpecError
-from scada_tcn.runtime.hold import UNREAD, Carry, Events, fill, is_unread, no_carry
+from scada_tcn.runtime.hold import UNREAD, Carry, Events, fill, held_before, is_unread, no_carry
 from scada_tcn.runtime.spec import PipelineSpec
 
 _NS_PER_S = 1_000_000_000
@@ -84,22 +84,26 @@ class _Plan:
     period: float  # full turn in angle units
     held: tuple[int, ...]  # report-by-exception channels (`spec.hold_s`), by index
     hold_ns: np.ndarray  # (H,) int64: how long each one's value holds
+    timed: tuple[int, ...]  # those aggregated by `time` (a time-weighted mean), by index into `held`
 
 
 def _plan(spec: PipelineSpec) -> _Plan:
-    bad = {c: a for c, a in spec.aggregation.items() if c in spec.angular_channels and a != "mean"}
+    bad = {c: a for c, a in spec.aggregation.items() if c in spec.angular_channels and a not in ("mean", "time")}
     if bad:
         raise SpecError(f"aggregation: angular channels use the circular mean; {bad} is not allowed")
-    return _Plan(
+    held = tuple(spec.hold_s)
+    how = {c: "mean" if a == "time" else a for c, a in spec.aggregation.items()}  # `time` bins as `mean`, then
+    return _Plan(  # `_time_weigh` replaces what the held values give
         channels=spec.channels,
         dt_ns=int(spec.dt_seconds) * _NS_PER_S,
         dedupe=spec.dedupe,
         lo=np.maximum([spec.valid_range.get(c, (-np.inf, np.inf))[0] for c in spec.channels], -_F64_MAX),
         hi=np.minimum([spec.valid_range.get(c, (-np.inf, np.inf))[1] for c in spec.channels], _F64_MAX),
-        how=tuple("circular" if c in spec.angular_channels else spec.aggregation.get(c, "mean") for c in spec.channels),
+        how=tuple("circular" if c in spec.angular_channels else how.get(c, "mean") for c in spec.channels),
         period=360.0 if spec.angle_units == "deg" else 2.0 * math.pi,
-        held=tuple(spec.channels.index(c) for c in spec.hold_s),
+        held=tuple(spec.channels.index(c) for c in held),
         hold_ns=np.array([int(s) * _NS_PER_S for s in spec.hold_s.values()], dtype=np.int64),
+        timed=tuple(h for h, c in enumerate(held) if spec.aggregation.get(c) == "time"),
     )
 
 
@@ -254,29 +258,29 @@ def _last_per_bin(ts: np.ndarray, dt_ns: int, start_ns: int) -> tuple[np.ndarray
     return last, (lab[last] - start_ns) // dt_ns
 
 
-def _events(ts: np.ndarray, cols: np.ndarray, order: np.ndarray, plan: _Plan, start_ns: int, n_bins: int) -> Events:
-    """`hold.Events` of the held channels: per bin, its latest value (the value of its latest stamp, repeats
-    collapsed by `plan.dedupe`) or its latest `UNREAD`, the `UNREAD` where they share a stamp. Inputs as
-    `_bin_sorted`'s."""
-    dt = plan.dt_ns
+def _stream(ts: np.ndarray, col: np.ndarray, order: np.ndarray, rule: str) -> tuple[np.ndarray, np.ndarray]:
+    """One held channel's events in time order, from samples sorted by (ts, order): (stamps, values), a stamp's
+    values collapsed by `rule` (dedupe), an `UNREAD` as NaN, and the `UNREAD` where they share a stamp."""
+    present = ~np.isnan(col)
+    t_v, v_v, _ = _dedupe(ts[present], col[present], order[present], rule)
+    t_x = np.unique(ts[is_unread(col)])
+    if not t_x.size:
+        return t_v, v_v
+    keep = ~np.isin(t_v, t_x)
+    t = np.concatenate((t_v[keep], t_x))
+    o = np.argsort(t, kind="stable")
+    return t[o], np.concatenate((v_v[keep], np.full(t_x.size, np.nan)))[o]
+
+
+def _events(streams: list[tuple[np.ndarray, np.ndarray]], plan: _Plan, start_ns: int, n_bins: int) -> Events:
+    """`hold.Events` of the held channels from their `_stream`s: per bin, its latest event (offset, value)."""
     offset = np.full((n_bins, len(plan.held)), -1, dtype=np.int64)
     value = np.full((n_bins, len(plan.held)), np.nan)
-    for h, c in enumerate(plan.held):
-        col = cols[c]
-        present = ~np.isnan(col)
-        if present.any():
-            t_u, v_u, _ = _dedupe(ts[present], col[present], order[present], plan.dedupe)
-            last, rows = _last_per_bin(t_u, dt, start_ns)
-            offset[rows, h] = start_ns + rows * dt - t_u[last]
-            value[rows, h] = v_u[last]
-        ends = is_unread(col)
-        if ends.any():
-            t_x = ts[ends]
-            last, rows = _last_per_bin(t_x, dt, start_ns)
-            off = start_ns + rows * dt - t_x[last]
-            later = (offset[rows, h] < 0) | (off <= offset[rows, h])
-            offset[rows[later], h] = off[later]
-            value[rows[later], h] = np.nan
+    for h, (t, v) in enumerate(streams):
+        if t.size:
+            last, rows = _last_per_bin(t, plan.dt_ns, start_ns)
+            offset[rows, h] = start_ns + rows * plan.dt_ns - t[last]
+            value[rows, h] = v[last]
     return Events(offset, value)
 
 
@@ -290,7 +294,7 @@ def _hold(
 ) -> None:
     """`hold.fill` of this plan's report-by-exception channels (nothing to do without them) into `binned`, the
     bins of `grid` (`_bin_sorted`'s samples: ts, order, channel-major values, start, number of bins): a bin filled
-    by a hold gets what a bin holding that one sample gets."""
+    by a hold gets what a bin holding that one sample gets; then `_time_weigh` of those aggregated by `time`."""
     if not plan.held:
         return
 
@@ -298,7 +302,56 @@ def _hold(
         return _circular(v, plan.period) if plan.how[c] == "circular" else v
 
     ts, order, cols, start, n = grid
-    fill(binned, ends, slots, _events(ts, cols, order, plan, start, n), plan.held, plan.hold_ns, one_sample, carry)
+    streams = [_stream(ts, cols[c], order, plan.dedupe) for c in plan.held]
+    events = _events(streams, plan, start, n)
+    before = held_before(ends, slots, events, plan.held, carry) if plan.timed else None
+    fill(binned, ends, slots, events, plan.held, plan.hold_ns, one_sample, carry)
+    if before is not None:
+        _time_weigh(plan, binned, ends, (start, n), streams, before)
+
+
+def _time_weigh(
+    plan: _Plan,
+    binned: np.ndarray,
+    ends: np.ndarray,
+    grid: tuple[int, int],
+    streams: list[tuple[np.ndarray, np.ndarray]],
+    before: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """The channels aggregated by `time`, in place: a bin (E - dt, E] gets the mean of the values holding over
+    [E - dt, E), each weighted by how long it holds there. A value holds from its stamp until the channel's next
+    event (its `_stream`), and for at most the channel's hold; an `UNREAD` holds nothing. The value before the bin
+    (`before`: `hold.held_before`) holds over its start. A bin over which nothing holds (a value stamped on its end
+    E holds after it) keeps what binning and `hold.fill` gave it. Angular channels take the circular mean of the
+    weighted angles. `grid`: the start and the number of bins of the streams' grid; `ends`: the bins' true ends."""
+    start, n = grid
+    dt = plan.dt_ns
+    rows_end = start + dt * np.arange(n, dtype=np.int64)  # each bin's end on the grid's own stamps
+    for h in plan.timed:
+        (t, v), c, hold = streams[h], plan.held[h], int(plan.hold_ns[h])
+        row = (_ceil_labels(t, dt) - start) // dt
+        same = np.append(row[1:] == row[:-1], False)
+        stop = np.minimum(np.where(same, np.append(t[1:], 0), rows_end[row]), t + hold)
+        w = np.where(np.isnan(v), 0, stop - t).astype(np.float64)
+        v = np.where(np.isnan(v), 0.0, v)
+        first = np.full(n, dt, dtype=np.int64)  # per bin, how far into it its first event comes (dt: none)
+        head = np.flatnonzero(np.concatenate(([True], row[1:] != row[:-1]))) if t.size else np.empty(0, np.int64)
+        first[row[head]] = dt - (rows_end[row[head]] - t[head])
+        b_ts, b_val = before[0][:, h], before[1][:, h]
+        known = ~np.isnan(b_val)  # the value before the bin: holds until its first event or its hold runs out
+        until = np.zeros(n, dtype=np.int64)
+        until[known] = np.minimum(first[known], b_ts[known] + hold - (ends[known] - dt))
+        w0 = np.maximum(until, 0).astype(np.float64)
+        v0 = np.where(known, b_val, 0.0)
+        weight = np.bincount(row, w, n) + w0
+        some = weight > 0
+        if plan.how[c] == "circular":
+            rad, rad0 = v * (2.0 * math.pi / plan.period), v0 * (2.0 * math.pi / plan.period)
+            sin = np.bincount(row, w * np.sin(rad), n) + w0 * np.sin(rad0)
+            cos = np.bincount(row, w * np.cos(rad), n) + w0 * np.cos(rad0)
+            binned[some, c] = _turns(np.arctan2(sin[some], cos[some]), plan.period)
+        else:
+            binned[some, c] = (np.bincount(row, w * v, n) + w0 * v0)[some] / weight[some]
 
 
 def _grid_bound(x: Any, dt_ns: int, name: str) -> int:

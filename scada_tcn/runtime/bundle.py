@@ -20,17 +20,18 @@ A bundle is a directory of three files:
   (batch,)), `col_i` (batch x passes, channels_i): the column to store at t mod steps_i, and `h` (batch, hidden).
 - `bundle.json`: UTF-8 JSON object (at most 16 MiB, no NaN or Infinity) with exactly these keys:
 
-  schema_version   11 (3 -> 4: the clean graph takes X, M_miss, Flags and returns fault probabilities;
+  schema_version   12 (3 -> 4: the clean graph takes X, M_miss, Flags and returns fault probabilities;
                    4 -> 5: per-signal scoring, the pipeline spec's repeat channels; 5 -> 6: step.onnx takes
                    the convolutions' past taps instead of their rings and no step index; 6 -> 7: step.onnx
                    takes the sum of the fault head's ring, h_sum, instead of the ring; 7 -> 8:
                    table_identifiers; 8 -> 9: signals.group_halflife; 9 -> 10: table_csv,
-                   table_identifiers.turbine_id_from_file and time_format; 10 -> 11: pipeline_spec.hold_s).
-                   Versions 7 to 10 are read too: the graphs are the same; 7 has no table_identifiers
+                   table_identifiers.turbine_id_from_file and time_format; 10 -> 11: pipeline_spec.hold_s;
+                   11 -> 12: pipeline_spec.aggregation `time`, a held channel's time-weighted mean).
+                   Versions 7 to 11 are read too: the graphs are the same; 7 has no table_identifiers
                    (`Bundle.table_identifiers` None), 7 and 8 no group half-lives (read as none), 7 to 9 no
                    table_csv (plain CSV: `Bundle.table_csv` None), no turbine_id_from_file (ids from a column)
-                   and no time_format, 7 to 10 no hold_s (no channel holds)
-  model_id         sha256 hex of "scada-tcn-bundle/7" (the graphs' contract, unchanged by versions 8 to 11), the
+                   and no time_format, 7 to 10 no hold_s (no channel holds), 7 to 11 no `time`
+  model_id         sha256 hex of "scada-tcn-bundle/7" (the graphs' contract, unchanged by versions 8 to 12), the
                    sha256 of each graph (in file-name order) and the canonical JSON of the feature and flag
                    registries (`compute_model_id`)
   dims             `Dims`: window L, horizon K, features F, flags R, fault classes C, receptive field RF
@@ -144,10 +145,10 @@ __all__ = [
     "open_session",
 ]
 
-SCHEMA_VERSION = 11
-READ_VERSIONS = (7, 8, 9, 10, 11)  # 7: no table_identifiers; 7, 8: no signals.group_halflife; 7-9: no table_csv;
-# 7-10: no pipeline_spec.hold_s
-_MODEL_ID_VERSION = 7  # the graphs' and registries' contract in the model id: versions 8 to 11 added metadata only
+SCHEMA_VERSION = 12
+READ_VERSIONS = (7, 8, 9, 10, 11, 12)  # 7: no table_identifiers; 7, 8: no signals.group_halflife; 7-9: no
+# table_csv; 7-10: no pipeline_spec.hold_s; 7-11: no aggregation `time`
+_MODEL_ID_VERSION = 7  # the graphs' and registries' contract in the model id: versions 8 to 12 added metadata only
 BUNDLE_JSON = "bundle.json"
 GRAPH_FILES = {"clean": "clean.onnx", "scoring": "scoring.onnx", "step": "step.onnx"}
 GRAPH_INPUTS = ("X", "M_miss", "Flags")  # the window graphs: the windows as the pipeline writes them
@@ -639,6 +640,9 @@ class BundleContents:
             if "hold_s" in spec_doc:
                 raise _fail(f"pipeline_spec.hold_s: unknown in schema_version {version} (from 11 on)")
             spec_doc = with_hold_default(spec_doc)
+        timed = spec_doc.get("aggregation") if version < 12 and isinstance(spec_doc, dict) else None
+        if isinstance(timed, dict) and "time" in timed.values():
+            raise _fail(f"pipeline_spec.aggregation: time is unknown in schema_version {version} (from 12 on)")
         spec = _nested(PipelineSpec.from_dict, spec_doc, "pipeline_spec")
         _nested(compile_rules, spec, "pipeline_spec")
         scaler = _nested(RobustScaler.from_dict, doc["scaler"], "scaler")
@@ -769,6 +773,35 @@ class Bundle(BundleContents):
         return TableFormat(dict(self.column_mapping), ids.turbine_id_col, ids.time_col, ids.naive_timezone,
                            CsvDialect(**csv, settings="mapping.csv"), ids.turbine_id_from_file,
                            ids.time_format)  # fmt: skip
+
+    def with_time_weighted(self, channels: Sequence[str] | None) -> Bundle:
+        """This bundle scoring a source whose `channels` are instantaneous readings held until the next (runtime.yaml's
+        `mapping.time_weighted`): their bins aggregate by `time` and the other channels' `time` becomes `mean`. None,
+        or the bundle's own channels: this bundle. Otherwise its `bundle_id` is that of the document with this
+        aggregation, so its records and state name the settings that scored them. Each channel must hold (the
+        spec's `hold_s`)."""
+        spec = self.spec
+        own = sorted(c for c, a in spec.aggregation.items() if a == "time")
+        if channels is None or sorted(channels) == own:
+            return self
+        unknown = sorted(set(channels) - set(spec.channels))
+        if unknown:
+            raise BundleError(
+                f"mapping.time_weighted: {unknown} are not channels of this bundle: {list(spec.channels)}"
+            )
+        bad = sorted(set(channels) - set(spec.hold_s))
+        if bad:
+            raise BundleError(
+                f"mapping.time_weighted: {bad} do not hold in this bundle (pipeline_spec.hold_s: "
+                f"{dict(spec.hold_s)}): a time-weighted mean reads each value as holding until the next; export the "
+                "model with data.qc.hold_s giving them how long their values hold"
+            )
+        agg = {c: a for c, a in spec.aggregation.items() if a != "time"} | dict.fromkeys(channels, "time")
+        doc = self.to_dict()
+        doc["schema_version"] = SCHEMA_VERSION
+        doc["pipeline_spec"] = {**spec.to_dict(), "aggregation": agg}
+        new_spec = PipelineSpec.from_dict(doc["pipeline_spec"])
+        return dataclasses.replace(self, spec=new_spec, bundle_id=compute_bundle_id(doc))
 
     def to_dict(self) -> dict[str, Any]:
         """The whole bundle.json document, keys in the documented order (of its schema version)."""

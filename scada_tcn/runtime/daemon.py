@@ -154,7 +154,7 @@ class Daemon:
 
     def __init__(self, cfg: RuntimeConfig, bundle: Any, scorer: Any, clock: Callable[[], int] = time.time_ns):
         self.cfg = cfg
-        self.bundle = bundle
+        self.bundle = bundle.with_time_weighted(cfg.mapping.time_weighted)
         self.clock = clock
         self.metrics = RuntimeMetrics()
         self.heartbeat = Heartbeat(cfg.health.stall_s)

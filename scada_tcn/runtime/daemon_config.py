@@ -310,6 +310,13 @@ class MappingCfg:
         "there: such stamps are refused)",
     )
     csv: CsvMappingCfg = _f(CsvMappingCfg(), "replay: how the table's CSV is written")
+    time_weighted: list[str] | None = _f(
+        None,
+        "channels this source sends as instantaneous readings, each holding until the next (report by exception: "
+        "Sparkplug, OPC UA or Kepware on data change, a historian's raw values): a step is the time-weighted mean of "
+        "the values holding over it, as a historian's step averages are; each must hold in the bundle "
+        "(pipeline_spec.hold_s); null = the bundle's (pipeline_spec.aggregation time), [] = none",
+    )
     tag_payload: TagPayloadCfg = _f(
         TagPayloadCfg(), "run: the keys of a tag's payload (topics.telemetry_tag, ingest.telemetry_format: tags)"
     )

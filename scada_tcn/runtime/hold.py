@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["NO_VALUE", "UNREAD", "Carry", "Events", "fill", "is_unread", "no_carry"]
+__all__ = ["NO_VALUE", "UNREAD", "Carry", "Events", "fill", "held_before", "is_unread", "no_carry"]
 
 _UNREAD_BITS = 0x7FF8_0000_5CAD_A0D1  # a quiet NaN: arithmetic and comparisons treat it as any NaN
 UNREAD: float = struct.unpack("<d", struct.pack("<Q", _UNREAD_BITS))[0]
@@ -64,6 +64,62 @@ def no_carry(n: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
     return np.full((n, channels), NO_VALUE, dtype=np.int64), np.full((n, channels), np.nan)
 
 
+class _BySlot(NamedTuple):
+    """Bins of any slots sorted so each slot's bins come together in time order: `o` the sort, `s` and `e` the
+    sorted slots and ends, `seg` each bin's slot run, `head` and `last` the runs' first and last bins."""
+
+    o: np.ndarray
+    s: np.ndarray
+    e: np.ndarray
+    seg: np.ndarray
+    head: np.ndarray
+    last: np.ndarray
+
+
+def _by_slot(slots: np.ndarray, ends: np.ndarray) -> _BySlot:
+    o = np.argsort(slots, kind="stable")  # each slot's bins together, in time order
+    s = slots[o]
+    new = np.concatenate(([True], s[1:] != s[:-1]))
+    head = np.flatnonzero(new)
+    return _BySlot(o, s, ends[o], np.cumsum(new) - 1, head, np.append(head[1:], s.size) - 1)
+
+
+def _latest(b: _BySlot, events: Events, h: int, c: int, carry: Carry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per bin in `b`'s order, the latest thing held channel `h` (channel `c`) did up to the bin's end, in its bins
+    so far or before them (the carry): its stamp and value (NaN: an `UNREAD`, or nothing), and whether the bin
+    itself did something."""
+    n = b.s.size
+    off, val = events.offset[b.o, h], events.value[b.o, h]
+    did = off >= 0
+    # per bin, the bin of its slot whose event is the latest up to it (key % (n + 1) - 1; -1: the carry)
+    key = np.where(did, b.seg * (n + 1) + np.arange(n) + 1, -1)
+    key[b.head] = np.maximum(key[b.head], b.seg[b.head] * (n + 1))
+    src = np.maximum.accumulate(key) % (n + 1) - 1
+    from_bin = src >= 0
+    src_ts = np.where(from_bin, b.e[np.maximum(src, 0)] - off[np.maximum(src, 0)], carry.ts[b.s, c])
+    src_val = np.where(from_bin, val[np.maximum(src, 0)], carry.val[b.s, c])
+    return src_ts, src_val, did
+
+
+def held_before(
+    ends: np.ndarray, slots: np.ndarray, events: Events, held: tuple[int, ...], carry: Carry
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per bin (in the order given) and held channel, the latest thing the channel did before the bin began, in the
+    slot's earlier bins or the carry: stamps (n, H) int64 and values (n, H) (NaN: an `UNREAD`, or nothing; its
+    stamp is then meaningless). `fill`'s arguments; call it before `fill`, which moves the carry on."""
+    n = ends.size
+    ts, val = np.full((n, len(held)), NO_VALUE, dtype=np.int64), np.full((n, len(held)), np.nan)
+    if not n:
+        return ts, val
+    b = _by_slot(slots, ends)
+    for h, c in enumerate(held):
+        src_ts, src_val, _ = _latest(b, events, h, c, carry)
+        prev_ts, prev_val = np.roll(src_ts, 1), np.roll(src_val, 1)  # the bin before, in the slot's run
+        prev_ts[b.head], prev_val[b.head] = carry.ts[b.s[b.head], c], carry.val[b.s[b.head], c]
+        ts[b.o, h], val[b.o, h] = prev_ts, prev_val
+    return ts, val
+
+
 def fill(
     binned: np.ndarray,
     ends: np.ndarray,
@@ -80,28 +136,15 @@ def fill(
     their slots; events: `Events` of the held channels `held` (indices into C), `hold_ns` (H,) how long each one's
     value holds; one_sample(values, c): what a bin holding one sample of channel c of each value gets; carry: the
     slots' latest values before these bins, updated to the latest after them, and the bins filled, counted up."""
-    n = ends.size
-    if not n or not held:
+    if not ends.size or not held:
         return
-    o = np.argsort(slots, kind="stable")  # each slot's bins together, in time order
-    s, e = slots[o], ends[o]
-    seg = np.concatenate(([0], np.cumsum(s[1:] != s[:-1])))
-    head = np.flatnonzero(np.concatenate(([True], s[1:] != s[:-1])))
-    last = np.append(head[1:], n) - 1
-    seg_slots = s[head]
+    b = _by_slot(slots, ends)
+    seg_slots = b.s[b.head]
     for h, c in enumerate(held):
-        off, val = events.offset[o, h], events.value[o, h]
-        did = off >= 0
-        # per bin, the bin of its slot whose event is the latest up to it (key % (n + 1) - 1; -1: the carry)
-        key = np.where(did, seg * (n + 1) + np.arange(n) + 1, -1)
-        key[head] = np.maximum(key[head], seg[head] * (n + 1))
-        src = np.maximum.accumulate(key) % (n + 1) - 1
-        from_bin = src >= 0
-        src_ts = np.where(from_bin, e[np.maximum(src, 0)] - off[np.maximum(src, 0)], carry.ts[s, c])
-        src_val = np.where(from_bin, val[np.maximum(src, 0)], carry.val[s, c])
+        src_ts, src_val, did = _latest(b, events, h, c, carry)
         ok = ~did & ~np.isnan(src_val)
-        ok[ok] = e[ok] - src_ts[ok] <= hold_ns[h]  # a carried value's stamp is never NO_VALUE (its value is NaN)
-        binned[o[ok], c] = one_sample(src_val[ok], c)
+        ok[ok] = b.e[ok] - src_ts[ok] <= hold_ns[h]  # a carried value's stamp is never NO_VALUE (its value is NaN)
+        binned[b.o[ok], c] = one_sample(src_val[ok], c)
         carry.filled[h] += np.count_nonzero(ok)
-        carry.ts[seg_slots, c] = src_ts[last]
-        carry.val[seg_slots, c] = src_val[last]
+        carry.ts[seg_slots, c] = src_ts[b.last]
+        carry.val[seg_slots, c] = src_val[b.last]

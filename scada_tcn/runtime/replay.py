@@ -596,7 +596,7 @@ def replay_file(
     from scada_tcn.runtime.stream import make_scorer
 
     cfg = cfg if cfg is not None else daemon_config_from_dict({})
-    bundle = load_bundle(bundle_dir)
+    bundle = load_bundle(bundle_dir).with_time_weighted(cfg.mapping.time_weighted)
     scorer = make_scorer(bundle, cfg.compute.engine, cfg.compute.intra_op_threads, cfg.compute.inter_op_threads)
     engine = Engine(
         bundle,

@@ -8,7 +8,8 @@ A `PipelineSpec` says everything needed to turn raw SCADA samples of one turbine
          never holds data stamped after its label): values outside `valid_range` become missing as
          impossible readings, duplicate timestamps are collapsed by `dedupe`, then per-channel
          aggregation (angular channels always use the circular mean); a report-by-exception channel
-         of `hold_s` holds its last value into bins where it sent nothing (`runtime.hold`)
+         of `hold_s` holds its last value into bins where it sent nothing (`runtime.hold`), and one
+         aggregated by `time` is the time-weighted mean of the values holding over the bin
       -> winsorize caps (fitted on the training split only)
       -> engineered features and their missingness mask (angles as sin/cos, wrapped yaw error, channel
          differences such as a temperature above ambient, deltas, strict-present causal rolling mean/std)
@@ -176,9 +177,18 @@ class PipelineSpec:
             raise SpecError(f"angular_channels {not_feat} must also be feature channels")
         agg = {c: _enum(BinAggregation, a, f"aggregation.{c}") for c, a in self.aggregation.items()}
         object.__setattr__(self, "aggregation", MappingProxyType(agg))
-        angular_set = sorted(set(self.aggregation) & set(self.angular_channels))
+        angular_set = sorted(c for c, a in self.aggregation.items() if c in self.angular_channels and a != "time")
         if angular_set:
-            raise SpecError(f"aggregation: angular channels {angular_set} always use the circular mean; remove them")
+            raise SpecError(
+                f"aggregation: angular channels {angular_set} always use the circular mean (or its time-weighted "
+                "form, time); remove them"
+            )
+        unheld = sorted(c for c, a in self.aggregation.items() if a == "time" and c not in self.hold_s)
+        if unheld:
+            raise SpecError(
+                f"aggregation: {unheld} use time (the time-weighted mean), which reads a channel's values as holding "
+                "from their stamps on: give each one in hold_s how long its value holds"
+            )
         angular_caps = sorted(set(self.winsor_caps) & set(self.angular_channels))
         if angular_caps:
             raise SpecError(f"winsor_caps: clipping the angular channels {angular_caps} makes no sense; remove them")

@@ -44,12 +44,15 @@ class DedupeRule(StrEnum):
 
 
 class BinAggregation(StrEnum):
-    """How the samples of one channel in one bin are aggregated (angular channels: always the circular mean)."""
+    """How the samples of one channel in one bin are aggregated (angular channels: the circular mean, or `time`).
+    `time`: the time-weighted mean of the values holding over the bin, each from its stamp until the next (a
+    report-by-exception channel of instantaneous readings: `runtime.hold`)."""
 
     mean = "mean"
     max = "max"
     min = "min"
     last = "last"
+    time = "time"
 
 
 class RollingStat(StrEnum):
