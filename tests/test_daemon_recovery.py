@@ -314,6 +314,32 @@ def test_a_crash_then_a_reexport_with_other_levels_resumes_and_gives_no_step_a_s
     assert json.loads(d._status_payload("online"))["bundle_id"] == other.bundle_id
 
 
+def test_a_crash_then_a_start_time_weighting_the_held_channels_resumes_as_another_bundle(
+    bundle, messages, tmp_path, caplog
+):
+    """The same bundle, restarted after a crash with runtime.yaml's `mapping.time_weighted` naming its held
+    channels: that changes the steps' numbers, so the state resumes as another bundle's. The steps the journal
+    closes are not published again, and the records after it name the time-weighted bundle."""
+    names = [c for c in bundle.spec.channels if c not in bundle.spec.repeat_channels]
+    held = reexported(bundle, tmp_path / "held", lambda d: d["pipeline_spec"].update(hold_s=dict.fromkeys(
+        names, 3600)))  # fmt: skip
+    q = len(messages) // 4
+    first = _run(held, tmp_path, messages[:q])
+    first._save_state()
+    _feed(first, messages[q : 2 * q])
+    published = _scores(first)
+    with caplog.at_level(logging.WARNING, logger="scada.runtime.daemon"):
+        d = _daemon(held, tmp_path, mapping={"time_weighted": names})
+        d._restore_state()
+    assert any("another bundle of this model" in r.getMessage() for r in caplog.records)
+    n = len(d.link.unacked())
+    _feed(d, messages[2 * q :])
+    after = by_key([p.payload for p in d.link.unacked()[n:] if p.topic.endswith("/score")])
+    assert after and not set(after) & set(published)
+    timed = held.with_time_weighted(names).bundle_id
+    assert {json.loads(p)["bundle_id"] for ps in after.values() for p in ps} == {timed} != {held.bundle_id}
+
+
 def test_a_damaged_accumulator_in_another_models_state_costs_only_its_turbines_bins(bundle, messages, tmp_path):
     """Another model's state (refused at once) with one turbine's accumulator damaged: carrying its open bins
     raised TypeError at every start. Now that turbine's bins are not carried (a malformed one cannot say how many
