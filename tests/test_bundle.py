@@ -32,7 +32,7 @@ from scada_tcn.runtime.bundle import (  # noqa: E402
 )
 from scada_tcn.runtime.calibration import fit_percentile_calibration  # noqa: E402
 from scada_tcn.runtime.drift import DriftReference  # noqa: E402
-from scada_tcn.runtime.errors import BundleError, InputError  # noqa: E402
+from scada_tcn.runtime.errors import BundleError, ConfigError, InputError  # noqa: E402
 from scada_tcn.runtime.scaling import RobustScaler  # noqa: E402
 from scada_tcn.runtime.scorer import OnnxScorer  # noqa: E402
 from scada_tcn.runtime.spec import PipelineSpec  # noqa: E402
@@ -473,14 +473,15 @@ def test_time_came_with_schema_12_and_the_edge_may_time_weigh_a_held_channel(bun
     timed = held.with_time_weighted(["power"])
     assert timed.spec.aggregation["power"] == "time" and held.spec.aggregation.get("power") is None
     assert (timed.model_id, timed.graphs) == (held.model_id, held.graphs) and timed.bundle_id != held.bundle_id
+    assert timed.schema_version == SCHEMA_VERSION and compute_bundle_id(timed.to_dict()) == timed.bundle_id
     assert held.with_time_weighted(None) is held and held.with_time_weighted([]) is held
     _edit(bundle_dir, lambda d: d["pipeline_spec"].update(aggregation={"power": "time"}))
     written = load_bundle(bundle_dir)
-    assert written.bundle_id == timed.bundle_id and written.with_time_weighted(["power"]) is written
+    assert written.bundle_id == timed.bundle_id and written.with_time_weighted(["power", "power"]) is written
     assert written.with_time_weighted([]).spec.aggregation.get("power") is None
-    with pytest.raises(BundleError, match=r"mapping.time_weighted: \['wind_speed'\] do not hold in this bundle"):
+    with pytest.raises(ConfigError, match=r"mapping.time_weighted: \['wind_speed'\] do not hold in this bundle"):
         held.with_time_weighted(["wind_speed"])
-    with pytest.raises(BundleError, match=r"mapping.time_weighted: \['pitch'\] are not channels of this bundle"):
+    with pytest.raises(ConfigError, match=r"mapping.time_weighted: \['pitch'\] are not channels of this bundle"):
         held.with_time_weighted(["pitch"])
     _edit(bundle_dir, lambda d: d.update(schema_version=11))
     assert "pipeline_spec.aggregation: time is unknown in schema_version 11 (from 12 on)" in _message(bundle_dir)

@@ -58,12 +58,18 @@ def _random_feed(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     ts = T10 + np.sort(rng.integers(0, 40 * DT, n))
     if rng.random() < 0.3:
         ts = ts // DT * DT
+    return ts, random_values(rng, n)
+
+
+def random_values(rng: np.random.Generator, n: int, unit: float = 1.0) -> np.ndarray:
+    """n samples of the channels: each in 40 % of them, of the values 0 to 4 times `unit` (90 degrees for the wind
+    direction), and UNREAD in 8 %."""
     vals = np.full((n, len(CHANNELS)), np.nan)
     for c in range(len(CHANNELS)):
         sent = rng.random(n) < 0.4
-        vals[sent, c] = rng.integers(0, 5, sent.sum()) * (90.0 if c == WD else 1.0)
+        vals[sent, c] = rng.integers(0, 5, sent.sum()) * (90.0 if c == WD else unit)
         vals[rng.random(n) < 0.08, c] = UNREAD
-    return ts, vals
+    return vals
 
 
 def test_a_held_channel_takes_its_latest_value_until_it_runs_out_or_an_unread_ends_it():

@@ -689,12 +689,14 @@ def test_a_report_by_exception_feed_with_holds_scores_as_its_whole_table(broker,
 
 
 @pytest.mark.parametrize("kind", ["stream"], indirect=True)
-def test_instantaneous_readings_time_weighted_at_the_edge_score_as_replay_does(broker, bundle, timeline, tmp_path):
+def test_instantaneous_readings_time_weighted_at_the_edge_score_as_replay_does(broker, bundle, timeline, tmp_path,
+                                                                               capsys):  # fmt: skip
     """A gateway that sends instantaneous readings: each row of the tiny farm read 5 minutes before its step's end,
     and its held channels read again 1 minute before the end, 4 % higher. The same model, exported holding those
     channels, scores them through Mosquitto with runtime.yaml's `mapping.time_weighted` naming them: every step
     gets the record that replay gives the readings as a table with that setting (the same bundle id, which is
-    not the exported bundle's), and those records differ from the samples' plain means."""
+    not the exported bundle's), and those records differ from the samples' plain means. A channel named there that
+    does not hold in the bundle stops `run` and `replay` with exit 2 and a message naming the key."""
     header, rows, _ = timeline
     ti = header.index("timestamp")
     held = [c for c in bundle.spec.channels if c not in bundle.spec.repeat_channels]
@@ -730,6 +732,14 @@ def test_instantaneous_readings_time_weighted_at_the_edge_score_as_replay_does(b
     assert d.stop() == 0
     assert_the_replays((p for _, p in col.of("/score")), want, want_records)
     col.close()
+    from scada_tcn.runtime.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"mapping": {"time_weighted": [bundle.spec.repeat_channels[0]]}}))
+    capsys.readouterr()
+    for args in (["run"], ["replay", "--input", str(table), "--out", str(tmp_path / "c.jsonl")]):
+        assert main([*args, "--config", str(bad), "--bundle", str(held_bundle.path)]) == 2
+        assert "mapping.time_weighted: ['" in capsys.readouterr().err
 
 
 def test_emqx_neuron_messages_score_as_per_turbine_telemetry(broker, bundle, scorer, timeline, replayed):

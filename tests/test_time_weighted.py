@@ -10,14 +10,20 @@ import pytest
 
 from scada_tcn.runtime.binning import bin_timeline
 from scada_tcn.runtime.errors import ConfigError, SpecError
+from scada_tcn.runtime.fleet import Fleet
 from scada_tcn.runtime.hold import UNREAD, is_unread
 from scada_tcn.runtime.open_bins import BinAccumulator
+from scada_tcn.runtime.pipeline import Preprocessor
 from scada_tcn.runtime.spec import PipelineSpec
+from scada_tcn.runtime.state_file import load_state, save_state
 from scada_tcn.trainer.config import load_config
 from scada_tcn.trainer.config.derive import spec_from_config
 from tests.test_binning import CHANNELS, DT, T10, WD, S, make_spec
 from tests.test_config import CONFIG
-from tests.test_hold import HOLDS, _random_feed
+from tests.test_features import make_spec as make_feature_spec
+from tests.test_features import make_timeline
+from tests.test_hold import HOLDS, _random_feed, _report_by_exception, random_values
+from tests.test_scaling_pipeline import fitted
 
 TIMED = {"power": "time", "wind_dir": "time", "status": "max"}
 
@@ -26,21 +32,26 @@ def _timed_spec() -> PipelineSpec:
     return make_spec(hold_s=HOLDS, aggregation=TIMED)
 
 
-def _reference(ts: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _reference(
+    ts: np.ndarray, vals: np.ndarray, holds: dict[str, int] = HOLDS, dedupe: str = "last"
+) -> tuple[np.ndarray, np.ndarray]:
     """The rule, one bin at a time: the held binning for the other channels; for power and wind_dir the events of
-    the channel in time order (a stamp's distinct values collapsed to the last, an UNREAD winning its stamp), each
-    value holding from its stamp to the next event or its hold's end, and each bin the mean of what holds over
-    [E - dt, E) weighted by how long (circular for the angle). A bin over which nothing holds keeps the held
-    binning's value."""
-    grid, out, _ = bin_timeline(ts, vals, make_spec(hold_s=HOLDS))
+    the channel in time order (a stamp's distinct values, in order of first appearance, collapsed by `dedupe`; an
+    UNREAD winning its stamp), each value holding from its stamp to the next event or its hold's end, and each bin
+    the mean of what holds over [E - dt, E) weighted by how long (circular for the angle). A bin over which nothing
+    holds keeps the held binning's value."""
+    collapse = {"first": lambda d: d[0], "last": lambda d: d[-1], "mean": lambda d: sum(d) / len(d), "max": max,
+                "min": min}[dedupe]  # fmt: skip
+    grid, out, _ = bin_timeline(ts, vals, make_spec(hold_s=holds, dedupe=dedupe))
     for name in ("power", "wind_dir"):
-        c, hold = CHANNELS.index(name), HOLDS[name] * S
+        c, hold = CHANNELS.index(name), holds[name] * S
         at: dict[int, list[float]] = {}
         for t, v in zip(ts.tolist(), vals[:, c]):
             if is_unread(v) or not np.isnan(v):
                 at.setdefault(t, []).append(math.nan if is_unread(v) else float(v))
-        # the distinct values in order of first appearance, the last (dedupe "last"); an UNREAD wins its stamp
-        events = {t: math.nan if any(map(math.isnan, vs)) else list(dict.fromkeys(vs))[-1] for t, vs in at.items()}
+        events = {
+            t: math.nan if any(map(math.isnan, vs)) else collapse(list(dict.fromkeys(vs))) for t, vs in at.items()
+        }
         stamps = sorted(events)
         for i, end in enumerate(grid.tolist()):
             weights: list[tuple[float, float]] = []
@@ -60,6 +71,23 @@ def _reference(ts: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray
             else:
                 out[i, c] = sum(w * v for w, v in weights) / total
     return grid, out
+
+
+def _feed(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A sparse feed over 20 bins, its stamps on a lattice of 1 ns, 7 s, a minute or a step (so several samples
+    often share a stamp, on a step's end or not), each channel in 40 % of the samples from a few values, and an
+    UNREAD in 8 %."""
+    n = int(rng.integers(1, 50))
+    lattice = int(rng.choice([1, 7 * S, 60 * S, DT]))
+    return T10 + np.sort(rng.integers(0, 20 * DT, n)) // lattice * lattice, random_values(rng, n, 97.3)
+
+
+def _assert_close(out: np.ndarray, ref: np.ndarray) -> None:
+    """Equal within 1e-9, the wind direction on the circle (0 and 359.99999999999994 are one direction)."""
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+    gap = np.abs(np.nan_to_num(out) - np.nan_to_num(ref))
+    gap[:, WD] = np.minimum(gap[:, WD], 360.0 - gap[:, WD])
+    assert gap.max(initial=0.0) <= 1e-9 + 1e-12 * np.abs(np.nan_to_num(ref)).max(initial=0.0)
 
 
 def test_a_value_weighs_by_how_long_it_held_in_the_step():
@@ -98,22 +126,89 @@ def test_a_value_weighs_by_how_long_it_held_in_the_step():
 
 
 def test_batch_and_stream_follow_the_rule():
-    """Random sparse feeds (several values at a stamp, UNREADs, stamps on the grid): `bin_timeline` gives the rule's
-    numbers, and a `BinAccumulator` fed them one by one the same bits."""
+    """Random sparse feeds (several values at a stamp, on a step's end or inside it, UNREADs), holds from 7 s to an
+    hour (shorter and longer than a step) and each dedupe rule: `bin_timeline` gives the rule's numbers, and a
+    `BinAccumulator` fed them one by one the same bits."""
     rng = np.random.default_rng(17)
     compared = 0
-    for _ in range(200):
-        ts, vals = _random_feed(rng)
-        vals[:, 1] = np.where(np.isnan(vals[:, 1]) | is_unread(vals[:, 1]), vals[:, 1], vals[:, 1] * 97.3)
-        grid, out, _ = bin_timeline(ts, vals, _timed_spec())
-        ref_grid, ref = _reference(ts, vals)
+    for _ in range(400):
+        ts, vals = _feed(rng)
+        holds = {"power": int(rng.choice([7, 60, 300, 600, 1800])), "wind_dir": int(rng.choice([60, 900, 3600])),
+                 "status": 7200}  # fmt: skip
+        dedupe = str(rng.choice(["first", "last", "mean", "max", "min"]))
+        spec = make_spec(hold_s=holds, aggregation=TIMED, dedupe=dedupe)
+        grid, out, _ = bin_timeline(ts, vals, spec)
+        ref_grid, ref = _reference(ts, vals, holds, dedupe)
         np.testing.assert_array_equal(grid, ref_grid)
-        np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-9)
-        acc = BinAccumulator(_timed_spec(), grace_seconds=0)
+        _assert_close(out, ref)
+        acc = BinAccumulator(spec, grace_seconds=0)
         closed = [b for t, v in zip(ts, vals) for b in acc.add(int(t), v)] + acc.close_until(int(grid[-1]))
         np.testing.assert_array_equal(np.stack([b.values for b in closed]), out)
         compared += int((~np.isnan(out[:, 1])).sum())
     assert compared > 2000
+
+
+def test_a_fleet_time_weighs_as_the_batch_does_in_any_chunks_and_across_a_restart(tmp_path):
+    """Report-by-exception feeds of three turbines with three time-weighted channels: a Fleet fed them by
+    `add_batch` (the daemon) in 5, 97 and 1,000 chunks, restarted half-way from its state file, and by `add_many`
+    (replay) in 1, 7 and 300 chunks, gives `Preprocessor(bin_timeline(...))`'s rows at every step, bit for bit."""
+    holds = {"wind_speed": 1800, "power": 3600, "wind_dir": 3600, "status": 7200}
+    spec = make_feature_spec(hold_s=holds, aggregation={c: "time" for c in ("wind_speed", "power", "wind_dir")})
+    scaler = fitted(spec, make_timeline(2000, seed=3)).scaler
+    rng = np.random.default_rng(11)
+    feeds = {name: _report_by_exception(make_timeline(300, seed=40 + k), rng, T10 + k * DT)
+             for k, name in enumerate(["T1", "T2", "T3"])}  # fmt: skip
+    order = np.argsort(np.concatenate([f[0] for f in feeds.values()]), kind="stable")
+    names = np.repeat(list(feeds), [f[0].size for f in feeds.values()])[order]
+    ts = np.concatenate([f[0] for f in feeds.values()])[order]
+    vals = np.concatenate([f[1] for f in feeds.values()])[order]
+    pre = Preprocessor(spec, scaler)
+    want = {name: (bin_timeline(t, v, spec)[0], pre.transform(bin_timeline(t, v, spec)[1]).X)
+            for name, (t, v) in feeds.items()}  # fmt: skip
+    for how, chunks in [("batch", 5), ("batch", 97), ("batch", 1000), ("many", 1), ("many", 7), ("many", 300)]:
+        fleet, steps = Fleet(spec, scaler, 36, 0.0, 10, windows=False), []
+        for k, chunk in enumerate(np.array_split(np.arange(ts.size), chunks)):
+            if how == "batch":
+                fleet.add_batch(names[chunk].tolist(), ts[chunk], vals[chunk])
+            else:
+                fleet.add_many(names[chunk], ts[chunk], vals[chunk])
+            steps += fleet.drain()
+            if k == chunks // 2 and how == "batch":
+                save_state(tmp_path / "state.npz", {"fleet": fleet.state_dict()})
+                fleet = Fleet(spec, scaler, 36, 0.0, 10, windows=False)
+                fleet.load_state_dict(load_state(tmp_path / "state.npz")["fleet"])
+        fleet.close_until(int(ts.max()) + 2 * DT)
+        steps += fleet.drain()
+        for name, (grid, X) in want.items():
+            mine = [s for s in steps if s.turbine == name][: grid.size]
+            assert [s.end_ns for s in mine] == grid.tolist(), (how, chunks)
+            np.testing.assert_array_equal(np.stack([s.rows.X for s in mine]), X)
+
+
+def test_a_steady_value_reads_exactly_and_extremes_stay_finite():
+    """A value held over whole steps reads exactly as sent (as the hold gives it without `time`), so does an angle;
+    values near the float range stay finite; stamps near the end of the int64 clock give the numbers they give in
+    2024; a step given a value only by a hold running out in it counts as held."""
+    for value in (1023.6432494005135, 0.1, -7.3e-5):
+        ts, vals = T10 + np.array([60, 45 * 60]) * S, np.full((2, len(CHANNELS)), np.nan)
+        vals[0, 1], vals[0, WD], vals[1, 0] = value, 123.456789, 5.0
+        plain = bin_timeline(ts, vals, make_spec(hold_s=HOLDS))[1]
+        timed = bin_timeline(ts, vals, _timed_spec())[1]
+        np.testing.assert_array_equal(timed[:3, [1, WD]], plain[:3, [1, WD]])
+    ts, vals = T10 + np.array([60, 300]) * S, np.full((2, len(CHANNELS)), np.nan)
+    vals[:, 1] = [1e300, -1e300]
+    assert np.isfinite(bin_timeline(ts, vals, _timed_spec())[1][0, 1])
+    rng = np.random.default_rng(3)
+    late = (np.iinfo(np.int64).max - 30 * DT) // DT * DT  # a grid stamp in 2262
+    for _ in range(50):
+        ts, vals = _feed(rng)
+        now, then = bin_timeline(ts, vals, _timed_spec()), bin_timeline(ts - T10 + late, vals, _timed_spec())
+        np.testing.assert_array_equal(now[1], then[1])
+    ts, vals = T10 + np.array([8 * 60, 25 * 60]) * S, np.full((2, len(CHANNELS)), np.nan)
+    vals[0, 1], vals[1, 0] = 100.0, 5.0
+    grid, out, stats = bin_timeline(ts, vals, make_spec(hold_s={"power": 300}, aggregation={"power": "time"}))
+    assert out[:, 1].tolist()[:2] == [100.0, 100.0] and np.isnan(out[2, 1])  # 10:08 + 5 min ends inside 10:20's
+    assert stats.held == {"power": 1}
 
 
 def test_causality_a_step_never_weighs_a_later_value():

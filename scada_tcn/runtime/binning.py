@@ -13,8 +13,9 @@ Contract
   channel), NaN ignored: exact repeats (same value) are dropped keeping the first occurrence, so a redelivered
   sample changes nothing; the distinct values left are collapsed by `spec.dedupe`
   ("first"/"last" by order of first appearance, "mean", "max", "min"). (3) Per (bin, channel):
-  `spec.aggregation` (default "mean"; "last" = latest timestamp); angular channels use the circular mean
-  atan2(sum sin, sum cos) mapped to [0, 360) deg or [0, 2pi) rad.
+  `spec.aggregation` (default "mean"; "last" = latest timestamp; "time" = a held channel's time-weighted mean,
+  `_time_weigh`); angular channels use the circular mean atan2(sum sin, sum cos) mapped to [0, 360) deg or
+  [0, 2pi) rad.
 * Output: a contiguous grid of bin labels (int64 ns) and values (T, C) float64, NaN where a bin has no present
   value for a channel. Gaps stay missing (never interpolated); winsor caps are NOT applied here.
 
@@ -33,7 +34,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from scada_tcn.runtime.errors import InputError, SpecError
-from scada_tcn.runtime.hold import UNREAD, Carry, Events, fill, held_before, is_unread, no_carry
+from scada_tcn.runtime.hold import UNREAD, Carry, Events, fill, held_before, is_unread, latest, no_carry
 from scada_tcn.runtime.spec import PipelineSpec
 
 _NS_PER_S = 1_000_000_000
@@ -295,7 +296,7 @@ def _hold(
     """`hold.fill` of this plan's report-by-exception channels (nothing to do without them) into `binned`, the
     bins of `grid` (`_bin_sorted`'s samples: ts, order, channel-major values, start, number of bins): a bin filled
     by a hold gets what a bin holding that one sample gets; then `_time_weigh` of those aggregated by `time`."""
-    if not plan.held:
+    if not plan.held or not ends.size:
         return
 
     def one_sample(v: np.ndarray, c: int) -> np.ndarray:
@@ -303,11 +304,11 @@ def _hold(
 
     ts, order, cols, start, n = grid
     streams = [_stream(ts, cols[c], order, plan.dedupe) for c in plan.held]
-    events = _events(streams, plan, start, n)
-    before = held_before(ends, slots, events, plan.held, carry) if plan.timed else None
-    fill(binned, ends, slots, events, plan.held, plan.hold_ns, one_sample, carry)
+    found = latest(ends, slots, _events(streams, plan, start, n), plan.held, carry)
+    before = held_before(found, plan.held, plan.timed, carry) if plan.timed else None
+    fill(binned, found, plan.held, plan.hold_ns, one_sample, carry)
     if before is not None:
-        _time_weigh(plan, binned, ends, (start, n), streams, before)
+        carry.filled[list(plan.timed)] += _time_weigh(plan, binned, ends, (start, n), streams, before)
 
 
 def _time_weigh(
@@ -317,41 +318,55 @@ def _time_weigh(
     grid: tuple[int, int],
     streams: list[tuple[np.ndarray, np.ndarray]],
     before: tuple[np.ndarray, np.ndarray],
-) -> None:
+) -> np.ndarray:
     """The channels aggregated by `time`, in place: a bin (E - dt, E] gets the mean of the values holding over
     [E - dt, E), each weighted by how long it holds there. A value holds from its stamp until the channel's next
     event (its `_stream`), and for at most the channel's hold; an `UNREAD` holds nothing. The value before the bin
-    (`before`: `hold.held_before`) holds over its start. A bin over which nothing holds (a value stamped on its end
-    E holds after it) keeps what binning and `hold.fill` gave it. Angular channels take the circular mean of the
-    weighted angles. `grid`: the start and the number of bins of the streams' grid; `ends`: the bins' true ends."""
+    (`before`: `hold.held_before`, per time-weighted channel) holds over its start. A bin over which nothing holds
+    (a value stamped on its end E holds after it) keeps what binning and `hold.fill` gave it. Angular channels take
+    the weighted circular mean. The mean is taken about one of the bin's values, so a bin over which one value held
+    reads it exactly. `grid`: the start and the number of bins of the streams' grid; `ends`: the bins' true ends.
+    Returns, per time-weighted channel, the bins given a value by a hold alone (one running out in them)."""
     start, n = grid
     dt = plan.dt_ns
     rows_end = start + dt * np.arange(n, dtype=np.int64)  # each bin's end on the grid's own stamps
-    for h in plan.timed:
+    held_only = np.zeros(len(plan.timed), dtype=np.int64)
+    for k, h in enumerate(plan.timed):
         (t, v), c, hold = streams[h], plan.held[h], int(plan.hold_ns[h])
         row = (_ceil_labels(t, dt) - start) // dt
-        same = np.append(row[1:] == row[:-1], False)
-        stop = np.minimum(np.where(same, np.append(t[1:], 0), rows_end[row]), t + hold)
-        w = np.where(np.isnan(v), 0, stop - t).astype(np.float64)
-        v = np.where(np.isnan(v), 0.0, v)
+        nxt = rows_end[row]  # until the next event in the bin, else the bin's end
+        same = np.flatnonzero(row[1:] == row[:-1])
+        nxt[same] = t[same + 1]
+        w = np.where(np.isnan(v), 0.0, np.minimum(nxt - t, hold) / dt)  # a fraction of the bin
+        own = np.zeros(n, dtype=bool)
+        own[row] = True
         first = np.full(n, dt, dtype=np.int64)  # per bin, how far into it its first event comes (dt: none)
-        head = np.flatnonzero(np.concatenate(([True], row[1:] != row[:-1]))) if t.size else np.empty(0, np.int64)
-        first[row[head]] = dt - (rows_end[row[head]] - t[head])
-        b_ts, b_val = before[0][:, h], before[1][:, h]
+        head = np.flatnonzero(np.concatenate(([True], row[1:] != row[:-1])))[: row.size]
+        first[row[head]] = t[head] - (rows_end[row[head]] - dt)
+        b_ts, b_val = before[0][:, k], before[1][:, k]
         known = ~np.isnan(b_val)  # the value before the bin: holds until its first event or its hold runs out
         until = np.zeros(n, dtype=np.int64)
-        until[known] = np.minimum(first[known], b_ts[known] + hold - (ends[known] - dt))
-        w0 = np.maximum(until, 0).astype(np.float64)
-        v0 = np.where(known, b_val, 0.0)
-        weight = np.bincount(row, w, n) + w0
-        some = weight > 0
+        until[known] = np.minimum(first[known], hold - ((ends[known] - dt) - b_ts[known]))
+        w0 = np.maximum(until, 0) / dt
+        some = np.bincount(row, w, n) + w0 > 0
+        held_only[k] = np.count_nonzero(some & ~own & np.isnan(binned[:, c]))
+        ref = np.where(w0 > 0, b_val, np.nan)  # the value the mean is taken about: the one before, else the first
+        pos = np.flatnonzero(w > 0)
+        r, at = np.unique(row[pos], return_index=True)
+        take = np.isnan(ref[r])
+        ref[r[take]] = v[pos[at[take]]]
         if plan.how[c] == "circular":
-            rad, rad0 = v * (2.0 * math.pi / plan.period), v0 * (2.0 * math.pi / plan.period)
-            sin = np.bincount(row, w * np.sin(rad), n) + w0 * np.sin(rad0)
-            cos = np.bincount(row, w * np.cos(rad), n) + w0 * np.cos(rad0)
-            binned[some, c] = _turns(np.arctan2(sin[some], cos[some]), plan.period)
+            to_rad = 2.0 * math.pi / plan.period
+            ref_rad = np.arctan2(np.sin(ref * to_rad), np.cos(ref * to_rad))  # as `_circular` reads one value
+            d = np.where(w > 0, (v - ref[row]) * to_rad, 0.0)
+            sin = np.bincount(row, w * np.sin(d), n)
+            cos = np.bincount(row, w * np.cos(d), n) + w0  # the value before is the reference: an angle of 0
+            binned[some, c] = _turns(ref_rad[some] + np.arctan2(sin[some], cos[some]), plan.period)
         else:
-            binned[some, c] = (np.bincount(row, w * v, n) + w0 * v0)[some] / weight[some]
+            d = np.where(w > 0, v - ref[row], 0.0)
+            weight = np.bincount(row, w, n) + w0
+            binned[some, c] = ref[some] + np.bincount(row, w * d, n)[some] / weight[some]
+    return held_only
 
 
 def _grid_bound(x: Any, dt_ns: int, name: str) -> int:

@@ -104,7 +104,7 @@ from scada_tcn.runtime.calibration import Calibration
 from scada_tcn.runtime.csv_table import PARQUET_KINDS, CsvDialect, dialect_problem, read_encoding
 from scada_tcn.runtime.digest import canonical_json
 from scada_tcn.runtime.drift import DriftReference
-from scada_tcn.runtime.errors import BundleError
+from scada_tcn.runtime.errors import BundleError, ConfigError
 from scada_tcn.runtime.flags import compile_rules
 from scada_tcn.runtime.ids import id_pattern_problem
 from scada_tcn.runtime.pipeline import scaled_mask
@@ -777,31 +777,30 @@ class Bundle(BundleContents):
     def with_time_weighted(self, channels: Sequence[str] | None) -> Bundle:
         """This bundle scoring a source whose `channels` are instantaneous readings held until the next (runtime.yaml's
         `mapping.time_weighted`): their bins aggregate by `time` and the other channels' `time` becomes `mean`. None,
-        or the bundle's own channels: this bundle. Otherwise its `bundle_id` is that of the document with this
-        aggregation, so its records and state name the settings that scored them. Each channel must hold (the
-        spec's `hold_s`)."""
+        or the bundle's own channels: this bundle. Otherwise a bundle of the current schema whose `bundle_id` is that
+        of its own document, so its records and state name the settings that scored them. Each channel must hold
+        (the spec's `hold_s`); else ConfigError, naming runtime.yaml's key."""
         spec = self.spec
-        own = sorted(c for c, a in spec.aggregation.items() if a == "time")
-        if channels is None or sorted(channels) == own:
+        own = {c for c, a in spec.aggregation.items() if a == "time"}
+        if channels is None or set(channels) == own:
             return self
         unknown = sorted(set(channels) - set(spec.channels))
         if unknown:
-            raise BundleError(
+            raise ConfigError(
                 f"mapping.time_weighted: {unknown} are not channels of this bundle: {list(spec.channels)}"
             )
         bad = sorted(set(channels) - set(spec.hold_s))
         if bad:
-            raise BundleError(
+            raise ConfigError(
                 f"mapping.time_weighted: {bad} do not hold in this bundle (pipeline_spec.hold_s: "
                 f"{dict(spec.hold_s)}): a time-weighted mean reads each value as holding until the next; export the "
                 "model with data.qc.hold_s giving them how long their values hold"
             )
         agg = {c: a for c, a in spec.aggregation.items() if a != "time"} | dict.fromkeys(channels, "time")
-        doc = self.to_dict()
-        doc["schema_version"] = SCHEMA_VERSION
-        doc["pipeline_spec"] = {**spec.to_dict(), "aggregation": agg}
-        new_spec = PipelineSpec.from_dict(doc["pipeline_spec"])
-        return dataclasses.replace(self, spec=new_spec, bundle_id=compute_bundle_id(doc))
+        timed = dataclasses.replace(
+            self, spec=PipelineSpec.from_dict({**spec.to_dict(), "aggregation": agg}), schema_version=SCHEMA_VERSION
+        )
+        return dataclasses.replace(timed, bundle_id=compute_bundle_id(timed.to_dict()))
 
     def to_dict(self) -> dict[str, Any]:
         """The whole bundle.json document, keys in the documented order (of its schema version)."""

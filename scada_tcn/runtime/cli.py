@@ -155,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         summary = replay_file(args.bundle, args.input, args.out, cfg, args.alerts, progress)
-    except (BundleError, InputError, SpecError) as e:  # a bad bundle or table: the message says what to fix
+    except (BundleError, ConfigError, InputError, SpecError) as e:  # a bad bundle, setting or table: what to fix
         print(f"replay: {e}", file=sys.stderr)
         return 2
     print(json.dumps(summary), file=sys.stderr)

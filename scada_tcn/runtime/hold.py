@@ -13,6 +13,10 @@ value or an `UNREAD` keeps what binning made of its samples. Nothing holds a val
 link shows as missing once the hold has run out, and a hold never reaches back: a bin takes only values stamped at
 or before its end (causal).
 
+A held channel aggregated by `time` (`binning._time_weigh`) takes, in a bin with values, the time-weighted mean of
+what held over it, the value from before the bin included (`held_before`), and in a bin where a value's hold runs
+out, that value; the rules above give its other bins.
+
 `UNREAD` is a NaN with a payload of its own, so it travels inside the float64 sample arrays (the daemon's journal
 and state file keep the bits) and everything else reads it as missing; only `is_unread` tells it apart. `fill` has one
 caller, `binning._hold`, with the events `binning` finds in each bin: the batch (`binning.bin_timeline`) and the
@@ -28,7 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["NO_VALUE", "UNREAD", "Carry", "Events", "fill", "held_before", "is_unread", "no_carry"]
+__all__ = ["NO_VALUE", "UNREAD", "Carry", "Events", "Latest", "fill", "held_before", "is_unread", "latest", "no_carry"]
 
 _UNREAD_BITS = 0x7FF8_0000_5CAD_A0D1  # a quiet NaN: arithmetic and comparisons treat it as any NaN
 UNREAD: float = struct.unpack("<d", struct.pack("<Q", _UNREAD_BITS))[0]
@@ -101,30 +105,41 @@ def _latest(b: _BySlot, events: Events, h: int, c: int, carry: Carry) -> tuple[n
     return src_ts, src_val, did
 
 
-def held_before(
-    ends: np.ndarray, slots: np.ndarray, events: Events, held: tuple[int, ...], carry: Carry
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per bin (in the order given) and held channel, the latest thing the channel did before the bin began, in the
-    slot's earlier bins or the carry: stamps (n, H) int64 and values (n, H) (NaN: an `UNREAD`, or nothing; its
-    stamp is then meaningless). `fill`'s arguments; call it before `fill`, which moves the carry on."""
-    n = ends.size
-    ts, val = np.full((n, len(held)), NO_VALUE, dtype=np.int64), np.full((n, len(held)), np.nan)
-    if not n:
-        return ts, val
+class Latest(NamedTuple):
+    """`latest`'s result: the bins sorted by slot (`b`) and, per held channel, `_latest`'s arrays in that order."""
+
+    b: _BySlot
+    channels: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def latest(ends: np.ndarray, slots: np.ndarray, events: Events, held: tuple[int, ...], carry: Carry) -> Latest:
+    """Per bin and held channel, the latest thing the channel did up to the bin's end (`_latest`), for `fill` and
+    `held_before`. ends (n,) the bins' end stamps (ns), slots (n,) their slots, each slot's bins in time order;
+    events: `Events` of the held channels `held` (indices into the channels); carry: the slots' latest values
+    before these bins (read, not moved on: `fill` does that)."""
     b = _by_slot(slots, ends)
-    for h, c in enumerate(held):
-        src_ts, src_val, _ = _latest(b, events, h, c, carry)
+    return Latest(b, [_latest(b, events, h, c, carry) for h, c in enumerate(held)])
+
+
+def held_before(found: Latest, held: tuple[int, ...], which: tuple[int, ...], carry: Carry) -> tuple[np.ndarray, ...]:
+    """Per bin (in the order `latest` was given them) and held channel `which` (indices into `held`), the latest
+    thing the channel did before the bin began, in the slot's earlier bins or the carry: stamps (n, W) int64 and
+    values (n, W) (NaN: an `UNREAD`, or nothing; its stamp is then meaningless). Call it before `fill`, which moves
+    the carry on."""
+    b = found.b
+    n = b.s.size
+    ts, val = np.full((n, len(which)), NO_VALUE, dtype=np.int64), np.full((n, len(which)), np.nan)
+    for k, h in enumerate(which):
+        src_ts, src_val, _ = found.channels[h]
         prev_ts, prev_val = np.roll(src_ts, 1), np.roll(src_val, 1)  # the bin before, in the slot's run
-        prev_ts[b.head], prev_val[b.head] = carry.ts[b.s[b.head], c], carry.val[b.s[b.head], c]
-        ts[b.o, h], val[b.o, h] = prev_ts, prev_val
+        prev_ts[b.head], prev_val[b.head] = carry.ts[b.s[b.head], held[h]], carry.val[b.s[b.head], held[h]]
+        ts[b.o, k], val[b.o, k] = prev_ts, prev_val
     return ts, val
 
 
 def fill(
     binned: np.ndarray,
-    ends: np.ndarray,
-    slots: np.ndarray,
-    events: Events,
+    found: Latest,
     held: tuple[int, ...],
     hold_ns: np.ndarray,
     one_sample: Callable[[np.ndarray, int], np.ndarray],
@@ -132,16 +147,16 @@ def fill(
 ) -> None:
     """Hold report-by-exception channels into the bins where they did nothing, in place.
 
-    binned (n, C): closed bins of any slots, each slot's in time order; ends (n,) their end stamps (ns); slots (n,)
-    their slots; events: `Events` of the held channels `held` (indices into C), `hold_ns` (H,) how long each one's
-    value holds; one_sample(values, c): what a bin holding one sample of channel c of each value gets; carry: the
-    slots' latest values before these bins, updated to the latest after them, and the bins filled, counted up."""
-    if not ends.size or not held:
+    binned (n, C): closed bins of any slots, each slot's in time order; found: `latest` of these bins, of the held
+    channels `held` (indices into C), `hold_ns` (H,) how long each one's value holds; one_sample(values, c): what a
+    bin holding one sample of channel c of each value gets; carry: the slots' latest values before these bins,
+    updated to the latest after them, and the bins filled, counted up."""
+    b = found.b
+    if not b.s.size or not held:
         return
-    b = _by_slot(slots, ends)
     seg_slots = b.s[b.head]
     for h, c in enumerate(held):
-        src_ts, src_val, did = _latest(b, events, h, c, carry)
+        src_ts, src_val, did = found.channels[h]
         ok = ~did & ~np.isnan(src_val)
         ok[ok] = b.e[ok] - src_ts[ok] <= hold_ns[h]  # a carried value's stamp is never NO_VALUE (its value is NaN)
         binned[b.o[ok], c] = one_sample(src_val[ok], c)
