@@ -26,6 +26,9 @@ Forms (CPU seconds of this process; pin it to one core):
                  every tag of a message with one stamp
   tag-objects-apart  the same with each tag's own stamp (a millisecond apart), as the connector stamps each data
                  point when it was read: each tag is a sample of its own (figures per table row, as for the rest)
+  opcua          `--array` samples per message as OPC Publisher's PubSub JSON NetworkMessages (`ingest.batch_format:
+                 opcua`): a DataSetMessage per sample, each value a DataValue `{"Value", "SourceTimestamp",
+                 "ServerTimestamp"}`, and the two tags (`mapping.ignored_keys`)
   hostile-array  one 4 MiB array of refused elements (`[1,1,...]`): what one bad message costs the loop
 Printed: microseconds per sample (per refused element for the hostile array), the least of `--repeat` runs, and
 the ratio to `iso`.
@@ -45,6 +48,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from scada_tcn.runtime.opcua_pubsub import PubSubDecoder  # noqa: E402
 from scada_tcn.runtime.sparkplug import SparkplugDecoder  # noqa: E402
 from scada_tcn.runtime.tag_topics import TagObjectDecoder, TagPayload, TagTopicDecoder  # noqa: E402
 from scada_tcn.runtime.telemetry import BatchDecode, Sample, TelemetryDecoder  # noqa: E402
@@ -131,6 +135,13 @@ def main() -> None:
     apart = [json.dumps({c: {"SourceTimestamp": _iso(d["ts"])[:19] + f".{k:03d}+00:00", "Value": v}
                          for k, (c, v) in enumerate(d["values"].items())}).encode() for d in docs]  # fmt: skip
 
+    opcua = PubSubDecoder(ms)
+    networks = [json.dumps({"MessageId": str(i), "MessageType": "ua-data", "PublisherId": "opcpub", "Messages": [
+        {"DataSetWriterName": "WT01", "SequenceNumber": i + j, "MessageType": "ua-deltaframe", "Timestamp":
+         _iso(d["ts"] // 1000), "Payload": {c: {"Value": v, "SourceTimestamp": _iso(d["ts"] // 1000), "ServerTimestamp":
+                                                _iso(d["ts"] // 1000)} for c, v in d["values"].items()}}
+        for j, d in enumerate(tb_docs[i : i + k])]}).encode() for i in range(0, len(tb_docs), k)]  # fmt: skip
+
     def tags() -> int:
         got = [uns.decode(t, p, now) for t, p in per_tag]
         assert all(isinstance(g, BatchDecode) and not g.rejected for g in got)
@@ -170,6 +181,7 @@ def main() -> None:
         "uns": tags,
         "tag-objects": lambda: rows(lambda p: aio.decode(topic, p, now), objects),
         "tag-objects-apart": lambda: rows(lambda p: aio.decode(topic, p, now), apart),
+        "opcua": lambda: many(lambda p: opcua.decode(p, now), networks),
         "hostile-array": refused,
     }
     print(

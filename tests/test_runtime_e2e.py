@@ -863,6 +863,45 @@ def test_a_turbines_tags_as_one_object_score_as_per_turbine_telemetry(broker, bu
     _assert_tags_scored(broker, cfg, bundle, scorer, timeline, replayed, messages, want_refused, samples, failed, "aio")
 
 
+def test_opc_ua_pubsub_network_messages_score_as_per_turbine_telemetry(broker, bundle, scorer, timeline, replayed):
+    """OPC UA PubSub JSON as OPC Publisher writes it (`ingest.batch_format: opcua`): NetworkMessages of 8 rows, each
+    row its turbine's DataSetMessage (DataSetWriterName the turbine), each value a DataValue with its
+    SourceTimestamp, a value the table lacks sent as a Bad StatusCode object, a status field ignored, a metadata
+    NetworkMessage first. Every 100 rows a NetworkMessage also holds a writer off the allow-list and a field of no
+    channel: each costs its values only and is reported with its message and field. Every sample is admitted,
+    every step scored as the replay's, each bad read counted under its channel."""
+    header, rows, _ = timeline
+    channel_of = {k: ch for ch, k in bundle.column_mapping.items()}
+    bad = {"Symbol": "BadNoCommunication", "Code": 2150694912}
+    meta = {"MessageId": "0", "MessageType": "ua-metadata", "PublisherId": "opcpub", "DataSetWriterId": 1,
+            "MetaData": {"Name": "WT01", "Fields": []}}  # fmt: skip
+    messages, want_refused, failed = [("opcua/data", json.dumps(meta).encode())], [], Counter()
+    docs = [json.loads(p) for _, p in to_messages(header, rows)]
+    ii = header.index("turbine_id")
+    for n in range(0, len(rows), 8):
+        writers = []
+        for r, doc in zip(rows[n : n + 8], docs[n : n + 8]):
+            fields: dict = {"StateCode": {"Value": 3, "SourceTimestamp": doc["ts"]}}
+            for k, v in doc["values"].items():
+                fields[k] = {"StatusCode": bad, "SourceTimestamp": doc["ts"]} if v is None else {
+                    "Value": v, "SourceTimestamp": doc["ts"], "ServerTimestamp": doc["ts"]}  # fmt: skip
+                failed[channel_of[k]] += v is None
+            writers.append({"DataSetWriterName": r[ii], "SequenceNumber": n, "MessageType": "ua-deltaframe",
+                            "MetaDataVersion": {"MajorVersion": 1, "MinorVersion": 0}, "Payload": fields})  # fmt: skip
+        if n % 100 < 8:
+            writers[0]["Payload"]["power_setpoint"] = {"Value": 1.0, "SourceTimestamp": docs[n]["ts"]}
+            writers.append({"DataSetWriterName": "WT09", "Payload": {"x": 1.0}})
+            want_refused += [({"message": 1, "field": "power_setpoint"}, "unknown_channel"),
+                             ({"message": len(writers)}, "unknown_turbine")]  # fmt: skip
+        net = {"MessageId": str(n), "MessageType": "ua-data", "PublisherId": "opcpub", "Messages": writers}
+        messages.append(("opcua/data", json.dumps(net).encode()))
+    assert sum(failed.values()) > 0, "no bad read sent"
+    cfg = daemon_config(broker.url, topics={"telemetry_batch": "opcua/data"}, mapping={"ignored_keys": ["StateCode"]},
+                        ingest={"batch_format": "opcua", "turbines": ["WT01", "WT02", "WT03", "WT04"]})  # fmt: skip
+    _assert_tags_scored(broker, cfg, bundle, scorer, timeline, replayed, messages, want_refused, len(rows), failed,
+                        "opcua")  # fmt: skip
+
+
 def test_decode_shows_what_the_daemon_reads_in_one_message(bundle_dir, bundle, tmp_path, capsys):
     """`scada-runtime decode`: the setting that routes a message, its samples (null where the source has no value),
     its refusals; exit 0 when nothing was refused, 1 otherwise, 2 for a bad --now. The daemon reads through the

@@ -354,7 +354,7 @@ def test_thingsboard_gateway_form_judges_each_element_as_a_message_on_its_turbin
     over = tiny.decode_devices(b'{"WT1": [' + b",".join([b'{"ts": 1717200000, "values": {"P": 1}}'] * 2) + b"]}", NOW)
     assert isinstance(over, Rejection) and over.reason == "oversized" and "max_batch_payload_bytes=60" in over.detail
     with pytest.raises(
-        ConfigError, match="ingest.batch_format: one of lines, devices, kepware, neuron; got 'thingsboard'"
+        ConfigError, match="ingest.batch_format: one of lines, devices, kepware, neuron, opcua; got 'thingsboard'"
     ):
         daemon_config_from_dict({"ingest": {"batch_format": "thingsboard"}})
     with pytest.raises(ConfigError, match="ingest.batch_format: devices is the form of topics.telemetry_batch, which"):

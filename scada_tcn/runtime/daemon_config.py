@@ -31,8 +31,9 @@ import yaml
 from scada_tcn.runtime.csv_table import dialect_problem
 from scada_tcn.runtime.errors import ConfigError
 from scada_tcn.runtime.ids import id_pattern_problem
+from scada_tcn.runtime.opcua_pubsub import TURBINE_FIELDS
 from scada_tcn.runtime.sparkplug import NAMESPACE, command_filter, topic_filters
-from scada_tcn.runtime.tag_topics import tag_filter, template_problem
+from scada_tcn.runtime.tag_topics import QUALITY_RULES, tag_filter, template_problem
 from scada_tcn.runtime.telemetry import (
     BATCH_FORMATS,
     EPOCH_UNITS,
@@ -163,7 +164,8 @@ class IngestCfg:
         "Gateway's standard template, {timestamp, values: [{id, v, q, t}, ...]}, the turbine and key taken from "
         "each tag id by mapping.tag_pattern, a value of quality false read as null; neuron: EMQX Neuron's MQTT app, "
         "one message per south node (the turbine) and group, its values or tags format, a tag in errors read as "
-        "null",
+        "null; opcua: OPC UA PubSub JSON NetworkMessages (OPC Publisher's PubSub mode), one DataSetWriter per "
+        "turbine (mapping.opcua_turbine), each field a DataValue or a value, a StatusCode not Good read as null",
     )
     telemetry_format: str = _f(
         "values",
@@ -267,6 +269,11 @@ class TagPayloadCfg:
         "[good]; [true]); any other quality is a failed read (null). Needed with quality",
     )
     other_keys: list[str] = _f([], "run: other payload keys the source sends, not read (e.g. AVEVA's [dt])")
+    quality_rule: str = _f(
+        "listed",
+        "run: listed | opcua: how a quality is judged. listed: by good; opcua: the quality is an OPC UA StatusCode "
+        "(an integer, or {Code, Symbol}): Good severity is a good read, Uncertain and Bad failed reads (good empty)",
+    )
 
 
 @dataclass(frozen=True)
@@ -316,6 +323,11 @@ class MappingCfg:
         "Sparkplug, OPC UA or Kepware on data change, a historian's raw values): a step is the time-weighted mean of "
         "the values holding over it, as a historian's step averages are; each must hold in the bundle "
         "(pipeline_spec.hold_s); null = the bundle's (pipeline_spec.aggregation time), [] = none",
+    )
+    opcua_turbine: str = _f(
+        "DataSetWriterName",
+        "run, ingest.batch_format: opcua: the DataSetMessage header field that names the turbine (one DataSetWriter "
+        "per turbine): DataSetWriterName, DataSetWriterId, PublisherId or WriterGroupName",
     )
     tag_payload: TagPayloadCfg = _f(
         TagPayloadCfg(), "run: the keys of a tag's payload (topics.telemetry_tag, ingest.telemetry_format: tags)"
@@ -499,6 +511,8 @@ def _problems(c: RuntimeConfig) -> list[str]:
     elif c.mapping.tag_pattern is not None and c.ingest.batch_format != "kepware":
         p.append("mapping.tag_pattern: reads the tag ids of ingest.batch_format: kepware, which is not set: set it, "
                  "or remove mapping.tag_pattern")  # fmt: skip
+    if m.opcua_turbine not in TURBINE_FIELDS:
+        p.append(f"mapping.opcua_turbine: one of {', '.join(TURBINE_FIELDS)}; got {m.opcua_turbine!r}")
     if c.ingest.batch_format not in BATCH_FORMATS:
         p.append(f"ingest.batch_format: one of {', '.join(BATCH_FORMATS)}; got {c.ingest.batch_format!r}")
     elif c.ingest.batch_format != "lines" and c.topics.telemetry_batch is None:
@@ -618,7 +632,12 @@ def _tag_problems(c: RuntimeConfig, well_formed: bool) -> list[str]:
     keys = [t.value, t.ts, *([t.quality] if t.quality is not None else []), *t.other_keys]
     if any(not k for k in keys) or len(set(keys)) < len(keys):
         p.append(f"mapping.tag_payload: value, ts, quality and other_keys must be distinct non-empty keys, got {keys}")
-    if (t.quality is None) != (not t.good):
+    if t.quality_rule not in QUALITY_RULES:
+        p.append(f"mapping.tag_payload.quality_rule: one of {', '.join(QUALITY_RULES)}; got {t.quality_rule!r}")
+    elif t.quality_rule == "opcua" and (t.quality is None or t.good):
+        p.append("mapping.tag_payload: quality_rule opcua reads the StatusCode under quality (e.g. quality: "
+                 "StatusCode) by its severity; set quality and leave good empty")  # fmt: skip
+    elif t.quality_rule == "listed" and (t.quality is None) != (not t.good):
         p.append("mapping.tag_payload: quality and good go together (the key of a value's quality, and the "
                  "qualities of a good read, e.g. quality: q, good: [192])")  # fmt: skip
     if p or not well_formed or tpl is None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from scada_tcn.runtime.daemon_config import ConfigError, RuntimeConfig
+from scada_tcn.runtime.opcua_pubsub import PubSubDecoder
 from scada_tcn.runtime.sparkplug import SparkplugDecoder, topic_filters
 from scada_tcn.runtime.tag_topics import TagObjectDecoder, TagPayload, TagTopicDecoder
 from scada_tcn.runtime.telemetry import (
@@ -40,7 +41,7 @@ class Decoded(NamedTuple):
 
     result: Sample | BatchDecode | Rejection
     route: str  # the setting whose decoder read it: telemetry, telemetry_batch, sparkplug_group or telemetry_tag
-    part: str  # what its parts are called in refusals: line, element, tag or metric
+    part: str  # what its parts are called in refusals: line, element, field, tag or metric
 
 
 class Ingress:
@@ -71,15 +72,18 @@ class Ingress:
             raise ConfigError(f"runtime.yaml mapping against the bundle's channels {channels}: {e}") from None
         tb = cfg.topics.telemetry_batch
         self.batch_topic = None if tb is None else tb.format(site=cfg.site, gateway=cfg.gateway)
-        self._decode_batch = getattr(self.decoder, BATCH_FORMATS[cfg.ingest.batch_format])
-        self._batch_part = "line" if cfg.ingest.batch_format == "lines" else "element"  # what refusals are counted in
+        fmt, method = cfg.ingest.batch_format, BATCH_FORMATS[cfg.ingest.batch_format]
+        self._decode_batch = (
+            getattr(self.decoder, method) if method else PubSubDecoder(self.decoder, cfg.mapping.opcua_turbine).decode
+        )
+        self._batch_part = {"lines": "line", "opcua": "field"}.get(fmt, "element")  # what refusals are counted in
         self._turbine_part = "tag" if cfg.ingest.telemetry_format == "tags" else "element"  # ... on a turbine's topic
         group = cfg.topics.sparkplug_group
         self.sparkplug = (
             None if group is None else SparkplugDecoder(self.decoder, group.format(site=cfg.site, gateway=cfg.gateway))
         )
         t, tpl = cfg.mapping.tag_payload, cfg.topics.telemetry_tag
-        tag = TagPayload(self.decoder, t.value, t.ts, t.quality, t.good, t.other_keys)
+        tag = TagPayload(self.decoder, t.value, t.ts, t.quality, t.good, t.other_keys, t.quality_rule)
         self.tags = None if tpl is None else TagTopicDecoder(tag, tpl, cfg.site, cfg.gateway)
         self._decode = self.decoder.decode if cfg.ingest.telemetry_format == "values" else TagObjectDecoder(tag).decode
         spb = [] if self.sparkplug is None else topic_filters(self.sparkplug.group)

@@ -9,7 +9,8 @@ A tag's payload is a JSON object whose keys `mapping.tag_payload` names (`TagPay
     {"d": 7.9, "dt": 5, "ts": "2024-01-28T00:10:00Z", "q": 192}      (AVEVA's JSON-VTQ1: value d, stamp ts,
                                                                      quality q, good [192], other key dt)
     {"SourceTimestamp": "2024-01-28T00:10:00Z", "Value": 7.9}        (an OPC UA DataValue: value Value, stamp
-                                                                     SourceTimestamp, quality StatusCode, good [0])
+                                                                     SourceTimestamp, quality StatusCode,
+                                                                     quality_rule opcua)
 
 * the stamp (`ts` key) is read as a telemetry document's `ts` (`TelemetryDecoder.stamp`: ISO-8601, or epoch
   seconds or milliseconds by `ingest.epoch_unit`, the same clock checks). A tag without one is refused
@@ -20,7 +21,9 @@ A tag's payload is a JSON object whose keys `mapping.tag_payload` names (`TagPay
   `good` (compared by JSON type and value: 192 is not "192" nor true) is a failed read, `UNREAD` and in the
   sample's `failed`, whatever value is beside it or when none is. A quality of another type (null, 192.0, an
   object) refuses the tag (`bad_value_type`): the config does not match the source. A tag without the quality
-  key is a good read, as Kepware's and Sparkplug's are.
+  key is a good read, as Kepware's and Sparkplug's are. Under `quality_rule: opcua` the quality is an OPC UA
+  StatusCode (an integer, or `{"Code", "Symbol"}`): Good severity is a read, Uncertain and Bad failed reads
+  (`opcua_good`), and `good` is empty.
 * keys other than these and `other_keys` refuse the tag (`unknown_key`).
 
 Per-tag topics (`TagTopicDecoder`): a unified namespace, HiveMQ Edge's protocol adapters, AVEVA's JSON-VTQ1,
@@ -58,9 +61,13 @@ from scada_tcn.runtime.telemetry import (
     parsed,
 )
 
-__all__ = ["KEY", "TagObjectDecoder", "TagPayload", "TagTopicDecoder", "tag_filter", "template_problem"]
+__all__ = [
+    "KEY", "QUALITY_RULES", "TagObjectDecoder", "TagPayload", "TagTopicDecoder", "opcua_good", "tag_filter",
+    "template_problem",
+]  # fmt: skip
 
 KEY = "{key}"  # the template's last level: the tag's payload key, one or more topic levels
+QUALITY_RULES = ("listed", "opcua")  # mapping.tag_payload.quality_rule: the qualities in `good`, or OPC UA's severity
 _TOPICS_KEPT = 1 << 16  # topics resolved and kept: a fleet's turbines x tags; hostile topics beyond are resolved anew
 _TOPIC_KEPT_CHARS = 256  # ... and only topics this short
 _NAMES = ("site", "gateway", "turbine", "key")
@@ -103,9 +110,13 @@ class TagPayload:
         quality: str | None = None,
         good: Sequence[Any] = (),
         other_keys: Sequence[str] = (),
+        quality_rule: str = "listed",
     ) -> None:
+        if quality_rule not in QUALITY_RULES:
+            raise ValueError(f"TagPayload: quality_rule must be one of {QUALITY_RULES}, got {quality_rule!r}")
         self.decoder = decoder
         self.value_key, self.ts_key, self.quality_key = value, ts, quality
+        self._opcua = quality_rule == "opcua"
         self._good = frozenset((type(g), g) for g in good)
         self._allowed = frozenset([value, ts, *([quality] if quality is not None else []), *other_keys])
 
@@ -137,14 +148,29 @@ class TagPayload:
         return x if isinstance(x, Rejection) else (tid, ts, i, x, False)
 
     def _good_quality(self, doc: dict[str, Any]) -> bool | Rejection:
-        """Whether the value is a good read: no quality key set or sent, or a quality among `good`."""
+        """Whether the value is a good read: no quality key set or sent, a quality among `good`, or under the
+        `opcua` rule a StatusCode of Good severity (`opcua_good`)."""
         if self.quality_key is None or self.quality_key not in doc:
             return True
         q = doc[self.quality_key]
+        if self._opcua:
+            return opcua_good(q, self.quality_key)
         if type(q) not in (str, int, bool):
             return Rejection("bad_value_type", f"{self.quality_key}: {type(q).__name__}, expected a quality (a "
                              "string, an integer or true/false)")  # fmt: skip
         return (type(q), q) in self._good
+
+
+def opcua_good(code: Any, name: str) -> bool | Rejection:
+    """Whether an OPC UA StatusCode in JSON is of Good severity (its top two bits 0; Uncertain and Bad are not): an
+    integer from 0 to 2^32 - 1, or an object {"Code": integer, "Symbol": text} (Code absent: 0, Good), as the
+    non-reversible and 1.05 encodings write it. Anything else is refused (`bad_value_type`), `name` its key."""
+    if type(code) is dict and code.keys() <= {"Code", "Symbol"}:
+        code = code.get("Code", 0)
+    if type(code) is not int or not 0 <= code < 1 << 32:
+        return Rejection("bad_value_type", f"{name}: an OPC UA StatusCode is an integer from 0 to 2^32 - 1 or "
+                         f"{{Code, Symbol}}, got {str(code)[:60]}")  # fmt: skip
+    return code >> 30 == 0
 
 
 class TagTopicDecoder:

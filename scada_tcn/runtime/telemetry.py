@@ -165,12 +165,14 @@ EPOCH_FLOOR = ("numeric stamps are read as epoch seconds, and these lie before 1
                "counter? Export ISO-8601 stamps with a UTC offset, or epoch seconds")  # fmt: skip
 EPOCH_MILLIS = "epoch_ms"  # a table's time_format: every stamp a number of milliseconds since 1970 (UTC)
 EPOCH_UNITS = {"s": 1, "ms": 1000}  # a numeric telemetry stamp's unit (ingest.epoch_unit) -> units per second
-# topics.telemetry_batch's payload form (ingest.batch_format) -> the TelemetryDecoder method that reads it
+# topics.telemetry_batch's payload form (ingest.batch_format) -> the TelemetryDecoder method that reads it (None:
+# a decoder of its own, `opcua_pubsub.PubSubDecoder`)
 BATCH_FORMATS = {
     "lines": "decode_batch",
     "devices": "decode_devices",
     "kepware": "decode_tags",
     "neuron": "decode_neuron",
+    "opcua": None,
 }
 
 
