@@ -119,6 +119,7 @@ def test_the_forms_of_a_payload_and_the_turbines_header_field():
             {"message": 1, "field": "P"},
             "missing_ts",
         ),
+        (_writer("WT1", {"P": 1.0}, Timestamp="yesterday"), {"message": 1, "field": "P"}, "bad_timestamp"),
     ],
 )
 def test_a_refused_field_or_message_costs_only_its_values(message, place, reason):
@@ -129,10 +130,43 @@ def test_a_refused_field_or_message_costs_only_its_values(message, place, reason
     assert [(res.where(p), r.reason) for p, r in res.rejected] == [(place, reason)]
 
 
-def test_a_message_status_not_good_fails_its_fields():
-    """A DataSetMessage whose Status is not Good (here Uncertain) makes every value of it a failed read."""
-    res = _pubsub().decode(_network(_writer("WT1", {"P": 1.0, "ws": 2.0}, Status=UNCERTAIN)), NOW)
-    assert _rows(res) == [("WT1", parse_timestamp_ns(AT), ["UNREAD", "UNREAD"], (0, 1))]
+def test_a_message_status_fails_its_bare_values_and_a_datavalue_has_its_own():
+    """A DataSetMessage whose Status is not Good (here Uncertain) makes its bare values failed reads; a DataValue
+    keeps its own status (OPC Publisher sets Status to the first field's that is not Good). OPC 10000-6 names a
+    DataValue's status `Status`, OPC Publisher `StatusCode`: both read, not both at once. A Symbol alone is judged
+    by its first word; the other unread DataValue keys (1.05's UaType, 1.04's picoseconds spelling) pass."""
+    t = parse_timestamp_ns(AT)
+    res = _pubsub().decode(_network(_writer("WT1", {"P": 1.0, "ws": {"Value": 2.0, "SourceTimestamp": AT}},
+                                            Status=UNCERTAIN)), NOW)  # fmt: skip
+    assert _rows(res) == [("WT1", t, ["UNREAD", 2.0], (0,))]
+    spec = {"P": {"Value": 1.0, "Status": {"Code": 1073741824, "Symbol": "Uncertain"}, "SourceTimestamp": AT},
+            "ws": {"UaType": 11, "Value": 3.0, "SourceTimestamp": AT, "SourcePicoSeconds": 5}}  # fmt: skip
+    assert _rows(_pubsub().decode(_network(_writer("WT1", spec)), NOW)) == [("WT1", t, ["UNREAD", 3.0], (0,))]
+    symbol = {"P": {"Value": 1.0, "StatusCode": {"Symbol": "BadNoCommunication"}}, "ws": {"Value": 3.0, "StatusCode":
+              {"Symbol": "GoodLocalOverride"}}}  # fmt: skip
+    assert _rows(_pubsub().decode(_network(_writer("WT1", symbol)), NOW)) == [("WT1", t, ["UNREAD", 3.0], (0,))]
+    both = _pubsub().decode(_network(_writer("WT1", {"P": {"Value": 1.0, "Status": 0, "StatusCode": 0}})), NOW)
+    assert [(r.reason, r.detail) for _, r in both.rejected] == [("unknown_key", "a DataValue with both Status and "
+                                                                                "StatusCode")]  # fmt: skip
+
+
+def test_opc_publisher_headers_arrays_of_dataset_messages_and_message_types():
+    """OPC Publisher's NetworkMessage header holds DataSetWriterGroup (a turbine field too); an array of
+    DataSetMessages (no NetworkMessage header) reads as their NetworkMessage does; the type is read whatever its
+    case; events, conditions and keep-alives hold no telemetry; a NetworkMessage type this does not read refuses
+    the payload."""
+    t = parse_timestamp_ns(AT)
+    group = _pubsub(turbine_field="DataSetWriterGroup").decode(_network(_writer(None, {"P": 1.0}),
+                                                                        DataSetWriterGroup="WT2"), NOW)  # fmt: skip
+    assert _rows(group) == [("WT2", t, [1.0, None], ())]
+    plain = [_writer("WT1", {"P": 1.0}), _writer("WT2", {"ws": 2.0})]
+    want = [("WT1", t, [1.0, None], ()), ("WT2", t, [None, 2.0], ())]
+    assert _rows(_pubsub().decode(json.dumps(plain).encode(), NOW)) == want
+    assert _rows(_pubsub().decode(_network(*plain, MessageType="UA-DATA"), NOW)) == want
+    event = _writer("WT1", {"EventId": "x", "Message": "overspeed"}, MessageType="ua-event")
+    assert _rows(_pubsub().decode(_network(event, _writer("WT2", {"ws": 2.0})), NOW)) == want[1:]
+    got = _pubsub().decode(_network(*plain, MessageType="ua-action"), NOW)
+    assert isinstance(got, Rejection) and "MessageType 'ua-action'" in got.detail
 
 
 def test_whole_payloads_refused_and_hostile_ones_never_raise():
@@ -141,9 +175,21 @@ def test_whole_payloads_refused_and_hostile_ones_never_raise():
     dec = _pubsub()
     for payload, reason in ((b"x" * (1 << 17), "oversized"), (b"{", "malformed_json"), (b"3", "not_an_object"),
                             (b'{"MessageId": "1", "MessageType": "ua-data"}', "missing_values"),
-                            (b'{"MessageId": "1", "Messages": 5}', "missing_values")):  # fmt: skip
+                            (b'{"MessageId": "1", "Messages": 5}', "missing_values"), (b"{}", "missing_values"),
+                            (b"[]", "missing_values"), (b'[{"MessageId": "1", "Messages": []}, 5]', None)):  # fmt: skip
         got = dec.decode(payload, NOW)
-        assert isinstance(got, Rejection) and got.reason == reason, (payload[:40], got)
+        if reason is None:  # a non-object beside a NetworkMessage: a DataSetMessage refused, placed
+            assert [(got.where(p), r.reason) for p, r in got.rejected] == [({"message": 1}, "not_an_object")]
+        else:
+            assert isinstance(got, Rejection) and got.reason == reason, (payload[:40], got)
+    deep = b'{"Code": ' * 1000 + b"0" + b"}" * 1000  # deeper than str() recurses, within the JSON parser's depth
+    for msg, reasons in ((_writer("WT1", {"P": {"Value": 1.0, "StatusCode": "<deep>"}}), ["bad_value_type"]),
+                         (_writer("WT1", {"P": 1.0}, Status="<deep>"), ["bad_value_type"]),
+                         (_writer("WT1", {"P": 1.0}, MessageType="<deep>"), [])):  # fmt: skip
+        got = dec.decode(json.dumps(msg).encode().replace(b'"<deep>"', deep), NOW)
+        assert isinstance(got, BatchDecode) and [r.reason for _, r in got.rejected] == reasons
+    net = _network(_writer("WT1", {"P": 1.0}), MessageType="<deep>").replace(b'"<deep>"', deep)
+    assert dec.decode(net, NOW).reason == "unknown_key"
     rng = random.Random(5)
     atoms: list[Any] = [None, True, 0, -1, 1 << 40, 1.5, "x", "", [], {}, AT, "WT1", BAD, {"Code": "x"}]
     base = json.loads(_network(_writer("WT1", {"P": {"Value": 1.0, "SourceTimestamp": AT}, "ws": 2.0})))
@@ -194,6 +240,7 @@ def test_the_config_of_opcua_sources():
     for doc, said in (
         ({"ingest": {"batch_format": "opcua"}}, "ingest.batch_format: opcua is the form of topics.telemetry_batch"),
         ({"mapping": {"opcua_turbine": "NodeId"}}, "mapping.opcua_turbine: one of DataSetWriterName, "),
+        ({"mapping": {"opcua_turbine": "DataSetWriterId"}}, "ingest.batch_format: opcua messages, which is not set"),
         ({"ingest": {"telemetry_format": "tags"}, "mapping": {"tag_payload": {"quality_rule": "opcua"}}},
          "quality_rule opcua reads the StatusCode under quality"),
         ({"ingest": {"telemetry_format": "tags"}, "mapping": {"tag_payload": {"quality_rule": "opcua",

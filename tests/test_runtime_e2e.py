@@ -863,13 +863,15 @@ def test_a_turbines_tags_as_one_object_score_as_per_turbine_telemetry(broker, bu
     _assert_tags_scored(broker, cfg, bundle, scorer, timeline, replayed, messages, want_refused, samples, failed, "aio")
 
 
-def test_opc_ua_pubsub_network_messages_score_as_per_turbine_telemetry(broker, bundle, scorer, timeline, replayed):
+def test_opc_ua_pubsub_network_messages_score_as_per_turbine_telemetry(broker, bundle, scorer, timeline, replayed,
+                                                                         caplog):  # fmt: skip
     """OPC UA PubSub JSON as OPC Publisher writes it (`ingest.batch_format: opcua`): NetworkMessages of 8 rows, each
     row its turbine's DataSetMessage (DataSetWriterName the turbine), each value a DataValue with its
     SourceTimestamp, a value the table lacks sent as a Bad StatusCode object, a status field ignored, a metadata
     NetworkMessage first. Every 100 rows a NetworkMessage also holds a writer off the allow-list and a field of no
     channel: each costs its values only and is reported with its message and field. Every sample is admitted,
-    every step scored as the replay's, each bad read counted under its channel."""
+    every step scored as the replay's, each bad read counted under its channel; with the daemon's log at DEBUG (a
+    refusal's place `message` is also a log record's attribute: it once cost the message its samples)."""
     header, rows, _ = timeline
     channel_of = {k: ch for ch, k in bundle.column_mapping.items()}
     bad = {"Symbol": "BadNoCommunication", "Code": 2150694912}
@@ -898,8 +900,11 @@ def test_opc_ua_pubsub_network_messages_score_as_per_turbine_telemetry(broker, b
     assert sum(failed.values()) > 0, "no bad read sent"
     cfg = daemon_config(broker.url, topics={"telemetry_batch": "opcua/data"}, mapping={"ignored_keys": ["StateCode"]},
                         ingest={"batch_format": "opcua", "turbines": ["WT01", "WT02", "WT03", "WT04"]})  # fmt: skip
-    _assert_tags_scored(broker, cfg, bundle, scorer, timeline, replayed, messages, want_refused, len(rows), failed,
-                        "opcua")  # fmt: skip
+    with caplog.at_level(logging.DEBUG, logger="scada.runtime.daemon"):
+        _assert_tags_scored(broker, cfg, bundle, scorer, timeline, replayed, messages, want_refused, len(rows), failed,
+                            "opcua")  # fmt: skip
+    placed = [r.where for r in caplog.records if r.getMessage() == "rejected"]  # type: ignore[attr-defined]
+    assert {"message": 1, "field": "power_setpoint"} in placed
 
 
 def test_decode_shows_what_the_daemon_reads_in_one_message(bundle_dir, bundle, tmp_path, capsys):

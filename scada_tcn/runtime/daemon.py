@@ -939,7 +939,9 @@ class Daemon:
     def _reject(self, msg: Message, rej: Rejection, **where: Any) -> None:
         """Count, log and report a refused message (`where`: the line of a batch, the turbine)."""
         self.metrics.rejected.labels(reason=rej.reason).inc()
-        log.debug("rejected", extra={"reason": rej.reason, "detail": rej.detail, "topic": msg.topic[:200], **where})
+        log.debug(
+            "rejected", extra={"reason": rej.reason, "detail": rej.detail, "topic": msg.topic[:200], "where": where}
+        )  # not spread: a place's key may be LogRecord's (message, name)
         report = self._error_report(rej.reason, rej.detail, topic=msg.topic[:200], bytes=len(msg.payload), **where)
         self._publish("error", self.errors_topic, report, False)
 

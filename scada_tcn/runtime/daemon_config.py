@@ -327,7 +327,8 @@ class MappingCfg:
     opcua_turbine: str = _f(
         "DataSetWriterName",
         "run, ingest.batch_format: opcua: the DataSetMessage header field that names the turbine (one DataSetWriter "
-        "per turbine): DataSetWriterName, DataSetWriterId, PublisherId or WriterGroupName",
+        "per turbine): DataSetWriterName, DataSetWriterId (OPC Publisher 2.8 writes no name), PublisherId, "
+        "WriterGroupName or DataSetWriterGroup",
     )
     tag_payload: TagPayloadCfg = _f(
         TagPayloadCfg(), "run: the keys of a tag's payload (topics.telemetry_tag, ingest.telemetry_format: tags)"
@@ -513,6 +514,9 @@ def _problems(c: RuntimeConfig) -> list[str]:
                  "or remove mapping.tag_pattern")  # fmt: skip
     if m.opcua_turbine not in TURBINE_FIELDS:
         p.append(f"mapping.opcua_turbine: one of {', '.join(TURBINE_FIELDS)}; got {m.opcua_turbine!r}")
+    elif m.opcua_turbine != MappingCfg().opcua_turbine and c.ingest.batch_format != "opcua":
+        p.append("mapping.opcua_turbine: names the turbine of ingest.batch_format: opcua messages, which is not set: "
+                 "set it, or remove opcua_turbine")  # fmt: skip
     if c.ingest.batch_format not in BATCH_FORMATS:
         p.append(f"ingest.batch_format: one of {', '.join(BATCH_FORMATS)}; got {c.ingest.batch_format!r}")
     elif c.ingest.batch_format != "lines" and c.topics.telemetry_batch is None:

@@ -59,6 +59,7 @@ from scada_tcn.runtime.telemetry import (
     TelemetryDecoder,
     grouped,
     parsed,
+    shown,
 )
 
 __all__ = [
@@ -164,12 +165,17 @@ class TagPayload:
 def opcua_good(code: Any, name: str) -> bool | Rejection:
     """Whether an OPC UA StatusCode in JSON is of Good severity (its top two bits 0; Uncertain and Bad are not): an
     integer from 0 to 2^32 - 1, or an object {"Code": integer, "Symbol": text} (Code absent: 0, Good), as the
-    non-reversible and 1.05 encodings write it. Anything else is refused (`bad_value_type`), `name` its key."""
+    non-reversible and 1.05 encodings write it; a Symbol alone is judged by its first word (Good, Uncertain,
+    Bad). Anything else is refused (`bad_value_type`), `name` its key."""
     if type(code) is dict and code.keys() <= {"Code", "Symbol"}:
+        if "Code" not in code and isinstance(code.get("Symbol"), str):  # a symbol alone: its severity's word
+            severity = next((w for w in ("Good", "Uncertain", "Bad") if code["Symbol"].startswith(w)), None)
+            if severity is not None:
+                return severity == "Good"
         code = code.get("Code", 0)
     if type(code) is not int or not 0 <= code < 1 << 32:
         return Rejection("bad_value_type", f"{name}: an OPC UA StatusCode is an integer from 0 to 2^32 - 1 or "
-                         f"{{Code, Symbol}}, got {str(code)[:60]}")  # fmt: skip
+                         f"{{Code, Symbol}}, got {shown(code, 60)}")  # fmt: skip
     return code >> 30 == 0
 
 

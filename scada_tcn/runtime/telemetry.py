@@ -107,8 +107,10 @@ __all__ = [
     "epoch_ns",
     "grouped",
     "in_epoch_range",
+    "keys_checked",
     "parse_timestamp_ns",
     "parsed",
+    "shown",
     "table_epoch_ns",
     "tag_pattern_problem",
     "time_format_source",
@@ -300,7 +302,7 @@ def grouped(values: Iterable[ChannelValue], n_channels: int) -> list[Sample]:
             for (tid, ts), rs in rows.items() for r, f in rs]  # fmt: skip
 
 
-def _shown(x: Any, n: int) -> str:
+def shown(x: Any, n: int) -> str:
     """A refused JSON value in a detail: a scalar's text cut to `n` characters, a container by its type only (a
     deeply nested one has no text: str() would recurse past the interpreter's limit)."""
     if isinstance(x, (list, dict)):
@@ -476,10 +478,10 @@ def _tag_element_at(place: tuple[int, Any]) -> dict[str, Any]:
 def _object(payload: bytes, text: str | None, allowed: frozenset[str], what: str) -> dict[str, Any] | Rejection:
     """The payload as a JSON object with no keys beyond `allowed`, or why not (`what` names it: payload, line)."""
     doc = _parse(payload, text)
-    return doc if isinstance(doc, Rejection) else _keys_checked(doc, allowed, what)
+    return doc if isinstance(doc, Rejection) else keys_checked(doc, allowed, what)
 
 
-def _keys_checked(doc: Any, allowed: frozenset[str], what: str) -> dict[str, Any] | Rejection:
+def keys_checked(doc: Any, allowed: frozenset[str], what: str) -> dict[str, Any] | Rejection:
     """A parsed document if it is a JSON object with no keys beyond `allowed`, else why not."""
     if not isinstance(doc, dict):
         return Rejection("not_an_object", f"{what} is a JSON {type(doc).__name__}, expected an object")
@@ -613,7 +615,7 @@ class TelemetryDecoder:
 
     def _element(self, tid: str, doc: Any, now_ns: int) -> Sample | Rejection:
         """One element of a turbine's array of documents, checked as a message on its topic."""
-        checked = _keys_checked(doc, _DOC_KEYS, "element")
+        checked = keys_checked(doc, _DOC_KEYS, "element")
         return checked if isinstance(checked, Rejection) else self._check_doc(tid, checked, now_ns)
 
     def decode_devices(self, payload: bytes, now_ns: int) -> BatchDecode | Rejection:
@@ -730,13 +732,13 @@ class TelemetryDecoder:
         if ts in _DST_REASONS:  # a local time of ingest.naive_timezone
             change = "repeats, and its second occurrence may have come" if ts == "ambiguous_local_time" else "skips"
             skip = f"; {STANDARD_TIME}" if ts == "nonexistent_local_time" else ""
-            return Rejection(ts, f"{name} {_shown(raw, 60)}: a local time that a DST change in "
+            return Rejection(ts, f"{name} {shown(raw, 60)}: a local time that a DST change in "
                              f"{self.naive_timezone} {change}: send stamps with a UTC offset to keep that "
                              f"hour{skip}")  # fmt: skip
         if isinstance(ts, str):
             unit = "seconds" if self._per_second == 1 else "milliseconds"
             local = " (local times: set ingest.naive_timezone)" if ts == "naive_timestamp" else ""
-            return Rejection(ts, f"{name} {_shown(raw, 60)}: ISO-8601 with a UTC offset, or epoch {unit}"
+            return Rejection(ts, f"{name} {shown(raw, 60)}: ISO-8601 with a UTC offset, or epoch {unit}"
                              f"{self._unit_hint(raw)}{local}")  # fmt: skip
         return self.clock_checked(ts, raw, now_ns, name)
 
@@ -752,14 +754,12 @@ class TelemetryDecoder:
         """A stamp read as `ts` ns from `raw` (`name`: its key), or why it is refused: beyond the clock checks
         `max_future_s` / `max_past_s`, or outside the epoch range."""
         if ts > now_ns + self.max_future_s * _NS:
-            return Rejection(
-                "ts_in_future", f"{name} {_shown(raw, 60)} is more than {self.max_future_s} s ahead of now"
-            )
+            return Rejection("ts_in_future", f"{name} {shown(raw, 60)} is more than {self.max_future_s} s ahead of now")
         if ts < now_ns - self.max_past_s * _NS:
-            return Rejection("ts_too_old", f"{name} {_shown(raw, 60)} is more than {self.max_past_s} s before now"
+            return Rejection("ts_too_old", f"{name} {shown(raw, 60)} is more than {self.max_past_s} s before now"
                              f"{self._unit_hint(raw)}")  # fmt: skip
         if not in_epoch_range(ts):  # past both clock checks only when they are set very wide
-            return Rejection("bad_timestamp", f"{name} {_shown(raw, 60)}: {EPOCH_RANGE}")
+            return Rejection("bad_timestamp", f"{name} {shown(raw, 60)}: {EPOCH_RANGE}")
         return ts
 
     def value(self, key: str, v: Any) -> float | Rejection:
@@ -843,7 +843,7 @@ class TelemetryDecoder:
         """One element of a Kepware message -> (turbine, ts ns, channel index, value, failed: `"q": false`), None for
         an ignored key, or why it is refused (`stamps`: the message's stamps read so far, by type and value)."""
         if type(el) is not dict or not el.keys() <= _TAG_KEYS:
-            checked = _keys_checked(el, _TAG_KEYS, "element")
+            checked = keys_checked(el, _TAG_KEYS, "element")
             if isinstance(checked, Rejection):
                 return checked
         tag = el.get("id")
@@ -897,7 +897,7 @@ class TelemetryDecoder:
         match of `tag_pattern`, a bad or unknown turbine id, a key of no channel."""
         match = self._tag.fullmatch(tag) if isinstance(tag, str) else None
         if match is None:
-            return Rejection("bad_tag_id", f"tag id {_shown(tag, 100)} does not match mapping.tag_pattern "
+            return Rejection("bad_tag_id", f"tag id {shown(tag, 100)} does not match mapping.tag_pattern "
                              f"{self._tag.pattern!r}")  # fmt: skip
         if match["turbine"] is None or match["key"] is None:  # a pattern whose group is optional
             return Rejection("bad_tag_id", f"tag id {tag[:100]!r}: mapping.tag_pattern {self._tag.pattern!r} "
