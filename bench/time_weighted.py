@@ -18,7 +18,8 @@ largest over the steps both have, in the channel's units: angles as arcs), then 
     dense/time     every reading, time-weighted: the truth
     dense/sample   every reading, the samples' mean
     rbe/sample     the readings sent, the samples' mean (runtime.yaml's mapping.time_weighted: [])
-    rbe/time       the readings sent, time-weighted (mapping.time_weighted: the channels sent by exception)
+    rbe/time       the readings sent, time-weighted (mapping.time_weighted: the channels sent by exception that
+                   aggregate by their mean; not the status code)
 """
 
 from __future__ import annotations
@@ -128,14 +129,15 @@ def main() -> None:
         print(f"{n:,} readings a minute; by exception ({said}; heartbeat {args.heartbeat_min:g} min): {kept:,} of "
               f"{cells:,} values sent ({kept / cells:.1%})")  # fmt: skip
         held = load_bundle(with_holds(args.bundle, work / "held", dict.fromkeys(bands, args.hold_s)))
-        timed = held.with_time_weighted(list(bands))
+        weighed = [c for c in bands if spec.aggregation.get(c, "mean") == "mean"]  # not the status code's max
+        timed = held.with_time_weighted(weighed)
         truth = binned(timed, dense)
         for name, bundle, table in (("dense/sample", held, dense), ("rbe/sample", held, rbe), ("rbe/time", timed, rbe)):
-            err = errors(truth, binned(bundle, table), held, list(bands))
+            err = errors(truth, binned(bundle, table), held, weighed)
             print(f"{name:<13} " + "; ".join(f"{c} {m:.3g} (p99 {p:.3g}, max {x:.3g})" for c, (m, p, x) in err.items()),
                   flush=True)  # fmt: skip
-        variants = {"dense/time": (dense, list(bands)), "dense/sample": (dense, []), "rbe/sample": (rbe, []),
-                    "rbe/time": (rbe, list(bands))}  # fmt: skip
+        variants = {"dense/time": (dense, weighed), "dense/sample": (dense, []), "rbe/sample": (rbe, []),
+                    "rbe/time": (rbe, weighed)}  # fmt: skip
         for name, (table, weighted) in variants.items():
             out = work / name.replace("/", "_")
             out.mkdir()

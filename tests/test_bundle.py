@@ -487,6 +487,9 @@ def test_time_came_with_schema_12_and_the_edge_may_time_weigh_a_held_channel(bun
     assert "pipeline_spec.aggregation: time is unknown in schema_version 11 (from 12 on)" in _message(bundle_dir)
     _edit(bundle_dir, lambda d: d["pipeline_spec"].update(aggregation={}))
     assert load_bundle(bundle_dir).schema_version == 11
+    _edit(bundle_dir, lambda d: d["pipeline_spec"].update(aggregation={"power": "max"}))
+    with pytest.raises(ConfigError, match=r"\['power'\] aggregate by \['max'\] in this bundle, not by their mean"):
+        load_bundle(bundle_dir).with_time_weighted(["power"])
 
 
 def test_refuses_failed_parity_and_missing_graph(bundle_dir):

@@ -779,7 +779,7 @@ class Bundle(BundleContents):
         `mapping.time_weighted`): their bins aggregate by `time` and the other channels' `time` becomes `mean`. None,
         or the bundle's own channels: this bundle. Otherwise a bundle of the current schema whose `bundle_id` is that
         of its own document, so its records and state name the settings that scored them. Each channel must hold
-        (the spec's `hold_s`); else ConfigError, naming runtime.yaml's key."""
+        (the spec's `hold_s`) and aggregate by its mean (or `time`); else ConfigError, naming runtime.yaml's key."""
         spec = self.spec
         own = {c for c, a in spec.aggregation.items() if a == "time"}
         if channels is None or set(channels) == own:
@@ -795,6 +795,13 @@ class Bundle(BundleContents):
                 f"mapping.time_weighted: {bad} do not hold in this bundle (pipeline_spec.hold_s: "
                 f"{dict(spec.hold_s)}): a time-weighted mean reads each value as holding until the next; export the "
                 "model with data.qc.hold_s giving them how long their values hold"
+            )
+        other = sorted(c for c in channels if spec.aggregation.get(c, "mean") not in ("mean", "time"))
+        if other:
+            how = [str(spec.aggregation[c]) for c in other]
+            raise ConfigError(
+                f"mapping.time_weighted: {other} aggregate by {how} in this bundle, not by their mean: a "
+                "time-weighted mean would change what the model was trained on"
             )
         agg = {c: a for c, a in spec.aggregation.items() if a != "time"} | dict.fromkeys(channels, "time")
         timed = dataclasses.replace(

@@ -322,7 +322,8 @@ class MappingCfg:
         "channels this source sends as instantaneous readings, each holding until the next (report by exception: "
         "Sparkplug, OPC UA or Kepware on data change, a historian's raw values): a step is the time-weighted mean of "
         "the values holding over it, as a historian's step averages are; each must hold in the bundle "
-        "(pipeline_spec.hold_s); null = the bundle's (pipeline_spec.aggregation time), [] = none",
+        "(pipeline_spec.hold_s) and be binned by its mean; null = the bundle's (pipeline_spec.aggregation time), "
+        "[] = none",
     )
     opcua_turbine: str = _f(
         "DataSetWriterName",
