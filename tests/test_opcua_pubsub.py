@@ -134,7 +134,8 @@ def test_a_message_status_fails_its_bare_values_and_a_datavalue_has_its_own():
     """A DataSetMessage whose Status is not Good (here Uncertain) makes its bare values failed reads; a DataValue
     keeps its own status (OPC Publisher sets Status to the first field's that is not Good). OPC 10000-6 names a
     DataValue's status `Status`, OPC Publisher `StatusCode`: both read, not both at once. A Symbol alone is judged
-    by its first word; the other unread DataValue keys (1.05's UaType, 1.04's picoseconds spelling) pass."""
+    by its first word; the other unread DataValue keys (1.05's UaType, 1.04's picoseconds spelling) pass. A Good
+    DataValue without Value (OPC UA's JSON leaves a null out) is a null value."""
     t = parse_timestamp_ns(AT)
     res = _pubsub().decode(_network(_writer("WT1", {"P": 1.0, "ws": {"Value": 2.0, "SourceTimestamp": AT}},
                                             Status=UNCERTAIN)), NOW)  # fmt: skip
@@ -145,6 +146,8 @@ def test_a_message_status_fails_its_bare_values_and_a_datavalue_has_its_own():
     symbol = {"P": {"Value": 1.0, "StatusCode": {"Symbol": "BadNoCommunication"}}, "ws": {"Value": 3.0, "StatusCode":
               {"Symbol": "GoodLocalOverride"}}}  # fmt: skip
     assert _rows(_pubsub().decode(_network(_writer("WT1", symbol)), NOW)) == [("WT1", t, ["UNREAD", 3.0], (0,))]
+    omitted = _pubsub().decode(_network(_writer("WT1", {"P": {"SourceTimestamp": AT}, "ws": {"Value": 3.0}})), NOW)
+    assert _rows(omitted) == [("WT1", t, ["UNREAD", 3.0], ())]  # a null Value left out: no value, no failed read
     both = _pubsub().decode(_network(_writer("WT1", {"P": {"Value": 1.0, "Status": 0, "StatusCode": 0}})), NOW)
     assert [(r.reason, r.detail) for _, r in both.rejected] == [("unknown_key", "a DataValue with both Status and "
                                                                                 "StatusCode")]  # fmt: skip

@@ -23,7 +23,8 @@ A tag's payload is a JSON object whose keys `mapping.tag_payload` names (`TagPay
   object) refuses the tag (`bad_value_type`): the config does not match the source. A tag without the quality
   key is a good read, as Kepware's and Sparkplug's are. Under `quality_rule: opcua` the quality is an OPC UA
   StatusCode (an integer, or `{"Code", "Symbol"}`): Good severity is a read, Uncertain and Bad failed reads
-  (`opcua_good`), and `good` is empty.
+  (`opcua_good`), and `good` is empty; a payload without the value key is a null value (OPC UA's JSON leaves a
+  null Value out), where otherwise it is refused (`missing_values`).
 * keys other than these and `other_keys` refuse the tag (`unknown_key`).
 
 Per-tag topics (`TagTopicDecoder`): a unified namespace, HiveMQ Edge's protocol adapters, AVEVA's JSON-VTQ1,
@@ -143,9 +144,10 @@ class TagPayload:
             return good
         if not good:
             return tid, ts, i, UNREAD, True
-        if self.value_key not in doc:
+        if self.value_key not in doc and not self._opcua:
             return Rejection("missing_values", f"no {self.value_key!r}")
-        x = d.value(d.key_of_channel[d.channels[i]], doc[self.value_key])  # refusals name the payload key
+        # OPC UA's JSON leaves a DataValue's null Value out, as it does a Good status: no value, as null is
+        x = d.value(d.key_of_channel[d.channels[i]], doc.get(self.value_key))  # refusals name the payload key
         return x if isinstance(x, Rejection) else (tid, ts, i, x, False)
 
     def _good_quality(self, doc: dict[str, Any]) -> bool | Rejection:
