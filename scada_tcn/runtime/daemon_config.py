@@ -158,8 +158,8 @@ class IngestCfg:
     )
     batch_format: str = _f(
         "lines",
-        "lines | devices | kepware | neuron: the form of topics.telemetry_batch messages. lines: JSON lines, one "
-        "document per line with its turbine id under `turbine`; devices: one JSON object of turbine id -> array of "
+        "lines | devices | kepware | neuron | opcua: the form of topics.telemetry_batch messages. lines: JSON lines, "
+        "one document per line with its turbine id under `turbine`; devices: one JSON object of turbine id -> array of "
         "documents, as ThingsBoard's gateway API publishes on v1/gateway/telemetry; kepware: Kepware IoT "
         "Gateway's standard template, {timestamp, values: [{id, v, q, t}, ...]}, the turbine and key taken from "
         "each tag id by mapping.tag_pattern, a value of quality false read as null; neuron: EMQX Neuron's MQTT app, "
