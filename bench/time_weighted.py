@@ -51,19 +51,29 @@ def _table(path: Path) -> tuple[list[str], list[list[str]]]:
     return rows[0], rows[1:]
 
 
-def minute_readings(table: Path, out: Path, dt_ns: int, angular: set[str], discrete: set[str]) -> int:
-    """Write the readings once a minute of `table`'s turbines (see the module docstring); returns how many."""
+def _by_turbine(table: Path, columns: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per turbine of `table`, in file order: its stamps (ns) and its values of `columns` (n, len(columns)), each
+    column parsed once for the whole table."""
     header, body = _table(table)
     ti, ii = header.index("timestamp"), header.index("turbine_id")
-    chans = [j for j in range(len(header)) if j not in (ti, ii)]
+    ids = np.array([r[ii] for r in body])
+    ts = np.array([parse_timestamp_ns(r[ti]) for r in body], dtype=np.int64)
+    values = np.column_stack([parse_numbers(np.array([r[header.index(c)] for r in body], dtype=object))[0]
+                              for c in columns])  # fmt: skip
+    return {t: (ts[ids == t], values[ids == t]) for t in dict.fromkeys(ids.tolist())}
+
+
+def minute_readings(table: Path, out: Path, dt_ns: int, angular: set[str], discrete: set[str]) -> int:
+    """Write the readings once a minute of `table`'s turbines (see the module docstring); returns how many."""
+    header = _table(table)[0]
+    ti, ii = header.index("timestamp"), header.index("turbine_id")
+    chans = [header[j] for j in range(len(header)) if j not in (ti, ii)]
     per_step = dt_ns // MINUTE
     lines = []
-    for turbine in dict.fromkeys(r[ii] for r in body):
-        rows = [r for r in body if r[ii] == turbine]
-        ends = np.array([parse_timestamp_ns(r[ti]) for r in rows], dtype=np.int64)
+    for turbine, (ends, values) in _by_turbine(table, chans).items():
         k = (ends - ends.min()) // dt_ns  # each row's step on the turbine's own grid (gaps stay empty)
         steps = np.full((int(k.max()) + 1, len(chans)), np.nan)
-        steps[k] = np.column_stack([parse_numbers(np.array([r[j] for r in rows], dtype=object))[0] for j in chans])
+        steps[k] = values
         n = steps.shape[0]
         # minute m of step s is read at end(s) - dt + (m + 0.5) minutes, between the middles of steps s-1, s, s+1
         pos = (np.arange(n * per_step) + 0.5) / per_step - 0.5  # in steps, 0 = the first step's middle
@@ -72,33 +82,23 @@ def minute_readings(table: Path, out: Path, dt_ns: int, angular: set[str], discr
         frac = (pos - lo)[:, None]
         a, b = steps[lo], steps[hi]
         value = a + frac * (b - a)
-        for c, j in enumerate(chans):
-            if header[j] in angular:
+        for c, name in enumerate(chans):
+            if name in angular:
                 value[:, c] = (a[:, c] + frac[:, 0] * ((b[:, c] - a[:, c] + 180.0) % 360.0 - 180.0)) % 360.0
-            if header[j] in discrete:
+            if name in discrete:
                 value[:, c] = steps[np.arange(n * per_step) // per_step, c]
         stamps = ends.min() - dt_ns + (np.arange(n * per_step) * MINUTE + MINUTE // 2)
         for t, v in zip(stamps.tolist(), value):
             if not np.isnan(v).all():
                 lines.append([turbine, iso_utc(t), *("" if np.isnan(x) else f"{x:.6g}" for x in v)])
     with open(out, "w", newline="") as fh:
-        csv.writer(fh).writerows([[header[ii], header[ti], *(header[j] for j in chans)], *lines])
+        csv.writer(fh).writerows([[header[ii], header[ti], *chans], *lines])
     return len(lines)
 
 
-def binned(bundle: Bundle, table: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per turbine, `bin_timeline` of a table in the bundle's channel order: (step ends, values)."""
-    header, body = _table(table)
-    ti, ii = header.index("timestamp"), header.index("turbine_id")
-    cols = [header.index(bundle.column_mapping[c]) for c in bundle.spec.channels]
-    out = {}
-    for turbine in dict.fromkeys(r[ii] for r in body):
-        rows = [r for r in body if r[ii] == turbine]
-        ts = np.array([parse_timestamp_ns(r[ti]) for r in rows], dtype=np.int64)
-        values = np.column_stack([parse_numbers(np.array([r[j] for r in rows], dtype=object))[0] for j in cols])
-        grid, b, _ = bin_timeline(ts, values, bundle.spec)
-        out[turbine] = (grid, b)
-    return out
+def binned(bundle: Bundle, turbines: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, tuple]:
+    """Per turbine (`_by_turbine` of the bundle's columns), `bin_timeline` by the bundle's spec: (ends, values)."""
+    return {t: bin_timeline(ts, values, bundle.spec)[:2] for t, (ts, values) in turbines.items()}
 
 
 def errors(truth: dict, got: dict, bundle: Bundle, channels: list[str]) -> dict[str, tuple[float, float, float]]:
@@ -131,9 +131,12 @@ def main() -> None:
         held = load_bundle(with_holds(args.bundle, work / "held", dict.fromkeys(bands, args.hold_s)))
         weighed = [c for c in bands if spec.aggregation.get(c, "mean") == "mean"]  # not the status code's max
         timed = held.with_time_weighted(weighed)
-        truth = binned(timed, dense)
-        for name, bundle, table in (("dense/sample", held, dense), ("rbe/sample", held, rbe), ("rbe/time", timed, rbe)):
-            err = errors(truth, binned(bundle, table), held, weighed)
+        columns = [held.column_mapping[c] for c in held.spec.channels]
+        tables = {"dense": _by_turbine(dense, columns), "rbe": _by_turbine(rbe, columns)}  # each read once
+        truth = binned(timed, tables["dense"])
+        for name, bundle, table in (("dense/sample", held, "dense"), ("rbe/sample", held, "rbe"),
+                                    ("rbe/time", timed, "rbe")):  # fmt: skip
+            err = errors(truth, binned(bundle, tables[table]), held, weighed)
             print(f"{name:<13} " + "; ".join(f"{c} {m:.3g} (p99 {p:.3g}, max {x:.3g})" for c, (m, p, x) in err.items()),
                   flush=True)  # fmt: skip
         variants = {"dense/time": (dense, weighed), "dense/sample": (dense, []), "rbe/sample": (rbe, []),

@@ -94,7 +94,8 @@ def _plan(spec: PipelineSpec) -> _Plan:
         raise SpecError(f"aggregation: angular channels use the circular mean; {bad} is not allowed")
     held = tuple(spec.hold_s)
     how = {c: "mean" if a == "time" else a for c, a in spec.aggregation.items()}  # `time` bins as `mean`, then
-    return _Plan(  # `_time_weigh` replaces what the held values give
+    # `_time_weigh` replaces what the held values give
+    return _Plan(
         channels=spec.channels,
         dt_ns=int(spec.dt_seconds) * _NS_PER_S,
         dedupe=spec.dedupe,
@@ -341,14 +342,15 @@ def _time_weigh(
         own = np.zeros(n, dtype=bool)
         own[row] = True
         first = np.full(n, dt, dtype=np.int64)  # per bin, how far into it its first event comes (dt: none)
-        head = np.flatnonzero(np.concatenate(([True], row[1:] != row[:-1])))[: row.size]
+        head = np.flatnonzero(np.diff(row, prepend=-1))  # each bin's first event (rows are >= 0)
         first[row[head]] = t[head] - (rows_end[row[head]] - dt)
         b_ts, b_val = before[0][:, k], before[1][:, k]
         known = ~np.isnan(b_val)  # the value before the bin: holds until its first event or its hold runs out
         until = np.zeros(n, dtype=np.int64)
         until[known] = np.minimum(first[known], hold - ((ends[known] - dt) - b_ts[known]))
         w0 = np.maximum(until, 0) / dt
-        some = np.bincount(row, w, n) + w0 > 0
+        weight = np.bincount(row, w, n) + w0
+        some = weight > 0
         held_only[k] = np.count_nonzero(some & ~own & np.isnan(binned[:, c]))
         ref = np.where(w0 > 0, b_val, np.nan)  # the value the mean is taken about: the one before, else the first
         pos = np.flatnonzero(w > 0)
@@ -364,7 +366,6 @@ def _time_weigh(
             binned[some, c] = _turns(ref_rad[some] + np.arctan2(sin[some], cos[some]), plan.period)
         else:
             d = np.where(w > 0, v - ref[row], 0.0)
-            weight = np.bincount(row, w, n) + w0
             binned[some, c] = ref[some] + np.bincount(row, w * d, n)[some] / weight[some]
     return held_only
 

@@ -125,7 +125,7 @@ class PubSubDecoder:
             if i == NOT_READ:
                 continue
             got = d.no_channel(f"field {key[:60]!r} is not a channel", "fields") if i is None else self._value(
-                tid, i, field, stamp, checked, failed, now_ns)  # fmt: skip
+                tid, i, field, checked, failed, now_ns)  # fmt: skip
             if isinstance(got, Rejection):
                 rejected.append(((n, key), got))
             else:
@@ -140,25 +140,24 @@ class PubSubDecoder:
         return self.decoder.check_turbine(str(raw) if type(raw) is int else raw)
 
     def _value(
-        self, tid: str, i: int, field: Any, stamp: Any, checked: Any, failed: bool, now_ns: int
+        self, tid: str, i: int, field: Any, checked: int | Rejection | None, failed: bool, now_ns: int
     ) -> ChannelValue | Rejection:
         """One field -> its value: a DataValue by its own status, a bare value by the DataSetMessage's (`failed`);
-        either stamped by the DataSetMessage's `Timestamp` (`stamp`, read as `checked`) when it has no own."""
-        if isinstance(field, dict):
-            if "Status" in field:  # OPC 10000-6's name of a DataValue's status; OPC Publisher writes StatusCode
-                if "StatusCode" in field:
-                    return Rejection("unknown_key", "a DataValue with both Status and StatusCode")
-                field = {("StatusCode" if k == "Status" else k): v for k, v in field.items()}
-            if "SourceTimestamp" in field:
-                return self.field.read(tid, i, field, now_ns)
-        if stamp is None:
-            return Rejection("missing_ts", "no SourceTimestamp, and no Timestamp in its DataSetMessage")
-        if isinstance(checked, Rejection):
-            return checked
-        if isinstance(field, dict):
-            return self.field.read(tid, i, {**field, "SourceTimestamp": stamp}, now_ns)
-        got = self.field.read(tid, i, {"Value": field, "SourceTimestamp": stamp}, now_ns)
-        return got if isinstance(got, Rejection) or not failed else (*got[:3], UNREAD, True)
+        either stamped by the DataSetMessage's `Timestamp` (`checked`: read, None: none) when it has no own."""
+        if isinstance(field, dict) and "Status" in field:  # OPC 10000-6's name; OPC Publisher writes StatusCode
+            if "StatusCode" in field:
+                return Rejection("unknown_key", "a DataValue with both Status and StatusCode")
+            field = {("StatusCode" if k == "Status" else k): v for k, v in field.items()}
+        ts_ns = None
+        if not (isinstance(field, dict) and "SourceTimestamp" in field):
+            if checked is None:
+                return Rejection("missing_ts", "no SourceTimestamp, and no Timestamp in its DataSetMessage")
+            if isinstance(checked, Rejection):
+                return checked
+            ts_ns = checked
+        bare = not isinstance(field, dict)
+        got = self.field.read(tid, i, {"Value": field} if bare else field, now_ns, ts_ns)
+        return got if isinstance(got, Rejection) or not (bare and failed) else (*got[:3], UNREAD, True)
 
 
 def _dataset_messages(doc: Any) -> list[Any] | Rejection:

@@ -122,9 +122,10 @@ class TagPayload:
         self._good = frozenset((type(g), g) for g in good)
         self._allowed = frozenset([value, ts, *([quality] if quality is not None else []), *other_keys])
 
-    def read(self, tid: str, i: int, doc: Any, now_ns: int) -> ChannelValue | Rejection:
+    def read(self, tid: str, i: int, doc: Any, now_ns: int, ts_ns: int | None = None) -> ChannelValue | Rejection:
         """A tag's parsed payload (channel `i` of turbine `tid`) -> its value (failed: a quality not among the
-        good ones), or why it is refused."""
+        good ones), or why it is refused. `ts_ns`: the stamp of a payload without its own (an OPC UA field's, its
+        DataSetMessage's `Timestamp`, read once); None: such a payload is refused."""
         d = self.decoder
         if not isinstance(doc, dict):
             return Rejection("not_an_object", f"a tag's payload is a JSON {type(doc).__name__}: an object holding "
@@ -134,9 +135,9 @@ class TagPayload:
             extra = sorted(str(k)[:40] for k in doc if k not in self._allowed)
             return Rejection("unknown_key", f"keys {extra[:5]}; allowed: {sorted(self._allowed)} (list keys the "
                              "source adds in mapping.tag_payload.other_keys)")  # fmt: skip
-        if self.ts_key not in doc:
+        if self.ts_key not in doc and ts_ns is None:
             return Rejection("missing_ts", f"no {self.ts_key!r}")
-        ts = d.stamp(doc[self.ts_key], now_ns, self.ts_key)
+        ts = d.stamp(doc[self.ts_key], now_ns, self.ts_key) if self.ts_key in doc else ts_ns
         if isinstance(ts, Rejection):
             return ts
         good = self._good_quality(doc)
