@@ -1087,6 +1087,90 @@ def test_sparkplug_b_devices_score_as_per_turbine_telemetry_after_a_rebirth(brok
     col.close()
 
 
+def test_sparkplug_history_forwarded_after_a_rebirth_is_scored_in_its_steps(broker, bundle, scorer, timeline,
+                                                                             replayed):  # fmt: skip
+    """An edge node (its devices the turbines) is away for the middle third of the slice (its NDEATH) and stores
+    what it reads. Back, it does as Sparkplug's store and forward does: its births first, with the values read
+    then, then the stored rows as history (every metric `is_historical`), oldest first, then live data. Every row
+    is taken (none late) and every step scored as the replay scores the whole slice: the births' values waited for
+    the history after them (runtime.birth_hold). Taken as they came, each birth closed its turbine's bins up to its
+    stamp, and the stored third came late."""
+    header, rows, _ = timeline
+    group, node = "histfarm", "edge1"
+    names = {ch: f"Nacelle/{ch}" for ch in bundle.spec.channels}
+    key_of = dict(bundle.column_mapping)
+    docs = []
+    for t, payload in to_messages(header, rows):
+        doc = json.loads(payload)
+        docs.append((t.split("/")[2], parse_timestamp_ns(doc["ts"]) // 10**6, doc["values"]))
+    cut1, cut2 = len(docs) // 3, 2 * len(docs) // 3
+    seq = [0]
+
+    def sent(kind: str, tid: str | None, ms: int, values: dict | None = None,
+             protocol: tuple = ()) -> tuple[str, bytes]:  # fmt: skip
+        if kind == "NBIRTH":
+            seq[0] = 0
+        p = Payload(timestamp=ms, seq=seq[0] % 256)
+        seq[0] += 1
+        for name, value, datatype in protocol:
+            metric(p, name, value, datatype)
+        for ch, name in names.items() if values is not None else ():
+            metric(p, name, values.get(key_of[ch]), "Double", ts=ms)
+        return f"spBv1.0/{group}/{kind}/{node}" + (f"/{tid}" if tid else ""), p.SerializeToString()
+
+    def session(part: list, bdseq: int) -> tuple[list, set[int]]:
+        """A node session's births (each turbine's first row of `part`) and the rows they hold."""
+        firsts: dict[str, int] = {}
+        for i, (tid, _, _) in enumerate(part):
+            firsts.setdefault(tid, i)
+        out = [
+            sent(
+                "NBIRTH",
+                None,
+                part[0][1],
+                protocol=(("bdSeq", bdseq, "Int64"), ("Node Control/Rebirth", False, "Boolean")),
+            )
+        ]
+        out += [sent("DBIRTH", tid, part[i][1], part[i][2]) for tid, i in firsts.items()]
+        return out, set(firsts.values())
+
+    first, born = session(docs[:cut1], 0)
+    first += [sent("DDATA", tid, ms, v) for i, (tid, ms, v) in enumerate(docs[:cut1]) if i not in born]
+    death = Payload(timestamp=docs[cut1][1])
+    metric(death, "bdSeq", 0, "Int64")
+    first.append((f"spBv1.0/{group}/NDEATH/{node}", death.SerializeToString()))
+    back, born = session(docs[cut2:], 1)
+    history = [(t, _historical(p)) for t, p in (sent("DDATA", tid, ms, v) for tid, ms, v in docs[cut1:cut2])]
+    live = [sent("DDATA", tid, ms, v) for i, (tid, ms, v) in enumerate(docs[cut2:]) if i not in born]
+
+    edge = client(broker.url, "edge-history")
+    col = Collector(broker.url, [f"scada/{SITE}/+/score"], client_id="col-history")
+    cfg = daemon_config(broker.url, topics={"sparkplug_group": group}, mapping={"columns": names},
+                        ingest={"max_batch_payload_bytes": 1 << 16})  # fmt: skip
+    d = DaemonThread(cfg, bundle, scorer)
+    wait_for(lambda: col.ready() and edge.is_connected() and d.daemon.link.connected, 10, "connections")
+    publish_all(edge, first + back + history + live)
+    want = expected_steps(rows, header)
+    wait_for(lambda: col.has_steps(sum(want.values())), 60, "all scores")
+    m = d.daemon.metrics
+    assert m.value("scada_runtime_samples_in_total") == len(rows)
+    assert m.value("scada_runtime_late_samples_total") == 0
+    assert m.rejected_by_reason() == {}
+    assert d.stop() == 0
+    assert_the_replays((p for _, p in col.of("/score")), want, replayed)
+    edge.disconnect()
+    col.close()
+
+
+def _historical(payload: bytes) -> bytes:
+    """A Sparkplug payload with every metric flagged is_historical (stored and forwarded)."""
+    p = Payload()
+    p.ParseFromString(payload)
+    for m in p.metrics:
+        m.is_historical = True
+    return p.SerializeToString()
+
+
 def test_rebirth_requests_are_bounded_per_node_and_in_all(bundle, scorer):
     """Data naming what no birth gave asks its node for a rebirth: each node at most once per REBIRTH_EVERY_S and
     at most REBIRTHS_PER_WINDOW nodes in that time, whatever node ids publishers make up; the record of nodes

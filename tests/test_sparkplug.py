@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 
 from scada_tcn.runtime import sparkplug as sparkplug_module
+from scada_tcn.runtime.birth_hold import BirthHold
 from scada_tcn.runtime.daemon_config import ConfigError, daemon_config_from_dict
 from scada_tcn.runtime.hold import is_unread
 from scada_tcn.runtime.protowire import WireError, bytes_field, fields, varint_field
 from scada_tcn.runtime.sparkplug import SparkplugDecoder, rebirth_request, topic_filters
 from scada_tcn.runtime.sparkplug_payload import integer_value, parse_payload
-from scada_tcn.runtime.telemetry import REASONS, BatchDecode, Rejection, TelemetryDecoder, parse_timestamp_ns
+from scada_tcn.runtime.telemetry import REASONS, BatchDecode, Rejection, Sample, TelemetryDecoder, parse_timestamp_ns
 from tests.sparkplug_messages import Payload, metric
 
 NOW = parse_timestamp_ns("2024-06-01T00:00:00+00:00")
@@ -501,3 +502,46 @@ def test_messages_the_sequence_numbers_skipped_are_counted():
         assert len(spb._seqs) == len(spb._sessions) == 8 and spb.take_lost() == 4
     finally:
         sparkplug_module._NODES_KEPT = kept
+
+
+def test_births_and_history_are_marked():
+    """A birth's decode is marked `birth`; a data message whose every value read is `is_historical` is marked
+    `historical` (metrics not read do not count), and one with a current value among them is not."""
+    dec = _decoder()
+    born = dec.decode(_topic("DBIRTH"), _birth().SerializeToString(), NOW)
+    assert born.birth and not born.historical
+    for flags, want in (((True, True), True), ((True, False), False), ((False, False), False)):
+        p = Payload(timestamp=MS, seq=2)
+        for alias, flag in zip((1, 2), flags):
+            metric(p, None, 1.0, "Double", alias=alias, ts=MS - 1000, typed=False).is_historical = flag
+        metric(p, None, "RUN", "String", alias=4, ts=MS, typed=False)  # ignored, current: not read, not counted
+        res = dec.decode(_topic("DDATA"), p.SerializeToString(), NOW)
+        assert (res.birth, res.historical, len(res.samples)) == (False, want, 1)
+        assert [m.is_historical for m in parse_payload(p.SerializeToString()).metrics] == [*flags, False]
+    empty = Payload(timestamp=MS, seq=3)
+    metric(empty, None, "RUN", "String", alias=4, ts=MS, typed=False).is_historical = True
+    assert not dec.decode(_topic("DDATA"), empty.SerializeToString(), NOW).historical  # nothing read
+
+
+def test_birth_hold_keeps_a_birth_until_its_turbines_data_reaches_it():
+    """`BirthHold`: a birth waits while history older than it comes, goes before a current message or history as
+    new as it, before a later birth of its turbine, at a death, after `quiet_ns` without history, when the clock
+    is set back, and at stop; every held sample comes back once, in the order held."""
+    s = lambda t, ts: Sample(t, ts, np.zeros(1))  # noqa: E731
+    h = BirthHold(quiet_ns=100)
+    b1, b2 = s("WT1", 1000), s("WT1", 1000)
+    assert h.hold([b1, b2], now_ns=0) == [] and len(h) == 1
+    assert h.before([s("WT1", 400), s("WT1", 999)], historical=True, now_ns=50) == []  # older history: held
+    assert h.before([s("WT2", 2000)], historical=False, now_ns=60) == []  # another turbine's data
+    assert h.due(now_ns=149) == [] and h.due(now_ns=150) == [b1, b2] and len(h) == 0  # 100 after the last history
+    h.hold([b1], 0)
+    assert h.before([s("WT1", 500), s("WT1", 1000)], historical=True, now_ns=1) == [b1]  # history as new as it
+    h.hold([b1], 0)
+    assert h.before([s("WT1", 10)], historical=False, now_ns=1) == [b1]  # a current value, however old its stamp
+    h.hold([b1], 0)
+    b3 = s("WT1", 3000)
+    assert h.hold([b3, s("WT2", 3000)], now_ns=5) == [b1] and len(h) == 2  # a rebirth: the earlier birth first
+    assert h.release(["WT2", "WT9"])[0].turbine == "WT2" and len(h) == 1  # a death
+    assert h.due(now_ns=4) == [b3]  # the clock set back
+    h.hold([b1], 0)
+    assert h.due(now_ns=1, everything=True) == [b1] and len(h) == 0  # stop

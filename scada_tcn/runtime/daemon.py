@@ -70,8 +70,9 @@ from typing import Any
 
 import numpy as np
 
+from scada_tcn.runtime.birth_hold import BirthHold
 from scada_tcn.runtime.channel_watch import SILENT_STEPS, WATCH_STEPS, ChannelWatch
-from scada_tcn.runtime.daemon_config import RuntimeConfig, redacted
+from scada_tcn.runtime.daemon_config import RuntimeConfig, redacted, sparkplug_host
 from scada_tcn.runtime.engine import Engine, Output, Resumed
 from scada_tcn.runtime.fleet import NO_STAMP
 from scada_tcn.runtime.health import HealthServer, Heartbeat
@@ -79,9 +80,10 @@ from scada_tcn.runtime.hold import UNREAD
 from scada_tcn.runtime.ingress import Ingress
 from scada_tcn.runtime.journal import Journal
 from scada_tcn.runtime.mqtt import Message, MqttLink, Publish, read_retained
+from scada_tcn.runtime.presence import Presence
 from scada_tcn.runtime.prometheus import RuntimeMetrics
 from scada_tcn.runtime.records import batches, iso_utc, retained_alert_state, split_batch
-from scada_tcn.runtime.sparkplug import rebirth_request
+from scada_tcn.runtime.sparkplug import host_state, host_state_topic, rebirth_request, says_offline
 from scada_tcn.runtime.state_file import EncodedState, encode_state, fsync_dir, load_state, write_state
 from scada_tcn.runtime.telemetry import Rejection, Sample, turbine_topics
 
@@ -93,6 +95,7 @@ _RETAINED_READ_S = 10.0  # the longest wait for the broker's retained alert stat
 # refused lines or elements of one message reported one by one; the rest in one report (all counted): a message of
 # 100,000 bad elements must not fill the publish queue, where score records wait
 REPORTS_PER_MESSAGE = 20
+BIRTH_QUIET_S = 60  # a Sparkplug birth's values wait at most this long for the history after them (`BirthHold`)
 REBIRTH_EVERY_S = 30  # a Sparkplug edge node is asked for its births at most this often ...
 REBIRTHS_PER_WINDOW = 64  # ... and at most this many nodes in that time
 _NOT_REPUBLISHED = (
@@ -182,6 +185,9 @@ class Daemon:
         self._score_topic = turbine_topics(cfg.topics.score, cfg.site, cfg.gateway)[1]  # any turbine's score topic
         self._bins_closed = 0
         self._stale_batch: list[Sample] = []  # `_admit`'s samples of deaths (`_stale`): no telemetry
+        # Sparkplug births' values, held while the history after them comes: for half the grace at most, so that
+        # a birth's own step is still open when its values come (a minute at most)
+        self._births = BirthHold(int(min(cfg.ingest.grace_s / 2, BIRTH_QUIET_S) * 1e9))
         self.status_topic = cfg.topics.status.format(gateway=cfg.gateway, site=cfg.site)
         self.errors_topic = cfg.topics.errors.format(gateway=cfg.gateway, site=cfg.site)
         batch = cfg.topics.score_batch
@@ -199,6 +205,11 @@ class Daemon:
             may_read=lambda: self.inbound.qsize() < cfg.queues.inbound,
             on_refused=self._refused,
         )
+        host = sparkplug_host(cfg)
+        self.presence = None if host is None else Presence(
+            cfg.broker, f"{self.link.client_id}-host", host_state_topic(host), host_state, says_offline,
+            on_state=lambda up: self.metrics.sparkplug_host_online.set(1 if up else 0),
+        )  # fmt: skip
         self._last_save_ns = 0
         # QoS 1 publishes since the last snapshot: a restart replays the journal frames after the last snapshot
         # written (two files while one is being written) and publishes everything they produce again before the
@@ -244,6 +255,8 @@ class Daemon:
         self._restore_state()
         self._carry_retained_alerts()
         self.link.start()
+        if self.presence is not None:
+            self.presence.start()
         self._status_thread.start()
 
     def request_stop(self) -> None:
@@ -553,6 +566,8 @@ class Daemon:
         self._stopped.set()
         if clean and self.cfg.state.path is None:  # no state file to keep waiting fleet-relative steps: send them
             self._publish_outputs(self.engine.flush(final=True))
+        if self.presence is not None:  # edge nodes that wait for this host stop sending, and store
+            self.presence.stop()
         drained = self.link.stop(
             [Publish(self.status_topic, self._status_payload("offline"), retain=True)], timeout=10.0
         )
@@ -793,6 +808,9 @@ class Daemon:
                 log.exception("internal error while handling a message", extra={"topic": msg.topic[:200]})
                 self._reject(msg, Rejection("internal_error", f"{type(e).__name__}: {e}"[:300]))
             redelivered += [msg.dup] * (len(samples) - before)
+        before = len(samples)
+        self._released(self._births.due(now_ns, everything=self._stop.is_set()), samples, new)
+        redelivered += [False] * (len(samples) - before)
         stale = {id(s) for s in self._stale_batch}
         telemetry = [s for s in samples if id(s) not in stale] if stale else samples
         if telemetry:
@@ -802,7 +820,16 @@ class Daemon:
             self._watch_channels(telemetry, now_ns)
         return samples, redelivered
 
-    def _stale(self, samples: list[Sample]) -> list[Sample]:
+    def _released(self, released: list[Sample], samples: list[Sample], new: set[str]) -> None:
+        """Admit the samples of Sparkplug births `BirthHold` released (validated when held); those of a turbine that
+        would now be one more than ingest.max_turbines are counted as refused."""
+        for sample in released:
+            if self._has_room(sample.turbine, new):
+                samples.append(sample)
+            else:
+                self.metrics.rejected.labels(reason="too_many_turbines").inc()
+
+    def _stale(self, samples: list[Sample], deaths: list[str]) -> list[Sample]:
         """Per turbine the Sparkplug message just decoded made stale (`SparkplugDecoder.take_deaths`), when the
         bundle holds report-by-exception channels: a sample of `UNREAD` on every channel, which ends their holds
         (`runtime.hold`) as a failed read does. It is stamped at the turbine's newest stamp so far (its open bins',
@@ -812,7 +839,6 @@ class Daemon:
         the data clock (a node's will comes when the broker gives up on it, perhaps amid the backlog of a
         reconnect). A turbine without a sample has nothing to end. It is no telemetry: not counted in
         `samples_in_total` nor watched (`_admit`)."""
-        deaths = self.sparkplug.take_deaths()  # type: ignore[union-attr]
         if not deaths or not self.engine.bundle.spec.hold_s:
             return []
         newest: dict[str, int] = {}
@@ -862,7 +888,9 @@ class Daemon:
         once, after its lines or elements); its rejections counted and reported."""
         res, route, part = self.ingress.decode(msg.topic, msg.payload, now_ns)
         if route == "sparkplug_group":
-            samples += self._stale(samples)  # a death: in its place among the batch's samples
+            deaths = self.sparkplug.take_deaths()  # type: ignore[union-attr]
+            self._released(self._births.release(deaths), samples, new)  # their births' values go before a death
+            samples += self._stale(samples, deaths)  # a death: in its place among the batch's samples
             for node in self.sparkplug.rebirths():
                 self._ask_rebirth(node, now_ns)
             self.metrics.sparkplug_lost.inc(self.sparkplug.take_lost())  # type: ignore[union-attr]
@@ -893,8 +921,12 @@ class Daemon:
             detail = f"{rest.total()} more {part}s of the message rejected, not reported one by one"
             report = self._error_report("more_rejected", detail, topic=msg.topic[:200], by_reason=dict(rest))
             self._publish("error", self.errors_topic, report, False)
-        samples += taken
         new |= added
+        if res.birth:  # held while the history that may follow it comes (runtime.birth_hold)
+            self._released(self._births.hold(taken, now_ns), samples, new)
+        else:
+            self._released(self._births.before(taken, res.historical, now_ns), samples, new)
+            samples += taken
         failed = Counter(i for sample in taken for i in sample.failed)
         for i, k in failed.items():  # of the samples taken: a refused message's failed reads are not counted
             self.metrics.failed_reads.labels(channel=self.decoder.channels[i]).inc(k)
@@ -1102,6 +1134,8 @@ class Daemon:
         reaches us) or down. Up publishes the retained status "online", so a consumer that waits for it loses no
         sample it sends next; down, the broker publishes the last will if the publisher is the one gone."""
         self.metrics.connected.set(1 if up else 0)
+        if self.presence is not None:  # Sparkplug STATE: online exactly while telemetry reaches us
+            self.presence.set(up and not self._stopped.is_set())
         if up and not self._stopped.is_set():  # stopping: "offline" is the last word (a clean stop sends no will)
             self.link.publish(self.status_topic, self._status_payload("online"), retain=True)
 

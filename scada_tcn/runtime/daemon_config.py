@@ -32,7 +32,7 @@ from scada_tcn.runtime.csv_table import dialect_problem
 from scada_tcn.runtime.errors import ConfigError
 from scada_tcn.runtime.ids import id_pattern_problem
 from scada_tcn.runtime.opcua_pubsub import TURBINE_FIELDS
-from scada_tcn.runtime.sparkplug import NAMESPACE, command_filter, topic_filters
+from scada_tcn.runtime.sparkplug import NAMESPACE, command_filter, host_state_topic, topic_filters
 from scada_tcn.runtime.tag_topics import QUALITY_RULES, tag_filter, template_problem
 from scada_tcn.runtime.telemetry import (
     BATCH_FORMATS,
@@ -46,6 +46,7 @@ from scada_tcn.runtime.telemetry import (
 ENV_PREFIX = "SCADA_RT_"
 ISO_STAMPS = "ISO8601"  # mapping.time_format: ISO-8601 or epoch seconds, whatever the training table's
 _SPB = "sparkplug_group"  # topics.sparkplug_group: a group id, not a topic template
+_HOST = "sparkplug_host_id"  # topics.sparkplug_host_id: a host id, not a topic template
 _TAG = "telemetry_tag"  # topics.telemetry_tag: a template with {key}, checked by _tag_problems
 TELEMETRY_FORMATS = ("values", "tags")  # ingest.telemetry_format: the form of messages on topics.telemetry
 
@@ -121,6 +122,15 @@ class TopicsCfg:
         "<edge node> (the node is the turbine) and DBIRTH|DDATA|DDEATH/<edge node>/<device> (the device is the "
         "turbine); metric names are payload keys (mapping), a Quality property other than 192 reads as a failed "
         "read, and a metric alias no birth gave asks its node for a rebirth (an NCMD Node Control/Rebirth)",
+    )
+    sparkplug_host_id: str | None = _f(
+        None,
+        "null = no Sparkplug STATE; a Sparkplug host id (may use {site}, {gateway}; needs sparkplug_group) = the "
+        "daemon is the Sparkplug 3.0 host application of that id: while it takes telemetry it keeps "
+        'spBv1.0/STATE/<id> retained at {"online": true, "timestamp": ms}, and offline when it stops or (its '
+        "last will) fails, on a connection of its own (client id <client_id>-host, clean start). Edge nodes "
+        "configured with this id as their primary host publish only while it is online and store and forward "
+        "otherwise",
     )
 
 
@@ -538,7 +548,8 @@ def _problems(c: RuntimeConfig) -> list[str]:
         p.append(f"topics.score_batch_bytes: must be >= 8192 (a score record is a few kB), got "
                  f"{c.topics.score_batch_bytes}")  # fmt: skip
     before = len(p)
-    for name in [f.name for f in dataclasses.fields(TopicsCfg) if f.name not in ("score_batch_bytes", _SPB, _TAG)]:
+    not_templates = ("score_batch_bytes", _SPB, _HOST, _TAG)
+    for name in [f.name for f in dataclasses.fields(TopicsCfg) if f.name not in not_templates]:
         tpl = getattr(c.topics, name)
         if tpl is None:  # score_batch or telemetry_batch off
             continue
@@ -560,6 +571,8 @@ def _problems(c: RuntimeConfig) -> list[str]:
         p += _batch_topic_problems(c)
     if c.topics.sparkplug_group is not None:
         p += _sparkplug_problems(c, well_formed=len(p) == before)
+    elif c.topics.sparkplug_host_id is not None:
+        p.append(f"topics.{_HOST}: a Sparkplug host application reads a group: set topics.{_SPB} too")
     return p + _tag_problems(c, well_formed=len(p) == before)
 
 
@@ -609,19 +622,35 @@ def _sparkplug_problems(c: RuntimeConfig, well_formed: bool) -> list[str]:
         return [f"topics.{_SPB}: only {{site}} and {{gateway}} may be used ({e!r})"]
     if not group or any(ch in group for ch in "+#/"):
         return [f"topics.{_SPB}: a Sparkplug group id (one topic level, no '+', '#', '/'), got {group!r}"]
+    try:
+        host = sparkplug_host(c)
+    except (KeyError, IndexError, ValueError) as e:
+        return [f"topics.{_HOST}: only {{site}} and {{gateway}} may be used ({e!r})"]
+    if host is not None and (not host or any(ch in host for ch in "+#/")):
+        return [f"topics.{_HOST}: a Sparkplug host id (one topic level, no '+', '#', '/'), got {host!r}"]
     if not well_formed:
         return []
     names = ("telemetry", "telemetry_batch", "score", "alert", "alert_state", "status", "errors", "score_batch")
-    clash = _clashes(c, _sparkplug_filters(group), names)
+    clash = _clashes(c, _sparkplug_filters(c), names)
     if clash:
-        return [f"topics.{_SPB}: the group's Sparkplug topics ({NAMESPACE}/{group}/...) are also topics of {clash}; "
-                "give those topics of their own"]  # fmt: skip
+        return [f"topics.{_SPB}: the group's Sparkplug topics ({NAMESPACE}/{group}/..." +
+                (f", {host_state_topic(host)}" if host is not None else "") +
+                f") are also topics of {clash}; give those topics of their own"]  # fmt: skip
     return []
 
 
-def _sparkplug_filters(group: str) -> list[str]:
-    """The group's Sparkplug topics: those the daemon reads and those of its rebirth requests (NCMD)."""
-    return [*topic_filters(group), command_filter(group)]
+def sparkplug_host(c: RuntimeConfig) -> str | None:
+    """topics.sparkplug_host_id with {site} and {gateway} filled in (None: not set)."""
+    h = c.topics.sparkplug_host_id
+    return None if h is None else h.format(site=c.site, gateway=c.gateway)
+
+
+def _sparkplug_filters(c: RuntimeConfig) -> list[str]:
+    """The Sparkplug topics: those of the group the daemon reads, those of its rebirth requests (NCMD), and its
+    host STATE."""
+    group = c.topics.sparkplug_group.format(site=c.site, gateway=c.gateway)  # type: ignore[union-attr]
+    host = sparkplug_host(c)
+    return [*topic_filters(group), command_filter(group), *([host_state_topic(host)] if host is not None else [])]
 
 
 def _tag_problems(c: RuntimeConfig, well_formed: bool) -> list[str]:
@@ -650,10 +679,7 @@ def _tag_problems(c: RuntimeConfig, well_formed: bool) -> list[str]:
     names = ("telemetry", "telemetry_batch", "score", "alert", "alert_state", "status", "errors", "score_batch")
     filt = tag_filter(tpl, c.site, c.gateway)[0]
     clash = _clashes(c, [filt], names)
-    group = c.topics.sparkplug_group
-    if group is not None and any(
-        _overlap(filt, f) for f in _sparkplug_filters(group.format(site=c.site, gateway=c.gateway))
-    ):
+    if c.topics.sparkplug_group is not None and any(_overlap(filt, f) for f in _sparkplug_filters(c)):
         clash.append(_SPB)
     if clash:
         return [f"topics.telemetry_tag: its subscription {filt!r} also takes the topics of {clash}; give the tags "

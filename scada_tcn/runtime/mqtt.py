@@ -1,4 +1,5 @@
-"""The only module that imports paho: a small publish / subscribe / ack / stop surface over two MQTT v5 clients.
+"""A small publish / subscribe / ack / stop surface over two MQTT v5 clients (with `runtime.presence`, the only
+modules that import paho).
 
 Flow control (why the connection never starves and memory stays bounded)
 ------------------------------------------------------------------------

@@ -8,7 +8,7 @@ alerts_total{state}, inference_seconds (histogram, one observation per graph bat
 (histogram), publish_queue_depth,
 inbound_queue_depth, inbound_queue_peak, publish_backpressure_total, publish_overflow_total{kind},
 publish_too_large_total{kind}, scores_dropped_total{reason}, alerts_on, score_drift_ks, fleet_waiting_records,
-turbines, connected, connects, receive_maximum_exceeded_total, connect_failures_total{reason},
+turbines, connected, sparkplug_host_online, connects, receive_maximum_exceeded_total, connect_failures_total{reason},
 loop_heartbeat_age_seconds, last_message_timestamp_seconds. Every rejected or dropped message is counted here
 with a reason; nothing is dropped without a counter.
 """
@@ -146,6 +146,12 @@ class RuntimeMetrics:
         )
         self.clock_behind = Gauge(
             p + "clock_behind", "1 while the wall clock is behind the telemetry taken (none is taken)", registry=r
+        )
+        self.sparkplug_host_online = Gauge(
+            p + "sparkplug_host_online",
+            "1 while the broker holds this daemon's Sparkplug STATE birth (topics.sparkplug_host_id: acknowledged, "
+            "its session standing); 0 otherwise",
+            registry=r,
         )
         self.connects = Gauge(p + "connects", "successful broker connections since start (1 + reconnects)", registry=r)
         self.receive_maximum_exceeded = Counter(

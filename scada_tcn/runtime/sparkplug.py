@@ -3,7 +3,7 @@ Eclipse Tahu publish (Eclipse Sparkplug 3.0, topic namespace `spBv1.0`).
 
 Topics: `spBv1.0/<group>/<type>/<edge node>[/<device>]`. The daemon subscribes to a group's node messages
 (NBIRTH, NDATA, NDEATH: the edge node is the turbine) and device messages (DBIRTH, DDATA, DDEATH: the device is
-the turbine), never to commands or host states. Payloads are Sparkplug B's protobuf `Payload`, read as protobuf
+the turbine), never to commands or other hosts' states. Payloads are Sparkplug B's protobuf `Payload`, read as protobuf
 reads it (`sparkplug_payload`; no protobuf package): a publish `timestamp` and `metrics`, each with a `name` (a
 birth gives it, with an `alias` that later data messages may send alone), a `timestamp` (epoch ms, else the
 payload's), a `datatype`, `is_null`, `properties` and one value.
@@ -48,12 +48,20 @@ channels (`runtime.hold`) at once rather than after `hold_s`.
 
 Sequence numbers: the messages a node's `seq` skipped (Sparkplug's data goes at QoS 0, so a broker or link may
 drop some) are counted (`take_lost`; `_count_lost` says how); they are not asked for again (a rebirth would not
-bring them back). Not read: `is_historical` (historical values are samples as any other: the daemon's bins take
-what is late), metric metadata, and the primary-host STATE handshake.
+bring them back). Not read: metric metadata.
+
+History: a metric's `is_historical` says it was stored and forwarded. A data message whose every value read is
+history is marked so (`BatchDecode.historical`), and a birth's (`BatchDecode.birth`): the daemon holds a birth's
+values back while the history that follows it comes in (`runtime.birth_hold`).
+
+Host STATE: with `topics.sparkplug_host_id`, the daemon is a Sparkplug host application of that id. Its STATE
+(`host_state_topic`, payload `host_state`: JSON `{"online": bool, "timestamp": ms}`) is kept by
+`runtime.presence`; `says_offline` reads one.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from scada_tcn.runtime.hold import UNREAD
@@ -86,7 +94,10 @@ __all__ = [
     "DEVICES_KEPT",
     "NAMESPACE",
     "SparkplugDecoder",
+    "host_state",
+    "host_state_topic",
     "rebirth_request",
+    "says_offline",
     "topic_filters",
 ]
 
@@ -99,6 +110,7 @@ _PROTOCOL = ("bdSeq",)
 _PROTOCOL_PREFIXES = ("Node Control/", "Device Control/", "Node Info/", "Device Info/", "Properties/")
 _NAME_KEPT_CHARS = 256  # a metric's name is kept (and looked up) this long, no longer
 _NODE_CHARS = 256  # an edge node id longer than this is refused (Sparkplug ids are short; they are kept)
+_STATE_BYTES = 256  # a longer payload on a STATE topic is not read as one
 _NODES_KEPT = 16_384  # edge nodes whose session and sequence number are kept, the most recent
 DEVICES_KEPT = 1 << 16  # devices kept to name at their node's death (`_seen`)
 _TYPE_NAMES = {1: "Int8", 2: "Int16", 3: "Int32", 4: "Int64", 5: "UInt8", 6: "UInt16", 7: "UInt32", 8: "UInt64",
@@ -124,6 +136,28 @@ def command_filter(group: str) -> str:
 def rebirth_request(group: str, node: str, now_ms: int) -> tuple[str, bytes]:
     """(topic, payload) of the NCMD that asks edge node `node` to publish its births again."""
     return f"{NAMESPACE}/{group}/NCMD/{node}", rebirth_payload(now_ms)
+
+
+def host_state_topic(host_id: str) -> str:
+    """The topic of Sparkplug host application `host_id`'s STATE (its birth and death certificates)."""
+    return f"{NAMESPACE}/STATE/{host_id}"
+
+
+def host_state(online: bool, ts_ms: int) -> bytes:
+    """A host application's STATE payload (Sparkplug 3.0, 4.2.3): UTF-8 JSON with `online` and `timestamp`."""
+    return json.dumps({"online": bool(online), "timestamp": int(ts_ms)}, separators=(",", ":")).encode()
+
+
+def says_offline(payload: bytes) -> bool:
+    """Whether a STATE payload is a death certificate (`online` false); a payload that is no STATE is none (nor
+    is one over `_STATE_BYTES`: a STATE is some 40 bytes, and a short payload cannot nest too deep to parse)."""
+    if len(payload) > _STATE_BYTES:
+        return False
+    try:
+        doc = json.loads(payload)
+    except ValueError:  # not JSON, or not UTF-8: no STATE
+        return False
+    return isinstance(doc, dict) and doc.get("online") is False
 
 
 def _metric_at(place: tuple[int, str | int | None]) -> dict[str, Any]:
@@ -230,6 +264,7 @@ class SparkplugDecoder:
         read: list[ChannelValue] = []
         rejected: list[tuple[tuple[int, str | int | None], Rejection]] = []
         stamps: dict[int, int | Rejection] = {}  # the message's stamps read so far: its metrics share a few
+        history = not birth  # every value read is history (is_historical), so far
         for n, m in enumerate(metrics, 1):
             got = self._read(m, table, tid, birth, sent_ms, now_ns, stamps)
             if isinstance(got, Rejection):
@@ -242,7 +277,8 @@ class SparkplugDecoder:
                 rejected.append(((n, m.name if m.name is not None else m.alias), got))
             elif got is not None:
                 read.append(got)
-        return BatchDecode(grouped(read, len(d.channels)), rejected, _metric_at)
+                history = history and m.is_historical
+        return BatchDecode(grouped(read, len(d.channels)), rejected, _metric_at, birth, history and bool(read))
 
     def take_deaths(self) -> list[str]:
         """The turbines whose values a death made stale since the last call, in order: a DDEATH's device, an

@@ -31,9 +31,10 @@ INT_VALUE, LONG_VALUE, FLOAT_VALUE, DOUBLE_VALUE, BOOLEAN_VALUE, STRING_VALUE = 
 INTEGERS = {1: (8, True), 2: (16, True), 3: (32, True), 4: (64, True), 5: (8, False), 6: (16, False),
             7: (32, False), 8: (64, False)}  # fmt: skip
 _U32 = (1 << 32) - 1
-# Metric: field -> wire type (the fields read; 5 is_historical, 6 is_transient and 8 metadata are not)
-_METRIC = {1: LENGTH, 2: VARINT, 3: VARINT, 4: VARINT, 7: VARINT, 9: LENGTH, 10: VARINT, 11: VARINT, 12: FIXED32,
-           13: FIXED64, 14: VARINT, 15: LENGTH, 16: LENGTH, 17: LENGTH, 18: LENGTH, 19: LENGTH}  # fmt: skip
+# Metric: field -> wire type (the fields read; 6 is_transient and 8 metadata are not)
+_METRIC = {1: LENGTH, 2: VARINT, 3: VARINT, 4: VARINT, 5: VARINT, 7: VARINT, 9: LENGTH, 10: VARINT, 11: VARINT,
+           12: FIXED32, 13: FIXED64, 14: VARINT, 15: LENGTH, 16: LENGTH, 17: LENGTH, 18: LENGTH,
+           19: LENGTH}  # fmt: skip
 # PropertyValue: its oneof's fields -> wire type (3 int, 4 long, 5 float, 6 double, 7 bool, 8 string, 9-11 sets)
 _PROPERTY_VALUE = {3: VARINT, 4: VARINT, 5: FIXED32, 6: FIXED64, 7: VARINT, 8: LENGTH, 9: LENGTH, 10: LENGTH,
                    11: LENGTH}  # fmt: skip
@@ -48,6 +49,7 @@ class Metric(NamedTuple):
     is_null: bool
     quality: int | str | None  # the Quality property's code; a str says why it is unreadable; None: absent
     value: tuple[int, int | float | bool | bytes] | None  # (field number, value as protobuf reads it), None: none
+    is_historical: bool = False  # sent after the fact (stored and forwarded), not a current value
 
 
 def _utf8(raw: bytes) -> str:
@@ -57,7 +59,7 @@ def _utf8(raw: bytes) -> str:
 def _metric(buf: bytes) -> Metric:
     """One Metric message (WireError when it is not a protobuf message)."""
     name = alias = ts = datatype = value = None
-    is_null = False
+    is_null = is_historical = False
     properties: list[bytes] = []
     for number, wire, raw in fields(buf):
         if _METRIC.get(number) != wire:
@@ -70,6 +72,8 @@ def _metric(buf: bytes) -> Metric:
             ts = raw
         elif number == 4:
             datatype = raw & _U32  # type: ignore[operator]
+        elif number == 5:
+            is_historical = bool(raw)
         elif number == 7:
             is_null = bool(raw)
         elif number == 9:
@@ -81,7 +85,7 @@ def _metric(buf: bytes) -> Metric:
         else:
             value = (number, bool(raw) if number == BOOLEAN_VALUE else raw)
     quality = _quality(properties) if properties else None
-    return Metric(name, alias, ts, datatype, is_null, quality, value)  # type: ignore[arg-type]
+    return Metric(name, alias, ts, datatype, is_null, quality, value, is_historical)  # type: ignore[arg-type]
 
 
 def _quality(sets: list[bytes]) -> int | str | None:

@@ -285,6 +285,8 @@ class BatchDecode(NamedTuple):
     samples: list[Sample]  # the valid lines' (elements') samples, in their order
     rejected: list[tuple[Any, Rejection]]  # (place, why) of each refusal, in order: `where(place)` locates it
     where: Callable[[Any], dict[str, Any]]  # a place -> {"line": n}, {"element": n}, ... (made for those reported)
+    birth: bool = False  # a Sparkplug birth's (runtime.birth_hold)
+    historical: bool = False  # every value read is history (Sparkplug's is_historical): stored and forwarded
 
 
 def grouped(values: Iterable[ChannelValue], n_channels: int) -> list[Sample]:
