@@ -46,6 +46,7 @@ from tests.mosquitto import (
     sent_by,
     to_messages,
 )
+from tests.sparkplug_messages import Payload, metric
 
 START, END = "2024-01-28T00:00:00+00:00", "2024-01-28T12:00:00+00:00"  # 72 steps per turbine
 
@@ -638,13 +639,13 @@ class _Clock:
 IDLE_WAIT = 1e-6
 
 
-def _clocked(bundle, folder: Path, clock: _Clock) -> Daemon:
+def _clocked(bundle, folder: Path, clock: _Clock, **sections) -> Daemon:
     """A daemon with the shipped grace (120 s) on a clock the test moves, a snapshot every 10 minutes of it (no
-    broker acknowledges the records: each snapshot holds them all)."""
+    broker acknowledges the records: each snapshot holds them all); `sections` add to its config."""
     cfg = daemon_config(f"mqtt://127.0.0.1:{free_port()}",
                         state={"path": str(folder / "state.npz"), "save_interval_s": 600.0},
                         ingest={"grace_s": 120.0, "max_past_s": 10 * 365 * 86400.0},
-                        compute={"engine": "stream", "tick_s": 0.05})  # fmt: skip
+                        compute={"engine": "stream", "tick_s": 0.05}, **sections)  # fmt: skip
     d = Daemon(cfg, bundle, make_scorer(bundle, "stream"), clock=clock)
     d.link._up = {"sub": True, "pub": True, "subscribed": True}  # as if connected (no broker acks the publishes)
     d._restore_state()
@@ -849,10 +850,10 @@ def _arriving(d: Daemon, clock: _Clock, items: list[tuple[int, Message]], settle
             d.step(0.0)
 
 
-def _settled(bundle, items: list[tuple[int, Message]], folder: Path) -> dict[tuple[str, str], set[bytes]]:
+def _settled(bundle, items: list[tuple[int, Message]], folder: Path, **sections) -> dict[tuple[str, str], set[bytes]]:
     """The records of a daemon given `items` (arrival ns, message) and then 20 quiet minutes."""
     clock = _Clock()
-    d = _clocked(bundle, folder, clock)
+    d = _clocked(bundle, folder, clock, **sections)
     _arriving(d, clock, items, settle_s=1200)
     d._wait_for_writer()
     return _scores(d)
@@ -1311,3 +1312,80 @@ def test_a_payload_key_both_read_and_ignored_is_a_config_error_at_start(bundle, 
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert res.returncode == 2 and res.stderr.startswith("config error: runtime.yaml mapping against the bundle's")
     assert "Traceback" not in res.stderr
+
+
+SPB_GROUP = "farm"
+
+
+def _sparkplug_feeds(bundle, messages: list[Message], cut: int, back: int, flush_s: int, without: str):
+    """The tiny farm's telemetry as one Sparkplug edge node's (`edge1`, a device per turbine), each row arriving
+    30 s after its stamp: (uninterrupted, with an outage), as (arrival ns, message). The uninterrupted node's
+    births hold each turbine's first row and come first. The other node dies after its row stamped `cut` and stores
+    the rows stamped up to `back`; 30 s after that, its births hold each turbine's newest row, the rows it stored
+    follow as history (`is_historical`, oldest first, over `flush_s` seconds), and then live data goes on. Turbine
+    `without` read nothing between its rows stamped `cut` and `back` (both nodes lack those rows)."""
+    names = {ch: f"Nacelle/{ch}" for ch in bundle.spec.channels}
+    key_of = dict(bundle.column_mapping)
+    rows = [(m.topic.split("/")[2], parse_timestamp_ns(json.loads(m.payload)["ts"]), json.loads(m.payload)["values"])
+            for m in messages]  # fmt: skip
+    mid = iter(range(1, 10**6))
+    lag = 30 * 10**9
+
+    def sent(kind: str, tid: str | None, ts: int, values: dict | None, historical: bool = False) -> Message:
+        p = Payload(timestamp=ts // 10**6)
+        if kind.startswith("N"):
+            metric(p, "bdSeq", 0, "Int64")
+        for ch, name in names.items() if values is not None else ():
+            metric(p, name, values.get(key_of[ch]), "Double", ts=ts // 10**6).is_historical = historical
+        topic = f"spBv1.0/{SPB_GROUP}/{kind}/edge1" + (f"/{tid}" if tid else "")
+        return Message(topic, p.SerializeToString(), 1, False, False, next(mid), 0, 0)
+
+    def births(at: int, row_of: dict[str, tuple[int, dict]]) -> list[tuple[int, Message]]:
+        return [(at, sent("NBIRTH", None, at, None))] + [(at, sent("DBIRTH", t, ts, v)) for t, (ts, v) in
+                                                            row_of.items()]  # fmt: skip
+
+    newest = {t: (ts, v) for t, ts, v in rows if ts <= back}
+    rows = [(t, ts, v) for t, ts, v in rows if not (t == without and cut < ts < newest[t][0])]  # never read
+    firsts: dict[str, tuple[int, dict]] = {}
+    for t, ts, v in rows:
+        firsts.setdefault(t, (ts, v))
+    born = {(t, ts) for t, (ts, _) in firsts.items()}
+    whole = births(rows[0][1] + lag, firsts) + [(ts + lag, sent("DDATA", t, ts, v)) for t, ts, v in rows
+                                                 if (t, ts) not in born]  # fmt: skip
+    stored = [(t, ts, v) for t, ts, v in rows if cut < ts < newest[t][0]]
+    away = births(rows[0][1] + lag, firsts) + [(ts + lag, sent("DDATA", t, ts, v)) for t, ts, v in rows
+                                                if (t, ts) not in born and ts <= cut]  # fmt: skip
+    away.append((cut + lag, sent("NDEATH", None, cut, None)))
+    away += births(back + lag, newest)
+    step = flush_s * 10**9 // max(len(stored), 1)
+    away += [(back + lag + 1 + k * step, sent("DDATA", t, ts, v, historical=True)) for k, (t, ts, v) in
+             enumerate(stored)]  # fmt: skip
+    away += [(ts + lag, sent("DDATA", t, ts, v)) for t, ts, v in rows if ts > back]
+    return whole, away
+
+
+def test_a_sparkplug_node_back_from_an_outage_forwards_its_history_into_its_steps(bundle, messages, tmp_path):
+    """On the shipped grace and the wall clock: the Sparkplug node dies for two hours and stores what it reads;
+    back, it births with its newest row and forwards the stored rows as history over four minutes, oldest first.
+    One turbine read nothing then (the uninterrupted node lacks those rows too): its birth waits a minute (half the
+    grace) for history and is then taken. That moved the fleet's data clock past the others' history, and their
+    steps closed on its newest stamp less `max_future_s`; the clock now stays below the history still to come of
+    turbines whose births wait. No sample is late, and every record is the uninterrupted node's, byte for
+    byte."""
+    stamps = sorted({parse_timestamp_ns(json.loads(m.payload)["ts"]) for m in messages})
+    cut, back = stamps[24], stamps[36]
+    turbines = sorted({m.topic.split("/")[2] for m in messages})
+    whole, away = _sparkplug_feeds(bundle, messages, cut, back, flush_s=240, without=turbines[-1])
+    spb = {
+        "topics": {"sparkplug_group": SPB_GROUP},
+        "mapping": {"columns": {ch: f"Nacelle/{ch}" for ch in bundle.spec.channels}},
+    }
+    want = _settled(bundle, whole, tmp_path / "whole", **spb)
+    clock = _Clock()
+    d = _clocked(bundle, tmp_path / "away", clock, **spb)
+    _arriving(d, clock, away, settle_s=1200)
+    d._wait_for_writer()
+    got = _scores(d)
+    assert d.metrics.value("scada_runtime_late_samples_total") == 0
+    assert d.metrics.value("scada_runtime_sparkplug_birth_samples_dropped_total") == 0
+    assert got == want and len(want) >= len(messages)

@@ -524,24 +524,32 @@ def test_births_and_history_are_marked():
 
 
 def test_birth_hold_keeps_a_birth_until_its_turbines_data_reaches_it():
-    """`BirthHold`: a birth waits while history older than it comes, goes before a current message or history as
-    new as it, before a later birth of its turbine, at a death, after `quiet_ns` without history, when the clock
-    is set back, and at stop; every held sample comes back once, in the order held."""
+    """`BirthHold`: a birth waits while history older than it comes; history reaching part of what is held
+    releases that part, merged with its samples by time; a current message releases the rest; a later birth of
+    the turbine joins what it holds; a death drops it (counted); `quiet_ns` without history, or a clock set back,
+    releases it; every held sample comes back once."""
     s = lambda t, ts: Sample(t, ts, np.zeros(1))  # noqa: E731
     h = BirthHold(quiet_ns=100)
     b1, b2 = s("WT1", 1000), s("WT1", 1000)
-    assert h.hold([b1, b2], now_ns=0) == [] and len(h) == 1
-    assert h.before([s("WT1", 400), s("WT1", 999)], historical=True, now_ns=50) == []  # older history: held
-    assert h.before([s("WT2", 2000)], historical=False, now_ns=60) == []  # another turbine's data
+    h.hold([b1, b2], now_ns=0)
+    assert len(h) == 1 and h.turbines() == ["WT1"]
+    history = [s("WT1", 400), s("WT1", 999)]
+    assert h.merge(history, historical=True, now_ns=50) == history  # older history: held
+    other = [s("WT2", 2000)]
+    assert h.merge(other, historical=False, now_ns=60) == other  # another turbine's data
     assert h.due(now_ns=149) == [] and h.due(now_ns=150) == [b1, b2] and len(h) == 0  # 100 after the last history
-    h.hold([b1], 0)
-    assert h.before([s("WT1", 500), s("WT1", 1000)], historical=True, now_ns=1) == [b1]  # history as new as it
-    h.hold([b1], 0)
-    assert h.before([s("WT1", 10)], historical=False, now_ns=1) == [b1]  # a current value, however old its stamp
-    h.hold([b1], 0)
+
     b3 = s("WT1", 3000)
-    assert h.hold([b3, s("WT2", 3000)], now_ns=5) == [b1] and len(h) == 2  # a rebirth: the earlier birth first
-    assert h.release(["WT2", "WT9"])[0].turbine == "WT2" and len(h) == 1  # a death
-    assert h.due(now_ns=4) == [b3]  # the clock set back
     h.hold([b1], 0)
-    assert h.due(now_ns=1, everything=True) == [b1] and len(h) == 0  # stop
+    h.hold([b3], 1)  # a rebirth in the middle of the history: both wait
+    reaching = [s("WT1", 900), s("WT1", 1000), s("WT1", 1500)]
+    assert h.merge(reaching, historical=True, now_ns=2) == [reaching[0], b1, *reaching[1:]]  # by time, held first
+    assert h.turbines() == ["WT1"]
+    live = [s("WT1", 2000), s("WT1", 4000)]
+    assert h.merge(live, historical=False, now_ns=3) == [live[0], b3, live[1]] and len(h) == 0
+
+    h.hold([b1, s("WT2", 1000)], 0)
+    assert h.drop(["WT2", "WT9"]) == 1 and h.turbines() == ["WT1"]  # a death
+    assert h.due(now_ns=-1) == [b1]  # the clock set back
+    h.hold([b1, b2, s("WT3", 5)], 0)
+    assert h.drop() == 3 and len(h) == 0  # stop

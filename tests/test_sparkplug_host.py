@@ -16,12 +16,22 @@ import time
 import pytest
 
 from scada_tcn.runtime.bundle import load_bundle
+from scada_tcn.runtime.daemon import Daemon
 from scada_tcn.runtime.daemon_config import BrokerCfg, daemon_config_from_dict, sparkplug_host
 from scada_tcn.runtime.errors import ConfigError
 from scada_tcn.runtime.presence import Presence
-from scada_tcn.runtime.sparkplug import host_state, host_state_topic, says_offline
+from scada_tcn.runtime.sparkplug import host_state, host_state_topic, read_state
 from scada_tcn.runtime.stream import make_scorer
-from tests.mosquitto import Collector, DaemonProcess, DaemonThread, client, daemon_config, daemon_config_dict, wait_for
+from tests.mosquitto import (
+    SITE,
+    Collector,
+    DaemonProcess,
+    DaemonThread,
+    client,
+    daemon_config,
+    daemon_config_dict,
+    wait_for,
+)
 
 TOPIC = host_state_topic("scada-tcn")
 
@@ -62,9 +72,20 @@ def _retained(url: str) -> tuple[bool, int] | None:
 
 def test_state_payloads_and_the_config():
     assert host_state(True, 1700000000123) == b'{"online":true,"timestamp":1700000000123}'
-    assert says_offline(host_state(False, 5)) and not says_offline(host_state(True, 5))
-    for other in (b"", b"OFFLINE", b"\xff", b"[false]", b'{"online": 0}', b"[" * 100_000, b"1e999999"):
-        assert not says_offline(other)
+    assert read_state(host_state(False, 5)) == (False, 5) and read_state(host_state(True, 7)) == (True, 7)
+    for other in (
+        b"",
+        b"OFFLINE",
+        b"\xff",
+        b"[false]",
+        b'{"online": 0, "timestamp": 1}',
+        b"[" * 100_000,
+        b"1e999999",
+        b'{"online": false}',
+        b'{"online": false, "timestamp": 1.5}',
+        b'{"online": false, "timestamp": true}',
+    ):
+        assert read_state(other) is None
     cfg = daemon_config_from_dict({"gateway": "gw7", "topics": {"sparkplug_group": "farm",
                                                                 "sparkplug_host_id": "scada-{gateway}"}})  # fmt: skip
     assert sparkplug_host(cfg) == "scada-gw7"
@@ -90,7 +111,7 @@ def test_presence_births_answers_a_death_dies_on_request_and_leaves_its_will(bro
     wait_for(watch.ready, 10, "watcher")
     seen: list[bool] = []
     p = Presence(BrokerCfg(url=broker.url, reconnect_min_s=1, reconnect_max_s=1), "daemon-host", TOPIC, host_state,
-                 says_offline, on_state=seen.append)  # fmt: skip
+                 read_state, on_state=seen.append)  # fmt: skip
     p.start()
     p.set(True)
     wait_for(lambda: watch.last() is not None and seen[-1:] == [True], 10, "the birth")
@@ -165,4 +186,58 @@ def test_the_daemon_is_online_while_it_takes_telemetry(broker, tiny_bundle, tmp_
     wait_for(lambda: watch.last()[0] and watch.last()[1] > t3 and gauge() == 1, 60, "a new birth after the outage")
     assert runs.stop() == 0
     wait_for(lambda: not watch.last()[0], 10, "the death at stop")
+    watch.close()
+
+
+def test_presence_renews_under_a_newer_retained_state_and_stays_down_after_stop(broker):
+    """A retained STATE stamped a day ahead (the last run's, on a clock that was ahead, or this one behind): edge
+    nodes would ignore a birth older than it, so the session starts again at its stamp. After `stop`, a late
+    `set(True)` (the link reconnecting during shutdown) opens nothing."""
+    ahead = int(time.time() * 1000) + 86_400_000
+    other = client(broker.url, "last-run")
+    wait_for(other.is_connected, 10, "another client")
+    other.publish(TOPIC, host_state(False, ahead), qos=1, retain=True).wait_for_publish(10)
+    other.disconnect()
+    watch = StateWatch(broker.url)
+    wait_for(watch.ready, 10, "watcher")
+    p = Presence(BrokerCfg(url=broker.url, reconnect_min_s=1, reconnect_max_s=1), "daemon-host", TOPIC, host_state,
+                 read_state)  # fmt: skip
+    p.start()
+    p.set(True)
+    wait_for(lambda: watch.last() is not None and watch.last()[0] and watch.last()[1] >= ahead, 15, "a birth")
+    assert _retained(broker.url) == watch.last() and watch.last()[1] == ahead
+    p.stop()
+    assert _retained(broker.url) == (False, ahead)
+    p.set(True)
+    time.sleep(0.5)
+    assert not p._thread.is_alive() and p._client is None and _retained(broker.url) == (False, ahead)
+    watch.close()
+
+
+def test_the_state_is_offline_while_the_daemon_clock_is_behind_its_telemetry(broker, tiny_bundle):
+    """While the wall clock is behind telemetry already taken (an RTC set back before NTP) the daemon takes no
+    telemetry: the STATE says offline, so edge nodes store; once the clock catches up it is online again."""
+    now = [time.time_ns()]
+    bundle = load_bundle(tiny_bundle)
+    cfg = daemon_config(broker.url, topics={"sparkplug_group": "farm", "sparkplug_host_id": "scada-tcn"})
+    d = Daemon(cfg, bundle, make_scorer(bundle, "window"), clock=lambda: now[0])
+    watch = StateWatch(broker.url)
+    wait_for(watch.ready, 10, "watcher")
+    d.start()
+    wait_for(lambda: d.link.connected and watch.last() is not None and watch.last()[0], 30, "online")
+    pub = client(broker.url, "telemetry")
+    wait_for(pub.is_connected, 10, "publisher")
+    doc = {"ts": now[0] / 1e9, "values": {dict(bundle.column_mapping)[bundle.spec.channels[0]]: 5.0}}
+    pub.publish(f"scada/{SITE}/WT01/telemetry", json.dumps(doc).encode(), qos=1).wait_for_publish(10)
+    wait_for(lambda: d.step(0.05) and d._data_ns > 0, 10, "the sample taken")
+    now[0] -= 3600 * 10**9  # the clock set back an hour
+    d.step(0.0)
+    wait_for(lambda: not watch.last()[0], 10, "offline")
+    now[0] += 3600 * 10**9
+    d.step(0.0)
+    wait_for(lambda: watch.last()[0], 15, "online again")
+    d.request_stop()
+    assert d.run_forever() == 0
+    assert not watch.last()[0]
+    pub.disconnect()
     watch.close()

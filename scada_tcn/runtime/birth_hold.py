@@ -8,18 +8,19 @@ close the turbine's bins up to now (a sample closes its turbine's bins the grace
 missing, and their data dropped.
 
 `BirthHold` keeps a birth's samples (per turbine: a node's own, or a device's) out of the stream until the
-turbine's data reaches them:
-* `hold(samples, now)` takes a birth's samples; what an earlier birth of the same turbine still held comes back,
-  to be admitted first (a birth never overtakes another).
-* `before(samples, historical, now)` is asked for each data message, before its samples are admitted: a held
-  birth of its turbine comes back (to go first) unless the message is history older than the birth (all its
-  values `is_historical`, stamped before the birth's newest stamp), which keeps it held a while longer.
-* `release(turbines)`: a death's turbines (their births' values were read, whatever comes next).
-* `due(now, everything)`: births whose turbine has sent nothing for `quiet_ns` (a steady report-by-exception
-  node sends nothing after its birth; history that pauses that long is taken as done), or all (at stop).
-Samples come back in the order held. Nothing is dropped: every held sample comes back once. Births are kept in
-memory only (as the decoder's aliases are): a crash loses the values of births not yet released, and the
-decoder asks for the births again.
+turbine's data reaches them, and then merges them in by time:
+* `hold(samples, now)` takes a birth's samples. A turbine's later birth joins what it holds (a node that
+  reconnects in the middle of its history births again and goes on with the history).
+* `merge(samples, historical, now)` is asked for each data message of the turbines it names: history
+  (`historical`: every value is `is_historical`) releases the held samples stamped no later than its own newest,
+  a current message all of them; they come back merged with the message's samples in time order (held first on
+  equal stamps). History that releases nothing keeps the turbine active.
+* `drop(turbines)`: a death's turbines. Their held samples are dropped, not taken: after the death nothing says
+  where the turbine's history will start, and the node births again when it is back. `drop` says how many.
+* `due(now)`: the held samples of turbines that sent nothing for `quiet_ns` (a steady report-by-exception node
+  sends nothing after its birth; history that pauses that long is taken as done); a clock set back releases them.
+Births are kept in memory only (as the decoder's aliases are): at stop (`drop` of all) and in a crash, the values
+of births not yet released are lost; the node publishes them again at its next session.
 """
 
 from __future__ import annotations
@@ -33,9 +34,8 @@ __all__ = ["BirthHold"]
 
 
 class _Held(NamedTuple):
-    samples: list[Sample]
-    newest_ns: int  # the birth's newest stamp: history older than it keeps the birth held
-    active_ns: int  # the wall clock when the turbine last held it or sent history
+    samples: list[Sample]  # in the order held
+    active_ns: int  # the wall clock when the turbine last held a birth or sent history
 
 
 class BirthHold:
@@ -48,45 +48,44 @@ class BirthHold:
     def __len__(self) -> int:
         return len(self._held)
 
-    def hold(self, samples: list[Sample], now_ns: int) -> list[Sample]:
-        """Hold a birth's samples; returns those an earlier birth of their turbines still held, to admit first."""
-        out = self.release(dict.fromkeys(s.turbine for s in samples))
+    def turbines(self) -> list[str]:
+        """The turbines whose births are held."""
+        return list(self._held)
+
+    def hold(self, samples: list[Sample], now_ns: int) -> None:
+        """Hold a birth's samples (with what their turbines already hold)."""
         for s in samples:
             h = self._held.get(s.turbine)
-            if h is None:
-                self._held[s.turbine] = _Held([s], s.ts_ns, now_ns)
-            else:
-                h.samples.append(s)
-                self._held[s.turbine] = h._replace(newest_ns=max(h.newest_ns, s.ts_ns))
-        return out
+            self._held[s.turbine] = _Held([s] if h is None else [*h.samples, s], now_ns)
 
-    def before(self, samples: list[Sample], historical: bool, now_ns: int) -> list[Sample]:
-        """The held samples to admit before a data message's `samples`; `historical`: all its values are history."""
+    def merge(self, samples: list[Sample], historical: bool, now_ns: int) -> list[Sample]:
+        """A data message's samples (in time order) with the held samples they release, in time order; `historical`:
+        every value of the message is history."""
         if not self._held:
-            return []
-        out: list[Sample] = []
+            return samples
+        released: list[Sample] = []
         for t in dict.fromkeys(s.turbine for s in samples):
             h = self._held.get(t)
             if h is None:
                 continue
-            if historical and all(s.ts_ns < h.newest_ns for s in samples if s.turbine == t):
-                self._held[t] = h._replace(active_ns=now_ns)
+            reach = max(s.ts_ns for s in samples if s.turbine == t) if historical else None
+            kept = [] if reach is None else [s for s in h.samples if s.ts_ns > reach]
+            released += [s for s in h.samples if reach is None or s.ts_ns <= reach]
+            if kept:
+                self._held[t] = _Held(kept, now_ns)
             else:
-                out += self._held.pop(t).samples
-        return out
+                del self._held[t]
+        if not released:
+            return samples
+        return sorted([*released, *samples], key=lambda s: s.ts_ns)  # stable: held first on equal stamps
 
-    def release(self, turbines: Iterable[str]) -> list[Sample]:
-        """The held samples of `turbines`, released."""
-        out: list[Sample] = []
-        for t in turbines:
-            h = self._held.pop(t, None)
-            if h is not None:
-                out += h.samples
-        return out
+    def drop(self, turbines: Iterable[str] | None = None) -> int:
+        """Drop the held samples of `turbines` (None: all); how many were dropped."""
+        gone = [self._held.pop(t, None) for t in (list(self._held) if turbines is None else turbines)]
+        return sum(len(h.samples) for h in gone if h is not None)
 
-    def due(self, now_ns: int, everything: bool = False) -> list[Sample]:
-        """The held samples of turbines quiet for `quiet_ns` (or all), released; a clock set back releases them."""
-        quiet = [
-            t for t, h in self._held.items() if everything or not 0 <= now_ns - h.active_ns < self.quiet_ns
-        ]  # (< 0: a clock set back)
-        return self.release(quiet)
+    def due(self, now_ns: int) -> list[Sample]:
+        """The held samples of turbines quiet for `quiet_ns`, released (all of them when the clock was set back
+        behind a turbine's last activity), in the order held."""
+        quiet = [t for t, h in self._held.items() if not 0 <= now_ns - h.active_ns < self.quiet_ns]
+        return [s for t in quiet for s in self._held.pop(t).samples]

@@ -20,8 +20,9 @@ restart, an outage or a clock ahead of time closes no bin before the telemetry t
 processed telemetry -> heartbeat. While the wall clock is behind the telemetry already taken by more than
 `ingest.max_future_s`, no telemetry is taken (`_clock_behind`). paho's network thread only appends to the inbound
 queue and never waits: Receive Maximum bounds what the broker sends (runtime.mqtt). `request_stop()` (SIGTERM)
-finishes the messages already received, publishes the status "offline", waits for the publish queue to drain,
-disconnects.
+finishes the messages already received (with `topics.sparkplug_host_id`, the Sparkplug STATE goes offline first,
+and what edge nodes sent before it is read for up to FINAL_READ_S), publishes the status "offline", waits for the
+publish queue to drain, disconnects.
 
 Crash consistency, with `state.path`: a message is acknowledged only after the journal frame holding its sample
 is on disk (runtime.journal). Every `state.save_interval_s`, after every (queues.outbound -
@@ -83,7 +84,7 @@ from scada_tcn.runtime.mqtt import Message, MqttLink, Publish, read_retained
 from scada_tcn.runtime.presence import Presence
 from scada_tcn.runtime.prometheus import RuntimeMetrics
 from scada_tcn.runtime.records import batches, iso_utc, retained_alert_state, split_batch
-from scada_tcn.runtime.sparkplug import host_state, host_state_topic, rebirth_request, says_offline
+from scada_tcn.runtime.sparkplug import host_state, host_state_topic, read_state, rebirth_request
 from scada_tcn.runtime.state_file import EncodedState, encode_state, fsync_dir, load_state, write_state
 from scada_tcn.runtime.telemetry import Rejection, Sample, turbine_topics
 
@@ -95,6 +96,7 @@ _RETAINED_READ_S = 10.0  # the longest wait for the broker's retained alert stat
 # refused lines or elements of one message reported one by one; the rest in one report (all counted): a message of
 # 100,000 bad elements must not fill the publish queue, where score records wait
 REPORTS_PER_MESSAGE = 20
+FINAL_READ_S = 0.5  # at stop, after the Sparkplug STATE went offline: reading what came before, at most this long
 BIRTH_QUIET_S = 60  # a Sparkplug birth's values wait at most this long for the history after them (`BirthHold`)
 REBIRTH_EVERY_S = 30  # a Sparkplug edge node is asked for its births at most this often ...
 REBIRTHS_PER_WINDOW = 64  # ... and at most this many nodes in that time
@@ -188,6 +190,7 @@ class Daemon:
         # Sparkplug births' values, held while the history after them comes: for half the grace at most, so that
         # a birth's own step is still open when its values come (a minute at most)
         self._births = BirthHold(int(min(cfg.ingest.grace_s / 2, BIRTH_QUIET_S) * 1e9))
+        self._births_out: set[int] = set()  # ids of the samples of births released in this batch (`_admit`)
         self.status_topic = cfg.topics.status.format(gateway=cfg.gateway, site=cfg.site)
         self.errors_topic = cfg.topics.errors.format(gateway=cfg.gateway, site=cfg.site)
         batch = cfg.topics.score_batch
@@ -207,7 +210,7 @@ class Daemon:
         )
         host = sparkplug_host(cfg)
         self.presence = None if host is None else Presence(
-            cfg.broker, f"{self.link.client_id}-host", host_state_topic(host), host_state, says_offline,
+            cfg.broker, f"{self.link.client_id}-host", host_state_topic(host), host_state, read_state,
             on_state=lambda up: self.metrics.sparkplug_host_online.set(1 if up else 0),
         )  # fmt: skip
         self._last_save_ns = 0
@@ -271,6 +274,11 @@ class Daemon:
                 self.step(timeout=self.cfg.compute.tick_s)
                 if self.link.fatal is not None:
                     raise RuntimeError(self.link.fatal)
+            if self.presence is not None:  # offline first: edge nodes that wait for this host stop and store ...
+                self.presence.stop()
+                end = time.monotonic() + FINAL_READ_S
+                while self.step(timeout=0.05) and time.monotonic() < end:  # ... and what they sent before is read
+                    pass
             self.step(timeout=0.0)  # messages already received are processed and acknowledged
             clean = True
         except Exception:
@@ -564,9 +572,11 @@ class Daemon:
         scored or saved: the engine may hold a half-done iteration (steps drained, not scored), which a snapshot
         would make permanent, so the files stay as `kill -9` leaves them and the restart replays the journal."""
         self._stopped.set()
+        if len(self._births):  # births' values the history after them has not reached: the node sends them again
+            self.metrics.births_dropped.inc(self._births.drop())
         if clean and self.cfg.state.path is None:  # no state file to keep waiting fleet-relative steps: send them
             self._publish_outputs(self.engine.flush(final=True))
-        if self.presence is not None:  # edge nodes that wait for this host stop sending, and store
+        if self.presence is not None:  # after a failure: edge nodes that wait for this host stop, and store
             self.presence.stop()
         drained = self.link.stop(
             [Publish(self.status_topic, self._status_payload("offline"), retain=True)], timeout=10.0
@@ -623,6 +633,8 @@ class Daemon:
             self._last_tick_ns = now
             newest = max(self._data_ns, max((s.ts_ns for s in samples), default=0))
             tick = self._tick_clock(now, newest) if newest else None
+            if tick is not None and len(self._births):
+                tick = self._below_history(tick, samples)
             if tick is not None and not samples and self._settled is not None and tick <= self._settled:
                 tick = None  # it would close nothing the last one did not (close_until is monotone): no frame
         if self.journal is not None and (samples or tick is not None):
@@ -689,6 +701,19 @@ class Daemon:
                 return min(now, reached + grace)
         return newest - int(ingest.max_future_s * 1e9)
 
+    def _below_history(self, tick: int, samples: list[Sample]) -> int:
+        """The tick, kept below the history still to come of turbines whose Sparkplug births are held
+        (`BirthHold`: stored history is coming, oldest first): no step closes on the clock from the newest stamp
+        such a turbine has sent on (this batch included), whatever the fleet's other turbines have reached. A
+        turbine's own samples close its steps as they come."""
+        held = set(self._births.turbines())
+        reached = {t: self.engine.fleet.open_stamp(t) for t in held}
+        for s in samples:
+            if s.turbine in held:
+                reached[s.turbine] = max(reached[s.turbine], s.ts_ns)
+        grace = int(self.cfg.ingest.grace_s * 1e9)
+        return min([tick] + [at + grace - 1 for at in reached.values() if at != NO_STAMP])
+
     def _reached_by(self, t: int) -> int | None:
         """The newest stamp taken by wall-clock time t (None: not known, as after a start or a clock set back)."""
         return next((newest for wall, newest in reversed(self._reached) if wall <= t), None)
@@ -716,6 +741,7 @@ class Daemon:
         if behind != self._behind:
             self._behind = behind
             self.metrics.clock_behind.set(1 if behind else 0)
+            self._present()
             if behind:
                 log.error("the wall clock is behind the telemetry already taken: no telemetry is taken until it "
                           "catches up (check NTP / the RTC)",
@@ -798,6 +824,7 @@ class Daemon:
         redelivered: list[bool] = []
         new: set[str] = set()  # turbines this batch adds to the fleet
         self._stale_batch = []
+        self._births_out.clear()
         if batch:
             self.metrics.messages_in.inc(len(batch))
         for msg in batch:
@@ -807,10 +834,17 @@ class Daemon:
             except Exception as e:  # the boundary: bad input must never stop the daemon
                 log.exception("internal error while handling a message", extra={"topic": msg.topic[:200]})
                 self._reject(msg, Rejection("internal_error", f"{type(e).__name__}: {e}"[:300]))
-            redelivered += [msg.dup] * (len(samples) - before)
-        before = len(samples)
-        self._released(self._births.due(now_ns, everything=self._stop.is_set()), samples, new)
-        redelivered += [False] * (len(samples) - before)
+            if msg.dup and self._births_out:  # births a redelivered message released came once
+                redelivered += [id(s) not in self._births_out for s in samples[before:]]
+            else:
+                redelivered += [msg.dup] * (len(samples) - before)
+        if len(self._births) and not self.inbound.qsize():  # quiet once what has come is taken (not after a stall)
+            for sample in self._births.due(now_ns):  # validated when held; the fleet may have filled since
+                if self._has_room(sample.turbine, new):
+                    samples.append(sample)
+                    redelivered.append(False)
+                else:
+                    self.metrics.rejected.labels(reason="too_many_turbines").inc()
         stale = {id(s) for s in self._stale_batch}
         telemetry = [s for s in samples if id(s) not in stale] if stale else samples
         if telemetry:
@@ -819,15 +853,6 @@ class Daemon:
             self.metrics.samples_in.inc(len(telemetry))
             self._watch_channels(telemetry, now_ns)
         return samples, redelivered
-
-    def _released(self, released: list[Sample], samples: list[Sample], new: set[str]) -> None:
-        """Admit the samples of Sparkplug births `BirthHold` released (validated when held); those of a turbine that
-        would now be one more than ingest.max_turbines are counted as refused."""
-        for sample in released:
-            if self._has_room(sample.turbine, new):
-                samples.append(sample)
-            else:
-                self.metrics.rejected.labels(reason="too_many_turbines").inc()
 
     def _stale(self, samples: list[Sample], deaths: list[str]) -> list[Sample]:
         """Per turbine the Sparkplug message just decoded made stale (`SparkplugDecoder.take_deaths`), when the
@@ -889,7 +914,7 @@ class Daemon:
         res, route, part = self.ingress.decode(msg.topic, msg.payload, now_ns)
         if route == "sparkplug_group":
             deaths = self.sparkplug.take_deaths()  # type: ignore[union-attr]
-            self._released(self._births.release(deaths), samples, new)  # their births' values go before a death
+            self.metrics.births_dropped.inc(self._births.drop(deaths))
             samples += self._stale(samples, deaths)  # a death: in its place among the batch's samples
             for node in self.sparkplug.rebirths():
                 self._ask_rebirth(node, now_ns)
@@ -923,9 +948,14 @@ class Daemon:
             self._publish("error", self.errors_topic, report, False)
         new |= added
         if res.birth:  # held while the history that may follow it comes (runtime.birth_hold)
-            self._released(self._births.hold(taken, now_ns), samples, new)
+            self._births.hold(taken, now_ns)
+        elif len(self._births):
+            merged = self._births.merge(taken, res.historical, now_ns)
+            if len(merged) > len(taken):
+                mine = {id(s) for s in taken}
+                self._births_out.update(id(s) for s in merged if id(s) not in mine)
+            samples += merged
         else:
-            self._released(self._births.before(taken, res.historical, now_ns), samples, new)
             samples += taken
         failed = Counter(i for sample in taken for i in sample.failed)
         for i, k in failed.items():  # of the samples taken: a refused message's failed reads are not counted
@@ -1134,10 +1164,17 @@ class Daemon:
         reaches us) or down. Up publishes the retained status "online", so a consumer that waits for it loses no
         sample it sends next; down, the broker publishes the last will if the publisher is the one gone."""
         self.metrics.connected.set(1 if up else 0)
-        if self.presence is not None:  # Sparkplug STATE: online exactly while telemetry reaches us
-            self.presence.set(up and not self._stopped.is_set())
+        self._present(up)
         if up and not self._stopped.is_set():  # stopping: "offline" is the last word (a clean stop sends no will)
             self.link.publish(self.status_topic, self._status_payload("online"), retain=True)
+
+    def _present(self, up: bool | None = None) -> None:
+        """The Sparkplug STATE (`topics.sparkplug_host_id`): online while telemetry reaches the daemon (`up`: the
+        link's state, None: as it is) and the daemon takes it (not while its clock is behind the telemetry, nor
+        once it stops), so that edge nodes waiting for this host store what they read otherwise."""
+        if self.presence is not None:
+            up = self.link.connected if up is None else up
+            self.presence.set(up and not self._behind and not self._stopped.is_set())
 
     def _status_loop(self) -> None:
         interval = self.cfg.health.status_interval_s

@@ -2,8 +2,8 @@
 
 Names (all prefixed `scada_runtime_`): messages_in_total, samples_in_total, rejected_total{reason},
 failed_reads_total{channel}, held_values_total{channel}, sparkplug_rebirth_requests_total,
-sparkplug_lost_messages_total, late_samples_total, late_redelivered_samples_total, stamp_full_samples_total,
-bins_closed_total, scores_published_total{status},
+sparkplug_lost_messages_total, sparkplug_birth_samples_dropped_total, late_samples_total,
+late_redelivered_samples_total, stamp_full_samples_total, bins_closed_total, scores_published_total{status},
 alerts_total{state}, inference_seconds (histogram, one observation per graph batch), inference_batch_windows
 (histogram), publish_queue_depth,
 inbound_queue_depth, inbound_queue_peak, publish_backpressure_total, publish_overflow_total{kind},
@@ -59,6 +59,12 @@ class RuntimeMetrics:
             p + "sparkplug_lost_messages",
             "Sparkplug messages that the edge nodes' sequence numbers say never arrived (Sparkplug publishes data at "
             "QoS 0: a broker, a link or a full queue may drop some); their samples are missing",
+            registry=r,
+        )
+        self.births_dropped = Counter(
+            p + "sparkplug_birth_samples_dropped",
+            "samples of Sparkplug births held back for the history after them (runtime.birth_hold) and dropped: "
+            "their turbine died, or the daemon stopped, before its data reached them",
             registry=r,
         )
         self.late = Counter(p + "late_samples", "samples dropped because their bin had closed", registry=r)

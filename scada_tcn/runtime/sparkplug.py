@@ -56,7 +56,7 @@ values back while the history that follows it comes in (`runtime.birth_hold`).
 
 Host STATE: with `topics.sparkplug_host_id`, the daemon is a Sparkplug host application of that id. Its STATE
 (`host_state_topic`, payload `host_state`: JSON `{"online": bool, "timestamp": ms}`) is kept by
-`runtime.presence`; `says_offline` reads one.
+`runtime.presence`; `read_state` reads one.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ __all__ = [
     "host_state",
     "host_state_topic",
     "rebirth_request",
-    "says_offline",
+    "read_state",
     "topic_filters",
 ]
 
@@ -148,16 +148,21 @@ def host_state(online: bool, ts_ms: int) -> bytes:
     return json.dumps({"online": bool(online), "timestamp": int(ts_ms)}, separators=(",", ":")).encode()
 
 
-def says_offline(payload: bytes) -> bool:
-    """Whether a STATE payload is a death certificate (`online` false); a payload that is no STATE is none (nor
-    is one over `_STATE_BYTES`: a STATE is some 40 bytes, and a short payload cannot nest too deep to parse)."""
+def read_state(payload: bytes) -> tuple[bool, int] | None:
+    """A host application's STATE payload as (online, timestamp ms); None for one that is no STATE (nor is one over
+    `_STATE_BYTES`: a STATE is some 40 bytes, and a short payload cannot nest too deep to parse)."""
     if len(payload) > _STATE_BYTES:
-        return False
+        return None
     try:
         doc = json.loads(payload)
     except ValueError:  # not JSON, or not UTF-8: no STATE
-        return False
-    return isinstance(doc, dict) and doc.get("online") is False
+        return None
+    if not isinstance(doc, dict):
+        return None
+    online, ts = doc.get("online"), doc.get("timestamp")
+    if not isinstance(online, bool) or isinstance(ts, bool) or not isinstance(ts, int):
+        return None
+    return online, ts
 
 
 def _metric_at(place: tuple[int, str | int | None]) -> dict[str, Any]:
