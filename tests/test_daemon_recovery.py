@@ -1317,13 +1317,16 @@ def test_a_payload_key_both_read_and_ignored_is_a_config_error_at_start(bundle, 
 SPB_GROUP = "farm"
 
 
-def _sparkplug_feeds(bundle, messages: list[Message], cut: int, back: int, flush_s: int, without: str):
+def _sparkplug_feeds(bundle, messages: list[Message], cut: int, back: int, flush_s: int, without: str,
+                     flap: bool = False):  # fmt: skip
     """The tiny farm's telemetry as one Sparkplug edge node's (`edge1`, a device per turbine), each row arriving
     30 s after its stamp: (uninterrupted, with an outage), as (arrival ns, message). The uninterrupted node's
     births hold each turbine's first row and come first. The other node dies after its row stamped `cut` and stores
     the rows stamped up to `back`; 30 s after that, its births hold each turbine's newest row, the rows it stored
     follow as history (`is_historical`, oldest first, over `flush_s` seconds), and then live data goes on. Turbine
-    `without` read nothing between its rows stamped `cut` and `back` (both nodes lack those rows)."""
+    `without` read nothing between its rows stamped `cut` and `back` (both nodes lack those rows). With `flap`, the
+    node's link drops three quarters through the history: its old connection's will (NDEATH), 30 s later its births
+    again, and the rest of the history."""
     names = {ch: f"Nacelle/{ch}" for ch in bundle.spec.channels}
     key_of = dict(bundle.column_mapping)
     rows = [(m.topic.split("/")[2], parse_timestamp_ns(json.loads(m.payload)["ts"]), json.loads(m.payload)["values"])
@@ -1358,24 +1361,33 @@ def _sparkplug_feeds(bundle, messages: list[Message], cut: int, back: int, flush
     away.append((cut + lag, sent("NDEATH", None, cut, None)))
     away += births(back + lag, newest)
     step = flush_s * 10**9 // max(len(stored), 1)
-    away += [(back + lag + 1 + k * step, sent("DDATA", t, ts, v, historical=True)) for k, (t, ts, v) in
-             enumerate(stored)]  # fmt: skip
+    history = [(back + lag + 1 + k * step, sent("DDATA", t, ts, v, historical=True)) for k, (t, ts, v) in
+               enumerate(stored)]  # fmt: skip
+    if flap:  # the will, and 30 s later (ticks in between), the births and the rest
+        half, gap = 3 * len(history) // 4, 30 * 10**9  # (the wall clock's live rule lags the grace: late enough)
+        died = history[half - 1][0] + 1
+        again = [(died, sent("NDEATH", None, cut, None)), *births(died + gap, newest)]
+        history = history[:half] + again + [(at + gap + 1, m) for at, m in history[half:]]
+    away += history
     away += [(ts + lag, sent("DDATA", t, ts, v)) for t, ts, v in rows if ts > back]
     return whole, away
 
 
-def test_a_sparkplug_node_back_from_an_outage_forwards_its_history_into_its_steps(bundle, messages, tmp_path):
+@pytest.mark.parametrize("flap", [False, True], ids=["forwarded", "reconnecting"])
+def test_a_sparkplug_node_back_from_an_outage_forwards_its_history_into_its_steps(bundle, messages, tmp_path, flap):
     """On the shipped grace and the wall clock: the Sparkplug node dies for two hours and stores what it reads;
-    back, it births with its newest row and forwards the stored rows as history over four minutes, oldest first.
-    One turbine read nothing then (the uninterrupted node lacks those rows too): its birth waits a minute (half the
-    grace) for history and is then taken. That moved the fleet's data clock past the others' history, and their
-    steps closed on its newest stamp less `max_future_s`; the clock now stays below the history still to come of
-    turbines whose births wait. No sample is late, and every record is the uninterrupted node's, byte for
+    back, it births with its newest row and forwards the stored rows as history over four minutes, oldest first
+    (and, `flap`, its link drops late in it: its will, its births again, the rest of the history). One turbine read
+    nothing then (the uninterrupted node lacks those rows too): its birth waits a minute (half the grace) for
+    history and is then taken. That moved the fleet's data clock past the others' history, and their steps
+    closed on its newest stamp less `max_future_s`; the clock now stays below the history still to come of
+    turbines whose births wait, or whose node died while they did. No sample is late (the births' values
+    the death dropped come again with the next births), and every record is the uninterrupted node's, byte for
     byte."""
     stamps = sorted({parse_timestamp_ns(json.loads(m.payload)["ts"]) for m in messages})
     cut, back = stamps[24], stamps[36]
     turbines = sorted({m.topic.split("/")[2] for m in messages})
-    whole, away = _sparkplug_feeds(bundle, messages, cut, back, flush_s=240, without=turbines[-1])
+    whole, away = _sparkplug_feeds(bundle, messages, cut, back, flush_s=240, without=turbines[-1], flap=flap)
     spb = {
         "topics": {"sparkplug_group": SPB_GROUP},
         "mapping": {"columns": {ch: f"Nacelle/{ch}" for ch in bundle.spec.channels}},
@@ -1385,7 +1397,7 @@ def test_a_sparkplug_node_back_from_an_outage_forwards_its_history_into_its_step
     d = _clocked(bundle, tmp_path / "away", clock, **spb)
     _arriving(d, clock, away, settle_s=1200)
     d._wait_for_writer()
-    got = _scores(d)
     assert d.metrics.value("scada_runtime_late_samples_total") == 0
-    assert d.metrics.value("scada_runtime_sparkplug_birth_samples_dropped_total") == 0
-    assert got == want and len(want) >= len(messages)
+    dropped = d.metrics.value("scada_runtime_sparkplug_birth_samples_dropped_total")
+    assert dropped == (len(turbines) - 1 if flap else 0)  # the births its will found waiting (not `without`'s)
+    assert _scores(d) == want and len(want) >= len(messages)

@@ -526,8 +526,9 @@ def test_births_and_history_are_marked():
 def test_birth_hold_keeps_a_birth_until_its_turbines_data_reaches_it():
     """`BirthHold`: a birth waits while history older than it comes; history reaching part of what is held
     releases that part, merged with its samples by time; a current message releases the rest; a later birth of
-    the turbine joins what it holds; a death drops it (counted); `quiet_ns` without history, or a clock set back,
-    releases it; every held sample comes back once."""
+    the turbine joins what it holds (in place of the same stamps) and does not count as activity; a death drops
+    what it holds (counted) and keeps the turbine until its next birth or `quiet_ns`; `quiet_ns` without history
+    (twice that while the caller has not read what came), or a clock set back, releases it."""
     s = lambda t, ts: Sample(t, ts, np.zeros(1))  # noqa: E731
     h = BirthHold(quiet_ns=100)
     b1, b2 = s("WT1", 1000), s("WT1", 1000)
@@ -537,11 +538,15 @@ def test_birth_hold_keeps_a_birth_until_its_turbines_data_reaches_it():
     assert h.merge(history, historical=True, now_ns=50) == history  # older history: held
     other = [s("WT2", 2000)]
     assert h.merge(other, historical=False, now_ns=60) == other  # another turbine's data
-    assert h.due(now_ns=149) == [] and h.due(now_ns=150) == [b1, b2] and len(h) == 0  # 100 after the last history
+    assert h.due(now_ns=149, drained=True) == [] and h.due(now_ns=249, drained=False) == []
+    assert h.due(now_ns=150, drained=True) == [b1, b2] and len(h) == 0  # 100 after the last history
 
-    b3 = s("WT1", 3000)
+    b3, again = s("WT1", 3000), s("WT1", 1000)
     h.hold([b1], 0)
-    h.hold([b3], 1)  # a rebirth in the middle of the history: both wait
+    h.hold([b3, again], 90)  # a rebirth in the middle of the history: both wait, `again` in b1's place
+    assert h.due(now_ns=100, drained=True) == [b3, again]  # the rebirth was no activity
+    h.hold([b1], 0)
+    h.hold([b3], 1)
     reaching = [s("WT1", 900), s("WT1", 1000), s("WT1", 1500)]
     assert h.merge(reaching, historical=True, now_ns=2) == [reaching[0], b1, *reaching[1:]]  # by time, held first
     assert h.turbines() == ["WT1"]
@@ -549,7 +554,9 @@ def test_birth_hold_keeps_a_birth_until_its_turbines_data_reaches_it():
     assert h.merge(live, historical=False, now_ns=3) == [live[0], b3, live[1]] and len(h) == 0
 
     h.hold([b1, s("WT2", 1000)], 0)
-    assert h.drop(["WT2", "WT9"]) == 1 and h.turbines() == ["WT1"]  # a death
-    assert h.due(now_ns=-1) == [b1]  # the clock set back
+    assert h.drop(["WT2", "WT9"]) == 1 and h.turbines() == ["WT1", "WT2"]  # a death: WT2 stays, holding nothing
+    assert h.due(now_ns=100, drained=True) == [b1] and len(h) == 0  # WT2 goes too
+    h.hold([b1], 50)
+    assert h.due(now_ns=-1, drained=True) == [b1]  # the clock set back
     h.hold([b1, b2, s("WT3", 5)], 0)
     assert h.drop() == 3 and len(h) == 0  # stop

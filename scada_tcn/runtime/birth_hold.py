@@ -9,16 +9,21 @@ missing, and their data dropped.
 
 `BirthHold` keeps a birth's samples (per turbine: a node's own, or a device's) out of the stream until the
 turbine's data reaches them, and then merges them in by time:
-* `hold(samples, now)` takes a birth's samples. A turbine's later birth joins what it holds (a node that
-  reconnects in the middle of its history births again and goes on with the history).
+* `hold(samples, now)` takes a birth's samples. A turbine's later birth joins what it holds (a node asked for
+  its births in the middle of its history births again and goes on with the history), in place of the samples
+  of the same stamps; it does not count as activity.
 * `merge(samples, historical, now)` is asked for each data message of the turbines it names: history
   (`historical`: every value is `is_historical`) releases the held samples stamped no later than its own newest,
   a current message all of them; they come back merged with the message's samples in time order (held first on
   equal stamps). History that releases nothing keeps the turbine active.
 * `drop(turbines)`: a death's turbines. Their held samples are dropped, not taken: after the death nothing says
-  where the turbine's history will start, and the node births again when it is back. `drop` says how many.
-* `due(now)`: the held samples of turbines that sent nothing for `quiet_ns` (a steady report-by-exception node
-  sends nothing after its birth; history that pauses that long is taken as done); a clock set back releases them.
+  where the turbine's history will start, and the node births again when it is back (a node that reconnects in
+  the middle of its history: its old connection's will comes first). `drop` says how many. The turbine stays
+  in `turbines()`, holding nothing, until its next birth or `quiet_ns`: its history may go on after the birth.
+* `due(now, drained)`: the held samples of turbines that sent no history for `quiet_ns` since they were first
+  held (a steady report-by-exception node sends nothing after its birth; history that pauses that long is taken
+  as done), once the caller has read what has come (`drained`), and after twice that whatever it has read; a
+  clock set back releases them.
 Births are kept in memory only (as the decoder's aliases are): at stop (`drop` of all) and in a crash, the values
 of births not yet released are lost; the node publishes them again at its next session.
 """
@@ -35,7 +40,7 @@ __all__ = ["BirthHold"]
 
 class _Held(NamedTuple):
     samples: list[Sample]  # in the order held
-    active_ns: int  # the wall clock when the turbine last held a birth or sent history
+    active_ns: int  # the wall clock when the turbine was first held, or last sent history
 
 
 class BirthHold:
@@ -53,10 +58,17 @@ class BirthHold:
         return list(self._held)
 
     def hold(self, samples: list[Sample], now_ns: int) -> None:
-        """Hold a birth's samples (with what their turbines already hold)."""
+        """Hold a birth's samples (with what their turbines already hold, but for those of the same stamps)."""
+        by_turbine: dict[str, list[Sample]] = {}
         for s in samples:
-            h = self._held.get(s.turbine)
-            self._held[s.turbine] = _Held([s] if h is None else [*h.samples, s], now_ns)
+            by_turbine.setdefault(s.turbine, []).append(s)
+        for t, new in by_turbine.items():
+            h = self._held.get(t)
+            if h is None:
+                self._held[t] = _Held(new, now_ns)
+            else:
+                stamps = {s.ts_ns for s in new}
+                self._held[t] = h._replace(samples=[*(s for s in h.samples if s.ts_ns not in stamps), *new])
 
     def merge(self, samples: list[Sample], historical: bool, now_ns: int) -> list[Sample]:
         """A data message's samples (in time order) with the held samples they release, in time order; `historical`:
@@ -68,24 +80,35 @@ class BirthHold:
             h = self._held.get(t)
             if h is None:
                 continue
-            reach = max(s.ts_ns for s in samples if s.turbine == t) if historical else None
-            kept = [] if reach is None else [s for s in h.samples if s.ts_ns > reach]
-            released += [s for s in h.samples if reach is None or s.ts_ns <= reach]
-            if kept:
-                self._held[t] = _Held(kept, now_ns)
+            if historical:  # what it reached goes, the rest waits on
+                reach = max(s.ts_ns for s in samples if s.turbine == t)
+                released += [s for s in h.samples if s.ts_ns <= reach]
+                self._held[t] = _Held([s for s in h.samples if s.ts_ns > reach], now_ns)
             else:
-                del self._held[t]
+                released += self._held.pop(t).samples
         if not released:
             return samples
         return sorted([*released, *samples], key=lambda s: s.ts_ns)  # stable: held first on equal stamps
 
     def drop(self, turbines: Iterable[str] | None = None) -> int:
-        """Drop the held samples of `turbines` (None: all); how many were dropped."""
-        gone = [self._held.pop(t, None) for t in (list(self._held) if turbines is None else turbines)]
-        return sum(len(h.samples) for h in gone if h is not None)
+        """Drop the held samples of `turbines` (None: all, and forget them); how many were dropped. A death's
+        turbines stay held, holding nothing (see the module docstring)."""
+        if turbines is None:
+            n = sum(len(h.samples) for h in self._held.values())
+            self._held.clear()
+            return n
+        n = 0
+        for t in turbines:
+            h = self._held.get(t)
+            if h is not None:
+                n += len(h.samples)
+                self._held[t] = h._replace(samples=[])
+        return n
 
-    def due(self, now_ns: int) -> list[Sample]:
-        """The held samples of turbines quiet for `quiet_ns`, released (all of them when the clock was set back
-        behind a turbine's last activity), in the order held."""
-        quiet = [t for t, h in self._held.items() if not 0 <= now_ns - h.active_ns < self.quiet_ns]
+    def due(self, now_ns: int, drained: bool) -> list[Sample]:
+        """The held samples of turbines without history for `quiet_ns` (`drained`: the caller has read what has
+        come; else twice that), released in the order held; all of them when the clock was set back behind a
+        turbine's last activity."""
+        limit = self.quiet_ns if drained else 2 * self.quiet_ns
+        quiet = [t for t, h in self._held.items() if not 0 <= now_ns - h.active_ns < limit]
         return [s for t in quiet for s in self._held.pop(t).samples]

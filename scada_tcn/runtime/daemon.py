@@ -191,6 +191,7 @@ class Daemon:
         # a birth's own step is still open when its values come (a minute at most)
         self._births = BirthHold(int(min(cfg.ingest.grace_s / 2, BIRTH_QUIET_S) * 1e9))
         self._births_out: set[int] = set()  # ids of the samples of births released in this batch (`_admit`)
+        self._present_lock = threading.Lock()  # the Sparkplug STATE's inputs read and set together (`_present`)
         self.status_topic = cfg.topics.status.format(gateway=cfg.gateway, site=cfg.site)
         self.errors_topic = cfg.topics.errors.format(gateway=cfg.gateway, site=cfg.site)
         batch = cfg.topics.score_batch
@@ -838,8 +839,8 @@ class Daemon:
                 redelivered += [id(s) not in self._births_out for s in samples[before:]]
             else:
                 redelivered += [msg.dup] * (len(samples) - before)
-        if len(self._births) and not self.inbound.qsize():  # quiet once what has come is taken (not after a stall)
-            for sample in self._births.due(now_ns):  # validated when held; the fleet may have filled since
+        if len(self._births):  # quiet once what has come is taken (not after a stall), or for twice as long
+            for sample in self._births.due(now_ns, drained=not self.inbound.qsize()):  # validated when held
                 if self._has_room(sample.turbine, new):
                     samples.append(sample)
                     redelivered.append(False)
@@ -1164,17 +1165,18 @@ class Daemon:
         reaches us) or down. Up publishes the retained status "online", so a consumer that waits for it loses no
         sample it sends next; down, the broker publishes the last will if the publisher is the one gone."""
         self.metrics.connected.set(1 if up else 0)
-        self._present(up)
+        self._present()
         if up and not self._stopped.is_set():  # stopping: "offline" is the last word (a clean stop sends no will)
             self.link.publish(self.status_topic, self._status_payload("online"), retain=True)
 
-    def _present(self, up: bool | None = None) -> None:
-        """The Sparkplug STATE (`topics.sparkplug_host_id`): online while telemetry reaches the daemon (`up`: the
-        link's state, None: as it is) and the daemon takes it (not while its clock is behind the telemetry, nor
-        once it stops), so that edge nodes waiting for this host store what they read otherwise."""
+    def _present(self) -> None:
+        """The Sparkplug STATE (`topics.sparkplug_host_id`): online while telemetry reaches the daemon (the link
+        connected) and the daemon takes it (not while its clock is behind the telemetry, nor once it stops), so
+        that edge nodes waiting for this host store what they read otherwise. The link's threads and the loop
+        call it: what it reads and what it sets go together (`_present_lock`)."""
         if self.presence is not None:
-            up = self.link.connected if up is None else up
-            self.presence.set(up and not self._behind and not self._stopped.is_set())
+            with self._present_lock:
+                self.presence.set(self.link.connected and not self._behind and not self._stopped.is_set())
 
     def _status_loop(self) -> None:
         interval = self.cfg.health.status_interval_s

@@ -16,9 +16,10 @@ One session, as Sparkplug 3.0 section 5 (Host Application Session Establishment)
   birth and is not answered;
 * `set(False)` and `stop()` publish the death stamped now, wait for its PUBACK (a few seconds at most) and
   disconnect cleanly (no will). A crash leaves it to the will.
-Edge nodes take a STATE only when its timestamp is not older than the last they took. So stamps never go back
-within the process (a clock set back stamps the newest one used again), and a retained STATE newer than the
-session's stamp (a clock behind the last run's: a gateway booted before NTP) renews the session at that stamp.
+Edge nodes take a STATE only when its timestamp is not older than the last they took. So each session's stamp is
+later than any used or seen before within the process (a clock set back counts on from the newest), and a
+retained STATE newer than the session's stamp (a clock behind the last run's: a gateway booted before NTP)
+renews the session past that stamp.
 The connection's client id is `<client id>-host`.
 """
 
@@ -85,11 +86,11 @@ class Presence:
             self._cond.notify()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Publish the death (when a session is open), disconnect and end the thread."""
+        """Publish the death (when a session is open), disconnect and end the thread (waiting for it once)."""
         with self._cond:
-            self._want, self._closing = False, True
+            again, self._want, self._closing = self._closing, False, True
             self._cond.notify()
-        if self._thread.is_alive():
+        if self._thread.is_alive() and not again:
             self._thread.join(timeout=timeout)
 
     def _run(self) -> None:
@@ -137,7 +138,7 @@ class Presence:
     # -------------------------------------------------------------------------- paho callbacks (its thread)
     def _will(self, c: paho.Client, userdata: object) -> None:
         with self._lock:
-            self._stamp = self._floor = max(_now_ms(), self._floor)
+            self._stamp = self._floor = max(_now_ms(), self._floor + 1)  # a later session: a later stamp
             self._born = False
             c.will_set(self.topic, self._payload(False, self._stamp), qos=1, retain=True)
 

@@ -111,6 +111,7 @@ _PROTOCOL_PREFIXES = ("Node Control/", "Device Control/", "Node Info/", "Device 
 _NAME_KEPT_CHARS = 256  # a metric's name is kept (and looked up) this long, no longer
 _NODE_CHARS = 256  # an edge node id longer than this is refused (Sparkplug ids are short; they are kept)
 _STATE_BYTES = 256  # a longer payload on a STATE topic is not read as one
+_STATE_MS = 1 << 53  # a STATE timestamp (epoch ms) at or past this is none (JSON's exact integers end there)
 _NODES_KEPT = 16_384  # edge nodes whose session and sequence number are kept, the most recent
 DEVICES_KEPT = 1 << 16  # devices kept to name at their node's death (`_seen`)
 _TYPE_NAMES = {1: "Int8", 2: "Int16", 3: "Int32", 4: "Int64", 5: "UInt8", 6: "UInt16", 7: "UInt32", 8: "UInt64",
@@ -150,7 +151,8 @@ def host_state(online: bool, ts_ms: int) -> bytes:
 
 def read_state(payload: bytes) -> tuple[bool, int] | None:
     """A host application's STATE payload as (online, timestamp ms); None for one that is no STATE (nor is one over
-    `_STATE_BYTES`: a STATE is some 40 bytes, and a short payload cannot nest too deep to parse)."""
+    `_STATE_BYTES`: a STATE is some 40 bytes, and a short payload cannot nest too deep to parse; nor one stamped
+    before 1970 or at 2**53 ms or later)."""
     if len(payload) > _STATE_BYTES:
         return None
     try:
@@ -160,7 +162,7 @@ def read_state(payload: bytes) -> tuple[bool, int] | None:
     if not isinstance(doc, dict):
         return None
     online, ts = doc.get("online"), doc.get("timestamp")
-    if not isinstance(online, bool) or isinstance(ts, bool) or not isinstance(ts, int):
+    if not isinstance(online, bool) or isinstance(ts, bool) or not isinstance(ts, int) or not 0 <= ts < _STATE_MS:
         return None
     return online, ts
 
