@@ -29,7 +29,8 @@ object holding `Messages` or `MessageId` is a NetworkMessage, any other a DataSe
   A field that is an object is a DataValue (`Value`, `SourceTimestamp`, the status as `StatusCode`, or `Status`
   as OPC 10000-6 names it; `ServerTimestamp`, `UaType`, `Dimensions` and the picoseconds, either spelling, not
   read) read by `TagPayload` with the OPC UA StatusCode rule (`tag_topics.opcua_good`): Good severity is a read,
-  Uncertain or Bad a failed read (`hold.UNREAD`, counted by channel), an absent status Good. Any other field is a
+  Uncertain or Bad a failed read (`hold.UNREAD`, counted by channel), an absent or null status Good; a value OPC
+  UA's JSON writes as text (an Int64's digits, "NaN") as `tag_topics.opcua_number` reads it. Any other field is a
   bare value (RawData or non-reversible Variant fields), whose status is the DataSetMessage's `Status`: one not
   Good makes it a failed read. A DataValue without `SourceTimestamp`, and a bare value, take the DataSetMessage's
   `Timestamp`; without either the field is refused (`missing_ts`).

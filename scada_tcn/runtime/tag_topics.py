@@ -24,7 +24,11 @@ A tag's payload is a JSON object whose keys `mapping.tag_payload` names (`TagPay
   key is a good read, as Kepware's and Sparkplug's are. Under `quality_rule: opcua` the quality is an OPC UA
   StatusCode (an integer, or `{"Code", "Symbol"}`): Good severity is a read, Uncertain and Bad failed reads
   (`opcua_good`), and `good` is empty; a payload without the value key is a null value (OPC UA's JSON leaves a
-  null Value out), where otherwise it is refused (`missing_values`).
+  null Value out), where otherwise it is refused (`missing_values`), and a null StatusCode a Good one (as one
+  left out). OPC UA's JSON writes some numbers as text (OPC 10000-6, 5.4.2.3-4): an Int64 or UInt64 as its
+  decimal digits (read as the number), a Float or Double's NaN as "NaN" (no value: null) and its infinities as
+  "Infinity" and "-Infinity" (refused, `non_finite`, as other non-finite values are); other text is a String's
+  and is read only under `ingest.numeric_strings`, as elsewhere (`opcua_number`).
 * keys other than these and `other_keys` refuse the tag (`unknown_key`).
 
 Per-tag topics (`TagTopicDecoder`): a unified namespace, HiveMQ Edge's protocol adapters, AVEVA's JSON-VTQ1,
@@ -64,8 +68,8 @@ from scada_tcn.runtime.telemetry import (
 )
 
 __all__ = [
-    "KEY", "QUALITY_RULES", "TagObjectDecoder", "TagPayload", "TagTopicDecoder", "opcua_good", "tag_filter",
-    "template_problem",
+    "KEY", "QUALITY_RULES", "TagObjectDecoder", "TagPayload", "TagTopicDecoder", "opcua_good", "opcua_number",
+    "tag_filter", "template_problem",
 ]  # fmt: skip
 
 KEY = "{key}"  # the template's last level: the tag's payload key, one or more topic levels
@@ -74,6 +78,7 @@ _TOPICS_KEPT = 1 << 16  # topics resolved and kept: a fleet's turbines x tags; h
 _TOPIC_KEPT_CHARS = 256  # ... and only topics this short
 _NAMES = ("site", "gateway", "turbine", "key")
 _IGNORED = ("", NOT_READ)  # a topic whose key mapping.ignored_keys drops
+_OPCUA_INTEGER = re.compile(r"-?[0-9]{1,20}")  # an Int64's or UInt64's text in OPC UA's JSON (ASCII digits)
 
 
 def template_problem(template: str) -> str | None:
@@ -148,7 +153,9 @@ class TagPayload:
         if self.value_key not in doc and not self._opcua:
             return Rejection("missing_values", f"no {self.value_key!r}")
         # OPC UA's JSON leaves a DataValue's null Value out, as it does a Good status: no value, as null is
-        x = d.value(d.key_of_channel[d.channels[i]], doc.get(self.value_key))  # refusals name the payload key
+        v, key = doc.get(self.value_key), d.key_of_channel[d.channels[i]]  # refusals name the payload key
+        x = opcua_number(key, v) if self._opcua and type(v) is str else None
+        x = d.value(key, v) if x is None else x
         return x if isinstance(x, Rejection) else (tid, ts, i, x, False)
 
     def _good_quality(self, doc: dict[str, Any]) -> bool | Rejection:
@@ -158,11 +165,24 @@ class TagPayload:
             return True
         q = doc[self.quality_key]
         if self._opcua:
-            return opcua_good(q, self.quality_key)
+            return q is None or opcua_good(q, self.quality_key)
         if type(q) not in (str, int, bool):
             return Rejection("bad_value_type", f"{self.quality_key}: {type(q).__name__}, expected a quality (a "
                              "string, an integer or true/false)")  # fmt: skip
         return (type(q), q) in self._good
+
+
+def opcua_number(key: str, text: str) -> float | Rejection | None:
+    """A number OPC UA's JSON writes as text (OPC 10000-6, 5.4.2.3-4), `key` its payload key: an Int64 or UInt64's
+    decimal digits -> the number; "NaN" -> `UNREAD` (no value); "Infinity", "-Infinity" -> refused (`non_finite`);
+    None for other text (a String's)."""
+    if _OPCUA_INTEGER.fullmatch(text):
+        return float(int(text))
+    if text == "NaN":
+        return UNREAD
+    if text in ("Infinity", "-Infinity"):
+        return Rejection("non_finite", f"{key}: {text}")
+    return None
 
 
 def opcua_good(code: Any, name: str) -> bool | Rejection:
