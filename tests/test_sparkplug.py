@@ -560,3 +560,50 @@ def test_birth_hold_keeps_a_birth_until_its_turbines_data_reaches_it():
     assert h.due(now_ns=-1, drained=True) == [b1]  # the clock set back
     h.hold([b1, b2, s("WT3", 5)], 0)
     assert h.drop() == 3 and len(h) == 0  # stop
+
+
+def test_birth_hold_accounts_for_every_sample_it_holds():
+    """10,000 random operations (births with repeated stamps, history, current data, deaths, quiet releases,
+    clocks set back): every held sample comes back once or is dropped (counted) or replaced by a birth's sample of
+    the same turbine and stamp; what `merge` returns is in time order and holds its message's samples."""
+    rng = np.random.default_rng(7)
+    h = BirthHold(quiet_ns=50)
+    live: dict[int, Sample] = {}  # id -> sample, held now
+    out = dropped = replaced = held_n = 0
+    now = 0
+    for _ in range(10_000):
+        now += int(rng.integers(-5, 30))
+        t = f"WT{rng.integers(3)}"
+        op = rng.integers(5)
+        if op == 0:
+            births = [Sample(t, int(ts), np.zeros(1)) for ts in rng.integers(0, 100, size=rng.integers(1, 4))]
+            same = {b.ts_ns for b in births}
+            gone = [k for k, s in live.items() if s.turbine == t and s.ts_ns in same]
+            replaced += len(gone)
+            for k in gone:
+                del live[k]
+            h.hold(births, now)
+            live.update((id(b), b) for b in births)
+            held_n += len(births)
+        elif op in (1, 2):
+            stamps = sorted(int(ts) for ts in rng.integers(0, 100, size=3))
+            msg = [Sample(t, ts, np.zeros(1)) for ts in stamps]
+            got = h.merge(msg, historical=op == 1, now_ns=now)
+            assert [s.ts_ns for s in got] == sorted(s.ts_ns for s in got)
+            assert all(any(g is s for g in got) for s in msg)
+            released = [s for s in got if id(s) in live]
+            out += len(released)
+            for s in released:
+                del live[id(s)]
+        elif op == 3:
+            before = {k for k, s in live.items() if s.turbine == t}
+            dropped += h.drop([t])
+            for k in before:
+                del live[k]
+        else:
+            for s in h.due(now, drained=bool(rng.integers(2))):
+                assert id(s) in live
+                del live[id(s)]
+                out += 1
+    dropped += h.drop()
+    assert out + dropped + replaced == held_n and out > 1000 and dropped > 100
