@@ -214,6 +214,8 @@ class Daemon:
             cfg.broker, f"{self.link.client_id}-host", host_state_topic(host), host_state, read_state,
             on_state=lambda up: self.metrics.sparkplug_host_online.set(1 if up else 0),
         )  # fmt: skip
+        if self.presence is None:  # no STATE to be online: the gauge says nothing (an alert on 0 stays quiet)
+            self.metrics.sparkplug_host_online.set(math.nan)
         self._last_save_ns = 0
         # QoS 1 publishes since the last snapshot: a restart replays the journal frames after the last snapshot
         # written (two files while one is being written) and publishes everything they produce again before the

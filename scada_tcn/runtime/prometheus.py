@@ -156,7 +156,7 @@ class RuntimeMetrics:
         self.sparkplug_host_online = Gauge(
             p + "sparkplug_host_online",
             "1 while the broker holds this daemon's Sparkplug STATE birth (topics.sparkplug_host_id: acknowledged, "
-            "its session standing); 0 otherwise",
+            "its session standing); 0 otherwise; NaN without topics.sparkplug_host_id",
             registry=r,
         )
         self.connects = Gauge(p + "connects", "successful broker connections since start (1 + reconnects)", registry=r)
