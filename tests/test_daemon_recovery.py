@@ -644,7 +644,7 @@ def _clocked(bundle, folder: Path, clock: _Clock, **sections) -> Daemon:
     broker acknowledges the records: each snapshot holds them all); `sections` add to its config."""
     cfg = daemon_config(f"mqtt://127.0.0.1:{free_port()}",
                         state={"path": str(folder / "state.npz"), "save_interval_s": 600.0},
-                        ingest={"grace_s": 120.0, "max_past_s": 10 * 365 * 86400.0},
+                        ingest={"grace_s": 120.0, "max_past_s": 10 * 365 * 86400.0, **sections.pop("ingest", {})},
                         compute={"engine": "stream", "tick_s": 0.05}, **sections)  # fmt: skip
     d = Daemon(cfg, bundle, make_scorer(bundle, "stream"), clock=clock)
     d.link._up = {"sub": True, "pub": True, "subscribed": True}  # as if connected (no broker acks the publishes)
@@ -1317,48 +1317,54 @@ def test_a_payload_key_both_read_and_ignored_is_a_config_error_at_start(bundle, 
 SPB_GROUP = "farm"
 
 
-def _sparkplug_feeds(bundle, messages: list[Message], cut: int, back: int, flush_s: int, without: str,
-                     flap: bool = False):  # fmt: skip
-    """The tiny farm's telemetry as one Sparkplug edge node's (`edge1`, a device per turbine), each row arriving
-    30 s after its stamp: (uninterrupted, with an outage), as (arrival ns, message). The uninterrupted node's
-    births hold each turbine's first row and come first. The other node dies after its row stamped `cut` and stores
-    the rows stamped up to `back`; 30 s after that, its births hold each turbine's newest row, the rows it stored
-    follow as history (`is_historical`, oldest first, over `flush_s` seconds), and then live data goes on. Turbine
-    `without` read nothing between its rows stamped `cut` and `back` (both nodes lack those rows). With `flap`, the
-    node's link drops three quarters through the history: its old connection's will (NDEATH), 30 s later its births
-    again, and the rest of the history."""
+def _sparkplug_feeds(bundle, messages: list[Message], cut: int, back: int, flush_s: int, without: str | None = None,
+                     flap: bool = False, apart: set[str] | None = None):  # fmt: skip
+    """The tiny farm's telemetry as Sparkplug edge nodes' (a device per turbine: node `edge1`, or `edge2` for the
+    turbines `apart`), each row arriving 30 s after its stamp: (uninterrupted, with an outage), as (arrival ns,
+    message). The uninterrupted nodes' births hold each turbine's first row and come first. With the outage, the
+    node going away (`edge1`, or `edge2` when `apart` is set) dies after its row stamped `cut` and stores the rows
+    stamped up to `back`; 30 s after that, its births hold each of its turbines' newest row, the rows it stored
+    follow as history (`is_historical`, oldest first, over `flush_s` seconds), and then live data goes on; the
+    other node goes on all along. Turbine `without` read nothing between its rows stamped `cut` and `back` (both
+    runs lack those rows). With `flap`, the node's link drops three quarters through the history: its old
+    connection's will (NDEATH), 30 s later its births again, and the rest of the history."""
     names = {ch: f"Nacelle/{ch}" for ch in bundle.spec.channels}
     key_of = dict(bundle.column_mapping)
     rows = [(m.topic.split("/")[2], parse_timestamp_ns(json.loads(m.payload)["ts"]), json.loads(m.payload)["values"])
             for m in messages]  # fmt: skip
     mid = iter(range(1, 10**6))
     lag = 30 * 10**9
+    node_of = {t: "edge2" if apart and t in apart else "edge1" for t, _, _ in rows}
+    gone = "edge2" if apart else "edge1"
 
-    def sent(kind: str, tid: str | None, ts: int, values: dict | None, historical: bool = False) -> Message:
+    def sent(kind: str, t: str, ts: int, values: dict | None, historical: bool = False) -> Message:
+        """A message of turbine `t`'s node (`kind` N...) or device (D...)."""
         p = Payload(timestamp=ts // 10**6)
         if kind.startswith("N"):
             metric(p, "bdSeq", 0, "Int64")
         for ch, name in names.items() if values is not None else ():
             metric(p, name, values.get(key_of[ch]), "Double", ts=ts // 10**6).is_historical = historical
-        topic = f"spBv1.0/{SPB_GROUP}/{kind}/edge1" + (f"/{tid}" if tid else "")
+        topic = f"spBv1.0/{SPB_GROUP}/{kind}/{node_of[t]}" + (f"/{t}" if kind.startswith("D") else "")
         return Message(topic, p.SerializeToString(), 1, False, False, next(mid), 0, 0)
 
     def births(at: int, row_of: dict[str, tuple[int, dict]]) -> list[tuple[int, Message]]:
-        return [(at, sent("NBIRTH", None, at, None))] + [(at, sent("DBIRTH", t, ts, v)) for t, (ts, v) in
-                                                            row_of.items()]  # fmt: skip
+        nodes = {node_of[t]: t for t in row_of}  # each node's NBIRTH, then its devices' DBIRTHs
+        return [(at, sent("NBIRTH", t, at, None)) for t in nodes.values()] + [
+            (at, sent("DBIRTH", t, ts, v)) for t, (ts, v) in row_of.items()]  # fmt: skip
 
-    newest = {t: (ts, v) for t, ts, v in rows if ts <= back}
+    newest = {t: (ts, v) for t, ts, v in rows if ts <= back and node_of[t] == gone}
     rows = [(t, ts, v) for t, ts, v in rows if not (t == without and cut < ts < newest[t][0])]  # never read
     firsts: dict[str, tuple[int, dict]] = {}
     for t, ts, v in rows:
         firsts.setdefault(t, (ts, v))
     born = {(t, ts) for t, (ts, _) in firsts.items()}
-    whole = births(rows[0][1] + lag, firsts) + [(ts + lag, sent("DDATA", t, ts, v)) for t, ts, v in rows
-                                                 if (t, ts) not in born]  # fmt: skip
-    stored = [(t, ts, v) for t, ts, v in rows if cut < ts < newest[t][0]]
-    away = births(rows[0][1] + lag, firsts) + [(ts + lag, sent("DDATA", t, ts, v)) for t, ts, v in rows
-                                                if (t, ts) not in born and ts <= cut]  # fmt: skip
-    away.append((cut + lag, sent("NDEATH", None, cut, None)))
+    live = [(t, ts, v) for t, ts, v in rows if (t, ts) not in born]
+    whole = births(rows[0][1] + lag, firsts) + [(ts + lag, sent("DDATA", t, ts, v)) for t, ts, v in live]
+    stored = [(t, ts, v) for t, ts, v in rows if t in newest and cut < ts < newest[t][0]]
+    away = births(rows[0][1] + lag, firsts) + [(ts + lag, sent("DDATA", t, ts, v)) for t, ts, v in live
+                                                if t not in newest or ts <= cut or ts > back]  # fmt: skip
+    death = next(t for t in newest)  # a turbine of the node going away: its NDEATH
+    away.append((cut + lag, sent("NDEATH", death, cut, None)))
     away += births(back + lag, newest)
     step = flush_s * 10**9 // max(len(stored), 1)
     history = [(back + lag + 1 + k * step, sent("DDATA", t, ts, v, historical=True)) for k, (t, ts, v) in
@@ -1366,11 +1372,9 @@ def _sparkplug_feeds(bundle, messages: list[Message], cut: int, back: int, flush
     if flap:  # the will, and 30 s later (ticks in between), the births and the rest
         half, gap = 3 * len(history) // 4, 30 * 10**9  # (the wall clock's live rule lags the grace: late enough)
         died = history[half - 1][0] + 1
-        again = [(died, sent("NDEATH", None, cut, None)), *births(died + gap, newest)]
+        again = [(died, sent("NDEATH", death, cut, None)), *births(died + gap, newest)]
         history = history[:half] + again + [(at + gap + 1, m) for at, m in history[half:]]
-    away += history
-    away += [(ts + lag, sent("DDATA", t, ts, v)) for t, ts, v in rows if ts > back]
-    return whole, away
+    return whole, away + history
 
 
 @pytest.mark.parametrize("flap", [False, True], ids=["forwarded", "reconnecting"])
@@ -1401,3 +1405,31 @@ def test_a_sparkplug_node_back_from_an_outage_forwards_its_history_into_its_step
     dropped = d.metrics.value("scada_runtime_sparkplug_birth_samples_dropped_total")
     assert dropped == (len(turbines) - 1 if flap else 0)  # the births its will found waiting (not `without`'s)
     assert _scores(d) == want and len(want) >= len(messages)
+
+
+@pytest.mark.parametrize("wait_s", [0, 3 * 3600])
+def test_a_turbines_sparkplug_node_away_while_the_fleet_is_live_forwards_its_history(bundle, messages, tmp_path,
+                                                                                    wait_s):  # fmt: skip
+    """One turbine's own edge node (`edge2`) dies for two hours while the other turbines' node goes on; back, it
+    forwards what it stored. With `ingest.sparkplug_history_wait_s` 0, the live fleet's clock closed that turbine's
+    steps as missing while it was away (as any silent turbine's) and its history came late. Waiting three hours
+    after a death, no step of its closes on the clock meanwhile: nothing is late and every record is the
+    uninterrupted nodes', byte for byte."""
+    stamps = sorted({parse_timestamp_ns(json.loads(m.payload)["ts"]) for m in messages})
+    turbines = sorted({m.topic.split("/")[2] for m in messages})
+    whole, away = _sparkplug_feeds(bundle, messages, stamps[24], stamps[36], flush_s=120, apart={turbines[0]})
+    spb = {
+        "topics": {"sparkplug_group": SPB_GROUP},
+        "mapping": {"columns": {ch: f"Nacelle/{ch}" for ch in bundle.spec.channels}},
+        "ingest": {"sparkplug_history_wait_s": wait_s},
+    }
+    want = _settled(bundle, whole, tmp_path / "whole", **spb)
+    clock = _Clock()
+    d = _clocked(bundle, tmp_path / "away", clock, **spb)
+    _arriving(d, clock, away, settle_s=1200)
+    d._wait_for_writer()
+    late = d.metrics.value("scada_runtime_late_samples_total")
+    if wait_s:
+        assert late == 0 and _scores(d) == want
+    else:
+        assert late == 11  # the stored rows (11 of the 12 away steps; the 12th came with the births)

@@ -528,7 +528,8 @@ def test_birth_hold_keeps_a_birth_until_its_turbines_data_reaches_it():
     releases that part, merged with its samples by time; a current message releases the rest; a later birth of
     the turbine joins what it holds (in place of the same stamps) and does not count as activity; a death drops
     what it holds (counted) and keeps the turbine until its next birth or `quiet_ns`; `quiet_ns` without history
-    (twice that while the caller has not read what came), or a clock set back, releases it."""
+    (twice that while the caller has not read what came), or a clock set back, releases it; a death with a wait
+    keeps every turbine it names until the wait is over or a birth comes."""
     s = lambda t, ts: Sample(t, ts, np.zeros(1))  # noqa: E731
     h = BirthHold(quiet_ns=100)
     b1, b2 = s("WT1", 1000), s("WT1", 1000)
@@ -560,6 +561,13 @@ def test_birth_hold_keeps_a_birth_until_its_turbines_data_reaches_it():
     assert h.due(now_ns=-1, drained=True) == [b1]  # the clock set back
     h.hold([b1, b2, s("WT3", 5)], 0)
     assert h.drop() == 3 and len(h) == 0  # stop
+
+    assert h.drop(["WT7"], now_ns=10, wait_ns=500) == 0 and h.turbines() == ["WT7"]  # a death, waiting for history
+    assert h.due(now_ns=200, drained=True) == [] and h.turbines() == ["WT7"]  # quiet, but within the wait
+    h.hold([b3], 300)  # back: its birth starts afresh (quiet from now, the wait over)
+    assert h.due(now_ns=399, drained=True) == [] and h.due(now_ns=400, drained=True) == [b3]
+    h.drop(["WT7"], now_ns=10, wait_ns=500)
+    assert h.due(now_ns=509, drained=True) == [] and h.due(now_ns=510, drained=True) == [] and len(h) == 0
 
 
 def test_birth_hold_accounts_for_every_sample_it_holds():

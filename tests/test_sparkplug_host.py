@@ -100,6 +100,9 @@ def test_state_payloads_and_the_config():
     for why, topics in refused.items():
         with pytest.raises(ConfigError, match=re.escape(why)):
             daemon_config_from_dict({"gateway": "gw1", "topics": topics})
+    for wait, why in ((60.0, "waits after Sparkplug deaths: set topics.sparkplug_group"), (-1.0, "finite number >= 0")):
+        with pytest.raises(ConfigError, match=re.escape(why)):
+            daemon_config_from_dict({"ingest": {"sparkplug_history_wait_s": wait}})
 
 
 def test_presence_births_answers_a_death_dies_on_request_and_leaves_its_will(broker):

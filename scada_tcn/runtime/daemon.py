@@ -705,10 +705,10 @@ class Daemon:
         return newest - int(ingest.max_future_s * 1e9)
 
     def _below_history(self, tick: int, samples: list[Sample]) -> int:
-        """The tick, kept below the history still to come of turbines whose Sparkplug births are held
-        (`BirthHold`: stored history is coming, oldest first): no step closes on the clock from the newest stamp
-        such a turbine has sent on (this batch included), whatever the fleet's other turbines have reached. A
-        turbine's own samples close its steps as they come."""
+        """The tick, kept below the history still to come of turbines whose Sparkplug births are held, or whose
+        node died a while ago (`BirthHold`: stored history is coming, oldest first): no step closes on the clock
+        from the newest stamp such a turbine has sent on (this batch included), whatever the fleet's other
+        turbines have reached. A turbine's own samples close its steps as they come."""
         held = set(self._births.turbines())
         reached = {t: self.engine.fleet.open_stamp(t) for t in held}
         for s in samples:
@@ -917,7 +917,8 @@ class Daemon:
         res, route, part = self.ingress.decode(msg.topic, msg.payload, now_ns)
         if route == "sparkplug_group":
             deaths = self.sparkplug.take_deaths()  # type: ignore[union-attr]
-            self.metrics.births_dropped.inc(self._births.drop(deaths))
+            wait = int(self.cfg.ingest.sparkplug_history_wait_s * 1e9)
+            self.metrics.births_dropped.inc(self._births.drop(deaths, now_ns, wait))
             samples += self._stale(samples, deaths)  # a death: in its place among the batch's samples
             for node in self.sparkplug.rebirths():
                 self._ask_rebirth(node, now_ns)

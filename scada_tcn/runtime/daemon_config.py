@@ -143,6 +143,13 @@ class IngestCfg:
     )
     max_future_s: float = _f(300.0, "reject samples stamped more than this ahead of the wall clock")
     max_past_s: float = _f(7 * 86400.0, "reject samples stamped more than this before the wall clock")
+    sparkplug_history_wait_s: float = _f(
+        0.0,
+        "after a Sparkplug death (NDEATH, DDEATH), how long its turbines' steps wait for the history the node "
+        "stores while away and forwards when back (is_historical): meanwhile no step closes on the clock after "
+        "the newest stamp they sent, so other turbines' latest steps close at their next sample and fleet-relative "
+        "records wait too. 0 = none: their steps close as any silent turbine's, and history sent later is late",
+    )
     max_payload_bytes: int = _f(
         65536,
         "reject larger telemetry payloads (and batch lines; an array's elements are bounded as a whole) "
@@ -508,6 +515,7 @@ def _problems(c: RuntimeConfig) -> list[str]:
         ("ingest.grace_s", c.ingest.grace_s),
         ("ingest.max_future_s", c.ingest.max_future_s),
         ("ingest.max_past_s", c.ingest.max_past_s),
+        ("ingest.sparkplug_history_wait_s", c.ingest.sparkplug_history_wait_s),
         ("compute.tick_s", c.compute.tick_s),
         ("health.stall_s", c.health.stall_s),
         ("health.status_interval_s", c.health.status_interval_s),
@@ -573,6 +581,8 @@ def _problems(c: RuntimeConfig) -> list[str]:
         p += _sparkplug_problems(c, well_formed=len(p) == before)
     elif c.topics.sparkplug_host_id is not None:
         p.append(f"topics.{_HOST}: a Sparkplug host application reads a group: set topics.{_SPB} too")
+    if c.ingest.sparkplug_history_wait_s and c.topics.sparkplug_group is None:
+        p.append(f"ingest.sparkplug_history_wait_s: waits after Sparkplug deaths: set topics.{_SPB} too")
     return p + _tag_problems(c, well_formed=len(p) == before)
 
 
