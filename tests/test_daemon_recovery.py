@@ -1433,3 +1433,39 @@ def test_a_turbines_sparkplug_node_away_while_the_fleet_is_live_forwards_its_his
         assert late == 0 and _scores(d) == want
     else:
         assert late == 11  # the stored rows (11 of the 12 away steps; the 12th came with the births)
+
+
+def test_only_a_nodes_death_waits_for_history_and_only_for_turbines_of_the_fleet(bundle, messages, tmp_path):
+    """`ingest.sparkplug_history_wait_s`: a DDEATH (a device lost by a node that stays: nothing stored to forward)
+    starts no wait; an NDEATH does, for the turbines the fleet has samples of, not for ids it never saw (the node's
+    own id here); the node's next births and death within the wait do not extend it."""
+    spb = {"topics": {"sparkplug_group": SPB_GROUP}, "ingest": {"sparkplug_history_wait_s": 3600.0},
+           "mapping": {"columns": {ch: f"Nacelle/{ch}" for ch in bundle.spec.channels}}}  # fmt: skip
+    last = max(parse_timestamp_ns(json.loads(m.payload)["ts"]) for m in messages[:40])
+    whole, _ = _sparkplug_feeds(bundle, messages[:40], last, last, flush_s=1)
+    turbines = sorted({m.topic.split("/")[2] for m in messages[:40]})
+    clock = _Clock()
+    d = _clocked(bundle, tmp_path / "deaths", clock, **spb)
+    _arriving(d, clock, whole)
+
+    def death(kind: str, device: str = "") -> None:
+        p = Payload(timestamp=clock.ns // 10**6)
+        metric(p, "bdSeq", 0, "Int64")
+        d.inbound.put_nowait(Message(f"spBv1.0/{SPB_GROUP}/{kind}/edge1" + device, p.SerializeToString(), 1, False,
+                                     False, 1, 0, 0))  # fmt: skip
+        d.step(0.0)
+
+    death("DDEATH", f"/{turbines[0]}")
+    death("DDEATH", "/WT99")  # a device the fleet never had
+    assert d._births.turbines() == []
+    death("NDEATH")
+    assert sorted(d._births.turbines()) == turbines[1:]  # the devices it named (WT01's DDEATH came first)
+    until = {t: d._births._held[t].until_ns for t in turbines[1:]}
+    clock.ns += 600 * 10**9
+    for _, m in whole[: 1 + len(turbines)]:  # its births again
+        d.inbound.put_nowait(m)
+        d.step(0.0)
+    death("NDEATH")
+    assert sorted(d._births.turbines()) == turbines
+    assert {t: d._births._held[t].until_ns for t in turbines[1:]} == until
+    assert d._births._held[turbines[0]].until_ns == clock.ns + 3600 * 10**9

@@ -237,24 +237,31 @@ def test_opcua_status_codes_as_a_tags_quality():
 def test_numbers_opcua_json_writes_as_text_and_a_null_status():
     """OPC 10000-6 writes an Int64 or UInt64 as its decimal digits, and a Float or Double's NaN and infinities as
     "NaN", "Infinity" and "-Infinity": the digits read as the number (in a DataValue, a bare field, and a tag
-    object under quality_rule opcua), NaN as null, the infinities refused (`non_finite`). Other text is a
-    String's: refused unless ingest.numeric_strings. A null StatusCode is a Good one, as one left out."""
+    object under quality_rule opcua; a sign and leading zeros allowed, beyond Int64 and UInt64 refused), NaN as
+    null, the infinities refused (`non_finite`). Other text is a String's: refused unless ingest.numeric_strings.
+    A null StatusCode, or Code, is a Good one, as one left out."""
     t = parse_timestamp_ns(AT)
     wt1 = _writer("WT1", {"P": {"Value": "-1500", "SourceTimestamp": AT}, "ws": "18446744073709551615"})
     assert _rows(_pubsub().decode(_network(wt1), NOW)) == [("WT1", t, [-1500.0, 18446744073709551615.0], ())]
     nan = _writer("WT1", {"P": {"Value": "NaN", "StatusCode": None}, "ws": {"Value": 4.0, "StatusCode": None}})
     assert _rows(_pubsub().decode(_network(nan), NOW)) == [("WT1", t, ["UNREAD", 4.0], ())]
     for text, reason in (("Infinity", "non_finite"), ("-Infinity", "non_finite"), ("1.5", "bad_value_type"),
-                         ("RUN", "bad_value_type"), ("+7", "bad_value_type"), ("0x10", "bad_value_type"),
-                         ("\u0663", "bad_value_type"), ("", "bad_value_type")):  # fmt: skip
+                         ("RUN", "bad_value_type"), ("0x10", "bad_value_type"), ("\u0663", "bad_value_type"),
+                         ("", "bad_value_type"), ("18446744073709551616", "bad_value_type"),
+                         ("-9223372036854775809", "bad_value_type")):  # fmt: skip
         res = _pubsub().decode(_network(_writer("WT1", {"P": {"Value": text}, "ws": 1.0})), NOW)
         assert [r.reason for _, r in res.rejected] == [reason], text
     strings = PubSubDecoder(_decoder(allowed_turbines=["WT1"], max_batch_payload_bytes=1 << 16, numeric_strings=True))
     got = strings.decode(_network(_writer("WT1", {"P": {"Value": "1.5"}, "ws": "RUN"})), NOW)
     assert _rows(got)[0][2] == [1.5, None] and [r.reason for _, r in got.rejected] == ["not_a_number"]
     tags = TagObjectDecoder(TagPayload(_decoder(), "Value", "SourceTimestamp", "StatusCode", quality_rule="opcua"))
-    doc = {"P": {"Value": "42", "SourceTimestamp": AT, "StatusCode": None}}
-    assert _rows(tags.decode("s/x/WT1/t", json.dumps(doc).encode(), NOW)) == [("WT1", t, [42.0, None], ())]
+    doc = {
+        "P": {"Value": "42", "SourceTimestamp": AT, "StatusCode": None},
+        "ws": {"Value": "+007", "SourceTimestamp": AT, "StatusCode": {"Code": None, "Symbol": "Good"}},
+    }
+    assert _rows(tags.decode("s/x/WT1/t", json.dumps(doc).encode(), NOW)) == [("WT1", t, [42.0, 7.0], ())]
+    edges = _writer("WT1", {"P": {"Value": "-9223372036854775808"}, "ws": "-0"})
+    assert _rows(_pubsub().decode(_network(edges), NOW)) == [("WT1", t, [-9223372036854775808.0, 0.0], ())]
 
 
 def test_the_config_of_opcua_sources():

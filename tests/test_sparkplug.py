@@ -562,12 +562,21 @@ def test_birth_hold_keeps_a_birth_until_its_turbines_data_reaches_it():
     h.hold([b1, b2, s("WT3", 5)], 0)
     assert h.drop() == 3 and len(h) == 0  # stop
 
-    assert h.drop(["WT7"], now_ns=10, wait_ns=500) == 0 and h.turbines() == ["WT7"]  # a death, waiting for history
+    b7 = s("WT7", 3000)
+    assert h.drop(["WT7"], now_ns=10) == 0 and len(h) == 0  # a death of a turbine not held: nothing to keep
+    h.wait(["WT7"], now_ns=10, wait_ns=500)  # an NDEATH's, waiting for history
     assert h.due(now_ns=200, drained=True) == [] and h.turbines() == ["WT7"]  # quiet, but within the wait
-    h.hold([b3], 300)  # back: its birth starts afresh (quiet from now, the wait over)
-    assert h.due(now_ns=399, drained=True) == [] and h.due(now_ns=400, drained=True) == [b3]
-    h.drop(["WT7"], now_ns=10, wait_ns=500)
+    h.hold([b7], 300)  # back: its birth starts afresh (quiet from now), the wait kept for the next death
+    assert h.due(now_ns=399, drained=True) == [] and h.due(now_ns=400, drained=True) == [b7]
+    h.wait(["WT7"], now_ns=10, wait_ns=500)
+    h.hold([b7], 20)
+    assert h.drop(["WT7"], now_ns=30) == 1
+    h.wait(["WT7"], now_ns=30, wait_ns=500)  # a death again within the first one's wait: not extended
     assert h.due(now_ns=509, drained=True) == [] and h.due(now_ns=510, drained=True) == [] and len(h) == 0
+    h.wait(["WT7"], now_ns=600, wait_ns=500)  # after the wait: a wait of its own
+    assert h.due(now_ns=1099, drained=True) == [] and len(h) == 1
+    current = [s("WT7", 5)]
+    assert h.merge(current, historical=False, now_ns=700) == current and len(h) == 0  # current data ends it
 
 
 def test_birth_hold_accounts_for_every_sample_it_holds():

@@ -857,6 +857,13 @@ class Daemon:
             self._watch_channels(telemetry, now_ns)
         return samples, redelivered
 
+    def _wait_for_history(self, turbines: list[str], now_ns: int) -> None:
+        """An NDEATH's turbines of the fleet wait `ingest.sparkplug_history_wait_s` for the history their node
+        stores and forwards when back (`BirthHold.wait`): the clock closes none of their steps meanwhile
+        (`_below_history`). Ids the fleet has no sample of have no steps to keep open."""
+        known = [t for t in turbines if self.engine.fleet.open_stamp(t) != NO_STAMP]
+        self._births.wait(known, now_ns, int(self.cfg.ingest.sparkplug_history_wait_s * 1e9))
+
     def _stale(self, samples: list[Sample], deaths: list[str]) -> list[Sample]:
         """Per turbine the Sparkplug message just decoded made stale (`SparkplugDecoder.take_deaths`), when the
         bundle holds report-by-exception channels: a sample of `UNREAD` on every channel, which ends their holds
@@ -917,8 +924,9 @@ class Daemon:
         res, route, part = self.ingress.decode(msg.topic, msg.payload, now_ns)
         if route == "sparkplug_group":
             deaths = self.sparkplug.take_deaths()  # type: ignore[union-attr]
-            wait = int(self.cfg.ingest.sparkplug_history_wait_s * 1e9)
-            self.metrics.births_dropped.inc(self._births.drop(deaths, now_ns, wait))
+            self.metrics.births_dropped.inc(self._births.drop(deaths, now_ns))
+            if self.cfg.ingest.sparkplug_history_wait_s and self.sparkplug.node_deaths:  # type: ignore[union-attr]
+                self._wait_for_history(self.sparkplug.node_deaths, now_ns)  # type: ignore[union-attr]
             samples += self._stale(samples, deaths)  # a death: in its place among the batch's samples
             for node in self.sparkplug.rebirths():
                 self._ask_rebirth(node, now_ns)

@@ -145,10 +145,11 @@ class IngestCfg:
     max_past_s: float = _f(7 * 86400.0, "reject samples stamped more than this before the wall clock")
     sparkplug_history_wait_s: float = _f(
         0.0,
-        "after a Sparkplug death (NDEATH, DDEATH), how long its turbines' steps wait for the history the node "
+        "after a Sparkplug node's death (NDEATH), how long its turbines' steps wait for the history the node "
         "stores while away and forwards when back (is_historical): meanwhile no step closes on the clock after "
         "the newest stamp they sent, so other turbines' latest steps close at their next sample and fleet-relative "
-        "records wait too. 0 = none: their steps close as any silent turbine's, and history sent later is late",
+        "records wait too; set it above the longest outage to bridge. 0 = none: their steps close as any silent "
+        "turbine's, and history sent later is late",
     )
     max_payload_bytes: int = _f(
         65536,

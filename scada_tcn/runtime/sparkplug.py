@@ -207,6 +207,8 @@ class SparkplugDecoder:
         self._seqs: dict[str, int] = {}  # edge node -> the sequence number of its last message (`_keep`)
         self._lost = 0  # messages the sequence numbers skipped, since take_lost
         self._deaths: list[str] = []  # the turbines of the deaths since take_deaths
+        self._node_deaths: list[str] = []  # ... those an NDEATH named
+        self.node_deaths: list[str] = []  # of the last take_deaths, those an NDEATH named
         self._devices: dict[str, dict[str, None]] = {}  # edge node -> its devices seen in this session (`_seen`)
         self._n_devices = 0  # devices in _devices, in all
 
@@ -289,8 +291,10 @@ class SparkplugDecoder:
 
     def take_deaths(self) -> list[str]:
         """The turbines whose values a death made stale since the last call, in order: a DDEATH's device, an
-        NDEATH's node and the devices its births named or whose messages it sent (since the daemon started)."""
+        NDEATH's node and the devices its births named or whose messages it sent (since the daemon started).
+        `node_deaths` then holds those an NDEATH named (their node may have stored what it read, to forward)."""
         deaths, self._deaths = self._deaths, []
+        self.node_deaths, self._node_deaths = self._node_deaths, []
         return deaths
 
     def _died(self, node: str, device: str | None) -> None:
@@ -306,7 +310,10 @@ class SparkplugDecoder:
             born = (d for d in self._births.get(node, {}) if d is not None)
             names = list(dict.fromkeys([node, *born, *self._devices.get(node, {})]))
             self._n_devices -= len(self._devices.pop(node, {}))
-        self._deaths += [t for t in names if isinstance(self.decoder.check_turbine(t), str)]
+        taken = [t for t in names if isinstance(self.decoder.check_turbine(t), str)]
+        self._deaths += taken
+        if device is None:
+            self._node_deaths += taken
 
     def _seen(self, node: str, device: str) -> None:
         """Remember a device of a turbine taken as the node's, so that the node's death names it even when the

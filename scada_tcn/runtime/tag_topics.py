@@ -78,7 +78,7 @@ _TOPICS_KEPT = 1 << 16  # topics resolved and kept: a fleet's turbines x tags; h
 _TOPIC_KEPT_CHARS = 256  # ... and only topics this short
 _NAMES = ("site", "gateway", "turbine", "key")
 _IGNORED = ("", NOT_READ)  # a topic whose key mapping.ignored_keys drops
-_OPCUA_INTEGER = re.compile(r"-?[0-9]{1,20}")  # an Int64's or UInt64's text in OPC UA's JSON (ASCII digits)
+_OPCUA_INTEGER = re.compile(r"[+-]?[0-9]{1,40}")  # an Int64's or UInt64's text in OPC UA's JSON (ASCII digits)
 
 
 def template_problem(template: str) -> str | None:
@@ -174,10 +174,14 @@ class TagPayload:
 
 def opcua_number(key: str, text: str) -> float | Rejection | None:
     """A number OPC UA's JSON writes as text (OPC 10000-6, 5.4.2.3-4), `key` its payload key: an Int64 or UInt64's
-    decimal digits -> the number; "NaN" -> `UNREAD` (no value); "Infinity", "-Infinity" -> refused (`non_finite`);
-    None for other text (a String's)."""
+    decimal digits (a sign and leading zeros allowed, the value within -2^63 .. 2^64 - 1, else refused) -> the
+    number; "NaN" -> `UNREAD` (no value); "Infinity", "-Infinity" -> refused (`non_finite`); None for other text
+    (a String's)."""
     if _OPCUA_INTEGER.fullmatch(text):
-        return float(int(text))
+        n = int(text)
+        if not -(1 << 63) <= n < 1 << 64:
+            return Rejection("bad_value_type", f"{key}: {text[:40]!r} is beyond Int64 and UInt64")
+        return float(n)
     if text == "NaN":
         return UNREAD
     if text in ("Infinity", "-Infinity"):
@@ -187,15 +191,15 @@ def opcua_number(key: str, text: str) -> float | Rejection | None:
 
 def opcua_good(code: Any, name: str) -> bool | Rejection:
     """Whether an OPC UA StatusCode in JSON is of Good severity (its top two bits 0; Uncertain and Bad are not): an
-    integer from 0 to 2^32 - 1, or an object {"Code": integer, "Symbol": text} (Code absent: 0, Good), as the
-    non-reversible and 1.05 encodings write it; a Symbol alone is judged by its first word (Good, Uncertain,
+    integer from 0 to 2^32 - 1, or an object {"Code": integer, "Symbol": text} (Code absent or null: 0, Good), as
+    the non-reversible and 1.05 encodings write it; a Symbol alone is judged by its first word (Good, Uncertain,
     Bad). Anything else is refused (`bad_value_type`), `name` its key."""
     if type(code) is dict and code.keys() <= {"Code", "Symbol"}:
         if "Code" not in code and isinstance(code.get("Symbol"), str):  # a symbol alone: its severity's word
             severity = next((w for w in ("Good", "Uncertain", "Bad") if code["Symbol"].startswith(w)), None)
             if severity is not None:
                 return severity == "Good"
-        code = code.get("Code", 0)
+        code = 0 if code.get("Code") is None else code["Code"]  # (absent or null: the default, Good)
     if type(code) is not int or not 0 <= code < 1 << 32:
         return Rejection("bad_value_type", f"{name}: an OPC UA StatusCode is an integer from 0 to 2^32 - 1 or "
                          f"{{Code, Symbol}}, got {shown(code, 60)}")  # fmt: skip
