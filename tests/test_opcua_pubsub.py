@@ -239,7 +239,8 @@ def test_numbers_opcua_json_writes_as_text_and_a_null_status():
     "NaN", "Infinity" and "-Infinity": the digits read as the number (in a DataValue, a bare field, and a tag
     object under quality_rule opcua; a sign and leading zeros allowed, beyond Int64 and UInt64 refused), NaN as
     null, the infinities refused (`non_finite`). Other text is a String's: refused unless ingest.numeric_strings.
-    A null StatusCode, or Code, is a Good one, as one left out."""
+    A null StatusCode, or Code, is a Good one, as one left out. A `UaType` of a text type (12: String) keeps digits
+    text."""
     t = parse_timestamp_ns(AT)
     wt1 = _writer("WT1", {"P": {"Value": "-1500", "SourceTimestamp": AT}, "ws": "18446744073709551615"})
     assert _rows(_pubsub().decode(_network(wt1), NOW)) == [("WT1", t, [-1500.0, 18446744073709551615.0], ())]
@@ -262,6 +263,9 @@ def test_numbers_opcua_json_writes_as_text_and_a_null_status():
     assert _rows(tags.decode("s/x/WT1/t", json.dumps(doc).encode(), NOW)) == [("WT1", t, [42.0, 7.0], ())]
     edges = _writer("WT1", {"P": {"Value": "-9223372036854775808"}, "ws": "-0"})
     assert _rows(_pubsub().decode(_network(edges), NOW)) == [("WT1", t, [-9223372036854775808.0, 0.0], ())]
+    typed = _writer("WT1", {"P": {"Value": "42", "UaType": 8}, "ws": {"Value": "42", "UaType": 12}})  # Int64, String
+    got = _pubsub().decode(_network(typed), NOW)
+    assert _rows(got) == [("WT1", t, [42.0, None], ())] and [r.reason for _, r in got.rejected] == ["bad_value_type"]
 
 
 def test_the_config_of_opcua_sources():

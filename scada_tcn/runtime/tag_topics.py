@@ -28,7 +28,9 @@ A tag's payload is a JSON object whose keys `mapping.tag_payload` names (`TagPay
   left out). OPC UA's JSON writes some numbers as text (OPC 10000-6, 5.4.2.3-4): an Int64 or UInt64 as its
   decimal digits (read as the number), a Float or Double's NaN as "NaN" (no value: null) and its infinities as
   "Infinity" and "-Infinity" (refused, `non_finite`, as other non-finite values are); other text is a String's
-  and is read only under `ingest.numeric_strings`, as elsewhere (`opcua_number`).
+  and is read only under `ingest.numeric_strings`, as elsewhere (`opcua_number`). A DataValue whose `UaType`
+  (OPC UA 1.05's built-in type id) is a text type (String, DateTime, Guid, ByteString...) is read as text
+  whatever its characters.
 * keys other than these and `other_keys` refuse the tag (`unknown_key`).
 
 Per-tag topics (`TagTopicDecoder`): a unified namespace, HiveMQ Edge's protocol adapters, AVEVA's JSON-VTQ1,
@@ -78,6 +80,9 @@ _TOPICS_KEPT = 1 << 16  # topics resolved and kept: a fleet's turbines x tags; h
 _TOPIC_KEPT_CHARS = 256  # ... and only topics this short
 _NAMES = ("site", "gateway", "turbine", "key")
 _IGNORED = ("", NOT_READ)  # a topic whose key mapping.ignored_keys drops
+# OPC UA built-in types written as JSON text that is no number: String, DateTime, Guid, ByteString, XmlElement,
+# NodeId, ExpandedNodeId (a DataValue's `UaType`)
+_TEXT_TYPES = frozenset(range(12, 19))
 _OPCUA_INTEGER = re.compile(r"[+-]?[0-9]{1,40}")  # an Int64's or UInt64's text in OPC UA's JSON (ASCII digits)
 
 
@@ -154,7 +159,7 @@ class TagPayload:
             return Rejection("missing_values", f"no {self.value_key!r}")
         # OPC UA's JSON leaves a DataValue's null Value out, as it does a Good status: no value, as null is
         v, key = doc.get(self.value_key), d.key_of_channel[d.channels[i]]  # refusals name the payload key
-        x = opcua_number(key, v) if self._opcua and type(v) is str else None
+        x = opcua_number(key, v) if self._opcua and type(v) is str and doc.get("UaType") not in _TEXT_TYPES else None
         x = d.value(key, v) if x is None else x
         return x if isinstance(x, Rejection) else (tid, ts, i, x, False)
 
