@@ -1625,7 +1625,8 @@ def test_tls_and_password(tmp_path, bundle, scorer, timeline):
     b.start()
     try:
         auth = {"username": "ops", "password": "ops-pass", "ca_file": str(certs["ca"])}
-        col = Collector(b.url, [f"scada/runtime/{GATEWAY}/status", f"scada/{SITE}/+/score"], "col-tls", **auth)
+        col = Collector(b.url, [f"scada/runtime/{GATEWAY}/status", f"scada/{SITE}/+/score", "spBv1.0/STATE/+"],
+                        "col-tls", **auth)  # fmt: skip
         wait_for(lambda: col.ready(), 10, "collector connect over TLS")
         header, rows, _ = timeline
         held = rows[0][header.index("turbine_id")]  # its consumers hold its alert on: the start reads it over TLS
@@ -1646,7 +1647,9 @@ def test_tls_and_password(tmp_path, bundle, scorer, timeline):
         pw.write_text("s3cret\n")
         good = DaemonThread(
             daemon_config(
-                b.url, broker={"username": "gw1", "password_file": str(pw), "tls": {"ca_file": str(certs["ca"])}}
+                b.url,
+                broker={"username": "gw1", "password_file": str(pw), "tls": {"ca_file": str(certs["ca"])}},
+                topics={"sparkplug_group": "farm", "sparkplug_host_id": "scada-{gateway}"},  # its STATE over TLS too
             ),
             bundle,
             scorer,
@@ -1659,8 +1662,10 @@ def test_tls_and_password(tmp_path, bundle, scorer, timeline):
         wait_for(lambda: len(col.of("/score")) > 0, 20, "a score over TLS")
         statuses = [json.loads(p)["state"] for _, p in col.of("/status")]
         assert "online" in statuses
+        wait_for(lambda: any(json.loads(p)["online"] for _, p in col.of(f"/STATE/scada-{GATEWAY}")), 10, "STATE")
         assert good.stop() == 0
         wait_for(lambda: json.loads(col.of("/status")[-1][1])["state"] == "offline", 10, "offline status")
+        assert json.loads(col.of(f"/STATE/scada-{GATEWAY}")[-1][1])["online"] is False
         pub.disconnect()
         col.close()
     finally:
