@@ -266,6 +266,8 @@ def test_numbers_opcua_json_writes_as_text_and_a_null_status():
     typed = _writer("WT1", {"P": {"Value": "42", "UaType": 8}, "ws": {"Value": "42", "UaType": 12}})  # Int64, String
     got = _pubsub().decode(_network(typed), NOW)
     assert _rows(got) == [("WT1", t, [42.0, None], ())] and [r.reason for _, r in got.rejected] == ["bad_value_type"]
+    odd = _writer("WT1", {"P": {"Value": "42", "UaType": [8]}, "ws": {"Value": "7", "UaType": {"Id": 12}}})
+    assert _rows(_pubsub().decode(_network(odd), NOW)) == [("WT1", t, [42.0, 7.0], ())]  # no type id: no type
 
 
 def test_the_config_of_opcua_sources():

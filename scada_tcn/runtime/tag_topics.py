@@ -159,7 +159,12 @@ class TagPayload:
             return Rejection("missing_values", f"no {self.value_key!r}")
         # OPC UA's JSON leaves a DataValue's null Value out, as it does a Good status: no value, as null is
         v, key = doc.get(self.value_key), d.key_of_channel[d.channels[i]]  # refusals name the payload key
-        x = opcua_number(key, v) if self._opcua and type(v) is str and doc.get("UaType") not in _TEXT_TYPES else None
+        ua = doc.get("UaType")  # a text type keeps digits text; anything but a type id says nothing
+        x = (
+            opcua_number(key, v)
+            if self._opcua and type(v) is str and not (type(ua) is int and ua in _TEXT_TYPES)
+            else None
+        )
         x = d.value(key, v) if x is None else x
         return x if isinstance(x, Rejection) else (tid, ts, i, x, False)
 
