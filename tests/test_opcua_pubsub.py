@@ -200,18 +200,13 @@ def test_whole_payloads_refused_and_hostile_ones_never_raise():
         doc = json.loads(json.dumps(base))
         node = doc
         for _ in range(rng.randint(1, 4)):
-            if isinstance(node, dict) and node:
-                key = rng.choice(list(node))
-                if rng.random() < 0.5 or not isinstance(node[key], (dict, list)):
-                    node[key] = rng.choice(atoms)
-                    break
-                node = node[key]
-            elif isinstance(node, list) and node:
-                i = rng.randrange(len(node))
-                if rng.random() < 0.5 or not isinstance(node[i], (dict, list)):
-                    node[i] = rng.choice(atoms)
-                    break
-                node = node[i]
+            if not isinstance(node, (dict, list)) or not node:
+                break
+            key = rng.choice(list(node) if isinstance(node, dict) else range(len(node)))  # (a list: as randrange)
+            if rng.random() < 0.5 or not isinstance(node[key], (dict, list)):
+                node[key] = rng.choice(atoms)
+                break
+            node = node[key]
         got = dec.decode(json.dumps(doc).encode(), NOW)
         assert isinstance(got, (BatchDecode, Rejection))
 
