@@ -107,8 +107,8 @@ def test_missing_input_path(tmp_path):
 
 
 def test_the_trainer_and_the_edge_read_timestamps_alike():
-    """scada-prepare parses a column with pandas (vectorised), the edge one message at a time with the standard
-    library: the same stamps must give the same instants."""
+    """scada-prepare reads a column (each distinct cell once), the edge one message at a time: the same stamps must
+    give the same instants."""
     from scada_tcn.runtime.telemetry import parse_timestamp_ns
 
     iso = [
@@ -126,3 +126,44 @@ def test_the_trainer_and_the_edge_read_timestamps_alike():
     assert parse_timestamps(pd.Series(epochs), None, "t").tolist() == [parse_timestamp_ns(s) for s in epochs]
     frac = [1704067800.5, 1704068400.25]
     assert parse_timestamps(pd.Series(frac), None, "t").tolist() == [parse_timestamp_ns(s) for s in frac]
+
+
+def test_scada_prepare_reads_iso_stamps_by_the_runtimes_grammar_not_by_pandas(monkeypatch):
+    """One reading of a stamp: scada-prepare's ISO-8601 column goes through `stamps.iso_ns`, as replay's cells and
+    the daemon's messages do, never through pandas' parser (whose ISO-8601 rules change between the versions the
+    project allows: pandas 2.2 reads a year-2500 stamp as unparseable, 3.x as a date). Random stamps in the forms
+    the grammar takes (separators, one-digit fields, fractions, offsets, local times around both DST changes) give
+    the instants replay gives them, cell for cell."""
+    from zoneinfo import ZoneInfo
+
+    from scada_tcn.runtime.stamps import iso_utc_ns
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("scada-prepare parsed stamps with pandas")
+
+    monkeypatch.setattr(pd, "to_datetime", refuse)
+    rng = np.random.default_rng(7)
+    for zone in ("UTC", "Europe/Paris", "America/New_York"):
+        for offsets in (True, False):
+            stamps = []
+            for _ in range(400):
+                y, mo, d = 2017, int(rng.choice([3, 10, 11])), int(rng.integers(1, 29))
+                h, mi, s = int(rng.integers(0, 24)), int(rng.integers(0, 60)), int(rng.integers(0, 60))
+                sep, tee = str(rng.choice(["-", "/", "."])), str(rng.choice(["T", " "]))
+                frac = str(rng.choice(["", ".5", ".123456789", ".1234567891234"]))
+                text = f"{y}{sep}{mo}{sep}{d:02d}{tee}{h}:{mi:02d}:{s:02d}{frac}"
+                if offsets:
+                    text += str(rng.choice(["Z", "+02:00", "-0530", "+1", " +01:00"]))
+                stamps.append(text)
+            want = [iso_utc_ns(t, ZoneInfo(zone)) for t in stamps]
+            keep = [t for t, w in zip(stamps, want) if isinstance(w, int)]  # DST-skipped or repeated: below
+            got = parse_timestamps(pd.Series(keep), None if offsets else zone, "t")
+            assert got.tolist() == [w for w in want if isinstance(w, int)], (zone, offsets)
+    with pytest.raises(InputError, match=r"1 local times that a DST change in Europe/Paris skips, e\.g\. "):
+        parse_timestamps(pd.Series(["2017-03-26 01:50", "2017-03-26 02:30"]), "Europe/Paris", "t")
+    with pytest.raises(InputError, match=r"1 stamps out of range, e\.g\. \['2500-01-01T00:00Z'\]"):
+        parse_timestamps(pd.Series(["2017-03-26T01:50Z", "2500-01-01T00:00Z"]), None, "t")
+    with pytest.raises(InputError, match=r"1 stamps out of range, e\.g\. \['9999-10-31 01:30'\]"):
+        parse_timestamps(pd.Series(["2017-03-26 01:50", "9999-10-31 01:30"]), "Europe/Paris", "t", held=[])
+    with pytest.raises(InputError, match=r"2 unparseable timestamps, e\.g\. \['', '2017-W12'\]"):
+        parse_timestamps(pd.Series(["2017-03-26T01:50Z", None, "2017-W12"]), None, "t")

@@ -138,8 +138,8 @@ def _read_chunks(
 
 def _timestamp(cell: str, tz: Any) -> tuple[int | str, str]:
     """A stamp cell -> (ns UTC, or the reason it is refused; its form: "epoch", "offset" or "naive"), as
-    scada-prepare reads it: a number (`cells.is_number`) is epoch seconds, anything else ISO-8601 as pandas reads
-    it (`stamps.iso_ns`), a stamp without an offset in `tz` (refused without one)."""
+    scada-prepare reads it: a number (`cells.is_number`) is epoch seconds, anything else ISO-8601 by the one
+    grammar (`stamps.iso_ns`), a stamp without an offset in `tz` (refused without one)."""
     s = cell.strip()
     if is_number(s):
         x = float(s)

@@ -1,5 +1,7 @@
 """ISO-8601 stamps: the one reading of a stamp string that the daemon (telemetry), replay (a table's cells) and
-scada-prepare (pandas' `format="ISO8601"`, which this grammar follows) share.
+scada-prepare (a table's column, each distinct cell once) share. The grammar follows pandas' `format="ISO8601"`
+(3.1: the same instants for 120,000 random stamps), so that a table reads as users expect; pandas itself is not
+called, since its rules change between versions.
 
 `iso_ns(s)` reads the wall-clock time and the UTC offset of a stripped stamp, or None for any form pandas refuses;
 `wall_utc_ns` turns them into ns UTC, reading a stamp without an offset as a local time of a zone (`local_ns`,

@@ -13,7 +13,7 @@ at `{turbine}`. Payload (UTF-8 JSON object, at most `max_payload_bytes`):
   `naive_timezone` (runtime.yaml `ingest.naive_timezone`) an ISO-8601 stamp without an offset is a local time of
   that zone (a PLC's clock), the hour a DST change skips refused (`stamps.local_ns`), the hour it repeats read as
   the first occurrence while the second lies beyond max_future_s, then refused (`_first_occurrence`). ISO stamps
-  are read as pandas reads them for scada-prepare, and as replay reads a table's (`stamps.iso_ns`). It must lie
+  are read as scada-prepare and replay read a table's (`stamps.iso_ns`). It must lie
   within [now - max_past_s, now + max_future_s] of the wall clock.
 * `values`: a non-empty object; keys are the mapped payload keys of the bundle's channels (runtime.yaml `mapping`,
   default the training data's mapping); a value is a finite number or null (= not measured in this sample). Keys

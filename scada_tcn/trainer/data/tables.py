@@ -1,6 +1,7 @@
 """Loading raw SCADA tables (CSV/Parquet, one row per turbine and timestamp) into checked numpy arrays.
 
-pandas only reads and parses here; every computation on the values happens in `runtime/`. What is refused,
+pandas only reads here (Parquet files, and the frame the CSV reader fills); stamps are read by `runtime/`'s
+grammar and every computation on the values happens in `runtime/`. What is refused,
 with a message that says what to fix: a missing turbine-id or time column, a mapped channel column that is
 not in the table, unparseable timestamps, a mix of stamps with and without a UTC offset (or naive stamps
 without `data.identifiers.naive_timezone`), local times a DST change skips. Local times the autumn change repeats
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -40,7 +42,7 @@ from scada_tcn.runtime.errors import InputError
 from scada_tcn.runtime.ids import file_turbine_id
 from scada_tcn.runtime.repeated_hour import NOT_PLACED, Repeated, RepeatedHours, repeated_rows
 from scada_tcn.runtime.replay import formatted_stamps_ns
-from scada_tcn.runtime.stamps import STANDARD_TIME, iso_ns
+from scada_tcn.runtime.stamps import STANDARD_TIME, iso_ns, wall_utc_ns
 from scada_tcn.runtime.telemetry import EPOCH_RANGE, MAX_EPOCH_S, in_epoch_range, table_epoch_ns
 from scada_tcn.trainer.config import DataCfg
 
@@ -135,9 +137,9 @@ def parse_timestamps(col: pd.Series, naive_timezone: str | None, where: str, tim
     if isinstance(col.dtype, pd.DatetimeTZDtype):
         return _checked_ns(col, col.astype(str), where)
     s = col.astype(str).str.strip()
-    first = next((c for c in s[col.notna()] if c), "")  # the first stamp given: is the column epoch seconds?
+    cells = np.where(col.isna().to_numpy(), "", s.to_numpy(dtype=object))  # a missing cell read as an empty one
+    first = next((c for c in cells if c), "")  # the first stamp given: is the column epoch seconds?
     if is_number(first):  # epoch seconds as text (a CSV), read by the rule replay applies
-        cells = np.where(col.isna().to_numpy(), "", s.to_numpy(dtype=object))
         secs, not_numbers = parse_numbers(cells)
         if not_numbers:  # replay reads such cells one by one and refuses them too (another form, or text)
             bad = counted_text(cells, secs)
@@ -145,55 +147,56 @@ def parse_timestamps(col: pd.Series, naive_timezone: str | None, where: str, tim
                              "unparseable or of another form (a header row repeated where files were joined?); "
                              "export every stamp one way")  # fmt: skip
         return table_epoch_ns(secs, where, keys=keys)  # a missing cell read as an empty one: reported there
-    parsed = pd.to_datetime(s, format="ISO8601", utc=True, errors="coerce")
-    if parsed.isna().any():
-        bad = s[parsed.isna()].head(3).tolist()
-        raise InputError(f"{where}: {int(parsed.isna().sum())} unparseable timestamps, e.g. {bad} (expected ISO-8601 "
-                         "or epoch seconds; stamps of another form, such as day-first dates: set "
+    return _iso_ns(cells, naive_timezone, where, zone_key, held)
+
+
+def _iso_ns(cells: np.ndarray, zone: str | None, where: str, zone_key: str, held: list[Repeated] | None) -> np.ndarray:
+    """ISO-8601 stamp cells (stripped) -> int64 ns UTC (`parse_timestamps`), each distinct cell read once by the
+    grammar replay and the daemon read (`stamps.iso_ns`), not by pandas, whose parser changes between versions.
+    Stamps without an offset are local times in `zone`: one the spring change skips is refused, one the autumn
+    change repeats is NOT_PLACED and held (`Repeated`), or refused without `held`."""
+    codes, texts = pd.factorize(cells)  # the distinct cells, in order of first appearance; codes index them
+    read = [iso_ns(t) for t in texts.tolist()]
+    bad = np.array([r is None for r in read], dtype=bool)
+    if bad.any():
+        rows = bad[codes]
+        raise InputError(f"{where}: {int(rows.sum())} unparseable timestamps, e.g. {cells[rows][:3].tolist()} "
+                         "(expected ISO-8601 or epoch seconds; stamps of another form, such as day-first dates: set "
                          "data.identifiers.time_format to their strptime format, e.g. '%d.%m.%Y %H:%M')")  # fmt: skip
-    offset = {u: (iso_ns(u) or (0, None))[1] is not None for u in s.unique()}  # the grammar replay and the daemon read
-    has_offset = s.map(offset)
+    has_offset = np.array([r[1] is not None for r in read], dtype=bool)
     if has_offset.any() and not has_offset.all():
-        bad = s[~has_offset].head(3).tolist()
-        raise InputError(
-            f"{where}: mixed time zones: {int((~has_offset).sum())} stamps have no UTC offset while others do "
-            f"(e.g. {bad}); export all stamps with an offset"
-        )
-    if not has_offset.all():
-        if naive_timezone is None:
-            raise InputError(
-                f"{where}: timestamps have no UTC offset (e.g. {s.iloc[0]!r}); set {zone_key}=UTC (or the site's "
-                "zone, e.g. Europe/Paris)"
-            )
-        return _local_ns(parsed.dt.tz_localize(None), s, naive_timezone, where, zone_key, held)
-    return _checked_ns(parsed, s, where)
-
-
-def _local_ns(naive: pd.Series, s: pd.Series, zone: str, where: str, zone_key: str,
-              held: list[Repeated] | None) -> np.ndarray:  # fmt: skip
-    """Wall-clock stamps in `zone` -> int64 ns UTC (`parse_timestamps`): a time the spring change skips refused, one
-    the autumn change repeats NOT_PLACED and held (`Repeated`), or refused without `held`."""
-    from zoneinfo import ZoneInfo
-
+        naive = ~has_offset[codes]
+        raise InputError(f"{where}: mixed time zones: {int(naive.sum())} stamps have no UTC offset while others do "
+                         f"(e.g. {cells[naive][:3].tolist()}); export all stamps with an offset")  # fmt: skip
+    if not has_offset.all() and zone is None:
+        raise InputError(f"{where}: timestamps have no UTC offset (e.g. {cells[0]!r}); set {zone_key}=UTC (or the "
+                         "site's zone, e.g. Europe/Paris)")  # fmt: skip
+    tz = None if zone is None else ZoneInfo(zone)
+    # each distinct stamp's instant, or why not: out of range (its wall clock checked first: a year-9999 stamp is
+    # beyond int64), or a local time a DST change skips or repeats
+    utc = [("out_of_range" if not in_epoch_range(w) else wall_utc_ns(w, o, tz)) for w, o in read]
+    reason = np.array([u if isinstance(u, str) else "" if in_epoch_range(u) else "out_of_range" for u in utc])
     fix = f"export the stamps with a UTC offset, or in UTC with {zone_key}=UTC"
-    try:
-        local = naive.dt.tz_localize(zone, ambiguous="NaT", nonexistent="raise")
-    except ValueError as e:  # pandas: a time the DST change skips (clocks forward)
-        raise InputError(f"{where}: local times that a DST change in {zone} skips ({e}); {fix}; {STANDARD_TIME}") from e
-    repeated = local.isna().to_numpy()
-    if not repeated.any():
-        return _checked_ns(local, s, where)
-    if held is None:
-        raise InputError(f"{where}: {int(repeated.sum())} local times that a DST change in {zone} repeats, e.g. "
-                         f"{s[repeated].head(3).tolist()}; {fix}")  # fmt: skip
-    ns = np.full(len(s), NOT_PLACED, dtype=np.int64)
-    ns[~repeated] = _checked_ns(local[~repeated], s[~repeated], where)
-    wall = naive[repeated].to_numpy(dtype="datetime64[ns]").view(np.int64)
-    rep, out = repeated_rows(np.flatnonzero(repeated), wall, ZoneInfo(zone))
+    for why, does, extra in (("nonexistent_local_time", "skips", f"; {STANDARD_TIME}"),
+                             ("ambiguous_local_time", "repeats", "")):  # fmt: skip
+        rows = reason[codes] == why
+        if rows.any() and (why == "nonexistent_local_time" or held is None):
+            raise InputError(f"{where}: {int(rows.sum())} local times that a DST change in {zone} {does}, e.g. "
+                             f"{cells[rows][:3].tolist()}; {fix}{extra}")  # fmt: skip
+    out = reason[codes] == "out_of_range"
     if out.any():
-        raise InputError(f"{where}: {int(out.sum())} stamps out of range, e.g. {s[repeated][out].head(3).tolist()}; "
+        raise InputError(f"{where}: {int(out.sum())} stamps out of range, e.g. {cells[out][:3].tolist()}; "
                          f"{EPOCH_RANGE}")  # fmt: skip
-    held.append(rep)
+    ns = np.array([NOT_PLACED if isinstance(u, str) else u for u in utc], dtype=np.int64)[codes]
+    repeated = np.flatnonzero(reason[codes] == "ambiguous_local_time")
+    if repeated.size:
+        assert held is not None and tz is not None  # refused above otherwise
+        wall = np.array([read[c][0] for c in codes[repeated].tolist()], dtype=np.int64)
+        rep, out = repeated_rows(repeated, wall, tz)
+        if out.any():
+            raise InputError(f"{where}: {int(out.sum())} stamps out of range, e.g. "
+                             f"{cells[repeated][out][:3].tolist()}; {EPOCH_RANGE}")  # fmt: skip
+        held.append(rep)
     return ns
 
 
