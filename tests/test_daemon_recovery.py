@@ -1407,14 +1407,10 @@ def test_a_sparkplug_node_back_from_an_outage_forwards_its_history_into_its_step
     assert _scores(d) == want and len(want) >= len(messages)
 
 
-@pytest.mark.parametrize("wait_s", [0, 3 * 3600])
-def test_a_turbines_sparkplug_node_away_while_the_fleet_is_live_forwards_its_history(bundle, messages, tmp_path,
-                                                                                    wait_s):  # fmt: skip
-    """One turbine's own edge node (`edge2`) dies for two hours while the other turbines' node goes on; back, it
-    forwards what it stored. With `ingest.sparkplug_history_wait_s` 0, the live fleet's clock closed that turbine's
-    steps as missing while it was away (as any silent turbine's) and its history came late. Waiting three hours
-    after a death, no step of its closes on the clock meanwhile: nothing is late and every record is the
-    uninterrupted nodes', byte for byte."""
+def _one_node_away(bundle, messages: list[Message], folder: Path, wait_s: float) -> tuple[dict, list, dict]:
+    """One turbine's own edge node (`edge2`) away from the 24th to the 36th stamp while the other node goes on
+    (`_sparkplug_feeds`): the uninterrupted nodes' records, the feed with the outage, and the config's sections
+    (`ingest.sparkplug_history_wait_s` = `wait_s`)."""
     stamps = sorted({parse_timestamp_ns(json.loads(m.payload)["ts"]) for m in messages})
     turbines = sorted({m.topic.split("/")[2] for m in messages})
     whole, away = _sparkplug_feeds(bundle, messages, stamps[24], stamps[36], flush_s=120, apart={turbines[0]})
@@ -1423,7 +1419,18 @@ def test_a_turbines_sparkplug_node_away_while_the_fleet_is_live_forwards_its_his
         "mapping": {"columns": {ch: f"Nacelle/{ch}" for ch in bundle.spec.channels}},
         "ingest": {"sparkplug_history_wait_s": wait_s},
     }
-    want = _settled(bundle, whole, tmp_path / "whole", **spb)
+    return _settled(bundle, whole, folder / "whole", **spb), away, spb
+
+
+@pytest.mark.parametrize("wait_s", [0, 3 * 3600])
+def test_a_turbines_sparkplug_node_away_while_the_fleet_is_live_forwards_its_history(bundle, messages, tmp_path,
+                                                                                    wait_s):  # fmt: skip
+    """One turbine's own edge node (`edge2`) dies for two hours while the other turbines' node goes on; back, it
+    forwards what it stored. With `ingest.sparkplug_history_wait_s` 0, the live fleet's clock closed that turbine's
+    steps as missing while it was away (as any silent turbine's) and its history came late. Waiting three hours
+    after a death, no step of its closes on the clock meanwhile: nothing is late and every record is the
+    uninterrupted nodes', byte for byte."""
+    want, away, spb = _one_node_away(bundle, messages, tmp_path, wait_s)
     clock = _Clock()
     d = _clocked(bundle, tmp_path / "away", clock, **spb)
     _arriving(d, clock, away, settle_s=1200)
@@ -1469,3 +1476,57 @@ def test_only_a_nodes_death_waits_for_history_and_only_for_turbines_of_the_fleet
     assert sorted(d._births.turbines()) == turbines
     assert {t: d._births._held[t].until_ns for t in turbines[1:]} == until
     assert d._births._held[turbines[0]].until_ns == clock.ns + 3600 * 10**9
+
+
+@pytest.mark.parametrize("restart", ["before_the_death", "after_the_death"])
+def test_a_restart_goes_on_waiting_for_the_history_of_a_sparkplug_node_away(bundle, messages, tmp_path, restart):
+    """The scenario above (one turbine's own node away two hours while the fleet is live, a wait of three hours),
+    the node's death (its will) coming two minutes after its last message, as a broker sends it when the node's
+    keepalive runs out, and the daemon stopped and started again on its state file between the two, or half an
+    hour after the death. Each node's devices and the running waits were kept in memory only: restarted before
+    the death, the daemon did not know which devices the NDEATH named; after it, it forgot the wait. Either way
+    the live fleet's clock closed the away turbine's steps as missing, and its history came late (11 samples).
+    They are in the state file now: nothing is late and every record is the uninterrupted nodes', byte for
+    byte."""
+    want, away, spb = _one_node_away(bundle, messages, tmp_path, 3 * 3600)
+    last = next(at for at, m in away if "/NDEATH/" in m.topic)  # the node's last message came then too
+    away = [(at + 120 * 10**9 if "/NDEATH/" in m.topic else at, m) for at, m in away]
+    cut = last + (60 if restart == "before_the_death" else 1800) * 10**9
+    clock = _Clock()
+    first = _clocked(bundle, tmp_path / "away", clock, **spb)
+    _arriving(first, clock, [(at, m) for at, m in away if at < cut])
+    first.link._up["pub"] = False  # no broker to drain to
+    first._shutdown()
+    d = _clocked(bundle, tmp_path / "away", clock, **spb)
+    _arriving(d, clock, [(at, m) for at, m in away if at >= cut], settle_s=1200)
+    d._wait_for_writer()
+    late = first.metrics.value("scada_runtime_late_samples_total") + d.metrics.value("scada_runtime_late_samples_total")
+    assert late == 0 and _scores(d) == want
+
+
+def test_a_state_file_of_the_format_before_loads_and_a_bad_sparkplug_section_is_refused(bundle, messages, tmp_path,
+                                                                                        caplog):  # fmt: skip
+    """A snapshot of the format before Sparkplug's edge nodes were kept (scada-runtime-state/2) resumes as one that
+    knows none; a section of the wrong shape sets the state aside, as any damaged state file."""
+    from scada_tcn.runtime.state_file import save_state
+
+    first = _run(bundle, tmp_path, messages[: len(messages) // 2])
+    first._shutdown()
+    doc = load_state(tmp_path / "state.npz")
+    assert doc["format"] == "scada-runtime-state/3" and doc["sparkplug"] == {"devices": {}, "waits": {}}
+    save_state(tmp_path / "state.npz", {**{k: v for k, v in doc.items() if k != "sparkplug"},
+                                        "format": "scada-runtime-state/2"})  # fmt: skip
+    d = _daemon(bundle, tmp_path)
+    d._restore_state()
+    assert d.engine.fleet.turbines == first.engine.fleet.turbines and d.engine.fleet.bins_closed > 0
+    d._shutdown()
+    doc = load_state(tmp_path / "state.npz")
+    for bad in ({"devices": {"edge1": "WT01"}, "waits": {}}, {"devices": {}, "waits": {"WT01": True}}, {}):
+        save_state(tmp_path / "state.npz", {**doc, "sparkplug": bad})
+        with caplog.at_level(logging.WARNING, logger="scada.runtime.daemon"):
+            d = _daemon(bundle, tmp_path)
+            d._restore_state()
+        assert any("state file not used" in r.getMessage() and "sparkplug" in r.reason for r in caplog.records)
+        assert d.engine.fleet.bins_closed == 0
+        (tmp_path / "state.npz.unused").unlink()
+        caplog.clear()

@@ -233,6 +233,29 @@ def test_deaths_name_the_turbines_whose_values_are_stale(monkeypatch):
     assert spb.take_deaths() == ["WT2", "WT1"] and spb._n_devices == 0
 
 
+def test_the_devices_a_death_names_are_kept_across_a_restart():
+    """`devices()` (each node's devices: those its births named, those whose data it sent) given to a new decoder
+    (`resume_devices`, as the daemon does from its state file): the node's death names them, though the new decoder
+    has seen nothing of theirs."""
+    spb = _decoder()
+    node = Payload(timestamp=MS, seq=0)
+    metric(node, "bdSeq", 3, "Int64")
+    spb.decode(_topic("NBIRTH", device=None), node.SerializeToString(), NOW)
+    for device in ("WT1", "WT2"):
+        spb.decode(_topic("DBIRTH", device=device), _birth().SerializeToString(), NOW)
+    named = Payload(timestamp=MS, seq=3)
+    metric(named, "Pitch", 1.5, "Double")
+    spb.decode(_topic("DDATA", node="gw2", device="WT2"), named.SerializeToString(), NOW)
+    kept = spb.devices()
+    assert kept == {"gw": ["WT1", "WT2"], "gw2": ["WT2"]}
+    again = _decoder()
+    again.resume_devices(kept)
+    assert again.devices() == kept
+    again.decode(_topic("NDEATH", device=None), Payload(timestamp=MS).SerializeToString(), NOW)
+    assert again.take_deaths() == ["gw", "WT1", "WT2"] and again.node_deaths == ["gw", "WT1", "WT2"]
+    assert again.devices() == {"gw2": ["WT2"]}  # forgotten with the node's session
+
+
 def test_births_kept_are_those_of_turbines_taken_and_bounded():
     """A birth of a device off the allow-list is not kept (its data by alias asks no rebirth: it can give no
     sample); an empty birth counts one; births and deaths in any order keep the count true."""
@@ -577,6 +600,16 @@ def test_birth_hold_keeps_a_birth_until_its_turbines_data_reaches_it():
     assert h.due(now_ns=1099, drained=True) == [] and len(h) == 1
     current = [s("WT7", 5)]
     assert h.merge(current, historical=False, now_ns=700) == current and len(h) == 0  # current data ends it
+
+    h.wait(["WT7", "WT8"], now_ns=1000, wait_ns=500)  # the waits a state file keeps, and a restart takes back
+    h.hold([b7], 1100)  # WT7's births came: no longer a death's wait
+    assert h.waits(now_ns=1200) == {"WT8": 1500} and h.waits(now_ns=1500) == {}
+    again = BirthHold(quiet_ns=100)
+    again.hold([s("WT9", 1)], 1200)
+    again.resume({"WT8": 1500, "WT9": 1500, "WT6": 1200}, now_ns=1200)  # WT9 held already; WT6's wait ended
+    assert again.turbines() == ["WT9", "WT8"] and again.waits(now_ns=1200) == {"WT8": 1500}
+    assert again.due(now_ns=1499, drained=True) == [s("WT9", 1)] and again.turbines() == ["WT8"]
+    assert again.due(now_ns=1500, drained=True) == [] and len(again) == 0
 
 
 def test_birth_hold_accounts_for_every_sample_it_holds():

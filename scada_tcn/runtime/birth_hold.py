@@ -29,9 +29,10 @@ whose history may still come: the caller keeps its clock from closing their step
   held (a steady report-by-exception node sends nothing after its birth; history that pauses that long is taken
   as done), once the caller has read what has come (`drained`), and after twice that whatever it has read; the
   turbines of deaths past their wait; a clock set back releases them.
-Births are kept in memory only (as the decoder's aliases are): at stop (`drop` of all) and in a crash, the values
-of births not yet released are lost (the node publishes them again at its next session), and so are the waits
-after deaths (a restart's clock closes those turbines' steps as any silent turbine's).
+Births' values are kept in memory only (as the decoder's aliases are): at stop (`drop` of all) and in a crash,
+those not yet released are lost (the node publishes them again at its next session). The waits after deaths are
+kept in the daemon's state file (`waits`, `resume`): a restart goes on waiting for the history of a node that died
+before it (a crash, for those of deaths before the last snapshot).
 """
 
 from __future__ import annotations
@@ -121,6 +122,17 @@ class BirthHold:
             h = self._held.get(t)
             until = h.until_ns if h is not None and h.until_ns > now_ns else now_ns + int(wait_ns)
             self._held[t] = _Held([], now_ns, until, True)
+
+    def waits(self, now_ns: int) -> dict[str, int]:
+        """The turbines of deaths whose wait runs at `now_ns` (no birth since), and when each wait ends."""
+        return {t: h.until_ns for t, h in self._held.items() if h.dead and h.until_ns > now_ns}
+
+    def resume(self, waits: dict[str, int], now_ns: int) -> None:
+        """Wait again for the turbines of `waits` (`waits()` of an earlier run: turbine -> the end of its wait),
+        those still running at `now_ns`; a turbine held already keeps its own state."""
+        for t, until in waits.items():
+            if until > now_ns and t not in self._held:
+                self._held[t] = _Held([], now_ns, until, True)
 
     def due(self, now_ns: int, drained: bool) -> list[Sample]:
         """The held samples of turbines without history for `quiet_ns` (`drained`: the caller has read what has

@@ -28,8 +28,9 @@ Crash consistency, with `state.path`: a message is acknowledged only after the j
 is on disk (runtime.journal). Every `state.save_interval_s`, after every (queues.outbound -
 queues.publish_backlog) / 4 publishes (so that what a restart publishes again fits the publish queue) and on
 stop, a snapshot (every turbine's open bins,
-features, ring buffer and alert state, the number of the last journal frame it includes, and the published
-records the broker has not acknowledged yet) is written atomically and the journal emptied; a periodic one is
+features, ring buffer and alert state, the number of the last journal frame it includes, the published
+records the broker has not acknowledged yet, and Sparkplug's edge nodes: each node's devices, and the turbines
+waiting for the history of a node that died) is written atomically and the journal emptied; a periodic one is
 skipped while no frame and no publish came and no acknowledgement since the last (an idle gateway's disk is left
 alone, its broker there or not). It is
 written by a thread: the loop takes the state (arrays copied) and rotates the journal (`Journal.rotate`), and
@@ -91,7 +92,8 @@ from scada_tcn.runtime.telemetry import Rejection, Sample, turbine_topics
 __all__ = ["Daemon", "setup_logging"]
 
 log = logging.getLogger("scada.runtime.daemon")
-STATE_FORMAT = "scada-runtime-state/2"  # snapshot + journal
+STATE_FORMAT = "scada-runtime-state/3"  # snapshot + journal; /3 adds "sparkplug"
+_STATE_FORMATS = {"scada-runtime-state/2": set(), STATE_FORMAT: {"sparkplug"}}  # the formats read: their extra keys
 _RETAINED_READ_S = 10.0  # the longest wait for the broker's retained alert states at start
 # refused lines or elements of one message reported one by one; the rest in one report (all counted): a message of
 # 100,000 bad elements must not fill the publish queue, where score records wait
@@ -107,11 +109,23 @@ _NOT_REPUBLISHED = (
 
 
 def _checked_snapshot(doc: Any) -> dict[str, Any]:
-    """A loaded state file as a snapshot this daemon wrote (format, last journal frame, outbox), else ValueError."""
-    if not isinstance(doc, dict) or set(doc) != {"format", "engine", "frame_no", "outbox"}:
+    """A loaded state file as a snapshot this daemon wrote (format, last journal frame, outbox, Sparkplug's edge
+    nodes), else ValueError. A snapshot of the format before (/2, without "sparkplug") reads as knowing none."""
+    extra = _STATE_FORMATS.get(doc.get("format")) if isinstance(doc, dict) else None  # type: ignore[arg-type]
+    if extra is None and isinstance(doc, dict) and isinstance(doc.get("format"), str):
+        raise ValueError(f"state format {doc['format']!r}, this daemon reads {sorted(_STATE_FORMATS)}")
+    if extra is None or set(doc) != {"format", "engine", "frame_no", "outbox", *extra}:
         raise ValueError("not a scada-runtime state snapshot")
-    if doc["format"] != STATE_FORMAT:
-        raise ValueError(f"state format {doc['format']!r}, this daemon writes {STATE_FORMAT!r}")
+    doc.setdefault("sparkplug", {"devices": {}, "waits": {}})
+    spb = doc["sparkplug"]
+    if not isinstance(spb, dict) or set(spb) != {"devices", "waits"}:
+        raise ValueError("sparkplug must be {devices, waits}")
+    devices, waits = spb["devices"], spb["waits"]
+    if not isinstance(devices, dict) or not all(isinstance(v, list) and all(isinstance(d, str) for d in v)
+                                                for v in devices.values()):  # fmt: skip
+        raise ValueError("sparkplug.devices must map each edge node to a list of device ids")
+    if not isinstance(waits, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in waits.values()):
+        raise ValueError("sparkplug.waits must map each turbine to the end of its wait (ns)")
     if isinstance(doc["frame_no"], bool) or not isinstance(doc["frame_no"], int) or doc["frame_no"] < 0:
         raise ValueError(f"frame_no must be an integer >= 0, got {doc['frame_no']!r}")
     item = {"topic": str, "payload": str, "retain": bool}
@@ -309,12 +323,14 @@ class Daemon:
             return
         refused: ValueError | None = None
         other_bundle = False  # the state's bundle is another of this model: the journal's steps were its to score
+        nodes = None  # what the snapshot knows of Sparkplug's edge nodes
         if Path(path).is_file():
             try:
                 snapshot = _checked_snapshot(load_state(path))
             except ValueError as e:
                 self._set_aside(path, e, 0, 0)
                 return
+            nodes = snapshot["sparkplug"]
             for p in snapshot["outbox"]:  # a publish the queue cannot take is counted and reported
                 self._republish(p["topic"], p["payload"].encode(), p["retain"])
             try:
@@ -348,6 +364,8 @@ class Daemon:
             report = self._error_report("too_many_turbines", detail, samples_by_turbine=refused_by)
             self._publish("error", self.errors_topic, report, False)
         self._retire()
+        if nodes is not None:
+            self._resume_sparkplug(nodes)
         self._settled = None  # the engine was rebuilt or replaced: the next tick is applied
         if refused is not None:
             waiting = snapshot["engine"].get("pending") if isinstance(snapshot["engine"], dict) else None
@@ -539,7 +557,7 @@ class Daemon:
         self._wait_for_writer()
         outbox = [{"topic": p.topic, "payload": p.payload.decode(), "retain": p.retain} for p in self.link.unacked()]
         snapshot = {"format": STATE_FORMAT, "engine": self.engine.state_dict(), "frame_no": self._frame_no,
-                    "outbox": outbox}  # fmt: skip
+                    "outbox": outbox, "sparkplug": self._sparkplug_state()}  # fmt: skip
         encoded = encode_state(snapshot)
         assert self.journal is not None
         self._last_save_ns = self.clock()
@@ -575,8 +593,6 @@ class Daemon:
         scored or saved: the engine may hold a half-done iteration (steps drained, not scored), which a snapshot
         would make permanent, so the files stay as `kill -9` leaves them and the restart replays the journal."""
         self._stopped.set()
-        if len(self._births):  # births' values the history after them has not reached: the node sends them again
-            self.metrics.births_dropped.inc(self._births.drop())
         if clean and self.cfg.state.path is None:  # no state file to keep waiting fleet-relative steps: send them
             self._publish_outputs(self.engine.flush(final=True))
         if self.presence is not None:  # after a failure: edge nodes that wait for this host stop, and store
@@ -588,6 +604,8 @@ class Daemon:
             self._save_state()  # after the drain: only what the broker has not acknowledged goes into the outbox
         elif self._writer is not None:
             self._writer.join()  # a periodic snapshot being written is a consistent one: let it land
+        if len(self._births):  # births' values the history after them has not reached: the node sends them again
+            self.metrics.births_dropped.inc(self._births.drop())  # (after the snapshot, which keeps the waits)
         if self.journal is not None:
             self.journal.close()
         log.info("stopped", extra={"publishes_drained": drained, "queue_depth": self.link.queue_depth})
@@ -856,6 +874,28 @@ class Daemon:
             self.metrics.samples_in.inc(len(telemetry))
             self._watch_channels(telemetry, now_ns)
         return samples, redelivered
+
+    def _sparkplug_state(self) -> dict[str, Any]:
+        """What the state file keeps of Sparkplug's edge nodes: each node's devices (`SparkplugDecoder.devices`) and
+        the turbines waiting for the history of a node that died (`BirthHold.waits`)."""
+        devices = {} if self.sparkplug is None else self.sparkplug.devices()
+        return {"devices": devices, "waits": self._births.waits(self.clock())}
+
+    def _resume_sparkplug(self, nodes: dict[str, Any]) -> None:
+        """Take back `_sparkplug_state()` of the run before: its edge nodes' devices, and the waits still running
+        for turbines of the fleet (as `_wait_for_history` starts them). Without `topics.sparkplug_group` (set
+        before, unset since) they are not used, said once."""
+        if self.sparkplug is None:
+            if nodes["devices"] or nodes["waits"]:
+                log.warning("the state's Sparkplug edge nodes are not used: topics.sparkplug_group is unset",
+                            extra={"nodes": len(nodes["devices"]), "waits": len(nodes["waits"])})  # fmt: skip
+            return
+        self.sparkplug.resume_devices(nodes["devices"])
+        known = {t: until for t, until in nodes["waits"].items() if self.engine.fleet.open_stamp(t) != NO_STAMP}
+        self._births.resume(known, self.clock())
+        if known:
+            log.info("waiting again for the history of Sparkplug edge nodes that died before the restart",
+                     extra={"turbines": sorted(known)})  # fmt: skip
 
     def _wait_for_history(self, turbines: list[str], now_ns: int) -> None:
         """An NDEATH's turbines of the fleet wait `ingest.sparkplug_history_wait_s` for the history their node

@@ -291,7 +291,8 @@ class SparkplugDecoder:
 
     def take_deaths(self) -> list[str]:
         """The turbines whose values a death made stale since the last call, in order: a DDEATH's device, an
-        NDEATH's node and the devices its births named or whose messages it sent (since the daemon started).
+        NDEATH's node and the devices its births named or whose messages it sent (before a restart too:
+        `resume_devices`).
         `node_deaths` then holds those an NDEATH named (their node may have stored what it read, to forward)."""
         deaths, self._deaths = self._deaths, []
         self.node_deaths, self._node_deaths = self._node_deaths, []
@@ -325,6 +326,20 @@ class SparkplugDecoder:
             self._n_devices += 1
         while self._n_devices > DEVICES_KEPT:
             self._n_devices -= len(self._devices.pop(next(iter(self._devices))))
+
+    def devices(self) -> dict[str, list[str]]:
+        """Each edge node's devices that its death would name (`take_deaths`): those its births named and those
+        whose messages it sent, for the daemon's state file (`resume_devices`)."""
+        nodes = dict.fromkeys([*self._births, *self._devices])
+        known = {n: [*(d for d in self._births.get(n, {}) if d is not None), *self._devices.get(n, {})] for n in nodes}
+        return {n: list(dict.fromkeys(ds)) for n, ds in known.items() if ds}
+
+    def resume_devices(self, devices: dict[str, list[str]]) -> None:
+        """Remember `devices()` of an earlier run (after a restart, an edge node's death names the devices it had
+        before, though no message of theirs has come since), within DEVICES_KEPT as `_seen` keeps them."""
+        for node, names in devices.items():
+            for device in names:
+                self._seen(node, device)
 
     def take_lost(self) -> int:
         """Messages the edge nodes' sequence numbers say were lost since the last call (see `_count_lost`)."""
