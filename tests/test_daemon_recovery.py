@@ -1508,8 +1508,6 @@ def test_a_state_file_of_the_format_before_loads_and_a_bad_sparkplug_section_is_
                                                                                         caplog):  # fmt: skip
     """A snapshot of the format before Sparkplug's edge nodes were kept (scada-runtime-state/2) resumes as one that
     knows none; a section of the wrong shape sets the state aside, as any damaged state file."""
-    from scada_tcn.runtime.state_file import save_state
-
     first = _run(bundle, tmp_path, messages[: len(messages) // 2])
     first._shutdown()
     doc = load_state(tmp_path / "state.npz")
@@ -1521,12 +1519,51 @@ def test_a_state_file_of_the_format_before_loads_and_a_bad_sparkplug_section_is_
     assert d.engine.fleet.turbines == first.engine.fleet.turbines and d.engine.fleet.bins_closed > 0
     d._shutdown()
     doc = load_state(tmp_path / "state.npz")
-    for bad in ({"devices": {"edge1": "WT01"}, "waits": {}}, {"devices": {}, "waits": {"WT01": True}}, {}):
-        save_state(tmp_path / "state.npz", {**doc, "sparkplug": bad})
+    bad_sections = ({"devices": {"edge1": "WT01"}, "waits": {}}, {"devices": {}, "waits": {"WT01": True}}, {})
+    for bad in [{**doc, "sparkplug": section} for section in bad_sections] + [{**doc, "format": ["x"]}]:
+        save_state(tmp_path / "state.npz", bad)
         with caplog.at_level(logging.WARNING, logger="scada.runtime.daemon"):
             d = _daemon(bundle, tmp_path)
             d._restore_state()
-        assert any("state file not used" in r.getMessage() and "sparkplug" in r.reason for r in caplog.records)
+        # (a format that is a list raised TypeError, which stopped every start)
+        why = "not a scada-runtime state snapshot" if isinstance(bad["format"], list) else "sparkplug"
+        assert any("state file not used" in r.getMessage() and why in r.reason for r in caplog.records)
         assert d.engine.fleet.bins_closed == 0
         (tmp_path / "state.npz.unused").unlink()
         caplog.clear()
+
+
+def test_a_wait_taken_back_from_the_state_file_is_bounded_by_the_wait_set_now(bundle, messages, tmp_path):
+    """A wait in the state file ends no later than `ingest.sparkplug_history_wait_s` from the restart (the setting
+    lowered since, a clock set back, a file that says 10^40 ns), and none is taken back with the setting at 0; only
+    turbines of the fleet wait."""
+    spb = {"topics": {"sparkplug_group": SPB_GROUP}}
+    first = _daemon(bundle, tmp_path, **spb)
+    first._restore_state()
+    _feed(first, messages[:40])
+    first._shutdown()
+    doc = load_state(tmp_path / "state.npz")
+    turbines = sorted(first.engine.fleet.turbines)
+    now = parse_timestamp_ns(END)  # `_daemon`'s clock
+    waits = {turbines[0]: 10**40, turbines[1]: now + 60 * 10**9, turbines[2]: now - 1, "WT99": now + 10**12}
+    for wait_s, want in ((3600.0, {turbines[0]: now + 3600 * 10**9, turbines[1]: now + 60 * 10**9}), (0.0, {})):
+        save_state(tmp_path / "state.npz", {**doc, "sparkplug": {"devices": {}, "waits": waits}})
+        d = _daemon(bundle, tmp_path, ingest={"sparkplug_history_wait_s": wait_s}, **spb)
+        d._restore_state()
+        assert d._births.waits(now) == want
+
+
+def test_a_wait_started_on_an_idle_gateway_is_saved_by_the_next_periodic_snapshot(bundle, messages, tmp_path):
+    """A periodic snapshot is skipped while nothing it holds has changed; a node's death on an otherwise idle
+    gateway starts a wait that no journal frame records, and the skip kept it out of the file for as long as the
+    gateway stayed idle (a crash then lost it). Sparkplug's edge nodes now count as a change."""
+    spb = {"topics": {"sparkplug_group": SPB_GROUP}, "ingest": {"sparkplug_history_wait_s": 3600.0}}
+    d = _daemon(bundle, tmp_path, **spb)
+    d._restore_state()
+    _feed(d, messages[:40])
+    d._save_state()
+    assert d._unchanged()
+    d._wait_for_history(sorted(d.engine.fleet.turbines), parse_timestamp_ns(END))
+    assert not d._unchanged()
+    d._save_state()
+    assert d._unchanged() and load_state(tmp_path / "state.npz")["sparkplug"]["waits"]

@@ -161,6 +161,9 @@ def test_scada_prepare_reads_iso_stamps_by_the_runtimes_grammar_not_by_pandas(mo
             assert got.tolist() == [w for w in want if isinstance(w, int)], (zone, offsets)
     with pytest.raises(InputError, match=r"1 local times that a DST change in Europe/Paris skips, e\.g\. "):
         parse_timestamps(pd.Series(["2017-03-26 01:50", "2017-03-26 02:30"]), "Europe/Paris", "t")
+    limits = ["2255-03-14T17:00+02:00", "1684-10-19T05:00-03:00"]  # in range in UTC, not as wall-clock times
+    assert parse_timestamps(pd.Series(limits), None, "t").tolist() == [iso_utc_ns(t) for t in limits]
+    assert parse_timestamps(pd.Series(["2255-03-14 17:30"]), "Etc/GMT-2", "t").tolist() == [8999998200000000000]
     with pytest.raises(InputError, match=r"1 stamps out of range, e\.g\. \['2500-01-01T00:00Z'\]"):
         parse_timestamps(pd.Series(["2017-03-26T01:50Z", "2500-01-01T00:00Z"]), None, "t")
     with pytest.raises(InputError, match=r"1 stamps out of range, e\.g\. \['9999-10-31 01:30'\]"):

@@ -111,9 +111,10 @@ _NOT_REPUBLISHED = (
 def _checked_snapshot(doc: Any) -> dict[str, Any]:
     """A loaded state file as a snapshot this daemon wrote (format, last journal frame, outbox, Sparkplug's edge
     nodes), else ValueError. A snapshot of the format before (/2, without "sparkplug") reads as knowing none."""
-    extra = _STATE_FORMATS.get(doc.get("format")) if isinstance(doc, dict) else None  # type: ignore[arg-type]
-    if extra is None and isinstance(doc, dict) and isinstance(doc.get("format"), str):
-        raise ValueError(f"state format {doc['format']!r}, this daemon reads {sorted(_STATE_FORMATS)}")
+    form = doc.get("format") if isinstance(doc, dict) else None
+    extra = _STATE_FORMATS.get(form) if isinstance(form, str) else None
+    if extra is None and isinstance(form, str):
+        raise ValueError(f"state format {form!r}, this daemon reads {sorted(_STATE_FORMATS)}")
     if extra is None or set(doc) != {"format", "engine", "frame_no", "outbox", *extra}:
         raise ValueError("not a scada-runtime state snapshot")
     doc.setdefault("sparkplug", {"devices": {}, "waits": {}})
@@ -235,7 +236,8 @@ class Daemon:
         # written (two files while one is being written) and publishes everything they produce again before the
         # link starts, so a snapshot is also due after this many, and the replay fits the publish queue
         self._tracked_since_save = 0
-        self._last_saved: tuple[int, int] | None = None  # the last snapshot's (frame number, outbox length)
+        # the last snapshot's (frame number, outbox length, Sparkplug's edge nodes)
+        self._last_saved: tuple[int, int, dict[str, Any]] | None = None
         self._snapshot_every = max(1, (cfg.queues.outbound - cfg.queues.publish_backlog) // 4)
         self._frame_no = 0  # journal frames written (or replayed) so far
         self._replay_refused: Counter[str] = Counter()  # journal samples beyond ingest.max_turbines, by turbine
@@ -556,13 +558,14 @@ class Daemon:
             return
         self._wait_for_writer()
         outbox = [{"topic": p.topic, "payload": p.payload.decode(), "retain": p.retain} for p in self.link.unacked()]
+        nodes = self._sparkplug_state()
         snapshot = {"format": STATE_FORMAT, "engine": self.engine.state_dict(), "frame_no": self._frame_no,
-                    "outbox": outbox, "sparkplug": self._sparkplug_state()}  # fmt: skip
+                    "outbox": outbox, "sparkplug": nodes}  # fmt: skip
         encoded = encode_state(snapshot)
         assert self.journal is not None
         self._last_save_ns = self.clock()
         self._tracked_since_save = 0
-        self._last_saved = (self._frame_no, len(outbox))
+        self._last_saved = (self._frame_no, len(outbox), nodes)
         if not background:
             write_state(self.cfg.state.path, encoded)
             self.journal.reset()
@@ -688,11 +691,13 @@ class Daemon:
 
     def _unchanged(self) -> bool:
         """Whether a snapshot now would hold what the last one holds: no journal frame and no tracked publish since,
-        and the broker has acknowledged none of its outbox (which only publishes add to and acknowledgements take
-        from). An idle gateway whose broker is away writes its flash no more than one whose broker is there."""
+        the broker has acknowledged none of its outbox (which only publishes add to and acknowledgements take
+        from), and Sparkplug's edge nodes are as they were (a node's death on an idle gateway starts a wait that no
+        frame records). An idle gateway whose broker is away writes its flash no more than one whose broker is
+        there."""
         if self._last_saved is None or self._tracked_since_save or self._last_saved[0] != self._frame_no:
             return False
-        return self._last_saved[1] == len(self.link.unacked())
+        return self._last_saved[1] == len(self.link.unacked()) and self._last_saved[2] == self._sparkplug_state()
 
     def _tick_clock(self, now: int, newest: int) -> int:
         """Up to when bins may close (end + grace <= it). Live (connected; since the link last connected, a tick's
@@ -891,8 +896,11 @@ class Daemon:
                             extra={"nodes": len(nodes["devices"]), "waits": len(nodes["waits"])})  # fmt: skip
             return
         self.sparkplug.resume_devices(nodes["devices"])
-        known = {t: until for t, until in nodes["waits"].items() if self.engine.fleet.open_stamp(t) != NO_STAMP}
-        self._births.resume(known, self.clock())
+        now, wait_ns = self.clock(), int(self.cfg.ingest.sparkplug_history_wait_s * 1e9)
+        # at most the wait set now from now (lowered since, or a clock set back), none when it is 0
+        known = {t: min(until, now + wait_ns) for t, until in nodes["waits"].items()
+                 if wait_ns and self.engine.fleet.open_stamp(t) != NO_STAMP}  # fmt: skip
+        self._births.resume(known, now)
         if known:
             log.info("waiting again for the history of Sparkplug edge nodes that died before the restart",
                      extra={"turbines": sorted(known)})  # fmt: skip

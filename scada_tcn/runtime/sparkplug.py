@@ -209,7 +209,7 @@ class SparkplugDecoder:
         self._deaths: list[str] = []  # the turbines of the deaths since take_deaths
         self._node_deaths: list[str] = []  # ... those an NDEATH named
         self.node_deaths: list[str] = []  # of the last take_deaths, those an NDEATH named
-        self._devices: dict[str, dict[str, None]] = {}  # edge node -> its devices seen in this session (`_seen`)
+        self._devices: dict[str, dict[str, None]] = {}  # edge node -> its devices seen (`_seen`, `resume_devices`)
         self._n_devices = 0  # devices in _devices, in all
 
     def reads(self, topic: str) -> bool:

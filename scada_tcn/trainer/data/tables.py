@@ -172,23 +172,25 @@ def _iso_ns(cells: np.ndarray, zone: str | None, where: str, zone_key: str, held
         raise InputError(f"{where}: timestamps have no UTC offset (e.g. {cells[0]!r}); set {zone_key}=UTC (or the "
                          "site's zone, e.g. Europe/Paris)")  # fmt: skip
     tz = None if zone is None else ZoneInfo(zone)
-    # each distinct stamp's instant, or why not: out of range (its wall clock checked first: a year-9999 stamp is
-    # beyond int64), or a local time a DST change skips or repeats
-    utc = [("out_of_range" if not in_epoch_range(w) else wall_utc_ns(w, o, tz)) for w, o in read]
-    reason = np.array([u if isinstance(u, str) else "" if in_epoch_range(u) else "out_of_range" for u in utc])
+    # each distinct stamp's instant, or why not: a local time a DST change skips or repeats (a repeated one whose
+    # wall clock lies out of range is out of range: its instants are near it), or out of range
+    utc = [wall_utc_ns(w, o, tz) for w, o in read]
+    reason = np.array([("out_of_range" if not in_epoch_range(w) and u == "ambiguous_local_time" else u)
+                       if isinstance(u, str) else "" if in_epoch_range(u) else "out_of_range"
+                       for (w, _), u in zip(read, utc)])  # fmt: skip
     fix = f"export the stamps with a UTC offset, or in UTC with {zone_key}=UTC"
     for why, does, extra in (("nonexistent_local_time", "skips", f"; {STANDARD_TIME}"),
                              ("ambiguous_local_time", "repeats", "")):  # fmt: skip
-        rows = reason[codes] == why
+        rows = (reason == why)[codes]
         if rows.any() and (why == "nonexistent_local_time" or held is None):
             raise InputError(f"{where}: {int(rows.sum())} local times that a DST change in {zone} {does}, e.g. "
                              f"{cells[rows][:3].tolist()}; {fix}{extra}")  # fmt: skip
-    out = reason[codes] == "out_of_range"
+    out = (reason == "out_of_range")[codes]
     if out.any():
         raise InputError(f"{where}: {int(out.sum())} stamps out of range, e.g. {cells[out][:3].tolist()}; "
                          f"{EPOCH_RANGE}")  # fmt: skip
     ns = np.array([NOT_PLACED if isinstance(u, str) else u for u in utc], dtype=np.int64)[codes]
-    repeated = np.flatnonzero(reason[codes] == "ambiguous_local_time")
+    repeated = np.flatnonzero((reason == "ambiguous_local_time")[codes])
     if repeated.size:
         assert held is not None and tz is not None  # refused above otherwise
         wall = np.array([read[c][0] for c in codes[repeated].tolist()], dtype=np.int64)
