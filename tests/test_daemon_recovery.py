@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -1504,15 +1506,17 @@ def test_a_restart_goes_on_waiting_for_the_history_of_a_sparkplug_node_away(bund
     assert late == 0 and _scores(d) == want
 
 
-def test_a_state_file_of_the_format_before_loads_and_a_bad_sparkplug_section_is_refused(bundle, messages, tmp_path,
+def test_a_state_file_of_the_format_before_loads_and_a_bad_section_is_refused(bundle, messages, tmp_path,
                                                                                         caplog):  # fmt: skip
-    """A snapshot of the format before Sparkplug's edge nodes were kept (scada-runtime-state/2) resumes as one that
-    knows none; a section of the wrong shape sets the state aside, as any damaged state file."""
+    """A snapshot of the format before Sparkplug's edge nodes and the journal's channels were kept
+    (scada-runtime-state/2) resumes as one that knows no edge node; a section of the wrong shape sets the state
+    aside, as any damaged state file."""
     first = _run(bundle, tmp_path, messages[: len(messages) // 2])
     first._shutdown()
     doc = load_state(tmp_path / "state.npz")
     assert doc["format"] == "scada-runtime-state/3" and doc["sparkplug"] == {"devices": {}, "waits": {}}
-    save_state(tmp_path / "state.npz", {**{k: v for k, v in doc.items() if k != "sparkplug"},
+    assert doc["channels"] == list(bundle.spec.channels)
+    save_state(tmp_path / "state.npz", {**{k: v for k, v in doc.items() if k not in ("sparkplug", "channels")},
                                         "format": "scada-runtime-state/2"})  # fmt: skip
     d = _daemon(bundle, tmp_path)
     d._restore_state()
@@ -1520,13 +1524,15 @@ def test_a_state_file_of_the_format_before_loads_and_a_bad_sparkplug_section_is_
     d._shutdown()
     doc = load_state(tmp_path / "state.npz")
     bad_sections = ({"devices": {"edge1": "WT01"}, "waits": {}}, {"devices": {}, "waits": {"WT01": True}}, {})
-    for bad in [{**doc, "sparkplug": section} for section in bad_sections] + [{**doc, "format": ["x"]}]:
+    bad_docs = [{**doc, "sparkplug": section} for section in bad_sections] + [{**doc, "format": ["x"]}]
+    for bad in bad_docs + [{**doc, "channels": []}, {**doc, "channels": "wind_speed"}]:
         save_state(tmp_path / "state.npz", bad)
         with caplog.at_level(logging.WARNING, logger="scada.runtime.daemon"):
             d = _daemon(bundle, tmp_path)
             d._restore_state()
         # (a format that is a list raised TypeError, which stopped every start)
-        why = "not a scada-runtime state snapshot" if isinstance(bad["format"], list) else "sparkplug"
+        why = ("not a scada-runtime state snapshot" if isinstance(bad["format"], list) else
+               "channels" if bad["channels"] != doc["channels"] else "sparkplug")  # fmt: skip
         assert any("state file not used" in r.getMessage() and why in r.reason for r in caplog.records)
         assert d.engine.fleet.bins_closed == 0
         (tmp_path / "state.npz.unused").unlink()
@@ -1567,3 +1573,57 @@ def test_a_wait_started_on_an_idle_gateway_is_saved_by_the_next_periodic_snapsho
     assert not d._unchanged()
     d._save_state()
     assert d._unchanged() and load_state(tmp_path / "state.npz")["sparkplug"]["waits"]
+
+
+def _other_channels(bundle, folder: Path, extra: bool) -> Any:
+    """This model's bundle with its channels in the reverse order, and (`extra`) a channel more, mapped to a key
+    the telemetry never sends: another bundle of the same model, binning another channel list."""
+    dst = folder / ("extra" if extra else "reversed")
+    shutil.copytree(bundle.path, dst)
+    doc = json.loads((dst / "bundle.json").read_text())
+    doc["pipeline_spec"]["channels"] = ["grid_frequency"] * extra + doc["pipeline_spec"]["channels"][::-1]
+    if extra:
+        doc["column_mapping"]["grid_frequency"] = "GridFrequency"
+    (dst / "bundle.json").write_text(json.dumps(doc, indent=2))
+    return load_bundle(dst)
+
+
+@pytest.mark.parametrize("extra", [False, True], ids=["reordered", "one_more"])
+def test_a_crash_then_a_bundle_of_other_channels_takes_the_journal_by_channel_name(bundle, messages, tmp_path,
+                                                                                   caplog, extra):  # fmt: skip
+    """A crash, then a start on a bundle whose channels differ from the state's (a model retrained with a channel
+    more, or listed in another order). The journal's frames hold the values in the old bundle's channel order and
+    were read in the new one's: in another order, each value went to another channel (wind speed read as the
+    generator bearing's temperature, into the fresh engine's bins and the model's history); with another count,
+    the frames did not decode and were taken for a torn tail, and their samples, acknowledged, were lost. The
+    state file names its channels now: every replayed value goes to its own channel, bit for bit, and a channel
+    the old bundle lacked is missing."""
+    first = _daemon(bundle, tmp_path)
+    first._restore_state()
+    half = len(messages) // 2
+    _feed(first, messages[:half])
+    first._save_state()  # a periodic snapshot, then journal frames after it, then the crash
+    _feed(first, messages[half : half + 200])
+    written = bundle.spec.channels
+    frames = list(Journal(tmp_path / "state.npz.journal", len(written)).read())
+    sent = [(s.turbine, s.ts_ns, dict(zip(written, s.values.tolist()))) for f in frames for s in f.samples]
+    assert len(sent) >= 100
+    other = _other_channels(bundle, tmp_path, extra)
+    d = _daemon(other, tmp_path)
+    taken: list = []
+    advance = d._advance
+
+    def spy(samples, tick_ns, redelivered=None):
+        taken.extend(samples)
+        return advance(samples, tick_ns, redelivered)
+
+    d._advance = spy  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="scada.runtime.daemon"):
+        d._restore_state()
+    assert not d.journal.torn_tail  # (before: another count of channels read as a damaged frame)
+    got = [(s.turbine, s.ts_ns, dict(zip(other.spec.channels, s.values.tolist()))) for s in taken]
+    want = [(t, ts, {c: values.get(c, math.nan) for c in other.spec.channels}) for t, ts, values in sent]
+    assert [g[:2] for g in got] == [w[:2] for w in want]
+    for (_, _, g), (_, _, w) in zip(got, want):  # bit for bit (NaN payloads included)
+        assert np.array(list(g.values())).view(np.int64).tolist() == np.array(list(w.values())).view(np.int64).tolist()
+    assert any("taken by channel name" in r.getMessage() for r in caplog.records)

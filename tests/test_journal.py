@@ -105,3 +105,20 @@ def test_a_new_journal_file_is_made_durable_before_its_first_frame(tmp_path, mon
     j.close()
     Journal(tmp_path / "j", 3).close()
     assert len(synced) == 2
+
+
+def test_a_frame_of_another_bundles_channels_is_taken_by_channel_name():
+    """`in_channels`: values moved to their channel's place by name, bit for bit (a failed read, a NaN with a
+    payload, stays one), missing where the writer had no such channel; nothing shared, nothing taken."""
+    from scada_tcn.runtime.hold import UNREAD
+    from scada_tcn.runtime.journal import in_channels
+
+    samples = [Sample("WT1", 1, np.array([1.0, UNREAD, 3.0])), Sample("WT2", 2, np.array([np.nan, 5.0, 6.0]))]
+    same, dropped = in_channels(samples, ["a", "b", "c"], ["a", "b", "c"])
+    assert same is samples and dropped == 0
+    got, dropped = in_channels(samples, ["a", "b", "c"], ["new", "c", "b"])
+    assert dropped == 0 and [(s.turbine, s.ts_ns) for s in got] == [("WT1", 1), ("WT2", 2)]
+    bits = [s.values.view(np.int64).tolist() for s in got]
+    want = [np.array(v).view(np.int64).tolist() for v in ([np.nan, 3.0, UNREAD], [np.nan, 6.0, 5.0])]
+    assert bits == want
+    assert in_channels(samples, ["a", "b", "c"], ["x", "y"]) == ([], 2)

@@ -37,7 +37,8 @@ written by a thread: the loop takes the state (arrays copied) and rotates the jo
 the rotated frames are deleted once the file is on disk, so the loop never waits for the disk (a failed write
 stops the daemon); on stop and after a restore it is written on the loop. At start, the snapshot is restored,
 its unacknowledged records are published again, and the journal frames after it (`.prev`'s first) are replayed
-through the same engine calls in the same order, publishing what they produce: after `kill -9` at any moment,
+through the same engine calls in the same order (their values by channel name when the bundle's channels are not
+the state's), publishing what they produce: after `kill -9` at any moment,
 every step gets the same bytes as in an uninterrupted run (a record may arrive twice, never differently), and a
 restart resumes scoring instead of warming every turbine up again. A state file that cannot be used (another
 model or engine, damaged) is moved aside with a warning and every turbine warms up again; its unacknowledged
@@ -80,7 +81,7 @@ from scada_tcn.runtime.fleet import NO_STAMP
 from scada_tcn.runtime.health import HealthServer, Heartbeat
 from scada_tcn.runtime.hold import UNREAD
 from scada_tcn.runtime.ingress import Ingress
-from scada_tcn.runtime.journal import Journal
+from scada_tcn.runtime.journal import Journal, in_channels
 from scada_tcn.runtime.mqtt import Message, MqttLink, Publish, read_retained
 from scada_tcn.runtime.presence import Presence
 from scada_tcn.runtime.prometheus import RuntimeMetrics
@@ -92,8 +93,9 @@ from scada_tcn.runtime.telemetry import Rejection, Sample, turbine_topics
 __all__ = ["Daemon", "setup_logging"]
 
 log = logging.getLogger("scada.runtime.daemon")
-STATE_FORMAT = "scada-runtime-state/3"  # snapshot + journal; /3 adds "sparkplug"
-_STATE_FORMATS = {"scada-runtime-state/2": set(), STATE_FORMAT: {"sparkplug"}}  # the formats read: their extra keys
+STATE_FORMAT = "scada-runtime-state/3"  # snapshot + journal; /3 adds "sparkplug" and "channels"
+# the formats read, and their keys beyond /2's
+_STATE_FORMATS = {"scada-runtime-state/2": set(), STATE_FORMAT: {"sparkplug", "channels"}}
 _RETAINED_READ_S = 10.0  # the longest wait for the broker's retained alert states at start
 # refused lines or elements of one message reported one by one; the rest in one report (all counted): a message of
 # 100,000 bad elements must not fill the publish queue, where score records wait
@@ -110,7 +112,8 @@ _NOT_REPUBLISHED = (
 
 def _checked_snapshot(doc: Any) -> dict[str, Any]:
     """A loaded state file as a snapshot this daemon wrote (format, last journal frame, outbox, Sparkplug's edge
-    nodes), else ValueError. A snapshot of the format before (/2, without "sparkplug") reads as knowing none."""
+    nodes, the channels of the journal's frames), else ValueError. A snapshot of the format before (/2) reads as
+    knowing no edge nodes, and its channels are its accumulators' (`_written_channels`)."""
     form = doc.get("format") if isinstance(doc, dict) else None
     extra = _STATE_FORMATS.get(form) if isinstance(form, str) else None
     if extra is None and isinstance(form, str):
@@ -118,6 +121,10 @@ def _checked_snapshot(doc: Any) -> dict[str, Any]:
     if extra is None or set(doc) != {"format", "engine", "frame_no", "outbox", *extra}:
         raise ValueError("not a scada-runtime state snapshot")
     doc.setdefault("sparkplug", {"devices": {}, "waits": {}})
+    channels = doc.setdefault("channels", None)
+    if channels is not None and (not isinstance(channels, list) or not channels
+                                 or not all(isinstance(c, str) for c in channels)):  # fmt: skip
+        raise ValueError("channels must be a non-empty list of channel names")
     spb = doc["sparkplug"]
     if not isinstance(spb, dict) or set(spb) != {"devices", "waits"}:
         raise ValueError("sparkplug must be {devices, waits}")
@@ -134,6 +141,18 @@ def _checked_snapshot(doc: Any) -> dict[str, Any]:
         if not isinstance(p, dict) or set(p) != set(item) or not all(isinstance(p[k], t) for k, t in item.items()):
             raise ValueError("the outbox must be a list of {topic, payload, retain}")
     return doc
+
+
+def _written_channels(snapshot: dict[str, Any], default: tuple[str, ...]) -> tuple[str, ...]:
+    """The channels of the bundle that wrote a snapshot and the journal after it: named in it (/3), else those of
+    its turbines' accumulators (/2), else (no turbine) `default`."""
+    if snapshot["channels"] is not None:
+        return tuple(snapshot["channels"])
+    try:
+        bins = Engine.open_bins_in(snapshot["engine"])
+        return tuple(str(c) for c in np.asarray(next(iter(bins.values()))["channels"]).tolist()) if bins else default
+    except (ValueError, KeyError, TypeError):  # a state this daemon cannot read is set aside, its journal replayed
+        return default
 
 
 _STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -326,13 +345,14 @@ class Daemon:
         refused: ValueError | None = None
         other_bundle = False  # the state's bundle is another of this model: the journal's steps were its to score
         nodes = None  # what the snapshot knows of Sparkplug's edge nodes
+        written = self.bundle.spec.channels  # the channels of the journal's frames: those of the snapshot's bundle
         if Path(path).is_file():
             try:
                 snapshot = _checked_snapshot(load_state(path))
             except ValueError as e:
                 self._set_aside(path, e, 0, 0)
                 return
-            nodes = snapshot["sparkplug"]
+            nodes, written = snapshot["sparkplug"], _written_channels(snapshot, written)
             for p in snapshot["outbox"]:  # a publish the queue cannot take is counted and reported
                 self._republish(p["topic"], p["payload"].encode(), p["retain"])
             try:
@@ -344,12 +364,14 @@ class Daemon:
                 carried = self._carry_alerts(snapshot["engine"])
             self._frame_no = snapshot["frame_no"]
             self._data_ns = self.engine.fleet.newest_ns()
-        replayed = unpublished = 0
+        replayed = unpublished = unmapped = 0
         assert self.journal is not None
-        for frame in self.journal.read():
+        for frame in self.journal.read(len(written)):
             if frame.frame_no <= self._frame_no:
                 continue  # already in the snapshot (a crash between the snapshot and the journal reset)
-            outputs = self._advance(self._replayable(frame.samples), frame.tick_ns)
+            samples, dropped = in_channels(frame.samples, written, self.bundle.spec.channels)
+            unmapped += dropped
+            outputs = self._advance(self._replayable(samples), frame.tick_ns)
             if refused is None and not other_bundle:
                 self._publish_outputs(outputs)
             else:  # the other model or bundle closed these steps before the crash and scored them: no second record
@@ -358,6 +380,12 @@ class Daemon:
             replayed += 1
         log.info("state restored", extra={"path": path, "turbines": len(self.engine.fleet),
                                           "journal_frames": replayed, "torn_tail": self.journal.torn_tail})  # fmt: skip
+        if tuple(written) != self.bundle.spec.channels:
+            self.metrics.state_samples_dropped.inc(unmapped)
+            log.warning("the journal's frames hold the channels of the state's bundle: their values were taken by "
+                        "channel name (missing where it had no such channel)",
+                        extra={"state_channels": list(written), "channels": list(self.bundle.spec.channels),
+                               "samples_dropped": unmapped})  # fmt: skip
         if self._replay_refused:  # one report for the lot, on the log and the errors topic
             limit, refused_by = self.cfg.ingest.max_turbines, dict(self._replay_refused)
             log.warning("the journal holds samples of more turbines than ingest.max_turbines (lowered since): "
@@ -560,7 +588,7 @@ class Daemon:
         outbox = [{"topic": p.topic, "payload": p.payload.decode(), "retain": p.retain} for p in self.link.unacked()]
         nodes = self._sparkplug_state()
         snapshot = {"format": STATE_FORMAT, "engine": self.engine.state_dict(), "frame_no": self._frame_no,
-                    "outbox": outbox, "sparkplug": nodes}  # fmt: skip
+                    "outbox": outbox, "sparkplug": nodes, "channels": list(self.bundle.spec.channels)}  # fmt: skip
         encoded = encode_state(snapshot)
         assert self.journal is not None
         self._last_save_ns = self.clock()

@@ -41,7 +41,7 @@ import numpy as np
 from scada_tcn.runtime.state_file import fsync_dir
 from scada_tcn.runtime.telemetry import Sample
 
-__all__ = ["Frame", "Journal"]
+__all__ = ["Frame", "Journal", "in_channels"]
 
 _HEAD = struct.Struct("<II")
 _FIXED = struct.Struct("<QBqII")
@@ -83,15 +83,17 @@ class Journal:
         self._fh.flush()
         os.fsync(self._fh.fileno())
 
-    def read(self) -> Iterator[Frame]:
-        """The frames on disk (`.prev`, then the current file), in order, up to the first torn or corrupt one."""
+    def read(self, n_channels: int | None = None) -> Iterator[Frame]:
+        """The frames on disk (`.prev`, then the current file), in order, up to the first torn or corrupt one;
+        `n_channels`: the channels of the bundle that wrote them, when not this journal's (a model change after a
+        crash: the caller maps their values)."""
         self.torn_tail = False
         for path in (self.prev_path, self.path):
-            yield from self._read(path)
+            yield from self._read(path, self.n_channels if n_channels is None else int(n_channels))
             if self.torn_tail:
                 return
 
-    def _read(self, path: Path) -> Iterator[Frame]:
+    def _read(self, path: Path, c: int) -> Iterator[Frame]:
         data = path.read_bytes() if path.exists() else b""
         pos = 0
         while pos < len(data):
@@ -103,21 +105,22 @@ class Journal:
             if len(payload) < length or zlib.crc32(payload) != crc:
                 self.torn_tail = True
                 return
-            frame = self._decode(payload)
+            frame = self._decode(payload, c)
             if frame is None:  # its CRC holds but it is no frame of this journal: zeros a power cut left, say
                 self.torn_tail = True
                 return
             yield frame
             pos += _HEAD.size + length
 
-    def _decode(self, payload: bytes) -> Frame | None:
+    @staticmethod
+    def _decode(payload: bytes, c: int) -> Frame | None:
         """A frame's payload -> the frame, or None when it is not one of this journal's frames (too short, sizes
-        that do not add up for C channels, ids that are not a JSON list of n strings). The CRC alone cannot tell:
+        that do not add up for `c` channels, ids that are not a JSON list of n strings). The CRC alone cannot tell:
         an all-zero header is length 0, CRC 0, and crc32(b"") == 0."""
         if len(payload) < _FIXED.size:
             return None
         frame_no, has_tick, tick_ns, n, ids_len = _FIXED.unpack_from(payload, 0)
-        if has_tick > 1 or len(payload) != _FIXED.size + ids_len + 8 * n * (1 + self.n_channels):
+        if has_tick > 1 or len(payload) != _FIXED.size + ids_len + 8 * n * (1 + c):
             return None
         at = _FIXED.size
         try:
@@ -129,7 +132,7 @@ class Journal:
         at += ids_len
         ts = np.frombuffer(payload, dtype="<i8", count=n, offset=at)
         at += 8 * n
-        values = np.frombuffer(payload, dtype="<f8", count=n * self.n_channels, offset=at).reshape(n, self.n_channels)
+        values = np.frombuffer(payload, dtype="<f8", count=n * c, offset=at).reshape(n, c)
         samples = [Sample(str(t), int(s), values[i].copy()) for i, (t, s) in enumerate(zip(ids, ts))]
         return Frame(int(frame_no), samples, int(tick_ns) if has_tick else None)
 
@@ -160,3 +163,23 @@ class Journal:
 
     def close(self) -> None:
         self._fh.close()
+
+
+def in_channels(samples: list[Sample], written: Sequence[str], channels: Sequence[str]) -> tuple[list[Sample], int]:
+    """Samples a bundle of channels `written` journalled, in the channels of another (a model change after a crash):
+    each value moved to its channel's place by name (bit for bit: a failed read stays one), NaN (missing) where the
+    writer had no such channel; a sample is dropped when the two share no channel. Returns the samples and how many
+    were dropped."""
+    if tuple(written) == tuple(channels):
+        return samples, 0
+    at = {c: i for i, c in enumerate(written)}
+    dst = np.array([j for j, c in enumerate(channels) if c in at], dtype=np.int64)
+    if not dst.size:
+        return [], len(samples)
+    src = np.array([at[channels[j]] for j in dst.tolist()], dtype=np.int64)
+    out = []
+    for s in samples:
+        values = np.full(len(channels), np.nan)
+        values[dst] = s.values[src]
+        out.append(s._replace(values=values))
+    return out, 0
