@@ -30,6 +30,7 @@ from scada_tcn.demo.broker import free_port
 from scada_tcn.runtime.bundle import load_bundle
 from scada_tcn.runtime.daemon import Daemon
 from scada_tcn.runtime.daemon_config import ConfigError
+from scada_tcn.runtime.engine import Engine
 from scada_tcn.runtime.journal import Journal
 from scada_tcn.runtime.mqtt import Message, Publish
 from scada_tcn.runtime.records import iso_utc, split_batch
@@ -1627,3 +1628,104 @@ def test_a_crash_then_a_bundle_of_other_channels_takes_the_journal_by_channel_na
     for (_, _, g), (_, _, w) in zip(got, want):  # bit for bit (NaN payloads included)
         assert np.array(list(g.values())).view(np.int64).tolist() == np.array(list(w.values())).view(np.int64).tolist()
     assert any("taken by channel name" in r.getMessage() for r in caplog.records)
+
+
+def _taking(d: Daemon) -> list:
+    """The samples `d`'s engine is given from now on (`_advance`)."""
+    taken: list = []
+    advance = d._advance
+
+    def spy(samples, tick_ns, redelivered=None):
+        taken.extend(samples)
+        return advance(samples, tick_ns, redelivered)
+
+    d._advance = spy  # type: ignore[method-assign]
+    return taken
+
+
+def test_a_journal_whose_channels_nothing_names_is_not_replayed(bundle, messages, tmp_path, caplog):
+    """Which channel each journalled value is of is not guessed. A state file of the format before (/2) with no
+    turbine yet, from another bundle (a crash before the first periodic snapshot, then a model change), and a
+    journal left beside no state file (the file deleted to start afresh): their frames were read in this bundle's
+    channels, into the wrong channels (and, without a state file, published as a fresh engine's records of steps
+    already published). Their samples are now counted as dropped and logged. A crash while a refused state is set
+    aside, after the journal was replayed into the fresh engine, emptied the journal before the fresh state was on
+    disk: the restart found the old state and no journal. The fresh state is written first now."""
+    from scada_tcn.runtime import daemon as daemon_module
+
+    first = _daemon(bundle, tmp_path)
+    first._restore_state()  # the snapshot of a fresh start: no turbine
+    _feed(first, messages[:200])  # then the crash
+    n = sum(len(f.samples) for f in Journal(tmp_path / "state.npz.journal", len(bundle.spec.channels)).read())
+    doc = load_state(tmp_path / "state.npz")
+    assert doc["channels"] == list(bundle.spec.channels) and not doc["engine"]["fleet"]["turbines"]
+    keep = tmp_path / "kept"
+    shutil.copytree(tmp_path, keep, ignore=shutil.ignore_patterns("kept"))
+    save_state(tmp_path / "state.npz", {**{k: v for k, v in doc.items() if k not in ("sparkplug", "channels")},
+                                        "format": "scada-runtime-state/2"})  # fmt: skip
+    d = _daemon(_other_channels(bundle, tmp_path / "b", extra=False), tmp_path)
+    taken = _taking(d)
+    with caplog.at_level(logging.WARNING, logger="scada.runtime.daemon"):
+        d._restore_state()
+    assert taken == [] and d.metrics.value("scada_runtime_state_samples_dropped_total") == n > 0
+    assert any("journal's samples are not replayed" in r.getMessage() for r in caplog.records)
+    (keep / "state.npz").unlink()  # deleted, its journal kept
+    d = _daemon(bundle, keep)
+    taken = _taking(d)
+    d._restore_state()
+    assert taken == [] and not d.link.unacked() and d.metrics.value("scada_runtime_state_samples_dropped_total") == n
+
+    crashed = tmp_path / "crashed"  # a crash while the refused state is set aside, its journal replayed
+    (crashed / "b").mkdir(parents=True)
+    first = _daemon(bundle, crashed)
+    first._restore_state()
+    _feed(first, messages[:200])
+    first._save_state()  # turbines in the snapshot: the other bundle refuses it (their open bins' channels)
+    _feed(first, messages[200:400])
+    n = sum(len(f.samples) for f in Journal(crashed / "state.npz.journal", len(bundle.spec.channels)).read())
+    other = _other_channels(bundle, crashed / "b", extra=False)
+    real = daemon_module.write_state
+
+    def power_cut(*args, **kwargs):
+        raise OSError("the power went")
+
+    daemon_module.write_state = power_cut
+    try:
+        with pytest.raises(OSError, match="the power went"):
+            _daemon(other, crashed)._restore_state()
+    finally:
+        daemon_module.write_state = real
+    d = _daemon(other, crashed)
+    taken = _taking(d)
+    with caplog.at_level(logging.WARNING, logger="scada.runtime.daemon"):
+        d._restore_state()
+    assert len(taken) == n > 0  # the journal was still there
+    assert any("state file not used" in r.getMessage() for r in caplog.records)
+
+
+def test_a_model_change_with_other_channels_carries_the_open_bins_by_channel_name(bundle, messages, tmp_path,
+                                                                                  caplog):  # fmt: skip
+    """A clean stop, then a start on a bundle whose channels differ (here reversed, with a channel more): the
+    open bins' samples (acknowledged, in no closed step) were not carried (`state_samples_dropped_total`), while
+    after a crash the journal's are. Each channel's values, out-of-range count and held value are now taken by
+    name, and a channel the old bundle lacked has none."""
+    first = _daemon(bundle, tmp_path)
+    first._restore_state()
+    _feed(first, messages[:203])
+    first._shutdown()
+    before = Engine.open_bins_in(load_state(tmp_path / "state.npz")["engine"])
+    other = _other_channels(bundle, tmp_path, extra=True)
+    d = _daemon(other, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="scada.runtime.daemon"):
+        d._restore_state()
+    assert d.metrics.value("scada_runtime_state_samples_dropped_total") == 0
+    after = Engine.open_bins_in(d.engine.state_dict())
+    assert set(after) == set(before) and sum(len(b["ts_ns"]) for b in before.values()) > 0
+    for t, old in before.items():
+        new = after[t]
+        assert new["ts_ns"].tolist() == old["ts_ns"].tolist()
+        at = {c: i for i, c in enumerate(old["channels"].tolist())}
+        for j, c in enumerate(new["channels"].tolist()):
+            col = new["values"][:, j].view(np.int64).tolist()
+            want = old["values"][:, at[c]] if c in at else np.full(len(old["ts_ns"]), np.nan)
+            assert col == np.asarray(want, dtype=np.float64).view(np.int64).tolist(), (t, c)

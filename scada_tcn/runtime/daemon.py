@@ -121,10 +121,10 @@ def _checked_snapshot(doc: Any) -> dict[str, Any]:
     if extra is None or set(doc) != {"format", "engine", "frame_no", "outbox", *extra}:
         raise ValueError("not a scada-runtime state snapshot")
     doc.setdefault("sparkplug", {"devices": {}, "waits": {}})
-    channels = doc.setdefault("channels", None)
-    if channels is not None and (not isinstance(channels, list) or not channels
-                                 or not all(isinstance(c, str) for c in channels)):  # fmt: skip
-        raise ValueError("channels must be a non-empty list of channel names")
+    channels = doc.setdefault("channels", None)  # (a /2 file has none)
+    if form == STATE_FORMAT and (not isinstance(channels, list) or not channels or len(set(channels)) != len(channels)
+                                 or not all(isinstance(c, str) and c for c in channels)):  # fmt: skip
+        raise ValueError("channels must be a non-empty list of distinct channel names")
     spb = doc["sparkplug"]
     if not isinstance(spb, dict) or set(spb) != {"devices", "waits"}:
         raise ValueError("sparkplug must be {devices, waits}")
@@ -143,16 +143,22 @@ def _checked_snapshot(doc: Any) -> dict[str, Any]:
     return doc
 
 
-def _written_channels(snapshot: dict[str, Any], default: tuple[str, ...]) -> tuple[str, ...]:
-    """The channels of the bundle that wrote a snapshot and the journal after it: named in it (/3), else those of
-    its turbines' accumulators (/2), else (no turbine) `default`."""
+def _written_channels(snapshot: dict[str, Any], bundle: Any) -> tuple[str, ...] | None:
+    """The channels of the bundle that wrote a snapshot and the journal after it: named in it (/3); else (/2) those
+    its turbines' accumulators all name, or with no turbine `bundle`'s when the state is this bundle's; else None:
+    not known, and not to be guessed."""
     if snapshot["channels"] is not None:
         return tuple(snapshot["channels"])
     try:
         bins = Engine.open_bins_in(snapshot["engine"])
-        return tuple(str(c) for c in np.asarray(next(iter(bins.values()))["channels"]).tolist()) if bins else default
-    except (ValueError, KeyError, TypeError):  # a state this daemon cannot read is set aside, its journal replayed
-        return default
+        named = {tuple(str(c) for c in np.asarray(acc["channels"]).ravel().tolist()) for acc in bins.values()}
+    except (ValueError, KeyError, TypeError, AttributeError):  # a damaged state: set aside
+        return None
+    if named:
+        channels = named.pop()
+        return channels if not named and channels and len(set(channels)) == len(channels) else None
+    engine = snapshot["engine"]
+    return bundle.spec.channels if isinstance(engine, dict) and engine.get("bundle_id") == bundle.bundle_id else None
 
 
 _STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -345,14 +351,14 @@ class Daemon:
         refused: ValueError | None = None
         other_bundle = False  # the state's bundle is another of this model: the journal's steps were its to score
         nodes = None  # what the snapshot knows of Sparkplug's edge nodes
-        written = self.bundle.spec.channels  # the channels of the journal's frames: those of the snapshot's bundle
+        written = None  # the channels of the journal's frames: those of the snapshot's bundle (None: not known)
         if Path(path).is_file():
             try:
                 snapshot = _checked_snapshot(load_state(path))
             except ValueError as e:
                 self._set_aside(path, e, 0, 0)
                 return
-            nodes, written = snapshot["sparkplug"], _written_channels(snapshot, written)
+            nodes, written = snapshot["sparkplug"], _written_channels(snapshot, self.bundle)
             for p in snapshot["outbox"]:  # a publish the queue cannot take is counted and reported
                 self._republish(p["topic"], p["payload"].encode(), p["retain"])
             try:
@@ -366,9 +372,13 @@ class Daemon:
             self._data_ns = self.engine.fleet.newest_ns()
         replayed = unpublished = unmapped = 0
         assert self.journal is not None
-        for frame in self.journal.read(len(written)):
+        for frame in self.journal.read(len(written or self.bundle.spec.channels)):
             if frame.frame_no <= self._frame_no:
                 continue  # already in the snapshot (a crash between the snapshot and the journal reset)
+            if written is None:  # which channel a value is of is not known: not taken
+                unmapped += len(frame.samples)
+                self._frame_no = frame.frame_no
+                continue
             samples, dropped = in_channels(frame.samples, written, self.bundle.spec.channels)
             unmapped += dropped
             outputs = self._advance(self._replayable(samples), frame.tick_ns)
@@ -380,8 +390,12 @@ class Daemon:
             replayed += 1
         log.info("state restored", extra={"path": path, "turbines": len(self.engine.fleet),
                                           "journal_frames": replayed, "torn_tail": self.journal.torn_tail})  # fmt: skip
-        if tuple(written) != self.bundle.spec.channels:
-            self.metrics.state_samples_dropped.inc(unmapped)
+        self.metrics.state_samples_dropped.inc(unmapped)
+        if written is None and unmapped:
+            log.warning("the journal's samples are not replayed: no state file beside it (deleted?), or one of the "
+                        "format before that names no channel, from another bundle, says which channel each value "
+                        "is of", extra={"samples_dropped": unmapped})  # fmt: skip
+        elif replayed and written is not None and written != self.bundle.spec.channels:
             log.warning("the journal's frames hold the channels of the state's bundle: their values were taken by "
                         "channel name (missing where it had no such channel)",
                         extra={"state_channels": list(written), "channels": list(self.bundle.spec.channels),
@@ -554,7 +568,8 @@ class Daemon:
             os.fsync(fh.fileno())
         fsync_dir(aside.parent)
         assert self.journal is not None
-        self.journal.reset()  # first: a fresh state beside the old frames would replay them onto a fresh engine
+        # the fresh state counts the journal's frames as taken, then empties it: a crash between the two skips them
+        self._frame_no = max(self._frame_no, self.journal.last_frame_no())
         self._save_state()
         self.metrics.scores_dropped.labels(reason="state_refused").inc(waiting)
         log.warning("state file not used; every turbine warms up again",

@@ -634,9 +634,10 @@ class Engine:
         """Turbines' open bins from a state this engine could not resume (`open_bins_in`), so a model change loses
         none of the samples acknowledged before it: each turbine (registered in the fleet, as `carry_alerts`) starts
         where it stood, its open bins' samples closing its first step here, and the steps the other model scored
-        stay closed. Returns the samples taken per turbine carried (none beyond `max_turbines`, none of a malformed
-        accumulator state). SpecError when the state's step or channels differ from this bundle's (use a fresh
-        engine then: nothing is to be carried)."""
+        stay closed; a channel's values by its name when the channels differ (none for a channel the state
+        lacks). Returns the samples taken per turbine carried (none beyond `max_turbines`, none of a malformed
+        accumulator state). SpecError when the state's step differs from this bundle's, or it shares no channel
+        (use a fresh engine then: nothing is to be carried)."""
         carried = {}
         for t, acc in bins.items():
             if self.fleet.has_room(t):

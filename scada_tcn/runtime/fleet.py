@@ -211,9 +211,9 @@ class Fleet:
 
     def take_open_bins(self, turbine: str, accumulator: dict[str, Any]) -> int:
         """Give the turbine (a slot, as `register`) the open bins of an accumulator state another spec saved
-        (through this spec's range filter: the stricter of the two ranges holds); returns the samples taken.
-        ValueError beyond `max_turbines`; SpecError for another dt or channels and InputError for a malformed
-        state, before the turbine is given a slot."""
+        (through this spec's range filter: the stricter of the two ranges holds; other channels taken by name);
+        returns the samples taken. ValueError beyond `max_turbines`; SpecError for another dt or no channel in
+        common and InputError for a malformed state, before the turbine is given a slot."""
         checked = self._bins.checked_state(accumulator, foreign=True)
         return self._bins.load_state(self._slot(turbine), checked, through_range=True)
 

@@ -87,13 +87,38 @@ class Journal:
         """The frames on disk (`.prev`, then the current file), in order, up to the first torn or corrupt one;
         `n_channels`: the channels of the bundle that wrote them, when not this journal's (a model change after a
         crash: the caller maps their values)."""
+        c = self.n_channels if n_channels is None else int(n_channels)
+        if c < 1:
+            raise ValueError(f"Journal.read: n_channels must be >= 1, got {c}")
         self.torn_tail = False
         for path in (self.prev_path, self.path):
-            yield from self._read(path, self.n_channels if n_channels is None else int(n_channels))
+            yield from self._read(path, c)
             if self.torn_tail:
                 return
 
+    def last_frame_no(self) -> int:
+        """The number of the last frame on disk whose CRC holds (0: none), whatever channels its bundle had."""
+        last = 0
+        for path in (self.prev_path, self.path):
+            for payload in self._payloads(path):
+                if len(payload) < _FIXED.size:
+                    return last
+                last = max(last, _FIXED.unpack_from(payload, 0)[0])
+            if self.torn_tail:
+                return last
+        return last
+
     def _read(self, path: Path, c: int) -> Iterator[Frame]:
+        for payload in self._payloads(path):
+            frame = self._decode(payload, c)
+            if frame is None:  # its CRC holds but it is no frame of this journal: zeros a power cut left, say
+                self.torn_tail = True
+                return
+            yield frame
+
+    def _payloads(self, path: Path) -> Iterator[bytes]:
+        """The payloads of `path`'s frames whose CRC holds, up to the first that does not (`torn_tail`)."""
+        self.torn_tail = False
         data = path.read_bytes() if path.exists() else b""
         pos = 0
         while pos < len(data):
@@ -105,11 +130,7 @@ class Journal:
             if len(payload) < length or zlib.crc32(payload) != crc:
                 self.torn_tail = True
                 return
-            frame = self._decode(payload, c)
-            if frame is None:  # its CRC holds but it is no frame of this journal: zeros a power cut left, say
-                self.torn_tail = True
-                return
-            yield frame
+            yield payload
             pos += _HEAD.size + length
 
     @staticmethod

@@ -469,10 +469,11 @@ class OpenBins:
     def checked_state(self, state: dict[str, Any], foreign: bool = False) -> dict[str, Any]:
         """A `state_dict()` of a slot with the same dt and channels, checked (InputError: malformed, SpecError:
         another dt or channels) and converted, for `load_state`. `foreign`: another spec's state (refused at a
-        restart), where any malformation is an InputError."""
+        restart), where any malformation is an InputError, and whose channels are taken by name (`_in_channels`:
+        SpecError only when it shares none)."""
         if foreign:
             try:
-                return self.checked_state(state)
+                return self.checked_state(_in_channels(state, self.plan.channels))
             except (TypeError, KeyError, AttributeError) as e:
                 raise InputError(f"accumulator state: malformed ({e!r})") from e
         keys = set(_STATE_KEYS)
@@ -527,6 +528,34 @@ class OpenBins:
         self._rows.remove(self._rows.positions(np.array([slot])))
         self._rows.append(np.full(checked["ts"].size, slot, dtype=np.int64), checked["ts"], checked["order"], vals)
         return int(checked["ts"].size)
+
+
+def _in_channels(state: dict[str, Any], channels: tuple[str, ...]) -> dict[str, Any]:
+    """Another spec's accumulator state in `channels`, each channel's columns (values, out-of-range count, held
+    value) taken by name, as the journal's values are (`journal.in_channels`): a channel the state lacks has none.
+    Unchanged when its channels are these, or when they share none or do not fit its arrays (`checked_state`
+    refuses it then)."""
+    had = tuple(str(x) for x in np.asarray(state["channels"]).tolist())
+    at = {c: i for i, c in enumerate(had)}
+    dst = [j for j, c in enumerate(channels) if c in at]
+    vals = np.asarray(state["values"])
+    if had == channels or not dst or len(at) != len(had) or vals.ndim != 2 or vals.shape[1] != len(had):
+        return state
+    src = [at[channels[j]] for j in dst]
+    c = len(channels)
+
+    def moved(x: Any, fill: Any, dtype: Any) -> np.ndarray:
+        x = np.asarray(x, dtype=dtype)
+        out = np.full((*x.shape[:-1], c), fill, dtype=dtype)
+        out[..., dst] = x[..., src]
+        return out
+
+    out = {**state, "channels": np.array(channels, dtype=str), "values": moved(vals, np.nan, np.float64),
+           "out_of_range": moved(state["out_of_range"], 0, np.int64)}  # fmt: skip
+    if "hold_ts" in state:
+        out["hold_ts"] = moved(state["hold_ts"], NO_VALUE, np.int64)
+        out["hold_values"] = moved(state["hold_values"], np.nan, np.float64)
+    return out
 
 
 _HOLD_KEYS = ("hold_ts", "hold_values")  # per channel, its latest value in the closed bins (`runtime.hold`)
