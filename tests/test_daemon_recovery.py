@@ -1611,14 +1611,7 @@ def test_a_crash_then_a_bundle_of_other_channels_takes_the_journal_by_channel_na
     assert len(sent) >= 100
     other = _other_channels(bundle, tmp_path, extra)
     d = _daemon(other, tmp_path)
-    taken: list = []
-    advance = d._advance
-
-    def spy(samples, tick_ns, redelivered=None):
-        taken.extend(samples)
-        return advance(samples, tick_ns, redelivered)
-
-    d._advance = spy  # type: ignore[method-assign]
+    taken = _taking(d)
     with caplog.at_level(logging.WARNING, logger="scada.runtime.daemon"):
         d._restore_state()
     assert not d.journal.torn_tail  # (before: another count of channels read as a damaged frame)
@@ -1646,11 +1639,13 @@ def _taking(d: Daemon) -> list:
 def test_a_journal_whose_channels_nothing_names_is_not_replayed(bundle, messages, tmp_path, caplog):
     """Which channel each journalled value is of is not guessed. A state file of the format before (/2) with no
     turbine yet, from another bundle (a crash before the first periodic snapshot, then a model change), and a
-    journal left beside no state file (the file deleted to start afresh): their frames were read in this bundle's
-    channels, into the wrong channels (and, without a state file, published as a fresh engine's records of steps
-    already published). Their samples are now counted as dropped and logged. A crash while a refused state is set
-    aside, after the journal was replayed into the fresh engine, emptied the journal before the fresh state was on
-    disk: the restart found the old state and no journal. The fresh state is written first now."""
+    journal that follows a snapshot since deleted (the file deleted to start afresh): their frames were read in
+    this bundle's channels, into the wrong channels (and, without a state file, published as a fresh engine's
+    records of steps already published, from another engine's). Their samples are now counted as dropped and
+    logged. The journal of a run that started with no state, with its state file gone, is replayed as before: it
+    scored from a fresh engine too, and its records come again byte for byte. A crash while a refused state is
+    set aside, after the journal was replayed into the fresh engine, emptied the journal before the fresh state
+    was on disk: the restart found the old state and no journal. The fresh state is written first now."""
     from scada_tcn.runtime import daemon as daemon_module
 
     first = _daemon(bundle, tmp_path)
@@ -1659,8 +1654,8 @@ def test_a_journal_whose_channels_nothing_names_is_not_replayed(bundle, messages
     n = sum(len(f.samples) for f in Journal(tmp_path / "state.npz.journal", len(bundle.spec.channels)).read())
     doc = load_state(tmp_path / "state.npz")
     assert doc["channels"] == list(bundle.spec.channels) and not doc["engine"]["fleet"]["turbines"]
-    keep = tmp_path / "kept"
-    shutil.copytree(tmp_path, keep, ignore=shutil.ignore_patterns("kept"))
+    fresh_run = tmp_path / "fresh_run"
+    shutil.copytree(tmp_path, fresh_run, ignore=shutil.ignore_patterns("fresh_run"))
     save_state(tmp_path / "state.npz", {**{k: v for k, v in doc.items() if k not in ("sparkplug", "channels")},
                                         "format": "scada-runtime-state/2"})  # fmt: skip
     d = _daemon(_other_channels(bundle, tmp_path / "b", extra=False), tmp_path)
@@ -1669,13 +1664,12 @@ def test_a_journal_whose_channels_nothing_names_is_not_replayed(bundle, messages
         d._restore_state()
     assert taken == [] and d.metrics.value("scada_runtime_state_samples_dropped_total") == n > 0
     assert any("journal's samples are not replayed" in r.getMessage() for r in caplog.records)
-    (keep / "state.npz").unlink()  # deleted, its journal kept
-    d = _daemon(bundle, keep)
-    taken = _taking(d)
+    (fresh_run / "state.npz").unlink()  # a fresh run's journal, its state file gone
+    d = _daemon(bundle, fresh_run)
     d._restore_state()
-    assert taken == [] and not d.link.unacked() and d.metrics.value("scada_runtime_state_samples_dropped_total") == n
+    assert _scores(d) == _scores(first) and d.metrics.value("scada_runtime_state_samples_dropped_total") == 0
 
-    crashed = tmp_path / "crashed"  # a crash while the refused state is set aside, its journal replayed
+    crashed = tmp_path / "crashed"
     (crashed / "b").mkdir(parents=True)
     first = _daemon(bundle, crashed)
     first._restore_state()
@@ -1683,7 +1677,15 @@ def test_a_journal_whose_channels_nothing_names_is_not_replayed(bundle, messages
     first._save_state()  # turbines in the snapshot: the other bundle refuses it (their open bins' channels)
     _feed(first, messages[200:400])
     n = sum(len(f.samples) for f in Journal(crashed / "state.npz.journal", len(bundle.spec.channels)).read())
-    other = _other_channels(bundle, crashed / "b", extra=False)
+    deleted = tmp_path / "deleted"
+    shutil.copytree(crashed, deleted)
+    (deleted / "state.npz").unlink()  # the journal after a snapshot that is gone
+    d = _daemon(bundle, deleted)
+    taken = _taking(d)
+    d._restore_state()
+    assert taken == [] and not d.link.unacked() and d.metrics.value("scada_runtime_state_samples_dropped_total") == n
+
+    other = _other_channels(bundle, crashed / "b", extra=False)  # a crash while the refused state is set aside
     real = daemon_module.write_state
 
     def power_cut(*args, **kwargs):

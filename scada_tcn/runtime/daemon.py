@@ -375,6 +375,10 @@ class Daemon:
         for frame in self.journal.read(len(written or self.bundle.spec.channels)):
             if frame.frame_no <= self._frame_no:
                 continue  # already in the snapshot (a crash between the snapshot and the journal reset)
+            if written is None and not replayed and not unmapped and frame.frame_no == 1 and not Path(path).is_file():
+                # no state file, and the journal of a run that started with none (its first snapshot never landed,
+                # or was deleted): it scored from a fresh engine, as this one replays it (taken as this bundle's)
+                written = self.bundle.spec.channels
             if written is None:  # which channel a value is of is not known: not taken
                 unmapped += len(frame.samples)
                 self._frame_no = frame.frame_no
@@ -392,9 +396,9 @@ class Daemon:
                                           "journal_frames": replayed, "torn_tail": self.journal.torn_tail})  # fmt: skip
         self.metrics.state_samples_dropped.inc(unmapped)
         if written is None and unmapped:
-            log.warning("the journal's samples are not replayed: no state file beside it (deleted?), or one of the "
-                        "format before that names no channel, from another bundle, says which channel each value "
-                        "is of", extra={"samples_dropped": unmapped})  # fmt: skip
+            log.warning("the journal's samples are not replayed: neither a state file beside it (deleted?) nor one "
+                        "of the format before that names no channel, from another bundle, says which channel each "
+                        "value is of", extra={"samples_dropped": unmapped})  # fmt: skip
         elif replayed and written is not None and written != self.bundle.spec.channels:
             log.warning("the journal's frames hold the channels of the state's bundle: their values were taken by "
                         "channel name (missing where it had no such channel)",
