@@ -67,7 +67,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -352,10 +352,12 @@ class Daemon:
         other_bundle = False  # the state's bundle is another of this model: the journal's steps were its to score
         nodes = None  # what the snapshot knows of Sparkplug's edge nodes
         written = None  # the channels of the journal's frames: those of the snapshot's bundle (None: not known)
-        if Path(path).is_file():
+        had_file = Path(path).is_file()
+        if had_file:
             try:
                 snapshot = _checked_snapshot(load_state(path))
             except ValueError as e:
+                self._frame_no = self.journal.last_frame_no()  # not replayed: the fresh state skips its frames
                 self._set_aside(path, e, 0, 0)
                 return
             nodes, written = snapshot["sparkplug"], _written_channels(snapshot, self.bundle)
@@ -375,7 +377,7 @@ class Daemon:
         for frame in self.journal.read(len(written or self.bundle.spec.channels)):
             if frame.frame_no <= self._frame_no:
                 continue  # already in the snapshot (a crash between the snapshot and the journal reset)
-            if written is None and not replayed and not unmapped and frame.frame_no == 1 and not Path(path).is_file():
+            if written is None and not had_file and frame.frame_no == 1:
                 # no state file, and the journal of a run that started with none (its first snapshot never landed,
                 # or was deleted): it scored from a fresh engine, as this one replays it (taken as this bundle's)
                 written = self.bundle.spec.channels
@@ -571,10 +573,7 @@ class Daemon:
         with open(aside, "rb") as fh:
             os.fsync(fh.fileno())
         fsync_dir(aside.parent)
-        assert self.journal is not None
-        # the fresh state counts the journal's frames as taken, then empties it: a crash between the two skips them
-        self._frame_no = max(self._frame_no, self.journal.last_frame_no())
-        self._save_state()
+        self._save_state()  # then the journal is emptied: a crash before that skips its frames (`_frame_no`)
         self.metrics.scores_dropped.labels(reason="state_refused").inc(waiting)
         log.warning("state file not used; every turbine warms up again",
                     extra={"reason": str(why), "moved_to": str(aside), "outbox_resent": resent,
@@ -945,8 +944,7 @@ class Daemon:
         self.sparkplug.resume_devices(nodes["devices"])
         now, wait_ns = self.clock(), int(self.cfg.ingest.sparkplug_history_wait_s * 1e9)
         # at most the wait set now from now (lowered since, or a clock set back), none when it is 0
-        known = {t: min(until, now + wait_ns) for t, until in nodes["waits"].items()
-                 if wait_ns and self.engine.fleet.open_stamp(t) != NO_STAMP}  # fmt: skip
+        known = {t: min(nodes["waits"][t], now + wait_ns) for t in self._of_fleet(nodes["waits"]) if wait_ns}
         self._births.resume(known, now)
         if known:
             log.info("waiting again for the history of Sparkplug edge nodes that died before the restart",
@@ -956,8 +954,11 @@ class Daemon:
         """An NDEATH's turbines of the fleet wait `ingest.sparkplug_history_wait_s` for the history their node
         stores and forwards when back (`BirthHold.wait`): the clock closes none of their steps meanwhile
         (`_below_history`). Ids the fleet has no sample of have no steps to keep open."""
-        known = [t for t in turbines if self.engine.fleet.open_stamp(t) != NO_STAMP]
-        self._births.wait(known, now_ns, int(self.cfg.ingest.sparkplug_history_wait_s * 1e9))
+        self._births.wait(self._of_fleet(turbines), now_ns, int(self.cfg.ingest.sparkplug_history_wait_s * 1e9))
+
+    def _of_fleet(self, turbines: Iterable[str]) -> list[str]:
+        """Those of `turbines` the fleet has samples of (the others have no steps to keep open)."""
+        return [t for t in turbines if self.engine.fleet.open_stamp(t) != NO_STAMP]
 
     def _stale(self, samples: list[Sample], deaths: list[str]) -> list[Sample]:
         """Per turbine the Sparkplug message just decoded made stale (`SparkplugDecoder.take_deaths`), when the

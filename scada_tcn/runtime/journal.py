@@ -38,6 +38,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from scada_tcn.runtime.channel_map import channel_map
 from scada_tcn.runtime.state_file import fsync_dir
 from scada_tcn.runtime.telemetry import Sample
 
@@ -187,20 +188,13 @@ class Journal:
 
 
 def in_channels(samples: list[Sample], written: Sequence[str], channels: Sequence[str]) -> tuple[list[Sample], int]:
-    """Samples a bundle of channels `written` journalled, in the channels of another (a model change after a crash):
-    each value moved to its channel's place by name (bit for bit: a failed read stays one), NaN (missing) where the
-    writer had no such channel; a sample is dropped when the two share no channel. Returns the samples and how many
-    were dropped."""
+    """Samples a bundle of channels `written` journalled, in the channels of another (a model change after a crash),
+    each value moved by its channel's name (`channel_map`), NaN (missing) where the writer had no such channel; a
+    sample is dropped when the two share no channel. Returns the samples and how many were dropped."""
     if tuple(written) == tuple(channels):
         return samples, 0
-    at = {c: i for i, c in enumerate(written)}
-    dst = np.array([j for j, c in enumerate(channels) if c in at], dtype=np.int64)
-    if not dst.size:
+    by_name = channel_map(written, channels)
+    if by_name is None:
         return [], len(samples)
-    src = np.array([at[channels[j]] for j in dst.tolist()], dtype=np.int64)
-    out = []
-    for s in samples:
-        values = np.full(len(channels), np.nan)
-        values[dst] = s.values[src]
-        out.append(s._replace(values=values))
-    return out, 0
+    values = by_name.moved([s.values for s in samples] or np.zeros((0, len(written))), np.nan, np.float64)
+    return [s._replace(values=v) for s, v in zip(samples, values)], 0

@@ -51,6 +51,7 @@ from scada_tcn.runtime.binning import (
     _plan,
     aggregate_bins,
 )
+from scada_tcn.runtime.channel_map import channel_map
 from scada_tcn.runtime.errors import InputError, SpecError
 from scada_tcn.runtime.hold import NO_VALUE, Carry, no_carry
 from scada_tcn.runtime.slots import rounds
@@ -532,29 +533,19 @@ class OpenBins:
 
 def _in_channels(state: dict[str, Any], channels: tuple[str, ...]) -> dict[str, Any]:
     """Another spec's accumulator state in `channels`, each channel's columns (values, out-of-range count, held
-    value) taken by name, as the journal's values are (`journal.in_channels`): a channel the state lacks has none.
+    value) moved by name (`channel_map`, as the journal's values are): a channel the state lacks has none.
     Unchanged when its channels are these, or when they share none or do not fit its arrays (`checked_state`
     refuses it then)."""
     had = tuple(str(x) for x in np.asarray(state["channels"]).tolist())
-    at = {c: i for i, c in enumerate(had)}
-    dst = [j for j, c in enumerate(channels) if c in at]
+    by_name = None if had == channels else channel_map(had, channels)
     vals = np.asarray(state["values"])
-    if had == channels or not dst or len(at) != len(had) or vals.ndim != 2 or vals.shape[1] != len(had):
+    if by_name is None or vals.ndim != 2 or vals.shape[1] != len(had):
         return state
-    src = [at[channels[j]] for j in dst]
-    c = len(channels)
-
-    def moved(x: Any, fill: Any, dtype: Any) -> np.ndarray:
-        x = np.asarray(x, dtype=dtype)
-        out = np.full((*x.shape[:-1], c), fill, dtype=dtype)
-        out[..., dst] = x[..., src]
-        return out
-
-    out = {**state, "channels": np.array(channels, dtype=str), "values": moved(vals, np.nan, np.float64),
-           "out_of_range": moved(state["out_of_range"], 0, np.int64)}  # fmt: skip
+    out = {**state, "channels": np.array(channels, dtype=str), "values": by_name.moved(vals, np.nan, np.float64),
+           "out_of_range": by_name.moved(state["out_of_range"], 0, np.int64)}  # fmt: skip
     if "hold_ts" in state:
-        out["hold_ts"] = moved(state["hold_ts"], NO_VALUE, np.int64)
-        out["hold_values"] = moved(state["hold_values"], np.nan, np.float64)
+        out["hold_ts"] = by_name.moved(state["hold_ts"], NO_VALUE, np.int64)
+        out["hold_values"] = by_name.moved(state["hold_values"], np.nan, np.float64)
     return out
 
 
