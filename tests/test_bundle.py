@@ -20,6 +20,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402
 
+from scada_tcn.runtime import bundle_copy  # noqa: E402
 from scada_tcn.runtime.bundle import (  # noqa: E402
     SCHEMA_VERSION,
     TOP_KEYS,
@@ -608,3 +609,32 @@ def test_fuzz_every_corruption_is_a_bundle_error(bundle_dir, tmp_path):
     )
     assert sum(outcomes.values()) + len(accepted) == n
     assert sum(outcomes.values()) > 0.8 * n
+
+
+def test_the_copy_beside_the_state_file_reads_back_as_the_running_bundle(bundle_dir, tmp_path):
+    """`bundle_copy` keeps the running bundle beside the daemon's state file, for the restart after a crash on
+    another bundle: a bundle of an older schema and a time-weighted one (its own document, not the folder's) read
+    back with their bundle ids; a copy is written once; `prune` deletes the others and a half-written one; an id
+    that is not one (a path) finds nothing; a copy that does not read back as its bundle is refused."""
+    state = tmp_path / "state" / "state.npz"
+    state.parent.mkdir()
+    _edit(bundle_dir, lambda d: (d["pipeline_spec"].update(hold_s={"power": 3600}), d.update(schema_version=11)))
+    held = load_bundle(bundle_dir)
+    timed = held.with_time_weighted(["power"])
+    for b in (held, timed):
+        where = bundle_copy.keep(b, state)
+        assert where == bundle_copy.find(state, b.bundle_id) == bundle_copy.copies_dir(state) / b.bundle_id
+        again = load_bundle(where)
+        assert (again.bundle_id, again.model_id, again.graphs, again.schema_version) == (
+            b.bundle_id, b.model_id, b.graphs, b.schema_version)  # fmt: skip
+    assert load_bundle(bundle_copy.find(state, held.bundle_id)).spec.aggregation.get("power") is None
+    stamp = (bundle_copy.find(state, held.bundle_id) / "bundle.json").stat().st_mtime_ns
+    bundle_copy.keep(held, state)
+    assert (bundle_copy.find(state, held.bundle_id) / "bundle.json").stat().st_mtime_ns == stamp
+    (bundle_copy.copies_dir(state) / ".abc.tmp").mkdir()  # what a crash during a copy leaves
+    assert bundle_copy.prune(state, timed.bundle_id) == [held.bundle_id]
+    assert [p.name for p in bundle_copy.copies_dir(state).iterdir()] == [timed.bundle_id]
+    assert bundle_copy.find(state, held.bundle_id) is None and bundle_copy.find(state, "../state") is None
+    with pytest.raises(BundleError, match="beside the state file reads as"):
+        bundle_copy.keep(dataclasses.replace(held, bundle_id="0" * 64), state)
+    assert bundle_copy.find(state, "0" * 64) is None

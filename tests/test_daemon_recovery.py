@@ -266,23 +266,71 @@ def test_a_model_change_loses_no_sample_acknowledged_before_it(bundle, messages,
     assert d.metrics.value("scada_runtime_state_samples_dropped_total") == 0
 
 
-def test_a_crash_then_a_model_change_gives_no_step_a_second_record(bundle, messages, tmp_path, caplog):
-    """A crash after a snapshot, then a start on another model: the carried open bins were the snapshot's, out of
-    date, and the journal after it was dropped. The steps the journal had closed, which the other model scored and
-    published, closed again empty, with a second record (72 steps in the review: `ok`, then `warmup`), and the
-    samples acknowledged since were lost uncounted. Now the journal goes through the fresh engine's bins without
+def _sent(publishes: list[Publish]) -> list[tuple[str, bytes, bool]]:
+    return [(p.topic, p.payload, p.retain) for p in publishes]
+
+
+@pytest.mark.parametrize("change", ["engine", "levels", "channels"])
+def test_a_crash_then_a_change_publishes_the_journals_steps_as_the_crashed_run_did(bundle, messages, tmp_path,
+                                                                                   caplog, change):  # fmt: skip
+    """A crash after a snapshot, then a start on another engine kind (window to stream: the state is refused), on a
+    re-export with other levels (the state resumes), or on a bundle of other channels (refused). The steps the
+    journal closed were scored and published by the crashed run, and the broker may not have acknowledged them:
+    they were not published again (another engine's numbers would contradict them), so those records were lost.
+    The daemon keeps a copy of its bundle beside the state file now, and the engine that wrote the state scores
+    the journal's steps again, in step with this one, and publishes them: after the outbox, exactly what the
+    crashed run published after its snapshot (topic, payload, retain, in order). The copies of other bundles are
+    deleted once the state names this one. No step gets two different records over the two runs."""
+    q = len(messages) // 4
+    first = _run(bundle, tmp_path, messages[:q], engine="window" if change == "engine" else "stream")
+    first.engine.alerts.hold_on(np.array([0]))  # an alert on at the snapshot, as scores would turn it on
+    first._save_state()  # a periodic snapshot, then journal frames after it, then the crash
+    outbox = len(first.link.unacked())
+    _feed(first, messages[q : 2 * q])
+    after_snapshot = _sent(first.link.unacked()[outbox:])
+    on_at_crash = Engine.alerts_on_in(first.engine.state_dict())
+    assert sum(topic.endswith("/score") for topic, _, _ in after_snapshot) == 72  # 4 turbines x 18 steps
+    assert [p.name for p in (tmp_path / "state.npz.bundles").iterdir()] == [bundle.bundle_id]
+    other = {"engine": lambda: bundle, "levels": lambda: reexported(bundle, tmp_path / "other", double_levels),
+             "channels": lambda: _other_channels(bundle, tmp_path, extra=False)}[change]()  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="scada.runtime.daemon"):
+        d = _daemon(other, tmp_path)
+        d._restore_state()
+    assert (tmp_path / "state.npz.unused").exists() == (change != "levels")
+    assert not any("not published again" in r.getMessage() for r in caplog.records)
+    assert _sent(d.link.unacked()[outbox:]) == after_snapshot
+    assert [p.name for p in (tmp_path / "state.npz.bundles").iterdir()] == [other.bundle_id]
+    if change != "levels":  # a fresh engine carries the alerts on when the journal ended, as they were published
+        assert Engine.alerts_on_in(load_state(tmp_path / "state.npz.unused")["engine"]) == ["WT01"] != on_at_crash
+        assert Engine.alerts_on_in(d.engine.state_dict()) == on_at_crash
+    n = len(d.link.unacked())
+    _feed(d, messages[2 * q :])
+    assert len(d.link.unacked()) > n
+    both = by_key([p.payload for p in [*first.link.unacked(), *d.link.unacked()] if p.topic.endswith("/score")])
+    assert all(len(v) == 1 for v in both.values())
+
+
+def test_a_crash_then_a_model_change_without_a_copy_gives_no_step_a_second_record(bundle, messages, tmp_path,
+                                                                                   caplog):  # fmt: skip
+    """A crash after a snapshot, then a start on another bundle, with no copy of the state's bundle beside the state
+    file (a state of the release before copies): the carried open bins were the snapshot's, out of date, and the
+    journal after it was dropped. The steps the journal had closed, which the other bundle scored and published,
+    closed again empty, with a second record (72 steps in the review: `ok`, then `warmup`), and the samples
+    acknowledged since were lost uncounted. Now the journal goes through the fresh engine's bins without
     publishing what it closes: no step gets a second record, and none goes without one (logged)."""
     q = len(messages) // 4
     whole = _run(bundle, tmp_path / "whole", messages)
-    first = _run(bundle, tmp_path, messages[:q], engine="window")
+    first = _run(bundle, tmp_path, messages[:q])
     first._save_state()  # a periodic snapshot, then journal frames after it, then the crash
     _feed(first, messages[q : 2 * q])
     published = _scores(first)  # (no broker: every record the crash left unacknowledged counts as published)
+    shutil.rmtree(tmp_path / "state.npz.bundles")
     with caplog.at_level(logging.WARNING, logger="scada.runtime.daemon"):
-        d = _daemon(bundle, tmp_path)  # the stream engine refuses the window engine's state
+        d = _daemon(_other_channels(bundle, tmp_path, extra=False), tmp_path)  # refuses the state (its channels)
         d._restore_state()
     assert (tmp_path / "state.npz.unused").exists()
     assert any("not published again" in r.getMessage() for r in caplog.records)
+    assert any("no copy of bundle" in str(getattr(r, "reason", "")) for r in caplog.records)
     n = len(d.link.unacked())
     _feed(d, messages[2 * q :])
     after = by_key([p.payload for p in d.link.unacked()[n:] if p.topic.endswith("/score")])
@@ -292,10 +340,10 @@ def test_a_crash_then_a_model_change_gives_no_step_a_second_record(bundle, messa
 def test_a_crash_then_a_reexport_with_other_levels_resumes_and_gives_no_step_a_second_record(
     bundle, messages, tmp_path, caplog
 ):
-    """A crash after a snapshot, then a start on a re-export of the same model with other levels: the state resumes
-    (no warm-up), and the steps the journal closes, which the old bundle scored and published, are not published
-    again with other numbers (a consumer would see two different records of one step). Every record names the
-    bundle that scored it."""
+    """A crash after a snapshot, then a start on a re-export of the same model with other levels, with no copy of
+    the state's bundle: the state resumes (no warm-up), and the steps the journal closes, which the old bundle
+    scored and published, are not published again with other numbers (a consumer would see two different records
+    of one step). Every record names the bundle that scored it."""
     q = len(messages) // 4
     whole = _run(bundle, tmp_path / "whole", messages)
     first = _run(bundle, tmp_path, messages[:q])
@@ -303,6 +351,7 @@ def test_a_crash_then_a_reexport_with_other_levels_resumes_and_gives_no_step_a_s
     _feed(first, messages[q : 2 * q])
     published = _scores(first)
     other = reexported(bundle, tmp_path / "other", double_levels)
+    shutil.rmtree(tmp_path / "state.npz.bundles")  # a state of the release before copies
     with caplog.at_level(logging.WARNING, logger="scada.runtime.daemon"):
         d = _daemon(other, tmp_path)
         d._restore_state()

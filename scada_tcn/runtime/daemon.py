@@ -43,8 +43,10 @@ every step gets the same bytes as in an uninterrupted run (a record may arrive t
 restart resumes scoring instead of warming every turbine up again. A state file that cannot be used (another
 model or engine, damaged) is moved aside with a warning and every turbine warms up again; its unacknowledged
 records are published all the same, and when it is readable, its alerts that were on and its open bins (samples
-acknowledged before the restart, a model change among them) are carried over. Damaged journal frames end the
-replay there (a torn tail).
+acknowledged before the restart, a model change among them) are carried over. The steps a journal after a state
+of another bundle or engine closes are that engine's: a copy of the running bundle is kept beside the state file
+(runtime.bundle_copy), and the state's engine, restored from its copy, scores them again and publishes its
+records, as the crashed run did. Damaged journal frames end the replay there (a torn tail).
 
 Alerts the consumers hold: at start, after the state and before the link connects, the daemon reads the retained
 alert states of its site from the broker (`mqtt.read_retained`, on a connection of its own) and carries over
@@ -56,6 +58,7 @@ state knows the turbine. A broker unreachable then is logged, and asked once mor
 
 from __future__ import annotations
 
+import copy
 import gc
 import json
 import logging
@@ -73,7 +76,9 @@ from typing import Any
 
 import numpy as np
 
+from scada_tcn.runtime import bundle_copy
 from scada_tcn.runtime.birth_hold import BirthHold
+from scada_tcn.runtime.bundle import load_bundle
 from scada_tcn.runtime.channel_watch import SILENT_STEPS, WATCH_STEPS, ChannelWatch
 from scada_tcn.runtime.daemon_config import RuntimeConfig, redacted, sparkplug_host
 from scada_tcn.runtime.engine import Engine, Output, Resumed
@@ -88,6 +93,7 @@ from scada_tcn.runtime.prometheus import RuntimeMetrics
 from scada_tcn.runtime.records import batches, iso_utc, retained_alert_state, split_batch
 from scada_tcn.runtime.sparkplug import host_state, host_state_topic, read_state, rebirth_request
 from scada_tcn.runtime.state_file import EncodedState, encode_state, fsync_dir, load_state, write_state
+from scada_tcn.runtime.stream import make_scorer
 from scada_tcn.runtime.telemetry import Rejection, Sample, turbine_topics
 
 __all__ = ["Daemon", "setup_logging"]
@@ -105,8 +111,9 @@ BIRTH_QUIET_S = 60  # a Sparkplug birth's values wait at most this long for the 
 REBIRTH_EVERY_S = 30  # a Sparkplug edge node is asked for its births at most this often ...
 REBIRTHS_PER_WINDOW = 64  # ... and at most this many nodes in that time
 _NOT_REPUBLISHED = (
-    "steps closed by the journal were scored before the crash by the model or bundle of the state; they are not "
-    "published again with this one's numbers, and those of its records the broker had not acknowledged are lost"
+    "steps closed by the journal were scored before the crash by the model or bundle of the state, which could not "
+    "score them again here (no copy of it beside the state file); they are not published again with this one's "
+    "numbers, and those of its records the broker had not acknowledged are lost"
 )
 
 
@@ -276,10 +283,10 @@ class Daemon:
         self.health: HealthServer | None = None
         self._status_thread = threading.Thread(target=self._status_loop, name="status", daemon=True)
 
-    def _new_engine(self, scorer: Any) -> Engine:
+    def _new_engine(self, scorer: Any, bundle: Any = None) -> Engine:
         c = self.cfg
-        return Engine(self.bundle, scorer, c.ingest.grace_s, c.ingest.max_turbines, c.compute.max_batch,
-                      on_inference=self._observe_inference, drift_window=c.health.drift_window,
+        return Engine(self.bundle if bundle is None else bundle, scorer, c.ingest.grace_s, c.ingest.max_turbines,
+                      c.compute.max_batch, on_inference=self._observe_inference, drift_window=c.health.drift_window,
                       max_per_stamp=c.ingest.max_values_per_stamp, gateway=c.gateway)  # fmt: skip
 
     # ------------------------------------------------------------------------------------------ lifecycle
@@ -333,13 +340,28 @@ class Daemon:
         return 0
 
     def _restore_state(self) -> None:
+        """Keep a copy of this bundle beside the state file (`bundle_copy.keep`), restore the state (`_restore`),
+        then delete the copies of other bundles: the state names this one now."""
+        path = self.cfg.state.path
+        if path is not None:
+            bundle_copy.keep(self.bundle, path)
+        self._restore()
+        if path is not None:
+            gone = bundle_copy.prune(path, self.bundle.bundle_id)
+            if gone:
+                log.info("copies of other bundles beside the state file deleted", extra={"bundle_ids": gone})
+
+    def _restore(self) -> None:
         """Resume from the snapshot and the journal after it (see the module docstring). A snapshot that cannot be
         read, or whose engine state this daemon refuses (another model or engine, more turbines than
         `ingest.max_turbines`), is set aside and every turbine warms up again, the alerts that were on and the
         open bins carried over (`Engine.carry_alerts`, `Engine.carry_open_bins`); the records in its outbox, which
         the broker never acknowledged, are published all the same. After a crash, the journal's samples then go
-        through the fresh engine's bins without publishing the steps they close: the other model scored those
-        (`_advance`). Turbines that a non-empty `ingest.turbines` no longer lists are retired after the
+        through the fresh engine's bins without publishing the steps they close: the other model scored those. The
+        engine that wrote the state (`_state_engine`: the copy of its bundle beside the state file, its engine
+        kind) scores them again, in step with the fresh engine, and publishes its records: those the crashed run
+        gave them, byte for byte. A state of another bundle of this model resumes, and the journal goes the same
+        two ways. Turbines that a non-empty `ingest.turbines` no longer lists are retired after the
         journal, which was acknowledged with them (`_retire`). A file that cannot be opened (permissions, a disk
         error) stops the daemon."""
         path = self.cfg.state.path
@@ -369,10 +391,11 @@ class Daemon:
                 refused = e
                 self._fresh_engine()
                 samples = self._carry_open_bins(snapshot["engine"])
-                carried = self._carry_alerts(snapshot["engine"])
             self._frame_no = snapshot["frame_no"]
             self._data_ns = self.engine.fleet.newest_ns()
-        replayed = unpublished = unmapped = 0
+        replayed = unpublished = unmapped = rescored = 0
+        writer: Engine | None = None  # the engine that wrote the state, when it is not this one (built at need)
+        asked = False  # whether `_state_engine` was asked for it
         assert self.journal is not None
         for frame in self.journal.read(len(written or self.bundle.spec.channels)):
             if frame.frame_no <= self._frame_no:
@@ -385,17 +408,27 @@ class Daemon:
                 unmapped += len(frame.samples)
                 self._frame_no = frame.frame_no
                 continue
-            samples, dropped = in_channels(frame.samples, written, self.bundle.spec.channels)
+            kept = self._replayable(frame.samples)
+            if (refused is not None or other_bundle) and not asked:
+                asked, writer = True, self._state_engine(snapshot["engine"], written)
+            if writer is not None:  # its records, as the crashed run gave them
+                again = self._engine_calls(writer, self._room_in(writer, kept), frame.tick_ns)[1]
+                rescored += sum(out.kind == "score" for out in again)
+                self._publish_outputs(again)
+            samples, dropped = in_channels(kept, written, self.bundle.spec.channels)
             unmapped += dropped
-            outputs = self._advance(self._replayable(samples), frame.tick_ns)
+            outputs = self._advance(samples, frame.tick_ns)
             if refused is None and not other_bundle:
                 self._publish_outputs(outputs)
-            else:  # the other model or bundle closed these steps before the crash and scored them: no second record
+            elif writer is None:  # the other model or bundle scored these steps before the crash: no second record
                 unpublished += sum(out.kind == "score" for out in outputs)
             self._frame_no = frame.frame_no
             replayed += 1
-        log.info("state restored", extra={"path": path, "turbines": len(self.engine.fleet),
-                                          "journal_frames": replayed, "torn_tail": self.journal.torn_tail})  # fmt: skip
+        if refused is not None:  # the alerts on when the journal ends: as the writer published them, when it could
+            carried = self._carry_alerts(snapshot["engine"] if writer is None else writer.state_dict())
+        log.info("state restored", extra={"path": path, "turbines": len(self.engine.fleet), "journal_frames": replayed,
+                                          "torn_tail": self.journal.torn_tail,
+                                          "steps_published_by_the_state_engine": rescored})  # fmt: skip
         self.metrics.state_samples_dropped.inc(unmapped)
         if written is None and unmapped:
             log.warning("the journal's samples are not replayed: neither a state file beside it (deleted?) nor one "
@@ -587,9 +620,9 @@ class Daemon:
         whether it was one; None (a state saved before states named their bundle) counts as this one."""
         if resumed.bundle_id in (None, self.bundle.bundle_id):
             return False
-        log.warning("the state was saved with another bundle of this model (other settings): resumed; steps its "
-                    "journal closes are not published again", extra={"state_bundle_id": resumed.bundle_id,
-                                                                      "bundle_id": self.bundle.bundle_id})  # fmt: skip
+        log.warning("the state was saved with another bundle of this model (other settings): resumed; the steps its "
+                    "journal closes are that bundle's to publish",
+                    extra={"state_bundle_id": resumed.bundle_id, "bundle_id": self.bundle.bundle_id})  # fmt: skip
         if resumed.signals_restarted:
             log.warning("the per-signal aggregates of the state were computed with another baseline, aggregation "
                         "or monitors: they start again (scores null until they are defined)")  # fmt: skip
@@ -835,7 +868,7 @@ class Daemon:
         among them are also counted apart (`late_redelivered_samples_total`)."""
         if samples:
             self._data_ns = max(self._data_ns, max(s.ts_ns for s in samples))
-        dropped = self.engine.ingest_batch(samples)
+        dropped, outputs, held = self._engine_calls(self.engine, samples, tick_ns)
         if dropped.late.size:
             self.metrics.late.inc(dropped.late.size)
             if redelivered is not None:
@@ -843,17 +876,62 @@ class Daemon:
         if dropped.full.size:
             self.metrics.stamp_full.inc(dropped.full.size)
         if tick_ns is not None:
-            self.engine.tick(tick_ns)
             self._settled = tick_ns
         elif samples:
             self._settled = None
         self.metrics.bins_closed.inc(self.engine.fleet.bins_closed - self._bins_closed)
         self._bins_closed = self.engine.fleet.bins_closed
-        outputs = self.engine.flush()
-        for c, k in self.engine.fleet.take_held().items():  # report-by-exception holds
+        for c, k in held.items():  # report-by-exception holds
             if k:
                 self.metrics.held_values.labels(channel=c).inc(k)
         return outputs
+
+    @staticmethod
+    def _engine_calls(
+        engine: Engine, samples: list[Sample], tick_ns: int | None
+    ) -> tuple[Any, list[Output], dict[str, int]]:
+        """The engine calls of one loop iteration, in their order: ingest, tick, flush, the report-by-exception
+        holds; returns (dropped, outputs, holds)."""
+        dropped = engine.ingest_batch(samples)
+        if tick_ns is not None:
+            engine.tick(tick_ns)
+        return dropped, engine.flush(), engine.fleet.take_held()
+
+    def _state_engine(self, state: Any, written: Sequence[str] | None) -> Engine | None:
+        """The engine that wrote `state` (an engine's `state_dict()` this daemon does not resume as its own: another
+        model, bundle or engine kind), restored from it: its bundle's copy beside the state file (`bundle_copy`),
+        or this bundle when it is the state's, under the state's engine kind. None, logged, when there is no such
+        copy, its channels are not the journal's (`written`), or it does not take the state."""
+        if not isinstance(state, dict):
+            return None
+        bundle_id = state.get("bundle_id")
+        kind = "window" if state.get("stream") is None else "stream"
+        try:
+            if bundle_id == self.bundle.bundle_id:
+                bundle = self.bundle
+            else:
+                assert self.cfg.state.path is not None
+                where = bundle_copy.find(self.cfg.state.path, bundle_id)
+                if where is None:
+                    raise ValueError(f"no copy of bundle {str(bundle_id)[:12]} beside the state file")
+                bundle = load_bundle(where)
+            if written is None or tuple(written) != bundle.spec.channels:
+                raise ValueError("the journal's frames are not in the channels of the state's bundle")
+            c = self.cfg.compute
+            engine = self._new_engine(make_scorer(bundle, kind, c.intra_op_threads, c.inter_op_threads), bundle)
+            engine.load_state_dict(copy.deepcopy(state))
+        except ValueError as why:
+            log.warning("the engine that wrote the state cannot score the journal's steps again",
+                        extra={"reason": str(why), "state_bundle_id": bundle_id})  # fmt: skip
+            return None
+        log.info("the journal's steps are scored again by the engine that wrote the state, and published",
+                 extra={"state_bundle_id": bundle_id, "engine": kind})  # fmt: skip
+        return engine
+
+    def _room_in(self, engine: Engine, samples: list[Sample]) -> list[Sample]:
+        """The samples `engine`'s fleet takes, by `_has_room`'s rule (the others are counted by `_replayable`)."""
+        new: set[str] = set()
+        return [s for s in samples if self._has_room(s.turbine, new, engine)]
 
     def _replayable(self, samples: list[Sample]) -> list[Sample]:
         """A journal frame's samples the fleet takes now: those of turbines beyond `ingest.max_turbines` (lowered
@@ -1096,12 +1174,14 @@ class Daemon:
         """Why a sample of a turbine new to a full fleet is refused."""
         return Rejection("too_many_turbines", f"ingest.max_turbines={self.cfg.ingest.max_turbines} reached")
 
-    def _has_room(self, turbine: str, new: set[str]) -> bool:
-        """Whether the fleet takes a sample of `turbine`: known, or among the turbines `new` to the fleet that this
-        batch has admitted (which it joins), or within ingest.max_turbines with them."""
-        if turbine in self.engine.fleet.turbines_set or turbine in new:
+    def _has_room(self, turbine: str, new: set[str], engine: Engine | None = None) -> bool:
+        """Whether the fleet (of `engine`, by default the daemon's) takes a sample of `turbine`: known, or among the
+        turbines `new` to the fleet that this batch has admitted (which it joins), or within ingest.max_turbines
+        with them."""
+        fleet = (self.engine if engine is None else engine).fleet
+        if turbine in fleet.turbines_set or turbine in new:
             return True
-        if len(self.engine.fleet) + len(new) >= self.cfg.ingest.max_turbines:
+        if len(fleet) + len(new) >= self.cfg.ingest.max_turbines:
             return False
         new.add(turbine)
         return True
@@ -1298,9 +1378,6 @@ class Daemon:
 def run(cfg: RuntimeConfig, bundle_dir: str) -> int:
     """Load the bundle, start the daemon, serve until SIGTERM/SIGINT, drain and return the exit code."""
     import signal
-
-    from scada_tcn.runtime.bundle import load_bundle
-    from scada_tcn.runtime.stream import make_scorer
 
     setup_logging(cfg.log_level)
     bundle = load_bundle(bundle_dir)
