@@ -7,6 +7,7 @@ splits) at a size that trains in seconds on a 2-core CPU: L=24 steps (4 h), K=3,
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,6 +131,15 @@ def broker(tmp_path):
     b.start()
     yield b
     b.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_daemon_process_left():
+    """A daemon process a failed test did not stop is killed when the test ends (`DaemonProcess.kill_all`)."""
+    yield
+    helpers = sys.modules.get("tests.mosquitto")
+    if helpers is not None:
+        helpers.DaemonProcess.kill_all()
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import paho.mqtt.client as paho
@@ -264,7 +264,11 @@ class DaemonThread:
 
 
 class DaemonProcess:
-    """`scada-runtime run` in a process of its own, so it can be killed with SIGKILL and its memory read."""
+    """`scada-runtime run` in a process of its own, so it can be killed with SIGKILL and its memory read. A test
+    that fails before it stops one would leave it running (ticking, reconnecting to a broker that is gone) for the
+    rest of the session: `kill_all` ends those, after every test (conftest)."""
+
+    started: ClassVar[list[DaemonProcess]] = []
 
     def __init__(self, bundle_dir: Path, cfg: dict[str, Any], workdir: Path) -> None:
         self.dir = Path(workdir)
@@ -282,6 +286,16 @@ class DaemonProcess:
         with open(self.log, "ab") as fh:
             self.proc = subprocess.Popen(cmd, stdout=fh, stderr=fh)
         self.starts += 1
+        DaemonProcess.started.append(self)
+
+    @classmethod
+    def kill_all(cls) -> int:
+        """SIGKILL every daemon process still running; returns how many were."""
+        alive = [d for d in cls.started if d.alive()]
+        for d in alive:
+            d.kill()
+        cls.started.clear()
+        return len(alive)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
