@@ -254,7 +254,8 @@ class StateCfg:
     path: str | None = _f(
         None,
         "snapshot of every turbine's state (bins, features, ring buffer, alerts), with a write-ahead journal beside "
-        "it (<path>.journal): a restart, even after kill -9, resumes where it stopped and changes no score; None = "
+        "it (<path>.journal) and a copy of the running bundle (<path>.bundles/, for a restart on another bundle): "
+        "a restart, even after kill -9, resumes where it stopped and changes no score; None = "
         "a restart warms every turbine up again (L steps) and acknowledged telemetry not yet scored is lost",
     )
     save_interval_s: float = _f(60.0, "how often the snapshot is saved and the journal emptied (and on SIGTERM)")
