@@ -635,6 +635,13 @@ def test_the_copy_beside_the_state_file_reads_back_as_the_running_bundle(bundle_
     assert bundle_copy.prune(state, timed.bundle_id) == [held.bundle_id]
     assert [p.name for p in bundle_copy.copies_dir(state).iterdir()] == [timed.bundle_id]
     assert bundle_copy.find(state, held.bundle_id) is None and bundle_copy.find(state, "../state") is None
-    with pytest.raises(BundleError, match="beside the state file reads as"):
+    with pytest.raises(BundleError, match="beside the state file does not read back as it"):
         bundle_copy.keep(dataclasses.replace(held, bundle_id="0" * 64), state)
     assert bundle_copy.find(state, "0" * 64) is None
+    where = bundle_copy.find(state, timed.bundle_id)  # damaged: a graph gone (the disk, a hand) ...
+    (where / "clean.onnx").unlink()
+    assert bundle_copy.keep(timed, state) == where and load_bundle(where).bundle_id == timed.bundle_id  # ... again
+    _edit(bundle_dir, lambda d: d["alerting"].update(T_on=2))  # edited by hand: an integer the loader reads as 2.0
+    edited = load_bundle(bundle_dir)
+    assert edited.to_dict()["alerting"]["T_on"] == 2.0 and compute_bundle_id(edited.to_dict()) != edited.bundle_id
+    assert load_bundle(bundle_copy.keep(edited, state)).bundle_id == edited.bundle_id  # its bundle.json as it is

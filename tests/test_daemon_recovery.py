@@ -270,11 +270,13 @@ def _sent(publishes: list[Publish]) -> list[tuple[str, bytes, bool]]:
     return [(p.topic, p.payload, p.retain) for p in publishes]
 
 
-@pytest.mark.parametrize("change", ["engine", "levels", "channels"])
+@pytest.mark.parametrize("change", ["engine", "window", "levels", "channels"])
 def test_a_crash_then_a_change_publishes_the_journals_steps_as_the_crashed_run_did(bundle, messages, tmp_path,
                                                                                    caplog, change):  # fmt: skip
-    """A crash after a snapshot, then a start on another engine kind (window to stream: the state is refused), on a
-    re-export with other levels (the state resumes), or on a bundle of other channels (refused). The steps the
+    """A crash after a snapshot, then a start on another engine kind (window to stream: the state is refused; stream
+    to window: it resumes), on a re-export with other levels (it resumes), or on a bundle of other channels
+    (refused). (Stream to window used to publish the window engine's numbers for the journal's steps: 48 of 140
+    steps got two different records in the review.) The steps the
     journal closed were scored and published by the crashed run, and the broker may not have acknowledged them:
     they were not published again (another engine's numbers would contradict them), so those records were lost.
     The daemon keeps a copy of its bundle beside the state file now, and the engine that wrote the state scores
@@ -283,6 +285,7 @@ def test_a_crash_then_a_change_publishes_the_journals_steps_as_the_crashed_run_d
     deleted once the state names this one. No step gets two different records over the two runs."""
     q = len(messages) // 4
     first = _run(bundle, tmp_path, messages[:q], engine="window" if change == "engine" else "stream")
+    assert first.engine.streams == (change != "engine")
     first.engine.alerts.hold_on(np.array([0]))  # an alert on at the snapshot, as scores would turn it on
     first._save_state()  # a periodic snapshot, then journal frames after it, then the crash
     outbox = len(first.link.unacked())
@@ -291,23 +294,54 @@ def test_a_crash_then_a_change_publishes_the_journals_steps_as_the_crashed_run_d
     on_at_crash = Engine.alerts_on_in(first.engine.state_dict())
     assert sum(topic.endswith("/score") for topic, _, _ in after_snapshot) == 72  # 4 turbines x 18 steps
     assert [p.name for p in (tmp_path / "state.npz.bundles").iterdir()] == [bundle.bundle_id]
-    other = {"engine": lambda: bundle, "levels": lambda: reexported(bundle, tmp_path / "other", double_levels),
+    other = {"engine": lambda: bundle, "window": lambda: bundle,
+             "levels": lambda: reexported(bundle, tmp_path / "other", double_levels),
              "channels": lambda: _other_channels(bundle, tmp_path, extra=False)}[change]()  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="scada.runtime.daemon"):
-        d = _daemon(other, tmp_path)
+        d = _daemon(other, tmp_path, engine="window" if change == "window" else "stream")
         d._restore_state()
-    assert (tmp_path / "state.npz.unused").exists() == (change != "levels")
+    assert (tmp_path / "state.npz.unused").exists() == (change in ("engine", "channels"))
     assert not any("not published again" in r.getMessage() for r in caplog.records)
     assert _sent(d.link.unacked()[outbox:]) == after_snapshot
     assert [p.name for p in (tmp_path / "state.npz.bundles").iterdir()] == [other.bundle_id]
-    if change != "levels":  # a fresh engine carries the alerts on when the journal ended, as they were published
+    if change == "engine":
         assert Engine.alerts_on_in(load_state(tmp_path / "state.npz.unused")["engine"]) == ["WT01"] != on_at_crash
-        assert Engine.alerts_on_in(d.engine.state_dict()) == on_at_crash
+    assert Engine.alerts_on_in(d.engine.state_dict()) == on_at_crash  # as they were published
     n = len(d.link.unacked())
     _feed(d, messages[2 * q :])
     assert len(d.link.unacked()) > n
     both = by_key([p.payload for p in [*first.link.unacked(), *d.link.unacked()] if p.topic.endswith("/score")])
     assert all(len(v) == 1 for v in both.values())
+
+
+@pytest.mark.parametrize("refused", [True, False], ids=["refused", "resumed"])
+def test_after_a_crash_and_a_change_the_engine_holds_the_alert_states_the_old_one_published(
+    bundle, messages, tmp_path, refused
+):
+    """A bundle whose alerts turn on at once and never off, a snapshot, a journal of 36 steps per turbine (more than
+    the window of 24), a crash, then a start on a bundle of other channels (refused: a fresh engine, which scores
+    every turbine during the replay) or on a re-export with the shipped alerting (resumed). The old bundle
+    publishes the journal's steps, its retained alert states "on" among them; the new engine held its own states
+    (off): a fresh one carries no alert of a turbine it has scored, and a resumed one kept its own. Consumers then
+    held an "on" that nothing would close. The new engine takes the states the old one published now."""
+    q = len(messages) // 4
+    always = reexported(bundle, tmp_path / "always", lambda d: d["alerting"].update(T_on=1e-9, T_off=1e-12))
+    first = _run(always, tmp_path, messages[:q])
+    first._save_state()
+    _feed(first, messages[q : 3 * q])
+    on_at_crash = Engine.alerts_on_in(first.engine.state_dict())
+    assert len(on_at_crash) == 4
+    other = _other_channels(bundle, tmp_path, extra=False) if refused else bundle
+    d = _daemon(other, tmp_path)
+    d._restore_state()
+    assert (tmp_path / "state.npz.unused").exists() == refused
+    retained = {p.topic.split("/")[2]: json.loads(p.payload)["state"] for p in d.link.unacked()
+                if p.topic.endswith("/alert/state") and p.payload}  # fmt: skip
+    assert retained == dict.fromkeys(on_at_crash, "on")
+    assert sorted(Engine.alerts_on_in(d.engine.state_dict())) == sorted(on_at_crash)
+    again = _daemon(other, tmp_path)  # saved at once: a second restart keeps them
+    again._restore_state()
+    assert sorted(Engine.alerts_on_in(again.engine.state_dict())) == sorted(on_at_crash)
 
 
 def test_a_crash_then_a_model_change_without_a_copy_gives_no_step_a_second_record(bundle, messages, tmp_path,

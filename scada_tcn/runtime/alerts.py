@@ -103,11 +103,16 @@ class AlertState:
     def hold_on(self, slots: Any) -> None:
         """Set `slots` on, counts cleared: an alert carried over from a state the engine could not resume (it
         turns off by the rule above, once the slot is scored again)."""
+        self.hold(slots, np.ones(np.shape(slots), dtype=bool))
+
+    def hold(self, slots: Any, on: Any) -> None:
+        """Set `slots` to `on` (same shape, bool), counts cleared: the states consumers hold, taken from another
+        engine (each changes by the rule above, once the slot is scored again)."""
         idx = np.asarray(slots, dtype=np.int64)
-        if idx.ndim != 1 or (idx.size and idx.min() < 0):
-            raise ValueError("AlertState.hold_on: slots must be a 1-D array of integers >= 0")
+        if idx.ndim != 1 or (idx.size and idx.min() < 0) or np.shape(on) != idx.shape:
+            raise ValueError("AlertState.hold: slots must be a 1-D array of integers >= 0, `on` a bool per slot")
         self._grow(int(idx.max()) + 1 if idx.size else 0)
-        self._on[idx], self._on_count[idx], self._off_count[idx] = True, 0, 0
+        self._on[idx], self._on_count[idx], self._off_count[idx] = np.asarray(on, dtype=bool), 0, 0
 
     @staticmethod
     def select_state(state: dict[str, Any], keep: np.ndarray) -> dict[str, Any]:

@@ -10,9 +10,12 @@ journal, byte for byte the records the crashed run gave them, and publishes them
 
 The daemon keeps the copy of the bundle it runs before its first snapshot names that bundle (`keep`), finds the
 copy of the state's bundle at a restart (`find`), and deletes the others once the state names the running one
-(`prune`). A copy is written as a hidden folder, each file fsynced, then renamed into place: a folder named by a
-bundle id is complete. It is the running bundle's document (`Bundle.to_dict`, so a time-weighted bundle's too) and
-its verified graph bytes; `keep` reads it back and refuses a copy whose bundle id is not the running one's.
+(`prune`). A copy is written as a hidden folder, each file fsynced, then renamed into place, and deleted by a rename
+to a hidden name first, so a crash leaves no partial folder under a bundle id; `keep` also writes again a folder
+that does not load as its bundle. A copy holds the bundle's graphs (their verified bytes) and its document: the
+folder's bundle.json as it is when it gives the bundle's id (one edited by hand keeps its own numbers), else
+`Bundle.to_dict()` (a time-weighted bundle's). A copy that does not read back as the running bundle is not kept
+(BundleError).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import os
 import shutil
 from pathlib import Path
 
-from scada_tcn.runtime.bundle import BUNDLE_JSON, GRAPH_FILES, Bundle, load_bundle
+from scada_tcn.runtime.bundle import BUNDLE_JSON, GRAPH_FILES, Bundle, compute_bundle_id, load_bundle
 from scada_tcn.runtime.errors import BundleError
 from scada_tcn.runtime.state_file import fsync_dir
 
@@ -48,31 +51,59 @@ def keep(bundle: Bundle, state_path: str | Path) -> Path:
     copy does not read back as `bundle` (its document does not give its bundle id)."""
     root = copies_dir(state_path)
     final = root / bundle.bundle_id
-    if (final / BUNDLE_JSON).is_file():
-        return final
+    if final.exists():
+        if _reads_as(final, bundle):
+            return final
+        _delete(final)  # not a copy of this bundle any more (damaged by hand or by the disk): written again
     root.mkdir(exist_ok=True)
     tmp = root / f".{bundle.bundle_id}.tmp"
     if tmp.exists():  # a copy a crash left half-written
         shutil.rmtree(tmp)
     tmp.mkdir()
     files = {GRAPH_FILES[g]: data for g, data in bundle.graphs.items()}
-    files[BUNDLE_JSON] = (json.dumps(bundle.to_dict(), indent=2, allow_nan=False) + "\n").encode()
+    files[BUNDLE_JSON] = _document(bundle)
     for name, data in files.items():
         with open(tmp / name, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
     fsync_dir(tmp)
-    read = load_bundle(tmp, check_graphs=False)
-    if read.bundle_id != bundle.bundle_id:
+    if not _reads_as(tmp, bundle):
         shutil.rmtree(tmp)
-        raise BundleError(
-            f"the copy of bundle {bundle.bundle_id[:12]} beside the state file reads as {read.bundle_id[:12]}: "
-            "its document does not round-trip; export the model again with this release's scada-export"
-        )
+        raise BundleError(f"the copy of bundle {bundle.bundle_id[:12]} beside the state file does not read back as it")
     os.replace(tmp, final)
     fsync_dir(root)
     return final
+
+
+def _document(bundle: Bundle) -> bytes:
+    """The bundle.json of `bundle`'s copy: its folder's as it is when that gives its bundle id, else `to_dict()`."""
+    try:
+        raw = (bundle.path / BUNDLE_JSON).read_bytes()
+        if compute_bundle_id(json.loads(raw)) == bundle.bundle_id:
+            return raw
+    except (OSError, ValueError, TypeError, KeyError):  # gone or changed since it was loaded: its own document
+        pass
+    return (json.dumps(bundle.to_dict(), indent=2, allow_nan=False) + "\n").encode()
+
+
+def _reads_as(folder: Path, bundle: Bundle) -> bool:
+    """Whether `folder` loads as a bundle whose id and graphs are `bundle`'s."""
+    try:
+        read = load_bundle(folder, check_graphs=False)
+    except (OSError, ValueError):
+        return False
+    return read.bundle_id == bundle.bundle_id and read.graphs == bundle.graphs
+
+
+def _delete(folder: Path) -> None:
+    """Delete a copy: renamed to a hidden name first (one step), so no partial folder is left under its id."""
+    gone = folder.with_name(f".{folder.name}.del")
+    if gone.exists():
+        shutil.rmtree(gone)
+    os.replace(folder, gone)
+    fsync_dir(folder.parent)
+    shutil.rmtree(gone)
 
 
 def prune(state_path: str | Path, bundle_id: str) -> list[str]:
@@ -83,12 +114,15 @@ def prune(state_path: str | Path, bundle_id: str) -> list[str]:
         return []
     gone = []
     for entry in sorted(root.iterdir()):
-        if entry.name != bundle_id:
-            if entry.is_dir():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-            gone.append(entry.name)
+        if entry.name == bundle_id:
+            continue
+        if entry.is_dir() and entry.name.startswith("."):  # half-written or half-deleted
+            shutil.rmtree(entry)
+        elif entry.is_dir():
+            _delete(entry)
+        else:
+            entry.unlink()
+        gone.append(entry.name)
     if gone:
         fsync_dir(root)
     return [g for g in gone if not g.startswith(".")]

@@ -82,6 +82,7 @@ from scada_tcn.runtime.bundle import load_bundle
 from scada_tcn.runtime.channel_watch import SILENT_STEPS, WATCH_STEPS, ChannelWatch
 from scada_tcn.runtime.daemon_config import RuntimeConfig, redacted, sparkplug_host
 from scada_tcn.runtime.engine import Engine, Output, Resumed
+from scada_tcn.runtime.errors import BundleError
 from scada_tcn.runtime.fleet import NO_STAMP
 from scada_tcn.runtime.health import HealthServer, Heartbeat
 from scada_tcn.runtime.hold import UNREAD
@@ -111,8 +112,8 @@ BIRTH_QUIET_S = 60  # a Sparkplug birth's values wait at most this long for the 
 REBIRTH_EVERY_S = 30  # a Sparkplug edge node is asked for its births at most this often ...
 REBIRTHS_PER_WINDOW = 64  # ... and at most this many nodes in that time
 _NOT_REPUBLISHED = (
-    "steps closed by the journal were scored before the crash by the model or bundle of the state, which could not "
-    "score them again here (no copy of it beside the state file); they are not published again with this one's "
+    "steps closed by the journal were scored before the crash by the model, bundle or engine of the state, which "
+    "could not score them again here (the warning before says why); they are not published again with this one's "
     "numbers, and those of its records the broker had not acknowledged are lost"
 )
 
@@ -344,7 +345,11 @@ class Daemon:
         then delete the copies of other bundles: the state names this one now."""
         path = self.cfg.state.path
         if path is not None:
-            bundle_copy.keep(self.bundle, path)
+            try:
+                bundle_copy.keep(self.bundle, path)
+            except BundleError as e:
+                log.warning("no copy of this bundle is kept beside the state file: after a crash, a start on another "
+                            "bundle will not publish the journal's steps again", extra={"reason": str(e)})  # fmt: skip
         self._restore()
         if path is not None:
             gone = bundle_copy.prune(path, self.bundle.bundle_id)
@@ -371,7 +376,7 @@ class Daemon:
                         "retained alert states); set state.path in production")  # fmt: skip
             return
         refused: ValueError | None = None
-        other_bundle = False  # the state's bundle is another of this model: the journal's steps were its to score
+        foreign = False  # the state resumed is another bundle's or engine kind's: the journal's steps were its to score
         nodes = None  # what the snapshot knows of Sparkplug's edge nodes
         written = None  # the channels of the journal's frames: those of the snapshot's bundle (None: not known)
         had_file = Path(path).is_file()
@@ -386,7 +391,7 @@ class Daemon:
             for p in snapshot["outbox"]:  # a publish the queue cannot take is counted and reported
                 self._republish(p["topic"], p["payload"].encode(), p["retain"])
             try:
-                other_bundle = self._resumed(self.engine.load_state_dict(snapshot["engine"]))
+                foreign = self._resumed(self.engine.load_state_dict(snapshot["engine"]), snapshot["engine"])
             except ValueError as e:  # refused part-way: what it restored so far goes too
                 refused = e
                 self._fresh_engine()
@@ -409,23 +414,25 @@ class Daemon:
                 self._frame_no = frame.frame_no
                 continue
             kept = self._replayable(frame.samples)
-            if (refused is not None or other_bundle) and not asked:
+            if (refused is not None or foreign) and not asked:
                 asked, writer = True, self._state_engine(snapshot["engine"], written)
             if writer is not None:  # its records, as the crashed run gave them
-                again = self._engine_calls(writer, self._room_in(writer, kept), frame.tick_ns)[1]
+                again = self._engine_calls(writer, self._replayable(kept, writer), frame.tick_ns)[1]
                 rescored += sum(out.kind == "score" for out in again)
                 self._publish_outputs(again)
             samples, dropped = in_channels(kept, written, self.bundle.spec.channels)
             unmapped += dropped
             outputs = self._advance(samples, frame.tick_ns)
-            if refused is None and not other_bundle:
+            if refused is None and not foreign:
                 self._publish_outputs(outputs)
             elif writer is None:  # the other model or bundle scored these steps before the crash: no second record
                 unpublished += sum(out.kind == "score" for out in outputs)
             self._frame_no = frame.frame_no
             replayed += 1
-        if refused is not None:  # the alerts on when the journal ends: as the writer published them, when it could
-            carried = self._carry_alerts(snapshot["engine"] if writer is None else writer.state_dict())
+        if writer is not None:  # the alert states consumers hold: the writer's, whichever engine goes on
+            carried = self._adopt_alerts(writer)
+        elif refused is not None:
+            carried = self._carry_alerts(snapshot["engine"])
         log.info("state restored", extra={"path": path, "turbines": len(self.engine.fleet), "journal_frames": replayed,
                                           "torn_tail": self.journal.torn_tail,
                                           "steps_published_by_the_state_engine": rescored})  # fmt: skip
@@ -615,9 +622,14 @@ class Daemon:
         if unpublished:
             log.warning(_NOT_REPUBLISHED, extra={"steps": unpublished})
 
-    def _resumed(self, resumed: Resumed) -> bool:
-        """Log a state resumed from another bundle of this model (a re-export with other settings) and say
-        whether it was one; None (a state saved before states named their bundle) counts as this one."""
+    def _resumed(self, resumed: Resumed, state: dict[str, Any]) -> bool:
+        """Log a state resumed from another bundle of this model (a re-export with other settings) or saved by the
+        stream engine (this one recomputes windows) and say whether it was one; a bundle id None (a state saved
+        before states named their bundle) counts as this one."""
+        if state["stream"] is not None and not self.engine.streams:
+            log.warning("the state was saved by the stream engine, this one recomputes windows: resumed; the steps "
+                        "its journal closes are that engine's to publish")  # fmt: skip
+            return True
         if resumed.bundle_id in (None, self.bundle.bundle_id):
             return False
         log.warning("the state was saved with another bundle of this model (other settings): resumed; the steps its "
@@ -928,21 +940,27 @@ class Daemon:
                  extra={"state_bundle_id": bundle_id, "engine": kind})  # fmt: skip
         return engine
 
-    def _room_in(self, engine: Engine, samples: list[Sample]) -> list[Sample]:
-        """The samples `engine`'s fleet takes, by `_has_room`'s rule (the others are counted by `_replayable`)."""
-        new: set[str] = set()
-        return [s for s in samples if self._has_room(s.turbine, new, engine)]
+    def _adopt_alerts(self, writer: Engine) -> list[str]:
+        """Give the engine the alert states the engine that wrote the state left when it had published the journal's
+        steps (`Engine.set_alerts`), of turbines this config scores: what consumers hold. Returns those on."""
+        states = writer.alert_states()
+        changed = self.engine.set_alerts({t: states[t] for t in self._allowed(list(states))})
+        if changed:
+            log.info("alert states taken from the engine that wrote the state (as published)",
+                     extra={"turbines": changed})  # fmt: skip
+        return [t for t in self._allowed(list(states)) if states[t]]
 
-    def _replayable(self, samples: list[Sample]) -> list[Sample]:
-        """A journal frame's samples the fleet takes now: those of turbines beyond `ingest.max_turbines` (lowered
-        since the frame was written; admitted and acknowledged then) are counted as refused, not a crash at every
-        start (`_has_room`, the rule `_take` applies live)."""
+    def _replayable(self, samples: list[Sample], engine: Engine | None = None) -> list[Sample]:
+        """A journal frame's samples the fleet (of `engine`, by default the daemon's) takes now: those of turbines
+        beyond `ingest.max_turbines` (lowered since the frame was written; admitted and acknowledged then) are
+        counted as refused (the daemon's fleet only), not a crash at every start (`_has_room`, the rule `_take`
+        applies live)."""
         new: set[str] = set()
         kept = []
         for sample in samples:
-            if self._has_room(sample.turbine, new):
+            if self._has_room(sample.turbine, new, engine):
                 kept.append(sample)
-            else:
+            elif engine is None:
                 self.metrics.rejected.labels(reason="too_many_turbines").inc()
                 self._replay_refused[sample.turbine] += 1
         return kept

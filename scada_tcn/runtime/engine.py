@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -589,6 +589,30 @@ class Engine:
         self.alerts.hold_on(np.array(slots, dtype=np.int64))
         self._scored_once.update(carried)
         return carried
+
+    def alert_states(self) -> dict[str, bool]:
+        """The alert state of each turbine this engine has scored or carried (whose retained state went out)."""
+        on = self.alerts.get()
+        slots = {t: self.fleet.slot_of(t) for t in self.fleet.turbines if t in self._scored_once}
+        return {t: bool(slot < on.size and on[slot]) for t, slot in slots.items()}
+
+    def set_alerts(self, states: Mapping[str, bool]) -> list[str]:
+        """Take the alert states consumers hold (`states`, from the engine that published them: `alert_states`)
+        where this engine's differ, scored here or not, counts cleared (`AlertState.hold`); turbines it lacks are
+        registered (none beyond `max_turbines`). They count as scored: the retained state they have stands.
+        Returns the turbines whose state changed."""
+        on = self.alerts.get()
+        changed, slots = [], []
+        for t, want in states.items():
+            if not self.fleet.has_room(t):
+                continue
+            slot = self.fleet.register(t)
+            self._scored_once.add(t)
+            if bool(slot < on.size and on[slot]) != want:
+                changed.append(t)
+                slots.append(slot)
+        self.alerts.hold(np.array(slots, dtype=np.int64), np.array([states[t] for t in changed], dtype=bool))
+        return changed
 
     @staticmethod
     def without(state: Any, turbines: Collection[str]) -> tuple[dict[str, Any], int]:
