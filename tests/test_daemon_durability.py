@@ -16,6 +16,7 @@ import re
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -82,6 +83,49 @@ def _base_cfg(broker, tmp_path: Path, **sections) -> dict:
     )
 
 
+def _crash_run(broker, bundle_dir: Path, tmp_path: Path, name: str) -> tuple[DaemonProcess, Collector, Any]:
+    """A daemon with a state file (snapshots every second: a kill lands after frames no snapshot holds yet unless the
+    daemon sat idle that long; every 0.3 s, a kill that the collector's lag put after the chunk's end found nothing
+    to replay), started once so that its session exists before the stream starts (the broker keeps telemetry for
+    sessions only); a score collector and a telemetry publisher. Returns (daemon, collector, publisher)."""
+    cfg = _base_cfg(broker, tmp_path, state={"path": str(tmp_path / "state" / "state.npz"), "save_interval_s": 1.0},
+                    compute={"tick_s": 0.05, "max_batch": 8}, log_level="INFO")  # fmt: skip
+    daemon = DaemonProcess(bundle_dir, cfg, tmp_path / "d")
+    col = Collector(broker.url, [f"scada/{SITE}/+/score"], client_id=f"{name}-collector")
+    wait_for(col.ready, 10, "collector")
+    pub = client(broker.url, f"{name}-publisher")
+    wait_for(pub.is_connected, 10, "publisher")
+    status = Collector(broker.url, ["scada/runtime/+/status"], client_id=f"{name}-status")
+    wait_for(status.ready, 10, "status collector")
+    daemon.start()
+    wait_for(lambda: any(b'"online"' in p for _, p in status.of("/status")), 60, "daemon online")
+    time.sleep(1.0)  # its SUBACK
+    status.close()
+    return daemon, col, pub
+
+
+def _subscribed(daemon: DaemonProcess) -> None:
+    """Wait for the (re)started daemon's telemetry subscriber to connect."""
+    wait_for(lambda: daemon.log.read_text().count('"client": "sub", "session_present"') >= daemon.starts, 60,
+             "the restarted daemon's telemetry subscriber to connect")  # fmt: skip
+
+
+def _every_step_once(daemon: DaemonProcess, col: Collector, want: dict[str, int], what: str) -> Any:
+    """Wait for every closed step's score, stop the daemon, and check that each step came once, with one payload;
+    returns the collected records (`dedupe`)."""
+
+    def done() -> bool:
+        assert daemon.alive(), daemon.log.read_text()[-3000:]
+        return col.has_steps(sum(want.values()))
+
+    wait_for(done, 240, what)
+    assert daemon.stop() == 0
+    got = dedupe(p for _, p in col.of("/score"))
+    assert got.conflicts == {}, f"{len(got.conflicts)} steps were published with two different payloads"
+    assert {t: len(got.seqs().get(t, ())) for t in want} == want
+    return got
+
+
 def test_backlog_of_100k_messages_is_scored_once_without_a_keepalive_disconnect(broker, bundle_dir, tiny_run,
                                                                                  tmp_path):  # fmt: skip
     header, rows = _fleet_rows(tiny_run, copies=4)
@@ -145,28 +189,13 @@ def test_sigkill_at_several_points_changes_no_score(broker, bundle_dir, tiny_run
     replay_file(bundle_dir, table, reference)
     ref = dedupe(reference.read_bytes().splitlines())
     assert ref.conflicts == {} and len(ref.records) > 3000
-    # snapshots every second: a kill lands after frames no snapshot holds yet unless the daemon sat idle that long
-    # (every 0.3 s, a kill that the collector's lag put after the chunk's end found nothing to replay)
-    cfg = _base_cfg(broker, tmp_path, state={"path": str(tmp_path / "state" / "state.npz"), "save_interval_s": 1.0},
-                    compute={"tick_s": 0.05, "max_batch": 8}, log_level="INFO")  # fmt: skip
-    daemon = DaemonProcess(bundle_dir, cfg, tmp_path / "d")
-    col = Collector(broker.url, [f"scada/{SITE}/+/score"], client_id="crash-collector")
-    wait_for(col.ready, 10, "collector")
-    pub = client(broker.url, "crash-publisher")
-    wait_for(pub.is_connected, 10, "publisher")
+    daemon, col, pub = _crash_run(broker, bundle_dir, tmp_path, "crash")
     messages = to_messages(header, rows)
     rng = random.Random(0)
     chunks = [messages[i : i + len(messages) // 5 + 1] for i in range(0, len(messages), len(messages) // 5 + 1)]
     kills = 0
-    status = Collector(broker.url, ["scada/runtime/+/status"], client_id="crash-status")
-    wait_for(status.ready, 10, "status collector")
-    daemon.start()  # its session must exist before the stream starts: the broker keeps telemetry for sessions only
-    wait_for(lambda: any(b'"online"' in p for _, p in status.of("/status")), 60, "daemon online")
-    time.sleep(1.0)  # its SUBACK
-    status.close()
     for k, chunk in enumerate(chunks):
-        wait_for(lambda: daemon.log.read_text().count('"client": "sub", "session_present"') >= daemon.starts, 60,
-                 "the restarted daemon's telemetry subscriber to connect")  # fmt: skip
+        _subscribed(daemon)
         scored = col.steps()
         publish_all(pub, chunk, wait=k == len(chunks) - 1)
         if k < len(chunks) - 1:  # somewhere in the middle of scoring that chunk (paho sends the rest after it)
@@ -175,17 +204,7 @@ def test_sigkill_at_several_points_changes_no_score(broker, bundle_dir, tiny_run
             daemon.kill()
             kills += 1
             daemon.start()
-    want = expected_steps(rows, header)
-
-    def done() -> bool:
-        assert daemon.alive(), daemon.log.read_text()[-3000:]
-        return col.has_steps(sum(want.values()))
-
-    wait_for(done, 240, "every closed step scored after the restarts")
-    assert daemon.stop() == 0
-    got = dedupe(p for _, p in col.of("/score"))
-    assert got.conflicts == {}, f"{len(got.conflicts)} steps were published with two different payloads"
-    assert {t: len(got.seqs().get(t, ())) for t in want} == want
+    got = _every_step_once(daemon, col, expected_steps(rows, header), "every closed step scored after the restarts")
     differ = [k for k, p in got.records.items() if ref.records.get(k) != p]
     assert differ == [], f"{len(differ)} steps differ from the uninterrupted run, e.g. {differ[:3]}"
     log = daemon.log.read_text()
@@ -214,40 +233,17 @@ def test_sigkill_then_a_reexport_loses_no_step_the_old_bundle_closed(broker, bun
     ref = dedupe(reference.read_bytes().splitlines())
     old_id = load_bundle(bundle_dir).bundle_id
     other = reexported(load_bundle(bundle_dir), tmp_path / "reexport", double_levels)
-    cfg = _base_cfg(broker, tmp_path, state={"path": str(tmp_path / "state" / "state.npz"), "save_interval_s": 1.0},
-                    compute={"tick_s": 0.05, "max_batch": 8}, log_level="INFO")  # fmt: skip
-    daemon = DaemonProcess(bundle_dir, cfg, tmp_path / "d")
-    col = Collector(broker.url, [f"scada/{SITE}/+/score"], client_id="reexport-collector")
-    wait_for(col.ready, 10, "collector")
-    pub = client(broker.url, "reexport-publisher")
-    wait_for(pub.is_connected, 10, "publisher")
+    daemon, col, pub = _crash_run(broker, bundle_dir, tmp_path, "reexport")
     messages = to_messages(header, rows)
-    status = Collector(broker.url, ["scada/runtime/+/status"], client_id="reexport-status")
-    wait_for(status.ready, 10, "status collector")
-    daemon.start()
-    wait_for(lambda: any(b'"online"' in p for _, p in status.of("/status")), 60, "daemon online")
-    time.sleep(1.0)  # its SUBACK
-    status.close()
     half = len(messages) // 2
     publish_all(pub, messages[:half])
     wait_for(lambda: col.has_steps(int(half * 0.5)), 60, "the scores of half of the first part")
     daemon.kill()
     daemon.bundle_dir = other.path
     daemon.start()
-    wait_for(lambda: daemon.log.read_text().count('"client": "sub", "session_present"') >= daemon.starts, 60,
-             "the restarted daemon's telemetry subscriber to connect")  # fmt: skip
+    _subscribed(daemon)
     publish_all(pub, messages[half:], wait=True)
-    want = expected_steps(rows, header)
-
-    def done() -> bool:
-        assert daemon.alive(), daemon.log.read_text()[-3000:]
-        return col.has_steps(sum(want.values()))
-
-    wait_for(done, 240, "every closed step scored after the restart")
-    assert daemon.stop() == 0
-    got = dedupe(p for _, p in col.of("/score"))
-    assert got.conflicts == {}, f"{len(got.conflicts)} steps were published with two different payloads"
-    assert {t: len(got.seqs().get(t, ())) for t in want} == want
+    got = _every_step_once(daemon, col, expected_steps(rows, header), "every closed step scored after the restart")
     by_bundle = {
         b: [k for k, p in got.records.items() if json.loads(p)["bundle_id"] == b] for b in (old_id, other.bundle_id)
     }

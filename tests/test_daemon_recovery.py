@@ -212,7 +212,7 @@ def test_a_refused_state_carries_the_alerts_that_were_on(bundle, messages, tmp_p
     half = len(messages) // 2
     _feed(first, messages[:half])
     turbine = first.engine.fleet.turbines[0]
-    first.engine.alerts.hold_on(np.array([first.engine.fleet.slot_of(turbine)]))  # as scores would turn it on
+    first.engine.alerts.hold(np.array([first.engine.fleet.slot_of(turbine)]), [True])  # as scores would turn it on
     first._shutdown()
     d = _daemon(bundle, tmp_path)  # the stream engine refuses the window engine's state
     d._restore_state()
@@ -286,7 +286,7 @@ def test_a_crash_then_a_change_publishes_the_journals_steps_as_the_crashed_run_d
     q = len(messages) // 4
     first = _run(bundle, tmp_path, messages[:q], engine="window" if change == "engine" else "stream")
     assert first.engine.streams == (change != "engine")
-    first.engine.alerts.hold_on(np.array([0]))  # an alert on at the snapshot, as scores would turn it on
+    first.engine.alerts.hold(np.array([0]), [True])  # an alert on at the snapshot, as scores would turn it on
     first._save_state()  # a periodic snapshot, then journal frames after it, then the crash
     outbox = len(first.link.unacked())
     _feed(first, messages[q : 2 * q])
@@ -493,7 +493,7 @@ def test_a_turbine_taken_off_ingest_turbines_is_retired_at_the_restart(bundle, m
     first = _daemon(bundle, tmp_path, engine)
     first._restore_state()
     _feed(first, messages[:half])
-    first.engine.alerts.hold_on(np.array([first.engine.fleet.slot_of(gone)]))  # its alert on: to be cleared
+    first.engine.alerts.hold(np.array([first.engine.fleet.slot_of(gone)]), [True])  # its alert on: to be cleared
     first._shutdown()
     before = load_state(tmp_path / "state.npz")
     d = _daemon(bundle, tmp_path, engine, ingest={"turbines": kept})

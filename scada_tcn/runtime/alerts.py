@@ -14,8 +14,9 @@ thr) and N_on, N_off >= 1 (consecutive steps):
 the steps of one turbine in separate calls, in time order) and returns the transitions. New slots start off;
 the arrays grow as slots appear. Refused (ValueError): bad parameters, non-finite scores, thresholds <= 0,
 duplicate or negative slots, shape mismatches. Caller arrays are never modified. `state_dict()` holds plain
-numpy arrays; `load_state_dict` restores them. `hold_on(slots)` sets slots on (an alert carried over a restart
-that could not resume the engine's state).
+numpy arrays; `load_state_dict` restores them. `hold(slots, on)` sets slots on or off, counts cleared (an alert
+state carried over a restart that could not resume the engine's state, or taken from the engine that published
+it).
 
 >>> a = AlertState(T_on=1.0, T_off=0.8, N_on=2, N_off=1)
 >>> [a.step([0], [s], [1.0]).turned_on.tolist() for s in (1.5, 1.5, 0.9)]
@@ -99,11 +100,6 @@ class AlertState:
         now_on = (was_on | turned_on) & ~turned_off
         self._on[idx], self._on_count[idx], self._off_count[idx] = now_on, on_count, off_count
         return AlertTransitions(now_on.copy(), turned_on, turned_off)
-
-    def hold_on(self, slots: Any) -> None:
-        """Set `slots` on, counts cleared: an alert carried over from a state the engine could not resume (it
-        turns off by the rule above, once the slot is scored again)."""
-        self.hold(slots, np.ones(np.shape(slots), dtype=bool))
 
     def hold(self, slots: Any, on: Any) -> None:
         """Set `slots` to `on` (same shape, bool), counts cleared: the states consumers hold, taken from another

@@ -944,11 +944,12 @@ class Daemon:
         """Give the engine the alert states the engine that wrote the state left when it had published the journal's
         steps (`Engine.set_alerts`), of turbines this config scores: what consumers hold. Returns those on."""
         states = writer.alert_states()
-        changed = self.engine.set_alerts({t: states[t] for t in self._allowed(list(states))})
+        allowed = {t: states[t] for t in self._allowed(list(states))}
+        changed = self.engine.set_alerts(allowed)
         if changed:
             log.info("alert states taken from the engine that wrote the state (as published)",
                      extra={"turbines": changed})  # fmt: skip
-        return [t for t in self._allowed(list(states)) if states[t]]
+        return [t for t, on in allowed.items() if on]
 
     def _replayable(self, samples: list[Sample], engine: Engine | None = None) -> list[Sample]:
         """A journal frame's samples the fleet (of `engine`, by default the daemon's) takes now: those of turbines

@@ -575,20 +575,13 @@ class Engine:
 
     def carry_alerts(self, turbines: list[str]) -> list[str]:
         """Turbines whose alert was on in a state this engine could not resume (another model, a damaged engine
-        part): their alert stays on (`AlertState.hold_on`), so their records and the retained alert state, which
+        part): their alert stays on (`set_alerts`), so their records and the retained alert state, which
         consumers read as on, keep saying so until the turbine is scored and the alert turns off by its rule, with
         a published transition. The retained state is not published again at their first score here: the one the
         broker holds says since when the alert is on. Registered in the fleet (`Fleet.register`), they are part
         of the state saved. A turbine this engine has scored, or carried already, keeps its own alert state.
         Returns those carried (all but those and any beyond `max_turbines`)."""
-        carried, slots = [], []
-        for t in dict.fromkeys(turbines):  # one name at a time: each takes room
-            if t not in self._scored_once and self.fleet.has_room(t):
-                carried.append(t)
-                slots.append(self.fleet.register(t))
-        self.alerts.hold_on(np.array(slots, dtype=np.int64))
-        self._scored_once.update(carried)
-        return carried
+        return self.set_alerts(dict.fromkeys((t for t in turbines if t not in self._scored_once), True))
 
     def alert_states(self) -> dict[str, bool]:
         """The alert state of each turbine this engine has scored or carried (whose retained state went out)."""
@@ -601,9 +594,9 @@ class Engine:
         where this engine's differ, scored here or not, counts cleared (`AlertState.hold`); turbines it lacks are
         registered (none beyond `max_turbines`). They count as scored: the retained state they have stands.
         Returns the turbines whose state changed."""
-        on = self.alerts.get()
+        on = self.alerts.get()  # (a turbine never scored nor carried is off)
         changed, slots = [], []
-        for t, want in states.items():
+        for t, want in states.items():  # one name at a time: each takes room
             if not self.fleet.has_room(t):
                 continue
             slot = self.fleet.register(t)
