@@ -2,6 +2,9 @@
 
 `MosquittoProcess`: one broker on a free loopback port, `log_dest stderr` into a log file, persistence in its
 folder, optional password file and TLS listener, stopped by pid (SIGTERM, so it saves its persistence file).
+It saves every 60 s while it runs, as deploy/mosquitto.conf does: Mosquitto writes its whole store, every
+queued message, on each save, on its one thread. Saving every second, it spent about a third of a 100,000-message
+backlog writing it (the backlog test scored 2,689 steps/s against 3,942/s).
 `run_through_broker`: starts a broker and `runtime.daemon.Daemon` on a thread, publishes a raw SCADA CSV as
 JSON telemetry (QoS 1, in time order) with progress, waits until every closed step has a record (counted in
 distinct `seq` per turbine after deduplication), writes the deduplicated scores and the alerts as JSON lines,
@@ -88,7 +91,7 @@ class MosquittoProcess:
             "log_type warning",
             "persistence true",
             f"persistence_location {self.dir}/",
-            "autosave_interval 1",
+            "autosave_interval 60",  # as deploy/mosquitto.conf; a stop (SIGTERM) saves it all
             "max_queued_messages 0",
             f"max_inflight_messages {self.inflight}",
             "persistent_client_expiration 1d",
