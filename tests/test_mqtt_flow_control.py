@@ -482,7 +482,7 @@ def test_plain_publishes_and_pubacks_skip_pahos_decoders_and_arrive_as_paho_give
             wait_for(lambda: len(col.of("")) >= 300, 30, "the 300 publishes")
 
 
-@pytest.mark.parametrize("internal", ["_do_on_publish", "_send_puback", "_in_packet"])
+@pytest.mark.parametrize("internal", ["_do_on_publish", "_send_puback", "_check_keepalive", "_in_packet"])
 def test_a_paho_without_the_internals_the_link_builds_on_is_refused_at_start(monkeypatch, internal: str) -> None:
     """A paho-mqtt release that renamed an internal the lean decoders or the quota use is refused when the link is
     built, naming what is missing and the tested releases (not a failure inside paho's network thread later)."""
@@ -499,6 +499,34 @@ def test_a_paho_without_the_internals_the_link_builds_on_is_refused_at_start(mon
         monkeypatch.delattr(paho.Client, internal)
     with pytest.raises(RuntimeError, match=rf"lacks \['{internal}'\].*pip install 'paho-mqtt>=2.0,<2.3'"):
         MqttLink(cfg.broker, "old-paho", {}, Publish("s", b"offline", retain=True), receive_maximum=10, max_queued=10)
+
+
+@pytest.mark.parametrize("held", [True, False])
+def test_an_unanswered_ping_ends_the_connection_only_while_reads_go_on(held: bool) -> None:
+    """Mosquitto answers a ping behind every message it has in flight to us (a 100,000-message backlog's pings
+    came back 34 s late). While flow control holds the subscriber's reads back, paho's keepalive check keeps the
+    connection and pings again; once reads go on, a ping unanswered for a keepalive ends it, as paho does."""
+    import socket as socketlib
+
+    from scada_tcn.runtime.mqtt import _Client, _ReadAhead
+
+    ours, broker_end = socketlib.socketpair()
+    c = _Client(paho.CallbackAPIVersion.VERSION2, client_id="held", protocol=paho.MQTTv5)
+    c.reads_held = lambda: held
+    c._sock, c._state, c._keepalive = _ReadAhead(ours), paho._ConnectionState.MQTT_CS_CONNECTED, 10
+    now = paho.time_func()
+    c._ping_t = now - 12.0  # a ping outstanding for more than a keepalive, nothing read since
+    c._last_msg_out = c._last_bytes_received = now - 12.0
+    closed: list[bool] = []
+    c.on_disconnect = lambda *a: closed.append(True)
+    c._check_keepalive()
+    if held:
+        assert c._sock is not None and not closed
+        assert c._ping_t >= now and broker_end.recv(2) == b"\xc0\x00"  # a new PINGREQ went out
+    else:
+        assert c._sock is None and closed
+    broker_end.close()
+    ours.close()
 
 
 def test_the_link_is_connected_only_once_the_broker_has_its_subscriptions(broker: Broker) -> None:

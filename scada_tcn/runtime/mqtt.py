@@ -18,6 +18,8 @@ backlog worse; the earlier design, which blocked paho's thread on a full queue, 
    the daemon's queue holds `queues.inbound` messages (`may_read()` is False): TCP pushes back and the broker keeps
    the rest of the backlog. Its writes (PUBACKs, PINGREQs) go on all the time, and every keepalive / 4 while
    paused it reads what its socket holds, at most Receive Maximum messages, so the PINGRESP is read in time.
+   Mosquitto queues a PINGRESP behind every message in flight to us, so while reads are held back an unanswered
+   ping does not end the connection (`_Client._check_keepalive`); pings still go out every keepalive.
    Scores, alerts and status go out on a second client (`<client_id>-pub`, paho's own loop) whose PUBACKs are
    never stuck behind paused telemetry; the daemon stops taking telemetry while `queues.publish_backlog`
    publishes wait for their PUBACK, so output that cannot leave holds input back instead of piling up.
@@ -152,15 +154,16 @@ _NO_PUBACK_PROPERTIES = Properties(PacketTypes.PUBACK)
 
 
 _PAHO_METHODS = ("_create_socket", "_handle_publish", "_handle_pubackcomp", "_handle_on_message", "_do_on_publish",
-                 "_send_puback")  # fmt: skip
-_PAHO_FIELDS = ("_in_packet", "_protocol", "_manual_ack", "_out_messages", "_out_message_mutex")
+                 "_send_puback", "_check_keepalive")  # fmt: skip
+_PAHO_FIELDS = ("_in_packet", "_protocol", "_manual_ack", "_out_messages", "_out_message_mutex", "_ping_t",
+                "_msgtime_mutex", "_last_bytes_received")  # fmt: skip
 PAHO_TESTED = "paho-mqtt>=2.0,<2.3"  # the releases whose internals `_Client` and `MqttLink` were checked against
 
 
 def check_paho(client: paho.Client) -> None:
     """Refuse, at start-up, a paho-mqtt whose internals differ from those `_Client` and `MqttLink` build on (a
     release that renamed one would otherwise fail inside paho's network thread, or skip the lean decoders)."""
-    missing = [n for n in _PAHO_METHODS if not callable(getattr(type(client), n, None))]
+    missing = [n for n in _PAHO_METHODS if not callable(getattr(paho.Client, n, None))]  # `_Client` overrides some
     missing += [n for n in _PAHO_FIELDS if not hasattr(client, n)]
     missing += [] if callable(getattr(paho, "time_func", None)) else ["time_func"]
     if missing:
@@ -181,8 +184,22 @@ class _Client(paho.Client):
     internals (`_in_packet`, `_handle_on_message`, `_do_on_publish`, the same in 2.0-2.2):
     tests/test_mqtt_flow_control.py fails if a release changes them."""
 
+    reads_held: Callable[[], bool] | None = None  # the subscriber's: True while flow control holds its reads back
+
     def _create_socket(self) -> _ReadAhead:  # type: ignore[override]
         return _ReadAhead(super()._create_socket())
+
+    def _check_keepalive(self) -> None:
+        """paho's keepalive, except that an unanswered ping does not end the connection while `reads_held()`.
+        Mosquitto queues a PINGRESP behind every message it has in flight to us (seen: the pings of a 100,000-message
+        backlog answered 34 s late, after the backlog), and paho gives up once a ping is outstanding and no packet
+        was read for a keepalive: it cannot tell a dead broker from reads we hold back ourselves. Pings still go
+        out every keepalive (the broker sees us alive), and the check is paho's again as soon as reads resume,
+        within the seconds the daemon takes to work down `queues.inbound`."""
+        if self._ping_t and self.reads_held is not None and self.reads_held():
+            with self._msgtime_mutex:
+                self._last_bytes_received = paho.time_func()
+        super()._check_keepalive()
 
     def _handle_publish(self) -> paho.MQTTErrorCode:
         header, packet = self._in_packet["command"], self._in_packet["packet"]
@@ -423,6 +440,7 @@ class MqttLink:
             c.on_subscribe = self._handle_subscribe
             c.on_message = self._handle_unrouted
             c.on_socket_open = lambda client, userdata, sock: self._tune(sock)
+            c.reads_held = lambda: not self._may_read()
             # acks from the processing thread only queue their packets and wake our network loop, which alone
             # writes: paho's writer is not safe against a concurrent partial write of another packet
             c.on_socket_register_write = lambda client, userdata, sock: self._wake()
