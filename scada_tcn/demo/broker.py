@@ -3,8 +3,8 @@
 `MosquittoProcess`: one broker on a free loopback port, `log_dest stderr` into a log file, persistence in its
 folder, optional password file and TLS listener, stopped by pid (SIGTERM, so it saves its persistence file).
 It saves every 60 s while it runs, as deploy/mosquitto.conf does: Mosquitto writes its whole store, every
-queued message, on each save, on its one thread. Saving every second, it spent about a third of a 100,000-message
-backlog writing it (the backlog test scored 2,689 steps/s against 3,942/s).
+queued message, on each save, on its one thread. Saving every second made a 100,000-message backlog take about
+a third longer (the backlog test scored 2,689 steps/s against 3,942/s).
 `run_through_broker`: starts a broker and `runtime.daemon.Daemon` on a thread, publishes a raw SCADA CSV as
 JSON telemetry (QoS 1, in time order) with progress, waits until every closed step has a record (counted in
 distinct `seq` per turbine after deduplication), writes the deduplicated scores and the alerts as JSON lines,
